@@ -1,0 +1,92 @@
+"""SymPy function classes for the spec language's elementwise functions.
+
+Each carries the sign facts SymPy's assumption system can use (softplus > 0, 0 < sigmoid < 1, ...), which is how the
+stability analysis proves eigenvalue bounds without evaluating anything.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+class _Elementwise(sp.Function):
+    nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+
+class Softplus(_Elementwise):
+    """log(1 + exp(x)) > 0."""
+
+    def _eval_is_positive(self):
+        return True if self.args[0].is_extended_real else None
+
+    def _eval_is_finite(self):
+        return self.args[0].is_finite
+
+
+class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x)), in (0, 1)."""
+
+    def _eval_is_positive(self):
+        return True if self.args[0].is_extended_real else None
+
+    def _eval_is_finite(self):
+        return True
+
+
+class LogSigmoid(_Elementwise):
+    """log(sigmoid(x)) < 0."""
+
+    def _eval_is_negative(self):
+        return True if self.args[0].is_extended_real else None
+
+
+class Relu(_Elementwise):
+    """max(x, 0) >= 0."""
+
+    def _eval_is_nonnegative(self):
+        return True if self.args[0].is_extended_real else None
+
+    def _eval_is_positive(self):
+        return True if self.args[0].is_positive else None
+
+
+class Silu(_Elementwise):
+    """x * sigmoid(x)."""
+
+    def _eval_is_positive(self):
+        return self.args[0].is_positive
+
+
+class Elu(_Elementwise):
+    """x for x > 0 else exp(x) - 1; > -1."""
+
+    def _eval_is_positive(self):
+        return self.args[0].is_positive
+
+
+# language name -> SymPy callable
+FUNCTION_TABLE = {
+    "exp": sp.exp,
+    "log": sp.log,
+    "sqrt": sp.sqrt,
+    "abs": sp.Abs,
+    "tanh": sp.tanh,
+    "sin": sp.sin,
+    "cos": sp.cos,
+    "softplus": Softplus,
+    "sigmoid": Sigmoid,
+    "logsigmoid": LogSigmoid,
+    "relu": Relu,
+    "silu": Silu,
+    "elu": Elu,
+    "pow": sp.Pow,
+    "max": sp.Max,
+    "min": sp.Min,
+    "delta": sp.KroneckerDelta,
+}

@@ -1,0 +1,182 @@
+"""CheckedSpec -> SymSpec: build SymPy expressions from the AST (never from text).
+
+Params, lets and the input become ``IndexedBase`` objects, index variables integer symbols, ``sum`` a ``Sum``, and
+``delta`` a ``KroneckerDelta``. A let's base carries the sign facts SymPy can prove about its definition (softplus
+makes ``dt`` positive), so later passes reason with assumptions rather than by evaluation.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..lang import ast
+from ..lang.check import CheckedSpec, TensorInfo
+from .functions import FUNCTION_TABLE
+from .symspec import SymAxis, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
+
+
+def index_symbol(name: str) -> sp.Symbol:
+    return sp.Symbol(name, integer=True, nonnegative=True)
+
+
+def dim_symbol(name: str) -> sp.Symbol:
+    return sp.Symbol(name, integer=True, positive=True)
+
+
+def _sign_assumptions(expr: sp.Expr) -> dict[str, bool]:
+    facts = {"real": True}
+    if expr.is_positive:
+        facts["positive"] = True
+    elif expr.is_negative:
+        facts["negative"] = True
+    elif expr.is_nonnegative:
+        facts["nonnegative"] = True
+    elif expr.is_nonpositive:
+        facts["nonpositive"] = True
+    return facts
+
+
+class _Lowering:
+    def __init__(self, checked: CheckedSpec):
+        self.checked = checked
+        self.dims = {d.name: dim_symbol(d.name) for d in checked.dims}
+        self.bases: dict[str, sp.Basic] = {}
+
+    def axes(self, info: TensorInfo) -> tuple[SymAxis, ...]:
+        return tuple(SymAxis(a.name, self.expr(a.extent, {}), a.size) for a in info.axes)
+
+    def make_base(self, name: str, rank: int, **facts) -> sp.Basic:
+        facts = facts or {"real": True}
+        base = sp.IndexedBase(name, **facts) if rank else sp.Symbol(name, **facts)
+        self.bases[name] = base
+        return base
+
+    def tensor(self, info: TensorInfo, base: sp.Basic) -> SymTensor:
+        return SymTensor(info.kind, info.name, base, self.axes(info), info.span)
+
+    def expr(self, e: ast.Expr, scope: dict[str, sp.Symbol]) -> sp.Expr:
+        if isinstance(e, ast.Num):
+            if isinstance(e.value, int):
+                return sp.Integer(e.value)
+            return sp.Float(e.value) if not float(e.value).is_integer() else sp.Integer(int(e.value))
+        if isinstance(e, ast.Name):
+            if e.name in scope:
+                return scope[e.name]
+            if e.name in self.dims:
+                return self.dims[e.name]
+            return self.bases[e.name]
+        if isinstance(e, ast.Index):
+            return self.bases[e.name][tuple(self.expr(s, scope) for s in e.subscripts)]
+        if isinstance(e, ast.Call):
+            args = [self.expr(a, scope) for a in e.args]
+            return FUNCTION_TABLE[e.func](*args)
+        if isinstance(e, ast.SumOver):
+            var = index_symbol(e.var)
+            if e.extent is not None:
+                extent = self.expr(e.extent, {})
+            else:
+                extent = self.infer_extent(e.var, e.body)
+            body = self.expr(e.body, {**scope, e.var: var})
+            return sp.Sum(body, (var, 0, extent - 1))
+        if isinstance(e, ast.BinOp):
+            a, b = self.expr(e.left, scope), self.expr(e.right, scope)
+            if e.op == "+":
+                return a + b
+            if e.op == "-":
+                return a - b
+            if e.op == "*":
+                return a * b
+            if e.op == "/":
+                return a / b
+            if e.op == "//":
+                return sp.floor(a / b)
+            if e.op == "%":
+                return sp.Mod(a, b)
+            if e.op == "^":
+                return a**b
+        if isinstance(e, ast.Neg):
+            return -self.expr(e.operand, scope)
+        raise AssertionError(f"cannot lower {type(e).__name__}")  # pragma: no cover
+
+    def infer_extent(self, var: str, body: ast.Expr) -> sp.Expr:
+        from ..lang.check import _walk
+
+        for node in _walk(body):
+            if isinstance(node, ast.Index) and node.name in self.checked.tensors:
+                info = self.checked.tensors[node.name]
+                for s, axis in zip(node.subscripts, info.axes):
+                    if isinstance(s, ast.Name) and s.name == var:
+                        return self.expr(axis.extent, {})
+        raise AssertionError(f"range of {var} not inferable (checker should have caught it)")  # pragma: no cover
+
+    def run(self) -> SymSpec:
+        c = self.checked
+        dim_defs = {}
+        for d in c.dims:
+            if d.name not in c.free_dims:
+                dim_defs[d.name] = self.expr(d.value, {})
+        inp = self.tensor(c.input, self.make_base(c.input.name, len(c.input.axes)))
+        state = self.tensor(c.state, self.make_base(c.state.name, len(c.state.axes)))
+        out = self.tensor(c.output, self.make_base(c.output.name, len(c.output.axes)))
+
+        params = []
+        for p in c.params:
+            info = c.tensors[p.name]
+            base = self.make_base(p.name, len(info.axes))
+            index = tuple(index_symbol(a.name or f"_i{k}") for k, a in enumerate(info.axes))
+            scope = {a.name: s for a, s in zip(info.axes, index) if a.name}
+            if p.init is None:
+                init = SymInit("default", None, (), index)
+            elif isinstance(p.init, ast.InitExpr):
+                init = SymInit("expr", self.expr(p.init.expr, scope), (), index)
+            else:
+                init = SymInit(p.init.dist, None, tuple(self.expr(a, {}) for a in p.init.args), index)
+            params.append(SymParam(self.tensor(info, base), init))
+
+        lets = []
+        for let in c.lets:
+            info = c.tensors[let.name]
+            index = tuple(index_symbol(a.name) for a in info.axes)
+            scope = {a.name: s for a, s in zip(info.axes, index)}
+            expr = self.expr(let.expr, scope)
+            base = self.make_base(let.name, len(info.axes), **_sign_assumptions(expr))
+            lets.append(SymLet(self.tensor(info, base), index, expr, let.name in c.time_varying))
+
+        matrices = {}
+        for name, m in c.matrices.items():
+            from ..lang.check import MATRIX_SHAPES
+
+            row_kind, col_kind = MATRIX_SHAPES[name]
+            by_kind = {"state": state, "input": inp, "output": out}
+            rows = tuple(index_symbol(iv.name) for iv in m.rows)
+            cols = tuple(index_symbol(iv.name) for iv in m.cols)
+            scope = {iv.name: s for iv, s in zip(m.rows + m.cols, rows + cols)}
+            matrices[name] = SymMatrix(
+                name,
+                rows,
+                cols,
+                by_kind[row_kind].shape(),
+                by_kind[col_kind].shape(),
+                self.expr(m.expr, scope),
+                m.span,
+            )
+        return SymSpec(
+            checked=c,
+            model=c.model,
+            description=c.description,
+            dims=self.dims,
+            dim_defs=dim_defs,
+            dim_defaults=dict(c.dim_values),
+            free_dims=c.free_dims,
+            input=inp,
+            state=state,
+            output=out,
+            params=tuple(params),
+            lets=tuple(lets),
+            matrices=matrices,
+            readout=c.readout,
+        )
+
+
+def lower_to_sympy(checked: CheckedSpec) -> SymSpec:
+    return _Lowering(checked).run()

@@ -1,0 +1,118 @@
+"""The SymPy IR: what lowering produces and every later pass reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..lang.check import CheckedSpec
+from ..lang.errors import Span
+
+
+@dataclass(frozen=True)
+class SymAxis:
+    name: str | None
+    extent: sp.Expr  # over dim symbols
+    size: int  # at the default dims
+
+
+@dataclass(frozen=True)
+class SymTensor:
+    """A named tensor of the spec. ``base`` is an IndexedBase, or a Symbol for a scalar."""
+
+    kind: str  # "input" | "state" | "output" | "param" | "let"
+    name: str
+    base: sp.Basic
+    axes: tuple[SymAxis, ...]
+    span: Span
+
+    def shape(self) -> tuple[sp.Expr, ...]:
+        return tuple(a.extent for a in self.axes)
+
+
+@dataclass(frozen=True)
+class SymInit:
+    kind: str  # "expr" | "normal" | "uniform" | "log_uniform" | "dt_bias" | "zeros" | "ones" | "default"
+    expr: sp.Expr | None  # for "expr": over the param's index symbols and dims
+    args: tuple[sp.Expr, ...]
+    index: tuple[sp.Symbol, ...]  # the param's index symbols (for "expr")
+
+
+@dataclass(frozen=True)
+class SymParam:
+    tensor: SymTensor
+    init: SymInit
+
+
+@dataclass(frozen=True)
+class SymLet:
+    tensor: SymTensor
+    index: tuple[sp.Symbol, ...]
+    expr: sp.Expr
+    time_varying: bool
+
+
+@dataclass(frozen=True)
+class SymMatrix:
+    """One DSF matrix in index form: ``entry`` over the row and column index symbols."""
+
+    name: str  # "A" | "B" | "C" | "D"
+    rows: tuple[sp.Symbol, ...]
+    cols: tuple[sp.Symbol, ...]
+    row_extents: tuple[sp.Expr, ...]
+    col_extents: tuple[sp.Expr, ...]
+    entry: sp.Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class SymSpec:
+    checked: CheckedSpec
+    model: str
+    description: str
+    dims: dict[str, sp.Symbol]
+    dim_defs: dict[str, sp.Expr]  # derived dims: name -> expression over free dims
+    dim_defaults: dict[str, int]
+    free_dims: tuple[str, ...]
+    input: SymTensor
+    state: SymTensor
+    output: SymTensor
+    params: tuple[SymParam, ...]
+    lets: tuple[SymLet, ...]  # topological order
+    matrices: dict[str, SymMatrix]  # D may be absent
+    readout: str
+
+    @property
+    def path(self) -> str:
+        return self.checked.spec.path
+
+    @property
+    def tensors(self) -> dict[str, SymTensor]:
+        out = {t.name: t for t in (self.input, self.state, self.output)}
+        out.update({p.tensor.name: p.tensor for p in self.params})
+        out.update({let.tensor.name: let.tensor for let in self.lets})
+        return out
+
+    def let(self, name: str) -> SymLet | None:
+        return next((x for x in self.lets if x.tensor.name == name), None)
+
+    def base_name(self, base: sp.Basic) -> str:
+        return str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
+
+    def subs_dims(self, expr: sp.Expr, values: dict[str, int]) -> sp.Expr:
+        """Substitute dims (free and derived) by numbers."""
+        env = {self.dims[k]: v for k, v in values.items() if k in self.dims}
+        return sp.sympify(expr).subs(env)
+
+    def dim_values(self, overrides: dict[str, int] | None = None) -> dict[str, int]:
+        """All dims (free and derived) at the defaults, with free dims overridden."""
+        vals = {k: self.dim_defaults[k] for k in self.free_dims}
+        vals.update(overrides or {})
+        for name, expr in self.dim_defs.items():
+            v = sp.sympify(expr).subs({self.dims[k]: x for k, x in vals.items()})
+            vals[name] = int(v) if v.is_integer else float(v)
+        return vals
+
+    def state_size(self) -> sp.Expr:
+        return sp.Mul(*self.state.shape())

@@ -1,0 +1,681 @@
+"""Semantic checks on the AST: names, scopes, arities, index ranges, shapes, let cycles, state dependence.
+
+``check_spec(Spec) -> CheckedSpec``. Every problem becomes a positioned :class:`SpecError`; independent problems are
+collected and raised together as :class:`SpecErrors`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+from . import ast
+from .errors import NotADSFError, Span, SpecError, SpecErrors
+
+# Elementwise functions of the language and their arities. Meaning lives in ir/functions.py.
+FUNCTIONS: dict[str, int] = {
+    "exp": 1,
+    "log": 1,
+    "sqrt": 1,
+    "abs": 1,
+    "tanh": 1,
+    "sin": 1,
+    "cos": 1,
+    "softplus": 1,
+    "sigmoid": 1,
+    "logsigmoid": 1,
+    "relu": 1,
+    "silu": 1,
+    "elu": 1,
+    "pow": 2,
+    "max": 2,
+    "min": 2,
+    "delta": 2,
+}
+# Ops over time: they make a let a running quantity. Reserved in the language; compiled by a later release.
+TEMPORAL = {"cumsum", "prev"}
+# Random initialisers and their accepted arities.
+DISTRIBUTIONS: dict[str, tuple[int, ...]] = {
+    "normal": (2,),  # normal(mean, std)
+    "uniform": (2,),  # uniform(low, high)
+    "log_uniform": (2,),  # exp(uniform(log low, log high))
+    "dt_bias": (2,),  # Mamba: inverse softplus of log_uniform(dt_min, dt_max), dt clamped at 1e-4
+    "zeros": (0,),
+    "ones": (0,),
+}
+MATRIX_SHAPES = {  # which tensor each matrix's rows / columns index
+    "A": ("state", "state"),
+    "B": ("state", "input"),
+    "C": ("output", "state"),
+    "D": ("output", "input"),
+}
+
+
+@dataclass(frozen=True)
+class AxisInfo:
+    name: str | None
+    extent: ast.Expr  # an expression over dims
+    size: int  # its value at the default dims
+    span: Span
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    kind: str  # "input" | "state" | "output" | "param" | "let"
+    name: str
+    axes: tuple[AxisInfo, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A spec whose names, shapes and ranges are known to be consistent."""
+
+    spec: ast.Spec
+    model: str
+    description: str
+    dims: tuple[ast.DimDecl, ...]  # in dependency (source) order
+    dim_values: dict[str, int]  # defaults
+    free_dims: tuple[str, ...]  # dims given by a literal: constructor arguments
+    input: TensorInfo
+    state: TensorInfo
+    output: TensorInfo
+    params: tuple[ast.ParamDecl, ...]
+    lets: tuple[ast.LetDecl, ...]  # topologically sorted
+    tensors: dict[str, TensorInfo]
+    matrices: dict[str, ast.MatrixDef]
+    readout: str  # "post" | "pre"
+    time_varying: frozenset[str] = field(default_factory=frozenset)  # lets that depend on the input
+
+
+class _Scope:
+    """Index variables in scope: name -> (extent expression, size at defaults)."""
+
+    def __init__(self, entries: dict[str, tuple[ast.Expr, int]] | None = None):
+        self.entries = dict(entries or {})
+
+    def bind(self, name: str, extent: ast.Expr, size: int) -> "_Scope":
+        s = _Scope(self.entries)
+        s.entries[name] = (extent, size)
+        return s
+
+
+def _walk(e: ast.Expr):
+    yield e
+    if isinstance(e, ast.Index):
+        for s in e.subscripts:
+            yield from _walk(s)
+    elif isinstance(e, ast.Call):
+        for a in e.args:
+            yield from _walk(a)
+    elif isinstance(e, ast.SumOver):
+        if e.extent is not None:
+            yield from _walk(e.extent)
+        yield from _walk(e.body)
+    elif isinstance(e, ast.BinOp):
+        yield from _walk(e.left)
+        yield from _walk(e.right)
+    elif isinstance(e, ast.Neg):
+        yield from _walk(e.operand)
+
+
+def referenced_tensors(e: ast.Expr) -> set[str]:
+    """Names of params, lets, input and state that an expression reads (Index or bare Name)."""
+    out = set()
+    for node in _walk(e):
+        if isinstance(node, ast.Index):
+            out.add(node.name)
+        elif isinstance(node, ast.Name):
+            out.add(node.name)
+    return out
+
+
+class _Checker:
+    def __init__(self, spec: ast.Spec):
+        self.spec = spec
+        self.errors: list[SpecError] = []
+        self.dims: dict[str, ast.DimDecl] = {}
+        self.dim_values: dict[str, int] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+
+    def err(self, msg: str, span: Span, hint: str | None = None, cls=SpecError):
+        self.errors.append(cls(msg, span, hint))
+
+    # -- dims --------------------------------------------------------------------------------------------------
+    def eval_dim_expr(self, e: ast.Expr, what: str) -> float | None:
+        """Evaluate an expression over dims and numbers at the default dims; None after reporting an error."""
+        if isinstance(e, ast.Num):
+            return e.value
+        if isinstance(e, ast.Name):
+            if e.name in self.dim_values:
+                return self.dim_values[e.name]
+            if e.name in self.dims:
+                return None  # the dim itself failed; already reported
+            self.err(f"unknown dim {e.name!r} in {what}", e.span, hint="declare it first: dim NAME = VALUE")
+            return None
+        if isinstance(e, ast.Neg):
+            v = self.eval_dim_expr(e.operand, what)
+            return None if v is None else -v
+        if isinstance(e, ast.BinOp):
+            a = self.eval_dim_expr(e.left, what)
+            b = self.eval_dim_expr(e.right, what)
+            if a is None or b is None:
+                return None
+            if e.op in ("/", "//", "%") and b == 0:
+                self.err(f"division by zero in {what}", e.span)
+                return None
+            if e.op == "//" and a % b != 0:
+                self.err(
+                    f"{what}: {a:g} // {b:g} is not exact ({a:g} is not a multiple of {b:g})",
+                    e.span,
+                    hint="a dim split such as d // H must divide evenly",
+                )
+                return None
+            return {
+                "+": lambda: a + b,
+                "-": lambda: a - b,
+                "*": lambda: a * b,
+                "/": lambda: a / b,
+                "//": lambda: a // b,
+                "%": lambda: a % b,
+                "^": lambda: a**b,
+            }[e.op]()
+        if isinstance(e, ast.Call) and e.func in ("sqrt", "log", "exp") and len(e.args) == 1:
+            v = self.eval_dim_expr(e.args[0], what)
+            if v is None:
+                return None
+            try:
+                return getattr(math, e.func)(v)
+            except ValueError:
+                self.err(f"{e.func}({v:g}) is undefined in {what}", e.span)
+                return None
+        self.err(f"{what} must be built from numbers and dims only", e.span)
+        return None
+
+    def size_of(self, e: ast.Expr, what: str) -> int | None:
+        v = self.eval_dim_expr(e, what)
+        if v is None:
+            return None
+        if float(v) != int(v) or v <= 0:
+            self.err(f"{what} must be a positive integer, got {v:g}", e.span)
+            return None
+        return int(v)
+
+    def check_dims(self, decls: list[ast.DimDecl]):
+        for d in decls:
+            if d.name in self.dims:
+                self.err(f"dim {d.name!r} is declared twice", d.span)
+                continue
+            self.dims[d.name] = d
+            v = self.size_of(d.value, f"dim {d.name!r}")
+            if v is not None:
+                self.dim_values[d.name] = v
+
+    # -- tensors -----------------------------------------------------------------------------------------------
+    def axes_of(self, axes: tuple[ast.Axis, ...], owner: str) -> tuple[AxisInfo, ...] | None:
+        out = []
+        seen = set()
+        ok = True
+        for i, a in enumerate(axes):
+            size = self.size_of(a.extent, f"axis {i} of {owner!r}")
+            if size is None:
+                ok = False
+                continue
+            if a.name is not None:
+                if a.name in seen:
+                    self.err(f"axis name {a.name!r} is used twice in {owner!r}", a.span)
+                    ok = False
+                if a.name in self.dims:
+                    self.err(
+                        f"axis name {a.name!r} of {owner!r} is also a dim; index names must differ from dims",
+                        a.span,
+                    )
+                    ok = False
+                seen.add(a.name)
+            out.append(AxisInfo(a.name, a.extent, size, a.span))
+        return tuple(out) if ok else None
+
+    def declare(self, kind: str, name: str, axes, span: Span):
+        if name in self.tensors or name in self.dims:
+            prev = self.tensors.get(name) or self.dims.get(name)
+            self.err(
+                f"{name!r} is already declared (line {prev.span.line})",
+                span,
+            )
+            return
+        if name in FUNCTIONS or name in TEMPORAL or name == "sum":
+            self.err(f"{name!r} is a built-in function and cannot be redeclared", span)
+            return
+        if axes is None:
+            return
+        self.tensors[name] = TensorInfo(kind, name, axes, span)
+
+    # -- expressions -------------------------------------------------------------------------------------------
+    def check_expr(self, e: ast.Expr, scope: _Scope, ctx: str, allowed: set[str]) -> None:
+        """Validate an expression. ``allowed``: tensor kinds it may read (e.g. {"param"} for inits)."""
+        if isinstance(e, ast.Num):
+            return
+        if isinstance(e, ast.Name):
+            if e.name in scope.entries or e.name in self.dims:
+                return
+            t = self.tensors.get(e.name)
+            if t is None:
+                self.unknown(e.name, e.span, scope)
+                return
+            self.check_access(t, e.span, ctx, allowed)
+            if t.axes:
+                idx = ", ".join(a.name or f"i{k}" for k, a in enumerate(t.axes))
+                self.err(
+                    f"{t.kind} {e.name!r} has {len(t.axes)} ax{'is' if len(t.axes) == 1 else 'es'}; "
+                    f"index it as {e.name}[{idx}]",
+                    e.span,
+                )
+            return
+        if isinstance(e, ast.Index):
+            t = self.tensors.get(e.name)
+            if t is None:
+                if e.name in scope.entries or e.name in self.dims:
+                    self.err(f"{e.name!r} is an index or dim and cannot be subscripted", e.span)
+                else:
+                    self.unknown(e.name, e.span, scope)
+                for s in e.subscripts:
+                    self.check_subscript(s, scope, ctx)
+                return
+            self.check_access(t, e.span, ctx, allowed)
+            if len(e.subscripts) != len(t.axes):
+                self.err(
+                    f"{t.kind} {e.name!r} has {len(t.axes)} ax{'is' if len(t.axes) == 1 else 'es'} "
+                    f"but is indexed with {len(e.subscripts)}",
+                    e.span,
+                )
+                return
+            for k, (s, axis) in enumerate(zip(e.subscripts, t.axes)):
+                self.check_subscript(s, scope, ctx)
+                self.check_range(s, axis, scope, e.name, k)
+            return
+        if isinstance(e, ast.Call):
+            if e.func in TEMPORAL:
+                self.err(
+                    f"running quantity '{e.func}' is not supported by this version of dsfc",
+                    e.span,
+                    hint="write the normaliser into A, B or C directly",
+                )
+                return
+            if e.func not in FUNCTIONS:
+                known = ", ".join(sorted(FUNCTIONS))
+                self.err(f"unknown function {e.func!r}", e.span, hint=f"known functions: {known}, sum")
+                return
+            arity = FUNCTIONS[e.func]
+            if len(e.args) != arity:
+                self.err(
+                    f"{e.func} takes {arity} argument{'s' if arity != 1 else ''}, got {len(e.args)}",
+                    e.span,
+                )
+                return
+            if e.func == "delta":
+                for a in e.args:
+                    self.check_subscript(a, scope, ctx)
+                return
+            for a in e.args:
+                self.check_expr(a, scope, ctx, allowed)
+            return
+        if isinstance(e, ast.SumOver):
+            if e.var in scope.entries or e.var in self.dims or e.var in self.tensors:
+                self.err(f"sum index {e.var!r} shadows an existing name", e.span)
+                return
+            if e.extent is not None:
+                size = self.size_of(e.extent, f"the range of sum index {e.var!r}")
+                if size is None:
+                    return
+                extent = e.extent
+            else:
+                found = self.infer_extent(e.var, e.body)
+                if found is None:
+                    self.err(
+                        f"cannot infer the range of sum index {e.var!r}: it never subscripts a tensor directly",
+                        e.span,
+                        hint=f"give it explicitly: sum({e.var}: EXTENT, ...)",
+                    )
+                    return
+                extent, size = found
+            self.check_expr(e.body, scope.bind(e.var, extent, size), ctx, allowed)
+            return
+        if isinstance(e, ast.BinOp):
+            self.check_expr(e.left, scope, ctx, allowed)
+            self.check_expr(e.right, scope, ctx, allowed)
+            return
+        if isinstance(e, ast.Neg):
+            self.check_expr(e.operand, scope, ctx, allowed)
+            return
+        raise AssertionError(f"unknown AST node {type(e).__name__}")  # pragma: no cover
+
+    def infer_extent(self, var: str, body: ast.Expr):
+        found = None
+        for node in _walk(body):
+            if isinstance(node, ast.Index) and node.name in self.tensors:
+                t = self.tensors[node.name]
+                for s, axis in zip(node.subscripts, t.axes):
+                    if isinstance(s, ast.Name) and s.name == var:
+                        if found is None:
+                            found = (axis.extent, axis.size)
+                        elif found[1] != axis.size:
+                            self.err(
+                                f"sum index {var!r} subscripts axes of different extents "
+                                f"({found[1]} and {axis.size})",
+                                node.span,
+                            )
+        return found
+
+    def unknown(self, name: str, span: Span, scope: _Scope):
+        names = set(self.tensors) | set(self.dims) | set(scope.entries)
+        close = [n for n in sorted(names) if _similar(n, name)]
+        hint = f"did you mean {close[0]!r}?" if close else None
+        self.err(f"unknown name {name!r}", span, hint=hint)
+
+    def check_access(self, t: TensorInfo, span: Span, ctx: str, allowed: set[str]):
+        if t.kind == "state":
+            self.err(
+                f"{ctx} reads the state {t.name!r}: DSF matrices and lets may depend only on the input "
+                f"(a recurrent gate such as LSTM/GRU's makes the system nonlinear in the state, so it is not a DSF)",
+                span,
+                cls=NotADSFError,
+            )
+        elif t.kind == "output":
+            self.err(f"{ctx} reads the output {t.name!r}: feeding y back makes the system nonlinear", span,
+                     cls=NotADSFError)
+        elif t.kind not in allowed:
+            self.err(f"{ctx} cannot read {t.kind} {t.name!r}", span)
+
+    def check_subscript(self, s: ast.Expr, scope: _Scope, ctx: str):
+        """Subscripts are integer expressions over index variables, dims and integer literals."""
+        for node in _walk(s):
+            if isinstance(node, ast.Num):
+                if not isinstance(node.value, int):
+                    self.err(f"subscript must be an integer, got {node.value}", node.span)
+            elif isinstance(node, ast.Name):
+                if node.name not in scope.entries and node.name not in self.dims:
+                    if node.name in self.tensors:
+                        self.err(f"subscript uses {node.name!r}, which is not an index variable", node.span)
+                    else:
+                        self.unknown(node.name, node.span, scope)
+            elif isinstance(node, ast.BinOp):
+                if node.op not in ("+", "-", "*", "//", "%"):
+                    self.err(f"operator {node.op!r} is not allowed in a subscript (use + - * // %)", node.span)
+            elif isinstance(node, (ast.Neg,)):
+                pass
+            else:
+                self.err("subscripts may only combine index variables, dims and integers", node.span)
+
+    def check_range(self, s: ast.Expr, axis: AxisInfo, scope: _Scope, tensor: str, k: int):
+        """An index must stay inside the axis it subscripts (checked at the default dims)."""
+        if isinstance(s, ast.Name) and s.name in scope.entries:
+            size = scope.entries[s.name][1]
+            if size != axis.size:
+                self.err(
+                    f"index {s.name!r} ranges over {size} values but axis {k} of {tensor!r} has extent "
+                    f"{axis.size}",
+                    s.span,
+                )
+            return
+        names = sorted({n.name for n in _walk(s) if isinstance(n, ast.Name) and n.name in scope.entries})
+        sizes = [scope.entries[n][1] for n in names]
+        if math.prod(sizes) > 200_000:
+            return
+        for values in itertools.product(*[range(z) for z in sizes]):
+            env = dict(zip(names, values))
+            v = self.eval_index(s, env)
+            if v is None:
+                return
+            if not 0 <= v < axis.size:
+                where = ", ".join(f"{n}={x}" for n, x in env.items())
+                self.err(
+                    f"subscript {k} of {tensor!r} reaches {v} (at {where}), outside its range 0..{axis.size - 1}",
+                    s.span,
+                )
+                return
+
+    def eval_index(self, s: ast.Expr, env: dict[str, int]) -> int | None:
+        if isinstance(s, ast.Num):
+            return int(s.value)
+        if isinstance(s, ast.Name):
+            if s.name in env:
+                return env[s.name]
+            return self.dim_values.get(s.name)
+        if isinstance(s, ast.Neg):
+            v = self.eval_index(s.operand, env)
+            return None if v is None else -v
+        if isinstance(s, ast.BinOp):
+            a, b = self.eval_index(s.left, env), self.eval_index(s.right, env)
+            if a is None or b is None:
+                return None
+            if s.op in ("//", "%") and b == 0:
+                return None
+            return {"+": a + b, "-": a - b, "*": a * b, "//": a // b if b else 0, "%": a % b if b else 0}.get(s.op)
+        return None
+
+    # -- statements --------------------------------------------------------------------------------------------
+    def run(self) -> CheckedSpec:
+        stmts = self.spec.statements
+        if not stmts:
+            self.err("empty spec: no statements", Span(1, 1), hint="a spec needs at least input, state, A, B and C")
+            raise SpecErrors(self.errors, self.spec.path, self.spec.source)
+        models = [s for s in stmts if isinstance(s, ast.ModelDecl)]
+        for extra in models[1:]:
+            self.err("only one 'model' statement is allowed", extra.span)
+        model = models[0] if models else None
+        if model is not None and not model.name[0].isupper():
+            self.err(
+                f"model name {model.name!r} should start with a capital letter (it names the nn.Module class)",
+                model.span,
+            )
+        self.check_dims([s for s in stmts if isinstance(s, ast.DimDecl)])
+
+        tensors: dict[str, ast.TensorDecl] = {}
+        for s in stmts:
+            if isinstance(s, ast.TensorDecl):
+                if s.kind in tensors:
+                    self.err(f"only one {s.kind} may be declared (first at line {tensors[s.kind].span.line})", s.span)
+                    continue
+                tensors[s.kind] = s
+                self.declare(s.kind, s.name, self.axes_of(s.axes, s.name), s.span)
+        first = stmts[0].span
+        for kind in ("input", "state"):
+            if kind not in tensors:
+                self.err(
+                    f"missing '{kind}' declaration",
+                    first,
+                    hint="e.g. input u[d]" if kind == "input" else "e.g. state h[c: d, j: n]",
+                )
+        if "output" not in tensors and "input" in tensors and tensors["input"].name in self.tensors:
+            inp = self.tensors[tensors["input"].name]
+            self.tensors["y"] = TensorInfo("output", "y", inp.axes, inp.span)
+
+        params = [s for s in stmts if isinstance(s, ast.ParamDecl)]
+        for p in params:
+            self.declare("param", p.name, self.axes_of(p.axes, p.name), p.span)
+        lets = [s for s in stmts if isinstance(s, ast.LetDecl)]
+        for let in lets:
+            self.declare("let", let.name, self.axes_of(let.axes, let.name), let.span)
+
+        # parameter initialisers: numbers, dims, the param's own named axes; no other tensors
+        for p in params:
+            if p.name not in self.tensors or p.init is None:
+                continue
+            info = self.tensors[p.name]
+            scope = _Scope({a.name: (a.extent, a.size) for a in info.axes if a.name})
+            if isinstance(p.init, ast.InitExpr):
+                self.check_expr(p.init.expr, scope, f"the initialiser of {p.name!r}", set())
+            else:
+                if p.init.dist not in DISTRIBUTIONS:
+                    self.err(
+                        f"unknown initialiser {p.init.dist!r}",
+                        p.init.span,
+                        hint="known: " + ", ".join(sorted(DISTRIBUTIONS)),
+                    )
+                    continue
+                if len(p.init.args) not in DISTRIBUTIONS[p.init.dist]:
+                    self.err(
+                        f"{p.init.dist} takes {DISTRIBUTIONS[p.init.dist][0]} arguments, got {len(p.init.args)}",
+                        p.init.span,
+                    )
+                    continue
+                for a in p.init.args:
+                    self.check_expr(a, _Scope(), f"the initialiser of {p.name!r}", set())
+
+        # lets: per-step quantities over the input and params; no cycles
+        readable = {"param", "let", "input"}
+        for let in lets:
+            if let.name not in self.tensors:
+                continue
+            info = self.tensors[let.name]
+            scope = _Scope({a.name: (a.extent, a.size) for a in info.axes if a.name})
+            for a in let.axes:
+                if a.name is None:
+                    self.err(f"axes of let {let.name!r} must be named, e.g. let {let.name}[c: d] = ...", a.span)
+            self.check_expr(let.expr, scope, f"let {let.name!r}", readable)
+        order = self.sort_lets(lets)
+
+        # the DSF matrices
+        matrices: dict[str, ast.MatrixDef] = {}
+        for s in stmts:
+            if isinstance(s, ast.MatrixDef):
+                if s.matrix in matrices:
+                    self.err(f"matrix {s.matrix} is defined twice (first at line {matrices[s.matrix].span.line})",
+                             s.span)
+                    continue
+                matrices[s.matrix] = s
+                self.check_matrix(s)
+        for m in ("A", "B", "C"):
+            if m not in matrices:
+                self.err(f"missing matrix {m}", first, hint=_MATRIX_HINTS[m])
+        readouts = [s for s in stmts if isinstance(s, ast.ReadoutDecl)]
+        for extra in readouts[1:]:
+            self.err("only one 'readout' statement is allowed", extra.span)
+
+        if self.errors:
+            raise SpecErrors(self.errors, self.spec.path, self.spec.source)
+
+        time_varying: set[str] = set()
+        input_name = tensors["input"].name
+        for let in order:
+            refs = referenced_tensors(let.expr)
+            if input_name in refs or refs & time_varying:
+                time_varying.add(let.name)
+        out_name = tensors["output"].name if "output" in tensors else "y"
+        free_dims = tuple(
+            d.name for d in self.dims.values() if isinstance(d.value, ast.Num)
+        )
+        return CheckedSpec(
+            spec=self.spec,
+            model=model.name if model else _default_model_name(self.spec.path),
+            description=model.description if model else "",
+            dims=tuple(self.dims.values()),
+            dim_values=dict(self.dim_values),
+            free_dims=free_dims,
+            input=self.tensors[input_name],
+            state=self.tensors[tensors["state"].name],
+            output=self.tensors[out_name],
+            params=tuple(p for p in params),
+            lets=tuple(order),
+            tensors=dict(self.tensors),
+            matrices=matrices,
+            readout=readouts[0].mode if readouts else "post",
+            time_varying=frozenset(time_varying),
+        )
+
+    def sort_lets(self, lets: list[ast.LetDecl]) -> list[ast.LetDecl]:
+        by_name = {let.name: let for let in lets}
+        deps = {let.name: sorted(referenced_tensors(let.expr) & set(by_name)) for let in lets}
+        order: list[ast.LetDecl] = []
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+        reported = False
+
+        def visit(name: str, path: list[str]):
+            nonlocal reported
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                if not reported:
+                    cycle = path[path.index(name):] + [name]
+                    self.err(
+                        "cycle among lets: " + " -> ".join(cycle),
+                        by_name[name].span,
+                        hint="a let may only use lets that do not depend on it; use the state for recurrences",
+                    )
+                    reported = True
+                return
+            state[name] = 1
+            for d in deps[name]:
+                visit(d, path + [name])
+            state[name] = 2
+            order.append(by_name[name])
+
+        for let in lets:
+            visit(let.name, [])
+        return order
+
+    def check_matrix(self, m: ast.MatrixDef):
+        row_kind, col_kind = MATRIX_SHAPES[m.matrix]
+        scope = _Scope()
+        seen: set[str] = set()
+        ok = True
+        for group, kind, side in ((m.rows, row_kind, "rows"), (m.cols, col_kind, "columns")):
+            t = next((t for t in self.tensors.values() if t.kind == kind), None)
+            if t is None:
+                return
+            if len(group) != len(t.axes):
+                want = ", ".join(a.name or f"i{k}" for k, a in enumerate(t.axes))
+                self.err(
+                    f"the {side} of {m.matrix} index the {kind} {t.name!r}, which has {len(t.axes)} "
+                    f"ax{'is' if len(t.axes) == 1 else 'es'}, but {len(group)} index name"
+                    f"{'s are' if len(group) != 1 else ' is'} given",
+                    group[0].span if group else m.span,
+                    hint=f"write {m.matrix}[({want}), ...]" if side == "rows" else None,
+                )
+                ok = False
+                continue
+            for iv, axis in zip(group, t.axes):
+                if iv.name in seen:
+                    self.err(f"index name {iv.name!r} is used twice in {m.matrix}[...]", iv.span)
+                    ok = False
+                elif iv.name in self.tensors or iv.name in self.dims:
+                    self.err(f"index name {iv.name!r} shadows a declared name", iv.span)
+                    ok = False
+                seen.add(iv.name)
+                scope = scope.bind(iv.name, axis.extent, axis.size)
+        if ok:
+            self.check_expr(m.expr, scope, f"matrix {m.matrix}", {"param", "let", "input"})
+
+
+_MATRIX_HINTS = {
+    "A": "e.g. A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * exp(-dt[c])",
+    "B": "e.g. B[(c, j), k] = delta(c, k) * dt[c]",
+    "C": "e.g. C[o, (c, j)] = delta(o, c) * q[j]",
+}
+
+
+def _similar(a: str, b: str) -> bool:
+    if a.lower() == b.lower():
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    # one edit apart
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
+
+
+def _default_model_name(path: str) -> str:
+    import re
+    from pathlib import Path
+
+    stem = Path(path).stem if path and not path.startswith("<") else "Model"
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", stem) if p]
+    name = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
+    return name if name[0].isalpha() else "Model" + name
+
+
+def check_spec(spec: ast.Spec) -> CheckedSpec:
+    return _Checker(spec).run()

@@ -1,0 +1,80 @@
+"""Source positions and user-facing spec errors.
+
+Every mistake in a spec becomes a :class:`SpecError` carrying a :class:`Span`; the CLI renders it as
+``path:line:col: error: message`` followed by the source line and a caret, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based line/column range in a spec file."""
+
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+
+    @staticmethod
+    def from_meta(meta) -> "Span":
+        if getattr(meta, "empty", False) or not hasattr(meta, "line"):
+            return Span(1, 1)
+        return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+    @staticmethod
+    def from_token(tok) -> "Span":
+        return Span(tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+NOWHERE = Span(1, 1)
+
+
+class SpecError(Exception):
+    """One user mistake in a spec, located by a span."""
+
+    def __init__(self, message: str, span: Span = NOWHERE, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"SpecError({self.message!r}, {self.span!r})"
+
+
+class SpecErrors(Exception):
+    """Several independent mistakes found in one run, in source order."""
+
+    def __init__(self, errors: list[SpecError], path: str = "<spec>", source: str = ""):
+        errors = sorted(errors, key=lambda e: (e.span.line, e.span.column))
+        super().__init__("; ".join(e.message for e in errors))
+        self.errors = errors
+        self.path = path
+        self.source = source
+
+    def render(self) -> str:
+        return "\n".join(render_error(e, self.path, self.source) for e in self.errors)
+
+
+class NotADSFError(SpecError):
+    """The spec describes a system whose matrices depend on the state: not a DSF."""
+
+
+def render_error(err: SpecError, path: str, source: str) -> str:
+    """Format an error the way compilers do: location, message, source line, caret."""
+    line_no, col = err.span.line, err.span.column
+    lines = source.splitlines()
+    out = [f"{path}:{line_no}:{col}: error: {err.message}"]
+    if 1 <= line_no <= len(lines):
+        text = lines[line_no - 1].replace("\t", " ")
+        out.append(f"    {text}")
+        width = 1
+        if err.span.end_line == line_no and err.span.end_column and err.span.end_column > col:
+            width = err.span.end_column - col
+        out.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
+    if err.hint:
+        out.append(f"  hint: {err.hint}")
+    return "\n".join(out)

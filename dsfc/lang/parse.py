@@ -1,0 +1,295 @@
+"""Text -> :class:`Spec`: Lark (LALR) parse plus a transformer into the typed AST.
+
+The source is cut into statements at lines that start with a statement keyword, and each piece is parsed on its own,
+so one run reports every independent syntax error, not just the first.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import ast
+from .errors import Span, SpecError, SpecErrors
+
+GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
+
+# A line that opens a statement: a declaration keyword, or a matrix entry ``A[...] =``.
+_STATEMENT_START = re.compile(
+    r"^\s*(?:(?:model|dim|input|state|output|param|let|readout)\b|[ABCD]\s*\[[^\]]*\]\s*=(?!=))"
+)
+
+_TOKEN_NAMES = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a quoted string",
+    "MATRIX": "a matrix name (A, B, C or D)",
+    "TENSOR_KIND": "'input', 'state' or 'output'",
+    "$END": "end of file",
+}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(
+        GRAMMAR_PATH.read_text(),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TOKEN_NAMES:
+        return _TOKEN_NAMES[name]
+    try:
+        pattern = _parser().get_terminal(name).pattern
+    except KeyError:
+        return name
+    if pattern.type == "str":
+        return repr(pattern.value)
+    return name.lower()
+
+
+def _describe_expected(expected) -> str:
+    names = sorted({_describe_terminal(t) for t in expected})
+    if len(names) > 8:
+        names = names[:8] + ["..."]
+    return ", ".join(names)
+
+
+def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
+    if isinstance(exc, UnexpectedCharacters):
+        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        return SpecError(
+            f"unexpected character {ch!r}",
+            Span(exc.line, exc.column, exc.line, exc.column + 1),
+            hint="names are letters, digits and '_'; comments start with '#'",
+        )
+    if isinstance(exc, UnexpectedEOF):
+        lines = text.rstrip().splitlines() or [""]
+        line = len(lines)
+        return SpecError(
+            f"unexpected end of statement; expected {_describe_expected(exc.expected)}",
+            Span(line, len(lines[-1]) + 1),
+        )
+    assert isinstance(exc, UnexpectedToken)
+    tok = exc.token
+    if tok.type == "$END":
+        lines = text.rstrip().splitlines() or [""]
+        line = len(lines)
+        return SpecError(
+            f"unexpected end of statement; expected {_describe_expected(exc.accepts or exc.expected)}",
+            Span(line, len(lines[-1]) + 1),
+        )
+    return SpecError(
+        f"unexpected {str(tok)!r}; expected {_describe_expected(exc.accepts or exc.expected)}",
+        Span(tok.line, tok.column, tok.end_line, tok.end_column),
+    )
+
+
+def _check_text(data: bytes | str, path: str) -> str:
+    if isinstance(data, bytes):
+        if b"\x00" in data:
+            raise SpecErrors([SpecError("file is binary, not a spec (contains NUL bytes)", Span(1, 1))], path, "")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            prefix = data[: exc.start].decode("utf-8", "replace")
+            line = prefix.count("\n") + 1
+            col = len(prefix) - (prefix.rfind("\n") + 1) + 1
+            raise SpecErrors(
+                [SpecError(f"file is not UTF-8 text (invalid byte 0x{data[exc.start]:02x})", Span(line, col))],
+                path,
+                "",
+            ) from None
+    if "\x00" in data:
+        raise SpecErrors([SpecError("file is binary, not a spec (contains NUL bytes)", Span(1, 1))], path, data)
+    return data
+
+
+def _split_statements(text: str) -> list[tuple[int, str]]:
+    """Cut the source at statement-opening lines; returns (first line index, chunk text) pairs."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if _STATEMENT_START.match(line)]
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
+    chunks = []
+    for a, b in zip(starts, starts[1:] + [len(lines)]):
+        chunks.append((a, "".join(lines[a:b])))
+    return chunks
+
+
+def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
+    """Parse spec text into an :class:`ast.Spec`; raises :class:`SpecErrors` listing every syntax error."""
+    text = _check_text(data, path)
+    errors: list[SpecError] = []
+    statements: list = []
+    for first_line, chunk in _split_statements(text):
+        padded = "\n" * first_line + chunk
+        try:
+            tree = _parser().parse(padded)
+            statements.extend(_ToAst().transform(tree))
+        except UnexpectedInput as exc:
+            errors.append(_syntax_error(exc, padded))
+        except VisitError as exc:
+            if isinstance(exc.orig_exc, SpecError):
+                errors.append(exc.orig_exc)
+            else:
+                raise
+    if errors:
+        raise SpecErrors(errors, path, text)
+    return ast.Spec(path=path, source=text, statements=tuple(statements))
+
+
+def parse_file(path: str | Path) -> ast.Spec:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read spec: {exc.strerror}", Span(1, 1))], str(path), "") from None
+    return parse_spec(data, str(path))
+
+
+def _span(meta) -> Span:
+    return Span.from_meta(meta)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark parse tree -> AST dataclasses. Only structure here; meaning is checked in check.py."""
+
+    def start(self, meta, stmts):
+        return list(stmts)
+
+    # -- declarations ------------------------------------------------------------------------------------------
+    def model_decl(self, meta, children):
+        name, desc = children
+        return ast.ModelDecl(str(name), str(desc)[1:-1] if desc is not None else "", _span(meta))
+
+    def dim_decl(self, meta, children):
+        name, value = children
+        return ast.DimDecl(str(name), value, _span(meta))
+
+    def tensor_decl(self, meta, children):
+        kind, name, axes = children
+        return ast.TensorDecl(str(kind), str(name), tuple(axes), _span(meta))
+
+    def param_decl(self, meta, children):
+        name, axes, init = children
+        return ast.ParamDecl(str(name), tuple(axes or ()), init, _span(meta))
+
+    def let_decl(self, meta, children):
+        name, axes, expr = children
+        return ast.LetDecl(str(name), tuple(axes or ()), expr, _span(meta))
+
+    def matrix_def(self, meta, children):
+        matrix, rows, cols, expr = children
+        return ast.MatrixDef(str(matrix), rows, cols, expr, _span(meta))
+
+    def readout_decl(self, meta, children):
+        (mode,) = children
+        if str(mode) not in ("pre", "post"):
+            raise SpecError(
+                f"unknown readout {str(mode)!r}; expected 'pre' (y_t = C h_(t-1) + D u_t) or 'post'",
+                Span.from_token(mode),
+            )
+        return ast.ReadoutDecl(str(mode), _span(meta))
+
+    def axis_list(self, meta, axes):
+        return list(axes)
+
+    def named_axis(self, meta, children):
+        name, extent = children
+        return ast.Axis(str(name), extent, _span(meta))
+
+    def anon_axis(self, meta, children):
+        (extent,) = children
+        return ast.Axis(None, extent, _span(meta))
+
+    def single_index(self, meta, children):
+        return tuple(ast.IndexVar(str(t), Span.from_token(t)) for t in children)
+
+    tuple_index = single_index
+
+    def init_expr(self, meta, children):
+        (expr,) = children
+        return ast.InitExpr(expr, _span(meta))
+
+    def init_dist(self, meta, children):
+        name, args = children
+        return ast.InitDist(str(name), tuple(args or ()), _span(meta))
+
+    # -- expressions -------------------------------------------------------------------------------------------
+    def number(self, meta, children):
+        (tok,) = children
+        text = str(tok)
+        value = int(text) if re.fullmatch(r"\d+", text) else float(text)
+        return ast.Num(value, span=_span(meta))
+
+    def name(self, meta, children):
+        (tok,) = children
+        return ast.Name(str(tok), span=_span(meta))
+
+    def index(self, meta, children):
+        name, args = children
+        for a in args:
+            if isinstance(a, tuple):
+                raise SpecError("a binder 'k: extent' is only allowed as the first argument of sum", a[2])
+        return ast.Index(str(name), tuple(args), span=_span(meta))
+
+    def call(self, meta, children):
+        name, args = children
+        args = list(args or [])
+        if str(name) == "sum":
+            if len(args) != 2:
+                raise SpecError(
+                    f"sum takes 2 arguments (index, body), got {len(args)}",
+                    _span(meta),
+                    hint="write sum(k: d, W[c, k] * u[k]) or sum(k, W[c, k] * u[k])",
+                )
+            var, body = args
+            if isinstance(var, tuple):
+                var_name, extent, _ = var
+            elif isinstance(var, ast.Name):
+                var_name, extent = var.name, None
+            else:
+                raise SpecError("the first argument of sum must be an index name, e.g. sum(k: d, ...)", var.span)
+            if isinstance(body, tuple):
+                raise SpecError("a binder 'k: extent' is only allowed as the first argument of sum", body[2])
+            return ast.SumOver(var_name, extent, body, span=_span(meta))
+        for a in args:
+            if isinstance(a, tuple):
+                raise SpecError("a binder 'k: extent' is only allowed as the first argument of sum", a[2])
+        return ast.Call(str(name), tuple(args), span=_span(meta))
+
+    def binder(self, meta, children):
+        name, extent = children
+        return (str(name), extent, _span(meta))
+
+    def arg_list(self, meta, args):
+        return list(args)
+
+    def _bin(op):
+        def build(self, meta, children):
+            left, right = children
+            return ast.BinOp(op, left, right, span=_span(meta))
+
+        return build
+
+    add = _bin("+")
+    sub = _bin("-")
+    mul = _bin("*")
+    div = _bin("/")
+    floordiv = _bin("//")
+    mod = _bin("%")
+    pow = _bin("^")
+    del _bin
+
+    def neg(self, meta, children):
+        (operand,) = children
+        return ast.Neg(operand, span=_span(meta))

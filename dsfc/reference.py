@@ -1,0 +1,239 @@
+"""The reference recurrence: ground truth for every test.
+
+It materialises the dense DSF matrices A_t, B_t, C_t, D_t of every step straight from the SymPy IR, with a small
+numeric evaluator of SymPy trees (gather for every subscript, broadcast-and-sum for every ``Sum``), and runs
+
+    h_t = A_t h_(t-1) + B_t u_t,     y_t = C_t h_t + D_t u_t
+
+in float64, one step at a time. It deliberately uses none of the structure analysis or the generated code paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+
+from .ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from .ir.symspec import SymSpec
+
+_UNARY = {
+    sp.exp: torch.exp,
+    sp.log: torch.log,
+    sp.tanh: torch.tanh,
+    sp.sin: torch.sin,
+    sp.cos: torch.cos,
+    sp.Abs: torch.abs,
+    Softplus: F.softplus,
+    Sigmoid: torch.sigmoid,
+    LogSigmoid: F.logsigmoid,
+    Relu: torch.relu,
+    Silu: F.silu,
+    Elu: F.elu,
+}
+
+
+class Evaluator:
+    """Evaluate SymPy expressions of a spec over named index axes, in float64.
+
+    ``tensors`` maps a base name to its value: params ``[*shape]``, batched tensors (the input, time-varying lets)
+    ``[B, T, *shape]``. ``batched`` names the latter. Results have shape ``[B, T, *axes]`` or ``[*axes]``.
+    """
+
+    def __init__(self, sym: SymSpec, dims: dict[str, int], tensors: dict[str, torch.Tensor], batched: set[str]):
+        self.sym = sym
+        self.dims = {sym.dims[k]: v for k, v in dims.items()}
+        self.tensors = tensors
+        self.batched = batched
+
+    def size(self, expr) -> int:
+        v = sp.sympify(expr).subs(self.dims)
+        if not v.is_Integer:
+            raise ValueError(f"extent {expr} is not an integer at dims {self.dims}")
+        return int(v)
+
+    def _arange(self, k: int, n: int, rank: int) -> torch.Tensor:
+        shape = [1] * rank
+        shape[k] = n
+        return torch.arange(n).view(shape)
+
+    # integer (subscript) expressions -> long tensors over the axes
+    def index(self, e, axes, sizes) -> torch.Tensor | int:
+        if isinstance(e, sp.Integer):
+            return int(e)
+        if isinstance(e, sp.Symbol):
+            if e in axes:
+                k = axes.index(e)
+                return self._arange(k, sizes[k], len(axes))
+            if e in self.dims:
+                return self.dims[e]
+            raise ValueError(f"unbound index {e}")
+        if isinstance(e, sp.Add):
+            out = 0
+            for a in e.args:
+                out = out + self.index(a, axes, sizes)
+            return out
+        if isinstance(e, sp.Mul):
+            num, den = 1, 1
+            for a in e.args:
+                if isinstance(a, sp.Pow) and a.exp == -1:
+                    den = den * self.index(a.base, axes, sizes)
+                else:
+                    num = num * self.index(a, axes, sizes)
+            if isinstance(den, int) and den == 1:
+                return num
+            raise ValueError(f"non-integer subscript {e}")
+        if isinstance(e, sp.floor):
+            inner = e.args[0]
+            num, den = sp.fraction(sp.together(inner))
+            a, b = self.index(num, axes, sizes), self.index(den, axes, sizes)
+            return torch.div(torch.as_tensor(a), b, rounding_mode="floor")
+        if isinstance(e, sp.Mod):
+            a, b = self.index(e.args[0], axes, sizes), self.index(e.args[1], axes, sizes)
+            return torch.remainder(torch.as_tensor(a), b)
+        raise ValueError(f"unsupported subscript {e}")
+
+    def _rank_up(self, x: torch.Tensor, batched: bool, rank: int) -> torch.Tensor:
+        """View a result so that its trailing dims are the axes: [B, T, *axes] or [*axes]."""
+        want = rank + (2 if batched else 0)
+        if x.dim() < want:
+            if batched:
+                x = x.reshape(x.shape[:2] + (1,) * (want - x.dim()) + x.shape[2:])
+            else:
+                x = x.reshape((1,) * (want - x.dim()) + tuple(x.shape))
+        return x
+
+    def eval(self, e, axes: tuple, sizes: tuple[int, ...]) -> torch.Tensor:
+        """Value of ``e`` at every point of the index grid ``axes`` (sizes given)."""
+        f64 = torch.float64
+        rank = len(axes)
+        if e.is_Number:
+            return torch.tensor(float(e), dtype=f64)
+        if isinstance(e, sp.Symbol):
+            if e in axes or e in self.dims:
+                return torch.as_tensor(self.index(e, axes, sizes), dtype=f64)
+            name = str(e)
+            x = self.tensors[name].to(f64)
+            if name in self.batched:  # a scalar time-varying let: [B, T]
+                return x.reshape(x.shape + (1,) * rank)
+            return x
+        if isinstance(e, sp.Indexed):
+            name = str(e.base.label)
+            subs = [self.index(s, axes, sizes) for s in e.indices]
+            subs = [torch.as_tensor(s) for s in subs]
+            if subs:
+                subs = torch.broadcast_tensors(*subs)
+            x = self.tensors[name].to(f64)
+            if name in self.batched:
+                return self._rank_up(x[(slice(None), slice(None), *subs)], True, rank)
+            return self._rank_up(x[tuple(subs)], False, rank)
+        if isinstance(e, sp.Add):
+            out = self.eval(e.args[0], axes, sizes)
+            for a in e.args[1:]:
+                out = out + self.eval(a, axes, sizes)
+            return out
+        if isinstance(e, sp.Mul):
+            out = self.eval(e.args[0], axes, sizes)
+            for a in e.args[1:]:
+                out = out * self.eval(a, axes, sizes)
+            return out
+        if isinstance(e, sp.Pow):
+            return torch.pow(self.eval(e.base, axes, sizes), self.eval(e.exp, axes, sizes))
+        if isinstance(e, sp.KroneckerDelta):
+            a, b = (torch.as_tensor(self.index(x, axes, sizes)) for x in e.args)
+            return (a == b).to(f64)
+        if isinstance(e, sp.Sum):
+            (var, lo, hi) = e.limits[0]
+            n = self.size(hi - lo + 1)
+            body_axes, body_sizes = axes + (var,), sizes + (n,)
+            x = self.eval(e.function.subs(var, var + lo) if lo != 0 else e.function, body_axes, body_sizes)
+            batched = x.dim() > rank + 1
+            x = self._rank_up(x, batched, rank + 1)
+            return x.sum(-1) if x.shape[-1] == n else x.squeeze(-1) * n
+        if isinstance(e, (sp.Max, sp.Min)):
+            op = torch.maximum if isinstance(e, sp.Max) else torch.minimum
+            out = self.eval(e.args[0], axes, sizes)
+            for a in e.args[1:]:
+                out = op(out, self.eval(a, axes, sizes))
+            return out
+        for cls, fn in _UNARY.items():
+            if isinstance(e, cls):
+                return fn(self.eval(e.args[0], axes, sizes))
+        if isinstance(e, (sp.floor, sp.Mod)):
+            return torch.as_tensor(self.index(e, axes, sizes), dtype=f64)
+        raise NotImplementedError(f"reference evaluator: unsupported expression {type(e).__name__}: {e}")
+
+
+def _full(x: torch.Tensor, batch: tuple[int, int], sizes: tuple[int, ...]) -> torch.Tensor:
+    rank = len(sizes)
+    if x.dim() == rank + 2:
+        return x.expand(*batch, *sizes)
+    x = x.reshape((1,) * (rank - x.dim()) + tuple(x.shape)) if x.dim() < rank else x
+    return x.expand(*batch, *sizes)
+
+
+def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor):
+    """All lets over the whole sequence; returns (tensor table, batched names)."""
+    B, T = u.shape[:2]
+    tensors = {k: v.detach().to(torch.float64) if False else v.to(torch.float64) for k, v in params.items()}
+    inp_shape = [Evaluator(sym, dims, {}, set()).size(e) for e in sym.input.shape()]
+    tensors[sym.input.name] = u.to(torch.float64).reshape(B, T, *inp_shape)
+    batched = {sym.input.name}
+    for let in sym.lets:
+        ev = Evaluator(sym, dims, tensors, batched)
+        sizes = tuple(ev.size(e) for e in let.tensor.shape())
+        x = ev.eval(let.expr, let.index, sizes)
+        if let.time_varying:
+            x = _full(x, (B, T), sizes)
+            batched.add(let.tensor.name)
+        else:
+            x = x.expand(*sizes) if sizes else x.reshape(())
+        tensors[let.tensor.name] = x
+    return tensors, batched
+
+
+def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor):
+    """Dense DSF matrices per step: A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d] (float64)."""
+    Bsz, T = u.shape[:2]
+    tensors, batched = evaluate_lets(sym, dims, params, u)
+    ev = Evaluator(sym, dims, tensors, batched)
+    out = []
+    for name in ("A", "B", "C", "D"):
+        m = sym.matrices.get(name)
+        row_t, col_t = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"),
+                        "D": ("output", "input")}[name]
+        by_kind = {"state": sym.state, "input": sym.input, "output": sym.output}
+        rs = tuple(ev.size(e) for e in by_kind[row_t].shape())
+        cs = tuple(ev.size(e) for e in by_kind[col_t].shape())
+        n_rows, n_cols = math.prod(rs), math.prod(cs)
+        if m is None:
+            out.append(torch.zeros(Bsz, T, n_rows, n_cols, dtype=torch.float64))
+            continue
+        x = ev.eval(m.entry, m.rows + m.cols, rs + cs)
+        out.append(_full(x, (Bsz, T), rs + cs).reshape(Bsz, T, n_rows, n_cols))
+    return tuple(out)
+
+
+def reference_forward(
+    sym: SymSpec,
+    dims: dict[str, int],
+    params: dict[str, torch.Tensor],
+    u: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+):
+    """Run the DSF recurrence step by step in float64. Returns (y [B,T,p], final state [B,N])."""
+    A, Bm, C, D = dense_matrices(sym, dims, params, u)
+    Bsz, T = u.shape[:2]
+    N = A.shape[-1]
+    u64 = u.to(torch.float64).reshape(Bsz, T, -1)
+    h = torch.zeros(Bsz, N, dtype=torch.float64) if initial_state is None else initial_state.to(torch.float64).reshape(Bsz, N)
+    ys = []
+    for t in range(T):
+        h_prev = h
+        h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", Bm[:, t], u64[:, t])
+        read = h_prev if sym.readout == "pre" else h
+        ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u64[:, t]))
+    y = torch.stack(ys, 1) if ys else torch.zeros(Bsz, 0, C.shape[-2], dtype=torch.float64)
+    return y, h
