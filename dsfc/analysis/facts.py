@@ -1,0 +1,33 @@
+"""Named analysis facts. Each member's docstring-like comment says what it guarantees."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class AKind(str, Enum):
+    IDENTITY = "identity"  # A_t = I for every input
+    SCALAR = "scalar"  # A_t = a_t I: one scalar for the whole state
+    SCALAR_PER_GROUP = "scalar per group"  # one scalar per value of some state axes (e.g. per head), identity inside
+    DIAGONAL = "diagonal"  # A_t diagonal, entries vary over the state
+    BLOCK_DIAGONAL = "block-diagonal"  # delta over some state axes, dense blocks over the others
+    DENSE = "dense"  # no delta structure
+
+
+class BForm(str, Enum):
+    ELEMENTWISE = "elementwise"  # (B u)[s] needs no contraction over the input and no outer-product split
+    OUTER = "outer product"  # (B u)[g, k, v] = key[g, k] * value[g, v]
+    GENERAL = "general"  # anything else (a dense contraction of the input)
+
+
+class Family(str, Enum):
+    DIAGONAL_SCAN = "diagonal scan"  # elementwise linear recurrence over all N state entries
+    CHUNKED_OUTER = "chunked outer-product scan"  # chunkwise-parallel linear attention with decay masks
+    DENSE_SCAN = "dense scan"  # per-step block matrix-vector recurrence
+
+
+class Bound(str, Enum):
+    STABLE = "|lambda| < 1"
+    MARGINAL = "|lambda| <= 1"
+    UNKNOWN = "unknown"
+    UNBOUNDED = "unbounded"

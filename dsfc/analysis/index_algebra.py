@@ -1,0 +1,125 @@
+"""Small SymPy helpers for index notation: split products, collect deltas, contract sums against deltas.
+
+We own the index semantics (every index lies in its declared range), so a Kronecker delta against a summed index
+is contracted by substitution, without SymPy's range Piecewise.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+def terms(expr: sp.Expr) -> list[sp.Expr]:
+    """Top-level additive terms, after distributing products over sums (not inside functions)."""
+    e = sp.expand(expr, deep=False, mul=True, multinomial=False, power_exp=False, power_base=False, log=False)
+    return list(sp.Add.make_args(e))
+
+
+def factors(term: sp.Expr) -> list[sp.Expr]:
+    return list(sp.Mul.make_args(term))
+
+
+def split_deltas(term: sp.Expr) -> tuple[list[sp.KroneckerDelta], sp.Expr]:
+    deltas, rest = [], []
+    for f in factors(term):
+        (deltas if isinstance(f, sp.KroneckerDelta) else rest).append(f)
+    return deltas, sp.Mul(*rest)
+
+
+def delta_pairs(deltas) -> set[frozenset]:
+    return {frozenset(d.args) for d in deltas}
+
+
+def index_symbols(expr: sp.Expr, candidates) -> set[sp.Symbol]:
+    cands = set(candidates)
+    return {s for s in expr.free_symbols if s in cands}
+
+
+def _other(delta: sp.KroneckerDelta, var: sp.Symbol):
+    """For delta(var, e) with e free of var, return e; otherwise None."""
+    a, b = delta.args
+    if a == var and var not in b.free_symbols:
+        return b
+    if b == var and var not in a.free_symbols:
+        return a
+    return None
+
+
+def contract(expr: sp.Expr) -> sp.Expr:
+    """Eliminate every Sum index that a delta pins to another index, recursively; drop 0 terms."""
+    if isinstance(expr, sp.Sum):
+        body = contract(expr.function)
+        (var, lo, hi) = expr.limits[0]
+        out = []
+        for t in terms(body):
+            deltas, rest = split_deltas(t)
+            pin = next((d for d in deltas if _other(d, var) is not None), None)
+            if pin is not None:
+                other = _other(pin, var)
+                kept = [d for d in deltas if d is not pin]
+                out.append(contract(sp.Mul(*kept, rest).subs(var, other)))
+            elif var in t.free_symbols:
+                out.append(sp.Sum(t, (var, lo, hi)))
+            else:
+                out.append(t * (hi - lo + 1))
+        return sp.Add(*out)
+    if isinstance(expr, (sp.Add, sp.Mul)):
+        return expr.func(*[contract(a) for a in expr.args])
+    return expr
+
+
+def contract_product(entry: sp.Expr, cols, extents, operand) -> sp.Expr:
+    """sum over ``cols`` of entry * operand, contracting deltas that pin a summed index: e.g. B u, C h, D u.
+
+    Each summed index pinned by a delta is substituted away; indices still present become a ``Sum``; indices
+    absent from a term multiply it by their extent.
+    """
+    ranges = dict(zip(cols, extents))
+    out = []
+    for t in terms(entry * operand):
+        free = list(cols)
+        changed = True
+        while changed:
+            changed = False
+            deltas, rest = split_deltas(t)
+            for var in list(free):
+                pin = next((d for d in deltas if _other(d, var) is not None), None)
+                if pin is not None:
+                    other = _other(pin, var)
+                    t = sp.Mul(*[d for d in deltas if d is not pin], rest).subs(var, other)
+                    free.remove(var)
+                    changed = True
+                    break
+        for var in free:
+            if var in t.free_symbols:
+                # keep factors that do not involve the summed index outside the Sum: k[a] * sum_m W[b, m] u[m]
+                inside = [f for f in factors(t) if var in f.free_symbols]
+                outside = [f for f in factors(t) if var not in f.free_symbols]
+                t = sp.Mul(*outside) * sp.Sum(sp.Mul(*inside), (var, 0, ranges[var] - 1))
+            else:
+                t = t * ranges[var]
+        out.append(t)
+    return sp.Add(*out)
+
+
+def common_row_col_deltas(entry: sp.Expr, rows, cols) -> set[int]:
+    """Positions k such that every term of ``entry`` contains delta(rows[k], cols[k])."""
+    ts = terms(entry)
+    common = None
+    for t in ts:
+        deltas, _ = split_deltas(t)
+        pairs = delta_pairs(deltas)
+        here = {k for k, (r, c) in enumerate(zip(rows, cols)) if frozenset((r, c)) in pairs}
+        common = here if common is None else common & here
+    return common or set()
+
+
+def strip_deltas(entry: sp.Expr, rows, cols, positions) -> sp.Expr:
+    """Remove delta(rows[k], cols[k]) for k in positions from every term, renaming cols[k] -> rows[k]."""
+    out = []
+    for t in terms(entry):
+        deltas, rest = split_deltas(t)
+        keep = [d for d in deltas if not any(frozenset(d.args) == frozenset((rows[k], cols[k])) for k in positions)]
+        out.append(sp.Mul(*keep, rest))
+    e = sp.Add(*out)
+    return e.subs({cols[k]: rows[k] for k in positions}, simultaneous=True)

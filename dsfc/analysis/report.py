@@ -1,0 +1,185 @@
+"""``analyse_structure(SymSpec) -> StructureReport``: every analysis fact about a spec, in one typed record."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..ir.symspec import SymSpec
+from .facts import Family
+from .stability import eigenvalue_bound
+from .structure import Structure, analyse_structure_of
+
+CHUNK = 64  # chunk length assumed by the chunked algorithms' FLOP counts
+
+
+def _refs(expr: sp.Expr) -> set[str]:
+    out = set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Indexed):
+            out.add(str(node.base.label))
+        elif isinstance(node, sp.Symbol) and not (node.is_integer):
+            out.add(str(node))
+    return out
+
+
+def _closure(sym: SymSpec, names: set[str]) -> set[str]:
+    lets = {let.tensor.name: let for let in sym.lets}
+    seen, todo = set(), list(names)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in lets:
+            todo.extend(_refs(lets[n].expr))
+    return seen
+
+
+def _ops(expr: sp.Expr, dims: dict) -> float:
+    """Arithmetic operations to evaluate an expression once (a Sum costs extent x body)."""
+    if isinstance(expr, sp.Sum):
+        var, lo, hi = expr.limits[0]
+        n = float(sp.sympify(hi - lo + 1).subs(dims))
+        return n * (_ops(expr.function, dims) + 1)
+    if isinstance(expr, (sp.Indexed, sp.Symbol)) or expr.is_Number:
+        return 0.0
+    if isinstance(expr, sp.KroneckerDelta):
+        return 0.0
+    own = max(len(expr.args) - 1, 1) if isinstance(expr, (sp.Add, sp.Mul)) else 1
+    return own + sum(_ops(a, dims) for a in expr.args)
+
+
+@dataclass(frozen=True)
+class StructureReport:
+    model: str
+    a_kind: str
+    a_axes: dict  # {"diagonal": [...], "mixed": [...], "decay depends on": [...]}
+    a_time_varying: bool
+    a_low_rank: bool
+    b_form: str
+    c_form: str
+    d_present: bool
+    coupling: tuple[str, ...]
+    coupling_params: tuple[str, ...]
+    eigen_bound: str
+    eigen_interval: str | None
+    eigen_reason: str
+    time_invariant: bool
+    state_shape: tuple[str, ...]
+    state_size: str  # symbolic N
+    state_size_default: int
+    state_bytes_default: int  # fp32 recurrent state per sequence at the default dims
+    flops_per_token: float  # at the default dims, for the chosen algorithm
+    family: str
+    family_reason: str
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=list)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            ("model", self.model),
+            ("A", f"{self.a_kind}" + (" (identity minus rank-1 blocks)" if self.a_low_rank else "")
+             + ("" if not self.a_time_varying else ", input-dependent")),
+            ("A axes", ", ".join(f"{k}: {', '.join(v) or '-'}" for k, v in self.a_axes.items())),
+            ("B u", self.b_form),
+            ("C", self.c_form),
+            ("D", "present" if self.d_present else "absent (0)"),
+            ("coupling A/B", ", ".join(self.coupling) or "none"),
+            ("shared params", ", ".join(self.coupling_params) or "none"),
+            ("eigenvalues", f"{self.eigen_bound}" + (f"  {self.eigen_interval}" if self.eigen_interval else "")),
+            ("  why", self.eigen_reason),
+            ("time-invariant", "yes" if self.time_invariant else "no"),
+            ("state", f"[{', '.join(self.state_shape)}]  N = {self.state_size} = {self.state_size_default}"),
+            ("state bytes/seq", f"{self.state_bytes_default} (fp32, default dims)"),
+            ("FLOPs/token", f"{self.flops_per_token:.3g} (default dims)"),
+            ("family", self.family),
+            ("  why", self.family_reason),
+        ]
+
+    def table(self) -> str:
+        width = max(len(k) for k, _ in self.rows())
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.rows())
+
+
+def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> StructureReport:
+    st = structure or analyse_structure_of(sym)
+    a = st.a
+    names = lambda ks: [sym.state.axes[k].name or f"axis{k}" for k in ks]  # noqa: E731
+    tv = {let.tensor.name for let in sym.lets if let.time_varying} | {sym.input.name}
+    m = sym.matrices
+    refs = {k: _refs(v.entry) for k, v in m.items()}
+    a_tv = bool(refs["A"] & tv)
+    invariant = not any(refs[k] & tv for k in refs)
+    params = {p.tensor.name for p in sym.params}
+    lets = {let.tensor.name for let in sym.lets}
+    coupling = sorted((refs["A"] & refs["B"]) & (params | lets))
+    coupling_params = sorted(_closure(sym, refs["A"]) & _closure(sym, refs["B"]) & params)
+    eb = eigenvalue_bound(sym, a)
+
+    dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
+    n_sym = sym.state_size()
+    n_val = int(n_sym.subs(dims))
+    ext = [int(sp.sympify(x.extent).subs(dims)) for x in sym.state.axes]
+    let_cost = sum(math.prod(int(sp.sympify(x.extent).subs(dims)) for x in let.tensor.axes) * (_ops(let.expr, dims) + 1)
+                   for let in sym.lets if let.time_varying)
+    out_size = math.prod(int(sp.sympify(x.extent).subs(dims)) for x in sym.output.axes)
+    readout = out_size * (_ops(st.readout.ch, dims) + _ops(st.readout.du, dims) + 1)
+    if st.family == Family.DIAGONAL_SCAN:
+        core = n_val * (_ops(a.decay, dims) + _ops(st.bu, dims) + 2)
+    elif st.family == Family.CHUNKED_OUTER:
+        o = st.outer
+        g = math.prod(ext[k] for k in o.group_axes)
+        kk = math.prod(ext[k] for k in o.key_axes)
+        vv = math.prod(ext[k] for k in o.value_axes)
+        # per token: state update + inter-chunk readout (2KV each) and intra-chunk scores/outputs (2L(K+V))
+        core = g * (4 * kk * vv + 2 * CHUNK * (kk + vv)) + g * kk * (_ops(o.key, dims) + _ops(o.query, dims)) \
+            + g * vv * _ops(o.value, dims) + (0 if a.decay is None else g * _ops(a.decay, dims))
+        readout = out_size * _ops(st.readout.du, dims)
+    else:
+        blocks = math.prod(ext[k] for k in a.diag_axes)
+        mflat = math.prod(ext[k] for k in a.mixed_axes)
+        core = blocks * mflat * mflat * (2 + _ops(a.block, dims)) + n_val * (_ops(st.bu, dims) + 1)
+    c_form = _c_form(st)
+    return StructureReport(
+        model=sym.model,
+        a_kind=a.kind.value,
+        a_axes={"diagonal": names(a.diag_axes), "mixed": names(a.mixed_axes),
+                "decay depends on": names(a.decay_axes)},
+        a_time_varying=a_tv,
+        a_low_rank=a.low_rank,
+        b_form=st.b_form.value,
+        c_form=c_form,
+        d_present="D" in m,
+        coupling=tuple(coupling),
+        coupling_params=tuple(coupling_params),
+        eigen_bound=eb.bound.value,
+        eigen_interval=eb.interval,
+        eigen_reason=eb.reason,
+        time_invariant=invariant,
+        state_shape=tuple(f"{x.name or '_'}: {sp.sstr(x.extent)}" for x in sym.state.axes),
+        state_size=sp.sstr(n_sym),
+        state_size_default=n_val,
+        state_bytes_default=4 * n_val,
+        flops_per_token=float(let_cost + core + readout),
+        family=st.family.value,
+        family_reason=st.family_reason,
+    )
+
+
+def _c_form(st: Structure) -> str:
+    if st.outer is not None:
+        return "query contraction over the key axes (y = S^T q per group)"
+    ch = st.readout.ch
+    if ch.has(sp.Sum):
+        return "contraction over state axes per output (C = I (x) c^T form)"
+    return "elementwise readout"

@@ -1,0 +1,228 @@
+"""Structure of A, the form of B u, the readout, and the algorithm family they admit.
+
+Everything is *discovered* from the index-form entries: a state axis is "diagonal" when every term of A's entry
+carries delta(row_k, col_k); the decay is what remains once those deltas are stripped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..ir.symspec import SymSpec
+from .facts import AKind, BForm, Family
+from .index_algebra import common_row_col_deltas, contract_product, factors, strip_deltas, terms
+
+
+def _depends(expr: sp.Expr, syms) -> tuple[int, ...]:
+    free = expr.free_symbols
+    return tuple(k for k, s in enumerate(syms) if s in free)
+
+
+@dataclass(frozen=True)
+class AStructure:
+    kind: AKind
+    diag_axes: tuple[int, ...]  # state axes where A carries delta(row, col)
+    mixed_axes: tuple[int, ...]  # the others
+    decay: sp.Expr | None  # diagonal families: the entry with deltas stripped, over the row symbols
+    decay_axes: tuple[int, ...]  # state axes the decay (or block) depends on
+    block: sp.Expr | None  # block-diagonal/dense: entry over rows (all) and cols (mixed axes)
+    rows: tuple[sp.Symbol, ...]
+    cols: tuple[sp.Symbol, ...]
+    low_rank: bool  # block = s * I - (rank-1) (DeltaNet-like)
+
+
+@dataclass(frozen=True)
+class OuterSplit:
+    """(B u)[g,k,v] = key[g,k] * value[g,v], y[g,v] = sum_k query[g,k] h[g,k,v]: linear-attention form."""
+
+    group_axes: tuple[int, ...]
+    key_axes: tuple[int, ...]
+    value_axes: tuple[int, ...]
+    key: sp.Expr
+    value: sp.Expr
+    query: sp.Expr
+    out_map: tuple[int, ...]  # output axis k <-> state axis out_map[k]
+
+
+@dataclass(frozen=True)
+class Readout:
+    """y[o] = (C h)[o] and (D u)[o] with deltas contracted, over the output symbols."""
+
+    out_syms: tuple[sp.Symbol, ...]
+    ch: sp.Expr
+    du: sp.Expr  # 0 when D is absent
+
+
+@dataclass(frozen=True)
+class Structure:
+    a: AStructure
+    bu: sp.Expr  # (B u)[rows] over the state row symbols of A
+    b_form: BForm
+    readout: Readout
+    outer: OuterSplit | None
+    family: Family
+    family_reason: str
+
+
+def classify_a(sym: SymSpec) -> AStructure:
+    m = sym.matrices["A"]
+    rows, cols = m.rows, m.cols
+    diag = sorted(common_row_col_deltas(m.entry, rows, cols))
+    mixed = tuple(k for k in range(len(rows)) if k not in diag)
+    stripped = sp.simplify(strip_deltas(m.entry, rows, cols, diag)) if diag else m.entry
+    if not mixed:
+        decay = stripped
+        dep = _depends(decay, rows)
+        if decay == 1:
+            kind = AKind.IDENTITY
+        elif not dep:
+            kind = AKind.SCALAR
+        elif len(dep) < len(rows):
+            kind = AKind.SCALAR_PER_GROUP
+        else:
+            kind = AKind.DIAGONAL
+        return AStructure(kind, tuple(diag), (), decay, dep, None, rows, cols, False)
+    block = stripped
+    dep = tuple(sorted(set(_depends(block, rows)) | set(mixed)))
+    kind = AKind.BLOCK_DIAGONAL if diag else AKind.DENSE
+    return AStructure(kind, tuple(diag), mixed, None, dep, block, rows, cols, _is_identity_minus_rank1(block, rows, cols, mixed))
+
+
+def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
+    """block == s * prod delta(row_k, col_k) (k mixed) - f(rows) * g(cols)?"""
+    ident = [t for t in terms(block) if all(frozenset((rows[k], cols[k])) in
+                                            {frozenset(f.args) for f in factors(t) if isinstance(f, sp.KroneckerDelta)}
+                                            for k in mixed)]
+    rest = [t for t in terms(block) if t not in ident]
+    if not ident or len(rest) != 1:
+        return False
+    row_part = [f for f in factors(rest[0]) if not (f.free_symbols & {cols[k] for k in mixed})]
+    col_part = [f for f in factors(rest[0]) if f.free_symbols & {cols[k] for k in mixed}]
+    return bool(col_part) and all(not (f.free_symbols & {rows[k] for k in mixed}) for f in col_part) and bool(row_part)
+
+
+def compute_bu(sym: SymSpec, rows) -> sp.Expr:
+    m = sym.matrices["B"]
+    entry = m.entry.subs(dict(zip(m.rows, rows)), simultaneous=True)
+    return contract_product(entry, m.cols, m.col_extents, sym.input.base[m.cols] if m.cols else sym.input.base)
+
+
+def compute_readout(sym: SymSpec) -> Readout:
+    c = sym.matrices["C"]
+    out_syms = c.rows
+    ch = contract_product(c.entry, c.cols, c.col_extents, sym.state.base[c.cols])
+    d = sym.matrices.get("D")
+    if d is None:
+        du = sp.Integer(0)
+    else:
+        entry = d.entry.subs(dict(zip(d.rows, out_syms)), simultaneous=True)
+        du = contract_product(entry, d.cols, d.col_extents, sym.input.base[d.cols])
+    return Readout(out_syms, ch, du)
+
+
+def classify_b(bu: sp.Expr, rows) -> BForm:
+    fs = factors(bu) if len(terms(bu)) == 1 else []
+    deps = [set(_depends(f, rows)) for f in fs]
+    nonempty = [d for d in deps if d]
+    # outer product: two factor groups whose row dependences are not nested in each other
+    for i, d1 in enumerate(nonempty):
+        for d2 in nonempty[i + 1:]:
+            if (d1 - d2) and (d2 - d1):
+                return BForm.OUTER
+    if bu.has(sp.Sum):
+        return BForm.GENERAL
+    return BForm.ELEMENTWISE
+
+
+def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> OuterSplit | None:
+    """Try to write the system in linear-attention form (see OuterSplit); None when it does not fit."""
+    if a.mixed_axes or len(terms(bu)) != 1 or len(terms(readout.ch)) != 1:
+        return None
+    rows = a.rows
+    ch = readout.ch
+    summed: list[sp.Symbol] = []
+    outside = []  # factors outside the contraction (scales such as 1/sqrt(K))
+    while True:
+        if isinstance(ch, sp.Mul):
+            sums = [f for f in factors(ch) if isinstance(f, sp.Sum)]
+            if len(sums) != 1:
+                break
+            outside += [f for f in factors(ch) if f is not sums[0]]
+            ch = sums[0]
+        if not isinstance(ch, sp.Sum):
+            break
+        summed.append(ch.limits[0][0])
+        ch = ch.function
+    ch = sp.Mul(*outside, ch)
+    hs = [f for f in factors(ch) if isinstance(f, sp.Indexed) and f.base == sym.state.base]
+    if len(hs) != 1:
+        return None
+    h = hs[0]
+    query = sp.Mul(*[f for f in factors(ch) if f is not h])
+    out_map: dict[int, int] = {}
+    key_axes = []
+    for k, s in enumerate(h.indices):
+        if s in readout.out_syms:
+            out_map[readout.out_syms.index(s)] = k
+        elif s in summed:
+            key_axes.append(k)
+        else:
+            return None
+    if len(out_map) != len(readout.out_syms) or not key_axes or sorted(out_map) != list(range(len(readout.out_syms))):
+        return None
+    kept = sorted(out_map.values())
+    # rename the readout's symbols to the state row symbols
+    ren = {h.indices[k]: rows[k] for k in range(len(rows))}
+    query = query.subs(ren, simultaneous=True)
+    bu_f = factors(bu)
+    key_syms = {rows[k] for k in key_axes}
+    key = sp.Mul(*[f for f in bu_f if f.free_symbols & key_syms])
+    value = sp.Mul(*[f for f in bu_f if not (f.free_symbols & key_syms)])
+    dep_decay = set(a.decay_axes)
+    group = sorted(
+        k for k in kept
+        if k in dep_decay or rows[k] in key.free_symbols or rows[k] in query.free_symbols
+    )
+    value_axes = [k for k in kept if k not in group]
+    if not value_axes:
+        return None
+    vsyms = {rows[k] for k in value_axes}
+    if key.free_symbols & vsyms or query.free_symbols & vsyms:
+        return None
+    if (query.free_symbols | key.free_symbols) & set(summed) - key_syms:
+        return None
+    return OuterSplit(tuple(group), tuple(key_axes), tuple(value_axes), key, value, query,
+                      tuple(out_map[k] for k in range(len(out_map))))
+
+
+def analyse_structure_of(sym: SymSpec) -> Structure:
+    a = classify_a(sym)
+    bu = compute_bu(sym, a.rows)
+    readout = compute_readout(sym)
+    b_form = classify_b(bu, a.rows)
+    outer = split_outer(sym, a, bu, readout) if sym.readout == "post" else None
+    if a.mixed_axes:
+        family = Family.DENSE_SCAN
+        why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "
+               "so the recurrence needs a matrix-vector product per step")
+    elif outer is not None:
+        family = Family.CHUNKED_OUTER
+        decay = "no decay" if a.kind == AKind.IDENTITY else (
+            "a per-key decay" if set(a.decay_axes) & set(outer.key_axes) else "a scalar decay per group")
+        why = (f"A is {a.kind.value} ({decay}), B u is key[{', '.join(_axis_names(sym, outer.group_axes + outer.key_axes))}]"
+               f" x value[{', '.join(_axis_names(sym, outer.group_axes + outer.value_axes))}] and C contracts the key "
+               "axes: the chunkwise-parallel (matmul) form applies")
+    else:
+        family = Family.DIAGONAL_SCAN
+        why = f"A is {a.kind.value}: every state entry evolves independently (elementwise linear scan)"
+    return Structure(a, bu, b_form, readout, outer, family, why)
+
+
+def _axis_names(sym: SymSpec, ks) -> list[str]:
+    out = []
+    for k in ks:
+        ax = sym.state.axes[k]
+        out.append(ax.name or f"axis{k}")
+    return out
