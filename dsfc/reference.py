@@ -145,13 +145,18 @@ class Evaluator:
             a, b = (torch.as_tensor(self.index(x, axes, sizes)) for x in e.args)
             return (a == b).to(f64)
         if isinstance(e, sp.Sum):
-            (var, lo, hi) = e.limits[0]
-            n = self.size(hi - lo + 1)
-            body_axes, body_sizes = axes + (var,), sizes + (n,)
-            x = self.eval(e.function.subs(var, var + lo) if lo != 0 else e.function, body_axes, body_sizes)
-            batched = x.dim() > rank + 1
-            x = self._rank_up(x, batched, rank + 1)
-            return x.sum(-1) if x.shape[-1] == n else x.squeeze(-1) * n
+            # SymPy merges nested sums into one Sum with several limits: bind them all, then reduce
+            body, body_axes, body_sizes = e.function, axes, sizes
+            for var, lo, hi in e.limits:
+                if lo != 0:
+                    body = body.subs(var, var + lo)
+                body_axes, body_sizes = body_axes + (var,), body_sizes + (self.size(hi - lo + 1),)
+            k = len(e.limits)
+            x = self.eval(body, body_axes, body_sizes)
+            batched = x.dim() > rank + k
+            x = self._rank_up(x, batched, rank + k)
+            x = x.expand(*x.shape[: x.dim() - k], *body_sizes[rank:])
+            return x.sum(dim=tuple(range(-k, 0)))
         if isinstance(e, (sp.Max, sp.Min)):
             op = torch.maximum if isinstance(e, sp.Max) else torch.minimum
             out = self.eval(e.args[0], axes, sizes)

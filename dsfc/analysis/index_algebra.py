@@ -45,29 +45,6 @@ def _other(delta: sp.KroneckerDelta, var: sp.Symbol):
     return None
 
 
-def contract(expr: sp.Expr) -> sp.Expr:
-    """Eliminate every Sum index that a delta pins to another index, recursively; drop 0 terms."""
-    if isinstance(expr, sp.Sum):
-        body = contract(expr.function)
-        (var, lo, hi) = expr.limits[0]
-        out = []
-        for t in terms(body):
-            deltas, rest = split_deltas(t)
-            pin = next((d for d in deltas if _other(d, var) is not None), None)
-            if pin is not None:
-                other = _other(pin, var)
-                kept = [d for d in deltas if d is not pin]
-                out.append(contract(sp.Mul(*kept, rest).subs(var, other)))
-            elif var in t.free_symbols:
-                out.append(sp.Sum(t, (var, lo, hi)))
-            else:
-                out.append(t * (hi - lo + 1))
-        return sp.Add(*out)
-    if isinstance(expr, (sp.Add, sp.Mul)):
-        return expr.func(*[contract(a) for a in expr.args])
-    return expr
-
-
 def contract_product(entry: sp.Expr, cols, extents, operand) -> sp.Expr:
     """sum over ``cols`` of entry * operand, contracting deltas that pin a summed index: e.g. B u, C h, D u.
 

@@ -42,8 +42,9 @@ def _closure(sym: SymSpec, names: set[str]) -> set[str]:
 def _ops(expr: sp.Expr, dims: dict) -> float:
     """Arithmetic operations to evaluate an expression once (a Sum costs extent x body)."""
     if isinstance(expr, sp.Sum):
-        var, lo, hi = expr.limits[0]
-        n = float(sp.sympify(hi - lo + 1).subs(dims))
+        n = 1.0
+        for _, lo, hi in expr.limits:
+            n *= float(sp.sympify(hi - lo + 1).subs(dims))
         return n * (_ops(expr.function, dims) + 1)
     if isinstance(expr, (sp.Indexed, sp.Symbol)) or expr.is_Number:
         return 0.0

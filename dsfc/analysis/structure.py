@@ -153,7 +153,7 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
             ch = sums[0]
         if not isinstance(ch, sp.Sum):
             break
-        summed.append(ch.limits[0][0])
+        summed.extend(lim[0] for lim in ch.limits)
         ch = ch.function
     ch = sp.Mul(*outside, ch)
     hs = [f for f in factors(ch) if isinstance(f, sp.Indexed) and f.base == sym.state.base]

@@ -146,7 +146,7 @@ class _Checker:
     def eval_dim_expr(self, e: ast.Expr, what: str) -> float | None:
         """Evaluate an expression over dims and numbers at the default dims; None after reporting an error."""
         if isinstance(e, ast.Num):
-            return e.value
+            return self.finite(e.value, e, what)
         if isinstance(e, ast.Name):
             if e.name in self.dim_values:
                 return self.dim_values[e.name]
@@ -172,26 +172,43 @@ class _Checker:
                     hint="a dim split such as d // H must divide evenly",
                 )
                 return None
-            return {
-                "+": lambda: a + b,
-                "-": lambda: a - b,
-                "*": lambda: a * b,
-                "/": lambda: a / b,
-                "//": lambda: a // b,
-                "%": lambda: a % b,
-                "^": lambda: a**b,
-            }[e.op]()
+            try:
+                v = {
+                    "+": lambda: a + b,
+                    "-": lambda: a - b,
+                    "*": lambda: a * b,
+                    "/": lambda: a / b,
+                    "//": lambda: a // b,
+                    "%": lambda: a % b,
+                    # through floats, so that a huge integer power fails fast instead of building a huge int
+                    "^": lambda: float(a) ** float(b),
+                }[e.op]()
+            except (OverflowError, ZeroDivisionError):
+                v = math.inf
+            return self.finite(v, e, what)
         if isinstance(e, ast.Call) and e.func in ("sqrt", "log", "exp") and len(e.args) == 1:
             v = self.eval_dim_expr(e.args[0], what)
             if v is None:
                 return None
             try:
-                return getattr(math, e.func)(v)
+                return self.finite(getattr(math, e.func)(v), e, what)
             except ValueError:
                 self.err(f"{e.func}({v:g}) is undefined in {what}", e.span)
                 return None
+            except OverflowError:
+                return self.finite(math.inf, e, what)
         self.err(f"{what} must be built from numbers and dims only", e.span)
         return None
+
+    def finite(self, v, e: ast.Expr, what: str) -> float | None:
+        """``v`` if it is a finite real number; otherwise report and return None."""
+        if isinstance(v, complex):
+            self.err(f"{what} is not a real number", e.span)
+            return None
+        if isinstance(v, float) and not math.isfinite(v):
+            self.err(f"{what} is too large (overflows)", e.span)
+            return None
+        return v
 
     def size_of(self, e: ast.Expr, what: str) -> int | None:
         v = self.eval_dim_expr(e, what)
@@ -264,6 +281,8 @@ class _Checker:
                 self.unknown(e.name, e.span, scope)
                 return
             self.check_access(t, e.span, ctx, allowed)
+            if t.kind in ("state", "output"):
+                return  # one error per mistake: the read itself is the problem, not its missing subscripts
             if t.axes:
                 idx = ", ".join(a.name or f"i{k}" for k, a in enumerate(t.axes))
                 self.err(
@@ -330,7 +349,10 @@ class _Checker:
                     return
                 extent = e.extent
             else:
+                before = len(self.errors)
                 found = self.infer_extent(e.var, e.body)
+                if len(self.errors) > before:
+                    return  # conflicting extents: checking the body would report the same mistake again
                 if found is None:
                     self.err(
                         f"cannot infer the range of sum index {e.var!r}: it never subscripts a tensor directly",
@@ -424,13 +446,17 @@ class _Checker:
             return
         for values in itertools.product(*[range(z) for z in sizes]):
             env = dict(zip(names, values))
-            v = self.eval_index(s, env)
+            where = " (at " + ", ".join(f"{n}={x}" for n, x in env.items()) + ")" if env else ""
+            try:
+                v = self.eval_index(s, env)
+            except ZeroDivisionError:
+                self.err(f"subscript {k} of {tensor!r} divides by zero{where}", s.span)
+                return
             if v is None:
                 return
             if not 0 <= v < axis.size:
-                where = ", ".join(f"{n}={x}" for n, x in env.items())
                 self.err(
-                    f"subscript {k} of {tensor!r} reaches {v} (at {where}), outside its range 0..{axis.size - 1}",
+                    f"subscript {k} of {tensor!r} reaches {v}{where}, outside its range 0..{axis.size - 1}",
                     s.span,
                 )
                 return
@@ -450,7 +476,7 @@ class _Checker:
             if a is None or b is None:
                 return None
             if s.op in ("//", "%") and b == 0:
-                return None
+                raise ZeroDivisionError
             return {"+": a + b, "-": a - b, "*": a * b, "//": a // b if b else 0, "%": a % b if b else 0}.get(s.op)
         return None
 
@@ -626,12 +652,13 @@ class _Checker:
                 return
             if len(group) != len(t.axes):
                 want = ", ".join(a.name or f"i{k}" for k, a in enumerate(t.axes))
+                want = f"({want})" if len(t.axes) > 1 else want
                 self.err(
                     f"the {side} of {m.matrix} index the {kind} {t.name!r}, which has {len(t.axes)} "
                     f"ax{'is' if len(t.axes) == 1 else 'es'}, but {len(group)} index name"
                     f"{'s are' if len(group) != 1 else ' is'} given",
                     group[0].span if group else m.span,
-                    hint=f"write {m.matrix}[({want}), ...]" if side == "rows" else None,
+                    hint=f"write {m.matrix}[{want}, ...]" if side == "rows" else f"write {m.matrix}[..., {want}]",
                 )
                 ok = False
                 continue
@@ -658,8 +685,8 @@ _MATRIX_HINTS = {
 def _similar(a: str, b: str) -> bool:
     if a.lower() == b.lower():
         return True
-    if abs(len(a) - len(b)) > 1:
-        return False
+    if abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 2:
+        return False  # any two one-letter names are one edit apart: suggesting one for the other is noise
     # one edit apart
     if len(a) == len(b):
         return sum(x != y for x, y in zip(a, b)) == 1

@@ -66,15 +66,17 @@ class NotADSFError(SpecError):
 def render_error(err: SpecError, path: str, source: str) -> str:
     """Format an error the way compilers do: location, message, source line, caret."""
     line_no, col = err.span.line, err.span.column
-    lines = source.splitlines()
+    lines = [line.removesuffix("\r") for line in source.split("\n")]  # the lines Lark counts
     out = [f"{path}:{line_no}:{col}: error: {err.message}"]
-    if 1 <= line_no <= len(lines):
-        text = lines[line_no - 1].replace("\t", " ")
-        out.append(f"    {text}")
-        width = 1
-        if err.span.end_line == line_no and err.span.end_column and err.span.end_column > col:
-            width = err.span.end_column - col
-        out.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
+    # an empty file, or an error just past the last line, still gets its (empty) source line and a caret
+    text = lines[line_no - 1] if 1 <= line_no <= len(lines) else ""
+    # one character per column, and nothing that a terminal would interpret (tabs, escapes, binary garbage)
+    text = "".join(" " if ch == "\t" else ch if ch.isprintable() else "\ufffd" for ch in text)
+    out.append(f"    {text}")
+    width = 1
+    if err.span.end_line == line_no and err.span.end_column and err.span.end_column > col:
+        width = err.span.end_column - col
+    out.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
     if err.hint:
         out.append(f"  hint: {err.hint}")
     return "\n".join(out)

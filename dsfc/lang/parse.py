@@ -55,66 +55,118 @@ def _describe_terminal(name: str) -> str:
     return name.lower()
 
 
+# Binary operators can follow any complete expression; listing them one by one would crowd out what is missing
+# (a ']' or ')'), so they are summarised as "an operator".
+_OPERATOR_TEXT = {"+", "-", "*", "/", "//", "%", "^", "**"}
+
+
+def _is_operator(name: str) -> bool:
+    try:
+        pattern = _parser().get_terminal(name).pattern
+    except KeyError:
+        return False
+    return pattern.type == "str" and pattern.value in _OPERATOR_TEXT
+
+
 def _describe_expected(expected) -> str:
-    names = sorted({_describe_terminal(t) for t in expected})
-    if len(names) > 8:
-        names = names[:8] + ["..."]
+    expected = set(expected)
+    operators = {t for t in expected if _is_operator(t)}
+    # '+' and '-' also open an expression (unary sign); only summarise when the binary operators are expected too
+    if len(operators) > 2:
+        names = sorted({_describe_terminal(t) for t in expected - operators}) + ["an operator"]
+    else:
+        names = sorted({_describe_terminal(t) for t in expected})
+    if len(names) > 10:
+        names = names[:10] + ["..."]
     return ", ".join(names)
+
+
+def _end_span(tok, text: str) -> Span:
+    """Where a statement stopped short: just after its last token (Lark gives $END the last token's position)."""
+    if getattr(tok, "end_line", None) and getattr(tok, "end_column", None):
+        return Span(tok.end_line, tok.end_column)
+    lines = text.rstrip().splitlines() or [""]
+    return Span(len(lines), len(lines[-1]) + 1)
 
 
 def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        if ch == '"':
+            return SpecError(
+                "unterminated string",
+                Span(exc.line, exc.column, exc.line, exc.column + 1),
+                hint='a description string opens and closes on the same line: model S6 "..."',
+            )
         return SpecError(
             f"unexpected character {ch!r}",
             Span(exc.line, exc.column, exc.line, exc.column + 1),
             hint="names are letters, digits and '_'; comments start with '#'",
         )
     if isinstance(exc, UnexpectedEOF):
-        lines = text.rstrip().splitlines() or [""]
-        line = len(lines)
         return SpecError(
             f"unexpected end of statement; expected {_describe_expected(exc.expected)}",
-            Span(line, len(lines[-1]) + 1),
+            _end_span(None, text),
         )
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
+    expected = exc.accepts or exc.expected
     if tok.type == "$END":
-        lines = text.rstrip().splitlines() or [""]
-        line = len(lines)
         return SpecError(
-            f"unexpected end of statement; expected {_describe_expected(exc.accepts or exc.expected)}",
-            Span(line, len(lines[-1]) + 1),
+            f"unexpected end of statement; expected {_describe_expected(expected)}",
+            _end_span(tok, text),
         )
-    return SpecError(
-        f"unexpected {str(tok)!r}; expected {_describe_expected(exc.accepts or exc.expected)}",
-        Span(tok.line, tok.column, tok.end_line, tok.end_column),
+    span = Span(tok.line, tok.column, tok.end_line, tok.end_column)
+    if "$END" in expected and "EQUAL" not in expected:
+        # the statement before tok is complete; what follows must be a new statement
+        return SpecError(
+            f"unexpected {str(tok)!r} after the end of the statement",
+            span,
+            hint="each statement starts with a keyword (model, dim, input, state, output, param, let, readout) "
+            "or a matrix entry such as A[...] = ...",
+        )
+    return SpecError(f"unexpected {str(tok)!r}; expected {_describe_expected(expected)}", span)
+
+
+def _position(text: str, offset: int) -> Span:
+    """1-based line and column of a character offset."""
+    line = text.count("\n", 0, offset) + 1
+    return Span(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
+
+
+def _binary_error(text: str, path: str) -> SpecErrors:
+    at = text.index("\x00")
+    return SpecErrors(
+        [SpecError("file is binary, not a spec (contains NUL bytes)", _position(text, at))],
+        path,
+        text.replace("\x00", "\ufffd"),
     )
 
 
 def _check_text(data: bytes | str, path: str) -> str:
     if isinstance(data, bytes):
         if b"\x00" in data:
-            raise SpecErrors([SpecError("file is binary, not a spec (contains NUL bytes)", Span(1, 1))], path, "")
+            raise _binary_error(data.decode("utf-8", "replace"), path)
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             prefix = data[: exc.start].decode("utf-8", "replace")
-            line = prefix.count("\n") + 1
-            col = len(prefix) - (prefix.rfind("\n") + 1) + 1
             raise SpecErrors(
-                [SpecError(f"file is not UTF-8 text (invalid byte 0x{data[exc.start]:02x})", Span(line, col))],
+                [SpecError(f"file is not UTF-8 text (invalid byte 0x{data[exc.start]:02x})", _position(prefix, len(prefix)))],
                 path,
-                "",
+                data.decode("utf-8", "replace"),
             ) from None
     if "\x00" in data:
-        raise SpecErrors([SpecError("file is binary, not a spec (contains NUL bytes)", Span(1, 1))], path, data)
-    return data
+        raise _binary_error(data, path)
+    # a byte-order mark is an encoding detail some editors add, not part of the text
+    return data.removeprefix("\ufeff")
 
 
 def _split_statements(text: str) -> list[tuple[int, str]]:
     """Cut the source at statement-opening lines; returns (first line index, chunk text) pairs."""
-    lines = text.splitlines(keepends=True)
+    # only "\n" ends a line, as for Lark's line numbers (str.splitlines would also cut at form feeds, \u2028, ...)
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
     starts = [i for i, line in enumerate(lines) if _STATEMENT_START.match(line)]
     if not starts or starts[0] != 0:
         starts = [0] + starts

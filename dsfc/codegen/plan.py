@@ -1,0 +1,327 @@
+"""``plan_module(SymSpec, Structure, StructureReport) -> ModulePlan``: every printed piece the template lays out.
+
+The template only places these strings; which algorithm runs is decided here from the structure report.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ..analysis.facts import Family
+from ..analysis.report import StructureReport
+from ..analysis.structure import Structure
+from ..ir.symspec import SymSpec
+from .printers import PrinterError, TensorRef, TorchPrinter
+
+# Names the generated module itself uses at module or function scope.
+_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "dt_bias_", "self",
+             "initial_state", "output_final_state", "state", "u_t", "u"}
+
+
+def py_name(name: str) -> str:
+    if keyword.iskeyword(name) or name in _RESERVED or name.startswith("_"):
+        return name + "_" if not name.startswith("_") else "s" + name
+    return name
+
+
+@dataclass
+class ParamPlan:
+    name: str
+    attr: str
+    shape: list[str]
+    init: str  # one statement
+
+
+@dataclass
+class LetPlan:
+    name: str
+    code: str
+    source: str  # the spec's definition, as a comment
+
+
+@dataclass
+class ModulePlan:
+    model: str
+    description: str
+    stamp: str
+    analysis_table: str
+    free_dims: list[tuple[str, int]]
+    derived_dims: list[tuple[str, str]]
+    dim_checks: list[tuple[str, str]]  # (condition code, message)
+    dim_locals: str
+    params: list[ParamPlan]
+    param_locals: list[tuple[str, str]]
+    lets: list[LetPlan]
+    input_name: str
+    input_shape: list[str]
+    input_size: str
+    state_shape: list[str]
+    state_size: str
+    output_shape: list[str]
+    output_size: str
+    family: str
+    core: list[str]  # body lines of _core (after lets), computing y and final
+    matrices: list[tuple[str, str, list[str], list[str]]]  # (name, code, row shape, col shape)
+    first_param: str | None
+    extra_imports: list[str] = field(default_factory=list)
+
+
+def _src(sym: SymSpec, name: str) -> str:
+    let = sym.checked.spec.source.splitlines()
+    for s in sym.checked.lets:
+        if s.name == name:
+            line = let[s.span.line - 1].strip() if s.span.line <= len(let) else ""
+            return line
+    return ""
+
+
+def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str) -> ModulePlan:
+    dims_code = {v: py_name(k) for k, v in sym.dims.items()}
+    tensors: dict[str, TensorRef] = {}
+    for p in sym.params:
+        tensors[p.tensor.name] = TensorRef(py_name(p.tensor.name), len(p.tensor.axes), False)
+    for let in sym.lets:
+        tensors[let.tensor.name] = TensorRef(py_name(let.tensor.name), len(let.tensor.axes), let.time_varying)
+    tensors[sym.input.name] = TensorRef(py_name(sym.input.name), len(sym.input.axes), True)
+    pr = TorchPrinter(tensors, dims_code)
+
+    def sizes(syms, axes):
+        return {s: pr.size(a.extent) for s, a in zip(syms, axes)}
+
+    # ---- dims
+    free = [(py_name(k), sym.dim_defaults[k]) for k in sym.free_dims]
+    derived, checks = [], []
+    for name, expr in sym.dim_defs.items():
+        try:
+            code = pr.index(expr, (), {})
+        except PrinterError:
+            code = pr.print(expr, (), {})
+        derived.append((py_name(name), code))
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.floor):
+                num, den = sp.fraction(sp.together(node.args[0]))
+                checks.append((f"{pr.index(num, (), {})} % {pr.index(den, (), {})} != 0",
+                               f"{sp.sstr(num)} must be divisible by {sp.sstr(den)}"))
+    all_dims = [py_name(k) for k in sym.dims]
+    dim_locals = ", ".join(all_dims) + (" = " if all_dims else "") + ", ".join(f"self.{d}" for d in all_dims)
+
+    # ---- params
+    params = []
+    for p in sym.params:
+        attr = py_name(p.tensor.name)
+        shape = [pr.size(a.extent) for a in p.tensor.axes]
+        params.append(ParamPlan(p.tensor.name, attr, shape, _init_code(pr, p, attr, sizes(p.init.index, p.tensor.axes))))
+    param_locals = [(py_name(p.tensor.name), f"self.{py_name(p.tensor.name)}.to(_dtype)") for p in sym.params]
+
+    # ---- lets
+    lets = []
+    for let in sym.lets:
+        code = pr.print(let.expr, let.index, sizes(let.index, let.tensor.axes))
+        lets.append(LetPlan(let.tensor.name, code, _src(sym, let.tensor.name)))
+
+    st_shape = [pr.size(a.extent) for a in sym.state.axes]
+    in_shape = [pr.size(a.extent) for a in sym.input.axes]
+    out_shape = [pr.size(a.extent) for a in sym.output.axes]
+    rows = st.a.rows
+    row_sizes = sizes(rows, sym.state.axes)
+    out_syms = st.readout.out_syms
+    out_sizes = sizes(out_syms, sym.output.axes)
+    full_state = ", ".join(st_shape)
+
+    core: list[str] = []
+    if st.family == Family.DIAGONAL_SCAN:
+        core += [
+            "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
+            f"a = {pr.print(st.a.decay, rows, row_sizes)}",
+            f"bu = {pr.print(st.bu, rows, row_sizes)}",
+            f"shape = (_B, _T, {full_state})",
+            "states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)",
+        ]
+        core += _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+    elif st.family == Family.CHUNKED_OUTER:
+        core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
+    else:
+        core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
+        core += _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+
+    matrices = []
+    by_kind = {"state": sym.state, "input": sym.input, "output": sym.output}
+    shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
+    for name in ("A", "B", "C", "D"):
+        rk, ck = shapes[name]
+        rshape = [pr.size(a.extent) for a in by_kind[rk].axes]
+        cshape = [pr.size(a.extent) for a in by_kind[ck].axes]
+        m = sym.matrices.get(name)
+        if m is None:
+            code = "None"
+        else:
+            code = pr.print(m.entry, m.rows + m.cols, {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})
+        matrices.append((name, code, rshape, cshape))
+
+    return ModulePlan(
+        model=sym.model,
+        description=sym.description,
+        stamp=stamp,
+        analysis_table=report.table(),
+        free_dims=free,
+        derived_dims=derived,
+        dim_checks=checks,
+        dim_locals=dim_locals,
+        params=params,
+        param_locals=param_locals,
+        lets=lets,
+        input_name=py_name(sym.input.name),
+        input_shape=in_shape,
+        input_size=" * ".join(in_shape),
+        state_shape=st_shape,
+        state_size=" * ".join(st_shape),
+        output_shape=out_shape,
+        output_size=" * ".join(out_shape),
+        family=st.family.value,
+        core=core,
+        matrices=matrices,
+        first_param=params[0].attr if params else None,
+    )
+
+
+def _init_code(pr: TorchPrinter, p, attr: str, sizes) -> str:
+    init = p.init
+    target = f"self.{attr}"
+    args = [pr.print(a, (), {}) for a in init.args]
+    if init.kind == "expr":
+        value = pr.print(init.expr, init.index, sizes)
+        return f"{target}.copy_(torch.broadcast_to(torch.as_tensor({value}, dtype=_dtype, device=_dev), {target}.shape))"
+    if init.kind == "normal":
+        return f"nn.init.normal_({target}, {args[0]}, {args[1]})"
+    if init.kind == "uniform":
+        return f"nn.init.uniform_({target}, {args[0]}, {args[1]})"
+    if init.kind == "log_uniform":
+        return f"{target}.copy_(torch.exp(torch.empty_like({target}).uniform_(math.log({args[0]}), math.log({args[1]}))))"
+    if init.kind == "dt_bias":
+        return f"dt_bias_({target}, {args[0]}, {args[1]})"
+    if init.kind == "zeros":
+        return f"nn.init.zeros_({target})"
+    if init.kind == "ones":
+        return f"nn.init.ones_({target})"
+    return f"nn.init.normal_({target}, 0.0, 0.02)  # no initialiser in the spec: dsfc's default"
+
+
+def _readout_lines(sym, st, pr: TorchPrinter, out_syms, out_sizes, tensors) -> list[str]:
+    state_name = sym.state.name
+    pr.tensors[state_name] = TensorRef("read", len(sym.state.axes), True)
+    lines = []
+    if sym.readout == "pre":
+        lines.append("# pre-update readout: y_t = C_t h_(t-1) + D_t u_t")
+        lines.append("read = torch.cat([h0.unsqueeze(1), states[:, :-1]], 1)")
+    else:
+        lines.append("read = states")
+    ch = pr.print(st.readout.ch, out_syms, out_sizes)
+    lines.append(f"y = {ch}")
+    if st.readout.du != 0:
+        lines.append(f"y = y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    lines.append("final = states[:, -1]")
+    del pr.tensors[state_name]
+    return lines
+
+
+def _log_decay(decay):
+    if decay == 1:
+        return None
+    if isinstance(decay, sp.exp):
+        return decay.args[0]
+    return sp.log(decay)
+
+
+def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes) -> list[str]:
+    o = st.outer
+    sz = [pr.size(a.extent) for a in sym.state.axes]
+    G, K, V = list(o.group_axes), list(o.key_axes), list(o.value_axes)
+
+    def over(axes_idx):
+        syms = tuple(rows[k] for k in axes_idx)
+        return syms, {s: row_sizes[s] for s in syms}
+
+    def prod(idx):
+        return " * ".join(sz[k] for k in idx) if idx else "1"
+
+    gk, gk_s = over(G + K)
+    gv, gv_s = over(G + V)
+    lines = [
+        "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
+        f"q = {pr.print(o.query, gk, gk_s)}",
+        f"k = {pr.print(o.key, gk, gk_s)}",
+        f"v = {pr.print(o.value, gv, gv_s)}",
+        f"q = q.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
+        f"k = k.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
+        f"v = v.expand(_B, _T, {', '.join(sz[k] for k in G + V)}).reshape(_B, _T, {prod(G)}, {prod(V)})",
+    ]
+    logd = _log_decay(st.a.decay)
+    if logd is None:
+        lines.append("log_decay = None  # A = I")
+    elif set(st.a.decay_axes) & set(K):
+        s, s_s = over(G + K)
+        lines.append(f"log_decay = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
+                     f".reshape(_B, _T, {prod(G)}, {prod(K)})")
+    else:
+        s, s_s = over(G)
+        code = pr.print(logd, s, s_s) if G else pr.print(logd, (), {})
+        lines.append(f"log_decay = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
+                     f"{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})")
+    order = G + K + V
+    perm = [0] + [1 + k for k in order]
+    inv = [0] + [1 + order.index(k) for k in range(len(sz))]
+    lines += [
+        f"s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
+        "y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)",
+        f"final = sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
+    ]
+    # y: [B, T, G, V] in (G, V) order; the output axes map to state axes through out_map
+    gv_order = G + V
+    out_perm = [0, 1] + [2 + gv_order.index(o.out_map[k]) for k in range(len(out_syms))]
+    lines.append(f"y = y.reshape(_B, _T, {', '.join(sz[k] for k in gv_order)})"
+                 + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
+    if st.readout.du != 0:
+        lines.append(f"y = y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    return lines
+
+
+def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors) -> list[str]:
+    a = st.a
+    sz = [pr.size(ax.extent) for ax in sym.state.axes]
+    Dg, Mx = list(a.diag_axes), list(a.mixed_axes)
+    cols = tuple(a.cols[k] for k in Mx)
+    axes = rows + cols
+    sizes = {**row_sizes, **{c: sz[k] for c, k in zip(cols, Mx)}}
+    order = Dg + Mx
+    perm = [0] + [1 + k for k in order]
+    inv = [0] + [1 + order.index(k) for k in range(len(sz))]
+    prod_d = " * ".join(sz[k] for k in Dg) if Dg else "1"
+    prod_m = " * ".join(sz[k] for k in Mx)
+    # the block entry reads lets at the current chunk of time only (bounded memory)
+    tv = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
+    saved = {n: pr.tensors[n] for n in tv}
+    for n in tv:
+        pr.tensors[n] = TensorRef(f"{saved[n].code}[:, t0:t1]", saved[n].rank, True)
+    block = pr.print(a.block, axes, sizes)
+    bu = pr.print(st.bu, rows, row_sizes)
+    pr.tensors.update(saved)
+    return [
+        "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",
+        f"h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
+        "chunks = []",
+        "for t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time",
+        "    t1 = min(t0 + 64, _T)",
+        f"    blocks = ({block}).expand(_B, t1 - t0, {', '.join(sz)}, {', '.join(sz[k] for k in Mx)})",
+        f"    blocks = blocks.permute(0, 1, {', '.join(str(2 + k) for k in order)}, "
+        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))}).reshape(_B, t1 - t0, {prod_d}, {prod_m}, {prod_m})",
+        f"    bu = ({bu}).expand(_B, t1 - t0, {', '.join(sz)})",
+        f"    bu = bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))}).reshape(_B, t1 - t0, {prod_d}, {prod_m})",
+        "    for t in range(t1 - t0):",
+        "        h = torch.einsum(\"bgij,bgj->bgi\", blocks[:, t], h) + bu[:, t]",
+        "        chunks.append(h)",
+        f"states = torch.stack(chunks, 1).reshape(_B, _T, {', '.join(sz[k] for k in order)})"
+        f".permute({', '.join(map(str, [0, 1] + [2 + order.index(k) for k in range(len(sz))]))})",
+    ]

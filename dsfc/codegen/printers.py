@@ -1,0 +1,305 @@
+"""SymPy -> PyTorch source, over named index axes. The only place (with the templates) that knows torch syntax.
+
+An expression is printed *over axes*: its value must broadcast to ``[B, T, *axes]`` (time-varying) or ``[*axes]``
+(static). A tensor entry whose subscripts are distinct bare axis symbols becomes a view (permute + ``None``
+insertions); any other subscript becomes a gather with index grids. ``Sum``s of products become ``torch.einsum``;
+other sums broadcast over one more axis and reduce. An unknown node is an internal error, never ``str(expr)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+
+
+class PrinterError(Exception):
+    """Internal: the printer met a node it does not know. A bug in dsfc, not in the spec."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    code: str  # Python expression holding the tensor
+    rank: int  # number of spec axes
+    batched: bool  # leading [B, T] dims
+
+
+_UNARY = {
+    sp.exp: "torch.exp",
+    sp.log: "torch.log",
+    sp.tanh: "torch.tanh",
+    sp.sin: "torch.sin",
+    sp.cos: "torch.cos",
+    sp.Abs: "torch.abs",
+    Softplus: "F.softplus",
+    Sigmoid: "torch.sigmoid",
+    LogSigmoid: "F.logsigmoid",
+    Relu: "torch.relu",
+    Silu: "F.silu",
+    Elu: "F.elu",
+}
+
+_LETTERS = "ijklmnopqrsuvwxyabcdefgh"  # einsum letters for axes; "t" and the batch letter are reserved
+
+
+class TorchPrinter:
+    """Prints expressions of one spec. ``tensors``: base name -> TensorRef; ``dims``: dim symbol -> code."""
+
+    def __init__(self, tensors: dict[str, TensorRef], dims: dict[sp.Symbol, str], device: str = "_dev",
+                 dtype: str = "_dtype"):
+        self.tensors = tensors
+        self.dims = dims
+        self.device = device
+        self.dtype = dtype
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def size(self, e) -> str:
+        return self.index(sp.sympify(e), (), {})
+
+    def grid(self, sym, axes, sizes) -> str:
+        k = axes.index(sym)
+        return f"axis({sizes[sym]}, {k}, {len(axes)}, {self.device})"
+
+    def index(self, e, axes, sizes) -> str:
+        """Integer expression (subscript, extent) -> code: ints, dims, or index grids."""
+        if e.is_Integer:
+            return str(int(e))
+        if isinstance(e, sp.Symbol):
+            if e in axes:
+                return self.grid(e, axes, sizes)
+            if e in self.dims:
+                return self.dims[e]
+            raise PrinterError(f"unbound index symbol {e}")
+        if isinstance(e, sp.Add):
+            return "(" + " + ".join(self.index(a, axes, sizes) for a in e.args) + ")"
+        if isinstance(e, sp.Mul):
+            num, den = sp.fraction(e)
+            if den != 1:
+                raise PrinterError(f"non-integer subscript {e}")
+            return "(" + " * ".join(self.index(a, axes, sizes) for a in e.args) + ")"
+        if isinstance(e, sp.floor):
+            num, den = sp.fraction(sp.together(e.args[0]))
+            return f"({self.index(num, axes, sizes)} // {self.index(den, axes, sizes)})"
+        if isinstance(e, sp.Mod):
+            return f"({self.index(e.args[0], axes, sizes)} % {self.index(e.args[1], axes, sizes)})"
+        raise PrinterError(f"unsupported subscript {e}")
+
+    def _is_batched(self, e) -> bool:
+        for node in sp.preorder_traversal(e):
+            name = None
+            if isinstance(node, sp.Indexed):
+                name = str(node.base.label)
+            elif isinstance(node, sp.Symbol):
+                name = str(node)
+            if name in self.tensors and self.tensors[name].batched:
+                return True
+        return False
+
+    # -- entry point ---------------------------------------------------------------------------------------------
+    def print(self, e, axes: tuple, sizes: dict) -> str:
+        return self._p(sp.sympify(e), tuple(axes), sizes, 0)
+
+    def _paren(self, code: str) -> str:
+        return f"({code})"
+
+    def _p(self, e, axes, sizes, prec) -> str:
+        if e.is_Integer:
+            return str(int(e))
+        if e.is_Rational:
+            return repr(float(e))
+        if e.is_Float:
+            return repr(float(e))
+        if e is sp.pi:
+            return "math.pi"
+        if isinstance(e, sp.Symbol):
+            if e in axes:
+                return f"axis({sizes[e]}, {axes.index(e)}, {len(axes)}, {self.device}, {self.dtype})"
+            if e in self.dims:
+                return self.dims[e]
+            ref = self.tensors.get(str(e))
+            if ref is None:
+                raise PrinterError(f"unknown symbol {e}")
+            if ref.batched and axes:
+                return f"{ref.code}[:, :{', None' * len(axes)}]"
+            return ref.code
+        if isinstance(e, sp.Indexed):
+            return self._indexed(e, axes, sizes)
+        if isinstance(e, sp.Add):
+            parts = []
+            for k, a in enumerate(sorted(e.args, key=sp.default_sort_key)):
+                code = self._p(a, axes, sizes, 1)
+                if k and code.startswith("-"):
+                    parts.append(f"- {code[1:]}")
+                elif k:
+                    parts.append(f"+ {code}")
+                else:
+                    parts.append(code)
+            out = " ".join(parts)
+            return f"({out})" if prec > 0 else out
+        if isinstance(e, sp.Mul):
+            return self._mul(e, axes, sizes, prec)
+        if isinstance(e, sp.Pow):
+            base, ex = e.args
+            if not self._has_tensor(e) and not (e.free_symbols & set(axes)):
+                return f"{self._p(base, axes, sizes, 3)} ** {self._p(ex, axes, sizes, 3)}"
+            if ex == sp.Rational(1, 2):
+                return self._sqrt(base, axes, sizes)
+            if ex == -sp.Rational(1, 2):
+                return f"torch.rsqrt({self._tensor(base, axes, sizes)})"
+            if ex == -1:
+                return f"(1 / {self._p(base, axes, sizes, 3)})"
+            if ex == 2:
+                b = self._p(base, axes, sizes, 3)
+                return f"({b} * {b})" if len(b) < 40 else f"{b} ** 2"
+            return f"{self._p(base, axes, sizes, 3)} ** {self._p(ex, axes, sizes, 3)}"
+        if isinstance(e, sp.KroneckerDelta):
+            a, b = (self.index(x, axes, sizes) for x in e.args)
+            return f"({a} == {b}).to({self.dtype})"
+        if isinstance(e, sp.Sum):
+            return self._sum(e, axes, sizes)
+        if isinstance(e, (sp.Max, sp.Min)):
+            fn = "torch.maximum" if isinstance(e, sp.Max) else "torch.minimum"
+            nums = [a for a in e.args if a.is_Number]
+            rest = [a for a in e.args if not a.is_Number]
+            out = self._tensor(rest[0], axes, sizes) if rest else None
+            for a in rest[1:]:
+                out = f"{fn}({out}, {self._p(a, axes, sizes, 0)})"
+            for n in nums:
+                kw = "min" if isinstance(e, sp.Max) else "max"
+                out = f"torch.clamp({out}, {kw}={float(n)!r})"
+            return out
+        for cls, fn in _UNARY.items():
+            if isinstance(e, cls):
+                return f"{fn}({self._tensor(e.args[0], axes, sizes)})"
+        if isinstance(e, (sp.floor, sp.Mod)):
+            return f"({self.index(e, axes, sizes)}).to({self.dtype})"
+        raise PrinterError(f"the torch printer does not know {type(e).__name__}: {e}")
+
+    def _tensor(self, e, axes, sizes) -> str:
+        """Print, making sure the result is a tensor (torch functions reject Python numbers)."""
+        code = self._p(e, axes, sizes, 0)
+        if not e.free_symbols or all(s in self.dims for s in e.free_symbols):
+            return f"torch.as_tensor({code}, dtype={self.dtype}, device={self.device})"
+        return code
+
+    def _has_tensor(self, e) -> bool:
+        return any(str(s) in self.tensors for s in e.free_symbols) or e.has(sp.Indexed)
+
+    def _sqrt(self, base, axes, sizes) -> str:
+        if not base.free_symbols or all(s in self.dims for s in base.free_symbols):
+            return f"math.sqrt({self._p(base, axes, sizes, 0)})"
+        return f"torch.sqrt({self._tensor(base, axes, sizes)})"
+
+    def _mul(self, e, axes, sizes, prec) -> str:
+        coeff, rest = e.as_coeff_Mul()
+        num, den = [], []
+        for f in sp.Mul.make_args(rest):
+            if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0 and f.exp != -sp.Rational(1, 2):
+                den.append(f.base if f.exp == -1 else sp.Pow(f.base, -f.exp))
+            else:
+                num.append(f)
+        num.sort(key=sp.default_sort_key)
+        parts = [self._p(f, axes, sizes, 2) for f in num]
+        sign = ""
+        if coeff == -1:
+            sign = "-"
+        elif coeff != 1:
+            parts.insert(0, self._p(abs(coeff), axes, sizes, 2) if coeff > 0 else self._p(-coeff, axes, sizes, 2))
+            sign = "-" if coeff < 0 else ""
+        out = " * ".join(parts) if parts else "1"
+        for d in den:
+            out += f" / {self._p(d, axes, sizes, 3)}"
+        out = sign + out if not sign or len(parts) + len(den) <= 1 else f"-({out})"
+        return f"({out})" if prec > 2 or (prec > 0 and sign) else out
+
+    def _indexed(self, e: sp.Indexed, axes, sizes) -> str:
+        name = str(e.base.label)
+        ref = self.tensors.get(name)
+        if ref is None:
+            raise PrinterError(f"unknown tensor {name}")
+        subs = list(e.indices)
+        lead = ":, :, " if ref.batched else ""
+        if all(isinstance(s, sp.Symbol) and s in axes for s in subs) and len(set(subs)) == len(subs):
+            pos = [axes.index(s) for s in subs]
+            order = sorted(range(len(pos)), key=lambda k: pos[k])
+            code = ref.code
+            if order != list(range(len(pos))):
+                off = 2 if ref.batched else 0
+                perm = ([0, 1] if ref.batched else []) + [off + k for k in order]
+                code = f"{code}.permute({', '.join(map(str, perm))})"
+            present = sorted(pos)
+            if present == list(range(len(axes))):
+                return code
+            sl = ", ".join(":" if k in present else "None" for k in range(len(axes)))
+            # trailing None dims after the last present axis are needed; leading ones only when batched
+            return f"{code}[{lead}{sl}]" if ref.batched else self._static_view(code, axes, present)
+        idx = ", ".join(self.index(s, axes, sizes) for s in subs)
+        if not axes or all(s.is_Integer for s in subs):
+            return f"{ref.code}[{lead}{idx}]" + (f"[:, :{', None' * len(axes)}]" if ref.batched and axes else "")
+        return f"{ref.code}[{lead}{idx}]"
+
+    def _static_view(self, code, axes, present) -> str:
+        first = present[0]
+        sl = ", ".join(":" if k in present else "None" for k in range(first, len(axes)))
+        return f"{code}[{sl}]"
+
+    def _sum(self, e: sp.Sum, axes, sizes) -> str:
+        # SymPy merges nested sums into one Sum with several limits; all are bound at once
+        svars, body_sizes = [], dict(sizes)
+        for var, lo, hi in e.limits:
+            if lo != 0:
+                raise PrinterError("sums start at 0")
+            svars.append(var)
+            body_sizes[var] = self.size(hi + 1)
+        body_axes = axes + tuple(svars)
+        fs = sp.Mul.make_args(e.function)
+        coeff = [f for f in fs if f.is_Number]
+        tens = [f for f in fs if not f.is_Number]
+        simple = all(
+            isinstance(f, sp.Indexed) and all(isinstance(s, sp.Symbol) and s in body_axes for s in f.indices)
+            and len(set(f.indices)) == len(f.indices)
+            for f in tens
+        )
+        if tens and simple and len(tens) <= 4 and all(any(v in f.indices for f in tens) for v in svars):
+            return self._einsum(coeff, tens, axes, tuple(svars))
+        body = self._p(e.function, body_axes, body_sizes, 0)
+        k = len(svars)
+        full = ", ".join(body_sizes[v] for v in svars)
+        # expand so that summed axes the body does not depend on still count their extent
+        return f"({body}).expand(*({body}).shape[: ({body}).dim() - {k}], {full}).sum(dim={tuple(range(-k, 0))})" \
+            if any(v not in e.function.free_symbols for v in svars) else \
+            f"({body}).sum(dim={tuple(range(-k, 0)) if k > 1 else -1})"
+
+    def _depends(self, e, var) -> bool:
+        return var in e.free_symbols
+
+    def _einsum(self, coeff, tens, axes, svars) -> str:
+        all_axes = axes + tuple(svars)
+        letter = {s: _LETTERS[k] for k, s in enumerate(all_axes)}
+        specs, ops, batched = [], [], False
+        for f in tens:
+            ref = self.tensors[str(f.base.label)]
+            lead = "zt" if ref.batched else ""
+            batched |= ref.batched
+            specs.append(lead + "".join(letter[s] for s in f.indices))
+            ops.append(ref.code)
+        used = [s for s in axes if any(s in f.indices for f in tens)]
+        out = ("zt" if batched else "") + "".join(letter[s] for s in used)
+        code = f"torch.einsum(\"{','.join(specs)}->{out}\", {', '.join(ops)})"
+        if coeff:
+            code = f"{self._p(sp.Mul(*coeff), axes, {}, 2)} * {code}"
+        present = [axes.index(s) for s in used]
+        if len(used) != len(axes):
+            if batched:
+                sl = ", ".join(":" if k in present else "None" for k in range(len(axes)))
+                code = f"({code})[:, :, {sl}]"
+            elif present:
+                code = f"({code}){self._static_suffix(axes, present)}"
+        return code
+
+    def _static_suffix(self, axes, present) -> str:
+        first = present[0]
+        sl = ", ".join(":" if k in present else "None" for k in range(first, len(axes)))
+        return f"[{sl}]"

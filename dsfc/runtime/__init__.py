@@ -1,0 +1,7 @@
+"""Runtime helpers imported by dsfc-generated modules (torch only; no dependency on the compiler)."""
+
+from dsfc.runtime.indexing import axis
+from dsfc.runtime.init import dt_bias_
+from dsfc.runtime.scans import chunked_outer_scan, diagonal_scan
+
+__all__ = ["axis", "chunked_outer_scan", "diagonal_scan", "dt_bias_"]

@@ -1,0 +1,504 @@
+"""Spec-independent scan kernels that dsfc-generated modules import.
+
+Two recurrences cover every DSF layer whose transition is diagonal or block-scalar:
+
+* :func:`diagonal_scan` -- ``h_t = a_t * h_{t-1} + b_t`` with an elementwise transition (S6, S4D, LRU, RG-LRU,
+  HGRN, qLSTM, Mamba-2 written per state, ...).
+* :func:`chunked_outer_scan` -- ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, ``y_t = S_t^T q_t`` with a matrix
+  state per head (linear attention, RetNet, GLA, Mamba-2 SSD, mLSTM without normaliser, ...).
+
+Both run in plain PyTorch, so they work on any device and are differentiable with ordinary autograd.  Neither has a
+Python loop over all T time steps:
+
+* ``diagonal_scan`` is a two-level chunked scan.  Time is cut into chunks of ``chunk`` steps; a sequential loop over
+  the steps *of one chunk* runs for all chunks at once (each iteration is one vectorised op over ``B * nchunks *
+  prod(S)`` elements), the chunk-to-chunk carries come from the same scan applied recursively to the per-chunk
+  summaries, and a last loop over the chunk's steps recomputes the states from the right carry.  That is
+  ``~3 * chunk + (recursion)`` vectorised ops instead of ``T``.  An optional ``torch.compile`` path fuses the
+  per-chunk loops (see :data:`COMPILE`).
+* ``chunked_outer_scan`` is the chunkwise-parallel form of linear attention (fla's chunk kernels, mamba2's
+  ``ssd_minimal``): matmuls inside a chunk plus state passing between chunks.
+
+Numerics shared by both:
+
+* Accumulation is in fp32 at least: fp16/bf16 inputs are upcast, the result is cast back.  float64 stays float64.
+* No ratio of cumulative products is ever formed (no ``cumprod(a)[t] / cumprod(a)[s]``, no ``exp(cumsum[t] -
+  cumsum[s])``).  Such ratios overflow or lose all precision under strong decay (``a -> 0``).  Every decay factor
+  used here is a product of the ``a``'s, or ``exp`` of a sum of log-decays taken directly over the segment in
+  question, so it is ``<= 1`` whenever ``|a| <= 1`` (``log_decay <= 0``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+
+__all__ = ["diagonal_scan", "chunked_outer_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
+
+Tensor = torch.Tensor
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Compiled fast path switch.
+#
+# "auto" (default): use torch.compile'd chunk loops for diagonal_scan when the problem has at least COMPILE_MIN_NUMEL
+#                   state elements (B * T * prod(S)); below that, compile time (seconds) would never pay off.
+# "1" / "always":   use them whenever possible (any size).
+# "0" / "never":    never compile.
+# Set from the environment variable DSFC_SCAN_COMPILE at import; may be reassigned at run time
+# (``dsfc.runtime.scans.COMPILE = "never"``).  Any failure of the compiled path disables it for the rest of the
+# process (with one warning) and the eager path is used instead.
+# ---------------------------------------------------------------------------------------------------------------------
+COMPILE: str = os.environ.get("DSFC_SCAN_COMPILE", "auto").strip().lower()
+COMPILE_MIN_NUMEL: int = 2**20
+
+# Chunk length of the compiled loops.  Fixed (not the caller's ``chunk``) so that one compiled graph serves every
+# call: 32 unrolled steps fuse into one C++ loop nest; at 64 Inductor's code got slower in our measurements.
+_COMPILED_CHUNK = 32
+
+
+# =====================================================================================================================
+# helpers
+# =====================================================================================================================
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrences accumulate in: at least fp32 (complex: at least complex64)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if dtype == torch.complex32:
+        return torch.complex64
+    return dtype
+
+
+def _result_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """Promoted dtype of the given (non-None) tensors; must be floating point or complex."""
+    dtype = None
+    for t in tensors:
+        if t is None:
+            continue
+        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    if dtype is None or not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(f"scan inputs must be floating point or complex tensors, got {dtype}")
+    return dtype
+
+
+def _pad_time(x: Tensor, dim: int, pad: int, value: float) -> Tensor:
+    """Append ``pad`` constant steps along ``dim`` (no-op for pad == 0)."""
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = pad
+    return torch.cat([x, x.new_full(shape, value)], dim=dim)
+
+
+# =====================================================================================================================
+# diagonal_scan
+# =====================================================================================================================
+#
+# Layout inside: time is dim 1 of [B, T, *S].  ``a`` may broadcast against ``b`` over the state dims (a size-1 dim
+# in ``a``), which the chunk-level recursion of chunked_outer_scan uses.  In chunked form the tensors are
+# [B, nc, L, *S] and the loops below run over dim 2 (the L steps of a chunk) for all nc chunks at once.
+
+
+def _chunk_summary(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-chunk summary of the recurrence on [B, nc, L, *S] tensors, starting each chunk from h = 0.
+
+    Returns ``(prod_l a_l, h_L)``: the product of the chunk's transitions and its final state from a zero start, both
+    [B, nc, *S].  Composing chunks is then the same recurrence one level up: carry' = prod * carry + h_L.
+    The product only multiplies a's (never divides), so it shrinks monotonically when |a| <= 1.
+    """
+    p = a[:, :, 0]
+    h = b[:, :, 0]
+    for step in range(1, a.shape[2]):
+        h = torch.addcmul(b[:, :, step], a[:, :, step], h)  # h = a_t * h + b_t in one op
+        p = p * a[:, :, step]
+    return p, h
+
+
+def _chunk_states(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
+    """All states of each chunk on [B, nc, L, *S] tensors, chunk c starting from carry ``h[:, c]``.
+
+    Returns [B, nc, L, *S].  One vectorised op per step; the list is stacked once at the end (no in-place writes,
+    so autograd sees a plain graph).
+    """
+    out = []
+    for step in range(a.shape[2]):
+        h = torch.addcmul(b[:, :, step], a[:, :, step], h)
+        out.append(h)
+    return torch.stack(out, dim=2)
+
+
+def _time_loop(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
+    """Plain sequential scan over dim 1 of [B, T, *S] (used only for T <= chunk)."""
+    out = []
+    for step in range(b.shape[1]):
+        h = torch.addcmul(b[:, step], a[:, step], h)
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+# -- compiled chunk loops ------------------------------------------------------------------------------------------
+
+_compiled: dict = {}
+_compile_broken = False
+
+
+def _get_compiled() -> Optional[Tuple[Callable, Callable]]:
+    """Compiled versions of (_chunk_summary, _chunk_states), created once per process (None if unavailable).
+
+    ``dynamic=True`` makes the graphs shape-generic (batch, number of chunks, state size are symbolic); the loop
+    length is the fixed _COMPILED_CHUNK, so normally one graph per (dtype, broadcast pattern, grad mode) is compiled
+    and then reused for every T.
+    """
+    if _compile_broken:
+        return None
+    if not _compiled:
+        try:
+            _compiled["summary"] = torch.compile(_chunk_summary, dynamic=True)
+            _compiled["states"] = torch.compile(_chunk_states, dynamic=True)
+        except Exception as exc:  # torch.compile unavailable (e.g. unsupported Python)
+            _disable_compile(exc)
+            return None
+    return _compiled["summary"], _compiled["states"]
+
+
+def _disable_compile(exc: BaseException) -> None:
+    global _compile_broken
+    _compile_broken = True
+    warnings.warn(
+        f"dsfc.runtime.scans: torch.compile path failed ({type(exc).__name__}: {exc}); "
+        "using the eager scan from now on",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _want_compiled(numel: int) -> bool:
+    mode = COMPILE
+    if mode in ("0", "never", "false", "off", "no") or _compile_broken:
+        return False
+    if torch.compiler.is_compiling():
+        # Already inside someone's torch.compile: let Dynamo trace the eager code instead of nesting.
+        return False
+    if mode in ("1", "always", "true", "on", "yes"):
+        return True
+    return numel >= COMPILE_MIN_NUMEL
+
+
+def _scan_chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, compiled: bool) -> Tensor:
+    """Two-level chunked scan of h_t = a_t h_{t-1} + b_t over dim 1; a, b: [B, T, *S] (a may broadcast); h0 full.
+
+    1. Pad T to a multiple of the chunk length L with identity steps (a = 1, b = 0): they leave the state unchanged
+       and their outputs are sliced off.
+    2. For every chunk but the last, summarise it as (prod a, final state from zero) -- a loop over L steps,
+       vectorised over chunks.
+    3. The carries entering each chunk are the states at chunk ends, i.e. the same recurrence on the summaries; it
+       is solved by calling this function recursively (nc elements instead of T).
+    4. Re-run the L steps of every chunk from its carry, collecting all states.
+
+    Step 4 recomputes the local scan instead of fixing up a stored local scan with ``cumprod(a) * carry``: it needs
+    neither the cumulative-product tensor nor an extra pass over [B, T, *S], which measured faster on CPU.
+    """
+    B, T = b.shape[0], b.shape[1]
+    L = _COMPILED_CHUNK if compiled else chunk
+    if T <= L and not compiled:
+        return _time_loop(a, b, h0)
+    nc = -(-T // L)
+    pad = nc * L - T
+    a = _pad_time(a, 1, pad, 1.0)
+    b = _pad_time(b, 1, pad, 0.0)
+    ac = a.reshape(a.shape[0], nc, L, *a.shape[2:])
+    bc = b.reshape(B, nc, L, *b.shape[2:])
+
+    if compiled:
+        summary_fn, states_fn = _get_compiled()
+    else:
+        summary_fn, states_fn = _chunk_summary, _chunk_states
+
+    if nc == 1:
+        carry = h0.unsqueeze(1)
+    else:
+        # Summaries of chunks 0..nc-2 (the last chunk's summary is never needed).
+        p, hl = summary_fn(ac[:, :-1], bc[:, :-1])
+        # States at the ends of chunks 0..nc-2 = carries into chunks 1..nc-1.
+        ends = _scan(p, hl, h0, chunk)
+        carry = torch.cat([h0.unsqueeze(1), ends], dim=1)
+    h = states_fn(ac, bc, carry)  # [B, nc, L, *S]
+    h = h.reshape(B, nc * L, *h.shape[3:])
+    return h[:, :T] if pad else h
+
+
+def _scan(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
+    """Dispatch between the compiled and eager chunked scans (inputs already in the compute dtype)."""
+    T = b.shape[1]
+    numel = b.numel()
+    if T > 1 and _want_compiled(numel) and _get_compiled() is not None:
+        try:
+            return _scan_chunked(a, b, h0, chunk, compiled=True)
+        except Exception as exc:  # compile/codegen failure: fall back for good
+            _disable_compile(exc)
+    return _scan_chunked(a, b, h0, chunk, compiled=False)
+
+
+def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: int = 64) -> Tensor:
+    """All states of the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``, ``t = 0..T-1``.
+
+    Args:
+        a: transitions, [B, T, *S] (any number of state dims S; elementwise, "diagonal" transition).  ``a`` may
+            also broadcast against ``b`` over the state dims (size-1 dims), e.g. one decay per head.
+        b: inputs, [B, T, *S].
+        h0: initial state h_{-1}, [B, *S] (broadcastable); zeros if None.
+        chunk: chunk length of the two-level scan (performance knob only; results do not depend on it beyond
+            rounding).
+
+    Returns:
+        [B, T, *S]: h_0 .. h_{T-1}, in the promoted input dtype.  fp16/bf16 inputs are accumulated in fp32.
+
+    Differentiable with ordinary autograd (no in-place ops).  Cost: about ``3 * chunk + 3 * T / chunk`` vectorised
+    elementwise ops; no Python loop over individual time steps for ``T > chunk``.  Large problems may use a
+    ``torch.compile``'d loop, see :data:`COMPILE`.
+    """
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError("diagonal_scan expects a, b of shape [B, T, *S]")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"diagonal_scan: a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast") from exc
+    if a.dim() != len(shape) or a.shape[:2] != shape[:2]:
+        raise ValueError(f"diagonal_scan: a {tuple(a.shape)} must have b's batch and time dims and rank")
+    out_dtype = _result_dtype(a, b, h0)
+    cdt = _compute_dtype(out_dtype)
+    B, T, S = shape[0], shape[1], shape[2:]
+
+    if h0 is None:
+        h0 = torch.zeros((B, *S), dtype=cdt, device=b.device)
+    else:
+        h0 = h0.to(cdt).expand(B, *S)
+    if T == 0:
+        return torch.empty(shape, dtype=out_dtype, device=b.device)
+    a = a.to(cdt)
+    b = b.to(cdt).expand(shape)
+    h = _scan(a, b, h0, int(chunk))
+    return h.to(out_dtype)
+
+
+# =====================================================================================================================
+# chunked_outer_scan
+# =====================================================================================================================
+#
+# Notation inside (per batch and head): the chunk length is L, nc chunks, g_t = log_decay_t (shape [], or [K]).
+#   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   y_t = S_t^T q_t.
+# Unrolled over one chunk starting from the state S_prev left by the previous chunk (positions i, j in the chunk):
+#   y_i = sum_{j<=i} (q_i ⊙ exp(seg(j+1..i)))^T k_j v_j  +  (q_i ⊙ exp(seg(0..i)))^T S_prev
+#   S_end = diag(exp(seg(0..L-1))) S_prev + sum_j (k_j ⊙ exp(seg(j+1..L-1))) v_j^T
+# where seg(m..n) = sum_{l=m}^{n} g_l.  Each seg(...) is computed as a sum over exactly that segment (masked cumsum,
+# or a cumsum that starts at the segment's first element), never as the difference of two prefix sums.  With
+# g <= 0 every exponent is therefore <= 0 and every factor lies in [0, 1].
+
+
+def _segsum(x: Tensor, dim: int = -1, fill: Optional[float] = float("-inf")) -> Tensor:
+    """Segment sums ``out[..., i, j, ...] = sum_{l=j+1}^{i} x[..., l, ...]`` for i >= j, ``-inf`` for j > i.
+
+    mamba2 ssd_minimal's ``segsum``: the entries x_l with j < l are masked to 0 and then summed with one cumsum over
+    l, so each segment sum is accumulated from its own terms only (a difference of two prefix sums would lose the
+    small segment to the rounding of the large prefixes).  ``x``'s dim ``dim`` (length n) becomes two dims (i, j)
+    of length n at positions dim, dim+1; exp of the result is the decay mask with exact zeros above the diagonal.
+    """
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    xe = x.unsqueeze(dim + 1).expand(*x.shape[: dim + 1], n, *x.shape[dim + 1 :])  # xe[.., l, j, ..] = x_l
+    idx = torch.arange(n, device=x.device)
+    shape = [1] * xe.dim()
+    shape[dim], shape[dim + 1] = n, n
+    strict_lower = (idx[:, None] > idx[None, :]).view(shape)  # l > j
+    seg = torch.cumsum(xe.masked_fill(~strict_lower, 0), dim=dim)  # sum over j < l <= i
+    if fill is None:  # caller masks later; entries above the diagonal are 0 here
+        return seg
+    lower = (idx[:, None] >= idx[None, :]).view(shape)
+    return seg.masked_fill(~lower, fill)
+
+
+def _rev_cumsum_exclusive(x: Tensor, dim: int) -> Tensor:
+    """``out_j = sum_{l > j} x_l`` along ``dim``, summed directly over the suffix (not total - prefix)."""
+    n = x.shape[dim]
+    shifted = torch.cat([x.narrow(dim, 1, n - 1), torch.zeros_like(x.narrow(dim, 0, 1))], dim=dim)
+    return torch.flip(torch.cumsum(torch.flip(shifted, [dim]), dim=dim), [dim])
+
+
+def _intra_diag_decay(qc: Tensor, kc: Tensor, g: Tensor, sub: int) -> Tensor:
+    """Intra-chunk scores ``A[i, j] = sum_a q[i,a] k[j,a] exp(seg_a(j+1..i))`` (j <= i) for a per-key decay.
+
+    qc, kc, g: [..., L, K]; returns [..., L, L].  Splitting the per-key decay out of the dot product as
+    ``(q ⊙ exp(b)) (k ⊙ exp(-b))^T`` with prefix sums b would overflow (exp(-b) grows without bound), so:
+
+    * diagonal sub-blocks (size ``sub``): explicit [sub, sub, K] tensor of segment sums, exp'd and contracted;
+    * off-diagonal sub-blocks (query block I after key block J): the decay between j and i is split at block
+      boundaries into three segment sums, each <= 0 for g <= 0 --
+      ``seg(j+1..end_J)`` (into k), ``seg(start_I..i)`` (into q), and the total of the blocks strictly between J and
+      I (a [K] weight per block pair) -- and the block is one matmul.  This is fla's sub-chunking of GLA's chunk
+      kernel, with every factor in [0, 1].
+    """
+    *batch, L, K = qc.shape
+    ns = L // sub
+    qb = qc.reshape(*batch, ns, sub, K)
+    kb = kc.reshape(*batch, ns, sub, K)
+    gb = g.reshape(*batch, ns, sub, K)
+
+    # Diagonal blocks: seg[..., n, i, j, a] = sum_{j<l<=i} g[n, l, a] for j <= i.  The entries above the diagonal
+    # are left at 0 (exp = 1) and the *scores* are masked instead: that is K times fewer elements to touch.
+    seg = _segsum(gb, dim=-2, fill=None)  # [..., ns, sub(i), sub(j), K]
+    diag = torch.matmul(torch.exp(seg) * kb.unsqueeze(-3), qb.unsqueeze(-1)).squeeze(-1)  # [..., ns, i, j]
+    causal = torch.ones(sub, sub, dtype=torch.bool, device=qc.device).tril()
+    diag = diag.masked_fill(~causal, 0)
+    if ns == 1:
+        return diag.reshape(*batch, L, L)
+
+    q_in = torch.cumsum(gb, dim=-2)  # seg(start_I .. i), inclusive, summed from the block start
+    k_out = _rev_cumsum_exclusive(gb, dim=-2)  # seg(j+1 .. end_J)
+    block_tot = q_in[..., -1, :]  # [..., ns, K] total of each block (a direct sum over the block)
+    # between[I, J] = sum of block totals for J < m < I: row I of the block-level segsum shifted down by one.
+    seg_blocks = _segsum(block_tot, dim=-2)  # [..., ns(I), ns(J), K]: sum_{J<m<=I}, -inf for J > I
+    between = torch.cat([torch.full_like(seg_blocks[..., :1, :, :], float("-inf")), seg_blocks[..., :-1, :, :]], -3)
+    w = torch.exp(between)  # [..., I, J, K], zero unless J < I
+    qd = qb * torch.exp(q_in)  # [..., I, i, K]
+    kd = kb * torch.exp(k_out)  # [..., J, j, K]
+    # off[I, J, i, j] = sum_a qd[I, i, a] w[I, J, a] kd[J, j, a]
+    off = torch.matmul(qd.unsqueeze(-3) * w.unsqueeze(-2), kd.unsqueeze(-4).transpose(-1, -2))
+    eye = torch.eye(ns, dtype=off.dtype, device=off.device)
+    blocks = off + diag.unsqueeze(-3) * eye[:, :, None, None]  # [..., I, J, i, j]
+    return blocks.transpose(-3, -2).reshape(*batch, L, L)  # -> [..., (I, i), (J, j)]
+
+
+def _outer_scan_impl(
+    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], h0: Tensor, chunk: int, sub: int
+) -> Tuple[Tensor, Tensor]:
+    """Chunkwise-parallel outer scan; inputs in compute dtype, T >= 1.  Returns (y [B,T,H,V], S_T [B,H,K,V])."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    diag = g is not None and g.dim() == 4
+    if T > chunk:
+        L = chunk
+    else:
+        # One chunk.  A per-key decay works on sub-blocks, so round T up to a multiple of ``sub`` (sub divides
+        # chunk, hence L <= chunk still).
+        L = -(-T // sub) * sub if diag else T
+    nc = -(-T // L)
+    pad = nc * L - T
+    # Padded steps are identities: k = v = 0 adds nothing, g = 0 decays nothing; their y are dropped.
+    q, k, v = (_pad_time(x, 1, pad, 0.0) for x in (q, k, v))
+
+    def chunked(x: Tensor) -> Tensor:  # [B, T', H, X] -> [B, H, nc, L, X]
+        return x.reshape(B, nc, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+
+    qc, kc, vc = chunked(q), chunked(k), chunked(v)
+
+    if g is None:
+        # No decay: causal (Q K^T) V inside the chunk, running sum of K^T V across chunks.
+        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        scores = torch.matmul(qc, kc.transpose(-1, -2)).masked_fill(~causal, 0)
+        y = torch.matmul(scores, vc)
+        delta = torch.matmul(kc.transpose(-1, -2), vc)  # [B, H, nc, K, V]
+        ends = h0.unsqueeze(2) + torch.cumsum(delta, dim=2)  # state at the end of each chunk
+        prev = torch.cat([h0.unsqueeze(2), ends[:, :, :-1]], dim=2)
+        y = y + torch.matmul(qc, prev)
+    else:
+        scalar = g.dim() == 3
+        g = _pad_time(g, 1, pad, 0.0)
+        gc = chunked(g.unsqueeze(-1) if scalar else g)  # [B, H, nc, L, 1 or K]
+        q_in = torch.cumsum(gc, dim=3)  # seg(0..i): decay of S_prev up to and including step i
+        k_out = _rev_cumsum_exclusive(gc, dim=3)  # seg(j+1..L-1): decay of k_j v_j^T to the chunk end
+        tot = q_in[..., -1, :]  # [B, H, nc, 1 or K] decay over the whole chunk
+        if scalar:
+            seg = _segsum(gc.squeeze(-1), dim=-1)  # [B, H, nc, L, L], -inf above the diagonal
+            scores = torch.matmul(qc, kc.transpose(-1, -2)) * torch.exp(seg)
+        else:
+            scores = _intra_diag_decay(qc, kc, gc, sub)
+        y = torch.matmul(scores, vc)
+        delta = torch.matmul((kc * torch.exp(k_out)).transpose(-1, -2), vc)  # [B, H, nc, K, V]
+        # Chunk-to-chunk recurrence S_c = exp(tot_c) ⊙ S_{c-1} + delta_c: a diagonal scan over nc steps
+        # (products of per-chunk decays, never ratios).
+        decay = torch.exp(tot).unsqueeze(-1)  # [B, H, nc, 1 or K, 1], broadcasts over K and V
+        ends = _scan(decay.transpose(1, 2), delta.transpose(1, 2), h0, chunk).transpose(1, 2)
+        prev = torch.cat([h0.unsqueeze(2), ends[:, :, :-1]], dim=2)
+        y = y + torch.matmul(qc * torch.exp(q_in), prev)
+
+    y = y.permute(0, 2, 3, 1, 4).reshape(B, nc * L, H, V)
+    if pad:
+        y = y[:, :T]
+    return y, ends[:, :, -1]
+
+
+def chunked_outer_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor] = None,
+    h0: Optional[Tensor] = None,
+    *,
+    chunk: int = 64,
+    output_final_state: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Multi-head linear-attention recurrence with optional log-space decay, in fla's batch-first layout.
+
+    Per batch and head::
+
+        S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_t^T      (S in R^{K x V}, S_{-1} = h0)
+        y_t = S_t^T q_t                                         (post-update readout)
+
+    Args:
+        q, k: [B, T, H, K].
+        v: [B, T, H, V].
+        log_decay: None (identity transition), [B, T, H] (one scalar per head), or [B, T, H, K] (diagonal on the
+            key index, shared over V).  Usually <= 0; positive values (eigenvalues > 1) are handled exactly, without
+            clamping (they can overflow only if the decay itself does).  ``-inf`` means a zero transition.
+        h0: [B, H, K, V] initial state, zeros if None.
+        chunk: chunk length of the chunkwise-parallel algorithm.
+        output_final_state: also return S_{T-1} (the state after the last step).
+
+    Returns:
+        y [B, T, H, V] (promoted input dtype), or ``(y, S_T)`` with S_T [B, H, K, V] if ``output_final_state``.
+
+    Chunkwise algorithm: within a chunk, ``(Q K^T ⊙ decay mask) V``; across chunks, the state is passed on and read
+    with ``Q S_prev``.  Decay masks are exp of segment sums (``_segsum``), so every factor is <= 1 for
+    ``log_decay <= 0``.  A per-key decay is kept inside the score contraction (sub-blocks of 16, see
+    :func:`_intra_diag_decay`).  Accumulates in fp32 at least; differentiable with ordinary autograd.
+    """
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"chunked_outer_scan expects q, k [B,T,H,K] and v [B,T,H,V]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
+        raise ValueError(f"log_decay must be [B,T,H] or [B,T,H,K], got {tuple(log_decay.shape)}")
+    if h0 is not None and h0.shape != (B, H, K, V):
+        raise ValueError(f"h0 must be [B,H,K,V] = {(B, H, K, V)}, got {tuple(h0.shape)}")
+    out_dtype = _result_dtype(q, k, v, log_decay, h0)
+    cdt = _compute_dtype(out_dtype)
+    if h0 is None:
+        h0 = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
+    h0 = h0.to(cdt)
+
+    if T == 0:
+        y = torch.empty(B, 0, H, V, dtype=out_dtype, device=q.device)
+        state = h0
+    else:
+        chunk = int(chunk)
+        # Sub-block length for per-key decay: the largest of 16, 8, 4 dividing the chunk (else no sub-blocks).
+        sub = next((s for s in (16, 8, 4) if chunk % s == 0), chunk)
+        y, state = _outer_scan_impl(
+            q.to(cdt), k.to(cdt), v.to(cdt), None if log_decay is None else log_decay.to(cdt), h0, chunk, sub
+        )
+        y = y.to(out_dtype)
+    if output_final_state:
+        return y, state.to(out_dtype)
+    return y
