@@ -1,0 +1,199 @@
+"""Command line: ``dsfc compile | analyze | check | bench``.
+
+User mistakes in a spec print ``path:line:col: error: ...`` with the line and a caret and exit with code 2 (no
+traceback, no output file written). A failed numerical check exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .lang.errors import SpecErrors
+
+EXIT_SPEC_ERROR = 2
+EXIT_CHECK_FAILED = 1
+
+
+def _compile_all(paths, on_result):
+    """Compile every spec; report every spec's errors; call on_result for the good ones. Returns ok flag."""
+    from .pipeline import compile_spec
+
+    ok = True
+    results = []
+    for p in paths:
+        try:
+            results.append(compile_spec(p))
+        except SpecErrors as exc:
+            print(exc.render(), file=sys.stderr)
+            ok = False
+    if ok:
+        for r in results:
+            on_result(r)
+    return ok, results
+
+
+def cmd_compile(args) -> int:
+    from .check import run_check
+    from .pipeline import write_result
+
+    out_dir = Path(args.output)
+    written = []
+    # compile everything first: a bad spec anywhere means nothing is written
+    ok, results = _compile_all(args.specs, lambda r: None)
+    if not ok:
+        print(f"dsfc: no files written ({len(args.specs)} spec(s) given)", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    status = 0
+    for r in results:
+        path = write_result(r, out_dir)
+        written.append(path)
+        print(f"compiled {r.spec.path} -> {path}  ({r.report.family}, N = {r.report.state_size})")
+        if args.check:
+            rep = run_check(r)
+            print(rep.table() if args.verbose or not rep.ok else f"  check: ok ({len(rep.rows)} comparisons vs the reference)")
+            if not rep.ok:
+                status = EXIT_CHECK_FAILED
+    return status
+
+
+def cmd_analyze(args) -> int:
+    ok, results = _compile_all(args.specs, lambda r: None)
+    if not ok:
+        return EXIT_SPEC_ERROR
+    if args.json:
+        out = [r.report.to_dict() for r in results]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2, default=list))
+        return 0
+    if args.latex:
+        for r in results:
+            print(latex_matrices(r))
+        return 0
+    if len(results) > 1 and not args.long:
+        print(catalog_table(results))
+        return 0
+    for i, r in enumerate(results):
+        if i:
+            print()
+        print(f"== {r.spec.path}")
+        print(r.report.table())
+    return 0
+
+
+def catalog_table(results) -> str:
+    header = ["spec", "A", "B u", "coupling", "eigenvalues", "N (default)", "family"]
+    rows = [header]
+    for r in results:
+        rep = r.report
+        rows.append([
+            Path(r.spec.path).name, rep.a_kind + (" (I - rank-1)" if rep.a_low_rank else ""), rep.b_form,
+            ", ".join(rep.coupling) or "-", rep.eigen_bound.replace("|", "\\|"), f"{rep.state_size} = {rep.state_size_default}", rep.family,
+        ])
+    widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def latex_matrices(r) -> str:
+    import sympy as sp
+
+    out = [f"% {r.spec.path}: {r.sym.model}"]
+    for name in ("A", "B", "C", "D"):
+        m = r.sym.matrices.get(name)
+        if m is None:
+            out.append(f"{name} = 0")
+            continue
+        rows = ", ".join(sp.latex(s) for s in m.rows)
+        cols = ", ".join(sp.latex(s) for s in m.cols)
+        out.append(f"{name}_{{({rows}),({cols})}} = {sp.latex(m.entry)}")
+    return "\n".join(out)
+
+
+def cmd_check(args) -> int:
+    from .check import run_check
+
+    ok, results = _compile_all(args.specs, lambda r: None)
+    if not ok:
+        return EXIT_SPEC_ERROR
+    status = 0
+    for r in results:
+        t0 = time.perf_counter()
+        rep = run_check(r, seed=args.seed)
+        print(rep.table())
+        print(f"  {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
+        if not rep.ok:
+            status = EXIT_CHECK_FAILED
+    return status
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    ok, results = _compile_all(args.specs, lambda r: None)
+    if not ok:
+        return EXIT_SPEC_ERROR
+    for r in results:
+        run_bench(r, batch=args.batch, T=args.T, dims=_parse_dims(args.dims), repeats=args.repeats,
+                  compiled=args.compile)
+    return 0
+
+
+def _parse_dims(items) -> dict:
+    out = {}
+    for item in items or []:
+        k, _, v = item.partition("=")
+        out[k] = int(v)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dsfc", description="Compile DSF specs of sequence-model layers to PyTorch.")
+    parser.add_argument("--version", action="version", version=f"dsfc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="generate a PyTorch module per spec")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("-o", "--output", default="generated", help="output directory (default: generated/)")
+    p.add_argument("--check", action="store_true", help="also run dsfc check on each generated module")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("analyze", help="print the structure report")
+    p.add_argument("specs", nargs="+")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="the report as JSON")
+    g.add_argument("--latex", action="store_true", help="A, B, C, D in LaTeX index form")
+    g.add_argument("--long", action="store_true", help="the full report per spec even for several specs")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("check", help="generated forward/step vs the float64 reference recurrence")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bench", help="generated CPU forward vs a per-step loop (selective_scan_ref style)")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("-T", type=int, default=4096)
+    p.add_argument("--dims", nargs="*", help="dim overrides, e.g. d=256 n=16")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="allow the torch.compile'd scan path")
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecErrors as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
