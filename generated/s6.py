@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, chunked_outer_scan, diagonal_scan, dt_bias_
+from dsfc.runtime import axis, chunked_outer_scan, diagonal_scan, dt_bias_, kernel_matrix
+
+BACKENDS = ("auto", "torch", "triton", "reference")
+_core_triton_available = None  # set below when a Triton kernel is generated for this spec
 
 
 class S6(nn.Module):
@@ -39,8 +42,11 @@ class S6(nn.Module):
     state: ``[batch, d, n]``.
     """
 
-    def __init__(self, d=64, n=16, r=4, *, device=None, dtype=None):
+    def __init__(self, d=64, n=16, r=4, *, backend="auto", device=None, dtype=None):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"S6: backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.d = int(d)
         self.n = int(n)
         self.r = int(r)
@@ -145,10 +151,38 @@ class S6(nn.Module):
             y = u.new_zeros((_B, _T, d))
             return (y, h0.to(u.dtype)) if output_final_state else y
         u_ = u.to(_dtype).reshape(_B, _T, d)
-        env = self._lets(u_, _dtype)
-        y, final = self._core(u_, h0, env, _B, _T, _dtype)
+        backend = self._resolve_backend(u)
+        if backend == "reference":
+            y, final = self._reference(u.to(_dtype), h0)
+        else:
+            env = self._lets(u_, _dtype)
+            core = self._core_triton if backend == "triton" else self._core
+            y, final = core(u_, h0, env, _B, _T, _dtype)
         y = y.reshape(_B, _T, d).to(u.dtype)
         return (y, final.to(u.dtype)) if output_final_state else y
+
+    def _resolve_backend(self, u):
+        """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
+        if self.backend != "auto":
+            if self.backend == "triton" and _core_triton_available is None:
+                raise RuntimeError("S6: no Triton kernel was generated for this spec")
+            return self.backend
+        return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
+
+    def _reference(self, u, h0):
+        """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
+        A, B, C, D = self.dsf_matrices(u)
+        h = h0.reshape(h0.shape[0], -1)
+        ys = []
+        for t in range(u.shape[1]):
+            h_prev = h
+            h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], u[:, t])
+            read = h_prev if False else h
+            ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u[:, t]))
+        return torch.stack(ys, 1), h.reshape(h0.shape)
+
+    def _core_triton(self, u_, h0, env, _B, _T, _dtype):
+        return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
 
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
@@ -183,6 +217,11 @@ class S6(nn.Module):
             raise ValueError(f"S6.step: expected u_t of shape [batch, {self._in_features()}], got {shape}")
         y, new_state = self.forward(u_t[:, None], initial_state=state, output_final_state=True)
         return y[:, 0], new_state
+
+    @torch.no_grad()
+    def kernel_form(self, u):
+        """The input-output map y = Phi u as a matrix [B, T*p, T*d] (small T): Phi_ij = C_i A_i...A_(j+1) B_j."""
+        return kernel_matrix(*self.dsf_matrices(u), pre_readout=False)
 
     def dsf_matrices(self, u):
         """Dense DSF matrices per step (small sizes only): A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d]."""

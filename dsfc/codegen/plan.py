@@ -66,6 +66,7 @@ class ModulePlan:
     core: list[str]  # body lines of _core (after lets), computing y and final
     matrices: list[tuple[str, str, list[str], list[str]]]  # (name, code, row shape, col shape)
     first_param: str | None
+    pre_readout: bool
     extra_imports: list[str] = field(default_factory=list)
 
 
@@ -135,8 +136,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
-            f"a = {pr.print(st.a.decay, rows, row_sizes)}",
-            f"bu = {pr.print(st.bu, rows, row_sizes)}",
+            f"a = {pr.print_tensor(st.a.decay, rows, row_sizes)}",
+            f"bu = {pr.print_tensor(st.bu, rows, row_sizes)}",
             f"shape = (_B, _T, {full_state})",
             "states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)",
         ]
@@ -184,6 +185,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         core=core,
         matrices=matrices,
         first_param=params[0].attr if params else None,
+        pre_readout=sym.readout == "pre",
     )
 
 
@@ -251,9 +253,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     gv, gv_s = over(G + V)
     lines = [
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
-        f"q = {pr.print(o.query, gk, gk_s)}",
-        f"k = {pr.print(o.key, gk, gk_s)}",
-        f"v = {pr.print(o.value, gv, gv_s)}",
+        f"q = {pr.print_tensor(o.query, gk, gk_s)}",
+        f"k = {pr.print_tensor(o.key, gk, gk_s)}",
+        f"v = {pr.print_tensor(o.value, gv, gv_s)}",
         f"q = q.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         f"k = k.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         f"v = v.expand(_B, _T, {', '.join(sz[k] for k in G + V)}).reshape(_B, _T, {prod(G)}, {prod(V)})",
@@ -305,8 +307,8 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors) -> list[st
     saved = {n: pr.tensors[n] for n in tv}
     for n in tv:
         pr.tensors[n] = TensorRef(f"{saved[n].code}[:, t0:t1]", saved[n].rank, True)
-    block = pr.print(a.block, axes, sizes)
-    bu = pr.print(st.bu, rows, row_sizes)
+    block = pr.print_tensor(a.block, axes, sizes)
+    bu = pr.print_tensor(st.bu, rows, row_sizes)
     pr.tensors.update(saved)
     return [
         "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",

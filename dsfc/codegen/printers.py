@@ -101,6 +101,11 @@ class TorchPrinter:
     def print(self, e, axes: tuple, sizes: dict) -> str:
         return self._p(sp.sympify(e), tuple(axes), sizes, 0)
 
+    def print_tensor(self, e, axes: tuple, sizes: dict) -> str:
+        """Like ``print``, but the code always evaluates to a tensor (a constant such as A = 0.5 I or a query of
+        1 would otherwise print as a Python number, which has no ``.expand``)."""
+        return self._tensor(sp.sympify(e), tuple(axes), sizes)
+
     def _paren(self, code: str) -> str:
         return f"({code})"
 

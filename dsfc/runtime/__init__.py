@@ -2,6 +2,7 @@
 
 from dsfc.runtime.indexing import axis
 from dsfc.runtime.init import dt_bias_
+from dsfc.runtime.kernel_form import kernel_matrix
 from dsfc.runtime.scans import chunked_outer_scan, diagonal_scan
 
-__all__ = ["axis", "chunked_outer_scan", "diagonal_scan", "dt_bias_"]
+__all__ = ["axis", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "kernel_matrix"]
