@@ -107,14 +107,26 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
     params = {p.tensor.name: params[_attr(result, p.tensor.name)] for p in sym.params}
     d_in = model._in_features()
     report = CheckReport(sym.model, dims)
+    running = bool(sym.running_lets)
     for b, t in shapes:
         u = torch.randn(b, t, d_in, dtype=torch.float64)
-        h0 = torch.randn(b, model._state_size(), dtype=torch.float64) * 0.5
+        if running:
+            # a realistic carried state: the final state of a random prefix (running sums stay consistent)
+            with torch.no_grad():
+                _, h0 = model(torch.randn(b, 3, d_in, dtype=torch.float64), output_final_state=True)
+            h0 = {k: v + 0.1 * torch.randn_like(v) if k == "h" else v for k, v in h0.items()}
+        else:
+            h0 = torch.randn(b, model._state_size(), dtype=torch.float64) * 0.5
         y_ref, h_ref = reference_forward(sym, all_dims, params, u, initial_state=h0)
         with torch.no_grad():
             y, hT = model(u, initial_state=h0, output_final_state=True)
         shape = f"B={b} T={t}"
-        for what, got, want in (("forward y", y, y_ref), ("forward final state", hT.reshape(b, -1), h_ref)):
+        pairs = [("forward y", y, y_ref)]
+        if running:
+            pairs += [(f"final state[{k!r}]", hT[k].reshape(b, -1), h_ref[k].reshape(b, -1)) for k in h_ref]
+        else:
+            pairs.append(("forward final state", hT.reshape(b, -1), h_ref))
+        for what, got, want in pairs:
             a, r = _err(got, want)
             report.rows.append(CheckRow(what, shape, a, r, r <= TOL or a <= TOL))
         state = h0
@@ -125,9 +137,10 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
         a, r = _err(torch.stack(ys, 1), y_ref)
         report.rows.append(CheckRow("step (token by token)", shape, a, r, r <= TOL or a <= TOL))
         if t <= 16 and sym.state_size().subs({sym.dims[k]: v for k, v in all_dims.items()}) <= 512:
+            running0 = {k: v for k, v in h0.items() if k != "h"} if running else None
             with torch.no_grad():
-                got = model.dsf_matrices(u)
-            want = dense_matrices(sym, all_dims, params, u)
+                got = model.dsf_matrices(u, running0) if running else model.dsf_matrices(u)
+            want = dense_matrices(sym, all_dims, params, u, running0)
             for name, g, w in zip("ABCD", got, want):
                 a, r = _err(g, w)
                 report.rows.append(CheckRow(f"dsf_matrices {name}", shape, a, r, r <= TOL or a <= TOL))

@@ -179,8 +179,13 @@ def _full(x: torch.Tensor, batch: tuple[int, int], sizes: tuple[int, ...]) -> to
     return x.expand(*batch, *sizes)
 
 
-def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor):
-    """All lets over the whole sequence; returns (tensor table, batched names)."""
+def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor,
+                  running0: dict[str, torch.Tensor] | None = None):
+    """All lets over the whole sequence; returns (tensor table, batched names).
+
+    Running quantities are computed with a plain loop over time from their per-step arguments; ``running0``
+    holds their carried values from before t = 0 (default: zero, or for ``prev`` the first step's own value).
+    """
     B, T = u.shape[:2]
     tensors = {k: v.detach().to(torch.float64) if False else v.to(torch.float64) for k, v in params.items()}
     inp_shape = [Evaluator(sym, dims, {}, set()).size(e) for e in sym.input.shape()]
@@ -189,6 +194,14 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
     for let in sym.lets:
         ev = Evaluator(sym, dims, tensors, batched)
         sizes = tuple(ev.size(e) for e in let.tensor.shape())
+        if let.running:
+            args = [_full(ev.eval(a, let.index, sizes), (B, T), sizes) for a in let.args]
+            start = (running0 or {}).get(let.tensor.name)
+            tensors[let.tensor.name] = _run_over_time(let.running, args, start, (B, *sizes))
+            if let.running == "prev" and T:
+                tensors[f"{let.tensor.name}:last"] = args[0][:, -1]
+            batched.add(let.tensor.name)
+            continue
         x = ev.eval(let.expr, let.index, sizes)
         if let.time_varying:
             x = _full(x, (B, T), sizes)
@@ -199,10 +212,38 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
     return tensors, batched
 
 
-def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor):
+def _run_over_time(op: str, args, start, shape) -> torch.Tensor:
+    """cumsum / scan / prev over the time axis, one step at a time."""
+    T = args[-1].shape[1]
+    out = []
+    if op == "prev":
+        (x,) = args
+        z = x[:, 0] if start is None else start.to(torch.float64).reshape(shape)
+        for t in range(T):
+            out.append(z)
+            z = x[:, t]
+    else:
+        z = torch.zeros(shape, dtype=torch.float64) if start is None else start.to(torch.float64).reshape(shape)
+        for t in range(T):
+            z = (args[0][:, t] * z if op == "scan" else z) + args[-1][:, t]
+            out.append(z)
+    return torch.stack(out, 1) if out else args[-1]
+
+
+def running_finals(sym: SymSpec, tensors) -> dict[str, torch.Tensor]:
+    """The carried values of running quantities after the last step (for a following call's initial state)."""
+    out = {}
+    for let in sym.running_lets:
+        name = let.tensor.name
+        out[name] = tensors[f"{name}:last"] if f"{name}:last" in tensors else tensors[name][:, -1]
+    return out
+
+
+def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor,
+                   running0: dict[str, torch.Tensor] | None = None, _tables=None):
     """Dense DSF matrices per step: A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d] (float64)."""
     Bsz, T = u.shape[:2]
-    tensors, batched = evaluate_lets(sym, dims, params, u)
+    tensors, batched = _tables or evaluate_lets(sym, dims, params, u, running0)
     ev = Evaluator(sym, dims, tensors, batched)
     out = []
     for name in ("A", "B", "C", "D"):
@@ -226,10 +267,19 @@ def reference_forward(
     dims: dict[str, int],
     params: dict[str, torch.Tensor],
     u: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
+    initial_state=None,
 ):
-    """Run the DSF recurrence step by step in float64. Returns (y [B,T,p], final state [B,N])."""
-    A, Bm, C, D = dense_matrices(sym, dims, params, u)
+    """Run the DSF recurrence step by step in float64. Returns (y [B,T,p], final state).
+
+    The state is the flat h [B, N]; for specs with running quantities both ``initial_state`` and the returned final
+    state are dicts ``{"h": h, <running let>: value}``.
+    """
+    running0 = None
+    if isinstance(initial_state, dict):
+        running0 = {k: v for k, v in initial_state.items() if k != "h"}
+        initial_state = initial_state.get("h")
+    tables = evaluate_lets(sym, dims, params, u, running0)
+    A, Bm, C, D = dense_matrices(sym, dims, params, u, _tables=tables)
     Bsz, T = u.shape[:2]
     N = A.shape[-1]
     u64 = u.to(torch.float64).reshape(Bsz, T, -1)
@@ -241,4 +291,7 @@ def reference_forward(
         read = h_prev if sym.readout == "pre" else h
         ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u64[:, t]))
     y = torch.stack(ys, 1) if ys else torch.zeros(Bsz, 0, C.shape[-2], dtype=torch.float64)
+    if sym.running_lets:
+        finals = running_finals(sym, tables[0]) if T else dict(running0 or {})
+        return y, {"h": h, **finals}
     return y, h

@@ -95,10 +95,12 @@ class DeltaNet(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return H * K * V
 
-    def _lets(self, u_, _dtype):
+    def _lets(self, u_, _dtype, running0=None):
         """Per-step quantities of the spec (selection signal), over the whole sequence."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev = u_.device
+        _B, _T = u_.shape[0], u_.shape[1]
+        running_final = {}
         W_Q = self.W_Q.to(_dtype)
         W_K = self.W_K.to(_dtype)
         W_V = self.W_V.to(_dtype)
@@ -116,6 +118,7 @@ class DeltaNet(nn.Module):
         )  # let beta[h: H] = sigmoid(sum(m, W_beta[h, m] * u[m]))
         return {
             "_dev": _dev,
+            "_running_final": running_final,
             "W_Q": W_Q,
             "W_K": W_K,
             "W_V": W_V,
@@ -132,6 +135,10 @@ class DeltaNet(nn.Module):
 
         Returns ``y`` ``[batch, time, H * V]``, or ``(y, final_state)`` when ``output_final_state``.
         """
+        running0 = None
+        if isinstance(initial_state, dict):
+            running0 = {k: v for k, v in initial_state.items() if k != "h"}
+            initial_state = initial_state.get("h")
         self._check_input(u, initial_state)
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
@@ -145,9 +152,10 @@ class DeltaNet(nn.Module):
         u_ = u.to(_dtype).reshape(_B, _T, d)
         backend = self._resolve_backend(u)
         if backend == "reference":
-            y, final = self._reference(u.to(_dtype), h0)
+            y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(u_, _dtype)
+            env = self._lets(u_, _dtype, running0)
+            running_final = env["_running_final"]
             core = self._core_triton if backend == "triton" else self._core
             y, final = core(u_, h0, env, _B, _T, _dtype)
         y = y.reshape(_B, _T, H * V).to(u.dtype)
@@ -161,9 +169,9 @@ class DeltaNet(nn.Module):
             return self.backend
         return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
 
-    def _reference(self, u, h0):
+    def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
-        A, B, C, D = self.dsf_matrices(u)
+        A, B, C, D = self.dsf_matrices(u, running0)
         h = h0.reshape(h0.shape[0], -1)
         ys = []
         for t in range(u.shape[1]):
@@ -171,7 +179,8 @@ class DeltaNet(nn.Module):
             h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], u[:, t])
             read = h_prev if False else h
             ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u[:, t]))
-        return torch.stack(ys, 1), h.reshape(h0.shape)
+        env = self._lets(u.reshape(u.shape[0], u.shape[1], d), u.dtype, running0)
+        return torch.stack(ys, 1), h.reshape(h0.shape), env["_running_final"]
 
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
@@ -234,14 +243,17 @@ class DeltaNet(nn.Module):
         """The input-output map y = Phi u as a matrix [B, T*p, T*d] (small T): Phi_ij = C_i A_i...A_(j+1) B_j."""
         return kernel_matrix(*self.dsf_matrices(u), pre_readout=False)
 
-    def dsf_matrices(self, u):
-        """Dense DSF matrices per step (small sizes only): A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d]."""
+    def dsf_matrices(self, u, running0=None):
+        """Dense DSF matrices per step (small sizes only): A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d].
+
+        ``running0``: carried values of running quantities (the non-"h" entries of a state dict), if any.
+        """
         self._check_input(u, None)
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
         u_ = u.to(_dtype).reshape(_B, _T, d)
-        env = self._lets(u_, _dtype)
+        env = self._lets(u_, _dtype, running0)
         _dev = env["_dev"]
         W_Q = env["W_Q"]
         W_K = env["W_K"]

@@ -109,10 +109,12 @@ class SSD(nn.Module):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         return H * P * n
 
-    def _lets(self, u_, _dtype):
+    def _lets(self, u_, _dtype, running0=None):
         """Per-step quantities of the spec (selection signal), over the whole sequence."""
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         _dev = u_.device
+        _B, _T = u_.shape[0], u_.shape[1]
+        running_final = {}
         A_log = self.A_log.to(_dtype)
         dt_bias = self.dt_bias.to(_dtype)
         W_dt = self.W_dt.to(_dtype)
@@ -130,6 +132,7 @@ class SSD(nn.Module):
         )  # let Cm[g: G, j: n] = sum(m: H * P, W_C[g, j, m] * u[m // P, m % P])
         return {
             "_dev": _dev,
+            "_running_final": running_final,
             "A_log": A_log,
             "dt_bias": dt_bias,
             "W_dt": W_dt,
@@ -146,6 +149,10 @@ class SSD(nn.Module):
 
         Returns ``y`` ``[batch, time, H * P]``, or ``(y, final_state)`` when ``output_final_state``.
         """
+        running0 = None
+        if isinstance(initial_state, dict):
+            running0 = {k: v for k, v in initial_state.items() if k != "h"}
+            initial_state = initial_state.get("h")
         self._check_input(u, initial_state)
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         _B, _T = u.shape[0], u.shape[1]
@@ -159,9 +166,10 @@ class SSD(nn.Module):
         u_ = u.to(_dtype).reshape(_B, _T, H, P)
         backend = self._resolve_backend(u)
         if backend == "reference":
-            y, final = self._reference(u.to(_dtype), h0)
+            y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(u_, _dtype)
+            env = self._lets(u_, _dtype, running0)
+            running_final = env["_running_final"]
             core = self._core_triton if backend == "triton" else self._core
             y, final = core(u_, h0, env, _B, _T, _dtype)
         y = y.reshape(_B, _T, H * P).to(u.dtype)
@@ -175,9 +183,9 @@ class SSD(nn.Module):
             return self.backend
         return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
 
-    def _reference(self, u, h0):
+    def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
-        A, B, C, D = self.dsf_matrices(u)
+        A, B, C, D = self.dsf_matrices(u, running0)
         h = h0.reshape(h0.shape[0], -1)
         ys = []
         for t in range(u.shape[1]):
@@ -185,7 +193,8 @@ class SSD(nn.Module):
             h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], u[:, t])
             read = h_prev if False else h
             ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u[:, t]))
-        return torch.stack(ys, 1), h.reshape(h0.shape)
+        env = self._lets(u.reshape(u.shape[0], u.shape[1], H, P), u.dtype, running0)
+        return torch.stack(ys, 1), h.reshape(h0.shape), env["_running_final"]
 
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
@@ -234,14 +243,17 @@ class SSD(nn.Module):
         """The input-output map y = Phi u as a matrix [B, T*p, T*d] (small T): Phi_ij = C_i A_i...A_(j+1) B_j."""
         return kernel_matrix(*self.dsf_matrices(u), pre_readout=False)
 
-    def dsf_matrices(self, u):
-        """Dense DSF matrices per step (small sizes only): A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d]."""
+    def dsf_matrices(self, u, running0=None):
+        """Dense DSF matrices per step (small sizes only): A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d].
+
+        ``running0``: carried values of running quantities (the non-"h" entries of a state dict), if any.
+        """
         self._check_input(u, None)
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
         u_ = u.to(_dtype).reshape(_B, _T, H, P)
-        env = self._lets(u_, _dtype)
+        env = self._lets(u_, _dtype, running0)
         _dev = env["_dev"]
         A_log = env["A_log"]
         dt_bias = env["dt_bias"]

@@ -35,7 +35,9 @@ def _closure(sym: SymSpec, names: set[str]) -> set[str]:
             continue
         seen.add(n)
         if n in lets:
-            todo.extend(_refs(lets[n].expr))
+            let = lets[n]
+            for e in (let.args if let.running else (let.expr,)):
+                todo.extend(_refs(e))
     return seen
 
 
@@ -131,7 +133,8 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
     n_sym = sym.state_size()
     n_val = int(n_sym.subs(dims))
     ext = [int(sp.sympify(x.extent).subs(dims)) for x in sym.state.axes]
-    let_cost = sum(math.prod(int(sp.sympify(x.extent).subs(dims)) for x in let.tensor.axes) * (_ops(let.expr, dims) + 1)
+    let_cost = sum(math.prod(int(sp.sympify(x.extent).subs(dims)) for x in let.tensor.axes)
+                   * (sum(_ops(e, dims) for e in (let.args if let.running else (let.expr,))) + 1)
                    for let in sym.lets if let.time_varying)
     out_size = math.prod(int(sp.sympify(x.extent).subs(dims)) for x in sym.output.axes)
     readout = out_size * (_ops(st.readout.ch, dims) + _ops(st.readout.du, dims) + 1)

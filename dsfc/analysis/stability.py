@@ -91,7 +91,18 @@ class IntervalProver:
         if name in self._cache:
             return self._cache[name]
         let = self._lets.get(name)
-        if let is not None:
+        if let is not None and let.running:
+            self._cache[name] = ANY  # guards recursion through a running quantity's own name
+            x = self.range(let.args[-1])
+            if let.running == "prev":
+                iv = x
+            elif let.running == "scan" and self.range(let.args[0]).lo < 0:
+                iv = ANY
+            else:  # a running sum of terms in x: positive terms stay positive
+                iv = POS if (x.lo > 0 or (x.lo == 0 and x.lo_open)) else NONNEG if x.lo >= 0 else ANY
+            if iv != ANY:
+                self.reasons.append(f"{name} in {iv} ({let.running} of terms in {x})")
+        elif let is not None:
             iv = self.range(let.expr)
             if iv != ANY:
                 self.reasons.append(f"{name} in {iv} (from its definition)")

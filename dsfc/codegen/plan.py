@@ -40,6 +40,9 @@ class LetPlan:
     name: str
     code: str
     source: str  # the spec's definition, as a comment
+    running: str | None = None  # "cumsum" | "scan" | "prev" (see SymLet)
+    args: list[str] = field(default_factory=list)
+    shape: str = ""  # "_B, _T, <let axes>"
 
 
 @dataclass
@@ -67,6 +70,7 @@ class ModulePlan:
     matrices: list[tuple[str, str, list[str], list[str]]]  # (name, code, row shape, col shape)
     first_param: str | None
     pre_readout: bool
+    running: list[str] = field(default_factory=list)  # names of running lets (carried in the state dict)
     extra_imports: list[str] = field(default_factory=list)
 
 
@@ -120,8 +124,14 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     # ---- lets
     lets = []
     for let in sym.lets:
-        code = pr.print(let.expr, let.index, sizes(let.index, let.tensor.axes))
-        lets.append(LetPlan(let.tensor.name, code, _src(sym, let.tensor.name)))
+        let_sizes = sizes(let.index, let.tensor.axes)
+        shape = ", ".join(["_B", "_T"] + [let_sizes[i] for i in let.index])
+        if let.running:
+            args = [pr.print(a, let.index, let_sizes) for a in let.args]
+            lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape))
+            continue
+        code = pr.print(let.expr, let.index, let_sizes)
+        lets.append(LetPlan(let.tensor.name, code, _src(sym, let.tensor.name), shape=shape))
 
     st_shape = [pr.size(a.extent) for a in sym.state.axes]
     in_shape = [pr.size(a.extent) for a in sym.input.axes]
@@ -186,6 +196,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         matrices=matrices,
         first_param=params[0].attr if params else None,
         pre_readout=sym.readout == "pre",
+        running=[py_name(let.tensor.name) for let in sym.running_lets],
     )
 
 

@@ -1,7 +1,9 @@
 """SymPy function classes for the spec language's elementwise functions.
 
 Each carries the sign facts SymPy's assumption system can use (softplus > 0, 0 < sigmoid < 1, ...), which is how the
-stability analysis proves eigenvalue bounds without evaluating anything.
+stability analysis proves eigenvalue bounds without evaluating anything, and its derivative (``fdiff``), which is how
+the generated Triton backward kernels get d(a)/d(leaf) from ``sympy.diff``. Derivatives at kinks (relu, elu at 0)
+follow SymPy's Heaviside(0) = 1/2.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class _Elementwise(sp.Function):
 class Softplus(_Elementwise):
     """log(1 + exp(x)) > 0."""
 
+    def fdiff(self, argindex=1):
+        return Sigmoid(self.args[0])
+
     def _eval_is_positive(self):
         return True if self.args[0].is_extended_real else None
 
@@ -31,6 +36,9 @@ class Softplus(_Elementwise):
 
 class Sigmoid(_Elementwise):
     """1 / (1 + exp(-x)), in (0, 1)."""
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
 
     def _eval_is_positive(self):
         return True if self.args[0].is_extended_real else None
@@ -42,12 +50,18 @@ class Sigmoid(_Elementwise):
 class LogSigmoid(_Elementwise):
     """log(sigmoid(x)) < 0."""
 
+    def fdiff(self, argindex=1):
+        return 1 - Sigmoid(self.args[0])
+
     def _eval_is_negative(self):
         return True if self.args[0].is_extended_real else None
 
 
 class Relu(_Elementwise):
     """max(x, 0) >= 0."""
+
+    def fdiff(self, argindex=1):
+        return sp.Heaviside(self.args[0])
 
     def _eval_is_nonnegative(self):
         return True if self.args[0].is_extended_real else None
@@ -59,12 +73,20 @@ class Relu(_Elementwise):
 class Silu(_Elementwise):
     """x * sigmoid(x)."""
 
+    def fdiff(self, argindex=1):
+        s = Sigmoid(self.args[0])
+        return s * (1 + self.args[0] * (1 - s))
+
     def _eval_is_positive(self):
         return self.args[0].is_positive
 
 
 class Elu(_Elementwise):
     """x for x > 0 else exp(x) - 1; > -1."""
+
+    def fdiff(self, argindex=1):
+        # 1 for x > 0, exp(x) = elu(x) + 1 below: one expression, no Piecewise
+        return 1 + (1 - sp.Heaviside(self.args[0])) * self
 
     def _eval_is_positive(self):
         return self.args[0].is_positive

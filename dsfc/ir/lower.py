@@ -36,6 +36,23 @@ def _sign_assumptions(expr: sp.Expr) -> dict[str, bool]:
     return facts
 
 
+RUNNING = ("cumsum", "scan", "prev")
+
+
+def _running_assumptions(op: str, args) -> dict[str, bool]:
+    """Sign facts that survive the running op: a running sum of positives is positive, prev keeps the sign."""
+    if op == "prev":
+        return _sign_assumptions(args[0])
+    x = args[-1]
+    if op == "scan" and not args[0].is_nonnegative:
+        return {"real": True}
+    if x.is_positive:
+        return {"real": True, "positive": True}
+    if x.is_nonnegative:
+        return {"real": True, "nonnegative": True}
+    return {"real": True}
+
+
 class _Lowering:
     def __init__(self, checked: CheckedSpec):
         self.checked = checked
@@ -138,9 +155,20 @@ class _Lowering:
             info = c.tensors[let.name]
             index = tuple(index_symbol(a.name) for a in info.axes)
             scope = {a.name: s for a, s in zip(info.axes, index)}
+            if isinstance(let.expr, ast.Call) and let.expr.func in RUNNING:
+                # a quantity over time: its per-step arguments are lowered, the op itself stays structural
+                args = tuple(self.expr(a, scope) for a in let.expr.args)
+                facts = _running_assumptions(let.expr.func, args)
+                base = self.make_base(let.name, len(info.axes), **facts)
+                expr = base[index] if index else base
+                lets.append(SymLet(self.tensor(info, base), index, expr, True, let.expr.func, args))
+                continue
             expr = self.expr(let.expr, scope)
             base = self.make_base(let.name, len(info.axes), **_sign_assumptions(expr))
-            lets.append(SymLet(self.tensor(info, base), index, expr, let.name in c.time_varying))
+            reads = {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
+                     for n in sp.preorder_traversal(expr) if isinstance(n, (sp.Indexed, sp.Symbol))}
+            varying = bool(reads & ({c.input.name} | {x.tensor.name for x in lets if x.time_varying}))
+            lets.append(SymLet(self.tensor(info, base), index, expr, varying))
 
         matrices = {}
         for name, m in c.matrices.items():

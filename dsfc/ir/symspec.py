@@ -47,10 +47,20 @@ class SymParam:
 
 @dataclass(frozen=True)
 class SymLet:
+    """A per-step quantity. ``running`` marks a quantity over time (its value at t depends on earlier steps):
+
+    - ``"cumsum"``: z_t = z_(t-1) + args[0]_t, z_(-1) = 0 (or the carried state);
+    - ``"scan"``:   z_t = args[0]_t * z_(t-1) + args[1]_t (a decayed running sum);
+    - ``"prev"``:   z_t = args[0]_(t-1); at t = 0 the carried state, or args[0]_0 when there is none.
+    For a running let ``expr`` is a placeholder symbol and ``args`` holds the per-step expressions.
+    """
+
     tensor: SymTensor
     index: tuple[sp.Symbol, ...]
     expr: sp.Expr
     time_varying: bool
+    running: str | None = None
+    args: tuple[sp.Expr, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,10 @@ class SymSpec:
             v = sp.sympify(expr).subs({self.dims[k]: x for k, x in vals.items()})
             vals[name] = int(v) if v.is_integer else float(v)
         return vals
+
+    @property
+    def running_lets(self) -> tuple[SymLet, ...]:
+        return tuple(let for let in self.lets if let.running)
 
     def state_size(self) -> sp.Expr:
         return sp.Mul(*self.state.shape())

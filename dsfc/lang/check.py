@@ -33,8 +33,9 @@ FUNCTIONS: dict[str, int] = {
     "min": 2,
     "delta": 2,
 }
-# Ops over time: they make a let a running quantity. Reserved in the language; compiled by a later release.
-TEMPORAL = {"cumsum", "prev"}
+# Ops over time: the whole right-hand side of a let, which becomes a running quantity carried with the state:
+# cumsum(x): z_t = z_(t-1) + x_t;  scan(a, x): z_t = a_t z_(t-1) + x_t;  prev(x): x_(t-1).
+TEMPORAL = {"cumsum": 1, "scan": 2, "prev": 1}
 # Random initialisers and their accepted arities.
 DISTRIBUTIONS: dict[str, tuple[int, ...]] = {
     "normal": (2,),  # normal(mean, std)
@@ -138,6 +139,9 @@ class _Checker:
         self.dims: dict[str, ast.DimDecl] = {}
         self.dim_values: dict[str, int] = {}
         self.tensors: dict[str, TensorInfo] = {}
+        self.running_root = None  # the let right-hand side being checked (where cumsum/scan/prev may stand)
+        self.defining: str | None = None  # the dim whose value is being evaluated
+        self.implicit_output = False  # True when the spec has no 'output' and the output is y[<input axes>]
 
     def err(self, msg: str, span: Span, hint: str | None = None, cls=SpecError):
         self.errors.append(cls(msg, span, hint))
@@ -150,6 +154,9 @@ class _Checker:
         if isinstance(e, ast.Name):
             if e.name in self.dim_values:
                 return self.dim_values[e.name]
+            if e.name == self.defining:
+                self.err(f"{what} is defined in terms of itself", e.span)
+                return None
             if e.name in self.dims:
                 return None  # the dim itself failed; already reported
             self.err(f"unknown dim {e.name!r} in {what}", e.span, hint="declare it first: dim NAME = VALUE")
@@ -225,7 +232,9 @@ class _Checker:
                 self.err(f"dim {d.name!r} is declared twice", d.span)
                 continue
             self.dims[d.name] = d
+            self.defining = d.name
             v = self.size_of(d.value, f"dim {d.name!r}")
+            self.defining = None
             if v is not None:
                 self.dim_values[d.name] = v
 
@@ -256,6 +265,13 @@ class _Checker:
     def declare(self, kind: str, name: str, axes, span: Span):
         if name in self.tensors or name in self.dims:
             prev = self.tensors.get(name) or self.dims.get(name)
+            if self.implicit_output and prev is self.tensors.get("y") and name == "y":
+                self.err(
+                    "'y' is the name of the output, which the spec leaves implicit (no 'output' statement)",
+                    span,
+                    hint="rename this, or declare the output under another name, e.g. output out[...]",
+                )
+                return
             self.err(
                 f"{name!r} is already declared (line {prev.span.line})",
                 span,
@@ -315,11 +331,20 @@ class _Checker:
             return
         if isinstance(e, ast.Call):
             if e.func in TEMPORAL:
-                self.err(
-                    f"running quantity '{e.func}' is not supported by this version of dsfc",
-                    e.span,
-                    hint="write the normaliser into A, B or C directly",
-                )
+                if e is not self.running_root:
+                    self.err(
+                        f"'{e.func}' (a running quantity over time) must be the whole right-hand side of a let",
+                        e.span,
+                        hint=f"write it on its own line: let z[...] = {e.func}(...), then use z",
+                    )
+                    return
+                arity = TEMPORAL[e.func]
+                if len(e.args) != arity:
+                    self.err(f"{e.func} takes {arity} argument{'s' if arity != 1 else ''}, got {len(e.args)}",
+                             e.span)
+                    return
+                for a in e.args:
+                    self.check_expr(a, scope, ctx, allowed)
                 return
             if e.func not in FUNCTIONS:
                 known = ", ".join(sorted(FUNCTIONS))
@@ -515,7 +540,16 @@ class _Checker:
                 )
         if "output" not in tensors and "input" in tensors and tensors["input"].name in self.tensors:
             inp = self.tensors[tensors["input"].name]
-            self.tensors["y"] = TensorInfo("output", "y", inp.axes, inp.span)
+            if "y" in self.tensors:
+                taken = self.tensors["y"]
+                self.err(
+                    f"the spec has no 'output' statement, so its output is named 'y'; but 'y' is the {taken.kind}",
+                    taken.span,
+                    hint="declare the output explicitly, e.g. output out[...]",
+                )
+            else:
+                self.tensors["y"] = TensorInfo("output", "y", inp.axes, inp.span)
+                self.implicit_output = True
 
         params = [s for s in stmts if isinstance(s, ast.ParamDecl)]
         for p in params:
@@ -559,7 +593,9 @@ class _Checker:
             for a in let.axes:
                 if a.name is None:
                     self.err(f"axes of let {let.name!r} must be named, e.g. let {let.name}[c: d] = ...", a.span)
+            self.running_root = let.expr
             self.check_expr(let.expr, scope, f"let {let.name!r}", readable)
+            self.running_root = None
         order = self.sort_lets(lets)
 
         # the DSF matrices
