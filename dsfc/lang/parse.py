@@ -118,7 +118,8 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         )
     span = Span(tok.line, tok.column, tok.end_line, tok.end_column)
     if "$END" in expected and "EQUAL" not in expected:
-        # the statement before tok is complete; what follows must be a new statement
+        # the statement before tok is complete; what follows must be a new statement. (A param without an
+        # initialiser is complete too, but there '=' or '~' may be what was meant, so the list is more useful.)
         return SpecError(
             f"unexpected {str(tok)!r} after the end of the statement",
             span,
@@ -151,10 +152,9 @@ def _check_text(data: bytes | str, path: str) -> str:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             prefix = data[: exc.start].decode("utf-8", "replace")
+            message = f"file is not UTF-8 text (invalid byte 0x{data[exc.start]:02x})"
             raise SpecErrors(
-                [SpecError(f"file is not UTF-8 text (invalid byte 0x{data[exc.start]:02x})", _position(prefix, len(prefix)))],
-                path,
-                data.decode("utf-8", "replace"),
+                [SpecError(message, _position(prefix, len(prefix)))], path, data.decode("utf-8", "replace")
             ) from None
     if "\x00" in data:
         raise _binary_error(data, path)
