@@ -216,6 +216,14 @@ def _run_over_time(op: str, args, start, shape) -> torch.Tensor:
     """cumsum / scan / prev over the time axis, one step at a time."""
     T = args[-1].shape[1]
     out = []
+    if op == "window":
+        x = args[0][..., 0]  # the argument does not depend on the window axis
+        K = shape[-1]
+        hist = torch.zeros(shape, dtype=torch.float64) if start is None else start.to(torch.float64).reshape(shape)
+        for t in range(T):
+            hist = torch.cat([hist[..., 1:], x[:, t].unsqueeze(-1)], -1)
+            out.append(hist)
+        return torch.stack(out, 1) if out else args[0]
     if op == "prev":
         (x,) = args
         z = x[:, 0] if start is None else start.to(torch.float64).reshape(shape)
@@ -250,7 +258,7 @@ def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.T
         m = sym.matrices.get(name)
         row_t, col_t = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"),
                         "D": ("output", "input")}[name]
-        by_kind = {"state": sym.state, "input": sym.input, "output": sym.output}
+        by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
         rs = tuple(ev.size(e) for e in by_kind[row_t].shape())
         cs = tuple(ev.size(e) for e in by_kind[col_t].shape())
         n_rows, n_cols = math.prod(rs), math.prod(cs)
@@ -260,6 +268,21 @@ def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.T
         x = ev.eval(m.entry, m.rows + m.cols, rs + cs)
         out.append(_full(x, (Bsz, T), rs + cs).reshape(Bsz, T, n_rows, n_cols))
     return tuple(out)
+
+
+def apply_posts(sym: SymSpec, dims, tables, y: torch.Tensor) -> torch.Tensor:
+    """Post-ops after the core, evaluated like lets with the core output as one more time-varying tensor."""
+    tensors, batched = dict(tables[0]), set(tables[1])
+    Bsz, T = y.shape[:2]
+    ev = Evaluator(sym, dims, tensors, batched)
+    tensors[sym.output.name] = y.reshape(Bsz, T, *[ev.size(e) for e in sym.output.shape()])
+    batched.add(sym.output.name)
+    for post in sym.posts:
+        ev = Evaluator(sym, dims, tensors, batched)
+        sizes = tuple(ev.size(e) for e in post.tensor.shape())
+        tensors[post.tensor.name] = _full(ev.eval(post.expr, post.index, sizes), (Bsz, T), sizes)
+        batched.add(post.tensor.name)
+    return tensors[sym.posts[-1].tensor.name].reshape(Bsz, T, -1)
 
 
 def reference_forward(
@@ -282,7 +305,10 @@ def reference_forward(
     A, Bm, C, D = dense_matrices(sym, dims, params, u, _tables=tables)
     Bsz, T = u.shape[:2]
     N = A.shape[-1]
-    u64 = u.to(torch.float64).reshape(Bsz, T, -1)
+    # the driven input: the raw input, or the let named by 'drive'
+    u64 = tables[0][sym.driven.name].to(torch.float64)
+    u64 = u64.expand(Bsz, T, *u64.shape[2:]) if sym.driven.name in tables[1] else u64.expand(Bsz, T, *u64.shape)
+    u64 = u64.reshape(Bsz, T, -1)
     h = torch.zeros(Bsz, N, dtype=torch.float64) if initial_state is None else initial_state.to(torch.float64).reshape(Bsz, N)
     ys = []
     for t in range(T):
@@ -291,6 +317,8 @@ def reference_forward(
         read = h_prev if sym.readout == "pre" else h
         ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u64[:, t]))
     y = torch.stack(ys, 1) if ys else torch.zeros(Bsz, 0, C.shape[-2], dtype=torch.float64)
+    if sym.posts and T:
+        y = apply_posts(sym, dims, tables, y)
     if sym.running_lets:
         finals = running_finals(sym, tables[0]) if T else dict(running0 or {})
         return y, {"h": h, **finals}

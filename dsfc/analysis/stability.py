@@ -94,8 +94,8 @@ class IntervalProver:
         if let is not None and let.running:
             self._cache[name] = ANY  # guards recursion through a running quantity's own name
             x = self.range(let.args[-1])
-            if let.running == "prev":
-                iv = x
+            if let.running in ("prev", "window"):
+                iv = x if let.running == "prev" else ANY
             elif let.running == "scan" and self.range(let.args[0]).lo < 0:
                 iv = ANY
             else:  # a running sum of terms in x: positive terms stay positive

@@ -106,7 +106,7 @@ def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
 def compute_bu(sym: SymSpec, rows) -> sp.Expr:
     m = sym.matrices["B"]
     entry = m.entry.subs(dict(zip(m.rows, rows)), simultaneous=True)
-    return contract_product(entry, m.cols, m.col_extents, sym.input.base[m.cols] if m.cols else sym.input.base)
+    return contract_product(entry, m.cols, m.col_extents, sym.driven.base[m.cols] if m.cols else sym.driven.base)
 
 
 def compute_readout(sym: SymSpec) -> Readout:
@@ -118,7 +118,7 @@ def compute_readout(sym: SymSpec) -> Readout:
         du = sp.Integer(0)
     else:
         entry = d.entry.subs(dict(zip(d.rows, out_syms)), simultaneous=True)
-        du = contract_product(entry, d.cols, d.col_extents, sym.input.base[d.cols])
+        du = contract_product(entry, d.cols, d.col_extents, sym.driven.base[d.cols])
     return Readout(out_syms, ch, du)
 
 

@@ -71,12 +71,17 @@ class ModulePlan:
     first_param: str | None
     pre_readout: bool
     running: list[str] = field(default_factory=list)  # names of running lets (carried in the state dict)
+    driven: str = ""  # local name of what B and D multiply (the input or a let)
+    driven_size: str = ""
+    posts: list[LetPlan] = field(default_factory=list)  # post-ops after the core; the last is the layer output
+    output_local: str = "y"
+    layer_output_size: str = ""
     extra_imports: list[str] = field(default_factory=list)
 
 
 def _src(sym: SymSpec, name: str) -> str:
     let = sym.checked.spec.source.splitlines()
-    for s in sym.checked.lets:
+    for s in tuple(sym.checked.lets) + tuple(sym.checked.posts):
         if s.name == name:
             line = let[s.span.line - 1].strip() if s.span.line <= len(let) else ""
             return line
@@ -158,8 +163,18 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
         core += _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
 
+    # post-ops read the core output as a time-varying tensor
+    posts = []
+    if sym.posts:
+        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True)
+        for post in sym.posts:
+            pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True)
+            post_sizes = sizes(post.index, post.tensor.axes)
+            posts.append(LetPlan(post.tensor.name, pr.print(post.expr, post.index, post_sizes), _src(sym, post.tensor.name)))
+    layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
+
     matrices = []
-    by_kind = {"state": sym.state, "input": sym.input, "output": sym.output}
+    by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
     shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
     for name in ("A", "B", "C", "D"):
         rk, ck = shapes[name]
@@ -197,6 +212,11 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         first_param=params[0].attr if params else None,
         pre_readout=sym.readout == "pre",
         running=[py_name(let.tensor.name) for let in sym.running_lets],
+        driven=py_name(sym.driven.name),
+        driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
+        posts=posts,
+        output_local=py_name(sym.output.name),
+        layer_output_size=" * ".join(layer_shape),
     )
 
 

@@ -2,8 +2,8 @@
 
 Each carries the sign facts SymPy's assumption system can use (softplus > 0, 0 < sigmoid < 1, ...), which is how the
 stability analysis proves eigenvalue bounds without evaluating anything, and its derivative (``fdiff``), which is how
-the generated Triton backward kernels get d(a)/d(leaf) from ``sympy.diff``. Derivatives at kinks (relu, elu at 0)
-follow SymPy's Heaviside(0) = 1/2.
+the generated Triton backward kernels get d(a)/d(leaf) from ``sympy.diff``. Kinks (relu, elu) differentiate to
+``Heaviside``, which the Triton printer prints as ``x > 0`` (torch's choice at 0).
 """
 
 from __future__ import annotations

@@ -36,13 +36,13 @@ def _sign_assumptions(expr: sp.Expr) -> dict[str, bool]:
     return facts
 
 
-RUNNING = ("cumsum", "scan", "prev")
+RUNNING = ("cumsum", "scan", "prev", "window")
 
 
 def _running_assumptions(op: str, args) -> dict[str, bool]:
     """Sign facts that survive the running op: a running sum of positives is positive, prev keeps the sign."""
-    if op == "prev":
-        return _sign_assumptions(args[0])
+    if op in ("prev", "window"):
+        return _sign_assumptions(args[0]) if op == "prev" else {"real": True}
     x = args[-1]
     if op == "scan" and not args[0].is_nonnegative:
         return {"real": True}
@@ -175,7 +175,9 @@ class _Lowering:
             from ..lang.check import MATRIX_SHAPES
 
             row_kind, col_kind = MATRIX_SHAPES[name]
-            by_kind = {"state": state, "input": inp, "output": out}
+            driven = inp if c.driven is None or c.driven.name == c.input.name else \
+                next(x.tensor for x in lets if x.tensor.name == c.driven.name)
+            by_kind = {"state": state, "input": driven, "output": out}
             rows = tuple(index_symbol(iv.name) for iv in m.rows)
             cols = tuple(index_symbol(iv.name) for iv in m.cols)
             scope = {iv.name: s for iv, s in zip(m.rows + m.cols, rows + cols)}
@@ -188,7 +190,19 @@ class _Lowering:
                 self.expr(m.expr, scope),
                 m.span,
             )
+        driven = inp if c.driven is None or c.driven.name == c.input.name else \
+            next(x.tensor for x in lets if x.tensor.name == c.driven.name)
+        # post-ops: lets evaluated after the core; the core output reads as a time-varying tensor
+        posts = []
+        for post in c.posts:
+            info = c.tensors[post.name]
+            index = tuple(index_symbol(a.name) for a in info.axes)
+            expr = self.expr(post.expr, dict(zip([a.name for a in info.axes], index)))
+            base = self.make_base(post.name, len(info.axes), **_sign_assumptions(expr))
+            posts.append(SymLet(self.tensor(info, base), index, expr, True))
         return SymSpec(
+            driven=driven,
+            posts=tuple(posts),
             checked=c,
             model=c.model,
             description=c.description,

@@ -51,7 +51,9 @@ class SymLet:
 
     - ``"cumsum"``: z_t = z_(t-1) + args[0]_t, z_(-1) = 0 (or the carried state);
     - ``"scan"``:   z_t = args[0]_t * z_(t-1) + args[1]_t (a decayed running sum);
-    - ``"prev"``:   z_t = args[0]_(t-1); at t = 0 the carried state, or args[0]_0 when there is none.
+    - ``"prev"``:   z_t = args[0]_(t-1); at t = 0 the carried state, or args[0]_0 when there is none;
+    - ``"window"``: z_t[..., k] = args[0]_(t-K+1+k) along the let's last axis (extent K), zeros (or the carried
+      window) before the start: the input of a causal short convolution.
     For a running let ``expr`` is a placeholder symbol and ``args`` holds the per-step expressions.
     """
 
@@ -92,6 +94,12 @@ class SymSpec:
     lets: tuple[SymLet, ...]  # topological order
     matrices: dict[str, SymMatrix]  # D may be absent
     readout: str
+    driven: SymTensor | None = None  # what B and D multiply: the input or a let (``drive x``)
+    posts: tuple[SymLet, ...] = ()  # post-ops after the core, in order; the last is the layer output
+
+    @property
+    def layer_output(self) -> SymTensor:
+        return self.posts[-1].tensor if self.posts else self.output
 
     @property
     def path(self) -> str:
@@ -102,6 +110,7 @@ class SymSpec:
         out = {t.name: t for t in (self.input, self.state, self.output)}
         out.update({p.tensor.name: p.tensor for p in self.params})
         out.update({let.tensor.name: let.tensor for let in self.lets})
+        out.update({post.tensor.name: post.tensor for post in self.posts})
         return out
 
     def let(self, name: str) -> SymLet | None:

@@ -159,7 +159,26 @@ class ReadoutDecl:
     span: Span = field(compare=False)
 
 
-Statement = ModelDecl | DimDecl | TensorDecl | ParamDecl | LetDecl | MatrixDef | ReadoutDecl
+@dataclass(frozen=True)
+class PostDecl:
+    """``post out[o: d] = expr``: a post-op after the DSF core; may read the core's output. The last one is the
+    layer's output."""
+
+    name: str
+    axes: tuple[Axis, ...]
+    expr: Expr
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class DriveDecl:
+    """``drive x``: the let that B and D multiply (the driven input), instead of the raw input."""
+
+    name: str
+    span: Span = field(compare=False)
+
+
+Statement = ModelDecl | DimDecl | TensorDecl | ParamDecl | LetDecl | MatrixDef | ReadoutDecl | PostDecl | DriveDecl
 
 
 @dataclass(frozen=True)

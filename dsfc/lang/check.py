@@ -35,7 +35,9 @@ FUNCTIONS: dict[str, int] = {
 }
 # Ops over time: the whole right-hand side of a let, which becomes a running quantity carried with the state:
 # cumsum(x): z_t = z_(t-1) + x_t;  scan(a, x): z_t = a_t z_(t-1) + x_t;  prev(x): x_(t-1).
-TEMPORAL = {"cumsum": 1, "scan": 2, "prev": 1}
+# window(x): the last K values of x along the let's last axis (extent K), oldest first: a causal short conv is
+# sum(k, W[c, k] * xs[c, k]) over such a window.
+TEMPORAL = {"cumsum": 1, "scan": 2, "prev": 1, "window": 1}
 # Random initialisers and their accepted arities.
 DISTRIBUTIONS: dict[str, tuple[int, ...]] = {
     "normal": (2,),  # normal(mean, std)
@@ -88,6 +90,8 @@ class CheckedSpec:
     matrices: dict[str, ast.MatrixDef]
     readout: str  # "post" | "pre"
     time_varying: frozenset[str] = field(default_factory=frozenset)  # lets that depend on the input
+    driven: TensorInfo | None = None  # what B and D multiply: the input, or a let named by 'drive'
+    posts: tuple = ()  # PostDecl statements in source order (post-ops after the DSF core)
 
 
 class _Scope:
@@ -140,6 +144,7 @@ class _Checker:
         self.dim_values: dict[str, int] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.running_root = None  # the let right-hand side being checked (where cumsum/scan/prev may stand)
+        self.current_let = None
         self.defining: str | None = None  # the dim whose value is being evaluated
         self.implicit_output = False  # True when the spec has no 'output' and the output is y[<input axes>]
 
@@ -343,6 +348,16 @@ class _Checker:
                     self.err(f"{e.func} takes {arity} argument{'s' if arity != 1 else ''}, got {len(e.args)}",
                              e.span)
                     return
+                if e.func == "window":
+                    let = self.current_let
+                    if let is None or not let.axes or let.axes[-1].name is None:
+                        self.err("window(x) needs a let whose last axis is the window, e.g. let xs[c: d, k: 4] = "
+                                 "window(x[c])", e.span)
+                        return
+                    last = let.axes[-1].name
+                    if any(isinstance(n, ast.Name) and n.name == last for n in _walk(e.args[0])):
+                        self.err(f"the argument of window must not use the window axis {last!r}", e.span)
+                        return
                 for a in e.args:
                     self.check_expr(a, scope, ctx, allowed)
                 return
@@ -428,6 +443,8 @@ class _Checker:
                 span,
                 cls=NotADSFError,
             )
+        elif t.kind == "output" and "output" in allowed:
+            pass
         elif t.kind == "output":
             self.err(f"{ctx} reads the output {t.name!r}: feeding y back makes the system nonlinear", span,
                      cls=NotADSFError)
@@ -593,10 +610,28 @@ class _Checker:
             for a in let.axes:
                 if a.name is None:
                     self.err(f"axes of let {let.name!r} must be named, e.g. let {let.name}[c: d] = ...", a.span)
-            self.running_root = let.expr
+            self.running_root, self.current_let = let.expr, let
             self.check_expr(let.expr, scope, f"let {let.name!r}", readable)
-            self.running_root = None
+            self.running_root, self.current_let = None, None
         order = self.sort_lets(lets)
+
+        # the driven input: what B and D multiply (default: the raw input)
+        self.driven = self.tensors.get(tensors["input"].name) if "input" in tensors else None
+        drives = [s for s in stmts if isinstance(s, ast.DriveDecl)]
+        for extra in drives[1:]:
+            self.err("only one 'drive' statement is allowed", extra.span)
+        if drives:
+            dr = drives[0]
+            t = self.tensors.get(dr.name)
+            if t is None or t.kind not in ("let", "input"):
+                self.err(
+                    f"'drive' must name a let (the signal B and D multiply), got {dr.name!r}"
+                    + (f", which is a {t.kind}" if t else ""),
+                    dr.span,
+                    hint="e.g. let x[c: E] = silu(xc[c]) then drive x",
+                )
+            else:
+                self.driven = t
 
         # the DSF matrices
         matrices: dict[str, ast.MatrixDef] = {}
@@ -614,6 +649,23 @@ class _Checker:
         readouts = [s for s in stmts if isinstance(s, ast.ReadoutDecl)]
         for extra in readouts[1:]:
             self.err("only one 'readout' statement is allowed", extra.span)
+
+        # post-ops: after the core, in source order; they may read the core's output and earlier post-ops
+        posts = [s for s in stmts if isinstance(s, ast.PostDecl)]
+        for post in posts:
+            axes = self.axes_of(post.axes, post.name)
+            for a in post.axes:
+                if a.name is None:
+                    self.err(f"axes of post {post.name!r} must be named, e.g. post {post.name}[o: d] = ...", a.span)
+            later = {q.name for q in posts[posts.index(post):]}
+            for node in _walk(post.expr):
+                if isinstance(node, (ast.Index, ast.Name)) and node.name in later:
+                    self.err(f"post {post.name!r} reads {node.name!r}, which is not defined before it", node.span)
+            if axes is None:
+                continue
+            scope = _Scope({a.name: (a.extent, a.size) for a in axes if a.name})
+            self.check_expr(post.expr, scope, f"post {post.name!r}", {"param", "let", "input", "output", "post"})
+            self.declare("post", post.name, axes, post.span)
 
         if self.errors:
             raise SpecErrors(self.errors, self.spec.path, self.spec.source)
@@ -644,6 +696,8 @@ class _Checker:
             matrices=matrices,
             readout=readouts[0].mode if readouts else "post",
             time_varying=frozenset(time_varying),
+            driven=self.driven,
+            posts=tuple(posts),
         )
 
     def sort_lets(self, lets: list[ast.LetDecl]) -> list[ast.LetDecl]:
@@ -683,7 +737,7 @@ class _Checker:
         seen: set[str] = set()
         ok = True
         for group, kind, side in ((m.rows, row_kind, "rows"), (m.cols, col_kind, "columns")):
-            t = next((t for t in self.tensors.values() if t.kind == kind), None)
+            t = self.driven if kind == "input" else next((t for t in self.tensors.values() if t.kind == kind), None)
             if t is None:
                 return
             if len(group) != len(t.axes):

@@ -20,7 +20,7 @@ GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
 # A line that opens a statement: a declaration keyword, or a matrix entry ``A[...] =``.
 _STATEMENT_START = re.compile(
-    r"^\s*(?:(?:model|dim|input|state|output|param|let|readout)\b|[ABCD]\s*\[[^\]]*\]\s*=(?!=))"
+    r"^\s*(?:(?:model|dim|input|state|output|param|let|readout|post|drive)\b|[ABCD]\s*\[[^\]]*\]\s*=(?!=))"
 )
 
 _TOKEN_NAMES = {
@@ -123,7 +123,7 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         return SpecError(
             f"unexpected {str(tok)!r} after the end of the statement",
             span,
-            hint="each statement starts with a keyword (model, dim, input, state, output, param, let, readout) "
+            hint="each statement starts with a keyword (model, dim, input, state, output, param, let, post, drive, readout) "
             "or a matrix entry such as A[...] = ...",
         )
     return SpecError(f"unexpected {str(tok)!r}; expected {_describe_expected(expected)}", span)
@@ -242,6 +242,14 @@ class _ToAst(Transformer):
     def matrix_def(self, meta, children):
         matrix, rows, cols, expr = children
         return ast.MatrixDef(str(matrix), rows, cols, expr, _span(meta))
+
+    def post_decl(self, meta, children):
+        name, axes, expr = children
+        return ast.PostDecl(str(name), tuple(axes or ()), expr, _span(meta))
+
+    def drive_decl(self, meta, children):
+        (name,) = children
+        return ast.DriveDecl(str(name), _span(meta))
 
     def readout_decl(self, meta, children):
         (mode,) = children

@@ -1,0 +1,402 @@
+"""``plan_triton_diagonal(SymSpec, Structure, ...) -> TritonPlan | None``: the printed pieces of the generated Triton
+kernels of a diagonal-scan spec (``templates/triton_diagonal.py.jinja`` lays them out).
+
+The recurrence, per state entry s:   h_t[s] = a_t[s] h_(t-1)[s] + bu_t[s],    y_t[o] = sum_red coef_t[s] h_t[s]
+
+1. Sums inside ``a``, ``bu`` or the readout coefficient (projections of the input) are hoisted to torch: each
+   becomes a tensor over the state axes it depends on, computed in the module before the launch
+   (``hoisted``). Only params, lets, the input and those tensors cross into the kernel.
+2. The readout ``C h`` is split, when it has the form ``sum_red coef[s] h[s]`` with ``h`` subscripted by output and
+   summed symbols only, into ``coef`` over the state symbols, the reduced state axes and the output <-> state axis
+   map (``_split_readout``). The state is laid out as a ``[R, C]`` matrix, C = the reduced axes, so one tile
+   holds whole reductions and the kernel writes ``y``. Otherwise the kernel writes states and torch reads out.
+   ``D u`` is always added in torch (elementwise, no recurrence).
+3. Every tensor entry (a *leaf*, e.g. ``dt[c]``) becomes a register tile loaded once per step (time-varying) or
+   once per program (static); dim-only subexpressions become host constants (``consts``).
+4. Backward: ``sympy.diff`` of ``a``, ``bu`` and ``coef`` with respect to every leaf gives each leaf's gradient
+   contribution, ``ga * da/dx + g * dbu/dx`` (+ ``gc * dcoef/dx``), with ``g = dL/dh_t``, ``ga = g h_(t-1)``,
+   ``gc = dL/dy_t h``.
+5. Each group of expressions is CSE'd (``order='canonical'``); temporaries free of time-varying leaves are hoisted
+   out of the time loop.
+
+A node the Triton printer cannot print makes the plan fail with a reason; the module is then generated without a
+Triton kernel (``_core_triton_available = None``), never with wrong code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ..analysis.structure import Structure
+from ..ir.symspec import SymSpec
+from .printers import PrinterError, TorchPrinter
+from .triton_printer import TritonPrinter
+
+SCAN, READ = "scan", "readout"
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor that crosses into the kernels: pointer, gradient pointer and one stride per dim."""
+
+    name: str  # spec name (or a hoisted sum's)
+    code: str  # its value in the wrapper (an env local, u_, or a hoisted temporary)
+    ptr: str
+    grad: str
+    strides: tuple[str, ...]
+    batched: bool  # [B, T, *axes]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One tensor entry the maths reads, loaded into the register tile ``var``."""
+
+    var: str
+    tensor: TensorArg
+    offset: str  # element offset from the tensor's base pointer (uses b and t when batched)
+    shape: str  # "2d" ([BLOCK_R, BLOCK_C]), "rows" ([BLOCK_R, 1]), "cols" ([1, BLOCK_C]) or "scalar"
+    group: str  # SCAN (read by a or bu) or READ (read by the readout coefficient only)
+
+    @property
+    def batched(self) -> bool:
+        return self.tensor.batched
+
+    @property
+    def mask(self) -> str | None:
+        return {"2d": "mask", "rows": "mask_r", "cols": "mask_c", "scalar": None}[self.shape]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A CSE'd group of expressions: statements before the time loop, statements inside it, the results."""
+
+    invariant: list[tuple[str, str]]
+    loop: list[tuple[str, str]]
+    results: list[str]
+
+
+@dataclass(frozen=True)
+class Grad:
+    leaf: Leaf
+    code: str  # the contribution of this step (a tile), already printed
+
+
+@dataclass
+class TritonPlan:
+    tensors: list[TensorArg]
+    dims: list[tuple[str, str]]  # (kernel argument, wrapper value)
+    consts: list[tuple[str, str]]  # (kernel argument, wrapper value: a float from dims)
+    hoisted: list[tuple[str, str]]  # (wrapper local, torch code)
+    index_lines: list[tuple[str, str]]  # state index tensors from the tile offsets rr, cc
+    state_off: str
+    out_off: str
+    R: str
+    C: str
+    P: str
+    readout: bool  # the readout splits: the kernels have the fused READOUT path
+    pre: bool  # pre-update readout (y_t = C h_(t-1))
+    leaves: list[Leaf]
+    fwd_scan: Block  # results: a, bu
+    fwd_read: Block | None  # results: coef
+    bwd_scan: Block  # results: a, then one contribution per scan_grads
+    bwd_read: Block | None  # results: coef, then one contribution per read_grads
+    scan_grads: list[Grad]
+    read_grads: list[Grad]
+    state_shape: list[str]
+    out_shape: list[str]
+    du: str | None  # torch code of D u over the output, or None
+    torch_readout: list[str]  # the unfused path's readout (torch), from `states`
+    helpers: tuple[str, ...] = field(default_factory=tuple)
+
+    def leaves_of(self, group: str, batched: bool) -> list[Leaf]:
+        return [x for x in self.leaves if x.group == group and x.batched == batched]
+
+
+def _kname(name: str) -> str:
+    return name.replace("'", "_prime")
+
+
+def _cse(exprs, prefix: str, time_varying: set) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr], list[bool]]:
+    reps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), order="canonical")
+    varying = set(time_varying)
+    inv = []
+    for s, e in reps:
+        if e.free_symbols & varying:
+            varying.add(s)
+            inv.append(False)
+        else:
+            inv.append(True)
+    return reps, reduced, inv
+
+
+def _split_readout(sym: SymSpec, st: Structure):
+    """y[o] = sum_red coef * h[subs] with subs a permutation-free mix of output and summed symbols? Returns
+    (coef over the state row symbols, reduced state axes, out_map: output axis -> state axis) or None."""
+    ch, out_syms, rows = st.readout.ch, st.readout.out_syms, st.a.rows
+    state = sym.state
+    outside, summed = [], {}
+    e = ch
+    while True:
+        if isinstance(e, sp.Mul):
+            sums = [f for f in e.args if isinstance(f, sp.Sum)]
+            if len(sums) != 1 or any(f.has(state.base) for f in e.args if f is not sums[0]):
+                break
+            outside += [f for f in e.args if f is not sums[0]]
+            e = sums[0]
+        if not isinstance(e, sp.Sum):
+            break
+        for var, lo, hi in e.limits:
+            if lo != 0:
+                return None
+            summed[var] = hi + 1
+        e = e.function
+    body = sp.Mul(*outside, e)
+    hs = {n for n in sp.preorder_traversal(body) if isinstance(n, sp.Indexed) and n.base == state.base}
+    if len(hs) != 1:
+        return None
+    h = hs.pop()
+    subs = list(h.indices)
+    if len(set(subs)) != len(subs) or not all(s in out_syms or s in summed for s in subs):
+        return None
+    if not all(o in subs for o in out_syms) or not all(v in subs for v in summed):
+        return None
+    for k, s in enumerate(subs):
+        if s in summed and sp.simplify(summed[s] - state.axes[k].extent) != 0:
+            return None
+    H = sp.Dummy("H")
+    lin = body.xreplace({h: H})
+    coef = sp.diff(lin, H)
+    if coef.has(H) or lin.subs(H, 0) != 0 or coef.has(state.base):
+        return None
+    coef = coef.xreplace({subs[k]: rows[k] for k in range(len(rows))})
+    red = tuple(k for k, s in enumerate(subs) if s in summed)
+    out_map = tuple(subs.index(o) for o in out_syms)
+    return coef, red, out_map
+
+
+def plan_triton_diagonal(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str]
+                         ) -> tuple[TritonPlan | None, str]:
+    """The kernels' plan, or None and the reason when the spec's maths does not print to Triton."""
+    try:
+        return _plan(sym, st, pr, torch_readout), "Triton kernel: diagonal scan"
+    except PrinterError as exc:
+        return None, f"no Triton kernel: {exc}"
+
+
+def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str]) -> TritonPlan:
+    rows = st.a.rows
+    axes = sym.state.axes
+    nax = len(rows)
+    split = _split_readout(sym, st)
+    if split is not None:
+        coef, red, out_map = split
+    else:
+        coef, red, out_map = None, (nax - 1,), ()
+    col_axes = list(red)
+    row_axes = [k for k in range(nax) if k not in red]
+    row_syms = {rows[k] for k in row_axes}
+    col_syms = {rows[k] for k in col_axes}
+
+    dims = {s: f"dim_{_kname(n)}" for n, s in sym.dims.items()}
+    dims_code = {s: pr.dims[s] for s in sym.dims.values()}
+    indices = {s: f"i_{_kname(str(s))}" for s in rows}
+    rr, cc = sp.Symbol("rr", integer=True, nonnegative=True), sp.Symbol("cc", integer=True, nonnegative=True)
+    ip = TritonPrinter({}, {**indices, rr: "rr", cc: "cc"}, dims)
+
+    # ---- index tensors from the tile offsets, flat offsets of the state and of y
+    index_lines = []
+    for flat, ks in ((rr, row_axes), (cc, col_axes)):
+        for p, k in enumerate(ks):
+            after = sp.Mul(*[axes[q].extent for q in ks[p + 1:]])
+            e = sp.floor(flat / after) if p + 1 < len(ks) else flat
+            if p > 0:
+                e = sp.Mod(e, axes[k].extent)
+            index_lines.append((indices[rows[k]], ip.index(e)))
+
+    def flat(syms, extents):
+        return sum((s * sp.Mul(*extents[k + 1:]) for k, s in enumerate(syms)), sp.Integer(0))
+
+    state_ext = [a.extent for a in axes]
+    state_off = ip.index(flat(list(rows), state_ext))
+    out_off = ip.index(flat([rows[k] for k in out_map], [a.extent for a in sym.output.axes])) if split else "0"
+
+    # ---- hoist sums to torch
+    hoisted: list[tuple[str, str]] = []
+    hoisted_tensors: dict[str, tuple[sp.Basic, bool, int]] = {}
+    row_sizes = {s: pr.size(axes[k].extent) for k, s in enumerate(rows)}
+    taken = set(sym.tensors)
+
+    def hoist(e):
+        if isinstance(e, sp.Sum):
+            free = [s for s in rows if s in e.free_symbols]
+            k = len(hoisted)
+            name = f"_sum{k}"
+            while name in taken:
+                k += 1
+                name = f"_sum{k}"
+            taken.add(name)
+            batched = pr._is_batched(e)
+            shape = ", ".join(row_sizes[s] for s in free)
+            lead = "_B, _T" + (", " if free else "") if batched else ""
+            code = pr.print_tensor(e, tuple(free), {s: row_sizes[s] for s in free})
+            code = f"({code}).expand({lead}{shape})" if (lead or shape) else code
+            hoisted.append((name, code))
+            base = sp.IndexedBase(name) if free else sp.Symbol(name)
+            hoisted_tensors[name] = (base, batched, len(free))
+            return base[tuple(free)] if free else base
+        if not e.args or isinstance(e, sp.Indexed):
+            return e
+        return e.func(*[hoist(a) for a in e.args])
+
+    a_e, bu_e = hoist(sp.sympify(st.a.decay)), hoist(sp.sympify(st.bu))
+    coef_e = hoist(coef) if split else None
+
+    # ---- tensors and leaves
+    kinds = {}  # name -> (code, batched, rank)
+    for p in sym.params:
+        kinds[p.tensor.name] = (pr.tensors[p.tensor.name].code, False)
+    for let in sym.lets:
+        kinds[let.tensor.name] = (pr.tensors[let.tensor.name].code, let.time_varying)
+    kinds[sym.input.name] = (pr.tensors[sym.input.name].code, True)
+    for name, (base, batched, rank) in hoisted_tensors.items():
+        kinds[name] = (name, batched)
+    order = [p.tensor.name for p in sym.params] + [x.tensor.name for x in sym.lets] + [sym.input.name] + list(
+        hoisted_tensors)
+
+    def leaves_in(e) -> set:
+        out = set()
+        for n in sp.preorder_traversal(e):
+            if isinstance(n, sp.Indexed) and str(n.base.label) in kinds:
+                out.add(n)
+            elif isinstance(n, sp.Symbol) and str(n) in kinds and n not in rows:
+                out.add(n)
+        return out
+
+    scan_leaves = leaves_in(a_e) | leaves_in(bu_e)
+    read_leaves = (leaves_in(coef_e) - scan_leaves) if split else set()
+
+    def tname(x) -> str:
+        return str(x.base.label) if isinstance(x, sp.Indexed) else str(x)
+
+    used = sorted({tname(x) for x in scan_leaves | read_leaves}, key=order.index)
+    tensors: dict[str, TensorArg] = {}
+    for name in used:
+        code, batched = kinds[name]
+        rank = hoisted_tensors[name][2] if name in hoisted_tensors else len(sym.tensors[name].axes)
+        k = _kname(name)
+        strides = tuple(f"p_{k}_s{i}" for i in range(rank + (2 if batched else 0)))
+        tensors[name] = TensorArg(name, code, f"p_{k}", f"g_{k}", strides, batched)
+
+    leaves: list[Leaf] = []
+    leaf_sym: dict[sp.Basic, sp.Symbol] = {}
+    for group, group_leaves in ((SCAN, scan_leaves), (READ, read_leaves)):
+        for x in sorted(group_leaves, key=lambda x: (order.index(tname(x)), sp.default_sort_key(x))):
+            ta = tensors[tname(x)]
+            same = sorted((y for y in scan_leaves | read_leaves if tname(y) == ta.name), key=sp.default_sort_key)
+            var = f"x_{_kname(ta.name)}" + (f"_{same.index(x)}" if len(same) > 1 else "")
+            subs = list(x.indices) if isinstance(x, sp.Indexed) else []
+            terms = []
+            lead = 2 if ta.batched else 0
+            if ta.batched:
+                terms += [f"b * {ta.strides[0]}", f"t * {ta.strides[1]}"]
+            for i, s in enumerate(subs):
+                code = ip.index(s)
+                if code != "0":
+                    terms.append(f"{code} * {ta.strides[lead + i]}" if not code.startswith("(") or True else code)
+            free = set().union(*[sp.sympify(s).free_symbols for s in subs]) if subs else set()
+            shape = {(True, True): "2d", (True, False): "rows", (False, True): "cols", (False, False): "scalar"}[
+                (bool(free & row_syms), bool(free & col_syms))]
+            leaves.append(Leaf(var, ta, " + ".join(terms) or "0", shape, group))
+            leaf_sym[x] = sp.Symbol(var, real=True)
+
+    # ---- consts: dim-only value subexpressions, computed on the host
+    consts: list[tuple[str, str]] = []
+    const_sym: dict[sp.Expr, sp.Symbol] = {}
+    dimset = set(sym.dims.values())
+
+    def lift(e):
+        if e.free_symbols and e.free_symbols <= dimset and not e.is_Integer:
+            if e not in const_sym:
+                const_sym[e] = sp.Symbol(f"kc{len(consts)}", real=True)
+                consts.append((f"kc{len(consts)}", f"float({pr.print(e, (), {})})"))
+            return const_sym[e]
+        if not e.args or isinstance(e, (sp.KroneckerDelta, sp.floor, sp.Mod)):
+            return e
+        return e.func(*[lift(a) for a in e.args])
+
+    def prep(e):
+        return lift(e.xreplace(leaf_sym)) if e is not None else None
+
+    a_s, bu_s, coef_s = prep(a_e), prep(bu_e), prep(coef_e)
+
+    G, GA, GC = sp.Symbol("g", real=True), sp.Symbol("ga", real=True), sp.Symbol("gc", real=True)
+    values = {s: s.name for s in leaf_sym.values()}
+    values.update({s: s.name for s in const_sym.values()})
+    values.update({G: "g", GA: "ga", GC: "gc"})
+    tv = {leaf_sym[x] for x in leaf_sym if tensors[tname(x)].batched} | {G, GA, GC}
+
+    def block(exprs, prefix) -> Block:
+        reps, reduced, inv = _cse(exprs, prefix, tv)
+        vals = dict(values)
+        vals.update({s: s.name for s, _ in reps})
+        tp = TritonPrinter(vals, indices, dims)
+        inv_lines = [(s.name, tp.doprint(e)) for (s, e), i in zip(reps, inv) if i]
+        loop_lines = [(s.name, tp.doprint(e)) for (s, e), i in zip(reps, inv) if not i]
+        return Block(inv_lines, loop_lines, [tp.doprint(e) for e in reduced])
+
+    fwd_scan = block([a_s, bu_s], "ea")
+    fwd_read = block([coef_s], "ec") if split else None
+
+    scan_grads_e, scan_grad_leaves = [], []
+    read_grads_e, read_grad_leaves = [], []
+    for leaf in leaves:
+        x = sp.Symbol(leaf.var, real=True)
+        e = GA * sp.diff(a_s, x) + G * sp.diff(bu_s, x)
+        if e != 0:
+            scan_grads_e.append(e)
+            scan_grad_leaves.append(leaf)
+        if split:
+            e = GC * sp.diff(coef_s, x)
+            if e != 0:
+                read_grads_e.append(e)
+                read_grad_leaves.append(leaf)
+    bwd_scan = block([a_s] + scan_grads_e, "ea")
+    bwd_read = block([coef_s] + read_grads_e, "ec") if split else None
+    scan_grads = [Grad(leaf, code) for leaf, code in zip(scan_grad_leaves, bwd_scan.results[1:])]
+    read_grads = [Grad(leaf, code) for leaf, code in zip(read_grad_leaves, bwd_read.results[1:])] if split else []
+
+    out_syms = st.readout.out_syms
+    du = None
+    if st.readout.du != 0:
+        du = pr.print(st.readout.du, out_syms, {s: pr.size(a.extent) for s, a in zip(out_syms, sym.output.axes)})
+
+    def prod(exts):
+        return " * ".join(pr.size(e) for e in exts) or "1"
+
+    return TritonPlan(
+        tensors=[tensors[n] for n in used],
+        dims=[(dims[s], dims_code[s]) for s in sym.dims.values()],
+        consts=consts,
+        hoisted=hoisted,
+        index_lines=index_lines,
+        state_off=state_off,
+        out_off=out_off,
+        R=prod([axes[k].extent for k in row_axes]),
+        C=prod([axes[k].extent for k in col_axes]),
+        P=prod([a.extent for a in sym.output.axes]),
+        readout=split is not None,
+        pre=sym.readout == "pre",
+        leaves=leaves,
+        fwd_scan=fwd_scan,
+        fwd_read=fwd_read,
+        bwd_scan=bwd_scan,
+        bwd_read=bwd_read,
+        scan_grads=scan_grads,
+        read_grads=read_grads,
+        state_shape=[pr.size(a.extent) for a in axes],
+        out_shape=[pr.size(a.extent) for a in sym.output.axes],
+        du=du,
+        torch_readout=torch_readout,
+    )

@@ -1,0 +1,225 @@
+"""SymPy -> Triton (``tl.``) source over one block of state entries. With the templates, the only code that knows
+Triton syntax.
+
+Inside a generated kernel every state index symbol is an integer tensor derived from the block's flat offsets
+(``i_c = rr // dim_n``), shaped ``[BLOCK_R, 1]`` or ``[1, BLOCK_C]``; every leaf of the maths (an entry of a param,
+of a let, of the input) has already been loaded into a named register tile. So an expression is printed over names:
+
+* ``values``: value symbols (loaded leaves, host constants, CSE temporaries, gradient slots) -> their names;
+* ``indices``: state index symbols -> integer tensors; in a value position they are cast, ``i_j.to(DTYPE)``;
+* ``dims``: dim symbols -> integer kernel arguments (in subscripts and extents only: the planner hoists dim-only
+  value subexpressions to host constants, so ``1 / sqrt(K)`` never reaches the kernel as integer arithmetic).
+
+Elementwise functions without a numerically safe ``tl`` builtin print as calls of small ``@triton.jit`` helpers
+that the template defines (``_softplus``: ``tl.where(x > 20, x, tl.log(1 + tl.exp(x)))``, ``_logsigmoid``, ``_silu``,
+``_elu``, ``_tanh``, ``_step`` for Heaviside). Like SymPy's strict code printers, an unknown node raises
+``PrinterError`` (an internal bug, never ``str(expr)``).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE, precedence
+from sympy.printing.printer import Printer
+
+from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from .printers import PrinterError
+
+# function class name -> Triton callable (a tl builtin or a helper the template defines)
+_CALLS = {
+    "exp": "tl.exp",
+    "log": "tl.log",
+    "sin": "tl.sin",
+    "cos": "tl.cos",
+    "Abs": "tl.abs",
+    "tanh": "_tanh",
+    "sign": "_sign",
+    "Heaviside": "_step",
+    Softplus.__name__: "_softplus",
+    Sigmoid.__name__: "tl.sigmoid",
+    LogSigmoid.__name__: "_logsigmoid",
+    Relu.__name__: "_relu",
+    Silu.__name__: "_silu",
+    Elu.__name__: "_elu",
+}
+
+# the helpers a kernel may call; the template defines exactly these
+HELPERS = ("_tanh", "_sign", "_step", "_softplus", "_logsigmoid", "_relu", "_silu", "_elu")
+
+
+class TritonPrinter(Printer):
+    """Prints value expressions (``doprint``) and integer index expressions (``index``) as Triton source."""
+
+    printmethod = "_tritoncode"
+    _default_settings = {"order": None}
+
+    def __init__(self, values: dict[sp.Symbol, str], indices: dict[sp.Symbol, str], dims: dict[sp.Symbol, str],
+                 dtype: str = "DTYPE"):
+        super().__init__()
+        self.values = values
+        self.indices = indices
+        self.dims = dims
+        self.dtype = dtype
+
+    # -- strictness ----------------------------------------------------------------------------------------------
+    def emptyPrinter(self, expr):
+        raise PrinterError(f"the Triton printer does not know {type(expr).__name__}: {expr}")
+
+    def _paren(self, e, level: int) -> str:
+        code = self._print(e)
+        return f"({code})" if precedence(e) < level else code
+
+    # -- integers: subscripts, extents, flat offsets ---------------------------------------------------------------
+    def index(self, e) -> str:
+        """An integer expression over state index symbols and dims (a subscript, an extent, a flat offset)."""
+        e = sp.sympify(e)
+        if e.is_Integer:
+            return str(int(e))
+        if isinstance(e, sp.Symbol):
+            if e in self.indices:
+                return self.indices[e]
+            if e in self.dims:
+                return self.dims[e]
+            raise PrinterError(f"unbound index symbol {e}")
+        if isinstance(e, sp.Add):
+            parts = []
+            for k, a in enumerate(sorted(e.args, key=sp.default_sort_key)):
+                if k and a.could_extract_minus_sign():
+                    parts.append(f"- {self._index_factor(-a)}")
+                else:
+                    parts.append(("+ " if k else "") + self._index_factor(a))
+            return "(" + " ".join(parts) + ")"
+        if isinstance(e, sp.Mul):
+            num, den = sp.fraction(e)
+            if den != 1:
+                raise PrinterError(f"non-integer subscript {e}")
+            coeff, rest = e.as_coeff_Mul()
+            fs = [self._index_factor(f) for f in sorted(sp.Mul.make_args(rest), key=sp.default_sort_key)]
+            if coeff == -1:
+                return "(-" + " * ".join(fs) + ")"
+            if coeff != 1:
+                fs.insert(0, str(int(coeff)))
+            return " * ".join(fs)
+        if isinstance(e, sp.floor):
+            num, den = sp.fraction(sp.together(e.args[0]))
+            return f"({self._index_factor(num)} // {self._index_factor(den)})"
+        if isinstance(e, sp.Mod):
+            return f"({self._index_factor(e.args[0])} % {self._index_factor(e.args[1])})"
+        raise PrinterError(f"unsupported subscript {e}")
+
+    def _index_factor(self, e) -> str:
+        code = self.index(e)
+        return f"({code})" if isinstance(e, sp.Mul) and not code.startswith("(") else code
+
+    # -- values ----------------------------------------------------------------------------------------------------
+    def _print_Integer(self, e):
+        return str(int(e))
+
+    def _print_Rational(self, e):
+        return repr(float(e))
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+    def _print_NumberSymbol(self, e):  # pi, E
+        return repr(float(e))
+
+    def _print_Exp1(self, e):
+        return repr(float(e))
+
+    def _print_Symbol(self, e):
+        if e in self.values:
+            return self.values[e]
+        if e in self.indices:
+            return f"{self.indices[e]}.to({self.dtype})"
+        if e in self.dims:
+            return self.dims[e]
+        raise PrinterError(f"unknown symbol {e}")
+
+    def _print_Indexed(self, e):
+        raise PrinterError(f"tensor entry {e} was not loaded into a register tile before printing")
+
+    def _print_Add(self, e):
+        parts = []
+        for k, a in enumerate(sorted(e.args, key=sp.default_sort_key)):
+            if k and a.could_extract_minus_sign():
+                parts.append(f"- {self._paren(-a, PRECEDENCE['Add'] + 1)}")
+            else:
+                parts.append(("+ " if k else "") + self._paren(a, PRECEDENCE["Add"]))
+        return " ".join(parts)
+
+    def _print_Mul(self, e):
+        coeff, rest = e.as_coeff_Mul()
+        if coeff < 0:
+            inner = self._print_Mul_pos(-coeff, rest)
+            return f"-{inner}" if not inner.startswith("-") else f"-({inner})"
+        return self._print_Mul_pos(coeff, rest)
+
+    def _print_Mul_pos(self, coeff, rest) -> str:
+        num, den = [], []
+        for f in sp.Mul.make_args(rest):
+            if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0 and f.exp != -sp.Rational(1, 2):
+                den.append(f.base if f.exp == -1 else sp.Pow(f.base, -f.exp))
+            elif f != 1:
+                num.append(f)
+        num.sort(key=sp.default_sort_key)
+        den.sort(key=sp.default_sort_key)
+        parts = [self._paren(f, PRECEDENCE["Mul"]) for f in num]
+        if coeff != 1 or not parts:
+            parts.insert(0, self._print(coeff))
+        out = " * ".join(parts)
+        for d in den:
+            out += f" / {self._paren(d, PRECEDENCE['Mul'] + 1)}"
+        return out
+
+    def _print_Pow(self, e):
+        base, ex = e.args
+        if ex.is_Integer:
+            n = int(ex)
+            if n == 0:
+                return "1.0"
+            b = self._paren(base, PRECEDENCE["Mul"] + 1)
+            prod = " * ".join([b] * abs(n)) if abs(n) <= 4 else None
+            if prod is None:  # a large integer power: square-and-multiply is not worth it here
+                prod = f"tl.exp({abs(n)} * tl.log(tl.abs({self._print(base)})))"
+                if n % 2:
+                    prod = f"_sign({self._print(base)}) * {prod}"
+            if n > 0:
+                return f"({prod})" if abs(n) > 1 else prod
+            return f"1.0 / ({prod})" if abs(n) > 1 else f"1.0 / {b}"
+        if ex == sp.Rational(1, 2):
+            return f"tl.sqrt({self._print(base)})"
+        if ex == -sp.Rational(1, 2):
+            return f"tl.rsqrt({self._print(base)})"
+        # a real power of a (presumed positive) base
+        return f"tl.exp({self._paren(ex, PRECEDENCE['Mul'])} * tl.log({self._print(base)}))"
+
+    def _print_Function(self, e):
+        name = type(e).__name__
+        fn = _CALLS.get(name)
+        if fn is None:
+            raise PrinterError(f"the Triton printer does not know the function {name}: {e}")
+        return f"{fn}({self._print(e.args[0])})"
+
+    def _print_KroneckerDelta(self, e):
+        a, b = (self.index(x) for x in e.args[:2])
+        return f"tl.where({a} == {b}, 1.0, 0.0)"
+
+    def _print_Max(self, e):
+        return self._minmax(e, "tl.maximum")
+
+    def _print_Min(self, e):
+        return self._minmax(e, "tl.minimum")
+
+    def _minmax(self, e, fn) -> str:
+        args = sorted(e.args, key=sp.default_sort_key)
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._print(a)})"
+        return out
+
+    def _print_floor(self, e):
+        return f"({self.index(e)}).to({self.dtype})"
+
+    def _print_Mod(self, e):
+        return f"({self.index(e)}).to({self.dtype})"
