@@ -1,4 +1,4 @@
-"""Command line: ``dsfc compile | analyze | check | bench``.
+"""Command line: ``dsfc compile | analyze | check | bench | plot | compare``.
 
 User mistakes in a spec print ``path:line:col: error: ...`` with the line and a caret and exit with code 2 (no
 traceback, no output file written). A failed numerical check exits with code 1.
@@ -143,6 +143,64 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .pipeline import compile_spec
+
+    try:
+        dims = _parse_dims_strict(args.dims)
+    except ValueError as exc:
+        print(f"dsfc plot: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    import importlib.util
+
+    from .plot import PlotError, plot_spec, resolve_dims
+
+    result = compile_spec(args.spec)  # SpecErrors -> exit 2 in main(), before anything is written
+    try:
+        dims = resolve_dims(result, dims)
+        if args.T < 1:
+            raise PlotError(f"--T must be at least 1, got {args.T}")
+    except PlotError as exc:
+        print(f"dsfc plot: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if importlib.util.find_spec("matplotlib") is None:  # an optional extra
+        print("dsfc plot: needs matplotlib: pip install 'dsfc[plot]'", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    out = Path(args.output) if args.output else Path(f"{Path(args.spec).stem}.png")
+    try:
+        path = plot_spec(result, out, T=args.T, dims=dims, seed=args.seed, dpi=args.dpi)
+    except PlotError as exc:
+        print(f"dsfc plot: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_text
+
+    ok, results = _compile_all([args.a, args.b], lambda r: None)
+    if not ok:
+        return EXIT_SPEC_ERROR
+    print(compare_text(results[0], results[1], latex=args.latex, width=args.width))
+    return 0
+
+
+def _parse_dims_strict(items) -> dict:
+    """``['d=4', 'n=2']`` -> ``{'d': 4, 'n': 2}``; ValueError naming the bad item."""
+    out = {}
+    for item in items or []:
+        k, eq, v = item.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or not k.isidentifier():
+            raise ValueError(f"--dims takes NAME=INT items, got {item!r}")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise ValueError(f"--dims {k}: expected an integer, got {v!r}") from None
+    return out
+
+
 def _parse_dims(items) -> dict:
     out = {}
     for item in items or []:
@@ -185,6 +243,22 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="allow the torch.compile'd scan path")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("plot", help="kernel form |Phi|, eigenvalues of A_t over time and structure facts, as a PNG")
+    p.add_argument("spec")
+    p.add_argument("-o", "--output", help="output PNG (default: <spec stem>.png in the current directory)")
+    p.add_argument("--T", "-T", type=int, default=32, help="sequence length of the random input (default 32)")
+    p.add_argument("--dims", nargs="*", metavar="NAME=INT", help="dim overrides of the small check dims, e.g. d=4 n=2")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random input")
+    p.add_argument("--dpi", type=int, default=80, help="resolution of the PNG (default 80)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="two specs side by side: structure, DSF matrices, differences")
+    p.add_argument("a", metavar="A.dsf")
+    p.add_argument("b", metavar="B.dsf")
+    p.add_argument("--latex", action="store_true", help="DSF matrices in LaTeX instead of sympy.sstr")
+    p.add_argument("--width", type=int, default=120, help="line width of the side-by-side table (default 120)")
+    p.set_defaults(func=cmd_compare)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -193,6 +267,9 @@ def main(argv=None) -> int:
         return EXIT_SPEC_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `dsfc compare ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -151,12 +151,13 @@ class LinearAttention(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
+        d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
         x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
         env = self._lets(x, _dtype, running0)
         env["u_"] = x
-        d = env["u_"]
-        return d.expand(u.shape[0], u.shape[1], *d.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
+        driven = env["u_"]
+        return driven.expand(u.shape[0], u.shape[1], *driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
     def _resolve_backend(self, u):
         """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
@@ -168,6 +169,7 @@ class LinearAttention(nn.Module):
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
+        d, H, K, V = self.d, self.H, self.K, self.V
         A, B, C, D = self.dsf_matrices(u, running0)
         x = self.driven_input(u, running0)
         h = h0.reshape(h0.shape[0], -1)
@@ -175,7 +177,7 @@ class LinearAttention(nn.Module):
         for t in range(u.shape[1]):
             h_prev = h
             h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], x[:, t])
-            read = h_prev if False else h
+            read = h
             ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], x[:, t]))
         env = self._lets(u.reshape(u.shape[0], u.shape[1], d), u.dtype, running0)
         return torch.stack(ys, 1), h.reshape(h0.shape), env["_running_final"]

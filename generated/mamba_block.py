@@ -246,12 +246,13 @@ class MambaBlock(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, E]``: the input, or the spec's ``drive`` let."""
+        d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dtype = torch.promote_types(u.dtype, torch.float32)
         x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
         env = self._lets(x, _dtype, running0)
         env["u_"] = x
-        d = env["x"]
-        return d.expand(u.shape[0], u.shape[1], *d.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
+        driven = env["x"]
+        return driven.expand(u.shape[0], u.shape[1], *driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
     def _resolve_backend(self, u):
         """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
@@ -263,6 +264,7 @@ class MambaBlock(nn.Module):
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
+        d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         A, B, C, D = self.dsf_matrices(u, running0)
         x = self.driven_input(u, running0)
         h = h0.reshape(h0.shape[0], -1)
@@ -270,7 +272,7 @@ class MambaBlock(nn.Module):
         for t in range(u.shape[1]):
             h_prev = h
             h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], x[:, t])
-            read = h_prev if False else h
+            read = h
             ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], x[:, t]))
         env = self._lets(u.reshape(u.shape[0], u.shape[1], d), u.dtype, running0)
         return torch.stack(ys, 1), h.reshape(h0.shape), env["_running_final"]
@@ -387,3 +389,280 @@ class MambaBlock(nn.Module):
         )
         out.append(m.expand(_B, _T, E, E).reshape(_B, _T, E, E))  # D
         return tuple(out)
+
+
+# ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
+# Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
+# when the reduced axes fit one tile), + D u in torch.
+# Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
+# launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
+
+try:
+    import triton
+    import triton.language as tl
+
+    from dsfc.runtime.triton_diagonal import diagonal_scan_triton
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    triton = None
+
+    class tl:  # stand-in so that the kernels' annotations evaluate; the kernels are never called
+        constexpr = None
+
+
+def _jit(fn):
+    return triton.jit(fn) if triton is not None else fn
+
+
+@_jit
+def _silu(x):
+    return x * tl.sigmoid(x)
+
+
+@_jit
+def _scan_fwd(
+    h0_ptr,
+    out_ptr,
+    hT_ptr,
+    p_A_log,
+    p_x,
+    p_z,
+    p_dt,
+    p_b,
+    p_cq,
+    p_A_log_s0,
+    p_A_log_s1,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
+    p_z_s0,
+    p_z_s1,
+    p_z_s2,
+    p_dt_s0,
+    p_dt_s1,
+    p_dt_s2,
+    p_b_s0,
+    p_b_s1,
+    p_b_s2,
+    p_cq_s0,
+    p_cq_s1,
+    p_cq_s2,
+    dim_d,
+    dim_e,
+    dim_E,
+    dim_n,
+    dim_r,
+    dim_W,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop."""
+    b = tl.program_id(0).to(tl.int64)
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    i_j = cc
+    s_off = i_j + i_c * dim_n
+    y_off = i_c
+    h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    for t in range(0, T):
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
+        a = tl.exp(-x_dt * tl.exp(x_A_log))
+        bu = x_b * x_dt * x_x
+        if READOUT:
+            x_z = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+            coef = x_cq * _silu(x_z)
+        h = a * h + bu
+        if READOUT:
+            y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
+            tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
+        if not READOUT:
+            tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
+    tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
+
+
+@_jit
+def _scan_bwd(
+    h0_ptr,
+    states_ptr,
+    dout_ptr,
+    dhT_ptr,
+    dh0_ptr,
+    p_A_log,
+    p_x,
+    p_z,
+    p_dt,
+    p_b,
+    p_cq,
+    g_A_log,
+    g_x,
+    g_z,
+    g_dt,
+    g_b,
+    g_cq,
+    p_A_log_s0,
+    p_A_log_s1,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
+    p_z_s0,
+    p_z_s1,
+    p_z_s2,
+    p_dt_s0,
+    p_dt_s1,
+    p_dt_s2,
+    p_b_s0,
+    p_b_s1,
+    p_b_s2,
+    p_cq_s0,
+    p_cq_s1,
+    p_cq_s2,
+    dim_d,
+    dim_e,
+    dim_E,
+    dim_n,
+    dim_r,
+    dim_W,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    """Reverse time: g = dL/dh_t in registers; every leaf's gradient from the derivatives of a, bu (and coef)."""
+    b = tl.program_id(0).to(tl.int64)
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    i_j = cc
+    s_off = i_j + i_c * dim_n
+    y_off = i_c
+    g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    ea0 = tl.exp(x_A_log)
+    acc_x_A_log = tl.zeros((BLOCK_R, BLOCK_C), DTYPE)
+    for tt in range(0, T):
+        t = T - 1 - tt
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
+        h_prev = h_init
+        if t > 0:
+            h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+        if READOUT:
+            x_z = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+            dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r, other=0.0).to(DTYPE)
+            gc = dy * tl.load(states_ptr + (b * T + t) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+            ec0 = _silu(x_z)
+            ec1 = tl.sigmoid(x_z)
+            coef = ec0 * x_cq
+            tl.atomic_add(
+                g_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2,
+                tl.sum(tl.where(mask, ec1 * gc * x_cq * (1 + x_z * (1 - ec1)), 0.0), axis=1, keep_dims=True),
+                mask=mask_r,
+            )
+            tl.atomic_add(
+                g_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2,
+                tl.sum(tl.where(mask, ec0 * gc, 0.0), axis=0, keep_dims=True),
+                mask=mask_c,
+            )
+            g = g + dy * coef
+        if not READOUT:
+            g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
+        ga = g * h_prev
+        ea1 = ea0 * x_dt
+        ea2 = tl.exp(-ea1)
+        ea3 = ea2 * ga
+        ea4 = g * x_b
+        a = ea2
+        acc_x_A_log += -ea1 * ea3
+        tl.atomic_add(
+            g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
+            tl.sum(tl.where(mask, ea4 * x_dt, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2,
+            tl.sum(tl.where(mask, -ea0 * ea3 + ea4 * x_x, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2,
+            tl.sum(tl.where(mask, g * x_dt * x_x, 0.0), axis=0, keep_dims=True),
+            mask=mask_c,
+        )
+        g = a * g
+    tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
+    tl.atomic_add(g_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, acc_x_A_log, mask=mask)
+
+
+def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the generated kernels above (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
+    _dev = env["_dev"]
+    W_x = env["W_x"]
+    W_z = env["W_z"]
+    W_conv = env["W_conv"]
+    b_conv = env["b_conv"]
+    W_xdt = env["W_xdt"]
+    W_dt = env["W_dt"]
+    b_dt = env["b_dt"]
+    W_B = env["W_B"]
+    W_C = env["W_C"]
+    A_log = env["A_log"]
+    D = env["D"]
+    W_out = env["W_out"]
+    xr = env["xr"]
+    xs = env["xs"]
+    x = env["x"]
+    z = env["z"]
+    dt = env["dt"]
+    b = env["b"]
+    cq = env["cq"]
+    out, final, fused = diagonal_scan_triton(
+        _scan_fwd,
+        _scan_bwd,
+        h0,
+        (A_log, x, z, dt, b, cq),
+        T=_T,
+        dims=(d, e, E, n, r, W),
+        consts=(),
+        R=E,
+        C=n,
+        P=E,
+        can_fuse=True,
+    )
+    final = final.reshape(_B, E, n)
+    if fused:
+        y = out.reshape(_B, _T, E)
+        y = y + F.silu(z) * D * x
+        return y, final
+    states = out.reshape(_B, _T, E, n)
+    read = states
+    y = F.silu(z) * torch.einsum("ztj,ztij->zti", cq, read)
+    y = y + F.silu(z) * D * x
+    final = states[:, -1]
+    return y, final
+
+
+_core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -171,12 +171,13 @@ class S6(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
+        d, n, r = self.d, self.n, self.r
         _dtype = torch.promote_types(u.dtype, torch.float32)
         x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
         env = self._lets(x, _dtype, running0)
         env["u_"] = x
-        d = env["u_"]
-        return d.expand(u.shape[0], u.shape[1], *d.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
+        driven = env["u_"]
+        return driven.expand(u.shape[0], u.shape[1], *driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
     def _resolve_backend(self, u):
         """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
@@ -188,6 +189,7 @@ class S6(nn.Module):
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
+        d, n, r = self.d, self.n, self.r
         A, B, C, D = self.dsf_matrices(u, running0)
         x = self.driven_input(u, running0)
         h = h0.reshape(h0.shape[0], -1)
@@ -195,7 +197,7 @@ class S6(nn.Module):
         for t in range(u.shape[1]):
             h_prev = h
             h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], x[:, t])
-            read = h_prev if False else h
+            read = h
             ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], x[:, t]))
         env = self._lets(u.reshape(u.shape[0], u.shape[1], d), u.dtype, running0)
         return torch.stack(ys, 1), h.reshape(h0.shape), env["_running_final"]
@@ -286,3 +288,242 @@ class S6(nn.Module):
         m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
         out.append(m.expand(_B, _T, d, d).reshape(_B, _T, d, d))  # D
         return tuple(out)
+
+
+# ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
+# Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
+# when the reduced axes fit one tile), + D u in torch.
+# Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
+# launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
+
+try:
+    import triton
+    import triton.language as tl
+
+    from dsfc.runtime.triton_diagonal import diagonal_scan_triton
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    triton = None
+
+    class tl:  # stand-in so that the kernels' annotations evaluate; the kernels are never called
+        constexpr = None
+
+
+def _jit(fn):
+    return triton.jit(fn) if triton is not None else fn
+
+
+@_jit
+def _scan_fwd(
+    h0_ptr,
+    out_ptr,
+    hT_ptr,
+    p_A_log,
+    p_dt,
+    p_b,
+    p_cq,
+    p_u,
+    p_A_log_s0,
+    p_A_log_s1,
+    p_dt_s0,
+    p_dt_s1,
+    p_dt_s2,
+    p_b_s0,
+    p_b_s1,
+    p_b_s2,
+    p_cq_s0,
+    p_cq_s1,
+    p_cq_s2,
+    p_u_s0,
+    p_u_s1,
+    p_u_s2,
+    dim_d,
+    dim_n,
+    dim_r,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop."""
+    b = tl.program_id(0).to(tl.int64)
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    i_j = cc
+    s_off = i_j + i_c * dim_n
+    y_off = i_c
+    h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    for t in range(0, T):
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
+        x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+        a = tl.exp(-x_dt * tl.exp(x_A_log))
+        bu = x_b * x_dt * x_u
+        if READOUT:
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+            coef = x_cq
+        h = a * h + bu
+        if READOUT:
+            y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
+            tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
+        if not READOUT:
+            tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
+    tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
+
+
+@_jit
+def _scan_bwd(
+    h0_ptr,
+    states_ptr,
+    dout_ptr,
+    dhT_ptr,
+    dh0_ptr,
+    p_A_log,
+    p_dt,
+    p_b,
+    p_cq,
+    p_u,
+    g_A_log,
+    g_dt,
+    g_b,
+    g_cq,
+    g_u,
+    p_A_log_s0,
+    p_A_log_s1,
+    p_dt_s0,
+    p_dt_s1,
+    p_dt_s2,
+    p_b_s0,
+    p_b_s1,
+    p_b_s2,
+    p_cq_s0,
+    p_cq_s1,
+    p_cq_s2,
+    p_u_s0,
+    p_u_s1,
+    p_u_s2,
+    dim_d,
+    dim_n,
+    dim_r,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    """Reverse time: g = dL/dh_t in registers; every leaf's gradient from the derivatives of a, bu (and coef)."""
+    b = tl.program_id(0).to(tl.int64)
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    i_j = cc
+    s_off = i_j + i_c * dim_n
+    y_off = i_c
+    g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    ea0 = tl.exp(x_A_log)
+    acc_x_A_log = tl.zeros((BLOCK_R, BLOCK_C), DTYPE)
+    for tt in range(0, T):
+        t = T - 1 - tt
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
+        x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+        h_prev = h_init
+        if t > 0:
+            h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+        if READOUT:
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+            dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r, other=0.0).to(DTYPE)
+            gc = dy * tl.load(states_ptr + (b * T + t) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+            coef = x_cq
+            tl.atomic_add(
+                g_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2,
+                tl.sum(tl.where(mask, gc, 0.0), axis=0, keep_dims=True),
+                mask=mask_c,
+            )
+            g = g + dy * coef
+        if not READOUT:
+            g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
+        ga = g * h_prev
+        ea1 = ea0 * x_dt
+        ea2 = tl.exp(-ea1)
+        ea3 = ea2 * ga
+        ea4 = g * x_u
+        a = ea2
+        acc_x_A_log += -ea1 * ea3
+        tl.atomic_add(
+            g_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2,
+            tl.sum(tl.where(mask, -ea0 * ea3 + ea4 * x_b, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2,
+            tl.sum(tl.where(mask, ea4 * x_dt, 0.0), axis=0, keep_dims=True),
+            mask=mask_c,
+        )
+        tl.atomic_add(
+            g_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2,
+            tl.sum(tl.where(mask, g * x_b * x_dt, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        g = a * g
+    tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
+    tl.atomic_add(g_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, acc_x_A_log, mask=mask)
+
+
+def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the generated kernels above (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    d, n, r = self.d, self.n, self.r
+    _dev = env["_dev"]
+    A_log = env["A_log"]
+    W_xdt = env["W_xdt"]
+    W_dt = env["W_dt"]
+    b_dt = env["b_dt"]
+    W_B = env["W_B"]
+    W_C = env["W_C"]
+    D = env["D"]
+    dt = env["dt"]
+    b = env["b"]
+    cq = env["cq"]
+    out, final, fused = diagonal_scan_triton(
+        _scan_fwd,
+        _scan_bwd,
+        h0,
+        (A_log, dt, b, cq, u_),
+        T=_T,
+        dims=(d, n, r),
+        consts=(),
+        R=d,
+        C=n,
+        P=d,
+        can_fuse=True,
+    )
+    final = final.reshape(_B, d, n)
+    if fused:
+        y = out.reshape(_B, _T, d)
+        y = y + D * u_
+        return y, final
+    states = out.reshape(_B, _T, d, n)
+    read = states
+    y = torch.einsum("ztj,ztij->zti", cq, read)
+    y = y + D * u_
+    final = states[:, -1]
+    return y, final
+
+
+_core_triton_available = _core_triton_diagonal if triton is not None else None

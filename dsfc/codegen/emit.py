@@ -27,6 +27,7 @@ def _env() -> jinja2.Environment:
     env.filters["pyname"] = py_name
     env.filters["self_dim"] = lambda s: f"self.{s}" if s.isidentifier() else s
     env.filters["replace_dims"] = lambda s: s
+    env.filters["pytuple"] = lambda items: "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     return env
 
 
@@ -46,6 +47,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; generated sources are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

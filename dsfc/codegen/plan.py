@@ -15,6 +15,7 @@ from ..analysis.report import StructureReport
 from ..analysis.structure import Structure
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TensorRef, TorchPrinter
+from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "dt_bias_", "self",
@@ -77,6 +78,8 @@ class ModulePlan:
     output_local: str = "y"
     layer_output_size: str = ""
     extra_imports: list[str] = field(default_factory=list)
+    triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
+    triton_note: str = ""  # why there is (or is not) a Triton kernel
 
 
 def _src(sym: SymSpec, name: str) -> str:
@@ -132,7 +135,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         let_sizes = sizes(let.index, let.tensor.axes)
         shape = ", ".join(["_B", "_T"] + [let_sizes[i] for i in let.index])
         if let.running:
-            args = [pr.print(a, let.index, let_sizes) for a in let.args]
+            # an argument that is a plain number (cumsum(1)) still has to be a tensor to expand over time
+            args = [pr.print(a, let.index, let_sizes) if a.has(sp.Indexed) or any(str(x) in pr.tensors for x in a.free_symbols)
+                    else f"torch.as_tensor({pr.print(a, let.index, let_sizes)}, dtype=_dtype, device=_dev)"
+                    for a in let.args]
             lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape))
             continue
         code = pr.print(let.expr, let.index, let_sizes)
@@ -148,6 +154,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     full_state = ", ".join(st_shape)
 
     core: list[str] = []
+    triton, triton_note = None, f"no Triton kernel: the {st.family.value} family has none yet"
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
@@ -156,7 +163,9 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             f"shape = (_B, _T, {full_state})",
             "states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)",
         ]
-        core += _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+        readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+        core += readout
+        triton, triton_note = plan_triton_diagonal(sym, st, pr, readout)
     elif st.family == Family.CHUNKED_OUTER:
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
     else:
@@ -211,6 +220,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         matrices=matrices,
         first_param=params[0].attr if params else None,
         pre_readout=sym.readout == "pre",
+        triton=triton,
+        triton_note=triton_note,
         running=[py_name(let.tensor.name) for let in sym.running_lets],
         driven=py_name(sym.driven.name),
         driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),

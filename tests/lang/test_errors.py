@@ -39,6 +39,8 @@ def test_the_base_spec_is_valid():
     check_spec(parse_spec(spec(), "x.dsf"))
 
 
+WHOLE_RHS = "(a running quantity over time) must be the whole right-hand side of a let"
+
 # (id, text, line, column, part of the message)
 CASES = [
     # -- syntax ------------------------------------------------------------------------------------------------
@@ -79,8 +81,32 @@ CASES = [
     ("unknown-function", spec(C="C[i, k] = foo(u[i])"), 6, 11, "unknown function 'foo'"),
     ("unknown-function-in-init", spec("param p[c: d] = bar(c)"), 4, 17, "unknown function 'bar'"),
     ("unknown-initialiser", spec("param W[d, d] ~ gaussian(0, 1)"), 4, 15, "unknown initialiser 'gaussian'"),
-    ("cumsum-reserved", spec(A="A[i, k] = delta(i, k) * cumsum(u[i])"), 4, 25, "running quantity 'cumsum' is not"),
-    ("prev-reserved", spec("let z[c: d] = prev(u[c])"), 4, 15, "running quantity 'prev' is not supported"),
+    # -- running quantities (cumsum, scan, prev): only as the whole right-hand side of a let ---------------------
+    ("cumsum-in-sum-expression", spec("let z[c: d] = 1 + cumsum(u[c])"), 4, 19, f"'cumsum' {WHOLE_RHS}"),
+    ("cumsum-negated", spec("let z[c: d] = -cumsum(u[c])"), 4, 16, f"'cumsum' {WHOLE_RHS}"),
+    ("prev-in-call", spec("let z[c: d] = exp(prev(u[c]))"), 4, 19, f"'prev' {WHOLE_RHS}"),
+    ("cumsum-in-sum", spec("let z = sum(m, cumsum(u[m]))"), 4, 16, f"'cumsum' {WHOLE_RHS}"),
+    ("cumsum-inside-prev", spec("let z[c: d] = prev(cumsum(u[c]))"), 4, 20, f"'cumsum' {WHOLE_RHS}"),
+    ("scan-inside-scan", spec("let z[c: d] = scan(sigmoid(u[c]), scan(0.5, u[c]))"), 4, 35, f"'scan' {WHOLE_RHS}"),
+    ("cumsum-in-matrix-entry", spec(A="A[i, k] = delta(i, k) * cumsum(u[i])"), 4, 25, f"'cumsum' {WHOLE_RHS}"),
+    ("prev-as-matrix-entry", spec(A="A[i, k] = prev(u[i])"), 4, 11, f"'prev' {WHOLE_RHS}"),
+    ("scan-in-matrix-entry", spec(B="B[i, k] = delta(i, k) * scan(0.5, u[i])"), 5, 25, f"'scan' {WHOLE_RHS}"),
+    ("cumsum-in-initialiser", spec("param p[c: d] = cumsum(c)"), 4, 17, f"'cumsum' {WHOLE_RHS}"),
+    ("prev-in-distribution", spec("param p ~ normal(prev(0), 1)"), 4, 18, f"'prev' {WHOLE_RHS}"),
+    ("cumsum-two-arguments", spec("let z[c: d] = cumsum(u[c], 1)"), 4, 15, "cumsum takes 1 argument, got 2"),
+    ("cumsum-no-argument", spec("let z[c: d] = cumsum()"), 4, 15, "cumsum takes 1 argument, got 0"),
+    ("scan-one-argument", spec("let z[c: d] = scan(u[c])"), 4, 15, "scan takes 2 arguments, got 1"),
+    ("scan-three-arguments", spec("let z[c: d] = scan(1, 2, u[c])"), 4, 15, "scan takes 2 arguments, got 3"),
+    ("prev-two-arguments", spec("let z[c: d] = prev(u[c], u[c])"), 4, 15, "prev takes 1 argument, got 2"),
+    ("cumsum-unknown-name-in-argument", spec("let z[c: d] = cumsum(q[c])"), 4, 22, "unknown name 'q'"),
+    ("cumsum-as-let-name", spec("let cumsum = 1"), 4, 1, "'cumsum' is a built-in function and cannot be redeclared"),
+    ("scan-as-param-name", spec("param scan[d]"), 4, 1, "'scan' is a built-in function and cannot be redeclared"),
+    ("prev-as-let-name", spec("let prev[c: d] = u[c]"), 4, 1, "'prev' is a built-in function and cannot be redeclared"),
+    ("window-in-expression", spec("let xs[c: d, k: 3] = 2 * window(u[c])"), 4, 26, f"'window' {WHOLE_RHS}"),
+    ("window-two-arguments", spec("let xs[c: d, k: 3] = window(u[c], 1)"), 4, 22, "window takes 1 argument, got 2"),
+    ("window-scalar-let", spec("let xs = window(u[0])"), 4, 10, "window(x) needs a let whose last axis is the window"),
+    ("window-uses-window-axis", spec("let xs[c: d, k: 4] = window(u[k])"), 4, 22, "must not use the window axis 'k'"),
+    ("window-as-param-name", spec("param window"), 4, 1, "'window' is a built-in function and cannot be redeclared"),
     # -- declarations ------------------------------------------------------------------------------------------
     ("dim-twice", spec("dim d = 5"), 4, 1, "dim 'd' is declared twice"),
     ("name-twice", spec("param u[d]"), 4, 1, "'u' is already declared (line 2)"),
@@ -225,6 +251,14 @@ CASES = [
     ("let-cycle", spec("let a[c: d] = b[c]", "let b[c: d] = a[c] + u[c]"), 4, 1, "cycle among lets: a -> b -> a"),
     ("let-self-cycle", spec("let a[c: d] = a[c] * 0.5 + u[c]"), 4, 1, "cycle among lets: a -> a"),
     ("let-cycle-of-three", spec("let a = b", "let b = c2", "let c2 = a"), 4, 1, "cycle among lets: a -> b -> c2 -> a"),
+    ("running-let-self-cycle", spec("let z[c: d] = cumsum(z[c])"), 4, 1, "cycle among lets: z -> z"),
+    (
+        "running-let-cycle",
+        spec("let z[c: d] = scan(0.5, w[c])", "let w[c: d] = u[c] * z[c]"),
+        4,
+        1,
+        "cycle among lets: z -> w -> z",
+    ),
     # -- matrices ----------------------------------------------------------------------------------------------
     ("matrix-twice", spec("A[i, k] = 0"), 5, 1, "matrix A is defined twice (first at line 4)"),
     ("missing-A", "\n".join(PRE + MATS[1:]), 1, 1, "missing matrix A"),
@@ -278,6 +312,9 @@ STATE_READS = [
     ("init", spec("param p[c: d] = h[c]"), 4, 17, "the initialiser of 'p' reads the state 'h'"),
     ("output-in-D", spec("output y[d]", "D[i, k] = y[i]"), 5, 11, "matrix D reads the output 'y'"),
     ("output-in-let", spec("let e[c: d] = y[c]"), 4, 15, "let 'e' reads the output 'y'"),
+    ("cumsum-of-state", spec("let z[c: d] = cumsum(h[c])"), 4, 22, "let 'z' reads the state 'h'"),
+    ("scan-decay-of-state", spec("let z[c: d] = scan(h[c], u[c])"), 4, 20, "let 'z' reads the state 'h'"),
+    ("prev-of-output", spec("output y[d]", "let z[c: d] = prev(y[c])"), 5, 20, "let 'z' reads the output 'y'"),
 ]
 
 
@@ -373,6 +410,28 @@ def test_independent_check_errors_are_all_reported_in_source_order():
 def test_errors_in_one_expression_are_all_reported():
     err_lines = run(spec(C="C[i, k] = foo(u[i]) + exp(u[i], 1) + q[i]")).errors
     assert [(e.span.line, e.span.column) for e in err_lines] == [(6, 11), (6, 23), (6, 38)]
+
+
+def test_running_quantity_errors_are_all_reported():
+    text = spec(
+        "let z[c: d] = 1 + cumsum(u[c])",  # 4: nested
+        "let n[c: d] = scan(u[c])",  # 5: arity
+        "let w[c: d] = prev(u[c], 1)",  # 6: arity
+        "let s[c: d] = cumsum(u[c])",  # 7: fine
+        A="A[i, k] = delta(i, k) * prev(s[i])",  # 8: in a matrix entry
+    )
+    errs = run(text).errors
+    assert [(e.span.line, e.span.column, e.message) for e in errs] == [
+        (4, 19, f"'cumsum' {WHOLE_RHS}"),
+        (5, 15, "scan takes 2 arguments, got 1"),
+        (6, 15, "prev takes 1 argument, got 2"),
+        (8, 25, f"'prev' {WHOLE_RHS}"),
+    ]
+
+
+def test_misplaced_running_quantity_hint_names_the_op():
+    err = only(spec(C="C[i, k] = delta(i, k) / scan(0.9, u[i])"))
+    assert err.hint == "write it on its own line: let z[...] = scan(...), then use z"
 
 
 def test_missing_matrices_are_all_reported():

@@ -309,3 +309,86 @@ def test_derived_dims():
     assert checked.dim_values == {"d": 8, "H": 2, "K": 4}
     assert checked.free_dims == ("d", "H")
     assert checked.output.name == "y" and [ax.size for ax in checked.output.axes] == [8]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running quantities over time: cumsum, scan, prev, window as the whole right-hand side of a let
+
+
+def test_running_ops_parse_as_calls():
+    assert expr_of("cumsum(k[a])") == ast.Call("cumsum", (I("k", V("a")),), span=S)
+    assert expr_of("scan(f, i * k[a])") == ast.Call("scan", (V("f"), Bin("*", V("i"), I("k", V("a")))), span=S)
+    assert expr_of("prev(eta[h])") == ast.Call("prev", (I("eta", V("h")),), span=S)
+    assert expr_of("window(x[c])") == ast.Call("window", (I("x", V("c")),), span=S)
+    assert expr_of("(cumsum(x))") == ast.Call("cumsum", (V("x"),), span=S)  # parentheses leave no node
+
+
+RUNNING = """\
+dim d = 4
+dim K = 2
+input u[d]
+state h[c: d]
+param W[K, d]
+param w_f[d]
+let k[a: K] = softplus(sum(m, W[a, m] * u[m]))
+let f = sigmoid(sum(m, w_f[m] * u[m]))
+let z[a: K] = cumsum(k[a])
+let n[a: K] = scan(f, f * k[a])
+let s = cumsum(sum(a, k[a]))
+let paren[a: K] = (prev(k[a]))
+let eta = sum(a, z[a] + n[a]) + s
+let eta_prev = prev(eta)
+let xs[c: d, w: 3] = window(u[c] * f)
+let conv[c: d] = sum(w, xs[c, w])
+A[i, j] = delta(i, j) * eta_prev / eta
+B[i, j] = delta(i, j) * conv[i] / eta
+C[i, j] = delta(i, j) * paren[0]
+"""
+
+
+def test_running_lets_check():
+    checked = check_spec(parse_spec(RUNNING, "x.dsf"))
+    lets = {let.name: let for let in checked.lets}
+    assert {name: let.expr.func for name, let in lets.items() if isinstance(let.expr, ast.Call)} == {
+        "k": "softplus",
+        "f": "sigmoid",
+        "z": "cumsum",
+        "n": "scan",
+        "s": "cumsum",
+        "paren": "prev",
+        "eta_prev": "prev",
+        "xs": "window",
+    }
+    order = [let.name for let in checked.lets]
+    # a running let comes after what its arguments read, and before the lets that read it
+    for before, after in [("k", "z"), ("f", "n"), ("k", "n"), ("z", "eta"), ("n", "eta"), ("s", "eta"),
+                          ("eta", "eta_prev"), ("f", "xs"), ("xs", "conv")]:
+        assert order.index(before) < order.index(after), order
+    assert {"z", "n", "s", "paren", "eta", "eta_prev", "xs", "conv"} <= checked.time_varying
+
+
+def test_running_lets_lower_to_structural_lets():
+    from dsfc.ir.lower import lower_to_sympy
+
+    sym = lower_to_sympy(check_spec(parse_spec(RUNNING, "x.dsf")))
+    running = {let.tensor.name: (let.running, len(let.args)) for let in sym.running_lets}
+    assert running == {"z": ("cumsum", 1), "n": ("scan", 2), "s": ("cumsum", 1), "paren": ("prev", 1),
+                       "eta_prev": ("prev", 1), "xs": ("window", 1)}
+    assert all(let.time_varying for let in sym.running_lets)
+    assert not any(let.running for let in sym.lets if let.tensor.name in ("k", "f", "eta", "conv"))
+
+
+def test_running_let_of_params_only_is_accepted():
+    text = "dim d = 4\ninput u[d]\nstate h[d]\nparam p\nlet steps = cumsum(1)\nlet acc = scan(0.5, p)\n" \
+           "A[i, k] = delta(i, k) * 0.5\nB[i, k] = delta(i, k) * (acc + 1 / steps)\nC[i, k] = delta(i, k)\n"
+    checked = check_spec(parse_spec(text, "x.dsf"))
+    assert [let.name for let in checked.lets] == ["steps", "acc"]
+
+
+def test_normalised_linear_attention_spec_parses_and_checks():
+    checked = check_spec(parse_file(SPECS / "linear_attention_normalized.dsf"))
+    assert checked.model == "LinearAttentionNormalized"
+    lets = {let.name: let.expr for let in checked.lets}
+    assert lets["z"] == ast.Call("cumsum", (I("kf", V("h"), V("a")),), span=S)
+    assert lets["eta_prev"] == ast.Call("prev", (I("eta", V("h")),), span=S)
+    assert [let.name for let in checked.lets] == ["qf", "kf", "z", "eta", "eta_prev"]

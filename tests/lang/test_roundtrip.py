@@ -17,7 +17,7 @@ from dsfc.lang.errors import Span, SpecErrors
 from dsfc.lang.parse import parse_spec
 
 S = Span(0, 0)
-KEYWORDS = {"model", "dim", "input", "state", "output", "param", "let", "readout"}
+KEYWORDS = {"model", "dim", "input", "state", "output", "param", "let", "readout", "post", "drive"}
 # The unparser's precedence levels, loosest first; atoms (numbers, names, calls, subscripts, parentheses) are 5.
 PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2, "neg": 3, "^": 4}
 
@@ -122,6 +122,8 @@ def join(tokens: list[str], rnd: random.Random) -> str:
             sep = " "  # '/' '/' would lex as '//', '*' '*' as '**'
         if tok in ("A", "B", "C", "D") and "\n" in sep:
             sep = " "  # a line opening with 'A[...] =' starts a new statement
+        if tok in KEYWORDS and "\n" in sep:
+            sep = " "  # likewise a line opening with a keyword ('readout' then 'post' on the next line)
         out += [sep, tok]
     return "".join(out)
 
@@ -264,3 +266,33 @@ def test_mutated_specs_give_spec_errors_only(pos, cut, insert):
 @given(data=st.binary(max_size=200) | st.text(max_size=200))
 def test_arbitrary_input_gives_spec_errors_only(data):
     _front_end(data)
+
+
+RUNNING_VALID = """\
+dim d = 4
+dim K = 2
+input u[d]
+state S[a: K, b: d]
+output y[b: d]
+param W[K, d]
+param w_f[d]
+let k[a: K] = elu(sum(m, W[a, m] * u[m])) + 1
+let f = sigmoid(sum(m, w_f[m] * u[m]))
+let z[a: K] = cumsum(k[a])
+let n[a: K] = scan(f, k[a])
+let eta = sum(a, z[a] * n[a])
+let eta_prev = prev(eta)
+A[(a, b), (a2, b2)] = delta(a, a2) * delta(b, b2) * eta_prev / eta
+B[(a, b), m] = k[a] * delta(b, m) / eta
+C[o, (a, b)] = delta(o, b) * k[a]
+"""
+
+
+def test_valid_running_spec():
+    check_spec(parse_spec(RUNNING_VALID, "x.dsf"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(pos=st.integers(0, len(RUNNING_VALID)), cut=st.integers(0, 8), insert=st.text(max_size=6))
+def test_mutated_running_specs_give_spec_errors_only(pos, cut, insert):
+    _front_end(RUNNING_VALID[:pos] + insert + RUNNING_VALID[pos + cut :])
