@@ -1,4 +1,4 @@
-"""Command line: ``dsfc compile | analyze | check | bench | plot | compare``.
+"""Command line: ``dsfc compile | analyze | check | bench | plot | compare | catalog``.
 
 User mistakes in a spec print ``path:line:col: error: ...`` with the line and a caret and exit with code 2 (no
 traceback, no output file written). A failed numerical check exits with code 1.
@@ -90,7 +90,7 @@ def catalog_table(results) -> str:
     for r in results:
         rep = r.report
         rows.append([
-            Path(r.spec.path).name, rep.a_kind + (" (I - rank-1)" if rep.a_low_rank else ""), rep.b_form,
+            Path(r.spec.path).name, rep.a_kind + (" (I - rank-1)" if rep.a_low_rank else "") + (" (2x2: complex)" if rep.a_complex_diagonal else ""), rep.b_form,
             ", ".join(rep.coupling) or "-", rep.eigen_bound.replace("|", "\\|"), f"{rep.state_size} = {rep.state_size_default}", rep.family,
         ])
     widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
@@ -186,6 +186,20 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_catalog(args) -> int:
+    from .catalog import render_catalog
+    from .codegen.emit import write_atomic
+
+    specs = args.specs or sorted(str(p) for p in Path("specs").glob("*.dsf"))
+    if not specs:
+        print("dsfc catalog: error: no specs given and no specs/*.dsf here", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    text = render_catalog(specs)  # SpecErrors -> exit 2 in main(), before anything is written
+    write_atomic(Path(args.output), text)
+    print(f"wrote {args.output} ({len(specs)} spec(s))")
+    return 0
+
+
 def _parse_dims_strict(items) -> dict:
     """``['d=4', 'n=2']`` -> ``{'d': 4, 'n': 2}``; ValueError naming the bad item."""
     out = {}
@@ -258,6 +272,11 @@ def main(argv=None) -> int:
     p.add_argument("--latex", action="store_true", help="DSF matrices in LaTeX instead of sympy.sstr")
     p.add_argument("--width", type=int, default=120, help="line width of the side-by-side table (default 120)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("catalog", help="write the model catalog (docs/catalog.md): table, specs, analysis, notes")
+    p.add_argument("specs", nargs="*", help="specs to include (default: specs/*.dsf)")
+    p.add_argument("-o", "--output", default="docs/catalog.md", help="output file (default: docs/catalog.md)")
+    p.set_defaults(func=cmd_catalog)
 
     args = parser.parse_args(argv)
     try:

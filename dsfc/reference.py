@@ -16,7 +16,7 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 
-from .ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from .ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from .ir.symspec import SymSpec
 
 _UNARY = {
@@ -32,6 +32,7 @@ _UNARY = {
     Relu: torch.relu,
     Silu: F.silu,
     Elu: F.elu,
+    Gelu: F.gelu,
 }
 
 
@@ -226,7 +227,7 @@ def _run_over_time(op: str, args, start, shape) -> torch.Tensor:
         return torch.stack(out, 1) if out else args[0]
     if op == "prev":
         (x,) = args
-        z = x[:, 0] if start is None else start.to(torch.float64).reshape(shape)
+        z = (x[:, 0] if T else None) if start is None else start.to(torch.float64).reshape(shape)
         for t in range(T):
             out.append(z)
             z = x[:, t]
@@ -282,7 +283,7 @@ def apply_posts(sym: SymSpec, dims, tables, y: torch.Tensor) -> torch.Tensor:
         sizes = tuple(ev.size(e) for e in post.tensor.shape())
         tensors[post.tensor.name] = _full(ev.eval(post.expr, post.index, sizes), (Bsz, T), sizes)
         batched.add(post.tensor.name)
-    return tensors[sym.posts[-1].tensor.name].reshape(Bsz, T, -1)
+    return tensors[sym.posts[-1].tensor.name].reshape(Bsz, T, math.prod(sizes))  # sizes: the last post's
 
 
 def reference_forward(
@@ -308,7 +309,7 @@ def reference_forward(
     # the driven input: the raw input, or the let named by 'drive'
     u64 = tables[0][sym.driven.name].to(torch.float64)
     u64 = u64.expand(Bsz, T, *u64.shape[2:]) if sym.driven.name in tables[1] else u64.expand(Bsz, T, *u64.shape)
-    u64 = u64.reshape(Bsz, T, -1)
+    u64 = u64.reshape(Bsz, T, math.prod(Evaluator(sym, dims, {}, set()).size(e) for e in sym.driven.shape()))
     h = torch.zeros(Bsz, N, dtype=torch.float64) if initial_state is None else initial_state.to(torch.float64).reshape(Bsz, N)
     ys = []
     for t in range(T):
@@ -317,7 +318,7 @@ def reference_forward(
         read = h_prev if sym.readout == "pre" else h
         ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u64[:, t]))
     y = torch.stack(ys, 1) if ys else torch.zeros(Bsz, 0, C.shape[-2], dtype=torch.float64)
-    if sym.posts and T:
+    if sym.posts:
         y = apply_posts(sym, dims, tables, y)
     if sym.running_lets:
         finals = running_finals(sym, tables[0]) if T else dict(running0 or {})

@@ -9,12 +9,12 @@ Structure (``dsfc analyze``):
     A                block-diagonal (identity minus rank-1 blocks), input-dependent
     A axes           diagonal: h, b, mixed: a, decay depends on: h, a
     B u              outer product
-    C                contraction over state axes per output (C = I (x) c^T form)
+    C                per-output contraction over the other state axes (I (x) c^T form)
     D                absent (0)
     coupling A/B     beta, k
     shared params    W_K, W_b
-    eigenvalues      unknown
-      why            A is s*I minus a rank-1 term on the mixed axes: eigenvalues are s (multiplicity K-1) and s - beta*|k|^2; dsfc does not yet prove the sign of the rank-1 term
+    eigenvalues      |lambda| < 1  (0, 1)
+      why            A = s I - f g^T per block: eigenvalues s = alpha[h] in (0, 1) and s - g^T f = (1 - beta[h])*alpha[h] in (0, 1) (alpha in (0, 1) (from its definition); beta in (0, 1) (from its definition))
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 786432
     state bytes/seq  3145728 (fp32, default dims)
@@ -135,6 +135,7 @@ class GatedDeltaNet(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
             "W_V": W_V,
@@ -237,39 +238,39 @@ class GatedDeltaNet(nn.Module):
         alpha = env["alpha"]
         beta = env["beta"]
         # A couples some state axes: per-step block matrix-vector recurrence (documented as slow)
-        h = h0.permute(0, 1, 3, 2).reshape(_B, H * V, K)
-        chunks = []
-        for t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
-            t1 = min(t0 + 64, _T)
-            blocks = (
+        _h = h0.permute(0, 1, 3, 2).reshape(_B, H * V, K)
+        _chunks = []
+        for _t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
+            _t1 = min(_t0 + 64, _T)
+            _blocks = (
                 (
                     (
                         -(
-                            beta[:, t0:t1][:, :, :, None, None, None]
-                            * k[:, t0:t1][:, :, :, None, None, :]
-                            * k[:, t0:t1][:, :, :, :, None, None]
+                            beta[:, _t0:_t1][:, :, :, None, None, None]
+                            * k[:, _t0:_t1][:, :, :, None, None, :]
+                            * k[:, _t0:_t1][:, :, :, :, None, None]
                         )
                     )
                     + (axis(K, 1, 4, _dev) == axis(K, 3, 4, _dev)).to(_dtype)
                 )
-                * alpha[:, t0:t1][:, :, :, None, None, None]
-            ).expand(_B, t1 - t0, H, K, V, K)
-            blocks = blocks.permute(0, 1, 2, 4, 3, 5).reshape(_B, t1 - t0, H * V, K, K)
-            bu = (
-                torch.sigmoid(vpre[:, t0:t1][:, :, :, None, :])
-                * beta[:, t0:t1][:, :, :, None, None]
-                * k[:, t0:t1][:, :, :, :, None]
-                * (torch.einsum("ztl,ikl->ztik", u_[:, t0:t1], W_V))[:, :, :, None, :]
-            ).expand(_B, t1 - t0, H, K, V)
-            bu = bu.permute(0, 1, 2, 4, 3).reshape(_B, t1 - t0, H * V, K)
-            for t in range(t1 - t0):
-                h = torch.einsum("bgij,bgj->bgi", blocks[:, t], h) + bu[:, t]
-                chunks.append(h)
-        states = torch.stack(chunks, 1).reshape(_B, _T, H, V, K).permute(0, 1, 2, 4, 3)
-        read = states
-        y = K**-0.5 * torch.einsum("ztik,ztikj->ztij", q, read)
-        final = states[:, -1]
-        return y, final
+                * alpha[:, _t0:_t1][:, :, :, None, None, None]
+            ).expand(_B, _t1 - _t0, H, K, V, K)
+            _blocks = _blocks.permute(0, 1, 2, 4, 3, 5).reshape(_B, _t1 - _t0, H * V, K, K)
+            _bu = (
+                torch.sigmoid(vpre[:, _t0:_t1][:, :, :, None, :])
+                * beta[:, _t0:_t1][:, :, :, None, None]
+                * k[:, _t0:_t1][:, :, :, :, None]
+                * (torch.einsum("ztl,ikl->ztik", u_[:, _t0:_t1], W_V))[:, :, :, None, :]
+            ).expand(_B, _t1 - _t0, H, K, V)
+            _bu = _bu.permute(0, 1, 2, 4, 3).reshape(_B, _t1 - _t0, H * V, K)
+            for _t in range(_t1 - _t0):
+                _h = torch.einsum("bgij,bgj->bgi", _blocks[:, _t], _h) + _bu[:, _t]
+                _chunks.append(_h)
+        _states = torch.stack(_chunks, 1).reshape(_B, _T, H, V, K).permute(0, 1, 2, 4, 3)
+        _read = _states
+        _y = K**-0.5 * torch.einsum("ztik,ztikj->ztij", q, _read)
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

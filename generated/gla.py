@@ -6,7 +6,7 @@ Algorithm: chunked outer-product scan.
 
 Structure (``dsfc analyze``):
     model            GLA
-    A                scalar per group, input-dependent
+    A                diagonal, input-dependent
     A axes           diagonal: h, a, b, mixed: -, decay depends on: h, a
     B u              outer product
     C                query contraction over the key axes (y = S^T q per group)
@@ -20,7 +20,7 @@ Structure (``dsfc analyze``):
     state bytes/seq  524288 (fp32, default dims)
     FLOPs/token      4.97e+06 (default dims)
     family           chunked outer-product scan
-      why            A is scalar per group (a per-key decay), B u is key[h, a] x value[h, b] and C contracts the key axes: the chunkwise-parallel (matmul) form applies
+      why            A is diagonal (a per-key decay), B u is key[h, a] x value[h, b] and C contracts the key axes: the chunkwise-parallel (matmul) form applies
 """
 
 import math
@@ -124,6 +124,7 @@ class GLA(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
             "W_V": W_V,
@@ -220,18 +221,18 @@ class GLA(nn.Module):
         gk = env["gk"]
         alpha = env["alpha"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        q = K**-0.5 * q
-        k = k
-        v = torch.einsum("ztk,ijk->ztij", u_, W_V)
-        q = q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        k = k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        v = v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        log_decay = (torch.log(alpha)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
-        y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)
-        final = sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
-        y = y.reshape(_B, _T, H, V)
-        return y, final
+        _q = K**-0.5 * q
+        _k = k
+        _v = torch.einsum("ztk,ijk->ztij", u_, W_V)
+        _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        _log_decay = (torch.log(alpha)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+        _y = _y.reshape(_B, _T, H, V)
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

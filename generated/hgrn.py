@@ -9,7 +9,7 @@ Structure (``dsfc analyze``):
     A                diagonal, input-dependent
     A axes           diagonal: c, mixed: -, decay depends on: c
     B u              general
-    C                elementwise readout
+    C                elementwise readout (C diagonal)
     D                absent (0)
     coupling A/B     f
     shared params    Gamma, W_f
@@ -102,13 +102,20 @@ class HGRN(nn.Module):
         W_i = self.W_i.to(_dtype)
         W_f = self.W_f.to(_dtype)
         Gamma = self.Gamma.to(_dtype)
-        sm = torch.exp(Gamma) / (torch.exp(Gamma.permute(1, 0)[:, :])).sum(
-            dim=-1
+        sm = torch.broadcast_to(
+            torch.as_tensor(
+                torch.exp(Gamma) / (torch.exp(Gamma.permute(1, 0)[:, :])).sum(dim=-1), dtype=_dtype, device=_dev
+            ),
+            (L, E),
         )  # let sm[j: L, c: E] = exp(Gamma[j, c]) / sum(j2, exp(Gamma[j2, c]))
-        gam = (-sm[0, axis(E, 0, 1, _dev)]) + (
-            (((-1 + L + layer + (-1 * axis(L, 1, 2, _dev))) // L)).to(_dtype) * sm.permute(1, 0)
-        ).sum(
-            dim=-1
+        gam = torch.broadcast_to(
+            torch.as_tensor(
+                (-sm[0, axis(E, 0, 1, _dev)])
+                + ((((-1 + L + layer + (-1 * axis(L, 1, 2, _dev))) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
+                dtype=_dtype,
+                device=_dev,
+            ),
+            (E,),
         )  # let gam[c: E] = sum(j, ((layer - 1 - j + L) // L) * sm[j, c]) - sm[0, c]
         ipre = torch.einsum("ztj,ij->zti", u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
         f = (1 + (-gam)) * torch.sigmoid(
@@ -117,6 +124,7 @@ class HGRN(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_i": W_i,
             "W_f": W_f,
             "Gamma": Gamma,
@@ -205,16 +213,16 @@ class HGRN(nn.Module):
         ipre = env["ipre"]
         f = env["f"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        a = f
-        bu = torch.sigmoid(ipre) * torch.einsum("ztj,ij->zti", u_, W_i) + (
+        _a = f
+        _bu = torch.sigmoid(ipre) * torch.einsum("ztj,ij->zti", u_, W_i) + (
             -(torch.sigmoid(ipre) * f * torch.einsum("ztj,ij->zti", u_, W_i))
         )
-        shape = (_B, _T, E)
-        states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)
-        read = states
-        y = read
-        final = states[:, -1]
-        return y, final
+        _shape = (_B, _T, E)
+        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
+        _read = _states
+        _y = _read
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):
@@ -311,6 +319,7 @@ def _scan_fwd(
     dim_E,
     dim_L,
     dim_layer,
+    kc_ptr,
     T,
     R,
     C,
@@ -328,7 +337,7 @@ def _scan_fwd(
     mask_c = cc < C
     mask = mask_r & mask_c
     i_c = rr
-    s_off = i_c
+    s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     for t in range(0, T):
@@ -385,6 +394,7 @@ def _scan_bwd(
     dim_E,
     dim_L,
     dim_layer,
+    kc_ptr,
     T,
     R,
     C,
@@ -402,7 +412,7 @@ def _scan_bwd(
     mask_c = cc < C
     mask = mask_r & mask_c
     i_c = rr
-    s_off = i_c
+    s_off = i_c + 0 * cc
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -472,7 +482,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _sum1 = (torch.einsum("ztj,ij->zti", u_, W_i)).expand(
         _B, _T, E
     )  # a sum inside the maths: computed in torch, read by the kernel
-    out, final, fused = diagonal_scan_triton(
+    _out, _final, _fused = diagonal_scan_triton(
         _scan_fwd,
         _scan_bwd,
         h0,
@@ -485,15 +495,15 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=E,
         can_fuse=True,
     )
-    final = final.reshape(_B, E)
-    if fused:
-        y = out.reshape(_B, _T, E)
-        return y, final
-    states = out.reshape(_B, _T, E)
-    read = states
-    y = read
-    final = states[:, -1]
-    return y, final
+    _final = _final.reshape(_B, E)
+    if _fused:
+        _y = _out.reshape(_B, _T, E)
+        return _y, _final
+    _states = _out.reshape(_B, _T, E)
+    _read = _states
+    _y = _read
+    _final = _states[:, -1]
+    return _y, _final
 
 
 _core_triton_available = _core_triton_diagonal if triton is not None else None

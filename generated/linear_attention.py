@@ -111,6 +111,7 @@ class LinearAttention(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
             "W_V": W_V,
@@ -195,18 +196,18 @@ class LinearAttention(nn.Module):
         qf = env["qf"]
         kf = env["kf"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        q = K**-0.5 * qf
-        k = kf
-        v = torch.einsum("ztk,ijk->ztij", u_, W_V)
-        q = q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        k = k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        v = v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        log_decay = None  # A = I
-        s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
-        y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)
-        final = sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
-        y = y.reshape(_B, _T, H, V)
-        return y, final
+        _q = K**-0.5 * qf
+        _k = kf
+        _v = torch.einsum("ztk,ijk->ztij", u_, W_V)
+        _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        _log_decay = None  # A = I
+        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+        _y = _y.reshape(_B, _T, H, V)
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

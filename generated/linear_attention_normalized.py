@@ -119,16 +119,17 @@ class LinearAttentionNormalized(nn.Module):
         running_final["z"] = z[:, -1]
         eta = torch.einsum("ztij,ztij->zti", qf, z)  # let eta[h: H] = sum(a, qf[h, a] * z[h, a])
         # let eta_prev[h: H] = prev(eta[h])  (previous step's value; the first step uses the carried value, else its own)
-        eta_prev_now = (eta).expand(_B, _T, H)
+        eta_prev_now_ = (eta).expand(_B, _T, H)
         if running0 is not None and "eta_prev" in running0:
-            eta_prev_first = running0["eta_prev"].to(_dtype)[:, None]
+            eta_prev_first_ = running0["eta_prev"].to(_dtype)[:, None]
         else:
-            eta_prev_first = eta_prev_now[:, :1]
-        eta_prev = torch.cat([eta_prev_first, eta_prev_now[:, :-1]], 1)
-        running_final["eta_prev"] = eta_prev_now[:, -1]
+            eta_prev_first_ = eta_prev_now_[:, :1]
+        eta_prev = torch.cat([eta_prev_first_, eta_prev_now_[:, :-1]], 1)
+        running_final["eta_prev"] = eta_prev_now_[:, -1]
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
             "W_V": W_V,
@@ -222,20 +223,20 @@ class LinearAttentionNormalized(nn.Module):
         eta = env["eta"]
         eta_prev = env["eta_prev"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        q = qf
-        k = kf
-        v = torch.einsum("ztk,ijk->ztij", u_, W_V) / eta[:, :, :, None]
-        q = q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        k = k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        v = v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        log_decay = (
+        _q = qf
+        _k = kf
+        _v = torch.einsum("ztk,ijk->ztij", u_, W_V) / eta[:, :, :, None]
+        _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        _log_decay = (
             torch.as_tensor(torch.log(eta_prev / eta), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
         )
-        s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
-        y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)
-        final = sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
-        y = y.reshape(_B, _T, H, V)
-        return y, final
+        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+        _y = _y.reshape(_B, _T, H, V)
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

@@ -6,15 +6,15 @@ Algorithm: dense scan.
 
 Structure (``dsfc analyze``):
     model            LRU
-    A                block-diagonal
+    A                block-diagonal (2x2 rotation-scaling blocks: a complex diagonal)
     A axes           diagonal: j, mixed: s, decay depends on: j, s
     B u              general
-    C                contraction over state axes per output (C = I (x) c^T form)
+    C                per-output contraction over the other state axes (I (x) c^T form)
     D                present
     coupling A/B     none
     shared params    none
-    eigenvalues      unknown
-      why            A is not diagonal: eigenvalues are not derived symbolically
+    eigenvalues      |lambda| < 1  (0, 1)
+      why            2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = r[j]**2 in (0, 1) (r in (0, 1) (from its definition))
     time-invariant   yes
     state            [j: Nc, s: 2]  N = 2*Nc = 512
     state bytes/seq  2048 (fp32, default dims)
@@ -140,11 +140,16 @@ class LRU(nn.Module):
         C_re = self.C_re.to(_dtype)
         C_im = self.C_im.to(_dtype)
         D = self.D.to(_dtype)
-        r = torch.exp(-torch.exp(nu_log))  # let r[j: Nc] = exp(-exp(nu_log[j]))
-        th = torch.exp(theta_log)  # let th[j: Nc] = exp(theta_log[j])
+        r = torch.broadcast_to(
+            torch.as_tensor(torch.exp(-torch.exp(nu_log)), dtype=_dtype, device=_dev), (Nc,)
+        )  # let r[j: Nc] = exp(-exp(nu_log[j]))
+        th = torch.broadcast_to(
+            torch.as_tensor(torch.exp(theta_log), dtype=_dtype, device=_dev), (Nc,)
+        )  # let th[j: Nc] = exp(theta_log[j])
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "nu_log": nu_log,
             "theta_log": theta_log,
             "gamma_log": gamma_log,
@@ -239,38 +244,38 @@ class LRU(nn.Module):
         r = env["r"]
         th = env["th"]
         # A couples some state axes: per-step block matrix-vector recurrence (documented as slow)
-        h = h0.permute(0, 1, 2).reshape(_B, Nc, 2)
-        chunks = []
-        for t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
-            t1 = min(t0 + 64, _T)
-            blocks = (
+        _h = h0.permute(0, 1, 2).reshape(_B, Nc, 2)
+        _chunks = []
+        for _t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
+            _t1 = min(_t0 + 64, _T)
+            _blocks = (
                 (
                     (axis(2, 1, 3, _dev, _dtype) + (-axis(2, 2, 3, _dev, _dtype))) * torch.sin(th[:, None, None])
                     + torch.cos(th[:, None, None]) * (axis(2, 1, 3, _dev) == axis(2, 2, 3, _dev)).to(_dtype)
                 )
                 * r[:, None, None]
-            ).expand(_B, t1 - t0, Nc, 2, 2)
-            blocks = blocks.permute(0, 1, 2, 3, 4).reshape(_B, t1 - t0, Nc, 2, 2)
-            bu = (
+            ).expand(_B, _t1 - _t0, Nc, 2, 2)
+            _blocks = _blocks.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, Nc, 2, 2)
+            _bu = (
                 torch.exp(gamma_log[:, None])
                 * (0 == axis(2, 1, 2, _dev)).to(_dtype)
-                * (torch.einsum("ztk,ik->zti", u_[:, t0:t1], B_re))[:, :, :, None]
+                * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_re))[:, :, :, None]
                 + torch.exp(gamma_log[:, None])
                 * (1 == axis(2, 1, 2, _dev)).to(_dtype)
-                * (torch.einsum("ztk,ik->zti", u_[:, t0:t1], B_im))[:, :, :, None]
-            ).expand(_B, t1 - t0, Nc, 2)
-            bu = bu.permute(0, 1, 2, 3).reshape(_B, t1 - t0, Nc, 2)
-            for t in range(t1 - t0):
-                h = torch.einsum("bgij,bgj->bgi", blocks[:, t], h) + bu[:, t]
-                chunks.append(h)
-        states = torch.stack(chunks, 1).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
-        read = states
-        y = (-(C_im * read[:, :, axis(Nc, 1, 2, _dev), 1]).sum(dim=-1)) + (
-            C_re * read[:, :, axis(Nc, 1, 2, _dev), 0]
+                * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_im))[:, :, :, None]
+            ).expand(_B, _t1 - _t0, Nc, 2)
+            _bu = _bu.permute(0, 1, 2, 3).reshape(_B, _t1 - _t0, Nc, 2)
+            for _t in range(_t1 - _t0):
+                _h = torch.einsum("bgij,bgj->bgi", _blocks[:, _t], _h) + _bu[:, _t]
+                _chunks.append(_h)
+        _states = torch.stack(_chunks, 1).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
+        _read = _states
+        _y = (-(C_im * _read[:, :, axis(Nc, 1, 2, _dev), 1]).sum(dim=-1)) + (
+            C_re * _read[:, :, axis(Nc, 1, 2, _dev), 0]
         ).sum(dim=-1)
-        y = y + D * u_
-        final = states[:, -1]
-        return y, final
+        _y = _y + D * u_
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

@@ -9,7 +9,7 @@ Structure (``dsfc analyze``):
     A                diagonal, input-dependent
     A axes           diagonal: c, j, mixed: -, decay depends on: c, j
     B u              outer product
-    C                contraction over state axes per output (C = I (x) c^T form)
+    C                per-output contraction over the other state axes (I (x) c^T form)
     D                present
     coupling A/B     dt
     shared params    W_conv, W_dt, W_x, W_xdt, b_conv, b_dt
@@ -138,13 +138,13 @@ class MambaBlock(nn.Module):
         W_out = self.W_out.to(_dtype)
         xr = torch.einsum("ztj,ij->zti", u_, W_x)  # let xr[c: E] = sum(k, W_x[c, k] * u[k])
         # let xs[c: E, k: W] = window(xr[c])                           # the last W values of xr: causal conv input  (the last K values along the last axis, oldest first: a causal conv's input)
-        xs_now = (xr[:, :, :, None]).expand(_B, _T, E, W)[..., 0]
+        xs_now_ = (xr[:, :, :, None]).expand(_B, _T, E, W)[..., 0]
         _K = W
         if running0 is not None and "xs" in running0:
-            xs_hist = running0["xs"].to(_dtype)[..., 1:].movedim(-1, 1)
+            xs_hist_ = running0["xs"].to(_dtype)[..., 1:].movedim(-1, 1)
         else:
-            xs_hist = xs_now.new_zeros((xs_now.shape[0], _K - 1, *xs_now.shape[2:]))
-        xs = torch.cat([xs_hist, xs_now], 1).unfold(1, _K, 1)
+            xs_hist_ = xs_now_.new_zeros((xs_now_.shape[0], _K - 1, *xs_now_.shape[2:]))
+        xs = torch.cat([xs_hist_, xs_now_], 1).unfold(1, _K, 1)
         running_final["xs"] = xs[:, -1]
         x = F.silu(
             b_conv + torch.einsum("ij,ztij->zti", W_conv, xs)
@@ -158,6 +158,7 @@ class MambaBlock(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_x": W_x,
             "W_z": W_z,
             "W_conv": W_conv,
@@ -221,6 +222,7 @@ class MambaBlock(nn.Module):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dev = env["_dev"]
         _B, _T = y.shape[0], y.shape[1]
+        u_ = env["u_"]  # post-ops may read the input
         W_x = env["W_x"]
         W_z = env["W_z"]
         W_conv = env["W_conv"]
@@ -241,8 +243,8 @@ class MambaBlock(nn.Module):
         b = env["b"]
         cq = env["cq"]
         y = y.reshape(_B, _T, E)
-        out = torch.einsum("ztj,ij->zti", y, W_out)  # post out[o: d] = sum(c, W_out[o, c] * y[c])
-        return out.expand(_B, _T, *out.shape[2:])
+        out_ = torch.einsum("ztj,ij->zti", y, W_out)  # post out[o: d] = sum(c, W_out[o, c] * y[c])
+        return out_.expand(_B, _T, *out_.shape[2:])
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, E]``: the input, or the spec's ``drive`` let."""
@@ -304,15 +306,15 @@ class MambaBlock(nn.Module):
         b = env["b"]
         cq = env["cq"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        a = torch.exp(-(torch.exp(A_log) * dt[:, :, :, None]))
-        bu = b[:, :, None, :] * dt[:, :, :, None] * x[:, :, :, None]
-        shape = (_B, _T, E, n)
-        states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)
-        read = states
-        y = F.silu(z) * torch.einsum("ztj,ztij->zti", cq, read)
-        y = y + F.silu(z) * D * x
-        final = states[:, -1]
-        return y, final
+        _a = torch.exp(-(torch.exp(A_log) * dt[:, :, :, None]))
+        _bu = b[:, :, None, :] * dt[:, :, :, None] * x[:, :, :, None]
+        _shape = (_B, _T, E, n)
+        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
+        _read = _states
+        _y = F.silu(z) * torch.einsum("ztj,ztij->zti", cq, _read)
+        _y = _y + F.silu(z) * D * x
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):
@@ -452,6 +454,7 @@ def _scan_fwd(
     dim_n,
     dim_r,
     dim_W,
+    kc_ptr,
     T,
     R,
     C,
@@ -535,6 +538,7 @@ def _scan_bwd(
     dim_n,
     dim_r,
     dim_W,
+    kc_ptr,
     T,
     R,
     C,
@@ -639,7 +643,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
-    out, final, fused = diagonal_scan_triton(
+    _out, _final, _fused = diagonal_scan_triton(
         _scan_fwd,
         _scan_bwd,
         h0,
@@ -652,17 +656,17 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=E,
         can_fuse=True,
     )
-    final = final.reshape(_B, E, n)
-    if fused:
-        y = out.reshape(_B, _T, E)
-        y = y + F.silu(z) * D * x
-        return y, final
-    states = out.reshape(_B, _T, E, n)
-    read = states
-    y = F.silu(z) * torch.einsum("ztj,ztij->zti", cq, read)
-    y = y + F.silu(z) * D * x
-    final = states[:, -1]
-    return y, final
+    _final = _final.reshape(_B, E, n)
+    if _fused:
+        _y = _out.reshape(_B, _T, E)
+        _y = _y + F.silu(z) * D * x
+        return _y, _final
+    _states = _out.reshape(_B, _T, E, n)
+    _read = _states
+    _y = F.silu(z) * torch.einsum("ztj,ztij->zti", cq, _read)
+    _y = _y + F.silu(z) * D * x
+    _final = _states[:, -1]
+    return _y, _final
 
 
 _core_triton_available = _core_triton_diagonal if triton is not None else None

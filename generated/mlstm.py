@@ -50,9 +50,9 @@ class MLSTM(nn.Module):
         self.H = int(H)
         self.DH = int(DH)
         self.bs = int(bs)
+        E = self.E = DH * H
         if (DH * H) % bs != 0:
             raise ValueError("MLSTM: DH*H must be divisible by bs")
-        E = self.E = DH * H
         NB = self.NB = (DH * H) // bs
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         factory = {"device": device, "dtype": dtype}
@@ -205,6 +205,7 @@ class MLSTM(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
             "W_V": W_V,
@@ -316,9 +317,9 @@ class MLSTM(nn.Module):
         n = env["n"]
         den = env["den"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        q = q / den[:, :, :, None]
-        k = kn
-        v = ig[:, :, :, None] * (
+        _q = q / den[:, :, :, None]
+        _k = kn
+        _v = ig[:, :, :, None] * (
             ((axis(E, 2, 3, _dev) // bs) == ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)).to(_dtype)
             * W_V[
                 ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
@@ -327,15 +328,15 @@ class MLSTM(nn.Module):
             ]
             * u_[:, :, None, None, :]
         ).sum(dim=-1)
-        q = q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
-        k = k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
-        v = v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
-        log_decay = torch.as_tensor(torch.log(f), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
-        s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, DH, DH)
-        y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)
-        final = sT.reshape(_B, H, DH, DH).permute(0, 1, 2, 3)
-        y = y.reshape(_B, _T, H, DH)
-        return y, final
+        _q = _q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
+        _k = _k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
+        _v = _v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
+        _log_decay = torch.as_tensor(torch.log(f), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, DH, DH)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _final = _sT.reshape(_B, H, DH, DH).permute(0, 1, 2, 3)
+        _y = _y.reshape(_B, _T, H, DH)
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

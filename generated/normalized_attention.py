@@ -122,16 +122,17 @@ class NormalizedAttention(nn.Module):
         k = b_K + torch.einsum("ztk,ijk->ztij", u_, W_K)  # let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m]) + b_K[h, a]
         s = b_n + torch.einsum("ztj,ij->zti", u_, W_n)  # let s[h: H] = sum(m, W_n[h, m] * u[m]) + b_n[h]
         # let s_prev[h: H] = prev(s[h])  (previous step's value; the first step uses the carried value, else its own)
-        s_prev_now = (s).expand(_B, _T, H)
+        s_prev_now_ = (s).expand(_B, _T, H)
         if running0 is not None and "s_prev" in running0:
-            s_prev_first = running0["s_prev"].to(_dtype)[:, None]
+            s_prev_first_ = running0["s_prev"].to(_dtype)[:, None]
         else:
-            s_prev_first = s_prev_now[:, :1]
-        s_prev = torch.cat([s_prev_first, s_prev_now[:, :-1]], 1)
-        running_final["s_prev"] = s_prev_now[:, -1]
+            s_prev_first_ = s_prev_now_[:, :1]
+        s_prev = torch.cat([s_prev_first_, s_prev_now_[:, :-1]], 1)
+        running_final["s_prev"] = s_prev_now_[:, -1]
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
             "b_Q": b_Q,
@@ -231,18 +232,18 @@ class NormalizedAttention(nn.Module):
         s = env["s"]
         s_prev = env["s_prev"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        q = q
-        k = k
-        v = torch.exp(-s[:, :, :, None]) * torch.einsum("ztk,ijk->ztij", u_, W_V)
-        q = q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        k = k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        v = v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        log_decay = torch.as_tensor((-s) + s_prev, dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
-        s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
-        y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)
-        final = sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
-        y = y.reshape(_B, _T, H, V)
-        return y, final
+        _q = q
+        _k = k
+        _v = torch.exp(-s[:, :, :, None]) * torch.einsum("ztk,ijk->ztij", u_, W_V)
+        _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        _log_decay = torch.as_tensor((-s) + s_prev, dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+        _y = _y.reshape(_B, _T, H, V)
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

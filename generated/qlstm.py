@@ -9,7 +9,7 @@ Structure (``dsfc analyze``):
     A                diagonal, input-dependent
     A axes           diagonal: c, mixed: -, decay depends on: c
     B u              general
-    C                elementwise readout
+    C                elementwise readout (C diagonal)
     D                absent (0)
     coupling A/B     none
     shared params    W_x
@@ -120,6 +120,7 @@ class QLSTM(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "W_x": W_x,
             "W_f": W_f,
             "W_i": W_i,
@@ -216,14 +217,14 @@ class QLSTM(nn.Module):
         ig = env["ig"]
         og = env["og"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        a = torch.sigmoid(f)
-        bu = torch.sigmoid(ig) * torch.einsum("ztj,ij->zti", u_, W_x)
-        shape = (_B, _T, Hd)
-        states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)
-        read = states
-        y = torch.sigmoid(og) * read
-        final = states[:, -1]
-        return y, final
+        _a = torch.sigmoid(f)
+        _bu = torch.sigmoid(ig) * torch.einsum("ztj,ij->zti", u_, W_x)
+        _shape = (_B, _T, Hd)
+        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
+        _read = _states
+        _y = torch.sigmoid(og) * _read
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):
@@ -327,6 +328,7 @@ def _scan_fwd(
     dim_d,
     dim_e,
     dim_Hd,
+    kc_ptr,
     T,
     R,
     C,
@@ -344,7 +346,7 @@ def _scan_fwd(
     mask_c = cc < C
     mask = mask_r & mask_c
     i_c = rr
-    s_off = i_c
+    s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     for t in range(0, T):
@@ -397,6 +399,7 @@ def _scan_bwd(
     dim_d,
     dim_e,
     dim_Hd,
+    kc_ptr,
     T,
     R,
     C,
@@ -414,7 +417,7 @@ def _scan_bwd(
     mask_c = cc < C
     mask = mask_r & mask_c
     i_c = rr
-    s_off = i_c
+    s_off = i_c + 0 * cc
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -484,7 +487,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _sum0 = (torch.einsum("ztj,ij->zti", u_, W_x)).expand(
         _B, _T, Hd
     )  # a sum inside the maths: computed in torch, read by the kernel
-    out, final, fused = diagonal_scan_triton(
+    _out, _final, _fused = diagonal_scan_triton(
         _scan_fwd,
         _scan_bwd,
         h0,
@@ -497,15 +500,15 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=Hd,
         can_fuse=True,
     )
-    final = final.reshape(_B, Hd)
-    if fused:
-        y = out.reshape(_B, _T, Hd)
-        return y, final
-    states = out.reshape(_B, _T, Hd)
-    read = states
-    y = torch.sigmoid(og) * read
-    final = states[:, -1]
-    return y, final
+    _final = _final.reshape(_B, Hd)
+    if _fused:
+        _y = _out.reshape(_B, _T, Hd)
+        return _y, _final
+    _states = _out.reshape(_B, _T, Hd)
+    _read = _states
+    _y = torch.sigmoid(og) * _read
+    _final = _states[:, -1]
+    return _y, _final
 
 
 _core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -9,7 +9,7 @@ Structure (``dsfc analyze``):
     A                diagonal, input-dependent
     A axes           diagonal: c, mixed: -, decay depends on: c
     B u              elementwise
-    C                elementwise readout
+    C                elementwise readout (C diagonal)
     D                absent (0)
     coupling A/B     a
     shared params    Lambda, W_a, b_a
@@ -136,6 +136,7 @@ class RGLRU(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "x": x,
             "W_a": W_a,
             "b_a": b_a,
             "W_i": W_i,
@@ -226,14 +227,14 @@ class RGLRU(nn.Module):
         ig = env["ig"]
         a = env["a"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        a = a
-        bu = torch.sqrt(1 + (-(a * a))) * ig * x
-        shape = (_B, _T, W)
-        states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)
-        read = states
-        y = read
-        final = states[:, -1]
-        return y, final
+        _a = a
+        _bu = torch.sqrt(1 + (-(a * a))) * ig * x
+        _shape = (_B, _T, W)
+        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
+        _read = _states
+        _y = _read
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):
@@ -330,6 +331,7 @@ def _scan_fwd(
     dim_W,
     dim_nh,
     dim_bw,
+    kc_ptr,
     T,
     R,
     C,
@@ -347,7 +349,7 @@ def _scan_fwd(
     mask_c = cc < C
     mask = mask_r & mask_c
     i_c = rr
-    s_off = i_c
+    s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     for t in range(0, T):
@@ -392,6 +394,7 @@ def _scan_bwd(
     dim_W,
     dim_nh,
     dim_bw,
+    kc_ptr,
     T,
     R,
     C,
@@ -409,7 +412,7 @@ def _scan_bwd(
     mask_c = cc < C
     mask = mask_r & mask_c
     i_c = rr
-    s_off = i_c
+    s_off = i_c + 0 * cc
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -463,7 +466,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     r = env["r"]
     ig = env["ig"]
     a = env["a"]
-    out, final, fused = diagonal_scan_triton(
+    _out, _final, _fused = diagonal_scan_triton(
         _scan_fwd,
         _scan_bwd,
         h0,
@@ -476,15 +479,15 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
         P=W,
         can_fuse=True,
     )
-    final = final.reshape(_B, W)
-    if fused:
-        y = out.reshape(_B, _T, W)
-        return y, final
-    states = out.reshape(_B, _T, W)
-    read = states
-    y = read
-    final = states[:, -1]
-    return y, final
+    _final = _final.reshape(_B, W)
+    if _fused:
+        _y = _out.reshape(_B, _T, W)
+        return _y, _final
+    _states = _out.reshape(_B, _T, W)
+    _read = _states
+    _y = _read
+    _final = _states[:, -1]
+    return _y, _final
 
 
 _core_triton_available = _core_triton_diagonal if triton is not None else None

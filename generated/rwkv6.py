@@ -6,10 +6,10 @@ Algorithm: diagonal scan.
 
 Structure (``dsfc analyze``):
     model            RWKV6
-    A                scalar per group, input-dependent
+    A                diagonal, input-dependent
     A axes           diagonal: h, a, b, mixed: -, decay depends on: h, a
     B u              outer product
-    C                contraction over state axes per output (C = I (x) c^T form)
+    C                per-output contraction over the other state axes (I (x) c^T form)
     D                present
     coupling A/B     none
     shared params    W_x1, W_x2, mu_x, x_bias
@@ -20,7 +20,7 @@ Structure (``dsfc analyze``):
     state bytes/seq  524288 (fp32, default dims)
     FLOPs/token      2.76e+08 (default dims)
     family           diagonal scan
-      why            A is scalar per group: every state entry evolves independently (elementwise linear scan)
+      why            A is diagonal: every state entry evolves independently (elementwise linear scan)
 """
 
 import math
@@ -178,13 +178,13 @@ class RWKV6(nn.Module):
         b_w = self.b_w.to(_dtype)
         bonus = self.bonus.to(_dtype)
         # let xp[c: d] = prev(x[c])                                  # token shift: x_{t-1}  (previous step's value; the first step uses the carried value, else its own)
-        xp_now = (x).expand(_B, _T, d)
+        xp_now_ = (x).expand(_B, _T, d)
         if running0 is not None and "xp" in running0:
-            xp_first = running0["xp"].to(_dtype)[:, None]
+            xp_first_ = running0["xp"].to(_dtype)[:, None]
         else:
-            xp_first = xp_now[:, :1]
-        xp = torch.cat([xp_first, xp_now[:, :-1]], 1)
-        running_final["xp"] = xp_now[:, -1]
+            xp_first_ = xp_now_[:, :1]
+        xp = torch.cat([xp_first_, xp_now_[:, :-1]], 1)
+        running_final["xp"] = xp_now_[:, -1]
         dx = (-x) + xp  # let dx[c: d] = xp[c] - x[c]
         xx = dx * mu_x + x  # let xx[c: d] = x[c] + dx[c] * mu_x[c]
         z = torch.tanh(
@@ -209,6 +209,7 @@ class RWKV6(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "x": x,
             "mu_x": mu_x,
             "W_x1": W_x1,
             "W_x2": W_x2,
@@ -328,16 +329,16 @@ class RWKV6(nn.Module):
         w = env["w"]
         ub = env["ub"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        a = w[:, :, :, :, None]
-        bu = k[:, :, :, :, None] * (torch.einsum("ztl,ikl->ztik", x, W_v))[:, :, :, None, :]
-        shape = (_B, _T, H, K, V)
-        states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)
+        _a = w[:, :, :, :, None]
+        _bu = k[:, :, :, :, None] * (torch.einsum("ztl,ikl->ztik", x, W_v))[:, :, :, None, :]
+        _shape = (_B, _T, H, K, V)
+        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
         # pre-update readout: y_t = C_t h_(t-1) + D_t u_t
-        read = torch.cat([h0.unsqueeze(1), states[:, :-1]], 1)
-        y = torch.einsum("ztik,ztikj->ztij", r, read)
-        y = y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
-        final = states[:, -1]
-        return y, final
+        _read = torch.cat([h0.unsqueeze(1), _states[:, :-1]], 1)
+        _y = torch.einsum("ztik,ztikj->ztij", r, _read)
+        _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):
@@ -466,6 +467,7 @@ def _scan_fwd(
     dim_Rw,
     dim_layer,
     dim_L,
+    kc_ptr,
     T,
     R,
     C,
@@ -546,6 +548,7 @@ def _scan_bwd(
     dim_Rw,
     dim_layer,
     dim_L,
+    kc_ptr,
     T,
     R,
     C,
@@ -630,7 +633,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     _sum0 = (torch.einsum("ztk,ijk->ztij", x, W_v)).expand(
         _B, _T, H, V
     )  # a sum inside the maths: computed in torch, read by the kernel
-    out, final, fused = diagonal_scan_triton(
+    _out, _final, _fused = diagonal_scan_triton(
         _scan_fwd,
         _scan_bwd,
         h0,
@@ -643,18 +646,18 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
         P=H * V,
         can_fuse=True,
     )
-    final = final.reshape(_B, H, K, V)
-    if fused:
-        y = out.reshape(_B, _T, H, V)
-        y = y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
-        return y, final
-    states = out.reshape(_B, _T, H, K, V)
+    _final = _final.reshape(_B, H, K, V)
+    if _fused:
+        _y = _out.reshape(_B, _T, H, V)
+        _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
+        return _y, _final
+    _states = _out.reshape(_B, _T, H, K, V)
     # pre-update readout: y_t = C_t h_(t-1) + D_t u_t
-    read = torch.cat([h0.unsqueeze(1), states[:, :-1]], 1)
-    y = torch.einsum("ztik,ztikj->ztij", r, read)
-    y = y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
-    final = states[:, -1]
-    return y, final
+    _read = torch.cat([h0.unsqueeze(1), _states[:, :-1]], 1)
+    _y = torch.einsum("ztik,ztikj->ztij", r, _read)
+    _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
+    _final = _states[:, -1]
+    return _y, _final
 
 
 _core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -6,15 +6,15 @@ Algorithm: dense scan.
 
 Structure (``dsfc analyze``):
     model            S4D
-    A                block-diagonal
+    A                block-diagonal (2x2 rotation-scaling blocks: a complex diagonal)
     A axes           diagonal: c, n, mixed: s, decay depends on: c, n, s
     B u              elementwise
-    C                contraction over state axes per output (C = I (x) c^T form)
+    C                per-output contraction over the other state axes (I (x) c^T form)
     D                present
     coupling A/B     none
     shared params    A_imag, log_A_real, log_dt
-    eigenvalues      unknown
-      why            A is not diagonal: eigenvalues are not derived symbolically
+    eigenvalues      |lambda| < 1  (0, 1)
+      why            2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = mag[c, n]**2 in (0, 1) (dt in (0, inf) (from its definition); ar in (-inf, 0) (from its definition); mag in (0, 1) (from its definition))
     time-invariant   yes
     state            [c: d, n: Nh, s: 2]  N = 2*Nh*d = 16384
     state bytes/seq  65536 (fp32, default dims)
@@ -118,24 +118,37 @@ class S4D(nn.Module):
         C_re = self.C_re.to(_dtype)
         C_im = self.C_im.to(_dtype)
         D = self.D.to(_dtype)
-        dt = torch.exp(log_dt)  # let dt[c: d] = exp(log_dt[c])
-        ar = -torch.exp(log_A_real)  # let ar[c: d, n: Nh] = -exp(log_A_real[c, n])              # Re A  (< 0)
-        mag = torch.exp(
-            ar * dt[:, None]
+        dt = torch.broadcast_to(
+            torch.as_tensor(torch.exp(log_dt), dtype=_dtype, device=_dev), (d,)
+        )  # let dt[c: d] = exp(log_dt[c])
+        ar = torch.broadcast_to(
+            torch.as_tensor(-torch.exp(log_A_real), dtype=_dtype, device=_dev), (d, Nh)
+        )  # let ar[c: d, n: Nh] = -exp(log_A_real[c, n])              # Re A  (< 0)
+        mag = torch.broadcast_to(
+            torch.as_tensor(torch.exp(ar * dt[:, None]), dtype=_dtype, device=_dev), (d, Nh)
         )  # let mag[c: d, n: Nh] = exp(dt[c] * ar[c, n])              # |Abar| = exp(dt Re A)
-        phi = A_imag * dt[:, None]  # let phi[c: d, n: Nh] = dt[c] * A_imag[c, n]               # arg Abar
-        p = -1 + torch.cos(phi) * mag  # let p[c: d, n: Nh] = mag[c, n] * cos(phi[c, n]) - 1
-        q = torch.sin(phi) * mag  # let q[c: d, n: Nh] = mag[c, n] * sin(phi[c, n])
-        den = (A_imag * A_imag) + (ar * ar)  # let den[c: d, n: Nh] = ar[c, n] ^ 2 + A_imag[c, n] ^ 2
-        bre = (
-            A_imag * q + ar * p
-        ) / den  # let bre[c: d, n: Nh] = (p[c, n] * ar[c, n] + q[c, n] * A_imag[c, n]) / den[c, n]
-        bim = (
-            (-(A_imag * p)) + ar * q
-        ) / den  # let bim[c: d, n: Nh] = (q[c, n] * ar[c, n] - p[c, n] * A_imag[c, n]) / den[c, n]
+        phi = torch.broadcast_to(
+            torch.as_tensor(A_imag * dt[:, None], dtype=_dtype, device=_dev), (d, Nh)
+        )  # let phi[c: d, n: Nh] = dt[c] * A_imag[c, n]               # arg Abar
+        p = torch.broadcast_to(
+            torch.as_tensor(-1 + torch.cos(phi) * mag, dtype=_dtype, device=_dev), (d, Nh)
+        )  # let p[c: d, n: Nh] = mag[c, n] * cos(phi[c, n]) - 1
+        q = torch.broadcast_to(
+            torch.as_tensor(torch.sin(phi) * mag, dtype=_dtype, device=_dev), (d, Nh)
+        )  # let q[c: d, n: Nh] = mag[c, n] * sin(phi[c, n])
+        den = torch.broadcast_to(
+            torch.as_tensor((A_imag * A_imag) + (ar * ar), dtype=_dtype, device=_dev), (d, Nh)
+        )  # let den[c: d, n: Nh] = ar[c, n] ^ 2 + A_imag[c, n] ^ 2
+        bre = torch.broadcast_to(
+            torch.as_tensor((A_imag * q + ar * p) / den, dtype=_dtype, device=_dev), (d, Nh)
+        )  # let bre[c: d, n: Nh] = (p[c, n] * ar[c, n] + q[c, n] * A_imag[c, n]) / den[c, n]
+        bim = torch.broadcast_to(
+            torch.as_tensor(((-(A_imag * p)) + ar * q) / den, dtype=_dtype, device=_dev), (d, Nh)
+        )  # let bim[c: d, n: Nh] = (q[c, n] * ar[c, n] - p[c, n] * A_imag[c, n]) / den[c, n]
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "log_dt": log_dt,
             "log_A_real": log_A_real,
             "A_imag": A_imag,
@@ -240,34 +253,34 @@ class S4D(nn.Module):
         bre = env["bre"]
         bim = env["bim"]
         # A couples some state axes: per-step block matrix-vector recurrence (documented as slow)
-        h = h0.permute(0, 1, 2, 3).reshape(_B, d * Nh, 2)
-        chunks = []
-        for t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
-            t1 = min(t0 + 64, _T)
-            blocks = (
+        _h = h0.permute(0, 1, 2, 3).reshape(_B, d * Nh, 2)
+        _chunks = []
+        for _t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
+            _t1 = min(_t0 + 64, _T)
+            _blocks = (
                 (
                     (axis(2, 2, 4, _dev, _dtype) + (-axis(2, 3, 4, _dev, _dtype))) * torch.sin(phi[:, :, None, None])
                     + torch.cos(phi[:, :, None, None]) * (axis(2, 2, 4, _dev) == axis(2, 3, 4, _dev)).to(_dtype)
                 )
                 * mag[:, :, None, None]
-            ).expand(_B, t1 - t0, d, Nh, 2, 2)
-            blocks = blocks.permute(0, 1, 2, 3, 4, 5).reshape(_B, t1 - t0, d * Nh, 2, 2)
-            bu = (
-                (0 == axis(2, 2, 3, _dev)).to(_dtype) * bre[:, :, None] * u_[:, t0:t1][:, :, :, None, None]
-                + (1 == axis(2, 2, 3, _dev)).to(_dtype) * bim[:, :, None] * u_[:, t0:t1][:, :, :, None, None]
-            ).expand(_B, t1 - t0, d, Nh, 2)
-            bu = bu.permute(0, 1, 2, 3, 4).reshape(_B, t1 - t0, d * Nh, 2)
-            for t in range(t1 - t0):
-                h = torch.einsum("bgij,bgj->bgi", blocks[:, t], h) + bu[:, t]
-                chunks.append(h)
-        states = torch.stack(chunks, 1).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
-        read = states
-        y = (-(2 * (C_im * read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 1]).sum(dim=-1))) + 2 * (
-            C_re * read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 0]
+            ).expand(_B, _t1 - _t0, d, Nh, 2, 2)
+            _blocks = _blocks.permute(0, 1, 2, 3, 4, 5).reshape(_B, _t1 - _t0, d * Nh, 2, 2)
+            _bu = (
+                (0 == axis(2, 2, 3, _dev)).to(_dtype) * bre[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
+                + (1 == axis(2, 2, 3, _dev)).to(_dtype) * bim[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
+            ).expand(_B, _t1 - _t0, d, Nh, 2)
+            _bu = _bu.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, d * Nh, 2)
+            for _t in range(_t1 - _t0):
+                _h = torch.einsum("bgij,bgj->bgi", _blocks[:, _t], _h) + _bu[:, _t]
+                _chunks.append(_h)
+        _states = torch.stack(_chunks, 1).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
+        _read = _states
+        _y = (-(2 * (C_im * _read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 1]).sum(dim=-1))) + 2 * (
+            C_re * _read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 0]
         ).sum(dim=-1)
-        y = y + D * u_
-        final = states[:, -1]
-        return y, final
+        _y = _y + D * u_
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

@@ -9,7 +9,7 @@ Structure (``dsfc analyze``):
     A                diagonal, input-dependent
     A axes           diagonal: c, j, mixed: -, decay depends on: c, j
     B u              outer product
-    C                contraction over state axes per output (C = I (x) c^T form)
+    C                per-output contraction over the other state axes (I (x) c^T form)
     D                present
     coupling A/B     dt
     shared params    W_dt, W_xdt, b_dt
@@ -126,6 +126,7 @@ class S6(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "A_log": A_log,
             "W_xdt": W_xdt,
             "W_dt": W_dt,
@@ -220,15 +221,15 @@ class S6(nn.Module):
         b = env["b"]
         cq = env["cq"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        a = torch.exp(-(torch.exp(A_log) * dt[:, :, :, None]))
-        bu = b[:, :, None, :] * dt[:, :, :, None] * u_[:, :, :, None]
-        shape = (_B, _T, d, n)
-        states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)
-        read = states
-        y = torch.einsum("ztj,ztij->zti", cq, read)
-        y = y + D * u_
-        final = states[:, -1]
-        return y, final
+        _a = torch.exp(-(torch.exp(A_log) * dt[:, :, :, None]))
+        _bu = b[:, :, None, :] * dt[:, :, :, None] * u_[:, :, :, None]
+        _shape = (_B, _T, d, n)
+        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
+        _read = _states
+        _y = torch.einsum("ztj,ztij->zti", cq, _read)
+        _y = _y + D * u_
+        _final = _states[:, -1]
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):
@@ -339,6 +340,7 @@ def _scan_fwd(
     dim_d,
     dim_n,
     dim_r,
+    kc_ptr,
     T,
     R,
     C,
@@ -413,6 +415,7 @@ def _scan_bwd(
     dim_d,
     dim_n,
     dim_r,
+    kc_ptr,
     T,
     R,
     C,
@@ -500,7 +503,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
-    out, final, fused = diagonal_scan_triton(
+    _out, _final, _fused = diagonal_scan_triton(
         _scan_fwd,
         _scan_bwd,
         h0,
@@ -513,17 +516,17 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=d,
         can_fuse=True,
     )
-    final = final.reshape(_B, d, n)
-    if fused:
-        y = out.reshape(_B, _T, d)
-        y = y + D * u_
-        return y, final
-    states = out.reshape(_B, _T, d, n)
-    read = states
-    y = torch.einsum("ztj,ztij->zti", cq, read)
-    y = y + D * u_
-    final = states[:, -1]
-    return y, final
+    _final = _final.reshape(_B, d, n)
+    if _fused:
+        _y = _out.reshape(_B, _T, d)
+        _y = _y + D * u_
+        return _y, _final
+    _states = _out.reshape(_B, _T, d, n)
+    _read = _states
+    _y = torch.einsum("ztj,ztij->zti", cq, _read)
+    _y = _y + D * u_
+    _final = _states[:, -1]
+    return _y, _final
 
 
 _core_triton_available = _core_triton_diagonal if triton is not None else None

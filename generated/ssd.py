@@ -133,6 +133,7 @@ class SSD(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "u_": u_,
             "A_log": A_log,
             "dt_bias": dt_bias,
             "W_dt": W_dt,
@@ -225,21 +226,21 @@ class SSD(nn.Module):
         Bm = env["Bm"]
         Cm = env["Cm"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        q = Cm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
-        k = Bm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
-        v = dt[:, :, :, None] * u_
-        q = q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
-        k = k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
-        v = v.expand(_B, _T, H, P).reshape(_B, _T, H, P)
-        log_decay = (
+        _q = Cm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
+        _k = Bm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
+        _v = dt[:, :, :, None] * u_
+        _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
+        _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
+        _v = _v.expand(_B, _T, H, P).reshape(_B, _T, H, P)
+        _log_decay = (
             torch.as_tensor(-(torch.exp(A_log) * dt), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
         )
-        s0 = h0.permute(0, 1, 3, 2).reshape(_B, H, n, P)
-        y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)
-        final = sT.reshape(_B, H, n, P).permute(0, 1, 3, 2)
-        y = y.reshape(_B, _T, H, P)
-        y = y + D[:, None] * u_
-        return y, final
+        _s0 = h0.permute(0, 1, 3, 2).reshape(_B, H, n, P)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _final = _sT.reshape(_B, H, n, P).permute(0, 1, 3, 2)
+        _y = _y.reshape(_B, _T, H, P)
+        _y = _y + D[:, None] * u_
+        return _y, _final
 
     @torch.no_grad()
     def step(self, u_t, state=None):

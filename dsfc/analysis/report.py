@@ -63,6 +63,7 @@ class StructureReport:
     a_axes: dict  # {"diagonal": [...], "mixed": [...], "decay depends on": [...]}
     a_time_varying: bool
     a_low_rank: bool
+    a_complex_diagonal: bool  # 2x2 rotation-scaling blocks: a complex diagonal written in real form
     b_form: str
     c_form: str
     d_present: bool
@@ -92,6 +93,7 @@ class StructureReport:
         return [
             ("model", self.model),
             ("A", f"{self.a_kind}" + (" (identity minus rank-1 blocks)" if self.a_low_rank else "")
+             + (" (2x2 rotation-scaling blocks: a complex diagonal)" if self.a_complex_diagonal else "")
              + ("" if not self.a_time_varying else ", input-dependent")),
             ("A axes", ", ".join(f"{k}: {', '.join(v) or '-'}" for k, v in self.a_axes.items())),
             ("B u", self.b_form),
@@ -125,6 +127,8 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
     invariant = not any(refs[k] & tv for k in refs)
     params = {p.tensor.name for p in sym.params}
     lets = {let.tensor.name for let in sym.lets}
+    # coupling: the lets and params that A's and B's entries both read directly (S6: dt; DeltaNet: beta, k).
+    # What they share only through deeper projections is listed separately as shared params.
     coupling = sorted((refs["A"] & refs["B"]) & (params | lets))
     coupling_params = sorted(_closure(sym, refs["A"]) & _closure(sym, refs["B"]) & params)
     eb = eigenvalue_bound(sym, a)
@@ -161,6 +165,7 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
                 "decay depends on": names(a.decay_axes)},
         a_time_varying=a_tv,
         a_low_rank=a.low_rank,
+        a_complex_diagonal=eb.reason.startswith("2x2 rotation-scaling"),
         b_form=st.b_form.value,
         c_form=c_form,
         d_present="D" in m,
@@ -181,9 +186,14 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
 
 
 def _c_form(st: Structure) -> str:
+    """How C reads the state: which state axes map to outputs (delta) and which it contracts."""
     if st.outer is not None:
         return "query contraction over the key axes (y = S^T q per group)"
     ch = st.readout.ch
-    if ch.has(sp.Sum):
-        return "contraction over state axes per output (C = I (x) c^T form)"
-    return "elementwise readout"
+    mapped = {s for node in sp.preorder_traversal(ch) if isinstance(node, sp.Indexed)
+              for s in node.indices if s in st.readout.out_syms}
+    if not ch.has(sp.Sum):
+        return "elementwise readout (C diagonal)"
+    if mapped:
+        return "per-output contraction over the other state axes (I (x) c^T form)"
+    return "dense readout (every output reads the whole state)"

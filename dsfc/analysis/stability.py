@@ -66,7 +66,8 @@ def _mul(a: Interval, b: Interval) -> Interval:
     for x, xo in ((a.lo, a.lo_open), (a.hi, a.hi_open)):
         for y, yo in ((b.lo, b.lo_open), (b.hi, b.hi_open)):
             v = 0.0 if (x == 0 or y == 0) else x * y
-            cands.append((v, xo or yo))
+            # an attained 0 times anything is an attained 0: [0, inf) * (0, inf) reaches 0
+            cands.append((v, (xo or yo) and not ((x == 0 and not xo) or (y == 0 and not yo))))
     lo = min(c[0] for c in cands)
     hi = max(c[0] for c in cands)
     lo_open = all(o for v, o in cands if v == lo)
@@ -108,6 +109,8 @@ class IntervalProver:
                 self.reasons.append(f"{name} in {iv} (from its definition)")
         elif getattr(base, "is_positive", None):
             iv = POS
+        elif getattr(base, "is_nonnegative", None):  # index symbols: 0 .. extent - 1
+            iv = NONNEG
         else:
             iv = ANY
         self._cache[name] = iv
@@ -193,29 +196,148 @@ class EigenBound:
     reason: str
 
 
+def _verdict(ivs: list[Interval]) -> Bound:
+    """|lambda| bound from intervals of the (real) eigenvalues or of their magnitudes."""
+    lo = min(iv.lo for iv in ivs)
+    hi = max(iv.hi for iv in ivs)
+    below_one = all(iv.hi < 1 or (iv.hi == 1 and iv.hi_open) for iv in ivs)
+    above_m1 = all(iv.lo > -1 or (iv.lo == -1 and iv.lo_open) for iv in ivs)
+    if below_one and above_m1:
+        return Bound.STABLE
+    if hi <= 1 and lo >= -1:
+        return Bound.MARGINAL
+    if lo >= 0 and hi == INF:
+        return Bound.UNBOUNDED
+    return Bound.UNKNOWN
+
+
+def _hull(ivs: list[Interval]) -> Interval:
+    lo = min(ivs, key=lambda iv: (iv.lo, iv.lo_open))  # a closed end wins a tie
+    hi = max(ivs, key=lambda iv: (iv.hi, not iv.hi_open))
+    return Interval(lo.lo, hi.hi, lo.lo_open, hi.hi_open)
+
+
+def _canonical_sums(expr):
+    """Rename summation indices canonically and pull factors that do not depend on them out of each Sum, so that
+    sum(a, k[a]^2) and sum(a2, k[a2]^2) compare equal (e.g. |k|^2 = 1 for an L2-normalised k). A Sum's index is
+    named after its body, so alpha-equivalent sums get the same name."""
+    import hashlib
+
+    placeholder = sp.Symbol("_placeholder", integer=True, nonnegative=True)
+
+    def walk(e):
+        if isinstance(e, sp.Sum):
+            body = walk(e.function)
+            for var, lo, hi in e.limits:
+                inside = sp.Mul(*[f for f in sp.Mul.make_args(body) if var in f.free_symbols])
+                outside = sp.Mul(*[f for f in sp.Mul.make_args(body) if var not in f.free_symbols])
+                key = hashlib.sha1(sp.srepr((inside.subs(var, placeholder), lo, hi)).encode()).hexdigest()[:10]
+                new = sp.Symbol(f"_s{key}", integer=True, nonnegative=True)
+                body = outside * sp.Sum(inside.subs(var, new), (new, lo, hi))
+            return body
+        if e.args:
+            return e.func(*[walk(a) for a in e.args])
+        return e
+
+    return walk(expr)
+
+
+def _inline_lets(sym: SymSpec, expr, depth: int = 1):
+    """Replace (non-running) let entries by their definitions, ``depth`` levels deep."""
+    lets = {let.tensor.name: let for let in sym.lets if not let.running}
+    for _ in range(depth):
+        def repl(e):
+            if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
+                let = lets[str(e.base.label)]
+                return let.expr.subs(dict(zip(let.index, e.indices)), simultaneous=True)
+            return None
+        expr = expr.replace(lambda e: repl(e) is not None, repl)
+    return expr
+
+
+def _block_at(block, rows, cols, mixed, r_vals, c_vals):
+    return block.subs({**{rows[k]: v for k, v in zip(mixed, r_vals)}, **{cols[k]: v for k, v in zip(mixed, c_vals)}},
+                      simultaneous=True)
+
+
+def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
+    """Rotation-scaling 2x2 blocks [[x, -y], [y, x]] (a complex diagonal): |lambda|^2 = det = x^2 + y^2."""
+    dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
+    sizes = [int(sp.sympify(sym.state.axes[k].extent).subs(dims)) for k in a.mixed_axes]
+    if len(sizes) != 1 or sizes[0] != 2:
+        return None
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    m = [[sp.simplify(_block_at(a.block, rows, cols, mixed, (i,), (j,))) for j in range(2)] for i in range(2)]
+    if sp.simplify(m[0][0] - m[1][1]) != 0 or sp.simplify(m[0][1] + m[1][0]) != 0:
+        return None
+    det = sp.simplify(sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
+    prover = IntervalProver(sym)
+    iv = prover.range(det)
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    verdict = _verdict([iv])
+    mag = Interval(math.sqrt(max(iv.lo, 0)), math.sqrt(iv.hi) if iv.hi != INF else INF, iv.lo_open, iv.hi_open)
+    return EigenBound(verdict, str(mag),
+                      f"2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = {sp.sstr(det)} in {iv} "
+                      f"({facts})")
+
+
+def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
+    """block = s I - f g^T on the mixed axes: eigenvalues s (multiplicity M-1) and s - g^T f."""
+    from .index_algebra import factors, split_deltas, terms
+
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    pairs = {frozenset((rows[k], cols[k])) for k in mixed}
+    ident, rest = [], []
+    for t in terms(a.block):
+        deltas, other = split_deltas(t)
+        (ident if pairs <= {frozenset(d.args) for d in deltas} else rest).append(t)
+    if len(rest) != 1 or not ident:
+        return None
+    s_coef = sp.Add(*[split_deltas(t)[1] for t in ident])
+    col_syms = {cols[k] for k in mixed}
+    g = sp.Mul(*[f for f in factors(rest[0]) if f.free_symbols & col_syms]).subs(
+        {cols[k]: rows[k] for k in mixed}, simultaneous=True)
+    f = sp.Mul(*[f for f in factors(rest[0]) if not (f.free_symbols & col_syms)])
+    trace = f * g
+    for k in mixed:
+        ext = sym.state.axes[k].extent
+        trace = sp.Sum(trace, (rows[k], 0, ext - 1))
+    # inline the lets inside the contraction only (the rank-1 vectors), so scalars such as beta keep their names
+    trace = _canonical_sums(trace)  # first pull factors such as beta out of the contraction
+    trace = trace.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
+    small = sp.simplify(_canonical_sums(trace))
+    other = sp.simplify(s_coef + small)  # rest carries its own sign: s + (-f g^T)
+    prover = IntervalProver(sym)
+    ivs = [prover.range(s_coef), prover.range(other)]
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    verdict = _verdict(ivs)
+    if verdict == Bound.UNKNOWN:
+        return None
+    return EigenBound(verdict, str(_hull(ivs)),
+                      f"A = s I - f g^T per block: eigenvalues s = {sp.sstr(s_coef)} in {ivs[0]} and "
+                      f"s - g^T f = {sp.sstr(other)} in {ivs[1]} ({facts})")
+
+
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     """Bound of |lambda(A_t)| over all inputs, with the reason."""
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
+        found = _identity_minus_rank1(sym, a) if a.low_rank else _two_by_two(sym, a)
+        if found is not None:
+            return found
         if a.low_rank:
             return EigenBound(
                 Bound.UNKNOWN,
                 None,
                 "A is s*I minus a rank-1 term on the mixed axes: eigenvalues are s (multiplicity K-1) and "
-                "s - beta*|k|^2; dsfc does not yet prove the sign of the rank-1 term",
+                "s - g^T f; their range was not proven",
             )
         return EigenBound(Bound.UNKNOWN, None, "A is not diagonal: eigenvalues are not derived symbolically")
     prover = IntervalProver(sym)
     iv = prover.range(a.decay)
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     lam = f"lambda = {sp.sstr(a.decay)} in {iv}"
-    below_one = iv.hi < 1 or (iv.hi == 1 and iv.hi_open)
-    above_m1 = iv.lo > -1 or (iv.lo == -1 and iv.lo_open)
-    if below_one and above_m1:
-        return EigenBound(Bound.STABLE, str(iv), f"{lam} ({facts})")
-    if iv.hi <= 1 and iv.lo >= -1:
-        return EigenBound(Bound.MARGINAL, str(iv), f"{lam} ({facts})")
-    if iv.lo >= 0 and iv.hi == INF:
-        return EigenBound(Bound.UNBOUNDED, str(iv), f"{lam}: can exceed 1 ({facts})")
-    return EigenBound(Bound.UNKNOWN, str(iv), f"{lam}: no bound proven ({facts})")
+    verdict = _verdict([iv])
+    tail = {Bound.UNBOUNDED: ": can exceed 1", Bound.UNKNOWN: ": no bound proven"}.get(verdict, "")
+    return EigenBound(verdict, str(iv), f"{lam}{tail} ({facts})")

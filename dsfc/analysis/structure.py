@@ -6,7 +6,7 @@ carries delta(row_k, col_k); the decay is what remains once those deltas are str
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -197,10 +197,22 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
                       tuple(out_map[k] for k in range(len(out_map))))
 
 
+def contracted_axes(sym: SymSpec, readout: Readout) -> set[int]:
+    """State axes that C sums over (not mapped to an output index): the 'key' axes of a readout."""
+    out = set()
+    for node in sp.preorder_traversal(readout.ch):
+        if isinstance(node, sp.Indexed) and node.base == sym.state.base:
+            out |= {k for k, s in enumerate(node.indices) if s not in readout.out_syms}
+    return out
+
+
 def analyse_structure_of(sym: SymSpec) -> Structure:
     a = classify_a(sym)
     bu = compute_bu(sym, a.rows)
     readout = compute_readout(sym)
+    if a.kind == AKind.SCALAR_PER_GROUP and set(a.decay_axes) & contracted_axes(sym, readout):
+        # the decay varies along an axis that C contracts (GLA's key index): diagonal, shared over the rest
+        a = replace(a, kind=AKind.DIAGONAL)
     b_form = classify_b(bu, a.rows)
     outer = split_outer(sym, a, bu, readout) if sym.readout == "post" else None
     if a.mixed_axes:

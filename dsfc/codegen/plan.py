@@ -19,12 +19,36 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "dt_bias_", "self",
-             "initial_state", "output_final_state", "state", "u_t", "u"}
+             "initial_state", "output_final_state", "state", "u_t", "u",
+             # locals and arguments of the generated methods that spec names share a scope with
+             "h0", "env", "out", "m", "running0", "running_final", "factory", "device", "dtype", "backend",
+             # members of the generated class: a param or dim is stored as self.<name> and must not replace them
+             "forward", "step", "dsf_matrices", "kernel_form", "driven_input", "reset_parameters", "training",
+             "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile",
+             "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "get_buffer",
+             "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia",
+             "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
+             "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+             "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+             "register_load_state_dict_pre_hook", "register_module", "register_parameter",
+             "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
+             "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "type", "xpu", "zero_grad"}
 
 
 def py_name(name: str) -> str:
-    if keyword.iskeyword(name) or name in _RESERVED or name.startswith("_"):
-        return name + "_" if not name.startswith("_") else "s" + name
+    """The Python identifier of a spec name (param, let, post, dim, input).
+
+    Safe names are kept. Unsafe ones (keywords, the names in ``_RESERVED``, a leading ``_`` that could meet the
+    generated module's own ``_B``, ``_dtype``, ``_y``, ...) get a trailing ``_``, and so does every name that already
+    ends in ``_``: kept names never end in ``_`` and renamed ones always do, so two spec names never meet, and the
+    module's own helpers may end in ``_`` (``u_``, ``dt_bias_``, ``<let>_now_``) without meeting a spec name.
+    Primes (``c'``, allowed in spec names, not in Python) become ``_p`` per prime plus the trailing ``_``.
+    """
+    base = name.rstrip("'")
+    if base != name:
+        return f"{base}_{'p' * (len(name) - len(base))}_"
+    if keyword.iskeyword(name) or name in _RESERVED or name.startswith("_") or name.endswith("_"):
+        return name + "_"
     return name
 
 
@@ -53,8 +77,7 @@ class ModulePlan:
     stamp: str
     analysis_table: str
     free_dims: list[tuple[str, int]]
-    derived_dims: list[tuple[str, str]]
-    dim_checks: list[tuple[str, str]]  # (condition code, message)
+    derived_dims: list[tuple[str | None, str, str | None]]  # (name, code, None) or (None, failing condition, message)
     dim_locals: str
     params: list[ParamPlan]
     param_locals: list[tuple[str, str]]
@@ -106,18 +129,19 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
 
     # ---- dims
     free = [(py_name(k), sym.dim_defaults[k]) for k in sym.free_dims]
-    derived, checks = [], []
+    derived = []
     for name, expr in sym.dim_defs.items():
+        # checks come right before the derived dim they guard, after every dim they read (source order)
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.floor):
+                num, den = sp.fraction(sp.together(node.args[0]))
+                derived.append((None, f"{pr.index(num, (), {})} % {pr.index(den, (), {})} != 0",
+                                f"{sp.sstr(num)} must be divisible by {sp.sstr(den)}"))
         try:
             code = pr.index(expr, (), {})
         except PrinterError:
             code = pr.print(expr, (), {})
-        derived.append((py_name(name), code))
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, sp.floor):
-                num, den = sp.fraction(sp.together(node.args[0]))
-                checks.append((f"{pr.index(num, (), {})} % {pr.index(den, (), {})} != 0",
-                               f"{sp.sstr(num)} must be divisible by {sp.sstr(den)}"))
+        derived.append((py_name(name), code, None))
     all_dims = [py_name(k) for k in sym.dims]
     dim_locals = ", ".join(all_dims) + (" = " if all_dims else "") + ", ".join(f"self.{d}" for d in all_dims)
 
@@ -142,6 +166,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape))
             continue
         code = pr.print(let.expr, let.index, let_sizes)
+        if not let.time_varying:
+            # a static let may print as a number or a lower-rank view: give it its declared shape
+            full = ", ".join(let_sizes[i] for i in let.index)
+            code = f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), ({full}{',' if len(let.index) == 1 else ''}))"
         lets.append(LetPlan(let.tensor.name, code, _src(sym, let.tensor.name), shape=shape))
 
     st_shape = [pr.size(a.extent) for a in sym.state.axes]
@@ -158,10 +186,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
-            f"a = {pr.print_tensor(st.a.decay, rows, row_sizes)}",
-            f"bu = {pr.print_tensor(st.bu, rows, row_sizes)}",
-            f"shape = (_B, _T, {full_state})",
-            "states = diagonal_scan(a.expand(shape), bu.expand(shape), h0)",
+            f"_a = {pr.print_tensor(st.a.decay, rows, row_sizes)}",
+            f"_bu = {pr.print_tensor(st.bu, rows, row_sizes)}",
+            f"_shape = (_B, _T, {full_state})",
+            "_states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)",
         ]
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
         core += readout
@@ -203,7 +231,6 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         analysis_table=report.table(),
         free_dims=free,
         derived_dims=derived,
-        dim_checks=checks,
         dim_locals=dim_locals,
         params=params,
         param_locals=param_locals,
@@ -222,7 +249,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         pre_readout=sym.readout == "pre",
         triton=triton,
         triton_note=triton_note,
-        running=[py_name(let.tensor.name) for let in sym.running_lets],
+        running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names
         driven=py_name(sym.driven.name),
         driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
         posts=posts,
@@ -255,18 +282,18 @@ def _init_code(pr: TorchPrinter, p, attr: str, sizes) -> str:
 
 def _readout_lines(sym, st, pr: TorchPrinter, out_syms, out_sizes, tensors) -> list[str]:
     state_name = sym.state.name
-    pr.tensors[state_name] = TensorRef("read", len(sym.state.axes), True)
+    pr.tensors[state_name] = TensorRef("_read", len(sym.state.axes), True)
     lines = []
     if sym.readout == "pre":
         lines.append("# pre-update readout: y_t = C_t h_(t-1) + D_t u_t")
-        lines.append("read = torch.cat([h0.unsqueeze(1), states[:, :-1]], 1)")
+        lines.append("_read = torch.cat([h0.unsqueeze(1), _states[:, :-1]], 1)")
     else:
-        lines.append("read = states")
+        lines.append("_read = _states")
     ch = pr.print(st.readout.ch, out_syms, out_sizes)
-    lines.append(f"y = {ch}")
+    lines.append(f"_y = {ch}")
     if st.readout.du != 0:
-        lines.append(f"y = y + {pr.print(st.readout.du, out_syms, out_sizes)}")
-    lines.append("final = states[:, -1]")
+        lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    lines.append("_final = _states[:, -1]")
     del pr.tensors[state_name]
     return lines
 
@@ -295,40 +322,40 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     gv, gv_s = over(G + V)
     lines = [
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
-        f"q = {pr.print_tensor(o.query, gk, gk_s)}",
-        f"k = {pr.print_tensor(o.key, gk, gk_s)}",
-        f"v = {pr.print_tensor(o.value, gv, gv_s)}",
-        f"q = q.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
-        f"k = k.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
-        f"v = v.expand(_B, _T, {', '.join(sz[k] for k in G + V)}).reshape(_B, _T, {prod(G)}, {prod(V)})",
+        f"_q = {pr.print_tensor(o.query, gk, gk_s)}",
+        f"_k = {pr.print_tensor(o.key, gk, gk_s)}",
+        f"_v = {pr.print_tensor(o.value, gv, gv_s)}",
+        f"_q = _q.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
+        f"_k = _k.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
+        f"_v = _v.expand(_B, _T, {', '.join(sz[k] for k in G + V)}).reshape(_B, _T, {prod(G)}, {prod(V)})",
     ]
     logd = _log_decay(st.a.decay)
     if logd is None:
-        lines.append("log_decay = None  # A = I")
+        lines.append("_log_decay = None  # A = I")
     elif set(st.a.decay_axes) & set(K):
         s, s_s = over(G + K)
-        lines.append(f"log_decay = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
+        lines.append(f"_log_decay = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
                      f".reshape(_B, _T, {prod(G)}, {prod(K)})")
     else:
         s, s_s = over(G)
         code = pr.print(logd, s, s_s) if G else pr.print(logd, (), {})
-        lines.append(f"log_decay = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
+        lines.append(f"_log_decay = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
                      f"{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})")
     order = G + K + V
     perm = [0] + [1 + k for k in order]
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]
     lines += [
-        f"s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
-        "y, sT = chunked_outer_scan(q, k, v, log_decay, s0, output_final_state=True)",
-        f"final = sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
+        f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
+        "_y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)",
+        f"_final = _sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
     ]
     # y: [B, T, G, V] in (G, V) order; the output axes map to state axes through out_map
     gv_order = G + V
     out_perm = [0, 1] + [2 + gv_order.index(o.out_map[k]) for k in range(len(out_syms))]
-    lines.append(f"y = y.reshape(_B, _T, {', '.join(sz[k] for k in gv_order)})"
+    lines.append(f"_y = _y.reshape(_B, _T, {', '.join(sz[k] for k in gv_order)})"
                  + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
     if st.readout.du != 0:
-        lines.append(f"y = y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+        lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
     return lines
 
 
@@ -348,24 +375,24 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors) -> list[st
     tv = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
     saved = {n: pr.tensors[n] for n in tv}
     for n in tv:
-        pr.tensors[n] = TensorRef(f"{saved[n].code}[:, t0:t1]", saved[n].rank, True)
+        pr.tensors[n] = TensorRef(f"{saved[n].code}[:, _t0:_t1]", saved[n].rank, True)
     block = pr.print_tensor(a.block, axes, sizes)
     bu = pr.print_tensor(st.bu, rows, row_sizes)
     pr.tensors.update(saved)
     return [
         "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",
-        f"h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
-        "chunks = []",
-        "for t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time",
-        "    t1 = min(t0 + 64, _T)",
-        f"    blocks = ({block}).expand(_B, t1 - t0, {', '.join(sz)}, {', '.join(sz[k] for k in Mx)})",
-        f"    blocks = blocks.permute(0, 1, {', '.join(str(2 + k) for k in order)}, "
-        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))}).reshape(_B, t1 - t0, {prod_d}, {prod_m}, {prod_m})",
-        f"    bu = ({bu}).expand(_B, t1 - t0, {', '.join(sz)})",
-        f"    bu = bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))}).reshape(_B, t1 - t0, {prod_d}, {prod_m})",
-        "    for t in range(t1 - t0):",
-        "        h = torch.einsum(\"bgij,bgj->bgi\", blocks[:, t], h) + bu[:, t]",
-        "        chunks.append(h)",
-        f"states = torch.stack(chunks, 1).reshape(_B, _T, {', '.join(sz[k] for k in order)})"
+        f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
+        "_chunks = []",
+        "for _t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time",
+        "    _t1 = min(_t0 + 64, _T)",
+        f"    _blocks = ({block}).expand(_B, _t1 - _t0, {', '.join(sz)}, {', '.join(sz[k] for k in Mx)})",
+        f"    _blocks = _blocks.permute(0, 1, {', '.join(str(2 + k) for k in order)}, "
+        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m}, {prod_m})",
+        f"    _bu = ({bu}).expand(_B, _t1 - _t0, {', '.join(sz)})",
+        f"    _bu = _bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m})",
+        "    for _t in range(_t1 - _t0):",
+        "        _h = torch.einsum(\"bgij,bgj->bgi\", _blocks[:, _t], _h) + _bu[:, _t]",
+        "        _chunks.append(_h)",
+        f"_states = torch.stack(_chunks, 1).reshape(_B, _T, {', '.join(sz[k] for k in order)})"
         f".permute({', '.join(map(str, [0, 1] + [2 + order.index(k) for k in range(len(sz))]))})",
     ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 
 
 class PrinterError(Exception):
@@ -39,6 +39,7 @@ _UNARY = {
     Relu: "torch.relu",
     Silu: "F.silu",
     Elu: "F.elu",
+    Gelu: "F.gelu",
 }
 
 _LETTERS = "ijklmnopqrsuvwxyabcdefgh"  # einsum letters for axes; "t" and the batch letter are reserved

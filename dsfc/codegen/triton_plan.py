@@ -132,9 +132,17 @@ def _cse(exprs, prefix: str, time_varying: set) -> tuple[list[tuple[sp.Symbol, s
 
 
 def _split_readout(sym: SymSpec, st: Structure):
-    """y[o] = sum_red coef * h[subs] with subs a permutation-free mix of output and summed symbols? Returns
-    (coef over the state row symbols, reduced state axes, out_map: output axis -> state axis) or None."""
-    ch, out_syms, rows = st.readout.ch, st.readout.out_syms, st.a.rows
+    """y[o] = sum_red coef * h[subs], each subscript of h a distinct output or summed symbol? Returns (coef over the
+    state row symbols, reduced state axes, out_map: output axis -> state axis) or None. A sum of such terms splits
+    when every term reduces the same state axes (SymPy expands ``(j + 1) h[o, j]`` into two sums)."""
+    parts = [_split_term(sym, st, term) for term in sp.Add.make_args(st.readout.ch)]
+    if not parts or any(p is None for p in parts) or len({p[1:] for p in parts}) != 1:
+        return None
+    return sp.Add(*[p[0] for p in parts]), parts[0][1], parts[0][2]
+
+
+def _split_term(sym: SymSpec, st: Structure, ch):
+    out_syms, rows = st.readout.out_syms, st.a.rows
     state = sym.state
     outside, summed = [], {}
     e = ch
@@ -220,7 +228,10 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     state_ext = [a.extent for a in axes]
     state_off = ip.index(flat(list(rows), state_ext))
+    # offsets span the whole tile (a tile axis with no state axis on it has BLOCK = 1, but say so to the compiler)
+    state_off += "".join(f" + 0 * {v}" for v, ks in (("rr", row_axes), ("cc", col_axes)) if not ks)
     out_off = ip.index(flat([rows[k] for k in out_map], [a.extent for a in sym.output.axes])) if split else "0"
+    out_off += " + 0 * rr" if not row_axes or not out_map else ""
 
     # ---- hoist sums to torch
     hoisted: list[tuple[str, str]] = []
@@ -254,24 +265,29 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     coef_e = hoist(coef) if split else None
 
     # ---- tensors and leaves
-    kinds = {}  # name -> (code, batched, rank)
+    kinds = {}  # name -> (its value in the wrapper, batched)
     for p in sym.params:
         kinds[p.tensor.name] = (pr.tensors[p.tensor.name].code, False)
     for let in sym.lets:
         kinds[let.tensor.name] = (pr.tensors[let.tensor.name].code, let.time_varying)
     kinds[sym.input.name] = (pr.tensors[sym.input.name].code, True)
-    for name, (base, batched, rank) in hoisted_tensors.items():
+    for name, (_, batched, _) in hoisted_tensors.items():
         kinds[name] = (name, batched)
     order = [p.tensor.name for p in sym.params] + [x.tensor.name for x in sym.lets] + [sym.input.name] + list(
         hoisted_tensors)
 
-    def leaves_in(e) -> set:
-        out = set()
-        for n in sp.preorder_traversal(e):
-            if isinstance(n, sp.Indexed) and str(n.base.label) in kinds:
-                out.add(n)
-            elif isinstance(n, sp.Symbol) and str(n) in kinds and n not in rows:
-                out.add(n)
+    def leaves_in(e, out=None) -> set:
+        out = set() if out is None else out
+        if isinstance(e, sp.Indexed):
+            if str(e.base.label) not in kinds:
+                raise PrinterError(f"unknown tensor {e.base.label}")
+            out.add(e)
+        elif isinstance(e, sp.Symbol):
+            if str(e) in kinds and e not in rows:
+                out.add(e)
+        else:
+            for arg in e.args:
+                leaves_in(arg, out)
         return out
 
     scan_leaves = leaves_in(a_e) | leaves_in(bu_e)
@@ -302,9 +318,9 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
             if ta.batched:
                 terms += [f"b * {ta.strides[0]}", f"t * {ta.strides[1]}"]
             for i, s in enumerate(subs):
-                code = ip.index(s)
+                code = ip.index_factor(s)
                 if code != "0":
-                    terms.append(f"{code} * {ta.strides[lead + i]}" if not code.startswith("(") or True else code)
+                    terms.append(f"{code} * {ta.strides[lead + i]}")
             free = set().union(*[sp.sympify(s).free_symbols for s in subs]) if subs else set()
             shape = {(True, True): "2d", (True, False): "rows", (False, True): "cols", (False, False): "scalar"}[
                 (bool(free & row_syms), bool(free & col_syms))]
@@ -337,6 +353,8 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     values.update({G: "g", GA: "ga", GC: "gc"})
     tv = {leaf_sym[x] for x in leaf_sym if tensors[tname(x)].batched} | {G, GA, GC}
 
+    helpers: set[str] = set()
+
     def block(exprs, prefix) -> Block:
         reps, reduced, inv = _cse(exprs, prefix, tv)
         vals = dict(values)
@@ -344,7 +362,9 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         tp = TritonPrinter(vals, indices, dims)
         inv_lines = [(s.name, tp.doprint(e)) for (s, e), i in zip(reps, inv) if i]
         loop_lines = [(s.name, tp.doprint(e)) for (s, e), i in zip(reps, inv) if not i]
-        return Block(inv_lines, loop_lines, [tp.doprint(e) for e in reduced])
+        results = [tp.doprint(e) for e in reduced]
+        helpers.update(tp.helpers)
+        return Block(inv_lines, loop_lines, results)
 
     fwd_scan = block([a_s, bu_s], "ea")
     fwd_read = block([coef_s], "ec") if split else None
@@ -399,4 +419,5 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         out_shape=[pr.size(a.extent) for a in sym.output.axes],
         du=du,
         torch_readout=torch_readout,
+        helpers=tuple(sorted(helpers)),
     )

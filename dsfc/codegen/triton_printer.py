@@ -60,6 +60,7 @@ class TritonPrinter(Printer):
         self.indices = indices
         self.dims = dims
         self.dtype = dtype
+        self.helpers: set[str] = set()  # the template helpers the printed code calls
 
     # -- strictness ----------------------------------------------------------------------------------------------
     def emptyPrinter(self, expr):
@@ -72,7 +73,14 @@ class TritonPrinter(Printer):
     # -- integers: subscripts, extents, flat offsets ---------------------------------------------------------------
     def index(self, e) -> str:
         """An integer expression over state index symbols and dims (a subscript, an extent, a flat offset)."""
-        e = sp.sympify(e)
+        code = self._index(sp.sympify(e))
+        return code[1:-1] if isinstance(e, sp.Add) else code
+
+    def index_factor(self, e) -> str:
+        """Like ``index``, safe as the left operand of ``*`` (sums keep their parentheses)."""
+        return self._index(sp.sympify(e))
+
+    def _index(self, e) -> str:
         if e.is_Integer:
             return str(int(e))
         if isinstance(e, sp.Symbol):
@@ -87,7 +95,7 @@ class TritonPrinter(Printer):
                 if k and a.could_extract_minus_sign():
                     parts.append(f"- {self._index_factor(-a)}")
                 else:
-                    parts.append(("+ " if k else "") + self._index_factor(a))
+                    parts.append(("+ " if k else "") + self._index(a))
             return "(" + " ".join(parts) + ")"
         if isinstance(e, sp.Mul):
             num, den = sp.fraction(e)
@@ -108,7 +116,7 @@ class TritonPrinter(Printer):
         raise PrinterError(f"unsupported subscript {e}")
 
     def _index_factor(self, e) -> str:
-        code = self.index(e)
+        code = self._index(e)
         return f"({code})" if isinstance(e, sp.Mul) and not code.startswith("(") else code
 
     # -- values ----------------------------------------------------------------------------------------------------
@@ -183,6 +191,7 @@ class TritonPrinter(Printer):
             if prod is None:  # a large integer power: square-and-multiply is not worth it here
                 prod = f"tl.exp({abs(n)} * tl.log(tl.abs({self._print(base)})))"
                 if n % 2:
+                    self.helpers.add("_sign")
                     prod = f"_sign({self._print(base)}) * {prod}"
             if n > 0:
                 return f"({prod})" if abs(n) > 1 else prod
@@ -199,6 +208,8 @@ class TritonPrinter(Printer):
         fn = _CALLS.get(name)
         if fn is None:
             raise PrinterError(f"the Triton printer does not know the function {name}: {e}")
+        if fn in HELPERS:
+            self.helpers.add(fn)
         return f"{fn}({self._print(e.args[0])})"
 
     def _print_KroneckerDelta(self, e):

@@ -92,6 +92,13 @@ class Elu(_Elementwise):
         return self.args[0].is_positive
 
 
+class Gelu(_Elementwise):
+    """x * Phi(x) (exact, erf form)."""
+
+    def _eval_is_positive(self):
+        return self.args[0].is_positive
+
+
 # language name -> SymPy callable
 FUNCTION_TABLE = {
     "exp": sp.exp,
@@ -107,6 +114,7 @@ FUNCTION_TABLE = {
     "relu": Relu,
     "silu": Silu,
     "elu": Elu,
+    "gelu": Gelu,
     "pow": sp.Pow,
     "max": sp.Max,
     "min": sp.Min,

@@ -28,6 +28,7 @@ FUNCTIONS: dict[str, int] = {
     "relu": 1,
     "silu": 1,
     "elu": 1,
+    "gelu": 1,
     "pow": 2,
     "max": 2,
     "min": 2,

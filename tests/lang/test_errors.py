@@ -449,7 +449,7 @@ def test_render_format():
         "x.dsf:6:11: error: unknown function 'foo'\n"
         "    C[i, k] = foo(u[i])\n"
         "              ^~~~~~~~~\n"
-        "  hint: known functions: abs, cos, delta, elu, exp, log, logsigmoid, max, min, pow, relu, sigmoid, silu, "
+        "  hint: known functions: abs, cos, delta, elu, exp, gelu, log, logsigmoid, max, min, pow, relu, sigmoid, silu, "
         "sin, softplus, sqrt, tanh, sum"
     )
 
