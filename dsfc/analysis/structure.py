@@ -96,10 +96,14 @@ def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
                                             {frozenset(f.args) for f in factors(t) if isinstance(f, sp.KroneckerDelta)}
                                             for k in mixed)]
     rest = [t for t in terms(block) if t not in ident]
-    if not ident or len(rest) != 1:
+    if not ident or not rest:
         return False
-    row_part = [f for f in factors(rest[0]) if not (f.free_symbols & {cols[k] for k in mixed})]
-    col_part = [f for f in factors(rest[0]) if f.free_symbols & {cols[k] for k in mixed}]
+    # a gate written as a sum, (1 - g) (I - beta k k^T), expands into several rank-1 terms sharing their factors
+    low = sp.factor_terms(sp.Add(*rest))
+    if isinstance(low, sp.Add):
+        return False
+    row_part = [f for f in factors(low) if not (f.free_symbols & {cols[k] for k in mixed})]
+    col_part = [f for f in factors(low) if f.free_symbols & {cols[k] for k in mixed}]
     return bool(col_part) and all(not (f.free_symbols & {rows[k] for k in mixed}) for f in col_part) and bool(row_part)
 
 

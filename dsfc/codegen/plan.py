@@ -114,7 +114,24 @@ def _src(sym: SymSpec, name: str) -> str:
     return ""
 
 
+def _check_python_names(sym: SymSpec) -> None:
+    """Two spec names must not become one Python name. ``py_name`` keeps them apart except for contrived pairs
+    (``_x'`` and ``_x_p``, ``x_'`` and ``p_x_``); report those at the second name instead of generating wrong code."""
+    from ..lang.errors import SpecError, SpecErrors
+
+    named = [(d.name, d.span) for d in sym.checked.dims]
+    named += [(t.name, t.span) for t in sym.tensors.values() if t.kind not in ("state", "output")]
+    seen: dict[str, str] = {}
+    for name, span in named:
+        first = seen.setdefault(py_name(name), name)
+        if first != name:
+            raise SpecErrors([SpecError(f"{name!r} and {first!r} would both be {py_name(name)!r} in the generated "
+                                        "Python module", span, hint=f"rename {name!r}")],
+                             sym.checked.spec.path, sym.checked.spec.source)
+
+
 def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str) -> ModulePlan:
+    _check_python_names(sym)
     dims_code = {v: py_name(k) for k, v in sym.dims.items()}
     tensors: dict[str, TensorRef] = {}
     for p in sym.params:

@@ -12,7 +12,8 @@ The recurrence, per state entry s:   h_t[s] = a_t[s] h_(t-1)[s] + bu_t[s],    y_
    holds whole reductions and the kernel writes ``y``. Otherwise the kernel writes states and torch reads out.
    ``D u`` is always added in torch (elementwise, no recurrence).
 3. Every tensor entry (a *leaf*, e.g. ``dt[c]``) becomes a register tile loaded once per step (time-varying) or
-   once per program (static); dim-only subexpressions become host constants (``consts``).
+   once per program (static); dim-only subexpressions and numbers fp32 does not hold exactly (0.9) become host
+   constants (``consts``), loaded in the compute dtype.
 4. Backward: ``sympy.diff`` of ``a``, ``bu`` and ``coef`` with respect to every leaf gives each leaf's gradient
    contribution, ``ga * da/dx + g * dbu/dx`` (+ ``gc * dcoef/dx``), with ``g = dL/dh_t``, ``ga = g h_(t-1)``,
    ``gc = dL/dy_t h``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 
 from ..analysis.structure import Structure
@@ -327,17 +329,24 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
             leaves.append(Leaf(var, ta, " + ".join(terms) or "0", shape, group))
             leaf_sym[x] = sp.Symbol(var, real=True)
 
-    # ---- consts: dim-only value subexpressions, computed on the host
+    # ---- consts: dim-only value subexpressions and numbers that fp32 does not hold exactly, passed from the host
+    # in the compute dtype (a literal such as 0.9 in a kernel is an fp32 constant, even in a float64 kernel)
     consts: list[tuple[str, str]] = []
     const_sym: dict[sp.Expr, sp.Symbol] = {}
     dimset = set(sym.dims.values())
 
+    def const(e, code: str) -> sp.Symbol:
+        if e not in const_sym:
+            const_sym[e] = sp.Symbol(f"kc{len(consts)}", real=True)
+            consts.append((f"kc{len(consts)}", code))
+        return const_sym[e]
+
     def lift(e):
+        if e.is_Number and not e.is_Integer and e.is_finite:
+            v = float(e)
+            return e if float(np.float32(v)) == v else const(e, repr(v))
         if e.free_symbols and e.free_symbols <= dimset and not e.is_Integer:
-            if e not in const_sym:
-                const_sym[e] = sp.Symbol(f"kc{len(consts)}", real=True)
-                consts.append((f"kc{len(consts)}", f"float({pr.print(e, (), {})})"))
-            return const_sym[e]
+            return const(e, f"float({pr.print(e, (), {})})")
         if not e.args or isinstance(e, (sp.KroneckerDelta, sp.floor, sp.Mod)):
             return e
         return e.func(*[lift(a) for a in e.args])
@@ -356,8 +365,9 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     helpers: set[str] = set()
 
     def block(exprs, prefix) -> Block:
-        reps, reduced, inv = _cse(exprs, prefix, tv)
+        reps, reduced, inv = _cse([lift(e) for e in exprs], prefix, tv)
         vals = dict(values)
+        vals.update({s: s.name for s in const_sym.values()})
         vals.update({s: s.name for s, _ in reps})
         tp = TritonPrinter(vals, indices, dims)
         inv_lines = [(s.name, tp.doprint(e)) for (s, e), i in zip(reps, inv) if i]

@@ -30,10 +30,9 @@ Numerics shared by both:
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -56,8 +55,9 @@ COMPILE: str = os.environ.get("DSFC_SCAN_COMPILE", "auto").strip().lower()
 COMPILE_MIN_NUMEL: int = 2**20
 
 # Chunk length of the compiled loops.  Fixed (not the caller's ``chunk``) so that one compiled graph serves every
-# call: 32 unrolled steps fuse into one C++ loop nest; at 64 Inductor's code got slower in our measurements.
-_COMPILED_CHUNK = 32
+# call.  16 unrolled steps fuse into one C++ loop nest; with 32 Inductor's code for the states loop ran 2x slower
+# and took longer to compile (measured on the 2-core CPU).
+_COMPILED_CHUNK = 16
 
 
 # =====================================================================================================================
@@ -102,94 +102,43 @@ def _pad_time(x: Tensor, dim: int, pad: int, value: float) -> Tensor:
 # Layout inside: time is dim 1 of [B, T, *S].  ``a`` may broadcast against ``b`` over the state dims (a size-1 dim
 # in ``a``), which the chunk-level recursion of chunked_outer_scan uses.  In chunked form the tensors are
 # [B, nc, L, *S] and the loops below run over dim 2 (the L steps of a chunk) for all nc chunks at once.
+#
+# The loops take their per-step slices with one ``unbind`` instead of L ``x[:, :, step]`` selects: the backward of
+# unbind is a single stack, whereas every select's backward would allocate and fill a zero tensor of full size.
 
 
-def _chunk_summary(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-chunk summary of the recurrence on [B, nc, L, *S] tensors, starting each chunk from h = 0.
+def _summary_steps(a_steps: Sequence[Tensor], b_steps: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Summary of one chunk given its L per-step slices: ``(prod_l a_l, h_L from h = 0)``.
 
-    Returns ``(prod_l a_l, h_L)``: the product of the chunk's transitions and its final state from a zero start, both
-    [B, nc, *S].  Composing chunks is then the same recurrence one level up: carry' = prod * carry + h_L.
-    The product only multiplies a's (never divides), so it shrinks monotonically when |a| <= 1.
+    Composing chunks is then the same recurrence one level up: carry' = prod * carry + h_L.  The product only
+    multiplies a's (never divides), so it shrinks monotonically when |a| <= 1.
     """
-    p = a[:, :, 0]
-    h = b[:, :, 0]
-    for step in range(1, a.shape[2]):
-        h = torch.addcmul(b[:, :, step], a[:, :, step], h)  # h = a_t * h + b_t in one op
-        p = p * a[:, :, step]
+    p, h = a_steps[0], b_steps[0]
+    for a_t, b_t in zip(a_steps[1:], b_steps[1:]):
+        h = torch.addcmul(b_t, a_t, h)  # h = a_t * h + b_t in one op
+        p = p * a_t
     return p, h
 
 
-def _chunk_states(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
-    """All states of each chunk on [B, nc, L, *S] tensors, chunk c starting from carry ``h[:, c]``.
+def _states_steps(a_steps: Sequence[Tensor], b_steps: Sequence[Tensor], h: Tensor, dim: int) -> Tensor:
+    """All states of a chunk from carry ``h``, given its per-step slices; stacked along ``dim``.
 
-    Returns [B, nc, L, *S].  One vectorised op per step; the list is stacked once at the end (no in-place writes,
-    so autograd sees a plain graph).
+    One vectorised op per step; the list is stacked once at the end (no in-place writes, so autograd sees a plain
+    graph).
     """
     out = []
-    for step in range(a.shape[2]):
-        h = torch.addcmul(b[:, :, step], a[:, :, step], h)
+    for a_t, b_t in zip(a_steps, b_steps):
+        h = torch.addcmul(b_t, a_t, h)
         out.append(h)
-    return torch.stack(out, dim=2)
+    return torch.stack(out, dim=dim)
 
 
 def _time_loop(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
     """Plain sequential scan over dim 1 of [B, T, *S] (used only for T <= chunk)."""
-    out = []
-    for step in range(b.shape[1]):
-        h = torch.addcmul(b[:, step], a[:, step], h)
-        out.append(h)
-    return torch.stack(out, dim=1)
+    return _states_steps(a.unbind(1), b.unbind(1), h, dim=1)
 
 
-# -- compiled chunk loops ------------------------------------------------------------------------------------------
-
-_compiled: dict = {}
-_compile_broken = False
-
-
-def _get_compiled() -> Optional[Tuple[Callable, Callable]]:
-    """Compiled versions of (_chunk_summary, _chunk_states), created once per process (None if unavailable).
-
-    ``dynamic=True`` makes the graphs shape-generic (batch, number of chunks, state size are symbolic); the loop
-    length is the fixed _COMPILED_CHUNK, so normally one graph per (dtype, broadcast pattern, grad mode) is compiled
-    and then reused for every T.
-    """
-    if _compile_broken:
-        return None
-    if not _compiled:
-        try:
-            _compiled["summary"] = torch.compile(_chunk_summary, dynamic=True)
-            _compiled["states"] = torch.compile(_chunk_states, dynamic=True)
-        except Exception as exc:  # torch.compile unavailable (e.g. unsupported Python)
-            _disable_compile(exc)
-            return None
-    return _compiled["summary"], _compiled["states"]
-
-
-def _disable_compile(exc: BaseException) -> None:
-    global _compile_broken
-    _compile_broken = True
-    warnings.warn(
-        f"dsfc.runtime.scans: torch.compile path failed ({type(exc).__name__}: {exc}); "
-        "using the eager scan from now on",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _want_compiled(numel: int) -> bool:
-    mode = COMPILE
-    if mode in ("0", "never", "false", "off", "no") or _compile_broken:
-        return False
-    if torch.compiler.is_compiling():
-        # Already inside someone's torch.compile: let Dynamo trace the eager code instead of nesting.
-        return False
-    if mode in ("1", "always", "true", "on", "yes"):
-        return True
-    return numel >= COMPILE_MIN_NUMEL
-
-
-def _scan_chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, compiled: bool) -> Tensor:
+def _scan(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
     """Two-level chunked scan of h_t = a_t h_{t-1} + b_t over dim 1; a, b: [B, T, *S] (a may broadcast); h0 full.
 
     1. Pad T to a multiple of the chunk length L with identity steps (a = 1, b = 0): they leave the state unchanged
@@ -204,44 +153,132 @@ def _scan_chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, compiled: bool) 
     neither the cumulative-product tensor nor an extra pass over [B, T, *S], which measured faster on CPU.
     """
     B, T = b.shape[0], b.shape[1]
-    L = _COMPILED_CHUNK if compiled else chunk
-    if T <= L and not compiled:
+    L = max(chunk, 2)  # chunks of 1 would recurse T levels deep
+    if T <= L:
         return _time_loop(a, b, h0)
     nc = -(-T // L)
     pad = nc * L - T
     a = _pad_time(a, 1, pad, 1.0)
     b = _pad_time(b, 1, pad, 0.0)
-    ac = a.reshape(a.shape[0], nc, L, *a.shape[2:])
-    bc = b.reshape(B, nc, L, *b.shape[2:])
-
-    if compiled:
-        summary_fn, states_fn = _get_compiled()
-    else:
-        summary_fn, states_fn = _chunk_summary, _chunk_states
-
-    if nc == 1:
-        carry = h0.unsqueeze(1)
-    else:
-        # Summaries of chunks 0..nc-2 (the last chunk's summary is never needed).
-        p, hl = summary_fn(ac[:, :-1], bc[:, :-1])
-        # States at the ends of chunks 0..nc-2 = carries into chunks 1..nc-1.
-        ends = _scan(p, hl, h0, chunk)
-        carry = torch.cat([h0.unsqueeze(1), ends], dim=1)
-    h = states_fn(ac, bc, carry)  # [B, nc, L, *S]
+    # [B, nc, L, *S] -> L slices [B, nc, *S], shared by both passes (one stack per input in the backward).
+    a_steps = a.reshape(a.shape[0], nc, L, *a.shape[2:]).unbind(2)
+    b_steps = b.reshape(B, nc, L, *b.shape[2:]).unbind(2)
+    # Summaries of every chunk; the last one is not needed, but slicing the small results is cheaper (also for
+    # the backward) than slicing the inputs.
+    p, hl = _summary_steps(a_steps, b_steps)
+    # States at the ends of chunks 0..nc-2 = carries into chunks 1..nc-1.
+    ends = _scan(p[:, :-1], hl[:, :-1], h0, chunk)
+    carry = torch.cat([h0.unsqueeze(1), ends], dim=1)
+    h = _states_steps(a_steps, b_steps, carry, dim=2)  # [B, nc, L, *S]
     h = h.reshape(B, nc * L, *h.shape[3:])
     return h[:, :T] if pad else h
 
 
-def _scan(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
-    """Dispatch between the compiled and eager chunked scans (inputs already in the compute dtype)."""
-    T = b.shape[1]
-    numel = b.numel()
-    if T > 1 and _want_compiled(numel) and _get_compiled() is not None:
+# -- compiled path (inference only) -------------------------------------------------------------------------------
+#
+# torch.compile of the two chunk loops with a fixed loop length fuses the L unrolled steps into one C++
+# loop nest (no per-step tensors).  Only used when autograd is not recording: compiling the joint forward/backward
+# graph of the unrolled steps took over a minute on the 2-core CPU, which no training run amortises predictably.
+# Inputs are flattened to contiguous [M, L, D] so that a single pair of graphs (per dtype/device) serves every
+# batch size, state shape and T.
+
+_compiled: dict = {}
+_compile_broken = False
+
+
+def _get_compiled() -> Optional[Tuple[Callable, Callable]]:
+    """Compiled (_flat_summary, _flat_states) on [M, L, D] tensors, created once per process (None if broken)."""
+    if _compile_broken:
+        return None
+    if not _compiled:
         try:
-            return _scan_chunked(a, b, h0, chunk, compiled=True)
-        except Exception as exc:  # compile/codegen failure: fall back for good
+            _compiled["summary"] = torch.compile(_flat_summary, dynamic=True)
+            _compiled["states"] = torch.compile(_flat_states, dynamic=True)
+        except Exception as exc:  # torch.compile unavailable (e.g. unsupported Python version)
             _disable_compile(exc)
-    return _scan_chunked(a, b, h0, chunk, compiled=False)
+            return None
+    return _compiled["summary"], _compiled["states"]
+
+
+def _flat_summary(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Chunk summaries on [M, L, D] (chunks flattened into M): returns ([M, D], [M, D])."""
+    return _summary_steps(a.unbind(1), b.unbind(1))
+
+
+def _flat_states(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
+    """Chunk states on [M, L, D] with carries [M, D]: returns [M, L, D]."""
+    return _states_steps(a.unbind(1), b.unbind(1), h, dim=1)
+
+
+def _disable_compile(exc: BaseException) -> None:
+    global _compile_broken
+    _compile_broken = True
+    warnings.warn(
+        f"dsfc.runtime.scans: torch.compile path failed ({type(exc).__name__}: {exc}); "
+        "using the eager scan from now on",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _is_broadcast(x: Tensor) -> bool:
+    """True for expanded views (a stride-0 dim of size > 1), e.g. a per-head decay ``.expand``-ed over states."""
+    return any(st == 0 and n > 1 for st, n in zip(x.stride(), x.shape))
+
+
+def _want_compiled(a: Tensor, b: Tensor, h0: Tensor) -> bool:
+    """Whether diagonal_scan should take the compiled path for these (compute-dtype) inputs."""
+    mode = COMPILE
+    if mode in ("0", "never", "false", "off", "no") or _compile_broken:
+        return False
+    if torch.compiler.is_compiling():
+        return False  # already inside someone's torch.compile: let Dynamo trace the eager code instead
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
+        return False  # training: eager autograd (see the note above)
+    if a.shape != b.shape or b.shape[1] < 2 or _is_broadcast(a) or _is_broadcast(b):
+        return False  # broadcast inputs would need a materialised copy; T = 1 has nothing to fuse
+    if mode in ("1", "always", "true", "on", "yes"):
+        return True
+    return b.numel() >= COMPILE_MIN_NUMEL
+
+
+def _scan_compiled(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
+    """Same algorithm as _scan with the chunk loops compiled; a, b [B, T, *S] (same shape), no autograd."""
+    summary_fn, states_fn = _get_compiled()
+    shape = b.shape
+    B, T = shape[0], shape[1]
+    a = a.reshape(B, T, -1)
+    b = b.reshape(B, T, -1)
+    D = b.shape[2]
+    L = _COMPILED_CHUNK
+    nc = -(-T // L)
+    pad = nc * L - T
+    # Always pad to whole chunks (also for T < L), so the compiled loop length never changes.
+    ac = _pad_time(a, 1, pad, 1.0).contiguous().view(B * nc, L, D)
+    bc = _pad_time(b, 1, pad, 0.0).contiguous().view(B * nc, L, D)
+    h0 = h0.reshape(B, D)
+    if nc == 1:
+        carry = h0
+    else:
+        # Summaries of all chunks (the last one is unused; computing it keeps the input a contiguous view).
+        p, hl = summary_fn(ac, bc)
+        p, hl = p.view(B, nc, D)[:, :-1], hl.view(B, nc, D)[:, :-1]
+        ends = _dispatch(p, hl, h0, chunk)  # nc - 1 steps: eager, or compiled if still large
+        carry = torch.cat([h0.unsqueeze(1), ends], dim=1).view(B * nc, D)
+    h = states_fn(ac, bc, carry).view(B, nc * L, D)
+    if pad:
+        h = h[:, :T]
+    return h.reshape(shape)
+
+
+def _dispatch(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
+    """Compiled scan when allowed and working, else the eager one (inputs already in the compute dtype)."""
+    if _want_compiled(a, b, h0) and _get_compiled() is not None:
+        try:
+            return _scan_compiled(a, b, h0, chunk)
+        except Exception as exc:  # compile or codegen failure: fall back for the rest of the process
+            _disable_compile(exc)
+    return _scan(a, b, h0, chunk)
 
 
 def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: int = 64) -> Tensor:
@@ -259,8 +296,8 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
         [B, T, *S]: h_0 .. h_{T-1}, in the promoted input dtype.  fp16/bf16 inputs are accumulated in fp32.
 
     Differentiable with ordinary autograd (no in-place ops).  Cost: about ``3 * chunk + 3 * T / chunk`` vectorised
-    elementwise ops; no Python loop over individual time steps for ``T > chunk``.  Large problems may use a
-    ``torch.compile``'d loop, see :data:`COMPILE`.
+    elementwise ops; no Python loop over individual time steps for ``T > chunk``.  Large problems outside autograd
+    may use a ``torch.compile``'d loop, see :data:`COMPILE`.
     """
     if a.dim() < 2 or b.dim() < 2:
         raise ValueError("diagonal_scan expects a, b of shape [B, T, *S]")
@@ -284,7 +321,7 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
         return torch.empty(shape, dtype=out_dtype, device=b.device)
     a = a.to(cdt)
     b = b.to(cdt).expand(shape)
-    h = _scan(a, b, h0, int(chunk))
+    h = _dispatch(a, b, h0, max(1, int(chunk)))
     return h.to(out_dtype)
 
 
@@ -302,7 +339,7 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
 # g <= 0 every exponent is therefore <= 0 and every factor lies in [0, 1].
 
 
-def _segsum(x: Tensor, dim: int = -1, fill: Optional[float] = float("-inf")) -> Tensor:
+def _segsum(x: Tensor, dim: int = -1) -> Tensor:
     """Segment sums ``out[..., i, j, ...] = sum_{l=j+1}^{i} x[..., l, ...]`` for i >= j, ``-inf`` for j > i.
 
     mamba2 ssd_minimal's ``segsum``: the entries x_l with j < l are masked to 0 and then summed with one cumsum over
@@ -318,10 +355,8 @@ def _segsum(x: Tensor, dim: int = -1, fill: Optional[float] = float("-inf")) -> 
     shape[dim], shape[dim + 1] = n, n
     strict_lower = (idx[:, None] > idx[None, :]).view(shape)  # l > j
     seg = torch.cumsum(xe.masked_fill(~strict_lower, 0), dim=dim)  # sum over j < l <= i
-    if fill is None:  # caller masks later; entries above the diagonal are 0 here
-        return seg
     lower = (idx[:, None] >= idx[None, :]).view(shape)
-    return seg.masked_fill(~lower, fill)
+    return seg.masked_fill(~lower, float("-inf"))
 
 
 def _rev_cumsum_exclusive(x: Tensor, dim: int) -> Tensor:
@@ -331,63 +366,54 @@ def _rev_cumsum_exclusive(x: Tensor, dim: int) -> Tensor:
     return torch.flip(torch.cumsum(torch.flip(shifted, [dim]), dim=dim), [dim])
 
 
-def _intra_diag_decay(qc: Tensor, kc: Tensor, g: Tensor, sub: int) -> Tensor:
-    """Intra-chunk scores ``A[i, j] = sum_a q[i,a] k[j,a] exp(seg_a(j+1..i))`` (j <= i) for a per-key decay.
+def _intra_diag_decay(qc: Tensor, kc: Tensor, g: Tensor) -> Tensor:
+    """Intra-chunk scores ``A[i, j] = sum_a q[i,a] k[j,a] exp(seg_a(j+1..i))`` (j <= i, else 0), per-key decay.
 
-    qc, kc, g: [..., L, K]; returns [..., L, L].  Splitting the per-key decay out of the dot product as
-    ``(q ⊙ exp(b)) (k ⊙ exp(-b))^T`` with prefix sums b would overflow (exp(-b) grows without bound), so:
+    qc, kc, g: [..., L, K]; returns [..., L, L].
 
-    * diagonal sub-blocks (size ``sub``): explicit [sub, sub, K] tensor of segment sums, exp'd and contracted;
-    * off-diagonal sub-blocks (query block I after key block J): the decay between j and i is split at block
-      boundaries into three segment sums, each <= 0 for g <= 0 --
-      ``seg(j+1..end_J)`` (into k), ``seg(start_I..i)`` (into q), and the total of the blocks strictly between J and
-      I (a [K] weight per block pair) -- and the block is one matmul.  This is fla's sub-chunking of GLA's chunk
-      kernel, with every factor in [0, 1].
+    The textbook factorisation ``(q ⊙ exp(b)) (k ⊙ exp(-b))^T`` with prefix sums b overflows (exp(-b) grows without
+    bound under decay), and an explicit [L, L, K] tensor of segment sums costs L*K elementwise work per token.
+    Instead the chunk is split recursively in halves (divide and conquer, log2(L) levels).  For a query i in the
+    second half B and a key j in the first half A of a block, the decay splits exactly at the boundary between them:
+
+        seg(j+1..i) = seg(j+1..end_A) + seg(start_B..i)
+
+    so that block of scores is one matmul ``(q_B ⊙ exp(seg(start_B..i))) (k_A ⊙ exp(seg(j+1..end_A)))^T``.  Both
+    exponents are sums over their own segment (a cumsum starting at the boundary), hence <= 0 for g <= 0: every factor
+    is in [0, 1] and nothing overflows or cancels.  Pairs inside A or inside B are handled at the next level down;
+    at the bottom (single positions) the decay is exp(0) = 1.  Work: O(K log L) elementwise per token plus matmuls.
     """
     *batch, L, K = qc.shape
-    ns = L // sub
-    qb = qc.reshape(*batch, ns, sub, K)
-    kb = kc.reshape(*batch, ns, sub, K)
-    gb = g.reshape(*batch, ns, sub, K)
-
-    # Diagonal blocks: seg[..., n, i, j, a] = sum_{j<l<=i} g[n, l, a] for j <= i.  The entries above the diagonal
-    # are left at 0 (exp = 1) and the *scores* are masked instead: that is K times fewer elements to touch.
-    seg = _segsum(gb, dim=-2, fill=None)  # [..., ns, sub(i), sub(j), K]
-    diag = torch.matmul(torch.exp(seg) * kb.unsqueeze(-3), qb.unsqueeze(-1)).squeeze(-1)  # [..., ns, i, j]
-    causal = torch.ones(sub, sub, dtype=torch.bool, device=qc.device).tril()
-    diag = diag.masked_fill(~causal, 0)
-    if ns == 1:
-        return diag.reshape(*batch, L, L)
-
-    q_in = torch.cumsum(gb, dim=-2)  # seg(start_I .. i), inclusive, summed from the block start
-    k_out = _rev_cumsum_exclusive(gb, dim=-2)  # seg(j+1 .. end_J)
-    block_tot = q_in[..., -1, :]  # [..., ns, K] total of each block (a direct sum over the block)
-    # between[I, J] = sum of block totals for J < m < I: row I of the block-level segsum shifted down by one.
-    seg_blocks = _segsum(block_tot, dim=-2)  # [..., ns(I), ns(J), K]: sum_{J<m<=I}, -inf for J > I
-    between = torch.cat([torch.full_like(seg_blocks[..., :1, :, :], float("-inf")), seg_blocks[..., :-1, :, :]], -3)
-    w = torch.exp(between)  # [..., I, J, K], zero unless J < I
-    qd = qb * torch.exp(q_in)  # [..., I, i, K]
-    kd = kb * torch.exp(k_out)  # [..., J, j, K]
-    # off[I, J, i, j] = sum_a qd[I, i, a] w[I, J, a] kd[J, j, a]
-    off = torch.matmul(qd.unsqueeze(-3) * w.unsqueeze(-2), kd.unsqueeze(-4).transpose(-1, -2))
-    eye = torch.eye(ns, dtype=off.dtype, device=off.device)
-    blocks = off + diag.unsqueeze(-3) * eye[:, :, None, None]  # [..., I, J, i, j]
-    return blocks.transpose(-3, -2).reshape(*batch, L, L)  # -> [..., (I, i), (J, j)]
+    Lp = 1 << (L - 1).bit_length()  # next power of two; padded positions are identities with q = k = 0
+    if Lp != L:
+        qc, kc, g = (_pad_time(x, -2, Lp - L, 0.0) for x in (qc, kc, g))
+    scores = (qc * kc).sum(-1)[..., None, None]  # blocks of size 1: [..., Lp, 1, 1]
+    h = 1
+    while h < Lp:
+        # Pair up blocks of size h into blocks of size 2h = [A, B]; [..., n, 2, h, K] views.
+        n = Lp // (2 * h)
+        gb = g.reshape(*batch, n, 2, h, K)
+        q_b = qc.reshape(*batch, n, 2, h, K)[..., 1, :, :]
+        k_a = kc.reshape(*batch, n, 2, h, K)[..., 0, :, :]
+        q_in = torch.cumsum(gb[..., 1, :, :], dim=-2)  # seg(start_B .. i), i in B
+        k_out = _rev_cumsum_exclusive(gb[..., 0, :, :], dim=-2)  # seg(j+1 .. end_A), j in A
+        off = torch.matmul(q_b * torch.exp(q_in), (k_a * torch.exp(k_out)).transpose(-1, -2))  # [..., n, h, h]
+        blocks = scores.reshape(*batch, n, 2, h, h)
+        top = torch.cat([blocks[..., 0, :, :], torch.zeros_like(off)], dim=-1)  # [A-A, 0]
+        bottom = torch.cat([off, blocks[..., 1, :, :]], dim=-1)  # [B-A, B-B]
+        scores = torch.cat([top, bottom], dim=-2)  # [..., n, 2h, 2h]
+        h *= 2
+    scores = scores.reshape(*batch, Lp, Lp)
+    return scores[..., :L, :L] if Lp != L else scores
 
 
 def _outer_scan_impl(
-    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], h0: Tensor, chunk: int, sub: int
+    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], h0: Tensor, chunk: int
 ) -> Tuple[Tensor, Tensor]:
     """Chunkwise-parallel outer scan; inputs in compute dtype, T >= 1.  Returns (y [B,T,H,V], S_T [B,H,K,V])."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    diag = g is not None and g.dim() == 4
-    if T > chunk:
-        L = chunk
-    else:
-        # One chunk.  A per-key decay works on sub-blocks, so round T up to a multiple of ``sub`` (sub divides
-        # chunk, hence L <= chunk still).
-        L = -(-T // sub) * sub if diag else T
+    L = min(T, chunk)
     nc = -(-T // L)
     pad = nc * L - T
     # Padded steps are identities: k = v = 0 adds nothing, g = 0 decays nothing; their y are dropped.
@@ -400,7 +426,8 @@ def _outer_scan_impl(
 
     if g is None:
         # No decay: causal (Q K^T) V inside the chunk, running sum of K^T V across chunks.
-        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        idx = torch.arange(L, device=q.device)
+        causal = idx[:, None] >= idx[None, :]  # not .tril(): that took ~15 ms even for 2 x 2 on this CPU build
         scores = torch.matmul(qc, kc.transpose(-1, -2)).masked_fill(~causal, 0)
         y = torch.matmul(scores, vc)
         delta = torch.matmul(kc.transpose(-1, -2), vc)  # [B, H, nc, K, V]
@@ -418,12 +445,13 @@ def _outer_scan_impl(
             seg = _segsum(gc.squeeze(-1), dim=-1)  # [B, H, nc, L, L], -inf above the diagonal
             scores = torch.matmul(qc, kc.transpose(-1, -2)) * torch.exp(seg)
         else:
-            scores = _intra_diag_decay(qc, kc, gc, sub)
+            scores = _intra_diag_decay(qc, kc, gc)
         y = torch.matmul(scores, vc)
         delta = torch.matmul((kc * torch.exp(k_out)).transpose(-1, -2), vc)  # [B, H, nc, K, V]
         # Chunk-to-chunk recurrence S_c = exp(tot_c) ⊙ S_{c-1} + delta_c: a diagonal scan over nc steps
         # (products of per-chunk decays, never ratios).
         decay = torch.exp(tot).unsqueeze(-1)  # [B, H, nc, 1 or K, 1], broadcasts over K and V
+        # Only nc steps: always eager (a compiled graph per broadcast pattern would not pay off).
         ends = _scan(decay.transpose(1, 2), delta.transpose(1, 2), h0, chunk).transpose(1, 2)
         prev = torch.cat([h0.unsqueeze(2), ends[:, :, :-1]], dim=2)
         y = y + torch.matmul(qc * torch.exp(q_in), prev)
@@ -466,8 +494,9 @@ def chunked_outer_scan(
 
     Chunkwise algorithm: within a chunk, ``(Q K^T ⊙ decay mask) V``; across chunks, the state is passed on and read
     with ``Q S_prev``.  Decay masks are exp of segment sums (``_segsum``), so every factor is <= 1 for
-    ``log_decay <= 0``.  A per-key decay is kept inside the score contraction (sub-blocks of 16, see
-    :func:`_intra_diag_decay`).  Accumulates in fp32 at least; differentiable with ordinary autograd.
+    ``log_decay <= 0``.  A per-key decay is kept inside the score contraction by splitting the chunk recursively at
+    block boundaries (:func:`_intra_diag_decay`), again with every factor in [0, 1].  Accumulates in fp32 at least;
+    differentiable with ordinary autograd.
     """
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
@@ -492,12 +521,8 @@ def chunked_outer_scan(
         y = torch.empty(B, 0, H, V, dtype=out_dtype, device=q.device)
         state = h0
     else:
-        chunk = int(chunk)
-        # Sub-block length for per-key decay: the largest of 16, 8, 4 dividing the chunk (else no sub-blocks).
-        sub = next((s for s in (16, 8, 4) if chunk % s == 0), chunk)
-        y, state = _outer_scan_impl(
-            q.to(cdt), k.to(cdt), v.to(cdt), None if log_decay is None else log_decay.to(cdt), h0, chunk, sub
-        )
+        g = None if log_decay is None else log_decay.to(cdt)
+        y, state = _outer_scan_impl(q.to(cdt), k.to(cdt), v.to(cdt), g, h0, int(chunk))
         y = y.to(out_dtype)
     if output_final_state:
         return y, state.to(out_dtype)

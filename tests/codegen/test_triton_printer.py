@@ -1,0 +1,97 @@
+"""The Triton printer (SymPy -> ``tl.`` source) and the Triton plan, on tiny hand-built inputs. No kernel runs here."""
+
+from pathlib import Path
+
+import pytest
+import sympy as sp
+
+from dsfc.codegen.printers import PrinterError
+from dsfc.codegen.triton_plan import _split_readout
+from dsfc.codegen.triton_printer import TritonPrinter
+from dsfc.ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from dsfc.pipeline import compile_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+x, y = sp.symbols("x y", real=True)
+c, j = sp.symbols("c j", integer=True)
+n, d = sp.symbols("n d", integer=True, positive=True)
+
+
+def printer():
+    return TritonPrinter({x: "x_a", y: "x_b"}, {c: "i_c", j: "i_j"}, {n: "dim_n", d: "dim_d"})
+
+
+@pytest.mark.parametrize("expr,code", [
+    (sp.exp(-x * y), "tl.exp(-x_a * x_b)"),
+    (x ** 2, "(x_a * x_a)"),
+    (1 / x, "1.0 / x_a"),
+    (sp.sqrt(x), "tl.sqrt(x_a)"),
+    (1 / sp.sqrt(x), "tl.rsqrt(x_a)"),
+    (x / (1 + y), "x_a / (1 + x_b)"),
+    (sp.Rational(1, 2) * x, "0.5 * x_a"),
+    (x - y, "x_a - x_b"),
+    ((j + 1) * x, "x_a * (1 + i_j.to(DTYPE))"),
+    (Sigmoid(x), "tl.sigmoid(x_a)"),
+    (sp.Max(x, 0), "tl.maximum(0, x_a)"),
+    (sp.KroneckerDelta(c, j), "tl.where(i_c == i_j, 1.0, 0.0)"),
+])
+def test_values(expr, code):
+    assert printer().doprint(expr) == code
+
+
+@pytest.mark.parametrize("fn,helper", [
+    (Softplus, "_softplus"), (LogSigmoid, "_logsigmoid"), (Relu, "_relu"), (Silu, "_silu"), (Elu, "_elu"),
+    (sp.tanh, "_tanh"), (sp.Heaviside, "_step"),
+])
+def test_functions_without_a_safe_builtin_call_template_helpers(fn, helper):
+    pr = printer()
+    assert pr.doprint(fn(x + y)) == f"{helper}(x_a + x_b)"
+    assert pr.helpers == {helper}
+
+
+def test_indices():
+    pr = printer()
+    assert pr.index(c * n + j) == "i_j + i_c * dim_n"
+    assert pr.index_factor(c + 1) == "(1 + i_c)"
+    assert pr.index(sp.floor(c / n)) == "(i_c // dim_n)"
+    assert pr.index(sp.Mod(c, d)) == "(i_c % dim_d)"
+
+
+@pytest.mark.parametrize("expr", [
+    sp.Sum(sp.IndexedBase("W")[j], (j, 0, n - 1)),  # sums are hoisted to torch before printing
+    sp.IndexedBase("W")[c],  # tensor entries are loaded into tiles before printing
+    sp.Symbol("unknown"),
+    sp.erf(x),
+])
+def test_unknown_nodes_raise(expr):
+    with pytest.raises(PrinterError):
+        printer().doprint(expr)
+
+
+@pytest.mark.parametrize("fn,deriv", [
+    (Softplus, Sigmoid(x)),
+    (Sigmoid, Sigmoid(x) * (1 - Sigmoid(x))),
+    (LogSigmoid, 1 - Sigmoid(x)),
+    (Relu, sp.Heaviside(x)),
+    (Silu, Sigmoid(x) * (1 + x * (1 - Sigmoid(x)))),
+    (Elu, 1 + (1 - sp.Heaviside(x)) * Elu(x)),
+])
+def test_function_derivatives(fn, deriv):
+    assert sp.simplify(sp.diff(fn(x), x) - deriv) == 0
+    assert not sp.diff(fn(x), x).has(sp.Derivative)
+
+
+def test_s6_readout_splits_per_channel():
+    r = compile_spec(ROOT / "specs" / "s6.dsf")
+    coef, red, out_map = _split_readout(r.sym, r.structure)
+    assert isinstance(coef, sp.Indexed) and str(coef.base) == "cq" and coef.indices == (r.structure.a.rows[1],)
+    assert red == (1,) and out_map == (0,)
+    plan = r.plan.triton
+    assert plan.readout and not plan.pre and (plan.R, plan.C, plan.P) == ("d", "n", "d")
+    assert [t.name for t in plan.tensors] == ["A_log", "dt", "b", "cq", "u"]
+
+
+def test_generated_source_is_deterministic():
+    a = compile_spec(ROOT / "specs" / "s6.dsf").source
+    b = compile_spec(ROOT / "specs" / "s6.dsf").source
+    assert a == b

@@ -1,0 +1,140 @@
+"""Shared helpers of the end-to-end tests: compile a spec, build its module at chosen dims, run the reference.
+
+Not a test module (no ``test_`` prefix); imported by ``test_catalog.py`` and ``test_properties.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from dsfc.check import load_module
+from dsfc.pipeline import CompileResult, compile_text
+from dsfc.reference import dense_matrices, reference_forward
+
+F64 = torch.float64
+_counter = itertools.count()
+
+
+@dataclass
+class Built:
+    """A compiled spec, its generated module instantiated at ``dims`` (float64), and the reference's inputs."""
+
+    result: CompileResult
+    model: torch.nn.Module
+    dims: dict[str, int]  # free dims passed to the constructor
+    all_dims: dict[str, int]  # free and derived dims (what reference.py takes)
+
+    @property
+    def sym(self):
+        return self.result.sym
+
+    def params(self, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The model's parameters keyed by spec name (the generated attribute may be renamed by py_name)."""
+        from dsfc.codegen.plan import py_name
+
+        named = dict((model or self.model).named_parameters())
+        return {p.tensor.name: named[py_name(p.tensor.name)].detach() for p in self.sym.params}
+
+    def d_in(self) -> int:
+        return self.model._in_features()
+
+    def n_state(self) -> int:
+        return self.model._state_size()
+
+    def state_shape(self) -> tuple[int, ...]:
+        return tuple(int(self.sym.subs_dims(e, self.all_dims)) for e in self.sym.state.shape())
+
+    def d_out(self) -> int:
+        """Width of forward's y: the DSF output, or the last post-op's ('post' statements) when there are any."""
+        out = self.sym.posts[-1].tensor if getattr(self.sym, "posts", ()) else self.sym.output
+        n = 1
+        for e in out.shape():
+            n *= int(self.sym.subs_dims(e, self.all_dims))
+        return n
+
+    @property
+    def running(self) -> bool:
+        """Specs with running quantities (cumsum/scan/prev lets) carry a state dict {"h": h, <let>: value}."""
+        return bool(self.sym.running_lets)
+
+    def initial_state(self, batch: int, gen: torch.Generator, dtype=F64):
+        """A random initial state: h ~ 0.5 N(0, 1); for running specs, the final state of a random 3-step prefix
+        with noise on h (running sums such as a normaliser must stay consistent, e.g. positive)."""
+        h = 0.5 * torch.randn(batch, *self.state_shape(), generator=gen, dtype=F64)
+        if not self.running:
+            return h.to(dtype)
+        with torch.no_grad():
+            _, s = self.model(torch.randn(batch, 3, self.d_in(), generator=gen, dtype=F64), output_final_state=True)
+        return {k: (s[k] + h if k == "h" else s[k]).to(dtype) for k in s}
+
+    def reference(self, u: torch.Tensor, h0=None, model=None):
+        """float64 reference (y [B,T,p], final state [B,N] or state dict) at the params of ``model``."""
+        p = {k: v.to(F64) for k, v in self.params(model).items()}
+        return reference_forward(self.sym, self.all_dims, p, u.to(F64), initial_state=map_state(h0, lambda x: x.to(F64)))
+
+    def dense(self, u: torch.Tensor, h0=None):
+        running0 = {k: v.to(F64) for k, v in h0.items() if k != "h"} if isinstance(h0, dict) else None
+        return dense_matrices(self.sym, self.all_dims, self.params(), u.to(F64), running0)
+
+    def dsf_matrices(self, u: torch.Tensor, h0=None):
+        with torch.no_grad():
+            if isinstance(h0, dict):
+                return self.model.dsf_matrices(u, {k: v for k, v in h0.items() if k != "h"})
+            return self.model.dsf_matrices(u)
+
+
+def build(result: CompileResult, dims: dict[str, int], seed: int = 0) -> Built:
+    """Import the generated source under a fresh module name and instantiate it at ``dims`` in float64."""
+    module = load_module(result, name=f"dsfc_e2e_{result.module_name}_{next(_counter)}")
+    cls = getattr(module, result.plan.model)
+    torch.manual_seed(seed)
+    model = cls(**dims, dtype=F64)
+    return Built(result, model, dict(dims), result.sym.dim_values(dims))
+
+
+def compile_and_build(text: str, dims: dict[str, int] | None = None, path: str = "x.dsf", seed: int = 0) -> Built:
+    result = compile_text(text, path)
+    return build(result, dims if dims is not None else {k: result.sym.dim_defaults[k] for k in result.sym.free_dims},
+                 seed)
+
+
+def map_state(state, fn):
+    """Apply ``fn`` to a state tensor or to every entry of a state dict (None stays None)."""
+    if state is None:
+        return None
+    if isinstance(state, dict):
+        return {k: fn(v) for k, v in state.items()}
+    return fn(state)
+
+
+def h_of(state):
+    return state["h"] if isinstance(state, dict) else state
+
+
+def state_err(got, want) -> float:
+    """rel_err of two states (tensors of any layout with the same batch, or dicts with the same keys)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (sorted(got), sorted(want))
+        return max(state_err(got[k], want[k]) for k in want)
+    b = want.shape[0]
+    return rel_err(got.reshape(b, -1), want.reshape(b, -1))
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want| (0 for empty tensors); the scale is floored so that all-zero outputs pass."""
+    if want.numel() == 0:
+        return 0.0
+    got, want = got.to(F64), want.to(F64)
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-300)).item()
+
+
+def run_steps(model, u: torch.Tensor, h0: torch.Tensor | None):
+    """Token-by-token ``step`` over u [B,T,d]; returns (y [B,T,p], final state as step returns it)."""
+    state, ys = h0, []
+    for t in range(u.shape[1]):
+        y_t, state = model.step(u[:, t], state)
+        ys.append(y_t)
+    return torch.stack(ys, 1), state

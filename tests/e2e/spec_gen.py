@@ -1,0 +1,564 @@
+"""Hypothesis strategies that write random, well-formed DSF specs as text, from building blocks.
+
+Three generators, one per kind of A:
+
+* ``diagonal_specs``: a state of 1-3 axes, A = product of deltas times a decay over a random subset of the axes
+  (S6-like exp(-softplus(z) exp(a)), sigmoid(z), exp(-c relu(z)), constants, param-only decays, identity), B u in an
+  elementwise / per-channel outer / dense form (optionally sharing the decay's let: A/B coupling), C a per-channel
+  contraction or a dense readout, optional D, optional pre-update readout; optionally a decay that uses an index as a
+  value, a running quantity (cumsum / scan / prev / window) gating B, a driven input that is a let ('drive') and
+  post-ops after the core ('post').
+* ``outer_specs``: multi-head linear-attention forms, state S[h, a, b] (or S[a, b]) with q/k/v lets and feature maps
+  (elu+1, silu, tanh, sigmoid, relu, identity), optional L2-normalised keys, a decay that is absent, per head, per
+  key or per value channel, optional beta gate, output axes possibly permuted relative to the state; state axes in
+  any order; keys and queries shared by groups of heads (k[h // R, a]), static or absent; the normalised form with a
+  running normaliser (cumsum / prev).
+* ``dense_specs``: A with coupled state axes: a dense (time-invariant) param matrix, a diagonal plus dense mix,
+  a Kronecker product of two matrices, a constant or Toeplitz matrix written with index values, or DeltaNet-like
+  (gated) identity-minus-rank-one blocks.
+* ``ssd_specs``: Mamba-2 SSD-like, with a two-axis input u[h, p] read through flat indices (u[m // P, m % P]), B and
+  C shared by groups of heads (Bm[h // R, j]) and a per-head decay.
+
+Each strategy returns a ``GenSpec``: the text plus what the generator intended (for labelling and for the assertions
+that only hold by construction, e.g. "a dense generator gives the dense family").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+
+FMAPS = {  # feature maps / gates, applied to a pre-activation X
+    "elu1": "elu({X}) + 1",
+    "silu": "silu({X})",
+    "tanh": "tanh({X})",
+    "sigmoid": "sigmoid({X})",
+    "relu": "relu({X})",
+    "id": "{X}",
+}
+
+
+@dataclass
+class GenSpec:
+    text: str
+    kind: str  # "diagonal" | "outer" | "dense"
+    labels: dict = field(default_factory=dict)  # generator choices, for hypothesis.event and failure notes
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _idx(names) -> str:
+    return ", ".join(names)
+
+
+def _sub(name: str, names) -> str:
+    """name[i, j] or the bare name for a scalar."""
+    return f"{name}[{_idx(names)}]" if names else name
+
+
+def _decl_axes(axes) -> str:
+    """[c: M, j: N] or '' for a scalar."""
+    return "[" + ", ".join(f"{n}: {d}" for n, d in axes) + "]" if axes else ""
+
+
+def _param_shape(dims) -> str:
+    return "[" + ", ".join(dims) + "]" if dims else ""
+
+
+# Names that are legal in a spec but collide with something in Python or in the generated module (keywords, torch
+# aliases, locals and arguments of the generated methods, nn.Module members). Params and lets sometimes get one.
+RISKY_NAMES = [
+    "lambda", "None", "def", "torch", "F", "nn", "math", "self", "axis", "step", "forward", "to", "training",
+    "backend", "dsf_matrices", "kernel_form", "parameters", "state_dict", "eval", "type", "float", "h0", "env",
+    "out", "running0", "running_final", "factory", "shape", "states", "read", "final", "bu", "q", "k", "v",
+    "log_decay", "blocks", "chunks", "t0", "t1", "x", "ys", "core", "driven", "_dev", "_B", "_T", "_dtype", "_a",
+    "s_a", "u_", "dt_bias_", "kernel_matrix", "diagonal_scan", "chunked_outer_scan", "BACKENDS",
+]
+
+
+class _Builder:
+    """Collects dims, params and lets with unique names; renders the spec."""
+
+    def __init__(self, model: str, draw=None):
+        self.model = model
+        self.draw = draw
+        self.used: set[str] = set()
+        self.dims: dict[str, int | str] = {}  # value or an expression over earlier dims
+        self.lines: list[str] = []
+        self.params: list[str] = []
+        self.lets: list[str] = []
+        self.matrices: list[str] = []
+        self.extra: list[str] = []
+        self._n = 0
+
+    def fresh(self, stem: str) -> str:
+        self._n += 1
+        if self.draw is not None and self.draw(st.integers(0, 3)) == 0:
+            free = [n for n in RISKY_NAMES if n not in self.used]
+            if free:
+                name = self.draw(st.sampled_from(free))
+                self.used.add(name)
+                return name
+        return f"{stem}{self._n}"
+
+    def dim(self, name: str, value: int | str) -> str:
+        self.dims[name] = value
+        return name
+
+    def param(self, stem: str, dims, init: str) -> str:
+        name = self.fresh(stem)
+        self.params.append(f"param {name}{_param_shape(dims)} {init}")
+        return name
+
+    def let(self, stem: str, axes, expr: str) -> str:
+        name = self.fresh(stem)
+        self.lets.append(f"let {name}{_decl_axes(axes)} = {expr}")
+        return name
+
+    def render(self, io: list[str]) -> str:
+        out = [f'model {self.model} "generated by tests/e2e/spec_gen.py"', ""]
+        out += [f"dim {k} = {v}" for k, v in self.dims.items()]
+        out += [""] + io + [""] + self.params + self.lets + [""] + self.matrices + self.extra
+        return "\n".join(out) + "\n"
+
+
+def _projection(b: _Builder, axes, m: str = "m", input_name: str = "u", bias: bool = False) -> str:
+    """sum(m, W[axes..., m] * u[m]) (+ bias[axes]) over the named axes: a linear function of the input."""
+    names = [n for n, _ in axes]
+    if getattr(b, "flat_input", False):  # input u[h: H, p: P]: one sum over the flat index m = h * P + p
+        w = b.param("W", [d for _, d in axes] + ["H * P"], "~ normal(0, 0.5)")
+        x = f"sum({m}: H * P, {w}[{_idx(names + [m])}] * u[{m} // P, {m} % P])"
+        if bias:
+            bb = b.param("bias", [d for _, d in axes], "~ uniform(-1, 1)")
+            x = f"{x} + {_sub(bb, names)}"
+        return x
+    w = b.param("W", [d for _, d in axes] + ["M"], "~ normal(0, 0.7)")
+    sub = m
+    if input_name == "u" and b.draw is not None:  # computed subscripts: a gather instead of a view
+        sub = b.draw(st.sampled_from([m, m, m, f"({m} + 1) % M", f"M - 1 - {m}"]))
+    x = f"sum({m}, {w}[{_idx(names + [m])}] * {input_name}[{sub}])"
+    if bias:
+        bb = b.param("bias", [d for _, d in axes], "~ uniform(-1, 1)")
+        x = f"{x} + {_sub(bb, names)}"
+    return x
+
+
+@st.composite
+def _decay(draw, b: _Builder, axes, allow_identity=True):
+    """A decay expression over ``axes`` (a list of (name, dim)); returns (expr, let_name or None, kind)."""
+    kinds = ["s6", "sigmoid", "relu", "relu_param", "softplus", "one_minus_sigmoid", "const", "param", "pow",
+             "logsigmoid", "clamp", "static_let"]
+    if axes:
+        kinds.append("index")  # S4D-real-like: the decay rate grows with an index, used as a value
+    if allow_identity:
+        kinds.append("identity")
+    kind = draw(st.sampled_from(kinds))
+    names = [n for n, _ in axes]
+    if kind == "identity":
+        return "1", None, kind
+    if kind == "const":
+        return draw(st.sampled_from(["0.5", "0.9", "0.25 + 0.5"])), None, kind
+    if kind == "param":
+        p = b.param("g", [d for _, d in axes], "~ normal(0, 1)")
+        return f"sigmoid({_sub(p, names)})", None, kind
+    if kind == "static_let":  # a let over params only: the same value at every step
+        p = b.param("g", [d for _, d in axes], "~ normal(0, 1)")
+        g = b.let("gs", axes, f"exp(-softplus({_sub(p, names)}))")
+        return _sub(g, names), None, kind
+    z = b.let("z", axes, _projection(b, axes, bias=draw(st.booleans())))
+    Z = _sub(z, names)
+    if kind == "s6":
+        a = b.param("A_log", [d for _, d in axes], "~ normal(0, 0.5)")
+        return f"exp(-softplus({Z}) * exp({_sub(a, names)}))", z, kind
+    if kind == "sigmoid":
+        return f"sigmoid({Z})", z, kind
+    if kind == "relu":
+        c = draw(st.sampled_from(["0.5", "2"]))
+        return f"exp(-{c} * relu({Z}))", z, kind
+    if kind == "softplus":
+        return f"exp(-softplus({Z}))", z, kind
+    if kind == "relu_param":  # qLSTM-S6 form: an eigenvalue of exactly 1 wherever the param is <= 0
+        p = b.param("alpha", [d for _, d in axes], "~ normal(0, 1)")
+        return f"exp(-relu({_sub(p, names)}) * softplus({Z}))", z, kind
+    if kind == "pow":  # a fractional power, as GLA's sigmoid(.)^(1/16)
+        return f"sigmoid({Z}) ^ 0.25", z, kind
+    if kind == "logsigmoid":
+        return f"exp(logsigmoid({Z}) / 4)", z, kind
+    if kind == "clamp":
+        return f"min(sigmoid({Z}), 0.9)", z, kind
+    if kind == "index":
+        return f"exp(-(0.5 + {names[-1]}) * sigmoid({Z}))", z, kind
+    return f"1 - sigmoid({Z})", z, kind
+
+
+def _subset(draw, axes, min_size=0):
+    keep = [a for a in axes if draw(st.booleans())]
+    if len(keep) < min_size:
+        keep = list(axes[:min_size])
+    return keep
+
+
+@st.composite
+def _running_gate(draw, b: _Builder, axes):
+    """A running quantity over ``axes`` used as a gate (a factor of B u); returns (expr, kind)."""
+    kind = draw(st.sampled_from(["cumsum", "scan", "prev", "window"]))
+    names = [n for n, _ in axes]
+    if kind == "cumsum":
+        r = b.let("run", axes, f"cumsum(sigmoid({_projection(b, axes)}))")
+    elif kind == "scan":
+        r = b.let("run", axes, f"scan(sigmoid({_projection(b, axes)}), {_projection(b, axes)})")
+    elif kind == "prev":
+        r = b.let("run", axes, f"prev(tanh({_projection(b, axes)}))")
+    else:  # a causal conv of width 3 over a projection of the input
+        x = b.let("xw", axes, _projection(b, axes))
+        xs = b.let("win", axes + [("w", "3")], f"window({_sub(x, names)})")
+        wc = b.param("W_conv", [d for _, d in axes] + ["3"], "~ normal(0, 0.7)")
+        r = b.let("conv", axes, f"silu(sum(w, {wc}[{_idx(names + ['w'])}] * {xs}[{_idx(names + ['w'])}]))")
+    return _sub(r, names), kind
+
+
+@st.composite
+def diagonal_specs(draw) -> GenSpec:
+    b = _Builder("RandDiag", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    first_over_input = draw(st.booleans())
+    if first_over_input:
+        first = ("c", "M")
+    else:  # its own dim, maybe derived from M
+        first = ("c", b.dim("P", draw(st.sampled_from([1, 2, 3, "M + 1", "2 * M"]))))
+    axes = [first]
+    n_more = draw(st.integers(0, 2))
+    if n_more >= 1:
+        axes.append(("j", b.dim("N", draw(st.integers(1, 3)))))
+    if n_more >= 2:
+        axes.append(("l", b.dim("L", draw(st.integers(1, 3)))))
+    names = [n for n, _ in axes]
+    labels["state_rank"] = len(axes)
+
+    # A: deltas times a decay over a random subset of the state axes
+    dax = _subset(draw, axes)
+    decay, zlet, dkind = draw(_decay(b, dax))
+    labels["decay"] = f"{dkind}/{len(dax)}"
+    deltas = " * ".join(f"delta({n}, {n}2)" for n in names)
+    cols = [f"{n}2" for n in names]
+    rows_s = f"({_idx(names)})" if len(names) > 1 else names[0]
+    cols_s = f"({_idx(cols)})" if len(cols) > 1 else cols[0]
+    b.matrices.append(f"A[{rows_s}, {cols_s}] = {deltas} * ({decay})")
+
+    # B u
+    bkinds = ["dense", "gated_dense", "two_terms"] + (["elem", "elem_coupled"] if first_over_input else [])
+    bkind = draw(st.sampled_from(bkinds))
+    labels["B"] = bkind
+    if bkind.startswith("elem"):
+        rest = [a for a in axes[1:]]
+        factor = ""
+        if rest:
+            bl = b.let("bl", rest, _projection(b, rest))
+            factor = f" * {_sub(bl, [n for n, _ in rest])}"
+        if bkind == "elem_coupled" and zlet is not None:
+            factor += f" * softplus({_sub(zlet, [n for n, _ in dax])})"  # shares the decay's let: coupling
+        elif bkind == "elem_coupled":
+            gl = b.let("gl", [first], _projection(b, [first]))
+            factor += f" * silu({gl}[c])"
+        b.matrices.append(f"B[{rows_s}, m] = delta(c, m){factor}")
+    elif bkind == "two_terms":  # a sum of two differently gated input maps
+        terms_ = []
+        for _ in range(2):
+            wb = b.param("W_B", [d for _, d in axes] + ["M"], "~ normal(0, 1)")
+            gax = _subset(draw, axes, min_size=0)
+            g = b.let("gate", gax, f"sigmoid({_projection(b, gax)})")
+            terms_.append(f"{wb}[{_idx(names + ['m'])}] * {_sub(g, [n for n, _ in gax])}")
+        b.matrices.append(f"B[{rows_s}, m] = {' - '.join(terms_)}")
+    else:
+        wb = b.param("W_B", [d for _, d in axes] + ["M"], "~ normal(0, 1)")
+        expr = f"{wb}[{_idx(names + ['m'])}]"
+        if bkind == "gated_dense":
+            gax = _subset(draw, axes, min_size=0)
+            fm = draw(st.sampled_from(sorted(FMAPS)))
+            g = b.let("gate", gax, FMAPS[fm].format(X=_projection(b, gax)))
+            expr += f" * {_sub(g, [n for n, _ in gax])}"
+            labels["B"] += f"/{fm}"
+        b.matrices.append(f"B[{rows_s}, m] = {expr}")
+    if draw(st.integers(0, 3)) == 0:
+        gax = _subset(draw, axes, min_size=0)
+        gate, gkind = draw(_running_gate(b, gax))
+        labels["running"] = f"{gkind}/{len(gax)}"
+        b.matrices[-1] += f" * {gate}"
+
+    # C h (+ D u)
+    ckinds = ["dense"] + (["contract"] if first_over_input else [])
+    ckind = draw(st.sampled_from(ckinds))
+    labels["C"] = ckind
+    if ckind == "contract":
+        out_decl, out_dim = "output y[o: M]", "M"
+        rest = axes[1:]
+        factor = ""
+        if rest:
+            fm = draw(st.sampled_from(sorted(FMAPS)))
+            q = b.let("q", rest, FMAPS[fm].format(X=_projection(b, rest)))
+            factor = f" * {_sub(q, [n for n, _ in rest])}"
+        b.matrices.append(f"C[o, {rows_s}] = delta(o, c){factor}")
+    else:
+        out_dim = b.dim("Q", draw(st.integers(1, 3)))
+        out_decl = "output y[o: Q]"
+        wc = b.param("W_C", ["Q"] + [d for _, d in axes], "~ normal(0, 1)")
+        b.matrices.append(f"C[o, {rows_s}] = {wc}[{_idx(['o'] + names)}]")
+    if draw(st.booleans()):
+        labels["D"] = True
+        if out_dim == "M" and draw(st.booleans()):
+            dp = b.param("Dskip", ["M"], "= 1")
+            b.matrices.append(f"D[o, m] = delta(o, m) * {dp}[m]")
+        else:
+            wd = b.param("W_D", [out_dim, "M"], "~ normal(0, 1)")
+            b.matrices.append(f"D[o, m] = {wd}[o, m]")
+    if draw(st.integers(0, 3)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    if draw(st.integers(0, 3)) == 0:  # B and D multiply a let of the input instead of the input itself
+        xd = b.let("xd", [("i", "M")], f"silu({_projection(b, [('i', 'M')])})")
+        b.extra.append(f"drive {xd}")
+        labels["drive"] = True
+    if draw(st.integers(0, 3)) == 0:  # post-ops after the core: a gate, then maybe an out-projection
+        g = b.param("W_gate", [out_dim, "M"], "~ normal(0, 0.7)")
+        gated = b.fresh("gated")
+        b.extra.append(f"post {gated}[o: {out_dim}] = y[o] * sigmoid(sum(m, {g}[o, m] * u[m]))")
+        if draw(st.booleans()):
+            b.dim("Z", draw(st.integers(1, 3)))
+            w = b.param("W_out", ["Z", out_dim], "~ normal(0, 0.7)")
+            b.extra.append(f"post {b.fresh('out')}[z: Z] = sum(o, {w}[z, o] * {gated}[o])")
+        labels["post"] = True
+    io = ["input u[M]", f"state h{_decl_axes(axes)}", out_decl]
+    return GenSpec(b.render(io), "diagonal", labels)
+
+
+@st.composite
+def outer_specs(draw) -> GenSpec:
+    b = _Builder("RandOuter", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    heads = draw(st.booleans())
+    grouped = heads and draw(st.booleans())  # keys and queries shared by groups of R heads (Mamba-2 / GQA style)
+    if grouped:
+        b.dim("G", draw(st.integers(1, 2)))
+        b.dim("R", draw(st.integers(1, 2)))
+        b.dim("H", "G * R")
+    elif heads:
+        b.dim("H", draw(st.integers(1, 3)))
+    b.dim("K", draw(st.integers(1, 3)))
+    b.dim("V", draw(st.integers(1, 3)))
+    hax = [("h", "H")] if heads else []
+    hn = [n for n, _ in hax]
+    kax = [("g", "G")] if grouped else hax  # the axes the q/k lets live on
+    ksub = ["h // R"] if grouped else hn  # how the matrices index them
+    state_axes = draw(st.permutations(hax + [("a", "K"), ("b", "V")]))  # any axis order
+    labels["heads"] = "grouped" if grouped else heads
+    labels["order"] = "".join(n for n, _ in state_axes)
+
+    normalized = draw(st.integers(0, 4)) == 0  # A = (eta_prev / eta) I, B = k v^T / eta, with z = cumsum(k)
+    pos = ["elu1", "sigmoid"]
+    fq = draw(st.sampled_from(pos if normalized else sorted(FMAPS)))
+    fk = draw(st.sampled_from(pos if normalized else sorted(FMAPS)))
+    qkind = "let" if normalized else draw(st.sampled_from(["let", "let", "none"]))
+    kkind = "let" if normalized else draw(st.sampled_from(["let", "let", "l2", "param", "none"]))
+    labels["q/k"] = f"{qkind}:{fq}/{kkind}:{fk}"
+    q = b.let("q", kax + [("a", "K")], FMAPS[fq].format(X=_projection(b, kax + [("a", "K")]))) \
+        if qkind == "let" else None
+    if kkind == "param":
+        k = b.param("Kp", [d for _, d in kax] + ["K"], "~ normal(0, 1)")
+    elif kkind != "none":
+        k = b.let("k", kax + [("a", "K")], FMAPS[fk].format(X=_projection(b, kax + [("a", "K")], bias=True)))
+        if kkind == "l2":  # L2-normalised keys (DeltaNet / GLA style); +1 keeps the norm away from 0
+            kn = [n for n, _ in kax]
+            k = b.let("kn", kax + [("a", "K")],
+                      f"{_sub(k, kn + ['a'])} / sqrt(1 + sum(a3, {_sub(k, kn + ['a3'])} ^ 2))")
+    inline_v = draw(st.booleans())
+
+    # A
+    beta = None
+    if normalized:
+        dkind = "normalized"
+        kn = [n for n, _ in kax]
+        z = b.let("z", kax + [("a", "K")], f"cumsum({_sub(k, kn + ['a'])})")
+        eta = b.let("eta", hax, f"sum(a, {_sub(q, ksub + ['a'])} * {_sub(z, ksub + ['a'])})")
+        eta_prev = b.let("eta_prev", hax, f"prev({_sub(eta, hn)})")
+        decay = f"{_sub(eta_prev, hn)} / {_sub(eta, hn)}"
+        beta_expr = f"1 / {_sub(eta, hn)}"
+    else:
+        dkind = draw(st.sampled_from(["none", "head", "key", "value", "head_beta"]))
+        if dkind in ("head_beta",) or draw(st.booleans()):
+            beta = b.let("beta", hax, f"sigmoid({_projection(b, hax)})")
+        if dkind == "none":
+            decay = "1"
+        elif dkind == "head":
+            decay, _, _ = draw(_decay(b, hax, allow_identity=False))
+        elif dkind == "key":
+            decay, _, _ = draw(_decay(b, hax + [("a", "K")], allow_identity=False))
+        elif dkind == "value":
+            decay, _, _ = draw(_decay(b, hax + [("b", "V")], allow_identity=False))
+        else:  # shares beta with B: coupling
+            decay = f"1 - 0.5 * {_sub(beta, hn)}"
+        beta_expr = _sub(beta, hn) if beta is not None else None
+    labels["decay"] = dkind
+    rows = [n for n, _ in state_axes]
+    cols = [f"{n}2" for n in rows]
+    deltas = " * ".join(f"delta({n}, {n}2)" for n in rows)
+    b.matrices.append(f"A[({_idx(rows)}), ({_idx(cols)})] = {deltas} * ({decay})")
+
+    # B u = key (x) value
+    factors = []
+    if beta_expr is not None:
+        factors.append(beta_expr)
+    if kkind != "none":
+        factors.append(_sub(k, ksub + ["a"]))
+    if inline_v:
+        wv = b.param("W_V", [d for _, d in hax] + ["V", "M"], "~ normal(0, 1)")
+        factors.append(f"{wv}[{_idx(hn + ['b', 'm'])}]")
+    else:
+        fv = draw(st.sampled_from(["id", "silu", "tanh"]))
+        v = b.let("v", hax + [("b", "V")], FMAPS[fv].format(X=_projection(b, hax + [("b", "V")])))
+        factors.append(_sub(v, hn + ["b"]))
+    b.matrices.append(f"B[({_idx(rows)}), m] = {' * '.join(factors)}")
+
+    # C: y[o, e] = sum_a q[h, a] S[h, a, b] with o <-> h, e <-> b; output axes maybe swapped
+    scale = draw(st.sampled_from(["", " / sqrt(K)", " * 0.5"]))
+    qq = f" * {_sub(q, ksub + ['a'])}" if q is not None else ""
+    if heads:
+        swap = draw(st.booleans())
+        labels["out_swap"] = swap
+        out_axes = [("e", "V"), ("o", "H")] if swap else [("o", "H"), ("e", "V")]
+        on = [n for n, _ in out_axes]
+        b.matrices.append(f"C[({_idx(on)}), ({_idx(rows)})] = delta(o, h) * delta(e, b){qq}{scale}")
+    else:
+        out_axes = [("e", "V")]
+        on = ["e"]
+        b.matrices.append(f"C[e, ({_idx(rows)})] = delta(e, b){qq}{scale}")
+    if draw(st.booleans()):
+        labels["D"] = True
+        wd = b.param("W_D", [d for _, d in out_axes] + ["M"], "~ normal(0, 1)")
+        lhs = f"({_idx(on)})" if len(on) > 1 else on[0]
+        b.matrices.append(f"D[{lhs}, m] = {wd}[{_idx(on + ['m'])}]")
+    if draw(st.integers(0, 4)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    io = ["input u[M]", f"state S{_decl_axes(state_axes)}", f"output y{_decl_axes(out_axes)}"]
+    return GenSpec(b.render(io), "outer", labels)
+
+
+@st.composite
+def dense_specs(draw) -> GenSpec:
+    b = _Builder("RandDense", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    kind = draw(st.sampled_from(["param", "diag_plus_param", "kronecker", "const", "toeplitz", "delta_rule",
+                                 "gated_delta_rule"]))
+    labels["A"] = kind
+    if kind in ("delta_rule", "gated_delta_rule"):
+        b.dim("H", draw(st.integers(1, 2)))
+        b.dim("K", draw(st.integers(1, 3)))
+        b.dim("V", draw(st.integers(1, 3)))
+        axes = [("h", "H"), ("a", "K"), ("b", "V")]
+        fk = draw(st.sampled_from(["silu", "tanh", "elu1"]))
+        kr = b.let("kr", axes[:2], FMAPS[fk].format(X=_projection(b, axes[:2])))
+        k = b.let("k", axes[:2], f"{kr}[h, a] / sqrt(1 + sum(a3, {kr}[h, a3] ^ 2))")
+        beta = b.let("beta", axes[:1], f"sigmoid({_projection(b, axes[:1])})")
+        gate = ""
+        if kind == "gated_delta_rule":
+            dec, _, _ = draw(_decay(b, axes[:1], allow_identity=False))
+            gate = f"({dec}) * "
+        b.matrices.append(f"A[(h, a, b), (h2, a2, b2)] = {gate}delta(h, h2) * delta(b, b2) * "
+                          f"(delta(a, a2) - {beta}[h] * {k}[h, a] * {k}[h, a2])")
+        wv = b.param("W_V", ["H", "V", "M"], "~ normal(0, 1)")
+        b.matrices.append(f"B[(h, a, b), m] = {beta}[h] * {k}[h, a] * {wv}[h, b, m]")
+        fq = draw(st.sampled_from(sorted(FMAPS)))
+        q = b.let("q", axes[:2], FMAPS[fq].format(X=_projection(b, axes[:2])))
+        b.matrices.append(f"C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * {q}[h, a]")
+        out_decl = "output y[o: H, e: V]"
+        out_axes = ["H", "V"]
+        state_decl = "state S[h: H, a: K, b: V]"
+    else:
+        b.dim("N", draw(st.integers(1, 4)))
+        axes = [("i", "N")]
+        if kind == "kronecker":
+            axes.append(("j", b.dim("N2", draw(st.integers(1, 3)))))
+        elif draw(st.booleans()):  # an extra axis on which A is diagonal: block-diagonal
+            axes.insert(0, ("c", b.dim("P", draw(st.integers(1, 3)))))
+        names = [n for n, _ in axes]
+        cols = [f"{n}2" for n in names]
+        rows_s = f"({_idx(names)})" if len(names) > 1 else names[0]
+        cols_s = f"({_idx(cols)})" if len(cols) > 1 else cols[0]
+        extra_delta = "delta(c, c2) * " if names[0] == "c" else ""
+        if kind == "param":
+            w = b.param("W", ["N", "N"], "~ uniform(-0.4, 0.4)")
+            a_expr = f"{extra_delta}{w}[i, i2]"
+        elif kind == "diag_plus_param":
+            w = b.param("W", ["N", "N"], "~ uniform(-0.2, 0.2)")
+            dec, _, _ = draw(_decay(b, [("i", "N")], allow_identity=True))
+            a_expr = f"{extra_delta}(delta(i, i2) * ({dec}) + {w}[i, i2])"
+        elif kind == "const":  # every entry equal: rank one, |lambda| = 0.9
+            a_expr = f"{extra_delta}0.9 / N"
+        elif kind == "toeplitz":  # entries from index values: 0.5 / (1 + |i - i2|)
+            a_expr = f"{extra_delta}0.5 / (N * (1 + abs(i - i2)))"
+        else:
+            w1 = b.param("W", ["N", "N"], "~ uniform(-0.5, 0.5)")
+            w2 = b.param("W", ["N2", "N2"], "~ uniform(-0.5, 0.5)")
+            a_expr = f"{w1}[i, i2] * {w2}[j, j2]"
+        b.matrices.append(f"A[{rows_s}, {cols_s}] = {a_expr}")
+        wb = b.param("W_B", [d for _, d in axes] + ["M"], "~ normal(0, 1)")
+        bexpr = f"{wb}[{_idx(names + ['m'])}]"
+        if draw(st.booleans()):
+            g = b.let("gate", axes[-1:], f"sigmoid({_projection(b, axes[-1:])})")
+            bexpr += f" * {g}[{axes[-1][0]}]"
+        b.matrices.append(f"B[{rows_s}, m] = {bexpr}")
+        b.dim("Q", draw(st.integers(1, 3)))
+        wc = b.param("W_C", ["Q"] + [d for _, d in axes], "~ normal(0, 1)")
+        b.matrices.append(f"C[o, {rows_s}] = {wc}[{_idx(['o'] + names)}]")
+        out_decl = "output y[o: Q]"
+        out_axes = ["Q"]
+        state_decl = f"state h{_decl_axes(axes)}"
+    if draw(st.booleans()):
+        labels["D"] = True
+        wd = b.param("W_D", out_axes + ["M"], "~ normal(0, 1)")
+        on = ["o", "e"][: len(out_axes)]
+        lhs = f"({_idx(on)})" if len(on) > 1 else on[0]
+        b.matrices.append(f"D[{lhs}, m] = {wd}[{_idx(on + ['m'])}]")
+    if draw(st.integers(0, 3)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    io = ["input u[M]", state_decl, out_decl]
+    return GenSpec(b.render(io), "dense", labels)
+
+
+@st.composite
+def ssd_specs(draw) -> GenSpec:
+    """Mamba-2 SSD-like: a two-axis input u[h, p], B and C shared by groups of heads, per-head decays."""
+    b = _Builder("RandSSD", draw)
+    b.flat_input = True
+    labels = {}
+    b.dim("G", draw(st.integers(1, 2)))
+    b.dim("R", draw(st.integers(1, 2)))
+    b.dim("H", "G * R")
+    b.dim("P", draw(st.integers(1, 3)))
+    b.dim("N", draw(st.integers(1, 3)))
+    decay, zlet, dkind = draw(_decay(b, [("h", "H")], allow_identity=True))
+    labels["decay"] = dkind
+    bm = b.let("Bm", [("g", "G"), ("j", "N")], _projection(b, [("g", "G"), ("j", "N")]))
+    cm = b.let("Cm", [("g", "G"), ("j", "N")], _projection(b, [("g", "G"), ("j", "N")]))
+    gate = f" * softplus({zlet}[h])" if zlet is not None and draw(st.booleans()) else ""  # dt-style coupling
+    b.matrices.append(f"A[(h, p, j), (h2, p2, j2)] = delta(h, h2) * delta(p, p2) * delta(j, j2) * ({decay})")
+    b.matrices.append(f"B[(h, p, j), (h2, p2)] = delta(h, h2) * delta(p, p2){gate} * {bm}[h // R, j]")
+    b.matrices.append(f"C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * {cm}[h // R, j]")
+    if draw(st.booleans()):
+        dp = b.param("Dskip", ["H"], "= 1")
+        b.matrices.append(f"D[(o, e), (h, p)] = delta(o, h) * delta(e, p) * {dp}[h]")
+        labels["D"] = True
+    if draw(st.integers(0, 4)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    io = ["input u[h: H, p: P]", "state S[h: H, p: P, j: N]", "output y[h: H, p: P]"]
+    return GenSpec(b.render(io), "ssd", labels)
+
+
+any_specs = st.one_of(diagonal_specs(), outer_specs(), dense_specs(), ssd_specs())

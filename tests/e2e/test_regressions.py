@@ -1,0 +1,125 @@
+"""Minimal specs for the compiler bugs the property tests found; each must compile, run and match the reference.
+
+1. A constant A (``A = 0.5 I``, an all-equal dense A, a query of 1) printed as a Python number: ``.expand`` failed.
+2. A post-op reading the input: the input was not bound in ``_posts`` (NameError).
+3. Spec names equal to members of the generated nn.Module (``step``, ``forward``, ``to``, ...) or to locals of its
+   methods (``m``, ``out``, ``h0``): KeyError at construction, or silently wrong matrices.
+4. Primed names (``w'``, legal in specs) printed verbatim: invalid Python.
+5. A running let whose name Python cannot use (``None``) was carried under the renamed key in the state dict.
+6. The reference crashed at T = 0 (``reshape(B, 0, -1)``, ``prev`` reading step 0, post-ops skipped).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsf_testing import F64, compile_and_build, rel_err, run_steps, state_err
+
+TOL = 1e-8
+
+HEAD = """
+dim d = 3
+input u[d]
+state h[c: d]
+param W[d] ~ normal(0, 1)
+"""
+
+CASES = {
+    "constant_diagonal_A": HEAD + """
+A[c, c2] = delta(c, c2) * 0.5
+B[c, k] = delta(c, k)
+C[o, c] = delta(o, c)
+""",
+    "constant_dense_A": HEAD + """
+A[c, c2] = 0.9 / d
+B[c, k] = W[c] * delta(c, k)
+C[o, c] = delta(o, c)
+""",
+    "query_of_one": """
+dim M = 2
+dim K = 2
+dim V = 3
+input u[M]
+state S[a: K, b: V]
+output y[e: V]
+param W_K[K, M] ~ normal(0, 1)
+param W_V[V, M] ~ normal(0, 1)
+let k[a: K] = sigmoid(sum(m, W_K[a, m] * u[m]))
+A[(a, b), (a2, b2)] = delta(a, a2) * delta(b, b2)
+B[(a, b), m] = k[a] * W_V[b, m]
+C[e, (a, b)] = delta(e, b)
+""",
+    "post_reads_input": HEAD + """
+A[c, c2] = delta(c, c2) * sigmoid(W[c])
+B[c, k] = delta(c, k)
+C[o, c] = delta(o, c)
+post g[o: d] = y[o] * sigmoid(u[o])
+""",
+    "module_member_names": """
+dim d = 3
+input u[d]
+state h[c: d]
+param step[d] ~ normal(0, 1)
+param forward[d] ~ normal(0, 1)
+param to[d] ~ normal(0, 1)
+param dsf_matrices[d] ~ normal(0, 1)
+param training[d] ~ normal(0, 1)
+param backend[d] ~ normal(0, 1)
+let m[c: d] = sigmoid(step[c] * u[c] + forward[c])
+let out[c: d] = tanh(to[c] * u[c]) + dsf_matrices[c]
+let h0[c: d] = training[c] + backend[c]
+A[c, c2] = delta(c, c2) * m[c]
+B[c, k] = delta(c, k) * out[c]
+C[o, c] = delta(o, c) * h0[c]
+D[o, k] = delta(o, k) * m[k]
+""",
+    "primed_names": """
+dim d = 3
+input u[d]
+state h[c: d]
+param w'[d] ~ normal(0, 1)
+param w''[d] ~ normal(0, 1)
+let g'[c: d] = sigmoid(w'[c] * u[c] + w''[c])
+A[c, c'] = delta(c, c') * g'[c]
+B[c, k] = delta(c, k)
+C[o, c] = delta(o, c)
+""",
+    "running_let_named_None": HEAD + """
+let None[c: d] = cumsum(sigmoid(W[c] * u[c]))
+A[c, c2] = delta(c, c2) * 0.5
+B[c, k] = delta(c, k) / None[c]
+C[o, c] = delta(o, c)
+""",
+    "post_and_prev": HEAD + """
+let p[c: d] = prev(tanh(W[c] * u[c]))
+A[c, c2] = delta(c, c2) * sigmoid(p[c])
+B[c, k] = delta(c, k)
+C[o, c] = delta(o, c)
+post g[o: d] = y[o] * sigmoid(u[o])
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_regression_spec_matches_reference(name):
+    b = compile_and_build(CASES[name], path=f"{name}.dsf")
+    g = torch.Generator().manual_seed(0)
+    for T in (0, 1, 9):
+        u = torch.randn(2, T, b.d_in(), generator=g, dtype=F64)
+        h0 = b.initial_state(2, g)
+        y_ref, h_ref = b.reference(u, h0)
+        with torch.no_grad():
+            y, hT = b.model(u, initial_state=h0, output_final_state=True)
+        assert y.shape == y_ref.shape == (2, T, b.d_out())
+        assert rel_err(y, y_ref) <= TOL and state_err(hT, h_ref) <= TOL
+        if T:
+            ys, state = run_steps(b.model, u, h0)
+            assert rel_err(ys, y_ref) <= TOL and state_err(state, h_ref) <= TOL
+
+
+def test_running_state_is_keyed_by_the_spec_name():
+    b = compile_and_build(CASES["running_let_named_None"], path="x.dsf")
+    with torch.no_grad():
+        _, state = b.model(torch.randn(1, 4, 3, dtype=F64), output_final_state=True)
+    assert set(state) == {"h", "None"}
