@@ -1,6 +1,6 @@
 """Hypothesis strategies that write random, well-formed DSF specs as text, from building blocks.
 
-Three generators, one per kind of A:
+Four generators:
 
 * ``diagonal_specs``: a state of 1-3 axes, A = product of deltas times a decay over a random subset of the axes
   (S6-like exp(-softplus(z) exp(a)), sigmoid(z), exp(-c relu(z)), constants, param-only decays, identity), B u in an
@@ -19,8 +19,11 @@ Three generators, one per kind of A:
 * ``ssd_specs``: Mamba-2 SSD-like, with a two-axis input u[h, p] read through flat indices (u[m // P, m % P]), B and
   C shared by groups of heads (Bm[h // R, j]) and a per-head decay.
 
-Each strategy returns a ``GenSpec``: the text plus what the generator intended (for labelling and for the assertions
-that only hold by construction, e.g. "a dense generator gives the dense family").
+Params and lets sometimes get names that are legal in a spec but collide with something in Python or in the
+generated module (``RISKY_NAMES``: keywords, ``forward``, ``to``, ``h0``, ``_B``, ...), and sums sometimes read the input
+through computed subscripts (``u[(m + 1) % M]``). Each strategy returns a ``GenSpec``: the text plus what the generator
+intended (for labelling and for the assertions that only hold by construction, e.g. "a dense generator gives the
+dense family").
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ FMAPS = {  # feature maps / gates, applied to a pre-activation X
 @dataclass
 class GenSpec:
     text: str
-    kind: str  # "diagonal" | "outer" | "dense"
+    kind: str  # "diagonal" | "outer" | "dense" | "ssd"
     labels: dict = field(default_factory=dict)  # generator choices, for hypothesis.event and failure notes
 
     def __str__(self) -> str:
