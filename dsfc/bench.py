@@ -57,15 +57,16 @@ def _time(fn, repeats: int) -> float:
 
 
 def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, compiled=False, stress=True) -> dict:
-    from .runtime import scans
+    from .runtime import compiled_chunks, scans
 
     module = load_module(result, f"dsfc_bench_{result.module_name}")
     cls = getattr(module, result.plan.model)
     torch.manual_seed(0)
     model = cls(**(dims or {}))
     u = torch.randn(batch, T, model._in_features())
-    old_compile = scans.COMPILE
+    old_compile, old_mode = scans.COMPILE, compiled_chunks.MODE
     scans.COMPILE = "auto" if compiled else "never"
+    compiled_chunks.MODE = "always" if compiled else "never"
     try:
         with torch.no_grad():
             fast = _time(lambda: model(u), repeats)
@@ -73,13 +74,14 @@ def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, comp
             family = result.structure.family
             saved = (module.diagonal_scan, module.chunked_outer_scan)
             module.diagonal_scan, module.chunked_outer_scan = loop_diagonal_scan, loop_outer_scan
+            compiled_chunks.MODE = "never"  # the baseline is the eager per-step loop
             try:
                 slow = _time(lambda: model(u), max(1, repeats // 2))
                 y_slow = model(u)
             finally:
                 module.diagonal_scan, module.chunked_outer_scan = saved
     finally:
-        scans.COMPILE = old_compile
+        scans.COMPILE, compiled_chunks.MODE = old_compile, old_mode
     rel = ((y_fast - y_slow).abs().max() / y_slow.abs().max().clamp_min(1e-30)).item()
     row = {
         "spec": result.spec.path,

@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, chunked_outer_scan, diagonal_scan, dt_bias_, kernel_matrix
+from dsfc.runtime import (
+    axis,
+    chunked_outer_scan,
+    diagonal_scan,
+    dt_bias_,
+    kernel_matrix,
+    run_compiled_chunks,
+    use_compiled_chunks,
+)
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -282,8 +290,44 @@ class MambaBlock(nn.Module):
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
 
+    def _diagonal_chunk(self, env, h0):
+        """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
+
+        ``env`` holds this chunk's slices of the time-varying lets and the input ([B, L, ...]); ``h0`` is [B, ...].
+        """
+        d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
+        _dev = h0.device
+        _dtype = h0.dtype
+        A_log = env["A_log"]
+        D = env["D"]
+        x = env["x"]
+        z = env["z"]
+        dt = env["dt"]
+        b = env["b"]
+        cq = env["cq"]
+        u_ = env["u_"]
+        _h = h0[:, None]
+        _ys = []
+        for _t in range(u_.shape[1]):
+            _a = torch.exp(-(torch.exp(A_log) * dt[:, _t : _t + 1][:, :, :, None]))
+            _bu = (
+                b[:, _t : _t + 1][:, :, None, :] * dt[:, _t : _t + 1][:, :, :, None] * x[:, _t : _t + 1][:, :, :, None]
+            )
+            _h_prev = _h
+            _h = _a * _h + _bu
+            _read = _h
+            _y_t = F.silu(z[:, _t : _t + 1]) * torch.einsum("ztj,ztij->zti", cq[:, _t : _t + 1], _read)
+            _y_t = _y_t + F.silu(z[:, _t : _t + 1]) * D * x[:, _t : _t + 1]
+            _ys.append(_y_t)
+        return torch.cat(_ys, 1), _h[:, 0]
+
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
+        if use_compiled_chunks(u_, h0):
+            # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
+            chunk_env = {k: env[k] for k in ["A_log", "D", "x", "z", "dt", "b", "cq"]}
+            chunk_env["u_"] = u_
+            return run_compiled_chunks(self, chunk_env, h0, ["xr", "xs", "x", "z", "dt", "b", "cq", "u_"])
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dev = env["_dev"]
         W_x = env["W_x"]

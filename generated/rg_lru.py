@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, chunked_outer_scan, diagonal_scan, dt_bias_, kernel_matrix
+from dsfc.runtime import (
+    axis,
+    chunked_outer_scan,
+    diagonal_scan,
+    dt_bias_,
+    kernel_matrix,
+    run_compiled_chunks,
+    use_compiled_chunks,
+)
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -214,8 +222,36 @@ class RGLRU(nn.Module):
     def _core_triton(self, x, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, x, h0, env, _B, _T, _dtype)
 
+    def _diagonal_chunk(self, env, h0):
+        """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
+
+        ``env`` holds this chunk's slices of the time-varying lets and the input ([B, L, ...]); ``h0`` is [B, ...].
+        """
+        W, nh, bw = self.W, self.nh, self.bw
+        _dev = h0.device
+        _dtype = h0.dtype
+        ig = env["ig"]
+        a = env["a"]
+        x = env["x"]
+        _h = h0[:, None]
+        _ys = []
+        for _t in range(x.shape[1]):
+            _a = a[:, _t : _t + 1]
+            _bu = torch.sqrt(1 + (-(a[:, _t : _t + 1] * a[:, _t : _t + 1]))) * ig[:, _t : _t + 1] * x[:, _t : _t + 1]
+            _h_prev = _h
+            _h = _a * _h + _bu
+            _read = _h
+            _y_t = _read
+            _ys.append(_y_t)
+        return torch.cat(_ys, 1), _h[:, 0]
+
     def _core(self, x, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
+        if use_compiled_chunks(x, h0):
+            # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
+            chunk_env = {k: env[k] for k in ["ig", "a"]}
+            chunk_env["x"] = x
+            return run_compiled_chunks(self, chunk_env, h0, ["r", "ig", "a", "x"])
         W, nh, bw = self.W, self.nh, self.bw
         _dev = env["_dev"]
         W_a = env["W_a"]

@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, chunked_outer_scan, diagonal_scan, dt_bias_, kernel_matrix
+from dsfc.runtime import (
+    axis,
+    chunked_outer_scan,
+    diagonal_scan,
+    dt_bias_,
+    kernel_matrix,
+    run_compiled_chunks,
+    use_compiled_chunks,
+)
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -303,8 +311,45 @@ class RWKV6(nn.Module):
     def _core_triton(self, x, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, x, h0, env, _B, _T, _dtype)
 
+    def _diagonal_chunk(self, env, h0):
+        """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
+
+        ``env`` holds this chunk's slices of the time-varying lets and the input ([B, L, ...]); ``h0`` is [B, ...].
+        """
+        d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
+        _dev = h0.device
+        _dtype = h0.dtype
+        W_v = env["W_v"]
+        r = env["r"]
+        k = env["k"]
+        w = env["w"]
+        ub = env["ub"]
+        x = env["x"]
+        _h = h0[:, None]
+        _ys = []
+        for _t in range(x.shape[1]):
+            _a = w[:, _t : _t + 1][:, :, :, :, None]
+            _bu = (
+                k[:, _t : _t + 1][:, :, :, :, None]
+                * (torch.einsum("ztl,ikl->ztik", x[:, _t : _t + 1], W_v))[:, :, :, None, :]
+            )
+            _h_prev = _h
+            _h = _a * _h + _bu
+            _read = _h_prev
+            _y_t = torch.einsum("ztik,ztikj->ztij", r[:, _t : _t + 1], _read)
+            _y_t = _y_t + ub[:, _t : _t + 1][:, :, :, None] * torch.einsum("ztk,ijk->ztij", x[:, _t : _t + 1], W_v)
+            _ys.append(_y_t)
+        return torch.cat(_ys, 1), _h[:, 0]
+
     def _core(self, x, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
+        if use_compiled_chunks(x, h0):
+            # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
+            chunk_env = {k: env[k] for k in ["W_v", "r", "k", "w", "ub"]}
+            chunk_env["x"] = x
+            return run_compiled_chunks(
+                self, chunk_env, h0, ["xp", "dx", "xx", "z", "mm", "r", "k", "wz", "w", "ub", "x"]
+            )
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         _dev = env["_dev"]
         mu_x = env["mu_x"]

@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, chunked_outer_scan, diagonal_scan, dt_bias_, kernel_matrix
+from dsfc.runtime import (
+    axis,
+    chunked_outer_scan,
+    diagonal_scan,
+    dt_bias_,
+    kernel_matrix,
+    run_compiled_chunks,
+    use_compiled_chunks,
+)
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec

@@ -94,6 +94,9 @@ class ModulePlan:
     matrices: list[tuple[str, str, list[str], list[str]]]  # (name, code, row shape, col shape)
     first_param: str | None
     pre_readout: bool
+    step_body: list[str] = field(default_factory=list)  # diagonal family: one step, for the compiled chunk path
+    time_varying: list[str] = field(default_factory=list)  # env keys that carry a time axis
+    chunk_inputs: list[str] = field(default_factory=list)  # params and lets the step body reads
     running: list[str] = field(default_factory=list)  # names of running lets (carried in the state dict)
     driven: str = ""  # local name of what B and D multiply (the input or a let)
     driven_size: str = ""
@@ -199,6 +202,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     full_state = ", ".join(st_shape)
 
     core: list[str] = []
+    step_body: list[str] = []
+    chunk_inputs: list[str] = []
     triton, triton_note = None, f"no Triton kernel: the {st.family.value} family has none yet"
     if st.family == Family.DIAGONAL_SCAN:
         core += [
@@ -211,6 +216,14 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
         core += readout
         triton, triton_note = plan_triton_diagonal(sym, st, pr, readout)
+        step_body = _step_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
+        used = set()
+        for e in (st.a.decay, st.bu, st.readout.ch, st.readout.du):
+            for node in sp.preorder_traversal(e):
+                if isinstance(node, (sp.Indexed, sp.Symbol)):
+                    used.add(str(node.base.label) if isinstance(node, sp.Indexed) else str(node))
+        chunk_inputs = [py_name(n) for n in [p.tensor.name for p in sym.params] + [x.tensor.name for x in sym.lets]
+                        if n in used]
     elif st.family == Family.CHUNKED_OUTER:
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
     else:
@@ -264,6 +277,9 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         matrices=matrices,
         first_param=params[0].attr if params else None,
         pre_readout=sym.readout == "pre",
+        step_body=step_body,
+        chunk_inputs=chunk_inputs,
+        time_varying=[py_name(let.tensor.name) for let in sym.lets if let.time_varying],
         triton=triton,
         triton_note=triton_note,
         running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names
@@ -312,6 +328,32 @@ def _readout_lines(sym, st, pr: TorchPrinter, out_syms, out_sizes, tensors) -> l
         lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
     lines.append("_final = _states[:, -1]")
     del pr.tensors[state_name]
+    return lines
+
+
+def _step_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes) -> list[str]:
+    """The diagonal recurrence written one step at a time over a short chunk (for torch.compile to fuse):
+    time-varying tensors are read at step ``_t`` only, so no [B, T, N] intermediate is ever materialised."""
+    tv = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
+    saved = {n: pr.tensors[n] for n in tv}
+    for n in tv:
+        pr.tensors[n] = TensorRef(f"{saved[n].code}[:, _t:_t + 1]", saved[n].rank, True)
+    state_name = sym.state.name
+    pr.tensors[state_name] = TensorRef("_read", len(sym.state.axes), True)
+    try:
+        lines = [
+            f"_a = {pr.print_tensor(st.a.decay, rows, row_sizes)}",
+            f"_bu = {pr.print_tensor(st.bu, rows, row_sizes)}",
+            "_h_prev = _h",
+            "_h = _a * _h + _bu",
+            f"_read = {'_h_prev' if sym.readout == 'pre' else '_h'}",
+            f"_y_t = {pr.print(st.readout.ch, out_syms, out_sizes)}",
+        ]
+        if st.readout.du != 0:
+            lines.append(f"_y_t = _y_t + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    finally:
+        pr.tensors.update(saved)
+        del pr.tensors[state_name]
     return lines
 
 
