@@ -50,7 +50,7 @@ class Evaluator:
         self.batched = batched
 
     def size(self, expr) -> int:
-        v = sp.sympify(expr).subs(self.dims)
+        v = sp.S(expr).subs(self.dims)
         if not v.is_Integer:
             raise ValueError(f"extent {expr} is not an integer at dims {self.dims}")
         return int(v)
@@ -106,7 +106,7 @@ class Evaluator:
                 x = x.reshape((1,) * (want - x.dim()) + tuple(x.shape))
         return x
 
-    def eval(self, e, axes: tuple, sizes: tuple[int, ...]) -> torch.Tensor:
+    def evaluate(self, e, axes: tuple, sizes: tuple[int, ...]) -> torch.Tensor:
         """Value of ``e`` at every point of the index grid ``axes`` (sizes given)."""
         f64 = torch.float64
         rank = len(axes)
@@ -131,17 +131,17 @@ class Evaluator:
                 return self._rank_up(x[(slice(None), slice(None), *subs)], True, rank)
             return self._rank_up(x[tuple(subs)], False, rank)
         if isinstance(e, sp.Add):
-            out = self.eval(e.args[0], axes, sizes)
+            out = self.evaluate(e.args[0], axes, sizes)
             for a in e.args[1:]:
-                out = out + self.eval(a, axes, sizes)
+                out = out + self.evaluate(a, axes, sizes)
             return out
         if isinstance(e, sp.Mul):
-            out = self.eval(e.args[0], axes, sizes)
+            out = self.evaluate(e.args[0], axes, sizes)
             for a in e.args[1:]:
-                out = out * self.eval(a, axes, sizes)
+                out = out * self.evaluate(a, axes, sizes)
             return out
         if isinstance(e, sp.Pow):
-            return torch.pow(self.eval(e.base, axes, sizes), self.eval(e.exp, axes, sizes))
+            return torch.pow(self.evaluate(e.base, axes, sizes), self.evaluate(e.exp, axes, sizes))
         if isinstance(e, sp.KroneckerDelta):
             a, b = (torch.as_tensor(self.index(x, axes, sizes)) for x in e.args)
             return (a == b).to(f64)
@@ -153,20 +153,20 @@ class Evaluator:
                     body = body.subs(var, var + lo)
                 body_axes, body_sizes = body_axes + (var,), body_sizes + (self.size(hi - lo + 1),)
             k = len(e.limits)
-            x = self.eval(body, body_axes, body_sizes)
+            x = self.evaluate(body, body_axes, body_sizes)
             batched = x.dim() > rank + k
             x = self._rank_up(x, batched, rank + k)
             x = x.expand(*x.shape[: x.dim() - k], *body_sizes[rank:])
             return x.sum(dim=tuple(range(-k, 0)))
         if isinstance(e, (sp.Max, sp.Min)):
             op = torch.maximum if isinstance(e, sp.Max) else torch.minimum
-            out = self.eval(e.args[0], axes, sizes)
+            out = self.evaluate(e.args[0], axes, sizes)
             for a in e.args[1:]:
-                out = op(out, self.eval(a, axes, sizes))
+                out = op(out, self.evaluate(a, axes, sizes))
             return out
         for cls, fn in _UNARY.items():
             if isinstance(e, cls):
-                return fn(self.eval(e.args[0], axes, sizes))
+                return fn(self.evaluate(e.args[0], axes, sizes))
         if isinstance(e, (sp.floor, sp.Mod)):
             return torch.as_tensor(self.index(e, axes, sizes), dtype=f64)
         raise NotImplementedError(f"reference evaluator: unsupported expression {type(e).__name__}: {e}")
@@ -196,14 +196,14 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
         ev = Evaluator(sym, dims, tensors, batched)
         sizes = tuple(ev.size(e) for e in let.tensor.shape())
         if let.running:
-            args = [_full(ev.eval(a, let.index, sizes), (B, T), sizes) for a in let.args]
+            args = [_full(ev.evaluate(a, let.index, sizes), (B, T), sizes) for a in let.args]
             start = (running0 or {}).get(let.tensor.name)
             tensors[let.tensor.name] = _run_over_time(let.running, args, start, (B, *sizes))
             if let.running == "prev" and T:
                 tensors[f"{let.tensor.name}:last"] = args[0][:, -1]
             batched.add(let.tensor.name)
             continue
-        x = ev.eval(let.expr, let.index, sizes)
+        x = ev.evaluate(let.expr, let.index, sizes)
         if let.time_varying:
             x = _full(x, (B, T), sizes)
             batched.add(let.tensor.name)
@@ -266,7 +266,7 @@ def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.T
         if m is None:
             out.append(torch.zeros(Bsz, T, n_rows, n_cols, dtype=torch.float64))
             continue
-        x = ev.eval(m.entry, m.rows + m.cols, rs + cs)
+        x = ev.evaluate(m.entry, m.rows + m.cols, rs + cs)
         out.append(_full(x, (Bsz, T), rs + cs).reshape(Bsz, T, n_rows, n_cols))
     return tuple(out)
 
@@ -281,7 +281,7 @@ def apply_posts(sym: SymSpec, dims, tables, y: torch.Tensor) -> torch.Tensor:
     for post in sym.posts:
         ev = Evaluator(sym, dims, tensors, batched)
         sizes = tuple(ev.size(e) for e in post.tensor.shape())
-        tensors[post.tensor.name] = _full(ev.eval(post.expr, post.index, sizes), (Bsz, T), sizes)
+        tensors[post.tensor.name] = _full(ev.evaluate(post.expr, post.index, sizes), (Bsz, T), sizes)
         batched.add(post.tensor.name)
     return tensors[sym.posts[-1].tensor.name].reshape(Bsz, T, math.prod(sizes))  # sizes: the last post's
 

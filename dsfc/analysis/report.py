@@ -46,7 +46,7 @@ def _ops(expr: sp.Expr, dims: dict) -> float:
     if isinstance(expr, sp.Sum):
         n = 1.0
         for _, lo, hi in expr.limits:
-            n *= float(sp.sympify(hi - lo + 1).subs(dims))
+            n *= float(sp.S(hi - lo + 1).subs(dims))
         return n * (_ops(expr.function, dims) + 1)
     if isinstance(expr, (sp.Indexed, sp.Symbol)) or expr.is_Number:
         return 0.0
@@ -136,11 +136,11 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
     dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
     n_sym = sym.state_size()
     n_val = int(n_sym.subs(dims))
-    ext = [int(sp.sympify(x.extent).subs(dims)) for x in sym.state.axes]
-    let_cost = sum(math.prod(int(sp.sympify(x.extent).subs(dims)) for x in let.tensor.axes)
+    ext = [int(sp.S(x.extent).subs(dims)) for x in sym.state.axes]
+    let_cost = sum(math.prod(int(sp.S(x.extent).subs(dims)) for x in let.tensor.axes)
                    * (sum(_ops(e, dims) for e in (let.args if let.running else (let.expr,))) + 1)
                    for let in sym.lets if let.time_varying)
-    out_size = math.prod(int(sp.sympify(x.extent).subs(dims)) for x in sym.output.axes)
+    out_size = math.prod(int(sp.S(x.extent).subs(dims)) for x in sym.output.axes)
     readout = out_size * (_ops(st.readout.ch, dims) + _ops(st.readout.du, dims) + 1)
     if st.family == Family.DIAGONAL_SCAN:
         core = n_val * (_ops(a.decay, dims) + _ops(st.bu, dims) + 2)

@@ -263,7 +263,7 @@ def _block_at(block, rows, cols, mixed, r_vals, c_vals):
 def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     """Rotation-scaling 2x2 blocks [[x, -y], [y, x]] (a complex diagonal): |lambda|^2 = det = x^2 + y^2."""
     dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
-    sizes = [int(sp.sympify(sym.state.axes[k].extent).subs(dims)) for k in a.mixed_axes]
+    sizes = [int(sp.S(sym.state.axes[k].extent).subs(dims)) for k in a.mixed_axes]
     if len(sizes) != 1 or sizes[0] != 2:
         return None
     rows, cols, mixed = a.rows, a.cols, a.mixed_axes

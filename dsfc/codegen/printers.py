@@ -57,7 +57,7 @@ class TorchPrinter:
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def size(self, e) -> str:
-        return self.index(sp.sympify(e), (), {})
+        return self.index(sp.S(e), (), {})
 
     def grid(self, sym, axes, sizes) -> str:
         k = axes.index(sym)
@@ -100,12 +100,12 @@ class TorchPrinter:
 
     # -- entry point ---------------------------------------------------------------------------------------------
     def print(self, e, axes: tuple, sizes: dict) -> str:
-        return self._p(sp.sympify(e), tuple(axes), sizes, 0)
+        return self._p(sp.S(e), tuple(axes), sizes, 0)
 
     def print_tensor(self, e, axes: tuple, sizes: dict) -> str:
         """Like ``print``, but the code always evaluates to a tensor (a constant such as A = 0.5 I or a query of
         1 would otherwise print as a Python number, which has no ``.expand``)."""
-        return self._tensor(sp.sympify(e), tuple(axes), sizes)
+        return self._tensor(sp.S(e), tuple(axes), sizes)
 
     def _paren(self, code: str) -> str:
         return f"({code})"

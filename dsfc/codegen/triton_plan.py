@@ -263,7 +263,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
             return e
         return e.func(*[hoist(a) for a in e.args])
 
-    a_e, bu_e = hoist(sp.sympify(st.a.decay)), hoist(sp.sympify(st.bu))
+    a_e, bu_e = hoist(sp.S(st.a.decay)), hoist(sp.S(st.bu))
     coef_e = hoist(coef) if split else None
 
     # ---- tensors and leaves
@@ -323,7 +323,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
                 code = ip.index_factor(s)
                 if code != "0":
                     terms.append(f"{code} * {ta.strides[lead + i]}")
-            free = set().union(*[sp.sympify(s).free_symbols for s in subs]) if subs else set()
+            free = set().union(*[sp.S(s).free_symbols for s in subs]) if subs else set()
             shape = {(True, True): "2d", (True, False): "rows", (False, True): "cols", (False, False): "scalar"}[
                 (bool(free & row_syms), bool(free & col_syms))]
             leaves.append(Leaf(var, ta, " + ".join(terms) or "0", shape, group))

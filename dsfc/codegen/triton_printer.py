@@ -73,12 +73,12 @@ class TritonPrinter(Printer):
     # -- integers: subscripts, extents, flat offsets ---------------------------------------------------------------
     def index(self, e) -> str:
         """An integer expression over state index symbols and dims (a subscript, an extent, a flat offset)."""
-        code = self._index(sp.sympify(e))
+        code = self._index(sp.S(e))
         return code[1:-1] if isinstance(e, sp.Add) else code
 
     def index_factor(self, e) -> str:
         """Like ``index``, safe as the left operand of ``*`` (sums keep their parentheses)."""
-        return self._index(sp.sympify(e))
+        return self._index(sp.S(e))
 
     def _index(self, e) -> str:
         if e.is_Integer:

@@ -122,14 +122,14 @@ class SymSpec:
     def subs_dims(self, expr: sp.Expr, values: dict[str, int]) -> sp.Expr:
         """Substitute dims (free and derived) by numbers."""
         env = {self.dims[k]: v for k, v in values.items() if k in self.dims}
-        return sp.sympify(expr).subs(env)
+        return sp.S(expr).subs(env)
 
     def dim_values(self, overrides: dict[str, int] | None = None) -> dict[str, int]:
         """All dims (free and derived) at the defaults, with free dims overridden."""
         vals = {k: self.dim_defaults[k] for k in self.free_dims}
         vals.update(overrides or {})
         for name, expr in self.dim_defs.items():
-            v = sp.sympify(expr).subs({self.dims[k]: x for k, x in vals.items()})
+            v = sp.S(expr).subs({self.dims[k]: x for k, x in vals.items()})
             vals[name] = int(v) if v.is_integer else float(v)
         return vals
 
