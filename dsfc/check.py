@@ -8,7 +8,6 @@ reference's dense matrices.
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import tempfile
 import types
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .codegen.plan import py_name
 from .pipeline import CompileResult
 from .reference import dense_matrices, reference_forward
 
@@ -104,7 +104,7 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
         model = model_factory(dims)
     all_dims = sym.dim_values(dims)
     params = {name: p.detach() for name, p in model.named_parameters()}
-    params = {p.tensor.name: params[_attr(result, p.tensor.name)] for p in sym.params}
+    params = {p.tensor.name: params[py_name(p.tensor.name)] for p in sym.params}
     d_in = model._in_features()
     report = CheckReport(sym.model, dims)
     running = bool(sym.running_lets)
@@ -147,11 +147,3 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
     return report
 
 
-def _attr(result: CompileResult, name: str) -> str:
-    from .codegen.plan import py_name
-
-    return py_name(name)
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)

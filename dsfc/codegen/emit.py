@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,9 @@ from .plan import ModulePlan, py_name
 TEMPLATES = Path(__file__).with_name("templates")
 
 
+@functools.lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
+    """One Jinja environment per process: templates are parsed once, not per compiled spec."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,

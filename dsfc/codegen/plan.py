@@ -6,6 +6,7 @@ The template only places these strings; which algorithm runs is decided here fro
 from __future__ import annotations
 
 import keyword
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -68,6 +69,7 @@ class LetPlan:
     running: str | None = None  # "cumsum" | "scan" | "prev" (see SymLet)
     args: list[str] = field(default_factory=list)
     shape: str = ""  # "_B, _T, <let axes>"
+    window: str = ""  # window(x): the window length (the extent of the let's last axis)
 
 
 @dataclass
@@ -183,7 +185,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             args = [pr.print(a, let.index, let_sizes) if a.has(sp.Indexed) or any(str(x) in pr.tensors for x in a.free_symbols)
                     else f"torch.as_tensor({pr.print(a, let.index, let_sizes)}, dtype=_dtype, device=_dev)"
                     for a in let.args]
-            lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape))
+            window = let_sizes[let.index[-1]] if let.running == "window" else ""
+            lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape, window))
             continue
         code = pr.print(let.expr, let.index, let_sizes)
         if not let.time_varying:
@@ -313,34 +316,51 @@ def _init_code(pr: TorchPrinter, p, attr: str, sizes) -> str:
     return f"nn.init.normal_({target}, 0.0, 0.02)  # no initialiser in the spec: dsfc's default"
 
 
+@contextmanager
+def _rebound(pr: TorchPrinter, refs: dict[str, TensorRef]):
+    """Print with some tensor names pointing at other code for a while (a time slice, the state being read)."""
+    saved = {n: pr.tensors.get(n) for n in refs}
+    pr.tensors.update(refs)
+    try:
+        yield
+    finally:
+        for n, old in saved.items():
+            if old is None:
+                del pr.tensors[n]
+            else:
+                pr.tensors[n] = old
+
+
+def _time_sliced(sym, pr: TorchPrinter, index: str) -> dict[str, TensorRef]:
+    """Every time-varying tensor (lets and the input) read at ``[:, index]`` only."""
+    names = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
+    return {n: TensorRef(f"{pr.tensors[n].code}[:, {index}]", pr.tensors[n].rank, True) for n in names}
+
+
+def _state_read(sym) -> dict[str, TensorRef]:
+    """The state, as the readout sees it: the local ``_read`` ([B, T, *state])."""
+    return {sym.state.name: TensorRef("_read", len(sym.state.axes), True)}
+
+
 def _readout_lines(sym, st, pr: TorchPrinter, out_syms, out_sizes, tensors) -> list[str]:
-    state_name = sym.state.name
-    pr.tensors[state_name] = TensorRef("_read", len(sym.state.axes), True)
     lines = []
     if sym.readout == "pre":
         lines.append("# pre-update readout: y_t = C_t h_(t-1) + D_t u_t")
         lines.append("_read = torch.cat([h0.unsqueeze(1), _states[:, :-1]], 1)")
     else:
         lines.append("_read = _states")
-    ch = pr.print(st.readout.ch, out_syms, out_sizes)
-    lines.append(f"_y = {ch}")
-    if st.readout.du != 0:
-        lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    with _rebound(pr, _state_read(sym)):
+        lines.append(f"_y = {pr.print(st.readout.ch, out_syms, out_sizes)}")
+        if st.readout.du != 0:
+            lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
     lines.append("_final = _states[:, -1]")
-    del pr.tensors[state_name]
     return lines
 
 
 def _step_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes) -> list[str]:
     """The diagonal recurrence written one step at a time over a short chunk (for torch.compile to fuse):
     time-varying tensors are read at step ``_t`` only, so no [B, T, N] intermediate is ever materialised."""
-    tv = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
-    saved = {n: pr.tensors[n] for n in tv}
-    for n in tv:
-        pr.tensors[n] = TensorRef(f"{saved[n].code}[:, _t:_t + 1]", saved[n].rank, True)
-    state_name = sym.state.name
-    pr.tensors[state_name] = TensorRef("_read", len(sym.state.axes), True)
-    try:
+    with _rebound(pr, {**_time_sliced(sym, pr, "_t:_t + 1"), **_state_read(sym)}):
         lines = [
             f"_a = {pr.print_tensor(st.a.decay, rows, row_sizes)}",
             f"_bu = {pr.print_tensor(st.bu, rows, row_sizes)}",
@@ -351,9 +371,6 @@ def _step_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes)
         ]
         if st.readout.du != 0:
             lines.append(f"_y_t = _y_t + {pr.print(st.readout.du, out_syms, out_sizes)}")
-    finally:
-        pr.tensors.update(saved)
-        del pr.tensors[state_name]
     return lines
 
 
@@ -431,13 +448,9 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors) -> list[st
     prod_d = " * ".join(sz[k] for k in Dg) if Dg else "1"
     prod_m = " * ".join(sz[k] for k in Mx)
     # the block entry reads lets at the current chunk of time only (bounded memory)
-    tv = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
-    saved = {n: pr.tensors[n] for n in tv}
-    for n in tv:
-        pr.tensors[n] = TensorRef(f"{saved[n].code}[:, _t0:_t1]", saved[n].rank, True)
-    block = pr.print_tensor(a.block, axes, sizes)
-    bu = pr.print_tensor(st.bu, rows, row_sizes)
-    pr.tensors.update(saved)
+    with _rebound(pr, _time_sliced(sym, pr, "_t0:_t1")):
+        block = pr.print_tensor(a.block, axes, sizes)
+        bu = pr.print_tensor(st.bu, rows, row_sizes)
     return [
         "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",
         f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
