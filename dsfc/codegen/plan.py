@@ -99,6 +99,11 @@ class ModulePlan:
     step_body: list[str] = field(default_factory=list)  # diagonal family: one step, for the compiled chunk path
     time_varying: list[str] = field(default_factory=list)  # env keys that carry a time axis
     chunk_inputs: list[str] = field(default_factory=list)  # params and lets the step body reads
+
+    @property
+    def env_locals(self) -> list[str]:
+        """Names the methods unpack from the env dict of ``_lets``: params (cast), then lets."""
+        return [name for name, _ in self.param_locals] + [py_name(let.name) for let in self.lets]
     running: list[str] = field(default_factory=list)  # names of running lets (carried in the state dict)
     driven: str = ""  # local name of what B and D multiply (the input or a let)
     driven_size: str = ""
