@@ -9,9 +9,15 @@ this machine's timings swing between runs.
 
 from __future__ import annotations
 
+import gc
+import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -56,32 +62,83 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, compiled=False, stress=True) -> dict:
+@contextmanager
+def _variant(module, which: str, compiled: bool):
+    """Run the generated module as itself ("generated") or with its scans swapped for per-step loops ("loop")."""
     from .runtime import compiled_chunks, scans
 
-    module = load_module(result, f"dsfc_bench_{result.module_name}")
-    cls = getattr(module, result.plan.model)
-    torch.manual_seed(0)
-    model = cls(**(dims or {}))
-    u = torch.randn(batch, T, model._in_features())
-    old_compile, old_mode = scans.COMPILE, compiled_chunks.MODE
-    scans.COMPILE = "auto" if compiled else "never"
-    compiled_chunks.MODE = "always" if compiled else "never"
+    saved = (module.diagonal_scan, module.chunked_outer_scan, scans.COMPILE, compiled_chunks.MODE)
+    if which == "loop":
+        module.diagonal_scan, module.chunked_outer_scan = loop_diagonal_scan, loop_outer_scan
+        scans.COMPILE, compiled_chunks.MODE = "never", "never"  # the baseline is the eager per-step loop
+    else:
+        scans.COMPILE = "auto" if compiled else "never"
+        compiled_chunks.MODE = "always" if compiled else "never"
     try:
-        with torch.no_grad():
+        yield
+    finally:
+        module.diagonal_scan, module.chunked_outer_scan, scans.COMPILE, compiled_chunks.MODE = saved
+
+
+def _setup(result: CompileResult, batch: int, T: int, dims: dict | None, name: str):
+    module = load_module(result, name)
+    torch.manual_seed(0)
+    model = getattr(module, result.plan.model)(**(dims or {}))
+    u = torch.randn(batch, T, model._in_features())
+    return module, model, u
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def measure_peak_mb(spec_path: str, which: str, batch: int, T: int, dims: dict | None, compiled: bool) -> float:
+    """Peak resident memory (MB) that one forward adds, measured in this process (call it in a fresh one).
+
+    Linux only: the kernel's high-water mark is reset (``/proc/self/clear_refs``) after set-up and warm-up, so
+    the figure is the forward's own peak above what was resident before it (inputs, weights, compiled code).
+    """
+    from .pipeline import compile_spec
+
+    result = compile_spec(spec_path)
+    module, model, u = _setup(result, batch, T, dims, f"dsfc_probe_{result.module_name}")
+    with torch.no_grad(), _variant(module, which, compiled):
+        model(u[:, : min(T, 64)])  # compile the chunk graph (its shapes do not depend on T) and warm caches
+        gc.collect()
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # reset VmHWM to the current resident size
+        base = _status_mb("VmRSS")
+        model(u)
+        return _status_mb("VmHWM") - base
+
+
+def _peak_in_subprocess(spec_path, which, batch, T, dims, compiled) -> float | None:
+    """A fresh interpreter per measurement: memory freed by an earlier run would otherwise be reused unseen."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    args = json.dumps({"spec": spec_path, "which": which, "batch": batch, "T": T, "dims": dims or {},
+                       "compiled": compiled})
+    proc = subprocess.run([sys.executable, "-m", "dsfc.bench", args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"  (peak memory of the {which} run not measured: {proc.stderr.strip().splitlines()[-1:]})")
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, compiled=False, memory=False) -> dict:
+    module, model, u = _setup(result, batch, T, dims, f"dsfc_bench_{result.module_name}")
+    family = result.structure.family
+    with torch.no_grad():
+        with _variant(module, "generated", compiled):
             fast = _time(lambda: model(u), repeats)
             y_fast = model(u)
-            family = result.structure.family
-            saved = (module.diagonal_scan, module.chunked_outer_scan)
-            module.diagonal_scan, module.chunked_outer_scan = loop_diagonal_scan, loop_outer_scan
-            compiled_chunks.MODE = "never"  # the baseline is the eager per-step loop
-            try:
-                slow = _time(lambda: model(u), max(1, repeats // 2))
-                y_slow = model(u)
-            finally:
-                module.diagonal_scan, module.chunked_outer_scan = saved
-    finally:
-        scans.COMPILE, compiled_chunks.MODE = old_compile, old_mode
+        with _variant(module, "loop", compiled):
+            slow = _time(lambda: model(u), max(1, repeats // 2))
+            y_slow = model(u)
     rel = ((y_fast - y_slow).abs().max() / y_slow.abs().max().clamp_min(1e-30)).item()
     row = {
         "spec": result.spec.path,
@@ -101,4 +158,16 @@ def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, comp
     print(f"{row['model']:<18} {family.value:<27} B={batch} T={T} dims={row['dims']}")
     print(f"  generated {fast * 1e3:9.1f} ms   loop {slow * 1e3:9.1f} ms   speed-up {slow / fast:5.1f}x   "
           f"max rel err {rel:.1e}{note}")
+    if memory:
+        dims_now = row["dims"]
+        gen = _peak_in_subprocess(result.spec.path, "generated", batch, T, dims_now, compiled)
+        loop = _peak_in_subprocess(result.spec.path, "loop", batch, T, dims_now, compiled)
+        row["generated_peak_mb"], row["loop_peak_mb"] = gen, loop
+        if gen is not None and loop is not None:
+            print(f"  peak memory of one forward: generated {gen:7.1f} MB   loop {loop:7.1f} MB")
     return row
+
+
+if __name__ == "__main__":  # the peak-memory probe: python -m dsfc.bench '{"spec": ..., "which": ...}'
+    _a = json.loads(sys.argv[1])
+    print(measure_peak_mb(_a["spec"], _a["which"], _a["batch"], _a["T"], _a["dims"], _a["compiled"]))

@@ -139,7 +139,7 @@ def cmd_bench(args) -> int:
         return EXIT_SPEC_ERROR
     for r in results:
         run_bench(r, batch=args.batch, T=args.T, dims=_parse_dims(args.dims), repeats=args.repeats,
-                  compiled=args.compile)
+                  compiled=args.compile, memory=args.memory)
     return 0
 
 
@@ -255,6 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--dims", nargs="*", help="dim overrides, e.g. d=256 n=16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="allow the torch.compile'd scan path")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure each side's peak resident memory (one fresh process each; Linux)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plot", help="kernel form |Phi|, eigenvalues of A_t over time and structure facts, as a PNG")

@@ -116,10 +116,10 @@ class DeltaNet(nn.Module):
         qr = F.silu(torch.einsum("ztk,ijk->ztij", u_, W_Q))  # let qr[h: H, a: K] = silu(sum(m, W_Q[h, a, m] * u[m]))
         kr = F.silu(torch.einsum("ztk,ijk->ztij", u_, W_K))  # let kr[h: H, a: K] = silu(sum(m, W_K[h, a, m] * u[m]))
         q = qr * torch.rsqrt(
-            ((qr[:, :, :, None, :] * qr[:, :, :, None, :])).sum(dim=-1)
+            (torch.einsum("ztik->zti", ((qr * qr))))[:, :, :, None]
         )  # let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
         k = kr * torch.rsqrt(
-            ((kr[:, :, :, None, :] * kr[:, :, :, None, :])).sum(dim=-1)
+            (torch.einsum("ztik->zti", ((kr * kr))))[:, :, :, None]
         )  # let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
         beta = torch.sigmoid(
             torch.einsum("ztj,ij->zti", u_, W_beta)

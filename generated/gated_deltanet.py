@@ -130,10 +130,10 @@ class GatedDeltaNet(nn.Module):
         qr = F.silu(torch.einsum("ztk,ijk->ztij", u_, W_Q))  # let qr[h: H, a: K] = silu(sum(m, W_Q[h, a, m] * u[m]))
         kr = F.silu(torch.einsum("ztk,ijk->ztij", u_, W_K))  # let kr[h: H, a: K] = silu(sum(m, W_K[h, a, m] * u[m]))
         q = qr * torch.rsqrt(
-            ((qr[:, :, :, None, :] * qr[:, :, :, None, :])).sum(dim=-1)
+            (torch.einsum("ztik->zti", ((qr * qr))))[:, :, :, None]
         )  # let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
         k = kr * torch.rsqrt(
-            ((kr[:, :, :, None, :] * kr[:, :, :, None, :])).sum(dim=-1)
+            (torch.einsum("ztik->zti", ((kr * kr))))[:, :, :, None]
         )  # let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
         vpre = torch.einsum("ztk,ijk->ztij", u_, W_V)  # let vpre[h: H, b: V] = sum(m, W_V[h, b, m] * u[m])
         alpha = torch.exp(

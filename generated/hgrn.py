@@ -112,7 +112,9 @@ class HGRN(nn.Module):
         Gamma = self.Gamma.to(_dtype)
         sm = torch.broadcast_to(
             torch.as_tensor(
-                torch.exp(Gamma) / (torch.exp(Gamma.permute(1, 0)[:, :])).sum(dim=-1), dtype=_dtype, device=_dev
+                torch.exp(Gamma) / (torch.einsum("jk->j", (torch.exp(Gamma.permute(1, 0)))))[:],
+                dtype=_dtype,
+                device=_dev,
             ),
             (L, E),
         )  # let sm[j: L, c: E] = exp(Gamma[j, c]) / sum(j2, exp(Gamma[j2, c]))

@@ -278,9 +278,9 @@ class LRU(nn.Module):
                 _chunks.append(_h)
         _states = torch.stack(_chunks, 1).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
         _read = _states
-        _y = (-(C_im * _read[:, :, axis(Nc, 1, 2, _dev), 1]).sum(dim=-1)) + (
-            C_re * _read[:, :, axis(Nc, 1, 2, _dev), 0]
-        ).sum(dim=-1)
+        _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, axis(Nc, 0, 1, _dev), 1]))) + torch.einsum(
+            "ij,ztj->zti", C_re, (_read[:, :, axis(Nc, 0, 1, _dev), 0])
+        )
         _y = _y + D * u_
         _final = _states[:, -1]
         return _y, _final

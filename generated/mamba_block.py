@@ -159,7 +159,7 @@ class MambaBlock(nn.Module):
         )  # let x[c: E] = silu(sum(k, W_conv[c, k] * xs[c, k]) + b_conv[c])
         z = torch.einsum("ztj,ij->zti", u_, W_z)  # let z[c: E] = sum(k, W_z[c, k] * u[k])
         dt = F.softplus(
-            b_dt + (W_dt * (torch.einsum("ztk,jk->ztj", x, W_xdt))[:, :, None, :]).sum(dim=-1)
+            b_dt + torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", x, W_xdt)))
         )  # let dt[c: E] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * x[k])) + b_dt[c])
         b = torch.einsum("ztj,ij->zti", x, W_B)  # let b[j: n] = sum(k, W_B[j, k] * x[k])
         cq = torch.einsum("ztj,ij->zti", x, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * x[k])

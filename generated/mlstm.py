@@ -137,65 +137,74 @@ class MLSTM(nn.Module):
         b_f = self.b_f.to(_dtype)
         W_i = self.W_i.to(_dtype)
         b_i = self.b_i.to(_dtype)
-        q = (
-            W_Q[
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                axis(bs, 2, 3, _dev),
-            ]
-            * u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]
-        ).sum(
-            dim=-1
+        q = torch.einsum(
+            "ztijk,ijk->ztij",
+            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
+            (
+                W_Q[
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
+                    axis(bs, 2, 3, _dev),
+                ]
+            ),
         )  # let q[h: H, a: DH] = sum(j: bs, W_Q[(h * DH + a) // bs, (h * DH + a) % bs, j] * u[((h * DH + a) // bs) * bs + j])
-        k = (
-            W_K[
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                axis(bs, 2, 3, _dev),
-            ]
-            * u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]
-        ).sum(
-            dim=-1
+        k = torch.einsum(
+            "ztijk,ijk->ztij",
+            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
+            (
+                W_K[
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
+                    axis(bs, 2, 3, _dev),
+                ]
+            ),
         )  # let k[h: H, a: DH] = sum(j: bs, W_K[(h * DH + a) // bs, (h * DH + a) % bs, j] * u[((h * DH + a) // bs) * bs + j])
-        v = (
-            W_V[
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                axis(bs, 2, 3, _dev),
-            ]
-            * u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]
-        ).sum(
-            dim=-1
+        v = torch.einsum(
+            "ztijk,ijk->ztij",
+            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
+            (
+                W_V[
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
+                    axis(bs, 2, 3, _dev),
+                ]
+            ),
         )  # let v[h: H, b: DH] = sum(j: bs, W_V[(h * DH + b) // bs, (h * DH + b) % bs, j] * u[((h * DH + b) // bs) * bs + j])
         fpre = (
             b_f
-            + (
-                W_f[axis(H, 0, 2, _dev), 0, axis(E, 1, 2, _dev)]
-                * q[:, :, (axis(E, 1, 2, _dev) // DH), (axis(E, 1, 2, _dev) % DH)]
-            ).sum(dim=-1)
-            + (
-                W_f[axis(H, 0, 2, _dev), 1, axis(E, 1, 2, _dev)]
-                * k[:, :, (axis(E, 1, 2, _dev) // DH), (axis(E, 1, 2, _dev) % DH)]
-            ).sum(dim=-1)
-            + (
-                W_f[axis(H, 0, 2, _dev), 2, axis(E, 1, 2, _dev)]
-                * v[:, :, (axis(E, 1, 2, _dev) // DH), (axis(E, 1, 2, _dev) % DH)]
-            ).sum(dim=-1)
+            + torch.einsum(
+                "ztj,ij->zti",
+                (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
+                (W_f[axis(H, 0, 2, _dev), 0, axis(E, 1, 2, _dev)]),
+            )
+            + torch.einsum(
+                "ztj,ij->zti",
+                (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
+                (W_f[axis(H, 0, 2, _dev), 1, axis(E, 1, 2, _dev)]),
+            )
+            + torch.einsum(
+                "ztj,ij->zti",
+                (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
+                (W_f[axis(H, 0, 2, _dev), 2, axis(E, 1, 2, _dev)]),
+            )
         )  # let fpre[h: H] = sum(e: E, W_f[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_f[h, 1, e] * k[e // DH, e % DH])
         ipre = (
             b_i
-            + (
-                W_i[axis(H, 0, 2, _dev), 0, axis(E, 1, 2, _dev)]
-                * q[:, :, (axis(E, 1, 2, _dev) // DH), (axis(E, 1, 2, _dev) % DH)]
-            ).sum(dim=-1)
-            + (
-                W_i[axis(H, 0, 2, _dev), 1, axis(E, 1, 2, _dev)]
-                * k[:, :, (axis(E, 1, 2, _dev) // DH), (axis(E, 1, 2, _dev) % DH)]
-            ).sum(dim=-1)
-            + (
-                W_i[axis(H, 0, 2, _dev), 2, axis(E, 1, 2, _dev)]
-                * v[:, :, (axis(E, 1, 2, _dev) // DH), (axis(E, 1, 2, _dev) % DH)]
-            ).sum(dim=-1)
+            + torch.einsum(
+                "ztj,ij->zti",
+                (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
+                (W_i[axis(H, 0, 2, _dev), 0, axis(E, 1, 2, _dev)]),
+            )
+            + torch.einsum(
+                "ztj,ij->zti",
+                (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
+                (W_i[axis(H, 0, 2, _dev), 1, axis(E, 1, 2, _dev)]),
+            )
+            + torch.einsum(
+                "ztj,ij->zti",
+                (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
+                (W_i[axis(H, 0, 2, _dev), 2, axis(E, 1, 2, _dev)]),
+            )
         )  # let ipre[h: H] = sum(e: E, W_i[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_i[h, 1, e] * k[e // DH, e % DH])
         f = torch.sigmoid(fpre)  # let f[h: H] = sigmoid(fpre[h])
         ig = torch.exp(ipre)  # let ig[h: H] = exp(ipre[h])

@@ -128,17 +128,19 @@ class RGLRU(nn.Module):
         Lambda = self.Lambda.to(_dtype)
         r = torch.sigmoid(
             b_a[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
-            + (
-                W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]
-                * x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]
-            ).sum(dim=-1)
+            + torch.einsum(
+                "ztij,ij->zti",
+                (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
+                (W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
+            )
         )  # let r[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_a[c // bw, i, c % bw]) + b_a[c // bw, c % bw])
         ig = torch.sigmoid(
             b_i[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
-            + (
-                W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]
-                * x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]
-            ).sum(dim=-1)
+            + torch.einsum(
+                "ztij,ij->zti",
+                (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
+                (W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
+            )
         )  # let ig[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_i[c // bw, i, c % bw]) + b_i[c // bw, c % bw])
         a = torch.exp(-(8 * F.softplus(Lambda) * r))  # let a[c: W] = exp(-8 * r[c] * softplus(Lambda[c]))
         return {

@@ -201,14 +201,14 @@ class RWKV6(nn.Module):
         mm = x_bias + torch.einsum(
             "ztik,ijk->ztij", z, W_x2
         )  # let mm[s: 3, c: d] = sum(j, W_x2[s, c, j] * z[s, j]) + x_bias[s, c]
-        r = ((dx[:, :, None, None, :] * mm[:, :, 0, axis(d, 2, 3, _dev)] + x[:, :, None, None, :]) * W_r).sum(
-            dim=-1
+        r = torch.einsum(
+            "ztk,ijk->ztij", (dx * mm[:, :, 0, axis(d, 0, 1, _dev)] + x), W_r
         )  # let r[h: H, a: K] = sum(c, W_r[h, a, c] * (x[c] + dx[c] * mm[0, c]))
-        k = ((dx[:, :, None, None, :] * mm[:, :, 2, axis(d, 2, 3, _dev)] + x[:, :, None, None, :]) * W_k).sum(
-            dim=-1
+        k = torch.einsum(
+            "ztk,ijk->ztij", (dx * mm[:, :, 2, axis(d, 0, 1, _dev)] + x), W_k
         )  # let k[h: H, a: K] = sum(c, W_k[h, a, c] * (x[c] + dx[c] * mm[2, c]))
         wz = torch.tanh(
-            ((dx[:, :, None, :] * mm[:, :, 1, axis(d, 1, 2, _dev)] + x[:, :, None, :]) * W_w1).sum(dim=-1)
+            torch.einsum("ztj,ij->zti", (dx * mm[:, :, 1, axis(d, 0, 1, _dev)] + x), W_w1)
         )  # let wz[j: Rw] = tanh(sum(c, W_w1[j, c] * (x[c] + dx[c] * mm[1, c])))
         w = torch.exp(
             -torch.exp(b_w + torch.einsum("ztk,ijk->ztij", wz, W_w2))

@@ -127,7 +127,7 @@ class S6(nn.Module):
         W_C = self.W_C.to(_dtype)
         D = self.D.to(_dtype)
         dt = F.softplus(
-            b_dt + (W_dt * (torch.einsum("ztk,jk->ztj", u_, W_xdt))[:, :, None, :]).sum(dim=-1)
+            b_dt + torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))
         )  # let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])
         b = torch.einsum("ztj,ij->zti", u_, W_B)  # let b[j: n] = sum(k, W_B[j, k] * u[k])
         cq = torch.einsum("ztj,ij->zti", u_, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * u[k])
