@@ -223,7 +223,9 @@ class QLSTM(nn.Module):
         og = env["og"]
         u_ = env["u_"]
         _h = h0[:, None]
-        _ys = []
+        # each step writes its slot of one output buffer: a list and torch.cat would give the compiled graph one
+        # buffer per step to allocate and reinterpret on every call (measured: a third of the per-call overhead)
+        _y = h0.new_empty((h0.shape[0], u_.shape[1], Hd))
         for _t in range(u_.shape[1]):
             _a = torch.sigmoid(f[:, _t : _t + 1])
             _bu = torch.sigmoid(ig[:, _t : _t + 1]) * torch.einsum("ztj,ij->zti", u_[:, _t : _t + 1], W_x)
@@ -231,8 +233,8 @@ class QLSTM(nn.Module):
             _h = _a * _h + _bu
             _read = _h
             _y_t = torch.sigmoid(og[:, _t : _t + 1]) * _read
-            _ys.append(_y_t)
-        return torch.cat(_ys, 1), _h[:, 0]
+            _y[:, _t : _t + 1] = _y_t
+        return _y, _h[:, 0]
 
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""

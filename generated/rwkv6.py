@@ -326,7 +326,9 @@ class RWKV6(nn.Module):
         ub = env["ub"]
         x = env["x"]
         _h = h0[:, None]
-        _ys = []
+        # each step writes its slot of one output buffer: a list and torch.cat would give the compiled graph one
+        # buffer per step to allocate and reinterpret on every call (measured: a third of the per-call overhead)
+        _y = h0.new_empty((h0.shape[0], x.shape[1], H, V))
         for _t in range(x.shape[1]):
             _a = w[:, _t : _t + 1][:, :, :, :, None]
             _bu = (
@@ -338,8 +340,8 @@ class RWKV6(nn.Module):
             _read = _h_prev
             _y_t = torch.einsum("ztik,ztikj->ztij", r[:, _t : _t + 1], _read)
             _y_t = _y_t + ub[:, _t : _t + 1][:, :, :, None] * torch.einsum("ztk,ijk->ztij", x[:, _t : _t + 1], W_v)
-            _ys.append(_y_t)
-        return torch.cat(_ys, 1), _h[:, 0]
+            _y[:, _t : _t + 1] = _y_t
+        return _y, _h[:, 0]
 
     def _core(self, x, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
