@@ -2,14 +2,14 @@
 """RWKV6: RWKV-6 time mixing: pre-update readout, diagonal-over-keys decay exp(-exp(w~)) with token shift, bonus in D
 
 DSF:  h_t = A(u_t) h_(t-1) + B(u_t) u_t,   y_t = C(u_t) h_t + D(u_t) u_t.
-Algorithm: diagonal scan.
+Algorithm: chunked outer-product scan.
 
 Structure (``dsfc analyze``):
     model            RWKV6
     A                diagonal, input-dependent
     A axes           diagonal: h, a, b, mixed: -, decay depends on: h, a
     B u              outer product
-    C                per-output contraction over the other state axes (I (x) c^T form)
+    C                query contraction over the key axes (y = S^T q per group)
     D                present
     coupling A/B     none
     shared params    W_x1, W_x2, mu_x, x_bias
@@ -18,9 +18,9 @@ Structure (``dsfc analyze``):
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 131072
     state bytes/seq  524288 (fp32, default dims)
-    FLOPs/token      2.76e+08 (default dims)
-    family           diagonal scan
-      why            A is diagonal: every state entry evolves independently (elementwise linear scan)
+    FLOPs/token      9.85e+06 (default dims)
+    family           chunked outer-product scan
+      why            A is diagonal (a per-key decay), B u is key[h, a] x value[h, b] and C contracts the key axes: the chunkwise-parallel (matmul) form applies
 """
 
 import math
@@ -311,47 +311,8 @@ class RWKV6(nn.Module):
     def _core_triton(self, x, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, x, h0, env, _B, _T, _dtype)
 
-    def _diagonal_chunk(self, env, h0):
-        """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
-
-        ``env`` holds this chunk's slices of the time-varying lets and the input ([B, L, ...]); ``h0`` is [B, ...].
-        """
-        d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
-        _dev = h0.device
-        _dtype = h0.dtype
-        W_v = env["W_v"]
-        r = env["r"]
-        k = env["k"]
-        w = env["w"]
-        ub = env["ub"]
-        x = env["x"]
-        _h = h0[:, None]
-        # each step writes its slot of one output buffer: a list and torch.cat would give the compiled graph one
-        # buffer per step to allocate and reinterpret on every call (measured: a third of the per-call overhead)
-        _y = h0.new_empty((h0.shape[0], x.shape[1], H, V))
-        for _t in range(x.shape[1]):
-            _a = w[:, _t : _t + 1][:, :, :, :, None]
-            _bu = (
-                k[:, _t : _t + 1][:, :, :, :, None]
-                * (torch.einsum("ztl,ikl->ztik", x[:, _t : _t + 1], W_v))[:, :, :, None, :]
-            )
-            _h_prev = _h
-            _h = _a * _h + _bu
-            _read = _h_prev
-            _y_t = torch.einsum("ztik,ztikj->ztij", r[:, _t : _t + 1], _read)
-            _y_t = _y_t + ub[:, _t : _t + 1][:, :, :, None] * torch.einsum("ztk,ijk->ztij", x[:, _t : _t + 1], W_v)
-            _y[:, _t : _t + 1] = _y_t
-        return _y, _h[:, 0]
-
     def _core(self, x, h0, env, _B, _T, _dtype):
-        """The recurrence (diagonal scan)."""
-        if use_compiled_chunks(x, h0):
-            # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
-            chunk_env = {k: env[k] for k in ["W_v", "r", "k", "w", "ub"]}
-            chunk_env["x"] = x
-            return run_compiled_chunks(
-                self, chunk_env, h0, ["xp", "dx", "xx", "z", "mm", "r", "k", "wz", "w", "ub", "x"]
-            )
+        """The recurrence (chunked outer-product scan)."""
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         _dev = env["_dev"]
         mu_x = env["mu_x"]
@@ -375,16 +336,19 @@ class RWKV6(nn.Module):
         wz = env["wz"]
         w = env["w"]
         ub = env["ub"]
-        # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
-        _a = w[:, :, :, :, None]
-        _bu = k[:, :, :, :, None] * (torch.einsum("ztl,ikl->ztik", x, W_v))[:, :, :, None, :]
-        _shape = (_B, _T, H, K, V)
-        _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
-        # pre-update readout: y_t = C_t h_(t-1) + D_t u_t
-        _read = torch.cat([h0.unsqueeze(1), _states[:, :-1]], 1)
-        _y = torch.einsum("ztik,ztikj->ztij", r, _read)
+        # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
+        _q = r
+        _k = k
+        _v = torch.einsum("ztk,ijk->ztij", x, W_v)
+        _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        _log_decay = (torch.log(w)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True, readout="pre")
+        _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+        _y = _y.reshape(_B, _T, H, V)
         _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
-        _final = _states[:, -1]
         return _y, _final
 
     @torch.no_grad()
@@ -457,254 +421,3 @@ class RWKV6(nn.Module):
         m = torch.as_tensor(W_v * ub[:, :, :, None, None], dtype=_dtype, device=_dev)
         out.append(m.expand(_B, _T, H, V, d).reshape(_B, _T, H * V, d))  # D
         return tuple(out)
-
-
-# ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
-# Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_(t-1)[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
-# Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
-# launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
-
-try:
-    import triton
-    import triton.language as tl
-
-    from dsfc.runtime.triton_diagonal import diagonal_scan_triton
-except ImportError:  # the module still imports without triton; backend="triton" then raises
-    triton = None
-
-    class tl:  # stand-in so that the kernels' annotations evaluate; the kernels are never called
-        constexpr = None
-
-
-def _jit(fn):
-    return triton.jit(fn) if triton is not None else fn
-
-
-@_jit
-def _scan_fwd(
-    h0_ptr,
-    out_ptr,
-    hT_ptr,
-    p_r,
-    p_k,
-    p_w,
-    p__sum0,
-    p_r_s0,
-    p_r_s1,
-    p_r_s2,
-    p_r_s3,
-    p_k_s0,
-    p_k_s1,
-    p_k_s2,
-    p_k_s3,
-    p_w_s0,
-    p_w_s1,
-    p_w_s2,
-    p_w_s3,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum0_s3,
-    dim_d,
-    dim_H,
-    dim_K,
-    dim_V,
-    dim_R,
-    dim_Rw,
-    dim_layer,
-    dim_L,
-    kc_ptr,
-    T,
-    R,
-    C,
-    OUT_P,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    READOUT: tl.constexpr,
-    DTYPE: tl.constexpr,
-):
-    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop."""
-    b = tl.program_id(0).to(tl.int64)
-    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
-    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    mask_r = rr < R
-    mask_c = cc < C
-    mask = mask_r & mask_c
-    i_h = rr // dim_V
-    i_b = rr % dim_V
-    i_a = cc
-    s_off = i_b + dim_V * i_a + dim_K * dim_V * i_h
-    y_off = i_b + dim_V * i_h
-    h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    for t in range(0, T):
-        x_k = tl.load(p_k + b * p_k_s0 + t * p_k_s1 + i_h * p_k_s2 + i_a * p_k_s3, mask=mask, other=0.0).to(DTYPE)
-        x_w = tl.load(p_w + b * p_w_s0 + t * p_w_s1 + i_h * p_w_s2 + i_a * p_w_s3, mask=mask, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_h * p__sum0_s2 + i_b * p__sum0_s3, mask=mask_r, other=0.0
-        ).to(DTYPE)
-        a = x_w
-        bu = x__sum0 * x_k
-        if READOUT:
-            x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_h * p_r_s2 + i_a * p_r_s3, mask=mask, other=0.0).to(DTYPE)
-            coef = x_r
-            y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
-            tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
-        h = a * h + bu
-        if not READOUT:
-            tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
-    tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
-
-
-@_jit
-def _scan_bwd(
-    h0_ptr,
-    states_ptr,
-    dout_ptr,
-    dhT_ptr,
-    dh0_ptr,
-    p_r,
-    p_k,
-    p_w,
-    p__sum0,
-    g_r,
-    g_k,
-    g_w,
-    g__sum0,
-    p_r_s0,
-    p_r_s1,
-    p_r_s2,
-    p_r_s3,
-    p_k_s0,
-    p_k_s1,
-    p_k_s2,
-    p_k_s3,
-    p_w_s0,
-    p_w_s1,
-    p_w_s2,
-    p_w_s3,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum0_s3,
-    dim_d,
-    dim_H,
-    dim_K,
-    dim_V,
-    dim_R,
-    dim_Rw,
-    dim_layer,
-    dim_L,
-    kc_ptr,
-    T,
-    R,
-    C,
-    OUT_P,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    READOUT: tl.constexpr,
-    DTYPE: tl.constexpr,
-):
-    """Reverse time: g = dL/dh_t in registers; every leaf's gradient from the derivatives of a, bu (and coef)."""
-    b = tl.program_id(0).to(tl.int64)
-    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
-    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    mask_r = rr < R
-    mask_c = cc < C
-    mask = mask_r & mask_c
-    i_h = rr // dim_V
-    i_b = rr % dim_V
-    i_a = cc
-    s_off = i_b + dim_V * i_a + dim_K * dim_V * i_h
-    y_off = i_b + dim_V * i_h
-    g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    for tt in range(0, T):
-        t = T - 1 - tt
-        x_k = tl.load(p_k + b * p_k_s0 + t * p_k_s1 + i_h * p_k_s2 + i_a * p_k_s3, mask=mask, other=0.0).to(DTYPE)
-        x_w = tl.load(p_w + b * p_w_s0 + t * p_w_s1 + i_h * p_w_s2 + i_a * p_w_s3, mask=mask, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_h * p__sum0_s2 + i_b * p__sum0_s3, mask=mask_r, other=0.0
-        ).to(DTYPE)
-        h_prev = h_init
-        if t > 0:
-            h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-        if READOUT:
-            x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_h * p_r_s2 + i_a * p_r_s3, mask=mask, other=0.0).to(DTYPE)
-            dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r, other=0.0).to(DTYPE)
-            gc = dy * h_prev
-            coef = x_r
-            tl.atomic_add(g_r + b * p_r_s0 + t * p_r_s1 + i_h * p_r_s2 + i_a * p_r_s3, gc, mask=mask)
-        if not READOUT:
-            g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
-        ga = g * h_prev
-        a = x_w
-        tl.atomic_add(g_k + b * p_k_s0 + t * p_k_s1 + i_h * p_k_s2 + i_a * p_k_s3, g * x__sum0, mask=mask)
-        tl.atomic_add(g_w + b * p_w_s0 + t * p_w_s1 + i_h * p_w_s2 + i_a * p_w_s3, ga, mask=mask)
-        tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_h * p__sum0_s2 + i_b * p__sum0_s3,
-            tl.sum(tl.where(mask, g * x_k, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
-        g = a * g
-        if READOUT:
-            g = g + dy * coef
-    tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
-
-
-def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
-    """backend="triton": the generated kernels above (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
-    d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
-    _dev = env["_dev"]
-    mu_x = env["mu_x"]
-    W_x1 = env["W_x1"]
-    W_x2 = env["W_x2"]
-    x_bias = env["x_bias"]
-    W_r = env["W_r"]
-    W_k = env["W_k"]
-    W_v = env["W_v"]
-    W_w1 = env["W_w1"]
-    W_w2 = env["W_w2"]
-    b_w = env["b_w"]
-    bonus = env["bonus"]
-    xp = env["xp"]
-    dx = env["dx"]
-    xx = env["xx"]
-    z = env["z"]
-    mm = env["mm"]
-    r = env["r"]
-    k = env["k"]
-    wz = env["wz"]
-    w = env["w"]
-    ub = env["ub"]
-    _sum0 = (torch.einsum("ztk,ijk->ztij", x, W_v)).expand(
-        _B, _T, H, V
-    )  # a sum inside the maths: computed in torch, read by the kernel
-    _out, _final, _fused = diagonal_scan_triton(
-        _scan_fwd,
-        _scan_bwd,
-        h0,
-        (r, k, w, _sum0),
-        T=_T,
-        dims=(d, H, K, V, R, Rw, layer, L),
-        consts=(),
-        R=H * V,
-        C=K,
-        P=H * V,
-        can_fuse=True,
-    )
-    _final = _final.reshape(_B, H, K, V)
-    if _fused:
-        _y = _out.reshape(_B, _T, H, V)
-        _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
-        return _y, _final
-    _states = _out.reshape(_B, _T, H, K, V)
-    # pre-update readout: y_t = C_t h_(t-1) + D_t u_t
-    _read = torch.cat([h0.unsqueeze(1), _states[:, :-1]], 1)
-    _y = torch.einsum("ztik,ztikj->ztij", r, _read)
-    _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
-    _final = _states[:, -1]
-    return _y, _final
-
-
-_core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -218,7 +218,7 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         # the decay varies along an axis that C contracts (GLA's key index): diagonal, shared over the rest
         a = replace(a, kind=AKind.DIAGONAL)
     b_form = classify_b(bu, a.rows)
-    outer = split_outer(sym, a, bu, readout) if sym.readout == "post" else None
+    outer = split_outer(sym, a, bu, readout)  # a pre-update readout runs the same algorithm, shifted a step
     if a.mixed_axes:
         family = Family.DENSE_SCAN
         why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "

@@ -427,7 +427,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]
     lines += [
         f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
-        "_y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)",
+        "_y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True"
+        + (", readout=\"pre\")" if sym.readout == "pre" else ")"),
         f"_final = _sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
     ]
     # y: [B, T, G, V] in (G, V) order; the output axes map to state axes through out_map

@@ -471,13 +471,14 @@ def chunked_outer_scan(
     *,
     chunk: int = 64,
     output_final_state: bool = False,
+    readout: str = "post",
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Multi-head linear-attention recurrence with optional log-space decay, in fla's batch-first layout.
 
     Per batch and head::
 
         S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_t^T      (S in R^{K x V}, S_{-1} = h0)
-        y_t = S_t^T q_t                                         (post-update readout)
+        y_t = S_t^T q_t            (readout="post")     or     y_t = S_{t-1}^T q_t      (readout="pre", RWKV)
 
     Args:
         q, k: [B, T, H, K].
@@ -488,6 +489,9 @@ def chunked_outer_scan(
         h0: [B, H, K, V] initial state, zeros if None.
         chunk: chunk length of the chunkwise-parallel algorithm.
         output_final_state: also return S_{T-1} (the state after the last step).
+        readout: "post" (after the update) or "pre" (before it). The pre-update readout is the post-update one
+            shifted by a step: y_t = S_{t-1}^T q_t is what the post form computes at step t-1 for the query q_t,
+            so the same chunked algorithm runs on the queries moved one step earlier, and y_0 = h0^T q_0.
 
     Returns:
         y [B, T, H, V] (promoted input dtype), or ``(y, S_T)`` with S_T [B, H, K, V] if ``output_final_state``.
@@ -505,6 +509,8 @@ def chunked_outer_scan(
         )
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if readout not in ("post", "pre"):
+        raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
     B, T, H, K = q.shape
     V = v.shape[-1]
     if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
@@ -522,7 +528,14 @@ def chunked_outer_scan(
         state = h0
     else:
         g = None if log_decay is None else log_decay.to(cdt)
-        y, state = _outer_scan_impl(q.to(cdt), k.to(cdt), v.to(cdt), g, h0, int(chunk))
+        q = q.to(cdt)
+        if readout == "pre":
+            q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)  # the last step's query reads nothing
+            y_next, state = _outer_scan_impl(q_next, k.to(cdt), v.to(cdt), g, h0, int(chunk))
+            y0 = torch.einsum("bhk,bhkv->bhv", q[:, 0], h0)[:, None]
+            y = torch.cat([y0, y_next[:, :-1]], 1)
+        else:
+            y, state = _outer_scan_impl(q, k.to(cdt), v.to(cdt), g, h0, int(chunk))
         y = y.to(out_dtype)
     if output_final_state:
         return y, state.to(out_dtype)

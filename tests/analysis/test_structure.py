@@ -128,7 +128,7 @@ TABLE = {
     "qlstm_s6": (["c"], [], set(), {"f", "ig"}, MARGINAL, DIAG, False, 2 * 256),
     "gated_deltanet": (["h", "a"], ["a"], {"beta", "k"}, {"alpha"}, None, DENSE, False, 6 * 256 * 512),
     "mlstm": (["h"], [], set(), {"f", "ig"}, STABLE, OUTER, False, 4 * 128 * 128),
-    "rwkv6": (["h", "a"], [], set(), {"w"}, STABLE, DIAG, False, 4 * 128 * 256),
+    "rwkv6": (["h", "a"], [], set(), {"w"}, STABLE, OUTER, False, 4 * 128 * 256),  # maths doc: GLA-like chunked, pre-update readout
     "s4d": (["c", "n", "s"], ["s"], set(), set(), STABLE, DENSE, True, 256 * 32 * 2),
     "lru": (["j", "s"], ["s"], set(), set(), STABLE, DENSE, True, 256 * 2),
     "rg_lru": (["c"], [], {"a"}, set(), STABLE, DIAG, False, 2560),

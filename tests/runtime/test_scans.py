@@ -53,19 +53,21 @@ def naive_diagonal_scan(a, b, h0=None):
     return torch.stack(out, 1) if out else b.clone()
 
 
-def naive_outer_scan(q, k, v, log_decay=None, h0=None):
-    """S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, y_t = S_t^T q_t, per (batch, head); returns (y, S_T)."""
+def naive_outer_scan(q, k, v, log_decay=None, h0=None, readout="post"):
+    """S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, y_t = S_t^T q_t (post) or S_{t-1}^T q_t (pre), per (batch, head);
+    returns (y, S_T)."""
     q, k, v = q.to(F64), k.to(F64), v.to(F64)
     B, T, H, K = q.shape
     V = v.shape[-1]
     S = torch.zeros(B, H, K, V, dtype=F64) if h0 is None else h0.to(F64)
     ys = []
     for t in range(T):
+        S_prev = S
         if log_decay is not None:
             d = torch.exp(log_decay[:, t].to(F64))
             S = S * (d[..., None, None] if log_decay.dim() == 3 else d[..., None])
         S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
-        ys.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+        ys.append(torch.einsum("bhkv,bhk->bhv", S if readout == "post" else S_prev, q[:, t]))
     y = torch.stack(ys, 1) if ys else torch.zeros(B, 0, H, V, dtype=F64)
     return y, S
 
@@ -358,6 +360,20 @@ def test_outer_scan_float64(T, chunk, B, H, decay, with_h0):
     assert_close_rel(S, S_ref, RTOL_F64)
     y_only = chunked_outer_scan(q, k, v, ld, h0, chunk=chunk)
     assert torch.equal(y_only, y)
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize("T,chunk,with_h0", [(1, 4, True), (7, 4, False), (37, 16, True), (64, 16, True)])
+def test_outer_scan_pre_readout(decay, T, chunk, with_h0):
+    """readout="pre" (RWKV): y_t = S_(t-1)^T q_t, including the first step's read of h0 and chunk boundaries."""
+    B, H, K, V = 2, 2, 5, 3
+    q, k, v, ld, h0 = outer_inputs(B, T, H, K, V, decay, h0=with_h0, seed=T + chunk + 11)
+    y, S = chunked_outer_scan(q, k, v, ld, h0, chunk=chunk, output_final_state=True, readout="pre")
+    y_ref, S_ref = naive_outer_scan(q, k, v, ld, h0, readout="pre")
+    assert_close_rel(y, y_ref, RTOL_F64)
+    assert_close_rel(S, S_ref, RTOL_F64)
+    with pytest.raises(ValueError, match="readout"):
+        chunked_outer_scan(q, k, v, ld, h0, readout="before")
 
 
 @pytest.mark.parametrize("decay", DECAYS)
