@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
     dt_bias_,

@@ -23,6 +23,7 @@ class BForm(str, Enum):
 class Family(str, Enum):
     DIAGONAL_SCAN = "diagonal scan"  # elementwise linear recurrence over all N state entries
     CHUNKED_OUTER = "chunked outer-product scan"  # chunkwise-parallel linear attention with decay masks
+    CHUNKED_DELTA = "chunked delta-rule scan"  # A = s (I - k f^T) per group, B u = k (x) v: WY/UT chunked form
     DENSE_SCAN = "dense scan"  # per-step block matrix-vector recurrence
 
 

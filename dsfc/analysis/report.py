@@ -153,6 +153,18 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         core = g * (4 * kk * vv + 2 * CHUNK * (kk + vv)) + g * kk * (_ops(o.key, dims) + _ops(o.query, dims)) \
             + g * vv * _ops(o.value, dims) + (0 if a.decay is None else g * _ops(a.decay, dims))
         readout = out_size * _ops(st.readout.du, dims)
+    elif st.family == Family.CHUNKED_DELTA:
+        o = st.outer
+        g = math.prod(ext[k] for k in o.group_axes)
+        kk = math.prod(ext[k] for k in o.key_axes)
+        vv = math.prod(ext[k] for k in o.value_axes)
+        L = CHUNK
+        # per token (chunk costs / L): F K^T and Q K^T scores (4LK), the triangular solve (L(K+V)), the chunk's
+        # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass (2K^2V/L)
+        core = g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
+            + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(st.delta.read, dims)) \
+            + g * vv * _ops(o.value, dims) + g * _ops(st.delta.decay, dims)
+        readout = out_size * _ops(st.readout.du, dims)
     else:
         blocks = math.prod(ext[k] for k in a.diag_axes)
         mflat = math.prod(ext[k] for k in a.mixed_axes)

@@ -283,21 +283,14 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
 
 def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     """block = s I - f g^T on the mixed axes: eigenvalues s (multiplicity M-1) and s - g^T f."""
-    from .index_algebra import factors, split_deltas, terms
+    from .structure import split_rank_one
 
-    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
-    pairs = {frozenset((rows[k], cols[k])) for k in mixed}
-    ident, rest = [], []
-    for t in terms(a.block):
-        deltas, other = split_deltas(t)
-        (ident if pairs <= {frozenset(d.args) for d in deltas} else rest).append(t)
-    if len(rest) != 1 or not ident:
+    parts = split_rank_one(a)
+    if parts is None:
         return None
-    s_coef = sp.Add(*[split_deltas(t)[1] for t in ident])
-    col_syms = {cols[k] for k in mixed}
-    g = sp.Mul(*[f for f in factors(rest[0]) if f.free_symbols & col_syms]).subs(
-        {cols[k]: rows[k] for k in mixed}, simultaneous=True)
-    f = sp.Mul(*[f for f in factors(rest[0]) if not (f.free_symbols & col_syms)])
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    s_coef, f = parts.scale, parts.row_vec
+    g = parts.col_vec.subs({cols[k]: rows[k] for k in mixed}, simultaneous=True)
     trace = f * g
     for k in mixed:
         ext = sym.state.axes[k].extent

@@ -12,7 +12,7 @@ import sympy as sp
 
 from ..ir.symspec import SymSpec
 from .facts import AKind, BForm, Family
-from .index_algebra import common_row_col_deltas, contract_product, factors, strip_deltas, terms
+from .index_algebra import common_row_col_deltas, contract_product, factors, split_deltas, strip_deltas, terms
 
 
 def _depends(expr: sp.Expr, syms) -> tuple[int, ...]:
@@ -47,6 +47,23 @@ class OuterSplit:
 
 
 @dataclass(frozen=True)
+class RankOneBlock:
+    """A's block on the mixed axes = scale * I + row_vec[rows] * col_vec[cols] (identity plus rank 1)."""
+
+    scale: sp.Expr  # over the row symbols of the other axes (e.g. a gate per head)
+    row_vec: sp.Expr  # depends on the mixed row symbols
+    col_vec: sp.Expr  # depends on the mixed column symbols
+
+
+@dataclass(frozen=True)
+class DeltaSplit:
+    """The delta rule: A = s (I - key read^T) per group, B u = key (x) value, so the chunkwise WY form applies."""
+
+    decay: sp.Expr  # s over the group row symbols (1 for DeltaNet)
+    read: sp.Expr  # f over the group and key row symbols
+
+
+@dataclass(frozen=True)
 class Readout:
     """y[o] = (C h)[o] and (D u)[o] with deltas contracted, over the output symbols."""
 
@@ -64,6 +81,7 @@ class Structure:
     outer: OuterSplit | None
     family: Family
     family_reason: str
+    delta: DeltaSplit | None = None  # the delta-rule form of an identity-plus-rank-1 A (family CHUNKED_DELTA)
 
 
 def classify_a(sym: SymSpec) -> AStructure:
@@ -210,6 +228,51 @@ def contracted_axes(sym: SymSpec, readout: Readout) -> set[int]:
     return out
 
 
+def split_rank_one(a: AStructure) -> RankOneBlock | None:
+    """Write A's block as scale * I + (rank 1) on the mixed axes, or None when it does not have that form."""
+    if a.block is None or not a.mixed_axes:
+        return None
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    pairs = {frozenset((rows[k], cols[k])) for k in mixed}
+    ident, rest = [], []
+    for t in terms(a.block):
+        deltas, _ = split_deltas(t)
+        (ident if pairs <= {frozenset(d.args) for d in deltas} else rest).append(t)
+    if len(rest) != 1 or not ident:
+        return None
+    scale = sp.Add(*[split_deltas(t)[1] for t in ident])
+    col_syms = {cols[k] for k in mixed}
+    col_vec = sp.Mul(*[f for f in factors(rest[0]) if f.free_symbols & col_syms])
+    row_vec = sp.Mul(*[f for f in factors(rest[0]) if not (f.free_symbols & col_syms)])
+    if scale.free_symbols & col_syms:
+        return None
+    return RankOneBlock(scale, row_vec, col_vec)
+
+
+def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tuple[OuterSplit, DeltaSplit] | None:
+    """DeltaNet's form: A = s (I - key f^T) (x) I_value per group with the *same* key that B u writes
+    (B u = key (x) value), s constant over the key axes, C contracting the key axes. None otherwise."""
+    parts = split_rank_one(a)
+    if parts is None:
+        return None
+    # the outer-product split of B u and C, as if A were diagonal (its block lives on the key axes only)
+    outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
+        return None
+    rows, cols = a.rows, a.cols
+    key_rows = {rows[k] for k in outer.key_axes}
+    key_cols = {cols[k] for k in outer.key_axes}
+    value_rows = {rows[k] for k in outer.value_axes}
+    if a.block.free_symbols & value_rows or parts.scale.free_symbols & (key_rows | key_cols):
+        return None
+    # row_vec = -scale * rho * key with rho constant over the key axes: then f = rho * col_vec
+    rho = sp.simplify(-parts.row_vec / (parts.scale * outer.key))
+    if rho.free_symbols & (key_rows | key_cols | value_rows) or rho.has(sp.zoo, sp.nan):
+        return None
+    read = (rho * parts.col_vec).subs({cols[k]: rows[k] for k in outer.key_axes}, simultaneous=True)
+    return outer, DeltaSplit(parts.scale, read)
+
+
 def analyse_structure_of(sym: SymSpec) -> Structure:
     a = classify_a(sym)
     bu = compute_bu(sym, a.rows)
@@ -219,6 +282,14 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         a = replace(a, kind=AKind.DIAGONAL)
     b_form = classify_b(bu, a.rows)
     outer = split_outer(sym, a, bu, readout)  # a pre-update readout runs the same algorithm, shifted a step
+    delta = split_delta(sym, a, bu, readout) if a.mixed_axes else None
+    if delta is not None:
+        outer, dsplit = delta
+        family = Family.CHUNKED_DELTA
+        why = (f"A is s (I - k f^T) on key axes {', '.join(_axis_names(sym, outer.key_axes))} per group with the "
+               "key that B u writes (B u = key x value) and C contracts the key axes: the delta rule, run "
+               "chunkwise in its WY (UT-transform) form")
+        return Structure(a, bu, b_form, readout, outer, family, why, dsplit)
     if a.mixed_axes:
         family = Family.DENSE_SCAN
         why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "

@@ -232,7 +232,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                     used.add(str(node.base.label) if isinstance(node, sp.Indexed) else str(node))
         chunk_inputs = [py_name(n) for n in [p.tensor.name for p in sym.params] + [x.tensor.name for x in sym.lets]
                         if n in used]
-    elif st.family == Family.CHUNKED_OUTER:
+    elif st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
@@ -401,7 +401,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
 
     gk, gk_s = over(G + K)
     gv, gv_s = over(G + V)
+    delta = st.delta
     lines = [
+        "# delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan" if delta else
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
         f"_q = {pr.print_tensor(o.query, gk, gk_s)}",
         f"_k = {pr.print_tensor(o.key, gk, gk_s)}",
@@ -410,10 +412,15 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         f"_k = _k.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         f"_v = _v.expand(_B, _T, {', '.join(sz[k] for k in G + V)}).reshape(_B, _T, {prod(G)}, {prod(V)})",
     ]
-    logd = _log_decay(st.a.decay)
+    if delta:
+        lines += [
+            f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
+            f"_f = _f.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
+        ]
+    logd = _log_decay(delta.decay if delta else st.a.decay)
     if logd is None:
-        lines.append("_log_decay = None  # A = I")
-    elif set(st.a.decay_axes) & set(K):
+        lines.append("_log_decay = None  # s = 1 (no gate)" if delta else "_log_decay = None  # A = I")
+    elif not delta and set(st.a.decay_axes) & set(K):
         s, s_s = over(G + K)
         lines.append(f"_log_decay = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
                      f".reshape(_B, _T, {prod(G)}, {prod(K)})")
@@ -427,7 +434,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]
     lines += [
         f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
-        "_y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True"
+        ("_y, _sT = chunked_delta_scan(_q, _k, _v, _f, _log_decay, _s0, output_final_state=True" if delta else
+         "_y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True")
         + (", readout=\"pre\")" if sym.readout == "pre" else ")"),
         f"_final = _sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
     ]

@@ -4,6 +4,6 @@ from dsfc.runtime.compiled_chunks import run_compiled_chunks, use_compiled_chunk
 from dsfc.runtime.indexing import axis
 from dsfc.runtime.init import dt_bias_
 from dsfc.runtime.kernel_form import kernel_matrix
-from dsfc.runtime.scans import chunked_outer_scan, diagonal_scan
+from dsfc.runtime.scans import chunked_delta_scan, chunked_outer_scan, diagonal_scan
 
-__all__ = ["axis", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "kernel_matrix", "run_compiled_chunks", "use_compiled_chunks"]
+__all__ = ["axis", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "kernel_matrix", "run_compiled_chunks", "use_compiled_chunks"]

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["diagonal_scan", "chunked_outer_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
+__all__ = ["diagonal_scan", "chunked_outer_scan", "chunked_delta_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
 
 Tensor = torch.Tensor
 
@@ -540,3 +540,127 @@ def chunked_outer_scan(
     if output_final_state:
         return y, state.to(out_dtype)
     return y
+
+
+# =====================================================================================================================
+# chunked_delta_scan
+# =====================================================================================================================
+
+
+def chunked_delta_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    f: Tensor,
+    log_decay: Optional[Tensor] = None,
+    h0: Optional[Tensor] = None,
+    *,
+    chunk: int = 64,
+    output_final_state: bool = False,
+    readout: str = "post",
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Delta-rule recurrence (DeltaNet, Gated DeltaNet) with a scalar decay per head, chunkwise, batch-first.
+
+    Per batch and head::
+
+        S_t = s_t (I - k_t f_t^T) S_{t-1} + k_t v_t^T        (S in R^{K x V}, s_t = exp(log_decay_t))
+        y_t = S_t^T q_t   (readout="post")   or   S_{t-1}^T q_t   (readout="pre")
+
+    DeltaNet is k_t = beta_t key_t, f_t = key_t, s_t = 1; Gated DeltaNet adds s_t = alpha_t.
+
+    Args:
+        q, k, f: [B, T, H, K];  v: [B, T, H, V];  log_decay: None (s = 1) or [B, T, H];  h0: [B, H, K, V] or None.
+
+    Algorithm (the WY / UT-transform form of fla's chunk_delta_rule, derived for this parameterisation): write
+    S_t = s_t S_{t-1} + k_t w_t^T with the pseudo-values w_t = v_t - s_t S_{t-1}^T f_t. Inside a chunk, with the
+    decay mask D[t, j] = exp(segsum(j+1..t)) (every factor exp(<= 0) for log_decay <= 0) and the chunk-start state
+    S_0, Gamma_t = exp(cumsum(log_decay)):
+
+        (I + strict_tril(D * F K^T)) W = V - diag(Gamma) F S_0           (unit lower-triangular solve)
+        Y   = diag(Gamma) Q S_0 + tril(D * Q K^T) W
+        S_L = Gamma_L S_0 + (K * D[L, :])^T W
+
+    The solve is split into chunk-local parts (T V and T diag(Gamma) F, all chunks at once) and a K x K state
+    recurrence over chunks; only that recurrence is sequential (T / chunk steps).
+    """
+    if q.dim() != 4 or k.shape != q.shape or f.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            "chunked_delta_scan expects q, k, f [B,T,H,K] and v [B,T,H,V]; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(f.shape)}, {tuple(v.shape)}"
+        )
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if readout not in ("post", "pre"):
+        raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if log_decay is not None and log_decay.shape != (B, T, H):
+        raise ValueError(f"log_decay must be [B,T,H] (one scalar per head), got {tuple(log_decay.shape)}")
+    if h0 is not None and h0.shape != (B, H, K, V):
+        raise ValueError(f"h0 must be [B,H,K,V] = {(B, H, K, V)}, got {tuple(h0.shape)}")
+    out_dtype = _result_dtype(q, k, v, f, log_decay, h0)
+    cdt = _compute_dtype(out_dtype)
+    h0 = torch.zeros(B, H, K, V, dtype=cdt, device=q.device) if h0 is None else h0.to(cdt)
+    if T == 0:
+        y = torch.empty(B, 0, H, V, dtype=out_dtype, device=q.device)
+        return (y, h0.to(out_dtype)) if output_final_state else y
+    q, k, v, f = (x.to(cdt) for x in (q, k, v, f))
+    g = None if log_decay is None else log_decay.to(cdt)
+    if readout == "pre":
+        q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)  # as chunked_outer_scan: shift the queries
+        y_next, state = _delta_scan_impl(q_next, k, v, f, g, h0, int(chunk))
+        y = torch.cat([torch.einsum("bhk,bhkv->bhv", q[:, 0], h0)[:, None], y_next[:, :-1]], 1)
+    else:
+        y, state = _delta_scan_impl(q, k, v, f, g, h0, int(chunk))
+    y = y.to(out_dtype)
+    return (y, state.to(out_dtype)) if output_final_state else y
+
+
+def _delta_scan_impl(q, k, v, f, g, h0, chunk):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    L = min(T, chunk)
+    nc = -(-T // L)
+    pad = nc * L - T
+    # padded steps: k = v = f = 0 and log decay 0 leave the state unchanged; their outputs are dropped
+    q, k, v, f = (_pad_time(x, 1, pad, 0.0) for x in (q, k, v, f))
+
+    def chunked(x):  # [B, T', H, X] -> [B, H, nc, L, X]
+        return x.reshape(B, nc, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+
+    qc, kc, vc, fc = chunked(q), chunked(k), chunked(v), chunked(f)
+    idx = torch.arange(L, device=q.device)
+    if g is None:
+        mask = (idx[:, None] >= idx[None, :]).to(q.dtype)  # D with s = 1: the causal mask
+        gamma = torch.ones(B, H, nc, L, 1, dtype=q.dtype, device=q.device)
+        k_end = kc  # decay of k_j to the chunk end: 1
+        tot = torch.ones(B, H, nc, 1, 1, dtype=q.dtype, device=q.device)
+    else:
+        gc = chunked(_pad_time(g, 1, pad, 0.0).unsqueeze(-1)).squeeze(-1)  # [B, H, nc, L]
+        mask = torch.exp(_segsum(gc, dim=-1))  # [B, H, nc, L, L]; exact zeros above the diagonal
+        gamma = torch.exp(torch.cumsum(gc, dim=-1)).unsqueeze(-1)  # decay from the chunk start through step t
+        k_end = kc * torch.exp(_rev_cumsum_exclusive(gc, dim=-1)).unsqueeze(-1)
+        tot = gamma[..., -1:, :]  # [B, H, nc, 1, 1]
+    strict = mask * (idx[:, None] > idx[None, :]).to(q.dtype)
+    lower = torch.matmul(fc, kc.transpose(-1, -2)) * strict  # strict_tril(D * F K^T)
+    eye = torch.eye(L, dtype=q.dtype, device=q.device)
+    # T V and T diag(Gamma) F for every chunk at once (unit lower-triangular solves)
+    rhs = torch.cat([vc, gamma * fc], dim=-1)
+    sol = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
+    w_v, w_f = sol[..., :V], sol[..., V:]  # W = w_v - w_f S_0
+    scores = torch.matmul(qc, kc.transpose(-1, -2)) * mask  # tril(D * Q K^T)
+    # chunk-to-chunk state recurrence: S_next = (tot I - k_end^T w_f) S_0 + k_end^T w_v  (K x K times K x V)
+    trans = tot * torch.eye(K, dtype=q.dtype, device=q.device) - torch.matmul(k_end.transpose(-1, -2), w_f)
+    inject = torch.matmul(k_end.transpose(-1, -2), w_v)
+    starts = []
+    S = h0
+    for c in range(nc):
+        starts.append(S)
+        S = torch.matmul(trans[:, :, c], S) + inject[:, :, c]
+    S0 = torch.stack(starts, dim=2)  # [B, H, nc, K, V] the state at each chunk start
+    W = w_v - torch.matmul(w_f, S0)
+    y = torch.matmul(gamma * qc, S0) + torch.matmul(scores, W)
+    y = y.permute(0, 2, 3, 1, 4).reshape(B, nc * L, H, V)
+    if pad:
+        y = y[:, :T]
+    return y, S

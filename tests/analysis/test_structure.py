@@ -109,7 +109,8 @@ def test_deltanet(reports):
     assert r.a_axes["diagonal"] == ["h", "b"] and r.a_axes["mixed"] == ["a"]  # (I_K - beta k k^T) (x) I_V per head
     assert r.b_form == "outer product"
     assert set(r.coupling) == {"beta", "k"}
-    assert r.family == Family.DENSE_SCAN.value == "dense scan"
+    # maths doc 5.14: "chunkwise WY / UT transform"
+    assert r.family == Family.CHUNKED_DELTA.value == "chunked delta-rule scan"
     # eigenvalues are {1, 1 - beta} with beta in (0, 1): 1 is attained, so exactly |lambda| <= 1
     assert r.eigen_bound == Bound.MARGINAL.value, r.eigen_reason
     assert r.state_size_default == 4 * 128 * 128  # H * K * V
@@ -117,6 +118,7 @@ def test_deltanet(reports):
 
 STABLE, MARGINAL, UNBOUNDED = Bound.STABLE.value, Bound.MARGINAL.value, Bound.UNBOUNDED.value
 DIAG, OUTER, DENSE = Family.DIAGONAL_SCAN.value, Family.CHUNKED_OUTER.value, Family.DENSE_SCAN.value
+DELTA = Family.CHUNKED_DELTA.value
 
 # name: (decay depends on, mixed axes, coupling must contain, coupling must not contain, eigen bound (None: any sound
 #        answer), family, time-invariant A, state size at the default dims multiplied out by hand)
@@ -126,7 +128,7 @@ TABLE = {
     "hgrn": (["c"], [], {"f"}, set(), None, DIAG, False, 1024),
     "qlstm": (["c"], [], set(), {"f", "ig"}, STABLE, DIAG, False, 2 * 256),
     "qlstm_s6": (["c"], [], set(), {"f", "ig"}, MARGINAL, DIAG, False, 2 * 256),
-    "gated_deltanet": (["h", "a"], ["a"], {"beta", "k"}, {"alpha"}, None, DENSE, False, 6 * 256 * 512),
+    "gated_deltanet": (["h", "a"], ["a"], {"beta", "k"}, {"alpha"}, None, DELTA, False, 6 * 256 * 512),  # WY + gates
     "mlstm": (["h"], [], set(), {"f", "ig"}, STABLE, OUTER, False, 4 * 128 * 128),
     "rwkv6": (["h", "a"], [], set(), {"w"}, STABLE, OUTER, False, 4 * 128 * 256),  # maths doc: GLA-like chunked, pre-update readout
     "s4d": (["c", "n", "s"], ["s"], set(), set(), STABLE, DENSE, True, 256 * 32 * 2),

@@ -474,7 +474,17 @@ def dense_specs(draw) -> GenSpec:
         b.matrices.append(f"A[(h, a, b), (h2, a2, b2)] = {gate}delta(h, h2) * delta(b, b2) * "
                           f"(delta(a, a2) - {beta}[h] * {k}[h, a] * {k}[h, a2])")
         wv = b.param("W_V", ["H", "V", "M"], "~ normal(0, 1)")
-        b.matrices.append(f"B[(h, a, b), m] = {beta}[h] * {k}[h, a] * {wv}[h, b, m]")
+        # the delta rule writes along the key it erases (chunked WY form); another write key makes A and B
+        # unrelated, which only the dense scan handles
+        labels["write"] = draw(st.sampled_from(["same_key", "same_key_beta_in_value", "other_key"]))
+        if labels["write"] == "same_key":
+            b.matrices.append(f"B[(h, a, b), m] = {beta}[h] * {k}[h, a] * {wv}[h, b, m]")
+        elif labels["write"] == "same_key_beta_in_value":
+            vv = b.let("vv", [axes[0], axes[2]], f"{beta}[h] * {_projection(b, [axes[0], axes[2]])}")
+            b.matrices.append(f"B[(h, a, b), m] = {k}[h, a] * {vv}[h, b] * {wv}[h, b, m]")
+        else:
+            k2 = b.let("kw", axes[:2], FMAPS[fk].format(X=_projection(b, axes[:2])))
+            b.matrices.append(f"B[(h, a, b), m] = {beta}[h] * {k2}[h, a] * {wv}[h, b, m]")
         fq = draw(st.sampled_from(sorted(FMAPS)))
         q = b.let("q", axes[:2], FMAPS[fq].format(X=_projection(b, axes[:2])))
         b.matrices.append(f"C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * {q}[h, a]")
