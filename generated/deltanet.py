@@ -56,6 +56,14 @@ class DeltaNet(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"DeltaNet: backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        for _name, _value in (
+            ("d", d),
+            ("H", H),
+            ("K", K),
+            ("V", V),
+        ):
+            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
+                raise ValueError(f"DeltaNet: dim {_name} must be a positive integer, got {_value!r}")
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -89,6 +97,11 @@ class DeltaNet(nn.Module):
             bad = (~torch.isfinite(u)).nonzero()[0].tolist()
             raise ValueError(f"DeltaNet: u contains NaN or inf (first at [batch, time, feature] = {bad})")
         if initial_state is not None:
+            if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
+                got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
+                raise TypeError(f"DeltaNet: initial_state must be a floating-point tensor, got {got}")
+            if not bool(torch.isfinite(initial_state).all()):
+                raise ValueError("DeltaNet: initial_state contains NaN or inf")
             want = (u.shape[0], H, K, V)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):
                 raise ValueError(

@@ -205,6 +205,24 @@ def test_wrong_initial_state_shape_is_a_value_error(built: Built):
             built.model(u, initial_state=_with_h(h0, bad))
 
 
+def test_bad_initial_state_values_and_types(built: Built):
+    u, h0 = _inputs(built, 2, 5)
+    nan_state = torch.zeros(2, *built.state_shape(), dtype=F64)
+    nan_state[0, ...] = float("nan")
+    with pytest.raises(ValueError, match="initial_state contains NaN or inf"):
+        built.model(u, initial_state=_with_h(h0, nan_state))
+    with pytest.raises(TypeError, match="initial_state must be a floating-point tensor"):
+        built.model(u, initial_state=_with_h(h0, torch.zeros(2, *built.state_shape(), dtype=torch.int64)))
+
+
+def test_bad_dims_are_value_errors_naming_the_dim(built: Built):
+    cls = type(built.model)
+    name = next(iter(built.dims))
+    for bad in (0, -2, 2.5, "4", True):
+        with pytest.raises(ValueError, match=rf"dim {name} must be a positive integer"):
+            cls(**{**built.dims, name: bad})
+
+
 # -- lower precision -----------------------------------------------------------------------------------------------
 
 
