@@ -123,7 +123,7 @@ def cmd_check(args) -> int:
     status = 0
     for r in results:
         t0 = time.perf_counter()
-        rep = run_check(r, seed=args.seed)
+        rep = run_check(r, seed=args.seed, triton=not args.no_triton)
         print(rep.table())
         print(f"  {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
         if not rep.ok:
@@ -243,9 +243,11 @@ def main(argv=None) -> int:
     g.add_argument("--long", action="store_true", help="the full report per spec even for several specs")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("check", help="generated forward/step vs the float64 reference recurrence")
+    p = sub.add_parser("check", help="generated forward/step (and Triton kernels) vs the float64 reference recurrence")
     p.add_argument("specs", nargs="+")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-triton", action="store_true",
+                   help="skip the Triton path (checked by default; interpreted when there is no GPU)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="generated CPU forward vs a per-step loop (selective_scan_ref style)")
