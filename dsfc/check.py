@@ -13,6 +13,7 @@ kernel gets a note "no Triton kernel (reason)", not a failure.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import sys
@@ -210,6 +211,9 @@ def _check_triton(result: CompileResult, model, params, report: CheckReport, how
     h0 = None if sym.running_lets else torch.randn(2, model._state_size(), dtype=torch.float64, generator=g) * 0.5
     shape = "B=2 T=7"
     y_ref, h_ref = reference_forward(sym, all_dims, params, u, initial_state=h0)
+    if how == "GPU":  # compiled kernels need CUDA tensors; the reference stays on CPU
+        model = copy.deepcopy(model).cuda()
+        u, h0 = u.cuda(), None if h0 is None else h0.cuda()
     old_backend = model.backend
     outs = {}
     try:
@@ -223,15 +227,16 @@ def _check_triton(result: CompileResult, model, params, report: CheckReport, how
             loss = loss + (h * torch.randn(h.shape, dtype=h.dtype, generator=gg)).sum()
             wrt = [uu] + list(model.parameters())
             grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-            outs[backend] = (y.detach(), hT, grads)
+            hT = {k: v.detach().cpu() for k, v in hT.items()} if isinstance(hT, dict) else hT.detach().cpu()
+            outs[backend] = (y.detach().cpu(), hT, [None if x is None else x.cpu() for x in grads])
     finally:
         model.backend = old_backend
     y, hT, grads = outs["triton"]
     pairs = [("triton forward y", y, y_ref)]
     if isinstance(hT, dict):
-        pairs += [(f"triton final state[{k!r}]", hT[k].detach().reshape(2, -1), h_ref[k].reshape(2, -1)) for k in h_ref]
+        pairs += [(f"triton final state[{k!r}]", hT[k].reshape(2, -1), h_ref[k].reshape(2, -1)) for k in h_ref]
     else:
-        pairs.append(("triton final state", hT.detach().reshape(2, -1), h_ref))
+        pairs.append(("triton final state", hT.reshape(2, -1), h_ref))
     names = ["u"] + [n for n, _ in model.named_parameters()]
     for name, got, want in zip(names, grads, outs["torch"][2]):
         if want is not None:

@@ -3,7 +3,7 @@ a failure when the kernel is wrong."""
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -19,8 +19,9 @@ from dsfc.check import run_check  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 from tests.triton.test_triton_diagonal import GATE, ROOT  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
-                                        "ignore:divide by zero encountered:RuntimeWarning")
+pytestmark = [pytest.mark.skipif(DEVICE != "cpu", reason="exercises the interpreted (no GPU) path"),
+              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:divide by zero encountered:RuntimeWarning")]
 
 
 def test_cli_check_runs_triton_interpreted_in_a_fresh_process():

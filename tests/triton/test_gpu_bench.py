@@ -1,9 +1,8 @@
 """The CPU-testable parts of the GPU benchmark (dsfc/gpu_bench.py): arguments, sizes, the device peak table, the JSON
 writer, ratios, skipped anchors, and one smoke run of the S6 group on CPU under the interpreter (anchors absent)."""
 
-import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -72,6 +71,7 @@ def test_missing_anchor_is_a_reason(monkeypatch):
         assert fn is None and name in reason
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
 def test_smoke_run_on_cpu(monkeypatch, tmp_path):
     """The S6 group end to end on CPU: the generated kernel (interpreted) times, the anchor row is skipped with its
     reason, and the independent sequential loop agrees with the generated output."""

@@ -6,9 +6,8 @@ Tolerances: float64 runs agree to rounding (1e-10 relative to the output scale);
 test_triton_diagonal.py (a few ulps over <= 16 steps of contracting blocks; an indexing error is O(1)).
 """
 
-import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -42,10 +41,10 @@ def test_block_scan_matches_loop(monkeypatch, shape, max_elems):
     monkeypatch.setattr(triton_dense, "MAX_BLOCK_ELEMS", max_elems)
     B, L, G, M = shape
     g = torch.Generator().manual_seed(0)
-    blocks = (0.5 * torch.randn(B, L, G, M, M, generator=g, dtype=torch.float64)).requires_grad_()
-    bu = torch.randn(B, L, G, M, generator=g, dtype=torch.float64).requires_grad_()
-    h0 = torch.randn(B, G, M, generator=g, dtype=torch.float64).requires_grad_()
-    w = torch.randn(B, L, G, M, generator=g, dtype=torch.float64)
+    blocks = (0.5 * torch.randn(B, L, G, M, M, generator=g, dtype=torch.float64)).to(DEVICE).requires_grad_()
+    bu = torch.randn(B, L, G, M, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    h0 = torch.randn(B, G, M, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    w = torch.randn(B, L, G, M, generator=g, dtype=torch.float64).to(DEVICE)
     got = triton_dense.block_scan_triton(blocks, bu, h0)
     want = loop(blocks, bu, h0)
     assert rel(got, want) <= TOL64
@@ -57,9 +56,9 @@ def test_block_scan_matches_loop(monkeypatch, shape, max_elems):
 def test_block_scan_half_inputs():
     """fp16 blocks and bu, fp32 state: vs the fp64 loop on the same (rounded) values, to fp32 accuracy."""
     g = torch.Generator().manual_seed(1)
-    blocks = (0.5 * torch.randn(2, 6, 3, 4, 4, generator=g)).half()
-    bu = torch.randn(2, 6, 3, 4, generator=g).half()
-    h0 = torch.randn(2, 3, 4, generator=g)
+    blocks = (0.5 * torch.randn(2, 6, 3, 4, 4, generator=g)).half().to(DEVICE)
+    bu = torch.randn(2, 6, 3, 4, generator=g).half().to(DEVICE)
+    h0 = torch.randn(2, 3, 4, generator=g).to(DEVICE)
     got = triton_dense.block_scan_triton(blocks, bu, h0)
     assert got.dtype == torch.float32
     assert rel(got, loop(blocks.double(), bu.double(), h0.double())) <= TOL32
@@ -90,16 +89,16 @@ def test_dense_specs_match_reference_and_torch(monkeypatch, name):
     assert module._core_triton_available is module._core_triton_dense
     dims = small_dims(result)
     torch.manual_seed(0)
-    model = getattr(module, result.plan.model)(**dims).double()
+    model = getattr(module, result.plan.model)(**dims).double().to(DEVICE)
     g = torch.Generator().manual_seed(1)
-    u = torch.randn(2, 7, model._in_features(), generator=g, dtype=torch.float64)
-    h0 = 0.5 * torch.randn(2, model._state_size(), generator=g, dtype=torch.float64)
+    u = torch.randn(2, 7, model._in_features(), generator=g, dtype=torch.float64).to(DEVICE)
+    h0 = 0.5 * torch.randn(2, model._state_size(), generator=g, dtype=torch.float64).to(DEVICE)
     model.backend = "triton"
     with torch.no_grad():
         y, hT = model(u, initial_state=h0, output_final_state=True)
     named = dict(model.named_parameters())
-    params = {p.tensor.name: named[py_name(p.tensor.name)].detach() for p in result.sym.params}
-    y_ref, h_ref = reference_forward(result.sym, result.sym.dim_values(dims), params, u, initial_state=h0)
+    params = {p.tensor.name: named[py_name(p.tensor.name)].detach().cpu() for p in result.sym.params}
+    y_ref, h_ref = reference_forward(result.sym, result.sym.dim_values(dims), params, u.cpu(), initial_state=h0.cpu())
     assert rel(y, y_ref) <= TOL64 and rel(hT.reshape(2, -1), h_ref) <= TOL64
 
     model.float()
@@ -109,7 +108,7 @@ def test_dense_specs_match_reference_and_torch(monkeypatch, name):
         uu = u.float().clone().requires_grad_()
         y, hT = model(uu, initial_state=h0.float(), output_final_state=True)
         gg = torch.Generator().manual_seed(2)
-        loss = (y * torch.randn(y.shape, generator=gg)).sum() + (hT * torch.randn(hT.shape, generator=gg)).sum()
+        loss = (y * torch.randn(y.shape, generator=gg).to(y)).sum() + (hT * torch.randn(hT.shape, generator=gg).to(hT)).sum()
         names = ["u"] + [n for n, _ in model.named_parameters()]
         grads[backend] = dict(zip(names, torch.autograd.grad(loss, [uu] + list(model.parameters()),
                                                              allow_unused=True)))
@@ -125,14 +124,14 @@ def test_dense_step_uses_the_kernel(monkeypatch):
     kernel = module.block_scan_triton
     monkeypatch.setattr(module, "block_scan_triton", lambda *a: calls.append(a[1].shape[1]) or kernel(*a))
     torch.manual_seed(0)
-    model = module.DeltaNet(**small_dims(result), backend="triton").double()
-    u = torch.randn(1, 3, model._in_features(), dtype=torch.float64)
+    model = module.DeltaNet(**small_dims(result), backend="triton").double().to(DEVICE)
+    u = torch.randn(1, 3, model._in_features(), dtype=torch.float64).to(DEVICE)
     state, ys = None, []
     for t in range(3):
         y_t, state = model.step(u[:, t], state)
         ys.append(y_t)
     named = dict(model.named_parameters())
-    params = {p.tensor.name: named[py_name(p.tensor.name)].detach() for p in result.sym.params}
-    y_ref, _ = reference_forward(result.sym, result.sym.dim_values(small_dims(result)), params, u)
+    params = {p.tensor.name: named[py_name(p.tensor.name)].detach().cpu() for p in result.sym.params}
+    y_ref, _ = reference_forward(result.sym, result.sym.dim_values(small_dims(result)), params, u.cpu())
     assert calls == [1, 1, 1]
     assert rel(torch.stack(ys, 1), y_ref) <= TOL64

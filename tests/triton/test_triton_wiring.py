@@ -7,7 +7,7 @@ earlier output.
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -40,7 +40,7 @@ def test_torch_compile_forward_backward_matches(compile_env, backend):
     graph break); forward and all gradients match the uncompiled model on the torch path (an independent algorithm)."""
     b = built("s6")
     torch.manual_seed(3)
-    proj = torch.nn.Linear(5, 5)
+    proj = torch.nn.Linear(5, 5).to(DEVICE)
     model = torch.nn.Sequential(proj, b.model)
     u, _ = b.inputs(2, 7)
 
@@ -49,7 +49,7 @@ def test_torch_compile_forward_backward_matches(compile_env, backend):
         try:
             y = fn(u)
             g = torch.Generator().manual_seed(5)
-            (y * torch.randn(y.shape, generator=g)).sum().backward()
+            (y * torch.randn(y.shape, generator=g).to(y)).sum().backward()
             grads = {n: p.grad.clone() for n, p in model.named_parameters()}
             model.zero_grad()
             return y.detach(), grads
@@ -157,9 +157,15 @@ def test_launcher_rejects_bad_input():
         triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 4), [u, u], **kw)
     with pytest.raises(TypeError, match="float tensor"):
         triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u, u.long()], **kw)
-    with pytest.raises(RuntimeError, match="CUDA tensors"):
-        os.environ["TRITON_INTERPRET"] = "0"
-        try:
+    with pytest.raises(ValueError, match="operand 1 is on meta"):
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u, u.to("meta")], **kw)
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        with pytest.raises(RuntimeError, match="CUDA tensors"):
             triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u, u], **kw)
-        finally:
-            os.environ["TRITON_INTERPRET"] = "1"
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
