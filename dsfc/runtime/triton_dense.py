@@ -24,8 +24,8 @@ Inputs may be fp16 / bf16 / fp32 / fp64; the state is accumulated in fp32 (fp64 
 returned in the compute dtype.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
+# annotations are not understood by every torch version this must run on)
 import os
 
 import torch

@@ -35,8 +35,8 @@ Status: checked against the torch path under ``TRITON_INTERPRET=1`` (triton 3.6 
 triton 3.6 and 3.9 without a GPU; not yet run or timed on a GPU, so ``TILE`` / ``PROGRAMS`` are first guesses.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
+# annotations are not understood by every torch version this must run on)
 import os
 from dataclasses import dataclass
 from typing import Any
