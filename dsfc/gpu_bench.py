@@ -316,9 +316,10 @@ def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
     gen, y_gen, env = _generated_rows("s6", "s6", dims, B, T, device, repeats, dtype, min_bytes)
     x = env["u_"]
     rows.append(gen)
-    A = -torch.exp(env["A_log"].float())  # [d, n]
-    D = env["D"].float()
-    dt, b, cq, u = (env["dt"].to(dtype), env["b"].to(dtype), env["cq"].to(dtype), x.to(dtype))
+    # constants of the anchors' graphs: detached, so that every backward runs through the timed inputs only
+    A = -torch.exp(env["A_log"].float()).detach()  # [d, n]
+    D = env["D"].float().detach()
+    dt, b, cq, u = (t.detach() for t in (env["dt"].to(dtype), env["b"].to(dtype), env["cq"].to(dtype), x.to(dtype)))
     mb = gen.min_bytes
 
     fn, reason = import_anchor("selective_scan_fn")
@@ -370,9 +371,9 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     x = env["u_"]
     rows.append(gen)
     H, P, n, G = dims["H"], dims["P"], dims["n"], dims["G"]
-    A = -torch.exp(env["A_log"].float())
-    D = env["D"].float()
-    xx, dt, Bm, Cm = x.to(dtype), env["dt"].float(), env["Bm"].to(dtype), env["Cm"].to(dtype)
+    A = -torch.exp(env["A_log"].float()).detach()
+    D = env["D"].float().detach()
+    xx, dt, Bm, Cm = (t.detach() for t in (x.to(dtype), env["dt"].float(), env["Bm"].to(dtype), env["Cm"].to(dtype)))
     y_gen = y_gen.reshape(B, T, H, P)
 
     fn, reason = import_anchor("mamba_chunk_scan_combined")
@@ -415,7 +416,7 @@ def _fla_qkv(env, x, W_V, dtype):
     import torch
 
     v = torch.einsum("btm,hvm->bthv", x.float(), W_V.float())
-    return v.to(dtype)
+    return v.to(dtype).detach()
 
 
 def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
@@ -435,7 +436,7 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
         return rows
     H, K, V = dims["H"], dims["K"], dims["V"]
     v = _fla_qkv(env, x, env["W_V"], dtype)
-    g = torch.log(env["alpha"].float())
+    g = torch.log(env["alpha"].float()).detach()
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["q"], env["k"])] + [v.detach().requires_grad_()]
 
     def fla():
