@@ -104,6 +104,7 @@ class Report:
     mode: str
     started: str
     rows: list[Row] = field(default_factory=list)
+    complete: bool = False  # False in the partial file written after each group (a run cut off keeps its rows)
 
 
 # ---- device, peaks, output ------------------------------------------------------------------------------------
@@ -516,14 +517,11 @@ def plan_sizes(args) -> dict:
     return sizes
 
 
-def run(args) -> Report:
-    if args.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see dsfc.check)
+def run(args, path: Path | None = None) -> Report:
+    """Run the groups; when ``path`` is given the report so far is written there after each group."""
+    name = device_name(args.device)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("dsfc bench --gpu: no CUDA device (use --device cpu for a smoke test of the wiring)")
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu-{platform.machine()}"
     key = device_key(name) if args.device == "cuda" else None
     try:
         import triton
@@ -551,17 +549,33 @@ def run(args) -> Report:
             report.rows += rows
             if args.device == "cuda":
                 torch.cuda.empty_cache()
+            if path is not None:
+                add_ratios(report.rows, peak_bw)
+                write_report(report, path)
     add_ratios(report.rows, peak_bw)
+    report.complete = True
     return report
+
+
+def device_name(device: str) -> str:
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see dsfc.check)
+        return f"cpu-{platform.machine()}"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("dsfc bench --gpu: no CUDA device (use --device cpu for a smoke test of the wiring)")
+    return torch.cuda.get_device_name()
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    report = run(args)
+    path = args.output or result_path(device_name(args.device))
+    report = run(args, path)  # writes the rows so far after each group: a run cut off by a timeout keeps them
     print(f"device: {report.device}  peak: {report.peak}  torch {report.torch}  triton {report.triton}  "
           f"mode {report.mode}")
     print(format_rows(report.rows))
-    path = write_report(report, args.output or result_path(report.device))
+    write_report(report, path)
     print(f"wrote {path}")
     return 0
 

@@ -80,7 +80,9 @@ def test_smoke_run_on_cpu(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     out = tmp_path / "cpu.json"
     assert gpu_bench.main(["--device", "cpu", "--groups", "s6", "-o", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    data = json.loads(out.read_text())
+    assert data["complete"] is True and data["mode"] == "smoke"
+    rows = data["rows"]
     by_impl = {r["impl"]: r for r in rows}
     gen = by_impl["generated (triton)"]
     assert gen["fwd_ms"] > 0 and gen["fwdbwd_ms"] > 0 and not gen["skipped"]
