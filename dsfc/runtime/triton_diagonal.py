@@ -2,7 +2,7 @@
 
 A generated module defines two ``@triton.jit`` kernels with the spec's maths printed into them (see the module's
 ``_scan_fwd`` / ``_scan_bwd`` and ``dsfc/codegen/templates/triton_diagonal.py.jinja``). This file is the
-spec-independent part: block sizes, grid, buffers, and the ``torch.autograd.Function`` around the kernels.
+spec-independent part: block sizes, grid, buffers, and the custom ops (with their autograd) around the kernels.
 
 How is the kernel parallelised? The state entries are laid out as a ``[R, C]`` matrix: ``C`` counts the state axes
 the readout ``y = C h`` sums over (the reduced axes), ``R`` the others. One program owns one batch row and one
@@ -31,8 +31,9 @@ kernels load every value with ``.to(DTYPE)`` and accumulate the state in fp32 (f
 output ``y`` is stored in the leaves' input dtype (``out_dtype``), the final state and the unfused states stay in the
 compute dtype (they feed more arithmetic), and leaf gradients are accumulated in fp32 then cast to the leaf dtype.
 
-Status: checked against the torch path under ``TRITON_INTERPRET=1`` (triton 3.6 and 3.9) and compiled for sm_90 by
-triton 3.6 and 3.9 without a GPU; not yet run or timed on a GPU, so ``TILE`` / ``PROGRAMS`` are first guesses.
+Status: checked against the torch path and the fp64 reference under ``TRITON_INTERPRET=1`` and compiled for sm_90
+without a GPU (``tests/triton/aot_compile.py``, triton 3.9 here); not yet run or timed on a GPU, so ``TILE`` /
+``PROGRAMS`` are first guesses.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
@@ -51,7 +52,6 @@ PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile 
 
 # str key -> (fwd, bwd) @triton.jit kernels of one generated module (custom ops cannot take Python functions)
 _KERNELS: dict[str, tuple[Any, Any]] = {}
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def register_kernels(fwd, bwd) -> str:
