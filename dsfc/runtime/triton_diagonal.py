@@ -32,7 +32,7 @@ output ``y`` is stored in the leaves' input dtype (``out_dtype``), the final sta
 compute dtype (they feed more arithmetic), and leaf gradients are accumulated in fp32 then cast to the leaf dtype.
 
 Status: checked against the torch path and the fp64 reference under ``TRITON_INTERPRET=1`` and compiled for sm_90
-without a GPU (``tests/triton/aot_compile.py``, triton 3.9 here); not yet run or timed on a GPU, so ``TILE`` /
+without a GPU (``tests/triton/aot_compile.py``, triton 3.6 and 3.9); not yet run or timed on a GPU, so ``TILE`` /
 ``PROGRAMS`` are first guesses.
 """
 
