@@ -3,13 +3,22 @@
 Three paths must agree: the float64 reference recurrence (dense matrices, one step at a time), the generated
 ``forward`` (structured algorithm) and token-by-token ``step``. The generated ``dsf_matrices`` must equal the
 reference's dense matrices.
+
+The Triton path (``backend="triton"``), where the spec has a kernel, is checked too at one tiny shape: forward and
+final state against the reference, gradients of a random loss against the torch path. Without a GPU the kernels run
+under the Triton interpreter: ``TRITON_INTERPRET=1`` is set for the duration of the check (before the generated module
+is imported: ``triton.jit`` picks the interpreter when a kernel is defined) and the report says so. A spec without a
+kernel gets a note "no Triton kernel (reason)", not a failure.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import os
 import sys
 import tempfile
+import warnings
 import types
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -39,6 +48,7 @@ class CheckReport:
     model: str
     dims: dict
     rows: list[CheckRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +58,7 @@ class CheckReport:
         lines = [f"{self.model}  dims {self.dims}"]
         for r in self.rows:
             lines.append(f"  {'ok ' if r.ok else 'BAD'} {r.what:<28} {r.shape:<16} max abs {r.abs_err:.2e}  rel {r.rel_err:.2e}")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -91,8 +102,40 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return abs_err, abs_err / max(scale, 1e-30)
 
 
+def triton_runnable() -> str | None:
+    """How Triton kernels run in this process: "GPU", "interpreted", None when triton is not installed, or a sentence
+    saying why they cannot run here.
+
+    Without CUDA this sets ``TRITON_INTERPRET=1`` for the rest of the process, which only works before triton is
+    first imported: ``triton.jit`` picks the interpreter when a function is defined, and ``tl.sum`` & co. are defined
+    when ``triton.language`` is imported (a kernel calling a compiled ``tl.sum`` fails inside the interpreter).
+    """
+    if importlib.util.find_spec("triton") is None:
+        return None
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if not interpreting and torch.cuda.is_available():
+        return "GPU"
+    if not interpreting:
+        if "triton" in sys.modules:
+            return ("not run: no GPU, and triton was imported before TRITON_INTERPRET=1 could be set "
+                    "(run `dsfc check` in a fresh process, or set TRITON_INTERPRET=1 first)")
+        os.environ["TRITON_INTERPRET"] = "1"
+        return "interpreted"
+    import triton.language.standard as standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(standard.sum, InterpretedFunction):
+        return "not run: TRITON_INTERPRET=1 was set after triton was imported (set it before, in a fresh process)"
+    return "interpreted"
+
+
 def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: int = 0,
-              shapes=((1, 1), (2, 7), (3, 16)), model_factory=None) -> CheckReport:
+              shapes=((1, 1), (2, 7), (3, 16)), model_factory=None, triton: bool = True) -> CheckReport:
+    """``triton``: also check the Triton path (see the module docstring)."""
+    return _run_check(result, dims, seed, shapes, model_factory, triton_runnable() if triton else "off")
+
+
+def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckReport:
     sym = result.sym
     dims = dims or small_dims(result)
     torch.manual_seed(seed)
@@ -144,6 +187,72 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
             for name, g, w in zip("ABCD", got, want):
                 a, r = _err(g, w)
                 report.rows.append(CheckRow(f"dsf_matrices {name}", shape, a, r, r <= TOL or a <= TOL))
+    if triton_how != "off":
+        _check_triton(result, model, params, report, triton_how, seed)
     return report
 
 
+def _check_triton(result: CompileResult, model, params, report: CheckReport, how, seed: int) -> None:
+    """backend="triton" at B=2, T=7 in float64: forward vs the reference, gradients vs the torch path."""
+    module = sys.modules[type(model).__module__]
+    if how is None:
+        report.notes.append("triton not installed: Triton path not checked")
+        return
+    if how.startswith("not run"):
+        report.notes.append(f"Triton path {how}")
+        return
+    if getattr(module, "_core_triton_available", None) is None:
+        reason = (getattr(result.plan, "triton_note", "") or "none generated").removeprefix("no Triton kernel: ")
+        report.notes.append(f"no Triton kernel ({reason})")
+        return
+    sym = result.sym
+    all_dims = sym.dim_values(report.dims)
+    g = torch.Generator().manual_seed(seed + 1)
+    u = torch.randn(2, 7, model._in_features(), dtype=torch.float64, generator=g)
+    h0 = None if sym.running_lets else torch.randn(2, model._state_size(), dtype=torch.float64, generator=g) * 0.5
+    shape = "B=2 T=7"
+    y_ref, h_ref = reference_forward(sym, all_dims, params, u, initial_state=h0)
+    if how == "GPU":  # compiled kernels need CUDA tensors; the reference stays on CPU
+        model = copy.deepcopy(model).cuda()
+        u, h0 = u.cuda(), None if h0 is None else h0.cuda()
+    outs = {}
+    with warnings.catch_warnings():
+        # padded lanes of a tile compute on zero-filled loads (e.g. 1 / sqrt(1 - a^2) at a = 1) and are masked out of
+        # every store; numpy (the interpreter) warns about them, a GPU does not
+        warnings.filterwarnings("ignore", r"(invalid value|divide by zero|overflow) encountered", RuntimeWarning)
+        _run_backends(model, u, h0, seed, outs)
+    y, hT, grads = outs["triton"]
+    pairs = [("triton forward y", y, y_ref)]
+    if isinstance(hT, dict):
+        pairs += [(f"triton final state[{k!r}]", hT[k].reshape(2, -1), h_ref[k].reshape(2, -1)) for k in h_ref]
+    else:
+        pairs.append(("triton final state", hT.reshape(2, -1), h_ref))
+    names = ["u"] + [n for n, _ in model.named_parameters()]
+    for name, got, want in zip(names, grads, outs["torch"][2]):
+        if want is not None:
+            pairs.append((f"triton grad {name} (vs torch)", got if got is not None else torch.zeros_like(want), want))
+    for what, got, want in pairs:
+        a, r = _err(got, want)
+        report.rows.append(CheckRow(what, shape, a, r, r <= TOL or a <= TOL))
+    report.notes.append("Triton kernels ran interpreted (TRITON_INTERPRET=1, no GPU): correctness only, not speed"
+                        if how == "interpreted" else f"Triton kernels ran on the {how}")
+
+
+def _run_backends(model, u, h0, seed, outs) -> None:
+    """Forward and gradients of a random loss on the triton and torch backends (results on CPU, into ``outs``)."""
+    old_backend = model.backend
+    try:
+        for backend in ("triton", "torch"):
+            model.backend = backend
+            uu = u.clone().requires_grad_()
+            y, hT = model(uu, initial_state=h0, output_final_state=True)
+            h = hT["h"] if isinstance(hT, dict) else hT
+            gg = torch.Generator().manual_seed(seed + 2)
+            loss = (y * torch.randn(y.shape, dtype=y.dtype, generator=gg).to(y.device)).sum()
+            loss = loss + (h * torch.randn(h.shape, dtype=h.dtype, generator=gg).to(h.device)).sum()
+            wrt = [uu] + list(model.parameters())
+            grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+            hT = {k: v.detach().cpu() for k, v in hT.items()} if isinstance(hT, dict) else hT.detach().cpu()
+            outs[backend] = (y.detach().cpu(), hT, [None if x is None else x.cpu() for x in grads])
+    finally:
+        model.backend = old_backend

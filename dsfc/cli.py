@@ -123,7 +123,7 @@ def cmd_check(args) -> int:
     status = 0
     for r in results:
         t0 = time.perf_counter()
-        rep = run_check(r, seed=args.seed)
+        rep = run_check(r, seed=args.seed, triton=not args.no_triton)
         print(rep.table())
         print(f"  {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
         if not rep.ok:
@@ -132,6 +132,16 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.gpu:
+        from .gpu_bench import main as gpu_main
+
+        return gpu_main(["--quick"] if args.quick else [])
+    if args.quick:
+        print("dsfc bench: --quick goes with --gpu", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if not args.specs:
+        print("dsfc bench: give one or more specs (or --gpu)", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     from .bench import run_bench
 
     ok, results = _compile_all(args.specs, lambda r: None)
@@ -243,13 +253,19 @@ def main(argv=None) -> int:
     g.add_argument("--long", action="store_true", help="the full report per spec even for several specs")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("check", help="generated forward/step vs the float64 reference recurrence")
+    p = sub.add_parser("check", help="generated forward/step (and Triton kernels) vs the float64 reference recurrence")
     p.add_argument("specs", nargs="+")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-triton", action="store_true",
+                   help="skip the Triton path (checked by default; interpreted when there is no GPU)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("bench", help="generated CPU forward vs a per-step loop (selective_scan_ref style)")
-    p.add_argument("specs", nargs="+")
+    p = sub.add_parser("bench", help="generated CPU forward vs a per-step loop (selective_scan_ref style); --gpu: "
+                       "the generated kernels vs mamba-ssm / fla on the GPU")
+    p.add_argument("specs", nargs="*")
+    p.add_argument("--gpu", action="store_true", help="the GPU benchmark (dsfc/gpu_bench.py; specs ignored; more "
+                   "options: python benchmarks/gpu_bench.py --help)")
+    p.add_argument("--quick", action="store_true", help="with --gpu: small sizes, T=1024 only")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("-T", type=int, default=4096)
     p.add_argument("--dims", nargs="*", help="dim overrides, e.g. d=256 n=16")

@@ -91,7 +91,8 @@ class HGRN(nn.Module):
             raise ValueError(f"HGRN: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"HGRN: u must be a floating-point tensor, got {u.dtype}")
-        if not bool(torch.isfinite(u).all()):
+        # a data-dependent check: skipped inside torch.compile, where it would break the graph
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(u).all()):
             bad = (~torch.isfinite(u)).nonzero()[0].tolist()
             raise ValueError(f"HGRN: u contains NaN or inf (first at [batch, time, feature] = {bad})")
         if initial_state is not None:
@@ -183,6 +184,7 @@ class HGRN(nn.Module):
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
             env = self._lets(u_, _dtype, running0)
+            env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             core = self._core_triton if backend == "triton" else self._core
             y, final = core(u_, h0, env, _B, _T, _dtype)
@@ -343,7 +345,7 @@ try:
     import triton
     import triton.language as tl
 
-    from dsfc.runtime.triton_diagonal import diagonal_scan_triton
+    from dsfc.runtime.triton_diagonal import diagonal_scan_triton, register_kernels
 except ImportError:  # the module still imports without triton; backend="triton" then raises
     triton = None
 
@@ -543,11 +545,14 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _sum1 = (torch.einsum("ztj,ij->zti", u_, W_i)).expand(
         _B, _T, E
     )  # a sum inside the maths: computed in torch, read by the kernel
+    # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
+    # the kernels accumulate in fp32 either way
+    _io = env.get("_io_dtype", _dtype)
+    _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
     _out, _final, _fused = diagonal_scan_triton(
-        _scan_fwd,
-        _scan_bwd,
+        _KERNEL_KEY,
         h0,
-        (ipre, f, _sum0, _sum1),
+        (ipre.to(_io), f.to(_io), _sum0.to(_io), _sum1.to(_io)),
         T=_T,
         dims=(d, E, L, layer),
         consts=(),
@@ -555,6 +560,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         C=1,
         P=E,
         can_fuse=True,
+        out_dtype=_io,
     )
     _final = _final.reshape(_B, E)
     if _fused:
@@ -567,4 +573,6 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     return _y, _final
 
 
+# the custom ops (torch.compile-able, dsfc/runtime/triton_diagonal.py) find this module's kernels by this key
+_KERNEL_KEY = register_kernels(_scan_fwd, _scan_bwd) if triton is not None else None
 _core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -102,7 +102,8 @@ class S4D(nn.Module):
             raise ValueError(f"S4D: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"S4D: u must be a floating-point tensor, got {u.dtype}")
-        if not bool(torch.isfinite(u).all()):
+        # a data-dependent check: skipped inside torch.compile, where it would break the graph
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(u).all()):
             bad = (~torch.isfinite(u)).nonzero()[0].tolist()
             raise ValueError(f"S4D: u contains NaN or inf (first at [batch, time, feature] = {bad})")
         if initial_state is not None:
@@ -211,6 +212,7 @@ class S4D(nn.Module):
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
             env = self._lets(u_, _dtype, running0)
+            env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             core = self._core_triton if backend == "triton" else self._core
             y, final = core(u_, h0, env, _B, _T, _dtype)
@@ -381,3 +383,70 @@ class S4D(nn.Module):
         m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
         out.append(m.expand(_B, _T, d, d).reshape(_B, _T, d, d))  # D
         return tuple(out)
+
+
+# ---- Triton path (backend="triton"): generic dense block scan ---------------------------------------------------
+# h_t[g] = A_t[g] @ h_(t-1)[g] + bu_t[g] per group g of coupled state entries, the state in registers; A_t's blocks
+# are built in torch per chunk of steps and read by the kernel (memory-bound, slow: see dsfc/runtime/triton_dense.py).
+# Forward and backward are Triton kernels; the gradients of the blocks flow on through torch.
+
+try:
+    from dsfc.runtime.triton_dense import available as _dense_triton_available
+    from dsfc.runtime.triton_dense import block_scan_triton
+    from dsfc.runtime.triton_dense import chunk_len as dense_chunk_len
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    _dense_triton_available = None
+
+
+def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the block-scan kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    d, Nh = self.d, self.Nh
+    _dev = env["_dev"]
+    log_dt = env["log_dt"]
+    log_A_real = env["log_A_real"]
+    A_imag = env["A_imag"]
+    C_re = env["C_re"]
+    C_im = env["C_im"]
+    D = env["D"]
+    dt = env["dt"]
+    ar = env["ar"]
+    mag = env["mag"]
+    phi = env["phi"]
+    p = env["p"]
+    q = env["q"]
+    den = env["den"]
+    bre = env["bre"]
+    bim = env["bim"]
+    # A couples some state axes: per-step block matrix-vector recurrence, one Triton launch per chunk
+    _h = h0.permute(0, 1, 2, 3).reshape(_B, d * Nh, 2)
+    _chunks = []
+    _L = dense_chunk_len(_B, d * Nh, 2)  # steps per chunk: its blocks stay within a memory budget
+    for _t0 in range(0, _T, _L):
+        _t1 = min(_t0 + _L, _T)
+        _blocks = (
+            (
+                (axis(2, 2, 4, _dev, _dtype) + (-axis(2, 3, 4, _dev, _dtype))) * torch.sin(phi[:, :, None, None])
+                + torch.cos(phi[:, :, None, None]) * (axis(2, 2, 4, _dev) == axis(2, 3, 4, _dev)).to(_dtype)
+            )
+            * mag[:, :, None, None]
+        ).expand(_B, _t1 - _t0, d, Nh, 2, 2)
+        _blocks = _blocks.permute(0, 1, 2, 3, 4, 5).reshape(_B, _t1 - _t0, d * Nh, 2, 2)
+        _bu = (
+            (0 == axis(2, 2, 3, _dev)).to(_dtype) * bre[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
+            + (1 == axis(2, 2, 3, _dev)).to(_dtype) * bim[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
+        ).expand(_B, _t1 - _t0, d, Nh, 2)
+        _bu = _bu.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, d * Nh, 2)
+        _st = block_scan_triton(_blocks, _bu, _h)
+        _h = _st[:, -1]
+        _chunks.append(_st)
+    _states = torch.cat(_chunks, 1).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
+    _read = _states
+    _y = (
+        -(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 1])))
+    ) + 2 * torch.einsum("ij,ztij->zti", C_re, (_read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 0]))
+    _y = _y + D * u_
+    _final = _states[:, -1]
+    return _y, _final
+
+
+_core_triton_available = _core_triton_dense if _dense_triton_available and _dense_triton_available() else None

@@ -113,6 +113,7 @@ class ModulePlan:
     extra_imports: list[str] = field(default_factory=list)
     triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
     triton_note: str = ""  # why there is (or is not) a Triton kernel
+    triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
 
 
 def _src(sym: SymSpec, name: str) -> str:
@@ -213,6 +214,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     step_body: list[str] = []
     chunk_inputs: list[str] = []
     triton, triton_note = None, f"no Triton kernel: the {st.family.value} family has none yet"
+    triton_dense = None
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
@@ -236,7 +238,11 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
-        core += _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+        readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+        core += readout
+        # the same blocks, run by the generic block-scan Triton kernel (dsfc/runtime/triton_dense.py)
+        triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) + readout
+        triton_note = "Triton kernel: generic dense block scan (blocks materialised by torch; slow, see triton_dense.py)"
 
     # post-ops read the core output as a time-varying tensor
     posts = []
@@ -290,6 +296,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         time_varying=[py_name(let.tensor.name) for let in sym.lets if let.time_varying],
         triton=triton,
         triton_note=triton_note,
+        triton_dense=triton_dense,
         running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names
         driven=py_name(sym.driven.name),
         driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
@@ -449,7 +456,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     return lines
 
 
-def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors) -> list[str]:
+def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bool = False) -> list[str]:
+    """``kernel``: the Triton variant (a block-scan launch per chunk instead of the per-step torch loop)."""
     a = st.a
     sz = [pr.size(ax.extent) for ax in sym.state.axes]
     Dg, Mx = list(a.diag_axes), list(a.mixed_axes)
@@ -465,20 +473,38 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors) -> list[st
     with _rebound(pr, _time_sliced(sym, pr, "_t0:_t1")):
         block = pr.print_tensor(a.block, axes, sizes)
         bu = pr.print_tensor(st.bu, rows, row_sizes)
+    blocks = [
+        f"    _blocks = ({block}).expand(_B, _t1 - _t0, {', '.join(sz)}, {', '.join(sz[k] for k in Mx)})",
+        f"    _blocks = _blocks.permute(0, 1, {', '.join(str(2 + k) for k in order)}, "
+        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m}, {prod_m})",
+        f"    _bu = ({bu}).expand(_B, _t1 - _t0, {', '.join(sz)})",
+        f"    _bu = _bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m})",
+    ]
+    unpermute = (f"reshape(_B, _T, {', '.join(sz[k] for k in order)})"
+                 f".permute({', '.join(map(str, [0, 1] + [2 + order.index(k) for k in range(len(sz))]))})")
+    if kernel:
+        return [
+            "# A couples some state axes: per-step block matrix-vector recurrence, one Triton launch per chunk",
+            f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
+            "_chunks = []",
+            f"_L = dense_chunk_len(_B, {prod_d}, {prod_m})  # steps per chunk: its blocks stay within a memory budget",
+            "for _t0 in range(0, _T, _L):",
+            "    _t1 = min(_t0 + _L, _T)",
+            *blocks,
+            "    _st = block_scan_triton(_blocks, _bu, _h)",
+            "    _h = _st[:, -1]",
+            "    _chunks.append(_st)",
+            f"_states = torch.cat(_chunks, 1).{unpermute}",
+        ]
     return [
         "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",
         f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
         "_chunks = []",
         "for _t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time",
         "    _t1 = min(_t0 + 64, _T)",
-        f"    _blocks = ({block}).expand(_B, _t1 - _t0, {', '.join(sz)}, {', '.join(sz[k] for k in Mx)})",
-        f"    _blocks = _blocks.permute(0, 1, {', '.join(str(2 + k) for k in order)}, "
-        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m}, {prod_m})",
-        f"    _bu = ({bu}).expand(_B, _t1 - _t0, {', '.join(sz)})",
-        f"    _bu = _bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m})",
+        *blocks,
         "    for _t in range(_t1 - _t0):",
         "        _h = torch.einsum(\"bgij,bgj->bgi\", _blocks[:, _t], _h) + _bu[:, _t]",
         "        _chunks.append(_h)",
-        f"_states = torch.stack(_chunks, 1).reshape(_B, _T, {', '.join(sz[k] for k in order)})"
-        f".permute({', '.join(map(str, [0, 1] + [2 + order.index(k) for k in range(len(sz))]))})",
+        f"_states = torch.stack(_chunks, 1).{unpermute}",
     ]

@@ -2,7 +2,7 @@
 
 A generated module defines two ``@triton.jit`` kernels with the spec's maths printed into them (see the module's
 ``_scan_fwd`` / ``_scan_bwd`` and ``dsfc/codegen/templates/triton_diagonal.py.jinja``). This file is the
-spec-independent part: block sizes, grid, buffers, and the ``torch.autograd.Function`` around the kernels.
+spec-independent part: block sizes, grid, buffers, and the custom ops (with their autograd) around the kernels.
 
 How is the kernel parallelised? The state entries are laid out as a ``[R, C]`` matrix: ``C`` counts the state axes
 the readout ``y = C h`` sums over (the reduced axes), ``R`` the others. One program owns one batch row and one
@@ -20,24 +20,46 @@ kernel walks time in reverse with the state gradient in registers and accumulate
 SymPy-derived derivatives printed into it: ``tl.atomic_add`` per step for time-varying leaves, one atomic per
 program at the end for parameters. Float atomics make the order of gradient sums nondeterministic on a GPU.
 
-Status: checked against the torch path under ``TRITON_INTERPRET=1`` (triton 3.6 and 3.9) and compiled for sm_90 by
-triton 3.6 and 3.9 without a GPU; not yet run or timed on a GPU, so ``TILE`` / ``PROGRAMS`` are first guesses.
+torch.compile: the launch is two ``torch.library.custom_op`` s (``dsfc::diagonal_scan_fwd`` / ``_bwd``) with
+``register_fake`` (output shapes only) and ``register_autograd``, so Dynamo puts one opaque node per launch into the
+graph of a surrounding model instead of tracing into Triton's launcher (which it cannot trace under the interpreter
+and would graph-break on). Custom ops take only tensors and plain values, so the generated ``@triton.jit`` functions
+are looked up by a string key (``register_kernels``) that each generated module registers at import.
+
+Precision: leaves may be fp16 / bf16 (the generated module passes the time-varying ones in the input dtype); the
+kernels load every value with ``.to(DTYPE)`` and accumulate the state in fp32 (fp64 for fp64 modules), the fused
+output ``y`` is stored in the leaves' input dtype (``out_dtype``), the final state and the unfused states stay in the
+compute dtype (they feed more arithmetic), and leaf gradients are accumulated in fp32 then cast to the leaf dtype.
+
+Status: checked against the torch path and the fp64 reference under ``TRITON_INTERPRET=1`` and compiled for sm_90
+without a GPU (``tests/triton/aot_compile.py``, triton 3.6 and 3.9); not yet run or timed on a GPU, so ``TILE`` /
+``PROGRAMS`` are first guesses.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
+# annotations are not understood by every torch version this must run on)
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
-__all__ = ["diagonal_scan_triton", "MAX_BLOCK_C", "TILE"]
+__all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
 MAX_BLOCK_C = 2048  # widest readout reduction fused into one tile
 TILE = 1024  # most state entries per program (on CPU under the interpreter: always, fewer programs run faster)
 PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile reaches this many programs
+
+# str key -> (fwd, bwd) @triton.jit kernels of one generated module (custom ops cannot take Python functions)
+_KERNELS: dict[str, tuple[Any, Any]] = {}
+
+
+def register_kernels(fwd, bwd) -> str:
+    """Register a generated module's kernels; returns the key its launches pass to the custom ops."""
+    fn = getattr(fwd, "fn", fwd)  # a triton JITFunction wraps the Python function
+    key = f"{fn.__module__}:{id(fwd):x}"  # the same source may be imported under several module names
+    _KERNELS[key] = (fwd, bwd)
+    return key
 
 
 def _next_pow2(x: int) -> int:
@@ -50,8 +72,8 @@ def _prev_pow2(x: int) -> int:
 
 @dataclass(frozen=True)
 class _Launch:
-    fwd: Any
-    bwd: Any
+    """Everything but the tensors, decoded from the custom ops' ``int[]`` / ``float[]`` arguments."""
+
     T: int
     dims: tuple[int, ...]
     consts: tuple[float, ...]
@@ -63,14 +85,26 @@ class _Launch:
     block_c: int
     num_warps: int
 
+    def encode(self) -> list[int]:
+        return [self.T, self.R, self.C, self.P, int(self.fused), self.block_r, self.block_c, self.num_warps, *self.dims]
+
+    @staticmethod
+    def decode(cfg, consts) -> "_Launch":
+        T, R, C, P, fused, block_r, block_c, num_warps, *dims = (int(x) for x in cfg)
+        return _Launch(T, tuple(dims), tuple(float(c) for c in consts), R, C, P, bool(fused), block_r, block_c,
+                       num_warps)
+
     def grid(self, batch: int) -> tuple[int, int, int]:
         return (batch, -(-self.R // self.block_r), -(-self.C // self.block_c))
 
+    def width(self) -> int:
+        return self.P if self.fused else self.R * self.C
 
-def _dtype(t: torch.Tensor):
+
+def _tl_dtype(dtype: torch.dtype):
     import triton.language as tl
 
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _strides(leaves) -> list[int]:
@@ -82,66 +116,125 @@ def _consts(L: _Launch, h0):
     return torch.tensor(L.consts or (0.0,), device=h0.device, dtype=h0.dtype)
 
 
-def _launch_fwd(L: _Launch, h0, leaves, T: int, fused: bool):
+def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.dtype):
+    fwd = _KERNELS[key][0]
     B, N = h0.shape[0], L.R * L.C
     width = L.P if fused else N
-    out = torch.empty((B, T, width), device=h0.device, dtype=h0.dtype)
+    out = torch.empty((B, L.T, width), device=h0.device, dtype=out_dtype if fused else h0.dtype)
     hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
-    L.fwd[L.grid(B)](h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), T, L.R, L.C, width,
-                     BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=fused, DTYPE=_dtype(h0), num_warps=L.num_warps)
+    fwd[L.grid(B)](h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width,
+                   BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=fused, DTYPE=_tl_dtype(h0.dtype),
+                   num_warps=L.num_warps)
     return out, hT
 
 
-class _DiagonalScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, L: _Launch, h0, *leaves):
-        out, hT = _launch_fwd(L, h0, leaves, L.T, L.fused)
-        ctx.L = L
-        # only references to tensors the caller holds anyway (and, unfused, the states the readout needs anyway)
-        ctx.save_for_backward(h0, out if not L.fused else None, *leaves)
-        return out, hT
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dhT):
-        L = ctx.L
-        T = L.T
-        h0, out, *leaves = ctx.saved_tensors
-        B, N = h0.shape[0], L.R * L.C
-        states = out if not L.fused else _launch_fwd(L, h0, leaves, T, False)[0]
-        width = L.P if L.fused else N
-        dout = torch.zeros((B, T, width), device=h0.device, dtype=h0.dtype) if dout is None else dout.contiguous()
-        dhT = torch.zeros_like(h0) if dhT is None else dhT.contiguous()
-        grads = [torch.zeros_like(x) for x in leaves]
-        dh0 = torch.empty_like(h0)
-        L.bwd[L.grid(B)](h0, states, dout, dhT, dh0, *leaves, *grads, *_strides(leaves), *L.dims, _consts(L, h0), T,
-                         L.R, L.C, width, BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=L.fused, DTYPE=_dtype(h0),
-                         num_warps=L.num_warps)
-        return (None, dh0, *grads)
+# ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
 
 
-def diagonal_scan_triton(fwd, bwd, h0: torch.Tensor, leaves, *, T: int, dims, consts, R: int, C: int, P: int,
-                         can_fuse: bool):
-    """Run the generated kernels. ``h0`` ``[B, N]``-compatible initial state, ``leaves`` the tensors the kernels read
-    (params ``[*shape]``, time-varying lets and the input ``[B, T, *shape]``), all in the compute dtype.
+@torch.library.custom_op("dsfc::diagonal_scan_fwd", mutates_args=())
+def _scan_fwd_op(key: str, h0: torch.Tensor, leaves: list[torch.Tensor], cfg: list[int], consts: list[float],
+                 out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    L = _Launch.decode(cfg, consts)
+    return _launch_fwd(key, L, h0, [x.contiguous() for x in leaves], L.fused, out_dtype)
 
-    Returns ``(out, final [B, N], fused)``: ``out`` is ``y`` ``[B, T, P]`` when ``fused``, else the states
-    ``[B, T, N]`` (the caller then does the readout in torch).
-    """
+
+@_scan_fwd_op.register_fake
+def _(key, h0, leaves, cfg, consts, out_dtype):
+    L = _Launch.decode(cfg, consts)
+    out = h0.new_empty((h0.shape[0], L.T, L.width()), dtype=out_dtype if L.fused else h0.dtype)
+    return out, h0.new_empty(h0.shape)
+
+
+@torch.library.custom_op("dsfc::diagonal_scan_bwd", mutates_args=())
+def _scan_bwd_op(key: str, h0: torch.Tensor, states: torch.Tensor | None, dout: torch.Tensor, dhT: torch.Tensor,
+                 leaves: list[torch.Tensor], cfg: list[int], consts: list[float]) -> list[torch.Tensor]:
+    """``[dh0, *dleaves]``. ``states``: the forward's states when it wrote them (unfused), else None (recomputed)."""
+    L = _Launch.decode(cfg, consts)
+    bwd = _KERNELS[key][1]
+    leaves = [x.contiguous() for x in leaves]
+    if states is None:
+        states = _launch_fwd(key, L, h0, leaves, False, h0.dtype)[0]
+    # fp32 (fp64) gradient buffers even for half leaves: the kernels accumulate into them with atomics
+    grads = [torch.zeros(x.shape, device=x.device, dtype=h0.dtype) for x in leaves]
+    dh0 = torch.empty_like(h0)
+    bwd[L.grid(h0.shape[0])](h0, states.contiguous(), dout.contiguous(), dhT.contiguous(), dh0, *leaves, *grads,
+                             *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, L.width(),
+                             BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=L.fused, DTYPE=_tl_dtype(h0.dtype),
+                             num_warps=L.num_warps)
+    return [dh0, *(g.to(x.dtype) for g, x in zip(grads, leaves))]
+
+
+@_scan_bwd_op.register_fake
+def _(key, h0, states, dout, dhT, leaves, cfg, consts):
+    return [torch.empty_like(h0), *(torch.empty_like(x) for x in leaves)]
+
+
+def _setup_context(ctx, inputs, output):
+    key, h0, leaves, cfg, consts, _ = inputs
+    out, _hT = output
+    ctx.key, ctx.cfg, ctx.consts, ctx.n_leaves = key, cfg, consts, len(leaves)
+    ctx.fused = bool(cfg[4])
+    # only references to tensors the caller holds anyway (and, unfused, the states the readout needs anyway): the
+    # fused backward recomputes the states rather than keeping a [B, T, N] activation alive
+    ctx.save_for_backward(h0, out if not ctx.fused else None, *leaves)
+
+
+def _backward(ctx, dout, dhT):
+    h0, states, *leaves = ctx.saved_tensors
+    L = _Launch.decode(ctx.cfg, ctx.consts)
+    if dout is None:
+        dout = h0.new_zeros((h0.shape[0], L.T, L.width()))
+    if dhT is None:
+        dhT = torch.zeros_like(h0)
+    dh0, *dleaves = _scan_bwd_op(ctx.key, h0, states, dout, dhT, leaves, ctx.cfg, ctx.consts)
+    return None, dh0, dleaves, None, None, None
+
+
+_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_args(h0: torch.Tensor, leaves, R: int, C: int):
+    """Clear errors for what the kernels would otherwise read wrongly (or crash on) without saying why."""
+    if not isinstance(h0, torch.Tensor) or h0.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dsfc: the Triton scan's state must be float32 or float64, got "
+                        f"{getattr(h0, 'dtype', type(h0).__name__)}")
+    if h0.dim() < 1 or h0[0].numel() != R * C:
+        raise ValueError(f"dsfc: the Triton scan's initial state must have {R * C} entries per batch row, got shape "
+                         f"{tuple(h0.shape)}")
+    for i, x in enumerate(leaves):
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"dsfc: Triton scan operand {i} must be a float tensor, got {x.dtype}")
+        if x.device != h0.device:
+            raise ValueError(f"dsfc: Triton scan operand {i} is on {x.device}, the state on {h0.device}")
     dev = h0.device
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
                            "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+
+
+def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, consts, R: int, C: int, P: int,
+                         can_fuse: bool, out_dtype: torch.dtype | None = None):
+    """Run the generated kernels registered under ``key`` (``register_kernels``). ``h0`` ``[B, N]``-compatible
+    initial state in the compute dtype (fp32 or fp64), ``leaves`` the tensors the kernels read (params
+    ``[*shape]``, time-varying lets and the input ``[B, T, *shape]``; fp16 / bf16 / fp32 / fp64, read as the
+    compute dtype). ``out_dtype``: dtype of the fused ``y`` (default: the compute dtype).
+
+    Returns ``(out, final [B, N], fused)``: ``out`` is ``y`` ``[B, T, P]`` when ``fused``, else the states
+    ``[B, T, N]`` in the compute dtype (the caller then does the readout in torch).
+    """
+    _check_args(h0, leaves, R, C)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
     tile = TILE
-    if dev.type == "cuda":  # small batches: smaller tiles, so that there are a few programs per SM
+    if h0.device.type == "cuda":  # small batches: smaller tiles, so that there are a few programs per SM
         tile = max(32, min(TILE, _prev_pow2(h0.shape[0] * R * C // PROGRAMS)))
     block_c = _next_pow2(C) if fused else min(_next_pow2(C), tile)
     block_r = max(1, min(_next_pow2(R), tile // block_c))
     num_warps = max(1, min(8, block_r * block_c // 128))
-    L = _Launch(fwd, bwd, int(T), tuple(int(d) for d in dims), tuple(float(c) for c in consts), int(R), int(C), int(P),
+    L = _Launch(int(T), tuple(int(d) for d in dims), tuple(float(c) for c in consts), int(R), int(C), int(P),
                 fused, block_r, block_c, num_warps)
     h0 = h0.reshape(h0.shape[0], R * C).contiguous()
-    leaves = [x.contiguous() for x in leaves]
-    out, hT = _DiagonalScanFn.apply(L, h0, *leaves)
+    # never an empty consts list: register_autograd matches backward's return against the inputs' pytree, where an
+    # empty list is a node (needing []) but a list of floats a leaf (needing None); the kernel ignores the padding
+    consts_arg = list(L.consts) or [0.0]
+    out, hT = _scan_fwd_op(key, h0, list(leaves), L.encode(), consts_arg, out_dtype or h0.dtype)
     return out, hT, fused

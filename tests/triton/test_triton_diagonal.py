@@ -11,9 +11,7 @@ while any wrong derivative or index (an O(1) error) fails by orders of magnitude
 the fp64 reference to 1e-10.
 """
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+from tests.triton._device import DEVICE  # (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -127,7 +125,7 @@ class Built:
         self.result = compile_spec(ROOT / "specs" / "s6.dsf") if text is None else compile_text(text, f"{key}.dsf")
         self.module = load_module(self.result, name=f"dsfc_triton_test_{key}_{str(dtype)[6:]}")
         torch.manual_seed(0)
-        self.model = getattr(self.module, self.result.plan.model)(**dims, dtype=dtype)
+        self.model = getattr(self.module, self.result.plan.model)(**dims, dtype=dtype).to(DEVICE)
         self.dims = self.result.sym.dim_values(dims)
         self.dtype = dtype
 
@@ -135,7 +133,7 @@ class Built:
         g = torch.Generator().manual_seed(seed)
         u = torch.randn(batch, T, self.model._in_features(), generator=g, dtype=self.dtype)
         h0 = 0.5 * torch.randn(batch, self.model._state_size(), generator=g, dtype=self.dtype)
-        return u, h0.reshape(batch, *self.state_shape())
+        return u.to(DEVICE), h0.reshape(batch, *self.state_shape()).to(DEVICE)
 
     def state_shape(self):
         return tuple(int(self.result.sym.subs_dims(e, self.dims)) for e in self.result.sym.state.shape())
@@ -149,9 +147,9 @@ class Built:
 
     def reference(self, u, h0):
         named = dict(self.model.named_parameters())
-        params = {p.tensor.name: named[py_name(p.tensor.name)].detach().double() for p in self.result.sym.params}
-        return reference_forward(self.result.sym, self.dims, params, u.double(),
-                                 initial_state=None if h0 is None else h0.double())
+        params = {p.tensor.name: named[py_name(p.tensor.name)].detach().double().cpu() for p in self.result.sym.params}
+        return reference_forward(self.result.sym, self.dims, params, u.double().cpu(),
+                                 initial_state=None if h0 is None else h0.double().cpu())
 
 
 _CACHE: dict = {}
@@ -164,7 +162,7 @@ def built(key: str, dtype=torch.float32) -> Built:
 
 
 def rel(got, want) -> float:
-    got, want = got.double(), want.double()
+    got, want = got.double().cpu(), want.double().cpu()
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
@@ -265,7 +263,7 @@ def _grads(b: Built, backend: str, u, h0, with_h0: bool):
     h0 = h0.clone().requires_grad_() if with_h0 else None
     y, hT = b.run(backend, u, h0)
     g = torch.Generator().manual_seed(7)
-    loss = (y * torch.randn(y.shape, generator=g)).sum() + (hT * torch.randn(hT.shape, generator=g)).sum()
+    loss = (y * torch.randn(y.shape, generator=g).to(y)).sum() + (hT * torch.randn(hT.shape, generator=g).to(hT)).sum()
     wrt = [u] + ([h0] if with_h0 else []) + params
     names = ["u"] + (["h0"] if with_h0 else []) + [n for n, _ in sorted(b.model.named_parameters())]
     return dict(zip(names, torch.autograd.grad(loss, wrt, allow_unused=True)))
@@ -313,17 +311,18 @@ CATALOG = sorted((ROOT / "specs").glob("*.dsf"))
 
 @pytest.mark.parametrize("path", CATALOG, ids=[p.stem for p in CATALOG])
 def test_catalog_kernels_match_torch(path):
-    """Forward (after any post-ops) and gradients w.r.t. the input and every parameter, backend triton vs torch."""
+    """Forward (after any post-ops) and gradients w.r.t. the input and every parameter, backend triton vs torch
+    (diagonal kernels and the dense family's block-scan kernel)."""
     from dsfc.check import small_dims
 
     result = compile_spec(path)
-    if result.plan.triton is None:
+    module = load_module(result, name=f"dsfc_triton_test_catalog_{path.stem}")
+    if module._core_triton_available is None:  # whichever family's kernel it would be
         assert "no Triton kernel" in result.plan.triton_note
         pytest.skip(result.plan.triton_note)
-    module = load_module(result, name=f"dsfc_triton_test_catalog_{path.stem}")
     torch.manual_seed(0)
-    model = getattr(module, result.plan.model)(**small_dims(result))
-    u = torch.randn(2, 7, model._in_features(), generator=torch.Generator().manual_seed(1))
+    model = getattr(module, result.plan.model)(**small_dims(result)).to(DEVICE)
+    u = torch.randn(2, 7, model._in_features(), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     outs = {}
     for backend in ("triton", "torch"):
         model.backend = backend
@@ -331,7 +330,7 @@ def test_catalog_kernels_match_torch(path):
         y, final = model(uu, output_final_state=True)
         h = final["h"] if isinstance(final, dict) else final
         g = torch.Generator().manual_seed(2)
-        loss = (y * torch.randn(y.shape, generator=g)).sum() + (h * torch.randn(h.shape, generator=g)).sum()
+        loss = (y * torch.randn(y.shape, generator=g).to(y)).sum() + (h * torch.randn(h.shape, generator=g).to(h)).sum()
         names = ["u"] + [n for n, _ in model.named_parameters()]
         grads = torch.autograd.grad(loss, [uu] + list(model.parameters()), allow_unused=True)
         outs[backend] = (y.detach(), h.detach(), dict(zip(names, grads)))

@@ -1,0 +1,584 @@
+"""``dsfc bench --gpu`` (also ``python benchmarks/gpu_bench.py``): the generated kernels against the GPU anchors.
+
+One run, the same inputs for every row of a group (the generated module's own projections, computed once outside
+the timed region, then handed to each implementation in the layout it wants):
+
+* ``s6``: generated S6 (Triton) vs mamba-ssm ``selective_scan_fn`` vs the sequential torch loop
+  (``selective_scan_ref`` style, skipped above ``--loop-max-T``: ~35 s fwd+bwd at T=16384);
+* ``ssd``: generated SSD vs mamba-ssm ``mamba_chunk_scan_combined`` vs fla ``chunk_simple_gla``;
+* ``gla``: generated GLA vs fla ``chunk_gla``;  ``linear_attention``: generated vs fla ``chunk_linear_attn``.
+
+Only the recurrence is timed (the generated module's ``_core_triton``, or ``_core`` where the spec has no Triton
+kernel: the row says which), forward and forward+backward, median of CUDA-event timings. Every anchor row also
+reports its max relative difference from the generated output, so a fast-but-wrong row is visible.
+
+Achieved bandwidth = minimum bytes (every input read once, the output written once, as in
+/work/shared/gpu-anchors.md) / forward time, as a fraction of the device's peak HBM bandwidth (``PEAKS``). A missing
+anchor (not installed, no CUDA build) is a row with ``skipped`` set to the reason, never an error.
+
+Results go to ``benchmarks/results/<device>.json``. ``--quick`` runs small sizes (a device check of a few minutes);
+``--device cpu`` runs the same code on CPU (under ``TRITON_INTERPRET=1``, tiny sizes: a smoke test of the wiring,
+not a benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# Peak HBM bandwidth (GB/s) and dense bf16 tensor-core TFLOP/s, vendor datasheets (SXM parts unless named).
+PEAKS = {
+    "H100 PCIe": {"hbm_GBps": 2000.0, "bf16_TFLOPs": 756.0},
+    "H100": {"hbm_GBps": 3350.0, "bf16_TFLOPs": 989.0},
+    "H200": {"hbm_GBps": 4800.0, "bf16_TFLOPs": 989.0},
+    "A100": {"hbm_GBps": 2039.0, "bf16_TFLOPs": 312.0},
+}
+
+GROUPS = ("s6", "ssd", "gla", "linear_attention")
+
+# sizes: batch 8; T in {1024, 4096, 16384}; widths 1024-2048; S6 n=16; heads 8-16 of 64-128
+FULL = {
+    "batch": 8,
+    "T": (1024, 4096, 16384),
+    "s6": {"d": 2048, "n": 16, "r": 128},
+    "ssd": {"H": 16, "P": 64, "n": 64, "G": 1},
+    "gla": {"d": 2048, "H": 16, "K": 128, "V": 128, "R": 16},
+    "linear_attention": {"d": 1024, "H": 16, "K": 64, "V": 64},
+}
+QUICK = {
+    "batch": 8,
+    "T": (1024,),
+    "s6": {"d": 1024, "n": 16, "r": 64},
+    "ssd": {"H": 8, "P": 64, "n": 64, "G": 1},
+    "gla": {"d": 1024, "H": 8, "K": 64, "V": 64, "R": 16},
+    "linear_attention": {"d": 512, "H": 8, "K": 64, "V": 64},
+}
+SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
+    "batch": 1,
+    "T": (8,),
+    "s6": {"d": 4, "n": 2, "r": 2},
+    "ssd": {"H": 2, "P": 2, "n": 2, "G": 1},
+    "gla": {"d": 4, "H": 2, "K": 2, "V": 2, "R": 2},
+    "linear_attention": {"d": 4, "H": 2, "K": 2, "V": 2},
+}
+
+
+@dataclass
+class Row:
+    group: str
+    impl: str
+    T: int
+    shape: dict
+    dtype: str = ""
+    fwd_ms: float | None = None
+    fwdbwd_ms: float | None = None
+    min_bytes: int | None = None
+    achieved_GBps: float | None = None
+    frac_peak_bw: float | None = None
+    speedup_vs_generated_fwd: float | None = None  # > 1: this row is faster than the generated kernel
+    speedup_vs_generated_fwdbwd: float | None = None
+    max_rel_diff_vs_generated: float | None = None
+    skipped: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    device: str
+    peak: dict | None
+    torch: str
+    triton: str
+    mode: str
+    started: str
+    rows: list[Row] = field(default_factory=list)
+    complete: bool = False  # False in the partial file written after each group (a run cut off keeps its rows)
+
+
+# ---- device, peaks, output ------------------------------------------------------------------------------------
+
+
+def device_key(name: str) -> str | None:
+    """The ``PEAKS`` entry of a ``torch.cuda.get_device_name`` string, or None when unknown."""
+    for key in sorted(PEAKS, key=len, reverse=True):  # "H100 PCIe" before "H100"
+        if all(part in name for part in key.split()):
+            return key
+    return None
+
+
+def result_path(device: str, out_dir: Path = RESULTS) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower() or "unknown"
+    return out_dir / f"{slug}.json"
+
+
+def write_report(report: Report, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = asdict(report)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)  # never a half-written file if the session is cut off
+    return path
+
+
+def add_ratios(rows: list[Row], peak_GBps: float | None) -> None:
+    """Bandwidth and ratios against the group's generated row at the same T (in place)."""
+    for r in rows:
+        if r.fwd_ms and r.min_bytes:
+            r.achieved_GBps = r.min_bytes / (r.fwd_ms * 1e-3) / 1e9
+            r.frac_peak_bw = r.achieved_GBps / peak_GBps if peak_GBps else None
+    gen = {(r.group, r.T): r for r in rows if r.impl.startswith("generated") and not r.skipped}
+    for r in rows:
+        g = gen.get((r.group, r.T))
+        if g is None or r is g or r.skipped:
+            continue
+        if g.fwd_ms and r.fwd_ms:
+            r.speedup_vs_generated_fwd = g.fwd_ms / r.fwd_ms
+        if g.fwdbwd_ms and r.fwdbwd_ms:
+            r.speedup_vs_generated_fwdbwd = g.fwdbwd_ms / r.fwdbwd_ms
+
+
+def format_rows(rows: list[Row]) -> str:
+    out = [f"{'group':<17} {'impl':<42} {'T':>6} {'fwd ms':>9} {'f+b ms':>9} {'GB/s':>7} {'%peak':>6} "
+           f"{'x gen':>6} {'rel diff':>8}"]
+    for r in rows:
+        if r.skipped:
+            out.append(f"{r.group:<17} {r.impl:<42} {r.T:>6}  skipped: {r.skipped}")
+            continue
+
+        def f(x, fmt):
+            return format(x, fmt) if x is not None else "-"
+
+        out.append(f"{r.group:<17} {r.impl:<42} {r.T:>6} {f(r.fwd_ms, '9.3f')} {f(r.fwdbwd_ms, '9.3f')} "
+                   f"{f(r.achieved_GBps, '7.0f')} {f(None if r.frac_peak_bw is None else 100 * r.frac_peak_bw, '6.1f')} "
+                   f"{f(r.speedup_vs_generated_fwd, '6.2f')} {f(r.max_rel_diff_vs_generated, '8.1e')}"
+                   + (f"  {r.note}" if r.note else ""))
+    return "\n".join(out)
+
+
+# ---- anchors --------------------------------------------------------------------------------------------------
+
+
+def import_anchor(name: str):
+    """``(function, None)`` or ``(None, reason)`` for an anchor implementation."""
+    try:
+        if name == "selective_scan_fn":
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as fn
+        elif name == "mamba_chunk_scan_combined":
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as fn
+        elif name == "chunk_simple_gla":
+            from fla.ops.simple_gla import chunk_simple_gla as fn
+        elif name == "chunk_gla":
+            from fla.ops.gla import chunk_gla as fn
+        elif name == "chunk_linear_attn":
+            from fla.ops.linear_attn import chunk_linear_attn as fn
+        else:
+            return None, f"unknown anchor {name!r}"
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA extension failing to load
+        return None, f"{name} not importable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return fn, None
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------
+
+
+def time_ms(fn, device: str, repeats: int, warmup: int = 1) -> float:
+    """Median milliseconds of ``fn()`` (CUDA events on a GPU, wall clock on CPU), after ``warmup`` untimed calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _nbytes(*tensors) -> int:
+    return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _fwd_bwd(fn, inputs):
+    """A closure running forward then backward of ``sum(y)`` w.r.t. ``inputs`` (tensors requiring grad)."""
+    import torch
+
+    def run():
+        y = fn()
+        torch.autograd.grad(y, inputs, torch.ones_like(y), allow_unused=True)
+
+    return run
+
+
+# ---- the groups -----------------------------------------------------------------------------------------------
+
+
+def _load_generated(spec: str, dims: dict, device: str):
+    import torch
+
+    from .check import load_module
+    from .pipeline import compile_spec
+
+    result = compile_spec(ROOT / "specs" / f"{spec}.dsf")
+    module = load_module(result, name=f"dsfc_gpu_bench_{spec}")
+    torch.manual_seed(0)
+    model = getattr(module, result.plan.model)(**dims).to(device)
+    return result, module, model
+
+
+def _shape(result, tensor, dims) -> tuple[int, ...]:
+    vals = result.sym.dim_values(dims)
+    return tuple(int(result.sym.subs_dims(e, vals)) for e in tensor.shape())
+
+
+def _bench_impl(group, impl, T, shape, fn, grad_inputs, device, repeats, dtype, min_bytes, note=""):
+    """Forward timed under no_grad; forward+backward of sum(y) w.r.t. ``grad_inputs``."""
+    import torch
+
+    row = Row(group, impl, T, shape, dtype=str(dtype).replace("torch.", ""), min_bytes=min_bytes, note=note)
+    try:
+        with torch.no_grad():
+            row.fwd_ms = time_ms(fn, device, repeats)
+        if grad_inputs:
+            row.fwdbwd_ms = time_ms(_fwd_bwd(fn, grad_inputs), device, repeats)
+    except Exception as exc:  # noqa: BLE001 - one broken row must not end the run
+        row.skipped = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        traceback.print_exc(file=sys.stderr)
+    return row
+
+
+def _generated_rows(group, spec, dims, B, T, device, repeats, dtype, min_bytes_fn):
+    """Time the generated recurrence over precomputed lets (the projections stay outside the timed region): the
+    Triton kernel where the spec has one, else the torch path (the row's impl says which).
+
+    Returns ``(row, y as fp32, env)``; ``env`` holds the lets and the input (under the input's name) that the anchor
+    rows are built from, so that every row of the group sees the same numbers."""
+    import torch
+
+    result, module, model = _load_generated(spec, dims, device)
+    cdt = torch.float32
+    g = torch.Generator(device=device).manual_seed(1)
+    u = torch.randn(B, T, model._in_features(), device=device, generator=g)
+    name = result.plan.input_name
+    env = model._lets(u.reshape(B, T, *_shape(result, result.sym.input, dims)), cdt)
+    has_kernel = module._core_triton_available is not None
+    core = model._core_triton if has_kernel else model._core
+    env["_io_dtype"] = dtype
+    leaves = {}
+    for k, v in env.items():  # the time-varying operands: in the input dtype for the kernels, leaves for backward
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 3 and tuple(v.shape[:2]) == (B, T):
+            leaves[k] = v.detach().to(dtype if has_kernel else cdt).requires_grad_()
+    env.update(leaves)
+    h0 = torch.zeros(B, *_shape(result, result.sym.state, dims), device=device, dtype=cdt)
+
+    def fn():
+        return core(env[name], h0, env, B, T, cdt)[0]
+
+    impl = "generated (triton)" if has_kernel else "generated (torch path: no Triton kernel)"
+    row = _bench_impl(group, impl, T, dims, fn, list(leaves.values()), device, repeats,
+                      dtype if has_kernel else cdt, min_bytes_fn(env, env[name]))
+    with torch.no_grad():
+        y = fn().float()
+    return row, y, env
+
+
+def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
+    import torch
+
+    def min_bytes(env, x):  # u, dt [B,T,d]; B, C [B,T,n]; y [B,T,d]
+        return _nbytes(x, env["dt"], env["b"], env["cq"]) + x.numel() * x.element_size()
+
+    rows = []
+    gen, y_gen, env = _generated_rows("s6", "s6", dims, B, T, device, repeats, dtype, min_bytes)
+    x = env["u_"]
+    rows.append(gen)
+    # constants of the anchors' graphs: detached, so that every backward runs through the timed inputs only
+    A = -torch.exp(env["A_log"].float()).detach()  # [d, n]
+    D = env["D"].float().detach()
+    dt, b, cq, u = (t.detach() for t in (env["dt"].to(dtype), env["b"].to(dtype), env["cq"].to(dtype), x.to(dtype)))
+    mb = gen.min_bytes
+
+    fn, reason = import_anchor("selective_scan_fn")
+    if fn is None:
+        rows.append(Row("s6", "mamba-ssm selective_scan_fn", T, dims, skipped=reason))
+    else:
+        ins = [t.transpose(1, 2).contiguous().requires_grad_() for t in (u, dt, b, cq)]  # [B, d|n, T]
+
+        def mamba():
+            return fn(ins[0], ins[1], A, ins[2], ins[3], D, delta_softplus=False).transpose(1, 2)
+
+        r = _bench_impl("s6", "mamba-ssm selective_scan_fn", T, dims, mamba, ins, device, repeats, dtype, mb)
+        with torch.no_grad():
+            r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen) if not r.skipped else None
+        rows.append(r)
+
+    if T > loop_max_T:
+        rows.append(Row("s6", "torch sequential loop", T, dims, skipped=f"T > --loop-max-T {loop_max_T} (too slow)"))
+    else:
+        ins = [t.float().detach().requires_grad_() for t in (u, dt, b, cq)]
+
+        def loop():
+            uu, dd, bb, cc = ins
+            a = torch.exp(dd[..., None] * A)  # [B, T, d, n]
+            bu = dd[..., None] * bb[:, :, None, :] * uu[..., None]
+            h = torch.zeros_like(a[:, 0])
+            ys = []
+            for t in range(a.shape[1]):
+                h = a[:, t] * h + bu[:, t]
+                ys.append(torch.einsum("bdn,bn->bd", h, cc[:, t]))
+            return torch.stack(ys, 1) + D * uu
+
+        r = _bench_impl("s6", "torch sequential loop", T, dims, loop, ins, device, max(1, repeats // 3), torch.float32,
+                        mb, note="fp32, selective_scan_ref style")
+        with torch.no_grad():
+            r.max_rel_diff_vs_generated = _rel(loop(), y_gen) if not r.skipped else None
+        rows.append(r)
+    return rows
+
+
+def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
+    import torch
+
+    def min_bytes(env, x):  # x [B,T,H,P], dt [B,T,H], B, C [B,T,G,n], y [B,T,H,P]
+        return _nbytes(x, env["dt"], env["Bm"], env["Cm"]) + x.numel() * x.element_size()
+
+    rows = []
+    gen, y_gen, env = _generated_rows("ssd", "ssd", dims, B, T, device, repeats, dtype, min_bytes)
+    x = env["u_"]
+    rows.append(gen)
+    H, P, n, G = dims["H"], dims["P"], dims["n"], dims["G"]
+    A = -torch.exp(env["A_log"].float()).detach()
+    D = env["D"].float().detach()
+    xx, dt, Bm, Cm = (t.detach() for t in (x.to(dtype), env["dt"].float(), env["Bm"].to(dtype), env["Cm"].to(dtype)))
+    y_gen = y_gen.reshape(B, T, H, P)
+
+    fn, reason = import_anchor("mamba_chunk_scan_combined")
+    if fn is None:
+        rows.append(Row("ssd", "mamba-ssm mamba_chunk_scan_combined", T, dims, skipped=reason))
+    else:
+        ins = [t.detach().clone().requires_grad_() for t in (xx, dt, Bm, Cm)]
+
+        def mamba():
+            return fn(ins[0], ins[1], A, ins[2], ins[3], chunk_size=256, D=D)
+
+        r = _bench_impl("ssd", "mamba-ssm mamba_chunk_scan_combined", T, dims, mamba, ins, device, repeats, dtype,
+                        gen.min_bytes)
+        with torch.no_grad():
+            r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen) if not r.skipped else None
+        rows.append(r)
+
+    fn, reason = import_anchor("chunk_simple_gla")
+    if fn is None:
+        rows.append(Row("ssd", "fla chunk_simple_gla", T, dims, skipped=reason))
+    else:
+        R = H // G
+        q = Cm.repeat_interleave(R, dim=2)  # [B, T, H, n]
+        k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
+        g = (dt * A).float()  # log decay per head
+        ins = [t.detach().clone().requires_grad_() for t in (q, k, xx)]
+
+        def fla():
+            return fn(ins[0], ins[1], ins[2], g=g, scale=1.0)[0] + D[:, None] * ins[2]
+
+        r = _bench_impl("ssd", "fla chunk_simple_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes,
+                        note="SSD as scalar-decay GLA (q=C, k=dt B, v=x)")
+        with torch.no_grad():
+            r.max_rel_diff_vs_generated = _rel(fla().float(), y_gen) if not r.skipped else None
+        rows.append(r)
+    return rows
+
+
+def _fla_qkv(env, x, W_V, dtype):
+    import torch
+
+    v = torch.einsum("btm,hvm->bthv", x.float(), W_V.float())
+    return v.to(dtype).detach()
+
+
+def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
+    import torch
+
+    def min_bytes(env, x):  # q, k, g [B,T,H,K]; v [B,T,H,V]; y [B,T,H,V]
+        v = env["q"].shape[:2] + (dims["H"], dims["V"])
+        return _nbytes(env["q"], env["k"], env["alpha"]) + 2 * math.prod(v) * env["q"].element_size()
+
+    rows = []
+    gen, y_gen, env = _generated_rows("gla", "gla", dims, B, T, device, repeats, dtype, min_bytes)
+    x = env["u_"]
+    rows.append(gen)
+    fn, reason = import_anchor("chunk_gla")
+    if fn is None:
+        rows.append(Row("gla", "fla chunk_gla", T, dims, skipped=reason))
+        return rows
+    H, K, V = dims["H"], dims["K"], dims["V"]
+    v = _fla_qkv(env, x, env["W_V"], dtype)
+    g = torch.log(env["alpha"].float()).detach()
+    ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["q"], env["k"])] + [v.detach().requires_grad_()]
+
+    def fla():
+        return fn(ins[0], ins[1], ins[2], g=g, scale=K ** -0.5)[0]
+
+    r = _bench_impl("gla", "fla chunk_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes)
+    with torch.no_grad():
+        r.max_rel_diff_vs_generated = _rel(fla().float().reshape(B, T, -1), y_gen.reshape(B, T, -1)) if not r.skipped else None
+    rows.append(r)
+    return rows
+
+
+def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
+    import torch
+
+    def min_bytes(env, x):
+        v = env["qf"].shape[:2] + (dims["H"], dims["V"])
+        return _nbytes(env["qf"], env["kf"]) + 2 * math.prod(v) * env["qf"].element_size()
+
+    rows = []
+    gen, y_gen, env = _generated_rows("linear_attention", "linear_attention", dims, B, T, device, repeats, dtype,
+                                      min_bytes)
+    x = env["u_"]
+    rows.append(gen)
+    fn, reason = import_anchor("chunk_linear_attn")
+    if fn is None:
+        rows.append(Row("linear_attention", "fla chunk_linear_attn", T, dims, skipped=reason))
+        return rows
+    K = dims["K"]
+    v = _fla_qkv(env, x, env["W_V"], dtype)
+    ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])] + [v.detach().requires_grad_()]
+
+    def fla():
+        return fn(ins[0], ins[1], ins[2], scale=K ** -0.5, normalize=False)[0]
+
+    r = _bench_impl("linear_attention", "fla chunk_linear_attn", T, dims, fla, ins, device, repeats, dtype,
+                    gen.min_bytes)
+    with torch.no_grad():
+        r.max_rel_diff_vs_generated = _rel(fla().float().reshape(B, T, -1), y_gen.reshape(B, T, -1)) if not r.skipped else None
+    rows.append(r)
+    return rows
+
+
+BENCHES = {"s6": bench_s6, "ssd": bench_ssd, "gla": bench_gla, "linear_attention": bench_linear_attention}
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dsfc bench --gpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, T=1024 only (a few minutes)")
+    p.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
+    p.add_argument("-T", type=int, nargs="+", help="sequence lengths (default: 1024 4096 16384; quick: 1024)")
+    p.add_argument("--batch", type=int, help="batch size (default 8)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--loop-max-T", type=int, default=4096, help="longest T for the sequential torch loop row")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: tiny sizes under TRITON_INTERPRET=1, a smoke test of the wiring (not a benchmark)")
+    p.add_argument("-o", "--output", type=Path, help="JSON path (default benchmarks/results/<device>.json)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.T and any(t < 1 for t in args.T):
+        p.error("-T values must be >= 1")
+    return args
+
+
+def plan_sizes(args) -> dict:
+    base = SMOKE if args.device == "cpu" else (QUICK if args.quick else FULL)
+    sizes = dict(base)
+    if args.T:
+        sizes["T"] = tuple(args.T)
+    if args.batch:
+        sizes["batch"] = args.batch
+    return sizes
+
+
+def run(args, path: Path | None = None) -> Report:
+    """Run the groups; when ``path`` is given the report so far is written there after each group."""
+    name = device_name(args.device)
+    import torch
+
+    key = device_key(name) if args.device == "cuda" else None
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if args.device == "cpu":
+        dtype = torch.float32
+    sizes = plan_sizes(args)
+    report = Report(device=name, peak=PEAKS.get(key) if key else None, torch=torch.__version__, triton=triton_version,
+                    mode="smoke" if args.device == "cpu" else ("quick" if args.quick else "full"),
+                    started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    peak_bw = report.peak["hbm_GBps"] if report.peak else None
+    repeats = 1 if args.device == "cpu" else args.repeats
+    for group in args.groups:
+        for T in sizes["T"]:
+            print(f"-- {group} T={T}", file=sys.stderr, flush=True)
+            try:
+                rows = BENCHES[group](sizes["batch"], T, sizes[group], args.device, repeats, dtype, args.loop_max_T)
+            except Exception as exc:  # noqa: BLE001 - a failed group is a row, the run goes on
+                traceback.print_exc(file=sys.stderr)
+                rows = [Row(group, "generated", T, sizes[group], skipped=f"group failed: {type(exc).__name__}: {exc}"[:300])]
+            report.rows += rows
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+            if path is not None:
+                add_ratios(report.rows, peak_bw)
+                write_report(report, path)
+    add_ratios(report.rows, peak_bw)
+    report.complete = True
+    return report
+
+
+def device_name(device: str) -> str:
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see dsfc.check)
+        return f"cpu-{platform.machine()}"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("dsfc bench --gpu: no CUDA device (use --device cpu for a smoke test of the wiring)")
+    return torch.cuda.get_device_name()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    path = args.output or result_path(device_name(args.device))
+    report = run(args, path)  # writes the rows so far after each group: a run cut off by a timeout keeps them
+    print(f"device: {report.device}  peak: {report.peak}  torch {report.torch}  triton {report.triton}  "
+          f"mode {report.mode}")
+    print(format_rows(report.rows))
+    write_report(report, path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The CPU-testable parts of the GPU benchmark (dsfc/gpu_bench.py): arguments, sizes, the device peak table, the JSON
+writer, ratios, skipped anchors, and one smoke run of the S6 group on CPU under the interpreter (anchors absent)."""
+
+
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dsfc import gpu_bench  # noqa: E402
+from dsfc.cli import main as cli_main  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:divide by zero encountered:RuntimeWarning")
+
+
+def test_arguments_and_sizes():
+    args = gpu_bench.parse_args([])
+    assert args.groups == list(gpu_bench.GROUPS) and args.dtype == "bf16" and not args.quick
+    full = gpu_bench.plan_sizes(args)
+    assert full["batch"] == 8 and full["T"] == (1024, 4096, 16384)
+    assert 1024 <= full["s6"]["d"] <= 2048 and full["s6"]["n"] == 16
+    assert 8 <= full["gla"]["H"] <= 16 and 64 <= full["gla"]["K"] <= 128
+    quick = gpu_bench.plan_sizes(gpu_bench.parse_args(["--quick"]))
+    assert quick["T"] == (1024,) and quick["s6"]["d"] < full["s6"]["d"]
+    custom = gpu_bench.plan_sizes(gpu_bench.parse_args(["--quick", "-T", "64", "128", "--batch", "2"]))
+    assert custom["T"] == (64, 128) and custom["batch"] == 2
+    with pytest.raises(SystemExit):
+        gpu_bench.parse_args(["--repeats", "0"])
+    with pytest.raises(SystemExit):
+        gpu_bench.parse_args(["--groups", "nope"])
+
+
+@pytest.mark.parametrize("name,key", [("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+                                      ("NVIDIA H200", "H200"), ("NVIDIA A100-SXM4-80GB", "A100"),
+                                      ("Tesla T4", None)])
+def test_device_peak_table(name, key):
+    assert gpu_bench.device_key(name) == key
+    if key:
+        assert gpu_bench.PEAKS[key]["hbm_GBps"] > 1000
+
+
+def test_ratios_bandwidth_and_json(tmp_path):
+    rows = [gpu_bench.Row("s6", "generated (triton)", 1024, {"d": 8}, fwd_ms=2.0, fwdbwd_ms=6.0, min_bytes=4_000_000_000),
+            gpu_bench.Row("s6", "mamba-ssm selective_scan_fn", 1024, {"d": 8}, fwd_ms=1.0, fwdbwd_ms=3.0,
+                          min_bytes=4_000_000_000),
+            gpu_bench.Row("s6", "fla x", 1024, {"d": 8}, skipped="fla not importable")]
+    gpu_bench.add_ratios(rows, peak_GBps=4000.0)
+    assert rows[0].achieved_GBps == pytest.approx(2000.0) and rows[0].frac_peak_bw == pytest.approx(0.5)
+    assert rows[1].speedup_vs_generated_fwd == pytest.approx(2.0)
+    assert rows[1].speedup_vs_generated_fwdbwd == pytest.approx(2.0)
+    assert rows[0].speedup_vs_generated_fwd is None and rows[2].speedup_vs_generated_fwd is None
+    report = gpu_bench.Report("NVIDIA H200", gpu_bench.PEAKS["H200"], "2.11", "3.6", "quick", "now", rows)
+    path = gpu_bench.write_report(report, gpu_bench.result_path(report.device, tmp_path))
+    assert path.name == "nvidia-h200.json"
+    data = json.loads(path.read_text())
+    assert data["device"] == "NVIDIA H200" and data["peak"]["hbm_GBps"] == 4800.0
+    assert [r["impl"] for r in data["rows"]] == [r.impl for r in rows] and data["rows"][2]["skipped"]
+    assert "skipped: fla not importable" in gpu_bench.format_rows(rows)
+
+
+def test_missing_anchor_is_a_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fla", None)  # import fla -> ImportError
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    for name in ("chunk_gla", "chunk_simple_gla", "chunk_linear_attn", "selective_scan_fn",
+                 "mamba_chunk_scan_combined"):
+        fn, reason = gpu_bench.import_anchor(name)
+        assert fn is None and name in reason
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
+def test_smoke_run_on_cpu(monkeypatch, tmp_path):
+    """The S6 group end to end on CPU: the generated kernel (interpreted) times, the anchor row is skipped with its
+    reason, and the independent sequential loop agrees with the generated output."""
+    pytest.importorskip("triton")
+    pytest.importorskip("numpy")
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    out = tmp_path / "cpu.json"
+    assert gpu_bench.main(["--device", "cpu", "--groups", "s6", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["complete"] is True and data["mode"] == "smoke"
+    rows = data["rows"]
+    by_impl = {r["impl"]: r for r in rows}
+    gen = by_impl["generated (triton)"]
+    assert gen["fwd_ms"] > 0 and gen["fwdbwd_ms"] > 0 and not gen["skipped"]
+    assert "not importable" in by_impl["mamba-ssm selective_scan_fn"]["skipped"]
+    loop = by_impl["torch sequential loop"]
+    assert loop["max_rel_diff_vs_generated"] <= 1e-5 and loop["speedup_vs_generated_fwd"] > 0
+
+
+def test_cli_bench_gpu_arguments(capsys):
+    assert cli_main(["bench", "--quick"]) == 2
+    assert cli_main(["bench"]) == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            cli_main(["bench", "--gpu", "--quick"])
