@@ -191,11 +191,11 @@ def test_s6_maths_is_printed_into_the_kernel():
 
 
 def test_non_diagonal_family_has_no_kernel():
-    result = compile_spec(ROOT / "specs" / "linear_attention.dsf")
+    result = compile_spec(ROOT / "specs" / "deltanet.dsf")  # dense family (the chunked outer one has its own kernel)
     assert result.plan.triton is None
-    module = load_module(result, name="dsfc_triton_test_linattn")
+    module = load_module(result, name="dsfc_triton_test_deltanet")
     assert module._core_triton_available is None
-    model = module.LinearAttention(d=4, H=2, K=2, V=2, backend="triton")
+    model = module.DeltaNet(d=4, H=2, K=2, V=2, backend="triton")
     with pytest.raises(RuntimeError, match="no Triton kernel"):
         model(torch.randn(1, 2, 4))
 
@@ -318,7 +318,8 @@ def test_catalog_kernels_match_torch(path):
 
     result = compile_spec(path)
     if result.plan.triton is None:
-        assert "no Triton kernel" in result.plan.triton_note
+        # no kernel, or the chunked outer family's (tests/triton/test_triton_outer.py)
+        assert "no Triton kernel" in result.plan.triton_note or result.plan.triton_outer
         pytest.skip(result.plan.triton_note)
     module = load_module(result, name=f"dsfc_triton_test_catalog_{path.stem}")
     torch.manual_seed(0)
