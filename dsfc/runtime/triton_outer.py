@@ -24,7 +24,8 @@ Forward: grid ``(cdiv(V, BLOCK_V), B * H)``; each program walks the chunks of on
 
 Backward (no activations stored by the forward): the forward kernel is rerun without ``y`` to write the state at
 the start of every chunk (``[B, H, T / L, K, V]``, L times smaller than the per-step states), then one program per
-(b, h) walks the chunks in reverse with ``dL/dS`` in registers and writes dq, dk, dv and dS_0. The log-decay gradient
+(b, h, value slice) walks the chunks in reverse with its slice of ``dL/dS`` in registers and writes dv, dS_0 and its
+share of dq, dk (sums over V: one buffer per slice, summed in torch). The log-decay gradient
 uses the identity of fla's ``chunk_simple_gla`` / ``chunk_gla``: y and S_T depend on g only through
 ``exp(G_i - G_j)`` between a query at i and a key at j (G the prefix sum of g over time), so
 ``dL/dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t`` (+ ``<dS_T, S_T>`` at t = T - 1) and ``dL/dg_t = sum_(s >= t) dL/dG_s`` (a
@@ -34,8 +35,8 @@ Precision: ``tl.dot`` runs with ``input_precision="ieee"`` (no TF32: the module 
 inputs are loaded and upcast, so bf16 / fp16 q, k, v, g compute and accumulate in fp32.
 
 Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9); not yet compiled or run on
-a GPU, so chunk and block sizes are first guesses and the backward's single program per (b, h) (full K x V state
-gradient in registers) is the simple version, not a tuned one.
+a GPU, so chunk and block sizes are first guesses (no autotuning); the per-key decay's [L, L, K] tiles and the
+value-slice split of the backward (q k^T recomputed per slice) are the simple versions, not tuned ones.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-__all__ = ["chunked_outer_triton", "CHUNK"]
+__all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
 CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU); also the tile of the per-key [L, L, K] decay mask
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
+MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
 NONE: tl.constexpr = tl.constexpr(0)
 SCALAR: tl.constexpr = tl.constexpr(1)
 PER_KEY: tl.constexpr = tl.constexpr(2)
@@ -152,17 +154,20 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T,
 
 
 @triton.jit
-def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, dG_ptr, ds0_ptr,
-               T, H, K, V, NC, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr,
+               B, T, H, K, V, NC, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
                DTYPE: tl.constexpr):
-    """One (b, h), all of K and V: chunks in reverse with ds = dL/dS (state after the chunk) in registers.
-    Writes dq, dk, dv, dG = dL/dG (prefix-sum gradient, see the module docstring) and ds0 = dL/dS_0."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One (b, h) and one BLOCK_V slice of the value axis: chunks in reverse with that slice of ds = dL/dS (the state
+    after the chunk) in registers. Writes dv and ds0 = dL/dS_0 of its slice, and its slice's share of dq and dk
+    (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over slices by the launcher."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
     b = i_bh // H
     h = i_bh % H
     rows = tl.arange(0, BT)
     kk = tl.arange(0, BK)
-    vv = tl.arange(0, BV)
+    vv = i_v * BV + tl.arange(0, BV)
+    part = i_v.to(tl.int64) * B * T * H * K  # this slice's share of dq, dk
     mk = kk < K
     mv = vv < V
     m_s = mk[:, None] & mv[None, :]
@@ -198,14 +203,12 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, 
             dq += q_in[:, None] * tl.dot(dy, tl.trans(s), input_precision="ieee")
             dk += k_out[:, None] * tl.dot(v, tl.trans(ds), input_precision="ieee")
         dv = tl.dot(tl.trans(p), dy, input_precision="ieee") + tl.dot(k_dec, ds, input_precision="ieee")
-        tl.store(dq_ptr + row[:, None] * K + kk[None, :], dq, mask=m_qk)
-        tl.store(dk_ptr + row[:, None] * K + kk[None, :], dk, mask=m_qk)
+        tl.store(dq_ptr + part + row[:, None] * K + kk[None, :], dq, mask=m_qk)
+        tl.store(dk_ptr + part + row[:, None] * K + kk[None, :], dk, mask=m_qk)
         tl.store(dv_ptr + row[:, None] * V + vv[None, :], dv, mask=m_v)
         if DECAY == PER_KEY:
-            tl.store(dG_ptr + row[:, None] * K + kk[None, :], q * dq - k * dk, mask=m_qk)
             ds = tot[:, None] * ds
-        elif DECAY == SCALAR:
-            tl.store(dG_ptr + row, tl.sum(q * dq - k * dk, axis=1), mask=mt)
+        else:
             ds = tot * ds
         ds += tl.dot(tl.trans(q_dec), dy, input_precision="ieee")
     tl.store(ds0_ptr + i_bh * K * V + s_off, ds, mask=m_s)
@@ -225,7 +228,7 @@ class _Launch:
     decay: int
     chunk: int
     block_k: int
-    block_v: int  # forward's value slice per program (the backward takes all of V)
+    block_v: int  # the value slice of one program (forward and backward)
     cdt: torch.dtype
 
     @property
@@ -265,17 +268,25 @@ class _ChunkedOuterFn(torch.autograd.Function):
         _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
         dy = torch.zeros((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt) if dy is None else dy.contiguous()
         dsT = torch.zeros_like(sT) if dsT is None else dsT.contiguous()
-        dq = torch.empty((L.B, L.T, L.H, L.K), device=q.device, dtype=L.cdt)
-        dk, dv, ds0 = torch.empty_like(dq), torch.empty((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt), \
-            torch.empty_like(sT)
-        dG = torch.empty(g.shape, device=q.device, dtype=L.cdt) if g is not None else dq
-        _outer_bwd[(L.B * L.H,)](q, k, v, q if g is None else g, states, dy, dsT, dq, dk, dv, dG, ds0, L.T, L.H, L.K,
-                                 L.V, L.nc, BT=L.chunk, BK=L.block_k, BV=max(16, _next_pow2(L.V)), DECAY=L.decay,
-                                 DTYPE=L.tl_dtype, num_warps=4)
+        nv = -(-L.V // L.block_v)
+        dq = torch.empty((nv, L.B, L.T, L.H, L.K), device=q.device, dtype=L.cdt)
+        dk = torch.empty_like(dq)
+        dv = torch.empty((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt)
+        ds0 = torch.empty_like(sT)
+        _outer_bwd[(nv, L.B * L.H)](q, k, v, q if g is None else g, states, dy, dsT, dq, dk, dv, ds0, L.B, L.T, L.H,
+                                    L.K, L.V, L.nc, BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay,
+                                    DTYPE=L.tl_dtype, num_warps=4)
+        dq, dk = (dq[0], dk[0]) if nv == 1 else (dq.sum(0), dk.sum(0))
         dg = None
         if g is not None:
-            # S_T = exp(G_(T-1)) S_0 + ...: the final state's own dependence on the last prefix sum
-            dG[:, -1] += (dsT * sT).sum(-1) if L.decay == 2 else (dsT * sT).sum((-2, -1))
+            # dL/dG_t = q_t dq_t - k_t dk_t (summed over K for one decay per head), and at t = T-1 the final state's
+            # own dependence on the last prefix sum, S_T = exp(G_(T-1)) S_0 + ...
+            dG = q.to(L.cdt) * dq - k.to(L.cdt) * dk
+            if L.decay == 2:
+                dG[:, -1] += (dsT * sT).sum(-1)
+            else:
+                dG = dG.sum(-1)
+                dG[:, -1] += (dsT * sT).sum((-2, -1))
             dg = torch.flip(torch.cumsum(torch.flip(dG, [1]), 1), [1]).to(g.dtype)  # dL/dg_t = sum_(s>=t) dL/dG_s
         return None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, ds0.to(s0.dtype)
 
@@ -310,9 +321,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         return (y, s0.to(out_dtype)) if output_final_state else y
     decay = 0 if log_decay is None else (1 if log_decay.dim() == 3 else 2)  # NONE, SCALAR, PER_KEY
     block_k = max(16, _next_pow2(K))
-    block_v = max(16, _next_pow2(V))
-    if dev.type == "cuda":
-        block_v = min(block_v, 64)  # more programs (B * H * V / 64) and a smaller state tile per program
+    block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V)
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, block_v, cdt)
     g = None if log_decay is None else log_decay.contiguous()
     y, sT = _ChunkedOuterFn.apply(L, q.contiguous(), k.contiguous(), v.contiguous(), g, s0)

@@ -38,6 +38,7 @@ from dsfc.check import load_module  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
 from dsfc.reference import reference_forward  # noqa: E402
+import dsfc.runtime.triton_outer as triton_outer  # noqa: E402
 from dsfc.runtime.triton_outer import chunked_outer_triton  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,6 +258,29 @@ def test_runtime_half_inputs(decay, dtype):
     assert rel(y, y64) <= tol and rel(sT, s64) <= tol
     for a, w in zip(got, want):
         assert a.dtype == dtype and rel(a, w) <= tol
+
+
+@pytest.mark.parametrize("decay", ["scalar", "key"])
+def test_runtime_value_slices(monkeypatch, decay):
+    """V split over several programs (as on a GPU for V > 64): dq, dk summed over slices, the last slice masked."""
+    monkeypatch.setattr(triton_outer, "MAX_BLOCK_V", 16)
+    B, T, H, K, V = 1, 21, 2, 7, 40  # three value slices of 16, the last 8 wide
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    g = -torch.rand((B, T, H) if decay == "scalar" else (B, T, H, K), generator=gen, dtype=torch.float64)
+    s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    xs = [x.requires_grad_() for x in (q, k, v, g, s0)]
+    y, sT = chunked_outer_triton(*xs, output_final_state=True)
+    xs64 = [x.detach().clone().requires_grad_() for x in xs]
+    y64, s64 = _loop(*xs64)
+    wy, ws = torch.randn(y.shape, generator=gen, dtype=torch.float64), torch.randn(sT.shape, generator=gen,
+                                                                                    dtype=torch.float64)
+    got = torch.autograd.grad((y * wy).sum() + (sT * ws).sum(), xs)
+    want = torch.autograd.grad((y64 * wy).sum() + (s64 * ws).sum(), xs64)
+    assert rel(y, y64) <= 1e-12 and rel(sT, s64) <= 1e-12
+    for a, w in zip(got, want):
+        assert rel(a, w) <= 1e-12
 
 
 def test_runtime_float64_and_no_initial_state():
