@@ -28,6 +28,7 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
 
 import copy  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -162,6 +163,29 @@ def test_outer_specs_get_a_kernel(key):
     src = b.result.source
     assert "chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)" in src
     assert "Fused into the kernels" in src  # the generated file says what runs where
+
+
+def test_auto_picks_triton_on_cuda_only():
+    model = built("retnet").model
+
+    class OnCuda:  # _resolve_backend reads only the device flag
+        is_cuda = True
+
+    assert model._resolve_backend(OnCuda()) == "triton"
+    assert model._resolve_backend(torch.zeros(1)) == "torch"
+
+
+def test_module_imports_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    monkeypatch.setitem(sys.modules, "dsfc.runtime.triton_outer", None)  # as if never imported: it imports triton
+    module = load_module(built("retnet").result, name="dsfc_triton_outer_test_retnet_no_triton")
+    assert module._core_triton_available is None
+    model = module.RetNet(**SPECS["retnet"])
+    assert model(torch.randn(1, 2, 8)).shape == (1, 2, 12)  # the torch path still runs
+    model.backend = "triton"
+    with pytest.raises(RuntimeError, match="no Triton kernel"):
+        model(torch.randn(1, 2, 8))
 
 
 # -- the layers: triton vs reference (float64) vs torch ------------------------------------------------------------
