@@ -32,12 +32,15 @@ uses the identity of fla's ``chunk_simple_gla`` / ``chunk_gla``: y and S_T depen
 reverse cumsum over time, in torch).
 
 Precision: ``tl.dot`` runs with ``input_precision="ieee"`` (no TF32: the module computes in fp32 on purpose); half
-inputs are loaded and upcast, so bf16 / fp16 q, k, v, g compute and accumulate in fp32.
+inputs are loaded and upcast, so bf16 / fp16 q, k, v, g compute and accumulate in fp32. On a GPU, fp32 "ieee" dots
+do not use the tensor cores: TF32 or bf16 operands (fp32 accumulation) are the first speed knob to try there, at the
+cost of ~1e-3 relative error.
 
 Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9, and 3.6 with numpy 2.2: the
 3.6 interpreter fails on numpy 2.4, for every kernel) and compiled for sm_90 by triton 3.6 and 3.9 without a GPU
-(K = 128, value slice 64: 165-181 KB shared memory in the backward); not yet run on a GPU, so chunk and block sizes are first guesses (no autotuning); the per-key decay's [L, L, K] tiles and the
-value-slice split of the backward (q k^T recomputed per slice) are the simple versions, not tuned ones.
+(K = 128, value slice 64: 165-181 KB shared memory in the backward); not yet run on a GPU, so chunk and block sizes
+are first guesses (no autotuning); the per-key decay's [L, L, K] tiles and the value-slice split of the backward
+(q k^T recomputed per slice) are the simple versions, not tuned ones.
 """
 
 from __future__ import annotations
