@@ -447,3 +447,64 @@ class MLSTM(nn.Module):
         out.append(m.expand(_B, _T, H, DH, H, DH, DH).reshape(_B, _T, H * DH, H * DH * DH))  # C
         out.append(torch.zeros((_B, _T, H * DH, E), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
+
+
+# ---- Triton kernels (backend="triton"): the chunked outer-product scan ---------------------------------------------
+# Split of the work. In torch, before the launch (differentiated by autograd): the spec's projections and elementwise
+# maths that make the per-step streams q, k, v [B, T, H, K|V] and the log-decay.
+# Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
+# the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
+# (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
+# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+
+try:
+    from dsfc.runtime.triton_outer import chunked_outer_triton
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    chunked_outer_triton = None
+
+
+def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the chunked outer-product Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+    _dev = env["_dev"]
+    W_Q = env["W_Q"]
+    W_K = env["W_K"]
+    W_V = env["W_V"]
+    W_f = env["W_f"]
+    b_f = env["b_f"]
+    W_i = env["W_i"]
+    b_i = env["b_i"]
+    q = env["q"]
+    k = env["k"]
+    v = env["v"]
+    fpre = env["fpre"]
+    ipre = env["ipre"]
+    f = env["f"]
+    ig = env["ig"]
+    kn = env["kn"]
+    n = env["n"]
+    den = env["den"]
+    # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
+    _q = q / den[:, :, :, None]
+    _k = kn
+    _v = ig[:, :, :, None] * (
+        ((axis(E, 2, 3, _dev) // bs) == ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)).to(_dtype)
+        * W_V[
+            ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
+            ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
+            (axis(E, 2, 3, _dev) % bs),
+        ]
+        * u_[:, :, None, None, :]
+    ).sum(dim=-1)
+    _q = _q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
+    _k = _k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
+    _v = _v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
+    _log_decay = torch.as_tensor(torch.log(f), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+    _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, DH, DH)
+    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+    _final = _sT.reshape(_B, H, DH, DH).permute(0, 1, 2, 3)
+    _y = _y.reshape(_B, _T, H, DH)
+    return _y, _final
+
+
+_core_triton_available = _core_triton_outer if chunked_outer_triton is not None else None

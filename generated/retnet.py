@@ -289,3 +289,48 @@ class RetNet(nn.Module):
         out.append(m.expand(_B, _T, H, V, H, K, V).reshape(_B, _T, H * V, H * K * V))  # C
         out.append(torch.zeros((_B, _T, H * V, d), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
+
+
+# ---- Triton kernels (backend="triton"): the chunked outer-product scan ---------------------------------------------
+# Split of the work. In torch, before the launch (differentiated by autograd): the spec's projections and elementwise
+# maths that make the per-step streams q, k, v [B, T, H, K|V] and the log-decay.
+# Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
+# the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
+# (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
+# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+
+try:
+    from dsfc.runtime.triton_outer import chunked_outer_triton
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    chunked_outer_triton = None
+
+
+def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the chunked outer-product Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    d, H, K, V = self.d, self.H, self.K, self.V
+    _dev = env["_dev"]
+    W_Q = env["W_Q"]
+    W_K = env["W_K"]
+    W_V = env["W_V"]
+    q = env["q"]
+    k = env["k"]
+    # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
+    _q = K**-0.5 * q
+    _k = k
+    _v = torch.einsum("ztk,ijk->ztij", u_, W_V)
+    _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+    _log_decay = (
+        torch.as_tensor(torch.log(1 + (-(0.03125 * 2 ** (-axis(H, 0, 1, _dev, _dtype))))), dtype=_dtype, device=_dev)
+        .expand(_B, _T, H)
+        .reshape(_B, _T, H)
+    )
+    _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+    _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    _y = _y.reshape(_B, _T, H, V)
+    return _y, _final
+
+
+_core_triton_available = _core_triton_outer if chunked_outer_triton is not None else None

@@ -441,3 +441,61 @@ class RWKV6(nn.Module):
         m = torch.as_tensor(W_v * ub[:, :, :, None, None], dtype=_dtype, device=_dev)
         out.append(m.expand(_B, _T, H, V, d).reshape(_B, _T, H * V, d))  # D
         return tuple(out)
+
+
+# ---- Triton kernels (backend="triton"): the chunked outer-product scan ---------------------------------------------
+# Split of the work. In torch, before the launch (differentiated by autograd): the spec's projections and elementwise
+# maths that make the per-step streams q, k, v [B, T, H, K|V] and the log-decay.
+# Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
+# the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
+# (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
+# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+
+try:
+    from dsfc.runtime.triton_outer import chunked_outer_triton
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    chunked_outer_triton = None
+
+
+def _core_triton_outer(self, x, h0, env, _B, _T, _dtype):
+    """backend="triton": the chunked outer-product Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
+    _dev = env["_dev"]
+    mu_x = env["mu_x"]
+    W_x1 = env["W_x1"]
+    W_x2 = env["W_x2"]
+    x_bias = env["x_bias"]
+    W_r = env["W_r"]
+    W_k = env["W_k"]
+    W_v = env["W_v"]
+    W_w1 = env["W_w1"]
+    W_w2 = env["W_w2"]
+    b_w = env["b_w"]
+    bonus = env["bonus"]
+    xp = env["xp"]
+    dx = env["dx"]
+    xx = env["xx"]
+    z = env["z"]
+    mm = env["mm"]
+    r = env["r"]
+    k = env["k"]
+    wz = env["wz"]
+    w = env["w"]
+    ub = env["ub"]
+    # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
+    _q = r
+    _k = k
+    _v = torch.einsum("ztk,ijk->ztij", x, W_v)
+    _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+    _log_decay = (torch.log(w)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True, readout="pre")
+    _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    _y = _y.reshape(_B, _T, H, V)
+    _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", x, W_v)
+    return _y, _final
+
+
+_core_triton_available = _core_triton_outer if chunked_outer_triton is not None else None

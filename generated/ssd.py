@@ -340,3 +340,51 @@ class SSD(nn.Module):
         )
         out.append(m.expand(_B, _T, H, P, H, P).reshape(_B, _T, H * P, H * P))  # D
         return tuple(out)
+
+
+# ---- Triton kernels (backend="triton"): the chunked outer-product scan ---------------------------------------------
+# Split of the work. In torch, before the launch (differentiated by autograd): the spec's projections and elementwise
+# maths that make the per-step streams q, k, v [B, T, H, K|V] and the log-decay.
+# Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
+# the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
+# (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
+# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+
+try:
+    from dsfc.runtime.triton_outer import chunked_outer_triton
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    chunked_outer_triton = None
+
+
+def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the chunked outer-product Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+    _dev = env["_dev"]
+    A_log = env["A_log"]
+    dt_bias = env["dt_bias"]
+    W_dt = env["W_dt"]
+    W_B = env["W_B"]
+    W_C = env["W_C"]
+    D = env["D"]
+    dt = env["dt"]
+    Bm = env["Bm"]
+    Cm = env["Cm"]
+    # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
+    _q = Cm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
+    _k = Bm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
+    _v = dt[:, :, :, None] * u_
+    _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
+    _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
+    _v = _v.expand(_B, _T, H, P).reshape(_B, _T, H, P)
+    _log_decay = (
+        torch.as_tensor(-(torch.exp(A_log) * dt), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+    )
+    _s0 = h0.permute(0, 1, 3, 2).reshape(_B, H, n, P)
+    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+    _final = _sT.reshape(_B, H, n, P).permute(0, 1, 3, 2)
+    _y = _y.reshape(_B, _T, H, P)
+    _y = _y + D[:, None] * u_
+    return _y, _final
+
+
+_core_triton_available = _core_triton_outer if chunked_outer_triton is not None else None

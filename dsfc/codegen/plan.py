@@ -19,7 +19,7 @@ from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
-_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "dt_bias_", "self",
+_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton", "dt_bias_", "self",
              "initial_state", "output_final_state", "state", "u_t", "u",
              # locals and arguments of the generated methods that spec names share a scope with
              "h0", "env", "out", "m", "running0", "running_final", "factory", "device", "dtype", "backend",
@@ -114,6 +114,7 @@ class ModulePlan:
     triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
     triton_note: str = ""  # why there is (or is not) a Triton kernel
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
+    triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
 
 
 def _src(sym: SymSpec, name: str) -> str:
@@ -215,6 +216,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     chunk_inputs: list[str] = []
     triton, triton_note = None, f"no Triton kernel: the {st.family.value} family has none yet"
     triton_dense = None
+    triton_outer: list[str] = []
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
@@ -234,8 +236,13 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                     used.add(str(node.base.label) if isinstance(node, sp.Indexed) else str(node))
         chunk_inputs = [py_name(n) for n in [p.tensor.name for p in sym.params] + [x.tensor.name for x in sym.lets]
                         if n in used]
-    elif st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
+    elif st.family == Family.CHUNKED_OUTER:
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
+        # the same streams, scanned by the Triton kernels of dsfc/runtime/triton_outer.py
+        triton_outer = _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_triton")
+        triton_note = "Triton kernel: chunked outer-product scan"
+    elif st.family == Family.CHUNKED_DELTA:
+        core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_delta_scan")
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
@@ -297,6 +304,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton=triton,
         triton_note=triton_note,
         triton_dense=triton_dense,
+        triton_outer=triton_outer,
         running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names
         driven=py_name(sym.driven.name),
         driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
@@ -394,7 +402,8 @@ def _log_decay(decay):
     return sp.log(decay)
 
 
-def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes) -> list[str]:
+def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"
+                 ) -> list[str]:
     o = st.outer
     sz = [pr.size(a.extent) for a in sym.state.axes]
     G, K, V = list(o.group_axes), list(o.key_axes), list(o.value_axes)
@@ -441,8 +450,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]
     lines += [
         f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
-        ("_y, _sT = chunked_delta_scan(_q, _k, _v, _f, _log_decay, _s0, output_final_state=True" if delta else
-         "_y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True")
+        f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"
         + (", readout=\"pre\")" if sym.readout == "pre" else ")"),
         f"_final = _sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
     ]

@@ -189,11 +189,11 @@ def test_s6_maths_is_printed_into_the_kernel():
 
 
 def test_non_diagonal_family_has_no_kernel():
-    result = compile_spec(ROOT / "specs" / "linear_attention.dsf")
+    result = compile_spec(ROOT / "specs" / "deltanet.dsf")  # chunked delta-rule family: no kernel yet
     assert result.plan.triton is None
-    module = load_module(result, name="dsfc_triton_test_linattn")
+    module = load_module(result, name="dsfc_triton_test_deltanet")
     assert module._core_triton_available is None
-    model = module.LinearAttention(d=4, H=2, K=2, V=2, backend="triton")
+    model = module.DeltaNet(d=4, H=2, K=2, V=2, backend="triton")
     with pytest.raises(RuntimeError, match="no Triton kernel"):
         model(torch.randn(1, 2, 4))
 

@@ -1,0 +1,321 @@
+"""Chunked outer-product Triton kernels (dsfc/runtime/triton_outer.py) and the generated modules' Triton path, run
+on CPU under the Triton interpreter.
+
+Every catalog spec of the chunked outer-product family, forward and gradients (input, initial state, every
+parameter), backend="triton" in fp32 against the module's float64 reference recurrence (backend="reference" on a
+float64 copy of the model: dense per-step matrices, ordinary autograd) and against the independent float64 spec
+evaluator dsfc.reference.reference_forward; the torch path (backend="torch") is checked against the same reference.
+T in {1, 13, 37} (see CASES): one step, one partial chunk, two chunks of 16 and a remainder; batch 2, H = 2, K, V <= 8
+(not powers of two: masked lanes).
+
+Tolerances (relative to the largest entry of the compared tensor).
+* fp32 vs the float64 reference, TOL32 = 2e-5. The kernels accumulate in fp32 (tl.dot at input_precision="ieee":
+  under the interpreter and on a GPU alike, no TF32); sums of <= 16 products per matmul over <= 3 chunks give a few
+  ulps of the output scale. The log-decay gradient is a reverse cumsum over T of q.dq - k.dk, a difference of
+  O(|q dq|) terms, so it loses a little more. Measured worst over every spec, case, output and gradient (triton and
+  torch paths): 4.1e-6 (mLSTM; every other spec <= 2e-6). Where the log-decay gradient is exactly 0 (the decay acts on
+  an empty state: T = 1 without an initial state) the kernel's value is the rounding residue of q.dq - k.dk, compared
+  against the largest gradient entry of the layer instead. 2e-5 keeps ~5x margin, while a wrong sign, index, mask or
+  missing term (an O(1) relative error) fails by 4 orders of magnitude.
+* half inputs, TOL_BF16 = 2e-2: the inputs (and params) are rounded to bf16 / fp16 before both paths see them, so
+  the extra error is the final rounding of y, the state and the gradients to bf16 (2^-8 = 3.9e-3 relative per
+  entry; fp16 2^-11). Measured worst: 5.2e-3 (bf16, per-key decay); 2e-2 allows a few such roundings, and an O(1)
+  error still fails.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+
+import copy  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytest.importorskip("numpy")  # the interpreter needs it
+
+from dsfc.check import load_module  # noqa: E402
+from dsfc.codegen.plan import py_name  # noqa: E402
+from dsfc.pipeline import compile_spec  # noqa: E402
+from dsfc.reference import reference_forward  # noqa: E402
+import dsfc.runtime.triton_outer as triton_outer  # noqa: E402
+from dsfc.runtime.triton_outer import chunked_outer_triton  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL32 = 2e-5
+TOL_BF16 = 2e-2
+
+# every spec of the family, with small dims (the reference's dense N x N matrices cost N^2 per step, N = H K V <= 72):
+# H = 2, K, V <= 8, mostly not powers of two (masked lanes); the runtime tests below cover K, V up to 40
+SPECS = {
+    "linear_attention": {"d": 8, "H": 2, "K": 5, "V": 7},
+    "linear_attention_normalized": {"d": 8, "H": 2, "K": 4, "V": 6},
+    "normalized_attention": {"d": 10, "H": 2, "K": 5},  # V = d // H = 5
+    "ssd": {"H": 2, "P": 6, "n": 5, "G": 1},
+    "retnet": {"d": 8, "H": 2, "K": 4, "V": 6},
+    "gla": {"d": 8, "H": 2, "K": 6, "V": 5, "R": 3},  # per-key decay
+    "mlstm": {"H": 2, "DH": 4, "bs": 4},
+    "rwkv6": {"d": 8, "H": 2, "K": 4, "V": 4, "R": 2, "Rw": 3, "layer": 2, "L": 3},  # pre-update readout
+}
+FAMILY = "chunked outer-product scan"
+
+
+class Built:
+    def __init__(self, key: str, dtype=torch.float32):
+        self.result = compile_spec(ROOT / "specs" / f"{key}.dsf")
+        self.module = load_module(self.result, name=f"dsfc_triton_outer_test_{key}_{str(dtype)[6:]}")
+        torch.manual_seed(0)
+        dims = SPECS[key]
+        self.model = getattr(self.module, self.result.plan.model)(**dims, dtype=dtype)
+        with torch.no_grad():  # some specs initialise parameters to 0 (gates, biases): make every path matter
+            for p in self.model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(dtype))
+        self.model64 = copy.deepcopy(self.model).double()
+        self.dims = self.result.sym.dim_values(dims)
+        self.dtype = dtype
+
+    def inputs(self, batch: int, T: int, with_h0: bool, seed: int = 1):
+        """u, and an initial state: the final state of a random prefix (a carried state, running quantities
+        included), with its h perturbed so that it is not the state the prefix would reach."""
+        g = torch.Generator().manual_seed(seed)
+        u = torch.randn(batch, T, self.model._in_features(), generator=g).to(self.dtype)
+        if not with_h0:
+            return u, None
+        prefix = torch.randn(batch, 5, self.model._in_features(), generator=g).to(self.dtype)
+        with torch.no_grad():
+            _, state = run(self.model64, "reference", prefix.double(), None)
+        h = state["h"] if isinstance(state, dict) else state
+        h = (h + 0.5 * torch.randn(h.shape, generator=g, dtype=h.dtype)).to(self.dtype)
+        return u, ({**{k: v.to(self.dtype) for k, v in state.items()}, "h": h} if isinstance(state, dict) else h)
+
+
+def run(model, backend: str, u, state):
+    model.backend = backend
+    try:
+        return model(u, initial_state=state, output_final_state=True)
+    finally:
+        model.backend = "auto"
+
+
+_CACHE: dict = {}
+
+
+def built(key: str, dtype=torch.float32) -> Built:
+    if (key, dtype) not in _CACHE:
+        _CACHE[key, dtype] = Built(key, dtype)
+    return _CACHE[key, dtype]
+
+
+def rel(got, want) -> float:
+    got, want = got.double(), want.double()
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def _h(state):
+    return state["h"] if isinstance(state, dict) else state
+
+
+def _leaf(state, dtype=None):
+    """A differentiable copy of the initial state (its h; running quantities are carried as they are)."""
+    if state is None:
+        return None, None
+    if isinstance(state, dict):
+        h = state["h"].detach().to(dtype or state["h"].dtype).clone().requires_grad_()
+        return {**{k: v.to(dtype or v.dtype) for k, v in state.items()}, "h": h}, h
+    h = state.detach().to(dtype or state.dtype).clone().requires_grad_()
+    return h, h
+
+
+def forward_and_grads(model, backend: str, u, state, dtype=None):
+    """y, final h, and dL/d(u, h0, every parameter) of a fixed random linear loss of y and the final state."""
+    uu = u.detach().to(dtype or u.dtype).clone().requires_grad_()
+    st, h0 = _leaf(state, dtype)
+    y, final = run(model, backend, uu, st)
+    hT = _h(final)
+    g = torch.Generator().manual_seed(7)
+    loss = (y * torch.randn(y.shape, generator=g).to(y.dtype)).sum() + (
+        hT * torch.randn(hT.shape, generator=g).to(hT.dtype)).sum()
+    names = [n for n, _ in model.named_parameters()]
+    wrt = [uu] + ([h0] if h0 is not None else []) + [p for _, p in model.named_parameters()]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    out = dict(zip(["u"] + (["h0"] if h0 is not None else []) + names, grads))
+    return y.detach(), hT.detach(), out
+
+
+# -- what gets generated ------------------------------------------------------------------------------------------
+
+
+def test_every_outer_spec_is_tested():
+    # the generated modules say their algorithm (generated/ is kept in sync with specs/ by the catalog tests)
+    family = sorted(p.stem for p in (ROOT / "generated").glob("*.py")
+                    if f"Algorithm: {FAMILY}." in p.read_text())
+    assert family == sorted(p.stem for p in (ROOT / "specs").glob("*.dsf") if p.stem in SPECS) == sorted(SPECS)
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_outer_specs_get_a_kernel(key):
+    b = built(key)
+    assert b.result.plan.triton_note == "Triton kernel: chunked outer-product scan"
+    assert b.module._core_triton_available is not None
+    assert b.module._core_triton_available.__name__ == "_core_triton_outer"
+    src = b.result.source
+    assert "chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True" in src
+    assert "Fused into the kernels" in src  # the generated file says what runs where
+
+
+def test_auto_picks_triton_on_cuda_only():
+    model = built("retnet").model
+
+    class OnCuda:  # _resolve_backend reads only the device flag
+        is_cuda = True
+
+    assert model._resolve_backend(OnCuda()) == "triton"
+    assert model._resolve_backend(torch.zeros(1)) == "torch"
+
+
+def test_module_imports_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    monkeypatch.setitem(sys.modules, "dsfc.runtime.triton_outer", None)  # as if never imported: it imports triton
+    module = load_module(built("retnet").result, name="dsfc_triton_outer_test_retnet_no_triton")
+    assert module._core_triton_available is None
+    model = module.RetNet(**SPECS["retnet"])
+    assert model(torch.randn(1, 2, 8)).shape == (1, 2, 12)  # the torch path still runs
+    model.backend = "triton"
+    with pytest.raises(RuntimeError, match="no Triton kernel"):
+        model(torch.randn(1, 2, 8))
+
+
+# -- the layers: triton vs reference (float64) vs torch ------------------------------------------------------------
+
+
+# T = 1: one step (h0=None: the decay acts on an empty state, its gradient is exactly 0); 13: one partial chunk;
+# 37: two chunks of 16 and a remainder of 5, from a carried state
+CASES = [(1, False), (1, True), (13, False), (37, True)]
+
+
+@pytest.mark.parametrize("T,with_h0", CASES, ids=[f"T{T}-{'h0' if h else 'h0=None'}" for T, h in CASES])
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_forward_and_gradients_match_reference(key, T, with_h0):
+    b = built(key)
+    u, state = b.inputs(2, T, with_h0)
+    y, hT, got = forward_and_grads(b.model, "triton", u, state)
+    y_ref, h_ref, want = forward_and_grads(b.model64, "reference", u, state, torch.float64)
+    assert y.dtype == torch.float32 and y.shape == y_ref.shape and hT.shape == h_ref.shape
+    assert rel(y, y_ref) <= TOL32 and rel(hT, h_ref) <= TOL32
+    assert set(got) == set(want)
+    scale = max(w.abs().max().item() for w in want.values() if w is not None)
+    for name, w in want.items():
+        if w is None:  # a parameter the layer does not read on this path
+            assert got[name] is None or not got[name].abs().max() > 0, name
+            continue
+        assert got[name] is not None, name
+        if not w.abs().max() > 0:  # exactly 0 (the decay of an empty state at T = 1): rounding residue only
+            assert got[name].abs().max() <= TOL32 * scale, name
+            continue
+        assert rel(got[name], w) <= TOL32, (name, rel(got[name], w))
+    if T == 13:  # the independent spec evaluator agrees with the module's reference (forward), and so does torch
+        named = dict(b.model64.named_parameters())
+        params = {p.tensor.name: named[py_name(p.tensor.name)].detach() for p in b.result.sym.params}
+        state64 = None if state is None else (
+            {k: v.double() for k, v in state.items()} if isinstance(state, dict) else state.double())
+        if not b.result.plan.posts:
+            y_ev, h_ev = reference_forward(b.result.sym, b.dims, params, u.double(),
+                                           initial_state=None if state64 is None else (
+                                               {**state64, "h": _h(state64).reshape(2, -1)}
+                                               if isinstance(state64, dict) else state64.reshape(2, -1)))
+            assert rel(y.reshape(y_ev.shape), y_ev) <= TOL32
+            assert rel(hT.reshape(2, -1), _h(h_ev)) <= TOL32
+        y_t, h_t, want_t = forward_and_grads(b.model, "torch", u, state)
+        assert rel(y_t, y_ref) <= TOL32 and rel(h_t, h_ref) <= TOL32
+        for name, w in want.items():
+            if w is not None:
+                assert rel(want_t[name], w) <= TOL32, name
+
+
+def test_bf16_layer_matches_reference():
+    """A bf16 model and input: the module computes in fp32 from bf16 values; y is rounded to bf16."""
+    b = built("gla", torch.bfloat16)
+    u, state = b.inputs(2, 37, True)
+    y, hT, got = forward_and_grads(b.model, "triton", u, state)
+    y_ref, h_ref, want = forward_and_grads(b.model64, "reference", u, state, torch.float64)
+    assert y.dtype == torch.bfloat16
+    assert rel(y, y_ref) <= TOL_BF16 and rel(hT, h_ref) <= TOL_BF16
+    for name, w in want.items():
+        assert rel(got[name], w) <= TOL_BF16, name
+
+
+# -- the runtime function directly: bf16 / fp16 streams, masking, every decay kind ------------------------------
+
+
+def _loop(q, k, v, g, s0):
+    """The recurrence step by step (float64): S_t = diag(exp(g_t)) S_(t-1) + k_t v_t^T, y_t = S_t^T q_t."""
+    S, ys = s0, []
+    for t in range(q.shape[1]):
+        if g is not None:
+            d = g[:, t].exp()
+            S = S * (d[..., None, None] if d.dim() == 2 else d[..., None])
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(ys, 1), S
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("decay", ["none", "scalar", "key"])
+def test_runtime_half_inputs(decay, dtype):
+    B, T, H, K, V = 2, 37, 2, 5, 11
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(dtype) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).to(dtype)
+    g = {"none": None, "scalar": -torch.rand(B, T, H, generator=gen),
+         "key": -torch.rand(B, T, H, K, generator=gen)}[decay]
+    g = None if g is None else g.to(dtype)
+    s0 = torch.randn(B, H, K, V, generator=gen).to(dtype)
+    xs = [x.requires_grad_() for x in (q, k, v, g, s0) if x is not None]
+    y, sT = chunked_outer_triton(q, k, v, g, s0, output_final_state=True)
+    assert y.dtype == dtype and sT.dtype == dtype
+    xs64 = [x.detach().double().requires_grad_() for x in xs]
+    y64, s64 = _loop(*xs64[:3], xs64[3] if g is not None else None, xs64[-1])
+    wy, ws = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
+    got = torch.autograd.grad((y * wy.to(dtype)).sum() + (sT * ws.to(dtype)).sum(), xs)
+    want = torch.autograd.grad((y64 * wy.double()).sum() + (s64 * ws.double()).sum(), xs64)
+    tol = TOL32 if dtype == torch.float32 else TOL_BF16
+    assert rel(y, y64) <= tol and rel(sT, s64) <= tol
+    for a, w in zip(got, want):
+        assert a.dtype == dtype and rel(a, w) <= tol
+
+
+@pytest.mark.parametrize("decay", ["scalar", "key"])
+def test_runtime_value_slices(monkeypatch, decay):
+    """V split over several programs (as on a GPU for V > 64): dq, dk summed over slices, the last slice masked."""
+    monkeypatch.setattr(triton_outer, "MAX_BLOCK_V", 16)
+    B, T, H, K, V = 1, 21, 2, 7, 40  # three value slices of 16, the last 8 wide
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    g = -torch.rand((B, T, H) if decay == "scalar" else (B, T, H, K), generator=gen, dtype=torch.float64)
+    s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    xs = [x.requires_grad_() for x in (q, k, v, g, s0)]
+    y, sT = chunked_outer_triton(*xs, output_final_state=True)
+    xs64 = [x.detach().clone().requires_grad_() for x in xs]
+    y64, s64 = _loop(*xs64)
+    wy, ws = torch.randn(y.shape, generator=gen, dtype=torch.float64), torch.randn(sT.shape, generator=gen,
+                                                                                    dtype=torch.float64)
+    got = torch.autograd.grad((y * wy).sum() + (sT * ws).sum(), xs)
+    want = torch.autograd.grad((y64 * wy).sum() + (s64 * ws).sum(), xs64)
+    assert rel(y, y64) <= 1e-12 and rel(sT, s64) <= 1e-12
+    for a, w in zip(got, want):
+        assert rel(a, w) <= 1e-12
+
+
+def test_runtime_float64_and_no_initial_state():
+    B, T, H, K, V = 1, 20, 1, 16, 16
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(3))
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 3
+    y = chunked_outer_triton(q, k, v, g)
+    y64, _ = _loop(q, k, v, g, torch.zeros(B, H, K, V, dtype=torch.float64))
+    assert y.dtype == torch.float64 and rel(y, y64) <= 1e-12
