@@ -28,16 +28,18 @@ def test_cli_check_runs_triton_interpreted_in_a_fresh_process():
     """No TRITON_INTERPRET in the environment and no GPU: `dsfc check` sets it before triton is imported."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    specs = [str(ROOT / "specs" / "rg_lru.dsf"), str(ROOT / "specs" / "linear_attention.dsf")]
+    specs = [str(ROOT / "specs" / n) for n in ("rg_lru.dsf", "linear_attention.dsf", "deltanet.dsf")]
     proc = subprocess.run([sys.executable, "-m", "dsfc.cli", "check", *specs], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    rglru, linattn = out.split("LinearAttention")
-    assert "ok  triton forward y" in rglru and "ok  triton grad u (vs torch)" in rglru
+    rglru, rest = out.split("LinearAttention")
+    linattn, deltanet = rest.split("DeltaNet")
+    for part in (rglru, linattn):  # the diagonal and the chunked outer-product kernels
+        assert "ok  triton forward y" in part and "ok  triton grad u (vs torch)" in part
     assert "Triton kernels ran interpreted (TRITON_INTERPRET=1, no GPU)" in rglru
-    assert "note: no Triton kernel (the chunked outer-product scan family has none yet)" in linattn
-    assert "BAD" not in out and out.count("PASS") == 2
+    assert "note: no Triton kernel (the chunked delta-rule scan family has none yet)" in deltanet
+    assert "BAD" not in out and out.count("PASS") == 3
 
 
 def test_run_check_has_triton_rows():
