@@ -10,6 +10,7 @@ in float64, one step at a time. It deliberately uses none of the structure analy
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import sympy as sp
@@ -203,6 +204,11 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
                 tensors[f"{let.tensor.name}:last"] = args[0][:, -1]
             batched.add(let.tensor.name)
             continue
+        if let.feature is not None:
+            tensors[let.tensor.name] = _feature_map(ev, let, sizes, (B, T))
+            if let.time_varying:
+                batched.add(let.tensor.name)
+            continue
         x = ev.evaluate(let.expr, let.index, sizes)
         if let.time_varying:
             x = _full(x, (B, T), sizes)
@@ -211,6 +217,32 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
             x = x.expand(*sizes) if sizes else x.reshape(())
         tensors[let.tensor.name] = x
     return tensors, batched
+
+
+def _feature_map(ev: Evaluator, let, sizes, batch) -> torch.Tensor:
+    """A Taylor feature-map let, entry by entry: feature number n of order r is the multi-index (a_1..a_r) in
+    row-major order, with value prod_i x[a_i] / (K^(r/4) sqrt(r!)). Written as a plain loop over multi-indices
+    (not the runtime's outer-product recursion) so that the two are independent."""
+    fm = let.feature
+    if fm.infinite:
+        raise NotImplementedError(f"reference evaluator: the infinite feature map of {let.tensor.name} has no "
+                                  "finite value; use the kernelised reference (dsfc.kernelised)")
+    outer = tuple(s for k, s in enumerate(let.index) if k != fm.axis)
+    outer_sizes = tuple(n for k, n in enumerate(sizes) if k != fm.axis)
+    length, order = ev.size(fm.length), ev.size(fm.order)
+    x = ev.evaluate(fm.body, outer + (fm.var,), outer_sizes + (length,))
+    x = _full(x, batch, outer_sizes + (length,)) if let.time_varying else \
+        x.reshape((1,) * (len(outer_sizes) + 1 - x.dim()) + tuple(x.shape)).expand(*outer_sizes, length)
+    feats = []
+    for r in range(order + 1):
+        scale = 1.0 / (length ** (r / 4) * math.sqrt(math.factorial(r)))
+        for multi in itertools.product(range(length), repeat=r):
+            term = torch.ones_like(x[..., 0])
+            for a in multi:
+                term = term * x[..., a]
+            feats.append(term * scale)
+    out = torch.stack(feats, -1)
+    return out.movedim(-1, fm.axis - len(let.index))
 
 
 def _run_over_time(op: str, args, start, shape) -> torch.Tensor:

@@ -36,7 +36,7 @@ def _closure(sym: SymSpec, names: set[str]) -> set[str]:
         seen.add(n)
         if n in lets:
             let = lets[n]
-            for e in (let.args if let.running else (let.expr,)):
+            for e in let.definition:
                 todo.extend(_refs(e))
     return seen
 
@@ -138,7 +138,7 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
     n_val = int(n_sym.subs(dims))
     ext = [int(sp.S(x.extent).subs(dims)) for x in sym.state.axes]
     let_cost = sum(math.prod(int(sp.S(x.extent).subs(dims)) for x in let.tensor.axes)
-                   * (sum(_ops(e, dims) for e in (let.args if let.running else (let.expr,))) + 1)
+                   * (sum(_ops(e, dims) for e in let.definition) + 1)
                    for let in sym.lets if let.time_varying)
     out_size = math.prod(int(sp.S(x.extent).subs(dims)) for x in sym.output.axes)
     readout = out_size * (_ops(st.readout.ch, dims) + _ops(st.readout.du, dims) + 1)

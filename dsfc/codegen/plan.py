@@ -14,12 +14,14 @@ import sympy as sp
 from ..analysis.facts import Family
 from ..analysis.report import StructureReport
 from ..analysis.structure import Structure
+from ..ir.functions import taylor
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
-_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "dt_bias_", "self",
+_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "dt_bias_", "self", "taylor_dim",
+             "taylor_features", "kernel_matrix", "run_compiled_chunks", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
              # locals and arguments of the generated methods that spec names share a scope with
              "h0", "env", "out", "m", "running0", "running_final", "factory", "device", "dtype", "backend",
@@ -113,6 +115,7 @@ class ModulePlan:
     extra_imports: list[str] = field(default_factory=list)
     triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
     triton_note: str = ""  # why there is (or is not) a Triton kernel
+    feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
 
 
 def _src(sym: SymSpec, name: str) -> str:
@@ -192,6 +195,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                     for a in let.args]
             window = let_sizes[let.index[-1]] if let.running == "window" else ""
             lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape, window))
+            continue
+        if let.feature is not None:
+            lets.append(LetPlan(let.tensor.name, _feature_code(pr, let, let_sizes), _src(sym, let.tensor.name),
+                                shape=shape))
             continue
         code = pr.print(let.expr, let.index, let_sizes)
         if not let.time_varying:
@@ -296,7 +303,27 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         posts=posts,
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
+        feature_maps=any(let.feature is not None for let in sym.lets)
+        or any(isinstance(a.extent, sp.Basic) and a.extent.has(taylor) for a in sym.state.axes),
     )
+
+
+def _feature_code(pr: TorchPrinter, let, let_sizes) -> str:
+    """A feature-map let: the vector (the body over the let's other axes and the binder, last) mapped over its last
+    axis by the runtime's ``taylor_features``, the features then moved to the let's feature axis."""
+    fm = let.feature
+    if fm.infinite:
+        raise PrinterError(f"the infinite feature map of {let.tensor.name} cannot be materialised")
+    outer = tuple(s for k, s in enumerate(let.index) if k != fm.axis)
+    axes = outer + (fm.var,)
+    sizes = {**{s: let_sizes[s] for s in outer}, fm.var: pr.size(fm.length)}
+    lead = ["_B", "_T"] if let.time_varying else []
+    shape = ", ".join(lead + [sizes[s] for s in axes])
+    body = pr.print_tensor(fm.body, axes, sizes)
+    code = f"taylor_features(({body}).expand({shape}{',' if len(lead + list(axes)) == 1 else ''}), {pr.size(fm.order)})"
+    if fm.axis != len(let.index) - 1:
+        code += f".movedim(-1, {fm.axis - len(let.index)})"
+    return code
 
 
 def _init_code(pr: TorchPrinter, p, attr: str, sizes) -> str:

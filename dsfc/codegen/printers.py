@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, taylor
 
 
 class PrinterError(Exception):
@@ -85,6 +85,8 @@ class TorchPrinter:
             return f"({self.index(num, axes, sizes)} // {self.index(den, axes, sizes)})"
         if isinstance(e, sp.Mod):
             return f"({self.index(e.args[0], axes, sizes)} % {self.index(e.args[1], axes, sizes)})"
+        if isinstance(e, taylor) and e.args[1] is not sp.oo:
+            return f"taylor_dim({self.index(e.args[0], axes, sizes)}, {self.index(e.args[1], axes, sizes)})"
         raise PrinterError(f"unsupported subscript {e}")
 
     def _is_batched(self, e) -> bool:

@@ -99,6 +99,26 @@ class Gelu(_Elementwise):
         return self.args[0].is_positive
 
 
+class taylor(sp.Function):  # noqa: N801 (lower case: it prints as the spec spells it, N = H*V*taylor(K, p))
+    """The size of the order-p Taylor feature range over a K-vector: sum_{r=0..p} K^r (infinite for p = oo).
+
+    A feature range is an extent like any other: it evaluates to an integer once K and p are numbers, and stays
+    symbolic (``taylor(K, p)``) in the analysis report so that N reads as a formula in the dims.
+    """
+
+    nargs = 2
+    is_integer = True
+    is_positive = True
+
+    @classmethod
+    def eval(cls, k, p):
+        if p is sp.oo:
+            return sp.oo
+        if k.is_Integer and p.is_Integer:
+            return sp.Integer(sum(int(k) ** r for r in range(int(p) + 1)))
+        return None
+
+
 # language name -> SymPy callable
 FUNCTION_TABLE = {
     "exp": sp.exp,
