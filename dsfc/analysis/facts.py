@@ -24,6 +24,7 @@ class Family(str, Enum):
     DIAGONAL_SCAN = "diagonal scan"  # elementwise linear recurrence over all N state entries
     CHUNKED_OUTER = "chunked outer-product scan"  # chunkwise-parallel linear attention with decay masks
     DENSE_SCAN = "dense scan"  # per-step block matrix-vector recurrence
+    QUADRATIC = "quadratic attention"  # infinite feature state: kernelised, O(T^2) in log space, KV cache for steps
 
 
 class Bound(str, Enum):

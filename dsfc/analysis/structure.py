@@ -12,6 +12,7 @@ import sympy as sp
 
 from ..ir.symspec import SymSpec
 from .facts import AKind, BForm, Family
+from .kernelise import has_infinite_state, kernelise, reject_infinite_lets
 from .index_algebra import common_row_col_deltas, contract_product, factors, strip_deltas, terms
 
 
@@ -64,6 +65,7 @@ class Structure:
     outer: OuterSplit | None
     family: Family
     family_reason: str
+    kernel: object = None  # Kernelised (analysis/kernelise.py) for the quadratic family, else None
 
 
 def classify_a(sym: SymSpec) -> AStructure:
@@ -219,6 +221,15 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         a = replace(a, kind=AKind.DIAGONAL)
     b_form = classify_b(bu, a.rows)
     outer = split_outer(sym, a, bu, readout) if sym.readout == "post" else None
+    if not has_infinite_state(sym):
+        reject_infinite_lets(sym)
+    if has_infinite_state(sym):
+        kern = kernelise(sym, a, outer)
+        names = _axis_names(sym, (kern.feature_axis,))
+        why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over it "
+               f"are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by "
+               f"one key and one value per step instead of a fixed-size state")
+        return Structure(a, bu, b_form, readout, outer, Family.QUADRATIC, why, kern)
     if a.mixed_axes:
         family = Family.DENSE_SCAN
         why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "

@@ -12,7 +12,7 @@ import sympy as sp
 from ..lang import ast
 from ..lang.check import CheckedSpec, TensorInfo
 from ..lang.check import FEATURE_MAPS, INFINITE_ORDER, is_feature_range
-from .functions import FUNCTION_TABLE, taylor
+from .functions import FUNCTION_TABLE, TaylorRange
 from .symspec import FeatureMap, SymAxis, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
 
 
@@ -120,7 +120,7 @@ class _Lowering:
             order = e.args[1]
             p = sp.oo if isinstance(order, ast.Name) and order.name == INFINITE_ORDER and order.name not in self.dims \
                 else self.expr(order, scope)
-            return taylor(self.expr(e.args[0], scope), p)
+            return TaylorRange(self.expr(e.args[0], scope), p)
         if isinstance(e, ast.Call):
             args = [self.expr(a, scope) for a in e.args]
             return FUNCTION_TABLE[e.func](*args)
@@ -203,11 +203,15 @@ class _Lowering:
             if isinstance(let.expr, ast.Call) and let.expr.func in FEATURE_MAPS:
                 # a feature map: the body is a vector over the binder, the let's feature axis holds its features
                 pos = next(k for k, a in enumerate(info.axes) if is_feature_range(a.extent))
-                extent = self.expr(info.axes[pos].extent, {})
+                rng = info.axes[pos].extent  # taylor(K, p): lowered argument by argument (taylor(K, inf) is oo)
+                order = rng.args[1]
+                length = self.expr(rng.args[0], {})
+                order = sp.oo if isinstance(order, ast.Name) and order.name == INFINITE_ORDER \
+                    and order.name not in self.dims else self.expr(order, {})
                 var = index_symbol(let.expr.args[0].name)
                 inner = {k: v for k, v in scope.items() if k != info.axes[pos].name}
                 body = self.expr(let.expr.args[1], {**inner, let.expr.args[0].name: var})
-                fmap = FeatureMap(let.expr.func, var, extent.args[0], extent.args[1], body, pos)
+                fmap = FeatureMap(let.expr.func, var, length, order, body, pos)
                 base = self.make_base(let.name, len(info.axes))
                 reads = {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
                          for n in sp.preorder_traversal(body) if isinstance(n, (sp.Indexed, sp.Symbol))}

@@ -490,6 +490,11 @@ class _Checker:
             self.err(f"the feature range of axis {feature.name!r} of let {let.name!r} maps vectors of length {want}, "
                      f"but index {var!r} ranges over {found[1]} values", e.args[0].span)
             return
+        used = next((n for n in _walk(body) if isinstance(n, ast.Name) and n.name == feature.name), None)
+        if used is not None:
+            self.err(f"the body of {e.func}({var}, ...) cannot use the feature axis {feature.name!r}: it maps the "
+                     f"vector over {var!r}, and the features land on {feature.name!r}", used.span, hint=example)
+            return
         inner = _Scope({k: v for k, v in scope.entries.items() if k != feature.name}).bind(var, *found)
         self.check_expr(body, inner, ctx, allowed)
 
@@ -657,9 +662,9 @@ class _Checker:
             self.declare("let", let.name, self.axes_of(let.axes, let.name), let.span)
 
         for t in list(self.tensors.values()):
-            for a in t.axes:
+            for k, a in enumerate(t.axes):
                 if a.size == math.inf and t.kind in ("input", "output", "param"):
-                    self.err(f"{t.kind} {t.name!r} has an infinite feature range on axis {a.name or '?'!r}: only the "
+                    self.err(f"{t.kind} {t.name!r} has an infinite feature range on axis {a.name or k!r}: only the "
                              "state and lets may (they are never materialised; the compiler kernelises them)", a.span)
 
         # parameter initialisers: numbers, dims, the param's own named axes; no other tensors
