@@ -108,12 +108,32 @@ def test_dsf_matrices_are_the_papers_slot_form(softmax, T):
         for h in range(H):
             for j in range(i + 1):
                 torch.testing.assert_close(Cw[:, h, 0, h, j, 0], torch.exp(s[:, h, i, j]))
+    Bw = B.reshape(2, T, H, T, V, 5)
+    for i in range(T):
+        for h in range(H):  # B_i writes W_V u_i / eta_i into slot i only
+            want = torch.zeros(2, T, V, 5, dtype=F64)
+            want[:, i] = m.W_V[h].detach() / eta[:, h, i, None, None]
+            torch.testing.assert_close(Bw[:, i, h], want)
     h = torch.zeros(2, H * T * V, dtype=F64)
     ys = []
     for i in range(T):
         h = torch.einsum("bij,bj->bi", A[:, i], h) + torch.einsum("bij,bj->bi", B[:, i], u[:, i])
         ys.append(torch.einsum("bij,bj->bi", C[:, i], h))
     torch.testing.assert_close(torch.stack(ys, 1), _sdpa(m, u), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch,T", [(1, 1), (2, 7)])
+def test_reference_evaluator_slot_form_matches_sdpa(softmax, batch, T):
+    """dsfc/reference.py runs the dense slot-form recurrence in float64 (no kernelisation): it must be softmax."""
+    from dsfc.reference import reference_forward
+
+    result, cls = softmax
+    m = _model(cls)
+    u = torch.randn(batch, T, 5, dtype=F64)
+    params = {n: getattr(m, n).detach() for n in ("W_Q", "W_K", "W_V")}
+    y_ref, final = reference_forward(result.sym, result.sym.dim_values({"d": 5, "H": 2, "K": 3, "V": 4}), params, u)
+    torch.testing.assert_close(y_ref, _sdpa(m, u), rtol=1e-10, atol=1e-12)
+    assert final["h"].shape == (batch, 2 * T * 4)  # N = H * T * V slots
 
 
 def test_large_logits_stay_finite(softmax):
