@@ -220,3 +220,10 @@ def test_the_kernelised_form_is_general_not_softmax_only(tmp_path):
     params = {"W_Q": m.W_Q.detach(), "W_K": m.W_K.detach()}
     y_ref, _ = reference_forward(result.sym, result.sym.dim_values(), params, u)  # the slot form, float64 loop
     torch.testing.assert_close(y_ref, want, rtol=1e-10, atol=1e-12)
+
+
+def test_bench_compares_forward_with_the_kv_cache_loop(softmax):
+    from dsfc.bench import run_bench
+
+    row = run_bench(softmax[0], T=9, dims={"d": 5, "H": 2, "K": 3, "V": 4}, repeats=1)
+    assert row["family"] == "quadratic attention" and row["max_rel_err"] < 1e-5
