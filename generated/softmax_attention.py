@@ -17,7 +17,7 @@ Structure (``dsfc analyze``):
       why            lambda = eta_prev[h]/eta[h] in (0, inf): can exceed 1 (eta in (0, inf) (a sum of exp(q.k / sqrt(K)) > 0 (kernel of the infinite Taylor feature map)); eta_prev in (0, inf) (prev of terms in (0, inf)))
     time-invariant   no
     state            [h: H, f: taylor(K, inf), b: V]  N = H*V*taylor(K, inf) (infinite: grows with T as a KV cache)
-    state bytes/seq  4 * T * H*(K + V) = 128 floats per token (fp32 KV cache of keys and values, default dims)
+    state bytes/seq  grows with T: a KV cache of H*(K + V) = 128 floats per token (fp32, default dims)
     FLOPs/token      2.95e+05 (default dims, context T = 1024)
     family           quadratic attention
       why            the state axis f is the infinite feature range of exp, so N is infinite: contractions over it are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by one key and one value per step instead of a fixed-size state

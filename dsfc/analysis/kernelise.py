@@ -96,6 +96,14 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
         if not ok or len(fs) != 2 or not all(m in infinite for m in names):
             _fail(sym, f"let {n!r} reads a let on an infinite feature range; only a kernel sum "
                   "sum(f, phi(x)[.., f] * phi(y)[.., f]) (or with a cumsum of phi(y)) can be kernelised", x.tensor.span)
+        var = x.expr.limits[0][0]
+        maps = [lets[hist_of.get(m, m)] for m in names]
+        at = [f.indices[lets[m].feature.axis] if m not in hist_of else
+              f.indices[next(k for k, ax in enumerate(lets[m].tensor.axes) if is_infinite_range(ax.extent))]
+              for m, f in zip(names, fs)]
+        if any(i != var for i in at) or len({(y.feature.kind, y.feature.length, y.feature.order) for y in maps}) != 1:
+            _fail(sym, f"let {n!r}: a kernel sum must sum over the feature index of both factors, and both must be the "
+                  "same feature map", x.tensor.span)
         q_side = [m for m in names if m not in hist_of]
         k_side = [m for m in names if m in hist_of] or q_side[1:]
         kernel_sums.append((n, q_side[0], hist_of.get(k_side[0], k_side[0]), k_side[0] in hist_of))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..ir.symspec import SymSpec
-from ..ir.functions import is_infinite_range
+from ..ir.functions import TaylorRange, is_infinite_range
 from .facts import Family
 from .stability import eigenvalue_bound
 from .structure import Structure, analyse_structure_of
@@ -83,6 +83,7 @@ class StructureReport:
     family: str
     family_reason: str
     kv_cache: str | None = None  # quadratic family: what the state holds per token instead of N
+    feature_note: str | None = None  # how a finite feature range in N grows: taylor(K, p) = sum_(r<=p) K^r
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -116,8 +117,9 @@ class StructureReport:
             ("state", f"[{', '.join(self.state_shape)}]  N = {self.state_size} = {self.state_size_default}"
              if self.state_size_default is not None else
              f"[{', '.join(self.state_shape)}]  N = {self.state_size} (infinite: grows with T as a KV cache)"),
+            *([("  feature range", self.feature_note)] if self.feature_note else []),
             ("state bytes/seq", f"{self.state_bytes_default} (fp32, default dims)" if self.state_bytes_default
-             is not None else f"4 * T * {self.kv_cache} (fp32 KV cache of keys and values, default dims)"),
+             is not None else f"grows with T: a KV cache of {self.kv_cache} (fp32, default dims)"),
             ("FLOPs/token", f"{self.flops_per_token:.3g} (default dims"
              + (f", context T = {QUADRATIC_T})" if self.kv_cache else ")")),
             ("family", self.family),
@@ -211,6 +213,10 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         family=st.family.value,
         family_reason=st.family_reason,
         kv_cache=cache,
+        feature_note="; ".join(
+            f"{sp.sstr(t)} = sum_(r<={sp.sstr(t.args[1])}) {sp.sstr(t.args[0])}^r = "
+            f"{int(t.subs(dims))}: grows as {sp.sstr(t.args[0])}^{sp.sstr(t.args[1])}"
+            for t in sorted(n_sym.atoms(TaylorRange), key=sp.default_sort_key) if t.args[1] is not sp.oo) or None,
     )
 
 

@@ -190,6 +190,7 @@ def test_taylor_attention(reports):
     # D_p = sum_(r<=p) K^r by hand at K = 16, p = 2: 1 + 16 + 256 = 273; N = H * V * D_p = 4 * 16 * 273
     assert r.state_size_default == 4 * 16 * (1 + 16 + 256) == 17472
     assert r.state_bytes_default == 4 * 17472
+    assert r.feature_note == "taylor(K, p) = sum_(r<=p) K^r = 273: grows as K^p"
 
 
 def test_softmax_attention(reports):

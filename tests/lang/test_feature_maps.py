@@ -123,3 +123,12 @@ def test_cli_reports_file_line_col_exits_2_and_writes_nothing(tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
     err = capsys.readouterr().err
     assert f"{bad}:8:33: error: taylor maps a vector" in err or "bad.dsf:8:33: error: taylor maps a vector" in err
+
+
+def test_kernel_sum_must_contract_the_feature_index_of_the_same_map():
+    text = INFINITE + ("let kg[f: taylor(3, inf)] = taylor(a, q[a])\n"  # another map (length 3 written as a number)
+                       "let e = sum(f, kf[f] * kf[0])\n"
+                       "A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2) * e\n"
+                       "B[(f, b), m] = kf[f] * delta(b, m)\nC[o, (f, b)] = delta(o, b) * kf[f]\n")
+    line, column, message = first_error(text)
+    assert (line, column) == (9, 1) and "must sum over the feature index of both factors" in message
