@@ -109,6 +109,11 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
         kernel_sums.append((n, q_side[0], hist_of.get(k_side[0], k_side[0]), k_side[0] in hist_of))
         log_lets.append(n)
     m_b, m_c = sym.matrices["B"], sym.matrices["C"]
+    if sym.readout == "pre":
+        _fail(sym, "an infinite feature state supports the standard (post-update) readout only", m_c.span,
+              hint="remove 'readout pre'")
+    if sym.posts:
+        _fail(sym, "post-ops are not supported with an infinite feature state yet", sym.posts[0].tensor.span)
     if outer is None or a.mixed_axes:
         _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
               "and C contracting the feature index (the kernelised form); this spec does not have that form",

@@ -595,6 +595,8 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         "qscale": "" if kern.qscale == 1 else
         f"({pr.print_tensor(kern.qscale, gv, gv_sizes)}).expand(_B, _T, {', '.join(gv_sizes[s] for s in gv)})"
         f".reshape(_B, _T, {g_size}, {v_size})",
+        "du": "" if st.readout.du == 0 else pr.print(
+            logsub(st.readout.du), st.readout.out_syms, sizes(st.readout.out_syms, sym.output.axes)),
         "g_size": g_size,
         "v_size": v_size,
         "length": length,

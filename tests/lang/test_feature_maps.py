@@ -132,3 +132,16 @@ def test_kernel_sum_must_contract_the_feature_index_of_the_same_map():
                        "B[(f, b), m] = kf[f] * delta(b, m)\nC[o, (f, b)] = delta(o, b) * kf[f]\n")
     line, column, message = first_error(text)
     assert (line, column) == (9, 1) and "must sum over the feature index of both factors" in message
+
+
+SOFTMAX_TAIL = ("let z[f: taylor(K, inf)] = cumsum(kf[f])\n"
+                "let e = sum(f, kf[f] * z[f])\n"
+                "A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2)\n"
+                "B[(f, b), m] = kf[f] * delta(b, m)\nC[o, (f, b)] = delta(o, b) * kf[f]\n")
+
+
+def test_infinite_state_rejects_pre_readout_and_post_ops():
+    line, column, message = first_error(INFINITE + SOFTMAX_TAIL + "readout pre\n")
+    assert (line, column) == (12, 1) and "post-update) readout only" in message
+    line, column, message = first_error(INFINITE + SOFTMAX_TAIL + "post o[b: d] = y[b] * 2\n")
+    assert (line, column) == (13, 1) and "post-ops are not supported with an infinite feature state" in message
