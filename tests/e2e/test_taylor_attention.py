@@ -117,3 +117,36 @@ def test_converges_to_softmax_as_p_grows(compiled):
         errs.append((m(u) - want.transpose(1, 2).reshape(2, 9, -1)).abs().max().item())
     assert errs[0] > errs[1] > errs[2], errs  # monotone in p
     assert errs[2] < errs[0] / 10, errs  # and by an order of magnitude from p = 1 to p = 3
+
+
+FEATURE_FIRST = """
+model FeatFirst "feature axis first in the lets, second in the state"
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 2
+dim p = 3
+input u[d]
+state S[h: H, f: taylor(K, p), b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 0.5)
+param W_K[H, K, d] ~ normal(0, 0.5)
+param W_V[H, V, d] ~ normal(0, 0.5)
+let qf[g: taylor(K, p), hh: H] = taylor(a, sum(m, W_Q[hh, a, m] * u[m]))
+let kf[g: taylor(K, p), hh: H] = taylor(c, sum(m, W_K[hh, c, m] * u[m]))
+let gate[g: taylor(K, p)] = sigmoid(sum(hh, kf[g, hh]))
+A[(h, f, b), (h2, f2, b2)] = delta(h, h2) * delta(f, f2) * delta(b, b2) * 0.9
+B[(h, f, b), m] = kf[f, h] * gate[f] * W_V[h, b, m]
+C[(o, e), (h, f, b)] = delta(o, h) * delta(e, b) * qf[f, h]
+"""
+
+
+def test_feature_maps_work_at_any_axis_position_and_in_other_lets(tmp_path):
+    """Feature axis first in the lets, second in the state, renamed indices, a let reading the features and order 3:
+    the module (runtime taylor_features) against dsfc's reference (its own loop over multi-indices)."""
+    from dsfc.check import run_check
+
+    path = tmp_path / "feature_first.dsf"
+    path.write_text(FEATURE_FIRST, encoding="utf-8")
+    report = run_check(compile_spec(str(path)), shapes=((1, 1), (2, 7)))
+    assert report.rows and all(r.ok for r in report.rows), [(r.what, r.rel_err) for r in report.rows if not r.ok]
