@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, kernel_matrix
+from dsfc.runtime import axis, diagonal_scan, kernel_matrix
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 BACKENDS = ("auto", "torch")

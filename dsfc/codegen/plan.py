@@ -563,10 +563,12 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
             lets.append(LetPlan(name, code, src, "log"))
         elif let.running == "prev":
             lets.append(LetPlan(name, "", src, "prev", [pr.print(a, let.index, let_sizes) for a in let.args], shape))
-        elif let.running:
-            raise SpecErrors([SpecError(f"the quadratic (kernelised) form supports cumsum of the key features and "
-                                        f"prev; not {let.running} in let {name!r}", let.tensor.span)],
-                             sym.checked.spec.path, sym.checked.spec.source)
+        elif let.running:  # a finite running quantity: as in module.py.jinja
+            args = [pr.print(logsub(a), let.index, let_sizes) if a.has(sp.Indexed) or any(
+                str(x) in pr.tensors for x in a.free_symbols) else
+                f"torch.as_tensor({pr.print(a, let.index, let_sizes)}, dtype=_dtype, device=_dev)" for a in let.args]
+            window = let_sizes[let.index[-1]] if let.running == "window" else ""
+            lets.append(LetPlan(name, "", src, let.running, args, shape, window))
         else:
             code = pr.print(logsub(let.expr), let.index, let_sizes)
             if not let.time_varying:

@@ -183,7 +183,7 @@ def test_gradients_match_sdpa(softmax):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-UNNORMALISED = """model ExpKernel "y_i = 2 sum_(j<=i) exp(q_i.k_j / sqrt(K)) u_j + u_i / 2: A = I, a C factor, a D skip"
+UNNORMALISED = """model ExpKernel "y_i = 2 sum_(j<=i) exp(q_i.k_j / sqrt(K)) u_j + sigmoid(sum_(j<=i) u_j) u_i"
 dim d = 5
 dim K = 3
 input u[d]
@@ -196,12 +196,14 @@ let kf[g: taylor(K, inf)] = taylor(c, sum(m, W_K[c, m] * u[m]))
 A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2)
 B[(f, b), m] = kf[f] * delta(b, m)
 C[o, (f, b)] = 2 * delta(o, b) * qf[f]
-D[o, m] = 0.5 * delta(o, m)
+let cu[c: d] = cumsum(u[c])
+D[o, m] = delta(o, m) * sigmoid(cu[o])
 """
 
 
 def test_the_kernelised_form_is_general_not_softmax_only(tmp_path):
-    """Another spec on taylor(K, inf): A = I (no normaliser), no group axis, a constant factor in C, a D term."""
+    """Another spec on taylor(K, inf): A = I (no normaliser), no group axis, a constant factor in C, a D term reading
+    a finite running quantity (carried in the cache dict too)."""
     from dsfc.reference import reference_forward
 
     path = tmp_path / "exp_kernel.dsf"
@@ -214,7 +216,7 @@ def test_the_kernelised_form_is_general_not_softmax_only(tmp_path):
     m = ns["ExpKernel"](dtype=F64)
     u = torch.randn(2, 6, 5, dtype=F64)
     s = torch.einsum("kd,bid->bik", m.W_Q, u) @ torch.einsum("kd,bjd->bjk", m.W_K, u).transpose(1, 2) / 3**0.5
-    want = 2 * (torch.exp(s) * torch.ones(6, 6, dtype=torch.bool).tril()) @ u + 0.5 * u
+    want = 2 * (torch.exp(s) * torch.ones(6, 6, dtype=torch.bool).tril()) @ u + torch.sigmoid(u.cumsum(1)) * u
     torch.testing.assert_close(m(u), want, rtol=1e-10, atol=1e-12)
     y1, cache = m(u[:, :2], output_final_state=True)
     torch.testing.assert_close(torch.cat([y1, m(u[:, 2:], initial_state=cache)], 1), want, rtol=1e-10, atol=1e-12)
