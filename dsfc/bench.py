@@ -36,18 +36,37 @@ def loop_diagonal_scan(a, b, h0=None, **_):
     return torch.stack(out, 1)
 
 
-def loop_outer_scan(q, k, v, log_decay=None, h0=None, output_final_state=False, **_):
+def loop_outer_scan(q, k, v, log_decay=None, h0=None, output_final_state=False, readout="post", **_):
     """fla's naive recurrent linear attention: S = decay * S + k v^T; y = S^T q, one step per iteration."""
     Bsz, T, H, K = q.shape
     V = v.shape[-1]
     S = q.new_zeros(Bsz, H, K, V) if h0 is None else h0
     ys = []
     for t in range(T):
+        if readout == "pre":
+            ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
         if log_decay is not None:
             g = torch.exp(log_decay[:, t])
             S = S * (g[..., None] if g.dim() == 3 else g[..., None, None])
         S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
-        ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+        if readout == "post":
+            ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    y = torch.stack(ys, 1)
+    return (y, S) if output_final_state else y
+
+
+def loop_delta_scan(q, k, v, f, log_decay=None, h0=None, output_final_state=False, readout="post", **_):
+    """fla's naive delta rule: S = s (S - k (f^T S)) + k v^T; y = S^T q, one step per iteration."""
+    Bsz, T, H, K = q.shape
+    S = q.new_zeros(Bsz, H, K, v.shape[-1]) if h0 is None else h0
+    ys = []
+    for t in range(T):
+        S_prev = S
+        S = S - k[:, t, :, :, None] * torch.einsum("bhk,bhkv->bhv", f[:, t], S)[:, :, None, :]
+        if log_decay is not None:
+            S = S * torch.exp(log_decay[:, t])[..., None, None]
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S if readout == "post" else S_prev))
     y = torch.stack(ys, 1)
     return (y, S) if output_final_state else y
 
@@ -62,14 +81,28 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _step_loop(model, u):
+    """Token by token through ``step`` (a KV cache for the quadratic family)."""
+    state, ys = None, []
+    for t in range(u.shape[1]):
+        y_t, state = model.step(u[:, t], state)
+        ys.append(y_t)
+    return torch.stack(ys, 1)
+
+
 @contextmanager
 def _variant(module, which: str, compiled: bool):
     """Run the generated module as itself ("generated") or with its scans swapped for per-step loops ("loop")."""
     from .runtime import compiled_chunks, scans
 
-    saved = (module.diagonal_scan, module.chunked_outer_scan, scans.COMPILE, compiled_chunks.MODE)
+    loops = {"diagonal_scan": loop_diagonal_scan, "chunked_outer_scan": loop_outer_scan,
+             "chunked_delta_scan": loop_delta_scan}
+    loops = {name: fn for name, fn in loops.items() if hasattr(module, name)}  # what this module's template imports
+    saved_scans = {name: getattr(module, name) for name in loops}
+    saved_modes = (scans.COMPILE, compiled_chunks.MODE)
     if which == "loop":
-        module.diagonal_scan, module.chunked_outer_scan = loop_diagonal_scan, loop_outer_scan
+        for name, fn in loops.items():
+            setattr(module, name, fn)
         scans.COMPILE, compiled_chunks.MODE = "never", "never"  # the baseline is the eager per-step loop
     else:
         scans.COMPILE = "auto" if compiled else "never"
@@ -77,7 +110,9 @@ def _variant(module, which: str, compiled: bool):
     try:
         yield
     finally:
-        module.diagonal_scan, module.chunked_outer_scan, scans.COMPILE, compiled_chunks.MODE = saved
+        for name, fn in saved_scans.items():
+            setattr(module, name, fn)
+        scans.COMPILE, compiled_chunks.MODE = saved_modes
 
 
 def _setup(result: CompileResult, batch: int, T: int, dims: dict | None, name: str):
@@ -137,8 +172,13 @@ def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, comp
             fast = _time(lambda: model(u), repeats)
             y_fast = model(u)
         with _variant(module, "loop", compiled):
-            slow = _time(lambda: model(u), max(1, repeats // 2))
-            y_slow = model(u)
+            if family == Family.QUADRATIC:
+                # no scan to swap: the baseline is the KV-cache loop people write for decoding, step() per token
+                slow = _time(lambda: _step_loop(model, u), max(1, repeats // 2))
+                y_slow = _step_loop(model, u)
+            else:
+                slow = _time(lambda: model(u), max(1, repeats // 2))
+                y_slow = model(u)
     rel = ((y_fast - y_slow).abs().max() / y_slow.abs().max().clamp_min(1e-30)).item()
     row = {
         "spec": result.spec.path,
@@ -154,7 +194,8 @@ def run_bench(result: CompileResult, batch=1, T=4096, dims=None, repeats=3, comp
         "compiled_scan": compiled,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    note = "" if family != Family.DENSE_SCAN else "  (dense family: both sides loop over time)"
+    note = {Family.DENSE_SCAN: "  (dense family: both sides loop over time)",
+            Family.QUADRATIC: "  (quadratic family: the baseline is step() with the KV cache)"}.get(family, "")
     print(f"{row['model']:<18} {family.value:<27} B={batch} T={T} dims={row['dims']}")
     print(f"  generated {fast * 1e3:9.1f} ms   loop {slow * 1e3:9.1f} ms   speed-up {slow / fast:5.1f}x   "
           f"max rel err {rel:.1e}{note}")

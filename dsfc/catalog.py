@@ -51,6 +51,25 @@ NOTES: dict[str, str] = {
         "empirically). Normalising here means dividing at output time by a quantity that needs every past key, so it "
         "costs one extra vector `z` per head of carried state, unlike S6's recurrent normalisation through `Delta`."
     ),
+    "softmax_attention": (
+        "Softmax attention is the DSF with `N = infinity`: `exp(q.k/sqrt(K))` factorises only through the infinite "
+        "Taylor feature map `phi`, so the state axis `f: taylor(K, inf)` is infinite (maths doc 3.2, 5.1). The form "
+        "is normalised linear attention's, `A_t = (eta_(t-1)/eta_t) I` per head with eigenvalues `eta_(t-1)/eta_t "
+        "> 0` not bounded by 1 a priori, `B_t = phi(k_t) v_t^T / eta_t`, `C_t = phi(q_t)`. dsfc kernelises every "
+        "contraction over `f` into `exp(q.k/sqrt(K))`: `forward` is quadratic attention with every weight "
+        "`exp(score - logsumexp)`, `step` carries a KV cache of `T (K + V)` numbers per head, and `dsf_matrices` "
+        "writes the bounded-T form in the basis `{phi(k_j)}` of the first `T` slots (`C_t` then depends on past "
+        "inputs, which the DSF allows). `taylor_attention` is its order-`p` truncation."
+    ),
+    "taylor_attention": (
+        "Replacing `exp(q.k/sqrt(K))` by its order-p Taylor polynomial factorises the kernel through the finite "
+        "feature map `phi_p(x) = concat_(r<=p) (x/K^(1/4))^(x)r / sqrt(r!)`, of `D_p = sum_(r<=p) K^r` entries, so "
+        "softmax attention's infinite state becomes `N = H * V * D_p`, growing as `K^p` (maths doc 5.1). The DSF "
+        "form is normalised linear attention's: `A_t = (eta_(t-1)/eta_t) I` per head, `B_t = phi(k_t) v_t^T / "
+        "eta_t`, `C_t = phi(q_t)`, with `eta` coupling A and B. Even `p` keeps the kernel, hence `eta`, positive "
+        "(the even Taylor polynomial of exp has no real root); odd `p` can make `eta <= 0`. As `p` grows it "
+        "converges to `softmax_attention` on inputs of small norm."
+    ),
     "normalized_attention": (
         "The paper's normalized attention (eq. 21) replaces the key-history normaliser by a learned, input-only one, "
         "`eta(u_t) = exp(W_n u_t + b_n)`, inspired by S6's `Delta`: `A_t = exp(s_(t-1) - s_t) I` per head and "

@@ -150,6 +150,11 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
     params = {p.tensor.name: params[py_name(p.tensor.name)] for p in sym.params}
     d_in = model._in_features()
     report = CheckReport(sym.model, dims)
+    if result.structure.family.value == "quadratic attention":
+        _check_quadratic(report, model, sym, all_dims, params, d_in, shapes)
+        if triton_how != "off":
+            report.notes.append("no Triton kernel (quadratic attention runs the torch path only)")
+        return report
     running = bool(sym.running_lets)
     for b, t in shapes:
         u = torch.randn(b, t, d_in, dtype=torch.float64)
@@ -256,3 +261,36 @@ def _run_backends(model, u, h0, seed, outs) -> None:
             outs[backend] = (y.detach().cpu(), hT, [None if x is None else x.cpu() for x in grads])
     finally:
         model.backend = old_backend
+
+
+def _check_quadratic(report: CheckReport, model, sym, all_dims, params, d_in, shapes) -> CheckReport:
+    """An infinite feature state: the reference runs the paper's slot form over a whole sequence (prefix included),
+    and the module must match it in one pass, continuing its KV cache after the prefix, and step by step."""
+
+    def row(what, shape, got, want):
+        a, r = _err(got, want)
+        report.rows.append(CheckRow(what, shape, a, r, r <= TOL or a <= TOL))
+
+    for b, t in shapes:
+        shape = f"B={b} T={t}"
+        prefix = torch.randn(b, 3, d_in, dtype=torch.float64)
+        u = torch.randn(b, t, d_in, dtype=torch.float64)
+        y_ref, _ = reference_forward(sym, all_dims, params, torch.cat([prefix, u], 1))
+        with torch.no_grad():
+            y_all = model(torch.cat([prefix, u], 1))
+            _, cache = model(prefix, output_final_state=True)
+            y = model(u, initial_state=cache)
+        row("forward y (one pass)", shape, y_all, y_ref)
+        row("forward y (continued KV cache)", shape, y, y_ref[:, 3:])
+        state, ys = cache, []
+        for i in range(t):
+            yi, state = model.step(u[:, i], state)
+            ys.append(yi)
+        row("step (KV cache, token by token)", shape, torch.stack(ys, 1), y_ref[:, 3:])
+        if t <= 16:
+            with torch.no_grad():
+                got = model.dsf_matrices(u)
+            want = dense_matrices(sym, all_dims, params, u)
+            for name, g, w in zip("ABCD", got, want):
+                row(f"dsf_matrices {name} (slot basis)", shape, g, w)
+    return report

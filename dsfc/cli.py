@@ -91,7 +91,7 @@ def catalog_table(results) -> str:
         rep = r.report
         rows.append([
             Path(r.spec.path).name, rep.a_kind + (" (I - rank-1)" if rep.a_low_rank else "") + (" (2x2: complex)" if rep.a_complex_diagonal else ""), rep.b_form,
-            ", ".join(rep.coupling) or "-", rep.eigen_bound.replace("|", "\\|"), f"{rep.state_size} = {rep.state_size_default}", rep.family,
+            ", ".join(rep.coupling) or "-", rep.eigen_bound.replace("|", "\\|"), f"{rep.state_size} = {'inf' if rep.state_size_default is None else rep.state_size_default}", rep.family,
         ])
     widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]

@@ -54,6 +54,9 @@ class PlotData:
 def resolve_dims(result: CompileResult, overrides: dict[str, int] | None) -> dict[str, int]:
     """small_dims(result) with user overrides; every free dim named must exist and every derived dim be a positive integer."""
     sym = result.sym
+    if result.report.state_size_default is None:
+        raise PlotError(f"{result.sym.model}: the state is infinite (a feature range of exp), so there is no fixed "
+                        "N x N transition to plot; see dsf_matrices(u) for the slot form of a short sequence")
     dims = small_dims(result)
     for k, v in (overrides or {}).items():
         if k not in sym.free_dims:
@@ -121,7 +124,7 @@ def facts_lines(result: CompileResult, data: PlotData) -> list[tuple[str, str]]:
     a_class = rep.a_kind + (" (I - rank-1 blocks)" if rep.a_low_rank else "") + (", input-dependent" if rep.a_time_varying else "")
     return [
         ("N (symbolic)", f"{rep.state_size}  [{', '.join(rep.state_shape)}]"),
-        ("N (default dims)", f"{rep.state_size_default:,}"),
+        ("N (default dims)", rep.state_size_text.split(" = ")[-1]),
         ("N (plotted dims)", f"{data.n_state:,}  at {', '.join(f'{k}={v}' for k, v in data.dims.items())}"),
         ("state bytes", f"{rep.state_bytes_default:,} ({_fmt_bytes(rep.state_bytes_default)}, fp32/seq, default dims)"),
         ("A class", a_class),

@@ -10,12 +10,14 @@ in float64, one step at a time. It deliberately uses none of the structure analy
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import sympy as sp
 import torch
 import torch.nn.functional as F
 
+from .ir.functions import is_infinite_range, slots_for_infinite
 from .ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from .ir.symspec import SymSpec
 
@@ -36,6 +38,9 @@ _UNARY = {
 }
 
 
+SLOTS = "<slots>"  # dims key: the slot count standing for an infinite feature range (the sequence length)
+
+
 class Evaluator:
     """Evaluate SymPy expressions of a spec over named index axes, in float64.
 
@@ -45,12 +50,15 @@ class Evaluator:
 
     def __init__(self, sym: SymSpec, dims: dict[str, int], tensors: dict[str, torch.Tensor], batched: set[str]):
         self.sym = sym
-        self.dims = {sym.dims[k]: v for k, v in dims.items()}
+        self.dims = {sym.dims[k]: v for k, v in dims.items() if k != SLOTS}
+        self.slots = dims.get(SLOTS)  # an infinite feature range is evaluated on this many slots (see _slot_features)
         self.tensors = tensors
         self.batched = batched
 
     def size(self, expr) -> int:
         v = sp.S(expr).subs(self.dims)
+        if self.slots is not None:
+            v = slots_for_infinite(v, self.slots)
         if not v.is_Integer:
             raise ValueError(f"extent {expr} is not an integer at dims {self.dims}")
         return int(v)
@@ -180,6 +188,13 @@ def _full(x: torch.Tensor, batch: tuple[int, int], sizes: tuple[int, ...]) -> to
     return x.expand(*batch, *sizes)
 
 
+def _with_slots(sym: SymSpec, dims: dict, T: int) -> dict:
+    """An infinite feature state is evaluated in the slot basis of the sequence's T steps (no carried cache)."""
+    if any(is_infinite_range(a.extent) for a in sym.state.axes):
+        return {**dims, SLOTS: T}
+    return dims
+
+
 def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Tensor], u: torch.Tensor,
                   running0: dict[str, torch.Tensor] | None = None):
     """All lets over the whole sequence; returns (tensor table, batched names).
@@ -188,6 +203,7 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
     holds their carried values from before t = 0 (default: zero, or for ``prev`` the first step's own value).
     """
     B, T = u.shape[:2]
+    dims = _with_slots(sym, dims, T)
     tensors = {k: v.detach().to(torch.float64) if False else v.to(torch.float64) for k, v in params.items()}
     inp_shape = [Evaluator(sym, dims, {}, set()).size(e) for e in sym.input.shape()]
     tensors[sym.input.name] = u.to(torch.float64).reshape(B, T, *inp_shape)
@@ -203,6 +219,11 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
                 tensors[f"{let.tensor.name}:last"] = args[0][:, -1]
             batched.add(let.tensor.name)
             continue
+        if let.feature is not None:
+            tensors[let.tensor.name] = _feature_map(ev, let, sizes, (B, T))
+            if let.time_varying:
+                batched.add(let.tensor.name)
+            continue
         x = ev.evaluate(let.expr, let.index, sizes)
         if let.time_varying:
             x = _full(x, (B, T), sizes)
@@ -211,6 +232,59 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
             x = x.expand(*sizes) if sizes else x.reshape(())
         tensors[let.tensor.name] = x
     return tensors, batched
+
+
+def _feature_map(ev: Evaluator, let, sizes, batch) -> torch.Tensor:
+    """A Taylor feature-map let, entry by entry: feature number n of order r is the multi-index (a_1..a_r) in
+    row-major order, with value prod_i x[a_i] / (K^(r/4) sqrt(r!)). Written as a plain loop over multi-indices
+    (not the runtime's outer-product recursion) so that the two are independent."""
+    fm = let.feature
+    if fm.infinite:
+        return _slot_features(ev, let, batch)
+    outer = tuple(s for k, s in enumerate(let.index) if k != fm.axis)
+    outer_sizes = tuple(n for k, n in enumerate(sizes) if k != fm.axis)
+    length, order = ev.size(fm.length), ev.size(fm.order)
+    x = ev.evaluate(fm.body, outer + (fm.var,), outer_sizes + (length,))
+    x = _full(x, batch, outer_sizes + (length,)) if let.time_varying else \
+        x.reshape((1,) * (len(outer_sizes) + 1 - x.dim()) + tuple(x.shape)).expand(*outer_sizes, length)
+    feats = []
+    for r in range(order + 1):
+        scale = 1.0 / (length ** (r / 4) * math.sqrt(math.factorial(r)))
+        for multi in itertools.product(range(length), repeat=r):
+            term = torch.ones_like(x[..., 0])
+            for a in multi:
+                term = term * x[..., a]
+            feats.append(term * scale)
+    out = torch.stack(feats, -1)
+    return out.movedim(-1, fm.axis - len(let.index))
+
+
+def _slot_features(ev: Evaluator, let, batch) -> torch.Tensor:
+    """An infinite feature map in the basis {phi(k_j)} of the T slots (the paper's bounded-T form): the key map (the
+    one B reads) is the one-hot slot t; any other is its kernel row exp(x_t . k_j / sqrt(K)) for j <= t, else 0."""
+    sym = ev.sym
+    fm = let.feature
+    b_reads = {str(n.base.label) for n in sp.preorder_traversal(sym.matrices["B"].entry) if isinstance(n, sp.Indexed)}
+    key = next(x for x in sym.lets if x.feature is not None and x.tensor.name in b_reads)
+    T = batch[1]
+
+    def vectors(x):
+        outer = tuple(s for k, s in enumerate(x.index) if k != x.feature.axis)
+        sizes = tuple(ev.size(a.extent) for k, a in enumerate(x.tensor.axes) if k != x.feature.axis)
+        length = ev.size(x.feature.length)
+        return _full(ev.evaluate(x.feature.body, outer + (x.feature.var,), sizes + (length,)), batch,
+                     sizes + (length,)), length
+
+    kv, length = vectors(key)
+    if let is key:
+        out = torch.eye(T, dtype=torch.float64).reshape((1, T) + (1,) * (kv.dim() - 3) + (T,))
+        out = out.expand(*kv.shape[:-1], T)
+    else:
+        qv, _ = vectors(let)
+        s = torch.einsum("bi...k,bj...k->bi...j", qv, kv) / math.sqrt(length)
+        past = torch.ones(T, T, dtype=torch.bool).tril().reshape((1, T) + (1,) * (kv.dim() - 3) + (T,))
+        out = torch.where(past, torch.exp(s), torch.zeros((), dtype=torch.float64))
+    return out.movedim(-1, fm.axis - len(let.index))
 
 
 def _run_over_time(op: str, args, start, shape) -> torch.Tensor:
@@ -252,6 +326,7 @@ def dense_matrices(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.T
                    running0: dict[str, torch.Tensor] | None = None, _tables=None):
     """Dense DSF matrices per step: A [B,T,N,N], B [B,T,N,d], C [B,T,p,N], D [B,T,p,d] (float64)."""
     Bsz, T = u.shape[:2]
+    dims = _with_slots(sym, dims, T)
     tensors, batched = _tables or evaluate_lets(sym, dims, params, u, running0)
     ev = Evaluator(sym, dims, tensors, batched)
     out = []
@@ -302,6 +377,10 @@ def reference_forward(
     if isinstance(initial_state, dict):
         running0 = {k: v for k, v in initial_state.items() if k != "h"}
         initial_state = initial_state.get("h")
+    dims = _with_slots(sym, dims, u.shape[1])
+    if SLOTS in dims and (initial_state is not None or running0):
+        raise ValueError("reference: an infinite feature state is evaluated from the start of a sequence "
+                         "(run the prefix and the continuation together)")
     tables = evaluate_lets(sym, dims, params, u, running0)
     A, Bm, C, D = dense_matrices(sym, dims, params, u, _tables=tables)
     Bsz, T = u.shape[:2]

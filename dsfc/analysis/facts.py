@@ -25,6 +25,7 @@ class Family(str, Enum):
     CHUNKED_OUTER = "chunked outer-product scan"  # chunkwise-parallel linear attention with decay masks
     CHUNKED_DELTA = "chunked delta-rule scan"  # A = s (I - k f^T) per group, B u = k (x) v: WY/UT chunked form
     DENSE_SCAN = "dense scan"  # per-step block matrix-vector recurrence
+    QUADRATIC = "quadratic attention"  # infinite feature state: kernelised, O(T^2) in log space, KV cache for steps
 
 
 class Bound(str, Enum):

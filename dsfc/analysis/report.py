@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..ir.symspec import SymSpec
+from ..ir.functions import TaylorRange, is_infinite_range
 from .facts import Family
 from .stability import eigenvalue_bound
 from .structure import Structure, analyse_structure_of
 
 CHUNK = 64  # chunk length assumed by the chunked algorithms' FLOP counts
+QUADRATIC_T = 1024  # context length assumed by the quadratic (attention) family's FLOP count
 
 
 def _refs(expr: sp.Expr) -> set[str]:
@@ -36,7 +38,7 @@ def _closure(sym: SymSpec, names: set[str]) -> set[str]:
         seen.add(n)
         if n in lets:
             let = lets[n]
-            for e in (let.args if let.running else (let.expr,)):
+            for e in let.definition:
                 todo.extend(_refs(e))
     return seen
 
@@ -46,7 +48,7 @@ def _ops(expr: sp.Expr, dims: dict) -> float:
     if isinstance(expr, sp.Sum):
         n = 1.0
         for _, lo, hi in expr.limits:
-            n *= float(sp.S(hi - lo + 1).subs(dims))
+            n *= math.inf if is_infinite_range(hi) else float(sp.S(hi - lo + 1).subs(dims))
         return n * (_ops(expr.function, dims) + 1)
     if isinstance(expr, (sp.Indexed, sp.Symbol)) or expr.is_Number:
         return 0.0
@@ -75,11 +77,13 @@ class StructureReport:
     time_invariant: bool
     state_shape: tuple[str, ...]
     state_size: str  # symbolic N
-    state_size_default: int
-    state_bytes_default: int  # fp32 recurrent state per sequence at the default dims
+    state_size_default: int | None  # None: infinite (a feature range of exp); the state is a growing KV cache
+    state_bytes_default: int | None  # fp32 recurrent state per sequence at the default dims (None: grows with T)
     flops_per_token: float  # at the default dims, for the chosen algorithm
     family: str
     family_reason: str
+    kv_cache: str | None = None  # quadratic family: what the state holds per token instead of N
+    feature_note: str | None = None  # how a finite feature range in N grows: taylor(K, p) = sum_(r<=p) K^r
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -88,6 +92,12 @@ class StructureReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=list)
+
+    @property
+    def state_size_text(self) -> str:
+        """``N = <formula> = <value>``, or ``<formula> = inf`` for an infinite feature state."""
+        return f"{self.state_size} = {self.state_size_default:,}" if self.state_size_default is not None else \
+            f"{self.state_size} = inf"
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -104,9 +114,14 @@ class StructureReport:
             ("eigenvalues", f"{self.eigen_bound}" + (f"  {self.eigen_interval}" if self.eigen_interval else "")),
             ("  why", self.eigen_reason),
             ("time-invariant", "yes" if self.time_invariant else "no"),
-            ("state", f"[{', '.join(self.state_shape)}]  N = {self.state_size} = {self.state_size_default}"),
-            ("state bytes/seq", f"{self.state_bytes_default} (fp32, default dims)"),
-            ("FLOPs/token", f"{self.flops_per_token:.3g} (default dims)"),
+            ("state", f"[{', '.join(self.state_shape)}]  N = {self.state_size} = {self.state_size_default}"
+             if self.state_size_default is not None else
+             f"[{', '.join(self.state_shape)}]  N = {self.state_size} (infinite: grows with T as a KV cache)"),
+            *([("  feature range", self.feature_note)] if self.feature_note else []),
+            ("state bytes/seq", f"{self.state_bytes_default} (fp32, default dims)" if self.state_bytes_default
+             is not None else f"grows with T: a KV cache of {self.kv_cache} (fp32, default dims)"),
+            ("FLOPs/token", f"{self.flops_per_token:.3g} (default dims"
+             + (f", context T = {QUADRATIC_T})" if self.kv_cache else ")")),
             ("family", self.family),
             ("  why", self.family_reason),
         ]
@@ -135,14 +150,29 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
 
     dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
     n_sym = sym.state_size()
-    n_val = int(n_sym.subs(dims))
-    ext = [int(sp.S(x.extent).subs(dims)) for x in sym.state.axes]
+    n_val = None if is_infinite_range(n_sym) else int(n_sym.subs(dims))
+    ext = [0 if is_infinite_range(x.extent) else int(sp.S(x.extent).subs(dims)) for x in sym.state.axes]
+    # lets on (or summing over) an infinite feature range are kernelised: their cost is the core's (quadratic)
+    finite_lets = [let for let in sym.lets if let.time_varying and not any(
+        is_infinite_range(x) for x in let.tensor.shape()) and not any(is_infinite_range(e) for e in let.definition)]
     let_cost = sum(math.prod(int(sp.S(x.extent).subs(dims)) for x in let.tensor.axes)
-                   * (sum(_ops(e, dims) for e in (let.args if let.running else (let.expr,))) + 1)
-                   for let in sym.lets if let.time_varying)
+                   * (sum(_ops(e, dims) for e in let.definition) + 1) for let in finite_lets)
     out_size = math.prod(int(sp.S(x.extent).subs(dims)) for x in sym.output.axes)
     readout = out_size * (_ops(st.readout.ch, dims) + _ops(st.readout.du, dims) + 1)
-    if st.family == Family.DIAGONAL_SCAN:
+    cache = None
+    if st.family == Family.QUADRATIC:
+        kern = st.kernel
+        g = math.prod(ext[k] for k in kern.group_axes)
+        kk = int(sp.S(kern.key.feature.length).subs(dims))
+        vv = math.prod(ext[k] for k in kern.value_axes)
+        # per token at context length QUADRATIC_T: scores and weighted values against every cached token
+        core = g * QUADRATIC_T * (2 * kk + 2 * vv + 4)
+        readout = out_size * _ops(st.readout.du, dims)
+        ksym = sp.sstr(kern.key.feature.length)
+        gsym = "*".join(sp.sstr(sym.state.axes[k].extent) for k in kern.group_axes) or "1"
+        vsym = "*".join(sp.sstr(sym.state.axes[k].extent) for k in kern.value_axes)
+        cache = f"{gsym}*({ksym} + {vsym}) = {g * (kk + vv)} floats per token"
+    elif st.family == Family.DIAGONAL_SCAN:
         core = n_val * (_ops(a.decay, dims) + _ops(st.bu, dims) + 2)
     elif st.family == Family.CHUNKED_OUTER:
         o = st.outer
@@ -190,15 +220,22 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         state_shape=tuple(f"{x.name or '_'}: {sp.sstr(x.extent)}" for x in sym.state.axes),
         state_size=sp.sstr(n_sym),
         state_size_default=n_val,
-        state_bytes_default=4 * n_val,
+        state_bytes_default=None if n_val is None else 4 * n_val,
         flops_per_token=float(let_cost + core + readout),
         family=st.family.value,
         family_reason=st.family_reason,
+        kv_cache=cache,
+        feature_note="; ".join(
+            f"{sp.sstr(t)} = sum_(r<={sp.sstr(t.args[1])}) {sp.sstr(t.args[0])}^r = "
+            f"{int(t.subs(dims))}: grows as {sp.sstr(t.args[0])}^{sp.sstr(t.args[1])}"
+            for t in sorted(n_sym.atoms(TaylorRange), key=sp.default_sort_key) if t.args[1] is not sp.oo) or None,
     )
 
 
 def _c_form(st: Structure) -> str:
     """How C reads the state: which state axes map to outputs (delta) and which it contracts."""
+    if st.family == Family.QUADRATIC:
+        return "query contraction over the infinite feature axis: exp(q.k / sqrt(K)) per cached key (kernelised)"
     if st.outer is not None:
         return "query contraction over the key axes (y = S^T q per group)"
     ch = st.readout.ch

@@ -103,6 +103,11 @@ class IntervalProver:
                 iv = POS if (x.lo > 0 or (x.lo == 0 and x.lo_open)) else NONNEG if x.lo >= 0 else ANY
             if iv != ANY:
                 self.reasons.append(f"{name} in {iv} ({let.running} of terms in {x})")
+        elif let is not None and let.positive_reason:
+            iv = POS
+            self.reasons.append(f"{name} in {iv} ({let.positive_reason})")
+        elif let is not None and let.feature is not None:
+            iv = ANY  # Taylor features of a real vector take either sign
         elif let is not None:
             iv = self.range(let.expr)
             if iv != ANY:

@@ -13,6 +13,7 @@ import sympy as sp
 from ..ir.symspec import SymSpec
 from .facts import AKind, BForm, Family
 from .index_algebra import common_row_col_deltas, contract_product, factors, split_deltas, strip_deltas, terms
+from .kernelise import has_infinite_state, kernelise, reject_infinite_lets
 
 
 def _depends(expr: sp.Expr, syms) -> tuple[int, ...]:
@@ -81,6 +82,7 @@ class Structure:
     outer: OuterSplit | None
     family: Family
     family_reason: str
+    kernel: object = None  # Kernelised (analysis/kernelise.py) for the quadratic family, else None
     delta: DeltaSplit | None = None  # the delta-rule form of an identity-plus-rank-1 A (family CHUNKED_DELTA)
 
 
@@ -282,6 +284,15 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         a = replace(a, kind=AKind.DIAGONAL)
     b_form = classify_b(bu, a.rows)
     outer = split_outer(sym, a, bu, readout)  # a pre-update readout runs the same algorithm, shifted a step
+    if not has_infinite_state(sym):
+        reject_infinite_lets(sym)
+    if has_infinite_state(sym):
+        kern = kernelise(sym, a, outer)
+        names = _axis_names(sym, (kern.feature_axis,))
+        why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over it "
+               f"are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by "
+               f"one key and one value per step instead of a fixed-size state")
+        return Structure(a, bu, b_form, readout, outer, Family.QUADRATIC, why, kernel=kern)
     delta = split_delta(sym, a, bu, readout) if a.mixed_axes else None
     if delta is not None:
         outer, dsplit = delta
@@ -289,7 +300,7 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         why = (f"A is s (I - k f^T) on key axes {', '.join(_axis_names(sym, outer.key_axes))} per group with the "
                "key that B u writes (B u = key x value) and C contracts the key axes: the delta rule, run "
                "chunkwise in its WY (UT-transform) form")
-        return Structure(a, bu, b_form, readout, outer, family, why, dsplit)
+        return Structure(a, bu, b_form, readout, outer, family, why, delta=dsplit)
     if a.mixed_axes:
         family = Family.DENSE_SCAN
         why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "

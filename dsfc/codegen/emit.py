@@ -36,7 +36,7 @@ def _env() -> jinja2.Environment:
 
 def emit_torch(plan: ModulePlan) -> str:
     """Render the module template and format it with black (pinned: output must be reproducible)."""
-    source = _env().get_template("module.py.jinja").render(plan=plan)
+    source = _env().get_template(plan.template).render(plan=plan)
     try:
         return black.format_str(source, mode=black.Mode(line_length=120))
     except black.InvalidInput as exc:  # pragma: no cover - a template bug, never the user's

@@ -14,12 +14,16 @@ import sympy as sp
 from ..analysis.facts import Family
 from ..analysis.report import StructureReport
 from ..analysis.structure import Structure
+from ..ir.functions import TaylorRange
 from ..ir.symspec import SymSpec
+from ..lang.errors import SpecError, SpecErrors
 from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
-_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton", "dt_bias_", "self",
+_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
+             "chunked_delta_scan", "dt_bias_", "self", "taylor_dim", "taylor_features", "kernel_matrix",
+             "run_compiled_chunks", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
              # locals and arguments of the generated methods that spec names share a scope with
              "h0", "env", "out", "m", "running0", "running_final", "factory", "device", "dtype", "backend",
@@ -115,6 +119,9 @@ class ModulePlan:
     triton_note: str = ""  # why there is (or is not) a Triton kernel
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
     triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
+    feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
+    template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
+    quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
 
 
 def _src(sym: SymSpec, name: str) -> str:
@@ -182,6 +189,9 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         params.append(ParamPlan(p.tensor.name, attr, shape, _init_code(pr, p, attr, sizes(p.init.index, p.tensor.axes))))
     param_locals = [(py_name(p.tensor.name), f"self.{py_name(p.tensor.name)}.to(_dtype)") for p in sym.params]
 
+    if st.family == Family.QUADRATIC:
+        return _plan_quadratic(sym, st, report, stamp, pr, sizes, free, derived, dim_locals, params, param_locals)
+
     # ---- lets
     lets = []
     for let in sym.lets:
@@ -194,6 +204,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                     for a in let.args]
             window = let_sizes[let.index[-1]] if let.running == "window" else ""
             lets.append(LetPlan(let.tensor.name, "", _src(sym, let.tensor.name), let.running, args, shape, window))
+            continue
+        if let.feature is not None:
+            lets.append(LetPlan(let.tensor.name, _feature_code(pr, let, let_sizes), _src(sym, let.tensor.name),
+                                shape=shape))
             continue
         code = pr.print(let.expr, let.index, let_sizes)
         if not let.time_varying:
@@ -311,7 +325,27 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         posts=posts,
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
+        feature_maps=any(let.feature is not None for let in sym.lets)
+        or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
     )
+
+
+def _feature_code(pr: TorchPrinter, let, let_sizes) -> str:
+    """A feature-map let: the vector (the body over the let's other axes and the binder, last) mapped over its last
+    axis by the runtime's ``taylor_features``, the features then moved to the let's feature axis."""
+    fm = let.feature
+    if fm.infinite:
+        raise PrinterError(f"the infinite feature map of {let.tensor.name} cannot be materialised")
+    outer = tuple(s for k, s in enumerate(let.index) if k != fm.axis)
+    axes = outer + (fm.var,)
+    sizes = {**{s: let_sizes[s] for s in outer}, fm.var: pr.size(fm.length)}
+    lead = ["_B", "_T"] if let.time_varying else []
+    shape = ", ".join(lead + [sizes[s] for s in axes])
+    body = pr.print_tensor(fm.body, axes, sizes)
+    code = f"taylor_features(({body}).expand({shape}{',' if len(lead + list(axes)) == 1 else ''}), {pr.size(fm.order)})"
+    if fm.axis != len(let.index) - 1:
+        code += f".movedim(-1, {fm.axis - len(let.index)})"
+    return code
 
 
 def _init_code(pr: TorchPrinter, p, attr: str, sizes) -> str:
@@ -516,3 +550,144 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
         "        _chunks.append(_h)",
         f"_states = torch.stack(_chunks, 1).{unpermute}",
     ]
+
+
+def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, derived, dim_locals, params,
+                    param_locals) -> ModulePlan:
+    """Quadratic attention for an infinite feature state (analysis/kernelise.py): feature lets are kept as their
+    vectors, kernel sums as logs (causal log-sum-exp), the core is ``kernel_attention`` over the KV cache, and
+    ``dsf_matrices`` writes the paper's form in the basis {phi(k_j)} of the first T slots."""
+    kern = st.kernel
+    pr.infinite = "_T"  # the feature range in slot form (dsf_matrices); never printed as a size elsewhere
+    logs = set(kern.log_lets)
+    hist = set(kern.histories)
+    rows = st.a.rows
+    row_sizes = sizes(rows, sym.state.axes)
+    g_syms = tuple(rows[k] for k in kern.group_axes)
+    v_syms = tuple(rows[k] for k in kern.value_axes)
+    g_size = " * ".join(row_sizes[s] for s in g_syms) or "1"
+    v_size = " * ".join(row_sizes[s] for s in v_syms) or "1"
+    length = pr.size(kern.key.feature.length)
+    for fl in (kern.query, kern.key):
+        outer = tuple(ix for k, ix in enumerate(fl.index) if k != fl.feature.axis)
+        if len(outer) != len(g_syms) or [a.extent for k, a in enumerate(fl.tensor.axes) if k != fl.feature.axis] \
+                != [sym.state.axes[k].extent for k in kern.group_axes]:
+            raise SpecErrors([SpecError(f"feature-map let {fl.tensor.name!r} must have the state's group axes "
+                                        "(in order) besides its feature axis", fl.tensor.span)],
+                             sym.checked.spec.path, sym.checked.spec.source)
+    for h in hist:
+        if _src_name(sym.let(h).args[0]) != kern.key.tensor.name:
+            raise SpecErrors([SpecError(f"cumsum let {h!r} must sum the key feature map {kern.key.tensor.name!r} "
+                                        "(its history is the KV cache)", sym.let(h).tensor.span)],
+                             sym.checked.spec.path, sym.checked.spec.source)
+
+    def logsub(e):
+        return e.subs({x: sp.exp(x) for x in sp.preorder_traversal(e) if _src_name(x) in logs}, simultaneous=True)
+
+    lets = []
+    for let in sym.lets:
+        name, src = let.tensor.name, _src(sym, let.tensor.name)
+        let_sizes = sizes(let.index, let.tensor.axes)
+        shape = ", ".join(["_B", "_T"] + [let_sizes[i] for i in let.index if let_sizes.get(i) is not None])
+        if let.feature is not None:  # an infinite feature map: keep the vector, [B, T, G, K]
+            fm = let.feature
+            outer = tuple(ix for k, ix in enumerate(let.index) if k != fm.axis)
+            axes = outer + (fm.var,)
+            sz = {**{ix: let_sizes[ix] for ix in outer}, fm.var: length}
+            code = (f"({pr.print_tensor(fm.body, axes, sz)}).expand(_B, _T, {', '.join(sz[x] for x in axes)})"
+                    f".reshape(_B, _T, {g_size}, {length})")
+            lets.append(LetPlan(name, code, src, "vector"))
+        elif name in hist:
+            lets.append(LetPlan(name, py_name(kern.key.tensor.name), src, "history"))
+        elif any(ks[0] == name for ks in kern.kernel_sums):
+            _, qn, kn, over = next(ks for ks in kern.kernel_sums if ks[0] == name)
+            other = py_name(next(h for h in hist) if over else kn)
+            code = f"kernel_log_sum({py_name(qn)}, {other}, {length} ** -0.5, {over})" \
+                + ("" if not let.index else f".reshape({shape})")
+            lets.append(LetPlan(name, code, src, "log"))
+        elif let.running == "prev":
+            lets.append(LetPlan(name, "", src, "prev", [pr.print(a, let.index, let_sizes) for a in let.args], shape))
+        elif let.running:  # a finite running quantity: as in module.py.jinja
+            args = [pr.print(logsub(a), let.index, let_sizes) if a.has(sp.Indexed) or any(
+                str(x) in pr.tensors for x in a.free_symbols) else
+                f"torch.as_tensor({pr.print(a, let.index, let_sizes)}, dtype=_dtype, device=_dev)" for a in let.args]
+            window = let_sizes[let.index[-1]] if let.running == "window" else ""
+            lets.append(LetPlan(name, "", src, let.running, args, shape, window))
+        else:
+            code = pr.print(logsub(let.expr), let.index, let_sizes)
+            if not let.time_varying:
+                full = ", ".join(let_sizes[i] for i in let.index)
+                code = (f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), "
+                        f"({full}{',' if len(let.index) == 1 else ''}))")
+            lets.append(LetPlan(name, code, src, shape=shape))
+
+    gv = g_syms + v_syms
+    gv_sizes = {s: row_sizes[s] for s in gv}
+    g_sizes = {s: row_sizes[s] for s in g_syms}
+
+    def per_group(e):
+        return f"({pr.print_tensor(e, g_syms, g_sizes)}).expand(_B, _T, {', '.join(g_sizes[s] for s in g_syms)})" \
+               f".reshape(_B, _T, {g_size})"
+
+    q = {
+        "query": py_name(kern.query.tensor.name),
+        "key": py_name(kern.key.tensor.name),
+        "key_name": kern.key.tensor.name,
+        "scale": f"{length} ** -0.5",
+        "value": f"({pr.print_tensor(kern.value, gv, gv_sizes)}).expand(_B, _T, "
+                 f"{', '.join(gv_sizes[s] for s in gv)}).reshape(_B, _T, {g_size}, {v_size})",
+        "row": per_group(kern.row_log),
+        "col": per_group(kern.col_log) if kern.col_log != 0 else "",
+        "qscale": "" if kern.qscale == 1 else
+        f"({pr.print_tensor(kern.qscale, gv, gv_sizes)}).expand(_B, _T, {', '.join(gv_sizes[s] for s in gv)})"
+        f".reshape(_B, _T, {g_size}, {v_size})",
+        "du": "" if st.readout.du == 0 else pr.print(
+            logsub(st.readout.du), st.readout.out_syms, sizes(st.readout.out_syms, sym.output.axes)),
+        "g_size": g_size,
+        "v_size": v_size,
+        "length": length,
+        "cache_note": report.kv_cache or "",
+    }
+    # dsf_matrices: the slot basis {phi(k_j)}, j < T: phi(k_i) is the one-hot slot i, phi(q_i) the row of kernel
+    # values exp(q_i . k_j / sqrt(K)) (zero for j > i), a cumsum of phi(k) the indicator of the past slots
+    pr.infinite = "_T"
+    by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
+    shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
+    matrices = []
+    slot_ref = {n: TensorRef(f"slots_[{n!r}]", len(sym.let(n).tensor.axes), True)
+                for n in [kern.query.tensor.name, kern.key.tensor.name, *hist]}
+    with _rebound(pr, slot_ref):
+        for name in ("A", "B", "C", "D"):
+            rk, ck = shapes[name]
+            rshape = [pr.size(a.extent) for a in by_kind[rk].axes]
+            cshape = [pr.size(a.extent) for a in by_kind[ck].axes]
+            m = sym.matrices.get(name)
+            code = "None" if m is None else pr.print(
+                sp.powsimp(logsub(m.entry)), m.rows + m.cols,
+                {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})
+            matrices.append((name, code, rshape, cshape))
+    q["slot_lets"] = [(kern.query.tensor.name, "query"), (kern.key.tensor.name, "key")] + [(h, "history") for h in
+                                                                                          sorted(hist)]
+    out_shape = [pr.size(a.extent) for a in sym.output.axes]
+    in_shape = [pr.size(a.extent) for a in sym.input.axes]
+    if list(st.outer.out_map) != sorted(st.outer.out_map) or len(sym.output.axes) != len(gv):
+        raise SpecErrors([SpecError("the kernelised form needs the output axes to be the state's group and value "
+                                    "axes, in order", sym.matrices["C"].span)],
+                         sym.checked.spec.path, sym.checked.spec.source)
+    pr.infinite = None
+    return ModulePlan(
+        model=sym.model, description=sym.description, stamp=stamp, analysis_table=report.table(), free_dims=free,
+        derived_dims=derived, dim_locals=dim_locals, params=params, param_locals=param_locals, lets=lets,
+        input_name=py_name(sym.input.name), input_shape=in_shape, input_size=" * ".join(in_shape),
+        state_shape=[], state_size="", output_shape=out_shape, output_size=" * ".join(out_shape),
+        family=st.family.value, core=[], matrices=matrices, first_param=params[0].attr if params else None,
+        pre_readout=False, running=[let.tensor.name for let in sym.running_lets if let.tensor.name not in hist],
+        driven=py_name(sym.driven.name), driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
+        output_local=py_name(sym.output.name), layer_output_size=" * ".join(out_shape),
+        template="quadratic.py.jinja", quadratic=q,
+        triton_note=f"no Triton kernel: the {st.family.value} family has none yet",
+    )
+
+
+def _src_name(e) -> str | None:
+    return str(e.base.label) if isinstance(e, sp.Indexed) else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
 
 
 class PrinterError(Exception):
@@ -54,6 +54,7 @@ class TorchPrinter:
         self.dims = dims
         self.device = device
         self.dtype = dtype
+        self.infinite = None  # code for the size of an infinite feature range (its slot count), where one is used
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def size(self, e) -> str:
@@ -67,6 +68,8 @@ class TorchPrinter:
         """Integer expression (subscript, extent) -> code: ints, dims, or index grids."""
         if e.is_Integer:
             return str(int(e))
+        if isinstance(e, TaylorRange) and e.args[1] is sp.oo and self.infinite is not None:
+            return self.infinite
         if isinstance(e, sp.Symbol):
             if e in axes:
                 return self.grid(e, axes, sizes)
@@ -85,6 +88,8 @@ class TorchPrinter:
             return f"({self.index(num, axes, sizes)} // {self.index(den, axes, sizes)})"
         if isinstance(e, sp.Mod):
             return f"({self.index(e.args[0], axes, sizes)} % {self.index(e.args[1], axes, sizes)})"
+        if isinstance(e, TaylorRange) and e.args[1] is not sp.oo:
+            return f"taylor_dim({self.index(e.args[0], axes, sizes)}, {self.index(e.args[1], axes, sizes)})"
         raise PrinterError(f"unsupported subscript {e}")
 
     def _is_batched(self, e) -> bool:

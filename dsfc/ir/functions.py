@@ -99,6 +99,42 @@ class Gelu(_Elementwise):
         return self.args[0].is_positive
 
 
+class TaylorRange(sp.Function):
+    """The size of the order-p Taylor feature range over a K-vector: sum_{r=0..p} K^r (infinite for p = oo).
+
+    A feature range is an extent like any other: it evaluates to an integer once K and p are numbers, and stays
+    symbolic (``taylor(K, p)``) in the analysis report so that N reads as a formula in the dims.
+    """
+
+    nargs = 2
+    is_integer = True
+    is_positive = True
+
+    def _eval_is_finite(self):
+        return self.args[1] is not sp.oo
+
+    def _sympystr(self, printer):  # as the spec spells it: N = H*V*taylor(K, p)
+        order = "inf" if self.args[1] is sp.oo else printer._print(self.args[1])
+        return f"taylor({printer._print(self.args[0])}, {order})"
+
+    @classmethod
+    def eval(cls, k, p):
+        # taylor(K, oo) stays unevaluated (infinite): reports read N = H*V*taylor(K, oo), not oo
+        if k.is_Integer and p.is_Integer:
+            return sp.Integer(sum(int(k) ** r for r in range(int(p) + 1)))
+        return None
+
+
+def is_infinite_range(e) -> bool:
+    """Whether an extent is (or contains) an infinite feature range taylor(K, oo)."""
+    return any(t.args[1] is sp.oo for t in sp.S(e).atoms(TaylorRange))
+
+
+def slots_for_infinite(e, slots):
+    """The extent with every infinite feature range replaced by ``slots`` (the paper's bounded-T slot form)."""
+    return sp.S(e).xreplace({t: sp.Integer(slots) for t in sp.S(e).atoms(TaylorRange) if t.args[1] is sp.oo})
+
+
 # language name -> SymPy callable
 FUNCTION_TABLE = {
     "exp": sp.exp,

@@ -11,8 +11,9 @@ import sympy as sp
 
 from ..lang import ast
 from ..lang.check import CheckedSpec, TensorInfo
-from .functions import FUNCTION_TABLE
-from .symspec import SymAxis, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
+from ..lang.check import FEATURE_MAPS, INFINITE_ORDER, is_feature_range
+from .functions import FUNCTION_TABLE, TaylorRange
+from .symspec import FeatureMap, SymAxis, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
 
 
 def index_symbol(name: str) -> sp.Symbol:
@@ -53,6 +54,37 @@ def _running_assumptions(op: str, args) -> dict[str, bool]:
     return {"real": True}
 
 
+def _kernel_sum_positive(expr: sp.Expr, lets, defaults: dict) -> str | None:
+    """Why ``sum(f, phi(x)[f] * psi[f])`` is positive, when psi is phi(y) or a cumsum of phi(y) for the same Taylor
+    feature map of even (or infinite) order: phi(x).phi(y) = sum_{r<=p} s^r / r! has no real root for even p (and is
+    exp(s) for p = inf). None when the expression is not such a kernel sum or the order is odd or symbolic."""
+    if not isinstance(expr, sp.Sum) or len(expr.limits) != 1:
+        return None
+    var = expr.limits[0][0]
+    by_name = {x.tensor.name: x for x in lets}
+    fs = sp.Mul.make_args(expr.function)
+    if len(fs) != 2 or not all(isinstance(f, sp.Indexed) and str(f.base.label) in by_name for f in fs):
+        return None
+    maps = []
+    for f in fs:
+        let = by_name[str(f.base.label)]
+        if let.running == "cumsum" and isinstance(let.args[0], sp.Indexed) and str(let.args[0].base.label) in by_name:
+            let, f = by_name[str(let.args[0].base.label)], let.args[0].subs(dict(zip(let.index, f.indices)))
+        if let.feature is None or f.indices[let.feature.axis] != var:
+            return None
+        maps.append(let.feature)
+    a, b = maps
+    if (a.kind, a.length, a.order) != (b.kind, b.length, b.order):
+        return None
+    if a.order is sp.oo:
+        return "a sum of exp(q.k / sqrt(K)) > 0 (kernel of the infinite Taylor feature map)"
+    order = sp.S(a.order).subs(defaults)
+    if order.is_Integer and int(order) % 2 == 0:
+        at = "" if a.order.is_Integer else f" at the default {a.order} = {order}; odd orders can make it <= 0"
+        return f"a sum of kernel values sum_(r<={a.order}) s^r/r! > 0 (even-order Taylor feature map{at})"
+    return None
+
+
 class _Lowering:
     def __init__(self, checked: CheckedSpec):
         self.checked = checked
@@ -84,6 +116,11 @@ class _Lowering:
             return self.bases[e.name]
         if isinstance(e, ast.Index):
             return self.bases[e.name][tuple(self.expr(s, scope) for s in e.subscripts)]
+        if isinstance(e, ast.Call) and e.func in FEATURE_MAPS:  # a feature range as an extent: taylor(K, p)
+            order = e.args[1]
+            p = sp.oo if isinstance(order, ast.Name) and order.name == INFINITE_ORDER and order.name not in self.dims \
+                else self.expr(order, scope)
+            return TaylorRange(self.expr(e.args[0], scope), p)
         if isinstance(e, ast.Call):
             args = [self.expr(a, scope) for a in e.args]
             return FUNCTION_TABLE[e.func](*args)
@@ -163,12 +200,32 @@ class _Lowering:
                 expr = base[index] if index else base
                 lets.append(SymLet(self.tensor(info, base), index, expr, True, let.expr.func, args))
                 continue
+            if isinstance(let.expr, ast.Call) and let.expr.func in FEATURE_MAPS:
+                # a feature map: the body is a vector over the binder, the let's feature axis holds its features
+                pos = next(k for k, a in enumerate(info.axes) if is_feature_range(a.extent))
+                rng = info.axes[pos].extent  # taylor(K, p): lowered argument by argument (taylor(K, inf) is oo)
+                order = rng.args[1]
+                length = self.expr(rng.args[0], {})
+                order = sp.oo if isinstance(order, ast.Name) and order.name == INFINITE_ORDER \
+                    and order.name not in self.dims else self.expr(order, {})
+                var = index_symbol(let.expr.args[0].name)
+                inner = {k: v for k, v in scope.items() if k != info.axes[pos].name}
+                body = self.expr(let.expr.args[1], {**inner, let.expr.args[0].name: var})
+                fmap = FeatureMap(let.expr.func, var, length, order, body, pos)
+                base = self.make_base(let.name, len(info.axes))
+                reads = {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
+                         for n in sp.preorder_traversal(body) if isinstance(n, (sp.Indexed, sp.Symbol))}
+                varying = bool(reads & ({c.input.name} | {x.tensor.name for x in lets if x.time_varying}))
+                lets.append(SymLet(self.tensor(info, base), index, base[index], varying, feature=fmap))
+                continue
             expr = self.expr(let.expr, scope)
-            base = self.make_base(let.name, len(info.axes), **_sign_assumptions(expr))
+            why = _kernel_sum_positive(expr, lets, {self.dims[k]: v for k, v in c.dim_values.items()})
+            facts = {"real": True, "positive": True} if why else _sign_assumptions(expr)
+            base = self.make_base(let.name, len(info.axes), **facts)
             reads = {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
                      for n in sp.preorder_traversal(expr) if isinstance(n, (sp.Indexed, sp.Symbol))}
             varying = bool(reads & ({c.input.name} | {x.tensor.name for x in lets if x.time_varying}))
-            lets.append(SymLet(self.tensor(info, base), index, expr, varying))
+            lets.append(SymLet(self.tensor(info, base), index, expr, varying, positive_reason=why))
 
         matrices = {}
         for name, m in c.matrices.items():

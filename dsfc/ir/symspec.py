@@ -46,6 +46,26 @@ class SymParam:
 
 
 @dataclass(frozen=True)
+class FeatureMap:
+    """``taylor(a, body)``: the order-p Taylor feature map of exp over the vector ``body`` (index ``var``, length
+    ``length``), phi_p(x) = concat_{r=0..p} (x / length^(1/4))^(x)r / sqrt(r!), flattened row-major, so that
+    phi_p(x) . phi_p(y) = sum_{r<=p} (x.y / sqrt(length))^r / r!. Its values lie on the let's axis ``axis`` (a
+    feature range of extent taylor(length, order)); ``order`` is ``sympy.oo`` for exp itself (never materialised).
+    ``body`` is over the let's other index symbols and ``var``."""
+
+    kind: str  # "taylor"
+    var: sp.Symbol
+    length: sp.Expr
+    order: sp.Expr
+    body: sp.Expr
+    axis: int
+
+    @property
+    def infinite(self) -> bool:
+        return self.order is sp.oo
+
+
+@dataclass(frozen=True)
 class SymLet:
     """A per-step quantity. ``running`` marks a quantity over time (its value at t depends on earlier steps):
 
@@ -63,6 +83,17 @@ class SymLet:
     time_varying: bool
     running: str | None = None
     args: tuple[sp.Expr, ...] = ()
+    feature: FeatureMap | None = None  # a feature-map let: ``expr`` is a placeholder, the map is here
+    positive_reason: str | None = None  # why the let is provably positive when SymPy cannot see it (kernel sums)
+
+    @property
+    def definition(self) -> tuple[sp.Expr, ...]:
+        """The expressions the let's value is computed from (its arguments, feature-map body, or expression)."""
+        if self.running:
+            return self.args
+        if self.feature is not None:
+            return (self.feature.body,)
+        return (self.expr,)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ DISTRIBUTIONS: dict[str, tuple[int, ...]] = {
     "zeros": (0,),
     "ones": (0,),
 }
+# Feature maps: a let ``let qf[h: H, f: taylor(K, p)] = taylor(a, q[h, a])`` maps the vector q[h, :] (index a) to
+# its order-p Taylor features of exp, on the let's feature-range axis f. The range's size, sum_{r<=p} K^r, is
+# computed by the compiler; p = inf gives the infinite range of exp itself (softmax attention), which only the
+# kernelised (quadratic) algorithm can run. Meaning lives in ir/symspec.py (FeatureMap) and ir/functions.py (taylor).
+FEATURE_MAPS = {"taylor": 2}
+INFINITE_ORDER = "inf"  # the order of an infinite feature range: taylor(K, inf)
 MATRIX_SHAPES = {  # which tensor each matrix's rows / columns index
     "A": ("state", "state"),
     "B": ("state", "input"),
@@ -199,6 +205,8 @@ class _Checker:
             except (OverflowError, ZeroDivisionError):
                 v = math.inf
             return self.finite(v, e, what)
+        if isinstance(e, ast.Call) and e.func in FEATURE_MAPS:
+            return self.feature_range_size(e, what)
         if isinstance(e, ast.Call) and e.func in ("sqrt", "log", "exp") and len(e.args) == 1:
             v = self.eval_dim_expr(e.args[0], what)
             if v is None:
@@ -212,6 +220,32 @@ class _Checker:
                 return self.finite(math.inf, e, what)
         self.err(f"{what} must be built from numbers and dims only", e.span)
         return None
+
+    def feature_range_size(self, e: ast.Call, what: str) -> float | None:
+        """Size of the feature range ``taylor(K, p)``: sum_{r=0..p} K^r, or ``math.inf`` for ``taylor(K, inf)``."""
+        if len(e.args) != 2:
+            self.err(f"the feature range {e.func}(K, p) takes 2 arguments (vector length, order), got {len(e.args)}",
+                     e.span, hint="e.g. state S[h: H, f: taylor(K, p), b: V]")
+            return None
+        k = self.size_of(e.args[0], f"the vector length of {e.func}(K, p) in {what}")
+        order = e.args[1]
+        if isinstance(order, ast.Name) and order.name == INFINITE_ORDER and order.name not in self.dims:
+            return None if k is None else math.inf
+        p = self.eval_dim_expr(order, f"the order of {e.func}(K, p) in {what}")
+        if p is None or k is None:
+            return None
+        if float(p) != int(p) or p < 0:
+            self.err(f"the order of {e.func}(K, p) in {what} must be a non-negative integer or inf, got {p:g}",
+                     order.span)
+            return None
+        try:
+            size = sum(k ** r for r in range(int(p) + 1))
+        except OverflowError:
+            size = math.inf
+        if size > 2**62:
+            self.err(f"the feature range {e.func}({k}, {int(p)}) in {what} is too large (overflows)", e.span)
+            return None
+        return size
 
     def finite(self, v, e: ast.Expr, what: str) -> float | None:
         """``v`` if it is a finite real number; otherwise report and return None."""
@@ -227,6 +261,8 @@ class _Checker:
         v = self.eval_dim_expr(e, what)
         if v is None:
             return None
+        if v == math.inf and isinstance(e, ast.Call) and e.func in FEATURE_MAPS:
+            return math.inf  # an infinite feature range (taylor(K, inf)): legal on the state and lets only
         if float(v) != int(v) or v <= 0:
             self.err(f"{what} must be a positive integer, got {v:g}", e.span)
             return None
@@ -283,7 +319,7 @@ class _Checker:
                 span,
             )
             return
-        if name in FUNCTIONS or name in TEMPORAL or name == "sum":
+        if name in FUNCTIONS or name in TEMPORAL or name in FEATURE_MAPS or name == "sum":
             self.err(f"{name!r} is a built-in function and cannot be redeclared", span)
             return
         if axes is None:
@@ -362,6 +398,9 @@ class _Checker:
                 for a in e.args:
                     self.check_expr(a, scope, ctx, allowed)
                 return
+            if e.func in FEATURE_MAPS:
+                self.check_feature_map(e, scope, ctx, allowed)
+                return
             if e.func not in FUNCTIONS:
                 known = ", ".join(sorted(FUNCTIONS))
                 self.err(f"unknown function {e.func!r}", e.span, hint=f"known functions: {known}, sum")
@@ -412,6 +451,52 @@ class _Checker:
             self.check_expr(e.operand, scope, ctx, allowed)
             return
         raise AssertionError(f"unknown AST node {type(e).__name__}")  # pragma: no cover
+
+    def check_feature_map(self, e: ast.Call, scope: _Scope, ctx: str, allowed: set[str]):
+        """``let qf[..., f: taylor(K, p), ...] = taylor(a, x[..., a])``: the whole right-hand side of a let with one
+        feature-range axis; ``a`` ranges over the vector x maps (length K), and the body must not use f."""
+        let = self.current_let
+        example = "e.g. let qf[h: H, f: taylor(K, p)] = taylor(a, q[h, a])"
+        if e is not self.running_root or let is None:
+            self.err(f"the feature map '{e.func}' must be the whole right-hand side of a let whose axes include a "
+                     "feature range", e.span, hint=example)
+            return
+        feature_axes = [a for a in let.axes if is_feature_range(a.extent)]
+        if len(feature_axes) != 1:
+            self.err(f"let {let.name!r} is a feature map, so exactly one of its axes must be a feature range such as "
+                     f"f: {e.func}(K, p); it has {len(feature_axes)}", e.span, hint=example)
+            return
+        if len(e.args) != 2 or not isinstance(e.args[0], ast.Name):
+            self.err(f"{e.func} takes 2 arguments: the index of the vector it maps and the vector's entry, "
+                     f"got {len(e.args)}" if len(e.args) != 2 else
+                     f"the first argument of {e.func} must be the index of the vector it maps", e.span, hint=example)
+            return
+        var, body = e.args[0].name, e.args[1]
+        if var in scope.entries or var in self.dims or var in self.tensors:
+            self.err(f"feature-map index {var!r} shadows an existing name", e.args[0].span)
+            return
+        before = len(self.errors)
+        found = self.infer_extent(var, body)
+        if len(self.errors) > before:
+            return
+        if found is None:
+            self.err(f"{e.func} maps a vector, but its index {var!r} never subscripts a tensor in {ctx}",
+                     e.span, hint=example)
+            return
+        feature = feature_axes[0]
+        want = self.size_of(feature.extent.args[0], f"the vector length of axis {feature.name!r}") \
+            if len(feature.extent.args) == 2 else None
+        if want is not None and want != found[1]:
+            self.err(f"the feature range of axis {feature.name!r} of let {let.name!r} maps vectors of length {want}, "
+                     f"but index {var!r} ranges over {found[1]} values", e.args[0].span)
+            return
+        used = next((n for n in _walk(body) if isinstance(n, ast.Name) and n.name == feature.name), None)
+        if used is not None:
+            self.err(f"the body of {e.func}({var}, ...) cannot use the feature axis {feature.name!r}: it maps the "
+                     f"vector over {var!r}, and the features land on {feature.name!r}", used.span, hint=example)
+            return
+        inner = _Scope({k: v for k, v in scope.entries.items() if k != feature.name}).bind(var, *found)
+        self.check_expr(body, inner, ctx, allowed)
 
     def infer_extent(self, var: str, body: ast.Expr):
         found = None
@@ -575,6 +660,12 @@ class _Checker:
         lets = [s for s in stmts if isinstance(s, ast.LetDecl)]
         for let in lets:
             self.declare("let", let.name, self.axes_of(let.axes, let.name), let.span)
+
+        for t in list(self.tensors.values()):
+            for k, a in enumerate(t.axes):
+                if a.size == math.inf and t.kind in ("input", "output", "param"):
+                    self.err(f"{t.kind} {t.name!r} has an infinite feature range on axis {a.name or k!r}: only the "
+                             "state and lets may (they are never materialised; the compiler kernelises them)", a.span)
 
         # parameter initialisers: numbers, dims, the param's own named axes; no other tensors
         for p in params:
@@ -771,6 +862,11 @@ _MATRIX_HINTS = {
     "B": "e.g. B[(c, j), k] = delta(c, k) * dt[c]",
     "C": "e.g. C[o, (c, j)] = delta(o, c) * q[j]",
 }
+
+
+def is_feature_range(extent: ast.Expr) -> bool:
+    """Whether an axis extent is a feature range such as ``taylor(K, p)``."""
+    return isinstance(extent, ast.Call) and extent.func in FEATURE_MAPS
 
 
 def _similar(a: str, b: str) -> bool:

@@ -51,7 +51,7 @@ def reports():
 
 COVERED = ("s6", "ssd", "linear_attention", "deltanet", "linear_attention_normalized", "retnet", "gla", "hgrn", "qlstm",
            "qlstm_s6", "gated_deltanet", "mlstm", "rwkv6", "s4d", "lru", "rg_lru", "normalized_attention",
-           "mamba_block")
+           "mamba_block", "taylor_attention", "softmax_attention")
 
 
 def test_every_catalog_spec_is_covered_here():
@@ -177,6 +177,38 @@ def test_linear_attention_normalized(reports):
     assert r.eigen_bound == Bound.UNBOUNDED.value  # eta_(i-1) / eta_i > 0 can exceed 1
     assert r.family == "chunked outer-product scan"
     assert r.state_size_default == 8 * 64 * 64  # H * K * V (the running z, eta are carried separately)
+
+
+def test_taylor_attention(reports):
+    r = reports["taylor_attention"]
+    assert r.a_kind == "scalar per group"  # (eta_prev / eta) I per head
+    assert r.a_axes["decay depends on"] == ["h"]
+    assert r.b_form == "outer product"  # phi(k)[h, f] (x) v[h, b]
+    assert r.coupling == ("eta",)
+    assert r.eigen_bound == Bound.UNBOUNDED.value and r.eigen_interval == "(0, inf)"
+    assert "even-order Taylor feature map" in r.eigen_reason  # eta > 0 because p = 2 is even
+    assert r.family == "chunked outer-product scan"
+    assert r.state_size == "H*V*taylor(K, p)"
+    # D_p = sum_(r<=p) K^r by hand at K = 16, p = 2: 1 + 16 + 256 = 273; N = H * V * D_p = 4 * 16 * 273
+    assert r.state_size_default == 4 * 16 * (1 + 16 + 256) == 17472
+    assert r.state_bytes_default == 4 * 17472
+    assert r.feature_note == "taylor(K, p) = sum_(r<=p) K^r = 273: grows as K^p"
+
+
+def test_softmax_attention(reports):
+    r = reports["softmax_attention"]
+    assert r.a_kind == "scalar per group"
+    assert r.a_axes["decay depends on"] == ["h"]
+    assert r.b_form == "outer product"
+    assert r.coupling == ("eta",)
+    assert r.eigen_bound == Bound.UNBOUNDED.value and r.eigen_interval == "(0, inf)"
+    assert "exp(q.k / sqrt(K)) > 0" in r.eigen_reason  # eta is a sum of exponentials
+    assert r.family == Family.QUADRATIC.value == "quadratic attention"
+    assert "infinite" in r.family_reason and "KV cache" in r.family_reason
+    assert r.state_size == "H*V*taylor(K, inf)"
+    assert r.state_size_default is None and r.state_bytes_default is None  # N is infinite
+    assert r.kv_cache == "H*(K + V) = 128 floats per token"  # 4 heads * (16 + 16)
+    assert "N = H*V*taylor(K, inf) (infinite" in r.table()
 
 
 # -- small inline specs ----------------------------------------------------------------------------------------------

@@ -12,10 +12,18 @@ from dsfc.pipeline import compile_spec
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
-@pytest.mark.parametrize("name", ["s6", "linear_attention"])
+BENCH_DIMS = {
+    "s6": {"d": 8, "n": 4},
+    "linear_attention": {"d": 8, "H": 2, "K": 4, "V": 4},
+    "rwkv6": {"d": 8, "H": 2, "K": 4, "V": 4, "R": 2, "Rw": 3},  # pre-update readout: the loop reads S_(t-1)
+    "gated_deltanet": {"d": 8, "H": 2, "K": 4, "V": 4},  # the delta-rule loop
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_DIMS))
 def test_bench_sides_agree(name):
     result = compile_spec(SPECS / f"{name}.dsf")
-    dims = {"d": 8, "n": 4} if name == "s6" else {"d": 8, "H": 2, "K": 4, "V": 4}
+    dims = BENCH_DIMS[name]
     row = run_bench(result, batch=2, T=37, dims=dims, repeats=1)
     # the loop baseline is the same module with its scan swapped for a per-step loop: outputs must agree
     assert row["max_rel_err"] < 1e-5

@@ -43,6 +43,9 @@ def built(request) -> Built:
         result = compile_spec(request.param.relative_to(ROOT).as_posix())
     finally:
         os.chdir(cwd)
+    if result.structure.family.value == "quadratic attention":
+        pytest.skip("infinite state (quadratic attention): no dense h, no dsfc reference recurrence at fixed N; "
+                    "covered by tests/e2e/test_softmax_attention.py (SDPA oracle, KV cache, slot-form dsf_matrices)")
     return build(result, small_dims(result))
 
 

@@ -208,6 +208,9 @@ def _reference_core(b, u: torch.Tensor):
 @pytest.fixture(scope="module", params=SPECS, ids=SPEC_IDS)
 def kernel_case(request):
     result = _compiled(request.param)
+    if result.structure.family.value == "quadratic attention":
+        pytest.skip("infinite state (quadratic attention): its kernel form is checked in the slot basis by "
+                    "tests/e2e/test_softmax_attention.py")
     b = build(result, small_dims(result), seed=3)
     g = torch.Generator().manual_seed(5)
     u = torch.randn(2, T_KERNEL, b.d_in(), generator=g, dtype=F64)

@@ -59,6 +59,7 @@ SPECS = {
     "gla": {"d": 8, "H": 2, "K": 6, "V": 5, "R": 3},  # per-key decay
     "mlstm": {"H": 2, "DH": 4, "bs": 4},
     "rwkv6": {"d": 8, "H": 2, "K": 4, "V": 4, "R": 2, "Rw": 3, "layer": 2, "L": 3},  # pre-update readout
+    "taylor_attention": {"d": 8, "H": 2, "K": 2, "V": 4, "p": 2},  # feature range taylor(K, p) = 7
 }
 FAMILY = "chunked outer-product scan"
 

@@ -1,0 +1,165 @@
+"""Kernelising a spec whose state lives on an infinite feature range (``taylor(K, inf)``: the features of exp).
+
+Such a state cannot be materialised; what can be computed are contractions over the feature index, because
+phi(x) . phi(y) = exp(x . y / sqrt(K)). A spec is kernelisable when
+
+- every let on an infinite range is a feature map ``taylor(a, x[..., a])`` or a ``cumsum`` of one (carried as the
+  history of its vectors: a KV cache);
+- every other let that reads one is a kernel sum ``sum(f, phi(x)[.., f] * psi[.., f])`` with psi = phi(y) or a
+  cumsum of phi(y) (computed as a causal log-sum-exp of scores, and carried as its log: a *log let*);
+- A is the identity or ``prev(X) / X`` per group (X a positive expression over lets: the segment sum of its log
+  telescopes to log X_j - log X_i, so no cumulative product is formed), B u = phi(k)[g, f] * value[g, v] and
+  C contracts f against phi(q)[g, f] (times factors without f) with the same feature map.
+
+Then y_i = qscale_i * sum_(j<=i) exp(x_i . y_j / sqrt(K) + row_i + col_j) v_j: quadratic attention, every weight
+formed in log space. Anything else is a positioned error naming the part that does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..ir.functions import is_infinite_range
+from ..ir.symspec import SymLet, SymSpec
+from ..lang.errors import SpecError, SpecErrors
+
+
+@dataclass(frozen=True)
+class Kernelised:
+    query: SymLet  # the feature-map let C reads (phi(q))
+    key: SymLet  # the feature-map let B writes (phi(k)); its vectors are the KV cache
+    histories: tuple[str, ...]  # cumsum lets over ``key``: represented by the key history
+    log_lets: tuple[str, ...]  # lets computed and carried as their logarithm (kernel sums, prev of them)
+    kernel_sums: tuple[tuple[str, str, str, bool], ...]  # (let, query-side let, key-side let, over history)
+    value: sp.Expr  # over the group + value row symbols, log lets substituted
+    value_log: sp.Expr  # log of the positive factors of the value (over group row symbols), moved into col
+    row_log: sp.Expr  # per query step i (group row symbols)
+    col_log: sp.Expr  # per key step j (group row symbols)
+    qscale: sp.Expr  # factors of C's query without the feature index (group + value row symbols)
+    group_axes: tuple[int, ...]
+    value_axes: tuple[int, ...]
+    feature_axis: int
+
+
+def has_infinite_state(sym: SymSpec) -> bool:
+    return any(is_infinite_range(a.extent) for a in sym.state.axes)
+
+
+def reject_infinite_lets(sym: SymSpec) -> None:
+    """A let on an infinite feature range is only computable kernelised, i.e. when the state itself is infinite."""
+    for x in sym.lets:
+        if any(is_infinite_range(ax.extent) for ax in x.tensor.axes):
+            _fail(sym, f"let {x.tensor.name!r} lives on an infinite feature range, but the state does not: only a "
+                  "state on taylor(K, inf) is kernelised (quadratic attention)", x.tensor.span,
+                  hint="use a finite order, taylor(K, p), or put the state on the infinite range")
+
+
+def _fail(sym: SymSpec, msg: str, span, hint: str | None = None):
+    raise SpecErrors([SpecError(msg, span, hint)], sym.checked.spec.path, sym.checked.spec.source)
+
+
+def _name(e) -> str | None:
+    return str(e.base.label) if isinstance(e, sp.Indexed) else None
+
+
+def kernelise(sym: SymSpec, a, outer) -> Kernelised:
+    """Check the kernelisable form (see the module docstring) and return its pieces; raise a positioned error."""
+    lets = {x.tensor.name: x for x in sym.lets}
+    infinite = {n for n, x in lets.items() if any(is_infinite_range(ax.extent) for ax in x.tensor.axes)}
+    hist_of: dict[str, str] = {}
+    for n in sorted(infinite):
+        x = lets[n]
+        if x.feature is not None:
+            continue
+        if x.running == "cumsum" and _name(x.args[0]) in infinite and lets[_name(x.args[0])].feature is not None:
+            hist_of[n] = _name(x.args[0])
+            continue
+        _fail(sym, f"let {n!r} lives on an infinite feature range but is neither a feature map taylor(a, ...) nor a "
+              "cumsum of one: it cannot be kernelised", x.tensor.span,
+              hint="on an infinite range, use only feature maps, their cumsums, and sums over the feature index")
+    kernel_sums, log_lets = [], []
+    for x in sym.lets:
+        n = x.tensor.name
+        if n in infinite:
+            continue
+        reads = {_name(e) for d in x.definition for e in sp.preorder_traversal(d) if _name(e)}
+        if x.running == "prev" and _name(x.args[0]) in log_lets:
+            log_lets.append(n)
+            continue
+        if not reads & infinite:
+            continue
+        ok = not x.running and isinstance(x.expr, sp.Sum) and len(x.expr.limits) == 1
+        fs = sp.Mul.make_args(x.expr.function) if ok else ()
+        names = [_name(f) for f in fs]
+        if not ok or len(fs) != 2 or not all(m in infinite for m in names):
+            _fail(sym, f"let {n!r} reads a let on an infinite feature range; only a kernel sum "
+                  "sum(f, phi(x)[.., f] * phi(y)[.., f]) (or with a cumsum of phi(y)) can be kernelised", x.tensor.span)
+        var = x.expr.limits[0][0]
+        maps = [lets[hist_of.get(m, m)] for m in names]
+        at = [f.indices[lets[m].feature.axis] if m not in hist_of else
+              f.indices[next(k for k, ax in enumerate(lets[m].tensor.axes) if is_infinite_range(ax.extent))]
+              for m, f in zip(names, fs)]
+        if any(i != var for i in at) or len({(y.feature.kind, y.feature.length, y.feature.order) for y in maps}) != 1:
+            _fail(sym, f"let {n!r}: a kernel sum must sum over the feature index of both factors, and both must be the "
+                  "same feature map", x.tensor.span)
+        q_side = [m for m in names if m not in hist_of]
+        k_side = [m for m in names if m in hist_of] or q_side[1:]
+        kernel_sums.append((n, q_side[0], hist_of.get(k_side[0], k_side[0]), k_side[0] in hist_of))
+        log_lets.append(n)
+    m_b, m_c = sym.matrices["B"], sym.matrices["C"]
+    if sym.readout == "pre":
+        _fail(sym, "an infinite feature state supports the standard (post-update) readout only", m_c.span,
+              hint="remove 'readout pre'")
+    if sym.posts:
+        _fail(sym, "post-ops are not supported with an infinite feature state yet", sym.posts[0].tensor.span)
+    if outer is None or a.mixed_axes:
+        _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
+              "and C contracting the feature index (the kernelised form); this spec does not have that form",
+              sym.matrices["A"].span)
+    fax = [k for k, ax in enumerate(sym.state.axes) if is_infinite_range(ax.extent)]
+    if list(outer.key_axes) != fax:
+        _fail(sym, "C must contract exactly the infinite feature axis of the state", m_c.span)
+    if set(a.decay_axes) - set(outer.group_axes):
+        _fail(sym, "A's decay may depend only on the group (head) axes for the kernelised form", sym.matrices["A"].span)
+    rows = a.rows
+    fsym = rows[fax[0]]
+    key = outer.key
+    if _name(key) not in lets or lets[_name(key)].feature is None or key.indices[lets[_name(key)].feature.axis] != fsym:
+        _fail(sym, "B's factor over the infinite feature axis must be one feature-map let, e.g. kf[h, f]", m_b.span)
+    qf = [f for f in sp.Mul.make_args(outer.query) if fsym in f.free_symbols]
+    if len(qf) != 1 or _name(qf[0]) not in lets or lets[_name(qf[0])].feature is None:
+        _fail(sym, "C's factor over the infinite feature axis must be one feature-map let, e.g. qf[h, f]", m_c.span)
+    qlet, klet = lets[_name(qf[0])], lets[_name(key)]
+    fq, fk = qlet.feature, klet.feature
+    if (fq.kind, fq.length, fq.order) != (fk.kind, fk.length, fk.order):
+        _fail(sym, "the query and key feature maps must be the same map over vectors of the same length", m_c.span)
+    qscale = sp.Mul(*[f for f in sp.Mul.make_args(outer.query) if fsym not in f.free_symbols])
+    # log lets hold logarithms: read X as exp(X) everywhere else
+    logsub = {}
+    for e in sp.preorder_traversal(sp.Add(a.decay, outer.value, qscale)):
+        if _name(e) in log_lets:
+            logsub[e] = sp.exp(e)
+    value = outer.value.subs(logsub)
+    pos = [f for f in sp.Mul.make_args(value) if isinstance(f, sp.exp)]
+    value_log = sp.Add(*[f.args[0] for f in pos])
+    value = sp.Mul(*[f for f in sp.Mul.make_args(value) if not isinstance(f, sp.exp)])
+    if a.decay == 1:
+        row_log, col_log = sp.Integer(0), value_log
+    else:
+        logd = sp.expand_log(sp.log(a.decay.subs(logsub)), force=True)
+        row_log = col_log = None
+        for p in sym.running_lets:  # A = prev(X) / X: log A = log X_(i-1) - log X_i telescopes over a segment
+            if p.running != "prev":
+                continue
+            for prev_x in {e for e in sp.preorder_traversal(logd) if _name(e) == p.tensor.name}:
+                x_now = sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)
+                if _name(x_now) in log_lets and sp.simplify(logd - (prev_x - x_now)) == 0:
+                    row_log, col_log = -x_now, x_now + value_log
+        if row_log is None:
+            _fail(sym, "the kernelised form supports A = I or A = prev(X) / X per group (X a kernel sum); "
+                  f"got decay {sp.sstr(a.decay)}", sym.matrices["A"].span)
+    return Kernelised(qlet, klet, tuple(sorted(hist_of)), tuple(log_lets), tuple(kernel_sums), value,
+                      value_log, row_log, sp.simplify(col_log), qscale.subs(logsub), outer.group_axes,
+                      outer.value_axes, fax[0])
