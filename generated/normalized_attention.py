@@ -37,6 +37,7 @@ from dsfc.runtime import (
     dt_bias_,
     kernel_matrix,
     run_compiled_chunks,
+    run_compiled_lets,
     use_compiled_chunks,
 )
 
@@ -102,8 +103,14 @@ class NormalizedAttention(nn.Module):
             )
         if not u.is_floating_point():
             raise TypeError(f"NormalizedAttention: u must be a floating-point tensor, got {u.dtype}")
-        # a data-dependent check: skipped inside torch.compile, where it would break the graph
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(u).all()):
+        # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
+        # makes the sum non-finite, so a finite sum (one cheap pass) clears u; only a non-finite sum (which may also
+        # be an overflow of finite values) pays for the elementwise test.
+        if (
+            not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(u.sum()))
+            and not bool(torch.isfinite(u).all())
+        ):
             bad = (~torch.isfinite(u)).nonzero()[0].tolist()
             raise ValueError(f"NormalizedAttention: u contains NaN or inf (first at [batch, time, feature] = {bad})")
         if initial_state is not None:

@@ -37,6 +37,7 @@ from dsfc.runtime import (
     dt_bias_,
     kernel_matrix,
     run_compiled_chunks,
+    run_compiled_lets,
     use_compiled_chunks,
 )
 
@@ -96,8 +97,14 @@ class QLSTM(nn.Module):
             raise ValueError(f"QLSTM: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"QLSTM: u must be a floating-point tensor, got {u.dtype}")
-        # a data-dependent check: skipped inside torch.compile, where it would break the graph
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(u).all()):
+        # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
+        # makes the sum non-finite, so a finite sum (one cheap pass) clears u; only a non-finite sum (which may also
+        # be an overflow of finite values) pays for the elementwise test.
+        if (
+            not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(u.sum()))
+            and not bool(torch.isfinite(u).all())
+        ):
             bad = (~torch.isfinite(u)).nonzero()[0].tolist()
             raise ValueError(f"QLSTM: u contains NaN or inf (first at [batch, time, feature] = {bad})")
         if initial_state is not None:
@@ -179,7 +186,10 @@ class QLSTM(nn.Module):
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(u_, _dtype, running0)
+            if use_compiled_chunks(u_, h0):
+                env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
+            else:
+                env = self._lets(u_, _dtype, running0)
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             core = self._core_triton if backend == "triton" else self._core
@@ -223,19 +233,15 @@ class QLSTM(nn.Module):
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
 
-    def _diagonal_chunk(self, env, h0):
+    def _diagonal_chunk(self, h0, W_x, f, ig, og, u_):
         """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
 
-        ``env`` holds this chunk's slices of the time-varying lets and the input ([B, L, ...]); ``h0`` is [B, ...].
+        The time-varying lets and the input are this chunk's slices ([B, L, ...]); ``h0`` is [B, ...]. Positional
+        tensors, not a dict: the per-call cost of the compiled graph is what bounds the chunk path.
         """
         d, e, Hd = self.d, self.e, self.Hd
         _dev = h0.device
         _dtype = h0.dtype
-        W_x = env["W_x"]
-        f = env["f"]
-        ig = env["ig"]
-        og = env["og"]
-        u_ = env["u_"]
         _h = h0[:, None]
         # each step writes its slot of one output buffer: a list and torch.cat would give the compiled graph one
         # buffer per step to allocate and reinterpret on every call (measured: a third of the per-call overhead)
@@ -252,12 +258,12 @@ class QLSTM(nn.Module):
 
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
+        d, e, Hd = self.d, self.e, self.Hd
         if use_compiled_chunks(u_, h0):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
-            chunk_env = {k: env[k] for k in ["W_x", "f", "ig", "og"]}
-            chunk_env["u_"] = u_
-            return run_compiled_chunks(self, chunk_env, h0, ["x", "f", "ig", "og", "u_"])
-        d, e, Hd = self.d, self.e, self.Hd
+            args = [env["W_x"], env["f"], env["ig"], env["og"], u_]
+            out_shape = (Hd,)
+            return run_compiled_chunks(self, h0, args, [False, True, True, True, True], out_shape)
         _dev = env["_dev"]
         W_x = env["W_x"]
         W_f = env["W_f"]

@@ -23,7 +23,7 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
              "chunked_delta_scan", "dt_bias_", "self", "taylor_dim", "taylor_features", "kernel_matrix",
-             "run_compiled_chunks", "use_compiled_chunks",
+             "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
              # locals and arguments of the generated methods that spec names share a scope with
              "h0", "env", "out", "m", "running0", "running_final", "factory", "device", "dtype", "backend",
@@ -103,6 +103,11 @@ class ModulePlan:
     step_body: list[str] = field(default_factory=list)  # diagonal family: one step, for the compiled chunk path
     time_varying: list[str] = field(default_factory=list)  # env keys that carry a time axis
     chunk_inputs: list[str] = field(default_factory=list)  # params and lets the step body reads
+
+    @property
+    def chunk_time_varying(self) -> list[bool]:
+        """Per argument of ``_diagonal_chunk`` after h0 (chunk_inputs, then the input): sliced along time?"""
+        return [n in self.time_varying for n in self.chunk_inputs] + [True]
 
     @property
     def env_locals(self) -> list[str]:

@@ -1,6 +1,6 @@
 """Runtime helpers imported by dsfc-generated modules (torch only; no dependency on the compiler)."""
 
-from dsfc.runtime.compiled_chunks import run_compiled_chunks, use_compiled_chunks
+from dsfc.runtime.compiled_chunks import run_compiled_chunks, run_compiled_lets, use_compiled_chunks
 from dsfc.runtime.features import taylor_dim, taylor_features
 from dsfc.runtime.indexing import axis
 from dsfc.runtime.init import dt_bias_
@@ -8,4 +8,4 @@ from dsfc.runtime.kernel_form import kernel_matrix
 from dsfc.runtime.scans import chunked_delta_scan, chunked_outer_scan, diagonal_scan
 
 __all__ = ["axis", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "kernel_matrix",
-           "run_compiled_chunks", "taylor_dim", "taylor_features", "use_compiled_chunks"]
+           "run_compiled_chunks", "run_compiled_lets", "taylor_dim", "taylor_features", "use_compiled_chunks"]
