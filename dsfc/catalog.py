@@ -121,7 +121,8 @@ NOTES: dict[str, str] = {
         "`A = diag_K(w) (x) I_V` (GLA-like), with B u = `k (x) v` and no coupling. It reads out *before* the "
         "update, `y_t = C_t h_(t-1) + D_t u_t`, and its bonus is an input-dependent feedthrough `D_t`; the standard "
         "post-update form `C' = C A^-1`, `D' = D - C' B` is exact but divides by `w`. The token shift makes the "
-        "selection signal depend on `x_(t-1)`, which is allowed because it is causal."
+        "selection signal depend on `x_(t-1)`, which is allowed because it is causal; v's own token shift is not "
+        "linear in `x_t`, so the DSF is driven by the shifted signal `xv` (`drive xv`) rather than by `x`."
     ),
     "qlstm": (
         "The paper's quasi-LSTM drops the LSTM's recurrent weights, so every gate reads only the input: "

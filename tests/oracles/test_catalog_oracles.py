@@ -572,9 +572,9 @@ def rwkv6_setup(seed):
     gen = torch.Generator().manual_seed(seed)
     params = {
         "mu_x": randn(gen, d, scale=0.5),
-        "W_x1": randn(gen, 3, R, d, scale=d**-0.5),
-        "W_x2": randn(gen, 3, d, R, scale=0.5),
-        "x_bias": randn(gen, 3, d, scale=0.5),
+        "W_x1": randn(gen, 4, R, d, scale=d**-0.5),
+        "W_x2": randn(gen, 4, d, R, scale=0.5),
+        "x_bias": randn(gen, 4, d, scale=0.5),
         "W_r": randn(gen, H, K, d, scale=d**-0.5),
         "W_k": randn(gen, H, K, d, scale=d**-0.5),
         "W_v": randn(gen, H, V, d, scale=d**-0.5),
@@ -588,22 +588,23 @@ def rwkv6_setup(seed):
 
 
 def rwkv6_fla_inputs(p, x, x_prev):
-    """fla RWKV6Attention.forward up to the kernel call, v without its token shift (as the spec). x_prev: the
+    """fla RWKV6Attention.forward up to the kernel call (v with its token shift). x_prev: the
     conv_state cache x_{-1} (zeros = no cache: token_shift pads with zeros)."""
     d, H, K, V, R = (RWKV[k] for k in "dHKVR")
     shifted = torch.cat([x_prev[:, None], x[:, :-1]], 1)
     delta = shifted - x
-    # x_proj = LerpLinear(d, 5R) -> tanh -> Linear(5R, d); only the r, w, k slices (0, 1, 2) of the five are used
+    # x_proj = LerpLinear(d, 5R) -> tanh -> Linear(5R, d); the r, w, k, v slices (0-3) of the five (g feeds the
+    # output gate, a post-op the spec leaves out)
     xx = x + delta * p["mu_x"]
-    z = torch.tanh(torch.einsum("srm,btm->btsr", p["W_x1"], xx))  # [B, T, 3, R]
-    mm = torch.einsum("btsr,scr->btsc", z, p["W_x2"]) + p["x_bias"]  # [B, T, 3, d]
-    mr, mw, mk = mm.unbind(-2)
+    z = torch.tanh(torch.einsum("srm,btm->btsr", p["W_x1"], xx))  # [B, T, 4, R]
+    mm = torch.einsum("btsr,scr->btsc", z, p["W_x2"]) + p["x_bias"]  # [B, T, 4, d]
+    mr, mw, mk, mv = mm.unbind(-2)
     r = torch.einsum("hkm,btm->bthk", p["W_r"], x + delta * mr)  # DDLerpLinear
     k = torch.einsum("hkm,btm->bthk", p["W_k"], x + delta * mk)
     # w_proj = DDLerpLinear with LoRA(d, K*H, Rw): Linear(no bias) -> tanh -> Linear(bias)
     wt = torch.einsum("hkj,btj->bthk", p["W_w2"], torch.tanh(torch.einsum("jm,btm->btj", p["W_w1"], x + delta * mw)))
     w = -torch.exp(wt + p["b_w"])  # fla: w = -exp(w); the kernel applies exp(w)
-    v = torch.einsum("hvm,btm->bthv", p["W_v"], x)
+    v = torch.einsum("hvm,btm->bthv", p["W_v"], x + delta * mv)
     return r, k, v, w
 
 
