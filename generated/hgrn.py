@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     f
     shared params    Gamma, W_f
-    eigenvalues      unknown  (-inf, inf)
-      why            lambda = f[c] in (-inf, inf): no bound proven (sm in (0, inf) (from its definition))
+    eigenvalues      |lambda| < 1  (0, 1)
+      why            lambda = f[c] in (0, 1) (-sm[0, c] + Sum(floor((L - j + layer - 1)/L)*sm[j, c], (j, 0, L - 1)) in (0, 1): a convex combination of softmax-like weights sm (coefficients evaluated at the default dims); gam in (0, 1) (from its definition); f in (0, 1) (from its definition))
     time-invariant   no
     state            [c: E]  N = E = 1024
     state bytes/seq  4096 (fp32, default dims)

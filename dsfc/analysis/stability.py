@@ -7,6 +7,7 @@ from the expression tree: exp of a provably negative exponent lies in (0, 1), so
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -108,6 +109,10 @@ class IntervalProver:
             self.reasons.append(f"{name} in {iv} ({let.positive_reason})")
         elif let is not None and let.feature is not None:
             iv = ANY  # Taylor features of a real vector take either sign
+        elif let is not None and self._normalised_axis(let) is not None:
+            iv = Interval(0.0, 1.0, True, False)
+            j = let.index[self._normalised_axis(let)]
+            self.reasons.append(f"{name} in {iv} (a positive term over its sum along {j}: a softmax-like weight)")
         elif let is not None:
             iv = self.range(let.expr)
             if iv != ANY:
@@ -121,6 +126,99 @@ class IntervalProver:
         self._cache[name] = iv
         return iv
 
+    def _normalised_axis(self, let) -> int | None:
+        """Position k when ``let[.., j, ..] = X(j) / sum(j2, X(j2))`` over j's whole range with X > 0, else None."""
+        if let.running or let.feature is not None or not isinstance(let.expr, sp.Mul):
+            return None
+        dens = [f for f in let.expr.args if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Sum)]
+        if len(dens) != 1 or len(dens[0].base.limits) != 1:
+            return None
+        total = dens[0].base
+        j2, lo, hi = total.limits[0]
+        num = sp.Mul(*[f for f in let.expr.args if f is not dens[0]])
+        for k, j in enumerate(let.index):
+            ext = let.tensor.axes[k].extent
+            if lo == 0 and sp.simplify(hi - (ext - 1)) == 0 and sp.simplify(total.function.subs(j2, j) - num) == 0:
+                iv = self.range(num)
+                if iv.lo > 0 or (iv.lo == 0 and iv.lo_open):
+                    return k
+        return None
+
+    def _weight_combination(self, e) -> Interval | None:
+        """``sum_j a_j w[j]`` with w softmax-like over j (weights in (0, 1] summing to 1): a convex combination of the
+        a_j, so it lies between their min and max. The coefficients come from index arithmetic on dims (e.g. a
+        layer's lower-bound mask), so they are evaluated at the spec's default dims (said in the reason)."""
+        weights = {name: self._normalised_axis(let) for name, let in self._lets.items()}
+        weights = {n: k for n, k in weights.items() if k is not None}
+        if not weights or not any(isinstance(x, sp.Indexed) and str(x.base.label) in weights
+                                  for x in sp.preorder_traversal(e)):
+            return None
+        # only sums whose terms are the weights themselves are expanded (a projection over d would be thousands)
+        if any(isinstance(x, sp.Sum) and not any(isinstance(y, sp.Indexed) and str(y.base.label) in weights
+                                                 for y in sp.preorder_traversal(x.function))
+               for x in sp.preorder_traversal(e)):
+            return None
+        values = self.sym.dim_values()
+        concrete = e.subs({self.sym.dims[k]: v for k, v in values.items()})
+        if any(isinstance(x, sp.Sum) and any(int(hi - lo) > 4096 for _, lo, hi in x.limits)
+               for x in sp.preorder_traversal(concrete)):
+            return None
+        concrete = sp.expand(concrete.doit())
+        coef: dict[int, sp.Expr] = {}
+        name, rest_idx, extent = None, None, None
+        for term in sp.Add.make_args(concrete):
+            c, w = term.as_independent(sp.Indexed)
+            if not (isinstance(w, sp.Indexed) and str(w.base.label) in weights and c.is_Number):
+                return None
+            k = weights[str(w.base.label)]
+            idx = list(w.indices)
+            other = idx[:k] + idx[k + 1:]
+            if name is None:
+                name, rest_idx = str(w.base.label), other
+                extent = int(sp.S(self._lets[name].tensor.axes[k].extent).subs(
+                    {self.sym.dims[kk]: v for kk, v in values.items()}))
+            if str(w.base.label) != name or other != rest_idx or not idx[k].is_Integer:
+                return None
+            coef[int(idx[k])] = coef.get(int(idx[k]), 0) + c
+        a = [float(coef.get(j, 0)) for j in range(extent)]
+        lo, hi = min(a), max(a)
+        # every weight is > 0, so unless all a_j are equal the extremes are approached, never attained
+        iv = Interval(lo, hi, lo != hi, lo != hi)
+        self.reasons.append(f"{sp.sstr(e)} in {iv}: a convex combination of softmax-like weights {name} "
+                            f"(coefficients evaluated at the default dims)")
+        return iv
+
+    def _multilinear(self, e) -> Interval | None:
+        """Exact hull of an expression that is affine in each of its atoms (lets, function applications) when an
+        atom occurs more than once (``g + (1 - g) s``): interval arithmetic would count g twice; a multilinear
+        function takes its extremes at the corners of the atoms' box."""
+        atoms = sorted({x for x in sp.preorder_traversal(e)
+                        if isinstance(x, (sp.Indexed, sp.Function)) and not isinstance(x, sp.KroneckerDelta)},
+                       key=sp.default_sort_key)
+        atoms = [x for x in atoms if not any(x != y and x in sp.preorder_traversal(y) for y in atoms)]  # outermost
+        if not 2 <= len(atoms) <= 4:
+            return None
+        ex = sp.expand(e)
+        if sum(ex.count(x) for x in atoms) <= len(atoms) and sum(e.count(x) for x in atoms) <= len(atoms):
+            return None
+        try:
+            poly = sp.Poly(ex, *atoms)
+        except sp.PolynomialError:
+            return None
+        if any(d > 1 for monom in poly.monoms() for d in monom) or not all(sp.S(c).is_Number for c in poly.coeffs()):
+            return None
+        ivs = [self.range(x) for x in atoms]
+        if any(INF in (abs(iv.lo), abs(iv.hi)) for iv in ivs):
+            return None
+        corners = []
+        for pick in itertools.product((0, 1), repeat=len(atoms)):
+            point = {x: (iv.lo if p == 0 else iv.hi) for x, iv, p in zip(atoms, ivs, pick)}
+            opened = any((iv.lo_open if p == 0 else iv.hi_open) for iv, p in zip(ivs, pick))
+            corners.append((float(poly.as_expr().subs(point)), opened))
+        lo = min(v for v, _ in corners)
+        hi = max(v for v, _ in corners)
+        return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
+
     def range(self, e) -> Interval:
         if e.is_Number:
             v = float(e)
@@ -131,6 +229,14 @@ class IntervalProver:
             if e in self.sym.dims.values():
                 return Interval(1.0, INF, False, True)
             return self.of_name(str(e), e)
+        if isinstance(e, (sp.Add, sp.Mul)):
+            try:  # the sharper rules; any form they do not understand falls back to plain interval arithmetic
+                special = self._weight_combination(e) if isinstance(e, sp.Add) else None
+                special = special or self._multilinear(e)
+            except (TypeError, ValueError, sp.PolynomialError):
+                special = None
+            if special is not None:
+                return special
         if isinstance(e, sp.Add):
             out = self.range(e.args[0])
             for a in e.args[1:]:

@@ -240,12 +240,18 @@ def split_rank_one(a: AStructure) -> RankOneBlock | None:
     for t in terms(a.block):
         deltas, _ = split_deltas(t)
         (ident if pairs <= {frozenset(d.args) for d in deltas} else rest).append(t)
-    if len(rest) != 1 or not ident:
+    if not rest or not ident:
         return None
     scale = sp.Add(*[split_deltas(t)[1] for t in ident])
+    # a gate multiplying the whole block, g (I - b k k^T), expands into several rank-1 terms: factor them together
+    rank_one = rest[0] if len(rest) == 1 else sp.factor_terms(sp.Add(*rest))
+    if not isinstance(rank_one, sp.Mul) and len(rest) != 1:
+        return None
     col_syms = {cols[k] for k in mixed}
-    col_vec = sp.Mul(*[f for f in factors(rest[0]) if f.free_symbols & col_syms])
-    row_vec = sp.Mul(*[f for f in factors(rest[0]) if not (f.free_symbols & col_syms)])
+    col_vec = sp.Mul(*[f for f in factors(rank_one) if f.free_symbols & col_syms])
+    row_vec = sp.Mul(*[f for f in factors(rank_one) if not (f.free_symbols & col_syms)])
+    if row_vec.free_symbols & col_syms or sp.Mul(row_vec, col_vec) != rank_one:
+        return None
     if scale.free_symbols & col_syms:
         return None
     return RankOneBlock(scale, row_vec, col_vec)

@@ -125,7 +125,7 @@ DELTA = Family.CHUNKED_DELTA.value
 TABLE = {
     "retnet": (["h"], [], set(), {"k"}, STABLE, OUTER, True, 8 * 128 * 256),
     "gla": (["h", "a"], [], set(), {"k", "q"}, STABLE, OUTER, False, 4 * 128 * 256),
-    "hgrn": (["c"], [], {"f"}, set(), None, DIAG, False, 1024),
+    "hgrn": (["c"], [], {"f"}, set(), STABLE, DIAG, False, 1024),  # f in (gamma_l, 1), gamma_l in [0, 1)
     "qlstm": (["c"], [], set(), {"f", "ig"}, STABLE, DIAG, False, 2 * 256),
     "qlstm_s6": (["c"], [], set(), {"f", "ig"}, MARGINAL, DIAG, False, 2 * 256),
     "gated_deltanet": (["h", "a"], ["a"], {"beta", "k"}, {"alpha"}, None, DELTA, False, 6 * 256 * 512),  # WY + gates
@@ -156,7 +156,7 @@ def test_catalog_table(reports, name):
 
 def test_catalog_bounds_are_never_wrong(reports):
     """Where the table's bound is only partly provable, dsfc may say less ('unknown'), never something false."""
-    assert reports["hgrn"].eigen_bound in (STABLE, "unknown")  # (gamma_l, 1): needs the softmax lower bound
+    assert reports["hgrn"].eigen_bound == STABLE  # (gamma_l, 1) with gamma_l a partial softmax sum
     assert reports["gated_deltanet"].eigen_bound in (STABLE, MARGINAL, "unknown")  # {alpha, alpha (1 - beta)}
     assert reports["gated_deltanet"].a_low_rank is True
     assert reports["s4d"].time_invariant is True  # fixed Bbar, C, D: an LTI system
@@ -382,3 +382,70 @@ def test_shared_param_is_reported_as_coupling():
     r = analyse(text).report
     assert r.coupling == ("x",)
     assert r.coupling_params == ("W",)  # x reads W
+
+
+# -- sharper interval rules: a let used twice (multilinear hull) and softmax-like weights ------------------------------
+
+SOFTMAX_HEADER = HEADER.replace("let x[c: d, j: n]", "param P[j: n, c: d] ~ normal(0, 1)\nlet x[c: d, j: n]") + \
+    "let w[j: n, c: d] = exp(P[j, c]) / sum(j2, exp(P[j2, c]))\n" + \
+    "let g[c: d] = sigmoid(P[0, c])\n"
+
+
+def test_convex_gate_counts_its_let_once():
+    # g + (1 - g) s with g, s in (0, 1): (0, 1), although plain interval arithmetic gives (0, 2)
+    r = analyse(SOFTMAX_HEADER + "A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * "
+                                 "(g[c] + (1 - g[c]) * sigmoid(x[c, j]))\n").report
+    assert r.eigen_bound == STABLE, r.eigen_reason
+    assert r.eigen_interval == "(0, 1)"
+
+
+def test_convex_gate_that_can_exceed_one_is_not_stable():
+    r = analyse(SOFTMAX_HEADER + "A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * "
+                                 "(g[c] + (1 - g[c]) * 2 * sigmoid(x[c, j]))\n").report
+    assert r.eigen_bound not in (STABLE, MARGINAL), r.eigen_reason  # reaches (0, 2)
+
+
+def test_softmax_weight_is_at_most_one():
+    r = analyse(SOFTMAX_HEADER + "A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * w[j, c]\n").report
+    assert r.eigen_bound == MARGINAL, r.eigen_reason  # (0, 1]: a single weight can be (almost) all of the mass
+    assert "softmax-like" in r.eigen_reason
+
+
+def test_partial_sum_of_softmax_weights_is_below_one():
+    # all weights but the first: a convex combination of 0 and 1 with positive weights, so in (0, 1)
+    r = analyse(SOFTMAX_HEADER + "A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * "
+                                 "(sum(i: n, w[i, c]) - w[0, c])\n").report
+    assert r.eigen_bound == STABLE, r.eigen_reason
+
+
+GATE_TIMES_BLOCK = """
+model GD2 "gate times the whole block"
+dim M = 3
+dim H = 2
+dim K = 3
+dim V = 2
+input u[M]
+state S[h: H, a: K, b: V]
+output y[o: H, e: V]
+param W1[H, K, M] ~ normal(0, 0.7)
+param W4[H, M] ~ normal(0, 0.7)
+param W5[H, M] ~ normal(0, 0.7)
+param W_V8[H, V, M] ~ normal(0, 1)
+param W9[H, K, M] ~ normal(0, 0.7)
+let kr[h: H, a: K] = silu(sum(m, W1[h, a, m] * u[m]))
+let k3[h: H, a: K] = kr[h, a] / sqrt(1 + sum(a3, kr[h, a3] ^ 2))
+let beta5[h: H] = sigmoid(sum(m, W4[h, m] * u[m]))
+let g[h: H] = sum(m, W5[h, m] * u[m])
+let q10[h: H, a: K] = elu(sum(m, W9[h, a, m] * u[m])) + 1
+A[(h, a, b), (h2, a2, b2)] = (1 - sigmoid(g[h])) * delta(h, h2) * delta(b, b2) * (delta(a, a2) - beta5[h] * k3[h, a] * k3[h, a2])
+B[(h, a, b), m] = beta5[h] * k3[h, a] * W_V8[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q10[h, a]
+readout pre
+"""
+
+
+def test_gate_multiplying_the_whole_delta_block_is_still_the_delta_rule():
+    # (1 - sigmoid(g)) (I - beta k k^T) expands into two identity terms and two rank-1 terms (found by hypothesis)
+    r = analyse(GATE_TIMES_BLOCK).report
+    assert r.a_low_rank is True
+    assert r.family == "chunked delta-rule scan", r.family_reason
