@@ -462,6 +462,15 @@ def _outer_scan_impl(
     return y, ends[:, :, -1]
 
 
+def read_before_update(run_post, q: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]:
+    """A pre-update readout y_t = S_(t-1)^T q_t from a post-update scan ``run_post(q) -> (y, S_T)``: it is the post
+    readout of step t-1 with the query q_t, so the queries move one step earlier (the last reads nothing) and
+    y_0 = h0^T q_0. q: [B, T, H, K] with T >= 1; h0: [B, H, K, V]."""
+    y_next, state = run_post(torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1))
+    y0 = torch.einsum("bhk,bhkv->bhv", q[:, 0].to(y_next.dtype), h0.to(y_next.dtype))[:, None]
+    return torch.cat([y0, y_next[:, :-1]], 1), state
+
+
 def chunked_outer_scan(
     q: Tensor,
     k: Tensor,
@@ -529,13 +538,10 @@ def chunked_outer_scan(
     else:
         g = None if log_decay is None else log_decay.to(cdt)
         q = q.to(cdt)
-        if readout == "pre":
-            q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)  # the last step's query reads nothing
-            y_next, state = _outer_scan_impl(q_next, k.to(cdt), v.to(cdt), g, h0, int(chunk))
-            y0 = torch.einsum("bhk,bhkv->bhv", q[:, 0], h0)[:, None]
-            y = torch.cat([y0, y_next[:, :-1]], 1)
-        else:
-            y, state = _outer_scan_impl(q, k.to(cdt), v.to(cdt), g, h0, int(chunk))
+        def run(qq):
+            return _outer_scan_impl(qq, k.to(cdt), v.to(cdt), g, h0, int(chunk))
+
+        y, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
         y = y.to(out_dtype)
     if output_final_state:
         return y, state.to(out_dtype)
@@ -606,12 +612,10 @@ def chunked_delta_scan(
         return (y, h0.to(out_dtype)) if output_final_state else y
     q, k, v, f = (x.to(cdt) for x in (q, k, v, f))
     g = None if log_decay is None else log_decay.to(cdt)
-    if readout == "pre":
-        q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)  # as chunked_outer_scan: shift the queries
-        y_next, state = _delta_scan_impl(q_next, k, v, f, g, h0, int(chunk))
-        y = torch.cat([torch.einsum("bhk,bhkv->bhv", q[:, 0], h0)[:, None], y_next[:, :-1]], 1)
-    else:
-        y, state = _delta_scan_impl(q, k, v, f, g, h0, int(chunk))
+    def run(qq):
+        return _delta_scan_impl(qq, k, v, f, g, h0, int(chunk))
+
+    y, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
     y = y.to(out_dtype)
     return (y, state.to(out_dtype)) if output_final_state else y
 

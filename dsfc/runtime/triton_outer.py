@@ -50,9 +50,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from dsfc.runtime.scans import read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
@@ -306,12 +309,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if readout not in ("post", "pre"):
         raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
     if readout == "pre" and q.dim() == 4 and q.shape[1] > 0:
-        q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)
-        y_next, state = chunked_outer_triton(q_next, k, v, log_decay, h0, chunk=chunk, output_final_state=True)
-        start = torch.zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1], dtype=y_next.dtype, device=q.device) \
-            if h0 is None else h0.to(y_next.dtype)
-        y0 = torch.einsum("bhk,bhkv->bhv", q[:, 0].to(y_next.dtype), start)[:, None]
-        y = torch.cat([y0, y_next[:, :-1]], 1)
+        start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
+        y, state = read_before_update(
+            lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, chunk=chunk, output_final_state=True), q, start)
         return (y, state) if output_final_state else y
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"chunked_outer_triton expects q, k [B,T,H,K] and v [B,T,H,V]; got {tuple(q.shape)}, "
