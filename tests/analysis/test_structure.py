@@ -51,7 +51,8 @@ def reports():
 
 COVERED = ("s6", "ssd", "linear_attention", "deltanet", "linear_attention_normalized", "retnet", "gla", "hgrn", "qlstm",
            "qlstm_s6", "gated_deltanet", "mlstm", "rwkv6", "s4d", "lru", "rg_lru", "normalized_attention",
-           "mamba_block", "taylor_attention", "softmax_attention")
+           "mamba_block", "taylor_attention", "softmax_attention", "normalized_attention_sigmoid",
+           "normalized_attention_exprelu")
 
 
 def test_every_catalog_spec_is_covered_here():
@@ -135,6 +136,9 @@ TABLE = {
     "lru": (["j", "s"], ["s"], set(), set(), STABLE, DENSE, True, 256 * 2),
     "rg_lru": (["c"], [], {"a"}, set(), STABLE, DIAG, False, 2560),
     "normalized_attention": (["h"], [], {"s"}, set(), UNBOUNDED, OUTER, False, 1 * 128 * 256),
+    # rebuttal variants (maths doc 5.3): eta = sigmoid(s), exp(relu(s)); lambda = eta_prev / eta > 0, unbounded
+    "normalized_attention_sigmoid": (["h"], [], {"eta"}, set(), UNBOUNDED, OUTER, False, 1 * 128 * 256),
+    "normalized_attention_exprelu": (["h"], [], {"r"}, set(), UNBOUNDED, OUTER, False, 1 * 128 * 256),
     "mamba_block": (["c", "j"], [], {"dt"}, set(), STABLE, DIAG, False, 2 * 64 * 16),
 }
 

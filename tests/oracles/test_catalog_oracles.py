@@ -784,6 +784,29 @@ def test_normalized_attention_split_sequence_and_eigenvalues():
     assert bool((lam[:, 1:] > 1).any())  # not bounded by 1
 
 
+@pytest.mark.parametrize("name,eta_of", [
+    ("normalized_attention_sigmoid", torch.sigmoid),
+    ("normalized_attention_exprelu", lambda s: torch.exp(torch.relu(s))),
+])
+def test_normalized_attention_variants_match_the_quadratic_formula(name, eta_of):
+    """The rebuttal normalisers (maths doc 5.3): y_t = (1 / eta(s_t)) sum_(j <= t) (q_t . k_j) v_j per head, written
+    here as masked quadratic attention, with no recurrence."""
+    sym = load(f"{name}.dsf")
+    d, H = NA["d"], NA["H"]
+    V = d // H
+    params, u = na_setup(93)
+    y, st = run_dsfc(sym, NA, params, u)
+    q = torch.einsum("hkm,btm->bthk", params["W_Q"], u) + params["b_Q"]
+    k = torch.einsum("hkm,btm->bthk", params["W_K"], u) + params["b_K"]
+    v = torch.einsum("hvm,btm->bthv", params["W_V"], u)
+    eta = eta_of(u @ params["W_n"].T + params["b_n"])  # [B, T, H]
+    scores = torch.einsum("bthk,bshk->bhts", q, k).tril()
+    o = torch.einsum("bhts,bshv->bthv", scores, v) / eta[..., None]
+    torch.testing.assert_close(y, o.reshape(BATCH, T, H * V), **TOL)
+    S_ref = torch.einsum("bthk,bthv->bhkv", k, v) / eta[:, -1, :, None, None]
+    torch.testing.assert_close(st["h"], S_ref.reshape(BATCH, -1), **TOL)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # LRU and S4D: complex modes as 2x2 blocks
 # ---------------------------------------------------------------------------------------------------------------------

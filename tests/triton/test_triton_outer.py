@@ -54,6 +54,8 @@ SPECS = {
     "linear_attention": {"d": 8, "H": 2, "K": 5, "V": 7},
     "linear_attention_normalized": {"d": 8, "H": 2, "K": 4, "V": 6},
     "normalized_attention": {"d": 10, "H": 2, "K": 5},  # V = d // H = 5
+    "normalized_attention_sigmoid": {"d": 6, "H": 2, "K": 4},
+    "normalized_attention_exprelu": {"d": 6, "H": 2, "K": 4},
     "ssd": {"H": 2, "P": 6, "n": 5, "G": 1},
     "retnet": {"d": 8, "H": 2, "K": 4, "V": 6},
     "gla": {"d": 8, "H": 2, "K": 6, "V": 5, "R": 3},  # per-key decay
