@@ -336,15 +336,23 @@ def compile_env():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("key", ["retnet", "gla"])  # one decay per head; one per (head, key)
+# no decay (a dummy g), one per head, one per (head, key), the pre-update readout
+@pytest.mark.parametrize("key", ["linear_attention", "retnet", "gla", "rwkv6"])
 def test_outer_under_torch_compile(compile_env, key):
     """torch.compile(fullgraph=True, backend="aot_eager") of the triton path: the kernels are custom ops (no graph
     break); forward, final state and the gradients of the input, the initial state and every parameter match the
     uncompiled torch path (an independent algorithm)."""
     b = built(key)
     u, state = b.inputs(2, 19, True)  # a full chunk and a partial one, from a carried state
-    compiled = torch.compile(b.model, backend="aot_eager", fullgraph=True)
+    graphs = []
+
+    def aot_eager(gm, example_inputs):  # records the Dynamo graph: the kernels must be in it, as one op each
+        graphs.append(str(gm.graph))
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled = torch.compile(b.model, backend=aot_eager, fullgraph=True)
     y_c, h_c, g_c = forward_and_grads(compiled, "triton", u, state, model=b.model)
+    assert len(graphs) == 1 and graphs[0].count("torch.ops.dsfc.outer_scan_fwd") == 1
     y_t, h_t, g_t = forward_and_grads(b.model, "torch", u, state)
     assert rel(y_c, y_t) <= TOL32 and rel(h_c, h_t) <= TOL32
     assert set(g_c) == set(g_t)
@@ -368,3 +376,7 @@ def test_outer_custom_op_passes_opcheck(decay):
     cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16]
     torch.library.opcheck(triton_outer._outer_fwd_op, (q, k, v, g, s0, cfg, torch.float32),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    y, sT = triton_outer._outer_fwd_op(q, k, v, g, s0, cfg, torch.float32)
+    dy, dsT = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
+    args = tuple(x.detach() for x in (q, k, v, g, s0, sT, dy, dsT)) + (cfg, torch.float32)
+    torch.library.opcheck(triton_outer._outer_bwd_op, args, test_utils=("test_schema", "test_faketensor"))
