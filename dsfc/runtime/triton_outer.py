@@ -31,6 +31,12 @@ uses the identity of fla's ``chunk_simple_gla`` / ``chunk_gla``: y and S_T depen
 ``dL/dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t`` (+ ``<dS_T, S_T>`` at t = T - 1) and ``dL/dg_t = sum_(s >= t) dL/dG_s`` (a
 reverse cumsum over time, in torch).
 
+torch.compile: the forward and backward launches are ``torch.library.custom_op`` s (``dsfc::outer_scan_fwd`` /
+``_bwd``) with ``register_fake`` (shapes only) and ``register_autograd``, as the diagonal and dense kernels are, so a
+compiled model keeps one opaque node per launch. No log-decay is the decay kind NONE (in the ops' ``int[]`` config)
+with an empty dummy tensor in its place; the backward's torch tail (slice sums, the log-decay cumsum) runs inside the
+backward op.
+
 Precision: ``tl.dot`` runs with ``input_precision="ieee"`` (no TF32: the module computes in fp32 on purpose); half
 inputs are loaded and upcast, so bf16 / fp16 q, k, v, g compute and accumulate in fp32. On a GPU, fp32 "ieee" dots
 do not use the tensor cores: TF32 or bf16 operands (fp32 accumulation) are the first speed knob to try there, at the
@@ -43,7 +49,7 @@ are first guesses (no autotuning); the per-key decay's [L, L, K] tiles and the v
 (q k^T recomputed per slice) are the simple versions, not tuned ones.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
 
 import os
 from dataclasses import dataclass
@@ -53,7 +59,6 @@ import torch
 
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from dsfc.runtime.scans import read_before_update
 
@@ -227,12 +232,14 @@ def _next_pow2(x: int) -> int:
 
 @dataclass(frozen=True)
 class _Launch:
+    """Everything but the tensors, decoded from the custom ops' ``int[]`` argument (shapes come from the tensors)."""
+
     B: int
     T: int
     H: int
     K: int
     V: int
-    decay: int
+    decay: int  # NONE, SCALAR, PER_KEY (0, 1, 2); with NONE the ops get a dummy g
     chunk: int
     block_k: int
     block_v: int  # the value slice of one program (forward and backward)
@@ -246,6 +253,15 @@ class _Launch:
     def tl_dtype(self):
         return tl.float64 if self.cdt == torch.float64 else tl.float32
 
+    def encode(self) -> list[int]:
+        return [self.decay, self.chunk, self.block_k, self.block_v]
+
+    @staticmethod
+    def decode(q: torch.Tensor, v: torch.Tensor, cfg, cdt: torch.dtype) -> "_Launch":
+        B, T, H, K = q.shape
+        decay, chunk, block_k, block_v = (int(x) for x in cfg)
+        return _Launch(B, T, H, K, v.shape[-1], decay, chunk, block_k, block_v, cdt)
+
 
 def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool):
     dev = q.device
@@ -253,49 +269,90 @@ def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool):
     sT = torch.empty((L.B, L.H, L.K, L.V), device=dev, dtype=L.cdt)
     states = torch.empty((L.B, L.H, L.nc, L.K, L.V), device=dev, dtype=L.cdt) if store_states else sT
     grid = (-(-L.V // L.block_v), L.B * L.H)
-    _outer_fwd[grid](q, k, v, q if g is None else g, s0, y, sT, states, L.T, L.H, L.K, L.V, L.nc,
+    _outer_fwd[grid](q, k, v, q if L.decay == 0 else g, s0, y, sT, states, L.T, L.H, L.K, L.V, L.nc,
                      BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay, WRITE_Y=write_y,
                      STORE_STATES=store_states, DTYPE=L.tl_dtype, num_warps=4)
     return y, sT, states
 
 
-class _ChunkedOuterFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, L: _Launch, q, k, v, g, s0):
-        y, sT, _ = _fwd(L, q, k, v, g, s0, True, False)
-        ctx.L = L
-        ctx.save_for_backward(q, k, v, g, s0, sT)  # the inputs (held by the caller anyway) and one state per row
-        return y, sT
+# ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
+# torch.compile of a surrounding model keeps one opaque node per launch (Dynamo cannot trace Triton's launcher under
+# the interpreter). Custom ops take no optional tensor that autograd must route, so a missing log-decay is the decay
+# kind NONE in ``cfg`` with a dummy empty ``g`` (never read by the kernels, its gradient None).
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dsT):
-        L = ctx.L
-        q, k, v, g, s0, sT = ctx.saved_tensors
-        _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
-        dy = torch.zeros((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt) if dy is None else dy.contiguous()
-        dsT = torch.zeros_like(sT) if dsT is None else dsT.contiguous()
-        nv = -(-L.V // L.block_v)
-        dq = torch.empty((nv, L.B, L.T, L.H, L.K), device=q.device, dtype=L.cdt)
-        dk = torch.empty_like(dq)
-        dv = torch.empty((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt)
-        ds0 = torch.empty_like(sT)
-        _outer_bwd[(nv, L.B * L.H)](q, k, v, q if g is None else g, states, dy, dsT, dq, dk, dv, ds0, L.B, L.T, L.H,
-                                    L.K, L.V, L.nc, BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay,
-                                    DTYPE=L.tl_dtype, num_warps=4)
-        dq, dk = (dq[0], dk[0]) if nv == 1 else (dq.sum(0), dk.sum(0))
-        dg = None
-        if g is not None:
-            # dL/dG_t = q_t dq_t - k_t dk_t (summed over K for one decay per head), and at t = T-1 the final state's
-            # own dependence on the last prefix sum, S_T = exp(G_(T-1)) S_0 + ...
-            dG = q.to(L.cdt) * dq - k.to(L.cdt) * dk
-            if L.decay == 2:
-                dG[:, -1] += (dsT * sT).sum(-1)
-            else:
-                dG = dG.sum(-1)
-                dG[:, -1] += (dsT * sT).sum((-2, -1))
-            dg = torch.flip(torch.cumsum(torch.flip(dG, [1]), 1), [1]).to(g.dtype)  # dL/dg_t = sum_(s>=t) dL/dG_s
-        return None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, ds0.to(s0.dtype)
+
+@torch.library.custom_op("dsfc::outer_scan_fwd", mutates_args=())
+def _outer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
+                  cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y [B, T, H, V], S_T [B, H, K, V])`` in the compute dtype ``cdt``."""
+    L = _Launch.decode(q, v, cfg, cdt)
+    y, sT, _ = _fwd(L, q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), s0.contiguous(), True, False)
+    return y, sT
+
+
+@_outer_fwd_op.register_fake
+def _(q, k, v, g, s0, cfg, cdt):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    return q.new_empty((B, T, H, V), dtype=cdt), q.new_empty((B, H, K, V), dtype=cdt)
+
+
+@torch.library.custom_op("dsfc::outer_scan_bwd", mutates_args=())
+def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
+                  sT: torch.Tensor, dy: torch.Tensor, dsT: torch.Tensor, cfg: list[int],
+                  cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
+    L = _Launch.decode(q, v, cfg, cdt)
+    q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
+    _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
+    dy, dsT = dy.contiguous(), dsT.contiguous()
+    nv = -(-L.V // L.block_v)
+    dq = torch.empty((nv, L.B, L.T, L.H, L.K), device=q.device, dtype=L.cdt)
+    dk = torch.empty_like(dq)
+    dv = torch.empty((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt)
+    ds0 = torch.empty_like(sT)
+    _outer_bwd[(nv, L.B * L.H)](q, k, v, q if L.decay == 0 else g, states, dy, dsT, dq, dk, dv, ds0, L.B, L.T, L.H,
+                                L.K, L.V, L.nc, BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay,
+                                DTYPE=L.tl_dtype, num_warps=4)
+    dq, dk = (dq[0], dk[0]) if nv == 1 else (dq.sum(0), dk.sum(0))
+    if L.decay == 0:
+        dg = torch.zeros_like(g)
+    else:
+        # dL/dG_t = q_t dq_t - k_t dk_t (summed over K for one decay per head), and at t = T-1 the final state's
+        # own dependence on the last prefix sum, S_T = exp(G_(T-1)) S_0 + ...
+        dG = q.to(L.cdt) * dq - k.to(L.cdt) * dk
+        if L.decay == 2:
+            dG[:, -1] += (dsT * sT).sum(-1)
+        else:
+            dG = dG.sum(-1)
+            dG[:, -1] += (dsT * sT).sum((-2, -1))
+        dg = torch.flip(torch.cumsum(torch.flip(dG, [1]), 1), [1]).to(g.dtype)  # dL/dg_t = sum_(s>=t) dL/dG_s
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, ds0.to(s0.dtype)
+
+
+@_outer_bwd_op.register_fake
+def _(q, k, v, g, s0, sT, dy, dsT, cfg, cdt):
+    return tuple(torch.empty_like(x) for x in (q, k, v, g, s0))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, g, s0, cfg, cdt = inputs
+    ctx.cfg, ctx.cdt = cfg, cdt
+    # the inputs (held by the caller anyway) and one state per row: the backward recomputes the chunk-start states
+    ctx.save_for_backward(q, k, v, g, s0, output[1])
+
+
+def _backward(ctx, dy, dsT):
+    q, k, v, g, s0, sT = ctx.saved_tensors
+    if dy is None:
+        dy = sT.new_zeros((*q.shape[:3], sT.shape[-1]))
+    if dsT is None:
+        dsT = torch.zeros_like(sT)
+    dq, dk, dv, dg, ds0 = _outer_bwd_op(q, k, v, g, s0, sT, dy, dsT, ctx.cfg, ctx.cdt)
+    return dq, dk, dv, (dg if int(ctx.cfg[0]) else None), ds0, None, None
+
+
+_outer_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: Optional[torch.Tensor] = None,
@@ -341,7 +398,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     block_k = max(16, _next_pow2(K))
     block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V)
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, block_v, cdt)
-    g = None if log_decay is None else log_decay.contiguous()
-    y, sT = _ChunkedOuterFn.apply(L, q.contiguous(), k.contiguous(), v.contiguous(), g, s0)
+    g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
+    y, sT = _outer_fwd_op(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)
     return (y, sT.to(out_dtype)) if output_final_state else y

@@ -95,10 +95,11 @@ class Built:
         return u, ({**{k: v.to(self.dtype) for k, v in state.items()}, "h": h} if isinstance(state, dict) else h)
 
 
-def run(model, backend: str, u, state):
+def run(model, backend: str, u, state, fn=None):
+    """``(fn or model)(u)`` with ``model.backend = backend`` (fn: e.g. a torch.compile of model)."""
     model.backend = backend
     try:
-        return model(u, initial_state=state, output_final_state=True)
+        return (model if fn is None else fn)(u, initial_state=state, output_final_state=True)
     finally:
         model.backend = "auto"
 
@@ -132,11 +133,13 @@ def _leaf(state, dtype=None):
     return h, h
 
 
-def forward_and_grads(model, backend: str, u, state, dtype=None):
-    """y, final h, and dL/d(u, h0, every parameter) of a fixed random linear loss of y and the final state."""
+def forward_and_grads(fn, backend: str, u, state, dtype=None, model=None):
+    """y, final h, and dL/d(u, h0, every parameter) of a fixed random linear loss of y and the final state, for
+    ``fn`` the model (or, with ``model`` given, a wrapper of it such as its torch.compile)."""
+    model = fn if model is None else model
     uu = u.detach().to(dtype or u.dtype).clone().requires_grad_()
     st, h0 = _leaf(state, dtype)
-    y, final = run(model, backend, uu, st)
+    y, final = run(model, backend, uu, st, fn)
     hT = _h(final)
     g = torch.Generator().manual_seed(7)
     loss = (y * torch.randn(y.shape, generator=g).to(y.dtype)).sum() + (
@@ -322,3 +325,60 @@ def test_runtime_float64_and_no_initial_state():
     y = chunked_outer_triton(q, k, v, g)
     y64, _ = _loop(q, k, v, g, torch.zeros(B, H, K, V, dtype=torch.float64))
     assert y.dtype == torch.float64 and rel(y, y64) <= 1e-12
+
+
+# -- torch.compile: the custom ops --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def compile_env():
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/inductor-outer")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# no decay (a dummy g), one per head, one per (head, key), the pre-update readout
+@pytest.mark.parametrize("key", ["linear_attention", "retnet", "gla", "rwkv6"])
+def test_outer_under_torch_compile(compile_env, key):
+    """torch.compile(fullgraph=True, backend="aot_eager") of the triton path: the kernels are custom ops (no graph
+    break); forward, final state and the gradients of the input, the initial state and every parameter match the
+    uncompiled torch path (an independent algorithm)."""
+    b = built(key)
+    u, state = b.inputs(2, 19, True)  # a full chunk and a partial one, from a carried state
+    graphs = []
+
+    def aot_eager(gm, example_inputs):  # records the Dynamo graph: the kernels must be in it, as one op each
+        graphs.append(str(gm.graph))
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled = torch.compile(b.model, backend=aot_eager, fullgraph=True)
+    y_c, h_c, g_c = forward_and_grads(compiled, "triton", u, state, model=b.model)
+    assert len(graphs) == 1 and graphs[0].count("torch.ops.dsfc.outer_scan_fwd") == 1
+    y_t, h_t, g_t = forward_and_grads(b.model, "torch", u, state)
+    assert rel(y_c, y_t) <= TOL32 and rel(h_c, h_t) <= TOL32
+    assert set(g_c) == set(g_t)
+    for name, want in g_t.items():
+        if want is None:
+            assert g_c[name] is None, name
+        else:
+            assert rel(g_c[name], want) <= TOL32, name
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "key"])
+def test_outer_custom_op_passes_opcheck(decay):
+    """torch.library.opcheck: schema, fake (meta) implementation and autograd registration agree with the real op."""
+    B, T, H, K, V = 1, 5, 1, 3, 4
+    gen = torch.Generator().manual_seed(6)
+    q, k = (torch.randn(B, T, H, K, generator=gen).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).requires_grad_()
+    g = {"none": torch.empty(0), "scalar": -torch.rand(B, T, H, generator=gen).requires_grad_(),
+         "key": -torch.rand(B, T, H, K, generator=gen).requires_grad_()}[decay]
+    s0 = torch.randn(B, H, K, V, generator=gen).requires_grad_()
+    cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16]
+    torch.library.opcheck(triton_outer._outer_fwd_op, (q, k, v, g, s0, cfg, torch.float32),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    y, sT = triton_outer._outer_fwd_op(q, k, v, g, s0, cfg, torch.float32)
+    dy, dsT = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
+    args = tuple(x.detach() for x in (q, k, v, g, s0, sT, dy, dsT)) + (cfg, torch.float32)
+    torch.library.opcheck(triton_outer._outer_bwd_op, args, test_utils=("test_schema", "test_faketensor"))
