@@ -88,6 +88,7 @@ class IntervalProver:
         self.reasons: list[str] = []
         self._lets = {let.tensor.name: let for let in sym.lets}
         self._cache: dict[str, Interval] = {}
+        self._normalised: dict[str, int | None] = {}
 
     def of_name(self, name: str, base) -> Interval:
         if name in self._cache:
@@ -127,7 +128,15 @@ class IntervalProver:
         return iv
 
     def _normalised_axis(self, let) -> int | None:
-        """Position k when ``let[.., j, ..] = X(j) / sum(j2, X(j2))`` over j's whole range with X > 0, else None."""
+        """Position k when ``let[.., j, ..] = X(j) / sum(j2, X(j2))`` over j's whole range with X > 0, else None.
+        Asked for every let on every sum the prover meets: computed once per let."""
+        name = let.tensor.name
+        if name not in self._normalised:
+            self._normalised[name] = None  # guards recursion through range(X)
+            self._normalised[name] = self._find_normalised_axis(let)
+        return self._normalised[name]
+
+    def _find_normalised_axis(self, let) -> int | None:
         if let.running or let.feature is not None or not isinstance(let.expr, sp.Mul):
             return None
         dens = [f for f in let.expr.args if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Sum)]
@@ -198,9 +207,9 @@ class IntervalProver:
         atoms = [x for x in atoms if not any(x != y and x in sp.preorder_traversal(y) for y in atoms)]  # outermost
         if not 2 <= len(atoms) <= 4:
             return None
+        if sum(e.count(x) for x in atoms) <= len(atoms):
+            return None  # every atom once: plain interval arithmetic is already exact (and no expansion is paid)
         ex = sp.expand(e)
-        if sum(ex.count(x) for x in atoms) <= len(atoms) and sum(e.count(x) for x in atoms) <= len(atoms):
-            return None
         try:
             poly = sp.Poly(ex, *atoms)
         except sp.PolynomialError:
