@@ -462,6 +462,21 @@ def _outer_scan_impl(
     return y, ends[:, :, -1]
 
 
+def check_outer_inputs(name: str, q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor],
+                       h0: Optional[Tensor], readout: str = "post") -> None:
+    """The argument checks every chunked outer-product scan shares (the torch one and the Triton one)."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{name} expects q, k [B,T,H,K] and v [B,T,H,V]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if readout not in ("post", "pre"):
+        raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
+    B, T, H, K = q.shape
+    if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
+        raise ValueError(f"log_decay must be [B,T,H] or [B,T,H,K], got {tuple(log_decay.shape)}")
+    if h0 is not None and h0.shape != (B, H, K, v.shape[-1]):
+        raise ValueError(f"h0 must be [B,H,K,V] = {(B, H, K, v.shape[-1])}, got {tuple(h0.shape)}")
+
+
 def read_before_update(run_post, q: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]:
     """A pre-update readout y_t = S_(t-1)^T q_t from a post-update scan ``run_post(q) -> (y, S_T)``: it is the post
     readout of step t-1 with the query q_t, so the queries move one step earlier (the last reads nothing) and
@@ -511,21 +526,11 @@ def chunked_outer_scan(
     block boundaries (:func:`_intra_diag_decay`), again with every factor in [0, 1].  Accumulates in fp32 at least;
     differentiable with ordinary autograd.
     """
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"chunked_outer_scan expects q, k [B,T,H,K] and v [B,T,H,V]; got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
+    check_outer_inputs("chunked_outer_scan", q, k, v, log_decay, h0, readout)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if readout not in ("post", "pre"):
-        raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
-        raise ValueError(f"log_decay must be [B,T,H] or [B,T,H,K], got {tuple(log_decay.shape)}")
-    if h0 is not None and h0.shape != (B, H, K, V):
-        raise ValueError(f"h0 must be [B,H,K,V] = {(B, H, K, V)}, got {tuple(h0.shape)}")
     out_dtype = _result_dtype(q, k, v, log_decay, h0)
     cdt = _compute_dtype(out_dtype)
     if h0 is None:

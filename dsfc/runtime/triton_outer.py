@@ -60,7 +60,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsfc.runtime.scans import read_before_update
+from dsfc.runtime.scans import check_outer_inputs, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
@@ -363,22 +363,14 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
 
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step
     earlier, with y_0 = h0^T q_0 (as ``chunked_outer_scan`` does it); the shift is torch, so autograd covers it."""
-    if readout not in ("post", "pre"):
-        raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
-    if readout == "pre" and q.dim() == 4 and q.shape[1] > 0:
+    check_outer_inputs("chunked_outer_triton", q, k, v, log_decay, h0, readout)
+    if readout == "pre" and q.shape[1] > 0:
         start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
         y, state = read_before_update(
             lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, chunk=chunk, output_final_state=True), q, start)
         return (y, state) if output_final_state else y
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"chunked_outer_triton expects q, k [B,T,H,K] and v [B,T,H,V]; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
-        raise ValueError(f"log_decay must be [B,T,H] or [B,T,H,K], got {tuple(log_decay.shape)}")
-    if h0 is not None and h0.shape != (B, H, K, V):
-        raise ValueError(f"h0 must be [B,H,K,V] = {(B, H, K, V)}, got {tuple(h0.shape)}")
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two >= 16 (tl.dot's smallest tile), got {chunk}")
     dev = q.device
