@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# One short device check for a session that has a GPU (~8 minutes in all):
+# The device check for a session that has a GPU (~7 minutes in all; budget it against the session's device time):
 #   (a) tests/triton on the real GPU, compiled Triton (no interpreter): every generated kernel vs the reference,
 #       forward and backward -- Triton 3.6 miscompiles some kernels on Hopper (fla issue 640), so the interpreter
-#       passing is not enough;
-#   (b) the quick benchmark (dsfc/gpu_bench.py --quick), written to benchmarks/results/<device>.json.
-# Anchors (mamba-ssm, fla) are used when importable, else their rows say why they were skipped.
-# Each stage has its own timeout so that one hang cannot eat the session's device time.
-set -u
+#       passing is not enough. Parallel over pytest-xdist workers when it is installed (compiling dominates);
+#   (b) the benchmark, one process per group (s6, s6_step, ssd, gla, linear_attention) with its own timeout, so that one
+#       anchor's autotuning or a hang cannot eat the others' time; each writes OUT_DIR/bench-<group>.json after every
+#       T, and the finished groups are merged into OUT_DIR/merged.json (copy it to benchmarks/results/<device>.json).
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [gpu_bench.py arguments...]   (OUT_DIR default: /tmp/dsfc-gpu-check)
+# Environment: TEST_TIMEOUT (s, default 200), BENCH_TIMEOUT (s per group, default 100), DSFC_TEST_WORKERS (12).
+# Anchors (mamba-ssm's Triton SSD files, fla) are used when importable, else their rows say why they were skipped.
+set -u -o pipefail
 cd "$(dirname "$0")/.."
+out="${1:-/tmp/dsfc-gpu-check}"
+shift || true
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-dsfc}"
 export DSFC_TEST_DEVICE=cuda   # tests/triton/_device.py: CUDA tensors, no TRITON_INTERPRET
 unset TRITON_INTERPRET
 status=0
 
-python -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" || exit 1
+python -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tee "$out/tests.log" || exit 1
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,memory.total --format=csv 2>&1 | tee -a "$out/tests.log"
 
 echo "== (a) tests/triton on the GPU"
-timeout 270 python -m pytest tests/triton -q -p no:cacheprovider --durations=5 || status=1
+opts=""
+python -c "import xdist" 2>/dev/null && opts="-n ${DSFC_TEST_WORKERS:-12}"
+python -c "import pytest_timeout" 2>/dev/null && opts="$opts --timeout 120"   # one hung kernel fails its test only
+timeout "${TEST_TIMEOUT:-200}" python -m pytest tests/triton -q -p no:cacheprovider $opts --tb=short -rfE \
+    --durations=10 2>&1 | tee -a "$out/tests.log" || status=1
 
-echo "== (b) quick benchmark"
-# the JSON is rewritten after each group, so a timeout keeps the groups that finished ("complete": false)
-timeout 210 python benchmarks/gpu_bench.py --quick || status=1
-
+echo "== (b) benchmark"
+for group in s6 s6_step ssd gla linear_attention; do
+    timeout "${BENCH_TIMEOUT:-100}" python benchmarks/gpu_bench.py --groups "$group" "$@" -o "$out/bench-$group.json" \
+        2>&1 | tee -a "$out/bench.log" || status=1
+done
+python benchmarks/gpu_bench.py --merge "$out"/bench-*.json -o "$out/merged.json" --markdown 2>&1 \
+    | tee -a "$out/bench.log" || status=1
 exit $status

@@ -47,13 +47,14 @@ PEAKS = {
     "A100": {"hbm_GBps": 2039.0, "bf16_TFLOPs": 312.0},
 }
 
-GROUPS = ("s6", "ssd", "gla", "linear_attention")
+GROUPS = ("s6", "s6_step", "ssd", "gla", "linear_attention")
 
 # sizes: batch 8; T in {1024, 4096, 16384}; widths 1024-2048; S6 n=16; heads 8-16 of 64-128
 FULL = {
     "batch": 8,
     "T": (1024, 4096, 16384),
     "s6": {"d": 2048, "n": 16, "r": 128},
+    "s6_step": {"d": 2048, "n": 16, "r": 128},
     "ssd": {"H": 16, "P": 64, "n": 64, "G": 1},
     "gla": {"d": 2048, "H": 16, "K": 128, "V": 128, "R": 16},
     "linear_attention": {"d": 1024, "H": 16, "K": 64, "V": 64},
@@ -62,6 +63,7 @@ QUICK = {
     "batch": 8,
     "T": (1024,),
     "s6": {"d": 1024, "n": 16, "r": 64},
+    "s6_step": {"d": 1024, "n": 16, "r": 64},
     "ssd": {"H": 8, "P": 64, "n": 64, "G": 1},
     "gla": {"d": 1024, "H": 8, "K": 64, "V": 64, "R": 16},
     "linear_attention": {"d": 512, "H": 8, "K": 64, "V": 64},
@@ -70,6 +72,7 @@ SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
     "batch": 1,
     "T": (8,),
     "s6": {"d": 4, "n": 2, "r": 2},
+    "s6_step": {"d": 4, "n": 2, "r": 2},
     "ssd": {"H": 2, "P": 2, "n": 2, "G": 1},
     "gla": {"d": 4, "H": 2, "K": 2, "V": 2, "R": 2},
     "linear_attention": {"d": 4, "H": 2, "K": 2, "V": 2},
@@ -175,6 +178,8 @@ def import_anchor(name: str):
     try:
         if name == "selective_scan_fn":
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as fn
+        elif name == "selective_state_update":
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update as fn
         elif name == "mamba_chunk_scan_combined":
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as fn
         elif name == "chunk_simple_gla":
@@ -361,6 +366,39 @@ def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
     return rows
 
 
+def bench_s6_step(B, T, dims, device, repeats, dtype, loop_max_T):
+    """One decoding step (T=1, whatever ``T`` says): the generated forward kernel at T=1 vs mamba-ssm's Triton
+    ``selective_state_update`` (the single-token kernel Mamba uses for generation)."""
+    import torch
+
+    def min_bytes(env, x):  # state read and written [B, d, n] fp32; u, dt [B, d]; B, C [B, n]; y [B, d]
+        return _nbytes(x, env["dt"], env["b"], env["cq"]) + x.numel() * x.element_size() + 2 * x.numel() * dims["n"] * 4
+
+    rows = []
+    gen, y_gen, env = _generated_rows("s6_step", "s6", dims, B, 1, device, repeats, dtype, min_bytes)
+    gen.note = "forward kernel at T=1 (no separate step kernel)"
+    rows.append(gen)
+    fn, reason = import_anchor("selective_state_update")
+    if fn is None:
+        rows.append(Row("s6_step", "mamba-ssm selective_state_update", 1, dims, skipped=reason))
+        return rows
+    A = -torch.exp(env["A_log"].float()).detach()
+    D = env["D"].float().detach()
+    x, dt, b, cq = (t[:, 0].to(dtype).detach() for t in (env["u_"], env["dt"], env["b"], env["cq"]))
+    state = torch.zeros(B, *A.shape, device=device, dtype=torch.float32)
+
+    def mamba():
+        state.zero_()  # h0 = 0, as the generated row
+        return fn(state, x, dt, A, b, cq, D=D)
+
+    r = _bench_impl("s6_step", "mamba-ssm selective_state_update", 1, dims, mamba, [], device, repeats, dtype,
+                    gen.min_bytes, note="includes a state.zero_()")
+    with torch.no_grad():
+        r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen.reshape(B, -1)) if not r.skipped else None
+    rows.append(r)
+    return rows
+
+
 def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     import torch
 
@@ -481,7 +519,7 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     return rows
 
 
-BENCHES = {"s6": bench_s6, "ssd": bench_ssd, "gla": bench_gla, "linear_attention": bench_linear_attention}
+BENCHES = {"s6": bench_s6, "s6_step": bench_s6_step, "ssd": bench_ssd, "gla": bench_gla, "linear_attention": bench_linear_attention}
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -499,6 +537,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cpu: tiny sizes under TRITON_INTERPRET=1, a smoke test of the wiring (not a benchmark)")
     p.add_argument("-o", "--output", type=Path, help="JSON path (default benchmarks/results/<device>.json)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="merge these reports of one device (one per group, as gpu_check.sh writes) into one, and exit")
+    p.add_argument("--markdown", action="store_true", help="also print the rows as a Markdown table (for the README)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
@@ -539,10 +580,12 @@ def run(args, path: Path | None = None) -> Report:
     peak_bw = report.peak["hbm_GBps"] if report.peak else None
     repeats = 1 if args.device == "cpu" else args.repeats
     for group in args.groups:
-        for T in sizes["T"]:
+        step = group == "s6_step"  # one token: T is 1, and a launch-bound time needs more repeats
+        for T in (1,) if step else sizes["T"]:
             print(f"-- {group} T={T}", file=sys.stderr, flush=True)
             try:
-                rows = BENCHES[group](sizes["batch"], T, sizes[group], args.device, repeats, dtype, args.loop_max_T)
+                rows = BENCHES[group](sizes["batch"], T, sizes[group], args.device, repeats * (10 if step else 1),
+                                      dtype, args.loop_max_T)
             except Exception as exc:  # noqa: BLE001 - a failed group is a row, the run goes on
                 traceback.print_exc(file=sys.stderr)
                 rows = [Row(group, "generated", T, sizes[group], skipped=f"group failed: {type(exc).__name__}: {exc}"[:300])]
@@ -568,13 +611,66 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name()
 
 
+def merge_reports(paths: list[Path]) -> Report:
+    """One report from several of the same device and versions (gpu_check.sh runs each group in its own process).
+    It is complete only if every part is; a part that cannot be read is an error naming it."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"dsfc bench --merge: cannot read {path}: {exc}") from None
+    if not parts:
+        raise SystemExit("dsfc bench --merge: no reports given")
+    first = parts[0]
+    for path, part in zip(paths, parts):
+        for key in ("device", "torch", "triton"):
+            if part.get(key) != first.get(key):
+                raise SystemExit(f"dsfc bench --merge: {path} has {key}={part.get(key)!r}, "
+                                 f"{paths[0]} has {first.get(key)!r}: results of different set-ups do not merge")
+    rows = [Row(**row) for part in parts for row in part["rows"]]
+    modes = sorted({part["mode"] for part in parts})
+    report = Report(device=first["device"], peak=first["peak"], torch=first["torch"], triton=first["triton"],
+                    mode="+".join(modes), started=min(part["started"] for part in parts), rows=rows,
+                    complete=all(part["complete"] for part in parts))
+    add_ratios(report.rows, report.peak["hbm_GBps"] if report.peak else None)
+    return report
+
+
+def format_markdown(rows: list[Row]) -> str:
+    head = "| group | implementation | T | fwd ms | fwd+bwd ms | GB/s (% peak) | generated / this, fwd | fwd+bwd | max rel diff |"
+    out = [head, "|---" * (head.count("|") - 1) + "|"]
+
+    def f(x, fmt):
+        return format(x, fmt) if x is not None else "—"
+
+    for r in rows:
+        if r.skipped:
+            out.append(f"| {r.group} | {r.impl} | {r.T} | skipped: {r.skipped} | | | | | |")
+            continue
+        bw = f"{r.achieved_GBps:.0f} ({100 * r.frac_peak_bw:.0f}%)" if r.frac_peak_bw is not None else f(r.achieved_GBps, ".0f")
+        out.append(f"| {r.group} | {r.impl} | {r.T} | {f(r.fwd_ms, '.3f')} | {f(r.fwdbwd_ms, '.3f')} | {bw} | "
+                   f"{f(r.speedup_vs_generated_fwd, '.2f')} | {f(r.speedup_vs_generated_fwdbwd, '.2f')} | "
+                   f"{f(r.max_rel_diff_vs_generated, '.1e')} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        report = merge_reports(args.merge)
+        path = write_report(report, args.output or result_path(report.device))
+        print(f"device: {report.device}  torch {report.torch}  triton {report.triton}  complete {report.complete}")
+        print(format_markdown(report.rows) if args.markdown else format_rows(report.rows))
+        print(f"wrote {path}")
+        return 0
     path = args.output or result_path(device_name(args.device))
     report = run(args, path)  # writes the rows so far after each group: a run cut off by a timeout keeps them
     print(f"device: {report.device}  peak: {report.peak}  torch {report.torch}  triton {report.triton}  "
           f"mode {report.mode}")
     print(format_rows(report.rows))
+    if args.markdown:
+        print(format_markdown(report.rows))
     write_report(report, path)
     print(f"wrote {path}")
     return 0
