@@ -220,8 +220,12 @@ def time_ms(fn, device: str, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+_IO_BYTES = 2  # bytes per streamed element in the benchmark's input dtype (run() sets it): the minimum traffic
+
+
 def _nbytes(*tensors) -> int:
-    return int(sum(t.numel() * t.element_size() for t in tensors))
+    """Bytes to read (or write) these streams once in the input dtype, whatever dtype they are held in here."""
+    return int(sum(t.numel() for t in tensors)) * _IO_BYTES
 
 
 def _rel(a, b) -> float:
@@ -261,6 +265,9 @@ def _shape(result, tensor, dims) -> tuple[int, ...]:
     return tuple(int(result.sym.subs_dims(e, vals)) for e in tensor.shape())
 
 
+_CHECKPOINT = None  # set by run(): called with each timed row, so that a run cut off keeps the rows it finished
+
+
 def _bench_impl(group, impl, T, shape, fn, grad_inputs, device, repeats, dtype, min_bytes, note=""):
     """Forward timed under no_grad; forward+backward of sum(y) w.r.t. ``grad_inputs``."""
     import torch
@@ -274,6 +281,8 @@ def _bench_impl(group, impl, T, shape, fn, grad_inputs, device, repeats, dtype, 
     except Exception as exc:  # noqa: BLE001 - one broken row must not end the run
         row.skipped = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
         traceback.print_exc(file=sys.stderr)
+    if _CHECKPOINT is not None:
+        _CHECKPOINT(row)
     return row
 
 
@@ -293,18 +302,22 @@ def _generated_rows(group, spec, dims, B, T, device, repeats, dtype, min_bytes_f
     env = model._lets(u.reshape(B, T, *_shape(result, result.sym.input, dims)), cdt)
     has_kernel = module._core_triton_available is not None
     core = model._core_triton if has_kernel else model._core
+    # diagonal kernels read the lets themselves (in the input dtype); the outer-product path first makes its q, k,
+    # v streams from them in torch (fp32, as forward does) and casts those to the input dtype for the kernel
+    direct = has_kernel and result.plan.triton is not None
     env["_io_dtype"] = dtype
     leaves = {}
     for k, v in env.items():  # the time-varying operands: in the input dtype for the kernels, leaves for backward
         if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 3 and tuple(v.shape[:2]) == (B, T):
-            leaves[k] = v.detach().to(dtype if has_kernel else cdt).requires_grad_()
+            leaves[k] = v.detach().to(dtype if direct else cdt).requires_grad_()
     env.update(leaves)
     h0 = torch.zeros(B, *_shape(result, result.sym.state, dims), device=device, dtype=cdt)
 
     def fn():
         return core(env[name], h0, env, B, T, cdt)[0]
 
-    impl = "generated (triton)" if has_kernel else "generated (torch path: no Triton kernel)"
+    impl = ("generated (triton)" if direct else "generated (torch streams + triton)") if has_kernel else \
+        "generated (torch path: no Triton kernel)"
     row = _bench_impl(group, impl, T, dims, fn, list(leaves.values()), device, repeats,
                       dtype if has_kernel else cdt, min_bytes_fn(env, env[name]))
     with torch.no_grad():
@@ -316,7 +329,7 @@ def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
     import torch
 
     def min_bytes(env, x):  # u, dt [B,T,d]; B, C [B,T,n]; y [B,T,d]
-        return _nbytes(x, env["dt"], env["b"], env["cq"]) + x.numel() * x.element_size()
+        return _nbytes(x, env["dt"], env["b"], env["cq"]) + _nbytes(x)
 
     rows = []
     gen, y_gen, env = _generated_rows("s6", "s6", dims, B, T, device, repeats, dtype, min_bytes)
@@ -372,7 +385,7 @@ def bench_s6_step(B, T, dims, device, repeats, dtype, loop_max_T):
     import torch
 
     def min_bytes(env, x):  # state read and written [B, d, n] fp32; u, dt [B, d]; B, C [B, n]; y [B, d]
-        return _nbytes(x, env["dt"], env["b"], env["cq"]) + x.numel() * x.element_size() + 2 * x.numel() * dims["n"] * 4
+        return _nbytes(x, env["dt"], env["b"], env["cq"]) + _nbytes(x) + 2 * x.numel() * dims["n"] * 4
 
     rows = []
     gen, y_gen, env = _generated_rows("s6_step", "s6", dims, B, 1, device, repeats, dtype, min_bytes)
@@ -387,9 +400,12 @@ def bench_s6_step(B, T, dims, device, repeats, dtype, loop_max_T):
     x, dt, b, cq = (t[:, 0].to(dtype).detach() for t in (env["u_"], env["dt"], env["b"], env["cq"]))
     state = torch.zeros(B, *A.shape, device=device, dtype=torch.float32)
 
+    dt_bias = torch.zeros(dt.shape[-1], device=device, dtype=torch.float32)  # dt is already softplus-ed
+    D = D.to(dtype)
+
     def mamba():
         state.zero_()  # h0 = 0, as the generated row
-        return fn(state, x, dt, A, b, cq, D=D)
+        return fn(state, x, dt, A, b, cq, D=D, dt_bias=dt_bias)
 
     r = _bench_impl("s6_step", "mamba-ssm selective_state_update", 1, dims, mamba, [], device, repeats, dtype,
                     gen.min_bytes, note="includes a state.zero_()")
@@ -403,7 +419,7 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     import torch
 
     def min_bytes(env, x):  # x [B,T,H,P], dt [B,T,H], B, C [B,T,G,n], y [B,T,H,P]
-        return _nbytes(x, env["dt"], env["Bm"], env["Cm"]) + x.numel() * x.element_size()
+        return _nbytes(x, env["dt"], env["Bm"], env["Cm"]) + _nbytes(x)
 
     rows = []
     gen, y_gen, env = _generated_rows("ssd", "ssd", dims, B, T, device, repeats, dtype, min_bytes)
@@ -440,6 +456,9 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
         g = (dt * A).float()  # log decay per head
         ins = [t.detach().clone().requires_grad_() for t in (q, k, xx)]
 
+        rows.append(_kernel_row("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
+                                y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term"))
+
         def fla():
             return fn(ins[0], ins[1], ins[2], g=g, scale=1.0)[0] + D[:, None] * ins[2]
 
@@ -449,6 +468,28 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
             r.max_rel_diff_vs_generated = _rel(fla().float(), y_gen) if not r.skipped else None
         rows.append(r)
     return rows
+
+
+def _kernel_row(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k, v, g, note):
+    """The generated outer-product kernel alone (``chunked_outer_triton``) on the streams an anchor row gets: the
+    kernel-to-kernel comparison (the generated row also times the torch that makes the streams)."""
+    import torch
+
+    try:
+        from .runtime.triton_outer import chunked_outer_triton
+    except ImportError as exc:
+        return Row(group, "generated kernel only (chunked_outer_triton)", T, dims, skipped=str(exc))
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+
+    def kern():
+        return chunked_outer_triton(ins[0], ins[1], ins[2], g)
+
+    r = _bench_impl(group, "generated kernel only (chunked_outer_triton)", T, dims, kern, ins, device, repeats,
+                    dtype, min_bytes, note=note)
+    if not r.skipped:
+        with torch.no_grad():
+            r.max_rel_diff_vs_generated = _rel(kern().float().reshape(y_ref.shape), y_ref)
+    return r
 
 
 def _fla_qkv(env, x, W_V, dtype):
@@ -463,7 +504,7 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
 
     def min_bytes(env, x):  # q, k, g [B,T,H,K]; v [B,T,H,V]; y [B,T,H,V]
         v = env["q"].shape[:2] + (dims["H"], dims["V"])
-        return _nbytes(env["q"], env["k"], env["alpha"]) + 2 * math.prod(v) * env["q"].element_size()
+        return _nbytes(env["q"], env["k"], env["alpha"]) + 2 * math.prod(v) * _IO_BYTES
 
     rows = []
     gen, y_gen, env = _generated_rows("gla", "gla", dims, B, T, device, repeats, dtype, min_bytes)
@@ -477,6 +518,8 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     v = _fla_qkv(env, x, env["W_V"], dtype)
     g = torch.log(env["alpha"].float()).detach()
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["q"], env["k"])] + [v.detach().requires_grad_()]
+    rows.append(_kernel_row("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
+                            (env["q"].float() * K ** -0.5).to(dtype), env["k"].to(dtype), v, g, "same q, k, v, g as fla"))
 
     def fla():
         return fn(ins[0], ins[1], ins[2], g=g, scale=K ** -0.5)[0]
@@ -493,7 +536,7 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
 
     def min_bytes(env, x):
         v = env["qf"].shape[:2] + (dims["H"], dims["V"])
-        return _nbytes(env["qf"], env["kf"]) + 2 * math.prod(v) * env["qf"].element_size()
+        return _nbytes(env["qf"], env["kf"]) + 2 * math.prod(v) * _IO_BYTES
 
     rows = []
     gen, y_gen, env = _generated_rows("linear_attention", "linear_attention", dims, B, T, device, repeats, dtype,
@@ -507,6 +550,9 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     K = dims["K"]
     v = _fla_qkv(env, x, env["W_V"], dtype)
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])] + [v.detach().requires_grad_()]
+    rows.append(_kernel_row("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
+                            y_gen.reshape(B, T, dims["H"], dims["V"]), (env["qf"].float() * K ** -0.5).to(dtype),
+                            env["kf"].to(dtype), v, None, "same q, k, v as fla"))
 
     def fla():
         return fn(ins[0], ins[1], ins[2], scale=K ** -0.5, normalize=False)[0]
@@ -574,27 +620,44 @@ def run(args, path: Path | None = None) -> Report:
     if args.device == "cpu":
         dtype = torch.float32
     sizes = plan_sizes(args)
+    global _IO_BYTES
+    _IO_BYTES = torch.empty((), dtype=dtype).element_size()
     report = Report(device=name, peak=PEAKS.get(key) if key else None, torch=torch.__version__, triton=triton_version,
                     mode="smoke" if args.device == "cpu" else ("quick" if args.quick else "full"),
                     started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     peak_bw = report.peak["hbm_GBps"] if report.peak else None
     repeats = 1 if args.device == "cpu" else args.repeats
+    global _CHECKPOINT
+    pending: list[Row] = []
+
+    def checkpoint(row):
+        pending.append(row)
+        if path is not None:
+            partial = Report(**{**asdict(report), "rows": []})
+            partial.rows = report.rows + pending
+            add_ratios(partial.rows, peak_bw)
+            write_report(partial, path)
+
+    _CHECKPOINT = checkpoint
     for group in args.groups:
         step = group == "s6_step"  # one token: T is 1, and a launch-bound time needs more repeats
         for T in (1,) if step else sizes["T"]:
             print(f"-- {group} T={T}", file=sys.stderr, flush=True)
+            pending.clear()
             try:
                 rows = BENCHES[group](sizes["batch"], T, sizes[group], args.device, repeats * (10 if step else 1),
                                       dtype, args.loop_max_T)
             except Exception as exc:  # noqa: BLE001 - a failed group is a row, the run goes on
                 traceback.print_exc(file=sys.stderr)
                 rows = [Row(group, "generated", T, sizes[group], skipped=f"group failed: {type(exc).__name__}: {exc}"[:300])]
+            pending.clear()
             report.rows += rows
             if args.device == "cuda":
                 torch.cuda.empty_cache()
             if path is not None:
                 add_ratios(report.rows, peak_bw)
                 write_report(report, path)
+    _CHECKPOINT = None
     add_ratios(report.rows, peak_bw)
     report.complete = True
     return report

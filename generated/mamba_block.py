@@ -563,6 +563,272 @@ def _scan_fwd(
 
 
 @_jit
+def _first_order(a1, b1, a2, b2):
+    """Composition of h -> a1 h + b1, then h -> a2 h + b2 (the associative operator of a linear recurrence)."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@_jit
+def _scan_fwd_chunked(
+    h0_ptr,
+    out_ptr,
+    hT_ptr,
+    p_A_log,
+    p_x,
+    p_z,
+    p_dt,
+    p_b,
+    p_cq,
+    p_A_log_s0,
+    p_A_log_s1,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
+    p_z_s0,
+    p_z_s1,
+    p_z_s2,
+    p_dt_s0,
+    p_dt_s1,
+    p_dt_s2,
+    p_b_s0,
+    p_b_s1,
+    p_b_s2,
+    p_cq_s0,
+    p_cq_s1,
+    p_cq_s2,
+    dim_d,
+    dim_e,
+    dim_E,
+    dim_n,
+    dim_r,
+    dim_W,
+    kc_ptr,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+    CHUNK_T: tl.constexpr,
+    STARTS: tl.constexpr,
+):
+    """_scan_fwd, CHUNK_T steps at a time: every stream of a chunk is loaded at once ([CHUNK_T, BLOCK_R, BLOCK_C]
+    tiles, so the loads' latency is paid once per chunk, not once per step), a_t and bu_t are combined by an
+    associative scan over the chunk's time axis, and the carried state enters as h_t = A_t h + B_t.
+    STARTS: write only the state entering each chunk ([B, cdiv(T, CHUNK_T), N], for the chunked backward)."""
+    b = tl.program_id(0).to(tl.int64)
+    # [time, R, C] tiles: axis 0 walks CHUNK_T steps of one chunk, the state tile is [1, BLOCK_R, BLOCK_C]
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[None, :, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    i_j = cc
+    s_off = i_j + i_c * dim_n
+    y_off = i_c
+    h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    steps = tl.arange(0, CHUNK_T)[:, None, None]
+    full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    n_chunks = tl.cdiv(T, CHUNK_T)
+    for t0 in range(0, T, CHUNK_T):
+        if STARTS:
+            tl.store(out_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, h, mask=mask)
+        t = t0 + steps
+        mask_t = t < T
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+        # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
+        a = tl.where(mask_t, full + tl.exp(-x_dt * tl.exp(x_A_log)), 1.0)
+        bu = tl.where(mask_t & mask, full + x_b * x_dt * x_x, 0.0)
+        a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
+        hs = a_cum * h + b_cum
+        if READOUT:
+            x_z = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+            coef = x_cq * _silu(x_z)
+            y = tl.sum(tl.where(mask, coef * hs, 0.0), axis=2, keep_dims=True)
+            tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r & mask_t)
+        elif not STARTS:
+            tl.store(out_ptr + (b * T + t) * OUT_P + s_off, hs, mask=mask & mask_t)
+        h = tl.sum(tl.where(steps == CHUNK_T - 1, hs, 0.0), axis=0, keep_dims=True)
+    tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
+
+
+@_jit
+def _scan_bwd_chunked(
+    h0_ptr,
+    starts_ptr,
+    dout_ptr,
+    dhT_ptr,
+    dh0_ptr,
+    p_A_log,
+    p_x,
+    p_z,
+    p_dt,
+    p_b,
+    p_cq,
+    g_A_log,
+    g_x,
+    g_z,
+    g_dt,
+    g_b,
+    g_cq,
+    p_A_log_s0,
+    p_A_log_s1,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
+    p_z_s0,
+    p_z_s1,
+    p_z_s2,
+    p_dt_s0,
+    p_dt_s1,
+    p_dt_s2,
+    p_b_s0,
+    p_b_s1,
+    p_b_s2,
+    p_cq_s0,
+    p_cq_s1,
+    p_cq_s2,
+    dim_d,
+    dim_e,
+    dim_E,
+    dim_n,
+    dim_r,
+    dim_W,
+    kc_ptr,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+    CHUNK_T: tl.constexpr,
+    STARTS: tl.constexpr,
+):
+    """_scan_bwd, CHUNK_T steps at a time, chunks in reverse. Per chunk: h_(t-1) for every step from the stored
+    chunk-start state (a forward scan of the chunk's steps moved one later), then g_t = dL/dh_t = e_t + a_(t+1)
+    g_(t+1) (e_t: what y_t, or the state output, sends back) by a reverse scan entered by the carry from the next
+    chunk, then every leaf's gradient from the same derivatives as _scan_bwd, on [CHUNK_T, BLOCK_R, BLOCK_C] tiles.
+    Nothing [B, T, N] is read: only the [B, cdiv(T, CHUNK_T), N] chunk starts."""
+    b = tl.program_id(0).to(tl.int64)
+    # [time, R, C] tiles: axis 0 walks CHUNK_T steps of one chunk, the state tile is [1, BLOCK_R, BLOCK_C]
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[None, :, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    i_j = cc
+    s_off = i_j + i_c * dim_n
+    y_off = i_c
+    g_carry = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    steps = tl.arange(0, CHUNK_T)[:, None, None]
+    full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    n_chunks = tl.cdiv(T, CHUNK_T)
+    x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    ea0 = tl.exp(x_A_log)
+    acc_x_A_log = tl.zeros((1, BLOCK_R, BLOCK_C), DTYPE)
+    for back in range(0, n_chunks):
+        t0 = (n_chunks - 1 - back) * CHUNK_T
+        h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+        # h_(t-1) for every step t of the chunk: the chunk's maps moved one step later, the identity first
+        t = t0 + steps - 1
+        mask_t = (steps > 0) & (t < T)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+        a_p = tl.exp(-x_dt * tl.exp(x_A_log))
+        bu_p = x_b * x_dt * x_x
+
+        a_p = tl.where(mask_t, full + a_p, 1.0)
+        bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
+        pa, pb = tl.associative_scan((a_p, bu_p), axis=0, combine_fn=_first_order)
+        h_prev = pa * h_start + pb
+        # the multiplier of g_(t+1) in g_t is a_(t+1); 1 at the chunk's last step (the carry holds it) and past T
+        t = t0 + steps + 1
+        mask_t = (steps < CHUNK_T - 1) & (t < T)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+        m = tl.exp(-x_dt * tl.exp(x_A_log))
+
+        m = tl.where(mask_t, full + m, 1.0)
+        # the chunk's own steps
+        t = t0 + steps
+        mask_t = t < T
+        if READOUT:
+            x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+            a_t = tl.exp(-x_dt * tl.exp(x_A_log))
+            bu_t = x_b * x_dt * x_x
+
+            x_z = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+            dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            gc = dy * (a_t * h_prev + bu_t)
+            ec0 = _silu(x_z)
+            ec1 = tl.sigmoid(x_z)
+            coef = ec0 * x_cq
+            tl.atomic_add(
+                g_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2,
+                tl.sum(
+                    tl.where(mask & mask_t, full + (ec1 * gc * x_cq * (1 + x_z * (1 - ec1))), 0.0),
+                    axis=2,
+                    keep_dims=True,
+                ),
+                mask=mask_r & mask_t,
+            )
+            tl.atomic_add(
+                g_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2,
+                tl.sum(tl.where(mask & mask_t, full + (ec0 * gc), 0.0), axis=1, keep_dims=True),
+                mask=mask_c & mask_t,
+            )
+            e = tl.where(mask & mask_t, full + dy * coef, 0.0)
+        else:
+            e = tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask & mask_t, other=0.0).to(DTYPE)
+        # g_t = m_t g_(t+1) + e_t, from the chunk's last step back (the reverse scan applies the last map first)
+        gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
+        g = gm * g_carry + ge
+        ga = g * h_prev
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+        ea1 = ea0 * x_dt
+        ea2 = tl.exp(-ea1)
+        ea3 = ea2 * ga
+        ea4 = g * x_b
+        a = full + ea2
+        acc_x_A_log += tl.sum(tl.where(mask & mask_t, full + (-ea1 * ea3), 0.0), axis=0, keep_dims=True)
+        tl.atomic_add(
+            g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea4 * x_dt), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2,
+            tl.sum(tl.where(mask & mask_t, full + (-ea0 * ea3 + ea4 * x_x), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2,
+            tl.sum(tl.where(mask & mask_t, full + (g * x_dt * x_x), 0.0), axis=1, keep_dims=True),
+            mask=mask_c & mask_t,
+        )
+        g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
+    tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
+    tl.atomic_add(g_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, acc_x_A_log, mask=mask)
+
+
+@_jit
 def _scan_bwd(
     h0_ptr,
     states_ptr,
@@ -740,5 +1006,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
 
 
 # the custom ops (torch.compile-able, dsfc/runtime/triton_diagonal.py) find this module's kernels by this key
-_KERNEL_KEY = register_kernels(_scan_fwd, _scan_bwd) if triton is not None else None
+_KERNEL_KEY = (
+    register_kernels(_scan_fwd, _scan_bwd, _scan_fwd_chunked, _scan_bwd_chunked) if triton is not None else None
+)
 _core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -389,6 +389,9 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _log_decay = (
         torch.as_tensor(torch.log(eta_prev / eta), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
     )
+    _io = env.get("_io_dtype", _dtype)
+    if _io in (torch.float16, torch.bfloat16):
+        _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
     _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
     _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)

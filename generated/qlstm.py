@@ -430,6 +430,239 @@ def _scan_fwd(
 
 
 @_jit
+def _first_order(a1, b1, a2, b2):
+    """Composition of h -> a1 h + b1, then h -> a2 h + b2 (the associative operator of a linear recurrence)."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@_jit
+def _scan_fwd_chunked(
+    h0_ptr,
+    out_ptr,
+    hT_ptr,
+    p_f,
+    p_ig,
+    p_og,
+    p__sum0,
+    p_f_s0,
+    p_f_s1,
+    p_f_s2,
+    p_ig_s0,
+    p_ig_s1,
+    p_ig_s2,
+    p_og_s0,
+    p_og_s1,
+    p_og_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
+    dim_d,
+    dim_e,
+    dim_Hd,
+    kc_ptr,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+    CHUNK_T: tl.constexpr,
+    STARTS: tl.constexpr,
+):
+    """_scan_fwd, CHUNK_T steps at a time: every stream of a chunk is loaded at once ([CHUNK_T, BLOCK_R, BLOCK_C]
+    tiles, so the loads' latency is paid once per chunk, not once per step), a_t and bu_t are combined by an
+    associative scan over the chunk's time axis, and the carried state enters as h_t = A_t h + B_t.
+    STARTS: write only the state entering each chunk ([B, cdiv(T, CHUNK_T), N], for the chunked backward)."""
+    b = tl.program_id(0).to(tl.int64)
+    # [time, R, C] tiles: axis 0 walks CHUNK_T steps of one chunk, the state tile is [1, BLOCK_R, BLOCK_C]
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[None, :, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    s_off = i_c + 0 * cc
+    y_off = i_c
+    h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    steps = tl.arange(0, CHUNK_T)[:, None, None]
+    full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    n_chunks = tl.cdiv(T, CHUNK_T)
+    for t0 in range(0, T, CHUNK_T):
+        if STARTS:
+            tl.store(out_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, h, mask=mask)
+        t = t0 + steps
+        mask_t = t < T
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
+        a = tl.where(mask_t, full + tl.sigmoid(x_f), 1.0)
+        bu = tl.where(mask_t & mask, full + x__sum0 * tl.sigmoid(x_ig), 0.0)
+        a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
+        hs = a_cum * h + b_cum
+        if READOUT:
+            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            coef = tl.sigmoid(x_og)
+            y = tl.sum(tl.where(mask, coef * hs, 0.0), axis=2, keep_dims=True)
+            tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r & mask_t)
+        elif not STARTS:
+            tl.store(out_ptr + (b * T + t) * OUT_P + s_off, hs, mask=mask & mask_t)
+        h = tl.sum(tl.where(steps == CHUNK_T - 1, hs, 0.0), axis=0, keep_dims=True)
+    tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
+
+
+@_jit
+def _scan_bwd_chunked(
+    h0_ptr,
+    starts_ptr,
+    dout_ptr,
+    dhT_ptr,
+    dh0_ptr,
+    p_f,
+    p_ig,
+    p_og,
+    p__sum0,
+    g_f,
+    g_ig,
+    g_og,
+    g__sum0,
+    p_f_s0,
+    p_f_s1,
+    p_f_s2,
+    p_ig_s0,
+    p_ig_s1,
+    p_ig_s2,
+    p_og_s0,
+    p_og_s1,
+    p_og_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
+    dim_d,
+    dim_e,
+    dim_Hd,
+    kc_ptr,
+    T,
+    R,
+    C,
+    OUT_P,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    READOUT: tl.constexpr,
+    DTYPE: tl.constexpr,
+    CHUNK_T: tl.constexpr,
+    STARTS: tl.constexpr,
+):
+    """_scan_bwd, CHUNK_T steps at a time, chunks in reverse. Per chunk: h_(t-1) for every step from the stored
+    chunk-start state (a forward scan of the chunk's steps moved one later), then g_t = dL/dh_t = e_t + a_(t+1)
+    g_(t+1) (e_t: what y_t, or the state output, sends back) by a reverse scan entered by the carry from the next
+    chunk, then every leaf's gradient from the same derivatives as _scan_bwd, on [CHUNK_T, BLOCK_R, BLOCK_C] tiles.
+    Nothing [B, T, N] is read: only the [B, cdiv(T, CHUNK_T), N] chunk starts."""
+    b = tl.program_id(0).to(tl.int64)
+    # [time, R, C] tiles: axis 0 walks CHUNK_T steps of one chunk, the state tile is [1, BLOCK_R, BLOCK_C]
+    rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[None, :, None]
+    cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    mask_r = rr < R
+    mask_c = cc < C
+    mask = mask_r & mask_c
+    i_c = rr
+    s_off = i_c + 0 * cc
+    y_off = i_c
+    g_carry = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    steps = tl.arange(0, CHUNK_T)[:, None, None]
+    full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    n_chunks = tl.cdiv(T, CHUNK_T)
+    for back in range(0, n_chunks):
+        t0 = (n_chunks - 1 - back) * CHUNK_T
+        h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+        # h_(t-1) for every step t of the chunk: the chunk's maps moved one step later, the identity first
+        t = t0 + steps - 1
+        mask_t = (steps > 0) & (t < T)
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        a_p = tl.sigmoid(x_f)
+        bu_p = x__sum0 * tl.sigmoid(x_ig)
+
+        a_p = tl.where(mask_t, full + a_p, 1.0)
+        bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
+        pa, pb = tl.associative_scan((a_p, bu_p), axis=0, combine_fn=_first_order)
+        h_prev = pa * h_start + pb
+        # the multiplier of g_(t+1) in g_t is a_(t+1); 1 at the chunk's last step (the carry holds it) and past T
+        t = t0 + steps + 1
+        mask_t = (steps < CHUNK_T - 1) & (t < T)
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        m = tl.sigmoid(x_f)
+
+        m = tl.where(mask_t, full + m, 1.0)
+        # the chunk's own steps
+        t = t0 + steps
+        mask_t = t < T
+        if READOUT:
+            x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x__sum0 = tl.load(
+                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+            ).to(DTYPE)
+            a_t = tl.sigmoid(x_f)
+            bu_t = x__sum0 * tl.sigmoid(x_ig)
+
+            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            gc = dy * (a_t * h_prev + bu_t)
+            ec0 = tl.sigmoid(x_og)
+            coef = ec0
+            tl.atomic_add(
+                g_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2,
+                tl.sum(tl.where(mask & mask_t, full + (ec0 * gc * (1 - ec0)), 0.0), axis=2, keep_dims=True),
+                mask=mask_r & mask_t,
+            )
+            e = tl.where(mask & mask_t, full + dy * coef, 0.0)
+        else:
+            e = tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask & mask_t, other=0.0).to(DTYPE)
+        # g_t = m_t g_(t+1) + e_t, from the chunk's last step back (the reverse scan applies the last map first)
+        gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
+        g = gm * g_carry + ge
+        ga = g * h_prev
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        ea0 = tl.sigmoid(x_f)
+        ea1 = tl.sigmoid(x_ig)
+        ea2 = ea1 * g
+        a = full + ea0
+        tl.atomic_add(
+            g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea0 * ga * (1 - ea0)), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea2 * x__sum0 * (1 - ea1)), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea2), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
+    tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
+
+
+@_jit
 def _scan_bwd(
     h0_ptr,
     states_ptr,
@@ -576,5 +809,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
 
 
 # the custom ops (torch.compile-able, dsfc/runtime/triton_diagonal.py) find this module's kernels by this key
-_KERNEL_KEY = register_kernels(_scan_fwd, _scan_bwd) if triton is not None else None
+_KERNEL_KEY = (
+    register_kernels(_scan_fwd, _scan_bwd, _scan_fwd_chunked, _scan_bwd_chunked) if triton is not None else None
+)
 _core_triton_available = _core_triton_diagonal if triton is not None else None

@@ -487,6 +487,14 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     order = G + K + V
     perm = [0] + [1 + k for k in order]
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]
+    if scan == "chunked_outer_triton":
+        # half inputs: q, k, v cross into the kernels in the input dtype (half their reads; fp32 inside, as fla's
+        # kernels take them); the log-decay, the state and the outputs stay fp32
+        lines += [
+            "_io = env.get(\"_io_dtype\", _dtype)",
+            "if _io in (torch.float16, torch.bfloat16):",
+            "    _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)",
+        ]
     lines += [
         f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
         f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"

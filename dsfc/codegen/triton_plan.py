@@ -376,8 +376,8 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         helpers.update(tp.helpers)
         return Block(inv_lines, loop_lines, results)
 
-    fwd_scan = block([a_s, bu_s], "ea")
-    fwd_read = block([coef_s], "ec") if split else None
+    fwd_scan = block([a_s, bu_s], "fa")  # own prefixes: the chunked backward runs the forward maths beside the backward
+    fwd_read = block([coef_s], "fc") if split else None
 
     scan_grads_e, scan_grad_leaves = [], []
     read_grads_e, read_grad_leaves = [], []

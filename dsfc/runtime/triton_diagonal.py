@@ -50,15 +50,21 @@ MAX_BLOCK_C = 2048  # widest readout reduction fused into one tile
 TILE = 1024  # most state entries per program (on CPU under the interpreter: always, fewer programs run faster)
 PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile reaches this many programs
 
-# str key -> (fwd, bwd) @triton.jit kernels of one generated module (custom ops cannot take Python functions)
-_KERNELS: dict[str, tuple[Any, Any]] = {}
+CHUNK_T = 16  # steps per chunk of the chunked forward kernel (its loads are issued once per chunk)
+CHUNK_ELEMS = 4096  # most [CHUNK_T, BLOCK_R, BLOCK_C] elements per chunk tile (registers: ~32 a thread at 4 warps)
+
+# str key -> (fwd, bwd, chunked fwd or None, chunked bwd or None) @triton.jit kernels of one generated module
+# (custom ops cannot take Python functions)
+_KERNELS: dict[str, tuple[Any, Any, Any, Any]] = {}
 
 
-def register_kernels(fwd, bwd) -> str:
-    """Register a generated module's kernels; returns the key its launches pass to the custom ops."""
+def register_kernels(fwd, bwd, fwd_chunked=None, bwd_chunked=None) -> str:
+    """Register a generated module's kernels; returns the key its launches pass to the custom ops.
+    ``fwd_chunked`` / ``bwd_chunked``: the kernels that scan CHUNK_T steps at a time (None for a pre-update
+    readout, which keeps the step-by-step kernels)."""
     fn = getattr(fwd, "fn", fwd)  # a triton JITFunction wraps the Python function
     key = f"{fn.__module__}:{id(fwd):x}"  # the same source may be imported under several module names
-    _KERNELS[key] = (fwd, bwd)
+    _KERNELS[key] = (fwd, bwd, fwd_chunked, bwd_chunked)
     return key
 
 
@@ -84,15 +90,17 @@ class _Launch:
     block_r: int
     block_c: int
     num_warps: int
+    chunk_t: int = 1  # 1: the step-by-step forward kernel; else the chunked one, this many steps per chunk
 
     def encode(self) -> list[int]:
-        return [self.T, self.R, self.C, self.P, int(self.fused), self.block_r, self.block_c, self.num_warps, *self.dims]
+        return [self.T, self.R, self.C, self.P, int(self.fused), self.block_r, self.block_c, self.num_warps,
+                self.chunk_t, *self.dims]
 
     @staticmethod
     def decode(cfg, consts) -> "_Launch":
-        T, R, C, P, fused, block_r, block_c, num_warps, *dims = (int(x) for x in cfg)
+        T, R, C, P, fused, block_r, block_c, num_warps, chunk_t, *dims = (int(x) for x in cfg)
         return _Launch(T, tuple(dims), tuple(float(c) for c in consts), R, C, P, bool(fused), block_r, block_c,
-                       num_warps)
+                       num_warps, chunk_t)
 
     def grid(self, batch: int) -> tuple[int, int, int]:
         return (batch, -(-self.R // self.block_r), -(-self.C // self.block_c))
@@ -117,15 +125,31 @@ def _consts(L: _Launch, h0):
 
 
 def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.dtype):
-    fwd = _KERNELS[key][0]
+    fwd, _bwd, fwd_chunked, _bwd_chunked = _KERNELS[key]
     B, N = h0.shape[0], L.R * L.C
     width = L.P if fused else N
     out = torch.empty((B, L.T, width), device=h0.device, dtype=out_dtype if fused else h0.dtype)
     hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
-    fwd[L.grid(B)](h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width,
-                   BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=fused, DTYPE=_tl_dtype(h0.dtype),
-                   num_warps=L.num_warps)
+    args = (h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width)
+    meta = dict(BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=fused, DTYPE=_tl_dtype(h0.dtype), num_warps=L.num_warps)
+    if L.chunk_t > 1:
+        fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=False, **meta)
+    else:
+        fwd[L.grid(B)](*args, **meta)
     return out, hT
+
+
+def _chunk_starts(key: str, L: _Launch, h0, leaves):
+    """The state entering each chunk, ``[B, cdiv(T, chunk_t), N]`` (the chunked forward in STARTS mode): all the
+    chunked backward keeps of the forward."""
+    fwd_chunked = _KERNELS[key][2]
+    B, N = h0.shape[0], L.R * L.C
+    starts = torch.empty((B, -(-L.T // L.chunk_t), N), device=h0.device, dtype=h0.dtype)
+    hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
+    fwd_chunked[L.grid(B)](h0, starts, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, N,
+                           BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=False, DTYPE=_tl_dtype(h0.dtype),
+                           num_warps=L.num_warps, CHUNK_T=L.chunk_t, STARTS=True)
+    return starts
 
 
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
@@ -150,17 +174,22 @@ def _scan_bwd_op(key: str, h0: torch.Tensor, states: torch.Tensor | None, dout: 
                  leaves: list[torch.Tensor], cfg: list[int], consts: list[float]) -> list[torch.Tensor]:
     """``[dh0, *dleaves]``. ``states``: the forward's states when it wrote them (unfused), else None (recomputed)."""
     L = _Launch.decode(cfg, consts)
-    bwd = _KERNELS[key][1]
+    bwd, bwd_chunked = _KERNELS[key][1], _KERNELS[key][3]
     leaves = [x.contiguous() for x in leaves]
-    if states is None:
-        states = _launch_fwd(key, L, h0, leaves, False, h0.dtype)[0]
     # fp32 (fp64) gradient buffers even for half leaves: the kernels accumulate into them with atomics
     grads = [torch.zeros(x.shape, device=x.device, dtype=h0.dtype) for x in leaves]
     dh0 = torch.empty_like(h0)
-    bwd[L.grid(h0.shape[0])](h0, states.contiguous(), dout.contiguous(), dhT.contiguous(), dh0, *leaves, *grads,
-                             *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, L.width(),
-                             BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=L.fused, DTYPE=_tl_dtype(h0.dtype),
-                             num_warps=L.num_warps)
+    rest = (*leaves, *grads, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, L.width())
+    meta = dict(BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=L.fused, DTYPE=_tl_dtype(h0.dtype),
+                num_warps=L.num_warps)
+    if L.chunk_t > 1 and bwd_chunked is not None:  # recompute only the chunk starts, not every state
+        starts = _chunk_starts(key, L, h0, leaves)
+        bwd_chunked[L.grid(h0.shape[0])](h0, starts, dout.contiguous(), dhT.contiguous(), dh0, *rest,
+                                         CHUNK_T=L.chunk_t, STARTS=False, **meta)
+    else:
+        if states is None:
+            states = _launch_fwd(key, L, h0, leaves, False, h0.dtype)[0]
+        bwd[L.grid(h0.shape[0])](h0, states.contiguous(), dout.contiguous(), dhT.contiguous(), dh0, *rest, **meta)
     return [dh0, *(g.to(x.dtype) for g, x in zip(grads, leaves))]
 
 
@@ -224,14 +253,23 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     """
     _check_args(h0, leaves, R, C)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
+    chunked = _KERNELS[key][2] is not None and T > 1
     tile = TILE
     if h0.device.type == "cuda":  # small batches: smaller tiles, so that there are a few programs per SM
         tile = max(32, min(TILE, _prev_pow2(h0.shape[0] * R * C // PROGRAMS)))
+        if chunked:  # a chunk tile holds CHUNK_T copies of the state tile
+            tile = min(tile, max(32, CHUNK_ELEMS // CHUNK_T))
     block_c = _next_pow2(C) if fused else min(_next_pow2(C), tile)
     block_r = max(1, min(_next_pow2(R), tile // block_c))
     num_warps = max(1, min(8, block_r * block_c // 128))
+    chunk_t = 1
+    if chunked:  # as many steps as fit CHUNK_ELEMS (at most CHUNK_T; fewer than 4 is not worth a scan)
+        chunk_t = min(CHUNK_T, _prev_pow2(max(1, CHUNK_ELEMS // (block_r * block_c))), _next_pow2(T))
+        chunk_t = chunk_t if chunk_t >= 4 or (chunk_t > 1 and T <= chunk_t) else 1
+        if chunk_t > 1:
+            num_warps = max(1, min(8, chunk_t * block_r * block_c // 512))
     L = _Launch(int(T), tuple(int(d) for d in dims), tuple(float(c) for c in consts), int(R), int(C), int(P),
-                fused, block_r, block_c, num_warps)
+                fused, block_r, block_c, num_warps, chunk_t)
     h0 = h0.reshape(h0.shape[0], R * C).contiguous()
     # never an empty consts list: register_autograd matches backward's return against the inputs' pytree, where an
     # empty list is a node (needing []) but a list of floats a leaf (needing None); the kernel ignores the padding

@@ -6,6 +6,7 @@ differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to
     python tests/triton/aot_compile.py [spec.dsf ...]
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -41,13 +42,13 @@ def compile_one(fn, signature, constexprs, num_warps=4):
 def diagonal_signature(fn, leaf, state, out):
     sig = {}
     for name in fn.arg_names:
-        if name in ("BLOCK_R", "BLOCK_C", "READOUT", "DTYPE"):
+        if name in ("BLOCK_R", "BLOCK_C", "READOUT", "DTYPE", "CHUNK_T", "STARTS"):
             sig[name] = "constexpr"
         elif name in ("out_ptr", "dout_ptr"):
             sig[name] = out
-        elif name in STATE_ARGS or name.startswith("g_"):  # gradient buffers are in the compute dtype
+        elif name in STATE_ARGS or name == "starts_ptr" or name.startswith("g_"):  # gradient buffers are in the compute dtype
             sig[name] = state
-        elif name.startswith("p_") and not name.rsplit("_", 1)[-1].startswith("s"):
+        elif name.startswith("p_") and not re.fullmatch(r"p_.*_s\d+", name):  # a pointer, not one of its strides
             sig[name] = leaf
         else:
             sig[name] = "i32"
@@ -64,12 +65,19 @@ def main(specs) -> int:
             continue
         module = load_module(result, name=f"dsfc_aot_{Path(path).stem}")
         for label, leaf, state, dt in cases:
-            for fn in (module._scan_fwd, module._scan_bwd):
+            kernels = [(module._scan_fwd, {}), (module._scan_bwd, {})]
+            if getattr(module, "_scan_fwd_chunked", None) is not None:  # the chunked kernels (not for pre readouts)
+                kernels += [(module._scan_fwd_chunked, {"CHUNK_T": 16, "STARTS": False}),
+                            (module._scan_fwd_chunked, {"CHUNK_T": 16, "STARTS": True}),
+                            (module._scan_bwd_chunked, {"CHUNK_T": 16, "STARTS": False})]
+            for fn, extra in kernels:
                 for readout in (True, False):
                     out = (leaf if leaf != "*fp64" else state) if readout else state
+                    block_r = 16 if extra else 32
                     try:
                         compile_one(fn, diagonal_signature(fn, leaf, state, out),
-                                    {"BLOCK_R": 32, "BLOCK_C": 16, "READOUT": readout, "DTYPE": dt})
+                                    {"BLOCK_R": block_r, "BLOCK_C": 16, "READOUT": readout, "DTYPE": dt, **extra},
+                                    8 if extra else 4)
                     except Exception as exc:  # noqa: BLE001 - report every failure
                         failed += 1
                         print(f"FAIL {Path(path).stem} {fn.__name__} {label} READOUT={readout}: {exc}")
