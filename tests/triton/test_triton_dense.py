@@ -1,4 +1,6 @@
-"""The dense-scan family's Triton path (dsfc/runtime/triton_dense.py) under the Triton interpreter, tiny sizes.
+"""The dense-scan family's Triton path (dsfc/runtime/triton_dense.py) under the Triton interpreter (or compiled on
+DEVICE = cuda, tests/triton/_device.py), tiny sizes; inputs are drawn on CPU, moved to DEVICE, and the float64
+references run on CPU.
 
 The block-scan kernel is compared against a float64 per-step loop written here; the generated modules (deltanet,
 gated_deltanet, s4d, lru) against the float64 reference recurrence (forward) and the torch path (gradients).
@@ -41,15 +43,17 @@ def test_block_scan_matches_loop(monkeypatch, shape, max_elems):
     monkeypatch.setattr(triton_dense, "MAX_BLOCK_ELEMS", max_elems)
     B, L, G, M = shape
     g = torch.Generator().manual_seed(0)
-    blocks = (0.5 * torch.randn(B, L, G, M, M, generator=g, dtype=torch.float64)).to(DEVICE).requires_grad_()
-    bu = torch.randn(B, L, G, M, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
-    h0 = torch.randn(B, G, M, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
-    w = torch.randn(B, L, G, M, generator=g, dtype=torch.float64).to(DEVICE)
-    got = triton_dense.block_scan_triton(blocks, bu, h0)
-    want = loop(blocks, bu, h0)
+    blocks = 0.5 * torch.randn(B, L, G, M, M, generator=g, dtype=torch.float64)
+    bu = torch.randn(B, L, G, M, generator=g, dtype=torch.float64)
+    h0 = torch.randn(B, G, M, generator=g, dtype=torch.float64)
+    w = torch.randn(B, L, G, M, generator=g, dtype=torch.float64)
+    xs = [x.to(DEVICE).requires_grad_() for x in (blocks, bu, h0)]
+    xs64 = [x.clone().requires_grad_() for x in (blocks, bu, h0)]  # the float64 loop on CPU
+    got = triton_dense.block_scan_triton(*xs)
+    want = loop(*xs64)
     assert rel(got, want) <= TOL64
-    for a, b in zip(torch.autograd.grad((got * w).sum(), [blocks, bu, h0]),
-                    torch.autograd.grad((want * w).sum(), [blocks, bu, h0])):
+    for a, b in zip(torch.autograd.grad((got * w.to(DEVICE)).sum(), xs),
+                    torch.autograd.grad((want * w).sum(), xs64)):
         assert rel(a, b) <= TOL64
 
 
@@ -61,17 +65,20 @@ def test_block_scan_half_inputs():
     h0 = torch.randn(2, 3, 4, generator=g).to(DEVICE)
     got = triton_dense.block_scan_triton(blocks, bu, h0)
     assert got.dtype == torch.float32
-    assert rel(got, loop(blocks.double(), bu.double(), h0.double())) <= TOL32
+    assert rel(got, loop(blocks.double().cpu(), bu.double().cpu(), h0.double().cpu())) <= TOL32
 
 
 def test_block_scan_rejects_bad_input():
-    h0 = torch.zeros(2, 3, 4)
+    h0 = torch.zeros(2, 3, 4, device=DEVICE)
     with pytest.raises(ValueError, match="disagree"):
-        triton_dense.block_scan_triton(torch.zeros(2, 5, 3, 4, 3), torch.zeros(2, 5, 3, 4), h0)
+        triton_dense.block_scan_triton(torch.zeros(2, 5, 3, 4, 3, device=DEVICE), torch.zeros(2, 5, 3, 4, device=DEVICE),
+                                       h0)
     with pytest.raises(TypeError, match="float32 or float64"):
-        triton_dense.block_scan_triton(torch.zeros(2, 5, 3, 4, 4), torch.zeros(2, 5, 3, 4), h0.half())
+        triton_dense.block_scan_triton(torch.zeros(2, 5, 3, 4, 4, device=DEVICE), torch.zeros(2, 5, 3, 4, device=DEVICE),
+                                       h0.half())
     with pytest.raises(TypeError, match="float tensor"):
-        triton_dense.block_scan_triton(torch.zeros(2, 5, 3, 4, 4, dtype=torch.long), torch.zeros(2, 5, 3, 4), h0)
+        triton_dense.block_scan_triton(torch.zeros(2, 5, 3, 4, 4, dtype=torch.long, device=DEVICE),
+                                       torch.zeros(2, 5, 3, 4, device=DEVICE), h0)
 
 
 # DeltaNet and Gated DeltaNet run the chunked delta-rule algorithm (no Triton kernel yet); a delta rule whose gate

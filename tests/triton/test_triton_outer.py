@@ -1,5 +1,7 @@
 """Chunked outer-product Triton kernels (dsfc/runtime/triton_outer.py) and the generated modules' Triton path, run
-on CPU under the Triton interpreter.
+on CPU under the Triton interpreter, or compiled on a GPU with DSFC_TEST_DEVICE=cuda (tests/triton/_device.py): the
+inputs are drawn on CPU from seeded generators (identical values on either device) and moved to DEVICE; the float64
+references run on CPU.
 
 Every catalog spec of the chunked outer-product family, forward and gradients (input, initial state, every
 parameter), backend="triton" in fp32 against the module's float64 reference recurrence (backend="reference" on a
@@ -23,11 +25,10 @@ Tolerances (relative to the largest entry of the compared tensor).
   error still fails.
 """
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or any generated module) is imported
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import copy  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -76,23 +77,26 @@ class Built:
         with torch.no_grad():  # some specs initialise parameters to 0 (gates, biases): make every path matter
             for p in self.model.parameters():
                 p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(dtype))
-        self.model64 = copy.deepcopy(self.model).double()
+        self.model64 = copy.deepcopy(self.model).double()  # the float64 reference: stays on CPU
+        self.model = self.model.to(DEVICE)
         self.dims = self.result.sym.dim_values(dims)
         self.dtype = dtype
 
     def inputs(self, batch: int, T: int, with_h0: bool, seed: int = 1):
         """u, and an initial state: the final state of a random prefix (a carried state, running quantities
-        included), with its h perturbed so that it is not the state the prefix would reach."""
+        included), with its h perturbed so that it is not the state the prefix would reach. Drawn on CPU, returned
+        on DEVICE."""
         g = torch.Generator().manual_seed(seed)
         u = torch.randn(batch, T, self.model._in_features(), generator=g).to(self.dtype)
         if not with_h0:
-            return u, None
+            return u.to(DEVICE), None
         prefix = torch.randn(batch, 5, self.model._in_features(), generator=g).to(self.dtype)
         with torch.no_grad():
             _, state = run(self.model64, "reference", prefix.double(), None)
         h = state["h"] if isinstance(state, dict) else state
         h = (h + 0.5 * torch.randn(h.shape, generator=g, dtype=h.dtype)).to(self.dtype)
-        return u, ({**{k: v.to(self.dtype) for k, v in state.items()}, "h": h} if isinstance(state, dict) else h)
+        state = {**{k: v.to(self.dtype) for k, v in state.items()}, "h": h} if isinstance(state, dict) else h
+        return u.to(DEVICE), _to(state, DEVICE)
 
 
 def run(model, backend: str, u, state, fn=None):
@@ -114,7 +118,7 @@ def built(key: str, dtype=torch.float32) -> Built:
 
 
 def rel(got, want) -> float:
-    got, want = got.double(), want.double()
+    got, want = got.double().cpu(), want.double().cpu()
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
@@ -122,28 +126,42 @@ def _h(state):
     return state["h"] if isinstance(state, dict) else state
 
 
-def _leaf(state, dtype=None):
-    """A differentiable copy of the initial state (its h; running quantities are carried as they are)."""
+def _to(state, *args):
+    """``state.to(*args)`` for a tensor, a dict of tensors (a carried state with running quantities) or None."""
+    if state is None:
+        return None
+    return {k: v.to(*args) for k, v in state.items()} if isinstance(state, dict) else state.to(*args)
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _leaf(state, dtype=None, device=None):
+    """A differentiable copy of the initial state (its h; running quantities are carried as they are), on
+    ``device`` (default: where it is)."""
     if state is None:
         return None, None
     if isinstance(state, dict):
-        h = state["h"].detach().to(dtype or state["h"].dtype).clone().requires_grad_()
-        return {**{k: v.to(dtype or v.dtype) for k, v in state.items()}, "h": h}, h
-    h = state.detach().to(dtype or state.dtype).clone().requires_grad_()
+        h = state["h"].detach().to(device=device, dtype=dtype or state["h"].dtype).clone().requires_grad_()
+        return {**{k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state.items()}, "h": h}, h
+    h = state.detach().to(device=device, dtype=dtype or state.dtype).clone().requires_grad_()
     return h, h
 
 
 def forward_and_grads(fn, backend: str, u, state, dtype=None, model=None):
     """y, final h, and dL/d(u, h0, every parameter) of a fixed random linear loss of y and the final state, for
-    ``fn`` the model (or, with ``model`` given, a wrapper of it such as its torch.compile)."""
+    ``fn`` the model (or, with ``model`` given, a wrapper of it such as its torch.compile). ``u`` and ``state`` are
+    moved to the model's device (DEVICE, or CPU for the float64 reference model); the results stay there."""
     model = fn if model is None else model
-    uu = u.detach().to(dtype or u.dtype).clone().requires_grad_()
-    st, h0 = _leaf(state, dtype)
+    dev = _device_of(model)
+    uu = u.detach().to(device=dev, dtype=dtype or u.dtype).clone().requires_grad_()
+    st, h0 = _leaf(state, dtype, dev)
     y, final = run(model, backend, uu, st, fn)
     hT = _h(final)
     g = torch.Generator().manual_seed(7)
-    loss = (y * torch.randn(y.shape, generator=g).to(y.dtype)).sum() + (
-        hT * torch.randn(hT.shape, generator=g).to(hT.dtype)).sum()
+    loss = (y * torch.randn(y.shape, generator=g).to(y)).sum() + (
+        hT * torch.randn(hT.shape, generator=g).to(hT)).sum()
     names = [n for n, _ in model.named_parameters()]
     wrt = [uu] + ([h0] if h0 is not None else []) + [p for _, p in model.named_parameters()]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
@@ -179,13 +197,15 @@ def test_auto_picks_triton_on_cuda_only():
         is_cuda = True
 
     assert model._resolve_backend(OnCuda()) == "triton"
-    assert model._resolve_backend(torch.zeros(1)) == "torch"
+    assert model._resolve_backend(torch.zeros(1)) == "torch"  # a CPU tensor (also when DEVICE is cuda)
+    assert model._resolve_backend(torch.zeros(1, device=DEVICE)) == ("triton" if DEVICE == "cuda" else "torch")
 
 
 def test_module_imports_without_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
     monkeypatch.setitem(sys.modules, "triton.language", None)
     monkeypatch.setitem(sys.modules, "dsfc.runtime.triton_outer", None)  # as if never imported: it imports triton
+    # CPU tensors on any DEVICE: no kernel is launched (the torch path runs, the triton backend is refused first)
     module = load_module(built("retnet").result, name="dsfc_triton_outer_test_retnet_no_triton")
     assert module._core_triton_available is None
     model = module.RetNet(**SPECS["retnet"])
@@ -224,12 +244,11 @@ def test_forward_and_gradients_match_reference(key, T, with_h0):
             continue
         assert rel(got[name], w) <= TOL32, (name, rel(got[name], w))
     if T == 13:  # the independent spec evaluator agrees with the module's reference (forward), and so does torch
-        named = dict(b.model64.named_parameters())
+        named = dict(b.model64.named_parameters())  # on CPU, as is the evaluator's input
         params = {p.tensor.name: named[py_name(p.tensor.name)].detach() for p in b.result.sym.params}
-        state64 = None if state is None else (
-            {k: v.double() for k, v in state.items()} if isinstance(state, dict) else state.double())
+        state64 = _to(state, "cpu", torch.float64)
         if not b.result.plan.posts:
-            y_ev, h_ev = reference_forward(b.result.sym, b.dims, params, u.double(),
+            y_ev, h_ev = reference_forward(b.result.sym, b.dims, params, u.double().cpu(),
                                            initial_state=None if state64 is None else (
                                                {**state64, "h": _h(state64).reshape(2, -1)}
                                                if isinstance(state64, dict) else state64.reshape(2, -1)))
@@ -274,19 +293,19 @@ def _loop(q, k, v, g, s0):
 def test_runtime_half_inputs(decay, dtype):
     B, T, H, K, V = 2, 37, 2, 5, 11
     gen = torch.Generator().manual_seed(3)
-    q, k = (torch.randn(B, T, H, K, generator=gen).to(dtype) for _ in range(2))
-    v = torch.randn(B, T, H, V, generator=gen).to(dtype)
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).to(DEVICE, dtype)
     g = {"none": None, "scalar": -torch.rand(B, T, H, generator=gen),
          "key": -torch.rand(B, T, H, K, generator=gen)}[decay]
-    g = None if g is None else g.to(dtype)
-    s0 = torch.randn(B, H, K, V, generator=gen).to(dtype)
+    g = None if g is None else g.to(DEVICE, dtype)
+    s0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE, dtype)
     xs = [x.requires_grad_() for x in (q, k, v, g, s0) if x is not None]
     y, sT = chunked_outer_triton(q, k, v, g, s0, output_final_state=True)
     assert y.dtype == dtype and sT.dtype == dtype
-    xs64 = [x.detach().double().requires_grad_() for x in xs]
+    xs64 = [x.detach().double().cpu().requires_grad_() for x in xs]  # the float64 loop on CPU
     y64, s64 = _loop(*xs64[:3], xs64[3] if g is not None else None, xs64[-1])
     wy, ws = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
-    got = torch.autograd.grad((y * wy.to(dtype)).sum() + (sT * ws.to(dtype)).sum(), xs)
+    got = torch.autograd.grad((y * wy.to(y)).sum() + (sT * ws.to(sT)).sum(), xs)
     want = torch.autograd.grad((y64 * wy.double()).sum() + (s64 * ws.double()).sum(), xs64)
     tol = TOL32 if dtype == torch.float32 else TOL_BF16
     assert rel(y, y64) <= tol and rel(sT, s64) <= tol
@@ -300,17 +319,17 @@ def test_runtime_value_slices(monkeypatch, decay):
     monkeypatch.setattr(triton_outer, "MAX_BLOCK_V", 16)
     B, T, H, K, V = 1, 21, 2, 7, 40  # three value slices of 16, the last 8 wide
     gen = torch.Generator().manual_seed(5)
-    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
-    g = -torch.rand((B, T, H) if decay == "scalar" else (B, T, H, K), generator=gen, dtype=torch.float64)
-    s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64).to(DEVICE) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64).to(DEVICE)
+    g = -torch.rand((B, T, H) if decay == "scalar" else (B, T, H, K), generator=gen, dtype=torch.float64).to(DEVICE)
+    s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64).to(DEVICE)
     xs = [x.requires_grad_() for x in (q, k, v, g, s0)]
     y, sT = chunked_outer_triton(*xs, output_final_state=True)
-    xs64 = [x.detach().clone().requires_grad_() for x in xs]
+    xs64 = [x.detach().cpu().clone().requires_grad_() for x in xs]  # the float64 loop on CPU
     y64, s64 = _loop(*xs64)
     wy, ws = torch.randn(y.shape, generator=gen, dtype=torch.float64), torch.randn(sT.shape, generator=gen,
                                                                                     dtype=torch.float64)
-    got = torch.autograd.grad((y * wy).sum() + (sT * ws).sum(), xs)
+    got = torch.autograd.grad((y * wy.to(y)).sum() + (sT * ws.to(sT)).sum(), xs)
     want = torch.autograd.grad((y64 * wy).sum() + (s64 * ws).sum(), xs64)
     assert rel(y, y64) <= 1e-12 and rel(sT, s64) <= 1e-12
     for a, w in zip(got, want):
@@ -322,8 +341,8 @@ def test_runtime_float64_and_no_initial_state():
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(3))
     g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 3
-    y = chunked_outer_triton(q, k, v, g)
-    y64, _ = _loop(q, k, v, g, torch.zeros(B, H, K, V, dtype=torch.float64))
+    y = chunked_outer_triton(*(x.to(DEVICE) for x in (q, k, v, g)))
+    y64, _ = _loop(q, k, v, g, torch.zeros(B, H, K, V, dtype=torch.float64))  # on CPU
     assert y.dtype == torch.float64 and rel(y, y64) <= 1e-12
 
 
@@ -370,15 +389,16 @@ def test_outer_custom_op_passes_opcheck(decay):
     """torch.library.opcheck: schema, fake (meta) implementation and autograd registration agree with the real op."""
     B, T, H, K, V = 1, 5, 1, 3, 4
     gen = torch.Generator().manual_seed(6)
-    q, k = (torch.randn(B, T, H, K, generator=gen).requires_grad_() for _ in range(2))
-    v = torch.randn(B, T, H, V, generator=gen).requires_grad_()
-    g = {"none": torch.empty(0), "scalar": -torch.rand(B, T, H, generator=gen).requires_grad_(),
-         "key": -torch.rand(B, T, H, K, generator=gen).requires_grad_()}[decay]
-    s0 = torch.randn(B, H, K, V, generator=gen).requires_grad_()
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).to(DEVICE).requires_grad_()
+    g = {"none": torch.empty(0, device=DEVICE),
+         "scalar": -torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_(),
+         "key": -torch.rand(B, T, H, K, generator=gen).to(DEVICE).requires_grad_()}[decay]
+    s0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE).requires_grad_()
     cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16]
     torch.library.opcheck(triton_outer._outer_fwd_op, (q, k, v, g, s0, cfg, torch.float32),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     y, sT = triton_outer._outer_fwd_op(q, k, v, g, s0, cfg, torch.float32)
-    dy, dsT = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
+    dy, dsT = torch.randn(y.shape, generator=gen).to(DEVICE), torch.randn(sT.shape, generator=gen).to(DEVICE)
     args = tuple(x.detach() for x in (q, k, v, g, s0, sT, dy, dsT)) + (cfg, torch.float32)
     torch.library.opcheck(triton_outer._outer_bwd_op, args, test_utils=("test_schema", "test_faketensor"))

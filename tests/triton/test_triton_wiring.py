@@ -1,6 +1,7 @@
 """The diagonal Triton kernels wired into PyTorch: torch.compile, half-precision inputs, ``step``, bad input.
 
-Runs on CPU under the Triton interpreter (tiny sizes, see test_triton_diagonal.py). Everything is compared against
+Runs on CPU under the Triton interpreter, or compiled on DEVICE = cuda (tiny sizes, see test_triton_diagonal.py and
+tests/triton/_device.py: inputs drawn on CPU and moved to DEVICE, references on CPU). Everything is compared against
 the float64 reference recurrence (dsfc/reference.py) or the structured torch path, never against the kernels' own
 earlier output.
 """
@@ -149,21 +150,23 @@ def test_step_runs_the_kernel_and_matches_reference(monkeypatch):
 def test_launcher_rejects_bad_input():
     b = built("gate")
     key = b.module._KERNEL_KEY
-    u = torch.randn(2, 3, 5)
+    u = torch.randn(2, 3, 5).to(DEVICE)
     kw = dict(T=3, dims=(5, 1), consts=(), R=5, C=1, P=5, can_fuse=True)
     with pytest.raises(TypeError, match="float32 or float64"):
-        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, dtype=torch.float16), [u, u], **kw)
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, dtype=torch.float16, device=DEVICE), [u, u], **kw)
     with pytest.raises(ValueError, match="5 entries per batch row"):
-        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 4), [u, u], **kw)
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 4, device=DEVICE), [u, u], **kw)
     with pytest.raises(TypeError, match="float tensor"):
-        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u, u.long()], **kw)
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, device=DEVICE), [u, u.long()], **kw)
     with pytest.raises(ValueError, match="operand 1 is on meta"):
-        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u, u.to("meta")], **kw)
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, device=DEVICE), [u, u.to("meta")], **kw)
+    # CPU tensors without the interpreter (on any DEVICE): refused before any launch
+    u_cpu = u.cpu()
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"
     try:
         with pytest.raises(RuntimeError, match="CUDA tensors"):
-            triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u, u], **kw)
+            triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5), [u_cpu, u_cpu], **kw)
     finally:
         if old is None:
             del os.environ["TRITON_INTERPRET"]
