@@ -32,7 +32,7 @@ timeout "${TEST_TIMEOUT:-200}" python -m pytest tests/triton -q -p no:cacheprovi
     --durations=10 2>&1 | tee -a "$out/tests.log" || status=1
 
 echo "== (b) benchmark"
-for group in s6 s6_step ssd gla linear_attention; do
+for group in ${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step}; do
     limit_var="BENCH_TIMEOUT_$group"   # e.g. BENCH_TIMEOUT_ssd=150: mamba-ssm's autotuning is the slow part
     timeout "${!limit_var:-${BENCH_TIMEOUT:-100}}" python benchmarks/gpu_bench.py --groups "$group" "$@" -o "$out/bench-$group.json" \
         2>&1 | tee -a "$out/bench.log" || status=1

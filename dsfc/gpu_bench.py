@@ -141,7 +141,8 @@ def add_ratios(rows: list[Row], peak_GBps: float | None) -> None:
         if r.fwd_ms and r.min_bytes:
             r.achieved_GBps = r.min_bytes / (r.fwd_ms * 1e-3) / 1e9
             r.frac_peak_bw = r.achieved_GBps / peak_GBps if peak_GBps else None
-    gen = {(r.group, r.T): r for r in rows if r.impl.startswith("generated") and not r.skipped}
+    # the reference row of a group: the generated module's own path ("generated (...)"), not the sweep or kernel rows
+    gen = {(r.group, r.T): r for r in rows if r.impl.startswith("generated (") and not r.skipped}
     for r in rows:
         g = gen.get((r.group, r.T))
         if g is None or r is g or r.skipped:
@@ -322,7 +323,48 @@ def _generated_rows(group, spec, dims, B, T, device, repeats, dtype, min_bytes_f
                       dtype if has_kernel else cdt, min_bytes_fn(env, env[name]))
     with torch.no_grad():
         y = fn().float()
+    env["_bench"] = (fn, list(leaves.values()))  # for the tuning sweep
     return row, y, env
+
+
+SWEEP_T = 4096  # the sequence length at which the tuning sweeps run (the first T when it is not measured)
+DIAGONAL_SWEEP = [(1, 0), (8, 4096), (16, 8192), (32, 8192)]  # (CHUNK_T, CHUNK_ELEMS); 1: step
+OUTER_SWEEP = {  # (chunk, block_v, num_warps) of chunked_outer_triton
+    "scalar": [(64, 64, 4), (64, 32, 4), (32, 64, 4)],
+    "per_key": [(16, 32, 4), (16, 64, 8), (16, 128, 8)],
+}
+
+
+def _sweeping(device: str, T: int) -> bool:
+    """Whether this (device, T) gets the tuning sweep rows: on a GPU, at SWEEP_T (or the first T if not measured)."""
+    return device == "cuda" and (T == SWEEP_T or (SWEEP_T not in _SIZES_T and T == _SIZES_T[0]))
+
+
+_SIZES_T: tuple = (SWEEP_T,)  # run() sets it to the measured lengths
+
+
+def _diagonal_sweep(group, T, dims, device, repeats, dtype, y_gen, env, min_bytes):
+    """The generated diagonal kernels under other chunk shapes (and the step-by-step kernels): one row each, with
+    its max relative difference from the default configuration's output."""
+    import torch
+
+    from .runtime import triton_diagonal as td
+
+    fn, leaves = env["_bench"]
+    rows = []
+    saved = (td.CHUNKED, td.CHUNK_T, td.CHUNK_ELEMS)
+    try:
+        for chunk_t, elems in DIAGONAL_SWEEP:
+            td.CHUNKED, td.CHUNK_T, td.CHUNK_ELEMS = chunk_t > 1, max(chunk_t, 1), elems or saved[2]
+            label = "generated, step kernels" if chunk_t == 1 else f"generated, CHUNK_T={chunk_t} CHUNK_ELEMS={elems}"
+            r = _bench_impl(group, label, T, dims, fn, leaves, device, repeats, dtype, min_bytes, note="sweep")
+            if not r.skipped:
+                with torch.no_grad():
+                    r.max_rel_diff_vs_generated = _rel(fn().float(), y_gen)
+            rows.append(r)
+    finally:
+        td.CHUNKED, td.CHUNK_T, td.CHUNK_ELEMS = saved
+    return rows
 
 
 def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
@@ -335,6 +377,8 @@ def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
     gen, y_gen, env = _generated_rows("s6", "s6", dims, B, T, device, repeats, dtype, min_bytes)
     x = env["u_"]
     rows.append(gen)
+    if _sweeping(device, T) and not gen.skipped:
+        rows += _diagonal_sweep("s6", T, dims, device, repeats, dtype, y_gen, env, gen.min_bytes)
     # constants of the anchors' graphs: detached, so that every backward runs through the timed inputs only
     A = -torch.exp(env["A_log"].float()).detach()  # [d, n]
     D = env["D"].float().detach()
@@ -431,6 +475,28 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     xx, dt, Bm, Cm = (t.detach() for t in (x.to(dtype), env["dt"].float(), env["Bm"].to(dtype), env["Cm"].to(dtype)))
     y_gen = y_gen.reshape(B, T, H, P)
 
+    # fla (and the kernel rows) before mamba-ssm, whose autotuning is the slow part of a cut-off run
+    fn, reason = import_anchor("chunk_simple_gla")
+    if fn is None:
+        rows.append(Row("ssd", "fla chunk_simple_gla", T, dims, skipped=reason))
+    else:
+        R = H // G
+        q = Cm.repeat_interleave(R, dim=2)  # [B, T, H, n]
+        k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
+        g = (dt * A).float()  # log decay per head
+        ins = [t.detach().clone().requires_grad_() for t in (q, k, xx)]
+
+        rows.extend(_kernel_row("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
+                                y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term"))
+
+        def fla():
+            return fn(ins[0], ins[1], ins[2], g=g, scale=1.0)[0] + D[:, None] * ins[2]
+
+        r = _bench_impl("ssd", "fla chunk_simple_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes,
+                        note="SSD as scalar-decay GLA (q=C, k=dt B, v=x)")
+        with torch.no_grad():
+            r.max_rel_diff_vs_generated = _rel(fla().float(), y_gen) if not r.skipped else None
+        rows.append(r)
     fn, reason = import_anchor("mamba_chunk_scan_combined")
     if fn is None:
         rows.append(Row("ssd", "mamba-ssm mamba_chunk_scan_combined", T, dims, skipped=reason))
@@ -446,27 +512,6 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
             r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen) if not r.skipped else None
         rows.append(r)
 
-    fn, reason = import_anchor("chunk_simple_gla")
-    if fn is None:
-        rows.append(Row("ssd", "fla chunk_simple_gla", T, dims, skipped=reason))
-    else:
-        R = H // G
-        q = Cm.repeat_interleave(R, dim=2)  # [B, T, H, n]
-        k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
-        g = (dt * A).float()  # log decay per head
-        ins = [t.detach().clone().requires_grad_() for t in (q, k, xx)]
-
-        rows.append(_kernel_row("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
-                                y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term"))
-
-        def fla():
-            return fn(ins[0], ins[1], ins[2], g=g, scale=1.0)[0] + D[:, None] * ins[2]
-
-        r = _bench_impl("ssd", "fla chunk_simple_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes,
-                        note="SSD as scalar-decay GLA (q=C, k=dt B, v=x)")
-        with torch.no_grad():
-            r.max_rel_diff_vs_generated = _rel(fla().float(), y_gen) if not r.skipped else None
-        rows.append(r)
     return rows
 
 
@@ -478,18 +523,27 @@ def _kernel_row(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k, 
     try:
         from .runtime.triton_outer import chunked_outer_triton
     except ImportError as exc:
-        return Row(group, "generated kernel only (chunked_outer_triton)", T, dims, skipped=str(exc))
+        return [Row(group, "generated kernel only (chunked_outer_triton)", T, dims, skipped=str(exc))]
     ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    configs = [None]  # the defaults
+    if _sweeping(device, T):
+        configs += OUTER_SWEEP["per_key" if g is not None and g.dim() == 4 else "scalar"]
+    rows = []
+    for cfg in configs:
+        kw = {} if cfg is None else dict(zip(("chunk", "block_v", "num_warps"), cfg))
 
-    def kern():
-        return chunked_outer_triton(ins[0], ins[1], ins[2], g)
+        def kern(kw=kw):
+            return chunked_outer_triton(ins[0], ins[1], ins[2], g, **kw)
 
-    r = _bench_impl(group, "generated kernel only (chunked_outer_triton)", T, dims, kern, ins, device, repeats,
-                    dtype, min_bytes, note=note)
-    if not r.skipped:
-        with torch.no_grad():
-            r.max_rel_diff_vs_generated = _rel(kern().float().reshape(y_ref.shape), y_ref)
-    return r
+        label = "generated kernel only (chunked_outer_triton)" + ("" if cfg is None else
+                                                                 " chunk={} block_v={} warps={}".format(*cfg))
+        r = _bench_impl(group, label, T, dims, kern, ins, device, repeats, dtype, min_bytes,
+                        note=note if cfg is None else "sweep")
+        if not r.skipped:
+            with torch.no_grad():
+                r.max_rel_diff_vs_generated = _rel(kern().float().reshape(y_ref.shape), y_ref)
+        rows.append(r)
+    return rows
 
 
 def _fla_qkv(env, x, W_V, dtype):
@@ -518,7 +572,7 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     v = _fla_qkv(env, x, env["W_V"], dtype)
     g = torch.log(env["alpha"].float()).detach()
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["q"], env["k"])] + [v.detach().requires_grad_()]
-    rows.append(_kernel_row("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
+    rows.extend(_kernel_row("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
                             (env["q"].float() * K ** -0.5).to(dtype), env["k"].to(dtype), v, g, "same q, k, v, g as fla"))
 
     def fla():
@@ -550,7 +604,7 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     K = dims["K"]
     v = _fla_qkv(env, x, env["W_V"], dtype)
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])] + [v.detach().requires_grad_()]
-    rows.append(_kernel_row("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
+    rows.extend(_kernel_row("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
                             y_gen.reshape(B, T, dims["H"], dims["V"]), (env["qf"].float() * K ** -0.5).to(dtype),
                             env["kf"].to(dtype), v, None, "same q, k, v as fla"))
 
@@ -620,7 +674,8 @@ def run(args, path: Path | None = None) -> Report:
     if args.device == "cpu":
         dtype = torch.float32
     sizes = plan_sizes(args)
-    global _IO_BYTES
+    global _IO_BYTES, _SIZES_T
+    _SIZES_T = tuple(sizes["T"])
     _IO_BYTES = torch.empty((), dtype=dtype).element_size()
     report = Report(device=name, peak=PEAKS.get(key) if key else None, torch=torch.__version__, triton=triton_version,
                     mode="smoke" if args.device == "cpu" else ("quick" if args.quick else "full"),

@@ -50,6 +50,7 @@ MAX_BLOCK_C = 2048  # widest readout reduction fused into one tile
 TILE = 1024  # most state entries per program (on CPU under the interpreter: always, fewer programs run faster)
 PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile reaches this many programs
 
+CHUNKED = True  # False: the step-by-step kernels only (dsfc bench --gpu compares both)
 CHUNK_T = 16  # steps per chunk of the chunked forward kernel (its loads are issued once per chunk)
 CHUNK_ELEMS = 4096  # most [CHUNK_T, BLOCK_R, BLOCK_C] elements per chunk tile (registers: ~32 a thread at 4 warps)
 
@@ -253,7 +254,7 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     """
     _check_args(h0, leaves, R, C)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
-    chunked = _KERNELS[key][2] is not None and T > 1
+    chunked = CHUNKED and _KERNELS[key][2] is not None and T > 1
     tile = TILE
     if h0.device.type == "cuda":  # small batches: smaller tiles, so that there are a few programs per SM
         tile = max(32, min(TILE, _prev_pow2(h0.shape[0] * R * C // PROGRAMS)))

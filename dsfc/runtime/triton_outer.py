@@ -37,10 +37,11 @@ compiled model keeps one opaque node per launch. No log-decay is the decay kind 
 with an empty dummy tensor in its place; the backward's torch tail (slice sums, the log-decay cumsum) runs inside the
 backward op.
 
-Precision: ``tl.dot`` runs with ``input_precision="ieee"`` (no TF32: the module computes in fp32 on purpose); half
-inputs are loaded and upcast, so bf16 / fp16 q, k, v, g compute and accumulate in fp32. On a GPU, fp32 "ieee" dots
-do not use the tensor cores: TF32 or bf16 operands (fp32 accumulation) are the first speed knob to try there, at the
-cost of ~1e-3 relative error.
+Precision: with fp32 (fp64) q, k, v, ``tl.dot`` runs with ``input_precision="ieee"`` (no TF32: the module computes
+in fp32 on purpose; on a GPU such dots do not use the tensor cores). With q, k, v all bf16 (or all fp16) the matmuls
+take that dtype, as fla's kernels do (HALF_DOTS): the scores, decayed queries / keys and the state are rounded to it
+before each tensor-core product, which accumulates in fp32; the decays, the state and every accumulation stay fp32.
+Under the interpreter bf16 dots fall back to fp32 (its bf16 tl.dot is wrong), fp16 dots run as on a GPU.
 
 Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9, and 3.6 with numpy 2.2: the
 3.6 interpreter fails on numpy 2.4, for every kernel) and compiled for sm_90 by triton 3.6 and 3.9 without a GPU
@@ -65,11 +66,25 @@ from dsfc.runtime.scans import check_outer_inputs, read_before_update
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
 CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU); also the tile of the per-key [L, L, K] decay mask
+CHUNK_CUDA = 64  # on a GPU without per-key decay: longer chunks, fewer sequential steps ([L, L] masks only)
+HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
 MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
 NONE: tl.constexpr = tl.constexpr(0)
 SCALAR: tl.constexpr = tl.constexpr(1)
 PER_KEY: tl.constexpr = tl.constexpr(2)
+
+
+@triton.jit
+def _dot(a, b, HALF: tl.constexpr):
+    """a @ b accumulated in fp32 (fp64 for fp64 operands). HALF = 1 / 2: the operands rounded to bf16 / fp16 first
+    (tensor cores; the inputs were that dtype anyway); 0: exact products ("ieee", no TF32)."""
+    if HALF == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif HALF == 2:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        return tl.dot(a, b, input_precision="ieee")
 
 
 @triton.jit
@@ -113,18 +128,18 @@ def _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, kk, mk, vv, mv, T, H, K
 
 
 @triton.jit
-def _scores(q, k, mask, DECAY: tl.constexpr):
+def _scores(q, k, mask, DECAY: tl.constexpr, HALF: tl.constexpr):
     """Decayed causal scores P[i, j] = sum_a q[i, a] k[j, a] mask[i, j(, a)], [BT, BT]."""
     if DECAY == PER_KEY:
         return tl.sum(q[:, None, :] * k[None, :, :] * mask, axis=2)
     else:
-        return tl.dot(q, tl.trans(k), input_precision="ieee") * mask
+        return _dot(q, tl.trans(k), HALF) * mask
 
 
 @triton.jit
 def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
-               WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr):
+               WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in order, the [BK, BV] state in registers.
     WRITE_Y: y [B, T, H, V]; STORE_STATES: the state at the start of every chunk, [B, H, NC, K, V]."""
     i_v = tl.program_id(0)
@@ -153,22 +168,22 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T,
             q_dec = q * q_in[:, None]
             k_dec = k * k_out[:, None]
         if WRITE_Y:
-            p = _scores(q, k, mask, DECAY)
-            y = tl.dot(p, v, input_precision="ieee") + tl.dot(q_dec, s, input_precision="ieee")
+            p = _scores(q, k, mask, DECAY, HALF)
+            y = _dot(p, v, HALF) + _dot(q_dec, s, HALF)
             row = (b * T + t) * H + h
             tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
         if DECAY == PER_KEY:
             s = tot[:, None] * s
         else:
             s = tot * s
-        s += tl.dot(tl.trans(k_dec), v, input_precision="ieee")
+        s += _dot(tl.trans(k_dec), v, HALF)
     tl.store(sT_ptr + i_bh * K * V + s_off, s, mask=m_s)
 
 
 @triton.jit
 def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr,
                B, T, H, K, V, NC, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
-               DTYPE: tl.constexpr):
+               DTYPE: tl.constexpr, HALF: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in reverse with that slice of ds = dL/dS (the state
     after the chunk) in registers. Writes dv and ds0 = dL/dS_0 of its slice, and its slice's share of dq and dk
     (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over slices by the launcher."""
@@ -196,25 +211,25 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, 
         dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=m_v, other=0.0).to(DTYPE)
         s = tl.load(states_ptr + (i_bh * NC + c) * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)  # S before chunk
         mask, q_in, k_out, tot = _chunk_decay(g, rows, BT, DECAY)
-        p = _scores(q, k, mask, DECAY)  # y_intra = p v
-        dpv = tl.dot(dy, tl.trans(v), input_precision="ieee")  # dL/dp before the decay mask, [BT, BT]
+        p = _scores(q, k, mask, DECAY, HALF)  # y_intra = p v
+        dpv = _dot(dy, tl.trans(v), HALF)  # dL/dp before the decay mask, [BT, BT]
         if DECAY == PER_KEY:
             dpv = tl.where(rows[:, None] >= rows[None, :], dpv, 0.0)
             dq = tl.sum(dpv[:, :, None] * k[None, :, :] * mask, axis=1)
             dk = tl.sum(dpv[:, :, None] * q[:, None, :] * mask, axis=0)
             q_dec = q * q_in
             k_dec = k * k_out
-            dq += q_in * tl.dot(dy, tl.trans(s), input_precision="ieee")
-            dk += k_out * tl.dot(v, tl.trans(ds), input_precision="ieee")
+            dq += q_in * _dot(dy, tl.trans(s), HALF)
+            dk += k_out * _dot(v, tl.trans(ds), HALF)
         else:
             dp = dpv * mask
-            dq = tl.dot(dp, k, input_precision="ieee")
-            dk = tl.dot(tl.trans(dp), q, input_precision="ieee")
+            dq = _dot(dp, k, HALF)
+            dk = _dot(tl.trans(dp), q, HALF)
             q_dec = q * q_in[:, None]
             k_dec = k * k_out[:, None]
-            dq += q_in[:, None] * tl.dot(dy, tl.trans(s), input_precision="ieee")
-            dk += k_out[:, None] * tl.dot(v, tl.trans(ds), input_precision="ieee")
-        dv = tl.dot(tl.trans(p), dy, input_precision="ieee") + tl.dot(k_dec, ds, input_precision="ieee")
+            dq += q_in[:, None] * _dot(dy, tl.trans(s), HALF)
+            dk += k_out[:, None] * _dot(v, tl.trans(ds), HALF)
+        dv = _dot(tl.trans(p), dy, HALF) + _dot(k_dec, ds, HALF)
         tl.store(dq_ptr + part + row[:, None] * K + kk[None, :], dq, mask=m_qk)
         tl.store(dk_ptr + part + row[:, None] * K + kk[None, :], dk, mask=m_qk)
         tl.store(dv_ptr + row[:, None] * V + vv[None, :], dv, mask=m_v)
@@ -222,7 +237,7 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, 
             ds = tot[:, None] * ds
         else:
             ds = tot * ds
-        ds += tl.dot(tl.trans(q_dec), dy, input_precision="ieee")
+        ds += _dot(tl.trans(q_dec), dy, HALF)
     tl.store(ds0_ptr + i_bh * K * V + s_off, ds, mask=m_s)
 
 
@@ -244,6 +259,8 @@ class _Launch:
     block_k: int
     block_v: int  # the value slice of one program (forward and backward)
     cdt: torch.dtype
+    half: int = 0  # the matmuls' operand dtype: 0 the compute dtype (exact products), 1 bf16, 2 fp16
+    num_warps: int = 4
 
     @property
     def nc(self) -> int:
@@ -254,13 +271,13 @@ class _Launch:
         return tl.float64 if self.cdt == torch.float64 else tl.float32
 
     def encode(self) -> list[int]:
-        return [self.decay, self.chunk, self.block_k, self.block_v]
+        return [self.decay, self.chunk, self.block_k, self.block_v, self.half, self.num_warps]
 
     @staticmethod
     def decode(q: torch.Tensor, v: torch.Tensor, cfg, cdt: torch.dtype) -> "_Launch":
         B, T, H, K = q.shape
-        decay, chunk, block_k, block_v = (int(x) for x in cfg)
-        return _Launch(B, T, H, K, v.shape[-1], decay, chunk, block_k, block_v, cdt)
+        decay, chunk, block_k, block_v, half, num_warps = (int(x) for x in cfg)
+        return _Launch(B, T, H, K, v.shape[-1], decay, chunk, block_k, block_v, cdt, half, num_warps)
 
 
 def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool):
@@ -271,7 +288,7 @@ def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool):
     grid = (-(-L.V // L.block_v), L.B * L.H)
     _outer_fwd[grid](q, k, v, q if L.decay == 0 else g, s0, y, sT, states, L.T, L.H, L.K, L.V, L.nc,
                      BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay, WRITE_Y=write_y,
-                     STORE_STATES=store_states, DTYPE=L.tl_dtype, num_warps=4)
+                     STORE_STATES=store_states, DTYPE=L.tl_dtype, HALF=L.half, num_warps=L.num_warps)
     return y, sT, states
 
 
@@ -313,7 +330,7 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     ds0 = torch.empty_like(sT)
     _outer_bwd[(nv, L.B * L.H)](q, k, v, q if L.decay == 0 else g, states, dy, dsT, dq, dk, dv, ds0, L.B, L.T, L.H,
                                 L.K, L.V, L.nc, BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay,
-                                DTYPE=L.tl_dtype, num_warps=4)
+                                DTYPE=L.tl_dtype, HALF=L.half, num_warps=L.num_warps)
     dq, dk = (dq[0], dk[0]) if nv == 1 else (dq.sum(0), dk.sum(0))
     if L.decay == 0:
         dg = torch.zeros_like(g)
@@ -356,10 +373,15 @@ _outer_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: Optional[torch.Tensor] = None,
-                         h0: Optional[torch.Tensor] = None, *, chunk: int = CHUNK, output_final_state: bool = False,
-                         readout: str = "post"):
+                         h0: Optional[torch.Tensor] = None, *, chunk: Optional[int] = None,
+                         output_final_state: bool = False, readout: str = "post", block_v: Optional[int] = None,
+                         num_warps: Optional[int] = None):
     """``chunked_outer_scan`` (same arguments and results) on the Triton kernels above: CUDA tensors, or CPU tensors
     under ``TRITON_INTERPRET=1`` (slow: for tests). Differentiable w.r.t. q, k, v, log_decay and h0.
+
+    ``chunk`` (default: CHUNK_CUDA on a GPU without per-key decay, else CHUNK), ``block_v`` (the value slice of one
+    program, default min(V, MAX_BLOCK_V)) and ``num_warps`` are tuning knobs (``dsfc bench --gpu`` sweeps them).
+    With q, k, v all bf16 (or all fp16) the matmuls take that dtype (HALF_DOTS), accumulating in fp32.
 
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step
     earlier, with y_0 = h0^T q_0 (as ``chunked_outer_scan`` does it); the shift is torch, so autograd covers it."""
@@ -367,10 +389,21 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if readout == "pre" and q.shape[1] > 0:
         start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
         y, state = read_before_update(
-            lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, chunk=chunk, output_final_state=True), q, start)
+            lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, chunk=chunk, output_final_state=True,
+                                            block_v=block_v, num_warps=num_warps), q, start)
         return (y, state) if output_final_state else y
     B, T, H, K = q.shape
     V = v.shape[-1]
+    decay = 0 if log_decay is None else (1 if log_decay.dim() == 3 else 2)  # NONE, SCALAR, PER_KEY
+    half = 0
+    if HALF_DOTS and q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float16):
+        half = 1 if q.dtype == torch.bfloat16 else 2
+        if half == 1 and q.device.type != "cuda":  # the interpreter's bf16 tl.dot returns garbage (no numpy bf16)
+            half = 0
+    if chunk is None:
+        # long chunks need half operands: fp32 tiles at L = 64, K = 128 take 345 KB of shared memory in the backward
+        # (sm_90 has 227 KB); per-key decay keeps [L, L, K] masks, so L = 16 there
+        chunk = CHUNK_CUDA if q.device.type == "cuda" and decay != 2 and half else CHUNK
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two >= 16 (tl.dot's smallest tile), got {chunk}")
     dev = q.device
@@ -386,10 +419,14 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if T == 0:
         y = torch.empty((B, 0, H, V), device=dev, dtype=out_dtype)
         return (y, s0.to(out_dtype)) if output_final_state else y
-    decay = 0 if log_decay is None else (1 if log_decay.dim() == 3 else 2)  # NONE, SCALAR, PER_KEY
     block_k = max(16, _next_pow2(K))
-    block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V)
-    L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, block_v, cdt)
+    if block_v is None:
+        block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V)
+    elif block_v < 16 or block_v & (block_v - 1):
+        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
+    if num_warps is None:
+        num_warps = 8 if chunk * block_k >= 64 * 64 else 4
+    L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps))
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
     y, sT = _outer_fwd_op(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)

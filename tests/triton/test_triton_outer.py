@@ -395,7 +395,7 @@ def test_outer_custom_op_passes_opcheck(decay):
          "scalar": -torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_(),
          "key": -torch.rand(B, T, H, K, generator=gen).to(DEVICE).requires_grad_()}[decay]
     s0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE).requires_grad_()
-    cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16]
+    cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16, 0, 4]  # decay, chunk, block_k, block_v, half, warps
     torch.library.opcheck(triton_outer._outer_fwd_op, (q, k, v, g, s0, cfg, torch.float32),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     y, sT = triton_outer._outer_fwd_op(q, k, v, g, s0, cfg, torch.float32)

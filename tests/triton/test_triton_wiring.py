@@ -47,6 +47,7 @@ def test_torch_compile_forward_backward_matches(compile_env, backend):
 
     def run(fn, layer_backend):
         b.model.backend = layer_backend
+        model.zero_grad(set_to_none=True)  # built() shares the layer between tests: no gradients from before
         try:
             y = fn(u)
             g = torch.Generator().manual_seed(5)
