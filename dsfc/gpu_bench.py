@@ -352,10 +352,11 @@ def _diagonal_sweep(group, T, dims, device, repeats, dtype, y_gen, env, min_byte
 
     fn, leaves = env["_bench"]
     rows = []
-    saved = (td.CHUNKED, td.CHUNK_T, td.CHUNK_ELEMS)
+    saved = (td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS)
     try:
-        for chunk_t, elems in DIAGONAL_SWEEP:
-            td.CHUNKED, td.CHUNK_T, td.CHUNK_ELEMS = chunk_t > 1, max(chunk_t, 1), elems or saved[2]
+        for chunk_t, elems in DIAGONAL_SWEEP:  # chunked forward and backward, or step forward and backward
+            td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD = chunk_t > 1, "always" if chunk_t > 1 else "never"
+            td.CHUNK_T, td.CHUNK_ELEMS = max(chunk_t, 1), elems or saved[3]
             label = "generated, step kernels" if chunk_t == 1 else f"generated, CHUNK_T={chunk_t} CHUNK_ELEMS={elems}"
             r = _bench_impl(group, label, T, dims, fn, leaves, device, repeats, dtype, min_bytes, note="sweep")
             if not r.skipped:
@@ -363,7 +364,7 @@ def _diagonal_sweep(group, T, dims, device, repeats, dtype, y_gen, env, min_byte
                     r.max_rel_diff_vs_generated = _rel(fn().float(), y_gen)
             rows.append(r)
     finally:
-        td.CHUNKED, td.CHUNK_T, td.CHUNK_ELEMS = saved
+        td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS = saved
     return rows
 
 

@@ -50,7 +50,14 @@ MAX_BLOCK_C = 2048  # widest readout reduction fused into one tile
 TILE = 1024  # most state entries per program (on CPU under the interpreter: always, fewer programs run faster)
 PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile reaches this many programs
 
-CHUNKED = True  # False: the step-by-step kernels only (dsfc bench --gpu compares both)
+# Which kernels run. Measured on an H200 (S6, B=8, d=2048, n=16, T=4096, bf16; README "GPU benchmark"): the chunked
+# forward is 2.4-3.9x slower than the step-by-step one (its associative scan over [CHUNK_T, BLOCK_R, BLOCK_C] tiles
+# costs more than the per-step load latency it hides), and step fwd+bwd beats chunked fwd+bwd 23 ms to 38 ms. But
+# the step backward needs every state [B, T, N] (4.3 GB there) and the chunked one only the chunk starts. So: step
+# kernels, except a backward whose [B, T, N] buffer would take more than STATES_BUDGET of the free GPU memory.
+CHUNKED_FORWARD = False
+CHUNKED_BACKWARD = "auto"  # "auto" (the rule above), "always" or "never"
+STATES_BUDGET = 0.25  # fraction of free device memory the step backward's state buffer may take
 CHUNK_T = 16  # steps per chunk of the chunked forward kernel (its loads are issued once per chunk)
 CHUNK_ELEMS = 4096  # most [CHUNK_T, BLOCK_R, BLOCK_C] elements per chunk tile (registers: ~32 a thread at 4 warps)
 
@@ -183,10 +190,16 @@ def _scan_bwd_op(key: str, h0: torch.Tensor, states: torch.Tensor | None, dout: 
     rest = (*leaves, *grads, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, L.width())
     meta = dict(BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=L.fused, DTYPE=_tl_dtype(h0.dtype),
                 num_warps=L.num_warps)
-    if L.chunk_t > 1 and bwd_chunked is not None:  # recompute only the chunk starts, not every state
-        starts = _chunk_starts(key, L, h0, leaves)
-        bwd_chunked[L.grid(h0.shape[0])](h0, starts, dout.contiguous(), dhT.contiguous(), dh0, *rest,
-                                         CHUNK_T=L.chunk_t, STARTS=False, **meta)
+    Lc = None
+    if bwd_chunked is not None and L.T > 1 and _chunked_backward(L, h0, states is not None):
+        Lc = L if L.chunk_t > 1 else _Launch(  # after a step forward: chunk-sized tiles for the chunked backward
+            L.T, L.dims, L.consts, L.R, L.C, L.P, L.fused,
+            *_tiles(h0.shape[0], L.T, L.R, L.C, L.fused, h0.device.type == "cuda", True))
+    if Lc is not None and Lc.chunk_t > 1:  # recompute only the chunk starts, not every state
+        starts = _chunk_starts(key, Lc, h0, leaves)
+        meta.update(BLOCK_R=Lc.block_r, BLOCK_C=Lc.block_c, num_warps=Lc.num_warps)
+        bwd_chunked[Lc.grid(h0.shape[0])](h0, starts, dout.contiguous(), dhT.contiguous(), dh0, *rest,
+                                          CHUNK_T=Lc.chunk_t, STARTS=False, **meta)
     else:
         if states is None:
             states = _launch_fwd(key, L, h0, leaves, False, h0.dtype)[0]
@@ -242,6 +255,37 @@ def _check_args(h0: torch.Tensor, leaves, R: int, C: int):
                            "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
 
 
+def _tiles(B: int, T: int, R: int, C: int, fused: bool, cuda: bool, chunked: bool) -> tuple[int, int, int, int]:
+    """``(block_r, block_c, num_warps, chunk_t)`` of one launch; ``chunk_t`` 1 for the step-by-step kernels."""
+    tile = TILE
+    if cuda:  # small batches: smaller tiles, so that there are a few programs per SM
+        tile = max(32, min(TILE, _prev_pow2(B * R * C // PROGRAMS)))
+        if chunked:  # a chunk tile holds CHUNK_T copies of the state tile
+            tile = min(tile, max(32, CHUNK_ELEMS // CHUNK_T))
+    block_c = _next_pow2(C) if fused else min(_next_pow2(C), tile)
+    block_r = max(1, min(_next_pow2(R), tile // block_c))
+    num_warps = max(1, min(8, block_r * block_c // 128))
+    chunk_t = 1
+    if chunked:  # as many steps as fit CHUNK_ELEMS (at most CHUNK_T; fewer than 4 is not worth a scan)
+        chunk_t = min(CHUNK_T, _prev_pow2(max(1, CHUNK_ELEMS // (block_r * block_c))), _next_pow2(T))
+        chunk_t = chunk_t if chunk_t >= 4 or (chunk_t > 1 and T <= chunk_t) else 1
+        if chunk_t > 1:
+            num_warps = max(1, min(8, chunk_t * block_r * block_c // 512))
+    return block_r, block_c, num_warps, chunk_t
+
+
+def _chunked_backward(L: _Launch, h0: torch.Tensor, have_states: bool) -> bool:
+    """Whether the backward runs the chunked kernels (keeping only the chunk-start states) rather than recomputing
+    every state into a [B, T, N] buffer for the step-by-step backward (CHUNKED_BACKWARD)."""
+    if CHUNKED_BACKWARD == "always":
+        return True
+    if CHUNKED_BACKWARD == "never" or have_states:  # unfused: the forward's output already is every state
+        return False
+    need = h0.shape[0] * L.T * L.R * L.C * h0.element_size()
+    free = torch.cuda.mem_get_info(h0.device)[0] if h0.device.type == "cuda" else 4 << 30
+    return need > STATES_BUDGET * free
+
+
 def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, consts, R: int, C: int, P: int,
                          can_fuse: bool, out_dtype: torch.dtype | None = None):
     """Run the generated kernels registered under ``key`` (``register_kernels``). ``h0`` ``[B, N]``-compatible
@@ -254,23 +298,9 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     """
     _check_args(h0, leaves, R, C)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
-    chunked = CHUNKED and _KERNELS[key][2] is not None and T > 1
-    tile = TILE
-    if h0.device.type == "cuda":  # small batches: smaller tiles, so that there are a few programs per SM
-        tile = max(32, min(TILE, _prev_pow2(h0.shape[0] * R * C // PROGRAMS)))
-        if chunked:  # a chunk tile holds CHUNK_T copies of the state tile
-            tile = min(tile, max(32, CHUNK_ELEMS // CHUNK_T))
-    block_c = _next_pow2(C) if fused else min(_next_pow2(C), tile)
-    block_r = max(1, min(_next_pow2(R), tile // block_c))
-    num_warps = max(1, min(8, block_r * block_c // 128))
-    chunk_t = 1
-    if chunked:  # as many steps as fit CHUNK_ELEMS (at most CHUNK_T; fewer than 4 is not worth a scan)
-        chunk_t = min(CHUNK_T, _prev_pow2(max(1, CHUNK_ELEMS // (block_r * block_c))), _next_pow2(T))
-        chunk_t = chunk_t if chunk_t >= 4 or (chunk_t > 1 and T <= chunk_t) else 1
-        if chunk_t > 1:
-            num_warps = max(1, min(8, chunk_t * block_r * block_c // 512))
+    chunked = CHUNKED_FORWARD and _KERNELS[key][2] is not None and T > 1
     L = _Launch(int(T), tuple(int(d) for d in dims), tuple(float(c) for c in consts), int(R), int(C), int(P),
-                fused, block_r, block_c, num_warps, chunk_t)
+                fused, *_tiles(h0.shape[0], int(T), int(R), int(C), fused, h0.device.type == "cuda", chunked))
     h0 = h0.reshape(h0.shape[0], R * C).contiguous()
     # never an empty consts list: register_autograd matches backward's return against the inputs' pytree, where an
     # empty list is a node (needing []) but a list of floats a leaf (needing None); the kernel ignores the padding
