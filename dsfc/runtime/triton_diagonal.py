@@ -14,8 +14,9 @@ the readout ``y = C h`` sums over (the reduced axes), ``R`` the others. One prog
   ``C`` is too large for one tile (``MAX_BLOCK_C``, decided here): the kernel writes every state ``[B, T, N]`` and
   the generated module does the readout in torch.
 
-Backward (recompute, no activations saved by the forward): the forward kernel is rerun with ``READOUT=False`` into
-a ``[B, T, N]`` scratch buffer of states (skipped when the forward already returned the states), then the backward
+Backward (recompute, no activations saved by the forward), step-by-step kernels: the forward kernel is rerun with
+``READOUT=False`` into a ``[B, T, N]`` scratch buffer of states (skipped when the forward already returned the
+states; replaced by the chunked backward when the buffer would not fit, see CHUNKED_BACKWARD), then the backward
 kernel walks time in reverse with the state gradient in registers and accumulates every leaf's gradient from the
 SymPy-derived derivatives printed into it: ``tl.atomic_add`` per step for time-varying leaves, one atomic per
 program at the end for parameters. Float atomics make the order of gradient sums nondeterministic on a GPU.
@@ -31,9 +32,15 @@ kernels load every value with ``.to(DTYPE)`` and accumulate the state in fp32 (f
 output ``y`` is stored in the leaves' input dtype (``out_dtype``), the final state and the unfused states stay in the
 compute dtype (they feed more arithmetic), and leaf gradients are accumulated in fp32 then cast to the leaf dtype.
 
-Status: checked against the torch path and the fp64 reference under ``TRITON_INTERPRET=1`` and compiled for sm_90
-without a GPU (``tests/triton/aot_compile.py``, triton 3.6 and 3.9); not yet run or timed on a GPU, so ``TILE`` /
-``PROGRAMS`` are first guesses.
+Status: checked against the torch path and the fp64 reference under ``TRITON_INTERPRET=1``, compiled for sm_90
+without a GPU (``tests/triton/aot_compile.py``, triton 3.6 and 3.9), and run on an H200 (``tests/triton`` compiled,
+triton 3.6; README "GPU benchmark" for the timings that chose the defaults below). ``TILE`` / ``PROGRAMS`` /
+``CHUNK_T`` are not autotuned.
+
+Chunked kernels (``_scan_fwd_chunked`` / ``_scan_bwd_chunked``, not generated for a pre-update readout): CHUNK_T steps
+at a time as [CHUNK_T, BLOCK_R, BLOCK_C] tiles with an associative scan over time; the backward keeps only the
+chunk-start states ([B, cdiv(T, CHUNK_T), N], written by the chunked forward in its STARTS mode) instead of every
+state.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string

@@ -44,10 +44,10 @@ before each tensor-core product, which accumulates in fp32; the decays, the stat
 Under the interpreter bf16 dots fall back to fp32 (its bf16 tl.dot is wrong), fp16 dots run as on a GPU.
 
 Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9, and 3.6 with numpy 2.2: the
-3.6 interpreter fails on numpy 2.4, for every kernel) and compiled for sm_90 by triton 3.6 and 3.9 without a GPU
-(K = 128, value slice 64: 165-181 KB shared memory in the backward); not yet run on a GPU, so chunk and block sizes
-are first guesses (no autotuning); the per-key decay's [L, L, K] tiles and the value-slice split of the backward
-(q k^T recomputed per slice) are the simple versions, not tuned ones.
+3.6 interpreter fails on numpy 2.4, for every kernel), compiled for sm_90 by triton 3.6 and 3.9 without a GPU, and run
+on an H200 (``tests/triton`` compiled, triton 3.6; timings in the README's "GPU benchmark": not yet competitive with
+fla). Chunk and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few); the per-key decay's [L, L, K]
+elementwise tiles and the value-slice split of the backward (q k^T recomputed per slice) are the simple versions.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
