@@ -230,7 +230,7 @@ class GatedDeltaNet(nn.Module):
             if self.backend == "triton" and _core_triton_available is None:
                 raise RuntimeError("GatedDeltaNet: no Triton kernel was generated for this spec")
             return self.backend
-        return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
+        return "torch"  # its Triton kernel (the generic block scan) is slower than the torch algorithm: on request only
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
@@ -363,3 +363,74 @@ class GatedDeltaNet(nn.Module):
         out.append(m.expand(_B, _T, H, V, H, K, V).reshape(_B, _T, H * V, H * K * V))  # C
         out.append(torch.zeros((_B, _T, H * V, d), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
+
+
+# ---- Triton path (backend="triton"): generic dense block scan ---------------------------------------------------
+# h_t[g] = A_t[g] @ h_(t-1)[g] + bu_t[g] per group g of coupled state entries, the state in registers; A_t's blocks
+# are built in torch per chunk of steps and read by the kernel (memory-bound, slow: see dsfc/runtime/triton_dense.py).
+# Forward and backward are Triton kernels; the gradients of the blocks flow on through torch.
+
+try:
+    from dsfc.runtime.triton_dense import available as _dense_triton_available
+    from dsfc.runtime.triton_dense import block_scan_triton
+    from dsfc.runtime.triton_dense import chunk_len as dense_chunk_len
+except ImportError:  # the module still imports without triton; backend="triton" then raises
+    _dense_triton_available = None
+
+
+def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the block-scan kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    d, H, K, V = self.d, self.H, self.K, self.V
+    _dev = env["_dev"]
+    W_Q = env["W_Q"]
+    W_K = env["W_K"]
+    W_V = env["W_V"]
+    W_a = env["W_a"]
+    W_b = env["W_b"]
+    A_log = env["A_log"]
+    dt_bias = env["dt_bias"]
+    qr = env["qr"]
+    kr = env["kr"]
+    q = env["q"]
+    k = env["k"]
+    vpre = env["vpre"]
+    alpha = env["alpha"]
+    beta = env["beta"]
+    # A couples some state axes: per-step block matrix-vector recurrence, one Triton launch per chunk
+    _h = h0.permute(0, 1, 3, 2).reshape(_B, H * V, K)
+    _chunks = []
+    _L = dense_chunk_len(_B, H * V, K)  # steps per chunk: its blocks stay within a memory budget
+    for _t0 in range(0, _T, _L):
+        _t1 = min(_t0 + _L, _T)
+        _blocks = (
+            (
+                (
+                    -(
+                        beta[:, _t0:_t1][:, :, :, None, None, None]
+                        * k[:, _t0:_t1][:, :, :, None, None, :]
+                        * k[:, _t0:_t1][:, :, :, :, None, None]
+                    )
+                )
+                + (axis(K, 1, 4, _dev) == axis(K, 3, 4, _dev)).to(_dtype)
+            )
+            * alpha[:, _t0:_t1][:, :, :, None, None, None]
+        ).expand(_B, _t1 - _t0, H, K, V, K)
+        _blocks = _blocks.permute(0, 1, 2, 4, 3, 5).reshape(_B, _t1 - _t0, H * V, K, K)
+        _bu = (
+            torch.sigmoid(vpre[:, _t0:_t1][:, :, :, None, :])
+            * beta[:, _t0:_t1][:, :, :, None, None]
+            * k[:, _t0:_t1][:, :, :, :, None]
+            * (torch.einsum("ztl,ikl->ztik", u_[:, _t0:_t1], W_V))[:, :, :, None, :]
+        ).expand(_B, _t1 - _t0, H, K, V)
+        _bu = _bu.permute(0, 1, 2, 4, 3).reshape(_B, _t1 - _t0, H * V, K)
+        _st = block_scan_triton(_blocks, _bu, _h)
+        _h = _st[:, -1]
+        _chunks.append(_st)
+    _states = torch.cat(_chunks, 1).reshape(_B, _T, H, V, K).permute(0, 1, 2, 4, 3)
+    _read = _states
+    _y = K**-0.5 * torch.einsum("ztik,ztikj->ztij", q, _read)
+    _final = _states[:, -1]
+    return _y, _final
+
+
+_core_triton_available = _core_triton_dense if _dense_triton_available and _dense_triton_available() else None

@@ -122,6 +122,7 @@ class ModulePlan:
     extra_imports: list[str] = field(default_factory=list)
     triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
     triton_note: str = ""  # why there is (or is not) a Triton kernel
+    triton_auto: bool = True  # backend="auto" picks the Triton kernel on CUDA (False: only when asked for)
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
     triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
@@ -236,6 +237,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     triton, triton_note = None, f"no Triton kernel: the {st.family.value} family has none yet"
     triton_dense = None
     triton_outer: list[str] = []
+    triton_auto = True
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
@@ -262,6 +264,13 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_note = "Triton kernel: chunked outer-product scan"
     elif st.family == Family.CHUNKED_DELTA:
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_delta_scan")
+        # no Triton delta-rule kernel yet: backend="triton" runs A's blocks through the generic block-scan kernel
+        triton_dense = (_dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True)
+                        + _readout_lines(sym, st, pr, out_syms, out_sizes, tensors))
+        triton_note = ("Triton kernel: generic dense block scan (no Triton kernel for the chunked delta rule yet; "
+                       "blocks materialised by torch; slow, see triton_dense.py; backend=\"auto\" keeps the torch "
+                       "chunked algorithm)")
+        triton_auto = False  # the per-step block scan is far slower than the chunked delta rule in torch
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
@@ -322,6 +331,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         time_varying=[py_name(let.tensor.name) for let in sym.lets if let.time_varying],
         triton=triton,
         triton_note=triton_note,
+        triton_auto=triton_auto,
         triton_dense=triton_dense,
         triton_outer=triton_outer,
         running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names

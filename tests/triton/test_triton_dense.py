@@ -81,8 +81,9 @@ def test_block_scan_rejects_bad_input():
                                        torch.zeros(2, 5, 3, 4, device=DEVICE), h0)
 
 
-# DeltaNet and Gated DeltaNet run the chunked delta-rule algorithm (no Triton kernel yet); a delta rule whose gate
-# varies over the key index has no such form and stays in the dense family: it stands in for them here.
+# DeltaNet and Gated DeltaNet run the chunked delta-rule algorithm in torch; their backend="triton" is this generic
+# block-scan kernel (no delta-rule kernel yet). A delta rule whose gate varies over the key index has no chunked form
+# and stays in the dense family.
 PER_KEY_GATED_DELTA = """
 model PerKeyGatedDelta "delta rule with a per-key gate: A = diag(g) (I - k k^T), the dense family"
 dim d = 16
@@ -101,7 +102,7 @@ A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * g[h, a] * (delta(a, a
 B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
 C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * k[h, a]
 """
-DENSE = ["per_key_gated_delta", "s4d", "lru"]
+DENSE = ["per_key_gated_delta", "s4d", "lru", "deltanet", "gated_deltanet"]
 
 
 def _compile(name):
@@ -189,3 +190,21 @@ def test_dense_under_torch_compile():
     assert rel(out["compiled"][0], out["torch"][0]) <= TOL32
     for n, want in out["torch"][1].items():
         assert rel(out["compiled"][1][n], want) <= TOL32, n
+
+
+def test_delta_rule_auto_keeps_the_torch_algorithm():
+    """The block-scan kernel is the delta rule's Triton path on request only: backend="auto" stays on the torch
+    chunked delta rule even for CUDA tensors (the per-step block scan is far slower), while the specs whose only
+    algorithm is the block scan pick the kernel."""
+    for name, auto in (("deltanet", False), ("gated_deltanet", False), ("lru", True)):
+        result = _compile(name)
+        assert result.plan.triton_auto is auto, name
+        module = load_module(result, name=f"dsfc_triton_dense_auto_{name}")
+        model = getattr(module, result.plan.model)(**small_dims(result))
+
+        class FakeCuda:  # only .is_cuda is read
+            is_cuda = True
+
+        assert model._resolve_backend(FakeCuda()) == ("triton" if auto else "torch"), name
+        model.backend = "triton"
+        assert model._resolve_backend(FakeCuda()) == "triton", name

@@ -202,11 +202,14 @@ def test_auto_picks_triton_on_cuda_only():
 
 
 def test_module_imports_without_triton(monkeypatch):
+    # built() caches the shared retnet module: build it before triton is hidden, or every later test that uses it
+    # would get a module without kernels (an order-dependent failure under xdist)
+    result = built("retnet").result
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
     monkeypatch.setitem(sys.modules, "triton.language", None)
     monkeypatch.setitem(sys.modules, "dsfc.runtime.triton_outer", None)  # as if never imported: it imports triton
     # CPU tensors on any DEVICE: no kernel is launched (the torch path runs, the triton backend is refused first)
-    module = load_module(built("retnet").result, name="dsfc_triton_outer_test_retnet_no_triton")
+    module = load_module(result, name="dsfc_triton_outer_test_retnet_no_triton")
     assert module._core_triton_available is None
     model = module.RetNet(**SPECS["retnet"])
     assert model(torch.randn(1, 2, 8)).shape == (1, 2, 12)  # the torch path still runs
