@@ -139,32 +139,26 @@ def _consts(L: _Launch, h0):
     return torch.tensor(L.consts or (0.0,), device=h0.device, dtype=h0.dtype)
 
 
-def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.dtype):
+def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.dtype, starts: bool = False):
+    """``(out, hT)``: y (fused) or every state, or with ``starts`` only the state entering each chunk
+    (``[B, cdiv(T, chunk_t), N]``, the chunked kernel in STARTS mode: all the chunked backward keeps)."""
     fwd, _bwd, fwd_chunked, _bwd_chunked = _KERNELS[key]
     B, N = h0.shape[0], L.R * L.C
     width = L.P if fused else N
-    out = torch.empty((B, L.T, width), device=h0.device, dtype=out_dtype if fused else h0.dtype)
+    rows = -(-L.T // L.chunk_t) if starts else L.T
+    out = torch.empty((B, rows, width), device=h0.device, dtype=out_dtype if fused else h0.dtype)
     hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
     args = (h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width)
     meta = dict(BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=fused, DTYPE=_tl_dtype(h0.dtype), num_warps=L.num_warps)
     if L.chunk_t > 1:
-        fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=False, **meta)
+        fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=starts, **meta)
     else:
         fwd[L.grid(B)](*args, **meta)
     return out, hT
 
 
 def _chunk_starts(key: str, L: _Launch, h0, leaves):
-    """The state entering each chunk, ``[B, cdiv(T, chunk_t), N]`` (the chunked forward in STARTS mode): all the
-    chunked backward keeps of the forward."""
-    fwd_chunked = _KERNELS[key][2]
-    B, N = h0.shape[0], L.R * L.C
-    starts = torch.empty((B, -(-L.T // L.chunk_t), N), device=h0.device, dtype=h0.dtype)
-    hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
-    fwd_chunked[L.grid(B)](h0, starts, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, N,
-                           BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=False, DTYPE=_tl_dtype(h0.dtype),
-                           num_warps=L.num_warps, CHUNK_T=L.chunk_t, STARTS=True)
-    return starts
+    return _launch_fwd(key, L, h0, leaves, False, h0.dtype, starts=True)[0]
 
 
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
