@@ -8,7 +8,10 @@
 #       T, and the finished groups are merged into OUT_DIR/merged.json (copy it to benchmarks/results/<device>.json).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [gpu_bench.py arguments...]   (OUT_DIR default: /tmp/dsfc-gpu-check)
 # Environment: TEST_TIMEOUT (s, default 200), BENCH_TIMEOUT (s per group, default 100; BENCH_TIMEOUT_<group>
-# overrides it for one group), DSFC_TEST_WORKERS (12).
+# overrides it for one group), BENCH_GROUPS (which groups, in order), DSFC_TEST_WORKERS (12).
+# Budget (H200, 2026-11-26): the tests ~90 s over 14 workers; s6 ~50 s with its sweep; the anchors' first-call
+# autotuning (fla, mamba-ssm SSD) did not finish within 60-100 s per group: give ssd, gla and linear_attention 180 s
+# or more, e.g. in a second device call of their own (BENCH_GROUPS="linear_attention ssd gla").
 # Anchors (mamba-ssm's Triton SSD files, fla) are used when importable, else their rows say why they were skipped.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
