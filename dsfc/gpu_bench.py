@@ -328,7 +328,8 @@ def _generated_rows(group, spec, dims, B, T, device, repeats, dtype, min_bytes_f
 
 
 SWEEP_T = 4096  # the sequence length at which the tuning sweeps run (the first T when it is not measured)
-DIAGONAL_SWEEP = [(1, 0), (8, 4096), (16, 8192), (32, 8192)]  # (CHUNK_T, CHUNK_ELEMS); 1: step
+# (CHUNK_T, CHUNK_ELEMS, PREFETCH) of the diagonal kernels; CHUNK_T 1: the step kernels
+DIAGONAL_SWEEP = [(1, 0, False), (1, 0, True), (16, 8192, False), (32, 8192, False)]
 OUTER_SWEEP = {  # (chunk, block_v, num_warps) of chunked_outer_triton
     "scalar": [(64, 64, 4), (64, 32, 4), (32, 64, 4)],
     "per_key": [(16, 32, 4), (16, 64, 8), (16, 128, 8)],
@@ -352,19 +353,20 @@ def _diagonal_sweep(group, T, dims, device, repeats, dtype, y_gen, env, min_byte
 
     fn, leaves = env["_bench"]
     rows = []
-    saved = (td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS)
+    saved = (td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS, td.PREFETCH)
     try:
-        for chunk_t, elems in DIAGONAL_SWEEP:  # chunked forward and backward, or step forward and backward
+        for chunk_t, elems, prefetch in DIAGONAL_SWEEP:  # chunked forward and backward, or step forward and backward
             td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD = chunk_t > 1, "always" if chunk_t > 1 else "never"
-            td.CHUNK_T, td.CHUNK_ELEMS = max(chunk_t, 1), elems or saved[3]
-            label = "generated, step kernels" if chunk_t == 1 else f"generated, CHUNK_T={chunk_t} CHUNK_ELEMS={elems}"
+            td.CHUNK_T, td.CHUNK_ELEMS, td.PREFETCH = max(chunk_t, 1), elems or saved[3], prefetch
+            label = (("generated, step kernels" + (", PREFETCH" if prefetch else "")) if chunk_t == 1 else
+                     f"generated, CHUNK_T={chunk_t} CHUNK_ELEMS={elems}")
             r = _bench_impl(group, label, T, dims, fn, leaves, device, repeats, dtype, min_bytes, note="sweep")
             if not r.skipped:
                 with torch.no_grad():
                     r.max_rel_diff_vs_generated = _rel(fn().float(), y_gen)
             rows.append(r)
     finally:
-        td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS = saved
+        td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS, td.PREFETCH = saved
     return rows
 
 

@@ -397,8 +397,10 @@ def _scan_fwd(
     BLOCK_C: tl.constexpr,
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
-    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop."""
+    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
+    PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
     b = tl.program_id(0).to(tl.int64)
     rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
@@ -409,16 +411,40 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    for t in range(0, T):
+    t = tl.full((), 0, tl.int32)
+    if PREFETCH:  # step 0's streams
         x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
         x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
+        if READOUT:
+            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+
+    for step in range(0, T):
+        if PREFETCH:  # the next step's streams, issued before this step's maths
+            t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
+            x_f_next = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_ig_next = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum0_next = tl.load(
+                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
+            if READOUT:
+                x_og_next = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+
+        t = step
+        if not PREFETCH:
+            x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
+            if READOUT:
+                x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+
         a = tl.sigmoid(x_f)
         bu = x__sum0 * tl.sigmoid(x_ig)
         if READOUT:
-            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
             coef = tl.sigmoid(x_og)
         h = a * h + bu
         if READOUT:
@@ -426,6 +452,12 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
+        if PREFETCH:
+            x_f = x_f_next
+            x_ig = x_ig_next
+            x__sum0 = x__sum0_next
+            if READOUT:
+                x_og = x_og_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 

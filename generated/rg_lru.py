@@ -402,8 +402,10 @@ def _scan_fwd(
     BLOCK_C: tl.constexpr,
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
-    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop."""
+    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
+    PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
     b = tl.program_id(0).to(tl.int64)
     rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
@@ -414,10 +416,25 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    for t in range(0, T):
+    t = tl.full((), 0, tl.int32)
+    if PREFETCH:  # step 0's streams
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+
+    for step in range(0, T):
+        if PREFETCH:  # the next step's streams, issued before this step's maths
+            t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
+            x_ig_next = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_a_next = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_x_next = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+
+        t = step
+        if not PREFETCH:
+            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+
         a = x_a
         bu = x_ig * x_x * tl.sqrt(1 - (x_a * x_a))
         if READOUT:
@@ -428,6 +445,10 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
+        if PREFETCH:
+            x_ig = x_ig_next
+            x_a = x_a_next
+            x_x = x_x_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 

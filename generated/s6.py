@@ -413,8 +413,10 @@ def _scan_fwd(
     BLOCK_C: tl.constexpr,
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
-    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop."""
+    """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
+    PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
     b = tl.program_id(0).to(tl.int64)
     rr = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     cc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
@@ -427,14 +429,34 @@ def _scan_fwd(
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
-    for t in range(0, T):
+    t = tl.full((), 0, tl.int32)
+    if PREFETCH:  # step 0's streams
         x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+        if READOUT:
+            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+
+    for step in range(0, T):
+        if PREFETCH:  # the next step's streams, issued before this step's maths
+            t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
+            x_dt_next = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_b_next = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
+            x_u_next = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+            if READOUT:
+                x_cq_next = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+
+        t = step
+        if not PREFETCH:
+            x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
+            x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+            if READOUT:
+                x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
+
         a = tl.exp(-x_dt * tl.exp(x_A_log))
         bu = x_b * x_dt * x_u
         if READOUT:
-            x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
             coef = x_cq
         h = a * h + bu
         if READOUT:
@@ -442,6 +464,12 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
+        if PREFETCH:
+            x_dt = x_dt_next
+            x_b = x_b_next
+            x_u = x_u_next
+            if READOUT:
+                x_cq = x_cq_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 

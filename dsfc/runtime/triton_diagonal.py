@@ -65,6 +65,7 @@ PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile 
 CHUNKED_FORWARD = False
 CHUNKED_BACKWARD = "auto"  # "auto" (the rule above), "always" or "never"
 STATES_BUDGET = 0.25  # fraction of free device memory the step backward's state buffer may take
+PREFETCH = False  # step forward: issue the next step's loads before this step's maths (not yet measured on a GPU)
 CHUNK_T = 16  # steps per chunk of the chunked forward kernel (its loads are issued once per chunk)
 CHUNK_ELEMS = 4096  # most [CHUNK_T, BLOCK_R, BLOCK_C] elements per chunk tile (registers: ~32 a thread at 4 warps)
 
@@ -153,7 +154,7 @@ def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.
     if L.chunk_t > 1:
         fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=starts, **meta)
     else:
-        fwd[L.grid(B)](*args, **meta)
+        fwd[L.grid(B)](*args, PREFETCH=PREFETCH, **meta)
     return out, hT
 
 

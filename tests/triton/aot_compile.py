@@ -42,7 +42,7 @@ def compile_one(fn, signature, constexprs, num_warps=4):
 def diagonal_signature(fn, leaf, state, out):
     sig = {}
     for name in fn.arg_names:
-        if name in ("BLOCK_R", "BLOCK_C", "READOUT", "DTYPE", "CHUNK_T", "STARTS"):
+        if name in ("BLOCK_R", "BLOCK_C", "READOUT", "DTYPE", "CHUNK_T", "STARTS", "PREFETCH"):
             sig[name] = "constexpr"
         elif name in ("out_ptr", "dout_ptr"):
             sig[name] = out
@@ -65,7 +65,8 @@ def main(specs) -> int:
             continue
         module = load_module(result, name=f"dsfc_aot_{Path(path).stem}")
         for label, leaf, state, dt in cases:
-            kernels = [(module._scan_fwd, {}), (module._scan_bwd, {})]
+            kernels = [(module._scan_fwd, {"PREFETCH": False}), (module._scan_fwd, {"PREFETCH": True}),
+                       (module._scan_bwd, {})]
             if getattr(module, "_scan_fwd_chunked", None) is not None:  # the chunked kernels (not for pre readouts)
                 kernels += [(module._scan_fwd_chunked, {"CHUNK_T": 16, "STARTS": False}),
                             (module._scan_fwd_chunked, {"CHUNK_T": 16, "STARTS": True}),
@@ -73,11 +74,12 @@ def main(specs) -> int:
             for fn, extra in kernels:
                 for readout in (True, False):
                     out = (leaf if leaf != "*fp64" else state) if readout else state
-                    block_r = 16 if extra else 32
+                    chunked = "CHUNK_T" in extra
+                    block_r = 16 if chunked else 32
                     try:
                         compile_one(fn, diagonal_signature(fn, leaf, state, out),
                                     {"BLOCK_R": block_r, "BLOCK_C": 16, "READOUT": readout, "DTYPE": dt, **extra},
-                                    8 if extra else 4)
+                                    8 if chunked else 4)
                     except Exception as exc:  # noqa: BLE001 - report every failure
                         failed += 1
                         print(f"FAIL {Path(path).stem} {fn.__name__} {label} READOUT={readout}: {exc}")

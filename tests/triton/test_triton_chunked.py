@@ -59,6 +59,24 @@ def test_chunked_forward_matches_step_kernel_and_reference(monkeypatch, key, T):
     assert rel(y, y1) < TOL32 and rel(hT, hT1) < TOL32
 
 
+@pytest.mark.parametrize("key", ["s6", "gate", "rglru", "mix", "dense_c"])
+@pytest.mark.parametrize("T", [1, 2, 9])
+def test_prefetching_step_kernel_matches(monkeypatch, key, T):
+    """PREFETCH (the next step's loads issued before this step's maths) computes exactly what the plain step kernel
+    does: the same operations on the same values, only the loads move (masked at t = T)."""
+    b = built(key)
+    u, h0 = b.inputs(2, T, seed=7)
+    monkeypatch.setattr(triton_diagonal, "CHUNKED_FORWARD", False)
+    outs = {}
+    for prefetch in (False, True):
+        monkeypatch.setattr(triton_diagonal, "PREFETCH", prefetch)
+        with torch.no_grad():
+            outs[prefetch] = b.run("triton", u, h0)
+    for got, want in zip(outs[True], outs[False]):
+        assert torch.equal(got, want)
+    assert rel(outs[True][0], b.reference(u, h0)[0]) < TOL32
+
+
 def test_pre_readout_keeps_the_step_kernel(monkeypatch):
     b = built("mix")  # readout pre: y_t reads h_(t-1), which the chunked kernels do not produce
     assert not hasattr(b.module, "_scan_fwd_chunked")
