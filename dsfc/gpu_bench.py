@@ -478,19 +478,19 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     xx, dt, Bm, Cm = (t.detach() for t in (x.to(dtype), env["dt"].float(), env["Bm"].to(dtype), env["Cm"].to(dtype)))
     y_gen = y_gen.reshape(B, T, H, P)
 
-    # fla (and the kernel rows) before mamba-ssm, whose autotuning is the slow part of a cut-off run
+    # SSD as scalar-decay GLA: q = C, k = dt B, v = x, log-decay dt A per head (the fla row's inputs)
+    R = H // G
+    q = Cm.repeat_interleave(R, dim=2)  # [B, T, H, n]
+    k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
+    g = (dt * A).float()  # log decay per head
+    rows.extend(_kernel_row("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
+                            y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term"))
+    # fla before mamba-ssm, whose autotuning is the slow part of a cut-off run
     fn, reason = import_anchor("chunk_simple_gla")
     if fn is None:
         rows.append(Row("ssd", "fla chunk_simple_gla", T, dims, skipped=reason))
     else:
-        R = H // G
-        q = Cm.repeat_interleave(R, dim=2)  # [B, T, H, n]
-        k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
-        g = (dt * A).float()  # log decay per head
         ins = [t.detach().clone().requires_grad_() for t in (q, k, xx)]
-
-        rows.extend(_kernel_row("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
-                                y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term"))
 
         def fla():
             return fn(ins[0], ins[1], ins[2], g=g, scale=1.0)[0] + D[:, None] * ins[2]
@@ -567,16 +567,16 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     gen, y_gen, env = _generated_rows("gla", "gla", dims, B, T, device, repeats, dtype, min_bytes)
     x = env["u_"]
     rows.append(gen)
+    H, K, V = dims["H"], dims["K"], dims["V"]
+    v = _fla_qkv(env, x, env["W_V"], dtype)
+    g = torch.log(env["alpha"].float()).detach()
+    rows.extend(_kernel_row("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
+                            (env["q"].float() * K ** -0.5).to(dtype), env["k"].to(dtype), v, g, "same q, k, v, g as fla"))
     fn, reason = import_anchor("chunk_gla")
     if fn is None:
         rows.append(Row("gla", "fla chunk_gla", T, dims, skipped=reason))
         return rows
-    H, K, V = dims["H"], dims["K"], dims["V"]
-    v = _fla_qkv(env, x, env["W_V"], dtype)
-    g = torch.log(env["alpha"].float()).detach()
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["q"], env["k"])] + [v.detach().requires_grad_()]
-    rows.extend(_kernel_row("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
-                            (env["q"].float() * K ** -0.5).to(dtype), env["k"].to(dtype), v, g, "same q, k, v, g as fla"))
 
     def fla():
         return fn(ins[0], ins[1], ins[2], g=g, scale=K ** -0.5)[0]
@@ -600,16 +600,16 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
                                       min_bytes)
     x = env["u_"]
     rows.append(gen)
+    K = dims["K"]
+    v = _fla_qkv(env, x, env["W_V"], dtype)
+    rows.extend(_kernel_row("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
+                            y_gen.reshape(B, T, dims["H"], dims["V"]), (env["qf"].float() * K ** -0.5).to(dtype),
+                            env["kf"].to(dtype), v, None, "same q, k, v as fla"))
     fn, reason = import_anchor("chunk_linear_attn")
     if fn is None:
         rows.append(Row("linear_attention", "fla chunk_linear_attn", T, dims, skipped=reason))
         return rows
-    K = dims["K"]
-    v = _fla_qkv(env, x, env["W_V"], dtype)
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])] + [v.detach().requires_grad_()]
-    rows.extend(_kernel_row("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
-                            y_gen.reshape(B, T, dims["H"], dims["V"]), (env["qf"].float() * K ** -0.5).to(dtype),
-                            env["kf"].to(dtype), v, None, "same q, k, v as fla"))
 
     def fla():
         return fn(ins[0], ins[1], ins[2], scale=K ** -0.5, normalize=False)[0]

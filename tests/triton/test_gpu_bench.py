@@ -91,6 +91,35 @@ def test_smoke_run_on_cpu(monkeypatch, tmp_path):
     assert loop["max_rel_diff_vs_generated"] <= 1e-5 and loop["speedup_vs_generated_fwd"] > 0
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
+def test_sweeps_and_kernel_rows_on_cpu(monkeypatch, tmp_path):
+    """The GPU-only rows (the diagonal kernels' sweep, the outer kernel alone and its sweep), forced on at smoke
+    size: every configuration computes what the default does, and the reference row of a group stays the
+    generated module's own ("generated (...)"), not a sweep row. fla and mamba-ssm are absent, so the outer
+    groups' kernel rows run without their anchors."""
+    pytest.importorskip("triton")
+    pytest.importorskip("numpy")
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    monkeypatch.setattr(gpu_bench, "_sweeping", lambda device, T: True)
+    monkeypatch.setattr(gpu_bench, "OUTER_SWEEP", {"scalar": [(32, 16, 4)], "per_key": [(16, 16, 4)]})
+    monkeypatch.setitem(sys.modules, "fla", None)  # the kernel rows do not need the anchors
+    out = tmp_path / "sweep.json"
+    groups = ["s6", "ssd", "gla", "linear_attention"]
+    assert gpu_bench.main(["--device", "cpu", "--groups", *groups, "-T", "20", "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for r in rows:
+        assert r["skipped"] is None or "not importable" in r["skipped"], (r["group"], r["impl"], r["skipped"])
+    s6 = [r for r in rows if r["group"] == "s6" and r["note"] == "sweep"]
+    assert len(s6) == len(gpu_bench.DIAGONAL_SWEEP)
+    for group in ("ssd", "gla", "linear_attention"):
+        kernel = [r for r in rows if r["group"] == group and r["impl"].startswith("generated kernel only")]
+        assert len(kernel) == 2, group  # the default configuration and the one sweep entry
+    for r in s6 + [r for r in rows if r["impl"].startswith("generated kernel only")]:
+        # every configuration computes what the generated module does (the outer groups compare the kernel
+        # alone with the module's output: SSD without its D term, see bench_ssd)
+        assert r["max_rel_diff_vs_generated"] <= 1e-5, (r["group"], r["impl"])
+        assert r["speedup_vs_generated_fwd"] > 0  # the ratio is taken against the generated module's own row
+
 def test_cli_bench_gpu_arguments(capsys):
     assert cli_main(["bench", "--quick"]) == 2
     assert cli_main(["bench"]) == 2
