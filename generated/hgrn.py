@@ -662,20 +662,20 @@ def _scan_bwd_chunked(
         m = x_f
 
         m = tl.where(mask_t, full + m, 1.0)
-        # the chunk's own steps
+        # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
+        x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0).to(
+            DTYPE
+        )
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         if READOUT:
-            x_ipre = tl.load(
-                p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0
-            ).to(DTYPE)
-            x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-            ).to(DTYPE)
-            x__sum1 = tl.load(
-                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
-            ).to(DTYPE)
             fa0 = tl.sigmoid(x_ipre)
             a_t = x_f
             bu_t = fa0 * x__sum0 - fa0 * x__sum1 * x_f
@@ -690,16 +690,6 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0).to(
-            DTYPE
-        )
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
         ea0 = tl.sigmoid(x_ipre)
         ea1 = ea0 * (1 - ea0)
         ea2 = ea0 * g

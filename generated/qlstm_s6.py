@@ -668,15 +668,15 @@ def _scan_bwd_chunked(
         m = tl.exp(-_relu(x_alpha) * _softplus(x_f))
 
         m = tl.where(mask_t, full + m, 1.0)
-        # the chunk's own steps
+        # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         if READOUT:
-            x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-            ).to(DTYPE)
             a_t = tl.exp(-_relu(x_alpha) * _softplus(x_f))
             bu_t = x__sum0 * tl.sigmoid(x_ig)
 
@@ -697,11 +697,6 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
         ea1 = _softplus(x_f)
         ea2 = tl.exp(-ea0 * ea1)
         ea3 = ea2 * ga

@@ -612,13 +612,13 @@ def _scan_bwd_chunked(
         m = x_a
 
         m = tl.where(mask_t, full + m, 1.0)
-        # the chunk's own steps
+        # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
+        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         if READOUT:
-            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             a_t = x_a
             bu_t = x_ig * x_x * tl.sqrt(1 - (x_a * x_a))
 
@@ -632,9 +632,6 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         ea0 = tl.sqrt(1 - (x_a * x_a))
         ea1 = ea0 * g
         a = full + x_a

@@ -656,13 +656,13 @@ def _scan_bwd_chunked(
         m = tl.exp(-x_dt * tl.exp(x_A_log))
 
         m = tl.where(mask_t, full + m, 1.0)
-        # the chunk's own steps
+        # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
+        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
+        x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         if READOUT:
-            x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
-            x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             a_t = tl.exp(-x_dt * tl.exp(x_A_log))
             bu_t = x_b * x_dt * x_u
 
@@ -682,9 +682,6 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
-        x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         ea1 = ea0 * x_dt
         ea2 = tl.exp(-ea1)
         ea3 = ea2 * ga
