@@ -330,9 +330,10 @@ def _generated_rows(group, spec, dims, B, T, device, repeats, dtype, min_bytes_f
 SWEEP_T = 4096  # the sequence length at which the tuning sweeps run (the first T when it is not measured)
 # (CHUNK_T, CHUNK_ELEMS, PREFETCH) of the diagonal kernels; CHUNK_T 1: the step kernels
 DIAGONAL_SWEEP = [(1, 0, False), (1, 0, True), (16, 8192, False), (32, 8192, False)]
-OUTER_SWEEP = {  # (chunk, block_v, num_warps) of chunked_outer_triton
-    "scalar": [(64, 64, 4), (64, 32, 4), (32, 64, 4)],
-    "per_key": [(16, 32, 4), (16, 64, 8), (16, 128, 8)],
+OUTER_SWEEP = {  # (chunk, block_v, num_warps, schedule) of chunked_outer_triton
+    "scalar": [(64, 64, 8, "split"), (64, 64, 4, "split"), (64, 64, 4, "fused"), (64, 32, 4, "fused"),
+               (32, 64, 4, "fused")],
+    "per_key": [(16, 64, 8, "split"), (16, 32, 4, "fused"), (16, 64, 4, "fused"), (16, 128, 8, "fused")],
 }
 
 
@@ -533,13 +534,13 @@ def _kernel_row(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k, 
         configs += OUTER_SWEEP["per_key" if g is not None and g.dim() == 4 else "scalar"]
     rows = []
     for cfg in configs:
-        kw = {} if cfg is None else dict(zip(("chunk", "block_v", "num_warps"), cfg))
+        kw = {} if cfg is None else dict(zip(("chunk", "block_v", "num_warps", "schedule"), cfg))
 
         def kern(kw=kw):
             return chunked_outer_triton(ins[0], ins[1], ins[2], g, **kw)
 
-        label = "generated kernel only (chunked_outer_triton)" + ("" if cfg is None else
-                                                                 " chunk={} block_v={} warps={}".format(*cfg))
+        label = "generated kernel only (chunked_outer_triton)" + (
+            "" if cfg is None else " chunk={} block_v={} warps={} {}".format(*cfg))
         r = _bench_impl(group, label, T, dims, kern, ins, device, repeats, dtype, min_bytes,
                         note=note if cfg is None else "sweep")
         if not r.skipped:

@@ -70,6 +70,12 @@ CHUNK_CUDA = 64  # on a GPU without per-key decay: longer chunks, fewer sequenti
 HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
 MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
+# "fused": one sequential kernel per (b, h, value slice) computes everything (B * H * V / BLOCK_V programs, each
+# walking T / L chunks); "split" (fla's and Mamba-2's design): that kernel only passes the state and stores it at
+# every chunk start, then one program per chunk computes the outputs (and, backward, the gradients) in parallel.
+# Split does more memory traffic (the [B, H, T / L, K, V] states, in the matmul dtype) for far more parallelism.
+# Fused stays the default until a GPU run measures split (it has run only under the interpreter so far).
+SCHEDULE = "fused"
 NONE: tl.constexpr = tl.constexpr(0)
 SCALAR: tl.constexpr = tl.constexpr(1)
 PER_KEY: tl.constexpr = tl.constexpr(2)
@@ -88,64 +94,194 @@ def _dot(a, b, HALF: tl.constexpr):
 
 
 @triton.jit
-def _chunk_decay(g, rows, BT: tl.constexpr, DECAY: tl.constexpr):
-    """Decay factors of one chunk from its log-decays ``g`` ([BT], or [BT, BK] per key; padded steps hold 0).
-
-    Returns (mask, q_in, k_out, tot): ``mask`` [BT, BT] (or [BT, BT, BK]) = exp(seg(j+1..i)) for j <= i, else 0;
-    ``q_in`` = exp(seg(0..i)) (decay of the chunk's initial state up to step i); ``k_out`` = exp(seg(j+1..L-1)) (decay
-    of k_j v_j^T to the chunk end); ``tot`` = exp(seg(0..L-1)). Every seg is a sum over its own terms."""
-    ii = rows[:, None]
-    jj = rows[None, :]
-    if DECAY == PER_KEY:
-        seg = tl.cumsum(tl.where((ii > jj)[:, :, None], g[:, None, :], 0.0), axis=0)  # [BT, BT, BK]
-        mask = tl.where((ii >= jj)[:, :, None], tl.exp(seg), 0.0)
-        k_out = tl.exp(tl.sum(tl.where((ii == BT - 1)[:, :, None], seg, 0.0), axis=0))  # row L-1: [BT, BK]
-    else:
-        seg = tl.cumsum(tl.where(ii > jj, g[:, None], 0.0), axis=0)  # [BT, BT]
-        mask = tl.where(ii >= jj, tl.exp(seg), 0.0)
-        k_out = tl.exp(tl.sum(tl.where(ii == BT - 1, seg, 0.0), axis=0))  # [BT]
+def _chunk_decays(g, g_next, DECAY: tl.constexpr):
+    """The chunk's decay factors from its log-decays ``g`` and ``g_next`` (g one step later: ``g_next[j] = g[j+1]``,
+    0 past the chunk; [BT], or [BT, BK] per key): ``q_in`` = exp(seg(0..i)) (decay of the chunk's initial state up
+    to step i), ``k_out`` = exp(seg(j+1..L-1)) (decay of k_j v_j^T to the chunk end), ``tot`` = exp(seg(0..L-1)).
+    Every seg is a sum of its own terms (a cumsum of g, a reverse cumsum of g_next), never a difference."""
+    if DECAY == NONE:
+        return g + 1.0, g_next + 1.0, tl.sum(g, axis=0) + 1.0
     q_in = tl.exp(tl.cumsum(g, axis=0))
+    k_out = tl.exp(tl.cumsum(g_next, axis=0, reverse=True))
     tot = tl.exp(tl.sum(g, axis=0))
-    return mask, q_in, k_out, tot
+    return q_in, k_out, tot
 
 
 @triton.jit
-def _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, kk, mk, vv, mv, T, H, K, V,
+def _scalar_mask(g, rows, BT: tl.constexpr):
+    """[BT, BT] decay mask of one log-decay per step: exp(seg(j+1..i)) for j <= i, else 0 (mamba2's segsum: one
+    masked cumsum down the rows)."""
+    ii = rows[:, None]
+    jj = rows[None, :]
+    seg = tl.cumsum(tl.where(ii > jj, g[:, None], 0.0), axis=0)
+    return tl.where(ii >= jj, tl.exp(seg), 0.0)
+
+
+@triton.jit
+def _key_decay_row(g_next, rows, i):
+    """Per-key decay from every key j of the chunk to query row i, [BT, BK]: exp(seg(j+1..i)) for j <= i, else 0;
+    seg(j+1..i) = sum_(l=j..i-1) g_next[l], a reverse cumsum of g_next cut below row i."""
+    seg = tl.cumsum(tl.where((rows < i)[:, None], g_next, 0.0), axis=0, reverse=True)
+    return tl.where((rows <= i)[:, None], tl.exp(seg), 0.0)
+
+
+@triton.jit
+def _row(x, rows, i):
+    """Row i of the register tile x [BT, N] as [N]."""
+    return tl.sum(tl.where((rows == i)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _key_scores(q, k, g_next, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
+    """Per-key decayed causal scores P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)), [BT, BT], one query row at
+    a time: [BT, BK] tiles instead of an [BT, BT, BK] one (which does not fit in registers at BK = 128)."""
+    p = tl.zeros((BT, BT), DTYPE)
+    for i in range(BT):
+        p_i = tl.sum(k * _key_decay_row(g_next, rows, i) * _row(q, rows, i)[None, :], axis=1)  # [BT] over keys j
+        p = tl.where((rows == i)[:, None], p_i[None, :], p)
+    return p
+
+
+@triton.jit
+def _key_scores_bwd(q, k, g_next, dp, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
+    """``_key_scores`` and its gradients: P, dq = dL/dq and dk = dL/dk through P given dp = dL/dP, row by row."""
+    p = tl.zeros((BT, BT), DTYPE)
+    dq = tl.zeros(q.shape, DTYPE)
+    dk = tl.zeros(k.shape, DTYPE)
+    for i in range(BT):
+        sel = (rows == i)[:, None]
+        e = _key_decay_row(g_next, rows, i)  # [BT, BK]
+        q_i = _row(q, rows, i)
+        dp_i = _row(dp, rows, i)  # [BT] over keys j
+        ke = k * e
+        p = tl.where(sel, tl.sum(ke * q_i[None, :], axis=1)[None, :], p)
+        dq = tl.where(sel, tl.sum(dp_i[:, None] * ke, axis=0)[None, :], dq)
+        dk += dp_i[:, None] * e * q_i[None, :]
+    return p, dq, dk
+
+
+@triton.jit
+def _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
                 BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr):
-    """q, k [BT, BK], v [BT, BV] and g ([BT] or [BT, BK]) of one chunk, zero beyond T, K and V."""
+    """q, k [BT, BK], v [BT, BV], g and g_next ([BT] or [BT, BK]) of one chunk, zero beyond T, K, V and (g_next)
+    the chunk."""
     row = (b * T + t) * H + h  # [BT] int64: (b, t, h) of the [B, T, H, ...] streams
     m_qk = mt[:, None] & mk[None, :]
     q = tl.load(q_ptr + row[:, None] * K + kk[None, :], mask=m_qk, other=0.0).to(DTYPE)
     k = tl.load(k_ptr + row[:, None] * K + kk[None, :], mask=m_qk, other=0.0).to(DTYPE)
     v = tl.load(v_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
+    g, g_next = _load_log_decay(g_ptr, b, h, t, mt, rows, kk, mk, T, H, K, BT, DECAY, DTYPE)
+    return q, k, v, g, g_next
+
+
+@triton.jit
+def _load_log_decay(g_ptr, b, h, t, mt, rows, kk, mk, T, H, K, BT: tl.constexpr, DECAY: tl.constexpr,
+                    DTYPE: tl.constexpr):
+    """g and g_next (g one step later within the chunk) of one chunk: [BT], [BT, BK] per key, zeros for NONE."""
+    row = (b * T + t) * H + h
+    m_next = (rows + 1 < BT) & (t + 1 < T)
     if DECAY == PER_KEY:
-        g = tl.load(g_ptr + row[:, None] * K + kk[None, :], mask=m_qk, other=0.0).to(DTYPE)
+        g = tl.load(g_ptr + row[:, None] * K + kk[None, :], mask=mt[:, None] & mk[None, :], other=0.0).to(DTYPE)
+        g_next = tl.load(g_ptr + (row + H)[:, None] * K + kk[None, :], mask=m_next[:, None] & mk[None, :],
+                         other=0.0).to(DTYPE)
     elif DECAY == SCALAR:
         g = tl.load(g_ptr + row, mask=mt, other=0.0).to(DTYPE)
+        g_next = tl.load(g_ptr + row + H, mask=m_next, other=0.0).to(DTYPE)
     else:
         g = tl.zeros((BT,), DTYPE)
-    return q, k, v, g
+        g_next = tl.zeros((BT,), DTYPE)
+    return g, g_next
 
 
 @triton.jit
-def _scores(q, k, mask, DECAY: tl.constexpr, HALF: tl.constexpr):
-    """Decayed causal scores P[i, j] = sum_a q[i, a] k[j, a] mask[i, j(, a)], [BT, BT]."""
+def _chunk_y(q, k, v, g, g_next, s, rows, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
+             HALF: tl.constexpr):
+    """y [BT, BV] of one chunk given the state before it, s [BK, BV]: (decayed causal scores) v + (decayed q) s."""
+    q_in, k_out, tot = _chunk_decays(g, g_next, DECAY)
     if DECAY == PER_KEY:
-        return tl.sum(q[:, None, :] * k[None, :, :] * mask, axis=2)
+        p = _key_scores(q, k, g_next, rows, BT, DTYPE)
+        q_dec = q * q_in
     else:
-        return _dot(q, tl.trans(k), HALF) * mask
+        p = _dot(q, tl.trans(k), HALF)
+        if DECAY == SCALAR:
+            p = p * _scalar_mask(g, rows, BT)
+        else:
+            p = tl.where(rows[:, None] >= rows[None, :], p, 0.0)
+        q_dec = q * q_in[:, None]
+    return _dot(p, v, HALF) + _dot(q_dec, s, HALF)
 
 
 @triton.jit
-def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC,
+def _chunk_state(k, v, g, g_next, s, DECAY: tl.constexpr, HALF: tl.constexpr):
+    """The state after the chunk from the state s before it: exp(seg(0..L-1)) s + sum_j (decayed k_j) v_j^T."""
+    q_in, k_out, tot = _chunk_decays(g, g_next, DECAY)
+    if DECAY == PER_KEY:
+        return tot[:, None] * s + _dot(tl.trans(k * k_out), v, HALF)
+    else:
+        return tot * s + _dot(tl.trans(k * k_out[:, None]), v, HALF)
+
+
+@triton.jit
+def _chunk_dstate(q, g, g_next, dy, ds, DECAY: tl.constexpr, HALF: tl.constexpr):
+    """dL/d(state before the chunk) from ds = dL/d(state after it): exp(seg(0..L-1)) ds + (decayed q)^T dy."""
+    q_in, k_out, tot = _chunk_decays(g, g_next, DECAY)
+    if DECAY == PER_KEY:
+        return tot[:, None] * ds + _dot(tl.trans(q * q_in), dy, HALF)
+    else:
+        return tot * ds + _dot(tl.trans(q * q_in[:, None]), dy, HALF)
+
+
+@triton.jit
+def _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
+                 HALF: tl.constexpr):
+    """dq, dk (this value slice's share) and dv of one chunk, given the state before it s and ds = dL/d(state after
+    it)."""
+    q_in, k_out, tot = _chunk_decays(g, g_next, DECAY)
+    dpv = _dot(dy, tl.trans(v), HALF)  # dL/dP, P the decayed causal scores (y_intra = P v)
+    if DECAY == PER_KEY:
+        p, dq, dk = _key_scores_bwd(q, k, g_next, dpv, rows, BT, DTYPE)
+        k_dec = k * k_out
+        dq += q_in * _dot(dy, tl.trans(s), HALF)
+        dk += k_out * _dot(v, tl.trans(ds), HALF)
+    else:
+        if DECAY == SCALAR:
+            mask = _scalar_mask(g, rows, BT)
+        else:
+            mask = tl.where(rows[:, None] >= rows[None, :], 1.0, 0.0).to(DTYPE)
+        p = _dot(q, tl.trans(k), HALF) * mask
+        dp = dpv * mask
+        dq = _dot(dp, k, HALF)
+        dk = _dot(tl.trans(dp), q, HALF)
+        k_dec = k * k_out[:, None]
+        dq += q_in[:, None] * _dot(dy, tl.trans(s), HALF)
+        dk += k_out[:, None] * _dot(v, tl.trans(ds), HALF)
+    dv = _dot(tl.trans(p), dy, HALF) + _dot(k_dec, ds, HALF)
+    return dq, dk, dv
+
+
+@triton.jit
+def _program_coords(NV, H, NC, PER_CHUNK: tl.constexpr):
+    """(value slice, chunk, b, h, bh) of this program on a flat grid (a 1-D grid: no 65535 limit on B * H or NC).
+    PER_CHUNK: one program per (value slice, chunk, b, h), else per (value slice, b, h) and the chunk is 0."""
+    pid = tl.program_id(0)
+    i_v = pid % NV
+    if PER_CHUNK:
+        c = (pid // NV) % NC
+        i_bh = (pid // NV // NC).to(tl.int64)
+    else:
+        c = 0
+        i_bh = (pid // NV).to(tl.int64)
+    return i_v, c, i_bh // H, i_bh % H, i_bh
+
+
+@triton.jit
+def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC, NV,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
                WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in order, the [BK, BV] state in registers.
-    WRITE_Y: y [B, T, H, V]; STORE_STATES: the state at the start of every chunk, [B, H, NC, K, V]."""
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    b = i_bh // H
-    h = i_bh % H
+    WRITE_Y: y [B, T, H, V] (the fused schedule); STORE_STATES: the state at the start of every chunk,
+    [B, H, NC, K, V] in states_ptr's dtype (for the split schedule's ``_outer_out`` and for the backward)."""
+    i_v, c0, b, h, i_bh = _program_coords(NV, H, 1, False)
     rows = tl.arange(0, BT)
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
@@ -159,38 +295,57 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T,
             tl.store(states_ptr + (i_bh * NC + c) * K * V + s_off, s, mask=m_s)
         t = c * BT + rows
         mt = t < T
-        q, k, v, g = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, kk, mk, vv, mv, T, H, K, V, BT, DECAY, DTYPE)
-        mask, q_in, k_out, tot = _chunk_decay(g, rows, BT, DECAY)
-        if DECAY == PER_KEY:
-            q_dec = q * q_in
-            k_dec = k * k_out
-        else:
-            q_dec = q * q_in[:, None]
-            k_dec = k * k_out[:, None]
+        q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
+                                         BT, DECAY, DTYPE)
         if WRITE_Y:
-            p = _scores(q, k, mask, DECAY, HALF)
-            y = _dot(p, v, HALF) + _dot(q_dec, s, HALF)
+            y = _chunk_y(q, k, v, g, g_next, s, rows, BT, DECAY, DTYPE, HALF)
             row = (b * T + t) * H + h
             tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
-        if DECAY == PER_KEY:
-            s = tot[:, None] * s
-        else:
-            s = tot * s
-        s += _dot(tl.trans(k_dec), v, HALF)
+        s = _chunk_state(k, v, g, g_next, s, DECAY, HALF)
     tl.store(sT_ptr + i_bh * K * V + s_off, s, mask=m_s)
 
 
 @triton.jit
-def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr,
-               B, T, H, K, V, NC, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
-               DTYPE: tl.constexpr, HALF: tl.constexpr):
+def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, y_ptr, T, H, K, V, NC, NV,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
+               HALF: tl.constexpr):
+    """Split schedule: y of one chunk of one (b, h) and value slice, from the chunk's start state that
+    ``_outer_fwd`` (STORE_STATES) wrote. Every chunk is independent: B * H * NC * cdiv(V, BV) programs."""
+    i_v, c, b, h, i_bh = _program_coords(NV, H, NC, True)
+    rows = tl.arange(0, BT)
+    kk = tl.arange(0, BK)
+    vv = i_v * BV + tl.arange(0, BV)
+    mk = kk < K
+    mv = vv < V
+    s = tl.load(states_ptr + (i_bh * NC + c) * K * V + kk[:, None] * V + vv[None, :], mask=mk[:, None] & mv[None, :],
+                other=0.0).to(DTYPE)
+    t = c * BT + rows
+    mt = t < T
+    q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
+                                     BT, DECAY, DTYPE)
+    y = _chunk_y(q, k, v, g, g_next, s, rows, BT, DECAY, DTYPE, HALF)
+    row = (b * T + t) * H + h
+    tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
+
+
+@triton.jit
+def _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, mv, part, K, V):
+    """Store one chunk's dq, dk (this value slice's share, at offset ``part``) and dv."""
+    m_qk = mt[:, None] & mk[None, :]
+    tl.store(dq_ptr + part + row[:, None] * K + kk[None, :], dq, mask=m_qk)
+    tl.store(dk_ptr + part + row[:, None] * K + kk[None, :], dk, mask=m_qk)
+    tl.store(dv_ptr + row[:, None] * V + vv[None, :], dv, mask=mt[:, None] & mv[None, :])
+
+
+@triton.jit
+def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr, dstates_ptr,
+               B, T, H, K, V, NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+               GRADS: tl.constexpr, STORE_DSTATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in reverse with that slice of ds = dL/dS (the state
-    after the chunk) in registers. Writes dv and ds0 = dL/dS_0 of its slice, and its slice's share of dq and dk
-    (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over slices by the launcher."""
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    b = i_bh // H
-    h = i_bh % H
+    after the chunk) in registers; writes ds0 = dL/dS_0 of its slice. GRADS (the fused schedule): also dv and its
+    slice's share of dq and dk (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over
+    slices by the launcher. STORE_DSTATES (split): ds after every chunk, [B, H, NC, K, V], for ``_outer_grads``."""
+    i_v, c0, b, h, i_bh = _program_coords(NV, H, 1, False)
     rows = tl.arange(0, BT)
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
@@ -205,40 +360,44 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, 
         t = c * BT + rows
         mt = t < T
         row = (b * T + t) * H + h
-        m_qk = mt[:, None] & mk[None, :]
-        m_v = mt[:, None] & mv[None, :]
-        q, k, v, g = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, kk, mk, vv, mv, T, H, K, V, BT, DECAY, DTYPE)
-        dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=m_v, other=0.0).to(DTYPE)
-        s = tl.load(states_ptr + (i_bh * NC + c) * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)  # S before chunk
-        mask, q_in, k_out, tot = _chunk_decay(g, rows, BT, DECAY)
-        p = _scores(q, k, mask, DECAY, HALF)  # y_intra = p v
-        dpv = _dot(dy, tl.trans(v), HALF)  # dL/dp before the decay mask, [BT, BT]
-        if DECAY == PER_KEY:
-            dpv = tl.where(rows[:, None] >= rows[None, :], dpv, 0.0)
-            dq = tl.sum(dpv[:, :, None] * k[None, :, :] * mask, axis=1)
-            dk = tl.sum(dpv[:, :, None] * q[:, None, :] * mask, axis=0)
-            q_dec = q * q_in
-            k_dec = k * k_out
-            dq += q_in * _dot(dy, tl.trans(s), HALF)
-            dk += k_out * _dot(v, tl.trans(ds), HALF)
-        else:
-            dp = dpv * mask
-            dq = _dot(dp, k, HALF)
-            dk = _dot(tl.trans(dp), q, HALF)
-            q_dec = q * q_in[:, None]
-            k_dec = k * k_out[:, None]
-            dq += q_in[:, None] * _dot(dy, tl.trans(s), HALF)
-            dk += k_out[:, None] * _dot(v, tl.trans(ds), HALF)
-        dv = _dot(tl.trans(p), dy, HALF) + _dot(k_dec, ds, HALF)
-        tl.store(dq_ptr + part + row[:, None] * K + kk[None, :], dq, mask=m_qk)
-        tl.store(dk_ptr + part + row[:, None] * K + kk[None, :], dk, mask=m_qk)
-        tl.store(dv_ptr + row[:, None] * V + vv[None, :], dv, mask=m_v)
-        if DECAY == PER_KEY:
-            ds = tot[:, None] * ds
-        else:
-            ds = tot * ds
-        ds += _dot(tl.trans(q_dec), dy, HALF)
+        q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
+                                         BT, DECAY, DTYPE)
+        dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
+        if STORE_DSTATES:
+            tl.store(dstates_ptr + (i_bh * NC + c) * K * V + s_off, ds, mask=m_s)
+        if GRADS:
+            s = tl.load(states_ptr + (i_bh * NC + c) * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)  # S before
+            dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT, DECAY, DTYPE, HALF)
+            _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, mv, part, K, V)
+        ds = _chunk_dstate(q, g, g_next, dy, ds, DECAY, HALF)
     tl.store(ds0_ptr + i_bh * K * V + s_off, ds, mask=m_s)
+
+
+@triton.jit
+def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, dy_ptr, dq_ptr, dk_ptr, dv_ptr, B, T, H, K, V,
+                 NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+                 DTYPE: tl.constexpr, HALF: tl.constexpr):
+    """Split schedule: the gradients of one chunk of one (b, h) and value slice, from the chunk's start state and
+    dL/d(its end state) that the two sequential passes wrote. Every chunk is independent."""
+    i_v, c, b, h, i_bh = _program_coords(NV, H, NC, True)
+    rows = tl.arange(0, BT)
+    kk = tl.arange(0, BK)
+    vv = i_v * BV + tl.arange(0, BV)
+    part = i_v.to(tl.int64) * B * T * H * K
+    mk = kk < K
+    mv = vv < V
+    m_s = mk[:, None] & mv[None, :]
+    s_off = (i_bh * NC + c) * K * V + kk[:, None] * V + vv[None, :]
+    s = tl.load(states_ptr + s_off, mask=m_s, other=0.0).to(DTYPE)
+    ds = tl.load(dstates_ptr + s_off, mask=m_s, other=0.0).to(DTYPE)
+    t = c * BT + rows
+    mt = t < T
+    row = (b * T + t) * H + h
+    q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
+                                     BT, DECAY, DTYPE)
+    dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
+    dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT, DECAY, DTYPE, HALF)
+    _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, mv, part, K, V)
 
 
 def _next_pow2(x: int) -> int:
@@ -261,35 +420,75 @@ class _Launch:
     cdt: torch.dtype
     half: int = 0  # the matmuls' operand dtype: 0 the compute dtype (exact products), 1 bf16, 2 fp16
     num_warps: int = 4
+    split: int = 0  # the schedule: 0 fused (one sequential kernel), 1 split (sequential states + parallel chunks)
 
     @property
     def nc(self) -> int:
         return -(-self.T // self.chunk)
 
     @property
+    def nv(self) -> int:
+        return -(-self.V // self.block_v)
+
+    @property
     def tl_dtype(self):
         return tl.float64 if self.cdt == torch.float64 else tl.float32
 
+    @property
+    def states_dtype(self) -> torch.dtype:
+        """Stored chunk states (and their gradients): the matmul operand dtype. The kernels read them only as
+        operands of ``_dot``, which rounds them to that dtype anyway, so storing them rounded loses nothing."""
+        return {1: torch.bfloat16, 2: torch.float16}.get(self.half, self.cdt)
+
     def encode(self) -> list[int]:
-        return [self.decay, self.chunk, self.block_k, self.block_v, self.half, self.num_warps]
+        return [self.decay, self.chunk, self.block_k, self.block_v, self.half, self.num_warps, self.split]
 
     @staticmethod
     def decode(q: torch.Tensor, v: torch.Tensor, cfg, cdt: torch.dtype) -> "_Launch":
         B, T, H, K = q.shape
-        decay, chunk, block_k, block_v, half, num_warps = (int(x) for x in cfg)
-        return _Launch(B, T, H, K, v.shape[-1], decay, chunk, block_k, block_v, cdt, half, num_warps)
+        decay, chunk, block_k, block_v, half, num_warps, split = (int(x) for x in cfg)
+        return _Launch(B, T, H, K, v.shape[-1], decay, chunk, block_k, block_v, cdt, half, num_warps, split)
+
+    def constexprs(self) -> dict:
+        return dict(BT=self.chunk, BK=self.block_k, BV=self.block_v, DECAY=self.decay, DTYPE=self.tl_dtype,
+                    HALF=self.half, num_warps=self.num_warps)
 
 
 def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool):
+    """``(y or None, S_T, chunk-start states or None)``. The fused schedule writes y from the sequential kernel; the
+    split one stores the chunk-start states there and computes y in a second, chunk-parallel launch."""
     dev = q.device
-    y = torch.empty((L.B, L.T, L.H, L.V), device=dev, dtype=L.cdt) if write_y else s0
+    g = q if L.decay == 0 else g  # NONE: any pointer, never read
+    y = torch.empty((L.B, L.T, L.H, L.V), device=dev, dtype=L.cdt) if write_y else None
     sT = torch.empty((L.B, L.H, L.K, L.V), device=dev, dtype=L.cdt)
-    states = torch.empty((L.B, L.H, L.nc, L.K, L.V), device=dev, dtype=L.cdt) if store_states else sT
-    grid = (-(-L.V // L.block_v), L.B * L.H)
-    _outer_fwd[grid](q, k, v, q if L.decay == 0 else g, s0, y, sT, states, L.T, L.H, L.K, L.V, L.nc,
-                     BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay, WRITE_Y=write_y,
-                     STORE_STATES=store_states, DTYPE=L.tl_dtype, HALF=L.half, num_warps=L.num_warps)
+    keep_states = store_states or (write_y and L.split)
+    states = torch.empty((L.B, L.H, L.nc, L.K, L.V), device=dev, dtype=L.states_dtype) if keep_states else None
+    fused_y = write_y and not L.split
+    _outer_fwd[(L.nv * L.B * L.H,)](q, k, v, g, s0, y if fused_y else sT, sT, sT if states is None else states,
+                                    L.T, L.H, L.K, L.V, L.nc, L.nv, WRITE_Y=fused_y, STORE_STATES=keep_states,
+                                    **L.constexprs())
+    if write_y and L.split:
+        _outer_out[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, states, y, L.T, L.H, L.K, L.V, L.nc, L.nv,
+                                               **L.constexprs())
     return y, sT, states
+
+
+def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
+    """``(dq, dk, dv, ds0)`` in the compute dtype (dq, dk still split by value slice: [nv, B, T, H, K])."""
+    dev = q.device
+    _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
+    g = q if L.decay == 0 else g
+    dq = torch.empty((L.nv, L.B, L.T, L.H, L.K), device=dev, dtype=L.cdt)
+    dk = torch.empty_like(dq)
+    dv = torch.empty((L.B, L.T, L.H, L.V), device=dev, dtype=L.cdt)
+    ds0 = torch.empty((L.B, L.H, L.K, L.V), device=dev, dtype=L.cdt)
+    dstates = torch.empty_like(states) if L.split else ds0
+    _outer_bwd[(L.nv * L.B * L.H,)](q, k, v, g, states, dy, dsT, dq, dk, dv, ds0, dstates, L.B, L.T, L.H, L.K, L.V,
+                                    L.nc, L.nv, GRADS=not L.split, STORE_DSTATES=bool(L.split), **L.constexprs())
+    if L.split:
+        _outer_grads[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, states, dstates, dy, dq, dk, dv, L.B, L.T, L.H, L.K,
+                                                 L.V, L.nc, L.nv, **L.constexprs())
+    return dq, dk, dv, ds0
 
 
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
@@ -321,17 +520,8 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
     L = _Launch.decode(q, v, cfg, cdt)
     q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
-    _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
-    dy, dsT = dy.contiguous(), dsT.contiguous()
-    nv = -(-L.V // L.block_v)
-    dq = torch.empty((nv, L.B, L.T, L.H, L.K), device=q.device, dtype=L.cdt)
-    dk = torch.empty_like(dq)
-    dv = torch.empty((L.B, L.T, L.H, L.V), device=q.device, dtype=L.cdt)
-    ds0 = torch.empty_like(sT)
-    _outer_bwd[(nv, L.B * L.H)](q, k, v, q if L.decay == 0 else g, states, dy, dsT, dq, dk, dv, ds0, L.B, L.T, L.H,
-                                L.K, L.V, L.nc, BT=L.chunk, BK=L.block_k, BV=L.block_v, DECAY=L.decay,
-                                DTYPE=L.tl_dtype, HALF=L.half, num_warps=L.num_warps)
-    dq, dk = (dq[0], dk[0]) if nv == 1 else (dq.sum(0), dk.sum(0))
+    dq, dk, dv, ds0 = _bwd(L, q, k, v, g, s0, dy.contiguous(), dsT.contiguous())
+    dq, dk = (dq[0], dk[0]) if L.nv == 1 else (dq.sum(0), dk.sum(0))
     if L.decay == 0:
         dg = torch.zeros_like(g)
     else:
@@ -375,12 +565,14 @@ _outer_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: Optional[torch.Tensor] = None,
                          h0: Optional[torch.Tensor] = None, *, chunk: Optional[int] = None,
                          output_final_state: bool = False, readout: str = "post", block_v: Optional[int] = None,
-                         num_warps: Optional[int] = None):
+                         num_warps: Optional[int] = None, schedule: Optional[str] = None):
     """``chunked_outer_scan`` (same arguments and results) on the Triton kernels above: CUDA tensors, or CPU tensors
     under ``TRITON_INTERPRET=1`` (slow: for tests). Differentiable w.r.t. q, k, v, log_decay and h0.
 
     ``chunk`` (default: CHUNK_CUDA on a GPU without per-key decay, else CHUNK), ``block_v`` (the value slice of one
-    program, default min(V, MAX_BLOCK_V)) and ``num_warps`` are tuning knobs (``dsfc bench --gpu`` sweeps them).
+    program, default min(V, MAX_BLOCK_V)), ``num_warps`` and ``schedule`` (``"fused"``: one sequential kernel per
+    (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states, then one program per
+    chunk; default SCHEDULE) are tuning knobs (``dsfc bench --gpu`` sweeps them).
     With q, k, v all bf16 (or all fp16) the matmuls take that dtype (HALF_DOTS), accumulating in fp32.
 
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step
@@ -390,7 +582,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
         y, state = read_before_update(
             lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, chunk=chunk, output_final_state=True,
-                                            block_v=block_v, num_warps=num_warps), q, start)
+                                            block_v=block_v, num_warps=num_warps, schedule=schedule), q, start)
         return (y, state) if output_final_state else y
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -404,6 +596,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         # long chunks need half operands: fp32 tiles at L = 64, K = 128 take 345 KB of shared memory in the backward
         # (sm_90 has 227 KB); per-key decay keeps [L, L, K] masks, so L = 16 there
         chunk = CHUNK_CUDA if q.device.type == "cuda" and decay != 2 and half else CHUNK
+    schedule = SCHEDULE if schedule is None else schedule
+    if schedule not in ("fused", "split"):
+        raise ValueError(f"schedule must be 'fused' or 'split', got {schedule!r}")
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two >= 16 (tl.dot's smallest tile), got {chunk}")
     dev = q.device
@@ -425,8 +620,10 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     elif block_v < 16 or block_v & (block_v - 1):
         raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     if num_warps is None:
-        num_warps = 8 if chunk * block_k >= 64 * 64 else 4
-    L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps))
+        # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
+        num_warps = 8 if chunk * block_k >= 64 * 64 or decay == 2 else 4
+    L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps),
+                int(schedule == "split"))
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
     y, sT = _outer_fwd_op(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)

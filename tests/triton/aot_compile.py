@@ -3,7 +3,13 @@ lets through (it runs the kernels as numpy, without Triton's type checks and low
 TRITON_INTERPRET (tests/triton/test_triton_aot.py runs it in a subprocess). Exit 3: this triton's ahead-of-time API
 differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to compile.
 
-    python tests/triton/aot_compile.py [spec.dsf ...]
+    python tests/triton/aot_compile.py [--resources] [spec.dsf ...]     # the specs' kernels, dense, outer
+    python tests/triton/aot_compile.py --outer-only [--resources]         # the outer-product kernels only
+    python tests/triton/aot_compile.py --no-outer [spec.dsf ...]          # all but the outer-product kernels
+
+--resources also assembles each outer-product kernel with the ptxas that ships with triton and prints its registers
+per thread and spill bytes: a CPU-side proxy for how a kernel will run (255 registers with spills = local-memory
+traffic on the GPU), for tuning without a GPU.
 """
 
 import re
@@ -24,7 +30,7 @@ except ImportError as exc:
 
 from dsfc.check import load_module  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
-from dsfc.runtime import triton_dense  # noqa: E402
+from dsfc.runtime import triton_dense, triton_outer  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
@@ -37,6 +43,69 @@ def compile_one(fn, signature, constexprs, num_warps=4):
         print(f"ASTSource API differs: {exc}")
         sys.exit(3)
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
+
+
+def ptxas_resources(compiled) -> str:
+    """'regs=N spill=S/L bytes' of a compiled kernel, from ptxas -v on its PTX (the ptxas that ships with triton)."""
+    import os
+    import subprocess
+    import tempfile
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    for name in ("ptxas-blackwell", "ptxas"):  # the newer one reads the PTX versions of newer tritons
+        if (bin_dir / name).exists():
+            break
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        Path(ptx).write_text(compiled.asm["ptx"])
+        out = subprocess.run([str(bin_dir / name), "-v", f"-arch=sm_{TARGET.arch}a", ptx, "-o", ptx + ".cubin"],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+    if not regs or not spill:
+        return "ptxas: " + out.strip().splitlines()[-1] if out.strip() else "ptxas: no report"
+    return f"regs={regs.group(1)} spill={spill.group(1)}/{spill.group(2)} bytes smem={compiled.metadata.shared}"
+
+
+def outer_kernels(resources: bool) -> int:
+    """The chunked outer-product kernels (dsfc/runtime/triton_outer.py), both schedules, every decay kind, fp32 and
+    bf16 operands, at the GPU launch shapes (K = 128, value slices of 64, chunk 64, or 16 with a per-key decay)."""
+    failed = 0
+    variants = [(triton_outer._outer_fwd, {"WRITE_Y": True, "STORE_STATES": False}),
+                (triton_outer._outer_fwd, {"WRITE_Y": False, "STORE_STATES": True}),
+                (triton_outer._outer_out, {}),
+                (triton_outer._outer_bwd, {"GRADS": True, "STORE_DSTATES": False}),
+                (triton_outer._outer_bwd, {"GRADS": False, "STORE_DSTATES": True}),
+                (triton_outer._outer_grads, {})]
+    for decay in (0, 1, 2):
+        for label, half, io, states in (("fp32", 0, "*fp32", "*fp32"), ("bf16", 1, "*bf16", "*bf16")):
+            chunk = 16 if decay == 2 or not half else 64  # as chunked_outer_triton picks on a GPU
+            for fn, flags in variants:
+                sig = {}
+                for name in fn.arg_names:
+                    if name in ("BT", "BK", "BV", "DECAY", "DTYPE", "HALF") or name in flags:
+                        sig[name] = "constexpr"
+                    elif name in ("q_ptr", "k_ptr", "v_ptr", "g_ptr"):
+                        sig[name] = io
+                    elif name in ("states_ptr", "dstates_ptr"):
+                        sig[name] = states
+                    elif name.endswith("_ptr"):
+                        sig[name] = "*fp32"
+                    else:
+                        sig[name] = "i32"
+                consts = dict(BT=chunk, BK=128, BV=64, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
+                what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
+                warps = 8 if chunk * 128 >= 64 * 64 or decay == 2 else 4
+                try:
+                    compiled = compile_one(fn, sig, consts, warps)
+                except Exception as exc:  # noqa: BLE001 - report every failure
+                    failed += 1
+                    print(f"FAIL {what}: {exc}")
+                    continue
+                if resources:
+                    print(f"  {what:52s} {ptxas_resources(compiled)}")
+    print("ok outer kernels" if not failed else f"{failed} outer kernel(s) failed")
+    return failed
 
 
 def diagonal_signature(fn, leaf, state, out):
@@ -55,7 +124,7 @@ def diagonal_signature(fn, leaf, state, out):
     return sig
 
 
-def main(specs) -> int:
+def main(specs, resources: bool = False) -> int:
     failed = 0
     cases = [("fp32", "*fp32", "*fp32", tl.float32), ("bf16 in", "*bf16", "*fp32", tl.float32),
              ("fp64", "*fp64", "*fp64", tl.float64)]
@@ -99,8 +168,15 @@ def main(specs) -> int:
                 failed += 1
                 print(f"FAIL {fn.__name__} {label}: {exc}")
     print("ok dense block scan" if not failed else f"{failed} kernel(s) failed")
+    if "--no-outer" not in sys.argv:
+        failed += outer_kernels(resources)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or [str(ROOT / "specs" / "s6.dsf")]))
+    args = sys.argv[1:]
+    resources = "--resources" in args
+    if "--outer-only" in args:
+        sys.exit(1 if outer_kernels(resources) else 0)
+    args = [a for a in args if not a.startswith("--")]
+    sys.exit(main(args or [str(ROOT / "specs" / "s6.dsf")], resources))

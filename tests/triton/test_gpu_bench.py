@@ -101,7 +101,7 @@ def test_sweeps_and_kernel_rows_on_cpu(monkeypatch, tmp_path):
     pytest.importorskip("numpy")
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     monkeypatch.setattr(gpu_bench, "_sweeping", lambda device, T: True)
-    monkeypatch.setattr(gpu_bench, "OUTER_SWEEP", {"scalar": [(32, 16, 4)], "per_key": [(16, 16, 4)]})
+    monkeypatch.setattr(gpu_bench, "OUTER_SWEEP", {"scalar": [(32, 16, 4, "split")], "per_key": [(16, 16, 4, "split")]})
     monkeypatch.setitem(sys.modules, "fla", None)  # the kernel rows do not need the anchors
     out = tmp_path / "sweep.json"
     groups = ["s6", "ssd", "gla", "linear_attention"]

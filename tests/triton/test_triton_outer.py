@@ -291,9 +291,10 @@ def _loop(q, k, v, g, s0):
     return torch.stack(ys, 1), S
 
 
+@pytest.mark.parametrize("schedule", ["fused", "split"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("decay", ["none", "scalar", "key"])
-def test_runtime_half_inputs(decay, dtype):
+def test_runtime_half_inputs(decay, dtype, schedule):
     B, T, H, K, V = 2, 37, 2, 5, 11
     gen = torch.Generator().manual_seed(3)
     q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE, dtype) for _ in range(2))
@@ -303,7 +304,7 @@ def test_runtime_half_inputs(decay, dtype):
     g = None if g is None else g.to(DEVICE, dtype)
     s0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE, dtype)
     xs = [x.requires_grad_() for x in (q, k, v, g, s0) if x is not None]
-    y, sT = chunked_outer_triton(q, k, v, g, s0, output_final_state=True)
+    y, sT = chunked_outer_triton(q, k, v, g, s0, output_final_state=True, schedule=schedule)
     assert y.dtype == dtype and sT.dtype == dtype
     xs64 = [x.detach().double().cpu().requires_grad_() for x in xs]  # the float64 loop on CPU
     y64, s64 = _loop(*xs64[:3], xs64[3] if g is not None else None, xs64[-1])
@@ -316,9 +317,11 @@ def test_runtime_half_inputs(decay, dtype):
         assert a.dtype == dtype and rel(a, w) <= tol
 
 
+@pytest.mark.parametrize("schedule", ["fused", "split"])
 @pytest.mark.parametrize("decay", ["scalar", "key"])
-def test_runtime_value_slices(monkeypatch, decay):
-    """V split over several programs (as on a GPU for V > 64): dq, dk summed over slices, the last slice masked."""
+def test_runtime_value_slices(monkeypatch, decay, schedule):
+    """V split over several programs (as on a GPU for V > 64): dq, dk summed over slices, the last slice masked;
+    several chunks (the split schedule's per-chunk programs), the last one partial."""
     monkeypatch.setattr(triton_outer, "MAX_BLOCK_V", 16)
     B, T, H, K, V = 1, 21, 2, 7, 40  # three value slices of 16, the last 8 wide
     gen = torch.Generator().manual_seed(5)
@@ -327,7 +330,7 @@ def test_runtime_value_slices(monkeypatch, decay):
     g = -torch.rand((B, T, H) if decay == "scalar" else (B, T, H, K), generator=gen, dtype=torch.float64).to(DEVICE)
     s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64).to(DEVICE)
     xs = [x.requires_grad_() for x in (q, k, v, g, s0)]
-    y, sT = chunked_outer_triton(*xs, output_final_state=True)
+    y, sT = chunked_outer_triton(*xs, output_final_state=True, schedule=schedule)
     xs64 = [x.detach().cpu().clone().requires_grad_() for x in xs]  # the float64 loop on CPU
     y64, s64 = _loop(*xs64)
     wy, ws = torch.randn(y.shape, generator=gen, dtype=torch.float64), torch.randn(sT.shape, generator=gen,
@@ -337,6 +340,27 @@ def test_runtime_value_slices(monkeypatch, decay):
     assert rel(y, y64) <= 1e-12 and rel(sT, s64) <= 1e-12
     for a, w in zip(got, want):
         assert rel(a, w) <= 1e-12
+
+
+def test_schedule_is_checked():
+    q = torch.randn(1, 4, 1, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="schedule must be 'fused' or 'split', got 'parallel'"):
+        chunked_outer_triton(q, q, q, schedule="parallel")
+
+
+@pytest.mark.parametrize("key", ["gla", "ssd"])
+def test_split_schedule_in_generated_module(monkeypatch, key):
+    """The module knob SCHEDULE reaches the generated modules' Triton path: with "split", forward, final state and
+    every gradient still match the torch path (an independent algorithm)."""
+    monkeypatch.setattr(triton_outer, "SCHEDULE", "split")
+    b = built(key)
+    u, state = b.inputs(2, 35, True)  # two full chunks and a partial one, from a carried state
+    y_s, h_s, g_s = forward_and_grads(b.model, "triton", u, state)
+    y_t, h_t, g_t = forward_and_grads(b.model, "torch", u, state)
+    assert rel(y_s, y_t) <= TOL32 and rel(h_s, h_t) <= TOL32
+    for name, want in g_t.items():
+        if want is not None:
+            assert rel(g_s[name], want) <= TOL32, name
 
 
 def test_runtime_float64_and_no_initial_state():
@@ -387,8 +411,9 @@ def test_outer_under_torch_compile(compile_env, key):
             assert rel(g_c[name], want) <= TOL32, name
 
 
+@pytest.mark.parametrize("split", [0, 1])
 @pytest.mark.parametrize("decay", ["none", "scalar", "key"])
-def test_outer_custom_op_passes_opcheck(decay):
+def test_outer_custom_op_passes_opcheck(decay, split):
     """torch.library.opcheck: schema, fake (meta) implementation and autograd registration agree with the real op."""
     B, T, H, K, V = 1, 5, 1, 3, 4
     gen = torch.Generator().manual_seed(6)
@@ -398,7 +423,8 @@ def test_outer_custom_op_passes_opcheck(decay):
          "scalar": -torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_(),
          "key": -torch.rand(B, T, H, K, generator=gen).to(DEVICE).requires_grad_()}[decay]
     s0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE).requires_grad_()
-    cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16, 0, 4]  # decay, chunk, block_k, block_v, half, warps
+    # decay, chunk, block_k, block_v, half, warps, split
+    cfg = [{"none": 0, "scalar": 1, "key": 2}[decay], 16, 16, 16, 0, 4, split]
     torch.library.opcheck(triton_outer._outer_fwd_op, (q, k, v, g, s0, cfg, torch.float32),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     y, sT = triton_outer._outer_fwd_op(q, k, v, g, s0, cfg, torch.float32)

@@ -32,6 +32,7 @@ from dsf_testing import F64, build, rel_err, run_steps, state_err  # noqa: E402
 from spec_gen import dense_specs, diagonal_specs, outer_specs, ssd_specs  # noqa: E402
 
 import dsfc.runtime.triton_diagonal as triton_diagonal  # noqa: E402
+import dsfc.runtime.triton_outer as triton_outer  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -54,6 +55,7 @@ def _to(state, device):
 
 
 def _check_triton(gen, shape, chunked: bool):
+    """chunked: the other kernels of the family (diagonal: the chunked pair; outer product: the split schedule)."""
     batch, T, with_h0, seed = shape
     note(gen.text)
     note(f"labels={gen.labels} batch={batch} T={T} h0={with_h0} seed={seed} chunked={chunked}")
@@ -66,7 +68,8 @@ def _check_triton(gen, shape, chunked: bool):
     h0 = b.initial_state(batch, g) if with_h0 else None
     y_ref, h_ref = b.reference(u, h0)  # on CPU, before the model moves
     b.model.to(DEVICE).backend = "triton"
-    saved = (triton_diagonal.CHUNKED_FORWARD, triton_diagonal.CHUNKED_BACKWARD)
+    saved = (triton_diagonal.CHUNKED_FORWARD, triton_diagonal.CHUNKED_BACKWARD, triton_outer.SCHEDULE)
+    triton_outer.SCHEDULE = "split" if chunked else "fused"
     triton_diagonal.CHUNKED_FORWARD = chunked
     triton_diagonal.CHUNKED_BACKWARD = "always" if chunked else "never"
     try:
@@ -99,7 +102,7 @@ def _check_triton(gen, shape, chunked: bool):
             err = (grads["triton"][name].cpu() - want.cpu()).abs().max().item() if want.numel() else 0.0
             assert err <= TOL * max(scale, 1e-300), f"gradient of {name}: {err} vs scale {scale}"
     finally:
-        triton_diagonal.CHUNKED_FORWARD, triton_diagonal.CHUNKED_BACKWARD = saved
+        triton_diagonal.CHUNKED_FORWARD, triton_diagonal.CHUNKED_BACKWARD, triton_outer.SCHEDULE = saved
         b.model.backend = "auto"
 
 
@@ -110,15 +113,15 @@ def test_random_diagonal_specs_triton(gen, shape, chunked):
 
 
 @PROPERTY
-@given(gen=outer_specs(), shape=shapes)
-def test_random_outer_product_specs_triton(gen, shape):
-    _check_triton(gen, shape, False)
+@given(gen=outer_specs(), shape=shapes, split=st.booleans())
+def test_random_outer_product_specs_triton(gen, shape, split):
+    _check_triton(gen, shape, split)
 
 
 @PROPERTY
-@given(gen=ssd_specs(), shape=shapes)
-def test_random_ssd_like_specs_triton(gen, shape):
-    _check_triton(gen, shape, False)
+@given(gen=ssd_specs(), shape=shapes, split=st.booleans())
+def test_random_ssd_like_specs_triton(gen, shape, split):
+    _check_triton(gen, shape, split)
 
 
 @PROPERTY
