@@ -15,19 +15,24 @@ Decay masks (same maths as scans.py's ``_outer_scan_impl``, chunk length L, posi
 ``seg[i, j] = sum_{j < l <= i} g_l`` is accumulated from its own terms by one masked cumsum (mamba2's ``segsum``),
 never as a difference of prefix sums and never as a ratio of exp(cumsum); the decay of ``k_j v_j^T`` to the chunk end
 is the last row of the same matrix, the decay of the previous state to step i is the in-chunk cumsum. For g <= 0
-every exponent is <= 0, every factor in [0, 1]. A per-key decay (GLA) keeps the key index in the mask: an
-``[L, L, K]`` tensor of segment sums (L*K exps per token; the torch path's divide and conquer needs fewer, but an
-``[L, L, K]`` tile at L = 16 is cheap next to the matmuls).
+every exponent is <= 0, every factor in [0, 1]. A per-key decay (GLA) keeps the key index in the mask, so its
+intra-chunk scores are elementwise: built one query row i at a time from ``[L, K]`` tiles (row i's segment sums are
+a reverse cumsum of g one step later, cut below row i), not from one ``[L, L, K]`` tile, which did not fit in the
+registers at K = 128 (ptxas reported kilobytes of spills).
 
-Forward: grid ``(cdiv(V, BLOCK_V), B * H)``; each program walks the chunks of one (b, h) in order with its
-``[K, BLOCK_V]`` slice of the state in registers, ``tl.dot`` for the three matmuls per chunk.
+Forward, two schedules (``SCHEDULE``). Fused: one program per (b, h, value slice of BLOCK_V) walks the chunks of its
+(b, h) in order with its ``[K, BLOCK_V]`` slice of the state in registers, ``tl.dot`` for the three matmuls per
+chunk. Split (fla's and Mamba-2's design): that sequential pass only carries the state and stores it at every chunk
+start (``[B, H, T / L, K, V]`` in the matmul operand dtype), then one program per (chunk, b, h, value slice) computes
+the chunk's outputs from its start state: T / L times the parallelism for the states' round trip through memory.
+"auto" (the default) times both on a GPU once per launch shape and keeps the faster of two that agree.
 
-Backward (no activations stored by the forward): the forward kernel is rerun without ``y`` to write the state at
-the start of every chunk (``[B, H, T / L, K, V]``, L times smaller than the per-step states), then one program per
-(b, h, value slice) walks the chunks in reverse with its slice of ``dL/dS`` in registers and writes dv, dS_0 and its
-share of dq, dk (sums over V: one buffer per slice, summed in torch). The log-decay gradient
-uses the identity of fla's ``chunk_simple_gla`` / ``chunk_gla``: y and S_T depend on g only through
-``exp(G_i - G_j)`` between a query at i and a key at j (G the prefix sum of g over time), so
+Backward (no activations stored by the forward): the forward's sequential pass is rerun to store the chunk-start
+states; then, fused: one program per (b, h, value slice) walks the chunks in reverse with its slice of ``dL/dS`` in
+registers and writes dv, dS_0 and its share of dq, dk (sums over V: one buffer per slice, summed in torch); split:
+that reverse pass only stores ``dL/dS`` after every chunk, and one program per chunk computes dq, dk, dv from the two
+stored states. The log-decay gradient uses the identity of fla's ``chunk_simple_gla`` / ``chunk_gla``: y and S_T
+depend on g only through ``exp(G_i - G_j)`` between a query at i and a key at j (G the prefix sum of g over time), so
 ``dL/dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t`` (+ ``<dS_T, S_T>`` at t = T - 1) and ``dL/dg_t = sum_(s >= t) dL/dG_s`` (a
 reverse cumsum over time, in torch).
 
@@ -44,16 +49,17 @@ before each tensor-core product, which accumulates in fp32; the decays, the stat
 Under the interpreter bf16 dots fall back to fp32 (its bf16 tl.dot is wrong), fp16 dots run as on a GPU.
 
 Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9, and 3.6 with numpy 2.2: the
-3.6 interpreter fails on numpy 2.4, for every kernel), compiled for sm_90 by triton 3.6 and 3.9 without a GPU, and run
-on an H200 (``tests/triton`` compiled, triton 3.6; timings in the README's "GPU benchmark": not yet competitive with
-fla). Chunk and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few); the per-key decay's [L, L, K]
-elementwise tiles and the value-slice split of the backward (q k^T recomputed per slice) are the simple versions.
+3.6 interpreter fails on numpy 2.4, for every kernel), both schedules; compiled for sm_90 by triton 3.6 and 3.9
+without a GPU (``tests/triton/aot_compile.py --outer-only --resources`` prints ptxas' registers and spills); the
+fused schedule with the old ``[L, L, K]`` per-key tiles ran on an H200 (``tests/triton`` compiled, triton 3.6; timings
+in the README's "GPU benchmark": not yet competitive with fla). Chunk and block sizes are not autotuned (``dsfc
+bench --gpu`` sweeps a few); the value-slice split of the backward (q k^T recomputed per slice) is the simple version.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -74,8 +80,9 @@ MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 6
 # walking T / L chunks); "split" (fla's and Mamba-2's design): that kernel only passes the state and stores it at
 # every chunk start, then one program per chunk computes the outputs (and, backward, the gradients) in parallel.
 # Split does more memory traffic (the [B, H, T / L, K, V] states, in the matmul dtype) for far more parallelism.
-# Fused stays the default until a GPU run measures split (it has run only under the interpreter so far).
-SCHEDULE = "fused"
+# "auto": on CUDA, the faster of the two for each launch shape, timed on its first call (``_resolve``); fused
+# elsewhere (the interpreter) and during CUDA-graph capture.
+SCHEDULE = "auto"
 NONE: tl.constexpr = tl.constexpr(0)
 SCALAR: tl.constexpr = tl.constexpr(1)
 PER_KEY: tl.constexpr = tl.constexpr(2)
@@ -420,7 +427,8 @@ class _Launch:
     cdt: torch.dtype
     half: int = 0  # the matmuls' operand dtype: 0 the compute dtype (exact products), 1 bf16, 2 fp16
     num_warps: int = 4
-    split: int = 0  # the schedule: 0 fused (one sequential kernel), 1 split (sequential states + parallel chunks)
+    split: int = 0  # the schedule: 0 fused (one sequential kernel), 1 split (sequential states + parallel chunks),
+    # 2 auto (resolved to 0 or 1 by ``_resolve`` inside each op: the forward and the backward choose separately)
 
     @property
     def nc(self) -> int:
@@ -491,6 +499,62 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
     return dq, dk, dv, ds0
 
 
+# ---- the schedule on a GPU -------------------------------------------------------------------------------------
+# SCHEDULE = "auto" times both schedules on the first call of each launch shape (forward and backward separately)
+# and keeps the faster, once they are checked to agree: a schedule whose results differ from the other's (say, a
+# miscompile on some GPU / triton pair) is never picked, and the fused one (run on a GPU first) is the fallback.
+
+_CHOICES: dict = {}  # (phase, device, launch shape) -> split (0 or 1)
+TUNE_REPEATS = 3
+
+
+def _tune_key(phase: str, L: _Launch, device) -> tuple:
+    # T by its power-of-two bucket: training lengths vary, and the better schedule changes slowly with T / L
+    return (phase, str(device), L.B * L.H, L.T.bit_length(), L.K, L.V, L.decay, L.chunk, L.block_k, L.block_v,
+            L.half, L.num_warps, L.cdt)
+
+
+def _can_time(device: torch.device) -> bool:
+    """CUDA, and not while a CUDA graph is being captured (nothing can be timed or synchronised then)."""
+    return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+
+def _time_ms(run, L: _Launch) -> float:
+    """Milliseconds for TUNE_REPEATS launches of ``run(L)`` (after the one that compiled it)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(TUNE_REPEATS):
+        run(L)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor, half: int) -> bool:
+    """Whether two schedules' results agree: the same maths, with the matmul operands rounded the same way."""
+    if not bool(torch.isfinite(b).all()) and bool(torch.isfinite(a).all()):
+        return False
+    scale = max(a.abs().max().item(), 1e-30) if a.numel() else 1.0
+    return a.numel() == 0 or (a - b).abs().max().item() <= (2e-2 if half else 1e-4) * scale
+
+
+def _resolve(L: _Launch, phase: str, run, device: torch.device) -> _Launch:
+    """L with its schedule resolved: fused (0) and split (1) as given; auto (2): fused where nothing can be timed
+    (``_can_time``), else the faster of the two on this launch shape's first call (cached in ``_CHOICES``), provided
+    their results agree. ``run(L)`` launches the phase and returns its output tensors."""
+    if L.split != 2:
+        return L
+    fused, split = replace(L, split=0), replace(L, split=1)
+    if not _can_time(device):
+        return fused
+    key = _tune_key(phase, L, device)
+    if key not in _CHOICES:
+        outs = [run(fused), run(split)]  # the first launches also compile
+        agree = all(_agree(a, b, L.half) for a, b in zip(outs[0], outs[1]))
+        _CHOICES[key] = int(agree and _time_ms(run, split) < _time_ms(run, fused))
+    return split if _CHOICES[key] else fused
+
+
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
 # torch.compile of a surrounding model keeps one opaque node per launch (Dynamo cannot trace Triton's launcher under
 # the interpreter). Custom ops take no optional tensor that autograd must route, so a missing log-decay is the decay
@@ -501,8 +565,9 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
 def _outer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
                   cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [B, T, H, V], S_T [B, H, K, V])`` in the compute dtype ``cdt``."""
-    L = _Launch.decode(q, v, cfg, cdt)
-    y, sT, _ = _fwd(L, q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), s0.contiguous(), True, False)
+    q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
+    L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device)
+    y, sT, _ = _fwd(L, q, k, v, g, s0, True, False)
     return y, sT
 
 
@@ -518,9 +583,9 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   sT: torch.Tensor, dy: torch.Tensor, dsT: torch.Tensor, cfg: list[int],
                   cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
-    L = _Launch.decode(q, v, cfg, cdt)
-    q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
-    dq, dk, dv, ds0 = _bwd(L, q, k, v, g, s0, dy.contiguous(), dsT.contiguous())
+    q, k, v, g, s0, dy, dsT = (x.contiguous() for x in (q, k, v, g, s0, dy, dsT))
+    L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _bwd(c, q, k, v, g, s0, dy, dsT), q.device)
+    dq, dk, dv, ds0 = _bwd(L, q, k, v, g, s0, dy, dsT)
     dq, dk = (dq[0], dk[0]) if L.nv == 1 else (dq.sum(0), dk.sum(0))
     if L.decay == 0:
         dg = torch.zeros_like(g)
@@ -572,7 +637,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     ``chunk`` (default: CHUNK_CUDA on a GPU without per-key decay, else CHUNK), ``block_v`` (the value slice of one
     program, default min(V, MAX_BLOCK_V)), ``num_warps`` and ``schedule`` (``"fused"``: one sequential kernel per
     (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states, then one program per
-    chunk; default SCHEDULE) are tuning knobs (``dsfc bench --gpu`` sweeps them).
+    chunk; ``"auto"``: the faster on a GPU, timed once per launch shape; default SCHEDULE) are tuning knobs
+    (``dsfc bench --gpu`` sweeps them).
     With q, k, v all bf16 (or all fp16) the matmuls take that dtype (HALF_DOTS), accumulating in fp32.
 
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step
@@ -597,8 +663,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         # (sm_90 has 227 KB); per-key decay keeps [L, L, K] masks, so L = 16 there
         chunk = CHUNK_CUDA if q.device.type == "cuda" and decay != 2 and half else CHUNK
     schedule = SCHEDULE if schedule is None else schedule
-    if schedule not in ("fused", "split"):
-        raise ValueError(f"schedule must be 'fused' or 'split', got {schedule!r}")
+    if schedule not in ("auto", "fused", "split"):
+        raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two >= 16 (tl.dot's smallest tile), got {chunk}")
     dev = q.device
@@ -623,7 +689,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
         num_warps = 8 if chunk * block_k >= 64 * 64 or decay == 2 else 4
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps),
-                int(schedule == "split"))
+                {"fused": 0, "split": 1, "auto": 2}[schedule])
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
     y, sT = _outer_fwd_op(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)

@@ -344,13 +344,79 @@ def test_runtime_value_slices(monkeypatch, decay, schedule):
 
 def test_schedule_is_checked():
     q = torch.randn(1, 4, 1, 3, device=DEVICE)
-    with pytest.raises(ValueError, match="schedule must be 'fused' or 'split', got 'parallel'"):
+    with pytest.raises(ValueError, match="schedule must be 'auto', 'fused' or 'split', got 'parallel'"):
         chunked_outer_triton(q, q, q, schedule="parallel")
+
+
+def _launch(split=2, half=0):
+    return triton_outer._Launch(1, 40, 2, 8, 8, 1, 16, 16, 16, torch.float32, half, 4, split)
+
+
+def test_auto_schedule_takes_the_faster_when_both_agree(monkeypatch):
+    """schedule="auto" (the default): the first call of a launch shape times both schedules (faked here: no GPU)
+    and keeps the faster; later calls of that shape reuse the choice without timing again."""
+    monkeypatch.setattr(triton_outer, "_CHOICES", {})
+    monkeypatch.setattr(triton_outer, "_can_time", lambda device: True)
+    timed = []
+    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: timed.append(L.split) or (1.0 if L.split else 2.0))
+    out = torch.randn(3, 4)
+    L = triton_outer._resolve(_launch(), "fwd", lambda c: (out.clone(),), torch.device("cpu"))
+    assert L.split == 1 and sorted(timed) == [0, 1]
+    assert triton_outer._resolve(_launch(), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 1  # cached
+    assert len(timed) == 2
+    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: 2.0 if L.split else 1.0)
+    assert triton_outer._resolve(_launch(), "bwd", lambda c: (out.clone(),), torch.device("cpu")).split == 0
+    # forced schedules and devices where nothing can be timed never time anything
+    assert triton_outer._resolve(_launch(split=1), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 1
+    monkeypatch.setattr(triton_outer, "_can_time", lambda device: False)
+    assert triton_outer._resolve(_launch(), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 0
+
+
+@pytest.mark.parametrize("bad", ["off", "nan"])
+def test_auto_schedule_never_picks_a_schedule_that_disagrees(monkeypatch, bad):
+    """A schedule whose results differ from the other's (a miscompile) is not picked however fast it is."""
+    monkeypatch.setattr(triton_outer, "_CHOICES", {})
+    monkeypatch.setattr(triton_outer, "_can_time", lambda device: True)
+    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: 1.0 if L.split else 100.0)
+    good = torch.randn(3, 4)
+    wrong = good + 0.1 * good.abs().max() if bad == "off" else good.clone().fill_(float("nan"))
+    L = triton_outer._resolve(_launch(), "fwd", lambda c: (good, wrong if c.split else good), torch.device("cpu"))
+    assert L.split == 0
+    # within the half-precision tolerance (bf16 operands rounded the same way, summed in another order) it agrees
+    close = good + 1e-3 * good.abs().max()
+    assert triton_outer._resolve(_launch(half=1), "fwd", lambda c: (close if c.split else good,),
+                                 torch.device("cpu")).split == 1
+
+
+def test_auto_schedule_runs_the_kernels_it_chose(monkeypatch):
+    """End to end under the interpreter, with timing faked to favour split: forward and backward each resolve
+    (cached per phase) and still match the float64 loop."""
+    monkeypatch.setattr(triton_outer, "_CHOICES", {})
+    monkeypatch.setattr(triton_outer, "_can_time", lambda device: True)
+    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: 1.0 if L.split else 2.0)
+    B, T, H, K, V = 1, 21, 1, 5, 6
+    gen = torch.Generator().manual_seed(8)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    xs = [x.to(DEVICE).requires_grad_() for x in (q, k, v, g)]
+    y = chunked_outer_triton(*xs, schedule="auto")
+    w = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((y * w.to(y)).sum(), xs)
+    assert sorted(key[0] for key in triton_outer._CHOICES) == ["bwd", "fwd"]
+    assert all(choice == 1 for choice in triton_outer._CHOICES.values())
+    xs64 = [x.detach().cpu().clone().requires_grad_() for x in xs]
+    y64, _ = _loop(*xs64, torch.zeros(B, H, K, V, dtype=torch.float64))
+    want = torch.autograd.grad((y64 * w).sum(), xs64)
+    assert rel(y, y64) <= 1e-12
+    for a, b in zip(got, want):
+        assert rel(a, b) <= 1e-12
 
 
 @pytest.mark.parametrize("key", ["gla", "ssd"])
 def test_split_schedule_in_generated_module(monkeypatch, key):
-    """The module knob SCHEDULE reaches the generated modules' Triton path: with "split", forward, final state and
+    """The module knob SCHEDULE (default "auto": fused under the interpreter) reaches the generated modules' Triton
+    path: with "split", forward, final state and
     every gradient still match the torch path (an independent algorithm)."""
     monkeypatch.setattr(triton_outer, "SCHEDULE", "split")
     b = built(key)
