@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 
+from dsfc.runtime import autochoice
+
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
 MAX_BLOCK_C = 2048  # widest readout reduction fused into one tile
@@ -65,7 +67,9 @@ PROGRAMS = 512  # on CUDA, tiles shrink (down to 32 entries) until B * N / tile 
 CHUNKED_FORWARD = False
 CHUNKED_BACKWARD = "auto"  # "auto" (the rule above), "always" or "never"
 STATES_BUDGET = 0.25  # fraction of free device memory the step backward's state buffer may take
-PREFETCH = False  # step forward: issue the next step's loads before this step's maths (not yet measured on a GPU)
+# Step forward: issue the next step's loads before this step's maths (True), or not (False); "auto": on a GPU, time
+# both on the first call of each launch shape and keep the faster (``autochoice``; not yet measured by hand)
+PREFETCH = "auto"
 CHUNK_T = 16  # steps per chunk of the chunked forward kernel (its loads are issued once per chunk)
 CHUNK_ELEMS = 4096  # most [CHUNK_T, BLOCK_R, BLOCK_C] elements per chunk tile (registers: ~32 a thread at 4 warps)
 
@@ -147,15 +151,27 @@ def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.
     B, N = h0.shape[0], L.R * L.C
     width = L.P if fused else N
     rows = -(-L.T // L.chunk_t) if starts else L.T
-    out = torch.empty((B, rows, width), device=h0.device, dtype=out_dtype if fused else h0.dtype)
-    hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
-    args = (h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width)
     meta = dict(BLOCK_R=L.block_r, BLOCK_C=L.block_c, READOUT=fused, DTYPE=_tl_dtype(h0.dtype), num_warps=L.num_warps)
-    if L.chunk_t > 1:
-        fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=starts, **meta)
-    else:
-        fwd[L.grid(B)](*args, PREFETCH=PREFETCH, **meta)
-    return out, hT
+
+    def launch(prefetch: bool = False):
+        out = torch.empty((B, rows, width), device=h0.device, dtype=out_dtype if fused else h0.dtype)
+        hT = torch.empty((B, N), device=h0.device, dtype=h0.dtype)
+        args = (h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width)
+        if L.chunk_t > 1:
+            fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=starts, **meta)
+        else:
+            fwd[L.grid(B)](*args, PREFETCH=prefetch, **meta)
+        return out, hT
+
+    prefetch = PREFETCH
+    if PREFETCH == "auto" and L.chunk_t == 1:
+        # the same loads in another order: bit-identical results (rtol 0 would do; 1e-6 leaves room for FMA
+        # contraction choices), so the only question is speed, which depends on the GPU: time both once per shape
+        shape = (key, B, L.T.bit_length(), L.R, L.C, L.P, fused, L.block_r, L.block_c, L.num_warps,
+                 str(h0.dtype), str(out_dtype), str(h0.device))
+        prefetch = (False, True)[autochoice.choose(("diagonal prefetch",) + shape, (False, True), launch, h0.device,
+                                                   1e-6)]
+    return launch(bool(prefetch))
 
 
 def _chunk_starts(key: str, L: _Launch, h0, leaves):

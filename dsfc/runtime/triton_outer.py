@@ -67,6 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dsfc.runtime import autochoice
 from dsfc.runtime.scans import check_outer_inputs, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
@@ -500,59 +501,21 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
 
 
 # ---- the schedule on a GPU -------------------------------------------------------------------------------------
-# SCHEDULE = "auto" times both schedules on the first call of each launch shape (forward and backward separately)
-# and keeps the faster, once they are checked to agree: a schedule whose results differ from the other's (say, a
-# miscompile on some GPU / triton pair) is never picked, and the fused one (run on a GPU first) is the fallback.
-
-_CHOICES: dict = {}  # (phase, device, launch shape) -> split (0 or 1)
-TUNE_REPEATS = 3
-
-
-def _tune_key(phase: str, L: _Launch, device) -> tuple:
-    # T by its power-of-two bucket: training lengths vary, and the better schedule changes slowly with T / L
-    return (phase, str(device), L.B * L.H, L.T.bit_length(), L.K, L.V, L.decay, L.chunk, L.block_k, L.block_v,
-            L.half, L.num_warps, L.cdt)
-
-
-def _can_time(device: torch.device) -> bool:
-    """CUDA, and not while a CUDA graph is being captured (nothing can be timed or synchronised then)."""
-    return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
-
-
-def _time_ms(run, L: _Launch) -> float:
-    """Milliseconds for TUNE_REPEATS launches of ``run(L)`` (after the one that compiled it)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(TUNE_REPEATS):
-        run(L)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
-def _agree(a: torch.Tensor, b: torch.Tensor, half: int) -> bool:
-    """Whether two schedules' results agree: the same maths, with the matmul operands rounded the same way."""
-    if not bool(torch.isfinite(b).all()) and bool(torch.isfinite(a).all()):
-        return False
-    scale = max(a.abs().max().item(), 1e-30) if a.numel() else 1.0
-    return a.numel() == 0 or (a - b).abs().max().item() <= (2e-2 if half else 1e-4) * scale
 
 
 def _resolve(L: _Launch, phase: str, run, device: torch.device) -> _Launch:
-    """L with its schedule resolved: fused (0) and split (1) as given; auto (2): fused where nothing can be timed
-    (``_can_time``), else the faster of the two on this launch shape's first call (cached in ``_CHOICES``), provided
-    their results agree. ``run(L)`` launches the phase and returns its output tensors."""
+    """L with its schedule resolved: fused (0) and split (1) as given; auto (2): the faster of the two on this launch
+    shape's first call on a GPU, provided their results agree (``autochoice.choose``; fused, the schedule that ran
+    on a GPU first, is the reference and the fallback). ``run(L)`` launches the phase and returns its outputs. The
+    forward and backward choose separately; T counts by its power-of-two bucket (training lengths vary)."""
     if L.split != 2:
         return L
     fused, split = replace(L, split=0), replace(L, split=1)
-    if not _can_time(device):
-        return fused
-    key = _tune_key(phase, L, device)
-    if key not in _CHOICES:
-        outs = [run(fused), run(split)]  # the first launches also compile
-        agree = all(_agree(a, b, L.half) for a, b in zip(outs[0], outs[1]))
-        _CHOICES[key] = int(agree and _time_ms(run, split) < _time_ms(run, fused))
-    return split if _CHOICES[key] else fused
+    key = ("outer", phase, str(device), L.B * L.H, L.T.bit_length(), L.K, L.V, L.decay, L.chunk, L.block_k,
+           L.block_v, L.half, L.num_warps, L.cdt)
+    # the same maths with the same operand rounding, summed in another order
+    rtol = 2e-2 if L.half else 1e-4
+    return (fused, split)[autochoice.choose(key, (fused, split), run, device, rtol)]
 
 
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------

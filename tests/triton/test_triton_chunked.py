@@ -77,6 +77,32 @@ def test_prefetching_step_kernel_matches(monkeypatch, key, T):
     assert rel(outs[True][0], b.reference(u, h0)[0]) < TOL32
 
 
+@pytest.mark.parametrize("faster", [False, True])
+def test_auto_prefetch_keeps_the_faster(monkeypatch, faster):
+    """PREFETCH = "auto" (the default): on a GPU the step forward is timed with and without prefetching on the first
+    call of a launch shape (faked here: no GPU) and the faster is kept for later calls; the results stay exact."""
+    from dsfc.runtime import autochoice
+
+    b = built("s6")
+    u, h0 = b.inputs(2, 9, seed=3)
+    monkeypatch.setattr(triton_diagonal, "CHUNKED_FORWARD", False)
+    monkeypatch.setattr(triton_diagonal, "PREFETCH", "auto")
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    timed = []
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, prefetch: timed.append(prefetch) or
+                        (1.0 if prefetch == faster else 2.0))
+    with torch.no_grad():
+        y, hT = b.run("triton", u, h0)
+        assert sorted(timed) == [False, True]
+        y2, hT2 = b.run("triton", u, h0)
+    assert len(timed) == 2  # the choice is cached per launch shape
+    (key, choice), = [(k, c) for k, c in autochoice._CHOICES.items() if k[0] == "diagonal prefetch"]
+    assert choice == int(faster)
+    assert torch.equal(y, y2) and torch.equal(hT, hT2)
+    assert rel(y, b.reference(u, h0)[0]) < TOL32
+
+
 def test_pre_readout_keeps_the_step_kernel(monkeypatch):
     b = built("mix")  # readout pre: y_t reads h_(t-1), which the chunked kernels do not produce
     assert not hasattr(b.module, "_scan_fwd_chunked")

@@ -43,6 +43,7 @@ from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
 from dsfc.reference import reference_forward  # noqa: E402
 import dsfc.runtime.triton_outer as triton_outer  # noqa: E402
+from dsfc.runtime import autochoice  # noqa: E402
 from dsfc.runtime.triton_outer import chunked_outer_triton  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,29 +356,31 @@ def _launch(split=2, half=0):
 def test_auto_schedule_takes_the_faster_when_both_agree(monkeypatch):
     """schedule="auto" (the default): the first call of a launch shape times both schedules (faked here: no GPU)
     and keeps the faster; later calls of that shape reuse the choice without timing again."""
-    monkeypatch.setattr(triton_outer, "_CHOICES", {})
-    monkeypatch.setattr(triton_outer, "_can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
     timed = []
-    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: timed.append(L.split) or (1.0 if L.split else 2.0))
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: timed.append(L.split) or (1.0 if L.split else 2.0))
     out = torch.randn(3, 4)
     L = triton_outer._resolve(_launch(), "fwd", lambda c: (out.clone(),), torch.device("cpu"))
     assert L.split == 1 and sorted(timed) == [0, 1]
     assert triton_outer._resolve(_launch(), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 1  # cached
     assert len(timed) == 2
-    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: 2.0 if L.split else 1.0)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: 2.0 if L.split else 1.0)
     assert triton_outer._resolve(_launch(), "bwd", lambda c: (out.clone(),), torch.device("cpu")).split == 0
     # forced schedules and devices where nothing can be timed never time anything
     assert triton_outer._resolve(_launch(split=1), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 1
-    monkeypatch.setattr(triton_outer, "_can_time", lambda device: False)
-    assert triton_outer._resolve(_launch(), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 0
+    monkeypatch.setattr(autochoice, "can_time", lambda device: False)
+    assert triton_outer._resolve(_launch(half=1), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 0
+    # a shape chosen earlier keeps its choice where nothing can be timed (a CUDA graph captured after warm-up)
+    assert triton_outer._resolve(_launch(), "fwd", lambda c: 1 / 0, torch.device("cpu")).split == 1
 
 
 @pytest.mark.parametrize("bad", ["off", "nan"])
 def test_auto_schedule_never_picks_a_schedule_that_disagrees(monkeypatch, bad):
     """A schedule whose results differ from the other's (a miscompile) is not picked however fast it is."""
-    monkeypatch.setattr(triton_outer, "_CHOICES", {})
-    monkeypatch.setattr(triton_outer, "_can_time", lambda device: True)
-    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: 1.0 if L.split else 100.0)
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: 1.0 if L.split else 100.0)
     good = torch.randn(3, 4)
     wrong = good + 0.1 * good.abs().max() if bad == "off" else good.clone().fill_(float("nan"))
     L = triton_outer._resolve(_launch(), "fwd", lambda c: (good, wrong if c.split else good), torch.device("cpu"))
@@ -391,9 +394,9 @@ def test_auto_schedule_never_picks_a_schedule_that_disagrees(monkeypatch, bad):
 def test_auto_schedule_runs_the_kernels_it_chose(monkeypatch):
     """End to end under the interpreter, with timing faked to favour split: forward and backward each resolve
     (cached per phase) and still match the float64 loop."""
-    monkeypatch.setattr(triton_outer, "_CHOICES", {})
-    monkeypatch.setattr(triton_outer, "_can_time", lambda device: True)
-    monkeypatch.setattr(triton_outer, "_time_ms", lambda run, L: 1.0 if L.split else 2.0)
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: 1.0 if L.split else 2.0)
     B, T, H, K, V = 1, 21, 1, 5, 6
     gen = torch.Generator().manual_seed(8)
     q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
@@ -403,8 +406,8 @@ def test_auto_schedule_runs_the_kernels_it_chose(monkeypatch):
     y = chunked_outer_triton(*xs, schedule="auto")
     w = torch.randn(y.shape, generator=gen, dtype=torch.float64)
     got = torch.autograd.grad((y * w.to(y)).sum(), xs)
-    assert sorted(key[0] for key in triton_outer._CHOICES) == ["bwd", "fwd"]
-    assert all(choice == 1 for choice in triton_outer._CHOICES.values())
+    assert sorted(key[1] for key in autochoice._CHOICES) == ["bwd", "fwd"]
+    assert all(choice == 1 for choice in autochoice._CHOICES.values())
     xs64 = [x.detach().cpu().clone().requires_grad_() for x in xs]
     y64, _ = _loop(*xs64, torch.zeros(B, H, K, V, dtype=torch.float64))
     want = torch.autograd.grad((y64 * w).sum(), xs64)
