@@ -147,7 +147,9 @@ def compute_readout(sym: SymSpec) -> Readout:
 
 
 def classify_b(bu: sp.Expr, rows) -> BForm:
-    fs = factors(bu) if len(terms(bu)) == 1 else []
+    if len(terms(bu)) != 1:
+        bu = sp.factor_terms(bu)  # (1 - f) v expanded into two terms is still one product (see split_outer)
+    fs = factors(bu) if not isinstance(bu, sp.Add) else []
     deps = [set(_depends(f, rows)) for f in fs]
     nonempty = [d for d in deps if d]
     # outer product: two factor groups whose row dependences are not nested in each other
@@ -162,7 +164,13 @@ def classify_b(bu: sp.Expr, rows) -> BForm:
 
 def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> OuterSplit | None:
     """Try to write the system in linear-attention form (see OuterSplit); None when it does not fit."""
-    if a.mixed_axes or len(terms(bu)) != 1 or len(terms(readout.ch)) != 1:
+    if len(terms(bu)) != 1:
+        # a key or value written as a sum, (1 - f) v (HGRN2), reaches here expanded into terms that share the other
+        # factor: regroup them (a factor that mixes key and value axes is rejected below)
+        bu = sp.factor_terms(bu)
+        if isinstance(bu, sp.Add):
+            return None
+    if a.mixed_axes or len(terms(readout.ch)) != 1:
         return None
     rows = a.rows
     ch = readout.ch

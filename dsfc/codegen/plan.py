@@ -13,6 +13,7 @@ import sympy as sp
 
 from ..analysis.facts import Family
 from ..analysis.report import StructureReport
+from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
 from ..ir.functions import TaylorRange
 from ..ir.symspec import SymSpec
@@ -126,6 +127,7 @@ class ModulePlan:
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
     triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
+    signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
 
@@ -340,6 +342,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         posts=posts,
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
+        signed_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _signed_decay(sym, st),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
     )
@@ -451,6 +454,16 @@ def _log_decay(decay):
     return sp.log(decay)
 
 
+def _signed_decay(sym, st) -> bool:
+    """The log-space scans (chunked outer product, delta rule) take log(decay): True when the decay is not exp(...)
+    and the interval prover cannot show it >= 0 (tanh(...), a learned factor), so the generated code scans |decay|
+    and folds the signs into the streams (``dsfc.runtime.fold_decay_sign``)."""
+    decay = st.delta.decay if st.delta else st.a.decay
+    if _log_decay(decay) is None or isinstance(decay, sp.exp):
+        return False
+    return IntervalProver(sym).range(decay).lo < 0
+
+
 def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"
                  ) -> list[str]:
     o = st.outer
@@ -482,18 +495,29 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
             f"_f = _f.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         ]
-    logd = _log_decay(delta.decay if delta else st.a.decay)
+    decay = delta.decay if delta else st.a.decay
+    logd = _log_decay(decay)
+    signed = _signed_decay(sym, st)
+    # a decay that may be negative is scanned as log|decay|, its signs folded into the streams (fold_decay_sign)
+    target, logd = ("_decay", decay) if signed else ("_log_decay", logd)
     if logd is None:
         lines.append("_log_decay = None  # s = 1 (no gate)" if delta else "_log_decay = None  # A = I")
     elif not delta and set(st.a.decay_axes) & set(K):
         s, s_s = over(G + K)
-        lines.append(f"_log_decay = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
+        lines.append(f"{target} = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
                      f".reshape(_B, _T, {prod(G)}, {prod(K)})")
     else:
         s, s_s = over(G)
         code = pr.print(logd, s, s_s) if G else pr.print(logd, (), {})
-        lines.append(f"_log_decay = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
+        lines.append(f"{target} = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
                      f"{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})")
+    if signed:
+        lines += [
+            "# the decay is not proven >= 0: scan log|decay| with its signs folded into the streams",
+            "_log_decay, _sign = log_abs_decay(_decay)",
+            f"_q, _k, _v, _sign_end = fold_decay_sign(_sign, _q, _k, _v, readout=\"{sym.readout}\""
+            f"{', delta=True' if delta else ''})",
+        ]
     order = G + K + V
     perm = [0] + [1 + k for k in order]
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]
@@ -509,7 +533,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
         f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"
         + (", readout=\"pre\")" if sym.readout == "pre" else ")"),
-        f"_final = _sT.reshape(_B, {', '.join(sz[k] for k in order)}).permute({', '.join(map(str, inv))})",
+        f"_final = {'(_sT * _sign_end)' if signed else '_sT'}.reshape(_B, {', '.join(sz[k] for k in order)})"
+        f".permute({', '.join(map(str, inv))})",
     ]
     # y: [B, T, G, V] in (G, V) order; the output axes map to state axes through out_map
     gv_order = G + V

@@ -5,7 +5,9 @@ from dsfc.runtime.features import taylor_dim, taylor_features
 from dsfc.runtime.indexing import axis
 from dsfc.runtime.init import dt_bias_
 from dsfc.runtime.kernel_form import kernel_matrix
-from dsfc.runtime.scans import chunked_delta_scan, chunked_outer_scan, diagonal_scan
+from dsfc.runtime.scans import (chunked_delta_scan, chunked_outer_scan, diagonal_scan, fold_decay_sign,
+                                 log_abs_decay)
 
-__all__ = ["axis", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "kernel_matrix",
-           "run_compiled_chunks", "run_compiled_lets", "taylor_dim", "taylor_features", "use_compiled_chunks"]
+__all__ = ["axis", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "fold_decay_sign",
+           "kernel_matrix", "log_abs_decay", "run_compiled_chunks", "run_compiled_lets", "taylor_dim",
+           "taylor_features", "use_compiled_chunks"]

@@ -486,6 +486,45 @@ def read_before_update(run_post, q: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]
     return torch.cat([y0, y_next[:, :-1]], 1), state
 
 
+def log_abs_decay(decay: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(log|decay|, sign)`` of a decay that may be negative, for the log-space chunked scans.
+
+    The chunked outer-product and delta-rule scans take the decay as a logarithm (segment sums of log-decays), which
+    is only defined for a decay >= 0. A spec whose decay the compiler cannot prove nonnegative (``tanh(...)``, a
+    learned factor) is scanned on ``|decay|`` with the signs folded into the streams (:func:`fold_decay_sign`).
+    The sign is +1 or -1 exactly (+1 at a zero decay, where ``log|decay| = -inf`` already cuts the state)."""
+    sign = torch.where(decay < 0, -torch.ones_like(decay), torch.ones_like(decay))
+    return torch.log(torch.abs(decay)), sign
+
+
+def fold_decay_sign(sign: Tensor, q: Tensor, k: Tensor, v: Tensor, *, readout: str = "post", delta: bool = False
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fold the signs of a decay into the streams of a scan that runs on ``|decay|``: returns ``(q, k, v, end)``,
+    with the true final state ``end * S_T`` of the scan's final state ``S_T``.
+
+    With ``c_t = prod_(l<=t) sign_l`` (+-1, per group, or per group and key for a per-key decay), the true state is
+    ``S_t = c_t S'_t`` where ``S'`` is the state of the same recurrence on ``|decay|`` with the input term scaled by
+    ``c_t`` (``c_t^2 = 1``): the key (outer product; a per-key sign stays on its key row) or, for the delta rule,
+    whose key also sits in the rank-1 transition, the value. The readout is linear in the state, so the queries take
+    ``c_t`` (post-update readout) or ``c_(t-1)`` (pre-update readout, ``c_(-1) = 1``).
+
+    sign: [B, T, H] or [B, T, H, K]; q, k: [B, T, H, K]; v: [B, T, H, V]."""
+    c = torch.cumprod(sign, dim=1)
+    read = c if readout == "post" else torch.cat([torch.ones_like(c[:, :1]), c[:, :-1]], 1)
+
+    def scaled(x, s):
+        return x * (s if s.dim() == x.dim() else s.unsqueeze(-1)).to(x.dtype)
+
+    q = scaled(q, read)
+    if delta:
+        v = scaled(v, c)
+    else:
+        k = scaled(k, c)
+    end = c[:, -1]  # [B, H] or [B, H, K]
+    end = end[..., None] if end.dim() == 3 else end[..., None, None]
+    return q, k, v, end
+
+
 def chunked_outer_scan(
     q: Tensor,
     k: Tensor,

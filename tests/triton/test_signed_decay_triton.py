@@ -1,0 +1,42 @@
+"""The chunked outer-product Triton path with a decay that may be negative (tests/e2e/test_signed_decay.py has the
+torch path and the story): forward, final state and gradients against the same independent float64 loop, under the
+Triton interpreter on CPU (or compiled with DSFC_TEST_DEVICE=cuda). Before the fix every output was NaN."""
+
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytest.importorskip("numpy")  # the interpreter needs it
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from dsf_testing import F64, compile_and_build, rel_err  # noqa: E402
+from test_signed_decay import SPECS, loop  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["outer_scalar_tanh", "outer_key_tanh_pre", "outer_learned_factor"])
+def test_sign_changing_decay_triton(name):
+    b = compile_and_build(SPECS[name], path=f"{name}.dsf")
+    model = b.model.to(DEVICE)
+    model.backend = "triton"
+    P = {n: p for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    for T in (1, 20):
+        u = torch.randn(2, T, 3, generator=g, dtype=F64)
+        h0 = 0.5 * torch.randn(2, 2, 3, 2, generator=g, dtype=F64)
+        w = torch.randn(2, T, 4, generator=g, dtype=F64)
+        ws = torch.randn(2, 2, 3, 2, generator=g, dtype=F64)
+        uu = u.clone().to(DEVICE).requires_grad_()
+        y, sT = model(uu, initial_state=h0.to(DEVICE), output_final_state=True)
+        got = torch.autograd.grad((y * w.to(DEVICE)).sum() + (sT * ws.to(DEVICE)).sum(), [uu, *P.values()])
+        Pc = {n: p.detach().cpu().requires_grad_() for n, p in P.items()}
+        uo = u.clone().requires_grad_()
+        yo, so = loop(name, Pc, uo, h0)
+        want = torch.autograd.grad((yo * w).sum() + (so * ws).sum(), [uo, *Pc.values()])
+        assert rel_err(y.cpu(), yo) <= 1e-9 and rel_err(sT.cpu(), so) <= 1e-9, T
+        for n, a, e in zip(["u", *P], got, want):
+            assert rel_err(a.cpu(), e) <= 1e-8, (T, n)
