@@ -143,6 +143,9 @@ def referenced_tensors(e: ast.Expr) -> set[str]:
     return out
 
 
+MAX_SIZE = 2**62  # the largest size or element count dsfc accepts: torch sizes are int64
+
+
 class _Checker:
     def __init__(self, spec: ast.Spec):
         self.spec = spec
@@ -266,6 +269,9 @@ class _Checker:
         if float(v) != int(v) or v <= 0:
             self.err(f"{what} must be a positive integer, got {v:g}", e.span)
             return None
+        if v > MAX_SIZE:
+            self.err(f"{what} is too large: {v:g} (a tensor size is at most 2^62)", e.span)
+            return None
         return int(v)
 
     def check_dims(self, decls: list[ast.DimDecl]):
@@ -302,6 +308,11 @@ class _Checker:
                     ok = False
                 seen.add(a.name)
             out.append(AxisInfo(a.name, a.extent, size, a.span))
+        if ok and math.prod(a.size for a in out if a.size != math.inf) > MAX_SIZE:
+            total = math.prod(a.size for a in out if a.size != math.inf)
+            self.err(f"{owner!r} would have {total:.3g} elements at the default dims, too many for one tensor "
+                     "(at most 2^62)", axes[0].span)
+            return None
         return tuple(out) if ok else None
 
     def declare(self, kind: str, name: str, axes, span: Span):
