@@ -304,6 +304,13 @@ def main(argv=None) -> int:
         return EXIT_SPEC_ERROR
     except KeyboardInterrupt:
         return 130
+    except ValueError as exc:  # check.CheckSizeError: a spec too large to check
+        from .check import CheckSizeError
+
+        if not isinstance(exc, CheckSizeError):
+            raise
+        print(f"dsfc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     except BrokenPipeError:  # e.g. `dsfc compare ... | head`
         sys.stderr.close()
         return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from ..ir.symspec import SymSpec
+from ..lang.errors import SpecError, SpecErrors
 from .facts import AKind, BForm, Family
 from .index_algebra import common_row_col_deltas, contract_product, factors, simplify, split_deltas, strip_deltas, terms
 from .kernelise import has_infinite_state, kernelise, reject_infinite_lets
@@ -285,6 +286,12 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     a = classify_a(sym)
     bu = compute_bu(sym, a.rows)
     readout = compute_readout(sym)
+    if readout.ch == 0:
+        c = sym.matrices["C"]
+        raise SpecErrors([SpecError(
+            "matrix C is zero: the output never reads the state, so the layer has no recurrence to compile",
+            c.span, hint="C reads the state into the output, e.g. C[o, (c, j)] = delta(o, c) * q[j]; a layer "
+            "without a state is not a DSF")], sym.checked.spec.path, sym.checked.spec.source)
     if a.kind == AKind.SCALAR_PER_GROUP and set(a.decay_axes) & contracted_axes(sym, readout):
         # the decay varies along an axis that C contracts (GLA's key index): diagonal, shared over the rest
         a = replace(a, kind=AKind.DIAGONAL)
