@@ -94,3 +94,12 @@ def test_sizes_too_large_to_check_stop_before_allocating(tmp_path, capsys, chang
     assert rc == 2
     assert f"dsfc {cmd}: error:" in err and (what in err or "GiB" in err)
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_the_quadratic_module_rejects_a_bad_dim_like_the_others(value):
+    # generated/softmax_attention.py (quadratic template) had no dim check: d=0 was a ZeroDivisionError
+    from generated.softmax_attention import SoftmaxAttention
+
+    with pytest.raises(ValueError, match="SoftmaxAttention: dim d must be a positive integer"):
+        SoftmaxAttention(d=value)
