@@ -5,6 +5,7 @@ exit code 2; none raises a traceback, and no output file is left behind by a fai
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,32 @@ def test_the_quadratic_module_rejects_a_bad_dim_like_the_others(value):
 
     with pytest.raises(ValueError, match="SoftmaxAttention: dim d must be a positive integer"):
         SoftmaxAttention(d=value)
+
+
+SPEC = str(Path(__file__).resolve().parents[2] / "specs" / "s4d.dsf")
+
+
+@pytest.mark.parametrize("cmd, target", [
+    ("compile", "file"), ("compile", "under-a-file"), ("plot", "dir"), ("plot", "under-a-file"), ("catalog", "dir"),
+])
+def test_an_output_path_that_cannot_be_written_is_a_clear_error(tmp_path, capsys, cmd, target):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    out = {"file": blocker, "under-a-file": blocker / "out", "dir": tmp_path}[target]
+    if cmd == "plot":
+        pytest.importorskip("matplotlib")
+    args = [cmd, SPEC, "-o", str(out)] + (["--T", "4"] if cmd == "plot" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"dsfc {cmd}: error: cannot write" in err and str(out) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # no partial or temporary file left
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dims", "d=abc"], "--dims d: expected an integer, got 'abc'"),
+    (["-T", "0"], "-T, --batch and --repeats must be at least 1"),
+])
+def test_bench_rejects_bad_options_with_a_message(capsys, extra, message):
+    assert main(["bench", SPEC] + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
