@@ -24,6 +24,7 @@ import torch
 from .analysis.facts import Family
 from .check import load_module
 from .pipeline import CompileResult
+from .codegen.plan import constructor_kwargs
 
 
 def loop_diagonal_scan(a, b, h0=None, **_):
@@ -118,7 +119,7 @@ def _variant(module, which: str, compiled: bool):
 def _setup(result: CompileResult, batch: int, T: int, dims: dict | None, name: str):
     module = load_module(result, name)
     torch.manual_seed(0)
-    model = getattr(module, result.plan.model)(**(dims or {}))
+    model = getattr(module, result.plan.model)(**constructor_kwargs(dims or {}))
     u = torch.randn(batch, T, model._in_features())
     return module, model, u
 

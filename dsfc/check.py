@@ -23,11 +23,13 @@ import types
 from pathlib import Path
 from dataclasses import dataclass, field
 
+import sympy as sp
 import torch
 
 from .codegen.plan import py_name
 from .pipeline import CompileResult
 from .reference import dense_matrices, reference_forward
+from .codegen.plan import constructor_kwargs
 
 # float64 everywhere: the structured and sequential paths differ only by summation order, so agreement to 1e-8
 # relative to the output scale is expected; anything larger is a real mismatch.
@@ -135,14 +137,45 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
     return _run_check(result, dims, seed, shapes, model_factory, triton_runnable() if triton else "off")
 
 
+MAX_CHECK_ELEMENTS = 1 << 27  # 1 GiB of float64 parameters: more is not a "small dims" check
+
+
+class CheckSizeError(ValueError):
+    """The spec's tensors are too large to check even at the smallest dims dsfc tries (exit code 2, no traceback)."""
+
+
+def param_elements(sym, all_dims: dict) -> int:
+    """How many numbers the parameters of the module hold at the given dims (computed, nothing allocated)."""
+    subs = {sym.dims[k]: v for k, v in all_dims.items() if k in sym.dims}
+    total = 0
+    for p in sym.params:
+        n = 1
+        for ax in p.tensor.axes:
+            n *= int(sp.S(ax.extent).subs(subs))
+        total += n
+    return total
+
+
 def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckReport:
     sym = result.sym
     dims = dims or small_dims(result)
+    n_params = param_elements(sym, sym.dim_values(dims))
+    if n_params > MAX_CHECK_ELEMENTS:
+        raise CheckSizeError(
+            f"{sym.model}: the parameters hold {n_params:.3g} numbers at the check dims {dims} (more than "
+            f"{MAX_CHECK_ELEMENTS:.3g}); a size that is not a free dim (a number or a derived dim in an axis) cannot be "
+            "shrunk for the check")
+    n_state = sym.state_size().subs({sym.dims[k]: v for k, v in sym.dim_values(dims).items() if k in sym.dims})
+    if n_state.is_Integer and int(n_state) ** 2 > MAX_CHECK_ELEMENTS:  # (an infinite state is never dense)
+        raise CheckSizeError(
+            f"{sym.model}: the state has N = {int(n_state)} entries at the check dims {dims}, and the reference builds "
+            f"the dense N x N matrix A_t ({int(n_state) ** 2:.3g} numbers, more than {MAX_CHECK_ELEMENTS:.3g}); a size "
+            "that is not a free dim cannot be shrunk for the check")
     torch.manual_seed(seed)
     if model_factory is None:
         module = load_module(result)
         cls = getattr(module, result.plan.model)
-        model = cls(**dims).double()
+        model = cls(**constructor_kwargs(dims)).double()
     else:
         model = model_factory(dims)
     all_dims = sym.dim_values(dims)

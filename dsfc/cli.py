@@ -49,6 +49,10 @@ def cmd_compile(args) -> int:
         print(f"dsfc: no files written ({len(args.specs)} spec(s) given)", file=sys.stderr)
         return EXIT_SPEC_ERROR
     status = 0
+    problem = _unwritable_dir(out_dir)  # before the first file: all or nothing
+    if problem:
+        print(f"dsfc compile: error: cannot write to {out_dir}: {problem}; no files written", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     for r in results:
         path = write_result(r, out_dir)
         written.append(path)
@@ -59,6 +63,19 @@ def cmd_compile(args) -> int:
             if not rep.ok:
                 status = EXIT_CHECK_FAILED
     return status
+
+
+def _unwritable_dir(out_dir: Path) -> str | None:
+    """Why files cannot be written into ``out_dir`` (created if missing), or None."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return "it is a file, not a directory"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    import os
+
+    return None if os.access(out_dir, os.W_OK | os.X_OK) else "permission denied"
 
 
 def cmd_analyze(args) -> int:
@@ -144,11 +161,20 @@ def cmd_bench(args) -> int:
         return EXIT_SPEC_ERROR
     from .bench import run_bench
 
+    try:
+        dims = _parse_dims_strict(args.dims)
+    except ValueError as exc:
+        print(f"dsfc bench: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if args.T < 1 or args.batch < 1 or args.repeats < 1:
+        print(f"dsfc bench: error: -T, --batch and --repeats must be at least 1, got {args.T}, {args.batch}, "
+              f"{args.repeats}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     ok, results = _compile_all(args.specs, lambda r: None)
     if not ok:
         return EXIT_SPEC_ERROR
     for r in results:
-        run_bench(r, batch=args.batch, T=args.T, dims=_parse_dims(args.dims), repeats=args.repeats,
+        run_bench(r, batch=args.batch, T=args.T, dims=dims, repeats=args.repeats,
                   compiled=args.compile, memory=args.memory)
     return 0
 
@@ -304,9 +330,20 @@ def main(argv=None) -> int:
         return EXIT_SPEC_ERROR
     except KeyboardInterrupt:
         return 130
+    except ValueError as exc:  # check.CheckSizeError: a spec too large to check
+        from .check import CheckSizeError
+
+        if not isinstance(exc, CheckSizeError):
+            raise
+        print(f"dsfc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     except BrokenPipeError:  # e.g. `dsfc compare ... | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # an output path that cannot be written (write_atomic left no partial file)
+        target = getattr(args, "output", None) or exc.filename  # the path asked for, not write_atomic's temp file
+        print(f"dsfc {args.command}: error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .pipeline import CompileResult
+from .analysis.index_algebra import simplify
 
 LABEL = 18  # width of the property column
 
@@ -120,11 +121,11 @@ def _telescoping(result: CompileResult) -> str | None:
             if g.has(sp.zoo, sp.nan) or not g.has(x):
                 continue
             g = sp.expand(g).as_independent(x, as_Add=False)[1]  # drop the constant factor
-            if sp.simplify(rest - g.subs(x, node) / g) != 0:
+            if simplify(rest - g.subs(x, node) / g) != 0:
                 continue
             gb = g.subs(to_b, simultaneous=True)
             xb = x.subs(to_b, simultaneous=True)
-            if sp.simplify(B.entry * gb).has(xb):
+            if simplify(B.entry * gb).has(xb):
                 continue
         except Exception:  # noqa: BLE001 - an expression sympy cannot decide is simply not recognised
             continue

@@ -24,6 +24,7 @@ import torch
 
 from .check import load_module, small_dims
 from .pipeline import CompileResult
+from .codegen.plan import constructor_kwargs
 
 MAX_EIG_N = 256  # above this state size, eigenvalues are computed for only MAX_EIG_STEPS time steps
 MAX_EIG_STEPS = 8
@@ -78,8 +79,14 @@ def compute(result: CompileResult, T: int = 32, dims: dict[str, int] | None = No
     module = load_module(result, name=f"dsfc_plot_{result.module_name}")
     cls = getattr(module, result.plan.model)
     torch.manual_seed(seed)
+    from .check import MAX_CHECK_ELEMENTS, param_elements
+
+    n_params = param_elements(result.sym, result.sym.dim_values(dims))
+    if n_params > MAX_CHECK_ELEMENTS:
+        raise PlotError(f"the parameters hold {n_params:.3g} numbers at dims {dims}; use smaller --dims (a size "
+                        "that is not a free dim cannot be shrunk)")
     try:
-        model = cls(**dims, dtype=torch.float64)
+        model = cls(**constructor_kwargs(dims), dtype=torch.float64)
     except ValueError as exc:  # the generated constructor checks divisibility of derived dims
         raise PlotError(f"dims {dims}: {exc}") from None
     d_in, N = model._in_features(), model._state_size()

@@ -51,6 +51,14 @@ class SoftmaxAttention(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"SoftmaxAttention: backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        for _name, _value in (
+            ("d", d),
+            ("H", H),
+            ("K", K),
+            ("V", V),
+        ):
+            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
+                raise ValueError(f"SoftmaxAttention: dim {_name} must be a positive integer, got {_value!r}")
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)

@@ -24,6 +24,7 @@ import sympy as sp
 from ..ir.functions import is_infinite_range
 from ..ir.symspec import SymLet, SymSpec
 from ..lang.errors import SpecError, SpecErrors
+from .index_algebra import simplify
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,11 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
                 continue
             for prev_x in {e for e in sp.preorder_traversal(logd) if _name(e) == p.tensor.name}:
                 x_now = sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)
-                if _name(x_now) in log_lets and sp.simplify(logd - (prev_x - x_now)) == 0:
+                if _name(x_now) in log_lets and simplify(logd - (prev_x - x_now)) == 0:
                     row_log, col_log = -x_now, x_now + value_log
         if row_log is None:
             _fail(sym, "the kernelised form supports A = I or A = prev(X) / X per group (X a kernel sum); "
                   f"got decay {sp.sstr(a.decay)}", sym.matrices["A"].span)
     return Kernelised(qlet, klet, tuple(sorted(hist_of)), tuple(log_lets), tuple(kernel_sums), value,
-                      value_log, row_log, sp.simplify(col_log), qscale.subs(logsub), outer.group_axes,
+                      value_log, row_log, simplify(col_log), qscale.subs(logsub), outer.group_axes,
                       outer.value_axes, fax[0])

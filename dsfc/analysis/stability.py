@@ -16,6 +16,7 @@ import sympy as sp
 from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from ..ir.symspec import SymSpec
 from .facts import AKind, Bound
+from .index_algebra import simplify
 
 INF = math.inf
 
@@ -147,7 +148,7 @@ class IntervalProver:
         num = sp.Mul(*[f for f in let.expr.args if f is not dens[0]])
         for k, j in enumerate(let.index):
             ext = let.tensor.axes[k].extent
-            if lo == 0 and sp.simplify(hi - (ext - 1)) == 0 and sp.simplify(total.function.subs(j2, j) - num) == 0:
+            if lo == 0 and simplify(hi - (ext - 1)) == 0 and simplify(total.function.subs(j2, j) - num) == 0:
                 iv = self.range(num)
                 if iv.lo > 0 or (iv.lo == 0 and iv.lo_open):
                     return k
@@ -387,10 +388,10 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     if len(sizes) != 1 or sizes[0] != 2:
         return None
     rows, cols, mixed = a.rows, a.cols, a.mixed_axes
-    m = [[sp.simplify(_block_at(a.block, rows, cols, mixed, (i,), (j,))) for j in range(2)] for i in range(2)]
-    if sp.simplify(m[0][0] - m[1][1]) != 0 or sp.simplify(m[0][1] + m[1][0]) != 0:
+    m = [[simplify(_block_at(a.block, rows, cols, mixed, (i,), (j,))) for j in range(2)] for i in range(2)]
+    if simplify(m[0][0] - m[1][1]) != 0 or simplify(m[0][1] + m[1][0]) != 0:
         return None
-    det = sp.simplify(sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
+    det = simplify(sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
     prover = IntervalProver(sym)
     iv = prover.range(det)
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
@@ -418,8 +419,8 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     # inline the lets inside the contraction only (the rank-1 vectors), so scalars such as beta keep their names
     trace = _canonical_sums(trace)  # first pull factors such as beta out of the contraction
     trace = trace.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
-    small = sp.simplify(_canonical_sums(trace))
-    other = sp.simplify(s_coef + small)  # rest carries its own sign: s + (-f g^T)
+    small = simplify(_canonical_sums(trace))
+    other = simplify(s_coef + small)  # rest carries its own sign: s + (-f g^T)
     prover = IntervalProver(sym)
     ivs = [prover.range(s_coef), prover.range(other)]
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"

@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from ..ir.symspec import SymSpec
+from ..lang.errors import SpecError, SpecErrors
 from .facts import AKind, BForm, Family
-from .index_algebra import common_row_col_deltas, contract_product, factors, split_deltas, strip_deltas, terms
+from .index_algebra import common_row_col_deltas, contract_product, factors, simplify, split_deltas, strip_deltas, terms
 from .kernelise import has_infinite_state, kernelise, reject_infinite_lets
 
 
@@ -91,7 +92,7 @@ def classify_a(sym: SymSpec) -> AStructure:
     rows, cols = m.rows, m.cols
     diag = sorted(common_row_col_deltas(m.entry, rows, cols))
     mixed = tuple(k for k in range(len(rows)) if k not in diag)
-    stripped = sp.simplify(strip_deltas(m.entry, rows, cols, diag)) if diag else m.entry
+    stripped = simplify(strip_deltas(m.entry, rows, cols, diag)) if diag else m.entry
     if not mixed:
         decay = stripped
         dep = _depends(decay, rows)
@@ -282,7 +283,7 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
     if a.block.free_symbols & value_rows or parts.scale.free_symbols & (key_rows | key_cols):
         return None
     # row_vec = -scale * rho * key with rho constant over the key axes: then f = rho * col_vec
-    rho = sp.simplify(-parts.row_vec / (parts.scale * outer.key))
+    rho = simplify(-parts.row_vec / (parts.scale * outer.key))
     if rho.free_symbols & (key_rows | key_cols | value_rows) or rho.has(sp.zoo, sp.nan):
         return None
     read = (rho * parts.col_vec).subs({cols[k]: rows[k] for k in outer.key_axes}, simultaneous=True)
@@ -293,6 +294,12 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     a = classify_a(sym)
     bu = compute_bu(sym, a.rows)
     readout = compute_readout(sym)
+    if readout.ch == 0:
+        c = sym.matrices["C"]
+        raise SpecErrors([SpecError(
+            "matrix C is zero: the output never reads the state, so the layer has no recurrence to compile",
+            c.span, hint="C reads the state into the output, e.g. C[o, (c, j)] = delta(o, c) * q[j]; a layer "
+            "without a state is not a DSF")], sym.checked.spec.path, sym.checked.spec.source)
     if a.kind == AKind.SCALAR_PER_GROUP and set(a.decay_axes) & contracted_axes(sym, readout):
         # the decay varies along an axis that C contracts (GLA's key index): diagonal, shared over the rest
         a = replace(a, kind=AKind.DIAGONAL)

@@ -58,6 +58,12 @@ def py_name(name: str) -> str:
     return name
 
 
+def constructor_kwargs(dims: dict) -> dict:
+    """Spec dim values -> keyword arguments of the generated constructor (dims named like ``self`` or ``dtype`` are
+    renamed there by py_name)."""
+    return {py_name(k): v for k, v in dims.items()}
+
+
 @dataclass
 class ParamPlan:
     name: str

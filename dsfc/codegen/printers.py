@@ -258,6 +258,11 @@ class TorchPrinter:
 
     def _sum(self, e: sp.Sum, axes, sizes) -> str:
         # SymPy merges nested sums into one Sum with several limits; all are bound at once
+        unused = [lim for lim in e.limits if lim[0] not in e.function.free_symbols]
+        if unused:  # sum(k: n, x) with x free of k is n * x: no [.., n] broadcast to add up (n may be huge)
+            count = sp.Mul(*(hi - lo + 1 for _, lo, hi in unused))
+            used = [lim for lim in e.limits if lim not in unused]
+            return self._p(count * (sp.Sum(e.function, *used) if used else e.function), axes, sizes, 0)
         svars, body_sizes = [], dict(sizes)
         for var, lo, hi in e.limits:
             if lo != 0:

@@ -35,6 +35,7 @@ from ..analysis.structure import Structure
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
+from ..analysis.index_algebra import simplify
 
 SCAN, READ = "scan", "readout"
 
@@ -173,7 +174,7 @@ def _split_term(sym: SymSpec, st: Structure, ch):
     if not all(o in subs for o in out_syms) or not all(v in subs for v in summed):
         return None
     for k, s in enumerate(subs):
-        if s in summed and sp.simplify(summed[s] - state.axes[k].extent) != 0:
+        if s in summed and simplify(summed[s] - state.axes[k].extent) != 0:
             return None
     H = sp.Dummy("H")
     lin = body.xreplace({h: H})

@@ -7,11 +7,15 @@ makes ``dt`` positive), so later passes reason with assumptions rather than by e
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import sympy as sp
 
 from ..lang import ast
 from ..lang.check import CheckedSpec, TensorInfo
 from ..lang.check import FEATURE_MAPS, INFINITE_ORDER, is_feature_range
+from ..lang.errors import SpecError, SpecErrors
 from .functions import FUNCTION_TABLE, TaylorRange
 from .symspec import FeatureMap, SymAxis, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
 
@@ -38,6 +42,28 @@ def _sign_assumptions(expr: sp.Expr) -> dict[str, bool]:
 
 
 RUNNING = ("cumsum", "scan", "prev", "window")
+
+FLOAT_MAX = sp.Float(1.7976931348623157e308)
+
+
+def not_finite_real(x) -> str | None:
+    """Why a lowered expression is not a finite real number anywhere (it contains ``zoo``, ``nan``, ``oo``, ``I`` or
+    a number beyond float64), or None. Infinite feature ranges ``taylor(K, oo)`` are legal extents and not looked at."""
+    if not isinstance(x, sp.Basic):
+        return None
+    if x.has(TaylorRange):
+        x = x.replace(lambda n: isinstance(n, TaylorRange), lambda n: sp.Integer(1))
+    if x.has(sp.nan):
+        return "it is undefined (not a number, e.g. 0 / 0)"
+    if x.has(sp.zoo):
+        return "it is infinite (a division by zero or log(0))"
+    if x.has(sp.oo, -sp.oo):
+        return "it is infinite"
+    if x.has(sp.I):
+        return "it is not real (the sqrt, log or a fractional power of a negative number)"
+    if any(abs(n) > FLOAT_MAX for n in x.atoms(sp.Number)):
+        return "it overflows float64 (a number larger than 1.8e308)"
+    return None
 
 
 def _running_assumptions(op: str, args) -> dict[str, bool]:
@@ -90,6 +116,7 @@ class _Lowering:
         self.checked = checked
         self.dims = {d.name: dim_symbol(d.name) for d in checked.dims}
         self.bases: dict[str, sp.Basic] = {}
+        self.errors: list[SpecError] = []
 
     def axes(self, info: TensorInfo) -> tuple[SymAxis, ...]:
         return tuple(SymAxis(a.name, self.expr(a.extent, {}), a.size) for a in info.axes)
@@ -104,10 +131,28 @@ class _Lowering:
         return SymTensor(info.kind, info.name, base, self.axes(info), info.span)
 
     def expr(self, e: ast.Expr, scope: dict[str, sp.Symbol]) -> sp.Expr:
+        """Lower one expression. A constant that is not a finite real number (``1 / 0``, ``log(-1)``, ``3 % 0``,
+        ``10^400``) is a SpecError at the innermost sub-expression that produces it."""
+        try:
+            out = self._expr(e, scope)
+        except ZeroDivisionError:
+            out, why = None, "it divides by zero"
+        else:
+            why = not_finite_real(out)
+        if why is not None:
+            # reported once, here; the enclosing expressions go on with a placeholder so that every independent
+            # mistake of the spec is reported in one run
+            self.errors.append(SpecError(f"this expression is not a finite real number: {why}", e.span))
+            return sp.Dummy("invalid", real=True)
+        return out
+
+    def _expr(self, e: ast.Expr, scope: dict[str, sp.Symbol]) -> sp.Expr:
         if isinstance(e, ast.Num):
             if isinstance(e.value, int):
                 return sp.Integer(e.value)
-            return sp.Float(e.value) if not float(e.value).is_integer() else sp.Integer(int(e.value))
+            v = float(e.value)
+            # an integral real is kept exact only while float64 holds it exactly (1e300 stays a float)
+            return sp.Integer(int(v)) if v.is_integer() and abs(v) <= 2**53 else sp.Float(v)
         if isinstance(e, ast.Name):
             if e.name in scope:
                 return scope[e.name]
@@ -152,6 +197,55 @@ class _Lowering:
             return -self.expr(e.operand, scope)
         raise AssertionError(f"cannot lower {type(e).__name__}")  # pragma: no cover
 
+    def collect(self, check, p, values, *args) -> None:
+        """Run a value check of param ``p``, recording its error; skipped when ``values`` already failed."""
+        if any(sp.S(v).atoms(sp.Dummy) for v in (values if isinstance(values, tuple) else (values,))):
+            return
+        try:
+            check(p, values, *args)
+        except SpecError as err:
+            self.errors.append(err)
+
+    def _at_defaults(self, x: sp.Expr) -> sp.Expr:
+        return sp.S(x).subs({self.dims[k]: v for k, v in self.checked.dim_values.items()})
+
+    def check_dist_args(self, p: ast.ParamDecl, args: tuple) -> None:
+        """The arguments of ``~ dist(...)`` at the default dims: a std must be >= 0, a range ordered, and a
+        log-uniform or dt_bias range positive (torch would fail in the generated constructor otherwise)."""
+        vals = []
+        for a in args:
+            v = self._at_defaults(a).evalf()
+            why = not_finite_real(v)
+            if why is not None or not v.is_number:
+                raise SpecError(f"the arguments of {p.init.dist} for {p.name!r} must be finite real numbers: "
+                                f"{sp.sstr(a)}: {why or 'it is not a number'}", p.init.span)
+            vals.append(float(v))
+        dist = p.init.dist
+        if dist == "normal" and vals[1] < 0:
+            raise SpecError(f"the std of normal(mean, std) for {p.name!r} must be >= 0, got {vals[1]:g}", p.init.span)
+        if dist in ("uniform", "log_uniform", "dt_bias") and vals[0] > vals[1]:
+            raise SpecError(f"{dist}(lo, hi) for {p.name!r} needs lo <= hi, got {vals[0]:g} > {vals[1]:g}",
+                            p.init.span)
+        if dist in ("log_uniform", "dt_bias") and vals[0] <= 0:
+            raise SpecError(f"{dist}(lo, hi) for {p.name!r} needs 0 < lo (it draws the log of the value), "
+                            f"got lo = {vals[0]:g}", p.init.span)
+
+    def check_init_values(self, p: ast.ParamDecl, expr: sp.Expr, index: tuple, info: TensorInfo) -> None:
+        """``param P[c: d] = expr``: expr at every element (at the default dims) must be a finite real number, e.g.
+        not ``log(c)`` at c = 0. Only the index symbols expr uses are enumerated, up to 4096 combinations."""
+        expr = self._at_defaults(expr)
+        used = [(s, a.size) for s, a in zip(index, info.axes) if s in expr.free_symbols]
+        if math.prod(size for _, size in used) > 4096:
+            return
+        for values in itertools.product(*(range(size) for _, size in used)):
+            env = {s: v for (s, _), v in zip(used, values)}
+            v = expr.subs(env)
+            why = not_finite_real(v) or not_finite_real(v.evalf())
+            if why is not None:
+                at = ", ".join(f"{s}={k}" for s, k in env.items())
+                raise SpecError(f"the initial value of {p.name!r} is not a finite real number"
+                                f"{' at ' + at if at else ''}: {why}", p.init.span)
+
     def infer_extent(self, var: str, body: ast.Expr) -> sp.Expr:
         from ..lang.check import _walk
 
@@ -183,8 +277,10 @@ class _Lowering:
                 init = SymInit("default", None, (), index)
             elif isinstance(p.init, ast.InitExpr):
                 init = SymInit("expr", self.expr(p.init.expr, scope), (), index)
+                self.collect(self.check_init_values, p, init.expr, index, info)
             else:
                 init = SymInit(p.init.dist, None, tuple(self.expr(a, {}) for a in p.init.args), index)
+                self.collect(self.check_dist_args, p, init.args)
             params.append(SymParam(self.tensor(info, base), init))
 
         lets = []
@@ -257,6 +353,8 @@ class _Lowering:
             expr = self.expr(post.expr, dict(zip([a.name for a in info.axes], index)))
             base = self.make_base(post.name, len(info.axes), **_sign_assumptions(expr))
             posts.append(SymLet(self.tensor(info, base), index, expr, True))
+        if self.errors:
+            raise SpecErrors(self.errors, c.spec.path, c.spec.source)
         return SymSpec(
             driven=driven,
             posts=tuple(posts),
@@ -278,4 +376,7 @@ class _Lowering:
 
 
 def lower_to_sympy(checked: CheckedSpec) -> SymSpec:
-    return _Lowering(checked).run()
+    try:
+        return _Lowering(checked).run()
+    except SpecError as err:
+        raise SpecErrors([err], checked.spec.path, checked.spec.source) from None

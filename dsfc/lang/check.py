@@ -7,6 +7,7 @@ collected and raised together as :class:`SpecErrors`.
 from __future__ import annotations
 
 import itertools
+import keyword
 import math
 from dataclasses import dataclass, field
 
@@ -143,6 +144,12 @@ def referenced_tensors(e: ast.Expr) -> set[str]:
     return out
 
 
+# Capitalised names at the generated module's top level, which the model's class would shadow
+MODULE_NAMES = {"F", "BACKENDS"}
+
+MAX_SIZE = 2**62  # the largest size or element count dsfc accepts: torch sizes are int64
+
+
 class _Checker:
     def __init__(self, spec: ast.Spec):
         self.spec = spec
@@ -266,6 +273,9 @@ class _Checker:
         if float(v) != int(v) or v <= 0:
             self.err(f"{what} must be a positive integer, got {v:g}", e.span)
             return None
+        if v > MAX_SIZE:
+            self.err(f"{what} is too large: {v:g} (a tensor size is at most 2^62)", e.span)
+            return None
         return int(v)
 
     def check_dims(self, decls: list[ast.DimDecl]):
@@ -302,6 +312,11 @@ class _Checker:
                     ok = False
                 seen.add(a.name)
             out.append(AxisInfo(a.name, a.extent, size, a.span))
+        if ok and math.prod(a.size for a in out if a.size != math.inf) > MAX_SIZE:
+            total = math.prod(a.size for a in out if a.size != math.inf)
+            self.err(f"{owner!r} would have {total:.3g} elements at the default dims, too many for one tensor "
+                     "(at most 2^62)", axes[0].span)
+            return None
         return tuple(out) if ok else None
 
     def declare(self, kind: str, name: str, axes, span: Span):
@@ -623,6 +638,14 @@ class _Checker:
                 f"model name {model.name!r} should start with a capital letter (it names the nn.Module class)",
                 model.span,
             )
+        elif model is not None and (keyword.iskeyword(model.name) or model.name in MODULE_NAMES or "'" in model.name):
+            self.err(
+                f"model name {model.name!r} cannot name the nn.Module class: it is "
+                + ("a Python keyword" if keyword.iskeyword(model.name) else
+                   "not a Python identifier" if "'" in model.name else "a name the generated module already uses"),
+                model.span,
+                hint=f"e.g. model {model.name.rstrip(chr(39))}Layer",
+            )
         self.check_dims([s for s in stmts if isinstance(s, ast.DimDecl)])
 
         tensors: dict[str, ast.TensorDecl] = {}
@@ -888,7 +911,9 @@ def _default_model_name(path: str) -> str:
     stem = Path(path).stem if path and not path.startswith("<") else "Model"
     parts = [p for p in re.split(r"[^A-Za-z0-9]+", stem) if p]
     name = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
-    return name if name[0].isalpha() else "Model" + name
+    name = name if name[0].isalpha() else "Model" + name
+    # none.dsf or f.dsf must not make class None (a SyntaxError) or class F (shadowing torch.nn.functional)
+    return name + "Model" if keyword.iskeyword(name) or name in MODULE_NAMES else name
 
 
 def check_spec(spec: ast.Spec) -> CheckedSpec:

@@ -10,7 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
@@ -129,6 +129,32 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     return SpecError(f"unexpected {str(tok)!r}; expected {_describe_expected(expected)}", span)
 
 
+# How deeply one statement may nest operators, calls and sums. The analysis, SymPy (differentiation for the Triton
+# backward kernels, printing) and the reference all recurse over an expression, a few Python frames per level; past
+# this depth they would hit Python's recursion limit. Split a longer expression with lets.
+MAX_NESTING = 64
+
+
+def _too_deep(tree) -> SpecError | None:
+    """A positioned error when ``tree`` nests deeper than MAX_NESTING (walked without recursion), else None."""
+    stack = [(tree, 0, tree)]
+    while stack:
+        node, depth, top = stack.pop()
+        if depth > MAX_NESTING:
+            return SpecError(  # at the outermost expression of the statement that holds the deep part
+                f"expression is nested too deeply (more than {MAX_NESTING} levels of operators, calls and sums)",
+                _span(top.meta),
+                hint="split it into lets: let z[...] = <part>, then use z (a long chain a + b + c + ... counts one "
+                "level per operator)",
+            )
+        # depth 0: start, 1: the statement, 2: its outermost parts (an expression, an axis list, ...)
+        # (argument and axis lists are not levels of their own: f(x) is one level)
+        step = 0 if node.data in ("arg_list", "axis_list") else 1
+        stack.extend((child, depth + step, child if depth == 1 else top) for child in node.children
+                     if isinstance(child, Tree))
+    return None
+
+
 def _position(text: str, offset: int) -> Span:
     """1-based line and column of a character offset."""
     line = text.count("\n", 0, offset) + 1
@@ -185,6 +211,10 @@ def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
         padded = "\n" * first_line + chunk
         try:
             tree = _parser().parse(padded)
+            deep = _too_deep(tree)
+            if deep is not None:
+                errors.append(deep)
+                continue
             statements.extend(_ToAst().transform(tree))
         except UnexpectedInput as exc:
             errors.append(_syntax_error(exc, padded))
@@ -288,7 +318,12 @@ class _ToAst(Transformer):
     def number(self, meta, children):
         (tok,) = children
         text = str(tok)
-        value = int(text) if re.fullmatch(r"\d+", text) else float(text)
+        if re.fullmatch(r"[0-9]+", text):
+            if len(text.lstrip("0")) > 308:  # beyond float64 (and Python's int-from-text limit at 4300 digits)
+                raise SpecError(f"number {text[:12]}... ({len(text)} digits) is too large for float64", _span(meta))
+            value = int(text)
+        else:
+            value = float(text)
         return ast.Num(value, span=_span(meta))
 
     def name(self, meta, children):

@@ -1,0 +1,135 @@
+"""Odd but well-formed specs through the CLI: names that collide with Python or the generated module, degenerate
+matrices, constant sums and sizes too large to check. Each either works end to end or stops with a clear message and
+exit code 2; none raises a traceback, and no output file is left behind by a failed compile."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsfc.cli import main
+
+BASE = """model M
+dim d = 4
+dim n = 2
+input u[d]
+state h[c: d, j: n]
+output y[d]
+param W[n, d] ~ normal(0, 1)
+param a_log[c: d, j: n] = log(j + 1)
+let b[j: n] = sum(k, W[j, k] * u[k])
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * exp(-exp(a_log[c, j]))
+B[(c, j), k] = delta(c, k) * b[j]
+C[o, (c, j)] = delta(o, c)
+"""
+
+
+def _run(tmp_path, capsys, text, *cmd, name="bad.dsf"):
+    path = tmp_path / name
+    path.write_text(text)
+    rc = main([cmd[0], str(path), *cmd[1:]])
+    io = capsys.readouterr()
+    assert "Traceback" not in io.err
+    return rc, io.out, io.err, path
+
+
+@pytest.mark.parametrize("dim", ["self", "lambda", "dtype", "device", "state", "backend"])
+def test_a_dim_named_like_a_python_or_module_name_checks(tmp_path, capsys, dim):
+    text = BASE.replace("dim n", f"dim {dim}").replace(": n]", f": {dim}]").replace("W[n,", f"W[{dim},")
+    rc, out, err, _ = _run(tmp_path, capsys, text, "check", "--no-triton")
+    assert rc == 0, err
+    assert "PASS" in out
+
+
+@pytest.mark.parametrize("model", ["None", "True", "F", "BACKENDS"])
+def test_a_model_name_the_class_cannot_take_is_an_error(tmp_path, capsys, model):
+    out_dir = tmp_path / "out"
+    rc, _, err, path = _run(tmp_path, capsys, BASE.replace("model M", f"model {model}"), "compile", "-o", str(out_dir))
+    assert rc == 2
+    assert f"{path}:1:1: error: model name {model!r} cannot name the nn.Module class" in err
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("stem, cls", [("none", "NoneModel"), ("f", "FModel"), ("true", "TrueModel")])
+def test_a_file_name_that_would_make_a_bad_class_name_gets_a_suffix(tmp_path, capsys, stem, cls):
+    out_dir = tmp_path / "out"
+    rc, _, err, _ = _run(tmp_path, capsys, BASE.replace("model M\n", ""), "compile", "-o", str(out_dir),
+                         name=f"{stem}.dsf")
+    assert rc == 0, err
+    spec = importlib.util.spec_from_file_location(f"odd_{stem}", out_dir / f"{stem}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert getattr(mod, cls)()(torch.randn(1, 3, 4)).shape == (1, 3, 4)
+
+
+def test_a_zero_C_is_an_error_not_a_broken_module(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    text = BASE.replace("C[o, (c, j)] = delta(o, c)", "C[o, (c, j)] = 0 * delta(o, c)")
+    rc, _, err, path = _run(tmp_path, capsys, text, "compile", "-o", str(out_dir))
+    assert rc == 2
+    assert f"{path}:12:1: error: matrix C is zero: the output never reads the state" in err
+    assert not out_dir.exists()
+
+
+def test_a_sum_whose_body_ignores_its_index_is_a_product(tmp_path, capsys):
+    # sum(k: 10^9, 1) printed as (1).expand(..., 10^9).sum(...): an AttributeError, and 10^9 adds if it had run
+    text = BASE.replace("C[o, (c, j)] = delta(o, c)", "C[o, (c, j)] = delta(o, c) * sum(k: 10^9, 1) / 10^9")
+    rc, out, err, _ = _run(tmp_path, capsys, text, "check", "--no-triton")
+    assert rc == 0, err
+    assert "PASS" in out
+
+
+@pytest.mark.parametrize("change, what", [
+    (("dim d = 4", "dim d = 10^9"), "the parameters hold"),  # a derived dim: not shrunk for the check
+    (("param W[n, d]", "param Z[100000, 100000]\nparam W[n, d]"), "the parameters hold 1e+10 numbers"),
+    (("dim n = 2", "dim n = 10^7"), "the state has N = "),
+])
+@pytest.mark.parametrize("cmd", ["check", "plot"])
+def test_sizes_too_large_to_check_stop_before_allocating(tmp_path, capsys, change, what, cmd):
+    pytest.importorskip("matplotlib") if cmd == "plot" else None
+    extra = ["--no-triton"] if cmd == "check" else ["-o", str(tmp_path / "x.png")]
+    rc, _, err, _ = _run(tmp_path, capsys, BASE.replace(*change), cmd, *extra)
+    assert rc == 2
+    assert f"dsfc {cmd}: error:" in err and (what in err or "GiB" in err)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_the_quadratic_module_rejects_a_bad_dim_like_the_others(value):
+    # generated/softmax_attention.py (quadratic template) had no dim check: d=0 was a ZeroDivisionError
+    from generated.softmax_attention import SoftmaxAttention
+
+    with pytest.raises(ValueError, match="SoftmaxAttention: dim d must be a positive integer"):
+        SoftmaxAttention(d=value)
+
+
+SPEC = str(Path(__file__).resolve().parents[2] / "specs" / "s4d.dsf")
+
+
+@pytest.mark.parametrize("cmd, target", [
+    ("compile", "file"), ("compile", "under-a-file"), ("plot", "dir"), ("plot", "under-a-file"), ("catalog", "dir"),
+])
+def test_an_output_path_that_cannot_be_written_is_a_clear_error(tmp_path, capsys, cmd, target):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    out = {"file": blocker, "under-a-file": blocker / "out", "dir": tmp_path}[target]
+    if cmd == "plot":
+        pytest.importorskip("matplotlib")
+    args = [cmd, SPEC, "-o", str(out)] + (["--T", "4"] if cmd == "plot" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"dsfc {cmd}: error: cannot write" in err and str(out) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # no partial or temporary file left
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dims", "d=abc"], "--dims d: expected an integer, got 'abc'"),
+    (["-T", "0"], "-T, --batch and --repeats must be at least 1"),
+])
+def test_bench_rejects_bad_options_with_a_message(capsys, extra, message):
+    assert main(["bench", SPEC] + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
