@@ -98,6 +98,10 @@ def compute(result: CompileResult, T: int = 32, dims: dict[str, int] | None = No
     with torch.no_grad():
         A, B, C, D = model.dsf_matrices(u)
         phi = kernel_form(model, u, result.sym.readout)[0]
+    for name, x in (("A_t", A), ("Phi", phi)):
+        if not bool(torch.isfinite(x).all()):
+            raise PlotError(f"{name} overflows float64 at dims {dims}, T = {T} (inf / NaN entries): the spec's A grows "
+                            "the state without bound (see `dsfc analyze`, eigenvalues); try a smaller --T")
     if N <= MAX_EIG_N:
         steps = list(range(T))
     else:

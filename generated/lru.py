@@ -197,6 +197,10 @@ class LRU(nn.Module):
         """
         running0 = None
         if isinstance(initial_state, dict):
+            known = "h"
+            unknown = sorted(str(k) for k in initial_state if k not in known)
+            if unknown:  # a typo would otherwise start that quantity from zero without a word
+                raise ValueError(f"LRU: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
             running0 = {k: v for k, v in initial_state.items() if k != "h"}
             initial_state = initial_state.get("h")
         self._check_input(u, initial_state)

@@ -345,7 +345,9 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     def lift(e):
         if e.is_Number and not e.is_Integer and e.is_finite:
             v = float(e)
-            return e if float(np.float32(v)) == v else const(e, repr(v))
+            with np.errstate(over="ignore"):  # beyond fp32's range: not exact in fp32, so a host constant
+                exact = float(np.float32(v)) == v
+            return e if exact else const(e, repr(v))
         if e.free_symbols and e.free_symbols <= dimset and not e.is_Integer:
             return const(e, f"float({pr.print(e, (), {})})")
         if not e.args or isinstance(e, (sp.KroneckerDelta, sp.floor, sp.Mod)):

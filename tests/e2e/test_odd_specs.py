@@ -133,3 +133,28 @@ def test_bench_rejects_bad_options_with_a_message(capsys, extra, message):
     assert main(["bench", SPEC] + extra) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_exploding_recurrence_fails_the_check_with_a_reason(tmp_path, capsys):
+    """|A| = 1e300: the reference itself overflows float64 after a few steps. The check says so (exit 1) instead
+    of a traceback from the module's input check on the overflowed state."""
+    text = """model Explode
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+A[c, c2] = delta(c, c2) * 1e300
+B[c, k] = delta(c, k)
+C[o, c] = delta(o, c)
+"""
+    rc, out, err, _ = _run(tmp_path, capsys, text, "check", "--no-triton")
+    assert rc == 1
+    assert "BAD reference stays finite" in out and "overflows float64" in out
+
+
+def test_plot_of_an_exploding_recurrence_is_an_error(tmp_path, capsys):
+    text = "model Explode\ndim d = 3\ninput u[d]\nstate h[c: d]\noutput y[d]\nA[c, c2] = delta(c, c2) * 1e300\n" \
+           "B[c, k] = delta(c, k)\nC[o, c] = delta(o, c)\n"
+    out_png = tmp_path / "x.png"
+    rc, out, err, _ = _run(tmp_path, capsys, text, "plot", "-o", str(out_png))
+    assert rc == 2 and "overflows float64" in err and not out_png.exists()

@@ -166,6 +166,19 @@ def test_state_is_a_dict_of_h_and_the_running_lets(name):
         assert state[key].dtype == F64
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_an_unknown_state_key_is_an_error(name):
+    """A misspelt key of the state dict would otherwise start that running quantity from zero without a word."""
+    model = model_of(name)
+    u = inputs(model)
+    with torch.no_grad():
+        _, state = model(u, output_final_state=True)
+        key = sorted(RUNNING[name])[0] if RUNNING[name] else "h"
+        wrong = {("x" + k if k == key else k): v for k, v in state.items()}
+        with pytest.raises(ValueError, match=rf"unknown initial_state key\(s\) \['x{key}'\]; expected keys"):
+            model(u, initial_state=wrong)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Carried across calls
 
