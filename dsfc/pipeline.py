@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import hashlib
+import keyword
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,16 @@ class CompileResult:
 
     @property
     def module_name(self) -> str:
-        return Path(self.spec.path).stem
+        """The spec file's stem as an importable Python module name (``my-spec.dsf`` -> ``my_spec``, ``9lives.dsf``
+        -> ``m9lives``, ``class.dsf`` -> ``class_``): the generated file must be importable."""
+        return python_module_name(Path(self.spec.path).stem)
+
+
+def python_module_name(stem: str) -> str:
+    name = re.sub(r"\W", "_", stem, flags=re.ASCII) or "spec"
+    if name[0].isdigit():
+        name = "m" + name
+    return name + "_" if keyword.iskeyword(name) else name
 
 
 def spec_hash(text: str) -> str:

@@ -404,6 +404,13 @@ class MLSTM(nn.Module):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
+            return (
+                torch.zeros((_B, 0, H * DH * DH, H * DH * DH), device=u.device, dtype=_dtype),  # A
+                torch.zeros((_B, 0, H * DH * DH, E), device=u.device, dtype=_dtype),  # B
+                torch.zeros((_B, 0, H * DH, H * DH * DH), device=u.device, dtype=_dtype),  # C
+                torch.zeros((_B, 0, H * DH, E), device=u.device, dtype=_dtype),  # D
+            )
         u_ = u.to(_dtype).reshape(_B, _T, E)
         env = self._lets(u_, _dtype, running0)
         _dev = env["_dev"]

@@ -325,6 +325,13 @@ class RGLRU(nn.Module):
         W, nh, bw = self.W, self.nh, self.bw
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
+            return (
+                torch.zeros((_B, 0, W, W), device=u.device, dtype=_dtype),  # A
+                torch.zeros((_B, 0, W, W), device=u.device, dtype=_dtype),  # B
+                torch.zeros((_B, 0, W, W), device=u.device, dtype=_dtype),  # C
+                torch.zeros((_B, 0, W, W), device=u.device, dtype=_dtype),  # D
+            )
         x = u.to(_dtype).reshape(_B, _T, W)
         env = self._lets(x, _dtype, running0)
         _dev = env["_dev"]

@@ -226,6 +226,9 @@ class SoftmaxAttention(nn.Module):
         self._check_input(u, None)
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
+        if _T == 0:  # no steps and no slots: the matrices of one step, cut to no step and no slot (N = 0)
+            A, B, C, D = self.dsf_matrices(u.new_zeros((_B, 1, u.shape[-1])))
+            return A[:, :0, :0, :0], B[:, :0, :0], C[:, :0, :, :0], D[:, :0]
         _dtype = torch.promote_types(u.dtype, torch.float32)
         u_ = u.to(_dtype).reshape(_B, _T, d)
         env = self._lets(u_, _dtype)

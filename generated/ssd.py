@@ -303,6 +303,13 @@ class SSD(nn.Module):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
+            return (
+                torch.zeros((_B, 0, H * P * n, H * P * n), device=u.device, dtype=_dtype),  # A
+                torch.zeros((_B, 0, H * P * n, H * P), device=u.device, dtype=_dtype),  # B
+                torch.zeros((_B, 0, H * P, H * P * n), device=u.device, dtype=_dtype),  # C
+                torch.zeros((_B, 0, H * P, H * P), device=u.device, dtype=_dtype),  # D
+            )
         u_ = u.to(_dtype).reshape(_B, _T, H, P)
         env = self._lets(u_, _dtype, running0)
         _dev = env["_dev"]

@@ -300,6 +300,15 @@ class TaylorAttention(nn.Module):
         d, H, K, V, p = self.d, self.H, self.K, self.V, self.p
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
+            return (
+                torch.zeros(
+                    (_B, 0, H * taylor_dim(K, p) * V, H * taylor_dim(K, p) * V), device=u.device, dtype=_dtype
+                ),  # A
+                torch.zeros((_B, 0, H * taylor_dim(K, p) * V, d), device=u.device, dtype=_dtype),  # B
+                torch.zeros((_B, 0, H * V, H * taylor_dim(K, p) * V), device=u.device, dtype=_dtype),  # C
+                torch.zeros((_B, 0, H * V, d), device=u.device, dtype=_dtype),  # D
+            )
         u_ = u.to(_dtype).reshape(_B, _T, d)
         env = self._lets(u_, _dtype, running0)
         _dev = env["_dev"]

@@ -156,6 +156,16 @@ def test_dsf_matrices_equal_dense_reference(built: Built, batch, T):
         assert rel_err(g, w) <= TOL64, name
 
 
+def test_dsf_matrices_of_an_empty_sequence_are_empty(built: Built):
+    """T = 0: four matrices with no steps, shaped as one step's (running lets cannot be evaluated on no steps)."""
+    u, h0 = _inputs(built, 2, 1)
+    one = built.dsf_matrices(u, h0)
+    none = built.dsf_matrices(u[:, :0], h0)
+    assert len(none) == 4
+    for name, a, b in zip("ABCD", one, none):
+        assert b.shape == (2, 0, *a.shape[2:]) and b.dtype == a.dtype, name
+
+
 def test_empty_sequence_returns_initial_state(built: Built):
     _, h0 = _inputs(built, 3, 1)
     u = torch.zeros(3, 0, built.d_in(), dtype=F64)

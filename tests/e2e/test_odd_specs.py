@@ -158,3 +158,17 @@ def test_plot_of_an_exploding_recurrence_is_an_error(tmp_path, capsys):
     out_png = tmp_path / "x.png"
     rc, out, err, _ = _run(tmp_path, capsys, text, "plot", "-o", str(out_png))
     assert rc == 2 and "overflows float64" in err and not out_png.exists()
+
+
+@pytest.mark.parametrize("stem, module", [("9lives", "m9lives"), ("my-spec", "my_spec"), ("class", "class_"),
+                                          ("s6", "s6")])
+def test_the_generated_file_is_an_importable_module_name(tmp_path, capsys, stem, module):
+    """The output file is named after the spec, made a valid Python module name, so `import` works on it."""
+    out = tmp_path / "out"
+    rc, _, err, _ = _run(tmp_path, capsys, BASE, "compile", "-o", str(out), name=f"{stem}.dsf")
+    assert rc == 0, err
+    assert [p.name for p in out.iterdir()] == [f"{module}.py"]
+    spec = importlib.util.spec_from_file_location(module, out / f"{module}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.M(d=4, n=2)(torch.randn(1, 3, 4)).shape == (1, 3, 4)

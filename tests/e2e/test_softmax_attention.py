@@ -87,6 +87,14 @@ def test_step_and_continued_forward_match_one_pass(softmax):
     assert state["cache:keys"].shape[1] == 9  # the KV cache grows by one per step
 
 
+def test_dsf_matrices_of_an_empty_sequence_have_no_steps_and_no_slots(softmax):
+    m = _model(softmax[1])
+    A1, B1, C1, D1 = m.dsf_matrices(torch.randn(2, 1, 5, dtype=F64))
+    A, B, C, D = m.dsf_matrices(torch.randn(2, 0, 5, dtype=F64))
+    assert A.shape == (2, 0, 0, 0) and B.shape == (2, 0, 0, 5)
+    assert C.shape == (2, 0, C1.shape[2], 0) and D.shape == (2, 0, *D1.shape[2:])
+
+
 @pytest.mark.parametrize("T", [1, 5])
 def test_dsf_matrices_are_the_papers_slot_form(softmax, T):
     """A_i = (eta_(i-1)/eta_i) I, B_i writes v_i/eta_i into slot i, C_i[., slot j] = exp(q_i.k_j/sqrt(K)); the
