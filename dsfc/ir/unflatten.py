@@ -11,11 +11,12 @@ rewrites the SymSpec onto the virtual axes before it runs:
 - the output tensor's flat axis becomes the virtual axes (row-major, so the generated module still returns y as
   ``[batch, time, H * V]`` with o = h*V + b);
 - in C and D, o is replaced by ``sum_i stride_i * o_i`` and the result simplified exactly: such deltas split into
-  per-digit deltas, ``(o // s) `` / ``o % s`` of a digit-aligned stride become the digits they select;
+  per-digit deltas, and ``o // s`` / ``o % s`` at a digit boundary s become the digits they select;
 - post-ops reading ``y[e]`` read ``y[digits of e]``.
 
 The rewrite only happens when the extents tile o exactly (checked symbolically over the free dims); otherwise the
-spec is left alone. The reference backend (``CompileResult.sym``) keeps the original spec.
+spec is left alone. The reference backend (``CompileResult.sym``) keeps the original spec. A flat *input* needs no
+split: ``delta(m, h*P + p)`` against B's or D's summed input index is contracted by substitution (``u[h*P + p]``).
 """
 
 from __future__ import annotations

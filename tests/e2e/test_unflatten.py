@@ -68,7 +68,8 @@ C[o, (h, p, j)] = delta(o, h * P + p) * cm[j]
 D[o, m] = delta(o, m) * Dp[o // P]
 """
 NAMED_SSD = FLAT_SSD.replace("output y[d]", "output y[h: H, p: P]").replace(
-    "C[o, (h, p, j)] = delta(o, h * P + p) * cm[j]", "C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * cm[j]").replace(
+    "C[o, (h, p, j)] = delta(o, h * P + p) * cm[j]",
+    "C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * cm[j]").replace(
     "D[o, m] = delta(o, m) * Dp[o // P]", "D[(o, e), m] = delta(m, o * P + e) * Dp[o]")
 
 
