@@ -1,0 +1,233 @@
+"""Split flattened output axes: ``C[o, (h, a, b)] = delta(o, h*V + b) ...`` reads as ``delta(o_0, h) delta(o_1, b)``.
+
+A spec may declare its output flat (``output y[H * V]``) and address it through a mixed-radix index,
+``delta(o, sum_i stride_i * x_i)`` with ``x_i`` in ``[0, extent_i)``, the strides those of a row-major layout
+(the innermost stride 1, each next one the previous stride times the previous extent) and the extents multiplying
+to o's extent. Then o is exactly the flattening of a virtual multi-axis index (o_0, ..., o_(n-1)) of those
+extents, and the delta is the product ``prod_i delta(o_i, x_i)`` (a mixed-radix representation is unique). The
+structure analysis only recognises separate delta pairs (an output axis that maps to a state axis), so this pass
+rewrites the SymSpec onto the virtual axes before it runs:
+
+- the output tensor's flat axis becomes the virtual axes (row-major, so the generated module still returns y as
+  ``[batch, time, H * V]`` with o = h*V + b);
+- in C and D, o is replaced by ``sum_i stride_i * o_i`` and the result simplified exactly: such deltas split into
+  per-digit deltas, and ``o // s`` / ``o % s`` at a digit boundary s become the digits they select;
+- post-ops reading ``y[e]`` read ``y[digits of e]``.
+
+The rewrite only happens when the extents tile o exactly (checked symbolically over the free dims); otherwise the
+spec is left alone. The reference backend (``CompileResult.sym``) keeps the original spec. A flat *input* needs no
+split: ``delta(m, h*P + p)`` against B's or D's summed input index is contracted by substitution (``u[h*P + p]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import sympy as sp
+
+from ..analysis.index_algebra import terms
+from .lower import index_symbol
+from .symspec import SymAxis, SymMatrix, SymSpec
+
+
+def _free_dims(sym: SymSpec, expr: sp.Expr) -> sp.Expr:
+    """An extent over the free dims only (derived dims substituted by their definitions)."""
+    env = {sym.dims[k]: v for k, v in sym.dim_defs.items()}
+    for _ in range(len(env) + 1):
+        new = sp.S(expr).subs(env)
+        if new == expr:
+            break
+        expr = new
+    return sp.S(expr)
+
+
+def _same(a: sp.Expr, b: sp.Expr) -> bool:
+    return sp.simplify(a - b) == 0
+
+
+def _radix(sym: SymSpec, expr: sp.Expr, extents: dict[sp.Symbol, sp.Expr], total: sp.Expr):
+    """``expr = sum_i stride_i * x_i`` a row-major mixed-radix index of extent ``total``? Returns the
+    [(stride, extent, x)] from the most significant digit down, or None."""
+    expr = sp.expand(expr)
+    xs = [s for s in expr.free_symbols if s in extents]
+    if len(xs) < 2:
+        return None
+    coeffs = {x: expr.coeff(x) for x in xs}
+    if sp.expand(expr - sum(c * x for x, c in coeffs.items())) != 0:
+        return None  # a constant or a non-linear term
+    if any(c.free_symbols & set(xs) for c in coeffs.values()):
+        return None
+    digits, stride, left = [], sp.Integer(1), dict(coeffs)
+    while left:
+        x = next((x for x, c in left.items() if _same(_free_dims(sym, c), stride)), None)
+        if x is None:
+            return None
+        digits.append((coeffs[x], extents[x], x))
+        stride = _free_dims(sym, stride * extents[x])
+        del left[x]
+    if not _same(stride, _free_dims(sym, total)):
+        return None
+    return digits[::-1]
+
+
+def _find_split(sym: SymSpec, m: SymMatrix, k: int):
+    """The mixed-radix digits that output row k of matrix m is compared with in one of its deltas, or None."""
+    o = m.rows[k]
+    extents = dict(zip(m.cols, m.col_extents))
+    for t in terms(m.entry):
+        for d in sp.preorder_traversal(t):
+            if isinstance(d, sp.KroneckerDelta) and o in d.args:
+                other = d.args[1] if d.args[0] == o else d.args[0]
+                digits = _radix(sym, other, extents, m.row_extents[k])
+                if digits is not None:
+                    return [(s, e) for s, e, _ in digits]
+    return None
+
+
+class _Simplifier:
+    """Exact rewrites of deltas, floors and mods over digit symbols of known ranges [0, extent)."""
+
+    def __init__(self, sym: SymSpec, ranges: dict[sp.Symbol, sp.Expr]):
+        self.sym = sym
+        self.ranges = ranges  # symbol -> extent (digits, and the matrix's column symbols)
+
+    def _linear(self, e: sp.Expr):
+        """e = sum c_i x_i over range-known symbols with nonnegative coefficients free of them, else None."""
+        e = sp.expand(e)
+        xs = [s for s in e.free_symbols if s in self.ranges]
+        coeffs = {x: e.coeff(x) for x in xs}
+        if sp.expand(e - sum(c * x for x, c in coeffs.items())) != 0:
+            return None
+        if any(c.free_symbols & set(xs) or not c.is_nonnegative for c in coeffs.values()):
+            return None
+        return coeffs
+
+    def _bound(self, coeffs) -> sp.Expr:
+        return sum((c * (self.ranges[x] - 1) for x, c in coeffs.items()), sp.Integer(0))
+
+    def _below(self, coeffs, limit: sp.Expr) -> bool:
+        gap = sp.simplify(_free_dims(self.sym, limit - self._bound(coeffs)))
+        return bool(gap.is_positive)
+
+    def floor(self, arg):
+        coeffs = self._linear(arg)
+        if coeffs is None:
+            return None
+        whole = {x: c for x, c in coeffs.items() if c.is_integer}
+        frac = {x: c for x, c in coeffs.items() if x not in whole}
+        if frac and not self._below(frac, sp.Integer(1)):
+            return None
+        return sum((c * x for x, c in whole.items()), sp.Integer(0))
+
+    def mod(self, arg, m):
+        coeffs = self._linear(arg)
+        if coeffs is None or not self._below(coeffs, m):
+            return None
+        return arg
+
+    def delta(self, a, b):
+        """delta(sum s_i x_i, sum s_i y_i) with both sides the same mixed radix -> prod delta(x_i, y_i)."""
+        ca, cb = self._linear(a), self._linear(b)
+        if not ca or not cb or len(ca) != len(cb) or len(ca) < 2:
+            return None
+        pairs = []
+        for x, c in ca.items():
+            y = next((y for y, d in cb.items() if _same(_free_dims(self.sym, c), _free_dims(self.sym, d))), None)
+            if y is None or not _same(_free_dims(self.sym, self.ranges[x]), _free_dims(self.sym, self.ranges[y])):
+                return None
+            pairs.append((x, y))
+        if len({y for _, y in pairs}) != len(pairs):
+            return None
+        # uniqueness needs a mixed radix: each stride the previous one times its extent, the innermost 1
+        stride = sp.Integer(1)
+        left = dict(ca)
+        while left:
+            x = next((x for x, c in left.items() if _same(_free_dims(self.sym, c), stride)), None)
+            if x is None:
+                return None
+            stride = _free_dims(self.sym, stride * self.ranges[x])
+            del left[x]
+        return sp.Mul(*[sp.KroneckerDelta(x, y) for x, y in pairs])
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
+        def rule(node):
+            if isinstance(node, sp.floor):
+                out = self.floor(node.args[0])
+            elif isinstance(node, sp.Mod):
+                out = self.mod(*node.args)
+            else:
+                out = self.delta(*node.args)
+            return node if out is None else out
+
+        return sp.S(expr).replace(lambda n: isinstance(n, (sp.floor, sp.Mod, sp.KroneckerDelta)), rule)
+
+
+def _digits_of(e: sp.Expr, split) -> list[sp.Expr]:
+    """The row-major digits of a flat index e: e // stride_i % extent_i (no mod on the most significant)."""
+    out = []
+    for i, (s, n) in enumerate(split):
+        d = sp.floor(e / s) if s != 1 else e
+        out.append(d if i == 0 else sp.Mod(d, n))
+    return out
+
+
+def unflatten_output(sym: SymSpec) -> SymSpec:
+    """Split every flat output axis that C (or D) addresses through a mixed-radix delta; ``sym`` itself when none."""
+    c = sym.matrices.get("C")
+    d = sym.matrices.get("D")
+    splits = {}
+    for k in range(len(sym.output.axes)):
+        split = _find_split(sym, c, k) if c is not None else None
+        if split is None and d is not None:
+            split = _find_split(sym, d, k)
+        if split is not None:
+            splits[k] = split
+    if not splits:
+        return sym
+    vals = sym.dim_values()
+    axes: list[SymAxis] = []
+    for k, ax in enumerate(sym.output.axes):
+        if k not in splits:
+            axes.append(ax)
+            continue
+        for _, n in splits[k]:
+            axes.append(SymAxis(None, n, int(sym.subs_dims(n, vals))))
+    out_t = replace(sym.output, axes=tuple(axes))
+    matrices = dict(sym.matrices)
+    for name in ("C", "D"):
+        m = sym.matrices.get(name)
+        if m is None:
+            continue
+        taken = {str(s) for s in m.entry.free_symbols} | {str(s) for s in m.rows + m.cols}
+        rows, env, ranges = [], {}, dict(zip(m.cols, m.col_extents))
+        for k, o in enumerate(m.rows):
+            if k not in splits:
+                rows.append(o)
+                ranges[o] = m.row_extents[k]
+                continue
+            digits = []
+            for i, (_, n) in enumerate(splits[k]):
+                name_i = f"{o}_{i}"
+                while name_i in taken:
+                    name_i = "_" + name_i
+                taken.add(name_i)
+                digits.append(index_symbol(name_i))
+                ranges[digits[-1]] = n
+            env[o] = sum((s * x for (s, _), x in zip(splits[k], digits)), sp.Integer(0))
+            rows += digits
+        entry = _Simplifier(sym, ranges)(m.entry.subs(env, simultaneous=True))
+        matrices[name] = replace(m, rows=tuple(rows), row_extents=tuple(a.extent for a in axes), entry=entry)
+    posts = sym.posts
+    if posts:
+        base = sym.output.base
+
+        def reindex(expr):
+            def one(node):
+                idx = []
+                for k, e in enumerate(node.indices):
+                    idx += _digits_of(e, splits[k]) if k in splits else [e]
+                return base[tuple(idx)]
+            return expr.replace(lambda n: isinstance(n, sp.Indexed) and n.base == base, one)
+
+        posts = tuple(replace(p, expr=reindex(p.expr)) for p in posts)
+    return replace(sym, output=out_t, matrices=matrices, posts=posts)
