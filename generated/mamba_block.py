@@ -260,6 +260,7 @@ class MambaBlock(nn.Module):
         """Post-ops after the DSF core (outside the DSF: they may be nonlinear in y)."""
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dev = env["_dev"]
+        _dtype = y.dtype  # the compute dtype: y has not been cast back to the input's yet (an index used as a number)
         _B, _T = y.shape[0], y.shape[1]
         u_ = env["u_"]  # post-ops may read the input
         W_x = env["W_x"]

@@ -172,3 +172,21 @@ def test_the_generated_file_is_an_importable_module_name(tmp_path, capsys, stem,
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.M(d=4, n=2)(torch.randn(1, 3, 4)).shape == (1, 3, 4)
+
+
+def test_a_post_op_using_an_index_as_a_number_checks(tmp_path, capsys):
+    """`(1 + e)` in a post-op prints as an index tensor in the compute dtype; _posts must define that dtype."""
+    text = """model PostIdx
+dim H = 2
+dim V = 3
+input u[d: H * V]
+state h[a: H, b: V]
+output y[o: H, e: V]
+A[(a, b), (a2, b2)] = delta(a, a2) * delta(b, b2) * 0.5
+B[(a, b), k] = delta(k, a * V + b)
+C[(o, e), (a, b)] = delta(o, a) * delta(e, b)
+post z[o: H, e: V] = y[o, e] * (1 + e)
+"""
+    rc, out, err, _ = _run(tmp_path, capsys, text, "check", "--no-triton")
+    assert rc == 0, out + err
+    assert "PASS" in out
