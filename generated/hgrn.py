@@ -80,10 +80,21 @@ class HGRN(nn.Module):
         """Initialise every parameter as the spec says."""
         d, E, L, layer = self.d, self.E, self.L, self.layer
         _dev, _dtype = self.W_i.device, self.W_i.dtype
-        with torch.no_grad():
-            nn.init.uniform_(self.W_i, -(d**-0.5), d**-0.5)
-            nn.init.uniform_(self.W_f, -(d**-0.5), d**-0.5)
-            nn.init.zeros_(self.Gamma)
+        try:
+            with torch.no_grad():
+                nn.init.uniform_(self.W_i, -(d**-0.5), d**-0.5)
+                nn.init.uniform_(self.W_f, -(d**-0.5), d**-0.5)
+                nn.init.zeros_(self.Gamma)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"HGRN: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"HGRN: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "E", "L", "layer"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, E, L, layer = self.d, self.E, self.L, self.layer

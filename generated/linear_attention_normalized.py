@@ -80,10 +80,23 @@ class LinearAttentionNormalized(nn.Module):
         """Initialise every parameter as the spec says."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev, _dtype = self.W_Q.device, self.W_Q.dtype
-        with torch.no_grad():
-            nn.init.uniform_(self.W_Q, -(d**-0.5), d**-0.5)
-            nn.init.uniform_(self.W_K, -(d**-0.5), d**-0.5)
-            nn.init.uniform_(self.W_V, -(d**-0.5), d**-0.5)
+        try:
+            with torch.no_grad():
+                nn.init.uniform_(self.W_Q, -(d**-0.5), d**-0.5)
+                nn.init.uniform_(self.W_K, -(d**-0.5), d**-0.5)
+                nn.init.uniform_(self.W_V, -(d**-0.5), d**-0.5)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(
+                f"LinearAttentionNormalized: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
+            ) from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"LinearAttentionNormalized: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, H, K, V = self.d, self.H, self.K, self.V

@@ -81,40 +81,51 @@ class LRU(nn.Module):
         """Initialise every parameter as the spec says."""
         d, Nc = self.d, self.Nc
         _dev, _dtype = self.nu_log.device, self.nu_log.dtype
-        with torch.no_grad():
-            self.nu_log.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        torch.log(-(0.5 * torch.log((0.5 + axis(Nc, 0, 1, _dev, _dtype)) / Nc))),
-                        dtype=_dtype,
-                        device=_dev,
-                    ),
-                    self.nu_log.shape,
+        try:
+            with torch.no_grad():
+                self.nu_log.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            torch.log(-(0.5 * torch.log((0.5 + axis(Nc, 0, 1, _dev, _dtype)) / Nc))),
+                            dtype=_dtype,
+                            device=_dev,
+                        ),
+                        self.nu_log.shape,
+                    )
                 )
-            )
-            self.theta_log.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        torch.log((3.14 + 6.28 * axis(Nc, 0, 1, _dev, _dtype)) / Nc), dtype=_dtype, device=_dev
-                    ),
-                    self.theta_log.shape,
+                self.theta_log.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            torch.log((3.14 + 6.28 * axis(Nc, 0, 1, _dev, _dtype)) / Nc), dtype=_dtype, device=_dev
+                        ),
+                        self.theta_log.shape,
+                    )
                 )
-            )
-            self.gamma_log.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        torch.log(torch.sqrt(1 + (-((0.5 + axis(Nc, 0, 1, _dev, _dtype)) / Nc)))),
-                        dtype=_dtype,
-                        device=_dev,
-                    ),
-                    self.gamma_log.shape,
+                self.gamma_log.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            torch.log(torch.sqrt(1 + (-((0.5 + axis(Nc, 0, 1, _dev, _dtype)) / Nc)))),
+                            dtype=_dtype,
+                            device=_dev,
+                        ),
+                        self.gamma_log.shape,
+                    )
                 )
-            )
-            nn.init.normal_(self.B_re, 0, 0.5 * 2**0.5 * d**-0.5)
-            nn.init.normal_(self.B_im, 0, 0.5 * 2**0.5 * d**-0.5)
-            nn.init.normal_(self.C_re, 0, Nc**-0.5)
-            nn.init.normal_(self.C_im, 0, Nc**-0.5)
-            nn.init.normal_(self.D, 0, 1)
+                nn.init.normal_(self.B_re, 0, 0.5 * 2**0.5 * d**-0.5)
+                nn.init.normal_(self.B_im, 0, 0.5 * 2**0.5 * d**-0.5)
+                nn.init.normal_(self.C_re, 0, Nc**-0.5)
+                nn.init.normal_(self.C_im, 0, Nc**-0.5)
+                nn.init.normal_(self.D, 0, 1)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"LRU: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"LRU: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "Nc"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, Nc = self.d, self.Nc

@@ -92,24 +92,37 @@ class MambaBlock(nn.Module):
         """Initialise every parameter as the spec says."""
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dev, _dtype = self.W_x.device, self.W_x.dtype
-        with torch.no_grad():
-            nn.init.uniform_(self.W_x, -(d**-0.5), d**-0.5)
-            nn.init.uniform_(self.W_z, -(d**-0.5), d**-0.5)
-            nn.init.uniform_(self.W_conv, -(W**-0.5), W**-0.5)
-            nn.init.uniform_(self.b_conv, -(W**-0.5), W**-0.5)
-            nn.init.uniform_(self.W_xdt, -(E**-0.5), E**-0.5)
-            nn.init.uniform_(self.W_dt, -(r**-0.5), r**-0.5)
-            dt_bias_(self.b_dt, 0.001, 0.1)
-            nn.init.uniform_(self.W_B, -(E**-0.5), E**-0.5)
-            nn.init.uniform_(self.W_C, -(E**-0.5), E**-0.5)
-            self.A_log.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(torch.log(1 + axis(n, 1, 2, _dev, _dtype)), dtype=_dtype, device=_dev),
-                    self.A_log.shape,
+        try:
+            with torch.no_grad():
+                nn.init.uniform_(self.W_x, -(d**-0.5), d**-0.5)
+                nn.init.uniform_(self.W_z, -(d**-0.5), d**-0.5)
+                nn.init.uniform_(self.W_conv, -(W**-0.5), W**-0.5)
+                nn.init.uniform_(self.b_conv, -(W**-0.5), W**-0.5)
+                nn.init.uniform_(self.W_xdt, -(E**-0.5), E**-0.5)
+                nn.init.uniform_(self.W_dt, -(r**-0.5), r**-0.5)
+                dt_bias_(self.b_dt, 0.001, 0.1)
+                nn.init.uniform_(self.W_B, -(E**-0.5), E**-0.5)
+                nn.init.uniform_(self.W_C, -(E**-0.5), E**-0.5)
+                self.A_log.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(torch.log(1 + axis(n, 1, 2, _dev, _dtype)), dtype=_dtype, device=_dev),
+                        self.A_log.shape,
+                    )
                 )
-            )
-            self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
-            nn.init.uniform_(self.W_out, -(E**-0.5), E**-0.5)
+                self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
+                nn.init.uniform_(self.W_out, -(E**-0.5), E**-0.5)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(
+                f"MambaBlock: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
+            ) from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"MambaBlock: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "e", "n", "r", "W"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W

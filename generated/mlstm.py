@@ -86,26 +86,37 @@ class MLSTM(nn.Module):
         """Initialise every parameter as the spec says."""
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _dev, _dtype = self.W_Q.device, self.W_Q.dtype
-        with torch.no_grad():
-            nn.init.normal_(self.W_Q, 0, 0.4 * 5**0.5 * E**-0.5)
-            nn.init.normal_(self.W_K, 0, 0.4 * 5**0.5 * E**-0.5)
-            nn.init.normal_(self.W_V, 0, 0.4 * 5**0.5 * E**-0.5)
-            nn.init.zeros_(self.W_f)
-            self.b_f.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        3
-                        + 3
-                        * axis(H, 0, 1, _dev, _dtype)
-                        / torch.clamp(torch.as_tensor(-1 + H, dtype=_dtype, device=_dev), min=1.0),
-                        dtype=_dtype,
-                        device=_dev,
-                    ),
-                    self.b_f.shape,
+        try:
+            with torch.no_grad():
+                nn.init.normal_(self.W_Q, 0, 0.4 * 5**0.5 * E**-0.5)
+                nn.init.normal_(self.W_K, 0, 0.4 * 5**0.5 * E**-0.5)
+                nn.init.normal_(self.W_V, 0, 0.4 * 5**0.5 * E**-0.5)
+                nn.init.zeros_(self.W_f)
+                self.b_f.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            3
+                            + 3
+                            * axis(H, 0, 1, _dev, _dtype)
+                            / torch.clamp(torch.as_tensor(-1 + H, dtype=_dtype, device=_dev), min=1.0),
+                            dtype=_dtype,
+                            device=_dev,
+                        ),
+                        self.b_f.shape,
+                    )
                 )
-            )
-            nn.init.zeros_(self.W_i)
-            nn.init.normal_(self.b_i, 0, 0.1)
+                nn.init.zeros_(self.W_i)
+                nn.init.normal_(self.b_i, 0, 0.1)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"MLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"MLSTM: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB

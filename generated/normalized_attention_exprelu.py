@@ -85,14 +85,27 @@ class NormalizedAttentionExpRelu(nn.Module):
         """Initialise every parameter as the spec says."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev, _dtype = self.W_Q.device, self.W_Q.dtype
-        with torch.no_grad():
-            nn.init.normal_(self.W_Q, 0, 0.02)
-            nn.init.normal_(self.W_K, 0, 0.02)
-            nn.init.zeros_(self.b_Q)
-            nn.init.zeros_(self.b_K)
-            nn.init.normal_(self.W_V, 0, 0.02)
-            nn.init.normal_(self.W_n, 0, 0.02)
-            nn.init.zeros_(self.b_n)
+        try:
+            with torch.no_grad():
+                nn.init.normal_(self.W_Q, 0, 0.02)
+                nn.init.normal_(self.W_K, 0, 0.02)
+                nn.init.zeros_(self.b_Q)
+                nn.init.zeros_(self.b_K)
+                nn.init.normal_(self.W_V, 0, 0.02)
+                nn.init.normal_(self.W_n, 0, 0.02)
+                nn.init.zeros_(self.b_n)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(
+                f"NormalizedAttentionExpRelu: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
+            ) from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"NormalizedAttentionExpRelu: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, H, K, V = self.d, self.H, self.K, self.V

@@ -81,14 +81,25 @@ class QLSTM(nn.Module):
         """Initialise every parameter as the spec says."""
         d, e, Hd = self.d, self.e, self.Hd
         _dev, _dtype = self.W_x.device, self.W_x.dtype
-        with torch.no_grad():
-            nn.init.normal_(self.W_x, 0, d**-0.5)
-            nn.init.normal_(self.W_f, 0, Hd**-0.5)
-            nn.init.normal_(self.W_i, 0, Hd**-0.5)
-            nn.init.normal_(self.W_o, 0, Hd**-0.5)
-            nn.init.uniform_(self.b_f, -(Hd**-0.5), Hd**-0.5)
-            nn.init.uniform_(self.b_i, -(Hd**-0.5), Hd**-0.5)
-            nn.init.uniform_(self.b_o, -(Hd**-0.5), Hd**-0.5)
+        try:
+            with torch.no_grad():
+                nn.init.normal_(self.W_x, 0, d**-0.5)
+                nn.init.normal_(self.W_f, 0, Hd**-0.5)
+                nn.init.normal_(self.W_i, 0, Hd**-0.5)
+                nn.init.normal_(self.W_o, 0, Hd**-0.5)
+                nn.init.uniform_(self.b_f, -(Hd**-0.5), Hd**-0.5)
+                nn.init.uniform_(self.b_i, -(Hd**-0.5), Hd**-0.5)
+                nn.init.uniform_(self.b_o, -(Hd**-0.5), Hd**-0.5)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"QLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"QLSTM: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "e"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, e, Hd = self.d, self.e, self.Hd

@@ -81,21 +81,32 @@ class RGLRU(nn.Module):
         """Initialise every parameter as the spec says."""
         W, nh, bw = self.W, self.nh, self.bw
         _dev, _dtype = self.W_a.device, self.W_a.dtype
-        with torch.no_grad():
-            nn.init.normal_(self.W_a, 0, bw**-0.5)
-            nn.init.zeros_(self.b_a)
-            nn.init.normal_(self.W_i, 0, bw**-0.5)
-            nn.init.zeros_(self.b_i)
-            self.Lambda.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        torch.log(-1 + torch.rsqrt(0.81 + (0.094 + 0.188 * axis(W, 0, 1, _dev, _dtype)) / W)),
-                        dtype=_dtype,
-                        device=_dev,
-                    ),
-                    self.Lambda.shape,
+        try:
+            with torch.no_grad():
+                nn.init.normal_(self.W_a, 0, bw**-0.5)
+                nn.init.zeros_(self.b_a)
+                nn.init.normal_(self.W_i, 0, bw**-0.5)
+                nn.init.zeros_(self.b_i)
+                self.Lambda.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            torch.log(-1 + torch.rsqrt(0.81 + (0.094 + 0.188 * axis(W, 0, 1, _dev, _dtype)) / W)),
+                            dtype=_dtype,
+                            device=_dev,
+                        ),
+                        self.Lambda.shape,
+                    )
                 )
-            )
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"RGLRU: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"RGLRU: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["W", "nh"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         W, nh, bw = self.W, self.nh, self.bw

@@ -98,63 +98,77 @@ class RWKV6(nn.Module):
         """Initialise every parameter as the spec says."""
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         _dev, _dtype = self.mu_x.device, self.mu_x.dtype
-        with torch.no_grad():
-            nn.init.zeros_(self.mu_x)
-            nn.init.uniform_(
-                self.W_x1,
-                -(0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5),
-                0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5,
-            )
-            nn.init.uniform_(
-                self.W_x2,
-                -(0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5),
-                0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5,
-            )
-            nn.init.zeros_(self.x_bias)
-            nn.init.uniform_(
-                self.W_r,
-                -(0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5),
-                0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5,
-            )
-            nn.init.uniform_(
-                self.W_k,
-                -(0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5),
-                0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5,
-            )
-            nn.init.uniform_(
-                self.W_v,
-                -(0.1767766952966369 * 6**0.5 * (d + H * V) ** -0.5),
-                0.1767766952966369 * 6**0.5 * (d + H * V) ** -0.5,
-            )
-            nn.init.zeros_(self.W_w1)
-            nn.init.normal_(self.W_w2, 0, 0.1 * Rw**-0.5)
-            self.b_w.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        -6
-                        + 5
-                        * ((axis(K, 1, 2, _dev, _dtype) + K * axis(H, 0, 2, _dev, _dtype)) / (-1 + H * K))
-                        ** (0.7 + (-1.3 + 1.3 * layer) / (-1 + L)),
-                        dtype=_dtype,
-                        device=_dev,
-                    ),
-                    self.b_w.shape,
+        try:
+            with torch.no_grad():
+                nn.init.zeros_(self.mu_x)
+                nn.init.uniform_(
+                    self.W_x1,
+                    -(0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5),
+                    0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5,
                 )
-            )
-            self.bonus.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        -0.1
-                        + (1 + (-((axis(K, 1, 2, _dev, _dtype) + K * axis(H, 0, 2, _dev, _dtype)) / (-1 + H * K))))
-                        * (-1 + layer)
-                        / (-1 + L)
-                        + 0.1 * (((1 + axis(K, 1, 2, _dev) + (axis(H, 0, 2, _dev) * K)) % 3)).to(_dtype),
-                        dtype=_dtype,
-                        device=_dev,
-                    ),
-                    self.bonus.shape,
+                nn.init.uniform_(
+                    self.W_x2,
+                    -(0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5),
+                    0.1767766952966369 * 6**0.5 * (5 * R + d) ** -0.5,
                 )
-            )
+                nn.init.zeros_(self.x_bias)
+                nn.init.uniform_(
+                    self.W_r,
+                    -(0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5),
+                    0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5,
+                )
+                nn.init.uniform_(
+                    self.W_k,
+                    -(0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5),
+                    0.1767766952966369 * 6**0.5 * (d + H * K) ** -0.5,
+                )
+                nn.init.uniform_(
+                    self.W_v,
+                    -(0.1767766952966369 * 6**0.5 * (d + H * V) ** -0.5),
+                    0.1767766952966369 * 6**0.5 * (d + H * V) ** -0.5,
+                )
+                nn.init.zeros_(self.W_w1)
+                nn.init.normal_(self.W_w2, 0, 0.1 * Rw**-0.5)
+                self.b_w.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            -6
+                            + 5
+                            * ((axis(K, 1, 2, _dev, _dtype) + K * axis(H, 0, 2, _dev, _dtype)) / (-1 + H * K))
+                            ** (0.7 + (-1.3 + 1.3 * layer) / (-1 + L)),
+                            dtype=_dtype,
+                            device=_dev,
+                        ),
+                        self.b_w.shape,
+                    )
+                )
+                self.bonus.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            -0.1
+                            + (1 + (-((axis(K, 1, 2, _dev, _dtype) + K * axis(H, 0, 2, _dev, _dtype)) / (-1 + H * K))))
+                            * (-1 + layer)
+                            / (-1 + L)
+                            + 0.1 * (((1 + axis(K, 1, 2, _dev) + (axis(H, 0, 2, _dev) * K)) % 3)).to(_dtype),
+                            dtype=_dtype,
+                            device=_dev,
+                        ),
+                        self.bonus.shape,
+                    )
+                )
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"RWKV6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"RWKV6: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return (
+            ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "R", "Rw", "layer", "L"])
+            or "the spec's dims"
+        )
 
     def _check_input(self, u, initial_state):
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L

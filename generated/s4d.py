@@ -79,22 +79,33 @@ class S4D(nn.Module):
         """Initialise every parameter as the spec says."""
         d, Nh = self.d, self.Nh
         _dev, _dtype = self.log_dt.device, self.log_dt.dtype
-        with torch.no_grad():
-            nn.init.uniform_(self.log_dt, -6.907755278982137, -2.3025850929940455)
-            self.log_A_real.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(-0.6931471805599453, dtype=_dtype, device=_dev), self.log_A_real.shape
+        try:
+            with torch.no_grad():
+                nn.init.uniform_(self.log_dt, -6.907755278982137, -2.3025850929940455)
+                self.log_A_real.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(-0.6931471805599453, dtype=_dtype, device=_dev), self.log_A_real.shape
+                    )
                 )
-            )
-            self.A_imag.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(3.141592653589793 * axis(Nh, 1, 2, _dev, _dtype), dtype=_dtype, device=_dev),
-                    self.A_imag.shape,
+                self.A_imag.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(3.141592653589793 * axis(Nh, 1, 2, _dev, _dtype), dtype=_dtype, device=_dev),
+                        self.A_imag.shape,
+                    )
                 )
-            )
-            nn.init.normal_(self.C_re, 0, 0.7071067811865476)
-            nn.init.normal_(self.C_im, 0, 0.7071067811865476)
-            nn.init.normal_(self.D, 0, 1)
+                nn.init.normal_(self.C_re, 0, 0.7071067811865476)
+                nn.init.normal_(self.C_im, 0, 0.7071067811865476)
+                nn.init.normal_(self.D, 0, 1)
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"S4D: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"S4D: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "Nh"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, Nh = self.d, self.Nh

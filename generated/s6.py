@@ -82,19 +82,30 @@ class S6(nn.Module):
         """Initialise every parameter as the spec says."""
         d, n, r = self.d, self.n, self.r
         _dev, _dtype = self.A_log.device, self.A_log.dtype
-        with torch.no_grad():
-            self.A_log.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(torch.log(1 + axis(n, 1, 2, _dev, _dtype)), dtype=_dtype, device=_dev),
-                    self.A_log.shape,
+        try:
+            with torch.no_grad():
+                self.A_log.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(torch.log(1 + axis(n, 1, 2, _dev, _dtype)), dtype=_dtype, device=_dev),
+                        self.A_log.shape,
+                    )
                 )
-            )
-            nn.init.normal_(self.W_xdt, 0, d**-0.5)
-            nn.init.uniform_(self.W_dt, -(r**-0.5), r**-0.5)
-            dt_bias_(self.b_dt, 0.001, 0.1)
-            nn.init.normal_(self.W_B, 0, d**-0.5)
-            nn.init.normal_(self.W_C, 0, d**-0.5)
-            self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
+                nn.init.normal_(self.W_xdt, 0, d**-0.5)
+                nn.init.uniform_(self.W_dt, -(r**-0.5), r**-0.5)
+                dt_bias_(self.b_dt, 0.001, 0.1)
+                nn.init.normal_(self.W_B, 0, d**-0.5)
+                nn.init.normal_(self.W_C, 0, d**-0.5)
+                self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"S6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"S6: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "n", "r"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         d, n, r = self.d, self.n, self.r

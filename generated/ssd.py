@@ -86,20 +86,31 @@ class SSD(nn.Module):
         """Initialise every parameter as the spec says."""
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         _dev, _dtype = self.A_log.device, self.A_log.dtype
-        with torch.no_grad():
-            self.A_log.copy_(
-                torch.broadcast_to(
-                    torch.as_tensor(
-                        torch.log(1 + (7.5 + 15 * axis(H, 0, 1, _dev, _dtype)) / H), dtype=_dtype, device=_dev
-                    ),
-                    self.A_log.shape,
+        try:
+            with torch.no_grad():
+                self.A_log.copy_(
+                    torch.broadcast_to(
+                        torch.as_tensor(
+                            torch.log(1 + (7.5 + 15 * axis(H, 0, 1, _dev, _dtype)) / H), dtype=_dtype, device=_dev
+                        ),
+                        self.A_log.shape,
+                    )
                 )
-            )
-            dt_bias_(self.dt_bias, 0.001, 0.1)
-            nn.init.uniform_(self.W_dt, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
-            nn.init.uniform_(self.W_B, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
-            nn.init.uniform_(self.W_C, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
-            self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
+                dt_bias_(self.dt_bias, 0.001, 0.1)
+                nn.init.uniform_(self.W_dt, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
+                nn.init.uniform_(self.W_B, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
+                nn.init.uniform_(self.W_C, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
+                self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
+        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+            raise ValueError(f"SSD: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
+        for _name, _p in self.named_parameters(recurse=False):
+            if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
+                raise ValueError(
+                    f"SSD: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                )
+
+    def _dims_text(self):
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "P", "n", "G"]) or "the spec's dims"
 
     def _check_input(self, u, initial_state):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R

@@ -190,3 +190,31 @@ post z[o: H, e: V] = y[o, e] * (1 + e)
     rc, out, err, _ = _run(tmp_path, capsys, text, "check", "--no-triton")
     assert rc == 0, out + err
     assert "PASS" in out
+
+
+def test_initialisers_that_break_at_other_dims_are_value_errors(tmp_path, capsys):
+    """Initialisers are checked at the spec's default dims when compiling; at other dims the module checks them
+    when built: a torch failure (a negative std) or inf / NaN values (log(0)) is a ValueError naming the dims."""
+    text = """model BadInit
+dim d = 4
+input u[d]
+state h[c: d]
+output y[d]
+param w[c: d] = log(c + 5 - d)
+param W[d, d] ~ normal(0, d - 3)
+A[c, c2] = delta(c, c2) * sigmoid(w[c])
+B[c, k] = W[c, k]
+C[o, c] = delta(o, c)
+"""
+    out = tmp_path / "out"
+    rc, _, err, _ = _run(tmp_path, capsys, text, "compile", "-o", str(out), name="badinit.dsf")
+    assert rc == 0, err
+    spec = importlib.util.spec_from_file_location("badinit_mod", out / "badinit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.BadInit(d=4)(torch.randn(1, 2, 4)).shape == (1, 2, 4)
+    with pytest.raises(ValueError, match=r"parameter 'w' has inf / NaN entries after the spec's initialiser at d=5"):
+        mod.BadInit(d=5)
+    with pytest.raises(ValueError, match=r"initialisers fail at d=2: normal expects std >= 0"):
+        mod.BadInit(d=2)
+    mod.BadInit(d=5, device="meta")  # no values to check on the meta device
