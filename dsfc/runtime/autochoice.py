@@ -5,8 +5,9 @@ schedule, the diagonal step kernel with or without prefetching) depend on the GP
 and no rule written without a GPU gets them right. ``choose`` times each candidate once per launch shape (after the
 launch that compiles it), keeps the fastest for the rest of the process, and only considers a candidate whose
 results agree with the first one's (the variant that ran on a GPU first): a variant that miscompiles on some GPU /
-triton pair is never picked however fast it is. Where nothing can be timed (not CUDA, e.g. the interpreter; or a
-CUDA graph being captured) it takes the first candidate without timing anything.
+triton pair is never picked however fast it is, and one that cannot launch there (shared memory) is skipped. Where
+nothing can be timed (not CUDA, e.g. the interpreter; or a CUDA graph being captured) it takes the first candidate
+without timing anything.
 """
 
 from typing import Callable, Hashable, Sequence
@@ -53,13 +54,23 @@ def agree(want: Sequence[torch.Tensor], got: Sequence[torch.Tensor], rtol: float
 def choose(key: Hashable, candidates: Sequence, run: Callable, device: torch.device, rtol: float) -> int:
     """Index of the candidate to launch for ``key`` (a launch shape): the fastest of those whose results
     (``run(candidate)``, a sequence of tensors) agree with candidate 0's within ``rtol``, measured on the first call
-    and cached; 0 where nothing can be timed."""
+    and cached; 0 where nothing can be timed. A candidate that fails to launch (a tile needing more shared memory
+    than this GPU has) is left out, and if candidate 0 is the one that failed the first that launched is the
+    reference; if none launches, the first error is raised."""
     if key in _CHOICES:
         return _CHOICES[key]
     if not can_time(device):
         return 0
-    outs = [run(c) for c in candidates]  # the first launch of each also compiles it
-    usable = [i for i, out in enumerate(outs) if i == 0 or agree(outs[0], out, rtol)]
-    times = {i: time_ms(run, candidates[i]) for i in usable} if len(usable) > 1 else {0: 0.0}
+    outs, errors = {}, []
+    for i, c in enumerate(candidates):  # the first launch of each also compiles it
+        try:
+            outs[i] = run(c)
+        except Exception as exc:  # noqa: BLE001 - e.g. triton's OutOfResources: more shared memory than the GPU has
+            errors.append(exc)
+    if not outs:
+        raise errors[0]
+    ref = min(outs)  # candidate 0, or the first that launched
+    usable = [i for i in outs if i == ref or agree(outs[ref], outs[i], rtol)]
+    times = {i: time_ms(run, candidates[i]) for i in usable} if len(usable) > 1 else {ref: 0.0}
     _CHOICES[key] = min(times, key=times.get)
     return _CHOICES[key]

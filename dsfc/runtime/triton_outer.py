@@ -598,9 +598,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     under ``TRITON_INTERPRET=1`` (slow: for tests). Differentiable w.r.t. q, k, v, log_decay and h0.
 
     ``chunk`` (default: CHUNK_CUDA on a GPU without per-key decay, else CHUNK), ``block_v`` (the value slice of one
-    program, default min(V, MAX_BLOCK_V)), ``num_warps`` and ``schedule`` (``"fused"``: one sequential kernel per
-    (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states, then one program per
-    chunk; ``"auto"``: the faster on a GPU, timed once per launch shape; default SCHEDULE) are tuning knobs
+    program, default min(V, MAX_BLOCK_V, 8192 / K)), ``num_warps`` and ``schedule`` (``"fused"``: one sequential
+    kernel per (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states, then one
+    program per chunk; ``"auto"``: the faster on a GPU, timed once per launch shape; default SCHEDULE) are tuning knobs
     (``dsfc bench --gpu`` sweeps them).
     With q, k, v all bf16 (or all fp16) the matmuls take that dtype (HALF_DOTS), accumulating in fp32.
 
@@ -645,7 +645,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         return (y, s0.to(out_dtype)) if output_final_state else y
     block_k = max(16, _next_pow2(K))
     if block_v is None:
-        block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V)
+        # the [BK, BV] state slice and the dots' tiles scale with BK * BV: keep BK * BV <= 128 * 64, so that K = 256
+        # or 512 still fits sm_90's 227 KB of shared memory (AOT-compiled: a 512 x 16 split backward takes 217 KB)
+        block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V, max(16, 8192 // block_k))
     elif block_v < 16 or block_v & (block_v - 1):
         raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     if num_warps is None:

@@ -500,3 +500,32 @@ def test_outer_custom_op_passes_opcheck(decay, split):
     dy, dsT = torch.randn(y.shape, generator=gen).to(DEVICE), torch.randn(sT.shape, generator=gen).to(DEVICE)
     args = tuple(x.detach() for x in (q, k, v, g, s0, sT, dy, dsT)) + (cfg, torch.float32)
     torch.library.opcheck(triton_outer._outer_bwd_op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_auto_schedule_skips_a_schedule_that_cannot_launch(monkeypatch):
+    """On a GPU a tile can need more shared memory than the device has (triton raises OutOfResources at launch):
+    "auto" then keeps the schedule that launches, whichever it is; if none does, the error is raised."""
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: 1.0)
+    out = torch.randn(3, 4)
+
+    def fused_too_big(c):
+        if c.split == 0:
+            raise RuntimeError("out of resource: shared memory, Required: 296320, Hardware limit: 232448")
+        return (out,)
+
+    assert triton_outer._resolve(_launch(), "bwd", fused_too_big, torch.device("cpu")).split == 1
+
+    def split_too_big(c):
+        if c.split == 1:
+            raise RuntimeError("out of resource: shared memory")
+        return (out,)
+
+    assert triton_outer._resolve(_launch(half=1), "bwd", split_too_big, torch.device("cpu")).split == 0
+
+    def neither(c):
+        raise RuntimeError(f"out of resource ({c.split})")
+
+    with pytest.raises(RuntimeError, match=r"out of resource \(0\)"):
+        triton_outer._resolve(_launch(split=2, half=2), "bwd", neither, torch.device("cpu"))
