@@ -283,6 +283,18 @@ def _program_coords(NV, H, NC, PER_CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _slice_offsets(i_v, K, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks of value slice i_v: chunk rows [BT], keys [BK], values [BV] (with their masks) and the
+    slice's [BK, BV] entries within one [K, V] state (offset and mask)."""
+    rows = tl.arange(0, BT)
+    kk = tl.arange(0, BK)
+    vv = i_v * BV + tl.arange(0, BV)
+    mk = kk < K
+    mv = vv < V
+    return rows, kk, vv, mk, mv, kk[:, None] * V + vv[None, :], mk[:, None] & mv[None, :]
+
+
+@triton.jit
 def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC, NV,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
                WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
@@ -290,13 +302,7 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T,
     WRITE_Y: y [B, T, H, V] (the fused schedule); STORE_STATES: the state at the start of every chunk,
     [B, H, NC, K, V] in states_ptr's dtype (for the split schedule's ``_outer_out`` and for the backward)."""
     i_v, c0, b, h, i_bh = _program_coords(NV, H, 1, False)
-    rows = tl.arange(0, BT)
-    kk = tl.arange(0, BK)
-    vv = i_v * BV + tl.arange(0, BV)
-    mk = kk < K
-    mv = vv < V
-    m_s = mk[:, None] & mv[None, :]
-    s_off = kk[:, None] * V + vv[None, :]
+    rows, kk, vv, mk, mv, s_off, m_s = _slice_offsets(i_v, K, V, BT, BK, BV)
     s = tl.load(s0_ptr + i_bh * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)
     for c in range(0, NC):
         if STORE_STATES:
@@ -320,13 +326,8 @@ def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, y_ptr, T, H, K, V, NC, NV
     """Split schedule: y of one chunk of one (b, h) and value slice, from the chunk's start state that
     ``_outer_fwd`` (STORE_STATES) wrote. Every chunk is independent: B * H * NC * cdiv(V, BV) programs."""
     i_v, c, b, h, i_bh = _program_coords(NV, H, NC, True)
-    rows = tl.arange(0, BT)
-    kk = tl.arange(0, BK)
-    vv = i_v * BV + tl.arange(0, BV)
-    mk = kk < K
-    mv = vv < V
-    s = tl.load(states_ptr + (i_bh * NC + c) * K * V + kk[:, None] * V + vv[None, :], mask=mk[:, None] & mv[None, :],
-                other=0.0).to(DTYPE)
+    rows, kk, vv, mk, mv, s_off, m_s = _slice_offsets(i_v, K, V, BT, BK, BV)
+    s = tl.load(states_ptr + (i_bh * NC + c) * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)
     t = c * BT + rows
     mt = t < T
     q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
@@ -354,14 +355,8 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, 
     slice's share of dq and dk (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over
     slices by the launcher. STORE_DSTATES (split): ds after every chunk, [B, H, NC, K, V], for ``_outer_grads``."""
     i_v, c0, b, h, i_bh = _program_coords(NV, H, 1, False)
-    rows = tl.arange(0, BT)
-    kk = tl.arange(0, BK)
-    vv = i_v * BV + tl.arange(0, BV)
+    rows, kk, vv, mk, mv, s_off, m_s = _slice_offsets(i_v, K, V, BT, BK, BV)
     part = i_v.to(tl.int64) * B * T * H * K  # this slice's share of dq, dk
-    mk = kk < K
-    mv = vv < V
-    m_s = mk[:, None] & mv[None, :]
-    s_off = kk[:, None] * V + vv[None, :]
     ds = tl.load(dsT_ptr + i_bh * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)
     for cc in range(0, NC):
         c = NC - 1 - cc
@@ -388,16 +383,11 @@ def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, dy_ptr, dq
     """Split schedule: the gradients of one chunk of one (b, h) and value slice, from the chunk's start state and
     dL/d(its end state) that the two sequential passes wrote. Every chunk is independent."""
     i_v, c, b, h, i_bh = _program_coords(NV, H, NC, True)
-    rows = tl.arange(0, BT)
-    kk = tl.arange(0, BK)
-    vv = i_v * BV + tl.arange(0, BV)
+    rows, kk, vv, mk, mv, s_off, m_s = _slice_offsets(i_v, K, V, BT, BK, BV)
     part = i_v.to(tl.int64) * B * T * H * K
-    mk = kk < K
-    mv = vv < V
-    m_s = mk[:, None] & mv[None, :]
-    s_off = (i_bh * NC + c) * K * V + kk[:, None] * V + vv[None, :]
-    s = tl.load(states_ptr + s_off, mask=m_s, other=0.0).to(DTYPE)
-    ds = tl.load(dstates_ptr + s_off, mask=m_s, other=0.0).to(DTYPE)
+    chunk_off = (i_bh * NC + c) * K * V + s_off  # this chunk's stored states
+    s = tl.load(states_ptr + chunk_off, mask=m_s, other=0.0).to(DTYPE)
+    ds = tl.load(dstates_ptr + chunk_off, mask=m_s, other=0.0).to(DTYPE)
     t = c * BT + rows
     mt = t < T
     row = (b * T + t) * H + h
