@@ -153,7 +153,7 @@ class HGRN(nn.Module):
         )  # let sm[j: L, c: E] = exp(Gamma[j, c]) / sum(j2, exp(Gamma[j2, c]))
         gam = torch.broadcast_to(
             torch.as_tensor(
-                (-sm[0, axis(E, 0, 1, _dev)])
+                (-sm[0, :])
                 + ((((-1 + L + layer + (-1 * axis(L, 1, 2, _dev))) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
                 dtype=_dtype,
                 device=_dev,

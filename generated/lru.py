@@ -314,8 +314,8 @@ class LRU(nn.Module):
                 _chunks.append(_h)
         _states = torch.stack(_chunks, 1).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
         _read = _states
-        _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, axis(Nc, 0, 1, _dev), 1]))) + torch.einsum(
-            "ij,ztj->zti", C_re, (_read[:, :, axis(Nc, 0, 1, _dev), 0])
+        _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, :, 1]))) + torch.einsum(
+            "ij,ztj->zti", C_re, (_read[:, :, :, 0])
         )
         _y = _y + D * u_
         _final = _states[:, -1]
@@ -453,8 +453,8 @@ def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
         _chunks.append(_st)
     _states = torch.cat(_chunks, 1).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
     _read = _states
-    _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, axis(Nc, 0, 1, _dev), 1]))) + torch.einsum(
-        "ij,ztj->zti", C_re, (_read[:, :, axis(Nc, 0, 1, _dev), 0])
+    _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, :, 1]))) + torch.einsum(
+        "ij,ztj->zti", C_re, (_read[:, :, :, 0])
     )
     _y = _y + D * u_
     _final = _states[:, -1]

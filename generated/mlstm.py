@@ -205,37 +205,25 @@ class MLSTM(nn.Module):
         fpre = (
             b_f
             + torch.einsum(
-                "ztj,ij->zti",
-                (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
-                (W_f[axis(H, 0, 2, _dev), 0, axis(E, 1, 2, _dev)]),
+                "ztj,ij->zti", (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 0, :])
             )
             + torch.einsum(
-                "ztj,ij->zti",
-                (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
-                (W_f[axis(H, 0, 2, _dev), 1, axis(E, 1, 2, _dev)]),
+                "ztj,ij->zti", (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 1, :])
             )
             + torch.einsum(
-                "ztj,ij->zti",
-                (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
-                (W_f[axis(H, 0, 2, _dev), 2, axis(E, 1, 2, _dev)]),
+                "ztj,ij->zti", (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 2, :])
             )
         )  # let fpre[h: H] = sum(e: E, W_f[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_f[h, 1, e] * k[e // DH, e % DH])
         ipre = (
             b_i
             + torch.einsum(
-                "ztj,ij->zti",
-                (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
-                (W_i[axis(H, 0, 2, _dev), 0, axis(E, 1, 2, _dev)]),
+                "ztj,ij->zti", (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 0, :])
             )
             + torch.einsum(
-                "ztj,ij->zti",
-                (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
-                (W_i[axis(H, 0, 2, _dev), 1, axis(E, 1, 2, _dev)]),
+                "ztj,ij->zti", (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 1, :])
             )
             + torch.einsum(
-                "ztj,ij->zti",
-                (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]),
-                (W_i[axis(H, 0, 2, _dev), 2, axis(E, 1, 2, _dev)]),
+                "ztj,ij->zti", (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 2, :])
             )
         )  # let ipre[h: H] = sum(e: E, W_i[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_i[h, 1, e] * k[e // DH, e % DH])
         f = torch.sigmoid(fpre)  # let f[h: H] = sigmoid(fpre[h])

@@ -242,20 +242,20 @@ class RWKV6(nn.Module):
             "ztik,ijk->ztij", z, W_x2
         )  # let mm[s: 4, c: d] = sum(j, W_x2[s, c, j] * z[s, j]) + x_bias[s, c]
         r = torch.einsum(
-            "ztk,ijk->ztij", (dx * mm[:, :, 0, axis(d, 0, 1, _dev)] + x), W_r
+            "ztk,ijk->ztij", (dx * mm[:, :, 0, :] + x), W_r
         )  # let r[h: H, a: K] = sum(c, W_r[h, a, c] * (x[c] + dx[c] * mm[0, c]))
         k = torch.einsum(
-            "ztk,ijk->ztij", (dx * mm[:, :, 2, axis(d, 0, 1, _dev)] + x), W_k
+            "ztk,ijk->ztij", (dx * mm[:, :, 2, :] + x), W_k
         )  # let k[h: H, a: K] = sum(c, W_k[h, a, c] * (x[c] + dx[c] * mm[2, c]))
         wz = torch.tanh(
-            torch.einsum("ztj,ij->zti", (dx * mm[:, :, 1, axis(d, 0, 1, _dev)] + x), W_w1)
+            torch.einsum("ztj,ij->zti", (dx * mm[:, :, 1, :] + x), W_w1)
         )  # let wz[j: Rw] = tanh(sum(c, W_w1[j, c] * (x[c] + dx[c] * mm[1, c])))
         w = torch.exp(
             -torch.exp(b_w + torch.einsum("ztk,ijk->ztij", wz, W_w2))
         )  # let w[h: H, a: K] = exp(-exp(sum(j, W_w2[h, a, j] * wz[j]) + b_w[h, a]))
         ub = torch.einsum("ij,ztij,ztij->zti", bonus, k, r)  # let ub[h: H] = sum(a, r[h, a] * bonus[h, a] * k[h, a])
         xv = (
-            dx * mm[:, :, 3, axis(d, 0, 1, _dev)] + x
+            dx * mm[:, :, 3, :] + x
         )  # let xv[c: d] = x[c] + dx[c] * mm[3, c]                  # v's token-shifted input: the driven input
         return {
             "_dev": _dev,

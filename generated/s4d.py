@@ -319,9 +319,9 @@ class S4D(nn.Module):
                 _chunks.append(_h)
         _states = torch.stack(_chunks, 1).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
         _read = _states
-        _y = (
-            -(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 1])))
-        ) + 2 * torch.einsum("ij,ztij->zti", C_re, (_read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 0]))
+        _y = (-(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, :, :, 1])))) + 2 * torch.einsum(
+            "ij,ztij->zti", C_re, (_read[:, :, :, :, 0])
+        )
         _y = _y + D * u_
         _final = _states[:, -1]
         return _y, _final
@@ -470,9 +470,9 @@ def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
         _chunks.append(_st)
     _states = torch.cat(_chunks, 1).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
     _read = _states
-    _y = (
-        -(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 1])))
-    ) + 2 * torch.einsum("ij,ztij->zti", C_re, (_read[:, :, axis(d, 0, 2, _dev), axis(Nh, 1, 2, _dev), 0]))
+    _y = (-(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, :, :, 1])))) + 2 * torch.einsum(
+        "ij,ztij->zti", C_re, (_read[:, :, :, :, 0])
+    )
     _y = _y + D * u_
     _final = _states[:, -1]
     return _y, _final

@@ -275,8 +275,8 @@ class SSD(nn.Module):
         Bm = env["Bm"]
         Cm = env["Cm"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        _q = Cm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
-        _k = Bm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
+        _q = Cm.index_select(2, (axis(H, 0, 1, _dev) // R))
+        _k = Bm.index_select(2, (axis(H, 0, 1, _dev) // R))
         _v = dt[:, :, :, None] * u_
         _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
         _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
@@ -346,7 +346,7 @@ class SSD(nn.Module):
         m = torch.as_tensor(
             (axis(H, 0, 5, _dev) == axis(H, 3, 5, _dev)).to(_dtype)
             * (axis(P, 1, 5, _dev) == axis(P, 4, 5, _dev)).to(_dtype)
-            * Bm[:, :, (axis(H, 0, 5, _dev) // R), axis(n, 2, 5, _dev)]
+            * Bm.index_select(2, (axis(H, 0, 1, _dev) // R))[:, :, :, None, :, None, None]
             * dt[:, :, :, None, None, None, None],
             dtype=_dtype,
             device=_dev,
@@ -355,7 +355,7 @@ class SSD(nn.Module):
         m = torch.as_tensor(
             (axis(P, 1, 5, _dev) == axis(P, 3, 5, _dev)).to(_dtype)
             * (axis(H, 2, 5, _dev) == axis(H, 0, 5, _dev)).to(_dtype)
-            * Cm[:, :, (axis(H, 2, 5, _dev) // R), axis(n, 4, 5, _dev)],
+            * Cm.index_select(2, (axis(H, 0, 1, _dev) // R))[:, :, None, None, :, None, :],
             dtype=_dtype,
             device=_dev,
         )
@@ -399,8 +399,8 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     Bm = env["Bm"]
     Cm = env["Cm"]
     # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-    _q = Cm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
-    _k = Bm[:, :, (axis(H, 0, 2, _dev) // R), axis(n, 1, 2, _dev)]
+    _q = Cm.index_select(2, (axis(H, 0, 1, _dev) // R))
+    _k = Bm.index_select(2, (axis(H, 0, 1, _dev) // R))
     _v = dt[:, :, :, None] * u_
     _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
     _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
