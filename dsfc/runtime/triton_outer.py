@@ -66,6 +66,7 @@ import torch
 
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
 from dsfc.runtime.scans import check_outer_inputs, read_before_update
@@ -493,6 +494,22 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
 # ---- the schedule on a GPU -------------------------------------------------------------------------------------
 
 
+def fused_miscompiles(L: _Launch, device: torch.device) -> Optional[str]:
+    """Why this GPU is known to miscompile the fused schedule at ``L``'s tiles, or None.
+
+    Measured with benchmarks/probe_outer_configs.py (one process per configuration) on an H100, triton 3.6: chunk 64
+    with a 32-wide value slice and K >= 64 at 4 warps gave wrong results (K = V = 64: 70% error) or, at the benchmark
+    sizes, an illegal memory access; the split schedule with the same tiles, and 8 warps, were right (as was
+    K = V = 32). Triton issues 11366 and 10486 report the same on Hopper (wgmma, a 32-wide tile, 4 warps; 3.7.1 too),
+    so every sm_90 GPU is treated alike."""
+    if device.type != "cuda" or L.chunk < 64 or L.block_v >= 64 or L.block_k < 64 or L.num_warps != 4:
+        return None
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return None
+    return (f"triton miscompiles the fused outer-product kernels on Hopper at chunk={L.chunk}, block_v={L.block_v}, "
+            f"K={L.K}, num_warps=4 (wrong results or an illegal memory access; triton issues 11366, 10486)")
+
+
 def _resolve(L: _Launch, phase: str, run, device: torch.device) -> _Launch:
     """L with its schedule resolved: fused (0) and split (1) as given; auto (2): the faster of the two on this launch
     shape's first call on a GPU, provided their results agree (``autochoice.choose``; fused, the schedule that ran
@@ -508,6 +525,18 @@ def _resolve(L: _Launch, phase: str, run, device: torch.device) -> _Launch:
     return (fused, split)[autochoice.choose(key, (fused, split), run, device, rtol)]
 
 
+def _too_big_is_clear(L: _Launch, phase: str, launch):
+    """``launch()``, with triton's OutOfResources (tiles needing more shared memory than the GPU has: K = 256 fused,
+    say) turned into an error that names the configuration and what to change."""
+    try:
+        return launch()
+    except OutOfResources as exc:
+        schedule = ("fused", "split")[L.split]
+        raise RuntimeError(f"chunked_outer_triton: the {schedule} {phase} kernels at K={L.K}, chunk={L.chunk}, "
+                           f"block_v={L.block_v} need more shared memory than this GPU has ({exc}); use "
+                           "schedule='auto' (it skips such variants), 'split', or a smaller block_v") from exc
+
+
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
 # torch.compile of a surrounding model keeps one opaque node per launch (Dynamo cannot trace Triton's launcher under
 # the interpreter). Custom ops take no optional tensor that autograd must route, so a missing log-decay is the decay
@@ -520,7 +549,7 @@ def _outer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     """``(y [B, T, H, V], S_T [B, H, K, V])`` in the compute dtype ``cdt``."""
     q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
     L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device)
-    y, sT, _ = _fwd(L, q, k, v, g, s0, True, False)
+    y, sT, _ = _too_big_is_clear(L, "forward", lambda: _fwd(L, q, k, v, g, s0, True, False))
     return y, sT
 
 
@@ -538,7 +567,7 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
     q, k, v, g, s0, dy, dsT = (x.contiguous() for x in (q, k, v, g, s0, dy, dsT))
     L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _bwd(c, q, k, v, g, s0, dy, dsT), q.device)
-    dq, dk, dv, ds0 = _bwd(L, q, k, v, g, s0, dy, dsT)
+    dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT))
     dq, dk = (dq[0], dk[0]) if L.nv == 1 else (dq.sum(0), dk.sum(0))
     if L.decay == 0:
         dg = torch.zeros_like(g)
@@ -645,6 +674,11 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         num_warps = 8 if chunk * block_k >= 64 * 64 or decay == 2 else 4
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps),
                 {"fused": 0, "split": 1, "auto": 2}[schedule])
+    hazard = fused_miscompiles(L, dev)
+    if hazard and schedule == "fused":
+        raise ValueError(f"chunked_outer_triton: {hazard}; use schedule='split' or 'auto', or num_warps=8")
+    if hazard:  # auto: the split schedule only (the fused one would be the reference that split is checked against)
+        L = replace(L, split=1)
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
     y, sT = _outer_fwd_op(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)

@@ -529,3 +529,59 @@ def test_auto_schedule_skips_a_schedule_that_cannot_launch(monkeypatch):
 
     with pytest.raises(RuntimeError, match=r"out of resource \(0\)"):
         triton_outer._resolve(_launch(split=2, half=2), "bwd", neither, torch.device("cpu"))
+
+
+def test_fused_miscompile_on_hopper_is_recognised(monkeypatch):
+    """The configuration benchmarks/probe_outer_configs.py found miscompiled (H100, triton 3.6: chunk 64, a 32-wide
+    value slice, K >= 64, 4 warps, fused) is named on any sm_90 GPU, and only there."""
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    cuda = torch.device("cuda")
+
+    def launch(**kw):
+        base = dict(B=8, T=4096, H=16, K=64, V=64, decay=0, chunk=64, block_k=64, block_v=32, cdt=torch.float32,
+                    half=1, num_warps=4, split=0)
+        return triton_outer._Launch(**{**base, **kw})
+
+    assert "miscompiles" in triton_outer.fused_miscompiles(launch(), cuda)
+    for ok in (dict(num_warps=8), dict(block_v=64), dict(chunk=16), dict(K=32, block_k=32)):
+        assert triton_outer.fused_miscompiles(launch(**ok), cuda) is None, ok
+    assert triton_outer.fused_miscompiles(launch(), torch.device("cpu")) is None
+    capability[0] = (8, 0)
+    assert triton_outer.fused_miscompiles(launch(), cuda) is None
+
+
+def test_known_miscompile_is_refused_when_asked_for_and_avoided_by_auto(monkeypatch):
+    """schedule="fused" on such a configuration is a ValueError naming it; "auto" runs the split schedule only
+    (no timing: the fused one would be the reference it is checked against) and is right."""
+    monkeypatch.setattr(triton_outer, "fused_miscompiles", lambda L, device: "triton miscompiles this (test)")
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: pytest.fail("nothing is timed"))
+    B, T, H, K, V = 1, 19, 1, 4, 5
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    xs = [x.to(DEVICE) for x in (q, k, v, g)]
+    with pytest.raises(ValueError, match=r"miscompiles this \(test\); use schedule='split' or 'auto'"):
+        chunked_outer_triton(*xs, schedule="fused")
+    y = chunked_outer_triton(*xs, schedule="auto")
+    y64, _ = _loop(q, k, v, g, torch.zeros(B, H, K, V, dtype=torch.float64))
+    assert rel(y, y64) <= 1e-12
+    assert not autochoice._CHOICES  # split was forced, not chosen
+
+
+def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
+    """A forced schedule whose tiles need more shared memory than the GPU has (K = 256 fused on an H100) says which
+    configuration and what to change, not only triton's OutOfResources."""
+    from triton.runtime.errors import OutOfResources
+
+    def too_big(*args, **kwargs):
+        raise OutOfResources(258048, 232448, "shared memory")
+
+    monkeypatch.setattr(triton_outer, "_fwd", too_big)
+    q = torch.randn(1, 20, 1, 4, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"the fused forward kernels at K=4, chunk=16, block_v=16 need more "
+                                           r"shared memory than this GPU has .*use schedule='auto'"):
+        chunked_outer_triton(q, q, q, schedule="fused")
