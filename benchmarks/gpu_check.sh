@@ -7,11 +7,17 @@
 #       anchor's autotuning or a hang cannot eat the others' time; each writes OUT_DIR/bench-<group>.json after every
 #       T, and the finished groups are merged into OUT_DIR/merged.json (copy it to benchmarks/results/<device>.json).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [gpu_bench.py arguments...]   (OUT_DIR default: /tmp/dsfc-gpu-check)
-# Environment: TEST_TIMEOUT (s, default 200), BENCH_TIMEOUT (s per group, default 100; BENCH_TIMEOUT_<group>
-# overrides it for one group), BENCH_GROUPS (which groups, in order), DSFC_TEST_WORKERS (12).
-# Budget (H200, 2026-11-26): the tests ~90 s over 14 workers; s6 ~50 s with its sweep; the anchors' first-call
-# autotuning (fla, mamba-ssm SSD) did not finish within 60-100 s per group: give ssd, gla and linear_attention 180 s
-# or more, e.g. in a second device call of their own (BENCH_GROUPS="linear_attention ssd gla").
+# Environment:
+#   TEST_TIMEOUT (s, default 200), TEST_PATHS (default tests/triton), DSFC_TEST_WORKERS (12);
+#   BENCH_GROUPS (which groups, in order), BENCH_TIMEOUT (s per group, default 100; BENCH_TIMEOUT_<group> for one);
+#   WARM_PARTS (default 12, at most what GPU memory fits; 0: off), WARM_TIMEOUT (s, default 150): before the timed
+#     run, WARM_PARTS processes run it once untimed (`gpu_bench.py --warm i/WARM_PARTS`), each compiling a slice of
+#     every anchor's autotune configs into triton's on-disk cache, so that the timed run's autotuning only benchmarks;
+#   PHASES (default "tests bench": their order, or a subset; "probe" runs benchmarks/probe_outer_configs.py,
+#     PROBE_TIMEOUT).
+# Budget (H100 and H200, 2026-11-26): tests/triton ~90 s per half over 14 workers; the probe ~45 s; s6 ~40 s with
+# its sweep; linear_attention and ssd ~40-60 s each with their anchors; fla's chunk_gla autotuning did not finish in
+# 80 s even after the warm phase: give gla 180 s or more.
 # Anchors (mamba-ssm's Triton SSD files, fla) are used when importable, else their rows say why they were skipped.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -27,19 +33,57 @@ status=0
 python -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tee "$out/tests.log" || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,memory.total --format=csv 2>&1 | tee -a "$out/tests.log"
 
-echo "== (a) tests/triton on the GPU"
-opts=""
-python -c "import xdist" 2>/dev/null && opts="-n ${DSFC_TEST_WORKERS:-12}"
-python -c "import pytest_timeout" 2>/dev/null && opts="$opts --timeout 120"   # one hung kernel fails its test only
-timeout "${TEST_TIMEOUT:-200}" python -m pytest tests/triton -q -p no:cacheprovider $opts --tb=short -rfE \
-    --durations=10 2>&1 | tee -a "$out/tests.log" || status=1
+run_tests() {
+    echo "== (a) ${TEST_PATHS:-tests/triton} on the GPU"
+    local opts=""
+    python -c "import xdist" 2>/dev/null && opts="-n ${DSFC_TEST_WORKERS:-12}"
+    python -c "import pytest_timeout" 2>/dev/null && opts="$opts --timeout 120"   # one hung kernel fails its test only
+    # shellcheck disable=SC2086
+    timeout "${TEST_TIMEOUT:-200}" python -m pytest ${TEST_PATHS:-tests/triton} -q -p no:cacheprovider $opts \
+        --tb=short -rfE --durations=10 2>&1 | tee -a "$out/tests.log" || status=1
+}
 
-echo "== (b) benchmark"
-for group in ${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step}; do
-    limit_var="BENCH_TIMEOUT_$group"   # e.g. BENCH_TIMEOUT_ssd=150: mamba-ssm's autotuning is the slow part
-    timeout "${!limit_var:-${BENCH_TIMEOUT:-100}}" python benchmarks/gpu_bench.py --groups "$group" "$@" -o "$out/bench-$group.json" \
-        2>&1 | tee -a "$out/bench.log" || status=1
+run_bench() {
+    local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step}" parts="${WARM_PARTS:-12}" i fit
+    # each part holds one group's tensors at a time: ~5.5 GB at T=4096 (H100, 2026-11-26: 14 parts ran out of its
+    # 80 GB); WARM_GB_PER_PART (default 8) of free memory per part
+    fit=$(python -c "import torch; print(max(1, torch.cuda.mem_get_info()[0] // (${WARM_GB_PER_PART:-8} << 30)))")
+    [ "$parts" -gt "$fit" ] && parts=$fit
+    if [ "$parts" -gt 0 ]; then
+        echo "== (b0) compiling the benchmark's kernels and the anchors' autotune configs in $parts processes"
+        local t0=$SECONDS
+        for ((i = 0; i < parts; i++)); do
+            # shellcheck disable=SC2086
+            timeout "${WARM_TIMEOUT:-150}" python benchmarks/gpu_bench.py --groups $groups "$@" --warm "$i/$parts" \
+                -o "$out/warm-$i.json.tmp" >"$out/warm-$i.log.tmp" 2>&1 &
+        done
+        wait
+        echo "   done in $((SECONDS - t0)) s; part 0's log:"
+        tail -5 "$out/warm-0.log.tmp"
+        rm -f "$out"/warm-*.tmp
+    fi
+    echo "== (b) benchmark"
+    for group in $groups; do
+        limit_var="BENCH_TIMEOUT_$group"   # e.g. BENCH_TIMEOUT_ssd=150: mamba-ssm's autotuning is the slow part
+        timeout "${!limit_var:-${BENCH_TIMEOUT:-100}}" python benchmarks/gpu_bench.py --groups "$group" "$@" \
+            -o "$out/bench-$group.json" 2>&1 | tee -a "$out/bench.log" || status=1
+    done
+}
+
+run_probe() {
+    echo "== (c) which outer-product kernel configurations run correctly here (one process each)"
+    timeout "${PROBE_TIMEOUT:-150}" python benchmarks/probe_outer_configs.py -j "${DSFC_TEST_WORKERS:-12}" \
+        -o "$out/probe.json" 2>&1 | tee -a "$out/probe.log" || status=1
+}
+
+for phase in ${PHASES:-tests bench}; do
+    case $phase in
+        tests) run_tests ;;
+        bench) run_bench "$@" ;;
+        probe) run_probe ;;
+        *) echo "unknown phase $phase (PHASES: tests bench probe)"; exit 2 ;;
+    esac
 done
-python benchmarks/gpu_bench.py --merge "$out"/bench-*.json -o "$out/merged.json" --markdown 2>&1 \
+ls "$out"/bench-*.json >/dev/null 2>&1 && python benchmarks/gpu_bench.py --merge "$out"/bench-*.json -o "$out/merged.json" --markdown 2>&1 \
     | tee -a "$out/bench.log" || status=1
 exit $status

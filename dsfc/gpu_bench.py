@@ -199,10 +199,14 @@ def import_anchor(name: str):
 # ---- timing ---------------------------------------------------------------------------------------------------
 
 
-def time_ms(fn, device: str, repeats: int, warmup: int = 1) -> float:
-    """Median milliseconds of ``fn()`` (CUDA events on a GPU, wall clock on CPU), after ``warmup`` untimed calls."""
+def time_ms(fn, device: str, repeats: int, warmup: int = 1) -> float | None:
+    """Median milliseconds of ``fn()`` (CUDA events on a GPU, wall clock on CPU), after ``warmup`` untimed calls.
+    In ``--warm`` mode one untimed call (it compiles) and None."""
     import torch
 
+    if _WARM is not None:
+        fn()
+        return None
     for _ in range(warmup):
         fn()
     times = []
@@ -219,6 +223,28 @@ def time_ms(fn, device: str, repeats: int, warmup: int = 1) -> float:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+_WARM: tuple[int, int] | None = None  # (part, parts) in --warm mode (run() sets it)
+
+
+def slice_autotune_configs(part: int, parts: int) -> None:
+    """Make every ``triton.autotune`` created from now on keep only slice ``part`` of ``parts`` of its configs.
+
+    ``--warm`` runs ``parts`` processes in parallel, each compiling its slice, so that triton's on-disk kernel cache
+    holds every config of every anchor before the timed run: that run's autotuning then benchmarks configs instead
+    of compiling them one after another (compiling was most of a fresh GPU's first-call time: ~800 configs for fla
+    and mamba-ssm). Must run before the anchors are imported (their decorators build the autotuners)."""
+    from triton.runtime import autotuner
+
+    init = autotuner.Autotuner.__init__
+
+    def sliced_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if len(self.configs) > 1:
+            self.configs = self.configs[part % len(self.configs)::parts]
+
+    autotuner.Autotuner.__init__ = sliced_init
 
 
 _IO_BYTES = 2  # bytes per streamed element in the benchmark's input dtype (run() sets it): the minimum traffic
@@ -331,10 +357,13 @@ SWEEP_T = 4096  # the sequence length at which the tuning sweeps run (the first 
 # (CHUNK_T, CHUNK_ELEMS, PREFETCH) of the diagonal kernels; CHUNK_T 1: the step kernels
 DIAGONAL_SWEEP = [(1, 0, False), (1, 0, True), (16, 8192, False), (32, 8192, False)]
 OUTER_SWEEP = {  # (chunk, block_v, num_warps, schedule) of chunked_outer_triton
-    "scalar": [(64, 64, 8, "split"), (64, 64, 4, "split"), (64, 64, 4, "fused"), (64, 32, 4, "fused"),
+    "scalar": [(64, 64, 8, "split"), (64, 64, 4, "split"), (64, 64, 8, "fused"), (64, 64, 4, "fused"),
                (32, 64, 4, "fused")],
-    "per_key": [(16, 64, 8, "split"), (16, 32, 4, "fused"), (16, 64, 4, "fused"), (16, 128, 8, "fused")],
+    "per_key": [(16, 64, 8, "split"), (16, 128, 8, "split"), (16, 64, 8, "fused"), (16, 64, 4, "fused"),
+                (16, 128, 8, "fused")],
 }
+# Not swept: chunk 64 with a 32-wide value slice at 4 warps, fused, which triton 3.6 miscompiles on an H100 (wrong
+# results, or an illegal access that ends the process's CUDA context; chunked_outer_triton refuses it on Hopper).
 
 
 def _sweeping(device: str, T: int) -> bool:
@@ -484,8 +513,9 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     q = Cm.repeat_interleave(R, dim=2)  # [B, T, H, n]
     k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
     g = (dt * A).float()  # log decay per head
-    rows.extend(_kernel_row("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
-                            y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term"))
+    kernel_rows, sweep = _kernel_rows("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
+                                      y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term")
+    rows.extend(kernel_rows)
     # fla before mamba-ssm, whose autotuning is the slow part of a cut-off run
     fn, reason = import_anchor("chunk_simple_gla")
     if fn is None:
@@ -516,24 +546,24 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
             r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen) if not r.skipped else None
         rows.append(r)
 
+    rows.extend(sweep())
     return rows
 
 
-def _kernel_row(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k, v, g, note):
+def _kernel_rows(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k, v, g, note):
     """The generated outer-product kernel alone (``chunked_outer_triton``) on the streams an anchor row gets: the
-    kernel-to-kernel comparison (the generated row also times the torch that makes the streams)."""
+    kernel-to-kernel comparison (the generated row also times the torch that makes the streams). Returns the
+    default-configuration row and a function that runs the tuning sweep's rows, which the caller runs after the
+    anchors: a sweep configuration that breaks the CUDA context (an illegal access) then cannot cost the anchors."""
     import torch
 
     try:
         from .runtime.triton_outer import chunked_outer_triton
     except ImportError as exc:
-        return [Row(group, "generated kernel only (chunked_outer_triton)", T, dims, skipped=str(exc))]
+        return [Row(group, "generated kernel only (chunked_outer_triton)", T, dims, skipped=str(exc))], list
     ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    configs = [None]  # the defaults
-    if _sweeping(device, T):
-        configs += OUTER_SWEEP["per_key" if g is not None and g.dim() == 4 else "scalar"]
-    rows = []
-    for cfg in configs:
+
+    def row(cfg):
         kw = {} if cfg is None else dict(zip(("chunk", "block_v", "num_warps", "schedule"), cfg))
 
         def kern(kw=kw):
@@ -546,8 +576,17 @@ def _kernel_row(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k, 
         if not r.skipped:
             with torch.no_grad():
                 r.max_rel_diff_vs_generated = _rel(kern().float().reshape(y_ref.shape), y_ref)
-        rows.append(r)
-    return rows
+        return r
+
+    def sweep():
+        if not _sweeping(device, T):
+            return []
+        configs = OUTER_SWEEP["per_key" if g is not None and g.dim() == 4 else "scalar"]
+        if _WARM is not None:  # --warm: each process compiles a slice
+            configs = configs[_WARM[0]::_WARM[1]]
+        return [row(cfg) for cfg in configs]
+
+    return [row(None)], sweep
 
 
 def _fla_qkv(env, x, W_V, dtype):
@@ -571,11 +610,14 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     H, K, V = dims["H"], dims["K"], dims["V"]
     v = _fla_qkv(env, x, env["W_V"], dtype)
     g = torch.log(env["alpha"].float()).detach()
-    rows.extend(_kernel_row("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
-                            (env["q"].float() * K ** -0.5).to(dtype), env["k"].to(dtype), v, g, "same q, k, v, g as fla"))
+    kernel_rows, sweep = _kernel_rows("gla", T, dims, device, repeats, dtype, gen.min_bytes, y_gen.reshape(B, T, H, V),
+                                      (env["q"].float() * K ** -0.5).to(dtype), env["k"].to(dtype), v, g,
+                                      "same q, k, v, g as fla")
+    rows.extend(kernel_rows)
     fn, reason = import_anchor("chunk_gla")
     if fn is None:
         rows.append(Row("gla", "fla chunk_gla", T, dims, skipped=reason))
+        rows.extend(sweep())
         return rows
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["q"], env["k"])] + [v.detach().requires_grad_()]
 
@@ -586,6 +628,7 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     with torch.no_grad():
         r.max_rel_diff_vs_generated = _rel(fla().float().reshape(B, T, -1), y_gen.reshape(B, T, -1)) if not r.skipped else None
     rows.append(r)
+    rows.extend(sweep())
     return rows
 
 
@@ -603,12 +646,15 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     rows.append(gen)
     K = dims["K"]
     v = _fla_qkv(env, x, env["W_V"], dtype)
-    rows.extend(_kernel_row("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
-                            y_gen.reshape(B, T, dims["H"], dims["V"]), (env["qf"].float() * K ** -0.5).to(dtype),
-                            env["kf"].to(dtype), v, None, "same q, k, v as fla"))
+    kernel_rows, sweep = _kernel_rows("linear_attention", T, dims, device, repeats, dtype, gen.min_bytes,
+                                      y_gen.reshape(B, T, dims["H"], dims["V"]),
+                                      (env["qf"].float() * K ** -0.5).to(dtype), env["kf"].to(dtype), v, None,
+                                      "same q, k, v as fla")
+    rows.extend(kernel_rows)
     fn, reason = import_anchor("chunk_linear_attn")
     if fn is None:
         rows.append(Row("linear_attention", "fla chunk_linear_attn", T, dims, skipped=reason))
+        rows.extend(sweep())
         return rows
     ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])] + [v.detach().requires_grad_()]
 
@@ -620,6 +666,7 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     with torch.no_grad():
         r.max_rel_diff_vs_generated = _rel(fla().float().reshape(B, T, -1), y_gen.reshape(B, T, -1)) if not r.skipped else None
     rows.append(r)
+    rows.extend(sweep())
     return rows
 
 
@@ -644,7 +691,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                    help="merge these reports of one device (one per group, as gpu_check.sh writes) into one, and exit")
     p.add_argument("--markdown", action="store_true", help="also print the rows as a Markdown table (for the README)")
+    p.add_argument("--warm", metavar="PART/PARTS",
+                   help="compile only (nothing timed): run each row once with every triton.autotune cut to slice PART "
+                        "of PARTS of its configs; PARTS processes in parallel fill triton's kernel cache for a timed "
+                        "run (benchmarks/gpu_check.sh does this)")
     args = p.parse_args(argv)
+    if args.warm is not None:
+        m = re.fullmatch(r"(\d+)/(\d+)", args.warm)
+        if not m or not int(m[1]) < int(m[2]):
+            p.error(f"--warm wants PART/PARTS with 0 <= PART < PARTS, got {args.warm!r}")
+        args.warm = (int(m[1]), int(m[2]))
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if args.T and any(t < 1 for t in args.T):
@@ -678,11 +734,14 @@ def run(args, path: Path | None = None) -> Report:
     if args.device == "cpu":
         dtype = torch.float32
     sizes = plan_sizes(args)
-    global _IO_BYTES, _SIZES_T
+    global _IO_BYTES, _SIZES_T, _WARM
     _SIZES_T = tuple(sizes["T"])
+    _WARM = getattr(args, "warm", None)
+    if _WARM is not None:
+        slice_autotune_configs(*_WARM)
     _IO_BYTES = torch.empty((), dtype=dtype).element_size()
     report = Report(device=name, peak=PEAKS.get(key) if key else None, torch=torch.__version__, triton=triton_version,
-                    mode="smoke" if args.device == "cpu" else ("quick" if args.quick else "full"),
+                    mode=("warm " if _WARM else "") + ("smoke" if args.device == "cpu" else ("quick" if args.quick else "full")),
                     started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     peak_bw = report.peak["hbm_GBps"] if report.peak else None
     repeats = 1 if args.device == "cpu" else args.repeats
