@@ -295,8 +295,10 @@ def _shape(result, tensor, dims) -> tuple[int, ...]:
 _CHECKPOINT = None  # set by run(): called with each timed row, so that a run cut off keeps the rows it finished
 
 
-def _bench_impl(group, impl, T, shape, fn, grad_inputs, device, repeats, dtype, min_bytes, note=""):
-    """Forward timed under no_grad; forward+backward of sum(y) w.r.t. ``grad_inputs``."""
+def _bench_impl(group, impl, T, shape, fn, grad_inputs, device, repeats, dtype, min_bytes, note="", y_ref=None):
+    """Forward timed under no_grad; forward+backward of sum(y) w.r.t. ``grad_inputs``; with ``y_ref`` (the generated
+    output) also the row's max relative difference from it, before the row is checkpointed (a run cut off later
+    keeps it)."""
     import torch
 
     row = Row(group, impl, T, shape, dtype=str(dtype).replace("torch.", ""), min_bytes=min_bytes, note=note)
@@ -305,6 +307,9 @@ def _bench_impl(group, impl, T, shape, fn, grad_inputs, device, repeats, dtype, 
             row.fwd_ms = time_ms(fn, device, repeats)
         if grad_inputs:
             row.fwdbwd_ms = time_ms(_fwd_bwd(fn, grad_inputs), device, repeats)
+        if y_ref is not None:
+            with torch.no_grad():
+                row.max_rel_diff_vs_generated = _rel(fn().float().reshape(y_ref.shape), y_ref)
     except Exception as exc:  # noqa: BLE001 - one broken row must not end the run
         row.skipped = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
         traceback.print_exc(file=sys.stderr)
@@ -390,10 +395,8 @@ def _diagonal_sweep(group, T, dims, device, repeats, dtype, y_gen, env, min_byte
             td.CHUNK_T, td.CHUNK_ELEMS, td.PREFETCH = max(chunk_t, 1), elems or saved[3], prefetch
             label = (("generated, step kernels" + (", PREFETCH" if prefetch else "")) if chunk_t == 1 else
                      f"generated, CHUNK_T={chunk_t} CHUNK_ELEMS={elems}")
-            r = _bench_impl(group, label, T, dims, fn, leaves, device, repeats, dtype, min_bytes, note="sweep")
-            if not r.skipped:
-                with torch.no_grad():
-                    r.max_rel_diff_vs_generated = _rel(fn().float(), y_gen)
+            r = _bench_impl(group, label, T, dims, fn, leaves, device, repeats, dtype, min_bytes, note="sweep",
+                            y_ref=y_gen)
             rows.append(r)
     finally:
         td.CHUNKED_FORWARD, td.CHUNKED_BACKWARD, td.CHUNK_T, td.CHUNK_ELEMS, td.PREFETCH = saved
@@ -427,9 +430,8 @@ def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
         def mamba():
             return fn(ins[0], ins[1], A, ins[2], ins[3], D, delta_softplus=False).transpose(1, 2)
 
-        r = _bench_impl("s6", "mamba-ssm selective_scan_fn", T, dims, mamba, ins, device, repeats, dtype, mb)
-        with torch.no_grad():
-            r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen) if not r.skipped else None
+        r = _bench_impl("s6", "mamba-ssm selective_scan_fn", T, dims, mamba, ins, device, repeats, dtype, mb,
+                        y_ref=y_gen)
         rows.append(r)
 
     if T > loop_max_T:
@@ -449,9 +451,7 @@ def bench_s6(B, T, dims, device, repeats, dtype, loop_max_T):
             return torch.stack(ys, 1) + D * uu
 
         r = _bench_impl("s6", "torch sequential loop", T, dims, loop, ins, device, max(1, repeats // 3), torch.float32,
-                        mb, note="fp32, selective_scan_ref style")
-        with torch.no_grad():
-            r.max_rel_diff_vs_generated = _rel(loop(), y_gen) if not r.skipped else None
+                        mb, note="fp32, selective_scan_ref style", y_ref=y_gen)
         rows.append(r)
     return rows
 
@@ -485,9 +485,7 @@ def bench_s6_step(B, T, dims, device, repeats, dtype, loop_max_T):
         return fn(state, x, dt, A, b, cq, D=D, dt_bias=dt_bias)
 
     r = _bench_impl("s6_step", "mamba-ssm selective_state_update", 1, dims, mamba, [], device, repeats, dtype,
-                    gen.min_bytes, note="includes a state.zero_()")
-    with torch.no_grad():
-        r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen.reshape(B, -1)) if not r.skipped else None
+                    gen.min_bytes, note="includes a state.zero_()", y_ref=y_gen.reshape(B, -1))
     rows.append(r)
     return rows
 
@@ -514,7 +512,8 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
     k = (Bm.float().repeat_interleave(R, dim=2) * dt[..., None]).to(dtype)
     g = (dt * A).float()  # log decay per head
     kernel_rows, sweep = _kernel_rows("ssd", T, dims, device, repeats, dtype, gen.min_bytes,
-                                      y_gen - (D[:, None] * xx.float()), q, k, xx, g, "same q, k, v, g as fla; no D term")
+                                      y_gen - (D[:, None] * xx.float()), q, k, xx, g,
+                                      "same q, k, v, g as fla; no D term")
     rows.extend(kernel_rows)
     # fla before mamba-ssm, whose autotuning is the slow part of a cut-off run
     fn, reason = import_anchor("chunk_simple_gla")
@@ -527,9 +526,7 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
             return fn(ins[0], ins[1], ins[2], g=g, scale=1.0)[0] + D[:, None] * ins[2]
 
         r = _bench_impl("ssd", "fla chunk_simple_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes,
-                        note="SSD as scalar-decay GLA (q=C, k=dt B, v=x)")
-        with torch.no_grad():
-            r.max_rel_diff_vs_generated = _rel(fla().float(), y_gen) if not r.skipped else None
+                        note="SSD as scalar-decay GLA (q=C, k=dt B, v=x)", y_ref=y_gen)
         rows.append(r)
     fn, reason = import_anchor("mamba_chunk_scan_combined")
     if fn is None:
@@ -541,9 +538,7 @@ def bench_ssd(B, T, dims, device, repeats, dtype, loop_max_T):
             return fn(ins[0], ins[1], A, ins[2], ins[3], chunk_size=256, D=D)
 
         r = _bench_impl("ssd", "mamba-ssm mamba_chunk_scan_combined", T, dims, mamba, ins, device, repeats, dtype,
-                        gen.min_bytes)
-        with torch.no_grad():
-            r.max_rel_diff_vs_generated = _rel(mamba().float(), y_gen) if not r.skipped else None
+                        gen.min_bytes, y_ref=y_gen)
         rows.append(r)
 
     rows.extend(sweep())
@@ -572,10 +567,7 @@ def _kernel_rows(group, T, dims, device, repeats, dtype, min_bytes, y_ref, q, k,
         label = "generated kernel only (chunked_outer_triton)" + (
             "" if cfg is None else " chunk={} block_v={} warps={} {}".format(*cfg))
         r = _bench_impl(group, label, T, dims, kern, ins, device, repeats, dtype, min_bytes,
-                        note=note if cfg is None else "sweep")
-        if not r.skipped:
-            with torch.no_grad():
-                r.max_rel_diff_vs_generated = _rel(kern().float().reshape(y_ref.shape), y_ref)
+                        note=note if cfg is None else "sweep", y_ref=y_ref)
         return r
 
     def sweep():
@@ -624,9 +616,8 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     def fla():
         return fn(ins[0], ins[1], ins[2], g=g, scale=K ** -0.5)[0]
 
-    r = _bench_impl("gla", "fla chunk_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes)
-    with torch.no_grad():
-        r.max_rel_diff_vs_generated = _rel(fla().float().reshape(B, T, -1), y_gen.reshape(B, T, -1)) if not r.skipped else None
+    r = _bench_impl("gla", "fla chunk_gla", T, dims, fla, ins, device, repeats, dtype, gen.min_bytes,
+                    y_ref=y_gen.reshape(B, T, -1))
     rows.append(r)
     rows.extend(sweep())
     return rows
@@ -662,9 +653,7 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
         return fn(ins[0], ins[1], ins[2], scale=K ** -0.5, normalize=False)[0]
 
     r = _bench_impl("linear_attention", "fla chunk_linear_attn", T, dims, fla, ins, device, repeats, dtype,
-                    gen.min_bytes)
-    with torch.no_grad():
-        r.max_rel_diff_vs_generated = _rel(fla().float().reshape(B, T, -1), y_gen.reshape(B, T, -1)) if not r.skipped else None
+                    gen.min_bytes, y_ref=y_gen.reshape(B, T, -1))
     rows.append(r)
     rows.extend(sweep())
     return rows

@@ -69,7 +69,8 @@ def ptxas_resources(compiled) -> str:
 
 def outer_kernels(resources: bool) -> int:
     """The chunked outer-product kernels (dsfc/runtime/triton_outer.py), both schedules, every decay kind, fp32 and
-    bf16 operands, at the GPU launch shapes (K = 128, value slices of 64, chunk 64, or 16 with a per-key decay)."""
+    bf16 operands, at the GPU launch shapes (K = 128, value slices of 64, or 128 with a per-key decay and bf16
+    operands; chunk 64, or 16 with a per-key decay)."""
     failed = 0
     variants = [(triton_outer._outer_fwd, {"WRITE_Y": True, "STORE_STATES": False}),
                 (triton_outer._outer_fwd, {"WRITE_Y": False, "STORE_STATES": True}),
@@ -93,7 +94,8 @@ def outer_kernels(resources: bool) -> int:
                         sig[name] = "*fp32"
                     else:
                         sig[name] = "i32"
-                consts = dict(BT=chunk, BK=128, BV=64, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
+                block_v = 128 if decay == 2 and half else 64  # chunked_outer_triton's defaults at K = V = 128
+                consts = dict(BT=chunk, BK=128, BV=block_v, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
                 warps = 8 if chunk * 128 >= 64 * 64 or decay == 2 else 4
                 try:

@@ -585,3 +585,27 @@ def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match=r"the fused forward kernels at K=4, chunk=16, block_v=16 need more "
                                            r"shared memory than this GPU has .*use schedule='auto'"):
         chunked_outer_triton(q, q, q, schedule="fused")
+
+
+@pytest.mark.parametrize("K,V,decay,dtype,want", [
+    (128, 128, "key", torch.float16, 128),   # per key, half operands: 16384 / K, at most 128
+    (256, 128, "key", torch.float16, 64),
+    (128, 128, "key", torch.float32, 64),    # fp32 operands spill at 128 (ptxas): 8192 / K, at most 64
+    (128, 128, "head", torch.float16, 64),   # chunk 64 on a GPU: 8192 / K
+    (512, 64, "head", torch.float16, 16),
+    (32, 24, "key", torch.float16, 32),      # never wider than V (rounded up to a power of two)
+])
+def test_default_value_slice(monkeypatch, K, V, decay, dtype, want):
+    """The value slice chunked_outer_triton picks when none is given (the launch configuration it hands the op)."""
+    seen = {}
+
+    def fake_op(q, k, v, g, s0, cfg, cdt):
+        seen["block_v"] = cfg[3]
+        return q.new_zeros(*q.shape[:3], v.shape[-1], dtype=cdt), s0
+
+    monkeypatch.setattr(triton_outer, "_outer_fwd_op", fake_op)
+    q = torch.zeros(1, 3, 1, K, dtype=dtype)
+    v = torch.zeros(1, 3, 1, V, dtype=dtype)
+    g = torch.zeros(1, 3, 1, K) if decay == "key" else torch.zeros(1, 3, 1)
+    chunked_outer_triton(q, q, v, g)
+    assert seen["block_v"] == want
