@@ -10,7 +10,7 @@ nothing can be timed (not CUDA, e.g. the interpreter; or a CUDA graph being capt
 without timing anything.
 """
 
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 
@@ -51,12 +51,18 @@ def agree(want: Sequence[torch.Tensor], got: Sequence[torch.Tensor], rtol: float
     return True
 
 
-def choose(key: Hashable, candidates: Sequence, run: Callable, device: torch.device, rtol: float) -> int:
+def choose(key: Hashable, candidates: Sequence, run: Callable, device: torch.device, rtol: float,
+           truth: Optional[Callable[[], Sequence[torch.Tensor]]] = None) -> int:
     """Index of the candidate to launch for ``key`` (a launch shape): the fastest of those whose results
     (``run(candidate)``, a sequence of tensors) agree with candidate 0's within ``rtol``, measured on the first call
     and cached; 0 where nothing can be timed. A candidate that fails to launch (a tile needing more shared memory
     than this GPU has) is left out, and if candidate 0 is the one that failed the first that launched is the
-    reference; if none launches, the first error is raised."""
+    reference; if none launches, the first error is raised.
+
+    ``truth`` (optional): the same results computed independently (a torch implementation), consulted only when
+    some candidate disagrees with the reference: the reference itself may be the one this GPU / triton pair
+    miscompiles (triton 3.6 did so on an H100, see triton_outer.fused_miscompiles). The candidates that agree with
+    ``truth`` are then the usable ones; if none does, a RuntimeError says so rather than returning wrong results."""
     if key in _CHOICES:
         return _CHOICES[key]
     if not can_time(device):
@@ -71,6 +77,12 @@ def choose(key: Hashable, candidates: Sequence, run: Callable, device: torch.dev
         raise errors[0]
     ref = min(outs)  # candidate 0, or the first that launched
     usable = [i for i in outs if i == ref or agree(outs[ref], outs[i], rtol)]
-    times = {i: time_ms(run, candidates[i]) for i in usable} if len(usable) > 1 else {ref: 0.0}
+    if len(usable) < len(outs) and truth is not None:
+        want = truth()
+        usable = [i for i in outs if agree(want, outs[i], rtol)]
+        if not usable:
+            raise RuntimeError(f"dsfc: every kernel variant of {key!r} disagrees with the torch implementation on "
+                               f"this GPU (a Triton miscompile?); run the module with backend='torch'")
+    times = {i: time_ms(run, candidates[i]) for i in usable} if len(usable) > 1 else {usable[0]: 0.0}
     _CHOICES[key] = min(times, key=times.get)
     return _CHOICES[key]

@@ -69,7 +69,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.scans import check_outer_inputs, read_before_update
+from dsfc.runtime.scans import check_outer_inputs, chunked_outer_scan, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
@@ -510,11 +510,12 @@ def fused_miscompiles(L: _Launch, device: torch.device) -> Optional[str]:
             f"K={L.K}, num_warps=4 (wrong results or an illegal memory access; triton issues 11366, 10486)")
 
 
-def _resolve(L: _Launch, phase: str, run, device: torch.device) -> _Launch:
+def _resolve(L: _Launch, phase: str, run, device: torch.device, truth=None) -> _Launch:
     """L with its schedule resolved: fused (0) and split (1) as given; auto (2): the faster of the two on this launch
     shape's first call on a GPU, provided their results agree (``autochoice.choose``; fused, the schedule that ran
-    on a GPU first, is the reference and the fallback). ``run(L)`` launches the phase and returns its outputs. The
-    forward and backward choose separately; T counts by its power-of-two bucket (training lengths vary)."""
+    on a GPU first, is the reference and the fallback; if they disagree, ``truth()``, the torch scan's results,
+    decides which is right). ``run(L)`` launches the phase and returns its outputs. The forward and backward choose
+    separately; T counts by its power-of-two bucket (training lengths vary)."""
     if L.split != 2:
         return L
     fused, split = replace(L, split=0), replace(L, split=1)
@@ -522,7 +523,29 @@ def _resolve(L: _Launch, phase: str, run, device: torch.device) -> _Launch:
            L.block_v, L.half, L.num_warps, L.cdt)
     # the same maths with the same operand rounding, summed in another order
     rtol = 2e-2 if L.half else 1e-4
-    return (fused, split)[autochoice.choose(key, (fused, split), run, device, rtol)]
+    return (fused, split)[autochoice.choose(key, (fused, split), run, device, rtol, truth)]
+
+
+def _torch_outer(q, k, v, g, s0, decay: int, cdt: torch.dtype, dy=None, dsT=None):
+    """The ops' results from the torch chunked scan (an independent implementation, for ``_resolve`` to settle a
+    disagreement between the schedules): ``(y, S_T)``, or with ``dy``, ``dsT`` the gradients ``(dq, dk, dv, ds0)``
+    (by ``torch.func.vjp``: inside a custom op's implementation ordinary autograd records nothing)."""
+    log_decay = g.detach().to(cdt) if decay else None
+
+    def scan(q_, k_, v_, s0_):
+        return chunked_outer_scan(q_, k_, v_, log_decay, s0_, output_final_state=True)
+
+    xs = [x.detach().to(cdt) for x in (q, k, v, s0)]
+    if dy is None:
+        return scan(*xs)
+    _, vjp = torch.func.vjp(scan, *xs)
+    return vjp((dy.to(cdt), dsT.to(cdt)))
+
+
+def _slices_summed(grads):
+    """``_bwd``'s gradients with dq, dk summed over the value slices (the op's results)."""
+    dq, dk, dv, ds0 = grads
+    return dq.sum(0), dk.sum(0), dv, ds0
 
 
 def _too_big_is_clear(L: _Launch, phase: str, launch):
@@ -548,7 +571,8 @@ def _outer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [B, T, H, V], S_T [B, H, K, V])`` in the compute dtype ``cdt``."""
     q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
-    L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device)
+    L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device,
+                 truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt))
     y, sT, _ = _too_big_is_clear(L, "forward", lambda: _fwd(L, q, k, v, g, s0, True, False))
     return y, sT
 
@@ -566,7 +590,8 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
     q, k, v, g, s0, dy, dsT = (x.contiguous() for x in (q, k, v, g, s0, dy, dsT))
-    L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _bwd(c, q, k, v, g, s0, dy, dsT), q.device)
+    L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT)),
+                 q.device, truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT))
     dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT))
     dq, dk = (dq[0], dk[0]) if L.nv == 1 else (dq.sum(0), dk.sum(0))
     if L.decay == 0:

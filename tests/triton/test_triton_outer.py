@@ -609,3 +609,63 @@ def test_default_value_slice(monkeypatch, K, V, decay, dtype, want):
     g = torch.zeros(1, 3, 1, K) if decay == "key" else torch.zeros(1, 3, 1)
     chunked_outer_triton(q, q, v, g)
     assert seen["block_v"] == want
+
+
+def test_auto_schedule_asks_the_torch_scan_when_the_schedules_disagree(monkeypatch):
+    """The reference schedule (fused) can be the miscompiled one: when the two disagree, the torch chunked scan's
+    results decide, so auto picks split here although fused is the reference and faster; the truth is not computed
+    when they agree; when neither agrees with it the error says so."""
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: 2.0 if L.split else 1.0)
+    good = torch.randn(3, 4)
+    wrong = good + 0.5 * good.abs().max()
+    asked = []
+
+    def truth():
+        asked.append(1)
+        return (good,)
+
+    cpu = torch.device("cpu")
+    L = triton_outer._resolve(_launch(), "fwd", lambda c: (good if c.split else wrong,), cpu, truth)
+    assert L.split == 1 and asked
+    asked.clear()
+    assert triton_outer._resolve(_launch(half=1), "fwd", lambda c: (good,), cpu, truth).split == 0 and not asked
+    with pytest.raises(RuntimeError, match="disagrees with the torch implementation.*backend='torch'"):
+        triton_outer._resolve(_launch(half=2), "fwd", lambda c: (wrong + c.split,), cpu, truth)
+
+
+def test_auto_schedule_truth_end_to_end(monkeypatch):
+    """Under the interpreter, with the fused forward and backward corrupted and timing faked to favour fused: auto
+    still runs split for both phases (the torch scan settles it), and the results match the float64 loop."""
+    monkeypatch.setattr(autochoice, "_CHOICES", {})
+    monkeypatch.setattr(autochoice, "can_time", lambda device: True)
+    monkeypatch.setattr(autochoice, "time_ms", lambda run, L: 2.0 if L.split else 1.0)
+    fwd, bwd = triton_outer._fwd, triton_outer._bwd
+
+    def bad_fwd(L, *args):
+        y, sT, states = fwd(L, *args)
+        return (y if y is None or L.split else y + 1.0), sT, states
+
+    def bad_bwd(L, *args):
+        dq, dk, dv, ds0 = bwd(L, *args)
+        return dq, dk, (dv if L.split else dv * 2), ds0
+
+    monkeypatch.setattr(triton_outer, "_fwd", bad_fwd)
+    monkeypatch.setattr(triton_outer, "_bwd", bad_bwd)
+    B, T, H, K, V = 1, 20, 1, 4, 3
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    g = -torch.rand(B, T, H, K, generator=gen, dtype=torch.float64)
+    xs = [x.to(DEVICE).requires_grad_() for x in (q, k, v, g)]
+    y = chunked_outer_triton(*xs, schedule="auto")
+    w = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((y * w.to(y)).sum(), xs)
+    assert sorted(autochoice._CHOICES.values()) == [1, 1]
+    xs64 = [x.detach().cpu().clone().requires_grad_() for x in xs]
+    y64, _ = _loop(*xs64, torch.zeros(B, H, K, V, dtype=torch.float64))
+    want = torch.autograd.grad((y64 * w).sum(), xs64)
+    assert rel(y, y64) <= 1e-12
+    for a, b in zip(got, want):
+        assert rel(a, b) <= 1e-12
