@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from dsfc.runtime import autochoice
+from dsfc.runtime.dispatch import eager_inference
 
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
@@ -181,11 +182,13 @@ def _chunk_starts(key: str, L: _Launch, h0, leaves):
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
 
 
-@torch.library.custom_op("dsfc::diagonal_scan_fwd", mutates_args=())
-def _scan_fwd_op(key: str, h0: torch.Tensor, leaves: list[torch.Tensor], cfg: list[int], consts: list[float],
-                 out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _scan_fwd(key: str, h0: torch.Tensor, leaves: list[torch.Tensor], cfg: list[int], consts: list[float],
+              out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     L = _Launch.decode(cfg, consts)
     return _launch_fwd(key, L, h0, [x.contiguous() for x in leaves], L.fused, out_dtype)
+
+
+_scan_fwd_op = torch.library.custom_op("dsfc::diagonal_scan_fwd", mutates_args=())(_scan_fwd)
 
 
 @_scan_fwd_op.register_fake
@@ -323,5 +326,6 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     # never an empty consts list: register_autograd matches backward's return against the inputs' pytree, where an
     # empty list is a node (needing []) but a list of floats a leaf (needing None); the kernel ignores the padding
     consts_arg = list(L.consts) or [0.0]
-    out, hT = _scan_fwd_op(key, h0, list(leaves), L.encode(), consts_arg, out_dtype or h0.dtype)
+    forward = _scan_fwd if eager_inference(h0, *leaves) else _scan_fwd_op
+    out, hT = forward(key, h0, list(leaves), L.encode(), consts_arg, out_dtype or h0.dtype)
     return out, hT, fused

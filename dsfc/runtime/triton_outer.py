@@ -69,6 +69,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
+from dsfc.runtime.dispatch import eager_inference
 from dsfc.runtime.scans import check_outer_inputs, chunked_outer_scan, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
@@ -566,15 +567,17 @@ def _too_big_is_clear(L: _Launch, phase: str, launch):
 # kind NONE in ``cfg`` with a dummy empty ``g`` (never read by the kernels, its gradient None).
 
 
-@torch.library.custom_op("dsfc::outer_scan_fwd", mutates_args=())
-def _outer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
-                  cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _outer_scan_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
+                    cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [B, T, H, V], S_T [B, H, K, V])`` in the compute dtype ``cdt``."""
     q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
     L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device,
                  truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt))
     y, sT, _ = _too_big_is_clear(L, "forward", lambda: _fwd(L, q, k, v, g, s0, True, False))
     return y, sT
+
+
+_outer_fwd_op = torch.library.custom_op("dsfc::outer_scan_fwd", mutates_args=())(_outer_scan_fwd)
 
 
 @_outer_fwd_op.register_fake
@@ -711,6 +714,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if hazard:  # auto: the split schedule only (the fused one would be the reference that split is checked against)
         L = replace(L, split=1)
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
-    y, sT = _outer_fwd_op(q, k, v, g, s0, L.encode(), cdt)
+    forward = _outer_scan_fwd if eager_inference(q, k, v, g, s0) else _outer_fwd_op
+    y, sT = forward(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)
     return (y, sT.to(out_dtype)) if output_final_state else y
