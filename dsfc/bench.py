@@ -116,6 +116,19 @@ def _variant(module, which: str, compiled: bool):
         scans.COMPILE, compiled_chunks.MODE = saved_modes
 
 
+def check_dims(result: CompileResult, dims: dict | None) -> None:
+    """ValueError naming a ``--dims`` override the spec's module refuses: an unknown dim, a dim < 1, a derived dim that
+    is not a whole number (H = 3, G = 2 for R = H // G). The module is built on the meta device: nothing allocated."""
+    from .plot import override_dims
+
+    override_dims(result, {}, dims)
+    cls = getattr(load_module(result, f"dsfc_bench_{result.module_name}"), result.plan.model)
+    try:
+        cls(**constructor_kwargs(dims or {}), device="meta")
+    except ValueError as exc:
+        raise ValueError(f"dims {dims}: {exc}") from None
+
+
 def _setup(result: CompileResult, batch: int, T: int, dims: dict | None, name: str):
     module = load_module(result, name)
     torch.manual_seed(0)

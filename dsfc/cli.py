@@ -173,6 +173,14 @@ def cmd_bench(args) -> int:
     ok, results = _compile_all(args.specs, lambda r: None)
     if not ok:
         return EXIT_SPEC_ERROR
+    from .bench import check_dims
+
+    for r in results:  # every spec's dims before the first (long) run: a typo was a TypeError traceback
+        try:
+            check_dims(r, dims)
+        except ValueError as exc:
+            print(f"dsfc bench: error: {r.spec.path}: {exc}", file=sys.stderr)
+            return EXIT_SPEC_ERROR
     for r in results:
         run_bench(r, batch=args.batch, T=args.T, dims=dims, repeats=args.repeats,
                   compiled=args.compile, memory=args.memory)
@@ -196,6 +204,8 @@ def cmd_plot(args) -> int:
         dims = resolve_dims(result, dims)
         if args.T < 1:
             raise PlotError(f"--T must be at least 1, got {args.T}")
+        if args.dpi < 1:  # matplotlib's own ValueError came out as a traceback after the plot was computed
+            raise PlotError(f"--dpi must be at least 1, got {args.dpi}")
     except PlotError as exc:
         print(f"dsfc plot: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -294,7 +304,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="with --gpu: small sizes, T=1024 only")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("-T", type=int, default=4096)
-    p.add_argument("--dims", nargs="*", help="dim overrides, e.g. d=256 n=16")
+    p.add_argument("--dims", nargs="*", action="extend", help="dim overrides, e.g. d=256 n=16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="allow the torch.compile'd scan path")
     p.add_argument("--memory", action="store_true",
@@ -305,7 +315,7 @@ def main(argv=None) -> int:
     p.add_argument("spec")
     p.add_argument("-o", "--output", help="output PNG (default: <spec stem>.png in the current directory)")
     p.add_argument("--T", "-T", type=int, default=32, help="sequence length of the random input (default 32)")
-    p.add_argument("--dims", nargs="*", metavar="NAME=INT", help="dim overrides of the small check dims, e.g. d=4 n=2")
+    p.add_argument("--dims", nargs="*", action="extend", metavar="NAME=INT", help="dim overrides of the small check dims, e.g. d=4 n=2")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random input")
     p.add_argument("--dpi", type=int, default=80, help="resolution of the PNG (default 80)")
     p.set_defaults(func=cmd_plot)

@@ -58,7 +58,14 @@ def resolve_dims(result: CompileResult, overrides: dict[str, int] | None) -> dic
     if result.report.state_size_default is None:
         raise PlotError(f"{result.sym.model}: the state is infinite (a feature range of exp), so there is no fixed "
                         "N x N transition to plot; see dsf_matrices(u) for the slot form of a short sequence")
-    dims = small_dims(result)
+    return override_dims(result, small_dims(result), overrides)
+
+
+def override_dims(result: CompileResult, base: dict[str, int], overrides: dict[str, int] | None) -> dict[str, int]:
+    """``base`` with the user's ``--dims`` overrides; PlotError naming an unknown dim, a dim < 1 or a derived dim that
+    is not a positive integer at the result (``dsfc plot`` and ``dsfc bench``)."""
+    sym = result.sym
+    dims = dict(base)
     for k, v in (overrides or {}).items():
         if k not in sym.free_dims:
             derived = " (a derived dim: set the free dims it is computed from)" if k in sym.dim_defs else ""

@@ -52,15 +52,18 @@ class GLA(nn.Module):
     state: ``[batch, H, K, V]``.
     """
 
-    # NaN / inf checks of u and the initial state on every call (a ValueError naming the first bad entry). Each reads
-    # a reduction back to the host, a device sync on a GPU: a decoding loop feeding known-finite tokens may set
-    # ``model.check_finite = False``.
+    # NaN / inf checks of u, the parameters and the initial state on every call (a ValueError naming the first bad
+    # entry). They read reductions back to the host, a device sync on a GPU: a decoding loop feeding known-finite
+    # tokens may set ``model.check_finite = False``.
     check_finite = True
 
     def __init__(self, d=1024, H=4, K=128, V=256, R=16, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"GLA: backend must be one of {BACKENDS}, got {backend!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
+            raise TypeError(f"GLA: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
         for _name, _value in (
             ("d", d),
@@ -109,24 +112,38 @@ class GLA(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "R"]) or "the spec's dims"
 
-    def _check_input(self, u, initial_state):
+    def _check_input(self, u, initial_state, running0=None):
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"GLA: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"GLA: u must be a floating-point tensor, got {u.dtype}")
+        if u.device != self.W_Q.device:
+            raise ValueError(
+                f"GLA: u is on {u.device} but the parameters are on {self.W_Q.device}; "
+                "move one of them (.to(device))"
+            )
         # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
-        # makes the sum non-finite, so a finite sum (one cheap pass) clears u; only a non-finite sum (which may also
-        # be an overflow of finite values) pays for the elementwise test.
-        if (
-            self.check_finite
-            and not torch.compiler.is_compiling()
-            and not bool(torch.isfinite(u.sum()))
-            and not bool(torch.isfinite(u).all())
-        ):
-            bad = (~torch.isfinite(u)).nonzero()[0].tolist()
-            raise ValueError(f"GLA: u contains NaN or inf (first at [batch, time, feature] = {bad})")
+        # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
+        # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
+        # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
+        if self.check_finite and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
+            if not bool(torch.isfinite(sums).all()):
+                if not bool(torch.isfinite(u).all()):
+                    bad = (~torch.isfinite(u)).nonzero()[0].tolist()
+                    raise ValueError(f"GLA: u contains NaN or inf (first at [batch, time, feature] = {bad})")
+                for _name, _p in self.named_parameters():
+                    if not _p.is_meta and not bool(torch.isfinite(_p).all()):
+                        raise ValueError(
+                            f"GLA: parameter {_name!r} contains NaN or inf (a diverged update or a bad " "checkpoint?)"
+                        )
+        if running0:
+            raise ValueError(
+                f"GLA: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"
+            )
         if initial_state is not None:
             if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
                 got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
@@ -203,7 +220,7 @@ class GLA(nn.Module):
                 raise ValueError(f"GLA: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
             running0 = {k: v for k, v in initial_state.items() if k != "h"}
             initial_state = initial_state.get("h")
-        self._check_input(u, initial_state)
+        self._check_input(u, initial_state, running0)
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
@@ -228,6 +245,7 @@ class GLA(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
+        self._check_input(u, None, running0)
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         _dtype = torch.promote_types(u.dtype, torch.float32)
         x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
@@ -310,7 +328,7 @@ class GLA(nn.Module):
 
         ``running0``: carried values of running quantities (the non-"h" entries of a state dict), if any.
         """
-        self._check_input(u, None)
+        self._check_input(u, None, running0)
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)

@@ -52,15 +52,18 @@ class MLSTM(nn.Module):
     state: ``[batch, H, DH, DH]``.
     """
 
-    # NaN / inf checks of u and the initial state on every call (a ValueError naming the first bad entry). Each reads
-    # a reduction back to the host, a device sync on a GPU: a decoding loop feeding known-finite tokens may set
-    # ``model.check_finite = False``.
+    # NaN / inf checks of u, the parameters and the initial state on every call (a ValueError naming the first bad
+    # entry). They read reductions back to the host, a device sync on a GPU: a decoding loop feeding known-finite
+    # tokens may set ``model.check_finite = False``.
     check_finite = True
 
     def __init__(self, H=4, DH=128, bs=4, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"MLSTM: backend must be one of {BACKENDS}, got {backend!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
+            raise TypeError(f"MLSTM: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
         for _name, _value in (
             ("H", H),
@@ -123,24 +126,37 @@ class MLSTM(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]) or "the spec's dims"
 
-    def _check_input(self, u, initial_state):
+    def _check_input(self, u, initial_state, running0=None):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != E:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"MLSTM: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"MLSTM: u must be a floating-point tensor, got {u.dtype}")
+        if u.device != self.W_Q.device:
+            raise ValueError(
+                f"MLSTM: u is on {u.device} but the parameters are on {self.W_Q.device}; "
+                "move one of them (.to(device))"
+            )
         # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
-        # makes the sum non-finite, so a finite sum (one cheap pass) clears u; only a non-finite sum (which may also
-        # be an overflow of finite values) pays for the elementwise test.
-        if (
-            self.check_finite
-            and not torch.compiler.is_compiling()
-            and not bool(torch.isfinite(u.sum()))
-            and not bool(torch.isfinite(u).all())
-        ):
-            bad = (~torch.isfinite(u)).nonzero()[0].tolist()
-            raise ValueError(f"MLSTM: u contains NaN or inf (first at [batch, time, feature] = {bad})")
+        # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
+        # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
+        # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
+        if self.check_finite and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
+            if not bool(torch.isfinite(sums).all()):
+                if not bool(torch.isfinite(u).all()):
+                    bad = (~torch.isfinite(u)).nonzero()[0].tolist()
+                    raise ValueError(f"MLSTM: u contains NaN or inf (first at [batch, time, feature] = {bad})")
+                for _name, _p in self.named_parameters():
+                    if not _p.is_meta and not bool(torch.isfinite(_p).all()):
+                        raise ValueError(
+                            f"MLSTM: parameter {_name!r} contains NaN or inf (a diverged update or a bad "
+                            "checkpoint?)"
+                        )
+        if running0:
+            self._check_running(running0, u.shape[0])
         if initial_state is not None:
             if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
                 got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
@@ -165,6 +181,28 @@ class MLSTM(nn.Module):
     def _state_size(self):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         return H * DH * DH
+
+    def _check_running(self, running0, batch):
+        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
+        H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+        _B = batch
+        want = {
+            "n": (_B, H, DH),
+        }
+        unknown = sorted(str(k) for k in running0 if k not in want)
+        if unknown:
+            raise ValueError(f"MLSTM: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
+        for key, value in running0.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"MLSTM: initial_state[{key!r}] must be a floating-point tensor, got {got}")
+            if tuple(value.shape) != want[key]:
+                raise ValueError(
+                    f"MLSTM: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
+                    f"{key!r}]), got {tuple(value.shape)}"
+                )
+            if not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):  # as u
+                raise ValueError(f"MLSTM: initial_state[{key!r}] contains NaN or inf")
 
     def _lets(self, u_, _dtype, running0=None):
         """Per-step quantities of the spec (selection signal), over the whole sequence."""
@@ -287,7 +325,7 @@ class MLSTM(nn.Module):
                 raise ValueError(f"MLSTM: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
             running0 = {k: v for k, v in initial_state.items() if k != "h"}
             initial_state = initial_state.get("h")
-        self._check_input(u, initial_state)
+        self._check_input(u, initial_state, running0)
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
@@ -313,6 +351,7 @@ class MLSTM(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, E]``: the input, or the spec's ``drive`` let."""
+        self._check_input(u, None, running0)
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _dtype = torch.promote_types(u.dtype, torch.float32)
         x = u.to(_dtype).reshape(u.shape[0], u.shape[1], E)
@@ -409,7 +448,7 @@ class MLSTM(nn.Module):
 
         ``running0``: carried values of running quantities (the non-"h" entries of a state dict), if any.
         """
-        self._check_input(u, None)
+        self._check_input(u, None, running0)
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)

@@ -82,6 +82,13 @@ class LetPlan:
     shape: str = ""  # "_B, _T, <let axes>"
     window: str = ""  # window(x): the window length (the extent of the let's last axis)
 
+    @property
+    def carried_shape(self) -> str:
+        """The let's own axes after a batch axis, as tuple items: ", E, W" (or "" for a scalar let); the shape of its
+        carried value in a state dict is ``(_B{carried_shape},)``."""
+        assert self.shape.startswith("_B, _T"), self.shape
+        return self.shape.removeprefix("_B, _T")
+
 
 @dataclass
 class ModulePlan:

@@ -185,7 +185,11 @@ def _check_text(data: bytes | str, path: str) -> str:
     if "\x00" in data:
         raise _binary_error(data, path)
     # a byte-order mark is an encoding detail some editors add, not part of the text
-    return data.removeprefix("\ufeff")
+    data = data.removeprefix("\ufeff")
+    # a lone CR (classic Mac line ends) ends a line too: only "\n" counts as one for the parser's line numbers and
+    # for comments, so a comment would otherwise run to the end of the file. One character for one: every offset,
+    # and so every error position, stays that of the file (CRLF needs nothing: the CR is whitespace before the LF)
+    return re.sub(r"\r(?!\n)", "\n", data)
 
 
 def _split_statements(text: str) -> list[tuple[int, str]]:

@@ -86,6 +86,28 @@ def _result_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     return dtype
 
 
+def check_int_option(name: str, value, minimum: int = 1, power_of_two: bool = False, maximum: Optional[int] = None
+                     ) -> int:
+    """``value`` as an int, or an error naming the option: TypeError for a non-integer (``16.0``, ``"16"``, ``None``,
+    ``True``: a bool is no size), ValueError below ``minimum``, above ``maximum`` or, with ``power_of_two``, not a
+    power of two."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = value.__index__()
+    if value < minimum or (maximum is not None and value > maximum) or (power_of_two and value & (value - 1)):
+        want = ("a power of two " if power_of_two else "an integer ") + f">= {minimum}"
+        want += f" and <= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be {want}, got {value}")
+    return value
+
+
+def check_tensors(fn: str, **tensors) -> None:
+    """TypeError naming the first argument of ``fn`` that is neither a tensor nor None (a list, a numpy array)."""
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def _pad_time(x: Tensor, dim: int, pad: int, value: float) -> Tensor:
     """Append ``pad`` constant steps along ``dim`` (no-op for pad == 0)."""
     if pad == 0:
@@ -299,10 +321,10 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
     elementwise ops; no Python loop over individual time steps for ``T > chunk``.  Large problems outside autograd
     may use a ``torch.compile``'d loop, see :data:`COMPILE`.
     """
+    check_tensors("diagonal_scan", a=a, b=b, h0=h0)
     if a.dim() < 2 or b.dim() < 2:
         raise ValueError("diagonal_scan expects a, b of shape [B, T, *S]")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    chunk = check_int_option("chunk", chunk)
     try:
         shape = torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError as exc:
@@ -316,7 +338,11 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
     if h0 is None:
         h0 = torch.zeros((B, *S), dtype=cdt, device=b.device)
     else:
-        h0 = h0.to(cdt).expand(B, *S)
+        try:
+            h0 = h0.to(cdt).expand(B, *S)
+        except RuntimeError:  # torch's "expanded size ... must match" named neither h0 nor the shape it needs
+            raise ValueError(f"diagonal_scan: h0 {tuple(h0.shape)} does not broadcast to the state shape [B, *S] = "
+                             f"{(B, *S)}") from None
     if T == 0:
         return torch.empty(shape, dtype=out_dtype, device=b.device)
     a = a.to(cdt)
@@ -465,6 +491,7 @@ def _outer_scan_impl(
 def check_outer_inputs(name: str, q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor],
                        h0: Optional[Tensor], readout: str = "post") -> None:
     """The argument checks every chunked outer-product scan shares (the torch one and the Triton one)."""
+    check_tensors(name, q=q, k=k, v=v, log_decay=log_decay, h0=h0)
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"{name} expects q, k [B,T,H,K] and v [B,T,H,V]; got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -566,8 +593,7 @@ def chunked_outer_scan(
     differentiable with ordinary autograd.
     """
     check_outer_inputs("chunked_outer_scan", q, k, v, log_decay, h0, readout)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    chunk = check_int_option("chunk", chunk)
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = _result_dtype(q, k, v, log_decay, h0)
@@ -633,13 +659,13 @@ def chunked_delta_scan(
     The solve is split into chunk-local parts (T V and T diag(Gamma) F, all chunks at once) and a K x K state
     recurrence over chunks; only that recurrence is sequential (T / chunk steps).
     """
+    check_tensors("chunked_delta_scan", q=q, k=k, v=v, f=f, log_decay=log_decay, h0=h0)
     if q.dim() != 4 or k.shape != q.shape or f.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             "chunked_delta_scan expects q, k, f [B,T,H,K] and v [B,T,H,V]; got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(f.shape)}, {tuple(v.shape)}"
         )
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    chunk = check_int_option("chunk", chunk)
     if readout not in ("post", "pre"):
         raise ValueError(f"readout must be 'post' or 'pre', got {readout!r}")
     B, T, H, K = q.shape

@@ -266,6 +266,8 @@ def _check_args(h0: torch.Tensor, leaves, R: int, C: int):
         raise ValueError(f"dsfc: the Triton scan's initial state must have {R * C} entries per batch row, got shape "
                          f"{tuple(h0.shape)}")
     for i, x in enumerate(leaves):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"dsfc: Triton scan operand {i} must be a tensor, got {type(x).__name__}")
         if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"dsfc: Triton scan operand {i} must be a float tensor, got {x.dtype}")
         if x.device != h0.device:
@@ -317,6 +319,10 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     Returns ``(out, final [B, N], fused)``: ``out`` is ``y`` ``[B, T, P]`` when ``fused``, else the states
     ``[B, T, N]`` in the compute dtype (the caller then does the readout in torch).
     """
+    if key not in _KERNELS:
+        raise ValueError(f"dsfc: no Triton kernels are registered under {key!r} (register_kernels returns the key)")
+    if isinstance(T, bool) or not hasattr(T, "__index__") or T.__index__() < 0:
+        raise ValueError(f"dsfc: the Triton scan's T must be an integer >= 0, got {T!r}")
     _check_args(h0, leaves, R, C)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
     chunked = CHUNKED_FORWARD and _KERNELS[key][2] is not None and T > 1

@@ -70,7 +70,7 @@ from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
 from dsfc.runtime.dispatch import eager_inference
-from dsfc.runtime.scans import check_outer_inputs, chunked_outer_scan, read_before_update
+from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_outer_scan, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
@@ -654,6 +654,16 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step
     earlier, with y_0 = h0^T q_0 (as ``chunked_outer_scan`` does it); the shift is torch, so autograd covers it."""
     check_outer_inputs("chunked_outer_triton", q, k, v, log_decay, h0, readout)
+    promoted = q.dtype
+    for x in (k, v, log_decay, h0):
+        promoted = promoted if x is None else torch.promote_types(promoted, x.dtype)
+    if not promoted.is_floating_point:  # complex was a KeyError deep in the launch, all-integer an integer result
+        raise TypeError(f"chunked_outer_triton: q, k, v (log_decay, h0) must promote to a floating-point dtype, got "
+                        f"{promoted}" + (" (complex scans: chunked_outer_scan)" if promoted.is_complex else ""))
+    # the tuning knobs: a float or a string was a TypeError from a comparison, an odd num_warps reached triton
+    chunk = None if chunk is None else check_int_option("chunk", chunk, minimum=-1)  # ranges: checked below
+    block_v = None if block_v is None else check_int_option("block_v", block_v, minimum=-1)
+    num_warps = None if num_warps is None else check_int_option("num_warps", num_warps, 1, True, maximum=32)
     if readout == "pre" and q.shape[1] > 0:
         start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
         y, state = read_before_update(

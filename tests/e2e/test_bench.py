@@ -40,3 +40,25 @@ def test_bench_memory_probe(capsys):
     # the loop materialises [B, T, d, n] decay and input terms (2 x 64 KB here); the figure must be a number
     gen, loop = [float(x) for x in out.split("generated")[-1].replace("MB", "").split("loop")]
     assert gen >= 0 and loop >= 0
+
+
+@pytest.mark.parametrize("spec, dims, message", [
+    ("s4d", ["zz=4"], "unknown dim 'zz'; S4D has dims d, Nh"),
+    ("ssd", ["H=3", "G=2"], "H must be divisible by G"),
+    ("ssd", ["R=2"], "unknown dim 'R' (a derived dim"),
+    ("s6", ["d=0"], "dim d must be positive, got 0"),
+], ids=["unknown", "not-divisible", "derived", "zero"])
+def test_bench_bad_dims_exit_2_before_running(spec, dims, message, capsys):
+    # an unknown dim was a TypeError traceback from the module's constructor, H % G != 0 a ValueError traceback
+    rc = main(["bench", str(SPECS / f"{spec}.dsf"), "-T", "4", "--repeats", "1", "--dims", *dims])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "dsfc bench: error:" in captured.err and message in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_bench_repeated_dims_flags_accumulate(capsys):
+    # `--dims Nh=2 --dims d=4`: argparse kept only the last list, so Nh silently ran at its default (32)
+    rc = main(["bench", str(SPECS / "s4d.dsf"), "-T", "4", "--repeats", "1", "--dims", "Nh=2", "--dims", "d=4"])
+    assert rc == 0
+    assert "dims={'d': 4, 'Nh': 2}" in capsys.readouterr().out

@@ -116,7 +116,8 @@ def test_plot_bad_spec_exit_2_writes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("spec,args", [
     ("s6", ["--dims", "x=3"]), ("s6", ["--dims", "d=abc"]), ("s6", ["--dims", "d"]), ("s6", ["--dims", "d=0"]),
     ("ssd", ["--dims", "R=2"]), ("ssd", ["--dims", "H=5", "G=2"]), ("s6", ["--T", "0"]),
-], ids=["unknown", "not-int", "no-eq", "zero", "derived", "not-divisible", "T0"])
+    ("s6", ["--dpi", "0"]), ("s6", ["--dpi", "-5"]),
+], ids=["unknown", "not-int", "no-eq", "zero", "derived", "not-divisible", "T0", "dpi0", "dpi-neg"])
 def test_plot_bad_args_exit_2_writes_nothing(tmp_path, spec, args, capsys):
     out = tmp_path / "out.png"
     assert main(["plot", str(ROOT / "specs" / f"{spec}.dsf"), "-o", str(out), *args]) == 2
@@ -248,3 +249,11 @@ def test_kernel_form_is_lower_block_triangular(kernel_case):
             assert torch.count_nonzero(blocks[:, i, :, j, :]) == 0, f"block ({i}, {j}) above the diagonal is non-zero"
     # and it is not trivially zero below: each output block row reads at least its own time step
     assert all(torch.count_nonzero(blocks[:, i, :, : i + 1, :]) > 0 for i in range(T))
+
+
+def test_plot_repeated_dims_flags_accumulate(tmp_path):
+    # `--dims d=3 --dims n=2`: argparse kept only the last list, so d silently fell back to the small default
+    out = tmp_path / "s6.png"
+    rc = main(["plot", str(ROOT / "specs" / "s6.dsf"), "-o", str(out), "--T", "3", "--dims", "d=3", "--dims", "n=2",
+               "r=2", "--dims", "d=0"])
+    assert rc == 2 and not out.exists()  # the third list's d=0 is seen, so all three were read

@@ -8,7 +8,7 @@ import pytest
 
 from dsfc.lang import ast
 from dsfc.lang.check import check_spec
-from dsfc.lang.errors import Span
+from dsfc.lang.errors import Span, SpecErrors
 from dsfc.lang.parse import parse_file, parse_spec
 
 S = Span(0, 0)  # spans do not take part in AST equality
@@ -392,3 +392,16 @@ def test_normalised_linear_attention_spec_parses_and_checks():
     assert lets["z"] == ast.Call("cumsum", (I("kf", V("h"), V("a")),), span=S)
     assert lets["eta_prev"] == ast.Call("prev", (I("eta", V("h")),), span=S)
     assert [let.name for let in checked.lets] == ["qf", "kf", "z", "eta", "eta_prev"]
+
+
+def test_lone_cr_line_endings_end_comments_and_lines():
+    # classic Mac line ends: a comment must stop at the CR, not swallow the rest of the file (it did: the spec then
+    # lost its input and state and the errors named missing declarations at 1:1)
+    lf = "dim d = 4  # width\ninput u[d]\nstate h[c: d]\n# a comment line\nA[i, k] = delta(i, k) * 0.5\n"
+    spec = parse_spec(lf.replace("\n", "\r"))
+    assert spec.statements == parse_spec(lf).statements
+    with pytest.raises(SpecErrors) as exc:
+        parse_spec("dim d = 4  # width\rinput u[d]\rA[i, k] = delta(i, k) * )\r", "x.dsf")
+    err = exc.value.errors[0]
+    assert (err.span.line, err.span.column) == (3, 25)
+    assert exc.value.render().splitlines()[1] == "    A[i, k] = delta(i, k) * )"

@@ -562,3 +562,28 @@ def test_delta_scan_gradcheck(gated):
     inputs = tuple(None if x is None else x.clone().requires_grad_() for x in inputs)
     fn = lambda *xs: chunked_delta_scan(*xs, chunk=4, output_final_state=True)  # noqa: E731
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_bad_arguments_name_the_problem():
+    """A float / None / bool chunk was a TypeError from a comparison, accepted (True) or floored (2.5 -> 2); an h0 that
+    does not fit the state was torch's "expanded size" error naming neither; a list operand an AttributeError."""
+    a, b = torch.rand(2, 5, 3), torch.randn(2, 5, 3)
+    q, k, v = torch.randn(1, 5, 2, 4), torch.randn(1, 5, 2, 4), torch.randn(1, 5, 2, 3)
+    with pytest.raises(ValueError, match=r"diagonal_scan: h0 \(2, 4\) does not broadcast to the state shape"):
+        diagonal_scan(a, b, torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="diagonal_scan: h0 must be a torch.Tensor, got list"):
+        diagonal_scan(a, b, [0.0])
+    with pytest.raises(TypeError, match="chunked_outer_scan: v must be a torch.Tensor, got list"):
+        chunked_outer_scan(q, k, v.tolist())
+    with pytest.raises(TypeError, match="chunked_delta_scan: f must be a torch.Tensor, got tuple"):
+        chunked_delta_scan(q, k, v, (1.0,))
+    for bad, err in [(None, TypeError), (16.0, TypeError), ("16", TypeError), (True, TypeError), (0, ValueError),
+                     (2.5, TypeError)]:
+        with pytest.raises(err, match="chunk must be an integer"):
+            diagonal_scan(a, b, chunk=bad)
+        with pytest.raises(err, match="chunk must be an integer"):
+            chunked_outer_scan(q, k, v, chunk=bad)
+        with pytest.raises(err, match="chunk must be an integer"):
+            chunked_delta_scan(q, k, v, k, chunk=bad)
+    # an integer-like chunk still works (numpy ints, torch sizes)
+    assert torch.equal(diagonal_scan(a, b, chunk=torch.Size([2])[0]), diagonal_scan(a, b, chunk=2))

@@ -45,6 +45,7 @@ from dsfc.reference import reference_forward  # noqa: E402
 import dsfc.runtime.triton_outer as triton_outer  # noqa: E402
 from dsfc.runtime import autochoice  # noqa: E402
 from dsfc.runtime.triton_outer import chunked_outer_triton  # noqa: E402
+from dsfc.runtime.scans import chunked_outer_scan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL32 = 2e-5
@@ -670,3 +671,31 @@ def test_auto_schedule_truth_end_to_end(monkeypatch):
     assert rel(y, y64) <= 1e-12
     for a, b in zip(got, want):
         assert rel(a, b) <= 1e-12
+
+
+def test_bad_dtypes_and_tuning_knobs_are_clear_errors():
+    """Complex inputs were a KeyError inside the launch, all-integer q, k, v an integer result (the torch scan refuses
+    both), a float / string chunk or block_v a TypeError from a comparison, and num_warps was never checked (0, 3 or
+    -1 reached triton on a GPU)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 5, 2, 4, generator=g).to(DEVICE) for _ in range(2))
+    v = torch.randn(1, 5, 2, 3, generator=g).to(DEVICE)
+    with pytest.raises(TypeError, match="floating-point dtype, got torch.complex64.*chunked_outer_scan"):
+        chunked_outer_triton(q.to(torch.complex64), k, v)
+    with pytest.raises(TypeError, match="floating-point dtype, got torch.int64"):
+        chunked_outer_triton(q.long(), k.long(), v.long())
+    with pytest.raises(TypeError, match="q must be a torch.Tensor, got list"):
+        chunked_outer_triton(q.tolist(), k, v)
+    for name, bad, err, msg in [("chunk", 16.0, TypeError, "chunk must be an integer, got 16.0"),
+                                ("chunk", "16", TypeError, "chunk must be an integer, got '16'"),
+                                ("block_v", 16.0, TypeError, "block_v must be an integer, got 16.0"),
+                                ("num_warps", 3, ValueError, "num_warps must be a power of two >= 1 and <= 32, got 3"),
+                                ("num_warps", 0, ValueError, "num_warps must be a power of two"),
+                                ("num_warps", 64, ValueError, "num_warps must be a power of two"),
+                                ("num_warps", 2.5, TypeError, "num_warps must be an integer, got 2.5")]:
+        with pytest.raises(err, match=msg):
+            chunked_outer_triton(q, k, v, **{name: bad})
+    # mixed integer / float inputs promote, as in the torch scan, and stay right
+    qi = torch.randint(-3, 3, (1, 5, 2, 4), generator=g).to(DEVICE)
+    ref = chunked_outer_scan(qi.cpu().double(), k.cpu().double(), v.cpu().double())
+    assert rel(chunked_outer_triton(qi, k, v).cpu().double(), ref) <= TOL32

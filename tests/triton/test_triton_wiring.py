@@ -161,6 +161,13 @@ def test_launcher_rejects_bad_input():
         triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, device=DEVICE), [u, u.long()], **kw)
     with pytest.raises(ValueError, match="operand 1 is on meta"):
         triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, device=DEVICE), [u, u.to("meta")], **kw)
+    # an unregistered key was a KeyError, a list operand an AttributeError, a negative T a torch allocation error
+    with pytest.raises(ValueError, match="no Triton kernels are registered under 'nope'"):
+        triton_diagonal.diagonal_scan_triton("nope", torch.zeros(2, 5, device=DEVICE), [u, u], **kw)
+    with pytest.raises(TypeError, match="operand 1 must be a tensor, got list"):
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, device=DEVICE), [u, [1.0]], **kw)
+    with pytest.raises(ValueError, match="T must be an integer >= 0, got -1"):
+        triton_diagonal.diagonal_scan_triton(key, torch.zeros(2, 5, device=DEVICE), [u, u], **{**kw, "T": -1})
     # CPU tensors without the interpreter (on any DEVICE): refused before any launch
     u_cpu = u.cpu()
     old = os.environ.get("TRITON_INTERPRET")

@@ -1,0 +1,100 @@
+"""Bad input to a generated module's public API, found by the input hunt: each is an error naming the problem
+(it was a raw torch error deep inside, or a silently wrong result). The modules are compiled from specs/ here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsfc.check import load_module
+from dsfc.pipeline import compile_spec
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+
+def _cls(name):
+    result = compile_spec(SPECS / f"{name}.dsf")
+    return getattr(load_module(result, f"dsfc_api_{name}"), result.plan.model)
+
+
+@pytest.fixture(scope="module")
+def s6():
+    torch.manual_seed(0)
+    return _cls("s6")(d=4, n=2, r=2)
+
+
+@pytest.fixture(scope="module")
+def mamba():
+    torch.manual_seed(0)
+    return _cls("mamba_block")(d=4, e=1, n=2, r=1, W=2)
+
+
+def test_driven_input_checks_u(s6):
+    # driven_input skipped the input checks: a wrong width was torch's "shape '[2, 5, 4]' is invalid", an integer u
+    # was silently converted
+    with pytest.raises(ValueError, match=r"S6: expected u of shape \[batch, time, 4\], got \(2, 5, 3\)"):
+        s6.driven_input(torch.randn(2, 5, 3))
+    with pytest.raises(TypeError, match="S6: u must be a floating-point tensor, got torch.int64"):
+        s6.driven_input(torch.ones(2, 5, 4, dtype=torch.int64))
+    u = torch.randn(2, 5, 4)
+    assert torch.equal(s6.driven_input(u), u)  # S6 drives B and D with the input itself
+
+
+def test_running_entries_of_the_state_dict_are_checked(mamba):
+    u = torch.randn(2, 5, 4)
+    y, state = mamba(u, output_final_state=True)
+    assert tuple(state["xs"].shape) == (2, 4, 2)  # [batch, E, W]
+    # a wrong shape was an IndexError, a list an AttributeError, a NaN a silently NaN output, an int accepted
+    cases = [(torch.zeros(3), ValueError, r"initial_state\['xs'\] must have shape \(2, 4, 2\).*got \(3,\)"),
+             (torch.zeros(1, 4, 2), ValueError, r"must have shape \(2, 4, 2\)"),
+             ([1.0], TypeError, r"initial_state\['xs'\] must be a floating-point tensor, got list"),
+             (state["xs"].int(), TypeError, "must be a floating-point tensor, got torch.int32"),
+             (torch.full((2, 4, 2), float("nan")), ValueError, r"initial_state\['xs'\] contains NaN or inf")]
+    for bad, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            mamba(u, initial_state={"h": state["h"], "xs": bad})
+        with pytest.raises(err, match=msg):
+            mamba.step(u[:, 0], {"h": state["h"], "xs": bad})
+        with pytest.raises(err, match=msg):
+            mamba.dsf_matrices(u, {"xs": bad})
+    with pytest.raises(ValueError, match=r"unknown running quantity key\(s\) \['x'\]; expected keys \['xs'\]"):
+        mamba.dsf_matrices(u, {"x": state["xs"]})
+    # the right entries still continue the sequence: two halves from the carried state equal one forward
+    y1, s1 = mamba(u[:, :2], output_final_state=True)
+    y2 = mamba(u[:, 2:], initial_state=s1)
+    assert torch.allclose(torch.cat([y1, y2], 1), y, atol=1e-6)
+
+
+def test_running0_for_a_spec_without_running_quantities(s6):
+    # silently ignored before: a state dict meant for another model
+    with pytest.raises(ValueError, match=r"S6: the spec has no running quantities to carry, got running0 keys \['zz'\]"):
+        s6.dsf_matrices(torch.randn(1, 2, 4), {"zz": torch.zeros(1)})
+
+
+def test_nonfinite_parameters_are_an_error_not_a_nan_output(s6):
+    # a NaN loaded from a checkpoint (or left by a diverged step) made every output NaN without a word
+    layer = type(s6)(d=4, n=2, r=2)
+    layer.load_state_dict(s6.state_dict())
+    with torch.no_grad():
+        layer.D[1] = float("nan")
+    u = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match="S6: parameter 'D' contains NaN or inf"):
+        layer(u)
+    with pytest.raises(ValueError, match="S6: parameter 'D' contains NaN or inf"):
+        layer.step(u[:, 0])
+    with torch.no_grad():
+        layer.D[1] = 1.0
+        layer.W_B.fill_(3e38)  # finite but huge: the parameters' sum overflows; the elementwise test clears them
+    assert layer(u).shape == (2, 5, 4)
+
+
+def test_integer_dtype_and_foreign_device_are_named(s6):
+    with pytest.raises(TypeError, match="S6: dtype must be a floating-point torch.dtype, got torch.int64"):
+        type(s6)(d=4, n=2, r=2, dtype=torch.int64)  # was torch's "Only Tensors of floating point ... gradients"
+    with pytest.raises(TypeError, match="S6: dtype must be a floating-point torch.dtype, got torch.complex64"):
+        type(s6)(d=4, n=2, r=2, dtype=torch.complex64)  # was "the spec's parameter initialisers fail"
+    # u on another device than the parameters (meta stands in for a GPU): was "Tensor.item() ... meta tensors"
+    with pytest.raises(ValueError, match="S6: u is on meta but the parameters are on cpu"):
+        s6(torch.randn(2, 5, 4, device="meta"))
