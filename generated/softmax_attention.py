@@ -54,6 +54,9 @@ class SoftmaxAttention(nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"SoftmaxAttention: backend must be one of {BACKENDS}, got {backend!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
+            raise TypeError(f"SoftmaxAttention: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
         for _name, _value in (
             ("d", d),
@@ -103,20 +106,87 @@ class SoftmaxAttention(nn.Module):
             raise ValueError(f"SoftmaxAttention: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"SoftmaxAttention: u must be a floating-point tensor, got {u.dtype}")
-        if self.check_finite and not bool(torch.isfinite(u.sum())) and not bool(torch.isfinite(u).all()):
-            bad = (~torch.isfinite(u)).nonzero()[0].tolist()
-            raise ValueError(f"SoftmaxAttention: u contains NaN or inf (first at [batch, time, feature] = {bad})")
+        if u.device != self.W_Q.device:
+            raise ValueError(
+                f"SoftmaxAttention: u is on {u.device} but the parameters are on {self.W_Q.device}; "
+                "move one of them (.to(device))"
+            )
+        # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
+        # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
+        # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
+        # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
+        if self.check_finite and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
+            if not bool(torch.isfinite(sums).all()):
+                if not bool(torch.isfinite(u).all()):
+                    bad = (~torch.isfinite(u)).nonzero()[0].tolist()
+                    raise ValueError(
+                        f"SoftmaxAttention: u contains NaN or inf (first at [batch, time, feature] = {bad})"
+                    )
+                for _name, _p in self.named_parameters():
+                    if not _p.is_meta and not bool(torch.isfinite(_p).all()):
+                        raise ValueError(
+                            f"SoftmaxAttention: parameter {_name!r} contains NaN or inf (a diverged update or a bad "
+                            "checkpoint?)"
+                        )
         if state is not None:
-            if not isinstance(state, dict) or _KEYS not in state or _VALUES not in state:
+            self._check_cache(state, u.shape[0])
+
+    def _check_cache(self, state, batch):
+        """A state dict as ``forward(..., output_final_state=True)`` returns it: the KV cache entries, each a finite
+        float tensor ``[batch, S, ...]`` with one S, and the carried running quantities."""
+        d, H, K, V = self.d, self.H, self.K, self.V
+        if not isinstance(state, dict) or _KEYS not in state or _VALUES not in state:
+            raise ValueError(
+                "SoftmaxAttention: the state is a KV cache dict with 'cache:keys' and 'cache:values' (as returned "
+                "with output_final_state=True), not a fixed-size tensor: the state of this model is infinite"
+            )
+        want = {_KEYS: (H, K), _VALUES: (H, V)}
+        for key, tail in want.items():
+            value = state.get(key)
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"SoftmaxAttention: state[{key!r}] must be a floating-point tensor, got {got}")
+            S = state[_KEYS].shape[1] if state[_KEYS].dim() > 1 else None
+            if (
+                value.dim() != 2 + len(tail)
+                or value.shape[0] != batch
+                or tuple(value.shape[2:]) != tail
+                or value.shape[1] != S
+            ):
+                need = ", ".join(map(str, (batch, "S") + tail))
                 raise ValueError(
-                    "SoftmaxAttention: the state is a KV cache dict with 'cache:keys' and 'cache:values' (as returned "
-                    "with output_final_state=True), not a fixed-size tensor: the state of this model is infinite"
+                    f"SoftmaxAttention: state[{key!r}] must be [{need}] (S cached steps, the same in every cache entry), "
+                    f"got {tuple(value.shape)}"
                 )
-            keys = state[_KEYS]
-            if keys.dim() != 4 or keys.shape[0] != u.shape[0] or keys.shape[2:] != (H, K):
+            if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"SoftmaxAttention: state[{key!r}] contains NaN or inf")
+        running = {k: v for k, v in state.items() if k not in want}
+        if running:
+            self._check_running(running, batch)
+
+    def _check_running(self, running0, batch):
+        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
+        d, H, K, V = self.d, self.H, self.K, self.V
+        _B = batch
+        want = {
+            "eta_prev": (_B, H),
+        }
+        unknown = sorted(str(k) for k in running0 if k not in want)
+        if unknown:
+            raise ValueError(f"SoftmaxAttention: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
+        for key, value in running0.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"SoftmaxAttention: initial_state[{key!r}] must be a floating-point tensor, got {got}")
+            if tuple(value.shape) != want[key]:
                 raise ValueError(
-                    f"SoftmaxAttention: state['cache:keys'] must be [batch, S, {H}, {K}], got {tuple(keys.shape)}"
+                    f"SoftmaxAttention: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
+                    f"{key!r}]), got {tuple(value.shape)}"
                 )
+            if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"SoftmaxAttention: initial_state[{key!r}] contains NaN or inf")
 
     def _in_features(self):
         d, H, K, V = self.d, self.H, self.K, self.V
@@ -219,6 +289,7 @@ class SoftmaxAttention(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``."""
+        self._check_input(u, None)
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
         x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)

@@ -98,3 +98,46 @@ def test_integer_dtype_and_foreign_device_are_named(s6):
     # u on another device than the parameters (meta stands in for a GPU): was "Tensor.item() ... meta tensors"
     with pytest.raises(ValueError, match="S6: u is on meta but the parameters are on cpu"):
         s6(torch.randn(2, 5, 4, device="meta"))
+
+
+@pytest.fixture(scope="module")
+def softmax():
+    torch.manual_seed(0)
+    return _cls("softmax_attention")(d=8, H=2, K=4, V=4)
+
+
+def test_quadratic_cache_is_checked(softmax):
+    """The quadratic family's KV-cache state dict: a wrong shape was a raw torch.cat / einsum error, NaN keys a
+    silent NaN output, int keys accepted, a list an AttributeError, extra keys ignored. A well-formed cache
+    continues the sequence exactly (checked against one forward over the whole sequence)."""
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    model = softmax.double()
+    _, cache = model(x[:, :3], output_final_state=True)
+    y_cont = model(x[:, 3:], initial_state=cache)
+    torch.testing.assert_close(y_cont, model(x)[:, 3:])
+    keys, values = "cache:keys", "cache:values"
+    bad = [({**cache, values: cache[values][:, :2]}, ValueError, r"state\['cache:values'\] must be \[2, S, 2, 4\]"),
+           ({**cache, keys: cache[keys][..., :3]}, ValueError, r"state\['cache:keys'\] must be \[2, S, 2, 4\]"),
+           ({**cache, keys: cache[keys].long()}, TypeError, r"state\['cache:keys'\] must be a floating-point"),
+           ({**cache, keys: cache[keys].tolist()}, TypeError, r"must be a floating-point tensor, got list"),
+           ({**cache, keys: torch.full_like(cache[keys], float("nan"))}, ValueError, "contains NaN or inf"),
+           ({**cache, "zz": cache[keys]}, ValueError, r"unknown .*\['zz'\]")]
+    running = [k for k in cache if not k.startswith("cache:")]
+    for name in running:
+        bad.append(({**cache, name: cache[name][:, None]}, ValueError, f"initial_state\\['{name}'\\] must have shape"))
+    for state, exc, msg in bad:
+        with pytest.raises(exc, match=msg):
+            model(x[:, 3:], initial_state=state)
+
+
+def test_quadratic_constructor_and_driven_input(softmax):
+    cls = type(softmax)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype, got torch.int32"):
+        cls(d=8, H=2, K=4, V=4, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"expected u of shape \[batch, time, 8\], got \(2, 5, 3\)"):
+        softmax.driven_input(torch.randn(2, 5, 3))
+    broken = cls(d=8, H=2, K=4, V=4)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="parameter .* contains NaN or inf"):
+        broken(torch.randn(1, 3, 8))
