@@ -4,11 +4,16 @@ check and run like the catalog's. Compared against the float64 reference recurre
 from __future__ import annotations
 
 import pytest
+import torch
 
+from dsf_testing import F64, compile_and_build, rel_err, run_steps, state_err
+from dsfc.analysis.structure import Family
 from dsfc.check import run_check, small_dims
 from dsfc.cli import main
 from dsfc.ir.symspec import DimError
 from dsfc.pipeline import compile_text
+
+TOL = 1e-8
 
 # Mamba-2 with several groups: the derived dim R = H // G must stay exact when `dsfc check` shrinks the dims
 SSD_GROUPS = """
@@ -57,3 +62,57 @@ def test_bench_reports_bad_dims_without_a_traceback(tmp_path, capsys):
                       (["R=2"], "a derived dim"), (["H=0"], "must be positive")):
         assert main(["bench", str(spec), "-T", "4", "--repeats", "1", "--dims", *dims]) == 2
         assert msg in capsys.readouterr().err
+
+
+# linear attention with the query and key written inline (no lets), a flat output, heads x groups: C's query is a
+# sum over the input, which the outer-product split took for the contraction over the state (family fell back to
+# the elementwise diagonal scan: right numbers, not the chunked matmul form)
+INLINE_QUERY = """
+model InlineQuery
+dim d = 4
+dim H = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[H * V]
+param W_Q[H, K, d] ~ normal(0, 0.5)
+param W_K[H, K, d] ~ normal(0, 0.5)
+param W_V[H, V, d] ~ normal(0, 0.5)
+param lam[H] ~ normal(0, 1)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * sigmoid(lam[h])
+B[(h, a, b), m] = sum(k, W_K[h, a, k] * u[k]) * W_V[h, b, m]
+C[o, (h, a, b)] = delta(o, h * V + b) * sum(k, W_Q[h, a, k] * u[k])
+"""
+
+INLINE_QUERY_NO_HEADS = """
+model InlineQueryNoHeads
+dim d = 3
+dim K = 2
+dim V = 3
+input u[d]
+state S[a: K, b: V]
+output y[b: V]
+param W_K[K, d] ~ normal(0, 0.5)
+param W_V[V, d] ~ normal(0, 0.5)
+param W_Q[K, d] ~ normal(0, 0.5)
+A[(a, b), (a2, b2)] = delta(a, a2) * delta(b, b2) * (-0.5)
+B[(a, b), m] = sum(k, W_K[a, k] * u[k]) * W_V[b, m]
+C[e, (a, b)] = delta(e, b) * sum(k, W_Q[a, k] * u[k]) / sqrt(K)
+"""
+
+
+@pytest.mark.parametrize("text", [INLINE_QUERY, INLINE_QUERY_NO_HEADS], ids=["heads_flat_output", "no_heads"])
+def test_inline_query_gets_the_chunked_outer_form(text):
+    built = compile_and_build(text)
+    assert built.result.structure.family == Family.CHUNKED_OUTER
+    gen = torch.Generator().manual_seed(0)
+    for b, t in ((1, 1), (3, 33), (2, 100)):
+        u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
+        h0 = built.initial_state(b, gen)
+        y_ref, h_ref = built.reference(u, h0)
+        with torch.no_grad():
+            y, hT = built.model(u, initial_state=h0, output_final_state=True)
+        assert rel_err(y, y_ref) < TOL and state_err(hT, h_ref) < TOL
+        y_s, h_s = run_steps(built.model, u, h0)
+        assert rel_err(y_s, y_ref) < TOL and state_err(h_s, h_ref) < TOL
