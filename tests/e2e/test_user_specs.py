@@ -116,3 +116,70 @@ def test_inline_query_gets_the_chunked_outer_form(text):
         assert rel_err(y, y_ref) < TOL and state_err(hT, h_ref) < TOL
         y_s, h_s = run_steps(built.model, u, h0)
         assert rel_err(y_s, y_ref) < TOL and state_err(h_s, h_ref) < TOL
+
+
+# a product of an index or dim with itself (an extent K * K, a subscript c * c) reaches the printers as SymPy's
+# K**2, which none of the three index printers (torch, Triton, the reference's) knew: compile or check crashed
+SQUARE_SUBSCRIPTS = """
+model SqDiag
+dim d = 3
+input u[d]
+state h[c: d * d]
+param W[c: d * d] = 0.1 * c
+A[c, c2] = delta(c, c2) * sigmoid(W[c] * u[(c * c) % d])
+B[c, m] = delta(m, (c * c) % d) * u[c // d]
+C[o, c] = delta(o, c // d) * u[(c * c + 1) % d]
+"""
+
+SQUARE_FEATURES = """
+model QuadFeat
+dim d = 3
+dim H = 2
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, f: K * K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 0.5)
+param W_K[H, K, d] ~ normal(0, 0.5)
+param W_V[H, V, d] ~ normal(0, 0.5)
+let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
+let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let qf[h: H, f: K * K] = q[h, f // K] * q[h, f % K]
+let kf[h: H, f: K * K] = k[h, f // K] * k[h, f % K]
+A[(h, f, b), (h2, f2, b2)] = delta(h, h2) * delta(f, f2) * delta(b, b2) * 0.95
+B[(h, f, b), m] = kf[h, f] * W_V[h, b, m]
+C[(o, e), (h, f, b)] = delta(o, h) * delta(e, b) * qf[h, f] / K
+"""
+
+
+def _sq_diag_loop(W, u, h0):
+    """SQUARE_SUBSCRIPTS by hand, one step at a time (independent of dsfc's reference)."""
+    b, t, d = u.shape
+    c = torch.arange(d * d)
+    h, ys = h0.clone(), []
+    for i in range(t):
+        x = u[:, i]
+        h = torch.sigmoid(W * x[:, (c * c) % d]) * h + x[:, (c * c) % d] * x[:, c // d]
+        ys.append(torch.zeros(b, d, dtype=F64).index_add_(1, c // d, x[:, (c * c + 1) % d] * h))
+    return torch.stack(ys, 1), h
+
+
+def test_square_subscripts_match_a_hand_loop():
+    built = compile_and_build(SQUARE_SUBSCRIPTS)
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 33, 3, generator=gen, dtype=F64)
+    h0 = built.initial_state(3, gen).reshape(3, -1)
+    y_want, h_want = _sq_diag_loop(built.params()["W"], u, h0)
+    y_ref, h_ref = built.reference(u, h0)
+    assert rel_err(y_ref, y_want) < TOL and state_err(h_ref, h_want) < TOL
+    with torch.no_grad():
+        y, hT = built.model(u, initial_state=h0, output_final_state=True)
+    assert rel_err(y, y_want) < TOL and state_err(hT, h_want) < TOL
+
+
+def test_square_feature_extent_compiles_and_checks():
+    result = compile_text(SQUARE_FEATURES, "quad_feat.dsf")
+    assert result.structure.family == Family.CHUNKED_OUTER
+    report = run_check(result, triton=False)
+    assert report.ok, report.table()
