@@ -173,7 +173,11 @@ class SymSpec:
                     raise DimError(f"dim '{name}': {sp.sstr(num)} // {sp.sstr(den)} is not exact at "
                                    + ", ".join(f"{k}={vals[k]}" for k in vals))
             v = sp.S(expr).subs(env)
-            vals[name] = int(v) if v.is_integer else float(v)
+            if v.is_integer:
+                vals[name] = int(v)
+            else:  # log(d) / log(2) at d = 8 is 3 but SymPy cannot tell: an integer up to rounding is that integer
+                f = float(v)
+                vals[name] = int(round(f)) if abs(f - round(f)) <= 1e-9 * abs(f) else f
         return vals
 
     @property

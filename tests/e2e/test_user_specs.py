@@ -183,3 +183,38 @@ def test_square_feature_extent_compiles_and_checks():
     assert result.structure.family == Family.CHUNKED_OUTER
     report = run_check(result, triton=False)
     assert report.ok, report.table()
+
+
+# derived dims through sqrt / log / a real power (the language allows them when they land on a positive integer)
+# were printed as floats (d**0.5) or as torch code naming undefined locals (torch.as_tensor(d, dtype=_dtype)): the
+# constructor failed with a TypeError from torch.empty or a NameError
+DIM_FUNCTIONS = """
+model DimFuncs
+dim d = 8
+dim L = log(d) / log(2)
+dim s = sqrt(d * 2)
+dim c3 = 27 ^ (1 / 3)
+input u[d]
+state h[c: L, j: s]
+param W[L, s, d] ~ normal(0, 1)
+param Z[c3] ~ normal(0, 1)
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * sigmoid(Z[j % c3] * u[c + j])
+B[(c, j), m] = W[c, j, m]
+C[o, (c, j)] = delta(o, c + j)
+"""
+
+
+def test_derived_dims_through_functions_are_ints():
+    built = compile_and_build(DIM_FUNCTIONS)
+    m = built.model
+    assert (m.L, m.s, m.c3) == (3, 4, 3) and all(type(x) is int for x in (m.L, m.s, m.c3))
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
+    h0 = built.initial_state(2, gen)
+    y_ref, h_ref = built.reference(u, h0)
+    with torch.no_grad():
+        y, hT = m(u, initial_state=h0, output_final_state=True)
+    assert rel_err(y, y_ref) < TOL and state_err(hT, h_ref) < TOL
+    assert run_check(built.result, triton=False).ok
+    with pytest.raises(ValueError, match=r"dim L = log\(d\)/log\(2\) must be a positive integer"):
+        type(m)(d=6)
