@@ -73,7 +73,11 @@ def override_dims(result: CompileResult, base: dict[str, int], overrides: dict[s
         if v <= 0:
             raise PlotError(f"dim {k} must be positive, got {v}")
         dims[k] = v
-    for k, v in sym.dim_values(dims).items():
+    try:
+        values = sym.dim_values(dims)
+    except ValueError as exc:  # a // that does not divide exactly
+        raise PlotError(f"{exc}; choose dims that divide exactly") from None
+    for k, v in values.items():
         if not (float(v).is_integer() and v > 0):
             raise PlotError(f"derived dim {k} = {sym.dim_defs.get(k)} is {v} at dims {dims}; choose dims that divide exactly")
     return dims

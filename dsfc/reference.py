@@ -94,6 +94,12 @@ class Evaluator:
             if isinstance(den, int) and den == 1:
                 return num
             raise ValueError(f"non-integer subscript {e}")
+        if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:  # c * c, folded by SymPy into c**2
+            base = self.index(e.base, axes, sizes)
+            out = 1
+            for _ in range(int(e.exp)):
+                out = out * base
+            return out
         if isinstance(e, sp.floor):
             inner = e.args[0]
             num, den = sp.fraction(sp.together(inner))

@@ -179,7 +179,9 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     outside = []  # factors outside the contraction (scales such as 1/sqrt(K))
     while True:
         if isinstance(ch, sp.Mul):
-            sums = [f for f in factors(ch) if isinstance(f, sp.Sum)]
+            # peel only the contraction over the state: a query written inline, sum(k, W_Q[a, k] * u[k]), is a
+            # factor of the query, not a contraction of C
+            sums = [f for f in factors(ch) if isinstance(f, sp.Sum) and f.has(sym.state.base)]
             if len(sums) != 1:
                 break
             outside += [f for f in factors(ch) if f is not sums[0]]

@@ -197,7 +197,12 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         try:
             code = pr.index(expr, (), {})
         except PrinterError:
-            code = pr.print(expr, (), {})
+            # sqrt, log, exp or a real power (dim s = sqrt(d)): computed in floating point, so it must land on a
+            # positive integer (up to rounding) and becomes that int; a float size would break every tensor shape
+            code = "(" + sp.pycode(sp.S(expr).subs({v: sp.Symbol(c) for v, c in dims_code.items()})) + ")"
+            derived.append((None, f"abs({code} - round({code})) > 1e-9 * abs({code}) or round({code}) < 1",
+                            f"dim {name} = {sp.sstr(expr)} must be a positive integer"))
+            code = f"int(round({code}))"
         derived.append((py_name(name), code, None))
     all_dims = [py_name(k) for k in sym.dims]
     dim_locals = ", ".join(all_dims) + (" = " if all_dims else "") + ", ".join(f"self.{d}" for d in all_dims)

@@ -83,6 +83,9 @@ class TorchPrinter:
             if den != 1:
                 raise PrinterError(f"non-integer subscript {e}")
             return "(" + " * ".join(self.index(a, axes, sizes) for a in e.args) + ")"
+        if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
+            # SymPy folds K * K (an extent, a subscript such as a * a) into K**2: print it back as a product
+            return "(" + " * ".join([self.index(e.base, axes, sizes)] * int(e.exp)) + ")"
         if isinstance(e, sp.floor):
             num, den = sp.fraction(sp.together(e.args[0]))
             return f"({self.index(num, axes, sizes)} // {self.index(den, axes, sizes)})"

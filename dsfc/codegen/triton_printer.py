@@ -108,6 +108,9 @@ class TritonPrinter(Printer):
             if coeff != 1:
                 fs.insert(0, str(int(coeff)))
             return " * ".join(fs)
+        if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
+            # SymPy folds K * K into K**2: print it back as a product
+            return "(" + " * ".join([self._index_factor(e.base)] * int(e.exp)) + ")"
         if isinstance(e, sp.floor):
             num, den = sp.fraction(sp.together(e.args[0]))
             return f"({self._index_factor(num)} // {self._index_factor(den)})"

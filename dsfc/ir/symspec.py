@@ -10,6 +10,10 @@ from ..lang.check import CheckedSpec
 from ..lang.errors import Span
 
 
+class DimError(ValueError):
+    """Dim values that break a derived dim (a // that does not divide exactly)."""
+
+
 @dataclass(frozen=True)
 class SymAxis:
     name: str | None
@@ -160,8 +164,20 @@ class SymSpec:
         vals = {k: self.dim_defaults[k] for k in self.free_dims}
         vals.update(overrides or {})
         for name, expr in self.dim_defs.items():
-            v = sp.S(expr).subs({self.dims[k]: x for k, x in vals.items()})
-            vals[name] = int(v) if v.is_integer else float(v)
+            env = {self.dims[k]: x for k, x in vals.items()}
+            for node in sp.preorder_traversal(sp.S(expr)):
+                # a // in a dim must divide exactly (the spec checker's rule at the defaults, the generated
+                # constructor's at any dims): never floor silently
+                if isinstance(node, sp.floor) and not sp.S(node.args[0]).subs(env).is_integer:
+                    num, den = sp.fraction(sp.together(node.args[0]))
+                    raise DimError(f"dim '{name}': {sp.sstr(num)} // {sp.sstr(den)} is not exact at "
+                                   + ", ".join(f"{k}={vals[k]}" for k in vals))
+            v = sp.S(expr).subs(env)
+            if v.is_integer:
+                vals[name] = int(v)
+            else:  # log(d) / log(2) at d = 8 is 3 but SymPy cannot tell: an integer up to rounding is that integer
+                f = float(v)
+                vals[name] = int(round(f)) if abs(f - round(f)) <= 1e-9 * abs(f) else f
         return vals
 
     @property
