@@ -16,6 +16,7 @@ from . import __version__
 from .lang.errors import SpecErrors
 
 EXIT_SPEC_ERROR = 2
+EXIT_INTERNAL_ERROR = 3  # a bug in dsfc, not in the spec: one line naming it (DSFC_TRACEBACK=1 for the traceback)
 EXIT_CHECK_FAILED = 1
 
 
@@ -365,7 +366,7 @@ def main(argv=None) -> int:
         from .check import CheckSizeError
 
         if not isinstance(exc, CheckSizeError):
-            raise
+            return _internal_error(args, exc)
         print(f"dsfc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
     except BrokenPipeError:  # e.g. `dsfc compare ... | head`
@@ -375,6 +376,23 @@ def main(argv=None) -> int:
         target = getattr(args, "output", None) or exc.filename  # the path asked for, not write_atomic's temp file
         print(f"dsfc {args.command}: error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    except Exception as exc:  # noqa: BLE001 - anything else is dsfc's bug: say so in one line, not a traceback
+        return _internal_error(args, exc)
+
+
+def _internal_error(args, exc: BaseException) -> int:
+    """An exception the spec did not cause (an unsupported construct reaching a printer, say): one line naming it
+    and where it was raised; the full traceback with DSFC_TRACEBACK=1."""
+    import os
+    import traceback
+
+    if os.environ.get("DSFC_TRACEBACK") == "1":
+        raise exc
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    print(f"dsfc {args.command}: internal error: {type(exc).__name__}: {exc}{where}. This is a bug in dsfc, not in "
+          "your spec; please report it with the spec (DSFC_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_bench_memory_probe(capsys):
 
 @pytest.mark.parametrize("spec, dims, message", [
     ("s4d", ["zz=4"], "unknown dim 'zz'; S4D has dims d, Nh"),
-    ("ssd", ["H=3", "G=2"], "H must be divisible by G"),
+    ("ssd", ["H=3", "G=2"], "H // G is not exact at H=3"),
     ("ssd", ["R=2"], "unknown dim 'R' (a derived dim"),
     ("s6", ["d=0"], "dim d must be positive, got 0"),
 ], ids=["unknown", "not-divisible", "derived", "zero"])

@@ -218,3 +218,25 @@ C[o, c] = delta(o, c)
     with pytest.raises(ValueError, match=r"initialisers fail at d=2: normal expects std >= 0"):
         mod.BadInit(d=2)
     mod.BadInit(d=5, device="meta")  # no values to check on the meta device
+
+
+def test_internal_error_is_one_line_with_exit_3(tmp_path, monkeypatch, capsys):
+    """An exception the spec did not cause (a bug in dsfc, e.g. a construct a printer does not know) is one line
+    naming it and where, exit 3, no traceback and no file written; DSFC_TRACEBACK=1 raises it."""
+    from dsfc import cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported subscript K**2")
+
+    monkeypatch.setattr("dsfc.pipeline.compile_spec", broken)
+    monkeypatch.setattr(cli, "compile_spec", broken, raising=False)
+    out = tmp_path / "out"
+    spec = Path(__file__).resolve().parents[2] / "specs" / "s6.dsf"
+    monkeypatch.delenv("DSFC_TRACEBACK", raising=False)
+    assert main(["compile", str(spec), "-o", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: unsupported subscript K**2" in err and "bug in dsfc" in err
+    assert "Traceback" not in err and not (out.exists() and any(out.iterdir()))
+    monkeypatch.setenv("DSFC_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="K\\*\\*2"):
+        main(["compile", str(spec), "-o", str(out)])
