@@ -374,7 +374,11 @@ def main(argv=None) -> int:
         return 0
     except OSError as exc:  # an output path that cannot be written (write_atomic left no partial file)
         target = getattr(args, "output", None) or exc.filename  # the path asked for, not write_atomic's temp file
-        print(f"dsfc {args.command}: error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        reason = exc.strerror or exc
+        blocking = next((d for d in Path(str(target)).parents if d.exists() and not d.is_dir()), None)
+        if blocking is not None:  # mkdir of the parents said "File exists": name the file in the way
+            reason = f"{blocking} is a file, not a directory"
+        print(f"dsfc {args.command}: error: cannot write {target}: {reason}", file=sys.stderr)
         return EXIT_SPEC_ERROR
     except Exception as exc:  # noqa: BLE001 - anything else is dsfc's bug: say so in one line, not a traceback
         return _internal_error(args, exc)

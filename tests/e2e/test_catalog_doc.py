@@ -62,3 +62,13 @@ def test_cli_bad_spec_writes_nothing(tmp_path, monkeypatch, capsys):
     assert main(["catalog", str(bad), "-o", str(out)]) == 2
     assert not out.exists()
     assert "error:" in capsys.readouterr().err
+
+
+def test_cli_output_under_a_file_names_the_file(tmp_path, monkeypatch, capsys):
+    """-o some_file/x.md: the error names the file in the way (it said only "File exists"), exit 2, nothing written."""
+    monkeypatch.chdir(ROOT)
+    blocker = tmp_path / "some_file"
+    blocker.write_text("x", encoding="utf-8")
+    assert main(["catalog", "specs/s6.dsf", "-o", str(blocker / "sub" / "catalog.md")]) == 2
+    assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+    assert blocker.read_text(encoding="utf-8") == "x"
