@@ -661,8 +661,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         raise TypeError(f"chunked_outer_triton: q, k, v (log_decay, h0) must promote to a floating-point dtype, got "
                         f"{promoted}" + (" (complex scans: chunked_outer_scan)" if promoted.is_complex else ""))
     # the tuning knobs: a float or a string was a TypeError from a comparison, an odd num_warps reached triton
-    chunk = None if chunk is None else check_int_option("chunk", chunk, minimum=-1)  # ranges: checked below
-    block_v = None if block_v is None else check_int_option("block_v", block_v, minimum=-1)
+    # chunk: tl.dot's smallest tile is 16; block_v likewise
+    chunk = None if chunk is None else check_int_option("chunk", chunk, 16, power_of_two=True)
+    block_v = None if block_v is None else check_int_option("block_v", block_v, 16, power_of_two=True)
     num_warps = None if num_warps is None else check_int_option("num_warps", num_warps, 1, True, maximum=32)
     if readout == "pre" and q.shape[1] > 0:
         start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
@@ -685,8 +686,6 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     schedule = SCHEDULE if schedule is None else schedule
     if schedule not in ("auto", "fused", "split"):
         raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
-    if chunk < 16 or chunk & (chunk - 1):
-        raise ValueError(f"chunk must be a power of two >= 16 (tl.dot's smallest tile), got {chunk}")
     dev = q.device
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
@@ -711,8 +710,6 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         wide = decay == 2 and half
         block_v = min(max(16, _next_pow2(V)), 2 * MAX_BLOCK_V if wide else MAX_BLOCK_V,
                       max(16, (16384 if wide else 8192) // block_k))
-    elif block_v < 16 or block_v & (block_v - 1):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     if num_warps is None:
         # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
         num_warps = 8 if chunk * block_k >= 64 * 64 or decay == 2 else 4
