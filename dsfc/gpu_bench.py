@@ -364,7 +364,7 @@ DIAGONAL_SWEEP = [(1, 0, False), (1, 0, True), (16, 8192, False), (32, 8192, Fal
 OUTER_SWEEP = {  # (chunk, block_v, num_warps, schedule) of chunked_outer_triton
     "scalar": [(64, 64, 8, "split"), (64, 64, 4, "split"), (64, 64, 8, "fused"), (64, 64, 4, "fused"),
                (32, 64, 4, "fused")],
-    "per_key": [(16, 64, 8, "split"), (16, 128, 8, "split"), (16, 64, 8, "fused"), (16, 64, 4, "fused"),
+    "per_key": [(64, 64, 8, "split"), (64, 64, 8, "fused"), (32, 64, 8, "split"), (16, 64, 8, "split"),
                 (16, 128, 8, "fused")],
 }
 # Not swept: chunk 64 with a 32-wide value slice at 4 warps, fused, which triton 3.6 miscompiles on an H100 (wrong

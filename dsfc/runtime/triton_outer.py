@@ -15,10 +15,17 @@ Decay masks (same maths as scans.py's ``_outer_scan_impl``, chunk length L, posi
 ``seg[i, j] = sum_{j < l <= i} g_l`` is accumulated from its own terms by one masked cumsum (mamba2's ``segsum``),
 never as a difference of prefix sums and never as a ratio of exp(cumsum); the decay of ``k_j v_j^T`` to the chunk end
 is the last row of the same matrix, the decay of the previous state to step i is the in-chunk cumsum. For g <= 0
-every exponent is <= 0, every factor in [0, 1]. A per-key decay (GLA) keeps the key index in the mask, so its
-intra-chunk scores are elementwise: built one query row i at a time from ``[L, K]`` tiles (row i's segment sums are
-a reverse cumsum of g one step later, cut below row i), not from one ``[L, L, K]`` tile, which did not fit in the
-registers at K = 128 (ptxas reported kilobytes of spills).
+every exponent is <= 0, every factor in [0, 1].
+
+A per-key decay (GLA, RWKV-6) keeps the key index in the mask, so its intra-chunk scores
+``P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i))`` are not a masked ``q k^T``. They are computed first, by a
+chunk-parallel kernel (``_key_scores_fwd``, fla's ``chunk_gla`` design), into a ``[B, T, H, L]`` buffer that the
+state passes read as the other decays' kernels read their masked ``q k^T``: the chunk is cut into sub-chunks of 16;
+a block between a query sub-chunk I and an earlier key sub-chunk J is one tensor-core product of queries decayed
+from I's start and keys decayed to it (the decay split at that boundary: both factors exp(<= 0)); a diagonal block
+is built one query row at a time from ``[16, K]`` tiles (row i's segment sums: a reverse cumsum of g one step later,
+cut below row i). The backward's part through P is the same sub-chunk walk (``_key_scores_bwd_kernel``, with
+``dL/dP = dy v^T`` formed there), its dq, dk summed with the state passes' like another value slice's.
 
 Forward, two schedules (``SCHEDULE``). Fused: one program per (b, h, value slice of BLOCK_V) walks the chunks of its
 (b, h) in order with its ``[K, BLOCK_V]`` slice of the state in registers, ``tl.dot`` for the three matmuls per
@@ -50,10 +57,11 @@ Under the interpreter bf16 dots fall back to fp32 (its bf16 tl.dot is wrong), fp
 
 Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9, and 3.6 with numpy 2.2: the
 3.6 interpreter fails on numpy 2.4, for every kernel), both schedules; compiled for sm_90 by triton 3.6 and 3.9
-without a GPU (``tests/triton/aot_compile.py --outer-only --resources`` prints ptxas' registers and spills); the
-fused schedule with the old ``[L, L, K]`` per-key tiles ran on an H200 (``tests/triton`` compiled, triton 3.6; timings
-in the README's "GPU benchmark": not yet competitive with fla). Chunk and block sizes are not autotuned (``dsfc
-bench --gpu`` sweeps a few); the value-slice split of the backward (q k^T recomputed per slice) is the simple version.
+without a GPU (``tests/triton/aot_compile.py --outer-only --resources`` prints ptxas' registers and spills). The
+no-decay and per-head kernels ran on an H100 (the README's "GPU benchmark"); the per-key score kernels are new since
+then and not yet run on a GPU (the old design, rows of the scores inside the sequential pass, ran 10x slower than
+fla's ``chunk_gla``). Chunk and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few); the value-slice
+split of the backward (q k^T recomputed per slice) is the simple version.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
@@ -74,8 +82,10 @@ from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_out
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
-CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU); also the tile of the per-key [L, L, K] decay mask
-CHUNK_CUDA = 64  # on a GPU without per-key decay: longer chunks, fewer sequential steps ([L, L] masks only)
+CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU)
+CHUNK_CUDA = 64  # on a GPU with half operands: longer chunks, fewer sequential steps
+SUB_CHUNK = 16  # per-key decay: the sub-chunk of the intra-chunk scores (``_key_scores_fwd``)
+SCORES_WARPS = 4  # the per-key score kernels' warps: [16, K] tiles
 HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
 MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
@@ -153,21 +163,22 @@ def _key_scores(q, k, g_next, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _key_scores_bwd(q, k, g_next, dp, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
-    """``_key_scores`` and its gradients: P, dq = dL/dq and dk = dL/dk through P given dp = dL/dP, row by row."""
-    p = tl.zeros((BT, BT), DTYPE)
+def _key_scores_grads(q, k, g_next, dp, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
+    """dq = dL/dq and dk = dL/dk through ``_key_scores``' P given dp = dL/dP, row by row."""
     dq = tl.zeros(q.shape, DTYPE)
     dk = tl.zeros(k.shape, DTYPE)
     for i in range(BT):
-        sel = (rows == i)[:, None]
         e = _key_decay_row(g_next, rows, i)  # [BT, BK]
-        q_i = _row(q, rows, i)
         dp_i = _row(dp, rows, i)  # [BT] over keys j
-        ke = k * e
-        p = tl.where(sel, tl.sum(ke * q_i[None, :], axis=1)[None, :], p)
-        dq = tl.where(sel, tl.sum(dp_i[:, None] * ke, axis=0)[None, :], dq)
-        dk += dp_i[:, None] * e * q_i[None, :]
-    return p, dq, dk
+        dq = tl.where((rows == i)[:, None], tl.sum(dp_i[:, None] * k * e, axis=0)[None, :], dq)
+        dk += dp_i[:, None] * e * _row(q, rows, i)[None, :]
+    return dq, dk
+
+
+@triton.jit
+def _load_rows(ptr, row, mt, kk, mk, K, DTYPE: tl.constexpr):
+    """Rows ``row`` ([BT] indices of [B * T * H] rows) of a [B, T, H, K] stream, [BT, BK], zero beyond T and K."""
+    return tl.load(ptr + row[:, None] * K + kk[None, :], mask=mt[:, None] & mk[None, :], other=0.0).to(DTYPE)
 
 
 @triton.jit
@@ -176,9 +187,8 @@ def _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T
     """q, k [BT, BK], v [BT, BV], g and g_next ([BT] or [BT, BK]) of one chunk, zero beyond T, K, V and (g_next)
     the chunk."""
     row = (b * T + t) * H + h  # [BT] int64: (b, t, h) of the [B, T, H, ...] streams
-    m_qk = mt[:, None] & mk[None, :]
-    q = tl.load(q_ptr + row[:, None] * K + kk[None, :], mask=m_qk, other=0.0).to(DTYPE)
-    k = tl.load(k_ptr + row[:, None] * K + kk[None, :], mask=m_qk, other=0.0).to(DTYPE)
+    q = _load_rows(q_ptr, row, mt, kk, mk, K, DTYPE)
+    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
     v = tl.load(v_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
     g, g_next = _load_log_decay(g_ptr, b, h, t, mt, rows, kk, mk, T, H, K, BT, DECAY, DTYPE)
     return q, k, v, g, g_next
@@ -204,12 +214,12 @@ def _load_log_decay(g_ptr, b, h, t, mt, rows, kk, mk, T, H, K, BT: tl.constexpr,
 
 
 @triton.jit
-def _chunk_y(q, k, v, g, g_next, s, rows, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
+def _chunk_y(q, k, v, g, g_next, s, p, rows, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
              HALF: tl.constexpr):
-    """y [BT, BV] of one chunk given the state before it, s [BK, BV]: (decayed causal scores) v + (decayed q) s."""
+    """y [BT, BV] of one chunk given the state before it, s [BK, BV]: (decayed causal scores) v + (decayed q) s.
+    Per key, the scores ``p`` [BT, BT] come from ``_key_scores_fwd`` (``_load_scores``); other decays ignore it."""
     q_in, k_out, tot = _chunk_decays(g, g_next, DECAY)
     if DECAY == PER_KEY:
-        p = _key_scores(q, k, g_next, rows, BT, DTYPE)
         q_dec = q * q_in
     else:
         p = _dot(q, tl.trans(k), HALF)
@@ -242,24 +252,22 @@ def _chunk_dstate(q, g, g_next, dy, ds, DECAY: tl.constexpr, HALF: tl.constexpr)
 
 
 @triton.jit
-def _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
+def _chunk_grads(q, k, v, g, g_next, dy, s, ds, p, rows, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
                  HALF: tl.constexpr):
     """dq, dk (this value slice's share) and dv of one chunk, given the state before it s and ds = dL/d(state after
-    it)."""
+    it). Per key: the scores ``p`` are given, and dq, dk omit the part through them (``_key_scores_bwd_kernel``'s)."""
     q_in, k_out, tot = _chunk_decays(g, g_next, DECAY)
-    dpv = _dot(dy, tl.trans(v), HALF)  # dL/dP, P the decayed causal scores (y_intra = P v)
     if DECAY == PER_KEY:
-        p, dq, dk = _key_scores_bwd(q, k, g_next, dpv, rows, BT, DTYPE)
         k_dec = k * k_out
-        dq += q_in * _dot(dy, tl.trans(s), HALF)
-        dk += k_out * _dot(v, tl.trans(ds), HALF)
+        dq = q_in * _dot(dy, tl.trans(s), HALF)
+        dk = k_out * _dot(v, tl.trans(ds), HALF)
     else:
         if DECAY == SCALAR:
             mask = _scalar_mask(g, rows, BT)
         else:
             mask = tl.where(rows[:, None] >= rows[None, :], 1.0, 0.0).to(DTYPE)
         p = _dot(q, tl.trans(k), HALF) * mask
-        dp = dpv * mask
+        dp = _dot(dy, tl.trans(v), HALF) * mask  # dL/dP, P the decayed causal scores (y_intra = P v)
         dq = _dot(dp, k, HALF)
         dk = _dot(tl.trans(dp), q, HALF)
         k_dec = k * k_out[:, None]
@@ -267,6 +275,135 @@ def _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT: tl.constexpr, DECAY: t
         dk += k_out[:, None] * _dot(v, tl.trans(ds), HALF)
     dv = _dot(tl.trans(p), dy, HALF) + _dot(k_dec, ds, HALF)
     return dq, dk, dv
+
+
+# ---- per-key decay: the intra-chunk scores, sub-chunk by sub-chunk ---------------------------------------------
+# A per-key decay cannot factor the decay mask out of q k^T, and forming exp(G_i) and exp(-G_j) separately (G the
+# in-chunk prefix sum) overflows under strong decay. So, as fla's chunk_gla does it, a chunk of BT steps is cut into
+# sub-chunks of BC = 16: between a query sub-chunk I and an earlier key sub-chunk J the decay splits at I's first
+# step into a query factor exp(seg(start_I..i)) and a key factor exp(seg(j+1..end_J) + [whole sub-chunks between]),
+# every exponent <= 0, and the block is one tensor-core product of decayed queries and keys; only the diagonal
+# blocks (J = I) need the elementwise decays (``_key_scores``, row by row). One program per (sub-chunk, chunk, b, h):
+# B * H * T / BC programs, all independent, so the row loops of the diagonal blocks run in parallel rather than
+# inside the sequential pass. The scores go to memory ([B, T, H, BT], the matmul operand dtype), where the state
+# passes and the output / gradient programs read them as the other decays' kernels read q k^T.
+
+
+@triton.jit
+def _sub_chunk(NC, H, BT: tl.constexpr, BC: tl.constexpr):
+    """(sub-chunk within the chunk, chunk, b, h) of this program on a flat grid of B * H * NC * (BT / BC)."""
+    NS: tl.constexpr = BT // BC
+    pid = tl.program_id(0)
+    i_s = pid % NS
+    c = (pid // NS) % NC
+    i_bh = (pid // NS // NC).to(tl.int64)
+    return i_s, c, i_bh // H, i_bh % H
+
+
+@triton.jit
+def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.constexpr, BC: tl.constexpr,
+                    DTYPE: tl.constexpr):
+    """Sub-chunk j of chunk c: its rows of ``ptr`` (q or k) [BC, BK], its log-decays g and g one step later (0 past
+    the sub-chunk), and the row indices and mask of its steps."""
+    t = c * BT + j * BC + rows
+    mt = t < T
+    row = (b * T + t) * H + h
+    x = _load_rows(ptr, row, mt, kk, mk, K, DTYPE)
+    g, g_next = _load_log_decay(g_ptr, b, h, t, mt, rows, kk, mk, T, H, K, BC, PER_KEY, DTYPE)
+    return x, g, g_next, row, mt
+
+
+@triton.jit
+def _value_products(dy_ptr, v_ptr, row_a, m_a, row_b, m_b, V, BC: tl.constexpr, BV: tl.constexpr,
+                    DTYPE: tl.constexpr, HALF: tl.constexpr):
+    """[BC, BC] sum_v dy[a, v] v[b, v]: dL/dP between query rows a and key rows b (y_intra = P v), over all of V."""
+    dp = tl.zeros((BC, BC), DTYPE)
+    for v0 in range(0, V, BV):
+        vv = v0 + tl.arange(0, BV)
+        mv = vv < V
+        dy = tl.load(dy_ptr + row_a[:, None] * V + vv[None, :], mask=m_a[:, None] & mv[None, :], other=0.0)
+        v = tl.load(v_ptr + row_b[:, None] * V + vv[None, :], mask=m_b[:, None] & mv[None, :], other=0.0)
+        dp += _dot(dy.to(DTYPE), tl.trans(v.to(DTYPE)), HALF)
+    return dp
+
+
+@triton.jit
+def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                    DTYPE: tl.constexpr, HALF: tl.constexpr):
+    """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
+    the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
+    i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
+    rows = tl.arange(0, BC)
+    kk = tl.arange(0, BK)
+    mk = kk < K
+    q, g, g_next, row, mt = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i_s, rows, kk, mk, T, H, K, BT, BC, DTYPE)
+    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
+    p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
+    tl.store(p_rows + i_s * BC, _key_scores(q, k, g_next, rows, BC, DTYPE), mask=mt[:, None])
+    q_dec = q * tl.exp(tl.cumsum(g, axis=0))  # decay from the start of I to step i
+    between = tl.zeros((BK,), DTYPE)  # log-decay of the whole sub-chunks strictly between J and I
+    for back in range(1, BT // BC):
+        j = i_s - back
+        if j >= 0:
+            k_j, g_j, g_next_j, row_j, mt_j = _sub_chunk_keys(k_ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT,
+                                                              BC, DTYPE)
+            k_dec = k_j * tl.exp(tl.cumsum(g_next_j, axis=0, reverse=True) + between[None, :])  # to I's start
+            tl.store(p_rows + j * BC, _dot(q_dec, tl.trans(k_dec), HALF), mask=mt[:, None])
+            between += tl.sum(g_j, axis=0)
+
+
+@triton.jit
+def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T, H, K, V, NC, BT: tl.constexpr,
+                           BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr,
+                           HALF: tl.constexpr):
+    """dq, dk of one sub-chunk S through the intra-chunk per-key scores (``_key_scores_fwd``'s P), with
+    dL/dP = dy v^T summed over all of V here: dq_S from the keys of S and of the earlier sub-chunks, dk_S from the
+    queries of S and of the later ones. Written to dq_ptr, dk_ptr ([B, T, H, K], a slot the launcher sums)."""
+    i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
+    rows = tl.arange(0, BC)
+    kk = tl.arange(0, BK)
+    mk = kk < K
+    q, g, g_next, row, mt = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i_s, rows, kk, mk, T, H, K, BT, BC, DTYPE)
+    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
+    dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
+    dq, dk = _key_scores_grads(q, k, g_next, dp, rows, BC, DTYPE)  # the diagonal block
+    dq_off = tl.zeros((BC, BK), DTYPE)
+    between = tl.zeros((BK,), DTYPE)
+    for back in range(1, BT // BC):  # keys of earlier sub-chunks J: dq_i += sum_j dp_ij k_dec_j (x q's decay)
+        j = i_s - back
+        if j >= 0:
+            k_j, g_j, g_next_j, row_j, mt_j = _sub_chunk_keys(k_ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT,
+                                                              BC, DTYPE)
+            k_dec = k_j * tl.exp(tl.cumsum(g_next_j, axis=0, reverse=True) + between[None, :])
+            dq_off += _dot(_value_products(dy_ptr, v_ptr, row, mt, row_j, mt_j, V, BC, BV, DTYPE, HALF), k_dec, HALF)
+            between += tl.sum(g_j, axis=0)
+    dq += dq_off * tl.exp(tl.cumsum(g, axis=0))
+    dk_off = tl.zeros((BC, BK), DTYPE)
+    between = tl.zeros((BK,), DTYPE)
+    for ahead in range(1, BT // BC):  # queries of later sub-chunks I: dk_j += sum_i dp_ij q_dec_i (x k's decay)
+        i = i_s + ahead
+        if i < BT // BC:
+            q_i, g_i, g_next_i, row_i, mt_i = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i, rows, kk, mk, T, H, K, BT,
+                                                              BC, DTYPE)
+            q_dec = q_i * tl.exp(tl.cumsum(g_i, axis=0) + between[None, :])
+            dp_i = _value_products(dy_ptr, v_ptr, row_i, mt_i, row, mt, V, BC, BV, DTYPE, HALF)
+            dk_off += _dot(tl.trans(dp_i), q_dec, HALF)
+            between += tl.sum(g_i, axis=0)
+    dk += dk_off * tl.exp(tl.cumsum(g_next, axis=0, reverse=True))
+    m_qk = mt[:, None] & mk[None, :]
+    tl.store(dq_ptr + row[:, None] * K + kk[None, :], dq, mask=m_qk)
+    tl.store(dk_ptr + row[:, None] * K + kk[None, :], dk, mask=m_qk)
+
+
+@triton.jit
+def _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr):
+    """One chunk's per-key scores [BT, BT] (zero above the diagonal and beyond T); zeros for the other decays."""
+    if DECAY == PER_KEY:
+        row = (b * T + t) * H + h
+        causal = mt[:, None] & (rows[None, :] <= rows[:, None])
+        return tl.load(p_ptr + row[:, None] * BT + rows[None, :], mask=causal, other=0.0).to(DTYPE)
+    else:
+        return tl.zeros((BT, BT), DTYPE)
 
 
 @triton.jit
@@ -297,7 +434,7 @@ def _slice_offsets(i_v, K, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constex
 
 
 @triton.jit
-def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC, NV,
+def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC, NV,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
                WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in order, the [BK, BV] state in registers.
@@ -314,7 +451,8 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T,
         q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
                                          BT, DECAY, DTYPE)
         if WRITE_Y:
-            y = _chunk_y(q, k, v, g, g_next, s, rows, BT, DECAY, DTYPE, HALF)
+            p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
+            y = _chunk_y(q, k, v, g, g_next, s, p, rows, BT, DECAY, DTYPE, HALF)
             row = (b * T + t) * H + h
             tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
         s = _chunk_state(k, v, g, g_next, s, DECAY, HALF)
@@ -322,7 +460,7 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T,
 
 
 @triton.jit
-def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, y_ptr, T, H, K, V, NC, NV,
+def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, y_ptr, T, H, K, V, NC, NV,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
                HALF: tl.constexpr):
     """Split schedule: y of one chunk of one (b, h) and value slice, from the chunk's start state that
@@ -334,7 +472,8 @@ def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, y_ptr, T, H, K, V, NC, NV
     mt = t < T
     q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
                                      BT, DECAY, DTYPE)
-    y = _chunk_y(q, k, v, g, g_next, s, rows, BT, DECAY, DTYPE, HALF)
+    p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
+    y = _chunk_y(q, k, v, g, g_next, s, p, rows, BT, DECAY, DTYPE, HALF)
     row = (b * T + t) * H + h
     tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
 
@@ -349,9 +488,10 @@ def _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, 
 
 
 @triton.jit
-def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr, dstates_ptr,
-               B, T, H, K, V, NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
-               GRADS: tl.constexpr, STORE_DSTATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
+def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr,
+               dstates_ptr, B, T, H, K, V, NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               DECAY: tl.constexpr, GRADS: tl.constexpr, STORE_DSTATES: tl.constexpr, DTYPE: tl.constexpr,
+               HALF: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in reverse with that slice of ds = dL/dS (the state
     after the chunk) in registers; writes ds0 = dL/dS_0 of its slice. GRADS (the fused schedule): also dv and its
     slice's share of dq and dk (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over
@@ -372,15 +512,16 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, 
             tl.store(dstates_ptr + (i_bh * NC + c) * K * V + s_off, ds, mask=m_s)
         if GRADS:
             s = tl.load(states_ptr + (i_bh * NC + c) * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)  # S before
-            dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT, DECAY, DTYPE, HALF)
+            p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
+            dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, p, rows, BT, DECAY, DTYPE, HALF)
             _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, mv, part, K, V)
         ds = _chunk_dstate(q, g, g_next, dy, ds, DECAY, HALF)
     tl.store(ds0_ptr + i_bh * K * V + s_off, ds, mask=m_s)
 
 
 @triton.jit
-def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, dy_ptr, dq_ptr, dk_ptr, dv_ptr, B, T, H, K, V,
-                 NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dstates_ptr, dy_ptr, dq_ptr, dk_ptr, dv_ptr, B, T, H,
+                 K, V, NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
                  DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Split schedule: the gradients of one chunk of one (b, h) and value slice, from the chunk's start state and
     dL/d(its end state) that the two sequential passes wrote. Every chunk is independent."""
@@ -396,7 +537,8 @@ def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, dy_ptr, dq
     q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
                                      BT, DECAY, DTYPE)
     dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
-    dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, rows, BT, DECAY, DTYPE, HALF)
+    p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
+    dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, p, rows, BT, DECAY, DTYPE, HALF)
     _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, mv, part, K, V)
 
 
@@ -432,6 +574,15 @@ class _Launch:
         return -(-self.V // self.block_v)
 
     @property
+    def sub_chunk(self) -> int:
+        """Per key: the sub-chunk of the intra-chunk scores (tl.dot's smallest tile, or the whole chunk)."""
+        return min(SUB_CHUNK, self.chunk)
+
+    @property
+    def ns(self) -> int:
+        return self.chunk // self.sub_chunk
+
+    @property
     def tl_dtype(self):
         return tl.float64 if self.cdt == torch.float64 else tl.float32
 
@@ -455,40 +606,66 @@ class _Launch:
                     HALF=self.half, num_warps=self.num_warps)
 
 
-def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool):
+def _scores(L: _Launch, q, k, g):
+    """Per key: the intra-chunk scores P [B, T, H, chunk] (``_key_scores_fwd``, in the matmul operand dtype: the
+    readers use them only as ``_dot`` operands); other decays: None (their kernels form q k^T themselves)."""
+    if L.decay != 2:
+        return None
+    p = torch.empty((L.B, L.T, L.H, L.chunk), device=q.device, dtype=L.states_dtype)
+    _key_scores_fwd[(L.ns * L.nc * L.B * L.H,)](q, k, g, p, L.T, L.H, L.K, L.nc, BT=L.chunk, BC=L.sub_chunk,
+                                                 BK=L.block_k, DTYPE=L.tl_dtype, HALF=L.half,
+                                                 num_warps=SCORES_WARPS)
+    return p
+
+
+def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool, p=None):
     """``(y or None, S_T, chunk-start states or None)``. The fused schedule writes y from the sequential kernel; the
-    split one stores the chunk-start states there and computes y in a second, chunk-parallel launch."""
+    split one stores the chunk-start states there and computes y in a second, chunk-parallel launch. ``p``: the
+    per-key scores if already computed (y needs them; the state pass alone does not)."""
     dev = q.device
+    if write_y and p is None:
+        p = _scores(L, q, k, g)
     g = q if L.decay == 0 else g  # NONE: any pointer, never read
+    p = q if p is None else p  # not per key: never read
     y = torch.empty((L.B, L.T, L.H, L.V), device=dev, dtype=L.cdt) if write_y else None
     sT = torch.empty((L.B, L.H, L.K, L.V), device=dev, dtype=L.cdt)
     keep_states = store_states or (write_y and L.split)
     states = torch.empty((L.B, L.H, L.nc, L.K, L.V), device=dev, dtype=L.states_dtype) if keep_states else None
     fused_y = write_y and not L.split
-    _outer_fwd[(L.nv * L.B * L.H,)](q, k, v, g, s0, y if fused_y else sT, sT, sT if states is None else states,
+    _outer_fwd[(L.nv * L.B * L.H,)](q, k, v, g, p, s0, y if fused_y else sT, sT, sT if states is None else states,
                                     L.T, L.H, L.K, L.V, L.nc, L.nv, WRITE_Y=fused_y, STORE_STATES=keep_states,
                                     **L.constexprs())
     if write_y and L.split:
-        _outer_out[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, states, y, L.T, L.H, L.K, L.V, L.nc, L.nv,
+        _outer_out[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, y, L.T, L.H, L.K, L.V, L.nc, L.nv,
                                                **L.constexprs())
     return y, sT, states
 
 
 def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
-    """``(dq, dk, dv, ds0)`` in the compute dtype (dq, dk still split by value slice: [nv, B, T, H, K])."""
+    """``(dq, dk, dv, ds0)`` in the compute dtype (dq, dk still in parts to be summed: [parts, B, T, H, K], one per
+    value slice and, per key, one more for the part through the intra-chunk scores)."""
     dev = q.device
     _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
+    p = _scores(L, q, k, g)  # and, per key, the intra-chunk scores
     g = q if L.decay == 0 else g
-    dq = torch.empty((L.nv, L.B, L.T, L.H, L.K), device=dev, dtype=L.cdt)
+    p = q if p is None else p
+    parts = L.nv + (L.decay == 2)
+    dq = torch.empty((parts, L.B, L.T, L.H, L.K), device=dev, dtype=L.cdt)
     dk = torch.empty_like(dq)
     dv = torch.empty((L.B, L.T, L.H, L.V), device=dev, dtype=L.cdt)
     ds0 = torch.empty((L.B, L.H, L.K, L.V), device=dev, dtype=L.cdt)
     dstates = torch.empty_like(states) if L.split else ds0
-    _outer_bwd[(L.nv * L.B * L.H,)](q, k, v, g, states, dy, dsT, dq, dk, dv, ds0, dstates, L.B, L.T, L.H, L.K, L.V,
-                                    L.nc, L.nv, GRADS=not L.split, STORE_DSTATES=bool(L.split), **L.constexprs())
+    _outer_bwd[(L.nv * L.B * L.H,)](q, k, v, g, p, states, dy, dsT, dq, dk, dv, ds0, dstates, L.B, L.T, L.H, L.K,
+                                    L.V, L.nc, L.nv, GRADS=not L.split, STORE_DSTATES=bool(L.split),
+                                    **L.constexprs())
     if L.split:
-        _outer_grads[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, states, dstates, dy, dq, dk, dv, L.B, L.T, L.H, L.K,
+        _outer_grads[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, dstates, dy, dq, dk, dv, L.B, L.T, L.H, L.K,
                                                  L.V, L.nc, L.nv, **L.constexprs())
+    if L.decay == 2:  # the part through the intra-chunk scores, into the last slot
+        _key_scores_bwd_kernel[(L.ns * L.nc * L.B * L.H,)](q, k, v, g, dy, dq[-1], dk[-1], L.T, L.H, L.K, L.V, L.nc,
+                                                           BT=L.chunk, BC=L.sub_chunk, BK=L.block_k,
+                                                           BV=min(L.block_v, 64), DTYPE=L.tl_dtype, HALF=L.half,
+                                                           num_warps=SCORES_WARPS)
     return dq, dk, dv, ds0
 
 
@@ -544,7 +721,7 @@ def _torch_outer(q, k, v, g, s0, decay: int, cdt: torch.dtype, dy=None, dsT=None
 
 
 def _slices_summed(grads):
-    """``_bwd``'s gradients with dq, dk summed over the value slices (the op's results)."""
+    """``_bwd``'s gradients with dq, dk summed over their parts (the op's results)."""
     dq, dk, dv, ds0 = grads
     return dq.sum(0), dk.sum(0), dv, ds0
 
@@ -596,7 +773,7 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT)),
                  q.device, truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT))
     dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT))
-    dq, dk = (dq[0], dk[0]) if L.nv == 1 else (dq.sum(0), dk.sum(0))
+    dq, dk = (dq[0], dk[0]) if dq.shape[0] == 1 else (dq.sum(0), dk.sum(0))
     if L.decay == 0:
         dg = torch.zeros_like(g)
     else:
@@ -681,8 +858,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
             half = 0
     if chunk is None:
         # long chunks need half operands: fp32 tiles at L = 64, K = 128 take 345 KB of shared memory in the backward
-        # (sm_90 has 227 KB); per-key decay keeps [L, L, K] masks, so L = 16 there
-        chunk = CHUNK_CUDA if q.device.type == "cuda" and decay != 2 and half else CHUNK
+        # (sm_90 has 227 KB)
+        chunk = CHUNK_CUDA if q.device.type == "cuda" and half else CHUNK
     schedule = SCHEDULE if schedule is None else schedule
     if schedule not in ("auto", "fused", "split"):
         raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
@@ -702,14 +879,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     block_k = max(16, _next_pow2(K))
     if block_v is None:
         # the [BK, BV] state slice and the dots' tiles scale with BK * BV: keep BK * BV <= 128 * 64, so that K = 256
-        # or 512 still fits sm_90's 227 KB of shared memory (AOT-compiled: a 512 x 16 split backward takes 217 KB).
-        # A per-key decay with half operands (chunk 16: smaller tiles) takes twice as wide a slice: on an H100 (GLA,
-        # K = V = 128, bf16, T = 4096) the fused kernels with 128-wide slices at 8 warps ran 12.5 / 36.4 ms forward /
-        # forward+backward against 17.4 / 55.5 ms for the default 64-wide ones, and every per-key kernel at
-        # BK * BV = 128 * 128 compiles within 100 KB of shared memory (fp32 operands spill far more: kept at 64)
-        wide = decay == 2 and half
-        block_v = min(max(16, _next_pow2(V)), 2 * MAX_BLOCK_V if wide else MAX_BLOCK_V,
-                      max(16, (16384 if wide else 8192) // block_k))
+        # or 512 still fits sm_90's 227 KB of shared memory (AOT-compiled: a 512 x 16 split backward takes 217 KB)
+        block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V, max(16, 8192 // block_k))
     if num_warps is None:
         # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
         num_warps = 8 if chunk * block_k >= 64 * 64 or decay == 2 else 4

@@ -4,7 +4,7 @@ TRITON_INTERPRET (tests/triton/test_triton_aot.py runs it in a subprocess). Exit
 differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to compile.
 
     python tests/triton/aot_compile.py [--resources] [spec.dsf ...]     # the specs' kernels, dense, outer
-    python tests/triton/aot_compile.py --outer-only [--resources]         # the outer-product kernels only
+    python tests/triton/aot_compile.py --outer-only [--resources] [--decay=0|1|2]   # the outer-product kernels
     python tests/triton/aot_compile.py --no-outer [spec.dsf ...]          # all but the outer-product kernels
 
 --resources also assembles each outer-product kernel with the ptxas that ships with triton and prints its registers
@@ -67,10 +67,10 @@ def ptxas_resources(compiled) -> str:
     return f"regs={regs.group(1)} spill={spill.group(1)}/{spill.group(2)} bytes smem={compiled.metadata.shared}"
 
 
-def outer_kernels(resources: bool) -> int:
+def outer_kernels(resources: bool, only_decay=None) -> int:
     """The chunked outer-product kernels (dsfc/runtime/triton_outer.py), both schedules, every decay kind, fp32 and
-    bf16 operands, at the GPU launch shapes (K = 128, value slices of 64, or 128 with a per-key decay and bf16
-    operands; chunk 64, or 16 with a per-key decay)."""
+    bf16 operands, at the GPU launch shapes chunked_outer_triton picks for K = V = 128 (chunk 64 with half operands,
+    else 16; value slices of 64) and, per key, the score kernels (sub-chunks of 16)."""
     failed = 0
     variants = [(triton_outer._outer_fwd, {"WRITE_Y": True, "STORE_STATES": False}),
                 (triton_outer._outer_fwd, {"WRITE_Y": False, "STORE_STATES": True}),
@@ -78,26 +78,31 @@ def outer_kernels(resources: bool) -> int:
                 (triton_outer._outer_bwd, {"GRADS": True, "STORE_DSTATES": False}),
                 (triton_outer._outer_bwd, {"GRADS": False, "STORE_DSTATES": True}),
                 (triton_outer._outer_grads, {})]
-    for decay in (0, 1, 2):
+    scores = [(triton_outer._key_scores_fwd, {}), (triton_outer._key_scores_bwd_kernel, {})]
+    for decay in (0, 1, 2) if only_decay is None else (only_decay,):
         for label, half, io, states in (("fp32", 0, "*fp32", "*fp32"), ("bf16", 1, "*bf16", "*bf16")):
-            chunk = 16 if decay == 2 or not half else 64  # as chunked_outer_triton picks on a GPU
-            for fn, flags in variants:
+            chunk = 64 if half else 16  # as chunked_outer_triton picks on a GPU
+            for fn, flags in variants + (scores if decay == 2 else []):
                 sig = {}
                 for name in fn.arg_names:
-                    if name in ("BT", "BK", "BV", "DECAY", "DTYPE", "HALF") or name in flags:
+                    if name in ("BT", "BC", "BK", "BV", "DECAY", "DTYPE", "HALF") or name in flags:
                         sig[name] = "constexpr"
                     elif name in ("q_ptr", "k_ptr", "v_ptr", "g_ptr"):
                         sig[name] = io
-                    elif name in ("states_ptr", "dstates_ptr"):
+                    elif name in ("states_ptr", "dstates_ptr", "p_ptr"):
                         sig[name] = states
                     elif name.endswith("_ptr"):
                         sig[name] = "*fp32"
                     else:
                         sig[name] = "i32"
-                block_v = 128 if decay == 2 and half else 64  # chunked_outer_triton's defaults at K = V = 128
-                consts = dict(BT=chunk, BK=128, BV=block_v, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
-                what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
+                consts = dict(BT=chunk, BK=128, BV=64, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
                 warps = 8 if chunk * 128 >= 64 * 64 or decay == 2 else 4
+                if fn in (f for f, _ in scores):
+                    consts = dict(BT=chunk, BC=16, BK=128, DTYPE=tl.float32, HALF=half)
+                    if "BV" in fn.arg_names:
+                        consts["BV"] = 64
+                    warps = triton_outer.SCORES_WARPS
+                what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
                 try:
                     compiled = compile_one(fn, sig, consts, warps)
                 except Exception as exc:  # noqa: BLE001 - report every failure
@@ -179,6 +184,7 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     resources = "--resources" in args
     if "--outer-only" in args:
-        sys.exit(1 if outer_kernels(resources) else 0)
+        decay = next((int(a.split("=")[1]) for a in args if a.startswith("--decay=")), None)
+        sys.exit(1 if outer_kernels(resources, decay) else 0)
     args = [a for a in args if not a.startswith("--")]
     sys.exit(main(args or [str(ROOT / "specs" / "s6.dsf")], resources))

@@ -589,10 +589,10 @@ def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("K,V,decay,dtype,want", [
-    (128, 128, "key", torch.float16, 128),   # per key, half operands: 16384 / K, at most 128
-    (256, 128, "key", torch.float16, 64),
-    (128, 128, "key", torch.float32, 64),    # fp32 operands spill at 128 (ptxas): 8192 / K, at most 64
-    (128, 128, "head", torch.float16, 64),   # chunk 64 on a GPU: 8192 / K
+    (128, 128, "key", torch.float16, 64),    # 8192 / K, at most MAX_BLOCK_V
+    (256, 128, "key", torch.float16, 32),
+    (128, 128, "key", torch.float32, 64),
+    (128, 128, "head", torch.float16, 64),
     (512, 64, "head", torch.float16, 16),
     (32, 24, "key", torch.float16, 32),      # never wider than V (rounded up to a power of two)
 ])
@@ -702,3 +702,76 @@ def test_bad_dtypes_and_tuning_knobs_are_clear_errors():
     qi = torch.randint(-3, 3, (1, 5, 2, 4), generator=g).to(DEVICE)
     ref = chunked_outer_scan(qi.cpu().double(), k.cpu().double(), v.cpu().double())
     assert rel(chunked_outer_triton(qi, k, v).cpu().double(), ref) <= TOL32
+
+
+# -- per-key decay: the intra-chunk scores by sub-chunks ----------------------------------------------------------
+
+
+class _GarbageScores:
+    """``_key_scores_fwd`` with its output buffer filled with NaN first: the kernel leaves the entries above the
+    diagonal unwritten (its readers mask them), so a reader that did not would turn NaN here (torch.empty on CPU is
+    often zeros, which would hide it)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getitem__(self, grid):
+        def launch(q, k, g, p, *args, **kwargs):
+            p.fill_(float("nan"))
+            return self.real[grid](q, k, g, p, *args, **kwargs)
+
+        return launch
+
+
+@pytest.mark.parametrize("chunk,T,schedule,dtype,V", [
+    (32, 37, "fused", torch.float64, 11),   # 2 sub-chunks per chunk, a partial last chunk
+    (64, 37, "split", torch.float64, 11),   # 4 sub-chunks, T ends inside the third
+    (64, 130, "fused", torch.float64, 40),  # three chunks (the last 2 steps), three value slices of 16
+    (32, 45, "split", torch.float32, 20),
+    (64, 50, "fused", torch.float16, 20),   # half operands: the scores stored in fp16
+])
+def test_per_key_sub_chunks(monkeypatch, chunk, T, schedule, dtype, V):
+    """Chunks of several sub-chunks of 16 (``_key_scores_fwd``: tensor-core blocks between sub-chunks, elementwise
+    diagonal blocks; ``_key_scores_bwd_kernel``), forward and every gradient against the float64 loop."""
+    monkeypatch.setattr(triton_outer, "_key_scores_fwd", _GarbageScores(triton_outer._key_scores_fwd))
+    B, H, K = 2, 2, 5
+    gen = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).to(DEVICE, dtype)
+    g = (-2 * torch.rand(B, T, H, K, generator=gen)).to(DEVICE, dtype)
+    s0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE, dtype)
+    xs = [x.requires_grad_() for x in (q, k, v, g, s0)]
+    y, sT = chunked_outer_triton(*xs, output_final_state=True, schedule=schedule, chunk=chunk, block_v=16)
+    xs64 = [x.detach().double().cpu().requires_grad_() for x in xs]
+    y64, s64 = _loop(*xs64)
+    wy, ws = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
+    got = torch.autograd.grad((y * wy.to(y)).sum() + (sT * ws.to(sT)).sum(), xs)
+    want = torch.autograd.grad((y64 * wy.double()).sum() + (s64 * ws.double()).sum(), xs64)
+    # float64: the same sums in another order (a few ulps); fp32 / fp16: TOL32 / TOL_BF16, justified above
+    tol = {torch.float64: 1e-12, torch.float32: TOL32, torch.float16: TOL_BF16}[dtype]
+    assert rel(y, y64) <= tol and rel(sT, s64) <= tol
+    for name, a, w in zip("q k v g s0".split(), got, want):
+        assert rel(a, w) <= tol, name
+
+
+@pytest.mark.parametrize("schedule", ["fused", "split"])
+def test_per_key_strong_decay_stays_finite(schedule):
+    """A log-decay of up to -60 per step (the decay over one 64-step chunk is exp(-1900): far below fp32's range,
+    where exp(G_i) / exp(G_j) of prefix sums would overflow), with one key that never decays: every factor the
+    sub-chunk kernels form is exp(<= 0), so y, the state and every gradient stay finite and match the float64
+    loop to fp32 accuracy."""
+    B, T, H, K, V = 1, 130, 1, 4, 8
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(B, T, H, K, generator=gen) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen)
+    g = -60 * torch.rand(B, T, H, K, generator=gen)
+    g[..., 0] = 0.0
+    xs = [x.to(DEVICE).requires_grad_() for x in (q, k, v, g)]
+    y, sT = chunked_outer_triton(*xs, output_final_state=True, schedule=schedule, chunk=64)
+    xs64 = [x.detach().double().cpu().requires_grad_() for x in xs]
+    y64, s64 = _loop(*xs64, torch.zeros(B, H, K, V, dtype=torch.float64))
+    got = torch.autograd.grad(y.sum() + sT.sum(), xs)
+    want = torch.autograd.grad(y64.sum() + s64.sum(), xs64)
+    assert rel(y, y64) <= TOL32 and rel(sT, s64) <= TOL32
+    for a, w in zip(got, want):
+        assert torch.isfinite(a).all() and rel(a, w) <= TOL32
