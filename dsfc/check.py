@@ -186,7 +186,7 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
     if result.structure.family.value == "quadratic attention":
         _check_quadratic(report, model, sym, all_dims, params, d_in, shapes)
         if triton_how != "off":
-            report.notes.append("no Triton kernel (quadratic attention runs the torch path only)")
+            _check_triton_quadratic(model, sym, all_dims, params, d_in, report, triton_how, seed)
         return report
     running = bool(sym.running_lets)
     for b, t in shapes:
@@ -279,6 +279,51 @@ def _check_triton(result: CompileResult, model, params, report: CheckReport, how
     for what, got, want in pairs:
         a, r = _err(got, want)
         report.rows.append(CheckRow(what, shape, a, r, r <= TOL or a <= TOL))
+    report.notes.append("Triton kernels ran interpreted (TRITON_INTERPRET=1, no GPU): correctness only, not speed"
+                        if how == "interpreted" else f"Triton kernels ran on the {how}")
+
+
+def _check_triton_quadratic(model, sym, all_dims, params, d_in, report: CheckReport, how, seed: int) -> None:
+    """backend="triton" of a quadratic-attention module at B=2, T=7 (float64): one pass and a continued KV cache
+    (3 cached steps) against the reference, gradients (input and parameters) against the torch path."""
+    module = sys.modules[type(model).__module__]
+    if how is None or how.startswith("not run") or getattr(module, "_core_triton_available", None) is None:
+        report.notes.append("triton not installed: Triton path not checked" if how is None else
+                            f"Triton path {how}" if how.startswith("not run") else "no Triton kernel")
+        return
+    g = torch.Generator().manual_seed(seed + 1)
+    prefix = torch.randn(2, 3, d_in, dtype=torch.float64, generator=g)
+    u = torch.randn(2, 7, d_in, dtype=torch.float64, generator=g)
+    y_ref, _ = reference_forward(sym, all_dims, params, torch.cat([prefix, u], 1))
+    if how == "GPU":
+        model = copy.deepcopy(model).cuda()
+        prefix, u = prefix.cuda(), u.cuda()
+    outs = {}
+    old_backend = model.backend
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"(invalid value|divide by zero|overflow) encountered", RuntimeWarning)
+            for backend in ("triton", "torch"):
+                model.backend = backend
+                uu = u.clone().requires_grad_()
+                y_all = model(torch.cat([prefix, uu], 1))
+                _, cache = model(prefix, output_final_state=True)
+                y = model(uu, initial_state=cache)
+                w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(seed + 2))
+                loss = ((y_all[:, 3:] + y) * w.to(y.device)).sum()
+                grads = torch.autograd.grad(loss, [uu] + list(model.parameters()), allow_unused=True)
+                outs[backend] = (y_all.detach().cpu(), y.detach().cpu(), [None if x is None else x.cpu() for x in grads])
+    finally:
+        model.backend = old_backend
+    y_all, y, grads = outs["triton"]
+    pairs = [("triton forward y (one pass)", y_all, y_ref), ("triton forward y (continued KV cache)", y, y_ref[:, 3:])]
+    names = ["u"] + [n for n, _ in model.named_parameters()]
+    for name, got, want in zip(names, grads, outs["torch"][2]):
+        if want is not None:
+            pairs.append((f"triton grad {name} (vs torch)", got if got is not None else torch.zeros_like(want), want))
+    for what, got, want in pairs:
+        a, r = _err(got, want)
+        report.rows.append(CheckRow(what, "B=2 T=7", a, r, r <= TOL or a <= TOL))
     report.notes.append("Triton kernels ran interpreted (TRITON_INTERPRET=1, no GPU): correctness only, not speed"
                         if how == "interpreted" else f"Triton kernels ran on the {how}")
 

@@ -32,8 +32,15 @@ from torch import nn
 from dsfc.runtime import axis, diagonal_scan, kernel_matrix
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
-BACKENDS = ("auto", "torch")
-_core_triton_available = None  # no Triton kernel for quadratic attention (the torch path runs everywhere)
+try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
+    from dsfc.runtime.triton_attention import kernel_attention_triton, kernel_log_sum_triton
+except ImportError:
+    kernel_attention_triton = kernel_log_sum_triton = None
+
+BACKENDS = ("auto", "torch", "triton")
+# (attention, log-sum) of each backend: the same maths, in torch (blocks of queries) or in Triton kernels
+_KERNELS = {"torch": (kernel_attention, kernel_log_sum), "triton": (kernel_attention_triton, kernel_log_sum_triton)}
+_core_triton_available = _KERNELS["triton"] if kernel_attention_triton is not None else None
 _KEYS, _VALUES, _COLS = "cache:keys", "cache:values", "cache:col"  # KV-cache entries of the state dict
 
 
@@ -192,8 +199,9 @@ class SoftmaxAttention(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return d
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities over the whole sequence: feature maps as their vectors, kernel sums as logs."""
+    def _lets(self, u_, _dtype, running0=None, _log_sum=kernel_log_sum):
+        """Per-step quantities over the whole sequence: feature maps as their vectors, kernel sums as logs
+        (``_log_sum``: the torch or the Triton implementation)."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -211,7 +219,7 @@ class SoftmaxAttention(nn.Module):
         z = kf if running0 is None else torch.cat([running0[_KEYS].to(_dtype), kf], 1)
         running_final[_KEYS] = z
         # let eta[h: H] = sum(f, qf[h, f] * z[h, f])  (a kernel sum, computed and carried as its logarithm)
-        eta = kernel_log_sum(qf, z, K**-0.5, True).reshape(_B, _T, H)
+        eta = _log_sum(qf, z, K**-0.5, True).reshape(_B, _T, H)
         # let eta_prev[h: H] = prev(eta[h])  (previous step's value; the first step uses the carried value, else its own)
         eta_prev_now_ = (eta).expand(_B, _T, H)
         if running0 is not None and "eta_prev" in running0:
@@ -250,7 +258,8 @@ class SoftmaxAttention(nn.Module):
             y = u.new_zeros((_B, _T, H * V))
             return (y, dict(initial_state or {})) if output_final_state else y
         u_ = u.to(_dtype).reshape(_B, _T, d)
-        env = self._lets(u_, _dtype, running0)
+        _attention, _log_sum = _KERNELS[self._resolve_backend(u)]
+        env = self._lets(u_, _dtype, running0, _log_sum)
         _dev = env["_dev"]
         W_Q = env["W_Q"]
         W_K = env["W_K"]
@@ -270,13 +279,23 @@ class SoftmaxAttention(nn.Module):
         if running0 is not None:
             _keys = torch.cat([running0[_KEYS].to(_dtype), _keys], 1)
             _values = torch.cat([running0[_VALUES].to(_dtype), _values], 1)
-        _y = kernel_attention(qf, _keys, _values, _row, _col, K**-0.5)
+        _y = _attention(qf, _keys, _values, _row, _col, K**-0.5)
         y = _y.reshape(_B, _T, H * V).to(u.dtype)
         if not output_final_state:
             return y
         final = {k: v.to(u.dtype) for k, v in env["_running_final"].items()}
         final[_KEYS], final[_VALUES] = _keys.to(u.dtype), _values.to(u.dtype)
         return y, final
+
+    def _resolve_backend(self, u):
+        """auto: the Triton kernels on CUDA (when triton is installed), else torch."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"SoftmaxAttention: backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "triton" and _core_triton_available is None:
+            raise RuntimeError("SoftmaxAttention: backend='triton' needs triton installed")
+        if self.backend == "auto":
+            return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
+        return self.backend
 
     @torch.no_grad()
     def step(self, u_t, state=None):

@@ -668,7 +668,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         elif any(ks[0] == name for ks in kern.kernel_sums):
             _, qn, kn, over = next(ks for ks in kern.kernel_sums if ks[0] == name)
             other = py_name(next(h for h in hist) if over else kn)
-            code = f"kernel_log_sum({py_name(qn)}, {other}, {length} ** -0.5, {over})" \
+            code = f"_log_sum({py_name(qn)}, {other}, {length} ** -0.5, {over})" \
                 + ("" if not let.index else f".reshape({shape})")
             lets.append(LetPlan(name, code, src, "log"))
         elif let.running == "prev":
@@ -751,7 +751,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         driven=py_name(sym.driven.name), driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
         output_local=py_name(sym.output.name), layer_output_size=" * ".join(out_shape),
         template="quadratic.py.jinja", quadratic=q,
-        triton_note=f"no Triton kernel: the {st.family.value} family has none yet",
+        triton_note="Triton kernel: FlashAttention-style quadratic attention",
     )
 
 

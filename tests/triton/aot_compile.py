@@ -30,7 +30,7 @@ except ImportError as exc:
 
 from dsfc.check import load_module  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
-from dsfc.runtime import triton_dense, triton_outer  # noqa: E402
+from dsfc.runtime import triton_attention, triton_dense, triton_outer  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
@@ -115,6 +115,31 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
     return failed
 
 
+def attention_kernels(resources: bool) -> int:
+    """The quadratic-attention kernels (dsfc/runtime/triton_attention.py) at their GPU blocks (32 x 32, 8 warps),
+    K = V = 64, fp32 and fp64, with and without row / col weights."""
+    failed = 0
+    fns = [(triton_attention._attn_fwd, {"LSE": False}), (triton_attention._attn_fwd, {"LSE": True}),
+           (triton_attention._attn_bwd_kv, {}), (triton_attention._attn_bwd_q, {})]
+    for label, ptr, dt in (("fp32", "*fp32", tl.float32), ("fp64", "*fp64", tl.float64)):
+        for weights in (False, True):
+            for fn, flags in fns:
+                consts = dict(BM=32, BN=32, BK=64, BV=64, HAS_ROW=weights, HAS_COL=weights, DTYPE=dt, **flags)
+                sig = {name: "constexpr" if name in consts else ptr if name.endswith("_ptr") else
+                       "fp32" if name == "scale" else "i32" for name in fn.arg_names}
+                what = f"{fn.__name__}{'+LSE' if flags.get('LSE') else ''} {label} row/col={weights}"
+                try:
+                    compiled = compile_one(fn, sig, consts, 8)
+                except Exception as exc:  # noqa: BLE001 - report every failure
+                    failed += 1
+                    print(f"FAIL {what}: {exc}")
+                    continue
+                if resources:
+                    print(f"  {what:52s} {ptxas_resources(compiled)}")
+    print("ok attention kernels" if not failed else f"{failed} attention kernel(s) failed")
+    return failed
+
+
 def diagonal_signature(fn, leaf, state, out):
     sig = {}
     for name in fn.arg_names:
@@ -175,6 +200,7 @@ def main(specs, resources: bool = False) -> int:
                 failed += 1
                 print(f"FAIL {fn.__name__} {label}: {exc}")
     print("ok dense block scan" if not failed else f"{failed} kernel(s) failed")
+    failed += attention_kernels(resources)
     if "--no-outer" not in sys.argv:
         failed += outer_kernels(resources)
     return 1 if failed else 0

@@ -3,7 +3,8 @@ decays, gates, feature maps, state ranks, shared parameters, readouts) compile t
 forward, final state, step and gradients match the float64 reference recurrence (forward) and the torch path
 (gradients). The compiler must be general, not tuned to the catalog: the kernels are generated per spec.
 
-Specs of a family without a Triton kernel (the chunked delta rule, quadratic attention) are skipped by assume(); the
+Specs of a family without a Triton kernel of its own are skipped by assume() (none is generated now: spec_gen draws no
+quadratic-attention specs, whose kernels tests/triton/test_triton_attention.py covers); the
 diagonal family runs the step-by-step and the chunked kernels (drawn), so both are covered on random maths.
 Float64 modules, so the kernels compute in fp64: TOL = 1e-8 of the output scale, as tests/e2e/test_properties.py
 (a wrong index, mask or derivative is an O(1) error; fp64 rounding over <= 17 steps is ~1e-15).
