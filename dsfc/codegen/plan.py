@@ -447,6 +447,10 @@ def _readout_lines(sym, st, pr: TorchPrinter, out_syms, out_sizes, tensors) -> l
         lines.append(f"_y = {pr.print(st.readout.ch, out_syms, out_sizes)}")
         if st.readout.du != 0:
             lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    if not all(s in st.readout.ch.free_symbols | sp.S(st.readout.du).free_symbols for s in out_syms):
+        # an output axis the readout does not depend on (C[o, c] = 1) prints as a size-1 axis: the module's
+        # reshape to [B, T, p] failed ("shape '[2, 5, 6]' is invalid for input of size 10")
+        lines.append(f"_y = _y.expand(_B, _T, {', '.join(out_sizes[s] for s in out_syms)})")
     lines.append("_final = _states[:, -1]")
     return lines
 

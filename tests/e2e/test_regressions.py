@@ -8,6 +8,7 @@
 5. A running let whose name Python cannot use (``None``) was carried under the renamed key in the state dict.
 6. The reference crashed at T = 0 (``reshape(B, 0, -1)``, ``prev`` reading step 0, post-ops skipped).
 7. Spec names equal to Python builtins (``super``, ``int``, ``dict``): the generated methods call them.
+8. A readout that does not depend on an output axis (``C[o, c] = 1``) printed y without that axis.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ let len[c: d] = sigmoid(dict[c] * u[c] + tuple[0, 1] + isinstance)
 A[c, c2] = delta(c, c2) * len[c]
 B[c, k] = delta(c, k)
 C[o, c] = delta(o, c)
+""",
+    # 8. An output axis the readout does not depend on (every output the sum of the state): y printed as
+    #    [B, T, 1] and the module's reshape to [B, T, 5] failed
+    "readout_free_of_the_output_axis": HEAD + """
+output y[5]
+A[c, c2] = delta(c, c2) * sigmoid(W[c] * u[c])
+B[c, k] = delta(c, k)
+C[o, c] = u[c]
+""",
+    "dense_readout_free_of_the_output_axis": HEAD + """
+output y[5]
+A[c, c2] = 0.2 * sigmoid(u[c] + W[c2])
+B[c, k] = delta(c, k)
+C[o, c] = 1
 """,
     "primed_names": """
 dim d = 3
