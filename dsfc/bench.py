@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .analysis.facts import Family
-from .check import load_module
+from .check import build_model, load_module
 from .pipeline import CompileResult
 from .codegen.plan import constructor_kwargs
 
@@ -132,7 +132,7 @@ def check_dims(result: CompileResult, dims: dict | None) -> None:
 def _setup(result: CompileResult, batch: int, T: int, dims: dict | None, name: str):
     module = load_module(result, name)
     torch.manual_seed(0)
-    model = getattr(module, result.plan.model)(**constructor_kwargs(dims or {}))
+    model = build_model(getattr(module, result.plan.model), result, dims or {}, "benchmark")
     u = torch.randn(batch, T, model._in_features())
     return module, model, u
 

@@ -140,8 +140,22 @@ def run_check(result: CompileResult, dims: dict[str, int] | None = None, seed: i
 MAX_CHECK_ELEMENTS = 1 << 27  # 1 GiB of float64 parameters: more is not a "small dims" check
 
 
-class CheckSizeError(ValueError):
-    """The spec's tensors are too large to check even at the smallest dims dsfc tries (exit code 2, no traceback)."""
+class CheckDimsError(ValueError):
+    """The spec compiles, but its module cannot be built at the dims a check or benchmark runs at (exit code 2, no
+    traceback): too large, or an initialiser that fails there (``log(d - 5)`` at d = 3)."""
+
+
+class CheckSizeError(CheckDimsError):
+    """The spec's tensors are too large to check even at the smallest dims dsfc tries."""
+
+
+def build_model(cls, result: CompileResult, dims: dict, what: str = "check"):
+    """``cls(**dims)``; a ValueError of the generated constructor (the spec's initialisers fail at these dims) is a
+    CheckDimsError naming the dims: it was reported as an internal error of dsfc."""
+    try:
+        return cls(**constructor_kwargs(dims))
+    except ValueError as exc:
+        raise CheckDimsError(f"cannot build the module at the {what} dims {dims}: {exc}") from None
 
 
 def param_elements(sym, all_dims: dict) -> int:
@@ -158,7 +172,16 @@ def param_elements(sym, all_dims: dict) -> int:
 
 def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckReport:
     sym = result.sym
-    dims = dims or small_dims(result)
+    cls = None if model_factory is not None else getattr(load_module(result), result.plan.model)
+    if dims is None:
+        dims = small_dims(result)
+        if cls is not None and param_elements(sym, sym.dim_values(dims)) <= MAX_CHECK_ELEMENTS:
+            try:
+                build_model(cls, result, dims)
+            except CheckDimsError:
+                # the initialisers fail at the shrunk dims (log(d - 5) at d = 3): the defaults, where the compiler
+                # checked them, are the smallest dims known to work
+                dims = {k: sym.dim_defaults[k] for k in sym.free_dims}
     n_params = param_elements(sym, sym.dim_values(dims))
     if n_params > MAX_CHECK_ELEMENTS:
         raise CheckSizeError(
@@ -173,9 +196,7 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
             "that is not a free dim cannot be shrunk for the check")
     torch.manual_seed(seed)
     if model_factory is None:
-        module = load_module(result)
-        cls = getattr(module, result.plan.model)
-        model = cls(**constructor_kwargs(dims)).double()
+        model = build_model(cls, result, dims).double()
     else:
         model = model_factory(dims)
     all_dims = sym.dim_values(dims)

@@ -49,6 +49,15 @@ def cmd_compile(args) -> int:
     if not ok:
         print(f"dsfc: no files written ({len(args.specs)} spec(s) given)", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    clash = _output_clash(results)
+    if clash:  # the later spec's module silently replaced the earlier one's
+        print(f"dsfc compile: error: {clash}; no files written", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    # the same spec twice (a glob and its name): written once
+    first = {}
+    for r in results:
+        first.setdefault(Path(r.spec.path).resolve(), r)
+    results = list(first.values())
     status = 0
     problem = _unwritable_dir(out_dir)  # before the first file: all or nothing
     if problem:
@@ -64,6 +73,19 @@ def cmd_compile(args) -> int:
             if not rep.ok:
                 status = EXIT_CHECK_FAILED
     return status
+
+
+def _output_clash(results) -> str | None:
+    """Two different specs whose generated files have the same name (``a/x.dsf`` and ``b/x.dsf``, ``my-spec.dsf``
+    and ``my_spec.dsf``), or None."""
+    by_name = {}
+    for r in results:
+        by_name.setdefault(r.module_name, {}).setdefault(Path(r.spec.path).resolve(), r.spec.path)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            return (f"{' and '.join(paths.values())} would both be written to {name}.py; rename one of them "
+                    "or compile them into different -o directories")
+    return None
 
 
 def _unwritable_dir(out_dir: Path) -> str | None:
@@ -362,10 +384,10 @@ def main(argv=None) -> int:
         return EXIT_SPEC_ERROR
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # check.CheckSizeError: a spec too large to check
-        from .check import CheckSizeError
+    except ValueError as exc:  # check.CheckDimsError: a spec too large to check, or failing at the check dims
+        from .check import CheckDimsError
 
-        if not isinstance(exc, CheckSizeError):
+        if not isinstance(exc, CheckDimsError):
             return _internal_error(args, exc)
         print(f"dsfc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR

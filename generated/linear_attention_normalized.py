@@ -124,7 +124,8 @@ class LinearAttentionNormalized(nn.Module):
         # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
         # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
         # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
-        if self.check_finite and not torch.compiler.is_compiling():
+        # (skipped too on meta tensors, which have no values: a meta module infers shapes)
+        if self.check_finite and not torch.compiler.is_compiling() and not u.is_meta:
             with torch.no_grad():
                 sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
             if not bool(torch.isfinite(sums).all()):
@@ -140,14 +141,20 @@ class LinearAttentionNormalized(nn.Module):
                             "checkpoint?)"
                         )
         if running0:
-            self._check_running(running0, u.shape[0])
+            self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
             if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
                 got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
                 raise TypeError(f"LinearAttentionNormalized: initial_state must be a floating-point tensor, got {got}")
+            if initial_state.device != u.device:  # was torch's device mismatch deep in the scan (or .item() on meta)
+                raise ValueError(
+                    f"LinearAttentionNormalized: initial_state is on {initial_state.device} but u is on {u.device}; "
+                    "move one of them (.to(device))"
+                )
             if (
                 self.check_finite
                 and not torch.compiler.is_compiling()
+                and not u.is_meta
                 and not bool(torch.isfinite(initial_state).all())
             ):
                 raise ValueError("LinearAttentionNormalized: initial_state contains NaN or inf")
@@ -166,7 +173,7 @@ class LinearAttentionNormalized(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return H * K * V
 
-    def _check_running(self, running0, batch):
+    def _check_running(self, running0, batch, device):
         """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _B = batch
@@ -190,7 +197,17 @@ class LinearAttentionNormalized(nn.Module):
                     f"LinearAttentionNormalized: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
                     f"{key!r}]), got {tuple(value.shape)}"
                 )
-            if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+            if value.device != device:  # was torch's device mismatch inside the lets (or .item() on meta)
+                raise ValueError(
+                    f"LinearAttentionNormalized: initial_state[{key!r}] is on {value.device} but u is on {device}; move one of "
+                    "them (.to(device))"
+                )
+            if (
+                self.check_finite
+                and not torch.compiler.is_compiling()
+                and not value.is_meta
+                and not bool(torch.isfinite(value).all())
+            ):
                 raise ValueError(f"LinearAttentionNormalized: initial_state[{key!r}] contains NaN or inf")
 
     def _lets(self, u_, _dtype, running0=None):
@@ -290,6 +307,8 @@ class LinearAttentionNormalized(nn.Module):
 
     def _resolve_backend(self, u):
         """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
+        if self.backend not in BACKENDS:  # set after construction: an unknown name silently ran the torch path
+            raise ValueError(f"LinearAttentionNormalized: backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend != "auto":
             if self.backend == "triton" and _core_triton_available is None:
                 raise RuntimeError("LinearAttentionNormalized: no Triton kernel was generated for this spec")
@@ -345,7 +364,8 @@ class LinearAttentionNormalized(nn.Module):
     @torch.no_grad()
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, d]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
-        if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2:
+        # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(
                 f"LinearAttentionNormalized.step: expected u_t of shape [batch, {self._in_features()}], got {shape}"

@@ -122,7 +122,8 @@ class SoftmaxAttention(nn.Module):
         # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
         # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
         # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
-        if self.check_finite and not torch.compiler.is_compiling():
+        # (skipped too on meta tensors, which have no values: a meta module infers shapes)
+        if self.check_finite and not torch.compiler.is_compiling() and not u.is_meta:
             with torch.no_grad():
                 sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
             if not bool(torch.isfinite(sums).all()):
@@ -138,9 +139,9 @@ class SoftmaxAttention(nn.Module):
                             "checkpoint?)"
                         )
         if state is not None:
-            self._check_cache(state, u.shape[0])
+            self._check_cache(state, u.shape[0], u.device)
 
-    def _check_cache(self, state, batch):
+    def _check_cache(self, state, batch, device):
         """A state dict as ``forward(..., output_final_state=True)`` returns it: the KV cache entries, each a finite
         float tensor ``[batch, S, ...]`` with one S, and the carried running quantities."""
         d, H, K, V = self.d, self.H, self.K, self.V
@@ -167,13 +168,23 @@ class SoftmaxAttention(nn.Module):
                     f"SoftmaxAttention: state[{key!r}] must be [{need}] (S cached steps, the same in every cache entry), "
                     f"got {tuple(value.shape)}"
                 )
-            if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+            if value.device != device:
+                raise ValueError(
+                    f"SoftmaxAttention: state[{key!r}] is on {value.device} but u is on {device}; move one of them "
+                    "(.to(device))"
+                )
+            if (
+                self.check_finite
+                and not torch.compiler.is_compiling()
+                and not value.is_meta
+                and not bool(torch.isfinite(value).all())
+            ):
                 raise ValueError(f"SoftmaxAttention: state[{key!r}] contains NaN or inf")
         running = {k: v for k, v in state.items() if k not in want}
         if running:
-            self._check_running(running, batch)
+            self._check_running(running, batch, device)
 
-    def _check_running(self, running0, batch):
+    def _check_running(self, running0, batch, device):
         """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _B = batch
@@ -192,7 +203,17 @@ class SoftmaxAttention(nn.Module):
                     f"SoftmaxAttention: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
                     f"{key!r}]), got {tuple(value.shape)}"
                 )
-            if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+            if value.device != device:  # was torch's device mismatch inside the lets (or .item() on meta)
+                raise ValueError(
+                    f"SoftmaxAttention: initial_state[{key!r}] is on {value.device} but u is on {device}; move one of "
+                    "them (.to(device))"
+                )
+            if (
+                self.check_finite
+                and not torch.compiler.is_compiling()
+                and not value.is_meta
+                and not bool(torch.isfinite(value).all())
+            ):
                 raise ValueError(f"SoftmaxAttention: initial_state[{key!r}] contains NaN or inf")
 
     def _in_features(self):
@@ -300,9 +321,12 @@ class SoftmaxAttention(nn.Module):
     @torch.no_grad()
     def step(self, u_t, state=None):
         """One step with the KV cache: ``u_t`` ``[batch, d]`` -> ``(y_t, new_cache)`` (one more key and value)."""
-        if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2:
+        # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
-            raise ValueError(f"SoftmaxAttention.step: expected u_t of shape [batch, features], got {shape}")
+            raise ValueError(
+                f"SoftmaxAttention.step: expected u_t of shape [batch, {self._in_features()}], got {shape}"
+            )
         y, new_state = self.forward(u_t[:, None], initial_state=state, output_final_state=True)
         return y[:, 0], new_state
 

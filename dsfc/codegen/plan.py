@@ -5,6 +5,7 @@ The template only places these strings; which algorithm runs is decided here fro
 
 from __future__ import annotations
 
+import builtins
 import keyword
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "register_load_state_dict_pre_hook", "register_module", "register_parameter",
              "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
              "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "type", "xpu", "zero_grad"}
+# Python's builtins: every spec name is a local of some generated method (dims in all of them), and the methods call
+# super, int, isinstance, tuple, dict, ... (a dim named super was "TypeError: 'int' object is not callable")
+_RESERVED |= {name for name in dir(builtins) if not name.startswith("_")}
 
 
 def py_name(name: str) -> str:
@@ -443,6 +447,10 @@ def _readout_lines(sym, st, pr: TorchPrinter, out_syms, out_sizes, tensors) -> l
         lines.append(f"_y = {pr.print(st.readout.ch, out_syms, out_sizes)}")
         if st.readout.du != 0:
             lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
+    if not all(s in st.readout.ch.free_symbols | sp.S(st.readout.du).free_symbols for s in out_syms):
+        # an output axis the readout does not depend on (C[o, c] = 1) prints as a size-1 axis: the module's
+        # reshape to [B, T, p] failed ("shape '[2, 5, 6]' is invalid for input of size 10")
+        lines.append(f"_y = _y.expand(_B, _T, {', '.join(out_sizes[s] for s in out_syms)})")
     lines.append("_final = _states[:, -1]")
     return lines
 

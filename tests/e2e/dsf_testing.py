@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from dsfc.check import load_module
+from dsfc.codegen.plan import constructor_kwargs
 from dsfc.pipeline import CompileResult, compile_text
 from dsfc.reference import dense_matrices, reference_forward
 
@@ -91,7 +92,7 @@ def build(result: CompileResult, dims: dict[str, int], seed: int = 0) -> Built:
     module = load_module(result, name=f"dsfc_e2e_{result.module_name}_{next(_counter)}")
     cls = getattr(module, result.plan.model)
     torch.manual_seed(seed)
-    model = cls(**dims, dtype=F64)
+    model = cls(**constructor_kwargs(dims), dtype=F64)  # dims named like builtins get a trailing _
     return Built(result, model, dict(dims), result.sym.dim_values(dims))
 
 

@@ -141,3 +141,52 @@ def test_quadratic_constructor_and_driven_input(softmax):
         next(broken.parameters()).fill_(float("nan"))
     with pytest.raises(ValueError, match="parameter .* contains NaN or inf"):
         broken(torch.randn(1, 3, 8))
+
+
+def test_meta_module_infers_shapes(s6, mamba, softmax):
+    """A module built on the meta device (shape inference without memory) ran its NaN check on meta u: torch's
+    "Tensor.item() cannot be called on meta tensors". Meta tensors have no values, so the check is skipped."""
+    dims = {s6: dict(d=4, n=2, r=2), mamba: dict(d=4, e=1, n=2, r=1, W=2), softmax: dict(d=8, H=2, K=4, V=4)}
+    for model in (s6, mamba, softmax):
+        meta = type(model)(**dims[model], device="meta")
+        u = torch.randn(2, 5, model._in_features(), device="meta")
+        y, state = meta(u, output_final_state=True)
+        assert y.is_meta and y.shape == model(torch.randn(2, 5, model._in_features(), dtype=y.dtype)).shape
+        y_t, _ = meta.step(u[:, 0], state)
+        assert y_t.shape == (2, y.shape[-1]) and y_t.is_meta
+
+
+def test_state_on_another_device_is_named(s6, mamba, softmax):
+    # meta stands in for a GPU: a state on another device than u was torch's "Tensor.item() ... meta tensors" (or,
+    # with a real GPU, a device mismatch deep in the scan)
+    u = torch.randn(2, 5, 4)
+    _, state = s6(u, output_final_state=True)
+    with pytest.raises(ValueError, match="S6: initial_state is on meta but u is on cpu"):
+        s6(u, initial_state=state.to("meta"))
+    with pytest.raises(ValueError, match="S6: initial_state is on meta but u is on cpu"):
+        s6.step(u[:, 0], state.to("meta"))
+    _, state = mamba(u, output_final_state=True)
+    with pytest.raises(ValueError, match=r"MambaBlock: initial_state\['xs'\] is on meta but u is on cpu"):
+        mamba(u, initial_state={"h": state["h"], "xs": state["xs"].to("meta")})
+    with pytest.raises(ValueError, match="MambaBlock: initial_state is on meta but u is on cpu"):
+        mamba(u, initial_state={"h": state["h"].to("meta"), "xs": state["xs"]})
+    x = torch.randn(2, 5, 8)
+    _, cache = softmax(x, output_final_state=True)
+    with pytest.raises(ValueError, match=r"SoftmaxAttention: state\['cache:values'\] is on meta but u is on cpu"):
+        softmax(x, initial_state={**cache, "cache:values": cache["cache:values"].to("meta")})
+
+
+def test_step_names_u_t_not_a_time_axis(s6, softmax):
+    # a wrong width in step was forward's "expected u of shape [batch, time, 4], got (2, 1, 3)", a shape never passed
+    with pytest.raises(ValueError, match=r"S6.step: expected u_t of shape \[batch, 4\], got \(2, 3\)"):
+        s6.step(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"SoftmaxAttention.step: expected u_t of shape \[batch, 8\], got \(2, 3\)"):
+        softmax.step(torch.randn(2, 3))
+
+
+def test_backend_set_after_construction_is_checked(s6):
+    # the constructor refused backend="cuda", but model.backend = "cuda" silently ran the torch path
+    layer = type(s6)(d=4, n=2, r=2)
+    layer.backend = "cuda"
+    with pytest.raises(ValueError, match=r"S6: backend must be one of \('auto', 'torch', 'triton', 'reference'\), got 'cuda'"):
+        layer(torch.randn(1, 3, 4))

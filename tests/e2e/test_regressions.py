@@ -7,6 +7,8 @@
 4. Primed names (``w'``, legal in specs) printed verbatim: invalid Python.
 5. A running let whose name Python cannot use (``None``) was carried under the renamed key in the state dict.
 6. The reference crashed at T = 0 (``reshape(B, 0, -1)``, ``prev`` reading step 0, post-ops skipped).
+7. Spec names equal to Python builtins (``super``, ``int``, ``dict``): the generated methods call them.
+8. A readout that does not depend on an output axis (``C[o, c] = 1``) printed y without that axis.
 """
 
 from __future__ import annotations
@@ -73,6 +75,36 @@ A[c, c2] = delta(c, c2) * m[c]
 B[c, k] = delta(c, k) * out[c]
 C[o, c] = delta(o, c) * h0[c]
 D[o, k] = delta(o, k) * m[k]
+""",
+    # 7. Spec names equal to Python builtins the generated methods call: a dim named super / int / isinstance was
+    #    "TypeError: 'int' object is not callable" in the constructor, one named dict an UnboundLocalError
+    "builtin_names": """
+dim d = 3
+dim super = 2
+dim int = 2
+dim isinstance = 1
+input u[d]
+state h[c: d]
+param tuple[super, int] ~ normal(0, 1)
+param dict[d] ~ normal(0, 1)
+let len[c: d] = sigmoid(dict[c] * u[c] + tuple[0, 1] + isinstance)
+A[c, c2] = delta(c, c2) * len[c]
+B[c, k] = delta(c, k)
+C[o, c] = delta(o, c)
+""",
+    # 8. An output axis the readout does not depend on (every output the sum of the state): y printed as
+    #    [B, T, 1] and the module's reshape to [B, T, 5] failed
+    "readout_free_of_the_output_axis": HEAD + """
+output y[5]
+A[c, c2] = delta(c, c2) * sigmoid(W[c] * u[c])
+B[c, k] = delta(c, k)
+C[o, c] = u[c]
+""",
+    "dense_readout_free_of_the_output_axis": HEAD + """
+output y[5]
+A[c, c2] = 0.2 * sigmoid(u[c] + W[c2])
+B[c, k] = delta(c, k)
+C[o, c] = 1
 """,
     "primed_names": """
 dim d = 3

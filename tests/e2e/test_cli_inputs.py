@@ -1,0 +1,76 @@
+"""Bad input to the command line found by the input hunt: each is a clear error (exit 2, nothing written) or the
+right result, where it was a silent overwrite or an 'internal error' blaming dsfc for the spec's own problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dsfc.check import run_check
+from dsfc.cli import main
+from dsfc.pipeline import compile_text
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs"
+
+# fine at its default d = 8 (the compiler checks the initialisers there), log(0) at d = 5, log(-2) at d = 3
+LOG_D = """model LogD
+dim d = 8
+input u[d]
+state h[c: d]
+param w[c: d] = log(d - 5)
+A[i, k] = delta(i, k) * 0.5
+B[i, k] = delta(i, k) * w[i]
+C[i, k] = delta(i, k)
+"""
+
+
+def test_same_module_name_from_two_specs_is_refused(tmp_path, capsys):
+    # a/x.dsf and b/x.dsf (or my-spec.dsf and my_spec.dsf) both went to x.py: the second silently replaced the first
+    # while both were reported as compiled
+    for a, b in (("a/x.dsf", "b/x.dsf"), ("my-spec.dsf", "my_spec.dsf")):
+        for name, spec in ((a, "s6"), (b, "hgrn")):
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            (tmp_path / name).write_text((SPECS / f"{spec}.dsf").read_text())
+        out = tmp_path / "out"
+        assert main(["compile", str(tmp_path / a), str(tmp_path / b), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / a} and {tmp_path / b} would both be written to" in err and "no files written" in err
+        assert not out.exists()
+
+
+def test_the_same_spec_twice_is_written_once(tmp_path, capsys):
+    spec = tmp_path / "s6.dsf"
+    spec.write_text((SPECS / "s6.dsf").read_text())
+    out = tmp_path / "out"
+    assert main(["compile", str(spec), str(tmp_path / "." / "s6.dsf"), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.count("compiled ") == 1
+    assert [p.name for p in out.iterdir()] == ["s6.py"]
+
+
+def test_check_falls_back_to_the_default_dims_when_the_initialisers_fail_small(tmp_path, capsys):
+    # `dsfc check` (and compile --check) shrank d to 3, where log(d - 5) is NaN: exit 3, "internal error ... a bug in
+    # dsfc, not in your spec"; the default dims, where the compiler checked the initialisers, are used instead
+    report = run_check(compile_text(LOG_D, "log_d.dsf"), triton=False)
+    assert report.ok and report.dims == {"d": 8}, report.table()
+    spec = tmp_path / "log_d.dsf"
+    spec.write_text(LOG_D)
+    assert main(["check", str(spec), "--no-triton"]) == 0
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "--check"]) == 0
+
+
+def test_bench_at_dims_where_the_initialisers_fail_is_a_spec_error(tmp_path, capsys):
+    spec = tmp_path / "log_d.dsf"
+    spec.write_text(LOG_D)
+    assert main(["bench", str(spec), "-T", "4", "--repeats", "1", "--dims", "d=5"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot build the module at the benchmark dims {'d': 5}: LogD: parameter 'w' has inf / NaN" in err
+    assert "internal error" not in err
+
+
+def test_python_dash_m_dsfc_runs_the_cli(tmp_path):
+    # `python -m dsfc` was "No module named dsfc.__main__" (only the installed `dsfc` script worked)
+    proc = subprocess.run([sys.executable, "-m", "dsfc", "--version"], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("dsfc "), proc.stderr
