@@ -377,6 +377,10 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_catalog)
 
     args = parser.parse_args(argv)
+    problem = _option_problem(args)
+    if problem:  # before any spec is compiled or file written
+        print(f"dsfc {args.command}: error: {problem}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     try:
         return args.func(args)
     except SpecErrors as exc:
@@ -404,6 +408,27 @@ def main(argv=None) -> int:
         return EXIT_SPEC_ERROR
     except Exception as exc:  # noqa: BLE001 - anything else is dsfc's bug: say so in one line, not a traceback
         return _internal_error(args, exc)
+
+
+# torch.manual_seed takes -2**63 .. 2**64 - 1, and the check seeds generators with seed + 1 and seed + 2
+_SEED_RANGE = (-(2**63), 2**63 - 1)
+_DEFAULT_OUTPUT = {"compile": "generated/", "catalog": "docs/catalog.md", "plot": "<spec stem>.png"}
+
+
+def _option_problem(args) -> str | None:
+    """Why an option argparse accepted cannot be used, or None: an empty -o (``Path("")`` is the current directory,
+    so compile wrote its modules there), a non-positive --width, a --seed torch cannot take (an overflow traceback
+    after the spec compiled)."""
+    if getattr(args, "output", None) == "":  # typically an unset shell variable: -o "$OUT"
+        return (f"-o/--output is an empty path; give one, or leave -o out for the default "
+                f"({_DEFAULT_OUTPUT[args.command]})")
+    width = getattr(args, "width", None)
+    if width is not None and width < 1:
+        return f"--width must be at least 1, got {width}"
+    seed = getattr(args, "seed", None)
+    if seed is not None and not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
+        return f"--seed must be a 64-bit signed integer (-2**63 .. 2**63 - 1), got {seed}"
+    return None
 
 
 def _internal_error(args, exc: BaseException) -> int:

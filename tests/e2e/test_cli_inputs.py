@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dsfc.check import run_check
 from dsfc.cli import main
 from dsfc.pipeline import compile_text
@@ -74,3 +76,26 @@ def test_python_dash_m_dsfc_runs_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dsfc", "--version"], capture_output=True, text=True, cwd=ROOT,
                           check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("dsfc "), proc.stderr
+
+
+def test_an_empty_output_path_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    # -o "" (an unset shell variable in -o "$OUT") is Path(""), the current directory: compile wrote its modules there
+    # silently, catalog failed on its temporary file, plot fell back to <stem>.png
+    monkeypatch.chdir(tmp_path)
+    spec = str(SPECS / "s6.dsf")
+    for args in (["compile", spec, "-o", ""], ["catalog", spec, "-o", ""], ["plot", spec, "-o", ""]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"dsfc {args[0]}: error: -o/--output is an empty path" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numeric_options_out_of_range_are_refused(capsys):
+    a, b = str(SPECS / "s6.dsf"), str(SPECS / "hgrn.dsf")
+    for width in ("0", "-5"):  # printed a table anyway, as if the width were 48
+        assert main(["compare", a, b, "--width", width]) == 2
+        assert f"dsfc compare: error: --width must be at least 1, got {width}" in capsys.readouterr().err
+    for cmd in (["check", a, "--no-triton"], ["plot", a]):  # torch's overflow: exit 3, "a bug in dsfc"
+        assert main(cmd + ["--seed", str(2**64)]) == 2
+        err = capsys.readouterr().err
+        assert "--seed must be a 64-bit signed integer" in err and "internal error" not in err
