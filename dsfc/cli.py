@@ -173,6 +173,17 @@ def cmd_check(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.gpu:
+        # the GPU benchmark times fixed groups (the catalog's S6, SSD, GLA, linear attention at set dims and
+        # lengths) against anchors, not these specs: options of the CPU benchmark were silently ignored
+        ignored = [name for name, given in (("spec arguments", args.specs), ("--dims", args.dims), ("-T", args.T),
+                                            ("--batch", args.batch), ("--repeats", args.repeats),
+                                            ("--compile", args.compile), ("--memory", args.memory)) if given]
+        if ignored:
+            print(f"dsfc bench: error: --gpu does not take {', '.join(ignored)}: it times fixed groups (generated S6, "
+                  "SSD, GLA and linear attention at set dims and lengths) against mamba-ssm / fla, not given specs; "
+                  "for its own -T, --batch, --groups, --dtype options run python benchmarks/gpu_bench.py --help",
+                  file=sys.stderr)
+            return EXIT_SPEC_ERROR
         from .gpu_bench import main as gpu_main
 
         return gpu_main(["--quick"] if args.quick else [])
@@ -182,6 +193,10 @@ def cmd_bench(args) -> int:
     if not args.specs:
         print("dsfc bench: give one or more specs (or --gpu)", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    # None = not given (so that --gpu can refuse them); the CPU benchmark's defaults
+    args.T = 4096 if args.T is None else args.T
+    args.batch = 1 if args.batch is None else args.batch
+    args.repeats = 3 if args.repeats is None else args.repeats
     from .bench import run_bench
 
     try:
@@ -343,13 +358,14 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="generated CPU forward vs a per-step loop (selective_scan_ref style); --gpu: "
                        "the generated kernels vs mamba-ssm / fla on the GPU")
     p.add_argument("specs", nargs="*")
-    p.add_argument("--gpu", action="store_true", help="the GPU benchmark (dsfc/gpu_bench.py; specs ignored; more "
-                   "options: python benchmarks/gpu_bench.py --help)")
+    p.add_argument("--gpu", action="store_true", help="the GPU benchmark of fixed groups (dsfc/gpu_bench.py; takes "
+                   "no specs and none of the options below but --quick; its own options: python "
+                   "benchmarks/gpu_bench.py --help)")
     p.add_argument("--quick", action="store_true", help="with --gpu: small sizes, T=1024 only")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("-T", type=int, default=4096)
+    p.add_argument("--batch", type=int, help="batch size (default 1)")
+    p.add_argument("-T", type=int, help="sequence length (default 4096)")
     p.add_argument("--dims", nargs="*", action="extend", help="dim overrides, e.g. d=256 n=16")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, help="timed runs per side, the median is reported (default 3)")
     p.add_argument("--compile", action="store_true", help="allow the torch.compile'd scan path")
     p.add_argument("--memory", action="store_true",
                    help="also measure each side's peak resident memory (one fresh process each; Linux)")

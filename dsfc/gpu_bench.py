@@ -694,6 +694,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--repeats must be >= 1")
     if args.T and any(t < 1 for t in args.T):
         p.error("-T values must be >= 1")
+    if args.batch is not None and args.batch < 1:  # --batch 0 fell back to the default 8 (plan_sizes tests truth)
+        p.error(f"--batch must be >= 1, got {args.batch}")
     return args
 
 

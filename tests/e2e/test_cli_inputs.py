@@ -99,3 +99,22 @@ def test_numeric_options_out_of_range_are_refused(capsys):
         assert main(cmd + ["--seed", str(2**64)]) == 2
         err = capsys.readouterr().err
         assert "--seed must be a 64-bit signed integer" in err and "internal error" not in err
+
+
+def test_gpu_bench_refuses_the_cpu_bench_options(capsys):
+    # --gpu times fixed groups: specs, --dims, -T, ... were silently ignored
+    spec = str(SPECS / "s6.dsf")
+    for extra, named in (([spec], "spec arguments"), (["--dims", "d=8"], "--dims"), (["-T", "64"], "-T"),
+                         (["--batch", "2", "--memory"], "--batch, --memory")):
+        assert main(["bench", "--gpu", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--gpu does not take {named}: it times fixed groups" in err, err
+        assert "benchmarks/gpu_bench.py --help" in err
+
+
+def test_gpu_bench_rejects_a_zero_batch(capsys):
+    from dsfc.gpu_bench import parse_args
+
+    with pytest.raises(SystemExit) as exc:  # --batch 0 fell back to the default batch 8
+        parse_args(["--batch", "0"])
+    assert exc.value.code == 2 and "--batch must be >= 1, got 0" in capsys.readouterr().err
