@@ -49,7 +49,7 @@ def cmd_compile(args) -> int:
     if not ok:
         print(f"dsfc: no files written ({len(args.specs)} spec(s) given)", file=sys.stderr)
         return EXIT_SPEC_ERROR
-    clash = _output_clash(results)
+    clash = _reserved_module_name(results, out_dir) or _output_clash(results)
     if clash:  # the later spec's module silently replaced the earlier one's
         print(f"dsfc compile: error: {clash}; no files written", file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -85,6 +85,17 @@ def _output_clash(results) -> str | None:
         if len(paths) > 1:
             return (f"{' and '.join(paths.values())} would both be written to {name}.py; rename one of them "
                     "or compile them into different -o directories")
+    return None
+
+
+def _reserved_module_name(results, out_dir: Path) -> str | None:
+    """A spec whose module name is a dunder name (``__init__.dsf``, ``__main__.dsf``), or None: its module would
+    replace the package's own ``__init__.py`` / ``__main__.py`` in the output directory (generated/ is a package)."""
+    for r in results:
+        name = r.module_name
+        if len(name) > 4 and name.startswith("__") and name.endswith("__"):
+            return (f"{r.spec.path} would be written to {out_dir / (name + '.py')}, a name Python reserves for "
+                    "package files (__init__.py, __main__.py); rename the spec")
     return None
 
 

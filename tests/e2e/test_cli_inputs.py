@@ -118,3 +118,18 @@ def test_gpu_bench_rejects_a_zero_batch(capsys):
     with pytest.raises(SystemExit) as exc:  # --batch 0 fell back to the default batch 8
         parse_args(["--batch", "0"])
     assert exc.value.code == 2 and "--batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_spec_named_like_a_package_file_is_refused(tmp_path, capsys):
+    # __init__.dsf was written to generated/__init__.py, replacing the package's own file
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "__init__.py").write_text("# the package\n")
+    for stem in ("__init__", "__main__"):
+        spec = tmp_path / f"{stem}.dsf"
+        spec.write_text((SPECS / "s6.dsf").read_text())
+        assert main(["compile", str(spec), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{spec} would be written to {out / (stem + '.py')}, a name Python reserves" in err
+        assert "no files written" in err
+    assert [p.name for p in out.iterdir()] == ["__init__.py"] and (out / "__init__.py").read_text() == "# the package\n"
