@@ -320,6 +320,10 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
     Differentiable with ordinary autograd (no in-place ops).  Cost: about ``3 * chunk + 3 * T / chunk`` vectorised
     elementwise ops; no Python loop over individual time steps for ``T > chunk``.  Large problems outside autograd
     may use a ``torch.compile``'d loop, see :data:`COMPILE`.
+
+    Precondition, not checked: ``a``, ``b`` and ``h0`` are finite.  A NaN / inf makes the states NaN from its step
+    on (earlier steps are unaffected).  The check would read a reduction back to the host, a device sync on every
+    call of the generated modules, which already check their input ``u`` (``model.check_finite``).
     """
     check_tensors("diagonal_scan", a=a, b=b, h0=h0)
     if a.dim() < 2 or b.dim() < 2:
@@ -591,6 +595,11 @@ def chunked_outer_scan(
     ``log_decay <= 0``.  A per-key decay is kept inside the score contraction by splitting the chunk recursively at
     block boundaries (:func:`_intra_diag_decay`), again with every factor in [0, 1].  Accumulates in fp32 at least;
     differentiable with ordinary autograd.
+
+    Precondition, not checked: ``log_decay`` has no NaN or ``+inf`` (``-inf`` is fine, see above).  A NaN makes
+    ``y`` NaN from its step on.  The check would read a reduction back to the host, a device sync on every call of
+    the generated modules, which compute ``log_decay`` from their parameters and already check their input ``u``
+    (``model.check_finite``).
     """
     check_outer_inputs("chunked_outer_scan", q, k, v, log_decay, h0, readout)
     chunk = check_int_option("chunk", chunk)
@@ -658,6 +667,10 @@ def chunked_delta_scan(
 
     The solve is split into chunk-local parts (T V and T diag(Gamma) F, all chunks at once) and a K x K state
     recurrence over chunks; only that recurrence is sequential (T / chunk steps).
+
+    Precondition, not checked: ``log_decay`` has no NaN or ``+inf``.  A NaN makes ``y`` NaN from the start of its
+    chunk on (the chunk's solve mixes its steps).  The check would be a device sync on every call of the generated
+    modules, which already check their input ``u`` (``model.check_finite``).
     """
     check_tensors("chunked_delta_scan", q=q, k=k, v=v, f=f, log_decay=log_decay, h0=h0)
     if q.dim() != 4 or k.shape != q.shape or f.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
