@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsfc.runtime import axis, diagonal_scan, kernel_matrix
+from dsfc.runtime.checks import CACHE_COLS, CACHE_KEYS, CACHE_VALUES, check_kv_cache, check_running_state
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
@@ -41,7 +42,7 @@ BACKENDS = ("auto", "torch", "triton")
 # (attention, log-sum) of each backend: the same maths, in torch (blocks of queries) or in Triton kernels
 _KERNELS = {"torch": (kernel_attention, kernel_log_sum), "triton": (kernel_attention_triton, kernel_log_sum_triton)}
 _core_triton_available = _KERNELS["triton"] if kernel_attention_triton is not None else None
-_KEYS, _VALUES, _COLS = "cache:keys", "cache:values", "cache:col"  # KV-cache entries of the state dict
+_KEYS, _VALUES, _COLS = CACHE_KEYS, CACHE_VALUES, CACHE_COLS  # KV-cache entries of the state dict
 
 
 class SoftmaxAttention(nn.Module):
@@ -145,42 +146,8 @@ class SoftmaxAttention(nn.Module):
         """A state dict as ``forward(..., output_final_state=True)`` returns it: the KV cache entries, each a finite
         float tensor ``[batch, S, ...]`` with one S, and the carried running quantities."""
         d, H, K, V = self.d, self.H, self.K, self.V
-        if not isinstance(state, dict) or _KEYS not in state or _VALUES not in state:
-            raise ValueError(
-                "SoftmaxAttention: the state is a KV cache dict with 'cache:keys' and 'cache:values' (as returned "
-                "with output_final_state=True), not a fixed-size tensor: the state of this model is infinite"
-            )
         want = {_KEYS: (H, K), _VALUES: (H, V)}
-        for key, tail in want.items():
-            value = state.get(key)
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-                raise TypeError(f"SoftmaxAttention: state[{key!r}] must be a floating-point tensor, got {got}")
-            S = state[_KEYS].shape[1] if state[_KEYS].dim() > 1 else None
-            if (
-                value.dim() != 2 + len(tail)
-                or value.shape[0] != batch
-                or tuple(value.shape[2:]) != tail
-                or value.shape[1] != S
-            ):
-                need = ", ".join(map(str, (batch, "S") + tail))
-                raise ValueError(
-                    f"SoftmaxAttention: state[{key!r}] must be [{need}] (S cached steps, the same in every cache entry), "
-                    f"got {tuple(value.shape)}"
-                )
-            if value.device != device:
-                raise ValueError(
-                    f"SoftmaxAttention: state[{key!r}] is on {value.device} but u is on {device}; move one of them "
-                    "(.to(device))"
-                )
-            if (
-                self.check_finite
-                and not torch.compiler.is_compiling()
-                and not value.is_meta
-                and not bool(torch.isfinite(value).all())
-            ):
-                raise ValueError(f"SoftmaxAttention: state[{key!r}] contains NaN or inf")
-        running = {k: v for k, v in state.items() if k not in want}
+        running = check_kv_cache("SoftmaxAttention", state, want, batch, device, self.check_finite)
         if running:
             self._check_running(running, batch, device)
 
@@ -191,30 +158,7 @@ class SoftmaxAttention(nn.Module):
         want = {
             "eta_prev": (_B, H),
         }
-        unknown = sorted(str(k) for k in running0 if k not in want)
-        if unknown:
-            raise ValueError(f"SoftmaxAttention: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
-        for key, value in running0.items():
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-                raise TypeError(f"SoftmaxAttention: initial_state[{key!r}] must be a floating-point tensor, got {got}")
-            if tuple(value.shape) != want[key]:
-                raise ValueError(
-                    f"SoftmaxAttention: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
-                    f"{key!r}]), got {tuple(value.shape)}"
-                )
-            if value.device != device:  # was torch's device mismatch inside the lets (or .item() on meta)
-                raise ValueError(
-                    f"SoftmaxAttention: initial_state[{key!r}] is on {value.device} but u is on {device}; move one of "
-                    "them (.to(device))"
-                )
-            if (
-                self.check_finite
-                and not torch.compiler.is_compiling()
-                and not value.is_meta
-                and not bool(torch.isfinite(value).all())
-            ):
-                raise ValueError(f"SoftmaxAttention: initial_state[{key!r}] contains NaN or inf")
+        check_running_state("SoftmaxAttention", running0, want, device, self.check_finite)
 
     def _in_features(self):
         d, H, K, V = self.d, self.H, self.K, self.V

@@ -41,6 +41,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
+from dsfc.runtime.checks import check_running_state
 from dsfc.runtime.features import taylor_dim, taylor_features
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -183,30 +184,7 @@ class TaylorAttention(nn.Module):
             "z": (_B, H, taylor_dim(K, p)),
             "eta_prev": (_B, H),
         }
-        unknown = sorted(str(k) for k in running0 if k not in want)
-        if unknown:
-            raise ValueError(f"TaylorAttention: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
-        for key, value in running0.items():
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-                raise TypeError(f"TaylorAttention: initial_state[{key!r}] must be a floating-point tensor, got {got}")
-            if tuple(value.shape) != want[key]:
-                raise ValueError(
-                    f"TaylorAttention: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
-                    f"{key!r}]), got {tuple(value.shape)}"
-                )
-            if value.device != device:  # was torch's device mismatch inside the lets (or .item() on meta)
-                raise ValueError(
-                    f"TaylorAttention: initial_state[{key!r}] is on {value.device} but u is on {device}; move one of "
-                    "them (.to(device))"
-                )
-            if (
-                self.check_finite
-                and not torch.compiler.is_compiling()
-                and not value.is_meta
-                and not bool(torch.isfinite(value).all())
-            ):
-                raise ValueError(f"TaylorAttention: initial_state[{key!r}] contains NaN or inf")
+        check_running_state("TaylorAttention", running0, want, device, self.check_finite)
 
     def _lets(self, u_, _dtype, running0=None):
         """Per-step quantities of the spec (selection signal), over the whole sequence."""

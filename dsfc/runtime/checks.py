@@ -1,0 +1,103 @@
+"""Checks of the state a caller hands to a generated module (``initial_state`` of ``forward``, the state of ``step``).
+
+The generated modules pass their spec-specific pieces (model name, expected shapes, known keys) and keep only the
+calls, so the checking logic and its messages live here once instead of in every generated file.
+"""
+
+from typing import Dict, Mapping, Tuple
+
+import torch
+
+# KV-cache entries of the quadratic family's state dict (the infinite state is carried as the cache)
+CACHE_KEYS, CACHE_VALUES, CACHE_COLS = "cache:keys", "cache:values", "cache:col"
+
+
+def _is_finite(value: torch.Tensor, check_finite: bool) -> bool:
+    """False only for a tensor with a NaN / inf. Skipped (True) when ``check_finite`` is off (the read-back is a
+    device sync), while torch.compile traces (a data-dependent branch) and on meta tensors (no data)."""
+    if not check_finite or torch.compiler.is_compiling() or value.is_meta:
+        return True
+    return bool(torch.isfinite(value).all())
+
+
+def _check_float_tensor(model: str, label: str, value) -> None:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{model}: {label} must be a floating-point tensor, got {got}")
+
+
+def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch: int, device: torch.device,
+                   check_finite: bool) -> Dict:
+    """Check a quadratic-family state dict as ``forward(..., output_final_state=True)`` returns it.
+
+    Args:
+        model: the model's name, which starts every message.
+        state: the caller's state; must be a dict with ``CACHE_KEYS`` and ``CACHE_VALUES``.
+        want: cache entry -> its shape after ``[batch, S]``, in checking order (``CACHE_KEYS`` first: its S is the
+            one every entry must have).
+        batch, device: those of the input ``u``.
+        check_finite: the module's ``check_finite`` flag (NaN / inf check, a device sync on a GPU).
+
+    Returns:
+        The entries of ``state`` that are not cache entries (the carried running quantities), for the module to check.
+
+    Raises:
+        ValueError / TypeError naming the entry and what is wrong with it.
+    """
+    if not isinstance(state, dict) or CACHE_KEYS not in state or CACHE_VALUES not in state:
+        raise ValueError(
+            f"{model}: the state is a KV cache dict with 'cache:keys' and 'cache:values' (as returned "
+            "with output_final_state=True), not a fixed-size tensor: the state of this model is infinite"
+        )
+    for key, tail in want.items():
+        value = state.get(key)
+        _check_float_tensor(model, f"state[{key!r}]", value)
+        # checked first (want's order), so its shape is known to be a tensor's here
+        S = state[CACHE_KEYS].shape[1] if state[CACHE_KEYS].dim() > 1 else None
+        if value.dim() != 2 + len(tail) or value.shape[0] != batch or tuple(value.shape[2:]) != tail \
+                or value.shape[1] != S:
+            need = ", ".join(map(str, (batch, "S") + tuple(tail)))
+            raise ValueError(
+                f"{model}: state[{key!r}] must be [{need}] (S cached steps, the same in every cache entry), "
+                f"got {tuple(value.shape)}"
+            )
+        if value.device != device:
+            raise ValueError(
+                f"{model}: state[{key!r}] is on {value.device} but u is on {device}; move one of them (.to(device))"
+            )
+        if not _is_finite(value, check_finite):
+            raise ValueError(f"{model}: state[{key!r}] contains NaN or inf")
+    return {k: v for k, v in state.items() if k not in want}
+
+
+def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[int, ...]], device: torch.device,
+                        check_finite: bool) -> None:
+    """Check the carried running quantities of a state dict (cumsum / scan / window lets carried with the state).
+
+    Args:
+        model: the model's name, which starts every message.
+        running0: the caller's running quantities, let name -> tensor.
+        want: let name -> its full shape ``(batch, *axes of the let)``.
+        device: that of the input ``u``.
+        check_finite: the module's ``check_finite`` flag.
+
+    Raises:
+        ValueError / TypeError naming the key: unknown keys, a non-float value, a wrong shape, another device, NaN.
+    """
+    unknown = sorted(str(k) for k in running0 if k not in want)
+    if unknown:
+        raise ValueError(f"{model}: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
+    for key, value in running0.items():
+        _check_float_tensor(model, f"initial_state[{key!r}]", value)
+        if tuple(value.shape) != want[key]:
+            raise ValueError(
+                f"{model}: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
+                f"{key!r}]), got {tuple(value.shape)}"
+            )
+        if value.device != device:  # was torch's device mismatch inside the lets (or .item() on meta)
+            raise ValueError(
+                f"{model}: initial_state[{key!r}] is on {value.device} but u is on {device}; move one of "
+                "them (.to(device))"
+            )
+        if not _is_finite(value, check_finite):
+            raise ValueError(f"{model}: initial_state[{key!r}] contains NaN or inf")
