@@ -433,6 +433,24 @@ def test_split_schedule_in_generated_module(monkeypatch, key):
             assert rel(g_s[name], want) <= TOL32, name
 
 
+@pytest.mark.parametrize("key", ["gla", "rwkv6"])
+def test_per_key_sub_chunks_in_generated_module(monkeypatch, key):
+    """The per-key specs' modules with the GPU's 64-step chunks (4 sub-chunks of 16: the tensor-core score blocks
+    between sub-chunks, which the interpreter's default 16-step chunks never reach), both schedules: forward, final
+    state and every gradient against the torch path; RWKV-6 with its pre-update readout."""
+    monkeypatch.setattr(triton_outer, "CHUNK", 64)
+    b = built(key)
+    u, state = b.inputs(2, 70, True)  # a full chunk and a partial one, from a carried state
+    y_t, h_t, g_t = forward_and_grads(b.model, "torch", u, state)
+    for schedule in ("fused", "split"):
+        monkeypatch.setattr(triton_outer, "SCHEDULE", schedule)
+        y_s, h_s, g_s = forward_and_grads(b.model, "triton", u, state)
+        assert rel(y_s, y_t) <= TOL32 and rel(h_s, h_t) <= TOL32, schedule
+        for name, want in g_t.items():
+            if want is not None:
+                assert rel(g_s[name], want) <= TOL32, (schedule, name)
+
+
 def test_runtime_float64_and_no_initial_state():
     B, T, H, K, V = 1, 20, 1, 16, 16
     gen = torch.Generator().manual_seed(4)
