@@ -47,7 +47,7 @@ PEAKS = {
     "A100": {"hbm_GBps": 2039.0, "bf16_TFLOPs": 312.0},
 }
 
-GROUPS = ("s6", "s6_step", "ssd", "gla", "linear_attention")
+GROUPS = ("s6", "s6_step", "ssd", "gla", "linear_attention", "softmax_attention")
 
 # sizes: batch 8; T in {1024, 4096, 16384}; widths 1024-2048; S6 n=16; heads 8-16 of 64-128
 FULL = {
@@ -58,6 +58,7 @@ FULL = {
     "ssd": {"H": 16, "P": 64, "n": 64, "G": 1},
     "gla": {"d": 2048, "H": 16, "K": 128, "V": 128, "R": 16},
     "linear_attention": {"d": 1024, "H": 16, "K": 64, "V": 64},
+    "softmax_attention": {"H": 16, "K": 64, "V": 64},
 }
 QUICK = {
     "batch": 8,
@@ -67,6 +68,7 @@ QUICK = {
     "ssd": {"H": 8, "P": 64, "n": 64, "G": 1},
     "gla": {"d": 1024, "H": 8, "K": 64, "V": 64, "R": 16},
     "linear_attention": {"d": 512, "H": 8, "K": 64, "V": 64},
+    "softmax_attention": {"H": 8, "K": 64, "V": 64},
 }
 SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
     "batch": 1,
@@ -76,6 +78,7 @@ SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
     "ssd": {"H": 2, "P": 2, "n": 2, "G": 1},
     "gla": {"d": 4, "H": 2, "K": 2, "V": 2, "R": 2},
     "linear_attention": {"d": 4, "H": 2, "K": 2, "V": 2},
+    "softmax_attention": {"H": 2, "K": 4, "V": 4},
 }
 
 
@@ -659,7 +662,45 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     return rows
 
 
-BENCHES = {"s6": bench_s6, "s6_step": bench_s6_step, "ssd": bench_ssd, "gla": bench_gla, "linear_attention": bench_linear_attention}
+def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
+    """The quadratic family's Triton kernels (dsfc/runtime/triton_attention.py: the causal log-sum-exp normaliser,
+    then the attention sum, as the generated softmax module calls them, in fp32) vs torch's
+    scaled_dot_product_attention (causal; FlashAttention on a GPU in bf16 / fp16) on the same q, k, v."""
+    import torch
+    import torch.nn.functional as F
+
+    from .runtime.triton_attention import kernel_attention_triton, kernel_log_sum_triton
+
+    H, K, V = dims["H"], dims["K"], dims["V"]
+    g = torch.Generator(device=device).manual_seed(1)
+    q, k = (torch.randn(B, T, H, K, device=device, generator=g) for _ in range(2))
+    v = torch.randn(B, T, H, V, device=device, generator=g)
+    scale = K ** -0.5
+    mb = _nbytes(q, k, v) + B * T * H * V * 4
+    ins = [x.clone().requires_grad_() for x in (q, k, v)]
+
+    def generated():
+        return kernel_attention_triton(ins[0], ins[1], ins[2], -kernel_log_sum_triton(ins[0], ins[1], scale, True),
+                                       None, scale)
+
+    gen = _bench_impl("softmax_attention", "generated (triton, fp32)", T, dims, generated, ins, device, repeats,
+                      torch.float32, mb)
+    rows = [gen]
+    with torch.no_grad():
+        y_gen = generated().float()
+    for dt in dict.fromkeys((dtype, torch.float32)):  # the run's dtype (FlashAttention for half), and fp32
+        sdpa_ins = [x.detach().transpose(1, 2).to(dt).requires_grad_() for x in (q, k, v)]
+
+        def sdpa(xs=sdpa_ins):
+            return F.scaled_dot_product_attention(*xs, is_causal=True, scale=scale).transpose(1, 2)
+
+        rows.append(_bench_impl("softmax_attention", f"torch scaled_dot_product_attention ({str(dt)[6:]})", T, dims,
+                                sdpa, sdpa_ins, device, repeats, dt, mb, y_ref=y_gen))
+    return rows
+
+
+BENCHES = {"s6": bench_s6, "s6_step": bench_s6_step, "ssd": bench_ssd, "gla": bench_gla,
+           "linear_attention": bench_linear_attention, "softmax_attention": bench_softmax_attention}
 
 
 # ---- command line ---------------------------------------------------------------------------------------------

@@ -179,3 +179,19 @@ def test_probe_runs_one_configuration_against_the_torch_scan():
     assert all(bv <= V for K, V, decay, schedule, bv, w in probe.GRID)
     out = probe.run_one(8, 8, 2, "split", 0, 0, B=1, T=21, H=1)
     assert out["ok"] and out["max_rel_err"] < 3e-2
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
+def test_softmax_attention_group_smoke_run(tmp_path):
+    """The quadratic-attention group on CPU: the Triton kernels (interpreted) and torch's scaled_dot_product_attention
+    on the same q, k, v agree (an independent implementation), and the rows carry their ratios."""
+    pytest.importorskip("triton")
+    pytest.importorskip("numpy")
+    out = tmp_path / "cpu.json"
+    assert gpu_bench.main(["--device", "cpu", "--groups", "softmax_attention", "-o", str(out)]) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    gen = rows["generated (triton, fp32)"]
+    assert gen["fwd_ms"] > 0 and gen["fwdbwd_ms"] > 0 and not gen["skipped"]
+    sdpa = next(r for name, r in rows.items() if name.startswith("torch scaled_dot_product_attention"))
+    assert not sdpa["skipped"] and sdpa["max_rel_diff_vs_generated"] <= 2e-2  # bf16 inputs: 2^-8 per rounding
+    assert sdpa["speedup_vs_generated_fwd"] > 0
