@@ -293,15 +293,7 @@ def _check_triton(result: CompileResult, model, params, report: CheckReport, how
         pairs += [(f"triton final state[{k!r}]", hT[k].reshape(2, -1), h_ref[k].reshape(2, -1)) for k in h_ref]
     else:
         pairs.append(("triton final state", hT.reshape(2, -1), h_ref))
-    names = ["u"] + [n for n, _ in model.named_parameters()]
-    for name, got, want in zip(names, grads, outs["torch"][2]):
-        if want is not None:
-            pairs.append((f"triton grad {name} (vs torch)", got if got is not None else torch.zeros_like(want), want))
-    for what, got, want in pairs:
-        a, r = _err(got, want)
-        report.rows.append(CheckRow(what, shape, a, r, r <= TOL or a <= TOL))
-    report.notes.append("Triton kernels ran interpreted (TRITON_INTERPRET=1, no GPU): correctness only, not speed"
-                        if how == "interpreted" else f"Triton kernels ran on the {how}")
+    _report_triton(report, model, pairs, grads, outs["torch"][2], shape, how)
 
 
 def _check_triton_quadratic(model, sym, all_dims, params, d_in, report: CheckReport, how, seed: int) -> None:
@@ -338,13 +330,19 @@ def _check_triton_quadratic(model, sym, all_dims, params, d_in, report: CheckRep
         model.backend = old_backend
     y_all, y, grads = outs["triton"]
     pairs = [("triton forward y (one pass)", y_all, y_ref), ("triton forward y (continued KV cache)", y, y_ref[:, 3:])]
+    _report_triton(report, model, pairs, grads, outs["torch"][2], "B=2 T=7", how)
+
+
+def _report_triton(report: CheckReport, model, pairs, grads, torch_grads, shape: str, how: str) -> None:
+    """Rows for the Triton path: the forward ``pairs`` (what, got, want), then the gradients of the input and every
+    parameter against the torch path's; and the note saying where the kernels ran."""
     names = ["u"] + [n for n, _ in model.named_parameters()]
-    for name, got, want in zip(names, grads, outs["torch"][2]):
+    for name, got, want in zip(names, grads, torch_grads):
         if want is not None:
             pairs.append((f"triton grad {name} (vs torch)", got if got is not None else torch.zeros_like(want), want))
     for what, got, want in pairs:
         a, r = _err(got, want)
-        report.rows.append(CheckRow(what, "B=2 T=7", a, r, r <= TOL or a <= TOL))
+        report.rows.append(CheckRow(what, shape, a, r, r <= TOL or a <= TOL))
     report.notes.append("Triton kernels ran interpreted (TRITON_INTERPRET=1, no GPU): correctness only, not speed"
                         if how == "interpreted" else f"Triton kernels ran on the {how}")
 

@@ -77,6 +77,32 @@ def _load(ptr, rows, m_rows, width, BW: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK: tl.constexpr, BV: tl.constexpr,
+               HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
+    """Keys kj of one (b, g): their rows of the [B, S, G, *] arrays and mask, k [BN, BK], v [BN, BV], col [BN]."""
+    mkj = kj < S
+    k_rows = (b * S + kj) * G + g
+    k = _load(k_ptr, k_rows, mkj, K, BK, DTYPE)
+    v = _load(v_ptr, k_rows, mkj, V, BV, DTYPE)
+    col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros(kj.shape, DTYPE)
+    return k_rows, mkj, k, v, col
+
+
+@triton.jit
+def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK: tl.constexpr, BV: tl.constexpr,
+                 HAS_ROW: tl.constexpr, DTYPE: tl.constexpr):
+    """Queries qi of one (b, g) for the backward: rows and mask, q [BM, BK], row and the forward's row maxima m
+    [BM], and dy [BM, BV] scaled by exp(m) (y = exp(m) sum_j p_ij v_j with p_ij = exp(w_ij - m_i) <= 1)."""
+    mq = qi < T
+    q_rows = (b * T + qi) * G + g
+    q = _load(q_ptr, q_rows, mq, K, BK, DTYPE)
+    row = tl.load(row_ptr + q_rows, mask=mq, other=0.0).to(DTYPE) if HAS_ROW else tl.zeros(qi.shape, DTYPE)
+    m = tl.load(m_ptr + q_rows, mask=mq, other=0.0).to(DTYPE)
+    dy = _load(dy_ptr, q_rows, mq, V, BV, DTYPE) * tl.exp(m)[:, None]
+    return q_rows, mq, q, row, m, dy
+
+
+@triton.jit
 def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V, scale,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
               HAS_COL: tl.constexpr, LSE: tl.constexpr, DTYPE: tl.constexpr):
@@ -123,23 +149,15 @@ def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, d
                  HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
     """dk, dv, dcol of one block of BN keys of one (b, g), over the query blocks that see it."""
     i_k, b, g, kj = _block_coords(tl.cdiv(S, BN), G, BN)
-    mkj = kj < S
-    k_rows = (b * S + kj) * G + g
-    k = _load(k_ptr, k_rows, mkj, K, BK, DTYPE)
-    v = _load(v_ptr, k_rows, mkj, V, BV, DTYPE)
-    col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros((BN,), DTYPE)
+    k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, DTYPE)
     dk = tl.zeros((BN, BK), DTYPE)
     dv = tl.zeros((BN, BV), DTYPE)
     dcol = tl.zeros((BN,), DTYPE)
     first = tl.maximum(i_k * BN - (S - T), 0) // BM * BM  # the first query that sees the block's first key
     for m0 in range(first, T, BM):
+        q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, m0 + tl.arange(0, BM), T, G,
+                                                 K, V, BK, BV, HAS_ROW, DTYPE)
         qi = m0 + tl.arange(0, BM)
-        mq = qi < T
-        q_rows = (b * T + qi) * G + g
-        q = _load(q_ptr, q_rows, mq, K, BK, DTYPE)
-        row = tl.load(row_ptr + q_rows, mask=mq, other=0.0).to(DTYPE) if HAS_ROW else tl.zeros((BM,), DTYPE)
-        m = tl.load(m_ptr + q_rows, mask=mq, other=0.0).to(DTYPE)
-        dy = _load(dy_ptr, q_rows, mq, V, BV, DTYPE) * tl.exp(m)[:, None]  # y = exp(m) sum_j p_ij v_j
         p = tl.exp(_weights(q, k, row, col, qi, kj, T, S, scale) - m[:, None])  # <= 1; 0 where not visible
         dv += tl.dot(tl.trans(p), dy, input_precision="ieee")
         dw = p * tl.dot(dy, tl.trans(v), input_precision="ieee")  # dL/dw_ij = P_ij dy_i . v_j
@@ -159,21 +177,13 @@ def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T,
                 HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
     """dq of one block of BM queries of one (b, g), over the keys they see."""
     i_q, b, g, qi = _block_coords(tl.cdiv(T, BM), G, BM)
-    mq = qi < T
-    q_rows = (b * T + qi) * G + g
-    q = _load(q_ptr, q_rows, mq, K, BK, DTYPE)
-    row = tl.load(row_ptr + q_rows, mask=mq, other=0.0).to(DTYPE) if HAS_ROW else tl.zeros((BM,), DTYPE)
-    m = tl.load(m_ptr + q_rows, mask=mq, other=0.0).to(DTYPE)
-    dy = _load(dy_ptr, q_rows, mq, V, BV, DTYPE) * tl.exp(m)[:, None]
+    q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK, BV, HAS_ROW,
+                                             DTYPE)
     dq = tl.zeros((BM, BK), DTYPE)
     end = tl.minimum(S, S - T + (i_q + 1) * BM)
     for n0 in range(0, end, BN):
         kj = n0 + tl.arange(0, BN)
-        mkj = kj < S
-        k_rows = (b * S + kj) * G + g
-        k = _load(k_ptr, k_rows, mkj, K, BK, DTYPE)
-        v = _load(v_ptr, k_rows, mkj, V, BV, DTYPE)
-        col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros((BN,), DTYPE)
+        k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, DTYPE)
         p = tl.exp(_weights(q, k, row, col, qi, kj, T, S, scale) - m[:, None])
         dw = p * tl.dot(dy, tl.trans(v), input_precision="ieee")
         dq += tl.dot(dw, k, input_precision="ieee") * scale

@@ -314,6 +314,20 @@ def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.conste
 
 
 @triton.jit
+def _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                   DTYPE: tl.constexpr):
+    """This program's sub-chunk (``_sub_chunk``) with its rows and key offsets, and its q, k [BC, BK], g, g one step
+    later, row indices and mask."""
+    i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
+    rows = tl.arange(0, BC)
+    kk = tl.arange(0, BK)
+    mk = kk < K
+    q, g, g_next, row, mt = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i_s, rows, kk, mk, T, H, K, BT, BC, DTYPE)
+    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
+    return i_s, c, b, h, rows, kk, mk, q, k, g, g_next, row, mt
+
+
+@triton.jit
 def _value_products(dy_ptr, v_ptr, row_a, m_a, row_b, m_b, V, BC: tl.constexpr, BV: tl.constexpr,
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """[BC, BC] sum_v dy[a, v] v[b, v]: dL/dP between query rows a and key rows b (y_intra = P v), over all of V."""
@@ -332,12 +346,8 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
     the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
-    i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
-    rows = tl.arange(0, BC)
-    kk = tl.arange(0, BK)
-    mk = kk < K
-    q, g, g_next, row, mt = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i_s, rows, kk, mk, T, H, K, BT, BC, DTYPE)
-    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, g, g_next, row, mt = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT, BC,
+                                                                          BK, DTYPE)
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
     tl.store(p_rows + i_s * BC, _key_scores(q, k, g_next, rows, BC, DTYPE), mask=mt[:, None])
     q_dec = q * tl.exp(tl.cumsum(g, axis=0))  # decay from the start of I to step i
@@ -359,12 +369,8 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
     """dq, dk of one sub-chunk S through the intra-chunk per-key scores (``_key_scores_fwd``'s P), with
     dL/dP = dy v^T summed over all of V here: dq_S from the keys of S and of the earlier sub-chunks, dk_S from the
     queries of S and of the later ones. Written to dq_ptr, dk_ptr ([B, T, H, K], a slot the launcher sums)."""
-    i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
-    rows = tl.arange(0, BC)
-    kk = tl.arange(0, BK)
-    mk = kk < K
-    q, g, g_next, row, mt = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i_s, rows, kk, mk, T, H, K, BT, BC, DTYPE)
-    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, g, g_next, row, mt = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT, BC,
+                                                                          BK, DTYPE)
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
     dq, dk = _key_scores_grads(q, k, g_next, dp, rows, BC, DTYPE)  # the diagonal block
     dq_off = tl.zeros((BC, BK), DTYPE)

@@ -45,6 +45,18 @@ def compile_one(fn, signature, constexprs, num_warps=4):
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
 
 
+def compile_and_report(fn, signature, constexprs, num_warps, what: str, resources: bool) -> int:
+    """Compile one kernel; print FAIL and return 1 if it fails, else print its ptxas resources (``resources``), 0."""
+    try:
+        compiled = compile_one(fn, signature, constexprs, num_warps)
+    except Exception as exc:  # noqa: BLE001 - report every failure
+        print(f"FAIL {what}: {exc}")
+        return 1
+    if resources:
+        print(f"  {what:52s} {ptxas_resources(compiled)}")
+    return 0
+
+
 def ptxas_resources(compiled) -> str:
     """'regs=N spill=S/L bytes' of a compiled kernel, from ptxas -v on its PTX (the ptxas that ships with triton)."""
     import os
@@ -103,14 +115,7 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                         consts["BV"] = 64
                     warps = triton_outer.SCORES_WARPS
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
-                try:
-                    compiled = compile_one(fn, sig, consts, warps)
-                except Exception as exc:  # noqa: BLE001 - report every failure
-                    failed += 1
-                    print(f"FAIL {what}: {exc}")
-                    continue
-                if resources:
-                    print(f"  {what:52s} {ptxas_resources(compiled)}")
+                failed += compile_and_report(fn, sig, consts, warps, what, resources)
     print("ok outer kernels" if not failed else f"{failed} outer kernel(s) failed")
     return failed
 
@@ -128,14 +133,7 @@ def attention_kernels(resources: bool) -> int:
                 sig = {name: "constexpr" if name in consts else ptr if name.endswith("_ptr") else
                        "fp32" if name == "scale" else "i32" for name in fn.arg_names}
                 what = f"{fn.__name__}{'+LSE' if flags.get('LSE') else ''} {label} row/col={weights}"
-                try:
-                    compiled = compile_one(fn, sig, consts, 8)
-                except Exception as exc:  # noqa: BLE001 - report every failure
-                    failed += 1
-                    print(f"FAIL {what}: {exc}")
-                    continue
-                if resources:
-                    print(f"  {what:52s} {ptxas_resources(compiled)}")
+                failed += compile_and_report(fn, sig, consts, 8, what, resources)
     print("ok attention kernels" if not failed else f"{failed} attention kernel(s) failed")
     return failed
 
