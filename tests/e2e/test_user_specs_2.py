@@ -74,3 +74,26 @@ def test_a_shifted_delta_stays_a_dense_A():
     built = compile_and_build(DELTA_FORMS.replace("DELTA", "delta(c, c2 + 1)"))
     assert built.result.structure.family == Family.DENSE_SCAN
     _assert_matches_reference(built)
+
+
+# constant expressions that are not plain numbers (tanh(1), sqrt(2), exp(1)) reached the Triton diagonal kernel as
+# printed maths (_tanh(1), tl.sqrt(2)), which Triton evaluates in fp32: the float64 kernel was off by 5e-8 and
+# `dsfc check` failed (the torch path was right); they are host constants now, like 0.9
+CONST_EXPRS = """
+model ConstExprs
+dim d = 4
+input u[d]
+state c[j: d]
+param W_f[d, d] ~ normal(0, 0.4)
+param W_z[d, d] ~ normal(0, 0.4)
+let f[j: d] = sigmoid(sum(m, W_f[j, m] * u[m]) + 2)
+A[j, j2] = delta(j, j2) * f[j] * exp(-1) * sqrt(2)
+B[j, m] = tanh(1) * W_z[j, m] / (1 + f[j] * log(3))
+C[o, j] = delta(o, j) * (1 + f[j] / sqrt(3))
+"""
+
+
+def test_constant_expressions_match_the_reference():
+    built = compile_and_build(CONST_EXPRS)
+    assert built.result.structure.family == Family.DIAGONAL_SCAN
+    _assert_matches_reference(built)
