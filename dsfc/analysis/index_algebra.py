@@ -1,7 +1,8 @@
 """Small SymPy helpers for index notation: split products, collect deltas, contract sums against deltas.
 
 We own the index semantics (every index lies in its declared range), so a Kronecker delta against a summed index
-is contracted by substitution, without SymPy's range Piecewise.
+is contracted by substitution, without SymPy's range Piecewise, where the other side provably stays inside the summed
+index's range (see ``contract_product``).
 """
 
 from __future__ import annotations
@@ -45,13 +46,43 @@ def _other(delta: sp.KroneckerDelta, var: sp.Symbol):
     return None
 
 
-def contract_product(entry: sp.Expr, cols, extents, operand) -> sp.Expr:
+def _within(expr: sp.Expr, extent: sp.Expr, ranges: dict, normalize) -> bool:
+    """Whether ``expr``, an integer expression over symbols of known ranges [0, n), provably lies in [0, extent)
+    for every choice of the dims: expr is an integer combination of those symbols plus a constant, and its least and
+    largest values are bounded (exactly, over the free dims after ``normalize``)."""
+    expr = sp.expand(expr)
+    xs = expr.free_symbols
+    if not xs <= set(ranges):
+        return False
+    coeffs = {x: expr.coeff(x) for x in xs}
+    const = sp.expand(expr - sum(c * x for x, c in coeffs.items()))
+    if const.free_symbols & xs or any(c.free_symbols & xs for c in coeffs.values()):
+        return False  # a product of indices, a floor or a mod of one: not bounded here
+    lo, hi = const, const
+    for x, c in coeffs.items():
+        if c.is_nonnegative:
+            hi += c * (ranges[x] - 1)
+        elif c.is_nonpositive:
+            lo += c * (ranges[x] - 1)
+        else:
+            return False
+    return bool(sp.simplify(normalize(lo)).is_nonnegative) and bool(
+        sp.simplify(normalize(extent - 1 - hi)).is_nonnegative)
+
+
+def contract_product(entry: sp.Expr, cols, extents, operand, row_ranges=None, normalize=None) -> sp.Expr:
     """sum over ``cols`` of entry * operand, contracting deltas that pin a summed index: e.g. B u, C h, D u.
 
     Each summed index pinned by a delta is substituted away; indices still present become a ``Sum``; indices
-    absent from a term multiply it by their extent.
+    absent from a term multiply it by their extent. A delta(var, e) pins var only where e provably stays in var's
+    range, given the ranges of the matrix's rows (``row_ranges``; ``normalize`` rewrites derived dims over the free
+    ones): with an output wider than the state, ``C[o, c] = delta(o, c)`` is 0 for o >= N, and substituting c := o
+    read the state out of its range (an IndexError or a shape error in the generated module). Such a delta stays
+    under the ``Sum``, which is exact.
     """
     ranges = dict(zip(cols, extents))
+    known = {**dict(row_ranges or {}), **ranges}
+    normalize = normalize or (lambda e: e)
     out = []
     for t in terms(entry * operand):
         free = list(cols)
@@ -60,7 +91,8 @@ def contract_product(entry: sp.Expr, cols, extents, operand) -> sp.Expr:
             changed = False
             deltas, rest = split_deltas(t)
             for var in list(free):
-                pin = next((d for d in deltas if _other(d, var) is not None), None)
+                pin = next((d for d in deltas if _other(d, var) is not None
+                            and _within(_other(d, var), ranges[var], known, normalize)), None)
                 if pin is not None:
                     other = _other(pin, var)
                     t = sp.Mul(*[d for d in deltas if d is not pin], rest).subs(var, other)

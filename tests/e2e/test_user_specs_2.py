@@ -97,3 +97,29 @@ def test_constant_expressions_match_the_reference():
     built = compile_and_build(CONST_EXPRS)
     assert built.result.structure.family == Family.DIAGONAL_SCAN
     _assert_matches_reference(built)
+
+
+# a delta between indices of different ranges was contracted by substitution regardless: with an output wider than
+# the state (C[o, c] = delta(o, c), o over p > N) the module read the state at o >= N (a shape error), likewise a
+# state wider than the input (B[c, m] = delta(c, m)) or D between outputs and inputs of different widths
+WIDE = """
+model Wide
+dim d = 3
+dim N = 4
+dim p = 5
+input u[d]
+state h[c: N]
+output y[p]
+param w[N] ~ normal(0, 1)
+A[c, c2] = delta(c, c2) * sigmoid(w[c] * u[c % d])
+B[c, m] = delta(c, m)
+C[o, c] = delta(o, c)
+D[o, m] = delta(o, m) * 0.5
+"""
+
+
+@pytest.mark.parametrize("dims", [{}, {"d": 5, "N": 2, "p": 3}, {"d": 1, "N": 1, "p": 1}, {"d": 4, "N": 4, "p": 4}],
+                         ids=["wide_output", "wide_input", "ones", "square"])
+def test_deltas_between_ranges_of_different_extents(dims):
+    built = compile_and_build(WIDE, dims={"d": 3, "N": 4, "p": 5, **dims})
+    _assert_matches_reference(built)
