@@ -99,6 +99,53 @@ def test_constant_expressions_match_the_reference():
     _assert_matches_reference(built)
 
 
+# a flat output read through o // V and o % V (delta(o // V, h) * delta(o % V, b), the same as delta(o, h*V + b))
+# was left flat and analysed as a dense readout: the elementwise diagonal scan instead of the chunked outer product
+FLAT_DIVMOD = """
+model FlatDivMod
+dim d = 4
+dim H = 2
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[H * V]
+param W_Q[H, K, d] ~ normal(0, 0.4)
+param W_K[H, K, d] ~ normal(0, 0.4)
+param W_V[H, V, d] ~ normal(0, 0.4)
+param W_D[H, V, d] ~ normal(0, 0.4)
+param W_a[H, d] ~ normal(0, 0.5)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * sigmoid(sum(m, W_a[h, m] * u[m]))
+B[(h, a, b), m] = sum(k, W_K[h, a, k] * u[k]) * W_V[h, b, m]
+C[o, (h, a, b)] = delta(o // V, h) * delta(o % V, b) * sum(k, W_Q[h, a, k] * u[k])
+"""
+
+
+@pytest.mark.parametrize("variant", ["plain", "D", "post"])
+def test_flat_output_read_through_div_and_mod_gets_the_chunked_outer_form(variant):
+    text = FLAT_DIVMOD
+    if variant == "D":
+        text += "D[o, m] = W_D[o // V, o % V, m]\n"
+    elif variant == "post":
+        text += "post g[e: H * V] = y[e] * sigmoid(u[e % d])\n"
+    built = compile_and_build(text)
+    assert built.result.structure.family == Family.CHUNKED_OUTER
+    _assert_matches_reference(built)
+
+
+@pytest.mark.parametrize("c_delta", ["delta(o // 3, h) * delta(o % 3, b)", "delta(o // 4, h) * delta(o % 4, b % 2)",
+                                     "delta(o // V, h) * delta(o, b)"])
+def test_div_and_mod_that_are_not_a_digit_split_stay_flat_and_correct(c_delta):
+    # a number stride (3 divides H * V only when V = 3), a stride that does not divide the output, o also used on
+    # its own: the output stays flat (a dense readout), with the same numbers as the reference
+    text = FLAT_DIVMOD.replace("delta(o // V, h) * delta(o % V, b)", c_delta)
+    if "o // 4" in c_delta:
+        text = text.replace("dim H = 2", "dim H = 4").replace("dim V = 3", "dim V = 2")
+    built = compile_and_build(text)
+    assert built.result.structure.family != Family.CHUNKED_OUTER
+    _assert_matches_reference(built)
+
+
 # a delta between indices of different ranges was contracted by substitution regardless: with an output wider than
 # the state (C[o, c] = delta(o, c), o over p > N) the module read the state at o >= N (a shape error), likewise a
 # state wider than the input (B[c, m] = delta(c, m)) or D between outputs and inputs of different widths
