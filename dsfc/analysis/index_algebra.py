@@ -46,28 +46,54 @@ def _other(delta: sp.KroneckerDelta, var: sp.Symbol):
     return None
 
 
+def _bounds(expr: sp.Expr, ranges: dict):
+    """(lo, hi) with lo <= expr <= hi over the index symbols' ranges [0, n), or None. Dims (positive symbols) are
+    constants; hi may over-estimate (a floor is bounded by its real quotient), which only makes ``_within`` refuse."""
+    expr = sp.S(expr)
+    if expr.is_Integer or (expr.is_Symbol and expr.is_positive):
+        return expr, expr
+    if expr.is_Symbol:
+        return (sp.Integer(0), ranges[expr] - 1) if expr in ranges else None
+    if isinstance(expr, sp.Mod):
+        low = _bounds(expr.args[0], ranges)
+        return (sp.Integer(0), expr.args[1] - 1) if low is not None and expr.args[1].is_positive else None
+    if isinstance(expr, sp.floor):
+        num, den = sp.fraction(sp.together(expr.args[0]))
+        b = _bounds(num, ranges)
+        return (sp.Integer(0), b[1] / den) if b is not None and den.is_positive and _nonneg(b[0]) else None
+    if isinstance(expr, sp.Add):
+        parts = [_bounds(a, ranges) for a in expr.args]
+        if any(p is None for p in parts):
+            return None
+        return sp.Add(*[p[0] for p in parts]), sp.Add(*[p[1] for p in parts])
+    if isinstance(expr, sp.Mul):
+        coeff = sp.Mul(*[f for f in expr.args if not (f.free_symbols - {x for x in f.free_symbols if x.is_positive})])
+        rest = sp.Mul(*[f for f in expr.args if f.free_symbols - {x for x in f.free_symbols if x.is_positive}])
+        if rest == 1 or isinstance(rest, sp.Mul):
+            return None  # a product of index expressions
+        b = _bounds(rest, ranges)
+        if b is None:
+            return None
+        if coeff.is_nonnegative:
+            return coeff * b[0], coeff * b[1]
+        if coeff.is_nonpositive:
+            return coeff * b[1], coeff * b[0]
+    return None
+
+
+def _nonneg(e) -> bool:
+    return bool(sp.simplify(e).is_nonnegative)
+
+
 def _within(expr: sp.Expr, extent: sp.Expr, ranges: dict, normalize) -> bool:
-    """Whether ``expr``, an integer expression over symbols of known ranges [0, n), provably lies in [0, extent)
-    for every choice of the dims: expr is an integer combination of those symbols plus a constant, and its least and
-    largest values are bounded (exactly, over the free dims after ``normalize``)."""
-    expr = sp.expand(expr)
-    xs = expr.free_symbols
-    if not xs <= set(ranges):
-        return False
-    coeffs = {x: expr.coeff(x) for x in xs}
-    const = sp.expand(expr - sum(c * x for x, c in coeffs.items()))
-    if const.free_symbols & xs or any(c.free_symbols & xs for c in coeffs.values()):
-        return False  # a product of indices, a floor or a mod of one: not bounded here
-    lo, hi = const, const
-    for x, c in coeffs.items():
-        if c.is_nonnegative:
-            hi += c * (ranges[x] - 1)
-        elif c.is_nonpositive:
-            lo += c * (ranges[x] - 1)
-        else:
-            return False
-    return bool(sp.simplify(normalize(lo)).is_nonnegative) and bool(
-        sp.simplify(normalize(extent - 1 - hi)).is_nonnegative)
+    """Whether ``expr``, an integer expression over index symbols of known ranges [0, n) and dims, provably lies in
+    [0, extent) for every choice of the dims (checked over the free dims after ``normalize``)."""
+    expr = sp.S(expr)
+    if isinstance(expr, sp.floor):  # floor(num / den) < extent  <=>  num < extent * den (den > 0)
+        num, den = sp.fraction(sp.together(expr.args[0]))
+        return bool(den.is_positive) and _within(num, extent * den, ranges, normalize)
+    b = _bounds(expr, ranges)
+    return b is not None and _nonneg(normalize(b[0])) and _nonneg(normalize(extent - 1 - b[1]))
 
 
 def contract_product(entry: sp.Expr, cols, extents, operand, row_ranges=None, normalize=None) -> sp.Expr:

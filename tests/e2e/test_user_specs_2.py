@@ -4,6 +4,7 @@ the family its structure admits, and match the float64 reference recurrence (nev
 from __future__ import annotations
 
 import pytest
+import sympy as sp
 import torch
 
 from dsf_testing import F64, compile_and_build, rel_err, run_steps, state_err
@@ -169,4 +170,28 @@ D[o, m] = delta(o, m) * 0.5
                          ids=["wide_output", "wide_input", "ones", "square"])
 def test_deltas_between_ranges_of_different_extents(dims):
     built = compile_and_build(WIDE, dims={"d": 3, "N": 4, "p": 5, **dims})
+    _assert_matches_reference(built)
+
+
+# ... while a delta whose other side provably stays in range is still contracted (u[c // V], h[o * V + e], u[c % d]):
+# a Sum over a delta would be exact but O(N d) per step
+IN_RANGE = """
+model InRange
+dim d = 3
+dim V = 2
+input u[d]
+state h[c: V * d]
+output y[o: d, e: V]
+param w[V * d] ~ normal(0, 1)
+A[c, c2] = delta(c, c2) * sigmoid(w[c] * u[c // V])
+B[c, m] = delta(m, c // V) + delta(m, c % d)
+C[(o, e), c] = delta(c, o * V + e)
+D[(o, e), m] = delta(m, (o * V + e) // V)
+"""
+
+
+def test_deltas_whose_other_side_stays_in_range_are_contracted():
+    built = compile_and_build(IN_RANGE)
+    st = built.result.structure
+    assert not st.bu.atoms(sp.Sum) and not st.readout.ch.atoms(sp.Sum) and not st.readout.du.atoms(sp.Sum)
     _assert_matches_reference(built)
