@@ -195,3 +195,49 @@ def test_deltas_whose_other_side_stays_in_range_are_contracted():
     st = built.result.structure
     assert not st.bu.atoms(sp.Sum) and not st.readout.ch.atoms(sp.Sum) and not st.readout.du.atoms(sp.Sum)
     _assert_matches_reference(built)
+
+
+# the same range bug in matrix-state specs: an output with more value slots per head than the state (a shape error),
+# and a driven value let narrower than the state's value axis (the state's extra slots get no input; an expand error)
+OUTER_WIDE_OUTPUT = """
+model OuterWideOut "linear attention whose output has one more value slot per head than the state (always 0)"
+dim d = 4
+dim H = 2
+dim K = 2
+dim V = 3
+dim W = V + 1
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, e: W]
+param W_Q[H, K, d] ~ normal(0, 0.4)
+param W_K[H, K, d] ~ normal(0, 0.4)
+param W_V[H, V, d] ~ normal(0, 0.4)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * 0.9
+B[(h, a, b), m] = sum(k, W_K[h, a, k] * u[k]) * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(k, W_Q[h, a, k] * u[k])
+"""
+
+OUTER_NARROW_DRIVE = """
+model OuterDriveNarrow "outer product driven by a value let with fewer slots than the state's value axis"
+dim d = 4
+dim K = 2
+dim V = 3
+dim V1 = 2
+input u[d]
+state S[a: K, b: V]
+output y[e: V]
+param W_K[K, d] ~ normal(0, 0.4)
+param W_Q[K, d] ~ normal(0, 0.4)
+param W_V[V1, d] ~ normal(0, 0.4)
+let v[b: V1] = tanh(sum(m, W_V[b, m] * u[m]))
+drive v
+A[(a, b), (a2, b2)] = delta(a, a2) * delta(b, b2) * 0.8
+B[(a, b), j] = sum(k, W_K[a, k] * u[k]) * delta(b, j)
+C[e, (a, b)] = delta(e, b) * sum(k, W_Q[a, k] * u[k])
+"""
+
+
+@pytest.mark.parametrize("text", [OUTER_WIDE_OUTPUT, OUTER_NARROW_DRIVE], ids=["wide_output", "narrow_drive"])
+def test_matrix_states_with_axes_of_different_extents(text):
+    built = compile_and_build(text)
+    _assert_matches_reference(built)
