@@ -148,14 +148,14 @@ def kronecker_delta(a, b):
     coefficients, or to ``delta(t, k)`` when it is ``t - k`` with a constant k. Anything else stays as written.
     """
     a, b = sp.S(a), sp.S(b)
-    diff = sp.expand(a - b)
+    diff = sp.expand(a - b, deep=False)  # not inside floors and mods: delta(x // s, y // s) keeps its form
     terms = sp.Add.make_args(diff)
     coeffs = [t.as_coeff_Mul()[0] for t in terms]
     if len(terms) > 2 or not all(c.is_Integer for c in coeffs):
         return sp.KroneckerDelta(a, b)
     g = math.gcd(*[int(c) for c in coeffs])
     if g > 1:
-        diff = sp.expand(diff / g)
+        diff = sp.expand(diff / g, deep=False)
         terms = sp.Add.make_args(diff)
     pos = [t for t in terms if t.as_coeff_Mul()[0] == 1 and not t.is_number]
     neg = [-t for t in terms if t.as_coeff_Mul()[0] == -1 and not t.is_number]
