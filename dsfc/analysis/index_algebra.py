@@ -1,7 +1,8 @@
 """Small SymPy helpers for index notation: split products, collect deltas, contract sums against deltas.
 
 We own the index semantics (every index lies in its declared range), so a Kronecker delta against a summed index
-is contracted by substitution, without SymPy's range Piecewise.
+is contracted by substitution, without SymPy's range Piecewise, where the other side provably stays inside the summed
+index's range (see ``contract_product``).
 """
 
 from __future__ import annotations
@@ -45,13 +46,69 @@ def _other(delta: sp.KroneckerDelta, var: sp.Symbol):
     return None
 
 
-def contract_product(entry: sp.Expr, cols, extents, operand) -> sp.Expr:
+def _bounds(expr: sp.Expr, ranges: dict):
+    """(lo, hi) with lo <= expr <= hi over the index symbols' ranges [0, n), or None. Dims (positive symbols) are
+    constants; hi may over-estimate (a floor is bounded by its real quotient), which only makes ``_within`` refuse."""
+    expr = sp.S(expr)
+    if expr.is_Integer or (expr.is_Symbol and expr.is_positive):
+        return expr, expr
+    if expr.is_Symbol:
+        return (sp.Integer(0), ranges[expr] - 1) if expr in ranges else None
+    if isinstance(expr, sp.Mod):
+        low = _bounds(expr.args[0], ranges)
+        return (sp.Integer(0), expr.args[1] - 1) if low is not None and expr.args[1].is_positive else None
+    if isinstance(expr, sp.floor):
+        num, den = sp.fraction(sp.together(expr.args[0]))
+        b = _bounds(num, ranges)
+        return (sp.Integer(0), b[1] / den) if b is not None and den.is_positive and _nonneg(b[0]) else None
+    if isinstance(expr, sp.Add):
+        parts = [_bounds(a, ranges) for a in expr.args]
+        if any(p is None for p in parts):
+            return None
+        return sp.Add(*[p[0] for p in parts]), sp.Add(*[p[1] for p in parts])
+    if isinstance(expr, sp.Mul):
+        coeff = sp.Mul(*[f for f in expr.args if not (f.free_symbols - {x for x in f.free_symbols if x.is_positive})])
+        rest = sp.Mul(*[f for f in expr.args if f.free_symbols - {x for x in f.free_symbols if x.is_positive}])
+        if rest == 1 or isinstance(rest, sp.Mul):
+            return None  # a product of index expressions
+        b = _bounds(rest, ranges)
+        if b is None:
+            return None
+        if coeff.is_nonnegative:
+            return coeff * b[0], coeff * b[1]
+        if coeff.is_nonpositive:
+            return coeff * b[1], coeff * b[0]
+    return None
+
+
+def _nonneg(e) -> bool:
+    return bool(sp.simplify(e).is_nonnegative)
+
+
+def _within(expr: sp.Expr, extent: sp.Expr, ranges: dict, normalize) -> bool:
+    """Whether ``expr``, an integer expression over index symbols of known ranges [0, n) and dims, provably lies in
+    [0, extent) for every choice of the dims (checked over the free dims after ``normalize``)."""
+    expr = sp.S(expr)
+    if isinstance(expr, sp.floor):  # floor(num / den) < extent  <=>  num < extent * den (den > 0)
+        num, den = sp.fraction(sp.together(expr.args[0]))
+        return bool(den.is_positive) and _within(num, extent * den, ranges, normalize)
+    b = _bounds(expr, ranges)
+    return b is not None and _nonneg(normalize(b[0])) and _nonneg(normalize(extent - 1 - b[1]))
+
+
+def contract_product(entry: sp.Expr, cols, extents, operand, row_ranges=None, normalize=None) -> sp.Expr:
     """sum over ``cols`` of entry * operand, contracting deltas that pin a summed index: e.g. B u, C h, D u.
 
     Each summed index pinned by a delta is substituted away; indices still present become a ``Sum``; indices
-    absent from a term multiply it by their extent.
+    absent from a term multiply it by their extent. A delta(var, e) pins var only where e provably stays in var's
+    range, given the ranges of the matrix's rows (``row_ranges``; ``normalize`` rewrites derived dims over the free
+    ones): with an output wider than the state, ``C[o, c] = delta(o, c)`` is 0 for o >= N, and substituting c := o
+    read the state out of its range (an IndexError or a shape error in the generated module). Such a delta stays
+    under the ``Sum``, which is exact.
     """
     ranges = dict(zip(cols, extents))
+    known = {**dict(row_ranges or {}), **ranges}
+    normalize = normalize or (lambda e: e)
     out = []
     for t in terms(entry * operand):
         free = list(cols)
@@ -60,7 +117,8 @@ def contract_product(entry: sp.Expr, cols, extents, operand) -> sp.Expr:
             changed = False
             deltas, rest = split_deltas(t)
             for var in list(free):
-                pin = next((d for d in deltas if _other(d, var) is not None), None)
+                pin = next((d for d in deltas if _other(d, var) is not None
+                            and _within(_other(d, var), ranges[var], known, normalize)), None)
                 if pin is not None:
                     other = _other(pin, var)
                     t = sp.Mul(*[d for d in deltas if d is not pin], rest).subs(var, other)

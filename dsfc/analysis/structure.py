@@ -128,22 +128,41 @@ def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
     return bool(col_part) and all(not (f.free_symbols & {rows[k] for k in mixed}) for f in col_part) and bool(row_part)
 
 
+def _free_dims(sym: SymSpec):
+    """Rewrites an extent over the free dims (derived dims substituted by their definitions)."""
+    env = {sym.dims[k]: v for k, v in sym.dim_defs.items()}
+
+    def normalize(expr):
+        expr = sp.S(expr)
+        for _ in range(len(env) + 1):
+            new = expr.subs(env)
+            if new == expr:
+                break
+            expr = new
+        return expr
+
+    return normalize
+
+
 def compute_bu(sym: SymSpec, rows) -> sp.Expr:
     m = sym.matrices["B"]
     entry = m.entry.subs(dict(zip(m.rows, rows)), simultaneous=True)
-    return contract_product(entry, m.cols, m.col_extents, sym.driven.base[m.cols] if m.cols else sym.driven.base)
+    return contract_product(entry, m.cols, m.col_extents, sym.driven.base[m.cols] if m.cols else sym.driven.base,
+                            dict(zip(rows, m.row_extents)), _free_dims(sym))
 
 
 def compute_readout(sym: SymSpec) -> Readout:
     c = sym.matrices["C"]
     out_syms = c.rows
-    ch = contract_product(c.entry, c.cols, c.col_extents, sym.state.base[c.cols])
+    ch = contract_product(c.entry, c.cols, c.col_extents, sym.state.base[c.cols], dict(zip(out_syms, c.row_extents)),
+                          _free_dims(sym))
     d = sym.matrices.get("D")
     if d is None:
         du = sp.Integer(0)
     else:
         entry = d.entry.subs(dict(zip(d.rows, out_syms)), simultaneous=True)
-        du = contract_product(entry, d.cols, d.col_extents, sym.driven.base[d.cols])
+        du = contract_product(entry, d.cols, d.col_extents, sym.driven.base[d.cols],
+                              dict(zip(out_syms, d.row_extents)), _free_dims(sym))
     return Readout(out_syms, ch, du)
 
 

@@ -343,11 +343,13 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         return const_sym[e]
 
     def lift(e):
-        if e.is_Number and not e.is_Integer and e.is_finite:
+        # e.is_number, not e.is_Number: a constant expression (tanh(1), sqrt(2), pi) printed as is would be evaluated
+        # by the kernel in fp32 (tl.sqrt(2), a literal 3.14159...), off by ~5e-8 in a float64 kernel
+        if e.is_number and not e.is_Integer and e.is_finite and e.is_real:
             v = float(e)
             with np.errstate(over="ignore"):  # beyond fp32's range: not exact in fp32, so a host constant
                 exact = float(np.float32(v)) == v
-            return e if exact else const(e, repr(v))
+            return (e if e.is_Number else sp.Float(v)) if exact else const(e, repr(v))
         if e.free_symbols and e.free_symbols <= dimset and not e.is_Integer:
             return const(e, f"float({pr.print(e, (), {})})")
         if not e.args or isinstance(e, (sp.KroneckerDelta, sp.floor, sp.Mod)):

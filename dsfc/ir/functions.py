@@ -8,6 +8,8 @@ the generated Triton backward kernels get d(a)/d(leaf) from ``sympy.diff``. Kink
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 
 
@@ -135,6 +137,40 @@ def slots_for_infinite(e, slots):
     return sp.S(e).xreplace({t: sp.Integer(slots) for t in sp.S(e).atoms(TaylorRange) if t.args[1] is sp.oo})
 
 
+def kronecker_delta(a, b):
+    """``delta(a, b)`` with the equation ``a = b`` reduced first, so that deltas that say the same thing look the same.
+
+    The structure analysis recognises a diagonal or a block pair by ``delta(c, c2)`` of two index symbols; written
+    ``delta(c + 1, c2 + 1)``, ``delta(c - c2, 0)`` or ``delta(2 * c, 2 * c2)`` it is the same matrix but was analysed
+    as a dense A (right numbers, the slow block scan). ``a - b`` with its integer content divided out (only when every
+    coefficient, the constant included, is a multiple of it: ``2 c - 2 c2 + 1 = 0`` has no integer solution and is
+    left to SymPy as written) is rewritten to ``delta(t1, t2)`` when it is ``t1 - t2`` of two terms with unit
+    coefficients, or to ``delta(t, k)`` when it is ``t - k`` with a constant k. Anything else stays as written.
+    """
+    a, b = sp.S(a), sp.S(b)
+    diff = sp.expand(a - b, deep=False)  # not inside floors and mods: delta(x // s, y // s) keeps its form
+    terms = sp.Add.make_args(diff)
+    coeffs = [t.as_coeff_Mul()[0] for t in terms]
+    if len(terms) > 2 or not all(c.is_Integer for c in coeffs):
+        return sp.KroneckerDelta(a, b)
+    g = math.gcd(*[int(c) for c in coeffs])
+    if g > 1:
+        diff = sp.expand(diff / g, deep=False)
+        terms = sp.Add.make_args(diff)
+    pos = [t for t in terms if t.as_coeff_Mul()[0] == 1 and not t.is_number]
+    neg = [-t for t in terms if t.as_coeff_Mul()[0] == -1 and not t.is_number]
+    const = [t for t in terms if t.is_number]
+    if len(terms) == 1 and (pos or neg):  # delta(c + 1, 1), delta(2 * c, 0): c = 0
+        return sp.KroneckerDelta((pos or neg)[0], 0)
+    if len(pos) == 1 and len(neg) == 1:
+        return sp.KroneckerDelta(pos[0], neg[0])
+    if len(pos) == 1 and len(const) == 1:
+        return sp.KroneckerDelta(pos[0], -const[0])
+    if len(neg) == 1 and len(const) == 1:
+        return sp.KroneckerDelta(neg[0], const[0])
+    return sp.KroneckerDelta(a, b)
+
+
 # language name -> SymPy callable
 FUNCTION_TABLE = {
     "exp": sp.exp,
@@ -154,5 +190,5 @@ FUNCTION_TABLE = {
     "pow": sp.Pow,
     "max": sp.Max,
     "min": sp.Min,
-    "delta": sp.KroneckerDelta,
+    "delta": kronecker_delta,
 }

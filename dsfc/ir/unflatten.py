@@ -70,6 +70,45 @@ def _radix(sym: SymSpec, expr: sp.Expr, extents: dict[sp.Symbol, sp.Expr], total
     return digits[::-1]
 
 
+def _divmod_split(sym: SymSpec, m: SymMatrix, k: int):
+    """Output row k of m read only through ``o // s`` and ``o % s`` with one stride s that divides o's extent:
+    the digits [(s, extent / s), (1, s)], or None.
+
+    ``delta(o // V, h) * delta(o % V, b)`` says the same as ``delta(o, h*V + b)``; without this it was left flat and
+    the spec analysed as a dense readout (the elementwise scan instead of the chunked outer-product one).
+    """
+    o = m.rows[k]
+    strides = set()
+    for node in sp.preorder_traversal(m.entry):
+        if isinstance(node, sp.floor) and o in node.args[0].free_symbols:
+            num, den = sp.fraction(sp.together(node.args[0]))
+            if num != o:
+                return None
+            strides.add(den)
+        elif isinstance(node, sp.Mod) and o in node.args[0].free_symbols:
+            if node.args[0] != o:
+                return None
+            strides.add(node.args[1])
+    if not strides:
+        return None
+    norm = {_free_dims(sym, s_) for s_ in strides}
+    if len(norm) != 1:
+        return None
+    s = next(iter(strides))
+    if not (s.is_Integer or s.free_symbols) or not s.free_symbols <= set(sym.dims.values()) or s == 1:
+        return None  # a stride must be a number or built from dims
+    hidden = m.entry.replace(lambda n: isinstance(n, (sp.floor, sp.Mod)) and o in n.args[0].free_symbols,
+                             lambda n: sp.Integer(0))
+    if o in hidden.free_symbols:
+        return None  # o is also used on its own: keep it flat
+    outer = sp.simplify(_free_dims(sym, m.row_extents[k]) / _free_dims(sym, s))
+    if sp.fraction(sp.together(outer))[1] != 1 or not (outer.is_positive or outer.free_symbols):
+        return None  # s does not divide o's extent for every choice of the free dims
+    if outer == 1:
+        return None
+    return [(s, outer), (sp.Integer(1), s)]
+
+
 def _find_split(sym: SymSpec, m: SymMatrix, k: int):
     """The mixed-radix digits that output row k of matrix m is compared with in one of its deltas, or None."""
     o = m.rows[k]
@@ -81,7 +120,7 @@ def _find_split(sym: SymSpec, m: SymMatrix, k: int):
                 digits = _radix(sym, other, extents, m.row_extents[k])
                 if digits is not None:
                     return [(s, e) for s, e, _ in digits]
-    return None
+    return _divmod_split(sym, m, k)
 
 
 class _Simplifier:

@@ -15,10 +15,11 @@ from dsfc.pipeline import compile_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # dsf_testing, test_user_specs (plain modules)
 from test_user_specs import INLINE_QUERY, SQUARE_FEATURES, SQUARE_SUBSCRIPTS  # noqa: E402
+from test_user_specs_2 import CONST_EXPRS  # noqa: E402
 
 
-@pytest.mark.parametrize("text", [SQUARE_SUBSCRIPTS, SQUARE_FEATURES, INLINE_QUERY],
-                         ids=["square_subscripts", "square_features", "inline_query"])
+@pytest.mark.parametrize("text", [SQUARE_SUBSCRIPTS, SQUARE_FEATURES, INLINE_QUERY, CONST_EXPRS],
+                         ids=["square_subscripts", "square_features", "inline_query", "constant_expressions"])
 def test_triton_path_of_user_specs(text):
     report = run_check(compile_text(text, "user.dsf"), shapes=((2, 7),))
     assert report.ok, report.table()
