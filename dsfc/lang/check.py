@@ -105,12 +105,11 @@ class CheckedSpec:
 class _Scope:
     """Index variables in scope: name -> (extent expression, size at defaults)."""
 
-    def __init__(self, entries: dict[str, tuple[ast.Expr, int]] | None = None, contracted=frozenset()):
+    def __init__(self, entries: dict[str, tuple[ast.Expr, int]] | None = None):
         self.entries = dict(entries or {})
-        self.contracted = frozenset(contracted)  # summed over: sum binders, the columns of a matrix
 
-    def bind(self, name: str, extent: ast.Expr, size: int, contracted: bool = False) -> "_Scope":
-        s = _Scope(self.entries, self.contracted | {name} if contracted else self.contracted - {name})
+    def bind(self, name: str, extent: ast.Expr, size: int) -> "_Scope":
+        s = _Scope(self.entries)
         s.entries[name] = (extent, size)
         return s
 
@@ -431,7 +430,6 @@ class _Checker:
             if e.func == "delta":
                 for a in e.args:
                     self.check_subscript(a, scope, ctx)
-                self.check_delta_ranges(e, scope)
                 return
             for a in e.args:
                 self.check_expr(a, scope, ctx, allowed)
@@ -458,7 +456,7 @@ class _Checker:
                     )
                     return
                 extent, size = found
-            self.check_expr(e.body, scope.bind(e.var, extent, size, contracted=True), ctx, allowed)
+            self.check_expr(e.body, scope.bind(e.var, extent, size), ctx, allowed)
             return
         if isinstance(e, ast.BinOp):
             self.check_expr(e.left, scope, ctx, allowed)
@@ -573,30 +571,6 @@ class _Checker:
                 pass
             else:
                 self.err("subscripts may only combine index variables, dims and integers", node.span)
-
-    def check_delta_ranges(self, e: ast.Call, scope: _Scope):
-        """delta(i, k) with k summed over (a sum binder, a matrix column) is contracted by putting i for k, which
-        assumes i stays in k's range: C[o, c] = delta(o, c) with an output of 6 and a state of 4 read h[4], h[5]
-        (the generated module crashed in a reshape; the reference, which keeps the delta, gave 0 there)."""
-        a, b = e.args
-        if not (isinstance(a, ast.Name) and isinstance(b, ast.Name)):
-            return
-        if a.name not in scope.entries or b.name not in scope.entries:
-            return
-        (_, size_a), (_, size_b) = scope.entries[a.name], scope.entries[b.name]
-        if size_a == size_b or not ({a.name, b.name} & scope.contracted):
-            return
-        small, large = (a.name, b.name) if size_a < size_b else (b.name, a.name)
-        if small not in scope.contracted:
-            return  # the summed index covers the other's range: putting the other for it stays in range
-        lo, hi = min(size_a, size_b), max(size_a, size_b)
-        self.err(
-            f"delta({a.name}, {b.name}) pairs indices of different ranges: the summed index {small!r} has {lo} "
-            f"values and {large!r} has {hi}, so {large!r} = {lo}..{hi - 1} matches no {small!r}",
-            e.span,
-            hint="give both indices the same range (a matrix's rows and columns index its target and its source: "
-                 "check the output, state or input sizes)",
-        )
 
     def check_range(self, s: ast.Expr, axis: AxisInfo, scope: _Scope, tensor: str, k: int):
         """An index must stay inside the axis it subscripts (checked at the default dims)."""
@@ -901,7 +875,7 @@ class _Checker:
                     self.err(f"index name {iv.name!r} shadows a declared name", iv.span)
                     ok = False
                 seen.add(iv.name)
-                scope = scope.bind(iv.name, axis.extent, axis.size, contracted=side == "columns")
+                scope = scope.bind(iv.name, axis.extent, axis.size)
         if ok:
             self.check_expr(m.expr, scope, f"matrix {m.matrix}", {"param", "let", "input"})
 

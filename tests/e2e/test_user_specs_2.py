@@ -241,14 +241,3 @@ C[e, (a, b)] = delta(e, b) * sum(k, W_Q[a, k] * u[k])
 def test_matrix_states_with_axes_of_different_extents(text):
     built = compile_and_build(text)
     _assert_matches_reference(built)
-
-
-def test_python_dash_m_dsfc_runs_the_cli():
-    # a checkout that is not pip-installed has no `dsfc` script; there was no dsfc/__main__.py either
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-m", "dsfc", "--version"], cwd=root, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.startswith("dsfc "), out.stderr
