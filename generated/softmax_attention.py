@@ -322,9 +322,13 @@ class SoftmaxAttention(nn.Module):
         _past = torch.ones(_T, _T, dtype=_dtype, device=_dev).tril()
         _scores = torch.einsum("btgk,bsgk->btgs", qf, kf) * K**-0.5
         slots_ = {}
-        slots_["qf"] = torch.exp(_scores) * _past[None, :, None, :]  # phi(q_i) . phi(k_j), j <= i
-        slots_["kf"] = _eye[None, :, None, :].expand(_B, _T, H, _T)  # phi(k_i): slot i
-        slots_["z"] = _past[None, :, None, :].expand(_B, _T, H, _T)  # sum of phi(k_j), j <= i
+        _groups, _slots = H, (_B, _T, H, _T)  # group axes
+        # phi(q_i) . phi(k_j), j <= i
+        slots_["qf"] = (torch.exp(_scores) * _past[None, :, None, :]).reshape(_slots)
+        # phi(k_i): slot i
+        slots_["kf"] = _eye[None, :, None, :].expand(_B, _T, _groups, _T).reshape(_slots)
+        # sum of phi(k_j), j <= i
+        slots_["z"] = _past[None, :, None, :].expand(_B, _T, _groups, _T).reshape(_slots)
         out = []
         m = torch.as_tensor(
             torch.exp((-eta[:, :, :, None, None, None, None, None]) + eta_prev[:, :, :, None, None, None, None, None])

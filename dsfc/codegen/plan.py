@@ -718,6 +718,8 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         "du": "" if st.readout.du == 0 else pr.print(
             logsub(st.readout.du), st.readout.out_syms, sizes(st.readout.out_syms, sym.output.axes)),
         "g_size": g_size,
+        # the group axes as separate dims (dsf_matrices indexes the slot lets by the spec's own group axes)
+        "g_dims": "".join(f"{g_sizes[s]}, " for s in g_syms),
         "v_size": v_size,
         "length": length,
         "cache_note": report.kv_cache or "",

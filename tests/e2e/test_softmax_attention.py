@@ -238,3 +238,91 @@ def test_bench_compares_forward_with_the_kv_cache_loop(softmax):
 
     row = run_bench(softmax[0], T=9, dims={"d": 5, "H": 2, "K": 3, "V": 4}, repeats=1)
     assert row["family"] == "quadratic attention" and row["max_rel_err"] < 1e-5
+
+
+GQA = """model GQA "R query heads per group share its keys and values: two group axes (h, r)"
+dim d = 4
+dim H = 2
+dim R = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, r: R, f: taylor(K, inf), b: V]
+output y[h: H, r: R, b: V]
+param W_Q[H, R, K, d] ~ normal(0, 0.6)
+param W_K[H, K, d] ~ normal(0, 0.6)
+param W_V[H, V, d] ~ normal(0, 0.6)
+let qf[h: H, r: R, f: taylor(K, inf)] = taylor(a, sum(m, W_Q[h, r, a, m] * u[m]))
+let kf[h: H, r: R, f: taylor(K, inf)] = taylor(a, sum(m, W_K[h, a, m] * u[m]))
+let z[h: H, r: R, f: taylor(K, inf)] = cumsum(kf[h, r, f])
+let eta[h: H, r: R] = sum(f, qf[h, r, f] * z[h, r, f])
+let eta_prev[h: H, r: R] = prev(eta[h, r])
+A[(h, r, f, b), (i, s, e, c)] = delta(h, i) * delta(r, s) * delta(f, e) * delta(b, c) * eta_prev[h, r] / eta[h, r]
+B[(h, r, f, b), m] = kf[h, r, f] * W_V[h, b, m] / eta[h, r]
+C[(o, s, e), (h, r, f, b)] = delta(o, h) * delta(s, r) * delta(e, b) * qf[h, r, f]
+"""
+
+GATED = """model Gated "no group axis, a per-key gate exp(g_j) (a column weight), a per-query factor and a D term"
+dim d = 3
+dim K = 2
+dim V = 3
+input u[d]
+state S[f: taylor(K, inf), b: V]
+output y[b: V]
+param W_Q[K, d] ~ normal(0, 0.5)
+param W_K[K, d] ~ normal(0, 0.5)
+param W_V[V, d] ~ normal(0, 0.5)
+param w_g[d] ~ normal(0, 0.5)
+let qf[g: taylor(K, inf)] = taylor(a, sum(m, W_Q[a, m] * u[m]))
+let kf[g: taylor(K, inf)] = taylor(c, sum(m, W_K[c, m] * u[m]))
+let gate = sum(m, w_g[m] * u[m])
+A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2)
+B[(f, b), m] = kf[f] * W_V[b, m] * exp(gate)
+C[o, (f, b)] = 0.5 * delta(o, b) * qf[f] * sigmoid(gate)
+D[o, m] = delta(o, m) * 2
+"""
+
+
+def _gqa_naive(m, u):
+    q = torch.einsum("hrkd,btd->bhrtk", m.W_Q, u)
+    k = torch.einsum("hkd,btd->bhtk", m.W_K, u)[:, :, None].expand(-1, -1, 2, -1, -1)
+    v = torch.einsum("hvd,btd->bhtv", m.W_V, u)[:, :, None].expand(-1, -1, 2, -1, -1)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=3**-0.5)  # [B, H, R, T, V]
+    return y.permute(0, 3, 1, 2, 4).reshape(u.shape[0], u.shape[1], -1)
+
+
+def _gated_naive(m, u):
+    s = torch.einsum("kd,bid->bik", m.W_Q, u) @ torch.einsum("kd,bjd->bjk", m.W_K, u).transpose(1, 2) / 2**0.5
+    g = u @ m.w_g
+    w = torch.exp(s + g[:, None, :]) * torch.ones(u.shape[1], u.shape[1], dtype=torch.bool).tril()
+    return 0.5 * torch.sigmoid(g)[..., None] * (w @ (u @ m.W_V.T)) + 2 * u
+
+
+@pytest.mark.parametrize("text,naive", [(GQA, _gqa_naive), (GATED, _gated_naive)], ids=["gqa", "gated"])
+def test_slot_form_of_other_group_shapes(text, naive, tmp_path):
+    """dsf_matrices with two group axes or none: the slot lets were [B, T, prod(groups) or 1, T] while the matrix
+    entries index them by the spec's own group axes (an IndexError / expand error, and `dsfc check` an internal
+    error). The recurrence h_t = A_t h_(t-1) + B_t u_t, y_t = C_t h_t + D_t u_t over the matrices, forward and the
+    reference evaluator must all give the naive formula."""
+    from dsfc.check import run_check
+
+    path = tmp_path / "spec.dsf"
+    path.write_text(text, encoding="utf-8")
+    result = compile_spec(str(path))
+    ns: dict = {}
+    exec(compile(result.source, "<spec>", "exec"), ns)
+    torch.manual_seed(2)
+    m = ns[result.sym.model](dtype=F64)
+    u = torch.randn(2, 5, m.W_Q.shape[-1], dtype=F64)
+    with torch.no_grad():
+        want = naive(m, u)
+        torch.testing.assert_close(m(u), want, rtol=1e-10, atol=1e-12)
+        A, B, C, D = m.dsf_matrices(u)
+        h = torch.zeros(2, A.shape[-1], dtype=F64)
+        ys = []
+        for t in range(u.shape[1]):
+            h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], u[:, t])
+            ys.append(torch.einsum("bij,bj->bi", C[:, t], h) + torch.einsum("bij,bj->bi", D[:, t], u[:, t]))
+    torch.testing.assert_close(torch.stack(ys, 1), want, rtol=1e-10, atol=1e-12)
+    report = run_check(result, shapes=((1, 1), (2, 4)), triton=False)
+    assert report.ok, report.table()
