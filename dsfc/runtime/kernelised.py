@@ -52,6 +52,7 @@ def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: tor
         if col is not None:
             w = w + col[:, :s1].permute(0, 2, 1)[:, :, None, :]
         m = w.amax(-1, keepdim=True).detach()  # the row maximum: an exact shift, so exp never overflows
+        m = m.masked_fill(m == float("-inf"), 0.0)  # a row whose every weight is 0 (col = -inf): y = 0, not NaN
         y = torch.einsum("bgts,bsgv->btgv", torch.exp(w - m), v[:, :s1])
         out.append(y * torch.exp(m.squeeze(-1)).permute(0, 2, 1)[..., None])
     return torch.cat(out, 1)

@@ -80,6 +80,23 @@ def test_attention_matches_naive_formula(B, T, S, G, K, V, with_row, with_col):
         assert rel(a.cpu(), b) <= 1e-12
 
 
+def test_keys_masked_by_minus_inf_columns_give_zero_on_both_paths():
+    """col = -inf removes a key (weight exp(-inf) = 0); a query that sees only removed keys gets y = 0. The torch
+    version shifted such a row by its maximum, -inf, and returned NaN; both must match the naive formula."""
+    from dsfc.runtime.kernelised import kernel_attention
+
+    gen = torch.Generator().manual_seed(2)
+    q, k = torch.randn(1, 6, 1, 3, generator=gen, dtype=F64), torch.randn(1, 6, 1, 3, generator=gen, dtype=F64)
+    v = torch.randn(1, 6, 1, 2, generator=gen, dtype=F64)
+    col = torch.zeros(1, 6, 1, dtype=F64)
+    col[:, :3] = float("-inf")  # queries 0..2 see only removed keys
+    want = _naive(q, k, v, None, col, 1.0)
+    assert torch.equal(want[:, :3], torch.zeros_like(want[:, :3]))
+    for got in (kernel_attention(q, k, v, torch.zeros(1, 6, 1, dtype=F64), col, 1.0),
+                kernel_attention_triton(*(x.to(DEVICE) for x in (q, k, v)), None, col.to(DEVICE), 1.0).cpu()):
+        assert torch.isfinite(got).all() and rel(got, want) <= 1e-12
+
+
 @pytest.mark.parametrize("T,S", [(1, 1), (37, 37), (9, 40)])
 def test_log_sum_matches_logsumexp(T, S):
     gen = torch.Generator().manual_seed(S)
