@@ -78,22 +78,43 @@ def load_module(result: CompileResult, name: str | None = None) -> types.ModuleT
 
 
 def small_dims(result: CompileResult) -> dict[str, int]:
-    """Shrink the spec's free dims for a fast check, keeping derived dims (e.g. d // H) exact."""
+    """Shrink the spec's free dims for a fast check, keeping derived dims (e.g. d // H) exact.
+
+    A derived dim that the shrinking brings down to 1 while its default is larger (RG-LRU's block width W // nh at
+    W = nh) would make the check blind to its indexing (``c // bw``, ``c % bw``): such dims are widened again by
+    growing one free dim a few times over, when that keeps every division exact."""
     sym = result.sym
     base = {k: sym.dim_defaults[k] for k in sym.free_dims}
-    small = {}
-    for k, v in base.items():
-        small[k] = min(v, 3 if v <= 8 else 5)
-    # derived dims must stay valid: fall back to the defaults scaled down until every division is exact
-    for scale in range(0, 6):
+    defaults = sym.dim_values(base)
+
+    def values(cand):
         try:
-            vals = sym.dim_values(small)
-            if all(float(x).is_integer() and x > 0 for x in vals.values()):
-                return small
-        except Exception:  # noqa: BLE001 - try the next candidate
-            pass
-        small = {k: min(v, 2 ** (scale + 1)) for k, v in base.items()}
-    return base
+            vals = sym.dim_values(cand)
+        except Exception:  # noqa: BLE001 - not a valid candidate
+            return None
+        return vals if all(float(x).is_integer() and x > 0 for x in vals.values()) else None
+
+    def collapsed(vals) -> int:
+        return sum(1 for k, x in vals.items() if x == 1 and defaults[k] > 1)
+
+    # derived dims must stay valid: fall back to the defaults scaled down until every division is exact
+    candidates = [{k: min(v, 3 if v <= 8 else 5) for k, v in base.items()}]
+    candidates += [{k: min(v, 2 ** (scale + 1)) for k, v in base.items()} for scale in range(6)]
+    first_valid = None
+    for small in candidates:
+        vals = values(small)
+        if vals is None:
+            continue
+        if not collapsed(vals):
+            return small
+        first_valid = first_valid or small
+        for k in small:
+            for factor in range(2, 7):
+                wider = {**small, k: min(base[k], small[k] * factor)}
+                wider_vals = values(wider)
+                if wider_vals is not None and not collapsed(wider_vals):
+                    return wider
+    return first_valid or base
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
