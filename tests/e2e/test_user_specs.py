@@ -80,6 +80,43 @@ def test_check_dims_keep_rg_lru_blocks_wider_than_one():
     assert result.sym.dim_values(small_dims(result))["bw"] > 1  # was W = nh = 5: blocks of width 1
 
 
+# a literal stride in a subscript: in range at the defaults (where the compiler checks it), out of range at the
+# dims `dsfc check` shrank to (d = 5), where the generated module indexed past u: an "internal error", exit 3
+LITERAL_STRIDE = """
+model LiteralStride
+dim d = 8
+dim H = 2
+dim V = 4
+input u[d]
+state S[h: H, b: V]
+output y[h: H, b: V]
+param W[H, V, d] ~ normal(0, 0.4)
+param a[H] ~ uniform(0.5, 0.9)
+A[(h, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * a[h]
+B[(h, b), m] = W[h, b, m]
+C[(o, e), (h, b)] = delta(o, h) * delta(e, b)
+post z[h: H, b: V] = y[h, b] * sigmoid(u[h * 4 + b])
+"""
+
+
+def test_check_picks_dims_where_the_subscripts_stay_in_range(tmp_path, capsys):
+    result = compile_text(LITERAL_STRIDE, "literal_stride.dsf")
+    dims = small_dims(result)
+    assert dims["d"] >= 4 * (dims["H"] - 1) + dims["V"]
+    report = run_check(result, triton=False)
+    assert report.ok, report.table()
+    spec = tmp_path / "literal_stride.dsf"
+    spec.write_text(LITERAL_STRIDE)
+    assert main(["check", str(spec), "--no-triton"]) == 0
+    capsys.readouterr()
+    for argv in (["bench", str(spec), "-T", "4", "--repeats", "1", "--dims", "d=5"],
+                 ["plot", str(spec), "--dims", "d=5", "-o", str(tmp_path / "x.png")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "subscript 0 of 'u' reaches 5" in err and "literal_stride.dsf:14:" in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_bench_reports_bad_dims_without_a_traceback(tmp_path, capsys):
     spec = tmp_path / "ssd_groups.dsf"
     spec.write_text(SSD_GROUPS)
