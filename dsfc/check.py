@@ -14,6 +14,7 @@ kernel gets a note "no Triton kernel (reason)", not a failure.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -77,23 +78,68 @@ def load_module(result: CompileResult, name: str | None = None) -> types.ModuleT
     return module
 
 
+def spec_errors_at(result: CompileResult, dims: dict[str, int]) -> str | None:
+    """The front end's errors with the free dims at ``dims`` instead of their defaults, or None.
+
+    The compiler checks subscript ranges (``u[h * 4 + b]``), exact divisions and initial values at the default dims
+    only; at other dims the generated module indexed past a tensor and the CLI reported an internal error."""
+    from .lang import ast
+    from .lang.check import check_spec
+    from .lang.errors import SpecErrors
+
+    spec = result.spec
+    statements = tuple(
+        dataclasses.replace(s, value=ast.Num(int(dims[s.name]), span=s.value.span))
+        if isinstance(s, ast.DimDecl) and s.name in dims else s
+        for s in spec.statements
+    )
+    try:
+        check_spec(dataclasses.replace(spec, statements=statements))
+    except SpecErrors as exc:
+        return exc.render()
+    return None
+
+
 def small_dims(result: CompileResult) -> dict[str, int]:
-    """Shrink the spec's free dims for a fast check, keeping derived dims (e.g. d // H) exact."""
+    """Shrink the spec's free dims for a fast check, keeping derived dims (e.g. d // H) exact.
+
+    A derived dim that the shrinking brings down to 1 while its default is larger (RG-LRU's block width W // nh at
+    W = nh) would make the check blind to its indexing (``c // bw``, ``c % bw``): such dims are widened again by
+    growing one free dim a few times over, when that keeps every division exact."""
     sym = result.sym
     base = {k: sym.dim_defaults[k] for k in sym.free_dims}
-    small = {}
-    for k, v in base.items():
-        small[k] = min(v, 3 if v <= 8 else 5)
-    # derived dims must stay valid: fall back to the defaults scaled down until every division is exact
-    for scale in range(0, 6):
+    defaults = sym.dim_values(base)
+
+    def values(cand):
         try:
-            vals = sym.dim_values(small)
-            if all(float(x).is_integer() and x > 0 for x in vals.values()):
-                return small
-        except Exception:  # noqa: BLE001 - try the next candidate
-            pass
-        small = {k: min(v, 2 ** (scale + 1)) for k, v in base.items()}
-    return base
+            vals = sym.dim_values(cand)
+        except Exception:  # noqa: BLE001 - not a valid candidate
+            return None
+        if not all(float(x).is_integer() and x > 0 for x in vals.values()):
+            return None
+        return vals if cand == base or spec_errors_at(result, cand) is None else None  # e.g. u[h * 4 + b] at d = 5
+
+    def collapsed(vals) -> int:
+        return sum(1 for k, x in vals.items() if x == 1 and defaults[k] > 1)
+
+    # derived dims must stay valid: fall back to the defaults scaled down until every division is exact
+    candidates = [{k: min(v, 3 if v <= 8 else 5) for k, v in base.items()}]
+    candidates += [{k: min(v, 2 ** (scale + 1)) for k, v in base.items()} for scale in range(6)]
+    first_valid = None
+    for small in candidates:
+        vals = values(small)
+        if vals is None:
+            continue
+        if not collapsed(vals):
+            return small
+        first_valid = first_valid or small
+        for k in small:
+            for factor in range(2, 7):
+                wider = {**small, k: min(base[k], small[k] * factor)}
+                wider_vals = values(wider)
+                if wider_vals is not None and not collapsed(wider_vals):
+                    return wider
+    return first_valid or base
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -182,6 +228,10 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
                 # the initialisers fail at the shrunk dims (log(d - 5) at d = 3): the defaults, where the compiler
                 # checked them, are the smallest dims known to work
                 dims = {k: sym.dim_defaults[k] for k in sym.free_dims}
+    elif {k: dims[k] for k in sym.free_dims if k in dims} != {k: sym.dim_defaults[k] for k in sym.free_dims}:
+        problems = spec_errors_at(result, dims)
+        if problems is not None:
+            raise CheckDimsError(f"{sym.model} is not valid at the dims {dims}:\n{problems}")
     n_params = param_elements(sym, sym.dim_values(dims))
     if n_params > MAX_CHECK_ELEMENTS:
         raise CheckSizeError(

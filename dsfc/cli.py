@@ -191,7 +191,8 @@ def cmd_bench(args) -> int:
                                             ("--compile", args.compile), ("--memory", args.memory)) if given]
         if ignored:
             print(f"dsfc bench: error: --gpu does not take {', '.join(ignored)}: it times fixed groups (generated S6, "
-                  "SSD, GLA and linear attention at set dims and lengths) against mamba-ssm / fla, not given specs; "
+                  "SSD, GLA, linear and softmax attention at set dims and lengths) against mamba-ssm / fla / torch's "
+                  "scaled_dot_product_attention, not given specs; "
                   "for its own -T, --batch, --groups, --dtype options run python benchmarks/gpu_bench.py --help",
                   file=sys.stderr)
             return EXIT_SPEC_ERROR

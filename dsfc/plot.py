@@ -80,6 +80,12 @@ def override_dims(result: CompileResult, base: dict[str, int], overrides: dict[s
     for k, v in values.items():
         if not (float(v).is_integer() and v > 0):
             raise PlotError(f"derived dim {k} = {sym.dim_defs.get(k)} is {v} at dims {dims}; choose dims that divide exactly")
+    if overrides:
+        from .check import spec_errors_at
+
+        problems = spec_errors_at(result, dims)
+        if problems is not None:  # a subscript leaving its range there: the module would index past a tensor
+            raise PlotError(f"{sym.model} is not valid at the dims {dims}:\n{problems}")
     return dims
 
 

@@ -72,3 +72,17 @@ def test_cli_output_under_a_file_names_the_file(tmp_path, monkeypatch, capsys):
     assert main(["catalog", "specs/s6.dsf", "-o", str(blocker / "sub" / "catalog.md")]) == 2
     assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
     assert blocker.read_text(encoding="utf-8") == "x"
+
+
+def _table(text: str) -> str:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| spec ") and "| family" in line)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[start:end])
+
+
+def test_readme_catalog_table_is_the_analyze_table(rendered):
+    """README's catalog table is `dsfc analyze specs/*.dsf`, the table docs/catalog.md opens with."""
+    assert _table((ROOT / "README.md").read_text(encoding="utf-8")) == _table(rendered)

@@ -154,6 +154,18 @@ def test_compare_linear_attention_vs_s6(capsys):
     assert "C readout: I (x) c^T" in same_lines
 
 
+def test_compare_doc_shows_the_current_output(monkeypatch, capsys):
+    """docs/compare-linear-attention-s6.md prints the output of its commands: keep both blocks what dsfc prints."""
+    doc = (ROOT / "docs" / "compare-linear-attention-s6.md").read_text()
+    monkeypatch.chdir(ROOT)
+    assert main(["compare", "specs/linear_attention.dsf", "specs/s6.dsf"]) == 0
+    out = capsys.readouterr().out.replace(f"{ROOT}/", "")  # this module's compile cache resolves the paths
+    assert f"```\n{out}```" in doc
+    assert main(["compare", "specs/linear_attention_normalized.dsf", "specs/s6.dsf"]) == 0
+    diff = "== differences" + capsys.readouterr().out.partition("== differences")[2]
+    assert f"```\n{diff}```" in doc
+
+
 @pytest.mark.parametrize("stem,normaliser", [("linear_attention_normalized", "eta"),
                                              ("normalized_attention", "s")])
 def test_compare_normalised_attention_vs_s6(stem, normaliser, capsys):

@@ -3,17 +3,21 @@ check and run like the catalog's. Compared against the float64 reference recurre
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from dsf_testing import F64, compile_and_build, rel_err, run_steps, state_err
+from dsf_testing import F64, build, compile_and_build, rel_err, run_steps, state_err
 from dsfc.analysis.structure import Family
 from dsfc.check import run_check, small_dims
 from dsfc.cli import main
 from dsfc.ir.symspec import DimError
-from dsfc.pipeline import compile_text
+from dsfc.pipeline import compile_spec, compile_text
+from dsfc.reference import reference_forward
 
 TOL = 1e-8
+ROOT = Path(__file__).resolve().parents[2]
 
 # Mamba-2 with several groups: the derived dim R = H // G must stay exact when `dsfc check` shrinks the dims
 SSD_GROUPS = """
@@ -53,6 +57,64 @@ def test_check_shrinks_grouped_dims_exactly():
     assert dims["H"] % dims["G"] == 0
     report = run_check(result, triton=False)
     assert report.ok, report.table()
+
+
+def test_check_dims_tell_grouped_indexing_apart():
+    """dsfc check shrank H, G to 2, 2, so R = H // G was 1 and `h // R` read the same group as `h % G` (or `h`): a
+    spec indexing its groups wrongly passed the check. Derived dims larger than 1 by default stay larger than 1."""
+    right = compile_text(SSD_GROUPS, "ssd_groups.dsf")
+    wrong = compile_text(SSD_GROUPS.replace("Cm[h // R, j]", "Cm[h % G, j]"), "ssd_groups.dsf")
+    dims = small_dims(right)
+    assert right.sym.dim_values(dims)["R"] > 1
+    ys = []
+    for result in (right, wrong):
+        model = build(result, dims, seed=0).model
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        u = torch.randn(2, 5, model._in_features(), dtype=F64, generator=torch.Generator().manual_seed(1))
+        ys.append(reference_forward(result.sym, result.sym.dim_values(dims), params, u)[0])
+    assert rel_err(ys[1], ys[0]) > 1e-3  # the two specs differ at the check dims
+
+
+def test_check_dims_keep_rg_lru_blocks_wider_than_one():
+    result = compile_spec(ROOT / "specs" / "rg_lru.dsf")
+    assert result.sym.dim_values(small_dims(result))["bw"] > 1  # was W = nh = 5: blocks of width 1
+
+
+# a literal stride in a subscript: in range at the defaults (where the compiler checks it), out of range at the
+# dims `dsfc check` shrank to (d = 5), where the generated module indexed past u: an "internal error", exit 3
+LITERAL_STRIDE = """
+model LiteralStride
+dim d = 8
+dim H = 2
+dim V = 4
+input u[d]
+state S[h: H, b: V]
+output y[h: H, b: V]
+param W[H, V, d] ~ normal(0, 0.4)
+param a[H] ~ uniform(0.5, 0.9)
+A[(h, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * a[h]
+B[(h, b), m] = W[h, b, m]
+C[(o, e), (h, b)] = delta(o, h) * delta(e, b)
+post z[h: H, b: V] = y[h, b] * sigmoid(u[h * 4 + b])
+"""
+
+
+def test_check_picks_dims_where_the_subscripts_stay_in_range(tmp_path, capsys):
+    result = compile_text(LITERAL_STRIDE, "literal_stride.dsf")
+    dims = small_dims(result)
+    assert dims["d"] >= 4 * (dims["H"] - 1) + dims["V"]
+    report = run_check(result, triton=False)
+    assert report.ok, report.table()
+    spec = tmp_path / "literal_stride.dsf"
+    spec.write_text(LITERAL_STRIDE)
+    assert main(["check", str(spec), "--no-triton"]) == 0
+    capsys.readouterr()
+    for argv in (["bench", str(spec), "-T", "4", "--repeats", "1", "--dims", "d=5"],
+                 ["plot", str(spec), "--dims", "d=5", "-o", str(tmp_path / "x.png")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "subscript 0 of 'u' reaches 5" in err and "literal_stride.dsf:14:" in err, err
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_bench_reports_bad_dims_without_a_traceback(tmp_path, capsys):
