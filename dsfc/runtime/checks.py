@@ -44,10 +44,16 @@ def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch
     Raises:
         ValueError / TypeError naming the entry and what is wrong with it.
     """
-    if not isinstance(state, dict) or CACHE_KEYS not in state or CACHE_VALUES not in state:
+    if not isinstance(state, dict):
         raise ValueError(
             f"{model}: the state is a KV cache dict with 'cache:keys' and 'cache:values' (as returned "
-            "with output_final_state=True), not a fixed-size tensor: the state of this model is infinite"
+            f"with output_final_state=True), not a {type(state).__name__}: the state of this model is infinite"
+        )
+    missing = [k for k in (CACHE_KEYS, CACHE_VALUES) if k not in state]
+    if missing:
+        raise ValueError(
+            f"{model}: the KV cache dict lacks {', '.join(map(repr, missing))} (it has {sorted(map(str, state))}); "
+            "pass the dict forward(..., output_final_state=True) returned"
         )
     for key, tail in want.items():
         value = state.get(key)

@@ -121,7 +121,10 @@ def test_quadratic_cache_is_checked(softmax):
            ({**cache, keys: cache[keys].long()}, TypeError, r"state\['cache:keys'\] must be a floating-point"),
            ({**cache, keys: cache[keys].tolist()}, TypeError, r"must be a floating-point tensor, got list"),
            ({**cache, keys: torch.full_like(cache[keys], float("nan"))}, ValueError, "contains NaN or inf"),
-           ({**cache, "zz": cache[keys]}, ValueError, r"unknown .*\['zz'\]")]
+           ({**cache, "zz": cache[keys]}, ValueError, r"unknown .*\['zz'\]"),
+           # a cache without its values named the state "not a fixed-size tensor" (it was a dict)
+           ({k: v for k, v in cache.items() if k != values}, ValueError, r"the KV cache dict lacks 'cache:values'"),
+           (cache[keys], ValueError, r"KV cache dict .* not a Tensor")]
     running = [k for k in cache if not k.startswith("cache:")]
     for name in running:
         bad.append(({**cache, name: cache[name][:, None]}, ValueError, f"initial_state\\['{name}'\\] must have shape"))

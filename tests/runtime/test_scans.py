@@ -587,3 +587,15 @@ def test_bad_arguments_name_the_problem():
             chunked_delta_scan(q, k, v, k, chunk=bad)
     # an integer-like chunk still works (numpy ints, torch sizes)
     assert torch.equal(diagonal_scan(a, b, chunk=torch.Size([2])[0]), diagonal_scan(a, b, chunk=2))
+
+
+def test_unknown_dsfc_compile_value_is_said_and_means_auto():
+    """DSFC_COMPILE=alwyas (a typo) silently behaved like auto: now a warning names the value."""
+    import subprocess
+    import sys
+
+    code = "import dsfc.runtime.compiled_chunks as c; print(c.MODE)"
+    env = {**__import__("os").environ, "DSFC_COMPILE": "alwyas"}
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "auto"
+    assert "DSFC_COMPILE must be auto, never or always (or 0 / 1), got 'alwyas'" in out.stderr
