@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsfc.runtime import axis, diagonal_scan, kernel_matrix
-from dsfc.runtime.checks import CACHE_COLS, CACHE_KEYS, CACHE_VALUES, check_kv_cache, check_running_state
+from dsfc.runtime.checks import (
+    CACHE_COLS,
+    CACHE_KEYS,
+    CACHE_VALUES,
+    check_finite_input,
+    check_kv_cache,
+    check_running_state,
+)
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
@@ -119,26 +126,8 @@ class SoftmaxAttention(nn.Module):
                 f"SoftmaxAttention: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
-        # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
-        # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
-        # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
-        # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
-        # (skipped too on meta tensors, which have no values: a meta module infers shapes)
-        if self.check_finite and not torch.compiler.is_compiling() and not u.is_meta:
-            with torch.no_grad():
-                sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
-            if not bool(torch.isfinite(sums).all()):
-                if not bool(torch.isfinite(u).all()):
-                    bad = (~torch.isfinite(u)).nonzero()[0].tolist()
-                    raise ValueError(
-                        f"SoftmaxAttention: u contains NaN or inf (first at [batch, time, feature] = {bad})"
-                    )
-                for _name, _p in self.named_parameters():
-                    if not _p.is_meta and not bool(torch.isfinite(_p).all()):
-                        raise ValueError(
-                            f"SoftmaxAttention: parameter {_name!r} contains NaN or inf (a diverged update or a bad "
-                            "checkpoint?)"
-                        )
+        if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
+            check_finite_input("SoftmaxAttention", u, self)
         if state is not None:
             self._check_cache(state, u.shape[0], u.device)
 

@@ -41,7 +41,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_running_state
+from dsfc.runtime.checks import check_finite_input, check_running_state
 from dsfc.runtime.features import taylor_dim, taylor_features
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -123,26 +123,8 @@ class TaylorAttention(nn.Module):
                 f"TaylorAttention: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
-        # a data-dependent check: skipped inside torch.compile, where it would break the graph. A NaN or inf entry
-        # makes the sum non-finite, so a finite sum (one cheap pass) clears u and the parameters (a diverged update
-        # or a corrupt checkpoint: they made every output NaN without a word); only a non-finite sum (which may also
-        # be an overflow of finite values) pays for the elementwise tests. One host sync for all of them.
-        # (skipped too on meta tensors, which have no values: a meta module infers shapes)
-        if self.check_finite and not torch.compiler.is_compiling() and not u.is_meta:
-            with torch.no_grad():
-                sums = torch.stack([u.sum().float(), *(p.sum().float() for p in self.parameters() if not p.is_meta)])
-            if not bool(torch.isfinite(sums).all()):
-                if not bool(torch.isfinite(u).all()):
-                    bad = (~torch.isfinite(u)).nonzero()[0].tolist()
-                    raise ValueError(
-                        f"TaylorAttention: u contains NaN or inf (first at [batch, time, feature] = {bad})"
-                    )
-                for _name, _p in self.named_parameters():
-                    if not _p.is_meta and not bool(torch.isfinite(_p).all()):
-                        raise ValueError(
-                            f"TaylorAttention: parameter {_name!r} contains NaN or inf (a diverged update or a bad "
-                            "checkpoint?)"
-                        )
+        if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
+            check_finite_input("TaylorAttention", u, self)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:

@@ -26,6 +26,30 @@ def _check_float_tensor(model: str, label: str, value) -> None:
         raise TypeError(f"{model}: {label} must be a floating-point tensor, got {got}")
 
 
+def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> None:
+    """NaN / inf in the input ``u`` or in ``module``'s parameters (a diverged update or a corrupt checkpoint: they
+    made every output NaN without a word), as a ValueError naming the first bad entry or parameter.
+
+    One host sync for all of them: a NaN or inf entry makes a sum non-finite, so a finite sum (one cheap pass each)
+    clears u and every parameter; only a non-finite sum (which may also be an overflow of finite values) pays for
+    the elementwise tests. Skipped inside torch.compile (a data-dependent branch would break the graph) and on meta
+    tensors (no values: a meta module infers shapes); the caller skips it when its ``check_finite`` is off."""
+    if torch.compiler.is_compiling() or u.is_meta:
+        return
+    with torch.no_grad():
+        sums = torch.stack([u.sum().float(), *(p.sum().float() for p in module.parameters() if not p.is_meta)])
+    if bool(torch.isfinite(sums).all()):
+        return
+    if not bool(torch.isfinite(u).all()):
+        bad = (~torch.isfinite(u)).nonzero()[0].tolist()
+        raise ValueError(f"{model}: u contains NaN or inf (first at [batch, time, feature] = {bad})")
+    for name, p in module.named_parameters():
+        if not p.is_meta and not bool(torch.isfinite(p).all()):
+            raise ValueError(
+                f"{model}: parameter {name!r} contains NaN or inf (a diverged update or a bad checkpoint?)"
+            )
+
+
 def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch: int, device: torch.device,
                    check_finite: bool) -> Dict:
     """Check a quadratic-family state dict as ``forward(..., output_final_state=True)`` returns it.
