@@ -103,10 +103,11 @@ def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK: tl.con
 
 
 @triton.jit
-def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V, scale,
+def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V, scale_ptr,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
               HAS_COL: tl.constexpr, LSE: tl.constexpr, DTYPE: tl.constexpr):
     """One block of BM queries of one (b, g): y [BM, V] and the row maxima m [BM] (LSE: L = m + log(sum) [BM])."""
+    scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_q, b, g, qi = _block_coords(tl.cdiv(T, BM), G, BM)
     mq = qi < T
     q_rows = (b * T + qi) * G + g  # rows of the [B, T, G, *] arrays
@@ -144,10 +145,11 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V
 
 
 @triton.jit
-def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G, K, V, scale,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
-                 HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
+def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G, K, V,
+                 scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
     """dk, dv, dcol of one block of BN keys of one (b, g), over the query blocks that see it."""
+    scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_k, b, g, kj = _block_coords(tl.cdiv(S, BN), G, BN)
     k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, DTYPE)
     dk = tl.zeros((BN, BK), DTYPE)
@@ -172,10 +174,11 @@ def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, d
 
 
 @triton.jit
-def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K, V, scale,
+def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K, V, scale_ptr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
                 HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
     """dq of one block of BM queries of one (b, g), over the keys they see."""
+    scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_q, b, g, qi = _block_coords(tl.cdiv(T, BM), G, BM)
     q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK, BV, HAS_ROW,
                                              DTYPE)
@@ -203,6 +206,12 @@ def _blocks(x: torch.Tensor) -> tuple[int, int]:
     return b, b
 
 
+def _scalar(x: float, like: torch.Tensor) -> torch.Tensor:
+    """x as a one-element tensor of ``like``'s dtype and device: triton passes a Python float as an fp32 scalar, which
+    on a GPU cost fp64 runs ~1e-7 of relative error (the interpreter keeps it exact)."""
+    return torch.full((1,), float(x), dtype=like.dtype, device=like.device)
+
+
 def _constexprs(q, v, row, col, cdt) -> dict:
     BM, BN = _blocks(q)
     return dict(BM=BM, BN=BN, BK=_pow2(q.shape[-1]), BV=_pow2(v.shape[-1]), HAS_ROW=row.numel() > 0,
@@ -221,7 +230,7 @@ def _forward(q, k, v, row, col, scale: float, lse: bool):
     grid = (B * G * triton.cdiv(T, c["BM"]),)
     dummy = q
     _attn_fwd[grid](q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, y, m, T, S, G, K, V,
-                    float(scale), LSE=lse, **c)
+                    _scalar(scale, q), LSE=lse, **c)
     return y, m
 
 
@@ -235,8 +244,8 @@ def _backward(q, k, v, row, col, m, dy, scale: float):
     dummy = q
     args = (q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, m, dy)
     _attn_bwd_kv[(B * G * triton.cdiv(S, c["BN"]),)](*args, dk, dv, dcol if col.numel() else dummy, T, S, G, K, V,
-                                                       float(scale), **c)
-    _attn_bwd_q[(B * G * triton.cdiv(T, c["BM"]),)](*args, dq, T, S, G, K, V, float(scale), **c)
+                                                       _scalar(scale, q), **c)
+    _attn_bwd_q[(B * G * triton.cdiv(T, c["BM"]),)](*args, dq, T, S, G, K, V, _scalar(scale, q), **c)
     return dq, dk, dv, dcol
 
 

@@ -624,9 +624,9 @@ def test_default_value_slice(monkeypatch, K, V, decay, dtype, want):
 
     monkeypatch.setattr(triton_outer, "_outer_fwd_op", fake_op)
     monkeypatch.setattr(triton_outer, "_outer_scan_fwd", fake_op)  # inference calls the implementation directly
-    q = torch.zeros(1, 3, 1, K, dtype=dtype)
-    v = torch.zeros(1, 3, 1, V, dtype=dtype)
-    g = torch.zeros(1, 3, 1, K) if decay == "key" else torch.zeros(1, 3, 1)
+    q = torch.zeros(1, 3, 1, K, dtype=dtype, device=DEVICE)
+    v = torch.zeros(1, 3, 1, V, dtype=dtype, device=DEVICE)
+    g = torch.zeros(1, 3, 1, K, device=DEVICE) if decay == "key" else torch.zeros(1, 3, 1, device=DEVICE)
     chunked_outer_triton(q, q, v, g)
     assert seen["block_v"] == want
 
