@@ -83,6 +83,8 @@ def main(argv=None) -> int:
                    help="chunk,block_v,num_warps,schedule (or 'default': chunked_outer_triton's own choice)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--fla", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=INT",
+                   help="set dsfc.runtime.triton_outer tuning constants first (e.g. SCORES_WARPS=8)")
     p.add_argument("-o", "--output")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cpu: a smoke test of this script under TRITON_INTERPRET=1 (tiny sizes), not a profile")
@@ -90,7 +92,14 @@ def main(argv=None) -> int:
 
     import torch
 
+    import dsfc.runtime.triton_outer as triton_outer
     from dsfc.runtime.triton_outer import chunked_outer_triton
+
+    for assignment in args.set:
+        name, _, value = assignment.partition("=")
+        if not name.isupper() or not hasattr(triton_outer, name) or not value.lstrip("-").isdigit():
+            p.error(f"--set {assignment!r}: expected NAME=INT with NAME a tuning constant of triton_outer")
+        setattr(triton_outer, name, int(value))
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("profile_outer.py needs a CUDA GPU (--device cpu: a smoke test)", file=sys.stderr)
@@ -98,7 +107,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     q, k, v, g = _inputs(args.decay, args.B, args.T, args.H, args.K, args.V, dtype, args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(name, "torch", torch.__version__, "B T H K V", args.B, args.T, args.H, args.K, args.V, args.decay, flush=True)
+    print(name, "torch", torch.__version__, "B T H K V", args.B, args.T, args.H, args.K, args.V, args.decay,
+          " ".join(args.set), flush=True)
     runs = {}
     for cfg in args.configs:
         kw = {} if cfg == "default" else dict(zip(("chunk", "block_v", "num_warps"), map(int, cfg.split(",")[:3])),

@@ -85,7 +85,8 @@ __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU)
 CHUNK_CUDA = 64  # on a GPU with half operands: longer chunks, fewer sequential steps
 SUB_CHUNK = 16  # per-key decay: the sub-chunk of the intra-chunk scores (``_key_scores_fwd``)
-SCORES_WARPS = 4  # the per-key score kernels' warps: [16, K] tiles
+SCORES_WARPS = 4  # the per-key score kernels' warps ([16, K] tiles): forward; backward (more live tiles: at 4 warps
+SCORES_BWD_WARPS = 8  # ptxas spills ~250 bytes at K = 128, none at 8; tests/triton/aot_compile.py --resources)
 HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
 MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
@@ -135,44 +136,6 @@ def _scalar_mask(g, rows, BT: tl.constexpr):
     jj = rows[None, :]
     seg = tl.cumsum(tl.where(ii > jj, g[:, None], 0.0), axis=0)
     return tl.where(ii >= jj, tl.exp(seg), 0.0)
-
-
-@triton.jit
-def _key_decay_row(g_next, rows, i):
-    """Per-key decay from every key j of the chunk to query row i, [BT, BK]: exp(seg(j+1..i)) for j <= i, else 0;
-    seg(j+1..i) = sum_(l=j..i-1) g_next[l], a reverse cumsum of g_next cut below row i."""
-    seg = tl.cumsum(tl.where((rows < i)[:, None], g_next, 0.0), axis=0, reverse=True)
-    return tl.where((rows <= i)[:, None], tl.exp(seg), 0.0)
-
-
-@triton.jit
-def _row(x, rows, i):
-    """Row i of the register tile x [BT, N] as [N]."""
-    return tl.sum(tl.where((rows == i)[:, None], x, 0.0), axis=0)
-
-
-@triton.jit
-def _key_scores(q, k, g_next, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
-    """Per-key decayed causal scores P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)), [BT, BT], one query row at
-    a time: [BT, BK] tiles instead of an [BT, BT, BK] one (which does not fit in registers at BK = 128)."""
-    p = tl.zeros((BT, BT), DTYPE)
-    for i in range(BT):
-        p_i = tl.sum(k * _key_decay_row(g_next, rows, i) * _row(q, rows, i)[None, :], axis=1)  # [BT] over keys j
-        p = tl.where((rows == i)[:, None], p_i[None, :], p)
-    return p
-
-
-@triton.jit
-def _key_scores_grads(q, k, g_next, dp, rows, BT: tl.constexpr, DTYPE: tl.constexpr):
-    """dq = dL/dq and dk = dL/dk through ``_key_scores``' P given dp = dL/dP, row by row."""
-    dq = tl.zeros(q.shape, DTYPE)
-    dk = tl.zeros(k.shape, DTYPE)
-    for i in range(BT):
-        e = _key_decay_row(g_next, rows, i)  # [BT, BK]
-        dp_i = _row(dp, rows, i)  # [BT] over keys j
-        dq = tl.where((rows == i)[:, None], tl.sum(dp_i[:, None] * k * e, axis=0)[None, :], dq)
-        dk += dp_i[:, None] * e * _row(q, rows, i)[None, :]
-    return dq, dk
 
 
 @triton.jit
@@ -283,10 +246,77 @@ def _chunk_grads(q, k, v, g, g_next, dy, s, ds, p, rows, BT: tl.constexpr, DECAY
 # sub-chunks of BC = 16: between a query sub-chunk I and an earlier key sub-chunk J the decay splits at I's first
 # step into a query factor exp(seg(start_I..i)) and a key factor exp(seg(j+1..end_J) + [whole sub-chunks between]),
 # every exponent <= 0, and the block is one tensor-core product of decayed queries and keys; only the diagonal
-# blocks (J = I) need the elementwise decays (``_key_scores``, row by row). One program per (sub-chunk, chunk, b, h):
+# blocks (J = I) need the elementwise decays (``_diagonal_scores``, key column by key column, with exp(<= 0) of
+# segment sums within the 16 steps). One program per (sub-chunk, chunk, b, h):
 # B * H * T / BC programs, all independent, so the row loops of the diagonal blocks run in parallel rather than
 # inside the sequential pass. The scores go to memory ([B, T, H, BT], the matmul operand dtype), where the state
 # passes and the output / gradient programs read them as the other decays' kernels read q k^T.
+
+
+@triton.jit
+def _step_row(ptr, row0, j, t0, T, H, K, kk, DTYPE: tl.constexpr):
+    """Step j of the sub-chunk that starts at step t0 (``row0``: its row of the [B * T * H] rows) of a [B, T, H, K]
+    stream, [BK], zero beyond T and K. A load, not a row taken out of a register tile (which costs a reduction)."""
+    width = tl.where(t0 + j < T, K, 0)  # (the interpreter rejects a scalar mask & a vector one)
+    return tl.load(ptr + (row0 + j * H) * K + kk, mask=kk < width, other=0.0).to(DTYPE)
+
+
+@triton.jit
+def _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+                       DTYPE: tl.constexpr):
+    """``(gc, total)``: the per-key log-decays' running sums within the sub-chunk, gc[i] = g[0] + ... + g[i]
+    [BC, BK], and their sum over it [BK]. Summed one step at a time, in the order ``_diagonal_scores`` and
+    ``_diagonal_grads`` repeat, so that their gc[i] - gc[j] is exactly 0 at i = j (and <= 0 for i > j when every
+    log-decay is <= 0: adding a non-positive number never rounds up)."""
+    gc = tl.zeros((BC, BK), DTYPE)
+    total = tl.zeros((BK,), DTYPE)
+    for j in range(BC):
+        total += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        gc = tl.where((rows == j)[:, None], total[None, :], gc)
+    return gc, total
+
+
+@triton.jit
+def _decay_from_step(gc, gc_j, rows, j):
+    """exp(seg(j+1..i)) [BC, BK], the per-key decay from key step j to every query step i >= j of the sub-chunk, 0
+    for i < j: one exp of a segment sum (a difference of the in-sub-chunk running sums, at most 16 steps long, so it
+    loses no more than their last bits), never a ratio of two exps."""
+    return tl.exp(tl.where((rows >= j)[:, None], gc - gc_j[None, :], float("-inf")))
+
+
+@triton.jit
+def _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+                     DTYPE: tl.constexpr):
+    """The diagonal block of the per-key scores, P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for j <= i
+    [BC, BC], one key column at a time (as fla's chunk_gla does it): the key row and its log-decay are loaded, the
+    decays to every query row are one [BC, BK] exp, and the column is a sum along the keys' axis (within a warp)."""
+    p = tl.zeros((BC, BC), DTYPE)
+    gc_j = tl.zeros((BK,), DTYPE)
+    for j in range(BC):
+        gc_j += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        p_j = tl.sum(q * _decay_from_step(gc, gc_j, rows, j) * k_j[None, :], axis=1)  # [BC] over queries i
+        p = tl.where((rows == j)[None, :], p_j[:, None], p)
+    return p
+
+
+@triton.jit
+def _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+                    DTYPE: tl.constexpr):
+    """dq and dk [BC, BK] through the diagonal block of ``_diagonal_scores``' P given dp = dL/dP [BC, BC], key column
+    by key column: each decay tile serves both (dq_i += dp_ij k_j e_ij; dk_j = sum_i dp_ij q_i e_ij)."""
+    dq = tl.zeros((BC, BK), DTYPE)
+    dk = tl.zeros((BC, BK), DTYPE)
+    gc_j = tl.zeros((BK,), DTYPE)
+    for j in range(BC):
+        gc_j += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        e = _decay_from_step(gc, gc_j, rows, j)
+        dp_j = tl.sum(tl.where((rows == j)[None, :], dp, 0.0), axis=1)  # column j of dp: [BC] over queries i
+        dq += dp_j[:, None] * e * k_j[None, :]
+        dk_j = tl.sum(dp_j[:, None] * e * q, axis=0)  # [BK]
+        dk = tl.where((rows == j)[:, None], dk_j[None, :], dk)
+    return dq, dk
 
 
 @triton.jit
@@ -316,15 +346,21 @@ def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.conste
 @triton.jit
 def _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                    DTYPE: tl.constexpr):
-    """This program's sub-chunk (``_sub_chunk``) with its rows and key offsets, and its q, k [BC, BK], g, g one step
-    later, row indices and mask."""
+    """This program's sub-chunk (``_sub_chunk``): its rows and key offsets, q and k [BC, BK], the log-decays'
+    running sums gc [BC, BK] and total [BK] (``_prefix_log_decays``), its [B * T * H] row indices and mask, and its
+    first step t0 with that step's row row0."""
     i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
     rows = tl.arange(0, BC)
     kk = tl.arange(0, BK)
     mk = kk < K
-    q, g, g_next, row, mt = _sub_chunk_keys(q_ptr, g_ptr, b, h, c, i_s, rows, kk, mk, T, H, K, BT, BC, DTYPE)
+    t0 = c * BT + i_s * BC
+    row0 = (b * T + t0) * H + h
+    mt = t0 + rows < T
+    row = row0 + rows * H
+    q = _load_rows(q_ptr, row, mt, kk, mk, K, DTYPE)
     k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
-    return i_s, c, b, h, rows, kk, mk, q, k, g, g_next, row, mt
+    gc, total = _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    return i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0
 
 
 @triton.jit
@@ -346,11 +382,12 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
     the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
-    i_s, c, b, h, rows, kk, mk, q, k, g, g_next, row, mt = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT, BC,
-                                                                          BK, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
+                                                                                  BT, BC, BK, DTYPE)
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
-    tl.store(p_rows + i_s * BC, _key_scores(q, k, g_next, rows, BC, DTYPE), mask=mt[:, None])
-    q_dec = q * tl.exp(tl.cumsum(g, axis=0))  # decay from the start of I to step i
+    p = _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    tl.store(p_rows + i_s * BC, p, mask=mt[:, None])
+    q_dec = q * tl.exp(gc)  # decay from the start of I to step i
     between = tl.zeros((BK,), DTYPE)  # log-decay of the whole sub-chunks strictly between J and I
     for back in range(1, BT // BC):
         j = i_s - back
@@ -369,10 +406,10 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
     """dq, dk of one sub-chunk S through the intra-chunk per-key scores (``_key_scores_fwd``'s P), with
     dL/dP = dy v^T summed over all of V here: dq_S from the keys of S and of the earlier sub-chunks, dk_S from the
     queries of S and of the later ones. Written to dq_ptr, dk_ptr ([B, T, H, K], a slot the launcher sums)."""
-    i_s, c, b, h, rows, kk, mk, q, k, g, g_next, row, mt = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT, BC,
-                                                                          BK, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
+                                                                                  BT, BC, BK, DTYPE)
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
-    dq, dk = _key_scores_grads(q, k, g_next, dp, rows, BC, DTYPE)  # the diagonal block
+    dq, dk = _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     dq_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for back in range(1, BT // BC):  # keys of earlier sub-chunks J: dq_i += sum_j dp_ij k_dec_j (x q's decay)
@@ -383,7 +420,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             k_dec = k_j * tl.exp(tl.cumsum(g_next_j, axis=0, reverse=True) + between[None, :])
             dq_off += _dot(_value_products(dy_ptr, v_ptr, row, mt, row_j, mt_j, V, BC, BV, DTYPE, HALF), k_dec, HALF)
             between += tl.sum(g_j, axis=0)
-    dq += dq_off * tl.exp(tl.cumsum(g, axis=0))
+    dq += dq_off * tl.exp(gc)
     dk_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for ahead in range(1, BT // BC):  # queries of later sub-chunks I: dk_j += sum_i dp_ij q_dec_i (x k's decay)
@@ -395,7 +432,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             dp_i = _value_products(dy_ptr, v_ptr, row_i, mt_i, row, mt, V, BC, BV, DTYPE, HALF)
             dk_off += _dot(tl.trans(dp_i), q_dec, HALF)
             between += tl.sum(g_i, axis=0)
-    dk += dk_off * tl.exp(tl.cumsum(g_next, axis=0, reverse=True))
+    dk += dk_off * tl.exp(total[None, :] - gc)  # decay from step j to the end of the sub-chunk
     m_qk = mt[:, None] & mk[None, :]
     tl.store(dq_ptr + row[:, None] * K + kk[None, :], dq, mask=m_qk)
     tl.store(dk_ptr + row[:, None] * K + kk[None, :], dk, mask=m_qk)
@@ -671,7 +708,7 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
         _key_scores_bwd_kernel[(L.ns * L.nc * L.B * L.H,)](q, k, v, g, dy, dq[-1], dk[-1], L.T, L.H, L.K, L.V, L.nc,
                                                            BT=L.chunk, BC=L.sub_chunk, BK=L.block_k,
                                                            BV=min(L.block_v, 64), DTYPE=L.tl_dtype, HALF=L.half,
-                                                           num_warps=SCORES_WARPS)
+                                                           num_warps=SCORES_BWD_WARPS)
     return dq, dk, dv, ds0
 
 

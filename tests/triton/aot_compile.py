@@ -113,7 +113,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                     consts = dict(BT=chunk, BC=16, BK=128, DTYPE=tl.float32, HALF=half)
                     if "BV" in fn.arg_names:
                         consts["BV"] = 64
-                    warps = triton_outer.SCORES_WARPS
+                    warps = (triton_outer.SCORES_WARPS if fn is triton_outer._key_scores_fwd else
+                             triton_outer.SCORES_BWD_WARPS)
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
                 failed += compile_and_report(fn, sig, consts, warps, what, resources)
     print("ok outer kernels" if not failed else f"{failed} outer kernel(s) failed")
