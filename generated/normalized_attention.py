@@ -333,7 +333,12 @@ class NormalizedAttention(nn.Module):
             raise ValueError(
                 f"NormalizedAttention.step: expected u_t of shape [batch, {self._in_features()}], got {shape}"
             )
-        y, new_state = self.forward(u_t[:, None], initial_state=state, output_final_state=True)
+        try:
+            y, new_state = self.forward(u_t[:, None], initial_state=state, output_final_state=True)
+        except (TypeError, ValueError) as exc:  # forward's messages name its own argument, initial_state
+            if "initial_state" not in str(exc):
+                raise
+            raise type(exc)(str(exc).replace("initial_state", "state")) from None
         return y[:, 0], new_state
 
     @torch.no_grad()

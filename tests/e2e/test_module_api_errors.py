@@ -55,7 +55,7 @@ def test_running_entries_of_the_state_dict_are_checked(mamba):
     for bad, err, msg in cases:
         with pytest.raises(err, match=msg):
             mamba(u, initial_state={"h": state["h"], "xs": bad})
-        with pytest.raises(err, match=msg):
+        with pytest.raises(err, match=msg.replace("initial_state", "state")):  # step names its own argument
             mamba.step(u[:, 0], {"h": state["h"], "xs": bad})
         with pytest.raises(err, match=msg):
             mamba.dsf_matrices(u, {"xs": bad})
@@ -166,7 +166,7 @@ def test_state_on_another_device_is_named(s6, mamba, softmax):
     _, state = s6(u, output_final_state=True)
     with pytest.raises(ValueError, match="S6: initial_state is on meta but u is on cpu"):
         s6(u, initial_state=state.to("meta"))
-    with pytest.raises(ValueError, match="S6: initial_state is on meta but u is on cpu"):
+    with pytest.raises(ValueError, match="S6: state is on meta but u is on cpu"):
         s6.step(u[:, 0], state.to("meta"))
     _, state = mamba(u, output_final_state=True)
     with pytest.raises(ValueError, match=r"MambaBlock: initial_state\['xs'\] is on meta but u is on cpu"):
@@ -193,3 +193,15 @@ def test_backend_set_after_construction_is_checked(s6):
     layer.backend = "cuda"
     with pytest.raises(ValueError, match=r"S6: backend must be one of \('auto', 'torch', 'triton', 'reference'\), got 'cuda'"):
         layer(torch.randn(1, 3, 4))
+
+
+def test_step_names_its_own_state_argument(s6, mamba, softmax):
+    # step's bad state was reported as forward's "initial_state ...", an argument the caller of step never passed
+    with pytest.raises(ValueError, match=r"S6: state must have shape \(2, 4, 2\) .*got \(2, 3\)"):
+        s6.step(torch.randn(2, 4), torch.randn(2, 3))
+    with pytest.raises(TypeError, match="S6: state must be a floating-point tensor, got str"):
+        s6.step(torch.randn(2, 4), "h")
+    with pytest.raises(ValueError, match=r"MambaBlock: state\['xs'\] must have shape"):
+        mamba.step(torch.randn(2, 4), {"h": torch.zeros(2, 4, 2), "xs": torch.zeros(2, 7)})
+    with pytest.raises(ValueError, match="SoftmaxAttention: the KV cache dict lacks"):
+        softmax.step(torch.randn(2, 8), {"k": torch.zeros(2, 2)})
