@@ -755,9 +755,9 @@ def _too_big_is_clear(L: _Launch, phase: str, launch):
 # columns) walks time backwards a chunk of BT rows at a time with the suffix sum of the later chunks in registers
 # (the chunk's own suffix sums: tl.cumsum(reverse=True) down the rows); one decay per head needs the sum over all K,
 # so there one program per (b, h) holds every key column. No decay has no sum over time: one program per chunk.
-# Tiles (ptxas, tests/triton/aot_compile.py --resources, sm_90): 64 x 32 at 4 warps and 64 x 128 at 8 spill
-# registers (255 each: every element has 64-bit pointers into 5-7 streams); 32 x 32 at 4 warps takes 155, and
-# 32 x 128 at 8 warps 203, without spills.
+# Tiles (ptxas, tests/triton/aot_compile.py --resources, sm_90, triton 3.9, bf16 q, k): 64 x 32 at 4 warps and
+# 64 x 128 at 8 spill registers (255 each: every element has 64-bit pointers into 5-7 streams); 32 x 32 at 4 warps
+# takes 155, and 32 x 128 at 8 warps 203, without spills (triton 3.6: 120 and 255, no spills). Not timed on a GPU.
 EPILOGUE_CHUNK = 16  # time rows per step under the interpreter (each op a numpy call: few, small tiles)
 EPILOGUE_CHUNK_CUDA = 32
 EPILOGUE_BLOCK_K = 32  # key columns per program without the sum over K: B * H * K / 32 programs walk in parallel
