@@ -36,17 +36,18 @@ the chunk's outputs from its start state: T / L times the parallelism for the st
 
 Backward (no activations stored by the forward): the forward's sequential pass is rerun to store the chunk-start
 states; then, fused: one program per (b, h, value slice) walks the chunks in reverse with its slice of ``dL/dS`` in
-registers and writes dv, dS_0 and its share of dq, dk (sums over V: one buffer per slice, summed in torch); split:
+registers and writes dv, dS_0 and its share of dq, dk (sums over V: one buffer per slice, summed later); split:
 that reverse pass only stores ``dL/dS`` after every chunk, and one program per chunk computes dq, dk, dv from the two
 stored states. The log-decay gradient uses the identity of fla's ``chunk_simple_gla`` / ``chunk_gla``: y and S_T
 depend on g only through ``exp(G_i - G_j)`` between a query at i and a key at j (G the prefix sum of g over time), so
 ``dL/dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t`` (+ ``<dS_T, S_T>`` at t = T - 1) and ``dL/dg_t = sum_(s >= t) dL/dG_s`` (a
-reverse cumsum over time, in torch).
+reverse cumsum over time). One last launch (``_bwd_epilogue``) sums the slices' dq, dk, casts them to the inputs'
+dtypes and forms dL/dg: every tensor read and written once.
 
 torch.compile: the forward and backward launches are ``torch.library.custom_op`` s (``dsfc::outer_scan_fwd`` /
 ``_bwd``) with ``register_fake`` (shapes only) and ``register_autograd``, as the diagonal and dense kernels are, so a
 compiled model keeps one opaque node per launch. No log-decay is the decay kind NONE (in the ops' ``int[]`` config)
-with an empty dummy tensor in its place; the backward's torch tail (slice sums, the log-decay cumsum) runs inside the
+with an empty dummy tensor in its place; the backward's epilogue (slice sums, the log-decay cumsum) runs inside the
 backward op.
 
 Precision: with fp32 (fp64) q, k, v, ``tl.dot`` runs with ``input_precision="ieee"`` (no TF32: the module computes
@@ -781,6 +782,146 @@ def _too_big_is_clear(L: _Launch, phase: str, launch):
                            "schedule='auto' (it skips such variants), 'split', or a smaller block_v") from exc
 
 
+# ---- the backward's epilogue: part sums and the log-decay gradient ------------------------------------------------
+# ``_bwd`` leaves dq, dk in parts ([P, B, T, H, K]: one per value slice, per key one more for the scores' part) in
+# the compute dtype. One launch sums them, writes dq, dk in q's / k's dtype and, with a decay, forms
+# dL/dG_t = q_t dq_t - k_t dk_t (summed over K for one decay per head; + <dS_T, S_T> at t = T - 1) and its reverse
+# cumsum over time, dL/dg_t = sum_(s >= t) dL/dG_s, in g's dtype. Done in torch this took ~4.5 ms of a 32 ms fwd+bwd
+# on an H100 (B = 8, T = 4096, H = 16, K = V = 128): the part sums, flip / cumsum / flip, casts and elementwise
+# passes each went through memory; here every tensor is read and written once. One program per (b, h, block of K
+# columns) walks time backwards a chunk of BT rows at a time with the suffix sum of the later chunks in registers
+# (the chunk's own suffix sums: tl.cumsum(reverse=True) down the rows); one decay per head needs the sum over all K,
+# so there one program per (b, h) holds every key column. No decay has no sum over time: one program per chunk.
+# Tiles (ptxas, tests/triton/aot_compile.py --resources, sm_90, triton 3.9, bf16 q, k): 64 x 32 at 4 warps and
+# 64 x 128 at 8 spill registers (255 each: every element has 64-bit pointers into 5-7 streams); 32 x 32 at 4 warps
+# takes 155, and 32 x 128 at 8 warps 203, without spills (triton 3.6: 120 and 255, no spills). Not timed on a GPU.
+EPILOGUE_CHUNK = 16  # time rows per step under the interpreter (each op a numpy call: few, small tiles)
+EPILOGUE_CHUNK_CUDA = 32
+EPILOGUE_BLOCK_K = 32  # key columns per program without the sum over K: B * H * K / 32 programs walk in parallel
+EPILOGUE_TILE = 4096  # one decay per head: BT * BK <= this (all K columns in one tile; K = 256 takes BT = 16)
+
+
+@triton.jit
+def _epilogue_coords(NK, NCP, K, BK: tl.constexpr):
+    """(b * H + h as int64, key columns kk [BK] and their mask, first chunk-program) of this program on a flat grid
+    of B * H * NCP * NK: NK blocks of key columns, NCP = 1 (a walk over every chunk) or the chunk count (no
+    decay: one chunk each)."""
+    pid = tl.program_id(0)
+    i_k = pid % NK
+    c = (pid // NK) % NCP
+    i_bh = (pid // NK // NCP).to(tl.int64)
+    kk = i_k * BK + tl.arange(0, BK)
+    return i_bh, kk, kk < K, c
+
+
+@triton.jit
+def _parts_summed(ptr, offs, m, P, part, BT: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr):
+    """sum_p ptr[p, ...] at the [BT, BK] offsets ``offs`` of one part (mask ``m``), accumulated in DTYPE; ``part``
+    (int64) is one part's size. The pointer steps by whole parts: no P * B * T * H * K product to overflow."""
+    acc = tl.zeros((BT, BK), DTYPE)
+    ptrs = ptr + offs
+    for _ in range(0, P):
+        acc += tl.load(ptrs, mask=m, other=0.0).to(DTYPE)
+        ptrs += part
+    return acc
+
+
+@triton.jit
+def _final_state_term(fin_ptr, i_bh, kk, mk, K, DECAY: tl.constexpr, DTYPE: tl.constexpr):
+    """<dS_T, S_T>'s share of dL/dG_(T-1): [BK] of the [B, H, K] ``fin_ptr`` per key, the [B, H] entry per head."""
+    if DECAY == PER_KEY:
+        return tl.load(fin_ptr + i_bh * K + kk, mask=mk, other=0.0).to(DTYPE)
+    else:
+        return tl.load(fin_ptr + i_bh).to(DTYPE)
+
+
+@triton.jit
+def _bwd_epilogue_kernel(dq_parts_ptr, dk_parts_ptr, q_ptr, k_ptr, fin_ptr, dq_ptr, dk_ptr, dg_ptr, P, B, T, H, K,
+                         NK, NCP, NC, BT: tl.constexpr, BK: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr):
+    """dq, dk [B, T, H, K] (the stores cast to their pointers' dtypes) = the sums of the P parts
+    ``dq_parts_ptr``, ``dk_parts_ptr`` [P, B, T, H, K]; with a decay also dg = dL/dg ([B, T, H, K] per key,
+    [B, T, H] per head, in dg_ptr's dtype) from q, k and ``fin_ptr`` (``_final_state_term``). Each program walks
+    NC chunks of BT steps from its last (every chunk of its (b, h) with a decay, NC = 1 without), carrying
+    ``later``: the sum of dL/dG over the steps after the current chunk ([BK] per key, [1] per head)."""
+    i_bh, kk, mk, c0 = _epilogue_coords(NK, NCP, K, BK)
+    b = i_bh // H
+    h = i_bh % H
+    rows = tl.arange(0, BT)
+    part = tl.cast(B, tl.int64) * T * H * K  # one part's size: int64, P * part can pass 2^31
+    if DECAY != NONE:
+        fin = _final_state_term(fin_ptr, i_bh, kk, mk, K, DECAY, DTYPE)
+    if DECAY == PER_KEY:
+        later = tl.zeros((BK,), DTYPE)
+    else:
+        later = tl.zeros((1,), DTYPE)
+    for cc in range(0, NC):
+        t = (c0 + 1) * NC * BT - (cc + 1) * BT + rows  # chunks in reverse: with a decay c0 = 0, NC chunks
+        mt = t < T
+        row = (b * T + t) * H + h  # [BT] int64 rows of the [B, T, H, ...] streams
+        offs = row[:, None] * K + kk[None, :]
+        m = mt[:, None] & mk[None, :]
+        dq = _parts_summed(dq_parts_ptr, offs, m, P, part, BT, BK, DTYPE)
+        dk = _parts_summed(dk_parts_ptr, offs, m, P, part, BT, BK, DTYPE)
+        tl.store(dq_ptr + offs, dq.to(dq_ptr.dtype.element_ty), mask=m)
+        tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=m)
+        if DECAY != NONE:
+            # dL/dG from the summed gradients in the compute dtype (not the rounded ones just stored)
+            q = tl.load(q_ptr + offs, mask=m, other=0.0).to(DTYPE)
+            k = tl.load(k_ptr + offs, mask=m, other=0.0).to(DTYPE)
+            dG = q * dq - k * dk  # zero beyond T and K
+            last = t == T - 1  # S_T = exp(G_(T-1)) S_0 + ...: the final state's own dependence on G_(T-1)
+            if DECAY == PER_KEY:
+                dG += tl.where(last[:, None], fin[None, :], 0.0)
+                dg = tl.cumsum(dG, axis=0, reverse=True) + later[None, :]
+                later += tl.sum(dG, axis=0)
+                tl.store(dg_ptr + offs, dg.to(dg_ptr.dtype.element_ty), mask=m)
+            else:
+                dG = tl.sum(dG, axis=1) + tl.where(last, fin, 0.0)  # [BT]: one log-decay per (b, t, h)
+                dg = tl.cumsum(dG, axis=0, reverse=True) + later
+                later += tl.sum(dG, axis=0)
+                tl.store(dg_ptr + row, dg.to(dg_ptr.dtype.element_ty), mask=mt)
+
+
+def _epilogue_tiles(decay: int, K: int, cuda: bool) -> tuple[int, int, int]:
+    """``_bwd_epilogue_kernel``'s (BT, BK, num_warps) for K key columns (tests/triton/aot_compile.py compiles these)."""
+    bt = EPILOGUE_CHUNK_CUDA if cuda else EPILOGUE_CHUNK
+    if decay == 1:  # the sum over K in one program: every key column in one tile, fewer rows for a wide K
+        bk = _next_pow2(K)
+        bt = max(1, min(bt, EPILOGUE_TILE // bk))
+    else:
+        bk = min(_next_pow2(K), EPILOGUE_BLOCK_K)
+    return bt, bk, 8 if cuda and bt * bk > 1024 else 4  # the per-head tiles: 8 warps
+
+
+def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
+    """``(dq, dk, dg)`` of the backward op from ``_bwd``'s dq, dk parts [P, B, T, H, K] (compute dtype ``cdt``):
+    dq, dk in q's / k's dtype, dg in g's (zeros like the dummy g without a decay). The same as, in torch::
+
+        dq, dk = dq.sum(0), dk.sum(0)
+        dG = q * dq - k * dk                                      # per key; per head: .sum(-1)
+        dG[:, -1] += (dsT * sT).sum(-1)                           # per head: .sum((-2, -1))
+        dg = flip(cumsum(flip(dG, [1]), 1), [1])                  # dL/dg_t = sum_(s >= t) dL/dG_s
+    """
+    P, B, T, H, K = dq.shape
+    dq_out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk_out = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dg = torch.zeros_like(g) if decay == 0 else torch.empty_like(g)
+    if dq_out.numel() == 0:
+        return dq_out, dk_out, dg.zero_()
+    bt, bk, warps = _epilogue_tiles(decay, K, q.device.type == "cuda")
+    nk, nc = -(-K // bk), -(-T // bt)
+    ncp = nc if decay == 0 else 1  # no decay: one program per chunk; else one walks them all
+    fin = q  # no decay: never read
+    if decay:
+        fin = (dsT * sT).sum(-1) if decay == 2 else (dsT * sT).sum((-2, -1))
+        fin = fin.to(cdt).contiguous()
+    _bwd_epilogue_kernel[(B * H * ncp * nk,)](dq, dk, q, k, fin, dq_out, dk_out, q if decay == 0 else dg, P, B, T,
+                                              H, K, nk, ncp, nc // ncp, BT=bt, BK=bk, DECAY=decay,
+                                              DTYPE=tl.float64 if cdt == torch.float64 else tl.float32,
+                                              num_warps=warps)
+    return dq_out, dk_out, dg
+
+
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
 # torch.compile of a surrounding model keeps one opaque node per launch (Dynamo cannot trace Triton's launcher under
 # the interpreter). Custom ops take no optional tensor that autograd must route, so a missing log-decay is the decay
@@ -816,20 +957,9 @@ def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT)),
                  q.device, truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT))
     dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT))
-    dq, dk = (dq[0], dk[0]) if dq.shape[0] == 1 else (dq.sum(0), dk.sum(0))
-    if L.decay == 0:
-        dg = torch.zeros_like(g)
-    else:
-        # dL/dG_t = q_t dq_t - k_t dk_t (summed over K for one decay per head), and at t = T-1 the final state's
-        # own dependence on the last prefix sum, S_T = exp(G_(T-1)) S_0 + ...
-        dG = q.to(L.cdt) * dq - k.to(L.cdt) * dk
-        if L.decay == 2:
-            dG[:, -1] += (dsT * sT).sum(-1)
-        else:
-            dG = dG.sum(-1)
-            dG[:, -1] += (dsT * sT).sum((-2, -1))
-        dg = torch.flip(torch.cumsum(torch.flip(dG, [1]), 1), [1]).to(g.dtype)  # dL/dg_t = sum_(s>=t) dL/dG_s
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, ds0.to(s0.dtype)
+    # the part sums, dq, dk in the inputs' dtypes and dL/dg (a reverse cumsum over time): one launch
+    dq, dk, dg = _bwd_epilogue(dq, dk, q, k, g, sT, dsT, L.decay, L.cdt)
+    return dq, dk, dv.to(v.dtype), dg, ds0.to(s0.dtype)
 
 
 @_outer_bwd_op.register_fake

@@ -117,7 +117,35 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                              triton_outer.SCORES_BWD_WARPS)
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
                 failed += compile_and_report(fn, sig, consts, warps, what, resources)
+        failed += epilogue_kernel(decay, resources)
     print("ok outer kernels" if not failed else f"{failed} outer kernel(s) failed")
+    return failed
+
+
+def epilogue_kernel(decay: int, resources: bool) -> int:
+    """The backward's epilogue (``_bwd_epilogue_kernel``: part sums, casts, the log-decay gradient) at the tiles
+    ``_epilogue_tiles`` picks on a GPU for K = 128: fp32 parts with bf16 and fp32 q, k, dq, dk (the stores' casts)
+    and g; fp64 throughout (the fp64 reverse cumsum)."""
+    failed = 0
+    bt, bk, warps = triton_outer._epilogue_tiles(decay, 128, True)
+    fn = triton_outer._bwd_epilogue_kernel
+    for label, io, parts, g, dt in (("fp32 parts, bf16 io", "*bf16", "*fp32", "*fp32", tl.float32),
+                                    ("fp32", "*fp32", "*fp32", "*fp32", tl.float32),
+                                    ("fp64", "*fp64", "*fp64", "*fp64", tl.float64)):
+        sig = {}
+        for name in fn.arg_names:
+            if name in ("BT", "BK", "DECAY", "DTYPE"):
+                sig[name] = "constexpr"
+            elif name in ("q_ptr", "k_ptr", "dq_ptr", "dk_ptr"):
+                sig[name] = io
+            elif name == "dg_ptr":
+                sig[name] = g
+            elif name.endswith("_ptr"):
+                sig[name] = parts
+            else:
+                sig[name] = "i32"
+        what = f"{fn.__name__} decay={decay} {label}"
+        failed += compile_and_report(fn, sig, dict(BT=bt, BK=bk, DECAY=decay, DTYPE=dt), warps, what, resources)
     return failed
 
 

@@ -793,3 +793,74 @@ def test_per_key_strong_decay_stays_finite(schedule):
     assert rel(y, y64) <= TOL32 and rel(sT, s64) <= TOL32
     for a, w in zip(got, want):
         assert torch.isfinite(a).all() and rel(a, w) <= TOL32
+
+
+# -- the backward's epilogue: part sums, casts and the log-decay gradient in one kernel ---------------------------
+
+
+def _epilogue_reference(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
+    """``_bwd_epilogue``'s results in torch, before the casts to q's, k's and g's dtypes: the backward op's torch tail
+    that the kernel replaced (dq, dk parts [P, B, T, H, K] in the compute dtype ``cdt``)."""
+    dq, dk = dq.sum(0), dk.sum(0)
+    if decay == 0:
+        return dq, dk, torch.zeros_like(g)
+    dG = q.to(cdt) * dq - k.to(cdt) * dk  # dL/dG_t, G the prefix sum of the log-decay over time
+    if decay == 2:
+        dG[:, -1] += (dsT * sT).sum(-1)
+    else:
+        dG = dG.sum(-1)
+        dG[:, -1] += (dsT * sT).sum((-2, -1))
+    return dq, dk, torch.flip(torch.cumsum(torch.flip(dG, [1]), 1), [1])  # dL/dg_t = sum_(s >= t) dL/dG_s
+
+
+def _within(got, want, tol: float, rounding: float) -> bool:
+    """Elementwise |got - want| <= rounding |want| + tol max|want|: ``rounding`` the final cast's relative error
+    (0 when the output keeps the compute dtype), ``tol`` the compute dtype's summation-order differences."""
+    got, want = got.double().cpu(), want.double().cpu()
+    if want.numel() == 0:  # the dummy g's gradient without a decay
+        return got.numel() == 0
+    return bool(((got - want).abs() <= rounding * want.abs() + tol * want.abs().max()).all())
+
+
+# (q, k dtype, g dtype); the compute dtype is fp64 with fp64 inputs, else fp32
+EPILOGUE_DTYPES = [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                   (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)]
+
+
+@pytest.mark.parametrize("tiles", ["interpreter", "cuda"])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("dtypes", EPILOGUE_DTYPES, ids=lambda d: "-".join(str(x)[6:] for x in d))
+@pytest.mark.parametrize("decay", ["none", "scalar", "key"])
+def test_bwd_epilogue_matches_torch(monkeypatch, decay, dtypes, parts, tiles):
+    """``_bwd_epilogue`` (one kernel: the sum of the P parts of dq, dk, their casts, dL/dG and its reverse cumsum over
+    time) against the torch formula: T = 1, 5, 37 (one partial chunk; 37 = 2 chunks of 16 and 5, 32 + 5 with the
+    GPU's tiles), K = 5, 24 (masked key columns; per key, 24 is a full block of 32 masked), B * H = 6 programs (or
+    rows of programs). "cuda": the tiles ``_epilogue_tiles`` picks on a GPU, run by the interpreter.
+
+    Tolerances: fp64, 1e-12 of the largest entry (the same sums in another order: a few ulps); fp32 compute, 1e-6
+    (~8 ulps: the reverse cumsum over <= 37 steps of sums over <= 24 keys, in chunks plus a carry). Half outputs also
+    allow one ulp of their dtype per entry (2^-7 bf16, 2^-10 fp16): torch rounds to nearest, as the compiled kernel
+    does, but the interpreter truncates fp32 -> bf16 (checked: every bf16 store of it equals the truncation)."""
+    if tiles == "cuda":
+        tiles_of = triton_outer._epilogue_tiles
+        monkeypatch.setattr(triton_outer, "_epilogue_tiles", lambda d, K, cuda: tiles_of(d, K, True))
+    decay = {"none": 0, "scalar": 1, "key": 2}[decay]
+    dt, g_dt = dtypes
+    cdt = torch.float64 if dt == torch.float64 else torch.float32
+    B, H, V = 2, 3, 4
+    for T in (1, 5, 37):
+        for K in (5, 24):
+            gen = torch.Generator().manual_seed(T * 100 + K)
+            dq, dk = (torch.randn(parts, B, T, H, K, generator=gen, dtype=cdt) for _ in range(2))
+            q, k = (torch.randn(B, T, H, K, generator=gen).to(dt) for _ in range(2))
+            g = {0: torch.empty(0), 1: -torch.rand(B, T, H, generator=gen),
+                 2: -torch.rand(B, T, H, K, generator=gen)}[decay].to(g_dt)
+            sT, dsT = (torch.randn(B, H, K, V, generator=gen, dtype=cdt) for _ in range(2))
+            args = [x.to(DEVICE) for x in (dq, dk, q, k, g, sT, dsT)]
+            got = triton_outer._bwd_epilogue(*args, decay, cdt)
+            want = _epilogue_reference(dq, dk, q, k, g, sT, dsT, decay, cdt)
+            for name, a, w, out_dt in zip(("dq", "dk", "dg"), got, want, (dt, dt, g_dt)):
+                assert a.shape == w.shape and a.dtype == out_dt and a.device.type == DEVICE, (name, T, K)
+                rounding = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}.get(out_dt, 0.0)
+                tol = 1e-12 if cdt == torch.float64 else 1e-6
+                assert _within(a, w, tol, rounding), (name, T, K, rel(a, w))
