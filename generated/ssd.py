@@ -183,16 +183,13 @@ class SSD(nn.Module):
         W_C = self.W_C.to(_dtype)
         D = self.D.to(_dtype)
         dt = F.softplus(
-            dt_bias
-            + torch.einsum(
-                "ij,ztj->zti", W_dt, (u_[:, :, (axis((H * P), 0, 1, _dev) // P), (axis((H * P), 0, 1, _dev) % P)])
-            )
+            dt_bias + torch.einsum("ij,ztj->zti", W_dt, (u_.flatten(2, 3)))
         )  # let dt[h: H] = softplus(sum(m: H * P, W_dt[h, m] * u[m // P, m % P]) + dt_bias[h])
         Bm = torch.einsum(
-            "ztk,ijk->ztij", (u_[:, :, (axis((H * P), 0, 1, _dev) // P), (axis((H * P), 0, 1, _dev) % P)]), W_B
+            "ztk,ijk->ztij", (u_.flatten(2, 3)), W_B
         )  # let Bm[g: G, j: n] = sum(m: H * P, W_B[g, j, m] * u[m // P, m % P])
         Cm = torch.einsum(
-            "ztk,ijk->ztij", (u_[:, :, (axis((H * P), 0, 1, _dev) // P), (axis((H * P), 0, 1, _dev) % P)]), W_C
+            "ztk,ijk->ztij", (u_.flatten(2, 3)), W_C
         )  # let Cm[g: G, j: n] = sum(m: H * P, W_C[g, j, m] * u[m // P, m % P])
         return {
             "_dev": _dev,

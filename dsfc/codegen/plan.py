@@ -178,11 +178,15 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     _check_python_names(sym)
     dims_code = {v: py_name(k) for k, v in sym.dims.items()}
     tensors: dict[str, TensorRef] = {}
+    def extents(t):
+        return tuple(a.extent for a in t.axes)
+
     for p in sym.params:
-        tensors[p.tensor.name] = TensorRef(py_name(p.tensor.name), len(p.tensor.axes), False)
+        tensors[p.tensor.name] = TensorRef(py_name(p.tensor.name), len(p.tensor.axes), False, extents(p.tensor))
     for let in sym.lets:
-        tensors[let.tensor.name] = TensorRef(py_name(let.tensor.name), len(let.tensor.axes), let.time_varying)
-    tensors[sym.input.name] = TensorRef(py_name(sym.input.name), len(sym.input.axes), True)
+        tensors[let.tensor.name] = TensorRef(py_name(let.tensor.name), len(let.tensor.axes), let.time_varying,
+                                             extents(let.tensor))
+    tensors[sym.input.name] = TensorRef(py_name(sym.input.name), len(sym.input.axes), True, extents(sym.input))
     pr = TorchPrinter(tensors, dims_code)
 
     def sizes(syms, axes):

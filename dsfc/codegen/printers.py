@@ -24,6 +24,7 @@ class TensorRef:
     code: str  # Python expression holding the tensor
     rank: int  # number of spec axes
     batched: bool  # leading [B, T] dims
+    extents: tuple = ()  # the spec axes' extents (SymPy, over dims) where known: lets a flat read be a reshape
 
 
 _UNARY = {
@@ -237,6 +238,9 @@ class TorchPrinter:
         lead = ":, :, " if ref.batched else ""
         if all(isinstance(s, sp.Symbol) and s in axes for s in subs) and len(set(subs)) == len(subs):
             return self._as_view(ref.code, ref, [axes.index(s) for s in subs], axes)
+        flat = self._flat_read(ref, subs, axes, sizes) if axes else None
+        if flat is not None:
+            return flat
         selected = self._selected(ref, subs, axes, sizes) if axes else None
         if selected is not None:
             return selected
@@ -293,6 +297,32 @@ class TorchPrinter:
             if s != a:
                 code = f"{code}.index_select({off + dim}, {self.index(s, (a,), {a: sizes[a]})})"
         return self._as_view(code, ref, [axes.index(a) for a in kept], axes)
+
+    def _flat_read(self, ref: TensorRef, subs, axes, sizes) -> str | None:
+        """A tensor read through one axis m as its row-major flattening, ``u[m // P, m % P]`` over m in [0, H * P)
+        for u [H, P] (in general subscript i = (m // prod(extents after i)) % extent_i, the first without the %),
+        printed as ``flatten`` and a view; None for anything else. As a gather it was an index-grid copy whose
+        backward is an accumulating ``index_put`` over every element (SSD's projections read u this way three
+        times). Conservative: m's extent must print exactly as the product of the tensor's extents."""
+        r = len(subs)
+        if r < 2 or len(ref.extents) != r:
+            return None
+        free = set().union(*(sp.S(x).free_symbols for x in subs)) & set(axes)
+        if len(free) != 1:
+            return None
+        m = next(iter(free))
+        if sizes.get(m) != self.size(sp.Mul(*ref.extents)):
+            return None
+        for i, (x, extent) in enumerate(zip(subs, ref.extents)):
+            inner = sp.Mul(*ref.extents[i + 1:])
+            digit = sp.floor(m / inner) if i < r - 1 else m
+            # the first digit may come with or without its (redundant) % extent
+            wants = (sp.Mod(digit, extent), digit) if i == 0 else (sp.Mod(digit, extent),)
+            if not any(sp.simplify(x - want) == 0 for want in wants):
+                return None
+        off = 2 if ref.batched else 0
+        code = f"{ref.code}.flatten({off}, {off + r - 1})"
+        return self._as_view(code, TensorRef(code, 1, ref.batched), [axes.index(m)], axes)
 
     def _static_view(self, code, axes, present) -> str:
         first = present[0]

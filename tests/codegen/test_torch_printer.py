@@ -81,3 +81,44 @@ def test_select_form_matches_the_gather_form(entry):
     gather = eval(f"Cm[:, :, {subs}]", {"axis": axis, "Cm": Cm, "_dev": None, "H": H, "R": R, "n": n})  # noqa: S307
     assert "index_select" in code
     torch.testing.assert_close(got, gather)
+
+
+def _flat_printed(entry, axes, sizes, x, extents, batched=True):
+    refs = {"x": TensorRef("x", len(extents), batched, extents)}
+    code = TorchPrinter(refs, {Hs: "H", Rs: "R", ns: "n"}).print(entry, axes, sizes)
+    return code, eval(code, {"axis": axis, "torch": torch, "_dev": None, "H": H, "R": R, "n": n, "x": x})  # noqa: S307
+
+
+def test_a_row_major_flat_read_is_a_flatten_with_the_gathers_values_and_gradient():
+    # x [G, R] read as x[h // R, h % R] over h in [0, G * R): the flattening (a view), not an index-grid gather
+    # (whose backward is an accumulating index_put over every element)
+    x = torch.randn(Bsz, T, H // R, R, dtype=torch.float64, requires_grad=True)
+    e = sp.IndexedBase("x")[sp.floor(h / Rs), sp.Mod(h, Rs)]
+    printer = TorchPrinter({}, {Hs: "H", Rs: "R", ns: "n"})
+    code, got = _flat_printed(e, (h,), {h: printer.size(sp.floor(Hs / Rs) * Rs)}, x, (sp.floor(Hs / Rs), Rs))
+    assert "flatten(2, 3)" in code and "axis(" not in code
+    want = x.reshape(Bsz, T, H)
+    torch.testing.assert_close(got, want)
+    dy = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, x, dy)[0], dy.reshape(x.shape))
+
+
+def test_a_three_digit_flat_read_and_its_non_row_major_cousins():
+    P, Q = 2, 3
+    Ps, Qs = sp.Integer(P), sp.Integer(Q)
+    m = sp.Symbol("m", integer=True)
+    x = torch.randn(Bsz, T, 4, P, Q, dtype=torch.float64)
+    extents = (sp.Integer(4), Ps, Qs)
+    size = TorchPrinter({}, {}).size(sp.Integer(4 * P * Q))
+    row_major = sp.IndexedBase("x")[sp.floor(m / (Ps * Qs)), sp.Mod(sp.floor(m / Qs), Ps), sp.Mod(m, Qs)]
+    code, got = _flat_printed(row_major, (m,), {m: size}, x, extents)
+    assert "flatten(2, 4)" in code
+    torch.testing.assert_close(got, x.reshape(Bsz, T, 4 * P * Q))
+    # digits in the wrong order (column-major) or a range that is not the whole tensor: still a correct gather
+    col_major = sp.IndexedBase("x")[sp.Mod(m, 4), sp.Mod(sp.floor(m / 4), Ps), sp.floor(m / (4 * Ps))]
+    code, got = _flat_printed(col_major, (m,), {m: size}, x, extents)
+    assert "flatten" not in code
+    torch.testing.assert_close(got, x.permute(0, 1, 4, 3, 2).reshape(Bsz, T, 4 * P * Q))
+    code, got = _flat_printed(row_major, (m,), {m: TorchPrinter({}, {}).size(sp.Integer(2 * P * Q))}, x, extents)
+    assert "flatten" not in code
+    torch.testing.assert_close(got, x.reshape(Bsz, T, 4 * P * Q)[:, :, : 2 * P * Q])
