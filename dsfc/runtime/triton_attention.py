@@ -20,14 +20,27 @@ torch reduction. ``kernel_log_sum``'s gradient is the same pair of kernels with 
 (dL_i / dw_ij is the softmax weight ``exp(w_ij - L_i)``).
 
 Precision: the compute dtype is fp32 (fp64 for fp64 inputs), products exact (``input_precision="ieee"``: no TF32).
+With q, k, v all bf16 (or all fp16) on CUDA the kernels take the half path (HALF_DOTS, FlashAttention-2's
+arithmetic): q, k, v are read in that dtype (no fp32 copies), ``q k^T`` and ``P v`` are tensor-core products of
+bf16 / fp16 operands accumulating in fp32, P = exp(w - m) in [0, 1] rounded to the half dtype as an operand; the
+row maxima, sums, log-sums, row / col weights and accumulators stay fp32. The backward rounds its operands likewise
+(P, dW, q, k and dy as given; P = exp(w) itself rather than exp(w - m), so that dy is not scaled by exp(m) in fp16);
+dq, dk, dv and y are stored in the half dtype, m and L in fp32 (``kernel_log_sum_triton`` rounds L to the inputs'
+dtype on return). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under the interpreter fp16
+runs this path (numpy's fp32 matmul of fp16 operands: the same arithmetic); bf16 takes the exact path there (the
+interpreter's bf16 tl.dot is wrong: no numpy bf16).
 torch.compile: ``torch.library.custom_op`` s (``dsfc::attention_fwd`` / ``_bwd``, ``dsfc::log_sum_fwd``) with fake
 (shape) functions and ``register_autograd``, as the scan kernels have; eager inference calls the implementations
 directly (``dsfc.runtime.dispatch``).
 
-Status: checked against a naive float64 formula and scaled_dot_product_attention under ``TRITON_INTERPRET=1``, and
-compiled for sm_90 by ``tests/triton/aot_compile.py`` (triton 3.6 and 3.9); not yet run or timed on a GPU. Block
-sizes are fixed (16 under the interpreter, 32 on a GPU), not autotuned; the products are exact fp32 (fp64), so on a
-GPU these kernels do not use tensor cores: correct and memory-linear in T, not FlashAttention's speed.
+Status: the exact path is checked against a naive float64 formula and scaled_dot_product_attention under
+``TRITON_INTERPRET=1``, compiled for sm_90 by ``tests/triton/aot_compile.py`` (triton 3.6 and 3.9) and timed on an
+H100 (B=8, T=4096, H=16, K=V=64, causal: 82 ms forward, 353 ms fwd+bwd; FlashAttention in bf16 0.65 / 2.5 ms):
+exact fp32 products do not use tensor cores. The half path is new: checked in fp16 under the interpreter against the
+float64 formula, compiled for sm_90 in bf16 and fp16 (triton 3.6 and 3.9; ptxas reports no register spills at
+K = V = 64 or 128 with ``TILES["cuda_half"]``), and not yet run or timed on a GPU. Tiles are fixed per path
+(``TILES``), not autotuned; every key block is masked (no separate unmasked loop for blocks below the diagonal), and
+the forward and backward walk only the blocks that hold visible pairs.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
@@ -47,14 +60,16 @@ __all__ = ["kernel_attention_triton", "kernel_log_sum_triton"]
 
 BLOCK = 16  # queries and keys per block under the interpreter (tl.dot's smallest tile)
 HALF_DOTS = True  # q, k, v all bf16 (or all fp16) on CUDA: tensor-core products in that dtype, fp32 accumulation
-# (BM queries, BN keys, num_warps) of the launches: "interpret" (16 x 16, tl.dot's smallest tile: fast interpreter
-# runs); "cuda": the exact fp32 / fp64 products, 32 x 32 at 8 warps (ptxas, tests/triton/aot_compile.py --resources,
-# spills kilobytes at 64 x 64 with them, <= 172 bytes at 32 x 32); "cuda_half": the tensor-core path,
-# FlashAttention-2's tiles for K = 64..128 (128 x 64 forward at 8 warps, 64 x 64 backward at 4)
+# (BM queries, BN keys, num_warps) of each kernel: "interpret": 16 x 16 (tl.dot's smallest tile: fast interpreter
+# runs); "cuda": the exact fp32 / fp64 products, 32 x 32 at 8 warps (ptxas spills kilobytes at 64 x 64 with them,
+# <= 172 bytes at 32 x 32); "cuda_half": the tensor-core path, FlashAttention-2's shapes (its Triton tutorial's
+# backward split: few queries per step for dk / dv, many resident queries for dq), chosen with
+# ``tests/triton/aot_compile.py --attention-only --resources``: no spills at K = V = 64 or 128, bf16 or fp16, with or
+# without row / col (dk / dv at 64 x 64 spill 148 bytes at 4 warps, 380 at 8 with K = 128)
 TILES = {
-    "interpret": {"fwd": (BLOCK, BLOCK, 4), "bwd": (BLOCK, BLOCK, 4)},
-    "cuda": {"fwd": (32, 32, 8), "bwd": (32, 32, 8)},
-    "cuda_half": {"fwd": (128, 64, 8), "bwd": (64, 64, 4)},
+    "interpret": {"fwd": (BLOCK, BLOCK, 4), "bwd_kv": (BLOCK, BLOCK, 4), "bwd_q": (BLOCK, BLOCK, 4)},
+    "cuda": {"fwd": (32, 32, 8), "bwd_kv": (32, 32, 8), "bwd_q": (32, 32, 8)},
+    "cuda_half": {"fwd": (128, 64, 8), "bwd_kv": (32, 64, 8), "bwd_q": (128, 32, 8)},
 }
 
 
@@ -99,24 +114,34 @@ def _block_coords(n_blocks, G, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _load(ptr, rows, m_rows, width, BW: tl.constexpr):
-    """[len(rows), BW] of a row-major [*, width] array in its own dtype (zero beyond the rows' mask and the width)."""
-    cols = tl.arange(0, BW)
-    mask = m_rows[:, None] & (cols < width)[None, :]
-    return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0)
+def _tile_mask(m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
+    """The mask [len(rows), BW] of a tile of rows of a [*, WIDTH] array: the rows' mask, and the columns < WIDTH
+    unless the tile is the full width (a column mask stops 16-byte vector loads: one pointer and predicate per element,
+    which ptxas spills at 64 x 64)."""
+    if WIDTH == BW:
+        return m_rows[:, None]  # (tl.load broadcasts it) constant along each row: vector loads
+    else:
+        return m_rows[:, None] & (tl.arange(0, BW) < WIDTH)[None, :]
 
 
 @triton.jit
-def _store(ptr, x, rows, m_rows, width, BW: tl.constexpr):
-    """Writes x [len(rows), BW] to rows of a row-major [*, width] array, rounded to the array's dtype."""
+def _load(ptr, rows, m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
+    """[len(rows), BW] of a row-major [*, WIDTH] array in its own dtype (zero beyond the rows' mask and WIDTH)."""
     cols = tl.arange(0, BW)
-    tl.store(ptr + rows[:, None] * width + cols[None, :], x.to(ptr.dtype.element_ty),
-             mask=m_rows[:, None] & (cols < width)[None, :])
+    return tl.load(ptr + rows[:, None] * WIDTH + cols[None, :], mask=_tile_mask(m_rows, WIDTH, BW), other=0.0)
 
 
 @triton.jit
-def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK: tl.constexpr, BV: tl.constexpr,
-               HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+def _store(ptr, x, rows, m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
+    """Writes x [len(rows), BW] to rows of a row-major [*, WIDTH] array, rounded to the array's dtype."""
+    cols = tl.arange(0, BW)
+    tl.store(ptr + rows[:, None] * WIDTH + cols[None, :], x.to(ptr.dtype.element_ty),
+             mask=_tile_mask(m_rows, WIDTH, BW))
+
+
+@triton.jit
+def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
     """Keys kj of one (b, g): their rows of the [B, S, G, *] arrays and mask, k [BN, BK] and v [BN, BV] in the
     operand dtype, col [BN] in DTYPE."""
     mkj = kj < S
@@ -128,8 +153,8 @@ def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK: tl.constexpr, BV
 
 
 @triton.jit
-def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK: tl.constexpr, BV: tl.constexpr,
-                 HAS_ROW: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K: tl.constexpr, V: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
     """Queries qi of one (b, g) for the backward: rows and mask, q [BM, BK] (operand dtype), row and the forward's
     row maxima m [BM] (DTYPE), and dy [BM, BV] as a product operand: exact path, dy exp(m) (y = exp(m) sum_j p_ij
     v_j with p_ij = exp(w_ij - m_i) <= 1: ``_probs``); half path, dy as given (``_probs`` keeps exp(m) in P)."""
@@ -158,8 +183,8 @@ def _probs(w, m, HALF: tl.constexpr):
 
 
 @triton.jit
-def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V, scale_ptr,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
+def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K: tl.constexpr, V: tl.constexpr,
+              scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
               HAS_COL: tl.constexpr, LSE: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
     """One block of BM queries of one (b, g): y [BM, V] and the row maxima m [BM] (LSE: L = m + log(sum) [BM]).
     The maxima, sums and the accumulator are DTYPE; HALF: q k^T and P v take bf16 / fp16 operands."""
@@ -199,9 +224,10 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V
 
 
 @triton.jit
-def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G, K, V,
-                 scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G,
+                 K: tl.constexpr, V: tl.constexpr, scale_ptr, BM: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr,
+                 DTYPE: tl.constexpr):
     """dk, dv, dcol of one block of BN keys of one (b, g), over the query blocks that see it (accumulated in DTYPE;
     HALF: the products' operands, P, dW, q and dy, in bf16 / fp16)."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
@@ -229,9 +255,9 @@ def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, d
 
 
 @triton.jit
-def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K, V, scale_ptr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
-                HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K: tl.constexpr,
+                V: tl.constexpr, scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
     """dq of one block of BM queries of one (b, g), over the keys they see (accumulated in DTYPE; HALF: dW and k as
     bf16 / fp16 operands)."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
@@ -276,7 +302,7 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _constexprs(q, v, row, col, which: str) -> dict:
-    """The launch's tiles, widths, flags and dtypes; ``which``: "fwd" or "bwd"."""
+    """The launch's tiles, widths, flags and dtypes; ``which``: "fwd", "bwd_kv" or "bwd_q"."""
     half = _half_code(q)
     tiles = TILES["interpret" if q.device.type != "cuda" else "cuda_half" if half else "cuda"][which]
     BM, BN, warps = tiles
@@ -313,15 +339,15 @@ def _backward(q, k, v, row, col, m, dy, scale: float):
     dv in their operands' dtype, dcol in the stats dtype."""
     B, T, G, K = q.shape
     S, V = k.shape[1], v.shape[-1]
-    c = _constexprs(q, v, row, col, "bwd")
+    c_kv, c_q = _constexprs(q, v, row, col, "bwd_kv"), _constexprs(q, v, row, col, "bwd_q")
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dcol = torch.empty_like(col)
     dummy = m  # never read or written (HAS_ROW / HAS_COL false)
     args = (q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, m, dy)
     scale_t = _scalar(scale, q.dtype, q.device)
-    _attn_bwd_kv[(B * G * triton.cdiv(S, c["BN"]),)](*args, dk, dv, dcol if col.numel() else dummy, T, S, G, K, V,
-                                                       scale_t, **c)
-    _attn_bwd_q[(B * G * triton.cdiv(T, c["BM"]),)](*args, dq, T, S, G, K, V, scale_t, **c)
+    _attn_bwd_kv[(B * G * triton.cdiv(S, c_kv["BN"]),)](*args, dk, dv, dcol if col.numel() else dummy, T, S, G, K, V,
+                                                          scale_t, **c_kv)
+    _attn_bwd_q[(B * G * triton.cdiv(T, c_q["BM"]),)](*args, dq, T, S, G, K, V, scale_t, **c_q)
     return dq, dk, dv, dcol
 
 

@@ -287,7 +287,7 @@ def test_fp16_attention_takes_the_half_path_and_matches_naive_formula(B, T, S, G
     want = torch.autograd.grad((y0 * w.double()).sum(), [x for x in ref if x is not None])
     for x, a, b in zip([x for x in dev if x is not None], got, want):
         assert a.dtype == x.dtype and rel(a.cpu(), b) <= TOL16
-    assert [c["HALF"] for c in seen] == [2, 2]  # forward and backward on fp16 operands
+    assert [c["HALF"] for c in seen] == [2, 2, 2]  # forward and both backward kernels on fp16 operands
     assert all(c["DTYPE"] == triton_attention.tl.float32 for c in seen)
 
 
@@ -310,10 +310,11 @@ def test_fp16_log_sum_matches_logsumexp(T, S):
 
 @pytest.mark.parametrize("half", [False, True])
 def test_unequal_tiles_skip_no_visible_block(half, monkeypatch):
-    """The GPU's half-path tiles are 128 x 64 forward (BM != BN): other tile shapes under the interpreter, so the
+    """The GPU's half-path tiles have BM != BN (``TILES["cuda_half"]``): such tiles under the interpreter, so the
     causal loop bounds (the forward and dq loops stop at the block's last visible key, the dk / dv loop starts at
     the first query block that sees the key block) are exercised with BM != BN, with and without a KV cache."""
-    monkeypatch.setitem(triton_attention.TILES, "interpret", {"fwd": (32, 16, 4), "bwd": (16, 32, 4)})
+    monkeypatch.setitem(triton_attention.TILES, "interpret", {"fwd": (32, 16, 4), "bwd_kv": (16, 32, 4),
+                                                              "bwd_q": (32, 16, 4)})
     seen = _spy_constexprs(monkeypatch)
     for T, S in ((45, 45), (29, 70)):
         xs, w = _fp16_case(1, T, S, 2, 8, 8, True, True, seed=S)
