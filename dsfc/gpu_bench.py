@@ -144,7 +144,8 @@ def add_ratios(rows: list[Row], peak_GBps: float | None) -> None:
         if r.fwd_ms and r.min_bytes:
             r.achieved_GBps = r.min_bytes / (r.fwd_ms * 1e-3) / 1e9
             r.frac_peak_bw = r.achieved_GBps / peak_GBps if peak_GBps else None
-    # the reference row of a group: the generated module's own path ("generated (...)"), not the sweep or kernel rows
+    # the reference row of a group: the generated module's own path ("generated (...)"), not the sweep or kernel rows;
+    # of several (softmax_attention: fp32, then the run's dtype) the last
     gen = {(r.group, r.T): r for r in rows if r.impl.startswith("generated (") and not r.skipped}
     for r in rows:
         g = gen.get((r.group, r.T))
@@ -664,8 +665,14 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
 
 def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     """The quadratic family's Triton kernels (dsfc/runtime/triton_attention.py: the causal log-sum-exp normaliser,
-    then the attention sum, as the generated softmax module calls them, in fp32) vs torch's
-    scaled_dot_product_attention (causal; FlashAttention on a GPU in bf16 / fp16) on the same q, k, v."""
+    then the attention sum, as the generated softmax module calls them) vs torch's scaled_dot_product_attention
+    (causal; FlashAttention on a GPU in bf16 / fp16) on the same q, k, v.
+
+    Two generated rows: fp32 (exact products, the generated module's compute dtype) and the run's dtype (bf16 / fp16
+    q, k, v: the kernels' tensor-core path; fp16 on CPU, where the run is fp32). The fp32 row's
+    output is every other row's ``y_ref`` (the most accurate one here: a row's max_rel_diff_vs_generated is its own
+    error); the run-dtype row, listed last, is the group's reference for the speed ratios, as the other groups'
+    generated rows run in the run's dtype."""
     import torch
     import torch.nn.functional as F
 
@@ -677,17 +684,26 @@ def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     v = torch.randn(B, T, H, V, device=device, generator=g)
     scale = K ** -0.5
     mb = _nbytes(q, k, v) + B * T * H * V * 4
-    ins = [x.clone().requires_grad_() for x in (q, k, v)]
 
-    def generated():
-        return kernel_attention_triton(ins[0], ins[1], ins[2], -kernel_log_sum_triton(ins[0], ins[1], scale, True),
-                                       None, scale)
+    def softmax_attention(xs):
+        """y = softmax(scale q k^T, causal) v as two kernel calls, L = log sum_j exp(scale q k_j), then sum_j
+        exp(scale q k_j - L) v_j (L comes back in the inputs' dtype: rounded to it for half inputs)."""
+        return kernel_attention_triton(xs[0], xs[1], xs[2], -kernel_log_sum_triton(xs[0], xs[1], scale, True), None,
+                                       scale)
 
-    gen = _bench_impl("softmax_attention", "generated (triton, fp32)", T, dims, generated, ins, device, repeats,
-                      torch.float32, mb)
-    rows = [gen]
+    ins32 = [x.clone().requires_grad_() for x in (q, k, v)]
+    rows = [_bench_impl("softmax_attention", "generated (triton, fp32)", T, dims, lambda: softmax_attention(ins32),
+                        ins32, device, repeats, torch.float32, mb, note="exact fp32 products")]
     with torch.no_grad():
-        y_gen = generated().float()
+        y_gen = softmax_attention(ins32).float()
+    # a CPU run is fp32 throughout (run()); there the half row takes fp16, the dtype of the interpreter's half path
+    # (its bf16 tl.dot is wrong), so that the smoke test covers that path's wiring
+    half = dtype if dtype != torch.float32 else torch.float16 if device == "cpu" else None
+    if half is not None:
+        ins_half = [x.detach().to(half).requires_grad_() for x in (q, k, v)]
+        rows.append(_bench_impl("softmax_attention", f"generated (triton, {str(half)[6:]})", T, dims,
+                                lambda: softmax_attention(ins_half), ins_half, device, repeats, half, mb,
+                                note="tensor-core products, fp32 statistics", y_ref=y_gen))
     for dt in dict.fromkeys((dtype, torch.float32)):  # the run's dtype (FlashAttention for half), and fp32
         sdpa_ins = [x.detach().transpose(1, 2).to(dt).requires_grad_() for x in (q, k, v)]
 

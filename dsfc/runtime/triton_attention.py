@@ -20,14 +20,27 @@ torch reduction. ``kernel_log_sum``'s gradient is the same pair of kernels with 
 (dL_i / dw_ij is the softmax weight ``exp(w_ij - L_i)``).
 
 Precision: the compute dtype is fp32 (fp64 for fp64 inputs), products exact (``input_precision="ieee"``: no TF32).
+With q, k, v all bf16 (or all fp16) on CUDA the kernels take the half path (HALF_DOTS, FlashAttention-2's
+arithmetic): q, k, v are read in that dtype (no fp32 copies), ``q k^T`` and ``P v`` are tensor-core products of
+bf16 / fp16 operands accumulating in fp32, P = exp(w - m) in [0, 1] rounded to the half dtype as an operand; the
+row maxima, sums, log-sums, row / col weights and accumulators stay fp32. The backward rounds its operands likewise
+(P, dW, q, k and dy as given; P = exp(w) itself rather than exp(w - m), so that dy is not scaled by exp(m) in fp16);
+dq, dk, dv and y are stored in the half dtype, m and L in fp32 (``kernel_log_sum_triton`` rounds L to the inputs'
+dtype on return). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under the interpreter fp16
+runs this path (numpy's fp32 matmul of fp16 operands: the same arithmetic); bf16 takes the exact path there (the
+interpreter's bf16 tl.dot is wrong: no numpy bf16).
 torch.compile: ``torch.library.custom_op`` s (``dsfc::attention_fwd`` / ``_bwd``, ``dsfc::log_sum_fwd``) with fake
 (shape) functions and ``register_autograd``, as the scan kernels have; eager inference calls the implementations
 directly (``dsfc.runtime.dispatch``).
 
-Status: checked against a naive float64 formula and scaled_dot_product_attention under ``TRITON_INTERPRET=1``, and
-compiled for sm_90 by ``tests/triton/aot_compile.py`` (triton 3.6 and 3.9); not yet run or timed on a GPU. Block
-sizes are fixed (16 under the interpreter, 32 on a GPU), not autotuned; the products are exact fp32 (fp64), so on a
-GPU these kernels do not use tensor cores: correct and memory-linear in T, not FlashAttention's speed.
+Status: the exact path is checked against a naive float64 formula and scaled_dot_product_attention under
+``TRITON_INTERPRET=1``, compiled for sm_90 by ``tests/triton/aot_compile.py`` (triton 3.6 and 3.9) and timed on an
+H100 (B=8, T=4096, H=16, K=V=64, causal: 82 ms forward, 353 ms fwd+bwd; FlashAttention in bf16 0.65 / 2.5 ms):
+exact fp32 products do not use tensor cores. The half path is new: checked in fp16 under the interpreter against the
+float64 formula, compiled for sm_90 in bf16 and fp16 (triton 3.6 and 3.9; ptxas reports no register spills at
+K = V = 64 or 128 with ``TILES["cuda_half"]``), and not yet run or timed on a GPU. Tiles are fixed per path
+(``TILES``), not autotuned; every key block is masked (no separate unmasked loop for blocks below the diagonal), and
+the forward and backward walk only the blocks that hold visible pairs.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
@@ -46,15 +59,47 @@ from dsfc.runtime.kernelised import kernel_log_sum
 __all__ = ["kernel_attention_triton", "kernel_log_sum_triton"]
 
 BLOCK = 16  # queries and keys per block under the interpreter (tl.dot's smallest tile)
-BLOCK_CUDA = 32  # on a GPU, at 8 warps: ptxas (tests/triton/aot_compile.py --resources) spills kilobytes at 64 x 64
-# with these exact fp32 products (no tensor cores) and <= 172 bytes at 32 x 32
+HALF_DOTS = True  # q, k, v all bf16 (or all fp16) on CUDA: tensor-core products in that dtype, fp32 accumulation
+# (BM queries, BN keys, num_warps) of each kernel: "interpret": 16 x 16 (tl.dot's smallest tile: fast interpreter
+# runs); "cuda": the exact fp32 / fp64 products, 32 x 32 at 8 warps (ptxas spills kilobytes at 64 x 64 with them,
+# <= 172 bytes at 32 x 32); "cuda_half": the tensor-core path, FlashAttention-2's shapes (its Triton tutorial's
+# backward split: few queries per step for dk / dv, many resident queries for dq), chosen with
+# ``tests/triton/aot_compile.py --attention-only --resources``: no spills at K = V = 64 or 128, bf16 or fp16, with or
+# without row / col (dk / dv at 64 x 64 spill 148 bytes at 4 warps, 380 at 8 with K = 128)
+TILES = {
+    "interpret": {"fwd": (BLOCK, BLOCK, 4), "bwd_kv": (BLOCK, BLOCK, 4), "bwd_q": (BLOCK, BLOCK, 4)},
+    "cuda": {"fwd": (32, 32, 8), "bwd_kv": (32, 32, 8), "bwd_q": (32, 32, 8)},
+    "cuda_half": {"fwd": (128, 64, 8), "bwd_kv": (32, 64, 8), "bwd_q": (128, 32, 8)},
+}
 
 
 @triton.jit
-def _weights(q, k, row, col, qi, kj, T, S, scale):
-    """Log-weights [BM, BN] = scale q k^T + row + col, -inf where key kj is not visible to query qi (after it, or
-    beyond S or T)."""
-    w = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + row[:, None] + col[None, :]
+def _operand(x, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """x (any shape) as a tl.dot operand: bf16 (HALF = 1) or fp16 (HALF = 2) for the tensor cores, else DTYPE (the
+    exact path's fp32 / fp64). A no-op for a tile loaded in that dtype."""
+    if HALF == 1:
+        return x.to(tl.bfloat16)
+    elif HALF == 2:
+        return x.to(tl.float16)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def _dot(a, b, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """a [M, N] @ b [N, P] accumulated in DTYPE (fp32, or fp64): HALF = 1 / 2, the operands rounded to bf16 / fp16
+    (tensor cores, fp32 accumulator); HALF = 0, exact products (``input_precision="ieee"``: no TF32)."""
+    if HALF == 0:
+        return tl.dot(a.to(DTYPE), b.to(DTYPE), input_precision="ieee")
+    else:
+        return tl.dot(_operand(a, HALF, DTYPE), _operand(b, HALF, DTYPE), out_dtype=tl.float32)
+
+
+@triton.jit
+def _weights(q, k, row, col, qi, kj, T, S, scale, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """Log-weights [BM, BN] = scale q k^T + row + col in DTYPE, -inf where key kj is not visible to query qi (after
+    it, or beyond S or T). q [BM, BK], k [BN, BK] in the operand dtype; row [BM], col [BN] in DTYPE."""
+    w = _dot(q, tl.trans(k), HALF, DTYPE) * scale + row[:, None] + col[None, :]
     visible = (kj[None, :] <= (S - T) + qi[:, None]) & (kj[None, :] < S) & (qi[:, None] < T)
     return tl.where(visible, w, float("-inf"))
 
@@ -69,129 +114,166 @@ def _block_coords(n_blocks, G, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _load(ptr, rows, m_rows, width, BW: tl.constexpr, DTYPE: tl.constexpr):
-    """[len(rows), BW] of a row-major [*, width] array (zero beyond the rows' mask and the width)."""
-    cols = tl.arange(0, BW)
-    mask = m_rows[:, None] & (cols < width)[None, :]
-    return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(DTYPE)
+def _tile_mask(m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
+    """The mask [len(rows), BW] of a tile of rows of a [*, WIDTH] array: the rows' mask, and the columns < WIDTH
+    unless the tile is the full width (a column mask stops 16-byte vector loads: one pointer and predicate per element,
+    which ptxas spills at 64 x 64)."""
+    if WIDTH == BW:
+        return m_rows[:, None]  # (tl.load broadcasts it) constant along each row: vector loads
+    else:
+        return m_rows[:, None] & (tl.arange(0, BW) < WIDTH)[None, :]
 
 
 @triton.jit
-def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK: tl.constexpr, BV: tl.constexpr,
-               HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
-    """Keys kj of one (b, g): their rows of the [B, S, G, *] arrays and mask, k [BN, BK], v [BN, BV], col [BN]."""
+def _load(ptr, rows, m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
+    """[len(rows), BW] of a row-major [*, WIDTH] array in its own dtype (zero beyond the rows' mask and WIDTH)."""
+    cols = tl.arange(0, BW)
+    return tl.load(ptr + rows[:, None] * WIDTH + cols[None, :], mask=_tile_mask(m_rows, WIDTH, BW), other=0.0)
+
+
+@triton.jit
+def _store(ptr, x, rows, m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
+    """Writes x [len(rows), BW] to rows of a row-major [*, WIDTH] array, rounded to the array's dtype."""
+    cols = tl.arange(0, BW)
+    tl.store(ptr + rows[:, None] * WIDTH + cols[None, :], x.to(ptr.dtype.element_ty),
+             mask=_tile_mask(m_rows, WIDTH, BW))
+
+
+@triton.jit
+def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """Keys kj of one (b, g): their rows of the [B, S, G, *] arrays and mask, k [BN, BK] and v [BN, BV] in the
+    operand dtype, col [BN] in DTYPE."""
     mkj = kj < S
     k_rows = (b * S + kj) * G + g
-    k = _load(k_ptr, k_rows, mkj, K, BK, DTYPE)
-    v = _load(v_ptr, k_rows, mkj, V, BV, DTYPE)
+    k = _operand(_load(k_ptr, k_rows, mkj, K, BK), HALF, DTYPE)
+    v = _operand(_load(v_ptr, k_rows, mkj, V, BV), HALF, DTYPE)
     col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros(kj.shape, DTYPE)
     return k_rows, mkj, k, v, col
 
 
 @triton.jit
-def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK: tl.constexpr, BV: tl.constexpr,
-                 HAS_ROW: tl.constexpr, DTYPE: tl.constexpr):
-    """Queries qi of one (b, g) for the backward: rows and mask, q [BM, BK], row and the forward's row maxima m
-    [BM], and dy [BM, BV] scaled by exp(m) (y = exp(m) sum_j p_ij v_j with p_ij = exp(w_ij - m_i) <= 1)."""
+def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K: tl.constexpr, V: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """Queries qi of one (b, g) for the backward: rows and mask, q [BM, BK] (operand dtype), row and the forward's
+    row maxima m [BM] (DTYPE), and dy [BM, BV] as a product operand: exact path, dy exp(m) (y = exp(m) sum_j p_ij
+    v_j with p_ij = exp(w_ij - m_i) <= 1: ``_probs``); half path, dy as given (``_probs`` keeps exp(m) in P)."""
     mq = qi < T
     q_rows = (b * T + qi) * G + g
-    q = _load(q_ptr, q_rows, mq, K, BK, DTYPE)
+    q = _operand(_load(q_ptr, q_rows, mq, K, BK), HALF, DTYPE)
     row = tl.load(row_ptr + q_rows, mask=mq, other=0.0).to(DTYPE) if HAS_ROW else tl.zeros(qi.shape, DTYPE)
     m = tl.load(m_ptr + q_rows, mask=mq, other=0.0).to(DTYPE)
-    dy = _load(dy_ptr, q_rows, mq, V, BV, DTYPE) * tl.exp(m)[:, None]
-    return q_rows, mq, q, row, m, dy
+    dy = _load(dy_ptr, q_rows, mq, V, BV)
+    if HALF == 0:
+        dy = dy.to(DTYPE) * tl.exp(m)[:, None]
+    return q_rows, mq, q, row, m, _operand(dy, HALF, DTYPE)
 
 
 @triton.jit
-def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K, V, scale_ptr,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
-              HAS_COL: tl.constexpr, LSE: tl.constexpr, DTYPE: tl.constexpr):
-    """One block of BM queries of one (b, g): y [BM, V] and the row maxima m [BM] (LSE: L = m + log(sum) [BM])."""
+def _probs(w, m, HALF: tl.constexpr):
+    """The backward's weights [BM, BN] from the log-weights w [BM, BN] and the row maxima m [BM], 0 where masked.
+    Exact path: exp(w - m) <= 1 (``_query_block`` puts exp(m) into dy). Half path: exp(w) itself, FlashAttention-2's
+    P, rounded to bf16 / fp16 as an operand: <= 1 in softmax use (row = -L, w = s - L), and dy stays as the caller
+    gave it; folding exp(m) in [1 / S, 1] into an fp16 dy instead would push small gradients into underflow, and
+    exp(m) > 1 would overflow where the weights themselves are in range."""
+    if HALF == 0:
+        return tl.exp(w - m[:, None])
+    else:
+        return tl.exp(w)
+
+
+@triton.jit
+def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K: tl.constexpr, V: tl.constexpr,
+              scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
+              HAS_COL: tl.constexpr, LSE: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """One block of BM queries of one (b, g): y [BM, V] and the row maxima m [BM] (LSE: L = m + log(sum) [BM]).
+    The maxima, sums and the accumulator are DTYPE; HALF: q k^T and P v take bf16 / fp16 operands."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_q, b, g, qi = _block_coords(tl.cdiv(T, BM), G, BM)
     mq = qi < T
     q_rows = (b * T + qi) * G + g  # rows of the [B, T, G, *] arrays
-    q = _load(q_ptr, q_rows, mq, K, BK, DTYPE)
+    q = _operand(_load(q_ptr, q_rows, mq, K, BK), HALF, DTYPE)
     row = tl.load(row_ptr + q_rows, mask=mq, other=0.0).to(DTYPE) if HAS_ROW else tl.zeros((BM,), DTYPE)
     m = tl.full((BM,), float("-inf"), DTYPE)
     acc = tl.zeros((BM, BV), DTYPE)
     total = tl.zeros((BM,), DTYPE)
-    end = tl.minimum(S, S - T + (i_q + 1) * BM)  # the keys the block's last query sees
+    end = tl.minimum(S, S - T + (i_q + 1) * BM)  # the keys the block's last query sees: no fully masked block
     for n0 in range(0, end, BN):
         kj = n0 + tl.arange(0, BN)
         mkj = kj < S
         k_rows = (b * S + kj) * G + g
-        k = _load(k_ptr, k_rows, mkj, K, BK, DTYPE)
+        k = _operand(_load(k_ptr, k_rows, mkj, K, BK), HALF, DTYPE)
         col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros((BN,), DTYPE)
-        w = _weights(q, k, row, col, qi, kj, T, S, scale)
+        w = _weights(q, k, row, col, qi, kj, T, S, scale, HALF, DTYPE)
         m_new = tl.maximum(m, tl.max(w, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (or beyond T)
         grow = tl.exp(m - shift)  # rescales what was summed under the old maximum (0 while it was -inf)
-        p = tl.exp(w - shift[:, None])
+        p = tl.exp(w - shift[:, None])  # in [0, 1]: rounding it to bf16 / fp16 costs <= 2^-9 / 2^-12 absolute
         if LSE:
-            total = total * grow + tl.sum(p, axis=1)
+            total = total * grow + tl.sum(p, axis=1)  # the unrounded weights: L exact to fp32
         else:
-            v = _load(v_ptr, k_rows, mkj, V, BV, DTYPE)
-            acc = acc * grow[:, None] + tl.dot(p, v, input_precision="ieee")
+            v = _operand(_load(v_ptr, k_rows, mkj, V, BV), HALF, DTYPE)
+            acc = acc * grow[:, None] + _dot(p, v, HALF, DTYPE)
         m = m_new
     m = tl.where(m == float("-inf"), 0.0, m)
     if LSE:
         tl.store(y_ptr + q_rows, m + tl.log(tl.where(mq, total, 1.0)), mask=mq)  # (rows beyond T: no log(0))
     else:
-        cols = tl.arange(0, BV)
-        tl.store(y_ptr + q_rows[:, None] * V + cols[None, :], acc * tl.exp(m)[:, None],
-                 mask=mq[:, None] & (cols < V)[None, :])
+        _store(y_ptr, acc * tl.exp(m)[:, None], q_rows, mq, V, BV)
         tl.store(m_ptr + q_rows, m, mask=mq)
 
 
 @triton.jit
-def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G, K, V,
-                 scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
-    """dk, dv, dcol of one block of BN keys of one (b, g), over the query blocks that see it."""
+def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G,
+                 K: tl.constexpr, V: tl.constexpr, scale_ptr, BM: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr,
+                 DTYPE: tl.constexpr):
+    """dk, dv, dcol of one block of BN keys of one (b, g), over the query blocks that see it (accumulated in DTYPE;
+    HALF: the products' operands, P, dW, q and dy, in bf16 / fp16)."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_k, b, g, kj = _block_coords(tl.cdiv(S, BN), G, BN)
-    k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, DTYPE)
+    k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, HALF, DTYPE)
     dk = tl.zeros((BN, BK), DTYPE)
     dv = tl.zeros((BN, BV), DTYPE)
     dcol = tl.zeros((BN,), DTYPE)
-    first = tl.maximum(i_k * BN - (S - T), 0) // BM * BM  # the first query that sees the block's first key
+    # query i sees key j iff i >= j - (S - T): start at the block of the first query that sees the block's first
+    # key (every later query sees it too), so no fully masked query block is visited
+    first = tl.maximum(i_k * BN - (S - T), 0) // BM * BM
     for m0 in range(first, T, BM):
-        q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, m0 + tl.arange(0, BM), T, G,
-                                                 K, V, BK, BV, HAS_ROW, DTYPE)
         qi = m0 + tl.arange(0, BM)
-        p = tl.exp(_weights(q, k, row, col, qi, kj, T, S, scale) - m[:, None])  # <= 1; 0 where not visible
-        dv += tl.dot(tl.trans(p), dy, input_precision="ieee")
-        dw = p * tl.dot(dy, tl.trans(v), input_precision="ieee")  # dL/dw_ij = P_ij dy_i . v_j
-        dk += tl.dot(tl.trans(dw), q, input_precision="ieee") * scale
+        q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK, BV,
+                                                 HAS_ROW, HALF, DTYPE)
+        p = _probs(_weights(q, k, row, col, qi, kj, T, S, scale, HALF, DTYPE), m, HALF)  # 0 where not visible
+        dv += _dot(tl.trans(p), dy, HALF, DTYPE)
+        dw = p * _dot(dy, tl.trans(v), HALF, DTYPE)  # dL/dw_ij = exp(w_ij) dy_i . v_j
+        dk += _dot(tl.trans(dw), q, HALF, DTYPE) * scale
         dcol += tl.sum(dw, axis=0)
-    cols_k = tl.arange(0, BK)
-    cols_v = tl.arange(0, BV)
-    tl.store(dk_ptr + k_rows[:, None] * K + cols_k[None, :], dk, mask=mkj[:, None] & (cols_k < K)[None, :])
-    tl.store(dv_ptr + k_rows[:, None] * V + cols_v[None, :], dv, mask=mkj[:, None] & (cols_v < V)[None, :])
+    _store(dk_ptr, dk, k_rows, mkj, K, BK)
+    _store(dv_ptr, dv, k_rows, mkj, V, BV)
     if HAS_COL:
         tl.store(dcol_ptr + k_rows, dcol, mask=mkj)
 
 
 @triton.jit
-def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K, V, scale_ptr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
-                HAS_COL: tl.constexpr, DTYPE: tl.constexpr):
-    """dq of one block of BM queries of one (b, g), over the keys they see."""
+def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K: tl.constexpr,
+                V: tl.constexpr, scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """dq of one block of BM queries of one (b, g), over the keys they see (accumulated in DTYPE; HALF: dW and k as
+    bf16 / fp16 operands)."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_q, b, g, qi = _block_coords(tl.cdiv(T, BM), G, BM)
     q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK, BV, HAS_ROW,
-                                             DTYPE)
+                                             HALF, DTYPE)
     dq = tl.zeros((BM, BK), DTYPE)
-    end = tl.minimum(S, S - T + (i_q + 1) * BM)
+    end = tl.minimum(S, S - T + (i_q + 1) * BM)  # the keys the block's last query sees: no fully masked block
     for n0 in range(0, end, BN):
         kj = n0 + tl.arange(0, BN)
-        k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, DTYPE)
-        p = tl.exp(_weights(q, k, row, col, qi, kj, T, S, scale) - m[:, None])
-        dw = p * tl.dot(dy, tl.trans(v), input_precision="ieee")
-        dq += tl.dot(dw, k, input_precision="ieee") * scale
-    cols = tl.arange(0, BK)
-    tl.store(dq_ptr + q_rows[:, None] * K + cols[None, :], dq, mask=mq[:, None] & (cols < K)[None, :])
+        k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, HALF,
+                                            DTYPE)
+        p = _probs(_weights(q, k, row, col, qi, kj, T, S, scale, HALF, DTYPE), m, HALF)
+        dw = p * _dot(dy, tl.trans(v), HALF, DTYPE)
+        dq += _dot(dw, k, HALF, DTYPE) * scale
+    _store(dq_ptr, dq, q_rows, mq, K, BK)
 
 
 # ---- launches ----------------------------------------------------------------------------------------------------
@@ -201,51 +283,71 @@ def _pow2(x: int) -> int:
     return max(16, 1 << max(0, int(x) - 1).bit_length())
 
 
-def _blocks(x: torch.Tensor) -> tuple[int, int]:
-    b = BLOCK_CUDA if x.device.type == "cuda" else BLOCK
-    return b, b
+_HALF_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernels' HALF constexpr: 0 exact, 1 bf16, 2 fp16
 
 
-def _scalar(x: float, like: torch.Tensor) -> torch.Tensor:
-    """x as a one-element tensor of ``like``'s dtype and device: triton passes a Python float as an fp32 scalar, which
-    on a GPU cost fp64 runs ~1e-7 of relative error (the interpreter keeps it exact)."""
-    return torch.full((1,), float(x), dtype=like.dtype, device=like.device)
+def _half_code(q: torch.Tensor) -> int:
+    """The kernels' HALF for operands of q's dtype (the ops see q, k, v in one dtype): 1 bf16, 2 fp16, else 0."""
+    half = _HALF_CODES.get(q.dtype, 0)
+    if half == 1 and q.device.type != "cuda":  # the drop-ins below never send bf16 to the interpreter
+        raise ValueError("dsfc: bf16 attention kernels need CUDA: the interpreter's bf16 tl.dot is wrong (no numpy "
+                         "bf16)")
+    return half
 
 
-def _constexprs(q, v, row, col, cdt) -> dict:
-    BM, BN = _blocks(q)
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the row maxima m, the log-sums L, the row / col weights and the scale: fp64 for fp64 operands,
+    else fp32 (the half path keeps them fp32, as FlashAttention-2 keeps its log-sum-exp)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _constexprs(q, v, row, col, which: str) -> dict:
+    """The launch's tiles, widths, flags and dtypes; ``which``: "fwd", "bwd_kv" or "bwd_q"."""
+    half = _half_code(q)
+    tiles = TILES["interpret" if q.device.type != "cuda" else "cuda_half" if half else "cuda"][which]
+    BM, BN, warps = tiles
     return dict(BM=BM, BN=BN, BK=_pow2(q.shape[-1]), BV=_pow2(v.shape[-1]), HAS_ROW=row.numel() > 0,
-                HAS_COL=col.numel() > 0, DTYPE=tl.float64 if cdt == torch.float64 else tl.float32,
-                num_warps=4 if q.device.type != "cuda" else 8)
+                HAS_COL=col.numel() > 0, HALF=half, DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
+                num_warps=warps)
+
+
+def _scalar(x: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """x as a one-element tensor of the stats dtype: triton passes a Python float as an fp32 scalar, which on a GPU
+    cost fp64 runs ~1e-7 of relative error (the interpreter keeps it exact)."""
+    return torch.full((1,), float(x), dtype=_stats_dtype(dtype), device=device)
 
 
 def _forward(q, k, v, row, col, scale: float, lse: bool):
-    """``(y, m)``: y [B, T, G, V] (LSE: L [B, T, G]) and the row maxima m [B, T, G], in q's dtype (the compute
-    dtype). ``row`` / ``col`` empty: none."""
+    """``(y, m)``: y [B, T, G, V] in q's dtype (LSE: L [B, T, G] in the stats dtype) and the row maxima m
+    [B, T, G] in the stats dtype. q, k, v in one dtype (fp32, fp64; bf16 / fp16: the half path), row / col in the
+    stats dtype; empty: none."""
     B, T, G, K = q.shape
     S, V = k.shape[1], v.shape[-1]
-    y = q.new_empty((B, T, G) if lse else (B, T, G, V))
-    m = q.new_empty((B, T, G))
-    c = _constexprs(q, v, row, col, q.dtype)
+    stats = _stats_dtype(q.dtype)
+    y = q.new_empty((B, T, G), dtype=stats) if lse else q.new_empty((B, T, G, V))
+    m = q.new_empty((B, T, G), dtype=stats)
+    c = _constexprs(q, v, row, col, "fwd")
     grid = (B * G * triton.cdiv(T, c["BM"]),)
-    dummy = q
+    dummy = m  # never read (HAS_ROW / HAS_COL false)
     _attn_fwd[grid](q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, y, m, T, S, G, K, V,
-                    _scalar(scale, q), LSE=lse, **c)
+                    _scalar(scale, q.dtype, q.device), LSE=lse, **c)
     return y, m
 
 
 def _backward(q, k, v, row, col, m, dy, scale: float):
-    """``(dq, dk, dv, dcol)`` (dcol empty without col) through y = sum_j exp(w_ij) v_j, given the forward's m."""
+    """``(dq, dk, dv, dcol)`` (dcol empty without col) through y = sum_j exp(w_ij) v_j, given the forward's m; dq, dk,
+    dv in their operands' dtype, dcol in the stats dtype."""
     B, T, G, K = q.shape
     S, V = k.shape[1], v.shape[-1]
-    c = _constexprs(q, v, row, col, q.dtype)
+    c_kv, c_q = _constexprs(q, v, row, col, "bwd_kv"), _constexprs(q, v, row, col, "bwd_q")
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dcol = torch.empty_like(col)
-    dummy = q
+    dummy = m  # never read or written (HAS_ROW / HAS_COL false)
     args = (q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, m, dy)
-    _attn_bwd_kv[(B * G * triton.cdiv(S, c["BN"]),)](*args, dk, dv, dcol if col.numel() else dummy, T, S, G, K, V,
-                                                       _scalar(scale, q), **c)
-    _attn_bwd_q[(B * G * triton.cdiv(T, c["BM"]),)](*args, dq, T, S, G, K, V, _scalar(scale, q), **c)
+    scale_t = _scalar(scale, q.dtype, q.device)
+    _attn_bwd_kv[(B * G * triton.cdiv(S, c_kv["BN"]),)](*args, dk, dv, dcol if col.numel() else dummy, T, S, G, K, V,
+                                                          scale_t, **c_kv)
+    _attn_bwd_q[(B * G * triton.cdiv(T, c_q["BM"]),)](*args, dq, T, S, G, K, V, scale_t, **c_q)
     return dq, dk, dv, dcol
 
 
@@ -263,7 +365,7 @@ _attention_fwd_op = torch.library.custom_op("dsfc::attention_fwd", mutates_args=
 
 @_attention_fwd_op.register_fake
 def _(q, k, v, row, col, scale):
-    return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3])
+    return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=_stats_dtype(q.dtype))
 
 
 @torch.library.custom_op("dsfc::attention_bwd", mutates_args=())
@@ -288,7 +390,8 @@ def _attention_setup(ctx, inputs, output):
 def _attention_backward(ctx, dy, dm):
     q, k, v, row, col, y, m = ctx.saved_tensors
     dq, dk, dv, dcol = _attention_bwd_op(q, k, v, row, col, m, dy, ctx.scale)
-    drow = (dy * y).sum(-1) if row.numel() else None  # sum_j dL/dw_ij = dy_i . y_i
+    # sum_j dL/dw_ij = dy_i . y_i, summed in the stats dtype (the half path's dy and y are bf16 / fp16)
+    drow = (dy.to(row.dtype) * y.to(row.dtype)).sum(-1) if row.numel() else None
     return dq, dk, dv, drow, (dcol if col.numel() else None), None
 
 
@@ -297,7 +400,7 @@ _attention_fwd_op.register_autograd(_attention_backward, setup_context=_attentio
 
 def _log_sum_fwd(x: torch.Tensor, ys: torch.Tensor, scale: float) -> torch.Tensor:
     x, ys = x.contiguous(), ys.contiguous()
-    none = x.new_empty(0)
+    none = x.new_empty(0, dtype=_stats_dtype(x.dtype))
     return _forward(x, ys, ys, none, none, scale, lse=True)[0]
 
 
@@ -306,7 +409,7 @@ _log_sum_fwd_op = torch.library.custom_op("dsfc::log_sum_fwd", mutates_args=())(
 
 @_log_sum_fwd_op.register_fake
 def _(x, ys, scale):
-    return x.new_empty(x.shape[:3])
+    return x.new_empty(x.shape[:3], dtype=_stats_dtype(x.dtype))
 
 
 def _log_sum_setup(ctx, inputs, output):
@@ -319,7 +422,8 @@ def _log_sum_backward(ctx, dL):
     # dL_i / dw_ij = exp(w_ij - L_i): the attention backward with v = 1, dy = dL, row = -L and m = 0
     x, ys, L = ctx.saved_tensors
     ones = ys.new_ones((*ys.shape[:3], 1))
-    dx, dys, _, _ = _attention_bwd_op(x, ys, ones, -L, x.new_empty(0), torch.zeros_like(L), dL[..., None], ctx.scale)
+    dx, dys, _, _ = _attention_bwd_op(x, ys, ones, -L, L.new_empty(0), torch.zeros_like(L), dL[..., None].to(L.dtype),
+                                      ctx.scale)
     return dx, dys, None
 
 
@@ -354,38 +458,54 @@ def _check_shapes(name: str, q, k, v, row, col):
         raise ValueError(f"{name}: col must be [B, S, G] = {(B, S, G)}, got {tuple(col.shape)}")
 
 
+def _operand_dtype(*xs: torch.Tensor) -> torch.dtype:
+    """The dtype the kernels read q, k, v (x, ys) in: their own when all are bf16 or all fp16 (HALF_DOTS: the
+    tensor-core path; fp16 only under the interpreter, whose bf16 tl.dot is wrong), else fp32 (fp64 if any is)."""
+    dtype = xs[0].dtype
+    if HALF_DOTS and dtype in _HALF_CODES and all(x.dtype == dtype for x in xs):
+        if xs[0].device.type == "cuda" or dtype == torch.float16:
+            return dtype
+    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
+
+
 def kernel_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: Optional[torch.Tensor],
                             col: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     """``dsfc.runtime.kernelised.kernel_attention`` on the Triton kernels above (CUDA tensors, or CPU under
     ``TRITON_INTERPRET=1``): y_i = sum_(j <= S - T + i) exp(scale q_i . k_j + row_i + col_j) v_j, [B, T, G, V], in
-    the inputs' promoted dtype (computed in fp32, or fp64). Differentiable w.r.t. q, k, v, row and col."""
+    the inputs' promoted dtype. Differentiable w.r.t. q, k, v, row and col.
+
+    Computed in fp32 (fp64 for fp64 inputs) with exact products; q, k, v all bf16 (or all fp16) on CUDA: the
+    products on tensor cores in that dtype, everything else fp32 (HALF_DOTS, the module docstring's Precision)."""
     name = "kernel_attention_triton"
     _check_shapes(name, q, k, v, row, col)
     _check_device(name, q, k, v, row, col)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    cdt = torch.float64 if dtype == torch.float64 else torch.float32
     B, T, G, _ = q.shape
     if T == 0 or B == 0 or G == 0:
         return q.new_zeros((B, T, G, v.shape[-1]), dtype=dtype)
-    none = q.new_empty(0, dtype=cdt)
-    args = [x.to(cdt) for x in (q, k, v)] + [none if x is None else x.to(cdt) for x in (row, col)]
+    operands = _operand_dtype(q, k, v)
+    stats = _stats_dtype(operands)  # row and col: fp32 (fp64) on every path
+    none = q.new_empty(0, dtype=stats)
+    args = [x.to(operands) for x in (q, k, v)] + [none if x is None else x.to(stats) for x in (row, col)]
     forward = _attention_fwd if eager_inference(*args) else _attention_fwd_op
     return forward(*args, float(scale))[0].to(dtype)
 
 
 def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, history: bool) -> torch.Tensor:
     """``dsfc.runtime.kernelised.kernel_log_sum`` with its history sum (a causal log-sum-exp over [B, T, G] x
-    [B, S, G]) on the Triton kernels above; without history it is one elementwise product, left to torch."""
+    [B, S, G]) on the Triton kernels above, in the inputs' promoted dtype (x and ys both bf16 or both fp16 on CUDA:
+    tensor-core products, as kernel_attention_triton); without history it is one elementwise product, left to
+    torch."""
     if not history:
         return kernel_log_sum(x, ys, scale, history)
     name = "kernel_log_sum_triton"
     _check_shapes(name, x, ys, ys, None, None)
     _check_device(name, x, ys)
     dtype = torch.promote_types(x.dtype, ys.dtype)
-    cdt = torch.float64 if dtype == torch.float64 else torch.float32
     B, T, G, _ = x.shape
     if T == 0 or B == 0 or G == 0:
         return x.new_zeros((B, T, G), dtype=dtype)
-    args = [x.to(cdt), ys.to(cdt)]
+    operands = _operand_dtype(x, ys)  # the log-sums are fp32 on the half path too, then rounded to dtype
+    args = [x.to(operands), ys.to(operands)]
     forward = _log_sum_fwd if eager_inference(*args) else _log_sum_fwd_op
     return forward(*args, float(scale)).to(dtype)

@@ -6,8 +6,9 @@ differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to
     python tests/triton/aot_compile.py [--resources] [spec.dsf ...]     # the specs' kernels, dense, outer
     python tests/triton/aot_compile.py --outer-only [--resources] [--decay=0|1|2]   # the outer-product kernels
     python tests/triton/aot_compile.py --no-outer [spec.dsf ...]          # all but the outer-product kernels
+    python tests/triton/aot_compile.py --attention-only [--resources]    # the quadratic-attention kernels
 
---resources also assembles each outer-product kernel with the ptxas that ships with triton and prints its registers
+--resources also assembles each outer-product and attention kernel with the ptxas that ships with triton and prints its registers
 per thread and spill bytes: a CPU-side proxy for how a kernel will run (255 registers with spills = local-memory
 traffic on the GPU), for tuning without a GPU.
 """
@@ -36,19 +37,25 @@ TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
 
 
-def compile_one(fn, signature, constexprs, num_warps=4):
+def compile_one(fn, signature, constexprs, num_warps=4, aligned=False):
+    """``aligned``: the pointer arguments are 16-byte aligned (``tt.divisibility`` 16), as the JIT specialises them
+    for torch's allocations: without it, ptxas' numbers can be those of scalar loads that a launch never runs."""
+    attrs = None
+    if aligned:
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                 if signature.get(name, "").startswith("*")}
     try:
-        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     except TypeError as exc:  # an older / newer ASTSource signature
         print(f"ASTSource API differs: {exc}")
         sys.exit(3)
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
 
 
-def compile_and_report(fn, signature, constexprs, num_warps, what: str, resources: bool) -> int:
+def compile_and_report(fn, signature, constexprs, num_warps, what: str, resources: bool, aligned=False) -> int:
     """Compile one kernel; print FAIL and return 1 if it fails, else print its ptxas resources (``resources``), 0."""
     try:
-        compiled = compile_one(fn, signature, constexprs, num_warps)
+        compiled = compile_one(fn, signature, constexprs, num_warps, aligned)
     except Exception as exc:  # noqa: BLE001 - report every failure
         print(f"FAIL {what}: {exc}")
         return 1
@@ -150,19 +157,30 @@ def epilogue_kernel(decay: int, resources: bool) -> int:
 
 
 def attention_kernels(resources: bool) -> int:
-    """The quadratic-attention kernels (dsfc/runtime/triton_attention.py) at their GPU blocks (32 x 32, 8 warps),
-    K = V = 64, fp32 and fp64, with and without row / col weights."""
+    """The quadratic-attention kernels (dsfc/runtime/triton_attention.py) at their GPU tiles (``TILES``: 32 x 32 at 8
+    warps for the exact fp32 / fp64 products, the half path's own), K = V = 64 (and 128 on the half path), with and without row / col weights, pointers 16-byte aligned (as the JIT specialises torch tensors). Half path: q, k, v, y, dy and dq, dk, dv in bf16 / fp16; the maxima,
+    log-sums, row / col and the scale fp32 (as ``_forward`` / ``_backward`` pass them)."""
     failed = 0
     fns = [(triton_attention._attn_fwd, {"LSE": False}), (triton_attention._attn_fwd, {"LSE": True}),
            (triton_attention._attn_bwd_kv, {}), (triton_attention._attn_bwd_q, {})]
-    for label, ptr, dt in (("fp32", "*fp32", tl.float32), ("fp64", "*fp64", tl.float64)):
-        for weights in (False, True):
-            for fn, flags in fns:
-                consts = dict(BM=32, BN=32, BK=64, BV=64, HAS_ROW=weights, HAS_COL=weights, DTYPE=dt, **flags)
-                sig = {name: "constexpr" if name in consts else ptr if name.endswith("_ptr") else
-                       "fp32" if name == "scale" else "i32" for name in fn.arg_names}
-                what = f"{fn.__name__}{'+LSE' if flags.get('LSE') else ''} {label} row/col={weights}"
-                failed += compile_and_report(fn, sig, consts, 8, what, resources)
+    operand_ptrs = ("q_ptr", "k_ptr", "v_ptr", "dy_ptr", "dq_ptr", "dk_ptr", "dv_ptr")  # y_ptr too, unless LSE
+    variants = [("fp32", "*fp32", "*fp32", tl.float32, 0, "cuda", (64,)),
+                ("fp64", "*fp64", "*fp64", tl.float64, 0, "cuda", (64,)),
+                ("bf16", "*bf16", "*fp32", tl.float32, 1, "cuda_half", (64, 128)),
+                ("fp16", "*fp16", "*fp32", tl.float32, 2, "cuda_half", (64, 128))]
+    for label, operand, stats, dt, half, tiles, widths in variants:
+        for width in widths:
+            for weights in (False, True):
+                for fn, flags in fns:
+                    BM, BN, warps = triton_attention.TILES[tiles][fn.__name__[len("_attn_"):]]
+                    consts = dict(K=width, V=width, BM=BM, BN=BN, BK=width, BV=width, HAS_ROW=weights,
+                                  HAS_COL=weights, HALF=half, DTYPE=dt, **flags)
+                    operands = operand_ptrs + (() if flags.get("LSE") else ("y_ptr",))
+                    sig = {name: "constexpr" if name in consts else operand if name in operands else
+                           stats if name.endswith("_ptr") else "i32" for name in fn.arg_names}
+                    what = (f"{fn.__name__}{'+LSE' if flags.get('LSE') else ''} {label} K={width} {BM}x{BN}/{warps}w "
+                            f"row/col={weights}")
+                    failed += compile_and_report(fn, sig, consts, warps, what, resources, aligned=True)
     print("ok attention kernels" if not failed else f"{failed} attention kernel(s) failed")
     return failed
 
@@ -236,6 +254,8 @@ def main(specs, resources: bool = False) -> int:
 if __name__ == "__main__":
     args = sys.argv[1:]
     resources = "--resources" in args
+    if "--attention-only" in args:
+        sys.exit(1 if attention_kernels(resources) else 0)
     if "--outer-only" in args:
         decay = next((int(a.split("=")[1]) for a in args if a.startswith("--decay=")), None)
         sys.exit(1 if outer_kernels(resources, decay) else 0)

@@ -192,6 +192,12 @@ def test_softmax_attention_group_smoke_run(tmp_path):
     rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
     gen = rows["generated (triton, fp32)"]
     assert gen["fwd_ms"] > 0 and gen["fwdbwd_ms"] > 0 and not gen["skipped"]
+    # the half path (in fp16 on CPU, whose run is fp32): the same kernels on fp16 q, k, v, against the fp32 row's
+    # output; listed last, it is the group's reference for the speed ratios
+    half = rows["generated (triton, float16)"]
+    assert half["fwd_ms"] > 0 and half["fwdbwd_ms"] > 0 and not half["skipped"] and half["dtype"] == "float16"
+    assert 0 < half["max_rel_diff_vs_generated"] <= 1e-2  # fp16 inputs, L, P and y: 2^-11 per rounding
+    assert gen["speedup_vs_generated_fwd"] > 0 and half["speedup_vs_generated_fwd"] is None
     sdpa = next(r for name, r in rows.items() if name.startswith("torch scaled_dot_product_attention"))
     assert not sdpa["skipped"] and sdpa["max_rel_diff_vs_generated"] <= 2e-2  # bf16 inputs: 2^-8 per rounding
     assert sdpa["speedup_vs_generated_fwd"] > 0

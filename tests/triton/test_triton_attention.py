@@ -8,6 +8,14 @@ the softmax spec, and the module's float64 reference recurrence / torch path.
 Tolerances: float64 against float64, 1e-12 relative (the same sums in another order: a few ulps of the output scale
 over <= 64 terms); fp32, TOL32 = 2e-5 as in test_triton_outer (exact "ieee" products, fp32 accumulation over <= 64
 keys; measured <= 3e-7), an O(1) error in a mask, offset or gradient term fails by orders of magnitude.
+
+The half path (q, k, v all fp16: tensor-core products on a GPU; under the interpreter fp16 tl.dot is numpy's fp32
+matmul of the fp16 operands, the same arithmetic; bf16 falls back to the exact path there) is checked against the
+float64 formula on the fp16 inputs themselves, so only the kernels' own roundings count: P = exp(w - m) in [0, 1]
+and, backward, exp(m) dy and dW rounded to fp16 as product operands (2^-11 relative each), the fp16 outputs (2^-11
+relative), fp32 everywhere else. Signed sums (P v, dW k) cancel, which scales these relative to the result's maximum
+by up to ~sqrt(terms); TOL16 = 8 * 2^-11 (~4e-3) covers that with margin (measured <= 1.2e-3 forward and backward),
+and an O(1) error in a mask, offset or gradient term still fails by orders of magnitude.
 """
 
 from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -26,6 +34,7 @@ from dsfc.runtime.triton_attention import kernel_attention_triton, kernel_log_su
 from tests.triton.test_triton_outer import ROOT, TOL32, rel  # noqa: E402
 
 F64 = torch.float64
+TOL16 = 8 * 2**-11
 
 
 def _naive(q, k, v, row, col, scale):
@@ -156,16 +165,18 @@ def test_bad_shapes_and_devices_are_clear_errors():
 
 
 @pytest.mark.parametrize("lse", [False, True])
-def test_custom_ops_pass_opcheck(lse):
-    """The ops torch.compile sees: schema, fake (shape) functions and autograd registration."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_custom_ops_pass_opcheck(lse, dtype):
+    """The ops torch.compile sees: schema, fake (shape and dtype: fp16 operands, fp32 maxima / log-sums) functions
+    and autograd registration."""
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 5, 2, 3, generator=gen).to(DEVICE) for _ in range(3))
+    q, k, v = (torch.randn(1, 5, 2, 3, generator=gen).to(DEVICE, dtype) for _ in range(3))
     if lse:
         torch.library.opcheck(triton_attention._log_sum_fwd_op, (q, k, 0.5),
                               test_utils=("test_schema", "test_faketensor"))
     else:
         row = torch.randn(1, 5, 2, generator=gen).to(DEVICE)
-        torch.library.opcheck(triton_attention._attention_fwd_op, (q, k, v, row, q.new_empty(0), 0.5),
+        torch.library.opcheck(triton_attention._attention_fwd_op, (q, k, v, row, row.new_empty(0), 0.5),
                               test_utils=("test_schema", "test_faketensor"))
 
 
@@ -226,3 +237,116 @@ def test_check_runs_the_triton_path_of_quadratic_specs():
     rows = [r for r in report.rows if r.what.startswith("triton")]
     assert report.ok and {"triton forward y (one pass)", "triton forward y (continued KV cache)",
                           "triton grad W_Q (vs torch)"} <= {r.what for r in rows}
+
+
+# -- the half path (fp16 under the interpreter) ----------------------------------------------------------------------
+
+
+def _spy_constexprs(monkeypatch) -> list:
+    """Records every launch's constexprs (``_constexprs``' results, HALF and the tiles among them)."""
+    seen = []
+    real = triton_attention._constexprs
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(triton_attention, "_constexprs", spy)
+    return seen
+
+
+def _fp16_case(B, T, S, G, K, V, with_row, with_col, seed):
+    """fp16 q, k, v (row, col fp32) and a fp16 output weight, and float64 copies of exactly those values."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(B, T, G, K, generator=gen).half(), torch.randn(B, S, G, K, generator=gen).half()
+    v = torch.randn(B, S, G, V, generator=gen).half()
+    row = torch.randn(B, T, G, generator=gen) if with_row else None
+    col = torch.randn(B, S, G, generator=gen) if with_col else None
+    w = torch.randn(B, T, G, V, generator=gen).half()
+    return [q, k, v, row, col], w
+
+
+HALF_CASES = CASES + [  # K = V = 64 as on the GPU; odd T with a KV cache (S > T) and odd S
+    (1, 23, 41, 2, 64, 64, True, False),
+    (1, 33, 33, 1, 64, 64, False, True),
+]
+
+
+@pytest.mark.parametrize("B,T,S,G,K,V,with_row,with_col", HALF_CASES)
+def test_fp16_attention_takes_the_half_path_and_matches_naive_formula(B, T, S, G, K, V, with_row, with_col,
+                                                                      monkeypatch):
+    seen = _spy_constexprs(monkeypatch)
+    xs, w = _fp16_case(B, T, S, G, K, V, with_row, with_col, seed=T * S + G)
+    dev = [None if x is None else x.to(DEVICE).requires_grad_() for x in xs]
+    ref = [None if x is None else x.double().requires_grad_() for x in xs]
+    scale = K**-0.5
+    y = kernel_attention_triton(*dev, scale)
+    y0 = _naive(*ref, scale)
+    assert y.dtype == torch.float16 and rel(y.detach().cpu(), y0) <= TOL16
+    got = torch.autograd.grad((y * w.to(DEVICE)).sum(), [x for x in dev if x is not None])
+    want = torch.autograd.grad((y0 * w.double()).sum(), [x for x in ref if x is not None])
+    for x, a, b in zip([x for x in dev if x is not None], got, want):
+        assert a.dtype == x.dtype and rel(a.cpu(), b) <= TOL16
+    assert [c["HALF"] for c in seen] == [2, 2, 2]  # forward and both backward kernels on fp16 operands
+    assert all(c["DTYPE"] == triton_attention.tl.float32 for c in seen)
+
+
+@pytest.mark.parametrize("T,S", [(1, 1), (37, 37), (9, 40)])
+def test_fp16_log_sum_matches_logsumexp(T, S):
+    """The log-sums are fp32 in the kernels, rounded to fp16 on return (the inputs' dtype): <= 2^-11 relative."""
+    gen = torch.Generator().manual_seed(S)
+    x = (torch.randn(2, T, 2, 16, generator=gen) * 2).half()
+    ys = (torch.randn(2, S, 2, 16, generator=gen) * 2).half()
+    dx, dys = x.to(DEVICE).requires_grad_(), ys.to(DEVICE).requires_grad_()
+    L = kernel_log_sum_triton(dx, dys, 0.25, True)
+    rx, rys = x.double().requires_grad_(), ys.double().requires_grad_()
+    L0 = _naive_log_sum(rx, rys, 0.25)
+    assert L.dtype == torch.float16 and rel(L.detach().cpu(), L0) <= TOL16
+    w = torch.randn(L0.shape, generator=gen).half()
+    for a, b in zip(torch.autograd.grad((L * w.to(L.device)).sum(), (dx, dys)),
+                    torch.autograd.grad((L0 * w.double()).sum(), (rx, rys))):
+        assert a.dtype == torch.float16 and rel(a.cpu(), b) <= TOL16
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_unequal_tiles_skip_no_visible_block(half, monkeypatch):
+    """The GPU's half-path tiles have BM != BN (``TILES["cuda_half"]``): such tiles under the interpreter, so the
+    causal loop bounds (the forward and dq loops stop at the block's last visible key, the dk / dv loop starts at
+    the first query block that sees the key block) are exercised with BM != BN, with and without a KV cache."""
+    monkeypatch.setitem(triton_attention.TILES, "interpret", {"fwd": (32, 16, 4), "bwd_kv": (16, 32, 4),
+                                                              "bwd_q": (32, 16, 4)})
+    seen = _spy_constexprs(monkeypatch)
+    for T, S in ((45, 45), (29, 70)):
+        xs, w = _fp16_case(1, T, S, 2, 8, 8, True, True, seed=S)
+        if not half:
+            xs, w = [None if x is None else x.double() for x in xs], w.double()
+        dev = [x.to(DEVICE).requires_grad_() for x in xs]
+        ref = [x.double().requires_grad_() for x in xs]
+        y = kernel_attention_triton(*dev, 0.3)  # log-weights <= 5.4: results <= ~1e3, no fp16 overflow
+        y0 = _naive(*ref, 0.3)
+        tol = TOL16 if half else 1e-12
+        assert rel(y.detach().cpu(), y0) <= tol
+        for a, b in zip(torch.autograd.grad((y * w.to(DEVICE)).sum(), dev),
+                        torch.autograd.grad((y0 * w.double()).sum(), ref)):
+            assert rel(a.cpu(), b) <= tol
+    assert {(c["BM"], c["BN"]) for c in seen} == {(32, 16), (16, 32)}
+
+
+def test_only_all_fp16_inputs_take_the_half_path(monkeypatch):
+    """Mixed dtypes keep the exact fp32 path (and an fp32 result); bf16 too under the interpreter (its bf16 tl.dot is
+    wrong), rounding the result to bf16; HALF_DOTS = False turns the half path off."""
+    seen = _spy_constexprs(monkeypatch)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 6, 1, 4, generator=gen).to(DEVICE) for _ in range(3))
+    want = _naive(q.double(), k.double(), v.double(), None, None, 0.5)
+    cases = [((q.half(), k, v.half()), torch.float32, 0), ((q.bfloat16(), k.bfloat16(), v.bfloat16()),
+                                                           torch.bfloat16, 1 if DEVICE == "cuda" else 0)]
+    for args, dtype, half in cases:
+        seen.clear()
+        y = kernel_attention_triton(*args, None, None, 0.5)
+        assert y.dtype == dtype and [c["HALF"] for c in seen] == [half]
+        assert rel(y.cpu(), want) <= 2e-2  # the inputs' own rounding (bf16: 2^-9)
+    monkeypatch.setattr(triton_attention, "HALF_DOTS", False)
+    seen.clear()
+    assert kernel_attention_triton(q.half(), k.half(), v.half(), None, None, 0.5).dtype == torch.float16
+    assert [c["HALF"] for c in seen] == [0]
