@@ -491,17 +491,20 @@ def kernel_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
     return forward(*args, float(scale))[0].to(dtype)
 
 
-def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, history: bool) -> torch.Tensor:
+def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, history: bool, *,
+                          out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``dsfc.runtime.kernelised.kernel_log_sum`` with its history sum (a causal log-sum-exp over [B, T, G] x
-    [B, S, G]) on the Triton kernels above, in the inputs' promoted dtype (x and ys both bf16 or both fp16 on CUDA:
-    tensor-core products, as kernel_attention_triton); without history it is one elementwise product, left to
-    torch."""
+    [B, S, G]) on the Triton kernels above, in ``out_dtype`` (default: the inputs' promoted dtype; x and ys both
+    bf16 or both fp16 on CUDA: tensor-core products, as kernel_attention_triton); without history it is one
+    elementwise product, left to torch. A half-precision caller that hands the log-sums L on as an attention row
+    weight should ask for fp32: L ~ 9 rounded to bf16 is off by ~0.02, a 2% error in every weight exp(w - L)."""
     if not history:
-        return kernel_log_sum(x, ys, scale, history)
+        out = kernel_log_sum(x, ys, scale, history)
+        return out if out_dtype is None else out.to(out_dtype)
     name = "kernel_log_sum_triton"
     _check_shapes(name, x, ys, ys, None, None)
     _check_device(name, x, ys)
-    dtype = torch.promote_types(x.dtype, ys.dtype)
+    dtype = torch.promote_types(x.dtype, ys.dtype) if out_dtype is None else out_dtype
     B, T, G, _ = x.shape
     if T == 0 or B == 0 or G == 0:
         return x.new_zeros((B, T, G), dtype=dtype)

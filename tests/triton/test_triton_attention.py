@@ -308,6 +308,20 @@ def test_fp16_log_sum_matches_logsumexp(T, S):
         assert a.dtype == torch.float16 and rel(a.cpu(), b) <= TOL16
 
 
+def test_log_sum_out_dtype_keeps_fp32_for_half_inputs():
+    """out_dtype=float32 returns the kernels' fp32 log-sums unrounded: for fp16 inputs it is closer to the float64
+    formula than the default (rounded to fp16) by well over the fp16 rounding step."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(2, 37, 2, 16, generator=gen) * 2).half()
+    ys = (torch.randn(2, 37, 2, 16, generator=gen) * 2).half()
+    L0 = _naive_log_sum(x.double(), ys.double(), 0.25)
+    L16 = kernel_log_sum_triton(x.to(DEVICE), ys.to(DEVICE), 0.25, True)
+    L32 = kernel_log_sum_triton(x.to(DEVICE), ys.to(DEVICE), 0.25, True, out_dtype=torch.float32)
+    assert L16.dtype == torch.float16 and L32.dtype == torch.float32
+    err16, err32 = rel(L16.cpu(), L0), rel(L32.cpu(), L0)
+    assert err32 <= 1e-5 < err16  # fp16 products (exact in fp32 sums) vs a 2^-11 rounding of the result
+
+
 @pytest.mark.parametrize("half", [False, True])
 def test_unequal_tiles_skip_no_visible_block(half, monkeypatch):
     """The GPU's half-path tiles have BM != BN (``TILES["cuda_half"]``): such tiles under the interpreter, so the
