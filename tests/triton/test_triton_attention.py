@@ -327,8 +327,9 @@ def test_unequal_tiles_skip_no_visible_block(half, monkeypatch):
     """The GPU's half-path tiles have BM != BN (``TILES["cuda_half"]``): such tiles under the interpreter, so the
     causal loop bounds (the forward and dq loops stop at the block's last visible key, the dk / dv loop starts at
     the first query block that sees the key block) are exercised with BM != BN, with and without a KV cache."""
-    monkeypatch.setitem(triton_attention.TILES, "interpret", {"fwd": (32, 16, 4), "bwd_kv": (16, 32, 4),
-                                                              "bwd_q": (32, 16, 4)})
+    for path in ("interpret", "cuda", "cuda_half"):  # whichever this device runs
+        monkeypatch.setitem(triton_attention.TILES, path, {"fwd": (32, 16, 4), "bwd_kv": (16, 32, 4),
+                                                           "bwd_q": (32, 16, 4)})
     seen = _spy_constexprs(monkeypatch)
     for T, S in ((45, 45), (29, 70)):
         xs, w = _fp16_case(1, T, S, 2, 8, 8, True, True, seed=S)
