@@ -86,8 +86,11 @@ __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU)
 CHUNK_CUDA = 64  # on a GPU with half operands: longer chunks, fewer sequential steps
 SUB_CHUNK = 16  # per-key decay: the sub-chunk of the intra-chunk scores (``_key_scores_fwd``)
-SCORES_WARPS = 4  # the per-key score kernels' warps ([16, K] tiles): forward; backward (more live tiles: at 4 warps
-SCORES_BWD_WARPS = 8  # ptxas spills ~250 bytes at K = 128, none at 8; tests/triton/aot_compile.py --resources)
+SCORES_WARPS = 4  # the per-key score kernels' warps: forward ([16, K] tiles); backward ([16, SCORES_BWD_BLOCK_K])
+SCORES_BWD_WARPS = 8
+SCORES_BWD_BLOCK_K = 32  # keys per program of the score backward (``_key_scores_bwd_kernel``)
+SCORES_BWD_BLOCK_V = 16  # its value slice when forming dL/dP = dy v^T: ptxas (GLA's shape, bf16, 8 warps) 125
+# registers, two programs per SM; 255 (one) with all 128 keys and 64-wide value slices, the version the H100 timed
 HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
 MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
@@ -321,10 +324,9 @@ def _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl
 
 
 @triton.jit
-def _sub_chunk(NC, H, BT: tl.constexpr, BC: tl.constexpr):
-    """(sub-chunk within the chunk, chunk, b, h) of this program on a flat grid of B * H * NC * (BT / BC)."""
+def _sub_chunk(pid, NC, H, BT: tl.constexpr, BC: tl.constexpr):
+    """(sub-chunk within the chunk, chunk, b, h) of program ``pid`` on a flat grid of B * H * NC * (BT / BC)."""
     NS: tl.constexpr = BT // BC
-    pid = tl.program_id(0)
     i_s = pid % NS
     c = (pid // NS) % NC
     i_bh = (pid // NS // NC).to(tl.int64)
@@ -345,14 +347,14 @@ def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.conste
 
 
 @triton.jit
-def _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                   DTYPE: tl.constexpr):
-    """This program's sub-chunk (``_sub_chunk``): its rows and key offsets, q and k [BC, BK], the log-decays'
-    running sums gc [BC, BK] and total [BK] (``_prefix_log_decays``), its [B * T * H] row indices and mask, and its
-    first step t0 with that step's row row0."""
-    i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
+def _own_sub_chunk(pid, k0, q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr,
+                   BK: tl.constexpr, DTYPE: tl.constexpr):
+    """Program ``pid``'s sub-chunk (``_sub_chunk``), keys k0 .. k0 + BK - 1: its rows and key offsets, q and k
+    [BC, BK], the log-decays' running sums gc [BC, BK] and total [BK] (``_prefix_log_decays``), its [B * T * H] row
+    indices and mask, and its first step t0 with that step's row row0."""
+    i_s, c, b, h = _sub_chunk(pid, NC, H, BT, BC)
     rows = tl.arange(0, BC)
-    kk = tl.arange(0, BK)
+    kk = k0 + tl.arange(0, BK)
     mk = kk < K
     t0 = c * BT + i_s * BC
     row0 = (b * T + t0) * H + h
@@ -383,8 +385,9 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
     the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
-    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
-                                                                                  BT, BC, BK, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(tl.program_id(0), 0, q_ptr, k_ptr,
+                                                                                  g_ptr, NC, T, H, K, BT, BC, BK,
+                                                                                  DTYPE)
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
     p = _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     tl.store(p_rows + i_s * BC, p, mask=mt[:, None])
@@ -404,11 +407,18 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
 def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T, H, K, V, NC, BT: tl.constexpr,
                            BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr,
                            HALF: tl.constexpr):
-    """dq, dk of one sub-chunk S through the intra-chunk per-key scores (``_key_scores_fwd``'s P), with
-    dL/dP = dy v^T summed over all of V here: dq_S from the keys of S and of the earlier sub-chunks, dk_S from the
-    queries of S and of the later ones. Written to dq_ptr, dk_ptr ([B, T, H, K], a slot the launcher sums)."""
-    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
-                                                                                  BT, BC, BK, DTYPE)
+    """dq, dk of one sub-chunk S and one slice of BK keys through the intra-chunk per-key scores
+    (``_key_scores_fwd``'s P), with dL/dP = dy v^T summed over all of V here: dq_S from the keys of S and of the
+    earlier sub-chunks, dk_S from the queries of S and of the later ones. Written to dq_ptr, dk_ptr ([B, T, H, K], a
+    slot the launcher sums). Every key column is independent given dL/dP, so the keys are cut into slices, one per
+    program (fla's chunk_gla splits its intra-chunk backward the same way): [16, BK] tiles instead of [16, K]. At
+    K = 128 in one program ptxas needed 255 registers at 8 warps (one program per SM on an H100, where this kernel
+    took 9.2 of GLA's 19.2 ms forward+backward); dL/dP is recomputed per slice (small: [16, 16] blocks over V)."""
+    NK = tl.cdiv(K, BK)
+    pid = tl.program_id(0)
+    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(pid // NK, (pid % NK) * BK, q_ptr,
+                                                                                  k_ptr, g_ptr, NC, T, H, K, BT, BC,
+                                                                                  BK, DTYPE)
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
     dq, dk = _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     dq_off = tl.zeros((BC, BK), DTYPE)
@@ -706,10 +716,11 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
         _outer_grads[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, dstates, dy, dq, dk, dv, L.B, L.T, L.H, L.K,
                                                  L.V, L.nc, L.nv, **L.constexprs())
     if L.decay == 2:  # the part through the intra-chunk scores, into the last slot
-        _key_scores_bwd_kernel[(L.ns * L.nc * L.B * L.H,)](q, k, v, g, dy, dq[-1], dk[-1], L.T, L.H, L.K, L.V, L.nc,
-                                                           BT=L.chunk, BC=L.sub_chunk, BK=L.block_k,
-                                                           BV=min(L.block_v, 64), DTYPE=L.tl_dtype, HALF=L.half,
-                                                           num_warps=SCORES_BWD_WARPS)
+        key_slice = min(L.block_k, SCORES_BWD_BLOCK_K)
+        grid = (-(-L.K // key_slice) * L.ns * L.nc * L.B * L.H,)
+        _key_scores_bwd_kernel[grid](q, k, v, g, dy, dq[-1], dk[-1], L.T, L.H, L.K, L.V, L.nc, BT=L.chunk,
+                                     BC=L.sub_chunk, BK=key_slice, BV=SCORES_BWD_BLOCK_V, DTYPE=L.tl_dtype,
+                                     HALF=L.half, num_warps=SCORES_BWD_WARPS)
     return dq, dk, dv, ds0
 
 

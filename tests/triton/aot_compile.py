@@ -117,9 +117,12 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                 consts = dict(BT=chunk, BK=128, BV=64, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
                 warps = 8 if chunk * 128 >= 64 * 64 or decay == 2 else 4
                 if fn in (f for f, _ in scores):
-                    consts = dict(BT=chunk, BC=16, BK=128, DTYPE=tl.float32, HALF=half)
+                    # K = 128: the forward takes all keys, the backward a slice of them (as chunked_outer_triton)
+                    consts = dict(BT=chunk, BC=16, DTYPE=tl.float32, HALF=half,
+                                  BK=128 if fn is triton_outer._key_scores_fwd else
+                                  min(128, triton_outer.SCORES_BWD_BLOCK_K))
                     if "BV" in fn.arg_names:
-                        consts["BV"] = 64
+                        consts["BV"] = triton_outer.SCORES_BWD_BLOCK_V
                     warps = (triton_outer.SCORES_WARPS if fn is triton_outer._key_scores_fwd else
                              triton_outer.SCORES_BWD_WARPS)
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"

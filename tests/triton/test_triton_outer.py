@@ -772,6 +772,27 @@ def test_per_key_sub_chunks(monkeypatch, chunk, T, schedule, dtype, V):
         assert rel(a, w) <= tol, name
 
 
+@pytest.mark.parametrize("K,key_slice", [(40, 16), (33, 32)])
+def test_per_key_score_backward_in_key_slices(monkeypatch, K, key_slice):
+    """The score backward runs one program per slice of keys (``SCORES_BWD_BLOCK_K``): several slices, the last one
+    partial, give every gradient of the float64 loop (a slice that read or wrote another's keys would not)."""
+    monkeypatch.setattr(triton_outer, "SCORES_BWD_BLOCK_K", key_slice)
+    B, T, H, V = 1, 37, 2, 6
+    gen = torch.Generator().manual_seed(K)
+    q, k = (torch.randn(B, T, H, K, generator=gen).double() for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).double()
+    g = -torch.rand(B, T, H, K, generator=gen).double()
+    xs = [x.to(DEVICE).requires_grad_() for x in (q, k, v, g)]
+    y = chunked_outer_triton(*xs, schedule="split", chunk=32, block_v=16)
+    xs64 = [x.detach().cpu().requires_grad_() for x in xs]
+    y64, _ = _loop(*xs64, torch.zeros(B, H, K, V, dtype=torch.float64))
+    w = torch.randn(y.shape, generator=gen).double()
+    got = torch.autograd.grad((y * w.to(y)).sum(), xs)
+    want = torch.autograd.grad((y64 * w).sum(), xs64)
+    for name, a, b in zip("q k v g".split(), got, want):
+        assert rel(a, b) <= 1e-12, name
+
+
 @pytest.mark.parametrize("schedule", ["fused", "split"])
 def test_per_key_strong_decay_stays_finite(schedule):
     """A log-decay of up to -60 per step (the decay over one 64-step chunk is exp(-1900): far below fp32's range,
