@@ -174,7 +174,7 @@ class HGRN(nn.Module):
         gam = torch.broadcast_to(
             torch.as_tensor(
                 (-sm[0, :])
-                + ((((-1 + L + layer + (-1 * axis(L, 1, 2, _dev))) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
+                + ((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
                 dtype=_dtype,
                 device=_dev,
             ),

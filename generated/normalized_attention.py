@@ -77,7 +77,7 @@ class NormalizedAttention(nn.Module):
         self.H = int(H)
         self.K = int(K)
         if d % H != 0:
-            raise ValueError("NormalizedAttention: d must be divisible by H")
+            raise ValueError(f"NormalizedAttention: at {self._dims_text()}: " + "d must be divisible by H")
         V = self.V = d // H
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}

@@ -77,7 +77,7 @@ class NormalizedAttentionExpRelu(nn.Module):
         self.H = int(H)
         self.K = int(K)
         if d % H != 0:
-            raise ValueError("NormalizedAttentionExpRelu: d must be divisible by H")
+            raise ValueError(f"NormalizedAttentionExpRelu: at {self._dims_text()}: " + "d must be divisible by H")
         V = self.V = d // H
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}

@@ -77,7 +77,7 @@ class NormalizedAttentionSigmoid(nn.Module):
         self.H = int(H)
         self.K = int(K)
         if d % H != 0:
-            raise ValueError("NormalizedAttentionSigmoid: d must be divisible by H")
+            raise ValueError(f"NormalizedAttentionSigmoid: at {self._dims_text()}: " + "d must be divisible by H")
         V = self.V = d // H
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}

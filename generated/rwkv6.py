@@ -158,7 +158,7 @@ class RWKV6(nn.Module):
                             + (1 + (-((axis(K, 1, 2, _dev, _dtype) + K * axis(H, 0, 2, _dev, _dtype)) / (-1 + H * K))))
                             * (-1 + layer)
                             / (-1 + L)
-                            + 0.1 * (((1 + axis(K, 1, 2, _dev) + (axis(H, 0, 2, _dev) * K)) % 3)).to(_dtype),
+                            + 0.1 * (((axis(K, 1, 2, _dev) + (axis(H, 0, 2, _dev) * K) + 1) % 3)).to(_dtype),
                             dtype=_dtype,
                             device=_dev,
                         ),

@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input
+from dsfc.runtime.checks import check_finite_input, check_subscript
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -79,9 +79,10 @@ class SSD(nn.Module):
         self.n = int(n)
         self.G = int(G)
         if H % G != 0:
-            raise ValueError("SSD: H must be divisible by G")
+            raise ValueError(f"SSD: at {self._dims_text()}: " + "H must be divisible by G")
         R = self.R = H // G
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
         self.A_log = nn.Parameter(torch.empty((H,), **factory))
         self.dt_bias = nn.Parameter(torch.empty((H,), **factory))
@@ -120,6 +121,13 @@ class SSD(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "P", "n", "G"]) or "the spec's dims"
+
+    def _check_subscripts(self):
+        """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it
+        here, instead of an IndexError (or a wrong gather) in forward."""
+        H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        _where = f"SSD: at {self._dims_text()}"
+        check_subscript(_where, "subscript h // R (axis 0 of 'Bm', spec line 39)", 0, ((H - 1) // R), G)
 
     def _check_input(self, u, initial_state, running0=None):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
