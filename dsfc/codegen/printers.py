@@ -99,8 +99,8 @@ class TorchPrinter:
         """A sum of integer terms the way one writes it, ``(H - 1)`` rather than SymPy's ``(-1 + H)``: the constant
         last, terms with a negative coefficient subtracted."""
         terms = sorted(e.args, key=lambda a: bool(a.is_Number))  # stable: SymPy's order otherwise
-        signed = [("-", self.index(-a, axes, sizes)) if a.could_extract_minus_sign() else ("+", self.index(a, axes, sizes))
-                  for a in terms]
+        signed = [("-", self.index(-a, axes, sizes)) if a.could_extract_minus_sign()
+                  else ("+", self.index(a, axes, sizes)) for a in terms]
         first = ("-" if signed[0][0] == "-" else "") + signed[0][1]
         return "(" + first + "".join(f" {sign} {text}" for sign, text in signed[1:]) + ")"
 
