@@ -109,7 +109,7 @@ class GatedDeltaNet(nn.Module):
                     )
                 )
                 dt_bias_(self.dt_bias, 0.001, 0.1)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(
                 f"GatedDeltaNet: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None

@@ -94,7 +94,7 @@ class HGRN(nn.Module):
                 nn.init.uniform_(self.W_i, -(d**-0.5), d**-0.5)
                 nn.init.uniform_(self.W_f, -(d**-0.5), d**-0.5)
                 nn.init.zeros_(self.Gamma)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"HGRN: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
@@ -174,7 +174,7 @@ class HGRN(nn.Module):
         gam = torch.broadcast_to(
             torch.as_tensor(
                 (-sm[0, :])
-                + ((((-1 + L + layer + (-1 * axis(L, 1, 2, _dev))) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
+                + ((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
                 dtype=_dtype,
                 device=_dev,
             ),

@@ -120,7 +120,7 @@ class MambaBlock(nn.Module):
                 )
                 self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
                 nn.init.uniform_(self.W_out, -(E**-0.5), E**-0.5)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(
                 f"MambaBlock: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None

@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state
+from dsfc.runtime.checks import check_finite_input, check_running_state, check_subscript
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -78,9 +78,10 @@ class MLSTM(nn.Module):
         self.bs = int(bs)
         E = self.E = DH * H
         if (DH * H) % bs != 0:
-            raise ValueError("MLSTM: DH*H must be divisible by bs")
+            raise ValueError(f"MLSTM: at {self._dims_text()}: " + "DH*H must be divisible by bs")
         NB = self.NB = (DH * H) // bs
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+        self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
         self.W_Q = nn.Parameter(torch.empty((NB, bs, bs), **factory))
         self.W_K = nn.Parameter(torch.empty((NB, bs, bs), **factory))
@@ -116,7 +117,7 @@ class MLSTM(nn.Module):
                 )
                 nn.init.zeros_(self.W_i)
                 nn.init.normal_(self.b_i, 0, 0.1)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"MLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
@@ -126,6 +127,32 @@ class MLSTM(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]) or "the spec's dims"
+
+    def _check_subscripts(self):
+        """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it
+        here, instead of an IndexError (or a wrong gather) in forward."""
+        H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+        _where = f"MLSTM: at {self._dims_text()}"
+        check_subscript(
+            _where, "subscript (h * DH + a) // bs (axis 0 of 'W_Q', spec line 43)", 0, (((DH * H) - 1) // bs), NB
+        )
+        check_subscript(
+            _where,
+            "subscript ((h * DH + a) // bs) * bs + j (axis 0 of 'u', spec line 43)",
+            0,
+            (bs + (bs * (((DH * H) - 1) // bs)) - 1),
+            E,
+        )
+        check_subscript(
+            _where, "subscript (h * DH + b) // bs (axis 0 of 'W_V', spec line 45)", 0, (((DH * H) - 1) // bs), NB
+        )
+        check_subscript(
+            _where,
+            "subscript ((h * DH + b) // bs) * bs + j (axis 0 of 'u', spec line 45)",
+            0,
+            (bs + (bs * (((DH * H) - 1) // bs)) - 1),
+            E,
+        )
 
     def _check_input(self, u, initial_state, running0=None):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB

@@ -77,7 +77,7 @@ class NormalizedAttention(nn.Module):
         self.H = int(H)
         self.K = int(K)
         if d % H != 0:
-            raise ValueError("NormalizedAttention: d must be divisible by H")
+            raise ValueError(f"NormalizedAttention: at {self._dims_text()}: " + "d must be divisible by H")
         V = self.V = d // H
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}
@@ -103,7 +103,7 @@ class NormalizedAttention(nn.Module):
                 nn.init.normal_(self.W_V, 0, 0.02)
                 nn.init.normal_(self.W_n, 0, 0.02)
                 nn.init.zeros_(self.b_n)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(
                 f"NormalizedAttention: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None

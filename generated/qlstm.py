@@ -99,7 +99,7 @@ class QLSTM(nn.Module):
                 nn.init.uniform_(self.b_f, -(Hd**-0.5), Hd**-0.5)
                 nn.init.uniform_(self.b_i, -(Hd**-0.5), Hd**-0.5)
                 nn.init.uniform_(self.b_o, -(Hd**-0.5), Hd**-0.5)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"QLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2

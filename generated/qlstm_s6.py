@@ -101,7 +101,7 @@ class QLSTMS6(nn.Module):
                 nn.init.uniform_(self.b_i, -(Hd**-0.5), Hd**-0.5)
                 nn.init.uniform_(self.b_o, -(Hd**-0.5), Hd**-0.5)
                 self.alpha.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.alpha.shape))
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"QLSTMS6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2

@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input
+from dsfc.runtime.checks import check_finite_input, check_subscript
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -75,9 +75,10 @@ class RGLRU(nn.Module):
         self.W = int(W)
         self.nh = int(nh)
         if W % nh != 0:
-            raise ValueError("RGLRU: W must be divisible by nh")
+            raise ValueError(f"RGLRU: at {self._dims_text()}: " + "W must be divisible by nh")
         bw = self.bw = W // nh
         W, nh, bw = self.W, self.nh, self.bw
+        self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
         self.W_a = nn.Parameter(torch.empty((nh, bw, bw), **factory))
         self.b_a = nn.Parameter(torch.empty((nh, bw), **factory))
@@ -106,7 +107,7 @@ class RGLRU(nn.Module):
                         self.Lambda.shape,
                     )
                 )
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"RGLRU: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
@@ -116,6 +117,20 @@ class RGLRU(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["W", "nh"]) or "the spec's dims"
+
+    def _check_subscripts(self):
+        """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it
+        here, instead of an IndexError (or a wrong gather) in forward."""
+        W, nh, bw = self.W, self.nh, self.bw
+        _where = f"RGLRU: at {self._dims_text()}"
+        check_subscript(
+            _where,
+            "subscript (c // bw) * bw + i (axis 0 of 'x', spec line 37)",
+            0,
+            (bw + (bw * ((W - 1) // bw)) - 1),
+            W,
+        )
+        check_subscript(_where, "subscript c // bw (axis 0 of 'W_a', spec line 37)", 0, ((W - 1) // bw), nh)
 
     def _check_input(self, u, initial_state, running0=None):
         W, nh, bw = self.W, self.nh, self.bw

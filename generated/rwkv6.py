@@ -158,14 +158,14 @@ class RWKV6(nn.Module):
                             + (1 + (-((axis(K, 1, 2, _dev, _dtype) + K * axis(H, 0, 2, _dev, _dtype)) / (-1 + H * K))))
                             * (-1 + layer)
                             / (-1 + L)
-                            + 0.1 * (((1 + axis(K, 1, 2, _dev) + (axis(H, 0, 2, _dev) * K)) % 3)).to(_dtype),
+                            + 0.1 * (((axis(K, 1, 2, _dev) + (axis(H, 0, 2, _dev) * K) + 1) % 3)).to(_dtype),
                             dtype=_dtype,
                             device=_dev,
                         ),
                         self.bonus.shape,
                     )
                 )
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"RWKV6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2

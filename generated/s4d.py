@@ -105,7 +105,7 @@ class S4D(nn.Module):
                 nn.init.normal_(self.C_re, 0, 0.7071067811865476)
                 nn.init.normal_(self.C_im, 0, 0.7071067811865476)
                 nn.init.normal_(self.D, 0, 1)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"S4D: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2

@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input
+from dsfc.runtime.checks import check_finite_input, check_subscript
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -79,9 +79,10 @@ class SSD(nn.Module):
         self.n = int(n)
         self.G = int(G)
         if H % G != 0:
-            raise ValueError("SSD: H must be divisible by G")
+            raise ValueError(f"SSD: at {self._dims_text()}: " + "H must be divisible by G")
         R = self.R = H // G
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
         self.A_log = nn.Parameter(torch.empty((H,), **factory))
         self.dt_bias = nn.Parameter(torch.empty((H,), **factory))
@@ -110,7 +111,7 @@ class SSD(nn.Module):
                 nn.init.uniform_(self.W_B, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
                 nn.init.uniform_(self.W_C, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
                 self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(f"SSD: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
@@ -120,6 +121,13 @@ class SSD(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "P", "n", "G"]) or "the spec's dims"
+
+    def _check_subscripts(self):
+        """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it
+        here, instead of an IndexError (or a wrong gather) in forward."""
+        H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        _where = f"SSD: at {self._dims_text()}"
+        check_subscript(_where, "subscript h // R (axis 0 of 'Bm', spec line 39)", 0, ((H - 1) // R), G)
 
     def _check_input(self, u, initial_state, running0=None):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R

@@ -98,7 +98,7 @@ class TaylorAttention(nn.Module):
                 nn.init.uniform_(self.W_Q, -(d**-0.5), d**-0.5)
                 nn.init.uniform_(self.W_K, -(d**-0.5), d**-0.5)
                 nn.init.uniform_(self.W_V, -(d**-0.5), d**-0.5)
-        except RuntimeError as exc:  # e.g. a normal std that is negative at these dims
+        except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             raise ValueError(
                 f"TaylorAttention: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from ..analysis.dim_conditions import ExtentMatch, dim_conditions
 from ..analysis.facts import Family
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
@@ -121,11 +122,18 @@ class ModulePlan:
     step_body: list[str] = field(default_factory=list)  # diagonal family: one step, for the compiled chunk path
     time_varying: list[str] = field(default_factory=list)  # env keys that carry a time axis
     chunk_inputs: list[str] = field(default_factory=list)  # params and lets the step body reads
+    dim_checks: list[str] = field(default_factory=list)  # body of _check_subscripts: one call per subscript check
 
     @property
     def chunk_time_varying(self) -> list[bool]:
         """Per argument of ``_diagonal_chunk`` after h0 (chunk_inputs, then the input): sliced along time?"""
         return [n in self.time_varying for n in self.chunk_inputs] + [True]
+
+    @property
+    def dim_check_helpers(self) -> list[str]:
+        """The runtime helpers (dsfc/runtime/checks.py) that ``dim_checks`` call: what the module imports."""
+        helpers = ("check_extent_match", "check_subscript", "check_subscript_values")
+        return [h for h in helpers if any(line.startswith(f"{h}(") for line in self.dim_checks)]
 
     @property
     def env_locals(self) -> list[str]:
@@ -211,6 +219,9 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             derived.append((None, f"abs({code} - round({code})) > 1e-9 * abs({code}) or round({code}) < 1",
                             f"dim {name} = {sp.sstr(expr)} must be a positive integer"))
             code = f"int(round({code}))"
+        else:
+            if not _positive_when_exact(expr):  # dim X = d - 5: the front end's rule, at the module's dims
+                derived.append((None, f"{code} < 1", f"dim {name} = {sp.sstr(expr)} must be a positive integer"))
         derived.append((py_name(name), code, None))
     all_dims = [py_name(k) for k in sym.dims]
     dim_locals = ", ".join(all_dims) + (" = " if all_dims else "") + ", ".join(f"self.{d}" for d in all_dims)
@@ -223,8 +234,11 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         params.append(ParamPlan(p.tensor.name, attr, shape, _init_code(pr, p, attr, sizes(p.init.index, p.tensor.axes))))
     param_locals = [(py_name(p.tensor.name), f"self.{py_name(p.tensor.name)}.to(_dtype)") for p in sym.params]
 
+    dim_checks = _dim_check_lines(sym, pr)
     if st.family == Family.QUADRATIC:
-        return _plan_quadratic(sym, st, report, stamp, pr, sizes, free, derived, dim_locals, params, param_locals)
+        plan = _plan_quadratic(sym, st, report, stamp, pr, sizes, free, derived, dim_locals, params, param_locals)
+        plan.dim_checks = dim_checks
+        return plan
 
     # ---- lets
     lets = []
@@ -339,6 +353,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         free_dims=free,
         derived_dims=derived,
         dim_locals=dim_locals,
+        dim_checks=dim_checks,
         params=params,
         param_locals=param_locals,
         lets=lets,
@@ -628,6 +643,38 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
         "        _chunks.append(_h)",
         f"_states = torch.stack(_chunks, 1).{unpermute}",
     ]
+
+
+def _positive_when_exact(expr: sp.Expr) -> bool:
+    """Whether a derived dim is positive for all positive dims once its ``//`` are exact (the constructor checks
+    that first): ``H // G`` is, ``d - 5`` is not and gets a check of its own."""
+    return bool(sp.S(expr).replace(sp.floor, lambda x: x).is_positive)
+
+
+def _dim_check_lines(sym: SymSpec, pr: TorchPrinter) -> list[str]:
+    """The calls of ``_check_subscripts``: each subscript that may leave its axis at some dims, checked at the
+    module's dims with the runtime's helpers (dsfc/runtime/checks.py); ``_where`` names the model and its dims."""
+    lines = []
+    for cond in dim_conditions(sym):
+        use = cond.use
+        where = f"axis {use.position} of {use.tensor!r}, spec line {use.span.line}"
+        extent = pr.size(use.axis_extent)
+        if isinstance(cond, ExtentMatch):
+            what = f"index {cond.index} ({where})"
+            lines.append(f"check_extent_match(_where, {what!r}, {pr.size(cond.index_extent)}, {extent})")
+            continue
+        what = f"subscript {use.text or sp.sstr(use.subscript)} ({where})"
+        if cond.bounds is not None:
+            lo, hi = pr.size(cond.bounds.lo), pr.size(cond.bounds.hi)
+            lines.append(f"check_subscript(_where, {what!r}, {lo}, {hi}, {extent})")
+            continue
+        # no closed form for its least and greatest value: enumerate, as the front end does
+        names = {s: py_name(str(s)) for s, _ in use.ranges}
+        value = TorchPrinter(pr.tensors, {**pr.dims, **names}).size(use.subscript)
+        ranges = ", ".join(pr.size(e) for _, e in use.ranges) + ","
+        lines.append(f"check_subscript_values(_where, {what!r}, lambda {', '.join(names.values())}: {value}, "
+                     f"({ranges}), {extent})")
+    return lines
 
 
 def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, derived, dim_locals, params,

@@ -78,7 +78,7 @@ class TorchPrinter:
                 return self.dims[e]
             raise PrinterError(f"unbound index symbol {e}")
         if isinstance(e, sp.Add):
-            return "(" + " + ".join(self.index(a, axes, sizes) for a in e.args) + ")"
+            return self._index_sum(e, axes, sizes)
         if isinstance(e, sp.Mul):
             num, den = sp.fraction(e)
             if den != 1:
@@ -95,6 +95,15 @@ class TorchPrinter:
         if isinstance(e, TaylorRange) and e.args[1] is not sp.oo:
             return f"taylor_dim({self.index(e.args[0], axes, sizes)}, {self.index(e.args[1], axes, sizes)})"
         raise PrinterError(f"unsupported subscript {e}")
+
+    def _index_sum(self, e: sp.Add, axes, sizes) -> str:
+        """A sum of integer terms the way one writes it, ``(H - 1)`` rather than SymPy's ``(-1 + H)``: the constant
+        last, terms with a negative coefficient subtracted."""
+        terms = sorted(e.args, key=lambda a: bool(a.is_Number))  # stable: SymPy's order otherwise
+        signed = [("-", self.index(-a, axes, sizes)) if a.could_extract_minus_sign()
+                  else ("+", self.index(a, axes, sizes)) for a in terms]
+        first = ("-" if signed[0][0] == "-" else "") + signed[0][1]
+        return "(" + first + "".join(f" {sign} {text}" for sign, text in signed[1:]) + ")"
 
     def _is_batched(self, e) -> bool:
         for node in sp.preorder_traversal(e):

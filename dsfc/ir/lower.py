@@ -17,7 +17,7 @@ from ..lang.check import CheckedSpec, TensorInfo
 from ..lang.check import FEATURE_MAPS, INFINITE_ORDER, is_feature_range
 from ..lang.errors import SpecError, SpecErrors
 from .functions import FUNCTION_TABLE, TaylorRange
-from .symspec import FeatureMap, SymAxis, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
+from .symspec import FeatureMap, SymAxis, SymIndexUse, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
 
 
 def index_symbol(name: str) -> sp.Symbol:
@@ -246,6 +246,13 @@ class _Lowering:
                 raise SpecError(f"the initial value of {p.name!r} is not a finite real number"
                                 f"{' at ' + at if at else ''}: {why}", p.init.span)
 
+    def index_use(self, use) -> SymIndexUse:
+        """A checked subscript, lowered: the constructor re-checks its range at the dims it is built with."""
+        scope = {name: index_symbol(name) for name, _ in use.ranges}
+        ranges = tuple((scope[name], self.expr(extent, {})) for name, extent in use.ranges)
+        return SymIndexUse(use.tensor, use.position, self.expr(use.subscript, scope), self.expr(use.axis_extent, {}),
+                           ranges, _source_text(self.checked.spec.source, use.span), use.span)
+
     def infer_extent(self, var: str, body: ast.Expr) -> sp.Expr:
         from ..lang.check import _walk
 
@@ -358,6 +365,7 @@ class _Lowering:
         return SymSpec(
             driven=driven,
             posts=tuple(posts),
+            index_uses=tuple(self.index_use(u) for u in c.index_uses),
             checked=c,
             model=c.model,
             description=c.description,
@@ -373,6 +381,14 @@ class _Lowering:
             matrices=matrices,
             readout=c.readout,
         )
+
+
+def _source_text(source: str, span) -> str:
+    """The spec's text at ``span`` (one line), for messages; "" when the span does not say."""
+    lines = source.splitlines()
+    if span.end_line != span.line or span.end_column is None or not 0 < span.line <= len(lines):
+        return ""
+    return lines[span.line - 1][span.column - 1:span.end_column - 1]
 
 
 def lower_to_sympy(checked: CheckedSpec) -> SymSpec:

@@ -114,6 +114,20 @@ class SymMatrix:
 
 
 @dataclass(frozen=True)
+class SymIndexUse:
+    """A checked subscript (lang/check.py IndexUse) in SymPy: ``subscript`` over the index symbols of ``ranges``
+    (symbol -> extent over dims) must lie in [0, axis_extent). ``text``: the subscript as the spec writes it."""
+
+    tensor: str
+    position: int
+    subscript: sp.Expr
+    axis_extent: sp.Expr
+    ranges: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
 class SymSpec:
     checked: CheckedSpec
     model: str
@@ -131,6 +145,7 @@ class SymSpec:
     readout: str
     driven: SymTensor | None = None  # what B and D multiply: the input or a let (``drive x``)
     posts: tuple[SymLet, ...] = ()  # post-ops after the core, in order; the last is the layer output
+    index_uses: tuple[SymIndexUse, ...] = ()  # every subscript the checker tested (at the default dims)
 
     @property
     def layer_output(self) -> SymTensor:

@@ -80,6 +80,21 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class IndexUse:
+    """One subscript of a tensor read, as the checker met it: ``tensor[..., subscript, ...]`` on axis ``position``.
+
+    The checker tests its range at the default dims only; the generated constructor re-tests it at the dims it is
+    built with, from this record (see analysis/dim_conditions.py)."""
+
+    tensor: str
+    position: int
+    subscript: ast.Expr
+    axis_extent: ast.Expr
+    ranges: tuple[tuple[str, ast.Expr], ...]  # the index variables the subscript uses and their extents
+    span: Span
+
+
+@dataclass(frozen=True)
 class CheckedSpec:
     """A spec whose names, shapes and ranges are known to be consistent."""
 
@@ -100,6 +115,7 @@ class CheckedSpec:
     time_varying: frozenset[str] = field(default_factory=frozenset)  # lets that depend on the input
     driven: TensorInfo | None = None  # what B and D multiply: the input, or a let named by 'drive'
     posts: tuple = ()  # PostDecl statements in source order (post-ops after the DSF core)
+    index_uses: tuple[IndexUse, ...] = ()  # every checked subscript, for the constructor's checks at other dims
 
 
 class _Scope:
@@ -161,6 +177,7 @@ class _Checker:
         self.current_let = None
         self.defining: str | None = None  # the dim whose value is being evaluated
         self.implicit_output = False  # True when the spec has no 'output' and the output is y[<input axes>]
+        self.index_uses: list[IndexUse] = []
 
     def err(self, msg: str, span: Span, hint: str | None = None, cls=SpecError):
         self.errors.append(cls(msg, span, hint))
@@ -574,6 +591,7 @@ class _Checker:
 
     def check_range(self, s: ast.Expr, axis: AxisInfo, scope: _Scope, tensor: str, k: int):
         """An index must stay inside the axis it subscripts (checked at the default dims)."""
+        self.record_use(s, axis, scope, tensor, k)
         if isinstance(s, ast.Name) and s.name in scope.entries:
             size = scope.entries[s.name][1]
             if size != axis.size:
@@ -603,6 +621,12 @@ class _Checker:
                     s.span,
                 )
                 return
+
+    def record_use(self, s: ast.Expr, axis: AxisInfo, scope: _Scope, tensor: str, k: int):
+        """Keep what check_range tests, so that the generated constructor can test it again at its own dims."""
+        names = sorted({n.name for n in _walk(s) if isinstance(n, ast.Name) and n.name in scope.entries})
+        ranges = tuple((n, scope.entries[n][0]) for n in names)
+        self.index_uses.append(IndexUse(tensor, k, s, axis.extent, ranges, s.span))
 
     def eval_index(self, s: ast.Expr, env: dict[str, int]) -> int | None:
         if isinstance(s, ast.Num):
@@ -813,6 +837,7 @@ class _Checker:
             time_varying=frozenset(time_varying),
             driven=self.driven,
             posts=tuple(posts),
+            index_uses=tuple(self.index_uses),
         )
 
     def sort_lets(self, lets: list[ast.LetDecl]) -> list[ast.LetDecl]:

@@ -1,10 +1,12 @@
-"""Checks of the state a caller hands to a generated module (``initial_state`` of ``forward``, the state of ``step``).
+"""Checks of the state a caller hands to a generated module (``initial_state`` of ``forward``, the state of ``step``),
+and of the dims it is built with (the spec's subscripts must stay inside their axes).
 
 The generated modules pass their spec-specific pieces (model name, expected shapes, known keys) and keep only the
 calls, so the checking logic and its messages live here once instead of in every generated file.
 """
 
-from typing import Dict, Mapping, Tuple
+import itertools
+from typing import Callable, Dict, Mapping, Tuple
 
 import torch
 
@@ -131,3 +133,34 @@ def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[
             )
         if not _is_finite(value, check_finite):
             raise ValueError(f"{model}: initial_state[{key!r}] contains NaN or inf")
+
+
+# -- dims --------------------------------------------------------------------------------------------------------
+# The spec's subscripts at the dims a module is built with (dsfc/analysis/dim_conditions.py derives the calls; `dsfc
+# compile` checked them at the spec's defaults only). ``where`` names the model and its dims, ``what`` the subscript
+# and its place in the spec; a failure is a ValueError at construction, not an IndexError (or a silently wrong
+# gather) in forward.
+
+
+def check_subscript(where: str, what: str, lo: int, hi: int, extent: int) -> None:
+    """A subscript taking values lo..hi over its index ranges must stay inside its axis, 0..extent-1."""
+    if lo < 0 or hi >= extent:
+        raise ValueError(f"{where}: {what} reaches {lo if lo < 0 else hi}, but the axis has {extent} "
+                         f"entr{'y' if extent == 1 else 'ies'} (0..{extent - 1})")
+
+
+def check_subscript_values(where: str, what: str, value: Callable[..., int], ranges: Tuple[int, ...],
+                           extent: int) -> None:
+    """``check_subscript`` for a subscript without a closed form for its extremes: every value, one by one."""
+    try:
+        values = [value(*idx) for idx in itertools.product(*(range(n) for n in ranges))]
+    except ZeroDivisionError:
+        raise ValueError(f"{where}: {what} divides by zero") from None
+    check_subscript(where, what, min(values), max(values), extent)
+
+
+def check_extent_match(where: str, what: str, index_extent: int, extent: int) -> None:
+    """An index variable used as a whole subscript must range over exactly the axis it indexes."""
+    if index_extent != extent:
+        raise ValueError(f"{where}: {what} ranges over {index_extent} values, but the axis has {extent} "
+                         f"entr{'y' if extent == 1 else 'ies'}")
