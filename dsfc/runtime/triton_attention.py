@@ -26,7 +26,7 @@ bf16 / fp16 operands accumulating in fp32, P = exp(w - m) in [0, 1] rounded to t
 row maxima, sums, log-sums, row / col weights and accumulators stay fp32. The backward rounds its operands likewise
 (P, dW, q, k and dy as given; P = exp(w) itself rather than exp(w - m), so that dy is not scaled by exp(m) in fp16);
 dq, dk, dv and y are stored in the half dtype, m and L in fp32 (``kernel_log_sum_triton`` rounds L to the inputs'
-dtype on return). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under the interpreter fp16
+dtype on return unless given ``out_dtype``). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under the interpreter fp16
 runs this path (numpy's fp32 matmul of fp16 operands: the same arithmetic); bf16 takes the exact path there (the
 interpreter's bf16 tl.dot is wrong: no numpy bf16).
 torch.compile: ``torch.library.custom_op`` s (``dsfc::attention_fwd`` / ``_bwd``, ``dsfc::log_sum_fwd``) with fake
@@ -38,7 +38,8 @@ Status: the exact path is checked against a naive float64 formula and scaled_dot
 H100 (B=8, T=4096, H=16, K=V=64, causal: 82 ms forward, 353 ms fwd+bwd; FlashAttention in bf16 0.65 / 2.5 ms):
 exact fp32 products do not use tensor cores. The half path is new: checked in fp16 under the interpreter against the
 float64 formula, compiled for sm_90 in bf16 and fp16 (triton 3.6 and 3.9; ptxas reports no register spills at
-K = V = 64 or 128 with ``TILES["cuda_half"]``), and not yet run or timed on a GPU. Tiles are fixed per path
+K = V = 64 or 128 with ``TILES["cuda_half"]``), and timed on the H100 in bf16: 2.1 ms forward, 15.5 ms fwd+bwd
+(0.32x / 0.17x of FlashAttention), its output within 3.5e-3 of the exact path's. Tiles are fixed per path
 (``TILES``), not autotuned; every key block is masked (no separate unmasked loop for blocks below the diagonal), and
 the forward and backward walk only the blocks that hold visible pairs.
 """
