@@ -265,54 +265,58 @@ def _step_row(ptr, row0, j, t0, T, H, K, kk, DTYPE: tl.constexpr):
 @triton.jit
 def _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                        DTYPE: tl.constexpr):
-    """``(gc, total)``: the per-key log-decays' running sums within the sub-chunk, gc[i] = g[0] + ... + g[i]
-    [BC, BK], and their sum over it [BK]. Summed one step at a time, in the order ``_diagonal_scores`` and
-    ``_diagonal_grads`` repeat, so that their gc[i] - gc[j] is exactly 0 at i = j (and <= 0 for i > j when every
-    log-decay is <= 0: adding a non-positive number never rounds up)."""
+    """``(gc, gs, k_end)`` of the sub-chunk's per-key log-decays, each [BC, BK]: their running sums
+    gc[i] = g[0] + ... + g[i], the log-decays themselves gs[i] = g[i], and the sums after each step to the end of
+    the sub-chunk, k_end[j] = g[j+1] + ... + g[BC-1] (a sum of its own terms, never ``total - gc[j]``: a zero decay,
+    log-decay -inf, would make that difference -inf - (-inf) = NaN)."""
     gc = tl.zeros((BC, BK), DTYPE)
+    gs = tl.zeros((BC, BK), DTYPE)
+    g_next = tl.zeros((BC, BK), DTYPE)  # g_next[j] = g[j+1], 0 at the last step
     total = tl.zeros((BK,), DTYPE)
     for j in range(BC):
-        total += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        g_j = _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        total += g_j
         gc = tl.where((rows == j)[:, None], total[None, :], gc)
-    return gc, total
+        gs = tl.where((rows == j)[:, None], g_j[None, :], gs)
+        g_next = tl.where((rows == j - 1)[:, None], g_j[None, :], g_next)
+    return gc, gs, tl.cumsum(g_next, axis=0, reverse=True)
 
 
 @triton.jit
-def _decay_from_step(gc, gc_j, rows, j):
+def _decay_from_step(gs, rows, j):
     """exp(seg(j+1..i)) [BC, BK], the per-key decay from key step j to every query step i >= j of the sub-chunk, 0
-    for i < j: one exp of a segment sum (a difference of the in-sub-chunk running sums, at most 16 steps long, so it
-    loses no more than their last bits), never a ratio of two exps."""
-    return tl.exp(tl.where((rows >= j)[:, None], gc - gc_j[None, :], float("-inf")))
+    for i < j: one exp of a segment sum accumulated from its own terms (the log-decays after step j masked to 0 and
+    summed down the rows, mamba2's segsum), never a difference of running sums (which loses the segment to the
+    rounding of large prefixes, and is -inf - (-inf) = NaN after a zero decay) nor a ratio of two exps. At i = j the
+    sum is exactly 0, and for i > j it is <= 0 whenever every log-decay is."""
+    seg = tl.cumsum(tl.where((rows > j)[:, None], gs, 0.0), axis=0)
+    return tl.where((rows >= j)[:, None], tl.exp(seg), 0.0)
 
 
 @triton.jit
-def _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+def _diagonal_scores(q, gs, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                      DTYPE: tl.constexpr):
     """The diagonal block of the per-key scores, P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for j <= i
     [BC, BC], one key column at a time (as fla's chunk_gla does it): the key row and its log-decay are loaded, the
     decays to every query row are one [BC, BK] exp, and the column is a sum along the keys' axis (within a warp)."""
     p = tl.zeros((BC, BC), DTYPE)
-    gc_j = tl.zeros((BK,), DTYPE)
     for j in range(BC):
-        gc_j += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
         k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-        p_j = tl.sum(q * _decay_from_step(gc, gc_j, rows, j) * k_j[None, :], axis=1)  # [BC] over queries i
+        p_j = tl.sum(q * _decay_from_step(gs, rows, j) * k_j[None, :], axis=1)  # [BC] over queries i
         p = tl.where((rows == j)[None, :], p_j[:, None], p)
     return p
 
 
 @triton.jit
-def _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+def _diagonal_grads(q, gs, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                     DTYPE: tl.constexpr):
     """dq and dk [BC, BK] through the diagonal block of ``_diagonal_scores``' P given dp = dL/dP [BC, BC], key column
     by key column: each decay tile serves both (dq_i += dp_ij k_j e_ij; dk_j = sum_i dp_ij q_i e_ij)."""
     dq = tl.zeros((BC, BK), DTYPE)
     dk = tl.zeros((BC, BK), DTYPE)
-    gc_j = tl.zeros((BK,), DTYPE)
     for j in range(BC):
-        gc_j += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
         k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-        e = _decay_from_step(gc, gc_j, rows, j)
+        e = _decay_from_step(gs, rows, j)
         dp_j = tl.sum(tl.where((rows == j)[None, :], dp, 0.0), axis=1)  # column j of dp: [BC] over queries i
         dq += dp_j[:, None] * e * k_j[None, :]
         dk_j = tl.sum(dp_j[:, None] * e * q, axis=0)  # [BK]
@@ -348,8 +352,9 @@ def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.conste
 def _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                    DTYPE: tl.constexpr):
     """This program's sub-chunk (``_sub_chunk``): its rows and key offsets, q and k [BC, BK], the log-decays'
-    running sums gc [BC, BK] and total [BK] (``_prefix_log_decays``), its [B * T * H] row indices and mask, and its
-    first step t0 with that step's row row0."""
+    running sums gc, the log-decays gs and their sums to the sub-chunk end k_end, each [BC, BK]
+    (``_prefix_log_decays``), its [B * T * H] row indices and mask, and its first step t0 with that step's row
+    row0."""
     i_s, c, b, h = _sub_chunk(NC, H, BT, BC)
     rows = tl.arange(0, BC)
     kk = tl.arange(0, BK)
@@ -360,8 +365,8 @@ def _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.co
     row = row0 + rows * H
     q = _load_rows(q_ptr, row, mt, kk, mk, K, DTYPE)
     k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
-    gc, total = _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
-    return i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0
+    gc, gs, k_end = _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    return i_s, c, b, h, rows, kk, mk, q, k, gc, gs, k_end, row, mt, row0, t0
 
 
 @triton.jit
@@ -383,10 +388,10 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
     the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
-    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
+    i_s, c, b, h, rows, kk, mk, q, k, gc, gs, k_end, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
                                                                                   BT, BC, BK, DTYPE)
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
-    p = _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    p = _diagonal_scores(q, gs, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     tl.store(p_rows + i_s * BC, p, mask=mt[:, None])
     q_dec = q * tl.exp(gc)  # decay from the start of I to step i
     between = tl.zeros((BK,), DTYPE)  # log-decay of the whole sub-chunks strictly between J and I
@@ -407,10 +412,10 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
     """dq, dk of one sub-chunk S through the intra-chunk per-key scores (``_key_scores_fwd``'s P), with
     dL/dP = dy v^T summed over all of V here: dq_S from the keys of S and of the earlier sub-chunks, dk_S from the
     queries of S and of the later ones. Written to dq_ptr, dk_ptr ([B, T, H, K], a slot the launcher sums)."""
-    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
+    i_s, c, b, h, rows, kk, mk, q, k, gc, gs, k_end, row, mt, row0, t0 = _own_sub_chunk(q_ptr, k_ptr, g_ptr, NC, T, H, K,
                                                                                   BT, BC, BK, DTYPE)
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
-    dq, dk = _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    dq, dk = _diagonal_grads(q, gs, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     dq_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for back in range(1, BT // BC):  # keys of earlier sub-chunks J: dq_i += sum_j dp_ij k_dec_j (x q's decay)
@@ -433,7 +438,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             dp_i = _value_products(dy_ptr, v_ptr, row_i, mt_i, row, mt, V, BC, BV, DTYPE, HALF)
             dk_off += _dot(tl.trans(dp_i), q_dec, HALF)
             between += tl.sum(g_i, axis=0)
-    dk += dk_off * tl.exp(total[None, :] - gc)  # decay from step j to the end of the sub-chunk
+    dk += dk_off * tl.exp(k_end)  # decay from step j to the end of the sub-chunk
     m_qk = mt[:, None] & mk[None, :]
     tl.store(dq_ptr + row[:, None] * K + kk[None, :], dq, mask=m_qk)
     tl.store(dk_ptr + row[:, None] * K + kk[None, :], dk, mask=m_qk)
