@@ -113,8 +113,10 @@ def compute(result: CompileResult, T: int = 32, dims: dict[str, int] | None = No
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(1, T, d_in, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        A, B, C, D = model.dsf_matrices(u)
-        phi = kernel_form(model, u, result.sym.readout)[0]
+        # detached: a matrix that is a parameter as it stands (a time-invariant A = W) comes back as a view of it,
+        # which still requires grad under no_grad (numpy() then raised: an internal error of dsfc plot)
+        A, B, C, D = (x.detach() for x in model.dsf_matrices(u))
+        phi = kernel_form(model, u, result.sym.readout)[0].detach()
     for name, x in (("A_t", A), ("Phi", phi)):
         if not bool(torch.isfinite(x).all()):
             raise PlotError(f"{name} overflows float64 at dims {dims}, T = {T} (inf / NaN entries): the spec's A grows "

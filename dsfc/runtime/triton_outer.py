@@ -61,8 +61,9 @@ Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (trit
 without a GPU (``tests/triton/aot_compile.py --outer-only --resources`` prints ptxas' registers and spills). The
 no-decay and per-head kernels ran on an H100 (the README's "GPU benchmark"), and so did the per-key score kernels
 (GLA at T = 4096: 0.52x forward, 0.36x forward+backward of fla's ``chunk_gla``; the score backward, then 9.2 of the
-19.2 ms, has been cut into key slices since, untimed). Chunk and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few); the value-slice
-split of the backward (q k^T recomputed per slice) is the simple version.
+19.2 ms, has been cut into key slices since, untimed; so has the zero-decay handling of the running sums). Chunk
+and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few); the value-slice split of the backward
+(q k^T recomputed per slice) is the simple version.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
@@ -266,56 +267,86 @@ def _step_row(ptr, row0, j, t0, T, H, K, kk, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _running_log_decay(total, cut, g_j, j):
+    """One step of the sub-chunk's per-key running log-decay sums [BK]: ``total`` sums the log-decays since the last
+    zero decay (log-decay -inf, e.g. a relu gate) at or before the step, ``cut`` is that step (-1: none yet). A zero
+    decay cuts off everything before it, so restarting the sum there keeps every sum finite: a plain running sum
+    would be -inf from then on, and a difference of two such sums -inf - (-inf) = NaN."""
+    zero = g_j == float("-inf")
+    return tl.where(zero, 0.0, total + g_j), tl.where(zero, j, cut)
+
+
+@triton.jit
 def _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                        DTYPE: tl.constexpr):
-    """``(gc, total)``: the per-key log-decays' running sums within the sub-chunk, gc[i] = g[0] + ... + g[i]
-    [BC, BK], and their sum over it [BK]. Summed one step at a time, in the order ``_diagonal_scores`` and
+    """``(gc, cut, total, cut_total)``: the per-key running log-decay sums of every step of the sub-chunk, gc[i]
+    [BC, BK], and the step of the last zero decay each counts from, cut[i] [BC, BK] (``_running_log_decay``), then
+    both after the whole sub-chunk, [BK]. Summed one step at a time, in the order ``_diagonal_scores`` and
     ``_diagonal_grads`` repeat, so that their gc[i] - gc[j] is exactly 0 at i = j (and <= 0 for i > j when every
     log-decay is <= 0: adding a non-positive number never rounds up)."""
     gc = tl.zeros((BC, BK), DTYPE)
+    cut = tl.full((BC, BK), -1.0, DTYPE)
     total = tl.zeros((BK,), DTYPE)
+    cut_total = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        total += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        total, cut_total = _running_log_decay(total, cut_total, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
         gc = tl.where((rows == j)[:, None], total[None, :], gc)
-    return gc, total
+        cut = tl.where((rows == j)[:, None], cut_total[None, :], cut)
+    return gc, cut, total, cut_total
 
 
 @triton.jit
-def _decay_from_step(gc, gc_j, rows, j):
+def _decay_from_step(gc, cut, gc_j, rows, j):
     """exp(seg(j+1..i)) [BC, BK], the per-key decay from key step j to every query step i >= j of the sub-chunk, 0
-    for i < j: one exp of a segment sum (a difference of the in-sub-chunk running sums, at most 16 steps long, so it
-    loses no more than their last bits), never a ratio of two exps."""
-    return tl.exp(tl.where((rows >= j)[:, None], gc - gc_j[None, :], float("-inf")))
+    for i < j and where a zero decay lies in (j, i] (cut[i] > j): one exp of a segment sum (a difference of two
+    running sums that count from the same step, over at most 16 steps, so it loses no more than their last bits),
+    never a ratio of two exps."""
+    return tl.exp(tl.where((rows >= j)[:, None] & (cut <= j), gc - gc_j[None, :], float("-inf")))
 
 
 @triton.jit
-def _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+def _decay_from_start(gc, cut):
+    """exp(seg(0..i)) [BC, BK], the per-key decay from the sub-chunk's start to step i: 0 after a zero decay."""
+    return tl.where(cut >= 0, 0.0, tl.exp(gc))
+
+
+@triton.jit
+def _decay_to_end(gc, cut, total, cut_total, rows):
+    """exp(seg(j+1..BC-1)) [BC, BK], the per-key decay from step j to the end of the sub-chunk (0 if a zero decay
+    lies after j)."""
+    return tl.where(cut_total[None, :] <= rows[:, None], tl.exp(total[None, :] - gc), 0.0)
+
+
+@triton.jit
+def _diagonal_scores(q, gc, cut, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                      DTYPE: tl.constexpr):
     """The diagonal block of the per-key scores, P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for j <= i
     [BC, BC], one key column at a time (as fla's chunk_gla does it): the key row and its log-decay are loaded, the
     decays to every query row are one [BC, BK] exp, and the column is a sum along the keys' axis (within a warp)."""
     p = tl.zeros((BC, BC), DTYPE)
     gc_j = tl.zeros((BK,), DTYPE)
+    cut_j = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        gc_j += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        gc_j, cut_j = _running_log_decay(gc_j, cut_j, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
         k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-        p_j = tl.sum(q * _decay_from_step(gc, gc_j, rows, j) * k_j[None, :], axis=1)  # [BC] over queries i
+        p_j = tl.sum(q * _decay_from_step(gc, cut, gc_j, rows, j) * k_j[None, :], axis=1)  # [BC] over queries i
         p = tl.where((rows == j)[None, :], p_j[:, None], p)
     return p
 
 
 @triton.jit
-def _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+def _diagonal_grads(q, gc, cut, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                     DTYPE: tl.constexpr):
     """dq and dk [BC, BK] through the diagonal block of ``_diagonal_scores``' P given dp = dL/dP [BC, BC], key column
     by key column: each decay tile serves both (dq_i += dp_ij k_j e_ij; dk_j = sum_i dp_ij q_i e_ij)."""
     dq = tl.zeros((BC, BK), DTYPE)
     dk = tl.zeros((BC, BK), DTYPE)
     gc_j = tl.zeros((BK,), DTYPE)
+    cut_j = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        gc_j += _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+        gc_j, cut_j = _running_log_decay(gc_j, cut_j, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
         k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-        e = _decay_from_step(gc, gc_j, rows, j)
+        e = _decay_from_step(gc, cut, gc_j, rows, j)
         dp_j = tl.sum(tl.where((rows == j)[None, :], dp, 0.0), axis=1)  # column j of dp: [BC] over queries i
         dq += dp_j[:, None] * e * k_j[None, :]
         dk_j = tl.sum(dp_j[:, None] * e * q, axis=0)  # [BK]
@@ -350,8 +381,9 @@ def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.conste
 def _own_sub_chunk(pid, k0, q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr,
                    BK: tl.constexpr, DTYPE: tl.constexpr):
     """Program ``pid``'s sub-chunk (``_sub_chunk``), keys k0 .. k0 + BK - 1: its rows and key offsets, q and k
-    [BC, BK], the log-decays' running sums gc [BC, BK] and total [BK] (``_prefix_log_decays``), its [B * T * H] row
-    indices and mask, and its first step t0 with that step's row row0."""
+    [BC, BK], the log-decays' running sums, its [B * T * H] row
+    indices and mask, and its first step t0 with that step's row row0. The running sums come as one tuple
+    ``(gc, cut, total, cut_total)`` (``_prefix_log_decays``)."""
     i_s, c, b, h = _sub_chunk(pid, NC, H, BT, BC)
     rows = tl.arange(0, BC)
     kk = k0 + tl.arange(0, BK)
@@ -362,8 +394,8 @@ def _own_sub_chunk(pid, k0, q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, 
     row = row0 + rows * H
     q = _load_rows(q_ptr, row, mt, kk, mk, K, DTYPE)
     k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
-    gc, total = _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
-    return i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0
+    gc, cut, total, cut_total = _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    return i_s, c, b, h, rows, kk, mk, q, k, (gc, cut, total, cut_total), row, mt, row0, t0
 
 
 @triton.jit
@@ -385,13 +417,13 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
     the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
-    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(tl.program_id(0), 0, q_ptr, k_ptr,
-                                                                                  g_ptr, NC, T, H, K, BT, BC, BK,
-                                                                                  DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, sums, row, mt, row0, t0 = _own_sub_chunk(tl.program_id(0), 0, q_ptr, k_ptr, g_ptr,
+                                                                            NC, T, H, K, BT, BC, BK, DTYPE)
+    gc, cut, total, cut_total = sums
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
-    p = _diagonal_scores(q, gc, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    p = _diagonal_scores(q, gc, cut, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     tl.store(p_rows + i_s * BC, p, mask=mt[:, None])
-    q_dec = q * tl.exp(gc)  # decay from the start of I to step i
+    q_dec = q * _decay_from_start(gc, cut)  # decay from the start of I to step i
     between = tl.zeros((BK,), DTYPE)  # log-decay of the whole sub-chunks strictly between J and I
     for back in range(1, BT // BC):
         j = i_s - back
@@ -416,11 +448,11 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
     took 9.2 of GLA's 19.2 ms forward+backward); dL/dP is recomputed per slice (small: [16, 16] blocks over V)."""
     NK = tl.cdiv(K, BK)
     pid = tl.program_id(0)
-    i_s, c, b, h, rows, kk, mk, q, k, gc, total, row, mt, row0, t0 = _own_sub_chunk(pid // NK, (pid % NK) * BK, q_ptr,
-                                                                                  k_ptr, g_ptr, NC, T, H, K, BT, BC,
-                                                                                  BK, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, sums, row, mt, row0, t0 = _own_sub_chunk(pid // NK, (pid % NK) * BK, q_ptr, k_ptr,
+                                                                            g_ptr, NC, T, H, K, BT, BC, BK, DTYPE)
+    gc, cut, total, cut_total = sums
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
-    dq, dk = _diagonal_grads(q, gc, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    dq, dk = _diagonal_grads(q, gc, cut, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     dq_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for back in range(1, BT // BC):  # keys of earlier sub-chunks J: dq_i += sum_j dp_ij k_dec_j (x q's decay)
@@ -431,7 +463,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             k_dec = k_j * tl.exp(tl.cumsum(g_next_j, axis=0, reverse=True) + between[None, :])
             dq_off += _dot(_value_products(dy_ptr, v_ptr, row, mt, row_j, mt_j, V, BC, BV, DTYPE, HALF), k_dec, HALF)
             between += tl.sum(g_j, axis=0)
-    dq += dq_off * tl.exp(gc)
+    dq += dq_off * _decay_from_start(gc, cut)
     dk_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for ahead in range(1, BT // BC):  # queries of later sub-chunks I: dk_j += sum_i dp_ij q_dec_i (x k's decay)
@@ -443,7 +475,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             dp_i = _value_products(dy_ptr, v_ptr, row_i, mt_i, row, mt, V, BC, BV, DTYPE, HALF)
             dk_off += _dot(tl.trans(dp_i), q_dec, HALF)
             between += tl.sum(g_i, axis=0)
-    dk += dk_off * tl.exp(total[None, :] - gc)  # decay from step j to the end of the sub-chunk
+    dk += dk_off * _decay_to_end(gc, cut, total, cut_total, rows)
     m_qk = mt[:, None] & mk[None, :]
     tl.store(dq_ptr + row[:, None] * K + kk[None, :], dq, mask=m_qk)
     tl.store(dk_ptr + row[:, None] * K + kk[None, :], dk, mask=m_qk)

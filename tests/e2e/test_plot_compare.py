@@ -93,6 +93,25 @@ def test_plot_writes_png(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["s6.png"], "temporary file left behind"
 
 
+def test_plot_matrix_that_is_a_parameter(tmp_path, capsys):
+    """A time-invariant dense A written as a parameter, A[i, k] = Am[i, k]: dsf_matrices hands back a view of the
+    parameter, which requires grad even under no_grad, and plot's numpy() of its eigenvalues was an internal error
+    (exit 3)."""
+    pytest.importorskip("matplotlib")
+    spec = tmp_path / "dense_ti.dsf"
+    spec.write_text("dim d = 3\ndim N = 4\ninput u[d]\nstate h[N]\nparam Am[N, N] ~ normal(0, 0.3)\n"
+                    "param Bm[N, d] ~ normal(0, 0.5)\nparam Cm[d, N] ~ normal(0, 0.5)\n"
+                    "A[i, k] = Am[i, k]\nB[i, k] = Bm[i, k]\nC[o, k] = Cm[o, k]\n")
+    out = tmp_path / "dense_ti.png"
+    assert main(["plot", str(spec), "-o", str(out), "--T", "4", "--dpi", "40"]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    from dsfc.plot import compute
+
+    data = compute(_compile_spec(str(spec)), T=4)
+    assert not data.eig_abs.requires_grad and torch.isfinite(data.eig_abs).all()
+    assert torch.equal(data.eig_abs, data.eig_abs[:1].expand_as(data.eig_abs))  # time-invariant: every step alike
+
+
 def test_plot_default_output_is_spec_stem_in_cwd(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)

@@ -816,6 +816,40 @@ def test_per_key_strong_decay_stays_finite(schedule):
         assert torch.isfinite(a).all() and rel(a, w) <= TOL32
 
 
+@pytest.mark.parametrize("decay", ["scalar", "key"])
+@pytest.mark.parametrize("chunk,schedule", [(64, "fused"), (32, "split"), (16, "fused")])
+def test_zero_decay_resets_the_state(chunk, schedule, decay):
+    """A decay of exactly 0 (log-decay -inf: a relu gate, or A = 0) cuts off everything before it, as the torch scan
+    documents. The per-key sub-chunk kernels formed the diagonal blocks' decays as gc[i] - gc[j] of running sums and
+    the keys' decays to the sub-chunk end as total - gc[j]: -inf - (-inf) = NaN, so y and every gradient were NaN
+    (found with a relu-gated GLA spec; ``dsfc check`` reported it). The running sums now restart at a zero decay. Zeros at several steps, inside and at the edges
+    of sub-chunks, forward and the gradients of q, k, v, s0 against the float64 loop (g's own gradient is 0 * inf
+    there in the loop, not a number to compare)."""
+    B, T, H, K, V = 2, 45, 2, 5, 6
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    shape = (B, T, H) if decay == "scalar" else (B, T, H, K)
+    g = -torch.rand(*shape, generator=gen, dtype=torch.float64)
+    for t in (0, 3, 15, 16, 17, 31, 40):
+        g[:, t, 0] = float("-inf")  # head 0 (every key of it, per key) never remembers past these steps
+    if decay == "key":
+        g[1, 20:25, 1, 2] = float("-inf")  # a run of zeros on one key only
+    xs = [x.to(DEVICE).requires_grad_() for x in (q, k, v, s0)]
+    y, sT = chunked_outer_triton(xs[0], xs[1], xs[2], g.to(DEVICE), xs[3], output_final_state=True,
+                                 schedule=schedule, chunk=chunk)
+    xs64 = [x.detach().double().cpu().requires_grad_() for x in xs]
+    y64, s64 = _loop(xs64[0], xs64[1], xs64[2], g, xs64[3])
+    assert torch.isfinite(y).all() and torch.isfinite(sT).all()
+    assert rel(y, y64) <= 1e-12 and rel(sT, s64) <= 1e-12
+    wy, ws = torch.randn(y.shape, generator=gen), torch.randn(sT.shape, generator=gen)
+    got = torch.autograd.grad((y * wy.to(y)).sum() + (sT * ws.to(sT)).sum(), xs)
+    want = torch.autograd.grad((y64 * wy.double()).sum() + (s64 * ws.double()).sum(), xs64)
+    for name, a, w in zip("q k v s0".split(), got, want):
+        assert torch.isfinite(a).all() and rel(a, w) <= 1e-12, name
+
+
 # -- the backward's epilogue: part sums, casts and the log-decay gradient in one kernel ---------------------------
 
 
