@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input
+from dsfc.runtime.checks import check_finite_input, step_state_errors
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -339,12 +339,8 @@ class HGRN(nn.Module):
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(f"HGRN.step: expected u_t of shape [batch, {self._in_features()}], got {shape}")
-        try:
+        with step_state_errors():  # forward's messages name its own argument, initial_state
             y, new_state = self.forward(u_t[:, None], initial_state=state, output_final_state=True)
-        except (TypeError, ValueError) as exc:  # forward's messages name its own argument, initial_state
-            if "initial_state" not in str(exc):
-                raise
-            raise type(exc)(str(exc).replace("initial_state", "state")) from None
         return y[:, 0], new_state
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ from dsfc.runtime.checks import (
     check_finite_input,
     check_kv_cache,
     check_running_state,
+    step_state_errors,
 )
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
@@ -260,12 +261,8 @@ class SoftmaxAttention(nn.Module):
             raise ValueError(
                 f"SoftmaxAttention.step: expected u_t of shape [batch, {self._in_features()}], got {shape}"
             )
-        try:
+        with step_state_errors():  # forward's messages name its own argument, initial_state
             y, new_state = self.forward(u_t[:, None], initial_state=state, output_final_state=True)
-        except (TypeError, ValueError) as exc:  # forward's messages name its own argument, initial_state
-            if "initial_state" not in str(exc):
-                raise
-            raise type(exc)(str(exc).replace("initial_state", "state")) from None
         return y[:, 0], new_state
 
     def driven_input(self, u, running0=None):

@@ -5,13 +5,26 @@ The generated modules pass their spec-specific pieces (model name, expected shap
 calls, so the checking logic and its messages live here once instead of in every generated file.
 """
 
+import contextlib
 import itertools
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Iterator, Mapping, Tuple
 
 import torch
 
 # KV-cache entries of the quadratic family's state dict (the infinite state is carried as the cache)
 CACHE_KEYS, CACHE_VALUES, CACHE_COLS = "cache:keys", "cache:values", "cache:col"
+
+
+@contextlib.contextmanager
+def step_state_errors() -> Iterator[None]:
+    """Around ``step``'s call of ``forward``: forward's errors about the state it was given name forward's argument,
+    ``initial_state``, which a caller of ``step`` never passed; re-raised naming step's own, ``state``."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        if "initial_state" not in str(exc):
+            raise
+        raise type(exc)(str(exc).replace("initial_state", "state")) from None
 
 
 def _is_finite(value: torch.Tensor, check_finite: bool) -> bool:
