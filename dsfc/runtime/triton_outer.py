@@ -318,6 +318,16 @@ def _decay_to_end(gc, cut, total, cut_total, rows):
 
 
 @triton.jit
+def _key_column(k_ptr, g_ptr, gc, cut, gc_j, cut_j, row0, j, t0, rows, kk, T, H, K, DTYPE: tl.constexpr):
+    """Key step j of a diagonal block, the loop body ``_diagonal_scores`` and ``_diagonal_grads`` share: the running
+    log-decay sums carried to step j, the key row k_j [BK] and the decays from it to every query row [BC, BK]
+    (``_decay_from_step``)."""
+    gc_j, cut_j = _running_log_decay(gc_j, cut_j, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
+    k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
+    return gc_j, cut_j, k_j, _decay_from_step(gc, cut, gc_j, rows, j)
+
+
+@triton.jit
 def _diagonal_scores(q, gc, cut, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                      DTYPE: tl.constexpr):
     """The diagonal block of the per-key scores, P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for j <= i
@@ -327,9 +337,8 @@ def _diagonal_scores(q, gc, cut, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: 
     gc_j = tl.zeros((BK,), DTYPE)
     cut_j = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        gc_j, cut_j = _running_log_decay(gc_j, cut_j, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
-        k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-        p_j = tl.sum(q * _decay_from_step(gc, cut, gc_j, rows, j) * k_j[None, :], axis=1)  # [BC] over queries i
+        gc_j, cut_j, k_j, e = _key_column(k_ptr, g_ptr, gc, cut, gc_j, cut_j, row0, j, t0, rows, kk, T, H, K, DTYPE)
+        p_j = tl.sum(q * e * k_j[None, :], axis=1)  # [BC] over queries i
         p = tl.where((rows == j)[None, :], p_j[:, None], p)
     return p
 
@@ -344,9 +353,7 @@ def _diagonal_grads(q, gc, cut, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, B
     gc_j = tl.zeros((BK,), DTYPE)
     cut_j = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        gc_j, cut_j = _running_log_decay(gc_j, cut_j, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
-        k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-        e = _decay_from_step(gc, cut, gc_j, rows, j)
+        gc_j, cut_j, k_j, e = _key_column(k_ptr, g_ptr, gc, cut, gc_j, cut_j, row0, j, t0, rows, kk, T, H, K, DTYPE)
         dp_j = tl.sum(tl.where((rows == j)[None, :], dp, 0.0), axis=1)  # column j of dp: [BC] over queries i
         dq += dp_j[:, None] * e * k_j[None, :]
         dk_j = tl.sum(dp_j[:, None] * e * q, axis=0)  # [BK]
