@@ -319,7 +319,15 @@ class GatedDeltaNet(nn.Module):
         _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
         _f = beta[:, :, :, None] * k
         _f = _f.expand(_B, _T, H, K).reshape(_B, _T, H, K)
-        _log_decay = torch.as_tensor(torch.log(alpha), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+        _log_decay = (
+            torch.as_tensor(
+                -(torch.exp(A_log) * F.softplus(dt_bias + torch.einsum("ztj,ij->zti", u_, W_a))),
+                dtype=_dtype,
+                device=_dev,
+            )
+            .expand(_B, _T, H)
+            .reshape(_B, _T, H)
+        )
         _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
         _y, _sT = chunked_delta_scan(_q, _k, _v, _f, _log_decay, _s0, output_final_state=True)
         _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)

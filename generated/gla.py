@@ -297,7 +297,7 @@ class GLA(nn.Module):
         _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        _log_decay = (torch.log(alpha)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
+        _log_decay = (0.0625 * F.logsigmoid(gk)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
         _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
         _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
@@ -411,7 +411,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
     _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
     _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-    _log_decay = (torch.log(alpha)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _log_decay = (0.0625 * F.logsigmoid(gk)).expand(_B, _T, H, K).reshape(_B, _T, H, K)
     _io = env.get("_io_dtype", _dtype)
     if _io in (torch.float16, torch.bfloat16):
         _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)

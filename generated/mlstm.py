@@ -430,7 +430,7 @@ class MLSTM(nn.Module):
         _q = _q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
         _k = _k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
         _v = _v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
-        _log_decay = torch.as_tensor(torch.log(f), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+        _log_decay = torch.as_tensor(F.logsigmoid(fpre), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
         _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, DH, DH)
         _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
         _final = _sT.reshape(_B, H, DH, DH).permute(0, 1, 2, 3)
@@ -575,7 +575,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _q = _q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
     _k = _k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
     _v = _v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
-    _log_decay = torch.as_tensor(torch.log(f), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+    _log_decay = torch.as_tensor(F.logsigmoid(fpre), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
     _io = env.get("_io_dtype", _dtype)
     if _io in (torch.float16, torch.bfloat16):
         _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)

@@ -14,6 +14,7 @@ import sympy as sp
 
 from ..analysis.dim_conditions import ExtentMatch, dim_conditions
 from ..analysis.facts import Family
+from ..analysis.log_space import exact_log, log_of
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
@@ -491,12 +492,9 @@ def _step_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes)
     return lines
 
 
-def _log_decay(decay):
-    if decay == 1:
-        return None
-    if isinstance(decay, sp.exp):
-        return decay.args[0]
-    return sp.log(decay)
+def _log_decay(sym, decay):
+    """log(decay) for the log-space scans; None for decay 1 (no decay)."""
+    return None if decay == 1 else log_of(decay, sym)
 
 
 def _signed_decay(sym, st) -> bool:
@@ -504,7 +502,7 @@ def _signed_decay(sym, st) -> bool:
     and the interval prover cannot show it >= 0 (tanh(...), a learned factor), so the generated code scans |decay|
     and folds the signs into the streams (``dsfc.runtime.fold_decay_sign``)."""
     decay = st.delta.decay if st.delta else st.a.decay
-    if _log_decay(decay) is None or isinstance(decay, sp.exp):
+    if decay == 1 or exact_log(decay, sym) is not None:  # exp(...), sigmoid(...), products of those: positive
         return False
     return IntervalProver(sym).range(decay).lo < 0
 
@@ -541,7 +539,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"_f = _f.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         ]
     decay = delta.decay if delta else st.a.decay
-    logd = _log_decay(decay)
+    logd = _log_decay(sym, decay)
     signed = _signed_decay(sym, st)
     # a decay that may be negative is scanned as log|decay|, its signs folded into the streams (fold_decay_sign)
     target, logd = ("_decay", decay) if signed else ("_log_decay", logd)
