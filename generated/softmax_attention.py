@@ -42,14 +42,12 @@ from dsfc.runtime.checks import (
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
-    from dsfc.runtime.triton_attention import kernel_attention_triton, kernel_log_sum_triton
+    from dsfc.runtime.triton_attention import triton_kernels_for
 except ImportError:
-    kernel_attention_triton = kernel_log_sum_triton = None
+    triton_kernels_for = None
 
 BACKENDS = ("auto", "torch", "triton")
-# (attention, log-sum) of each backend: the same maths, in torch (blocks of queries) or in Triton kernels
-_KERNELS = {"torch": (kernel_attention, kernel_log_sum), "triton": (kernel_attention_triton, kernel_log_sum_triton)}
-_core_triton_available = _KERNELS["triton"] if kernel_attention_triton is not None else None
+_core_triton_available = triton_kernels_for
 _KEYS, _VALUES, _COLS = CACHE_KEYS, CACHE_VALUES, CACHE_COLS  # KV-cache entries of the state dict
 
 
@@ -213,7 +211,12 @@ class SoftmaxAttention(nn.Module):
             y = u.new_zeros((_B, _T, H * V))
             return (y, dict(initial_state or {})) if output_final_state else y
         u_ = u.to(_dtype).reshape(_B, _T, d)
-        _attention, _log_sum = _KERNELS[self._resolve_backend(u)]
+        # (attention, log-sum): the same maths in torch (blocks of queries) or in Triton kernels; a bf16 / fp16 input
+        # hands the kernels q, k, v in that dtype (tensor-core products, fp32 statistics)
+        if self._resolve_backend(u) == "triton":
+            _attention, _log_sum = triton_kernels_for(u.dtype)
+        else:
+            _attention, _log_sum = kernel_attention, kernel_log_sum
         env = self._lets(u_, _dtype, running0, _log_sum)
         _dev = env["_dev"]
         W_Q = env["W_Q"]

@@ -57,7 +57,7 @@ import triton.language as tl
 from dsfc.runtime.dispatch import eager_inference
 from dsfc.runtime.kernelised import kernel_log_sum
 
-__all__ = ["kernel_attention_triton", "kernel_log_sum_triton"]
+__all__ = ["kernel_attention_triton", "kernel_log_sum_triton", "triton_kernels_for"]
 
 BLOCK = 16  # queries and keys per block under the interpreter (tl.dot's smallest tile)
 HALF_DOTS = True  # q, k, v all bf16 (or all fp16) on CUDA: tensor-core products in that dtype, fp32 accumulation
@@ -513,3 +513,25 @@ def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, histo
     args = [x.to(operands), ys.to(operands)]
     forward = _log_sum_fwd if eager_inference(*args) else _log_sum_fwd_op
     return forward(*args, float(scale)).to(dtype)
+
+
+def triton_kernels_for(io_dtype: torch.dtype):
+    """(attention, log_sum) with kernel_attention_triton's and kernel_log_sum_triton's signatures, for a caller that
+    computes in fp32 data whose precision is ``io_dtype`` (a generated module given a bf16 / fp16 input: its
+    projections run in fp32, as its other paths do). A half ``io_dtype`` hands q, k, v (x, ys) to the kernels in
+    that dtype, so they take the half path (tensor-core products, fp32 statistics), and returns fp32 results:
+    the log-sums never round to half (see kernel_log_sum_triton). Any other dtype: the kernels as they are."""
+    if io_dtype not in _HALF_CODES:
+        return kernel_attention_triton, kernel_log_sum_triton
+
+    def attention(q, k, v, row, col, scale):
+        out = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        return kernel_attention_triton(q.to(io_dtype), k.to(io_dtype), v.to(io_dtype), row, col, scale).to(out)
+
+    def log_sum(x, ys, scale, history):
+        if not history:  # one elementwise product in torch: no kernel, nothing to gain from rounding its inputs
+            return kernel_log_sum_triton(x, ys, scale, history)
+        out = torch.promote_types(x.dtype, ys.dtype)
+        return kernel_log_sum_triton(x.to(io_dtype), ys.to(io_dtype), scale, history, out_dtype=out)
+
+    return attention, log_sum

@@ -365,3 +365,29 @@ def test_only_all_fp16_inputs_take_the_half_path(monkeypatch):
     seen.clear()
     assert kernel_attention_triton(q.half(), k.half(), v.half(), None, None, 0.5).dtype == torch.float16
     assert [c["HALF"] for c in seen] == [0]
+
+
+def test_softmax_module_half_input_takes_the_half_path(softmax_module, monkeypatch):
+    """A generated module given an fp16 input hands the kernels q, k, v in fp16 (the tensor-core path on a GPU):
+    every launch has HALF = 2, the normaliser stays fp32, and y and the input gradient match the float64 module on
+    the same (fp16-valued) input. Tolerance: TOL16 for the kernels' own roundings plus fp16 rounding of q, k, v from
+    their fp32 projections and of y on return (2^-11 relative each): 2 * TOL16."""
+    _, module = softmax_module
+    torch.manual_seed(0)
+    m = module.SoftmaxAttention(d=5, H=2, K=4, V=4, dtype=F64)
+    u = torch.randn(2, 21, 5, dtype=F64).half()
+    w = torch.linspace(-1, 1, 8, dtype=F64)
+    m.backend = "torch"
+    u64 = u.double().requires_grad_()
+    want = m(u64)
+    (want_du,) = torch.autograd.grad((want * w).sum(), [u64])
+    seen = _spy_constexprs(monkeypatch)
+    m16 = m.to(torch.float32).to(DEVICE)
+    m16.backend = "triton"
+    ud = u.to(DEVICE).requires_grad_()
+    y = m16(ud)
+    (du,) = torch.autograd.grad((y.float() * w.float().to(DEVICE)).sum(), [ud])
+    assert y.dtype == torch.float16 and du.dtype == torch.float16
+    assert seen and {c["HALF"] for c in seen} == {2}
+    assert rel(y.cpu(), want.detach()) <= 2 * TOL16
+    assert rel(du.cpu(), want_du) <= 2 * TOL16
