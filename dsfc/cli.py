@@ -166,15 +166,28 @@ def latex_matrices(r) -> str:
 
 
 def cmd_check(args) -> int:
-    from .check import run_check
+    from .check import run_check, small_dims
+    from .plot import PlotError, override_dims
 
+    try:
+        overrides = _parse_dims_strict(args.dims)
+    except ValueError as exc:
+        print(f"dsfc check: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     ok, results = _compile_all(args.specs, lambda r: None)
     if not ok:
         return EXIT_SPEC_ERROR
+    dims = {}
+    for r in results:  # every spec's dims before the first check: an unknown name fails fast, naming the spec
+        try:
+            dims[r.spec.path] = override_dims(r, small_dims(r), overrides) if overrides else None
+        except PlotError as exc:
+            print(f"dsfc check: error: {r.spec.path}: {exc}", file=sys.stderr)
+            return EXIT_SPEC_ERROR
     status = 0
     for r in results:
         t0 = time.perf_counter()
-        rep = run_check(r, seed=args.seed, triton=not args.no_triton)
+        rep = run_check(r, dims=dims[r.spec.path], seed=args.seed, triton=not args.no_triton)
         print(rep.table())
         print(f"  {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
         if not rep.ok:
@@ -363,6 +376,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("check", help="generated forward/step (and Triton kernels) vs the float64 reference recurrence")
     p.add_argument("specs", nargs="+")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dims", nargs="*", action="extend", metavar="NAME=INT",
+                   help="dim overrides of the small check dims, e.g. d=7 H=3 (default: the spec's dims shrunk)")
     p.add_argument("--no-triton", action="store_true",
                    help="skip the Triton path (checked by default; interpreted when there is no GPU)")
     p.set_defaults(func=cmd_check)

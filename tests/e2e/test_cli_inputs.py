@@ -133,3 +133,19 @@ def test_a_spec_named_like_a_package_file_is_refused(tmp_path, capsys):
         assert f"{spec} would be written to {out / (stem + '.py')}, a name Python reserves" in err
         assert "no files written" in err
     assert [p.name for p in out.iterdir()] == ["__init__.py"] and (out / "__init__.py").read_text() == "# the package\n"
+
+
+def test_check_at_user_dims(capsys):
+    """`dsfc check --dims` overrides the small check dims (the rest stay shrunk): the check runs, and passes, at
+    exactly those dims; unknown names, non-positive values and inexact derived dims are spec errors naming the spec
+    before any check runs."""
+    assert main(["check", str(SPECS / "gla.dsf"), "--dims", "d=7", "H=3", "K=5", "V=3", "R=2", "--no-triton"]) == 0
+    out = capsys.readouterr().out
+    assert "'d': 7, 'H': 3, 'K': 5, 'V': 3, 'R': 2" in out and "PASS" in out
+    for dims, message in ((["zz=3"], "unknown dim 'zz'; S6 has dims d, n, r"), (["d=0"], "dim d must be positive"),
+                          (["d=x"], "expected an integer")):
+        assert main(["check", str(SPECS / "s6.dsf"), "--dims", *dims]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["check", str(SPECS / "ssd.dsf"), "--dims", "H=3", "G=2"]) == 2
+    err = capsys.readouterr().err
+    assert "ssd.dsf" in err and "H // G is not exact" in err
