@@ -15,27 +15,15 @@ import sympy as sp
 import torch
 
 from dsf_testing import F64, compile_and_build
+from test_signed_decay import HEAD as SIGNED_HEAD
+from test_signed_decay import OUTER_B
 from dsfc.analysis.log_space import exact_log, log_of
 from dsfc.ir.functions import LogSigmoid, Sigmoid
 from dsfc.pipeline import compile_text
 
-HEAD = """
-dim d = 4
-dim H = 2
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 0.5)
-param W_K[H, K, d] ~ normal(0, 0.5)
-param W_V[H, V, d] ~ normal(0, 0.5)
-param W_g[H, K, d] ~ normal(0, 0.5)
+# test_signed_decay's outer-product head (d = 3, H = 2, K = 3, V = 2) with a gate projection
+HEAD = SIGNED_HEAD.format(b_entry=OUTER_B) + """param W_g[H, K, d] ~ normal(0, 0.5)
 param b_g[H, K] ~ normal(0, 0.1)
-let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
-let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
-B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
-C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
 """
 
 # at these b_g each decay underflows even in float64: exp(-exp(7)) = exp(-1097), sigmoid(-400)^2 = exp(-800),
@@ -104,7 +92,7 @@ def test_strong_decay_gradients_stay_finite(name):
     with torch.no_grad():
         b.model.b_g.fill_(STRONG[name])
     g = torch.Generator().manual_seed(0)
-    u = torch.randn(2, 21, 4, generator=g, dtype=F64)
+    u = torch.randn(2, 21, 3, generator=g, dtype=F64)
     w = torch.randn(2, 21, 4, generator=g, dtype=F64)
     grads = {}
     for dtype in (torch.float32, F64):

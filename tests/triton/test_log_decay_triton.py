@@ -27,7 +27,7 @@ def test_strong_decay_triton(name):
     with torch.no_grad():
         b.model.b_g.fill_(STRONG[name])
     g = torch.Generator().manual_seed(0)
-    u = torch.randn(2, 19, 4, generator=g, dtype=F64)
+    u = torch.randn(2, 19, 3, generator=g, dtype=F64)
     w = torch.randn(2, 19, 4, generator=g, dtype=F64)
     model = b.model.to(DEVICE)
     model.backend = "triton"
