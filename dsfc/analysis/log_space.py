@@ -3,9 +3,10 @@
 The log-space scans (chunked outer product, delta rule) take log(decay). Printing ``log(alpha)`` for a let
 ``alpha = exp(z)`` is exact in real arithmetic but not in floating point: ``exp(z)`` underflows to 0 once
 ``z < -87`` (fp32), the log is then ``-inf`` and its backward ``(1 / alpha) * alpha' = inf * 0`` is NaN. RWKV-6's
-``w = exp(-exp(x))`` gets there at ``x > 4.5``. ``log_of`` looks through the decay's definition (lets included)
-and returns the exponent itself: ``log(exp(z)) = z``, ``log(sigmoid(z)) = logsigmoid(z)``,
-``log(x^p) = p log(x)``, and the log of a product of positive factors is the sum of their logs.
+``w = exp(-exp(x))`` gets there at ``x > 4.5``, ``1 - sigmoid(z)`` (rounded to 0) at ``z > 17``. ``log_of`` looks
+through the decay's definition (lets included) and returns the exponent itself: ``log(exp(z)) = z``,
+``log(sigmoid(z)) = logsigmoid(z)``, ``log(1 - sigmoid(z)) = logsigmoid(-z)``, ``log(x^p) = p log(x)``, the log of a
+product of positive factors is the sum of their logs, and ``log(min(a, b)) = min(log(a), log(b))`` (max likewise).
 """
 
 from __future__ import annotations
@@ -23,32 +24,64 @@ def log_of(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
     return exact if exact is not None else sp.log(expr)
 
 
-def exact_log(expr: sp.Expr, sym: SymSpec) -> sp.Expr | None:
-    """log(expr) with no log of a non-constant left in it, or None when there is no such form."""
+def exact_log(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
+    """log(expr) with no log of a non-constant left in it, or None when there is no such form (``sym`` None: lets
+    are not looked through)."""
     if isinstance(expr, sp.exp):
         return expr.args[0]
     if isinstance(expr, Sigmoid):
         return LogSigmoid(expr.args[0])
+    if isinstance(expr, sp.Add):
+        content, primitive = expr.as_content_primitive()  # c/2 - c sigmoid(z)/2 = (c/2) (1 - sigmoid(z))
+        if content != 1 and content.is_positive:
+            inner = exact_log(primitive, sym)
+            return None if inner is None else sp.log(content) + inner
+        complement = _sigmoid_complement(expr)
+        if complement is not None:  # 1 - sigmoid(z) = sigmoid(-z): fp32 rounds it to 0 from z ~ 17 on
+            return LogSigmoid(-complement)
+        return None
     if isinstance(expr, sp.Pow) and expr.exp.is_real:
         inner = exact_log(expr.base, sym)  # found only for a positive base (exp, sigmoid): x^p is then real
         return None if inner is None else expr.exp * inner
-    if isinstance(expr, sp.Mul):
-        parts = []
-        for factor in expr.args:
-            if factor.is_number:
-                if not factor.is_positive:
-                    return None  # a negative constant: the decay's sign is the scan's business (fold_decay_sign)
-                parts.append(sp.log(factor))
-                continue
-            inner = exact_log(factor, sym)
-            if inner is None:
-                return None
-            parts.append(inner)
-        return sp.Add(*parts)
-    if isinstance(expr, sp.Indexed):
+    if isinstance(expr, (sp.Mul, sp.Min, sp.Max)):
+        # log of a product: the sum of the factors' logs; log is increasing: log min(a, b) = min(log a, log b)
+        parts = [_log_term(arg, sym) for arg in expr.args]
+        if any(p is None for p in parts):
+            return None
+        return sp.Add(*parts) if isinstance(expr, sp.Mul) else type(expr)(*parts)
+    if isinstance(expr, sp.Indexed) and sym is not None:
         let = sym.let(sym.base_name(expr.base))
         if let is None or let.running or let.feature is not None:
             return None
         body = sp.S(let.expr).subs(dict(zip(let.index, expr.indices)), simultaneous=True)
         return exact_log(body, sym)
     return None
+
+
+def _log_term(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
+    """exact_log, and log(c) for a positive constant (None for a negative one: the decay's sign is the scan's
+    business, fold_decay_sign)."""
+    if expr.is_number:
+        return sp.log(expr) if expr.is_positive else None
+    return exact_log(expr, sym)
+
+
+def _sigmoid_complement(expr: sp.Expr) -> sp.Expr | None:
+    """z when ``expr`` is ``1 - sigmoid(z)``, else None."""
+    if not isinstance(expr, sp.Add) or len(expr.args) != 2 or sp.S.One not in expr.args:
+        return None
+    rest = next(a for a in expr.args if a != sp.S.One)
+    coeff, factors = rest.as_coeff_mul()
+    if coeff == -1 and len(factors) == 1 and isinstance(factors[0], Sigmoid):
+        return factors[0].args[0]
+    return None
+
+
+def power_as_exp(expr: sp.Pow) -> sp.Expr | None:
+    """``x^p`` (p not an integer) as ``exp(p log x)`` when log x has an exact form, else None. The printed power's
+    autograd backward is ``p x^(p-1) x'``: ``inf * 0 = NaN`` once x (sigmoid(z) at z < -88 in fp32) underflows to 0;
+    ``exp(p logsigmoid(z))`` differentiates to a finite ``p x (1 - sigmoid(z))``."""
+    if expr.exp.is_Integer or not expr.exp.is_real:
+        return None
+    log_base = exact_log(expr.base, None)
+    return None if log_base is None else sp.exp(expr.exp * log_base)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from ..analysis.log_space import power_as_exp
 from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
 
 
@@ -168,6 +169,9 @@ class TorchPrinter:
             base, ex = e.args
             if not self._has_tensor(e) and not (e.free_symbols & set(axes)):
                 return f"{self._p(base, axes, sizes, 3)} ** {self._p(ex, axes, sizes, 3)}"
+            stable = power_as_exp(e)
+            if stable is not None:  # sigmoid(z)^(1/4) as exp(logsigmoid(z) / 4): no NaN gradient once it underflows
+                return self._p(stable, axes, sizes, prec)
             if ex == sp.Rational(1, 2):
                 return self._sqrt(base, axes, sizes)
             if ex == -sp.Rational(1, 2):

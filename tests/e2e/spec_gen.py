@@ -150,7 +150,17 @@ def _projection(b: _Builder, axes, m: str = "m", input_name: str = "u", bias: bo
 
 @st.composite
 def _decay(draw, b: _Builder, axes, allow_identity=True):
-    """A decay expression over ``axes`` (a list of (name, dim)); returns (expr, let_name or None, kind)."""
+    """A decay expression over ``axes`` (a list of (name, dim)); returns (expr, let_name or None, kind). Sometimes the
+    decay is a let of its own that A reads (as GLA's alpha, RWKV-6's w, mLSTM's f): the log-space scans must look
+    through it rather than take log(let), which underflows (kind gets a "+let" suffix)."""
+    expr, z, kind = draw(_decay_expr(b, axes, allow_identity))
+    if kind in ("identity", "const") or not draw(st.booleans()):
+        return expr, z, kind
+    return _sub(b.let("dec", axes, expr), [n for n, _ in axes]), z, kind + "+let"
+
+
+@st.composite
+def _decay_expr(draw, b: _Builder, axes, allow_identity=True):
     kinds = ["s6", "sigmoid", "relu", "relu_param", "softplus", "one_minus_sigmoid", "const", "param", "pow",
              "logsigmoid", "clamp", "static_let"]
     if axes:

@@ -52,6 +52,10 @@ def test_log_of_cancels_exp_and_sigmoid():
     assert exact_log(sp.exp(-sp.exp(x)), sym) == -sp.exp(x)
     assert exact_log(Sigmoid(x) ** 2, sym) == 2 * LogSigmoid(x)
     assert exact_log(sp.Rational(1, 2) * sp.exp(x) * Sigmoid(y), sym) == -sp.log(2) + x + LogSigmoid(y)
+    assert exact_log(1 - Sigmoid(2 * x), sym) == LogSigmoid(-2 * x)  # fp32 rounds 1 - sigmoid(z) to 0 at z > 17
+    assert exact_log((1 - Sigmoid(x)) / 2, sym) == LogSigmoid(-x) - sp.log(2)
+    assert exact_log(sp.Min(Sigmoid(x), sp.Rational(9, 10)), sym) == sp.Min(LogSigmoid(x), sp.log(sp.Rational(9, 10)))
+    assert exact_log(2 - Sigmoid(x), sym) is None
     assert exact_log(-sp.exp(x), sym) is None  # a negative decay: no real log
     assert exact_log(x + 1, sym) is None
     assert log_of(x + 1, sym) == sp.log(x + 1)
@@ -72,7 +76,8 @@ def _value(expr, x, x0) -> float:
 def test_log_of_agrees_numerically(x0):
     x = sp.Symbol("x", real=True)
     sym = compile_text(SPECS["per_key_double_exp"], "w.dsf").sym
-    for expr in (sp.exp(-sp.exp(x)), Sigmoid(x) ** 3, 0.25 * sp.exp(2 * x) * Sigmoid(-x), sp.sqrt(Sigmoid(x))):
+    for expr in (sp.exp(-sp.exp(x)), Sigmoid(x) ** 3, 0.25 * sp.exp(2 * x) * Sigmoid(-x), sp.sqrt(Sigmoid(x)),
+                 (1 - Sigmoid(3 * x)) / 4, sp.Min(Sigmoid(x), 0.6), sp.Max(sp.exp(-x * x), Sigmoid(2 * x))):
         want = math.log(_value(expr, x, x0))
         got = _value(log_of(expr, sym), x, x0)
         assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), expr
