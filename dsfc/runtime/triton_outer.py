@@ -94,6 +94,7 @@ SCORES_BWD_BLOCK_V = 16  # its value slice when forming dL/dP = dy v^T: ptxas (G
 # registers, two programs per SM; 255 (one) with all 128 keys and 64-wide value slices, the version the H100 timed
 HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
+STEP_BLOCK_V = 32  # the decode step's value slice (``_single_step``)
 MAX_BLOCK_V = 64  # widest value slice per program: more programs (B * H * V / 64), a smaller state tile each
 # "fused": one sequential kernel per (b, h, value slice) computes everything (B * H * V / BLOCK_V programs, each
 # walking T / L chunks); "split" (fla's and Mamba-2's design): that kernel only passes the state and stores it at
@@ -635,6 +636,49 @@ def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dstates_ptr, dy_
     _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, mv, part, K, V)
 
 
+@triton.jit
+def _outer_step(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, BK: tl.constexpr, BV: tl.constexpr,
+                DECAY: tl.constexpr, DTYPE: tl.constexpr):
+    """One step (T = 1: decoding) of one (b, h) and value slice: S' = diag(exp(g)) S + k v^T, y = S'^T q. The state
+    slice [BK, BV] is read once and written once, in registers in between; q, k, v, g are [B*H, K | V] rows."""
+    i_bh, i_v = tl.program_id(0), tl.program_id(1)
+    kk = tl.arange(0, BK)
+    vv = i_v * BV + tl.arange(0, BV)
+    mk, mv = kk < K, vv < V
+    offs = i_bh * K * V + kk[:, None] * V + vv[None, :]
+    m2 = mk[:, None] & mv[None, :]
+    s = tl.load(s0_ptr + offs, mask=m2, other=0.0).to(DTYPE)
+    if DECAY == SCALAR:
+        s = s * tl.exp(tl.load(g_ptr + i_bh).to(DTYPE))  # exp(-inf) = 0: a zero decay forgets the state
+    elif DECAY == PER_KEY:
+        s = s * tl.exp(tl.load(g_ptr + i_bh * K + kk, mask=mk, other=0.0).to(DTYPE))[:, None]
+    k = tl.load(k_ptr + i_bh * K + kk, mask=mk, other=0.0).to(DTYPE)
+    v = tl.load(v_ptr + i_bh * V + vv, mask=mv, other=0.0).to(DTYPE)
+    s = s + k[:, None] * v[None, :]
+    q = tl.load(q_ptr + i_bh * K + kk, mask=mk, other=0.0).to(DTYPE)
+    tl.store(y_ptr + i_bh * V + vv, tl.sum(q[:, None] * s, axis=0), mask=mv)
+    tl.store(sT_ptr + offs, s, mask=m2)
+
+
+def _single_step(q, k, v, log_decay, s0, decay: int, cdt: torch.dtype):
+    """T = 1 without autograd: the decode step as one launch of ``_outer_step`` (the chunked kernels would pad the
+    step to a chunk of 16-64 rows and, on the split schedule, launch twice). y [B, 1, H, V] and S' in ``cdt``."""
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    y = torch.empty((B, 1, H, V), device=q.device, dtype=cdt)
+    sT = torch.empty((B, H, K, V), device=q.device, dtype=cdt)
+    g = q.new_empty(0) if log_decay is None else log_decay.contiguous()
+    BK = max(16, _next_pow2(K))
+    # one state tile of <= 4096 entries per program (many programs: decoding has no time axis to keep SMs busy);
+    # ptxas at K = 128 (BK 128 x BV 32, 4 warps): 124-154 registers, no spills in fp32 / bf16; fp64 per-key spills 8 B
+    # (tests/triton/aot_compile.py --resources)
+    BV = min(max(16, _next_pow2(V)), STEP_BLOCK_V, max(16, 4096 // BK))
+    _outer_step[(B * H, triton.cdiv(V, BV))](q.contiguous(), k.contiguous(), v.contiguous(), g, s0.contiguous(), y,
+                                            sT, K, V, BK=BK, BV=BV, DECAY=decay,
+                                            DTYPE=tl.float64 if cdt == torch.float64 else tl.float32, num_warps=4)
+    return y, sT
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -1115,6 +1159,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if hazard:  # auto: the split schedule only (the fused one would be the reference that split is checked against)
         L = replace(L, split=1)
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
+    if T == 1 and eager_inference(q, k, v, g, s0):  # decoding (step): one kernel, the state read and written once
+        y, sT = _single_step(q, k, v, log_decay, s0, decay, cdt)
+        return (y.to(out_dtype), sT.to(out_dtype)) if output_final_state else y.to(out_dtype)
     forward = _outer_scan_fwd if eager_inference(q, k, v, g, s0) else _outer_fwd_op
     y, sT = forward(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)

@@ -128,7 +128,24 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
                 failed += compile_and_report(fn, sig, consts, warps, what, resources)
         failed += epilogue_kernel(decay, resources)
+        failed += step_kernel(decay, resources)
     print("ok outer kernels" if not failed else f"{failed} outer kernel(s) failed")
+    return failed
+
+
+def step_kernel(decay: int, resources: bool) -> int:
+    """The decode step (``_outer_step``) at K = 128 (BK = 128, BV = STEP_BLOCK_V, as ``_single_step`` picks): fp32,
+    bf16 q, k, v, g and state, fp64."""
+    failed = 0
+    fn = triton_outer._outer_step
+    for label, io, out, dt in (("fp32", "*fp32", "*fp32", tl.float32), ("bf16 io", "*bf16", "*fp32", tl.float32),
+                               ("fp64", "*fp64", "*fp64", tl.float64)):
+        sig = {name: ("constexpr" if name in ("BK", "BV", "DECAY", "DTYPE") else
+                      out if name in ("y_ptr", "sT_ptr") else io if name.endswith("_ptr") else "i32")
+               for name in fn.arg_names}
+        what = f"{fn.__name__} decay={decay} {label}"
+        consts = dict(BK=128, BV=triton_outer.STEP_BLOCK_V, DECAY=decay, DTYPE=dt)
+        failed += compile_and_report(fn, sig, consts, 4, what, resources)
     return failed
 
 

@@ -919,3 +919,55 @@ def test_bwd_epilogue_matches_torch(monkeypatch, decay, dtypes, parts, tiles):
                 rounding = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}.get(out_dt, 0.0)
                 tol = 1e-12 if cdt == torch.float64 else 1e-6
                 assert _within(a, w, tol, rounding), (name, T, K, rel(a, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("decay", ["none", "scalar", "key", "zero"])
+@pytest.mark.parametrize("readout", ["post", "pre"])
+def test_single_step_kernel(monkeypatch, decay, dtype, readout):
+    """T = 1 without autograd (a decode step) is one launch of ``_outer_step`` and nothing else, and matches the
+    float64 loop: y and the new state, with and without an initial state, V wider than one value slice. With
+    autograd the chunked kernels run instead (the step kernel has no backward). Tolerances: TOL32 (one product
+    sum of <= K terms); half inputs are rounded before the float64 loop sees them, so only the rounding of the
+    outputs counts (2^-11 fp16, 2^-8 bf16 relative): 4 such units."""
+    launched = []
+    for name in ("_outer_step", "_outer_fwd", "_outer_out", "_key_scores_fwd"):
+        real = getattr(triton_outer, name)
+
+        class Spy:
+            def __init__(self, real, name):
+                self.real, self.name = real, name
+
+            def __getitem__(self, grid):
+                launched.append(self.name)
+                return self.real[grid]
+
+        monkeypatch.setattr(triton_outer, name, Spy(real, name))
+    B, H, K, V = 2, 3, 5, 70  # V = 70: three value slices of STEP_BLOCK_V = 32, the last masked
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(B, 1, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, 1, H, V, generator=gen, dtype=torch.float64)
+    g = {"none": None, "scalar": -torch.rand(B, 1, H, generator=gen, dtype=torch.float64),
+         "key": -torch.rand(B, 1, H, K, generator=gen, dtype=torch.float64),
+         "zero": torch.tensor([0.0, float("-inf"), -0.5], dtype=torch.float64).expand(B, 1, H)}[decay]
+    s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    q, k, v, s0 = (x.to(dtype).to(torch.float64) for x in (q, k, v, s0))  # the values the kernel sees
+    g = None if g is None else g.to(dtype).to(torch.float64)
+    for h0 in (None, s0):
+        start = torch.zeros(B, H, K, V, dtype=torch.float64) if h0 is None else h0
+        y_loop, s_loop = _loop(q if readout == "post" else torch.zeros_like(q), k, v, g, start)
+        if readout == "pre":
+            y_loop = torch.einsum("bthk,bhkv->bthv", q, start)
+        args = [x.to(dtype).to(DEVICE) for x in (q, k, v)]
+        launched.clear()
+        y, sT = chunked_outer_triton(*args, None if g is None else g.to(dtype).to(DEVICE),
+                                     None if h0 is None else h0.to(dtype).to(DEVICE), output_final_state=True,
+                                     readout=readout)
+        assert launched.count("_outer_step") >= 1 and set(launched) == {"_outer_step"}, launched
+        assert y.dtype == dtype and sT.dtype == dtype
+        tol = {torch.float16: 4 * 2**-11, torch.bfloat16: 4 * 2**-8}.get(dtype, TOL32)
+        assert rel(y.cpu(), y_loop) <= tol and rel(sT.cpu(), s_loop) <= tol
+    launched.clear()
+    qg = args[0].clone().requires_grad_()
+    chunked_outer_triton(qg, *args[1:], None if g is None else g.to(dtype).to(DEVICE)).sum().backward()
+    assert "_outer_step" not in launched and qg.grad is not None
