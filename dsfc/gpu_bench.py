@@ -47,7 +47,7 @@ PEAKS = {
     "A100": {"hbm_GBps": 2039.0, "bf16_TFLOPs": 312.0},
 }
 
-GROUPS = ("s6", "s6_step", "ssd", "gla", "linear_attention", "softmax_attention")
+GROUPS = ("s6", "s6_step", "ssd", "gla", "gla_step", "linear_attention", "softmax_attention")
 
 # sizes: batch 8; T in {1024, 4096, 16384}; widths 1024-2048; S6 n=16; heads 8-16 of 64-128
 FULL = {
@@ -57,6 +57,7 @@ FULL = {
     "s6_step": {"d": 2048, "n": 16, "r": 128},
     "ssd": {"H": 16, "P": 64, "n": 64, "G": 1},
     "gla": {"d": 2048, "H": 16, "K": 128, "V": 128, "R": 16},
+    "gla_step": {"d": 2048, "H": 16, "K": 128, "V": 128, "R": 16},
     "linear_attention": {"d": 1024, "H": 16, "K": 64, "V": 64},
     "softmax_attention": {"H": 16, "K": 64, "V": 64},
 }
@@ -67,6 +68,7 @@ QUICK = {
     "s6_step": {"d": 1024, "n": 16, "r": 64},
     "ssd": {"H": 8, "P": 64, "n": 64, "G": 1},
     "gla": {"d": 1024, "H": 8, "K": 64, "V": 64, "R": 16},
+    "gla_step": {"d": 1024, "H": 8, "K": 64, "V": 64, "R": 16},
     "linear_attention": {"d": 512, "H": 8, "K": 64, "V": 64},
     "softmax_attention": {"H": 8, "K": 64, "V": 64},
 }
@@ -77,6 +79,7 @@ SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
     "s6_step": {"d": 4, "n": 2, "r": 2},
     "ssd": {"H": 2, "P": 2, "n": 2, "G": 1},
     "gla": {"d": 4, "H": 2, "K": 2, "V": 2, "R": 2},
+    "gla_step": {"d": 4, "H": 2, "K": 2, "V": 2, "R": 2},
     "linear_attention": {"d": 4, "H": 2, "K": 2, "V": 2},
     "softmax_attention": {"H": 2, "K": 4, "V": 4},
 }
@@ -191,6 +194,8 @@ def import_anchor(name: str):
             from fla.ops.simple_gla import chunk_simple_gla as fn
         elif name == "chunk_gla":
             from fla.ops.gla import chunk_gla as fn
+        elif name == "fused_recurrent_gla":
+            from fla.ops.gla import fused_recurrent_gla as fn
         elif name == "chunk_linear_attn":
             from fla.ops.linear_attn import chunk_linear_attn as fn
         else:
@@ -627,6 +632,50 @@ def bench_gla(B, T, dims, device, repeats, dtype, loop_max_T):
     return rows
 
 
+def bench_gla_step(B, T, dims, device, repeats, dtype, loop_max_T):
+    """One GLA decoding step (T = 1, whatever ``T`` says) from a random carried state: the generated module's core at
+    T = 1 (from a zero state), the decode kernel alone (``chunked_outer_triton`` at T = 1, no autograd: one launch
+    of ``_outer_step``) and fla's ``fused_recurrent_gla``, the last two on the same q, k, v, g and state."""
+    import torch
+
+    from .runtime.triton_outer import chunked_outer_triton
+
+    H, K, V = dims["H"], dims["K"], dims["V"]
+
+    def min_bytes(env, x):  # the fp32 state [B, H, K, V] read and written; q, k, g [B, H, K]; v, y [B, H, V]
+        return 2 * B * H * K * V * 4 + _nbytes(env["q"], env["k"], env["alpha"]) + 2 * B * H * V * _IO_BYTES
+
+    rows = []
+    gen, _, env = _generated_rows("gla_step", "gla", dims, B, 1, device, repeats, dtype, min_bytes)
+    gen.note = "the module's core at T = 1 from a zero state (the decode kernel)"
+    rows.append(gen)
+    q = (env["q"].float() * K ** -0.5).to(dtype).detach()
+    k = env["k"].to(dtype).detach()
+    v = _fla_qkv(env, env["u_"], env["W_V"], dtype).detach()
+    g = torch.log(env["alpha"].float()).detach()
+    s0 = 0.1 * torch.randn(B, H, K, V, device=device, generator=torch.Generator(device=device).manual_seed(2))
+
+    def kernel():
+        return chunked_outer_triton(q, k, v, g, s0)
+
+    rows.append(_bench_impl("gla_step", "generated decode kernel (chunked_outer_triton, T = 1)", 1, dims, kernel,
+                            [], device, repeats, dtype, gen.min_bytes, note="from a random state"))
+    with torch.no_grad():
+        y_kernel = kernel().float()
+    fn, reason = import_anchor("fused_recurrent_gla")
+    if fn is None:
+        rows.append(Row("gla_step", "fla fused_recurrent_gla", 1, dims, skipped=reason))
+        return rows
+
+    def fla():
+        return fn(q, k, v, gk=g, scale=1.0, initial_state=s0, output_final_state=True)[0]
+
+    rows.append(_bench_impl("gla_step", "fla fused_recurrent_gla", 1, dims, fla, [], device, repeats, dtype,
+                            gen.min_bytes, note="from the same state; compared with the decode kernel",
+                            y_ref=y_kernel.reshape(B, 1, -1)))
+    return rows
+
+
 def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     import torch
 
@@ -716,7 +765,8 @@ def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
 
 
 BENCHES = {"s6": bench_s6, "s6_step": bench_s6_step, "ssd": bench_ssd, "gla": bench_gla,
-           "linear_attention": bench_linear_attention, "softmax_attention": bench_softmax_attention}
+           "gla_step": bench_gla_step, "linear_attention": bench_linear_attention,
+           "softmax_attention": bench_softmax_attention}
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -806,7 +856,7 @@ def run(args, path: Path | None = None) -> Report:
 
     _CHECKPOINT = checkpoint
     for group in args.groups:
-        step = group == "s6_step"  # one token: T is 1, and a launch-bound time needs more repeats
+        step = group.endswith("_step")  # one token: T is 1, and a launch-bound time needs more repeats
         for T in (1,) if step else sizes["T"]:
             print(f"-- {group} T={T}", file=sys.stderr, flush=True)
             pending.clear()

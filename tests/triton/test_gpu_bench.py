@@ -66,7 +66,7 @@ def test_missing_anchor_is_a_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "fla", None)  # import fla -> ImportError
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     for name in ("chunk_gla", "chunk_simple_gla", "chunk_linear_attn", "selective_scan_fn",
-                 "mamba_chunk_scan_combined"):
+                 "mamba_chunk_scan_combined", "fused_recurrent_gla"):
         fn, reason = gpu_bench.import_anchor(name)
         assert fn is None and name in reason
 
@@ -201,3 +201,18 @@ def test_softmax_attention_group_smoke_run(tmp_path):
     sdpa = next(r for name, r in rows.items() if name.startswith("torch scaled_dot_product_attention"))
     assert not sdpa["skipped"] and sdpa["max_rel_diff_vs_generated"] <= 2e-2  # bf16 inputs: 2^-8 per rounding
     assert sdpa["speedup_vs_generated_fwd"] > 0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
+def test_gla_step_group_smoke_run(monkeypatch, tmp_path):
+    """The GLA decode-step group on CPU: the module's core and the decode kernel alone time at T = 1 (interpreted);
+    with fla absent its row is skipped with the reason."""
+    pytest.importorskip("triton")
+    pytest.importorskip("numpy")
+    monkeypatch.setitem(sys.modules, "fla", None)
+    out = tmp_path / "step.json"
+    assert gpu_bench.main(["--device", "cpu", "--groups", "gla_step", "-o", str(out)]) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    for impl in ("generated (torch streams + triton)", "generated decode kernel (chunked_outer_triton, T = 1)"):
+        assert rows[impl]["T"] == 1 and rows[impl]["fwd_ms"] > 0 and not rows[impl]["skipped"], impl
+    assert "not importable" in rows["fla fused_recurrent_gla"]["skipped"]
