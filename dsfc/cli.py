@@ -245,11 +245,6 @@ def cmd_bench(args) -> int:
             print(f"dsfc bench: error: {r.spec.path}: {exc}", file=sys.stderr)
             return EXIT_SPEC_ERROR
     for r in results:
-        problem = _dims_problem(r.sym, dims)
-        if problem:
-            print(f"dsfc bench: error: {r.spec.path}: {problem}", file=sys.stderr)
-            return EXIT_SPEC_ERROR
-    for r in results:
         run_bench(r, batch=args.batch, T=args.T, dims=dims, repeats=args.repeats,
                   compiled=args.compile, memory=args.memory)
     return 0
@@ -314,22 +309,6 @@ def cmd_catalog(args) -> int:
     return 0
 
 
-def _dims_problem(sym, dims: dict) -> str | None:
-    """Why ``dims`` (free-dim overrides) cannot build the spec's module, or None."""
-    for k, v in dims.items():
-        if k not in sym.free_dims:
-            derived = " (a derived dim: set the free dims it is computed from)" if k in sym.dim_defs else ""
-            return f"unknown dim '{k}'{derived}; {sym.model} has dims {', '.join(sym.free_dims)}"
-        if v <= 0:
-            return f"dim {k} must be positive, got {v}"
-    try:
-        values = sym.dim_values(dims)
-    except ValueError as exc:  # a // that does not divide exactly
-        return str(exc)
-    bad = [k for k, v in values.items() if not (float(v).is_integer() and v > 0)]
-    return f"derived dim {bad[0]} is {values[bad[0]]}; choose dims that give positive integers" if bad else None
-
-
 def _parse_dims_strict(items) -> dict:
     """``['d=4', 'n=2']`` -> ``{'d': 4, 'n': 2}``; ValueError naming the bad item."""
     out = {}
@@ -342,14 +321,6 @@ def _parse_dims_strict(items) -> dict:
             out[k] = int(v)
         except ValueError:
             raise ValueError(f"--dims {k}: expected an integer, got {v!r}") from None
-    return out
-
-
-def _parse_dims(items) -> dict:
-    out = {}
-    for item in items or []:
-        k, _, v = item.partition("=")
-        out[k] = int(v)
     return out
 
 
