@@ -339,6 +339,15 @@ class _Checker:
             return None
         return tuple(out) if ok else None
 
+    def check_axis_names(self, t: TensorInfo):
+        """The named axes of a param, let or post are index variables in its right-hand side: they must not be
+        declared tensors too (the dependence analysis would read the index as the tensor)."""
+        for a in t.axes:
+            other = self.tensors.get(a.name) if a.name else None
+            if other is not None:
+                self.err(f"axis name {a.name!r} of {t.name!r} shadows the {other.kind} {a.name!r}; index names must "
+                         "differ from declared names", a.span)
+
     def declare(self, kind: str, name: str, axes, span: Span):
         if name in self.tensors or name in self.dims:
             prev = self.tensors.get(name) or self.dims.get(name)
@@ -718,6 +727,8 @@ class _Checker:
             self.declare("let", let.name, self.axes_of(let.axes, let.name), let.span)
 
         for t in list(self.tensors.values()):
+            if t.kind in ("param", "let"):
+                self.check_axis_names(t)
             for k, a in enumerate(t.axes):
                 if a.size == math.inf and t.kind in ("input", "output", "param"):
                     self.err(f"{t.kind} {t.name!r} has an infinite feature range on axis {a.name or k!r}: only the "
@@ -815,6 +826,7 @@ class _Checker:
             if axes is None:
                 self.broken.add(post.name)
                 continue
+            self.check_axis_names(TensorInfo("post", post.name, axes, post.span))
             scope = _Scope({a.name: (a.extent, a.size) for a in axes if a.name})
             self.unnamed_axes = any(a.name is None for a in post.axes)
             self.check_expr(post.expr, scope, f"post {post.name!r}", {"param", "let", "input", "output", "post"})
@@ -857,7 +869,9 @@ class _Checker:
 
     def sort_lets(self, lets: list[ast.LetDecl]) -> list[ast.LetDecl]:
         by_name = {let.name: let for let in lets}
-        deps = {let.name: sorted(referenced_tensors(let.expr) & set(by_name)) for let in lets}
+        # a let's own axis names are indices, not lets (one that shadows a let is reported by check_axis_names)
+        deps = {let.name: sorted((referenced_tensors(let.expr) - {a.name for a in let.axes}) & set(by_name))
+                for let in lets}
         order: list[ast.LetDecl] = []
         state: dict[str, int] = {}  # 1 = visiting, 2 = done
         reported = False

@@ -73,3 +73,25 @@ def test_independent_errors_are_still_reported():
 def test_an_unnamed_let_axis_does_not_hide_a_misspelt_tensor():
     errs = errors("let a[d] = ww[c]", *USES)
     assert errs == [(5, "axes of let 'a' must be named, e.g. let a[c: d] = ..."), (5, "unknown name 'ww'")]
+
+
+# an axis name of a let, param or post that is also a declared tensor was accepted: 'let a[u: d] = w[u]' crashed the
+# generated module (IndexError: the let counted as reading the input u), 'let a[b: d] = w[b]' with a let b was a
+# bogus "cycle among lets", 'let a[h: d] = ...' hid a state read
+@pytest.mark.parametrize("bad, owner, name, kind", [
+    ("let a[u: d] = w[u]", "a", "u", "input"),
+    ("let a[b: d] = w[b]", "a", "b", "let"),
+    ("let a[h: d] = w[h]", "a", "h", "state"),
+    ("let a[w: d] = w[w]", "a", "w", "param"),
+    ("let a[c: d] = w[c]\nparam q[a: d] = a", "q", "a", "let"),
+])
+def test_an_axis_name_may_not_shadow_a_tensor(bad, owner, name, kind):
+    errs = errors(*bad.split("\n"), *USES)
+    assert [m for _, m in errs] == [f"axis name {name!r} of {owner!r} shadows the {kind} {name!r}; index names must "
+                                    "differ from declared names"]
+
+
+def test_a_post_axis_may_not_shadow_a_tensor():
+    errs = errors("let a[c: d] = w[c]", *USES, "post out[w: d] = y[w] * 2")
+    assert [m for _, m in errs] == ["axis name 'w' of 'out' shadows the param 'w'; index names must differ from "
+                                    "declared names"]
