@@ -63,6 +63,13 @@ def cmd_compile(args) -> int:
     if problem:
         print(f"dsfc compile: error: cannot write to {out_dir}: {problem}; no files written", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    # an output name taken by a directory (or a socket, ...): os.replace would fail after earlier files were written
+    taken = next((p for p in (out_dir / f"{r.module_name}.py" for r in results) if p.exists() and not p.is_file()),
+                 None)
+    if taken is not None:
+        kind = "a directory" if taken.is_dir() else "a special file"
+        print(f"dsfc compile: error: cannot write {taken}: it is {kind}, not a file; no files written", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     for r in results:
         path = write_result(r, out_dir)
         written.append(path)

@@ -359,11 +359,13 @@ class DeltaNet(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, K, V, H, K, V).reshape(_B, _T, H * K * V, H * K * V))  # A
+        m = m.expand(_B, _T, H, K, V, H, K, V).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * K * V, H * K * V))  # A
         m = torch.as_tensor(
             W_V[:, None, :, :] * beta[:, :, :, None, None, None] * k[:, :, :, :, None, None], dtype=_dtype, device=_dev
         )
-        out.append(m.expand(_B, _T, H, K, V, d).reshape(_B, _T, H * K * V, d))  # B
+        m = m.expand(_B, _T, H, K, V, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * K * V, d))  # B
         m = torch.as_tensor(
             K**-0.5
             * (axis(V, 4, 5, _dev) == axis(V, 1, 5, _dev)).to(_dtype)
@@ -372,7 +374,8 @@ class DeltaNet(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, V, H, K, V).reshape(_B, _T, H * V, H * K * V))  # C
+        m = m.expand(_B, _T, H, V, H, K, V).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * V, H * K * V))  # C
         out.append(torch.zeros((_B, _T, H * V, d), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
 

@@ -378,13 +378,16 @@ class HGRN(nn.Module):
         m = torch.as_tensor(
             (axis(E, 0, 2, _dev) == axis(E, 1, 2, _dev)).to(_dtype) * f[:, :, :, None], dtype=_dtype, device=_dev
         )
-        out.append(m.expand(_B, _T, E, E).reshape(_B, _T, E, E))  # A
+        m = m.expand(_B, _T, E, E).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E, E))  # A
         m = torch.as_tensor(
             (1 + (-f[:, :, :, None])) * torch.sigmoid(ipre[:, :, :, None]) * W_i, dtype=_dtype, device=_dev
         )
-        out.append(m.expand(_B, _T, E, d).reshape(_B, _T, E, d))  # B
+        m = m.expand(_B, _T, E, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E, d))  # B
         m = torch.as_tensor((axis(E, 1, 2, _dev) == axis(E, 0, 2, _dev)).to(_dtype), dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, E, E).reshape(_B, _T, E, E))  # C
+        m = m.expand(_B, _T, E, E).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E, E))  # C
         out.append(torch.zeros((_B, _T, E, d), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
 

@@ -400,7 +400,8 @@ class LRU(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, Nc, 2, Nc, 2).reshape(_B, _T, Nc * 2, Nc * 2))  # A
+        m = m.expand(_B, _T, Nc, 2, Nc, 2).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, Nc * 2, Nc * 2))  # A
         m = torch.as_tensor(
             (
                 (0 == axis(2, 1, 3, _dev)).to(_dtype) * B_re[:, None, :]
@@ -410,16 +411,19 @@ class LRU(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, Nc, 2, d).reshape(_B, _T, Nc * 2, d))  # B
+        m = m.expand(_B, _T, Nc, 2, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, Nc * 2, d))  # B
         m = torch.as_tensor(
             (0 == axis(2, 2, 3, _dev)).to(_dtype) * C_re[:, :, None]
             + (-((1 == axis(2, 2, 3, _dev)).to(_dtype) * C_im[:, :, None])),
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, d, Nc, 2).reshape(_B, _T, d, Nc * 2))  # C
+        m = m.expand(_B, _T, d, Nc, 2).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d, Nc * 2))  # C
         m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, d, d).reshape(_B, _T, d, d))  # D
+        m = m.expand(_B, _T, d, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d, d))  # D
         return tuple(out)
 
 

@@ -492,13 +492,15 @@ class MambaBlock(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, E, n, E, n).reshape(_B, _T, E * n, E * n))  # A
+        m = m.expand(_B, _T, E, n, E, n).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E * n, E * n))  # A
         m = torch.as_tensor(
             (axis(E, 0, 3, _dev) == axis(E, 2, 3, _dev)).to(_dtype) * b[:, :, None, :, None] * dt[:, :, :, None, None],
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, E, n, E).reshape(_B, _T, E * n, E))  # B
+        m = m.expand(_B, _T, E, n, E).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E * n, E))  # B
         m = torch.as_tensor(
             (axis(E, 1, 3, _dev) == axis(E, 0, 3, _dev)).to(_dtype)
             * F.silu(z[:, :, :, None, None])
@@ -506,13 +508,15 @@ class MambaBlock(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, E, E, n).reshape(_B, _T, E, E * n))  # C
+        m = m.expand(_B, _T, E, E, n).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E, E * n))  # C
         m = torch.as_tensor(
             (axis(E, 1, 2, _dev) == axis(E, 0, 2, _dev)).to(_dtype) * F.silu(z[:, :, :, None]) * D[:],
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, E, E).reshape(_B, _T, E, E))  # D
+        m = m.expand(_B, _T, E, E).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, E, E))  # D
         return tuple(out)
 
 

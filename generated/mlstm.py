@@ -498,7 +498,8 @@ class MLSTM(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, DH, DH, H, DH, DH).reshape(_B, _T, H * DH * DH, H * DH * DH))  # A
+        m = m.expand(_B, _T, H, DH, DH, H, DH, DH).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * DH * DH, H * DH * DH))  # A
         m = torch.as_tensor(
             ((axis(E, 3, 4, _dev) // bs) == ((axis(DH, 2, 4, _dev) + (axis(H, 0, 4, _dev) * DH)) // bs)).to(_dtype)
             * W_V[
@@ -511,7 +512,8 @@ class MLSTM(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, DH, DH, E).reshape(_B, _T, H * DH * DH, E))  # B
+        m = m.expand(_B, _T, H, DH, DH, E).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * DH * DH, E))  # B
         m = torch.as_tensor(
             (axis(DH, 4, 5, _dev) == axis(DH, 1, 5, _dev)).to(_dtype)
             * (axis(H, 2, 5, _dev) == axis(H, 0, 5, _dev)).to(_dtype)
@@ -520,7 +522,8 @@ class MLSTM(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, DH, H, DH, DH).reshape(_B, _T, H * DH, H * DH * DH))  # C
+        m = m.expand(_B, _T, H, DH, H, DH, DH).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * DH, H * DH * DH))  # C
         out.append(torch.zeros((_B, _T, H * DH, E), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
 

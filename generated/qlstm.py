@@ -376,15 +376,18 @@ class QLSTM(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, Hd, Hd).reshape(_B, _T, Hd, Hd))  # A
+        m = m.expand(_B, _T, Hd, Hd).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, Hd, Hd))  # A
         m = torch.as_tensor(torch.sigmoid(ig[:, :, :, None]) * W_x, dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, Hd, d).reshape(_B, _T, Hd, d))  # B
+        m = m.expand(_B, _T, Hd, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, Hd, d))  # B
         m = torch.as_tensor(
             (axis(Hd, 1, 2, _dev) == axis(Hd, 0, 2, _dev)).to(_dtype) * torch.sigmoid(og[:, :, None, :]),
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, Hd, Hd).reshape(_B, _T, Hd, Hd))  # C
+        m = m.expand(_B, _T, Hd, Hd).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, Hd, Hd))  # C
         out.append(torch.zeros((_B, _T, Hd, d), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
 

@@ -398,7 +398,8 @@ class RGLRU(nn.Module):
         m = torch.as_tensor(
             (axis(W, 0, 2, _dev) == axis(W, 1, 2, _dev)).to(_dtype) * a[:, :, :, None], dtype=_dtype, device=_dev
         )
-        out.append(m.expand(_B, _T, W, W).reshape(_B, _T, W, W))  # A
+        m = m.expand(_B, _T, W, W).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, W, W))  # A
         m = torch.as_tensor(
             torch.sqrt(1 + (-(a[:, :, :, None] * a[:, :, :, None])))
             * (axis(W, 0, 2, _dev) == axis(W, 1, 2, _dev)).to(_dtype)
@@ -406,9 +407,11 @@ class RGLRU(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, W, W).reshape(_B, _T, W, W))  # B
+        m = m.expand(_B, _T, W, W).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, W, W))  # B
         m = torch.as_tensor((axis(W, 1, 2, _dev) == axis(W, 0, 2, _dev)).to(_dtype), dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, W, W).reshape(_B, _T, W, W))  # C
+        m = m.expand(_B, _T, W, W).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, W, W))  # C
         out.append(torch.zeros((_B, _T, W, W), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)
 

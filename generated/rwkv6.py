@@ -499,9 +499,11 @@ class RWKV6(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, K, V, H, K, V).reshape(_B, _T, H * K * V, H * K * V))  # A
+        m = m.expand(_B, _T, H, K, V, H, K, V).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * K * V, H * K * V))  # A
         m = torch.as_tensor(W_v[:, None, :, :] * k[:, :, :, :, None, None], dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, H, K, V, d).reshape(_B, _T, H * K * V, d))  # B
+        m = m.expand(_B, _T, H, K, V, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * K * V, d))  # B
         m = torch.as_tensor(
             (axis(V, 4, 5, _dev) == axis(V, 1, 5, _dev)).to(_dtype)
             * (axis(H, 2, 5, _dev) == axis(H, 0, 5, _dev)).to(_dtype)
@@ -509,9 +511,11 @@ class RWKV6(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, V, H, K, V).reshape(_B, _T, H * V, H * K * V))  # C
+        m = m.expand(_B, _T, H, V, H, K, V).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * V, H * K * V))  # C
         m = torch.as_tensor(W_v * ub[:, :, :, None, None], dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, H, V, d).reshape(_B, _T, H * V, d))  # D
+        m = m.expand(_B, _T, H, V, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * V, d))  # D
         return tuple(out)
 
 

@@ -412,7 +412,8 @@ class S4D(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, d, Nh, 2, d, Nh, 2).reshape(_B, _T, d * Nh * 2, d * Nh * 2))  # A
+        m = m.expand(_B, _T, d, Nh, 2, d, Nh, 2).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d * Nh * 2, d * Nh * 2))  # A
         m = torch.as_tensor(
             (
                 (0 == axis(2, 2, 4, _dev)).to(_dtype) * bre[:, :, None, None]
@@ -422,7 +423,8 @@ class S4D(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, d, Nh, 2, d).reshape(_B, _T, d * Nh * 2, d))  # B
+        m = m.expand(_B, _T, d, Nh, 2, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d * Nh * 2, d))  # B
         m = torch.as_tensor(
             2
             * (
@@ -433,9 +435,11 @@ class S4D(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, d, d, Nh, 2).reshape(_B, _T, d, d * Nh * 2))  # C
+        m = m.expand(_B, _T, d, d, Nh, 2).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d, d * Nh * 2))  # C
         m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, d, d).reshape(_B, _T, d, d))  # D
+        m = m.expand(_B, _T, d, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d, d))  # D
         return tuple(out)
 
 

@@ -386,19 +386,23 @@ class S6(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, d, n, d, n).reshape(_B, _T, d * n, d * n))  # A
+        m = m.expand(_B, _T, d, n, d, n).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d * n, d * n))  # A
         m = torch.as_tensor(
             (axis(d, 0, 3, _dev) == axis(d, 2, 3, _dev)).to(_dtype) * b[:, :, None, :, None] * dt[:, :, :, None, None],
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, d, n, d).reshape(_B, _T, d * n, d))  # B
+        m = m.expand(_B, _T, d, n, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d * n, d))  # B
         m = torch.as_tensor(
             (axis(d, 1, 3, _dev) == axis(d, 0, 3, _dev)).to(_dtype) * cq[:, :, None, None, :], dtype=_dtype, device=_dev
         )
-        out.append(m.expand(_B, _T, d, d, n).reshape(_B, _T, d, d * n))  # C
+        m = m.expand(_B, _T, d, d, n).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d, d * n))  # C
         m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
-        out.append(m.expand(_B, _T, d, d).reshape(_B, _T, d, d))  # D
+        m = m.expand(_B, _T, d, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, d, d))  # D
         return tuple(out)
 
 

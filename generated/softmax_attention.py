@@ -332,13 +332,15 @@ class SoftmaxAttention(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, _T, V, H, _T, V).reshape(_B, _T, H * _T * V, H * _T * V))  # A
+        m = m.expand(_B, _T, H, _T, V, H, _T, V).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * _T * V, H * _T * V))  # A
         m = torch.as_tensor(
             torch.exp(-eta[:, :, :, None, None, None]) * W_V[:, None, :, :] * slots_["kf"][:, :, :, :, None, None],
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, _T, V, d).reshape(_B, _T, H * _T * V, d))  # B
+        m = m.expand(_B, _T, H, _T, V, d).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * _T * V, d))  # B
         m = torch.as_tensor(
             (axis(V, 4, 5, _dev) == axis(V, 1, 5, _dev)).to(_dtype)
             * (axis(H, 2, 5, _dev) == axis(H, 0, 5, _dev)).to(_dtype)
@@ -346,6 +348,7 @@ class SoftmaxAttention(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, V, H, _T, V).reshape(_B, _T, H * V, H * _T * V))  # C
+        m = m.expand(_B, _T, H, V, H, _T, V).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * V, H * _T * V))  # C
         out.append(torch.zeros((_B, _T, H * V, d), device=_dev, dtype=_dtype))  # D = 0
         return tuple(out)

@@ -372,7 +372,8 @@ class SSD(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, P, n, H, P, n).reshape(_B, _T, H * P * n, H * P * n))  # A
+        m = m.expand(_B, _T, H, P, n, H, P, n).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * P * n, H * P * n))  # A
         m = torch.as_tensor(
             (axis(H, 0, 5, _dev) == axis(H, 3, 5, _dev)).to(_dtype)
             * (axis(P, 1, 5, _dev) == axis(P, 4, 5, _dev)).to(_dtype)
@@ -381,7 +382,8 @@ class SSD(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, P, n, H, P).reshape(_B, _T, H * P * n, H * P))  # B
+        m = m.expand(_B, _T, H, P, n, H, P).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * P * n, H * P))  # B
         m = torch.as_tensor(
             (axis(P, 1, 5, _dev) == axis(P, 3, 5, _dev)).to(_dtype)
             * (axis(H, 2, 5, _dev) == axis(H, 0, 5, _dev)).to(_dtype)
@@ -389,7 +391,8 @@ class SSD(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, P, H, P, n).reshape(_B, _T, H * P, H * P * n))  # C
+        m = m.expand(_B, _T, H, P, H, P, n).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * P, H * P * n))  # C
         m = torch.as_tensor(
             (axis(P, 1, 4, _dev) == axis(P, 3, 4, _dev)).to(_dtype)
             * (axis(H, 2, 4, _dev) == axis(H, 0, 4, _dev)).to(_dtype)
@@ -397,7 +400,8 @@ class SSD(nn.Module):
             dtype=_dtype,
             device=_dev,
         )
-        out.append(m.expand(_B, _T, H, P, H, P).reshape(_B, _T, H * P, H * P))  # D
+        m = m.expand(_B, _T, H, P, H, P).clone(memory_format=torch.contiguous_format)
+        out.append(m.view(_B, _T, H * P, H * P))  # D
         return tuple(out)
 
 

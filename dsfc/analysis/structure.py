@@ -112,12 +112,14 @@ def classify_a(sym: SymSpec) -> AStructure:
 
 
 def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
-    """block == s * prod delta(row_k, col_k) (k mixed) - f(rows) * g(cols)?"""
+    """block == s * prod delta(row_k, col_k) (k mixed) - f(rows) * g(cols), s constant over the mixed axes?"""
     ident = [t for t in terms(block) if all(frozenset((rows[k], cols[k])) in
                                             {frozenset(f.args) for f in factors(t) if isinstance(f, sp.KroneckerDelta)}
                                             for k in mixed)]
     rest = [t for t in terms(block) if t not in ident]
     if not ident or not rest:
+        return False
+    if _scale_varies_on_mixed(sp.Add(*[split_deltas(t)[1] for t in ident]), rows, cols, mixed):
         return False
     # a gate written as a sum, (1 - g) (I - beta k k^T), expands into several rank-1 terms sharing their factors
     low = sp.factor_terms(sp.Add(*rest))
@@ -260,6 +262,12 @@ def contracted_axes(sym: SymSpec, readout: Readout) -> set[int]:
     return out
 
 
+def _scale_varies_on_mixed(scale: sp.Expr, rows, cols, mixed) -> bool:
+    """A diagonal diag(s) with s varying along a mixed axis (a per-key gate: Kimi delta attention, RWKV-7's
+    diag(w) - a b^T) is not s I: its eigenvalues are not s and s - g^T f."""
+    return bool(scale.free_symbols & ({rows[k] for k in mixed} | {cols[k] for k in mixed}))
+
+
 def split_rank_one(a: AStructure) -> RankOneBlock | None:
     """Write A's block as scale * I + (rank 1) on the mixed axes, or None when it does not have that form."""
     if a.block is None or not a.mixed_axes:
@@ -282,7 +290,7 @@ def split_rank_one(a: AStructure) -> RankOneBlock | None:
     row_vec = sp.Mul(*[f for f in factors(rank_one) if not (f.free_symbols & col_syms)])
     if row_vec.free_symbols & col_syms or sp.Mul(row_vec, col_vec) != rank_one:
         return None
-    if scale.free_symbols & col_syms:
+    if _scale_varies_on_mixed(scale, rows, cols, mixed):
         return None
     return RankOneBlock(scale, row_vec, col_vec)
 

@@ -178,6 +178,9 @@ class _Checker:
         self.defining: str | None = None  # the dim whose value is being evaluated
         self.implicit_output = False  # True when the spec has no 'output' and the output is y[<input axes>]
         self.index_uses: list[IndexUse] = []
+        # names whose declaration failed (already reported): their uses are not 'unknown name' errors too
+        self.broken: set[str] = set()
+        self.unnamed_axes = False  # checking a let or post with an unnamed axis (reported): its indices are unbound
 
     def err(self, msg: str, span: Span, hint: str | None = None, cls=SpecError):
         self.errors.append(cls(msg, span, hint))
@@ -336,6 +339,15 @@ class _Checker:
             return None
         return tuple(out) if ok else None
 
+    def check_axis_names(self, t: TensorInfo):
+        """The named axes of a param, let or post are index variables in its right-hand side: they must not be
+        declared tensors too (the dependence analysis would read the index as the tensor)."""
+        for a in t.axes:
+            other = self.tensors.get(a.name) if a.name else None
+            if other is not None:
+                self.err(f"axis name {a.name!r} of {t.name!r} shadows the {other.kind} {a.name!r}; index names must "
+                         "differ from declared names", a.span)
+
     def declare(self, kind: str, name: str, axes, span: Span):
         if name in self.tensors or name in self.dims:
             prev = self.tensors.get(name) or self.dims.get(name)
@@ -353,8 +365,10 @@ class _Checker:
             return
         if name in FUNCTIONS or name in TEMPORAL or name in FEATURE_MAPS or name == "sum":
             self.err(f"{name!r} is a built-in function and cannot be redeclared", span)
+            self.broken.add(name)
             return
         if axes is None:
+            self.broken.add(name)  # its axes failed (reported)
             return
         self.tensors[name] = TensorInfo(kind, name, axes, span)
 
@@ -548,6 +562,8 @@ class _Checker:
         return found
 
     def unknown(self, name: str, span: Span, scope: _Scope):
+        if name in self.broken:
+            return  # declared, but its declaration failed: that error is the one to fix
         names = set(self.tensors) | set(self.dims) | set(scope.entries)
         close = [n for n in sorted(names) if _similar(n, name)]
         hint = f"did you mean {close[0]!r}?" if close else None
@@ -579,7 +595,7 @@ class _Checker:
                 if node.name not in scope.entries and node.name not in self.dims:
                     if node.name in self.tensors:
                         self.err(f"subscript uses {node.name!r}, which is not an index variable", node.span)
-                    else:
+                    elif not self.unnamed_axes:  # with an unnamed axis reported, an unbound index is its name
                         self.unknown(node.name, node.span, scope)
             elif isinstance(node, ast.BinOp):
                 if node.op not in ("+", "-", "*", "//", "%"):
@@ -677,6 +693,8 @@ class _Checker:
             if isinstance(s, ast.TensorDecl):
                 if s.kind in tensors:
                     self.err(f"only one {s.kind} may be declared (first at line {tensors[s.kind].span.line})", s.span)
+                    if s.name not in self.tensors:
+                        self.broken.add(s.name)
                     continue
                 tensors[s.kind] = s
                 self.declare(s.kind, s.name, self.axes_of(s.axes, s.name), s.span)
@@ -709,6 +727,8 @@ class _Checker:
             self.declare("let", let.name, self.axes_of(let.axes, let.name), let.span)
 
         for t in list(self.tensors.values()):
+            if t.kind in ("param", "let"):
+                self.check_axis_names(t)
             for k, a in enumerate(t.axes):
                 if a.size == math.inf and t.kind in ("input", "output", "param"):
                     self.err(f"{t.kind} {t.name!r} has an infinite feature range on axis {a.name or k!r}: only the "
@@ -750,8 +770,9 @@ class _Checker:
                 if a.name is None:
                     self.err(f"axes of let {let.name!r} must be named, e.g. let {let.name}[c: d] = ...", a.span)
             self.running_root, self.current_let = let.expr, let
+            self.unnamed_axes = any(a.name is None for a in let.axes)
             self.check_expr(let.expr, scope, f"let {let.name!r}", readable)
-            self.running_root, self.current_let = None, None
+            self.running_root, self.current_let, self.unnamed_axes = None, None, False
         order = self.sort_lets(lets)
 
         # the driven input: what B and D multiply (default: the raw input)
@@ -762,7 +783,9 @@ class _Checker:
         if drives:
             dr = drives[0]
             t = self.tensors.get(dr.name)
-            if t is None or t.kind not in ("let", "input"):
+            if t is None and dr.name in self.broken:
+                self.driven = None  # a let whose declaration failed (reported)
+            elif t is None or t.kind not in ("let", "input"):
                 self.err(
                     f"'drive' must name a let (the signal B and D multiply), got {dr.name!r}"
                     + (f", which is a {t.kind}" if t else ""),
@@ -801,9 +824,13 @@ class _Checker:
                 if isinstance(node, (ast.Index, ast.Name)) and node.name in later:
                     self.err(f"post {post.name!r} reads {node.name!r}, which is not defined before it", node.span)
             if axes is None:
+                self.broken.add(post.name)
                 continue
+            self.check_axis_names(TensorInfo("post", post.name, axes, post.span))
             scope = _Scope({a.name: (a.extent, a.size) for a in axes if a.name})
+            self.unnamed_axes = any(a.name is None for a in post.axes)
             self.check_expr(post.expr, scope, f"post {post.name!r}", {"param", "let", "input", "output", "post"})
+            self.unnamed_axes = False
             self.declare("post", post.name, axes, post.span)
 
         if self.errors:
@@ -842,7 +869,9 @@ class _Checker:
 
     def sort_lets(self, lets: list[ast.LetDecl]) -> list[ast.LetDecl]:
         by_name = {let.name: let for let in lets}
-        deps = {let.name: sorted(referenced_tensors(let.expr) & set(by_name)) for let in lets}
+        # a let's own axis names are indices, not lets (one that shadows a let is reported by check_axis_names)
+        deps = {let.name: sorted((referenced_tensors(let.expr) - {a.name for a in let.axes}) & set(by_name))
+                for let in lets}
         order: list[ast.LetDecl] = []
         state: dict[str, int] = {}  # 1 = visiting, 2 = done
         reported = False

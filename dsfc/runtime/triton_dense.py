@@ -146,7 +146,8 @@ def _block_scan_bwd_op(blocks: torch.Tensor, h0: torch.Tensor, states: torch.Ten
     B, L, G, M = states.shape
     dblocks = torch.empty((B, L, G, M, M), device=h0.device, dtype=h0.dtype)
     dbu = torch.empty((B, L, G, M), device=h0.device, dtype=h0.dtype)
-    dh0 = torch.empty_like(h0)
+    # row-major, as the kernel writes it: empty_like kept the strides of a permuted h0 (a transposed gradient)
+    dh0 = torch.empty(h0.shape, device=h0.device, dtype=h0.dtype)
     block_g, block_m, num_warps = _launch_cfg(G, M)
     _block_scan_bwd[(B, triton.cdiv(G, block_g))](blocks.contiguous(), h0.contiguous(), states.contiguous(),
                                                    dstates.contiguous(), dblocks, dbu, dh0, L, G, M,
@@ -158,7 +159,7 @@ def _block_scan_bwd_op(blocks: torch.Tensor, h0: torch.Tensor, states: torch.Ten
 @_block_scan_bwd_op.register_fake
 def _(blocks, h0, states, dstates):
     B, L, G, M = states.shape
-    return h0.new_empty((B, L, G, M, M)), h0.new_empty((B, L, G, M)), torch.empty_like(h0)
+    return h0.new_empty((B, L, G, M, M)), h0.new_empty((B, L, G, M)), h0.new_empty(h0.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -453,3 +453,61 @@ def test_gate_multiplying_the_whole_delta_block_is_still_the_delta_rule():
     r = analyse(GATE_TIMES_BLOCK).report
     assert r.a_low_rank is True
     assert r.family == "chunked delta-rule scan", r.family_reason
+
+
+# A = diag(s) + (rank 1) with s varying along the mixed axis was read as "s I minus rank 1", whose eigenvalues are s
+# (multiplicity K-1) and s - g^T f: for this A dsfc claimed |lambda| < 1 while A_t = [[s0 + 5, -5], [5, s1 - 5]]
+# (s0 = sigmoid(2.2), s1 = sigmoid(-2.2)) has the eigenvalues 2.54 and -1.54. A per-key diagonal (Kimi delta
+# attention, RWKV-7's diag(w) - a b^T) is not "identity minus rank-1" either.
+NOT_SCALAR_MINUS_RANK1 = """
+dim d = 2
+input u[d]
+state h[a: 2]
+param g = 5
+param w[a: 2] = 2.2 - 4.4 * a
+let s[a: 2] = sigmoid(w[a])
+A[a, a2] = delta(a, a2) * s[a] + g * (1 - 2 * a2)
+B[a, m] = delta(a, m)
+C[o, a] = delta(o, a)
+"""
+
+PER_KEY_DELTA = """
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_K[H, K, d]
+param W_V[H, V, d]
+param W_a[H, K, d]
+param W_beta[H, d]
+let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let alpha[h: H, a: K] = sigmoid(sum(m, W_a[h, a, m] * u[m]))
+let beta[h: H] = sigmoid(sum(m, W_beta[h, m] * u[m]))
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * alpha[h, a] * (delta(a, a2) - beta[h] * k[h, a] * k[h, a2])
+B[(h, a, b), m] = beta[h] * k[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * k[h, a]
+"""
+
+
+def test_a_varying_diagonal_plus_rank_one_is_not_claimed_stable():
+    import numpy as np
+    import torch
+
+    from dsfc.reference import dense_matrices
+
+    _, sym, _, r = analyse_spec(parse_spec(NOT_SCALAR_MINUS_RANK1, "x.dsf"))
+    # the truth, from the float64 reference's dense A at the param's initial value
+    params = {"g": torch.tensor(5.0, dtype=torch.float64), "w": torch.tensor([2.2, -2.2], dtype=torch.float64)}
+    A = dense_matrices(sym, {"d": 2}, params, torch.zeros(1, 1, 2, dtype=torch.float64))[0][0, 0].numpy()
+    assert abs(np.linalg.eigvals(A)).max() > 2.5
+    assert r.eigen_bound not in (STABLE, MARGINAL), r.eigen_reason
+    assert not r.a_low_rank
+
+
+def test_a_per_key_gated_delta_rule_is_not_identity_minus_rank_one():
+    r = analyse_spec(parse_spec(PER_KEY_DELTA, "x.dsf"))[3]
+    assert not r.a_low_rank and "s*I" not in r.eigen_reason and "s I" not in r.eigen_reason, r.eigen_reason
+    assert r.family == Family.DENSE_SCAN.value

@@ -149,3 +149,17 @@ def test_check_at_user_dims(capsys):
     assert main(["check", str(SPECS / "ssd.dsf"), "--dims", "H=3", "G=2"]) == 2
     err = capsys.readouterr().err
     assert "ssd.dsf" in err and "H // G is not exact" in err
+
+
+def test_an_output_file_that_is_a_directory_stops_the_run_before_any_file(tmp_path, capsys):
+    # out/hgrn.py was a directory: s6.py was written, then the run stopped at hgrn.py with "cannot write out: Is a
+    # directory" (the directory named, not the file in the way) and exit 2, leaving a partial set of modules
+    names = ("s6", "hgrn", "lru")
+    for name in names:
+        (tmp_path / f"{name}.dsf").write_text((SPECS / f"{name}.dsf").read_text())
+    out = tmp_path / "out"
+    (out / "hgrn.py").mkdir(parents=True)
+    assert main(["compile", *(str(tmp_path / f"{n}.dsf") for n in names), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'hgrn.py'}: it is a directory, not a file; no files written" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["hgrn.py"]  # nothing else written

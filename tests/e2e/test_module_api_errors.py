@@ -205,3 +205,45 @@ def test_step_names_its_own_state_argument(s6, mamba, softmax):
         mamba.step(torch.randn(2, 4), {"h": torch.zeros(2, 4, 2), "xs": torch.zeros(2, 7)})
     with pytest.raises(ValueError, match="SoftmaxAttention: the KV cache dict lacks"):
         softmax.step(torch.randn(2, 8), {"k": torch.zeros(2, 2)})
+
+
+# dsf_matrices returned expanded views: a matrix that does not vary over the batch (a time-invariant A, a D read
+# straight from a param) came back with stride 0 over batch and time, or as the parameter's own storage, so an
+# in-place edit raised "more than one element of the written-to tensor refers to a single memory location" or
+# silently changed the parameter
+PARAM_MATRICES = """
+model ParamMatrices
+dim d = 3
+input u[d]
+state h[c: d]
+param a[d] ~ uniform(0.1, 0.9)
+param W[d, d] ~ normal(0, 1)
+A[i, k] = delta(i, k) * a[i]
+B[i, k] = W[i, k]
+C[o, k] = delta(o, k)
+D[o, k] = W[o, k]
+"""
+
+
+@pytest.mark.parametrize("spec", ["param_matrices", "s6", "softmax_attention"])
+def test_dsf_matrices_are_fresh_contiguous_tensors(spec, tmp_path):
+    if spec == "param_matrices":
+        path = tmp_path / "param_matrices.dsf"
+        path.write_text(PARAM_MATRICES)
+        result = compile_spec(path)
+        model = getattr(load_module(result, "dsfc_api_param_matrices"), result.plan.model)()
+    else:
+        model = _cls(spec)(**({"d": 4, "n": 2, "r": 2} if spec == "s6" else {}))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for b, t in ((1, 1), (2, 3)):
+        mats = model.dsf_matrices(torch.randn(b, t, model._in_features()))
+        for m in mats:
+            assert m.is_contiguous() and 0 not in m.stride()[:2] or m.numel() == 0
+            assert m.untyped_storage().data_ptr() not in storages
+            assert len({x.untyped_storage().data_ptr() for x in mats}) == len(mats)
+        with torch.no_grad():
+            for m in mats:
+                m.mul_(2.0)  # in place: must neither raise nor reach a parameter
+    for n, p in model.named_parameters():
+        assert torch.equal(p, params[n]), n

@@ -208,3 +208,27 @@ def test_delta_rule_auto_keeps_the_torch_algorithm():
         assert model._resolve_backend(FakeCuda()) == ("triton" if auto else "torch"), name
         model.backend = "triton"
         assert model._resolve_backend(FakeCuda()) == "triton", name
+
+
+def test_block_scan_non_contiguous_state():
+    """A permuted h0 (the generated code passes h0.permute(...).reshape(...), a view when a group axis has size 1):
+    dh0 came back with h0's permuted strides but the kernel's row-major values, a transposed gradient (KDA-style
+    specs with one head, tests/e2e/test_user_specs_3.py)."""
+    B, L, G, M = 2, 4, 3, 5
+    g = torch.Generator().manual_seed(1)
+    blocks = 0.5 * torch.randn(B, L, G, M, M, generator=g, dtype=torch.float64)
+    bu = torch.randn(B, L, G, M, generator=g, dtype=torch.float64)
+    h0_t = torch.randn(B, M, G, generator=g, dtype=torch.float64)
+    w = torch.randn(B, L, G, M, generator=g, dtype=torch.float64)
+    leaf = h0_t.to(DEVICE).requires_grad_()
+    xs = [blocks.to(DEVICE).requires_grad_(), bu.to(DEVICE).requires_grad_()]
+    h0 = leaf.transpose(1, 2)  # [B, G, M], not contiguous
+    assert not h0.is_contiguous()
+    got = triton_dense.block_scan_triton(*xs, h0)
+    leaf64 = h0_t.clone().requires_grad_()
+    xs64 = [x.clone().requires_grad_() for x in (blocks, bu)]
+    want = loop(*xs64, leaf64.transpose(1, 2))
+    assert rel(got, want) <= TOL64
+    for a, b in zip(torch.autograd.grad((got * w.to(DEVICE)).sum(), [*xs, leaf]),
+                    torch.autograd.grad((want * w).sum(), [*xs64, leaf64])):
+        assert rel(a, b) <= TOL64
