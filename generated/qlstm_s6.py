@@ -423,7 +423,10 @@ def _jit(fn):
 
 @_jit
 def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+    # log1p(exp(x)) as Kahan's log(w) * e / (w - 1): where 1 + e rounds to 1 (x < -17 in fp32) it is e, not 0
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    return tl.where(x > 20.0, x, tl.where(w == 1.0, e, tl.log(w) * e / tl.where(w == 1.0, 1.0, w - 1.0)))
 
 
 @_jit

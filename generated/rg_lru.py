@@ -301,7 +301,7 @@ class RGLRU(nn.Module):
     def _core_triton(self, x, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, x, h0, env, _B, _T, _dtype)
 
-    def _diagonal_chunk(self, h0, ig, a, x):
+    def _diagonal_chunk(self, h0, Lambda, r, ig, a, x):
         """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
 
         The time-varying lets and the input are this chunk's slices ([B, L, ...]); ``h0`` is [B, ...]. Positional
@@ -316,7 +316,11 @@ class RGLRU(nn.Module):
         _y = h0.new_empty((h0.shape[0], x.shape[1], W))
         for _t in range(x.shape[1]):
             _a = a[:, _t : _t + 1]
-            _bu = torch.sqrt(1 + (-(a[:, _t : _t + 1] * a[:, _t : _t + 1]))) * ig[:, _t : _t + 1] * x[:, _t : _t + 1]
+            _bu = (
+                torch.sqrt(-torch.expm1(-(16 * F.softplus(Lambda) * r[:, _t : _t + 1])))
+                * ig[:, _t : _t + 1]
+                * x[:, _t : _t + 1]
+            )
             _h_prev = _h
             _h = _a * _h + _bu
             _read = _h
@@ -329,9 +333,9 @@ class RGLRU(nn.Module):
         W, nh, bw = self.W, self.nh, self.bw
         if use_compiled_chunks(x, h0):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
-            args = [env["ig"], env["a"], x]
+            args = [env["Lambda"], env["r"], env["ig"], env["a"], x]
             out_shape = (W,)
-            return run_compiled_chunks(self, h0, args, [True, True, True], out_shape)
+            return run_compiled_chunks(self, h0, args, [False, True, True, True, True], out_shape)
         _dev = env["_dev"]
         W_a = env["W_a"]
         b_a = env["b_a"]
@@ -343,7 +347,7 @@ class RGLRU(nn.Module):
         a = env["a"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
         _a = a
-        _bu = torch.sqrt(1 + (-(a * a))) * ig * x
+        _bu = torch.sqrt(-torch.expm1(-(16 * F.softplus(Lambda) * r))) * ig * x
         _shape = (_B, _T, W)
         _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
         _read = _states
@@ -439,13 +443,35 @@ def _jit(fn):
 
 
 @_jit
+def _softplus(x):
+    # log1p(exp(x)) as Kahan's log(w) * e / (w - 1): where 1 + e rounds to 1 (x < -17 in fp32) it is e, not 0
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    return tl.where(x > 20.0, x, tl.where(w == 1.0, e, tl.log(w) * e / tl.where(w == 1.0, 1.0, w - 1.0)))
+
+
+@_jit
+def _expm1(x):
+    # exp(x) - 1 without cancellation (Kahan): (e - 1) * x / log(e) near 0, x itself where exp(x) rounds to 1
+    e = tl.exp(x)
+    near = tl.where(e == 1.0, x, (e - 1.0) * x / tl.where(e == 1.0, 1.0, tl.log(e)))
+    return tl.where(tl.abs(x) < 0.5, near, e - 1.0)
+
+
+@_jit
 def _scan_fwd(
     h0_ptr,
     out_ptr,
     hT_ptr,
+    p_Lambda,
+    p_r,
     p_ig,
     p_a,
     p_x,
+    p_Lambda_s0,
+    p_r_s0,
+    p_r_s1,
+    p_r_s2,
     p_ig_s0,
     p_ig_s1,
     p_ig_s2,
@@ -481,8 +507,10 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
+        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
@@ -490,18 +518,20 @@ def _scan_fwd(
     for step in range(0, T):
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
+            x_r_next = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_ig_next = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_a_next = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_x_next = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
 
         t = step
         if not PREFETCH:
+            x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
 
         a = x_a
-        bu = x_ig * x_x * tl.sqrt(1 - (x_a * x_a))
+        bu = x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda)))
         if READOUT:
             coef = 1
         h = a * h + bu
@@ -511,6 +541,7 @@ def _scan_fwd(
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
+            x_r = x_r_next
             x_ig = x_ig_next
             x_a = x_a_next
             x_x = x_x_next
@@ -528,9 +559,15 @@ def _scan_fwd_chunked(
     h0_ptr,
     out_ptr,
     hT_ptr,
+    p_Lambda,
+    p_r,
     p_ig,
     p_a,
     p_x,
+    p_Lambda_s0,
+    p_r_s0,
+    p_r_s1,
+    p_r_s2,
     p_ig_s0,
     p_ig_s1,
     p_ig_s2,
@@ -572,18 +609,20 @@ def _scan_fwd_chunked(
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
         if STARTS:
             tl.store(out_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, h, mask=mask)
         t = t0 + steps
         mask_t = t < T
+        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
         a = tl.where(mask_t, full + x_a, 1.0)
-        bu = tl.where(mask_t & mask, full + x_ig * x_x * tl.sqrt(1 - (x_a * x_a)), 0.0)
+        bu = tl.where(mask_t & mask, full + x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda))), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -603,12 +642,20 @@ def _scan_bwd_chunked(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
+    p_Lambda,
+    p_r,
     p_ig,
     p_a,
     p_x,
+    g_Lambda,
+    g_r,
     g_ig,
     g_a,
     g_x,
+    p_Lambda_s0,
+    p_r_s0,
+    p_r_s1,
+    p_r_s2,
     p_ig_s0,
     p_ig_s1,
     p_ig_s2,
@@ -652,17 +699,21 @@ def _scan_bwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
+    x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
+    ea0 = _softplus(x_Lambda)
+    acc_x_Lambda = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
         h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
         # h_(t-1) for every step t of the chunk: the chunk's maps moved one step later, the identity first
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
+        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         a_p = x_a
-        bu_p = x_ig * x_x * tl.sqrt(1 - (x_a * x_a))
+        bu_p = x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda)))
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -671,6 +722,7 @@ def _scan_bwd_chunked(
         # the multiplier of g_(t+1) in g_t is a_(t+1); 1 at the chunk's last step (the carry holds it) and past T
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
+        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
@@ -680,12 +732,13 @@ def _scan_bwd_chunked(
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
+        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         if READOUT:
             a_t = x_a
-            bu_t = x_ig * x_x * tl.sqrt(1 - (x_a * x_a))
+            bu_t = x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda)))
 
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
@@ -697,26 +750,40 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea0 = tl.sqrt(1 - (x_a * x_a))
-        ea1 = ea0 * g
+        ea1 = -16 * ea0 * x_r
+        ea2 = _expm1(ea1)
+        ea3 = g * tl.sqrt(-ea2)
+        ea4 = ea3 * x_x
+        ea5 = 8 * ea4 * x_ig * tl.exp(ea1) / ea2
         a = full + x_a
+        acc_x_Lambda += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (-ea5 * x_r * tl.sigmoid(x_Lambda)), 0.0), axis=2, keep_dims=True),
+            axis=0,
+            keep_dims=True,
+        )
+        tl.atomic_add(
+            g_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2,
+            tl.sum(tl.where(mask & mask_t, full + (-ea0 * ea5), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
         tl.atomic_add(
             g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea1 * x_x), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea4), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
             g_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ga - g * x_a * x_ig * x_x / ea0), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ga), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
             g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea1 * x_ig), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea3 * x_ig), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
+    tl.atomic_add(g_Lambda + i_c * p_Lambda_s0, acc_x_Lambda, mask=mask_r)
 
 
 @_jit
@@ -726,12 +793,20 @@ def _scan_bwd(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
+    p_Lambda,
+    p_r,
     p_ig,
     p_a,
     p_x,
+    g_Lambda,
+    g_r,
     g_ig,
     g_a,
     g_x,
+    p_Lambda_s0,
+    p_r_s0,
+    p_r_s1,
+    p_r_s2,
     p_ig_s0,
     p_ig_s1,
     p_ig_s2,
@@ -766,8 +841,12 @@ def _scan_bwd(
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
+    ea0 = _softplus(x_Lambda)
+    acc_x_Lambda = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
+        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
@@ -782,26 +861,36 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea0 = tl.sqrt(1 - (x_a * x_a))
-        ea1 = ea0 * g
+        ea1 = -16 * ea0 * x_r
+        ea2 = _expm1(ea1)
+        ea3 = g * tl.sqrt(-ea2)
+        ea4 = ea3 * x_x
+        ea5 = 8 * ea4 * x_ig * tl.exp(ea1) / ea2
         a = x_a
+        acc_x_Lambda += tl.sum(tl.where(mask, -ea5 * x_r * tl.sigmoid(x_Lambda), 0.0), axis=1, keep_dims=True)
+        tl.atomic_add(
+            g_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2,
+            tl.sum(tl.where(mask, -ea0 * ea5, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
         tl.atomic_add(
             g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
-            tl.sum(tl.where(mask, ea1 * x_x, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea4, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
             g_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2,
-            tl.sum(tl.where(mask, ga - g * x_a * x_ig * x_x / ea0, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ga, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
             g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
-            tl.sum(tl.where(mask, ea1 * x_ig, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea3 * x_ig, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
+    tl.atomic_add(g_Lambda + i_c * p_Lambda_s0, acc_x_Lambda, mask=mask_r)
 
 
 def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
@@ -823,7 +912,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (ig.to(_io), a.to(_io), x.to(_io)),
+        (Lambda, r.to(_io), ig.to(_io), a.to(_io), x.to(_io)),
         T=_T,
         dims=(W, nh, bw),
         consts=(),

@@ -209,7 +209,16 @@ class SoftmaxAttention(nn.Module):
         running0 = None if initial_state is None else {k: v for k, v in initial_state.items()}
         if _T == 0 or _B == 0:
             y = u.new_zeros((_B, _T, H * V))
-            return (y, dict(initial_state or {})) if output_final_state else y
+            if not output_final_state:
+                return y
+            # the cache grows by the _T steps (of no rows when _B = 0), from an empty one (S = 0) without an initial
+            # cache: {} was returned here, which forward and step then rejected as lacking the cache entries
+            g = H
+            final = dict(initial_state or {})
+            for _key, _tail in ((_KEYS, (g, K)), (_VALUES, (g, V))):
+                _old = final.get(_key, u.new_zeros((_B, 0, *_tail)))
+                final[_key] = torch.cat([_old, _old.new_zeros((_B, _T, *_tail))], 1)
+            return y, final
         u_ = u.to(_dtype).reshape(_B, _T, d)
         # (attention, log-sum): the same maths in torch (blocks of queries) or in Triton kernels; a bf16 / fp16 input
         # hands the kernels q, k, v in that dtype (tensor-core products, fp32 statistics)

@@ -7,13 +7,18 @@ The log-space scans (chunked outer product, delta rule) take log(decay). Printin
 through the decay's definition (lets included) and returns the exponent itself: ``log(exp(z)) = z``,
 ``log(sigmoid(z)) = logsigmoid(z)``, ``log(1 - sigmoid(z)) = logsigmoid(-z)``, ``log(x^p) = p log(x)``, the log of a
 product of positive factors is the sum of their logs, and ``log(min(a, b)) = min(log(a), log(b))`` (max likewise).
+
+``complements`` uses the same exact logs for ``1 - P``: RG-LRU's input scale ``sqrt(1 - a^2)`` with
+``a = exp(-8 r softplus(L))`` is 0 in fp32 once ``a`` rounds to 1 (a closed gate, ``r < 1e-8``), where the true
+value is ``sqrt(16 r softplus(L))``, and the backward of ``sqrt(0)`` made every gradient NaN. Written as
+``-expm1(2 log a)`` it keeps its value; ``1 - sigmoid(z)`` becomes ``sigmoid(-z)``.
 """
 
 from __future__ import annotations
 
 import sympy as sp
 
-from ..ir.functions import LogSigmoid, Sigmoid
+from ..ir.functions import Expm1, LogSigmoid, Sigmoid
 from ..ir.symspec import SymSpec
 
 
@@ -85,3 +90,35 @@ def power_as_exp(expr: sp.Pow) -> sp.Expr | None:
         return None
     log_base = exact_log(expr.base, None)
     return None if log_base is None else sp.exp(expr.exp * log_base)
+
+
+def complements(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
+    """``expr`` with every sum ``n - n P`` whose P has an exact log (an exp, a sigmoid, a product or power of those,
+    lets looked through) written ``-n expm1(log P)`` (``n sigmoid(-z)`` for ``P = sigmoid(z)``): no cancellation
+    where P rounds to 1. Codegen only; the float64 reference evaluates the spec as written."""
+    expr = sp.S(expr)
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.IndexedBase)):
+        return expr
+    args = [complements(a, sym) for a in expr.args]
+    if not isinstance(expr, sp.Add):
+        return expr.func(*args) if any(a is not b for a, b in zip(args, expr.args)) else expr
+    nums = [a for a in args if a.is_Number]
+    if len(nums) != 1:
+        return sp.Add(*args)
+    n = nums[0]
+    for term in args:
+        if term.is_Number:
+            continue
+        coeff, p = term.as_coeff_Mul()
+        if coeff != -n:
+            continue
+        if isinstance(p, Sigmoid):
+            new = n * Sigmoid(-p.args[0])
+        else:
+            log_p = exact_log(p, sym)
+            if log_p is None:
+                continue
+            new = -n * Expm1(log_p)
+        rest = [a for a in args if a is not term and a is not n]
+        return sp.Add(new, *rest)
+    return sp.Add(*args)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import builtins
 import keyword
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 
 import sympy as sp
 
 from ..analysis.dim_conditions import ExtentMatch, dim_conditions
 from ..analysis.facts import Family
-from ..analysis.log_space import exact_log, log_of
+from ..analysis.log_space import complements, exact_log, log_of
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
@@ -183,8 +184,20 @@ def _check_python_names(sym: SymSpec) -> None:
                              sym.checked.spec.path, sym.checked.spec.source)
 
 
+def _without_cancellation(st, sym: SymSpec):
+    """``st`` with every expression's ``1 - P`` written without cancellation (``log_space.complements``): the
+    torch and Triton paths print the same forms."""
+    if isinstance(st, sp.Basic):
+        return complements(st, sym)
+    if dataclasses.is_dataclass(st) and not isinstance(st, type):
+        return dataclasses.replace(st, **{f.name: _without_cancellation(getattr(st, f.name), sym)
+                                          for f in dataclasses.fields(st) if f.name != "kernel"})
+    return st
+
+
 def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str) -> ModulePlan:
     _check_python_names(sym)
+    st = _without_cancellation(st, sym)
     dims_code = {v: py_name(k) for k, v in sym.dims.items()}
     tensors: dict[str, TensorRef] = {}
     def extents(t):
@@ -258,7 +271,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             lets.append(LetPlan(let.tensor.name, _feature_code(pr, let, let_sizes), _src(sym, let.tensor.name),
                                 shape=shape))
             continue
-        code = pr.print(let.expr, let.index, let_sizes)
+        code = pr.print(complements(let.expr, sym), let.index, let_sizes)
         if not let.time_varying:
             # a static let may print as a number or a lower-rank view: give it its declared shape
             full = ", ".join(let_sizes[i] for i in let.index)

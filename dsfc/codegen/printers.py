@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..analysis.log_space import power_as_exp
-from ..ir.functions import Elu, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
+from ..ir.functions import Elu, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
 
 
 class PrinterError(Exception):
@@ -30,6 +30,7 @@ class TensorRef:
 
 _UNARY = {
     sp.exp: "torch.exp",
+    Expm1: "torch.expm1",
     sp.log: "torch.log",
     sp.tanh: "torch.tanh",
     sp.sin: "torch.sin",

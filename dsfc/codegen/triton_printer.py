@@ -22,12 +22,13 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.printer import Printer
 
-from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from ..ir.functions import Elu, Expm1, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from .printers import PrinterError
 
 # function class name -> Triton callable (a tl builtin or a helper the template defines)
 _CALLS = {
     "exp": "tl.exp",
+    Expm1.__name__: "_expm1",
     "log": "tl.log",
     "sin": "tl.sin",
     "cos": "tl.cos",
@@ -44,7 +45,7 @@ _CALLS = {
 }
 
 # the helpers a kernel may call; the template defines exactly these
-HELPERS = ("_tanh", "_sign", "_step", "_softplus", "_logsigmoid", "_relu", "_silu", "_elu")
+HELPERS = ("_expm1", "_tanh", "_sign", "_step", "_softplus", "_logsigmoid", "_relu", "_silu", "_elu")
 
 
 class TritonPrinter(Printer):

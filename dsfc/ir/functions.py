@@ -59,6 +59,20 @@ class LogSigmoid(_Elementwise):
         return True if self.args[0].is_extended_real else None
 
 
+class Expm1(_Elementwise):
+    """exp(x) - 1, > -1. Not a spec function: codegen writes ``1 - exp(z)`` as ``-expm1(z)``
+    (``dsfc/analysis/log_space.py``), which stays accurate, and nonzero, where exp(z) rounds to 1."""
+
+    def fdiff(self, argindex=1):
+        return sp.exp(self.args[0])
+
+    def _eval_is_negative(self):
+        return self.args[0].is_negative
+
+    def _eval_is_positive(self):
+        return self.args[0].is_positive
+
+
 class Relu(_Elementwise):
     """max(x, 0) >= 0."""
 

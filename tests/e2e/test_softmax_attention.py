@@ -326,3 +326,20 @@ def test_slot_form_of_other_group_shapes(text, naive, tmp_path):
     torch.testing.assert_close(torch.stack(ys, 1), want, rtol=1e-10, atol=1e-12)
     report = run_check(result, shapes=((1, 1), (2, 4)), triton=False)
     assert report.ok, report.table()
+
+
+@pytest.mark.parametrize("batch, T", [(2, 0), (0, 5)])
+def test_cache_of_an_empty_call_continues(softmax, batch, T):
+    """forward on no steps (T = 0, or no rows) with output_final_state returned ``{}`` as its cache, and passing it
+    back, as the error message itself says to, raised "the KV cache dict lacks 'cache:keys', 'cache:values'". It is
+    now an empty cache (S = 0) that continues like no state at all."""
+    _, cls = softmax
+    m = _model(cls)
+    u = torch.randn(batch, 6, 5, dtype=F64)
+    _, cache = m(torch.randn(batch, T, 5, dtype=F64), output_final_state=True)
+    y, final = m(u, initial_state=cache, output_final_state=True)
+    y_t, _ = m.step(u[:, 0], cache)
+    assert final["cache:keys"].shape[:2] == (batch, T + 6) and y.shape == (batch, 6, 8) and y_t.shape == (batch, 8)
+    if batch:  # float64: rounding only
+        torch.testing.assert_close(y, _sdpa(m, u), atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(y_t, _sdpa(m, u[:, :1])[:, 0], atol=1e-12, rtol=1e-10)

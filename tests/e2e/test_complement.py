@@ -1,0 +1,72 @@
+"""``1 - P`` is written without cancellation where P has an exact log (dsfc/analysis/log_space.py, ``complements``).
+
+The bug: RG-LRU's input scale ``sqrt(1 - a^2)`` with ``a = exp(-8 r softplus(Lambda))`` was printed as written.
+With the recurrence gate closed (``r`` below ~1e-8, e.g. a gate pre-activation of -20) ``a`` rounds to 1 in fp32,
+the scale was exactly 0 instead of ``sqrt(16 r softplus(Lambda))`` (the output lost that input entirely) and the
+backward of ``sqrt(0)`` made the gradients of u, W_a, b_a and Lambda NaN. Now the code computes
+``sqrt(-expm1(-16 r softplus(Lambda)))``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sympy as sp
+import torch
+
+from dsf_testing import F64, compile_and_build
+from dsfc.analysis.log_space import complements
+from dsfc.ir.functions import Expm1, Sigmoid
+from dsfc.pipeline import compile_text
+
+SPEC = (Path(__file__).resolve().parents[2] / "specs" / "rg_lru.dsf").read_text()
+DIMS = {"W": 4, "nh": 2}
+# b_a = -20: r = sigmoid(-20 + ...) ~ 2e-9, 8 r softplus(Lambda) ~ 1e-9 < fp32's eps / 2: a == 1 in fp32.
+# Lambda = -12 with the gate open: softplus(Lambda) = 6e-6, 1 - a^2 ~ 5e-5 (the old fp32 form kept ~3 digits).
+CASES = {"closed_gate": ("b_a", -20.0), "weak_decay": ("Lambda", -12.0)}
+
+
+def test_complements_forms():
+    x, z = sp.symbols("x z", real=True)
+    sym = compile_text(SPEC, "rg_lru.dsf").sym
+    assert complements(1 - sp.exp(x) ** 2, sym) == -Expm1(2 * x)
+    assert complements(3 - 3 * sp.exp(-x), sym) == -3 * Expm1(-x)
+    assert complements(1 - Sigmoid(z), sym) == Sigmoid(-z)
+    assert complements(1 - x, sym) == 1 - x  # no exact log: left alone
+    assert complements(2 - sp.exp(x), sym) == 2 - sp.exp(x)  # not n - n P
+    a = sp.IndexedBase("a")[sp.Symbol("c", integer=True)]
+    got = complements(sp.sqrt(1 - a ** 2), sym)  # through the let a = exp(-8 r softplus(Lambda))
+    assert got.has(Expm1) and not got.has(a)
+
+
+def test_generated_rg_lru_has_no_cancellation():
+    src = compile_text(SPEC, "rg_lru.dsf").source
+    assert "_bu = torch.sqrt(-torch.expm1(" in src and "_bu = torch.sqrt(1 + (-(a * a)))" not in src
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rg_lru_weak_decay_fp32_matches_float64(case):
+    """fp32 torch path vs the float64 reference: output and every gradient finite and close."""
+    b = compile_and_build(SPEC, DIMS, path="rg_lru.dsf")
+    name, value = CASES[case]
+    with torch.no_grad():
+        getattr(b.model, name).fill_(value)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 21, 4, generator=g, dtype=F64)
+    w = torch.randn(2, 21, 4, generator=g, dtype=F64)
+    out = {}
+    for dtype in (torch.float32, F64):
+        model = b.model.to(dtype)
+        model.backend = "torch" if dtype == torch.float32 else "reference"
+        uu = u.to(dtype).requires_grad_()
+        y = model(uu)
+        out[dtype] = (y, torch.autograd.grad((y * w.to(dtype)).sum(), [uu, *model.parameters()]))
+    (y32, g32), (y64, g64) = out[torch.float32], out[F64]
+    # the reference's own 1 - a^2 in float64 carries eps64 / (1 - a^2) <= 1e-7 relative error here; fp32 rounding of
+    # O(T) sums adds ~1e-6. The bug gave 0 (relative error 1) and NaN gradients.
+    assert (y32.to(F64) - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
+    scale = max(e.abs().max().item() for e in g64)
+    for a, e in zip(g32, g64):
+        assert torch.isfinite(a).all()
+        assert (a.to(F64) - e).abs().max().item() <= 1e-4 * scale

@@ -1,0 +1,47 @@
+"""The Triton diagonal kernels under RG-LRU's weak decays (tests/e2e/test_complement.py has the torch path and the
+story): the kernels compute ``sqrt(-expm1(-16 r softplus(Lambda)))``, not ``sqrt(1 - a * a)``, whose fp32 value
+was 0 with the gate closed (NaN gradients). The kernels' own ``_softplus`` was ``log(1 + exp(x))``: 0 below
+x = -17 in fp32 and ~1% off at Lambda = -12; now Kahan's log1p form (as ``_logsigmoid``). fp32, against the float64
+reference. Under the Triton interpreter on CPU (or compiled with DSFC_TEST_DEVICE=cuda)."""
+
+from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytest.importorskip("numpy")  # the interpreter needs it
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from dsf_testing import F64, compile_and_build  # noqa: E402
+from test_complement import CASES, DIMS, SPEC  # noqa: E402
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rg_lru_weak_decay_triton(case):
+    b = compile_and_build(SPEC, DIMS, path="rg_lru.dsf")
+    name, value = CASES[case]
+    with torch.no_grad():
+        getattr(b.model, name).fill_(value)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 19, 4, generator=g, dtype=F64)
+    w = torch.randn(2, 19, 4, generator=g, dtype=F64)
+    ur = u.clone().requires_grad_()
+    b.model.backend = "reference"
+    y64 = b.model(ur)
+    g64 = torch.autograd.grad((y64 * w).sum(), [ur, *b.model.parameters()])
+    model = b.model.to(DEVICE, torch.float32)
+    model.backend = "triton"
+    uu = u.to(DEVICE, torch.float32).requires_grad_()
+    y32 = model(uu)
+    g32 = torch.autograd.grad((y32 * w.to(DEVICE, torch.float32)).sum(), [uu, *model.parameters()])
+    # as on the torch path: the reference's float64 1 - a^2 is good to ~1e-7 relative here, fp32 sums to ~1e-6;
+    # the bugs gave 0 / NaN (closed gate) and ~1e-2 (the kernels' softplus at Lambda = -12)
+    assert (y32.cpu().to(F64) - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
+    scale = max(e.abs().max().item() for e in g64)
+    for a, e in zip(g32, g64):
+        assert torch.isfinite(a).all()
+        assert (a.cpu().to(F64) - e).abs().max().item() <= 1e-4 * scale
