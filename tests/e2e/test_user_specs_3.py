@@ -1,10 +1,11 @@
 """A third new-spec hunt: layers the catalog does not cover, written as a new user would (S5, H3's shift and diagonal
 SSMs, Longhorn, GateLoop, Mamba-2 with a short conv, RetNet with per-key decays, a per-key gated delta rule, RWKV-7's
 diag(w) - a b^T, linear attention with elu + 1 and relu features, odd but legal constructs, learned / value-axis /
-two-gate / often-zero decays, multi-axis keys, values and groups, Mamba-2's conv over xBC with a gate and a post). Each must compile to the family its structure admits and match the float64 reference recurrence
-built from the same spec (never stored outputs): forward with and without an initial state, token-by-token step,
-gradients of the input, the initial state and every parameter, on the torch path and, where the spec has a Triton
-kernel, the Triton path (interpreted on CPU)."""
+two-gate / often-zero decays, multi-axis keys, values and groups, Mamba-2's conv over xBC with a gate and a post).
+Each must compile to the family its structure admits and match the float64 reference recurrence built from the same
+spec (never stored outputs): forward with and without an initial state, token-by-token step, gradients of the input,
+the initial state and every parameter, on the torch path and, where the spec has a Triton kernel, the Triton path
+(interpreted on CPU)."""
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
