@@ -181,6 +181,7 @@ class _Checker:
         # names whose declaration failed (already reported): their uses are not 'unknown name' errors too
         self.broken: set[str] = set()
         self.unnamed_axes = False  # checking a let or post with an unnamed axis (reported): its indices are unbound
+        self.silenced: set[str] = set()  # names whose use in the expression being checked is already reported
 
     def err(self, msg: str, span: Span, hint: str | None = None, cls=SpecError):
         self.errors.append(cls(msg, span, hint))
@@ -562,7 +563,7 @@ class _Checker:
         return found
 
     def unknown(self, name: str, span: Span, scope: _Scope):
-        if name in self.broken:
+        if name in self.broken or name in self.silenced:
             return  # declared, but its declaration failed: that error is the one to fix
         names = set(self.tensors) | set(self.dims) | set(scope.entries)
         close = [n for n in sorted(names) if _similar(n, name)]
@@ -819,7 +820,9 @@ class _Checker:
             for a in post.axes:
                 if a.name is None:
                     self.err(f"axes of post {post.name!r} must be named, e.g. post {post.name}[o: d] = ...", a.span)
-            later = {q.name for q in posts[posts.index(post):]}
+            # a post named like a declared tensor is reported by declare(); reading that name reads the tensor
+            later = {q.name for q in posts[posts.index(post):]
+                     if q.name not in self.tensors or self.tensors[q.name].kind == "post"}
             for node in _walk(post.expr):
                 if isinstance(node, (ast.Index, ast.Name)) and node.name in later:
                     self.err(f"post {post.name!r} reads {node.name!r}, which is not defined before it", node.span)
@@ -829,8 +832,9 @@ class _Checker:
             self.check_axis_names(TensorInfo("post", post.name, axes, post.span))
             scope = _Scope({a.name: (a.extent, a.size) for a in axes if a.name})
             self.unnamed_axes = any(a.name is None for a in post.axes)
+            self.silenced = later  # a read of a later post is reported above, not again as an unknown name
             self.check_expr(post.expr, scope, f"post {post.name!r}", {"param", "let", "input", "output", "post"})
-            self.unnamed_axes = False
+            self.unnamed_axes, self.silenced = False, set()
             self.declare("post", post.name, axes, post.span)
 
         if self.errors:

@@ -95,3 +95,16 @@ def test_a_post_axis_may_not_shadow_a_tensor():
     errs = errors("let a[c: d] = w[c]", *USES, "post out[w: d] = y[w] * 2")
     assert [m for _, m in errs] == ["axis name 'w' of 'out' shadows the param 'w'; index names must differ from "
                                     "declared names"]
+
+
+def test_a_post_named_like_a_declared_tensor_is_one_error():
+    # 'post y[o: d] = y[o] * 2' without an output statement also said "post 'y' reads 'y', which is not defined
+    # before it": the y it reads is the output, the post's own declaration is what failed
+    errs = errors("let a[c: d] = w[c]", *USES, "post y[o: d] = y[o] * 2")
+    assert [m for _, m in errs] == ["'y' is the name of the output, which the spec leaves implicit (no 'output' "
+                                    "statement)"], errs
+    errs = errors("let a[c: d] = w[c]", *USES, "post a[o: d] = y[o] * a[o]")
+    assert [m for _, m in errs] == ["'a' is already declared (line 5)"], errs
+    # a post that really reads itself is still an error
+    errs = errors("let a[c: d] = w[c]", *USES, "post g[o: d] = y[o] * g[o]")
+    assert [m for _, m in errs] == ["post 'g' reads 'g', which is not defined before it"], errs
