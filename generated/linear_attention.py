@@ -41,6 +41,7 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import check_finite_input, step_state_errors
+from dsfc.runtime.features import elu1p
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -165,12 +166,8 @@ class LinearAttention(nn.Module):
         W_Q = self.W_Q.to(_dtype)
         W_K = self.W_K.to(_dtype)
         W_V = self.W_V.to(_dtype)
-        qf = 1 + F.elu(
-            torch.einsum("ztk,ijk->ztij", u_, W_Q)
-        )  # let qf[h: H, a: K] = elu(sum(m, W_Q[h, a, m] * u[m])) + 1
-        kf = 1 + F.elu(
-            torch.einsum("ztk,ijk->ztij", u_, W_K)
-        )  # let kf[h: H, a: K] = elu(sum(m, W_K[h, a, m] * u[m])) + 1
+        qf = elu1p(torch.einsum("ztk,ijk->ztij", u_, W_Q))  # let qf[h: H, a: K] = elu(sum(m, W_Q[h, a, m] * u[m])) + 1
+        kf = elu1p(torch.einsum("ztk,ijk->ztij", u_, W_K))  # let kf[h: H, a: K] = elu(sum(m, W_K[h, a, m] * u[m])) + 1
         return {
             "_dev": _dev,
             "_running_final": running_final,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ..ir.functions import Elu, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
+from ..ir.functions import Elu, Elu1p, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
 
 
 class PrinterError(Exception):
@@ -41,6 +41,7 @@ _UNARY = {
     Relu: "torch.relu",
     Silu: "F.silu",
     Elu: "F.elu",
+    Elu1p: "elu1p",
     Gelu: "F.gelu",
 }
 
