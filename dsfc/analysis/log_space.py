@@ -94,7 +94,9 @@ def _complement_pair(args: list, sym: SymSpec) -> list | None:
                     new = -rest * Sigmoid(-p.args[0])
                 else:
                     log_p = exact_log(p, sym)
-                    if log_p is None:
+                    # a log that re-reads a let's reduction (1 - f for a gate f = sigmoid(W u)) would recompute it,
+                    # a new [B, T, ...] stream for the Triton kernels, for a term that is merely small when f -> 1
+                    if log_p is None or log_p.has(sp.Sum):
                         continue
                     new = rest * Expm1(log_p)
                 other = -rest

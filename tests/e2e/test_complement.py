@@ -50,6 +50,8 @@ def test_complements_forms():
     a = sp.IndexedBase("a")[sp.Symbol("c", integer=True)]
     got = complements(sp.sqrt(1 - a ** 2), sym)  # through the let a = exp(-8 r softplus(Lambda))
     assert got.has(Expm1) and not got.has(a)
+    ig = sp.IndexedBase("ig")[sp.Symbol("c", integer=True)]  # sigmoid of a sum: its log would recompute the sum
+    assert complements(1 - ig, sym) == 1 - ig
 
 
 def test_generated_rg_lru_has_no_cancellation():
