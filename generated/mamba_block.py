@@ -276,7 +276,7 @@ class MambaBlock(nn.Module):
             h0 = initial_state.to(_dtype).reshape(h0.shape)
         if _T == 0 or _B == 0:
             y = u.new_zeros((_B, _T, d))
-            return (y, {"h": h0.to(u.dtype), **(running0 or {})}) if output_final_state else y
+            return (y, {"h": h0, **{k: v.to(_dtype) for k, v in (running0 or {}).items()}}) if output_final_state else y
         u_ = u.to(_dtype).reshape(_B, _T, d)
         backend = self._resolve_backend(u)
         if backend == "reference":
@@ -293,7 +293,9 @@ class MambaBlock(nn.Module):
         if post:
             y = self._posts(env if backend != "reference" else self._lets(u_, _dtype, running0), y)
         y = y.reshape(_B, _T, -1).to(u.dtype)
-        final = {"h": final.to(u.dtype), **{k: v.to(u.dtype) for k, v in running_final.items()}}
+        # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
+        # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1)
+        final = {"h": final.to(_dtype), **{k: v.to(_dtype) for k, v in running_final.items()}}
         return (y, final) if output_final_state else y
 
     def _posts(self, env, y):

@@ -11,14 +11,16 @@ product of positive factors is the sum of their logs, and ``log(min(a, b)) = min
 ``complements`` uses the same exact logs for ``1 - P``: RG-LRU's input scale ``sqrt(1 - a^2)`` with
 ``a = exp(-8 r softplus(L))`` is 0 in fp32 once ``a`` rounds to 1 (a closed gate, ``r < 1e-8``), where the true
 value is ``sqrt(16 r softplus(L))``, and the backward of ``sqrt(0)`` made every gradient NaN. Written as
-``-expm1(2 log a)`` it keeps its value; ``1 - sigmoid(z)`` becomes ``sigmoid(-z)``.
+``-expm1(2 log a)`` it keeps its value; ``1 - sigmoid(z)`` becomes ``sigmoid(-z)``. The linear-attention feature
+map ``elu(z) + 1`` is ``(exp(z) - 1) + 1`` for z < 0: 0 in fp32 below z = -17, where the normalised variants then
+divide 0 by 0. It becomes ``elu1p(z) = exp(min(z, 0)) + relu(z)``.
 """
 
 from __future__ import annotations
 
 import sympy as sp
 
-from ..ir.functions import Expm1, LogSigmoid, Sigmoid
+from ..ir.functions import Elu, Elu1p, Expm1, LogSigmoid, Sigmoid
 from ..ir.symspec import SymSpec
 
 
@@ -93,32 +95,46 @@ def power_as_exp(expr: sp.Pow) -> sp.Expr | None:
 
 
 def complements(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
-    """``expr`` with every sum ``n - n P`` whose P has an exact log (an exp, a sigmoid, a product or power of those,
-    lets looked through) written ``-n expm1(log P)`` (``n sigmoid(-z)`` for ``P = sigmoid(z)``): no cancellation
-    where P rounds to 1. Codegen only; the float64 reference evaluates the spec as written."""
+    """``expr`` with every sum ``X - X P`` whose P has an exact log (an exp, a sigmoid, a product or power of those,
+    lets looked through) written ``-X expm1(log P)`` (``X sigmoid(-z)`` for ``P = sigmoid(z)``): no cancellation
+    where P rounds to 1; and ``X + X elu(z)`` as ``X elu1p(z)``. X is any common factor (SymPy expands
+    ``(1 - a^2) x`` into ``x - a^2 x``). Codegen only; the float64 reference evaluates the spec as written."""
     expr = sp.S(expr)
     if not expr.args or isinstance(expr, (sp.Indexed, sp.IndexedBase)):
         return expr
     args = [complements(a, sym) for a in expr.args]
     if not isinstance(expr, sp.Add):
         return expr.func(*args) if any(a is not b for a, b in zip(args, expr.args)) else expr
-    nums = [a for a in args if a.is_Number]
-    if len(nums) != 1:
-        return sp.Add(*args)
-    n = nums[0]
+    while True:
+        pair = _complement_pair(args, sym)
+        if pair is None:
+            return sp.Add(*args)
+        args = pair
+
+
+def _complement_pair(args: list, sym: SymSpec) -> list | None:
+    """The terms of a sum with one pair ``X``, ``-X P`` (or ``X``, ``X elu(z)``) combined, or None."""
     for term in args:
-        if term.is_Number:
-            continue
-        coeff, p = term.as_coeff_Mul()
-        if coeff != -n:
-            continue
-        if isinstance(p, Sigmoid):
-            new = n * Sigmoid(-p.args[0])
-        else:
-            log_p = exact_log(p, sym)
-            if log_p is None:
+        for p in sp.Mul.make_args(term):
+            if p.is_Number:
                 continue
-            new = -n * Expm1(log_p)
-        rest = [a for a in args if a is not term and a is not n]
-        return sp.Add(new, *rest)
-    return sp.Add(*args)
+            rest = term / p
+            others = [a for a in args if a is not term]
+            if isinstance(p, Elu) and rest in others:  # X + X elu(z)
+                new, other = rest * Elu1p(p.args[0]), rest
+            elif -rest in others:  # X - X P
+                if isinstance(p, Sigmoid):
+                    new = -rest * Sigmoid(-p.args[0])
+                else:
+                    log_p = exact_log(p, sym)
+                    # a log that re-reads a let's reduction (1 - f for a gate f = sigmoid(W u)) would recompute it,
+                    # a new [B, T, ...] stream for the Triton kernels, for a term that is merely small when f -> 1
+                    if log_p is None or log_p.has(sp.Sum):
+                        continue
+                    new = rest * Expm1(log_p)
+                other = -rest
+            else:
+                continue
+            others.remove(other)
+            return [new, *others]
+    return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..analysis.log_space import power_as_exp
-from ..ir.functions import Elu, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
+from ..ir.functions import Elu, Elu1p, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus, TaylorRange
 
 
 class PrinterError(Exception):
@@ -42,6 +42,7 @@ _UNARY = {
     Relu: "torch.relu",
     Silu: "F.silu",
     Elu: "F.elu",
+    Elu1p: "elu1p",
     Gelu: "F.gelu",
 }
 

@@ -108,6 +108,17 @@ class Elu(_Elementwise):
         return self.args[0].is_positive
 
 
+class Elu1p(_Elementwise):
+    """elu(x) + 1 = exp(min(x, 0)) + relu(x) > 0. Not a spec function: codegen writes ``elu(z) + 1`` with it
+    (``dsfc/analysis/log_space.py``), since ``(exp(z) - 1) + 1`` is 0 in fp32 below z = -17."""
+
+    def fdiff(self, argindex=1):
+        return 1 + (1 - sp.Heaviside(self.args[0])) * (self - 1)
+
+    def _eval_is_positive(self):
+        return True if self.args[0].is_extended_real else None
+
+
 class Gelu(_Elementwise):
     """x * Phi(x) (exact, erf form)."""
 

@@ -1,10 +1,17 @@
-"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec)."""
+"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec), and
+``elu1p``, the linear-attention map ``elu(x) + 1`` as codegen writes it."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def elu1p(x: torch.Tensor) -> torch.Tensor:
+    """elu(x) + 1 = exp(min(x, 0)) + relu(x): ``F.elu(x) + 1`` is ``(exp(x) - 1) + 1``, 0 in fp32 below x = -17
+    (then 0 / 0 in a normalised linear attention); this keeps exp(x). Same values and gradient elsewhere."""
+    return torch.exp(torch.clamp(x, max=0.0)) + torch.relu(x)
 
 
 def taylor_dim(length: int, order: int) -> int:

@@ -309,7 +309,7 @@ def test_fp32_input_on_float64_module_returns_fp32(built: Built):
 
 
 def test_bf16_input_runs_and_returns_bf16(built: Built):
-    """bf16 in, bf16 out, accumulated in fp32. The golden run takes the same bf16-rounded input in fp64, so the
+    """bf16 in, bf16 out (the state fp32), accumulated in fp32. The golden run takes the same bf16-rounded input in fp64, so the
     remaining error is the final cast to bf16 (half an ulp: 2^-9 relative to each entry) plus fp32 arithmetic (far
     smaller): 2^-7 of the output scale leaves a 4x margin."""
     model = copy.deepcopy(built.model).float()
@@ -317,7 +317,9 @@ def test_bf16_input_runs_and_returns_bf16(built: Built):
     ub, hb = u.bfloat16(), map_state(h0, lambda x: x.bfloat16())
     with torch.no_grad():
         y, hT = model(ub, initial_state=hb, output_final_state=True)
-    assert y.dtype == torch.bfloat16 and h_of(hT).dtype == torch.bfloat16
+    # the state stays fp32, the accumulation dtype (test_half_state.py: a bf16 state drifted in step() loops)
+    assert y.dtype == torch.bfloat16 and all(v.dtype == torch.float32 for v in (hT.values() if isinstance(hT, dict)
+                                                                               else [hT]))
     assert torch.isfinite(y.float()).all()
     y_gold, h_gold = built.reference(ub, hb, model=model)
     assert rel_err(y, y_gold) <= 2.0**-7

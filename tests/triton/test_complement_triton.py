@@ -45,3 +45,46 @@ def test_rg_lru_weak_decay_triton(case):
     for a, e in zip(g32, g64):
         assert torch.isfinite(a).all()
         assert (a.cpu().to(F64) - e).abs().max().item() <= 1e-4 * scale
+
+
+ELU_SPEC = """
+model EluGate "a diagonal scan whose input scale is the feature map elu(z) + 1 (elu1p in the kernels)"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 1)
+param b[d] ~ zeros()
+let z[c: d] = sum(m, W[c, m] * u[m]) + b[c]
+A[c, c2] = delta(c, c2) * sigmoid(z[c])
+B[c, m] = delta(c, m) * (elu(z[c]) + 1)
+C[o, c] = delta(o, c)
+"""
+
+
+def test_elu_feature_map_in_the_diagonal_kernels():
+    """elu(z) + 1 is printed as the kernels' _elu1p, its derivative from Elu1p.fdiff: at z ~ -15 (b = -15) the old
+    (exp(z) - 1) + 1 kept ~20% of exp(z) in fp32. Forward and every gradient against the float64 reference."""
+    b = compile_and_build(ELU_SPEC, path="elu_gate.dsf")
+    with torch.no_grad():
+        b.model.b.copy_(torch.tensor([-15.0, 0.5, 3.0]))
+    g = torch.Generator().manual_seed(0)
+    u = 0.3 * torch.randn(2, 13, 3, generator=g, dtype=F64)
+    w = torch.randn(2, 13, 3, generator=g, dtype=F64)
+    ur = u.clone().requires_grad_()
+    b.model.backend = "reference"
+    y64 = b.model(ur)
+    g64 = torch.autograd.grad((y64 * w).sum(), [ur, *b.model.parameters()])
+    model = b.model.to(DEVICE, torch.float32)
+    model.backend = "triton"
+    uu = u.to(DEVICE, torch.float32).requires_grad_()
+    y32 = model(uu)
+    g32 = torch.autograd.grad((y32 * w.to(DEVICE, torch.float32)).sum(), [uu, *model.parameters()])
+    # channel 0's entries are ~3e-7: compared on their own scale (fp32 rounding ~1e-7 relative, O(T) sums)
+    y32 = y32.cpu().to(F64)
+    for c in range(3):
+        assert (y32[..., c] - y64[..., c]).abs().max().item() <= 1e-5 * y64[..., c].abs().max().item()
+    scale = max(e.abs().max().item() for e in g64)
+    for a, e in zip(g32, g64):
+        assert torch.isfinite(a).all()
+        assert (a.cpu().to(F64) - e).abs().max().item() <= 1e-5 * scale
