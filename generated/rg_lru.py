@@ -41,6 +41,7 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import check_finite_input, check_subscript, step_state_errors
+from dsfc.runtime.features import expm1
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -319,7 +320,7 @@ class RGLRU(nn.Module):
         for _t in range(x.shape[1]):
             _a = a[:, _t : _t + 1]
             _bu = (
-                torch.sqrt(-torch.expm1(-(16 * F.softplus(Lambda) * r[:, _t : _t + 1])))
+                torch.sqrt(-expm1(-(16 * F.softplus(Lambda) * r[:, _t : _t + 1])))
                 * ig[:, _t : _t + 1]
                 * x[:, _t : _t + 1]
             )
@@ -349,7 +350,7 @@ class RGLRU(nn.Module):
         a = env["a"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
         _a = a
-        _bu = torch.sqrt(-torch.expm1(-(16 * F.softplus(Lambda) * r))) * ig * x
+        _bu = torch.sqrt(-expm1(-(16 * F.softplus(Lambda) * r))) * ig * x
         _shape = (_B, _T, W)
         _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
         _read = _states

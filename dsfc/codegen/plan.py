@@ -19,7 +19,7 @@ from ..analysis.log_space import complements, exact_log, log_of
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
-from ..ir.functions import Elu1p, TaylorRange
+from ..ir.functions import Elu1p, Expm1, TaylorRange
 from ..ir.symspec import SymSpec
 from ..lang.errors import SpecError, SpecErrors
 from .printers import PrinterError, TensorRef, TorchPrinter
@@ -154,7 +154,7 @@ class ModulePlan:
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
     triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
-    elu1p: bool = False  # codegen wrote elu(z) + 1 as elu1p(z) (log_space.complements): import it
+    helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
@@ -409,8 +409,9 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
         signed_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _signed_decay(sym, st),
-        elu1p=any(complements(let.expr, sym).has(Elu1p) for let in sym.lets if let.expr is not None)
-        or any(isinstance(e, sp.Basic) and e.has(Elu1p) for e in _expressions(st)),
+        helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
+                 if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
+                 or any(e.has(fn) for e in _expressions(st))],
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
     )

@@ -1,13 +1,14 @@
 """Runtime helpers imported by dsfc-generated modules (torch only; no dependency on the compiler)."""
 
 from dsfc.runtime.compiled_chunks import run_compiled_chunks, run_compiled_lets, use_compiled_chunks
-from dsfc.runtime.features import elu1p, taylor_dim, taylor_features
+from dsfc.runtime.features import elu1p, expm1, taylor_dim, taylor_features
 from dsfc.runtime.indexing import axis
 from dsfc.runtime.init import dt_bias_
 from dsfc.runtime.kernel_form import kernel_matrix
 from dsfc.runtime.scans import (chunked_delta_scan, chunked_outer_scan, diagonal_scan, fold_decay_sign,
                                  log_abs_decay)
 
-__all__ = ["axis", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "elu1p", "fold_decay_sign",
+__all__ = ["axis", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "elu1p", "expm1",
+           "fold_decay_sign",
            "kernel_matrix", "log_abs_decay", "run_compiled_chunks", "run_compiled_lets", "taylor_dim",
            "taylor_features", "use_compiled_chunks"]

@@ -1,5 +1,5 @@
-"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec), and
-``elu1p``, the linear-attention map ``elu(x) + 1`` as codegen writes it."""
+"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec); and the
+elementwise forms codegen writes for ``elu(x) + 1`` (``elu1p``) and ``exp(x) - 1`` (``expm1``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ def elu1p(x: torch.Tensor) -> torch.Tensor:
     """elu(x) + 1 = exp(min(x, 0)) + relu(x): ``F.elu(x) + 1`` is ``(exp(x) - 1) + 1``, 0 in fp32 below x = -17
     (then 0 / 0 in a normalised linear attention); this keeps exp(x). Same values and gradient elsewhere."""
     return torch.exp(torch.clamp(x, max=0.0)) + torch.relu(x)
+
+
+def expm1(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) - 1 without cancellation. ``torch.expm1``, except while torch.compile traces: Inductor's CPU code for
+    ``torch.expm1`` computed ``exp(x) - 1`` (torch 2.13: relative error 1 for |x| < 6e-8 in fp32, so RG-LRU's
+    compiled-chunk path lost its input scale again); there Kahan's ``(e - 1) x / log(e)``, which compiles exactly."""
+    if not torch.compiler.is_compiling():
+        return torch.expm1(x)
+    e = torch.exp(x)
+    one = e == 1.0
+    near = torch.where(one, x, (e - 1.0) * x / torch.where(one, torch.ones_like(e), torch.log(e)))
+    return torch.where(x.abs() < 0.5, near, e - 1.0)
 
 
 def taylor_dim(length: int, order: int) -> int:
