@@ -139,3 +139,24 @@ def run_steps(model, u: torch.Tensor, h0: torch.Tensor | None):
         y_t, state = model.step(u[:, t], state)
         ys.append(y_t)
     return torch.stack(ys, 1), state
+
+
+def output_and_grads(model, backend: str, u: torch.Tensor, w: torch.Tensor, dtype=F64, device="cpu"):
+    """Run ``model`` (moved in place to device / dtype) on ``backend``; returns y and the gradients of sum(y * w)
+    with respect to u and every parameter, all as float64 on the CPU for comparison."""
+    model = model.to(device, dtype)
+    model.backend = backend
+    uu = u.to(device, dtype).requires_grad_()
+    y = model(uu)
+    grads = torch.autograd.grad((y * w.to(device, dtype)).sum(), [uu, *model.parameters()])
+    return y.detach().cpu().to(F64), [g.cpu().to(F64) for g in grads]
+
+
+def assert_grads_close(got, want, rel: float) -> None:
+    """Every gradient finite and within ``rel`` times the largest gradient of all. Not each tensor's own scale: a
+    gradient through an underflowed decay is ~1e-100 in float64 and 0 in fp32, all rounding relative to itself."""
+    scale = max(e.abs().max().item() for e in want)
+    for i, (a, e) in enumerate(zip(got, want, strict=True)):
+        assert torch.isfinite(a).all(), f"gradient {i} is not finite"
+        err = (a - e).abs().max().item()
+        assert err <= rel * scale, f"gradient {i}: error {err:.3g} > {rel:g} x largest gradient {scale:.3g}"

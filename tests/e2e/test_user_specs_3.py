@@ -24,6 +24,17 @@ TOL = 1e-8
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
 
+# the dims, input, state and output that most of the multi-head specs below share
+HEAD = """\
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+"""
+
 # S5 with a real diagonal: one MIMO state shared by all channels, ZOH discretisation, time-invariant
 S5REAL = """
 model S5Real "S5: shared real-diagonal MIMO SSM, ZOH"
@@ -172,14 +183,7 @@ D[(o, e), (h, p)] = delta(o, h) * delta(e, p) * Dp[h]
 # RetNet with xpos-like per-key decays: gamma[h, a] = (1 - 2^(-5 - h)) * zeta_a, time-invariant, per key
 RETNET_XPOS = """
 model RetNetXpos "RetNet, per-key fixed decays"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 let gam[h: H, a: K] = (1 - 2 ^ (-5 - h)) * (a + 0.4 * K) / (1.4 * K)
@@ -193,14 +197,7 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a] / sqrt(K)
 # Gated DeltaNet with a per-key decay (Kimi Delta Attention): S_t = diag(alpha_t) (I - beta k k^T) S_(t-1) + beta k v^T
 KDA = """
 model KDA "per-key gated delta rule"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param W_a[H, K, d] ~ normal(0, 1 / sqrt(d))
@@ -218,14 +215,7 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
 # RWKV-7 generalised delta rule: S_t = (diag(w) - kh (a * kh)^T) S_(t-1) + k v^T, different left/right vectors
 RWKV7 = """
 model RWKV7 "RWKV-7-style A = diag(w) - z b^T"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_R[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_R[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param W_w[H, K, d] ~ normal(0, 1 / sqrt(d))
@@ -243,14 +233,7 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * r[h, a]
 # linear attention with the elu + 1 feature map (Katharopoulos et al. 2020), unnormalised
 LA_ELU = """
 model LAElu "linear attention, elu+1 features"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 let q[h: H, a: K] = elu(sum(m, W_Q[h, a, m] * u[m])) + 1
@@ -263,14 +246,7 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
 # linear attention with the elu + 1 feature map (Katharopoulos et al. 2020), unnormalised
 LA_RELU = """
 model LARelu "linear attention, relu features"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 let q[h: H, a: K] = relu(sum(m, W_Q[h, a, m] * u[m]))
@@ -311,14 +287,7 @@ D[o, m] = delta(o, m) * tau ^ 2
 # gate in C; a pre-update readout with a D bonus (RWKV-4/5 style with fixed per-key decays)
 LEARNED_DECAY = """
 model LearnedDecay "per-key learned decay, pre-update readout, bonus"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_R[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_R[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param g[H, K] ~ uniform(-0.95, 0.95)
@@ -335,14 +304,7 @@ D[(o, e), m] = sum(a, r[o, a] * bonus[o, a] * k[o, a]) * W_V[o, e, m]
 # a decay per value channel (not per key): not the chunked outer form's per-key decay
 VALUE_DECAY = """
 model ValueDecay "decay along the value axis"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param W_g[H, V, d] ~ normal(0, 1 / sqrt(d))
@@ -357,14 +319,7 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
 # decay = key gate x value gate (GLA with both gates, the outer product of two gates)
 BOTH_DECAY = """
 model BothDecay "decay alpha[a] * beta[b]"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param W_a[H, K, d] ~ normal(0, 1 / sqrt(d))
@@ -455,14 +410,7 @@ post out[o: d] = sum(c, W_out[o, c] * y[c // P, c % P])
 # a decay that is exactly 0 on about half the steps (relu of a gate): log(0) in the log-space scans
 RELU_DECAY_KEY = """
 model ReluDecayKey
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param W_a[H, K, d] ~ normal(0, 1)

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 pytest.importorskip("numpy")  # the interpreter needs it
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from dsf_testing import F64, compile_and_build  # noqa: E402
+from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads  # noqa: E402
 from test_complement import CASES, DIMS, SPEC  # noqa: E402
 
 
@@ -29,22 +29,12 @@ def test_rg_lru_weak_decay_triton(case):
     g = torch.Generator().manual_seed(0)
     u = torch.randn(2, 19, 4, generator=g, dtype=F64)
     w = torch.randn(2, 19, 4, generator=g, dtype=F64)
-    ur = u.clone().requires_grad_()
-    b.model.backend = "reference"
-    y64 = b.model(ur)
-    g64 = torch.autograd.grad((y64 * w).sum(), [ur, *b.model.parameters()])
-    model = b.model.to(DEVICE, torch.float32)
-    model.backend = "triton"
-    uu = u.to(DEVICE, torch.float32).requires_grad_()
-    y32 = model(uu)
-    g32 = torch.autograd.grad((y32 * w.to(DEVICE, torch.float32)).sum(), [uu, *model.parameters()])
+    y64, g64 = output_and_grads(b.model, "reference", u, w, F64)
+    y32, g32 = output_and_grads(b.model, "triton", u, w, torch.float32, DEVICE)
     # as on the torch path: the reference's float64 1 - a^2 is good to ~1e-7 relative here, fp32 sums to ~1e-6;
     # the bugs gave 0 / NaN (closed gate) and ~1e-2 (the kernels' softplus at Lambda = -12)
-    assert (y32.cpu().to(F64) - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
-    scale = max(e.abs().max().item() for e in g64)
-    for a, e in zip(g32, g64):
-        assert torch.isfinite(a).all()
-        assert (a.cpu().to(F64) - e).abs().max().item() <= 1e-4 * scale
+    assert (y32 - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
+    assert_grads_close(g32, g64, 1e-4)
 
 
 ELU_SPEC = """
@@ -71,20 +61,9 @@ def test_elu_feature_map_in_the_diagonal_kernels():
     g = torch.Generator().manual_seed(0)
     u = 0.3 * torch.randn(2, 13, 3, generator=g, dtype=F64)
     w = torch.randn(2, 13, 3, generator=g, dtype=F64)
-    ur = u.clone().requires_grad_()
-    b.model.backend = "reference"
-    y64 = b.model(ur)
-    g64 = torch.autograd.grad((y64 * w).sum(), [ur, *b.model.parameters()])
-    model = b.model.to(DEVICE, torch.float32)
-    model.backend = "triton"
-    uu = u.to(DEVICE, torch.float32).requires_grad_()
-    y32 = model(uu)
-    g32 = torch.autograd.grad((y32 * w.to(DEVICE, torch.float32)).sum(), [uu, *model.parameters()])
+    y64, g64 = output_and_grads(b.model, "reference", u, w, F64)
+    y32, g32 = output_and_grads(b.model, "triton", u, w, torch.float32, DEVICE)
     # channel 0's entries are ~3e-7: compared on their own scale (fp32 rounding ~1e-7 relative, O(T) sums)
-    y32 = y32.cpu().to(F64)
     for c in range(3):
         assert (y32[..., c] - y64[..., c]).abs().max().item() <= 1e-5 * y64[..., c].abs().max().item()
-    scale = max(e.abs().max().item() for e in g64)
-    for a, e in zip(g32, g64):
-        assert torch.isfinite(a).all()
-        assert (a.cpu().to(F64) - e).abs().max().item() <= 1e-5 * scale
+    assert_grads_close(g32, g64, 1e-5)

@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 pytest.importorskip("numpy")  # the interpreter needs it
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from dsf_testing import F64, compile_and_build  # noqa: E402
+from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads  # noqa: E402
 from test_log_decay import SPECS, STRONG  # noqa: E402
 
 
@@ -29,15 +29,6 @@ def test_strong_decay_triton(name):
     g = torch.Generator().manual_seed(0)
     u = torch.randn(2, 19, 3, generator=g, dtype=F64)
     w = torch.randn(2, 19, 4, generator=g, dtype=F64)
-    model = b.model.to(DEVICE)
-    model.backend = "triton"
-    uu = u.to(DEVICE).requires_grad_()
-    got = torch.autograd.grad((model(uu) * w.to(DEVICE)).sum(), [uu, *model.parameters()])
-    ref = b.model.to("cpu")
-    ref.backend = "reference"
-    ur = u.clone().requires_grad_()
-    want = torch.autograd.grad((ref(ur) * w).sum(), [ur, *ref.parameters()])
-    scale = max(e.abs().max().item() for e in want)  # see test_log_decay: underflowed gradients are ~0
-    for a, e in zip(got, want):
-        assert torch.isfinite(a).all()
-        assert (a.cpu() - e).abs().max().item() <= 1e-9 * scale  # float64, O(T) sums
+    _, got = output_and_grads(b.model, "triton", u, w, F64, DEVICE)
+    _, want = output_and_grads(b.model, "reference", u, w, F64)
+    assert_grads_close(got, want, 1e-9)  # float64, O(T) sums; see test_log_decay
