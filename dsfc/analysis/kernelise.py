@@ -119,6 +119,9 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
         _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
               "and C contracting the feature index (the kernelised form); this spec does not have that form",
               sym.matrices["A"].span)
+    if outer.gate != 1:
+        _fail(sym, "C has a factor over the outputs alone (an output gate); that is not supported with an infinite "
+              "feature state yet", m_c.span, hint="leave the gate out of C and multiply the module's output by it")
     fax = [k for k, ax in enumerate(sym.state.axes) if is_infinite_range(ax.extent)]
     if list(outer.key_axes) != fax:
         _fail(sym, "C must contract exactly the infinite feature axis of the state", m_c.span)

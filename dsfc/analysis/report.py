@@ -181,7 +181,7 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         vv = math.prod(ext[k] for k in o.value_axes)
         # per token: state update + inter-chunk readout (2KV each) and intra-chunk scores/outputs (2L(K+V))
         core = g * (4 * kk * vv + 2 * CHUNK * (kk + vv)) + g * kk * (_ops(o.key, dims) + _ops(o.query, dims)) \
-            + g * vv * _ops(o.value, dims) + (0 if a.decay is None else g * _ops(a.decay, dims))
+            + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + (0 if a.decay is None else g * _ops(a.decay, dims))
         readout = out_size * _ops(st.readout.du, dims)
     elif st.family == Family.CHUNKED_DELTA:
         o = st.outer
@@ -193,7 +193,7 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass (2K^2V/L)
         core = g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
             + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(st.delta.read, dims)) \
-            + g * vv * _ops(o.value, dims) + g * _ops(st.delta.decay, dims)
+            + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + g * _ops(st.delta.decay, dims)
         readout = out_size * _ops(st.readout.du, dims)
     else:
         blocks = math.prod(ext[k] for k in a.diag_axes)
@@ -237,7 +237,8 @@ def _c_form(st: Structure) -> str:
     if st.family == Family.QUADRATIC:
         return "query contraction over the infinite feature axis: exp(q.k / sqrt(K)) per cached key (kernelised)"
     if st.outer is not None:
-        return "query contraction over the key axes (y = S^T q per group)"
+        gate = "" if st.outer.gate == 1 else f", times the output gate {sp.sstr(st.outer.gate)}"
+        return f"query contraction over the key axes (y = S^T q per group){gate}"
     ch = st.readout.ch
     mapped = {s for node in sp.preorder_traversal(ch) if isinstance(node, sp.Indexed)
               for s in node.indices if s in st.readout.out_syms}

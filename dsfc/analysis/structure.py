@@ -46,6 +46,9 @@ class OuterSplit:
     value: sp.Expr
     query: sp.Expr
     out_map: tuple[int, ...]  # output axis k <-> state axis out_map[k]
+    # a factor of C over the output (group and value) axes only, no key axis: y[g,v] = gate[g,v] * sum_k q h, applied
+    # after the scan (Mamba's silu(z) written into C); 1 when C has none
+    gate: sp.Expr = sp.Integer(1)
 
 
 @dataclass(frozen=True)
@@ -236,11 +239,20 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     key_syms = {rows[k] for k in key_axes}
     key = sp.Mul(*[f for f in bu_f if f.free_symbols & key_syms])
     value = sp.Mul(*[f for f in bu_f if not (f.free_symbols & key_syms)])
-    dep_decay = set(a.decay_axes)
-    group = sorted(
-        k for k in kept
-        if k in dep_decay or rows[k] in key.free_symbols or rows[k] in query.free_symbols
-    )
+    # group axes: those the decay, the key or the query vary along; the other output axes are value axes
+    base = {k for k in kept if k in a.decay_axes or rows[k] in key.free_symbols}
+    gate = sp.Integer(1)
+    group = sorted(base | {k for k in kept if rows[k] in query.free_symbols})
+    if len(group) == len(kept):
+        # every output axis is a group axis because the query varies along it: factors of C free of the key axes
+        # (a gate on the outputs, z[h, p] in Mamba-2's C) come out as the gate, applied after the scan, so that
+        # the axes they alone vary along can be value axes
+        others = {rows[k] for k in kept if k not in base}
+        keyish = key_syms | set(summed)
+        gate_fs = [f for f in factors(query) if f.free_symbols & others and not f.free_symbols & keyish]
+        gate = sp.Mul(*gate_fs)
+        query = sp.Mul(*[f for f in factors(query) if not any(f is g for g in gate_fs)])
+        group = sorted(base | {k for k in kept if rows[k] in query.free_symbols})
     value_axes = [k for k in kept if k not in group]
     if not value_axes:
         return None
@@ -250,7 +262,7 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     if (query.free_symbols | key.free_symbols) & set(summed) - key_syms:
         return None
     return OuterSplit(tuple(group), tuple(key_axes), tuple(value_axes), key, value, query,
-                      tuple(out_map[k] for k in range(len(out_map))))
+                      tuple(out_map[k] for k in range(len(out_map))), gate)
 
 
 def contracted_axes(sym: SymSpec, readout: Readout) -> set[int]:

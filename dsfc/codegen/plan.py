@@ -611,6 +611,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     out_perm = [0, 1] + [2 + gv_order.index(o.out_map[k]) for k in range(len(out_syms))]
     lines.append(f"_y = _y.reshape(_B, _T, {', '.join(sz[k] for k in gv_order)})"
                  + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
+    if o.gate != 1:
+        gate = o.gate.subs({rows[o.out_map[k]]: out_syms[k] for k in range(len(out_syms))}, simultaneous=True)
+        lines.append(f"_y = _y * {pr.print(gate, out_syms, out_sizes)}  # C's factor over the outputs alone")
     if st.readout.du != 0:
         lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
     return lines

@@ -232,6 +232,18 @@ def _running_gate(draw, b: _Builder, axes):
     return _sub(r, names), kind
 
 
+def _output_gate(draw, b: _Builder, labels, gate_axes, out_names) -> str:
+    """Sometimes (1 in 3) a gate on the outputs written into C (Mamba-2's silu(z), fla's output gates), over the value
+    axis alone or with the head axis: OuterSplit.gate. Returns the C factor (" * og[o, e]") or ""."""
+    if draw(st.integers(0, 2)) != 0:
+        return ""
+    k = draw(st.integers(0, len(gate_axes) - 1))  # gate over gate_axes[k:] (the last is the value axis)
+    fg = draw(st.sampled_from(["silu", "sigmoid", "tanh"]))
+    og = b.let("og", gate_axes[k:], FMAPS[fg].format(X=_projection(b, gate_axes[k:])))
+    labels["gate"] = "".join(n for n, _ in gate_axes[k:])
+    return f" * {og}[{_idx(out_names[k:])}]"
+
+
 @st.composite
 def diagonal_specs(draw) -> GenSpec:
     b = _Builder("RandDiag", draw)
@@ -438,16 +450,17 @@ def outer_specs(draw) -> GenSpec:
     # C: y[o, e] = sum_a q[h, a] S[h, a, b] with o <-> h, e <-> b; output axes maybe swapped
     scale = draw(st.sampled_from(["", " / sqrt(K)", " * 0.5"]))
     qq = f" * {_sub(q, ksub + ['a'])}" if q is not None else ""
+    gate = _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "e"] if heads else ["e"])
     if heads:
         swap = draw(st.booleans())
         labels["out_swap"] = swap
         out_axes = [("e", "V"), ("o", "H")] if swap else [("o", "H"), ("e", "V")]
         on = [n for n, _ in out_axes]
-        b.matrices.append(f"C[({_idx(on)}), ({_idx(rows)})] = delta(o, h) * delta(e, b){qq}{scale}")
+        b.matrices.append(f"C[({_idx(on)}), ({_idx(rows)})] = delta(o, h) * delta(e, b){qq}{gate}{scale}")
     else:
         out_axes = [("e", "V")]
         on = ["e"]
-        b.matrices.append(f"C[e, ({_idx(rows)})] = delta(e, b){qq}{scale}")
+        b.matrices.append(f"C[e, ({_idx(rows)})] = delta(e, b){qq}{gate}{scale}")
     if draw(st.booleans()):
         labels["D"] = True
         wd = b.param("W_D", [d for _, d in out_axes] + ["M"], "~ normal(0, 1)")
@@ -497,7 +510,8 @@ def dense_specs(draw) -> GenSpec:
             b.matrices.append(f"B[(h, a, b), m] = {beta}[h] * {k2}[h, a] * {wv}[h, b, m]")
         fq = draw(st.sampled_from(sorted(FMAPS)))
         q = b.let("q", axes[:2], FMAPS[fq].format(X=_projection(b, axes[:2])))
-        b.matrices.append(f"C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * {q}[h, a]")
+        gate = _output_gate(draw, b, labels, [axes[0], axes[2]], ["o", "e"])
+        b.matrices.append(f"C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * {q}[h, a]{gate}")
         out_decl = "output y[o: H, e: V]"
         out_axes = ["H", "V"]
         state_decl = "state S[h: H, a: K, b: V]"
@@ -572,7 +586,8 @@ def ssd_specs(draw) -> GenSpec:
     gate = f" * softplus({zlet}[h])" if zlet is not None and draw(st.booleans()) else ""  # dt-style coupling
     b.matrices.append(f"A[(h, p, j), (h2, p2, j2)] = delta(h, h2) * delta(p, p2) * delta(j, j2) * ({decay})")
     b.matrices.append(f"B[(h, p, j), (h2, p2)] = delta(h, h2) * delta(p, p2){gate} * {bm}[h // R, j]")
-    b.matrices.append(f"C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * {cm}[h // R, j]")
+    gate = _output_gate(draw, b, labels, [("h", "H"), ("p", "P")], ["o", "e"])
+    b.matrices.append(f"C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * {cm}[h // R, j]{gate}")
     if draw(st.booleans()):
         dp = b.param("Dskip", ["H"], "= 1")
         b.matrices.append(f"D[(o, e), (h, p)] = delta(o, h) * delta(e, p) * {dp}[h]")
