@@ -119,9 +119,6 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
         _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
               "and C contracting the feature index (the kernelised form); this spec does not have that form",
               sym.matrices["A"].span)
-    if outer.gate != 1:
-        _fail(sym, "C has a factor over the outputs alone (an output gate); that is not supported with an infinite "
-              "feature state yet", m_c.span, hint="leave the gate out of C and multiply the module's output by it")
     fax = [k for k, ax in enumerate(sym.state.axes) if is_infinite_range(ax.extent)]
     if list(outer.key_axes) != fax:
         _fail(sym, "C must contract exactly the infinite feature axis of the state", m_c.span)
@@ -139,7 +136,9 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
     fq, fk = qlet.feature, klet.feature
     if (fq.kind, fq.length, fq.order) != (fk.kind, fk.length, fk.order):
         _fail(sym, "the query and key feature maps must be the same map over vectors of the same length", m_c.span)
-    qscale = sp.Mul(*[f for f in sp.Mul.make_args(outer.query) if fsym not in f.free_symbols])
+    # the query's factors off the feature axis and C's output gate: both multiply the attention output per group
+    # and value entry
+    qscale = sp.Mul(*[f for f in sp.Mul.make_args(outer.query) if fsym not in f.free_symbols], outer.gate)
     # log lets hold logarithms: read X as exp(X) everywhere else
     logsub = {}
     for e in sp.preorder_traversal(sp.Add(a.decay, outer.value, qscale)):

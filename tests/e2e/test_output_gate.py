@@ -1,7 +1,7 @@
 """A gate on the outputs written into C (y[h, b] = z[h, b] * sum_a q[h, a] S[h, a, b], as Mamba-2's silu(z) or fla's
 output gates are often written): the analysis takes the factor of C that is free of the key axes out as
 ``OuterSplit.gate`` and multiplies it in after the scan, so such specs keep the chunked outer-product (or delta-rule)
-algorithm instead of falling back to the diagonal scan. Each spec is checked against the float64 reference recurrence
+(or kernelised attention) algorithm instead of falling back to the diagonal scan. Each spec is checked against the float64 reference recurrence
 built from the same spec on the torch path and, interpreted on CPU, the Triton path (``test_user_specs_3._check``)."""
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -9,10 +9,11 @@ from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_IN
 import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from dsf_testing import compile_and_build  # noqa: E402
+from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads, rel_err  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
-from dsfc.lang.errors import SpecErrors  # noqa: E402
 from test_user_specs_3 import HEAD, _check  # noqa: E402
 
 QKV = """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
@@ -88,12 +89,30 @@ def test_output_gate_in_c(name):
         _check(built, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 
-def test_output_gate_with_softmax_attention_is_refused():
-    """The kernelised (quadratic) template has no post-scan gate: a clear error naming C, not a wrong result."""
+def test_output_gate_with_softmax_attention():
+    """The kernelised (quadratic) template multiplies the gate in with the query's other off-feature factors: against
+    an oracle written here, torch's causal SDPA times the gate, forward and gradients, on torch and Triton."""
     text = open("specs/softmax_attention.dsf").read()
     text = text.replace("param W_V[H, V, d]", "param W_z[H, V, d] ~ normal(0, 1)\nparam W_V[H, V, d]")
     text = text.replace("* qf[h, f]", "* qf[h, f] * sigmoid(sum(m, W_z[o, e, m] * u[m]))")
-    with pytest.raises(SpecErrors) as err:
-        compile_and_build(text, path="softmax_gated.dsf")
-    msg = err.value.render()
-    assert "over the outputs alone" in msg and "infinite feature" in msg and "softmax_gated.dsf:" in msg
+    built = compile_and_build(text, {"d": 5, "H": 2, "K": 3, "V": 4}, path="softmax_gated.dsf")
+    assert built.result.structure.family == Family.QUADRATIC and built.result.structure.outer.gate != 1
+    m = built.model
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 9, 5, generator=g, dtype=F64)
+    w = torch.randn(2, 9, 8, generator=g, dtype=F64)
+
+    def oracle(u):
+        q, k, v = (torch.einsum("hkd,btd->bhtk", W, u) for W in (m.W_Q, m.W_K, m.W_V))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True) * torch.sigmoid(torch.einsum("hvd,btd->bhtv",
+                                                                                                   m.W_z, u))
+        return y.permute(0, 2, 1, 3).reshape(u.shape[0], u.shape[1], -1)
+
+    uu = u.clone().requires_grad_()
+    want = torch.autograd.grad((oracle(uu) * w).sum(), [uu, *m.parameters()])
+    backends = ["torch"] + (["triton"] if importlib.util.find_spec("triton") and importlib.util.find_spec("numpy")
+                            else [])
+    for backend in backends:
+        y, got = output_and_grads(m, backend, u, w)
+        assert rel_err(y, oracle(u).detach()) < 1e-12, backend
+        assert_grads_close(got, want, 1e-12)  # float64 throughout: rounding only
