@@ -113,8 +113,11 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
     if sym.readout == "pre":
         _fail(sym, "an infinite feature state supports the standard (post-update) readout only", m_c.span,
               hint="remove 'readout pre'")
-    if sym.posts:
-        _fail(sym, "post-ops are not supported with an infinite feature state yet", sym.posts[0].tensor.span)
+    for post in sym.posts:  # post-ops run on the attention output; they may read finite lets, not feature vectors
+        bad = sorted({_name(e) for e in sp.preorder_traversal(post.expr) if _name(e)} & infinite)
+        if bad:
+            _fail(sym, f"post {post.tensor.name!r} reads {bad[0]!r}, which lives on the infinite feature range",
+                  post.tensor.span, hint="a post-op may read the output, the input, params and finite lets")
     if outer is None or a.mixed_axes:
         _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
               "and C contracting the feature index (the kernelised form); this spec does not have that form",

@@ -346,14 +346,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) + readout
         triton_note = "Triton kernel: generic dense block scan (blocks materialised by torch; slow, see triton_dense.py)"
 
-    # post-ops read the core output as a time-varying tensor
-    posts = []
-    if sym.posts:
-        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True)
-        for post in sym.posts:
-            pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True)
-            post_sizes = sizes(post.index, post.tensor.axes)
-            posts.append(LetPlan(post.tensor.name, pr.print(post.expr, post.index, post_sizes), _src(sym, post.tensor.name)))
+    posts = _post_plans(sym, pr, sizes)
     layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
 
     matrices = []
@@ -517,6 +510,19 @@ def _step_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes)
         if st.readout.du != 0:
             lines.append(f"_y_t = _y_t + {pr.print(st.readout.du, out_syms, out_sizes)}")
     return lines
+
+
+def _post_plans(sym, pr: TorchPrinter, sizes, rewrite=lambda e: e) -> list[LetPlan]:
+    """The post-ops' code; they read the core output as a time-varying tensor (``rewrite``: the kernelised plan
+    reads its log lets X as exp(X))."""
+    posts = []
+    if sym.posts:
+        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True)
+    for post in sym.posts:
+        pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True)
+        code = pr.print(rewrite(post.expr), post.index, sizes(post.index, post.tensor.axes))
+        posts.append(LetPlan(post.tensor.name, code, _src(sym, post.tensor.name)))
+    return posts
 
 
 def _log_decay(sym, decay):
@@ -825,11 +831,13 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                                                                                           sorted(hist)]
     out_shape = [pr.size(a.extent) for a in sym.output.axes]
     in_shape = [pr.size(a.extent) for a in sym.input.axes]
+    pr.infinite = None
+    posts = _post_plans(sym, pr, sizes, logsub)
+    layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
     if list(st.outer.out_map) != sorted(st.outer.out_map) or len(sym.output.axes) != len(gv):
         raise SpecErrors([SpecError("the kernelised form needs the output axes to be the state's group and value "
                                     "axes, in order", sym.matrices["C"].span)],
                          sym.checked.spec.path, sym.checked.spec.source)
-    pr.infinite = None
     return ModulePlan(
         model=sym.model, description=sym.description, stamp=stamp, analysis_table=report.table(), free_dims=free,
         derived_dims=derived, dim_locals=dim_locals, params=params, param_locals=param_locals, lets=lets,
@@ -838,7 +846,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         family=st.family.value, core=[], matrices=matrices, first_param=params[0].attr if params else None,
         pre_readout=False, running=[let.tensor.name for let in sym.running_lets if let.tensor.name not in hist],
         driven=py_name(sym.driven.name), driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
-        output_local=py_name(sym.output.name), layer_output_size=" * ".join(out_shape),
+        output_local=py_name(sym.output.name), layer_output_size=" * ".join(layer_shape), posts=posts,
         template="quadratic.py.jinja", quadratic=q,
         triton_note="Triton kernel: FlashAttention-style quadratic attention",
     )

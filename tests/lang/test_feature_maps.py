@@ -140,8 +140,9 @@ SOFTMAX_TAIL = ("let z[f: taylor(K, inf)] = cumsum(kf[f])\n"
                 "B[(f, b), m] = kf[f] * delta(b, m)\nC[o, (f, b)] = delta(o, b) * kf[f]\n")
 
 
-def test_infinite_state_rejects_pre_readout_and_post_ops():
+def test_infinite_state_rejects_pre_readout_and_posts_reading_feature_vectors():
     line, column, message = first_error(INFINITE + SOFTMAX_TAIL + "readout pre\n")
     assert (line, column) == (12, 1) and "post-update) readout only" in message
-    line, column, message = first_error(INFINITE + SOFTMAX_TAIL + "post o[b: d] = y[b] * 2\n")
-    assert (line, column) == (13, 1) and "post-ops are not supported with an infinite feature state" in message
+    # posts that read finite quantities run after the attention (tests/e2e/test_quadratic_posts.py)
+    line, column, message = first_error(INFINITE + SOFTMAX_TAIL + "post o[b: d] = y[b] * sum(f, kf[f] * kf[f])\n")
+    assert (line, column) == (13, 1) and "post 'o' reads 'kf', which lives on the infinite feature range" in message
