@@ -24,6 +24,10 @@ if MODE not in ("auto", "never", "always", "0", "1"):  # a typo silently meant "
 _broken = False
 
 
+class CompileNotice(UserWarning):
+    """Said once per module on its first compiled call: the call pauses for seconds while Inductor compiles."""
+
+
 def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor) -> bool:
     """CPU, no autograd, big enough (or DSFC_COMPILE=always), and torch.compile has not failed before."""
     if _broken or MODE in ("0", "never") or x.is_cuda or torch.is_grad_enabled() and x.requires_grad:
@@ -76,6 +80,9 @@ def run_compiled_lets(module, x: torch.Tensor, dtype: torch.dtype, running0=None
     global _broken
     fn = module.__dict__.get("_compiled_lets")
     if fn is None:
+        # a 10-20 s silent pause on a first call looks like a hang: say what it is and how to avoid it
+        warnings.warn(f"dsfc: {type(module).__name__}: compiling the CPU scan with torch.compile on this first large "
+                      "call (seconds; cached afterwards; DSFC_COMPILE=never skips it)", CompileNotice, stacklevel=2)
         fn = torch.compile(module._lets)
         module.__dict__["_compiled_lets"] = fn
     try:

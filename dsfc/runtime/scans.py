@@ -36,6 +36,8 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .compiled_chunks import CompileNotice
+
 __all__ = ["diagonal_scan", "chunked_outer_scan", "chunked_delta_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
 
 Tensor = torch.Tensor
@@ -213,6 +215,9 @@ def _get_compiled() -> Optional[Tuple[Callable, Callable]]:
     if _compile_broken:
         return None
     if not _compiled:
+        warnings.warn("dsfc.runtime.scans: compiling the diagonal scan's chunk loops with torch.compile on this first "
+                      "large call (seconds; cached afterwards; DSFC_SCAN_COMPILE=never skips it)", CompileNotice,
+                      stacklevel=4)
         try:
             _compiled["summary"] = torch.compile(_flat_summary, dynamic=True)
             _compiled["states"] = torch.compile(_flat_states, dynamic=True)

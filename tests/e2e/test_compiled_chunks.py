@@ -9,6 +9,7 @@ random initial state. One test then runs the real ``torch.compile`` on a tiny S6
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,16 @@ def test_torch_compile_s6(chunk_mode):
     b = build(result, {"d": 4, "n": 2, "r": 1})
     _check_against_reference(b, batch=1, T=compiled_chunks.CHUNK + 3)
     assert not compiled_chunks._broken, "torch.compile of the chunk failed and fell back to eager"
+
+
+def test_first_compiled_call_says_so_once(chunk_mode, monkeypatch):
+    """The first compiled call pauses for seconds: a CompileNotice names the model and DSFC_COMPILE, once per module."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)  # the notice, not the compiler, is under test
+    b = build(compile_spec(ROOT / "specs" / "s6.dsf"), {"d": 4, "n": 2, "r": 1})
+    u = torch.randn(1, compiled_chunks.CHUNK + 3, 4, dtype=F64)
+    with torch.no_grad():
+        with pytest.warns(compiled_chunks.CompileNotice, match=r"S6: compiling .*DSFC_COMPILE=never"):
+            b.model(u)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", compiled_chunks.CompileNotice)
+            b.model(u)  # compiled already: no second notice

@@ -599,3 +599,20 @@ def test_unknown_dsfc_compile_value_is_said_and_means_auto():
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "auto"
     assert "DSFC_COMPILE must be auto, never or always (or 0 / 1), got 'alwyas'" in out.stderr
+
+
+def test_diagonal_scan_first_compile_says_so(monkeypatch):
+    """Creating the compiled loops pauses the first large call for seconds: one CompileNotice naming the switch."""
+    from dsfc.runtime.compiled_chunks import CompileNotice
+
+    monkeypatch.setattr(scans, "COMPILE", "always")
+    monkeypatch.setattr(scans, "_compile_broken", False)
+    monkeypatch.setattr(scans, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)  # the notice, not Inductor, is under test
+    a, b, h0 = diag_inputs(1, 70, (3,), dtype=torch.float32)
+    with pytest.warns(CompileNotice, match="DSFC_SCAN_COMPILE=never"):
+        out = diagonal_scan(a, b, h0)
+    assert_close_rel(out, naive_diagonal_scan(a, b, h0), RTOL_F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileNotice)
+        diagonal_scan(a, b, h0)  # once per process
