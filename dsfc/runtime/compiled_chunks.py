@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import warnings
 
 import torch
@@ -26,6 +27,21 @@ _broken = False
 
 class CompileNotice(UserWarning):
     """Said once per module on its first compiled call: the call pauses for seconds while Inductor compiles."""
+
+
+def _importable(module) -> bool:
+    """Dynamo looks the generated code's globals up through sys.modules: a generated file exec'd without being
+    registered there (importlib's ``spec_from_file_location`` + ``exec_module``) failed to compile with
+    "No module named ..." and switched compiling off for every module. Such a module runs eagerly instead."""
+    if type(module).__module__ in sys.modules:
+        return True
+    if not module.__dict__.get("_said_not_importable"):
+        module.__dict__["_said_not_importable"] = True
+        warnings.warn(f"dsfc: {type(module).__name__}: its module {type(module).__module__!r} is not in sys.modules, so "
+                      "torch.compile cannot trace it and the CPU scan runs eagerly (~10x slower for large calls); "
+                      "import the generated file, or set sys.modules[name] = module before spec.loader.exec_module",
+                      CompileNotice, stacklevel=3)
+    return False
 
 
 def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor) -> bool:
@@ -51,7 +67,7 @@ def run_compiled_chunks(module, h0: torch.Tensor, args: list, time_varying: list
             out.copy_(y)
             return h_end
 
-        fn = torch.compile(chunk_into, dynamic=False)
+        fn = torch.compile(chunk_into, dynamic=False) if _importable(module) else chunk_into
         module.__dict__["_compiled_chunk"] = fn
     B, T = args[-1].shape[0], args[-1].shape[1]  # the input is last and always time-varying
     y = h0.new_empty((B, T, *out_shape))
@@ -79,6 +95,8 @@ def run_compiled_lets(module, x: torch.Tensor, dtype: torch.dtype, running0=None
     T=4096, d=256: 4 ms -> 1.5 ms). Shapes are automatic-dynamic, so a new T does not recompile after the second."""
     global _broken
     fn = module.__dict__.get("_compiled_lets")
+    if fn is None and not _importable(module):
+        return module._lets(x, dtype, running0)
     if fn is None:
         # a 10-20 s silent pause on a first call looks like a hang: say what it is and how to avoid it
         warnings.warn(f"dsfc: {type(module).__name__}: compiling the CPU scan with torch.compile on this first large "

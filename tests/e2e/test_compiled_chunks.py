@@ -82,3 +82,22 @@ def test_first_compiled_call_says_so_once(chunk_mode, monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("error", compiled_chunks.CompileNotice)
             b.model(u)  # compiled already: no second notice
+
+
+def test_a_module_outside_sys_modules_runs_eagerly_and_says_why(chunk_mode, tmp_path):
+    """A generated file exec'd without registering it in sys.modules cannot be traced by Dynamo ("No module named
+    ..."); that used to switch compiling off for every module. Now it runs eagerly, with a notice saying why."""
+    import importlib.util
+
+    path = tmp_path / "s6_unregistered.py"
+    path.write_text(compile_spec(ROOT / "specs" / "s6.dsf").source)
+    spec = importlib.util.spec_from_file_location("s6_unregistered", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = mod.S6(d=4, n=2, r=1, dtype=F64)
+    u = torch.randn(1, compiled_chunks.CHUNK + 3, 4, dtype=F64)
+    with torch.no_grad(), pytest.warns(compiled_chunks.CompileNotice, match="not in sys.modules"):
+        y = model(u)
+    model.backend = "reference"
+    torch.testing.assert_close(y, model(u), rtol=1e-9, atol=1e-9)
+    assert not compiled_chunks._broken
