@@ -138,3 +138,39 @@ def _complement_pair(args: list, sym: SymSpec) -> list | None:
             others.remove(other)
             return [new, *others]
     return None
+
+
+def telescoping_gauge(decay: sp.Expr, value: sp.Expr, sym: SymSpec) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
+    """``(ell, ell_prev, value')`` when the per-group decay is ``X_(t-1) / X_t`` with ``log X = ell`` (a ``prev``
+    running let, written as ``exp(s_prev - s)`` or ``eta_prev / eta``) and the value carries the factor ``1 / X_t``
+    exactly (``value = value' / X_t``, normalised attention's ``B = k v^T / eta``); else None.
+
+    Unrolled, ``h_t = X_t^-1 (X_0 h_0 + sum_(j<=t) X_j B_j u_j)``: the state ``S_t = X_t h_t`` has decay 1 and the
+    input ``value'``, and ``y_t = exp(-ell_t) q_t . S_t``. The per-step form overflows where the true output does
+    not: ``exp(-s_j)`` is inf in fp32 for ``s_j < -88`` (then ``inf * exp(s_j - s_t) = inf``, or ``inf * 0``), and a
+    segment of growing decays ``exp(s_j - s_t)`` with ``s_j > 88`` is inf times the tiny ``exp(-s_j)``. In the gauge
+    form every exponential is of ``-ell_t`` (the output's own scale) or of ``ell_prev_1 - ell_t`` (the initial state's
+    decay to step t), so it is finite wherever the output is. ``ell_prev`` is the log of the ``prev`` let, read at the
+    first step for the initial state."""
+    if decay == 1:
+        return None
+    logd = sp.expand_log(log_of(decay, sym), force=True)
+    for p in sym.running_lets:
+        if p.running != "prev":
+            continue
+        for prev_x in {e for e in sp.preorder_traversal(logd)
+                       if isinstance(e, sp.Indexed) and sym.base_name(e.base) == p.tensor.name}:
+            x_now = sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)
+            if sp.simplify(logd - (prev_x - x_now)) == 0:  # exp(s_prev - s): X = exp(s)
+                ell, ell_prev = x_now, prev_x
+            elif sp.simplify(logd - sp.expand_log(sp.log(prev_x) - sp.log(x_now), force=True)) == 0:
+                ell, ell_prev = log_of(x_now, sym), log_of(prev_x, sym)  # eta_prev / eta: X = eta
+            else:
+                continue
+            logs, rest = [], []
+            for f in sp.Mul.make_args(value):
+                lf = None if f.is_number else exact_log(f, sym)
+                (rest if lf is None else logs).append(f if lf is None else lf)
+            if logs and sp.simplify(ell + sp.Add(*logs)) == 0:
+                return ell, ell_prev, sp.Mul(*rest)
+    return None

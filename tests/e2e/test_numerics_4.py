@@ -1,0 +1,104 @@
+"""Numerics at extreme values, fourth round: every case compares fp32 against the float64 reference recurrence.
+
+Normalised attention (``A = eta_prev / eta``, ``B = k v^T / eta``; dsfc/analysis/log_space.py,
+``telescoping_gauge``). The per-step form multiplied ``exp(-s_j)`` (inf in fp32 for ``s_j < -88``) by the segment
+decay ``exp(s_j - s_t)``, or the tiny ``exp(-s_j)`` (``s_j > 88``) by a growing decay that overflowed: every output
+of the chunk was NaN even where the true output is of order 1. Now the scan runs on ``S = eta h`` (decay 1, input
+``k v^T``) and ``y_t = exp(-log eta_t) q_t . S_t``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads
+from dsfc.analysis.log_space import telescoping_gauge
+from dsfc.pipeline import compile_text
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+NA_SPECS = ["normalized_attention", "normalized_attention_sigmoid", "normalized_attention_exprelu"]
+NA_DIMS = {"d": 4, "H": 2, "K": 3}
+T = 21
+SPIKE = slice(5, 9)  # the steps where s = W_n u + b_n is pushed to +-100
+
+
+def na_with_spike(name: str, spike: float):
+    """A small normalised-attention module whose s is ``spike`` (plus O(1) noise) at steps 5..8 and O(1) elsewhere;
+    inputs, output weights and an initial state (h and the carried prev let) for it."""
+    b = compile_and_build((SPECS / f"{name}.dsf").read_text(), NA_DIMS, path=f"{name}.dsf")
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, T, 4, generator=g, dtype=F64)
+    with torch.no_grad():
+        b.model.W_n[:, 0] = 1.0
+        b.model.W_n[:, 1:] = 0.5 * torch.randn(2, 3, generator=g, dtype=F64)
+    u[:, SPIKE, 0] += spike
+    w = torch.randn(2, T, 4, generator=g, dtype=F64)  # output H * V = 2 * (d // H)
+    return b, u, w
+
+
+@pytest.mark.parametrize("name", ["gla", "retnet", "mlstm", "linear_attention", *NA_SPECS])
+def test_telescoping_gauge_only_for_ratio_decays_with_matching_input(name):
+    """The gauge applies where A = X_prev / X and B carries 1 / X exactly; a gated decay (GLA, RetNet, mLSTM) or
+    none (linear attention) keeps its log-space scan."""
+    r = compile_text((SPECS / f"{name}.dsf").read_text(), f"{name}.dsf")
+    st = r.structure
+    got = telescoping_gauge(st.a.decay, st.outer.value, r.core) if st.a.decay is not None else None
+    assert (got is not None) == (name in NA_SPECS)
+
+
+@pytest.mark.parametrize("name", NA_SPECS)
+def test_generated_normalized_attention_scans_the_gauge_form(name):
+    src = compile_text((SPECS / f"{name}.dsf").read_text(), f"{name}.dsf").source
+    assert "_ell = " in src and "_log_decay = None" in src
+    assert "torch.exp(-s" not in src.split("def _core(")[1].split("def step(")[0]  # no exp(-s) stream into the scan
+
+
+@pytest.mark.parametrize("name", NA_SPECS)
+def test_normalized_attention_large_eta_fp32(name):
+    """s = +100 at four steps: exp(-s) ~ 4e-44 underflows, the decay out of the spike exp(100) overflowed and the
+    chunk's outputs were NaN. fp32 torch path vs float64, output and every gradient. The outputs are O(1) sums of
+    T terms: fp32 rounding ~1e-6 relative."""
+    b, u, w = na_with_spike(name, 100.0)
+    y64, g64 = output_and_grads(b.model, "reference", u, w, F64)
+    y32, g32 = output_and_grads(b.model, "torch", u, w, torch.float32)
+    assert torch.isfinite(y32).all()
+    assert (y32 - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
+    assert_grads_close(g32, g64, 1e-4)
+
+
+@pytest.mark.parametrize("name", NA_SPECS)
+def test_normalized_attention_small_eta_fp32(name):
+    """s = -100 at four steps: exp(-s) = exp(100) overflowed fp32 and made every output NaN. The true output at the
+    spike itself is ~exp(100) (exp(relu(s)) = 1 there for the exprelu variant), beyond fp32: those steps are
+    skipped; every other step must match float64 (~1e-6: fp32 rounding of O(T) sums)."""
+    b, u, w = na_with_spike(name, -100.0)
+    b.model.backend = "reference"
+    with torch.no_grad():
+        y64 = b.model(u)
+        model = b.model.to(torch.float32)
+        model.backend = "torch"
+        y32 = model(u.float()).to(F64)
+    fits = y64.abs().amax(-1) < 1e30  # [B, T]: the steps whose true output fp32 can hold
+    assert fits[:, : SPIKE.start].all() and fits[:, SPIKE.stop:].all()
+    assert torch.isfinite(y32[fits]).all()
+    assert (y32 - y64)[fits].abs().max().item() <= 1e-5 * y64[fits].abs().max().item()
+
+
+@pytest.mark.parametrize("name", NA_SPECS)
+def test_normalized_attention_gauge_keeps_initial_and_final_state(name):
+    """The scan runs on S = eta h from 0; the initial state enters as exp(log eta_prev_1 - log eta_t) q . h0 and the
+    final state is converted back. Float64 both sides (exact up to rounding), with a carried prev let."""
+    b, u, _ = na_with_spike(name, 0.0)
+    g = torch.Generator().manual_seed(1)
+    h0 = b.initial_state(2, g)
+    b.model.backend = "torch"
+    with torch.no_grad():
+        y, s = b.model(u, initial_state=h0, output_final_state=True)
+    y_ref, s_ref = b.reference(u, h0)
+    assert (y - y_ref).abs().max().item() <= 1e-10 * y_ref.abs().max().item()
+    for key in s_ref:
+        assert (s[key].reshape(2, -1) - s_ref[key].reshape(2, -1)).abs().max().item() <= 1e-10 * (
+            s_ref[key].abs().max().item())
