@@ -15,7 +15,7 @@ import sympy as sp
 
 from ..analysis.dim_conditions import ExtentMatch, dim_conditions
 from ..analysis.facts import Family
-from ..analysis.log_space import complements, exact_log, log_of, telescoping_gauge
+from ..analysis.log_space import complements, exact_log, hoist_complement_sums, log_of, telescoping_gauge
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
@@ -166,6 +166,9 @@ def _src(sym: SymSpec, name: str) -> str:
         if s.name == name:
             line = let[s.span.line - 1].strip() if s.span.line <= len(let) else ""
             return line
+    let = sym.let(name)
+    if let is not None and not let.running:  # a let codegen added (log_space.hoist_complement_sums)
+        return f"(dsfc) {name}[{', '.join(map(str, let.index))}] = {sp.sstr(let.expr)}"
     return ""
 
 
@@ -208,6 +211,8 @@ def _expressions(st):
 
 def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str) -> ModulePlan:
     _check_python_names(sym)
+    # 1 - f for a gate f = a + (1 - a) sigmoid(sum(...)): the sum becomes a let of its own, read by both forms
+    sym = hoist_complement_sums(sym, [m.entry for m in sym.matrices.values()])
     st = _without_cancellation(st, sym)
     dims_code = {v: py_name(k) for k, v in sym.dims.items()}
     tensors: dict[str, TensorRef] = {}

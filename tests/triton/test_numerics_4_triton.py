@@ -14,7 +14,7 @@ pytest.importorskip("numpy")  # the interpreter needs it
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from dsf_testing import F64, assert_grads_close, output_and_grads  # noqa: E402
-from test_numerics_4 import na_with_spike  # noqa: E402
+from test_numerics_4 import hgrn_saturated, na_with_spike  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["normalized_attention", "normalized_attention_sigmoid"])
@@ -37,3 +37,14 @@ def test_normalized_attention_extreme_eta_triton(name, spike):
             y32 = model(u.to(DEVICE, torch.float32)).cpu().to(F64)
     assert torch.isfinite(y32[fits]).all()
     assert (y32 - y64)[fits].abs().max().item() <= 1e-5 * y64[fits].abs().max().item()
+
+
+@pytest.mark.parametrize("z", [12.0, 16.0])
+def test_hgrn_saturated_gate_triton(z):
+    """HGRN's 1 - f at a nearly closed gate on the Triton diagonal path (fp32 vs float64; tolerance as the torch
+    test's: the bug gave 3e-3 and 14%)."""
+    b, u, w = hgrn_saturated(z)
+    y64, g64 = output_and_grads(b.model, "reference", u, w, F64)
+    y32, g32 = output_and_grads(b.model, "triton", u, w, torch.float32, DEVICE)
+    assert (y32 - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
+    assert_grads_close(g32, g64, 1e-5)
