@@ -416,7 +416,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         signed_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _signed_decay(sym, st),
         helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
                  if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
-                 or any(e.has(fn) for e in _expressions(st))],
+                 or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
     )
@@ -873,7 +873,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         driven=py_name(sym.driven.name), driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
         output_local=py_name(sym.output.name), layer_output_size=" * ".join(out_shape),
         template="quadratic.py.jinja", quadratic=q,
-        triton_note="Triton kernel: FlashAttention-style quadratic attention",
+        triton_note="Triton kernel: FlashAttention-style quadratic attention", helpers=sorted(pr.helpers),
     )
 
 

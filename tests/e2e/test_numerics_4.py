@@ -188,3 +188,48 @@ def test_index_valued_decay_above_one_is_not_called_stable():
     text = XPOS_HEAD + "A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * (a + K) / K\n"
     r = compile_text(text, "x.dsf").report
     assert (r.eigen_bound, r.eigen_interval) == (Bound.UNKNOWN.value, "[1, 2)"), r.eigen_reason
+
+
+# ---- L2-normalised keys (dsfc/codegen/printers.py, _l2_norm; dsfc/runtime/features.py, l2_norm): DeltaNet's
+# k = kr / sqrt(sum(kr^2)) squared kr first, 0 in fp32 once |kr| < 1e-19, so inputs of 1e-25 gave 0 / 0 = NaN where
+# float64's keys are unit vectors. sqrt(sum(x^2)) is now computed on x / max|x| (inv_l2_norm for
+# its inverse, whose gradient stays finite). The spec has no eps (nor does the
+# reference): an exactly-zero key is 0 / 0 in every backend, as written; a spec that wants fla's behaviour writes
+# kr / sqrt(sum(kr^2) + eps) itself.
+DN_DIMS = {"d": 8, "H": 2, "K": 4, "V": 4}
+
+
+def test_generated_deltanet_norm_is_scaled():
+    src = compile_text((SPECS / "deltanet.dsf").read_text(), "deltanet.dsf").source
+    assert "from dsfc.runtime.features import inv_l2_norm" in src
+    assert "k = kr * inv_l2_norm(" in src and "torch.rsqrt(" not in src.split("def _lets(")[1].split("return")[0]
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+def test_l2_normalised_keys_tiny_inputs_fp32(name):
+    """Inputs of 1e-25: fp32 torch path vs float64. The keys and queries are unit vectors computed to fp32 rounding;
+    y ~ 1e-25, compared relative to its own scale: ~1e-6 for O(T) sums. The gradients must be finite (they were NaN);
+    their values are not compared here: the delta-rule backward multiplies two O(|u|) quantities, subnormal in fp32
+    at |u| < 1e-19 (the u gradient is 2e-4 off at 1e-20, 0.9 at 1e-25; README, leftovers)."""
+    b = compile_and_build((SPECS / f"{name}.dsf").read_text(), DN_DIMS, path=f"{name}.dsf")
+    g = torch.Generator().manual_seed(0)
+    u = 1e-25 * torch.randn(2, 12, 8, generator=g, dtype=F64)
+    w = torch.randn(2, 12, 8, generator=g, dtype=F64)
+    y64, g64 = output_and_grads(b.model, "reference", u, w, F64)
+    y32, g32 = output_and_grads(b.model, "torch", u, w, torch.float32)
+    assert torch.isfinite(y32).all()
+    assert (y32 - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
+    assert all(torch.isfinite(x).all() for x in g32)
+
+
+def test_zero_key_is_nan_in_reference_and_torch():
+    """An exactly-zero input makes kr = 0: the spec's k = 0 / sqrt(0) is NaN in float64 and in fp32 alike (no
+    silent eps)."""
+    b = compile_and_build((SPECS / "deltanet.dsf").read_text(), DN_DIMS, path="deltanet.dsf")
+    u = torch.zeros(1, 3, 8, dtype=F64)
+    b.model.backend = "reference"
+    with torch.no_grad():
+        y64 = b.model(u)
+        b.model.backend = "torch"
+        y = b.model(u)
+    assert torch.isnan(y64).all() and torch.isnan(y).all()

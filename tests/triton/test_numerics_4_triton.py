@@ -13,8 +13,8 @@ pytest.importorskip("triton")
 pytest.importorskip("numpy")  # the interpreter needs it
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from dsf_testing import F64, assert_grads_close, output_and_grads  # noqa: E402
-from test_numerics_4 import hgrn_saturated, na_with_spike  # noqa: E402
+from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads  # noqa: E402
+from test_numerics_4 import DN_DIMS, SPECS, hgrn_saturated, na_with_spike  # noqa: E402
 
 
 @pytest.mark.parametrize("spike", [100.0, -100.0])
@@ -46,3 +46,18 @@ def test_hgrn_saturated_gate_triton():
     y32, g32 = output_and_grads(b.model, "triton", u, w, torch.float32, DEVICE)
     assert (y32 - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
     assert_grads_close(g32, g64, 1e-5)
+
+
+def test_deltanet_tiny_inputs_triton():
+    """DeltaNet's L2-normalised keys at inputs of 1e-25 on the delta-rule Triton path: the keys come from the same
+    generated lets as the torch path (inv_l2_norm), so the output matches float64 to fp32 rounding (it was NaN)."""
+    b = compile_and_build((SPECS / "deltanet.dsf").read_text(), DN_DIMS, path="deltanet.dsf")
+    u = 1e-25 * torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    b.model.backend = "reference"
+    with torch.no_grad():
+        y64 = b.model(u)
+        model = b.model.to(DEVICE, torch.float32)
+        model.backend = "triton"
+        y32 = model(u.to(DEVICE, torch.float32)).cpu().to(F64)
+    assert torch.isfinite(y32).all()
+    assert (y32 - y64).abs().max().item() <= 1e-5 * y64.abs().max().item()
