@@ -1,5 +1,6 @@
-"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec); and the
-elementwise forms codegen writes for ``elu(x) + 1`` (``elu1p``) and ``exp(x) - 1`` (``expm1``); ``l2_norm`` and ``inv_l2_norm``."""
+"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec); the
+elementwise forms codegen writes for ``elu(x) + 1`` (``elu1p``) and ``exp(x) - 1`` (``expm1``); and the scaled
+L2 norms ``l2_norm`` and ``inv_l2_norm`` for ``sqrt(sum(x^2))``."""
 
 from __future__ import annotations
 
