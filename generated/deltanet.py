@@ -41,6 +41,7 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import check_finite_input, step_state_errors
+from dsfc.runtime.features import inv_l2_norm
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -170,12 +171,8 @@ class DeltaNet(nn.Module):
         W_beta = self.W_beta.to(_dtype)
         qr = F.silu(torch.einsum("ztk,ijk->ztij", u_, W_Q))  # let qr[h: H, a: K] = silu(sum(m, W_Q[h, a, m] * u[m]))
         kr = F.silu(torch.einsum("ztk,ijk->ztij", u_, W_K))  # let kr[h: H, a: K] = silu(sum(m, W_K[h, a, m] * u[m]))
-        q = qr * torch.rsqrt(
-            (torch.einsum("ztik->zti", ((qr * qr))))[:, :, :, None]
-        )  # let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
-        k = kr * torch.rsqrt(
-            (torch.einsum("ztik->zti", ((kr * kr))))[:, :, :, None]
-        )  # let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
+        q = qr * inv_l2_norm(qr[:, :, :, None, :])  # let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
+        k = kr * inv_l2_norm(kr[:, :, :, None, :])  # let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
         beta = torch.sigmoid(
             torch.einsum("ztj,ij->zti", u_, W_beta)
         )  # let beta[h: H] = sigmoid(sum(m, W_beta[h, m] * u[m]))

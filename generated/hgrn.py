@@ -181,8 +181,9 @@ class HGRN(nn.Module):
             (E,),
         )  # let gam[c: E] = sum(j, ((layer - 1 - j + L) // L) * sm[j, c]) - sm[0, c]
         ipre = torch.einsum("ztj,ij->zti", u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
+        f_pre = torch.einsum("ztj,ij->zti", u_, W_f)  # (dsfc) f_pre[c] = Sum(W_f[c, m]*u[m], (m, 0, d - 1))
         f = (1 + (-gam)) * torch.sigmoid(
-            torch.einsum("ztj,ij->zti", u_, W_f)
+            f_pre
         ) + gam  # let f[c: E] = gam[c] + (1 - gam[c]) * sigmoid(sum(m, W_f[c, m] * u[m]))
         return {
             "_dev": _dev,
@@ -194,6 +195,7 @@ class HGRN(nn.Module):
             "sm": sm,
             "gam": gam,
             "ipre": ipre,
+            "f_pre": f_pre,
             "f": f,
         }
 
@@ -277,7 +279,7 @@ class HGRN(nn.Module):
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
 
-    def _diagonal_chunk(self, h0, W_i, ipre, f, u_):
+    def _diagonal_chunk(self, h0, W_i, gam, ipre, f_pre, f, u_):
         """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
 
         The time-varying lets and the input are this chunk's slices ([B, L, ...]); ``h0`` is [B, ...]. Positional
@@ -292,12 +294,11 @@ class HGRN(nn.Module):
         _y = h0.new_empty((h0.shape[0], u_.shape[1], E))
         for _t in range(u_.shape[1]):
             _a = f[:, _t : _t + 1]
-            _bu = torch.sigmoid(ipre[:, _t : _t + 1]) * torch.einsum("ztj,ij->zti", u_[:, _t : _t + 1], W_i) + (
-                -(
-                    torch.sigmoid(ipre[:, _t : _t + 1])
-                    * f[:, _t : _t + 1]
-                    * torch.einsum("ztj,ij->zti", u_[:, _t : _t + 1], W_i)
-                )
+            _bu = (
+                (1 + (-gam))
+                * torch.sigmoid(-f_pre[:, _t : _t + 1])
+                * torch.sigmoid(ipre[:, _t : _t + 1])
+                * torch.einsum("ztj,ij->zti", u_[:, _t : _t + 1], W_i)
             )
             _h_prev = _h
             _h = _a * _h + _bu
@@ -311,9 +312,9 @@ class HGRN(nn.Module):
         d, E, L, layer = self.d, self.E, self.L, self.layer
         if use_compiled_chunks(u_, h0):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
-            args = [env["W_i"], env["ipre"], env["f"], u_]
+            args = [env["W_i"], env["gam"], env["ipre"], env["f_pre"], env["f"], u_]
             out_shape = (E,)
-            return run_compiled_chunks(self, h0, args, [False, True, True, True], out_shape)
+            return run_compiled_chunks(self, h0, args, [False, False, True, True, True, True], out_shape)
         _dev = env["_dev"]
         W_i = env["W_i"]
         W_f = env["W_f"]
@@ -321,12 +322,11 @@ class HGRN(nn.Module):
         sm = env["sm"]
         gam = env["gam"]
         ipre = env["ipre"]
+        f_pre = env["f_pre"]
         f = env["f"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
         _a = f
-        _bu = torch.sigmoid(ipre) * torch.einsum("ztj,ij->zti", u_, W_i) + (
-            -(torch.sigmoid(ipre) * f * torch.einsum("ztj,ij->zti", u_, W_i))
-        )
+        _bu = (1 + (-gam)) * torch.sigmoid(-f_pre) * torch.sigmoid(ipre) * torch.einsum("ztj,ij->zti", u_, W_i)
         _shape = (_B, _T, E)
         _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
         _read = _states
@@ -375,6 +375,7 @@ class HGRN(nn.Module):
         sm = env["sm"]
         gam = env["gam"]
         ipre = env["ipre"]
+        f_pre = env["f_pre"]
         f = env["f"]
         out = []
         m = torch.as_tensor(
@@ -421,22 +422,24 @@ def _scan_fwd(
     h0_ptr,
     out_ptr,
     hT_ptr,
+    p_gam,
     p_ipre,
+    p_f_pre,
     p_f,
     p__sum0,
-    p__sum1,
+    p_gam_s0,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
+    p_f_pre_s0,
+    p_f_pre_s1,
+    p_f_pre_s2,
     p_f_s0,
     p_f_s1,
     p_f_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
     dim_d,
     dim_E,
     dim_L,
@@ -464,14 +467,15 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+        x_f_pre = tl.load(p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
 
@@ -481,28 +485,27 @@ def _scan_fwd(
             x_ipre_next = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(
                 DTYPE
             )
+            x_f_pre_next = tl.load(
+                p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             x_f_next = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
             x__sum0_next = tl.load(
                 p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
-            ).to(DTYPE)
-            x__sum1_next = tl.load(
-                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
 
         t = step
         if not PREFETCH:
             x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_f_pre = tl.load(p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
             x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
             x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
                 DTYPE
             )
-            x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
 
-        fa0 = tl.sigmoid(x_ipre)
         a = x_f
-        bu = fa0 * x__sum0 - fa0 * x__sum1 * x_f
+        bu = x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
         if READOUT:
             coef = 1
         h = a * h + bu
@@ -513,9 +516,9 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
             x_ipre = x_ipre_next
+            x_f_pre = x_f_pre_next
             x_f = x_f_next
             x__sum0 = x__sum0_next
-            x__sum1 = x__sum1_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 
@@ -530,22 +533,24 @@ def _scan_fwd_chunked(
     h0_ptr,
     out_ptr,
     hT_ptr,
+    p_gam,
     p_ipre,
+    p_f_pre,
     p_f,
     p__sum0,
-    p__sum1,
+    p_gam_s0,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
+    p_f_pre_s0,
+    p_f_pre_s1,
+    p_f_pre_s2,
     p_f_s0,
     p_f_s1,
     p_f_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
     dim_d,
     dim_E,
     dim_L,
@@ -579,6 +584,7 @@ def _scan_fwd_chunked(
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
         if STARTS:
@@ -588,17 +594,16 @@ def _scan_fwd_chunked(
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0).to(
             DTYPE
         )
+        x_f_pre = tl.load(
+            p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
-        fa0 = tl.sigmoid(x_ipre)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
         a = tl.where(mask_t, full + x_f, 1.0)
-        bu = tl.where(mask_t & mask, full + fa0 * x__sum0 - fa0 * x__sum1 * x_f, 0.0)
+        bu = tl.where(mask_t & mask, full + x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -618,26 +623,29 @@ def _scan_bwd_chunked(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
+    p_gam,
     p_ipre,
+    p_f_pre,
     p_f,
     p__sum0,
-    p__sum1,
+    g_gam,
     g_ipre,
+    g_f_pre,
     g_f,
     g__sum0,
-    g__sum1,
+    p_gam_s0,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
+    p_f_pre_s0,
+    p_f_pre_s1,
+    p_f_pre_s2,
     p_f_s0,
     p_f_s1,
     p_f_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
     dim_d,
     dim_E,
     dim_L,
@@ -673,6 +681,9 @@ def _scan_bwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
+    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
+    ea4 = 1 - x_gam
+    acc_x_gam = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
         h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -682,16 +693,15 @@ def _scan_bwd_chunked(
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0).to(
             DTYPE
         )
+        x_f_pre = tl.load(
+            p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
-        fa0 = tl.sigmoid(x_ipre)
         a_p = x_f
-        bu_p = fa0 * x__sum0 - fa0 * x__sum1 * x_f
+        bu_p = x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -703,14 +713,13 @@ def _scan_bwd_chunked(
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0).to(
             DTYPE
         )
+        x_f_pre = tl.load(
+            p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
-        fa0 = tl.sigmoid(x_ipre)
         m = x_f
 
         m = tl.where(mask_t, full + m, 1.0)
@@ -720,17 +729,16 @@ def _scan_bwd_chunked(
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r & mask_t, other=0.0).to(
             DTYPE
         )
+        x_f_pre = tl.load(
+            p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
         if READOUT:
-            fa0 = tl.sigmoid(x_ipre)
             a_t = x_f
-            bu_t = fa0 * x__sum0 - fa0 * x__sum1 * x_f
+            bu_t = x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
 
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
@@ -743,33 +751,37 @@ def _scan_bwd_chunked(
         g = gm * g_carry + ge
         ga = g * h_prev
         ea0 = tl.sigmoid(x_ipre)
-        ea1 = ea0 * (1 - ea0)
-        ea2 = ea0 * g
+        ea1 = tl.sigmoid(-x_f_pre)
+        ea2 = ea0 * ea1 * g
+        ea3 = ea2 * x__sum0
+        ea5 = ea3 * ea4
         a = full + x_f
+        acc_x_gam += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (-ea3), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
+        )
         tl.atomic_add(
             g_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2,
-            tl.sum(
-                tl.where(mask & mask_t, full + (g * (ea1 * x__sum0 - ea1 * x__sum1 * x_f)), 0.0), axis=2, keep_dims=True
-            ),
+            tl.sum(tl.where(mask & mask_t, full + (ea5 * (1 - ea0)), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2,
+            tl.sum(tl.where(mask & mask_t, full + (-ea5 * (1 - ea1)), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
             g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ga - ea2 * x__sum1), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ga), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
             g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea2), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
-        )
-        tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
-            tl.sum(tl.where(mask & mask_t, full + (-ea2 * x_f), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea2 * ea4), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
+    tl.atomic_add(g_gam + i_c * p_gam_s0, acc_x_gam, mask=mask_r)
 
 
 @_jit
@@ -779,26 +791,29 @@ def _scan_bwd(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
+    p_gam,
     p_ipre,
+    p_f_pre,
     p_f,
     p__sum0,
-    p__sum1,
+    g_gam,
     g_ipre,
+    g_f_pre,
     g_f,
     g__sum0,
-    g__sum1,
+    p_gam_s0,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
+    p_f_pre_s0,
+    p_f_pre_s1,
+    p_f_pre_s2,
     p_f_s0,
     p_f_s1,
     p_f_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
     dim_d,
     dim_E,
     dim_L,
@@ -825,14 +840,17 @@ def _scan_bwd(
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
+    ea4 = 1 - x_gam
+    acc_x_gam = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+        x_f_pre = tl.load(p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
         h_prev = h_init
@@ -847,31 +865,35 @@ def _scan_bwd(
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
         ea0 = tl.sigmoid(x_ipre)
-        ea1 = ea0 * (1 - ea0)
-        ea2 = ea0 * g
+        ea1 = tl.sigmoid(-x_f_pre)
+        ea2 = ea0 * ea1 * g
+        ea3 = ea2 * x__sum0
+        ea5 = ea3 * ea4
         a = x_f
+        acc_x_gam += tl.sum(tl.where(mask, -ea3, 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
             g_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2,
-            tl.sum(tl.where(mask, g * (ea1 * x__sum0 - ea1 * x__sum1 * x_f), 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea5 * (1 - ea0), 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2,
+            tl.sum(tl.where(mask, -ea5 * (1 - ea1), 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
             g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
-            tl.sum(tl.where(mask, ga - ea2 * x__sum1, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ga, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
             g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
-            tl.sum(tl.where(mask, ea2, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
-        tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
-            tl.sum(tl.where(mask, -ea2 * x_f, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea2 * ea4, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
+    tl.atomic_add(g_gam + i_c * p_gam_s0, acc_x_gam, mask=mask_r)
 
 
 def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
@@ -884,11 +906,9 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     sm = env["sm"]
     gam = env["gam"]
     ipre = env["ipre"]
+    f_pre = env["f_pre"]
     f = env["f"]
     _sum0 = (torch.einsum("ztj,ij->zti", u_, W_i)).expand(
-        _B, _T, E
-    )  # a sum inside the maths: computed in torch, read by the kernel
-    _sum1 = (torch.einsum("ztj,ij->zti", u_, W_i)).expand(
         _B, _T, E
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -898,7 +918,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (ipre.to(_io), f.to(_io), _sum0.to(_io), _sum1.to(_io)),
+        (gam, ipre.to(_io), f_pre.to(_io), f.to(_io), _sum0.to(_io)),
         T=_T,
         dims=(d, E, L, layer),
         consts=(),

@@ -318,15 +318,26 @@ class NormalizedAttentionSigmoid(nn.Module):
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
         _q = q
         _k = k
-        _v = torch.einsum("ztk,ijk->ztij", u_, W_V) / eta[:, :, :, None]
+        _v = torch.einsum("ztk,ijk->ztij", u_, W_V)
         _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        _log_decay = (
-            torch.as_tensor(torch.log(eta_prev / eta), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
-        )
-        _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        # A = X_prev / X and B u = k v^T / X per group (X = exp(_ell)): the scan runs on S = X h, decay 1, and
+        # y = exp(-_ell) q . S, the initial state decayed by exp(_ell_prev[0] - _ell): exponents of differences
+        # only, never exp(-_ell) times exp(_ell) (inf * 0 in fp32 where |_ell| > 88)
+        _ell = (F.logsigmoid(s)).expand(_B, _T, H).reshape(_B, _T, H)
+        _ell_prev = (torch.log(eta_prev)).expand(_B, _T, H).reshape(_B, _T, H)
+        _log_decay = None
+        _h0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+        _s0 = torch.zeros_like(_h0)  # S = X h from 0; h0 is added after the scan
         _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+        _y = torch.exp(-_ell)[..., None] * _y.to(_dtype) + torch.exp(_ell_prev[:, :1] - _ell)[..., None] * torch.einsum(
+            "btgk,bgkv->btgv", _q.to(_dtype), _h0
+        )
+        _sT = (
+            torch.exp(-_ell[:, -1])[..., None, None] * _sT
+            + torch.exp(_ell_prev[:, 0] - _ell[:, -1])[..., None, None] * _h0
+        )
         _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
         _y = _y.reshape(_B, _T, H, V)
         return _y, _final
@@ -443,18 +454,28 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
     _q = q
     _k = k
-    _v = torch.einsum("ztk,ijk->ztij", u_, W_V) / eta[:, :, :, None]
+    _v = torch.einsum("ztk,ijk->ztij", u_, W_V)
     _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
     _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
     _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-    _log_decay = (
-        torch.as_tensor(torch.log(eta_prev / eta), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
-    )
+    # A = X_prev / X and B u = k v^T / X per group (X = exp(_ell)): the scan runs on S = X h, decay 1, and
+    # y = exp(-_ell) q . S, the initial state decayed by exp(_ell_prev[0] - _ell): exponents of differences
+    # only, never exp(-_ell) times exp(_ell) (inf * 0 in fp32 where |_ell| > 88)
+    _ell = (F.logsigmoid(s)).expand(_B, _T, H).reshape(_B, _T, H)
+    _ell_prev = (torch.log(eta_prev)).expand(_B, _T, H).reshape(_B, _T, H)
+    _log_decay = None
     _io = env.get("_io_dtype", _dtype)
     if _io in (torch.float16, torch.bfloat16):
         _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)
-    _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+    _h0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+    _s0 = torch.zeros_like(_h0)  # S = X h from 0; h0 is added after the scan
     _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+    _y = torch.exp(-_ell)[..., None] * _y.to(_dtype) + torch.exp(_ell_prev[:, :1] - _ell)[..., None] * torch.einsum(
+        "btgk,bgkv->btgv", _q.to(_dtype), _h0
+    )
+    _sT = (
+        torch.exp(-_ell[:, -1])[..., None, None] * _sT + torch.exp(_ell_prev[:, 0] - _ell[:, -1])[..., None, None] * _h0
+    )
     _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
     _y = _y.reshape(_B, _T, H, V)
     return _y, _final

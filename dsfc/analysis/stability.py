@@ -77,6 +77,13 @@ def _mul(a: Interval, b: Interval) -> Interval:
     return Interval(lo, hi, lo_open, hi_open)
 
 
+def _intersect(a: Interval, b: Interval) -> Interval:
+    """Both intervals hold the same quantity: their intersection does too."""
+    lo, lo_open = max((a.lo, a.lo_open), (b.lo, b.lo_open))
+    hi, hi_open = min((a.hi, not a.hi_open), (b.hi, not b.hi_open))
+    return Interval(lo, hi, lo_open, not hi_open)
+
+
 def _add(a: Interval, b: Interval) -> Interval:
     return Interval(a.lo + b.lo, a.hi + b.hi, a.lo_open or b.lo_open, a.hi_open or b.hi_open)
 
@@ -90,6 +97,7 @@ class IntervalProver:
         self._lets = {let.tensor.name: let for let in sym.lets}
         self._cache: dict[str, Interval] = {}
         self._normalised: dict[str, int | None] = {}
+        self._unit: set[sp.Symbol] = set()  # stand-ins i / extent for index symbols: in [0, 1)
 
     def of_name(self, name: str, base) -> Interval:
         if name in self._cache:
@@ -116,7 +124,7 @@ class IntervalProver:
             j = let.index[self._normalised_axis(let)]
             self.reasons.append(f"{name} in {iv} (a positive term over its sum along {j}: a softmax-like weight)")
         elif let is not None:
-            iv = self.range(let.expr)
+            iv = self.range_over(let.expr, let.index, [ax.extent for ax in let.tensor.axes])
             if iv != ANY:
                 self.reasons.append(f"{name} in {iv} (from its definition)")
         elif getattr(base, "is_positive", None):
@@ -229,6 +237,26 @@ class IntervalProver:
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
 
+    def range_over(self, e, index, extents) -> Interval:
+        """range(e) where the symbols ``index`` run over ``0 .. extent - 1``. Plain interval arithmetic reads an
+        index as [0, inf) and a dim as [1, inf), so ``(a + 0.4 K) / (1.4 K)`` (a per-key decay, a < K) came out
+        unbounded. When it does, each index is also written ``extent * t`` with t in [0, 1) (a superset of its
+        values), common factors taken out (``factor_terms``: K cancels), and the two ranges intersected."""
+        iv = self.range(e)
+        present = [(i, ext) for i, ext in zip(index, extents) if i in e.free_symbols]
+        if (iv.lo > -INF and iv.hi < INF) or not present:
+            return iv
+        subs = {}
+        for i, ext in present:
+            t = sp.Dummy(f"{i}_frac", nonnegative=True)
+            self._unit.add(t)
+            subs[i] = ext * t
+        try:
+            scaled = sp.factor_terms(sp.S(e).subs(subs, simultaneous=True), radical=False)
+        except (TypeError, ValueError, sp.PolynomialError):
+            return iv
+        return _intersect(iv, self.range(scaled))
+
     def range(self, e) -> Interval:
         if e.is_Number:
             v = float(e)
@@ -236,6 +264,8 @@ class IntervalProver:
         if isinstance(e, sp.Indexed):
             return self.of_name(str(e.base.label), e.base)
         if isinstance(e, sp.Symbol):
+            if e in self._unit:
+                return Interval(0.0, 1.0, False, True)
             if e in self.sym.dims.values():
                 return Interval(1.0, INF, False, True)
             return self.of_name(str(e), e)
@@ -449,7 +479,7 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
             )
         return EigenBound(Bound.UNKNOWN, None, "A is not diagonal: eigenvalues are not derived symbolically")
     prover = IntervalProver(sym)
-    iv = prover.range(a.decay)
+    iv = prover.range_over(a.decay, a.rows, [ax.extent for ax in sym.state.axes])
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     lam = f"lambda = {sp.sstr(a.decay)} in {iv}"
     verdict = _verdict([iv])

@@ -15,7 +15,7 @@ import sympy as sp
 
 from ..analysis.dim_conditions import ExtentMatch, dim_conditions
 from ..analysis.facts import Family
-from ..analysis.log_space import complements, exact_log, log_of
+from ..analysis.log_space import complements, exact_log, hoist_complement_sums, log_of, telescoping_gauge
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
@@ -166,6 +166,9 @@ def _src(sym: SymSpec, name: str) -> str:
         if s.name == name:
             line = let[s.span.line - 1].strip() if s.span.line <= len(let) else ""
             return line
+    let = sym.let(name)
+    if let is not None and not let.running:  # a let codegen added (log_space.hoist_complement_sums)
+        return f"(dsfc) {name}[{', '.join(map(str, let.index))}] = {sp.sstr(let.expr)}"
     return ""
 
 
@@ -208,6 +211,8 @@ def _expressions(st):
 
 def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str) -> ModulePlan:
     _check_python_names(sym)
+    # 1 - f for a gate f = a + (1 - a) sigmoid(sum(...)): the sum becomes a let of its own, read by both forms
+    sym = hoist_complement_sums(sym, [m.entry for m in sym.matrices.values()])
     st = _without_cancellation(st, sym)
     dims_code = {v: py_name(k) for k, v in sym.dims.items()}
     tensors: dict[str, TensorRef] = {}
@@ -404,7 +409,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         signed_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _signed_decay(sym, st),
         helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
                  if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
-                 or any(e.has(fn) for e in _expressions(st))],
+                 or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
     )
@@ -556,6 +561,11 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     gk, gk_s = over(G + K)
     gv, gv_s = over(G + V)
     delta = st.delta
+    gauge = None
+    if not delta and sym.readout != "pre" and not set(st.a.decay_axes) - set(G) and not _signed_decay(sym, st):
+        gauge = telescoping_gauge(st.a.decay, o.value, sym)  # A = X_prev / X, B u = k v / X: scan X h, decay 1
+        if gauge is not None:
+            o = dataclasses.replace(o, value=gauge[2])
     lines = [
         "# delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan" if delta else
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
@@ -572,11 +582,23 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"_f = _f.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         ]
     decay = delta.decay if delta else st.a.decay
-    logd = _log_decay(sym, decay)
+    logd = None if gauge else _log_decay(sym, decay)
     signed = _signed_decay(sym, st)
     # a decay that may be negative is scanned as log|decay|, its signs folded into the streams (fold_decay_sign)
     target, logd = ("_decay", decay) if signed else ("_log_decay", logd)
-    if logd is None:
+    if gauge:
+        g, g_s = over(G)
+        shape = f".expand(_B, _T{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})"
+        ell, ell_prev = (f"({pr.print(e, g, g_s)}){shape}" for e in gauge[:2])
+        lines += [
+            "# A = X_prev / X and B u = k v^T / X per group (X = exp(_ell)): the scan runs on S = X h, decay 1, and",
+            "# y = exp(-_ell) q . S, the initial state decayed by exp(_ell_prev[0] - _ell): exponents of differences",
+            "# only, never exp(-_ell) times exp(_ell) (inf * 0 in fp32 where |_ell| > 88)",
+            f"_ell = {ell}",
+            f"_ell_prev = {ell_prev}",
+            "_log_decay = None",
+        ]
+    elif logd is None:
         lines.append("_log_decay = None  # s = 1 (no gate)" if delta else "_log_decay = None  # A = I")
     elif not delta and set(st.a.decay_axes) & set(K):
         s, s_s = over(G + K)
@@ -605,10 +627,21 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             "if _io in (torch.float16, torch.bfloat16):",
             "    _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)",
         ]
+    s0 = f"h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})"
+    if gauge:
+        lines += [f"_h0 = {s0}", "_s0 = torch.zeros_like(_h0)  # S = X h from 0; h0 is added after the scan"]
+    else:
+        lines.append(f"_s0 = {s0}")
+    lines.append(f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"
+                 + (", readout=\"pre\")" if sym.readout == "pre" else ")"))
+    if gauge:
+        lines += [
+            "_y = torch.exp(-_ell)[..., None] * _y.to(_dtype) + torch.exp(_ell_prev[:, :1] - _ell)[..., None]"
+            " * torch.einsum(\"btgk,bgkv->btgv\", _q.to(_dtype), _h0)",
+            "_sT = torch.exp(-_ell[:, -1])[..., None, None] * _sT"
+            " + torch.exp(_ell_prev[:, 0] - _ell[:, -1])[..., None, None] * _h0",
+        ]
     lines += [
-        f"_s0 = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
-        f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"
-        + (", readout=\"pre\")" if sym.readout == "pre" else ")"),
         f"_final = {'(_sT * _sign_end)' if signed else '_sT'}.reshape(_B, {', '.join(sz[k] for k in order)})"
         f".permute({', '.join(map(str, inv))})",
     ]
@@ -848,7 +881,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         driven=py_name(sym.driven.name), driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
         output_local=py_name(sym.output.name), layer_output_size=" * ".join(layer_shape), posts=posts,
         template="quadratic.py.jinja", quadratic=q,
-        triton_note="Triton kernel: FlashAttention-style quadratic attention",
+        triton_note="Triton kernel: FlashAttention-style quadratic attention", helpers=sorted(pr.helpers),
     )
 
 

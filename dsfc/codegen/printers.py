@@ -59,6 +59,7 @@ class TorchPrinter:
         self.device = device
         self.dtype = dtype
         self.infinite = None  # code for the size of an infinite feature range (its slot count), where one is used
+        self.helpers: set[str] = set()  # dsfc.runtime.features functions the printed code calls (l2_norm)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def size(self, e) -> str:
@@ -174,6 +175,9 @@ class TorchPrinter:
             stable = power_as_exp(e)
             if stable is not None:  # sigmoid(z)^(1/4) as exp(logsigmoid(z) / 4): no NaN gradient once it underflows
                 return self._p(stable, axes, sizes, prec)
+            norm = self._l2_norm(base, ex, axes, sizes) if ex in (sp.Rational(1, 2), -sp.Rational(1, 2)) else None
+            if norm is not None:
+                return norm
             if ex == sp.Rational(1, 2):
                 return self._sqrt(base, axes, sizes)
             if ex == -sp.Rational(1, 2):
@@ -216,6 +220,25 @@ class TorchPrinter:
 
     def _has_tensor(self, e) -> bool:
         return any(str(s) in self.tensors for s in e.free_symbols) or e.has(sp.Indexed)
+
+    def _l2_norm(self, base, ex, axes, sizes) -> str | None:
+        """``sqrt(sum(j, x^2))`` (one summed index, x real and depending on it) as ``l2_norm(x)`` (its inverse as
+        ``inv_l2_norm(x)``), scaled by
+        max |x| (dsfc.runtime.features): the plain form squares x first, 0 in fp32 once |x| < 1e-19 (DeltaNet's
+        ``k / sqrt(sum(k^2))`` was then 0 / 0 where float64's is a unit vector) and inf above 1.8e19. Same value
+        and gradient otherwise; an exactly-zero x is still 0 (the spec's own 0 / 0 stays NaN)."""
+        if not isinstance(base, sp.Sum) or len(base.limits) != 1:
+            return None
+        var, lo, hi = base.limits[0]
+        body = base.function
+        if lo != 0 or not (isinstance(body, sp.Pow) and body.exp == 2) or var not in body.base.free_symbols:
+            return None
+        if not body.base.is_real:
+            return None
+        fn = "l2_norm" if ex > 0 else "inv_l2_norm"
+        self.helpers.add(fn)
+        body_sizes = {**sizes, var: self.size(hi + 1)}
+        return f"{fn}({self._tensor(body.base, axes + (var,), body_sizes)})"
 
     def _sqrt(self, base, axes, sizes) -> str:
         if not base.free_symbols or all(s in self.dims for s in base.free_symbols):

@@ -1,5 +1,6 @@
-"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec); and the
-elementwise forms codegen writes for ``elu(x) + 1`` (``elu1p``) and ``exp(x) - 1`` (``expm1``)."""
+"""Feature maps for generated code: the order-p Taylor features of exp (``taylor(a, x[..., a])`` in a spec); the
+elementwise forms codegen writes for ``elu(x) + 1`` (``elu1p``) and ``exp(x) - 1`` (``expm1``); and the scaled
+L2 norms ``l2_norm`` and ``inv_l2_norm`` for ``sqrt(sum(x^2))``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,26 @@ def expm1(x: torch.Tensor) -> torch.Tensor:
     one = e == 1.0
     near = torch.where(one, x, (e - 1.0) * x / torch.where(one, torch.ones_like(e), torch.log(e)))
     return torch.where(x.abs() < 0.5, near, e - 1.0)
+
+
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(sum(x^2)) over the last axis, computed on x / max|x| (the scale a constant for autograd): x^2 is 0 in
+    fp32 for |x| < 1e-19 and inf above 1.8e19, where the norm itself is representable. An all-zero x gives 0."""
+    m = _scale(x)
+    return m[..., 0] * torch.sqrt(torch.square(x / m).sum(-1))
+
+
+def inv_l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """1 / l2_norm(x) as (1 / m) rsqrt(sum((x / m)^2)): ``1 / l2_norm`` would differentiate to -1 / norm^2, inf in
+    fp32 for a norm below 1e-19 although the chain's product (the gradient through x / norm) is finite."""
+    m = _scale(x)
+    return (1 / m[..., 0]) * torch.rsqrt(torch.square(x / m).sum(-1))
+
+
+def _scale(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over the last axis (kept), 1 where that is 0; no gradient (a constant rescaling)."""
+    m = x.detach().abs().amax(-1, keepdim=True)
+    return torch.where(m > 0, m, torch.ones_like(m))
 
 
 def taylor_dim(length: int, order: int) -> int:
