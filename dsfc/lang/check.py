@@ -901,21 +901,22 @@ class _Checker:
                 for let in lets}
         order: list[ast.LetDecl] = []
         state: dict[str, int] = {}  # 1 = visiting, 2 = done
-        reported = False
+        # lets already named in a reported cycle: one error per tangle of lets, but every separate cycle reported
+        # (two unrelated cycles used to give one error, the second found only after fixing the first)
+        reported: set[str] = set()
 
         def visit(name: str, path: list[str]):
-            nonlocal reported
             if state.get(name) == 2:
                 return
             if state.get(name) == 1:
-                if not reported:
-                    cycle = path[path.index(name):] + [name]
+                cycle = path[path.index(name):] + [name]
+                if not reported & set(cycle):
                     self.err(
                         "cycle among lets: " + " -> ".join(cycle),
                         by_name[name].span,
                         hint="a let may only use lets that do not depend on it; use the state for recurrences",
                     )
-                    reported = True
+                    reported.update(cycle)
                 return
             state[name] = 1
             for d in deps[name]:
