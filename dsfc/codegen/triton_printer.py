@@ -22,7 +22,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.printer import Printer
 
-from ..ir.functions import Elu, Elu1p, Expm1, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from ..ir.functions import Elu, Elu1p, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from .printers import PrinterError
 
 # function class name -> Triton callable (a tl builtin or a helper the template defines)
@@ -43,10 +43,13 @@ _CALLS = {
     Silu.__name__: "_silu",
     Elu.__name__: "_elu",
     Elu1p.__name__: "_elu1p",
+    Gelu.__name__: "_gelu",
+    "erf": "tl.math.erf",  # in gelu's derivative
 }
 
 # the helpers a kernel may call; the template defines exactly these
-HELPERS = ("_expm1", "_tanh", "_sign", "_step", "_softplus", "_logsigmoid", "_relu", "_silu", "_elu", "_elu1p")
+HELPERS = ("_expm1", "_tanh", "_sign", "_step", "_softplus", "_logsigmoid", "_relu", "_silu", "_elu", "_elu1p",
+           "_gelu")
 
 
 class TritonPrinter(Printer):

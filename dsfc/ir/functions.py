@@ -122,6 +122,13 @@ class Elu1p(_Elementwise):
 class Gelu(_Elementwise):
     """x * Phi(x) (exact, erf form)."""
 
+    def fdiff(self, argindex=1):
+        # Phi(x) + x phi(x): the Triton backward differentiates lets symbolically (torch uses autograd); the
+        # constants as floats, so that no kernel calls tl.sqrt on a Python number
+        x = self.args[0]
+        return (1 + sp.erf(x * sp.Float(math.sqrt(0.5), 17))) / 2 + x * sp.exp(-x ** 2 / 2) * sp.Float(
+            1 / math.sqrt(2 * math.pi), 17)
+
     def _eval_is_positive(self):
         return self.args[0].is_positive
 

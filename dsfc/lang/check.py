@@ -493,6 +493,13 @@ class _Checker:
         if isinstance(e, ast.BinOp):
             self.check_expr(e.left, scope, ctx, allowed)
             self.check_expr(e.right, scope, ctx, allowed)
+            if e.op in ("//", "%") and not (self.is_integer_expr(e.left, scope)
+                                            and self.is_integer_expr(e.right, scope)):
+                # floor and mod are integer (index) arithmetic throughout codegen, the reference and the Triton
+                # backward (no derivative): a real operand such as u[c] // 2 used to crash the printer
+                self.err(f"operator {e.op!r} takes integer operands (index variables, dims and integers); "
+                         f"it is not defined on real values here", e.span,
+                         hint="floor division and modulo are for index arithmetic, e.g. u[(c + 1) % d]")
             return
         if isinstance(e, ast.Neg):
             self.check_expr(e.operand, scope, ctx, allowed)
@@ -585,6 +592,22 @@ class _Checker:
                      cls=NotADSFError)
         elif t.kind not in allowed:
             self.err(f"{ctx} cannot read {t.kind} {t.name!r}", span)
+
+    def is_integer_expr(self, e: ast.Expr, scope: _Scope) -> bool:
+        """Is ``e`` integer arithmetic (the subscript language): integers, index variables, dims, + - * // %."""
+        for node in _walk(e):
+            if isinstance(node, ast.Num):
+                if not isinstance(node.value, int):
+                    return False
+            elif isinstance(node, ast.Name):
+                if node.name not in scope.entries and node.name not in self.dims:
+                    return False
+            elif isinstance(node, ast.BinOp):
+                if node.op not in ("+", "-", "*", "//", "%"):
+                    return False
+            elif not isinstance(node, ast.Neg):
+                return False
+        return True
 
     def check_subscript(self, s: ast.Expr, scope: _Scope, ctx: str):
         """Subscripts are integer expressions over index variables, dims and integer literals."""
@@ -878,21 +901,22 @@ class _Checker:
                 for let in lets}
         order: list[ast.LetDecl] = []
         state: dict[str, int] = {}  # 1 = visiting, 2 = done
-        reported = False
+        # lets already named in a reported cycle: one error per tangle of lets, but every separate cycle reported
+        # (two unrelated cycles used to give one error, the second found only after fixing the first)
+        reported: set[str] = set()
 
         def visit(name: str, path: list[str]):
-            nonlocal reported
             if state.get(name) == 2:
                 return
             if state.get(name) == 1:
-                if not reported:
-                    cycle = path[path.index(name):] + [name]
+                cycle = path[path.index(name):] + [name]
+                if not reported & set(cycle):
                     self.err(
                         "cycle among lets: " + " -> ".join(cycle),
                         by_name[name].span,
                         hint="a let may only use lets that do not depend on it; use the state for recurrences",
                     )
-                    reported = True
+                    reported.update(cycle)
                 return
             state[name] = 1
             for d in deps[name]:

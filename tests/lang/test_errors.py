@@ -234,6 +234,9 @@ CASES = [
     ("sum-shadows", spec(A="A[i, k] = sum(i, u[i])"), 4, 11, "sum index 'i' shadows an existing name"),
     ("subscript-float", spec(B="B[i, k] = u[0.5]"), 5, 13, "subscript must be an integer, got 0.5"),
     ("subscript-true-division", spec(B="B[i, k] = u[i / 2]"), 5, 13, "operator '/' is not allowed in a subscript"),
+    # floor and mod are index arithmetic: on a real value the printer had no code for them (an internal error)
+    ("floordiv-real", spec(B="B[i, k] = delta(i, k) * (u[i] // 2)"), 5, 26, "operator '//' takes integer operands"),
+    ("mod-real", spec(B="B[i, k] = delta(i, k) * (i % 1.5)"), 5, 26, "operator '%' takes integer operands"),
     (
         "subscript-tensor",
         spec("param p", B="B[i, k] = u[p]"),

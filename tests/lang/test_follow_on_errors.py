@@ -108,3 +108,12 @@ def test_a_post_named_like_a_declared_tensor_is_one_error():
     # a post that really reads itself is still an error
     errs = errors("let a[c: d] = w[c]", *USES, "post g[o: d] = y[o] * g[o]")
     assert [m for _, m in errs] == ["post 'g' reads 'g', which is not defined before it"], errs
+
+
+def test_each_separate_let_cycle_is_reported_once():
+    """Two unrelated cycles are two mistakes (the second used to surface only after the first was fixed); a tangle
+    of lets (a -> b -> a and a -> c -> a) is one."""
+    errs = errors("let z[c: d] = z[c] + 1", "let a[c: d] = b[c] + e[c]", "let b[c: d] = a[c]",  # lines 5-7
+                  "let e[c: d] = a[c] * u[c]", "A[i, k] = delta(i, k)", "B[i, k] = delta(i, k) * z[i] * a[i]",
+                  "C[i, k] = delta(i, k)")
+    assert errs == [(5, "cycle among lets: z -> z"), (6, "cycle among lets: a -> b -> a")], errs
