@@ -1,0 +1,128 @@
+"""Unusual input to the generated modules and the CLI found by the API hunt (not covered by test_module_api_errors.py
+or test_cli_inputs.py): each case is a clear error naming the problem, or the right result checked against the
+reference backend / float64."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsfc.check import load_module
+from dsfc.cli import main
+from dsfc.pipeline import compile_spec
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+DIMS = {"s6": dict(d=4, n=2, r=2), "mamba_block": dict(d=4, e=1, n=2, r=1, W=2),
+        "softmax_attention": dict(d=8, H=2, K=4, V=4)}
+
+
+@pytest.fixture(scope="module")
+def models():
+    out = {}
+    for name, dims in DIMS.items():
+        result = compile_spec(SPECS / f"{name}.dsf")
+        torch.manual_seed(0)
+        out[name] = getattr(load_module(result, f"dsfc_hunt_{name}"), result.plan.model)(**dims)
+    return out
+
+
+def test_non_string_state_dict_keys_are_named(models):
+    # a spec without running quantities tested `k not in "h"`, a substring test: an int key was Python's
+    # "'in <string>' requires string as left operand, not int", and '' passed as a known key
+    s6 = models["s6"]
+    u = torch.randn(2, 3, 4)
+    _, state = s6(u, output_final_state=True)
+    for key in (1, ""):
+        with pytest.raises(ValueError, match=rf"S6: unknown initial_state key\(s\) \['{key}'\]; expected keys \['h'\]"):
+            s6(u, initial_state={"h": state, key: state})
+        with pytest.raises(ValueError, match=r"S6: unknown state key\(s\)"):
+            s6.step(u[:, 0], {"h": state, key: state})
+    torch.testing.assert_close(s6(u, initial_state={"h": state}), s6(u, initial_state=state), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(DIMS))
+def test_a_bad_backend_is_refused_on_an_empty_input_too(models, name):
+    # set after construction, an unknown backend raised on every input but an empty one (T = 0 or B = 0 returned
+    # before the backend was read)
+    model = copy.deepcopy(models[name])
+    model.backend = "cuda"
+    width = model._in_features()
+    for shape in ((2, 0, width), (0, 3, width)):
+        with pytest.raises(ValueError, match=r"backend must be one of .*got 'cuda'"):
+            model(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("name", sorted(DIMS))
+def test_the_final_state_of_an_empty_input_is_a_copy(models, name):
+    # at T = 0 the "final" state was the caller's initial state itself: zeroing it in place (a reset between
+    # sequences) zeroed the initial state too
+    model = models[name]
+    width = model._in_features()
+    u = torch.randn(2, 3, width, dtype=torch.float64)
+    model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        _, state = model(u, output_final_state=True)
+    before = copy.deepcopy(state)
+    _, final = model(u[:, :0], initial_state=state, output_final_state=True)
+    finals = final.values() if isinstance(final, dict) else [final]
+    with torch.no_grad():
+        for v in finals:
+            v.zero_()
+    items = state.items() if isinstance(state, dict) else [("h", state)]
+    for key, value in items:
+        ref = before[key] if isinstance(before, dict) else before
+        assert torch.equal(value, ref), key
+    # and the state passed through an empty call still continues the sequence exactly
+    _, passed = model(u[:, :0], initial_state=state, output_final_state=True)
+    x = torch.randn(2, 4, width, dtype=torch.float64)
+    torch.testing.assert_close(model(x, initial_state=passed), model(x, initial_state=state), rtol=0, atol=0)
+
+
+def test_step_and_forward_states_interchange_on_the_reference_backend(models):
+    # the reference backend's states continue a torch-backend forward and the other way round (float64: exact up
+    # to rounding)
+    for name in ("s6", "mamba_block"):
+        torch_model = copy.deepcopy(models[name]).double()
+        ref_model = copy.deepcopy(torch_model)
+        ref_model.backend = "reference"
+        u = torch.randn(2, 6, torch_model._in_features(), dtype=torch.float64)
+        y = ref_model(u)
+        _, state = torch_model(u[:, :3], output_final_state=True)
+        ys = []
+        for t in range(3, 6):
+            y_t, state = ref_model.step(u[:, t], state)
+            ys.append(y_t)
+        torch.testing.assert_close(torch.stack(ys, 1), y[:, 3:])
+        state = None
+        for t in range(2):
+            _, state = ref_model.step(u[:, t], state)
+        torch.testing.assert_close(torch_model(u[:, 2:], initial_state=state), y[:, 2:])
+
+
+def test_strided_and_half_inputs_match_float64(models):
+    # transposed and expanded (stride-0) views of u give the contiguous input's output; fp16 / bf16 inputs are close
+    # to the float64 module and come back in their own dtype
+    for name in ("s6", "softmax_attention"):
+        model = models[name]
+        width = model._in_features()
+        ut = torch.randn(width, 7, 2).permute(2, 1, 0)
+        torch.testing.assert_close(model(ut), model(ut.contiguous()))
+        ue = torch.randn(1, 7, width).expand(3, 7, width)
+        torch.testing.assert_close(model(ue), model(ue.contiguous()))
+        y64 = copy.deepcopy(model).double()(ut.double())
+        for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 5e-2)):
+            y = model(ut.to(dtype))
+            assert y.dtype == dtype
+            assert (y.double() - y64).abs().max() < tol * max(1.0, y64.abs().max().item()), (name, dtype)
+
+
+def test_duplicate_dims_are_refused(capsys):
+    # `--dims d=3 d=4` silently ran at d = 4
+    spec = str(SPECS / "s6.dsf")
+    for cmd in (["check", spec, "--no-triton"], ["bench", spec, "-T", "4", "--repeats", "1"]):
+        assert main(cmd + ["--dims", "d=3", "d=4"]) == 2
+        err = capsys.readouterr().err
+        assert "--dims d is given twice, as 3 and 4" in err and "Traceback" not in err
