@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, step_state_errors
+from dsfc.runtime.checks import check_finite_input, empty_output, step_state_errors
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -240,7 +240,7 @@ class GatedDeltaNet(nn.Module):
             h0 = initial_state.to(_dtype).reshape(h0.shape)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, H * V))
+            y = empty_output(u, self, (_B, _T, H * V))
             # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
             # the initial one
             return (y, h0.clone()) if output_final_state else y

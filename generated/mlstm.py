@@ -40,7 +40,13 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, check_subscript, step_state_errors
+from dsfc.runtime.checks import (
+    check_finite_input,
+    check_running_state,
+    check_subscript,
+    empty_output,
+    step_state_errors,
+)
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -341,7 +347,7 @@ class MLSTM(nn.Module):
             h0 = initial_state.to(_dtype).reshape(h0.shape)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, H * DH))
+            y = empty_output(u, self, (_B, _T, H * DH))
             # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
             # the initial one
             final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}

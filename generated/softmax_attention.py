@@ -37,6 +37,7 @@ from dsfc.runtime.checks import (
     check_finite_input,
     check_kv_cache,
     check_running_state,
+    empty_output,
     step_state_errors,
 )
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
@@ -209,7 +210,7 @@ class SoftmaxAttention(nn.Module):
         running0 = None if initial_state is None else {k: v for k, v in initial_state.items()}
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, H * V))
+            y = empty_output(u, self, (_B, _T, H * V))  # tied to u and the parameters
             if not output_final_state:
                 return y
             # the cache grows by the _T steps (of no rows when _B = 0), from an empty one (S = 0) without an initial

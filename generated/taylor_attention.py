@@ -41,7 +41,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, step_state_errors
+from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors
 from dsfc.runtime.features import taylor_dim, taylor_features
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -238,7 +238,7 @@ class TaylorAttention(nn.Module):
             h0 = initial_state.to(_dtype).reshape(h0.shape)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, H * V))
+            y = empty_output(u, self, (_B, _T, H * V))
             # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
             # the initial one
             final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}

@@ -126,3 +126,22 @@ def test_duplicate_dims_are_refused(capsys):
         assert main(cmd + ["--dims", "d=3", "d=4"]) == 2
         err = capsys.readouterr().err
         assert "--dims d is given twice, as 3 and 4" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", sorted(DIMS))
+def test_an_empty_batch_backpropagates_zero_gradients(models, name):
+    # the output of an empty input was a new_zeros tensor without a grad_fn: loss.backward() of a training step on
+    # an empty batch failed with "element 0 of tensors does not require grad"; like torch's own layers, it is tied
+    # to u and the parameters with zero gradients
+    model = copy.deepcopy(models[name])
+    for shape in ((2, 0, model._in_features()), (0, 3, model._in_features())):
+        model.zero_grad(set_to_none=True)
+        u = torch.randn(*shape, requires_grad=True)
+        y = model(u)
+        assert y.shape[:2] == shape[:2] and y.dtype == u.dtype
+        y.sum().backward()
+        assert u.grad is not None and u.grad.shape == u.shape
+        for p in model.parameters():
+            assert p.grad is not None and not p.grad.any()
+    with torch.no_grad():  # no graph where none is wanted
+        assert model(torch.randn(2, 0, model._in_features())).grad_fn is None
