@@ -145,3 +145,30 @@ def test_an_empty_batch_backpropagates_zero_gradients(models, name):
             assert p.grad is not None and not p.grad.any()
     with torch.no_grad():  # no graph where none is wanted
         assert model(torch.randn(2, 0, model._in_features())).grad_fn is None
+
+
+@pytest.mark.parametrize("name", sorted(DIMS))
+def test_copies_and_checkpoints_round_trip(models, name, tmp_path):
+    # README: modules deep-copy, pickle and torch.save / load_state_dict round-trip (the same outputs, bit for bit)
+    import pickle
+
+    model = models[name]
+    u = torch.randn(2, 5, model._in_features())
+    y = model(u)
+    torch.save(model, tmp_path / "m.pt")
+    fresh = type(model)(**DIMS[name])
+    fresh.load_state_dict(model.state_dict())
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), fresh,
+                  torch.load(tmp_path / "m.pt", weights_only=False)):
+        assert torch.equal(other(u), y)
+
+
+def test_the_compute_dtype_follows_the_input(models):
+    # README: a float64 module fed fp32 computes in fp32 (and returns fp32); fed float64 it matches float64
+    model = models["s6"]
+    wide = copy.deepcopy(model).double()
+    u = torch.randn(2, 6, 4)
+    y = wide(u)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, model(u))
+    torch.testing.assert_close(y.double(), wide(u.double()), rtol=1e-5, atol=1e-6)
