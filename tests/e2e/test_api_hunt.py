@@ -4,6 +4,8 @@ reference backend / float64."""
 
 from __future__ import annotations
 
+from tests.triton._device import DEVICE  # noqa: I001  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
 import copy
 from pathlib import Path
 
@@ -172,3 +174,21 @@ def test_the_compute_dtype_follows_the_input(models):
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, model(u))
     torch.testing.assert_close(y.double(), wide(u.double()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["s6", "softmax_attention"])
+def test_a_second_derivative_through_triton_names_the_way_out(models, name):
+    # a gradient of a gradient through the Triton kernels was torch's "Trying to backward through
+    # dsfc.diagonal_scan_bwd.default but no autograd formula was registered"; first derivatives (create_graph=True
+    # included) are unchanged and match the torch backend
+    model = copy.deepcopy(models[name]).to(DEVICE)
+    fast = copy.deepcopy(model)
+    fast.backend = "triton"
+    u = torch.randn(2, 5, model._in_features(), device=DEVICE, requires_grad=True)
+    want = torch.autograd.grad(model(u).pow(2).sum(), u)[0]
+    g = torch.autograd.grad(fast(u).pow(2).sum(), u, create_graph=True)[0]
+    torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"dsfc: the Triton .* kernels have no second derivative .* backend='torch'"):
+        torch.autograd.grad(g.pow(2).sum(), u)
+    g2 = torch.autograd.grad(model(u).pow(2).sum(), u, create_graph=True)[0]
+    assert torch.autograd.grad(g2.pow(2).sum(), u)[0].abs().sum() > 0  # the torch backend has one
