@@ -228,7 +228,7 @@ class HGRN(nn.Module):
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            if use_compiled_chunks(u_, h0):
+            if use_compiled_chunks(u_, h0, self):
                 env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
             else:
                 env = self._lets(u_, _dtype, running0)
@@ -312,7 +312,7 @@ class HGRN(nn.Module):
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
         d, E, L, layer = self.d, self.E, self.L, self.layer
-        if use_compiled_chunks(u_, h0):
+        if use_compiled_chunks(u_, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
             args = [env["W_i"], env["ipre"], env["f"], u_]
             out_shape = (E,)

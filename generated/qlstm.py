@@ -224,7 +224,7 @@ class QLSTM(nn.Module):
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            if use_compiled_chunks(u_, h0):
+            if use_compiled_chunks(u_, h0, self):
                 env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
             else:
                 env = self._lets(u_, _dtype, running0)
@@ -302,7 +302,7 @@ class QLSTM(nn.Module):
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
         d, e, Hd = self.d, self.e, self.Hd
-        if use_compiled_chunks(u_, h0):
+        if use_compiled_chunks(u_, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
             args = [env["W_x"], env["f"], env["ig"], env["og"], u_]
             out_shape = (Hd,)

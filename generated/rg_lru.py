@@ -255,7 +255,7 @@ class RGLRU(nn.Module):
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            if use_compiled_chunks(x, h0):
+            if use_compiled_chunks(x, h0, self):
                 env = run_compiled_lets(self, x, _dtype, running0)  # Inductor fuses the maths
             else:
                 env = self._lets(x, _dtype, running0)
@@ -337,7 +337,7 @@ class RGLRU(nn.Module):
     def _core(self, x, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
         W, nh, bw = self.W, self.nh, self.bw
-        if use_compiled_chunks(x, h0):
+        if use_compiled_chunks(x, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
             args = [env["Lambda"], env["r"], env["ig"], env["a"], x]
             out_shape = (W,)

@@ -230,7 +230,7 @@ class S6(nn.Module):
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            if use_compiled_chunks(u_, h0):
+            if use_compiled_chunks(u_, h0, self):
                 env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
             else:
                 env = self._lets(u_, _dtype, running0)
@@ -311,7 +311,7 @@ class S6(nn.Module):
     def _core(self, u_, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
         d, n, r = self.d, self.n, self.r
-        if use_compiled_chunks(u_, h0):
+        if use_compiled_chunks(u_, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
             args = [env["A_log"], env["D"], env["dt"], env["b"], env["cq"], u_]
             out_shape = (d,)

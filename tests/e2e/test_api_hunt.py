@@ -192,3 +192,32 @@ def test_a_second_derivative_through_triton_names_the_way_out(models, name):
         torch.autograd.grad(g.pow(2).sum(), u)
     g2 = torch.autograd.grad(model(u).pow(2).sum(), u, create_graph=True)[0]
     assert torch.autograd.grad(g2.pow(2).sum(), u)[0].abs().sum() > 0  # the torch backend has one
+
+
+def test_a_training_step_on_a_large_cpu_input_does_not_take_the_inference_path(models, monkeypatch):
+    # the compiled-chunk CPU path (inference only) asked whether u requires grad, not the parameters: a plain training
+    # step on S6 at its default dims with B = 2, T = 2048 took it and failed with torch's "A view was created in
+    # no_grad mode and is being modified inplace" (after marking torch.compile broken for the whole process).
+    # Forced here at a tiny size (DSFC_COMPILE=always, torch.compile as the identity: the same Python, eagerly).
+    from dsfc.runtime import compiled_chunks
+
+    monkeypatch.setattr(compiled_chunks, "MODE", "always")
+    monkeypatch.setattr(compiled_chunks, "_broken", False)
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    model = copy.deepcopy(models["s6"])
+    model.__dict__.pop("_compiled_chunk", None)
+    model.__dict__.pop("_compiled_lets", None)
+    u = torch.randn(2, 2 * compiled_chunks.CHUNK + 3, 4)
+    h0 = torch.zeros(2, 4, 2)
+    assert not compiled_chunks.use_compiled_chunks(u, h0, model)  # parameters require grad
+    with torch.no_grad():
+        assert compiled_chunks.use_compiled_chunks(u, h0, model)
+    model.zero_grad(set_to_none=True)
+    model(u).pow(2).sum().backward()
+    wide = copy.deepcopy(model).double()
+    wide.zero_grad(set_to_none=True)
+    wide(u.double()).pow(2).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), wide.parameters()):
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():  # and inference still takes the chunk path, matching float64
+        torch.testing.assert_close(model(u).double(), wide(u.double()), rtol=1e-4, atol=1e-6)
