@@ -325,9 +325,12 @@ def _parse_dims_strict(items) -> dict:
         if not eq or not k.isidentifier():
             raise ValueError(f"--dims takes NAME=INT items, got {item!r}")
         try:
-            out[k] = int(v)
+            value = int(v)
         except ValueError:
             raise ValueError(f"--dims {k}: expected an integer, got {v!r}") from None
+        if k in out and out[k] != value:  # `d=3 d=4` silently ran at d = 4
+            raise ValueError(f"--dims {k} is given twice, as {out[k]} and {value}")
+        out[k] = value
     return out
 
 

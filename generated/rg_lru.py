@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_subscript, step_state_errors
+from dsfc.runtime.checks import check_finite_input, check_subscript, empty_output, step_state_errors
 from dsfc.runtime.features import expm1
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -231,7 +231,8 @@ class RGLRU(nn.Module):
         """
         running0 = None
         if isinstance(initial_state, dict):
-            known = "h"
+            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
+            known = ["h"]
             unknown = sorted(str(k) for k in initial_state if k not in known)
             if unknown:  # a typo would otherwise start that quantity from zero without a word
                 raise ValueError(f"RGLRU: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
@@ -244,15 +245,17 @@ class RGLRU(nn.Module):
         h0 = torch.zeros((_B, W), device=u.device, dtype=_dtype)
         if initial_state is not None:
             h0 = initial_state.to(_dtype).reshape(h0.shape)
+        backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, W))
-            return (y, h0) if output_final_state else y
+            y = empty_output(u, self, (_B, _T, W))
+            # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
+            # the initial one
+            return (y, h0.clone()) if output_final_state else y
         x = u.to(_dtype).reshape(_B, _T, W)
-        backend = self._resolve_backend(u)
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            if use_compiled_chunks(x, h0):
+            if use_compiled_chunks(x, h0, self):
                 env = run_compiled_lets(self, x, _dtype, running0)  # Inductor fuses the maths
             else:
                 env = self._lets(x, _dtype, running0)
@@ -334,7 +337,7 @@ class RGLRU(nn.Module):
     def _core(self, x, h0, env, _B, _T, _dtype):
         """The recurrence (diagonal scan)."""
         W, nh, bw = self.W, self.nh, self.bw
-        if use_compiled_chunks(x, h0):
+        if use_compiled_chunks(x, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
             args = [env["Lambda"], env["r"], env["ig"], env["a"], x]
             out_shape = (W,)

@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, step_state_errors
+from dsfc.runtime.checks import check_finite_input, empty_output, step_state_errors
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -232,7 +232,8 @@ class S4D(nn.Module):
         """
         running0 = None
         if isinstance(initial_state, dict):
-            known = "h"
+            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
+            known = ["h"]
             unknown = sorted(str(k) for k in initial_state if k not in known)
             if unknown:  # a typo would otherwise start that quantity from zero without a word
                 raise ValueError(f"S4D: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
@@ -245,11 +246,13 @@ class S4D(nn.Module):
         h0 = torch.zeros((_B, d, Nh, 2), device=u.device, dtype=_dtype)
         if initial_state is not None:
             h0 = initial_state.to(_dtype).reshape(h0.shape)
+        backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, d))
-            return (y, h0) if output_final_state else y
+            y = empty_output(u, self, (_B, _T, d))
+            # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
+            # the initial one
+            return (y, h0.clone()) if output_final_state else y
         u_ = u.to(_dtype).reshape(_B, _T, d)
-        backend = self._resolve_backend(u)
         if backend == "reference":
             y, final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:

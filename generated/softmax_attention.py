@@ -37,6 +37,7 @@ from dsfc.runtime.checks import (
     check_finite_input,
     check_kv_cache,
     check_running_state,
+    empty_output,
     step_state_errors,
 )
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
@@ -207,14 +208,17 @@ class SoftmaxAttention(nn.Module):
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
         running0 = None if initial_state is None else {k: v for k, v in initial_state.items()}
+        backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = u.new_zeros((_B, _T, H * V))
+            # tied to u and the parameters (zero gradients), as torch layers do
+            y = empty_output(u, self, (_B, _T, H * V))
             if not output_final_state:
                 return y
             # the cache grows by the _T steps (of no rows when _B = 0), from an empty one (S = 0) without an initial
             # cache: {} was returned here, which forward and step then rejected as lacking the cache entries
             g = H
-            final = dict(initial_state or {})
+            # copies of the carried entries: the caller's own tensors came back, shared with the initial state
+            final = {k: v.clone() for k, v in (initial_state or {}).items()}
             for _key, _tail in ((_KEYS, (g, K)), (_VALUES, (g, V))):
                 _old = final.get(_key, u.new_zeros((_B, 0, *_tail)))
                 final[_key] = torch.cat([_old, _old.new_zeros((_B, _T, *_tail))], 1)
@@ -222,7 +226,7 @@ class SoftmaxAttention(nn.Module):
         u_ = u.to(_dtype).reshape(_B, _T, d)
         # (attention, log-sum): the same maths in torch (blocks of queries) or in Triton kernels; a bf16 / fp16 input
         # hands the kernels q, k, v in that dtype (tensor-core products, fp32 statistics)
-        if self._resolve_backend(u) == "triton":
+        if backend == "triton":
             _attention, _log_sum = triton_kernels_for(u.dtype)
         else:
             _attention, _log_sum = kernel_attention, kernel_log_sum

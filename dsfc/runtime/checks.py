@@ -65,6 +65,19 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> 
             )
 
 
+def empty_output(u: torch.Tensor, module: torch.nn.Module, shape: Tuple[int, ...]) -> torch.Tensor:
+    """The output of an empty input (T = 0 or B = 0): zeros of ``shape`` in u's dtype, tied (with zero gradients) to
+    ``u`` and the parameters that require grad, as torch's own layers are on an empty batch. A plain ``new_zeros``
+    made ``loss.backward()`` of a training step on an empty batch fail with "element 0 of tensors does not require
+    grad and does not have a grad_fn"."""
+    y = u.new_zeros(shape)
+    if torch.is_grad_enabled():
+        tied = [t for t in (u, *module.parameters()) if t.requires_grad]
+        if tied:
+            y = y + sum(t.sum() * 0 for t in tied).to(u.dtype)
+    return y
+
+
 def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch: int, device: torch.device,
                    check_finite: bool) -> Dict:
     """Check a quadratic-family state dict as ``forward(..., output_final_state=True)`` returns it.

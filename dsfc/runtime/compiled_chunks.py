@@ -44,9 +44,17 @@ def _importable(module) -> bool:
     return False
 
 
-def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor) -> bool:
-    """CPU, no autograd, big enough (or DSFC_COMPILE=always), and torch.compile has not failed before."""
-    if _broken or MODE in ("0", "never") or x.is_cuda or torch.is_grad_enabled() and x.requires_grad:
+def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor, module: torch.nn.Module | None = None) -> bool:
+    """CPU, no autograd, big enough (or DSFC_COMPILE=always), and torch.compile has not failed before.
+
+    No autograd means no gradient can flow to ``x``, ``h0`` or a parameter of ``module``: only ``x`` was asked, so a
+    training step with an input that does not require grad (the usual case: the gradient is the parameters') took
+    this path, broke the compiled graph (which marked the path broken for the whole process) and then failed in the
+    eager tail with torch's "A view was created in no_grad mode and is being modified inplace"."""
+    if _broken or MODE in ("0", "never") or x.is_cuda:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (
+            module is not None and any(p.requires_grad for p in module.parameters()))):
         return False
     if MODE in ("1", "always"):
         return x.shape[1] >= CHUNK

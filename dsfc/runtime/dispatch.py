@@ -8,7 +8,7 @@ call through the op and 97 us calling the implementation directly (this project'
 
 import torch
 
-__all__ = ["eager_inference"]
+__all__ = ["eager_inference", "refuse_double_backward"]
 
 
 def eager_inference(*tensors: torch.Tensor) -> bool:
@@ -16,3 +16,19 @@ def eager_inference(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def refuse_double_backward(op, kernels: str) -> None:
+    """Give a backward custom op an autograd formula that says why there is none: a gradient of a gradient
+    (``create_graph=True``, a gradient penalty, a Hessian-vector product) through a Triton kernel was torch's "Trying to
+    backward through dsfc.<op>.default but no autograd formula was registered", naming neither the cause nor the
+    way out."""
+
+    def _backward(ctx, *grads):
+        raise RuntimeError(
+            f"dsfc: the Triton {kernels} kernels have no second derivative (a gradient of a gradient: "
+            "create_graph=True, a gradient penalty, a Hessian-vector product); build the module with "
+            "backend='torch' (or set model.backend = 'torch') for that"
+        )
+
+    op.register_autograd(_backward)

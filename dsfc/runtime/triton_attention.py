@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsfc.runtime.dispatch import eager_inference
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
 from dsfc.runtime.kernelised import kernel_log_sum
 
 __all__ = ["kernel_attention_triton", "kernel_log_sum_triton", "triton_kernels_for"]
@@ -397,6 +397,7 @@ def _attention_backward(ctx, dy, dm):
 
 
 _attention_fwd_op.register_autograd(_attention_backward, setup_context=_attention_setup)
+refuse_double_backward(_attention_bwd_op, "attention")
 
 
 def _log_sum_fwd(x: torch.Tensor, ys: torch.Tensor, scale: float) -> torch.Tensor:

@@ -30,6 +30,8 @@ import os
 
 import torch
 
+from dsfc.runtime.dispatch import refuse_double_backward
+
 try:
     import triton
     import triton.language as tl
@@ -177,6 +179,7 @@ def _backward(ctx, dstates):
 
 
 _block_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_block_scan_bwd_op, "block-scan")
 
 
 def block_scan_triton(blocks: torch.Tensor, bu: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:

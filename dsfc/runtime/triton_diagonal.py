@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
 
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
@@ -255,6 +255,7 @@ def _backward(ctx, dout, dhT):
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_scan_bwd_op, "diagonal-scan")
 
 
 def _check_args(h0: torch.Tensor, leaves, R: int, C: int):

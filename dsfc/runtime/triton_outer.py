@@ -79,7 +79,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
 from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_outer_scan, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
@@ -1079,6 +1079,7 @@ def _backward(ctx, dy, dsT):
 
 
 _outer_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_outer_bwd_op, "outer-product scan")
 
 
 def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: Optional[torch.Tensor] = None,
