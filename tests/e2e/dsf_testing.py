@@ -5,13 +5,14 @@ Not a test module (no ``test_`` prefix); imported by ``test_catalog.py`` and ``t
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from dataclasses import dataclass
 
 import torch
 
 from dsfc.check import load_module
-from dsfc.codegen.plan import constructor_kwargs
+from dsfc.codegen.plan import constructor_kwargs, py_name
 from dsfc.pipeline import CompileResult, compile_text
 from dsfc.reference import dense_matrices, reference_forward
 
@@ -160,3 +161,59 @@ def assert_grads_close(got, want, rel: float) -> None:
         assert torch.isfinite(a).all(), f"gradient {i} is not finite"
         err = (a - e).abs().max().item()
         assert err <= rel * scale, f"gradient {i}: error {err:.3g} > {rel:g} x largest gradient {scale:.3g}"
+
+
+def grads_of(model, built, u, h0, w):
+    """d/d(u, h0, params) of sum(y * w) through ``model`` (None: the float64 reference recurrence)."""
+    names = [p.tensor.name for p in built.sym.params]
+    named = dict(built.model.named_parameters())
+    params = {n: named[py_name(n)].detach().clone().requires_grad_() for n in names}
+    uu = u.clone().requires_grad_()
+    hh = map_state(h0, lambda x: x.clone().requires_grad_())
+    h_leaves = list(hh.values()) if isinstance(hh, dict) else [hh] if hh is not None else []
+    if model is None:
+        y, _ = reference_forward(built.sym, built.all_dims, params, uu, initial_state=hh)
+        leaves = [uu, *h_leaves, *params.values()]
+    else:
+        y = model(uu, initial_state=hh)
+        leaves = [uu, *h_leaves, *(named[py_name(n)] for n in names)]
+    got = torch.autograd.grad((y * w).sum(), leaves, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)]
+
+
+def check_backend(built, backend, shapes, steps=True, h0s=(False, True), tol=1e-8):
+    """``built.model`` on ``backend`` against the float64 reference recurrence, per (batch, T) in ``shapes``, without
+    and / or with an initial state: output, final state, token-by-token ``step`` (``steps``) and the gradients of
+    the input, the initial state and every parameter."""
+    model = built.model
+    model.backend = backend
+    gen = torch.Generator().manual_seed(0)
+    for b, t in shapes:
+        for h0 in (built.initial_state(b, gen) if given else None for given in h0s):
+            u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
+            y_ref, h_ref = built.reference(u, h0)
+            with torch.no_grad():
+                y, hT = model(u, initial_state=h0, output_final_state=True)
+            assert rel_err(y, y_ref) < tol and state_err(hT, h_ref) < tol, (backend, b, t)
+            if steps:
+                y_s, h_s = run_steps(model, u, h0)
+                assert rel_err(y_s, y_ref) < tol and state_err(h_s, h_ref) < tol, (backend, b, t, "step")
+            w = torch.randn(y_ref.shape, generator=gen, dtype=F64)
+            got, want = grads_of(model, built, u, h0, w), grads_of(None, built, u, h0, w)
+            # an exactly-zero reference gradient (a decay at T = 1 from a zero state) may come back as rounding
+            # noise of the log-decay backward: compare against the largest gradient's scale
+            scale = max(g.abs().max().item() for g in want)
+            for k, (g, r) in enumerate(zip(got, want)):
+                assert torch.isfinite(g).all() and (g - r).abs().max().item() <= 1e-7 * scale, (backend, b, t, k)
+
+
+def check_new_spec(text: str, family, dims: dict[str, int], name: str) -> None:
+    """A user spec compiles to ``family`` (None: any) and matches the reference on the torch and reference backends
+    and, where triton and numpy are installed, on the Triton path (interpreted on CPU: one shape, from an initial
+    state, no step; the torch run covers step)."""
+    built = compile_and_build(text, dims, path=f"{name}.dsf")
+    assert family is None or built.result.structure.family == family, built.result.structure.family_reason
+    check_backend(built, "torch", ((1, 1), (2, 7)))
+    check_backend(built, "reference", ((2, 5),), steps=False, h0s=(True,))
+    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+        check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))

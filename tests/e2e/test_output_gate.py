@@ -1,8 +1,9 @@
 """A gate on the outputs written into C (y[h, b] = z[h, b] * sum_a q[h, a] S[h, a, b], as Mamba-2's silu(z) or fla's
 output gates are often written): the analysis takes the factor of C that is free of the key axes out as
-``OuterSplit.gate`` and multiplies it in after the scan, so such specs keep the chunked outer-product (or delta-rule)
-(or kernelised attention) algorithm instead of falling back to the diagonal scan. Each spec is checked against the float64 reference recurrence
-built from the same spec on the torch path and, interpreted on CPU, the Triton path (``test_user_specs_3._check``)."""
+``OuterSplit.gate`` and multiplies it in after the scan, so such specs keep the chunked outer-product, delta-rule or
+kernelised attention algorithm instead of falling back to the diagonal scan. Each spec is checked against the float64
+reference recurrence built from the same spec on the torch path and, interpreted on CPU, the Triton path
+(``dsf_testing.check_backend``)."""
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
@@ -12,9 +13,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads, rel_err  # noqa: E402
+from dsf_testing import (  # noqa: E402
+    F64, assert_grads_close, check_backend, compile_and_build, output_and_grads, rel_err,
+)
 from dsfc.analysis.structure import Family  # noqa: E402
-from test_user_specs_3 import HEAD, _check  # noqa: E402
+from test_user_specs_3 import HEAD  # noqa: E402
 
 QKV = """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
@@ -84,9 +87,9 @@ def test_output_gate_in_c(name):
     if family != Family.DIAGONAL_SCAN:
         assert st.outer.gate != 1 and "z[" in str(st.outer.gate)
         assert not (st.outer.query.free_symbols & {st.a.rows[k] for k in st.outer.value_axes})
-    _check(built, "torch", ((1, 1), (2, 7)))
+    check_backend(built, "torch", ((1, 1), (2, 7)))
     if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
-        _check(built, "triton", ((2, 5),), steps=False, h0s=(True,))
+        check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 
 def test_output_gate_with_softmax_attention():

@@ -9,17 +9,11 @@ the initial state and every parameter, on the torch path and, where the spec has
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-from dsf_testing import F64, compile_and_build, map_state, rel_err, run_steps, state_err  # noqa: E402
+from dsf_testing import check_new_spec  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
-from dsfc.codegen.plan import py_name  # noqa: E402
-from dsfc.reference import reference_forward  # noqa: E402
 
-TOL = 1e-8
 # the Triton interpreter evaluates masked-off lanes too (S5's (ab - 1) / lam on padding): numpy warns, nothing is read
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
@@ -443,55 +437,7 @@ CASES = {
 }
 
 
-def _grads(model, built, u, h0, w):
-    """d/d(u, h0, params) of sum(y * w) through ``model`` (None: the float64 reference recurrence)."""
-    names = [p.tensor.name for p in built.sym.params]
-    named = dict(built.model.named_parameters())
-    params = {n: named[py_name(n)].detach().clone().requires_grad_() for n in names}
-    uu = u.clone().requires_grad_()
-    hh = map_state(h0, lambda x: x.clone().requires_grad_())
-    h_leaves = list(hh.values()) if isinstance(hh, dict) else [hh] if hh is not None else []
-    if model is None:
-        y, _ = reference_forward(built.sym, built.all_dims, params, uu, initial_state=hh)
-        leaves = [uu, *h_leaves, *params.values()]
-    else:
-        y = model(uu, initial_state=hh)
-        leaves = [uu, *h_leaves, *(named[py_name(n)] for n in names)]
-    got = torch.autograd.grad((y * w).sum(), leaves, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)]
-
-
-def _check(built, backend, shapes, steps=True, h0s=(False, True)):
-    model = built.model
-    model.backend = backend
-    gen = torch.Generator().manual_seed(0)
-    for b, t in shapes:
-        for h0 in (built.initial_state(b, gen) if given else None for given in h0s):
-            u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
-            y_ref, h_ref = built.reference(u, h0)
-            with torch.no_grad():
-                y, hT = model(u, initial_state=h0, output_final_state=True)
-            assert rel_err(y, y_ref) < TOL and state_err(hT, h_ref) < TOL, (backend, b, t)
-            if steps:
-                y_s, h_s = run_steps(model, u, h0)
-                assert rel_err(y_s, y_ref) < TOL and state_err(h_s, h_ref) < TOL, (backend, b, t, "step")
-            w = torch.randn(y_ref.shape, generator=gen, dtype=F64)
-            got, want = _grads(model, built, u, h0, w), _grads(None, built, u, h0, w)
-            # an exactly-zero reference gradient (a decay at T = 1 from a zero state) may come back as rounding
-            # noise of the log-decay backward: compare against the largest gradient's scale
-            scale = max(g.abs().max().item() for g in want)
-            for k, (g, r) in enumerate(zip(got, want)):
-                assert torch.isfinite(g).all() and (g - r).abs().max().item() <= 1e-7 * scale, (backend, b, t, k)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_new_spec_matches_the_reference(name):
     text, family, dims = CASES[name]
-    built = compile_and_build(text, dims, path=f"{name}.dsf")
-    assert family is None or built.result.structure.family == family
-    _check(built, "torch", ((1, 1), (2, 7)))
-    _check(built, "reference", ((2, 5),), steps=False, h0s=(True,))
-    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
-        # every one of these specs has a Triton kernel (the dense ones: the generic block scan); interpreted on CPU,
-        # so one shape, from an initial state, no token-by-token step (the torch run covers step)
-        _check(built, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_new_spec(text, family, dims, name)
