@@ -88,6 +88,34 @@ def _add(a: Interval, b: Interval) -> Interval:
     return Interval(a.lo + b.lo, a.hi + b.hi, a.lo_open or b.lo_open, a.hi_open or b.hi_open)
 
 
+def _neg(a: Interval) -> Interval:
+    return Interval(-a.hi, -a.lo, a.hi_open, a.lo_open)
+
+
+def _min(a: Interval, b: Interval) -> Interval:
+    """Range of min(x, y), x in a and y in b independently: the smaller lower end (reached when either argument
+    reaches it) and the smaller upper end (reached only when both can reach it)."""
+    if a.lo != b.lo:
+        lo, lo_open = (a.lo, a.lo_open) if a.lo < b.lo else (b.lo, b.lo_open)
+    else:
+        lo, lo_open = a.lo, a.lo_open and b.lo_open
+    if a.hi != b.hi:
+        hi, hi_open = (a.hi, a.hi_open) if a.hi < b.hi else (b.hi, b.hi_open)
+    else:
+        hi, hi_open = a.hi, a.hi_open or b.hi_open
+    return Interval(lo, hi, lo_open, hi_open)
+
+
+def _abs(a: Interval) -> Interval:
+    if a.lo >= 0:
+        return a
+    if a.hi <= 0:
+        return _neg(a)
+    # straddles 0: from 0 (attained) to the farther end
+    far, far_open = max((-a.lo, not a.lo_open), (a.hi, not a.hi_open))
+    return Interval(0.0, far, False, not far_open)
+
+
 class IntervalProver:
     """Ranges of expressions of a spec, with the facts used recorded as human-readable reasons."""
 
@@ -322,8 +350,15 @@ class IntervalProver:
                 return self.range(sp.exp(ex * sp.log(base)))
             return ANY
         if isinstance(e, sp.Abs):
-            iv = self.range(e.args[0])
-            return NONNEG if iv.lo < 0 else iv
+            return _abs(self.range(e.args[0]))
+        if isinstance(e, (sp.Min, sp.Max)):
+            ivs = [self.range(a) for a in e.args]
+            if isinstance(e, sp.Max):  # max(x, y) = -min(-x, -y)
+                ivs = [_neg(iv) for iv in ivs]
+            out = ivs[0]
+            for iv in ivs[1:]:
+                out = _min(out, iv)
+            return out if isinstance(e, sp.Min) else _neg(out)
         if isinstance(e, sp.Sum):
             iv = self.range(e.function)
             if iv.lo > 0 or (iv.lo == 0 and iv.lo_open):
