@@ -25,6 +25,7 @@ from ..ir.functions import is_infinite_range
 from ..ir.symspec import SymLet, SymSpec
 from ..lang.errors import SpecError, SpecErrors
 from .index_algebra import simplify
+from .log_space import prev_reads
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,9 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
     else:
         logd = sp.expand_log(sp.log(a.decay.subs(logsub)), force=True)
         row_log = col_log = None
-        for p in sym.running_lets:  # A = prev(X) / X: log A = log X_(i-1) - log X_i telescopes over a segment
-            if p.running != "prev":
-                continue
-            for prev_x in {e for e in sp.preorder_traversal(logd) if _name(e) == p.tensor.name}:
-                x_now = sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)
-                if _name(x_now) in log_lets and simplify(logd - (prev_x - x_now)) == 0:
-                    row_log, col_log = -x_now, x_now + value_log
+        for prev_x, x_now in prev_reads(logd, sym):  # A = prev(X) / X: log A = log X_(i-1) - log X_i telescopes
+            if _name(x_now) in log_lets and simplify(logd - (prev_x - x_now)) == 0:
+                row_log, col_log = -x_now, x_now + value_log
         if row_log is None:
             _fail(sym, "the kernelised form supports A = I or A = prev(X) / X per group (X a kernel sum); "
                   f"got decay {sp.sstr(a.decay)}", sym.matrices["A"].span)

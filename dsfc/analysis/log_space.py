@@ -160,25 +160,35 @@ def telescoping_gauge(decay: sp.Expr, value: sp.Expr, sym: SymSpec) -> tuple[sp.
     if decay == 1:
         return None
     logd = sp.expand_log(log_of(decay, sym), force=True)
+    for prev_x, x_now in prev_reads(logd, sym):
+        if sp.simplify(logd - (prev_x - x_now)) == 0:  # exp(s_prev - s): X = exp(s)
+            ell, ell_prev = x_now, prev_x
+        elif sp.simplify(logd - sp.expand_log(sp.log(prev_x) - sp.log(x_now), force=True)) == 0:
+            ell, ell_prev = log_of(x_now, sym), log_of(prev_x, sym)  # eta_prev / eta: X = eta
+        else:
+            continue
+        logs, rest = [], []
+        for f in sp.Mul.make_args(value):
+            lf = None if f.is_number else exact_log(f, sym)
+            (rest if lf is None else logs).append(f if lf is None else lf)
+        if logs and sp.simplify(ell + sp.Add(*logs)) == 0:
+            return ell, ell_prev, sp.Mul(*rest)
+    return None
+
+
+def prev_reads(expr: sp.Expr, sym: SymSpec) -> list[tuple[sp.Expr, sp.Expr]]:
+    """``(X_prev[i], X[i])`` for every read of a ``prev`` running let ``X_prev = prev(X)`` in ``expr``: the let as
+    read, and its argument at the same indices. A decay whose log is ``log X_prev - log X`` telescopes over a
+    segment (normalised attention's gauge form here, the kernelised attention's row / column logs)."""
+    out = []
     for p in sym.running_lets:
         if p.running != "prev":
             continue
-        for prev_x in {e for e in sp.preorder_traversal(logd)
-                       if isinstance(e, sp.Indexed) and sym.base_name(e.base) == p.tensor.name}:
-            x_now = sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)
-            if sp.simplify(logd - (prev_x - x_now)) == 0:  # exp(s_prev - s): X = exp(s)
-                ell, ell_prev = x_now, prev_x
-            elif sp.simplify(logd - sp.expand_log(sp.log(prev_x) - sp.log(x_now), force=True)) == 0:
-                ell, ell_prev = log_of(x_now, sym), log_of(prev_x, sym)  # eta_prev / eta: X = eta
-            else:
-                continue
-            logs, rest = [], []
-            for f in sp.Mul.make_args(value):
-                lf = None if f.is_number else exact_log(f, sym)
-                (rest if lf is None else logs).append(f if lf is None else lf)
-            if logs and sp.simplify(ell + sp.Add(*logs)) == 0:
-                return ell, ell_prev, sp.Mul(*rest)
-    return None
+        reads = {e for e in sp.preorder_traversal(expr)
+                 if isinstance(e, sp.Indexed) and sym.base_name(e.base) == p.tensor.name}
+        for prev_x in sorted(reads, key=sp.default_sort_key):
+            out.append((prev_x, sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)))
+    return out
 
 
 def _q_complement(q: sp.Expr) -> sp.Expr | None:

@@ -17,6 +17,16 @@ from dsfc.pipeline import CompileResult, compile_text
 from dsfc.reference import dense_matrices, reference_forward
 
 F64 = torch.float64
+# the dims, input, state and output that many multi-head test specs share (spec text = "model ...\n" + HEAD + ...)
+HEAD = """\
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+"""
 _counter = itertools.count()
 
 

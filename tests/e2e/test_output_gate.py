@@ -14,10 +14,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dsf_testing import (  # noqa: E402
-    F64, assert_grads_close, check_backend, compile_and_build, output_and_grads, rel_err,
+    F64, HEAD, assert_grads_close, check_backend, compile_and_build, output_and_grads, rel_err,
 )
 from dsfc.analysis.structure import Family  # noqa: E402
-from test_user_specs_3 import HEAD  # noqa: E402
 
 QKV = """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))

@@ -11,23 +11,12 @@ from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_IN
 
 import pytest  # noqa: E402
 
-from dsf_testing import check_new_spec  # noqa: E402
+from dsf_testing import HEAD, check_new_spec  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
 # the Triton interpreter evaluates masked-off lanes too (S5's (ab - 1) / lam on padding): numpy warns, nothing is read
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
-
-# the dims, input, state and output that most of the multi-head specs below share
-HEAD = """\
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-"""
 
 # S5 with a real diagonal: one MIMO state shared by all channels, ZOH discretisation, time-invariant
 S5REAL = """

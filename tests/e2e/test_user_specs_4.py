@@ -11,7 +11,7 @@ from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_IN
 
 import pytest  # noqa: E402
 
-from dsf_testing import check_new_spec  # noqa: E402
+from dsf_testing import HEAD, check_new_spec  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
 # the Triton interpreter evaluates masked-off lanes too: numpy may warn, nothing is read
@@ -97,14 +97,7 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
 # a TTT-linear-like delta rule with a learned per-head learning rate
 TTT_LINEAR = """
 model TTTLinear "TTT-linear-like delta rule with a learned per-head lr"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+""" + HEAD + """param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
 param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
 param lr_log[h: H] = -1 - h
