@@ -9,11 +9,14 @@
 #       OUT_DIR/merged.json (copy it to benchmarks/results/<device>.json).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [gpu_bench.py arguments...]   (OUT_DIR default: /tmp/dsfc-gpu-check)
 # Environment:
-#   TEST_TIMEOUT (s, default 200), TEST_PATHS (default tests/triton), DSFC_TEST_WORKERS (12);
+#   TEST_TIMEOUT (s, default 200), TEST_PATHS (default tests/triton), DSFC_TEST_WORKERS (12); TEST_VERBOSE=1: one
+#     line per test, so that a run cut off by its limit still names what passed and failed;
 #   BENCH_GROUPS (which groups, in order), BENCH_TIMEOUT (s per group, default 100; BENCH_TIMEOUT_<group> for one);
 #   WARM_PARTS (default 12, at most what GPU memory fits; 0: off), WARM_TIMEOUT (s, default 150): before the timed
 #     run, WARM_PARTS processes run it once untimed (`gpu_bench.py --warm i/WARM_PARTS`), each compiling a slice of
 #     every anchor's autotune configs into triton's on-disk cache, so that the timed run's autotuning only benchmarks;
+#   WARM_WITH_TESTS=1: run that warm phase in the background during the tests (saves its minutes when the session's
+#     device time is short; both compile on the CPU cores, so give the tests fewer workers);
 #   PHASES (default "tests bench": their order, or a subset; "probe" runs benchmarks/probe_outer_configs.py,
 #     PROBE_TIMEOUT).
 # Budget (H100 and H200, 2026-11-26): tests/triton ~90 s per half over 14 workers; the probe ~45 s; s6 ~40 s with
@@ -40,29 +43,33 @@ run_tests() {
     python -c "import xdist" 2>/dev/null && opts="-n ${DSFC_TEST_WORKERS:-12}"
     python -c "import pytest_timeout" 2>/dev/null && opts="$opts --timeout 120"   # one hung kernel fails its test only
     # shellcheck disable=SC2086
-    timeout "${TEST_TIMEOUT:-200}" python -m pytest ${TEST_PATHS:-tests/triton} -q -p no:cacheprovider $opts \
-        --tb=short -rfE --durations=10 2>&1 | tee -a "$out/tests.log" || status=1
+    timeout "${TEST_TIMEOUT:-200}" python -m pytest ${TEST_PATHS:-tests/triton} -p no:cacheprovider $opts \
+        "$([ -n "${TEST_VERBOSE:-}" ] && echo -v || echo -q)" --tb=short -rfE --durations=10 2>&1 | tee -a "$out/tests.log" || status=1
 }
 
-run_bench() {
+run_warm() {
     local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step gla_step softmax_attention}" parts="${WARM_PARTS:-12}" i fit
     # each part holds one group's tensors at a time: ~5.5 GB at T=4096 (H100, 2026-11-26: 14 parts ran out of its
     # 80 GB); WARM_GB_PER_PART (default 8) of free memory per part
     fit=$(python -c "import torch; print(max(1, torch.cuda.mem_get_info()[0] // (${WARM_GB_PER_PART:-8} << 30)))")
     [ "$parts" -gt "$fit" ] && parts=$fit
-    if [ "$parts" -gt 0 ]; then
-        echo "== (b0) compiling the benchmark's kernels and the anchors' autotune configs in $parts processes"
-        local t0=$SECONDS
-        for ((i = 0; i < parts; i++)); do
-            # shellcheck disable=SC2086
-            timeout "${WARM_TIMEOUT:-150}" python benchmarks/gpu_bench.py --groups $groups "$@" --warm "$i/$parts" \
-                -o "$out/warm-$i.json.tmp" >"$out/warm-$i.log.tmp" 2>&1 &
-        done
-        wait
-        echo "   done in $((SECONDS - t0)) s; part 0's log:"
-        tail -5 "$out/warm-0.log.tmp"
-        rm -f "$out"/warm-*.tmp
-    fi
+    [ "$parts" -gt 0 ] || return 0
+    echo "== (b0) compiling the benchmark's kernels and the anchors' autotune configs in $parts processes"
+    local t0=$SECONDS
+    for ((i = 0; i < parts; i++)); do
+        # shellcheck disable=SC2086
+        timeout "${WARM_TIMEOUT:-150}" python benchmarks/gpu_bench.py --groups $groups "$@" --warm "$i/$parts" \
+            -o "$out/warm-$i.json.tmp" >"$out/warm-$i.log.tmp" 2>&1 &
+    done
+    wait
+    echo "   done in $((SECONDS - t0)) s; part 0's log:"
+    tail -5 "$out/warm-0.log.tmp"
+    rm -f "$out"/warm-*.tmp
+}
+
+run_bench() {
+    local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step gla_step softmax_attention}"
+    [ -n "${WARM_WITH_TESTS:-}" ] || run_warm "$@"
     echo "== (b) benchmark"
     for group in $groups; do
         limit_var="BENCH_TIMEOUT_$group"   # e.g. BENCH_TIMEOUT_ssd=150: mamba-ssm's autotuning is the slow part
@@ -79,7 +86,17 @@ run_probe() {
 
 for phase in ${PHASES:-tests bench}; do
     case $phase in
-        tests) run_tests ;;
+        tests)
+            if [ -n "${WARM_WITH_TESTS:-}" ] && [[ " ${PHASES:-tests bench} " == *" bench "* ]]; then
+                # compiling the anchors' autotune configs is CPU work that can overlap the tests (nothing is timed)
+                run_warm "$@" >"$out/warm.log" 2>&1 &
+                warm_pid=$!
+                run_tests
+                wait $warm_pid
+                cat "$out/warm.log"
+            else
+                run_tests
+            fi ;;
         bench) run_bench "$@" ;;
         probe) run_probe ;;
         *) echo "unknown phase $phase (PHASES: tests bench probe)"; exit 2 ;;
