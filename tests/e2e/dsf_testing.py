@@ -83,9 +83,12 @@ class Built:
         return {k: (s[k] + h if k == "h" else s[k]).to(dtype) for k in s}
 
     def reference(self, u: torch.Tensor, h0=None, model=None):
-        """float64 reference (y [B,T,p], final state [B,N] or state dict) at the params of ``model``."""
-        p = {k: v.to(F64) for k, v in self.params(model).items()}
-        return reference_forward(self.sym, self.all_dims, p, u.to(F64), initial_state=map_state(h0, lambda x: x.to(F64)))
+        """float64 reference (y [B,T,p], final state [B,N] or state dict) at the params of ``model``, computed on the
+        CPU wherever the model and ``u`` are (a GPU's float64 is not the oracle) and returned on ``u``'s device."""
+        p = {k: v.detach().cpu().to(F64) for k, v in self.params(model).items()}
+        y, hT = reference_forward(self.sym, self.all_dims, p, u.cpu().to(F64),
+                                  initial_state=map_state(h0, lambda x: x.cpu().to(F64)))
+        return y.to(u.device), map_state(hT, lambda x: x.to(u.device))
 
     def dense(self, u: torch.Tensor, h0=None):
         running0 = {k: v.to(F64) for k, v in h0.items() if k != "h"} if isinstance(h0, dict) else None

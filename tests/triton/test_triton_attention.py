@@ -45,7 +45,7 @@ def _naive(q, k, v, row, col, scale):
         w = w + row.permute(0, 2, 1)[..., None]
     if col is not None:
         w = w + col.permute(0, 2, 1)[:, :, None, :]
-    visible = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+    visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     w = w.masked_fill(~visible, float("-inf"))
     return torch.einsum("bgts,bsgv->btgv", torch.exp(w), v)
 
