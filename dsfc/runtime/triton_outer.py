@@ -60,10 +60,10 @@ Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (trit
 3.6 interpreter fails on numpy 2.4, for every kernel), both schedules; compiled for sm_90 by triton 3.6 and 3.9
 without a GPU (``tests/triton/aot_compile.py --outer-only --resources`` prints ptxas' registers and spills). The
 no-decay and per-head kernels ran on an H100 (the README's "GPU benchmark"), and so did the per-key score kernels
-(GLA at T = 4096: 0.52x forward, 0.36x forward+backward of fla's ``chunk_gla``; the score backward, then 9.2 of the
-19.2 ms, has been cut into key slices since, untimed; so has the zero-decay handling of the running sums). Chunk
-and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few); the value-slice split of the backward
-(q k^T recomputed per slice) is the simple version.
+(GLA at T = 4096 on an H100, 2026-11-27: 0.68x forward, 0.52x forward+backward of fla's ``chunk_gla`` at chunk 16,
+the default since; see ``default_tiles``). The whole of tests/triton passed compiled on that H100 (its five failures
+were the tests' own device handling). Chunk and block sizes are not autotuned (``dsfc bench --gpu`` sweeps a few);
+the value-slice split of the backward (q k^T recomputed per slice) is the simple version.
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
@@ -89,9 +89,12 @@ CHUNK_CUDA = 64  # on a GPU with half operands: longer chunks, fewer sequential 
 SUB_CHUNK = 16  # per-key decay: the sub-chunk of the intra-chunk scores (``_key_scores_fwd``)
 SCORES_WARPS = 4  # the per-key score kernels' warps: forward ([16, K] tiles); backward ([16, SCORES_BWD_BLOCK_K])
 SCORES_BWD_WARPS = 8
-SCORES_BWD_BLOCK_K = 32  # keys per program of the score backward (``_key_scores_bwd_kernel``)
-SCORES_BWD_BLOCK_V = 16  # its value slice when forming dL/dP = dy v^T: ptxas (GLA's shape, bf16, 8 warps) 125
-# registers, two programs per SM; 255 (one) with all 128 keys and 64-wide value slices, the version the H100 timed
+# The score backward (``_key_scores_bwd_kernel``): keys per program and the value slice of dL/dP = dy v^T. Timed on
+# an H100 at GLA's shape (bf16, B 8, T 4096, H 16, K = V = 128, chunk 64): all 128 keys with 64-wide value slices
+# took 9.2 ms (2026-11-26; ptxas: 255 registers, one program per SM); 32-key slices with 16-wide value slices
+# (125 registers, two programs per SM) took 14.2 ms (2026-11-27): each slice recomputes dL/dP, in narrow tiles
+SCORES_BWD_BLOCK_K = 128
+SCORES_BWD_BLOCK_V = 64
 HALF_DOTS = True  # bf16 / fp16 q, k, v: the matmuls run in that dtype on tensor cores (fp32 accumulation), as fla's
 # the DECAY constexpr: no decay, one log-decay per head, one per (head, key) (constexpr globals: kernels may read them)
 STEP_BLOCK_V = 32  # the decode step's value slice (``_single_step``)
@@ -679,6 +682,40 @@ def _single_step(q, k, v, log_decay, s0, decay: int, cdt: torch.dtype):
     return y, sT
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """The launch shape ``chunked_outer_triton`` picks when it is not given one."""
+
+    chunk: int
+    block_k: int
+    block_v: int
+    num_warps: int
+
+
+def default_tiles(cuda: bool, half: int, decay: int, K: int, V: int, chunk: Optional[int] = None) -> Tiles:
+    """The default tiles for q, k of K and v of V features (``half``: the matmuls' operand dtype, see ``_dot``;
+    ``decay``: NONE / SCALAR / PER_KEY; ``chunk``: a chunk length given by the caller). Measured on GPUs, see
+    the README's "GPU benchmark" sections; tests/triton/aot_compile.py compiles these for sm_90."""
+    if chunk is None:
+        # long chunks need half operands: fp32 tiles at L = 64, K = 128 take 345 KB of shared memory in the backward
+        # (sm_90 has 227 KB). A per-key decay keeps L = 16: its intra-chunk scores are a walk over sub-chunks of 16
+        # (at L = 16, one), and the state passes' extra chunks cost less (H100, GLA K = V = 128, T = 4096, bf16,
+        # 2026-11-27: L = 16 with the whole 128-wide value slice at 8 warps, fused, 2.57 / 16.7 ms forward /
+        # forward+backward; L = 64 with 64-wide slices, 3.6 / 23.9 ms; L = 32, 3.6 / 21.5 ms)
+        chunk = CHUNK_CUDA if cuda and half and decay != PER_KEY.value else CHUNK
+    block_k = max(16, _next_pow2(K))
+    # the [BK, BV] state slice and the dots' tiles scale with BK * BV: keep BK * BV <= 128 * 64, so that K = 256
+    # or 512 still fits sm_90's 227 KB of shared memory (AOT-compiled: a 512 x 16 split backward takes 217 KB); at
+    # L = 16 with a per-key decay and half operands on a GPU the [L, K] tiles are small and the state slice may be
+    # 128 x 128 (fp32 operands: the fused backward would need 298 KB of shared memory)
+    wide = cuda and half and decay == PER_KEY.value and chunk == CHUNK
+    block_v = min(max(16, _next_pow2(V)), 2 * MAX_BLOCK_V if wide else MAX_BLOCK_V,
+                  max(16, (16384 if wide else 8192) // block_k))
+    # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
+    num_warps = 8 if chunk * block_k >= 64 * 64 or decay == PER_KEY.value else 4
+    return Tiles(int(chunk), block_k, int(block_v), num_warps)
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -1089,8 +1126,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     """``chunked_outer_scan`` (same arguments and results) on the Triton kernels above: CUDA tensors, or CPU tensors
     under ``TRITON_INTERPRET=1`` (slow: for tests). Differentiable w.r.t. q, k, v, log_decay and h0.
 
-    ``chunk`` (default: CHUNK_CUDA on a GPU without per-key decay, else CHUNK), ``block_v`` (the value slice of one
-    program, default min(V, MAX_BLOCK_V, 8192 / K)), ``num_warps`` and ``schedule`` (``"fused"``: one sequential
+    ``chunk`` (default: CHUNK_CUDA on a GPU with half operands and no per-key decay, else CHUNK), ``block_v`` (the
+    value slice of one program; the defaults: ``default_tiles``), ``num_warps`` and ``schedule`` (``"fused"``: one sequential
     kernel per (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states, then one
     program per chunk; ``"auto"``: the faster on a GPU, timed once per launch shape; default SCHEDULE) are tuning knobs
     (``dsfc bench --gpu`` sweeps them).
@@ -1124,10 +1161,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         half = 1 if q.dtype == torch.bfloat16 else 2
         if half == 1 and q.device.type != "cuda":  # the interpreter's bf16 tl.dot returns garbage (no numpy bf16)
             half = 0
-    if chunk is None:
-        # long chunks need half operands: fp32 tiles at L = 64, K = 128 take 345 KB of shared memory in the backward
-        # (sm_90 has 227 KB)
-        chunk = CHUNK_CUDA if q.device.type == "cuda" and half else CHUNK
+    tiles = default_tiles(q.device.type == "cuda", half, decay, K, V)
+    chunk = tiles.chunk if chunk is None else chunk
     schedule = SCHEDULE if schedule is None else schedule
     if schedule not in ("auto", "fused", "split"):
         raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
@@ -1144,14 +1179,10 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if T == 0:
         y = torch.empty((B, 0, H, V), device=dev, dtype=out_dtype)
         return (y, s0.to(out_dtype)) if output_final_state else y
-    block_k = max(16, _next_pow2(K))
-    if block_v is None:
-        # the [BK, BV] state slice and the dots' tiles scale with BK * BV: keep BK * BV <= 128 * 64, so that K = 256
-        # or 512 still fits sm_90's 227 KB of shared memory (AOT-compiled: a 512 x 16 split backward takes 217 KB)
-        block_v = min(max(16, _next_pow2(V)), MAX_BLOCK_V, max(16, 8192 // block_k))
+    block_k = tiles.block_k
+    block_v = tiles.block_v if block_v is None else block_v
     if num_warps is None:
-        # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
-        num_warps = 8 if chunk * block_k >= 64 * 64 or decay == 2 else 4
+        num_warps = default_tiles(q.device.type == "cuda", half, decay, K, V, chunk).num_warps
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps),
                 {"fused": 0, "split": 1, "auto": 2}[schedule])
     hazard = fused_miscompiles(L, dev)

@@ -52,12 +52,20 @@ def compile_one(fn, signature, constexprs, num_warps=4, aligned=False):
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
 
 
-def compile_and_report(fn, signature, constexprs, num_warps, what: str, resources: bool, aligned=False) -> int:
-    """Compile one kernel; print FAIL and return 1 if it fails, else print its ptxas resources (``resources``), 0."""
+SM90_SHARED_BYTES = 227 * 1024  # the most shared memory one program may take on an H100 / H200
+
+
+def compile_and_report(fn, signature, constexprs, num_warps, what: str, resources: bool, aligned=False,
+                       fits_sm90=False) -> int:
+    """Compile one kernel; print FAIL and return 1 if it fails (``fits_sm90``: or needs more shared memory than
+    sm_90 has, which only a launch would otherwise tell), else print its ptxas resources (``resources``), 0."""
     try:
         compiled = compile_one(fn, signature, constexprs, num_warps, aligned)
     except Exception as exc:  # noqa: BLE001 - report every failure
         print(f"FAIL {what}: {exc}")
+        return 1
+    if fits_sm90 and compiled.metadata.shared > SM90_SHARED_BYTES:
+        print(f"FAIL {what}: needs {compiled.metadata.shared} bytes of shared memory, sm_90 has {SM90_SHARED_BYTES}")
         return 1
     if resources:
         print(f"  {what:52s} {ptxas_resources(compiled)}")
@@ -88,8 +96,8 @@ def ptxas_resources(compiled) -> str:
 
 def outer_kernels(resources: bool, only_decay=None) -> int:
     """The chunked outer-product kernels (dsfc/runtime/triton_outer.py), both schedules, every decay kind, fp32 and
-    bf16 operands, at the GPU launch shapes chunked_outer_triton picks for K = V = 128 (chunk 64 with half operands,
-    else 16; value slices of 64) and, per key, the score kernels (sub-chunks of 16)."""
+    bf16 operands, at the GPU launch shapes chunked_outer_triton picks for K = V = 128 (``default_tiles``) and, per
+    key, the score kernels (sub-chunks of 16)."""
     failed = 0
     variants = [(triton_outer._outer_fwd, {"WRITE_Y": True, "STORE_STATES": False}),
                 (triton_outer._outer_fwd, {"WRITE_Y": False, "STORE_STATES": True}),
@@ -100,7 +108,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
     scores = [(triton_outer._key_scores_fwd, {}), (triton_outer._key_scores_bwd_kernel, {})]
     for decay in (0, 1, 2) if only_decay is None else (only_decay,):
         for label, half, io, states in (("fp32", 0, "*fp32", "*fp32"), ("bf16", 1, "*bf16", "*bf16")):
-            chunk = 64 if half else 16  # as chunked_outer_triton picks on a GPU
+            tiles = triton_outer.default_tiles(True, half, decay, 128, 128)  # as chunked_outer_triton picks on a GPU
+            chunk = tiles.chunk
             for fn, flags in variants + (scores if decay == 2 else []):
                 sig = {}
                 for name in fn.arg_names:
@@ -114,8 +123,9 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                         sig[name] = "*fp32"
                     else:
                         sig[name] = "i32"
-                consts = dict(BT=chunk, BK=128, BV=64, DECAY=decay, DTYPE=tl.float32, HALF=half, **flags)
-                warps = 8 if chunk * 128 >= 64 * 64 or decay == 2 else 4
+                consts = dict(BT=chunk, BK=tiles.block_k, BV=tiles.block_v, DECAY=decay, DTYPE=tl.float32, HALF=half,
+                              **flags)
+                warps = tiles.num_warps
                 if fn in (f for f, _ in scores):
                     # K = 128: the forward takes all keys, the backward a slice of them (as chunked_outer_triton)
                     consts = dict(BT=chunk, BC=16, DTYPE=tl.float32, HALF=half,
@@ -126,7 +136,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                     warps = (triton_outer.SCORES_WARPS if fn is triton_outer._key_scores_fwd else
                              triton_outer.SCORES_BWD_WARPS)
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
-                failed += compile_and_report(fn, sig, consts, warps, what, resources)
+                # the default tiles must launch on an H100 (the fused and the split schedule alike)
+                failed += compile_and_report(fn, sig, consts, warps, what, resources, fits_sm90=True)
         failed += epilogue_kernel(decay, resources)
         failed += step_kernel(decay, resources)
     print("ok outer kernels" if not failed else f"{failed} outer kernel(s) failed")
