@@ -2,12 +2,13 @@
 (RWKV-7's diag(w) minus a rank-1 correction in a value-first state S[h, b, a], GateLoop's complex per-key decay as a
 data-dependent 2x2 rotation, Longhorn's per-element decay 1 - dt k^2, Hedgehog's learned softmax feature map with a
 running normaliser, cosFormer's cos/sin position reweighting with the position a cumsum of 1, degree-2 polynomial
-attention through a 4-axis state k (x) k, Mamba-2 with two groups and head dim 3, a delta rule in a value-first
+attention through a 4-axis state k (x) k, Mamba-2 with several groups and head dim 3, a delta rule in a value-first
 state, a constant non-diagonal A (damped shift register), a 3-axis output with a state-permuting C and an
-input-dependent D, S6 read before the update). Each must compile to the family its structure admits and match the
-float64 reference recurrence built from the same spec (never stored outputs): forward with and without an initial
-state at T = 1, 7 and 19, token-by-token step, gradients of the input, the initial state and every parameter, on
-the torch path and the Triton path (interpreted on CPU)."""
+input-dependent D, S6 read before the update, a GLA with a cos^2 gate that can reach 0, a conv-driven GLA read before
+the update with a gated post). Each must compile to the family its structure admits and match the float64 reference
+recurrence built from the same spec (never stored outputs): forward with and without an initial state at T = 1, 7
+and 19, token-by-token step, gradients of the input, the initial state and every parameter, on the torch path and
+the Triton path (interpreted on CPU)."""
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
@@ -251,6 +252,57 @@ C[o, (c, j)] = delta(o, c) * sum(m, W_C[j, m] * u[m])
 D[o, k] = delta(o, k) * tanh(u[k])
 """
 
+# GLA with a cos(.)^2 per-key gate: proven in [0, 1] (sin / cos bounds), exactly 0 where the gate's argument is pi/2
+COS2_GATE = """
+model Cos2Gate "GLA with a cos(.)^2 per-key gate in [0, 1]"
+dim d = 3
+dim H = 2
+dim K = 2
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_g[H, K, d] ~ normal(0, 1 / sqrt(d))
+let al[h: H, a: K] = cos(sum(m, W_g[h, a, m] * u[m])) ^ 2
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h, a]
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+"""
+
+# a conv-driven GLA read before the update (readout pre), the driven value in B and D, a gated 2-axis post
+DRIVE_PRE = """
+model DrivePre "conv-driven GLA read before the update, with a 2-axis post"
+dim d = 4
+dim H = 2
+dim K = 2
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+readout pre
+param cw[d, 3] ~ normal(0, 0.5)
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_g[H, K, d] ~ normal(0, 1 / sqrt(d))
+param go[H, V] ~ normal(1, 0.1)
+let xs[c: d, w: 3] = window(u[c])
+let x[c: d] = silu(sum(w, cw[c, w] * xs[c, w]))
+let q[h: H, a: K] = sum(m, W_Q[h, a, m] * x[m])
+let k[h: H, a: K] = sum(m, W_K[h, a, m] * x[m])
+let al[h: H, a: K] = sigmoid(sum(m, W_g[h, a, m] * u[m]) + 2)
+let vv[h: H, b: V] = sum(m, W_V[h, b, m] * x[m])
+drive vv
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h, a]
+B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * k[h, a]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
+D[(o, e), (h2, b2)] = delta(o, h2) * delta(e, b2) * 0.5
+post g[h: H, b: V] = y[h, b] * go[h, b] * sigmoid(x[(h * V + b) % d])
+"""
+
 CASES = {
     "rwkv7": (RWKV7, Family.DENSE_SCAN, {'d': 3, 'H': 2, 'K': 2, 'V': 3}),
     "gateloop": (GATELOOP, Family.DENSE_SCAN, {'d': 3, 'H': 1, 'K': 3, 'V': 2}),
@@ -263,6 +315,8 @@ CASES = {
     "shift": (SHIFT, Family.DENSE_SCAN, {'d': 2, 'N': 7}),
     "out3": (OUT3, Family.DIAGONAL_SCAN, {'H': 1, 'P': 5, 'Z': 2, 'd': 3}),
     "s6_pre": (S6_PRE, Family.DIAGONAL_SCAN, {'d': 5, 'n': 3}),
+    "cos2_gate": (COS2_GATE, Family.CHUNKED_OUTER, {'d': 3, 'H': 1, 'K': 3, 'V': 2}),
+    "drive_pre": (DRIVE_PRE, Family.CHUNKED_OUTER, {'d': 5, 'H': 2, 'K': 1, 'V': 3}),
 }
 
 
