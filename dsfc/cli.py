@@ -401,6 +401,15 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_catalog)
 
     args = parser.parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args) -> int:
     problem = _option_problem(args)
     if problem:  # before any spec is compiled or file written
         print(f"dsfc {args.command}: error: {problem}", file=sys.stderr)
@@ -419,9 +428,6 @@ def main(argv=None) -> int:
             return _internal_error(args, exc)
         print(f"dsfc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
-    except BrokenPipeError:  # e.g. `dsfc compare ... | head`
-        sys.stderr.close()
-        return 0
     except OSError as exc:  # an output path that cannot be written (write_atomic left no partial file)
         target = getattr(args, "output", None) or exc.filename  # the path asked for, not write_atomic's temp file
         reason = exc.strerror or exc
@@ -432,6 +438,43 @@ def main(argv=None) -> int:
         return EXIT_SPEC_ERROR
     except Exception as exc:  # noqa: BLE001 - anything else is dsfc's bug: say so in one line, not a traceback
         return _internal_error(args, exc)
+
+
+class _PipeSafe:
+    """stdout / stderr whose reader may go away (``dsfc compile bad.dsf 2>&1 | head -1``): a write to a closed pipe
+    sends the rest of the stream to os.devnull and the command runs on, so its exit status is still the command's
+    (it was 0, a spec error reported as success, and a compile stopped after its first file) and every file is
+    still written or none is."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Point the stream's file descriptor at os.devnull (so the interpreter's flush at exit does not complain
+        either) and drop what was buffered for the closed pipe."""
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 # torch.manual_seed takes -2**63 .. 2**64 - 1, and the check seeds generators with seed + 1 and seed + 2

@@ -47,6 +47,14 @@ def _mono(iv: Interval, f) -> Interval:
     return Interval(f(iv.lo), f(iv.hi), iv.lo_open, iv.hi_open)
 
 
+def _int_pow(x: float, p: int) -> float:
+    """x ** p for an integer p > 0, +-inf where it overflows (x ** 1000 of x = 10 raises OverflowError)."""
+    try:
+        return float(x) ** p
+    except OverflowError:
+        return INF if x > 0 or p % 2 == 0 else -INF
+
+
 def _safe(f):
     def g(x):
         try:
@@ -328,6 +336,8 @@ class IntervalProver:
             return Interval(max(iv.lo, 0.0), max(iv.hi, 0.0), iv.lo_open and iv.lo > 0, iv.hi_open and iv.hi > 0)
         if isinstance(e, sp.tanh):
             return _mono(self.range(e.args[0]), lambda x: 1.0 if x == INF else -1.0 if x == -INF else math.tanh(x))
+        if isinstance(e, (sp.sin, sp.cos)):  # a rotation's entries: cos(theta)^2 is a decay in [0, 1]
+            return Interval(-1.0, 1.0)
         if isinstance(e, Elu):
             iv = self.range(e.args[0])
             f = lambda x: x if x > 0 else (-1.0 if x == -INF else math.expm1(x))  # noqa: E731
@@ -348,6 +358,9 @@ class IntervalProver:
                 return Interval(f(biv.hi), f(biv.lo), biv.hi_open, biv.lo_open)
             if biv.lo >= 0 and (biv.lo > 0 or biv.lo_open):
                 return self.range(sp.exp(ex * sp.log(base)))
+            if ex.is_Integer and ex > 0:  # a base of either sign: x^2 = |x|^2 >= 0, x^3 increasing
+                p = int(ex)
+                return _mono(_abs(biv) if p % 2 == 0 else biv, lambda x: _int_pow(x, p))
             return ANY
         if isinstance(e, sp.Abs):
             return _abs(self.range(e.args[0]))

@@ -156,6 +156,7 @@ class ModulePlan:
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
+    zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
 
@@ -407,6 +408,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
         signed_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _signed_decay(sym, st),
+        zero_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _zero_decay(sym, st),
         helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
                  if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
@@ -545,6 +547,16 @@ def _signed_decay(sym, st) -> bool:
     return IntervalProver(sym).range(decay).lo < 0
 
 
+def _zero_decay(sym, st) -> bool:
+    """A decay proven >= 0 that can be exactly 0 (x ^ 2, relu(x); no closed-form log): log(decay) would be -inf
+    there, with an inf * 0 = NaN backward, so the generated code takes it through ``log_abs_decay`` too."""
+    decay = st.delta.decay if st.delta else st.a.decay
+    if decay == 1 or exact_log(decay, sym) is not None or _signed_decay(sym, st):
+        return False
+    iv = IntervalProver(sym).range(decay)
+    return iv.lo == 0 and not iv.lo_open
+
+
 def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"
                  ) -> list[str]:
     o = st.outer
@@ -584,8 +596,12 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     decay = delta.decay if delta else st.a.decay
     logd = None if gauge else _log_decay(sym, decay)
     signed = _signed_decay(sym, st)
-    # a decay that may be negative is scanned as log|decay|, its signs folded into the streams (fold_decay_sign)
-    target, logd = ("_decay", decay) if signed else ("_log_decay", logd)
+    # a decay that may be negative is scanned as log|decay|, its signs folded into the streams (fold_decay_sign);
+    # one >= 0 that can be exactly 0 (x ^ 2, relu(x)) through log_abs_decay too, which keeps log 0 finite
+    unsigned_log = not signed and logd is not None and _zero_decay(sym, st)
+    target, logd = ("_decay", decay) if signed or unsigned_log else ("_log_decay", logd)
+    # the Triton backward's log-decay gradient is not accurate relative to a zero decay (see log_abs_decay)
+    zero_grad = ", zero_grad=False" if scan == "chunked_outer_triton" else ""
     if gauge:
         g, g_s = over(G)
         shape = f".expand(_B, _T{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})"
@@ -612,10 +628,12 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     if signed:
         lines += [
             "# the decay is not proven >= 0: scan log|decay| with its signs folded into the streams",
-            "_log_decay, _sign = log_abs_decay(_decay)",
+            f"_log_decay, _sign = log_abs_decay(_decay{zero_grad})",
             f"_q, _k, _v, _sign_end = fold_decay_sign(_sign, _q, _k, _v, readout=\"{sym.readout}\""
             f"{', delta=True' if delta else ''})",
         ]
+    elif unsigned_log:
+        lines.append(f"_log_decay, _ = log_abs_decay(_decay{zero_grad})  # no closed-form log; log 0 stays finite")
     order = G + K + V
     perm = [0] + [1 + k for k in order]
     inv = [0] + [1 + order.index(k) for k in range(len(sz))]

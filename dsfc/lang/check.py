@@ -914,7 +914,9 @@ class _Checker:
                     self.err(
                         "cycle among lets: " + " -> ".join(cycle),
                         by_name[name].span,
-                        hint="a let may only use lets that do not depend on it; use the state for recurrences",
+                        hint="a let may only use lets that do not depend on it; a value carried over time is the "
+                        "state or a running quantity of other lets (cumsum, scan(a, x): z_t = a_t z_(t-1) + x_t, prev, "
+                        "window); a nonlinear one such as a running max(z_(t-1), x_t) has no DSF form",
                     )
                     reported.update(cycle)
                 return

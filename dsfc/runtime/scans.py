@@ -522,15 +522,28 @@ def read_before_update(run_post, q: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]
     return torch.cat([y0, y_next[:, :-1]], 1), state
 
 
-def log_abs_decay(decay: Tensor) -> Tuple[Tensor, Tensor]:
+def log_abs_decay(decay: Tensor, zero_grad: bool = True) -> Tuple[Tensor, Tensor]:
     """``(log|decay|, sign)`` of a decay that may be negative, for the log-space chunked scans.
 
     The chunked outer-product and delta-rule scans take the decay as a logarithm (segment sums of log-decays), which
     is only defined for a decay >= 0. A spec whose decay the compiler cannot prove nonnegative (``tanh(...)``, a
     learned factor) is scanned on ``|decay|`` with the signs folded into the streams (:func:`fold_decay_sign`).
-    The sign is +1 or -1 exactly (+1 at a zero decay, where ``log|decay| = -inf`` already cuts the state)."""
+    The sign is +1 or -1 exactly (+1 at a zero decay).
+
+    A decay of exactly 0 (``tanh(x)`` or ``x ^ 2`` at x = 0, a zero-padded token) is lifted to sqrt(tiny) of its
+    dtype (1e-154 in float64, 1e-19 in float32: it still cuts the state to far below rounding), not log 0 = -inf,
+    whose backward was inf * 0 = NaN in every gradient. The lift is a constant added to the decay, so d log|decay|
+    / d decay = 1 / sqrt(tiny) there and the scan's gradient, decay * d/d decay, comes back as d/d decay.
+
+    ``zero_grad=False`` (the Triton scan): no gradient flows through an exact-zero decay. The kernels' log-decay
+    gradient is a difference (q dq - k dk), accurate to the rounding of the streams, not relative to the decay:
+    divided by sqrt(tiny) that rounding came back as 1e138. 0 is exact where the decay's own derivative vanishes
+    at 0 (x ^ 2, relu(x), tanh(x) ^ 2); for tanh(x) at x = 0 only the gradient through that one step is lost."""
+    if not zero_grad:
+        decay = torch.where(decay == 0, decay.detach(), decay)
     sign = torch.where(decay < 0, -torch.ones_like(decay), torch.ones_like(decay))
-    return torch.log(torch.abs(decay)), sign
+    lift = (decay == 0).to(decay.dtype) * torch.finfo(decay.dtype).tiny ** 0.5  # in decay's dtype: 1e-154 is 0 in fp32
+    return torch.log(torch.abs(decay + lift)), sign
 
 
 def fold_decay_sign(sign: Tensor, q: Tensor, k: Tensor, v: Tensor, *, readout: str = "post", delta: bool = False

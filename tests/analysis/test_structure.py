@@ -278,6 +278,20 @@ def test_min_max_abs_keep_both_ends(decay, want):
     assert r.eigen_interval == want, r.eigen_reason
 
 
+@pytest.mark.parametrize("decay, want", [
+    ("cos(x[c, j]) ^ 2", "[0, 1]"),
+    ("0.5 * sin(x[c, j])", "[-0.5, 0.5]"),
+    ("tanh(x[c, j]) ^ 3", "(-1, 1)"),
+    ("(0.9 * tanh(x[c, j])) ^ 2", "[0, 0.81)"),
+    ("x[c, j] ^ 2", "[0, inf)"),
+])
+def test_sin_cos_and_integer_powers_of_signed_bases(decay, want):
+    """sin and cos lie in [-1, 1], and x^p for an integer p > 0 has a range whatever the sign of x (|x|^p for an
+    even p, increasing for an odd p): a new user's cos(theta)^2 decay was 'unknown' with interval (-inf, inf)."""
+    r = analyse(diag_spec(decay)).report
+    assert r.eigen_interval == want, r.eigen_reason
+
+
 def test_exp_of_positive_is_unbounded():
     r = analyse(diag_spec("exp(softplus(x[c, j]))")).report
     assert r.a_kind == "diagonal"

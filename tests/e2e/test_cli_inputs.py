@@ -163,3 +163,21 @@ def test_an_output_file_that_is_a_directory_stops_the_run_before_any_file(tmp_pa
     err = capsys.readouterr().err
     assert f"cannot write {out / 'hgrn.py'}: it is a directory, not a file; no files written" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["hgrn.py"]  # nothing else written
+
+
+def test_a_closed_pipe_keeps_the_exit_status_and_the_files(tmp_path):
+    # `dsfc compile bad.dsf 2>&1 | head -1`: the second error line hit the closed pipe and the CLI returned 0, so a
+    # spec error passed as success under `set -o pipefail`; a closed stdout must not stop a compile half-way either
+    bad = tmp_path / "bad.dsf"
+    bad.write_text("dim d = 4\ninput u[d]\nstate h[c: d, j: 2]\nA[i, k] = 1\nB[i, k] = 1\nC[i, k] = 1\n")
+    good = [SPECS / f"{n}.dsf" for n in ("s6", "hgrn")]
+    for specs, stream, code in (([bad], "stderr", 2), (good, "stdout", 0)):
+        out = tmp_path / f"out_{stream}"
+        proc = subprocess.Popen([sys.executable, "-m", "dsfc", "compile", *map(str, specs), "-o", str(out)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        getattr(proc, stream).close()  # the reader goes away before the first line is written
+        other = (proc.stdout if stream == "stderr" else proc.stderr).read().decode()
+        assert proc.wait() == code, other
+        assert "Traceback" not in other and "Exception ignored" not in other, other
+        written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        assert written == (["hgrn.py", "s6.py"] if code == 0 else [])  # all or nothing

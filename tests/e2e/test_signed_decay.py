@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsf_testing import F64, compile_and_build, rel_err, run_steps
+from dsf_testing import F64, compile_and_build, grads_of, rel_err, run_steps
 
 TOL = 1e-9
 
@@ -142,3 +142,37 @@ def test_decays_proven_nonnegative_keep_the_plain_log():
     b = compile_and_build(spec, path="sig.dsf")
     assert not b.result.plan.signed_decay
     assert "fold_decay_sign" not in b.result.source
+
+
+ZERO_DECAYS = {  # decays that are exactly 0 at a token of zeros (u = 0: a zero-padded position)
+    "tanh_signed": "tanh(sum(m, W_a[h, m] * u[m]))",  # signed path, nonzero slope at 0
+    "tanh_squared": "tanh(sum(m, W_a[h, m] * u[m])) ^ 2",  # proven in [0, 1): the plain path, through log_abs_decay
+    "square": "0.5 * sum(m, W_a[h, m] * u[m]) ^ 2",
+}
+
+
+@pytest.mark.parametrize("name", list(ZERO_DECAYS))
+@pytest.mark.parametrize("delta", [False, True])
+def test_a_decay_of_exactly_zero_keeps_every_gradient_finite(name, delta):
+    """log(decay) is -inf at an exactly-zero decay, and its backward was inf * 0 = NaN in every gradient (forward
+    and state were right). ``log_abs_decay`` now lifts an exact 0 to sqrt(tiny): the torch path matches the
+    reference recurrence's gradients, zero tokens included, on the outer-product and delta-rule scans."""
+    b_entry = "beta[h] * kn[h, a] * W_v[h, b, m]" if delta else OUTER_B
+    mixer = "(delta(a, a2) - beta[h] * kn[h, a] * kn[h, a2])" if delta else "delta(a, a2)"
+    spec = HEAD.format(b_entry=b_entry) + f"""
+param W_b[H, d] ~ normal(0, 0.5)
+param W_a[H, d] ~ normal(0, 1)
+let kn[h: H, a: K] = k[h, a] / sqrt(sum(a2, k[h, a2] ^ 2) + 1)
+let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * {ZERO_DECAYS[name]} * {mixer}
+"""
+    built = compile_and_build(spec, path=f"zero_{name}.dsf")
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 70, 3, generator=gen, dtype=F64)
+    u[:, [0, 5, 6, 40]] = 0
+    h0 = torch.randn(2, *built.state_shape(), generator=gen, dtype=F64)
+    w = torch.randn(2, 70, 4, generator=gen, dtype=F64)
+    got, want = grads_of(built.model, built, u, h0, w), grads_of(None, built, u, h0, w)
+    scale = max(g.abs().max().item() for g in want)
+    for i, (g, r) in enumerate(zip(got, want)):
+        assert torch.isfinite(g).all() and (g - r).abs().max().item() <= 1e-9 * scale, (name, i)

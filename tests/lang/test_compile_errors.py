@@ -59,6 +59,23 @@ CASES = [
     ("deeply-nested-calls", spec(C="C[i, k] = " + "tanh(" * 200 + "u[i]" + ")" * 200), 7, 11, "nested too deeply"),
     ("very-long-sum", spec(C="C[i, k] = " + " + ".join(["u[i]"] * 5000)), 7, 11, "nested too deeply"),
     ("many-unary-minus", spec(C="C[i, k] = " + "-" * 5000 + "u[i]"), 7, 11, "nested too deeply"),
+    # a fifth new-user hunt: mistakes a user plausibly makes, each a positioned error through the CLI
+    ("function-typo", spec(A="A[i, k] = delta(i, k) * sigmiod(u[i])"), 5, 25, "unknown function 'sigmiod'"),
+    ("function-arity", spec(A="A[i, k] = delta(i, k) * sigmoid(u[i], 2)"), 5, 25, "sigmoid takes 1 argument, got 2"),
+    ("index-never-bound", spec(A="A[i, k] = delta(i, k) * sigmoid(u[j])"), 5, 35, "unknown name 'j'"),
+    ("A-groups-vs-state", spec(A="A[(i, j), k] = delta(i, k)"), 5, 4, "the rows of A index the state 'h', which has "
+     "1 axis, but 2 index names are given"),
+    ("D-one-index", spec("D[i] = u[i]"), 5, 4, "unexpected ']'; expected ','"),
+    ("two-readouts", spec("readout pre", "readout post"), 6, 1, "only one 'readout' statement is allowed"),
+    ("readout-word", spec("readout before"), 5, 9, "unknown readout 'before'"),
+    ("dim-twice", spec("dim d = 5"), 5, 1, "dim 'd' is declared twice"),
+    ("greek-function", spec(A="A[i, k] = delta(i, k) * σ(u[i])"), 5, 25, "unexpected character 'σ'"),
+    ("fractional-dim", spec().replace("dim d = 4", "dim d = 4.5"), 2, 9, "dim 'd' must be a positive integer"),
+    ("inexact-split", spec("dim e = d // 3"), 5, 9, "dim 'e': 4 // 3 is not exact"),
+    ("two-inputs", spec("input x[d]"), 5, 1, "only one input may be declared (first at line 3)"),
+    ("running-max-through-scan-let", spec("let m[c: d] = scan(1, max(m[c], u[c]))"), 5, 1, "cycle among lets: m -> m"),
+    ("C-zero", spec(C="C[i, k] = delta(i, k) * 0"), 7, 1, "matrix C is zero"),
+    ("only-comments", "# a spec to write later\n\n# TODO\n", 1, 1, "empty spec: no statements"),
 ]
 
 
