@@ -23,8 +23,8 @@ chunk-parallel kernel (``_key_scores_fwd``, fla's ``chunk_gla`` design), into a 
 state passes read as the other decays' kernels read their masked ``q k^T``: the chunk is cut into sub-chunks of 16;
 a block between a query sub-chunk I and an earlier key sub-chunk J is one tensor-core product of queries decayed
 from I's start and keys decayed to it (the decay split at that boundary: both factors exp(<= 0)); a diagonal block
-is built one query row at a time from ``[16, K]`` tiles (row i's segment sums: a reverse cumsum of g one step later,
-cut below row i). The backward's part through P is the same sub-chunk walk (``_key_scores_bwd_kernel``, with
+is built one key column at a time from ``[16, K]`` tiles (column j's segment sums: a cumsum of g masked to the rows
+after j). The backward's part through P is the same sub-chunk walk (``_key_scores_bwd_kernel``, with
 ``dL/dP = dy v^T`` formed there), its dq, dk summed with the state passes' like another value slice's.
 
 Forward, two schedules (``SCHEDULE``). Fused: one program per (b, h, value slice of BLOCK_V) walks the chunks of its
@@ -285,9 +285,9 @@ def _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK:
                        DTYPE: tl.constexpr):
     """``(gc, cut, total, cut_total)``: the per-key running log-decay sums of every step of the sub-chunk, gc[i]
     [BC, BK], and the step of the last zero decay each counts from, cut[i] [BC, BK] (``_running_log_decay``), then
-    both after the whole sub-chunk, [BK]. Summed one step at a time, in the order ``_diagonal_scores`` and
-    ``_diagonal_grads`` repeat, so that their gc[i] - gc[j] is exactly 0 at i = j (and <= 0 for i > j when every
-    log-decay is <= 0: adding a non-positive number never rounds up)."""
+    both after the whole sub-chunk, [BK]. Only exp(gc), the decay from the sub-chunk's start, is taken of them (a
+    sum of its own terms): decays between two steps of the sub-chunk are not differences of these sums
+    (``_key_column``, ``_decay_to_end``)."""
     gc = tl.zeros((BC, BK), DTYPE)
     cut = tl.full((BC, BK), -1.0, DTYPE)
     total = tl.zeros((BK,), DTYPE)
@@ -300,64 +300,54 @@ def _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK:
 
 
 @triton.jit
-def _decay_from_step(gc, cut, gc_j, rows, j):
-    """exp(seg(j+1..i)) [BC, BK], the per-key decay from key step j to every query step i >= j of the sub-chunk, 0
-    for i < j and where a zero decay lies in (j, i] (cut[i] > j): one exp of a segment sum (a difference of two
-    running sums that count from the same step, over at most 16 steps, so it loses no more than their last bits),
-    never a ratio of two exps."""
-    return tl.exp(tl.where((rows >= j)[:, None] & (cut <= j), gc - gc_j[None, :], float("-inf")))
-
-
-@triton.jit
 def _decay_from_start(gc, cut):
     """exp(seg(0..i)) [BC, BK], the per-key decay from the sub-chunk's start to step i: 0 after a zero decay."""
     return tl.where(cut >= 0, 0.0, tl.exp(gc))
 
 
 @triton.jit
-def _decay_to_end(gc, cut, total, cut_total, rows):
+def _decay_to_end(g_next):
     """exp(seg(j+1..BC-1)) [BC, BK], the per-key decay from step j to the end of the sub-chunk (0 if a zero decay
-    lies after j)."""
-    return tl.where(cut_total[None, :] <= rows[:, None], tl.exp(total[None, :] - gc), 0.0)
+    lies after j): a reverse cumsum of g one step later, each segment summed from its own terms. (exp(total - gc[j]),
+    a difference of running sums, lost the short segments after a strong decay: see ``_key_column``.)"""
+    return tl.exp(tl.cumsum(g_next, axis=0, reverse=True))
 
 
 @triton.jit
-def _key_column(k_ptr, g_ptr, gc, cut, gc_j, cut_j, row0, j, t0, rows, kk, T, H, K, DTYPE: tl.constexpr):
-    """Key step j of a diagonal block, the loop body ``_diagonal_scores`` and ``_diagonal_grads`` share: the running
-    log-decay sums carried to step j, the key row k_j [BK] and the decays from it to every query row [BC, BK]
-    (``_decay_from_step``)."""
-    gc_j, cut_j = _running_log_decay(gc_j, cut_j, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
+def _key_column(k_ptr, gt, row0, j, t0, rows, kk, T, H, K, DTYPE: tl.constexpr):
+    """Key step j of a diagonal block, the loop body ``_diagonal_scores`` and ``_diagonal_grads`` share: the key row
+    k_j [BK] and the decays exp(seg(j+1..i)) from it to every query row i >= j [BC, BK] (0 for i < j), from the
+    sub-chunk's log-decays gt [BC, BK]. Each segment sum is one masked cumsum of its own terms (mamba2's segsum),
+    never a difference of two running sums: after a strong decay (a log-decay of -1e4, a gate saturated in fp32) both
+    running sums are large and their difference lost the short segments after it (GLA's y off by 80% at -1e30, where
+    the torch scan and the reference agree). A zero decay (-inf) makes every later sum -inf (exp 0), never NaN."""
     k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-    return gc_j, cut_j, k_j, _decay_from_step(gc, cut, gc_j, rows, j)
+    seg = tl.cumsum(tl.where((rows > j)[:, None], gt, 0.0), axis=0)
+    return k_j, tl.where((rows >= j)[:, None], tl.exp(seg), 0.0)
 
 
 @triton.jit
-def _diagonal_scores(q, gc, cut, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
-                     DTYPE: tl.constexpr):
+def _diagonal_scores(q, gt, k_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, DTYPE: tl.constexpr):
     """The diagonal block of the per-key scores, P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for j <= i
     [BC, BC], one key column at a time (as fla's chunk_gla does it): the key row and its log-decay are loaded, the
     decays to every query row are one [BC, BK] exp, and the column is a sum along the keys' axis (within a warp)."""
     p = tl.zeros((BC, BC), DTYPE)
-    gc_j = tl.zeros((BK,), DTYPE)
-    cut_j = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        gc_j, cut_j, k_j, e = _key_column(k_ptr, g_ptr, gc, cut, gc_j, cut_j, row0, j, t0, rows, kk, T, H, K, DTYPE)
+        k_j, e = _key_column(k_ptr, gt, row0, j, t0, rows, kk, T, H, K, DTYPE)
         p_j = tl.sum(q * e * k_j[None, :], axis=1)  # [BC] over queries i
         p = tl.where((rows == j)[None, :], p_j[:, None], p)
     return p
 
 
 @triton.jit
-def _diagonal_grads(q, gc, cut, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+def _diagonal_grads(q, gt, dp, k_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                     DTYPE: tl.constexpr):
     """dq and dk [BC, BK] through the diagonal block of ``_diagonal_scores``' P given dp = dL/dP [BC, BC], key column
     by key column: each decay tile serves both (dq_i += dp_ij k_j e_ij; dk_j = sum_i dp_ij q_i e_ij)."""
     dq = tl.zeros((BC, BK), DTYPE)
     dk = tl.zeros((BC, BK), DTYPE)
-    gc_j = tl.zeros((BK,), DTYPE)
-    cut_j = tl.full((BK,), -1.0, DTYPE)
     for j in range(BC):
-        gc_j, cut_j, k_j, e = _key_column(k_ptr, g_ptr, gc, cut, gc_j, cut_j, row0, j, t0, rows, kk, T, H, K, DTYPE)
+        k_j, e = _key_column(k_ptr, gt, row0, j, t0, rows, kk, T, H, K, DTYPE)
         dp_j = tl.sum(tl.where((rows == j)[None, :], dp, 0.0), axis=1)  # column j of dp: [BC] over queries i
         dq += dp_j[:, None] * e * k_j[None, :]
         dk_j = tl.sum(dp_j[:, None] * e * q, axis=0)  # [BK]
@@ -431,8 +421,9 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
     i_s, c, b, h, rows, kk, mk, q, k, sums, row, mt, row0, t0 = _own_sub_chunk(tl.program_id(0), 0, q_ptr, k_ptr, g_ptr,
                                                                             NC, T, H, K, BT, BC, BK, DTYPE)
     gc, cut, total, cut_total = sums
+    gt, _ = _load_log_decay(g_ptr, b, h, t0 + rows, mt, rows, kk, mk, T, H, K, BC, PER_KEY, DTYPE)
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
-    p = _diagonal_scores(q, gc, cut, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    p = _diagonal_scores(q, gt, k_ptr, row0, t0, rows, kk, T, H, K, BC, DTYPE)
     tl.store(p_rows + i_s * BC, p, mask=mt[:, None])
     q_dec = q * _decay_from_start(gc, cut)  # decay from the start of I to step i
     between = tl.zeros((BK,), DTYPE)  # log-decay of the whole sub-chunks strictly between J and I
@@ -462,8 +453,9 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
     i_s, c, b, h, rows, kk, mk, q, k, sums, row, mt, row0, t0 = _own_sub_chunk(pid // NK, (pid % NK) * BK, q_ptr, k_ptr,
                                                                             g_ptr, NC, T, H, K, BT, BC, BK, DTYPE)
     gc, cut, total, cut_total = sums
+    gt, gt_next = _load_log_decay(g_ptr, b, h, t0 + rows, mt, rows, kk, mk, T, H, K, BC, PER_KEY, DTYPE)
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
-    dq, dk = _diagonal_grads(q, gc, cut, dp, k_ptr, g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    dq, dk = _diagonal_grads(q, gt, dp, k_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     dq_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for back in range(1, BT // BC):  # keys of earlier sub-chunks J: dq_i += sum_j dp_ij k_dec_j (x q's decay)
@@ -486,7 +478,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             dp_i = _value_products(dy_ptr, v_ptr, row_i, mt_i, row, mt, V, BC, BV, DTYPE, HALF)
             dk_off += _dot(tl.trans(dp_i), q_dec, HALF)
             between += tl.sum(g_i, axis=0)
-    dk += dk_off * _decay_to_end(gc, cut, total, cut_total, rows)
+    dk += dk_off * _decay_to_end(gt_next)
     m_qk = mt[:, None] & mk[None, :]
     tl.store(dq_ptr + row[:, None] * K + kk[None, :], dq, mask=m_qk)
     tl.store(dk_ptr + row[:, None] * K + kk[None, :], dk, mask=m_qk)
