@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import types
 import warnings
 
 import torch
@@ -42,6 +43,16 @@ def _importable(module) -> bool:
                       "import the generated file, or set sys.modules[name] = module before spec.loader.exec_module",
                       CompileNotice, stacklevel=3)
     return False
+
+
+def _own_code(fn: types.FunctionType) -> types.FunctionType:
+    """``fn`` with a copy of its code object. Dynamo keeps compiled graphs, and counts recompiles against
+    ``config.recompile_limit`` (8), per code object: every module's ``chunk_into`` and every instance's ``_lets`` of
+    one generated class shared theirs, so the ninth (module, batch size, dtype) of a process ran eagerly, ~10x
+    slower, with only a log line. A copy per module gives each module its own cache and limit."""
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return copy
 
 
 def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor, module: torch.nn.Module | None = None) -> bool:
@@ -75,7 +86,7 @@ def run_compiled_chunks(module, h0: torch.Tensor, args: list, time_varying: list
             out.copy_(y)
             return h_end
 
-        fn = torch.compile(chunk_into, dynamic=False) if _importable(module) else chunk_into
+        fn = torch.compile(_own_code(chunk_into), dynamic=False) if _importable(module) else chunk_into
         module.__dict__["_compiled_chunk"] = fn
     B, T = args[-1].shape[0], args[-1].shape[1]  # the input is last and always time-varying
     y = h0.new_empty((B, T, *out_shape))
@@ -109,7 +120,7 @@ def run_compiled_lets(module, x: torch.Tensor, dtype: torch.dtype, running0=None
         # a 10-20 s silent pause on a first call looks like a hang: say what it is and how to avoid it
         warnings.warn(f"dsfc: {type(module).__name__}: compiling the CPU scan with torch.compile on this first large "
                       "call (seconds; cached afterwards; DSFC_COMPILE=never skips it)", CompileNotice, stacklevel=2)
-        fn = torch.compile(module._lets)
+        fn = torch.compile(types.MethodType(_own_code(type(module)._lets), module))
         module.__dict__["_compiled_lets"] = fn
     try:
         return fn(x, dtype, running0)
