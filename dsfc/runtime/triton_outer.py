@@ -1119,10 +1119,10 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     under ``TRITON_INTERPRET=1`` (slow: for tests). Differentiable w.r.t. q, k, v, log_decay and h0.
 
     ``chunk`` (default: CHUNK_CUDA on a GPU with half operands and no per-key decay, else CHUNK), ``block_v`` (the
-    value slice of one program; the defaults: ``default_tiles``), ``num_warps`` and ``schedule`` (``"fused"``: one sequential
-    kernel per (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states, then one
-    program per chunk; ``"auto"``: the faster on a GPU, timed once per launch shape; default SCHEDULE) are tuning knobs
-    (``dsfc bench --gpu`` sweeps them).
+    value slice of one program; the defaults: ``default_tiles``), ``num_warps`` and ``schedule`` (``"fused"``: one
+    sequential kernel per (b, h, value slice); ``"split"``: a light sequential pass writing the chunk-start states,
+    then one program per chunk; ``"auto"``: the faster on a GPU, timed once per launch shape; default SCHEDULE) are
+    tuning knobs (``dsfc bench --gpu`` sweeps them).
     With q, k, v all bf16 (or all fp16) the matmuls take that dtype (HALF_DOTS), accumulating in fp32.
 
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step

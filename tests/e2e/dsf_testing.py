@@ -125,6 +125,20 @@ def map_state(state, fn):
     return fn(state)
 
 
+def state_leaves(state) -> list:
+    """The tensors of a state (a tensor, or a dict of them in key order)."""
+    return [state[k] for k in sorted(state)] if isinstance(state, dict) else [state]
+
+
+def generated_class(name: str):
+    """The nn.Module class of ``generated/<name>.py``."""
+    import importlib
+
+    mod = importlib.import_module(f"generated.{name}")
+    return next(v for v in vars(mod).values()
+                if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == mod.__name__)
+
+
 def h_of(state):
     return state["h"] if isinstance(state, dict) else state
 

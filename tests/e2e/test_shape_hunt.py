@@ -10,12 +10,11 @@ from __future__ import annotations
 from tests.triton._device import DEVICE  # noqa: F401,I001  (sets TRITON_INTERPRET=1 before triton is imported)
 
 import copy
-import importlib
 
 import pytest
 import torch
 
-F64 = torch.float64
+from dsf_testing import F64, generated_class, map_state, state_leaves  # noqa: E402
 
 # one odd configuration per catalog module: a width of 1 or a non-power-of-two, K != V, 1 or 3 heads
 DIMS = {
@@ -44,27 +43,15 @@ DIMS = {
 }
 
 
-def _cls(name):
-    mod = importlib.import_module(f"generated.{name}")
-    return next(v for v in vars(mod).values()
-                if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == mod.__name__)
-
 
 def _pair(name, backend, dtype=F64):
     """(oracle, model under test) with the same parameters."""
     torch.manual_seed(0)
-    oracle = _cls(name)(**DIMS[name], backend="torch" if name == "softmax_attention" else "reference").to(F64)
+    oracle_backend = "torch" if name == "softmax_attention" else "reference"
+    oracle = generated_class(name)(**DIMS[name], backend=oracle_backend).to(F64)
     model = copy.deepcopy(oracle).to(dtype)
     model.backend = backend
     return oracle, model
-
-
-def _leaves(state):
-    return [state[k] for k in sorted(state)] if isinstance(state, dict) else [state]
-
-
-def _map(state, fn):
-    return {k: fn(v) for k, v in state.items()} if isinstance(state, dict) else fn(state)
 
 
 def _start_state(model, batch):
@@ -75,12 +62,12 @@ def _start_state(model, batch):
 def _run(model, u, s0):
     """y, final state and the gradients of u, s0 and the parameters of a loss that reads y and the final state."""
     u = u.clone().requires_grad_(True)
-    s0 = _map(s0, lambda v: v.clone().requires_grad_(True))
+    s0 = map_state(s0, lambda v: v.clone().requires_grad_(True))
     y, s = model(u, initial_state=s0, output_final_state=True)
     weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-    loss = (y * weights).sum() + sum((0.3 * v).sum() for v in _leaves(s))
-    grads = torch.autograd.grad(loss, [u, *_leaves(s0), *model.parameters()], allow_unused=True)
-    return y.detach(), [v.detach() for v in _leaves(s)], grads
+    loss = (y * weights).sum() + sum((0.3 * v).sum() for v in state_leaves(s))
+    grads = torch.autograd.grad(loss, [u, *state_leaves(s0), *model.parameters()], allow_unused=True)
+    return y.detach(), [v.detach() for v in state_leaves(s)], grads
 
 
 def _close(got, want, tol, what):
@@ -124,18 +111,18 @@ def test_strided_and_mixed_dtype_inputs(name, backend):
         pytest.skip("no reference backend for the quadratic path")
     oracle, model = _pair(name, backend, torch.float32)
     batch, T, width = 2, 17, model._in_features()
-    s0 = _map(_start_state(oracle, batch), lambda v: v.float())
+    s0 = map_state(_start_state(oracle, batch), lambda v: v.float())
 
     def check(tag, m, u, state, tol, want_dtype=None):
         ref = copy.deepcopy(m).to(F64)  # the parameters as m holds them (bf16-rounded ones included)
         ref.backend = oracle.backend
         with torch.no_grad():
             y, s = m(u, initial_state=state, output_final_state=True)
-            yr, sr = ref(u.to(F64), initial_state=None if state is None else _map(state, lambda v: v.to(F64)),
+            yr, sr = ref(u.to(F64), initial_state=None if state is None else map_state(state, lambda v: v.to(F64)),
                             output_final_state=True)
         assert y.dtype == (want_dtype or u.dtype), (tag, y.dtype)
         _close([y.to(F64)], [yr], tol, (name, tag, "y"))
-        _close([v.to(F64) for v in _leaves(s)], _leaves(sr), tol, (name, tag, "state"))
+        _close([v.to(F64) for v in state_leaves(s)], state_leaves(sr), tol, (name, tag, "state"))
 
     for tag, u in _strided_inputs(batch, T, width):
         check(tag, model, u, s0, 1e-4)
@@ -143,8 +130,9 @@ def test_strided_and_mixed_dtype_inputs(name, backend):
     check("fp16 input", model, u.half(), s0, 2e-2)
     check("bf16 input", model, u.bfloat16(), s0, 6e-2)
     check("fp64 input, fp32 params", model, u.double(), s0, 1e-4)
-    check("fp64 state, fp32 input", model, u, _map(s0, lambda v: v.double()), 1e-4)
-    check("non-contiguous state", model, u, _map(s0, lambda v: v.transpose(0, -1).contiguous().transpose(0, -1)), 1e-4)
+    check("fp64 state, fp32 input", model, u, map_state(s0, lambda v: v.double()), 1e-4)
+    strided = map_state(s0, lambda v: v.transpose(0, -1).contiguous().transpose(0, -1))
+    check("non-contiguous state", model, u, strided, 1e-4)
     check("fp64 params, fp32 input", copy.deepcopy(model).double(), u, s0, 1e-4)
     check("fp16 params, fp16 input", copy.deepcopy(model).half(), u.half(), s0, 3e-2)
     check("bf16 params, fp32 input", copy.deepcopy(model).bfloat16(), u, s0, 1e-4)
@@ -154,7 +142,7 @@ def test_strided_and_mixed_dtype_inputs(name, backend):
 def test_a_step_loop_continues_forward(name):
     oracle, model = _pair(name, "torch", torch.float32)
     u = torch.randn(3, 9, model._in_features())
-    s0 = _map(_start_state(oracle, 3), lambda v: v.float())
+    s0 = map_state(_start_state(oracle, 3), lambda v: v.float())
     with torch.no_grad():
         y, final = model(u, initial_state=s0, output_final_state=True)
         state, ys = s0, []
@@ -162,4 +150,4 @@ def test_a_step_loop_continues_forward(name):
             y_t, state = model.step(u[:, t], state)
             ys.append(y_t)
     _close([torch.stack(ys, 1)], [y], 1e-5, (name, "step y"))
-    _close(_leaves(state), _leaves(final), 1e-5, (name, "step state"))
+    _close(state_leaves(state), state_leaves(final), 1e-5, (name, "step state"))

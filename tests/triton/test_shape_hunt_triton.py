@@ -10,13 +10,12 @@ from __future__ import annotations
 from tests.triton._device import DEVICE  # noqa: I001  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import copy
-import importlib
 import warnings
 
 import pytest
 import torch
 
-F64 = torch.float64
+from dsf_testing import F64, generated_class, map_state, state_leaves  # noqa: E402
 
 DIMS = {
     "s6": dict(d=3, n=5, r=1),
@@ -28,26 +27,14 @@ DIMS = {
 }
 
 
-def _cls(name):
-    mod = importlib.import_module(f"generated.{name}")
-    return next(v for v in vars(mod).values()
-                if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == mod.__name__)
-
 
 def _pair(name, dtype=F64):
     torch.manual_seed(0)
-    oracle = _cls(name)(**DIMS[name], backend="torch" if name == "softmax_attention" else "reference").to(F64)
+    oracle_backend = "torch" if name == "softmax_attention" else "reference"
+    oracle = generated_class(name)(**DIMS[name], backend=oracle_backend).to(F64)
     model = copy.deepcopy(oracle).to(dtype)
     model.backend = "triton"
     return oracle.to(DEVICE), model.to(DEVICE)
-
-
-def _leaves(state):
-    return [state[k] for k in sorted(state)] if isinstance(state, dict) else [state]
-
-
-def _map(state, fn):
-    return {k: fn(v) for k, v in state.items()} if isinstance(state, dict) else fn(state)
 
 
 def _start_state(model, batch):
@@ -70,15 +57,15 @@ def _close(got, want, tol, what):
 
 def _grads(model, u, s0, loss_of):
     u = u.clone().requires_grad_(True)
-    s0 = _map(s0, lambda v: v.clone().requires_grad_(True))
+    s0 = map_state(s0, lambda v: v.clone().requires_grad_(True))
     y, s = model(u, initial_state=s0, output_final_state=True)
-    grads = torch.autograd.grad(loss_of(y, s), [u, *_leaves(s0), *model.parameters()], allow_unused=True)
-    return [y.detach(), *[v.detach() for v in _leaves(s)]], list(grads)
+    grads = torch.autograd.grad(loss_of(y, s), [u, *state_leaves(s0), *model.parameters()], allow_unused=True)
+    return [y.detach(), *[v.detach() for v in state_leaves(s)]], list(grads)
 
 
 def _weighted(y, s):
     return (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view_as(y)).sum() + sum(
-        (0.3 * v).sum() for v in _leaves(s))
+        (0.3 * v).sum() for v in state_leaves(s))
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +93,8 @@ def test_gradients_through_the_final_state_or_a_strided_slice_only(name):
     # the backward gets a zero (or stride-0 / strided) incoming gradient for y or the final state
     oracle, model = _pair(name)
     u = torch.randn(2, 9, model._in_features(), dtype=F64, device=DEVICE)
-    s0 = _map(_start_state(oracle, 2), lambda v: v.transpose(0, -1).contiguous().transpose(0, -1))
-    for loss_of in (lambda y, s: sum((1.5 * v).sum() for v in _leaves(s)), lambda y, s: y[:, ::3].sum()):
+    s0 = map_state(_start_state(oracle, 2), lambda v: v.transpose(0, -1).contiguous().transpose(0, -1))
+    for loss_of in (lambda y, s: sum((1.5 * v).sum() for v in state_leaves(s)), lambda y, s: y[:, ::3].sum()):
         out, g = _grads(model, u, s0, loss_of)
         out_r, g_r = _grads(oracle, u, s0, loss_of)
         _close(out, out_r, 1e-9, (name, "y / state"))
@@ -118,7 +105,7 @@ def test_gradients_through_the_final_state_or_a_strided_slice_only(name):
 def test_strided_and_half_inputs(name):
     oracle, model = _pair(name, torch.float32)
     batch, T, width = 2, 17, model._in_features()
-    s0 = _map(_start_state(oracle, batch), lambda v: v.float())
+    s0 = map_state(_start_state(oracle, batch), lambda v: v.float())
     cases = [("batch-expanded", torch.randn(1, T, width).expand(batch, T, width), 1e-4),
              ("permuted", torch.randn(width, batch, T).permute(1, 2, 0), 1e-4),
              ("fp16", torch.randn(batch, T, width).half(), 2e-2),
@@ -127,9 +114,9 @@ def test_strided_and_half_inputs(name):
         u = u.to(DEVICE)
         with torch.no_grad():
             y, s = model(u, initial_state=s0, output_final_state=True)
-            yr, sr = oracle(u.to(F64), initial_state=_map(s0, lambda v: v.to(F64)), output_final_state=True)
+            yr, sr = oracle(u.to(F64), initial_state=map_state(s0, lambda v: v.to(F64)), output_final_state=True)
         assert y.dtype == u.dtype, (name, tag, y.dtype)
-        _close([y, *_leaves(s)], [yr, *_leaves(sr)], tol, (name, tag))
+        _close([y, *state_leaves(s)], [yr, *state_leaves(sr)], tol, (name, tag))
 
 
 def _naive_outer(q, k, v, g, h0):
