@@ -71,7 +71,7 @@ def test_torch_compile_s6(chunk_mode):
     assert not compiled_chunks._broken, "torch.compile of the chunk failed and fell back to eager"
 
 
-def test_each_module_compiles_under_its_own_recompile_limit(chunk_mode, monkeypatch):
+def test_each_module_compiles_under_its_own_recompile_limit(chunk_mode):
     """Dynamo counts recompiles per code object: every module's chunk function and every S6's ``_lets`` shared one,
     so after 8 (module, batch, dtype) combinations in a process the rest ran eagerly (~10x slower, a log line only).
     With the limit at 1, a second S6 of another width must still get compiled graphs of its own."""
@@ -80,13 +80,16 @@ def test_each_module_compiles_under_its_own_recompile_limit(chunk_mode, monkeypa
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    # config.patch, not monkeypatch: monkeypatch's undo deleted the option from dynamo's config module, and every
+    # later torch.compile in the process failed with "recompile_limit does not exist"
     result = compile_spec(ROOT / "specs" / "s6.dsf")
-    for d in (3, 5):
-        graphs = counters["stats"]["unique_graphs"]
-        b = build(result, {"d": d, "n": 2, "r": 1})
-        _check_against_reference(b, batch=1, T=compiled_chunks.CHUNK + 3)
-        assert counters["stats"]["unique_graphs"] >= graphs + 2, f"d={d}: the lets and the chunk ran eagerly"
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for d in (3, 5):
+            graphs = counters["stats"]["unique_graphs"]
+            b = build(result, {"d": d, "n": 2, "r": 1})
+            _check_against_reference(b, batch=1, T=compiled_chunks.CHUNK + 3)
+            assert counters["stats"]["unique_graphs"] >= graphs + 2, f"d={d}: the lets and the chunk ran eagerly"
+    assert torch._dynamo.config.recompile_limit > 1  # restored for the rest of the process
     assert not compiled_chunks._broken
 
 
