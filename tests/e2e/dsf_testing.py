@@ -194,7 +194,9 @@ def grads_of(model, built, u, h0, w):
     """d/d(u, h0, params) of sum(y * w) through ``model`` (None: the float64 reference recurrence)."""
     names = [p.tensor.name for p in built.sym.params]
     named = dict(built.model.named_parameters())
-    params = {n: named[py_name(n)].detach().clone().requires_grad_() for n in names}
+    # the reference runs where its inputs are (the tests hand it CPU tensors), whatever device the model is on
+    where = {"device": u.device} if model is None else {}
+    params = {n: named[py_name(n)].detach().to(**where).clone().requires_grad_() for n in names}
     uu = u.clone().requires_grad_()
     hh = map_state(h0, lambda x: x.clone().requires_grad_())
     h_leaves = list(hh.values()) if isinstance(hh, dict) else [hh] if hh is not None else []
