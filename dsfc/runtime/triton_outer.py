@@ -87,8 +87,12 @@ __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 CHUNK = 16  # chunk length L (tl.dot needs >= 16 on a GPU)
 CHUNK_CUDA = 64  # on a GPU with half operands: longer chunks, fewer sequential steps
 SUB_CHUNK = 16  # per-key decay: the sub-chunk of the intra-chunk scores (``_key_scores_fwd``)
-SCORES_WARPS = 4  # the per-key score kernels' warps: forward ([16, K] tiles); backward ([16, SCORES_BWD_BLOCK_K])
-SCORES_BWD_WARPS = 8
+# The per-key score kernels' warps for a [16, 128] tile of keys (``scores_warps`` scales them with the tile): forward
+# and backward are loops over key columns of elementwise [16, K] work and reductions, which fewer warps keep within
+# a warp. H200, GLA's shape (bf16, B 8, T 4096, H 16, K = V = 128, chunk 16), 2026-11-27: forward 1.03 ms at 4
+# warps, 1.16 at 8, 0.96 at 2, 0.83 at 1; backward 7.0 ms at 8 warps, 3.4 at 4, 1.8 at 2, 2.2 at 1
+SCORES_WARPS = 1
+SCORES_BWD_WARPS = 2
 # The score backward (``_key_scores_bwd_kernel``): keys per program and the value slice of dL/dP = dy v^T. Timed on
 # an H100 at GLA's shape (bf16, B 8, T 4096, H 16, K = V = 128, chunk 64): all 128 keys with 64-wide value slices
 # took 9.2 ms (2026-11-26; ptxas: 255 registers, one program per SM); 32-key slices with 16-wide value slices
@@ -271,38 +275,11 @@ def _step_row(ptr, row0, j, t0, T, H, K, kk, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _running_log_decay(total, cut, g_j, j):
-    """One step of the sub-chunk's per-key running log-decay sums [BK]: ``total`` sums the log-decays since the last
-    zero decay (log-decay -inf, e.g. a relu gate) at or before the step, ``cut`` is that step (-1: none yet). A zero
-    decay cuts off everything before it, so restarting the sum there keeps every sum finite: a plain running sum
-    would be -inf from then on, and a difference of two such sums -inf - (-inf) = NaN."""
-    zero = g_j == float("-inf")
-    return tl.where(zero, 0.0, total + g_j), tl.where(zero, j, cut)
-
-
-@triton.jit
-def _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
-                       DTYPE: tl.constexpr):
-    """``(gc, cut, total, cut_total)``: the per-key running log-decay sums of every step of the sub-chunk, gc[i]
-    [BC, BK], and the step of the last zero decay each counts from, cut[i] [BC, BK] (``_running_log_decay``), then
-    both after the whole sub-chunk, [BK]. Only exp(gc), the decay from the sub-chunk's start, is taken of them (a
-    sum of its own terms): decays between two steps of the sub-chunk are not differences of these sums
-    (``_key_column``, ``_decay_to_end``)."""
-    gc = tl.zeros((BC, BK), DTYPE)
-    cut = tl.full((BC, BK), -1.0, DTYPE)
-    total = tl.zeros((BK,), DTYPE)
-    cut_total = tl.full((BK,), -1.0, DTYPE)
-    for j in range(BC):
-        total, cut_total = _running_log_decay(total, cut_total, _step_row(g_ptr, row0, j, t0, T, H, K, kk, DTYPE), j)
-        gc = tl.where((rows == j)[:, None], total[None, :], gc)
-        cut = tl.where((rows == j)[:, None], cut_total[None, :], cut)
-    return gc, cut, total, cut_total
-
-
-@triton.jit
-def _decay_from_start(gc, cut):
-    """exp(seg(0..i)) [BC, BK], the per-key decay from the sub-chunk's start to step i: 0 after a zero decay."""
-    return tl.where(cut >= 0, 0.0, tl.exp(gc))
+def _decay_from_start(gt):
+    """exp(seg(start..i)) [BC, BK], the per-key decay from the sub-chunk's start to step i (inclusive), from its
+    log-decays gt [BC, BK]: a running sum from the start is each prefix's own terms, never a difference; a zero decay
+    (-inf) makes every later sum -inf, exp 0."""
+    return tl.exp(tl.cumsum(gt, axis=0))
 
 
 @triton.jit
@@ -314,40 +291,49 @@ def _decay_to_end(g_next):
 
 
 @triton.jit
-def _key_column(k_ptr, gt, row0, j, t0, rows, kk, T, H, K, DTYPE: tl.constexpr):
-    """Key step j of a diagonal block, the loop body ``_diagonal_scores`` and ``_diagonal_grads`` share: the key row
-    k_j [BK] and the decays exp(seg(j+1..i)) from it to every query row i >= j [BC, BK] (0 for i < j), from the
-    sub-chunk's log-decays gt [BC, BK]. Each segment sum is one masked cumsum of its own terms (mamba2's segsum),
-    never a difference of two running sums: after a strong decay (a log-decay of -1e4, a gate saturated in fp32) both
-    running sums are large and their difference lost the short segments after it (GLA's y off by 80% at -1e30, where
-    the torch scan and the reference agree). A zero decay (-inf) makes every later sum -inf (exp 0), never NaN."""
+def _key_column(k_ptr, g_ptr, seg, row0, j, t0, rows, kk, T, H, K, DTYPE: tl.constexpr):
+    """Key step j of a diagonal block, the loop body ``_diagonal_scores`` and ``_diagonal_grads`` share; the loop
+    walks j from the sub-chunk's last step back to its first. Given ``seg`` = seg(j+2..i) [BC, BK] (key step j+1's
+    log-decays to every query row i, 0 for i <= j+1): the key row k_j [BK], seg(j+1..i) = g_{j+1} + seg(j+2..i)
+    for i > j (0 for i <= j), and the decays exp(seg(j+1..i)) to every query row i >= j (0 for i < j). Each segment
+    is a sum of its own terms (mamba2's segsum), never a difference of two running sums: after a strong decay (a
+    log-decay of -1e4, a gate saturated in fp32) both running sums are large and their difference lost the short
+    segments after it (GLA's y off by 80% at -1e30, where the torch scan and the reference agree). Growing the sums
+    one step per column costs one add, where a masked cumsum per column cost a [BC, BK] scan. A zero decay (-inf)
+    makes every later sum -inf (exp 0), never NaN."""
     k_j = _step_row(k_ptr, row0, j, t0, T, H, K, kk, DTYPE)
-    seg = tl.cumsum(tl.where((rows > j)[:, None], gt, 0.0), axis=0)
-    return k_j, tl.where((rows >= j)[:, None], tl.exp(seg), 0.0)
+    g_after = _step_row(g_ptr, row0, j + 1, t0, T, H, K, kk, DTYPE)
+    seg = tl.where((rows > j)[:, None], g_after[None, :] + seg, 0.0)
+    return k_j, seg, tl.where((rows >= j)[:, None], tl.exp(seg), 0.0)
 
 
 @triton.jit
-def _diagonal_scores(q, gt, k_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, DTYPE: tl.constexpr):
+def _diagonal_scores(q, g_ptr, k_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+                     DTYPE: tl.constexpr):
     """The diagonal block of the per-key scores, P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for j <= i
-    [BC, BC], one key column at a time (as fla's chunk_gla does it): the key row and its log-decay are loaded, the
-    decays to every query row are one [BC, BK] exp, and the column is a sum along the keys' axis (within a warp)."""
+    [BC, BC], one key column at a time (as fla's chunk_gla does it): the key row and the next step's log-decay are
+    loaded, the decays to every query row are one [BC, BK] exp, and the column is a sum along the keys' axis."""
     p = tl.zeros((BC, BC), DTYPE)
-    for j in range(BC):
-        k_j, e = _key_column(k_ptr, gt, row0, j, t0, rows, kk, T, H, K, DTYPE)
+    seg = tl.zeros((BC, BK), DTYPE)
+    for back in range(BC):
+        j = BC - 1 - back
+        k_j, seg, e = _key_column(k_ptr, g_ptr, seg, row0, j, t0, rows, kk, T, H, K, DTYPE)
         p_j = tl.sum(q * e * k_j[None, :], axis=1)  # [BC] over queries i
         p = tl.where((rows == j)[None, :], p_j[:, None], p)
     return p
 
 
 @triton.jit
-def _diagonal_grads(q, gt, dp, k_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
+def _diagonal_grads(q, g_ptr, dp, k_ptr, row0, t0, rows, kk, T, H, K, BC: tl.constexpr, BK: tl.constexpr,
                     DTYPE: tl.constexpr):
     """dq and dk [BC, BK] through the diagonal block of ``_diagonal_scores``' P given dp = dL/dP [BC, BC], key column
     by key column: each decay tile serves both (dq_i += dp_ij k_j e_ij; dk_j = sum_i dp_ij q_i e_ij)."""
     dq = tl.zeros((BC, BK), DTYPE)
     dk = tl.zeros((BC, BK), DTYPE)
-    for j in range(BC):
-        k_j, e = _key_column(k_ptr, gt, row0, j, t0, rows, kk, T, H, K, DTYPE)
+    seg = tl.zeros((BC, BK), DTYPE)
+    for back in range(BC):
+        j = BC - 1 - back
+        k_j, seg, e = _key_column(k_ptr, g_ptr, seg, row0, j, t0, rows, kk, T, H, K, DTYPE)
         dp_j = tl.sum(tl.where((rows == j)[None, :], dp, 0.0), axis=1)  # column j of dp: [BC] over queries i
         dq += dp_j[:, None] * e * k_j[None, :]
         dk_j = tl.sum(dp_j[:, None] * e * q, axis=0)  # [BK]
@@ -382,9 +368,8 @@ def _sub_chunk_keys(ptr, g_ptr, b, h, c, j, rows, kk, mk, T, H, K, BT: tl.conste
 def _own_sub_chunk(pid, k0, q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, BC: tl.constexpr,
                    BK: tl.constexpr, DTYPE: tl.constexpr):
     """Program ``pid``'s sub-chunk (``_sub_chunk``), keys k0 .. k0 + BK - 1: its rows and key offsets, q and k
-    [BC, BK], the log-decays' running sums, its [B * T * H] row
-    indices and mask, and its first step t0 with that step's row row0. The running sums come as one tuple
-    ``(gc, cut, total, cut_total)`` (``_prefix_log_decays``)."""
+    [BC, BK], its log-decays and the log-decays one step later [BC, BK] (0 past the sub-chunk), its [B * T * H] row
+    indices and mask, and its first step t0 with that step's row row0."""
     i_s, c, b, h = _sub_chunk(pid, NC, H, BT, BC)
     rows = tl.arange(0, BC)
     kk = k0 + tl.arange(0, BK)
@@ -395,8 +380,8 @@ def _own_sub_chunk(pid, k0, q_ptr, k_ptr, g_ptr, NC, T, H, K, BT: tl.constexpr, 
     row = row0 + rows * H
     q = _load_rows(q_ptr, row, mt, kk, mk, K, DTYPE)
     k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
-    gc, cut, total, cut_total = _prefix_log_decays(g_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
-    return i_s, c, b, h, rows, kk, mk, q, k, (gc, cut, total, cut_total), row, mt, row0, t0
+    gt, gt_next = _load_log_decay(g_ptr, b, h, t0 + rows, mt, rows, kk, mk, T, H, K, BC, PER_KEY, DTYPE)
+    return i_s, c, b, h, rows, kk, mk, q, k, gt, gt_next, row, mt, row0, t0
 
 
 @triton.jit
@@ -418,14 +403,12 @@ def _key_scores_fwd(q_ptr, k_ptr, g_ptr, p_ptr, T, H, K, NC, BT: tl.constexpr, B
                     DTYPE: tl.constexpr, HALF: tl.constexpr):
     """Rows of one query sub-chunk I of P [B, T, H, BT], P[i, j] = sum_a q[i, a] k[j, a] exp(seg_a(j+1..i)) for
     the keys j <= i of the chunk (columns past i are not written: readers mask them)."""
-    i_s, c, b, h, rows, kk, mk, q, k, sums, row, mt, row0, t0 = _own_sub_chunk(tl.program_id(0), 0, q_ptr, k_ptr, g_ptr,
-                                                                            NC, T, H, K, BT, BC, BK, DTYPE)
-    gc, cut, total, cut_total = sums
-    gt, _ = _load_log_decay(g_ptr, b, h, t0 + rows, mt, rows, kk, mk, T, H, K, BC, PER_KEY, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, gt, _, row, mt, row0, t0 = _own_sub_chunk(tl.program_id(0), 0, q_ptr, k_ptr,
+                                                                             g_ptr, NC, T, H, K, BT, BC, BK, DTYPE)
     p_rows = p_ptr + row[:, None] * BT + rows[None, :]  # column 0 of each of I's rows, + BC * J for block J
-    p = _diagonal_scores(q, gt, k_ptr, row0, t0, rows, kk, T, H, K, BC, DTYPE)
+    p = _diagonal_scores(q, g_ptr, k_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     tl.store(p_rows + i_s * BC, p, mask=mt[:, None])
-    q_dec = q * _decay_from_start(gc, cut)  # decay from the start of I to step i
+    q_dec = q * _decay_from_start(gt)  # decay from the start of I to step i
     between = tl.zeros((BK,), DTYPE)  # log-decay of the whole sub-chunks strictly between J and I
     for back in range(1, BT // BC):
         j = i_s - back
@@ -450,12 +433,11 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
     took 9.2 of GLA's 19.2 ms forward+backward); dL/dP is recomputed per slice (small: [16, 16] blocks over V)."""
     NK = tl.cdiv(K, BK)
     pid = tl.program_id(0)
-    i_s, c, b, h, rows, kk, mk, q, k, sums, row, mt, row0, t0 = _own_sub_chunk(pid // NK, (pid % NK) * BK, q_ptr, k_ptr,
-                                                                            g_ptr, NC, T, H, K, BT, BC, BK, DTYPE)
-    gc, cut, total, cut_total = sums
-    gt, gt_next = _load_log_decay(g_ptr, b, h, t0 + rows, mt, rows, kk, mk, T, H, K, BC, PER_KEY, DTYPE)
+    i_s, c, b, h, rows, kk, mk, q, k, gt, gt_next, row, mt, row0, t0 = _own_sub_chunk(pid // NK, (pid % NK) * BK,
+                                                                                   q_ptr, k_ptr, g_ptr, NC, T, H, K,
+                                                                                   BT, BC, BK, DTYPE)
     dp = _value_products(dy_ptr, v_ptr, row, mt, row, mt, V, BC, BV, DTYPE, HALF)
-    dq, dk = _diagonal_grads(q, gt, dp, k_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
+    dq, dk = _diagonal_grads(q, g_ptr, dp, k_ptr, row0, t0, rows, kk, T, H, K, BC, BK, DTYPE)
     dq_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for back in range(1, BT // BC):  # keys of earlier sub-chunks J: dq_i += sum_j dp_ij k_dec_j (x q's decay)
@@ -466,7 +448,7 @@ def _key_scores_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, dy_ptr, dq_ptr, dk_ptr, T
             k_dec = k_j * tl.exp(tl.cumsum(g_next_j, axis=0, reverse=True) + between[None, :])
             dq_off += _dot(_value_products(dy_ptr, v_ptr, row, mt, row_j, mt_j, V, BC, BV, DTYPE, HALF), k_dec, HALF)
             between += tl.sum(g_j, axis=0)
-    dq += dq_off * _decay_from_start(gc, cut)
+    dq += dq_off * _decay_from_start(gt)
     dk_off = tl.zeros((BC, BK), DTYPE)
     between = tl.zeros((BK,), DTYPE)
     for ahead in range(1, BT // BC):  # queries of later sub-chunks I: dk_j += sum_i dp_ij q_dec_i (x k's decay)
@@ -708,6 +690,12 @@ def default_tiles(cuda: bool, half: int, decay: int, K: int, V: int, chunk: Opti
     return Tiles(int(chunk), block_k, int(block_v), num_warps)
 
 
+def scores_warps(warps_at_128: int, keys: int) -> int:
+    """The warps of a per-key score kernel whose programs take ``keys`` keys (a power of two), given its warps at 128
+    (``SCORES_WARPS``, ``SCORES_BWD_WARPS``): the same elements per thread, 1 to 8 warps."""
+    return max(1, min(8, warps_at_128 * keys // 128))
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -780,7 +768,7 @@ def _scores(L: _Launch, q, k, g):
     p = torch.empty((L.B, L.T, L.H, L.chunk), device=q.device, dtype=L.states_dtype)
     _key_scores_fwd[(L.ns * L.nc * L.B * L.H,)](q, k, g, p, L.T, L.H, L.K, L.nc, BT=L.chunk, BC=L.sub_chunk,
                                                  BK=L.block_k, DTYPE=L.tl_dtype, HALF=L.half,
-                                                 num_warps=SCORES_WARPS)
+                                                 num_warps=scores_warps(SCORES_WARPS, L.block_k))
     return p
 
 
@@ -832,7 +820,7 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
         grid = (-(-L.K // key_slice) * L.ns * L.nc * L.B * L.H,)
         _key_scores_bwd_kernel[grid](q, k, v, g, dy, dq[-1], dk[-1], L.T, L.H, L.K, L.V, L.nc, BT=L.chunk,
                                      BC=L.sub_chunk, BK=key_slice, BV=SCORES_BWD_BLOCK_V, DTYPE=L.tl_dtype,
-                                     HALF=L.half, num_warps=SCORES_BWD_WARPS)
+                                     HALF=L.half, num_warps=scores_warps(SCORES_BWD_WARPS, key_slice))
     return dq, dk, dv, ds0
 
 

@@ -133,8 +133,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                                   min(128, triton_outer.SCORES_BWD_BLOCK_K))
                     if "BV" in fn.arg_names:
                         consts["BV"] = triton_outer.SCORES_BWD_BLOCK_V
-                    warps = (triton_outer.SCORES_WARPS if fn is triton_outer._key_scores_fwd else
-                             triton_outer.SCORES_BWD_WARPS)
+                    warps = triton_outer.scores_warps(triton_outer.SCORES_WARPS if fn is triton_outer._key_scores_fwd
+                                                      else triton_outer.SCORES_BWD_WARPS, consts["BK"])
                 what = f"{fn.__name__}{''.join('+' + k for k, v in flags.items() if v)} decay={decay} {label}"
                 # the default tiles must launch on an H100 (the fused and the split schedule alike)
                 failed += compile_and_report(fn, sig, consts, warps, what, resources, fits_sm90=True)

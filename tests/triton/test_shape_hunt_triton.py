@@ -10,11 +10,14 @@ from __future__ import annotations
 from tests.triton._device import DEVICE  # noqa: I001  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import copy
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # dsf_testing (a plain module)
 from dsf_testing import F64, generated_class, map_state, state_leaves  # noqa: E402
 
 DIMS = {
