@@ -795,12 +795,16 @@ def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool, p=None):
     return y, sT, states
 
 
-def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT):
+def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT, p=None):
     """``(dq, dk, dv, ds0)`` in the compute dtype (dq, dk still in parts to be summed: [parts, B, T, H, K], one per
-    value slice and, per key, one more for the part through the intra-chunk scores)."""
+    value slice and, per key, one more for the part through the intra-chunk scores). ``p``: the per-key scores the
+    forward kept (recomputed when absent or of another chunk length)."""
     dev = q.device
     _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
-    p = _scores(L, q, k, g)  # and, per key, the intra-chunk scores
+    if L.decay != 2:
+        p = None
+    elif p is None or tuple(p.shape) != (L.B, L.T, L.H, L.chunk) or p.dtype != L.states_dtype:
+        p = _scores(L, q, k, g)
     g = q if L.decay == 0 else g
     p = q if p is None else p
     parts = L.nv + (L.decay == 2)
@@ -1040,13 +1044,18 @@ def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
 
 
 def _outer_scan_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
-                    cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y [B, T, H, V], S_T [B, H, K, V])`` in the compute dtype ``cdt``."""
+                    cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y [B, T, H, V], S_T [B, H, K, V], P)`` in the compute dtype ``cdt``; P: per key, the intra-chunk scores
+    [B, T, H, chunk] (``_scores``), which the backward reuses (small: chunk values per row of q); else empty."""
     q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
     L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device,
                  truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt))
-    y, sT, _ = _too_big_is_clear(L, "forward", lambda: _fwd(L, q, k, v, g, s0, True, False))
-    return y, sT
+
+    def run():
+        p = _scores(L, q, k, g)
+        return _fwd(L, q, k, v, g, s0, True, False, p)[:2] + (q.new_empty(0, dtype=cdt) if p is None else p,)
+
+    return _too_big_is_clear(L, "forward", run)
 
 
 _outer_fwd_op = torch.library.custom_op("dsfc::outer_scan_fwd", mutates_args=())(_outer_scan_fwd)
@@ -1056,42 +1065,47 @@ _outer_fwd_op = torch.library.custom_op("dsfc::outer_scan_fwd", mutates_args=())
 def _(q, k, v, g, s0, cfg, cdt):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    return q.new_empty((B, T, H, V), dtype=cdt), q.new_empty((B, H, K, V), dtype=cdt)
+    L = _Launch.decode(q, v, cfg, cdt)
+    p = q.new_empty((B, T, H, L.chunk), dtype=L.states_dtype) if L.decay == 2 else q.new_empty(0, dtype=cdt)
+    return q.new_empty((B, T, H, V), dtype=cdt), q.new_empty((B, H, K, V), dtype=cdt), p
 
 
 @torch.library.custom_op("dsfc::outer_scan_bwd", mutates_args=())
 def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
-                  sT: torch.Tensor, dy: torch.Tensor, dsT: torch.Tensor, cfg: list[int],
+                  sT: torch.Tensor, p: torch.Tensor, dy: torch.Tensor, dsT: torch.Tensor, cfg: list[int],
                   cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
     q, k, v, g, s0, dy, dsT = (x.contiguous() for x in (q, k, v, g, s0, dy, dsT))
-    L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd", lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT)),
-                 q.device, truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT))
-    dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT))
+    L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd",
+                 lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT, p)), q.device,
+                 truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT))
+    dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT, p))
     # the part sums, dq, dk in the inputs' dtypes and dL/dg (a reverse cumsum over time): one launch
     dq, dk, dg = _bwd_epilogue(dq, dk, q, k, g, sT, dsT, L.decay, L.cdt)
     return dq, dk, dv.to(v.dtype), dg, ds0.to(s0.dtype)
 
 
 @_outer_bwd_op.register_fake
-def _(q, k, v, g, s0, sT, dy, dsT, cfg, cdt):
+def _(q, k, v, g, s0, sT, p, dy, dsT, cfg, cdt):
     return tuple(torch.empty_like(x) for x in (q, k, v, g, s0))
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, g, s0, cfg, cdt = inputs
     ctx.cfg, ctx.cdt = cfg, cdt
-    # the inputs (held by the caller anyway) and one state per row: the backward recomputes the chunk-start states
-    ctx.save_for_backward(q, k, v, g, s0, output[1])
+    # the inputs (held by the caller anyway), one state per row and the per-key scores (chunk values per row of q;
+    # recomputing them cost 0.8 of GLA's 9.3 ms forward+backward on an H200): the backward recomputes the states
+    ctx.save_for_backward(q, k, v, g, s0, output[1], output[2])
+    ctx.mark_non_differentiable(output[2])
 
 
-def _backward(ctx, dy, dsT):
-    q, k, v, g, s0, sT = ctx.saved_tensors
+def _backward(ctx, dy, dsT, dp):
+    q, k, v, g, s0, sT, p = ctx.saved_tensors
     if dy is None:
         dy = sT.new_zeros((*q.shape[:3], sT.shape[-1]))
     if dsT is None:
         dsT = torch.zeros_like(sT)
-    dq, dk, dv, dg, ds0 = _outer_bwd_op(q, k, v, g, s0, sT, dy, dsT, ctx.cfg, ctx.cdt)
+    dq, dk, dv, dg, ds0 = _outer_bwd_op(q, k, v, g, s0, sT, p, dy, dsT, ctx.cfg, ctx.cdt)
     return dq, dk, dv, (dg if int(ctx.cfg[0]) else None), ds0, None, None
 
 
@@ -1175,6 +1189,6 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         y, sT = _single_step(q, k, v, log_decay, s0, decay, cdt)
         return (y.to(out_dtype), sT.to(out_dtype)) if output_final_state else y.to(out_dtype)
     forward = _outer_scan_fwd if eager_inference(q, k, v, g, s0) else _outer_fwd_op
-    y, sT = forward(q, k, v, g, s0, L.encode(), cdt)
+    y, sT, _ = forward(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)
     return (y, sT.to(out_dtype)) if output_final_state else y
