@@ -823,8 +823,8 @@ def test_zero_decay_resets_the_state(chunk, schedule, decay):
     """A decay of exactly 0 (log-decay -inf: a relu gate, or A = 0) cuts off everything before it, as the torch scan
     documents. The per-key sub-chunk kernels formed the diagonal blocks' decays as gc[i] - gc[j] of running sums and
     the keys' decays to the sub-chunk end as total - gc[j]: -inf - (-inf) = NaN, so y and every gradient were NaN
-    (found with a relu-gated GLA spec; ``dsfc check`` reported it). The running sums now restart at a zero decay. Zeros at several steps, inside and at the edges
-    of sub-chunks, forward and the gradients of q, k, v, s0 against the float64 loop (g's own gradient is 0 * inf
+    (found with a relu-gated GLA spec; ``dsfc check`` reported it). Every decay is now a sum of its own terms, -inf
+    after a zero decay, never a difference. Zeros at several steps, inside and at the edges of sub-chunks, forward and the gradients of q, k, v, s0 against the float64 loop (g's own gradient is 0 * inf
     there in the loop, not a number to compare)."""
     B, T, H, K, V = 2, 45, 2, 5, 6
     gen = torch.Generator().manual_seed(5)
