@@ -824,8 +824,9 @@ def test_zero_decay_resets_the_state(chunk, schedule, decay):
     documents. The per-key sub-chunk kernels formed the diagonal blocks' decays as gc[i] - gc[j] of running sums and
     the keys' decays to the sub-chunk end as total - gc[j]: -inf - (-inf) = NaN, so y and every gradient were NaN
     (found with a relu-gated GLA spec; ``dsfc check`` reported it). Every decay is now a sum of its own terms, -inf
-    after a zero decay, never a difference. Zeros at several steps, inside and at the edges of sub-chunks, forward and the gradients of q, k, v, s0 against the float64 loop (g's own gradient is 0 * inf
-    there in the loop, not a number to compare)."""
+    after a zero decay, never a difference. Zeros at several steps, inside and at the edges of sub-chunks, forward
+    and the gradients of q, k, v, s0 against the float64 loop (g's own gradient is 0 * inf there in the loop, not a
+    number to compare)."""
     B, T, H, K, V = 2, 45, 2, 5, 6
     gen = torch.Generator().manual_seed(5)
     q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
