@@ -1,0 +1,55 @@
+"""Found by the sixth user hunt (a new user following the README, then bad input to the CLI and the generated
+modules). Each test failed before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsfc.cli import main
+from dsfc.lang.errors import EXCERPT_WIDTH, Span, SpecError, render_error
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs"
+
+
+def test_module_names_that_differ_only_in_case_are_refused(tmp_path, capsys):
+    # s6.dsf and S6.dsf were written to s6.py and S6.py: one file on macOS / Windows, where the second silently
+    # replaced the first while both were reported as compiled
+    (tmp_path / "a").mkdir()
+    a, b = tmp_path / "s6.dsf", tmp_path / "a" / "S6.dsf"
+    a.write_text((SPECS / "s6.dsf").read_text())
+    b.write_text((SPECS / "hgrn.dsf").read_text())
+    out = tmp_path / "out"
+    assert main(["compile", str(a), str(b), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{a} and {b} would both be written to s6.py and S6.py" in err and "differ only in case" in err
+    assert "no files written" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_long_source_line_is_cut_around_the_error(tmp_path, capsys):
+    # the excerpt printed the whole line: a 3000-term sum gave a ~100 kB line and a caret underline as long, and a
+    # binary file's first "line" filled the screen
+    spec = (SPECS / "s6.dsf").read_text()
+    let_b = "let b[j: n] = sum(k, W_B[j, k] * u[k])"
+    assert let_b in spec
+    bad = tmp_path / "long.dsf"
+    bad.write_text(spec.replace(let_b, let_b + " + 0 * sum(k, W_B[j, k] * u[k])" * 3000))
+    binary = tmp_path / "bin.dsf"
+    binary.write_bytes(bytes(range(1, 256)) * 40 + b"\0")
+    assert main(["compile", str(bad), str(binary), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "expression is nested too deeply" in err and "file is binary" in err
+    assert max(len(line) for line in err.splitlines()) < EXCERPT_WIDTH + 200, [len(x) for x in err.splitlines()]
+
+
+def test_the_caret_stays_under_the_error_in_a_cut_line():
+    for before, after in ((300, 300), (300, 0), (4, 300)):
+        src = "x" * before + "BAD" + "y" * after
+        text, caret = render_error(SpecError("m", Span(1, before + 1, 1, before + 4)), "p", src).splitlines()[1:3]
+        at = caret.index("^")
+        assert text[at:at + 3] == "BAD" and caret[at:] == "^~~", (before, after, text, caret)
+        assert len(text) <= 4 + 3 + EXCERPT_WIDTH + 3
+    # an error just past the end of a long line (a missing token at the end of the line)
+    text, caret = render_error(SpecError("m", Span(1, 401)), "p", "z" * 400).splitlines()[1:3]
+    assert caret.index("^") == len(text)
