@@ -85,12 +85,18 @@ def cmd_compile(args) -> int:
 def _output_clash(results) -> str | None:
     """Two different specs whose generated files have the same name (``a/x.dsf`` and ``b/x.dsf``, ``my-spec.dsf``
     and ``my_spec.dsf``), or None."""
-    by_name = {}
+    by_name, names = {}, {}
     for r in results:
-        by_name.setdefault(r.module_name, {}).setdefault(Path(r.spec.path).resolve(), r.spec.path)
-    for name, paths in by_name.items():
+        # by the name's case-folded form: s6.dsf and S6.dsf gave s6.py and S6.py, one file on a case-insensitive
+        # file system (macOS, Windows), where the second replaced the first
+        key = r.module_name.casefold()
+        by_name.setdefault(key, {}).setdefault(Path(r.spec.path).resolve(), r.spec.path)
+        names.setdefault(key, {}).setdefault(r.module_name)
+    for key, paths in by_name.items():
         if len(paths) > 1:
-            return (f"{' and '.join(paths.values())} would both be written to {name}.py; rename one of them "
+            files = " and ".join(f"{n}.py" for n in names[key])
+            case = " (names that differ only in case are one file on macOS and Windows)" if len(names[key]) > 1 else ""
+            return (f"{' and '.join(paths.values())} would both be written to {files}{case}; rename one of them "
                     "or compile them into different -o directories")
     return None
 
