@@ -53,3 +53,32 @@ def test_the_caret_stays_under_the_error_in_a_cut_line():
     # an error just past the end of a long line (a missing token at the end of the line)
     text, caret = render_error(SpecError("m", Span(1, 401)), "p", "z" * 400).splitlines()[1:3]
     assert caret.index("^") == len(text)
+
+
+def test_a_half_precision_attention_decode_loop_keeps_its_running_log_sum_finite():
+    # the KV-cache state's running entry eta_prev (a log kernel sum) came back in the input's dtype: fp16 holds at
+    # most 65504, so at large scores it was inf, and the next step() refused the state it had just returned
+    # ("state['eta_prev'] contains NaN or inf") while forward's own output was right
+    import torch
+    import torch.nn.functional as F
+
+    from generated.softmax_attention import SoftmaxAttention
+
+    torch.manual_seed(0)
+    H, K, V, d, T = 2, 2, 2, 4, 6
+    model = SoftmaxAttention(d=d, H=H, K=K, V=V)
+    with torch.no_grad():
+        model.W_Q.mul_(2000)
+        model.W_K.mul_(2000)
+    u = torch.randn(1, T, d).half()
+    state, ys = None, []
+    for t in range(T):
+        y_t, state = model.step(u[:, t], state)
+        ys.append(y_t)
+    assert state["eta_prev"].dtype == torch.float32 and state["cache:keys"].dtype == torch.float16
+    # oracle: causal softmax attention in float64 on the fp16 input, per head, scale 1/sqrt(K)
+    x, (wq, wk, wv) = u.double()[0], (w.detach().double() for w in (model.W_Q, model.W_K, model.W_V))
+    q, k, v = (torch.einsum("ham,tm->hta", w, x) for w in (wq, wk, wv))
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True).permute(1, 0, 2).reshape(T, H * V)
+    got = torch.stack(ys, 1)[0].double()
+    assert (got - want).abs().max() < 2e-2 * want.abs().max(), (got, want)
