@@ -263,6 +263,9 @@ def cmd_bench(args) -> int:
     return 0
 
 
+MAX_DPI = 1200  # dsfc plot: 19200 x 6240 pixels, ~480 MB of RGBA while drawing
+
+
 def cmd_plot(args) -> int:
     from .pipeline import compile_spec
 
@@ -282,6 +285,9 @@ def cmd_plot(args) -> int:
             raise PlotError(f"--T must be at least 1, got {args.T}")
         if args.dpi < 1:  # matplotlib's own ValueError came out as a traceback after the plot was computed
             raise PlotError(f"--dpi must be at least 1, got {args.dpi}")
+        if args.dpi > MAX_DPI:  # the 16 x 5.2 inch figure: --dpi 100000 was an internal error (std::bad_alloc)
+            raise PlotError(f"--dpi must be at most {MAX_DPI} (a {16 * MAX_DPI} x {round(5.2 * MAX_DPI)} pixel "
+                            f"image), got {args.dpi}")
     except PlotError as exc:
         print(f"dsfc plot: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR

@@ -82,3 +82,17 @@ def test_a_half_precision_attention_decode_loop_keeps_its_running_log_sum_finite
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True).permute(1, 0, 2).reshape(T, H * V)
     got = torch.stack(ys, 1)[0].double()
     assert (got - want).abs().max() < 2e-2 * want.abs().max(), (got, want)
+
+
+def test_plot_refuses_a_length_or_resolution_it_cannot_hold(tmp_path, capsys):
+    # --T 100000 asked for a 2 TB kernel form and --dpi 100000 for a 1.6M x 520k pixel image: both were "internal
+    # error ... a bug in dsfc" (exit 3) after the work had started
+    out = tmp_path / "s6.png"
+    spec = str(SPECS / "s6.dsf")
+    assert main(["plot", spec, "--T", "100000", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the kernel form Phi of 100000 steps" in err and "use a smaller --T" in err and "internal" not in err
+    assert main(["plot", spec, "--dpi", "100000", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--dpi must be at most" in err and "got 100000" in err and "internal" not in err
+    assert not out.exists()
