@@ -510,6 +510,17 @@ def _option_problem(args) -> str | None:
     return None
 
 
+_SIZE_OPTIONS = {"bench": "a smaller -T, --batch or --dims", "check": "smaller --dims",
+                 "plot": "a smaller --T or --dims"}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's CPU allocator refusing (a RuntimeError), CUDA out of memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def _internal_error(args, exc: BaseException) -> int:
     """An exception the spec did not cause (an unsupported construct reaching a printer, say): one line naming it
     and where it was raised; the full traceback with DSFC_TRACEBACK=1."""
@@ -518,6 +529,14 @@ def _internal_error(args, exc: BaseException) -> int:
 
     if os.environ.get("DSFC_TRACEBACK") == "1":
         raise exc
+    if _out_of_memory(exc):  # sizes the user chose (`bench -T 1000000000`): not a bug in dsfc
+        import re
+
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked for)" if asked else ""
+        options = _SIZE_OPTIONS.get(args.command, "smaller sizes")
+        print(f"dsfc {args.command}: error: out of memory{size}; use {options}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
     print(f"dsfc {args.command}: internal error: {type(exc).__name__}: {exc}{where}. This is a bug in dsfc, not in "

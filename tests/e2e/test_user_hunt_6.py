@@ -96,3 +96,12 @@ def test_plot_refuses_a_length_or_resolution_it_cannot_hold(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--dpi must be at most" in err and "got 100000" in err and "internal" not in err
     assert not out.exists()
+
+
+def test_an_allocation_the_sizes_make_impossible_is_a_usage_error(capsys):
+    # `dsfc bench -T 1000000000` was "internal error: RuntimeError: [enforce fail at alloc_cpu.cpp:127] ... This is
+    # a bug in dsfc" (exit 3): the size is the user's choice, so it is exit 2 naming the options to shrink
+    assert main(["bench", str(SPECS / "s6.dsf"), "-T", str(10**12), "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "dsfc bench: error: out of memory (" in err and "use a smaller -T, --batch or --dims" in err, err
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1
