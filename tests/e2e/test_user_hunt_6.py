@@ -105,3 +105,20 @@ def test_an_allocation_the_sizes_make_impossible_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert "dsfc bench: error: out of memory (" in err and "use a smaller -T, --batch or --dims" in err, err
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_hgrn_refuses_a_layer_number_past_the_last_layer():
+    # HGRN(L=2, layer=5) was accepted: its lower bound gamma_l summed softmax weights up to 3 times, so the forget
+    # gate f = gamma_l + (1 - gamma_l) sigmoid(.) exceeded 1 (A_t ~ 1.5, |y| ~ 1e35 after 200 steps) while
+    # `dsfc analyze` reports |lambda| < 1
+    import pytest
+    import torch
+
+    from generated.hgrn import HGRN
+
+    with pytest.raises(ValueError, match=r"HGRN: at d=4, E=4, L=2, layer=3: dim later = L - layer \+ 1 must be"):
+        HGRN(d=4, E=4, L=2, layer=3)
+    torch.manual_seed(0)
+    model = HGRN(d=4, E=4, L=2, layer=2).double()  # the last layer is fine, and its A_t is inside (0, 1)
+    A = model.dsf_matrices(torch.randn(1, 6, 4, dtype=torch.float64))[0].diagonal(dim1=-2, dim2=-1)
+    assert bool(((A > 0) & (A < 1)).all()), A
