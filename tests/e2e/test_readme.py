@@ -93,3 +93,17 @@ def test_tour_commands_run_as_written(tmp_path, monkeypatch, capsys):
     first = (tmp_path / "generated" / "s6.py").read_text().splitlines()[0]
     assert "from specs/s6.dsf" in first and spec_sha[:16] in first, first
     assert (tmp_path / "s6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tour_python_block_gives_the_shapes_its_comments_state(monkeypatch):
+    """Section 4's comments: y [2, 100, 64], state [2, 64, 16]; step keeps the state layout; dsf_matrices are the
+    dense per-step matrices A [B, T, N, N], B [B, T, N, d], C [B, T, p, N], D [B, T, p, d] (N = d*n = 1024)."""
+    code = next(b for b in _blocks("python") if "from generated.s6 import S6" in b)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT))
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)
+    assert tuple(env["y"].shape) == (2, 100, 64)
+    assert tuple(env["state"].shape) == (2, 64, 16) and tuple(env["y_t"].shape) == (2, 64)
+    shapes = [tuple(env[k].shape) for k in "ABCD"]
+    assert shapes == [(2, 8, 1024, 1024), (2, 8, 1024, 64), (2, 8, 64, 1024), (2, 8, 64, 64)], shapes
