@@ -85,12 +85,18 @@ def cmd_compile(args) -> int:
 def _output_clash(results) -> str | None:
     """Two different specs whose generated files have the same name (``a/x.dsf`` and ``b/x.dsf``, ``my-spec.dsf``
     and ``my_spec.dsf``), or None."""
-    by_name = {}
+    by_name, names = {}, {}
     for r in results:
-        by_name.setdefault(r.module_name, {}).setdefault(Path(r.spec.path).resolve(), r.spec.path)
-    for name, paths in by_name.items():
+        # by the name's case-folded form: s6.dsf and S6.dsf gave s6.py and S6.py, one file on a case-insensitive
+        # file system (macOS, Windows), where the second replaced the first
+        key = r.module_name.casefold()
+        by_name.setdefault(key, {}).setdefault(Path(r.spec.path).resolve(), r.spec.path)
+        names.setdefault(key, {}).setdefault(r.module_name)
+    for key, paths in by_name.items():
         if len(paths) > 1:
-            return (f"{' and '.join(paths.values())} would both be written to {name}.py; rename one of them "
+            files = " and ".join(f"{n}.py" for n in names[key])
+            case = " (names that differ only in case are one file on macOS and Windows)" if len(names[key]) > 1 else ""
+            return (f"{' and '.join(paths.values())} would both be written to {files}{case}; rename one of them "
                     "or compile them into different -o directories")
     return None
 
@@ -257,6 +263,9 @@ def cmd_bench(args) -> int:
     return 0
 
 
+MAX_DPI = 1200  # dsfc plot: 19200 x 6240 pixels, ~480 MB of RGBA while drawing
+
+
 def cmd_plot(args) -> int:
     from .pipeline import compile_spec
 
@@ -276,6 +285,9 @@ def cmd_plot(args) -> int:
             raise PlotError(f"--T must be at least 1, got {args.T}")
         if args.dpi < 1:  # matplotlib's own ValueError came out as a traceback after the plot was computed
             raise PlotError(f"--dpi must be at least 1, got {args.dpi}")
+        if args.dpi > MAX_DPI:  # the 16 x 5.2 inch figure: --dpi 100000 was an internal error (std::bad_alloc)
+            raise PlotError(f"--dpi must be at most {MAX_DPI} (a {16 * MAX_DPI} x {round(5.2 * MAX_DPI)} pixel "
+                            f"image), got {args.dpi}")
     except PlotError as exc:
         print(f"dsfc plot: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -498,6 +510,17 @@ def _option_problem(args) -> str | None:
     return None
 
 
+_SIZE_OPTIONS = {"bench": "a smaller -T, --batch or --dims", "check": "smaller --dims",
+                 "plot": "a smaller --T or --dims"}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's CPU allocator refusing (a RuntimeError), CUDA out of memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def _internal_error(args, exc: BaseException) -> int:
     """An exception the spec did not cause (an unsupported construct reaching a printer, say): one line naming it
     and where it was raised; the full traceback with DSFC_TRACEBACK=1."""
@@ -506,6 +529,14 @@ def _internal_error(args, exc: BaseException) -> int:
 
     if os.environ.get("DSFC_TRACEBACK") == "1":
         raise exc
+    if _out_of_memory(exc):  # sizes the user chose (`bench -T 1000000000`): not a bug in dsfc
+        import re
+
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked for)" if asked else ""
+        options = _SIZE_OPTIONS.get(args.command, "smaller sizes")
+        print(f"dsfc {args.command}: error: out of memory{size}; use {options}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
     print(f"dsfc {args.command}: internal error: {type(exc).__name__}: {exc}{where}. This is a bug in dsfc, not in "

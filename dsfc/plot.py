@@ -112,6 +112,12 @@ def compute(result: CompileResult, T: int = 32, dims: dict[str, int] | None = No
                         f"use smaller --dims or --T")
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(1, T, d_in, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # Phi's block sizes from one step: --T 100000 was an internal error (a 2 TB allocation)
+        _, B1, C1, _ = model.dsf_matrices(u[:, :1])
+    phi_bytes = T * C1.shape[-2] * T * B1.shape[-1] * 8
+    if phi_bytes > MAX_DENSE_BYTES:
+        raise PlotError(f"the kernel form Phi of {T} steps is [{T} x {C1.shape[-2]}, {T} x {B1.shape[-1]}] at dims "
+                        f"{dims}, {phi_bytes / 2**30:.1f} GiB; use a smaller --T (or --dims)")
     with torch.no_grad():
         # detached: a matrix that is a parameter as it stands (a time-invariant A = W) comes back as a view of it,
         # which still requires grad under no_grad (numpy() then raised: an internal error of dsfc plot)

@@ -254,7 +254,9 @@ class SoftmaxAttention(nn.Module):
         y = _y.reshape(_B, _T, H * V).to(u.dtype)
         if not output_final_state:
             return y
-        final = {k: v.to(u.dtype) for k, v in env["_running_final"].items()}
+        # carried running quantities stay in the accumulation dtype, as in the other families (a log kernel sum
+        # `eta_prev` above 65504 was inf in fp16, and the next step refused its own state); the cache: u's dtype
+        final = {k: v.to(_dtype) for k, v in env["_running_final"].items()}
         final[_KEYS], final[_VALUES] = _keys.to(u.dtype), _values.to(u.dtype)
         return y, final
 

@@ -63,6 +63,9 @@ class NotADSFError(SpecError):
     """The spec describes a system whose matrices depend on the state: not a DSF."""
 
 
+EXCERPT_WIDTH = 100  # source characters shown of a longer line
+
+
 def render_error(err: SpecError, path: str, source: str) -> str:
     """Format an error the way compilers do: location, message, source line, caret."""
     line_no, col = err.span.line, err.span.column
@@ -72,11 +75,20 @@ def render_error(err: SpecError, path: str, source: str) -> str:
     text = lines[line_no - 1] if 1 <= line_no <= len(lines) else ""
     # one character per column, and nothing that a terminal would interpret (tabs, escapes, binary garbage)
     text = "".join(" " if ch == "\t" else ch if ch.isprintable() else "\ufffd" for ch in text)
-    out.append(f"    {text}")
     width = 1
     if err.span.end_line == line_no and err.span.end_column and err.span.end_column > col:
         width = err.span.end_column - col
-    out.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
+    # a long line (a 3000-term sum, a binary file's first "line") is cut to a window around the column, marked by
+    # "..." at each cut: printed whole it filled screens, with a caret underline as long
+    start = 0
+    if len(text) > EXCERPT_WIDTH:
+        start = min(max(0, col - 1 - EXCERPT_WIDTH // 3), len(text) - EXCERPT_WIDTH)
+        end = start + EXCERPT_WIDTH
+        text = ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
+        start -= 3 if start else 0
+        width = max(1, min(width, end - (col - 1)))
+    out.append(f"    {text}")
+    out.append("    " + " " * (col - 1 - start) + "^" + "~" * (width - 1))
     if err.hint:
         out.append(f"  hint: {err.hint}")
     return "\n".join(out)
