@@ -23,7 +23,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import F64, check_backend, check_new_spec, compile_and_build, rel_err, run_steps  # noqa: E402
+from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
+from dsfc.pipeline import compile_text  # noqa: E402
 
 # the Triton interpreter evaluates masked-off lanes too: numpy may warn, nothing is read
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -373,3 +375,53 @@ def test_new_spec_matches_the_reference(name):
     check_new_spec(text, family, None, name)
     # a longer odd T with several sequences, from an initial state (past one chunk of the chunked scans)
     check_backend(compile_and_build(text, path=f"{name}.dsf"), "torch", ((3, 33),), h0s=(True,))
+
+
+# minLSTM (Feng et al. 2024): normalised gates f / (f + i) and i / (f + i). Interval arithmetic read f twice and
+# reported the decay "unbounded (0, inf): can exceed 1"; a share n / (n + r) of n, r >= 0 is now bounded by [0, 1]
+MINLSTM = """
+model MinLSTM "minLSTM: normalised forget / input gates"
+dim d = 4
+dim E = 6
+input u[d]
+state h[c: E]
+output y[E]
+param W_f[E, d] ~ normal(0, 1 / sqrt(d))
+param W_i[E, d] ~ normal(0, 1 / sqrt(d))
+param W_h[E, d] ~ normal(0, 1 / sqrt(d))
+let f[c: E] = sigmoid(sum(m, W_f[c, m] * u[m]))
+let i[c: E] = sigmoid(sum(m, W_i[c, m] * u[m]))
+let fn[c: E] = f[c] / (f[c] + i[c])
+A[c, c2] = delta(c, c2) * fn[c]
+B[c, m] = i[c] / (f[c] + i[c]) * W_h[c, m]
+C[o, c] = delta(o, c)
+"""
+
+
+def test_minlstm_normalised_gate_is_a_share_in_0_1():
+    r = compile_text(MINLSTM, "minlstm.dsf").report
+    assert (r.eigen_bound, r.eigen_interval) == (Bound.STABLE.value, "(0, 1)"), r.eigen_reason
+    check_new_spec(MINLSTM, Family.DIAGONAL_SCAN, None, "minlstm")
+
+
+PR = "relu(sum(m, W_h[c, m] * u[m]))"  # >= 0, and 0 for u . W_h[c] <= 0
+
+
+@pytest.mark.parametrize("decay, want", [
+    ("f[c] / (f[c] + i[c])", (Bound.STABLE.value, "(0, 1)")),
+    ("i[c] / (2 * f[c] + i[c])", (Bound.STABLE.value, "(0, 1)")),  # the share rule's r = 2 f, not f
+    ("f[c] / (f[c] + 1)", (Bound.STABLE.value, "(0, 0.5)")),
+    ("f[c] / (f[c] - i[c] + 1)", (Bound.STABLE.value, "(0, 1)")),  # r = 1 - i > 0
+    (f"{PR} / ({PR} + 1)", (Bound.STABLE.value, "[0, 1)")),  # 0 is attained
+    # not shares: the rest can be negative, or both terms can be 0 at once (0 / 0): no bound below 1 is claimed
+    ("f[c] / (f[c] + sum(m, W_h[c, m] * u[m]))", None),
+    ("f[c] / (f[c] - i[c] + 0.5)", None),
+    (f"{PR} / ({PR} + relu(-sum(m, W_h[c, m] * u[m])))", None),
+])
+def test_share_bound(decay, want):
+    text = MINLSTM.replace("A[c, c2] = delta(c, c2) * fn[c]", f"A[c, c2] = delta(c, c2) * {decay}")
+    r = compile_text(text, "share.dsf").report
+    if want is None:
+        assert r.eigen_bound != Bound.STABLE.value, r.eigen_reason
+    else:
+        assert (r.eigen_bound, r.eigen_interval) == want, r.eigen_reason
