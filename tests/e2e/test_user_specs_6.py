@@ -425,3 +425,31 @@ def test_share_bound(decay, want):
         assert r.eigen_bound != Bound.STABLE.value, r.eigen_reason
     else:
         assert (r.eigen_bound, r.eigen_interval) == want, r.eigen_reason
+
+
+# lets named like the runtime helpers the module imports: the printer writes exp(x) - 1 as expm1(x) (the ZOH input
+# (exp(dt a) - 1) / a), so a let named expm1 made expm1 a local of _lets, read before it was bound
+# (UnboundLocalError); spec names that meet a helper now get a trailing _ (py_name), as keywords and builtins do
+HELPERS = """
+model Helpers "spec names that are also the generated module's runtime helpers: expm1, empty_output, inv_l2_norm"
+dim d = 3
+dim n = 2
+input u[d]
+state h[c: d, j: n]
+output y[d]
+param A_log[c: d, j: n] = log(j + 1)
+param W_dt[d, d] ~ normal(0, 0.3)
+param W_B[n, d] ~ normal(0, 1 / sqrt(d))
+let dt[c: d] = softplus(sum(k, W_dt[c, k] * u[k]))
+let a[c: d, j: n] = -exp(A_log[c, j])
+let expm1[c: d, j: n] = exp(dt[c] * a[c, j]) - 1
+let inv_l2_norm[j: n] = sum(m, W_B[j, m] * u[m]) / sqrt(sum(j2, sum(m, W_B[j2, m] * u[m]) ^ 2))
+let empty_output[c: d] = u[c] * 2
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * exp(dt[c] * a[c, j])
+B[(c, j), k] = delta(c, k) * (exp(dt[c] * a[c, j]) - 1) / a[c, j] * inv_l2_norm[j] + 0 * expm1[c, j]
+C[o, (c, j)] = delta(o, c) * (1 + empty_output[c])
+"""
+
+
+def test_lets_named_like_runtime_helpers():
+    check_new_spec(HELPERS, Family.DIAGONAL_SCAN, None, "helpers")
