@@ -157,10 +157,10 @@ class LinearAttentionNormalized(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return H * K * V
 
-    def _check_running(self, running0, batch, device):
+    def _check_running(self, running0, _batch, device):
         """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
         d, H, K, V = self.d, self.H, self.K, self.V
-        _B = batch
+        _B = _batch
         want = {
             "z": (_B, H, K),
             "eta_prev": (_B, H),
@@ -233,36 +233,36 @@ class LinearAttentionNormalized(nn.Module):
             h0 = initial_state.to(_dtype).reshape(h0.shape)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
-            y = empty_output(u, self, (_B, _T, H * V))
+            _y = empty_output(u, self, (_B, _T, H * V))
             # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
             # the initial one
-            final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}
-            return (y, final) if output_final_state else y
+            _final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}
+            return (_y, _final) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
         if backend == "reference":
-            y, final, running_final = self._reference(u.to(_dtype), h0, running0)
+            _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
             env = self._lets(u_, _dtype, running0)
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
-            core = self._core_triton if backend == "triton" else self._core
-            y, final = core(u_, h0, env, _B, _T, _dtype)
-        y = y.reshape(_B, _T, H * V).to(u.dtype)
+            _run_core = self._core_triton if backend == "triton" else self._core
+            _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+        _y = _y.reshape(_B, _T, H * V).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1)
-        final = {"h": final.to(_dtype), **{k: v.to(_dtype) for k, v in running_final.items()}}
-        return (y, final) if output_final_state else y
+        _final = {"h": _final.to(_dtype), **{k: v.to(_dtype) for k, v in running_final.items()}}
+        return (_y, _final) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
         self._check_input(u, None, running0)
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
-        x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
-        env = self._lets(x, _dtype, running0)
-        env["u_"] = x
-        driven = env["u_"]
-        return driven.expand(u.shape[0], u.shape[1], *driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
+        _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
+        env = self._lets(_x, _dtype, running0)
+        env["u_"] = _x
+        _driven = env["u_"]
+        return _driven.expand(u.shape[0], u.shape[1], *_driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
     def _resolve_backend(self, u):
         """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
@@ -277,17 +277,19 @@ class LinearAttentionNormalized(nn.Module):
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
         d, H, K, V = self.d, self.H, self.K, self.V
-        A, B, C, D = self.dsf_matrices(u, running0)
-        x = self.driven_input(u, running0)
-        h = h0.reshape(h0.shape[0], -1)
-        ys = []
-        for t in range(u.shape[1]):
-            h_prev = h
-            h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", B[:, t], x[:, t])
-            read = h
-            ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], x[:, t]))
+        _mA, _mB, _mC, _mD = self.dsf_matrices(u, running0)
+        _x = self.driven_input(u, running0)
+        _h = h0.reshape(h0.shape[0], -1)
+        _ys = []
+        for _t in range(u.shape[1]):
+            _h_prev = _h
+            _h = torch.einsum("bij,bj->bi", _mA[:, _t], _h) + torch.einsum("bij,bj->bi", _mB[:, _t], _x[:, _t])
+            _read = _h
+            _ys.append(
+                torch.einsum("bij,bj->bi", _mC[:, _t], _read) + torch.einsum("bij,bj->bi", _mD[:, _t], _x[:, _t])
+            )
         env = self._lets(u.reshape(u.shape[0], u.shape[1], d), u.dtype, running0)
-        return torch.stack(ys, 1), h.reshape(h0.shape), env["_running_final"]
+        return torch.stack(_ys, 1), _h.reshape(h0.shape), env["_running_final"]
 
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)

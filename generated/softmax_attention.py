@@ -131,19 +131,19 @@ class SoftmaxAttention(nn.Module):
         if state is not None:
             self._check_cache(state, u.shape[0], u.device)
 
-    def _check_cache(self, state, batch, device):
+    def _check_cache(self, state, _batch, device):
         """A state dict as ``forward(..., output_final_state=True)`` returns it: the KV cache entries, each a finite
         float tensor ``[batch, S, ...]`` with one S, and the carried running quantities."""
         d, H, K, V = self.d, self.H, self.K, self.V
         want = {_KEYS: (H, K), _VALUES: (H, V)}
-        running = check_kv_cache("SoftmaxAttention", state, want, batch, device, self.check_finite)
+        running = check_kv_cache("SoftmaxAttention", state, want, _batch, device, self.check_finite)
         if running:
-            self._check_running(running, batch, device)
+            self._check_running(running, _batch, device)
 
-    def _check_running(self, running0, batch, device):
+    def _check_running(self, running0, _batch, device):
         """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
         d, H, K, V = self.d, self.H, self.K, self.V
-        _B = batch
+        _B = _batch
         want = {
             "eta_prev": (_B, H),
         }
@@ -211,18 +211,18 @@ class SoftmaxAttention(nn.Module):
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             # tied to u and the parameters (zero gradients), as torch layers do
-            y = empty_output(u, self, (_B, _T, H * V))
+            _yo = empty_output(u, self, (_B, _T, H * V))
             if not output_final_state:
-                return y
+                return _yo
             # the cache grows by the _T steps (of no rows when _B = 0), from an empty one (S = 0) without an initial
             # cache: {} was returned here, which forward and step then rejected as lacking the cache entries
-            g = H
+            _g = H
             # copies of the carried entries: the caller's own tensors came back, shared with the initial state
-            final = {k: v.clone() for k, v in (initial_state or {}).items()}
-            for _key, _tail in ((_KEYS, (g, K)), (_VALUES, (g, V))):
-                _old = final.get(_key, u.new_zeros((_B, 0, *_tail)))
-                final[_key] = torch.cat([_old, _old.new_zeros((_B, _T, *_tail))], 1)
-            return y, final
+            _final = {k: v.clone() for k, v in (initial_state or {}).items()}
+            for _key, _tail in ((_KEYS, (_g, K)), (_VALUES, (_g, V))):
+                _old = _final.get(_key, u.new_zeros((_B, 0, *_tail)))
+                _final[_key] = torch.cat([_old, _old.new_zeros((_B, _T, *_tail))], 1)
+            return _yo, _final
         u_ = u.to(_dtype).reshape(_B, _T, d)
         # (attention, log-sum): the same maths in torch (blocks of queries) or in Triton kernels; a bf16 / fp16 input
         # hands the kernels q, k, v in that dtype (tensor-core products, fp32 statistics)
@@ -251,14 +251,14 @@ class SoftmaxAttention(nn.Module):
             _keys = torch.cat([running0[_KEYS].to(_dtype), _keys], 1)
             _values = torch.cat([running0[_VALUES].to(_dtype), _values], 1)
         _y = _attention(qf, _keys, _values, _row, _col, K**-0.5)
-        y = _y.reshape(_B, _T, H * V).to(u.dtype)
+        _yo = _y.reshape(_B, _T, H * V).to(u.dtype)
         if not output_final_state:
-            return y
+            return _yo
         # carried running quantities stay in the accumulation dtype, as in the other families (a log kernel sum
         # `eta_prev` above 65504 was inf in fp16, and the next step refused its own state); the cache: u's dtype
-        final = {k: v.to(_dtype) for k, v in env["_running_final"].items()}
-        final[_KEYS], final[_VALUES] = _keys.to(u.dtype), _values.to(u.dtype)
-        return y, final
+        _final = {k: v.to(_dtype) for k, v in env["_running_final"].items()}
+        _final[_KEYS], _final[_VALUES] = _keys.to(u.dtype), _values.to(u.dtype)
+        return _yo, _final
 
     def _resolve_backend(self, u):
         """auto: the Triton kernels on CUDA (when triton is installed), else torch."""
@@ -288,10 +288,10 @@ class SoftmaxAttention(nn.Module):
         self._check_input(u, None)
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
-        x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
-        env = self._lets(x, _dtype, running0)
-        driven = env["u_"]
-        return driven.expand(u.shape[0], u.shape[1], *driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
+        _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
+        env = self._lets(_x, _dtype, running0)
+        _driven = env["u_"]
+        return _driven.expand(u.shape[0], u.shape[1], *_driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
     @torch.no_grad()
     def kernel_form(self, u):

@@ -273,6 +273,30 @@ class IntervalProver:
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
 
+    def _share(self, e) -> Interval | None:
+        """``n / (n + r)`` with n, r >= 0 (not both 0): a share of a total, in [0, 1]. Interval arithmetic reads n
+        twice and gave [0, inf), so minLSTM's normalised forget gate ``f / (f + i)`` was reported "unbounded: can
+        exceed 1". The share increases with n and decreases with r: its ends are at the ends of their ranges."""
+        dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Add)]
+        if len(dens) != 1:
+            return None
+        num = sp.Mul(*[f for f in e.args if f is not dens[0]])
+        rest = sp.expand(dens[0].base - num)
+        if rest == dens[0].base:  # num is no term of the denominator
+            return None
+        n, r = self.range(num), self.range(rest)
+        if n.lo < 0 or r.lo < 0:
+            return None
+        if not (n.lo > 0 or n.lo_open or r.lo > 0 or r.lo_open):
+            return None  # 0 / 0 possible
+        if n.hi == 0:
+            return Interval(0.0, 0.0)
+        lo = 0.0 if n.lo == 0 or r.hi == INF else n.lo / (n.lo + r.hi)
+        lo_open = not ((n.lo == 0 and not n.lo_open) or (not n.lo_open and not r.hi_open and r.hi < INF))
+        hi = 1.0 if n.hi == INF else n.hi / (n.hi + r.lo)
+        hi_open = not ((r.lo == 0 and not r.lo_open) or (not n.hi_open and not r.lo_open and n.hi < INF))
+        return Interval(lo, hi, lo_open, hi_open)
+
     def range_over(self, e, index, extents) -> Interval:
         """range(e) where the symbols ``index`` run over ``0 .. extent - 1``. Plain interval arithmetic reads an
         index as [0, inf) and a dim as [1, inf), so ``(a + 0.4 K) / (1.4 K)`` (a per-key decay, a < K) came out
@@ -309,6 +333,7 @@ class IntervalProver:
             try:  # the sharper rules; any form they do not understand falls back to plain interval arithmetic
                 special = self._weight_combination(e) if isinstance(e, sp.Add) else None
                 special = special or self._multilinear(e)
+                special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
             except (TypeError, ValueError, sp.PolynomialError):
                 special = None
             if special is not None:

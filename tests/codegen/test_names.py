@@ -74,3 +74,29 @@ C[o, c] = delta(o, c)
         compile_text(text, "x.dsf")
     err = info.value.errors[0]
     assert "would both be '_x_p_'" in str(err) and err.span.line == 6
+
+
+def test_every_module_level_name_of_a_generated_module_is_reserved():
+    """The generated methods call the module's imports (expm1, empty_output, check_finite_input, ...) where spec
+    names are locals: a let named expm1 was read before it was bound (UnboundLocalError). Every name a generated
+    module binds at module level (the catalog's modules and one per family of helpers) must be reserved."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "generated"
+    missing = set()
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            bound = []
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound = [(a.asname or a.name).split(".")[0] for a in node.names]
+            elif isinstance(node, ast.FunctionDef):
+                bound = [node.name]
+            elif isinstance(node, ast.Assign):
+                bound = [x.id for t in node.targets for x in ast.walk(t) if isinstance(x, ast.Name)]
+            elif isinstance(node, ast.Try):  # optional imports (triton)
+                bound = [(a.asname or a.name).split(".")[0] for x in ast.walk(node)
+                         if isinstance(x, (ast.Import, ast.ImportFrom)) for a in x.names]
+            missing |= {name for name in bound if not name.startswith("_") and name not in _RESERVED}
+    assert not missing, sorted(missing)
