@@ -22,7 +22,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir.functions import Elu, Elu1p, Expm1, LogSigmoid, Sigmoid
+from ..ir.functions import Elu, Elu1p, Expm1, LogSigmoid, Sigmoid, Softplus
 from ..ir.symspec import SymLet, SymSpec, SymTensor
 
 
@@ -48,10 +48,16 @@ def exact_log(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
         complement = _sigmoid_complement(expr)
         if complement is not None:  # 1 - sigmoid(z) = sigmoid(-z): fp32 rounds it to 0 from z ~ 17 on
             return LogSigmoid(-complement)
-        return None
+        return _log_positive_sum(expr.args, sym)
     if isinstance(expr, sp.Pow) and expr.exp.is_real:
         inner = exact_log(expr.base, sym)  # found only for a positive base (exp, sigmoid): x^p is then real
         return None if inner is None else expr.exp * inner
+    if isinstance(expr, sp.Mul):
+        share = share_parts(expr, sym)
+        if share is not None:  # rest n / (n + r): log rest - softplus(log r - log n), no log(0) where n, r underflow
+            rest, log_n, log_r = share
+            log_rest = _log_term(rest, sym)
+            return None if log_rest is None else log_rest - Softplus(log_r - log_n)
     if isinstance(expr, (sp.Mul, sp.Min, sp.Max)):
         # log of a product: the sum of the factors' logs; log is increasing: log min(a, b) = min(log a, log b)
         parts = [_log_term(arg, sym) for arg in expr.args]
@@ -73,6 +79,73 @@ def _log_term(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
     if expr.is_number:
         return sp.log(expr) if expr.is_positive else None
     return exact_log(expr, sym)
+
+
+def _log_positive_sum(terms, sym: SymSpec | None) -> sp.Expr | None:
+    """log(t1 + t2 + ...) for terms that all have exact logs (so all are positive): the log-sum-exp folded as
+    ``L + softplus(log t - L)`` term by term (``log(1 + exp(x)) = softplus(x)``), else None."""
+    logs = [_log_term(t, sym) for t in sorted(terms, key=sp.default_sort_key)]
+    if len(logs) < 2 or any(lg is None for lg in logs):
+        return None
+    out = logs[0]
+    for lg in logs[1:]:
+        out = out + Softplus(lg - out)
+    return out
+
+
+def share_parts(expr: sp.Expr, sym: SymSpec | None) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
+    """``(rest, log n, log r)`` when ``expr = rest * n / (n + r)``: a product with a factor ``1 / (n + r)`` and n,
+    up to a numeric factor, among its other factors, where n and r (one term or a sum of several) have exact logs,
+    so both are positive (minLSTM's ``f / (f + i)`` of two sigmoid gates); else None. The share is then
+    ``sigmoid(log n - log r)`` and its log ``-softplus(log r - log n)``: no ``0 / 0`` where n and r both underflow
+    (fp32: sigmoids of arguments below -88), and the share of the larger term is ``1 - share`` of the smaller."""
+    if not isinstance(expr, sp.Mul):
+        return None
+    factors = list(expr.args)
+    for den in factors:
+        if not (isinstance(den, sp.Pow) and den.exp == -1 and isinstance(den.base, sp.Add)):
+            continue
+        num = [f for f in factors if f is not den]
+        terms = sorted(den.base.args, key=sp.default_sort_key)
+        for n in terms:
+            if n.is_number:
+                continue
+            coeff, n_factors = n.as_coeff_mul()
+            left = _without(num, n_factors)
+            if left is None:
+                continue
+            log_n = _log_term(n, sym)
+            r = [t for t in terms if t is not n]
+            log_r = _log_term(r[0], sym) if len(r) == 1 else _log_positive_sum(r, sym)
+            if log_n is None or log_r is None:
+                continue
+            return sp.Mul(*left) / coeff, log_n, log_r
+    return None
+
+
+def _without(factors: list, drop) -> list | None:
+    """``factors`` less one copy of each of ``drop``, or None when one is missing."""
+    left = list(factors)
+    for f in drop:
+        if f not in left:
+            return None
+        left.remove(f)
+    return left
+
+
+def shares(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr:
+    """``expr`` with every share ``n / (n + r)`` (``share_parts``) written ``sigmoid(log n - log r)``."""
+    expr = sp.S(expr)
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.IndexedBase)):
+        return expr
+    args = [shares(a, sym) for a in expr.args]
+    if any(a is not b for a, b in zip(args, expr.args)):
+        expr = expr.func(*args)
+    share = share_parts(expr, sym)
+    if share is None:
+        return expr
+    rest, log_n, log_r = share
+    return shares(rest, sym) * Sigmoid(log_n - log_r)
 
 
 def _sigmoid_complement(expr: sp.Expr) -> sp.Expr | None:
@@ -100,11 +173,17 @@ def complements(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
     """``expr`` with every sum ``X - X P`` whose P has an exact log (an exp, a sigmoid, a product or power of those,
     lets looked through) written ``-X expm1(log P)`` (``X sigmoid(-z)`` for ``P = sigmoid(z)``): no cancellation
     where P rounds to 1; and ``X + X elu(z)`` as ``X elu1p(z)``. X is any common factor (SymPy expands
-    ``(1 - a^2) x`` into ``x - a^2 x``). Codegen only; the float64 reference evaluates the spec as written."""
+    ``(1 - a^2) x`` into ``x - a^2 x``). Shares ``n / (n + r)`` of terms with exact logs are written
+    ``sigmoid(log n - log r)`` first (``shares``), so ``1 - n / (n + r)`` becomes ``sigmoid(log r - log n)``.
+    Codegen only; the float64 reference evaluates the spec as written."""
+    return _complements(shares(expr, sym), sym)
+
+
+def _complements(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
     expr = sp.S(expr)
     if not expr.args or isinstance(expr, (sp.Indexed, sp.IndexedBase)):
         return expr
-    args = [complements(a, sym) for a in expr.args]
+    args = [_complements(a, sym) for a in expr.args]
     if not isinstance(expr, sp.Add):
         return expr.func(*args) if any(a is not b for a, b in zip(args, expr.args)) else expr
     while True:
@@ -240,8 +319,16 @@ def hoist_complement_sums(sym: SymSpec, entries) -> SymSpec:
     """``sym`` with the argument z of Q hoisted into a let of its own for every let ``f = a + (1 - a) Q(z)`` whose
     complement ``1 - f`` appears in ``entries`` and whose z is a reduction (``sigmoid(sum(m, W_f u))``): then
     ``_affine_complement`` writes ``1 - f`` as ``(1 - a) sigmoid(-f_pre)`` reading the hoisted let, not a second
-    copy of the sum (a recomputed projection; a new stream for the Triton kernels). Codegen only."""
+    copy of the sum (a recomputed projection; a new stream for the Triton kernels). Likewise for every let
+    ``f = Q(z)`` read by a share's terms (``shares``: minLSTM's ``f / (f + i)`` in ``entries`` or in a let), whose
+    ``log f = logsigmoid(z)`` then reads the hoisted let. Codegen only."""
     used = set()
+    bodies = [let.expr for let in sym.lets if not let.running and let.feature is None and let.expr is not None]
+    for body in bodies + list(entries):
+        for node in sp.preorder_traversal(sp.S(body)):
+            if isinstance(node, sp.Mul) and share_parts(node, sym) is not None:
+                used |= {sym.base_name(x.base) for f in node.args if isinstance(f, sp.Pow) and f.exp == -1
+                         for x in sp.preorder_traversal(f.base) if isinstance(x, sp.Indexed)}
     for entry in entries:
         for node in sp.preorder_traversal(sp.S(entry)):
             if not isinstance(node, sp.Add):
@@ -254,7 +341,8 @@ def hoist_complement_sums(sym: SymSpec, entries) -> SymSpec:
     for let in sym.lets:
         parts = None
         if let.tensor.name in used and not let.running and let.feature is None:
-            parts = affine_parts(let.expr)
+            q = isinstance(let.expr, (Sigmoid, sp.exp))  # f = Q(z) itself (a = 0, b = 1)
+            parts = (sp.S.Zero, sp.S.One, let.expr) if q else affine_parts(let.expr)
         z = None if parts is None or _q_complement(parts[2]) is None else parts[2].args[0]
         if z is None or not z.has(sp.Sum):
             lets.append(let)
