@@ -6,6 +6,7 @@ carries delta(row_k, col_k); the decay is what remains once those deltas are str
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -171,17 +172,34 @@ def compute_readout(sym: SymSpec) -> Readout:
     return Readout(out_syms, ch, du)
 
 
+def _outer_axes(deps: list[set[int]], n_axes: int) -> bool:
+    """Is a product of factors with these row dependences an outer product: group axes G and two non-empty sets X, Y
+    of other axes with every factor over G + X or over G + Y? Two factors whose dependences are merely not nested
+    are not enough: S6 with a bilinear discretisation, dt[c] u[c] b[j] / (1 - dt[c] a[c, j] / 2), has a factor over
+    (c, j) that ties them, and its B u has full rank over (c, j). For each candidate G, the factors' other axes are
+    joined into connected components; two or more components split into X and Y."""
+    for size in range(n_axes - 1):
+        for group in itertools.combinations(range(n_axes), size):
+            comps: list[set[int]] = []
+            for d in deps:
+                rest = d - set(group)
+                if not rest:
+                    continue
+                touching = [c for c in comps if c & rest]
+                merged = rest.union(*touching)
+                comps = [c for c in comps if not c & rest] + [merged]
+            if len(comps) >= 2:
+                return True
+    return False
+
+
 def classify_b(bu: sp.Expr, rows) -> BForm:
     if len(terms(bu)) != 1:
         bu = sp.factor_terms(bu)  # (1 - f) v expanded into two terms is still one product (see split_outer)
     fs = factors(bu) if not isinstance(bu, sp.Add) else []
     deps = [set(_depends(f, rows)) for f in fs]
-    nonempty = [d for d in deps if d]
-    # outer product: two factor groups whose row dependences are not nested in each other
-    for i, d1 in enumerate(nonempty):
-        for d2 in nonempty[i + 1:]:
-            if (d1 - d2) and (d2 - d1):
-                return BForm.OUTER
+    if _outer_axes(deps, len(rows)):
+        return BForm.OUTER
     if bu.has(sp.Sum):
         return BForm.GENERAL
     return BForm.ELEMENTWISE
