@@ -81,13 +81,13 @@ NOTES: dict[str, str] = {
         "The sigmoid variant of normalized attention (a rebuttal normaliser): `eta(u_t) = sigmoid(W_n u_t + b_n)` in "
         "(0, 1), so `A_t = (eta_(t-1) / eta_t) I` per head still couples A and B through `eta`. A bounded normaliser "
         "does not bound the eigenvalues: `eta_(t-1) / eta_t` is any positive number (a small `eta_t` makes it large), "
-        "so the analysis reports them unbounded, as for the exp normaliser."
+        "so the analysis proves no bound (\"not proven <= 1\"), as for the exp normaliser."
     ),
     "normalized_attention_exprelu": (
         "The exp(ReLU) variant of normalized attention (a rebuttal normaliser): `eta(u_t) = exp(relu(W_n u_t + b_n))` "
         ">= 1, `A_t = exp(relu(s_(t-1)) - relu(s_t)) I` per head. Whenever both pre-activations are negative the "
         "transition is exactly the identity (linear attention's), otherwise it is an S6-like input-dependent scale; "
-        "the eigenvalues are positive and unbounded."
+        "the eigenvalues are positive and unbounded (the analysis: \"not proven <= 1\")."
     ),
     "deltanet": (
         "DeltaNet's A is identity minus rank one per head, `(I - beta k k^T) (x) I_V`, and symmetric: eigenvalues 1 "

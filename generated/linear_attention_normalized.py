@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     eta
     shared params    W_K, W_Q
-    eigenvalues      unbounded  (0, inf)
-      why            lambda = eta_prev[h]/eta[h] in (0, inf): can exceed 1 (qf in (0, inf) (from its definition); kf in (0, inf) (from its definition); z in (0, inf) (cumsum of terms in (0, inf)); eta in (0, inf) (from its definition); eta_prev in (0, inf) (prev of terms in (0, inf)))
+    eigenvalues      not proven <= 1  (0, inf)
+      why            lambda = eta_prev[h]/eta[h] in (0, inf): not proven <= 1 (the interval has no finite upper end) (qf in (0, inf) (from its definition); kf in (0, inf) (from its definition); z in (0, inf) (cumsum of terms in (0, inf)); eta in (0, inf) (from its definition); eta_prev in (0, inf) (prev of terms in (0, inf)))
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 32768
     state bytes/seq  131072 (fp32, default dims)

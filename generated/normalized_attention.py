@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     s
     shared params    W_n, b_n
-    eigenvalues      unbounded  (0, inf)
-      why            lambda = exp(-s[h] + s_prev[h]) in (0, inf): can exceed 1 (no facts needed)
+    eigenvalues      not proven <= 1  (0, inf)
+      why            lambda = exp(-s[h] + s_prev[h]) in (0, inf): not proven <= 1 (the interval has no finite upper end) (no facts needed)
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 32768
     state bytes/seq  131072 (fp32, default dims)

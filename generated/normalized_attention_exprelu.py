@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     r
     shared params    W_n, b_n
-    eigenvalues      unbounded  (0, inf)
-      why            lambda = exp(-r[h] + r_prev[h]) in (0, inf): can exceed 1 (r in [0, inf) (from its definition); r_prev in [0, inf) (prev of terms in [0, inf)))
+    eigenvalues      not proven <= 1  (0, inf)
+      why            lambda = exp(-r[h] + r_prev[h]) in (0, inf): not proven <= 1 (the interval has no finite upper end) (r in [0, inf) (from its definition); r_prev in [0, inf) (prev of terms in [0, inf)))
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 32768
     state bytes/seq  131072 (fp32, default dims)

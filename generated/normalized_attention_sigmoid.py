@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     eta
     shared params    W_n, b_n
-    eigenvalues      unbounded  (0, inf)
-      why            lambda = eta_prev[h]/eta[h] in (0, inf): can exceed 1 (eta in (0, 1) (from its definition); eta_prev in (0, 1) (prev of terms in (0, 1)))
+    eigenvalues      not proven <= 1  (0, inf)
+      why            lambda = eta_prev[h]/eta[h] in (0, inf): not proven <= 1 (the interval has no finite upper end) (eta in (0, 1) (from its definition); eta_prev in (0, 1) (prev of terms in (0, 1)))
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 32768
     state bytes/seq  131072 (fp32, default dims)

@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     eta
     shared params    W_K, W_Q
-    eigenvalues      unbounded  (0, inf)
-      why            lambda = eta_prev[h]/eta[h] in (0, inf): can exceed 1 (eta in (0, inf) (a sum of exp(q.k / sqrt(K)) > 0 (kernel of the infinite Taylor feature map)); eta_prev in (0, inf) (prev of terms in (0, inf)))
+    eigenvalues      not proven <= 1  (0, inf)
+      why            lambda = eta_prev[h]/eta[h] in (0, inf): not proven <= 1 (the interval has no finite upper end) (eta in (0, inf) (a sum of exp(q.k / sqrt(K)) > 0 (kernel of the infinite Taylor feature map)); eta_prev in (0, inf) (prev of terms in (0, inf)))
     time-invariant   no
     state            [h: H, f: taylor(K, inf), b: V]  N = H*V*taylor(K, inf) (infinite: grows with T as a KV cache)
     state bytes/seq  grows with T: a KV cache of H*(K + V) = 128 floats per token (fp32, default dims)

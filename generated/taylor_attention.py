@@ -13,8 +13,8 @@ Structure (``dsfc analyze``):
     D                absent (0)
     coupling A/B     eta
     shared params    W_K, W_Q
-    eigenvalues      unbounded  (0, inf)
-      why            lambda = eta_prev[h]/eta[h] in (0, inf): can exceed 1 (eta in (0, inf) (a sum of kernel values sum_(r<=p) s^r/r! > 0 (even-order Taylor feature map at the default p = 2; odd orders can make it <= 0)); eta_prev in (0, inf) (prev of terms in (0, inf)))
+    eigenvalues      not proven <= 1  (0, inf)
+      why            lambda = eta_prev[h]/eta[h] in (0, inf): not proven <= 1 (the interval has no finite upper end) (eta in (0, inf) (a sum of kernel values sum_(r<=p) s^r/r! > 0 (even-order Taylor feature map at the default p = 2; odd orders can make it <= 0)); eta_prev in (0, inf) (prev of terms in (0, inf)))
     time-invariant   no
     state            [h: H, f: taylor(K, p), b: V]  N = H*V*taylor(K, p) = 17472
       feature range  taylor(K, p) = sum_(r<=p) K^r = 273: grows as K^p

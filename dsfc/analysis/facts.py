@@ -31,5 +31,8 @@ class Family(str, Enum):
 class Bound(str, Enum):
     STABLE = "|lambda| < 1"
     MARGINAL = "|lambda| <= 1"
-    UNKNOWN = "unknown"
-    UNBOUNDED = "unbounded"
+    UNKNOWN = "unknown"  # no range derived (a dense A), or one the verdicts above and below do not cover
+    # interval arithmetic bounds the eigenvalues only by (lo, inf), lo >= 0: a bound <= 1 is not proven, which is not a
+    # proof that an eigenvalue exceeds 1 (minLSTM's f / (f + i) read this way before the share rule)
+    UNBOUNDED = "not proven <= 1"
+    EXCEEDS = "|lambda| > 1"  # proven: some eigenvalue lies outside the unit circle for every input

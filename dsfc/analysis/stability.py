@@ -276,7 +276,8 @@ class IntervalProver:
     def _share(self, e) -> Interval | None:
         """``n / (n + r)`` with n, r >= 0 (not both 0): a share of a total, in [0, 1]. Interval arithmetic reads n
         twice and gave [0, inf), so minLSTM's normalised forget gate ``f / (f + i)`` was reported "unbounded: can
-        exceed 1". The share increases with n and decreases with r: its ends are at the ends of their ranges."""
+        exceed 1" (now worded "not proven <= 1"). The share increases with n and decreases with r: its ends are at
+        the ends of their ranges."""
         dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Add)]
         if len(dens) != 1:
             return None
@@ -428,6 +429,8 @@ def _verdict(ivs: list[Interval]) -> Bound:
     above_m1 = all(iv.lo > -1 or (iv.lo == -1 and iv.lo_open) for iv in ivs)
     if below_one and above_m1:
         return Bound.STABLE
+    if all(iv.lo > 1 or (iv.lo == 1 and iv.lo_open) or iv.hi < -1 or (iv.hi == -1 and iv.hi_open) for iv in ivs):
+        return Bound.EXCEEDS
     if hi <= 1 and lo >= -1:
         return Bound.MARGINAL
     if lo >= 0 and hi == INF:
@@ -556,5 +559,7 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     lam = f"lambda = {sp.sstr(a.decay)} in {iv}"
     verdict = _verdict([iv])
-    tail = {Bound.UNBOUNDED: ": can exceed 1", Bound.UNKNOWN: ": no bound proven"}.get(verdict, "")
+    tail = {Bound.UNBOUNDED: ": not proven <= 1 (the interval has no finite upper end)",
+            Bound.UNKNOWN: ": no bound proven", Bound.EXCEEDS: ": exceeds 1 in modulus for every input"}
+    tail = tail.get(verdict, "")
     return EigenBound(verdict, str(iv), f"{lam}{tail} ({facts})")

@@ -8,7 +8,8 @@ inputs at several scales, large ones saturating gates, and ``dsf_matrices(u)`` i
 * B u an outer product: for some split of the state axes into group, key and value axes, every group's [key, value]
   matrix of B u has rank 1;
 * D absent: D = 0;
-* a proven eigenvalue bound: every eigenvalue of every sampled A_t has |lambda| <= 1 (float64 rounding aside).
+* a proven eigenvalue bound: every eigenvalue of every sampled A_t has |lambda| <= 1 (float64 rounding aside); a
+  proven "|lambda| > 1": some sample has it. "not proven <= 1" and "unknown" claim nothing to check.
 
 A claim that fails here is an analysis bug, not a tolerance to loosen.
 """
@@ -200,6 +201,8 @@ def check_claims(result, dims: dict[str, int], seed: int = 0) -> dict[str, bool]
                 assert worst <= 1 + EIG_TOL, \
                     f"{where}: |lambda| = {worst} > 1 but the report proves {rep.eigen_bound} ({rep.eigen_reason})"
     assert seen["checked"], "no sample with a finite A"
+    if rep.eigen_bound == Bound.EXCEEDS.value:
+        assert seen["exceeds"], f"{result.spec.path}: the report proves |lambda| > 1, no sample has it"
     return seen
 
 
@@ -228,3 +231,26 @@ def test_a_factor_over_both_axes_is_no_outer_product():
     over j alone are not nested, but the last one ties (c, j): B u has full rank there, and was called an outer
     product (any two factors with non-nested dependences were enough)."""
     assert _compile(USER["test_user_specs_4.S6_BILINEAR"], "s6_bilinear").report.b_form != BForm.OUTER.value
+
+
+EXCEEDS_SPEC = """
+model Grow
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param g[d] ~ normal(0, 1)
+A[c, c2] = delta(c, c2) * (1.5 + sigmoid(g[c]))
+B[c, m] = delta(c, m)
+C[o, c] = delta(o, c)
+"""
+
+
+@pytest.mark.parametrize("decay, want", [("(1.5 + sigmoid(g[c]))", Bound.EXCEEDS), ("exp(g[c] ^ 2)", Bound.UNBOUNDED)])
+def test_unproven_and_proven_growth_are_told_apart(decay, want):
+    """An interval above 1 proves growth ("|lambda| > 1"); one that reaches inf from below 1 proves nothing ("not
+    proven <= 1", formerly "unbounded: can exceed 1" even where no eigenvalue can exceed 1, minLSTM's share)."""
+    result = _compile(EXCEEDS_SPEC.replace("(1.5 + sigmoid(g[c]))", decay), "grow")
+    assert result.report.eigen_bound == want.value, result.report.eigen_reason
+    assert "can exceed 1" not in result.report.eigen_reason
+    check_claims(result, {"d": 3})

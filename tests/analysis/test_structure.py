@@ -292,10 +292,18 @@ def test_sin_cos_and_integer_powers_of_signed_bases(decay, want):
     assert r.eigen_interval == want, r.eigen_reason
 
 
-def test_exp_of_positive_is_unbounded():
+def test_exp_of_positive_exceeds_one():
+    """exp(softplus(x)) is in (1, inf): the whole interval beyond 1 proves growth (it was "unbounded", the wording
+    now kept, as "not proven <= 1", for intervals that merely reach inf)."""
     r = analyse(diag_spec("exp(softplus(x[c, j]))")).report
     assert r.a_kind == "diagonal"
-    assert r.eigen_bound == Bound.UNBOUNDED.value == "unbounded", r.eigen_reason
+    assert r.eigen_bound == Bound.EXCEEDS.value == "|lambda| > 1", r.eigen_reason
+
+
+def test_unproven_growth_is_worded_not_proven():
+    r = analyse(diag_spec("exp(x[c, j] ^ 2)")).report  # [1, inf): 1 is attained, so no growth is proven
+    assert r.eigen_bound == Bound.UNBOUNDED.value == "not proven <= 1", r.eigen_reason
+    assert "not proven <= 1" in r.eigen_reason and "can exceed" not in r.eigen_reason
 
 
 @pytest.mark.parametrize("decay", [
@@ -341,7 +349,7 @@ C[o, (a, b)] = delta(o, b)
 
 def test_unprovable_decay_is_not_claimed_stable():
     r = analyse(diag_spec("x[c, j]")).report  # any real number
-    assert r.eigen_bound in ("unknown", "unbounded")
+    assert r.eigen_bound in ("unknown", "not proven <= 1")
     assert r.eigen_bound != "|lambda| < 1"
 
 
