@@ -9,6 +9,7 @@ this machine's timings swing between runs.
 
 from __future__ import annotations
 
+import os
 import gc
 import json
 import platform
@@ -124,9 +125,24 @@ def check_dims(result: CompileResult, dims: dict | None) -> None:
     override_dims(result, {}, dims)
     cls = getattr(load_module(result, f"dsfc_bench_{result.module_name}"), result.plan.model)
     try:
-        cls(**constructor_kwargs(dims or {}), device="meta")
+        meta = cls(**constructor_kwargs(dims or {}), device="meta")
     except ValueError as exc:
         raise ValueError(f"dims {dims}: {exc}") from None
+    # the fp32 parameters at these dims may take at most half this machine's memory (the rest is for the layer's
+    # streams and the baseline's): `--dims d=100000000` spent a minute initialising 23 GB before the OS killed it
+    numbers = sum(p.numel() for p in meta.parameters())
+    memory = _physical_memory_bytes()
+    if memory is not None and 4 * numbers > memory // 2:
+        raise ValueError(f"dims {dims}: the parameters hold {numbers:.3g} numbers ({4 * numbers / 2**30:.3g} GiB in "
+                         f"fp32), more than half this machine's {memory / 2**30:.3g} GiB of memory; use smaller --dims")
+
+
+def _physical_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _setup(result: CompileResult, batch: int, T: int, dims: dict | None, name: str):

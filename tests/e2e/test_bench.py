@@ -47,7 +47,8 @@ def test_bench_memory_probe(capsys):
     ("ssd", ["H=3", "G=2"], "H // G is not exact at H=3"),
     ("ssd", ["R=2"], "unknown dim 'R' (a derived dim"),
     ("s6", ["d=0"], "dim d must be positive, got 0"),
-], ids=["unknown", "not-divisible", "derived", "zero"])
+    ("s6", ["d=1000000000000"], "GiB in fp32), more than half this machine's"),  # ~6e13 numbers
+], ids=["unknown", "not-divisible", "derived", "zero", "larger-than-memory"])
 def test_bench_bad_dims_exit_2_before_running(spec, dims, message, capsys):
     # an unknown dim was a TypeError traceback from the module's constructor, H % G != 0 a ValueError traceback
     rc = main(["bench", str(SPECS / f"{spec}.dsf"), "-T", "4", "--repeats", "1", "--dims", *dims])
