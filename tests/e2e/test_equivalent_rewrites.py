@@ -75,3 +75,36 @@ def test_ssd_state_split_into_group_and_head():
     unflatten pass compared G * floor(H / G) with H, which SymPy cannot equate, so the output was left unsplit and
     the spec fell back to the elementwise diagonal scan. A derived dim's // is exact (checked), so it now divides."""
     same_model(SSD, SSD_GROUPED_STATE, {"H": 4, "P": 2, "n": 3, "G": 2}, Family.CHUNKED_OUTER)
+
+
+LA_HEAD = """
+model LA "unnormalised linear attention at tiny dims"
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 4
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1)
+param W_K[H, K, d] ~ normal(0, 1)
+param W_V[H, V, d] ~ normal(0, 1)
+let qf[h: H, a: K] = elu(sum(m, W_Q[h, a, m] * u[m])) + 1
+let kf[h: H, a: K] = elu(sum(m, W_K[h, a, m] * u[m])) + 1
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2)
+"""
+LA = LA_HEAD + """
+B[(h, a, b), m] = kf[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * qf[h, a] / sqrt(K)
+"""
+# the same entries with the deltas under sums: sum(m2, delta(m2, m) * ...) and sum(a3, delta(a3, a) * ...)
+LA_SUMMED_DELTAS = LA_HEAD + """
+B[(h, a, b), m] = sum(m2, kf[h, a] * delta(m2, m) * W_V[h, b, m2])
+C[(o, e), (h, a, b)] = sum(a3, delta(a3, a) * delta(o, h) * delta(e, b) * qf[h, a3]) / sqrt(K)
+"""
+
+
+def test_linear_attention_deltas_under_sums():
+    """A delta under a sum in C (sum(a3, delta(a3, a) * q[h, a3])) was not contracted: the analysis saw a dense
+    readout and chose the elementwise diagonal scan. Matrix entries are now canonicalised (ir/canonical.py)."""
+    same_model(LA, LA_SUMMED_DELTAS, {"d": 5, "H": 2, "K": 3, "V": 4}, Family.CHUNKED_OUTER)
