@@ -1,7 +1,9 @@
 """Canonical forms of the DSF matrices' entries, so that the same model written differently reads the same.
 
 - ``sum(a3, delta(a3, a) * q[h, a3])`` is ``q[h, a]`` (``contract_delta_sums``): a delta under a sum in A, B, C or D
-  is contracted where the pinned value provably stays in the summed range.
+  is contracted where the pinned value provably stays in the summed range;
+- a D written out as zero (``D[o, m] = 0``, ``0 * delta(o, m)``) is no D: the report says "absent" and the generated
+  module adds no zero feedthrough, as when D is left out.
 
 The reference backend (``CompileResult.sym``) keeps the spec as written; this runs on the analysis core only.
 """
@@ -33,7 +35,10 @@ def canonical_matrices(sym: SymSpec) -> SymSpec:
     for name, m in sym.matrices.items():
         ranges = {**dict(zip(m.rows, m.row_extents)), **dict(zip(m.cols, m.col_extents))}
         entry = contract_delta_sums(m.entry, ranges, normalize)
-        if entry != m.entry:
+        if name == "D" and sp.expand(entry) == 0:
+            del matrices[name]
+            changed = True
+        elif entry != m.entry:
             matrices[name] = replace(m, entry=entry)
             changed = True
     return replace(sym, matrices=matrices) if changed else sym

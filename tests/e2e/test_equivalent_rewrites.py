@@ -108,3 +108,46 @@ def test_linear_attention_deltas_under_sums():
     """A delta under a sum in C (sum(a3, delta(a3, a) * q[h, a3])) was not contracted: the analysis saw a dense
     readout and chose the elementwise diagonal scan. Matrix entries are now canonicalised (ir/canonical.py)."""
     same_model(LA, LA_SUMMED_DELTAS, {"d": 5, "H": 2, "K": 3, "V": 4}, Family.CHUNKED_OUTER)
+
+
+HGRN_HEAD = """
+model HGRN "HGRN at tiny dims"
+dim d = 5
+dim E = 4
+dim L = 3
+dim layer = 2
+input u[d]
+state h[c: E]
+output y[E]
+param W_i[E, d] ~ normal(0, 1)
+param W_f[E, d] ~ normal(0, 1)
+param Gamma[L, E] ~ normal(0, 1)
+let sm[j: L, c: E] = exp(Gamma[j, c]) / sum(j2, exp(Gamma[j2, c]))
+let gam[c: E] = sum(j, ((layer - 1 - j + L) // L) * sm[j, c]) - sm[0, c]
+let ipre[c: E] = sum(m, W_i[c, m] * u[m])
+"""
+HGRN = HGRN_HEAD + """
+let f[c: E] = gam[c] + (1 - gam[c]) * sigmoid(sum(m, W_f[c, m] * u[m]))
+A[c, c2] = delta(c, c2) * f[c]
+B[c, m] = (1 - f[c]) * sigmoid(ipre[c]) * W_i[c, m]
+C[o, c] = delta(o, c)
+"""
+# f as 1 - (1 - gamma)(1 - s), A's deltas swapped, and a D written out as zero
+HGRN_ZERO_D = HGRN_HEAD + """
+let s[c: E] = 1 / (1 + exp(-sum(m, W_f[c, m] * u[m])))
+let f[c: E] = 1 - (1 - gam[c]) * (1 - s[c])
+A[c2, c] = f[c] * delta(c2, c)
+B[c, m] = W_i[c, m] * sigmoid(ipre[c]) * (1 - gam[c]) * (1 - s[c])
+C[o, c] = delta(c, o)
+D[o, m] = 0
+"""
+
+
+def test_hgrn_zero_d_is_absent():
+    """D[o, m] = 0 was reported as a present D and compiled into a zero feedthrough product; a zero D is now dropped
+    from the analysis core (the reference still evaluates the spec as written)."""
+    ob, rb = same_model(HGRN, HGRN_ZERO_D, {"d": 5, "E": 4, "L": 3, "layer": 2}, Family.DIAGONAL_SCAN)
+    assert not ob.result.report.d_present and not rb.result.report.d_present
+    check_backend(rb, "reference", ((2, 5),), steps=False, h0s=(True,))
+    u = torch.randn(1, 3, 5, dtype=F64)
+    assert float(rb.dsf_matrices(u)[3].abs().max()) == 0.0
