@@ -151,3 +151,46 @@ def test_hgrn_zero_d_is_absent():
     check_backend(rb, "reference", ((2, 5),), steps=False, h0s=(True,))
     u = torch.randn(1, 3, 5, dtype=F64)
     assert float(rb.dsf_matrices(u)[3].abs().max()) == 0.0
+
+
+DN_HEAD = """
+model DN "DeltaNet at tiny dims"
+dim d = 6
+dim H = 2
+dim K = 3
+dim V = 4
+input u[d]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1)
+param W_K[H, K, d] ~ normal(0, 1)
+param W_V[H, V, d] ~ normal(0, 1)
+param W_beta[H, d] ~ normal(0, 1)
+let qr[h: H, a: K] = silu(sum(m, W_Q[h, a, m] * u[m]))
+let kr[h: H, a: K] = silu(sum(m, W_K[h, a, m] * u[m]))
+let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
+let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
+let beta[h: H] = sigmoid(sum(m, W_beta[h, m] * u[m]))
+"""
+DN = DN_HEAD + """
+state S[h: H, a: K, b: V]
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) - beta[h] * k[h, a] * k[h, a2])
+B[(h, a, b), m] = beta[h] * k[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a] / sqrt(K)
+"""
+# the state as [h, b, a] and beta * k named by a let
+DN_NAMED_PRODUCT = DN_HEAD + """
+state S[h: H, b: V, a: K]
+let bk[h: H, a: K] = beta[h] * k[h, a]
+A[(h, b, a), (h2, b2, a2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) - bk[h, a] * k[h, a2])
+B[(h, b, a), m] = bk[h, a] * W_V[h, b, m]
+C[(o, e), (h, b, a)] = delta(o, h) * delta(e, b) * q[h, a] / sqrt(K)
+"""
+
+
+def test_deltanet_beta_k_named_by_a_let():
+    """With beta * k named by a let, the rank-1 eigenvalue prover inlined one level (bk -> beta k) and then saw
+    sum_a k^2 with k not inlined: 'unknown' instead of |lambda| <= 1. Lets that only name a product are now read
+    through before the contraction."""
+    ob, rb = same_model(DN, DN_NAMED_PRODUCT, {"d": 6, "H": 2, "K": 3, "V": 4}, Family.CHUNKED_DELTA)
+    assert rb.result.report.eigen_bound == ob.result.report.eigen_bound == "|lambda| <= 1"
+    assert rb.result.report.eigen_interval == ob.result.report.eigen_interval
