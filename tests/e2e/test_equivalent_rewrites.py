@@ -207,3 +207,38 @@ def test_deltanet_beta_k_named_by_a_let():
     ob, rb = same_model(DN, DN_NAMED_PRODUCT, {"d": 6, "H": 2, "K": 3, "V": 4}, Family.CHUNKED_DELTA)
     assert rb.result.report.eigen_bound == ob.result.report.eigen_bound == "|lambda| <= 1"
     assert rb.result.report.eigen_interval == ob.result.report.eigen_interval
+
+
+RET_HEAD = """
+model RetNet "RetNet retention at tiny dims"
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 4
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1)
+param W_K[H, K, d] ~ normal(0, 1)
+param W_V[H, V, d] ~ normal(0, 1)
+let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
+let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a] / sqrt(K)
+"""
+RET = RET_HEAD + """
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * (1 - 2 ^ (-5 - h))
+"""
+# the per-head gamma declared over (head, key) although it does not depend on the key
+RET_GAMMA_OVER_KEYS = RET_HEAD + """
+let gamma[h: H, a: K] = 1 - 2 ^ (-5 - h)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * gamma[h, a]
+"""
+
+
+def test_retnet_gamma_let_declared_over_keys():
+    """A decay let declared over an axis its definition never uses made the decay depend on that axis: 'diagonal'
+    with a per-key decay instead of a scalar per head. Such reads are now taken at 0 on the unused axis."""
+    ob, rb = same_model(RET, RET_GAMMA_OVER_KEYS, {"d": 5, "H": 2, "K": 3, "V": 4}, Family.CHUNKED_OUTER)
+    assert rb.result.report.a_kind == ob.result.report.a_kind == "scalar per group"
+    assert rb.result.structure.a.decay_axes == ob.result.structure.a.decay_axes
