@@ -2,6 +2,7 @@
 
     text --parse_spec--> Spec --check_spec--> CheckedSpec --lower_to_sympy--> SymSpec
          --unflatten_output--> SymSpec (flat output axes split; the reference keeps the original)
+         --canonical_matrices--> SymSpec (deltas under sums contracted: the same model read the same)
          --analyse_structure--> StructureReport --plan_module--> ModulePlan --emit_torch--> source
 """
 
@@ -20,6 +21,7 @@ from .codegen.emit import emit_torch, write_atomic
 from .codegen.plan import ModulePlan, plan_module
 from .ir.lower import lower_to_sympy
 from .ir.symspec import SymSpec
+from .ir.canonical import canonical_matrices
 from .ir.unflatten import unflatten_output
 from .lang.ast import Spec
 from .lang.check import CheckedSpec, check_spec
@@ -75,6 +77,7 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     checked = check_spec(spec)  # Spec -> CheckedSpec
     sym = lower_to_sympy(checked)  # CheckedSpec -> SymSpec
     core = unflatten_output(sym)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
+    core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
     structure = analyse_structure_of(core)  # SymSpec -> Structure
     report = analyse_structure(core, structure)  # Structure -> StructureReport
     return checked, sym, core, structure, report

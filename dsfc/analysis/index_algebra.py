@@ -181,3 +181,39 @@ def function_nesting(expr) -> int:
 def simplify(expr):
     """``sp.simplify(expr)``, or ``expr`` unchanged when its functions nest deeper than MAX_SIMPLIFY_NESTING."""
     return sp.simplify(expr) if function_nesting(expr) <= MAX_SIMPLIFY_NESTING else expr
+
+
+def contract_delta_sums(expr: sp.Expr, ranges: dict, normalize=None) -> sp.Expr:
+    """Rewrite every ``Sum`` of ``expr`` whose body pins the summed index with a delta, ``sum(a3, delta(a3, a) *
+    q[h, a3])`` -> ``q[h, a]``, where the delta's other side provably stays in the summed range (``ranges``: the
+    extents of the index symbols outside the sums, e.g. a matrix's rows and columns). The structure analysis reads
+    deltas at the top level of an entry; the same delta under a sum hid a key contraction (a dense readout and the
+    elementwise scan instead of the chunked one). Sums that pin nothing are left exactly as written."""
+    expr = sp.S(expr)
+    if not expr.has(sp.Sum):
+        return expr
+    known = dict(ranges)
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Sum) and len(node.limits) == 1 and node.limits[0][1] == 0:
+            var, _, hi = node.limits[0]
+            if known.setdefault(var, hi + 1) != hi + 1:
+                known[var] = None  # the same name summed over two ranges: not used to prove a pin
+    known = {k: v for k, v in known.items() if v is not None}
+
+    def rule(node):
+        if len(node.limits) != 1 or node.limits[0][1] != 0:
+            return node
+        var, _, hi = node.limits[0]
+        body, pinned = node.function, False
+        for t in terms(body):
+            deltas, _ = split_deltas(t)
+            if any(_other(d, var) is not None and _within(_other(d, var), hi + 1, known, normalize or (lambda e: e))
+                   for d in deltas):
+                pinned = True
+                break
+        if not pinned:
+            return node
+        return contract_product(body, [var], [hi + 1], sp.Integer(1), known, normalize)
+
+    # innermost sums first: a pin of an outer index may sit under an inner sum
+    return expr.replace(lambda n: isinstance(n, sp.Sum), rule)

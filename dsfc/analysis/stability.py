@@ -482,6 +482,29 @@ def _inline_lets(sym: SymSpec, expr, depth: int = 1):
     return expr
 
 
+def _inline_products(sym: SymSpec, expr):
+    """Replace lets that are plain products of other lets, params and numbers (``bk = beta * k``: no sum, no
+    function) by their definitions, to a fixed point: such a let only names a product, and the rank-1 prover must
+    see ``sum_a beta k k`` whether the spec writes ``bk[h, a] * k[h, a2]`` or ``beta[h] * k[h, a] * k[h, a2]``."""
+    def is_product(e):
+        return all(isinstance(f, (sp.Indexed, sp.Number)) or (isinstance(f, sp.Pow) and f.exp.is_Number
+                                                              and isinstance(f.base, sp.Indexed))
+                   for f in sp.Mul.make_args(e))
+
+    lets = {let.tensor.name: let for let in sym.lets if not let.running and is_product(let.expr)}
+
+    def repl(e):
+        let = lets[str(e.base.label)]
+        return let.expr.subs(dict(zip(let.index, e.indices)), simultaneous=True)
+
+    for _ in range(len(lets)):
+        new = expr.replace(lambda e: isinstance(e, sp.Indexed) and str(e.base.label) in lets, repl)
+        if new == expr:
+            break
+        expr = new
+    return expr
+
+
 def _block_at(block, rows, cols, mixed, r_vals, c_vals):
     return block.subs({**{rows[k]: v for k, v in zip(mixed, r_vals)}, **{cols[k]: v for k, v in zip(mixed, c_vals)}},
                       simultaneous=True)
@@ -523,6 +546,7 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
         ext = sym.state.axes[k].extent
         trace = sp.Sum(trace, (rows[k], 0, ext - 1))
     # inline the lets inside the contraction only (the rank-1 vectors), so scalars such as beta keep their names
+    trace = _inline_products(sym, trace)  # let bk = beta * k: read as beta * k, as if written inline
     trace = _canonical_sums(trace)  # first pull factors such as beta out of the contraction
     trace = trace.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
     small = simplify(_canonical_sums(trace))

@@ -31,8 +31,11 @@ from .symspec import SymAxis, SymMatrix, SymSpec
 
 
 def _free_dims(sym: SymSpec, expr: sp.Expr) -> sp.Expr:
-    """An extent over the free dims only (derived dims substituted by their definitions)."""
-    env = {sym.dims[k]: v for k, v in sym.dim_defs.items()}
+    """An extent over the free dims only (derived dims substituted by their definitions). A ``//`` in a derived dim
+    divides exactly (the spec checker and the generated constructor refuse dims where it does not), so it is taken as
+    an exact division: ``G * R`` with ``dim R = H // G`` is ``H``, and a state split into ``[g: G, r: R]`` tiles an
+    output axis of extent ``H``."""
+    env = {sym.dims[k]: sp.S(v).replace(sp.floor, lambda x: x) for k, v in sym.dim_defs.items()}
     for _ in range(len(env) + 1):
         new = sp.S(expr).subs(env)
         if new == expr:
