@@ -72,9 +72,12 @@ def test_custom_op_passes_opcheck():
     u, h0 = b.inputs(2, 3)
     env = b.model._lets(u, torch.float32)
     key = b.module._KERNEL_KEY
-    f = env["f"].requires_grad_()
+    # the kernel's leaves as the plan lists them (the gate's 1 - f reads a hoisted f_pre), the gate ones with grads
+    leaves = [env[leaf.tensor.code].clone().requires_grad_(leaf.tensor.code != "u_")
+              for leaf in b.result.plan.triton.leaves]
+    assert len(leaves) >= 2
     L = triton_diagonal._Launch(3, (5, 1), (), 5, 1, 5, True, 8, 1, 1)
-    args = (key, h0.reshape(2, 5), [f, u.clone()], L.encode(), [0.0], torch.float32)
+    args = (key, h0.reshape(2, 5), leaves, L.encode(), [0.0], torch.float32)
     torch.library.opcheck(triton_diagonal._scan_fwd_op, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
