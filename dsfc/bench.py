@@ -9,9 +9,9 @@ this machine's timings swing between runs.
 
 from __future__ import annotations
 
-import os
 import gc
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .analysis.facts import Family
-from .check import build_model, load_module
+from .check import build_model, load_module, param_elements
 from .pipeline import CompileResult
 from .codegen.plan import constructor_kwargs
 
@@ -125,12 +125,12 @@ def check_dims(result: CompileResult, dims: dict | None) -> None:
     override_dims(result, {}, dims)
     cls = getattr(load_module(result, f"dsfc_bench_{result.module_name}"), result.plan.model)
     try:
-        meta = cls(**constructor_kwargs(dims or {}), device="meta")
+        cls(**constructor_kwargs(dims or {}), device="meta")
     except ValueError as exc:
         raise ValueError(f"dims {dims}: {exc}") from None
     # the fp32 parameters at these dims may take at most half this machine's memory (the rest is for the layer's
     # streams and the baseline's): `--dims d=100000000` spent a minute initialising 23 GB before the OS killed it
-    numbers = sum(p.numel() for p in meta.parameters())
+    numbers = param_elements(result.sym, result.sym.dim_values(dims))
     memory = _physical_memory_bytes()
     if memory is not None and 4 * numbers > memory // 2:
         raise ValueError(f"dims {dims}: the parameters hold {numbers:.3g} numbers ({4 * numbers / 2**30:.3g} GiB in "

@@ -136,18 +136,7 @@ def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
 
 def _free_dims(sym: SymSpec):
     """Rewrites an extent over the free dims (derived dims substituted by their definitions)."""
-    env = {sym.dims[k]: v for k, v in sym.dim_defs.items()}
-
-    def normalize(expr):
-        expr = sp.S(expr)
-        for _ in range(len(env) + 1):
-            new = expr.subs(env)
-            if new == expr:
-                break
-            expr = new
-        return expr
-
-    return normalize
+    return sym.in_free_dims
 
 
 def compute_bu(sym: SymSpec, rows) -> sp.Expr:

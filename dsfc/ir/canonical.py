@@ -42,22 +42,11 @@ def _unused_axes_reader(sym: SymSpec):
 
 def canonical_matrices(sym: SymSpec) -> SymSpec:
     """``sym`` with every matrix entry in canonical form; ``sym`` itself when nothing changes."""
-    env = {sym.dims[k]: v for k, v in sym.dim_defs.items()}
-
-    def normalize(expr):
-        expr = sp.S(expr)
-        for _ in range(len(env) + 1):
-            new = expr.subs(env)
-            if new == expr:
-                break
-            expr = new
-        return expr
-
     matrices, changed = dict(sym.matrices), False
     read_at_zero = _unused_axes_reader(sym)
     for name, m in sym.matrices.items():
         ranges = {**dict(zip(m.rows, m.row_extents)), **dict(zip(m.cols, m.col_extents))}
-        entry = contract_delta_sums(read_at_zero(m.entry), ranges, normalize)
+        entry = contract_delta_sums(read_at_zero(m.entry), ranges, sym.in_free_dims)
         if name == "D" and sp.expand(entry) == 0:
             del matrices[name]
             changed = True

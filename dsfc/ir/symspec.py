@@ -169,6 +169,21 @@ class SymSpec:
     def base_name(self, base: sp.Basic) -> str:
         return str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
 
+    def in_free_dims(self, expr: sp.Expr, exact_division: bool = False) -> sp.Expr:
+        """``expr`` over the free dims only: every derived dim replaced by its definition, to a fixed point (a derived
+        dim may read another). ``exact_division``: a ``//`` is read as ``/`` (``G * R`` with ``dim R = H // G`` is
+        ``H``), which is exact: the spec checker and the generated constructor refuse dims where it is not."""
+        env = {self.dims[k]: sp.S(v) for k, v in self.dim_defs.items()}
+        if exact_division:
+            env = {k: v.replace(sp.floor, lambda x: x) for k, v in env.items()}
+        expr = sp.S(expr)
+        for _ in range(len(env) + 1):
+            new = expr.subs(env)
+            if new == expr:
+                break
+            expr = new
+        return expr
+
     def subs_dims(self, expr: sp.Expr, values: dict[str, int]) -> sp.Expr:
         """Substitute dims (free and derived) by numbers."""
         env = {self.dims[k]: v for k, v in values.items() if k in self.dims}

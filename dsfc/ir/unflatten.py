@@ -31,17 +31,9 @@ from .symspec import SymAxis, SymMatrix, SymSpec
 
 
 def _free_dims(sym: SymSpec, expr: sp.Expr) -> sp.Expr:
-    """An extent over the free dims only (derived dims substituted by their definitions). A ``//`` in a derived dim
-    divides exactly (the spec checker and the generated constructor refuse dims where it does not), so it is taken as
-    an exact division: ``G * R`` with ``dim R = H // G`` is ``H``, and a state split into ``[g: G, r: R]`` tiles an
-    output axis of extent ``H``."""
-    env = {sym.dims[k]: sp.S(v).replace(sp.floor, lambda x: x) for k, v in sym.dim_defs.items()}
-    for _ in range(len(env) + 1):
-        new = sp.S(expr).subs(env)
-        if new == expr:
-            break
-        expr = new
-    return sp.S(expr)
+    """An extent over the free dims only, ``//`` read as exact division: a state split into ``[g: G, r: R]`` with
+    ``dim R = H // G`` tiles an output axis of extent ``H``."""
+    return sym.in_free_dims(expr, exact_division=True)
 
 
 def _same(a: sp.Expr, b: sp.Expr) -> bool:
