@@ -1155,8 +1155,10 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         half = 1 if q.dtype == torch.bfloat16 else 2
         if half == 1 and q.device.type != "cuda":  # the interpreter's bf16 tl.dot returns garbage (no numpy bf16)
             half = 0
-    tiles = default_tiles(q.device.type == "cuda", half, decay, K, V)
-    chunk = tiles.chunk if chunk is None else chunk
+    # one choice of tiles for the chunk in use: the value slice picked for the default chunk (128 wide at chunk 16
+    # with a per-key decay on a GPU) does not fit shared memory at a chunk the caller gives (64)
+    tiles = default_tiles(q.device.type == "cuda", half, decay, K, V, chunk)
+    chunk = tiles.chunk
     schedule = SCHEDULE if schedule is None else schedule
     if schedule not in ("auto", "fused", "split"):
         raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
@@ -1175,8 +1177,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         return (y, s0.to(out_dtype)) if output_final_state else y
     block_k = tiles.block_k
     block_v = tiles.block_v if block_v is None else block_v
-    if num_warps is None:
-        num_warps = default_tiles(q.device.type == "cuda", half, decay, K, V, chunk).num_warps
+    num_warps = tiles.num_warps if num_warps is None else num_warps
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps),
                 {"fused": 0, "split": 1, "auto": 2}[schedule])
     hazard = fused_miscompiles(L, dev)

@@ -613,6 +613,7 @@ def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
     (128, 128, "head", torch.float16, 64, 64),
     (512, 64, "head", torch.float16, 16, 16),
     (32, 24, "key", torch.float16, 32, 32),      # never wider than V (rounded up to a power of two)
+    (128, 128, "key@64", torch.float16, 64, 64),  # the caller's chunk 64: the slice for that chunk, not chunk 16's
 ])
 def test_default_value_slice(monkeypatch, K, V, decay, dtype, want, want_gpu):
     """The value slice chunked_outer_triton picks when none is given (the launch configuration it hands the op):
@@ -627,8 +628,9 @@ def test_default_value_slice(monkeypatch, K, V, decay, dtype, want, want_gpu):
     monkeypatch.setattr(triton_outer, "_outer_scan_fwd", fake_op)  # inference calls the implementation directly
     q = torch.zeros(1, 3, 1, K, dtype=dtype, device=DEVICE)
     v = torch.zeros(1, 3, 1, V, dtype=dtype, device=DEVICE)
+    decay, _, chunk = decay.partition("@")
     g = torch.zeros(1, 3, 1, K, device=DEVICE) if decay == "key" else torch.zeros(1, 3, 1, device=DEVICE)
-    chunked_outer_triton(q, q, v, g)
+    chunked_outer_triton(q, q, v, g, chunk=int(chunk) if chunk else None)
     assert seen["block_v"] == (want_gpu if q.is_cuda else want)
 
 
