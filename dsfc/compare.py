@@ -115,7 +115,7 @@ def _telescoping(result: CompileResult) -> str | None:
         if not (isinstance(node, sp.Indexed) and str(node.base.label) in prevs):
             continue
         let = prevs[str(node.base.label)]
-        x = sp.S(let.args[0]).subs(dict(zip(let.index, node.indices)), simultaneous=True)
+        x = let.value_at(node.indices, let.args[0])
         try:
             g = 1 / rest.subs(node, 1)  # G(x) up to a constant factor
             if g.has(sp.zoo, sp.nan) or not g.has(x):

@@ -317,7 +317,7 @@ class GatedDeltaNet(nn.Module):
         # delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan
         _q = K**-0.5 * q
         _k = k
-        _v = torch.sigmoid(vpre) * beta[:, :, :, None] * torch.einsum("ztk,ijk->ztij", u_, W_V)
+        _v = torch.sigmoid(vpre) * beta[:, :, :, None] * vpre
         _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
@@ -486,7 +486,7 @@ def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
             torch.sigmoid(vpre[:, _t0:_t1][:, :, :, None, :])
             * beta[:, _t0:_t1][:, :, :, None, None]
             * k[:, _t0:_t1][:, :, :, :, None]
-            * (torch.einsum("ztl,ikl->ztik", u_[:, _t0:_t1], W_V))[:, :, :, None, :]
+            * vpre[:, _t0:_t1][:, :, :, None, :]
         ).expand(_B, _t1 - _t0, H, K, V)
         _bu = _bu.permute(0, 1, 2, 4, 3).reshape(_B, _t1 - _t0, H * V, K)
         _st = block_scan_triton(_blocks, _bu, _h)

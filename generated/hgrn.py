@@ -157,8 +157,12 @@ class HGRN(nn.Module):
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         return E
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, u_, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", whose kernel computes gam, f itself from what they read
+        (None then).
+        """
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -174,20 +178,22 @@ class HGRN(nn.Module):
             ),
             (L, E),
         )  # let sm[j: L, c: E] = exp(Gamma[j, c]) / sum(j2, exp(Gamma[j2, c]))
-        gam = torch.broadcast_to(
-            torch.as_tensor(
-                (-sm[0, :])
-                + ((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
-                dtype=_dtype,
-                device=_dev,
-            ),
-            (E,),
-        )  # let gam[c: E] = sum(j, ((layer - 1 - j + L) // L) * sm[j, c]) - sm[0, c]
         ipre = torch.einsum("ztj,ij->zti", u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
         f_pre = torch.einsum("ztj,ij->zti", u_, W_f)  # (dsfc) f_pre[c] = Sum(W_f[c, m]*u[m], (m, 0, d - 1))
-        f = (1 + (-gam)) * torch.sigmoid(
-            f_pre
-        ) + gam  # let f[c: E] = gam[c] + (1 - gam[c]) * sigmoid(sum(m, W_f[c, m] * u[m]))
+        gam = f = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+            gam = torch.broadcast_to(
+                torch.as_tensor(
+                    (-sm[0, :])
+                    + ((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1),
+                    dtype=_dtype,
+                    device=_dev,
+                ),
+                (E,),
+            )  # let gam[c: E] = sum(j, ((layer - 1 - j + L) // L) * sm[j, c]) - sm[0, c]
+            f = (1 + (-gam)) * torch.sigmoid(
+                f_pre
+            ) + gam  # let f[c: E] = gam[c] + (1 - gam[c]) * sigmoid(sum(m, W_f[c, m] * u[m]))
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -236,7 +242,7 @@ class HGRN(nn.Module):
             if use_compiled_chunks(u_, h0, self):
                 env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
             else:
-                env = self._lets(u_, _dtype, running0)
+                env = self._lets(u_, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -287,7 +293,7 @@ class HGRN(nn.Module):
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
 
-    def _diagonal_chunk(self, h0, W_i, gam, ipre, f_pre, f, u_):
+    def _diagonal_chunk(self, h0, gam, ipre, f_pre, f, u_):
         """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
 
         The time-varying lets and the input are this chunk's slices ([B, L, ...]); ``h0`` is [B, ...]. Positional
@@ -306,7 +312,7 @@ class HGRN(nn.Module):
                 (1 + (-gam))
                 * torch.sigmoid(-f_pre[:, _t : _t + 1])
                 * torch.sigmoid(ipre[:, _t : _t + 1])
-                * torch.einsum("ztj,ij->zti", u_[:, _t : _t + 1], W_i)
+                * ipre[:, _t : _t + 1]
             )
             _h_prev = _h
             _h = _a * _h + _bu
@@ -320,9 +326,9 @@ class HGRN(nn.Module):
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         if use_compiled_chunks(u_, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
-            _args = [env["W_i"], env["gam"], env["ipre"], env["f_pre"], env["f"], u_]
+            _args = [env["gam"], env["ipre"], env["f_pre"], env["f"], u_]
             _out_shape = (E,)
-            return run_compiled_chunks(self, h0, _args, [False, False, True, True, True, True], _out_shape)
+            return run_compiled_chunks(self, h0, _args, [False, True, True, True, True], _out_shape)
         _dev = env["_dev"]
         W_i = env["W_i"]
         W_f = env["W_f"]
@@ -334,7 +340,7 @@ class HGRN(nn.Module):
         f = env["f"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
         _a = f
-        _bu = (1 + (-gam)) * torch.sigmoid(-f_pre) * torch.sigmoid(ipre) * torch.einsum("ztj,ij->zti", u_, W_i)
+        _bu = (1 + (-gam)) * torch.sigmoid(-f_pre) * torch.sigmoid(ipre) * ipre
         _shape = (_B, _T, E)
         _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
         _read = _states
@@ -430,24 +436,21 @@ def _scan_fwd(
     h0_ptr,
     out_ptr,
     hT_ptr,
-    p_gam,
+    p_Gamma,
     p_ipre,
     p_f_pre,
-    p_f,
     p__sum0,
-    p_gam_s0,
+    p__sum1,
+    p_Gamma_s0,
+    p_Gamma_s1,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
     p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__sum1_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -476,15 +479,15 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
+    fa0 = tl.exp(x_Gamma) / x__sum1
+    fa1 = 1 + fa0 - x__sum0
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_f_pre = tl.load(p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
 
@@ -497,10 +500,6 @@ def _scan_fwd(
             x_f_pre_next = tl.load(
                 p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
-            x_f_next = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0_next = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
-            ).to(DTYPE)
 
         t = step
         if not PREFETCH:
@@ -508,13 +507,9 @@ def _scan_fwd(
             x_f_pre = tl.load(p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0).to(
                 DTYPE
             )
-            x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
 
-        a = x_f
-        bu = x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
+        a = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+        bu = fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
         if READOUT:
             coef = 1
         h = a * h + bu
@@ -526,8 +521,6 @@ def _scan_fwd(
         if PREFETCH:
             x_ipre = x_ipre_next
             x_f_pre = x_f_pre_next
-            x_f = x_f_next
-            x__sum0 = x__sum0_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 
@@ -542,24 +535,21 @@ def _scan_fwd_chunked(
     h0_ptr,
     out_ptr,
     hT_ptr,
-    p_gam,
+    p_Gamma,
     p_ipre,
     p_f_pre,
-    p_f,
     p__sum0,
-    p_gam_s0,
+    p__sum1,
+    p_Gamma_s0,
+    p_Gamma_s1,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
     p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__sum1_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -594,7 +584,11 @@ def _scan_fwd_chunked(
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
-    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
+    fa0 = tl.exp(x_Gamma) / x__sum1
+    fa1 = 1 + fa0 - x__sum0
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
         if STARTS:
@@ -607,13 +601,9 @@ def _scan_fwd_chunked(
         x_f_pre = tl.load(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
-        a = tl.where(mask_t, full + x_f, 1.0)
-        bu = tl.where(mask_t & mask, full + x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre), 0.0)
+        a = tl.where(mask_t, full + -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre), 1.0)
+        bu = tl.where(mask_t & mask, full + fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -633,29 +623,26 @@ def _scan_bwd_chunked(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
-    p_gam,
+    p_Gamma,
     p_ipre,
     p_f_pre,
-    p_f,
     p__sum0,
-    g_gam,
+    p__sum1,
+    g_Gamma,
     g_ipre,
     g_f_pre,
-    g_f,
     g__sum0,
-    p_gam_s0,
+    g__sum1,
+    p_Gamma_s0,
+    p_Gamma_s1,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
     p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__sum1_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -692,9 +679,20 @@ def _scan_bwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
-    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
-    ea4 = 1 - x_gam
-    acc_x_gam = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
+    fa0 = tl.exp(x_Gamma) / x__sum1
+    fa1 = 1 + fa0 - x__sum0
+    ea0 = tl.exp(x_Gamma)
+    ea1 = ea0 / x__sum1
+    ea2 = -ea1
+    ea4 = 1 + ea1 - x__sum0
+    ea12 = 1.0 / (x__sum1 * x__sum1)
+    ea13 = ea0 * ea12
+    acc_x_Gamma = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    acc_x__sum0 = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    acc_x__sum1 = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
         h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -707,12 +705,8 @@ def _scan_bwd_chunked(
         x_f_pre = tl.load(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
-        a_p = x_f
-        bu_p = x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
+        a_p = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+        bu_p = fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -727,11 +721,7 @@ def _scan_bwd_chunked(
         x_f_pre = tl.load(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
-        m = x_f
+        m = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
 
         m = tl.where(mask_t, full + m, 1.0)
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
@@ -743,13 +733,9 @@ def _scan_bwd_chunked(
         x_f_pre = tl.load(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
-        ).to(DTYPE)
         if READOUT:
-            a_t = x_f
-            bu_t = x__sum0 * (1 - x_gam) * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
+            a_t = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+            bu_t = fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
 
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
@@ -761,38 +747,55 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea0 = tl.sigmoid(x_ipre)
-        ea1 = tl.sigmoid(-x_f_pre)
-        ea2 = ea0 * ea1 * g
-        ea3 = ea2 * x__sum0
-        ea5 = ea3 * ea4
-        a = full + x_f
-        acc_x_gam += tl.sum(
-            tl.sum(tl.where(mask & mask_t, full + (-ea3), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
+        ea3 = tl.sigmoid(x_f_pre)
+        ea5 = tl.sigmoid(x_ipre)
+        ea6 = tl.sigmoid(-x_f_pre)
+        ea7 = ea5 * ea6
+        ea8 = g * x_ipre
+        ea9 = ea7 * ea8
+        ea10 = ea4 * ea7
+        ea11 = 1 - ea3
+        a = full + ea2 + x__sum0 + ea3 * ea4
+        acc_x_Gamma += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (ea1 * ea9 + ga * (ea2 + ea1 * ea3)), 0.0), axis=2, keep_dims=True),
+            axis=0,
+            keep_dims=True,
         )
         tl.atomic_add(
             g_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea5 * (1 - ea0)), 0.0), axis=2, keep_dims=True),
+            tl.sum(
+                tl.where(mask & mask_t, full + (g * (ea10 + ea10 * x_ipre * (1 - ea5))), 0.0), axis=2, keep_dims=True
+            ),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
             g_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2,
-            tl.sum(tl.where(mask & mask_t, full + (-ea5 * (1 - ea1)), 0.0), axis=2, keep_dims=True),
+            tl.sum(
+                tl.where(mask & mask_t, full + (-ea10 * ea8 * (1 - ea6) + ea11 * ea3 * ea4 * ga), 0.0),
+                axis=2,
+                keep_dims=True,
+            ),
             mask=mask_r & mask_t,
         )
-        tl.atomic_add(
-            g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ga), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
+        acc_x__sum0 += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (-ea9 + ea11 * ga), 0.0), axis=2, keep_dims=True),
+            axis=0,
+            keep_dims=True,
         )
-        tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea2 * ea4), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
+        acc_x__sum1 += tl.sum(
+            tl.sum(
+                tl.where(mask & mask_t, full + (-ea13 * ea9 + ga * (ea0 * ea12 - ea13 * ea3)), 0.0),
+                axis=2,
+                keep_dims=True,
+            ),
+            axis=0,
+            keep_dims=True,
         )
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
-    tl.atomic_add(g_gam + i_c * p_gam_s0, acc_x_gam, mask=mask_r)
+    tl.atomic_add(g_Gamma + i_c * p_Gamma_s1, acc_x_Gamma, mask=mask_r)
+    tl.atomic_add(g__sum0 + i_c * p__sum0_s0, acc_x__sum0, mask=mask_r)
+    tl.atomic_add(g__sum1 + i_c * p__sum1_s0, acc_x__sum1, mask=mask_r)
 
 
 @_jit
@@ -802,29 +805,26 @@ def _scan_bwd(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
-    p_gam,
+    p_Gamma,
     p_ipre,
     p_f_pre,
-    p_f,
     p__sum0,
-    g_gam,
+    p__sum1,
+    g_Gamma,
     g_ipre,
     g_f_pre,
-    g_f,
     g__sum0,
-    p_gam_s0,
+    g__sum1,
+    p_Gamma_s0,
+    p_Gamma_s1,
     p_ipre_s0,
     p_ipre_s1,
     p_ipre_s2,
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
     p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__sum1_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -852,17 +852,22 @@ def _scan_bwd(
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-    x_gam = tl.load(p_gam + i_c * p_gam_s0, mask=mask_r, other=0.0).to(DTYPE)
-    ea4 = 1 - x_gam
-    acc_x_gam = tl.zeros((BLOCK_R, 1), DTYPE)
+    x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
+    ea0 = tl.exp(x_Gamma)
+    ea1 = ea0 / x__sum1
+    ea2 = -ea1
+    ea4 = 1 + ea1 - x__sum0
+    ea12 = 1.0 / (x__sum1 * x__sum1)
+    ea13 = ea0 * ea12
+    acc_x_Gamma = tl.zeros((BLOCK_R, 1), DTYPE)
+    acc_x__sum0 = tl.zeros((BLOCK_R, 1), DTYPE)
+    acc_x__sum1 = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_f_pre = tl.load(p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
         h_prev = h_init
@@ -876,36 +881,33 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea0 = tl.sigmoid(x_ipre)
-        ea1 = tl.sigmoid(-x_f_pre)
-        ea2 = ea0 * ea1 * g
-        ea3 = ea2 * x__sum0
-        ea5 = ea3 * ea4
-        a = x_f
-        acc_x_gam += tl.sum(tl.where(mask, -ea3, 0.0), axis=1, keep_dims=True)
+        ea3 = tl.sigmoid(x_f_pre)
+        ea5 = tl.sigmoid(x_ipre)
+        ea6 = tl.sigmoid(-x_f_pre)
+        ea7 = ea5 * ea6
+        ea8 = g * x_ipre
+        ea9 = ea7 * ea8
+        ea10 = ea4 * ea7
+        ea11 = 1 - ea3
+        a = ea2 + x__sum0 + ea3 * ea4
+        acc_x_Gamma += tl.sum(tl.where(mask, ea1 * ea9 + ga * (ea2 + ea1 * ea3), 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
             g_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2,
-            tl.sum(tl.where(mask, ea5 * (1 - ea0), 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, g * (ea10 + ea10 * x_ipre * (1 - ea5)), 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
             g_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2,
-            tl.sum(tl.where(mask, -ea5 * (1 - ea1), 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, -ea10 * ea8 * (1 - ea6) + ea11 * ea3 * ea4 * ga, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
-        tl.atomic_add(
-            g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
-            tl.sum(tl.where(mask, ga, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
-        tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
-            tl.sum(tl.where(mask, ea2 * ea4, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
+        acc_x__sum0 += tl.sum(tl.where(mask, -ea9 + ea11 * ga, 0.0), axis=1, keep_dims=True)
+        acc_x__sum1 += tl.sum(tl.where(mask, -ea13 * ea9 + ga * (ea0 * ea12 - ea13 * ea3), 0.0), axis=1, keep_dims=True)
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
-    tl.atomic_add(g_gam + i_c * p_gam_s0, acc_x_gam, mask=mask_r)
+    tl.atomic_add(g_Gamma + i_c * p_Gamma_s1, acc_x_Gamma, mask=mask_r)
+    tl.atomic_add(g__sum0 + i_c * p__sum0_s0, acc_x__sum0, mask=mask_r)
+    tl.atomic_add(g__sum1 + i_c * p__sum1_s0, acc_x__sum1, mask=mask_r)
 
 
 def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
@@ -920,8 +922,11 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     ipre = env["ipre"]
     f_pre = env["f_pre"]
     f = env["f"]
-    _sum0 = (torch.einsum("ztj,ij->zti", u_, W_i)).expand(
-        _B, _T, E
+    _sum0 = (((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1)).expand(
+        E
+    )  # a sum inside the maths: computed in torch, read by the kernel
+    _sum1 = (torch.einsum("ij->i", (torch.exp(Gamma.permute(1, 0))))).expand(
+        E
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
     # the kernels accumulate in fp32 either way
@@ -930,7 +935,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (gam, ipre.to(_io), f_pre.to(_io), f.to(_io), _sum0.to(_io)),
+        (Gamma, ipre.to(_io), f_pre.to(_io), _sum0, _sum1),
         T=_T,
         dims=(d, E, L, layer, later),
         consts=(),

@@ -159,8 +159,12 @@ class QLSTM(nn.Module):
         d, e, Hd = self.d, self.e, self.Hd
         return Hd
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, u_, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", whose kernel computes f, ig itself from what they read
+        (None then).
+        """
         d, e, Hd = self.d, self.e, self.Hd
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -173,9 +177,11 @@ class QLSTM(nn.Module):
         b_i = self.b_i.to(_dtype)
         b_o = self.b_o.to(_dtype)
         x = torch.einsum("ztj,ij->zti", u_, W_x)  # let x[c: Hd] = sum(m, W_x[c, m] * u[m])
-        f = b_f + torch.einsum("ztj,ij->zti", x, W_f)  # let f[c: Hd] = sum(c2, W_f[c, c2] * x[c2]) + b_f[c]
-        ig = b_i + torch.einsum("ztj,ij->zti", x, W_i)  # let ig[c: Hd] = sum(c2, W_i[c, c2] * x[c2]) + b_i[c]
         og = b_o + torch.einsum("ztj,ij->zti", x, W_o)  # let og[c: Hd] = sum(c2, W_o[c, c2] * x[c2]) + b_o[c]
+        f = ig = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+            f = b_f + torch.einsum("ztj,ij->zti", x, W_f)  # let f[c: Hd] = sum(c2, W_f[c, c2] * x[c2]) + b_f[c]
+            ig = b_i + torch.einsum("ztj,ij->zti", x, W_i)  # let ig[c: Hd] = sum(c2, W_i[c, c2] * x[c2]) + b_i[c]
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -227,7 +233,7 @@ class QLSTM(nn.Module):
             if use_compiled_chunks(u_, h0, self):
                 env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
             else:
-                env = self._lets(u_, _dtype, running0)
+                env = self._lets(u_, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -278,7 +284,7 @@ class QLSTM(nn.Module):
     def _core_triton(self, u_, h0, env, _B, _T, _dtype):
         return _core_triton_available(self, u_, h0, env, _B, _T, _dtype)
 
-    def _diagonal_chunk(self, h0, W_x, f, ig, og, u_):
+    def _diagonal_chunk(self, h0, x, f, ig, og, u_):
         """A short chunk of the recurrence, step by step, for torch.compile to fuse into one loop nest.
 
         The time-varying lets and the input are this chunk's slices ([B, L, ...]); ``h0`` is [B, ...]. Positional
@@ -293,7 +299,7 @@ class QLSTM(nn.Module):
         _y = h0.new_empty((h0.shape[0], u_.shape[1], Hd))
         for _t in range(u_.shape[1]):
             _a = torch.sigmoid(f[:, _t : _t + 1])
-            _bu = torch.sigmoid(ig[:, _t : _t + 1]) * torch.einsum("ztj,ij->zti", u_[:, _t : _t + 1], W_x)
+            _bu = torch.sigmoid(ig[:, _t : _t + 1]) * x[:, _t : _t + 1]
             _h_prev = _h
             _h = _a * _h + _bu
             _read = _h
@@ -306,9 +312,9 @@ class QLSTM(nn.Module):
         d, e, Hd = self.d, self.e, self.Hd
         if use_compiled_chunks(u_, h0, self):
             # large CPU inference: torch.compile'd chunks of steps, no [B, T, N] intermediates (see dsfc.runtime)
-            _args = [env["W_x"], env["f"], env["ig"], env["og"], u_]
+            _args = [env["x"], env["f"], env["ig"], env["og"], u_]
             _out_shape = (Hd,)
-            return run_compiled_chunks(self, h0, _args, [False, True, True, True, True], _out_shape)
+            return run_compiled_chunks(self, h0, _args, [True, True, True, True, True], _out_shape)
         _dev = env["_dev"]
         W_x = env["W_x"]
         W_f = env["W_f"]
@@ -323,7 +329,7 @@ class QLSTM(nn.Module):
         og = env["og"]
         # diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)
         _a = torch.sigmoid(f)
-        _bu = torch.sigmoid(ig) * torch.einsum("ztj,ij->zti", u_, W_x)
+        _bu = torch.sigmoid(ig) * x
         _shape = (_B, _T, Hd)
         _states = diagonal_scan(_a.expand(_shape), _bu.expand(_shape), h0)
         _read = _states
@@ -426,22 +432,28 @@ def _scan_fwd(
     h0_ptr,
     out_ptr,
     hT_ptr,
-    p_f,
-    p_ig,
-    p_og,
+    p_b_f,
+    p_b_i,
+    p_b_o,
+    p_x,
     p__sum0,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_og_s0,
-    p_og_s1,
-    p_og_s2,
+    p__sum1,
+    p__sum2,
+    p_b_f_s0,
+    p_b_i_s0,
+    p_b_o_s0,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
+    p__sum2_s0,
+    p__sum2_s1,
+    p__sum2_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -468,41 +480,57 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_b_f = tl.load(p_b_f + i_c * p_b_f_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + i_c * p_b_i_s0, mask=mask_r, other=0.0).to(DTYPE)
+    if READOUT:
+        x_b_o = tl.load(p_b_o + i_c * p_b_o_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
         x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
+        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
         if READOUT:
-            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum2 = tl.load(p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
 
     for step in range(0, T):
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
-            x_f_next = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x_ig_next = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_x_next = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
             x__sum0_next = tl.load(
                 p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
+            x__sum1_next = tl.load(
+                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             if READOUT:
-                x_og_next = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+                x__sum2_next = tl.load(
+                    p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0
+                ).to(DTYPE)
 
         t = step
         if not PREFETCH:
-            x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
             x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
                 DTYPE
             )
+            x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
             if READOUT:
-                x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+                x__sum2 = tl.load(
+                    p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0
+                ).to(DTYPE)
 
-        a = tl.sigmoid(x_f)
-        bu = x__sum0 * tl.sigmoid(x_ig)
+        a = tl.sigmoid(x__sum0 + x_b_f)
+        bu = x_x * tl.sigmoid(x__sum1 + x_b_i)
         if READOUT:
-            coef = tl.sigmoid(x_og)
+            coef = tl.sigmoid(x__sum2 + x_b_o)
         h = a * h + bu
         if READOUT:
             y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
@@ -510,11 +538,11 @@ def _scan_fwd(
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
-            x_f = x_f_next
-            x_ig = x_ig_next
+            x_x = x_x_next
             x__sum0 = x__sum0_next
+            x__sum1 = x__sum1_next
             if READOUT:
-                x_og = x_og_next
+                x__sum2 = x__sum2_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 
@@ -529,22 +557,28 @@ def _scan_fwd_chunked(
     h0_ptr,
     out_ptr,
     hT_ptr,
-    p_f,
-    p_ig,
-    p_og,
+    p_b_f,
+    p_b_i,
+    p_b_o,
+    p_x,
     p__sum0,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_og_s0,
-    p_og_s1,
-    p_og_s2,
+    p__sum1,
+    p__sum2,
+    p_b_f_s0,
+    p_b_i_s0,
+    p_b_o_s0,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
+    p__sum2_s0,
+    p__sum2_s1,
+    p__sum2_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -577,25 +611,33 @@ def _scan_fwd_chunked(
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    x_b_f = tl.load(p_b_f + i_c * p_b_f_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + i_c * p_b_i_s0, mask=mask_r, other=0.0).to(DTYPE)
+    if READOUT:
+        x_b_o = tl.load(p_b_o + i_c * p_b_o_s0, mask=mask_r, other=0.0).to(DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
         if STARTS:
             tl.store(out_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, h, mask=mask)
         t = t0 + steps
         mask_t = t < T
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
-        a = tl.where(mask_t, full + tl.sigmoid(x_f), 1.0)
-        bu = tl.where(mask_t & mask, full + x__sum0 * tl.sigmoid(x_ig), 0.0)
+        a = tl.where(mask_t, full + tl.sigmoid(x__sum0 + x_b_f), 1.0)
+        bu = tl.where(mask_t & mask, full + x_x * tl.sigmoid(x__sum1 + x_b_i), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
-            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-            coef = tl.sigmoid(x_og)
+            x__sum2 = tl.load(
+                p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r & mask_t, other=0.0
+            ).to(DTYPE)
+            coef = tl.sigmoid(x__sum2 + x_b_o)
             y = tl.sum(tl.where(mask, coef * hs, 0.0), axis=2, keep_dims=True)
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r & mask_t)
         elif not STARTS:
@@ -611,26 +653,35 @@ def _scan_bwd_chunked(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
-    p_f,
-    p_ig,
-    p_og,
+    p_b_f,
+    p_b_i,
+    p_b_o,
+    p_x,
     p__sum0,
-    g_f,
-    g_ig,
-    g_og,
+    p__sum1,
+    p__sum2,
+    g_b_f,
+    g_b_i,
+    g_b_o,
+    g_x,
     g__sum0,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_og_s0,
-    p_og_s1,
-    p_og_s2,
+    g__sum1,
+    g__sum2,
+    p_b_f_s0,
+    p_b_i_s0,
+    p_b_o_s0,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
+    p__sum2_s0,
+    p__sum2_s1,
+    p__sum2_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -665,19 +716,28 @@ def _scan_bwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
+    x_b_f = tl.load(p_b_f + i_c * p_b_f_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + i_c * p_b_i_s0, mask=mask_r, other=0.0).to(DTYPE)
+    acc_x_b_f = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    acc_x_b_i = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    if READOUT:
+        x_b_o = tl.load(p_b_o + i_c * p_b_o_s0, mask=mask_r, other=0.0).to(DTYPE)
+        acc_x_b_o = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
         h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
         # h_(t-1) for every step t of the chunk: the chunk's maps moved one step later, the identity first
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        a_p = tl.sigmoid(x_f)
-        bu_p = x__sum0 * tl.sigmoid(x_ig)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        a_p = tl.sigmoid(x__sum0 + x_b_f)
+        bu_p = x_x * tl.sigmoid(x__sum1 + x_b_i)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -686,34 +746,44 @@ def _scan_bwd_chunked(
         # the multiplier of g_(t+1) in g_t is a_(t+1); 1 at the chunk's last step (the carry holds it) and past T
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        m = tl.sigmoid(x_f)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        m = tl.sigmoid(x__sum0 + x_b_f)
 
         m = tl.where(mask_t, full + m, 1.0)
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x__sum0 = tl.load(
             p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         if READOUT:
-            a_t = tl.sigmoid(x_f)
-            bu_t = x__sum0 * tl.sigmoid(x_ig)
+            a_t = tl.sigmoid(x__sum0 + x_b_f)
+            bu_t = x_x * tl.sigmoid(x__sum1 + x_b_i)
 
-            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+            x__sum2 = tl.load(
+                p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r & mask_t, other=0.0
+            ).to(DTYPE)
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
-            ec0 = tl.sigmoid(x_og)
+            ec0 = tl.sigmoid(x__sum2 + x_b_o)
+            ec1 = ec0 * gc * (1 - ec0)
             coef = ec0
+            acc_x_b_o += tl.sum(
+                tl.sum(tl.where(mask & mask_t, full + (ec1), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
+            )
             tl.atomic_add(
-                g_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2,
-                tl.sum(tl.where(mask & mask_t, full + (ec0 * gc * (1 - ec0)), 0.0), axis=2, keep_dims=True),
+                g__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2,
+                tl.sum(tl.where(mask & mask_t, full + (ec1), 0.0), axis=2, keep_dims=True),
                 mask=mask_r & mask_t,
             )
             e = tl.where(mask & mask_t, full + dy * coef, 0.0)
@@ -723,27 +793,39 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea0 = tl.sigmoid(x_f)
-        ea1 = tl.sigmoid(x_ig)
-        ea2 = ea1 * g
+        ea0 = tl.sigmoid(x__sum0 + x_b_f)
+        ea1 = ea0 * ga * (1 - ea0)
+        ea2 = tl.sigmoid(x__sum1 + x_b_i)
+        ea3 = ea2 * g
+        ea4 = ea3 * x_x * (1 - ea2)
         a = full + ea0
-        tl.atomic_add(
-            g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea0 * ga * (1 - ea0)), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
+        acc_x_b_f += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (ea1), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
+        )
+        acc_x_b_i += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (ea4), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
         )
         tl.atomic_add(
-            g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea2 * x__sum0 * (1 - ea1)), 0.0), axis=2, keep_dims=True),
+            g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea3), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
             g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea2), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea1), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea4), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
+    tl.atomic_add(g_b_f + i_c * p_b_f_s0, acc_x_b_f, mask=mask_r)
+    tl.atomic_add(g_b_i + i_c * p_b_i_s0, acc_x_b_i, mask=mask_r)
+    if READOUT:
+        tl.atomic_add(g_b_o + i_c * p_b_o_s0, acc_x_b_o, mask=mask_r)
 
 
 @_jit
@@ -753,26 +835,35 @@ def _scan_bwd(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
-    p_f,
-    p_ig,
-    p_og,
+    p_b_f,
+    p_b_i,
+    p_b_o,
+    p_x,
     p__sum0,
-    g_f,
-    g_ig,
-    g_og,
+    p__sum1,
+    p__sum2,
+    g_b_f,
+    g_b_i,
+    g_b_o,
+    g_x,
     g__sum0,
-    p_f_s0,
-    p_f_s1,
-    p_f_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_og_s0,
-    p_og_s1,
-    p_og_s2,
+    g__sum1,
+    g__sum2,
+    p_b_f_s0,
+    p_b_i_s0,
+    p_b_o_s0,
+    p_x_s0,
+    p_x_s1,
+    p_x_s2,
     p__sum0_s0,
     p__sum0_s1,
     p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
+    p__sum2_s0,
+    p__sum2_s1,
+    p__sum2_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -798,52 +889,73 @@ def _scan_bwd(
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_b_f = tl.load(p_b_f + i_c * p_b_f_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + i_c * p_b_i_s0, mask=mask_r, other=0.0).to(DTYPE)
+    acc_x_b_f = tl.zeros((BLOCK_R, 1), DTYPE)
+    acc_x_b_i = tl.zeros((BLOCK_R, 1), DTYPE)
+    if READOUT:
+        x_b_o = tl.load(p_b_o + i_c * p_b_o_s0, mask=mask_r, other=0.0).to(DTYPE)
+        acc_x_b_o = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
-        x_f = tl.load(p_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
         x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
+        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
         h_prev = h_init
         if t > 0:
             h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
         if READOUT:
-            x_og = tl.load(p_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum2 = tl.load(p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r, other=0.0).to(DTYPE)
             gc = dy * tl.load(states_ptr + (b * T + t) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-            ec0 = tl.sigmoid(x_og)
+            ec0 = tl.sigmoid(x__sum2 + x_b_o)
+            ec1 = ec0 * gc * (1 - ec0)
             coef = ec0
+            acc_x_b_o += tl.sum(tl.where(mask, ec1, 0.0), axis=1, keep_dims=True)
             tl.atomic_add(
-                g_og + b * p_og_s0 + t * p_og_s1 + i_c * p_og_s2,
-                tl.sum(tl.where(mask, ec0 * gc * (1 - ec0), 0.0), axis=1, keep_dims=True),
+                g__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2,
+                tl.sum(tl.where(mask, ec1, 0.0), axis=1, keep_dims=True),
                 mask=mask_r,
             )
             g = g + dy * coef
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea0 = tl.sigmoid(x_f)
-        ea1 = tl.sigmoid(x_ig)
-        ea2 = ea1 * g
+        ea0 = tl.sigmoid(x__sum0 + x_b_f)
+        ea1 = ea0 * ga * (1 - ea0)
+        ea2 = tl.sigmoid(x__sum1 + x_b_i)
+        ea3 = ea2 * g
+        ea4 = ea3 * x_x * (1 - ea2)
         a = ea0
+        acc_x_b_f += tl.sum(tl.where(mask, ea1, 0.0), axis=1, keep_dims=True)
+        acc_x_b_i += tl.sum(tl.where(mask, ea4, 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
-            g_f + b * p_f_s0 + t * p_f_s1 + i_c * p_f_s2,
-            tl.sum(tl.where(mask, ea0 * ga * (1 - ea0), 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
-        tl.atomic_add(
-            g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
-            tl.sum(tl.where(mask, ea2 * x__sum0 * (1 - ea1), 0.0), axis=1, keep_dims=True),
+            g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
+            tl.sum(tl.where(mask, ea3, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
             g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
-            tl.sum(tl.where(mask, ea2, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea1, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            tl.sum(tl.where(mask, ea4, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
+    tl.atomic_add(g_b_f + i_c * p_b_f_s0, acc_x_b_f, mask=mask_r)
+    tl.atomic_add(g_b_i + i_c * p_b_i_s0, acc_x_b_i, mask=mask_r)
+    if READOUT:
+        tl.atomic_add(g_b_o + i_c * p_b_o_s0, acc_x_b_o, mask=mask_r)
 
 
 def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
@@ -861,7 +973,13 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     f = env["f"]
     ig = env["ig"]
     og = env["og"]
-    _sum0 = (torch.einsum("ztj,ij->zti", u_, W_x)).expand(
+    _sum0 = (torch.einsum("ztj,ij->zti", x, W_f)).expand(
+        _B, _T, Hd
+    )  # a sum inside the maths: computed in torch, read by the kernel
+    _sum1 = (torch.einsum("ztj,ij->zti", x, W_i)).expand(
+        _B, _T, Hd
+    )  # a sum inside the maths: computed in torch, read by the kernel
+    _sum2 = (torch.einsum("ztj,ij->zti", x, W_o)).expand(
         _B, _T, Hd
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -871,7 +989,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (f.to(_io), ig.to(_io), og.to(_io), _sum0.to(_io)),
+        (b_f, b_i, b_o, x.to(_io), _sum0.to(_io), _sum1.to(_io), _sum2.to(_io)),
         T=_T,
         dims=(d, e, Hd),
         consts=(),

@@ -182,8 +182,12 @@ class RGLRU(nn.Module):
         W, nh, bw = self.W, self.nh, self.bw
         return W
 
-    def _lets(self, x, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, x, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", whose kernel computes r, ig, a itself from what they read
+        (None then).
+        """
         W, nh, bw = self.W, self.nh, self.bw
         _dev = x.device
         _B, _T = x.shape[0], x.shape[1]
@@ -193,23 +197,25 @@ class RGLRU(nn.Module):
         W_i = self.W_i.to(_dtype)
         b_i = self.b_i.to(_dtype)
         Lambda = self.Lambda.to(_dtype)
-        r = torch.sigmoid(
-            b_a[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
-            + torch.einsum(
-                "ztij,ij->zti",
-                (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
-                (W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
-            )
-        )  # let r[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_a[c // bw, i, c % bw]) + b_a[c // bw, c % bw])
-        ig = torch.sigmoid(
-            b_i[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
-            + torch.einsum(
-                "ztij,ij->zti",
-                (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
-                (W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
-            )
-        )  # let ig[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_i[c // bw, i, c % bw]) + b_i[c // bw, c % bw])
-        a = torch.exp(-(8 * F.softplus(Lambda) * r))  # let a[c: W] = exp(-8 * r[c] * softplus(Lambda[c]))
+        r = ig = a = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+            r = torch.sigmoid(
+                b_a[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
+                + torch.einsum(
+                    "ztij,ij->zti",
+                    (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
+                    (W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
+                )
+            )  # let r[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_a[c // bw, i, c % bw]) + b_a[c // bw, c % bw])
+            ig = torch.sigmoid(
+                b_i[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
+                + torch.einsum(
+                    "ztij,ij->zti",
+                    (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
+                    (W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
+                )
+            )  # let ig[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_i[c // bw, i, c % bw]) + b_i[c // bw, c % bw])
+            a = torch.exp(-(8 * F.softplus(Lambda) * r))  # let a[c: W] = exp(-8 * r[c] * softplus(Lambda[c]))
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -258,7 +264,7 @@ class RGLRU(nn.Module):
             if use_compiled_chunks(x, h0, self):
                 env = run_compiled_lets(self, x, _dtype, running0)  # Inductor fuses the maths
             else:
-                env = self._lets(x, _dtype, running0)
+                env = self._lets(x, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -471,24 +477,26 @@ def _scan_fwd(
     h0_ptr,
     out_ptr,
     hT_ptr,
+    p_b_a,
+    p_b_i,
     p_Lambda,
-    p_r,
-    p_ig,
-    p_a,
     p_x,
+    p__sum0,
+    p__sum1,
+    p_b_a_s0,
+    p_b_a_s1,
+    p_b_i_s0,
+    p_b_i_s1,
     p_Lambda_s0,
-    p_r_s0,
-    p_r_s1,
-    p_r_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_a_s0,
-    p_a_s1,
-    p_a_s2,
     p_x_s0,
     p_x_s1,
     p_x_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -515,31 +523,43 @@ def _scan_fwd(
     s_off = i_c + 0 * cc
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_b_a = tl.load(p_b_a + (i_c // dim_bw) * p_b_a_s0 + (i_c % dim_bw) * p_b_a_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + (i_c // dim_bw) * p_b_i_s0 + (i_c % dim_bw) * p_b_i_s1, mask=mask_r, other=0.0).to(DTYPE)
     x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
-        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
+        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
 
     for step in range(0, T):
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
-            x_r_next = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x_ig_next = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x_a_next = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_x_next = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum0_next = tl.load(
+                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
+            x__sum1_next = tl.load(
+                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
 
         t = step
         if not PREFETCH:
-            x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
+            x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
 
-        a = x_a
-        bu = x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda)))
+        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        a = tl.exp(-8 * fa0)
+        bu = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i)
         if READOUT:
             coef = 1
         h = a * h + bu
@@ -549,10 +569,9 @@ def _scan_fwd(
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
-            x_r = x_r_next
-            x_ig = x_ig_next
-            x_a = x_a_next
             x_x = x_x_next
+            x__sum0 = x__sum0_next
+            x__sum1 = x__sum1_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 
@@ -567,24 +586,26 @@ def _scan_fwd_chunked(
     h0_ptr,
     out_ptr,
     hT_ptr,
+    p_b_a,
+    p_b_i,
     p_Lambda,
-    p_r,
-    p_ig,
-    p_a,
     p_x,
+    p__sum0,
+    p__sum1,
+    p_b_a_s0,
+    p_b_a_s1,
+    p_b_i_s0,
+    p_b_i_s1,
     p_Lambda_s0,
-    p_r_s0,
-    p_r_s1,
-    p_r_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_a_s0,
-    p_a_s1,
-    p_a_s2,
     p_x_s0,
     p_x_s1,
     p_x_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -617,6 +638,8 @@ def _scan_fwd_chunked(
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
+    x_b_a = tl.load(p_b_a + (i_c // dim_bw) * p_b_a_s0 + (i_c % dim_bw) * p_b_a_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + (i_c // dim_bw) * p_b_i_s0 + (i_c % dim_bw) * p_b_i_s1, mask=mask_r, other=0.0).to(DTYPE)
     x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
@@ -624,13 +647,17 @@ def _scan_fwd_chunked(
             tl.store(out_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, h, mask=mask)
         t = t0 + steps
         mask_t = t < T
-        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
-        a = tl.where(mask_t, full + x_a, 1.0)
-        bu = tl.where(mask_t & mask, full + x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda))), 0.0)
+        a = tl.where(mask_t, full + tl.exp(-8 * fa0), 1.0)
+        bu = tl.where(mask_t & mask, full + x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -650,29 +677,32 @@ def _scan_bwd_chunked(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
+    p_b_a,
+    p_b_i,
     p_Lambda,
-    p_r,
-    p_ig,
-    p_a,
     p_x,
+    p__sum0,
+    p__sum1,
+    g_b_a,
+    g_b_i,
     g_Lambda,
-    g_r,
-    g_ig,
-    g_a,
     g_x,
+    g__sum0,
+    g__sum1,
+    p_b_a_s0,
+    p_b_a_s1,
+    p_b_i_s0,
+    p_b_i_s1,
     p_Lambda_s0,
-    p_r_s0,
-    p_r_s1,
-    p_r_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_a_s0,
-    p_a_s1,
-    p_a_s2,
     p_x_s0,
     p_x_s1,
     p_x_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -707,8 +737,11 @@ def _scan_bwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
+    x_b_a = tl.load(p_b_a + (i_c // dim_bw) * p_b_a_s0 + (i_c % dim_bw) * p_b_a_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + (i_c // dim_bw) * p_b_i_s0 + (i_c % dim_bw) * p_b_i_s1, mask=mask_r, other=0.0).to(DTYPE)
     x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
-    ea0 = _softplus(x_Lambda)
+    acc_x_b_a = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    acc_x_b_i = tl.zeros((1, BLOCK_R, 1), DTYPE)
     acc_x_Lambda = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
@@ -716,12 +749,16 @@ def _scan_bwd_chunked(
         # h_(t-1) for every step t of the chunk: the chunk's maps moved one step later, the identity first
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
-        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        a_p = x_a
-        bu_p = x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda)))
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        a_p = tl.exp(-8 * fa0)
+        bu_p = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -730,23 +767,31 @@ def _scan_bwd_chunked(
         # the multiplier of g_(t+1) in g_t is a_(t+1); 1 at the chunk's last step (the carry holds it) and past T
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
-        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        m = x_a
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        m = tl.exp(-8 * fa0)
 
         m = tl.where(mask_t, full + m, 1.0)
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
-        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        x__sum1 = tl.load(
+            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         if READOUT:
-            a_t = x_a
-            bu_t = x_ig * x_x * tl.sqrt(-_expm1(-16 * x_r * _softplus(x_Lambda)))
+            fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+            a_t = tl.exp(-8 * fa0)
+            bu_t = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i)
 
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
@@ -758,39 +803,52 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea1 = -16 * ea0 * x_r
-        ea2 = _expm1(ea1)
-        ea3 = g * tl.sqrt(-ea2)
-        ea4 = ea3 * x_x
-        ea5 = 8 * ea4 * x_ig * tl.exp(ea1) / ea2
-        a = full + x_a
+        ea0 = tl.sigmoid(x__sum0 + x_b_a)
+        ea1 = ea0 * _softplus(x_Lambda)
+        ea2 = 8 * ea1
+        ea3 = tl.exp(-ea2)
+        ea4 = ea3 * ga
+        ea5 = ea2 * (1 - ea0)
+        ea6 = -16 * ea1
+        ea7 = _expm1(ea6)
+        ea8 = tl.sigmoid(x__sum1 + x_b_i)
+        ea9 = ea8 * g * tl.sqrt(-ea7)
+        ea10 = ea9 * x_x
+        ea11 = ea10 * tl.exp(ea6) / ea7
+        ea12 = -ea11 * ea5 - ea4 * ea5
+        ea13 = ea10 * (1 - ea8)
+        ea14 = 8 * ea0 * tl.sigmoid(x_Lambda)
+        a = full + ea3
+        acc_x_b_a += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (ea12), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
+        )
+        acc_x_b_i += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (ea13), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
+        )
         acc_x_Lambda += tl.sum(
-            tl.sum(tl.where(mask & mask_t, full + (-ea5 * x_r * tl.sigmoid(x_Lambda)), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (-ea11 * ea14 - ea14 * ea4), 0.0), axis=2, keep_dims=True),
             axis=0,
             keep_dims=True,
         )
         tl.atomic_add(
-            g_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2,
-            tl.sum(tl.where(mask & mask_t, full + (-ea0 * ea5), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
-        )
-        tl.atomic_add(
-            g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea4), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
-        )
-        tl.atomic_add(
-            g_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ga), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
-        )
-        tl.atomic_add(
             g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea3 * x_ig), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea9), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea12), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea13), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
+    tl.atomic_add(g_b_a + (i_c // dim_bw) * p_b_a_s0 + (i_c % dim_bw) * p_b_a_s1, acc_x_b_a, mask=mask_r)
+    tl.atomic_add(g_b_i + (i_c // dim_bw) * p_b_i_s0 + (i_c % dim_bw) * p_b_i_s1, acc_x_b_i, mask=mask_r)
     tl.atomic_add(g_Lambda + i_c * p_Lambda_s0, acc_x_Lambda, mask=mask_r)
 
 
@@ -801,29 +859,32 @@ def _scan_bwd(
     dout_ptr,
     dhT_ptr,
     dh0_ptr,
+    p_b_a,
+    p_b_i,
     p_Lambda,
-    p_r,
-    p_ig,
-    p_a,
     p_x,
+    p__sum0,
+    p__sum1,
+    g_b_a,
+    g_b_i,
     g_Lambda,
-    g_r,
-    g_ig,
-    g_a,
     g_x,
+    g__sum0,
+    g__sum1,
+    p_b_a_s0,
+    p_b_a_s1,
+    p_b_i_s0,
+    p_b_i_s1,
     p_Lambda_s0,
-    p_r_s0,
-    p_r_s1,
-    p_r_s2,
-    p_ig_s0,
-    p_ig_s1,
-    p_ig_s2,
-    p_a_s0,
-    p_a_s1,
-    p_a_s2,
     p_x_s0,
     p_x_s1,
     p_x_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
+    p__sum1_s0,
+    p__sum1_s1,
+    p__sum1_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -849,15 +910,21 @@ def _scan_bwd(
     y_off = i_c
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
+    x_b_a = tl.load(p_b_a + (i_c // dim_bw) * p_b_a_s0 + (i_c % dim_bw) * p_b_a_s1, mask=mask_r, other=0.0).to(DTYPE)
+    x_b_i = tl.load(p_b_i + (i_c // dim_bw) * p_b_i_s0 + (i_c % dim_bw) * p_b_i_s1, mask=mask_r, other=0.0).to(DTYPE)
     x_Lambda = tl.load(p_Lambda + i_c * p_Lambda_s0, mask=mask_r, other=0.0).to(DTYPE)
-    ea0 = _softplus(x_Lambda)
+    acc_x_b_a = tl.zeros((BLOCK_R, 1), DTYPE)
+    acc_x_b_i = tl.zeros((BLOCK_R, 1), DTYPE)
     acc_x_Lambda = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
-        x_r = tl.load(p_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_ig = tl.load(p_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x_a = tl.load(p_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
+        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
         h_prev = h_init
         if t > 0:
             h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -869,35 +936,44 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea1 = -16 * ea0 * x_r
-        ea2 = _expm1(ea1)
-        ea3 = g * tl.sqrt(-ea2)
-        ea4 = ea3 * x_x
-        ea5 = 8 * ea4 * x_ig * tl.exp(ea1) / ea2
-        a = x_a
-        acc_x_Lambda += tl.sum(tl.where(mask, -ea5 * x_r * tl.sigmoid(x_Lambda), 0.0), axis=1, keep_dims=True)
-        tl.atomic_add(
-            g_r + b * p_r_s0 + t * p_r_s1 + i_c * p_r_s2,
-            tl.sum(tl.where(mask, -ea0 * ea5, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
-        tl.atomic_add(
-            g_ig + b * p_ig_s0 + t * p_ig_s1 + i_c * p_ig_s2,
-            tl.sum(tl.where(mask, ea4, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
-        tl.atomic_add(
-            g_a + b * p_a_s0 + t * p_a_s1 + i_c * p_a_s2,
-            tl.sum(tl.where(mask, ga, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
+        ea0 = tl.sigmoid(x__sum0 + x_b_a)
+        ea1 = ea0 * _softplus(x_Lambda)
+        ea2 = 8 * ea1
+        ea3 = tl.exp(-ea2)
+        ea4 = ea3 * ga
+        ea5 = ea2 * (1 - ea0)
+        ea6 = -16 * ea1
+        ea7 = _expm1(ea6)
+        ea8 = tl.sigmoid(x__sum1 + x_b_i)
+        ea9 = ea8 * g * tl.sqrt(-ea7)
+        ea10 = ea9 * x_x
+        ea11 = ea10 * tl.exp(ea6) / ea7
+        ea12 = -ea11 * ea5 - ea4 * ea5
+        ea13 = ea10 * (1 - ea8)
+        ea14 = 8 * ea0 * tl.sigmoid(x_Lambda)
+        a = ea3
+        acc_x_b_a += tl.sum(tl.where(mask, ea12, 0.0), axis=1, keep_dims=True)
+        acc_x_b_i += tl.sum(tl.where(mask, ea13, 0.0), axis=1, keep_dims=True)
+        acc_x_Lambda += tl.sum(tl.where(mask, -ea11 * ea14 - ea14 * ea4, 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
             g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
-            tl.sum(tl.where(mask, ea3 * x_ig, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea9, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            tl.sum(tl.where(mask, ea12, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            tl.sum(tl.where(mask, ea13, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
+    tl.atomic_add(g_b_a + (i_c // dim_bw) * p_b_a_s0 + (i_c % dim_bw) * p_b_a_s1, acc_x_b_a, mask=mask_r)
+    tl.atomic_add(g_b_i + (i_c // dim_bw) * p_b_i_s0 + (i_c % dim_bw) * p_b_i_s1, acc_x_b_i, mask=mask_r)
     tl.atomic_add(g_Lambda + i_c * p_Lambda_s0, acc_x_Lambda, mask=mask_r)
 
 
@@ -913,6 +989,24 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     r = env["r"]
     ig = env["ig"]
     a = env["a"]
+    _sum0 = (
+        torch.einsum(
+            "ztij,ij->zti",
+            (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
+            (W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
+        )
+    ).expand(
+        _B, _T, W
+    )  # a sum inside the maths: computed in torch, read by the kernel
+    _sum1 = (
+        torch.einsum(
+            "ztij,ij->zti",
+            (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
+            (W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
+        )
+    ).expand(
+        _B, _T, W
+    )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
@@ -920,7 +1014,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (Lambda, r.to(_io), ig.to(_io), a.to(_io), x.to(_io)),
+        (b_a, b_i, Lambda, x.to(_io), _sum0.to(_io), _sum1.to(_io)),
         T=_T,
         dims=(W, nh, bw),
         consts=(),

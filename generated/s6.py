@@ -165,8 +165,12 @@ class S6(nn.Module):
         d, n, r = self.d, self.n, self.r
         return d * n
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, u_, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", whose kernel computes dt itself from what it reads
+        (None then).
+        """
         d, n, r = self.d, self.n, self.r
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -178,11 +182,13 @@ class S6(nn.Module):
         W_B = self.W_B.to(_dtype)
         W_C = self.W_C.to(_dtype)
         D = self.D.to(_dtype)
-        dt = F.softplus(
-            b_dt + torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))
-        )  # let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])
         b = torch.einsum("ztj,ij->zti", u_, W_B)  # let b[j: n] = sum(k, W_B[j, k] * u[k])
         cq = torch.einsum("ztj,ij->zti", u_, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * u[k])
+        dt = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+            dt = F.softplus(
+                b_dt + torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))
+            )  # let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -233,7 +239,7 @@ class S6(nn.Module):
             if use_compiled_chunks(u_, h0, self):
                 env = run_compiled_lets(self, u_, _dtype, running0)  # Inductor fuses the maths
             else:
-                env = self._lets(u_, _dtype, running0)
+                env = self._lets(u_, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -436,20 +442,27 @@ def _jit(fn):
 
 
 @_jit
+def _softplus(x):
+    # log1p(exp(x)) as Kahan's log(w) * e / (w - 1): where 1 + e rounds to 1 (x < -17 in fp32) it is e, not 0
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    return tl.where(x > 20.0, x, tl.where(w == 1.0, e, tl.log(w) * e / tl.where(w == 1.0, 1.0, w - 1.0)))
+
+
+@_jit
 def _scan_fwd(
     h0_ptr,
     out_ptr,
     hT_ptr,
     p_A_log,
-    p_dt,
+    p_b_dt,
     p_b,
     p_cq,
     p_u,
+    p__sum0,
     p_A_log_s0,
     p_A_log_s1,
-    p_dt_s0,
-    p_dt_s1,
-    p_dt_s2,
+    p_b_dt_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -459,6 +472,9 @@ def _scan_fwd(
     p_u_s0,
     p_u_s1,
     p_u_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -487,33 +503,41 @@ def _scan_fwd(
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
         if READOUT:
             x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
 
     for step in range(0, T):
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
-            x_dt_next = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_b_next = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
             x_u_next = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum0_next = tl.load(
+                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             if READOUT:
                 x_cq_next = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
 
         t = step
         if not PREFETCH:
-            x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
             x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
             x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+                DTYPE
+            )
             if READOUT:
                 x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
 
-        a = tl.exp(-x_dt * tl.exp(x_A_log))
-        bu = x_b * x_dt * x_u
+        fa0 = _softplus(x__sum0 + x_b_dt)
+        a = tl.exp(-fa0 * tl.exp(x_A_log))
+        bu = fa0 * x_b * x_u
         if READOUT:
             coef = x_cq
         h = a * h + bu
@@ -523,9 +547,9 @@ def _scan_fwd(
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
-            x_dt = x_dt_next
             x_b = x_b_next
             x_u = x_u_next
+            x__sum0 = x__sum0_next
             if READOUT:
                 x_cq = x_cq_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
@@ -543,15 +567,14 @@ def _scan_fwd_chunked(
     out_ptr,
     hT_ptr,
     p_A_log,
-    p_dt,
+    p_b_dt,
     p_b,
     p_cq,
     p_u,
+    p__sum0,
     p_A_log_s0,
     p_A_log_s1,
-    p_dt_s0,
-    p_dt_s1,
-    p_dt_s2,
+    p_b_dt_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -561,6 +584,9 @@ def _scan_fwd_chunked(
     p_u_s0,
     p_u_s1,
     p_u_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -595,18 +621,22 @@ def _scan_fwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
         if STARTS:
             tl.store(out_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, h, mask=mask)
         t = t0 + steps
         mask_t = t < T
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        fa0 = _softplus(x__sum0 + x_b_dt)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
-        a = tl.where(mask_t, full + tl.exp(-x_dt * tl.exp(x_A_log)), 1.0)
-        bu = tl.where(mask_t & mask, full + x_b * x_dt * x_u, 0.0)
+        a = tl.where(mask_t, full + tl.exp(-fa0 * tl.exp(x_A_log)), 1.0)
+        bu = tl.where(mask_t & mask, full + fa0 * x_b * x_u, 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -628,20 +658,20 @@ def _scan_bwd_chunked(
     dhT_ptr,
     dh0_ptr,
     p_A_log,
-    p_dt,
+    p_b_dt,
     p_b,
     p_cq,
     p_u,
+    p__sum0,
     g_A_log,
-    g_dt,
+    g_b_dt,
     g_b,
     g_cq,
     g_u,
+    g__sum0,
     p_A_log_s0,
     p_A_log_s1,
-    p_dt_s0,
-    p_dt_s1,
-    p_dt_s2,
+    p_b_dt_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -651,6 +681,9 @@ def _scan_bwd_chunked(
     p_u_s0,
     p_u_s1,
     p_u_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -687,19 +720,24 @@ def _scan_bwd_chunked(
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
     ea0 = tl.exp(x_A_log)
     acc_x_A_log = tl.zeros((1, BLOCK_R, BLOCK_C), DTYPE)
+    acc_x_b_dt = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
         h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
         # h_(t-1) for every step t of the chunk: the chunk's maps moved one step later, the identity first
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        a_p = tl.exp(-x_dt * tl.exp(x_A_log))
-        bu_p = x_b * x_dt * x_u
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        fa0 = _softplus(x__sum0 + x_b_dt)
+        a_p = tl.exp(-fa0 * tl.exp(x_A_log))
+        bu_p = fa0 * x_b * x_u
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -708,21 +746,27 @@ def _scan_bwd_chunked(
         # the multiplier of g_(t+1) in g_t is a_(t+1); 1 at the chunk's last step (the carry holds it) and past T
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        m = tl.exp(-x_dt * tl.exp(x_A_log))
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
+        fa0 = _softplus(x__sum0 + x_b_dt)
+        m = tl.exp(-fa0 * tl.exp(x_A_log))
 
         m = tl.where(mask_t, full + m, 1.0)
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(
+            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        ).to(DTYPE)
         if READOUT:
-            a_t = tl.exp(-x_dt * tl.exp(x_A_log))
-            bu_t = x_b * x_dt * x_u
+            fa0 = _softplus(x__sum0 + x_b_dt)
+            a_t = tl.exp(-fa0 * tl.exp(x_A_log))
+            bu_t = fa0 * x_b * x_u
 
             x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
@@ -740,30 +784,38 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea1 = ea0 * x_dt
-        ea2 = tl.exp(-ea1)
-        ea3 = ea2 * ga
-        ea4 = g * x_u
-        a = full + ea2
-        acc_x_A_log += tl.sum(tl.where(mask & mask_t, full + (-ea1 * ea3), 0.0), axis=0, keep_dims=True)
-        tl.atomic_add(
-            g_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2,
-            tl.sum(tl.where(mask & mask_t, full + (-ea0 * ea3 + ea4 * x_b), 0.0), axis=2, keep_dims=True),
-            mask=mask_r & mask_t,
+        ea1 = x__sum0 + x_b_dt
+        ea2 = _softplus(ea1)
+        ea3 = ea0 * ea2
+        ea4 = tl.exp(-ea3)
+        ea5 = ea4 * ga
+        ea6 = tl.sigmoid(ea1)
+        ea7 = -ea0 * ea5 * ea6 + ea6 * g * x_b * x_u
+        ea8 = ea2 * g
+        a = full + ea4
+        acc_x_A_log += tl.sum(tl.where(mask & mask_t, full + (-ea3 * ea5), 0.0), axis=0, keep_dims=True)
+        acc_x_b_dt += tl.sum(
+            tl.sum(tl.where(mask & mask_t, full + (ea7), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
         )
         tl.atomic_add(
             g_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2,
-            tl.sum(tl.where(mask & mask_t, full + (ea4 * x_dt), 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea8 * x_u), 0.0), axis=1, keep_dims=True),
             mask=mask_c & mask_t,
         )
         tl.atomic_add(
             g_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2,
-            tl.sum(tl.where(mask & mask_t, full + (g * x_b * x_dt), 0.0), axis=2, keep_dims=True),
+            tl.sum(tl.where(mask & mask_t, full + (ea8 * x_b), 0.0), axis=2, keep_dims=True),
+            mask=mask_r & mask_t,
+        )
+        tl.atomic_add(
+            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            tl.sum(tl.where(mask & mask_t, full + (ea7), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
     tl.atomic_add(g_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, acc_x_A_log, mask=mask)
+    tl.atomic_add(g_b_dt + i_c * p_b_dt_s0, acc_x_b_dt, mask=mask_r)
 
 
 @_jit
@@ -774,20 +826,20 @@ def _scan_bwd(
     dhT_ptr,
     dh0_ptr,
     p_A_log,
-    p_dt,
+    p_b_dt,
     p_b,
     p_cq,
     p_u,
+    p__sum0,
     g_A_log,
-    g_dt,
+    g_b_dt,
     g_b,
     g_cq,
     g_u,
+    g__sum0,
     p_A_log_s0,
     p_A_log_s1,
-    p_dt_s0,
-    p_dt_s1,
-    p_dt_s2,
+    p_b_dt_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -797,6 +849,9 @@ def _scan_bwd(
     p_u_s0,
     p_u_s1,
     p_u_s2,
+    p__sum0_s0,
+    p__sum0_s1,
+    p__sum0_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -824,13 +879,17 @@ def _scan_bwd(
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
     ea0 = tl.exp(x_A_log)
     acc_x_A_log = tl.zeros((BLOCK_R, BLOCK_C), DTYPE)
+    acc_x_b_dt = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
-        x_dt = tl.load(p_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2, mask=mask_r, other=0.0).to(DTYPE)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
+        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+            DTYPE
+        )
         h_prev = h_init
         if t > 0:
             h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -848,30 +907,36 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea1 = ea0 * x_dt
-        ea2 = tl.exp(-ea1)
-        ea3 = ea2 * ga
-        ea4 = g * x_u
-        a = ea2
-        acc_x_A_log += -ea1 * ea3
-        tl.atomic_add(
-            g_dt + b * p_dt_s0 + t * p_dt_s1 + i_c * p_dt_s2,
-            tl.sum(tl.where(mask, -ea0 * ea3 + ea4 * x_b, 0.0), axis=1, keep_dims=True),
-            mask=mask_r,
-        )
+        ea1 = x__sum0 + x_b_dt
+        ea2 = _softplus(ea1)
+        ea3 = ea0 * ea2
+        ea4 = tl.exp(-ea3)
+        ea5 = ea4 * ga
+        ea6 = tl.sigmoid(ea1)
+        ea7 = -ea0 * ea5 * ea6 + ea6 * g * x_b * x_u
+        ea8 = ea2 * g
+        a = ea4
+        acc_x_A_log += -ea3 * ea5
+        acc_x_b_dt += tl.sum(tl.where(mask, ea7, 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
             g_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2,
-            tl.sum(tl.where(mask, ea4 * x_dt, 0.0), axis=0, keep_dims=True),
+            tl.sum(tl.where(mask, ea8 * x_u, 0.0), axis=0, keep_dims=True),
             mask=mask_c,
         )
         tl.atomic_add(
             g_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2,
-            tl.sum(tl.where(mask, g * x_b * x_dt, 0.0), axis=1, keep_dims=True),
+            tl.sum(tl.where(mask, ea8 * x_b, 0.0), axis=1, keep_dims=True),
+            mask=mask_r,
+        )
+        tl.atomic_add(
+            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            tl.sum(tl.where(mask, ea7, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
     tl.atomic_add(g_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, acc_x_A_log, mask=mask)
+    tl.atomic_add(g_b_dt + i_c * p_b_dt_s0, acc_x_b_dt, mask=mask_r)
 
 
 def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
@@ -888,6 +953,9 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
+    _sum0 = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))).expand(
+        _B, _T, d
+    )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
@@ -895,7 +963,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (A_log, dt.to(_io), b.to(_io), cq.to(_io), u_.to(_io)),
+        (A_log, b_dt, b.to(_io), cq.to(_io), u_.to(_io), _sum0.to(_io)),
         T=_T,
         dims=(d, n, r),
         consts=(),

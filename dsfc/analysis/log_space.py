@@ -68,7 +68,7 @@ def exact_log(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
         let = sym.let(sym.base_name(expr.base))
         if let is None or let.running or let.feature is not None:
             return None
-        body = sp.S(let.expr).subs(dict(zip(let.index, expr.indices)), simultaneous=True)
+        body = let.value_at(expr.indices)
         return exact_log(body, sym)
     return None
 
@@ -266,7 +266,7 @@ def prev_reads(expr: sp.Expr, sym: SymSpec) -> list[tuple[sp.Expr, sp.Expr]]:
         reads = {e for e in sp.preorder_traversal(expr)
                  if isinstance(e, sp.Indexed) and sym.base_name(e.base) == p.tensor.name}
         for prev_x in sorted(reads, key=sp.default_sort_key):
-            out.append((prev_x, sp.S(p.args[0]).subs(dict(zip(p.index, prev_x.indices)), simultaneous=True)))
+            out.append((prev_x, p.value_at(prev_x.indices, p.args[0])))
     return out
 
 
@@ -312,7 +312,7 @@ def _affine_complement(p: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
     comp = _q_complement(q)
     if comp is None:
         return None
-    return (b * comp).subs(dict(zip(let.index, p.indices)), simultaneous=True)
+    return let.value_at(p.indices, b * comp)
 
 
 def hoist_complement_sums(sym: SymSpec, entries) -> SymSpec:

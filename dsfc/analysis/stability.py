@@ -476,7 +476,7 @@ def _inline_lets(sym: SymSpec, expr, depth: int = 1):
         def repl(e):
             if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
                 let = lets[str(e.base.label)]
-                return let.expr.subs(dict(zip(let.index, e.indices)), simultaneous=True)
+                return let.value_at(e.indices)
             return None
         expr = expr.replace(lambda e: repl(e) is not None, repl)
     return expr
@@ -495,7 +495,7 @@ def _inline_products(sym: SymSpec, expr):
 
     def repl(e):
         let = lets[str(e.base.label)]
-        return let.expr.subs(dict(zip(let.index, e.indices)), simultaneous=True)
+        return let.value_at(e.indices)
 
     for _ in range(len(lets)):
         new = expr.replace(lambda e: isinstance(e, sp.Indexed) and str(e.base.label) in lets, repl)

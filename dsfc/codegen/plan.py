@@ -20,6 +20,7 @@ from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
 from ..ir.functions import Elu1p, Expm1, TaylorRange
+from ..ir.let_reuse import reuse_lets
 from ..ir.symspec import SymSpec
 from ..lang.errors import SpecError, SpecErrors
 from .printers import PrinterError, TensorRef, TorchPrinter
@@ -95,6 +96,7 @@ class LetPlan:
     args: list[str] = field(default_factory=list)
     shape: str = ""  # "_B, _T, <let axes>"
     window: str = ""  # window(x): the window length (the extent of the let's last axis)
+    in_kernel: bool = False  # the Triton kernel computes it (TritonPlan.kernel_lets): _lets(_kernel=True) skips it
 
     @property
     def carried_shape(self) -> str:
@@ -196,15 +198,22 @@ def _check_python_names(sym: SymSpec) -> None:
                              sym.checked.spec.path, sym.checked.spec.source)
 
 
-def _without_cancellation(st, sym: SymSpec):
-    """``st`` with every expression's ``1 - P`` written without cancellation (``log_space.complements``): the
-    torch and Triton paths print the same forms."""
+def _map_expressions(st, fn):
+    """``st`` with ``fn`` applied to every expression it holds (the kernel form excepted)."""
     if isinstance(st, sp.Basic):
-        return complements(st, sym)
+        return fn(st)
     if dataclasses.is_dataclass(st) and not isinstance(st, type):
-        return dataclasses.replace(st, **{f.name: _without_cancellation(getattr(st, f.name), sym)
+        return dataclasses.replace(st, **{f.name: _map_expressions(getattr(st, f.name), fn)
                                           for f in dataclasses.fields(st) if f.name != "kernel"})
     return st
+
+
+def _for_printing(st, sym: SymSpec):
+    """``st`` as both the torch and the Triton paths print it: every ``1 - P`` written without cancellation
+    (``log_space.complements``), every sum a let already computes read from the let (``ir.let_reuse``)."""
+    ranges = {s: a.extent for s, a in zip(st.a.rows, sym.state.axes)}
+    ranges.update({s: a.extent for s, a in zip(st.readout.out_syms, sym.output.axes)})
+    return _map_expressions(st, lambda e: reuse_lets(complements(e, sym), sym, ranges))
 
 
 def _expressions(st):
@@ -221,7 +230,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     _check_python_names(sym)
     # 1 - f for a gate f = a + (1 - a) sigmoid(sum(...)): the sum becomes a let of its own, read by both forms
     sym = hoist_complement_sums(sym, [m.entry for m in sym.matrices.values()])
-    st = _without_cancellation(st, sym)
+    st = _for_printing(st, sym)
     dims_code = {v: py_name(k) for k, v in sym.dims.items()}
     tensors: dict[str, TensorRef] = {}
     def extents(t):
@@ -329,6 +338,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
         core += readout
         triton, triton_note = plan_triton_diagonal(sym, st, pr, readout)
+        if triton is not None:
+            lets = [dataclasses.replace(x, in_kernel=not x.running and x.name not in triton.kernel_lets) for x in lets]
         step_body = _step_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
         used = set()
         for e in (st.a.decay, st.bu, st.readout.ch, st.readout.du):

@@ -3,9 +3,14 @@ kernels of a diagonal-scan spec (``templates/triton_diagonal.py.jinja`` lays the
 
 The recurrence, per state entry s:   h_t[s] = a_t[s] h_(t-1)[s] + bu_t[s],    y_t[o] = sum_red coef_t[s] h_t[s]
 
-1. Sums inside ``a``, ``bu`` or the readout coefficient (projections of the input) are hoisted to torch: each
-   becomes a tensor over the state axes it depends on, computed in the module before the launch
-   (``hoisted``). Only params, lets, the input and those tensors cross into the kernel.
+1. Lets read by ``a``, ``bu`` or the readout coefficient are inlined (their definitions substituted, to any depth),
+   except running lets, feature maps and lets that are a bare sum: the spec's elementwise maths (softplus of a
+   projection plus a bias, gates, exp(-8 r softplus(Lambda))) then runs in the kernel's registers, and the torch
+   side computes only the projections (``kernel_lets``: the lets the Triton path still needs from ``_lets``).
+   Sums inside the result (projections of the input) are hoisted to torch: each distinct sum becomes a tensor over
+   the state axes it depends on, computed in the module before the launch (``hoisted``); a sum a bare-sum let
+   already computes reads that let (``ir.let_reuse``). Only params, lets, the input and those tensors cross into
+   the kernel. When the inlined maths does not print to Triton, the plan is made again without inlining.
 2. The readout ``C h`` is split, when it has the form ``sum_red coef[s] h[s]`` with ``h`` subscripted by output and
    summed symbols only, into ``coef`` over the state symbols, the reduced state axes and the output <-> state axis
    map (``_split_readout``). The state is laid out as a ``[R, C]`` matrix, C = the reduced axes, so one tile
@@ -31,7 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from ..analysis.log_space import complements
 from ..analysis.structure import Structure
+from ..ir.let_reuse import reuse_lets
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
@@ -111,6 +118,7 @@ class TritonPlan:
     out_shape: list[str]
     du: str | None  # torch code of D u over the output, or None
     torch_readout: list[str]  # the unfused path's readout (torch), from `states`
+    kernel_lets: frozenset[str] = frozenset()  # the lets the Triton path reads from env (the others are inlined)
     helpers: tuple[str, ...] = field(default_factory=tuple)
 
     def leaves_of(self, group: str, batched: bool) -> list[Leaf]:
@@ -191,12 +199,59 @@ def plan_triton_diagonal(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_re
                          ) -> tuple[TritonPlan | None, str]:
     """The kernels' plan, or None and the reason when the spec's maths does not print to Triton."""
     try:
-        return _plan(sym, st, pr, torch_readout), "Triton kernel: diagonal scan"
+        return _plan(sym, st, pr, torch_readout, inline=True), "Triton kernel: diagonal scan"
+    except PrinterError:
+        pass  # a let's maths the Triton printer cannot write: the let stays a torch-computed stream
+    try:
+        return _plan(sym, st, pr, torch_readout, inline=False), "Triton kernel: diagonal scan"
     except PrinterError as exc:
         return None, f"no Triton kernel: {exc}"
 
 
-def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str]) -> TritonPlan:
+def _inlinable_lets(sym: SymSpec) -> dict:
+    """The lets the kernel computes itself: not running (their value depends on earlier steps), not feature maps,
+    and not a bare sum (a projection: it would come back as a hoisted torch tensor, the same let computed twice)."""
+    return {let.tensor.name: let for let in sym.lets
+            if not let.running and let.feature is None and let.expr is not None and not isinstance(let.expr, sp.Sum)}
+
+
+def _inline_lets(e, sym: SymSpec, lets: dict):
+    """``e`` with every read of an inlinable let outside a sum replaced by its definition, to any depth. Reads
+    inside a sum stay: the sum is hoisted to torch, which reads the let's tensor (inlined there, a projection of an
+    inlined gate would be recomputed inside the einsum)."""
+    if isinstance(e, sp.Sum) or not e.args and not isinstance(e, sp.Symbol):
+        return e
+    if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
+        let = lets[str(e.base.label)]
+        return _inline_lets(let.value_at(e.indices, complements(let.expr, sym)), sym, lets)
+    if isinstance(e, sp.Symbol):
+        let = lets.get(str(e))
+        return _inline_lets(complements(let.expr, sym), sym, lets) if let is not None and not let.index else e
+    if isinstance(e, sp.Indexed):
+        return e
+    return e.func(*[_inline_lets(a, sym, lets) for a in e.args])
+
+
+def _tensor_names(e) -> set[str]:
+    return {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
+            for n in sp.preorder_traversal(sp.S(e)) if isinstance(n, (sp.Indexed, sp.Symbol))}
+
+
+def _needed_lets(sym: SymSpec, roots: set[str]) -> frozenset[str]:
+    """The lets that ``roots`` (tensor names) read, directly or through other lets."""
+    lets = {let.tensor.name: let for let in sym.lets}
+    need, todo = set(), [n for n in roots if n in lets]
+    while todo:
+        name = todo.pop()
+        if name in need:
+            continue
+        need.add(name)
+        for e in lets[name].definition:
+            todo += [n for n in _tensor_names(e) if n in lets and n not in need]
+    return frozenset(need)
+
+
+def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str], inline: bool) -> TritonPlan:
     rows = st.a.rows
     axes = sym.state.axes
     nax = len(rows)
@@ -242,7 +297,11 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     row_sizes = {s: pr.size(axes[k].extent) for k, s in enumerate(rows)}
     taken = set(sym.tensors)
 
+    hoisted_of: dict[sp.Expr, sp.Expr] = {}
+
     def hoist(e):
+        if isinstance(e, sp.Sum) and e in hoisted_of:  # the same projection read twice (a let in a and in bu)
+            return hoisted_of[e]
         if isinstance(e, sp.Sum):
             free = [s for s in rows if s in e.free_symbols]
             k = len(hoisted)
@@ -259,13 +318,20 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
             hoisted.append((name, code))
             base = sp.IndexedBase(name) if free else sp.Symbol(name)
             hoisted_tensors[name] = (base, batched, len(free))
-            return base[tuple(free)] if free else base
+            hoisted_of[e] = base[tuple(free)] if free else base
+            return hoisted_of[e]
         if not e.args or isinstance(e, sp.Indexed):
             return e
         return e.func(*[hoist(a) for a in e.args])
 
-    a_e, bu_e = hoist(sp.S(st.a.decay)), hoist(sp.S(st.bu))
-    coef_e = hoist(coef) if split else None
+    lets = _inlinable_lets(sym) if inline else {}
+    ranges = {s: a.extent for s, a in zip(rows, axes)}
+
+    def kernel_form(e):
+        return hoist(reuse_lets(_inline_lets(sp.S(e), sym, lets), sym, ranges))
+
+    a_e, bu_e = kernel_form(st.a.decay), kernel_form(st.bu)
+    coef_e = kernel_form(coef) if split else None
 
     # ---- tensors and leaves
     kinds = {}  # name -> (its value in the wrapper, batched)
@@ -402,6 +468,15 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     scan_grads = [Grad(leaf, code) for leaf, code in zip(scan_grad_leaves, bwd_scan.results[1:])]
     read_grads = [Grad(leaf, code) for leaf, code in zip(read_grad_leaves, bwd_read.results[1:])] if split else []
 
+    # what the Triton path reads from the torch lets: the kernel's tensors, the hoisted sums, D u, the unfused
+    # readout (taken when the reduced axes are too wide for one tile), the posts; and what those lets read
+    roots = set(used) | _tensor_names(st.readout.du) | _tensor_names(st.readout.ch)
+    for e in hoisted_of:
+        roots |= _tensor_names(e)
+    for post in sym.posts:
+        for e in post.definition:
+            roots |= _tensor_names(e)
+
     out_syms = st.readout.out_syms
     du = None
     if st.readout.du != 0:
@@ -434,5 +509,6 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         out_shape=[pr.size(a.extent) for a in sym.output.axes],
         du=du,
         torch_readout=torch_readout,
+        kernel_lets=_needed_lets(sym, roots),
         helpers=tuple(sorted(helpers)),
     )

@@ -95,7 +95,7 @@ def _kernel_sum_positive(expr: sp.Expr, lets, defaults: dict) -> str | None:
     for f in fs:
         let = by_name[str(f.base.label)]
         if let.running == "cumsum" and isinstance(let.args[0], sp.Indexed) and str(let.args[0].base.label) in by_name:
-            let, f = by_name[str(let.args[0].base.label)], let.args[0].subs(dict(zip(let.index, f.indices)))
+            let, f = by_name[str(let.args[0].base.label)], let.value_at(f.indices, let.args[0])
         if let.feature is None or f.indices[let.feature.axis] != var:
             return None
         maps.append(let.feature)

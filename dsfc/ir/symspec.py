@@ -10,6 +10,39 @@ from ..lang.check import CheckedSpec
 from ..lang.errors import Span
 
 
+def at_indices(expr: sp.Expr, index: tuple[sp.Symbol, ...], indices: tuple[sp.Expr, ...]) -> sp.Expr:
+    """``expr`` (over the index symbols ``index``) at ``indices``: ``let x[c] = sum(j, W[c, j] u[j])`` read as
+    ``x[j]`` is ``sum(j', W[j, j'] u[j'])``. A sum's bound variable that occurs in ``indices`` is renamed first;
+    a plain ``subs`` would capture it (``sum(j, W[j, j] u[j])``, a diagonal read where a projection was meant)."""
+    expr = sp.S(expr)
+    outer = set().union(*[sp.S(i).free_symbols for i in indices]) if indices else set()
+    if outer and expr.has(sp.Sum):
+        taken = outer | expr.free_symbols | {v for n in sp.preorder_traversal(expr) if isinstance(n, sp.Sum)
+                                             for v, *_ in n.limits}
+
+        names = {x.name for x in taken}
+
+        def fresh(v: sp.Symbol) -> sp.Symbol:
+            k = 1
+            while f"{v.name}_{k}" in names:
+                k += 1
+            names.add(f"{v.name}_{k}")
+            return sp.Symbol(f"{v.name}_{k}", **v.assumptions0)
+
+        def rename(e):
+            if not e.args:
+                return e
+            e = e.func(*[rename(a) for a in e.args])
+            if isinstance(e, sp.Sum):
+                clash = {v: fresh(v) for v, *_ in e.limits if v in outer}
+                if clash:
+                    e = sp.Sum(e.function.xreplace(clash), *[(clash.get(v, v), lo, hi) for v, lo, hi in e.limits])
+            return e
+
+        expr = rename(expr)
+    return expr.subs(dict(zip(index, indices)), simultaneous=True)
+
+
 class DimError(ValueError):
     """Dim values that break a derived dim (a // that does not divide exactly)."""
 
@@ -89,6 +122,10 @@ class SymLet:
     args: tuple[sp.Expr, ...] = ()
     feature: FeatureMap | None = None  # a feature-map let: ``expr`` is a placeholder, the map is here
     positive_reason: str | None = None  # why the let is provably positive when SymPy cannot see it (kernel sums)
+
+    def value_at(self, indices: tuple[sp.Expr, ...], expr: sp.Expr | None = None) -> sp.Expr:
+        """The let's expression (or ``expr``, one over the let's index symbols) at ``indices`` (``at_indices``)."""
+        return at_indices(self.expr if expr is None else expr, self.index, tuple(indices))
 
     @property
     def definition(self) -> tuple[sp.Expr, ...]:

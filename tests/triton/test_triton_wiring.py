@@ -66,15 +66,26 @@ def test_torch_compile_forward_backward_matches(compile_env, backend):
         assert rel(g_c[name], want) <= TOL32, name
 
 
-def test_custom_op_passes_opcheck():
+def test_custom_op_passes_opcheck(monkeypatch):
     """torch.library.opcheck: schema, fake (meta) implementation and autograd registration agree with the real op."""
     b = built("gate")
     u, h0 = b.inputs(2, 3)
-    env = b.model._lets(u, torch.float32)
     key = b.module._KERNEL_KEY
-    # the kernel's leaves as the plan lists them (the gate's 1 - f reads a hoisted f_pre), the gate ones with grads
-    leaves = [env[leaf.tensor.code].clone().requires_grad_(leaf.tensor.code != "u_")
-              for leaf in b.result.plan.triton.leaves]
+    # the leaves the generated module hands the launcher (the gate's let is inlined: the kernel reads its hoisted
+    # projection f_pre and the bias), the floating ones with grads
+    seen = []
+
+    class Captured(Exception):
+        pass
+
+    def capture(key_, h0_, leaves, **kwargs):
+        seen.append(leaves)
+        raise Captured
+
+    monkeypatch.setattr(b.module, "diagonal_scan_triton", capture)
+    with pytest.raises(Captured):
+        b.run("triton", u, h0)
+    leaves = [x.detach().clone().requires_grad_(x.dtype.is_floating_point) for x in seen[0]]
     assert len(leaves) >= 2
     L = triton_diagonal._Launch(3, (5, 1), (), 5, 1, 5, True, 8, 1, 1)
     args = (key, h0.reshape(2, 5), leaves, L.encode(), [0.0], torch.float32)

@@ -1,0 +1,139 @@
+"""The spec's elementwise lets computed inside the diagonal Triton kernel, and sums read from the lets that compute
+them (``codegen/triton_plan.py`` step 1, ``ir/let_reuse.py``, ``ir/symspec.at_indices``).
+
+- A let read by ``a``, ``bu`` or the readout (not running, not a feature map, not a bare sum) is inlined into the
+  kernel: torch computes only its projections, and the generated ``_lets(_kernel=True)`` skips it. RG-LRU's kernel
+  then reads the two gate projections and the input instead of r, ig and a (computed in torch and written out).
+- A let's bound variable named like the state axis it is read at (``let g[x: d] = sigmoid(sum(j, W[x, j] u[j]))``
+  read as ``g[j]``) must not be captured by the substitution (``sum(j, W[j, j] u[j])``).
+- A sum that a bare-sum let computes is read from the let (qLSTM's ``W_x u``).
+- Maths the Triton printer cannot write (here: a patched printer) leaves the let a stream: the plan is made again
+  without inlining, never dropped.
+
+Every numeric check is against the float64 reference recurrence (dsfc/reference.py), forward and gradients, on the
+Triton path (interpreted on CPU) and the torch path; the float64 kernels agree with it to 1e-10.
+"""
+
+from tests.triton._device import DEVICE  # noqa: F401  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytest.importorskip("numpy")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from dsf_testing import check_backend, compile_and_build  # noqa: E402
+from dsfc.codegen import triton_printer  # noqa: E402
+from dsfc.pipeline import compile_spec, compile_text  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:divide by zero encountered:RuntimeWarning")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CAPTURE = """
+model Capture "a gate whose sum's bound variable is named like the state axis it is read at"
+dim d = 3
+input u[d]
+state h[j: d]
+output y[d]
+param W[d, d] ~ normal(0, 1)
+param b[d] ~ normal(0, 1)
+let g[x: d] = sigmoid(sum(j, W[x, j] * u[j]) + b[x])
+A[j, j2] = delta(j, j2) * g[j]
+B[j, m] = delta(j, m) * (1 - g[j])
+C[o, j] = delta(o, j)
+"""
+
+NESTED = """
+model Nested "elementwise lets of elementwise lets, a static let, a let read at a shifted index"
+dim d = 4
+dim n = 2
+input u[d]
+state h[c: d, j: n]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param lam[d, n] ~ normal(0, 1)
+let z[c: d] = sum(m, W[c, m] * u[m])
+let r[c: d] = sigmoid(z[c] + 1)
+let s[c: d] = r[c] * r[(c + 1) % d]
+let lo[c: d, j: n] = -softplus(lam[c, j])
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * exp(s[c] * lo[c, j])
+B[(c, j), k] = delta(c, k) * (1 - s[c])
+C[o, (c, j)] = delta(o, c) * r[c]
+"""
+
+
+def test_rg_lru_kernel_computes_the_gates_and_torch_skips_them():
+    result = compile_spec(ROOT / "specs" / "rg_lru.dsf")
+    plan = result.plan.triton
+    assert plan is not None, result.plan.triton_note
+    streams = {t.name for t in plan.tensors if t.batched}
+    assert streams == {"x", "_sum0", "_sum1"}, streams  # the input and the two gate projections, not r, ig, a
+    assert not plan.kernel_lets & {"r", "ig", "a"}
+    assert {x.name for x in result.plan.lets if x.in_kernel} == {"r", "ig", "a"}
+
+
+@pytest.mark.parametrize("spec", ["rg_lru", "s6", "hgrn"])
+def test_skipped_lets_are_what_the_kernel_computes(spec):
+    """``_lets(_kernel=True)`` leaves exactly the inlined lets out, and the Triton path still matches the
+    reference (the kernel reads nothing the skipped lets would have held)."""
+    result = compile_spec(ROOT / "specs" / f"{spec}.dsf")
+    small = {"rg_lru": {"W": 4, "nh": 2}, "s6": {"d": 3, "n": 2, "r": 1}, "hgrn": {"d": 3, "E": 3, "L": 3, "layer": 2}}
+    from dsf_testing import build
+    b = build(result, small[spec])
+    u = torch.randn(2, 5, b.d_in(), dtype=torch.float64)
+    full = b.model._lets(u, torch.float64)
+    lean = b.model._lets(u, torch.float64, _kernel=True)
+    skipped = {k for k, v in lean.items() if v is None}
+    assert skipped == {x.name for x in result.plan.lets if x.in_kernel} and skipped
+    assert all(full[k] is not None for k in skipped)
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
+def test_bound_variable_is_not_captured():
+    b = compile_and_build(CAPTURE, {"d": 3}, path="capture.dsf")
+    assert not b.result.plan.triton.kernel_lets  # g and its hoisted g_pre inlined: the substitution is tested
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_backend(b, "torch", ((2, 5),), steps=False)
+
+
+def test_sum_read_from_the_let_that_computes_it():
+    """qLSTM's B u = sigmoid(ig) * sum(m, W_x[c, m] u[m]) reads the let x = W_x u: no second projection."""
+    result = compile_spec(ROOT / "specs" / "qlstm.dsf")
+    core = result.source[result.source.index("    def _core(self"):]
+    core = core[:core.index("\n    def ")]
+    assert "_bu = torch.sigmoid(ig) * x" in core
+    assert "W_x" not in {t.name for t in result.plan.triton.tensors}
+
+
+def test_nested_static_and_shifted_lets():
+    b = compile_and_build(NESTED, {"d": 4, "n": 2}, path="nested.dsf")
+    plan = b.result.plan.triton
+    assert not plan.kernel_lets & {"s", "lo"}, plan.kernel_lets
+    # z (a bare sum) stays a stream; r too, as the readout reads it (torch reads out when the state is too wide for
+    # the kernel's fused readout)
+    assert {"z", "r"} <= plan.kernel_lets
+    check_backend(b, "triton", ((1, 1), (2, 6)), steps=False, h0s=(False, True))
+    check_backend(b, "torch", ((2, 6),), steps=False)
+
+
+def test_unprintable_let_stays_a_stream(monkeypatch):
+    """A let whose maths the Triton printer does not know keeps its torch stream: the kernel is still made."""
+    original = triton_printer.TritonPrinter._print_Function
+
+    def no_softplus(self, e):
+        if type(e).__name__ == "Softplus":
+            raise triton_printer.PrinterError("softplus refused for this test")
+        return original(self, e)
+
+    monkeypatch.setattr(triton_printer.TritonPrinter, "_print_Function", no_softplus)
+    result = compile_text((ROOT / "specs" / "s6.dsf").read_text(), "s6.dsf")
+    plan = result.plan.triton
+    assert plan is not None, result.plan.triton_note
+    assert "dt" in plan.kernel_lets  # softplus(...) stayed in torch: the kernel reads dt
+    assert not any(x.in_kernel for x in result.plan.lets)
