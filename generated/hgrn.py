@@ -439,8 +439,8 @@ def _scan_fwd(
     p_Gamma,
     p_ipre,
     p_f_pre,
-    p__sum0,
-    p__sum1,
+    p__gam_sum,
+    p__sm_sum,
     p_Gamma_s0,
     p_Gamma_s1,
     p_ipre_s0,
@@ -449,8 +449,8 @@ def _scan_fwd(
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p__sum0_s0,
-    p__sum1_s0,
+    p__gam_sum_s0,
+    p__sm_sum_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -480,10 +480,10 @@ def _scan_fwd(
     y_off = i_c
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
-    fa0 = tl.exp(x_Gamma) / x__sum1
-    fa1 = 1 + fa0 - x__sum0
+    x__gam_sum = tl.load(p__gam_sum + i_c * p__gam_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sm_sum = tl.load(p__sm_sum + i_c * p__sm_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    fa0 = tl.exp(x_Gamma) / x__sm_sum
+    fa1 = 1 + fa0 - x__gam_sum
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
@@ -508,7 +508,7 @@ def _scan_fwd(
                 DTYPE
             )
 
-        a = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+        a = -fa0 + x__gam_sum + fa1 * tl.sigmoid(x_f_pre)
         bu = fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
         if READOUT:
             coef = 1
@@ -538,8 +538,8 @@ def _scan_fwd_chunked(
     p_Gamma,
     p_ipre,
     p_f_pre,
-    p__sum0,
-    p__sum1,
+    p__gam_sum,
+    p__sm_sum,
     p_Gamma_s0,
     p_Gamma_s1,
     p_ipre_s0,
@@ -548,8 +548,8 @@ def _scan_fwd_chunked(
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p__sum0_s0,
-    p__sum1_s0,
+    p__gam_sum_s0,
+    p__sm_sum_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -585,10 +585,10 @@ def _scan_fwd_chunked(
     steps = tl.arange(0, CHUNK_T)[:, None, None]
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
-    fa0 = tl.exp(x_Gamma) / x__sum1
-    fa1 = 1 + fa0 - x__sum0
+    x__gam_sum = tl.load(p__gam_sum + i_c * p__gam_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sm_sum = tl.load(p__sm_sum + i_c * p__sm_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    fa0 = tl.exp(x_Gamma) / x__sm_sum
+    fa1 = 1 + fa0 - x__gam_sum
     n_chunks = tl.cdiv(T, CHUNK_T)
     for t0 in range(0, T, CHUNK_T):
         if STARTS:
@@ -602,7 +602,7 @@ def _scan_fwd_chunked(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
-        a = tl.where(mask_t, full + -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre), 1.0)
+        a = tl.where(mask_t, full + -fa0 + x__gam_sum + fa1 * tl.sigmoid(x_f_pre), 1.0)
         bu = tl.where(mask_t & mask, full + fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
@@ -626,13 +626,13 @@ def _scan_bwd_chunked(
     p_Gamma,
     p_ipre,
     p_f_pre,
-    p__sum0,
-    p__sum1,
+    p__gam_sum,
+    p__sm_sum,
     g_Gamma,
     g_ipre,
     g_f_pre,
-    g__sum0,
-    g__sum1,
+    g__gam_sum,
+    g__sm_sum,
     p_Gamma_s0,
     p_Gamma_s1,
     p_ipre_s0,
@@ -641,8 +641,8 @@ def _scan_bwd_chunked(
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p__sum0_s0,
-    p__sum1_s0,
+    p__gam_sum_s0,
+    p__sm_sum_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -680,19 +680,19 @@ def _scan_bwd_chunked(
     full = tl.zeros((CHUNK_T, BLOCK_R, BLOCK_C), DTYPE)
     n_chunks = tl.cdiv(T, CHUNK_T)
     x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
-    fa0 = tl.exp(x_Gamma) / x__sum1
-    fa1 = 1 + fa0 - x__sum0
+    x__gam_sum = tl.load(p__gam_sum + i_c * p__gam_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sm_sum = tl.load(p__sm_sum + i_c * p__sm_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    fa0 = tl.exp(x_Gamma) / x__sm_sum
+    fa1 = 1 + fa0 - x__gam_sum
     ea0 = tl.exp(x_Gamma)
-    ea1 = ea0 / x__sum1
+    ea1 = ea0 / x__sm_sum
     ea2 = -ea1
-    ea4 = 1 + ea1 - x__sum0
-    ea12 = 1.0 / (x__sum1 * x__sum1)
+    ea4 = 1 + ea1 - x__gam_sum
+    ea12 = 1.0 / (x__sm_sum * x__sm_sum)
     ea13 = ea0 * ea12
     acc_x_Gamma = tl.zeros((1, BLOCK_R, 1), DTYPE)
-    acc_x__sum0 = tl.zeros((1, BLOCK_R, 1), DTYPE)
-    acc_x__sum1 = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    acc_x__gam_sum = tl.zeros((1, BLOCK_R, 1), DTYPE)
+    acc_x__sm_sum = tl.zeros((1, BLOCK_R, 1), DTYPE)
     for back in range(0, n_chunks):
         t0 = (n_chunks - 1 - back) * CHUNK_T
         h_start = tl.load(starts_ptr + (b * n_chunks + t0 // CHUNK_T) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -705,7 +705,7 @@ def _scan_bwd_chunked(
         x_f_pre = tl.load(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        a_p = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+        a_p = -fa0 + x__gam_sum + fa1 * tl.sigmoid(x_f_pre)
         bu_p = fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
@@ -721,7 +721,7 @@ def _scan_bwd_chunked(
         x_f_pre = tl.load(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        m = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+        m = -fa0 + x__gam_sum + fa1 * tl.sigmoid(x_f_pre)
 
         m = tl.where(mask_t, full + m, 1.0)
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
@@ -734,7 +734,7 @@ def _scan_bwd_chunked(
             p_f_pre + b * p_f_pre_s0 + t * p_f_pre_s1 + i_c * p_f_pre_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         if READOUT:
-            a_t = -fa0 + x__sum0 + fa1 * tl.sigmoid(x_f_pre)
+            a_t = -fa0 + x__gam_sum + fa1 * tl.sigmoid(x_f_pre)
             bu_t = fa1 * x_ipre * tl.sigmoid(-x_f_pre) * tl.sigmoid(x_ipre)
 
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
@@ -755,7 +755,7 @@ def _scan_bwd_chunked(
         ea9 = ea7 * ea8
         ea10 = ea4 * ea7
         ea11 = 1 - ea3
-        a = full + ea2 + x__sum0 + ea3 * ea4
+        a = full + ea2 + x__gam_sum + ea3 * ea4
         acc_x_Gamma += tl.sum(
             tl.sum(tl.where(mask & mask_t, full + (ea1 * ea9 + ga * (ea2 + ea1 * ea3)), 0.0), axis=2, keep_dims=True),
             axis=0,
@@ -777,12 +777,12 @@ def _scan_bwd_chunked(
             ),
             mask=mask_r & mask_t,
         )
-        acc_x__sum0 += tl.sum(
+        acc_x__gam_sum += tl.sum(
             tl.sum(tl.where(mask & mask_t, full + (-ea9 + ea11 * ga), 0.0), axis=2, keep_dims=True),
             axis=0,
             keep_dims=True,
         )
-        acc_x__sum1 += tl.sum(
+        acc_x__sm_sum += tl.sum(
             tl.sum(
                 tl.where(mask & mask_t, full + (-ea13 * ea9 + ga * (ea0 * ea12 - ea13 * ea3)), 0.0),
                 axis=2,
@@ -794,8 +794,8 @@ def _scan_bwd_chunked(
         g_carry = tl.sum(tl.where(steps == 0, a * g, 0.0), axis=0, keep_dims=True)
     tl.store(dh0_ptr + b * R * C + s_off, g_carry, mask=mask)
     tl.atomic_add(g_Gamma + i_c * p_Gamma_s1, acc_x_Gamma, mask=mask_r)
-    tl.atomic_add(g__sum0 + i_c * p__sum0_s0, acc_x__sum0, mask=mask_r)
-    tl.atomic_add(g__sum1 + i_c * p__sum1_s0, acc_x__sum1, mask=mask_r)
+    tl.atomic_add(g__gam_sum + i_c * p__gam_sum_s0, acc_x__gam_sum, mask=mask_r)
+    tl.atomic_add(g__sm_sum + i_c * p__sm_sum_s0, acc_x__sm_sum, mask=mask_r)
 
 
 @_jit
@@ -808,13 +808,13 @@ def _scan_bwd(
     p_Gamma,
     p_ipre,
     p_f_pre,
-    p__sum0,
-    p__sum1,
+    p__gam_sum,
+    p__sm_sum,
     g_Gamma,
     g_ipre,
     g_f_pre,
-    g__sum0,
-    g__sum1,
+    g__gam_sum,
+    g__sm_sum,
     p_Gamma_s0,
     p_Gamma_s1,
     p_ipre_s0,
@@ -823,8 +823,8 @@ def _scan_bwd(
     p_f_pre_s0,
     p_f_pre_s1,
     p_f_pre_s2,
-    p__sum0_s0,
-    p__sum1_s0,
+    p__gam_sum_s0,
+    p__sm_sum_s0,
     dim_d,
     dim_E,
     dim_L,
@@ -853,17 +853,17 @@ def _scan_bwd(
     g = tl.load(dhT_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     h_init = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     x_Gamma = tl.load(p_Gamma + i_c * p_Gamma_s1, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum0 = tl.load(p__sum0 + i_c * p__sum0_s0, mask=mask_r, other=0.0).to(DTYPE)
-    x__sum1 = tl.load(p__sum1 + i_c * p__sum1_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__gam_sum = tl.load(p__gam_sum + i_c * p__gam_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
+    x__sm_sum = tl.load(p__sm_sum + i_c * p__sm_sum_s0, mask=mask_r, other=0.0).to(DTYPE)
     ea0 = tl.exp(x_Gamma)
-    ea1 = ea0 / x__sum1
+    ea1 = ea0 / x__sm_sum
     ea2 = -ea1
-    ea4 = 1 + ea1 - x__sum0
-    ea12 = 1.0 / (x__sum1 * x__sum1)
+    ea4 = 1 + ea1 - x__gam_sum
+    ea12 = 1.0 / (x__sm_sum * x__sm_sum)
     ea13 = ea0 * ea12
     acc_x_Gamma = tl.zeros((BLOCK_R, 1), DTYPE)
-    acc_x__sum0 = tl.zeros((BLOCK_R, 1), DTYPE)
-    acc_x__sum1 = tl.zeros((BLOCK_R, 1), DTYPE)
+    acc_x__gam_sum = tl.zeros((BLOCK_R, 1), DTYPE)
+    acc_x__sm_sum = tl.zeros((BLOCK_R, 1), DTYPE)
     for tt in range(0, T):
         t = T - 1 - tt
         x_ipre = tl.load(p_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2, mask=mask_r, other=0.0).to(DTYPE)
@@ -889,7 +889,7 @@ def _scan_bwd(
         ea9 = ea7 * ea8
         ea10 = ea4 * ea7
         ea11 = 1 - ea3
-        a = ea2 + x__sum0 + ea3 * ea4
+        a = ea2 + x__gam_sum + ea3 * ea4
         acc_x_Gamma += tl.sum(tl.where(mask, ea1 * ea9 + ga * (ea2 + ea1 * ea3), 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
             g_ipre + b * p_ipre_s0 + t * p_ipre_s1 + i_c * p_ipre_s2,
@@ -901,13 +901,15 @@ def _scan_bwd(
             tl.sum(tl.where(mask, -ea10 * ea8 * (1 - ea6) + ea11 * ea3 * ea4 * ga, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
-        acc_x__sum0 += tl.sum(tl.where(mask, -ea9 + ea11 * ga, 0.0), axis=1, keep_dims=True)
-        acc_x__sum1 += tl.sum(tl.where(mask, -ea13 * ea9 + ga * (ea0 * ea12 - ea13 * ea3), 0.0), axis=1, keep_dims=True)
+        acc_x__gam_sum += tl.sum(tl.where(mask, -ea9 + ea11 * ga, 0.0), axis=1, keep_dims=True)
+        acc_x__sm_sum += tl.sum(
+            tl.where(mask, -ea13 * ea9 + ga * (ea0 * ea12 - ea13 * ea3), 0.0), axis=1, keep_dims=True
+        )
         g = a * g
     tl.store(dh0_ptr + b * R * C + s_off, g, mask=mask)
     tl.atomic_add(g_Gamma + i_c * p_Gamma_s1, acc_x_Gamma, mask=mask_r)
-    tl.atomic_add(g__sum0 + i_c * p__sum0_s0, acc_x__sum0, mask=mask_r)
-    tl.atomic_add(g__sum1 + i_c * p__sum1_s0, acc_x__sum1, mask=mask_r)
+    tl.atomic_add(g__gam_sum + i_c * p__gam_sum_s0, acc_x__gam_sum, mask=mask_r)
+    tl.atomic_add(g__sm_sum + i_c * p__sm_sum_s0, acc_x__sm_sum, mask=mask_r)
 
 
 def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
@@ -922,10 +924,10 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     ipre = env["ipre"]
     f_pre = env["f_pre"]
     f = env["f"]
-    _sum0 = (((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1)).expand(
+    _gam_sum = (((((L + layer - axis(L, 1, 2, _dev) - 1) // L)).to(_dtype) * sm.permute(1, 0)).sum(dim=-1)).expand(
         E
     )  # a sum inside the maths: computed in torch, read by the kernel
-    _sum1 = (torch.einsum("ij->i", (torch.exp(Gamma.permute(1, 0))))).expand(
+    _sm_sum = (torch.einsum("ij->i", (torch.exp(Gamma.permute(1, 0))))).expand(
         E
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -935,7 +937,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (Gamma, ipre.to(_io), f_pre.to(_io), _sum0, _sum1),
+        (Gamma, ipre.to(_io), f_pre.to(_io), _gam_sum, _sm_sum),
         T=_T,
         dims=(d, E, L, layer, later),
         consts=(),

@@ -580,8 +580,8 @@ def _scan_fwd(
     p_z,
     p_b,
     p_cq,
-    p__sum0,
-    p__sum1,
+    p__dt_sum,
+    p__x_sum,
     p_b_conv_s0,
     p_b_dt_s0,
     p_A_log_s0,
@@ -595,12 +595,12 @@ def _scan_fwd(
     p_cq_s0,
     p_cq_s1,
     p_cq_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
+    p__x_sum_s0,
+    p__x_sum_s1,
+    p__x_sum_s2,
     dim_d,
     dim_e,
     dim_E,
@@ -637,10 +637,10 @@ def _scan_fwd(
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
+        x__x_sum = tl.load(p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
         if READOUT:
@@ -651,11 +651,11 @@ def _scan_fwd(
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
             x_b_next = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
-            x__sum0_next = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            x__dt_sum_next = tl.load(
+                p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
-            x__sum1_next = tl.load(
-                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0
+            x__x_sum_next = tl.load(
+                p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
             if READOUT:
                 x_z_next = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r, other=0.0).to(DTYPE)
@@ -664,19 +664,19 @@ def _scan_fwd(
         t = step
         if not PREFETCH:
             x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
-            x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
+            x__dt_sum = tl.load(
+                p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
+            x__x_sum = tl.load(
+                p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             if READOUT:
                 x_z = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r, other=0.0).to(DTYPE)
                 x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
 
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         a = tl.exp(-fa0 * tl.exp(x_A_log))
-        bu = fa0 * x_b * _silu(x__sum1 + x_b_conv)
+        bu = fa0 * x_b * _silu(x__x_sum + x_b_conv)
         if READOUT:
             coef = x_cq * _silu(x_z)
         h = a * h + bu
@@ -687,8 +687,8 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
             x_b = x_b_next
-            x__sum0 = x__sum0_next
-            x__sum1 = x__sum1_next
+            x__dt_sum = x__dt_sum_next
+            x__x_sum = x__x_sum_next
             if READOUT:
                 x_z = x_z_next
                 x_cq = x_cq_next
@@ -712,8 +712,8 @@ def _scan_fwd_chunked(
     p_z,
     p_b,
     p_cq,
-    p__sum0,
-    p__sum1,
+    p__dt_sum,
+    p__x_sum,
     p_b_conv_s0,
     p_b_dt_s0,
     p_A_log_s0,
@@ -727,12 +727,12 @@ def _scan_fwd_chunked(
     p_cq_s0,
     p_cq_s1,
     p_cq_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
+    p__x_sum_s0,
+    p__x_sum_s1,
+    p__x_sum_s2,
     dim_d,
     dim_e,
     dim_E,
@@ -779,16 +779,16 @@ def _scan_fwd_chunked(
         t = t0 + steps
         mask_t = t < T
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__x_sum = tl.load(
+            p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
         a = tl.where(mask_t, full + tl.exp(-fa0 * tl.exp(x_A_log)), 1.0)
-        bu = tl.where(mask_t & mask, full + fa0 * x_b * _silu(x__sum1 + x_b_conv), 0.0)
+        bu = tl.where(mask_t & mask, full + fa0 * x_b * _silu(x__x_sum + x_b_conv), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -816,16 +816,16 @@ def _scan_bwd_chunked(
     p_z,
     p_b,
     p_cq,
-    p__sum0,
-    p__sum1,
+    p__dt_sum,
+    p__x_sum,
     g_b_conv,
     g_b_dt,
     g_A_log,
     g_z,
     g_b,
     g_cq,
-    g__sum0,
-    g__sum1,
+    g__dt_sum,
+    g__x_sum,
     p_b_conv_s0,
     p_b_dt_s0,
     p_A_log_s0,
@@ -839,12 +839,12 @@ def _scan_bwd_chunked(
     p_cq_s0,
     p_cq_s1,
     p_cq_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
+    p__x_sum_s0,
+    p__x_sum_s1,
+    p__x_sum_s2,
     dim_d,
     dim_e,
     dim_E,
@@ -897,15 +897,15 @@ def _scan_bwd_chunked(
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__x_sum = tl.load(
+            p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         a_p = tl.exp(-fa0 * tl.exp(x_A_log))
-        bu_p = fa0 * x_b * _silu(x__sum1 + x_b_conv)
+        bu_p = fa0 * x_b * _silu(x__x_sum + x_b_conv)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -915,13 +915,13 @@ def _scan_bwd_chunked(
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__x_sum = tl.load(
+            p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         m = tl.exp(-fa0 * tl.exp(x_A_log))
 
         m = tl.where(mask_t, full + m, 1.0)
@@ -929,16 +929,16 @@ def _scan_bwd_chunked(
         t = t0 + steps
         mask_t = t < T
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__x_sum = tl.load(
+            p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         if READOUT:
-            fa0 = _softplus(x__sum0 + x_b_dt)
+            fa0 = _softplus(x__dt_sum + x_b_dt)
             a_t = tl.exp(-fa0 * tl.exp(x_A_log))
-            bu_t = fa0 * x_b * _silu(x__sum1 + x_b_conv)
+            bu_t = fa0 * x_b * _silu(x__x_sum + x_b_conv)
 
             x_z = tl.load(p_z + b * p_z_s0 + t * p_z_s1 + i_c * p_z_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
@@ -968,11 +968,11 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea1 = x__sum0 + x_b_dt
+        ea1 = x__dt_sum + x_b_dt
         ea2 = _softplus(ea1)
         ea3 = ea0 * ea2
         ea4 = tl.exp(-ea3)
-        ea5 = x__sum1 + x_b_conv
+        ea5 = x__x_sum + x_b_conv
         ea6 = tl.sigmoid(ea5)
         ea7 = ea2 * ea6 * g * x_b * (1 + ea5 * (1 - ea6))
         ea8 = tl.sigmoid(ea1)
@@ -993,12 +993,12 @@ def _scan_bwd_chunked(
             mask=mask_c & mask_t,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea11), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            g__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea7), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
@@ -1022,16 +1022,16 @@ def _scan_bwd(
     p_z,
     p_b,
     p_cq,
-    p__sum0,
-    p__sum1,
+    p__dt_sum,
+    p__x_sum,
     g_b_conv,
     g_b_dt,
     g_A_log,
     g_z,
     g_b,
     g_cq,
-    g__sum0,
-    g__sum1,
+    g__dt_sum,
+    g__x_sum,
     p_b_conv_s0,
     p_b_dt_s0,
     p_A_log_s0,
@@ -1045,12 +1045,12 @@ def _scan_bwd(
     p_cq_s0,
     p_cq_s1,
     p_cq_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
+    p__x_sum_s0,
+    p__x_sum_s1,
+    p__x_sum_s2,
     dim_d,
     dim_e,
     dim_E,
@@ -1090,10 +1090,10 @@ def _scan_bwd(
     for tt in range(0, T):
         t = T - 1 - tt
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
+        x__x_sum = tl.load(p__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
         h_prev = h_init
@@ -1121,11 +1121,11 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea1 = x__sum0 + x_b_dt
+        ea1 = x__dt_sum + x_b_dt
         ea2 = _softplus(ea1)
         ea3 = ea0 * ea2
         ea4 = tl.exp(-ea3)
-        ea5 = x__sum1 + x_b_conv
+        ea5 = x__x_sum + x_b_conv
         ea6 = tl.sigmoid(ea5)
         ea7 = ea2 * ea6 * g * x_b * (1 + ea5 * (1 - ea6))
         ea8 = tl.sigmoid(ea1)
@@ -1142,12 +1142,12 @@ def _scan_bwd(
             mask=mask_c,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2,
             tl.sum(tl.where(mask, ea11, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            g__x_sum + b * p__x_sum_s0 + t * p__x_sum_s1 + i_c * p__x_sum_s2,
             tl.sum(tl.where(mask, ea7, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
@@ -1181,10 +1181,10 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
-    _sum0 = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", x, W_xdt)))).expand(
+    _dt_sum = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", x, W_xdt)))).expand(
         _B, _T, E
     )  # a sum inside the maths: computed in torch, read by the kernel
-    _sum1 = (torch.einsum("ij,ztij->zti", W_conv, xs)).expand(
+    _x_sum = (torch.einsum("ij,ztij->zti", W_conv, xs)).expand(
         _B, _T, E
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -1194,7 +1194,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (b_conv, b_dt, A_log, z.to(_io), b.to(_io), cq.to(_io), _sum0.to(_io), _sum1.to(_io)),
+        (b_conv, b_dt, A_log, z.to(_io), b.to(_io), cq.to(_io), _dt_sum.to(_io), _x_sum.to(_io)),
         T=_T,
         dims=(d, e, E, n, r, W),
         consts=(),

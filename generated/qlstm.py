@@ -436,24 +436,24 @@ def _scan_fwd(
     p_b_i,
     p_b_o,
     p_x,
-    p__sum0,
-    p__sum1,
-    p__sum2,
+    p__f_sum,
+    p__ig_sum,
+    p__og_sum,
     p_b_f_s0,
     p_b_i_s0,
     p_b_o_s0,
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
-    p__sum2_s0,
-    p__sum2_s1,
-    p__sum2_s2,
+    p__f_sum_s0,
+    p__f_sum_s1,
+    p__f_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
+    p__og_sum_s0,
+    p__og_sum_s1,
+    p__og_sum_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -487,50 +487,50 @@ def _scan_fwd(
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+        x__f_sum = tl.load(p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
         if READOUT:
-            x__sum2 = tl.load(p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
+            x__og_sum = tl.load(
+                p__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
 
     for step in range(0, T):
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
             x_x_next = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0_next = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            x__f_sum_next = tl.load(
+                p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
-            x__sum1_next = tl.load(
-                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0
+            x__ig_sum_next = tl.load(
+                p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
             if READOUT:
-                x__sum2_next = tl.load(
-                    p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0
+                x__og_sum_next = tl.load(
+                    p__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2, mask=mask_r, other=0.0
                 ).to(DTYPE)
 
         t = step
         if not PREFETCH:
             x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
-            x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
+            x__f_sum = tl.load(
+                p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
+            x__ig_sum = tl.load(
+                p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             if READOUT:
-                x__sum2 = tl.load(
-                    p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0
+                x__og_sum = tl.load(
+                    p__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2, mask=mask_r, other=0.0
                 ).to(DTYPE)
 
-        a = tl.sigmoid(x__sum0 + x_b_f)
-        bu = x_x * tl.sigmoid(x__sum1 + x_b_i)
+        a = tl.sigmoid(x__f_sum + x_b_f)
+        bu = x_x * tl.sigmoid(x__ig_sum + x_b_i)
         if READOUT:
-            coef = tl.sigmoid(x__sum2 + x_b_o)
+            coef = tl.sigmoid(x__og_sum + x_b_o)
         h = a * h + bu
         if READOUT:
             y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
@@ -539,10 +539,10 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
             x_x = x_x_next
-            x__sum0 = x__sum0_next
-            x__sum1 = x__sum1_next
+            x__f_sum = x__f_sum_next
+            x__ig_sum = x__ig_sum_next
             if READOUT:
-                x__sum2 = x__sum2_next
+                x__og_sum = x__og_sum_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 
@@ -561,24 +561,24 @@ def _scan_fwd_chunked(
     p_b_i,
     p_b_o,
     p_x,
-    p__sum0,
-    p__sum1,
-    p__sum2,
+    p__f_sum,
+    p__ig_sum,
+    p__og_sum,
     p_b_f_s0,
     p_b_i_s0,
     p_b_o_s0,
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
-    p__sum2_s0,
-    p__sum2_s1,
-    p__sum2_s2,
+    p__f_sum_s0,
+    p__f_sum_s1,
+    p__f_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
+    p__og_sum_s0,
+    p__og_sum_s1,
+    p__og_sum_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -622,22 +622,22 @@ def _scan_fwd_chunked(
         t = t0 + steps
         mask_t = t < T
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__f_sum = tl.load(
+            p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
-        a = tl.where(mask_t, full + tl.sigmoid(x__sum0 + x_b_f), 1.0)
-        bu = tl.where(mask_t & mask, full + x_x * tl.sigmoid(x__sum1 + x_b_i), 0.0)
+        a = tl.where(mask_t, full + tl.sigmoid(x__f_sum + x_b_f), 1.0)
+        bu = tl.where(mask_t & mask, full + x_x * tl.sigmoid(x__ig_sum + x_b_i), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
-            x__sum2 = tl.load(
-                p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r & mask_t, other=0.0
+            x__og_sum = tl.load(
+                p__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2, mask=mask_r & mask_t, other=0.0
             ).to(DTYPE)
-            coef = tl.sigmoid(x__sum2 + x_b_o)
+            coef = tl.sigmoid(x__og_sum + x_b_o)
             y = tl.sum(tl.where(mask, coef * hs, 0.0), axis=2, keep_dims=True)
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r & mask_t)
         elif not STARTS:
@@ -657,31 +657,31 @@ def _scan_bwd_chunked(
     p_b_i,
     p_b_o,
     p_x,
-    p__sum0,
-    p__sum1,
-    p__sum2,
+    p__f_sum,
+    p__ig_sum,
+    p__og_sum,
     g_b_f,
     g_b_i,
     g_b_o,
     g_x,
-    g__sum0,
-    g__sum1,
-    g__sum2,
+    g__f_sum,
+    g__ig_sum,
+    g__og_sum,
     p_b_f_s0,
     p_b_i_s0,
     p_b_o_s0,
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
-    p__sum2_s0,
-    p__sum2_s1,
-    p__sum2_s2,
+    p__f_sum_s0,
+    p__f_sum_s1,
+    p__f_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
+    p__og_sum_s0,
+    p__og_sum_s1,
+    p__og_sum_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -730,14 +730,14 @@ def _scan_bwd_chunked(
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__f_sum = tl.load(
+            p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        a_p = tl.sigmoid(x__sum0 + x_b_f)
-        bu_p = x_x * tl.sigmoid(x__sum1 + x_b_i)
+        a_p = tl.sigmoid(x__f_sum + x_b_f)
+        bu_p = x_x * tl.sigmoid(x__ig_sum + x_b_i)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -747,42 +747,42 @@ def _scan_bwd_chunked(
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__f_sum = tl.load(
+            p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        m = tl.sigmoid(x__sum0 + x_b_f)
+        m = tl.sigmoid(x__f_sum + x_b_f)
 
         m = tl.where(mask_t, full + m, 1.0)
         # the chunk's own steps: their streams, loaded once for the readout's and the scan's derivatives
         t = t0 + steps
         mask_t = t < T
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__f_sum = tl.load(
+            p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         if READOUT:
-            a_t = tl.sigmoid(x__sum0 + x_b_f)
-            bu_t = x_x * tl.sigmoid(x__sum1 + x_b_i)
+            a_t = tl.sigmoid(x__f_sum + x_b_f)
+            bu_t = x_x * tl.sigmoid(x__ig_sum + x_b_i)
 
-            x__sum2 = tl.load(
-                p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r & mask_t, other=0.0
+            x__og_sum = tl.load(
+                p__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2, mask=mask_r & mask_t, other=0.0
             ).to(DTYPE)
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
-            ec0 = tl.sigmoid(x__sum2 + x_b_o)
+            ec0 = tl.sigmoid(x__og_sum + x_b_o)
             ec1 = ec0 * gc * (1 - ec0)
             coef = ec0
             acc_x_b_o += tl.sum(
                 tl.sum(tl.where(mask & mask_t, full + (ec1), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
             )
             tl.atomic_add(
-                g__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2,
+                g__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2,
                 tl.sum(tl.where(mask & mask_t, full + (ec1), 0.0), axis=2, keep_dims=True),
                 mask=mask_r & mask_t,
             )
@@ -793,9 +793,9 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea0 = tl.sigmoid(x__sum0 + x_b_f)
+        ea0 = tl.sigmoid(x__f_sum + x_b_f)
         ea1 = ea0 * ga * (1 - ea0)
-        ea2 = tl.sigmoid(x__sum1 + x_b_i)
+        ea2 = tl.sigmoid(x__ig_sum + x_b_i)
         ea3 = ea2 * g
         ea4 = ea3 * x_x * (1 - ea2)
         a = full + ea0
@@ -811,12 +811,12 @@ def _scan_bwd_chunked(
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea1), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            g__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea4), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
@@ -839,31 +839,31 @@ def _scan_bwd(
     p_b_i,
     p_b_o,
     p_x,
-    p__sum0,
-    p__sum1,
-    p__sum2,
+    p__f_sum,
+    p__ig_sum,
+    p__og_sum,
     g_b_f,
     g_b_i,
     g_b_o,
     g_x,
-    g__sum0,
-    g__sum1,
-    g__sum2,
+    g__f_sum,
+    g__ig_sum,
+    g__og_sum,
     p_b_f_s0,
     p_b_i_s0,
     p_b_o_s0,
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
-    p__sum2_s0,
-    p__sum2_s1,
-    p__sum2_s2,
+    p__f_sum_s0,
+    p__f_sum_s1,
+    p__f_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
+    p__og_sum_s0,
+    p__og_sum_s1,
+    p__og_sum_s2,
     dim_d,
     dim_e,
     dim_Hd,
@@ -899,27 +899,27 @@ def _scan_bwd(
     for tt in range(0, T):
         t = T - 1 - tt
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+        x__f_sum = tl.load(p__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
         h_prev = h_init
         if t > 0:
             h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
         if READOUT:
-            x__sum2 = tl.load(p__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
+            x__og_sum = tl.load(
+                p__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r, other=0.0).to(DTYPE)
             gc = dy * tl.load(states_ptr + (b * T + t) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
-            ec0 = tl.sigmoid(x__sum2 + x_b_o)
+            ec0 = tl.sigmoid(x__og_sum + x_b_o)
             ec1 = ec0 * gc * (1 - ec0)
             coef = ec0
             acc_x_b_o += tl.sum(tl.where(mask, ec1, 0.0), axis=1, keep_dims=True)
             tl.atomic_add(
-                g__sum2 + b * p__sum2_s0 + t * p__sum2_s1 + i_c * p__sum2_s2,
+                g__og_sum + b * p__og_sum_s0 + t * p__og_sum_s1 + i_c * p__og_sum_s2,
                 tl.sum(tl.where(mask, ec1, 0.0), axis=1, keep_dims=True),
                 mask=mask_r,
             )
@@ -927,9 +927,9 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea0 = tl.sigmoid(x__sum0 + x_b_f)
+        ea0 = tl.sigmoid(x__f_sum + x_b_f)
         ea1 = ea0 * ga * (1 - ea0)
-        ea2 = tl.sigmoid(x__sum1 + x_b_i)
+        ea2 = tl.sigmoid(x__ig_sum + x_b_i)
         ea3 = ea2 * g
         ea4 = ea3 * x_x * (1 - ea2)
         a = ea0
@@ -941,12 +941,12 @@ def _scan_bwd(
             mask=mask_r,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__f_sum + b * p__f_sum_s0 + t * p__f_sum_s1 + i_c * p__f_sum_s2,
             tl.sum(tl.where(mask, ea1, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            g__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2,
             tl.sum(tl.where(mask, ea4, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
@@ -973,13 +973,13 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     f = env["f"]
     ig = env["ig"]
     og = env["og"]
-    _sum0 = (torch.einsum("ztj,ij->zti", x, W_f)).expand(
+    _f_sum = (torch.einsum("ztj,ij->zti", x, W_f)).expand(
         _B, _T, Hd
     )  # a sum inside the maths: computed in torch, read by the kernel
-    _sum1 = (torch.einsum("ztj,ij->zti", x, W_i)).expand(
+    _ig_sum = (torch.einsum("ztj,ij->zti", x, W_i)).expand(
         _B, _T, Hd
     )  # a sum inside the maths: computed in torch, read by the kernel
-    _sum2 = (torch.einsum("ztj,ij->zti", x, W_o)).expand(
+    _og_sum = (torch.einsum("ztj,ij->zti", x, W_o)).expand(
         _B, _T, Hd
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -989,7 +989,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (b_f, b_i, b_o, x.to(_io), _sum0.to(_io), _sum1.to(_io), _sum2.to(_io)),
+        (b_f, b_i, b_o, x.to(_io), _f_sum.to(_io), _ig_sum.to(_io), _og_sum.to(_io)),
         T=_T,
         dims=(d, e, Hd),
         consts=(),

@@ -481,8 +481,8 @@ def _scan_fwd(
     p_b_i,
     p_Lambda,
     p_x,
-    p__sum0,
-    p__sum1,
+    p__r_sum,
+    p__ig_sum,
     p_b_a_s0,
     p_b_a_s1,
     p_b_i_s0,
@@ -491,12 +491,12 @@ def _scan_fwd(
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__r_sum_s0,
+    p__r_sum_s1,
+    p__r_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -529,37 +529,37 @@ def _scan_fwd(
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+        x__r_sum = tl.load(p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
 
     for step in range(0, T):
         if PREFETCH:  # the next step's streams, issued before this step's maths
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
             x_x_next = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0_next = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            x__r_sum_next = tl.load(
+                p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
-            x__sum1_next = tl.load(
-                p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0
+            x__ig_sum_next = tl.load(
+                p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
 
         t = step
         if not PREFETCH:
             x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
-            x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
+            x__r_sum = tl.load(
+                p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
+            x__ig_sum = tl.load(
+                p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
 
-        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        fa0 = tl.sigmoid(x__r_sum + x_b_a) * _softplus(x_Lambda)
         a = tl.exp(-8 * fa0)
-        bu = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i)
+        bu = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__ig_sum + x_b_i)
         if READOUT:
             coef = 1
         h = a * h + bu
@@ -570,8 +570,8 @@ def _scan_fwd(
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
         if PREFETCH:
             x_x = x_x_next
-            x__sum0 = x__sum0_next
-            x__sum1 = x__sum1_next
+            x__r_sum = x__r_sum_next
+            x__ig_sum = x__ig_sum_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
 
 
@@ -590,8 +590,8 @@ def _scan_fwd_chunked(
     p_b_i,
     p_Lambda,
     p_x,
-    p__sum0,
-    p__sum1,
+    p__r_sum,
+    p__ig_sum,
     p_b_a_s0,
     p_b_a_s1,
     p_b_i_s0,
@@ -600,12 +600,12 @@ def _scan_fwd_chunked(
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__r_sum_s0,
+    p__r_sum_s1,
+    p__r_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -648,16 +648,16 @@ def _scan_fwd_chunked(
         t = t0 + steps
         mask_t = t < T
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__r_sum = tl.load(
+            p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        fa0 = tl.sigmoid(x__r_sum + x_b_a) * _softplus(x_Lambda)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
         a = tl.where(mask_t, full + tl.exp(-8 * fa0), 1.0)
-        bu = tl.where(mask_t & mask, full + x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i), 0.0)
+        bu = tl.where(mask_t & mask, full + x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__ig_sum + x_b_i), 0.0)
         a_cum, b_cum = tl.associative_scan((a, bu), axis=0, combine_fn=_first_order)
         hs = a_cum * h + b_cum
         if READOUT:
@@ -681,14 +681,14 @@ def _scan_bwd_chunked(
     p_b_i,
     p_Lambda,
     p_x,
-    p__sum0,
-    p__sum1,
+    p__r_sum,
+    p__ig_sum,
     g_b_a,
     g_b_i,
     g_Lambda,
     g_x,
-    g__sum0,
-    g__sum1,
+    g__r_sum,
+    g__ig_sum,
     p_b_a_s0,
     p_b_a_s1,
     p_b_i_s0,
@@ -697,12 +697,12 @@ def _scan_bwd_chunked(
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__r_sum_s0,
+    p__r_sum_s1,
+    p__r_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -750,15 +750,15 @@ def _scan_bwd_chunked(
         t = t0 + steps - 1
         mask_t = (steps > 0) & (t < T)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__r_sum = tl.load(
+            p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        fa0 = tl.sigmoid(x__r_sum + x_b_a) * _softplus(x_Lambda)
         a_p = tl.exp(-8 * fa0)
-        bu_p = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i)
+        bu_p = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__ig_sum + x_b_i)
 
         a_p = tl.where(mask_t, full + a_p, 1.0)
         bu_p = tl.where(mask_t & mask, full + bu_p, 0.0)
@@ -768,13 +768,13 @@ def _scan_bwd_chunked(
         t = t0 + steps + 1
         mask_t = (steps < CHUNK_T - 1) & (t < T)
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__r_sum = tl.load(
+            p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+        fa0 = tl.sigmoid(x__r_sum + x_b_a) * _softplus(x_Lambda)
         m = tl.exp(-8 * fa0)
 
         m = tl.where(mask_t, full + m, 1.0)
@@ -782,16 +782,16 @@ def _scan_bwd_chunked(
         t = t0 + steps
         mask_t = t < T
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__r_sum = tl.load(
+            p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        x__sum1 = tl.load(
-            p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r & mask_t, other=0.0
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         if READOUT:
-            fa0 = tl.sigmoid(x__sum0 + x_b_a) * _softplus(x_Lambda)
+            fa0 = tl.sigmoid(x__r_sum + x_b_a) * _softplus(x_Lambda)
             a_t = tl.exp(-8 * fa0)
-            bu_t = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__sum1 + x_b_i)
+            bu_t = x_x * tl.sqrt(-_expm1(-16 * fa0)) * tl.sigmoid(x__ig_sum + x_b_i)
 
             dy = tl.load(dout_ptr + (b * T + t) * OUT_P + y_off, mask=mask_r & mask_t, other=0.0).to(DTYPE)
             gc = dy * (a_t * h_prev + bu_t)
@@ -803,7 +803,7 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea0 = tl.sigmoid(x__sum0 + x_b_a)
+        ea0 = tl.sigmoid(x__r_sum + x_b_a)
         ea1 = ea0 * _softplus(x_Lambda)
         ea2 = 8 * ea1
         ea3 = tl.exp(-ea2)
@@ -811,7 +811,7 @@ def _scan_bwd_chunked(
         ea5 = ea2 * (1 - ea0)
         ea6 = -16 * ea1
         ea7 = _expm1(ea6)
-        ea8 = tl.sigmoid(x__sum1 + x_b_i)
+        ea8 = tl.sigmoid(x__ig_sum + x_b_i)
         ea9 = ea8 * g * tl.sqrt(-ea7)
         ea10 = ea9 * x_x
         ea11 = ea10 * tl.exp(ea6) / ea7
@@ -836,12 +836,12 @@ def _scan_bwd_chunked(
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea12), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            g__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea13), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
@@ -863,14 +863,14 @@ def _scan_bwd(
     p_b_i,
     p_Lambda,
     p_x,
-    p__sum0,
-    p__sum1,
+    p__r_sum,
+    p__ig_sum,
     g_b_a,
     g_b_i,
     g_Lambda,
     g_x,
-    g__sum0,
-    g__sum1,
+    g__r_sum,
+    g__ig_sum,
     p_b_a_s0,
     p_b_a_s1,
     p_b_i_s0,
@@ -879,12 +879,12 @@ def _scan_bwd(
     p_x_s0,
     p_x_s1,
     p_x_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
-    p__sum1_s0,
-    p__sum1_s1,
-    p__sum1_s2,
+    p__r_sum_s0,
+    p__r_sum_s1,
+    p__r_sum_s2,
+    p__ig_sum_s0,
+    p__ig_sum_s1,
+    p__ig_sum_s2,
     dim_W,
     dim_nh,
     dim_bw,
@@ -919,12 +919,12 @@ def _scan_bwd(
     for tt in range(0, T):
         t = T - 1 - tt
         x_x = tl.load(p_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
+        x__r_sum = tl.load(p__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2, mask=mask_r, other=0.0).to(
             DTYPE
         )
-        x__sum1 = tl.load(p__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
+        x__ig_sum = tl.load(
+            p__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
         h_prev = h_init
         if t > 0:
             h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -936,7 +936,7 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea0 = tl.sigmoid(x__sum0 + x_b_a)
+        ea0 = tl.sigmoid(x__r_sum + x_b_a)
         ea1 = ea0 * _softplus(x_Lambda)
         ea2 = 8 * ea1
         ea3 = tl.exp(-ea2)
@@ -944,7 +944,7 @@ def _scan_bwd(
         ea5 = ea2 * (1 - ea0)
         ea6 = -16 * ea1
         ea7 = _expm1(ea6)
-        ea8 = tl.sigmoid(x__sum1 + x_b_i)
+        ea8 = tl.sigmoid(x__ig_sum + x_b_i)
         ea9 = ea8 * g * tl.sqrt(-ea7)
         ea10 = ea9 * x_x
         ea11 = ea10 * tl.exp(ea6) / ea7
@@ -961,12 +961,12 @@ def _scan_bwd(
             mask=mask_r,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__r_sum + b * p__r_sum_s0 + t * p__r_sum_s1 + i_c * p__r_sum_s2,
             tl.sum(tl.where(mask, ea12, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
         tl.atomic_add(
-            g__sum1 + b * p__sum1_s0 + t * p__sum1_s1 + i_c * p__sum1_s2,
+            g__ig_sum + b * p__ig_sum_s0 + t * p__ig_sum_s1 + i_c * p__ig_sum_s2,
             tl.sum(tl.where(mask, ea13, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
@@ -989,7 +989,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     r = env["r"]
     ig = env["ig"]
     a = env["a"]
-    _sum0 = (
+    _r_sum = (
         torch.einsum(
             "ztij,ij->zti",
             (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
@@ -998,7 +998,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     ).expand(
         _B, _T, W
     )  # a sum inside the maths: computed in torch, read by the kernel
-    _sum1 = (
+    _ig_sum = (
         torch.einsum(
             "ztij,ij->zti",
             (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
@@ -1014,7 +1014,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (b_a, b_i, Lambda, x.to(_io), _sum0.to(_io), _sum1.to(_io)),
+        (b_a, b_i, Lambda, x.to(_io), _r_sum.to(_io), _ig_sum.to(_io)),
         T=_T,
         dims=(W, nh, bw),
         consts=(),

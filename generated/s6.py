@@ -459,7 +459,7 @@ def _scan_fwd(
     p_b,
     p_cq,
     p_u,
-    p__sum0,
+    p__dt_sum,
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
@@ -472,9 +472,9 @@ def _scan_fwd(
     p_u_s0,
     p_u_s1,
     p_u_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -508,9 +508,9 @@ def _scan_fwd(
     if PREFETCH:  # step 0's streams
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
         if READOUT:
             x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
 
@@ -519,8 +519,8 @@ def _scan_fwd(
             t = tl.minimum(step + 1, T - 1)  # clamped: the last step reloads itself (never used)
             x_b_next = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
             x_u_next = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0_next = tl.load(
-                p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0
+            x__dt_sum_next = tl.load(
+                p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
             ).to(DTYPE)
             if READOUT:
                 x_cq_next = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
@@ -529,13 +529,13 @@ def _scan_fwd(
         if not PREFETCH:
             x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
             x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
-            x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-                DTYPE
-            )
+            x__dt_sum = tl.load(
+                p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
+            ).to(DTYPE)
             if READOUT:
                 x_cq = tl.load(p_cq + b * p_cq_s0 + t * p_cq_s1 + i_j * p_cq_s2, mask=mask_c, other=0.0).to(DTYPE)
 
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         a = tl.exp(-fa0 * tl.exp(x_A_log))
         bu = fa0 * x_b * x_u
         if READOUT:
@@ -549,7 +549,7 @@ def _scan_fwd(
         if PREFETCH:
             x_b = x_b_next
             x_u = x_u_next
-            x__sum0 = x__sum0_next
+            x__dt_sum = x__dt_sum_next
             if READOUT:
                 x_cq = x_cq_next
     tl.store(hT_ptr + b * R * C + s_off, h, mask=mask)
@@ -571,7 +571,7 @@ def _scan_fwd_chunked(
     p_b,
     p_cq,
     p_u,
-    p__sum0,
+    p__dt_sum,
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
@@ -584,9 +584,9 @@ def _scan_fwd_chunked(
     p_u_s0,
     p_u_s1,
     p_u_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -630,10 +630,10 @@ def _scan_fwd_chunked(
         mask_t = t < T
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         # past the end of T (last chunk): a = 1, bu = 0, so the chunk's last row is the state at T - 1
         a = tl.where(mask_t, full + tl.exp(-fa0 * tl.exp(x_A_log)), 1.0)
         bu = tl.where(mask_t & mask, full + fa0 * x_b * x_u, 0.0)
@@ -662,13 +662,13 @@ def _scan_bwd_chunked(
     p_b,
     p_cq,
     p_u,
-    p__sum0,
+    p__dt_sum,
     g_A_log,
     g_b_dt,
     g_b,
     g_cq,
     g_u,
-    g__sum0,
+    g__dt_sum,
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
@@ -681,9 +681,9 @@ def _scan_bwd_chunked(
     p_u_s0,
     p_u_s1,
     p_u_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -732,10 +732,10 @@ def _scan_bwd_chunked(
         mask_t = (steps > 0) & (t < T)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         a_p = tl.exp(-fa0 * tl.exp(x_A_log))
         bu_p = fa0 * x_b * x_u
 
@@ -748,10 +748,10 @@ def _scan_bwd_chunked(
         mask_t = (steps < CHUNK_T - 1) & (t < T)
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
-        fa0 = _softplus(x__sum0 + x_b_dt)
+        fa0 = _softplus(x__dt_sum + x_b_dt)
         m = tl.exp(-fa0 * tl.exp(x_A_log))
 
         m = tl.where(mask_t, full + m, 1.0)
@@ -760,11 +760,11 @@ def _scan_bwd_chunked(
         mask_t = t < T
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c & mask_t, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r & mask_t, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(
-            p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r & mask_t, other=0.0
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r & mask_t, other=0.0
         ).to(DTYPE)
         if READOUT:
-            fa0 = _softplus(x__sum0 + x_b_dt)
+            fa0 = _softplus(x__dt_sum + x_b_dt)
             a_t = tl.exp(-fa0 * tl.exp(x_A_log))
             bu_t = fa0 * x_b * x_u
 
@@ -784,7 +784,7 @@ def _scan_bwd_chunked(
         gm, ge = tl.associative_scan((m, e), axis=0, combine_fn=_first_order, reverse=True)
         g = gm * g_carry + ge
         ga = g * h_prev
-        ea1 = x__sum0 + x_b_dt
+        ea1 = x__dt_sum + x_b_dt
         ea2 = _softplus(ea1)
         ea3 = ea0 * ea2
         ea4 = tl.exp(-ea3)
@@ -808,7 +808,7 @@ def _scan_bwd_chunked(
             mask=mask_r & mask_t,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2,
             tl.sum(tl.where(mask & mask_t, full + (ea7), 0.0), axis=2, keep_dims=True),
             mask=mask_r & mask_t,
         )
@@ -830,13 +830,13 @@ def _scan_bwd(
     p_b,
     p_cq,
     p_u,
-    p__sum0,
+    p__dt_sum,
     g_A_log,
     g_b_dt,
     g_b,
     g_cq,
     g_u,
-    g__sum0,
+    g__dt_sum,
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
@@ -849,9 +849,9 @@ def _scan_bwd(
     p_u_s0,
     p_u_s1,
     p_u_s2,
-    p__sum0_s0,
-    p__sum0_s1,
-    p__sum0_s2,
+    p__dt_sum_s0,
+    p__dt_sum_s1,
+    p__dt_sum_s2,
     dim_d,
     dim_n,
     dim_r,
@@ -887,9 +887,9 @@ def _scan_bwd(
         t = T - 1 - tt
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
         x_u = tl.load(p_u + b * p_u_s0 + t * p_u_s1 + i_c * p_u_s2, mask=mask_r, other=0.0).to(DTYPE)
-        x__sum0 = tl.load(p__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2, mask=mask_r, other=0.0).to(
-            DTYPE
-        )
+        x__dt_sum = tl.load(
+            p__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2, mask=mask_r, other=0.0
+        ).to(DTYPE)
         h_prev = h_init
         if t > 0:
             h_prev = tl.load(states_ptr + (b * T + t - 1) * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
@@ -907,7 +907,7 @@ def _scan_bwd(
         if not READOUT:
             g = g + tl.load(dout_ptr + (b * T + t) * OUT_P + s_off, mask=mask, other=0.0).to(DTYPE)
         ga = g * h_prev
-        ea1 = x__sum0 + x_b_dt
+        ea1 = x__dt_sum + x_b_dt
         ea2 = _softplus(ea1)
         ea3 = ea0 * ea2
         ea4 = tl.exp(-ea3)
@@ -929,7 +929,7 @@ def _scan_bwd(
             mask=mask_r,
         )
         tl.atomic_add(
-            g__sum0 + b * p__sum0_s0 + t * p__sum0_s1 + i_c * p__sum0_s2,
+            g__dt_sum + b * p__dt_sum_s0 + t * p__dt_sum_s1 + i_c * p__dt_sum_s2,
             tl.sum(tl.where(mask, ea7, 0.0), axis=1, keep_dims=True),
             mask=mask_r,
         )
@@ -953,7 +953,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
-    _sum0 = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))).expand(
+    _dt_sum = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))).expand(
         _B, _T, d
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -963,7 +963,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     _out, _final, _fused = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (A_log, b_dt, b.to(_io), cq.to(_io), u_.to(_io), _sum0.to(_io)),
+        (A_log, b_dt, b.to(_io), cq.to(_io), u_.to(_io), _dt_sum.to(_io)),
         T=_T,
         dims=(d, n, r),
         consts=(),

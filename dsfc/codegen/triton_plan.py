@@ -215,21 +215,28 @@ def _inlinable_lets(sym: SymSpec) -> dict:
             if not let.running and let.feature is None and let.expr is not None and not isinstance(let.expr, sp.Sum)}
 
 
-def _inline_lets(e, sym: SymSpec, lets: dict):
+def _inline_lets(e, sym: SymSpec, lets: dict, origin: dict):
     """``e`` with every read of an inlinable let outside a sum replaced by its definition, to any depth. Reads
     inside a sum stay: the sum is hoisted to torch, which reads the let's tensor (inlined there, a projection of an
-    inlined gate would be recomputed inside the einsum)."""
+    inlined gate would be recomputed inside the einsum). ``origin`` gets each sum that came from a let's
+    definition -> that let's name (the hoisted tensor is named after it)."""
     if isinstance(e, sp.Sum) or not e.args and not isinstance(e, sp.Symbol):
         return e
+    let = None
     if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
         let = lets[str(e.base.label)]
-        return _inline_lets(let.value_at(e.indices, complements(let.expr, sym)), sym, lets)
-    if isinstance(e, sp.Symbol):
-        let = lets.get(str(e))
-        return _inline_lets(complements(let.expr, sym), sym, lets) if let is not None and not let.index else e
-    if isinstance(e, sp.Indexed):
+        value = let.value_at(e.indices, complements(let.expr, sym))
+    elif isinstance(e, sp.Symbol) and str(e) in lets and not lets[str(e)].index:
+        let = lets[str(e)]
+        value = complements(let.expr, sym)
+    if let is not None:
+        for node in sp.preorder_traversal(value):
+            if isinstance(node, sp.Sum):
+                origin.setdefault(node, let.tensor.name)
+        return _inline_lets(value, sym, lets, origin)
+    if isinstance(e, (sp.Indexed, sp.Symbol)):
         return e
-    return e.func(*[_inline_lets(a, sym, lets) for a in e.args])
+    return e.func(*[_inline_lets(a, sym, lets, origin) for a in e.args])
 
 
 def _tensor_names(e) -> set[str]:
@@ -304,11 +311,12 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
             return hoisted_of[e]
         if isinstance(e, sp.Sum):
             free = [s for s in rows if s in e.free_symbols]
-            k = len(hoisted)
-            name = f"_sum{k}"
+            # named after the let it came from (RG-LRU: r's projection is _r_sum), else numbered
+            stem = f"_{_kname(origin[e])}_sum" if e in origin else "_sum"
+            name, k = (stem, 0) if e in origin else (f"{stem}0", 0)
             while name in taken:
                 k += 1
-                name = f"_sum{k}"
+                name = f"{stem}{k}"
             taken.add(name)
             batched = pr._is_batched(e)
             shape = ", ".join(row_sizes[s] for s in free)
@@ -326,9 +334,10 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     lets = _inlinable_lets(sym) if inline else {}
     ranges = {s: a.extent for s, a in zip(rows, axes)}
+    origin: dict[sp.Expr, str] = {}
 
     def kernel_form(e):
-        return hoist(reuse_lets(_inline_lets(sp.S(e), sym, lets), sym, ranges))
+        return hoist(reuse_lets(_inline_lets(sp.S(e), sym, lets, origin), sym, ranges))
 
     a_e, bu_e = kernel_form(st.a.decay), kernel_form(st.bu)
     coef_e = kernel_form(coef) if split else None

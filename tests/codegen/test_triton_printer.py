@@ -90,7 +90,8 @@ def test_s6_readout_splits_per_channel():
     assert red == (1,) and out_map == (0,)
     plan = r.plan.triton
     assert plan.readout and not plan.pre and (plan.R, plan.C, plan.P) == ("d", "n", "d")
-    assert [t.name for t in plan.tensors] == ["A_log", "dt", "b", "cq", "u"]
+    # dt = softplus(W_dt W_xdt u + b_dt) is computed in the kernel from its projection, hoisted as _dt_sum
+    assert [t.name for t in plan.tensors] == ["A_log", "b_dt", "b", "cq", "u", "_dt_sum"]
 
 
 def test_generated_source_is_deterministic():

@@ -184,7 +184,7 @@ def test_s6_maths_is_printed_into_the_kernel():
     src = built("s6").result.source
     kernel = src[src.index("def _scan_fwd("):src.index("def _scan_bwd(")]
     # the let dt = softplus(W_dt W_xdt u + b_dt) is inlined: torch computes the projection, the kernel the rest
-    assert "fa0 = _softplus(x__sum0 + x_b_dt)" in kernel
+    assert "fa0 = _softplus(x__dt_sum + x_b_dt)" in kernel
     assert "a = tl.exp(-fa0 * tl.exp(x_A_log))" in kernel
     assert "bu = fa0 * x_b * x_u" in kernel
     assert "tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)" in kernel  # in-kernel readout

@@ -73,7 +73,7 @@ def test_rg_lru_kernel_computes_the_gates_and_torch_skips_them():
     plan = result.plan.triton
     assert plan is not None, result.plan.triton_note
     streams = {t.name for t in plan.tensors if t.batched}
-    assert streams == {"x", "_sum0", "_sum1"}, streams  # the input and the two gate projections, not r, ig, a
+    assert streams == {"x", "_r_sum", "_ig_sum"}, streams  # the input and the gates' projections, not r, ig, a
     assert not plan.kernel_lets & {"r", "ig", "a"}
     assert {x.name for x in result.plan.lets if x.in_kernel} == {"r", "ig", "a"}
 
