@@ -482,7 +482,8 @@ def _rebound(pr: TorchPrinter, refs: dict[str, TensorRef]):
 def _time_sliced(sym, pr: TorchPrinter, index: str) -> dict[str, TensorRef]:
     """Every time-varying tensor (lets and the input) read at ``[:, index]`` only."""
     names = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
-    return {n: TensorRef(f"{pr.tensors[n].code}[:, {index}]", pr.tensors[n].rank, True) for n in names}
+    return {n: TensorRef(f"{pr.tensors[n].code}[:, {index}]", pr.tensors[n].rank, True, pr.tensors[n].extents)
+            for n in names}
 
 
 def _state_read(sym) -> dict[str, TensorRef]:
@@ -531,9 +532,11 @@ def _post_plans(sym, pr: TorchPrinter, sizes, rewrite=lambda e: e) -> list[LetPl
     reads its log lets X as exp(X))."""
     posts = []
     if sym.posts:
-        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True)
+        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True,
+                                                tuple(a.extent for a in sym.output.axes))
     for post in sym.posts:
-        pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True)
+        pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True,
+                                                 tuple(a.extent for a in post.tensor.axes))
         code = pr.print(rewrite(post.expr), post.index, sizes(post.index, post.tensor.axes))
         posts.append(LetPlan(post.tensor.name, code, _src(sym, post.tensor.name)))
     return posts

@@ -1,0 +1,291 @@
+"""A seventh new-spec hunt.
+
+Index ranges narrower than the axis they read: the checker requires a subscript written as a lone index (``y[h, b]``)
+to range over exactly its axis, and only range-checks a compound one (``y[h, b + 0]`` with b in range(V) into an axis
+of V + 1, the normaliser column of linear attention with a ones-augmented value). SymPy folds ``b + 0`` to ``b``, and
+two later stages then read it as a lone index: the generated constructor's dim check raised "index b ranges over 2
+values, but the axis has 3 entries" at the spec's own default dims (the module could not be built at all), and the
+torch printer printed ``y[h, b]`` as the whole tensor (the post came out V + 1 wide, or broadcast V + 1 against V).
+``SymIndexUse.bare`` now keeps the checker's syntactic reading, and ``TorchPrinter._narrowed`` cuts a tensor read to
+the ranges of its index symbols.
+
+New user specs the catalog and the earlier hunts do not cover (linear attention with squared-relu features and the
+normaliser as a ones column of the value axis, RWKV-4's num / den state with the bonus term in a post, an AR(P)
+companion-matrix recurrence with input-dependent coefficients, 3x3 rotation blocks, Mamba-2 with a derived odd
+head dim, a D skip per head and a gated RMSNorm post, GLA at K = 1 with squared-relu features, S6 with every dim 1,
+retention with one scalar decay param and a dense D). Each is checked against the float64 reference recurrence
+built from the same spec: forward with and without an initial state, token-by-token step, gradients of the input,
+the initial state and every parameter, on the torch path and the Triton path (interpreted on CPU), at the spec's
+dims and at odd / unit dims given to the constructor.
+"""
+
+from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import pytest  # noqa: E402
+
+from dsf_testing import check_backend, check_new_spec, compile_and_build  # noqa: E402
+from dsfc.analysis.structure import Family  # noqa: E402
+from dsfc.pipeline import compile_text  # noqa: E402
+
+# the Triton interpreter evaluates masked-off lanes too: numpy may warn, nothing is read
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:divide by zero encountered:RuntimeWarning")
+
+LA_SQRELU_AUG = """
+model LASqReluAug "linear attention, squared-relu features, the normaliser as a ones column of the value axis"
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V + 1]
+output y[h: H, b: V + 1]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V + 1, d] ~ normal(0, 1 / sqrt(d))
+let qf[h: H, a: K] = relu(sum(m, W_Q[h, a, m] * u[m])) ^ 2 + 0.1
+let kf[h: H, a: K] = relu(sum(m, W_K[h, a, m] * u[m])) ^ 2 + 0.1
+let vx[h: H, b: V + 1] = (1 - delta(b, V)) * sum(m, W_V[h, b, m] * u[m]) + delta(b, V)
+drive vx
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2)
+B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * kf[h, a]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * qf[h, a]
+post out[h: H, b: V] = y[h, b + 0] / y[h, V]
+"""
+
+NARROW_B = """
+model NarrowB "a per-key decay whose params are wider than the axes they are read over (b + 0, a * 1)"
+dim d = 4
+dim H = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K + 1, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V + 2, d] ~ normal(0, 1 / sqrt(d))
+param W_g[H, K + 1, d] ~ normal(0, 1 / sqrt(d))
+let q[h: H, a: K] = sum(m, W_Q[h, a * 1, m] * u[m])
+let g[h: H, a: K] = logsigmoid(sum(m, W_g[h, a + 0, m] * u[m]) + 2)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * exp(g[h, a])
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b + 0, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
+D[(o, e), m] = W_V[o, e + 1, m]
+"""
+
+NARROW_DIAG = """
+model NarrowDiag "diagonal scan reading wider params and lets through b + 0"
+dim d = 3
+dim E = 4
+input u[d]
+state h[c: E]
+output y[E]
+param W_f[E + 1, d] ~ normal(0, 1)
+param W_x[E + 2, d] ~ normal(0, 1)
+let f[c: E + 1] = sigmoid(sum(m, W_f[c, m] * u[m]))
+A[c, c2] = delta(c, c2) * f[c + 0]
+B[c, m] = (1 - f[c + 0]) * W_x[c * 1, m]
+C[o, c] = delta(o, c) * f[c + 1]
+"""
+
+RWKV4 = """
+model RWKV4 "RWKV-4 WKV: per-channel num/den state with decay exp(-exp(w)), bonus u in the post, read before update"
+dim d = 5
+dim E = 3
+input u[d]
+state s[c: E, r: 2]
+output y[c: E, r: 2]
+param w[c: E] = -1 + c / E
+param bonus[E] ~ normal(0, 0.5)
+param W_k[E, d] ~ normal(0, 1 / sqrt(d))
+param W_v[E, d] ~ normal(0, 1 / sqrt(d))
+let k[c: E] = sum(m, W_k[c, m] * u[m])
+let v[c: E] = sum(m, W_v[c, m] * u[m])
+let x[c: E, r: 2] = exp(k[c]) * ((1 - r) * v[c] + r)
+drive x
+readout pre
+A[(c, r), (c2, r2)] = delta(c, c2) * delta(r, r2) * exp(-exp(w[c]))
+B[(c, r), (c2, r2)] = delta(c, c2) * delta(r, r2)
+C[(o, e), (c, r)] = delta(o, c) * delta(e, r)
+post wkv[c: E] = (y[c, 0] + exp(bonus[c] + k[c]) * v[c]) / (y[c, 1] + exp(bonus[c] + k[c]))
+"""
+
+AR_COMPANION = """
+model ARCompanion "input-dependent AR(P) per channel: companion-matrix blocks, first row 0.3 tanh coefficients"
+dim d = 3
+dim E = 3
+dim P = 3
+input u[d]
+state h[c: E, i: P]
+output y[E]
+param W_a[E, P, d] ~ normal(0, 1)
+param W_b[E, d] ~ normal(0, 1 / sqrt(d))
+let a[c: E, i: P] = 0.3 * tanh(sum(m, W_a[c, i, m] * u[m]))
+A[(c, i), (c2, i2)] = delta(c, c2) * (delta(i, 0) * a[c, i2] + delta(i, i2 + 1))
+B[(c, i), m] = delta(i, 0) * W_b[c, m]
+C[o, (c, i)] = delta(o, c) * delta(i, 0)
+"""
+
+ROT3 = """
+model Rot3 "3x3 blocks: a rotation about the third axis by an input-dependent angle, magnitude sigmoid"
+dim d = 4
+dim E = 5
+input u[d]
+state h[c: E, r: 3]
+output y[E]
+param W_th[E, d] ~ normal(0, 1)
+param W_g[E, d] ~ normal(0, 1)
+param W_b[E, 3, d] ~ normal(0, 1 / sqrt(d))
+param W_c[E, 3] ~ normal(0, 1)
+let th[c: E] = sum(m, W_th[c, m] * u[m])
+let g[c: E] = sigmoid(sum(m, W_g[c, m] * u[m]))
+# [[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]]: the plane of axes 0 and 1 rotates, axis 2 is kept
+A[(c, r), (c2, r2)] = delta(c, c2) * g[c] * (delta(r, 2) * delta(r2, 2)
+                      + (1 - delta(r, 2)) * (1 - delta(r2, 2)) * (delta(r, r2) * cos(th[c]) + (r - r2) * sin(th[c])))
+B[(c, r), m] = W_b[c, r, m]
+C[o, (c, r)] = delta(o, c) * W_c[c, r]
+"""
+
+MAMBA2_RMSGATE = """
+model Mamba2RMS "Mamba-2 SSD core, head dim P = E // H derived (odd), D skip per head, gated RMSNorm post"
+dim d = 5
+dim H = 3
+dim E = 9
+dim P = E // H
+dim n = 3
+input u[d]
+state S[h: H, p: P, j: n]
+output y[h: H, p: P]
+param W_x[E, d] ~ normal(0, 1 / sqrt(d))
+param W_z[E, d] ~ normal(0, 1 / sqrt(d))
+param W_B[n, d] ~ normal(0, 1 / sqrt(d))
+param W_C[n, d] ~ normal(0, 1 / sqrt(d))
+param W_dt[H, d] ~ normal(0, 0.3)
+param b_dt[H] ~ dt_bias(0.001, 0.1)
+param A_log[h: H] = log(h + 1)
+param Dh[H] = 1
+param g_norm[E] = 1
+let x[h: H, p: P] = sum(m, W_x[h * P + p, m] * u[m])
+let dt[h: H] = softplus(sum(m, W_dt[h, m] * u[m]) + b_dt[h])
+let bb[j: n] = sum(m, W_B[j, m] * u[m])
+let cc[j: n] = sum(m, W_C[j, m] * u[m])
+drive x
+A[(h, p, j), (h2, p2, j2)] = delta(h, h2) * delta(p, p2) * delta(j, j2) * exp(-dt[h] * exp(A_log[h]))
+B[(h, p, j), (h2, p2)] = delta(h, h2) * delta(p, p2) * dt[h] * bb[j]
+C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * cc[j]
+D[(o, e), (h, p)] = delta(o, h) * delta(e, p) * Dh[h]
+post gz[h: H, p: P] = y[h, p] * silu(sum(m, W_z[h * P + p, m] * u[m]))
+post out[h: H, p: P] = gz[h, p] / sqrt(sum(p2, gz[h, p2] ^ 2) / P + 1e-5) * g_norm[h * P + p]
+"""
+
+GLA_K1 = """
+model GLAK1 "GLA at K = 1 with squared-relu q/k features and a low-rank per-key gate, V = 5"
+dim d = 3
+dim H = 2
+dim K = 1
+dim V = 5
+dim R = 1
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_g1[R, d] ~ normal(0, 1 / sqrt(d))
+param W_g2[H, K, R] ~ normal(0, 1)
+let g[h: H, a: K] = logsigmoid(sum(r, W_g2[h, a, r] * sum(m, W_g1[r, m] * u[m])) + 2) / 8
+let qf[h: H, a: K] = relu(sum(m, W_Q[h, a, m] * u[m])) ^ 2
+let kf[h: H, a: K] = relu(sum(m, W_K[h, a, m] * u[m])) ^ 2
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * exp(g[h, a])
+B[(h, a, b), m] = kf[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * qf[h, a]
+"""
+
+S6_ONES = """
+model S6Ones "S6 with every dim 1"
+dim d = 1
+dim n = 1
+dim r = 1
+input u[d]
+state h[c: d, j: n]
+output y[d]
+param A_log[c: d, j: n] = log(j + 1)
+param W_xdt[r, d] ~ normal(0, 1 / sqrt(d))
+param W_dt[d, r] ~ uniform(-1 / sqrt(r), 1 / sqrt(r))
+param b_dt[d] ~ dt_bias(0.001, 0.1)
+param W_B[n, d] ~ normal(0, 1 / sqrt(d))
+param W_C[n, d] ~ normal(0, 1 / sqrt(d))
+param D[d] = 1
+let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])
+let b[j: n] = sum(k, W_B[j, k] * u[k])
+let cq[j: n] = sum(k, W_C[j, k] * u[k])
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * exp(-dt[c] * exp(A_log[c, j]))
+B[(c, j), k] = delta(c, k) * dt[c] * b[j]
+C[o, (c, j)] = delta(o, c) * cq[j]
+D[o, k] = delta(o, k) * D[k]
+"""
+
+RETNET_SCALAR_PARAM = """
+model RetScalar "retention with one scalar learned decay param (no axes) shared by all heads, non-square D"
+dim d = 4
+dim H = 3
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param s = 2
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_D[H, V, d] ~ normal(0, 0.1)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * sigmoid(s + h)
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m]) / sqrt(K)
+D[(o, e), m] = W_D[o, e, m]
+"""
+
+CASES = {
+    "la_sqrelu_aug": (LA_SQRELU_AUG, Family.CHUNKED_OUTER),
+    "narrow_b": (NARROW_B, Family.CHUNKED_OUTER),
+    "narrow_diag": (NARROW_DIAG, Family.DIAGONAL_SCAN),
+    "rwkv4": (RWKV4, Family.DIAGONAL_SCAN),
+    "ar_companion": (AR_COMPANION, Family.DENSE_SCAN),
+    "rot3": (ROT3, Family.DENSE_SCAN),
+    "mamba2_rmsgate": (MAMBA2_RMSGATE, Family.CHUNKED_OUTER),
+    "gla_k1": (GLA_K1, Family.CHUNKED_OUTER),
+    "s6_ones": (S6_ONES, Family.DIAGONAL_SCAN),
+    "retnet_scalar_param": (RETNET_SCALAR_PARAM, Family.CHUNKED_OUTER),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_new_spec_matches_the_reference(name):
+    text, family = CASES[name]
+    check_new_spec(text, family, None, name)
+    # a longer odd T with several sequences, from an initial state (past one chunk of the chunked scans)
+    check_backend(compile_and_build(text, path=f"{name}.dsf"), "torch", ((3, 33),), h0s=(True,))
+
+
+@pytest.mark.parametrize("name, dims", [
+    ("la_sqrelu_aug", dict(d=1, H=1, K=1, V=1)),
+    ("la_sqrelu_aug", dict(d=3, H=3, K=5, V=4)),
+    ("mamba2_rmsgate", dict(d=2, H=5, E=5, n=1)),  # head dim P = E // H = 1
+    ("mamba2_rmsgate", dict(d=3, H=1, E=5, n=2)),
+    ("rot3", dict(d=1, E=1)),
+    ("rwkv4", dict(d=1, E=1)),
+    ("ar_companion", dict(d=2, E=1, P=1)),
+    ("ar_companion", dict(d=2, E=2, P=5)),
+    ("gla_k1", dict(d=1, H=1, K=3, V=1, R=3)),
+    ("narrow_b", dict(d=2, H=1, K=1, V=3)),
+])
+def test_new_spec_at_other_dims(name, dims):
+    check_new_spec(CASES[name][0], CASES[name][1], dims, name)
+
+
+def test_narrower_index_reads_the_first_entries():
+    """``y[h, b + 0]`` (b in range(V)) into an axis of V + 1 builds at the spec's dims, and its post is V wide."""
+    built = compile_and_build(LA_SQRELU_AUG, path="la_sqrelu_aug.dsf")
+    assert built.d_out() == 2 * 2
+    assert built.model._state_size() == 2 * 3 * 3
