@@ -9,11 +9,18 @@ torch printer printed ``y[h, b]`` as the whole tensor (the post came out V + 1 w
 ``SymIndexUse.bare`` now keeps the checker's syntactic reading, and ``TorchPrinter._narrowed`` cuts a tensor read to
 the ranges of its index symbols.
 
+``A = 0`` (a memoryless baseline) has no deltas for the structure analysis to find, so every state axis was "mixed":
+a dense A with unknown eigenvalues, run as an N x N matrix-vector product per step. A zero entry now counts as
+diagonal on every axis (``common_row_col_deltas``): a scalar decay 0, eigenvalues exactly 0, and the family the rest
+of the spec admits (the chunked outer-product scan for a k v^T input read by q).
+
 New user specs the catalog and the earlier hunts do not cover (linear attention with squared-relu features and the
 normaliser as a ones column of the value axis, RWKV-4's num / den state with the bonus term in a post, an AR(P)
 companion-matrix recurrence with input-dependent coefficients, 3x3 rotation blocks, Mamba-2 with a derived odd
 head dim, a D skip per head and a gated RMSNorm post, GLA at K = 1 with squared-relu features, S6 with every dim 1,
-retention with one scalar decay param and a dense D). Each is checked against the float64 reference recurrence
+retention with one scalar decay param and a dense D, A = 0, a value-first output transposed back by a post,
+a per-key decay whose C contracts the values instead of the keys, a clipped gate raised to a softplus step size,
+grouped linear attention with shared keys and decays read before the update). Each is checked against the float64 reference recurrence
 built from the same spec: forward with and without an initial state, token-by-token step, gradients of the input,
 the initial state and every parameter, on the torch path and the Triton path (interpreted on CPU), at the spec's
 dims and at odd / unit dims given to the constructor.
@@ -24,6 +31,7 @@ from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_IN
 import pytest  # noqa: E402
 
 from dsf_testing import check_backend, check_new_spec, compile_and_build  # noqa: E402
+from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
@@ -246,6 +254,121 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m]) /
 D[(o, e), m] = W_D[o, e, m]
 """
 
+ZERO_DECAY = """
+model ZeroDecay "A = 0: each step's state is its own outer product k v^T (no memory), read by q"
+dim d = 3
+dim H = 2
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+A[(h, a, b), (h2, a2, b2)] = 0
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+"""
+
+ZERO_DIAG = """
+model ZeroDiag "A = 0 on a 2-axis state with a dense B and a D skip: y = C B u + D u"
+dim d = 3
+dim E = 2
+dim n = 3
+input u[d]
+state h[c: E, j: n]
+output y[d]
+param W_B[E, n, d] ~ normal(0, 1)
+param W_C[d, E, n] ~ normal(0, 1)
+A[(c, j), (c2, j2)] = 0
+B[(c, j), m] = W_B[c, j, m] * tanh(u[m])
+C[o, (c, j)] = W_C[o, c, j]
+D[o, m] = delta(o, m)
+"""
+
+LA_TRANSPOSED = """
+model LATransposed "GLA with the output declared value-first y[b, h] and a post that transposes it back"
+dim d = 4
+dim H = 3
+dim K = 2
+dim V = 5
+input u[d]
+state S[h: H, a: K, b: V]
+output y[b: V, h: H]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_a[H, K, d] ~ normal(0, 1 / sqrt(d))
+let al[h: H, a: K] = sigmoid(sum(m, W_a[h, a, m] * u[m]) + 1)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h, a]
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(e, o), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+post z[h: H, b: V] = y[b, h] * sigmoid(u[h % d])
+"""
+
+C_OVER_VALUES = """
+model COverValues "outer-product input, per-key decay, but C contracts the value axis (y[h, a] = S[h, a, :] . w)"
+dim d = 4
+dim H = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, a: K]
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_a[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_r[H, V, d] ~ normal(0, 1 / sqrt(d))
+let al[h: H, a: K] = sigmoid(sum(m, W_a[h, a, m] * u[m]))
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h, a]
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, a) * sum(m, W_r[h, b, m] * u[m])
+"""
+
+MINPOW_DECAY = """
+model MinPowDecay "diagonal decay min(sigmoid(x), 0.95) ^ dt with dt = softplus: a clipped gate raised to a step size"
+dim d = 3
+dim E = 5
+input u[d]
+state h[c: E]
+output y[E]
+param W_f[E, d] ~ normal(0, 1)
+param W_dt[E, d] ~ normal(0, 1)
+param W_x[E, d] ~ normal(0, 1 / sqrt(d))
+let f[c: E] = min(sigmoid(sum(m, W_f[c, m] * u[m]) + 2), 0.95)
+let dt[c: E] = softplus(sum(m, W_dt[c, m] * u[m]))
+A[c, c2] = delta(c, c2) * f[c] ^ dt[c]
+B[c, m] = (1 - f[c] ^ dt[c]) * W_x[c, m]
+C[o, c] = delta(o, c)
+D[o, m] = delta(o, m % E) * 0.5
+"""
+
+GQA_LA_PRE = """
+model GQALAPre "grouped linear attention: keys and decays shared by R heads per group, read before the update, D skip"
+dim d = 6
+dim G = 2
+dim R = 3
+dim H = G * R
+dim K = 2
+dim V = 1
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[G, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_g[G, d] ~ normal(0, 1 / sqrt(d))
+param Dh[H] ~ normal(0, 1)
+let kg[g: G, a: K] = sum(m, W_K[g, a, m] * u[m])
+let lg[g: G] = logsigmoid(sum(m, W_g[g, m] * u[m]) + 1)
+readout pre
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * exp(lg[h // R])
+B[(h, a, b), m] = kg[h // R, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+D[(o, e), m] = delta(m, o) * Dh[o]
+"""
+
 CASES = {
     "la_sqrelu_aug": (LA_SQRELU_AUG, Family.CHUNKED_OUTER),
     "narrow_b": (NARROW_B, Family.CHUNKED_OUTER),
@@ -257,6 +380,12 @@ CASES = {
     "gla_k1": (GLA_K1, Family.CHUNKED_OUTER),
     "s6_ones": (S6_ONES, Family.DIAGONAL_SCAN),
     "retnet_scalar_param": (RETNET_SCALAR_PARAM, Family.CHUNKED_OUTER),
+    "zero_decay": (ZERO_DECAY, Family.CHUNKED_OUTER),
+    "zero_diag": (ZERO_DIAG, Family.DIAGONAL_SCAN),
+    "la_transposed": (LA_TRANSPOSED, Family.CHUNKED_OUTER),
+    "c_over_values": (C_OVER_VALUES, Family.DIAGONAL_SCAN),
+    "minpow_decay": (MINPOW_DECAY, Family.DIAGONAL_SCAN),
+    "gqa_la_pre": (GQA_LA_PRE, Family.CHUNKED_OUTER),
 }
 
 
@@ -289,3 +418,11 @@ def test_narrower_index_reads_the_first_entries():
     built = compile_and_build(LA_SQRELU_AUG, path="la_sqrelu_aug.dsf")
     assert built.d_out() == 2 * 2
     assert built.model._state_size() == 2 * 3 * 3
+
+
+@pytest.mark.parametrize("name, kind", [("zero_decay", "scalar"), ("zero_diag", "scalar")])
+def test_zero_a_is_a_zero_diagonal(name, kind):
+    """A = 0 (no memory) had no deltas to find, so every axis was 'mixed': dense A, eigenvalues unknown, and the
+    dense family's N x N matrix-vector product per step. It is the zero scalar: eigenvalues exactly 0."""
+    r = compile_text(CASES[name][0], f"{name}.dsf").report
+    assert (r.a_kind, r.eigen_bound, r.eigen_interval) == (kind, Bound.STABLE.value, "[0, 0]"), r.eigen_reason
