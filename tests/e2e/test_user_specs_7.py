@@ -14,6 +14,12 @@ a dense A with unknown eigenvalues, run as an N x N matrix-vector product per st
 diagonal on every axis (``common_row_col_deltas``): a scalar decay 0, eigenvalues exactly 0, and the family the rest
 of the spec admits (the chunked outer-product scan for a k v^T input read by q).
 
+A let or a post with an axis its expression does not use (``let g[c: E, k: R] = f[c]``, a broadcast) was printed as
+a size-1 dim: a later ``sum(k, g[c, k])``, an einsum, added one entry instead of R (R times too small, silently),
+and a post ``z[c: E, k: R] = y[c]`` came out E wide instead of E * R (``dsfc check`` stopped with an internal error).
+Time-varying lets and posts are now expanded to their declared shape where an axis is unused (``plan._expanded``;
+static lets already were).
+
 New user specs the catalog and the earlier hunts do not cover (linear attention with squared-relu features and the
 normaliser as a ones column of the value axis, RWKV-4's num / den state with the bonus term in a post, an AR(P)
 companion-matrix recurrence with input-dependent coefficients, 3x3 rotation blocks, Mamba-2 with a derived odd
@@ -369,6 +375,27 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
 D[(o, e), m] = delta(m, o) * Dh[o]
 """
 
+BCAST = """
+model Bcast "a let and posts with an axis their expression does not use (a broadcast), summed afterwards"
+dim d = 3
+dim E = 3
+dim R = 2
+input u[d]
+state h[c: E]
+output y[E]
+param W[E, d] ~ normal(0, 1)
+let f[c: E] = sigmoid(sum(m, W[c, m] * u[m]))
+let g[c: E, k: R] = f[c]
+let gs[c: E] = sum(k, g[c, k]) / R
+A[c, c2] = delta(c, c2) * gs[c]
+B[c, m] = W[c, m] * sum(k, g[c, k])
+C[o, c] = delta(o, c)
+post z[c: E, k: R] = y[c]
+post z2[c: E] = sum(k, z[c, k])
+post z3[c: E, k: R] = z2[c] * (k + 1)
+post out[c: E, k: R, e: 2] = z3[c, k]
+"""
+
 CASES = {
     "la_sqrelu_aug": (LA_SQRELU_AUG, Family.CHUNKED_OUTER),
     "narrow_b": (NARROW_B, Family.CHUNKED_OUTER),
@@ -386,6 +413,7 @@ CASES = {
     "c_over_values": (C_OVER_VALUES, Family.DIAGONAL_SCAN),
     "minpow_decay": (MINPOW_DECAY, Family.DIAGONAL_SCAN),
     "gqa_la_pre": (GQA_LA_PRE, Family.CHUNKED_OUTER),
+    "bcast": (BCAST, Family.DIAGONAL_SCAN),
 }
 
 
