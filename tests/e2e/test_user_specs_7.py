@@ -20,6 +20,9 @@ and a post ``z[c: E, k: R] = y[c]`` came out E wide instead of E * R (``dsfc che
 Time-varying lets and posts are now expanded to their declared shape where an axis is unused (``plan._expanded``;
 static lets already were).
 
+``dsfc check`` blamed any inf / NaN in the reference on A growing the state; it now names a DSF matrix that is
+itself not finite at the sampled input (``P ^ 0.5`` of a negative param in B), or a post-op, when that is the cause.
+
 New user specs the catalog and the earlier hunts do not cover (linear attention with squared-relu features and the
 normaliser as a ones column of the value axis, RWKV-4's num / den state with the bonus term in a post, an AR(P)
 companion-matrix recurrence with input-dependent coefficients, 3x3 rotation blocks, Mamba-2 with a derived odd
@@ -35,6 +38,7 @@ dims and at odd / unit dims given to the constructor.
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from dsf_testing import check_backend, check_new_spec, compile_and_build  # noqa: E402
 from dsfc.analysis.facts import Bound  # noqa: E402
@@ -454,3 +458,33 @@ def test_zero_a_is_a_zero_diagonal(name, kind):
     dense family's N x N matrix-vector product per step. It is the zero scalar: eigenvalues exactly 0."""
     r = compile_text(CASES[name][0], f"{name}.dsf").report
     assert (r.a_kind, r.eigen_bound, r.eigen_interval) == (kind, Bound.STABLE.value, "[0, 0]"), r.eigen_reason
+
+
+NAN_B = """
+model NanB "B reads a fractional power of a signed param (-1 at c = 0): NaN"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param P[c: d] = c - 1
+A[c, c2] = delta(c, c2) * 0.5
+B[c, m] = delta(c, m) * P[c] ^ 0.5
+C[o, c] = delta(o, c)
+"""
+
+
+@pytest.mark.parametrize("text, reason", [
+    (NAN_B, "the spec's B is already inf / NaN"),
+    (NAN_B.replace("P[c] ^ 0.5", "1").replace("C[o, c] = delta(o, c)", "C[o, c] = delta(o, c)\n"
+                                                                        "post z[c: d] = log(y[c])"),
+     "a post-op makes the output inf / NaN"),
+])
+def test_check_names_why_the_reference_is_not_finite(text, reason):
+    """``dsfc check`` blamed A's growth for any inf / NaN in the reference; a NaN B (a fractional power of a negative
+    param) or a post's log of a negative output has nothing to do with A."""
+    from dsfc.check import run_check
+
+    torch.manual_seed(1)
+    rep = run_check(compile_text(text, "nan.dsf"), triton=False)
+    assert any(reason in note for note in rep.notes), rep.notes
+    assert not any("grows the state" in note for note in rep.notes), rep.notes
