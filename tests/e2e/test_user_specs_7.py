@@ -30,8 +30,8 @@ head dim, a D skip per head and a gated RMSNorm post, GLA at K = 1 with squared-
 retention with one scalar decay param and a dense D, A = 0, a value-first output transposed back by a post,
 a per-key decay whose C contracts the values instead of the keys, a clipped gate raised to a softplus step size,
 grouped linear attention with shared keys and decays read before the update). Each is checked against the
-float64 reference recurrence built from the same spec: forward with and without an initial state, token-by-token step, gradients of the input,
-the initial state and every parameter, on the torch path and the Triton path (interpreted on CPU), at the spec's
+float64 reference recurrence built from the same spec: forward with and without an initial state, token-by-token
+step, gradients of the input, the initial state and every parameter, on the torch path and the Triton path (interpreted on CPU), at the spec's
 dims and at odd / unit dims given to the constructor.
 """
 
