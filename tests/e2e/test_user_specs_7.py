@@ -25,14 +25,14 @@ itself not finite at the sampled input (``P ^ 0.5`` of a negative param in B), o
 
 New user specs the catalog and the earlier hunts do not cover (linear attention with squared-relu features and the
 normaliser as a ones column of the value axis, RWKV-4's num / den state with the bonus term in a post, an AR(P)
-companion-matrix recurrence with input-dependent coefficients, 3x3 rotation blocks, Mamba-2 with a derived odd
-head dim, a D skip per head and a gated RMSNorm post, GLA at K = 1 with squared-relu features, S6 with every dim 1,
-retention with one scalar decay param and a dense D, A = 0, a value-first output transposed back by a post,
-a per-key decay whose C contracts the values instead of the keys, a clipped gate raised to a softplus step size,
-grouped linear attention with shared keys and decays read before the update). Each is checked against the
-float64 reference recurrence built from the same spec: forward with and without an initial state, token-by-token
-step, gradients of the input, the initial state and every parameter, on the torch path and the Triton path (interpreted on CPU), at the spec's
-dims and at odd / unit dims given to the constructor.
+companion-matrix recurrence with input-dependent coefficients, 3x3 rotation blocks, Mamba-2 with a derived odd head
+dim, a D skip per head and a gated RMSNorm post, GLA at K = 1 with squared-relu features, S6 with every dim 1,
+retention with one scalar decay param and a dense D, A = 0, a value-first output transposed back by a post, a
+per-key decay whose C contracts the values instead of the keys, a clipped gate raised to a softplus step size, grouped
+linear attention with shared keys and decays read before the update). Each is checked against the float64 reference
+recurrence built from the same spec: forward with and without an initial state, token-by-token step, gradients of
+the input, the initial state and every parameter, on the torch path and the Triton path (interpreted on CPU), at the
+spec's dims and at odd / unit dims given to the constructor.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
