@@ -298,7 +298,9 @@ class TorchPrinter:
         off = 2 if ref.batched else 0
         for k, (s, extent) in enumerate(zip(subs, ref.extents)):
             size = sizes.get(s)
-            if size is not None and size != self.size(extent):
+            if size is None or sp.S(extent).has(TaylorRange):  # a feature range is sized by the compiler
+                continue
+            if size != self.size(extent):
                 code = f"{code}.narrow({off + k}, 0, {size})"
         return code
 

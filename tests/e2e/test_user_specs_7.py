@@ -108,7 +108,7 @@ C[o, c] = delta(o, c) * f[c + 1]
 """
 
 RWKV4 = """
-model RWKV4 "RWKV-4 WKV: per-channel num/den state with decay exp(-exp(w)), bonus u in the post, read before update"
+model RWKV4 "RWKV-4 WKV: token shift, num/den state decayed by exp(-exp(w)), read before update, bonus in a post"
 dim d = 5
 dim E = 3
 input u[d]
@@ -118,8 +118,10 @@ param w[c: E] = -1 + c / E
 param bonus[E] ~ normal(0, 0.5)
 param W_k[E, d] ~ normal(0, 1 / sqrt(d))
 param W_v[E, d] ~ normal(0, 1 / sqrt(d))
-let k[c: E] = sum(m, W_k[c, m] * u[m])
-let v[c: E] = sum(m, W_v[c, m] * u[m])
+param mu[d] ~ uniform(0, 1)
+let up[m: d] = prev(u[m])
+let k[c: E] = sum(m, W_k[c, m] * (mu[m] * u[m] + (1 - mu[m]) * up[m]))
+let v[c: E] = sum(m, W_v[c, m] * (mu[m] * u[m] + (1 - mu[m]) * up[m]))
 let x[c: E, r: 2] = exp(k[c]) * ((1 - r) * v[c] + r)
 drive x
 readout pre
@@ -400,6 +402,35 @@ post z3[c: E, k: R] = z2[c] * (k + 1)
 post out[c: E, k: R, e: 2] = z3[c, k]
 """
 
+SOFTMAX_QK_NORM = """
+model SoftmaxQKNorm "softmax attention with L2-normalised q, k and a learned temperature, H = 1, V = 1, out-proj post"
+dim d = 3
+dim H = 1
+dim K = 3
+dim V = 1
+input u[d]
+state S[h: H, f: taylor(K, inf), b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param tau = 2
+param W_o[d, H] ~ normal(0, 1)
+let qr[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
+let kr[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let q[h: H, a: K] = tau * qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
+let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
+let qf[h: H, f: taylor(K, inf)] = taylor(a, q[h, a])
+let kf[h: H, f: taylor(K, inf)] = taylor(a, k[h, a])
+let z[h: H, f: taylor(K, inf)] = cumsum(kf[h, f])
+let eta[h: H] = sum(f, qf[h, f] * z[h, f])
+let eta_prev[h: H] = prev(eta[h])
+A[(h, f, b), (h2, f2, b2)] = delta(h, h2) * delta(f, f2) * delta(b, b2) * eta_prev[h] / eta[h]
+B[(h, f, b), m] = kf[h, f] * W_V[h, b, m] / eta[h]
+C[(o, e), (h, f, b)] = delta(o, h) * delta(e, b) * qf[h, f]
+post out[o: d] = sum(h, W_o[o, h] * y[h, 0])
+"""
+
 CASES = {
     "la_sqrelu_aug": (LA_SQRELU_AUG, Family.CHUNKED_OUTER),
     "narrow_b": (NARROW_B, Family.CHUNKED_OUTER),
@@ -488,3 +519,14 @@ def test_check_names_why_the_reference_is_not_finite(text, reason):
     rep = run_check(compile_text(text, "nan.dsf"), triton=False)
     assert any(reason in note for note in rep.notes), rep.notes
     assert not any("grows the state" in note for note in rep.notes), rep.notes
+
+
+def test_softmax_with_l2_normalised_queries_and_keys():
+    """Quadratic family: q, k L2-normalised in the spec, a learned temperature, H = V = 1, an out-projection post
+    reading y[h, 0]; dsfc check (reference, forward, step, KV cache, Triton) at the spec's dims."""
+    from dsfc.check import run_check
+
+    result = compile_text(SOFTMAX_QK_NORM, "softmax_qk_norm.dsf")
+    assert result.structure.family == Family.QUADRATIC
+    rep = run_check(result, dims={"d": 3, "H": 1, "K": 3, "V": 1})
+    assert rep.ok, rep.table()
