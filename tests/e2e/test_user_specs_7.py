@@ -20,6 +20,10 @@ and a post ``z[c: E, k: R] = y[c]`` came out E wide instead of E * R (``dsfc che
 Time-varying lets and posts are now expanded to their declared shape where an axis is unused (``plan._expanded``;
 static lets already were).
 
+The eigenvalue prover bounded a sum over a dim-sized range by [0, inf) even when divided by its own count: a delta
+rule with keys tanh(.) / sqrt(K) was "unknown"; ``sum(i: n, x_i) / n`` is now a mean, inside the range of x
+(``IntervalProver._mean``), and that spec is ``|lambda| <= 1``.
+
 ``dsfc check`` blamed any inf / NaN in the reference on A growing the state; it now names a DSF matrix that is
 itself not finite at the sampled input (``P ^ 0.5`` of a negative param in B), or a post-op, when that is the cause.
 
@@ -431,6 +435,53 @@ C[(o, e), (h, f, b)] = delta(o, h) * delta(e, b) * qf[h, f]
 post out[o: d] = sum(h, W_o[o, h] * y[h, 0])
 """
 
+GDN_PRE = """
+model GDNPre "gated delta rule read before the update, K = 1, V = 1, sigmoid-gated output post, H = 3"
+dim d = 4
+dim H = 3
+dim K = 1
+dim V = 1
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_b[H, d] ~ normal(0, 1)
+param W_g[H, d] ~ normal(0, 1)
+param W_z[H, V, d] ~ normal(0, 1)
+let kr[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2) + 1)
+let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
+let al[h: H] = exp(-softplus(sum(m, W_g[h, m] * u[m])))
+readout pre
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * al[h] * (delta(a, a2) - beta[h] * k[h, a] * k[h, a2])
+B[(h, a, b), m] = beta[h] * k[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+post z[h: H, b: V] = y[h, b] * sigmoid(sum(m, W_z[h, b, m] * u[m]))
+"""
+
+DELTA_VFIRST_D = """
+model DeltaD "delta rule, beta in (0, 1), keys tanh(u) / sqrt(K) read from u, a D skip, a derived K = d // H"
+dim d = 6
+dim H = 2
+dim K = d // H
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_b[H, d] ~ normal(0, 1)
+param Dm[H, V, d] ~ normal(0, 0.1)
+let k[h: H, a: K] = tanh(u[h * K + a]) / sqrt(K)
+let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) - beta[h] * k[h, a] * k[h, a2])
+B[(h, a, b), m] = beta[h] * k[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+D[(o, e), m] = Dm[o, e, m]
+"""
+
 CASES = {
     "la_sqrelu_aug": (LA_SQRELU_AUG, Family.CHUNKED_OUTER),
     "narrow_b": (NARROW_B, Family.CHUNKED_OUTER),
@@ -449,6 +500,8 @@ CASES = {
     "minpow_decay": (MINPOW_DECAY, Family.DIAGONAL_SCAN),
     "gqa_la_pre": (GQA_LA_PRE, Family.CHUNKED_OUTER),
     "bcast": (BCAST, Family.DIAGONAL_SCAN),
+    "gdn_pre": (GDN_PRE, Family.CHUNKED_DELTA),
+    "delta_vfirst_d": (DELTA_VFIRST_D, Family.CHUNKED_DELTA),
 }
 
 
@@ -471,6 +524,7 @@ def test_new_spec_matches_the_reference(name):
     ("ar_companion", dict(d=2, E=2, P=5)),
     ("gla_k1", dict(d=1, H=1, K=3, V=1, R=3)),
     ("narrow_b", dict(d=2, H=1, K=1, V=3)),
+    ("delta_vfirst_d", dict(d=5, H=5, V=3)),  # K = d // H = 1
 ])
 def test_new_spec_at_other_dims(name, dims):
     check_new_spec(CASES[name][0], CASES[name][1], dims, name)
@@ -530,3 +584,11 @@ def test_softmax_with_l2_normalised_queries_and_keys():
     assert result.structure.family == Family.QUADRATIC
     rep = run_check(result, dims={"d": 3, "H": 1, "K": 3, "V": 1})
     assert rep.ok, rep.table()
+
+
+def test_mean_over_a_sum_bounds_the_delta_rule():
+    """A delta rule with keys tanh(.) / sqrt(K): g^T f = beta sum(a, tanh(.)^2) / K. Interval arithmetic bounded the
+    sum by [0, inf) (its count K is a dim) and called the eigenvalues unknown; a sum over its own count is a mean,
+    inside its terms' range [0, 1), so s - g^T f is in (0, 1] (IntervalProver._mean)."""
+    r = compile_text(DELTA_VFIRST_D, "delta_vfirst_d.dsf").report
+    assert (r.eigen_bound, r.eigen_interval) == (Bound.MARGINAL.value, "(0, 1]"), r.eigen_reason
