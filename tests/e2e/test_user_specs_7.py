@@ -41,6 +41,8 @@ spec's dims and at odd / unit dims given to the constructor.
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -504,30 +506,42 @@ CASES = {
     "delta_vfirst_d": (DELTA_VFIRST_D, Family.CHUNKED_DELTA),
 }
 
+FULL = {"la_sqrelu_aug", "narrow_b", "zero_decay", "zero_diag", "bcast"}
+
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_new_spec_matches_the_reference(name):
+    """Every backend against the reference for the specs behind a fix (FULL); the others (2 CPU cores: ~5 s a spec
+    for the full check) from an initial state at one odd T, torch (forward, step, gradients) and Triton."""
     text, family = CASES[name]
-    check_new_spec(text, family, None, name)
-    # a longer odd T with several sequences, from an initial state (past one chunk of the chunked scans)
-    check_backend(compile_and_build(text, path=f"{name}.dsf"), "torch", ((3, 33),), h0s=(True,))
+    if name in FULL:
+        check_new_spec(text, family, None, name)
+    else:
+        built = compile_and_build(text, path=f"{name}.dsf")
+        assert built.result.structure.family == family, built.result.structure.family_reason
+        check_backend(built, "torch", ((2, 7),), h0s=(True,))
+        if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+            check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
+    if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
+        # a longer odd T with several sequences, from an initial state (past one chunk of the chunked scans)
+        check_backend(compile_and_build(text, path=f"{name}.dsf"), "torch", ((3, 33),), steps=False, h0s=(True,))
 
 
 @pytest.mark.parametrize("name, dims", [
     ("la_sqrelu_aug", dict(d=1, H=1, K=1, V=1)),
-    ("la_sqrelu_aug", dict(d=3, H=3, K=5, V=4)),
     ("mamba2_rmsgate", dict(d=2, H=5, E=5, n=1)),  # head dim P = E // H = 1
-    ("mamba2_rmsgate", dict(d=3, H=1, E=5, n=2)),
     ("rot3", dict(d=1, E=1)),
-    ("rwkv4", dict(d=1, E=1)),
-    ("ar_companion", dict(d=2, E=1, P=1)),
     ("ar_companion", dict(d=2, E=2, P=5)),
     ("gla_k1", dict(d=1, H=1, K=3, V=1, R=3)),
     ("narrow_b", dict(d=2, H=1, K=1, V=3)),
     ("delta_vfirst_d", dict(d=5, H=5, V=3)),  # K = d // H = 1
 ])
 def test_new_spec_at_other_dims(name, dims):
-    check_new_spec(CASES[name][0], CASES[name][1], dims, name)
+    """The spec's module built at odd / unit dims: torch (forward, step, gradients) and Triton, from a state."""
+    built = compile_and_build(CASES[name][0], dims, path=f"{name}.dsf")
+    check_backend(built, "torch", ((2, 5),), h0s=(True,))
+    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+        check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 
 def test_narrower_index_reads_the_first_entries():
