@@ -484,6 +484,43 @@ C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
 D[(o, e), m] = Dm[o, e, m]
 """
 
+MID_HEADS = """
+model MidHeads "GLA with the state laid out value, head, key: S[b, h, a], output y[b, h]"
+dim d = 4
+dim H = 3
+dim K = 2
+dim V = 3
+input u[d]
+state S[b: V, h: H, a: K]
+output y[b: V, h: H]
+param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
+param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_a[H, K, d] ~ normal(0, 1 / sqrt(d))
+let al[h: H, a: K] = sigmoid(sum(m, W_a[h, a, m] * u[m]) + 1)
+A[(b, h, a), (b2, h2, a2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h, a]
+B[(b, h, a), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(e, o), (b, h, a)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+"""
+
+WIDE_OUT = """
+model WideOut "S6-like with an output wider than the state's channels: C = delta(o, c) over o < d + 2, readout pre"
+dim d = 3
+dim n = 2
+input u[d]
+state h[c: d, j: n]
+output y[d + 2]
+param A_log[c: d, j: n] = log(j + 1)
+param W_B[n, d] ~ normal(0, 1 / sqrt(d))
+param W_C[n, d] ~ normal(0, 1 / sqrt(d))
+let dt[c: d] = softplus(u[c])
+readout pre
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * exp(-dt[c] * exp(A_log[c, j]))
+B[(c, j), k] = delta(c, k) * dt[c] * sum(m, W_B[j, m] * u[m])
+C[o, (c, j)] = delta(o, c) * sum(m, W_C[j, m] * u[m])
+D[o, k] = delta(o, k + 2)
+"""
+
 CASES = {
     "la_sqrelu_aug": (LA_SQRELU_AUG, Family.CHUNKED_OUTER),
     "narrow_b": (NARROW_B, Family.CHUNKED_OUTER),
@@ -504,6 +541,8 @@ CASES = {
     "bcast": (BCAST, Family.DIAGONAL_SCAN),
     "gdn_pre": (GDN_PRE, Family.CHUNKED_DELTA),
     "delta_vfirst_d": (DELTA_VFIRST_D, Family.CHUNKED_DELTA),
+    "mid_heads": (MID_HEADS, Family.CHUNKED_OUTER),
+    "wide_out": (WIDE_OUT, Family.DIAGONAL_SCAN),
 }
 
 FULL = {"la_sqrelu_aug", "narrow_b", "zero_decay", "zero_diag", "bcast"}
