@@ -216,6 +216,27 @@ def param_elements(sym, all_dims: dict) -> int:
     return total
 
 
+def _nonfinite_cause(sym, all_dims, params, u, h0, h_all, shape) -> str:
+    """Why the reference left float64: a DSF matrix that is itself inf / NaN at the sampled input (a fractional
+    power of a negative param, exp of a huge value: blaming A's growth for that misled), a post-op, or else the
+    recurrence growing the state."""
+    running0 = {k: v for k, v in h0.items() if k != "h"} if isinstance(h0, dict) else None
+    try:
+        mats = dense_matrices(sym, all_dims, params, u, running0)
+    except (RuntimeError, ValueError, ZeroDivisionError, OverflowError):  # nothing better to say than growth
+        mats = ()
+    bad = [name for name, m in zip("ABCD", mats) if not bool(torch.isfinite(m).all())]
+    head = f"the reference recurrence is not finite at {shape} (y or the state is inf / NaN): "
+    if bad:
+        return head + (f"the spec's {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} already inf / NaN at the "
+                       "sampled input (a fractional power or log of a negative value, a division by zero, exp "
+                       "overflowing)")
+    if bool(torch.isfinite(h_all).all()):
+        return head + "the state is finite, so a post-op makes the output inf / NaN"
+    return (f"the reference recurrence overflows float64 at {shape} (y or the state is inf / NaN): the spec's A "
+            "grows the state without bound (see `dsfc analyze`, eigenvalues)")
+
+
 def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckReport:
     sym = result.sym
     cls = None if model_factory is not None else getattr(load_module(result), result.plan.model)
@@ -275,8 +296,7 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
         if not bool(torch.isfinite(y_ref).all()) or not bool(torch.isfinite(h_all).all()):
             # nothing to compare: the recurrence itself leaves float64 (|A| far above 1, or huge constants)
             report.rows.append(CheckRow("reference stays finite", shape, float("inf"), float("inf"), False))
-            report.notes.append(f"the reference recurrence overflows float64 at {shape} (y or the state is inf / "
-                                "NaN): the spec's A grows the state without bound (see `dsfc analyze`, eigenvalues)")
+            report.notes.append(_nonfinite_cause(sym, all_dims, params, u, h0, h_all, shape))
             break
         with torch.no_grad():
             y, hT = model(u, initial_state=h0, output_final_state=True)

@@ -77,7 +77,10 @@ def _condition(sym: SymSpec, use: SymIndexUse) -> ExtentMatch | SubscriptRange |
     if any(sp.S(e).has(TaylorRange) for e in extents):
         return None  # a feature range's size is computed by the compiler from its own dims, never given directly
     ranges = dict(use.ranges)
-    if use.subscript in ranges:
+    # only a subscript written as a lone index must match the axis (lang/check.py's rule); ``b + 0`` over
+    # ``range(V)`` into an axis of V + 1 is a compound subscript in the spec, and must only stay inside the axis
+    # (the constructor raised at the spec's own default dims, which the compiler had accepted)
+    if use.subscript in ranges and use.bare:
         index_extent = ranges[use.subscript]
         if _always(sym, sp.Eq(index_extent, use.axis_extent)):
             return None

@@ -138,7 +138,11 @@ def contract_product(entry: sp.Expr, cols, extents, operand, row_ranges=None, no
 
 
 def common_row_col_deltas(entry: sp.Expr, rows, cols) -> set[int]:
-    """Positions k such that every term of ``entry`` contains delta(rows[k], cols[k])."""
+    """Positions k such that every term of ``entry`` contains delta(rows[k], cols[k]). A zero entry has no terms, so
+    every position qualifies (0 = delta(r, c) * 0): ``A = 0`` (no memory) is a zero diagonal, not a dense N x N
+    matrix with unknown eigenvalues run as a per-step matrix-vector product."""
+    if sp.S(entry) == 0:
+        return set(range(len(rows)))
     ts = terms(entry)
     common = None
     for t in ts:

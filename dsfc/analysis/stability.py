@@ -298,6 +298,19 @@ class IntervalProver:
         hi_open = not ((r.lo == 0 and not r.lo_open) or (not n.hi_open and not r.lo_open and n.hi < INF))
         return Interval(lo, hi, lo_open, hi_open)
 
+    def _mean(self, e) -> Interval | None:
+        """``rest * sum(i: n, x_i) / n``: the sum over its count is a mean, inside the range of ``x``. Plain interval
+        arithmetic bounds the sum by [0, inf) (its count n is a dim, unbounded), so a delta rule with keys scaled
+        by 1 / K (``|k|^2 = sum(a, tanh(.)^2) / K`` in [0, 1)) was "unknown" instead of ``|lambda| <= 1``."""
+        for s in (a for a in e.args if isinstance(a, sp.Sum)):
+            count = sp.Mul(*(hi - lo + 1 for _, lo, hi in s.limits))
+            num, den = sp.fraction(sp.Mul(*(a for a in e.args if a is not s)))
+            quotient = sp.cancel(den / count)
+            if sp.fraction(quotient)[1] != 1:
+                continue
+            return _mul(self.range(num / quotient), self.range(s.function))
+        return None
+
     def range_over(self, e, index, extents) -> Interval:
         """range(e) where the symbols ``index`` run over ``0 .. extent - 1``. Plain interval arithmetic reads an
         index as [0, inf) and a dim as [1, inf), so ``(a + 0.4 K) / (1.4 K)`` (a per-key decay, a < K) came out
@@ -335,6 +348,7 @@ class IntervalProver:
                 special = self._weight_combination(e) if isinstance(e, sp.Add) else None
                 special = special or self._multilinear(e)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
+                special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
             except (TypeError, ValueError, sp.PolynomialError):
                 special = None
             if special is not None:

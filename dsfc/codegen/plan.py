@@ -309,6 +309,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             # a static let may print as a number or a lower-rank view: give it its declared shape
             full = ", ".join(let_sizes[i] for i in let.index)
             code = f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), ({full}{',' if len(let.index) == 1 else ''}))"
+        else:
+            code = _expanded(code, let.expr, let.index, shape)
         lets.append(LetPlan(let.tensor.name, code, _src(sym, let.tensor.name), shape=shape))
 
     st_shape = [pr.size(a.extent) for a in sym.state.axes]
@@ -490,10 +492,21 @@ def _rebound(pr: TorchPrinter, refs: dict[str, TensorRef]):
                 pr.tensors[n] = old
 
 
+def _expanded(code: str, expr, index, shape: str) -> str:
+    """A time-varying let's or a post's code at its declared ``[B, T, *axes]`` shape. An axis the expression does
+    not use (``let g[c: E, k: R] = f[c]``) prints as a size-1 dim, and a later ``sum(k, g[c, k])``, an einsum, then
+    summed that one entry instead of R equal ones (R times too small), while a post's reshape to the layer's width
+    failed. Only then: an ``expand`` (a view) where every axis is used would change nothing."""
+    if all(i in sp.S(expr).free_symbols for i in index):
+        return code
+    return f"({code}).expand({shape})"
+
+
 def _time_sliced(sym, pr: TorchPrinter, index: str) -> dict[str, TensorRef]:
     """Every time-varying tensor (lets and the input) read at ``[:, index]`` only."""
     names = [let.tensor.name for let in sym.lets if let.time_varying] + [sym.input.name]
-    return {n: TensorRef(f"{pr.tensors[n].code}[:, {index}]", pr.tensors[n].rank, True) for n in names}
+    return {n: TensorRef(f"{pr.tensors[n].code}[:, {index}]", pr.tensors[n].rank, True, pr.tensors[n].extents)
+            for n in names}
 
 
 def _state_read(sym) -> dict[str, TensorRef]:
@@ -542,10 +555,14 @@ def _post_plans(sym, pr: TorchPrinter, sizes, rewrite=lambda e: e) -> list[LetPl
     reads its log lets X as exp(X))."""
     posts = []
     if sym.posts:
-        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True)
+        pr.tensors[sym.output.name] = TensorRef(py_name(sym.output.name), len(sym.output.axes), True,
+                                                tuple(a.extent for a in sym.output.axes))
     for post in sym.posts:
-        pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True)
-        code = pr.print(rewrite(post.expr), post.index, sizes(post.index, post.tensor.axes))
+        pr.tensors[post.tensor.name] = TensorRef(py_name(post.tensor.name), len(post.tensor.axes), True,
+                                                 tuple(a.extent for a in post.tensor.axes))
+        post_sizes = sizes(post.index, post.tensor.axes)
+        code = pr.print(rewrite(post.expr), post.index, post_sizes)
+        code = _expanded(code, post.expr, post.index, ", ".join(["_B", "_T"] + [post_sizes[i] for i in post.index]))
         posts.append(LetPlan(post.tensor.name, code, _src(sym, post.tensor.name)))
     return posts
 
@@ -847,6 +864,8 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                 full = ", ".join(let_sizes[i] for i in let.index)
                 code = (f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), "
                         f"({full}{',' if len(let.index) == 1 else ''}))")
+            else:
+                code = _expanded(code, let.expr, let.index, shape)
             lets.append(LetPlan(name, code, src, shape=shape))
 
     gv = g_syms + v_syms

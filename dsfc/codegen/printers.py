@@ -275,7 +275,7 @@ class TorchPrinter:
         subs = list(e.indices)
         lead = ":, :, " if ref.batched else ""
         if all(isinstance(s, sp.Symbol) and s in axes for s in subs) and len(set(subs)) == len(subs):
-            return self._as_view(ref.code, ref, [axes.index(s) for s in subs], axes)
+            return self._as_view(self._narrowed(ref, subs, sizes), ref, [axes.index(s) for s in subs], axes)
         flat = self._flat_read(ref, subs, axes, sizes) if axes else None
         if flat is not None:
             return flat
@@ -286,6 +286,23 @@ class TorchPrinter:
         if not axes or all(s.is_Integer for s in subs):
             return f"{ref.code}[{lead}{idx}]" + (f"[:, :{', None' * len(axes)}]" if ref.batched and axes else "")
         return f"{ref.code}[{lead}{idx}]"
+
+    def _narrowed(self, ref: TensorRef, subs, sizes) -> str:
+        """``ref``'s code, cut to the ranges of the index symbols that subscript it. An index over fewer values than
+        its axis (``y[h, b + 0]`` with b in range(V) into an axis of V + 1, which SymPy folds to ``y[h, b]``; the
+        checker accepts such compound subscripts inside the axis) reads the axis' first entries only: printed as
+        the whole tensor it broadcast V + 1 entries against V, or gave the result the wrong shape."""
+        code = ref.code
+        if len(ref.extents) != len(subs):
+            return code
+        off = 2 if ref.batched else 0
+        for k, (s, extent) in enumerate(zip(subs, ref.extents)):
+            size = sizes.get(s)
+            if size is None or sp.S(extent).has(TaylorRange):  # a feature range is sized by the compiler
+                continue
+            if size != self.size(extent):
+                code = f"{code}.narrow({off + k}, 0, {size})"
+        return code
 
     def _as_view(self, code, ref: TensorRef, pos: list[int], axes) -> str:
         """``code`` (a tensor whose spec dims are, in order, the axes at positions ``pos``) as a view over ``axes``:
@@ -409,7 +426,7 @@ class TorchPrinter:
             if len(set(f.indices)) != len(f.indices):
                 return None  # a diagonal read such as W[k, k]: einsum letters cannot repeat within one operand
             ref = self.tensors[str(f.base.label)]
-            return ref.code, tuple(f.indices), ref.batched
+            return self._narrowed(ref, f.indices, body_sizes), tuple(f.indices), ref.batched
         if not self._has_tensor(f):
             return None  # grids and dims: the broadcast form prints them more simply
         own = tuple(s for s in body_axes if s in f.free_symbols)

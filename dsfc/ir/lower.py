@@ -251,7 +251,8 @@ class _Lowering:
         scope = {name: index_symbol(name) for name, _ in use.ranges}
         ranges = tuple((scope[name], self.expr(extent, {})) for name, extent in use.ranges)
         return SymIndexUse(use.tensor, use.position, self.expr(use.subscript, scope), self.expr(use.axis_extent, {}),
-                           ranges, _source_text(self.checked.spec.source, use.span), use.span)
+                           ranges, _source_text(self.checked.spec.source, use.span), use.span,
+                           bare=isinstance(use.subscript, ast.Name))
 
     def infer_extent(self, var: str, body: ast.Expr) -> sp.Expr:
         from ..lang.check import _walk

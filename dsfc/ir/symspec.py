@@ -153,7 +153,9 @@ class SymMatrix:
 @dataclass(frozen=True)
 class SymIndexUse:
     """A checked subscript (lang/check.py IndexUse) in SymPy: ``subscript`` over the index symbols of ``ranges``
-    (symbol -> extent over dims) must lie in [0, axis_extent). ``text``: the subscript as the spec writes it."""
+    (symbol -> extent over dims) must lie in [0, axis_extent). ``text``: the subscript as the spec writes it.
+    ``bare``: the spec writes a lone index name (``y[h, b]``), whose range must equal the axis; SymPy folds
+    ``b + 0`` or ``b * 1`` to ``b`` too, but the checker reads those as compound subscripts, range-checked only."""
 
     tensor: str
     position: int
@@ -162,6 +164,7 @@ class SymIndexUse:
     ranges: tuple[tuple[sp.Symbol, sp.Expr], ...]
     text: str
     span: Span
+    bare: bool = True
 
 
 @dataclass(frozen=True)

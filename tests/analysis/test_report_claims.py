@@ -42,7 +42,7 @@ from dsfc.pipeline import compile_text  # noqa: E402
 SCALES = (0.1, 1.0, 10.0, 300.0)  # 300: every sigmoid / softplus / exp gate saturated
 EIG_TOL = 1e-9
 USER_MODULES = ("test_user_specs", "test_user_specs_2", "test_user_specs_3", "test_user_specs_4", "test_user_specs_5",
-                "test_user_specs_6")
+                "test_user_specs_6", "test_user_specs_7")
 
 
 def _user_specs() -> dict[str, str]:
