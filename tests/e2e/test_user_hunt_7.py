@@ -1,0 +1,52 @@
+"""Found by the seventh user hunt (a new user of the generated modules and the CLI: torch.compile with dynamic shapes
+and gradients, strided / no-grad / inference-mode / half / float64 / meta / copied modules, step() against forward,
+bad input; compile / check / plot / bench argument edge cases). Each test failed before its fix.
+
+- ``dsfc plot -o x.pdf`` (or ``-o x.txt``) wrote PNG bytes under that name without a word, and ``-o some_dir`` failed
+  only after the whole plot was computed, with "Is a directory" ("Device or resource busy" for ``-o .``): the suffix
+  now picks the format (any matplotlib writes), an unknown suffix or a directory is refused before the compute.
+- ``dsfc compile spec.dsf -o s6.py`` made a directory ``s6.py`` holding ``s6.py/s6.py``: a missing -o that looks
+  like a file name (.py, .dsf) is refused (exit 2, nothing written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsfc.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs"
+S4D = str(SPECS / "s4d.dsf")
+
+
+@pytest.mark.parametrize("name", ["plot.txt", "plot", "."])
+def test_plot_refuses_an_output_it_would_write_wrongly(tmp_path, monkeypatch, capsys, name):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    assert main(["plot", S4D, "-o", name, "--dims", "d=2", "Nh=1", "--T", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dsfc plot: error:" in err
+    assert ("is a directory" in err) if name == "." else ("suffix picks the image format" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # nothing written
+
+
+def test_plot_writes_the_format_its_suffix_names(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "phi.svg"
+    assert main(["plot", S4D, "-o", str(out), "--dims", "d=2", "Nh=1", "--T", "3"]) == 0
+    assert out.read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
+
+
+def test_compile_refuses_an_output_directory_named_like_a_file(tmp_path, capsys):
+    out = tmp_path / "s6.py"
+    assert main(["compile", str(SPECS / "s6.dsf"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "-o names the output directory" in err and err.count("\n") == 1
+    assert not out.exists()
+    out.mkdir()  # an existing directory of that name is still used
+    assert main(["compile", str(SPECS / "s6.dsf"), "-o", str(out)]) == 0
+    assert (out / "s6.py").is_file()
