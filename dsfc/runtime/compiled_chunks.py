@@ -64,6 +64,11 @@ def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor, module: torch.nn.Modu
     eager tail with torch's "A view was created in no_grad mode and is being modified inplace"."""
     if _broken or MODE in ("0", "never") or x.is_cuda:
         return False
+    if torch.compiler.is_compiling():
+        # inside the caller's own torch.compile the eager path is traced and fused by it: this path's nested
+        # compile machinery (a code object copied per module, a notice warned once) broke the caller's graph in
+        # five places (fullgraph=True failed) for a large no-grad call or under DSFC_COMPILE=always
+        return False
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (
             module is not None and any(p.requires_grad for p in module.parameters()))):
         return False

@@ -7,6 +7,10 @@ bad input; compile / check / plot / bench argument edge cases). Each test failed
   now picks the format (any matplotlib writes), an unknown suffix or a directory is refused before the compute.
 - ``dsfc compile spec.dsf -o s6.py`` made a directory ``s6.py`` holding ``s6.py/s6.py``: a missing -o that looks
   like a file name (.py, .dsf) is refused (exit 2, nothing written).
+- A model holding a diagonal module, torch.compile'd by its user, broke its graph in five places on a large no-grad
+  call (or any call under DSFC_COMPILE=always): the module's own compiled CPU path (a nested torch.compile, a code
+  object copied per module, a warning) was traced; ``fullgraph=True`` failed. That path now steps aside while the
+  caller compiles.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from dsfc.check import load_module
 from dsfc.cli import main
+from dsfc.pipeline import compile_spec
+from dsfc.runtime import compiled_chunks
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
@@ -50,3 +58,24 @@ def test_compile_refuses_an_output_directory_named_like_a_file(tmp_path, capsys)
     out.mkdir()  # an existing directory of that name is still used
     assert main(["compile", str(SPECS / "s6.dsf"), "-o", str(out)]) == 0
     assert (out / "s6.py").is_file()
+
+
+def _model(name, **dims):
+    result = compile_spec(SPECS / f"{name}.dsf")
+    torch.manual_seed(0)
+    return getattr(load_module(result, f"dsfc_hunt7_{name}"), result.plan.model)(**dims)
+
+
+def test_a_users_torch_compile_of_a_diagonal_module_is_one_graph(monkeypatch):
+    import torch._dynamo
+
+    monkeypatch.setattr(compiled_chunks, "MODE", "always")  # the module's own compiled path for any T >= CHUNK
+    model = _model("s6", d=3, n=2, r=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # a graph break is an error
+    u = torch.randn(2, compiled_chunks.CHUNK + 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y = compiled(u)
+    model.backend = "reference"
+    torch.testing.assert_close(y, model(u))
+    torch._dynamo.reset()
