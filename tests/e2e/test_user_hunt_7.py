@@ -11,6 +11,8 @@ bad input; compile / check / plot / bench argument edge cases). Each test failed
   call (or any call under DSFC_COMPILE=always): the module's own compiled CPU path (a nested torch.compile, a code
   object copied per module, a warning) was traced; ``fullgraph=True`` failed. That path now steps aside while the
   caller compiles.
+- A spec that cannot be read (missing, a directory) printed ``path:1:1: error: cannot read spec: ...`` and then an
+  empty excerpt line with a caret under nothing: now the one line ``path: error: ...``.
 """
 
 from __future__ import annotations
@@ -79,3 +81,13 @@ def test_a_users_torch_compile_of_a_diagonal_module_is_one_graph(monkeypatch):
     model.backend = "reference"
     torch.testing.assert_close(y, model(u))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("command", ["compile", "check", "analyze", "bench"])
+def test_a_spec_that_cannot_be_read_is_one_line(tmp_path, capsys, command):
+    # "x.dsf:1:1: error: cannot read spec: ..." was followed by an empty excerpt line and a caret under nothing
+    for path in (tmp_path / "missing.dsf", tmp_path):
+        assert main([command, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{path}: error: cannot read spec: ") and "^" not in err
+        assert err.splitlines()[1:] in ([], ["dsfc: no files written (1 spec(s) given)"])
