@@ -116,6 +116,11 @@ def _unwritable_dir(out_dir: Path) -> str | None:
     """Why files cannot be written into ``out_dir`` (created if missing), or None."""
     if out_dir.exists() and not out_dir.is_dir():
         return "it is a file, not a directory"
+    if not out_dir.exists() and out_dir.suffix.lower() in (".py", ".dsf"):
+        # `-o s6.py` made a directory s6.py holding s6.py/s6.py: -o names a directory, a module's file is named after
+        # its spec. An existing directory of that name is still used.
+        return ("-o names the output directory, and this looks like a file name (each module is written as "
+                "<spec name>.py inside -o)")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -276,7 +281,7 @@ def cmd_plot(args) -> int:
         return EXIT_SPEC_ERROR
     import importlib.util
 
-    from .plot import PlotError, plot_spec, resolve_dims
+    from .plot import PlotError, image_format, plot_spec, resolve_dims
 
     result = compile_spec(args.spec)  # SpecErrors -> exit 2 in main(), before anything is written
     try:
@@ -296,6 +301,7 @@ def cmd_plot(args) -> int:
         return EXIT_CHECK_FAILED
     out = Path(args.output) if args.output else Path(f"{Path(args.spec).stem}.png")
     try:
+        image_format(out)  # a directory or a suffix matplotlib cannot write: refused before the plot is computed
         path = plot_spec(result, out, T=args.T, dims=dims, seed=args.seed, dpi=args.dpi)
     except PlotError as exc:
         print(f"dsfc plot: error: {exc}", file=sys.stderr)
@@ -393,7 +399,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("plot", help="kernel form |Phi|, eigenvalues of A_t over time and structure facts, as a PNG")
     p.add_argument("spec")
-    p.add_argument("-o", "--output", help="output PNG (default: <spec stem>.png in the current directory)")
+    p.add_argument("-o", "--output", help="output image; its suffix picks the format: .png, .pdf, .svg, ... "
+                   "(default: <spec stem>.png in the current directory)")
     p.add_argument("--T", "-T", type=int, default=32, help="sequence length of the random input (default 32)")
     p.add_argument("--dims", nargs="*", action="extend", metavar="NAME=INT", help="dim overrides of the small check dims, e.g. d=4 n=2")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random input")

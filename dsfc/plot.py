@@ -249,13 +249,32 @@ def draw(result: CompileResult, data: PlotData, dpi: int = 80):
     return fig
 
 
-def save_png(fig, out: Path) -> None:
-    """Render to a temporary file next to ``out`` and os.replace it: no half-written PNG on failure."""
+def image_format(out: Path) -> str:
+    """The image format ``out``'s suffix names: png, or another one matplotlib writes (pdf, svg, ...).
+
+    ``-o plot.pdf`` wrote PNG bytes into a file named .pdf and ``-o plot.txt`` a PNG named .txt, without a word;
+    ``-o some_dir`` failed after the whole plot was computed with "Is a directory" ("Device or resource busy" for
+    ``-o .``). Raises PlotError for those, before anything is computed."""
+    if out.is_dir():
+        raise PlotError(f"{out} is a directory; give a file name, e.g. {out / 'plot.png'}")
+    fmt = out.suffix[1:].lower()
+    from matplotlib.figure import Figure
+
+    supported = sorted(Figure().canvas.get_supported_filetypes())
+    if fmt not in supported:
+        got = f"suffix {out.suffix!r}" if fmt else "no suffix"
+        raise PlotError(f"{out} has {got}; the output's suffix picks the image format, one of "
+                        f"{', '.join('.' + s for s in supported)}")
+    return fmt
+
+
+def save_png(fig, out: Path, fmt: str = "png") -> None:
+    """Render to a temporary file next to ``out`` and os.replace it: no half-written image on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
     try:
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
+            fig.savefig(f, format=fmt)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the PNG the usual permissions
@@ -268,8 +287,9 @@ def save_png(fig, out: Path) -> None:
 
 def plot_spec(result: CompileResult, out: str | Path, T: int = 32, dims: dict[str, int] | None = None,
               seed: int = 0, dpi: int = 80) -> Path:
+    out = Path(out)
+    fmt = image_format(out)  # before the compute: a bad -o is refused at once
     data = compute(result, T=T, dims=dims, seed=seed)
     fig = draw(result, data, dpi=dpi)
-    out = Path(out)
-    save_png(fig, out)
+    save_png(fig, out, fmt)
     return out

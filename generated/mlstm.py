@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_subscript,
     empty_output,
     step_state_errors,
+    values_hidden,
 )
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -185,12 +186,7 @@ class MLSTM(nn.Module):
                     f"MLSTM: initial_state is on {initial_state.device} but u is on {u.device}; "
                     "move one of them (.to(device))"
                 )
-            if (
-                self.check_finite
-                and not torch.compiler.is_compiling()
-                and not u.is_meta
-                and not bool(torch.isfinite(initial_state).all())
-            ):
+            if self.check_finite and not values_hidden(u) and not bool(torch.isfinite(initial_state).all()):
                 raise ValueError("MLSTM: initial_state contains NaN or inf")
             want = (u.shape[0], H, DH, DH)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):

@@ -40,7 +40,7 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors
+from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors, values_hidden
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -204,12 +204,7 @@ class RWKV6(nn.Module):
                     f"RWKV6: initial_state is on {initial_state.device} but u is on {u.device}; "
                     "move one of them (.to(device))"
                 )
-            if (
-                self.check_finite
-                and not torch.compiler.is_compiling()
-                and not u.is_meta
-                and not bool(torch.isfinite(initial_state).all())
-            ):
+            if self.check_finite and not values_hidden(u) and not bool(torch.isfinite(initial_state).all()):
                 raise ValueError("RWKV6: initial_state contains NaN or inf")
             want = (u.shape[0], H, K, V)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):

@@ -47,8 +47,9 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              # the runtime helpers a generated module imports and its methods call: a let named expm1 (exp(x) - 1)
              # was a local of _lets, read before it was bound when the printer wrote expm1(...) for another let
              "BACKENDS", "CACHE_COLS", "CACHE_KEYS", "CACHE_VALUES", "check_extent_match", "check_finite_input",
-             "check_kv_cache", "check_running_state", "check_subscript", "check_subscript_values", "empty_output",
-             "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign", "log_abs_decay",
+             "values_hidden", "check_kv_cache", "check_running_state", "check_subscript", "check_subscript_values",
+             "empty_output", "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign",
+             "log_abs_decay",
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan_triton", "dense_chunk_len",
              "diagonal_scan_triton", "register_kernels", "triton", "tl"}
 # Python's builtins: every spec name is a local of some generated method (dims in all of them), and the methods call

@@ -48,7 +48,7 @@ class SpecError(Exception):
 class SpecErrors(Exception):
     """Several independent mistakes found in one run, in source order."""
 
-    def __init__(self, errors: list[SpecError], path: str = "<spec>", source: str = ""):
+    def __init__(self, errors: list[SpecError], path: str = "<spec>", source: str | None = ""):
         errors = sorted(errors, key=lambda e: (e.span.line, e.span.column))
         super().__init__("; ".join(e.message for e in errors))
         self.errors = errors
@@ -66,8 +66,13 @@ class NotADSFError(SpecError):
 EXCERPT_WIDTH = 100  # source characters shown of a longer line
 
 
-def render_error(err: SpecError, path: str, source: str) -> str:
-    """Format an error the way compilers do: location, message, source line, caret."""
+def render_error(err: SpecError, path: str, source: str | None) -> str:
+    """Format an error the way compilers do: location, message, source line, caret.
+
+    ``source`` None: there is no source (the file could not be read): the one line ``path: error: message``, where
+    an empty excerpt line and a caret under nothing followed ``path:1:1:`` for a missing file or a directory."""
+    if source is None:
+        return f"{path}: error: {err.message}" + (f"\n  hint: {err.hint}" if err.hint else "")
     line_no, col = err.span.line, err.span.column
     lines = [line.removesuffix("\r") for line in source.split("\n")]  # the lines Lark counts
     out = [f"{path}:{line_no}:{col}: error: {err.message}"]

@@ -237,7 +237,8 @@ def parse_file(path: str | Path) -> ast.Spec:
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise SpecErrors([SpecError(f"cannot read spec: {exc.strerror}", Span(1, 1))], str(path), "") from None
+        # no source: SpecErrors.render prints one line, not an empty excerpt and a caret at 1:1
+        raise SpecErrors([SpecError(f"cannot read spec: {exc.strerror}", Span(1, 1))], str(path), None) from None
     return parse_spec(data, str(path))
 
 

@@ -27,10 +27,21 @@ def step_state_errors() -> Iterator[None]:
         raise type(exc)(str(exc).replace("initial_state", "state")) from None
 
 
+def values_hidden(value: torch.Tensor) -> bool:
+    """True where a tensor's values cannot be read back to the host for a check: while torch.compile traces (a
+    data-dependent branch breaks the graph), on meta tensors (no data), and under ``torch.func.vmap`` (per-sample
+    gradients: ``vmap(grad(loss))`` failed with vmap's "data-dependent control flow" error from the NaN check alone).
+    """
+    if torch.compiler.is_compiling() or value.is_meta:
+        return True
+    stack = torch._C._functorch.get_interpreter_stack()  # None outside torch.func transforms
+    return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+
+
 def _is_finite(value: torch.Tensor, check_finite: bool) -> bool:
     """False only for a tensor with a NaN / inf. Skipped (True) when ``check_finite`` is off (the read-back is a
-    device sync), while torch.compile traces (a data-dependent branch) and on meta tensors (no data)."""
-    if not check_finite or torch.compiler.is_compiling() or value.is_meta:
+    device sync), and where ``values_hidden``."""
+    if not check_finite or values_hidden(value):
         return True
     return bool(torch.isfinite(value).all())
 
@@ -47,9 +58,9 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> 
 
     One host sync for all of them: a NaN or inf entry makes a sum non-finite, so a finite sum (one cheap pass each)
     clears u and every parameter; only a non-finite sum (which may also be an overflow of finite values) pays for
-    the elementwise tests. Skipped inside torch.compile (a data-dependent branch would break the graph) and on meta
-    tensors (no values: a meta module infers shapes); the caller skips it when its ``check_finite`` is off."""
-    if torch.compiler.is_compiling() or u.is_meta:
+    the elementwise tests. Skipped where ``values_hidden`` (torch.compile, meta tensors: a meta module infers shapes,
+    vmap); the caller skips it when its ``check_finite`` is off."""
+    if values_hidden(u):
         return
     with torch.no_grad():
         sums = torch.stack([u.sum().float(), *(p.sum().float() for p in module.parameters() if not p.is_meta)])

@@ -26,6 +26,31 @@ if MODE not in ("auto", "never", "always", "0", "1"):  # a typo silently meant "
 _broken = False
 
 
+class _Compiled:
+    """A module's compiled functions (``torch.compile`` of its ``_lets`` and of a chunk of steps), bound to that
+    module. Kept in ``module.__dict__`` as one of these: a copy or a pickle of the module starts with none. As plain
+    entries of ``__dict__`` they went along: ``copy.deepcopy`` of a module that had made one large CPU inference call
+    ran its ``_lets`` with the ORIGINAL module's parameters (a silently wrong output once the copy was trained, an
+    EMA / teacher copy), and ``pickle`` / ``torch.save`` failed with "Can't pickle <function S6._lets ...>"."""
+
+    def __init__(self):
+        self.fns = {}
+
+    def __deepcopy__(self, memo):
+        return _Compiled()
+
+    def __reduce__(self):
+        return (_Compiled, ())
+
+
+def _compiled(module) -> dict:
+    """``module``'s own cache of compiled functions (name -> function)."""
+    holder = module.__dict__.get("_dsfc_compiled")
+    if holder is None:
+        holder = module.__dict__["_dsfc_compiled"] = _Compiled()
+    return holder.fns
+
+
 class CompileNotice(UserWarning):
     """Said once per module on its first compiled call: the call pauses for seconds while Inductor compiles."""
 
@@ -64,6 +89,11 @@ def use_compiled_chunks(x: torch.Tensor, h0: torch.Tensor, module: torch.nn.Modu
     eager tail with torch's "A view was created in no_grad mode and is being modified inplace"."""
     if _broken or MODE in ("0", "never") or x.is_cuda:
         return False
+    if torch.compiler.is_compiling():
+        # inside the caller's own torch.compile the eager path is traced and fused by it: this path's nested
+        # compile machinery (a code object copied per module, a notice warned once) broke the caller's graph in
+        # five places (fullgraph=True failed) for a large no-grad call or under DSFC_COMPILE=always
+        return False
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (
             module is not None and any(p.requires_grad for p in module.parameters()))):
         return False
@@ -77,7 +107,7 @@ def run_compiled_chunks(module, h0: torch.Tensor, args: list, time_varying: list
     eagerly). ``time_varying[i]``: ``args[i]`` is [B, T, ...] and is sliced per chunk; the others are passed whole.
     Returns y [B, T, *out_shape] and the final state."""
     global _broken
-    fn = module.__dict__.get("_compiled_chunk")
+    fn = _compiled(module).get("chunk")
     if fn is None:
         def chunk_into(h, out, *chunk_args):
             # the compiled graph stores its chunk of y straight into the caller's output (no per-chunk buffer, no
@@ -87,7 +117,7 @@ def run_compiled_chunks(module, h0: torch.Tensor, args: list, time_varying: list
             return h_end
 
         fn = torch.compile(_own_code(chunk_into), dynamic=False) if _importable(module) else chunk_into
-        module.__dict__["_compiled_chunk"] = fn
+        _compiled(module)["chunk"] = fn
     B, T = args[-1].shape[0], args[-1].shape[1]  # the input is last and always time-varying
     y = h0.new_empty((B, T, *out_shape))
     # split once into views, one column per argument; zip hands each chunk its slices without building dicts
@@ -113,7 +143,7 @@ def run_compiled_lets(module, x: torch.Tensor, dtype: torch.dtype, running0=None
     exp) fuses into one pass instead of one eager kernel and one fresh [B, T, ...] tensor per operation (S6 at
     T=4096, d=256: 4 ms -> 1.5 ms). Shapes are automatic-dynamic, so a new T does not recompile after the second."""
     global _broken
-    fn = module.__dict__.get("_compiled_lets")
+    fn = _compiled(module).get("lets")
     if fn is None and not _importable(module):
         return module._lets(x, dtype, running0)
     if fn is None:
@@ -121,7 +151,7 @@ def run_compiled_lets(module, x: torch.Tensor, dtype: torch.dtype, running0=None
         warnings.warn(f"dsfc: {type(module).__name__}: compiling the CPU scan with torch.compile on this first large "
                       "call (seconds; cached afterwards; DSFC_COMPILE=never skips it)", CompileNotice, stacklevel=2)
         fn = torch.compile(types.MethodType(_own_code(type(module)._lets), module))
-        module.__dict__["_compiled_lets"] = fn
+        _compiled(module)["lets"] = fn
     try:
         return fn(x, dtype, running0)
     except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
