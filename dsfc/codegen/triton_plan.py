@@ -480,6 +480,9 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     # what the Triton path reads from the torch lets: the kernel's tensors, the hoisted sums, D u, the unfused
     # readout (taken when the reduced axes are too wide for one tile), the posts; and what those lets read
     roots = set(used) | _tensor_names(st.readout.du) | _tensor_names(st.readout.ch)
+    # running lets are always computed by _lets (their last values are part of the final state, read or not): a let
+    # they read must be computed too (`let pv = prev(e[c])` with e inlined read None)
+    roots |= {let.tensor.name for let in sym.lets if let.running}
     for e in hoisted_of:
         roots |= _tensor_names(e)
     for post in sym.posts:

@@ -137,3 +137,26 @@ def test_unprintable_let_stays_a_stream(monkeypatch):
     assert plan is not None, result.plan.triton_note
     assert "dt" in plan.kernel_lets  # softplus(...) stayed in torch: the kernel reads dt
     assert not any(x.in_kernel for x in result.plan.lets)
+
+
+CARRIED = """
+model Carried "a running let that reads an inlined let and that nothing but the final state reads"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+let e[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let pv[c: d] = prev(e[c])
+A[c, c2] = delta(c, c2) * e[c]
+B[c, m] = delta(c, m) * (1 - e[c])
+C[o, c] = delta(o, c)
+"""
+
+
+def test_running_let_reading_an_inlined_let():
+    """_lets always computes running lets (their last values are in the final state): the lets they read are not
+    skipped on the Triton path (e was None there: UnboundLocalError in _lets)."""
+    b = compile_and_build(CARRIED, {"d": 3}, path="carried.dsf")
+    assert "e" in b.result.plan.triton.kernel_lets
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(False, True))
