@@ -160,3 +160,29 @@ def test_running_let_reading_an_inlined_let():
     b = compile_and_build(CARRIED, {"d": 3}, path="carried.dsf")
     assert "e" in b.result.plan.triton.kernel_lets
     check_backend(b, "triton", ((2, 5),), steps=False, h0s=(False, True))
+
+
+SHIFT = """
+model Shift "a gate with its projection inside, read at shifted, reversed and constant indices"
+dim d = 4
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param b[d] ~ normal(0, 1)
+let r[c: d] = sigmoid(sum(m, W[c, m] * u[m]) + b[c])
+let s[c: d] = r[c] * r[(c + 1) % d] + 0.1 * r[d - 1 - c] * r[0]
+A[c, c2] = delta(c, c2) * s[c]
+B[c, m] = delta(c, m) * (1 - s[c])
+C[o, c] = delta(o, c)
+"""
+
+
+def test_let_read_at_several_indices_hoists_one_projection():
+    """r's projection is hoisted over r's own axis, then read at the four indices: one einsum and one stream,
+    where substituting the indices first hoisted four projections (W gathered at (c + 1) % d, d - 1 - c, 0)."""
+    b = compile_and_build(SHIFT, {"d": 4}, path="shift.dsf")
+    plan = b.result.plan.triton
+    assert [n for n, _ in plan.hoisted] == ["_r_sum"] and not plan.kernel_lets
+    assert {t.name for t in plan.tensors} == {"b", "u", "_r_sum"}
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
