@@ -162,6 +162,31 @@ def test_running_let_reading_an_inlined_let():
     check_backend(b, "triton", ((2, 5),), steps=False, h0s=(False, True))
 
 
+WRAP = """
+model Wrap "lets read at indices whose Mod SymPy folds to a negative numerator"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param V[d, d] ~ normal(0, 0.5)
+let z[c: d] = sum(m, V[c, m] * u[m])
+let g[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let k[c: d] = tanh(g[c]) + g[(c + 2) % d]
+A[c, c2] = delta(c, c2) * sigmoid(z[(c - 1) % d])
+B[c, m] = delta(c, m) * g[c] * k[c]
+C[o, c] = delta(o, c) * k[d - 1 - o]
+"""
+
+
+def test_negative_mod_numerator_reads_the_right_entry():
+    """Triton's integer % truncates (C): Mod(c - 1, d) and the Mod(1 - c, d) that SymPy folds k[d - 1 - o]'s
+    g[(. + 2) % d] to print floored, else the kernel read entry -1 (before the tensor) where Python reads d - 1."""
+    b = compile_and_build(WRAP, {"d": 3}, path="wrap.dsf")
+    assert {t.name for t in b.result.plan.triton.tensors} == {"u", "z", "_g_sum"}  # g and k in the kernel
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
 SHIFT = """
 model Shift "a gate with its projection inside, read at shifted, reversed and constant indices"
 dim d = 4
