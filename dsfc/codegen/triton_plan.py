@@ -38,7 +38,7 @@ import sympy as sp
 
 from ..analysis.log_space import complements
 from ..analysis.structure import Structure
-from ..ir.let_reuse import reuse_lets
+from ..ir.let_reuse import _canonical_bound, reuse_lets
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
@@ -311,14 +311,17 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     row_sizes = {s: pr.size(axes[k].extent) for k, s in enumerate(rows)}
     taken = set(sym.tensors)
 
-    hoisted_of: dict[tuple, sp.Expr] = {}  # (sum, its free index symbols with their sizes) -> the tensor's read
+    hoisted_of: dict[tuple, tuple] = {}  # canonical (sum, sizes) -> (the tensor's read over _ax0.., the sum)
 
     def register(e, free, sizes, stem, first):
         """The hoisted tensor of the sum ``e`` over the index symbols ``free`` (sizes: printed extents), read at
         them; the same sum over the same axes is computed once (a let in a and in bu)."""
-        key = (e, tuple((s, sizes[s]) for s in free))
+        # keyed up to the names of the index symbols and bound variables: let r[c] = f(sum(m, W[c, m] u[m])) and
+        # let q[i] = g(sum(k, W[i, k] u[k])) read one projection
+        canon = {s: sp.Symbol(f"_ax{k}", integer=True) for k, s in enumerate(free)}
+        key = (_canonical_bound(e.xreplace(canon)), tuple(sizes[s] for s in free))
         if key in hoisted_of:
-            return hoisted_of[key]
+            return hoisted_of[key][0].xreplace({v: k for k, v in canon.items()})
         name, k = first, 0
         while name in taken:
             k += 1
@@ -332,8 +335,8 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         hoisted.append((name, code))
         base = sp.IndexedBase(name) if free else sp.Symbol(name)
         hoisted_tensors[name] = (base, batched, len(free))
-        hoisted_of[key] = base[tuple(free)] if free else base
-        return hoisted_of[key]
+        hoisted_of[key] = (base[tuple(canon[s] for s in free)] if free else base, e)
+        return base[tuple(free)] if free else base
 
     def hoist(e):
         if isinstance(e, sp.Sum):
@@ -503,7 +506,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     # running lets are always computed by _lets (their last values are part of the final state, read or not): a let
     # they read must be computed too (`let pv = prev(e[c])` with e inlined read None)
     roots |= {let.tensor.name for let in sym.lets if let.running}
-    for e, _ in hoisted_of:
+    for _, e in hoisted_of.values():
         roots |= _tensor_names(e)
     for post in sym.posts:
         for e in post.definition:

@@ -211,3 +211,27 @@ def test_let_read_at_several_indices_hoists_one_projection():
     assert [n for n, _ in plan.hoisted] == ["_r_sum"] and not plan.kernel_lets
     assert {t.name for t in plan.tensors} == {"b", "u", "_r_sum"}
     check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
+TWO_GATES = """
+model TwoGates "two gates on the same projection, written with other index and bound variable names"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param lam[d] ~ normal(0, 1)
+let r[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let q[i: d] = tanh(sum(k, W[i, k] * u[k]))
+A[c, c2] = delta(c, c2) * exp(-softplus(lam[c]))
+B[c, m] = delta(c, m) * r[c] * q[(c + 1) % d]
+C[o, c] = delta(o, c)
+"""
+
+
+def test_same_projection_of_two_lets_is_hoisted_once():
+    """Hoisted sums are keyed up to index and bound variable names: r's and q's projection is one tensor."""
+    b = compile_and_build(TWO_GATES, {"d": 3}, path="two_gates.dsf")
+    plan = b.result.plan.triton
+    assert len(plan.hoisted) == 1 and not plan.kernel_lets, plan.hoisted
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
