@@ -10,7 +10,8 @@ The recurrence, per state entry s:   h_t[s] = a_t[s] h_(t-1)[s] + bu_t[s],    y_
    Sums inside the result (projections of the input) are hoisted to torch: each distinct sum becomes a tensor over
    the state axes it depends on (a let's sum: over the let's axes, read at the let's read indices), computed in the
    module before the launch (``hoisted``); a sum a bare-sum let already computes reads that let (``ir.let_reuse``).
-   Only params, lets, the input and those tensors cross into the kernel. When the inlined maths does not print to Triton, the plan is made again without inlining.
+   Only params, lets, the input and those tensors cross into the kernel. When the inlined maths does not print to
+   Triton, the plan is made again without inlining.
 2. The readout ``C h`` is split, when it has the form ``sum_red coef[s] h[s]`` with ``h`` subscripted by output and
    summed symbols only, into ``coef`` over the state symbols, the reduced state axes and the output <-> state axis
    map (``_split_readout``). The state is laid out as a ``[R, C]`` matrix, C = the reduced axes, so one tile
