@@ -8,9 +8,10 @@ The recurrence, per state entry s:   h_t[s] = a_t[s] h_(t-1)[s] + bu_t[s],    y_
    projection plus a bias, gates, exp(-8 r softplus(Lambda))) then runs in the kernel's registers, and the torch
    side computes only the projections (``kernel_lets``: the lets the Triton path still needs from ``_lets``).
    Sums inside the result (projections of the input) are hoisted to torch: each distinct sum becomes a tensor over
-   the state axes it depends on, computed in the module before the launch (``hoisted``); a sum a bare-sum let
-   already computes reads that let (``ir.let_reuse``). Only params, lets, the input and those tensors cross into
-   the kernel. When the inlined maths does not print to Triton, the plan is made again without inlining.
+   the state axes it depends on (a let's sum: over the let's axes, read at the let's read indices), computed in the
+   module before the launch (``hoisted``); a sum a bare-sum let already computes reads that let (``ir.let_reuse``).
+   Only params, lets, the input and those tensors cross into the kernel. When the inlined maths does not print to
+   Triton, the plan is made again without inlining.
 2. The readout ``C h`` is split, when it has the form ``sum_red coef[s] h[s]`` with ``h`` subscripted by output and
    summed symbols only, into ``coef`` over the state symbols, the reduced state axes and the output <-> state axis
    map (``_split_readout``). The state is laid out as a ``[R, C]`` matrix, C = the reduced axes, so one tile
@@ -38,7 +39,7 @@ import sympy as sp
 
 from ..analysis.log_space import complements
 from ..analysis.structure import Structure
-from ..ir.let_reuse import reuse_lets
+from ..ir.let_reuse import _canonical_bound, reuse_lets
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
@@ -215,28 +216,35 @@ def _inlinable_lets(sym: SymSpec) -> dict:
             if not let.running and let.feature is None and let.expr is not None and not isinstance(let.expr, sp.Sum)}
 
 
-def _inline_lets(e, sym: SymSpec, lets: dict, origin: dict):
+def _inline_lets(e, sym: SymSpec, lets: dict, hoist_let_sum):
     """``e`` with every read of an inlinable let outside a sum replaced by its definition, to any depth. Reads
     inside a sum stay: the sum is hoisted to torch, which reads the let's tensor (inlined there, a projection of an
-    inlined gate would be recomputed inside the einsum). ``origin`` gets each sum that came from a let's
-    definition -> that let's name (the hoisted tensor is named after it)."""
+    inlined gate would be recomputed inside the einsum). The sums of a let's definition are hoisted over the let's
+    own axes *before* its read indices are substituted (``hoist_let_sum(let, sum)`` -> the hoisted tensor's read
+    over the let's index symbols): a gate read at r[c], r[(c + 1) % d] and r[0] reads one projection at three
+    indices, where substituting first gave three sums and so three projections (three matmuls, three streams)."""
     if isinstance(e, sp.Sum) or not e.args and not isinstance(e, sp.Symbol):
         return e
     let = None
     if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
-        let = lets[str(e.base.label)]
-        value = let.value_at(e.indices, complements(let.expr, sym))
+        let, indices = lets[str(e.base.label)], e.indices
     elif isinstance(e, sp.Symbol) and str(e) in lets and not lets[str(e)].index:
-        let = lets[str(e)]
-        value = complements(let.expr, sym)
+        let, indices = lets[str(e)], ()
     if let is not None:
-        for node in sp.preorder_traversal(value):
-            if isinstance(node, sp.Sum):
-                origin.setdefault(node, let.tensor.name)
-        return _inline_lets(value, sym, lets, origin)
+        value = _replace_sums(complements(let.expr, sym), lambda x: hoist_let_sum(let, x))
+        return _inline_lets(let.value_at(indices, value), sym, lets, hoist_let_sum)
     if isinstance(e, (sp.Indexed, sp.Symbol)):
         return e
-    return e.func(*[_inline_lets(a, sym, lets, origin) for a in e.args])
+    return e.func(*[_inline_lets(a, sym, lets, hoist_let_sum) for a in e.args])
+
+
+def _replace_sums(e, fn):
+    """``e`` with each outermost sum ``x`` replaced by ``fn(x)``."""
+    if isinstance(e, sp.Sum):
+        return fn(e)
+    if not e.args or isinstance(e, sp.Indexed):
+        return e
+    return e.func(*[_replace_sums(a, fn) for a in e.args])
 
 
 def _tensor_names(e) -> set[str]:
@@ -304,40 +312,56 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     row_sizes = {s: pr.size(axes[k].extent) for k, s in enumerate(rows)}
     taken = set(sym.tensors)
 
-    hoisted_of: dict[sp.Expr, sp.Expr] = {}
+    hoisted_of: dict[tuple, tuple] = {}  # canonical (sum, sizes) -> (the tensor's read over _ax0.., the sum)
+
+    def register(e, free, sizes, stem, first):
+        """The hoisted tensor of the sum ``e`` over the index symbols ``free`` (sizes: printed extents), read at
+        them; the same sum over the same axes is computed once (a let in a and in bu)."""
+        # keyed up to the names of the index symbols and bound variables: let r[c] = f(sum(m, W[c, m] u[m])) and
+        # let q[i] = g(sum(k, W[i, k] u[k])) read one projection
+        canon = {s: sp.Symbol(f"_ax{k}", integer=True) for k, s in enumerate(free)}
+        key = (_canonical_bound(e.xreplace(canon)), tuple(sizes[s] for s in free))
+        if key in hoisted_of:
+            return hoisted_of[key][0].xreplace({v: k for k, v in canon.items()})
+        name, k = first, 0
+        while name in taken:
+            k += 1
+            name = f"{stem}{k}"
+        taken.add(name)
+        batched = pr._is_batched(e)
+        shape = ", ".join(sizes[s] for s in free)
+        lead = "_B, _T" + (", " if free else "") if batched else ""
+        code = pr.print_tensor(e, tuple(free), {s: sizes[s] for s in free})
+        code = f"({code}).expand({lead}{shape})" if (lead or shape) else code
+        hoisted.append((name, code))
+        base = sp.IndexedBase(name) if free else sp.Symbol(name)
+        hoisted_tensors[name] = (base, batched, len(free))
+        hoisted_of[key] = (base[tuple(canon[s] for s in free)] if free else base, e)
+        return base[tuple(free)] if free else base
 
     def hoist(e):
-        if isinstance(e, sp.Sum) and e in hoisted_of:  # the same projection read twice (a let in a and in bu)
-            return hoisted_of[e]
         if isinstance(e, sp.Sum):
-            free = [s for s in rows if s in e.free_symbols]
-            # named after the let it came from (RG-LRU: r's projection is _r_sum), else numbered
-            stem = f"_{_kname(origin[e])}_sum" if e in origin else "_sum"
-            name, k = (stem, 0) if e in origin else (f"{stem}0", 0)
-            while name in taken:
-                k += 1
-                name = f"{stem}{k}"
-            taken.add(name)
-            batched = pr._is_batched(e)
-            shape = ", ".join(row_sizes[s] for s in free)
-            lead = "_B, _T" + (", " if free else "") if batched else ""
-            code = pr.print_tensor(e, tuple(free), {s: row_sizes[s] for s in free})
-            code = f"({code}).expand({lead}{shape})" if (lead or shape) else code
-            hoisted.append((name, code))
-            base = sp.IndexedBase(name) if free else sp.Symbol(name)
-            hoisted_tensors[name] = (base, batched, len(free))
-            hoisted_of[e] = base[tuple(free)] if free else base
-            return hoisted_of[e]
+            return register(e, [s for s in rows if s in e.free_symbols], row_sizes, "_sum", "_sum0")
         if not e.args or isinstance(e, sp.Indexed):
             return e
         return e.func(*[hoist(a) for a in e.args])
 
+    def hoist_let_sum(let, e):
+        # over the let's own axes, named after it (RG-LRU: r's projection is _r_sum); a sum a bare-sum let computes
+        # is read from that let
+        ext = dict(zip(let.index, (a.extent for a in let.tensor.axes)))
+        e = reuse_lets(e, sym, ext)
+        if not isinstance(e, sp.Sum):
+            return e
+        sizes = {s: pr.size(x) for s, x in ext.items()}
+        stem = f"_{_kname(let.tensor.name)}_sum"
+        return register(e, [s for s in let.index if s in e.free_symbols], sizes, stem, stem)
+
     lets = _inlinable_lets(sym) if inline else {}
     ranges = {s: a.extent for s, a in zip(rows, axes)}
-    origin: dict[sp.Expr, str] = {}
 
     def kernel_form(e):
-        return hoist(reuse_lets(_inline_lets(sp.S(e), sym, lets, origin), sym, ranges))
+        return hoist(reuse_lets(_inline_lets(sp.S(e), sym, lets, hoist_let_sum), sym, ranges))
 
     a_e, bu_e = kernel_form(st.a.decay), kernel_form(st.bu)
     coef_e = kernel_form(coef) if split else None
@@ -480,7 +504,10 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     # what the Triton path reads from the torch lets: the kernel's tensors, the hoisted sums, D u, the unfused
     # readout (taken when the reduced axes are too wide for one tile), the posts; and what those lets read
     roots = set(used) | _tensor_names(st.readout.du) | _tensor_names(st.readout.ch)
-    for e in hoisted_of:
+    # running lets are always computed by _lets (their last values are part of the final state, read or not): a let
+    # they read must be computed too (`let pv = prev(e[c])` with e inlined read None)
+    roots |= {let.tensor.name for let in sym.lets if let.running}
+    for _, e in hoisted_of.values():
         roots |= _tensor_names(e)
     for post in sym.posts:
         for e in post.definition:

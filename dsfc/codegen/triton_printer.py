@@ -116,11 +116,19 @@ class TritonPrinter(Printer):
         if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
             # SymPy folds K * K into K**2: print it back as a product
             return "(" + " * ".join([self._index_factor(e.base)] * int(e.exp)) + ")"
+        # Triton's integer // and % truncate toward zero (C), SymPy's floor and Mod round down (Python): they differ
+        # for a negative numerator, which SymPy makes of an index that never is one ((d - 1 - c + 2) % d folds to
+        # Mod(1 - c, d): -1 at c = 2 where Python gives 2). Unless SymPy proves the numerator nonnegative, the
+        # floored forms are printed (denominators are extents: positive).
         if isinstance(e, sp.floor):
             num, den = sp.fraction(sp.together(e.args[0]))
-            return f"({self._index_factor(num)} // {self._index_factor(den)})"
+            n, q = self._index_factor(num), self._index_factor(den)
+            if num.is_nonnegative:
+                return f"({n} // {q})"
+            return f"(({n} - (({n} % {q}) + {q}) % {q}) // {q})"
         if isinstance(e, sp.Mod):
-            return f"({self._index_factor(e.args[0])} % {self._index_factor(e.args[1])})"
+            n, q = self._index_factor(e.args[0]), self._index_factor(e.args[1])
+            return f"({n} % {q})" if e.args[0].is_nonnegative else f"((({n} % {q}) + {q}) % {q})"
         raise PrinterError(f"unsupported subscript {e}")
 
     def _index_factor(self, e) -> str:

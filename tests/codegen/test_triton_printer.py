@@ -53,8 +53,15 @@ def test_indices():
     pr = printer()
     assert pr.index(c * n + j) == "i_j + i_c * dim_n"
     assert pr.index_factor(c + 1) == "(1 + i_c)"
-    assert pr.index(sp.floor(c / n)) == "(i_c // dim_n)"
-    assert pr.index(sp.Mod(c, d)) == "(i_c % dim_d)"
+    # Triton's // and % truncate (C): a numerator SymPy cannot prove nonnegative (c: any integer here) is printed
+    # floored, as SymPy (and Python) mean it
+    assert pr.index(sp.floor(c / n)) == "((i_c - ((i_c % dim_n) + dim_n) % dim_n) // dim_n)"
+    assert pr.index(sp.Mod(c, d)) == "(((i_c % dim_d) + dim_d) % dim_d)"
+    assert pr.index(sp.Mod(1 - c, d)) == "((((1 - i_c) % dim_d) + dim_d) % dim_d)"
+    k = sp.Symbol("c", integer=True, nonnegative=True)  # a state index symbol (nonnegative)
+    pr = TritonPrinter({}, {k: "i_c"}, {n: "dim_n", d: "dim_d"})
+    assert pr.index(sp.floor(k / n)) == "(i_c // dim_n)"
+    assert pr.index(sp.Mod(k + 1, d)) == "((1 + i_c) % dim_d)"
 
 
 @pytest.mark.parametrize("expr", [

@@ -137,3 +137,117 @@ def test_unprintable_let_stays_a_stream(monkeypatch):
     assert plan is not None, result.plan.triton_note
     assert "dt" in plan.kernel_lets  # softplus(...) stayed in torch: the kernel reads dt
     assert not any(x.in_kernel for x in result.plan.lets)
+
+
+CARRIED = """
+model Carried "a running let that reads an inlined let and that nothing but the final state reads"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+let e[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let pv[c: d] = prev(e[c])
+A[c, c2] = delta(c, c2) * e[c]
+B[c, m] = delta(c, m) * (1 - e[c])
+C[o, c] = delta(o, c)
+"""
+
+
+def test_running_let_reading_an_inlined_let():
+    """_lets always computes running lets (their last values are in the final state): the lets they read are not
+    skipped on the Triton path (e was None there: UnboundLocalError in _lets)."""
+    b = compile_and_build(CARRIED, {"d": 3}, path="carried.dsf")
+    assert "e" in b.result.plan.triton.kernel_lets
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(False, True))
+
+
+WRAP = """
+model Wrap "lets read at indices whose Mod SymPy folds to a negative numerator"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param V[d, d] ~ normal(0, 0.5)
+let z[c: d] = sum(m, V[c, m] * u[m])
+let g[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let k[c: d] = tanh(g[c]) + g[(c + 2) % d]
+A[c, c2] = delta(c, c2) * sigmoid(z[(c - 1) % d])
+B[c, m] = delta(c, m) * g[c] * k[c]
+C[o, c] = delta(o, c) * k[d - 1 - o]
+"""
+
+
+def test_negative_mod_numerator_reads_the_right_entry():
+    """Triton's integer % truncates (C): Mod(c - 1, d) and the Mod(1 - c, d) that SymPy folds k[d - 1 - o]'s
+    g[(. + 2) % d] to print floored, else the kernel read entry -1 (before the tensor) where Python reads d - 1."""
+    b = compile_and_build(WRAP, {"d": 3}, path="wrap.dsf")
+    assert {t.name for t in b.result.plan.triton.tensors} == {"u", "z", "_g_sum"}  # g and k in the kernel
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
+SHIFT = """
+model Shift "a gate with its projection inside, read at shifted, reversed and constant indices"
+dim d = 4
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param b[d] ~ normal(0, 1)
+let r[c: d] = sigmoid(sum(m, W[c, m] * u[m]) + b[c])
+let s[c: d] = r[c] * r[(c + 1) % d] + 0.1 * r[d - 1 - c] * r[0]
+A[c, c2] = delta(c, c2) * s[c]
+B[c, m] = delta(c, m) * (1 - s[c])
+C[o, c] = delta(o, c)
+"""
+
+
+def test_let_read_at_several_indices_hoists_one_projection():
+    """r's projection is hoisted over r's own axis, then read at the four indices: one einsum and one stream,
+    where substituting the indices first hoisted four projections (W gathered at (c + 1) % d, d - 1 - c, 0)."""
+    b = compile_and_build(SHIFT, {"d": 4}, path="shift.dsf")
+    plan = b.result.plan.triton
+    assert [n for n, _ in plan.hoisted] == ["_r_sum"] and not plan.kernel_lets
+    assert {t.name for t in plan.tensors} == {"b", "u", "_r_sum"}
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
+TWO_GATES = """
+model TwoGates "two gates on the same projection, written with other index and bound variable names"
+dim d = 3
+input u[d]
+state h[c: d]
+output y[d]
+param W[d, d] ~ normal(0, 0.5)
+param lam[d] ~ normal(0, 1)
+let r[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let q[i: d] = tanh(sum(k, W[i, k] * u[k]))
+A[c, c2] = delta(c, c2) * exp(-softplus(lam[c]))
+B[c, m] = delta(c, m) * r[c] * q[(c + 1) % d]
+C[o, c] = delta(o, c)
+"""
+
+
+def test_same_projection_of_two_lets_is_hoisted_once():
+    """Hoisted sums are keyed up to index and bound variable names: r's and q's projection is one tensor."""
+    b = compile_and_build(TWO_GATES, {"d": 3}, path="two_gates.dsf")
+    plan = b.result.plan.triton
+    assert len(plan.hoisted) == 1 and not plan.kernel_lets, plan.hoisted
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_inputs_on_the_inlined_path(half):
+    """bf16 / fp16 input on the Triton path against the fp32 torch path on the same (rounded) input: the hoisted
+    projection and y cross in the half dtype (one rounding each, the kernel is fp32 inside), so the error is a few
+    units of the half dtype's eps (measured 0.0026 bf16, 1.1e-4 fp16; before inlining the same)."""
+    b = compile_and_build(SHIFT, {"d": 4}, path="shift.dsf")
+    model = b.model.float()
+    u = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(0)).to(half)
+    model.backend = "torch"
+    want = model(u.float())
+    model.backend = "triton"
+    got = model(u)
+    assert got.dtype == half
+    assert (got.float() - want).abs().max() <= 4 * torch.finfo(half).eps * want.abs().max()
