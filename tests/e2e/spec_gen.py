@@ -6,8 +6,13 @@ Four generators:
   (S6-like exp(-softplus(z) exp(a)), sigmoid(z), exp(-c relu(z)), constants, param-only decays, identity), B u in an
   elementwise / per-channel outer / dense form (optionally sharing the decay's let: A/B coupling), C a per-channel
   contraction or a dense readout, optional D, optional pre-update readout; optionally a decay that uses an index as a
-  value, a running quantity (cumsum / scan / prev / window) gating B, a driven input that is a let ('drive') and
-  post-ops after the core ('post').
+  value, a running quantity (cumsum / scan / prev / window) gating B, a driven input that is a let ('drive': a
+  projection, a chain of lets, a function of u itself or a shifted read) and post-ops after the core ('post', maybe
+  reading a let chain at a shifted index). Decays also come as users write them (``_let_chain_decay``): chains of
+  elementwise lets z -> f = F(z) -> exp(-softplus(lam) f) with F a random safe function (``NONNEG``), static lets
+  (lo = -softplus(lam)), scalar params and scalar lets, and lets read at (c + 1) % D or D - 1 - c; a let is
+  sometimes read by A, B and C at once (``shared``: A * (0.5 + 0.5 g), B * (1 - g), C * g). The Triton path inlines
+  such lets into its kernels (triton_plan._inline_lets), so these shapes are what its property tests must see.
 * ``outer_specs``: multi-head linear-attention forms, state S[h, a, b] (or S[a, b]) with q/k/v lets and feature maps
   (elu+1, silu, tanh, sigmoid, relu, identity), optional L2-normalised keys, a decay that is absent, per head, per
   key or per value channel, optional beta gate, output axes possibly permuted relative to the state; state axes in
