@@ -26,9 +26,9 @@ Four generators:
 
 Params and lets sometimes get names that are legal in a spec but collide with something in Python or in the
 generated module (``RISKY_NAMES``: keywords, ``forward``, ``to``, ``h0``, ``_B``, ...), and sums sometimes read the
-input through computed subscripts (``u[(m + 1) % M]``). Each strategy returns a ``GenSpec``: the text plus what the generator
-intended (for labelling and for the assertions that only hold by construction, e.g. "a dense generator gives the
-dense family").
+input through computed subscripts (``u[(m + 1) % M]``). Each strategy returns a ``GenSpec``: the text plus what the
+generator intended (for labelling and for the assertions that only hold by construction, e.g. "a dense generator
+gives the dense family").
 """
 
 from __future__ import annotations
