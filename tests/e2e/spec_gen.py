@@ -6,8 +6,13 @@ Four generators:
   (S6-like exp(-softplus(z) exp(a)), sigmoid(z), exp(-c relu(z)), constants, param-only decays, identity), B u in an
   elementwise / per-channel outer / dense form (optionally sharing the decay's let: A/B coupling), C a per-channel
   contraction or a dense readout, optional D, optional pre-update readout; optionally a decay that uses an index as a
-  value, a running quantity (cumsum / scan / prev / window) gating B, a driven input that is a let ('drive') and
-  post-ops after the core ('post').
+  value, a running quantity (cumsum / scan / prev / window) gating B, a driven input that is a let ('drive': a
+  projection, a chain of lets, a function of u itself or a shifted read) and post-ops after the core ('post', maybe
+  reading a let chain at a shifted index). Decays also come as users write them (``_let_chain_decay``): chains of
+  elementwise lets z -> f = F(z) -> exp(-softplus(lam) f) with F a random safe function (``NONNEG``), static lets
+  (lo = -softplus(lam)), scalar params and scalar lets, and lets read at (c + 1) % D or D - 1 - c; a let is
+  sometimes read by A, B and C at once (``shared``: A * (0.5 + 0.5 g), B * (1 - g), C * g). The Triton path inlines
+  such lets into its kernels (triton_plan._inline_lets), so these shapes are what its property tests must see.
 * ``outer_specs``: multi-head linear-attention forms, state S[h, a, b] (or S[a, b]) with q/k/v lets and feature maps
   (elu+1, silu, tanh, sigmoid, relu, identity), optional L2-normalised keys, a decay that is absent, per head, per
   key or per value channel, optional beta gate, output axes possibly permuted relative to the state; state axes in
@@ -20,10 +25,10 @@ Four generators:
   C shared by groups of heads (Bm[h // R, j]) and a per-head decay.
 
 Params and lets sometimes get names that are legal in a spec but collide with something in Python or in the
-generated module (``RISKY_NAMES``: keywords, ``forward``, ``to``, ``h0``, ``_B``, ...), and sums sometimes read the input
-through computed subscripts (``u[(m + 1) % M]``). Each strategy returns a ``GenSpec``: the text plus what the generator
-intended (for labelling and for the assertions that only hold by construction, e.g. "a dense generator gives the
-dense family").
+generated module (``RISKY_NAMES``: keywords, ``forward``, ``to``, ``h0``, ``_B``, ...), and sums sometimes read the
+input through computed subscripts (``u[(m + 1) % M]``). Each strategy returns a ``GenSpec``: the text plus what the
+generator intended (for labelling and for the assertions that only hold by construction, e.g. "a dense generator
+gives the dense family").
 """
 
 from __future__ import annotations
@@ -162,9 +167,9 @@ def _decay(draw, b: _Builder, axes, allow_identity=True):
 @st.composite
 def _decay_expr(draw, b: _Builder, axes, allow_identity=True):
     kinds = ["s6", "sigmoid", "relu", "relu_param", "softplus", "one_minus_sigmoid", "const", "param", "pow",
-             "logsigmoid", "clamp", "static_let"]
+             "logsigmoid", "clamp", "static_let", "chain", "static_chain", "scalar", "func"]
     if axes:
-        kinds.append("index")  # S4D-real-like: the decay rate grows with an index, used as a value
+        kinds += ["index", "shifted"]  # index: S4D-real-like, the decay rate grows with an index used as a value
     if allow_identity:
         kinds.append("identity")
     kind = draw(st.sampled_from(kinds))
@@ -180,6 +185,8 @@ def _decay_expr(draw, b: _Builder, axes, allow_identity=True):
         p = b.param("g", [d for _, d in axes], "~ normal(0, 1)")
         g = b.let("gs", axes, f"exp(-softplus({_sub(p, names)}))")
         return _sub(g, names), None, kind
+    if kind in ("chain", "static_chain", "scalar", "func", "shifted"):
+        return draw(_let_chain_decay(b, axes, kind))
     z = b.let("z", axes, _projection(b, axes, bias=draw(st.booleans())))
     Z = _sub(z, names)
     if kind == "s6":
@@ -204,6 +211,63 @@ def _decay_expr(draw, b: _Builder, axes, allow_identity=True):
     if kind == "index":
         return f"exp(-(0.5 + {names[-1]}) * sigmoid({Z}))", z, kind
     return f"1 - sigmoid({Z})", z, kind
+
+
+# Elementwise functions of a pre-activation z that are >= 0 and finite with finite derivatives everywhere (also for
+# |z| ~ 300, fp32): exp(-softplus(lam) * F(z)) is then a decay in (0, 1]. Every function of check.FUNCTIONS that
+# can be made safe appears (delta only in A's deltas; log only of something >= 1).
+NONNEG = [
+    "sigmoid({X})", "softplus({X})", "relu({X})", "abs({X})", "tanh({X}) ^ 2", "sin({X}) ^ 2", "(1 + cos({X})) / 2",
+    "elu({X}) + 1", "gelu({X}) + 0.2", "silu({X}) + 0.3", "exp(logsigmoid({X}))", "sqrt(1 + {X} ^ 2) - 1",
+    "max({X}, 0)", "min(softplus({X}), 3)", "pow(sigmoid({X}), 2)", "log(1 + sigmoid({X}))", "exp(-abs({X}))",
+]
+
+
+def _shifted(draw, axes) -> list[str]:
+    """The subscripts of a let over ``axes`` read at a shifted index: one axis n becomes (n + 1) % D, D - 1 - n or
+    (n + D - 1) % D (a gather / flip of the let along that axis), the others stay."""
+    names = [n for n, _ in axes]
+    k = draw(st.integers(0, len(axes) - 1))
+    n, d = axes[k]
+    names[k] = draw(st.sampled_from([f"({n} + 1) % {d}", f"{d} - 1 - {n}", f"({n} + {d} - 1) % {d}"]))
+    return names
+
+
+@st.composite
+def _let_chain_decay(draw, b: _Builder, axes, kind):
+    """Decays written as users write them, through chains of elementwise lets (returns expr, z let, kind):
+    chain:        z = sum(..) + bias;  f = F(z);  exp(-softplus(lam) * f)      (F from NONNEG, maybe a let more)
+    static_chain: lo = -softplus(lam) (params only, a static let);  exp(lo * F(z))
+    scalar:       a scalar param and a scalar let, s = sigmoid(p) or a scalar projection, times a per-axis gate
+    func:         a random NONNEG function of z, inline in A
+    shifted:      the gate let read at (c + 1) % D (or D - 1 - c): the decay of entry c reads another entry's let."""
+    names = [n for n, _ in axes]
+    dims = [d for _, d in axes]
+    fn = draw(st.sampled_from(NONNEG))
+    z = b.let("z", axes, _projection(b, axes, bias=draw(st.booleans())))
+    Z = _sub(z, names)
+    if kind == "scalar":
+        if draw(st.booleans()):
+            sp_ = b.param("s", [], "~ normal(0, 1)")
+            s = b.let("sc", [], f"sigmoid({sp_})")  # static scalar let
+        else:
+            s = b.let("sc", [], f"sigmoid({_projection(b, [])})")  # time-varying scalar let
+        return f"{s} * sigmoid({Z})", z, kind
+    if kind == "shifted":
+        f = b.let("f", axes, fn.format(X=Z))
+        lam = b.param("lam", dims, "~ normal(0, 1)")
+        return f"exp(-softplus({_sub(lam, names)}) * {_sub(f, _shifted(draw, axes))})", z, kind
+    if kind == "func":
+        return f"exp(-{fn.format(X=Z)} / 2)", z, kind
+    f = b.let("f", axes, fn.format(X=Z))
+    F = _sub(f, names)
+    if draw(st.booleans()):  # one more link: g = f * 0.5 + 0.25 * f ^ 2 (>= 0)
+        F = _sub(b.let("g", axes, f"{F} * 0.5 + 0.25 * {F} ^ 2"), names)
+    lam = b.param("lam", dims, "~ normal(0, 1)")
+    if kind == "static_chain":
+        lo = b.let("lo", axes, f"-softplus({_sub(lam, names)})")
+        return f"exp({_sub(lo, names)} * {F})", z, kind
+    return f"exp(-softplus({_sub(lam, names)}) * {F})", z, kind
 
 
 def _subset(draw, axes, min_size=0):
@@ -267,6 +331,12 @@ def diagonal_specs(draw) -> GenSpec:
     dax = _subset(draw, axes)
     decay, zlet, dkind = draw(_decay(b, dax))
     labels["decay"] = f"{dkind}/{len(dax)}"
+    shared = None
+    if draw(st.integers(0, 3)) == 0:  # a let read by A, B and C at once (HGRN / RG-LRU style: B gets 1 - it)
+        shared = _sub(b.let("sh", dax, f"sigmoid({_projection(b, dax, bias=draw(st.booleans()))})"),
+                      [n for n, _ in dax])
+        decay = f"({decay}) * (0.5 + 0.5 * {shared})"
+        labels["shared"] = True
     deltas = " * ".join(f"delta({n}, {n}2)" for n in names)
     cols = [f"{n}2" for n in names]
     rows_s = f"({_idx(names)})" if len(names) > 1 else names[0]
@@ -304,7 +374,8 @@ def diagonal_specs(draw) -> GenSpec:
             gax = _subset(draw, axes, min_size=0)
             fm = draw(st.sampled_from(sorted(FMAPS)))
             g = b.let("gate", gax, FMAPS[fm].format(X=_projection(b, gax)))
-            expr += f" * {_sub(g, [n for n, _ in gax])}"
+            gsub = _shifted(draw, gax) if gax and draw(st.booleans()) else [n for n, _ in gax]  # maybe a gather
+            expr += f" * {_sub(g, gsub)}"
             labels["B"] += f"/{fm}"
         b.matrices.append(f"B[{rows_s}, m] = {expr}")
     if draw(st.integers(0, 3)) == 0:
@@ -312,6 +383,8 @@ def diagonal_specs(draw) -> GenSpec:
         gate, gkind = draw(_running_gate(b, gax))
         labels["running"] = f"{gkind}/{len(gax)}"
         b.matrices[-1] += f" * {gate}"
+    if shared is not None:
+        b.matrices[-1] += f" * (1 - {shared})"
 
     # C h (+ D u)
     ckinds = ["dense"] + (["contract"] if first_over_input else [])
@@ -331,6 +404,8 @@ def diagonal_specs(draw) -> GenSpec:
         out_decl = "output y[o: Q]"
         wc = b.param("W_C", ["Q"] + [d for _, d in axes], "~ normal(0, 1)")
         b.matrices.append(f"C[o, {rows_s}] = {wc}[{_idx(['o'] + names)}]")
+    if shared is not None:
+        b.matrices[-1] += f" * {shared}"
     if draw(st.booleans()):
         labels["D"] = True
         if out_dim == "M" and draw(st.booleans()):
@@ -343,13 +418,31 @@ def diagonal_specs(draw) -> GenSpec:
         b.extra.append("readout pre")
         labels["readout"] = "pre"
     if draw(st.integers(0, 3)) == 0:  # B and D multiply a let of the input instead of the input itself
-        xd = b.let("xd", [("i", "M")], f"silu({_projection(b, [('i', 'M')])})")
+        dkind_ = draw(st.sampled_from(["proj", "chain", "elementwise", "shifted"]))
+        if dkind_ == "proj":
+            xd = b.let("xd", [("i", "M")], f"silu({_projection(b, [('i', 'M')])})")
+        elif dkind_ == "chain":  # xr = W u + bias; xd = silu(xr) (Mamba's in-projection, then the activation)
+            xr = b.let("xr", [("i", "M")], _projection(b, [("i", "M")], bias=True))
+            xd = b.let("xd", [("i", "M")], f"silu({xr}[i])")
+        elif dkind_ == "elementwise":  # no sum at all: a function of u itself
+            xd = b.let("xd", [("i", "M")], draw(st.sampled_from(["u[i] * sigmoid(u[i])", "tanh(u[i])",
+                                                                   "u[i] * (1 + 0.5 * sin(u[i]))"])))
+        else:
+            xd = b.let("xd", [("i", "M")], "tanh(u[(i + 1) % M]) + 0.5 * u[i]")
         b.extra.append(f"drive {xd}")
-        labels["drive"] = True
+        labels["drive"] = dkind_
     if draw(st.integers(0, 3)) == 0:  # post-ops after the core: a gate, then maybe an out-projection
         g = b.param("W_gate", [out_dim, "M"], "~ normal(0, 0.7)")
         gated = b.fresh("gated")
-        b.extra.append(f"post {gated}[o: {out_dim}] = y[o] * sigmoid(sum(m, {g}[o, m] * u[m]))")
+        if draw(st.booleans()):
+            b.extra.append(f"post {gated}[o: {out_dim}] = y[o] * sigmoid(sum(m, {g}[o, m] * u[m]))")
+        else:  # the post reads a let (Mamba's silu(z) gate), maybe through a chain and at a shifted index
+            pz = b.let("pz", [("i", out_dim)], _projection(b, [("i", out_dim)], bias=True))
+            fm = draw(st.sampled_from(["silu", "sigmoid", "tanh"]))
+            pg = b.let("pg", [("i", out_dim)], FMAPS[fm].format(X=f"{pz}[i]"))
+            sub = draw(st.sampled_from(["o", f"(o + 1) % {out_dim}"]))
+            b.extra.append(f"post {gated}[o: {out_dim}] = y[o] * {pg}[{sub}]")
+            labels["post_let"] = True
         if draw(st.booleans()):
             b.dim("Z", draw(st.integers(1, 3)))
             w = b.param("W_out", ["Z", out_dim], "~ normal(0, 0.7)")

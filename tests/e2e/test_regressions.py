@@ -155,3 +155,49 @@ def test_running_state_is_keyed_by_the_spec_name():
     with torch.no_grad():
         _, state = b.model(torch.randn(1, 4, 3, dtype=F64), output_final_state=True)
     assert set(state) == {"h", "None"}
+
+
+# A decay that is a SCALAR let (a Symbol in the IR, not an Indexed): the log-space scans took log(let) instead of
+# looking through its definition (log_space.exact_log looked through Indexed lets only), so where fp32 rounds the
+# decay to 0 (saturated gates) the scan read log 0 = -inf and the gradients were NaN. Shrunk from the property test
+# test_random_specs_with_saturated_gates_stay_finite (an outer spec with a per-head decay and no heads).
+SCALAR_DECAY_LET = {
+    "outer": """
+dim M = 3
+dim K = 2
+dim V = 2
+input u[M]
+state S[a: K, b: V]
+output y[e: V]
+param Wz[M] ~ normal(0, 1)
+param Wk[K, M] ~ normal(0, 1)
+let z = sum(m, Wz[m] * u[m])
+let dec = exp(-softplus(z) * 4)
+let k[a: K] = sigmoid(sum(m, Wk[a, m] * u[m]))
+A[(a, b), (a2, b2)] = delta(a, a2) * delta(b, b2) * dec
+B[(a, b), m] = k[a] * delta(b, m)
+C[e, (a, b)] = delta(e, b) * k[a]
+""",
+    "diagonal": """
+dim M = 3
+input u[M]
+state h[c: M]
+param Wz[M] ~ normal(0, 1)
+let z = sum(m, Wz[m] * u[m])
+let dec = 1 - sigmoid(z)
+A[c, c2] = delta(c, c2) * dec
+B[c, m] = delta(c, m)
+C[o, c] = delta(o, c)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_DECAY_LET))
+def test_scalar_decay_let_is_scanned_in_log_space(name):
+    b = compile_and_build(SCALAR_DECAY_LET[name], path=f"{name}.dsf")
+    model = b.model.to(torch.float32)
+    u = (60 * torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    y = model(u)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(u.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
