@@ -39,7 +39,7 @@ import sympy as sp
 
 from ..analysis.log_space import complements
 from ..analysis.structure import Structure
-from ..ir.let_reuse import _canonical_bound, reuse_lets
+from ..ir.let_reuse import canonical_bound, reuse_lets
 from ..ir.symspec import SymSpec
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
@@ -320,7 +320,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         # keyed up to the names of the index symbols and bound variables: let r[c] = f(sum(m, W[c, m] u[m])) and
         # let q[i] = g(sum(k, W[i, k] u[k])) read one projection
         canon = {s: sp.Symbol(f"_ax{k}", integer=True) for k, s in enumerate(free)}
-        key = (_canonical_bound(e.xreplace(canon)), tuple(sizes[s] for s in free))
+        key = (canonical_bound(e.xreplace(canon)), tuple(sizes[s] for s in free))
         if key in hoisted_of:
             return hoisted_of[key][0].xreplace({v: k for k, v in canon.items()})
         name, k = first, 0

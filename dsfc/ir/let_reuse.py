@@ -18,7 +18,7 @@ import sympy as sp
 from .symspec import SymSpec
 
 
-def _canonical_bound(expr: sp.Expr) -> sp.Expr:
+def canonical_bound(expr: sp.Expr) -> sp.Expr:
     """``expr`` with every sum's bound variables renamed by nesting depth and position (``_bv0_0``, ...)."""
 
     def walk(e, depth):
@@ -42,14 +42,14 @@ def reuse_lets(expr: sp.Expr, sym: SymSpec, ranges: dict[sp.Symbol, sp.Expr]) ->
         if let.running or let.feature is not None or not isinstance(let.expr, sp.Sum):
             continue
         wild = tuple(sp.Wild(f"_w{k}") for k in range(len(let.index)))
-        pattern = _canonical_bound(let.expr).xreplace(dict(zip(let.index, wild)))
+        pattern = canonical_bound(let.expr).xreplace(dict(zip(let.index, wild)))
         patterns.append((let, wild, pattern))
     if not patterns:
         return expr
 
     def walk(e):
         if isinstance(e, sp.Sum):
-            canon = _canonical_bound(e)
+            canon = canonical_bound(e)
             for let, wild, pattern in patterns:
                 found = canon.match(pattern)
                 if found is None or not all(w in found for w in wild):
