@@ -21,7 +21,7 @@ from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure
 from ..ir.functions import Elu1p, Expm1, TaylorRange
 from ..ir.let_reuse import reuse_lets
-from ..ir.symspec import SymSpec
+from ..ir.symspec import SymSpec, tensor_names
 from ..lang.errors import SpecError, SpecErrors
 from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
@@ -344,11 +344,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         if triton is not None:
             lets = [dataclasses.replace(x, in_kernel=not x.running and x.name not in triton.kernel_lets) for x in lets]
         step_body = _step_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
-        used = set()
-        for e in (st.a.decay, st.bu, st.readout.ch, st.readout.du):
-            for node in sp.preorder_traversal(e):
-                if isinstance(node, (sp.Indexed, sp.Symbol)):
-                    used.add(str(node.base.label) if isinstance(node, sp.Indexed) else str(node))
+        used = set().union(*[tensor_names(e) for e in (st.a.decay, st.bu, st.readout.ch, st.readout.du)])
         chunk_inputs = [py_name(n) for n in [p.tensor.name for p in sym.params] + [x.tensor.name for x in sym.lets]
                         if n in used]
     elif st.family == Family.CHUNKED_OUTER:

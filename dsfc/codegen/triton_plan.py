@@ -40,7 +40,7 @@ import sympy as sp
 from ..analysis.log_space import complements
 from ..analysis.structure import Structure
 from ..ir.let_reuse import canonical_bound, reuse_lets
-from ..ir.symspec import SymSpec
+from ..ir.symspec import SymSpec, tensor_names
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
 from ..analysis.index_algebra import simplify
@@ -247,11 +247,6 @@ def _replace_sums(e, fn):
     return e.func(*[_replace_sums(a, fn) for a in e.args])
 
 
-def _tensor_names(e) -> set[str]:
-    return {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
-            for n in sp.preorder_traversal(sp.S(e)) if isinstance(n, (sp.Indexed, sp.Symbol))}
-
-
 def _needed_lets(sym: SymSpec, roots: set[str]) -> frozenset[str]:
     """The lets that ``roots`` (tensor names) read, directly or through other lets."""
     lets = {let.tensor.name: let for let in sym.lets}
@@ -262,7 +257,7 @@ def _needed_lets(sym: SymSpec, roots: set[str]) -> frozenset[str]:
             continue
         need.add(name)
         for e in lets[name].definition:
-            todo += [n for n in _tensor_names(e) if n in lets and n not in need]
+            todo += [n for n in tensor_names(e) if n in lets and n not in need]
     return frozenset(need)
 
 
@@ -503,15 +498,15 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     # what the Triton path reads from the torch lets: the kernel's tensors, the hoisted sums, D u, the unfused
     # readout (taken when the reduced axes are too wide for one tile), the posts; and what those lets read
-    roots = set(used) | _tensor_names(st.readout.du) | _tensor_names(st.readout.ch)
+    roots = set(used) | tensor_names(st.readout.du) | tensor_names(st.readout.ch)
     # running lets are always computed by _lets (their last values are part of the final state, read or not): a let
     # they read must be computed too (`let pv = prev(e[c])` with e inlined read None)
     roots |= {let.tensor.name for let in sym.lets if let.running}
     for _, e in hoisted_of.values():
-        roots |= _tensor_names(e)
+        roots |= tensor_names(e)
     for post in sym.posts:
         for e in post.definition:
-            roots |= _tensor_names(e)
+            roots |= tensor_names(e)
 
     out_syms = st.readout.out_syms
     du = None

@@ -17,7 +17,8 @@ from ..lang.check import CheckedSpec, TensorInfo
 from ..lang.check import FEATURE_MAPS, INFINITE_ORDER, is_feature_range
 from ..lang.errors import SpecError, SpecErrors
 from .functions import FUNCTION_TABLE, TaylorRange
-from .symspec import FeatureMap, SymAxis, SymIndexUse, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor
+from .symspec import (FeatureMap, SymAxis, SymIndexUse, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor,
+                      tensor_names)
 
 
 def index_symbol(name: str) -> sp.Symbol:
@@ -317,8 +318,7 @@ class _Lowering:
                 body = self.expr(let.expr.args[1], {**inner, let.expr.args[0].name: var})
                 fmap = FeatureMap(let.expr.func, var, length, order, body, pos)
                 base = self.make_base(let.name, len(info.axes))
-                reads = {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
-                         for n in sp.preorder_traversal(body) if isinstance(n, (sp.Indexed, sp.Symbol))}
+                reads = tensor_names(body)
                 varying = bool(reads & ({c.input.name} | {x.tensor.name for x in lets if x.time_varying}))
                 lets.append(SymLet(self.tensor(info, base), index, base[index], varying, feature=fmap))
                 continue
@@ -326,8 +326,7 @@ class _Lowering:
             why = _kernel_sum_positive(expr, lets, {self.dims[k]: v for k, v in c.dim_values.items()})
             facts = {"real": True, "positive": True} if why else _sign_assumptions(expr)
             base = self.make_base(let.name, len(info.axes), **facts)
-            reads = {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
-                     for n in sp.preorder_traversal(expr) if isinstance(n, (sp.Indexed, sp.Symbol))}
+            reads = tensor_names(expr)
             varying = bool(reads & ({c.input.name} | {x.tensor.name for x in lets if x.time_varying}))
             lets.append(SymLet(self.tensor(info, base), index, expr, varying, positive_reason=why))
 

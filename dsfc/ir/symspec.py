@@ -43,6 +43,13 @@ def at_indices(expr: sp.Expr, index: tuple[sp.Symbol, ...], indices: tuple[sp.Ex
     return expr.subs(dict(zip(index, indices)), simultaneous=True)
 
 
+def tensor_names(expr: sp.Expr) -> set[str]:
+    """The names of the tensors ``expr`` reads (indexed entries and scalar symbols; index symbols and dims too, which
+    callers filter by the names they look for)."""
+    return {str(n.base.label) if isinstance(n, sp.Indexed) else str(n)
+            for n in sp.preorder_traversal(sp.S(expr)) if isinstance(n, (sp.Indexed, sp.Symbol))}
+
+
 class DimError(ValueError):
     """Dim values that break a derived dim (a // that does not divide exactly)."""
 
