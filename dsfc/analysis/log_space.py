@@ -64,20 +64,12 @@ def exact_log(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
         if any(p is None for p in parts):
             return None
         return sp.Add(*parts) if isinstance(expr, sp.Mul) else type(expr)(*parts)
-    if isinstance(expr, sp.Indexed) and sym is not None:
-        let = sym.let(sym.base_name(expr.base))
-        if let is None or let.running or let.feature is not None:
-            return None
-        body = let.value_at(expr.indices)
-        return exact_log(body, sym)
-    if isinstance(expr, sp.Symbol) and sym is not None:
-        # a scalar let is a Symbol, not an Indexed: look through it too, else a scalar decay let such as
-        # nn = exp(-softplus(z) * exp(F)) was scanned as log(nn), -inf where fp32 rounds nn to 0 (NaN gradients)
-        let = sym.let(str(expr))
-        if let is None or let.index or let.running or let.feature is not None or let.expr is None:
-            return None
-        return exact_log(let.expr, sym)
-    return None
+    # a let read, scalar lets included (a scalar decay let nn = exp(-softplus(z) * exp(F)) was scanned as log(nn),
+    # -inf where fp32 rounds nn to 0: NaN gradients)
+    read = sym.let_read(expr) if sym is not None else None
+    if read is None or read[0].running or read[0].feature is not None or read[0].expr is None:
+        return None
+    return exact_log(read[0].value_at(read[1]), sym)
 
 
 def _log_term(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
@@ -307,11 +299,10 @@ def _affine_complement(p: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
     """``1 - p`` as ``b (1 - Q)`` (``1 - Q`` from _q_complement) when p, a let looked through, is ``a + b Q`` with
     ``a + b = 1``: ``1 - f`` for HGRN's ``f = gam + (1 - gam) sigmoid(z)`` is ``(1 - gam) sigmoid(-z)``, where fp32's
     ``1 - f`` kept ~eps / (1 - f) relative precision (1e-3 at z = 12, 15% at z = 16)."""
-    if sym is None or not isinstance(p, (sp.Indexed, sp.Symbol)):
+    read = sym.let_read(p) if sym is not None else None
+    if read is None or read[0].running or read[0].feature is not None:
         return None
-    let = sym.let(sym.base_name(p.base) if isinstance(p, sp.Indexed) else str(p))  # a scalar let is a Symbol
-    if let is None or let.running or let.feature is not None or (isinstance(p, sp.Symbol) and let.index):
-        return None
+    let, indices = read
     parts = affine_parts(let.expr)
     if parts is None:
         return None
@@ -319,7 +310,7 @@ def _affine_complement(p: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
     comp = _q_complement(q)
     if comp is None:
         return None
-    return let.value_at(p.indices if isinstance(p, sp.Indexed) else (), b * comp)
+    return let.value_at(indices, b * comp)
 
 
 def hoist_complement_sums(sym: SymSpec, entries) -> SymSpec:

@@ -225,12 +225,9 @@ def _inline_lets(e, sym: SymSpec, lets: dict, hoist_let_sum):
     indices, where substituting first gave three sums and so three projections (three matmuls, three streams)."""
     if isinstance(e, sp.Sum) or not e.args and not isinstance(e, sp.Symbol):
         return e
-    let = None
-    if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
-        let, indices = lets[str(e.base.label)], e.indices
-    elif isinstance(e, sp.Symbol) and str(e) in lets and not lets[str(e)].index:
-        let, indices = lets[str(e)], ()
-    if let is not None:
+    read = sym.let_read(e)
+    if read is not None and read[0].tensor.name in lets:
+        let, indices = read
         value = _replace_sums(complements(let.expr, sym), lambda x: hoist_let_sum(let, x))
         return _inline_lets(let.value_at(indices, value), sym, lets, hoist_let_sum)
     if isinstance(e, (sp.Indexed, sp.Symbol)):

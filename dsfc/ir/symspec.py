@@ -213,6 +213,17 @@ class SymSpec:
     def let(self, name: str) -> SymLet | None:
         return next((x for x in self.lets if x.tensor.name == name), None)
 
+    def let_read(self, e: sp.Basic) -> tuple[SymLet, tuple[sp.Expr, ...]] | None:
+        """The let ``e`` reads and at which indices: ``f[c]`` (an Indexed) or ``s`` (a scalar let is a Symbol, not
+        an Indexed: passes that looked for Indexed reads only skipped scalar lets); None for anything else."""
+        if isinstance(e, sp.Indexed):
+            let = self.let(self.base_name(e.base))
+            return (let, tuple(e.indices)) if let is not None else None
+        if isinstance(e, sp.Symbol):
+            let = self.let(str(e))
+            return (let, ()) if let is not None and not let.index else None
+        return None
+
     def base_name(self, base: sp.Basic) -> str:
         return str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
 
