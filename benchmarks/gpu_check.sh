@@ -3,7 +3,7 @@
 #   (a) tests/triton on the real GPU, compiled Triton (no interpreter): every generated kernel vs the reference,
 #       forward and backward -- Triton 3.6 miscompiles some kernels on Hopper (fla issue 640), so the interpreter
 #       passing is not enough. Parallel over pytest-xdist workers when it is installed (compiling dominates);
-#   (b) the benchmark, one process per group (s6, s6_step, ssd, gla, gla_step, linear_attention,
+#   (b) the benchmark, one process per group (s6, s6_step, ssd, gla, gla_step, linear_attention, gated_deltanet,
 #       softmax_attention) with its own timeout, so that one anchor's autotuning or a hang cannot eat the others'
 #       time; each writes OUT_DIR/bench-<group>.json after every T, and the finished groups are merged into
 #       OUT_DIR/merged.json (copy it to benchmarks/results/<device>.json).
@@ -51,7 +51,7 @@ run_tests() {
 }
 
 run_warm() {
-    local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step gla_step softmax_attention}" parts="${WARM_PARTS:-12}" i fit
+    local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step gla_step softmax_attention gated_deltanet}" parts="${WARM_PARTS:-12}" i fit
     # each part holds one group's tensors at a time: ~5.5 GB at T=4096 (H100, 2026-11-26: 14 parts ran out of its
     # 80 GB); WARM_GB_PER_PART (default 8) of free memory per part
     fit=$(python -c "import torch; print(max(1, torch.cuda.mem_get_info()[0] // (${WARM_GB_PER_PART:-8} << 30)))")
@@ -71,7 +71,7 @@ run_warm() {
 }
 
 run_bench() {
-    local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step gla_step softmax_attention}"
+    local groups="${BENCH_GROUPS:-s6 linear_attention ssd gla s6_step gla_step softmax_attention gated_deltanet}"
     [ -n "${WARM_WITH_TESTS:-}" ] || run_warm "$@"
     echo "== (b) benchmark"
     for group in $groups; do

@@ -47,7 +47,7 @@ PEAKS = {
     "A100": {"hbm_GBps": 2039.0, "bf16_TFLOPs": 312.0},
 }
 
-GROUPS = ("s6", "s6_step", "ssd", "gla", "gla_step", "linear_attention", "softmax_attention")
+GROUPS = ("s6", "s6_step", "ssd", "gla", "gla_step", "linear_attention", "softmax_attention", "gated_deltanet")
 
 # sizes: batch 8; T in {1024, 4096, 16384}; widths 1024-2048; S6 n=16; heads 8-16 of 64-128
 FULL = {
@@ -60,6 +60,7 @@ FULL = {
     "gla_step": {"d": 2048, "H": 16, "K": 128, "V": 128, "R": 16},
     "linear_attention": {"d": 1024, "H": 16, "K": 64, "V": 64},
     "softmax_attention": {"H": 16, "K": 64, "V": 64},
+    "gated_deltanet": {"d": 2048, "H": 16, "K": 128, "V": 128},
 }
 QUICK = {
     "batch": 8,
@@ -71,6 +72,7 @@ QUICK = {
     "gla_step": {"d": 1024, "H": 8, "K": 64, "V": 64, "R": 16},
     "linear_attention": {"d": 512, "H": 8, "K": 64, "V": 64},
     "softmax_attention": {"H": 8, "K": 64, "V": 64},
+    "gated_deltanet": {"d": 1024, "H": 8, "K": 64, "V": 64},
 }
 SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
     "batch": 1,
@@ -82,6 +84,7 @@ SMOKE = {  # --device cpu: the interpreter runs ~1 ms per step and op
     "gla_step": {"d": 4, "H": 2, "K": 2, "V": 2, "R": 2},
     "linear_attention": {"d": 4, "H": 2, "K": 2, "V": 2},
     "softmax_attention": {"H": 2, "K": 4, "V": 4},
+    "gated_deltanet": {"d": 4, "H": 2, "K": 2, "V": 2},
 }
 
 
@@ -198,6 +201,8 @@ def import_anchor(name: str):
             from fla.ops.gla import fused_recurrent_gla as fn
         elif name == "chunk_linear_attn":
             from fla.ops.linear_attn import chunk_linear_attn as fn
+        elif name == "chunk_gated_delta_rule":
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
         else:
             return None, f"unknown anchor {name!r}"
     except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA extension failing to load
@@ -364,6 +369,11 @@ def _generated_rows(group, spec, dims, B, T, device, repeats, dtype, min_bytes_f
     with torch.no_grad():
         y = fn().float()
     env["_bench"] = (fn, list(leaves.values()))  # for the tuning sweep
+
+    def torch_path():
+        return model._core(env[name], h0, env, B, T, cdt)[0]
+
+    env["_torch_path"] = torch_path  # the same lets through the module's torch path (the delta rule's baseline)
     return row, y, env
 
 
@@ -765,9 +775,47 @@ def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     return rows
 
 
+def bench_gated_deltanet(B, T, dims, device, repeats, dtype, loop_max_T):
+    """Gated DeltaNet: the generated Triton path (the chunk-parallel torch maths of the WY form around the
+    state-passing kernel), the module's torch path on the same lets (a Python loop over chunks in place of the
+    kernel: the ratio is what the kernel buys) and fla's ``chunk_gated_delta_rule`` on the same q, k, v, g, beta."""
+    import torch
+    import torch.nn.functional as F
+
+    H, K, V = dims["H"], dims["K"], dims["V"]
+
+    def min_bytes(env, x):  # q, k [B,T,H,K]; v, y [B,T,H,V]; g, beta [B,T,H]
+        return B * T * H * (2 * K + 2 * V + 2) * _IO_BYTES
+
+    rows = []
+    gen, y_gen, env = _generated_rows("gated_deltanet", "gated_deltanet", dims, B, T, device, repeats, dtype,
+                                      min_bytes)
+    rows.append(gen)
+    _, leaves = env["_bench"]
+    rows.append(_bench_impl("gated_deltanet", "generated (torch path: chunk loop in Python)", T, dims,
+                            env["_torch_path"], leaves, device, repeats, torch.float32, gen.min_bytes,
+                            note="same lets as the Triton row", y_ref=y_gen.reshape(B, T, -1)))
+    fn, reason = import_anchor("chunk_gated_delta_rule")
+    if fn is None:
+        rows.append(Row("gated_deltanet", "fla chunk_gated_delta_rule", T, dims, skipped=reason))
+        return rows
+    # the spec's value is silu(W_V u) (B u = beta k sigmoid(vpre) vpre); beta and the decay go to fla separately
+    ins = [t.detach().clone().to(dtype).requires_grad_()
+           for t in (env["q"], env["k"], F.silu(env["vpre"].float()))]
+    g = torch.log(env["alpha"].float()).detach()
+    beta = env["beta"].to(dtype).detach()
+
+    def fla():
+        return fn(ins[0], ins[1], ins[2], g=g, beta=beta, scale=K ** -0.5)[0]
+
+    rows.append(_bench_impl("gated_deltanet", "fla chunk_gated_delta_rule", T, dims, fla, ins, device, repeats,
+                            dtype, gen.min_bytes, y_ref=y_gen.reshape(B, T, -1)))
+    return rows
+
+
 BENCHES = {"s6": bench_s6, "s6_step": bench_s6_step, "ssd": bench_ssd, "gla": bench_gla,
            "gla_step": bench_gla_step, "linear_attention": bench_linear_attention,
-           "softmax_attention": bench_softmax_attention}
+           "softmax_attention": bench_softmax_attention, "gated_deltanet": bench_gated_deltanet}
 
 
 # ---- command line ---------------------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ class GatedDeltaNet(nn.Module):
             if self.backend == "triton" and _core_triton_available is None:
                 raise RuntimeError("GatedDeltaNet: no Triton kernel was generated for this spec")
             return self.backend
-        return "torch"  # its Triton kernel (the generic block scan) is slower than the torch algorithm: on request only
+        return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""
@@ -426,21 +426,22 @@ class GatedDeltaNet(nn.Module):
         return tuple(out)
 
 
-# ---- Triton path (backend="triton"): generic dense block scan ---------------------------------------------------
-# h_t[g] = A_t[g] @ h_(t-1)[g] + bu_t[g] per group g of coupled state entries, the state in registers; A_t's blocks
-# are built in torch per chunk of steps and read by the kernel (memory-bound, slow: see dsfc/runtime/triton_dense.py).
-# Forward and backward are Triton kernels; the gradients of the blocks flow on through torch.
+# ---- Triton kernels (backend="triton"): the chunked delta rule -------------------------------------------------------
+# Split of the work. In torch (differentiated by autograd): the spec's projections and elementwise maths that make
+# the per-step streams q, k, f, v [B, T, H, K|V] and the log-decay, and the chunk-parallel parts of the WY / UT form
+# (the unit lower-triangular solve of every chunk at once, the decay masks, the outputs from the chunk-start states).
+# One Triton kernel (dsfc/runtime/triton_delta.py): the chunk-to-chunk state recurrence, the state in registers
+# (fp32), which the torch path runs as a Python loop over chunks; its backward is a reverse-chunk Triton kernel.
 
 try:
-    from dsfc.runtime.triton_dense import available as _dense_triton_available
-    from dsfc.runtime.triton_dense import block_scan_triton
-    from dsfc.runtime.triton_dense import chunk_len as dense_chunk_len
+    from dsfc.runtime.triton_delta import chunked_delta_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
-    _dense_triton_available = None
+    chunked_delta_triton = None
+_triton_scan = chunked_delta_triton
 
 
-def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
-    """backend="triton": the block-scan kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
+    """backend="triton": the chunked delta-rule Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
     d, H, K, V = self.d, self.H, self.K, self.V
     _dev = env["_dev"]
     W_Q = env["W_Q"]
@@ -457,41 +458,27 @@ def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
     vpre = env["vpre"]
     alpha = env["alpha"]
     beta = env["beta"]
-    # A couples some state axes: per-step block matrix-vector recurrence, one Triton launch per chunk
-    _h = h0.permute(0, 1, 3, 2).reshape(_B, H * V, K)
-    _chunks = []
-    _L = dense_chunk_len(_B, H * V, K)  # steps per chunk: its blocks stay within a memory budget
-    for _t0 in range(0, _T, _L):
-        _t1 = min(_t0 + _L, _T)
-        _blocks = (
-            (
-                (
-                    -(
-                        beta[:, _t0:_t1][:, :, :, None, None, None]
-                        * k[:, _t0:_t1][:, :, :, None, None, :]
-                        * k[:, _t0:_t1][:, :, :, :, None, None]
-                    )
-                )
-                + (axis(K, 1, 4, _dev) == axis(K, 3, 4, _dev)).to(_dtype)
-            )
-            * alpha[:, _t0:_t1][:, :, :, None, None, None]
-        ).expand(_B, _t1 - _t0, H, K, V, K)
-        _blocks = _blocks.permute(0, 1, 2, 4, 3, 5).reshape(_B, _t1 - _t0, H * V, K, K)
-        _bu = (
-            torch.sigmoid(vpre[:, _t0:_t1][:, :, :, None, :])
-            * beta[:, _t0:_t1][:, :, :, None, None]
-            * k[:, _t0:_t1][:, :, :, :, None]
-            * vpre[:, _t0:_t1][:, :, :, None, :]
-        ).expand(_B, _t1 - _t0, H, K, V)
-        _bu = _bu.permute(0, 1, 2, 4, 3).reshape(_B, _t1 - _t0, H * V, K)
-        _st = block_scan_triton(_blocks, _bu, _h)
-        _h = _st[:, -1]
-        _chunks.append(_st)
-    _states = torch.cat(_chunks, 1).reshape(_B, _T, H, V, K).permute(0, 1, 2, 4, 3)
-    _read = _states
-    _y = K**-0.5 * torch.einsum("ztik,ztikj->ztij", q, _read)
-    _final = _states[:, -1]
+    # delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan
+    _q = K**-0.5 * q
+    _k = k
+    _v = torch.sigmoid(vpre) * beta[:, :, :, None] * vpre
+    _q = _q.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _k = _k.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
+    _f = beta[:, :, :, None] * k
+    _f = _f.expand(_B, _T, H, K).reshape(_B, _T, H, K)
+    _log_decay = (
+        torch.as_tensor(
+            -(torch.exp(A_log) * F.softplus(dt_bias + torch.einsum("ztj,ij->zti", u_, W_a))), dtype=_dtype, device=_dev
+        )
+        .expand(_B, _T, H)
+        .reshape(_B, _T, H)
+    )
+    _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
+    _y, _sT = chunked_delta_triton(_q, _k, _v, _f, _log_decay, _s0, output_final_state=True)
+    _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    _y = _y.reshape(_B, _T, H, V)
     return _y, _final
 
 
-_core_triton_available = _core_triton_dense if _dense_triton_available and _dense_triton_available() else None
+_core_triton_available = _core_triton_outer if _triton_scan is not None else None

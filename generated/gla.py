@@ -392,6 +392,7 @@ try:
     from dsfc.runtime.triton_outer import chunked_outer_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
     chunked_outer_triton = None
+_triton_scan = chunked_outer_triton
 
 
 def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
@@ -427,4 +428,4 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     return _y, _final
 
 
-_core_triton_available = _core_triton_outer if chunked_outer_triton is not None else None
+_core_triton_available = _core_triton_outer if _triton_scan is not None else None

@@ -28,7 +28,8 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
-             "chunked_delta_scan", "dt_bias_", "self", "taylor_dim", "taylor_features", "kernel_matrix",
+             "chunked_delta_scan", "chunked_delta_triton", "dt_bias_", "self", "taylor_dim", "taylor_features",
+             "kernel_matrix",
              "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
              # locals and arguments of the generated methods that spec names share a scope with
@@ -160,9 +161,9 @@ class ModulePlan:
     extra_imports: list[str] = field(default_factory=list)
     triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
     triton_note: str = ""  # why there is (or is not) a Triton kernel
-    triton_auto: bool = True  # backend="auto" picks the Triton kernel on CUDA (False: only when asked for)
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
     triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
+    triton_delta: bool = False  # ... whose scan is the delta rule's (chunked_delta_triton, triton_delta.py)
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
@@ -329,7 +330,6 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     triton, triton_note = None, f"no Triton kernel: the {st.family.value} family has none yet"
     triton_dense = None
     triton_outer: list[str] = []
-    triton_auto = True
     if st.family == Family.DIAGONAL_SCAN:
         core += [
             "# diagonal A: every state entry follows h = a * h_prev + bu (elementwise linear scan)",
@@ -354,13 +354,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_note = "Triton kernel: chunked outer-product scan"
     elif st.family == Family.CHUNKED_DELTA:
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_delta_scan")
-        # no Triton delta-rule kernel yet: backend="triton" runs A's blocks through the generic block-scan kernel
-        triton_dense = (_dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True)
-                        + _readout_lines(sym, st, pr, out_syms, out_sizes, tensors))
-        triton_note = ("Triton kernel: generic dense block scan (no Triton kernel for the chunked delta rule yet; "
-                       "blocks materialised by torch; slow, see triton_dense.py; backend=\"auto\" keeps the torch "
-                       "chunked algorithm)")
-        triton_auto = False  # the per-step block scan is far slower than the chunked delta rule in torch
+        # the same streams and chunk-parallel maths, the chunk-to-chunk state recurrence one Triton kernel
+        # (dsfc/runtime/triton_delta.py)
+        triton_outer = _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_delta_triton")
+        triton_note = "Triton kernel: chunked delta rule (its chunk-to-chunk state recurrence)"
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
@@ -415,9 +412,9 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         time_varying=[py_name(let.tensor.name) for let in sym.lets if let.time_varying],
         triton=triton,
         triton_note=triton_note,
-        triton_auto=triton_auto,
         triton_dense=triton_dense,
         triton_outer=triton_outer,
+        triton_delta=st.family == Family.CHUNKED_DELTA,
         running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names
         driven=py_name(sym.driven.name),
         driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),

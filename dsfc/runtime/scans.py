@@ -661,6 +661,7 @@ def chunked_delta_scan(
     chunk: int = 64,
     output_final_state: bool = False,
     readout: str = "post",
+    state_passing: Optional[Callable] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Delta-rule recurrence (DeltaNet, Gated DeltaNet) with a scalar decay per head, chunkwise, batch-first.
 
@@ -685,6 +686,12 @@ def chunked_delta_scan(
 
     The solve is split into chunk-local parts (T V and T diag(Gamma) F, all chunks at once) and a K x K state
     recurrence over chunks; only that recurrence is sequential (T / chunk steps).
+
+    ``state_passing`` runs that recurrence instead of the torch loop: called as ``state_passing(w_v, w_f, k_end, tot,
+    S_0)`` (``w_v = T V``, ``w_f = T diag(Gamma) F`` ``[B, H, nc, L, V|K]``, the keys decayed to their chunk's end
+    ``k_end`` ``[B, H, nc, L, K]``, each chunk's total decay ``tot`` ``[B, H, nc]``), it returns the chunk-start
+    states ``[B, H, nc, K, V]``, the pseudo-values ``W = w_v - w_f S_c`` ``[B, H, nc, L, V]`` and the final state
+    (``dsfc.runtime.triton_delta.delta_state_passing``: one Triton kernel).
 
     Precondition, not checked: ``log_decay`` has no NaN or ``+inf``.  A NaN makes ``y`` NaN from the start of its
     chunk on (the chunk's solve mixes its steps).  The check would be a device sync on every call of the generated
@@ -714,14 +721,14 @@ def chunked_delta_scan(
     q, k, v, f = (x.to(cdt) for x in (q, k, v, f))
     g = None if log_decay is None else log_decay.to(cdt)
     def run(qq):
-        return _delta_scan_impl(qq, k, v, f, g, h0, int(chunk))
+        return _delta_scan_impl(qq, k, v, f, g, h0, int(chunk), state_passing)
 
     y, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
     y = y.to(out_dtype)
     return (y, state.to(out_dtype)) if output_final_state else y
 
 
-def _delta_scan_impl(q, k, v, f, g, h0, chunk):
+def _delta_scan_impl(q, k, v, f, g, h0, chunk, state_passing=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     L = min(T, chunk)
@@ -754,6 +761,9 @@ def _delta_scan_impl(q, k, v, f, g, h0, chunk):
     sol = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
     w_v, w_f = sol[..., :V], sol[..., V:]  # W = w_v - w_f S_0
     scores = torch.matmul(qc, kc.transpose(-1, -2)) * mask  # tril(D * Q K^T)
+    if state_passing is not None:
+        S0, W, S = state_passing(w_v, w_f, k_end, tot.reshape(B, H, nc), h0)
+        return _delta_outputs(gamma * qc, S0, scores, W, T, pad), S
     # chunk-to-chunk state recurrence: S_next = (tot I - k_end^T w_f) S_0 + k_end^T w_v  (K x K times K x V)
     trans = tot * torch.eye(K, dtype=q.dtype, device=q.device) - torch.matmul(k_end.transpose(-1, -2), w_f)
     inject = torch.matmul(k_end.transpose(-1, -2), w_v)
@@ -764,8 +774,12 @@ def _delta_scan_impl(q, k, v, f, g, h0, chunk):
         S = torch.matmul(trans[:, :, c], S) + inject[:, :, c]
     S0 = torch.stack(starts, dim=2)  # [B, H, nc, K, V] the state at each chunk start
     W = w_v - torch.matmul(w_f, S0)
-    y = torch.matmul(gamma * qc, S0) + torch.matmul(scores, W)
-    y = y.permute(0, 2, 3, 1, 4).reshape(B, nc * L, H, V)
-    if pad:
-        y = y[:, :T]
-    return y, S
+    return _delta_outputs(gamma * qc, S0, scores, W, T, pad), S
+
+
+def _delta_outputs(q_decayed: Tensor, S0: Tensor, scores: Tensor, W: Tensor, T: int, pad: int) -> Tensor:
+    """y = (Gamma Q) S_0 + tril(D Q K^T) W per chunk, back to [B, T, H, V]."""
+    B, H, nc, L, _ = q_decayed.shape
+    y = torch.matmul(q_decayed, S0) + torch.matmul(scores, W)
+    y = y.permute(0, 2, 3, 1, 4).reshape(B, nc * L, H, W.shape[-1])
+    return y[:, :T] if pad else y

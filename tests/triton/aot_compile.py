@@ -3,7 +3,8 @@ lets through (it runs the kernels as numpy, without Triton's type checks and low
 TRITON_INTERPRET (tests/triton/test_triton_aot.py runs it in a subprocess). Exit 3: this triton's ahead-of-time API
 differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to compile.
 
-    python tests/triton/aot_compile.py [--resources] [spec.dsf ...]     # the specs' kernels, dense, outer
+    python tests/triton/aot_compile.py [--resources] [spec.dsf ...]     # the specs' kernels, dense, delta, outer
+    python tests/triton/aot_compile.py --delta-only [--resources]        # the delta rule's state-passing kernels
     python tests/triton/aot_compile.py --outer-only [--resources] [--decay=0|1|2]   # the outer-product kernels
     python tests/triton/aot_compile.py --no-outer [spec.dsf ...]          # all but the outer-product kernels
     python tests/triton/aot_compile.py --attention-only [--resources]    # the quadratic-attention kernels
@@ -31,7 +32,7 @@ except ImportError as exc:
 
 from dsfc.check import load_module  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
-from dsfc.runtime import triton_attention, triton_dense, triton_outer  # noqa: E402
+from dsfc.runtime import triton_attention, triton_delta, triton_dense, triton_outer  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
@@ -187,6 +188,27 @@ def epilogue_kernel(decay: int, resources: bool) -> int:
     return failed
 
 
+def delta_kernels(resources: bool) -> int:
+    """The delta rule's state-passing kernels (dsfc/runtime/triton_delta.py), forward and backward, fp32 and fp64, at
+    the launch shapes of K = V = 128 at chunk 64 (Gated DeltaNet's), of K = 256 and of a tiny K."""
+    failed = 0
+    fwd = ("wv_ptr", "wf_ptr", "ke_ptr", "tot_ptr", "h0_ptr", "starts_ptr", "x_ptr", "final_ptr")
+    bwd = ("wf_ptr", "ke_ptr", "tot_ptr", "dstarts_ptr", "dx_ptr", "dfinal_ptr", "dwv_ptr", "g_ptr", "dh0_ptr")
+    for fn, ptrs in ((triton_delta._delta_pass_fwd, fwd), (triton_delta._delta_pass_bwd, bwd)):
+        for label, ty, dt, size in (("fp32", "*fp32", tl.float32, 4), ("fp64", "*fp64", tl.float64, 8)):
+            for L, K, V in ((64, 128, 128), (64, 256, 128), (5, 3, 7)):
+                block_l, block_k, block_v, _ = triton_delta._launch_cfg(L, K, V, size)
+                sig = {p: ty for p in ptrs}
+                sig.update({"NC": "i32", "L": "i32", "K": "i32", "V": "i32", "BL": "constexpr", "BK": "constexpr",
+                            "BV": "constexpr", "DTYPE": "constexpr"})
+                failed += compile_and_report(fn, sig, {"BL": block_l, "BK": block_k, "BV": block_v, "DTYPE": dt},
+                                             triton_delta.NUM_WARPS,
+                                             f"{fn.__name__} {label} L={L} K={K} V={V}", resources, aligned=True,
+                                             fits_sm90=True)
+    print("ok delta-rule kernels" if not failed else f"{failed} delta-rule kernel(s) failed")
+    return failed
+
+
 def attention_kernels(resources: bool) -> int:
     """The quadratic-attention kernels (dsfc/runtime/triton_attention.py) at their GPU tiles (``TILES``: 32 x 32 at 8
     warps for the exact fp32 / fp64 products, the half path's own), K = V = 64 (and 128 on the half path), with and without row / col weights, pointers 16-byte aligned (as the JIT specialises torch tensors). Half path: q, k, v, y, dy and dq, dk, dv in bf16 / fp16; the maxima,
@@ -276,6 +298,7 @@ def main(specs, resources: bool = False) -> int:
                 failed += 1
                 print(f"FAIL {fn.__name__} {label}: {exc}")
     print("ok dense block scan" if not failed else f"{failed} kernel(s) failed")
+    failed += delta_kernels(resources)
     failed += attention_kernels(resources)
     if "--no-outer" not in sys.argv:
         failed += outer_kernels(resources)
@@ -287,6 +310,8 @@ if __name__ == "__main__":
     resources = "--resources" in args
     if "--attention-only" in args:
         sys.exit(1 if attention_kernels(resources) else 0)
+    if "--delta-only" in args:
+        sys.exit(1 if delta_kernels(resources) else 0)
     if "--outer-only" in args:
         decay = next((int(a.split("=")[1]) for a in args if a.startswith("--decay=")), None)
         sys.exit(1 if outer_kernels(resources, decay) else 0)

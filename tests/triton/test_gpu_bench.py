@@ -216,3 +216,22 @@ def test_gla_step_group_smoke_run(monkeypatch, tmp_path):
     for impl in ("generated (torch streams + triton)", "generated decode kernel (chunked_outer_triton, T = 1)"):
         assert rows[impl]["T"] == 1 and rows[impl]["fwd_ms"] > 0 and not rows[impl]["skipped"], impl
     assert "not importable" in rows["fla fused_recurrent_gla"]["skipped"]
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
+def test_gated_deltanet_group_smoke_run(monkeypatch, tmp_path):
+    """The Gated DeltaNet group on CPU: the Triton path and the torch path time on the same lets and agree (the
+    torch row's difference from the Triton row is fp32 rounding); with fla absent its row is skipped with the
+    reason."""
+    pytest.importorskip("triton")
+    pytest.importorskip("numpy")
+    monkeypatch.setitem(sys.modules, "fla", None)
+    out = tmp_path / "gdn.json"
+    assert gpu_bench.main(["--device", "cpu", "--groups", "gated_deltanet", "-o", str(out)]) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    gen = rows["generated (torch streams + triton)"]
+    torch_path = rows["generated (torch path: chunk loop in Python)"]
+    for r in (gen, torch_path):
+        assert r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 and not r["skipped"]
+    assert torch_path["max_rel_diff_vs_generated"] <= 1e-5
+    assert "not importable" in rows["fla chunk_gated_delta_rule"]["skipped"]
