@@ -402,7 +402,9 @@ def reference_forward(
         h = torch.einsum("bij,bj->bi", A[:, t], h) + torch.einsum("bij,bj->bi", Bm[:, t], u64[:, t])
         read = h_prev if sym.readout == "pre" else h
         ys.append(torch.einsum("bij,bj->bi", C[:, t], read) + torch.einsum("bij,bj->bi", D[:, t], u64[:, t]))
-    y = torch.stack(ys, 1) if ys else torch.zeros(Bsz, 0, C.shape[-2], dtype=torch.float64)
+    # T = 0: an empty y that is still a function of the inputs (as the generated module's is), so that a backward
+    # through it gives zero gradients instead of 'does not require grad'
+    y = torch.stack(ys, 1) if ys else torch.einsum("btij,btj->bti", D, u64)
     if sym.posts:
         y = apply_posts(sym, dims, tables, y)
     if sym.running_lets:

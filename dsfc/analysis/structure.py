@@ -202,10 +202,10 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
         bu = sp.factor_terms(bu)
         if isinstance(bu, sp.Add):
             return None
-    if a.mixed_axes or len(terms(readout.ch)) != 1:
+    ch = _one_contraction(readout.ch, sym.state.base)
+    if a.mixed_axes or len(sp.Add.make_args(ch)) != 1:  # not terms(): it would expand the merged sum again
         return None
     rows = a.rows
-    ch = readout.ch
     summed: list[sp.Symbol] = []
     outside = []  # factors outside the contraction (scales such as 1/sqrt(K))
     while True:
@@ -270,6 +270,24 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
         return None
     return OuterSplit(tuple(group), tuple(key_axes), tuple(value_axes), key, value, query,
                       tuple(out_map[k] for k in range(len(out_map))), gate)
+
+
+def _one_contraction(ch: sp.Expr, base) -> sp.Expr:
+    """A query written as a sum, C = delta(o, h) (q[h, a] + p[h, a]) or (elu(q) + 1), reaches the readout as one
+    contraction of the state per term, sum_a q h + sum_a p h: merge them into sum_a (q + p) h when every term is
+    one contraction over the same indices (nested sums likewise), so that the query is one factor again. Else ch."""
+    parts = []
+    for t in terms(ch):
+        sums = [f for f in factors(t) if isinstance(f, sp.Sum) and f.has(base)]
+        if len(sums) != 1:
+            return ch
+        parts.append((sp.Mul(*[f for f in factors(t) if f is not sums[0]]), sums[0]))
+    limits = parts[0][1].limits
+    if len(parts) == 1 or any(s.limits != limits or r.free_symbols & {lim[0] for lim in limits} for r, s in parts):
+        return ch
+    inner = sp.Add(*[r * s.function for r, s in parts])
+    merged = _one_contraction(inner, base)
+    return sp.Sum(merged if merged is not inner else sp.factor_terms(inner), *limits)
 
 
 def contracted_axes(sym: SymSpec, readout: Readout) -> set[int]:
