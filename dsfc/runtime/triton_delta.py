@@ -27,6 +27,9 @@ the value slices split, are batched matmuls afterwards: ``dL/dw_f_c = -dX_c S_c^
 ``dL/dk_end_c = X_c G_(c+1)^T``, ``dL/dtot_c = <G_(c+1), S_c>``. Autograd carries them on through the torch code
 that built ``w_v``, ``w_f``, ``k_end`` and ``tot`` (the solve, the decay masks).
 
+Decoding (a single step, no autograd: the modules' ``step``) skips the chunked machinery: ``_delta_step`` reads the
+state once, applies ``S' = s (S - k (f^T S)) + k v^T`` and the readout, and writes it back (one launch per token).
+
 Both launches are ``torch.library.custom_op`` s (``dsfc::delta_pass_fwd`` / ``_bwd``) with ``register_fake`` and
 ``register_autograd``, so a ``torch.compile``d model keeps one opaque node per launch.
 
@@ -139,6 +142,35 @@ if triton is not None:
             g = tot * g + through_x + ds
         tl.store(dh0_ptr + bh * K * V + s_off, g, mask=s_mask)
 
+    @triton.jit
+    def _delta_step(q_ptr, k_ptr, v_ptr, f_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, BK: tl.constexpr,
+                    BV: tl.constexpr, DECAY: tl.constexpr, PRE: tl.constexpr, DTYPE: tl.constexpr):
+        """One decoding step (T = 1) of one (batch row, head, value slice): S' = s (S - k (f^T S)) + k v^T and
+        y = S'^T q (y = S^T q before the update, PRE); the state read and written once, in DTYPE."""
+        bh = tl.program_id(0).to(tl.int64)
+        kk = tl.arange(0, BK)
+        vv = tl.program_id(1) * BV + tl.arange(0, BV)
+        mk = kk < K
+        mv = vv < V
+        s_off = kk[:, None] * V + vv[None, :]
+        s_mask = mk[:, None] & mv[None, :]
+        s = tl.load(s0_ptr + bh * K * V + s_off, mask=s_mask, other=0.0).to(DTYPE)
+        q = tl.load(q_ptr + bh * K + kk, mask=mk, other=0.0).to(DTYPE)
+        k = tl.load(k_ptr + bh * K + kk, mask=mk, other=0.0).to(DTYPE)
+        f = tl.load(f_ptr + bh * K + kk, mask=mk, other=0.0).to(DTYPE)
+        v = tl.load(v_ptr + bh * V + vv, mask=mv, other=0.0).to(DTYPE)
+        fs = tl.sum(f[:, None] * s, axis=0)  # f^T S, [BV]
+        s_new = s - k[:, None] * fs[None, :]
+        if DECAY:
+            s_new = tl.exp(tl.load(g_ptr + bh).to(DTYPE)) * s_new
+        s_new += k[:, None] * v[None, :]
+        if PRE:
+            y = tl.sum(q[:, None] * s, axis=0)
+        else:
+            y = tl.sum(q[:, None] * s_new, axis=0)
+        tl.store(y_ptr + bh * V + vv, y, mask=mv)
+        tl.store(sT_ptr + bh * K * V + s_off, s_new, mask=s_mask)
+
 
 def _launch_cfg(L: int, K: int, V: int, itemsize: int = 4) -> tuple:
     """(BLOCK_L, BLOCK_K, BLOCK_V, value slices): tl.dot's tiles are at least 16 on every side; the state slice
@@ -236,17 +268,39 @@ def delta_state_passing(w_v: torch.Tensor, w_f: torch.Tensor, k_end: torch.Tenso
     return _delta_pass_fwd_op(w_v, w_f, k_end, tot, h0)
 
 
+STEP_BLOCK_V = 32  # the decode step's value slice
+
+
+def _single_step(q, k, v, f, g, h0, readout):
+    """T = 1 without autograd (decoding): one launch of ``_delta_step``; the arguments in the compute dtype."""
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    block_k = _next_pow2(K)
+    block_v = max(1, min(STEP_BLOCK_V, _next_pow2(V), MAX_STATE_TILE * 2 // block_k))
+    y = torch.empty((B, 1, H, V), device=q.device, dtype=h0.dtype)
+    s_new = torch.empty((B, H, K, V), device=q.device, dtype=h0.dtype)
+    dummy = q.new_empty(0)  # no decay: the kernel never reads it
+    _delta_step[(B * H, triton.cdiv(V, block_v))](q.contiguous(), k.contiguous(), v.contiguous(), f.contiguous(),
+                                                  dummy if g is None else g.contiguous(), h0.contiguous(), y, s_new,
+                                                  K, V, BK=block_k, BV=block_v, DECAY=g is not None,
+                                                  PRE=readout == "pre", DTYPE=_tl_dtype(h0.dtype))
+    return y, s_new
+
+
 def chunked_delta_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f: torch.Tensor,
                          log_decay: Optional[torch.Tensor] = None, h0: Optional[torch.Tensor] = None, *,
                          chunk: int = 64, output_final_state: bool = False, readout: str = "post"):
     """``chunked_delta_scan`` (same arguments, results and checks) with its chunk-to-chunk state recurrence on the
     Triton kernels above: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (slow: for tests).
-    Differentiable w.r.t. q, k, v, f, log_decay and h0; the chunk-parallel parts are torch (autograd)."""
+    Differentiable w.r.t. q, k, v, f, log_decay and h0; the chunk-parallel parts are torch (autograd). A single
+    step without autograd (decoding, the modules' ``step``) is one launch of ``_delta_step`` instead."""
     if triton is None:
         raise RuntimeError("dsfc: chunked_delta_triton needs triton")
     dev = q.device
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
                            "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    decoding = eager_inference(*[x for x in (q, k, v, f, log_decay, h0) if x is not None])
     return chunked_delta_scan(q, k, v, f, log_decay, h0, chunk=chunk, output_final_state=output_final_state,
-                              readout=readout, state_passing=delta_state_passing)
+                              readout=readout, state_passing=delta_state_passing,
+                              step=_single_step if decoding else None)

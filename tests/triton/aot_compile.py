@@ -189,8 +189,9 @@ def epilogue_kernel(decay: int, resources: bool) -> int:
 
 
 def delta_kernels(resources: bool) -> int:
-    """The delta rule's state-passing kernels (dsfc/runtime/triton_delta.py), forward and backward, fp32 and fp64, at
-    the launch shapes of K = V = 128 at chunk 64 (Gated DeltaNet's), of K = 256 and of a tiny K."""
+    """The delta rule's kernels (dsfc/runtime/triton_delta.py): the state passes, forward and backward, fp32 and
+    fp64, at the launch shapes of K = V = 128 at chunk 64 (Gated DeltaNet's), of K = 256 and of a tiny K; the decode
+    step at K = 128."""
     failed = 0
     fwd = ("wv_ptr", "wf_ptr", "ke_ptr", "tot_ptr", "h0_ptr", "starts_ptr", "x_ptr", "final_ptr")
     bwd = ("wf_ptr", "ke_ptr", "tot_ptr", "dstarts_ptr", "dx_ptr", "dfinal_ptr", "dwv_ptr", "g_ptr", "dh0_ptr")
@@ -205,6 +206,17 @@ def delta_kernels(resources: bool) -> int:
                                              triton_delta.NUM_WARPS,
                                              f"{fn.__name__} {label} L={L} K={K} V={V}", resources, aligned=True,
                                              fits_sm90=True)
+    step = ("q_ptr", "k_ptr", "v_ptr", "f_ptr", "g_ptr", "s0_ptr", "y_ptr", "sT_ptr")
+    for label, ty, dt in (("fp32", "*fp32", tl.float32), ("fp64", "*fp64", tl.float64)):
+        for decay in (False, True):
+            for pre in (False, True):
+                sig = {p: ty for p in step}
+                sig.update({"K": "i32", "V": "i32", "BK": "constexpr", "BV": "constexpr", "DECAY": "constexpr",
+                            "PRE": "constexpr", "DTYPE": "constexpr"})
+                failed += compile_and_report(triton_delta._delta_step, sig,
+                                             {"BK": 128, "BV": triton_delta.STEP_BLOCK_V, "DECAY": decay, "PRE": pre,
+                                              "DTYPE": dt}, 4, f"_delta_step {label} decay={decay} pre={pre}",
+                                             resources, aligned=True)
     print("ok delta-rule kernels" if not failed else f"{failed} delta-rule kernel(s) failed")
     return failed
 

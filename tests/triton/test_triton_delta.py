@@ -117,6 +117,24 @@ def test_kernel_matches_loop_property(B, T, H, K, V, chunk, decay, readout, seed
     _check(B, T, H, K, V, chunk, decay, readout, seed=seed)
 
 
+@pytest.mark.parametrize("decay,readout,K,V,initial", [(True, "post", 5, 7, True), (False, "post", 3, 70, True),
+                                                        (True, "pre", 16, 33, True), (False, "pre", 1, 1, False)])
+def test_decode_step_matches_loop(monkeypatch, decay, readout, K, V, initial):
+    """T = 1 without autograd (decoding): one launch of the step kernel, against the loop in fp64 and fp32."""
+    launches = []
+    single_step = triton_delta._single_step
+    monkeypatch.setattr(triton_delta, "_single_step", lambda *a: launches.append(1) or single_step(*a))
+    ins = _inputs(2, 1, 2, K, V, decay, 5, initial)
+    y_want, s_want = _loop(*ins, readout=readout)
+    for dtype, tol in ((F64, TOL64), (torch.float32, TOL32)):
+        with torch.no_grad():
+            y, s = chunked_delta_triton(*[None if x is None else x.to(DEVICE, dtype) for x in ins],
+                                        output_final_state=True, readout=readout)
+        assert y.dtype == s.dtype == dtype
+        assert rel(y, y_want) <= tol and rel(s, s_want) <= tol
+    assert launches == [1, 1]
+
+
 def test_kernel_fp32_and_bf16_inputs():
     """fp32 inputs: fp32 compute against the float64 loop. bf16 inputs: computed in fp32 (as the torch path does),
     the outputs bf16 again."""
@@ -216,17 +234,22 @@ def test_generated_matches_reference_and_torch(monkeypatch, name):
 
 @pytest.mark.parametrize("name", DELTA_SPECS)
 def test_generated_step_matches_reference(monkeypatch, name):
-    """Token-by-token decoding (step) on the Triton path: the same outputs as the reference over the sequence."""
+    """Token-by-token decoding (step) on the Triton path, one decode-kernel launch per token: the same outputs as the
+    reference over the sequence."""
     result, module = _module(name, monkeypatch)
     dims = small_dims(result)
     torch.manual_seed(0)
     model = getattr(module, result.plan.model)(**dims, backend="triton").double().to(DEVICE)
     u = torch.randn(1, 4, model._in_features(), generator=torch.Generator().manual_seed(3), dtype=F64).to(DEVICE)
+    launches = []
+    single_step = triton_delta._single_step
+    monkeypatch.setattr(triton_delta, "_single_step", lambda *a: launches.append(1) or single_step(*a))
     state, ys = None, []
     with torch.no_grad():
         for t in range(u.shape[1]):
             y_t, state = model.step(u[:, t], state)
             ys.append(y_t)
+    assert len(launches) == u.shape[1]  # the decode kernel, one launch per token
     named = dict(model.named_parameters())
     params = {p.tensor.name: named[py_name(p.tensor.name)].detach().cpu() for p in result.sym.params}
     y_ref, _ = reference_forward(result.sym, result.sym.dim_values(dims), params, u.cpu())
