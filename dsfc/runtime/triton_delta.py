@@ -13,7 +13,8 @@ with ``w_v = T V``, ``w_f = T diag(Gamma) F`` (T the chunk's UT transform), ``k_
 end and ``tot`` the chunk's total decay (every factor exp(<= 0)). The torch path runs it as a Python loop over the
 T / L chunks (a few small launches each); here it is one launch: one program per (batch row, head, value slice of
 ``BLOCK_V``) keeps its ``[K, BLOCK_V]`` slice of the state in registers (fp32, fp64 for fp64 inputs), walks the
-chunks in order with two ``tl.dot`` per chunk and writes every chunk-start state ``S_c`` and ``X_c``; the outputs
+chunks in order (each in sub-blocks of 16 rows, two ``tl.dot`` per sub-block) and writes every chunk-start state
+``S_c`` and ``X_c``; the outputs
 ``y = (Gamma Q) S_c + tril(D Q K^T) X_c`` are chunk-parallel matmuls again (torch).
 
 Backward (``_delta_pass_bwd``, no recompute: the forward stored ``S_c`` and ``X_c``, which the outputs need anyway):
@@ -36,8 +37,9 @@ Both launches are ``torch.library.custom_op`` s (``dsfc::delta_pass_fwd`` / ``_b
 Precision: ``tl.dot`` with ``input_precision="ieee"`` (no TF32: the delta rule's pseudo-values are differences of
 nearly equal terms, ``v - S^T k``, which TF32's 10-bit mantissa would swamp).
 
-Status: checked against the float64 reference under ``TRITON_INTERPRET=1`` (triton 3.9); not yet compiled or timed
-on a GPU (no GPU was lent while it was written).
+Status: checked against a per-step float64 loop and the generated modules' reference under ``TRITON_INTERPRET=1``
+(triton 3.9, tests/triton/test_triton_delta.py) and compiled ahead of time for sm_90 (tests/triton/aot_compile.py);
+not yet run or timed on a GPU (none was lent while it was written).
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
@@ -57,10 +59,12 @@ except ImportError:  # the torch path still works; chunked_delta_triton then rai
 
 __all__ = ["chunked_delta_triton", "delta_state_passing", "available"]
 
-# Tiles, sized without a GPU from ptxas' report for sm_90 (tests/triton/aot_compile.py --delta-only --resources):
-# at K = 128 a [128, 64] fp32 state slice with 4 warps needed 255 registers and spilled 40 KB per thread; [128, 32]
-# still spilled (0.5-1.5 KB) at 4 warps and 8; [128, 16] with 8 warps takes 184 registers, no spill. More value
-# slices re-read the chunk's w_f and k_end tiles once each (L2-resident: the slices of one head run together).
+# Tiles, sized without a GPU from ptxas' report for sm_90 (tests/triton/aot_compile.py --delta-only --resources),
+# K = V = 128, chunk 64, fp32: whole-chunk [64, 128] operand tiles with a [128, 64] state slice at 4 warps took 255
+# registers and spilled 40 KB per thread (and needed more shared memory than sm_90 has at K = 256 or in fp64);
+# 16-row sub-blocks with [128, 32] slices still spilled 0.5-1.5 KB at 4 and 8 warps; [128, 16] at 8 warps takes 184
+# registers, no spill. More value slices re-read the chunk's w_f and k_end tiles once each (L2-resident: the slices
+# of one head run together).
 MAX_STATE_TILE = 2048  # most fp32 state entries one program holds ([BLOCK_K, BLOCK_V] registers)
 MAX_BLOCK_V = 64
 NUM_WARPS = 8
