@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     beta, k
     shared params    W_K, W_beta
     eigenvalues      |lambda| <= 1  (0, 1]
-      why            A = s I - f g^T per block: eigenvalues s = 1 in [1, 1] and s - g^T f = 1 - beta[h] in (0, 1) (beta in (0, 1) (from its definition))
+      why            A = s I - f g^T per block: eigenvalues s = 1 in [1, 1] and s - g^T f = 1 - beta[h] in (0, 1) (beta in (0, 1) (from its definition); sum(j, k[h, j]^2) = 1 in [1, 1] (its lets inlined))
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 65536
     state bytes/seq  262144 (fp32, default dims)

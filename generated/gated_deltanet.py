@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     beta, k
     shared params    W_K, W_b
     eigenvalues      |lambda| < 1  (0, 1)
-      why            A = s I - f g^T per block: eigenvalues s = alpha[h] in (0, 1) and s - g^T f = (1 - beta[h])*alpha[h] in (0, 1) (alpha in (0, 1) (from its definition); beta in (0, 1) (from its definition))
+      why            A = s I - f g^T per block: eigenvalues s = alpha[h] in (0, 1) and s - g^T f = (1 - beta[h])*alpha[h] in (0, 1) (alpha in (0, 1) (from its definition); beta in (0, 1) (from its definition); sum(j, k[h, j]^2) = 1 in [1, 1] (its lets inlined))
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 786432
     state bytes/seq  3145728 (fp32, default dims)

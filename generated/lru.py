@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     none
     shared params    none
     eigenvalues      |lambda| < 1  (0, 1)
-      why            2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = r[j]**2 in (0, 1) (r in (0, 1) (from its definition))
+      why            2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = r[j]^2 in (0, 1) (r in (0, 1) (from its definition))
     time-invariant   yes
     state            [j: Nc, s: 2]  N = 2*Nc = 512
     state bytes/seq  2048 (fp32, default dims)

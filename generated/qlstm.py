@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     none
     shared params    W_x
     eigenvalues      |lambda| < 1  (0, 1)
-      why            lambda = Sigmoid(f[c]) in (0, 1) (no facts needed)
+      why            lambda = sigmoid(f[c]) in (0, 1) (no facts needed)
     time-invariant   no
     state            [c: Hd]  N = Hd = 512
     state bytes/seq  2048 (fp32, default dims)

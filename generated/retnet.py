@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     none
     shared params    none
     eigenvalues      |lambda| < 1  [0.96875, 1)
-      why            lambda = 1 - 1/(32*2**h) in [0.96875, 1) (no facts needed)
+      why            lambda = 1 - 1/(32*2^h) in [0.96875, 1) (no facts needed)
     time-invariant   no
     state            [h: H, a: K, b: V]  N = H*K*V = 262144
     state bytes/seq  1048576 (fp32, default dims)

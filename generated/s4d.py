@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     none
     shared params    A_imag, log_A_real, log_dt
     eigenvalues      |lambda| < 1  (0, 1)
-      why            2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = mag[c, n]**2 in (0, 1) (dt in (0, inf) (from its definition); ar in (-inf, 0) (from its definition); mag in (0, 1) (from its definition))
+      why            2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = mag[c, n]^2 in (0, 1) (dt in (0, inf) (from its definition); ar in (-inf, 0) (from its definition); mag in (0, 1) (from its definition))
     time-invariant   yes
     state            [c: d, n: Nh, s: 2]  N = 2*Nh*d = 16384
     state bytes/seq  65536 (fp32, default dims)

@@ -10,6 +10,7 @@ import sympy as sp
 
 from ..ir.symspec import SymSpec
 from ..ir.functions import TaylorRange, is_infinite_range
+from ..ir.notation import spec_str
 from .facts import Family
 from .stability import eigenvalue_bound
 from .structure import Structure, analyse_structure_of
@@ -237,7 +238,7 @@ def _c_form(st: Structure) -> str:
     if st.family == Family.QUADRATIC:
         return "query contraction over the infinite feature axis: exp(q.k / sqrt(K)) per cached key (kernelised)"
     if st.outer is not None:
-        gate = "" if st.outer.gate == 1 else f", times the output gate {sp.sstr(st.outer.gate)}"
+        gate = "" if st.outer.gate == 1 else f", times the output gate {spec_str(st.outer.gate)}"
         return f"query contraction over the key axes (y = S^T q per group){gate}"
     ch = st.readout.ch
     mapped = {s for node in sp.preorder_traversal(ch) if isinstance(node, sp.Indexed)

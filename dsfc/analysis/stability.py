@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
+from ..ir.notation import spec_str
 from ..ir.symspec import SymSpec
 from .facts import AKind, Bound
 from .index_algebra import simplify
@@ -134,6 +135,7 @@ class IntervalProver:
         self._cache: dict[str, Interval] = {}
         self._normalised: dict[str, int | None] = {}
         self._unit: set[sp.Symbol] = set()  # stand-ins i / extent for index symbols: in [0, 1)
+        self._sums: dict[sp.Sum, Interval] = {}
 
     def of_name(self, name: str, base) -> Interval:
         if name in self._cache:
@@ -238,7 +240,7 @@ class IntervalProver:
         lo, hi = min(a), max(a)
         # every weight is > 0, so unless all a_j are equal the extremes are approached, never attained
         iv = Interval(lo, hi, lo != hi, lo != hi)
-        self.reasons.append(f"{sp.sstr(e)} in {iv}: a convex combination of softmax-like weights {name} "
+        self.reasons.append(f"{spec_str(e)} in {iv}: a convex combination of softmax-like weights {name} "
                             f"(coefficients evaluated at the default dims)")
         return iv
 
@@ -247,7 +249,7 @@ class IntervalProver:
         atom occurs more than once (``g + (1 - g) s``): interval arithmetic would count g twice; a multilinear
         function takes its extremes at the corners of the atoms' box."""
         atoms = sorted({x for x in sp.preorder_traversal(e)
-                        if isinstance(x, (sp.Indexed, sp.Function)) and not isinstance(x, sp.KroneckerDelta)},
+                        if isinstance(x, (sp.Indexed, sp.Function, sp.Sum)) and not isinstance(x, sp.KroneckerDelta)},
                        key=sp.default_sort_key)
         atoms = [x for x in atoms if not any(x != y and x in sp.preorder_traversal(y) for y in atoms)]  # outermost
         if not 2 <= len(atoms) <= 4:
@@ -310,6 +312,59 @@ class IntervalProver:
                 continue
             return _mul(self.range(num / quotient), self.range(s.function))
         return None
+
+    def _sum(self, e: sp.Sum) -> Interval:
+        """A sum over full index ranges: positive terms give a positive sum (the count is a dim, unbounded). Two
+        sharper readings are intersected with it when that is not finite:
+
+        * a weighted mean: ``sum(j, c_j x_j)`` with ``x_j >= 0`` is ``t sum(j, x_j)`` for some t in the hull of the
+          c_j (any t when the sum of x is 0), so it lies in ``range(c) * range(sum(j, x_j))`` (a per-key beta:
+          ``sum(a, bk[a] k[a]^2)`` in ``(0, 1) * [0, 1)``);
+        * the lets the terms read, inlined one level (any let chain, one level per nesting), with the sums
+          canonicalised and simplified: ``|k|^2 = sum(a, k[a]^2)`` for ``k = x / sqrt(sum(j, x[j]^2) + eps)`` is
+          ``S / (S + eps)`` with ``S = sum(j, x[j]^2)``, in [0, 1) by the share rule (exactly 1 for eps = 0); grouped
+          reads ``k[h // R, a]`` inline the same way."""
+        body = self.range(e.function)
+        iv = POS if body.lo > 0 or (body.lo == 0 and body.lo_open) else NONNEG if body.lo >= 0 else ANY
+        if body.lo == 0 and body.hi == 0 and not body.lo_open and not body.hi_open:
+            return Interval(0.0, 0.0)
+        if iv.hi < INF:
+            return iv
+        factors = sp.Mul.make_args(e.function)
+        if len(factors) > 1:
+            for f in factors:
+                if f.free_symbols.isdisjoint(v for v, _, _ in e.limits) or self.range(f).lo < 0:
+                    continue
+                rest = sp.Mul(*[g for g in factors if g is not f])
+                iv = _intersect(iv, _mul(self.range(rest), self.range(sp.Sum(f, *e.limits))))
+        inlined = self._inlined(e)
+        if inlined is not None:
+            better = _intersect(iv, self.range(inlined))
+            if better != iv:
+                self.reasons.append(f"{spec_str(e)} = {spec_str(inlined)} in {better} (its lets inlined)")
+            iv = better
+        return iv
+
+    def _inlined(self, e, outside_sums: bool = False):
+        """``e`` with the lets it reads (not running, not feature maps) replaced by their definitions, one level
+        (``outside_sums``: only the reads outside any sum), float exponents that are multiples of 1/2 made exact
+        (``^ (-0.5)``), sums canonicalised and the result simplified; None when nothing was inlined."""
+        def let_of(x):
+            read = self.sym.let_read(x)
+            return read if read is not None and not read[0].running and read[0].feature is None else None
+
+        def walk(x):
+            if let_of(x) is not None:
+                return let_of(x)[0].value_at(let_of(x)[1])
+            if (outside_sums and isinstance(x, sp.Sum)) or not x.args or isinstance(x, sp.Indexed):
+                return x
+            return x.func(*[walk(a) for a in x.args])
+
+        out = walk(e)
+        if out == e:
+            return None
+        out = simplify(_canonical_sums(_exact_exponents(out)))
+        return None if out == e or out.has(sp.zoo, sp.nan) else out
 
     def range_over(self, e, index, extents) -> Interval:
         """range(e) where the symbols ``index`` run over ``0 .. extent - 1``. Plain interval arithmetic reads an
@@ -413,12 +468,10 @@ class IntervalProver:
                 out = _min(out, iv)
             return out if isinstance(e, sp.Min) else _neg(out)
         if isinstance(e, sp.Sum):
-            iv = self.range(e.function)
-            if iv.lo > 0 or (iv.lo == 0 and iv.lo_open):
-                return POS
-            if iv.lo >= 0:
-                return NONNEG
-            return ANY
+            if e not in self._sums:
+                self._sums[e] = ANY  # guards recursion
+                self._sums[e] = self._sum(e)
+            return self._sums[e]
         if isinstance(e, sp.KroneckerDelta):
             return Interval(0.0, 1.0)
         if e.is_positive:
@@ -447,7 +500,7 @@ def _verdict(ivs: list[Interval]) -> Bound:
         return Bound.EXCEEDS
     if hi <= 1 and lo >= -1:
         return Bound.MARGINAL
-    if lo >= 0 and hi == INF:
+    if lo >= 0 and hi > 1:
         return Bound.UNBOUNDED
     return Bound.UNKNOWN
 
@@ -481,6 +534,15 @@ def _canonical_sums(expr):
         return e
 
     return walk(expr)
+
+
+def _exact_exponents(expr):
+    """Float exponents that are multiples of 1/2 as Rationals: ``(S + 1e-6) ^ (-0.5)`` squared is ``1 / (S + 1e-6)``,
+    which the share rule reads; with ``-1.0`` SymPy keeps ``Pow(.., -1.0)`` apart from its numerator."""
+    def exact(e):
+        return isinstance(e, sp.Pow) and isinstance(e.exp, sp.Float) and float(e.exp * 2).is_integer()
+
+    return expr.replace(exact, lambda e: sp.Pow(e.base, sp.Rational(int(e.exp * 2), 2)))
 
 
 def _inline_lets(sym: SymSpec, expr, depth: int = 1):
@@ -541,7 +603,7 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     verdict = _verdict([iv])
     mag = Interval(math.sqrt(max(iv.lo, 0)), math.sqrt(iv.hi) if iv.hi != INF else INF, iv.lo_open, iv.hi_open)
     return EigenBound(verdict, str(mag),
-                      f"2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = {sp.sstr(det)} in {iv} "
+                      f"2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = {spec_str(det)} in {iv} "
                       f"({facts})")
 
 
@@ -559,21 +621,33 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     for k in mixed:
         ext = sym.state.axes[k].extent
         trace = sp.Sum(trace, (rows[k], 0, ext - 1))
-    # inline the lets inside the contraction only (the rank-1 vectors), so scalars such as beta keep their names
-    trace = _inline_products(sym, trace)  # let bk = beta * k: read as beta * k, as if written inline
-    trace = _canonical_sums(trace)  # first pull factors such as beta out of the contraction
-    trace = trace.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
-    small = simplify(_canonical_sums(trace))
-    other = simplify(s_coef + small)  # rest carries its own sign: s + (-f g^T)
+    # the same eigenvalue s - g^T f in three written forms; each range holds, so their intersection does:
+    # 1. lets kept by name, factors such as beta pulled out of the contraction: s - beta sum(a, k[a]^2), whose sum
+    #    the prover bounds itself (a normalised key's |k|^2 in [0, 1], a per-key beta as a weighted mean)
+    trace = _canonical_sums(_inline_products(sym, trace))  # let bk = beta * k: read as beta * k, as if written inline
+    named = simplify(s_coef + trace)
+    # 2. the lets inside the contraction inlined (the rank-1 vectors), so scalars such as beta keep their names
+    inside = trace.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
+    other = simplify(s_coef + simplify(_canonical_sums(inside)))  # rest carries its own sign: s + (-f g^T)
     prover = IntervalProver(sym)
-    ivs = [prover.range(s_coef), prover.range(other)]
+    # 3. form 1 with the lets read outside the contraction inlined too (beta = 1 / (1 + k.k): 1 - beta |k|^2 is
+    #    1 / (1 + |k|^2) only when beta's own sum is seen)
+    forms = [named, other, prover._inlined(named, outside_sums=True)]
+    forms = list(dict.fromkeys(f for f in forms if f is not None))
+    ranges = [prover.range(f) for f in forms]
+    final = ranges[0]
+    for iv in ranges[1:]:
+        final = _intersect(final, iv)
+    # the reason shows the shortest form that alone gives the final range (DeltaNet: 1 - beta[h])
+    best = min((k for k, iv in enumerate(ranges) if iv == final), key=lambda k: len(spec_str(forms[k])), default=0)
+    ivs = [prover.range(s_coef), final]
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     verdict = _verdict(ivs)
     if verdict == Bound.UNKNOWN:
         return None
     return EigenBound(verdict, str(_hull(ivs)),
-                      f"A = s I - f g^T per block: eigenvalues s = {sp.sstr(s_coef)} in {ivs[0]} and "
-                      f"s - g^T f = {sp.sstr(other)} in {ivs[1]} ({facts})")
+                      f"A = s I - f g^T per block: eigenvalues s = {spec_str(s_coef)} in {ivs[0]} and "
+                      f"s - g^T f = {spec_str(forms[best])} in {ivs[1]} ({facts})")
 
 
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
@@ -595,7 +669,7 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     prover = IntervalProver(sym)
     iv = prover.range_over(a.decay, a.rows, [ax.extent for ax in sym.state.axes])
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
-    lam = f"lambda = {sp.sstr(a.decay)} in {iv}"
+    lam = f"lambda = {spec_str(a.decay)} in {iv}"
     verdict = _verdict([iv])
     tail = {Bound.UNBOUNDED: ": not proven <= 1 (the interval has no finite upper end)",
             Bound.UNKNOWN: ": no bound proven", Bound.EXCEEDS: ": exceeds 1 in modulus for every input"}
