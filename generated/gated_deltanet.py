@@ -59,6 +59,14 @@ class GatedDeltaNet(nn.Module):
     # tokens may set ``model.check_finite = False``.
     check_finite = True
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first (also on a submodule): it failed on the first construct TorchScript
+        # lacks, e.g. "Comprehension ifs are not supported yet", pointing into this file
+        raise RuntimeError(
+            "GatedDeltaNet: torch.jit.script is not supported (the module uses Python that TorchScript lacks); "
+            "use torch.compile, or torch.export at fixed shapes"
+        )
+
     def __init__(self, d=2048, H=6, K=256, V=512, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:

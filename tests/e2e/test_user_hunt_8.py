@@ -7,6 +7,10 @@ cases). Each test failed before its fix.
 - ``dsfc plot --dpi 1`` (up to 5) computed the whole plot, then failed drawing its text with "internal error:
   RuntimeError: FT_Set_Char_Size ... invalid ppem value ... This is a bug in dsfc" (exit 3): the minimum is now 10
   dpi, refused (exit 2) before the compute.
+- ``torch.jit.script(model)`` (or of a user's model holding one) failed with TorchScript's "Comprehension ifs are
+  not supported yet" pointing into the generated file, which reads as a bug in it: the modules'
+  ``__prepare_scriptable__`` (called by torch.jit.script first, on submodules too) now raises a RuntimeError saying
+  TorchScript is not supported and naming torch.compile / torch.export.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from dsfc.cli import main
 
@@ -32,3 +37,15 @@ def test_plot_refuses_a_resolution_too_small_for_its_text(tmp_path, capsys, dpi)
     assert not out.exists()
     assert main(["plot", S4D, "-o", str(out), "--dims", "d=2", "Nh=1", "--T", "2", "--dpi", "10"]) == 0
     assert out.is_file()
+
+
+@pytest.mark.parametrize("name", ["s6", "softmax_attention"])  # the recurrent and the quadratic template
+def test_torch_jit_script_says_it_is_not_supported(name):
+    import importlib
+
+    module = importlib.import_module(f"generated.{name}")
+    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.nn.Module))
+    model = cls()
+    for target in (model, torch.nn.Sequential(torch.nn.Identity(), model)):
+        with pytest.raises(RuntimeError, match=rf"{cls.__name__}: torch.jit.script is not supported .*torch.compile"):
+            torch.jit.script(target)
