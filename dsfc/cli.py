@@ -332,6 +332,22 @@ def cmd_catalog(args) -> int:
     if not specs:
         print("dsfc catalog: error: no specs given and no specs/*.dsf here", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    if Path(args.output).is_dir():  # was "cannot write docs: Is a directory" after every spec had been analysed
+        print(f"dsfc catalog: error: -o {args.output} is a directory; give the output file (e.g. "
+              f"{Path(args.output) / 'catalog.md'})", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    # a spec given twice (specs/*.dsf specs/s6.dsf) was two identical sections; two specs of one name (a/x.dsf,
+    # b/x.dsf) two sections with one anchor id, where the table of contents led to the first for both
+    unique, by_stem = {}, {}
+    for spec in specs:
+        unique.setdefault(Path(spec).resolve(), spec)
+    for spec in unique.values():
+        other = by_stem.setdefault(Path(spec).stem, spec)
+        if other != spec:
+            print(f"dsfc catalog: error: {other} and {spec} would share the section anchor #{Path(spec).stem}; "
+                  "rename one", file=sys.stderr)
+            return EXIT_SPEC_ERROR
+    specs = list(unique.values())
     text = render_catalog(specs)  # SpecErrors -> exit 2 in main(), before anything is written
     write_atomic(Path(args.output), text)
     print(f"wrote {args.output} ({len(specs)} spec(s))")

@@ -11,6 +11,10 @@ cases). Each test failed before its fix.
   not supported yet" pointing into the generated file, which reads as a bug in it: the modules'
   ``__prepare_scriptable__`` (called by torch.jit.script first, on submodules too) now raises a RuntimeError saying
   TorchScript is not supported and naming torch.compile / torch.export.
+- ``dsfc catalog specs/*.dsf specs/s6.dsf`` wrote S6's section twice, and ``dsfc catalog a/x.dsf b/x.dsf`` two
+  sections with one anchor id (the table of contents led to the first for both); ``-o docs`` (a directory) failed
+  only after every spec had been analysed. A spec given twice is now one section; two specs of one name and a
+  directory output are refused (exit 2) before any analysis.
 """
 
 from __future__ import annotations
@@ -49,3 +53,20 @@ def test_torch_jit_script_says_it_is_not_supported(name):
     for target in (model, torch.nn.Sequential(torch.nn.Identity(), model)):
         with pytest.raises(RuntimeError, match=rf"{cls.__name__}: torch.jit.script is not supported .*torch.compile"):
             torch.jit.script(target)
+
+
+def test_catalog_takes_each_spec_once_and_refuses_a_shared_anchor(tmp_path, capsys):
+    spec = str(SPECS / "hgrn.dsf")
+    out = tmp_path / "c.md"
+    assert main(["catalog", spec, str(SPECS / ".." / "specs" / "hgrn.dsf"), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text.count('<a id="hgrn"></a>') == 1 and "(1 spec(s))" in capsys.readouterr().out
+    other = tmp_path / "b" / "hgrn.dsf"
+    other.parent.mkdir()
+    other.write_text(Path(spec).read_text())
+    out.unlink()
+    assert main(["catalog", spec, str(other), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec} and {other} would share the section anchor #hgrn" in err and not out.exists()
+    assert main(["catalog", spec, "-o", str(tmp_path)]) == 2
+    assert "is a directory; give the output file" in capsys.readouterr().err
