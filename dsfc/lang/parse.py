@@ -172,6 +172,10 @@ def _binary_error(text: str, path: str) -> SpecErrors:
 
 def _check_text(data: bytes | str, path: str) -> str:
     if isinstance(data, bytes):
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # was "file is binary (contains NUL bytes)" and a line of noise
+            text = data.decode("utf-16", "replace").replace("\x00", "\ufffd")
+            raise SpecErrors([SpecError("file is UTF-16 text (it starts with a UTF-16 byte-order mark); dsfc reads "
+                                        "UTF-8: save it as UTF-8", Span(1, 1))], path, text)
         if b"\x00" in data:
             raise _binary_error(data.decode("utf-8", "replace"), path)
         try:

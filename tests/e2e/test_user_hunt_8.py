@@ -15,6 +15,8 @@ cases). Each test failed before its fix.
   sections with one anchor id (the table of contents led to the first for both); ``-o docs`` (a directory) failed
   only after every spec had been analysed. A spec given twice is now one section; two specs of one name and a
   directory output are refused (exit 2) before any analysis.
+- A spec saved as UTF-16 (Windows Notepad's "Unicode") was "file is binary, not a spec (contains NUL bytes)" over a
+  line of replacement characters: now "file is UTF-16 text ...; save it as UTF-8", with the first line readable.
 """
 
 from __future__ import annotations
@@ -70,3 +72,15 @@ def test_catalog_takes_each_spec_once_and_refuses_a_shared_anchor(tmp_path, caps
     assert f"{spec} and {other} would share the section anchor #hgrn" in err and not out.exists()
     assert main(["catalog", spec, "-o", str(tmp_path)]) == 2
     assert "is a directory; give the output file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_spec_is_named_as_such(tmp_path, capsys, encoding):
+    spec = tmp_path / "s4d.dsf"
+    text = Path(S4D).read_text()
+    spec.write_bytes((b"" if encoding == "utf-16" else "\ufeff".encode(encoding)) + text.encode(encoding))
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:1:1: error: file is UTF-16 text" in err and "save it as UTF-8" in err, err
+    assert "binary" not in err and "\ufffd" not in err and text.splitlines()[0][:60] in err
+    assert not (tmp_path / "out").exists()
