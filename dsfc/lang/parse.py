@@ -242,7 +242,10 @@ def parse_file(path: str | Path) -> ast.Spec:
         data = p.read_bytes()
     except OSError as exc:
         # no source: SpecErrors.render prints one line, not an empty excerpt and a caret at 1:1
-        raise SpecErrors([SpecError(f"cannot read spec: {exc.strerror}", Span(1, 1))], str(path), None) from None
+        reason = exc.strerror
+        if p.is_dir():  # `dsfc compile specs/` was a bare "Is a directory"
+            reason += f" (give its specs, e.g. {p / '*.dsf'})"
+        raise SpecErrors([SpecError(f"cannot read spec: {reason}", Span(1, 1))], str(path), None) from None
     return parse_spec(data, str(path))
 
 

@@ -17,6 +17,8 @@ cases). Each test failed before its fix.
   directory output are refused (exit 2) before any analysis.
 - A spec saved as UTF-16 (Windows Notepad's "Unicode") was "file is binary, not a spec (contains NUL bytes)" over a
   line of replacement characters: now "file is UTF-16 text ...; save it as UTF-8", with the first line readable.
+- ``dsfc compile specs`` (a directory, as a new user tries first) was a bare "cannot read spec: Is a directory": it
+  now says how to give the directory's specs (``specs/*.dsf``).
 """
 
 from __future__ import annotations
@@ -84,3 +86,12 @@ def test_a_utf16_spec_is_named_as_such(tmp_path, capsys, encoding):
     assert f"{spec}:1:1: error: file is UTF-16 text" in err and "save it as UTF-8" in err, err
     assert "binary" not in err and "\ufffd" not in err and text.splitlines()[0][:60] in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["compile", "check", "analyze", "catalog"])
+def test_a_directory_given_as_a_spec_says_how_to_give_its_specs(tmp_path, capsys, command):
+    args = [command, str(SPECS)] + (["-o", str(tmp_path / "out.md")] if command == "catalog" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{SPECS}: error: cannot read spec: " in err and f"(give its specs, e.g. {SPECS / '*.dsf'})" in err, err
+    assert not list(tmp_path.iterdir())
