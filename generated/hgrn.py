@@ -116,6 +116,10 @@ class HGRN(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "E", "L", "layer"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "HGRN()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "E", "L", "layer"]] + [f"backend={self.backend!r}"])
+
     def _check_input(self, u, initial_state, running0=None):
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

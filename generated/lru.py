@@ -144,6 +144,10 @@ class LRU(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "Nc"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "LRU()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "Nc"]] + [f"backend={self.backend!r}"])
+
     def _check_input(self, u, initial_state, running0=None):
         d, Nc = self.d, self.Nc
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

@@ -141,6 +141,10 @@ class MambaBlock(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "e", "n", "r", "W"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "MambaBlock()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "e", "n", "r", "W"]] + [f"backend={self.backend!r}"])
+
     def _check_input(self, u, initial_state, running0=None):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

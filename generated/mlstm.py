@@ -143,6 +143,10 @@ class MLSTM(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "MLSTM()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]] + [f"backend={self.backend!r}"])
+
     def _check_subscripts(self):
         """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it
         here, instead of an IndexError (or a wrong gather) in forward."""

@@ -120,6 +120,10 @@ class QLSTMS6(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "e"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "QLSTMS6()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "e"]] + [f"backend={self.backend!r}"])
+
     def _check_input(self, u, initial_state, running0=None):
         d, e, Hd = self.d, self.e, self.Hd
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

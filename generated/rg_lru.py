@@ -127,6 +127,10 @@ class RGLRU(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["W", "nh"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "RGLRU()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["W", "nh"]] + [f"backend={self.backend!r}"])
+
     def _check_subscripts(self):
         """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it
         here, instead of an IndexError (or a wrong gather) in forward."""

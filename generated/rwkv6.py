@@ -187,6 +187,13 @@ class RWKV6(nn.Module):
             or "the spec's dims"
         )
 
+    def extra_repr(self):
+        # print(model) was "RWKV6()": neither the dims it was built with nor its backend
+        return ", ".join(
+            [f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "R", "Rw", "layer", "L"]]
+            + [f"backend={self.backend!r}"]
+        )
+
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

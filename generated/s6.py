@@ -124,6 +124,10 @@ class S6(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "n", "r"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "S6()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "n", "r"]] + [f"backend={self.backend!r}"])
+
     def _check_input(self, u, initial_state, running0=None):
         d, n, r = self.d, self.n, self.r
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

@@ -122,6 +122,10 @@ class SoftmaxAttention(nn.Module):
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]) or "the spec's dims"
 
+    def extra_repr(self):
+        # print(model) was "SoftmaxAttention()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]] + [f"backend={self.backend!r}"])
+
     def _check_input(self, u, state):
         d, H, K, V = self.d, self.H, self.K, self.V
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:

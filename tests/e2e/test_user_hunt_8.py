@@ -19,6 +19,8 @@ cases). Each test failed before its fix.
   line of replacement characters: now "file is UTF-16 text ...; save it as UTF-8", with the first line readable.
 - ``dsfc compile specs`` (a directory, as a new user tries first) was a bare "cannot read spec: Is a directory": it
   now says how to give the directory's specs (``specs/*.dsf``).
+- ``print(model)`` was ``DeltaNet()``: neither the dims the module was built with nor its backend (a model summary
+  could not tell a d=512 layer from a d=64 one). The modules' ``extra_repr`` now lists both.
 """
 
 from __future__ import annotations
@@ -95,3 +97,12 @@ def test_a_directory_given_as_a_spec_says_how_to_give_its_specs(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{SPECS}: error: cannot read spec: " in err and f"(give its specs, e.g. {SPECS / '*.dsf'})" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_print_shows_the_dims_and_the_backend():
+    from generated.deltanet import DeltaNet
+    from generated.softmax_attention import SoftmaxAttention
+
+    assert repr(DeltaNet(d=4, H=1, K=2, V=3)) == "DeltaNet(d=4, H=1, K=2, V=3, backend='auto')"
+    model = torch.nn.Sequential(SoftmaxAttention(d=4, H=2, K=2, V=2, backend="torch"))
+    assert "(0): SoftmaxAttention(d=4, H=2, K=2, V=2, backend='torch')" in repr(model)
