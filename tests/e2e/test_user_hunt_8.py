@@ -21,6 +21,8 @@ cases). Each test failed before its fix.
   now says how to give the directory's specs (``specs/*.dsf``).
 - ``print(model)`` was ``DeltaNet()``: neither the dims the module was built with nor its backend (a model summary
   could not tell a d=512 layer from a d=64 one). The modules' ``extra_repr`` now lists both.
+- ``dsfc check``'s table had a fixed 28-character label column: "triton grad dt_bias (vs torch)" pushed its row's
+  shape and errors out of line with the others. The widest label now sets the column.
 """
 
 from __future__ import annotations
@@ -106,3 +108,11 @@ def test_print_shows_the_dims_and_the_backend():
     assert repr(DeltaNet(d=4, H=1, K=2, V=3)) == "DeltaNet(d=4, H=1, K=2, V=3, backend='auto')"
     model = torch.nn.Sequential(SoftmaxAttention(d=4, H=2, K=2, V=2, backend="torch"))
     assert "(0): SoftmaxAttention(d=4, H=2, K=2, V=2, backend='torch')" in repr(model)
+
+
+def test_check_table_columns_line_up():
+    from dsfc.check import CheckReport, CheckRow
+
+    rows = [CheckRow(what, "B=2 T=7", 1e-17, 1e-15, True) for what in ("forward", "triton grad dt_bias (vs torch)")]
+    lines = CheckReport("M", {}, rows).table().splitlines()[1:]
+    assert len({line.index("B=2") for line in lines}) == 1, lines
