@@ -23,10 +23,15 @@ cases). Each test failed before its fix.
   could not tell a d=512 layer from a d=64 one). The modules' ``extra_repr`` now lists both.
 - ``dsfc check``'s table had a fixed 28-character label column: "triton grad dt_bias (vs torch)" pushed its row's
   shape and errors out of line with the others. The widest label now sets the column.
+- The two compile switches disagreed: ``DSFC_SCAN_COMPILE=nevr`` (a typo) silently meant auto, and ``DSFC_COMPILE=off``
+  (a spelling ``DSFC_SCAN_COMPILE`` takes) was warned about and meant auto, i.e. compiling. Both now take the same
+  spellings (0 / never / off / false / no, 1 / always / on / true / yes) and warn about any other value.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +121,15 @@ def test_check_table_columns_line_up():
     rows = [CheckRow(what, "B=2 T=7", 1e-17, 1e-15, True) for what in ("forward", "triton grad dt_bias (vs torch)")]
     lines = CheckReport("M", {}, rows).table().splitlines()[1:]
     assert len({line.index("B=2") for line in lines}) == 1, lines
+
+
+def test_the_compile_switches_take_the_same_spellings_and_name_a_typo():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from dsfc.runtime import compiled_chunks, scans\n"
+            "print(compiled_chunks.MODE, scans.COMPILE)")
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "DSFC_COMPILE": "off", "DSFC_SCAN_COMPILE": "nevr"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["never", "auto"]
+    assert "DSFC_SCAN_COMPILE must be auto, never or always (or 0 / 1), got 'nevr': using auto" in run.stderr
+    assert "DSFC_COMPILE must" not in run.stderr
