@@ -26,6 +26,8 @@ cases). Each test failed before its fix.
 - The two compile switches disagreed: ``DSFC_SCAN_COMPILE=nevr`` (a typo) silently meant auto, and ``DSFC_COMPILE=off``
   (a spelling ``DSFC_SCAN_COMPILE`` takes) was warned about and meant auto, i.e. compiling. Both now take the same
   spellings (0 / never / off / false / no, 1 / always / on / true / yes) and warn about any other value.
+- ``dsfc bench --gpu`` without a GPU said "use --device cpu for a smoke test", an option ``dsfc bench`` does not take
+  ("unrecognized arguments: --device"): it now names ``python benchmarks/gpu_bench.py --device cpu``.
 """
 
 from __future__ import annotations
@@ -133,3 +135,11 @@ def test_the_compile_switches_take_the_same_spellings_and_name_a_typo():
     assert run.stdout.split() == ["never", "auto"]
     assert "DSFC_SCAN_COMPILE must be auto, never or always (or 0 / 1), got 'nevr': using auto" in run.stderr
     assert "DSFC_COMPILE must" not in run.stderr
+
+
+def test_bench_gpu_without_a_gpu_names_a_command_that_exists(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device") as exc:
+        main(["bench", "--gpu", "--quick"])
+    hint = "python benchmarks/gpu_bench.py --device cpu"
+    assert hint in str(exc.value.code) and (ROOT / "benchmarks" / "gpu_bench.py").is_file()
