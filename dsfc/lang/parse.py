@@ -238,6 +238,8 @@ def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
 
 def parse_file(path: str | Path) -> ast.Spec:
     p = Path(path)
+    if not str(path):  # Path("") is ".": an empty argument read as the current directory ("Is a directory")
+        raise SpecErrors([SpecError("cannot read spec: the path is empty", Span(1, 1))], "''", None)
     try:
         data = p.read_bytes()
     except OSError as exc:

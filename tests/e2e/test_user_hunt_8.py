@@ -143,3 +143,9 @@ def test_bench_gpu_without_a_gpu_names_a_command_that_exists(monkeypatch, capsys
         main(["bench", "--gpu", "--quick"])
     hint = "python benchmarks/gpu_bench.py --device cpu"
     assert hint in str(exc.value.code) and (ROOT / "benchmarks" / "gpu_bench.py").is_file()
+
+
+@pytest.mark.parametrize("command", ["compile", "check", "analyze"])
+def test_an_empty_spec_path_is_named_as_empty(capsys, command):
+    assert main([command, ""]) == 2
+    assert capsys.readouterr().err.startswith("'': error: cannot read spec: the path is empty\n")
