@@ -18,7 +18,9 @@ cases). Each test failed before its fix.
 - A spec saved as UTF-16 (Windows Notepad's "Unicode") was "file is binary, not a spec (contains NUL bytes)" over a
   line of replacement characters: now "file is UTF-16 text ...; save it as UTF-8", with the first line readable.
 - ``dsfc compile specs`` (a directory, as a new user tries first) was a bare "cannot read spec: Is a directory": it
-  now says how to give the directory's specs (``specs/*.dsf``).
+  now says how to give the directory's specs (``specs/*.dsf``). An empty argument (``dsfc compile "$SPEC"`` with the
+  variable unset) was read as the current directory (": error: ... Is a directory"): now
+  "'': error: cannot read spec: the path is empty".
 - ``print(model)`` was ``DeltaNet()``: neither the dims the module was built with nor its backend (a model summary
   could not tell a d=512 layer from a d=64 one). The modules' ``extra_repr`` now lists both.
 - ``dsfc check``'s table had a fixed 28-character label column: "triton grad dt_bias (vs torch)" pushed its row's
@@ -28,6 +30,15 @@ cases). Each test failed before its fix.
   spellings (0 / never / off / false / no, 1 / always / on / true / yes) and warn about any other value.
 - ``dsfc bench --gpu`` without a GPU said "use --device cpu for a smoke test", an option ``dsfc bench`` does not take
   ("unrecognized arguments: --device"): it now names ``python benchmarks/gpu_bench.py --device cpu``.
+
+Found, not fixed (no GPU to check a change):
+
+- ``dsfc.runtime.triton_delta._launch_cfg`` keeps the state slice at MAX_STATE_TILE (2048) fp32 entries only up to
+  K = 128: the block's value width has a floor of 16, so Gated DeltaNet's default K = 256 gets a [256, 16] slice
+  (4096 entries; fp64 at K = 128 likewise twice its cap), the size ptxas spilled registers at for K = 128, [128, 32].
+  Correct under the interpreter; speed (and, at K >= 1024, whether it compiles at all) is unchecked on sm_90.
+- ``dsfc analyze --json`` prints one object for one spec and a list for several, so a script over a glob that
+  happens to match one spec gets another shape.
 """
 
 from __future__ import annotations
