@@ -59,8 +59,11 @@ class CheckReport:
 
     def table(self) -> str:
         lines = [f"{self.model}  dims {self.dims}"]
+        # the widest label sets the column (a fixed 28 let "triton grad A_log (vs torch)" push its row's numbers right)
+        width = max([28] + [len(r.what) for r in self.rows])
         for r in self.rows:
-            lines.append(f"  {'ok ' if r.ok else 'BAD'} {r.what:<28} {r.shape:<16} max abs {r.abs_err:.2e}  rel {r.rel_err:.2e}")
+            lines.append(f"  {'ok ' if r.ok else 'BAD'} {r.what:<{width}} {r.shape:<16} max abs {r.abs_err:.2e}  "
+                         f"rel {r.rel_err:.2e}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -269,6 +269,9 @@ def cmd_bench(args) -> int:
 
 
 MAX_DPI = 1200  # dsfc plot: 19200 x 6240 pixels, ~480 MB of RGBA while drawing
+# below ~6 dpi FreeType cannot size the figure's smallest text (under one pixel per em): --dpi 1..5 was "internal
+# error: RuntimeError: FT_Set_Char_Size ... invalid ppem value" after the plot was computed
+MIN_DPI = 10
 
 
 def cmd_plot(args) -> int:
@@ -288,8 +291,9 @@ def cmd_plot(args) -> int:
         dims = resolve_dims(result, dims)
         if args.T < 1:
             raise PlotError(f"--T must be at least 1, got {args.T}")
-        if args.dpi < 1:  # matplotlib's own ValueError came out as a traceback after the plot was computed
-            raise PlotError(f"--dpi must be at least 1, got {args.dpi}")
+        if args.dpi < MIN_DPI:  # matplotlib's own ValueError came out as a traceback after the plot was computed
+            raise PlotError(f"--dpi must be at least {MIN_DPI} (a {16 * MIN_DPI} x {round(5.2 * MIN_DPI)} pixel "
+                            f"image; smaller, the text cannot be drawn), got {args.dpi}")
         if args.dpi > MAX_DPI:  # the 16 x 5.2 inch figure: --dpi 100000 was an internal error (std::bad_alloc)
             raise PlotError(f"--dpi must be at most {MAX_DPI} (a {16 * MAX_DPI} x {round(5.2 * MAX_DPI)} pixel "
                             f"image), got {args.dpi}")
@@ -328,6 +332,22 @@ def cmd_catalog(args) -> int:
     if not specs:
         print("dsfc catalog: error: no specs given and no specs/*.dsf here", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    if Path(args.output).is_dir():  # was "cannot write docs: Is a directory" after every spec had been analysed
+        print(f"dsfc catalog: error: -o {args.output} is a directory; give the output file (e.g. "
+              f"{Path(args.output) / 'catalog.md'})", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    # a spec given twice (specs/*.dsf specs/s6.dsf) was two identical sections; two specs of one name (a/x.dsf,
+    # b/x.dsf) two sections with one anchor id, where the table of contents led to the first for both
+    unique, by_stem = {}, {}
+    for spec in specs:
+        unique.setdefault(Path(spec).resolve(), spec)
+    for spec in unique.values():
+        other = by_stem.setdefault(Path(spec).stem, spec)
+        if other != spec:
+            print(f"dsfc catalog: error: {other} and {spec} would share the section anchor #{Path(spec).stem}; "
+                  "rename one", file=sys.stderr)
+            return EXIT_SPEC_ERROR
+    specs = list(unique.values())
     text = render_catalog(specs)  # SpecErrors -> exit 2 in main(), before anything is written
     write_atomic(Path(args.output), text)
     print(f"wrote {args.output} ({len(specs)} spec(s))")
@@ -404,7 +424,7 @@ def main(argv=None) -> int:
     p.add_argument("--T", "-T", type=int, default=32, help="sequence length of the random input (default 32)")
     p.add_argument("--dims", nargs="*", action="extend", metavar="NAME=INT", help="dim overrides of the small check dims, e.g. d=4 n=2")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random input")
-    p.add_argument("--dpi", type=int, default=80, help="resolution of the PNG (default 80)")
+    p.add_argument("--dpi", type=int, default=80, help="resolution of the image (default 80, 10 to 1200)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("compare", help="two specs side by side: structure, DSF matrices, differences")

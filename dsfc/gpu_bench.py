@@ -935,7 +935,9 @@ def device_name(device: str) -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit("dsfc bench --gpu: no CUDA device (use --device cpu for a smoke test of the wiring)")
+        # "use --device cpu" named an option dsfc bench --gpu does not take ("unrecognized arguments: --device")
+        raise SystemExit("dsfc bench --gpu: no CUDA device (a smoke test of the wiring on CPU: "
+                         "python benchmarks/gpu_bench.py --device cpu)")
     return torch.cuda.get_device_name()
 
 

@@ -59,6 +59,14 @@ class GatedDeltaNet(nn.Module):
     # tokens may set ``model.check_finite = False``.
     check_finite = True
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first (also on a submodule): it failed on the first construct TorchScript
+        # lacks, e.g. "Comprehension ifs are not supported yet", pointing into this file
+        raise RuntimeError(
+            "GatedDeltaNet: torch.jit.script is not supported (the module uses Python that TorchScript lacks); "
+            "use torch.compile, or torch.export at fixed shapes"
+        )
+
     def __init__(self, d=2048, H=6, K=256, V=512, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:
@@ -122,6 +130,10 @@ class GatedDeltaNet(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]) or "the spec's dims"
+
+    def extra_repr(self):
+        # print(model) was "GatedDeltaNet()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]] + [f"backend={self.backend!r}"])
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V

@@ -65,6 +65,14 @@ class MLSTM(nn.Module):
     # tokens may set ``model.check_finite = False``.
     check_finite = True
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first (also on a submodule): it failed on the first construct TorchScript
+        # lacks, e.g. "Comprehension ifs are not supported yet", pointing into this file
+        raise RuntimeError(
+            "MLSTM: torch.jit.script is not supported (the module uses Python that TorchScript lacks); "
+            "use torch.compile, or torch.export at fixed shapes"
+        )
+
     def __init__(self, H=4, DH=128, bs=4, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:
@@ -134,6 +142,10 @@ class MLSTM(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]) or "the spec's dims"
+
+    def extra_repr(self):
+        # print(model) was "MLSTM()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]] + [f"backend={self.backend!r}"])
 
     def _check_subscripts(self):
         """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it

@@ -58,6 +58,14 @@ class NormalizedAttention(nn.Module):
     # tokens may set ``model.check_finite = False``.
     check_finite = True
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first (also on a submodule): it failed on the first construct TorchScript
+        # lacks, e.g. "Comprehension ifs are not supported yet", pointing into this file
+        raise RuntimeError(
+            "NormalizedAttention: torch.jit.script is not supported (the module uses Python that TorchScript lacks); "
+            "use torch.compile, or torch.export at fixed shapes"
+        )
+
     def __init__(self, d=256, H=1, K=128, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:
@@ -115,6 +123,10 @@ class NormalizedAttention(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K"]) or "the spec's dims"
+
+    def extra_repr(self):
+        # print(model) was "NormalizedAttention()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["d", "H", "K"]] + [f"backend={self.backend!r}"])
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V

@@ -58,6 +58,14 @@ class RWKV6(nn.Module):
     # tokens may set ``model.check_finite = False``.
     check_finite = True
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first (also on a submodule): it failed on the first construct TorchScript
+        # lacks, e.g. "Comprehension ifs are not supported yet", pointing into this file
+        raise RuntimeError(
+            "RWKV6: torch.jit.script is not supported (the module uses Python that TorchScript lacks); "
+            "use torch.compile, or torch.export at fixed shapes"
+        )
+
     def __init__(
         self, d=1024, H=4, K=128, V=256, R=32, Rw=64, layer=1, L=24, *, backend="auto", device=None, dtype=None
     ):
@@ -177,6 +185,13 @@ class RWKV6(nn.Module):
         return (
             ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "R", "Rw", "layer", "L"])
             or "the spec's dims"
+        )
+
+    def extra_repr(self):
+        # print(model) was "RWKV6()": neither the dims it was built with nor its backend
+        return ", ".join(
+            [f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "R", "Rw", "layer", "L"]]
+            + [f"backend={self.backend!r}"]
         )
 
     def _check_input(self, u, initial_state, running0=None):

@@ -58,6 +58,14 @@ class SSD(nn.Module):
     # tokens may set ``model.check_finite = False``.
     check_finite = True
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first (also on a submodule): it failed on the first construct TorchScript
+        # lacks, e.g. "Comprehension ifs are not supported yet", pointing into this file
+        raise RuntimeError(
+            "SSD: torch.jit.script is not supported (the module uses Python that TorchScript lacks); "
+            "use torch.compile, or torch.export at fixed shapes"
+        )
+
     def __init__(self, H=24, P=64, n=128, G=1, *, backend="auto", device=None, dtype=None):
         super().__init__()
         if backend not in BACKENDS:
@@ -121,6 +129,10 @@ class SSD(nn.Module):
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "P", "n", "G"]) or "the spec's dims"
+
+    def extra_repr(self):
+        # print(model) was "SSD()": neither the dims it was built with nor its backend
+        return ", ".join([f"{k}={getattr(self, k)}" for k in ["H", "P", "n", "G"]] + [f"backend={self.backend!r}"])
 
     def _check_subscripts(self):
         """Every subscript of the spec stays inside the axis it indexes at this module's dims: a ValueError naming it

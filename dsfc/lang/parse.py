@@ -172,6 +172,10 @@ def _binary_error(text: str, path: str) -> SpecErrors:
 
 def _check_text(data: bytes | str, path: str) -> str:
     if isinstance(data, bytes):
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # was "file is binary (contains NUL bytes)" and a line of noise
+            text = data.decode("utf-16", "replace").replace("\x00", "\ufffd")
+            raise SpecErrors([SpecError("file is UTF-16 text (it starts with a UTF-16 byte-order mark); dsfc reads "
+                                        "UTF-8: save it as UTF-8", Span(1, 1))], path, text)
         if b"\x00" in data:
             raise _binary_error(data.decode("utf-8", "replace"), path)
         try:
@@ -234,11 +238,16 @@ def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
 
 def parse_file(path: str | Path) -> ast.Spec:
     p = Path(path)
+    if not str(path):  # Path("") is ".": an empty argument read as the current directory ("Is a directory")
+        raise SpecErrors([SpecError("cannot read spec: the path is empty", Span(1, 1))], "''", None)
     try:
         data = p.read_bytes()
     except OSError as exc:
         # no source: SpecErrors.render prints one line, not an empty excerpt and a caret at 1:1
-        raise SpecErrors([SpecError(f"cannot read spec: {exc.strerror}", Span(1, 1))], str(path), None) from None
+        reason = exc.strerror
+        if p.is_dir():  # `dsfc compile specs/` was a bare "Is a directory"
+            reason += f" (give its specs, e.g. {p / '*.dsf'})"
+        raise SpecErrors([SpecError(f"cannot read spec: {reason}", Span(1, 1))], str(path), None) from None
     return parse_spec(data, str(path))
 
 

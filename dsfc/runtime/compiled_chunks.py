@@ -20,6 +20,9 @@ import torch
 CHUNK = 32  # steps per compiled graph (unrolled); 16-32 measured best on this CPU
 MIN_NUMEL = 2**22  # B * T * N below which compile time cannot pay off
 MODE = os.environ.get("DSFC_COMPILE", "auto").strip().lower()  # "auto" | "never" | "always"
+# the spellings DSFC_SCAN_COMPILE takes: DSFC_COMPILE=off was warned about and meant auto (compiling) there
+_SPELLINGS = {"false": "never", "off": "never", "no": "never", "true": "always", "on": "always", "yes": "always"}
+MODE = _SPELLINGS.get(MODE, MODE)
 if MODE not in ("auto", "never", "always", "0", "1"):  # a typo silently meant "auto"; said, not raised: an import
     warnings.warn(f"DSFC_COMPILE must be auto, never or always (or 0 / 1), got {MODE!r}: using auto", stacklevel=2)
     MODE = "auto"

@@ -54,6 +54,11 @@ Tensor = torch.Tensor
 # process (with one warning) and the eager path is used instead.
 # ---------------------------------------------------------------------------------------------------------------------
 COMPILE: str = os.environ.get("DSFC_SCAN_COMPILE", "auto").strip().lower()
+if COMPILE not in ("auto", "0", "never", "false", "off", "no", "1", "always", "true", "on", "yes"):
+    # a typo (DSFC_SCAN_COMPILE=nevr) silently meant auto; said, not raised, as for DSFC_COMPILE: an import
+    warnings.warn(f"DSFC_SCAN_COMPILE must be auto, never or always (or 0 / 1), got {COMPILE!r}: using auto",
+                  stacklevel=2)
+    COMPILE = "auto"
 COMPILE_MIN_NUMEL: int = 2**20
 
 # Chunk length of the compiled loops.  Fixed (not the caller's ``chunk``) so that one compiled graph serves every
