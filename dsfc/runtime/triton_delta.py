@@ -63,8 +63,10 @@ __all__ = ["chunked_delta_triton", "delta_state_passing", "available"]
 # K = V = 128, chunk 64, fp32: whole-chunk [64, 128] operand tiles with a [128, 64] state slice at 4 warps took 255
 # registers and spilled 40 KB per thread (and needed more shared memory than sm_90 has at K = 256 or in fp64);
 # 16-row sub-blocks with [128, 32] slices still spilled 0.5-1.5 KB at 4 and 8 warps; [128, 16] at 8 warps takes 184
-# registers, no spill. More value slices re-read the chunk's w_f and k_end tiles once each (L2-resident: the slices
-# of one head run together).
+# registers, no spill. BLOCK_V never goes below 16 (tl.dot's smallest tile), so K = 256 (Gated DeltaNet's default)
+# gets [256, 16] slices, twice the cap: 255 registers with 44-76 bytes spilled, the smallest this layout allows
+# (splitting K across programs would need a cross-program reduction of w_f S). More value slices re-read the chunk's
+# w_f and k_end tiles once each (L2-resident: the slices of one head run together).
 MAX_STATE_TILE = 2048  # most fp32 state entries one program holds ([BLOCK_K, BLOCK_V] registers)
 MAX_BLOCK_V = 64
 NUM_WARPS = 8
