@@ -32,7 +32,8 @@ class Bound(str, Enum):
     STABLE = "|lambda| < 1"
     MARGINAL = "|lambda| <= 1"
     UNKNOWN = "unknown"  # no range derived (a dense A), or one the verdicts above and below do not cover
-    # interval arithmetic bounds the eigenvalues only by (lo, inf), lo >= 0: a bound <= 1 is not proven, which is not a
-    # proof that an eigenvalue exceeds 1 (minLSTM's f / (f + i) read this way before the share rule)
+    # interval arithmetic bounds the eigenvalues only by a range from lo >= 0 that reaches above 1 ((lo, inf), or
+    # I + beta k k^T's [1, 2)): a bound <= 1 is not proven, which is not a proof that an eigenvalue exceeds 1
+    # (minLSTM's f / (f + i) read (0, inf) this way before the share rule)
     UNBOUNDED = "not proven <= 1"
     EXCEEDS = "|lambda| > 1"  # proven: some eigenvalue lies outside the unit circle for every input
