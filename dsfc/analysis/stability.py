@@ -370,7 +370,10 @@ class IntervalProver:
         out = walk(e)
         if out == e or sp.count_ops(out) > INLINE_MAX_OPS:
             return None
-        out = simplify(_canonical_sums(_exact_exponents(out)))
+        try:
+            out = simplify(_canonical_sums(_exact_exponents(out)))
+        except Exception:  # noqa: BLE001 - SymPy's Sum simplification can fail inside (sum_add's StopIteration on
+            return None  # 2*Elu(Sum(...))); this is an optional sharper reading, the plain range still holds
         return None if out == e or out.has(sp.zoo, sp.nan) else out
 
     def range_over(self, e, index, extents) -> Interval:

@@ -184,10 +184,11 @@ def test_index_valued_decay_is_bounded(decay, want):
 
 
 def test_index_valued_decay_above_one_is_not_called_stable():
-    """(a + K) / K is in [1, 2): the bound is finite now, and nothing below 1 is claimed."""
+    """(a + K) / K is in [1, 2): the bound is finite now, and nothing below 1 is claimed ("not proven <= 1": a range
+    from >= 0 that reaches above 1, as for A = I + beta k k^T, tests/analysis/test_delta_stability.py)."""
     text = XPOS_HEAD + "A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * (a + K) / K\n"
     r = compile_text(text, "x.dsf").report
-    assert (r.eigen_bound, r.eigen_interval) == (Bound.UNKNOWN.value, "[1, 2)"), r.eigen_reason
+    assert (r.eigen_bound, r.eigen_interval) == (Bound.UNBOUNDED.value, "[1, 2)"), r.eigen_reason
 
 
 # ---- L2-normalised keys (dsfc/codegen/printers.py, _l2_norm; dsfc/runtime/features.py, l2_norm): DeltaNet's

@@ -122,8 +122,9 @@ def test_an_output_path_that_cannot_be_written_is_a_clear_error(tmp_path, capsys
     args = [cmd, SPEC, "-o", str(out)] + (["--T", "4"] if cmd == "plot" else [])
     assert main(args) == 2
     err = capsys.readouterr().err
-    # plot refuses a directory before computing anything (plot.image_format); the rest fail at the write
-    reason = "is a directory" if (cmd, target) == ("plot", "dir") else "cannot write"
+    # plot and catalog refuse a directory before computing anything (plot.image_format, cli's catalog -o check);
+    # the rest fail at the write
+    reason = "is a directory" if target == "dir" else "cannot write"
     assert "Traceback" not in err and f"dsfc {cmd}: error:" in err and reason in err and str(out) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # no partial or temporary file left
 

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from dsf_testing import F64, compile_and_build, rel_err, run_steps, state_err
+from dsfc.analysis.facts import Bound
+from dsfc.pipeline import compile_text
 
 TOL = 1e-8
 
@@ -201,3 +203,33 @@ def test_scalar_decay_let_is_scanned_in_log_space(name):
     y.sum().backward()
     assert torch.isfinite(y).all() and torch.isfinite(u.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_prover_survives_sympy_sum_simplify_failure():
+    """Found by the property suite: ranging |k|^2 of keys ``elu(.) + 1`` normalised by ``sqrt(1 + sum k^2)`` inlines
+    the lets into a sum SymPy's simplify crashes on (sum_add's StopIteration on ``2*Elu(Sum(...))``); the compile
+    failed with that traceback. The prover now drops that optional sharper reading and the spec compiles, its
+    eigenvalue claim still sound (|lambda| <= 1 from beta in (0, 1) and |k|^2 in [0, 1))."""
+    text = """model RandDense "sympy sum_add crash"
+dim M = 1
+dim H = 1
+dim K = 1
+dim V = 1
+input u[M]
+state S[h: H, a: K, b: V]
+output y[o: H, e: V]
+param lam[H, K, M] ~ normal(0, 0.7)
+param W4[H, M] ~ normal(0, 0.7)
+param Wv[H, V, M] ~ normal(0, 1)
+param Wq[H, K, M] ~ normal(0, 0.7)
+let kr2[h: H, a: K] = elu(sum(m, lam[h, a, m] * u[m])) + 1
+let k3[h: H, a: K] = kr2[h, a] / sqrt(1 + sum(a3, kr2[h, a3] ^ 2))
+let beta5[h: H] = sigmoid(sum(m, W4[h, m] * u[m]))
+let q8[h: H, a: K] = elu(sum(m, Wq[h, a, m] * u[m])) + 1
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) - beta5[h] * k3[h, a] * k3[h, a2])
+B[(h, a, b), m] = beta5[h] * k3[h, a] * Wv[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q8[h, a]
+readout pre
+"""
+    report = compile_text(text, "gen.dsf").report
+    assert report.eigen_bound in (Bound.MARGINAL.value, Bound.STABLE.value), report.eigen_reason
