@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from dsf_testing import F64, build  # noqa: E402
+# the round-8 hunt's delta-rule specs (tests/e2e/test_user_specs_8.py), bounded here
+from test_user_specs_8 import (  # noqa: E402
+    DELTA_EXPANDED_D, GDN_SOFTPLUS, GQA_DELTA, KEY_BETA, LONGHORN_DELTA, PLUS_RANK,
+)
 
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.check import small_dims  # noqa: E402
@@ -33,149 +37,10 @@ from dsfc.pipeline import compile_text  # noqa: E402
 EIG_TOL = 1e-9
 SCALES = (0.1, 1.0, 10.0, 300.0)
 
-GDN_SOFTPLUS = """
-model GDNSoftplus "gated delta rule, alpha = exp(-softplus(x)), keys normalised with ^(-1/2)"
-dim d = 4
-dim H = 2
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
-param W_a[H, d] ~ normal(0, 1)
-param W_b[H, d] ~ normal(0, 1)
-let kr[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
-let k[h: H, a: K] = kr[h, a] * (sum(a2, kr[h, a2] * kr[h, a2]) + 1e-6) ^ (-0.5)
-let alpha[h: H] = exp(-softplus(sum(m, W_a[h, m] * u[m])))
-let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
-A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * alpha[h] * (delta(a, a2) - beta[h] * k[h, a] * k[h, a2])
-B[(h, a, b), m] = beta[h] * k[h, a] * W_V[h, b, m]
-C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
-"""
 
 
-GQA_DELTA = """
-model GQADelta "delta rule with keys shared by R heads (k[h // R, a]), factors in odd order"
-dim d = 4
-dim H = 4
-dim G = 2
-dim R = H // G
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_K[G, K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
-param W_b[H, K, d] ~ normal(0, 1)
-let kr[g: G, a: K] = tanh(sum(m, W_K[g, a, m] * u[m]))
-let k[g: G, a: K] = kr[g, a] / sqrt(sum(j, kr[g, j] ^ 2) + 1)
-let beta[h: H] = sigmoid(sum(m, W_b[h, 0, m] * u[m]))
-let bk[h: H, a: K] = sigmoid(sum(m, W_b[h, a, m] * u[m]))
-A[(h, a, b), (h2, a2, b2)] = delta(b, b2) * delta(h, h2) * (delta(a, a2) - k[h // R, a2] * beta[h] * k[h // R, a])
-B[(h, a, b), m] = k[h // R, a] * W_V[h, b, m] * beta[h]
-C[(o, e), (h, a, b)] = delta(e, b) * delta(o, h) * sum(m, W_Q[h, a, m] * u[m])
-"""
 
 
-KEY_BETA = """
-model KeyBeta "A = I - k (bk k)^T with a per-key beta; B writes k"
-dim d = 4
-dim H = 4
-dim G = 2
-dim R = H // G
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_K[G, K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
-param W_b[H, K, d] ~ normal(0, 1)
-let kr[g: G, a: K] = tanh(sum(m, W_K[g, a, m] * u[m]))
-let k[g: G, a: K] = kr[g, a] / sqrt(sum(j, kr[g, j] ^ 2) + 1)
-let beta[h: H] = sigmoid(sum(m, W_b[h, 0, m] * u[m]))
-let bk[h: H, a: K] = sigmoid(sum(m, W_b[h, a, m] * u[m]))
-A[(h, a, b), (h2, a2, b2)] = delta(b, b2) * delta(h, h2) * (delta(a, a2) - k[h // R, a] * bk[h, a2] * k[h // R, a2])
-B[(h, a, b), m] = k[h // R, a] * W_V[h, b, m]
-C[(o, e), (h, a, b)] = delta(e, b) * delta(o, h) * sum(m, W_Q[h, a, m] * u[m])
-"""
-
-
-LONGHORN_DELTA = """
-model LonghornDelta "online-learning delta rule with beta = 1 / (1 + k.k), matrix state"
-dim d = 3
-dim K = 3
-dim V = 2
-input u[d]
-state S[a: K, b: V]
-output y[b: V]
-param W_K[K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[V, d] ~ normal(0, 1 / sqrt(d))
-param W_Q[K, d] ~ normal(0, 1 / sqrt(d))
-let k[a: K] = sum(m, W_K[a, m] * u[m])
-let beta = 1 / (1 + sum(a, k[a] * k[a]))
-A[(a, b), (a2, b2)] = delta(b, b2) * (delta(a, a2) - beta * k[a] * k[a2])
-B[(a, b), m] = beta * k[a] * W_V[b, m]
-C[e, (a, b)] = delta(e, b) * sum(m, W_Q[a, m] * u[m])
-"""
-
-
-PLUS_RANK = """
-model PlusRank "A = I + beta k k^T (a plus sign, eigenvalue 1 + beta |k|^2)"
-dim d = 4
-dim H = 4
-dim G = 2
-dim R = H // G
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_K[G, K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
-param W_b[H, K, d] ~ normal(0, 1)
-let kr[g: G, a: K] = tanh(sum(m, W_K[g, a, m] * u[m]))
-let k[g: G, a: K] = kr[g, a] / sqrt(sum(j, kr[g, j] ^ 2) + 1)
-let beta[h: H] = sigmoid(sum(m, W_b[h, 0, m] * u[m]))
-let bk[h: H, a: K] = sigmoid(sum(m, W_b[h, a, m] * u[m]))
-A[(h, a, b), (h2, a2, b2)] = delta(b, b2) * delta(h, h2) * (delta(a, a2) + beta[h] * k[h // R, a] * k[h // R, a2])
-B[(h, a, b), m] = beta[h] * k[h // R, a] * W_V[h, b, m]
-C[(o, e), (h, a, b)] = delta(e, b) * delta(o, h) * sum(m, W_Q[h, a, m] * u[m])
-"""
-
-
-DELTA_EXPANDED_D = """
-model DeltaDExp "delta rule written as alpha I - alpha beta k k^T expanded, with D"
-dim d = 4
-dim H = 4
-dim G = 2
-dim R = H // G
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
-param W_Q[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_K[G, K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
-param W_b[H, K, d] ~ normal(0, 1)
-let kr[g: G, a: K] = tanh(sum(m, W_K[g, a, m] * u[m]))
-let k[g: G, a: K] = kr[g, a] / sqrt(sum(j, kr[g, j] ^ 2) + 1)
-let beta[h: H] = sigmoid(sum(m, W_b[h, 0, m] * u[m]))
-let bk[h: H, a: K] = sigmoid(sum(m, W_b[h, a, m] * u[m]))
-A[(h, a, b), (h2, a2, b2)] = delta(b, b2) * delta(h, h2) * delta(a, a2) * bk[h, 0]
-    - delta(b, b2) * delta(h, h2) * bk[h, 0] * beta[h] * k[h // R, a] * k[h // R, a2]
-B[(h, a, b), m] = beta[h] * k[h // R, a] * W_V[h, b, m]
-C[(o, e), (h, a, b)] = delta(e, b) * delta(o, h) * sum(m, W_Q[h, a, m] * u[m])
-D[(o, e), m] = W_V[o, e, m] * beta[o]
-"""
 
 
 DELTANET = (ROOT / "specs" / "deltanet.dsf").read_text()
