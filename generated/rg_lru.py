@@ -99,7 +99,10 @@ class RGLRU(nn.Module):
     def reset_parameters(self):
         """Initialise every parameter as the spec says."""
         W, nh, bw = self.W, self.nh, self.bw
-        _dev, _dtype = self.W_a.device, self.W_a.dtype
+        _dev = self.W_a.device
+        # the spec's formulas in fp32 at least, then rounded once into the parameter: evaluated in a half dtype
+        # (dtype=torch.bfloat16), RG-LRU's log(1 / sqrt(a2) - 1) cancelled to log(0) = -inf (fp16: 0.37 off)
+        _dtype = torch.promote_types(self.W_a.dtype, torch.float32)
         try:
             with torch.no_grad():
                 nn.init.normal_(self.W_a, 0, bw**-0.5)
@@ -121,7 +124,7 @@ class RGLRU(nn.Module):
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
-                    f"RGLRU: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                    f"RGLRU: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
 
     def _dims_text(self):
@@ -287,6 +290,10 @@ class RGLRU(nn.Module):
         W, nh, bw = self.W, self.nh, self.bw
         _dtype = torch.promote_types(u.dtype, torch.float32)
         _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], W)
+        if u.shape[0] == 0 or u.shape[1] == 0:
+            # the lets cannot run on no steps (a prev / window let indexes step -1): an empty input raised
+            # torch's "cannot reshape tensor of 0 elements" or an IndexError
+            return _x.new_zeros((u.shape[0], u.shape[1], W))
         env = self._lets(_x, _dtype, running0)
         env["x"] = _x
         _driven = env["x"]
