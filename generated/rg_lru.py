@@ -281,8 +281,11 @@ class RGLRU(nn.Module):
             _y, _final = _run_core(x, h0, env, _B, _T, _dtype)
         _y = _y.reshape(_B, _T, W).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
-        # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1)
-        return (_y, _final.to(_dtype)) if output_final_state else _y
+        # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
+        # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
+        # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
+        # buffer of a streaming loop changed the state carried to the next call)
+        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, W]``: the input, or the spec's ``drive`` let."""

@@ -271,8 +271,14 @@ class SoftmaxAttention(nn.Module):
             return _yo
         # carried running quantities stay in the accumulation dtype, as in the other families (a log kernel sum
         # `eta_prev` above 65504 was inf in fp16, and the next step refused its own state); the cache: u's dtype
-        _final = {k: v.to(_dtype) for k, v in env["_running_final"].items()}
-        _final[_KEYS], _final[_VALUES] = _keys.to(u.dtype), _values.to(u.dtype)
+        # copies, not views of step T of a [B, T, ...] buffer (kept alive with the state, T times its size)
+        _final = {
+            k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in env["_running_final"].items()
+        }
+        # a first call's cache is copied too (a key or value that is the input itself would be a view of the caller's
+        # u); a later call's is new from torch.cat already
+        _new = running0 is None
+        _final[_KEYS], _final[_VALUES] = _keys.to(u.dtype, copy=_new), _values.to(u.dtype, copy=_new)
         return _yo, _final
 
     def _resolve_backend(self, u):
