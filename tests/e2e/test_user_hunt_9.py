@@ -20,6 +20,14 @@ before its fix.
 - ``dsfc check spec --dims d=99999999`` said "a size that is not a free dim (a number or a derived dim in an axis)
   cannot be shrunk for the check", about the free dim the user had just set: with --dims given it now says "use
   smaller --dims".
+
+Found, not fixed:
+
+- A state dict without ``"h"`` (``step(u_t, {})``, or ``{"xs": ...}`` alone) starts h from zero without a word, as a
+  missing running entry starts that quantity as at t = 0 (documented, and needed for the state of an empty first
+  call). A typo'd key is refused; an omitted one is not. Refusing it would change the documented contract.
+- ``kernel_form`` / ``dsf_matrices`` (documented "small sizes only") have no size guard: at a large T they fail with
+  torch's own allocation error.
 """
 
 from __future__ import annotations
