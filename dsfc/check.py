@@ -243,6 +243,10 @@ def _nonfinite_cause(sym, all_dims, params, u, h0, h_all, shape) -> str:
 def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckReport:
     sym = result.sym
     cls = None if model_factory is not None else getattr(load_module(result), result.plan.model)
+    # the way out of a size error: dims the caller chose (`dsfc check --dims d=99999999` was told that "a size that
+    # is not a free dim cannot be shrunk", about a free dim it had just set) or the spec's fixed sizes
+    too_big = ("use smaller --dims" if dims is not None else
+               "a size that is not a free dim (a number or a derived dim in an axis) cannot be shrunk for the check")
     if dims is None:
         dims = small_dims(result)
         if cls is not None and param_elements(sym, sym.dim_values(dims)) <= MAX_CHECK_ELEMENTS:
@@ -260,14 +264,13 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
     if n_params > MAX_CHECK_ELEMENTS:
         raise CheckSizeError(
             f"{sym.model}: the parameters hold {n_params:.3g} numbers at the check dims {dims} (more than "
-            f"{MAX_CHECK_ELEMENTS:.3g}); a size that is not a free dim (a number or a derived dim in an axis) cannot be "
-            "shrunk for the check")
+            f"{MAX_CHECK_ELEMENTS:.3g}); {too_big}")
     n_state = sym.state_size().subs({sym.dims[k]: v for k, v in sym.dim_values(dims).items() if k in sym.dims})
     if n_state.is_Integer and int(n_state) ** 2 > MAX_CHECK_ELEMENTS:  # (an infinite state is never dense)
         raise CheckSizeError(
             f"{sym.model}: the state has N = {int(n_state)} entries at the check dims {dims}, and the reference builds "
-            f"the dense N x N matrix A_t ({int(n_state) ** 2:.3g} numbers, more than {MAX_CHECK_ELEMENTS:.3g}); a size "
-            "that is not a free dim cannot be shrunk for the check")
+            f"the dense N x N matrix A_t ({int(n_state) ** 2:.3g} numbers, more than {MAX_CHECK_ELEMENTS:.3g}); "
+            f"{too_big}")
     torch.manual_seed(seed)
     if model_factory is None:
         model = build_model(cls, result, dims).double()

@@ -101,7 +101,10 @@ class GatedDeltaNet(nn.Module):
     def reset_parameters(self):
         """Initialise every parameter as the spec says."""
         d, H, K, V = self.d, self.H, self.K, self.V
-        _dev, _dtype = self.W_Q.device, self.W_Q.dtype
+        _dev = self.W_Q.device
+        # the spec's formulas in fp32 at least, then rounded once into the parameter: evaluated in a half dtype
+        # (dtype=torch.bfloat16), RG-LRU's log(1 / sqrt(a2) - 1) cancelled to log(0) = -inf (fp16: 0.37 off)
+        _dtype = torch.promote_types(self.W_Q.dtype, torch.float32)
         try:
             with torch.no_grad():
                 nn.init.uniform_(self.W_Q, -(d**-0.5), d**-0.5)
@@ -125,7 +128,7 @@ class GatedDeltaNet(nn.Module):
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
-                    f"GatedDeltaNet: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                    f"GatedDeltaNet: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
 
     def _dims_text(self):
@@ -259,8 +262,11 @@ class GatedDeltaNet(nn.Module):
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
         _y = _y.reshape(_B, _T, H * V).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
-        # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1)
-        return (_y, _final.to(_dtype)) if output_final_state else _y
+        # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
+        # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
+        # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
+        # buffer of a streaming loop changed the state carried to the next call)
+        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
@@ -268,6 +274,10 @@ class GatedDeltaNet(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
         _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
+        if u.shape[0] == 0 or u.shape[1] == 0:
+            # the lets cannot run on no steps (a prev / window let indexes step -1): an empty input raised
+            # torch's "cannot reshape tensor of 0 elements" or an IndexError
+            return _x.new_zeros((u.shape[0], u.shape[1], d))
         env = self._lets(_x, _dtype, running0)
         env["u_"] = _x
         _driven = env["u_"]
