@@ -149,15 +149,30 @@ def _walk(e: ast.Expr):
         yield from _walk(e.operand)
 
 
-def referenced_tensors(e: ast.Expr) -> set[str]:
-    """Names of params, lets, input and state that an expression reads (Index or bare Name)."""
-    out = set()
-    for node in _walk(e):
-        if isinstance(node, ast.Index):
-            out.add(node.name)
-        elif isinstance(node, ast.Name):
-            out.add(node.name)
-    return out
+def referenced_tensors(e: ast.Expr, bound: frozenset[str] = frozenset()) -> set[str]:
+    """Names of params, lets, input and state that an expression reads (Index or bare Name). The index of an
+    enclosing sum(k, ...) or taylor(a, ...) is not a read inside its body: a sum index named like a let is reported
+    as shadowing, and must not also make the let depend on itself ("cycle among lets: k -> k")."""
+    if isinstance(e, ast.Index):
+        out = set() if e.name in bound else {e.name}
+        for sub in e.subscripts:
+            out |= referenced_tensors(sub, bound)
+        return out
+    if isinstance(e, ast.Name):
+        return set() if e.name in bound else {e.name}
+    if isinstance(e, ast.SumOver):
+        out = referenced_tensors(e.extent, bound) if e.extent is not None else set()
+        return out | referenced_tensors(e.body, bound | {e.var})
+    if isinstance(e, ast.Call):
+        args = e.args
+        if e.func in FEATURE_MAPS and args and isinstance(args[0], ast.Name):
+            bound, args = bound | {args[0].name}, args[1:]  # taylor(a, body): a is the body's vector index
+        return set().union(*(referenced_tensors(a, bound) for a in args))
+    if isinstance(e, ast.BinOp):
+        return referenced_tensors(e.left, bound) | referenced_tensors(e.right, bound)
+    if isinstance(e, ast.Neg):
+        return referenced_tensors(e.operand, bound)
+    return set()
 
 
 # Capitalised names at the generated module's top level, which the model's class would shadow
@@ -246,6 +261,11 @@ class _Checker:
                 return None
             except OverflowError:
                 return self.finite(math.inf, e, what)
+        if isinstance(e, ast.Call) and e.func not in FUNCTIONS and e.func not in TEMPORAL:
+            # tayler(K, 2) in a state's axis: name the typo, not only "numbers and dims"
+            self.err(f"unknown function {e.func!r} in {what}", e.span, hint=_function_hint(
+                e.func, ("sqrt", "log", "exp", *FEATURE_MAPS), "a size may use sqrt, log, exp and taylor(K, p)"))
+            return None
         self.err(f"{what} must be built from numbers and dims only", e.span)
         return None
 
@@ -440,7 +460,9 @@ class _Checker:
                         return
                     last = let.axes[-1].name
                     if any(isinstance(n, ast.Name) and n.name == last for n in _walk(e.args[0])):
-                        self.err(f"the argument of window must not use the window axis {last!r}", e.span)
+                        self.err(f"the argument of window must not use the window axis {last!r}", e.span,
+                                 hint=f"the window is the let's last axis (here {last!r}); put the axis of the "
+                                 "steps last, e.g. let xs[c: d, k: 4] = window(x[c])")
                         return
                 for a in e.args:
                     self.check_expr(a, scope, ctx, allowed)
@@ -449,8 +471,7 @@ class _Checker:
                 self.check_feature_map(e, scope, ctx, allowed)
                 return
             if e.func not in FUNCTIONS:
-                known = ", ".join(sorted(FUNCTIONS))
-                self.err(f"unknown function {e.func!r}", e.span, hint=f"known functions: {known}, sum")
+                self.err(f"unknown function {e.func!r}", e.span, hint=_function_hint(e.func))
                 return
             arity = FUNCTIONS[e.func]
             if len(e.args) != arity:
@@ -976,6 +997,15 @@ def is_feature_range(extent: ast.Expr) -> bool:
     return isinstance(extent, ast.Call) and extent.func in FEATURE_MAPS
 
 
+def _function_hint(name: str, known=None, fallback: str | None = None) -> str:
+    """'did you mean ...?' for a misspelt function (sigmod, cumsom, tayler), else the list of known ones."""
+    known = sorted(known) if known is not None else sorted({*FUNCTIONS, *TEMPORAL, *FEATURE_MAPS, "sum"})
+    close = [n for n in known if _similar(n, name)]
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return fallback or "known functions: " + ", ".join(known)
+
+
 def _similar(a: str, b: str) -> bool:
     if a.lower() == b.lower():
         return True
@@ -983,7 +1013,10 @@ def _similar(a: str, b: str) -> bool:
         return False  # any two one-letter names are one edit apart: suggesting one for the other is noise
     # one edit apart
     if len(a) == len(b):
-        return sum(x != y for x, y in zip(a, b)) == 1
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        # one substitution, or two neighbours swapped (softpuls for softplus)
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
     short, long_ = sorted((a, b), key=len)
     return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
 

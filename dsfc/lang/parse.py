@@ -120,11 +120,20 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     if "$END" in expected and "EQUAL" not in expected:
         # the statement before tok is complete; what follows must be a new statement. (A param without an
         # initialiser is complete too, but there '=' or '~' may be what was meant, so the list is more useful.)
+        from .check import _similar  # check imports parse
+
+        starts = ("model", "dim", "input", "state", "output", "param", "let", "post", "drive", "readout", "A", "B", "C",
+                  "D")
+        line = text.splitlines()[tok.line - 1] if tok.line <= len(text.splitlines()) else ""
+        first = tok.type == "NAME" and not line[: tok.column - 1].strip()
+        close = [k for k in starts if _similar(k, str(tok))] if first else []
+        # a misspelt keyword (parm, lte) or a lower-case matrix (a[...] = ...) reads as a continuation of the line
+        # before: name what was probably meant
         return SpecError(
             f"unexpected {str(tok)!r} after the end of the statement",
             span,
-            hint="each statement starts with a keyword (model, dim, input, state, output, param, let, post, drive, readout) "
-            "or a matrix entry such as A[...] = ...",
+            hint=(f"did you mean {close[0]!r}? " if close else "") + "each statement starts with a keyword (model, "
+            "dim, input, state, output, param, let, post, drive, readout) or a matrix entry such as A[...] = ...",
         )
     return SpecError(f"unexpected {str(tok)!r}; expected {_describe_expected(expected)}", span)
 
