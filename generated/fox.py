@@ -17,7 +17,7 @@ Structure (``dsfc analyze``):
       why            lambda = eta_prev[h]*f[h]/eta[h] in (0, inf): not proven <= 1 (the interval has no finite upper end) (eta in (0, inf) (a sum of exp(q.k / sqrt(K)) > 0 (kernel of the infinite Taylor feature map)); eta_prev in (0, inf) (prev of terms in (0, inf)); f in (0, 1) (from its definition))
     time-invariant   no
     state            [h: H, e: taylor(K, inf), b: V]  N = H*V*taylor(K, inf) (infinite: grows with T as a KV cache)
-    state bytes/seq  grows with T: a KV cache of H*(K + V) = 128 floats per token (fp32, default dims)
+    state bytes/seq  grows with T: a KV cache of H*(K + V + 1) = 132 floats per token (fp32, default dims)
     FLOPs/token      2.96e+05 (default dims, context T = 1024)
     family           quadratic attention
       why            the state axis e is the infinite feature range of exp, so N is infinite: contractions over it are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by one key and one value per step instead of a fixed-size state
