@@ -338,7 +338,8 @@ def _constexprs(q, v, row, col, gdec, which: str) -> dict:
     tiles = TILES["interpret" if q.device.type != "cuda" else "cuda_half" if half else "cuda"][which]
     BM, BN, warps = tiles
     return dict(BM=BM, BN=BN, BK=_pow2(q.shape[-1]), BV=_pow2(v.shape[-1]), HAS_ROW=row.numel() > 0,
-                HAS_COL=col.numel() > 0, HAS_DECAY=gdec.numel() > 0, HALF=half, DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
+                HAS_COL=col.numel() > 0, HAS_DECAY=gdec.numel() > 0, HALF=half,
+                DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
                 num_warps=warps)
 
 
