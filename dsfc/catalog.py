@@ -51,6 +51,17 @@ NOTES: dict[str, str] = {
         "empirically). Normalising here means dividing at output time by a quantity that needs every past key, so it "
         "costs one extra vector `z` per head of carried state, unlike S6's recurrent normalisation through `Delta`."
     ),
+    "fox": (
+        "The Forgetting Transformer is softmax attention (`softmax_attention`) with a forget gate `f_t` in (0, 1) "
+        "per head: the normaliser's history decays, `z_t = f_t z_(t-1) + phi(k_t)` (`scan`), and `A_t = f_t "
+        "(eta_(t-1)/eta_t) I`, eigenvalues `f_t eta_(t-1)/eta_t > 0`, not bounded by 1 a priori. log A splits into "
+        "the telescoping `log eta_(t-1) - log eta_t` and the per-step log-decay `log f_t`, whose segment sum "
+        "`G_i - G_j` (`G` its cumulative sum) is a bias on every logit: the weight of key `j` at query `i` is "
+        "`exp(q_i.k_j/sqrt(K) + G_i - G_j - log eta_i)`. dsfc forms `G` in float64 and the pairwise differences "
+        "before the cast, so a long, strongly gated sequence (`|G|` in the thousands) keeps fp32 accuracy; the KV "
+        "cache carries one more number per head and token, each key's decay up to the last step. A constant "
+        "per-head gate `exp(-s_h)` is ALiBi's linear bias `-s_h (i - j)`."
+    ),
     "softmax_attention": (
         "Softmax attention is the DSF with `N = infinity`: `exp(q.k/sqrt(K))` factorises only through the infinite "
         "Taylor feature map `phi`, so the state axis `f: taylor(K, inf)` is infinite (maths doc 3.2, 5.1). The form "

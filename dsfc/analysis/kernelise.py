@@ -3,16 +3,23 @@
 Such a state cannot be materialised; what can be computed are contractions over the feature index, because
 phi(x) . phi(y) = exp(x . y / sqrt(K)). A spec is kernelisable when
 
-- every let on an infinite range is a feature map ``taylor(a, x[..., a])`` or a ``cumsum`` of one (carried as the
-  history of its vectors: a KV cache);
+- every let on an infinite range is a feature map ``taylor(a, x[..., a])``, a ``cumsum`` of one (carried as the
+  history of its vectors: a KV cache) or a decayed history ``scan(g, phi(k))`` with g > 0 per group (not per
+  feature: g multiplies every feature of the running sum alike, so z_i = sum_(j<=i) exp(G_i - G_j) phi(k_j) with
+  G the cumulative log g);
 - every other let that reads one is a kernel sum ``sum(f, phi(x)[.., f] * psi[.., f])`` with psi = phi(y) or a
   cumsum of phi(y) (computed as a causal log-sum-exp of scores, and carried as its log: a *log let*);
-- A is the identity or ``prev(X) / X`` per group (X a positive expression over lets: the segment sum of its log
-  telescopes to log X_j - log X_i, so no cumulative product is formed), B u = phi(k)[g, f] * value[g, v] and
-  C contracts f against phi(q)[g, f] (times factors without f) with the same feature map.
+- A is ``c * prev(X) / X`` or ``c`` per group (X a kernel sum, c > 0 a per-step factor per group, either part may
+  be absent): log A splits into log X_(i-1) - log X_i, whose segment sum over (j, i] telescopes to log X_j - log X_i,
+  and the per-step log-decay log c, whose segment sum is G_i - G_j (G its cumulative sum). B u = phi(k)[g, f] *
+  value[g, v] and C contracts f against phi(q)[g, f] (times factors without f) with the same feature map.
+- the decays agree: there is one per-step log-decay per group (a decayed history's log g, A's log c, or both when
+  they are equal), so one cumulative G serves the kernel sums and the attention, and one carried entry of the cache.
 
-Then y_i = qscale_i * sum_(j<=i) exp(x_i . y_j / sqrt(K) + row_i + col_j) v_j: quadratic attention, every weight
-formed in log space. Anything else is a positioned error naming the part that does not fit.
+Then y_i = qscale_i * sum_(j<=i) exp(x_i . y_j / sqrt(K) + row_i + col_j + G_i - G_j) v_j: quadratic attention
+(decayed: the Forgetting Transformer, ALiBi), every weight formed in log space; the runtime forms G_i - G_j in
+float64 against a per-block reference, so long sequences with |G| large lose nothing to cancellation. Anything
+else is a positioned error naming the part that does not fit.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from ..ir.functions import is_infinite_range
 from ..ir.symspec import SymLet, SymSpec
 from ..lang.errors import SpecError, SpecErrors
 from .index_algebra import simplify
-from .log_space import prev_reads
+from .log_space import exact_log, prev_reads
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,9 @@ class Kernelised:
     group_axes: tuple[int, ...]
     value_axes: tuple[int, ...]
     feature_axis: int
+    log_decay: sp.Expr = sp.Integer(0)  # the per-step log-decay per group (group row symbols, log lets as read)
+    history_decayed: bool = False  # the kernel sums over the history carry exp(G_i - G_j) (a scan history)
+    attention_decayed: bool = False  # the attention weights carry exp(G_i - G_j) (A's factor c)
 
 
 def has_infinite_state(sym: SymSpec) -> bool:
@@ -71,16 +81,21 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
     lets = {x.tensor.name: x for x in sym.lets}
     infinite = {n for n, x in lets.items() if any(is_infinite_range(ax.extent) for ax in x.tensor.axes)}
     hist_of: dict[str, str] = {}
+    hist_decay: dict[str, sp.Expr] = {}  # a scan history's log-decay, over its own index symbols
     for n in sorted(infinite):
         x = lets[n]
         if x.feature is not None:
             continue
-        if x.running == "cumsum" and _name(x.args[0]) in infinite and lets[_name(x.args[0])].feature is not None:
-            hist_of[n] = _name(x.args[0])
+        src = _name(x.args[-1]) if x.running in ("cumsum", "scan") else None
+        if src in infinite and lets[src].feature is not None:
+            hist_of[n] = src
+            if x.running == "scan":
+                hist_decay[n] = _history_log_decay(sym, x)
             continue
         _fail(sym, f"let {n!r} lives on an infinite feature range but is neither a feature map taylor(a, ...) nor a "
-              "cumsum of one: it cannot be kernelised", x.tensor.span,
-              hint="on an infinite range, use only feature maps, their cumsums, and sums over the feature index")
+              "cumsum or decayed scan of one: it cannot be kernelised", x.tensor.span,
+              hint="on an infinite range, use only feature maps, their cumsums or scan(g, phi(k)) with g > 0 per "
+              "group, and sums over the feature index")
     kernel_sums, log_lets = [], []
     for x in sym.lets:
         n = x.tensor.name
@@ -152,17 +167,77 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
     pos = [f for f in sp.Mul.make_args(value) if isinstance(f, sp.exp)]
     value_log = sp.Add(*[f.args[0] for f in pos])
     value = sp.Mul(*[f for f in sp.Mul.make_args(value) if not isinstance(f, sp.exp)])
-    if a.decay == 1:
-        row_log, col_log = sp.Integer(0), value_log
-    else:
+    row_log, col_log, a_decay = sp.Integer(0), value_log, sp.Integer(0)
+    if a.decay != 1:
         logd = sp.expand_log(sp.log(a.decay.subs(logsub)), force=True)
-        row_log = col_log = None
-        for prev_x, x_now in prev_reads(logd, sym):  # A = prev(X) / X: log A = log X_(i-1) - log X_i telescopes
-            if _name(x_now) in log_lets and simplify(logd - (prev_x - x_now)) == 0:
-                row_log, col_log = -x_now, x_now + value_log
-        if row_log is None:
-            _fail(sym, "the kernelised form supports A = I or A = prev(X) / X per group (X a kernel sum); "
-                  f"got decay {sp.sstr(a.decay)}", sym.matrices["A"].span)
+        rest = logd
+        for prev_x, x_now in prev_reads(logd, sym):  # A = c prev(X) / X: log X_(i-1) - log X_i telescopes
+            left = simplify(logd - (prev_x - x_now))
+            if _name(x_now) in log_lets and not ({prev_x, x_now} & _reads(left)):
+                row_log, col_log, rest = -x_now, x_now + value_log, left
+                break
+        a_decay = _positive_log(sym, sp.exp(rest), sym.matrices["A"].span, "A's per-step factor c")
+    g_syms = tuple(rows[k] for k in outer.group_axes)
+    h_decays = {n: _at_group(lets[n], d, g_syms) for n, d in sorted(hist_decay.items())}
+    for d in (a_decay, *h_decays.values()):
+        if d != 0 and (d.free_symbols & set(rows)) - set(g_syms):
+            _fail(sym, "the kernelised form's decay may depend only on the group (head) axes, not on the feature or "
+                  f"value axes; got log-decay {sp.sstr(d)}", sym.matrices["A"].span)
+    # one log-decay per group: A's factor c and every decayed history's g must agree (a history without decay,
+    # a cumsum, with A = c: only the attention decays; a decayed history with A = prev(X) / X: only the kernel sums)
+    nonzero = [d for d in (a_decay, *h_decays.values()) if d != 0]
+    for n, d in h_decays.items():
+        if any(simplify(d - o) != 0 for o in nonzero):
+            _fail(sym, f"let {n!r}: the history's log-decay {sp.sstr(d)} differs from A's per-step log-decay "
+                  f"{sp.sstr(a_decay)} (or another history's); the kernelised form carries one log-decay per group "
+                  "for the kernel sums and the attention", lets[n].tensor.span,
+                  hint="decay the normaliser's history with A's factor: A = c * prev(X) / X with "
+                  "X = sum(f, phi(q) * scan(c, phi(k)))")
+    plain = sorted(h for h in hist_of if h not in h_decays)
+    if h_decays and plain:  # the kernel sums name the key map, not the history: one kind of history per spec
+        _fail(sym, f"let {plain[0]!r}: a cumsum history next to a decayed (scan) history of the same keys; the "
+              "kernelised form supports one kind of history per spec", lets[plain[0]].tensor.span,
+              hint=f"use one history, e.g. {sorted(h_decays)[0]!r}, in every kernel sum")
+    log_decay = nonzero[0] if nonzero else sp.Integer(0)
     return Kernelised(qlet, klet, tuple(sorted(hist_of)), tuple(log_lets), tuple(kernel_sums), value,
                       value_log, row_log, simplify(col_log), qscale.subs(logsub), outer.group_axes,
-                      outer.value_axes, fax[0])
+                      outer.value_axes, fax[0], log_decay, bool(h_decays), a_decay != 0)
+
+
+def _reads(e: sp.Expr) -> set:
+    return {x for x in sp.preorder_traversal(e) if isinstance(x, sp.Indexed)}
+
+
+def _positive_log(sym: SymSpec, c: sp.Expr, span, what: str) -> sp.Expr:
+    """log(c) for a per-step factor that is provably positive (exp, sigmoid, products of them, positive numbers),
+    written without a round trip through exp (log_space.exact_log); else a positioned error."""
+    if c == 1:
+        return sp.Integer(0)
+    if c.is_number:
+        if not c.is_positive:
+            _fail(sym, f"{what} must be positive, got {sp.sstr(c)}", span)
+        return sp.log(c)
+    lg = exact_log(c, sym)
+    if lg is None:
+        _fail(sym, f"the kernelised form supports A = c * prev(X) / X or A = c per group (X a kernel sum, c > 0); "
+              f"{what} {sp.sstr(c)} is not provably positive", span,
+              hint="write the decay as exp(...), sigmoid(...) or a product of such factors (a let defined so)")
+    return lg
+
+
+def _history_log_decay(sym: SymSpec, x: SymLet) -> sp.Expr:
+    """The log-decay of a scan history ``scan(g, phi(k))`` over the let's own index symbols: g may not vary along
+    the feature axis (it multiplies every feature alike)."""
+    fpos = next(k for k, ax in enumerate(x.tensor.axes) if is_infinite_range(ax.extent))
+    if x.index[fpos] in x.args[0].free_symbols:
+        _fail(sym, f"let {x.tensor.name!r}: the decay of a history on the infinite feature range may not depend on "
+              "the feature index (it must scale every feature of phi(k) alike)", x.tensor.span,
+              hint="use a decay per group (head), e.g. scan(f[h], kf[h, e])")
+    return _positive_log(sym, x.args[0], x.tensor.span, f"the decay of {x.tensor.name!r}")
+
+
+def _at_group(x: SymLet, e: sp.Expr, g_syms: tuple) -> sp.Expr:
+    """e over the history let's index symbols -> over the state's group row symbols (its non-feature axes, in
+    order; the plan checks that the feature lets have the state's group axes)."""
+    own = [ix for k, ix in enumerate(x.index) if not is_infinite_range(x.tensor.axes[k].extent)]
+    return e.xreplace(dict(zip(own, g_syms))) if len(own) == len(g_syms) else e

@@ -172,7 +172,9 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         ksym = sp.sstr(kern.key.feature.length)
         gsym = "*".join(sp.sstr(sym.state.axes[k].extent) for k in kern.group_axes) or "1"
         vsym = "*".join(sp.sstr(sym.state.axes[k].extent) for k in kern.value_axes)
-        cache = f"{gsym}*({ksym} + {vsym}) = {g * (kk + vv)} floats per token"
+        extra = int(kern.log_decay != 0) + int(kern.col_log != 0)  # each key's accumulated log-decay, its col weight
+        more = f" + {extra}" if extra else ""
+        cache = f"{gsym}*({ksym} + {vsym}{more}) = {g * (kk + vv + extra)} floats per token"
     elif st.family == Family.DIAGONAL_SCAN:
         core = n_val * (_ops(a.decay, dims) + _ops(st.bu, dims) + 2)
     elif st.family == Family.CHUNKED_OUTER:

@@ -47,7 +47,8 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "type", "xpu", "zero_grad",
              # the runtime helpers a generated module imports and its methods call: a let named expm1 (exp(x) - 1)
              # was a local of _lets, read before it was bound when the printer wrote expm1(...) for another let
-             "BACKENDS", "CACHE_COLS", "CACHE_KEYS", "CACHE_VALUES", "check_extent_match", "check_finite_input",
+             "BACKENDS", "CACHE_COLS", "CACHE_DECAY", "CACHE_KEYS", "CACHE_VALUES", "check_extent_match",
+             "check_finite_input",
              "values_hidden", "check_kv_cache", "check_running_state", "check_subscript", "check_subscript_values",
              "empty_output", "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign",
              "log_abs_decay",
@@ -815,7 +816,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                                         "(in order) besides its feature axis", fl.tensor.span)],
                              sym.checked.spec.path, sym.checked.spec.source)
     for h in hist:
-        if _src_name(sym.let(h).args[0]) != kern.key.tensor.name:
+        if _src_name(sym.let(h).args[-1]) != kern.key.tensor.name:
             raise SpecErrors([SpecError(f"cumsum let {h!r} must sum the key feature map {kern.key.tensor.name!r} "
                                         "(its history is the KV cache)", sym.let(h).tensor.span)],
                              sym.checked.spec.path, sym.checked.spec.source)
@@ -841,7 +842,8 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         elif any(ks[0] == name for ks in kern.kernel_sums):
             _, qn, kn, over = next(ks for ks in kern.kernel_sums if ks[0] == name)
             other = py_name(next(h for h in hist) if over else kn)
-            code = f"_log_sum({py_name(qn)}, {other}, {length} ** -0.5, {over})" \
+            gcum = ", _gcum" if over and kern.history_decayed else ""  # a scan history: weights exp(G_i - G_j)
+            code = f"_log_sum({py_name(qn)}, {other}, {length} ** -0.5, {over}{gcum})" \
                 + ("" if not let.index else f".reshape({shape})")
             lets.append(LetPlan(name, code, src, "log"))
         elif let.running == "prev":
@@ -890,6 +892,11 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         "v_size": v_size,
         "length": length,
         "cache_note": report.kv_cache or "",
+        # the per-step log-decay per group [B, T, G] (FoX, ALiBi); computed right after the decayed history (its
+        # kernel sums read the cumulative G) or, when only A decays, after every let
+        "decay": per_group(kern.log_decay) if kern.log_decay != 0 else "",
+        "decay_after": next((h for h in sorted(hist) if kern.history_decayed), ""),
+        "attention_decayed": kern.attention_decayed,
     }
     # dsf_matrices: the slot basis {phi(k_j)}, j < T: phi(k_i) is the one-hot slot i, phi(q_i) the row of kernel
     # values exp(q_i . k_j / sqrt(K)) (zero for j > i), a cumsum of phi(k) the indicator of the past slots
@@ -909,7 +916,8 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                 sp.powsimp(logsub(m.entry)), m.rows + m.cols,
                 {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})
             matrices.append((name, code, rshape, cshape))
-    q["slot_lets"] = [(kern.query.tensor.name, "query"), (kern.key.tensor.name, "key")] + [(h, "history") for h in
+    hist_role = "decayed" if kern.history_decayed else "history"
+    q["slot_lets"] = [(kern.query.tensor.name, "query"), (kern.key.tensor.name, "key")] + [(h, hist_role) for h in
                                                                                           sorted(hist)]
     out_shape = [pr.size(a.extent) for a in sym.output.axes]
     in_shape = [pr.size(a.extent) for a in sym.input.axes]

@@ -82,9 +82,10 @@ def _running_assumptions(op: str, args) -> dict[str, bool]:
 
 
 def _kernel_sum_positive(expr: sp.Expr, lets, defaults: dict) -> str | None:
-    """Why ``sum(f, phi(x)[f] * psi[f])`` is positive, when psi is phi(y) or a cumsum of phi(y) for the same Taylor
-    feature map of even (or infinite) order: phi(x).phi(y) = sum_{r<=p} s^r / r! has no real root for even p (and is
-    exp(s) for p = inf). None when the expression is not such a kernel sum or the order is odd or symbolic."""
+    """Why ``sum(f, phi(x)[f] * psi[f])`` is positive, when psi is phi(y), a cumsum of phi(y), or a decayed history
+    scan(g, phi(y)) with g > 0 (a positive combination of kernel values), for the same Taylor feature map of even (or
+    infinite) order: phi(x).phi(y) = sum_{r<=p} s^r / r! has no real root for even p (and is exp(s) for p = inf).
+    None when the expression is not such a kernel sum or the order is odd or symbolic."""
     if not isinstance(expr, sp.Sum) or len(expr.limits) != 1:
         return None
     var = expr.limits[0][0]
@@ -95,8 +96,10 @@ def _kernel_sum_positive(expr: sp.Expr, lets, defaults: dict) -> str | None:
     maps = []
     for f in fs:
         let = by_name[str(f.base.label)]
-        if let.running == "cumsum" and isinstance(let.args[0], sp.Indexed) and str(let.args[0].base.label) in by_name:
-            let, f = by_name[str(let.args[0].base.label)], let.value_at(f.indices, let.args[0])
+        decayed = let.running == "scan" and let.args[0].is_positive is True
+        if (let.running == "cumsum" or decayed) and isinstance(let.args[-1], sp.Indexed) \
+                and str(let.args[-1].base.label) in by_name:
+            let, f = by_name[str(let.args[-1].base.label)], let.value_at(f.indices, let.args[-1])
         if let.feature is None or f.indices[let.feature.axis] != var:
             return None
         maps.append(let.feature)

@@ -11,8 +11,9 @@ from typing import Callable, Dict, Iterator, Mapping, Tuple
 
 import torch
 
-# KV-cache entries of the quadratic family's state dict (the infinite state is carried as the cache)
-CACHE_KEYS, CACHE_VALUES, CACHE_COLS = "cache:keys", "cache:values", "cache:col"
+# KV-cache entries of the quadratic family's state dict (the infinite state is carried as the cache); a decayed
+# spec (FoX, ALiBi) also carries each cached key's log-decay up to the last step, G_last - G_j
+CACHE_KEYS, CACHE_VALUES, CACHE_COLS, CACHE_DECAY = "cache:keys", "cache:values", "cache:col", "cache:decay"
 
 
 @contextlib.contextmanager

@@ -19,6 +19,11 @@ the query blocks that see it; one per query block accumulates dq; ``drow_i = sum
 torch reduction. ``kernel_log_sum``'s gradient is the same pair of kernels with v = 1, row = -L and m = 0
 (dL_i / dw_ij is the softmax weight ``exp(w_ij - L_i)``).
 
+Decay (FoX, ALiBi; HAS_DECAY): ``gcum`` [B, S, G] in fp64, the cumulative log-decay G over the key positions; the
+log-weights gain G_(S-T+i) - G_j, subtracted in fp64 per tile and then cast, so a long strongly-decaying sequence
+(|G| ~ 1e5) loses nothing to cancellation. Its gradient needs no kernel of its own: dG is the row sums of dW at the
+query positions (dy_i . y_i; dL_i for the log-sum) minus the column sums dcol_j that the dk / dv kernel stores.
+
 Precision: the compute dtype is fp32 (fp64 for fp64 inputs), products exact (``input_precision="ieee"``: no TF32).
 With q, k, v all bf16 (or all fp16) on CUDA the kernels take the half path (HALF_DOTS, FlashAttention-2's
 arithmetic): q, k, v are read in that dtype (no fp32 copies), ``q k^T`` and ``P v`` are tensor-core products of
@@ -97,10 +102,15 @@ def _dot(a, b, HALF: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _weights(q, k, row, col, qi, kj, T, S, scale, HALF: tl.constexpr, DTYPE: tl.constexpr):
-    """Log-weights [BM, BN] = scale q k^T + row + col in DTYPE, -inf where key kj is not visible to query qi (after
-    it, or beyond S or T). q [BM, BK], k [BN, BK] in the operand dtype; row [BM], col [BN] in DTYPE."""
+def _weights(q, k, row, col, gq, gk, qi, kj, T, S, scale, HAS_DECAY: tl.constexpr, HALF: tl.constexpr,
+             DTYPE: tl.constexpr):
+    """Log-weights [BM, BN] = scale q k^T + row + col (+ G_i - G_j) in DTYPE, -inf where key kj is not visible to
+    query qi (after it, or beyond S or T). q [BM, BK], k [BN, BK] in the operand dtype; row [BM], col [BN] in DTYPE;
+    HAS_DECAY: gq [BM], gk [BN] the cumulative log-decays in fp64, subtracted in fp64 before the cast (G itself may
+    be ~1e5 after a long sequence, where fp32 would keep no digit of a difference ~1)."""
     w = _dot(q, tl.trans(k), HALF, DTYPE) * scale + row[:, None] + col[None, :]
+    if HAS_DECAY:
+        w += (gq[:, None] - gk[None, :]).to(DTYPE)
     visible = (kj[None, :] <= (S - T) + qi[:, None]) & (kj[None, :] < S) & (qi[:, None] < T)
     return tl.where(visible, w, float("-inf"))
 
@@ -141,21 +151,24 @@ def _store(ptr, x, rows, m_rows, WIDTH: tl.constexpr, BW: tl.constexpr):
 
 
 @triton.jit
-def _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+def _key_block(k_ptr, v_ptr, col_ptr, g_ptr, b, g, kj, S, G, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, HAS_COL: tl.constexpr, HAS_DECAY: tl.constexpr, HALF: tl.constexpr,
+               DTYPE: tl.constexpr):
     """Keys kj of one (b, g): their rows of the [B, S, G, *] arrays and mask, k [BN, BK] and v [BN, BV] in the
-    operand dtype, col [BN] in DTYPE."""
+    operand dtype, col [BN] in DTYPE, the keys' cumulative log-decay gk [BN] (fp64; 0 without decay)."""
     mkj = kj < S
     k_rows = (b * S + kj) * G + g
     k = _operand(_load(k_ptr, k_rows, mkj, K, BK), HALF, DTYPE)
     v = _operand(_load(v_ptr, k_rows, mkj, V, BV), HALF, DTYPE)
     col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros(kj.shape, DTYPE)
-    return k_rows, mkj, k, v, col
+    gk = tl.load(g_ptr + k_rows, mask=mkj, other=0.0) if HAS_DECAY else tl.zeros(kj.shape, tl.float64)
+    return k_rows, mkj, k, v, col, gk
 
 
 @triton.jit
-def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K: tl.constexpr, V: tl.constexpr,
-                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, g_ptr, b, g, qi, T, S, G, K: tl.constexpr, V: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HAS_DECAY: tl.constexpr,
+                 HALF: tl.constexpr, DTYPE: tl.constexpr):
     """Queries qi of one (b, g) for the backward: rows and mask, q [BM, BK] (operand dtype), row and the forward's
     row maxima m [BM] (DTYPE), and dy [BM, BV] as a product operand: exact path, dy exp(m) (y = exp(m) sum_j p_ij
     v_j with p_ij = exp(w_ij - m_i) <= 1: ``_probs``); half path, dy as given (``_probs`` keeps exp(m) in P)."""
@@ -167,7 +180,17 @@ def _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K: tl.constexpr,
     dy = _load(dy_ptr, q_rows, mq, V, BV)
     if HALF == 0:
         dy = dy.to(DTYPE) * tl.exp(m)[:, None]
-    return q_rows, mq, q, row, m, _operand(dy, HALF, DTYPE)
+    gq = _query_decay(g_ptr, b, g, qi, mq, T, S, G, HAS_DECAY)
+    return q_rows, mq, q, row, m, _operand(dy, HALF, DTYPE), gq
+
+
+@triton.jit
+def _query_decay(g_ptr, b, g, qi, mq, T, S, G, HAS_DECAY: tl.constexpr):
+    """The queries' cumulative log-decay [BM] (fp64): query i is key position S - T + i of the [B, S, G] array."""
+    if HAS_DECAY:
+        return tl.load(g_ptr + (b * S + (S - T) + qi) * G + g, mask=mq, other=0.0)
+    else:
+        return tl.zeros(qi.shape, tl.float64)
 
 
 @triton.jit
@@ -184,9 +207,10 @@ def _probs(w, m, HALF: tl.constexpr):
 
 
 @triton.jit
-def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K: tl.constexpr, V: tl.constexpr,
+def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, g_ptr, y_ptr, m_ptr, T, S, G, K: tl.constexpr, V: tl.constexpr,
               scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr,
-              HAS_COL: tl.constexpr, LSE: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+              HAS_COL: tl.constexpr, HAS_DECAY: tl.constexpr, LSE: tl.constexpr, HALF: tl.constexpr,
+              DTYPE: tl.constexpr):
     """One block of BM queries of one (b, g): y [BM, V] and the row maxima m [BM] (LSE: L = m + log(sum) [BM]).
     The maxima, sums and the accumulator are DTYPE; HALF: q k^T and P v take bf16 / fp16 operands."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
@@ -195,6 +219,7 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K: t
     q_rows = (b * T + qi) * G + g  # rows of the [B, T, G, *] arrays
     q = _operand(_load(q_ptr, q_rows, mq, K, BK), HALF, DTYPE)
     row = tl.load(row_ptr + q_rows, mask=mq, other=0.0).to(DTYPE) if HAS_ROW else tl.zeros((BM,), DTYPE)
+    gq = _query_decay(g_ptr, b, g, qi, mq, T, S, G, HAS_DECAY)
     m = tl.full((BM,), float("-inf"), DTYPE)
     acc = tl.zeros((BM, BV), DTYPE)
     total = tl.zeros((BM,), DTYPE)
@@ -205,7 +230,8 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K: t
         k_rows = (b * S + kj) * G + g
         k = _operand(_load(k_ptr, k_rows, mkj, K, BK), HALF, DTYPE)
         col = tl.load(col_ptr + k_rows, mask=mkj, other=0.0).to(DTYPE) if HAS_COL else tl.zeros((BN,), DTYPE)
-        w = _weights(q, k, row, col, qi, kj, T, S, scale, HALF, DTYPE)
+        gk = tl.load(g_ptr + k_rows, mask=mkj, other=0.0) if HAS_DECAY else tl.zeros((BN,), tl.float64)
+        w = _weights(q, k, row, col, gq, gk, qi, kj, T, S, scale, HAS_DECAY, HALF, DTYPE)
         m_new = tl.maximum(m, tl.max(w, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (or beyond T)
         grow = tl.exp(m - shift)  # rescales what was summed under the old maximum (0 while it was -inf)
@@ -225,15 +251,17 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, y_ptr, m_ptr, T, S, G, K: t
 
 
 @triton.jit
-def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G,
+def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, g_ptr, m_ptr, dy_ptr, dk_ptr, dv_ptr, dcol_ptr, T, S, G,
                  K: tl.constexpr, V: tl.constexpr, scale_ptr, BM: tl.constexpr, BN: tl.constexpr,
-                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr,
-                 DTYPE: tl.constexpr):
+                 BK: tl.constexpr, BV: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
+                 HAS_DECAY: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
     """dk, dv, dcol of one block of BN keys of one (b, g), over the query blocks that see it (accumulated in DTYPE;
-    HALF: the products' operands, P, dW, q and dy, in bf16 / fp16)."""
+    HALF: the products' operands, P, dW, q and dy, in bf16 / fp16). dcol_j = sum_i dw_ij is stored with col or with
+    the decay (the keys' share of dG: -dcol)."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_k, b, g, kj = _block_coords(tl.cdiv(S, BN), G, BN)
-    k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, HALF, DTYPE)
+    k_rows, mkj, k, v, col, gk = _key_block(k_ptr, v_ptr, col_ptr, g_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL,
+                                            HAS_DECAY, HALF, DTYPE)
     dk = tl.zeros((BN, BK), DTYPE)
     dv = tl.zeros((BN, BV), DTYPE)
     dcol = tl.zeros((BN,), DTYPE)
@@ -242,36 +270,38 @@ def _attn_bwd_kv(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dk_ptr, d
     first = tl.maximum(i_k * BN - (S - T), 0) // BM * BM
     for m0 in range(first, T, BM):
         qi = m0 + tl.arange(0, BM)
-        q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK, BV,
-                                                 HAS_ROW, HALF, DTYPE)
-        p = _probs(_weights(q, k, row, col, qi, kj, T, S, scale, HALF, DTYPE), m, HALF)  # 0 where not visible
+        q_rows, mq, q, row, m, dy, gq = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, g_ptr, b, g, qi, T, S, G, K, V,
+                                                     BK, BV, HAS_ROW, HAS_DECAY, HALF, DTYPE)
+        w = _weights(q, k, row, col, gq, gk, qi, kj, T, S, scale, HAS_DECAY, HALF, DTYPE)
+        p = _probs(w, m, HALF)  # 0 where not visible
         dv += _dot(tl.trans(p), dy, HALF, DTYPE)
         dw = p * _dot(dy, tl.trans(v), HALF, DTYPE)  # dL/dw_ij = exp(w_ij) dy_i . v_j
         dk += _dot(tl.trans(dw), q, HALF, DTYPE) * scale
         dcol += tl.sum(dw, axis=0)
     _store(dk_ptr, dk, k_rows, mkj, K, BK)
     _store(dv_ptr, dv, k_rows, mkj, V, BV)
-    if HAS_COL:
+    if HAS_COL or HAS_DECAY:
         tl.store(dcol_ptr + k_rows, dcol, mask=mkj)
 
 
 @triton.jit
-def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K: tl.constexpr,
+def _attn_bwd_q(q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, g_ptr, m_ptr, dy_ptr, dq_ptr, T, S, G, K: tl.constexpr,
                 V: tl.constexpr, scale_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
+                HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_DECAY: tl.constexpr, HALF: tl.constexpr,
+                DTYPE: tl.constexpr):
     """dq of one block of BM queries of one (b, g), over the keys they see (accumulated in DTYPE; HALF: dW and k as
     bf16 / fp16 operands)."""
     scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be rounded to fp32
     i_q, b, g, qi = _block_coords(tl.cdiv(T, BM), G, BM)
-    q_rows, mq, q, row, m, dy = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, b, g, qi, T, G, K, V, BK, BV, HAS_ROW,
-                                             HALF, DTYPE)
+    q_rows, mq, q, row, m, dy, gq = _query_block(q_ptr, row_ptr, m_ptr, dy_ptr, g_ptr, b, g, qi, T, S, G, K, V, BK,
+                                                 BV, HAS_ROW, HAS_DECAY, HALF, DTYPE)
     dq = tl.zeros((BM, BK), DTYPE)
     end = tl.minimum(S, S - T + (i_q + 1) * BM)  # the keys the block's last query sees: no fully masked block
     for n0 in range(0, end, BN):
         kj = n0 + tl.arange(0, BN)
-        k_rows, mkj, k, v, col = _key_block(k_ptr, v_ptr, col_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL, HALF,
-                                            DTYPE)
-        p = _probs(_weights(q, k, row, col, qi, kj, T, S, scale, HALF, DTYPE), m, HALF)
+        k_rows, mkj, k, v, col, gk = _key_block(k_ptr, v_ptr, col_ptr, g_ptr, b, g, kj, S, G, K, V, BK, BV, HAS_COL,
+                                                HAS_DECAY, HALF, DTYPE)
+        p = _probs(_weights(q, k, row, col, gq, gk, qi, kj, T, S, scale, HAS_DECAY, HALF, DTYPE), m, HALF)
         dw = p * _dot(dy, tl.trans(v), HALF, DTYPE)
         dq += _dot(dw, k, HALF, DTYPE) * scale
     _store(dq_ptr, dq, q_rows, mq, K, BK)
@@ -302,13 +332,14 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _constexprs(q, v, row, col, which: str) -> dict:
+def _constexprs(q, v, row, col, gdec, which: str) -> dict:
     """The launch's tiles, widths, flags and dtypes; ``which``: "fwd", "bwd_kv" or "bwd_q"."""
     half = _half_code(q)
     tiles = TILES["interpret" if q.device.type != "cuda" else "cuda_half" if half else "cuda"][which]
     BM, BN, warps = tiles
     return dict(BM=BM, BN=BN, BK=_pow2(q.shape[-1]), BV=_pow2(v.shape[-1]), HAS_ROW=row.numel() > 0,
-                HAS_COL=col.numel() > 0, HALF=half, DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
+                HAS_COL=col.numel() > 0, HAS_DECAY=gdec.numel() > 0, HALF=half,
+                DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
                 num_warps=warps)
 
 
@@ -318,35 +349,38 @@ def _scalar(x: float, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.full((1,), float(x), dtype=_stats_dtype(dtype), device=device)
 
 
-def _forward(q, k, v, row, col, scale: float, lse: bool):
+def _forward(q, k, v, row, col, gdec, scale: float, lse: bool):
     """``(y, m)``: y [B, T, G, V] in q's dtype (LSE: L [B, T, G] in the stats dtype) and the row maxima m
     [B, T, G] in the stats dtype. q, k, v in one dtype (fp32, fp64; bf16 / fp16: the half path), row / col in the
-    stats dtype; empty: none."""
+    stats dtype, gdec [B, S, G] (the cumulative log-decay) fp64; empty: none."""
     B, T, G, K = q.shape
     S, V = k.shape[1], v.shape[-1]
     stats = _stats_dtype(q.dtype)
     y = q.new_empty((B, T, G), dtype=stats) if lse else q.new_empty((B, T, G, V))
     m = q.new_empty((B, T, G), dtype=stats)
-    c = _constexprs(q, v, row, col, "fwd")
+    c = _constexprs(q, v, row, col, gdec, "fwd")
     grid = (B * G * triton.cdiv(T, c["BM"]),)
     dummy = m  # never read (HAS_ROW / HAS_COL false)
-    _attn_fwd[grid](q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, y, m, T, S, G, K, V,
-                    _scalar(scale, q.dtype, q.device), LSE=lse, **c)
+    _attn_fwd[grid](q, k, v, row if row.numel() else dummy, col if col.numel() else dummy,
+                    gdec if gdec.numel() else dummy, y, m, T, S, G, K, V, _scalar(scale, q.dtype, q.device), LSE=lse,
+                    **c)
     return y, m
 
 
-def _backward(q, k, v, row, col, m, dy, scale: float):
-    """``(dq, dk, dv, dcol)`` (dcol empty without col) through y = sum_j exp(w_ij) v_j, given the forward's m; dq, dk,
-    dv in their operands' dtype, dcol in the stats dtype."""
+def _backward(q, k, v, row, col, gdec, m, dy, scale: float):
+    """``(dq, dk, dv, dcol)`` through y = sum_j exp(w_ij) v_j, given the forward's m; dq, dk, dv in their operands'
+    dtype, dcol_j = sum_i dw_ij [B, S, G] in the stats dtype (empty without col and decay)."""
     B, T, G, K = q.shape
     S, V = k.shape[1], v.shape[-1]
-    c_kv, c_q = _constexprs(q, v, row, col, "bwd_kv"), _constexprs(q, v, row, col, "bwd_q")
+    c_kv, c_q = _constexprs(q, v, row, col, gdec, "bwd_kv"), _constexprs(q, v, row, col, gdec, "bwd_q")
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dcol = torch.empty_like(col)
-    dummy = m  # never read or written (HAS_ROW / HAS_COL false)
-    args = (q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, m, dy)
+    with_dcol = col.numel() > 0 or gdec.numel() > 0
+    dcol = q.new_empty((B, S, G), dtype=_stats_dtype(q.dtype)) if with_dcol else torch.empty_like(col)
+    dummy = m  # never read or written (HAS_ROW / HAS_COL / HAS_DECAY false)
+    args = (q, k, v, row if row.numel() else dummy, col if col.numel() else dummy, gdec if gdec.numel() else dummy,
+            m, dy)
     scale_t = _scalar(scale, q.dtype, q.device)
-    _attn_bwd_kv[(B * G * triton.cdiv(S, c_kv["BN"]),)](*args, dk, dv, dcol if col.numel() else dummy, T, S, G, K, V,
+    _attn_bwd_kv[(B * G * triton.cdiv(S, c_kv["BN"]),)](*args, dk, dv, dcol if with_dcol else dummy, T, S, G, K, V,
                                                           scale_t, **c_kv)
     _attn_bwd_q[(B * G * triton.cdiv(T, c_q["BM"]),)](*args, dq, T, S, G, K, V, scale_t, **c_q)
     return dq, dk, dv, dcol
@@ -356,77 +390,90 @@ def _backward(q, k, v, row, col, m, dy, scale: float):
 
 
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, v, row, col = (x.contiguous() for x in (q, k, v, row, col))
-    return _forward(q, k, v, row, col, scale, lse=False)
+                   gdec: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v, row, col, gdec = (x.contiguous() for x in (q, k, v, row, col, gdec))
+    return _forward(q, k, v, row, col, gdec, scale, lse=False)
 
 
 _attention_fwd_op = torch.library.custom_op("dsfc::attention_fwd", mutates_args=())(_attention_fwd)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, row, col, scale):
+def _(q, k, v, row, col, gdec, scale):
     return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=_stats_dtype(q.dtype))
 
 
 @torch.library.custom_op("dsfc::attention_bwd", mutates_args=())
 def _attention_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
-                      m: torch.Tensor, dy: torch.Tensor,
+                      gdec: torch.Tensor, m: torch.Tensor, dy: torch.Tensor,
                       scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v, row, col, m, dy = (x.contiguous() for x in (q, k, v, row, col, m, dy))
-    return _backward(q, k, v, row, col, m, dy, scale)
+    q, k, v, row, col, gdec, m, dy = (x.contiguous() for x in (q, k, v, row, col, gdec, m, dy))
+    return _backward(q, k, v, row, col, gdec, m, dy, scale)
 
 
 @_attention_bwd_op.register_fake
-def _(q, k, v, row, col, m, dy, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(col)
+def _(q, k, v, row, col, gdec, m, dy, scale):
+    dcol = q.new_empty((k.shape[0], k.shape[1], k.shape[2]), dtype=_stats_dtype(q.dtype)) if \
+        col.numel() or gdec.numel() else torch.empty_like(col)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dcol
+
+
+def _decay_grad(gdec: torch.Tensor, dcol: torch.Tensor, drow: torch.Tensor) -> torch.Tensor:
+    """dL/dG [B, S, G] through w_ij += G_(S - T + i) - G_j: the query side's row sums sum_j dw_ij (the last T
+    positions) minus the key side's column sums dcol_j = sum_i dw_ij."""
+    dg = -dcol.to(gdec.dtype)
+    T = drow.shape[1]
+    dg[:, dg.shape[1] - T:] += drow.to(gdec.dtype)
+    return dg
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, row, col, scale = inputs
+    q, k, v, row, col, gdec, scale = inputs
     ctx.scale = scale
-    ctx.save_for_backward(q, k, v, row, col, *output)
+    ctx.save_for_backward(q, k, v, row, col, gdec, *output)
 
 
 def _attention_backward(ctx, dy, dm):
-    q, k, v, row, col, y, m = ctx.saved_tensors
-    dq, dk, dv, dcol = _attention_bwd_op(q, k, v, row, col, m, dy, ctx.scale)
+    q, k, v, row, col, gdec, y, m = ctx.saved_tensors
+    dq, dk, dv, dcol = _attention_bwd_op(q, k, v, row, col, gdec, m, dy, ctx.scale)
     # sum_j dL/dw_ij = dy_i . y_i, summed in the stats dtype (the half path's dy and y are bf16 / fp16)
-    drow = (dy.to(row.dtype) * y.to(row.dtype)).sum(-1) if row.numel() else None
-    return dq, dk, dv, drow, (dcol if col.numel() else None), None
+    drow = (dy.to(m.dtype) * y.to(m.dtype)).sum(-1)
+    dgdec = _decay_grad(gdec, dcol, drow) if gdec.numel() else None
+    return (dq, dk, dv, drow.to(row.dtype) if row.numel() else None, (dcol if col.numel() else None), dgdec, None)
 
 
 _attention_fwd_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 refuse_double_backward(_attention_bwd_op, "attention")
 
 
-def _log_sum_fwd(x: torch.Tensor, ys: torch.Tensor, scale: float) -> torch.Tensor:
-    x, ys = x.contiguous(), ys.contiguous()
+def _log_sum_fwd(x: torch.Tensor, ys: torch.Tensor, gdec: torch.Tensor, scale: float) -> torch.Tensor:
+    x, ys, gdec = x.contiguous(), ys.contiguous(), gdec.contiguous()
     none = x.new_empty(0, dtype=_stats_dtype(x.dtype))
-    return _forward(x, ys, ys, none, none, scale, lse=True)[0]
+    return _forward(x, ys, ys, none, none, gdec, scale, lse=True)[0]
 
 
 _log_sum_fwd_op = torch.library.custom_op("dsfc::log_sum_fwd", mutates_args=())(_log_sum_fwd)
 
 
 @_log_sum_fwd_op.register_fake
-def _(x, ys, scale):
+def _(x, ys, gdec, scale):
     return x.new_empty(x.shape[:3], dtype=_stats_dtype(x.dtype))
 
 
 def _log_sum_setup(ctx, inputs, output):
-    x, ys, scale = inputs
+    x, ys, gdec, scale = inputs
     ctx.scale = scale
-    ctx.save_for_backward(x, ys, output)
+    ctx.save_for_backward(x, ys, gdec, output)
 
 
 def _log_sum_backward(ctx, dL):
-    # dL_i / dw_ij = exp(w_ij - L_i): the attention backward with v = 1, dy = dL, row = -L and m = 0
-    x, ys, L = ctx.saved_tensors
+    # dL_i / dw_ij = exp(w_ij - L_i): the attention backward with v = 1, dy = dL, row = -L and m = 0; with a decay,
+    # the row sums sum_j dw_ij are dL_i (the weights sum to 1) and the column sums come back as dcol
+    x, ys, gdec, L = ctx.saved_tensors
     ones = ys.new_ones((*ys.shape[:3], 1))
-    dx, dys, _, _ = _attention_bwd_op(x, ys, ones, -L, L.new_empty(0), torch.zeros_like(L), dL[..., None].to(L.dtype),
-                                      ctx.scale)
-    return dx, dys, None
+    dx, dys, _, dcol = _attention_bwd_op(x, ys, ones, -L, L.new_empty(0), gdec, torch.zeros_like(L),
+                                         dL[..., None].to(L.dtype), ctx.scale)
+    return dx, dys, (_decay_grad(gdec, dcol, dL) if gdec.numel() else None), None
 
 
 _log_sum_fwd_op.register_autograd(_log_sum_backward, setup_context=_log_sum_setup)
@@ -460,6 +507,11 @@ def _check_shapes(name: str, q, k, v, row, col):
         raise ValueError(f"{name}: col must be [B, S, G] = {(B, S, G)}, got {tuple(col.shape)}")
 
 
+def _check_decay(name: str, k, gcum):
+    if gcum is not None and tuple(gcum.shape) != tuple(k.shape[:3]):
+        raise ValueError(f"{name}: gcum must be [B, S, G] = {tuple(k.shape[:3])}, got {tuple(gcum.shape)}")
+
+
 def _operand_dtype(*xs: torch.Tensor) -> torch.dtype:
     """The dtype the kernels read q, k, v (x, ys) in: their own when all are bf16 or all fp16 (HALF_DOTS: the
     tensor-core path; fp16 only under the interpreter, whose bf16 tl.dot is wrong), else fp32 (fp64 if any is)."""
@@ -471,16 +523,19 @@ def _operand_dtype(*xs: torch.Tensor) -> torch.dtype:
 
 
 def kernel_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: Optional[torch.Tensor],
-                            col: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+                            col: Optional[torch.Tensor], scale: float,
+                            gcum: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``dsfc.runtime.kernelised.kernel_attention`` on the Triton kernels above (CUDA tensors, or CPU under
-    ``TRITON_INTERPRET=1``): y_i = sum_(j <= S - T + i) exp(scale q_i . k_j + row_i + col_j) v_j, [B, T, G, V], in
-    the inputs' promoted dtype. Differentiable w.r.t. q, k, v, row and col.
+    ``TRITON_INTERPRET=1``): y_i = sum_(j <= S - T + i) exp(scale q_i . k_j + row_i + col_j + G_(S-T+i) - G_j) v_j,
+    [B, T, G, V], in the inputs' promoted dtype; ``gcum`` [B, S, G] is the cumulative log-decay G (None: none), read
+    in fp64. Differentiable w.r.t. q, k, v, row, col and gcum.
 
     Computed in fp32 (fp64 for fp64 inputs) with exact products; q, k, v all bf16 (or all fp16) on CUDA: the
     products on tensor cores in that dtype, everything else fp32 (HALF_DOTS, the module docstring's Precision)."""
     name = "kernel_attention_triton"
     _check_shapes(name, q, k, v, row, col)
-    _check_device(name, q, k, v, row, col)
+    _check_decay(name, k, gcum)
+    _check_device(name, q, k, v, row, col, gcum)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     B, T, G, _ = q.shape
     if T == 0 or B == 0 or G == 0:
@@ -489,11 +544,13 @@ def kernel_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
     stats = _stats_dtype(operands)  # row and col: fp32 (fp64) on every path
     none = q.new_empty(0, dtype=stats)
     args = [x.to(operands) for x in (q, k, v)] + [none if x is None else x.to(stats) for x in (row, col)]
+    args.append(q.new_empty(0, dtype=torch.float64) if gcum is None else gcum.to(torch.float64))
     forward = _attention_fwd if eager_inference(*args) else _attention_fwd_op
     return forward(*args, float(scale))[0].to(dtype)
 
 
-def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, history: bool, *,
+def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, history: bool,
+                          gcum: Optional[torch.Tensor] = None, *,
                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``dsfc.runtime.kernelised.kernel_log_sum`` with its history sum (a causal log-sum-exp over [B, T, G] x
     [B, S, G]) on the Triton kernels above, in ``out_dtype`` (default: the inputs' promoted dtype; x and ys both
@@ -505,13 +562,15 @@ def kernel_log_sum_triton(x: torch.Tensor, ys: torch.Tensor, scale: float, histo
         return out if out_dtype is None else out.to(out_dtype)
     name = "kernel_log_sum_triton"
     _check_shapes(name, x, ys, ys, None, None)
-    _check_device(name, x, ys)
+    _check_decay(name, ys, gcum)
+    _check_device(name, x, ys, gcum)
     dtype = torch.promote_types(x.dtype, ys.dtype) if out_dtype is None else out_dtype
     B, T, G, _ = x.shape
     if T == 0 or B == 0 or G == 0:
         return x.new_zeros((B, T, G), dtype=dtype)
     operands = _operand_dtype(x, ys)  # the log-sums are fp32 on the half path too, then rounded to dtype
-    args = [x.to(operands), ys.to(operands)]
+    args = [x.to(operands), ys.to(operands),
+            x.new_empty(0, dtype=torch.float64) if gcum is None else gcum.to(torch.float64)]
     forward = _log_sum_fwd if eager_inference(*args) else _log_sum_fwd_op
     return forward(*args, float(scale)).to(dtype)
 
@@ -525,14 +584,15 @@ def triton_kernels_for(io_dtype: torch.dtype):
     if io_dtype not in _HALF_CODES:
         return kernel_attention_triton, kernel_log_sum_triton
 
-    def attention(q, k, v, row, col, scale):
+    def attention(q, k, v, row, col, scale, gcum=None):
         out = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-        return kernel_attention_triton(q.to(io_dtype), k.to(io_dtype), v.to(io_dtype), row, col, scale).to(out)
+        return kernel_attention_triton(q.to(io_dtype), k.to(io_dtype), v.to(io_dtype), row, col, scale,
+                                       gcum).to(out)
 
-    def log_sum(x, ys, scale, history):
+    def log_sum(x, ys, scale, history, gcum=None):
         if not history:  # one elementwise product in torch: no kernel, nothing to gain from rounding its inputs
             return kernel_log_sum_triton(x, ys, scale, history)
         out = torch.promote_types(x.dtype, ys.dtype)
-        return kernel_log_sum_triton(x.to(io_dtype), ys.to(io_dtype), scale, history, out_dtype=out)
+        return kernel_log_sum_triton(x.to(io_dtype), ys.to(io_dtype), scale, history, gcum, out_dtype=out)
 
     return attention, log_sum

@@ -52,7 +52,7 @@ def reports():
 COVERED = ("s6", "ssd", "linear_attention", "deltanet", "linear_attention_normalized", "retnet", "gla", "hgrn", "qlstm",
            "qlstm_s6", "gated_deltanet", "mlstm", "rwkv6", "s4d", "lru", "rg_lru", "normalized_attention",
            "mamba_block", "taylor_attention", "softmax_attention", "normalized_attention_sigmoid",
-           "normalized_attention_exprelu")
+           "normalized_attention_exprelu", "fox")
 
 
 def test_every_catalog_spec_is_covered_here():
@@ -197,6 +197,18 @@ def test_taylor_attention(reports):
     assert r.state_size_default == 4 * 16 * (1 + 16 + 256) == 17472
     assert r.state_bytes_default == 4 * 17472
     assert r.feature_note == "taylor(K, p) = sum_(r<=p) K^r = 273: grows as K^p"
+
+
+def test_fox(reports):
+    """Softmax attention with a forget gate: the same family; A's eigenvalue gains the gate f in (0, 1), and the
+    KV cache one log-decay per head and token."""
+    r = reports["fox"]
+    assert r.a_kind == "scalar per group" and r.a_axes["decay depends on"] == ["h"]
+    assert r.coupling == ("eta",)
+    assert r.eigen_bound == Bound.UNBOUNDED.value and r.eigen_interval == "(0, inf)"
+    assert "f in (0, 1)" in r.eigen_reason and "exp(q.k / sqrt(K)) > 0" in r.eigen_reason
+    assert r.family == Family.QUADRATIC.value
+    assert r.kv_cache == "H*(K + V + 1) = 132 floats per token"  # 4 heads * (16 + 16 + the log-decay)
 
 
 def test_softmax_attention(reports):

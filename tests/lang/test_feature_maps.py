@@ -100,11 +100,12 @@ let kf[f: taylor(K, inf)] = taylor(a, q[a])
 
 
 def test_infinite_state_needs_the_kernelised_form():
-    # A that is not I or prev(X)/X per group: no telescoping log-decay
-    text = INFINITE + ("A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2) * sigmoid(q[0])\n"
+    # A's per-step factor must be provably positive (its log is the decay bias; sigmoid(q[0]) is accepted now)
+    text = INFINITE + ("A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2) * tanh(q[0])\n"
                        "B[(f, b), m] = kf[f] * delta(b, m)\nC[o, (f, b)] = delta(o, b) * kf[f]\n")
     line, column, message = first_error(text)
-    assert (line, column) == (8, 1) and "supports A = I or A = prev(X) / X per group" in message
+    assert (line, column) == (8, 1) and "supports A = c * prev(X) / X or A = c per group" in message \
+        and "not provably positive" in message
 
 
 def test_infinite_let_that_is_not_a_feature_map_or_its_cumsum_is_rejected():
@@ -112,7 +113,8 @@ def test_infinite_let_that_is_not_a_feature_map_or_its_cumsum_is_rejected():
                        "A[(f, b), (f2, b2)] = delta(f, f2) * delta(b, b2)\n"
                        "B[(f, b), m] = kf[f] * delta(b, m)\nC[o, (f, b)] = delta(o, b) * kf[f]\n")
     line, column, message = first_error(text)
-    assert (line, column) == (8, 1) and "neither a feature map taylor(a, ...) nor a cumsum of one" in message
+    assert (line, column) == (8, 1)
+    assert "neither a feature map taylor(a, ...) nor a cumsum or decayed scan of one" in message
 
 
 def test_cli_reports_file_line_col_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -171,13 +171,16 @@ def test_custom_ops_pass_opcheck(lse, dtype):
     and autograd registration."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 5, 2, 3, generator=gen).to(DEVICE, dtype) for _ in range(3))
-    if lse:
-        torch.library.opcheck(triton_attention._log_sum_fwd_op, (q, k, 0.5),
-                              test_utils=("test_schema", "test_faketensor"))
-    else:
-        row = torch.randn(1, 5, 2, generator=gen).to(DEVICE)
-        torch.library.opcheck(triton_attention._attention_fwd_op, (q, k, v, row, row.new_empty(0), 0.5),
-                              test_utils=("test_schema", "test_faketensor"))
+    # without and with a decay (the cumulative log-decay G, fp64 [B, S, G])
+    for gdec in (torch.empty(0, dtype=torch.float64, device=DEVICE),
+                 -torch.rand(1, 5, 2, generator=gen, dtype=torch.float64).cumsum(1).to(DEVICE)):
+        if lse:
+            torch.library.opcheck(triton_attention._log_sum_fwd_op, (q, k, gdec, 0.5),
+                                  test_utils=("test_schema", "test_faketensor"))
+        else:
+            row = torch.randn(1, 5, 2, generator=gen).to(DEVICE)
+            torch.library.opcheck(triton_attention._attention_fwd_op, (q, k, v, row, row.new_empty(0), gdec, 0.5),
+                                  test_utils=("test_schema", "test_faketensor"))
 
 
 # -- the generated modules -------------------------------------------------------------------------------------------
