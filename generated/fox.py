@@ -106,7 +106,10 @@ class FoX(nn.Module):
     def reset_parameters(self):
         """Initialise every parameter as the spec says."""
         d, H, K, V = self.d, self.H, self.K, self.V
-        _dev, _dtype = self.W_Q.device, self.W_Q.dtype
+        _dev = self.W_Q.device
+        # the spec's formulas in fp32 at least, then rounded once into the parameter: evaluated in a half dtype
+        # (dtype=torch.bfloat16), RG-LRU's log(1 / sqrt(a2) - 1) cancelled to log(0) = -inf (fp16: 0.37 off)
+        _dtype = torch.promote_types(self.W_Q.dtype, torch.float32)
         try:
             with torch.no_grad():
                 nn.init.uniform_(self.W_Q, -(d**-0.5), d**-0.5)
@@ -118,7 +121,7 @@ class FoX(nn.Module):
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
-                    f"FoX: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()}"
+                    f"FoX: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
 
     def _dims_text(self):
@@ -286,8 +289,14 @@ class FoX(nn.Module):
             return _yo
         # carried running quantities stay in the accumulation dtype, as in the other families (a log kernel sum
         # `eta_prev` above 65504 was inf in fp16, and the next step refused its own state); the cache: u's dtype
-        _final = {k: v.to(_dtype) for k, v in env["_running_final"].items()}
-        _final[_KEYS], _final[_VALUES] = _keys.to(u.dtype), _values.to(u.dtype)
+        # copies, not views of step T of a [B, T, ...] buffer (kept alive with the state, T times its size)
+        _final = {
+            k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in env["_running_final"].items()
+        }
+        # a first call's cache is copied too (a key or value that is the input itself would be a view of the caller's
+        # u); a later call's is new from torch.cat already
+        _new = running0 is None
+        _final[_KEYS], _final[_VALUES] = _keys.to(u.dtype, copy=_new), _values.to(u.dtype, copy=_new)
         return _yo, _final
 
     def _resolve_backend(self, u):
@@ -317,6 +326,10 @@ class FoX(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
         _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)
+        if u.shape[0] == 0 or u.shape[1] == 0:
+            # the lets cannot run on no steps (a prev / window let indexes step -1): an empty input raised
+            # torch's "cannot reshape tensor of 0 elements" or an IndexError
+            return _x.new_zeros((u.shape[0], u.shape[1], d))
         env = self._lets(_x, _dtype, running0)
         _driven = env["u_"]
         return _driven.expand(u.shape[0], u.shape[1], *_driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
