@@ -193,7 +193,7 @@ class FoX(nn.Module):
         running_final[_KEYS] = z
         # the per-step log-decay per group, cumulated in float64 over the cached and current steps (O(T)): the
         # cache's "cache:decay" holds each cached key's decay up to the last step, G_last - G_j, so a step adds
-        # its own log-decay instead of carrying an ever-growing G; the runtime forms G_i - G_j per query block
+        # its own log-decay instead of carrying an ever-growing G; the runtime forms G_i - G_j pair by pair in float64
         _logdecay = (F.logsigmoid(torch.einsum("ztj,ij->zti", u_, W_F))).expand(_B, _T, H).reshape(_B, _T, H)
         _gcum = torch.cumsum(_logdecay.to(torch.float64), 1)
         if running0 is not None:

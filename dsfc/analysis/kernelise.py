@@ -18,7 +18,7 @@ phi(x) . phi(y) = exp(x . y / sqrt(K)). A spec is kernelisable when
 
 Then y_i = qscale_i * sum_(j<=i) exp(x_i . y_j / sqrt(K) + row_i + col_j + G_i - G_j) v_j: quadratic attention
 (decayed: the Forgetting Transformer, ALiBi), every weight formed in log space; the runtime forms G_i - G_j in
-float64 against a per-block reference, so long sequences with |G| large lose nothing to cancellation. Anything
+float64 pair by pair before the cast, so long sequences with |G| large lose nothing to cancellation. Anything
 else is a positioned error naming the part that does not fit.
 """
 
