@@ -235,16 +235,17 @@ def attention_kernels(resources: bool) -> int:
                 ("fp16", "*fp16", "*fp32", tl.float32, 2, "cuda_half", (64, 128))]
     for label, operand, stats, dt, half, tiles, widths in variants:
         for width in widths:
-            for weights in (False, True):
+            for weights in (False, True):  # row / col weights and the FoX decay (fp64 G) together, or none
                 for fn, flags in fns:
                     BM, BN, warps = triton_attention.TILES[tiles][fn.__name__[len("_attn_"):]]
                     consts = dict(K=width, V=width, BM=BM, BN=BN, BK=width, BV=width, HAS_ROW=weights,
-                                  HAS_COL=weights, HALF=half, DTYPE=dt, **flags)
+                                  HAS_COL=weights, HAS_DECAY=weights, HALF=half, DTYPE=dt, **flags)
                     operands = operand_ptrs + (() if flags.get("LSE") else ("y_ptr",))
                     sig = {name: "constexpr" if name in consts else operand if name in operands else
-                           stats if name.endswith("_ptr") else "i32" for name in fn.arg_names}
+                           "*fp64" if name == "g_ptr" else stats if name.endswith("_ptr") else "i32"
+                           for name in fn.arg_names}
                     what = (f"{fn.__name__}{'+LSE' if flags.get('LSE') else ''} {label} K={width} {BM}x{BN}/{warps}w "
-                            f"row/col={weights}")
+                            f"row/col/decay={weights}")
                     failed += compile_and_report(fn, sig, consts, warps, what, resources, aligned=True)
     print("ok attention kernels" if not failed else f"{failed} attention kernel(s) failed")
     return failed
