@@ -128,6 +128,7 @@ def _abs(a: Interval) -> Interval:
 # The largest expression (sp.count_ops) the prover inlines lets into and simplifies: a normalised key's |k|^2 is
 # ~20 ops; simplifying RWKV-6's low-rank decay projections (hundreds) took minutes per compile.
 INLINE_MAX_OPS = 120
+INLINE_MAX_DEPTH = 1
 
 
 class IntervalProver:
@@ -141,6 +142,7 @@ class IntervalProver:
         self._normalised: dict[str, int | None] = {}
         self._unit: set[sp.Symbol] = set()  # stand-ins i / extent for index symbols: in [0, 1)
         self._sums: dict[sp.Sum, Interval] = {}
+        self._depth = 0  # how many inlined readings enclose the range being computed
 
     def of_name(self, name: str, base) -> Interval:
         if name in self._cache:
@@ -344,9 +346,16 @@ class IntervalProver:
                     continue
                 rest = sp.Mul(*[g for g in factors if g is not f])
                 iv = _intersect(iv, _mul(self.range(rest), self.range(sp.Sum(f, *e.limits))))
-        inlined = self._inlined(e)
+        # one level of inlining per nesting, at most INLINE_MAX_DEPTH deep: each level's simplify is costly, and
+        # unbounded, a chain of feature-map lets (Hedgehog: eta over qf over qp over q) took minutes per compile
+        inlined = self._inlined(e) if self._depth < INLINE_MAX_DEPTH else None
         if inlined is not None:
-            better = _intersect(iv, self.range(inlined))
+            self._depth += 1
+            try:
+                inlined_iv = self.range(inlined)
+            finally:
+                self._depth -= 1
+            better = _intersect(iv, inlined_iv)
             if better != iv:
                 self.reasons.append(f"{spec_str(e)} = {spec_str(inlined)} in {better} (its lets inlined)")
             iv = better

@@ -567,6 +567,17 @@ def _log_decay(sym, decay):
     return None if decay == 1 else log_of(decay, sym)
 
 
+_PROVER: list = []  # [(sym, its IntervalProver)]: the spec being planned
+
+
+def _prover(sym) -> IntervalProver:
+    """One interval prover per spec for the plan's decay-sign questions: plan_module asks about a dozen, and each
+    fresh prover re-derived the same let ranges (a second each for a chain of feature-map lets)."""
+    if not _PROVER or _PROVER[0][0] is not sym:
+        _PROVER[:] = [(sym, IntervalProver(sym))]
+    return _PROVER[0][1]
+
+
 def _signed_decay(sym, st) -> bool:
     """The log-space scans (chunked outer product, delta rule) take log(decay): True when the decay is not exp(...)
     and the interval prover cannot show it >= 0 (tanh(...), a learned factor), so the generated code scans |decay|
@@ -574,7 +585,7 @@ def _signed_decay(sym, st) -> bool:
     decay = st.delta.decay if st.delta else st.a.decay
     if decay == 1 or exact_log(decay, sym) is not None:  # exp(...), sigmoid(...), products of those: positive
         return False
-    return IntervalProver(sym).range(decay).lo < 0
+    return _prover(sym).range(decay).lo < 0
 
 
 def _zero_decay(sym, st) -> bool:
@@ -583,7 +594,7 @@ def _zero_decay(sym, st) -> bool:
     decay = st.delta.decay if st.delta else st.a.decay
     if decay == 1 or exact_log(decay, sym) is not None or _signed_decay(sym, st):
         return False
-    iv = IntervalProver(sym).range(decay)
+    iv = _prover(sym).range(decay)
     return iv.lo == 0 and not iv.lo_open
 
 
