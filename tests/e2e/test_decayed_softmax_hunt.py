@@ -9,6 +9,10 @@ Findings:
    case for a number (its callers treat bare numbers). Fix: the let's value goes through ``_log_term`` (log c for a
    positive constant, None for a negative one), as a constant factor of a product already did. Generated code of
    specs/ is unchanged.
+2. A cache without 'cache:decay' (a plain softmax attention cache handed to the FoX model, or the entry dropped) was
+   refused with "state['cache:decay'] must be a floating-point tensor, got NoneType". Cause:
+   ``runtime.checks.check_kv_cache`` checked presence only for 'cache:keys' and 'cache:values'. Fix: every cache
+   entry the model wants is checked for presence, so the message says the dict lacks 'cache:decay'.
 
 Checked clean (torch; Triton interpreted where noted in the hunt, not all repeated here): gates exp(-softplus(x)),
 sigmoid of a let, a product of two gates, 1 - sigmoid, a per-head param gate from the param initialiser
@@ -111,3 +115,15 @@ def triton_interpret():
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1 (set before triton is imported)")
+
+
+def test_a_cache_without_the_decay_entry_is_named_missing():
+    built = compile_and_build(FOX, DIMS, path="fox.dsf")
+    m = built.model
+    u = torch.randn(2, 3, 5, dtype=F64)
+    _, cache = m(u, output_final_state=True)
+    plain = {k: v for k, v in cache.items() if k != "cache:decay"}
+    with pytest.raises(ValueError, match=r"FoX: the KV cache dict lacks 'cache:decay' \(it has \["):
+        m(u, initial_state=plain)
+    with pytest.raises(ValueError, match="lacks 'cache:decay'"):
+        m.step(u[:, 0], plain)
