@@ -113,7 +113,10 @@ def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch
             f"{model}: the state is a KV cache dict with 'cache:keys' and 'cache:values' (as returned "
             f"with output_final_state=True), not a {type(state).__name__}: the state of this model is infinite"
         )
-    missing = [k for k in (CACHE_KEYS, CACHE_VALUES) if k not in state]
+    # every entry of want, not only keys and values: a plain softmax cache handed to a decayed (FoX) model lacks
+    # 'cache:decay' and was refused as "must be a floating-point tensor, got NoneType"
+    missing = [k for k in (CACHE_KEYS, CACHE_VALUES, *want) if k not in state]
+    missing = list(dict.fromkeys(missing))
     if missing:
         raise ValueError(
             f"{model}: the KV cache dict lacks {', '.join(map(repr, missing))} (it has {sorted(map(str, state))}); "
