@@ -247,3 +247,18 @@ def check_new_spec(text: str, family, dims: dict[str, int], name: str) -> None:
     check_backend(built, "reference", ((2, 5),), steps=False, h0s=(True,))
     if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
+
+
+def check_small_chunks(built, shapes=((3, 9),), chunk: int = 3) -> None:
+    """For the chunked families: ``built.model``'s torch path with the generated module's chunked scans patched to
+    ``chunk`` steps (T = 9 crosses chunk boundaries, with a partial last chunk) against the reference."""
+    import functools
+    import sys
+
+    from dsfc.runtime import scans
+
+    module = sys.modules[type(built.model).__module__]
+    for fn in ("chunked_outer_scan", "chunked_delta_scan"):
+        if hasattr(module, fn):
+            setattr(module, fn, functools.partial(getattr(scans, fn), chunk=chunk))
+    check_backend(built, "torch", shapes, steps=False)

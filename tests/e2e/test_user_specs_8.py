@@ -30,14 +30,12 @@ and the Triton path (interpreted on CPU).
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import functools  # noqa: E402
 import importlib.util  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import check_backend, compile_and_build  # noqa: E402
+from dsf_testing import check_backend, check_small_chunks, compile_and_build  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 from dsfc.reference import reference_forward  # noqa: E402
@@ -555,13 +553,7 @@ def test_new_spec_matches_the_reference(name):
     if TRITON:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
     if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
-        from dsfc.runtime import scans
-
-        module = sys.modules[type(built.model).__module__]
-        for fn in ("chunked_outer_scan", "chunked_delta_scan"):
-            if hasattr(module, fn):
-                setattr(module, fn, functools.partial(getattr(scans, fn), chunk=3))
-        check_backend(built, "torch", ((3, 9),), steps=False)
+        check_small_chunks(built)
 
 
 SUM_QUERIES = ["(qx[h, a] + qp[h, a]) / 2", "(qx[h, a] + 1)", "(qx[h, a] - qp[h, a]) / 2", "qp[h, a]"]

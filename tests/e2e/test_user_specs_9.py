@@ -34,15 +34,14 @@ chunked families also with chunks of 3 steps. Softmax attention (a KV cache, no 
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import functools  # noqa: E402
 import importlib.util  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import F64, check_backend, compile_and_build, grads_of, rel_err, run_steps  # noqa: E402
+from dsf_testing import (F64, check_backend, check_small_chunks, compile_and_build, grads_of, rel_err,  # noqa: E402
+                         run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
@@ -570,8 +569,8 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_new_spec_matches_the_reference(name):
-    """torch (forward at T = 1, 7 and batch 1, 3, step, gradients; T = 0 at batch 3) and Triton from an initial state, and for the
-    chunked families the torch path with chunks of 3 steps (T = 9 crosses chunk boundaries)."""
+    """torch (forward at T = 1, 7 and batch 1, 3, step, gradients; T = 0 at batch 3) and Triton from an initial
+    state, and for the chunked families the torch path with chunks of 3 steps (T = 9 crosses chunk boundaries)."""
     text, family = CASES[name]
     built = compile_and_build(text, path=f"{name}.dsf")
     assert built.result.structure.family == family, built.result.structure.family_reason
@@ -580,13 +579,7 @@ def test_new_spec_matches_the_reference(name):
     if TRITON:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
     if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
-        from dsfc.runtime import scans
-
-        module = sys.modules[type(built.model).__module__]
-        for fn in ("chunked_outer_scan", "chunked_delta_scan"):
-            if hasattr(module, fn):
-                setattr(module, fn, functools.partial(getattr(scans, fn), chunk=3))
-        check_backend(built, "torch", ((3, 9),), steps=False)
+        check_small_chunks(built)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
