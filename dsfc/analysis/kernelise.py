@@ -138,6 +138,11 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
         _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
               "and C contracting the feature index (the kernelised form); this spec does not have that form",
               sym.matrices["A"].span)
+    if None in outer.out_map:
+        _fail(sym, "the kernelised form needs every output axis to be one of the state's group or value axes; "
+              "an output axis the state lacks (broadcast by C) is not supported here", m_c.span,
+              hint="drop the extra output axis and add it in a post-op: "
+                   "post y2[h: H, w: Z, b: V] = y[h, b] * delta(w, 0)")
     fax = [k for k, ax in enumerate(sym.state.axes) if is_infinite_range(ax.extent)]
     if list(outer.key_axes) != fax:
         _fail(sym, "C must contract exactly the infinite feature axis of the state", m_c.span)

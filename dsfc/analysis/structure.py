@@ -46,7 +46,9 @@ class OuterSplit:
     key: sp.Expr
     value: sp.Expr
     query: sp.Expr
-    out_map: tuple[int, ...]  # output axis k <-> state axis out_map[k]
+    # output axis k <-> state axis out_map[k]; None: an output axis that indexes no state axis (y[h, z, b] with
+    # delta(z, 0) in C), along which y is the gate times the state's readout, broadcast
+    out_map: tuple[int | None, ...]
     # a factor of C over the output (group and value) axes only, no key axis: y[g,v] = gate[g,v] * sum_k q h, applied
     # after the scan (Mamba's silu(z) written into C); 1 when C has none
     gate: sp.Expr = sp.Integer(1)
@@ -227,7 +229,7 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
         return None
     h = hs[0]
     query = sp.Mul(*[f for f in factors(ch) if f is not h])
-    out_map: dict[int, int] = {}
+    out_map: dict[int, int | None] = {}
     key_axes = []
     for k, s in enumerate(h.indices):
         if s in readout.out_syms:
@@ -236,12 +238,24 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
             key_axes.append(k)
         else:
             return None
-    if len(out_map) != len(readout.out_syms) or not key_axes or sorted(out_map) != list(range(len(readout.out_syms))):
+    if not key_axes or len(out_map) != len(set(out_map.values())):
         return None
     kept = sorted(out_map.values())
+    # output axes the state lacks: C's factors along them (delta(z, 0), a weight w[h, z]) must be free of the
+    # contracted axes, so they join the gate (over the outputs) and y is the readout broadcast along them
+    bcast = {s for s in readout.out_syms if s not in h.indices}
+    for j, s in enumerate(readout.out_syms):
+        if s in bcast:
+            out_map[j] = None
+    bcast_fs = [f for f in factors(query) if f.free_symbols & bcast]
+    # (an extra axis named like a state axis would be renamed with the state's symbols below: not split)
+    if any(f.free_symbols & set(summed) for f in bcast_fs) or bcast & set(rows):
+        return None
+    query = sp.Mul(*[f for f in factors(query) if not any(f is g for g in bcast_fs)])
     # rename the readout's symbols to the state row symbols
     ren = {h.indices[k]: rows[k] for k in range(len(rows))}
     query = query.subs(ren, simultaneous=True)
+    bcast_gate = sp.Mul(*bcast_fs).subs(ren, simultaneous=True)
     bu_f = factors(bu)
     key_syms = {rows[k] for k in key_axes}
     key = sp.Mul(*[f for f in bu_f if f.free_symbols & key_syms])
@@ -269,7 +283,7 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     if (query.free_symbols | key.free_symbols) & set(summed) - key_syms:
         return None
     return OuterSplit(tuple(group), tuple(key_axes), tuple(value_axes), key, value, query,
-                      tuple(out_map[k] for k in range(len(out_map))), gate)
+                      tuple(out_map[k] for k in range(len(out_map))), gate * bcast_gate)
 
 
 def _one_contraction(ch: sp.Expr, base) -> sp.Expr:

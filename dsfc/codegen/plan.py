@@ -706,12 +706,19 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     ]
     # y: [B, T, G, V] in (G, V) order; the output axes map to state axes through out_map
     gv_order = G + V
-    out_perm = [0, 1] + [2 + gv_order.index(o.out_map[k]) for k in range(len(out_syms))]
+    mapped = [k for k in range(len(out_syms)) if o.out_map[k] is not None]
+    out_perm = [0, 1] + [2 + gv_order.index(o.out_map[k]) for k in mapped]
     lines.append(f"_y = _y.reshape(_B, _T, {', '.join(sz[k] for k in gv_order)})"
                  + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
+    if len(mapped) < len(out_syms):
+        # output axes the state lacks: a size-1 axis each, broadcast by C's factor along them (the gate)
+        index = ", ".join(":" if o.out_map[k] is not None else "None" for k in range(len(out_syms)))
+        lines.append(f"_y = _y[:, :, {index}]")
     if o.gate != 1:
-        gate = o.gate.subs({rows[o.out_map[k]]: out_syms[k] for k in range(len(out_syms))}, simultaneous=True)
+        gate = o.gate.subs({rows[o.out_map[k]]: out_syms[k] for k in mapped}, simultaneous=True)
         lines.append(f"_y = _y * {pr.print(gate, out_syms, out_sizes)}  # C's factor over the outputs alone")
+    if len(mapped) < len(out_syms):
+        lines.append(f"_y = _y.expand(_B, _T, {', '.join(out_sizes[s] for s in out_syms)}).contiguous()")
     if st.readout.du != 0:
         lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
     return lines
@@ -935,7 +942,8 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
     pr.infinite = None
     posts = _post_plans(sym, pr, sizes, logsub)
     layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
-    if list(st.outer.out_map) != sorted(st.outer.out_map) or len(sym.output.axes) != len(gv):
+    if None in st.outer.out_map or list(st.outer.out_map) != sorted(st.outer.out_map) \
+            or len(sym.output.axes) != len(gv):
         raise SpecErrors([SpecError("the kernelised form needs the output axes to be the state's group and value "
                                     "axes, in order", sym.matrices["C"].span)],
                          sym.checked.spec.path, sym.checked.spec.source)
