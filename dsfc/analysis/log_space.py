@@ -5,8 +5,9 @@ The log-space scans (chunked outer product, delta rule) take log(decay). Printin
 ``z < -87`` (fp32), the log is then ``-inf`` and its backward ``(1 / alpha) * alpha' = inf * 0`` is NaN. RWKV-6's
 ``w = exp(-exp(x))`` gets there at ``x > 4.5``, ``1 - sigmoid(z)`` (rounded to 0) at ``z > 17``. ``log_of`` looks
 through the decay's definition (lets included) and returns the exponent itself: ``log(exp(z)) = z``,
-``log(sigmoid(z)) = logsigmoid(z)``, ``log(1 - sigmoid(z)) = logsigmoid(-z)``, ``log(x^p) = p log(x)``, the log of a
-product of positive factors is the sum of their logs, and ``log(min(a, b)) = min(log(a), log(b))`` (max likewise).
+``log(sigmoid(z)) = logsigmoid(z)``, ``log(1 - sigmoid(z)) = logsigmoid(-z)``, ``log(x^p) = p log(x)``
+(x a positive constant too), the log of a product of positive factors is the sum of their logs, and
+``log(min(a, b)) = min(log(a), log(b))`` (max likewise).
 
 ``complements`` uses the same exact logs for ``1 - P``: RG-LRU's input scale ``sqrt(1 - a^2)`` with
 ``a = exp(-8 r softplus(L))`` is 0 in fp32 once ``a`` rounds to 1 (a closed gate, ``r < 1e-8``), where the true
@@ -49,8 +50,11 @@ def exact_log(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr | None:
         if complement is not None:  # 1 - sigmoid(z) = sigmoid(-z): fp32 rounds it to 0 from z ~ 17 on
             return LogSigmoid(-complement)
         return _log_positive_sum(expr.args, sym)
-    if isinstance(expr, sp.Pow) and expr.exp.is_real:
-        inner = exact_log(expr.base, sym)  # found only for a positive base (exp, sigmoid): x^p is then real
+    if isinstance(expr, sp.Pow) and (expr.exp.is_real or expr.base.is_positive):
+        # found only for a positive base (exp, sigmoid, a positive constant): x^p is then real. A constant base with
+        # a varying exponent, 2 ^ (-softplus(z)), is p log 2: its log(2^p) underflowed to log(0) = -inf in fp32
+        # once p < -149, and the decay's backward was NaN
+        inner = _log_term(expr.base, sym)
         return None if inner is None else expr.exp * inner
     if isinstance(expr, sp.Mul):
         share = share_parts(expr, sym)

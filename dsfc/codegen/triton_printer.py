@@ -18,6 +18,8 @@ that the template defines (``_softplus``: ``tl.where(x > 20, x, tl.log(1 + tl.ex
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.printer import Printer
@@ -66,6 +68,16 @@ class TritonPrinter(Printer):
         self.dims = dims
         self.dtype = dtype
         self.helpers: set[str] = set()  # the template helpers the printed code calls
+
+    def _print(self, expr, **kwargs):
+        # a constant that is not a plain number (log(10) from a power 10 ^ x, sqrt(2), exp(-3)) prints as its float
+        # value: tl.log(10) of an integer literal is an int32 tensor, which tl.log refuses (the interpreter raised
+        # "numpy data itemsize (64 bits) exceeds ... int32" for a decay 1 - 10 ^ (-1 - s))
+        if isinstance(expr, sp.Expr) and not expr.is_Atom and expr.is_number and expr.is_real:
+            value = float(expr)
+            if math.isfinite(value):
+                return repr(value)
+        return super()._print(expr, **kwargs)
 
     # -- strictness ----------------------------------------------------------------------------------------------
     def emptyPrinter(self, expr):
@@ -216,8 +228,11 @@ class TritonPrinter(Printer):
             return f"tl.sqrt({self._print(base)})"
         if ex == -sp.Rational(1, 2):
             return f"tl.rsqrt({self._print(base)})"
-        # a real power of a (presumed positive) base
-        return f"tl.exp({self._paren(ex, PRECEDENCE['Mul'])} * tl.log({self._print(base)}))"
+        # a real power of a (presumed positive) base; a constant base's log is a float constant (tl.log of the
+        # integer literal 10 is an int32 tensor, which tl.log refuses)
+        log_base = (repr(math.log(float(base))) if base.is_number and base.is_positive
+                    else f"tl.log({self._print(base)})")
+        return f"tl.exp({self._paren(ex, PRECEDENCE['Mul'])} * {log_base})"
 
     def _print_Function(self, e):
         name = type(e).__name__

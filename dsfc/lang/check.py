@@ -737,7 +737,13 @@ class _Checker:
         for s in stmts:
             if isinstance(s, ast.TensorDecl):
                 if s.kind in tensors:
-                    self.err(f"only one {s.kind} may be declared (first at line {tensors[s.kind].span.line})", s.span)
+                    # a researcher with two state tensors (RWKV-4's num / den, mLSTM's C and n) needs to know the
+                    # DSF form: one state vector, the two stacked along an axis of their own
+                    first = tensors[s.kind]
+                    hint = (f"stack them along an axis of one state, e.g. state {first.name}[s: 2, ...] with "
+                            f"delta(s, s2) in A and delta(s, 0), delta(s, 1) picking each part in B and C"
+                            if s.kind == "state" else None)
+                    self.err(f"only one {s.kind} may be declared (first at line {first.span.line})", s.span, hint=hint)
                     if s.name not in self.tensors:
                         self.broken.add(s.name)
                     continue
