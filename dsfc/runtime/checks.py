@@ -143,23 +143,58 @@ def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch
     return {k: v for k, v in state.items() if k not in want}
 
 
+def split_state_dict(model: str, state: Mapping, running: Tuple[str, ...]):
+    """A state dict of a spec with running quantities (or ``{"h": h}`` of one without) -> ``(h, running0)``.
+
+    ``"h"`` is required: a dict without it (``step(u_t, {})``, or ``{"xs": xs}`` alone) started h from zero
+    without a word; ``state=None`` is the way to start from zero. The running entries are checked by
+    ``check_running_state`` (all of them or none).
+
+    Raises:
+        ValueError naming unknown keys or the missing ``"h"``; TypeError when ``state["h"]`` is not a float tensor.
+    """
+    # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
+    known = ["h", *running]
+    unknown = sorted(str(k) for k in state if k not in known)
+    if unknown:  # a typo would otherwise start that quantity from zero without a word
+        raise ValueError(f"{model}: unknown initial_state key(s) {unknown}; expected keys {known}")
+    if "h" not in state:
+        raise ValueError(
+            f"{model}: the state dict lacks 'h' (it has {sorted(map(str, state))}); pass the state that "
+            "forward(..., output_final_state=True) or step returned, or None to start from zero"
+        )
+    _check_float_tensor(model, "initial_state['h']", state["h"])  # {"h": None} silently started from zero
+    return state["h"], {k: v for k, v in state.items() if k != "h"}
+
+
 def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[int, ...]], device: torch.device,
                         check_finite: bool) -> None:
     """Check the carried running quantities of a state dict (cumsum / scan / window lets carried with the state).
 
     Args:
         model: the model's name, which starts every message.
-        running0: the caller's running quantities, let name -> tensor.
+        running0: the caller's running quantities, let name -> tensor (not empty: all of ``want``).
         want: let name -> its full shape ``(batch, *axes of the let)``.
         device: that of the input ``u``.
         check_finite: the module's ``check_finite`` flag.
 
     Raises:
-        ValueError / TypeError naming the key: unknown keys, a non-float value, a wrong shape, another device, NaN.
+        ValueError / TypeError naming the key: unknown or missing keys, a non-float value, a wrong shape, another
+        device, NaN.
     """
     unknown = sorted(str(k) for k in running0 if k not in want)
     if unknown:
         raise ValueError(f"{model}: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
+    # all or none: none is the state of an empty first call (each quantity then starts as at t = 0); a state with
+    # some of them was never returned by the module, and the missing one silently restarted (a conv window zeroed)
+    missing = [k for k in want if k not in running0]
+    if missing:
+        raise ValueError(
+            f"{model}: the state dict lacks the running entr{'y' if len(missing) == 1 else 'ies'} "
+            f"{', '.join(map(repr, missing))} (it has {sorted(map(str, running0))} of {list(want)}); pass the state "
+            "forward(..., output_final_state=True) or step returned (with all of them, or none: they then start as "
+            "at t = 0)"
+        )
     for key, value in running0.items():
         _check_float_tensor(model, f"initial_state[{key!r}]", value)
         if tuple(value.shape) != want[key]:
