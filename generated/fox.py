@@ -41,6 +41,7 @@ from dsfc.runtime.checks import (
     empty_output,
     step_state_errors,
 )
+from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
@@ -353,6 +354,19 @@ class FoX(nn.Module):
             A, B, C, D = self.dsf_matrices(u.new_zeros((_B, 1, u.shape[-1])))
             return A[:, :0, :0, :0], B[:, :0, :0], C[:, :0, :, :0], D[:, :0]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "FoX.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (H * _T * V, H * _T * V),
+                "B": (H * _T * V, d),
+                "C": (H * V, H * _T * V),
+                "D": (H * V, d),
+            },
+            _dtype,
+        )
         u_ = u.to(_dtype).reshape(_B, _T, d)
         env = self._lets(u_, _dtype)
         _dev = env["_dev"]

@@ -45,9 +45,11 @@ from dsfc.runtime.checks import (
     check_running_state,
     check_subscript,
     empty_output,
+    split_state_dict,
     step_state_errors,
     values_hidden,
 )
+from dsfc.runtime.kernel_form import check_dense_matrices
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -341,14 +343,8 @@ class MLSTM(nn.Module):
         quantities are carried with the recurrent state).
         """
         running0 = None
-        if isinstance(initial_state, dict):
-            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
-            known = ["h", "n"]
-            unknown = sorted(str(k) for k in initial_state if k not in known)
-            if unknown:  # a typo would otherwise start that quantity from zero without a word
-                raise ValueError(f"MLSTM: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
-            running0 = {k: v for k, v in initial_state.items() if k != "h"}
-            initial_state = initial_state.get("h")
+        if isinstance(initial_state, dict):  # "h" required, running entries all or none
+            initial_state, running0 = split_state_dict("MLSTM", initial_state, ("n",))
         self._check_input(u, initial_state, running0)
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B, _T = u.shape[0], u.shape[1]
@@ -495,6 +491,19 @@ class MLSTM(nn.Module):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "MLSTM.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (H * DH * DH, H * DH * DH),
+                "B": (H * DH * DH, E),
+                "C": (H * DH, H * DH * DH),
+                "D": (H * DH, E),
+            },
+            _dtype,
+        )
         if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
             return (
                 torch.zeros((_B, 0, H * DH * DH, H * DH * DH), device=u.device, dtype=_dtype),  # A

@@ -40,7 +40,15 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors, values_hidden
+from dsfc.runtime.checks import (
+    check_finite_input,
+    check_running_state,
+    empty_output,
+    split_state_dict,
+    step_state_errors,
+    values_hidden,
+)
+from dsfc.runtime.kernel_form import check_dense_matrices
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -235,16 +243,8 @@ class NormalizedAttentionExpRelu(nn.Module):
         quantities are carried with the recurrent state).
         """
         running0 = None
-        if isinstance(initial_state, dict):
-            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
-            known = ["h", "r_prev"]
-            unknown = sorted(str(k) for k in initial_state if k not in known)
-            if unknown:  # a typo would otherwise start that quantity from zero without a word
-                raise ValueError(
-                    f"NormalizedAttentionExpRelu: unknown initial_state key(s) {unknown}; expected keys {list(known)}"
-                )
-            running0 = {k: v for k, v in initial_state.items() if k != "h"}
-            initial_state = initial_state.get("h")
+        if isinstance(initial_state, dict):  # "h" required, running entries all or none
+            initial_state, running0 = split_state_dict("NormalizedAttentionExpRelu", initial_state, ("r_prev",))
         self._check_input(u, initial_state, running0)
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
@@ -393,6 +393,19 @@ class NormalizedAttentionExpRelu(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "NormalizedAttentionExpRelu.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (H * K * V, H * K * V),
+                "B": (H * K * V, d),
+                "C": (H * V, H * K * V),
+                "D": (H * V, d),
+            },
+            _dtype,
+        )
         if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
             return (
                 torch.zeros((_B, 0, H * K * V, H * K * V), device=u.device, dtype=_dtype),  # A

@@ -41,7 +41,15 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors, values_hidden
+from dsfc.runtime.checks import (
+    check_finite_input,
+    check_running_state,
+    empty_output,
+    split_state_dict,
+    step_state_errors,
+    values_hidden,
+)
+from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.features import taylor_dim, taylor_features
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -229,16 +237,15 @@ class TaylorAttention(nn.Module):
         quantities are carried with the recurrent state).
         """
         running0 = None
-        if isinstance(initial_state, dict):
-            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
-            known = ["h", "z", "eta_prev"]
-            unknown = sorted(str(k) for k in initial_state if k not in known)
-            if unknown:  # a typo would otherwise start that quantity from zero without a word
-                raise ValueError(
-                    f"TaylorAttention: unknown initial_state key(s) {unknown}; expected keys {list(known)}"
-                )
-            running0 = {k: v for k, v in initial_state.items() if k != "h"}
-            initial_state = initial_state.get("h")
+        if isinstance(initial_state, dict):  # "h" required, running entries all or none
+            initial_state, running0 = split_state_dict(
+                "TaylorAttention",
+                initial_state,
+                (
+                    "z",
+                    "eta_prev",
+                ),
+            )
         self._check_input(u, initial_state, running0)
         d, H, K, V, p = self.d, self.H, self.K, self.V, self.p
         _B, _T = u.shape[0], u.shape[1]
@@ -372,6 +379,19 @@ class TaylorAttention(nn.Module):
         d, H, K, V, p = self.d, self.H, self.K, self.V, self.p
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "TaylorAttention.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (H * taylor_dim(K, p) * V, H * taylor_dim(K, p) * V),
+                "B": (H * taylor_dim(K, p) * V, d),
+                "C": (H * V, H * taylor_dim(K, p) * V),
+                "D": (H * V, d),
+            },
+            _dtype,
+        )
         if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
             return (
                 torch.zeros(
