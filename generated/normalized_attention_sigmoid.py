@@ -42,7 +42,9 @@ from dsfc.runtime import (
 )
 from dsfc.runtime.checks import (
     check_finite_input,
+    check_float_tensor,
     check_running_state,
+    check_tensor_kind,
     empty_output,
     split_state_dict,
     step_state_errors,
@@ -141,6 +143,7 @@ class NormalizedAttentionSigmoid(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V
+        check_tensor_kind("NormalizedAttentionSigmoid", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(
@@ -158,9 +161,7 @@ class NormalizedAttentionSigmoid(nn.Module):
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
-            if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
-                got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
-                raise TypeError(f"NormalizedAttentionSigmoid: initial_state must be a floating-point tensor, got {got}")
+            check_float_tensor("NormalizedAttentionSigmoid", "initial_state", initial_state)
             if initial_state.device != u.device:  # was torch's device mismatch deep in the scan (or .item() on meta)
                 raise ValueError(
                     f"NormalizedAttentionSigmoid: initial_state is on {initial_state.device} but u is on {u.device}; "
@@ -370,6 +371,7 @@ class NormalizedAttentionSigmoid(nn.Module):
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, d]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        check_tensor_kind("NormalizedAttentionSigmoid.step", "u_t", u_t)  # sparse / nested: before indexing it
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(

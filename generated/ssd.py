@@ -42,7 +42,9 @@ from dsfc.runtime import (
 )
 from dsfc.runtime.checks import (
     check_finite_input,
+    check_float_tensor,
     check_subscript,
+    check_tensor_kind,
     empty_output,
     split_state_dict,
     step_state_errors,
@@ -154,6 +156,7 @@ class SSD(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        check_tensor_kind("SSD", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != H * P:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"SSD: expected u of shape [batch, time, {self._in_features()}], got {shape}")
@@ -171,9 +174,7 @@ class SSD(nn.Module):
                 f"SSD: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"
             )
         if initial_state is not None:
-            if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
-                got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
-                raise TypeError(f"SSD: initial_state must be a floating-point tensor, got {got}")
+            check_float_tensor("SSD", "initial_state", initial_state)
             if initial_state.device != u.device:  # was torch's device mismatch deep in the scan (or .item() on meta)
                 raise ValueError(
                     f"SSD: initial_state is on {initial_state.device} but u is on {u.device}; "
@@ -349,6 +350,7 @@ class SSD(nn.Module):
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, H * P]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        check_tensor_kind("SSD.step", "u_t", u_t)  # sparse / nested: before indexing it
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(f"SSD.step: expected u_t of shape [batch, {self._in_features()}], got {shape}")

@@ -47,10 +47,44 @@ def _is_finite(value: torch.Tensor, check_finite: bool) -> bool:
     return bool(torch.isfinite(value).all())
 
 
-def _check_float_tensor(model: str, label: str, value) -> None:
+# the float dtypes the modules compute in (fp16 / bf16 accumulate in fp32); float8 is a floating point dtype too, but
+# torch has no CPU sum for it: it failed with '"sum_cpu" not implemented for Float8_e4m3fn' in the NaN check
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor_kind(model: str, label: str, value) -> None:
+    """A tensor argument the modules can compute with: dense (strided) and, if floating point, of a compute dtype.
+
+    A nested tensor (a ragged batch, what a new user reaches for with sequences of different lengths) failed with
+    torch's "Internal error: NestedTensorImpl doesn't support sizes. Please file an issue", a sparse one with
+    "reshape is not implemented for sparse tensors" (u) or "Could not run 'aten::ne.Scalar' ... 'SparseCPU'" (a
+    state). Non-tensors and other dtypes are left to the callers' own checks, which name them.
+    """
+    if not isinstance(value, torch.Tensor):
+        return
+    if value.is_nested:
+        raise ValueError(
+            f"{model}: {label} is a nested tensor; the modules take one padded [batch, time, ...] tensor: pad the "
+            "sequences to one length, or run them one at a time"
+        )
+    if value.layout != torch.strided:
+        raise ValueError(f"{model}: {label} has layout {value.layout}; pass a dense tensor ({label}.to_dense())")
+    if value.is_floating_point() and value.dtype not in COMPUTE_DTYPES:
+        raise TypeError(
+            f"{model}: {label} has dtype {value.dtype}, which the modules do not compute in; cast it to float32, "
+            "bfloat16, float16 or float64"
+        )
+
+
+def check_float_tensor(model: str, label: str, value) -> None:
+    """A state entry: a dense tensor of a compute float dtype (TypeError / ValueError naming ``label``)."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
         raise TypeError(f"{model}: {label} must be a floating-point tensor, got {got}")
+    check_tensor_kind(model, label, value)
+
+
+_check_float_tensor = check_float_tensor  # the name the checks below use
 
 
 def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> None:
