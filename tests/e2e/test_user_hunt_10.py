@@ -37,6 +37,10 @@ Found and fixed:
   ``dsfc.runtime.checks`` and ``dsfc.runtime.kernel_form`` are now reserved as a set (``_RESERVED`` in
   ``dsfc/codegen/plan.py``), so the next helper is too.
 
+- ``dsfc analyze /dev/zero`` (or /dev/urandom, or a multi-GB file given by mistake) read the path whole: until the
+  machine ran out of memory (23 GB here, shared), then "out of memory; use smaller sizes". A spec is read up to
+  ``dsfc.lang.parse.MAX_SPEC_BYTES`` (4 MiB) and refused above it.
+
 Checked clean (no change): BOM / CRLF / lone-CR / tab / no-trailing-newline specs compile to the same module and
 report errors at the right line and column; non-UTF-8 bytes are positioned; empty and whitespace-only specs say
 "empty spec"; keyword and digit spec names get importable module names; two specs of one module name and the same
@@ -300,3 +304,33 @@ def test_spec_names_equal_to_a_runtime_helper_or_class_attribute_compile_and_che
     text = re.sub(rf"\b{old}\b", new, (SPECS / "s6.dsf").read_text())
     rep = run_check(compile_text(text, "renamed.dsf"), triton=False)
     assert rep.ok, rep.table()
+
+
+# -- 6. a spec path that is not a small file ------------------------------------------------------------------------
+
+
+def test_a_spec_larger_than_the_limit_is_refused_without_reading_it_whole(tmp_path, capsys):
+    """A large file was read whole. At most MAX_SPEC_BYTES + 1 bytes are read now."""
+    from dsfc.lang.parse import MAX_SPEC_BYTES
+
+    path = tmp_path / "big.dsf"
+    path.write_bytes(b"# " + b"x" * MAX_SPEC_BYTES + b"\n")
+    assert main(["analyze", str(path)]) == 2
+    assert f"{path}: error: cannot read spec: it is larger than 4 MiB" in capsys.readouterr().err
+
+
+def test_dev_zero_as_a_spec_is_refused_not_read_until_memory_runs_out():
+    """``dsfc analyze /dev/zero`` read until the machine ran out of memory (then "out of memory; use smaller sizes").
+    Run in a process limited to 2 GiB of address space and 120 s, so a regression fails here instead of taking the
+    machine's memory."""
+    import resource
+    import subprocess
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "dsfc", "analyze", "/dev/zero"], capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit, env=env, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "/dev/zero: error: cannot read spec: it is larger than 4 MiB" in proc.stderr
