@@ -247,6 +247,7 @@ def test_sparse_and_float8_tensors_are_refused_naming_the_argument(name, dims, k
             m.step(u[:, 0], bad)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
 @pytest.mark.parametrize("layout", [torch.strided, torch.jagged])
 def test_a_nested_tensor_batch_is_refused_with_what_to_do(layout):
     m = generated_class("s6")(d=3, n=2, r=1)
