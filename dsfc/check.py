@@ -266,11 +266,14 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
             f"{sym.model}: the parameters hold {n_params:.3g} numbers at the check dims {dims} (more than "
             f"{MAX_CHECK_ELEMENTS:.3g}); {too_big}")
     n_state = sym.state_size().subs({sym.dims[k]: v for k, v in sym.dim_values(dims).items() if k in sym.dims})
-    if n_state.is_Integer and int(n_state) ** 2 > MAX_CHECK_ELEMENTS:  # (an infinite state is never dense)
+    # the reference and dsf_matrices build A_t for every step of a check shape at once: N^2 alone let
+    # `--dims d=700` (S6, N = 11200) through to a 13 GiB allocation (B = 2, T = 7)
+    steps = max((b * t for b, t in shapes), default=1)
+    if n_state.is_Integer and int(n_state) ** 2 * steps > MAX_CHECK_ELEMENTS:  # (an infinite state is never dense)
         raise CheckSizeError(
             f"{sym.model}: the state has N = {int(n_state)} entries at the check dims {dims}, and the reference builds "
-            f"the dense N x N matrix A_t ({int(n_state) ** 2:.3g} numbers, more than {MAX_CHECK_ELEMENTS:.3g}); "
-            f"{too_big}")
+            f"the dense N x N matrix A_t for each of {steps} steps ({int(n_state) ** 2 * steps:.3g} numbers, more "
+            f"than {MAX_CHECK_ELEMENTS:.3g}); {too_big}")
     torch.manual_seed(seed)
     if model_factory is None:
         model = build_model(cls, result, dims).double()

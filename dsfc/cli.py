@@ -462,8 +462,10 @@ def _run(args) -> int:
         return 130
     except ValueError as exc:  # check.CheckDimsError: a spec too large to check, or failing at the check dims
         from .check import CheckDimsError
+        from .runtime.kernel_form import DenseSizeError
 
-        if not isinstance(exc, CheckDimsError):
+        # DenseSizeError: dense A_t (check's reference, plot) at sizes the user chose, not a bug in dsfc
+        if not isinstance(exc, (CheckDimsError, DenseSizeError)):
             return _internal_error(args, exc)
         print(f"dsfc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR

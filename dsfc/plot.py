@@ -269,7 +269,16 @@ def image_format(out: Path) -> str:
 
 
 def save_png(fig, out: Path, fmt: str = "png") -> None:
-    """Render to a temporary file next to ``out`` and os.replace it: no half-written image on failure."""
+    """Render to a temporary file next to ``out`` and os.replace it: no half-written image on failure (a FIFO or
+    another special file is written directly, a symlink's target replaced: ``replace_target``)."""
+    from .codegen.emit import replace_target
+
+    target = replace_target(out)
+    if target is None:
+        with open(out, "wb") as f:
+            fig.savefig(f, format=fmt)
+        return
+    out = target
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
     try:

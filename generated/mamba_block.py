@@ -40,7 +40,17 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors, values_hidden
+from dsfc.runtime.checks import (
+    check_finite_input,
+    check_float_tensor,
+    check_running_state,
+    check_tensor_kind,
+    empty_output,
+    split_state_dict,
+    step_state_errors,
+    values_hidden,
+)
+from dsfc.runtime.kernel_form import check_dense_matrices
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -150,6 +160,7 @@ class MambaBlock(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
+        check_tensor_kind("MambaBlock", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"MambaBlock: expected u of shape [batch, time, {self._in_features()}], got {shape}")
@@ -165,9 +176,7 @@ class MambaBlock(nn.Module):
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
-            if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
-                got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
-                raise TypeError(f"MambaBlock: initial_state must be a floating-point tensor, got {got}")
+            check_float_tensor("MambaBlock", "initial_state", initial_state)
             if initial_state.device != u.device:  # was torch's device mismatch deep in the scan (or .item() on meta)
                 raise ValueError(
                     f"MambaBlock: initial_state is on {initial_state.device} but u is on {u.device}; "
@@ -276,14 +285,8 @@ class MambaBlock(nn.Module):
         quantities are carried with the recurrent state).
         """
         running0 = None
-        if isinstance(initial_state, dict):
-            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
-            known = ["h", "xs"]
-            unknown = sorted(str(k) for k in initial_state if k not in known)
-            if unknown:  # a typo would otherwise start that quantity from zero without a word
-                raise ValueError(f"MambaBlock: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
-            running0 = {k: v for k, v in initial_state.items() if k != "h"}
-            initial_state = initial_state.get("h")
+        if isinstance(initial_state, dict):  # "h" required, running entries all or none
+            initial_state, running0 = split_state_dict("MambaBlock", initial_state, ("xs",))
         self._check_input(u, initial_state, running0)
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _B, _T = u.shape[0], u.shape[1]
@@ -466,6 +469,7 @@ class MambaBlock(nn.Module):
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, d]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        check_tensor_kind("MambaBlock.step", "u_t", u_t)  # sparse / nested: before indexing it
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(f"MambaBlock.step: expected u_t of shape [batch, {self._in_features()}], got {shape}")
@@ -487,6 +491,19 @@ class MambaBlock(nn.Module):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "MambaBlock.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (E * n, E * n),
+                "B": (E * n, E),
+                "C": (E, E * n),
+                "D": (E, E),
+            },
+            _dtype,
+        )
         if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
             return (
                 torch.zeros((_B, 0, E * n, E * n), device=u.device, dtype=_dtype),  # A

@@ -40,7 +40,17 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, check_running_state, empty_output, step_state_errors, values_hidden
+from dsfc.runtime.checks import (
+    check_finite_input,
+    check_float_tensor,
+    check_running_state,
+    check_tensor_kind,
+    empty_output,
+    split_state_dict,
+    step_state_errors,
+    values_hidden,
+)
+from dsfc.runtime.kernel_form import check_dense_matrices
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -133,6 +143,7 @@ class NormalizedAttentionExpRelu(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V
+        check_tensor_kind("NormalizedAttentionExpRelu", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(
@@ -150,9 +161,7 @@ class NormalizedAttentionExpRelu(nn.Module):
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
-            if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
-                got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
-                raise TypeError(f"NormalizedAttentionExpRelu: initial_state must be a floating-point tensor, got {got}")
+            check_float_tensor("NormalizedAttentionExpRelu", "initial_state", initial_state)
             if initial_state.device != u.device:  # was torch's device mismatch deep in the scan (or .item() on meta)
                 raise ValueError(
                     f"NormalizedAttentionExpRelu: initial_state is on {initial_state.device} but u is on {u.device}; "
@@ -235,16 +244,8 @@ class NormalizedAttentionExpRelu(nn.Module):
         quantities are carried with the recurrent state).
         """
         running0 = None
-        if isinstance(initial_state, dict):
-            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
-            known = ["h", "r_prev"]
-            unknown = sorted(str(k) for k in initial_state if k not in known)
-            if unknown:  # a typo would otherwise start that quantity from zero without a word
-                raise ValueError(
-                    f"NormalizedAttentionExpRelu: unknown initial_state key(s) {unknown}; expected keys {list(known)}"
-                )
-            running0 = {k: v for k, v in initial_state.items() if k != "h"}
-            initial_state = initial_state.get("h")
+        if isinstance(initial_state, dict):  # "h" required, running entries all or none
+            initial_state, running0 = split_state_dict("NormalizedAttentionExpRelu", initial_state, ("r_prev",))
         self._check_input(u, initial_state, running0)
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
@@ -370,6 +371,7 @@ class NormalizedAttentionExpRelu(nn.Module):
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, d]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        check_tensor_kind("NormalizedAttentionExpRelu.step", "u_t", u_t)  # sparse / nested: before indexing it
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(
@@ -393,6 +395,19 @@ class NormalizedAttentionExpRelu(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "NormalizedAttentionExpRelu.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (H * K * V, H * K * V),
+                "B": (H * K * V, d),
+                "C": (H * V, H * K * V),
+                "D": (H * V, d),
+            },
+            _dtype,
+        )
         if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
             return (
                 torch.zeros((_B, 0, H * K * V, H * K * V), device=u.device, dtype=_dtype),  # A

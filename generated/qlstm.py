@@ -40,7 +40,16 @@ from dsfc.runtime import (
     run_compiled_lets,
     use_compiled_chunks,
 )
-from dsfc.runtime.checks import check_finite_input, empty_output, step_state_errors, values_hidden
+from dsfc.runtime.checks import (
+    check_finite_input,
+    check_float_tensor,
+    check_tensor_kind,
+    empty_output,
+    split_state_dict,
+    step_state_errors,
+    values_hidden,
+)
+from dsfc.runtime.kernel_form import check_dense_matrices
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -127,6 +136,7 @@ class QLSTM(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, e, Hd = self.d, self.e, self.Hd
+        check_tensor_kind("QLSTM", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"QLSTM: expected u of shape [batch, time, {self._in_features()}], got {shape}")
@@ -144,9 +154,7 @@ class QLSTM(nn.Module):
                 f"QLSTM: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"
             )
         if initial_state is not None:
-            if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
-                got = initial_state.dtype if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
-                raise TypeError(f"QLSTM: initial_state must be a floating-point tensor, got {got}")
+            check_float_tensor("QLSTM", "initial_state", initial_state)
             if initial_state.device != u.device:  # was torch's device mismatch deep in the scan (or .item() on meta)
                 raise ValueError(
                     f"QLSTM: initial_state is on {initial_state.device} but u is on {u.device}; "
@@ -215,14 +223,8 @@ class QLSTM(nn.Module):
         Returns ``y`` ``[batch, time, Hd]``, or ``(y, final_state)`` when ``output_final_state``.
         """
         running0 = None
-        if isinstance(initial_state, dict):
-            # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
-            known = ["h"]
-            unknown = sorted(str(k) for k in initial_state if k not in known)
-            if unknown:  # a typo would otherwise start that quantity from zero without a word
-                raise ValueError(f"QLSTM: unknown initial_state key(s) {unknown}; expected keys {list(known)}")
-            running0 = {k: v for k, v in initial_state.items() if k != "h"}
-            initial_state = initial_state.get("h")
+        if isinstance(initial_state, dict):  # "h" required, running entries all or none
+            initial_state, running0 = split_state_dict("QLSTM", initial_state, ())
         self._check_input(u, initial_state, running0)
         d, e, Hd = self.d, self.e, self.Hd
         _B, _T = u.shape[0], u.shape[1]
@@ -358,6 +360,7 @@ class QLSTM(nn.Module):
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, d]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        check_tensor_kind("QLSTM.step", "u_t", u_t)  # sparse / nested: before indexing it
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(f"QLSTM.step: expected u_t of shape [batch, {self._in_features()}], got {shape}")
@@ -379,6 +382,19 @@ class QLSTM(nn.Module):
         d, e, Hd = self.d, self.e, self.Hd
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "QLSTM.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (Hd, Hd),
+                "B": (Hd, d),
+                "C": (Hd, Hd),
+                "D": (Hd, d),
+            },
+            _dtype,
+        )
         if _T == 0:  # no steps: empty matrices of the right shapes (running lets cannot be evaluated on no steps)
             return (
                 torch.zeros((_B, 0, Hd, Hd), device=u.device, dtype=_dtype),  # A

@@ -36,10 +36,12 @@ from dsfc.runtime.checks import (
     CACHE_VALUES,
     check_finite_input,
     check_kv_cache,
+    check_tensor_kind,
     check_running_state,
     empty_output,
     step_state_errors,
 )
+from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
@@ -131,6 +133,7 @@ class SoftmaxAttention(nn.Module):
 
     def _check_input(self, u, state):
         d, H, K, V = self.d, self.H, self.K, self.V
+        check_tensor_kind("SoftmaxAttention", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"SoftmaxAttention: expected u of shape [batch, time, {self._in_features()}], got {shape}")
@@ -295,6 +298,7 @@ class SoftmaxAttention(nn.Module):
     def step(self, u_t, state=None):
         """One step with the KV cache: ``u_t`` ``[batch, d]`` -> ``(y_t, new_cache)`` (one more key and value)."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed
+        check_tensor_kind("SoftmaxAttention.step", "u_t", u_t)  # sparse / nested: before indexing it
         if not isinstance(u_t, torch.Tensor) or u_t.dim() != 2 or u_t.shape[-1] != self._in_features():
             shape = tuple(u_t.shape) if isinstance(u_t, torch.Tensor) else type(u_t).__name__
             raise ValueError(
@@ -339,6 +343,19 @@ class SoftmaxAttention(nn.Module):
             A, B, C, D = self.dsf_matrices(u.new_zeros((_B, 1, u.shape[-1])))
             return A[:, :0, :0, :0], B[:, :0, :0], C[:, :0, :, :0], D[:, :0]
         _dtype = torch.promote_types(u.dtype, torch.float32)
+        # refused above MAX_DENSE_BYTES before anything is allocated (a large T was torch's allocation error)
+        check_dense_matrices(
+            "SoftmaxAttention.dsf_matrices",
+            _B,
+            _T,
+            lambda _T: {
+                "A": (H * _T * V, H * _T * V),
+                "B": (H * _T * V, d),
+                "C": (H * V, H * _T * V),
+                "D": (H * V, d),
+            },
+            _dtype,
+        )
         u_ = u.to(_dtype).reshape(_B, _T, d)
         env = self._lets(u_, _dtype)
         _dev = env["_dev"]

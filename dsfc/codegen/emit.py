@@ -43,8 +43,29 @@ def emit_torch(plan: ModulePlan) -> str:
         raise RuntimeError(f"dsfc generated invalid Python for {plan.model}: {exc}\n{source}") from exc
 
 
+def replace_target(path: Path) -> Path | None:
+    """Where an atomic write of ``path`` should os.replace, or None for a special file to write as a stream.
+
+    os.replace swaps the directory entry itself: ``-o /dev/stdout`` or ``-o /dev/full`` replaced the device node
+    (run as root: for the whole system) by a regular file holding the output, a FIFO was replaced instead of read, and
+    a symlinked output (docs/catalog.md linked elsewhere) became a file and left its target stale. A FIFO, a character
+    device or a terminal (anything that exists and is neither a file nor a directory) is written directly; a symlink
+    is followed to the file it names.
+    """
+    if path.exists() and not path.is_file() and not path.is_dir():
+        return None
+    return Path(os.path.realpath(path))
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and os.replace, so a failed run never leaves a half-written file."""
+    """Write via a temporary file and os.replace, so a failed run never leaves a half-written file (a special file
+    such as a FIFO or /dev/stdout is written directly; a symlink's target is replaced, not the link)."""
+    target = replace_target(path)
+    if target is None:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        return
+    path = target
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:

@@ -22,6 +22,7 @@ from ..analysis.structure import Structure
 from ..ir.functions import Elu1p, Expm1, TaylorRange
 from ..ir.let_reuse import reuse_lets
 from ..ir.symspec import SymSpec, tensor_names
+from ..runtime import checks as _rt_checks, kernel_form as _rt_kernel_form
 from ..lang.errors import SpecError, SpecErrors
 from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
@@ -54,6 +55,14 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "log_abs_decay",
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan_triton", "dense_chunk_len",
              "diagonal_scan_triton", "register_kernels", "triton", "tl"}
+# every public name of the runtime modules the generated code imports from, so a helper added there is reserved with
+# it (a param named check_dense_matrices was read before assignment in dsf_matrices, a dim named check_tensor_kind
+# shadowed the function in _check_input: "'int' object is not callable")
+_RESERVED |= {name for mod in (_rt_checks, _rt_kernel_form) for name, obj in vars(mod).items()
+              if not name.startswith("_") and getattr(obj, "__module__", None) == mod.__name__}
+# class attributes of the generated module: a param named check_finite was "KeyError: attribute 'check_finite'
+# already exists" in the constructor
+_RESERVED |= {"check_finite"}
 # Python's builtins: every spec name is a local of some generated method (dims in all of them), and the methods call
 # super, int, isinstance, tuple, dict, ... (a dim named super was "TypeError: 'int' object is not callable")
 _RESERVED |= {name for name in dir(builtins) if not name.startswith("_")}

@@ -245,12 +245,23 @@ def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
     return ast.Spec(path=path, source=text, statements=tuple(statements))
 
 
+# A spec is a short text file (the catalog's largest is ~3 kB). Reading a path whole had no bound: `dsfc analyze
+# /dev/zero` (or /dev/urandom, or a multi-GB log given by mistake) read until the machine ran out of memory, then said
+# "out of memory; use smaller sizes".
+MAX_SPEC_BYTES = 4 << 20
+
+
 def parse_file(path: str | Path) -> ast.Spec:
     p = Path(path)
     if not str(path):  # Path("") is ".": an empty argument read as the current directory ("Is a directory")
         raise SpecErrors([SpecError("cannot read spec: the path is empty", Span(1, 1))], "''", None)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecErrors([SpecError(
+                f"cannot read spec: it is larger than {MAX_SPEC_BYTES >> 20} MiB (a spec is a short text file; is "
+                "this the right path?)", Span(1, 1))], str(path), None)
     except OSError as exc:
         # no source: SpecErrors.render prints one line, not an empty excerpt and a caret at 1:1
         reason = exc.strerror

@@ -47,10 +47,44 @@ def _is_finite(value: torch.Tensor, check_finite: bool) -> bool:
     return bool(torch.isfinite(value).all())
 
 
-def _check_float_tensor(model: str, label: str, value) -> None:
+# the float dtypes the modules compute in (fp16 / bf16 accumulate in fp32); float8 is a floating point dtype too, but
+# torch has no CPU sum for it: it failed with '"sum_cpu" not implemented for Float8_e4m3fn' in the NaN check
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor_kind(model: str, label: str, value) -> None:
+    """A tensor argument the modules can compute with: dense (strided) and, if floating point, of a compute dtype.
+
+    A nested tensor (a ragged batch, what a new user reaches for with sequences of different lengths) failed with
+    torch's "Internal error: NestedTensorImpl doesn't support sizes. Please file an issue", a sparse one with
+    "reshape is not implemented for sparse tensors" (u) or "Could not run 'aten::ne.Scalar' ... 'SparseCPU'" (a
+    state). Non-tensors and other dtypes are left to the callers' own checks, which name them.
+    """
+    if not isinstance(value, torch.Tensor):
+        return
+    if value.is_nested:
+        raise ValueError(
+            f"{model}: {label} is a nested tensor; the modules take one padded [batch, time, ...] tensor: pad the "
+            "sequences to one length, or run them one at a time"
+        )
+    if value.layout != torch.strided:
+        raise ValueError(f"{model}: {label} has layout {value.layout}; pass a dense tensor ({label}.to_dense())")
+    if value.is_floating_point() and value.dtype not in COMPUTE_DTYPES:
+        raise TypeError(
+            f"{model}: {label} has dtype {value.dtype}, which the modules do not compute in; cast it to float32, "
+            "bfloat16, float16 or float64"
+        )
+
+
+def check_float_tensor(model: str, label: str, value) -> None:
+    """A state entry: a dense tensor of a compute float dtype (TypeError / ValueError naming ``label``)."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
         raise TypeError(f"{model}: {label} must be a floating-point tensor, got {got}")
+    check_tensor_kind(model, label, value)
+
+
+_check_float_tensor = check_float_tensor  # the name the checks below use
 
 
 def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> None:
@@ -143,23 +177,58 @@ def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch
     return {k: v for k, v in state.items() if k not in want}
 
 
+def split_state_dict(model: str, state: Mapping, running: Tuple[str, ...]):
+    """A state dict of a spec with running quantities (or ``{"h": h}`` of one without) -> ``(h, running0)``.
+
+    ``"h"`` is required: a dict without it (``step(u_t, {})``, or ``{"xs": xs}`` alone) started h from zero
+    without a word; ``state=None`` is the way to start from zero. The running entries are checked by
+    ``check_running_state`` (all of them or none).
+
+    Raises:
+        ValueError naming unknown keys or the missing ``"h"``; TypeError when ``state["h"]`` is not a float tensor.
+    """
+    # a list: `k not in "h"` was a substring test, a TypeError for a non-str key and '' taken as known
+    known = ["h", *running]
+    unknown = sorted(str(k) for k in state if k not in known)
+    if unknown:  # a typo would otherwise start that quantity from zero without a word
+        raise ValueError(f"{model}: unknown initial_state key(s) {unknown}; expected keys {known}")
+    if "h" not in state:
+        raise ValueError(
+            f"{model}: the state dict lacks 'h' (it has {sorted(map(str, state))}); pass the state that "
+            "forward(..., output_final_state=True) or step returned, or None to start from zero"
+        )
+    _check_float_tensor(model, "initial_state['h']", state["h"])  # {"h": None} silently started from zero
+    return state["h"], {k: v for k, v in state.items() if k != "h"}
+
+
 def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[int, ...]], device: torch.device,
                         check_finite: bool) -> None:
     """Check the carried running quantities of a state dict (cumsum / scan / window lets carried with the state).
 
     Args:
         model: the model's name, which starts every message.
-        running0: the caller's running quantities, let name -> tensor.
+        running0: the caller's running quantities, let name -> tensor (not empty: all of ``want``).
         want: let name -> its full shape ``(batch, *axes of the let)``.
         device: that of the input ``u``.
         check_finite: the module's ``check_finite`` flag.
 
     Raises:
-        ValueError / TypeError naming the key: unknown keys, a non-float value, a wrong shape, another device, NaN.
+        ValueError / TypeError naming the key: unknown or missing keys, a non-float value, a wrong shape, another
+        device, NaN.
     """
     unknown = sorted(str(k) for k in running0 if k not in want)
     if unknown:
         raise ValueError(f"{model}: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
+    # all or none: none is the state of an empty first call (each quantity then starts as at t = 0); a state with
+    # some of them was never returned by the module, and the missing one silently restarted (a conv window zeroed)
+    missing = [k for k in want if k not in running0]
+    if missing:
+        raise ValueError(
+            f"{model}: the state dict lacks the running entr{'y' if len(missing) == 1 else 'ies'} "
+            f"{', '.join(map(repr, missing))} (it has {sorted(map(str, running0))} of {list(want)}); pass the state "
+            "forward(..., output_final_state=True) or step returned (with all of them, or none: they then start as "
+            "at t = 0)"
+        )
     for key, value in running0.items():
         _check_float_tensor(model, f"initial_state[{key!r}]", value)
         if tuple(value.shape) != want[key]:
