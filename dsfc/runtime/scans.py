@@ -38,7 +38,7 @@ import torch
 
 from .compiled_chunks import CompileNotice
 
-__all__ = ["diagonal_scan", "chunked_outer_scan", "chunked_delta_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
+__all__ = ["block_scan", "diagonal_scan", "chunked_outer_scan", "chunked_delta_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
 
 Tensor = torch.Tensor
 
@@ -200,6 +200,58 @@ def _scan(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
     carry = torch.cat([h0.unsqueeze(1), ends], dim=1)
     h = _states_steps(a_steps, b_steps, carry, dim=2)  # [B, nc, L, *S]
     h = h.reshape(B, nc * L, *h.shape[3:])
+    return h[:, :T] if pad else h
+
+
+def _matvec(m: Tensor, h: Tensor) -> Tensor:
+    """``m @ h`` over the last dims for small blocks, as broadcast multiply-adds: torch.matmul / einsum on
+    [..., 2, 2] blocks is a bmm over millions of 2 x 2 matrices, many times slower on CPU (and its backward more so)."""
+    return (m * h.unsqueeze(-2)).sum(-1)
+
+
+def _matmul_small(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for small square blocks, as broadcast multiply-adds (see _matvec)."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+
+
+def block_scan(m: Tensor, b: Tensor, h0: Tensor, *, chunk: int = 64) -> Tensor:
+    """All states of ``h_t = M_t h_{t-1} + b_t`` with small per-group blocks: m [B, T, G, P, P], b [B, T, G, P],
+    h0 [B, G, P]; returns [B, T, G, P].
+
+    The dense family's per-step Python loop (LRU's and S4D's 2 x 2 rotation-scaling blocks) cost ~2 ops per time
+    step, forward and backward. This is diagonal_scan's two-level chunked scan with matrices: per chunk of L steps
+    the product M_L ... M_1 and the state from zero (one loop over L steps for all chunks at once), the carries into
+    the chunks by the same scan one level up, and the chunk's states again from its carry. Only products of the
+    M's are formed (no inverses), so the scheme is as stable as the loop. Cost: the chunk products are P times the
+    work of a matrix-vector step, so the caller keeps it for small P (P <= 4)."""
+    B, T = b.shape[0], b.shape[1]
+    L = max(chunk, 2)
+    if T <= L:
+        out, h = [], h0
+        for m_t, b_t in zip(m.unbind(1), b.unbind(1)):
+            h = _matvec(m_t, h) + b_t
+            out.append(h)
+        return torch.stack(out, 1)
+    nc = -(-T // L)
+    pad = nc * L - T
+    P = b.shape[-1]
+    if pad:  # identity steps: M = I, b = 0 leave the state unchanged; their states are sliced off
+        eye = torch.eye(P, dtype=m.dtype, device=m.device).expand(B, pad, *m.shape[2:])
+        m = torch.cat([m, eye], 1)
+        b = _pad_time(b, 1, pad, 0.0)
+    m_steps = m.reshape(B, nc, L, *m.shape[2:]).unbind(2)
+    b_steps = b.reshape(B, nc, L, *b.shape[2:]).unbind(2)
+    prod, hl = m_steps[0], b_steps[0]
+    for m_t, b_t in zip(m_steps[1:], b_steps[1:]):
+        hl = _matvec(m_t, hl) + b_t
+        prod = _matmul_small(m_t, prod)
+    ends = block_scan(prod[:, :-1], hl[:, :-1], h0, chunk=chunk)
+    h = torch.cat([h0.unsqueeze(1), ends], dim=1)  # the carry into every chunk
+    out = []
+    for m_t, b_t in zip(m_steps, b_steps):
+        h = _matvec(m_t, h) + b_t
+        out.append(h)
+    h = torch.stack(out, 2).reshape(B, nc * L, *b.shape[2:])
     return h[:, :T] if pad else h
 
 
