@@ -448,15 +448,18 @@ class MLSTM(nn.Module):
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
         _q = q / den[:, :, :, None]
         _k = kn
-        _v = ig[:, :, :, None] * (
-            ((axis(E, 2, 3, _dev) // bs) == ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)).to(_dtype)
-            * W_V[
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                (axis(E, 2, 3, _dev) % bs),
-            ]
-            * u_[:, :, None, None, :]
-        ).sum(dim=-1)
+        _v = ig[:, :, :, None] * torch.einsum(
+            "ztk,ijk->ztij",
+            u_,
+            (
+                ((axis(E, 2, 3, _dev) // bs) == ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)).to(_dtype)
+                * W_V[
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
+                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
+                    (axis(E, 2, 3, _dev) % bs),
+                ]
+            ),
+        )
         _q = _q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
         _k = _k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
         _v = _v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
@@ -611,15 +614,18 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
     _q = q / den[:, :, :, None]
     _k = kn
-    _v = ig[:, :, :, None] * (
-        ((axis(E, 2, 3, _dev) // bs) == ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)).to(_dtype)
-        * W_V[
-            ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-            ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-            (axis(E, 2, 3, _dev) % bs),
-        ]
-        * u_[:, :, None, None, :]
-    ).sum(dim=-1)
+    _v = ig[:, :, :, None] * torch.einsum(
+        "ztk,ijk->ztij",
+        u_,
+        (
+            ((axis(E, 2, 3, _dev) // bs) == ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)).to(_dtype)
+            * W_V[
+                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
+                ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
+                (axis(E, 2, 3, _dev) % bs),
+            ]
+        ),
+    )
     _q = _q.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
     _k = _k.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)
     _v = _v.expand(_B, _T, H, DH).reshape(_B, _T, H, DH)

@@ -50,6 +50,7 @@ from dsfc.runtime.checks import (
     values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
+from dsfc.runtime.scans import block_scan
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -345,28 +346,23 @@ class S4D(nn.Module):
         den = env["den"]
         bre = env["bre"]
         bim = env["bim"]
-        # A couples some state axes: per-step block matrix-vector recurrence (documented as slow)
+        # A couples some state axes in small blocks: two-level chunked block scan (dsfc.runtime.block_scan)
         _h = h0.permute(0, 1, 2, 3).reshape(_B, d * Nh, 2)
-        _chunks = []
-        for _t0 in range(0, _T, 64):  # bounded memory: build the blocks of 64 steps at a time
-            _t1 = min(_t0 + 64, _T)
-            _blocks = (
-                (
-                    (axis(2, 2, 4, _dev, _dtype) + (-axis(2, 3, 4, _dev, _dtype))) * torch.sin(phi[:, :, None, None])
-                    + torch.cos(phi[:, :, None, None]) * (axis(2, 2, 4, _dev) == axis(2, 3, 4, _dev)).to(_dtype)
-                )
-                * mag[:, :, None, None]
-            ).expand(_B, _t1 - _t0, d, Nh, 2, 2)
-            _blocks = _blocks.permute(0, 1, 2, 3, 4, 5).reshape(_B, _t1 - _t0, d * Nh, 2, 2)
-            _bu = (
-                (0 == axis(2, 2, 3, _dev)).to(_dtype) * bre[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
-                + (1 == axis(2, 2, 3, _dev)).to(_dtype) * bim[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
-            ).expand(_B, _t1 - _t0, d, Nh, 2)
-            _bu = _bu.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, d * Nh, 2)
-            for _t in range(_t1 - _t0):
-                _h = torch.einsum("bgij,bgj->bgi", _blocks[:, _t], _h) + _bu[:, _t]
-                _chunks.append(_h)
-        _states = torch.stack(_chunks, 1).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
+        _t0, _t1 = 0, _T
+        _blocks = (
+            (
+                (axis(2, 2, 4, _dev, _dtype) + (-axis(2, 3, 4, _dev, _dtype))) * torch.sin(phi[:, :, None, None])
+                + torch.cos(phi[:, :, None, None]) * (axis(2, 2, 4, _dev) == axis(2, 3, 4, _dev)).to(_dtype)
+            )
+            * mag[:, :, None, None]
+        ).expand(_B, _t1 - _t0, d, Nh, 2, 2)
+        _blocks = _blocks.permute(0, 1, 2, 3, 4, 5).reshape(_B, _t1 - _t0, d * Nh, 2, 2)
+        _bu = (
+            (0 == axis(2, 2, 3, _dev)).to(_dtype) * bre[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
+            + (1 == axis(2, 2, 3, _dev)).to(_dtype) * bim[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
+        ).expand(_B, _t1 - _t0, d, Nh, 2)
+        _bu = _bu.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, d * Nh, 2)
+        _states = block_scan(_blocks, _bu, _h).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
         _read = _states
         _y = (-(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, :, :, 1])))) + 2 * torch.einsum(
             "ij,ztij->zti", C_re, (_read[:, :, :, :, 0])

@@ -53,7 +53,8 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "values_hidden", "check_kv_cache", "check_running_state", "check_subscript", "check_subscript_values",
              "empty_output", "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign",
              "log_abs_decay",
-             "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan_triton", "dense_chunk_len",
+             "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
+             "dense_chunk_len",
              "diagonal_scan_triton", "register_kernels", "triton", "tl"}
 # every public name of the runtime modules the generated code imports from, so a helper added there is reserved with
 # it (a param named check_dense_matrices was read before assignment in dsf_matrices, a dim named check_tensor_kind
@@ -176,6 +177,7 @@ class ModulePlan:
     triton_delta: bool = False  # ... whose scan is the delta rule's (chunked_delta_triton, triton_delta.py)
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
+    block_scan: bool = False  # the dense family's small blocks: import the runtime's chunked block scan
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
@@ -438,6 +440,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
+        block_scan=any("block_scan(_blocks" in line for line in core),
     )
 
 
@@ -733,6 +736,11 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     return lines
 
 
+# the largest block size that the torch path scans chunkwise (block_scan); larger blocks keep the per-step loop, as
+# the chunk products cost P times a matrix-vector step
+SMALL_BLOCK = 4
+
+
 def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bool = False) -> list[str]:
     """``kernel``: the Triton variant (a block-scan launch per chunk instead of the per-step torch loop)."""
     a = st.a
@@ -772,6 +780,16 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
             "    _h = _st[:, -1]",
             "    _chunks.append(_st)",
             f"_states = torch.cat(_chunks, 1).{unpermute}",
+        ]
+    if prod_m.isdigit() and int(prod_m) <= SMALL_BLOCK:
+        # small blocks (LRU's, S4D's 2 x 2 complex pairs): all T steps' blocks at once (P times the states'
+        # memory) and a two-level chunked scan; the per-step loop below was ~2 ops per step, forward and backward
+        return [
+            "# A couples some state axes in small blocks: two-level chunked block scan (dsfc.runtime.block_scan)",
+            f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
+            "_t0, _t1 = 0, _T",
+            *(line[4:] for line in blocks),
+            f"_states = block_scan(_blocks, _bu, _h).{unpermute}",
         ]
     return [
         "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",

@@ -406,6 +406,18 @@ class TorchPrinter:
         # einsum as one operand. Without the composite case a low-rank projection W2 (W1 u) would broadcast a
         # [B, T, d, r] product before summing (measured: 30 ms of a 60 ms S6 forward at d=256, r=16).
         operands = [self._einsum_operand(f, body_axes, body_sizes) for f in tens]
+        if tens and any(op is None for op in operands):
+            # A factor einsum cannot take alone (a block mask such as (e // bs == (h*DH + b) // bs), a grid) is
+            # folded with the other per-step-constant factors into one operand over their own axes, printed
+            # without batch or time: mLSTM's block-diagonal value projection otherwise broadcast a
+            # [B, T, H, DH, E] product before summing (1 GB at T = 2048, E = 256, and ~7 s of its backward).
+            static = [f for f in tens if not self._is_batched(f)]
+            moving = [f for f in tens if self._is_batched(f)]
+            # (a sum of static factors alone stays a broadcast sum: it is small and has no [B, T] to avoid)
+            folded = self._einsum_operand(sp.Mul(*static), body_axes, body_sizes) if static and moving else None
+            if folded is not None:
+                tens = moving + [sp.Mul(*static)]
+                operands = [self._einsum_operand(f, body_axes, body_sizes) for f in moving] + [folded]
         if (tens and all(op is not None for op in operands) and len(tens) <= 4
                 and all(any(v in op[1] for op in operands) for v in svars)):
             return self._einsum(coeff, operands, axes, tuple(svars))

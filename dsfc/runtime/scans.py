@@ -38,7 +38,7 @@ import torch
 
 from .compiled_chunks import CompileNotice
 
-__all__ = ["diagonal_scan", "chunked_outer_scan", "chunked_delta_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
+__all__ = ["block_scan", "diagonal_scan", "chunked_outer_scan", "chunked_delta_scan", "COMPILE", "COMPILE_MIN_NUMEL"]
 
 Tensor = torch.Tensor
 
@@ -200,6 +200,79 @@ def _scan(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
     carry = torch.cat([h0.unsqueeze(1), ends], dim=1)
     h = _states_steps(a_steps, b_steps, carry, dim=2)  # [B, nc, L, *S]
     h = h.reshape(B, nc * L, *h.shape[3:])
+    return h[:, :T] if pad else h
+
+
+def _matvec(m, h):
+    """``m @ h`` on blocks held entry by entry (m[i][j], h[j]: tensors [B, nc, G]): each op runs on one contiguous
+    slab. Broadcast [.., P, P] products (or bmm over millions of 2 x 2 matrices) ran at 10-40 ns per element."""
+    return [_dot([m_i[j] for j in range(len(h))], h) for m_i in m]
+
+
+def _dot(xs, ys):
+    out = xs[0] * ys[0]
+    for x, y in zip(xs[1:], ys[1:]):
+        out = torch.addcmul(out, x, y)
+    return out
+
+
+def _matmul_small(a, b):
+    """``a @ b`` on blocks held entry by entry (see _matvec)."""
+    P = len(b)
+    return [[_dot([a_i[j] for j in range(P)], [b[j][k] for j in range(P)]) for k in range(P)] for a_i in a]
+
+
+def block_scan(m: Tensor, b: Tensor, h0: Tensor, *, chunk: Optional[int] = None) -> Tensor:
+    """All states of ``h_t = M_t h_{t-1} + b_t`` with small per-group blocks: m [B, T, G, P, P], b [B, T, G, P],
+    h0 [B, G, P]; returns [B, T, G, P].
+
+    The dense family's per-step Python loop (LRU's and S4D's 2 x 2 rotation-scaling blocks) cost ~2 ops per time
+    step, forward and backward. This is diagonal_scan's two-level chunked scan with matrices: per chunk of L steps
+    the product M_L ... M_1 and the state from zero (one loop over L steps for all chunks at once), the carries into
+    the chunks by the same scan one level up, and the chunk's states again from its carry. Only products of the
+    M's are formed (no inverses), so the scheme is as stable as the loop. Cost: the chunk products are P times the
+    work of a matrix-vector step, so the caller keeps it for small P (P <= 4). ``chunk`` None: about sqrt(T), which
+    balances the ~L ops of a chunk's loops against the T / L chunks they run over."""
+    B, T, P = b.shape[0], b.shape[1], b.shape[-1]
+    L = max(chunk if chunk is not None else round(T**0.5), 2)
+    nc = -(-T // L) if T > L else 1
+    L = L if T > L else T
+    pad = nc * L - T
+    if pad:  # identity steps: M = I, b = 0 leave the state unchanged; their states are sliced off
+        eye = torch.eye(P, dtype=m.dtype, device=m.device).expand(B, pad, *m.shape[2:])
+        m = torch.cat([m, eye], 1)
+        b = _pad_time(b, 1, pad, 0.0)
+    # entry by entry, time-major: [B, nc, L, G] slabs, the L steps of every chunk unbound once
+    m = m.reshape(B, nc, L, *m.shape[2:])
+    b = b.reshape(B, nc, L, *b.shape[2:])
+    m_steps = [[m[..., i, j].unbind(2) for j in range(P)] for i in range(P)]
+    b_steps = [b[..., i].unbind(2) for i in range(P)]
+
+    def mat(t):
+        return [[m_steps[i][j][t] for j in range(P)] for i in range(P)]
+
+    def vec(t):
+        return [b_steps[i][t] for i in range(P)]
+
+    h0s = [h0[..., i] for i in range(P)]
+    if nc == 1:
+        h, out = [x.unsqueeze(1) for x in h0s], []
+        for t in range(L):
+            h = [hi + bi for hi, bi in zip(_matvec(mat(t), h), vec(t))]
+            out.append(torch.stack(h, -1))
+        return torch.stack(out, 2).reshape(B, L, *b.shape[3:])
+    prod, hl = mat(0), vec(0)
+    for t in range(1, L):
+        hl = [hi + bi for hi, bi in zip(_matvec(mat(t), hl), vec(t))]
+        prod = _matmul_small(mat(t), prod)
+    ends = block_scan(torch.stack([torch.stack(r, -1) for r in prod], -2)[:, :-1], torch.stack(hl, -1)[:, :-1], h0,
+                      chunk=chunk)
+    h = [torch.cat([h0s[i].unsqueeze(1), ends[..., i]], dim=1) for i in range(P)]  # the carry into every chunk
+    out = []
+    for t in range(L):
+        h = [hi + bi for hi, bi in zip(_matvec(mat(t), h), vec(t))]
+        out.append(torch.stack(h, -1))
+    h = torch.stack(out, 2).reshape(B, nc * L, *b.shape[3:])
     return h[:, :T] if pad else h
 
 
