@@ -238,7 +238,7 @@ def test_bad_initial_state_values_and_types(built: Built):
     nan_state[0, ...] = float("nan")
     with pytest.raises(ValueError, match="initial_state contains NaN or inf"):
         built.model(u, initial_state=_with_h(h0, nan_state))
-    with pytest.raises(TypeError, match="initial_state must be a floating-point tensor"):
+    with pytest.raises(TypeError, match=r"initial_state(\[.h.\])? must be a floating-point tensor"):
         built.model(u, initial_state=_with_h(h0, torch.zeros(2, *built.state_shape(), dtype=torch.int64)))
 
 
