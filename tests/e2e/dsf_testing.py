@@ -262,3 +262,18 @@ def check_small_chunks(built, shapes=((3, 9),), chunk: int = 3) -> None:
         if hasattr(module, fn):
             setattr(module, fn, functools.partial(getattr(scans, fn), chunk=chunk))
     check_backend(built, "torch", shapes, steps=False)
+
+
+def check_all_paths(built, family) -> None:
+    """The hunts' per-spec check: the compiled family is ``family``; torch at T = 1, 7 (batch 1, 3) with step and
+    gradients and at T = 0 (batch 3); Triton (interpreted on CPU where there is no GPU) from an initial state; and
+    the chunked families again with chunks of 3 steps (``check_small_chunks``)."""
+    from dsfc.analysis.structure import Family
+
+    assert built.result.structure.family == family, built.result.structure.family_reason
+    check_backend(built, "torch", ((1, 1), (3, 7)))
+    check_backend(built, "torch", ((3, 0),), steps=False)
+    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+        check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
+    if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
+        check_small_chunks(built)

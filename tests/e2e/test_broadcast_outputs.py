@@ -20,7 +20,7 @@ import importlib.util  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import check_backend, check_small_chunks, compile_and_build  # noqa: E402
+from dsf_testing import check_all_paths, check_backend, compile_and_build  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -89,12 +89,7 @@ CASES = {
 def test_broadcast_output_axis_keeps_the_chunked_form(name):
     text, family = CASES[name]
     built = compile_and_build(text, path=f"{name}.dsf")
-    assert built.result.structure.family == family, built.result.structure.family_reason
-    check_backend(built, "torch", ((1, 1), (3, 7)))
-    check_backend(built, "torch", ((3, 0),), steps=False)
-    check_small_chunks(built)
-    if TRITON:
-        check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_all_paths(built, family)
 
 
 def test_a_factor_tying_the_extra_axis_to_a_key_axis_falls_back():

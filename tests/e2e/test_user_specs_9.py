@@ -41,7 +41,7 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, check_backend, check_small_chunks, compile_and_build, grads_of, rel_err,  # noqa: E402
+from dsf_testing import (F64, check_all_paths, compile_and_build, grads_of, rel_err,  # noqa: E402
                          run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -574,13 +574,7 @@ def test_new_spec_matches_the_reference(name):
     state, and for the chunked families the torch path with chunks of 3 steps (T = 9 crosses chunk boundaries)."""
     text, family = CASES[name]
     built = compile_and_build(text, path=f"{name}.dsf")
-    assert built.result.structure.family == family, built.result.structure.family_reason
-    check_backend(built, "torch", ((1, 1), (3, 7)))
-    check_backend(built, "torch", ((3, 0),), steps=False)
-    if TRITON:
-        check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
-    if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
-        check_small_chunks(built)
+    check_all_paths(built, family)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
