@@ -440,7 +440,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
-        block_scan=any("block_scan(_blocks" in line for line in core),
+        block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st),
     )
 
 
@@ -741,6 +741,12 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
 SMALL_BLOCK = 4
 
 
+def _small_blocks(sym, st) -> bool:
+    """Are A's coupled blocks of a literal size <= SMALL_BLOCK (the torch path's chunked block_scan)?"""
+    size = sp.Mul(*[sym.state.axes[k].extent for k in st.a.mixed_axes])
+    return bool(size.is_Integer and size <= SMALL_BLOCK)
+
+
 def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bool = False) -> list[str]:
     """``kernel``: the Triton variant (a block-scan launch per chunk instead of the per-step torch loop)."""
     a = st.a
@@ -781,7 +787,7 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
             "    _chunks.append(_st)",
             f"_states = torch.cat(_chunks, 1).{unpermute}",
         ]
-    if prod_m.isdigit() and int(prod_m) <= SMALL_BLOCK:
+    if _small_blocks(sym, st):
         # small blocks (LRU's, S4D's 2 x 2 complex pairs): all T steps' blocks at once (P times the states'
         # memory) and a two-level chunked scan; the per-step loop below was ~2 ops per step, forward and backward
         return [

@@ -84,8 +84,6 @@ def check_float_tensor(model: str, label: str, value) -> None:
     check_tensor_kind(model, label, value)
 
 
-_check_float_tensor = check_float_tensor  # the name the checks below use
-
 
 def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> None:
     """NaN / inf in the input ``u`` or in ``module``'s parameters (a diverged update or a corrupt checkpoint: they
@@ -158,7 +156,7 @@ def check_kv_cache(model: str, state, want: Mapping[str, Tuple[int, ...]], batch
         )
     for key, tail in want.items():
         value = state.get(key)
-        _check_float_tensor(model, f"state[{key!r}]", value)
+        check_float_tensor(model, f"state[{key!r}]", value)
         # checked first (want's order), so its shape is known to be a tensor's here
         S = state[CACHE_KEYS].shape[1] if state[CACHE_KEYS].dim() > 1 else None
         if value.dim() != 2 + len(tail) or value.shape[0] != batch or tuple(value.shape[2:]) != tail \
@@ -197,7 +195,7 @@ def split_state_dict(model: str, state: Mapping, running: Tuple[str, ...]):
             f"{model}: the state dict lacks 'h' (it has {sorted(map(str, state))}); pass the state that "
             "forward(..., output_final_state=True) or step returned, or None to start from zero"
         )
-    _check_float_tensor(model, "initial_state['h']", state["h"])  # {"h": None} silently started from zero
+    check_float_tensor(model, "initial_state['h']", state["h"])  # {"h": None} silently started from zero
     return state["h"], {k: v for k, v in state.items() if k != "h"}
 
 
@@ -230,7 +228,7 @@ def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[
             "at t = 0)"
         )
     for key, value in running0.items():
-        _check_float_tensor(model, f"initial_state[{key!r}]", value)
+        check_float_tensor(model, f"initial_state[{key!r}]", value)
         if tuple(value.shape) != want[key]:
             raise ValueError(
                 f"{model}: initial_state[{key!r}] must have shape {want[key]} ([batch, *axes of let "
