@@ -78,9 +78,11 @@ class Built:
         h = 0.5 * torch.randn(batch, *self.state_shape(), generator=gen, dtype=F64)
         if not self.running:
             return h.to(dtype)
+        dev = next(self.model.parameters(), torch.empty(0)).device  # the prefix runs where the model is
         with torch.no_grad():
-            _, s = self.model(torch.randn(batch, 3, self.d_in(), generator=gen, dtype=F64), output_final_state=True)
-        return {k: (s[k] + h if k == "h" else s[k]).to(dtype) for k in s}
+            _, s = self.model(torch.randn(batch, 3, self.d_in(), generator=gen, dtype=F64).to(dev),
+                              output_final_state=True)
+        return {k: (s[k].cpu() + h if k == "h" else s[k].cpu()).to(dtype) for k in s}
 
     def reference(self, u: torch.Tensor, h0=None, model=None):
         """float64 reference (y [B,T,p], final state [B,N] or state dict) at the params of ``model``, computed on the
@@ -210,25 +212,35 @@ def grads_of(model, built, u, h0, w):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)]
 
 
-def check_backend(built, backend, shapes, steps=True, h0s=(False, True), tol=1e-8):
+def check_backend(built, backend, shapes, steps=True, h0s=(False, True), tol=1e-8, device="cpu"):
     """``built.model`` on ``backend`` against the float64 reference recurrence, per (batch, T) in ``shapes``, without
     and / or with an initial state: output, final state, token-by-token ``step`` (``steps``) and the gradients of
-    the input, the initial state and every parameter."""
-    model = built.model
+    the input, the initial state and every parameter. ``device``: where the model runs (tests/triton pass their
+    DEVICE, "cuda" under benchmarks/gpu_check.sh); inputs are drawn on the CPU and the reference stays there."""
+    model = built.model.to(device)
     model.backend = backend
     gen = torch.Generator().manual_seed(0)
+
+    def on(x):
+        return map_state(x, lambda v: v.to(device))
+
+    def back(xs):
+        return [x.cpu() for x in xs]
+
     for b, t in shapes:
         for h0 in (built.initial_state(b, gen) if given else None for given in h0s):
             u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
             y_ref, h_ref = built.reference(u, h0)
             with torch.no_grad():
-                y, hT = model(u, initial_state=h0, output_final_state=True)
+                y, hT = model(on(u), initial_state=on(h0), output_final_state=True)
+            y, hT = y.cpu(), map_state(hT, torch.Tensor.cpu)
             assert rel_err(y, y_ref) < tol and state_err(hT, h_ref) < tol, (backend, b, t)
             if steps:
-                y_s, h_s = run_steps(model, u, h0)
+                y_s, h_s = run_steps(model, on(u), on(h0))
+                y_s, h_s = y_s.cpu(), map_state(h_s, torch.Tensor.cpu)
                 assert rel_err(y_s, y_ref) < tol and state_err(h_s, h_ref) < tol, (backend, b, t, "step")
             w = torch.randn(y_ref.shape, generator=gen, dtype=F64)
-            got, want = grads_of(model, built, u, h0, w), grads_of(None, built, u, h0, w)
+            got, want = back(grads_of(model, built, on(u), on(h0), on(w))), grads_of(None, built, u, h0, w)
             # an exactly-zero reference gradient (a decay at T = 1 from a zero state) may come back as rounding
             # noise of the log-decay backward: compare against the largest gradient's scale
             scale = max((g.abs().max().item() for g in want if g.numel()), default=0.0)  # T = 0: u's is empty

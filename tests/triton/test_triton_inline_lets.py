@@ -14,7 +14,7 @@ Every numeric check is against the float64 reference recurrence (dsfc/reference.
 Triton path (interpreted on CPU) and the torch path; the float64 kernels agree with it to 1e-10.
 """
 
-from tests.triton._device import DEVICE  # noqa: F401  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+from tests.triton._device import DEVICE  # (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -92,13 +92,13 @@ def test_skipped_lets_are_what_the_kernel_computes(spec):
     skipped = {k for k, v in lean.items() if v is None}
     assert skipped == {x.name for x in result.plan.lets if x.in_kernel} and skipped
     assert all(full[k] is not None for k in skipped)
-    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,), device=DEVICE)
 
 
 def test_bound_variable_is_not_captured():
     b = compile_and_build(CAPTURE, {"d": 3}, path="capture.dsf")
     assert not b.result.plan.triton.kernel_lets  # g and its hoisted g_pre inlined: the substitution is tested
-    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,), device=DEVICE)
     check_backend(b, "torch", ((2, 5),), steps=False)
 
 
@@ -118,7 +118,7 @@ def test_nested_static_and_shifted_lets():
     # z (a bare sum) stays a stream; r too, as the readout reads it (torch reads out when the state is too wide for
     # the kernel's fused readout)
     assert {"z", "r"} <= plan.kernel_lets
-    check_backend(b, "triton", ((1, 1), (2, 6)), steps=False, h0s=(False, True))
+    check_backend(b, "triton", ((1, 1), (2, 6)), steps=False, h0s=(False, True), device=DEVICE)
     check_backend(b, "torch", ((2, 6),), steps=False)
 
 
@@ -159,7 +159,7 @@ def test_running_let_reading_an_inlined_let():
     skipped on the Triton path (e was None there: UnboundLocalError in _lets)."""
     b = compile_and_build(CARRIED, {"d": 3}, path="carried.dsf")
     assert "e" in b.result.plan.triton.kernel_lets
-    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(False, True))
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(False, True), device=DEVICE)
 
 
 WRAP = """
@@ -184,7 +184,7 @@ def test_negative_mod_numerator_reads_the_right_entry():
     g[(. + 2) % d] to print floored, else the kernel read entry -1 (before the tensor) where Python reads d - 1."""
     b = compile_and_build(WRAP, {"d": 3}, path="wrap.dsf")
     assert {t.name for t in b.result.plan.triton.tensors} == {"u", "z", "_g_sum"}  # g and k in the kernel
-    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,), device=DEVICE)
 
 
 SHIFT = """
@@ -210,7 +210,7 @@ def test_let_read_at_several_indices_hoists_one_projection():
     plan = b.result.plan.triton
     assert [n for n, _ in plan.hoisted] == ["_r_sum"] and not plan.kernel_lets
     assert {t.name for t in plan.tensors} == {"b", "u", "_r_sum"}
-    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,), device=DEVICE)
 
 
 TWO_GATES = """
@@ -234,7 +234,7 @@ def test_same_projection_of_two_lets_is_hoisted_once():
     b = compile_and_build(TWO_GATES, {"d": 3}, path="two_gates.dsf")
     plan = b.result.plan.triton
     assert len(plan.hoisted) == 1 and not plan.kernel_lets, plan.hoisted
-    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,))
+    check_backend(b, "triton", ((2, 5),), steps=False, h0s=(True,), device=DEVICE)
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
@@ -243,8 +243,8 @@ def test_half_inputs_on_the_inlined_path(half):
     projection and y cross in the half dtype (one rounding each, the kernel is fp32 inside), so the error is a few
     units of the half dtype's eps (measured 0.0026 bf16, 1.1e-4 fp16; before inlining the same)."""
     b = compile_and_build(SHIFT, {"d": 4}, path="shift.dsf")
-    model = b.model.float()
-    u = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(0)).to(half)
+    model = b.model.float().to(DEVICE)
+    u = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(0)).to(half).to(DEVICE)
     model.backend = "torch"
     want = model(u.float())
     model.backend = "triton"
