@@ -25,6 +25,10 @@
 # 98% in 250 s over 12 workers with WARM_WITH_TESTS=1 (4 parts, gla ssd gla_step) beside it; give it 300 s. After
 # that warm phase gla (fla and the sweep included) and gla_step finished well within 170 s and 45 s; ssd was cut at
 # 70 s inside mamba-ssm's autotuning: give it 150 s. The whole call took 415 s plus the machine's start.
+# H100, 2026-11-27 22:03: tests/triton (533 tests) in 137 s over 14 workers with the warm phase (3 parts: gla ssd
+# gated_deltanet) beside it; gla and ssd with their anchors and sweeps within 120 / 125 s; gated_deltanet's fla row
+# was cut at 60 s (give it 120 s); a second warm call (softmax_attention, linear_attention, gla_step) took 157 s,
+# linear_attention's fla row cut at 80 s: warm the groups you time. The whole first call took 428 s plus the start.
 # Anchors (mamba-ssm's Triton SSD files, fla) are used when importable, else their rows say why they were skipped.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
