@@ -243,38 +243,20 @@ class MLSTM(nn.Module):
         b_f = self.b_f.to(_dtype)
         W_i = self.W_i.to(_dtype)
         b_i = self.b_i.to(_dtype)
-        q = torch.einsum(
-            "ztijk,ijk->ztij",
-            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
-            (
-                W_Q[
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                    axis(bs, 2, 3, _dev),
-                ]
-            ),
+        q = (
+            (torch.einsum("ztik,ijk->ztij", (u_.unflatten(2, (NB, bs))), W_Q))
+            .expand(_B, _T, NB, bs)
+            .reshape(_B, _T, H, DH)
         )  # let q[h: H, a: DH] = sum(j: bs, W_Q[(h * DH + a) // bs, (h * DH + a) % bs, j] * u[((h * DH + a) // bs) * bs + j])
-        k = torch.einsum(
-            "ztijk,ijk->ztij",
-            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
-            (
-                W_K[
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                    axis(bs, 2, 3, _dev),
-                ]
-            ),
+        k = (
+            (torch.einsum("ztik,ijk->ztij", (u_.unflatten(2, (NB, bs))), W_K))
+            .expand(_B, _T, NB, bs)
+            .reshape(_B, _T, H, DH)
         )  # let k[h: H, a: DH] = sum(j: bs, W_K[(h * DH + a) // bs, (h * DH + a) % bs, j] * u[((h * DH + a) // bs) * bs + j])
-        v = torch.einsum(
-            "ztijk,ijk->ztij",
-            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
-            (
-                W_V[
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                    axis(bs, 2, 3, _dev),
-                ]
-            ),
+        v = (
+            (torch.einsum("ztik,ijk->ztij", (u_.unflatten(2, (NB, bs))), W_V))
+            .expand(_B, _T, NB, bs)
+            .reshape(_B, _T, H, DH)
         )  # let v[h: H, b: DH] = sum(j: bs, W_V[(h * DH + b) // bs, (h * DH + b) % bs, j] * u[((h * DH + b) // bs) * bs + j])
         fpre = (
             b_f
