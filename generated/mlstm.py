@@ -260,27 +260,15 @@ class MLSTM(nn.Module):
         )  # let v[h: H, b: DH] = sum(j: bs, W_V[(h * DH + b) // bs, (h * DH + b) % bs, j] * u[((h * DH + b) // bs) * bs + j])
         fpre = (
             b_f
-            + torch.einsum(
-                "ztj,ij->zti", (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 0, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 1, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 2, :])
-            )
+            + torch.einsum("ztj,ij->zti", (q.flatten(2, 3)), (W_f[:, 0, :]))
+            + torch.einsum("ztj,ij->zti", (k.flatten(2, 3)), (W_f[:, 1, :]))
+            + torch.einsum("ztj,ij->zti", (v.flatten(2, 3)), (W_f[:, 2, :]))
         )  # let fpre[h: H] = sum(e: E, W_f[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_f[h, 1, e] * k[e // DH, e % DH])
         ipre = (
             b_i
-            + torch.einsum(
-                "ztj,ij->zti", (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 0, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 1, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 2, :])
-            )
+            + torch.einsum("ztj,ij->zti", (q.flatten(2, 3)), (W_i[:, 0, :]))
+            + torch.einsum("ztj,ij->zti", (k.flatten(2, 3)), (W_i[:, 1, :]))
+            + torch.einsum("ztj,ij->zti", (v.flatten(2, 3)), (W_i[:, 2, :]))
         )  # let ipre[h: H] = sum(e: E, W_i[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_i[h, 1, e] * k[e // DH, e % DH])
         f = torch.sigmoid(fpre)  # let f[h: H] = sigmoid(fpre[h])
         ig = torch.exp(ipre)  # let ig[h: H] = exp(ipre[h])

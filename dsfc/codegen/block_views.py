@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..ir.digits import radix_digits, split_axes
+from ..ir.digits import free_dims, radix_digits, same, split_axes
 from ..ir.symspec import SymSpec
 from .printers import TorchPrinter
 
 
 def enable_block_reads(pr: TorchPrinter, sym: SymSpec) -> None:
-    """Let ``pr`` print mixed-radix subscripts that tile their axis as reshaped views (checked over sym's dims)."""
+    """Let ``pr`` print mixed-radix subscripts that tile their axis, and flat reads of a tensor through an axis
+    whose extent is the product of its extents, as reshaped views (both checked over sym's dims)."""
     pr.radix = lambda e, extents, total: radix_digits(sym, e, extents, total)
+    pr.same_extent = lambda a, b: same(free_dims(sym, a), free_dims(sym, b))
 
 
 def print_over(pr: TorchPrinter, sym: SymSpec, expr, index, extents, sizes, tensor: bool = False) -> str:

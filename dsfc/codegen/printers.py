@@ -66,6 +66,7 @@ class TorchPrinter:
         # dims; the printer itself knows no dims). None: every compound subscript is a gather.
         self.radix = None
         self.axis_extents: dict = {}  # index symbol -> its extent (SymPy) in the expression being printed
+        self.same_extent = None  # same_extent(a, b): two SymPy extents equal over the spec's dims (None: as printed)
         self.batch = "_B, _T"  # the generated code's locals for the batch and time sizes
 
     # -- helpers -------------------------------------------------------------------------------------------------
@@ -398,8 +399,10 @@ class TorchPrinter:
         if len(free) != 1:
             return None
         m = next(iter(free))
-        if sizes.get(m) != self.size(sp.Mul(*ref.extents)):
-            return None
+        if sizes.get(m) != self.size(sp.Mul(*ref.extents)) and not (
+                self.same_extent is not None and m in self.axis_extents
+                and self.same_extent(self.axis_extents[m], sp.Mul(*ref.extents))):
+            return None  # (mLSTM's sum(e: E, .. q[e // DH, e % DH]) with dim E = H * DH: E prints as E, not H * DH)
         for i, (x, extent) in enumerate(zip(subs, ref.extents)):
             inner = sp.Mul(*ref.extents[i + 1:])
             digit = sp.floor(m / inner) if i < r - 1 else m

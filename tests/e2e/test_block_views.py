@@ -50,6 +50,9 @@ def test_generated_projections_are_views_not_gathers(name):
         assert f"// {stride})" not in call and f"% {stride})" not in call, call
     assert re.search(rf"\.unflatten\(2, \(\w+, {stride}\)\)", lets)
     assert ".reshape(_B, _T, " in lets
+    if name == "mlstm":  # the gates read q, k, v flat (sum(e: E, .. q[e // DH, e % DH]), dim E = H * DH): a view
+        code = "\n".join(line.split("#")[0] for line in lets.splitlines())  # the spec's text sits in comments
+        assert "// DH" not in code and code.count(".flatten(2, 3)") == 6
     if name == "rg_lru":  # the Triton path's hoisted projections too
         for stem in ("_r_sum", "_ig_sum"):
             hoisted = src[src.index(f"    {stem} = "):]
