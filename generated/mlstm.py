@@ -243,62 +243,32 @@ class MLSTM(nn.Module):
         b_f = self.b_f.to(_dtype)
         W_i = self.W_i.to(_dtype)
         b_i = self.b_i.to(_dtype)
-        q = torch.einsum(
-            "ztijk,ijk->ztij",
-            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
-            (
-                W_Q[
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                    axis(bs, 2, 3, _dev),
-                ]
-            ),
+        q = (
+            (torch.einsum("ztik,ijk->ztij", (u_.unflatten(2, (NB, bs))), W_Q))
+            .expand(_B, _T, NB, bs)
+            .reshape(_B, _T, H, DH)
         )  # let q[h: H, a: DH] = sum(j: bs, W_Q[(h * DH + a) // bs, (h * DH + a) % bs, j] * u[((h * DH + a) // bs) * bs + j])
-        k = torch.einsum(
-            "ztijk,ijk->ztij",
-            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
-            (
-                W_K[
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                    axis(bs, 2, 3, _dev),
-                ]
-            ),
+        k = (
+            (torch.einsum("ztik,ijk->ztij", (u_.unflatten(2, (NB, bs))), W_K))
+            .expand(_B, _T, NB, bs)
+            .reshape(_B, _T, H, DH)
         )  # let k[h: H, a: DH] = sum(j: bs, W_K[(h * DH + a) // bs, (h * DH + a) % bs, j] * u[((h * DH + a) // bs) * bs + j])
-        v = torch.einsum(
-            "ztijk,ijk->ztij",
-            (u_[:, :, (axis(bs, 2, 3, _dev) + (bs * ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs)))]),
-            (
-                W_V[
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) // bs),
-                    ((axis(DH, 1, 3, _dev) + (axis(H, 0, 3, _dev) * DH)) % bs),
-                    axis(bs, 2, 3, _dev),
-                ]
-            ),
+        v = (
+            (torch.einsum("ztik,ijk->ztij", (u_.unflatten(2, (NB, bs))), W_V))
+            .expand(_B, _T, NB, bs)
+            .reshape(_B, _T, H, DH)
         )  # let v[h: H, b: DH] = sum(j: bs, W_V[(h * DH + b) // bs, (h * DH + b) % bs, j] * u[((h * DH + b) // bs) * bs + j])
         fpre = (
             b_f
-            + torch.einsum(
-                "ztj,ij->zti", (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 0, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 1, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_f[:, 2, :])
-            )
+            + torch.einsum("ztj,ij->zti", (q.flatten(2, 3)), (W_f[:, 0, :]))
+            + torch.einsum("ztj,ij->zti", (k.flatten(2, 3)), (W_f[:, 1, :]))
+            + torch.einsum("ztj,ij->zti", (v.flatten(2, 3)), (W_f[:, 2, :]))
         )  # let fpre[h: H] = sum(e: E, W_f[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_f[h, 1, e] * k[e // DH, e % DH])
         ipre = (
             b_i
-            + torch.einsum(
-                "ztj,ij->zti", (q[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 0, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (k[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 1, :])
-            )
-            + torch.einsum(
-                "ztj,ij->zti", (v[:, :, (axis(E, 0, 1, _dev) // DH), (axis(E, 0, 1, _dev) % DH)]), (W_i[:, 2, :])
-            )
+            + torch.einsum("ztj,ij->zti", (q.flatten(2, 3)), (W_i[:, 0, :]))
+            + torch.einsum("ztj,ij->zti", (k.flatten(2, 3)), (W_i[:, 1, :]))
+            + torch.einsum("ztj,ij->zti", (v.flatten(2, 3)), (W_i[:, 2, :]))
         )  # let ipre[h: H] = sum(e: E, W_i[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_i[h, 1, e] * k[e // DH, e % DH])
         f = torch.sigmoid(fpre)  # let f[h: H] = sigmoid(fpre[h])
         ig = torch.exp(ipre)  # let ig[h: H] = exp(ipre[h])

@@ -218,21 +218,15 @@ class RGLRU(nn.Module):
         Lambda = self.Lambda.to(_dtype)
         r = ig = a = None
         if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
-            r = torch.sigmoid(
-                b_a[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
-                + torch.einsum(
-                    "ztij,ij->zti",
-                    (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
-                    (W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
-                )
+            r = (
+                (torch.sigmoid(b_a + torch.einsum("ztik,ikj->ztij", (x.unflatten(2, (nh, bw))), W_a)))
+                .expand(_B, _T, nh, bw)
+                .reshape(_B, _T, W)
             )  # let r[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_a[c // bw, i, c % bw]) + b_a[c // bw, c % bw])
-            ig = torch.sigmoid(
-                b_i[(axis(W, 0, 1, _dev) // bw), (axis(W, 0, 1, _dev) % bw)]
-                + torch.einsum(
-                    "ztij,ij->zti",
-                    (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
-                    (W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
-                )
+            ig = (
+                (torch.sigmoid(b_i + torch.einsum("ztik,ikj->ztij", (x.unflatten(2, (nh, bw))), W_i)))
+                .expand(_B, _T, nh, bw)
+                .reshape(_B, _T, W)
             )  # let ig[c: W] = sigmoid(sum(i: bw, x[(c // bw) * bw + i] * W_i[c // bw, i, c % bw]) + b_i[c // bw, c % bw])
             a = torch.exp(-(8 * F.softplus(Lambda) * r))  # let a[c: W] = exp(-8 * r[c] * softplus(Lambda[c]))
         return {
@@ -1024,20 +1018,12 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     ig = env["ig"]
     a = env["a"]
     _r_sum = (
-        torch.einsum(
-            "ztij,ij->zti",
-            (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
-            (W_a[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
-        )
+        (torch.einsum("ztik,ikj->ztij", (x.unflatten(2, (nh, bw))), W_a)).expand(_B, _T, nh, bw).reshape(_B, _T, W)
     ).expand(
         _B, _T, W
     )  # a sum inside the maths: computed in torch, read by the kernel
     _ig_sum = (
-        torch.einsum(
-            "ztij,ij->zti",
-            (x[:, :, (axis(bw, 1, 2, _dev) + (bw * (axis(W, 0, 2, _dev) // bw)))]),
-            (W_i[(axis(W, 0, 2, _dev) // bw), axis(bw, 1, 2, _dev), (axis(W, 0, 2, _dev) % bw)]),
-        )
+        (torch.einsum("ztik,ikj->ztij", (x.unflatten(2, (nh, bw))), W_i)).expand(_B, _T, nh, bw).reshape(_B, _T, W)
     ).expand(
         _B, _T, W
     )  # a sum inside the maths: computed in torch, read by the kernel

@@ -24,6 +24,7 @@ from ..ir.let_reuse import reuse_lets
 from ..ir.symspec import SymSpec, tensor_names
 from ..runtime import checks as _rt_checks, kernel_form as _rt_kernel_form
 from ..lang.errors import SpecError, SpecErrors
+from .block_views import enable_block_reads, print_over
 from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
@@ -257,6 +258,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                                              extents(let.tensor))
     tensors[sym.input.name] = TensorRef(py_name(sym.input.name), len(sym.input.axes), True, extents(sym.input))
     pr = TorchPrinter(tensors, dims_code)
+    enable_block_reads(pr, sym)
 
     def sizes(syms, axes):
         return {s: pr.size(a.extent) for s, a in zip(syms, axes)}
@@ -318,7 +320,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             lets.append(LetPlan(let.tensor.name, _feature_code(pr, let, let_sizes), _src(sym, let.tensor.name),
                                 shape=shape))
             continue
-        code = pr.print(complements(let.expr, sym), let.index, let_sizes)
+        code = print_over(pr, sym, complements(let.expr, sym), let.index, extents(let.tensor), let_sizes)
         if not let.time_varying:
             # a static let may print as a number or a lower-rank view: give it its declared shape
             full = ", ".join(let_sizes[i] for i in let.index)
@@ -906,7 +908,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
             window = let_sizes[let.index[-1]] if let.running == "window" else ""
             lets.append(LetPlan(name, "", src, let.running, args, shape, window))
         else:
-            code = pr.print(logsub(let.expr), let.index, let_sizes)
+            code = print_over(pr, sym, logsub(let.expr), let.index, [a.extent for a in let.tensor.axes], let_sizes)
             if not let.time_varying:
                 full = ", ".join(let_sizes[i] for i in let.index)
                 code = (f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), "

@@ -8,6 +8,7 @@ other sums broadcast over one more axis and reduce. An unknown node is an intern
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sympy as sp
@@ -60,6 +61,13 @@ class TorchPrinter:
         self.dtype = dtype
         self.infinite = None  # code for the size of an infinite feature range (its slot count), where one is used
         self.helpers: set[str] = set()  # dsfc.runtime.features functions the printed code calls (l2_norm)
+        # ``radix(subscript, {axis: extent}, total)``: the row-major digits [(stride, extent, axis)] of a subscript
+        # that tiles a tensor axis of extent ``total`` exactly, or None (``ir.digits.radix_digits`` over the spec's
+        # dims; the printer itself knows no dims). None: every compound subscript is a gather.
+        self.radix = None
+        self.axis_extents: dict = {}  # index symbol -> its extent (SymPy) in the expression being printed
+        self.same_extent = None  # same_extent(a, b): two SymPy extents equal over the spec's dims (None: as printed)
+        self.batch = "_B, _T"  # the generated code's locals for the batch and time sizes
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def size(self, e) -> str:
@@ -121,13 +129,35 @@ class TorchPrinter:
         return False
 
     # -- entry point ---------------------------------------------------------------------------------------------
-    def print(self, e, axes: tuple, sizes: dict) -> str:
-        return self._p(sp.S(e), tuple(axes), sizes, 0)
+    def print(self, e, axes: tuple, sizes: dict, extents: dict | None = None) -> str:
+        """``extents``: the axes' SymPy extents, which let a mixed-radix subscript print as a reshaped view."""
+        with self._extents(extents):
+            return self._p(sp.S(e), tuple(axes), sizes, 0)
 
-    def print_tensor(self, e, axes: tuple, sizes: dict) -> str:
+    def print_tensor(self, e, axes: tuple, sizes: dict, extents: dict | None = None) -> str:
         """Like ``print``, but the code always evaluates to a tensor (a constant such as A = 0.5 I or a query of
         1 would otherwise print as a Python number, which has no ``.expand``)."""
-        return self._tensor(sp.S(e), tuple(axes), sizes)
+        with self._extents(extents):
+            return self._tensor(sp.S(e), tuple(axes), sizes)
+
+    def print_split(self, split, axes: tuple, sizes: dict, new_sizes: dict) -> str:
+        """The value over ``axes`` of an expression that ``ir.digits.split_axes`` rewrote over block axes (a run of
+        axes replaced by (L // s, L % s)): printed over the block axes, expanded to their full shape and reshaped
+        back (row-major, so the reshape is the flattening L = g s + j, then L's own digits)."""
+        inner = self.print_tensor(split.expr, split.new_index, new_sizes, dict(zip(split.new_index, split.new_extents)))
+        lead = [self.batch] if self._is_batched(split.expr) else []
+        full = ", ".join(lead + [new_sizes[a] for a in split.new_index])
+        old = ", ".join(lead + [sizes[a] for a in axes])
+        return f"({inner}).expand({full}).reshape({old})"
+
+    @contextmanager
+    def _extents(self, extents):
+        saved = self.axis_extents
+        self.axis_extents = {**saved, **(extents or {})}
+        try:
+            yield
+        finally:
+            self.axis_extents = saved
 
     def _paren(self, code: str) -> str:
         return f"({code})"
@@ -279,6 +309,9 @@ class TorchPrinter:
         flat = self._flat_read(ref, subs, axes, sizes) if axes else None
         if flat is not None:
             return flat
+        block = self._block_read(ref, subs, axes, sizes) if axes else None
+        if block is not None:
+            return block
         selected = self._selected(ref, subs, axes, sizes) if axes else None
         if selected is not None:
             return selected
@@ -366,8 +399,10 @@ class TorchPrinter:
         if len(free) != 1:
             return None
         m = next(iter(free))
-        if sizes.get(m) != self.size(sp.Mul(*ref.extents)):
-            return None
+        if sizes.get(m) != self.size(sp.Mul(*ref.extents)) and not (
+                self.same_extent is not None and m in self.axis_extents
+                and self.same_extent(self.axis_extents[m], sp.Mul(*ref.extents))):
+            return None  # (mLSTM's sum(e: E, .. q[e // DH, e % DH]) with dim E = H * DH: E prints as E, not H * DH)
         for i, (x, extent) in enumerate(zip(subs, ref.extents)):
             inner = sp.Mul(*ref.extents[i + 1:])
             digit = sp.floor(m / inner) if i < r - 1 else m
@@ -379,12 +414,45 @@ class TorchPrinter:
         code = f"{ref.code}.flatten({off}, {off + r - 1})"
         return self._as_view(code, TensorRef(code, 1, ref.batched), [axes.index(m)], axes)
 
+    def _block_read(self, ref: TensorRef, subs, axes, sizes) -> str | None:
+        """A tensor read where every subscript is a bare axis or a row-major mixed-radix combination of bare axes
+        that tiles its tensor axis exactly (``x[bw*g + i]`` over g < nh, i < bw, x's axis W = nh bw), all the axes
+        distinct: printed as ``unflatten`` of those tensor axes into the digits, then a view. As a gather it
+        materialised one entry per combination of the axes (RG-LRU's block-diagonal gates: [B, T, W, bw], bw times
+        the input) and its backward was an accumulating ``index_put``. None for anything else."""
+        if self.radix is None or len(ref.extents) != len(subs):
+            return None
+        known = {a: self.axis_extents[a] for a in axes if a in self.axis_extents}
+        groups = []
+        for s, extent in zip(subs, ref.extents):
+            if isinstance(s, sp.Symbol) and s in axes:
+                if sizes.get(s) != self.size(extent):
+                    return None  # a narrowed read: the general paths handle it
+                groups.append([s])
+                continue
+            digits = self.radix(s, known, extent) if s.free_symbols & set(known) else None
+            if digits is None:
+                return None
+            groups.append([x for _, _, x in digits])
+        flat = [x for g in groups for x in g]
+        if len(set(flat)) != len(flat) or all(len(g) == 1 for g in groups):
+            return None
+        code, off = ref.code, (2 if ref.batched else 0)
+        for k in reversed(range(len(groups))):  # from the last tensor axis: the earlier dims keep their positions
+            if len(groups[k]) > 1:
+                code = f"{code}.unflatten({off + k}, ({', '.join(sizes[x] for x in groups[k])}))"
+        return self._as_view(code, TensorRef(code, len(flat), ref.batched), [axes.index(x) for x in flat], axes)
+
     def _static_view(self, code, axes, present) -> str:
         first = present[0]
         sl = ", ".join(":" if k in present else "None" for k in range(first, len(axes)))
         return f"{code}[{sl}]"
 
     def _sum(self, e: sp.Sum, axes, sizes) -> str:
+        with self._extents({var: hi + 1 for var, _, hi in e.limits}):  # a summed index can be a digit of a read
+            return self._sum_over(e, axes, sizes)
+
+    def _sum_over(self, e: sp.Sum, axes, sizes) -> str:
         # SymPy merges nested sums into one Sum with several limits; all are bound at once
         unused = [lim for lim in e.limits if lim[0] not in e.function.free_symbols]
         if unused:  # sum(k: n, x) with x free of k is n * x: no [.., n] broadcast to add up (n may be huge)

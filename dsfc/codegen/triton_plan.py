@@ -41,6 +41,7 @@ from ..analysis.log_space import complements
 from ..analysis.structure import Structure
 from ..ir.let_reuse import canonical_bound, reuse_lets
 from ..ir.symspec import SymSpec, tensor_names
+from .block_views import print_over
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
 from ..analysis.index_algebra import simplify
@@ -302,11 +303,12 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     hoisted: list[tuple[str, str]] = []
     hoisted_tensors: dict[str, tuple[sp.Basic, bool, int]] = {}
     row_sizes = {s: pr.size(axes[k].extent) for k, s in enumerate(rows)}
+    ranges = {s: a.extent for s, a in zip(rows, axes)}
     taken = set(sym.tensors)
 
     hoisted_of: dict[tuple, tuple] = {}  # canonical (sum, sizes) -> (the tensor's read over _ax0.., the sum)
 
-    def register(e, free, sizes, stem, first):
+    def register(e, free, sizes, stem, first, extents):
         """The hoisted tensor of the sum ``e`` over the index symbols ``free`` (sizes: printed extents), read at
         them; the same sum over the same axes is computed once (a let in a and in bu)."""
         # keyed up to the names of the index symbols and bound variables: let r[c] = f(sum(m, W[c, m] u[m])) and
@@ -323,7 +325,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         batched = pr._is_batched(e)
         shape = ", ".join(sizes[s] for s in free)
         lead = "_B, _T" + (", " if free else "") if batched else ""
-        code = pr.print_tensor(e, tuple(free), {s: sizes[s] for s in free})
+        code = print_over(pr, sym, e, free, [extents[s] for s in free], {s: sizes[s] for s in free}, tensor=True)
         code = f"({code}).expand({lead}{shape})" if (lead or shape) else code
         hoisted.append((name, code))
         base = sp.IndexedBase(name) if free else sp.Symbol(name)
@@ -333,7 +335,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     def hoist(e):
         if isinstance(e, sp.Sum):
-            return register(e, [s for s in rows if s in e.free_symbols], row_sizes, "_sum", "_sum0")
+            return register(e, [s for s in rows if s in e.free_symbols], row_sizes, "_sum", "_sum0", ranges)
         if not e.args or isinstance(e, sp.Indexed):
             return e
         return e.func(*[hoist(a) for a in e.args])
@@ -347,10 +349,9 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
             return e
         sizes = {s: pr.size(x) for s, x in ext.items()}
         stem = f"_{_kname(let.tensor.name)}_sum"
-        return register(e, [s for s in let.index if s in e.free_symbols], sizes, stem, stem)
+        return register(e, [s for s in let.index if s in e.free_symbols], sizes, stem, stem, ext)
 
     lets = _inlinable_lets(sym) if inline else {}
-    ranges = {s: a.extent for s, a in zip(rows, axes)}
 
     def kernel_form(e):
         return hoist(reuse_lets(_inline_lets(sp.S(e), sym, lets, hoist_let_sum), sym, ranges))

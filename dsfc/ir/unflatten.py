@@ -26,43 +26,9 @@ from dataclasses import replace
 import sympy as sp
 
 from ..analysis.index_algebra import terms
+from .digits import free_dims, radix_digits, same
 from .lower import index_symbol
 from .symspec import SymAxis, SymMatrix, SymSpec
-
-
-def _free_dims(sym: SymSpec, expr: sp.Expr) -> sp.Expr:
-    """An extent over the free dims only, ``//`` read as exact division: a state split into ``[g: G, r: R]`` with
-    ``dim R = H // G`` tiles an output axis of extent ``H``."""
-    return sym.in_free_dims(expr, exact_division=True)
-
-
-def _same(a: sp.Expr, b: sp.Expr) -> bool:
-    return sp.simplify(a - b) == 0
-
-
-def _radix(sym: SymSpec, expr: sp.Expr, extents: dict[sp.Symbol, sp.Expr], total: sp.Expr):
-    """``expr = sum_i stride_i * x_i`` a row-major mixed-radix index of extent ``total``? Returns the
-    [(stride, extent, x)] from the most significant digit down, or None."""
-    expr = sp.expand(expr)
-    xs = [s for s in expr.free_symbols if s in extents]
-    if len(xs) < 2:
-        return None
-    coeffs = {x: expr.coeff(x) for x in xs}
-    if sp.expand(expr - sum(c * x for x, c in coeffs.items())) != 0:
-        return None  # a constant or a non-linear term
-    if any(c.free_symbols & set(xs) for c in coeffs.values()):
-        return None
-    digits, stride, left = [], sp.Integer(1), dict(coeffs)
-    while left:
-        x = next((x for x, c in left.items() if _same(_free_dims(sym, c), stride)), None)
-        if x is None:
-            return None
-        digits.append((coeffs[x], extents[x], x))
-        stride = _free_dims(sym, stride * extents[x])
-        del left[x]
-    if not _same(stride, _free_dims(sym, total)):
-        return None
-    return digits[::-1]
 
 
 def _divmod_split(sym: SymSpec, m: SymMatrix, k: int):
@@ -86,7 +52,7 @@ def _divmod_split(sym: SymSpec, m: SymMatrix, k: int):
             strides.add(node.args[1])
     if not strides:
         return None
-    norm = {_free_dims(sym, s_) for s_ in strides}
+    norm = {free_dims(sym, s_) for s_ in strides}
     if len(norm) != 1:
         return None
     s = next(iter(strides))
@@ -96,7 +62,7 @@ def _divmod_split(sym: SymSpec, m: SymMatrix, k: int):
                              lambda n: sp.Integer(0))
     if o in hidden.free_symbols:
         return None  # o is also used on its own: keep it flat
-    outer = sp.simplify(_free_dims(sym, m.row_extents[k]) / _free_dims(sym, s))
+    outer = sp.simplify(free_dims(sym, m.row_extents[k]) / free_dims(sym, s))
     if sp.fraction(sp.together(outer))[1] != 1 or not (outer.is_positive or outer.free_symbols):
         return None  # s does not divide o's extent for every choice of the free dims
     if outer == 1:
@@ -112,7 +78,7 @@ def _find_split(sym: SymSpec, m: SymMatrix, k: int):
         for d in sp.preorder_traversal(t):
             if isinstance(d, sp.KroneckerDelta) and o in d.args:
                 other = d.args[1] if d.args[0] == o else d.args[0]
-                digits = _radix(sym, other, extents, m.row_extents[k])
+                digits = radix_digits(sym, other, extents, m.row_extents[k])
                 if digits is not None:
                     return [(s, e) for s, e, _ in digits]
     return _divmod_split(sym, m, k)
@@ -140,7 +106,7 @@ class _Simplifier:
         return sum((c * (self.ranges[x] - 1) for x, c in coeffs.items()), sp.Integer(0))
 
     def _below(self, coeffs, limit: sp.Expr) -> bool:
-        gap = sp.simplify(_free_dims(self.sym, limit - self._bound(coeffs)))
+        gap = sp.simplify(free_dims(self.sym, limit - self._bound(coeffs)))
         return bool(gap.is_positive)
 
     def floor(self, arg):
@@ -166,8 +132,8 @@ class _Simplifier:
             return None
         pairs = []
         for x, c in ca.items():
-            y = next((y for y, d in cb.items() if _same(_free_dims(self.sym, c), _free_dims(self.sym, d))), None)
-            if y is None or not _same(_free_dims(self.sym, self.ranges[x]), _free_dims(self.sym, self.ranges[y])):
+            y = next((y for y, d in cb.items() if same(free_dims(self.sym, c), free_dims(self.sym, d))), None)
+            if y is None or not same(free_dims(self.sym, self.ranges[x]), free_dims(self.sym, self.ranges[y])):
                 return None
             pairs.append((x, y))
         if len({y for _, y in pairs}) != len(pairs):
@@ -176,10 +142,10 @@ class _Simplifier:
         stride = sp.Integer(1)
         left = dict(ca)
         while left:
-            x = next((x for x, c in left.items() if _same(_free_dims(self.sym, c), stride)), None)
+            x = next((x for x, c in left.items() if same(free_dims(self.sym, c), stride)), None)
             if x is None:
                 return None
-            stride = _free_dims(self.sym, stride * self.ranges[x])
+            stride = free_dims(self.sym, stride * self.ranges[x])
             del left[x]
         return sp.Mul(*[sp.KroneckerDelta(x, y) for x, y in pairs])
 
