@@ -10,18 +10,24 @@ Found and fixed:
   state. ``TorchPrinter._indexed`` and ``_selected`` now treat any subscript free of the axes (an integer or an
   expression of dims) as one picked entry (basic indexing, then the view over the axes), as they did for literals
   (``SLICED``, ``DIM_SUB``; the Triton printer was already right).
-
 - A Comba-style delta rule ``A = al I - be k k^T`` with the rank-1 weight a let carrying the scale, ``be = 0.9 al
   bi``, had the read vector ``f = (be / al) k`` printed as ``be k / al``: 0 / 0 in fp32 once ``al = sigmoid(z)``
   underflows, so at inputs of scale 30 every fp32 output and gradient (torch and Triton) was NaN where float64's are
-  finite. ``structure.split_delta`` now looks through lets that only name a product (``_inline_products``, as the
-  rank-1 prover does) when the quotient keeps a denominator, and ``al`` cancels: ``f = 0.9 bi k``.
+  finite. ``structure.split_delta`` now looks through lets that only name a product (``_look_through_products``,
+  scalar lets included) when the quotient keeps a denominator, and ``al`` cancels: ``f = 0.9 bi k``
+  (``DELTA_SCALAR_BE`` is the scalar-let form).
 
 Found, NOT fixed:
 - The same A with a weight independent of the scale (``be = 0.5 bi``; Comba's own form) is scanned as
   ``al (I - (be / al) k k^T)``: once ``al`` underflows in fp32, ``be / al`` is inf and the outputs NaN (float64 is
   finite). The WY form factors the scale out of the rank-1 term; a fix needs a delta scan that takes ``s I - w k f^T``
   as it is (strict xfail ``test_an_independent_rank_one_weight_stays_finite_in_fp32``).
+- RetNet's per-head decay written as the paper's linspace, ``1 - exp(log(1/32) + h (log(1/512) - log(1/32)) /
+  (H - 1))``, divides by zero at one head: at ``dim H = 1`` (or ``Model(H=1)``) it compiles, ``dsfc analyze``
+  reports ``|lambda| < 1 [0.96875, 1)``, and every output is NaN (0 / 0). Constants that divide by zero are refused
+  (docs/language.md), but a dims-only denominator inside an expression over indices is not evaluated at the dims
+  (strict xfail ``test_a_let_dividing_by_a_dim_expression_that_is_zero_is_refused``; at H = 3 the decays are the
+  paper's, ``RETNET_LINSPACE``).
 - LightNet written with ``Z = cumsum(exp(k))`` overflows fp32 at keys above 88 (inputs of scale 30 here): the spec's
   maths (the paper computes it as a log-cumsum-exp), not a rewrite dsfc could make without carrying log Z.
 - The known gap of rounds 3 and 9 (a decay along the value axis runs the elementwise diagonal scan, not a chunked
@@ -29,20 +35,28 @@ Found, NOT fixed:
   correct on the torch and Triton paths.
 
 Checked clean (each against an independent float64 implementation written here from the paper's equations, not from
-dsfc's reference: forward at T = 0, 1, 7 and 9, batch 1 and 3, from zero and, where the state is a plain tensor, from
-an initial state; token-by-token step; gradients of the input and every parameter; torch path and Triton path
-interpreted on CPU; and against dsfc's reference recurrence through ``check_all_paths``: T = 0, 1, 7, an initial
-state, step, gradients of the input, the initial state and every parameter, Triton, chunks of 3 over T = 9):
+dsfc's reference: forward at T = 0, 1, 7 and 9 (Triton interpreted on CPU at T = 0 and 9), batch 1 and 3, from zero
+and, where the state is a plain tensor, from an initial state; token-by-token step; gradients of the input and every
+parameter on the torch and Triton paths; and against dsfc's reference recurrence through ``check_all_paths``:
+T = 0, 1, 7, an initial state, step, gradients of the input, the initial state and every parameter, Triton, chunks
+of 3 over T = 9):
 LightNet's additive decay (Qin et al. 2024, "You Only Scan Once": a per-key softmax over time, A = Z_prev / Z with
 Z = cumsum(exp(k)), chunked outer-product scan), Titans' linear memory with momentum (Behrouz et al. 2024: memory
 and momentum stacked on one state axis, a 2K x 2K dense block per head and value slot, dense scan), Mamba-1 with
 the complex S4D-Lin initialisation A = -1/2 + i pi n as 2x2 rotation-scaling blocks with a complex B and
-y = 2 Re(C h) (block scan), a Comba-style delta rule A = al I - be k k^T with independent al and be, B = bi k v^T
-and the output read at q - d k (chunked delta rule), MetaLA (Chou et al. 2024: key 1 - al, no key projection, the
+y = 2 Re(C h) (block scan), a Comba-style delta rule A = al I - be k k^T (be = 0.9 al bi), B = bi k v^T and the
+output read at q - d k (chunked delta rule), MetaLA (Chou et al. 2024: key 1 - al, no key projection, the
 self-augmentation sigmoid(q . (w (1 - al))) v as an input-dependent D), gated random-feature attention (Peng et al.
 2021, RFA-gate: [cos, sin](W x) features over a 2-axis key, S = g S + (1 - g) phi(k) v^T, its normaliser a scan in
 a post), q, k, v sliced from a prime-width input (13) with a rolled key index (a + 2) % K, a reversed value index,
 a query read at (a + 4) % K, one head and delta factors in reversed order, a value-axis decay read before the update.
+Spot-checked with ``dsfc check`` and fp32 against float64 at input scales 1, 10, 30 (not kept as tests: they pass):
+heads rolled in the query (q[(h + 1) % H, a]) with keys reversed in B and a post reading u[d - 1] and u[d - 2 - b], a
+delta rule with scalar decay and beta for all heads and a decay spelt (1 + exp(-z)) ^ -1, a diagonal scan reading the
+input reversed with a decay u0^2 / (1 + u0^2 + s), softmax attention with a scalar gate sigmoid(u[d - 1]) in C, a
+delta rule on normalised Taylor-2 key features, mLSTM gates as lets over (h, a) that ignore a with a forget gate
+exp(-softplus(-f)) and an input gate exp(min(i, 3)), a gated delta rule with such broadcast alpha and beta, a GLA at
+d = H = K = V = 1 read before the update, LightNet and Titans read before the update.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -54,7 +68,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import F64, check_all_paths, compile_and_build, rel_err, run_steps  # noqa: E402
+from dsf_testing import (F64, assert_grads_close, check_all_paths, compile_and_build, output_and_grads,  # noqa: E402
+                         rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 
@@ -535,8 +550,6 @@ def test_a_rank_one_weight_carrying_the_scale_cancels_it_in_fp32(backend, spec):
     """Comba-style A = al I - be k k^T with be = 0.9 al bi: the delta rule's read vector f = (be / al) k was printed
     as be k / al, 0 / 0 in fp32 once al = sigmoid(z) underflows (inputs of scale 30): NaN outputs and gradients where
     float64's are finite. The analysis now looks through the product let be, so f = 0.9 bi k (scalar lets too)."""
-    from dsf_testing import assert_grads_close, output_and_grads
-
     built = compile_and_build(COMBA if spec == "comba" else DELTA_SCALAR_BE, path=f"{spec}.dsf")
     assert built.result.structure.family == Family.CHUNKED_DELTA
     assert "/ al" not in built.result.source
@@ -554,8 +567,6 @@ def test_a_rank_one_weight_carrying_the_scale_cancels_it_in_fp32(backend, spec):
 @pytest.mark.xfail(strict=True, reason="found, not fixed: A = al I - be k k^T with be independent of al is scanned as "
                    "al (I - (be / al) k k^T); in fp32 al underflows and be / al is inf")
 def test_an_independent_rank_one_weight_stays_finite_in_fp32():
-    from dsf_testing import output_and_grads
-
     built = compile_and_build(COMBA.replace("let be[h: H] = al[h] * bi[h] * 0.9", "let be[h: H] = 0.5 * bi[h]"),
                               path="comba_indep.dsf")
     gen = torch.Generator().manual_seed(3)
@@ -566,3 +577,42 @@ def test_an_independent_rank_one_weight_stays_finite_in_fp32():
     assert torch.isfinite(y64).all()
     assert torch.isfinite(y32).all() and all(torch.isfinite(g).all() for g in g32)
     assert rel_err(y32, y64) < 1e-5
+
+
+RETNET_LINSPACE = """
+model RetNetLinspace "RetNet gamma_h = 1 - exp(linspace(log(1/32), log(1/512), H)), the linspace step over H - 1"
+dim d = 4
+dim H = 1
+dim K = 2
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 0.5)
+param W_K[H, K, d] ~ normal(0, 0.5)
+param W_V[H, V, d] ~ normal(0, 0.5)
+let gam[h: H] = 1 - exp(log(1 / 32) + h * (log(1 / 512) - log(1 / 32)) / (H - 1))
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * gam[h]
+B[(h, a, b), m] = sum(m2, W_K[h, a, m2] * u[m2]) * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+"""
+
+
+def test_retnet_linspace_decays_match_the_paper_at_three_heads():
+    """At H = 3 the formula gives RetNet's 1 - 2^-5, 1 - 2^-7, 1 - 2^-9 (values a reader of the paper expects)."""
+    built = compile_and_build(RETNET_LINSPACE.replace("dim H = 1", "dim H = 3"), path="retnet_linspace.dsf")
+    u = torch.randn(1, 2, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    A, _, _, _ = built.dsf_matrices(u)
+    diag = A[0, 0].diagonal().reshape(3, 2, 2)
+    want = 1 - torch.tensor([2.0 ** -5, 2.0 ** -7, 2.0 ** -9], dtype=F64)
+    assert torch.allclose(diag, want[:, None, None].expand(3, 2, 2), rtol=0, atol=1e-14)
+
+
+@pytest.mark.xfail(strict=True, reason="found, not fixed: a let dividing by a dims expression that is 0 at the "
+                   "default dims (h * c / (H - 1) at H = 1) compiles, and its decay is 0 / 0 = NaN in every output")
+def test_a_let_dividing_by_a_dim_expression_that_is_zero_is_refused():
+    from dsfc.lang.errors import SpecErrors
+    from dsfc.pipeline import compile_text
+
+    with pytest.raises(SpecErrors):
+        compile_text(RETNET_LINSPACE, "retnet_linspace.dsf")
