@@ -560,7 +560,7 @@ class MambaBlock(nn.Module):
         m = m.expand(_B, _T, E, E, n).clone(memory_format=torch.contiguous_format)
         out.append(m.view(_B, _T, E, E * n))  # C
         m = torch.as_tensor(
-            (axis(E, 1, 2, _dev) == axis(E, 0, 2, _dev)).to(_dtype) * F.silu(z[:, :, :, None]) * D[:],
+            (axis(E, 1, 2, _dev) == axis(E, 0, 2, _dev)).to(_dtype) * F.silu(z[:, :, :, None]) * D,
             dtype=_dtype,
             device=_dev,
         )

@@ -473,7 +473,7 @@ class S4D(nn.Module):
         )
         m = m.expand(_B, _T, d, d, Nh, 2).clone(memory_format=torch.contiguous_format)
         out.append(m.view(_B, _T, d, d * Nh * 2))  # C
-        m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
+        m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D, dtype=_dtype, device=_dev)
         m = m.expand(_B, _T, d, d).clone(memory_format=torch.contiguous_format)
         out.append(m.view(_B, _T, d, d))  # D
         return tuple(out)

@@ -446,7 +446,7 @@ class S6(nn.Module):
         )
         m = m.expand(_B, _T, d, d, n).clone(memory_format=torch.contiguous_format)
         out.append(m.view(_B, _T, d, d * n))  # C
-        m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D[:], dtype=_dtype, device=_dev)
+        m = torch.as_tensor((axis(d, 1, 2, _dev) == axis(d, 0, 2, _dev)).to(_dtype) * D, dtype=_dtype, device=_dev)
         m = m.expand(_B, _T, d, d).clone(memory_format=torch.contiguous_format)
         out.append(m.view(_B, _T, d, d))  # D
         return tuple(out)

@@ -316,9 +316,17 @@ class TorchPrinter:
         if selected is not None:
             return selected
         idx = ", ".join(self.index(s, axes, sizes) for s in subs)
-        if not axes or all(s.is_Integer for s in subs):
+        # subscripts free of the axes (integers, dims: u[d - 1]) pick one entry, which broadcasts over every axis;
+        # only ``is_Integer`` was tested here, and a dim subscript then lost the axes' size-1 dims ([B, T] where
+        # [B, T, H] was expanded: a scalar gate sigmoid(u[d - 1]) of a chunked scan crashed)
+        if not axes or not any(self._axis_free(s, axes) is False for s in subs):
             return f"{ref.code}[{lead}{idx}]" + (f"[:, :{', None' * len(axes)}]" if ref.batched and axes else "")
         return f"{ref.code}[{lead}{idx}]"
+
+    @staticmethod
+    def _axis_free(s, axes) -> bool:
+        """True when subscript ``s`` uses none of ``axes`` (an integer or an expression of dims only)."""
+        return not (sp.S(s).free_symbols & set(axes))
 
     def _narrowed(self, ref: TensorRef, subs, sizes) -> str:
         """``ref``'s code, cut to the ranges of the index symbols that subscript it. An index over fewer values than
@@ -362,11 +370,13 @@ class TorchPrinter:
         ``index_select``'s is an ``index_add`` along one dim. SSD's ``C[h // R, i]`` head broadcast, forward and
         backward at B=8, T=1024, H=16, n=64 on 2 CPU cores: 54 ms as a gather, 20 ms as ``index_select``. (On an
         H100 the generated SSD module took 15.9 ms forward+backward with the gather, its kernels 3.7 ms.)"""
-        if all(s.is_Integer for s in subs):
+        if all(self._axis_free(s, axes) for s in subs):
             return None
         owners = []
         for s in subs:
-            if s.is_Integer:
+            if self._axis_free(s, axes):  # an integer or a dim expression (w[n - 1, i]): basic indexing
+                if not all(d in self.dims for d in s.free_symbols):
+                    return None
                 owners.append(None)
                 continue
             free = s.free_symbols & set(axes)
@@ -379,7 +389,8 @@ class TorchPrinter:
         code = ref.code
         if any(a is None for a in owners):  # integer subscripts: basic indexing drops those dims (a view)
             lead = ":, :, " if ref.batched else ""
-            code = f"{code}[{lead}{', '.join(str(int(s)) if a is None else ':' for s, a in zip(subs, owners))}]"
+            picks = ", ".join(self.index(s, axes, sizes) if a is None else ":" for s, a in zip(subs, owners))
+            code = f"{code}[{lead}{picks}]"
         off = 2 if ref.batched else 0
         for dim, (s, a) in enumerate((s, a) for s, a in zip(subs, owners) if a is not None):
             if s != a:
@@ -445,6 +456,8 @@ class TorchPrinter:
 
     def _static_view(self, code, axes, present) -> str:
         first = present[0]
+        if present == list(range(first, len(axes))):  # leading axes broadcast: nothing to add (was a no-op [:])
+            return code
         sl = ", ".join(":" if k in present else "None" for k in range(first, len(axes)))
         return f"{code}[{sl}]"
 
