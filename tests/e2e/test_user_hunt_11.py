@@ -1,0 +1,146 @@
+"""Found by the eleventh user hunt (a new user of the spec language, the CLI and the generated modules on inputs nobody
+tested: a mutation fuzzer over the catalog specs (tokens deleted, duplicated, swapped, functions and numbers
+replaced) run through the compiler and, where a mutant compiled, through ``dsfc check``; spec text pasted from a paper
+or a word processor; double backward of every module on the torch backend; modules with parameters of one dtype and
+inputs or states of another; states on meta, of another batch, or of another dtype; NaN parameters;
+``load_state_dict`` with wrong shapes; inference-mode inputs then backward; ``torch.use_deterministic_algorithms``).
+Each test failed before its fix.
+
+Found and fixed:
+
+- A spec function in the argument of a ``~`` initialiser (``~ normal(0, silu(1))``, ``uniform(-1, sigmoid(d))``)
+  was "internal error: TypeError: Cannot convert expression to float ... This is a bug in dsfc" (the fuzzer's only
+  crash, three times): the spec's own functions (softplus, sigmoid, logsigmoid, relu, silu, elu, gelu) had no numeric
+  evaluation, so ``evalf`` left ``silu(1)`` symbolic. They evaluate now (``_Elementwise._eval_evalf`` in
+  ``dsfc/ir/functions.py``), and a dist argument that still is not a number is a spec error, not a TypeError.
+- For the same reason ``param D[d] = log(relu(-1))`` or ``= sqrt(silu(-1))`` (every entry -inf / NaN) compiled, and
+  failed only at the module's construction; ``log(0)`` itself was refused at compile time. Now refused there too.
+- An unexpected non-ASCII character said "names are letters, digits and '_'", about 'β', which is a letter; and a
+  Unicode minus (U+2212), '×', '÷' or a fullwidth digit pasted from a paper got the same hint. The hint now names the
+  ASCII operator to type, or says the letter / digit is not ASCII, or that a no-break / zero-width space or a BOM
+  inside the file is an invisible space (``dsfc.lang.parse._character_hint``).
+
+Checked clean (no change): ``gradgradcheck`` (T = 4) and a Hessian-vector product against finite differences
+(T = 67, across chunk boundaries) of every catalog module on the torch backend; ``.half()`` / ``.bfloat16()`` /
+``.double()`` modules fed fp32 / fp64 / bf16 input (the input's dtype, as documented), fp64 and bf16 states into fp32
+calls; a state on meta, of batch 1 for batch 2; a NaN parameter (named); ``load_state_dict`` with a wrong shape
+(torch names the parameter); ``use_deterministic_algorithms(True)``; zero-batch ``step``; cpu bf16 autocast;
+``--seed -1``, ``--dims d=1e3`` / ``d=0x10`` / repeated dims / unknown dims, ``bench -T 0`` / ``--repeats 0`` /
+``--batch 0``, ``plot --T 0``, ``compare --width 0``.
+
+Found, not fixed:
+
+- An inference-mode tensor given as u to a module whose parameters require grad fails with torch's own (clear)
+  "Inference tensors cannot be saved for backward ... make a clone" from inside the module, not naming u.
+- ``forward(u, output_final_state="no")`` (any truthy non-bool) returns the ``(y, state)`` tuple.
+- ``dsfc analyze specs/rg_lru.dsf`` takes ~12 s of CPU (the analysis, not the parse); a comment edit does not change it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import sympy as sp
+import torch
+
+from dsfc.cli import main
+from dsfc.lang.errors import SpecError, SpecErrors, render_error
+from dsfc.pipeline import compile_text
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs"
+S6_TEXT = (SPECS / "s6.dsf").read_text()
+NORMAL_WB = "param W_B[n, d] ~ normal(0, 1 / sqrt(d))"
+PARAM_D = "param D[d] = 1"
+
+
+def _s6_with(old: str, new: str) -> str:
+    assert old in S6_TEXT
+    return S6_TEXT.replace(old, new)
+
+
+def _spec_errors(text: str) -> str:
+    """The errors as the CLI prints them, hints included."""
+    with pytest.raises((SpecError, SpecErrors)) as info:
+        compile_text(text, "x.dsf")
+    exc = info.value
+    return exc.render() if isinstance(exc, SpecErrors) else render_error(exc, "x.dsf", text)
+
+
+# -- 1. spec functions evaluate at compile time ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["silu(1)", "sigmoid(d)", "softplus(-2)", "relu(-1)", "gelu(1) / elu(1)"])
+def test_a_spec_function_in_a_dist_argument_compiles(tmp_path, capsys, arg):
+    """Was "internal error: TypeError: Cannot convert expression to float" (exit 3)."""
+    spec = tmp_path / "fn_arg.dsf"
+    spec.write_text(_s6_with(NORMAL_WB, f"param W_B[n, d] ~ normal(0, {arg})"))
+    rc = main(["compile", str(spec), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "internal error" not in err and (tmp_path / "out" / "fn_arg.py").is_file()
+
+
+def test_a_dist_range_of_spec_functions_is_checked_with_their_values():
+    # sigmoid(3) = 0.9526 > silu(1) = 0.7311: computed here with math, not with the code under test
+    lo, hi = 1 / (1 + math.exp(-3)), 1 / (1 + math.exp(-1))
+    err = _spec_errors(_s6_with(NORMAL_WB, "param W_B[n, d] ~ uniform(sigmoid(3), silu(1))"))
+    assert f"uniform(lo, hi) for 'W_B' needs lo <= hi, got {lo:g} > {hi:g}" in err
+    err = _spec_errors(_s6_with(NORMAL_WB, "param W_B[n, d] ~ normal(0, -softplus(0))"))
+    assert f"must be >= 0, got {-math.log(2):g}" in err
+
+
+@pytest.mark.parametrize("init", ["log(relu(-1))", "sqrt(silu(-1))", "1 / relu(-2)", "1 / gelu(0)"])
+def test_an_initialiser_that_is_not_finite_through_a_spec_function_is_refused_at_compile_time(tmp_path, capsys, init):
+    """Compiled, then failed at construction ("parameter 'D' has inf / NaN entries after the spec's initialiser")."""
+    spec = tmp_path / "bad_init.dsf"
+    spec.write_text(_s6_with(PARAM_D, f"param D[d] = {init}"))
+    rc = main(["compile", str(spec), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "not a finite real number" in err and "param D[d] = " + init in err and "no files written" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_spec_functions_evaluate_to_torchs_values():
+    """The numeric evaluation each function got, against torch's own function in float64."""
+    from dsfc.ir.functions import FUNCTION_TABLE
+
+    F = torch.nn.functional
+    want = {"softplus": F.softplus, "sigmoid": torch.sigmoid, "logsigmoid": F.logsigmoid, "relu": F.relu,
+            "silu": F.silu, "elu": F.elu, "gelu": F.gelu}
+    points = [-3.5, -1.0, 0.0, 0.25, 2.0, 7.0]
+    for name, fn in want.items():
+        got = [float(FUNCTION_TABLE[name](sp.Float(x)).evalf()) for x in points]
+        ref = fn(torch.tensor(points, dtype=torch.float64)).tolist()
+        assert got == pytest.approx(ref, rel=1e-12, abs=1e-15), name
+    assert FUNCTION_TABLE["silu"](sp.Symbol("x")).evalf().has(sp.Symbol("x"))  # symbolic stays symbolic
+
+
+# -- 2. characters pasted from a paper ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("old,new,hint", [
+    ("exp(-dt[c]", "exp(\u2212dt[c]", "'\u2212' (U+2212) is not '-': type the ASCII '-'"),
+    ("W_B[j, k] * u[k]", "W_B[j, k] \u00d7 u[k]", "'\u00d7' (U+00D7) is not '*'"),
+    ("1 / sqrt(d)", "1 \u00f7 sqrt(d)", "'\u00f7' (U+00F7) is not '/'"),
+    ("W_B", "W\u03b2", "'\u03b2' (U+03B2) is not an ASCII letter: names are ASCII letters, digits and '_'"),
+    ("dim n = 16", "dim n = \uff11\uff16", "is a non-ASCII digit: numbers are written with 0-9"),
+    ("dim n = 16", "dim n =\u00a016", "U+00A0 is an invisible or non-ASCII space"),
+    ("W_B[j, k]", "W_B\u200b[j, k]", "U+200B is an invisible or non-ASCII space"),
+])
+def test_a_non_ascii_character_gets_a_hint_that_says_what_it_is(old, new, hint):
+    err = _spec_errors(_s6_with(old, new))
+    assert "unexpected character" in err and hint in err, err
+    assert "names are letters" not in err  # the old hint, wrong about 'β'
+
+
+def test_an_ascii_stray_character_keeps_the_general_hint():
+    err = _spec_errors(_s6_with(PARAM_D, PARAM_D + " $"))
+    assert "unexpected character '$'" in err
+    assert "hint: names are ASCII letters, digits and '_'; comments start with '#'" in err
