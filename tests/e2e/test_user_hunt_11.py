@@ -19,6 +19,11 @@ Found and fixed:
   Unicode minus (U+2212), '×', '÷' or a fullwidth digit pasted from a paper got the same hint. The hint now names the
   ASCII operator to type, or says the letter / digit is not ASCII, or that a no-break / zero-width space or a BOM
   inside the file is an invisible space (``dsfc.lang.parse._character_hint``).
+- A spec named ``dsfc.dsf`` compiled to ``dsfc.py`` (``torch.dsf`` to ``torch.py``, ``math.dsf``, ``triton.dsf``):
+  imported from its own directory (a script there, ``python -c`` there, ``-o .``) it shadowed the package the file
+  itself imports and failed with "No module named 'dsfc.runtime'; 'dsfc' is not a package" (round 10 left
+  ``torch.py`` as not fixed). The names of the modules generated code imports get a ``_`` suffix, as keywords do
+  (``dsfc.pipeline.IMPORTED_BY_GENERATED``).
 
 Checked clean (no change): ``gradgradcheck`` (T = 4) and a Hessian-vector product against finite differences
 (T = 67, across chunk boundaries) of every catalog module on the torch backend; ``.half()`` / ``.bfloat16()`` /
@@ -39,6 +44,7 @@ Found, not fixed:
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -144,3 +150,25 @@ def test_an_ascii_stray_character_keeps_the_general_hint():
     err = _spec_errors(_s6_with(PARAM_D, PARAM_D + " $"))
     assert "unexpected character '$'" in err
     assert "hint: names are ASCII letters, digits and '_'; comments start with '#'" in err
+
+
+# -- 3. spec names of the modules the generated code imports --------------------------------------------------------
+
+
+@pytest.mark.parametrize("stem", ["dsfc", "torch", "math"])
+def test_a_spec_named_like_an_imported_module_does_not_shadow_it(tmp_path, capsys, stem):
+    """``dsfc compile dsfc.dsf -o out`` wrote ``out/dsfc.py``: importing it from ``out`` (a script there, ``-o .``)
+    failed with "No module named 'dsfc.runtime'; 'dsfc' is not a package" (torch.py, math.py: torch's own import
+    broke). It is written as ``<stem>_.py`` now, as a Python keyword is."""
+    import subprocess
+
+    spec = tmp_path / f"{stem}.dsf"
+    spec.write_text(S6_TEXT)
+    out = tmp_path / "out"
+    assert main(["compile", str(spec), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}_.py"]
+    code = f"import {stem}_, torch; m = {stem}_.S6(d=3, n=2, r=1); print(tuple(m(torch.randn(2, 4, 3)).shape))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=out, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(2, 4, 3)"
