@@ -42,8 +42,8 @@ class CompileResult:
     @property
     def module_name(self) -> str:
         """The spec file's stem as an importable Python module name (``my-spec.dsf`` -> ``my_spec``, ``9lives.dsf``
-        -> ``m9lives``, ``class.dsf`` -> ``class_``, ``torch.dsf`` -> ``torch_``): the generated file must be importable and
-        must not shadow a module it imports."""
+        -> ``m9lives``, ``class.dsf`` -> ``class_``, ``torch.dsf`` -> ``torch_``): the generated file must be
+        importable and must not shadow a module it imports."""
         return python_module_name(Path(self.spec.path).stem)
 
 
