@@ -24,6 +24,12 @@ Found and fixed:
   itself imports and failed with "No module named 'dsfc.runtime'; 'dsfc' is not a package" (round 10 left
   ``torch.py`` as not fixed). The names of the modules generated code imports get a ``_`` suffix, as keywords do
   (``dsfc.pipeline.IMPORTED_BY_GENERATED``).
+- ``step`` ran under ``@torch.no_grad()`` (since the first template, undocumented): y_t and the new state had no
+  grad_fn even for an input that requires grad, so a token-by-token loss (online learning, RL, a per-token training
+  loop) failed with torch's "element 0 of tensors does not require grad", or, summed with any other trainable term,
+  silently left the layer's parameters without gradients. ``step`` is differentiable now, as ``forward`` (whose
+  gradients it matches); a decoding loop runs it under ``no_grad`` / ``inference_mode``, as the benchmark's and
+  ``dsfc check``'s loops do. Documented in the README.
 
 Checked clean (no change): ``gradgradcheck`` (T = 4) and a Hessian-vector product against finite differences
 (T = 67, across chunk boundaries) of every catalog module on the torch backend; ``.half()`` / ``.bfloat16()`` /
@@ -42,6 +48,8 @@ Found, not fixed:
 """
 
 from __future__ import annotations
+
+from tests.triton._device import DEVICE  # noqa: F401,I001  (sets TRITON_INTERPRET=1 before triton is imported)
 
 import math
 import os
@@ -172,3 +180,70 @@ def test_a_spec_named_like_an_imported_module_does_not_shadow_it(tmp_path, capsy
     proc = subprocess.run([sys.executable, "-c", code], cwd=out, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "(2, 4, 3)"
+
+
+# -- 4. step is differentiable --------------------------------------------------------------------------------------
+
+STEP_DIMS = {"s6": dict(d=3, n=2, r=1), "ssd": dict(H=2, P=2, n=2, G=2), "gla": dict(d=3, H=2, K=2, V=2, R=1),
+             "gated_deltanet": dict(d=3, H=2, K=2, V=2), "rg_lru": dict(W=4, nh=2), "mlstm": dict(H=2, DH=2, bs=2),
+             "mamba_block": dict(d=2, e=2, n=2, r=1, W=2), "softmax_attention": dict(d=3, H=2, K=2, V=2)}
+
+
+@pytest.mark.parametrize("name", sorted(STEP_DIMS))
+def test_a_token_by_token_loss_through_step_trains_the_layer(name):
+    """``step`` ran under ``@torch.no_grad()``: y_t had no grad_fn, so a loss over a step loop either failed
+    ("element 0 of tensors does not require grad") or, with any other trainable term in it, silently left the
+    layer's parameters (and the input) without gradients. The step loop's gradients now equal forward's, computed by
+    the in-module float64 reference recurrence (softmax attention: its torch backend, which has no reference)."""
+    from dsf_testing import generated_class
+
+    torch.manual_seed(0)
+    cls = generated_class(name)
+    model = cls(**STEP_DIMS[name]).double()
+    oracle = cls(**STEP_DIMS[name], backend="torch" if name == "softmax_attention" else "reference").double()
+    oracle.load_state_dict(model.state_dict())
+    u = torch.randn(2, 5, model._in_features(), dtype=torch.float64)
+    w = torch.randn(2, 5, oracle(u).shape[-1], dtype=torch.float64)
+
+    u1 = u.clone().requires_grad_(True)
+    state, loss = None, 0
+    for t in range(u.shape[1]):
+        y_t, state = model.step(u1[:, t], state)
+        loss = loss + (y_t * w[:, t]).sum()
+    got = torch.autograd.grad(loss, [u1, *model.parameters()])
+
+    u2 = u.clone().requires_grad_(True)
+    want = torch.autograd.grad((oracle(u2) * w).sum(), [u2, *oracle.parameters()])
+    for (pname, _), g, r in zip([("u", None), *model.named_parameters()], got, want):
+        assert torch.allclose(g, r, rtol=1e-9, atol=1e-11), (pname, (g - r).abs().max().item())
+    with torch.no_grad():  # a decoding loop under no_grad builds no graph, as before
+        y_t, state = model.step(u[:, 0])
+    assert not y_t.requires_grad and not state_requires_grad(state)
+
+
+def state_requires_grad(state) -> bool:
+    return any(v.requires_grad for v in (state.values() if isinstance(state, dict) else [state]))
+
+
+@pytest.mark.parametrize("name", ["s6", "gla", "softmax_attention"])
+def test_a_step_loop_on_the_triton_backend_has_the_torch_backends_gradients(name):
+    """The same through the Triton kernels (interpreted on the CPU): step's gradients through the first-derivative
+    kernels, against the torch backend's."""
+    import copy
+
+    from dsf_testing import generated_class
+
+    torch.manual_seed(0)
+    ref = generated_class(name)(**STEP_DIMS[name], backend="torch").double()
+    tri = copy.deepcopy(ref)
+    tri.backend = "triton"
+    u = torch.randn(2, 4, ref._in_features(), dtype=torch.float64)
+    grads = []
+    for model in (ref, tri):
+        state, loss = None, 0
+        for t in range(u.shape[1]):
+            y_t, state = model.step(u[:, t], state)
+            loss = loss + y_t.square().sum()
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for (pname, _), g, r in zip(ref.named_parameters(), grads[1], grads[0]):
+        assert torch.allclose(g, r, rtol=1e-9, atol=1e-12), pname
