@@ -37,13 +37,20 @@ Checked clean (no change): ``gradgradcheck`` (T = 4) and a Hessian-vector produc
 calls; a state on meta, of batch 1 for batch 2; a NaN parameter (named); ``load_state_dict`` with a wrong shape
 (torch names the parameter); ``use_deterministic_algorithms(True)``; zero-batch ``step``; cpu bf16 autocast;
 ``--seed -1``, ``--dims d=1e3`` / ``d=0x10`` / repeated dims / unknown dims, ``bench -T 0`` / ``--repeats 0`` /
-``--batch 0``, ``plot --T 0``, ``compare --width 0``.
+``--batch 0``, ``plot --T 0``, ``compare --width 0``; transposed, expanded (stride 0 over T or over everything) and
+feature-strided inputs on the Triton backend (interpreted: outputs and parameter gradients equal the torch
+backend's); ``torch.compile(fullgraph=False)`` of a model holding a module, with backward; ``.to(memory_format=
+torch.channels_last)``; dims as ``3.0`` / ``True`` / ``'3'`` (refused), a backend typo, ``dtype='float32'``; spec
+names that collide after mangling (``a-b`` / ``a_b``, ``class`` / ``class_``, ``9x`` / ``m9x``: refused); duplicate
+dims, matrices and readouts; a zero-size state axis; ``(-1) ^ 0.5`` and a power tower as constants.
 
 Found, not fixed:
 
 - An inference-mode tensor given as u to a module whose parameters require grad fails with torch's own (clear)
-  "Inference tensors cannot be saved for backward ... make a clone" from inside the module, not naming u.
-- ``forward(u, output_final_state="no")`` (any truthy non-bool) returns the ``(y, state)`` tuple.
+  "Inference tensors cannot be saved for backward ... make a clone" from inside the module, not naming u. Refusing
+  it up front needs to know whether anything will be saved: a frozen module called without no_grad works with it.
+- ``forward(u, output_final_state="no")`` (any truthy non-bool) returns the ``(y, state)`` tuple, as Python's truth
+  rules say; refusing non-bools would also refuse the numpy / tensor bools that callers pass.
 - ``dsfc analyze specs/rg_lru.dsf`` takes ~12 s of CPU (the analysis, not the parse); a comment edit does not change it.
 """
 
