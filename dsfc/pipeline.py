@@ -42,15 +42,21 @@ class CompileResult:
     @property
     def module_name(self) -> str:
         """The spec file's stem as an importable Python module name (``my-spec.dsf`` -> ``my_spec``, ``9lives.dsf``
-        -> ``m9lives``, ``class.dsf`` -> ``class_``): the generated file must be importable."""
+        -> ``m9lives``, ``class.dsf`` -> ``class_``, ``torch.dsf`` -> ``torch_``): the generated file must be
+        importable and must not shadow a module it imports."""
         return python_module_name(Path(self.spec.path).stem)
+
+
+# the top-level modules every generated file imports: a generated torch.py or dsfc.py next to a script (or in the
+# current directory of `python -c`) is imported in their place, and the file itself then fails on its own imports
+IMPORTED_BY_GENERATED = frozenset({"math", "torch", "triton", "dsfc"})
 
 
 def python_module_name(stem: str) -> str:
     name = re.sub(r"\W", "_", stem, flags=re.ASCII) or "spec"
     if name[0].isdigit():
         name = "m" + name
-    return name + "_" if keyword.iskeyword(name) else name
+    return name + "_" if keyword.iskeyword(name) or name in IMPORTED_BY_GENERATED else name
 
 
 def spec_hash(text: str) -> str:

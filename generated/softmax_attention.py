@@ -294,7 +294,8 @@ class SoftmaxAttention(nn.Module):
             return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
         return self.backend
 
-    @torch.no_grad()
+    # differentiable, as forward is (it was under torch.no_grad: a token-by-token training loop silently left the
+    # layer's parameters without gradients); decoding loops run it under no_grad / inference_mode
     def step(self, u_t, state=None):
         """One step with the KV cache: ``u_t`` ``[batch, d]`` -> ``(y_t, new_cache)`` (one more key and value)."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed

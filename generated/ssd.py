@@ -346,7 +346,8 @@ class SSD(nn.Module):
         _y = _y + D[:, None] * u_
         return _y, _final
 
-    @torch.no_grad()
+    # differentiable, as forward is (it was under torch.no_grad: a token-by-token training loop silently left the
+    # layer's parameters without gradients); decoding loops run it under no_grad / inference_mode
     def step(self, u_t, state=None):
         """One recurrent step: ``u_t`` ``[batch, H * P]`` -> ``(y_t, new_state)``; same layout as ``forward``'s final state."""
         # the width too: forward's message named a [batch, time, ...] shape the caller never passed

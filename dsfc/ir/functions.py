@@ -11,10 +11,22 @@ from __future__ import annotations
 import math
 
 import sympy as sp
+from mpmath import libmp as mlib
 
 
 class _Elementwise(sp.Function):
     nargs = 1
+
+    @staticmethod
+    def _closed(x):
+        """The function in SymPy's own functions (for numbers), or None."""
+        return None
+
+    def _eval_evalf(self, prec):
+        # without it evalf() left softplus(2) symbolic: the compile-time checks of initialisers could not tell
+        # log(relu(-1)) from log(2), and float() of a dist argument such as normal(0, silu(1)) raised TypeError
+        closed = self._closed(self.args[0]) if self.args[0].is_number else None
+        return None if closed is None else closed.evalf(mlib.prec_to_dps(prec))
 
     def _eval_is_real(self):
         return self.args[0].is_real
@@ -25,6 +37,8 @@ class _Elementwise(sp.Function):
 
 class Softplus(_Elementwise):
     """log(1 + exp(x)) > 0."""
+
+    _closed = staticmethod(lambda x: sp.log(1 + sp.exp(x)))
 
     def fdiff(self, argindex=1):
         return Sigmoid(self.args[0])
@@ -39,6 +53,8 @@ class Softplus(_Elementwise):
 class Sigmoid(_Elementwise):
     """1 / (1 + exp(-x)), in (0, 1)."""
 
+    _closed = staticmethod(lambda x: 1 / (1 + sp.exp(-x)))
+
     def fdiff(self, argindex=1):
         return self * (1 - self)
 
@@ -52,6 +68,8 @@ class Sigmoid(_Elementwise):
 class LogSigmoid(_Elementwise):
     """log(sigmoid(x)) < 0."""
 
+    _closed = staticmethod(lambda x: -sp.log(1 + sp.exp(-x)))
+
     def fdiff(self, argindex=1):
         return 1 - Sigmoid(self.args[0])
 
@@ -62,6 +80,8 @@ class LogSigmoid(_Elementwise):
 class Expm1(_Elementwise):
     """exp(x) - 1, > -1. Not a spec function: codegen writes ``1 - exp(z)`` as ``-expm1(z)``
     (``dsfc/analysis/log_space.py``), which stays accurate, and nonzero, where exp(z) rounds to 1."""
+
+    _closed = staticmethod(lambda x: sp.exp(x) - 1)
 
     def fdiff(self, argindex=1):
         return sp.exp(self.args[0])
@@ -76,6 +96,8 @@ class Expm1(_Elementwise):
 class Relu(_Elementwise):
     """max(x, 0) >= 0."""
 
+    _closed = staticmethod(lambda x: sp.Max(x, 0))
+
     def fdiff(self, argindex=1):
         return sp.Heaviside(self.args[0])
 
@@ -89,6 +111,8 @@ class Relu(_Elementwise):
 class Silu(_Elementwise):
     """x * sigmoid(x)."""
 
+    _closed = staticmethod(lambda x: x / (1 + sp.exp(-x)))
+
     def fdiff(self, argindex=1):
         s = Sigmoid(self.args[0])
         return s * (1 + self.args[0] * (1 - s))
@@ -99,6 +123,8 @@ class Silu(_Elementwise):
 
 class Elu(_Elementwise):
     """x for x > 0 else exp(x) - 1; > -1."""
+
+    _closed = staticmethod(lambda x: x if x.is_positive else sp.exp(x) - 1)
 
     def fdiff(self, argindex=1):
         # 1 for x > 0, exp(x) = elu(x) + 1 below: one expression, no Piecewise
@@ -112,6 +138,8 @@ class Elu1p(_Elementwise):
     """elu(x) + 1 = exp(min(x, 0)) + relu(x) > 0. Not a spec function: codegen writes ``elu(z) + 1`` with it
     (``dsfc/analysis/log_space.py``), since ``(exp(z) - 1) + 1`` is 0 in fp32 below z = -17."""
 
+    _closed = staticmethod(lambda x: sp.exp(sp.Min(x, 0)) + sp.Max(x, 0))
+
     def fdiff(self, argindex=1):
         return 1 + (1 - sp.Heaviside(self.args[0])) * (self - 1)
 
@@ -121,6 +149,8 @@ class Elu1p(_Elementwise):
 
 class Gelu(_Elementwise):
     """x * Phi(x) (exact, erf form)."""
+
+    _closed = staticmethod(lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2)
 
     def fdiff(self, argindex=1):
         # Phi(x) + x phi(x): the Triton backward differentiates lets symbolically (torch uses autograd); the

@@ -220,9 +220,11 @@ class _Lowering:
         for a in args:
             v = self._at_defaults(a).evalf()
             why = not_finite_real(v)
-            if why is not None or not v.is_number:
+            if why is None and not v.is_Number:  # symbolic, or a number evalf cannot reduce: float() would raise
+                why = "it is not a number" if not v.is_number else "it cannot be evaluated to a number"
+            if why is not None:
                 raise SpecError(f"the arguments of {p.init.dist} for {p.name!r} must be finite real numbers: "
-                                f"{sp.sstr(a)}: {why or 'it is not a number'}", p.init.span)
+                                f"{sp.sstr(a)}: {why}", p.init.span)
             vals.append(float(v))
         dist = p.init.dist
         if dist == "normal" and vals[1] < 0:

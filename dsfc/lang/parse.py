@@ -89,6 +89,28 @@ def _end_span(tok, text: str) -> Span:
     return Span(len(lines), len(lines[-1]) + 1)
 
 
+# characters that a word processor, a PDF or a paper's formula puts where the spec wants an ASCII operator
+_LOOKALIKES = {
+    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2010": "-", "\u2011": "-", "\u00d7": "*", "\u22c5": "*",
+    "\u00b7": "*", "\u2219": "*", "\u2217": "*", "\u00f7": "/", "\u2215": "/", "\u2044": "/", "\uff08": "(",
+    "\uff09": ")", "\uff0c": ",", "\uff1d": "=", "\uff3b": "[", "\uff3d": "]", "\uff1a": ":",
+}
+
+
+def _character_hint(ch: str) -> str:
+    """The hint of an unexpected character: the ASCII operator it looks like, or what names may hold (non-ASCII
+    letters such as 'β' were told "names are letters", which they are)."""
+    if ch in _LOOKALIKES:
+        return f"{ch!r} (U+{ord(ch):04X}) is not {_LOOKALIKES[ch]!r}: type the ASCII {_LOOKALIKES[ch]!r}"
+    if ch.isdigit() and not ch.isascii():
+        return f"{ch!r} (U+{ord(ch):04X}) is a non-ASCII digit: numbers are written with 0-9"
+    if ch.isalpha() and not ch.isascii():
+        return f"{ch!r} (U+{ord(ch):04X}) is not an ASCII letter: names are ASCII letters, digits and '_'"
+    if ch.isspace() or ch in ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"):
+        return f"U+{ord(ch):04X} is an invisible or non-ASCII space (pasted text?): delete it or type a space"
+    return "names are ASCII letters, digits and '_'; comments start with '#'"
+
+
 def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
@@ -101,7 +123,7 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         return SpecError(
             f"unexpected character {ch!r}",
             Span(exc.line, exc.column, exc.line, exc.column + 1),
-            hint="names are letters, digits and '_'; comments start with '#'",
+            hint=_character_hint(ch),
         )
     if isinstance(exc, UnexpectedEOF):
         return SpecError(

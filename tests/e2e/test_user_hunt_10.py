@@ -58,7 +58,8 @@ Found, not fixed:
   the state an empty first call returns (a ``prev`` entry has no value meaning "not started"), so a user who builds
   ``{"h": h}`` by hand for Mamba's block gets a fresh conv window without a word. Documented.
 - A spec named ``torch.dsf`` (or ``math.dsf``) compiled into a directory that is on sys.path (``-o .``) gives a
-  ``torch.py`` that shadows torch for every script run there; in a package such as generated/ it is harmless.
+  ``torch.py`` that shadows torch for every script run there; in a package such as generated/ it is harmless. (Fixed
+  since, by the eleventh hunt: it is written to ``torch_.py``; test_user_hunt_11.py.)
 - ``dsfc catalog -o /dev/stdout`` prints its "wrote ..." line on stdout after the catalog.
 """
 
