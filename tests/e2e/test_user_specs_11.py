@@ -68,8 +68,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, assert_grads_close, check_all_paths, compile_and_build, output_and_grads,  # noqa: E402
-                         rel_err, run_steps)
+from dsf_testing import (F64, HEAD, assert_grads_close, check_all_paths, compile_and_build,  # noqa: E402
+                         output_and_grads, rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 
@@ -155,13 +155,7 @@ D[o, k] = delta(o, k) * D[k]
 
 COMBA = """
 model CombaLike "Comba-style delta rule: A = al I - be k k^T with independent al, be; B = bi k v^T; read q - dq k"
-dim d = 5
-dim H = 2
-dim K = 3
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, b: V]
+""" + HEAD + """\
 param W_Q[H, K, d] ~ normal(0, 0.5)
 param W_K[H, K, d] ~ normal(0, 0.5)
 param W_V[H, V, d] ~ normal(0, 0.5)
