@@ -577,29 +577,6 @@ def _inline_lets(sym: SymSpec, expr, depth: int = 1):
     return expr
 
 
-def _inline_products(sym: SymSpec, expr):
-    """Replace lets that are plain products of other lets, params and numbers (``bk = beta * k``: no sum, no
-    function) by their definitions, to a fixed point: such a let only names a product, and the rank-1 prover must
-    see ``sum_a beta k k`` whether the spec writes ``bk[h, a] * k[h, a2]`` or ``beta[h] * k[h, a] * k[h, a2]``."""
-    def is_product(e):
-        return all(isinstance(f, (sp.Indexed, sp.Number)) or (isinstance(f, sp.Pow) and f.exp.is_Number
-                                                              and isinstance(f.base, sp.Indexed))
-                   for f in sp.Mul.make_args(e))
-
-    lets = {let.tensor.name: let for let in sym.lets if not let.running and is_product(let.expr)}
-
-    def repl(e):
-        let = lets[str(e.base.label)]
-        return let.value_at(e.indices)
-
-    for _ in range(len(lets)):
-        new = expr.replace(lambda e: isinstance(e, sp.Indexed) and str(e.base.label) in lets, repl)
-        if new == expr:
-            break
-        expr = new
-    return expr
-
-
 def _block_at(block, rows, cols, mixed, r_vals, c_vals):
     return block.subs({**{rows[k]: v for k, v in zip(mixed, r_vals)}, **{cols[k]: v for k, v in zip(mixed, c_vals)}},
                       simultaneous=True)
@@ -643,7 +620,7 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     # the same eigenvalue s - g^T f in three written forms; each range holds, so their intersection does:
     # 1. lets kept by name, factors such as beta pulled out of the contraction: s - beta sum(a, k[a]^2), whose sum
     #    the prover bounds itself (a normalised key's |k|^2 in [0, 1], a per-key beta as a weighted mean)
-    trace = _canonical_sums(_inline_products(sym, trace))  # let bk = beta * k: read as beta * k, as if written inline
+    trace = _canonical_sums(sym.inline_product_lets(trace))  # let bk = beta * k: read as beta * k, as if written inline
     named = simplify(s_coef + trace)
     # 2. the lets inside the contraction inlined (the rank-1 vectors), so scalars such as beta keep their names
     inside = trace.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))

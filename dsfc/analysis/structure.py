@@ -346,26 +346,6 @@ def split_rank_one(a: AStructure) -> RankOneBlock | None:
     return RankOneBlock(scale, row_vec, col_vec)
 
 
-def _look_through_products(sym: SymSpec, expr: sp.Expr) -> sp.Expr:
-    """``expr`` with every read of a let that only names a product (of let, param and input entries, scalar lets and
-    numbers: ``be = 0.9 * al * bi``; no sum, no function) replaced by its definition, to a fixed point."""
-    def product_let(e):
-        read = sym.let_read(e)
-        if read is None or read[0].running or read[0].feature is not None:
-            return None
-        ok = all(f.is_Number or isinstance(f, (sp.Indexed, sp.Symbol))
-                 or (isinstance(f, sp.Pow) and f.exp.is_Number and isinstance(f.base, (sp.Indexed, sp.Symbol)))
-                 for f in sp.Mul.make_args(read[0].expr))
-        return read[0].value_at(read[1]) if ok else None
-
-    for _ in range(len(sym.lets)):
-        new = expr.replace(lambda e: product_let(e) is not None, product_let)
-        if new == expr:
-            break
-        expr = new
-    return expr
-
-
 def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tuple[OuterSplit, DeltaSplit] | None:
     """DeltaNet's form: A = s (I - key f^T) (x) I_value per group with the *same* key that B u writes
     (B u = key (x) value), s constant over the key axes, C contracting the key axes. None otherwise."""
@@ -388,7 +368,7 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
         # a rank-1 weight written as a let that carries the scale, be = al * bi (Comba's A = al I - be k k^T), left
         # f = be k / al, which is 0 / 0 in fp32 once al underflows (sigmoid(-104)): NaN outputs and gradients where
         # float64's are finite. Lets that only name a product are looked through, so that al cancels: f = bi k
-        looked = simplify(_look_through_products(sym, rho))
+        looked = simplify(sym.inline_product_lets(rho))
         if sp.fraction(sp.together(looked))[1] == 1:
             rho = looked
     if rho.free_symbols & (key_rows | key_cols | value_rows) or rho.has(sp.zoo, sp.nan):

@@ -224,6 +224,27 @@ class SymSpec:
             return (let, ()) if let is not None and not let.index else None
         return None
 
+    def inline_product_lets(self, expr: sp.Expr) -> sp.Expr:
+        """``expr`` with every read of a let that only names a product (of let, param and input entries, scalar lets
+        and numbers: ``bk = beta * k``, ``be = 0.9 * al * bi``; no sum, no function; not running, not a feature map)
+        replaced by its definition, to a fixed point. Such a let is notation: the rank-1 prover must see ``beta k k``
+        however it is spelt, and the delta rule's read vector must cancel a scale the product carries."""
+        def product_let(e):
+            read = self.let_read(e)
+            if read is None or read[0].running or read[0].feature is not None:
+                return None
+            plain = all(f.is_Number or isinstance(f, (sp.Indexed, sp.Symbol))
+                        or (isinstance(f, sp.Pow) and f.exp.is_Number and isinstance(f.base, (sp.Indexed, sp.Symbol)))
+                        for f in sp.Mul.make_args(read[0].expr))
+            return read[0].value_at(read[1]) if plain else None
+
+        for _ in range(len(self.lets)):
+            new = expr.replace(lambda e: product_let(e) is not None, product_let)
+            if new == expr:
+                break
+            expr = new
+        return expr
+
     def base_name(self, base: sp.Basic) -> str:
         return str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
 

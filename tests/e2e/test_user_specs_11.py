@@ -13,7 +13,7 @@ Found and fixed:
 - A Comba-style delta rule ``A = al I - be k k^T`` with the rank-1 weight a let carrying the scale, ``be = 0.9 al
   bi``, had the read vector ``f = (be / al) k`` printed as ``be k / al``: 0 / 0 in fp32 once ``al = sigmoid(z)``
   underflows, so at inputs of scale 30 every fp32 output and gradient (torch and Triton) was NaN where float64's are
-  finite. ``structure.split_delta`` now looks through lets that only name a product (``_look_through_products``,
+  finite. ``structure.split_delta`` now looks through lets that only name a product (``SymSpec.inline_product_lets``,
   scalar lets included) when the quotient keeps a denominator, and ``al`` cancels: ``f = 0.9 bi k``
   (``DELTA_SCALAR_BE`` is the scalar-let form).
 
