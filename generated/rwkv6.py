@@ -106,6 +106,16 @@ class RWKV6(nn.Module):
         self.Rw = int(Rw)
         self.layer = int(layer)
         self.L = int(L)
+        if (H * K - 1) == 0:
+            raise ValueError(
+                f"RWKV6: at {self._dims_text()}: "
+                + "H * K - 1 (spec line 50), a divisor, must be nonzero: the initial values of 'b_w' would be inf or NaN"
+            )
+        if (L - 1) == 0:
+            raise ValueError(
+                f"RWKV6: at {self._dims_text()}: "
+                + "L - 1 (spec line 50), a divisor, must be nonzero: the initial values of 'b_w' would be inf or NaN"
+            )
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         factory = {"device": device, "dtype": dtype}
         self.mu_x = nn.Parameter(torch.empty((d,), **factory))

@@ -286,6 +286,13 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
             if not _positive_when_exact(expr):  # dim X = d - 5: the front end's rule, at the module's dims
                 derived.append((None, f"{code} < 1", f"dim {name} = {sp.sstr(expr)} must be a positive integer"))
         derived.append((py_name(name), code, None))
+    # the spec's dims-only divisors and log / sqrt arguments, at the module's dims (checked at the defaults by
+    # lower_to_sympy): outside their domain every output would be inf or NaN
+    need_code = {"nonzero": "== 0", "positive": "<= 0", "nonnegative": "< 0"}
+    for dom in sym.dim_domains:
+        code = sp.pycode(sp.S(dom.expr).subs({v: sp.Symbol(c) for v, c in dims_code.items()}))
+        derived.append((None, f"({code}) {need_code[dom.need]}", f"{dom.text} (spec line {dom.span.line}), "
+                        f"{dom.role}, must be {dom.need}: {dom.effect}"))
     all_dims = [py_name(k) for k in sym.dims]
     dim_locals = ", ".join(all_dims) + (" = " if all_dims else "") + ", ".join(f"self.{d}" for d in all_dims)
 

@@ -17,8 +17,8 @@ from ..lang.check import CheckedSpec, TensorInfo
 from ..lang.check import FEATURE_MAPS, INFINITE_ORDER, is_feature_range
 from ..lang.errors import SpecError, SpecErrors
 from .functions import FUNCTION_TABLE, TaylorRange
-from .symspec import (FeatureMap, SymAxis, SymIndexUse, SymInit, SymLet, SymMatrix, SymParam, SymSpec, SymTensor,
-                      tensor_names)
+from .symspec import (DimDomain, FeatureMap, SymAxis, SymIndexUse, SymInit, SymLet, SymMatrix, SymParam, SymSpec,
+                      SymTensor, tensor_names)
 
 
 def index_symbol(name: str) -> sp.Symbol:
@@ -43,6 +43,10 @@ def _sign_assumptions(expr: sp.Expr) -> dict[str, bool]:
 
 
 RUNNING = ("cumsum", "scan", "prev", "window")
+# functions whose argument has a domain (DimDomain): what it must be, and what the messages call it
+DOMAINS = {"log": ("positive", "the argument of log"), "sqrt": ("nonnegative", "the argument of sqrt")}
+
+OUTPUTS = "every output would be inf or NaN"
 
 FLOAT_MAX = sp.Float(1.7976931348623157e308)
 
@@ -121,6 +125,8 @@ class _Lowering:
         self.dims = {d.name: dim_symbol(d.name) for d in checked.dims}
         self.bases: dict[str, sp.Basic] = {}
         self.errors: list[SpecError] = []
+        self.dim_domains: dict[tuple, DimDomain] = {}
+        self.effect = OUTPUTS  # what a DimDomain outside its domain breaks (messages)
 
     def axes(self, info: TensorInfo) -> tuple[SymAxis, ...]:
         return tuple(SymAxis(a.name, self.expr(a.extent, {}), a.size) for a in info.axes)
@@ -172,6 +178,10 @@ class _Lowering:
             return TaylorRange(self.expr(e.args[0], scope), p)
         if isinstance(e, ast.Call):
             args = [self.expr(a, scope) for a in e.args]
+            if e.func in DOMAINS:
+                self.domain(args[0], *DOMAINS[e.func], e.args[0])
+            if e.func == "pow":
+                self.power_domain(*args, e.args[0])
             return FUNCTION_TABLE[e.func](*args)
         if isinstance(e, ast.SumOver):
             var = index_symbol(e.var)
@@ -190,16 +200,57 @@ class _Lowering:
             if e.op == "*":
                 return a * b
             if e.op == "/":
+                self.domain(b, "nonzero", "a divisor", e.right)
                 return a / b
             if e.op == "//":
                 return sp.floor(a / b)
             if e.op == "%":
                 return sp.Mod(a, b)
             if e.op == "^":
+                self.power_domain(a, b, e.left)
                 return a**b
         if isinstance(e, ast.Neg):
             return -self.expr(e.operand, scope)
         raise AssertionError(f"cannot lower {type(e).__name__}")  # pragma: no cover
+
+    def power_domain(self, base: sp.Expr, exponent: sp.Expr, node: ast.Expr) -> None:
+        """``base ^ exponent`` with a constant exponent: a negative one divides by the base, a fractional one needs
+        it nonnegative (positive when both)."""
+        if not exponent.is_number or not exponent.is_real:
+            return
+        if exponent.is_integer is False:
+            self.domain(base, "positive" if exponent.is_negative else "nonnegative", "the base of a fractional power",
+                        node)
+        elif exponent.is_negative:
+            self.domain(base, "nonzero", "the base of a negative power", node)
+
+    def domain(self, x: sp.Expr, need: str, role: str, node: ast.Expr) -> None:
+        """Record a sub-expression of dims only that must lie in a domain (a divisor nonzero, a log's argument
+        positive): a SpecError when it does not at the default dims, else a check for the generated constructor
+        (SymSpec.dim_domains). Constants were checked by ``expr``; ones SymPy proves in the domain for every
+        positive dims (``d``, ``H + 1``) are left out."""
+        dims = set(self.dims.values())
+        if not isinstance(x, sp.Expr) or not x.free_symbols or not x.free_symbols <= dims or x.has(TaylorRange):
+            return
+        if {"nonzero": x.is_nonzero, "positive": x.is_positive, "nonnegative": x.is_nonnegative}[need]:
+            return
+        dom = DimDomain(x, need, role, _source_text(self.checked.spec.source, node.span) or sp.sstr(x), node.span,
+                        self.effect)
+        value = self._at_defaults(x).evalf()
+        if not value.is_Number:  # pragma: no cover - every dim has a default value
+            return
+        if not dom.holds(value):
+            if self.effect != OUTPUTS:  # a param's initialiser: check_init_values / check_dist_args say it there
+                return
+            at = ", ".join(f"{s} = {self.checked.dim_values[str(s)]}" for s in sorted(x.free_symbols, key=str))
+            shown = int(value) if float(value).is_integer() else float(value)
+            self.errors.append(SpecError(
+                f"{dom.text} is {shown} at the default dims ({at}), but as {role} it must be {need}: {dom.effect}",
+                node.span,
+                hint=f"choose default dims at which it is {need}, or guard it (e.g. max(..., 1)); a module built "
+                     "at other dims checks it in its constructor"))
+            return
+        self.dim_domains.setdefault((x, need), dom)
 
     def collect(self, check, p, values, *args) -> None:
         """Run a value check of param ``p``, recording its error; skipped when ``values`` already failed."""
@@ -290,10 +341,14 @@ class _Lowering:
             if p.init is None:
                 init = SymInit("default", None, (), index)
             elif isinstance(p.init, ast.InitExpr):
+                self.effect = f"the initial values of {p.name!r} would be inf or NaN"
                 init = SymInit("expr", self.expr(p.init.expr, scope), (), index)
+                self.effect = OUTPUTS
                 self.collect(self.check_init_values, p, init.expr, index, info)
             else:
+                self.effect = f"the initialiser of {p.name!r} would draw inf or NaN"
                 init = SymInit(p.init.dist, None, tuple(self.expr(a, {}) for a in p.init.args), index)
+                self.effect = OUTPUTS
                 self.collect(self.check_dist_args, p, init.args)
             params.append(SymParam(self.tensor(info, base), init))
 
@@ -371,6 +426,7 @@ class _Lowering:
             driven=driven,
             posts=tuple(posts),
             index_uses=tuple(self.index_use(u) for u in c.index_uses),
+            dim_domains=tuple(self.dim_domains.values()),
             checked=c,
             model=c.model,
             description=c.description,

@@ -175,6 +175,25 @@ class SymIndexUse:
 
 
 @dataclass(frozen=True)
+class DimDomain:
+    """A sub-expression of dims only that the spec's maths needs inside a domain: a divisor nonzero (``/ (H - 1)``,
+    ``^ -1``), the argument of a log positive, of a sqrt or a fractional power nonnegative. The spec checker tested
+    it at the default dims; the generated constructor tests it at the dims the module is built with (outside its
+    domain every output would be inf or NaN). ``text``: the sub-expression as the spec writes it."""
+
+    expr: sp.Expr
+    need: str  # "nonzero" | "positive" | "nonnegative"
+    role: str  # "a divisor", "the argument of log", ...: for messages
+    text: str
+    span: Span
+    effect: str = "every output would be inf or NaN"  # what breaks outside the domain, for messages
+
+    def holds(self, value: sp.Expr) -> bool:
+        """Whether ``value`` (the expression at some dims: a number) lies in the domain."""
+        return bool({"nonzero": value != 0, "positive": value > 0, "nonnegative": value >= 0}[self.need])
+
+
+@dataclass(frozen=True)
 class SymSpec:
     checked: CheckedSpec
     model: str
@@ -193,6 +212,7 @@ class SymSpec:
     driven: SymTensor | None = None  # what B and D multiply: the input or a let (``drive x``)
     posts: tuple[SymLet, ...] = ()  # post-ops after the core, in order; the last is the layer output
     index_uses: tuple[SymIndexUse, ...] = ()  # every subscript the checker tested (at the default dims)
+    dim_domains: tuple[DimDomain, ...] = ()  # dims-only divisors and log / sqrt arguments (checked at the defaults)
 
     @property
     def layer_output(self) -> SymTensor:

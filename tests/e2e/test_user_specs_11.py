@@ -16,18 +16,20 @@ Found and fixed:
   finite. ``structure.split_delta`` now looks through lets that only name a product (``SymSpec.inline_product_lets``,
   scalar lets included) when the quotient keeps a denominator, and ``al`` cancels: ``f = 0.9 bi k``
   (``DELTA_SCALAR_BE`` is the scalar-let form).
+- RetNet's per-head decay written as the paper's linspace, ``1 - exp(log(1/32) + h (log(1/512) - log(1/32)) /
+  (H - 1))``, divided by zero at one head: at ``dim H = 1`` (or ``Model(H=1)``) it compiled, ``dsfc analyze``
+  reported ``|lambda| < 1 [0.96875, 1)``, and every output was NaN (0 / 0). Constants that divide by zero were
+  refused, but a dims-only divisor inside an expression over indices was never evaluated. Now every dims-only
+  divisor, log / sqrt argument and base of a negative or fractional power is a ``DimDomain`` (``ir/lower.py``):
+  a spec error at the default dims, and a ``ValueError`` in the generated constructor at other dims (``H = 3`` gives
+  the paper's decays, ``RETNET_LINSPACE``). The catalog's RWKV-6 init (``/ (L - 1)``, ``/ (H * K - 1)``) gets the
+  constructor checks too: ``RWKV6(L=1)`` said only "float division by zero" from its initialisers.
 
 Found, NOT fixed:
 - The same A with a weight independent of the scale (``be = 0.5 bi``; Comba's own form) is scanned as
   ``al (I - (be / al) k k^T)``: once ``al`` underflows in fp32, ``be / al`` is inf and the outputs NaN (float64 is
   finite). The WY form factors the scale out of the rank-1 term; a fix needs a delta scan that takes ``s I - w k f^T``
   as it is (strict xfail ``test_an_independent_rank_one_weight_stays_finite_in_fp32``).
-- RetNet's per-head decay written as the paper's linspace, ``1 - exp(log(1/32) + h (log(1/512) - log(1/32)) /
-  (H - 1))``, divides by zero at one head: at ``dim H = 1`` (or ``Model(H=1)``) it compiles, ``dsfc analyze``
-  reports ``|lambda| < 1 [0.96875, 1)``, and every output is NaN (0 / 0). Constants that divide by zero are refused
-  (docs/language.md), but a dims-only denominator inside an expression over indices is not evaluated at the dims
-  (strict xfail ``test_a_let_dividing_by_a_dim_expression_that_is_zero_is_refused``; at H = 3 the decays are the
-  paper's, ``RETNET_LINSPACE``).
 - LightNet written with ``Z = cumsum(exp(k))`` overflows fp32 at keys above 88 (inputs of scale 30 here): the spec's
   maths (the paper computes it as a log-cumsum-exp), not a rewrite dsfc could make without carrying log Z.
 - The known gap of rounds 3 and 9 (a decay along the value axis runs the elementwise diagonal scan, not a chunked
@@ -602,11 +604,18 @@ def test_retnet_linspace_decays_match_the_paper_at_three_heads():
     assert torch.allclose(diag, want[:, None, None].expand(3, 2, 2), rtol=0, atol=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="found, not fixed: a let dividing by a dims expression that is 0 at the "
-                   "default dims (h * c / (H - 1) at H = 1) compiles, and its decay is 0 / 0 = NaN in every output")
 def test_a_let_dividing_by_a_dim_expression_that_is_zero_is_refused():
+    """At the default H = 1 the linspace step divides by H - 1 = 0: a spec error at the divisor (was NaN outputs)."""
     from dsfc.lang.errors import SpecErrors
     from dsfc.pipeline import compile_text
 
-    with pytest.raises(SpecErrors):
+    with pytest.raises(SpecErrors, match=r"H - 1 is 0 at the default dims \(H = 1\), but as a divisor"):
         compile_text(RETNET_LINSPACE, "retnet_linspace.dsf")
+
+
+def test_a_module_built_where_a_dim_divisor_is_zero_is_refused():
+    """Compiled at H = 3, the module built at H = 1 raises in its constructor (naming the divisor and its line)."""
+    built = compile_and_build(RETNET_LINSPACE.replace("dim H = 1", "dim H = 3"), path="retnet_linspace.dsf")
+    with pytest.raises(ValueError, match=r"at d=4, H=1, K=2, V=2: H - 1 \(spec line 13\), a divisor, must be nonzero"):
+        type(built.model)(H=1)
+    assert torch.isfinite(type(built.model)(H=2)(torch.randn(1, 3, 4))).all()
