@@ -76,7 +76,22 @@ def _div_mod(node):
     return None
 
 
-def _outer_extent(sym: SymSpec, total: sp.Expr, s: sp.Expr):
+def div_mod_reads(expr: sp.Expr, symbols: set) -> dict[tuple, list]:
+    """The ``L // s`` and ``L % s`` nodes of ``expr`` whose L reads one of ``symbols``, by (L, s)."""
+    found: dict[tuple, list] = {}
+    for node in sp.preorder_traversal(sp.S(expr)):
+        dm = _div_mod(node)
+        if dm is not None and dm[0].free_symbols & symbols:
+            found.setdefault(dm, []).append(node)
+    return found
+
+
+def block_stride(sym: SymSpec, s: sp.Expr) -> bool:
+    """Whether ``s`` can be the stride of a split: a number or built from dims, and not 1."""
+    return bool(s.is_Integer or (s.free_symbols and s.free_symbols <= set(sym.dims.values()))) and s != 1
+
+
+def outer_extent(sym: SymSpec, total: sp.Expr, s: sp.Expr):
     """``total / s`` as an extent the generated module can print and has checked to be exact: a polynomial over the
     free dims, or a declared dim defined as that floor division (its constructor checks the divisibility). None
     otherwise (s may not divide ``total`` at every choice of the free dims)."""
@@ -98,17 +113,13 @@ def split_axes(sym: SymSpec, expr: sp.Expr, index: tuple, extents: tuple, taken:
     reshaped view of x and a batched einsum instead of a [B, T, W, bw] gather. None when nothing splits."""
     expr = sp.S(expr)
     ext = dict(zip(index, extents))
-    found: dict[tuple, list] = {}
-    for node in sp.preorder_traversal(expr):
-        dm = _div_mod(node)
-        if dm is not None and dm[0].free_symbols & set(index):
-            found.setdefault(dm, []).append(node)
-    pairs = {(L, s) for L, s in found}
+    found = div_mod_reads(expr, set(index))
+    pairs = set(found)
     flats = {L for L, _ in pairs}
     if len(flats) != 1 or len({s for _, s in pairs}) != 1:
         return None  # one flat index, one stride (several would need several splits: not handled)
     (L, s), = pairs
-    if not (s.is_Integer or (s.free_symbols and s.free_symbols <= set(sym.dims.values()))) or s == 1:
+    if not block_stride(sym, s):
         return None
     axes = sorted(L.free_symbols & set(index), key=index.index)
     if L.free_symbols - set(index) - set(sym.dims.values()):
@@ -124,7 +135,7 @@ def split_axes(sym: SymSpec, expr: sp.Expr, index: tuple, extents: tuple, taken:
         digits = radix_digits(sym, L, ext, total)
         if digits is None or [x for _, _, x in digits] != axes:
             return None  # not row-major in the let's axis order
-    outer = _outer_extent(sym, total, s)
+    outer = outer_extent(sym, total, s)
     if outer is None or outer == 1:
         return None
     names = []

@@ -26,7 +26,7 @@ from dataclasses import replace
 import sympy as sp
 
 from ..analysis.index_algebra import terms
-from .digits import free_dims, radix_digits, same
+from .digits import block_stride, div_mod_reads, free_dims, outer_extent, radix_digits, same
 from .lower import index_symbol
 from .symspec import SymAxis, SymMatrix, SymSpec
 
@@ -39,34 +39,20 @@ def _divmod_split(sym: SymSpec, m: SymMatrix, k: int):
     the spec analysed as a dense readout (the elementwise scan instead of the chunked outer-product one).
     """
     o = m.rows[k]
-    strides = set()
-    for node in sp.preorder_traversal(m.entry):
-        if isinstance(node, sp.floor) and o in node.args[0].free_symbols:
-            num, den = sp.fraction(sp.together(node.args[0]))
-            if num != o:
-                return None
-            strides.add(den)
-        elif isinstance(node, sp.Mod) and o in node.args[0].free_symbols:
-            if node.args[0] != o:
-                return None
-            strides.add(node.args[1])
-    if not strides:
+    found = div_mod_reads(m.entry, {o})
+    if not found or {L for L, _ in found} != {o}:
+        return None  # no such reads, or o read through another flat index (o + 1) // s
+    if len({free_dims(sym, s) for _, s in found}) != 1:
         return None
-    norm = {free_dims(sym, s_) for s_ in strides}
-    if len(norm) != 1:
+    s = next(iter(found))[1]
+    if not block_stride(sym, s):
         return None
-    s = next(iter(strides))
-    if not (s.is_Integer or s.free_symbols) or not s.free_symbols <= set(sym.dims.values()) or s == 1:
-        return None  # a stride must be a number or built from dims
-    hidden = m.entry.replace(lambda n: isinstance(n, (sp.floor, sp.Mod)) and o in n.args[0].free_symbols,
-                             lambda n: sp.Integer(0))
+    hidden = m.entry.xreplace({node: sp.Integer(0) for nodes in found.values() for node in nodes})
     if o in hidden.free_symbols:
         return None  # o is also used on its own: keep it flat
-    outer = sp.simplify(free_dims(sym, m.row_extents[k]) / free_dims(sym, s))
-    if sp.fraction(sp.together(outer))[1] != 1 or not (outer.is_positive or outer.free_symbols):
-        return None  # s does not divide o's extent for every choice of the free dims
-    if outer == 1:
-        return None
+    outer = outer_extent(sym, m.row_extents[k], s)
+    if outer is None or outer == 1:
+        return None  # s may not divide o's extent at every choice of the free dims
     return [(s, outer), (sp.Integer(1), s)]
 
 
