@@ -227,7 +227,9 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
             continue
         if let.feature is not None:
             tensors[let.tensor.name] = _feature_map(ev, let, sizes, (B, T))
-            if let.time_varying:
+            # an infinite map is a kernel row over the T slots, masked to the past: time-varying even when its
+            # vector is not (Aaren's query is a param)
+            if let.time_varying or let.feature.infinite:
                 batched.add(let.tensor.name)
             continue
         x = ev.evaluate(let.expr, let.index, sizes)

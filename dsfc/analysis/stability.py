@@ -591,7 +591,7 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     rows, cols, mixed = a.rows, a.cols, a.mixed_axes
     m = [[simplify(_block_at(a.block, rows, cols, mixed, (i,), (j,))) for j in range(2)] for i in range(2)]
     if simplify(m[0][0] - m[1][1]) != 0 or simplify(m[0][1] + m[1][0]) != 0:
-        return None
+        return _jury(sym, m)
     det = simplify(sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
     prover = IntervalProver(sym)
     iv = prover.range(det)
@@ -601,6 +601,26 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     return EigenBound(verdict, str(mag),
                       f"2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = {spec_str(det)} in {iv} "
                       f"({facts})")
+
+
+def _jury(sym: SymSpec, m) -> EigenBound | None:
+    """Any real 2x2 block (LinOSS's oscillator [[S, -dt a S], [dt S, S]]), by the Schur-Cohn / Jury conditions:
+    both eigenvalues lie in the closed unit disk iff |det| <= 1 and |tr| <= 1 + det, in the open one iff both hold
+    strictly. The entries' lets are inlined so that det and tr simplify (S (1 + dt^2 a) S = S)."""
+    m = [[sp.simplify(_inline_lets(sym, x, depth=3)) for x in row] for row in m]
+    det = sp.simplify(m[0][0] * m[1][1] - m[0][1] * m[1][0])
+    tr = sp.simplify(m[0][0] + m[1][1])
+    prover = IntervalProver(sym)
+    d_iv, lo_iv, hi_iv = (prover.range(x) for x in (det, sp.simplify(1 + det - tr), sp.simplify(1 + det + tr)))
+    if not (d_iv.lo >= -1 and d_iv.hi <= 1 and lo_iv.lo >= 0 and hi_iv.lo >= 0):
+        return None
+    strict = ((d_iv.lo > -1 or d_iv.lo_open) and (d_iv.hi < 1 or d_iv.hi_open)
+              and (lo_iv.lo > 0 or lo_iv.lo_open) and (hi_iv.lo > 0 or hi_iv.lo_open))
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    return EigenBound(Bound.STABLE if strict else Bound.MARGINAL, "[0, 1)" if strict else "[0, 1]",
+                      f"2x2 blocks: det = {spec_str(det)} in {d_iv}, 1 - tr + det in {lo_iv} and 1 + tr + det in "
+                      f"{hi_iv}, so both eigenvalues lie in the {'open' if strict else 'closed'} unit disk "
+                      f"(Jury's conditions; {facts})")
 
 
 def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
