@@ -100,6 +100,15 @@ def spec_errors_at(result: CompileResult, dims: dict[str, int]) -> str | None:
         check_spec(dataclasses.replace(spec, statements=statements))
     except SpecErrors as exc:
         return exc.render()
+    # the dims-only divisors and log / sqrt arguments (lower_to_sympy tested them at the defaults; the generated
+    # constructor refuses dims that leave their domain, so the check dims must not)
+    values = result.sym.dim_values({k: int(v) for k, v in dims.items()})
+    for dom in result.sym.dim_domains:
+        value = result.sym.subs_dims(dom.expr, values).evalf()
+        if not dom.holds(value):
+            at = ", ".join(f"{k}={v}" for k, v in dims.items())
+            return (f"{result.spec.path}:{dom.span.line}:{dom.span.column}: {dom.text} is {value} at {at}, but as "
+                    f"{dom.role} it must be {dom.need}")
     return None
 
 

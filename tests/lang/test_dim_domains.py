@@ -91,3 +91,16 @@ def test_an_initialiser_keeps_its_own_message_at_the_defaults_and_gets_the_const
             mod.Dom(L=1)
     finally:
         sys.modules.pop("dom_init", None)
+
+
+def test_dsfc_checks_small_dims_avoid_a_divisor_that_is_zero_there():
+    """``dsfc check`` shrinks the dims (L = 4 -> 3 first); at L = 3 the divisor L - 3 is 0, so it must pick dims
+    where the module can be built, and spec_errors_at says why L = 3 is refused."""
+    from dsfc.check import small_dims, spec_errors_at
+
+    text = HEAD.replace("dim d = 3", "dim d = 5").format(L=4) + "let a[c: d] = sigmoid(u[c]) / (L - 3)\n" + TAIL
+    result = compile_text(text, "dom.dsf")
+    assert "L - 3 is 0 at d=3, L=3, but as a divisor it must be nonzero" in spec_errors_at(result, {"d": 3, "L": 3})
+    assert spec_errors_at(result, {"d": 3, "L": 4}) is None
+    small = small_dims(result)
+    assert small["L"] != 3
