@@ -67,7 +67,8 @@ def test_bench_at_dims_where_the_initialisers_fail_is_a_spec_error(tmp_path, cap
     spec.write_text(LOG_D)
     assert main(["bench", str(spec), "-T", "4", "--repeats", "1", "--dims", "d=5"]) == 2
     err = capsys.readouterr().err
-    assert "cannot build the module at the benchmark dims {'d': 5}: LogD: parameter 'w' has inf / NaN" in err
+    # refused before the module is built: log(d - 5) is the initial value's dims-only log argument (a DimDomain)
+    assert "log_d.dsf:5:21: d - 5 is 0 at d=5, but as the argument of log it must be positive" in err
     assert "internal error" not in err
 
 
