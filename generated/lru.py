@@ -50,7 +50,7 @@ from dsfc.runtime.checks import (
     values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
-from dsfc.runtime.scans import block_scan
+from dsfc.runtime.scans import rotation_scan
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -337,17 +337,11 @@ class LRU(nn.Module):
         D = env["D"]
         r = env["r"]
         th = env["th"]
-        # A couples some state axes in small blocks: two-level chunked block scan (dsfc.runtime.block_scan)
-        _h = h0.permute(0, 1, 2).reshape(_B, Nc, 2)
+        # A's 2 x 2 blocks are rotation-scalings [[x, -y], [y, x]]: a complex diagonal scan of x + i y
+        # (dsfc.runtime.rotation_scan)
         _t0, _t1 = 0, _T
-        _blocks = (
-            (
-                (axis(2, 1, 3, _dev, _dtype) + (-axis(2, 2, 3, _dev, _dtype))) * torch.sin(th[:, None, None])
-                + torch.cos(th[:, None, None]) * (axis(2, 1, 3, _dev) == axis(2, 2, 3, _dev)).to(_dtype)
-            )
-            * r[:, None, None]
-        ).expand(_B, _t1 - _t0, Nc, 2, 2)
-        _blocks = _blocks.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, Nc, 2, 2)
+        _rot_x = (torch.cos(th[:, None]) * r[:, None]).expand(_B, _T, Nc, 2).select(3, 0)
+        _rot_y = (torch.sin(th[:, None]) * r[:, None]).expand(_B, _T, Nc, 2).select(3, 0)
         _bu = (
             torch.exp(gamma_log[:, None])
             * (0 == axis(2, 1, 2, _dev)).to(_dtype)
@@ -355,9 +349,8 @@ class LRU(nn.Module):
             + torch.exp(gamma_log[:, None])
             * (1 == axis(2, 1, 2, _dev)).to(_dtype)
             * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_im))[:, :, :, None]
-        ).expand(_B, _t1 - _t0, Nc, 2)
-        _bu = _bu.permute(0, 1, 2, 3).reshape(_B, _t1 - _t0, Nc, 2)
-        _states = block_scan(_blocks, _bu, _h).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
+        ).expand(_B, _T, Nc, 2)
+        _states = rotation_scan(_rot_x, _rot_y, _bu, h0, 1)
         _read = _states
         _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, :, 1]))) + torch.einsum(
             "ij,ztj->zti", C_re, (_read[:, :, :, 0])

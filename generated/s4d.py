@@ -50,7 +50,7 @@ from dsfc.runtime.checks import (
     values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
-from dsfc.runtime.scans import block_scan
+from dsfc.runtime.scans import rotation_scan
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -346,23 +346,16 @@ class S4D(nn.Module):
         den = env["den"]
         bre = env["bre"]
         bim = env["bim"]
-        # A couples some state axes in small blocks: two-level chunked block scan (dsfc.runtime.block_scan)
-        _h = h0.permute(0, 1, 2, 3).reshape(_B, d * Nh, 2)
+        # A's 2 x 2 blocks are rotation-scalings [[x, -y], [y, x]]: a complex diagonal scan of x + i y
+        # (dsfc.runtime.rotation_scan)
         _t0, _t1 = 0, _T
-        _blocks = (
-            (
-                (axis(2, 2, 4, _dev, _dtype) + (-axis(2, 3, 4, _dev, _dtype))) * torch.sin(phi[:, :, None, None])
-                + torch.cos(phi[:, :, None, None]) * (axis(2, 2, 4, _dev) == axis(2, 3, 4, _dev)).to(_dtype)
-            )
-            * mag[:, :, None, None]
-        ).expand(_B, _t1 - _t0, d, Nh, 2, 2)
-        _blocks = _blocks.permute(0, 1, 2, 3, 4, 5).reshape(_B, _t1 - _t0, d * Nh, 2, 2)
+        _rot_x = (torch.cos(phi[:, :, None]) * mag[:, :, None]).expand(_B, _T, d, Nh, 2).select(4, 0)
+        _rot_y = (torch.sin(phi[:, :, None]) * mag[:, :, None]).expand(_B, _T, d, Nh, 2).select(4, 0)
         _bu = (
             (0 == axis(2, 2, 3, _dev)).to(_dtype) * bre[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
             + (1 == axis(2, 2, 3, _dev)).to(_dtype) * bim[:, :, None] * u_[:, _t0:_t1][:, :, :, None, None]
-        ).expand(_B, _t1 - _t0, d, Nh, 2)
-        _bu = _bu.permute(0, 1, 2, 3, 4).reshape(_B, _t1 - _t0, d * Nh, 2)
-        _states = block_scan(_blocks, _bu, _h).reshape(_B, _T, d, Nh, 2).permute(0, 1, 2, 3, 4)
+        ).expand(_B, _T, d, Nh, 2)
+        _states = rotation_scan(_rot_x, _rot_y, _bu, h0, 2)
         _read = _states
         _y = (-(2 * torch.einsum("ij,ztij->zti", C_im, (_read[:, :, :, :, 1])))) + 2 * torch.einsum(
             "ij,ztij->zti", C_re, (_read[:, :, :, :, 0])

@@ -18,6 +18,7 @@ from ..ir.notation import spec_str
 from ..ir.symspec import SymSpec
 from .facts import AKind, Bound
 from .index_algebra import simplify
+from .structure import pair_blocks, rotation_parts
 
 INF = math.inf
 
@@ -577,20 +578,14 @@ def _inline_lets(sym: SymSpec, expr, depth: int = 1):
     return expr
 
 
-def _block_at(block, rows, cols, mixed, r_vals, c_vals):
-    return block.subs({**{rows[k]: v for k, v in zip(mixed, r_vals)}, **{cols[k]: v for k, v in zip(mixed, c_vals)}},
-                      simultaneous=True)
-
-
 def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     """Rotation-scaling 2x2 blocks [[x, -y], [y, x]] (a complex diagonal): |lambda|^2 = det = x^2 + y^2."""
     dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
     sizes = [int(sp.S(sym.state.axes[k].extent).subs(dims)) for k in a.mixed_axes]
-    if len(sizes) != 1 or sizes[0] != 2:
+    m = pair_blocks(a)
+    if len(sizes) != 1 or sizes[0] != 2 or m is None:
         return None
-    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
-    m = [[simplify(_block_at(a.block, rows, cols, mixed, (i,), (j,))) for j in range(2)] for i in range(2)]
-    if simplify(m[0][0] - m[1][1]) != 0 or simplify(m[0][1] + m[1][0]) != 0:
+    if rotation_parts(m) is None:
         return _jury(sym, m)
     det = simplify(sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
     prover = IntervalProver(sym)

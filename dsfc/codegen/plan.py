@@ -18,7 +18,7 @@ from ..analysis.facts import Family
 from ..analysis.log_space import complements, exact_log, hoist_complement_sums, log_of, telescoping_gauge
 from ..analysis.report import StructureReport
 from ..analysis.stability import IntervalProver
-from ..analysis.structure import Structure
+from ..analysis.structure import Structure, pair_blocks, rotation_parts
 from ..ir.functions import Elu1p, Expm1, TaylorRange
 from ..ir.let_reuse import reuse_lets
 from ..ir.symspec import SymSpec, tensor_names
@@ -55,6 +55,7 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "empty_output", "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign",
              "log_abs_decay",
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
+             "rotation_scan",
              "dense_chunk_len",
              "diagonal_scan_triton", "register_kernels", "triton", "tl"}
 # every public name of the runtime modules the generated code imports from, so a helper added there is reserved with
@@ -179,6 +180,7 @@ class ModulePlan:
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     block_scan: bool = False  # the dense family's small blocks: import the runtime's chunked block scan
+    rotation_scan: bool = False  # 2 x 2 rotation-scaling blocks: the runtime's complex diagonal scan
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
@@ -449,7 +451,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
-        block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st),
+        block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st) and _rotation_parts(sym, st) is None,
+        rotation_scan=st.family is Family.DENSE_SCAN and _rotation_parts(sym, st) is not None,
     )
 
 
@@ -756,6 +759,16 @@ def _small_blocks(sym, st) -> bool:
     return bool(size.is_Integer and size <= SMALL_BLOCK)
 
 
+def _rotation_parts(sym, st) -> tuple[sp.Expr, sp.Expr] | None:
+    """(x, y) when A's coupled blocks are 2 x 2 rotation-scalings ``[[x, -y], [y, x]]`` over one mixed axis of
+    extent 2 at every dims (S4D's and LRU's complex modes): the torch path scans them as complex numbers x + i y
+    (``rotation_scan``)."""
+    if len(st.a.mixed_axes) != 1 or sp.S(sym.state.axes[st.a.mixed_axes[0]].extent) != 2:
+        return None
+    m = pair_blocks(st.a)
+    return rotation_parts(m) if m is not None else None
+
+
 def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bool = False) -> list[str]:
     """``kernel``: the Triton variant (a block-scan launch per chunk instead of the per-step torch loop)."""
     a = st.a
@@ -795,6 +808,20 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
             "    _h = _st[:, -1]",
             "    _chunks.append(_st)",
             f"_states = torch.cat(_chunks, 1).{unpermute}",
+        ]
+    rotation = _rotation_parts(sym, st)
+    if rotation is not None:
+        k = a.mixed_axes[0]
+        with _rebound(pr, _time_sliced(sym, pr, "_t0:_t1")):
+            x, y = (pr.print_tensor(part, rows, row_sizes) for part in rotation)
+        return [
+            "# A's 2 x 2 blocks are rotation-scalings [[x, -y], [y, x]]: a complex diagonal scan of x + i y",
+            "# (dsfc.runtime.rotation_scan)",
+            "_t0, _t1 = 0, _T",
+            f"_rot_x = ({x}).expand(_B, _T, {', '.join(sz)}).select({2 + k}, 0)",
+            f"_rot_y = ({y}).expand(_B, _T, {', '.join(sz)}).select({2 + k}, 0)",
+            f"_bu = ({bu}).expand(_B, _T, {', '.join(sz)})",
+            f"_states = rotation_scan(_rot_x, _rot_y, _bu, h0, {k})",
         ]
     if _small_blocks(sym, st):
         # small blocks (LRU's, S4D's 2 x 2 complex pairs): all T steps' blocks at once (P times the states'

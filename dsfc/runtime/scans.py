@@ -222,6 +222,23 @@ def _matmul_small(a, b):
     return [[_dot([a_i[j] for j in range(P)], [b[j][k] for j in range(P)]) for k in range(P)] for a_i in a]
 
 
+def rotation_scan(x: Tensor, y: Tensor, b: Tensor, h0: Tensor, axis: int) -> Tensor:
+    """All states of ``h_t = M_t h_{t-1} + b_t`` where M_t acts on a pair axis of the state as the rotation-scaling
+    ``[[x, -y], [y, x]]`` (S4D's and LRU's complex modes written as real 2 x 2 blocks): b [B, T, *S] with
+    ``S[axis] == 2``, h0 [B, *S], x and y broadcastable to [B, T, *S without axis]; returns [B, T, *S].
+
+    ``[[x, -y], [y, x]] (h0, h1) = (x h0 - y h1, y h0 + x h1)`` is the complex product ``(x + i y)(h0 + i h1)``, so
+    the recurrence is diagonal_scan's over complex numbers: 4 real multiplies a step where block_scan's 2 x 2
+    products need 8 and its reductions separate ops (~4x slower forward on CPU). fp32 / fp64 only (complex64 /
+    complex128); the caller's compute dtype is one of those."""
+    z = torch.complex(x, y)
+    z = z.expand(b.shape[0], b.shape[1], *z.shape[2:])  # diagonal_scan: a carries b's batch and time dims
+    bc = torch.complex(b.select(2 + axis, 0), b.select(2 + axis, 1))
+    hc = torch.complex(h0.select(1 + axis, 0), h0.select(1 + axis, 1))
+    states = diagonal_scan(z, bc, hc)
+    return torch.stack([states.real, states.imag], 2 + axis)
+
+
 def block_scan(m: Tensor, b: Tensor, h0: Tensor, *, chunk: Optional[int] = None) -> Tensor:
     """All states of ``h_t = M_t h_{t-1} + b_t`` with small per-group blocks: m [B, T, G, P, P], b [B, T, G, P],
     h0 [B, G, P]; returns [B, T, G, P].
@@ -340,6 +357,8 @@ def _want_compiled(a: Tensor, b: Tensor, h0: Tensor) -> bool:
         return False  # already inside someone's torch.compile: let Dynamo trace the eager code instead
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
         return False  # training: eager autograd (see the note above)
+    if a.is_complex() or b.is_complex():
+        return False  # rotation_scan's complex modes: Inductor's complex support is partial (eager is 4 ops a step)
     if a.shape != b.shape or b.shape[1] < 2 or _is_broadcast(a) or _is_broadcast(b):
         return False  # broadcast inputs would need a materialised copy; T = 1 has nothing to fuse
     if mode in ("1", "always", "true", "on", "yes"):

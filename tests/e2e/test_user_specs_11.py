@@ -524,12 +524,12 @@ def test_titans_blocks_couple_memory_and_momentum_over_the_keys():
     assert sorted(axes[k] for k in st.a.mixed_axes) == ["a", "s"], st.a
 
 
-def test_s4d_lin_keeps_its_rotation_blocks_and_block_scan():
-    """2x2 rotation-scaling blocks (a complex diagonal) with a proven |lambda| < 1, run by the chunked block scan."""
+def test_s4d_lin_keeps_its_rotation_blocks_and_complex_scan():
+    """2x2 rotation-scaling blocks (a complex diagonal) with a proven |lambda| < 1, run as a complex diagonal scan."""
     built = compile_and_build(S4D_LIN, path="s4d_lin.dsf")
     report = built.result.report
     assert report.a_complex_diagonal and report.eigen_bound == "|lambda| < 1", (report.a_kind, report.eigen_bound)
-    assert "block_scan(_blocks" in built.result.source
+    assert "rotation_scan(_rot_x, _rot_y, _bu, h0" in built.result.source and "block_scan(" not in built.result.source
 
 
 def test_a_dim_subscript_reads_one_entry_broadcast_over_the_axes():
