@@ -417,7 +417,8 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     if delta is not None:
         outer, dsplit = delta
         family = Family.CHUNKED_DELTA
-        why = (f"A is s (I - k f^T) on key axes {', '.join(_axis_names(sym, outer.key_axes))} per group with the "
+        form = "s I - k f^T (f carries the decay)" if dsplit.scaled else "s (I - k f^T)"
+        why = (f"A is {form} on key axes {', '.join(_axis_names(sym, outer.key_axes))} per group with the "
                "key that B u writes (B u = key x value) and C contracts the key axes: the delta rule, run "
                "chunkwise in its WY (UT-transform) form")
         return Structure(a, bu, b_form, readout, outer, family, why, delta=dsplit)

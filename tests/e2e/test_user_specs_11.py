@@ -16,12 +16,17 @@ Found and fixed:
   finite. ``structure.split_delta`` now looks through lets that only name a product (``SymSpec.inline_product_lets``,
   scalar lets included) when the quotient keeps a denominator, and ``al`` cancels: ``f = 0.9 bi k``
   (``DELTA_SCALAR_BE`` is the scalar-let form).
+- The same A with a weight independent of the scale (``be = 0.5 bi``; Comba's own form, ``COMBA_INDEP``) was scanned
+  as ``al (I - (be / al) k k^T)``: once ``al`` underflows in fp32, ``be / al`` is inf and the outputs NaN (float64 is
+  finite). Where the quotient by the scale keeps a denominator, ``split_delta`` now keeps the weight on the read
+  (``DeltaSplit.scaled``, f = be k) and the scan takes ``s I - k f^T`` as it is: ``chunked_delta_scan(...,
+  scaled_read=True)`` builds the WY form with the decays one step shorter (``D'[t, j] = exp(segsum(j+1..t-1))``,
+  ``Gamma'_t = exp(sum_(l<t) g_l)``, as fla's ``chunk_comba`` uses its ``g0``), segment sums only, every factor
+  exp(<= 0), no decay in a denominator. The Triton path shares the chunk-parallel torch parts and its unchanged
+  state-passing kernel; its decode step kernel takes ``SCALED``. DeltaNet and Gated DeltaNet keep the unscaled read
+  (their generated code is unchanged). Forward and gradients, torch and Triton, fp32 at input scale 30.
 
 Found, NOT fixed:
-- The same A with a weight independent of the scale (``be = 0.5 bi``; Comba's own form) is scanned as
-  ``al (I - (be / al) k k^T)``: once ``al`` underflows in fp32, ``be / al`` is inf and the outputs NaN (float64 is
-  finite). The WY form factors the scale out of the rank-1 term; a fix needs a delta scan that takes ``s I - w k f^T``
-  as it is (strict xfail ``test_an_independent_rank_one_weight_stays_finite_in_fp32``).
 - RetNet's per-head decay written as the paper's linspace, ``1 - exp(log(1/32) + h (log(1/512) - log(1/32)) /
   (H - 1))``, divides by zero at one head: at ``dim H = 1`` (or ``Model(H=1)``) it compiles, ``dsfc analyze``
   reports ``|lambda| < 1 [0.96875, 1)``, and every output is NaN (0 / 0). Constants that divide by zero are refused
