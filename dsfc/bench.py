@@ -57,15 +57,20 @@ def loop_outer_scan(q, k, v, log_decay=None, h0=None, output_final_state=False, 
     return (y, S) if output_final_state else y
 
 
-def loop_delta_scan(q, k, v, f, log_decay=None, h0=None, output_final_state=False, readout="post", **_):
-    """fla's naive delta rule: S = s (S - k (f^T S)) + k v^T; y = S^T q, one step per iteration."""
+def loop_delta_scan(q, k, v, f, log_decay=None, h0=None, output_final_state=False, readout="post", scaled_read=False,
+                    **_):
+    """fla's naive delta rule: S = s (S - k (f^T S)) + k v^T (s S - k (f^T S) + k v^T, scaled_read); y = S^T q, one
+    step per iteration."""
     Bsz, T, H, K = q.shape
     S = q.new_zeros(Bsz, H, K, v.shape[-1]) if h0 is None else h0
     ys = []
     for t in range(T):
         S_prev = S
-        S = S - k[:, t, :, :, None] * torch.einsum("bhk,bhkv->bhv", f[:, t], S)[:, :, None, :]
-        if log_decay is not None:
+        read = torch.einsum("bhk,bhkv->bhv", f[:, t], S)[:, :, None, :]
+        if scaled_read and log_decay is not None:
+            S = S * torch.exp(log_decay[:, t])[..., None, None]
+        S = S - k[:, t, :, :, None] * read
+        if log_decay is not None and not scaled_read:
             S = S * torch.exp(log_decay[:, t])[..., None, None]
         S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
         ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S if readout == "post" else S_prev))

@@ -87,6 +87,9 @@ class DeltaSplit:
 
     decay: sp.Expr  # s over the group row symbols (1 for DeltaNet)
     read: sp.Expr  # f over the group and key row symbols
+    # the read carries the decay: A = s I - key read^T (a rank-1 weight independent of s, Comba's al I - be k k^T),
+    # where s (I - key (read / s)^T) would divide by s (inf once s underflows in fp32)
+    scaled: bool = False
 
 
 @dataclass(frozen=True)
@@ -389,10 +392,19 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
         looked = simplify(sym.inline_product_lets(rho))
         if sp.fraction(sp.together(looked))[1] == 1:
             rho = looked
+    scaled = False
+    if sp.fraction(sp.together(rho))[1] != 1:
+        # a weight independent of the scale (Comba's be = 0.5 bi): be / al is inf in fp32 once al underflows. The
+        # scan takes A = s I - key f^T as it is, f = be k carrying the scale (chunked_delta_scan's scaled_read)
+        weight = simplify(-parts.row_vec / outer.key)
+        if sp.fraction(sp.together(weight))[1] != 1:
+            weight = simplify(sym.inline_product_lets(weight))
+        if sp.fraction(sp.together(weight))[1] == 1:
+            rho, scaled = weight, True
     if rho.free_symbols & (key_rows | key_cols | value_rows) or rho.has(sp.zoo, sp.nan):
         return None
     read = (rho * parts.col_vec).subs({cols[k]: rows[k] for k in outer.key_axes}, simultaneous=True)
-    return outer, DeltaSplit(parts.scale, read)
+    return outer, DeltaSplit(parts.scale, read, scaled)
 
 
 def analyse_structure_of(sym: SymSpec) -> Structure:
@@ -423,7 +435,8 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     if delta is not None:
         outer, dsplit = delta
         family = Family.CHUNKED_DELTA
-        why = (f"A is s (I - k f^T) on key axes {', '.join(_axis_names(sym, outer.key_axes))} per group with the "
+        form = "s I - k f^T (f carries the decay)" if dsplit.scaled else "s (I - k f^T)"
+        why = (f"A is {form} on key axes {', '.join(_axis_names(sym, outer.key_axes))} per group with the "
                "key that B u writes (B u = key x value) and C contracts the key axes: the delta rule, run "
                "chunkwise in its WY (UT-transform) form")
         return Structure(a, bu, b_form, readout, outer, family, why, delta=dsplit)

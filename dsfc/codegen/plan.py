@@ -697,6 +697,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"_q, _k, _v, _sign_end = fold_decay_sign(_sign, _q, _k, _v, readout=\"{sym.readout}\""
             f"{', delta=True' if delta else ''})",
         ]
+        if delta and delta.scaled:
+            # S_t = s_t S - k f^T S + k v^T: on |s| the read carries s's sign too (c_t c_(t-1) = sign_t)
+            lines.append("_f = _f * _sign[..., None].to(_f.dtype)")
     elif unsigned_log:
         lines.append(f"_log_decay, _ = log_abs_decay(_decay{zero_grad})  # no closed-form log; log 0 stays finite")
     order = G + K + V
@@ -716,7 +719,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     else:
         lines.append(f"_s0 = {s0}")
     lines.append(f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"
-                 + (", readout=\"pre\")" if sym.readout == "pre" else ")"))
+                 + (", readout=\"pre\"" if sym.readout == "pre" else "")
+                 + (", scaled_read=True)  # A = s I - k f^T: f carries the decay" if delta and delta.scaled else ")"))
     if gauge:
         lines += [
             "_y = torch.exp(-_ell)[..., None] * _y.to(_dtype) + torch.exp(_ell_prev[:, :1] - _ell)[..., None]"

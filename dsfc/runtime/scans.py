@@ -760,8 +760,9 @@ def chunked_delta_scan(
     readout: str = "post",
     state_passing: Optional[Callable] = None,
     step: Optional[Callable] = None,
+    scaled_read: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Delta-rule recurrence (DeltaNet, Gated DeltaNet) with a scalar decay per head, chunkwise, batch-first.
+    """Delta-rule recurrence (DeltaNet, Gated DeltaNet, Comba) with a scalar decay per head, chunkwise, batch-first.
 
     Per batch and head::
 
@@ -769,6 +770,12 @@ def chunked_delta_scan(
         y_t = S_t^T q_t   (readout="post")   or   S_{t-1}^T q_t   (readout="pre")
 
     DeltaNet is k_t = beta_t key_t, f_t = key_t, s_t = 1; Gated DeltaNet adds s_t = alpha_t.
+
+    ``scaled_read=True``: f already carries the decay, ``S_t = s_t S_{t-1} - k_t f_t^T S_{t-1} + k_t v_t^T``
+    (Comba's ``A = al I - be k k^T`` with be independent of al: f = be k, where the unscaled read (be / al) k is
+    inf once al underflows). Same algorithm with the WY build's decays one step shorter (fla's chunk_comba ``g0``):
+    ``D'[t, j] = exp(segsum(j+1..t-1))`` in place of ``D``'s ``j+1..t`` and ``Gamma'_t = exp(sum_(l<t) g_l)`` in
+    place of ``Gamma``, both segment sums, so no decay ever divides (s_t D'[t, j] = D[t, j], s_t Gamma'_t = Gamma_t).
 
     Args:
         q, k, f: [B, T, H, K];  v: [B, T, H, V];  log_decay: None (s = 1) or [B, T, H];  h0: [B, H, K, V] or None.
@@ -821,17 +828,17 @@ def chunked_delta_scan(
     q, k, v, f = (x.to(cdt) for x in (q, k, v, f))
     g = None if log_decay is None else log_decay.to(cdt)
     def run(qq):
-        return _delta_scan_impl(qq, k, v, f, g, h0, int(chunk), state_passing)
+        return _delta_scan_impl(qq, k, v, f, g, h0, int(chunk), state_passing, scaled_read)
 
     if T == 1 and step is not None:
-        y, state = step(q, k, v, f, g, h0, readout)
+        y, state = step(q, k, v, f, g, h0, readout, scaled_read) if scaled_read else step(q, k, v, f, g, h0, readout)
     else:
         y, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
     y = y.to(out_dtype)
     return (y, state.to(out_dtype)) if output_final_state else y
 
 
-def _delta_scan_impl(q, k, v, f, g, h0, chunk, state_passing=None):
+def _delta_scan_impl(q, k, v, f, g, h0, chunk, state_passing=None, scaled_read=False):
     B, T, H, K = q.shape
     V = v.shape[-1]
     L = min(T, chunk)
@@ -856,11 +863,20 @@ def _delta_scan_impl(q, k, v, f, g, h0, chunk, state_passing=None):
         gamma = torch.exp(torch.cumsum(gc, dim=-1)).unsqueeze(-1)  # decay from the chunk start through step t
         k_end = kc * torch.exp(_rev_cumsum_exclusive(gc, dim=-1)).unsqueeze(-1)
         tot = gamma[..., -1:, :]  # [B, H, nc, 1, 1]
-    strict = mask * (idx[:, None] > idx[None, :]).to(q.dtype)
+    if scaled_read and g is not None:
+        # f carries s_t: the WY build takes the decays up to step t - 1, D'[t, j] = D[t - 1, j] (its rows moved
+        # down a step: exp(segsum(j+1..t-1)), 0 for j >= t) and Gamma'_t = exp(sum_(l<t) g_l), a cumsum over
+        # exactly those steps: every factor exp(<= 0), no decay in a denominator
+        strict = torch.cat([torch.zeros_like(mask[..., :1, :]), mask[..., :-1, :]], dim=-2)
+        g_before = torch.cat([torch.zeros_like(gc[..., :1]), gc[..., :-1]], dim=-1)
+        gamma_read = torch.exp(torch.cumsum(g_before, dim=-1)).unsqueeze(-1)
+    else:
+        strict = mask * (idx[:, None] > idx[None, :]).to(q.dtype)
+        gamma_read = gamma
     lower = torch.matmul(fc, kc.transpose(-1, -2)) * strict  # strict_tril(D * F K^T)
     eye = torch.eye(L, dtype=q.dtype, device=q.device)
     # T V and T diag(Gamma) F for every chunk at once (unit lower-triangular solves)
-    rhs = torch.cat([vc, gamma * fc], dim=-1)
+    rhs = torch.cat([vc, gamma_read * fc], dim=-1)
     sol = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
     w_v, w_f = sol[..., :V], sol[..., V:]  # W = w_v - w_f S_0
     scores = torch.matmul(qc, kc.transpose(-1, -2)) * mask  # tril(D * Q K^T)

@@ -29,7 +29,8 @@ the value slices split, are batched matmuls afterwards: ``dL/dw_f_c = -dX_c S_c^
 that built ``w_v``, ``w_f``, ``k_end`` and ``tot`` (the solve, the decay masks).
 
 Decoding (a single step, no autograd: the modules' ``step``) skips the chunked machinery: ``_delta_step`` reads the
-state once, applies ``S' = s (S - k (f^T S)) + k v^T`` and the readout, and writes it back (one launch per token).
+state once, applies ``S' = s (S - k (f^T S)) + k v^T`` (``s S - k (f^T S) + k v^T`` with ``scaled_read``: f carries
+the decay) and the readout, and writes it back (one launch per token).
 
 Both launches are ``torch.library.custom_op`` s (``dsfc::delta_pass_fwd`` / ``_bwd``) with ``register_fake`` and
 ``register_autograd``, so a ``torch.compile``d model keeps one opaque node per launch.
@@ -150,9 +151,11 @@ if triton is not None:
 
     @triton.jit
     def _delta_step(q_ptr, k_ptr, v_ptr, f_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, BK: tl.constexpr,
-                    BV: tl.constexpr, DECAY: tl.constexpr, PRE: tl.constexpr, DTYPE: tl.constexpr):
-        """One decoding step (T = 1) of one (batch row, head, value slice): S' = s (S - k (f^T S)) + k v^T and
-        y = S'^T q (y = S^T q before the update, PRE); the state read and written once, in DTYPE."""
+                    BV: tl.constexpr, DECAY: tl.constexpr, PRE: tl.constexpr, DTYPE: tl.constexpr,
+                    SCALED: tl.constexpr = False):
+        """One decoding step (T = 1) of one (batch row, head, value slice): S' = s (S - k (f^T S)) + k v^T
+        (S' = s S - k (f^T S) + k v^T where f carries the decay, SCALED) and y = S'^T q (y = S^T q before the
+        update, PRE); the state read and written once, in DTYPE."""
         bh = tl.program_id(0).to(tl.int64)
         kk = tl.arange(0, BK)
         vv = tl.program_id(1) * BV + tl.arange(0, BV)
@@ -166,9 +169,15 @@ if triton is not None:
         f = tl.load(f_ptr + bh * K + kk, mask=mk, other=0.0).to(DTYPE)
         v = tl.load(v_ptr + bh * V + vv, mask=mv, other=0.0).to(DTYPE)
         fs = tl.sum(f[:, None] * s, axis=0)  # f^T S, [BV]
-        s_new = s - k[:, None] * fs[None, :]
-        if DECAY:
-            s_new = tl.exp(tl.load(g_ptr + bh).to(DTYPE)) * s_new
+        if SCALED:
+            s_new = s
+            if DECAY:
+                s_new = tl.exp(tl.load(g_ptr + bh).to(DTYPE)) * s
+            s_new -= k[:, None] * fs[None, :]
+        else:
+            s_new = s - k[:, None] * fs[None, :]
+            if DECAY:
+                s_new = tl.exp(tl.load(g_ptr + bh).to(DTYPE)) * s_new
         s_new += k[:, None] * v[None, :]
         if PRE:
             y = tl.sum(q[:, None] * s, axis=0)
@@ -277,7 +286,7 @@ def delta_state_passing(w_v: torch.Tensor, w_f: torch.Tensor, k_end: torch.Tenso
 STEP_BLOCK_V = 32  # the decode step's value slice
 
 
-def _single_step(q, k, v, f, g, h0, readout):
+def _single_step(q, k, v, f, g, h0, readout, scaled_read=False):
     """T = 1 without autograd (decoding): one launch of ``_delta_step``; the arguments in the compute dtype."""
     B, _, H, K = q.shape
     V = v.shape[-1]
@@ -289,13 +298,15 @@ def _single_step(q, k, v, f, g, h0, readout):
     _delta_step[(B * H, triton.cdiv(V, block_v))](q.contiguous(), k.contiguous(), v.contiguous(), f.contiguous(),
                                                   dummy if g is None else g.contiguous(), h0.contiguous(), y, s_new,
                                                   K, V, BK=block_k, BV=block_v, DECAY=g is not None,
-                                                  PRE=readout == "pre", DTYPE=_tl_dtype(h0.dtype))
+                                                  PRE=readout == "pre", DTYPE=_tl_dtype(h0.dtype),
+                                                  SCALED=scaled_read)
     return y, s_new
 
 
 def chunked_delta_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f: torch.Tensor,
                          log_decay: Optional[torch.Tensor] = None, h0: Optional[torch.Tensor] = None, *,
-                         chunk: int = 64, output_final_state: bool = False, readout: str = "post"):
+                         chunk: int = 64, output_final_state: bool = False, readout: str = "post",
+                         scaled_read: bool = False):
     """``chunked_delta_scan`` (same arguments, results and checks) with its chunk-to-chunk state recurrence on the
     Triton kernels above: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (slow: for tests).
     Differentiable w.r.t. q, k, v, f, log_decay and h0; the chunk-parallel parts are torch (autograd). A single
@@ -309,4 +320,4 @@ def chunked_delta_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f: t
     decoding = eager_inference(*[x for x in (q, k, v, f, log_decay, h0) if x is not None])
     return chunked_delta_scan(q, k, v, f, log_decay, h0, chunk=chunk, output_final_state=output_final_state,
                               readout=readout, state_passing=delta_state_passing,
-                              step=_single_step if decoding else None)
+                              step=_single_step if decoding else None, scaled_read=scaled_read)

@@ -24,12 +24,17 @@ Found and fixed:
   a spec error at the default dims, and a ``ValueError`` in the generated constructor at other dims (``H = 3`` gives
   the paper's decays, ``RETNET_LINSPACE``). The catalog's RWKV-6 init (``/ (L - 1)``, ``/ (H * K - 1)``) gets the
   constructor checks too: ``RWKV6(L=1)`` said only "float division by zero" from its initialisers.
+- The same A with a weight independent of the scale (``be = 0.5 bi``; Comba's own form, ``COMBA_INDEP``) was scanned
+  as ``al (I - (be / al) k k^T)``: once ``al`` underflows in fp32, ``be / al`` is inf and the outputs NaN (float64 is
+  finite). Where the quotient by the scale keeps a denominator, ``split_delta`` now keeps the weight on the read
+  (``DeltaSplit.scaled``, f = be k) and the scan takes ``s I - k f^T`` as it is: ``chunked_delta_scan(...,
+  scaled_read=True)`` builds the WY form with the decays one step shorter (``D'[t, j] = exp(segsum(j+1..t-1))``,
+  ``Gamma'_t = exp(sum_(l<t) g_l)``, as fla's ``chunk_comba`` uses its ``g0``), segment sums only, every factor
+  exp(<= 0), no decay in a denominator. The Triton path shares the chunk-parallel torch parts and its unchanged
+  state-passing kernel; its decode step kernel takes ``SCALED``. DeltaNet and Gated DeltaNet keep the unscaled read
+  (their generated code is unchanged). Forward and gradients, torch and Triton, fp32 at input scale 30.
 
 Found, NOT fixed:
-- The same A with a weight independent of the scale (``be = 0.5 bi``; Comba's own form) is scanned as
-  ``al (I - (be / al) k k^T)``: once ``al`` underflows in fp32, ``be / al`` is inf and the outputs NaN (float64 is
-  finite). The WY form factors the scale out of the rank-1 term; a fix needs a delta scan that takes ``s I - w k f^T``
-  as it is (strict xfail ``test_an_independent_rank_one_weight_stays_finite_in_fp32``).
 - LightNet written with ``Z = cumsum(exp(k))`` overflows fp32 at keys above 88 (inputs of scale 30 here): the spec's
   maths (the paper computes it as a log-cumsum-exp), not a rewrite dsfc could make without carrying log Z.
 - The known gap of rounds 3 and 9 (a decay along the value axis runs the elementwise diagonal scan, not a chunked
@@ -560,19 +565,34 @@ def test_a_rank_one_weight_carrying_the_scale_cancels_it_in_fp32(backend, spec):
         assert_grads_close(g32, g64, 1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="found, not fixed: A = al I - be k k^T with be independent of al is scanned as "
-                   "al (I - (be / al) k k^T); in fp32 al underflows and be / al is inf")
-def test_an_independent_rank_one_weight_stays_finite_in_fp32():
-    built = compile_and_build(COMBA.replace("let be[h: H] = al[h] * bi[h] * 0.9", "let be[h: H] = 0.5 * bi[h]"),
-                              path="comba_indep.dsf")
+COMBA_INDEP = COMBA.replace("let be[h: H] = al[h] * bi[h] * 0.9", "let be[h: H] = 0.5 * bi[h]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_independent_rank_one_weight_stays_finite_in_fp32(backend):
+    """A = al I - be k k^T with be = 0.5 bi independent of al was scanned as al (I - (be / al) k k^T): inf in fp32
+    once al underflows, NaN outputs where float64's are finite. The scan now takes s I - k f^T as it is (f = be k,
+    ``scaled_read``: the WY build's decays one step shorter, segment sums only), forward and gradients."""
+    built = compile_and_build(COMBA_INDEP, path="comba_indep.dsf")
+    assert built.result.structure.family == Family.CHUNKED_DELTA and built.result.structure.delta.scaled
+    assert "/ al" not in built.result.source and "scaled_read=True" in built.result.source
     gen = torch.Generator().manual_seed(3)
-    u = 30 * torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
-    w = torch.randn(2, 9, built.d_out(), generator=gen, dtype=F64)
-    y64, _ = output_and_grads(built.model, "torch", u, w, dtype=F64)
-    y32, g32 = output_and_grads(built.model, "torch", u, w, dtype=torch.float32)
-    assert torch.isfinite(y64).all()
-    assert torch.isfinite(y32).all() and all(torch.isfinite(g).all() for g in g32)
-    assert rel_err(y32, y64) < 1e-5
+    for scale in (1.0, 30.0):
+        u = scale * torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
+        w = torch.randn(2, 9, built.d_out(), generator=gen, dtype=F64)
+        y64, g64 = output_and_grads(built.model, "torch", u, w, dtype=F64)
+        y32, g32 = output_and_grads(built.model, backend, u, w, dtype=torch.float32)
+        built.model.double()
+        assert torch.isfinite(y64).all()
+        assert torch.isfinite(y32).all() and all(torch.isfinite(g).all() for g in g32)
+        assert rel_err(y32, y64) < 1e-5, scale
+        assert_grads_close(g32, g64, 1e-4)
+
+
+def test_an_independent_rank_one_weight_matches_the_reference():
+    """The scaled-read delta scan against dsfc's reference recurrence on every path (torch, step, gradients, Triton,
+    chunks of 3 over T = 9)."""
+    check_all_paths(compile_and_build(COMBA_INDEP, path="comba_indep.dsf"), Family.CHUNKED_DELTA)
 
 
 RETNET_LINSPACE = """

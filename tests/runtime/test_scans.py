@@ -535,6 +535,53 @@ def test_delta_scan_float64(T, chunk, gated, readout):
     assert_close_rel(S, S_ref, RTOL_F64)
 
 
+def naive_scaled_delta_scan(q, k, v, f, log_decay, h0=None, readout="post"):
+    """S_t = s_t S - k_t f_t^T S + k_t v_t^T (the read carries the decay), step by step in float64."""
+    B, T, H, K = q.shape
+    S = torch.zeros(B, H, K, v.shape[-1], dtype=F64) if h0 is None else h0.to(F64)
+    ys = []
+    for t in range(T):
+        S_prev = S
+        erase = k[:, t, :, :, None].to(F64) * torch.einsum("bhk,bhkv->bhv", f[:, t].to(F64), S)[:, :, None, :]
+        S = torch.exp(log_decay[:, t].to(F64))[..., None, None] * S - erase
+        S = S + (k[:, t, :, :, None] * v[:, t, :, None, :]).to(F64)
+        ys.append(torch.einsum("bhkv,bhk->bhv", S if readout == "post" else S_prev, q[:, t].to(F64)))
+    return torch.stack(ys, 1), S
+
+
+@pytest.mark.parametrize("readout", ["post", "pre"])
+@pytest.mark.parametrize("T,chunk", [(1, 4), (7, 4), (37, 16), (100, 64)])
+def test_scaled_read_delta_scan_float64(T, chunk, readout):
+    """scaled_read: A = s I - k f^T as it is (Comba's al I - be k k^T with f = be k), not s (I - k (f / s)^T)."""
+    q, k, v, f, ld, h0 = delta_inputs(2, T, 3, 5, 4, True, seed=T * 5 + chunk)
+    f = 0.7 * f
+    y, S = chunked_delta_scan(q, k, v, f, ld, h0, chunk=chunk, output_final_state=True, readout=readout,
+                              scaled_read=True)
+    y_ref, S_ref = naive_scaled_delta_scan(q, k, v, f, ld, h0, readout=readout)
+    assert_close_rel(y, y_ref, RTOL_F64)
+    assert_close_rel(S, S_ref, RTOL_F64)
+
+
+def test_scaled_read_delta_scan_float32_underflowing_decay():
+    """Decays of exp(-200) (0 in fp32) inside chunks: the WY build never divides by a decay, so fp32 stays finite
+    and close to float64 (the unscaled read f / s would be inf there)."""
+    q, k, v, f, ld, h0 = delta_inputs(2, 50, 2, 6, 5, True, seed=11, dtype=torch.float32)
+    ld = ld.clone()
+    ld[:, ::7] = -200.0
+    y, S = chunked_delta_scan(q, k, v, f, ld, h0, chunk=16, output_final_state=True, scaled_read=True)
+    y_ref, S_ref = naive_scaled_delta_scan(q, k, v, f, ld, h0)
+    assert torch.isfinite(y).all() and torch.isfinite(S).all()
+    assert_close_rel(y, y_ref, RTOL_F32)
+    assert_close_rel(S, S_ref, RTOL_F32)
+
+
+def test_scaled_read_delta_scan_gradcheck():
+    inputs = delta_inputs(1, 6, 1, 3, 2, True, seed=9)
+    inputs = tuple(x.clone().requires_grad_() for x in inputs)
+    fn = lambda *xs: chunked_delta_scan(*xs, chunk=4, output_final_state=True, scaled_read=True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
 def test_delta_scan_empty_and_bad_shapes():
     q, k, v, f, ld, h0 = delta_inputs(1, 0, 2, 3, 2, True, seed=0)
     y, S = chunked_delta_scan(q, k, v, f, ld, h0, output_final_state=True)

@@ -45,15 +45,16 @@ def rel(got, want) -> float:
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
-def _loop(q, k, v, f, g, h0, readout="post"):
-    """The delta rule step by step (float64 on CPU): the oracle."""
+def _loop(q, k, v, f, g, h0, readout="post", scaled_read=False):
+    """The delta rule step by step (float64 on CPU): the oracle. scaled_read: A = s I - k f^T."""
     B, T, H, K = q.shape
     S = torch.zeros(B, H, K, v.shape[-1], dtype=F64) if h0 is None else h0
     eye = torch.eye(K, dtype=F64)
     ys = []
     for t in range(T):
         s = 1.0 if g is None else torch.exp(g[:, t])[..., None, None]
-        A = s * (eye - k[:, t, :, :, None] * f[:, t, :, None, :])
+        rank_one = k[:, t, :, :, None] * f[:, t, :, None, :]
+        A = s * eye - rank_one if scaled_read else s * (eye - rank_one)
         S_new = A @ S + k[:, t, :, :, None] * v[:, t, :, None, :]
         read = S if readout == "pre" else S_new
         ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], read))
@@ -275,3 +276,28 @@ def test_generated_under_torch_compile(monkeypatch):
     assert rel(out["compiled"][0], out["torch"][0]) <= TOL32
     for n, want in out["torch"][1].items():
         assert rel(out["compiled"][1][n], want) <= TOL32, n
+
+
+@pytest.mark.parametrize("readout", ["post", "pre"])
+def test_scaled_read_matches_loop(monkeypatch, readout):
+    """scaled_read (A = s I - k f^T, Comba): chunked forward and gradients, and the decode step kernel (SCALED)."""
+    ins = _inputs(2, 21, 2, 5, 6, True, 7)
+    want_ins = [x.clone().requires_grad_() for x in ins]
+    got_ins = [x.to(DEVICE).requires_grad_() for x in ins]
+    y_want, s_want = _loop(*want_ins, readout=readout, scaled_read=True)
+    y_got, s_got = chunked_delta_triton(*got_ins, chunk=8, output_final_state=True, readout=readout,
+                                        scaled_read=True)
+    assert rel(y_got, y_want) <= TOL64 and rel(s_got, s_want) <= TOL64
+    grads_want = torch.autograd.grad((y_want ** 2).sum() + s_want.sum(), want_ins)
+    grads_got = torch.autograd.grad((y_got ** 2).sum() + s_got.sum(), got_ins)
+    for name, gw, gg in zip("qkvfgh", grads_want, grads_got):
+        assert rel(gg, gw) <= TOL64, name
+    launches = []
+    single_step = triton_delta._single_step
+    monkeypatch.setattr(triton_delta, "_single_step", lambda *a: launches.append(1) or single_step(*a))
+    ins = _inputs(2, 1, 2, 5, 7, True, 8)
+    y_want, s_want = _loop(*ins, readout=readout, scaled_read=True)
+    with torch.no_grad():
+        y, s = chunked_delta_triton(*[x.to(DEVICE) for x in ins], output_final_state=True, readout=readout,
+                                    scaled_read=True)
+    assert launches == [1] and rel(y, y_want) <= TOL64 and rel(s, s_want) <= TOL64
