@@ -386,6 +386,26 @@ class IntervalProver:
             return None  # 2*Elu(Sum(...))); this is an optional sharper reading, the plain range still holds
         return None if out == e or out.has(sp.zoo, sp.nan) else out
 
+    def _exclusive_cases(self, e: sp.Add) -> Interval | None:
+        """A sum whose terms select distinct values of one index, ``delta(h, 0) + delta(h, 2) g``: at any h at most
+        one selected term is present, so the range is the hull over the cases h = 0, h = 2 (``e`` at that h) and h
+        anything else (those deltas 0). Term by term, interval arithmetic read the example with g in [0, 1) as
+        [0, 2) and could not bound a per-head decay of exactly 1 and a gate by 1."""
+        picks: dict[sp.Symbol, set] = {}
+        for term in e.args:
+            for f in sp.Mul.make_args(term):
+                if isinstance(f, sp.KroneckerDelta):
+                    i, c = f.args if f.args[1].is_Integer else f.args[::-1]
+                    if isinstance(i, sp.Symbol) and c.is_Integer:
+                        picks.setdefault(i, set()).add(c)
+        index = next((i for i, cs in sorted(picks.items(), key=lambda kv: str(kv[0])) if len(cs) > 1), None)
+        if index is None:
+            return None
+        cases = [e.subs(index, c) for c in sorted(picks[index])]
+        cases.append(e.replace(lambda n: isinstance(n, sp.KroneckerDelta) and index in n.args
+                               and any(a.is_Integer for a in n.args), lambda n: sp.Integer(0)))
+        return _hull([self.range(c) for c in cases])
+
     def range_over(self, e, index, extents) -> Interval:
         """range(e) where the symbols ``index`` run over ``0 .. extent - 1``. Plain interval arithmetic reads an
         index as [0, inf) and a dim as [1, inf), so ``(a + 0.4 K) / (1.4 K)`` (a per-key decay, a < K) came out
@@ -420,7 +440,8 @@ class IntervalProver:
             return self.of_name(str(e), e)
         if isinstance(e, (sp.Add, sp.Mul)):
             try:  # the sharper rules; any form they do not understand falls back to plain interval arithmetic
-                special = self._weight_combination(e) if isinstance(e, sp.Add) else None
+                special = self._exclusive_cases(e) if isinstance(e, sp.Add) else None
+                special = special or (self._weight_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or self._multilinear(e)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)

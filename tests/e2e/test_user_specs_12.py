@@ -13,6 +13,9 @@ Found and fixed:
   the entries with their lets inlined: LinOSS-IM is ``|lambda| <= 1`` (relu(A_hat) may be 0, a Jordan block at 1),
   ``|lambda| < 1`` with a strictly positive stiffness; LinOSS-IMEX (det = 1, stable only for dt^2 a <= 4) stays
   unknown, as it should.
+- The interval prover added exclusive delta terms: ``delta(h, 0) + delta(h, 2) g`` with g in [0, 1) was reported
+  in [0, 2), "not proven <= 1" (``ZERO_ONE``; a report, not a result). ``IntervalProver._exclusive_cases`` takes
+  the hull over the cases of the selected index (h = 0, h = 2, any other h): [0, 1], ``|lambda| <= 1``.
 
 Found, NOT fixed:
 - A rank-R input per step, ``B u = sum_r k_r v_r^T`` (Mamba-3's MIMO SSD; here with R queries, output
@@ -27,9 +30,8 @@ Found, NOT fixed:
   forward in fp32 but its gradient is 0 * inf = NaN once a score difference passes 88 (inputs of scale 10; float64
   too at scale 30): the spec's maths, as an unstabilised softmax in PyTorch. With the max written out (``GSA``)
   fp32 matches float64 at scales 1, 10 and 30.
-- The interval prover adds exclusive delta terms: ``delta(h, 0) + delta(h, 2) g`` with g in [0, 1) is reported
-  in [0, 2), "not proven <= 1" (``ZERO_ONE``); a report, not a result. Its Triton gradients in fp32 are ~2e-5 of the
-  largest gradient off (torch: 1e-7) where relu(tanh(.)) makes a decay tiny: within the hunts' 1e-4 tolerance.
+- ``ZERO_ONE``'s Triton gradients in fp32 are ~2e-5 of the largest gradient off (torch: 1e-7) where relu(tanh(.))
+  makes a decay tiny: within the hunts' 1e-4 tolerance.
 
 Checked clean (each against an independent float64 implementation written here from the paper's equations, not from
 dsfc's reference: forward at T = 0, 1, 7 and 9 on the torch path, batch 1 and 3, from zero and, where the state is
@@ -617,3 +619,11 @@ def test_aaren_reference_and_module_match_its_softmax():
     for backend in BACKENDS:
         y32, g32 = output_and_grads(built.model, backend, u, w, dtype=torch.float32)
         assert rel_err(y32, y64[backend]) < 1e-5 and all(torch.isfinite(g).all() for g in g32), backend
+
+
+def test_exclusive_per_head_decays_are_bounded_case_by_case():
+    """gam[h] = delta(h, 0) + delta(h, 2) g: 1 at head 0, 0 at head 1, g in [0, 1) at head 2, so |lambda| <= 1
+    (the sum of the terms' ranges, [0, 2), proved nothing)."""
+    assert _eigen(ZERO_ONE, "zero_one") == "|lambda| <= 1"
+    # one head of exactly 1 and one of 1.5: the hull of the cases is [0, 1.5], not bounded by 1
+    assert _eigen(ZERO_ONE.replace("delta(h, 2) * g", "delta(h, 2) * 1.5"), "zero_one") != "|lambda| <= 1"
