@@ -36,6 +36,7 @@ from dsfc.runtime.checks import (
     CACHE_KEYS,
     CACHE_VALUES,
     check_finite_input,
+    check_finite_output,
     check_flag,
     check_inference_parameters,
     check_kv_cache,
@@ -244,12 +245,15 @@ class FoX(nn.Module):
             return self._forward(u, initial_state, output_final_state)
         check_inference_parameters("FoX", self)  # built under inference_mode: grads silently lost
         try:
-            return self._forward(u, initial_state, output_final_state)
+            out = self._forward(u, initial_state, output_final_state)
         except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
             err = inference_input_error("FoX", exc, {"u": u, "initial_state": initial_state})
             if err is exc:
                 raise
             raise err from None
+        if self.check_finite:  # the inputs were checked finite: a NaN here is the spec's maths (0 / 0, overflow)
+            check_finite_output("FoX", out, u)
+        return out
 
     def _forward(self, u, initial_state, output_final_state):
         self._check_input(u, initial_state)

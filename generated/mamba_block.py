@@ -42,6 +42,7 @@ from dsfc.runtime import (
 )
 from dsfc.runtime.checks import (
     check_finite_input,
+    check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
@@ -293,12 +294,15 @@ class MambaBlock(nn.Module):
             return self._forward(u, initial_state, output_final_state, post)
         check_inference_parameters("MambaBlock", self)  # built under inference_mode: grads silently lost
         try:
-            return self._forward(u, initial_state, output_final_state, post)
+            out = self._forward(u, initial_state, output_final_state, post)
         except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
             err = inference_input_error("MambaBlock", exc, {"u": u, "initial_state": initial_state})
             if err is exc:
                 raise
             raise err from None
+        if self.check_finite:  # the inputs were checked finite: a NaN here is the spec's maths (0 / 0, overflow)
+            check_finite_output("MambaBlock", out, u)
+        return out
 
     def _forward(self, u, initial_state, output_final_state, post):
         running0 = None

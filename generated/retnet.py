@@ -42,6 +42,7 @@ from dsfc.runtime import (
 )
 from dsfc.runtime.checks import (
     check_finite_input,
+    check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
@@ -207,12 +208,15 @@ class RetNet(nn.Module):
             return self._forward(u, initial_state, output_final_state)
         check_inference_parameters("RetNet", self)  # built under inference_mode: grads silently lost
         try:
-            return self._forward(u, initial_state, output_final_state)
+            out = self._forward(u, initial_state, output_final_state)
         except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
             err = inference_input_error("RetNet", exc, {"u": u, "initial_state": initial_state})
             if err is exc:
                 raise
             raise err from None
+        if self.check_finite:  # the inputs were checked finite: a NaN here is the spec's maths (0 / 0, overflow)
+            check_finite_output("RetNet", out, u)
+        return out
 
     def _forward(self, u, initial_state, output_final_state):
         running0 = None

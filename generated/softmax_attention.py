@@ -35,6 +35,7 @@ from dsfc.runtime.checks import (
     CACHE_KEYS,
     CACHE_VALUES,
     check_finite_input,
+    check_finite_output,
     check_flag,
     check_inference_parameters,
     check_kv_cache,
@@ -229,12 +230,15 @@ class SoftmaxAttention(nn.Module):
             return self._forward(u, initial_state, output_final_state)
         check_inference_parameters("SoftmaxAttention", self)  # built under inference_mode: grads silently lost
         try:
-            return self._forward(u, initial_state, output_final_state)
+            out = self._forward(u, initial_state, output_final_state)
         except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
             err = inference_input_error("SoftmaxAttention", exc, {"u": u, "initial_state": initial_state})
             if err is exc:
                 raise
             raise err from None
+        if self.check_finite:  # the inputs were checked finite: a NaN here is the spec's maths (0 / 0, overflow)
+            check_finite_output("SoftmaxAttention", out, u)
+        return out
 
     def _forward(self, u, initial_state, output_final_state):
         self._check_input(u, initial_state)

@@ -172,6 +172,25 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> 
             )
 
 
+def check_finite_output(model: str, out, u: torch.Tensor) -> None:
+    """NaN in the output of a call whose inputs were checked finite (``u``, the initial state, the parameters: the
+    caller checks only when its ``check_finite`` is on): the spec's maths is undefined there, e.g. DeltaNet's
+    ``k / sqrt(sum(k^2))`` at a zero input (a zero-padded step), which made that output and every later one of the
+    sequence NaN without a word. A FloatingPointError naming the first NaN entry. An inf is let through: it can be a
+    true value beyond the dtype (a normalised attention's output at a large spike, an fp16 output over 65504), with
+    the other steps right. Skipped where ``values_hidden``."""
+    y = out[0] if isinstance(out, tuple) else out
+    if values_hidden(y) or values_hidden(u) or not bool(torch.isnan(y).any()):
+        return
+    bad = torch.isnan(y).nonzero()[0].tolist()
+    raise FloatingPointError(
+        f"{model}: the output is NaN at [batch, time, feature] = {bad}, though u, the initial state and the "
+        "parameters are finite: the spec's maths is undefined there (0 / 0, such as a norm of a zero vector at a "
+        "zero-padded step; inf - inf or 0 * inf after an overflow); check u at that step (model.check_finite = "
+        "False lets the NaN through)"
+    )
+
+
 def empty_output(u: torch.Tensor, module: torch.nn.Module, shape: Tuple[int, ...]) -> torch.Tensor:
     """The output of an empty input (T = 0 or B = 0): zeros of ``shape`` in u's dtype, tied (with zero gradients) to
     ``u`` and the parameters that require grad, as torch's own layers are on an empty batch. A plain ``new_zeros``
