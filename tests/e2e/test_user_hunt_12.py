@@ -29,7 +29,10 @@ Found and fixed:
   a NaN in ``forward``'s output of checked-finite inputs is a FloatingPointError naming the first NaN entry
   (``check_finite_output``); ``check_finite = False`` lets it through, as before. An inf is let through: it can be a
   true value beyond the dtype (an fp16 output over 65504; normalised attention's spike test, test_numerics_4.py, now
-  turns the check off for its overflowing steps). Two older tests that pinned the silent NaN were updated.
+  turns the check off for its overflowing steps). Two older tests that pinned the silent NaN were updated. The CLI
+  (``dsfc check`` / ``bench`` / ``plot`` / ``compare`` of a spec whose maths is NaN at the random input) reports it
+  as the spec's error (exit 2), not as an internal error of dsfc; ``dsfc check`` runs its models with the check off
+  (its own "reference stays finite" row reports the NaN, as before).
 
 Found, NOT fixed:
 
@@ -199,6 +202,27 @@ def test_an_inf_output_is_let_through():
     u[0, 2] = 300.0
     y = model(u.half())
     assert torch.isinf(y).any() and not torch.isnan(y).any()
+
+
+def test_the_cli_reports_a_layer_that_is_nan_as_the_specs_problem(tmp_path, capsys):
+    """With the output check, ``dsfc bench`` (or ``dsfc check`` with its Triton rows) of a spec whose maths is NaN
+    everywhere (log of a negative) was "internal error: FloatingPointError ... This is a bug in dsfc" (exit 3): the
+    spec's own problem, exit 2. ``dsfc check`` runs its models with ``check_finite`` off: the NaN is its own BAD row."""
+    from dsfc.cli import main
+
+    text = (ROOT / "specs" / "s6.dsf").read_text()
+    old = "D[o, k] = delta(o, k) * D[k]"
+    assert old in text
+    spec = tmp_path / "nan_d.dsf"
+    spec.write_text(text.replace(old, "D[o, k] = delta(o, k) * log(-softplus(cq[0]))"))
+    rc = main(["bench", str(spec), "-T", "8", "--repeats", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "dsfc bench: error: the spec's layer gives NaN on this command's random input: S6: the output is NaN" in err
+    assert "internal error" not in err
+    rc = main(["check", str(spec)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "BAD reference stays finite" in out and "FAIL" in out, out + err
 
 
 # -- checked clean -------------------------------------------------------------------------------------------------
