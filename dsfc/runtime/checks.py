@@ -23,9 +23,12 @@ def step_state_errors() -> Iterator[None]:
     ``initial_state``, which a caller of ``step`` never passed; re-raised naming step's own, ``state``."""
     try:
         yield
-    except (TypeError, ValueError, RuntimeError) as exc:
-        # and an inference-tensor error about forward's u, step's u_t (inference_input_error)
-        msg = re.sub(r": u (is|and) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
+    except (TypeError, ValueError, RuntimeError, FloatingPointError) as exc:
+        # and the errors about forward's u (step's u_t): inference_input_error, check_finite_input / _output
+        msg = re.sub(r": u (is|and|contains) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
+        # step has no time axis: forward's [batch, time, feature] = [b, 0, f] of a NaN in u or in the output
+        msg = re.sub(r"\[batch, time, feature\] = \[(\d+), 0, (\d+)\]", r"[batch, feature] = [\1, \2]", msg)
+        msg = msg.replace("though u, the initial state", "though u_t, the state")
         if "initial_state" not in msg and msg == str(exc):
             raise
         raise type(exc)(msg.replace("initial_state", "state")) from None

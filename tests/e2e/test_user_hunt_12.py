@@ -20,6 +20,9 @@ Found and fixed:
 - (Round 11's second open item.) ``forward(u, output_final_state="False")`` (or ``2``, ``[]``, a tensor) was read by
   its truth value: the string "False" returned the ``(y, state)`` tuple. ``output_final_state`` and ``post`` now take
   a Python or numpy bool only (``check_flag``; a tensor flag is told ``bool(...)``).
+- ``step``'s errors about its input came from forward: "u is on meta ...", "u contains NaN or inf (first at [batch,
+  time, feature] = [1, 0, 2])", naming forward's argument and a time axis ``u_t`` has not. They name ``u_t`` and
+  ``[batch, feature]`` now (``step_state_errors``, which already renamed ``initial_state`` to ``state``).
 
 - DeltaNet and Gated DeltaNet normalise q and k as ``x / sqrt(sum(x^2))`` (fla's eps left out on purpose): an
   all-zero input step, i.e. zero padding, gave a NaN output and, through the state, NaN at every later step of that
@@ -176,7 +179,8 @@ def test_a_zero_padded_step_of_the_delta_rule_is_named_not_a_nan_sequence(name):
                                                  r"feature\] = \[1, 0, 0\], though u, the initial state and the "
                                                  r"parameters are finite"):
         model(u)
-    with pytest.raises(FloatingPointError, match="the output is NaN"):
+    with pytest.raises(FloatingPointError, match=r"the output is NaN at \[batch, feature\] = \[1, 0\], though u_t, "
+                                                 r"the state and the parameters are finite"):
         model.step(u[:, 0])
     model.check_finite = False  # the documented way to let it through
     y = model(u)
@@ -223,6 +227,18 @@ def test_the_cli_reports_a_layer_that_is_nan_as_the_specs_problem(tmp_path, caps
     rc = main(["check", str(spec)])
     out, err = capsys.readouterr()
     assert rc == 1 and "BAD reference stays finite" in out and "FAIL" in out, out + err
+
+
+def test_steps_errors_about_its_input_name_u_t_and_its_axes():
+    """step's input errors came from forward: "u is on meta", "u contains NaN ... [batch, time, feature] = [1, 0,
+    2]", naming forward's argument and a time axis step's u_t does not have."""
+    model = _model("s6")
+    u_t = torch.randn(2, 3)
+    u_t[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"S6: u_t contains NaN or inf \(first at \[batch, feature\] = \[1, 2\]\)"):
+        model.step(u_t)
+    with pytest.raises(ValueError, match=r"S6: u_t is on meta but the parameters are on cpu"):
+        model.step(torch.randn(2, 3, device="meta"))
 
 
 # -- checked clean -------------------------------------------------------------------------------------------------
