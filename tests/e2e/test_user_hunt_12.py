@@ -3,7 +3,8 @@ built or fed under ``torch.inference_mode()`` then trained, non-bool flags, forw
 ``torch.compile`` with T changing between calls (T = 0 and 1 among them), CPU fp16 autocast, ``functional_call``,
 tuple / list / numpy states, non-contiguous inputs, state dicts between backends, anomaly detection, zero / large /
 fp16 inputs to every module; CLI outputs onto files, pathological spec expressions). Each test failed before its
-fix.
+fix, except three that pin what the fixes keep (numpy bools are flags, an inf output passes) or was checked clean
+(forward-mode AD).
 
 Found and fixed:
 
@@ -23,7 +24,6 @@ Found and fixed:
 - ``step``'s errors about its input came from forward: "u is on meta ...", "u contains NaN or inf (first at [batch,
   time, feature] = [1, 0, 2])", naming forward's argument and a time axis ``u_t`` has not. They name ``u_t`` and
   ``[batch, feature]`` now (``step_state_errors``, which already renamed ``initial_state`` to ``state``).
-
 - DeltaNet and Gated DeltaNet normalise q and k as ``x / sqrt(sum(x^2))`` (fla's eps left out on purpose): an
   all-zero input step, i.e. zero padding, gave a NaN output and, through the state, NaN at every later step of that
   sequence, without a word; Gated DeltaNet at u = +-1e3, Taylor attention at ``randn * 30`` and normalised linear
@@ -41,6 +41,8 @@ Found, NOT fixed:
 
 - The delta-rule specs' NaN at a zero input is the specs' maths (no eps, so ||k|| = 1 exactly, as the eigenvalue
   analysis and the oracles assume); it is named now, not avoided. fla's layers add eps = 1e-6 and give 0 there.
+  Likewise Gated DeltaNet at u = +-1e3, Taylor attention at ``randn * 30`` and normalised linear attention at
+  u = -1e3: their NaN (0 / 0 or inf - inf of the spec's maths at those inputs) is named, not avoided.
 - The output check costs a second host read-back per call (a device sync on a GPU) while ``check_finite`` is on;
   folding it into the input check's read-back would run the layer before refusing a NaN input.
 
