@@ -460,6 +460,10 @@ def _run(args) -> int:
         return EXIT_SPEC_ERROR
     except KeyboardInterrupt:
         return 130
+    except FloatingPointError as exc:  # a module's NaN output of finite input (check_finite_output): the spec's maths
+        print(f"dsfc {args.command}: error: the spec's layer gives NaN on this command's random input: {exc}",
+              file=sys.stderr)
+        return EXIT_SPEC_ERROR
     except ValueError as exc:  # check.CheckDimsError: a spec too large to check, or failing at the check dims
         from .check import CheckDimsError
         from .runtime.kernel_form import DenseSizeError

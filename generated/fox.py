@@ -36,10 +36,14 @@ from dsfc.runtime.checks import (
     CACHE_KEYS,
     CACHE_VALUES,
     check_finite_input,
+    check_finite_output,
+    check_flag,
+    check_inference_parameters,
     check_kv_cache,
     check_tensor_kind,
     check_running_state,
     empty_output,
+    inference_input_error,
     step_state_errors,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
@@ -236,6 +240,22 @@ class FoX(nn.Module):
 
         Returns ``y`` ``[batch, time, H * V]``, or ``(y, cache)`` when ``output_final_state``.
         """
+        check_flag("FoX", "output_final_state", output_final_state)  # "False" was truthy
+        if torch.compiler.is_compiling():
+            return self._forward(u, initial_state, output_final_state)
+        check_inference_parameters("FoX", self)  # built under inference_mode: grads silently lost
+        try:
+            out = self._forward(u, initial_state, output_final_state)
+        except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
+            err = inference_input_error("FoX", exc, {"u": u, "initial_state": initial_state})
+            if err is exc:
+                raise
+            raise err from None
+        if self.check_finite:  # the inputs were checked finite: a NaN here is the spec's maths (0 / 0, overflow)
+            check_finite_output("FoX", out, u)
+        return out
+
+    def _forward(self, u, initial_state, output_final_state):
         self._check_input(u, initial_state)
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]

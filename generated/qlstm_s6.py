@@ -42,9 +42,13 @@ from dsfc.runtime import (
 )
 from dsfc.runtime.checks import (
     check_finite_input,
+    check_finite_output,
+    check_flag,
     check_float_tensor,
+    check_inference_parameters,
     check_tensor_kind,
     empty_output,
+    inference_input_error,
     split_state_dict,
     step_state_errors,
     values_hidden,
@@ -226,6 +230,22 @@ class QLSTMS6(nn.Module):
 
         Returns ``y`` ``[batch, time, Hd]``, or ``(y, final_state)`` when ``output_final_state``.
         """
+        check_flag("QLSTMS6", "output_final_state", output_final_state)  # "False" was truthy
+        if torch.compiler.is_compiling():
+            return self._forward(u, initial_state, output_final_state)
+        check_inference_parameters("QLSTMS6", self)  # built under inference_mode: grads silently lost
+        try:
+            out = self._forward(u, initial_state, output_final_state)
+        except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
+            err = inference_input_error("QLSTMS6", exc, {"u": u, "initial_state": initial_state})
+            if err is exc:
+                raise
+            raise err from None
+        if self.check_finite:  # the inputs were checked finite: a NaN here is the spec's maths (0 / 0, overflow)
+            check_finite_output("QLSTMS6", out, u)
+        return out
+
+    def _forward(self, u, initial_state, output_final_state):
         running0 = None
         if isinstance(initial_state, dict):  # "h" required, running entries all or none
             initial_state, running0 = split_state_dict("QLSTMS6", initial_state, ())

@@ -7,6 +7,7 @@ calls, so the checking logic and its messages live here once instead of in every
 
 import contextlib
 import itertools
+import re
 from typing import Callable, Dict, Iterator, Mapping, Tuple
 
 import torch
@@ -22,10 +23,75 @@ def step_state_errors() -> Iterator[None]:
     ``initial_state``, which a caller of ``step`` never passed; re-raised naming step's own, ``state``."""
     try:
         yield
-    except (TypeError, ValueError) as exc:
-        if "initial_state" not in str(exc):
+    except (TypeError, ValueError, RuntimeError, FloatingPointError) as exc:
+        # and the errors about forward's u (step's u_t): inference_input_error, check_finite_input / _output
+        msg = re.sub(r": u (is|and|contains) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
+        # step has no time axis: forward's [batch, time, feature] = [b, 0, f] of a NaN in u or in the output
+        msg = re.sub(r"\[batch, time, feature\] = \[(\d+), 0, (\d+)\]", r"[batch, feature] = [\1, \2]", msg)
+        msg = msg.replace("though u, the initial state", "though u_t, the state")
+        if "initial_state" not in msg and msg == str(exc):
             raise
-        raise type(exc)(str(exc).replace("initial_state", "state")) from None
+        raise type(exc)(msg.replace("initial_state", "state")) from None
+
+
+def check_flag(model: str, label: str, value) -> None:
+    """A bool argument (``output_final_state``, ``post``): a Python or numpy bool. Anything else was read by its truth
+    value: ``output_final_state="False"`` (or ``2``, or a tensor) silently returned the ``(y, state)`` tuple."""
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return
+    if torch.compiler.is_compiling() and not isinstance(value, (str, int, float, type(None), list, tuple, dict)):
+        return  # torch.compile traces a numpy bool as a tensor: left to the branch on it, as before this check
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    hint = f"; for a tensor flag pass bool({label})" if isinstance(value, torch.Tensor) else ""
+    raise TypeError(f"{model}: {label} must be True or False, got {type(value).__name__} {shown}{hint}")
+
+
+def _autograd_records() -> bool:
+    """True where a call is recorded for backward: grad mode on, outside inference_mode, not traced by
+    torch.compile (which has its own rules and where these checks would break the graph)."""
+    return torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+
+
+def check_inference_parameters(model: str, module: torch.nn.Module) -> None:
+    """A module built (or its parameters replaced) under ``torch.inference_mode()`` and then called with grad on:
+    its parameters are inference tensors, which autograd does not track, so ``loss.backward()`` left most of them
+    without a gradient (S6: 5 of its 7) without a word, and training silently updated only the rest."""
+    if not _autograd_records():
+        return
+    bad = [name for name, p in module.named_parameters() if p.requires_grad and p.is_inference()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise RuntimeError(
+            f"{model}: parameter {bad[0]!r}{more} is an inference tensor (the module was built or loaded under "
+            "torch.inference_mode()): autograd cannot track it, so its gradient would be silently missing. Build "
+            "the module outside inference_mode to train it, or call it under torch.no_grad() / "
+            "torch.inference_mode() for inference"
+        )
+
+
+def inference_input_error(model: str, exc: RuntimeError, inputs: Mapping[str, object]) -> Exception:
+    """torch's "Inference tensors cannot be saved for backward" from inside a module's forward, for an input made under
+    ``torch.inference_mode()`` and a call recorded for backward: that error named no argument (and only some modules
+    save a given input, so it is not refused up front). Returns the error naming the inference input(s) and what to
+    do, or ``exc`` itself when it is another error. ``inputs``: label -> tensor, a dict state, or None."""
+    if "Inference tensors cannot be saved for backward" not in str(exc):
+        return exc
+    labels = []
+    for label, value in inputs.items():
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for key, tensor in items:
+            if isinstance(tensor, torch.Tensor) and tensor.is_inference():
+                labels.append(label if key is None else f"{label}[{key!r}]")
+    if not labels:
+        return exc
+    which = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+    first = labels[0].split("[")[0]
+    clone = f"{first}.clone()" if first == labels[0] else f"{{k: v.clone() for k, v in {first}.items()}}"
+    return RuntimeError(
+        f"{model}: {which} {'is an inference tensor' if len(labels) == 1 else 'are inference tensors'} (made under "
+        "torch.inference_mode()), which autograd cannot save for the backward of this call: pass a clone made "
+        f"outside inference_mode ({clone}), or make this call under torch.no_grad() / torch.inference_mode() too"
+    )
 
 
 def values_hidden(value: torch.Tensor) -> bool:
@@ -107,6 +173,25 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> 
             raise ValueError(
                 f"{model}: parameter {name!r} contains NaN or inf (a diverged update or a bad checkpoint?)"
             )
+
+
+def check_finite_output(model: str, out, u: torch.Tensor) -> None:
+    """NaN in the output of a call whose inputs were checked finite (``u``, the initial state, the parameters: the
+    caller checks only when its ``check_finite`` is on): the spec's maths is undefined there, e.g. DeltaNet's
+    ``k / sqrt(sum(k^2))`` at a zero input (a zero-padded step), which made that output and every later one of the
+    sequence NaN without a word. A FloatingPointError naming the first NaN entry. An inf is let through: it can be a
+    true value beyond the dtype (a normalised attention's output at a large spike, an fp16 output over 65504), with
+    the other steps right. Skipped where ``values_hidden``."""
+    y = out[0] if isinstance(out, tuple) else out
+    if values_hidden(y) or values_hidden(u) or not bool(torch.isnan(y).any()):
+        return
+    bad = torch.isnan(y).nonzero()[0].tolist()
+    raise FloatingPointError(
+        f"{model}: the output is NaN at [batch, time, feature] = {bad}, though u, the initial state and the "
+        "parameters are finite: the spec's maths is undefined there (0 / 0, such as a norm of a zero vector at a "
+        "zero-padded step; inf - inf or 0 * inf after an overflow); check u at that step (model.check_finite = "
+        "False lets the NaN through)"
+    )
 
 
 def empty_output(u: torch.Tensor, module: torch.nn.Module, shape: Tuple[int, ...]) -> torch.Tensor:

@@ -83,6 +83,7 @@ def test_normalized_attention_small_eta_fp32(name):
         y64 = b.model(u)
         model = b.model.to(torch.float32)
         model.backend = "torch"
+        model.check_finite = False  # the spike steps, beyond fp32, are NaN: an error by default (test_user_hunt_12)
         y32 = model(u.float()).to(F64)
     fits = y64.abs().amax(-1) < 1e30  # [B, T]: the steps whose true output fp32 can hold
     assert fits[:, : SPIKE.start].all() and fits[:, SPIKE.stop:].all()
@@ -225,9 +226,15 @@ def test_l2_normalised_keys_tiny_inputs_fp32(name):
 
 def test_zero_key_is_nan_in_reference_and_torch():
     """An exactly-zero input makes kr = 0: the spec's k = 0 / sqrt(0) is NaN in float64 and in fp32 alike (no
-    silent eps)."""
+    silent eps). With ``check_finite`` on (the default) that NaN output of finite inputs is an error naming the step
+    (test_user_hunt_12.py); off, it flows out as before."""
     b = compile_and_build((SPECS / "deltanet.dsf").read_text(), DN_DIMS, path="deltanet.dsf")
     u = torch.zeros(1, 3, 8, dtype=F64)
+    for backend in ("reference", "torch"):
+        b.model.backend = backend
+        with pytest.raises(FloatingPointError, match=r"the output is NaN at \[batch, time, feature\] = \[0, 0, 0\]"):
+            b.model(u)
+    b.model.check_finite = False
     b.model.backend = "reference"
     with torch.no_grad():
         y64 = b.model(u)

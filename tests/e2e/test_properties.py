@@ -167,6 +167,7 @@ def test_random_specs_with_saturated_gates_stay_finite(gen, scale, seed):
     note(gen.text)
     result = compile_text(gen.text, "gen.dsf")
     b = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims}, seed=seed)
+    b.model.check_finite = False  # raw outputs: a NaN where the reference's is NaN too is skipped below, not an error
     g = torch.Generator().manual_seed(seed)
     u = scale * torch.randn(2, 21, b.d_in(), generator=g, dtype=F64)
     names = [n for n, _ in b.model.named_parameters()]
