@@ -154,6 +154,11 @@ def state_err(got, want) -> float:
     return rel_err(got.reshape(b, -1), want.reshape(b, -1))
 
 
+def matvec(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """W [..., d] applied to x [B, d] -> [B, ...]: the projections of the hunts' independent loops."""
+    return torch.einsum("...m,bm->b...", W, x)
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max |want| (0 for empty tensors); the scale is floored so that all-zero outputs pass."""
     if want.numel() == 0:

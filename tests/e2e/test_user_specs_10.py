@@ -49,7 +49,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (F64, assert_grads_close, check_all_paths, check_backend, compile_and_build,  # noqa: E402
-                         output_and_grads, rel_err)
+                         matvec, output_and_grads, rel_err)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
@@ -330,17 +330,12 @@ CASES = {
 
 # -- independent float64 implementations: plain loops over time, from the model's parameters (by spec name) ---------
 
-def _mv(W, u):
-    """W [..., d] applied to u [B, d] -> [B, ...]."""
-    return torch.einsum("...m,bm->b...", W, u)
-
-
 def _rwkv5(P, u):
     S = u.new_zeros(u.shape[0], *P["W_R"].shape[:2], P["W_V"].shape[1])
     w = torch.exp(-torch.exp(P["w"]))
     ys = []
     for t in range(u.shape[1]):
-        r, k, v = _mv(P["W_R"], u[:, t]), _mv(P["W_K"], u[:, t]), _mv(P["W_V"], u[:, t])
+        r, k, v = matvec(P["W_R"], u[:, t]), matvec(P["W_K"], u[:, t]), matvec(P["W_V"], u[:, t])
         kv = k[..., None] * v[..., None, :]
         ys.append(torch.einsum("bha,bhav->bhv", r, S + P["bonus"][None, :, :, None] * kv))  # read before the update
         S = w[None, :, :, None] * S + kv
@@ -353,9 +348,9 @@ def _lightning(P, u):
     S = u.new_zeros(u.shape[0], H, P["W_Q"].shape[1], P["W_V"].shape[1])
     ys = []
     for t in range(u.shape[1]):
-        q = torch.nn.functional.silu(_mv(P["W_Q"], u[:, t]))
-        k = torch.nn.functional.silu(_mv(P["W_K"], u[:, t]))
-        S = lam[None, :, None, None] * S + k[..., None] * _mv(P["W_V"], u[:, t])[..., None, :]
+        q = torch.nn.functional.silu(matvec(P["W_Q"], u[:, t]))
+        k = torch.nn.functional.silu(matvec(P["W_K"], u[:, t]))
+        S = lam[None, :, None, None] * S + k[..., None] * matvec(P["W_V"], u[:, t])[..., None, :]
         y = torch.einsum("bha,bhav->bhv", q, S)
         ys.append(y / torch.sqrt((y ** 2).mean(-1, keepdim=True) + 1e-6))
     return torch.stack(ys, 1)
@@ -382,15 +377,15 @@ def _gated_outer(u, decay, key, value, query):
 
 
 def _gateloop_pow2(P, u):
-    z = lambda x: _mv(P["W_g"], x)  # noqa: E731
+    z = lambda x: matvec(P["W_g"], x)  # noqa: E731
     return _gated_outer(u, lambda x: 2.0 ** (-torch.nn.functional.softplus(z(x))),
-                        lambda x: torch.sigmoid(z(x)) ** (1 / 16) * _mv(P["W_K"], x),
-                        lambda x: _mv(P["W_V"], x), lambda x: _mv(P["W_Q"], x))
+                        lambda x: torch.sigmoid(z(x)) ** (1 / 16) * matvec(P["W_K"], x),
+                        lambda x: matvec(P["W_V"], x), lambda x: matvec(P["W_Q"], x))
 
 
 def _manual_sigmoid(P, u):
-    return _gated_outer(u, lambda x: torch.sigmoid(_mv(P["W_g"], x) + 2), lambda x: _mv(P["W_K"], x),
-                        lambda x: _mv(P["W_V"], x), lambda x: _mv(P["W_Q"], x))
+    return _gated_outer(u, lambda x: torch.sigmoid(matvec(P["W_g"], x) + 2), lambda x: matvec(P["W_K"], x),
+                        lambda x: matvec(P["W_V"], x), lambda x: matvec(P["W_Q"], x))
 
 
 def _mlstm_exp(P, u):
@@ -398,9 +393,9 @@ def _mlstm_exp(P, u):
     S, n, ys = 0, 0, []
     for t in range(u.shape[1]):
         x = u[:, t]
-        q, k, v = _mv(P["W_Q"], x), _mv(P["W_K"], x) / math.sqrt(K), _mv(P["W_V"], x)
-        ig = torch.exp(_mv(P["w_i"], x))
-        fg = torch.sigmoid(_mv(P["w_f"], x) + P["b_f"])
+        q, k, v = matvec(P["W_Q"], x), matvec(P["W_K"], x) / math.sqrt(K), matvec(P["W_V"], x)
+        ig = torch.exp(matvec(P["w_i"], x))
+        fg = torch.sigmoid(matvec(P["w_f"], x) + P["b_f"])
         S = fg[..., None, None] * S + (ig[..., None] * k)[..., None] * v[..., None, :]
         n = fg[..., None] * n + ig[..., None] * k
         den = torch.clamp((q * n).sum(-1).abs(), min=1)
@@ -412,7 +407,7 @@ def _rwkv4_pre(P, u):
     w = torch.exp(-torch.exp(P["wd"]))
     num, den, ys = 0, 0, []
     for t in range(u.shape[1]):
-        k, v = _mv(P["W_k"], u[:, t]), _mv(P["W_v"], u[:, t])
+        k, v = matvec(P["W_k"], u[:, t]), matvec(P["W_v"], u[:, t])
         cur = torch.exp(P["bonus"] + k)
         ys.append((num + cur * v) / (den + cur))  # RWKV-4's wkv: the past plus the bonused current token
         num, den = w * num + torch.exp(k) * v, w * den + torch.exp(k)
@@ -420,8 +415,8 @@ def _rwkv4_pre(P, u):
 
 
 def _fused_outproj(P, u):
-    y = _gated_outer(u, lambda x: torch.sigmoid(_mv(P["w_g"], x) + 1)[..., None], lambda x: _mv(P["W_K"], x),
-                     lambda x: _mv(P["W_V"], x), lambda x: _mv(P["W_Q"], x))
+    y = _gated_outer(u, lambda x: torch.sigmoid(matvec(P["w_g"], x) + 1)[..., None], lambda x: matvec(P["W_K"], x),
+                     lambda x: matvec(P["W_V"], x), lambda x: matvec(P["W_Q"], x))
     return torch.einsum("ohv,bthv->bto", P["W_O"], y)
 
 
@@ -431,9 +426,9 @@ def _ssd_group_a(P, u):
     grp = torch.arange(H) // (H // G)
     S, ys = 0, []
     for t in range(u.shape[1]):
-        x = _mv(P["W_x"], u[:, t])  # [B, H, P]
-        dt = torch.nn.functional.softplus(_mv(P["W_dt"], u[:, t]) + P["dt_bias"])
-        Bm, Cm = _mv(P["W_B"], u[:, t])[:, grp], _mv(P["W_C"], u[:, t])[:, grp]  # [B, H, n]
+        x = matvec(P["W_x"], u[:, t])  # [B, H, P]
+        dt = torch.nn.functional.softplus(matvec(P["W_dt"], u[:, t]) + P["dt_bias"])
+        Bm, Cm = matvec(P["W_B"], u[:, t])[:, grp], matvec(P["W_C"], u[:, t])[:, grp]  # [B, H, n]
         a = torch.exp(-dt * torch.exp(P["A_log"][grp]))
         S = a[..., None, None] * S + (dt[..., None] * x)[..., None] * Bm[:, :, None, :]
         ys.append(torch.einsum("bhpj,bhj->bhp", S, Cm) + P["D"][:, None] * x)
@@ -445,8 +440,8 @@ def _s6_d1(P, u):
     for t in range(u.shape[1]):
         x = u[:, t]  # [B, 1]
         dt = torch.nn.functional.softplus(x * P["w_dt"][0, 0] + P["b_dt"][0])  # [B, 1]
-        h = torch.exp(-dt * torch.exp(P["A_log"][0])) * h + dt * _mv(P["W_B"], x) * x
-        ys.append((h * _mv(P["W_C"], x)).sum(-1, keepdim=True) + P["D"] * x)
+        h = torch.exp(-dt * torch.exp(P["A_log"][0])) * h + dt * matvec(P["W_B"], x) * x
+        ys.append((h * matvec(P["W_C"], x)).sum(-1, keepdim=True) + P["D"] * x)
     return torch.stack(ys, 1)
 
 
@@ -464,7 +459,7 @@ def _two_rates(P, u):
     h, ys = 0, []
     rate = torch.tensor([0.1, 0.01], dtype=F64)[:, None]
     for t in range(u.shape[1]):
-        h = (1 - rate) * h + rate * _mv(P["W_in"], u[:, t]) * math.sqrt(2) / math.log(3)  # [B, 2, d]
+        h = (1 - rate) * h + rate * matvec(P["W_in"], u[:, t]) * math.sqrt(2) / math.log(3)  # [B, 2, d]
         ys.append(h[:, 0] - h[:, 1])
     return torch.stack(ys, 1)
 

@@ -76,7 +76,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (F64, HEAD, assert_grads_close, check_all_paths, compile_and_build,  # noqa: E402
-                         output_and_grads, rel_err, run_steps)
+                         matvec, output_and_grads, rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 
@@ -322,11 +322,6 @@ CASES = {
 # Each takes the parameters by spec name, u [B, T, d] and an initial state in the spec's layout (None: zero; only
 # for the specs whose state is a plain tensor), and returns y [B, T, ...].
 
-def _mv(W, x):
-    """W [..., d] applied to x [B, d] -> [B, ...]."""
-    return torch.einsum("...m,bm->b...", W, x)
-
-
 def _l2(x):
     return x / x.pow(2).sum(-1, keepdim=True).sqrt()
 
@@ -339,7 +334,7 @@ def _lightnet(P, u, h0=None):
         ek = torch.exp(torch.einsum("ham,bsm->bsha", P["W_K"], x))
         v = torch.einsum("hvm,bsm->bshv", P["W_V"], x)
         S = torch.einsum("bsha,bshv->bhav", ek, v) / ek.sum(1)[..., None]
-        ys.append(torch.einsum("bha,bhav->bhv", _mv(P["W_Q"], u[:, t]), S))
+        ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], u[:, t]), S))
     return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *P["W_V"].shape[:2])
 
 
@@ -350,9 +345,9 @@ def _titans(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        k, v, q = _l2(_mv(P["W_K"], x)), _mv(P["W_V"], x), _mv(P["W_Q"], x)
-        al, eta = torch.sigmoid(_mv(P["w_al"], x) - 2), torch.sigmoid(_mv(P["w_eta"], x))
-        th = 0.5 * torch.sigmoid(_mv(P["w_th"], x))
+        k, v, q = _l2(matvec(P["W_K"], x)), matvec(P["W_V"], x), matvec(P["W_Q"], x)
+        al, eta = torch.sigmoid(matvec(P["w_al"], x) - 2), torch.sigmoid(matvec(P["w_eta"], x))
+        th = 0.5 * torch.sigmoid(matvec(P["w_th"], x))
         # gradient of the associative loss 1/2 |S^T k - v|^2 at the previous memory
         grad = k[..., None] * (torch.einsum("bha,bhav->bhv", k, S) - v)[..., None, :]
         Mo = eta[..., None, None] * Mo - th[..., None, None] * grad
@@ -368,9 +363,9 @@ def _s4d_lin(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        dt = torch.nn.functional.softplus(_mv(P["W_dt"], x) + P["b_dt"])  # [B, d]
-        Bc = torch.complex(_mv(P["W_B"][:, 0], x), _mv(P["W_B"][:, 1], x))  # [B, n]
-        Cc = torch.complex(_mv(P["W_C"][:, 0], x), _mv(P["W_C"][:, 1], x))
+        dt = torch.nn.functional.softplus(matvec(P["W_dt"], x) + P["b_dt"])  # [B, d]
+        Bc = torch.complex(matvec(P["W_B"][:, 0], x), matvec(P["W_B"][:, 1], x))  # [B, n]
+        Cc = torch.complex(matvec(P["W_C"][:, 0], x), matvec(P["W_C"][:, 1], x))
         h = torch.exp(dt[..., None] * lam_c) * h + (dt * x)[..., None] * Bc[:, None, :]
         ys.append(2 * (h * Cc[:, None, :]).sum(-1).real + P["D"] * x)
     return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, u.shape[2])
@@ -382,8 +377,8 @@ def _comba(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        k, v, q = _l2(_mv(P["W_K"], x)), _mv(P["W_V"], x), _mv(P["W_Q"], x)
-        al, bi = torch.sigmoid(_mv(P["w_al"], x) + 2), torch.sigmoid(_mv(P["w_be"], x))
+        k, v, q = _l2(matvec(P["W_K"], x)), matvec(P["W_V"], x), matvec(P["W_Q"], x)
+        al, bi = torch.sigmoid(matvec(P["w_al"], x) + 2), torch.sigmoid(matvec(P["w_be"], x))
         be = 0.9 * al * bi
         S = (al[..., None, None] * S - be[..., None, None] * k[..., None] * torch.einsum("bha,bhav->bhv", k, S)[
             ..., None, :] + bi[..., None, None] * k[..., None] * v[..., None, :])
@@ -397,7 +392,7 @@ def _metala(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        q, v, al = _mv(P["W_Q"], x), _mv(P["W_V"], x), torch.sigmoid(_mv(P["W_A"], x) + 1)
+        q, v, al = matvec(P["W_Q"], x), matvec(P["W_V"], x), torch.sigmoid(matvec(P["W_A"], x) + 1)
         S = al[..., None] * S + (1 - al)[..., None] * v[..., None, :]
         aug = torch.sigmoid((q * P["w_aug"] * (1 - al)).sum(-1))
         ys.append(torch.einsum("bha,bhav->bhv", q, S) + aug[..., None] * v)
@@ -414,8 +409,8 @@ def _gated_rfa(P, u, h0=None):
     S, z, ys = 0, 0, []
     for t in range(u.shape[1]):
         x = u[:, t]
-        qf, kf, v = phi(_mv(P["W_Q"], x)), phi(_mv(P["W_K"], x)), _mv(P["W_V"], x)
-        g = torch.sigmoid(_mv(P["w_g"], x) + 1)[..., None, None]
+        qf, kf, v = phi(matvec(P["W_Q"], x)), phi(matvec(P["W_K"], x)), matvec(P["W_V"], x)
+        g = torch.sigmoid(matvec(P["w_g"], x) + 1)[..., None, None]
         S = g[..., None] * S + (1 - g)[..., None] * kf[..., None] * v[:, :, None, None, :]
         z = g * z + (1 - g) * kf
         ys.append(torch.einsum("bhsf,bhsfv->bhv", qf, S) / ((qf * z).sum((-1, -2)) + 2)[..., None])
@@ -453,9 +448,9 @@ def _value_gate_pre(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        q, k, v = _mv(P["W_Q"], x), _mv(P["W_K"], x), _mv(P["W_V"], x)
+        q, k, v = matvec(P["W_Q"], x), matvec(P["W_K"], x), matvec(P["W_V"], x)
         ys.append(torch.einsum("bha,bhav->bhv", q, S) + P["Dh"][:, None] * v)  # read before the update
-        S = torch.sigmoid(_mv(P["W_g"], x) + 1)[:, :, None, :] * S + k[..., None] * v[..., None, :]
+        S = torch.sigmoid(matvec(P["W_g"], x) + 1)[:, :, None, :] * S + k[..., None] * v[..., None, :]
     return torch.stack(ys, 1) if ys else u.new_zeros(B_, 0, H, V)
 
 

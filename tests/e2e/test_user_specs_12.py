@@ -59,7 +59,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (F64, assert_grads_close, build, check_all_paths, compile_and_build,  # noqa: E402
-                         output_and_grads, rel_err, run_steps)
+                         matvec, output_and_grads, rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -324,11 +324,6 @@ CASES = {
 # Each takes the parameters by spec name, u [B, T, d] and an initial state in the spec's layout (None: zero; only
 # for the specs whose state is a plain tensor), and returns y [B, T, ...].
 
-def _mv(W, x):
-    """W [..., d] applied to x [B, d] -> [B, ...]."""
-    return torch.einsum("...m,bm->b...", W, x)
-
-
 def _stack(ys, u, *shape):
     return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *shape)
 
@@ -339,8 +334,8 @@ def _gsa(P, u, h0=None):
     Kt, Vt, ys = u.new_zeros(B_, H, M, K), u.new_zeros(B_, H, M, V), []
     for t in range(u.shape[1]):
         x = u[:, t]
-        q, k, v = _mv(P["W_Q"], x), _mv(P["W_K"], x), _mv(P["W_V"], x)
-        al = torch.sigmoid(_mv(P["W_A"], x) + 2)[..., None]
+        q, k, v = matvec(P["W_Q"], x), matvec(P["W_K"], x), matvec(P["W_V"], x)
+        al = torch.sigmoid(matvec(P["W_A"], x) + 2)[..., None]
         Kt = al * Kt + (1 - al) * k[:, :, None]
         Vt = al * Vt + (1 - al) * v[:, :, None]
         p = torch.softmax(torch.einsum("bhsa,bha->bhs", Kt, q), -1)
@@ -355,13 +350,13 @@ def _linoss(P, u, h0=None, implicit=True):
     x = u.new_zeros(u.shape[0], a.shape[0]) if h0 is None else h0[..., 1]
     ys = []
     for t in range(u.shape[1]):
-        bu = _mv(P["W_B"], u[:, t])
+        bu = matvec(P["W_B"], u[:, t])
         if implicit:  # z_n (1 + dt^2 a) = z - dt a x + dt bu
             z = (z - dt * a * x + dt * bu) / (1 + dt ** 2 * a)
         else:
             z = z + dt * (-a * x + bu)
         x = x + dt * z
-        ys.append(_mv(P["W_C"], x) + (P["D"] * u[:, t] if "D" in P else 0))
+        ys.append(matvec(P["W_C"], x) + (P["D"] * u[:, t] if "D" in P else 0))
     return _stack(ys, u, u.shape[2])
 
 
@@ -378,8 +373,8 @@ def _dpfp(P, u, h0=None, nu=2):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        q, k = _dpfp_phi(_mv(P["W_Q"], x), nu), _dpfp_phi(_mv(P["W_K"], x), nu)
-        v, be = _mv(P["W_V"], x), torch.sigmoid(_mv(P["w_b"], x))
+        q, k = _dpfp_phi(matvec(P["W_Q"], x), nu), _dpfp_phi(matvec(P["W_K"], x), nu)
+        v, be = matvec(P["W_V"], x), torch.sigmoid(matvec(P["w_b"], x))
         v_old = torch.einsum("bhji,bhjiv->bhv", k, S)  # the value the fast weights hold for k
         S = S + be[..., None, None, None] * k[..., None] * (v - v_old)[:, :, None, None]
         ys.append(torch.einsum("bhji,bhjiv->bhv", q, S))
@@ -392,8 +387,8 @@ def _mimo(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        dt = torch.nn.functional.softplus(_mv(P["w_dt"], x))
-        k, v, q = _mv(P["W_K"], x), _mv(P["W_V"], x), _mv(P["W_Q"], x)  # [B, H, R, *]
+        dt = torch.nn.functional.softplus(matvec(P["w_dt"], x))
+        k, v, q = matvec(P["W_K"], x), matvec(P["W_V"], x), matvec(P["W_Q"], x)  # [B, H, R, *]
         S = torch.exp(-dt * torch.exp(P["A_log"]))[..., None, None] * S + dt[..., None, None] * torch.einsum(
             "bhra,bhrv->bhav", k, v)
         ys.append(torch.einsum("bhra,bhav->bhrv", q, S))
@@ -406,10 +401,10 @@ def _kda_true(P, u, h0=None):
     ys = []
     for t in range(u.shape[1]):
         x = u[:, t]
-        kr = _mv(P["W_K"], x)
-        k, v, q = kr / kr.norm(dim=-1, keepdim=True), _mv(P["W_V"], x), _mv(P["W_Q"], x)
-        al = torch.exp(-torch.nn.functional.softplus(_mv(P["W_a"], x)))
-        be = torch.sigmoid(_mv(P["w_b"], x))[..., None, None]
+        kr = matvec(P["W_K"], x)
+        k, v, q = kr / kr.norm(dim=-1, keepdim=True), matvec(P["W_V"], x), matvec(P["W_Q"], x)
+        al = torch.exp(-torch.nn.functional.softplus(matvec(P["W_a"], x)))
+        be = torch.sigmoid(matvec(P["w_b"], x))[..., None, None]
         S = al[..., None] * S  # the fine-grained decay first, then the delta step on the decayed memory
         S = S - be * k[..., None] * torch.einsum("bha,bhav->bhv", k, S)[:, :, None] + be * k[..., None] * v[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", q, S))
@@ -437,9 +432,9 @@ def _rebased(P, u, h0=None):
     ks, vs = [], []
     for t in range(u.shape[1]):
         x = u[:, t]
-        q = ln(_mv(P["W_Q"], x), P["gq"], P["bq"])
-        ks.append(ln(_mv(P["W_K"], x), P["gk"], P["bk"]))
-        vs.append(_mv(P["W_V"], x))
+        q = ln(matvec(P["W_Q"], x), P["gq"], P["bq"])
+        ks.append(ln(matvec(P["W_K"], x), P["gk"], P["bk"]))
+        vs.append(matvec(P["W_V"], x))
         # attention form: weights (q . k_s)^2 over the prefix, divided by their sum (+ 1e-6)
         w = torch.stack([(q * k).sum(-1) ** 2 for k in ks], -1)  # [B, H, t + 1]
         num = torch.einsum("bhs,sbhv->bhv", w, torch.stack(vs))
@@ -456,8 +451,8 @@ def _zero_one(P, u, h0=None):
         x = u[:, t]
         g = torch.relu(torch.tanh(x @ P["w_g"]))
         gam = torch.stack([torch.ones_like(g), torch.zeros_like(g), g], -1)  # heads 0, 1, 2
-        S = gam[..., None, None] * S + _mv(P["W_K"], x)[..., None] * _mv(P["W_V"], x)[:, :, None]
-        ys.append(torch.einsum("bha,bhav->bhv", _mv(P["W_Q"], x), S))
+        S = gam[..., None, None] * S + matvec(P["W_K"], x)[..., None] * matvec(P["W_V"], x)[:, :, None]
+        ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S))
     return _stack(ys, u, H, V)
 
 

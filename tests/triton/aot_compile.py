@@ -208,14 +208,16 @@ def delta_kernels(resources: bool) -> int:
                                              fits_sm90=True)
     step = ("q_ptr", "k_ptr", "v_ptr", "f_ptr", "g_ptr", "s0_ptr", "y_ptr", "sT_ptr")
     for label, ty, dt in (("fp32", "*fp32", tl.float32), ("fp64", "*fp64", tl.float64)):
-        for decay in (False, True):
+        # SCALED (the read carries the decay: Comba's s I - k f^T) only with a decay
+        for decay, scaled in ((False, False), (True, False), (True, True)):
             for pre in (False, True):
                 sig = {p: ty for p in step}
                 sig.update({"K": "i32", "V": "i32", "BK": "constexpr", "BV": "constexpr", "DECAY": "constexpr",
-                            "PRE": "constexpr", "DTYPE": "constexpr"})
+                            "PRE": "constexpr", "DTYPE": "constexpr", "SCALED": "constexpr"})
                 failed += compile_and_report(triton_delta._delta_step, sig,
                                              {"BK": 128, "BV": triton_delta.STEP_BLOCK_V, "DECAY": decay, "PRE": pre,
-                                              "DTYPE": dt}, 4, f"_delta_step {label} decay={decay} pre={pre}",
+                                              "DTYPE": dt, "SCALED": scaled}, 4,
+                                             f"_delta_step {label} decay={decay} pre={pre} scaled={scaled}",
                                              resources, aligned=True)
     print("ok delta-rule kernels" if not failed else f"{failed} delta-rule kernel(s) failed")
     return failed

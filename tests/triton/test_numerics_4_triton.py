@@ -32,6 +32,7 @@ def test_normalized_attention_extreme_eta_triton(spike):
     else:
         model = b.model.to(DEVICE, torch.float32)
         model.backend = "triton"
+        model.check_finite = False  # the spike steps, beyond fp32, are NaN: an error by default (test_user_hunt_12)
         with torch.no_grad():
             y32 = model(u.to(DEVICE, torch.float32)).cpu().to(F64)
     assert torch.isfinite(y32[fits]).all()
