@@ -797,8 +797,8 @@ def chunked_delta_scan(
     ``k_end`` ``[B, H, nc, L, K]``, each chunk's total decay ``tot`` ``[B, H, nc]``), it returns the chunk-start
     states ``[B, H, nc, K, V]``, the pseudo-values ``W = w_v - w_f S_c`` ``[B, H, nc, L, V]`` and the final state
     (``dsfc.runtime.triton_delta.delta_state_passing``: one Triton kernel). ``step`` runs a sequence of one step
-    instead (decoding): ``step(q, k, v, f, log_decay, S_0, readout) -> (y, S_1)``, every argument already in the
-    compute dtype (``log_decay`` None for s = 1).
+    instead (decoding): ``step(q, k, v, f, log_decay, S_0, readout, scaled_read) -> (y, S_1)``, every argument
+    already in the compute dtype (``log_decay`` None for s = 1).
 
     Precondition, not checked: ``log_decay`` has no NaN or ``+inf``.  A NaN makes ``y`` NaN from the start of its
     chunk on (the chunk's solve mixes its steps).  The check would be a device sync on every call of the generated
@@ -831,7 +831,7 @@ def chunked_delta_scan(
         return _delta_scan_impl(qq, k, v, f, g, h0, int(chunk), state_passing, scaled_read)
 
     if T == 1 and step is not None:
-        y, state = step(q, k, v, f, g, h0, readout, scaled_read) if scaled_read else step(q, k, v, f, g, h0, readout)
+        y, state = step(q, k, v, f, g, h0, readout, scaled_read)
     else:
         y, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
     y = y.to(out_dtype)
