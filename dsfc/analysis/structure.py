@@ -6,6 +6,7 @@ carries delta(row_k, col_k); the decay is what remains once those deltas are str
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, replace
 
@@ -36,17 +37,19 @@ class AStructure:
     low_rank: bool  # block = s * I - (rank-1) (DeltaNet-like)
 
 
-def pair_blocks(a: AStructure) -> list[list[sp.Expr]] | None:
+@functools.lru_cache(maxsize=64)
+def pair_blocks(a: AStructure) -> tuple[tuple[sp.Expr, ...], ...] | None:
     """The 2 x 2 blocks of A over its one mixed axis, entries [i][j] (simplified, over the rows), when it has one
     mixed axis and a block; None otherwise. The caller checks that axis has 2 entries (at the defaults for a bound,
-    at every dims for code)."""
+    at every dims for code). Cached: the eigenvalue prover and the planner both ask, and simplify is the cost."""
     if len(a.mixed_axes) != 1 or a.block is None:
         return None
     r, c = a.rows[a.mixed_axes[0]], a.cols[a.mixed_axes[0]]
-    return [[simplify(sp.S(a.block).subs({r: i, c: j}, simultaneous=True)) for j in range(2)] for i in range(2)]
+    return tuple(tuple(simplify(sp.S(a.block).subs({r: i, c: j}, simultaneous=True)) for j in range(2))
+                 for i in range(2))
 
 
-def rotation_parts(m: list[list[sp.Expr]]) -> tuple[sp.Expr, sp.Expr] | None:
+def rotation_parts(m: tuple[tuple[sp.Expr, ...], ...]) -> tuple[sp.Expr, sp.Expr] | None:
     """(x, y) when the 2 x 2 blocks ``m`` are rotation-scalings ``[[x, -y], [y, x]]``: a complex diagonal x + i y
     written in real form (S4D's and LRU's modes), else None."""
     if simplify(m[0][0] - m[1][1]) != 0 or simplify(m[0][1] + m[1][0]) != 0:
