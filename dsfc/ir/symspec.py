@@ -190,7 +190,8 @@ class DimDomain:
 
     def holds(self, value: sp.Expr) -> bool:
         """Whether ``value`` (the expression at some dims: a number) lies in the domain."""
-        return bool({"nonzero": value != 0, "positive": value > 0, "nonnegative": value >= 0}[self.need])
+        v = float(value)  # SymPy's Float(0.0) != 0 is True: compare as a float
+        return {"nonzero": v != 0, "positive": v > 0, "nonnegative": v >= 0}[self.need]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ generated constructor at other dims. Each case is checked against what the maths
 the domain fails exactly where the expression, evaluated by hand at those dims, is 0 (or negative)."""
 
 import importlib.util
+import re
 import sys
 
 import pytest
@@ -21,33 +22,37 @@ TAIL = """A[i, k] = delta(i, k) * a[i]
 B[i, k] = delta(i, k)
 C[i, k] = delta(i, k)
 """
-# (let body over c, the part of it that must be in a domain, and the dims L at which it leaves the domain)
+# (let body over c, the part of it that must be in a domain as the spec writes it and its value at L, the role,
+# the domain, and the dims L at which it leaves the domain)
 CASES = [
-    ("sigmoid(u[c]) / (L - 2)", "a divisor", "nonzero", [2]),
-    ("sigmoid(u[c]) * (L - 2) ^ -1", "the base of a negative power", "nonzero", [2]),
-    ("sigmoid(u[c]) * log(L - 2) / 4", "the argument of log", "positive", [1, 2]),
-    ("sigmoid(u[c]) * sqrt(L - 2) / 4", "the argument of sqrt", "nonnegative", [1]),
-    ("sigmoid(u[c]) * (L - 2) ^ 0.5 / 4", "the base of a fractional power", "nonnegative", [1]),
-    ("sigmoid(u[c]) * pow(L - 2, -1)", "the base of a negative power", "nonzero", [2]),
+    ("sigmoid(u[c]) / (L - 2)", "L - 2", "a divisor", "nonzero", [2]),
+    ("sigmoid(u[c]) * (L - 2) ^ -1", "L - 2", "the base of a negative power", "nonzero", [2]),
+    ("sigmoid(u[c]) * log(L - 2) / 4", "L - 2", "the argument of log", "positive", [1, 2]),
+    ("sigmoid(u[c]) * sqrt(L - 2) / 4", "L - 2", "the argument of sqrt", "nonnegative", [1]),
+    ("sigmoid(u[c]) * (L - 2) ^ 0.5 / 4", "L - 2", "the base of a fractional power", "nonnegative", [1]),
+    ("sigmoid(u[c]) * pow(L - 2, -1)", "L - 2", "the base of a negative power", "nonzero", [2]),
+    # a float zero: SymPy's Float(0.0) != 0 is True, so the domain compares floats
+    ("sigmoid(u[c]) / (0.5 * L - 1)", "0.5 * L - 1", "a divisor", "nonzero", [2]),
 ]
+VALUE = {"L - 2": lambda L: L - 2, "0.5 * L - 1": lambda L: int(0.5 * L - 1)}
 
 
 def spec(body: str, L: int) -> str:
     return HEAD.format(L=L) + f"let a[c: d] = {body}\n" + TAIL
 
 
-@pytest.mark.parametrize("body,role,need,bad", CASES)
-def test_outside_its_domain_at_the_defaults_is_a_spec_error_at_its_position(body, role, need, bad):
+@pytest.mark.parametrize("body,part,role,need,bad", CASES)
+def test_outside_its_domain_at_the_defaults_is_a_spec_error_at_its_position(body, part, role, need, bad):
     for L in bad:
         with pytest.raises(SpecErrors) as err:
             compile_text(spec(body, L), "dom.dsf")
         text = err.value.render()
-        assert f"dom.dsf:5:" in text and f"L - 2 is {L - 2} at the default dims (L = {L}), but as {role} it must " \
-            f"be {need}" in text, text
+        assert "dom.dsf:5:" in text and f"{part} is {VALUE[part](L)} at the default dims (L = {L}), but as {role} " \
+            f"it must be {need}" in text, text
 
 
-@pytest.mark.parametrize("body,role,need,bad", CASES)
-def test_the_constructor_checks_it_at_the_dims_it_is_built_with(body, role, need, bad, tmp_path, monkeypatch):
+@pytest.mark.parametrize("body,part,role,need,bad", CASES)
+def test_the_constructor_checks_it_at_the_dims_it_is_built_with(body, part, role, need, bad, tmp_path, monkeypatch):
     result = compile_text(spec(body, 5), "dom.dsf")
     path = tmp_path / "dom_mod.py"
     path.write_text(result.source)
@@ -56,7 +61,8 @@ def test_the_constructor_checks_it_at_the_dims_it_is_built_with(body, role, need
     try:
         for L in range(1, 6):
             if L in bad:
-                with pytest.raises(ValueError, match=rf"at d=3, L={L}: L - 2 \(spec line 5\), {role}, must be {need}"):
+                with pytest.raises(ValueError, match=rf"at d=3, L={L}: {re.escape(part)} \(spec line 5\), {role}, "
+                                                     rf"must be {need}"):
                     mod.Dom(L=L)
             else:  # inside the domain the layer runs and is finite
                 y = mod.Dom(L=L)(torch.randn(2, 4, 3))
