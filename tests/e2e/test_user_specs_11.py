@@ -68,24 +68,18 @@ d = H = K = V = 1 read before the update, LightNet and Titans read before the up
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, HEAD, assert_grads_close, check_all_paths, compile_and_build,  # noqa: E402
-                         matvec, output_and_grads, rel_err, run_steps)
+from dsf_testing import (BACKENDS, F64, HEAD, INTERPRETER_WARNINGS, assert_grads_close, check_all_paths,  # noqa: E402
+                         compile_and_build, matvec, output_and_grads, rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 
-# the Triton interpreter evaluates masked-off lanes too: numpy may warn, nothing is read
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
-                                        "ignore:divide by zero encountered:RuntimeWarning")
-
-TRITON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None
-BACKENDS = ("torch", "triton") if TRITON else ("torch",)
+pytestmark = INTERPRETER_WARNINGS
 
 LIGHTNET = """
 model LightNet "LightNet additive decay: per-key A = Z_prev / Z, Z = cumsum(exp(k)), B = exp(k) / Z (x) v"

@@ -51,26 +51,19 @@ that is often exactly 0 (chunked outer-product scan).
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import functools  # noqa: E402
-import importlib.util  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, assert_grads_close, build, check_all_paths, compile_and_build,  # noqa: E402
-                         matvec, output_and_grads, rel_err, run_steps)
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, assert_grads_close, build, check_all_paths,  # noqa: E402
+                         compile_and_build, matvec, output_and_grads, rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
-# the Triton interpreter evaluates masked-off lanes too: numpy may warn, nothing is read
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
-                                        "ignore:divide by zero encountered:RuntimeWarning",
-                                        "ignore:overflow encountered:RuntimeWarning")
-
-TRITON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None
-BACKENDS = ("torch", "triton") if TRITON else ("torch",)
+pytestmark = INTERPRETER_WARNINGS
 
 GSA = """
 model GSA "Gated Slot Attention: slot keys Kt = al Kt + (1 - al) k (a scan let), slot values the state, softmax read"
