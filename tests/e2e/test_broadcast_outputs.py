@@ -15,18 +15,15 @@ torch path, the Triton path (interpreted on CPU) and with chunks of 3 steps.
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import check_all_paths, check_backend, compile_and_build  # noqa: E402
+from dsf_testing import TRITON, check_all_paths, check_backend, compile_and_build  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
 
-TRITON = importlib.util.find_spec("triton") is not None
 
 HEAD = """
 dim H = 2

@@ -9,19 +9,16 @@ recurrence and against the original's module with the same parameters.
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import F64, check_backend, compile_and_build, rel_err  # noqa: E402
+from dsf_testing import TRITON, F64, check_backend, compile_and_build, rel_err  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 
 # the Triton interpreter evaluates masked-off lanes too: numpy may warn, nothing is read
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
-HAVE_TRITON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None
 
 
 def same_model(orig: str, rewrite: str, dims: dict[str, int], family: Family, maps=None):
@@ -84,7 +81,7 @@ def test_ssd_state_split_into_group_and_head():
     unflatten pass compared G * floor(H / G) with H, which SymPy cannot equate, so the output was left unsplit and
     the spec fell back to the elementwise diagonal scan. A derived dim's // is exact (checked), so it now divides."""
     _, rb = same_model(SSD, SSD_GROUPED_STATE, {"H": 4, "P": 2, "n": 3, "G": 2}, Family.CHUNKED_OUTER)
-    if HAVE_TRITON:
+    if TRITON:
         check_backend(rb, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 
@@ -119,7 +116,7 @@ def test_linear_attention_deltas_under_sums():
     """A delta under a sum in C (sum(a3, delta(a3, a) * q[h, a3])) was not contracted: the analysis saw a dense
     readout and chose the elementwise diagonal scan. Matrix entries are now canonicalised (ir/canonical.py)."""
     _, rb = same_model(LA, LA_SUMMED_DELTAS, {"d": 5, "H": 2, "K": 3, "V": 4}, Family.CHUNKED_OUTER)
-    if HAVE_TRITON:
+    if TRITON:
         check_backend(rb, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 

@@ -7,14 +7,12 @@ reference recurrence built from the same spec on the torch path and, interpreted
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dsf_testing import (  # noqa: E402
-    F64, HEAD, assert_grads_close, check_backend, compile_and_build, output_and_grads, rel_err,
+    BACKENDS, TRITON, F64, HEAD, assert_grads_close, check_backend, compile_and_build, output_and_grads, rel_err,
 )
 from dsfc.analysis.structure import Family  # noqa: E402
 
@@ -87,7 +85,7 @@ def test_output_gate_in_c(name):
         assert st.outer.gate != 1 and "z[" in str(st.outer.gate)
         assert not (st.outer.query.free_symbols & {st.a.rows[k] for k in st.outer.value_axes})
     check_backend(built, "torch", ((1, 1), (2, 7)))
-    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+    if TRITON:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 
@@ -112,9 +110,7 @@ def test_output_gate_with_softmax_attention():
 
     uu = u.clone().requires_grad_()
     want = torch.autograd.grad((oracle(uu) * w).sum(), [uu, *m.parameters()])
-    backends = ["torch"] + (["triton"] if importlib.util.find_spec("triton") and importlib.util.find_spec("numpy")
-                            else [])
-    for backend in backends:
+    for backend in BACKENDS:
         y, got = output_and_grads(m, backend, u, w)
         assert rel_err(y, oracle(u).detach()) < 1e-12, backend
         assert_grads_close(got, want, 1e-12)  # float64 throughout: rounding only

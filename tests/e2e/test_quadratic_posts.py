@@ -5,14 +5,14 @@ causal SDPA on the module's own parameters, forward and gradients on the torch a
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dsf_testing import F64, assert_grads_close, compile_and_build, output_and_grads, rel_err, run_steps  # noqa: E402
+from dsf_testing import (BACKENDS, F64, assert_grads_close, compile_and_build, output_and_grads, rel_err,  # noqa: E402
+                         run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.lang.errors import SpecErrors  # noqa: E402
 
@@ -66,9 +66,7 @@ def test_posts_after_softmax_attention_match_the_oracle():
     w = torch.randn(2, 9, 5, generator=g, dtype=F64)
     uu = u.clone().requires_grad_()
     want = torch.autograd.grad((_oracle(m, uu) * w).sum(), [uu, *m.parameters()])
-    backends = ["torch"] + (["triton"] if importlib.util.find_spec("triton") and importlib.util.find_spec("numpy")
-                            else [])
-    for backend in backends:
+    for backend in BACKENDS:
         y, got = output_and_grads(m, backend, u, w)
         assert rel_err(y, _oracle(m, u).detach()) < 1e-12, backend  # float64: rounding only
         assert_grads_close(got, want, 1e-12)

@@ -12,13 +12,11 @@ into its kernel."""
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 import sympy as sp  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import (F64, assert_grads_close, compile_and_build, grads_of, rel_err, run_steps,  # noqa: E402
+from dsf_testing import (TRITON, F64, assert_grads_close, compile_and_build, grads_of, rel_err, run_steps,  # noqa: E402
                          state_err)
 from dsfc.analysis.log_space import exact_log, shares  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
@@ -28,7 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
                                         "ignore:divide by zero encountered:RuntimeWarning",
                                         "ignore:overflow encountered:RuntimeWarning")
 F32 = torch.float32
-TRITON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None
 
 
 def test_share_forms():

@@ -40,7 +40,6 @@ lets. Odd dims: heads that do not divide the width are refused at compile time a
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
@@ -48,8 +47,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, assert_grads_close, check_all_paths, check_backend, compile_and_build,  # noqa: E402
-                         matvec, output_and_grads, rel_err)
+from dsf_testing import (BACKENDS, TRITON, F64, assert_grads_close, check_all_paths, check_backend,  # noqa: E402
+                         compile_and_build, matvec, output_and_grads, rel_err)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
@@ -57,7 +56,6 @@ from dsfc.pipeline import compile_text  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
 
-TRITON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None
 RWKV5 = """
 model RWKV5 "RWKV-5 (Eagle): per-head per-key constant decay exp(-exp(w)), read before the update, bonus u in D"
 dim d = 5
@@ -494,7 +492,7 @@ def test_new_spec_matches_an_independent_implementation(name):
         want = INDEPENDENT[name](P, u).reshape(b, t, -1)
         y_ref, _ = built.reference(u)
         assert rel_err(y_ref, want) < 1e-10, ("reference", b, t)
-        for backend in ("torch", "triton") if TRITON else ("torch",):
+        for backend in BACKENDS:
             built.model.backend = backend
             with torch.no_grad():
                 assert rel_err(built.model(u), want) < 1e-8, (backend, b, t)

@@ -41,12 +41,10 @@ spec's dims and at odd / unit dims given to the constructor.
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import check_backend, check_new_spec, compile_and_build  # noqa: E402
+from dsf_testing import TRITON, check_backend, check_new_spec, compile_and_build  # noqa: E402
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -559,7 +557,7 @@ def test_new_spec_matches_the_reference(name):
         built = compile_and_build(text, path=f"{name}.dsf")
         assert built.result.structure.family == family, built.result.structure.family_reason
         check_backend(built, "torch", ((2, 7),), h0s=(True,))
-        if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+        if TRITON:
             check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
     if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
         # a longer odd T with several sequences, from an initial state (past one chunk of the chunked scans)
@@ -579,7 +577,7 @@ def test_new_spec_at_other_dims(name, dims):
     """The spec's module built at odd / unit dims: torch (forward, step, gradients) and Triton, from a state."""
     built = compile_and_build(CASES[name][0], dims, path=f"{name}.dsf")
     check_backend(built, "torch", ((2, 5),), h0s=(True,))
-    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None:
+    if TRITON:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
 
 

@@ -35,13 +35,11 @@ chunked families also with chunks of 3 steps. Softmax attention (a KV cache, no 
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, check_all_paths, compile_and_build, grads_of, rel_err,  # noqa: E402
+from dsf_testing import (TRITON, F64, check_all_paths, compile_and_build, grads_of, rel_err,  # noqa: E402
                          run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -50,7 +48,6 @@ from dsfc.pipeline import compile_text  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:divide by zero encountered:RuntimeWarning")
 
-TRITON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("numpy") is not None
 
 S4D_ZOH_N1 = """
 model S4DZohN1 "LTI S4D-real with ZOH input (exp(dt a) - 1) / a, one state per channel, dense C, D skip"
