@@ -57,6 +57,7 @@ from dsfc.runtime.checks import (
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.features import taylor_dim, taylor_features
+from dsfc.runtime.scans import log_abs_decay
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 _core_triton_available = None  # set below when a Triton kernel is generated for this spec
@@ -366,9 +367,8 @@ class TaylorAttention(nn.Module):
         _q = _q.expand(_B, _T, H, taylor_dim(K, p)).reshape(_B, _T, H, taylor_dim(K, p))
         _k = _k.expand(_B, _T, H, taylor_dim(K, p)).reshape(_B, _T, H, taylor_dim(K, p))
         _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-        _log_decay = (
-            torch.as_tensor(torch.log(eta_prev / eta), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
-        )
+        _decay = torch.as_tensor(eta_prev / eta, dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+        _log_decay, _ = log_abs_decay(_decay)  # no closed-form log; log 0 stays finite
         _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, taylor_dim(K, p), V)
         _y, _sT = chunked_outer_scan(_q, _k, _v, _log_decay, _s0, output_final_state=True)
         _final = _sT.reshape(_B, H, taylor_dim(K, p), V).permute(0, 1, 2, 3)
@@ -505,9 +505,8 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _q = _q.expand(_B, _T, H, taylor_dim(K, p)).reshape(_B, _T, H, taylor_dim(K, p))
     _k = _k.expand(_B, _T, H, taylor_dim(K, p)).reshape(_B, _T, H, taylor_dim(K, p))
     _v = _v.expand(_B, _T, H, V).reshape(_B, _T, H, V)
-    _log_decay = (
-        torch.as_tensor(torch.log(eta_prev / eta), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
-    )
+    _decay = torch.as_tensor(eta_prev / eta, dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
+    _log_decay, _ = log_abs_decay(_decay, zero_grad=False)  # no closed-form log; log 0 stays finite
     _io = env.get("_io_dtype", _dtype)
     if _io in (torch.float16, torch.bfloat16):
         _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)

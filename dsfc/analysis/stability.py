@@ -283,6 +283,25 @@ class IntervalProver:
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
 
+    def _convex_combination(self, e: sp.Add) -> Interval | None:
+        """``e`` affine in an atom w with w in [0, 1] read more than once: ``e = (1 - w) e|w=0 + w e|w=1`` exactly, so
+        e lies in the hull of the ranges of e at w = 0 and at w = 1. ReGLA's refining gate ``(1 - r) g^2 + r (1 -
+        (1 - g)^2)`` (a mix of two gates in (0, 1)) read term by term was (0, 2), "not proven <= 1"; it is (0, 1).
+        An end of the hull is closed only where an end of e|w=0 or e|w=1 that reaches it is (a superset)."""
+        atoms = sorted({x for x in sp.preorder_traversal(e)
+                        if isinstance(x, (sp.Indexed, sp.Function)) and not isinstance(x, sp.KroneckerDelta)
+                        and e.count(x) > 1}, key=sp.default_sort_key)
+        for w in atoms:
+            wiv = self.range(w)
+            if wiv.lo < 0 or wiv.hi > 1 or sp.expand(sp.diff(e, w, 2)) != 0:
+                continue
+            ends = [self.range(e.subs(w, v)) for v in (0, 1)]
+            lo, hi = min(iv.lo for iv in ends), max(iv.hi for iv in ends)
+            if -INF < lo and hi < INF:
+                return Interval(lo, hi, all(iv.lo_open for iv in ends if iv.lo == lo),
+                                all(iv.hi_open for iv in ends if iv.hi == hi))
+        return None
+
     def _share(self, e) -> Interval | None:
         """``n / (n + r)`` with n, r >= 0 (not both 0): a share of a total, in [0, 1]. Interval arithmetic reads n
         twice and gave [0, inf), so minLSTM's normalised forget gate ``f / (f + i)`` was reported "unbounded: can
@@ -443,6 +462,7 @@ class IntervalProver:
                 special = self._exclusive_cases(e) if isinstance(e, sp.Add) else None
                 special = special or (self._weight_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or self._multilinear(e)
+                special = special or (self._convex_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
             except (TypeError, ValueError, sp.PolynomialError):

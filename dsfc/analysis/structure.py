@@ -228,7 +228,8 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
         bu = sp.factor_terms(bu)
         if isinstance(bu, sp.Add):
             return None
-    ch = _one_contraction(readout.ch, sym.state.base)
+    ch = _one_contraction(_lift_fixed_reads(readout.ch, sym.state.base, sym.state.shape(), set(sym.dims.values())),
+                          sym.state.base)
     if a.mixed_axes or len(sp.Add.make_args(ch)) != 1:  # not terms(): it would expand the merged sum again
         return None
     rows = a.rows
@@ -308,6 +309,38 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
         return None
     return OuterSplit(tuple(group), tuple(key_axes), tuple(value_axes), key, value, query,
                       tuple(out_map[k] for k in range(len(out_map))), gate * bcast_gate)
+
+
+def _lift_fixed_reads(ch: sp.Expr, base, extents, dims: set) -> sp.Expr:
+    """A readout that reads the state at fixed entries of an axis, C = delta(o, h) (delta(s, 0) - lam delta(s, 1))
+    q[s, h, a] (differential attention's two maps stacked on an axis s, their difference read), reaches here as one
+    contraction per fixed entry, sum_a q0 S[0, h, a, b] - lam sum_a q1 S[1, h, a, b]: no one contraction, so the
+    layer ran the elementwise diagonal scan. Each read at a fixed index c of axis k becomes a sum over that axis
+    with delta(s_k, c), the same s_k in every term; _one_contraction then merges the terms, and the axis is a key
+    axis of a query with deltas in it. ch is returned as it is unless every term is one contraction of one read."""
+    lifted, fixed_syms = [], {}
+    for t in terms(ch):
+        sums = [f for f in factors(t) if isinstance(f, sp.Sum) and f.has(base)]
+        if len(sums) != 1:
+            return ch
+        reads = [x for x in sp.preorder_traversal(sums[0].function) if isinstance(x, sp.Indexed) and x.base == base]
+        if len(reads) != 1:
+            return ch
+        h = reads[0]
+        fixed = [k for k, i in enumerate(h.indices) if sp.S(i).free_symbols <= dims]
+        if not fixed:
+            lifted.append(t)
+            continue
+        for k in fixed:
+            fixed_syms.setdefault(k, sp.Dummy(f"fixed{k}", integer=True, nonnegative=True))
+        idx = [fixed_syms[k] if k in fixed else i for k, i in enumerate(h.indices)]
+        gate = sp.Mul(*[sp.KroneckerDelta(fixed_syms[k], h.indices[k]) for k in fixed])
+        body = sums[0].function.xreplace({h: base[tuple(idx)]}) * gate
+        limits = [*sums[0].limits, *((fixed_syms[k], 0, extents[k] - 1) for k in sorted(fixed))]
+        lifted.append(sp.Mul(*[f for f in factors(t) if f is not sums[0]]) * sp.Sum(body, *limits))
+    if not fixed_syms:
+        return ch
+    return sp.Add(*lifted)
 
 
 def _one_contraction(ch: sp.Expr, base) -> sp.Expr:

@@ -612,14 +612,25 @@ def _signed_decay(sym, st) -> bool:
     return _prover(sym).range(decay).lo < 0
 
 
+def _gauge(sym, st):
+    """telescoping_gauge's (log X, log X_prev, value) when A = X_prev / X per group and the scan runs on X h with
+    no decay (no log of the decay is taken), else None."""
+    o = st.outer
+    if st.delta or sym.readout == "pre" or set(st.a.decay_axes) - set(o.group_axes) or _signed_decay(sym, st):
+        return None
+    return telescoping_gauge(st.a.decay, o.value, sym)
+
+
 def _zero_decay(sym, st) -> bool:
     """A decay proven >= 0 that can be exactly 0 (x ^ 2, relu(x); no closed-form log): log(decay) would be -inf
-    there, with an inf * 0 = NaN backward, so the generated code takes it through ``log_abs_decay`` too."""
+    there, with an inf * 0 = NaN backward, so the generated code takes it through ``log_abs_decay`` too. So is one
+    only proven > 0 whose range reaches down to 0: floating point rounds it to 0 all the same (ReGLA's ``(1 - r)
+    g^2 + r (1 - (1 - g)^2)`` with r = 1 and g < 1e-8 is 0 in fp32, 1e-17 in float64, and its log's backward made
+    the gradients NaN where the plain loop's are finite)."""
     decay = st.delta.decay if st.delta else st.a.decay
-    if decay == 1 or exact_log(decay, sym) is not None or _signed_decay(sym, st):
+    if decay == 1 or exact_log(decay, sym) is not None or _signed_decay(sym, st) or _gauge(sym, st) is not None:
         return False
-    iv = _prover(sym).range(decay)
-    return iv.lo == 0 and not iv.lo_open
+    return _prover(sym).range(decay).lo == 0
 
 
 def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"
@@ -638,11 +649,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     gk, gk_s = over(G + K)
     gv, gv_s = over(G + V)
     delta = st.delta
-    gauge = None
-    if not delta and sym.readout != "pre" and not set(st.a.decay_axes) - set(G) and not _signed_decay(sym, st):
-        gauge = telescoping_gauge(st.a.decay, o.value, sym)  # A = X_prev / X, B u = k v / X: scan X h, decay 1
-        if gauge is not None:
-            o = dataclasses.replace(o, value=gauge[2])
+    gauge = _gauge(sym, st)  # A = X_prev / X, B u = k v / X: scan X h, decay 1
+    if gauge is not None:
+        o = dataclasses.replace(o, value=gauge[2])
     lines = [
         "# delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan" if delta else
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
