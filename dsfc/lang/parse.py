@@ -111,6 +111,38 @@ def _character_hint(ch: str) -> str:
     return "names are ASCII letters, digits and '_'; comments start with '#'"
 
 
+# The digits a NAME token follows directly: the lexer reads Python's 0x10 as the number 0 and then a name x10
+_NUMBER_BEFORE = re.compile(r"(?<![A-Za-z_0-9.])(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
+
+
+def _number_then_name(tok, text: str) -> SpecError | None:
+    """A number written in a form the language lacks (``0x10``, ``0b11``, ``1_000``, ``1e``, ``1j``) or a number
+    directly followed by a name (``2d``, ``2pi``), or None. Lark saw a number, then an unexpected name, and the
+    message was "unexpected 'x10' after the end of the statement" with a hint about statement keywords."""
+    if tok.type != "NAME" or getattr(tok, "start_pos", None) is None:
+        return None
+    digits = _NUMBER_BEFORE.search(text[max(0, tok.start_pos - 400): tok.start_pos])
+    if digits is None:
+        return None
+    number, literal = digits.group(), digits.group() + str(tok)
+    span = Span(tok.line, tok.column - len(number), tok.end_line, tok.end_column)
+    if re.fullmatch(r"0(?:[xX][0-9a-fA-F_]+|[bB][01_]+|[oO][0-7_]+)", literal):
+        return SpecError(f"{literal!r} is not a spec number", span,
+                         hint=f"numbers are decimal (0-9, '.', an exponent e3): write {int(literal, 0)}")
+    if "_" in literal and re.fullmatch(r"[0-9_.]+(?:[eE][+-]?[0-9_]*)?", literal):
+        return SpecError(f"{literal!r} is not a spec number", span,
+                         hint=f"numbers have no '_' digit separators: write {literal.replace('_', '')}")
+    if str(tok) in ("e", "E"):
+        return SpecError(f"{literal!r} is not a spec number: the exponent has no digits", span,
+                         hint=f"write it as {number}e3, {number}e-3, ...")
+    if str(tok) in ("j", "J"):
+        return SpecError(f"{literal!r} is not a spec number", span,
+                         hint="there are no complex numbers: write a complex mode as a real 2 x 2 rotation block "
+                         "(specs/lru.dsf)")
+    return SpecError(f"a number directly followed by a name: {literal!r}", span,
+                     hint=f"a product needs '*': write {number} * {tok}")
+
+
 def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
@@ -132,6 +164,9 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         )
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
+    foreign = _number_then_name(tok, text)
+    if foreign is not None:
+        return foreign
     expected = exc.accepts or exc.expected
     if tok.type == "$END":
         return SpecError(
@@ -289,6 +324,10 @@ def parse_file(path: str | Path) -> ast.Spec:
         reason = exc.strerror
         if p.is_dir():  # `dsfc compile specs/` was a bare "Is a directory"
             reason += f" (give its specs, e.g. {p / '*.dsf'})"
+        elif not p.exists() and any(c in str(path) for c in "*?["):
+            # `dsfc compile spec/*.dsf` (a typo in the folder) reached dsfc as the pattern itself: the shell passes a
+            # pattern that matches nothing through unchanged, so "No such file or directory" named no real path
+            reason += " (no file matches this pattern; the shell passed it through unexpanded)"
         raise SpecErrors([SpecError(f"cannot read spec: {reason}", Span(1, 1))], str(path), None) from None
     return parse_spec(data, str(path))
 
