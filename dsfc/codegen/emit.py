@@ -58,7 +58,7 @@ def replace_target(path: Path) -> Path | None:
     return Path(os.path.realpath(path))
 
 
-def _new_file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
     """The permission bits the written file gets: an existing file's own (a fixed 0644 turned a group-writable
     generated/ file 0664 into 0644, and a file the user made read-only writable again), else what ``open`` would
     give a new file under the process's umask (0666 & ~umask)."""
@@ -84,7 +84,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-        os.chmod(tmp, _new_file_mode(path))  # mkstemp creates 0600
+        os.chmod(tmp, new_file_mode(path))  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
