@@ -49,7 +49,8 @@ def cmd_compile(args) -> int:
     if not ok:
         print(f"dsfc: no files written ({len(args.specs)} spec(s) given)", file=sys.stderr)
         return EXIT_SPEC_ERROR
-    clash = _reserved_module_name(results, out_dir) or _output_clash(results)
+    clash = (_reserved_module_name(results, out_dir) or _output_clash(results)
+             or _overwritten_spec([out_dir / f"{r.module_name}.py" for r in results], [r.spec.path for r in results]))
     if clash:  # the later spec's module silently replaced the earlier one's
         print(f"dsfc compile: error: {clash}; no files written", file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -98,6 +99,23 @@ def _output_clash(results) -> str | None:
             case = " (names that differ only in case are one file on macOS and Windows)" if len(names[key]) > 1 else ""
             return (f"{' and '.join(paths.values())} would both be written to {files}{case}; rename one of them "
                     "or compile them into different -o directories")
+    return None
+
+
+def _overwritten_spec(outputs, specs) -> str | None:
+    """An output path that is one of the input specs itself, or None: ``dsfc compile x/m.py -o x`` (a spec saved
+    with a .py suffix) or ``dsfc catalog s.dsf -o s.dsf`` replaced the user's spec with the generated text without a
+    word (symlinks and hard links to a spec count: the write follows them)."""
+    import os
+
+    for out in outputs:
+        for spec in specs:
+            try:
+                same = os.path.samefile(out, spec)
+            except (OSError, ValueError):  # the output does not exist yet (so it is not the spec)
+                continue
+            if same:
+                return f"the output {out} is the spec {spec} itself: writing it would replace the spec"
     return None
 
 
@@ -304,6 +322,10 @@ def cmd_plot(args) -> int:
         print("dsfc plot: needs matplotlib: pip install 'dsfc[plot]'", file=sys.stderr)
         return EXIT_CHECK_FAILED
     out = Path(args.output) if args.output else Path(f"{Path(args.spec).stem}.png")
+    clash = _overwritten_spec([out], [args.spec])
+    if clash:
+        print(f"dsfc plot: error: {clash}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     try:
         image_format(out)  # a directory or a suffix matplotlib cannot write: refused before the plot is computed
         path = plot_spec(result, out, T=args.T, dims=dims, seed=args.seed, dpi=args.dpi)
@@ -348,6 +370,10 @@ def cmd_catalog(args) -> int:
                   "rename one", file=sys.stderr)
             return EXIT_SPEC_ERROR
     specs = list(unique.values())
+    clash = _overwritten_spec([args.output], specs)
+    if clash:
+        print(f"dsfc catalog: error: {clash}; nothing written", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     text = render_catalog(specs)  # SpecErrors -> exit 2 in main(), before anything is written
     write_atomic(Path(args.output), text)
     print(f"wrote {args.output} ({len(specs)} spec(s))")

@@ -271,7 +271,7 @@ def image_format(out: Path) -> str:
 def save_png(fig, out: Path, fmt: str = "png") -> None:
     """Render to a temporary file next to ``out`` and os.replace it: no half-written image on failure (a FIFO or
     another special file is written directly, a symlink's target replaced: ``replace_target``)."""
-    from .codegen.emit import replace_target
+    from .codegen.emit import new_file_mode, replace_target
 
     target = replace_target(out)
     if target is None:
@@ -284,9 +284,7 @@ def save_png(fig, out: Path, fmt: str = "png") -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format=fmt)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the PNG the usual permissions
+        os.chmod(tmp, new_file_mode(out))  # mkstemp creates 0600: an existing image's mode, else the umask's
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -57,6 +58,18 @@ def replace_target(path: Path) -> Path | None:
     return Path(os.path.realpath(path))
 
 
+def new_file_mode(path: Path) -> int:
+    """The permission bits the written file gets: an existing file's own (a fixed 0644 turned a group-writable
+    generated/ file 0664 into 0644, and a file the user made read-only writable again), else what ``open`` would
+    give a new file under the process's umask (0666 & ~umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and os.replace, so a failed run never leaves a half-written file (a special file
     such as a FIFO or /dev/stdout is written directly; a symlink's target is replaced, not the link)."""
@@ -71,7 +84,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; generated sources are ordinary files
+        os.chmod(tmp, new_file_mode(path))  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

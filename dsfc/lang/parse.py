@@ -111,6 +111,48 @@ def _character_hint(ch: str) -> str:
     return "names are ASCII letters, digits and '_'; comments start with '#'"
 
 
+# A word that starts as a number and runs on into letters or '_': the lexer reads Python's 0x10 as the number 0 and
+# then a name x10 (0B11 as 0, the matrix name B, 11)
+_NUMBER_HEAD = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_WORD_CHAR = re.compile(r"[A-Za-z0-9_.]")
+
+
+def _number_then_name(tok, text: str) -> SpecError | None:
+    """A number written in a form the language lacks (``0x10``, ``0b11``, ``1_000``, ``1e``, ``1j``) or a number
+    directly followed by a name (``2d``, ``2pi``) at the unexpected token ``tok``, or None. Lark saw a number, then
+    an unexpected name, and said "unexpected 'x10' after the end of the statement" with a hint about keywords."""
+    start = getattr(tok, "start_pos", None)
+    if start is None:  # ($END carries the last token's position: `= 2D` ends on the matrix name D)
+        return None
+    end = start
+    while start > 0 and _WORD_CHAR.match(text[start - 1]):
+        start -= 1
+    while end < len(text) and _WORD_CHAR.match(text[end]):
+        end += 1
+    literal = text[start:end]
+    head = _NUMBER_HEAD.match(literal)
+    if head is None or head.end() == len(literal) or not re.match(r"[A-Za-z_]", literal[head.end()]):
+        return None
+    number, rest = head.group(), literal[head.end():]
+    column = tok.column - (tok.start_pos - start)
+    span = Span(tok.line, column, tok.line, column + len(literal))
+    if re.fullmatch(r"0(?:[xX][0-9a-fA-F_]+|[bB][01_]+|[oO][0-7_]+)", literal):
+        return SpecError(f"{literal!r} is not a spec number", span,
+                         hint=f"numbers are decimal (0-9, '.', an exponent e3): write {int(literal, 0)}")
+    if "_" in literal and re.fullmatch(r"[0-9_.]+(?:[eE][+-]?[0-9_]*)?", literal):
+        return SpecError(f"{literal!r} is not a spec number", span,
+                         hint=f"numbers have no '_' digit separators: write {literal.replace('_', '')}")
+    if rest in ("e", "E"):
+        return SpecError(f"{literal!r} is not a spec number: the exponent has no digits", span,
+                         hint=f"write it as {number}e3, {number}e-3, ...")
+    if rest in ("j", "J"):
+        return SpecError(f"{literal!r} is not a spec number", span,
+                         hint="there are no complex numbers: write a complex mode as a real 2 x 2 rotation block "
+                         "(specs/lru.dsf)")
+    return SpecError(f"a number directly followed by a name: {literal!r}", span,
+                     hint=f"a product needs '*': write {number} * {rest}")
+
+
 def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
@@ -132,6 +174,9 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         )
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
+    foreign = _number_then_name(tok, text)
+    if foreign is not None:
+        return foreign
     expected = exc.accepts or exc.expected
     if tok.type == "$END":
         return SpecError(
@@ -289,6 +334,10 @@ def parse_file(path: str | Path) -> ast.Spec:
         reason = exc.strerror
         if p.is_dir():  # `dsfc compile specs/` was a bare "Is a directory"
             reason += f" (give its specs, e.g. {p / '*.dsf'})"
+        elif not p.exists() and any(c in str(path) for c in "*?["):
+            # `dsfc compile spec/*.dsf` (a typo in the folder) reached dsfc as the pattern itself: the shell passes a
+            # pattern that matches nothing through unchanged, so "No such file or directory" named no real path
+            reason += " (no file matches this pattern; the shell passed it through unexpanded)"
         raise SpecErrors([SpecError(f"cannot read spec: {reason}", Span(1, 1))], str(path), None) from None
     return parse_spec(data, str(path))
 
