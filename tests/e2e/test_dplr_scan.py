@@ -157,7 +157,8 @@ def _loop(q, k, v, x, y, g, h0, readout="post"):
     for t in range(q.shape[1]):
         prev = S
         read = torch.einsum("bhk,bhkv->bhv", y[:, t], S)
-        S = torch.exp(g[:, t])[..., None] * S + x[:, t][..., None] * read[:, :, None] + k[:, t][..., None] * v[:, t][:, :, None]
+        write = x[:, t][..., None] * read[:, :, None] + k[:, t][..., None] * v[:, t][:, :, None]
+        S = torch.exp(g[:, t])[..., None] * S + write
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S if readout == "post" else prev))
     o = torch.stack(outs, 1) if outs else q.new_zeros(q.shape[0], 0, q.shape[2], v.shape[-1])
     return o, S
