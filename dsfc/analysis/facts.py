@@ -24,6 +24,8 @@ class Family(str, Enum):
     DIAGONAL_SCAN = "diagonal scan"  # elementwise linear recurrence over all N state entries
     CHUNKED_OUTER = "chunked outer-product scan"  # chunkwise-parallel linear attention with decay masks
     CHUNKED_DELTA = "chunked delta-rule scan"  # A = s (I - k f^T) per group, B u = k (x) v: WY/UT chunked form
+    # A = diag(d) + x y^T per group on the key axes (d per key: KDA, RWKV-7), B u = k (x) v: chunked DPLR form
+    CHUNKED_DPLR = "chunked diagonal-plus-rank-1 scan"
     DENSE_SCAN = "dense scan"  # per-step block matrix-vector recurrence
     QUADRATIC = "quadratic attention"  # infinite feature state: kernelised, O(T^2) in log space, KV cache for steps
 

@@ -16,6 +16,7 @@ from .stability import eigenvalue_bound
 from .structure import Structure, analyse_structure_of
 
 CHUNK = 64  # chunk length assumed by the chunked algorithms' FLOP counts
+DPLR_CHUNK = 32  # chunk length of chunked_dplr_scan (its default), for the DPLR family's FLOP count
 QUADRATIC_T = 1024  # context length assumed by the quadratic (attention) family's FLOP count
 
 
@@ -197,6 +198,19 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         core = g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
             + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(st.delta.read, dims)) \
             + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + g * _ops(st.delta.decay, dims)
+        readout = out_size * _ops(st.readout.du, dims)
+    elif st.family == Family.CHUNKED_DPLR:
+        o, p = st.outer, st.dplr
+        g = math.prod(ext[k] for k in o.group_axes)
+        kk = math.prod(ext[k] for k in o.key_axes)
+        vv = math.prod(ext[k] for k in o.value_axes)
+        L = DPLR_CHUNK
+        # per token (chunk costs / L): the pairwise per-key decays and the four decayed score matrices (~12LK), the
+        # triangular solve and its right side (L(K+2V)), the chunk's K x K transition and injections (2K^2 + 4KV),
+        # pseudo-values and outputs (4KV + 4LV), the state pass (2K^2V/L)
+        core = g * (12 * L * kk + L * (kk + 2 * vv) + 2 * kk * kk + 8 * kk * vv + 4 * L * vv + 2 * kk * kk * vv // L) \
+            + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(p.write, dims) + _ops(p.read, dims)
+                        + _ops(p.decay, dims)) + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims))
         readout = out_size * _ops(st.readout.du, dims)
     else:
         blocks = math.prod(ext[k] for k in a.diag_axes)

@@ -96,6 +96,16 @@ class DeltaSplit:
 
 
 @dataclass(frozen=True)
+class DplrSplit:
+    """A per-key decay with a rank-1 correction: A = diag(d) + x y^T on the key axes per group (identity on the value
+    axes), B u = key (x) value: Kimi Delta Attention in either order, RWKV-7. Run by ``chunked_dplr_scan``."""
+
+    decay: sp.Expr  # d over the group and key row symbols (it may be shared over the keys)
+    write: sp.Expr  # x over the group and key row symbols
+    read: sp.Expr  # y over the group and key row symbols (A's column symbols renamed to the rows)
+
+
+@dataclass(frozen=True)
 class Readout:
     """y[o] = (C h)[o] and (D u)[o] with deltas contracted, over the output symbols."""
 
@@ -115,6 +125,7 @@ class Structure:
     family_reason: str
     kernel: object = None  # Kernelised (analysis/kernelise.py) for the quadratic family, else None
     delta: DeltaSplit | None = None  # the delta-rule form of an identity-plus-rank-1 A (family CHUNKED_DELTA)
+    dplr: DplrSplit | None = None  # the diagonal-plus-rank-1 form of A (family CHUNKED_DPLR)
 
 
 def classify_a(sym: SymSpec) -> AStructure:
@@ -378,6 +389,15 @@ def _scale_varies_on_mixed(scale: sp.Expr, rows, cols, mixed) -> bool:
 
 def split_rank_one(a: AStructure) -> RankOneBlock | None:
     """Write A's block as scale * I + (rank 1) on the mixed axes, or None when it does not have that form."""
+    parts = _diagonal_plus_rank_one(a)
+    if parts is None or _scale_varies_on_mixed(parts.scale, a.rows, a.cols, a.mixed_axes):
+        return None
+    return parts
+
+
+def _diagonal_plus_rank_one(a: AStructure) -> RankOneBlock | None:
+    """A's block as diag(scale) + (rank 1) on the mixed axes, the scale free to vary along them (a per-key decay),
+    or None when it does not have that form."""
     if a.block is None or not a.mixed_axes:
         return None
     rows, cols, mixed = a.rows, a.cols, a.mixed_axes
@@ -397,8 +417,6 @@ def split_rank_one(a: AStructure) -> RankOneBlock | None:
     col_vec = sp.Mul(*[f for f in factors(rank_one) if f.free_symbols & col_syms])
     row_vec = sp.Mul(*[f for f in factors(rank_one) if not (f.free_symbols & col_syms)])
     if row_vec.free_symbols & col_syms or sp.Mul(row_vec, col_vec) != rank_one:
-        return None
-    if _scale_varies_on_mixed(scale, rows, cols, mixed):
         return None
     return RankOneBlock(scale, row_vec, col_vec)
 
@@ -443,6 +461,40 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
     return outer, DeltaSplit(parts.scale, read, scaled)
 
 
+def split_dplr(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tuple[OuterSplit, DplrSplit] | None:
+    """The diagonal-plus-rank-1 form: A = diag(d) + x y^T on the key axes per group (d may vary along the keys:
+    Kimi Delta Attention, RWKV-7), identity on the value axes, B u = key (x) value with any key, C contracting the
+    key axes, and d with a log form (exp(...), sigmoid(...)) or proven >= 0. None otherwise."""
+    parts = _diagonal_plus_rank_one(a)
+    if parts is None:
+        return None
+    outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
+        return None
+    rows, cols = a.rows, a.cols
+    key_rows = {rows[k] for k in outer.key_axes}
+    value_rows = {rows[k] for k in outer.value_axes}
+    if a.block.free_symbols & value_rows or parts.col_vec.free_symbols & key_rows:
+        return None
+    to_rows = {cols[k]: rows[k] for k in outer.key_axes}
+    decay = simplify(sp.S(parts.scale).subs(to_rows, simultaneous=True))  # diag(d): its column index is its row's
+    read = sp.S(parts.col_vec).subs(to_rows, simultaneous=True)
+    if any(e.has(sp.zoo, sp.nan) for e in (decay, parts.row_vec, read)) or decay == 0:
+        return None
+    if decay != 1 and not _has_log_form(sym, decay):
+        return None  # a decay that may be negative: the dense scan (the log-space scan would need its signs folded)
+    return outer, DplrSplit(decay, parts.row_vec, read)
+
+
+def _has_log_form(sym: SymSpec, decay: sp.Expr) -> bool:
+    """Can the log-space scan take this decay: a closed-form log (exp, sigmoid, products) or proven >= 0 (then the
+    generated code takes log|d| through ``log_abs_decay``, which keeps an exact 0 finite)."""
+    from .log_space import exact_log
+    from .stability import IntervalProver  # stability imports this module
+
+    return exact_log(decay, sym) is not None or IntervalProver(sym).range(decay).lo >= 0
+
+
 def analyse_structure_of(sym: SymSpec) -> Structure:
     a = classify_a(sym)
     bu = compute_bu(sym, a.rows)
@@ -476,6 +528,17 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
                "key that B u writes (B u = key x value) and C contracts the key axes: the delta rule, run "
                "chunkwise in its WY (UT-transform) form")
         return Structure(a, bu, b_form, readout, outer, family, why, delta=dsplit)
+    dplr = split_dplr(sym, a, bu, readout) if a.mixed_axes else None
+    if dplr is not None:
+        outer, psplit = dplr
+        keys = ", ".join(_axis_names(sym, outer.key_axes))
+        shared = not (psplit.decay.free_symbols & {a.rows[k] for k in outer.key_axes})
+        per = "shared over the keys" if shared else "per key"
+        why = (f"A is diag(d) + x y^T on key axes {keys} per group (d {per}, a rank-1 correction with its own read "
+               "vector), identity on the value axes, B u = key x value and C contracts the key axes: run chunkwise "
+               "(pairwise per-key decays from segment sums, one triangular solve per chunk for the rank-1 reads), not "
+               "as a dense matrix-vector product per step")
+        return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_DPLR, why, dplr=psplit)
     if a.mixed_axes:
         family = Family.DENSE_SCAN
         why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "

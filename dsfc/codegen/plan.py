@@ -30,7 +30,8 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
-             "chunked_delta_scan", "chunked_delta_triton", "dt_bias_", "self", "taylor_dim", "taylor_features",
+             "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_", "self", "taylor_dim",
+             "taylor_features",
              "kernel_matrix",
              "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
@@ -181,6 +182,7 @@ class ModulePlan:
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     block_scan: bool = False  # the dense family's small blocks: import the runtime's chunked block scan
     rotation_scan: bool = False  # 2 x 2 rotation-scaling blocks: the runtime's complex diagonal scan
+    dplr_scan: bool = False  # A = diag(d) + x y^T per group: import the runtime's chunked DPLR scan
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
@@ -381,6 +383,14 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         # (dsfc/runtime/triton_delta.py)
         triton_outer = _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_delta_triton")
         triton_note = "Triton kernel: chunked delta rule (its chunk-to-chunk state recurrence)"
+    elif st.family == Family.CHUNKED_DPLR:
+        core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_dplr_scan")
+        # no Triton kernel of its own: backend="triton" runs the dense family's generic block-scan kernel on the
+        # materialised K x K blocks (correct, per-step; the torch path's chunked scan is the fast one on CPU)
+        triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) \
+            + _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
+        triton_note = ("Triton kernel: generic dense block scan (this family has no Triton kernel of its own; the "
+                       "torch path runs chunked_dplr_scan)")
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
@@ -444,8 +454,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         posts=posts,
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
-        signed_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _signed_decay(sym, st),
-        zero_decay=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _zero_decay(sym, st),
+        signed_decay=st.family in _LOG_SPACE and _signed_decay(sym, st),
+        zero_decay=st.family in _LOG_SPACE and _zero_decay(sym, st),
         helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
                  if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
@@ -453,6 +463,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
         block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st) and _rotation_parts(sym, st) is None,
         rotation_scan=st.family is Family.DENSE_SCAN and _rotation_parts(sym, st) is not None,
+        dplr_scan=st.family is Family.CHUNKED_DPLR,
     )
 
 
@@ -602,11 +613,20 @@ def _prover(sym) -> IntervalProver:
     return _PROVER[0][1]
 
 
+# the families whose scans take the decay as a logarithm (segment sums of log-decays)
+_LOG_SPACE = (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA, Family.CHUNKED_DPLR)
+
+
+def _scan_decay(st) -> sp.Expr:
+    """The decay the log-space scan takes: the delta rule's or the DPLR form's s or d, else A's diagonal."""
+    return st.delta.decay if st.delta else st.dplr.decay if st.dplr else st.a.decay
+
+
 def _signed_decay(sym, st) -> bool:
     """The log-space scans (chunked outer product, delta rule) take log(decay): True when the decay is not exp(...)
     and the interval prover cannot show it >= 0 (tanh(...), a learned factor), so the generated code scans |decay|
     and folds the signs into the streams (``dsfc.runtime.fold_decay_sign``)."""
-    decay = st.delta.decay if st.delta else st.a.decay
+    decay = _scan_decay(st)
     if decay == 1 or exact_log(decay, sym) is not None:  # exp(...), sigmoid(...), products of those: positive
         return False
     return _prover(sym).range(decay).lo < 0
@@ -616,7 +636,7 @@ def _gauge(sym, st):
     """telescoping_gauge's (log X, log X_prev, value) when A = X_prev / X per group and the scan runs on X h with
     no decay (no log of the decay is taken), else None."""
     o = st.outer
-    if st.delta or sym.readout == "pre" or set(st.a.decay_axes) - set(o.group_axes) or _signed_decay(sym, st):
+    if st.delta or st.dplr or sym.readout == "pre" or set(st.a.decay_axes) - set(o.group_axes) or _signed_decay(sym, st):
         return None
     return telescoping_gauge(st.a.decay, o.value, sym)
 
@@ -627,7 +647,7 @@ def _zero_decay(sym, st) -> bool:
     only proven > 0 whose range reaches down to 0: floating point rounds it to 0 all the same (ReGLA's ``(1 - r)
     g^2 + r (1 - (1 - g)^2)`` with r = 1 and g < 1e-8 is 0 in fp32, 1e-17 in float64, and its log's backward made
     the gradients NaN where the plain loop's are finite)."""
-    decay = st.delta.decay if st.delta else st.a.decay
+    decay = _scan_decay(st)
     if decay == 1 or exact_log(decay, sym) is not None or _signed_decay(sym, st) or _gauge(sym, st) is not None:
         return False
     return _prover(sym).range(decay).lo == 0
@@ -648,12 +668,13 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
 
     gk, gk_s = over(G + K)
     gv, gv_s = over(G + V)
-    delta = st.delta
+    delta, dplr = st.delta, st.dplr
     gauge = _gauge(sym, st)  # A = X_prev / X, B u = k v / X: scan X h, decay 1
     if gauge is not None:
         o = dataclasses.replace(o, value=gauge[2])
     lines = [
         "# delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan" if delta else
+        "# A = diag(d) + x y^T per group (d per key) and B u = k v^T: chunked diagonal-plus-rank-1 scan" if dplr else
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
         f"_q = {pr.print_tensor(o.query, gk, gk_s)}",
         f"_k = {pr.print_tensor(o.key, gk, gk_s)}",
@@ -667,7 +688,13 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
             f"_f = _f.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
         ]
-    decay = delta.decay if delta else st.a.decay
+    if dplr:
+        expand = f".expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})"
+        lines += [
+            f"_xw = ({pr.print_tensor(dplr.write, gk, gk_s)}){expand}  # x: the rank-1 write",
+            f"_yr = ({pr.print_tensor(dplr.read, gk, gk_s)}){expand}  # y: the rank-1 read",
+        ]
+    decay = _scan_decay(st)
     logd = None if gauge else _log_decay(sym, decay)
     signed = _signed_decay(sym, st)
     # a decay that may be negative is scanned as log|decay|, its signs folded into the streams (fold_decay_sign);
@@ -690,7 +717,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         ]
     elif logd is None:
         lines.append("_log_decay = None  # s = 1 (no gate)" if delta else "_log_decay = None  # A = I")
-    elif not delta and set(st.a.decay_axes) & set(K):
+    elif (dplr and decay.free_symbols & set(gk[len(G):])) or (not delta and not dplr and set(st.a.decay_axes) & set(K)):
         s, s_s = over(G + K)
         lines.append(f"{target} = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
                      f".reshape(_B, _T, {prod(G)}, {prod(K)})")
@@ -727,7 +754,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         lines += [f"_h0 = {s0}", "_s0 = torch.zeros_like(_h0)  # S = X h from 0; h0 is added after the scan"]
     else:
         lines.append(f"_s0 = {s0}")
-    lines.append(f"_y, _sT = {scan}(_q, _k, _v{', _f' if delta else ''}, _log_decay, _s0, output_final_state=True"
+    streams = ", _f" if delta else ", _xw, _yr" if dplr else ""
+    lines.append(f"_y, _sT = {scan}(_q, _k, _v{streams}, _log_decay, _s0, output_final_state=True"
                  + (", readout=\"pre\"" if sym.readout == "pre" else "")
                  + (", scaled_read=True)  # A = s I - k f^T: f carries the decay" if delta and delta.scaled else ")"))
     if gauge:

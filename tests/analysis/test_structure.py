@@ -561,4 +561,5 @@ def test_a_varying_diagonal_plus_rank_one_is_not_claimed_stable():
 def test_a_per_key_gated_delta_rule_is_not_identity_minus_rank_one():
     r = analyse_spec(parse_spec(PER_KEY_DELTA, "x.dsf"))[3]
     assert not r.a_low_rank and "s*I" not in r.eigen_reason and "s I" not in r.eigen_reason, r.eigen_reason
-    assert r.family == Family.DENSE_SCAN.value
+    # not the scalar delta rule's scan: the per-key decay runs the diagonal-plus-rank-1 one (was the dense scan)
+    assert r.family == Family.CHUNKED_DPLR.value

@@ -283,7 +283,7 @@ def check_small_chunks(built, shapes=((3, 9),), chunk: int = 3) -> None:
     from dsfc.runtime import scans
 
     module = sys.modules[type(built.model).__module__]
-    for fn in ("chunked_outer_scan", "chunked_delta_scan"):
+    for fn in ("chunked_outer_scan", "chunked_delta_scan", "chunked_dplr_scan"):
         if hasattr(module, fn):
             setattr(module, fn, functools.partial(getattr(scans, fn), chunk=chunk))
     check_backend(built, "torch", shapes, steps=False)
@@ -300,5 +300,5 @@ def check_all_paths(built, family) -> None:
     check_backend(built, "torch", ((3, 0),), steps=False)
     if TRITON:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
-    if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA):
+    if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA, Family.CHUNKED_DPLR):
         check_small_chunks(built)

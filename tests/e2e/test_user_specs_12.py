@@ -16,6 +16,10 @@ Found and fixed:
 - The interval prover added exclusive delta terms: ``delta(h, 0) + delta(h, 2) g`` with g in [0, 1) was reported
   in [0, 2), "not proven <= 1" (``ZERO_ONE``; a report, not a result). ``IntervalProver._exclusive_cases`` takes
   the hull over the cases of the selected index (h = 0, h = 2, any other h): [0, 1], ``|lambda| <= 1``.
+- Kimi Delta Attention in its paper's order, ``S = (I - be k k^T) diag(al) S + be k v^T``, is ``diag(al) - be k
+  (al k)^T``: a per-key decay times a rank-1 correction ran as the dense scan (the known gap of rounds 3 and 5 for
+  RWKV-7 and the other order), 100x slower. It is now the chunked diagonal-plus-rank-1 family (``KDA_TRUE``,
+  ``structure.split_dplr``, ``runtime.scans.chunked_dplr_scan``; tests/e2e/test_dplr_scan.py).
 
 Found, NOT fixed:
 - A rank-R input per step, ``B u = sum_r k_r v_r^T`` (Mamba-3's MIMO SSD; here with R queries, output
@@ -23,9 +27,6 @@ Found, NOT fixed:
   diagonal scan over the whole H*K*V state instead of a chunked outer-product scan (the chunked kernels take one key
   and one value per step). Correct on every path (``MIMO``; strict xfail
   ``test_a_rank_r_input_gets_the_chunked_outer_scan``).
-- Kimi Delta Attention in its paper's order, ``S = (I - be k k^T) diag(al) S + be k v^T``, is ``diag(al) - be k
-  (al k)^T``: a per-key decay times a rank-1 correction runs as the dense scan (the known gap of rounds 3 and 5 for
-  RWKV-7 and the other order), correct (``KDA_TRUE``).
 - Gated Slot Attention's softmax over slots written without a max, ``1 / sum(s2, exp(sc[s2] - sc[s]))``, is finite
   forward in fp32 but its gradient is 0 * inf = NaN once a score difference passes 88 (inputs of scale 10; float64
   too at scale 30): the spec's maths, as an unstabilised softmax in PyTorch. With the max written out (``GSA``)
@@ -304,9 +305,10 @@ CASES = {
     "linoss_im": (LINOSS_IM, Family.DENSE_SCAN),
     "linoss_imex": (LINOSS_IMEX, Family.DENSE_SCAN),
     "dpfp": (DPFP, Family.CHUNKED_DELTA),
-    # known gaps (see the docstring): a rank-R input runs the diagonal scan, a per-key decay times a rank-1 the dense
+    # a known gap (see the docstring): a rank-R input runs the diagonal scan; a per-key decay times a rank-1 runs the
+    # chunked DPLR scan
     "mimo": (MIMO, Family.DIAGONAL_SCAN),
-    "kda_true": (KDA_TRUE, Family.DENSE_SCAN),
+    "kda_true": (KDA_TRUE, Family.CHUNKED_DPLR),
     "liquid": (LIQUID, Family.DIAGONAL_SCAN),
     "rebased": (REBASED, Family.CHUNKED_OUTER),
     "zero_one": (ZERO_ONE, Family.CHUNKED_OUTER),
@@ -488,8 +490,8 @@ def test_new_spec_matches_an_independent_implementation(name):
                 assert rel_err(y_s, want) < 1e-8, ("step", b, t, with_h0)
 
 
-# the known-gap dense cases (LinOSS-IMEX shares LinOSS-IM's path, KDA round 3's dense scan) run the forward test only
-HEAVY = [n for n in CASES if n not in ("linoss_imex", "kda_true")]
+# LinOSS-IMEX shares LinOSS-IM's dense path: it runs the forward test only (KDA runs the chunked DPLR scan now)
+HEAVY = [n for n in CASES if n not in ("linoss_imex",)]
 
 
 @pytest.mark.parametrize("name", HEAVY)

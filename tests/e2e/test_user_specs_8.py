@@ -522,7 +522,7 @@ CASES = {
     "msr_param_decay": (MSR_PARAM_DECAY, Family.CHUNKED_OUTER),
     "mlstm_axis": (MLSTM_AXIS, Family.CHUNKED_OUTER),
     "s5_blocks": (S5_BLOCKS, Family.DIAGONAL_SCAN),
-    "rwkv7_small": (RWKV7_SMALL, Family.DENSE_SCAN),
+    "rwkv7_small": (RWKV7_SMALL, Family.CHUNKED_DPLR),
     "hgrn2_key": (HGRN2_KEY, Family.CHUNKED_OUTER),
     "in2_swap": (IN2_SWAP, Family.DIAGONAL_SCAN),
     "dim_exprs": (DIM_EXPRS, Family.CHUNKED_OUTER),
