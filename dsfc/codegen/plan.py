@@ -659,14 +659,13 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
 
     def stream(name, expr):
         axes, sizes_, g_idx, r_syms, r_n, x_idx = ranked[name]
+        printed = f"{name} = {pr.print_tensor(expr, axes, sizes_)}"
         if not rank:
-            return [f"{name} = {pr.print_tensor(expr, axes, sizes_)}",
-                    f"{name} = {name}.expand(_B, _T, {', '.join(sz[k] for k in g_idx + x_idx)})"
-                    f".reshape(_B, _T, {prod(g_idx)}, {prod(x_idx)})"]
+            return printed, (f"{name} = {name}.expand(_B, _T, {', '.join(sz[k] for k in g_idx + x_idx)})"
+                             f".reshape(_B, _T, {prod(g_idx)}, {prod(x_idx)})")
         full = [sz[k] for k in g_idx] + [sizes_[r] for r in r_syms] + [sz[k] for k in x_idx]
-        return [f"{name} = {pr.print_tensor(expr, axes, sizes_)}",
-                f"{name} = {name}.expand(_B, _T, {', '.join(full)}).reshape(_B, _T, {prod(g_idx)}, {r_n}, "
-                f"{prod(x_idx)})"]
+        return printed, (f"{name} = {name}.expand(_B, _T, {', '.join(full)}).reshape(_B, _T, {prod(g_idx)}, "
+                         f"{r_n}, {prod(x_idx)})")
 
     delta = st.delta
     gauge = None
@@ -678,7 +677,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     lines = [
         "# delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan" if delta else
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
-    ] + stream("_q", o.query) + stream("_k", o.key) + stream("_v", o.value)
+    ]
+    streams = [stream("_q", o.query), stream("_k", o.key), stream("_v", o.value)]
+    lines += [printed for printed, _ in streams] + [shaped for _, shaped in streams]
     if delta:
         lines += [
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
