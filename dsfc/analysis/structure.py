@@ -465,7 +465,9 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
         return None
     # the outer-product split of B u and C, as if A were diagonal (its block lives on the key axes only)
     outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
-    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
+    # rank axes (several keys or queries per step) run as sub-steps of the outer-product scan only; the WY form
+    # takes one key per step
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes) or outer.key_rank or outer.query_rank:
         return None
     rows, cols = a.rows, a.cols
     key_rows = {rows[k] for k in outer.key_axes}
@@ -515,7 +517,8 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     if not has_infinite_state(sym):
         reject_infinite_lets(sym)
     if has_infinite_state(sym):
-        kern = kernelise(sym, a, outer)
+        # the kernelised form takes one key and one query per step: a rank-R input is not that form
+        kern = kernelise(sym, a, None if outer is not None and (outer.key_rank or outer.query_rank) else outer)
         names = _axis_names(sym, (kern.feature_axis,))
         why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over it "
                f"are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by "
