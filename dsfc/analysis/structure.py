@@ -302,20 +302,19 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     key = sp.Mul(*[f for f in bu_f if f.free_symbols & key_syms])
     value = sp.Mul(*[f for f in bu_f if not (f.free_symbols & key_syms)])
     q_rank_axes = tuple(j for j, s in enumerate(readout.out_syms) if s in q_rank)
-    found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, gate_fs=bcast_gate)
+    found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, bcast_gate=bcast_gate)
     if found is None:
         # not one outer product: a sum over a rank axis of outer products, sum_r key[r] (x) value[r]?
         ranked = _rank_sum(bu, key_syms, set(rows))
         if ranked is not None:
             found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, ranked[1], ranked[2], query, out_map,
-                                  gate_fs=bcast_gate, key_rank=ranked[0])
+                                  bcast_gate=bcast_gate, key_rank=ranked[0])
     return None if found is None else replace(found, query_rank=q_rank_axes)
 
 
-def _finish_outer(a: AStructure, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, gate_fs,
+def _finish_outer(a: AStructure, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, bcast_gate,
                   key_rank=()) -> OuterSplit | None:
     """The group, value axes and gate of a split into key, value and query; None when they do not separate."""
-    bcast_gate = gate_fs
     # group axes: those the decay, the key or the query vary along; the other output axes are value axes
     base = {k for k in kept if k in a.decay_axes or rows[k] in key.free_symbols}
     gate = sp.Integer(1)
@@ -362,7 +361,8 @@ def _rank_sum(bu: sp.Expr, key_syms: set, taken: set
             if isinstance(f, sp.Sum) and f.free_symbols & key_syms and len(terms(f.function)) == 1:
                 body = f.function
                 for var, lo, hi in f.limits:
-                    if lo != 0 or sp.S(hi).free_symbols & {v for v, _ in limits}:
+                    # an extent over the rows or another index (a triangular sum) is no fixed number of sub-steps
+                    if lo != 0 or sp.S(hi).free_symbols & ({v for v, _ in limits} | taken | key_syms):
                         return False
                     # an opened index becomes free: renamed apart from the state rows and the indices already
                     # opened (a name shared with an output axis, C's r in y[h, r, b], is harmless: the query is

@@ -30,7 +30,8 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
-             "chunked_delta_scan", "chunked_delta_triton", "rank_substeps", "rank_readouts", "dt_bias_", "self", "taylor_dim", "taylor_features",
+             "chunked_delta_scan", "chunked_delta_triton", "dt_bias_", "self", "taylor_dim", "taylor_features",
+             "rank_substeps", "rank_readouts",
              "kernel_matrix",
              "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",

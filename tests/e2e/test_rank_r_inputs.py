@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, build, check_all_paths, check_backend, matvec,  # noqa: E402
-                         py_name, rel_err)
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, build, check_all_paths,  # noqa: E402
+                         check_backend, matvec, py_name, rel_err)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
@@ -184,7 +184,7 @@ def test_rank_spec_matches_an_independent_loop(name):
 
 def test_substeps_place_queries_after_the_whole_step():
     """rank_substeps / rank_readouts on hand-built streams: one step, two keys, two queries, post and pre readout,
-    against S = a S0 + k0 v0^T + k1 v1^T read by each query (no chunked scan in the way: a plain loop over sub-steps)."""
+    against S = a S0 + k0 v0^T + k1 v1^T read by each query (no chunked scan in the way: a loop over sub-steps)."""
     from dsfc.runtime.scans import rank_readouts, rank_substeps
 
     gen = torch.Generator().manual_seed(0)
