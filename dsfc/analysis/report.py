@@ -183,8 +183,12 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         g = math.prod(ext[k] for k in o.group_axes)
         kk = math.prod(ext[k] for k in o.key_axes)
         vv = math.prod(ext[k] for k in o.value_axes)
-        # per token: state update + inter-chunk readout (2KV each) and intra-chunk scores/outputs (2L(K+V))
-        core = g * (4 * kk * vv + 2 * CHUNK * (kk + vv)) + g * kk * (_ops(o.key, dims) + _ops(o.query, dims)) \
+        # per token: state update + inter-chunk readout (2KV each) and intra-chunk scores/outputs (2L(K+V)), per
+        # sub-step: R_k + R_q - 1 of them for rank axes (several keys or queries per step)
+        r_k = math.prod(int(sp.S(n).subs(dims)) for _, n in o.key_rank)
+        r_q = math.prod(int(sp.S(sym.output.axes[j].extent).subs(dims)) for j in o.query_rank)
+        core = (r_k + r_q - 1) * g * (4 * kk * vv + 2 * CHUNK * (kk + vv)) \
+            + g * kk * (_ops(o.key, dims) + _ops(o.query, dims)) \
             + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + (0 if a.decay is None else g * _ops(a.decay, dims))
         readout = out_size * _ops(st.readout.du, dims)
     elif st.family == Family.CHUNKED_DELTA:

@@ -73,6 +73,12 @@ class OuterSplit:
     # a factor of C over the output (group and value) axes only, no key axis: y[g,v] = gate[g,v] * sum_k q h, applied
     # after the scan (Mamba's silu(z) written into C); 1 when C has none
     gate: sp.Expr = sp.Integer(1)
+    # rank axes summed in B u: (B u)[g,k,v] = sum_r key[g,r,k] * value[g,r,v] (Mamba-3's MIMO SSD, several tokens
+    # per step), as (symbol, extent) pairs; key and value are over these symbols too. () for one outer product
+    key_rank: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()
+    # output axes the state lacks along which the query varies with the key axes: y[g,r,v] = sum_k q[g,r,k] h[g,k,v]
+    # (R queries per step read one state); their out_map entries are None, and they are not broadcast
+    query_rank: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -283,7 +289,18 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     for j, s in enumerate(readout.out_syms):
         if s in bcast:
             out_map[j] = None
-    bcast_fs = [f for f in factors(query) if f.free_symbols & bcast]
+    # the extra output axes that a factor shares with the contracted axes (q[h, r, a]: R queries per step) are query
+    # rank axes, and so is every extra axis that shares a factor with one of those; the rest are broadcast
+    q_rank: set[sp.Symbol] = set()
+    grown = True
+    while grown:
+        grown = False
+        for f in factors(query):
+            fb = f.free_symbols & bcast
+            if fb - q_rank and (f.free_symbols & set(summed) or fb & q_rank):
+                q_rank |= fb
+                grown = True
+    bcast_fs = [f for f in factors(query) if f.free_symbols & bcast and not f.free_symbols & q_rank]
     # (an extra axis named like a state axis would be renamed with the state's symbols below: not split)
     if any(f.free_symbols & set(summed) for f in bcast_fs) or bcast & set(rows):
         return None
@@ -296,6 +313,20 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     key_syms = {rows[k] for k in key_axes}
     key = sp.Mul(*[f for f in bu_f if f.free_symbols & key_syms])
     value = sp.Mul(*[f for f in bu_f if not (f.free_symbols & key_syms)])
+    q_rank_axes = tuple(j for j, s in enumerate(readout.out_syms) if s in q_rank)
+    found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, bcast_gate=bcast_gate)
+    if found is None:
+        # not one outer product: a sum over a rank axis of outer products, sum_r key[r] (x) value[r]?
+        ranked = _rank_sum(bu, key_syms, set(rows))
+        if ranked is not None:
+            found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, ranked[1], ranked[2], query, out_map,
+                                  bcast_gate=bcast_gate, key_rank=ranked[0])
+    return None if found is None else replace(found, query_rank=q_rank_axes)
+
+
+def _finish_outer(a: AStructure, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, bcast_gate,
+                  key_rank=()) -> OuterSplit | None:
+    """The group, value axes and gate of a split into key, value and query; None when they do not separate."""
     # group axes: those the decay, the key or the query vary along; the other output axes are value axes
     base = {k for k in kept if k in a.decay_axes or rows[k] in key.free_symbols}
     gate = sp.Integer(1)
@@ -318,8 +349,64 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
         return None
     if (query.free_symbols | key.free_symbols) & set(summed) - key_syms:
         return None
+    if value.free_symbols & key_syms:
+        return None
     return OuterSplit(tuple(group), tuple(key_axes), tuple(value_axes), key, value, query,
-                      tuple(out_map[k] for k in range(len(out_map))), gate * bcast_gate)
+                      tuple(out_map[k] for k in range(len(out_map))), gate * bcast_gate, tuple(key_rank))
+
+
+def _rank_sum(bu: sp.Expr, key_syms: set, taken: set
+              ) -> tuple[tuple[tuple[sp.Symbol, sp.Expr], ...], sp.Expr, sp.Expr] | None:
+    """B u = sum_r key[r] * value[r] (a rank-R input per step): ``(((r, extent), ...), key, value)``, else None.
+
+    The contraction puts the user's sum over r inside B's sum over the input, dt sum(m, u[m] sum(r, k[r, a]
+    W_V[r, b, m])): the sums whose summand mixes the key rows with other factors are opened (finite sums with
+    constant limits commute) into one product over all their indices. Each factor goes to the key when it varies
+    along a key row, else to the value; an index summed in factors of both is a rank axis, one of either alone stays
+    a sum inside it. A factor over both a key row and a value row (sum_r k[r, a] v[r, b] w[r, a, b]) lands in the
+    key, and the caller's separation check then rejects the split, as it must: that B u has no rank-R form."""
+    limits: list[tuple] = []
+    fs: list[sp.Expr] = []
+
+    def open_sums(e) -> bool:
+        for f in factors(e):
+            if isinstance(f, sp.Sum) and f.free_symbols & key_syms and len(terms(f.function)) == 1:
+                body = f.function
+                for var, lo, hi in f.limits:
+                    # an extent over the rows or another index (a triangular sum) is no fixed number of sub-steps
+                    if lo != 0 or sp.S(hi).free_symbols & ({v for v, _ in limits} | taken | key_syms):
+                        return False
+                    # an opened index becomes free: renamed apart from the state rows and the indices already
+                    # opened (a name shared with an output axis, C's r in y[h, r, b], is harmless: the query is
+                    # printed on its own)
+                    used = taken | {v for v, _ in limits} | bu.free_symbols
+                    fresh = next(sp.Symbol(f"{var.name}{i or ''}", **var.assumptions0) for i in itertools.count()
+                                 if sp.Symbol(f"{var.name}{i or ''}", **var.assumptions0) not in used)
+                    body = body.subs(var, fresh)
+                    limits.append((fresh, hi + 1))
+                if not open_sums(body):
+                    return False
+            else:
+                fs.append(f)
+        return True
+
+    if not open_sums(bu) or not limits:
+        return None
+    key_fs = [f for f in fs if f.free_symbols & key_syms]
+    value_fs = [f for f in fs if not f.free_symbols & key_syms]
+    in_key = set().union(*[f.free_symbols for f in key_fs])
+    in_value = set().union(*[f.free_symbols for f in value_fs])
+    rank = tuple((v, n) for v, n in limits if v in in_key and v in in_value)
+    if not rank or any(sp.S(n).free_symbols & {v for v, _ in limits} for _, n in rank):
+        return None
+
+    def summed(fs_side, inside):
+        own = [(v, n) for v, n in limits if v in inside and (v, n) not in rank]
+        body = sp.Mul(*[f for f in fs_side if f.free_symbols & {v for v, _ in own}])
+        rest = sp.Mul(*[f for f in fs_side if not f.free_symbols & {v for v, _ in own}])
+        return rest * (sp.Sum(body, *[(v, 0, n - 1) for v, n in own]) if own else body)
+
+    return rank, summed(key_fs, in_key - in_value), summed(value_fs, in_value - in_key)
 
 
 def _lift_fixed_reads(ch: sp.Expr, base, extents, dims: set) -> sp.Expr:
@@ -429,7 +516,9 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
         return None
     # the outer-product split of B u and C, as if A were diagonal (its block lives on the key axes only)
     outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
-    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
+    # rank axes (several keys or queries per step) run as sub-steps of the outer-product scan only; the WY form
+    # takes one key per step
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes) or outer.key_rank or outer.query_rank:
         return None
     rows, cols = a.rows, a.cols
     key_rows = {rows[k] for k in outer.key_axes}
@@ -469,7 +558,8 @@ def split_dplr(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tu
     if parts is None:
         return None
     outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
-    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes) or outer.key_rank or outer.query_rank:
+        # the scan takes one key, value and query per step (rank axes are sub-steps of the outer-product scan only)
         return None
     rows, cols = a.rows, a.cols
     key_rows = {rows[k] for k in outer.key_axes}
@@ -513,7 +603,8 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     if not has_infinite_state(sym):
         reject_infinite_lets(sym)
     if has_infinite_state(sym):
-        kern = kernelise(sym, a, outer)
+        # the kernelised form takes one key and one query per step: a rank-R input is not that form
+        kern = kernelise(sym, a, None if outer is not None and (outer.key_rank or outer.query_rank) else outer)
         names = _axis_names(sym, (kern.feature_axis,))
         why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over it "
                f"are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by "
@@ -547,9 +638,18 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         family = Family.CHUNKED_OUTER
         decay = "no decay" if a.kind == AKind.IDENTITY else (
             "a per-key decay" if set(a.decay_axes) & set(outer.key_axes) else "a scalar decay per group")
-        why = (f"A is {a.kind.value} ({decay}), B u is key[{', '.join(_axis_names(sym, outer.group_axes + outer.key_axes))}]"
-               f" x value[{', '.join(_axis_names(sym, outer.group_axes + outer.value_axes))}] and C contracts the key "
-               "axes: the chunkwise-parallel (matmul) form applies")
+        ranks = [str(r) for r, _ in outer.key_rank]
+        reads = [str(readout.out_syms[j]) for j in outer.query_rank]
+        kv_rank = "".join(r + ", " for r in ranks)
+        sums = f"a sum over the rank axis {', '.join(ranks)} of " if ranks else ""
+        why = (f"A is {a.kind.value} ({decay}), B u is {sums}key[{kv_rank}"
+               f"{', '.join(_axis_names(sym, outer.group_axes + outer.key_axes))}] x value[{kv_rank}"
+               f"{', '.join(_axis_names(sym, outer.group_axes + outer.value_axes))}] and C contracts the key axes: "
+               "the chunkwise-parallel (matmul) form applies")
+        if ranks or reads:
+            per_step = ([f"the outer products along rank axis {', '.join(ranks)}"] if ranks else []) + (
+                [f"the queries along output axis {', '.join(reads)}"] if reads else [])
+            why += f"; {' and '.join(per_step)} run as sub-steps of each step (R_k + R_q - 1 sub-steps)"
     else:
         family = Family.DIAGONAL_SCAN
         why = f"A is {a.kind.value}: every state entry evolves independently (elementwise linear scan)"

@@ -31,7 +31,7 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
              "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_", "self", "taylor_dim",
-             "taylor_features",
+             "taylor_features", "rank_substeps", "rank_readouts",
              "kernel_matrix",
              "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
@@ -185,6 +185,7 @@ class ModulePlan:
     dplr_scan: bool = False  # A = diag(d) + x y^T per group: import the runtime's chunked DPLR scan
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
+    rank_substeps: bool = False  # a rank-R input or R queries per step, run as sub-steps: import their helpers
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
 
@@ -456,6 +457,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         layer_output_size=" * ".join(layer_shape),
         signed_decay=st.family in _LOG_SPACE and _signed_decay(sym, st),
         zero_decay=st.family in _LOG_SPACE and _zero_decay(sym, st),
+        rank_substeps=st.family == Family.CHUNKED_OUTER and _has_rank(st.outer),
         helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
                  if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
@@ -636,7 +638,8 @@ def _gauge(sym, st):
     """telescoping_gauge's (log X, log X_prev, value) when A = X_prev / X per group and the scan runs on X h with
     no decay (no log of the decay is taken), else None."""
     o = st.outer
-    if st.delta or st.dplr or sym.readout == "pre" or set(st.a.decay_axes) - set(o.group_axes) or _signed_decay(sym, st):
+    if st.delta or st.dplr or _has_rank(o) or sym.readout == "pre" or set(st.a.decay_axes) - set(o.group_axes) \
+            or _signed_decay(sym, st):
         return None
     return telescoping_gauge(st.a.decay, o.value, sym)
 
@@ -651,6 +654,11 @@ def _zero_decay(sym, st) -> bool:
     if decay == 1 or exact_log(decay, sym) is not None or _signed_decay(sym, st) or _gauge(sym, st) is not None:
         return False
     return _prover(sym).range(decay).lo == 0
+
+
+def _has_rank(o) -> bool:
+    """A rank-R input (sum_r key (x) value) or R queries per step: the scan runs over sub-steps (rank_substeps)."""
+    return o is not None and bool(o.key_rank or o.query_rank)
 
 
 def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"
@@ -668,6 +676,29 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
 
     gk, gk_s = over(G + K)
     gv, gv_s = over(G + V)
+    rank = _has_rank(o)
+    # rank axes: B u's summed ones on the keys and values, C's query ones (output axes) on the queries, each
+    # printed between the group and the key (value) axes and flattened into one axis of R_k (R_q) entries
+    kr_syms = tuple(r for r, _ in o.key_rank)
+    kr_sizes = {r: pr.size(n) for r, n in o.key_rank}
+    qr_syms = tuple(out_syms[j] for j in o.query_rank)
+    qr_sizes = {r: out_sizes[r] for r in qr_syms}
+    rk = " * ".join(kr_sizes[r] for r in kr_syms) or "1"
+    rq = " * ".join(qr_sizes[r] for r in qr_syms) or "1"
+    ranked = {"_q": (gk[:len(G)] + qr_syms + gk[len(G):], {**gk_s, **qr_sizes}, G, qr_syms, rq, K),
+              "_k": (gk[:len(G)] + kr_syms + gk[len(G):], {**gk_s, **kr_sizes}, G, kr_syms, rk, K),
+              "_v": (gv[:len(G)] + kr_syms + gv[len(G):], {**gv_s, **kr_sizes}, G, kr_syms, rk, V)}
+
+    def stream(name, expr):
+        axes, sizes_, g_idx, r_syms, r_n, x_idx = ranked[name]
+        printed = f"{name} = {pr.print_tensor(expr, axes, sizes_)}"
+        if not rank:
+            return printed, (f"{name} = {name}.expand(_B, _T, {', '.join(sz[k] for k in g_idx + x_idx)})"
+                             f".reshape(_B, _T, {prod(g_idx)}, {prod(x_idx)})")
+        full = [sz[k] for k in g_idx] + [sizes_[r] for r in r_syms] + [sz[k] for k in x_idx]
+        return printed, (f"{name} = {name}.expand(_B, _T, {', '.join(full)}).reshape(_B, _T, {prod(g_idx)}, "
+                         f"{r_n}, {prod(x_idx)})")
+
     delta, dplr = st.delta, st.dplr
     gauge = _gauge(sym, st)  # A = X_prev / X, B u = k v / X: scan X h, decay 1
     if gauge is not None:
@@ -676,13 +707,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         "# delta rule, A = s (I - k f^T) per group and B u = k v^T: chunkwise WY (UT-transform) scan" if delta else
         "# A = diag(d) + x y^T per group (d per key) and B u = k v^T: chunked diagonal-plus-rank-1 scan" if dplr else
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
-        f"_q = {pr.print_tensor(o.query, gk, gk_s)}",
-        f"_k = {pr.print_tensor(o.key, gk, gk_s)}",
-        f"_v = {pr.print_tensor(o.value, gv, gv_s)}",
-        f"_q = _q.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
-        f"_k = _k.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
-        f"_v = _v.expand(_B, _T, {', '.join(sz[k] for k in G + V)}).reshape(_B, _T, {prod(G)}, {prod(V)})",
     ]
+    streams = [stream("_q", o.query), stream("_k", o.key), stream("_v", o.value)]
+    lines += [printed for printed, _ in streams] + [shaped for _, shaped in streams]
     if delta:
         lines += [
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
@@ -726,6 +753,13 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         code = pr.print(logd, s, s_s) if G else pr.print(logd, (), {})
         lines.append(f"{target} = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
                      f"{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})")
+    if rank:
+        lines += [
+            f"# rank axes: {rk} outer products and {rq} queries per step run as {rk} + {rq} - 1 sub-steps of the "
+            "one-outer-product scan",
+            f"_q, _k, _v, {target} = rank_substeps(_q, _k, _v, {target}, "
+            f"fill={1.0 if target == '_decay' else 0.0}, readout=\"{sym.readout}\")",
+        ]
     if signed:
         lines += [
             "# the decay is not proven >= 0: scan log|decay| with its signs folded into the streams",
@@ -769,20 +803,25 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         f"_final = {'(_sT * _sign_end)' if signed else '_sT'}.reshape(_B, {', '.join(sz[k] for k in order)})"
         f".permute({', '.join(map(str, inv))})",
     ]
-    # y: [B, T, G, V] in (G, V) order; the output axes map to state axes through out_map
+    # y: [B, T, G, V] in (G, V) order, or [B, T, R_q, G, V] with query rank axes; the output axes map to state axes
+    # through out_map, the query rank axes to the leading ones
     gv_order = G + V
-    mapped = [k for k in range(len(out_syms)) if o.out_map[k] is not None]
-    out_perm = [0, 1] + [2 + gv_order.index(o.out_map[k]) for k in mapped]
-    lines.append(f"_y = _y.reshape(_B, _T, {', '.join(sz[k] for k in gv_order)})"
+    if rank:
+        lines.append(f"_y = rank_readouts(_y, {rq}, {rk}, readout=\"{sym.readout}\")")
+    present = [k for k in range(len(out_syms)) if o.out_map[k] is not None or k in o.query_rank]
+    out_perm = [0, 1] + [2 + (o.query_rank.index(k) if k in o.query_rank
+                              else len(o.query_rank) + gv_order.index(o.out_map[k])) for k in present]
+    lines.append(f"_y = _y.reshape(_B, _T, {', '.join([qr_sizes[r] for r in qr_syms] + [sz[k] for k in gv_order])})"
                  + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
-    if len(mapped) < len(out_syms):
+    if len(present) < len(out_syms):
         # output axes the state lacks: a size-1 axis each, broadcast by C's factor along them (the gate)
-        index = ", ".join(":" if o.out_map[k] is not None else "None" for k in range(len(out_syms)))
+        index = ", ".join(":" if k in present else "None" for k in range(len(out_syms)))
         lines.append(f"_y = _y[:, :, {index}]")
+    mapped = [k for k in range(len(out_syms)) if o.out_map[k] is not None]
     if o.gate != 1:
         gate = o.gate.subs({rows[o.out_map[k]]: out_syms[k] for k in mapped}, simultaneous=True)
         lines.append(f"_y = _y * {pr.print(gate, out_syms, out_sizes)}  # C's factor over the outputs alone")
-    if len(mapped) < len(out_syms):
+    if len(present) < len(out_syms):
         lines.append(f"_y = _y.expand(_B, _T, {', '.join(out_sizes[s] for s in out_syms)}).contiguous()")
     if st.readout.du != 0:
         lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")

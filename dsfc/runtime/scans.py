@@ -672,6 +672,55 @@ def fold_decay_sign(sign: Tensor, q: Tensor, k: Tensor, v: Tensor, *, readout: s
     return q, k, v, end
 
 
+def _substep_layout(rq: int, rk: int, readout: str) -> Tuple[int, int, int, int]:
+    """``(L, query, key, decay)``: the sub-steps per step and the first sub-step of the queries, of the keys and the
+    one that carries the decay (see :func:`rank_substeps`)."""
+    L = rq + rk - 1
+    if readout == "post":
+        return L, rk - 1, 0, 0  # decay and keys first; the queries read from the last key on
+    return L, 0, rq - 1, rq - 1  # "pre": the queries read before the step's decay and keys
+
+
+def rank_substeps(q: Tensor, k: Tensor, v: Tensor, decay: Optional[Tensor], *, fill: float, readout: str = "post"
+                  ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """A step with R_k outer products in its input, ``S_t = a_t S_(t-1) + sum_r k_(t,r) v_(t,r)^T``, and R_q
+    queries, ``y_(t,r) = S_t^T q_(t,r)``, as ``L = R_q + R_k - 1`` sub-steps of a one-outer-product scan: the
+    decay at one sub-step (``fill``: 0 for a log-decay, 1 for a decay, at the others), one key and value per
+    sub-step, and the queries at the sub-steps that see the whole step (post readout: from the last key on; pre:
+    before the decay and the first key). The chunked scans, torch and Triton, forward and backward, then run
+    unchanged on T L steps; :func:`rank_readouts` gathers the queries' outputs.
+
+    Why sub-steps rather than a rank axis inside the chunk products (scores [C R_q, C R_k]): the same algebra (a
+    query sees every key of its step and the earlier ones, decays by step), with no new kernel, no new backward and
+    no new autotuned signature; the cost is the zero rows, (R_q - 1) keys and (R_k - 1) queries per step, which is
+    nothing at R_q = 1 (several tokens per step) or R_k = 1 (several queries) and < 2x at R_q = R_k.
+
+    q: [B, T, H, R_q, K]; k: [B, T, H, R_k, K]; v: [B, T, H, R_k, V]; decay: None, [B, T, H] or [B, T, H, K].
+    Returns q, k [B, T L, H, K], v [B, T L, H, V] and the decay [B, T L, ...]."""
+    B, T, H, rq, K = q.shape
+    rk = k.shape[3]
+    L, q0, k0, d0 = _substep_layout(rq, rk, readout)
+
+    def place(x: Tensor, first: int, value: float = 0.0) -> Tensor:  # [B, T, n, ...] -> [B, T L, ...]
+        def pad(n: int) -> Tensor:
+            return torch.full((B, T, n, *x.shape[3:]), value, dtype=x.dtype, device=x.device)
+
+        return torch.cat([pad(first), x, pad(L - first - x.shape[2])], 2).reshape(B, T * L, *x.shape[3:])
+
+    qs = place(q.transpose(2, 3), q0)
+    ks = place(k.transpose(2, 3), k0)
+    vs = place(v.transpose(2, 3), k0)
+    ds = None if decay is None else place(decay.unsqueeze(2), d0, fill)
+    return qs, ks, vs, ds
+
+
+def rank_readouts(y: Tensor, rq: int, rk: int, readout: str = "post") -> Tensor:
+    """The queries' outputs of a scan over :func:`rank_substeps`' streams: y [B, T L, H, V] -> [B, T, R_q, H, V]."""
+    L, q0, _, _ = _substep_layout(rq, rk, readout)
+    B, TL = y.shape[:2]
+    return y.reshape(B, TL // L, L, *y.shape[2:])[:, :, q0: q0 + rq]
+
+
 def chunked_outer_scan(
     q: Tensor,
     k: Tensor,

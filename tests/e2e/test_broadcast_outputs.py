@@ -89,14 +89,15 @@ def test_broadcast_output_axis_keeps_the_chunked_form(name):
     check_all_paths(built, family)
 
 
-def test_a_factor_tying_the_extra_axis_to_a_key_axis_falls_back():
-    """C's factor along the extra axis z may not involve the contracted (key) axis: W[z, a] q[h, a] is not a gate
-    on the outputs. The split is refused and the spec still compiles (the diagonal scan) and matches."""
+def test_a_factor_tying_the_extra_axis_to_a_key_axis_is_a_query_rank_axis():
+    """C's factor along the extra axis z that involves the contracted (key) axis, W[z, a] q[h, a], is not a gate on
+    the outputs: it makes Z queries per step, y[h, z, b] = sum_a (W[z, a] q[h, a]) S[h, a, b] (it fell back to the
+    diagonal scan before R queries per step ran as sub-steps of the chunked scan; tests/e2e/test_rank_r_inputs.py)."""
     text = LINATT_ONE_HOT.replace("param W_Q[H, K, d]", "param W_za[Z, K] ~ normal(0, 1)\nparam W_Q[H, K, d]")
     text = text.replace("delta(z, 0) * q[h, a]", "W_za[z, a] * q[h, a]")
     built = compile_and_build(text, path="tied.dsf")
-    assert built.result.structure.outer is None
-    check_backend(built, "torch", ((2, 4),), steps=False, h0s=(True,))
+    assert built.result.structure.outer.query_rank == (1,) and built.result.structure.outer.gate == 1
+    check_all_paths(built, Family.CHUNKED_OUTER)
 
 
 NAMES_CROSSED = """model NamesCrossed "state S[h, k, a] (a: the value axis); C's rows named (a, z, v): a is the output's head"

@@ -13,6 +13,11 @@ Found and fixed:
   the entries with their lets inlined: LinOSS-IM is ``|lambda| <= 1`` (relu(A_hat) may be 0, a Jordan block at 1),
   ``|lambda| < 1`` with a strictly positive stiffness; LinOSS-IMEX (det = 1, stable only for dt^2 a <= 4) stays
   unknown, as it should.
+- A rank-R input per step, ``B u = sum_r k_r v_r^T`` (Mamba-3's MIMO SSD; here with R queries, output
+  ``y[h, r, b]``), was not one outer product, so ``structure.split_outer`` gave up and the layer ran the elementwise
+  diagonal scan over the whole H*K*V state. ``split_outer`` now finds the rank axis summed in B u and the query
+  rank axis of C, and the chunked outer-product scans run them as sub-steps (``MIMO``,
+  ``test_a_rank_r_input_gets_the_chunked_outer_scan``; more in test_rank_r_inputs.py).
 - The interval prover added exclusive delta terms: ``delta(h, 0) + delta(h, 2) g`` with g in [0, 1) was reported
   in [0, 2), "not proven <= 1" (``ZERO_ONE``; a report, not a result). ``IntervalProver._exclusive_cases`` takes
   the hull over the cases of the selected index (h = 0, h = 2, any other h): [0, 1], ``|lambda| <= 1``.
@@ -22,11 +27,6 @@ Found and fixed:
   ``structure.split_dplr``, ``runtime.scans.chunked_dplr_scan``; tests/e2e/test_dplr_scan.py).
 
 Found, NOT fixed:
-- A rank-R input per step, ``B u = sum_r k_r v_r^T`` (Mamba-3's MIMO SSD; here with R queries, output
-  ``y[h, r, b]``), is not one outer product, so ``structure.split_outer`` gives up and the layer runs the elementwise
-  diagonal scan over the whole H*K*V state instead of a chunked outer-product scan (the chunked kernels take one key
-  and one value per step). Correct on every path (``MIMO``; strict xfail
-  ``test_a_rank_r_input_gets_the_chunked_outer_scan``).
 - Gated Slot Attention's softmax over slots written without a max, ``1 / sum(s2, exp(sc[s2] - sc[s]))``, is finite
   forward in fp32 but its gradient is 0 * inf = NaN once a score difference passes 88 (inputs of scale 10; float64
   too at scale 30): the spec's maths, as an unstabilised softmax in PyTorch. With the max written out (``GSA``)
@@ -305,9 +305,9 @@ CASES = {
     "linoss_im": (LINOSS_IM, Family.DENSE_SCAN),
     "linoss_imex": (LINOSS_IMEX, Family.DENSE_SCAN),
     "dpfp": (DPFP, Family.CHUNKED_DELTA),
-    # a known gap (see the docstring): a rank-R input runs the diagonal scan; a per-key decay times a rank-1 runs the
-    # chunked DPLR scan
-    "mimo": (MIMO, Family.DIAGONAL_SCAN),
+    # both were known gaps of this round (see the docstring): a rank-R input now runs the chunked outer-product scan
+    # as sub-steps, a per-key decay times a rank-1 the chunked DPLR scan
+    "mimo": (MIMO, Family.CHUNKED_OUTER),
     "kda_true": (KDA_TRUE, Family.CHUNKED_DPLR),
     "liquid": (LIQUID, Family.DIAGONAL_SCAN),
     "rebased": (REBASED, Family.CHUNKED_OUTER),
@@ -562,10 +562,12 @@ def test_linoss_blocks_get_an_eigenvalue_bound():
     assert (torch.linalg.eigvals(A[0, 0]).abs() < 1).all()
 
 
-@pytest.mark.xfail(strict=True, reason="found, not fixed: B u = sum_r k_r v_r^T (a rank-R input per step) is not one "
-                   "outer product, so split_outer gives up and the layer runs the elementwise diagonal scan")
 def test_a_rank_r_input_gets_the_chunked_outer_scan():
-    assert compile_text(MIMO, "mimo.dsf").structure.family == Family.CHUNKED_OUTER
+    """The fix: B u = sum_r k_r v_r^T with R queries per step runs the chunked outer-product scan, its why line
+    naming the rank axis (numbers: the parametrised tests above and tests/e2e/test_rank_r_inputs.py)."""
+    st = _compiled("mimo").structure
+    assert st.family == Family.CHUNKED_OUTER
+    assert "rank axis r" in st.family_reason and "output axis r" in st.family_reason
 
 
 # -- Aaren: quadratic attention (a KV cache, no fixed state) with a param query --------------------------------------
