@@ -1002,9 +1002,11 @@ def chunked_dplr_scan(
         o_t = q_t^T Gam(t<-start) S_0 + sum_(r<=t) q_t^T Gam(t<-r) (x_r w_r^T + k_r v_r^T)
         S_L = Gam(L<-start) S_0 + sum_r Gam(L<-r) (x_r w_r^T + k_r v_r^T)
 
-    The pairwise decays are one [L+1, L+1, K] tensor per chunk (``_segsum`` over the chunk's log-decays with the
-    chunk start prepended), so memory is B H T (L+1) K: the chunk is small (default 32). Only the K x K chunk-to-chunk
-    state recurrence is sequential (T / L steps). Accumulates in fp32 at least; differentiable with autograd.
+    The pairwise products sum_a u_t[a] w_r[a] Gam(t<-r)[a] (q and y against x and k) are ``_intra_diag_decay``'s
+    divide and conquer over the chunk, split at block boundaries so that both factors of every product are
+    exp(segment sum <= 0): no [L, L, K] tensor of pairwise decays (which took most of the time on CPU: 5-6x slower
+    at K = 64, L = 32). Only the K x K chunk-to-chunk state recurrence is sequential (T / L steps). Accumulates in
+    fp32 at least; differentiable with autograd.
 
     Precondition, not checked (a device sync per call otherwise): ``log_decay`` has no NaN or ``+inf``.
     """
@@ -1058,22 +1060,26 @@ def _dplr_scan_impl(q, k, v, x, y, g, h0, chunk):
         return t.reshape(B, nc, L, H, t.shape[-1]).permute(0, 3, 1, 2, 4)
 
     qc, kc, vc, xc, yc, gc = (chunked(t) for t in (q, k, v, x, y, g))
-    # index 0 is the chunk start (log decay 0), index e >= 1 is step e - 1: decay[e, e'] = Gam(e-1 <- e'-1), the
-    # product of d over the steps e'..e-1, 0 above the diagonal
-    g_ext = torch.cat([torch.zeros_like(gc[..., :1, :]), gc], dim=-2)
-    decay = torch.exp(_segsum(g_ext, dim=-2))  # [B, H, nc, L+1, L+1, K]
-    read = decay[..., :L, 1:, :]  # [s, r] = Gam(s-1 <- r): what the read at step s sees of step r < s (0 for r >= s)
-    read_start = decay[..., :L, 0, :]  # Gam(s-1 <- start)
-    out = decay[..., 1:, 1:, :]  # [t, r] = Gam(t <- r), r <= t
-    out_start = decay[..., 1:, 0, :]  # Gam(t <- start)
-    end = decay[..., L, 1:, :]  # Gam(L-1 <- r)
-    tot = decay[..., L, 0, :]  # Gam(L-1 <- start), [B, H, nc, K]
+    # decays from the chunk start / to the chunk end, per key: cumulative sums over the chunk's own steps (segment
+    # sums of log decays <= 0, so every factor is exp(<= 0); no prefix is ever divided by another)
+    upto = torch.cumsum(gc, dim=-2)  # sum over steps 0..t: Gam(t <- start)
+    # Gam(s-1 <- start), the steps before s: 1 at the first step
+    read_start = torch.cat([torch.ones_like(gc[..., :1, :]), torch.exp(upto[..., :-1, :])], dim=-2)
+    out_start = torch.exp(upto)
+    end = torch.exp(_rev_cumsum_exclusive(gc, dim=-2))  # Gam(L-1 <- r): the steps after r
+    tot = torch.exp(upto[..., -1, :])  # Gam(L-1 <- start), [B, H, nc, K]
 
-    # the contractions over K as products and sums in the [s, r, K] layout: einsum took them as batched matmuls over
-    # (b, h, c, r), which first copied the [s, r, K] tensors into that order (two thirds of the time on CPU)
-    y_read = yc.unsqueeze(-2) * read  # [B, H, nc, s, r, K]
-    l_yx = (y_read * xc.unsqueeze(-3)).sum(-1)  # strictly lower triangular
-    l_yk = (y_read * kc.unsqueeze(-3)).sum(-1)
+    # the pairwise per-key decayed products, sum_a u_t[a] w_r[a] Gam(t <- r)[a] for r <= t, by _intra_diag_decay's
+    # divide and conquer (O(K log L) elementwise work per token, not an [L, L, K] tensor): the outputs' q_t against
+    # x_r and k_r, and the reads' y_s against them, Gam(s-1 <- r) for r < s: y shifted one step earlier (row s-1
+    # of the result is read s), so the read's products are the same form one row down
+    y_next = torch.cat([yc[..., 1:, :], torch.zeros_like(yc[..., :1, :])], dim=-2)
+    pairs = _intra_diag_decay(torch.stack([qc, qc, y_next, y_next]), torch.stack([xc, kc, xc, kc]),
+                              gc.unsqueeze(0).expand(4, *gc.shape))
+    s_qx, s_qk = pairs[0], pairs[1]
+    zero_row = torch.zeros_like(pairs[2][..., :1, :])
+    l_yx = torch.cat([zero_row, pairs[2][..., :-1, :]], dim=-2)  # strictly lower triangular
+    l_yk = torch.cat([zero_row, pairs[3][..., :-1, :]], dim=-2)
     eye = torch.eye(L, dtype=q.dtype, device=q.device)
     rhs = torch.cat([torch.matmul(l_yk, vc), yc * read_start], dim=-1)
     sol = torch.linalg.solve_triangular(eye - l_yx, rhs, upper=False, unitriangular=True)
@@ -1090,9 +1096,6 @@ def _dplr_scan_impl(q, k, v, x, y, g, h0, chunk):
         S = torch.matmul(trans[:, :, c], S) + inject[:, :, c]
     S0 = torch.stack(starts, dim=2)  # [B, H, nc, K, V]
     W = w_v + torch.matmul(w_f, S0)
-    q_out = qc.unsqueeze(-2) * out  # [B, H, nc, t, r, K]
-    s_qx = (q_out * xc.unsqueeze(-3)).sum(-1)
-    s_qk = (q_out * kc.unsqueeze(-3)).sum(-1)
     o = torch.matmul(qc * out_start, S0) + torch.matmul(s_qx, W) + torch.matmul(s_qk, vc)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, nc * L, H, V)
     return (o[:, :T] if pad else o), S
