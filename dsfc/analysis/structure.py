@@ -508,17 +508,24 @@ def _diagonal_plus_rank_one(a: AStructure) -> RankOneBlock | None:
     return RankOneBlock(scale, row_vec, col_vec)
 
 
+def _outer_on_block_axes(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> OuterSplit | None:
+    """The outer-product split of B u and C as if A were diagonal (its block lives on the key axes only), when its
+    key axes are exactly A's mixed axes and it has no rank axes: several keys or queries per step run as sub-steps of
+    the outer-product scan only; the delta-rule and DPLR scans take one key, value and query per step."""
+    outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes) or outer.key_rank or outer.query_rank:
+        return None
+    return outer
+
+
 def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tuple[OuterSplit, DeltaSplit] | None:
     """DeltaNet's form: A = s (I - key f^T) (x) I_value per group with the *same* key that B u writes
     (B u = key (x) value), s constant over the key axes, C contracting the key axes. None otherwise."""
     parts = split_rank_one(a)
     if parts is None:
         return None
-    # the outer-product split of B u and C, as if A were diagonal (its block lives on the key axes only)
-    outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
-    # rank axes (several keys or queries per step) run as sub-steps of the outer-product scan only; the WY form
-    # takes one key per step
-    if outer is None or set(outer.key_axes) != set(a.mixed_axes) or outer.key_rank or outer.query_rank:
+    outer = _outer_on_block_axes(sym, a, bu, readout)
+    if outer is None:
         return None
     rows, cols = a.rows, a.cols
     key_rows = {rows[k] for k in outer.key_axes}
@@ -557,9 +564,8 @@ def split_dplr(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tu
     parts = _diagonal_plus_rank_one(a)
     if parts is None:
         return None
-    outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
-    if outer is None or set(outer.key_axes) != set(a.mixed_axes) or outer.key_rank or outer.query_rank:
-        # the scan takes one key, value and query per step (rank axes are sub-steps of the outer-product scan only)
+    outer = _outer_on_block_axes(sym, a, bu, readout)
+    if outer is None:
         return None
     rows, cols = a.rows, a.cols
     key_rows = {rows[k] for k in outer.key_axes}
