@@ -96,6 +96,9 @@ def test_random_dense_specs_match_reference(gen, shape):
     delta_rule = gen.labels["A"] in ("delta_rule", "gated_delta_rule")
     if delta_rule and gen.labels["write"] != "other_key":
         assert result.report.family == "chunked delta-rule scan", result.report.family_reason
+    elif delta_rule:
+        # B writes a key other than A's: not the WY delta rule, but diag(s) + x y^T with any rank-1 vectors
+        assert result.report.family == "chunked diagonal-plus-rank-1 scan", result.report.family_reason
     else:
         assert result.report.family == "dense scan", result.report.family_reason
     if delta_rule:
