@@ -6,6 +6,7 @@ so one run reports every independent syntax error, not just the first.
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -429,6 +430,16 @@ class _ToAst(Transformer):
             value = int(text)
         else:
             value = float(text)
+            # float() rounds out-of-range literals without a word: 1e400 -> inf, 1e-400 -> 0.0 (an eps that silently
+            # vanished, a division by it that became inf)
+            if math.isinf(value):
+                raise SpecError(f"number {text} overflows float64 (largest finite: about 1.8e308)", _span(meta))
+            if value == 0.0 and re.search(r"[1-9]", text.lower().split("e")[0]):
+                raise SpecError(
+                    f"number {text} underflows to 0 in float64 (smallest positive: about 4.9e-324); "
+                    "write 0 if 0 is meant",
+                    _span(meta),
+                )
         return ast.Num(value, span=_span(meta))
 
     def name(self, meta, children):

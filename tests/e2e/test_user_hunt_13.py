@@ -33,10 +33,12 @@ Found, NOT fixed:
   "Constraints violated (T) ... specialized it to be a constant": the scans unroll their chunk loops over T in
   Python. A dynamic batch exports. The README says "torch.export works at fixed shapes".
 - A parameter replaced by one of another shape (``m.D = nn.Parameter(torch.ones(5))``) fails inside the layer with
-  torch's broadcast or einsum error, not naming the parameter (as torch's own layers do).
+  torch's broadcast or einsum error, not naming the parameter (as torch's own layers do). (Fixed in the nineteenth
+  session: tests/e2e/test_param_shapes.py.)
 - ``load_state_dict(sd, strict=False)`` from a module of other dims raises torch's size-mismatch error after copying
   the parameters whose shapes match: the module is left half-loaded (torch's behaviour for every nn.Module).
-- ``1e-400`` in a spec is 0.0 (an fp64 underflow), without a word; ``1e400`` is refused as infinite.
+- ``1e-400`` in a spec is 0.0 (an fp64 underflow), without a word; ``1e400`` is refused as infinite. (Fixed in the
+  nineteenth session: both are refused at the literal, tests/lang/test_errors.py.)
 
 Checked clean (no change): spec params named ``self``, ``torch``, ``F``, ``math``, ``nn``, ``lambda``, ``super``,
 ``training``, ``forward``, ``to``, ``cuda``, ``float``, ``state_dict``, ``_parameters``, ``backend`` (renamed with a

@@ -151,7 +151,11 @@ CASES = [
     ("inexact-split", spec("dim H = 3", "dim K = d // H"), 5, 9, "dim 'K': 4 // 3 is not exact (4 is not a multiple"),
     ("dim-division-by-zero", spec("dim z = d / 0"), 4, 9, "division by zero in dim 'z'"),
     ("dim-overflow", spec("dim z = 10 ^ 400"), 4, 9, "dim 'z' is too large (overflows)"),
-    ("dim-huge-literal", spec("dim z = 1e400"), 4, 9, "dim 'z' is too large (overflows)"),
+    # float() rounds an out-of-range literal to inf / 0.0 without a word: refused where it is written
+    ("dim-huge-literal", spec("dim z = 1e400"), 4, 9, "number 1e400 overflows float64"),
+    ("overflowing-literal", spec(A="A[i, k] = 2.5e308 * delta(i, k)"), 4, 11, "number 2.5e308 overflows float64"),
+    ("underflowing-literal", spec(A="A[i, k] = 1e-400 * delta(i, k)"), 4, 11, "number 1e-400 underflows to 0"),
+    ("underflowing-fraction", spec(A="A[i, k] = 0.5e-330 * delta(i, k)"), 4, 11, "number 0.5e-330 underflows to 0"),
     ("dim-complex", spec("dim z = (0 - 8) ^ 0.5"), 4, 9, "dim 'z' is not a real number"),
     ("dim-log-zero", spec("dim z = log(0)"), 4, 9, "log(0) is undefined in dim 'z'"),
     ("dim-self-reference", spec("dim n = 2 * n"), 4, 13, "dim 'n' is defined in terms of itself"),
