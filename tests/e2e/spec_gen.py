@@ -693,3 +693,355 @@ def ssd_specs(draw) -> GenSpec:
 
 
 any_specs = st.one_of(diagonal_specs(), outer_specs(), dense_specs(), ssd_specs())
+
+
+# -- the families and grammar the four generators above do not draw ------------------------------------------------
+# (tests/e2e/test_properties_2.py checks them; each GenSpec's labels["family"] is the family the analysis must pick)
+
+KEY_DIMS = [1, 2, 3, 5]  # odd key widths: 1 (a scalar key) and 5 (no power of two), as the chunked scans must take
+
+
+def _heads(draw, b: _Builder, labels, allow_none=True):
+    """Head axes: none, H heads, or H = G * R heads whose keys / queries are shared by groups of R (GQA / Mamba-2
+    style). Returns (hax, kax, ksub, hn): the head axes, the axes the shared lets live on, how matrices index them,
+    the head names."""
+    kind = draw(st.sampled_from(["none", "heads", "grouped"] if allow_none else ["heads", "grouped"]))
+    labels["heads"] = kind
+    if kind == "none":
+        return [], [], [], []
+    if kind == "grouped":
+        b.dim("G", draw(st.integers(1, 2)))
+        b.dim("R", draw(st.integers(1, 2)))
+        b.dim("H", "G * R")
+        return [("h", "H")], [("g", "G")], ["h // R"], ["h"]
+    b.dim("H", draw(st.integers(1, 3)))
+    return [("h", "H")], [("h", "H")], ["h"], ["h"]
+
+
+def _l2_key(b: _Builder, kax, stem="k") -> str:
+    """An L2-normalised key over kax + [a] (the +1 keeps the norm away from 0); returns the let's name."""
+    kn = [n for n, _ in kax]
+    kr = b.let(stem + "r", kax + [("a", "K")], _projection(b, kax + [("a", "K")]))
+    return b.let(stem, kax + [("a", "K")], f"{_sub(kr, kn + ['a'])} / sqrt(1 + sum(a3, {_sub(kr, kn + ['a3'])} ^ 2))")
+
+
+def _value(draw, b: _Builder, hax, rank=()) -> str:
+    """The value factor of B u over hax (+ rank axes) + [b]: a let of a projection or W_V[.., b, m] inline."""
+    hn = [n for n, _ in hax] + [n for n, _ in rank]
+    if draw(st.booleans()):
+        wv = b.param("W_V", [d for _, d in hax] + [d for _, d in rank] + ["V", "M"], "~ normal(0, 1)")
+        return f"{wv}[{_idx(hn + ['b', 'm'])}]"
+    fv = draw(st.sampled_from(["id", "silu", "tanh"]))
+    v = b.let("v", hax + list(rank) + [("b", "V")], FMAPS[fv].format(X=_projection(b, hax + list(rank) + [("b", "V")])))
+    return _sub(v, hn + ["b"])
+
+
+def _posts(draw, b: _Builder, labels, out_axes) -> None:
+    """Sometimes (1 in 3) post-ops on an output y[out_axes]: a sigmoid / silu gate of a projection, an RMSNorm over
+    the last axis (with a learned weight), then maybe an out-projection to Z features."""
+    if draw(st.integers(0, 2)) != 0:
+        return
+    names = [n for n, _ in out_axes]
+    decl = ", ".join(f"{n}: {d}" for n, d in out_axes)
+    cur = "y"
+    kinds = draw(st.lists(st.sampled_from(["gate", "rmsnorm"]), min_size=1, max_size=2))
+    for kind in kinds:
+        new = b.fresh("p")
+        if kind == "gate":
+            fm = draw(st.sampled_from(["silu", "sigmoid"]))
+            gate = FMAPS[fm].format(X=_projection(b, out_axes))
+            b.extra.append(f"post {new}[{decl}] = {cur}[{_idx(names)}] * {gate}")
+        else:  # RMSNorm over the last output axis, eps 1e-5, weight per feature
+            last, dl = out_axes[-1]
+            w = b.param("norm_w", [dl], "~ uniform(0.5, 1.5)")
+            ms = f"sum(x9, {cur}[{_idx(names[:-1] + ['x9'])}] ^ 2) / {dl}"
+            b.extra.append(f"post {new}[{decl}] = {cur}[{_idx(names)}] / sqrt({ms} + 1e-5) * {w}[{last}]")
+        cur = new
+    if draw(st.booleans()):
+        b.dim("Z", draw(st.integers(1, 3)))
+        w = b.param("W_out", ["Z"] + [d for _, d in out_axes], "~ normal(0, 0.7)")
+        body = f"{w}[{_idx(['z'] + names)}] * {cur}[{_idx(names)}]"
+        for n in reversed(names):
+            body = f"sum({n}, {body})"
+        b.extra.append(f"post {b.fresh('out')}[z: Z] = {body}")
+    labels["posts"] = "+".join(kinds)
+
+
+def _c_rows(heads: bool, rows, query: str, gate: str, qaxes=()) -> tuple[str, list]:
+    """C of a multi-head (or single-head) outer-product state: y[o, (r,) e] = q . S[h, :, b]; returns (C line, the
+    output axes)."""
+    out = ([("o", "H")] if heads else []) + list(qaxes) + [("e", "V")]
+    on = [n for n, _ in out]
+    lhs = f"({_idx(on)})" if len(on) > 1 else on[0]
+    deltas = ("delta(o, h) * " if heads else "") + "delta(e, b)"
+    return f"C[{lhs}, ({_idx(rows)})] = {deltas}{query}{gate}", out
+
+
+@st.composite
+def dplr_specs(draw) -> GenSpec:
+    """Chunked diagonal-plus-rank-1 (DPLR): A = diag(al) + x y^T per head on the key axis, identity on the value axis,
+    with a per-key decay al drawn from the decay grammar (``_decay_expr``) as a let. Forms: Kimi Delta Attention in
+    the paper's order ((I - be k k^T) diag(al)) and the other (diag(al) (I - be k k^T)), both writing be k v^T; and
+    RWKV-7's diag(w) - kap (ia kap)^T with B writing another key. Keys shared by groups of heads, value-first state
+    layouts, odd key widths, D, output gates and posts. A decay that is constant along the keys ('const') makes the
+    KDA forms a gated delta rule (chunked delta-rule family); every other draw must be the DPLR family."""
+    b = _Builder("RandDPLR", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    hax, kax, ksub, hn = _heads(draw, b, labels)
+    b.dim("K", draw(st.sampled_from(KEY_DIMS)))
+    b.dim("V", draw(st.integers(1, 3)))
+    value_first = draw(st.booleans())
+    state_axes = hax + ([("b", "V"), ("a", "K")] if value_first else [("a", "K"), ("b", "V")])
+    labels["value_first"] = value_first
+    form = draw(st.sampled_from(["kda", "kda_other", "rwkv7"]))
+    labels["form"] = form
+    k = _l2_key(b, kax)
+
+    def K_(i):
+        return _sub(k, ksub + [i])
+
+    dec, _, dkind = draw(_decay_expr(b, hax + [("a", "K")], allow_identity=False))
+    labels["decay"] = dkind
+    al = b.let("al", hax + [("a", "K")], dec)
+
+    def AL(i):
+        return _sub(al, hn + [i])
+
+    be = b.let("be", hax, f"sigmoid({_projection(b, hax)})")
+    BE = _sub(be, hn)
+    if form == "kda":
+        block = f"(delta(a, a2) - {BE} * {K_('a')} * {K_('a2')}) * {AL('a2')}"
+    elif form == "kda_other":
+        block = f"{AL('a')} * (delta(a, a2) - {BE} * {K_('a')} * {K_('a2')})"
+    else:
+        ia = b.let("ia", hax + [("a", "K")], f"sigmoid({_projection(b, hax + [('a', 'K')])})")
+        block = f"(delta(a, a2) * {AL('a')} - {K_('a')} * {_sub(ia, hn + ['a2'])} * {K_('a2')})"
+    rows = [n for n, _ in state_axes]
+    cols = [f"{n}2" for n in rows]
+    deltas = ("delta(h, h2) * " if hax else "") + "delta(b, b2)"
+    b.matrices.append(f"A[({_idx(rows)}), ({_idx(cols)})] = {deltas} * {block}")
+    v = _value(draw, b, hax)
+    if form == "rwkv7":
+        kw = b.let("kw", kax + [("a", "K")], _projection(b, kax + [("a", "K")]))
+        b.matrices.append(f"B[({_idx(rows)}), m] = {v} * {_sub(kw, ksub + ['a'])}")
+    else:
+        b.matrices.append(f"B[({_idx(rows)}), m] = {BE} * {K_('a')} * {v}")
+    fq = draw(st.sampled_from(sorted(FMAPS)))
+    q = b.let("q", kax + [("a", "K")], FMAPS[fq].format(X=_projection(b, kax + [("a", "K")])))
+    gate = _output_gate(draw, b, labels, hax + [("b", "V")], (["o"] if hax else []) + ["e"])
+    line, out_axes = _c_rows(bool(hax), rows, f" * {_sub(q, ksub + ['a'])}", gate)
+    b.matrices.append(line)
+    if draw(st.booleans()):
+        labels["D"] = True
+        wd = b.param("W_D", [d for _, d in out_axes] + ["M"], "~ normal(0, 1)")
+        on = [n for n, _ in out_axes]
+        b.matrices.append(f"D[{'(' + _idx(on) + ')' if len(on) > 1 else on[0]}, m] = {wd}[{_idx(on + ['m'])}]")
+    _posts(draw, b, labels, out_axes)
+    family = "chunked delta-rule scan" if dkind == "const" and form != "rwkv7" else \
+        "chunked diagonal-plus-rank-1 scan"
+    labels["family"] = family
+    io = ["input u[M]", f"state S{_decl_axes(state_axes)}", f"output y{_decl_axes(out_axes)}"]
+    return GenSpec(b.render(io), "dplr", labels)
+
+
+@st.composite
+def rank_specs(draw) -> GenSpec:
+    """Rank-R inputs and R queries per step (Mamba-3's MIMO SSD): B u = beta sum_r k_r v_r^T and / or C reading the
+    state with R queries (output y[o, r, e]), with a decay per head, per key, none, or signed (tanh, not provably
+    >= 0), keys maybe L2-normalised or shared by groups of heads, readout pre sometimes. At least one of the two rank
+    forms; the family must stay the chunked outer-product scan."""
+    b = _Builder("RandRank", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    hax, kax, ksub, hn = _heads(draw, b, labels, allow_none=False)
+    b.dim("K", draw(st.sampled_from(KEY_DIMS)))
+    b.dim("V", draw(st.integers(1, 3)))
+    rank_b, multi_q = draw(st.sampled_from([(True, True), (True, False), (False, True)]))
+    labels["rank"] = f"B{int(rank_b)}/Q{int(multi_q)}"
+    b.dim("Rk", draw(st.integers(1, 3)))
+    b.dim("Rq", draw(st.integers(1, 3)))
+    rk = [("r", "Rk")] if rank_b else []
+    rq = [("s", "Rq")] if multi_q else []
+    kr = b.let("k", kax + rk + [("a", "K")], FMAPS[draw(st.sampled_from(sorted(FMAPS)))].format(
+        X=_projection(b, kax + rk + [("a", "K")])))
+    ksubs = ksub + [n for n, _ in rk] + ["a"]
+    key = _sub(kr, ksubs)
+    q = b.let("q", kax + rq + [("a", "K")], _projection(b, kax + rq + [("a", "K")]))
+    state_axes = draw(st.permutations([("h", "H"), ("a", "K"), ("b", "V")]))
+    rows = [n for n, _ in state_axes]
+    cols = [f"{n}2" for n in rows]
+    dkind = draw(st.sampled_from(["head", "key", "none", "signed_head", "signed_key"]))
+    labels["decay"] = dkind
+    if dkind == "none":
+        decay = "1"
+    elif dkind.startswith("signed"):
+        dax = hax + ([("a", "K")] if dkind == "signed_key" else [])
+        decay = f"tanh({_projection(b, dax, bias=True)})"
+    else:
+        decay, _, _ = draw(_decay(b, hax + ([("a", "K")] if dkind == "key" else []), allow_identity=False))
+    deltas = " * ".join(f"delta({n}, {n}2)" for n in rows)
+    b.matrices.append(f"A[({_idx(rows)}), ({_idx(cols)})] = {deltas} * ({decay})")
+    beta = ""
+    if draw(st.booleans()):
+        dt = b.let("dt", hax, f"softplus({_projection(b, hax)})")
+        beta = f"{_sub(dt, hn)} * "
+    v = _value(draw, b, hax, rk)
+    term = f"{key} * {v}"
+    b.matrices.append(f"B[({_idx(rows)}), m] = {beta}" + (f"sum(r, {term})" if rank_b else term))
+    gate = _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "e"]) if not multi_q else ""
+    line, out_axes = _c_rows(True, rows, f" * {_sub(q, ksub + [n for n, _ in rq] + ['a'])}", gate, rq)
+    b.matrices.append(line)
+    if draw(st.integers(0, 3)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    labels["family"] = "chunked outer-product scan"
+    io = ["input u[M]", f"state S{_decl_axes(state_axes)}", f"output y{_decl_axes(out_axes)}"]
+    return GenSpec(b.render(io), "rank", labels)
+
+
+@st.composite
+def attention_specs(draw) -> GenSpec:
+    """Quadratic attention: a state on the infinite feature range taylor(K, inf). Softmax (cumsum normaliser,
+    A = eta_prev / eta), decayed softmax (FoX: a data-dependent forget gate f, scan(f, kf) normaliser,
+    A = f eta_prev / eta), ALiBi (a constant per-head gate) and the un-normalised decayed kernel (A = f I, no
+    normaliser); keys / queries maybe shared by groups of heads, values inline or a let, output gates and posts.
+    The family must be quadratic attention."""
+    b = _Builder("RandAttn", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    hax, kax, ksub, hn = _heads(draw, b, labels, allow_none=False)
+    b.dim("K", draw(st.sampled_from(KEY_DIMS)))
+    b.dim("V", draw(st.integers(1, 3)))
+    kind = draw(st.sampled_from(["softmax", "fox", "alibi", "unnormalised"]))
+    labels["attention"] = kind
+    q = b.let("q", kax + [("a", "K")], _projection(b, kax + [("a", "K")]))
+    k = b.let("k", kax + [("a", "K")], _projection(b, kax + [("a", "K")], bias=draw(st.booleans())))
+    feat = [("h", "H"), ("e", "taylor(K, inf)")]
+    qf = b.let("qf", feat, f"taylor(a, {_sub(q, ksub + ['a'])})")
+    kf = b.let("kf", feat, f"taylor(a, {_sub(k, ksub + ['a'])})")
+    f = None
+    if kind == "fox" or kind == "unnormalised":
+        fm = draw(st.sampled_from(["sigmoid({X})", "exp(-softplus({X}))", "exp(logsigmoid({X}) / 2)"]))
+        f = _sub(b.let("f", hax, fm.format(X=_projection(b, hax, bias=True))), hn)
+    elif kind == "alibi":
+        s = b.param("slope", ["H"], "~ uniform(0.1, 1)")
+        f = f"exp(-{s}[h])"
+    rows = ["h", "e", "b"]
+    state = [("h", "H"), ("e", "taylor(K, inf)"), ("b", "V")]
+    v = _value(draw, b, hax)
+    deltas = "delta(h, h2) * delta(e, e2) * delta(b, b2)"
+    if kind == "unnormalised":
+        a_expr = f
+        b_expr = f"{kf}[h, e] * {v}"
+    else:
+        z = b.let("z", feat, f"cumsum({kf}[h, e])" if f is None else f"scan({f}, {kf}[h, e])")
+        eta = b.let("eta", hax, f"sum(e, {qf}[h, e] * {z}[h, e])")
+        eta_prev = b.let("eta_prev", hax, f"prev({eta}[h])")
+        a_expr = (f"{f} * " if f is not None else "") + f"{eta_prev}[h] / {eta}[h]"
+        b_expr = f"{kf}[h, e] * {v} / {eta}[h]"
+    b.matrices.append(f"A[(h, e, b), (h2, e2, b2)] = {deltas} * {a_expr}")
+    b.matrices.append(f"B[(h, e, b), m] = {b_expr}")
+    gate = _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "c"])
+    b.matrices.append(f"C[(o, c), (h, e, b)] = delta(o, h) * delta(c, b) * {qf}[h, e]{gate}")
+    out_axes = [("o", "H"), ("c", "V")]
+    _posts(draw, b, labels, out_axes)
+    labels["family"] = "quadratic attention"
+    io = ["input u[M]", f"state S{_decl_axes(state)}", f"output y{_decl_axes(out_axes)}"]
+    return GenSpec(b.render(io), "attention", labels)
+
+
+@st.composite
+def linear_attention_specs(draw) -> GenSpec:
+    """Chunked outer-product scan forms outer_specs does not draw: signed decays (tanh per head or per key: scanned
+    as log|decay| with the signs folded into q and k), a decayed running normaliser (z = scan(f, k), eta = q . z,
+    A = f eta_prev / eta, B = k v^T / eta), readout pre, posts (gates, RMSNorm, out-projection), odd key widths and
+    keys shared by groups of heads. The family must be the chunked outer-product scan."""
+    b = _Builder("RandLin", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    hax, kax, ksub, hn = _heads(draw, b, labels)
+    b.dim("K", draw(st.sampled_from(KEY_DIMS)))
+    b.dim("V", draw(st.integers(1, 3)))
+    state_axes = draw(st.permutations(hax + [("a", "K"), ("b", "V")]))
+    rows = [n for n, _ in state_axes]
+    cols = [f"{n}2" for n in rows]
+    kind = draw(st.sampled_from(["signed_head", "signed_key", "signed_static", "scan_norm"]))
+    labels["decay"] = kind
+    pos = kind == "scan_norm"
+    fq = draw(st.sampled_from(["elu1", "sigmoid"] if pos else sorted(FMAPS)))
+    fk = draw(st.sampled_from(["elu1", "sigmoid"] if pos else sorted(FMAPS)))
+    q = b.let("q", kax + [("a", "K")], FMAPS[fq].format(X=_projection(b, kax + [("a", "K")])))
+    k = b.let("k", kax + [("a", "K")], FMAPS[fk].format(X=_projection(b, kax + [("a", "K")], bias=True)))
+    v = _value(draw, b, hax)
+    Q, Kk = _sub(q, ksub + ["a"]), _sub(k, ksub + ["a"])
+    if kind == "scan_norm":
+        f = _sub(b.let("f", hax, f"sigmoid({_projection(b, hax, bias=True)})"), hn)
+        z = b.let("z", hax + [("a", "K")], f"scan({f}, {Kk})")  # the decayed history of the keys, per head
+        eta = _sub(b.let("eta", hax, f"sum(a, {Q} * {_sub(z, hn + ['a'])})"), hn)
+        eta_prev = _sub(b.let("eta_prev", hax, f"prev({eta})"), hn)
+        decay = f"{f} * {eta_prev} / {eta}"
+        bexpr = f"{Kk} * {v} / {eta}"
+    else:
+        if kind == "signed_static":  # a learned factor in (-1, 1) per head (or a scalar)
+            p = b.param("rho", [d for _, d in hax], "~ uniform(-1, 1)")
+            decay = f"tanh({_sub(p, hn)})"
+        else:
+            dax = hax + ([("a", "K")] if kind == "signed_key" else [])
+            decay = f"tanh({_projection(b, dax, bias=True)})"
+        beta = ""
+        if draw(st.booleans()):
+            beta = f"{_sub(b.let('beta', hax, f'sigmoid({_projection(b, hax)})'), hn)} * "
+        bexpr = f"{beta}{Kk} * {v}"
+    deltas = " * ".join(f"delta({n}, {n}2)" for n in rows)
+    b.matrices.append(f"A[({_idx(rows)}), ({_idx(cols)})] = {deltas} * ({decay})")
+    b.matrices.append(f"B[({_idx(rows)}), m] = {bexpr}")
+    gate = _output_gate(draw, b, labels, hax + [("b", "V")], (["o"] if hax else []) + ["e"])
+    line, out_axes = _c_rows(bool(hax), rows, f" * {Q}", gate)
+    b.matrices.append(line)
+    if kind != "scan_norm" and draw(st.integers(0, 2)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    _posts(draw, b, labels, out_axes)
+    labels["family"] = "chunked outer-product scan"
+    io = ["input u[M]", f"state S{_decl_axes(state_axes)}", f"output y{_decl_axes(out_axes)}"]
+    return GenSpec(b.render(io), "linear", labels)
+
+
+@st.composite
+def complex_specs(draw) -> GenSpec:
+    """Complex-diagonal states written as real 2x2 rotation-scaling blocks (LRU): state h[j: N, s: 2], A =
+    delta(j, j2) r[j] (delta(s, s2) cos(th[j]) + (s - s2) sin(th[j])), with r and th static (params) or
+    input-dependent. Family: the dense scan (A couples the s axis), with |lambda| = r."""
+    b = _Builder("RandComplex", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    b.dim("N", draw(st.integers(1, 3)))
+    rkind = draw(st.sampled_from(["static", "input"]))
+    tkind = draw(st.sampled_from(["static", "input"]))
+    labels["r/th"] = f"{rkind}/{tkind}"
+    if rkind == "static":
+        p = b.param("nu", ["N"], "~ normal(0, 1)")
+        r = b.let("r", [("j", "N")], f"exp(-exp({p}[j]))")
+    else:
+        r = b.let("r", [("j", "N")], f"sigmoid({_projection(b, [('j', 'N')], bias=True)})")
+    if tkind == "static":
+        th = b.param("theta", ["N"], "~ uniform(0, 3)")
+    else:
+        th = b.let("th", [("j", "N")], _projection(b, [("j", "N")]))
+    b.matrices.append(f"A[(j, s), (j2, s2)] = delta(j, j2) * {r}[j] * (delta(s, s2) * cos({th}[j]) + "
+                      f"(s - s2) * sin({th}[j]))")
+    wr = b.param("B_re", ["N", "M"], "~ normal(0, 0.7)")
+    wi = b.param("B_im", ["N", "M"], "~ normal(0, 0.7)")
+    b.matrices.append(f"B[(j, s), m] = delta(s, 0) * {wr}[j, m] + delta(s, 1) * {wi}[j, m]")
+    b.dim("Q", draw(st.integers(1, 3)))
+    cr = b.param("C_re", ["Q", "N"], "~ normal(0, 0.7)")
+    ci = b.param("C_im", ["Q", "N"], "~ normal(0, 0.7)")
+    b.matrices.append(f"C[o, (j, s)] = delta(s, 0) * {cr}[o, j] - delta(s, 1) * {ci}[o, j]")
+    if draw(st.booleans()):
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    _posts(draw, b, labels, [("o", "Q")])
+    labels["family"] = "dense scan"
+    io = ["input u[M]", "state h[j: N, s: 2]", "output y[o: Q]"]
+    return GenSpec(b.render(io), "complex", labels)
