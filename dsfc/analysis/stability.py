@@ -631,12 +631,59 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     det = simplify(sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
     prover = IntervalProver(sym)
     iv = prover.range(det)
+    why = ""
+    if iv.hi > 1 or (iv.hi == 1 and not iv.hi_open):
+        below = _ratio_below_one(sym, prover, sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
+        if below is not None:
+            iv, why = _intersect(iv, below[0]), below[1]
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     verdict = _verdict([iv])
     mag = Interval(math.sqrt(max(iv.lo, 0)), math.sqrt(iv.hi) if iv.hi != INF else INF, iv.lo_open, iv.hi_open)
     return EigenBound(verdict, str(mag),
                       f"2x2 rotation-scaling blocks (a complex diagonal): |lambda|^2 = det = {spec_str(det)} in {iv} "
-                      f"({facts})")
+                      f"{why}({facts})")
+
+
+def _rational_lets_inlined(sym: SymSpec, expr, rounds: int = 4):
+    """``expr`` with the lets whose definitions are rational in other reads (no function call, no sum: S4D-Inv's
+    bilinear ``ar = (1 - p^2 - q^2) / den``, ``den = (1 - p)^2 + q^2``) replaced by them, ``rounds`` levels deep.
+    Lets with an exp, a sigmoid, ... stay names, each with the range its definition gives."""
+    lets = {let.tensor.name: let for let in sym.lets if not let.running and let.feature is None}
+
+    def rational(x):
+        if not (isinstance(x, sp.Indexed) and str(x.base.label) in lets):
+            return None
+        value = lets[str(x.base.label)].value_at(x.indices)
+        return value if not value.atoms(sp.Function) and not value.has(sp.Sum) else None
+
+    for _ in range(rounds):
+        new = expr.replace(lambda x: rational(x) is not None, rational)
+        if new == expr:
+            break
+        expr = new
+    return expr
+
+
+def _ratio_below_one(sym: SymSpec, prover: IntervalProver, expr) -> tuple[Interval, str] | None:
+    """An upper bound 1 on ``expr`` from its form as one fraction N / D: with D > 0 and D - N >= 0 (> 0), expr <= 1
+    (< 1). The bilinear transform's |(1 + z) / (1 - z)|^2 = ((1 + p)^2 + q^2) / ((1 - p)^2 + q^2) with p < 0 is this
+    (D - N = -4 p): interval arithmetic reads N and D apart ([0, inf) / (1, inf)) and could not bound it by 1."""
+    inlined = _rational_lets_inlined(sym, expr)
+    if sp.count_ops(inlined) > INLINE_MAX_OPS:
+        return None
+    try:
+        num, den = sp.fraction(sp.cancel(sp.together(inlined)))
+        gap = den - num
+        d_iv = _intersect(prover.range(sp.factor(den)), prover.range(sp.expand(den)))
+        g_iv = _intersect(prover.range(sp.factor(gap)), prover.range(sp.expand(gap)))
+    except (TypeError, ValueError, sp.PolynomialError):
+        return None
+    if not (d_iv.lo > 0 or (d_iv.lo == 0 and d_iv.lo_open)) or g_iv.lo < 0:
+        return None
+    strict = g_iv.lo > 0 or g_iv.lo_open
+    return (Interval(-INF, 1.0, True, strict),
+            f"({'<' if strict else '<='} 1: det = N / D = ({spec_str(num)}) / ({spec_str(den)}), D in {d_iv}, "
+            f"D - N = {spec_str(sp.factor(gap))} in {g_iv}) ")
 
 
 def _jury(sym: SymSpec, m) -> EigenBound | None:
