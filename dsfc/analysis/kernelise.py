@@ -8,7 +8,9 @@ phi(x) . phi(y) = exp(x . y / sqrt(K)). A spec is kernelisable when
   feature: g multiplies every feature of the running sum alike, so z_i = sum_(j<=i) exp(G_i - G_j) phi(k_j) with
   G the cumulative log g);
 - every other let that reads one is a kernel sum ``sum(f, phi(x)[.., f] * psi[.., f])`` with psi = phi(y) or a
-  cumsum of phi(y) (computed as a causal log-sum-exp of scores, and carried as its log: a *log let*);
+  cumsum of phi(y) (computed as a causal log-sum-exp of scores, and carried as its log: a *log let*), plus
+  optionally a provably positive term without the feature range (an attention sink ``+ exp(s[h])``: its log joins
+  the log-sum-exp through logaddexp);
 - A is ``c * prev(X) / X`` or ``c`` per group (X a kernel sum, c > 0 a per-step factor per group, either part may
   be absent): log A splits into log X_(i-1) - log X_i, whose segment sum over (j, i] telescopes to log X_j - log X_i,
   and the per-step log-decay log c, whose segment sum is G_i - G_j (G its cumulative sum). B u = phi(k)[g, f] *
@@ -41,7 +43,8 @@ class Kernelised:
     key: SymLet  # the feature-map let B writes (phi(k)); its vectors are the KV cache
     histories: tuple[str, ...]  # cumsum lets over ``key``: represented by the key history
     log_lets: tuple[str, ...]  # lets computed and carried as their logarithm (kernel sums, prev of them)
-    kernel_sums: tuple[tuple[str, str, str, bool], ...]  # (let, query-side let, key-side let, over history)
+    # (let, query-side let, key-side let, over history, log of a positive term added to the sum or None)
+    kernel_sums: tuple[tuple[str, str, str, bool, sp.Expr | None], ...]
     value: sp.Expr  # over the group + value row symbols, log lets substituted
     value_log: sp.Expr  # log of the positive factors of the value (over group row symbols), moved into col
     row_log: sp.Expr  # per query step i (group row symbols)
@@ -107,13 +110,18 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
             continue
         if not reads & infinite:
             continue
-        ok = not x.running and isinstance(x.expr, sp.Sum) and len(x.expr.limits) == 1
-        fs = sp.Mul.make_args(x.expr.function) if ok else ()
+        # a kernel sum, plus optionally a positive term without the feature range (an attention sink: softmax's
+        # denominator gains exp(s), as in gpt-oss's learned sinks or softmax1's + 1); the rest is carried as a log
+        terms = sp.Add.make_args(x.expr) if not x.running else ()
+        sums = [t for t in terms if isinstance(t, sp.Sum) and len(t.limits) == 1]
+        extra = sp.Add(*[t for t in terms if t not in sums])
+        ok = len(sums) == 1 and not ({_name(e) for e in _reads(extra)} & (infinite | set(log_lets)))
+        fs = sp.Mul.make_args(sums[0].function) if ok else ()
         names = [_name(f) for f in fs]
         if not ok or len(fs) != 2 or not all(m in infinite for m in names):
             _fail(sym, f"let {n!r} reads a let on an infinite feature range; only a kernel sum "
                   "sum(f, phi(x)[.., f] * phi(y)[.., f]) (or with a cumsum of phi(y)) can be kernelised", x.tensor.span)
-        var = x.expr.limits[0][0]
+        var = sums[0].limits[0][0]
         maps = [lets[hist_of.get(m, m)] for m in names]
         at = [f.indices[lets[m].feature.axis] if m not in hist_of else
               f.indices[next(k for k, ax in enumerate(lets[m].tensor.axes) if is_infinite_range(ax.extent))]
@@ -123,7 +131,14 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
                   "same feature map", x.tensor.span)
         q_side = [m for m in names if m not in hist_of]
         k_side = [m for m in names if m in hist_of] or q_side[1:]
-        kernel_sums.append((n, q_side[0], hist_of.get(k_side[0], k_side[0]), k_side[0] in hist_of))
+        extra_log = None if extra == 0 else exact_log(extra, sym) if not extra.is_number else (
+            sp.log(extra) if extra.is_positive else None)
+        if extra != 0 and extra_log is None:
+            _fail(sym, f"let {n!r}: the term {sp.sstr(extra)} added to the kernel sum is not provably positive; the "
+                  "kernel sum is carried as its logarithm, so the whole let must be positive", x.tensor.span,
+                  hint="write the added term as exp(...), sigmoid(...), a positive constant or a product of such "
+                  "factors (an attention sink: + exp(s[h]))")
+        kernel_sums.append((n, q_side[0], hist_of.get(k_side[0], k_side[0]), k_side[0] in hist_of, extra_log))
         log_lets.append(n)
     m_b, m_c = sym.matrices["B"], sym.matrices["C"]
     if sym.readout == "pre":

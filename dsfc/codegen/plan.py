@@ -1007,11 +1007,16 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         elif name in hist:
             lets.append(LetPlan(name, py_name(kern.key.tensor.name), src, "history"))
         elif any(ks[0] == name for ks in kern.kernel_sums):
-            _, qn, kn, over = next(ks for ks in kern.kernel_sums if ks[0] == name)
+            _, qn, kn, over, extra_log = next(ks for ks in kern.kernel_sums if ks[0] == name)
             other = py_name(next(h for h in hist) if over else kn)
             gcum = ", _gcum" if over and kern.history_decayed else ""  # a scan history: weights exp(G_i - G_j)
             code = f"_log_sum({py_name(qn)}, {other}, {length} ** -0.5, {over}{gcum})" \
                 + ("" if not let.index else f".reshape({shape})")
+            if extra_log is not None:  # + a positive term (an attention sink): log(e^lse + e^extra_log)
+                extra = print_over(pr, sym, extra_log, let.index, [a.extent for a in let.tensor.axes], let_sizes)
+                extra = f"torch.as_tensor({extra}, dtype=_dtype, device=_dev)" if not sp.S(extra_log).has(
+                    sp.Indexed) and not any(str(x) in pr.tensors for x in sp.S(extra_log).free_symbols) else extra
+                code = f"torch.logaddexp({code}, {extra})"
             lets.append(LetPlan(name, code, src, "log"))
         elif let.running == "prev":
             lets.append(LetPlan(name, "", src, "prev", [pr.print(a, let.index, let_sizes) for a in let.args], shape))

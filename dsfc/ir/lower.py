@@ -89,7 +89,14 @@ def _kernel_sum_positive(expr: sp.Expr, lets, defaults: dict) -> str | None:
     """Why ``sum(f, phi(x)[f] * psi[f])`` is positive, when psi is phi(y), a cumsum of phi(y), or a decayed history
     scan(g, phi(y)) with g > 0 (a positive combination of kernel values), for the same Taylor feature map of even (or
     infinite) order: phi(x).phi(y) = sum_{r<=p} s^r / r! has no real root for even p (and is exp(s) for p = inf).
-    None when the expression is not such a kernel sum or the order is odd or symbolic."""
+    None when the expression is not such a kernel sum or the order is odd or symbolic. A kernel sum plus terms
+    sympy proves nonnegative (an attention sink, ``+ exp(s[h])``) is positive too."""
+    if isinstance(expr, sp.Add):
+        why = [r for r in (_kernel_sum_positive(t, lets, defaults) for t in expr.args) if r]
+        rest = [t for t in expr.args if _kernel_sum_positive(t, lets, defaults) is None]
+        if why and all(t.is_nonnegative for t in rest):
+            return why[0] + (" plus nonnegative terms" if rest else "")
+        return None
     if not isinstance(expr, sp.Sum) or len(expr.limits) != 1:
         return None
     var = expr.limits[0][0]

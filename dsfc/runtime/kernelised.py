@@ -129,8 +129,11 @@ def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: tor
     T, S = q.shape[1], k.shape[1]
     out = []
     for t0, t1, s1 in _blocks(T, S):
-        w = _causal_scores(q[:, t0:t1], k[:, :s1], scale) + row[:, t0:t1].permute(0, 2, 1)[..., None]
-        w = w + _decay(gcum, T, t0, t1, s1, w.dtype)
+        # (score + decay) first, rounded exactly as kernel_log_sum rounds it before its log-sum-exp: the row (minus
+        # that log-sum-exp) then cancels the largest weight's exponent to 0 exactly. Added the other way round, each
+        # fp32 weight carried the rounding of a sum of magnitude |score| (2e-5 relative at ALiBi scores of ~1e3)
+        w = _causal_scores(q[:, t0:t1], k[:, :s1], scale) + _decay(gcum, T, t0, t1, s1, q.dtype)
+        w = w + row[:, t0:t1].permute(0, 2, 1)[..., None]
         if col is not None:
             w = w + col[:, :s1].permute(0, 2, 1)[:, :, None, :]
         m = w.amax(-1, keepdim=True).detach()  # the row maximum: an exact shift, so exp never overflows

@@ -108,9 +108,10 @@ def _weights(q, k, row, col, gq, gk, qi, kj, T, S, scale, HAS_DECAY: tl.constexp
     query qi (after it, or beyond S or T). q [BM, BK], k [BN, BK] in the operand dtype; row [BM], col [BN] in DTYPE;
     HAS_DECAY: gq [BM], gk [BN] the cumulative log-decays in fp64, subtracted in fp64 before the cast (G itself may
     be ~1e5 after a long sequence, where fp32 would keep no digit of a difference ~1)."""
-    w = _dot(q, tl.trans(k), HALF, DTYPE) * scale + row[:, None] + col[None, :]
-    if HAS_DECAY:
+    w = _dot(q, tl.trans(k), HALF, DTYPE) * scale
+    if HAS_DECAY:  # before row and col: (score + decay) rounds as in kernel_log_sum, whose L the row then cancels
         w += (gq[:, None] - gk[None, :]).to(DTYPE)
+    w = w + row[:, None] + col[None, :]
     visible = (kj[None, :] <= (S - T) + qi[:, None]) & (kj[None, :] < S) & (qi[:, None] < T)
     return tl.where(visible, w, float("-inf"))
 
