@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -154,6 +155,21 @@ class GLA(nn.Module):
                 f"GLA: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "GLA",
+            self,
+            u.device,
+            {
+                "W_Q": (H, K, d),
+                "W_K": (H, K, d),
+                "W_V": (H, V, d),
+                "W_g1": (R, d),
+                "W_g2": (H, K, R),
+                "b_g": (H, K),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("GLA", u, self)
         if running0:

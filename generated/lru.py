@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -178,6 +179,23 @@ class LRU(nn.Module):
                 f"LRU: u is on {u.device} but the parameters are on {self.nu_log.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "LRU",
+            self,
+            u.device,
+            {
+                "nu_log": (Nc,),
+                "theta_log": (Nc,),
+                "gamma_log": (Nc,),
+                "B_re": (Nc, d),
+                "B_im": (Nc, d),
+                "C_re": (d, Nc),
+                "C_im": (d, Nc),
+                "D": (d,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("LRU", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -175,6 +176,27 @@ class MambaBlock(nn.Module):
                 f"MambaBlock: u is on {u.device} but the parameters are on {self.W_x.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "MambaBlock",
+            self,
+            u.device,
+            {
+                "W_x": (E, d),
+                "W_z": (E, d),
+                "W_conv": (E, W),
+                "b_conv": (E,),
+                "W_xdt": (r, E),
+                "W_dt": (E, r),
+                "b_dt": (E,),
+                "W_B": (n, E),
+                "W_C": (n, E),
+                "A_log": (E, n),
+                "D": (E,),
+                "W_out": (d, E),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("MambaBlock", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_subscript,
     check_tensor_kind,
@@ -197,6 +198,22 @@ class MLSTM(nn.Module):
                 f"MLSTM: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "MLSTM",
+            self,
+            u.device,
+            {
+                "W_Q": (NB, bs, bs),
+                "W_K": (NB, bs, bs),
+                "W_V": (NB, bs, bs),
+                "W_f": (H, 3, E),
+                "b_f": (H,),
+                "W_i": (H, 3, E),
+                "b_i": (H,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("MLSTM", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -160,6 +161,22 @@ class NormalizedAttentionExpRelu(nn.Module):
                 f"NormalizedAttentionExpRelu: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "NormalizedAttentionExpRelu",
+            self,
+            u.device,
+            {
+                "W_Q": (H, K, d),
+                "W_K": (H, K, d),
+                "b_Q": (H, K),
+                "b_K": (H, K),
+                "W_V": (H, V, d),
+                "W_n": (H, d),
+                "b_n": (H,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("NormalizedAttentionExpRelu", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -151,6 +152,22 @@ class QLSTM(nn.Module):
                 f"QLSTM: u is on {u.device} but the parameters are on {self.W_x.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "QLSTM",
+            self,
+            u.device,
+            {
+                "W_x": (Hd, d),
+                "W_f": (Hd, Hd),
+                "W_i": (Hd, Hd),
+                "W_o": (Hd, Hd),
+                "b_f": (Hd,),
+                "b_i": (Hd,),
+                "b_o": (Hd,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("QLSTM", u, self)
         if running0:

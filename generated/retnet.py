@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -146,6 +147,18 @@ class RetNet(nn.Module):
                 f"RetNet: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "RetNet",
+            self,
+            u.device,
+            {
+                "W_Q": (H, K, d),
+                "W_K": (H, K, d),
+                "W_V": (H, V, d),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RetNet", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -175,6 +176,20 @@ class RGLRU(nn.Module):
                 f"RGLRU: u is on {u.device} but the parameters are on {self.W_a.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "RGLRU",
+            self,
+            u.device,
+            {
+                "W_a": (nh, bw, bw),
+                "b_a": (nh, bw),
+                "W_i": (nh, bw, bw),
+                "b_i": (nh, bw),
+                "Lambda": (W,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RGLRU", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -234,6 +235,26 @@ class RWKV6(nn.Module):
                 f"RWKV6: u is on {u.device} but the parameters are on {self.mu_x.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "RWKV6",
+            self,
+            u.device,
+            {
+                "mu_x": (d,),
+                "W_x1": (4, R, d),
+                "W_x2": (4, d, R),
+                "x_bias": (4, d),
+                "W_r": (H, K, d),
+                "W_k": (H, K, d),
+                "W_v": (H, V, d),
+                "W_w1": (Rw, d),
+                "W_w2": (H, K, Rw),
+                "b_w": (H, K),
+                "bonus": (H, K),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RWKV6", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -158,6 +159,21 @@ class S4D(nn.Module):
                 f"S4D: u is on {u.device} but the parameters are on {self.log_dt.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "S4D",
+            self,
+            u.device,
+            {
+                "log_dt": (d,),
+                "log_A_real": (d, Nh),
+                "A_imag": (d, Nh),
+                "C_re": (d, Nh),
+                "C_im": (d, Nh),
+                "D": (d,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("S4D", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -157,6 +158,22 @@ class S6(nn.Module):
                 f"S6: u is on {u.device} but the parameters are on {self.A_log.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "S6",
+            self,
+            u.device,
+            {
+                "A_log": (d, n),
+                "W_xdt": (r, d),
+                "W_dt": (d, r),
+                "b_dt": (d,),
+                "W_B": (n, d),
+                "W_C": (n, d),
+                "D": (d,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("S6", u, self)
         if running0:

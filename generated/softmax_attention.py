@@ -39,6 +39,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_inference_parameters,
     check_kv_cache,
+    check_parameters,
     check_tensor_kind,
     check_running_state,
     empty_output,
@@ -148,6 +149,18 @@ class SoftmaxAttention(nn.Module):
                 f"SoftmaxAttention: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "SoftmaxAttention",
+            self,
+            u.device,
+            {
+                "W_Q": (H, K, d),
+                "W_K": (H, K, d),
+                "W_V": (H, V, d),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("SoftmaxAttention", u, self)
         if state is not None:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -171,6 +172,21 @@ class SSD(nn.Module):
                 f"SSD: u is on {u.device} but the parameters are on {self.A_log.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "SSD",
+            self,
+            u.device,
+            {
+                "A_log": (H,),
+                "dt_bias": (H,),
+                "W_dt": (H, (H * P)),
+                "W_B": (G, n, (H * P)),
+                "W_C": (G, n, (H * P)),
+                "D": (H,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("SSD", u, self)
         if running0:

@@ -47,6 +47,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -154,6 +155,18 @@ class TaylorAttention(nn.Module):
                 f"TaylorAttention: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "TaylorAttention",
+            self,
+            u.device,
+            {
+                "W_Q": (H, K, d),
+                "W_K": (H, K, d),
+                "W_V": (H, V, d),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("TaylorAttention", u, self)
         if running0:
