@@ -18,7 +18,12 @@ Found and fixed:
   meta!", a complex one lost its imaginary part. Every call (forward, step, driven_input, dsf_matrices) now checks
   each parameter's shape against the module's dims, its device against u's, and refuses a complex dtype, naming the
   parameter with both shapes (``dsfc.runtime.checks.check_parameters``, a few microseconds; skipped while
-  torch.compile traces; a parametrized parameter is not evaluated twice).
+  torch.compile traces; a parametrized parameter is not evaluated twice). ``model.to(torch.complex64)`` (which
+  nn.Module allows) ran with only torch's "discards the imaginary part" warning: now refused.
+- An index name that hides a declaration was "index name 'i' shadows a declared name" (likewise "sum index 'a'
+  shadows an existing name"), at every matrix entry using ``i``, without saying what it hid: a let named ``i``
+  declared lines away. It now names it with its line: "shadows the let 'i' (line 8); rename one of them", "the dim
+  'd' (line 2)", or "an index of the enclosing expression" (``_Checker.shadowed``).
 
 Found, NOT fixed:
 
@@ -188,3 +193,35 @@ def test_export_with_a_dynamic_batch_works_and_a_dynamic_time_is_the_documented_
         export(model, (u,), dynamic_shapes=({1: Dim("T", min=2, max=4096)},))
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert 'not with a dynamic\ntime dimension: `{1: Dim("T")}` fails' in readme
+
+
+def test_a_complex_module_is_refused():
+    """``model.to(torch.complex64)`` (nn.Module.to takes complex dtypes) ran with only torch's "Casting complex values
+    to real discards the imaginary part" warning: training then updated complex parameters the forward read as real."""
+    model = _small("s6").to(torch.complex64)
+    with pytest.raises(TypeError, match="parameter 'A_log' must be a real tensor, got torch.complex64"):
+        model(torch.randn(2, 5, 6))
+
+
+# -- 4. an index name that shadows a declaration says which ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    (("param D[d] = 1", "param D[d] = 1\nlet i[c: d] = u[c]"), "index name 'i' shadows the let 'i' (line 8)"),
+    (("A[i, j]", "A[d, j]"), "index name 'd' shadows the dim 'd' (line 2)"),
+    (("delta(o, k) * D[k]", "delta(o, k) * sum(o: d, D[o])"), "sum index 'o' shadows an index of the enclosing"),
+    (("delta(o, k) * D[k]", "delta(o, k) * sum(a: d, D[a])"), "sum index 'a' shadows the param 'a' (line 6)"),
+])
+def test_an_index_that_shadows_a_name_says_which(change, message):
+    """Was "index name 'i' shadows a declared name" at every matrix using i, not saying that a let (or which dim,
+    param, ...) it hid, nor where."""
+    text = _spec().replace(*change)
+    with pytest.raises(SpecErrors) as info:
+        parse_and_check(text)
+    assert info.value.errors[0].message.startswith(message), info.value.errors[0].message
+
+
+def parse_and_check(text):
+    from dsfc.lang.check import check_spec
+
+    return check_spec(parse_spec(text, "n.dsf"))

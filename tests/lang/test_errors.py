@@ -197,7 +197,7 @@ CASES = [
         "the rows of D index the output 'y', which has 1 axis, but 2 index names are given",
     ),
     ("matrix-index-twice", spec(A="A[i, i] = 1"), 4, 6, "index name 'i' is used twice in A[...]"),
-    ("matrix-index-shadows", spec(A="A[d, k] = 1"), 4, 3, "index name 'd' shadows a declared name"),
+    ("matrix-index-shadows", spec(A="A[d, k] = 1"), 4, 3, "index name 'd' shadows the dim 'd' (line "),
     # -- index ranges ------------------------------------------------------------------------------------------
     (
         "subscript-past-end",
@@ -231,7 +231,7 @@ CASES = [
         "sum index 'm' subscripts axes of different extents (4 and 2)",
     ),
     ("sum-range-not-inferable", spec(A="A[i, k] = sum(m, 1)"), 4, 11, "cannot infer the range of sum index 'm'"),
-    ("sum-shadows", spec(A="A[i, k] = sum(i, u[i])"), 4, 11, "sum index 'i' shadows an existing name"),
+    ("sum-shadows", spec(A="A[i, k] = sum(i, u[i])"), 4, 11, "sum index 'i' shadows an index of the enclosing expression"),
     ("subscript-float", spec(B="B[i, k] = u[0.5]"), 5, 13, "subscript must be an integer, got 0.5"),
     ("subscript-true-division", spec(B="B[i, k] = u[i / 2]"), 5, 13, "operator '/' is not allowed in a subscript"),
     # floor and mod are index arithmetic: on a real value the printer had no code for them (an internal error)
