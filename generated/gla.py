@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -149,29 +150,26 @@ class GLA(nn.Module):
             raise ValueError(f"GLA: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"GLA: u must be a floating-point tensor, got {u.dtype}")
-        # a parameter swapped for one of another shape (m.W = nn.Parameter(...), a state dict of other dims loaded with
-        # strict=False) failed deep in the scan with torch's broadcast or einsum error, naming no parameter; read from
-        # _parameters (getattr through nn.Module costs ~2 us a parameter, on every decoding step)
-        _params = self._parameters
-        for _name, _attr, _want in (
-            ("W_Q", "W_Q", (H, K, d)),
-            ("W_K", "W_K", (H, K, d)),
-            ("W_V", "W_V", (H, V, d)),
-            ("W_g1", "W_g1", (R, d)),
-            ("W_g2", "W_g2", (H, K, R)),
-            ("b_g", "b_g", (H, K)),
-        ):
-            _p = _params.get(_attr)
-            if _p is None or _p.shape != _want or not _p.dtype.is_floating_point:
-                if _p is not None and _p.shape == _want:
-                    raise TypeError(f"GLA: parameter {_name} must be a floating-point tensor, got {_p.dtype}")
-                got = "None (removed)" if _p is None else tuple(_p.shape)
-                raise ValueError(f"GLA: parameter {_name} must have shape {_want} (the spec's dims), got {got}")
         if u.device != self.W_Q.device:
             raise ValueError(
                 f"GLA: u is on {u.device} but the parameters are on {self.W_Q.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "GLA",
+            self,
+            u.device,
+            {
+                "W_Q": (H, K, d),
+                "W_K": (H, K, d),
+                "W_V": (H, V, d),
+                "W_g1": (R, d),
+                "W_g2": (H, K, R),
+                "b_g": (H, K),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("GLA", u, self)
         if running0:

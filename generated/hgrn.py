@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -144,26 +145,23 @@ class HGRN(nn.Module):
             raise ValueError(f"HGRN: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"HGRN: u must be a floating-point tensor, got {u.dtype}")
-        # a parameter swapped for one of another shape (m.W = nn.Parameter(...), a state dict of other dims loaded with
-        # strict=False) failed deep in the scan with torch's broadcast or einsum error, naming no parameter; read from
-        # _parameters (getattr through nn.Module costs ~2 us a parameter, on every decoding step)
-        _params = self._parameters
-        for _name, _attr, _want in (
-            ("W_i", "W_i", (E, d)),
-            ("W_f", "W_f", (E, d)),
-            ("Gamma", "Gamma", (L, E)),
-        ):
-            _p = _params.get(_attr)
-            if _p is None or _p.shape != _want or not _p.dtype.is_floating_point:
-                if _p is not None and _p.shape == _want:
-                    raise TypeError(f"HGRN: parameter {_name} must be a floating-point tensor, got {_p.dtype}")
-                got = "None (removed)" if _p is None else tuple(_p.shape)
-                raise ValueError(f"HGRN: parameter {_name} must have shape {_want} (the spec's dims), got {got}")
         if u.device != self.W_i.device:
             raise ValueError(
                 f"HGRN: u is on {u.device} but the parameters are on {self.W_i.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "HGRN",
+            self,
+            u.device,
+            {
+                "W_i": (E, d),
+                "W_f": (E, d),
+                "Gamma": (L, E),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("HGRN", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -170,35 +171,32 @@ class MambaBlock(nn.Module):
             raise ValueError(f"MambaBlock: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"MambaBlock: u must be a floating-point tensor, got {u.dtype}")
-        # a parameter swapped for one of another shape (m.W = nn.Parameter(...), a state dict of other dims loaded with
-        # strict=False) failed deep in the scan with torch's broadcast or einsum error, naming no parameter; read from
-        # _parameters (getattr through nn.Module costs ~2 us a parameter, on every decoding step)
-        _params = self._parameters
-        for _name, _attr, _want in (
-            ("W_x", "W_x", (E, d)),
-            ("W_z", "W_z", (E, d)),
-            ("W_conv", "W_conv", (E, W)),
-            ("b_conv", "b_conv", (E,)),
-            ("W_xdt", "W_xdt", (r, E)),
-            ("W_dt", "W_dt", (E, r)),
-            ("b_dt", "b_dt", (E,)),
-            ("W_B", "W_B", (n, E)),
-            ("W_C", "W_C", (n, E)),
-            ("A_log", "A_log", (E, n)),
-            ("D", "D", (E,)),
-            ("W_out", "W_out", (d, E)),
-        ):
-            _p = _params.get(_attr)
-            if _p is None or _p.shape != _want or not _p.dtype.is_floating_point:
-                if _p is not None and _p.shape == _want:
-                    raise TypeError(f"MambaBlock: parameter {_name} must be a floating-point tensor, got {_p.dtype}")
-                got = "None (removed)" if _p is None else tuple(_p.shape)
-                raise ValueError(f"MambaBlock: parameter {_name} must have shape {_want} (the spec's dims), got {got}")
         if u.device != self.W_x.device:
             raise ValueError(
                 f"MambaBlock: u is on {u.device} but the parameters are on {self.W_x.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "MambaBlock",
+            self,
+            u.device,
+            {
+                "W_x": (E, d),
+                "W_z": (E, d),
+                "W_conv": (E, W),
+                "b_conv": (E,),
+                "W_xdt": (r, E),
+                "W_dt": (E, r),
+                "b_dt": (E,),
+                "W_B": (n, E),
+                "W_C": (n, E),
+                "A_log": (E, n),
+                "D": (E,),
+                "W_out": (d, E),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("MambaBlock", u, self)
         if running0:

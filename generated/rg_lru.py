@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -170,28 +171,25 @@ class RGLRU(nn.Module):
             raise ValueError(f"RGLRU: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"RGLRU: u must be a floating-point tensor, got {u.dtype}")
-        # a parameter swapped for one of another shape (m.W = nn.Parameter(...), a state dict of other dims loaded with
-        # strict=False) failed deep in the scan with torch's broadcast or einsum error, naming no parameter; read from
-        # _parameters (getattr through nn.Module costs ~2 us a parameter, on every decoding step)
-        _params = self._parameters
-        for _name, _attr, _want in (
-            ("W_a", "W_a", (nh, bw, bw)),
-            ("b_a", "b_a", (nh, bw)),
-            ("W_i", "W_i", (nh, bw, bw)),
-            ("b_i", "b_i", (nh, bw)),
-            ("Lambda", "Lambda", (W,)),
-        ):
-            _p = _params.get(_attr)
-            if _p is None or _p.shape != _want or not _p.dtype.is_floating_point:
-                if _p is not None and _p.shape == _want:
-                    raise TypeError(f"RGLRU: parameter {_name} must be a floating-point tensor, got {_p.dtype}")
-                got = "None (removed)" if _p is None else tuple(_p.shape)
-                raise ValueError(f"RGLRU: parameter {_name} must have shape {_want} (the spec's dims), got {got}")
         if u.device != self.W_a.device:
             raise ValueError(
                 f"RGLRU: u is on {u.device} but the parameters are on {self.W_a.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "RGLRU",
+            self,
+            u.device,
+            {
+                "W_a": (nh, bw, bw),
+                "b_a": (nh, bw),
+                "W_i": (nh, bw, bw),
+                "b_i": (nh, bw),
+                "Lambda": (W,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RGLRU", u, self)
         if running0:

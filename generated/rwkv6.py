@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -229,34 +230,31 @@ class RWKV6(nn.Module):
             raise ValueError(f"RWKV6: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"RWKV6: u must be a floating-point tensor, got {u.dtype}")
-        # a parameter swapped for one of another shape (m.W = nn.Parameter(...), a state dict of other dims loaded with
-        # strict=False) failed deep in the scan with torch's broadcast or einsum error, naming no parameter; read from
-        # _parameters (getattr through nn.Module costs ~2 us a parameter, on every decoding step)
-        _params = self._parameters
-        for _name, _attr, _want in (
-            ("mu_x", "mu_x", (d,)),
-            ("W_x1", "W_x1", (4, R, d)),
-            ("W_x2", "W_x2", (4, d, R)),
-            ("x_bias", "x_bias", (4, d)),
-            ("W_r", "W_r", (H, K, d)),
-            ("W_k", "W_k", (H, K, d)),
-            ("W_v", "W_v", (H, V, d)),
-            ("W_w1", "W_w1", (Rw, d)),
-            ("W_w2", "W_w2", (H, K, Rw)),
-            ("b_w", "b_w", (H, K)),
-            ("bonus", "bonus", (H, K)),
-        ):
-            _p = _params.get(_attr)
-            if _p is None or _p.shape != _want or not _p.dtype.is_floating_point:
-                if _p is not None and _p.shape == _want:
-                    raise TypeError(f"RWKV6: parameter {_name} must be a floating-point tensor, got {_p.dtype}")
-                got = "None (removed)" if _p is None else tuple(_p.shape)
-                raise ValueError(f"RWKV6: parameter {_name} must have shape {_want} (the spec's dims), got {got}")
         if u.device != self.mu_x.device:
             raise ValueError(
                 f"RWKV6: u is on {u.device} but the parameters are on {self.mu_x.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "RWKV6",
+            self,
+            u.device,
+            {
+                "mu_x": (d,),
+                "W_x1": (4, R, d),
+                "W_x2": (4, d, R),
+                "x_bias": (4, d),
+                "W_r": (H, K, d),
+                "W_k": (H, K, d),
+                "W_v": (H, V, d),
+                "W_w1": (Rw, d),
+                "W_w2": (H, K, Rw),
+                "b_w": (H, K),
+                "bonus": (H, K),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RWKV6", u, self)
         if running0:

@@ -46,6 +46,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_parameters,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -152,30 +153,27 @@ class S6(nn.Module):
             raise ValueError(f"S6: expected u of shape [batch, time, {self._in_features()}], got {shape}")
         if not u.is_floating_point():
             raise TypeError(f"S6: u must be a floating-point tensor, got {u.dtype}")
-        # a parameter swapped for one of another shape (m.W = nn.Parameter(...), a state dict of other dims loaded with
-        # strict=False) failed deep in the scan with torch's broadcast or einsum error, naming no parameter; read from
-        # _parameters (getattr through nn.Module costs ~2 us a parameter, on every decoding step)
-        _params = self._parameters
-        for _name, _attr, _want in (
-            ("A_log", "A_log", (d, n)),
-            ("W_xdt", "W_xdt", (r, d)),
-            ("W_dt", "W_dt", (d, r)),
-            ("b_dt", "b_dt", (d,)),
-            ("W_B", "W_B", (n, d)),
-            ("W_C", "W_C", (n, d)),
-            ("D", "D", (d,)),
-        ):
-            _p = _params.get(_attr)
-            if _p is None or _p.shape != _want or not _p.dtype.is_floating_point:
-                if _p is not None and _p.shape == _want:
-                    raise TypeError(f"S6: parameter {_name} must be a floating-point tensor, got {_p.dtype}")
-                got = "None (removed)" if _p is None else tuple(_p.shape)
-                raise ValueError(f"S6: parameter {_name} must have shape {_want} (the spec's dims), got {got}")
         if u.device != self.A_log.device:
             raise ValueError(
                 f"S6: u is on {u.device} but the parameters are on {self.A_log.device}; "
                 "move one of them (.to(device))"
             )
+        # each parameter's shape, dtype and device (one replaced by another shape failed deep in the scan, or
+        # broadcast silently)
+        check_parameters(
+            "S6",
+            self,
+            u.device,
+            {
+                "A_log": (d, n),
+                "W_xdt": (r, d),
+                "W_dt": (d, r),
+                "b_dt": (d,),
+                "W_B": (n, d),
+                "W_C": (n, d),
+                "D": (d,),
+            },
+        )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("S6", u, self)
         if running0:

@@ -489,7 +489,7 @@ class _Checker:
             return
         if isinstance(e, ast.SumOver):
             if e.var in scope.entries or e.var in self.dims or e.var in self.tensors:
-                self.err(f"sum index {e.var!r} shadows an existing name", e.span)
+                self.err(f"sum index {e.var!r} shadows {self.shadowed(e.var, scope)}", e.span)
                 return
             if e.extent is not None:
                 size = self.size_of(e.extent, f"the range of sum index {e.var!r}")
@@ -548,7 +548,7 @@ class _Checker:
             return
         var, body = e.args[0].name, e.args[1]
         if var in scope.entries or var in self.dims or var in self.tensors:
-            self.err(f"feature-map index {var!r} shadows an existing name", e.args[0].span)
+            self.err(f"feature-map index {var!r} shadows {self.shadowed(var, scope)}", e.args[0].span)
             return
         before = len(self.errors)
         found = self.infer_extent(var, body)
@@ -589,6 +589,16 @@ class _Checker:
                                 node.span,
                             )
         return found
+
+    def shadowed(self, name: str, scope: _Scope | None = None) -> str:
+        """What an index name hides, with its line: "shadows a declared name" left the user to find which (a let
+        named ``i`` made every ``A[i, j]`` an error pointing at the matrix, not at the let)."""
+        if scope is not None and name in scope.entries:
+            return "an index of the enclosing expression"
+        if name in self.dims:
+            return f"the dim {name!r} (line {self.dims[name].span.line})"
+        t = self.tensors[name]
+        return f"the {t.kind} {name!r} (line {t.span.line}); rename one of them"
 
     def unknown(self, name: str, span: Span, scope: _Scope):
         if name in self.broken or name in self.silenced:
@@ -983,7 +993,7 @@ class _Checker:
                     self.err(f"index name {iv.name!r} is used twice in {m.matrix}[...]", iv.span)
                     ok = False
                 elif iv.name in self.tensors or iv.name in self.dims:
-                    self.err(f"index name {iv.name!r} shadows a declared name", iv.span)
+                    self.err(f"index name {iv.name!r} shadows {self.shadowed(iv.name)}", iv.span)
                     ok = False
                 seen.add(iv.name)
                 scope = scope.bind(iv.name, axis.extent, axis.size)

@@ -347,6 +347,19 @@ def _span(meta) -> Span:
     return Span.from_meta(meta)
 
 
+def _real_number(text: str, span: Span) -> float:
+    """A real literal as float64, refusing one that float64 cannot hold: ``1e400`` was "not a finite real number: it
+    is infinite" (as if the spec divided by zero), and ``1e-400`` silently 0.0 (a decay rate, a bias or an
+    initialiser's std that vanished). A subnormal (``1e-310``) is kept: it is the literal's value, to a few digits."""
+    value = float(text)
+    if math.isinf(value):
+        raise SpecError(f"number {text!r} is too large for float64 (at most about 1.8e308)", span)
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):  # a nonzero mantissa, not 0e-500
+        raise SpecError(f"number {text!r} is too small for float64: it would be 0.0 (the smallest float64 is about "
+                        "4.9e-324)", span, hint="write 0 if zero is meant")
+    return value
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
     """Lark parse tree -> AST dataclasses. Only structure here; meaning is checked in check.py."""
@@ -429,17 +442,7 @@ class _ToAst(Transformer):
                 raise SpecError(f"number {text[:12]}... ({len(text)} digits) is too large for float64", _span(meta))
             value = int(text)
         else:
-            value = float(text)
-            # float() rounds out-of-range literals without a word: 1e400 -> inf, 1e-400 -> 0.0 (an eps that silently
-            # vanished, a division by it that became inf)
-            if math.isinf(value):
-                raise SpecError(f"number {text} overflows float64 (largest finite: about 1.8e308)", _span(meta))
-            if value == 0.0 and re.search(r"[1-9]", text.lower().split("e")[0]):
-                raise SpecError(
-                    f"number {text} underflows to 0 in float64 (smallest positive: about 4.9e-324); "
-                    "write 0 if 0 is meant",
-                    _span(meta),
-                )
+            value = _real_number(text, _span(meta))
         return ast.Num(value, span=_span(meta))
 
     def name(self, meta, children):

@@ -151,6 +151,44 @@ def check_float_tensor(model: str, label: str, value) -> None:
 
 
 
+def check_parameters(model: str, module: torch.nn.Module, device: torch.device,
+                     shapes: Mapping[str, Tuple[int, ...]]) -> None:
+    """The module's parameters against the shapes its dims give (``shapes``, from the generated ``_check_input``) and
+    the input's device: a parameter replaced by one of another shape (``layer.W = nn.Parameter(torch.randn(...))``,
+    ``del`` and a plain tensor, ``None``), dtype (complex: its imaginary part was dropped) or device failed deep in the
+    forward with torch's einsum / broadcast / device error naming no parameter, or, where the wrong shape broadcasts
+    (``D`` of shape [1]), gave a silently wrong output. A ValueError (TypeError for a complex dtype) naming the
+    parameter, its expected and its actual shape. A few attribute reads and tuple compares per call (a few us); skipped
+    while torch.compile traces (a wrong shape then fails in the trace, as before). A
+    parametrized parameter (``torch.nn.utils.parametrize``) is not evaluated here (that would run its
+    parametrization twice)."""
+    if torch.compiler.is_compiling():
+        return
+    params = module._parameters
+    for name, want in shapes.items():
+        if name in params:
+            p = params[name]
+        elif name in getattr(module, "parametrizations", ()):
+            continue
+        else:
+            p = getattr(module, name, None)  # deleted and set to a plain tensor, or a pruned weight (a computed one)
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(
+                f"{model}: parameter {name!r} is {type(p).__name__}, expected a tensor of shape {tuple(want)}"
+            )
+        if p.shape != want:
+            raise ValueError(
+                f"{model}: parameter {name!r} has shape {tuple(p.shape)}, but the module's dims "
+                f"({module._dims_text()}) give {tuple(want)}; build a module of the dims it was trained with"
+            )
+        if p.is_complex():  # an integer or bool parameter is cast as the others are; a complex one lost its imag
+            raise TypeError(f"{model}: parameter {name!r} must be a real tensor, got {p.dtype}")
+        if p.device != device:
+            raise ValueError(
+                f"{model}: parameter {name!r} is on {p.device} but u is on {device}; move the module (.to(device))"
+            )
+
+
 def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> None:
     """NaN / inf in the input ``u`` or in ``module``'s parameters (a diverged update or a corrupt checkpoint: they
     made every output NaN without a word), as a ValueError naming the first bad entry or parameter.

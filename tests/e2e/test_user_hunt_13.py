@@ -34,11 +34,11 @@ Found, NOT fixed:
   Python. A dynamic batch exports. The README says "torch.export works at fixed shapes".
 - A parameter replaced by one of another shape (``m.D = nn.Parameter(torch.ones(5))``) fails inside the layer with
   torch's broadcast or einsum error, not naming the parameter (as torch's own layers do). (Fixed in the nineteenth
-  session: tests/e2e/test_param_shapes.py.)
+  session: tests/e2e/test_user_hunt_14.py.)
 - ``load_state_dict(sd, strict=False)`` from a module of other dims raises torch's size-mismatch error after copying
   the parameters whose shapes match: the module is left half-loaded (torch's behaviour for every nn.Module).
 - ``1e-400`` in a spec is 0.0 (an fp64 underflow), without a word; ``1e400`` is refused as infinite. (Fixed in the
-  nineteenth session: both are refused at the literal, tests/lang/test_errors.py.)
+  nineteenth session: both are refused at the literal, tests/e2e/test_user_hunt_14.py.)
 
 Checked clean (no change): spec params named ``self``, ``torch``, ``F``, ``math``, ``nn``, ``lambda``, ``super``,
 ``training``, ``forward``, ``to``, ``cuda``, ``float``, ``state_dict``, ``_parameters``, ``backend`` (renamed with a

@@ -635,7 +635,7 @@ C[o, (h, a)] = delta(o, h * K + a)
      ["x.dsf:5:18: error: unknown function 'tayler' in axis 1 of 'S'", "  hint: did you mean 'taylor'?"]),
     # a sum index named like its own let: a second, wrong error 'cycle among lets: k -> k' came first
     ("sum(m, W_K[h, a, m] * u[m])", "sum(k, W_K[h, a, k] * u[k])",
-     ["x.dsf:8:21: error: sum index 'k' shadows an existing name"]),
+     ["x.dsf:8:21: error: sum index 'k' shadows the let 'k' (line 8); rename one of them"]),
     # a misspelt keyword or a lower-case matrix at the start of a line
     ("param w_g", "parm w_g", ["x.dsf:7:1: error: unexpected 'parm' after the end of the statement",
                                "  hint: did you mean 'param'? each statement starts with a keyword (model, dim, "

@@ -151,11 +151,7 @@ CASES = [
     ("inexact-split", spec("dim H = 3", "dim K = d // H"), 5, 9, "dim 'K': 4 // 3 is not exact (4 is not a multiple"),
     ("dim-division-by-zero", spec("dim z = d / 0"), 4, 9, "division by zero in dim 'z'"),
     ("dim-overflow", spec("dim z = 10 ^ 400"), 4, 9, "dim 'z' is too large (overflows)"),
-    # float() rounds an out-of-range literal to inf / 0.0 without a word: refused where it is written
-    ("dim-huge-literal", spec("dim z = 1e400"), 4, 9, "number 1e400 overflows float64"),
-    ("overflowing-literal", spec(A="A[i, k] = 2.5e308 * delta(i, k)"), 4, 11, "number 2.5e308 overflows float64"),
-    ("underflowing-literal", spec(A="A[i, k] = 1e-400 * delta(i, k)"), 4, 11, "number 1e-400 underflows to 0"),
-    ("underflowing-fraction", spec(A="A[i, k] = 0.5e-330 * delta(i, k)"), 4, 11, "number 0.5e-330 underflows to 0"),
+    ("dim-huge-literal", spec("dim z = 1e400"), 4, 9, "number '1e400' is too large for float64"),
     ("dim-complex", spec("dim z = (0 - 8) ^ 0.5"), 4, 9, "dim 'z' is not a real number"),
     ("dim-log-zero", spec("dim z = log(0)"), 4, 9, "log(0) is undefined in dim 'z'"),
     ("dim-self-reference", spec("dim n = 2 * n"), 4, 13, "dim 'n' is defined in terms of itself"),
@@ -201,7 +197,7 @@ CASES = [
         "the rows of D index the output 'y', which has 1 axis, but 2 index names are given",
     ),
     ("matrix-index-twice", spec(A="A[i, i] = 1"), 4, 6, "index name 'i' is used twice in A[...]"),
-    ("matrix-index-shadows", spec(A="A[d, k] = 1"), 4, 3, "index name 'd' shadows a declared name"),
+    ("matrix-index-shadows", spec(A="A[d, k] = 1"), 4, 3, "index name 'd' shadows the dim 'd' (line "),
     # -- index ranges ------------------------------------------------------------------------------------------
     (
         "subscript-past-end",
@@ -235,7 +231,7 @@ CASES = [
         "sum index 'm' subscripts axes of different extents (4 and 2)",
     ),
     ("sum-range-not-inferable", spec(A="A[i, k] = sum(m, 1)"), 4, 11, "cannot infer the range of sum index 'm'"),
-    ("sum-shadows", spec(A="A[i, k] = sum(i, u[i])"), 4, 11, "sum index 'i' shadows an existing name"),
+    ("sum-shadows", spec(A="A[i, k] = sum(i, u[i])"), 4, 11, "sum index 'i' shadows an index of the enclosing expression"),
     ("subscript-float", spec(B="B[i, k] = u[0.5]"), 5, 13, "subscript must be an integer, got 0.5"),
     ("subscript-true-division", spec(B="B[i, k] = u[i / 2]"), 5, 13, "operator '/' is not allowed in a subscript"),
     # floor and mod are index arithmetic: on a real value the printer had no code for them (an internal error)

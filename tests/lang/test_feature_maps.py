@@ -74,7 +74,7 @@ CASES = [
     ("range-arity", "let kf[h: H, f: taylor(K)] = taylor(a, q[h, a])\n", 8, 17,
      "the feature range taylor(K, p) takes 2 arguments (vector length, order), got 1"),
     ("binder-shadows-a-dim", "let kf[h: H, f: taylor(K, 2)] = taylor(K, q[h, K])\n", 8, 40,
-     "feature-map index 'K' shadows an existing name"),
+     "feature-map index 'K' shadows the dim 'K' (line "),
     ("infinite-param", "param P[taylor(K, inf)] ~ normal(0, 1)\n" + GOOD, 8, 9,
      "param 'P' has an infinite feature range on axis 0"),
     ("infinite-let-finite-state", GOOD + "let w[h: H, g: taylor(K, inf)] = taylor(a, q[h, a])\n", 9, 1,
