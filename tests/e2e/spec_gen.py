@@ -801,7 +801,10 @@ def dplr_specs(draw) -> GenSpec:
     def K_(i):
         return _sub(k, ksub + [i])
 
-    dec, _, dkind = draw(_decay_expr(b, hax + [("a", "K")], allow_identity=False))
+    if draw(st.integers(0, 5)) == 0:  # a per-key decay that may be negative: documented to keep the dense scan
+        dec, dkind = f"tanh({_projection(b, hax + [('a', 'K')], bias=True)})", "signed"
+    else:
+        dec, _, dkind = draw(_decay_expr(b, hax + [("a", "K")], allow_identity=False))
     labels["decay"] = dkind
     al = b.let("al", hax + [("a", "K")], dec)
 
@@ -837,9 +840,14 @@ def dplr_specs(draw) -> GenSpec:
         wd = b.param("W_D", [d for _, d in out_axes] + ["M"], "~ normal(0, 1)")
         on = [n for n, _ in out_axes]
         b.matrices.append(f"D[{'(' + _idx(on) + ')' if len(on) > 1 else on[0]}, m] = {wd}[{_idx(on + ['m'])}]")
+    if draw(st.integers(0, 3)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
     _posts(draw, b, labels, out_axes)
     family = "chunked delta-rule scan" if dkind == "const" and form != "rwkv7" else \
         "chunked diagonal-plus-rank-1 scan"
+    if dkind == "signed":
+        family = "dense scan"
     labels["family"] = family
     io = ["input u[M]", f"state S{_decl_axes(state_axes)}", f"output y{_decl_axes(out_axes)}"]
     return GenSpec(b.render(io), "dplr", labels)
@@ -889,9 +897,15 @@ def rank_specs(draw) -> GenSpec:
     v = _value(draw, b, hax, rk)
     term = f"{key} * {v}"
     b.matrices.append(f"B[({_idx(rows)}), m] = {beta}" + (f"sum(r, {term})" if rank_b else term))
-    gate = _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "e"]) if not multi_q else ""
+    gate = _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "e"])  # broadcast along the query axis
     line, out_axes = _c_rows(True, rows, f" * {_sub(q, ksub + [n for n, _ in rq] + ['a'])}", gate, rq)
     b.matrices.append(line)
+    if draw(st.integers(0, 2)) == 0:
+        labels["D"] = True
+        on = [n for n, _ in out_axes]
+        wd = b.param("W_D", [d for _, d in out_axes] + ["M"], "~ normal(0, 1)")
+        b.matrices.append(f"D[({_idx(on)}), m] = {wd}[{_idx(on + ['m'])}]")
+    _posts(draw, b, labels, out_axes)
     if draw(st.integers(0, 3)) == 0:
         b.extra.append("readout pre")
         labels["readout"] = "pre"
