@@ -15,6 +15,12 @@ Found, NOT fixed:
   eta = sum_j (q . k_j)^4 + 1e-6 is positive, but its explicit tensor-power features are not positive entry by
   entry, and interval arithmetic does not see the fourth power of a contraction (a weak claim, not a false one).
 
+- The same for the delta rule with beta folded into the written key, ``A = I - kb k^T`` with ``kb = be k`` (the
+  DeltaNet written value-first): "unknown", where the unfolded ``I - be k k^T`` is ``|lambda| <= 1``. The range of
+  ``sum(a, kb[a] k[a])`` is refused its sharper readings (inlining kb to ``be k``) because the body is signed,
+  which ``IntervalProver._sum`` skips on purpose (inlining signed bodies such as RWKV-6's low-rank projections
+  took minutes).
+
 Checked clean (each against an independent float64 implementation written here from the paper's equations, not from
 dsfc's reference: forward at T = 0, 1, 7 and 9 on the torch path, batch 1 and 3, from zero and, where the state is
 a plain tensor, from an initial state; token-by-token step; gradients of the input and every parameter on the torch
@@ -32,8 +38,9 @@ out-projection; chunked outer-product), gated DeltaNet with L2 keys, q and k sha
 per-head RMSNorm times silu gate post (chunked delta rule), DeltaNet with negative eigenvalues (beta in (0, 2)) and a
 width-3 causal conv + silu + L2 norm on q and k, H = 1 (chunked delta rule), RWKV-6's core at H = 1, K = 3, V = 5
 with a zero-padded token shift (window), per-key w = exp(-exp(.)), the bonus in D and readout pre (chunked
-outer-product), and decayed normalised linear attention (elu + 1 features, z = scan(g, phi(k)), A = g eta_prev /
-eta; chunked outer-product).
+outer-product), decayed normalised linear attention (elu + 1 features, z = scan(g, phi(k)), A = g eta_prev /
+eta; chunked outer-product), and DeltaNet with its state laid out value-first, S[h, b, a], and beta folded into the
+written key (chunked delta rule).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -338,6 +345,27 @@ B[(h, a, b), m] = kf[h, a] * W_V[h, b, m] / eta[h]
 C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * qf[h, a]
 """
 
+DELTAVF = """
+model DeltaValueFirst "DeltaNet with the state laid out value-first S[h, b, a], beta folded into kb = be k"
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 4
+input u[d]
+state S[h: H, b: V, a: K]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 0.5)
+param W_K[H, K, d] ~ normal(0, 0.5)
+param W_V[H, V, d] ~ normal(0, 0.5)
+param W_b[H, d] ~ normal(0, 0.5)
+let kr[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2) + 1e-6)
+let kb[h: H, a: K] = sigmoid(sum(m, W_b[h, m] * u[m])) * k[h, a]
+A[(h, b, a), (h2, b2, a2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) - kb[h, a] * k[h, a2])
+B[(h, b, a), m] = kb[h, a] * W_V[h, b, m]
+C[(o, e), (h, b, a)] = delta(o, h) * delta(e, b) * sum(m, W_Q[h, a, m] * u[m])
+"""
+
 CASES = {
     "sink": (SINK, Family.QUADRATIC),
     "alibigqa": (ALIBIGQA, Family.QUADRATIC),
@@ -349,6 +377,7 @@ CASES = {
     "deltaneg": (DELTANEG, Family.CHUNKED_DELTA),
     "rwkv6lite": (RWKV6LITE, Family.CHUNKED_OUTER),
     "normret": (NORMRET, Family.CHUNKED_OUTER),
+    "deltavf": (DELTAVF, Family.CHUNKED_DELTA),
 }
 
 
@@ -523,14 +552,31 @@ def _normret(P, u, h0=None):
     return _stack(ys, u, H, V)
 
 
+def _deltavf(P, u, h0=None):
+    # DeltaNet (Yang et al. 2024): S = S - be k (k^T S - v^T), k L2-normalised, be = sigmoid(.), o = q^T S; the spec
+    # lays the state out value-first, [H, V, K]
+    B_, (H, K), V = u.shape[0], P["W_Q"].shape[:2], P["W_V"].shape[1]
+    S = u.new_zeros(B_, H, K, V) if h0 is None else h0.transpose(-1, -2)
+    ys = []
+    for t in range(u.shape[1]):
+        x = u[:, t]
+        k, be = _l2(matvec(P["W_K"], x)), torch.sigmoid(matvec(P["W_b"], x))[..., None, None]
+        err = torch.einsum("bha,bhav->bhv", k, S) - matvec(P["W_V"], x)
+        S = S - be * k[..., None] * err[:, :, None]
+        ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S))
+    return _stack(ys, u, H, V)
+
+
 INDEPENDENT = {"sink": _sink, "alibigqa": _alibigqa, "foxpro": _foxpro, "diffsoftmax": _diffsoftmax, "poly4": _poly4,
-               "gret": _gret, "gdnpost": _gdnpost, "deltaneg": _deltaneg, "rwkv6lite": _rwkv6lite, "normret": _normret}
+               "gret": _gret, "gdnpost": _gdnpost, "deltaneg": _deltaneg, "rwkv6lite": _rwkv6lite, "normret": _normret,
+               "deltavf": _deltavf}
 
 # what ``dsfc analyze`` proves about the eigenvalues (each checked against the module's A below); the normalised
 # forms' eta_prev / eta can exceed 1; Poly4's eta is positive but not derived (see the docstring)
 EIGEN = {"sink": Bound.UNBOUNDED, "alibigqa": Bound.UNBOUNDED, "foxpro": Bound.UNBOUNDED,
          "diffsoftmax": Bound.UNBOUNDED, "poly4": Bound.UNKNOWN, "gret": Bound.STABLE, "gdnpost": Bound.STABLE,
-         "deltaneg": Bound.MARGINAL, "rwkv6lite": Bound.STABLE, "normret": Bound.UNBOUNDED}
+         "deltaneg": Bound.MARGINAL, "rwkv6lite": Bound.STABLE, "normret": Bound.UNBOUNDED,
+         "deltavf": Bound.UNKNOWN}
 
 
 @functools.lru_cache(maxsize=None)
