@@ -17,9 +17,10 @@ Found and fixed:
   "'NoneType' object has no attribute 'to'", a parameter on meta "Tensor on device cpu is not on the expected device
   meta!", a complex one lost its imaginary part. Every call (forward, step, driven_input, dsf_matrices) now checks
   each parameter's shape against the module's dims, its device against u's, and refuses a complex dtype, naming the
-  parameter with both shapes (``dsfc.runtime.checks.check_parameters``, a few microseconds; skipped while
-  torch.compile traces; a parametrized parameter is not evaluated twice). ``model.to(torch.complex64)`` (which
-  nn.Module allows) ran with only torch's "discards the imaginary part" warning: now refused.
+  parameter with both shapes (``dsfc.runtime.checks.check_parameters``, a few microseconds; also while
+  torch.compile traces, where a compiled module broadcast silently too; a parametrized parameter is not evaluated
+  twice). ``model.to(torch.complex64)`` (which nn.Module allows) ran with only torch's "discards the imaginary part"
+  warning: now refused.
 - An index name that hides a declaration was "index name 'i' shadows a declared name" (likewise "sum index 'a'
   shadows an existing name"), at every matrix entry using ``i``, without saying what it hid: a let named ``i``
   declared lines away. It now names it with its line: "shadows the let 'i' (line 8); rename one of them", "the dim
@@ -136,6 +137,19 @@ def test_a_parameter_of_another_shape_is_named_with_both_shapes(name):
     setattr(model, last, nn.Parameter(torch.randn(want, dtype=torch.complex64)))
     with pytest.raises(TypeError, match=f"parameter {last!r} must be a real tensor, got torch.complex64"):
         model(u)
+
+
+def test_a_compiled_module_checks_its_parameters_too():
+    """Under torch.compile the check was skipped: S6 with ``D`` of shape [1] broadcast silently. The compares are
+    static while tracing, so the good module still compiles as one graph."""
+    model = _small("s6")
+    u = torch.randn(2, 9, 6)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(model, backend="eager", fullgraph=True)(u), model(u))
+    model.D = nn.Parameter(torch.ones(1))
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match=r"parameter 'D' has shape \(1,\), but the module's dims"):
+        torch.compile(model, backend="eager")(u)
 
 
 def test_a_right_shaped_parameter_of_another_kind_still_runs():
