@@ -158,12 +158,10 @@ def check_parameters(model: str, module: torch.nn.Module, device: torch.device,
     ``del`` and a plain tensor, ``None``), dtype (complex: its imaginary part was dropped) or device failed deep in the
     forward with torch's einsum / broadcast / device error naming no parameter, or, where the wrong shape broadcasts
     (``D`` of shape [1]), gave a silently wrong output. A ValueError (TypeError for a complex dtype) naming the
-    parameter, its expected and its actual shape. A few attribute reads and tuple compares per call (a few us); skipped
-    while torch.compile traces (a wrong shape then fails in the trace, as before). A
-    parametrized parameter (``torch.nn.utils.parametrize``) is not evaluated here (that would run its
-    parametrization twice)."""
-    if torch.compiler.is_compiling():
-        return
+    parameter, its expected and its actual shape. A few attribute reads and tuple compares per call (a few us). It
+    also runs while torch.compile traces, where the compares are static (no graph break, ``fullgraph=True`` passes):
+    skipped there, a compiled module with ``D`` of shape [1] silently broadcast. A parametrized parameter
+    (``torch.nn.utils.parametrize``) is not evaluated here (that would run its parametrization twice)."""
     params = module._parameters
     for name, want in shapes.items():
         if name in params:
