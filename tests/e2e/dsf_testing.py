@@ -184,6 +184,30 @@ def run_steps(model, u: torch.Tensor, h0: torch.Tensor | None):
     return torch.stack(ys, 1), state
 
 
+def check_forward_against_loop(built, loop, backends=("torch",)) -> None:
+    """Forward (T = 0, 1, 7, 9; batch 1, 3) and token-by-token step against ``loop(params, u, h0)``, an independent
+    float64 implementation written from the paper, from zero and (plain-tensor states) from a random initial state;
+    dsfc's reference too. Backends other than torch run at T = 0 and the chunk-crossing T = 9 only (the Triton
+    interpreter is slow)."""
+    gen = torch.Generator().manual_seed(1)
+    P = built.params()
+    for b, t in ((1, 0), (3, 1), (1, 7), (3, 9)):
+        for with_h0 in (False, True) if not built.running else (False,):
+            u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
+            h0 = 0.5 * torch.randn(b, *built.state_shape(), generator=gen, dtype=F64) if with_h0 else None
+            want = loop(P, u, h0).reshape(b, t, built.d_out())
+            y_ref, _ = built.reference(u, h0)
+            assert rel_err(y_ref, want) < 1e-10, ("reference", b, t, with_h0)
+            for backend in backends if t in (0, 9) else ("torch",):
+                built.model.backend = backend
+                with torch.no_grad():
+                    assert rel_err(built.model(u, initial_state=h0), want) < 1e-8, (backend, b, t, with_h0)
+            built.model.backend = "torch"
+            if t:
+                y_s, _ = run_steps(built.model, u, h0)
+                assert rel_err(y_s, want) < 1e-8, ("step", b, t, with_h0)
+
+
 def output_and_grads(model, backend: str, u: torch.Tensor, w: torch.Tensor, dtype=F64, device="cpu"):
     """Run ``model`` (moved in place to device / dtype) on ``backend``; returns y and the gradients of sum(y * w)
     with respect to u and every parameter, all as float64 on the CPU for comparison."""

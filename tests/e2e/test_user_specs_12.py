@@ -58,8 +58,9 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, assert_grads_close, build, check_all_paths,  # noqa: E402
-                         compile_and_build, matvec, output_and_grads, rel_err, run_steps)
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, assert_grads_close, build,  # noqa: E402
+                         check_all_paths, check_forward_against_loop, compile_and_build, matvec,
+                         output_and_grads, rel_err, run_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -471,23 +472,7 @@ def _built(name):
 def test_new_spec_matches_an_independent_implementation(name):
     """Forward (torch at T = 0, 1, 7, 9; batch 1, 3) and token-by-token step against the loop
     written here, from zero and (plain-tensor states) from a random initial state; dsfc's reference too."""
-    text, _ = CASES[name]
-    built = _built(name)
-    gen = torch.Generator().manual_seed(1)
-    P = built.params()
-    for b, t in ((1, 0), (3, 1), (1, 7), (3, 9)):
-        for with_h0 in (False, True) if not built.running else (False,):
-            u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
-            h0 = 0.5 * torch.randn(b, *built.state_shape(), generator=gen, dtype=F64) if with_h0 else None
-            want = INDEPENDENT[name](P, u, h0).reshape(b, t, built.d_out())
-            y_ref, _ = built.reference(u, h0)
-            assert rel_err(y_ref, want) < 1e-10, ("reference", b, t, with_h0)
-            # Triton: test_new_spec_matches_the_reference runs it against the reference, which matches this loop
-            with torch.no_grad():
-                assert rel_err(built.model(u, initial_state=h0), want) < 1e-8, ("torch", b, t, with_h0)
-            if t:
-                y_s, _ = run_steps(built.model, u, h0)
-                assert rel_err(y_s, want) < 1e-8, ("step", b, t, with_h0)
+    check_forward_against_loop(_built(name), INDEPENDENT[name])
 
 
 # LinOSS-IMEX shares LinOSS-IM's dense path: it runs the forward test only (KDA runs the chunked DPLR scan now)
