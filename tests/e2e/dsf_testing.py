@@ -249,6 +249,27 @@ def grads_of(model, built, u, h0, w):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)]
 
 
+def check_fp32_against_float64(built, scales, make_input=None) -> None:
+    """fp32 against float64 at input scales 1, 10 and 30 (batch 2, T = 9): outputs within 1e-5 and gradients of the
+    input and every parameter within 1e-4 of the largest. ``scales``: backend -> the scales it is checked at (the
+    float64 run is always the torch path). ``make_input(gen, scale)``: the float64 input (default scale * randn)."""
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1.0, 10.0, 30.0):
+        if make_input is None:
+            u = scale * torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
+        else:
+            u = make_input(gen, scale)
+        w = torch.randn(2, 9, built.d_out(), generator=gen, dtype=F64)
+        y64, g64 = output_and_grads(built.model, "torch", u, w, dtype=F64)
+        for backend in BACKENDS:
+            if scale not in scales.get(backend, ()):
+                continue
+            y32, g32 = output_and_grads(built.model, backend, u, w, dtype=torch.float32)
+            built.model.double()
+            assert rel_err(y32, y64) < 1e-5, (backend, scale)
+            assert_grads_close(g32, g64, 1e-4)
+
+
 def check_backend(built, backend, shapes, steps=True, h0s=(False, True), tol=1e-8, device="cpu"):
     """``built.model`` on ``backend`` against the float64 reference recurrence, per (batch, T) in ``shapes``, without
     and / or with an initial state: output, final state, token-by-token ``step`` (``steps``) and the gradients of

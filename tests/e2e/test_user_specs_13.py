@@ -63,8 +63,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, assert_grads_close, build,  # noqa: E402
-                         check_all_paths, check_forward_against_loop, compile_and_build, matvec,
-                         output_and_grads, rel_err)
+                         check_all_paths, check_forward_against_loop, check_fp32_against_float64,
+                         compile_and_build, matvec, output_and_grads, rel_err)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -738,19 +738,7 @@ def test_fp32_matches_float64_at_large_inputs(name):
 
 
 def _fp32_against_float64(name, scales):
-    built = _built(name)
-    gen = torch.Generator().manual_seed(3)
-    for scale in (1.0, 10.0, 30.0):
-        u = scale * torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
-        w = torch.randn(2, 9, built.d_out(), generator=gen, dtype=F64)
-        y64, g64 = output_and_grads(built.model, "torch", u, w, dtype=F64)
-        for backend in BACKENDS:
-            if scale not in scales.get(backend, ()):
-                continue
-            y32, g32 = output_and_grads(built.model, backend, u, w, dtype=torch.float32)
-            built.model.double()
-            assert rel_err(y32, y64) < 1e-5, (backend, scale)
-            assert_grads_close(g32, g64, 1e-4)
+    check_fp32_against_float64(_built(name), scales)
 
 
 @pytest.mark.skipif(not TRITON, reason="needs triton and numpy")
