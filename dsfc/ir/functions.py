@@ -254,3 +254,26 @@ FUNCTION_TABLE = {
     "min": sp.Min,
     "delta": kronecker_delta,
 }
+
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+# float64 versions of the classes above, for lambdify(modules=[FLOAT_FUNCTIONS, "math"]): a fast numeric screen of
+# initial values (dsfc/ir/lower.py) that falls back to exact SymPy wherever the float result is not finite
+FLOAT_FUNCTIONS = {
+    "Softplus": _softplus,
+    "Sigmoid": _sigmoid,
+    "LogSigmoid": lambda x: -_softplus(-x),
+    "Expm1": math.expm1,
+    "Relu": lambda x: max(x, 0.0),
+    "Silu": lambda x: x * _sigmoid(x),
+    "Elu": lambda x: x if x > 0 else math.expm1(x),
+    "Elu1p": lambda x: math.exp(min(x, 0.0)) + max(x, 0.0),
+    "Gelu": lambda x: x * (1 + math.erf(x / math.sqrt(2))) / 2,
+}

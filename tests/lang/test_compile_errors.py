@@ -52,6 +52,12 @@ CASES = [
     ("init-division-at-an-index", spec("param w[c: d] = 1 / (c - 2)"), 5, 15, "at c=2: it is infinite"),
     ("init-log-negative-at-an-index", spec("param w[c: d] = log(c - 1)"), 5, 15, "at c=0: it is not real"),
     ("init-overflow", spec("param w[c: d] = exp(10000)"), 5, 15, "overflows float64"),
+    # initial values are screened in float64 and only suspicious elements evaluated exactly: each way a float can
+    # fail (an exception, inf, a complex power) must still reach the exact check, through the spec's own functions
+    ("init-sqrt-negative-late-index", spec("param w[c: d] = sqrt(2 - c)"), 5, 15, "at c=3: it is not real"),
+    ("init-log-relu-at-an-index", spec("param w[c: d] = log(relu(c - 1))"), 5, 15, "at c=0: it is infinite"),
+    ("init-overflow-at-an-index", spec("param w[c: d] = exp(400 * c)"), 5, 15, "at c=2: it overflows float64"),
+    ("init-fractional-power-at-an-index", spec("param w[c: d] = pow(c - 1, 0.5)"), 5, 15, "at c=0: it is not real"),
     # sizes no tensor can have
     ("derived-dim-too-large", spec("dim e = 10 ^ 100", "param w[e]"), 5, 9, "dim 'e' is too large: 1e+100"),
     ("tensor-too-large", spec("param w[10^7, 10^7, 10^7]"), 5, 9, "'w' would have 1e+21 elements"),
