@@ -409,12 +409,10 @@ def _qrnn(P, u, h0=None):
     c, ys = (u.new_zeros(u.shape[0], E) if h0 is None else h0), []
     for t in range(u.shape[1]):
         win = up[:, t: t + 2].transpose(1, 2)  # [B, d, 2], oldest first
-
-        def conv(W):
-            return torch.einsum("emk,bmk->be", W, win)
-        f = torch.sigmoid(conv(P["W_f"]) + P["b_f"])
-        c = f * c + (1 - f) * torch.tanh(conv(P["W_z"]))
-        ys.append(torch.sigmoid(conv(P["W_o"])) * c)
+        conv = {n: torch.einsum("emk,bmk->be", P[n], win) for n in ("W_z", "W_f", "W_o")}
+        f = torch.sigmoid(conv["W_f"] + P["b_f"])
+        c = f * c + (1 - f) * torch.tanh(conv["W_z"])
+        ys.append(torch.sigmoid(conv["W_o"]) * c)
     return _stack(ys, u, E)
 
 
