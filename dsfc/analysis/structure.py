@@ -242,9 +242,8 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     if len(terms(bu)) != 1:
         # a key or value written as a sum, (1 - f) v (HGRN2), reaches here expanded into terms that share the other
         # factor: regroup them (a factor that mixes key and value axes is rejected below)
+        # a sum that stays a sum may still be a sum of outer products (_term_rank below)
         bu = sp.factor_terms(bu)
-        if isinstance(bu, sp.Add):
-            return None
     ch = _one_contraction(_lift_fixed_reads(readout.ch, sym.state.base, sym.state.shape(), set(sym.dims.values())),
                           sym.state.base)
     if a.mixed_axes or len(sp.Add.make_args(ch)) != 1:  # not terms(): it would expand the merged sum again
@@ -317,7 +316,7 @@ def split_outer(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> O
     found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, key, value, query, out_map, bcast_gate=bcast_gate)
     if found is None:
         # not one outer product: a sum over a rank axis of outer products, sum_r key[r] (x) value[r]?
-        ranked = _rank_sum(bu, key_syms, set(rows))
+        ranked = _rank_sum(bu, key_syms, set(rows)) or _term_rank(bu, key_syms, set(rows))
         if ranked is not None:
             found = _finish_outer(a, rows, key_axes, kept, key_syms, summed, ranked[1], ranked[2], query, out_map,
                                   bcast_gate=bcast_gate, key_rank=ranked[0])
@@ -407,6 +406,34 @@ def _rank_sum(bu: sp.Expr, key_syms: set, taken: set
         return rest * (sp.Sum(body, *[(v, 0, n - 1) for v, n in own]) if own else body)
 
     return rank, summed(key_fs, in_key - in_value), summed(value_fs, in_value - in_key)
+
+
+def _term_rank(bu: sp.Expr, key_syms: set, taken: set
+               ) -> tuple[tuple[tuple[sp.Symbol, sp.Expr], ...], sp.Expr, sp.Expr] | None:
+    """B u = key_1 (x) value_1 + ... + key_R (x) value_R written out term by term: a rank-R input over a new axis r,
+    key[r] = sum_i delta(r, i) key_i and value[r] likewise (the cross terms vanish: delta(r, i) delta(r, j) = 0).
+
+    Mamba-3's trapezoidal rule, lam B_t x_t + (1 - lam) a B_(t-1) x_(t-1), reaches here as two terms even when the
+    spec stacks x_t and x_(t-1) on a drive axis r: the deltas over r contract that sum away. Without this the layer
+    ran the elementwise diagonal scan over all N state entries. The sum is one factor of B u (factor_terms pulled the
+    common factors, dt, out of it) that varies along the key rows; the caller's separation check rejects a split in
+    which some term mixes key and value rows."""
+    fs = factors(bu)
+    sums = [f for f in fs if isinstance(f, sp.Add) and f.free_symbols & key_syms]
+    if len(sums) != 1:
+        return None
+    common = [f for f in fs if f is not sums[0]]
+    used = taken | bu.free_symbols
+    r = next(sp.Symbol(f"r{i or ''}", integer=True, nonnegative=True) for i in itertools.count()
+             if sp.Symbol(f"r{i or ''}", integer=True, nonnegative=True) not in used)
+    parts = sp.Add.make_args(sums[0])
+    keys, values = [], []
+    for i, t in enumerate(parts):
+        keys.append(sp.KroneckerDelta(r, i) * sp.Mul(*[f for f in factors(t) if f.free_symbols & key_syms]))
+        values.append(sp.KroneckerDelta(r, i) * sp.Mul(*[f for f in factors(t) if not f.free_symbols & key_syms]))
+    key = sp.Mul(*[f for f in common if f.free_symbols & key_syms]) * sp.Add(*keys)
+    value = sp.Mul(*[f for f in common if not f.free_symbols & key_syms]) * sp.Add(*values)
+    return ((r, sp.Integer(len(parts))),), key, value
 
 
 def _lift_fixed_reads(ch: sp.Expr, base, extents, dims: set) -> sp.Expr:

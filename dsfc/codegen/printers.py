@@ -29,6 +29,9 @@ class TensorRef:
     extents: tuple = ()  # the spec axes' extents (SymPy, over dims) where known: lets a flat read be a reshape
 
 
+# the precedence the base of ** is printed at: above any operator's (3, **'s operands), so that a negative number
+# there is parenthesised, and only there (an exponent -0.5 stays x ** -0.5)
+_POW_BASE = 4
 _UNARY = {
     sp.exp: "torch.exp",
     Expm1: "expm1",  # dsfc.runtime's: torch.expm1 is inexact under Inductor
@@ -163,12 +166,11 @@ class TorchPrinter:
         return f"({code})"
 
     def _p(self, e, axes, sizes, prec) -> str:
-        if e.is_Integer:
-            return str(int(e))
-        if e.is_Rational:
-            return repr(float(e))
-        if e.is_Float:
-            return repr(float(e))
+        if e.is_Rational or e.is_Float:
+            code = str(int(e)) if e.is_Integer else repr(float(e))
+            # a negative number as the base of ** (precedence _POW_BASE) needs parentheses: Python reads -1 ** n as
+            # -(1 ** n), which printed LegT's (-1)^(i - j + 1) as -1 for every i, j
+            return f"({code})" if prec >= _POW_BASE and e.is_negative else code
         if e is sp.pi:
             return "math.pi"
         if isinstance(e, sp.Symbol):
@@ -201,7 +203,7 @@ class TorchPrinter:
         if isinstance(e, sp.Pow):
             base, ex = e.args
             if not self._has_tensor(e) and not (e.free_symbols & set(axes)):
-                return f"{self._p(base, axes, sizes, 3)} ** {self._p(ex, axes, sizes, 3)}"
+                return f"{self._p(base, axes, sizes, _POW_BASE)} ** {self._p(ex, axes, sizes, 3)}"
             stable = power_as_exp(e)
             if stable is not None:  # sigmoid(z)^(1/4) as exp(logsigmoid(z) / 4): no NaN gradient once it underflows
                 return self._p(stable, axes, sizes, prec)
@@ -213,11 +215,11 @@ class TorchPrinter:
             if ex == -sp.Rational(1, 2):
                 return f"torch.rsqrt({self._tensor(base, axes, sizes)})"
             if ex == -1:
-                return f"(1 / {self._p(base, axes, sizes, 3)})"
+                return f"(1 / {self._p(base, axes, sizes, _POW_BASE)})"
             if ex == 2:
-                b = self._p(base, axes, sizes, 3)
+                b = self._p(base, axes, sizes, _POW_BASE)
                 return f"({b} * {b})" if len(b) < 40 else f"{b} ** 2"
-            return f"{self._p(base, axes, sizes, 3)} ** {self._p(ex, axes, sizes, 3)}"
+            return f"{self._p(base, axes, sizes, _POW_BASE)} ** {self._p(ex, axes, sizes, 3)}"
         if isinstance(e, sp.KroneckerDelta):
             a, b = (self.index(x, axes, sizes) for x in e.args)
             return f"({a} == {b}).to({self.dtype})"

@@ -228,6 +228,11 @@ class TritonPrinter(Printer):
             return f"tl.sqrt({self._print(base)})"
         if ex == -sp.Rational(1, 2):
             return f"tl.rsqrt({self._print(base)})"
+        if base.is_number and base.is_negative and ex.is_integer:
+            # (-b)^n with n an integer that is not a literal (LegT's (-1)^(i - j + 1)): the sign 1 - 2 (n mod 2)
+            # times b^n; the real-power form below would take the log of the negative base (NaN)
+            sign = f"(1.0 - 2.0 * {self._print(sp.Mod(ex, 2))})"
+            return sign if base == -1 else f"{sign} * {self._print(sp.Pow(-base, ex, evaluate=False))}"
         # a real power of a (presumed positive) base; a constant base's log is a float constant (tl.log of the
         # integer literal 10 is an int32 tensor, which tl.log refuses)
         log_base = (repr(math.log(float(base))) if base.is_number and base.is_positive
