@@ -187,6 +187,8 @@ class MLSTM(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("MLSTM", "check_finite", self.check_finite)
         check_tensor_kind("MLSTM", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != E:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__

@@ -148,6 +148,8 @@ class NormalizedAttention(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("NormalizedAttention", "check_finite", self.check_finite)
         check_tensor_kind("NormalizedAttention", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__

@@ -165,6 +165,8 @@ class RGLRU(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         W, nh, bw = self.W, self.nh, self.bw
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("RGLRU", "check_finite", self.check_finite)
         check_tensor_kind("RGLRU", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != W:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__

@@ -147,6 +147,8 @@ class S6(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, n, r = self.d, self.n, self.r
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("S6", "check_finite", self.check_finite)
         check_tensor_kind("S6", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__

@@ -161,6 +161,8 @@ class SSD(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("SSD", "check_finite", self.check_finite)
         check_tensor_kind("SSD", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != H * P:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
