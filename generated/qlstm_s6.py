@@ -253,6 +253,12 @@ class QLSTMS6(nn.Module):
         check_flag("QLSTMS6", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "QLSTMS6: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("QLSTMS6", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)
