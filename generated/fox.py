@@ -35,6 +35,7 @@ from dsfc.runtime.checks import (
     CACHE_DECAY,
     CACHE_KEYS,
     CACHE_VALUES,
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
@@ -90,14 +91,15 @@ class FoX(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"FoX: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-            ("V", V),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"FoX: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "FoX",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+                "V": V,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -369,7 +371,9 @@ class FoX(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``."""
-        self._check_input(u, None)
+        # running0 is a state dict as forward's initial_state (its cache and running entries): a tensor or a dict
+        # without the cache was torch's IndexError or a KeyError deep in _lets
+        self._check_input(u, running0)
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
         _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)

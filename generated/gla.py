@@ -41,12 +41,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -88,15 +90,16 @@ class GLA(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"GLA: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-            ("V", V),
-            ("R", R),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"GLA: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "GLA",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+                "V": V,
+                "R": R,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -174,6 +177,7 @@ class GLA(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("GLA", u, self)
+        check_running0_type("GLA", running0)
         if running0:
             raise ValueError(
                 f"GLA: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"

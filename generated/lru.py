@@ -41,12 +41,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -89,12 +91,13 @@ class LRU(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"LRU: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("Nc", Nc),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"LRU: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "LRU",
+            {
+                "d": d,
+                "Nc": Nc,
+            },
+        )
         self.d = int(d)
         self.Nc = int(Nc)
         d, Nc = self.d, self.Nc
@@ -200,6 +203,7 @@ class LRU(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("LRU", u, self)
+        check_running0_type("LRU", running0)
         if running0:
             raise ValueError(
                 f"LRU: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"

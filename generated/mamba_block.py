@@ -41,12 +41,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -89,15 +91,16 @@ class MambaBlock(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"MambaBlock: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("e", e),
-            ("n", n),
-            ("r", r),
-            ("W", W),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"MambaBlock: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "MambaBlock",
+            {
+                "d": d,
+                "e": e,
+                "n": n,
+                "r": r,
+                "W": W,
+            },
+        )
         self.d = int(d)
         self.e = int(e)
         self.n = int(n)
@@ -201,6 +204,7 @@ class MambaBlock(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("MambaBlock", u, self)
+        check_running0_type("MambaBlock", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:

@@ -41,12 +41,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -89,13 +91,14 @@ class NormalizedAttentionSigmoid(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"NormalizedAttentionSigmoid: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"NormalizedAttentionSigmoid: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "NormalizedAttentionSigmoid",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -181,6 +184,7 @@ class NormalizedAttentionSigmoid(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("NormalizedAttentionSigmoid", u, self)
+        check_running0_type("NormalizedAttentionSigmoid", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:

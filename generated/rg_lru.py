@@ -41,12 +41,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -90,12 +92,13 @@ class RGLRU(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"RGLRU: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("W", W),
-            ("nh", nh),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"RGLRU: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "RGLRU",
+            {
+                "W": W,
+                "nh": nh,
+            },
+        )
         self.W = int(W)
         self.nh = int(nh)
         if W % nh != 0:
@@ -194,6 +197,7 @@ class RGLRU(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RGLRU", u, self)
+        check_running0_type("RGLRU", running0)
         if running0:
             raise ValueError(
                 f"RGLRU: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"

@@ -41,12 +41,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -89,14 +91,15 @@ class SSD(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"SSD: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("H", H),
-            ("P", P),
-            ("n", n),
-            ("G", G),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"SSD: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "SSD",
+            {
+                "H": H,
+                "P": P,
+                "n": n,
+                "G": G,
+            },
+        )
         self.H = int(H)
         self.P = int(P)
         self.n = int(n)
@@ -191,6 +194,7 @@ class SSD(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("SSD", u, self)
+        check_running0_type("SSD", running0)
         if running0:
             raise ValueError(
                 f"SSD: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"

@@ -42,12 +42,14 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -92,15 +94,16 @@ class TaylorAttention(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"TaylorAttention: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-            ("V", V),
-            ("p", p),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"TaylorAttention: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "TaylorAttention",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+                "V": V,
+                "p": p,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -171,6 +174,7 @@ class TaylorAttention(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("TaylorAttention", u, self)
+        check_running0_type("TaylorAttention", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
