@@ -47,6 +47,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
     check_running0_type,
     check_tensor_kind,

@@ -47,6 +47,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
     check_running0_type,
     check_running_state,
@@ -84,8 +85,10 @@ class MLSTM(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, H=4, DH=128, bs=4, *, backend="auto", device=None, dtype=None):
+    def __init__(self, H=4, DH=128, bs=4, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("MLSTM", _given, ["E", "NB"], ["H", "DH", "bs"])
         if backend not in BACKENDS:
             raise ValueError(f"MLSTM: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

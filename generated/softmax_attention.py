@@ -35,6 +35,7 @@ from dsfc.runtime.checks import (
     CACHE_KEYS,
     CACHE_VALUES,
     check_dim_arguments,
+    check_no_derived_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,

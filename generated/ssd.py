@@ -47,6 +47,7 @@ from dsfc.runtime.checks import (
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
     check_running0_type,
     check_subscript,
@@ -83,8 +84,10 @@ class SSD(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, H=24, P=64, n=128, G=1, *, backend="auto", device=None, dtype=None):
+    def __init__(self, H=24, P=64, n=128, G=1, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("SSD", _given, ["R"], ["H", "P", "n", "G"])
         if backend not in BACKENDS:
             raise ValueError(f"SSD: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

@@ -48,6 +48,17 @@ def check_dim_arguments(model: str, dims: dict) -> None:
             raise ValueError(f"{model}: dim {name} must be a positive integer, got {value!r}")
 
 
+def check_no_derived_arguments(model: str, given: Mapping, derived, free) -> None:
+    """The keyword arguments a constructor took beyond its own: a derived dim (``MambaBlock(E=256)`` for ``dim E =
+    e * d``) is refused with the free dims to set instead (it was Python's bare "unexpected keyword argument 'E'");
+    any other name gets Python's own message."""
+    for name in given:
+        if name in derived:
+            raise TypeError(f"{model}: {name!r} is a derived dim (the spec computes it from its free dims), not an "
+                            f"argument; set the free dims it is computed from: {', '.join(free)}")
+        raise TypeError(f"{model}.__init__() got an unexpected keyword argument {name!r}")
+
+
 def check_flag(model: str, label: str, value) -> None:
     """A bool argument (``output_final_state``, ``post``): a Python or numpy bool. Anything else was read by its truth
     value: ``output_final_state="False"`` (or ``2``, or a tensor) silently returned the ``(y, state)`` tuple."""

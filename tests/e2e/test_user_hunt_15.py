@@ -32,13 +32,15 @@ Found and fixed:
   the quadratic modules (softmax attention, FoX) did not check ``driven_input``'s running0 at all (an IndexError or
   KeyError inside ``_lets``). Now a TypeError naming running0, and the quadratic modules check it as the state dict
   it is.
+- ``MambaBlock(E=256)`` (``dim E = e * d`` in the spec) was Python's bare "unexpected keyword argument 'E'"; a
+  constructor of a spec with derived dims now says "'E' is a derived dim ..., set the free dims it is computed from:
+  d, e, n, r, W", as ``dsfc check --dims E=...`` does (``dsfc.runtime.checks.check_no_derived_arguments``).
 
 Checked clean (no change): weight_norm on a parameter; ``set_default_dtype(float64)`` then construction; a module
 built under ``torch.device("meta")``; forward pre-hooks that change u's shape (named); overlapping-stride and
 flipped u; the gradient of a requires_grad initial_state against the reference backend; a KV cache that requires
 grad (gradients reach keys and values), a truncated, NaN, list or key-less cache; ``eval()``; ``load_state_dict``
-with ``assign=True`` of float64 tensors; T = 0 and B = 0 in kernel_form; a derived dim passed to the constructor
-(Python's "unexpected keyword argument 'E'"); ``SSD(H=5, G=2)`` (named); initialisers with reversed or degenerate
+with ``assign=True`` of float64 tensors; T = 0 and B = 0 in kernel_form; ``SSD(H=5, G=2)`` (named); initialisers with reversed or degenerate
 ranges (positioned); CLI outputs into a directory, through a file, onto the spec itself, with a bad suffix;
 ``--dims`` duplicates, empties, floats and unknown names.
 """
@@ -232,6 +234,15 @@ def test_a_one_element_integer_tensor_or_numpy_dim_still_works():
 
     model = generated_class("s6")(d=np.int64(4), n=torch.tensor(2), r=2)
     assert (model.d, model.n) == (4, 2) and type(model.n) is int
+
+
+def test_a_derived_dim_passed_to_the_constructor_says_what_to_set_instead():
+    with pytest.raises(TypeError, match=r"^MambaBlock: 'E' is a derived dim .* set the free dims it is computed from: "
+                                        r"d, e, n, r, W$"):
+        generated_class("mamba_block")(E=8)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'dtyp'"):  # any other name: Python's message
+        generated_class("mamba_block")(dtyp=1)
+    assert generated_class("mamba_block")(d=4, e=1, n=2, r=1).E == 4
 
 
 @pytest.mark.parametrize("name", ["s6", "mamba_block"])
