@@ -7,13 +7,15 @@ traceback, no output file written). A failed numerical check exits with code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .lang.errors import SpecErrors
+from .lang.errors import SpecErrors, SpecWarning
 
 EXIT_SPEC_ERROR = 2
 EXIT_INTERNAL_ERROR = 3  # a bug in dsfc, not in the spec: one line naming it (DSFC_TRACEBACK=1 for the traceback)
@@ -480,7 +482,8 @@ def _run(args) -> int:
         print(f"dsfc {args.command}: error: {problem}", file=sys.stderr)
         return EXIT_SPEC_ERROR
     try:
-        return args.func(args)
+        with _spec_warnings_printed():
+            return args.func(args)
     except SpecErrors as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -509,6 +512,28 @@ def _run(args) -> int:
         return EXIT_SPEC_ERROR
     except Exception as exc:  # noqa: BLE001 - anything else is dsfc's bug: say so in one line, not a traceback
         return _internal_error(args, exc)
+
+
+@contextlib.contextmanager
+def _spec_warnings_printed():
+    """Print each SpecWarning (``path:line:col: warning: ...``, a param nothing reads) once to stderr, as the errors
+    are printed: Python's display added its own ``pipeline.py:83: SpecWarning:`` prefix and a line of dsfc's source,
+    and a command that compiles a spec several times (check, compile --check) would repeat it. Other warnings go to
+    Python's display as before."""
+    shown: set[str] = set()
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, SpecWarning):
+            return original(message, category, filename, lineno, file, line)
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(str(message), file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SpecWarning)  # the registry of an earlier main() in this process hid them
+        warnings.showwarning = show
+        yield
 
 
 class _PipeSafe:

@@ -35,6 +35,8 @@ from dsfc.runtime.checks import (
     CACHE_DECAY,
     CACHE_KEYS,
     CACHE_VALUES,
+    check_dim_arguments,
+    check_no_derived_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
@@ -90,14 +92,15 @@ class FoX(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"FoX: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-            ("V", V),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"FoX: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "FoX",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+                "V": V,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -140,6 +143,8 @@ class FoX(nn.Module):
 
     def _check_input(self, u, state):
         d, H, K, V = self.d, self.H, self.K, self.V
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("FoX", "check_finite", self.check_finite)
         check_tensor_kind("FoX", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -257,6 +262,12 @@ class FoX(nn.Module):
         check_flag("FoX", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "FoX: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("FoX", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)
@@ -361,7 +372,9 @@ class FoX(nn.Module):
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``."""
-        self._check_input(u, None)
+        # running0 is a state dict as forward's initial_state (its cache and running entries): a tensor or a dict
+        # without the cache was torch's IndexError or a KeyError deep in _lets
+        self._check_input(u, running0)
         d, H, K, V = self.d, self.H, self.K, self.V
         _dtype = torch.promote_types(u.dtype, torch.float32)
         _x = u.to(_dtype).reshape(u.shape[0], u.shape[1], d)

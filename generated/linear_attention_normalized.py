@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -91,14 +94,15 @@ class LinearAttentionNormalized(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"LinearAttentionNormalized: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-            ("V", V),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"LinearAttentionNormalized: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "LinearAttentionNormalized",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+                "V": V,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -141,6 +145,8 @@ class LinearAttentionNormalized(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("LinearAttentionNormalized", "check_finite", self.check_finite)
         check_tensor_kind("LinearAttentionNormalized", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -168,6 +174,7 @@ class LinearAttentionNormalized(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("LinearAttentionNormalized", u, self)
+        check_running0_type("LinearAttentionNormalized", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
@@ -253,6 +260,12 @@ class LinearAttentionNormalized(nn.Module):
         check_flag("LinearAttentionNormalized", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "LinearAttentionNormalized: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("LinearAttentionNormalized", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -81,23 +84,26 @@ class MambaBlock(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, d=64, e=2, n=16, r=4, W=4, *, backend="auto", device=None, dtype=None):
+    def __init__(self, d=64, e=2, n=16, r=4, W=4, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("MambaBlock", _given, ["E"], ["d", "e", "n", "r", "W"])
         if backend not in BACKENDS:
             raise ValueError(f"MambaBlock: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"MambaBlock: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("e", e),
-            ("n", n),
-            ("r", r),
-            ("W", W),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"MambaBlock: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "MambaBlock",
+            {
+                "d": d,
+                "e": e,
+                "n": n,
+                "r": r,
+                "W": W,
+            },
+        )
         self.d = int(d)
         self.e = int(e)
         self.n = int(n)
@@ -165,6 +171,8 @@ class MambaBlock(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("MambaBlock", "check_finite", self.check_finite)
         check_tensor_kind("MambaBlock", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -199,6 +207,7 @@ class MambaBlock(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("MambaBlock", u, self)
+        check_running0_type("MambaBlock", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
@@ -314,6 +323,12 @@ class MambaBlock(nn.Module):
         check_flag("MambaBlock", "post", post)
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state, post)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "MambaBlock: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("MambaBlock", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state, post)

@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_subscript,
     check_tensor_kind,
@@ -82,21 +85,24 @@ class MLSTM(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, H=4, DH=128, bs=4, *, backend="auto", device=None, dtype=None):
+    def __init__(self, H=4, DH=128, bs=4, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("MLSTM", _given, ["E", "NB"], ["H", "DH", "bs"])
         if backend not in BACKENDS:
             raise ValueError(f"MLSTM: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"MLSTM: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("H", H),
-            ("DH", DH),
-            ("bs", bs),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"MLSTM: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "MLSTM",
+            {
+                "H": H,
+                "DH": DH,
+                "bs": bs,
+            },
+        )
         self.H = int(H)
         self.DH = int(DH)
         self.bs = int(bs)
@@ -187,6 +193,8 @@ class MLSTM(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("MLSTM", "check_finite", self.check_finite)
         check_tensor_kind("MLSTM", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != E:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -216,6 +224,7 @@ class MLSTM(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("MLSTM", u, self)
+        check_running0_type("MLSTM", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
@@ -337,6 +346,12 @@ class MLSTM(nn.Module):
         check_flag("MLSTM", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "MLSTM: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("MLSTM", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

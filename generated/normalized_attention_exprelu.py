@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -81,21 +84,24 @@ class NormalizedAttentionExpRelu(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, d=256, H=1, K=128, *, backend="auto", device=None, dtype=None):
+    def __init__(self, d=256, H=1, K=128, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("NormalizedAttentionExpRelu", _given, ["V"], ["d", "H", "K"])
         if backend not in BACKENDS:
             raise ValueError(f"NormalizedAttentionExpRelu: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"NormalizedAttentionExpRelu: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"NormalizedAttentionExpRelu: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "NormalizedAttentionExpRelu",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -148,6 +154,8 @@ class NormalizedAttentionExpRelu(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V = self.d, self.H, self.K, self.V
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("NormalizedAttentionExpRelu", "check_finite", self.check_finite)
         check_tensor_kind("NormalizedAttentionExpRelu", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -179,6 +187,7 @@ class NormalizedAttentionExpRelu(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("NormalizedAttentionExpRelu", u, self)
+        check_running0_type("NormalizedAttentionExpRelu", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
@@ -267,6 +276,12 @@ class NormalizedAttentionExpRelu(nn.Module):
         check_flag("NormalizedAttentionExpRelu", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "NormalizedAttentionExpRelu: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters(
             "NormalizedAttentionExpRelu", self
         )  # built under inference_mode: grads silently lost

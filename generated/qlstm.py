@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_tensor_kind,
     empty_output,
     inference_input_error,
@@ -80,20 +83,23 @@ class QLSTM(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, d=256, e=2, *, backend="auto", device=None, dtype=None):
+    def __init__(self, d=256, e=2, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("QLSTM", _given, ["Hd"], ["d", "e"])
         if backend not in BACKENDS:
             raise ValueError(f"QLSTM: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"QLSTM: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("e", e),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"QLSTM: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "QLSTM",
+            {
+                "d": d,
+                "e": e,
+            },
+        )
         self.d = int(d)
         self.e = int(e)
         Hd = self.Hd = d * e
@@ -141,6 +147,8 @@ class QLSTM(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, e, Hd = self.d, self.e, self.Hd
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("QLSTM", "check_finite", self.check_finite)
         check_tensor_kind("QLSTM", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -170,6 +178,7 @@ class QLSTM(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("QLSTM", u, self)
+        check_running0_type("QLSTM", running0)
         if running0:
             raise ValueError(
                 f"QLSTM: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"
@@ -246,6 +255,12 @@ class QLSTM(nn.Module):
         check_flag("QLSTM", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "QLSTM: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("QLSTM", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

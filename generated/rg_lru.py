@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -82,20 +85,23 @@ class RGLRU(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, W=2560, nh=10, *, backend="auto", device=None, dtype=None):
+    def __init__(self, W=2560, nh=10, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("RGLRU", _given, ["bw"], ["W", "nh"])
         if backend not in BACKENDS:
             raise ValueError(f"RGLRU: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"RGLRU: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("W", W),
-            ("nh", nh),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"RGLRU: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "RGLRU",
+            {
+                "W": W,
+                "nh": nh,
+            },
+        )
         self.W = int(W)
         self.nh = int(nh)
         if W % nh != 0:
@@ -165,6 +171,8 @@ class RGLRU(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         W, nh, bw = self.W, self.nh, self.bw
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("RGLRU", "check_finite", self.check_finite)
         check_tensor_kind("RGLRU", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != W:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -192,6 +200,7 @@ class RGLRU(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RGLRU", u, self)
+        check_running0_type("RGLRU", running0)
         if running0:
             raise ValueError(
                 f"RGLRU: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"
@@ -270,6 +279,12 @@ class RGLRU(nn.Module):
         check_flag("RGLRU", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "RGLRU: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("RGLRU", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

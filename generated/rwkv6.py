@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_running_state,
     check_tensor_kind,
     empty_output,
@@ -91,18 +94,19 @@ class RWKV6(nn.Module):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"RWKV6: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("d", d),
-            ("H", H),
-            ("K", K),
-            ("V", V),
-            ("R", R),
-            ("Rw", Rw),
-            ("layer", layer),
-            ("L", L),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"RWKV6: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "RWKV6",
+            {
+                "d": d,
+                "H": H,
+                "K": K,
+                "V": V,
+                "R": R,
+                "Rw": Rw,
+                "layer": layer,
+                "L": L,
+            },
+        )
         self.d = int(d)
         self.H = int(H)
         self.K = int(K)
@@ -224,6 +228,8 @@ class RWKV6(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("RWKV6", "check_finite", self.check_finite)
         check_tensor_kind("RWKV6", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != d:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -257,6 +263,7 @@ class RWKV6(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("RWKV6", u, self)
+        check_running0_type("RWKV6", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
         if initial_state is not None:
@@ -379,6 +386,12 @@ class RWKV6(nn.Module):
         check_flag("RWKV6", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "RWKV6: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("RWKV6", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

@@ -41,12 +41,15 @@ from dsfc.runtime import (
     use_compiled_chunks,
 )
 from dsfc.runtime.checks import (
+    check_dim_arguments,
     check_finite_input,
     check_finite_output,
     check_flag,
     check_float_tensor,
     check_inference_parameters,
+    check_no_derived_arguments,
     check_parameters,
+    check_running0_type,
     check_subscript,
     check_tensor_kind,
     empty_output,
@@ -81,22 +84,25 @@ class SSD(nn.Module):
             "use torch.compile, or torch.export at fixed shapes"
         )
 
-    def __init__(self, H=24, P=64, n=128, G=1, *, backend="auto", device=None, dtype=None):
+    def __init__(self, H=24, P=64, n=128, G=1, *, backend="auto", device=None, dtype=None, **_given):
         super().__init__()
+        # a derived dim passed as an argument (E = e * d): Python's "unexpected keyword argument 'E'" did not say why
+        check_no_derived_arguments("SSD", _given, ["R"], ["H", "P", "n", "G"])
         if backend not in BACKENDS:
             raise ValueError(f"SSD: backend must be one of {BACKENDS}, got {backend!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             # an integer dtype was torch's "Only Tensors of floating point ... can require gradients"
             raise TypeError(f"SSD: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.backend = backend
-        for _name, _value in (
-            ("H", H),
-            ("P", P),
-            ("n", n),
-            ("G", G),
-        ):
-            if isinstance(_value, bool) or not hasattr(_value, "__index__") or _value.__index__() < 1:
-                raise ValueError(f"SSD: dim {_name} must be a positive integer, got {_value!r}")
+        check_dim_arguments(
+            "SSD",
+            {
+                "H": H,
+                "P": P,
+                "n": n,
+                "G": G,
+            },
+        )
         self.H = int(H)
         self.P = int(P)
         self.n = int(n)
@@ -161,6 +167,8 @@ class SSD(nn.Module):
 
     def _check_input(self, u, initial_state, running0=None):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        # an attribute set after construction: model.check_finite = "no" (or 0.0, a tensor) was read by its truth value
+        check_flag("SSD", "check_finite", self.check_finite)
         check_tensor_kind("SSD", "u", u)  # sparse, nested (a ragged batch), float8
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[-1] != H * P:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -189,6 +197,7 @@ class SSD(nn.Module):
         )
         if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
             check_finite_input("SSD", u, self)
+        check_running0_type("SSD", running0)
         if running0:
             raise ValueError(
                 f"SSD: the spec has no running quantities to carry, got running0 keys {sorted(map(str, running0))}"
@@ -261,6 +270,12 @@ class SSD(nn.Module):
         check_flag("SSD", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
+        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
+            raise RuntimeError(
+                "SSD: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
+                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
+                "use torch.compile, or torch.export at fixed shapes"
+            )
         check_inference_parameters("SSD", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

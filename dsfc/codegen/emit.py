@@ -16,6 +16,20 @@ from .plan import ModulePlan, py_name
 TEMPLATES = Path(__file__).with_name("templates")
 
 
+def printable(text: str) -> str:
+    """Text from outside (a spec's file name) fit for one line of generated source: control characters (a newline,
+    a form feed, ESC) as Python escapes. A spec file named ``odd\\nname.dsf`` broke the ``# Generated ... from``
+    comment in two, and the generated module did not parse ("dsfc generated invalid Python")."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def docstring_text(text: str) -> str:
+    """Spec text (the model's description) as the body of a generated ``\"\"\"`` docstring that reads back as the same
+    text: a backslash is doubled and a control character escaped. ``model M "C:\\new\\Nope"`` wrote ``\\N`` into the
+    docstring, a SyntaxError on import ("malformed \\N character escape"), and a form feed or ESC went in raw."""
+    return printable(text.replace("\\", "\\\\"))
+
+
 @functools.lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     """One Jinja environment per process: templates are parsed once, not per compiled spec."""
@@ -31,6 +45,7 @@ def _env() -> jinja2.Environment:
     env.filters["pyname"] = py_name
     env.filters["self_dim"] = lambda s: f"self.{s}" if s.isidentifier() else s
     env.filters["replace_dims"] = lambda s: s
+    env.filters["docstring"] = docstring_text
     env.filters["pytuple"] = lambda items: "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     return env
 

@@ -178,7 +178,17 @@ class DriveDecl:
     span: Span = field(compare=False)
 
 
-Statement = ModelDecl | DimDecl | TensorDecl | ParamDecl | LetDecl | MatrixDef | ReadoutDecl | PostDecl | DriveDecl
+@dataclass(frozen=True)
+class UnusedDecl:
+    """``unused extra, spare``: params or lets the spec declares on purpose although nothing the layer computes reads
+    them (kept for a checkpoint's keys, say); without it the compiler warns about each one."""
+
+    names: tuple[tuple[str, Span], ...]  # each name with its own span
+    span: Span = field(compare=False)
+
+
+Statement = (ModelDecl | DimDecl | TensorDecl | ParamDecl | LetDecl | MatrixDef | ReadoutDecl | PostDecl | DriveDecl
+             | UnusedDecl)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 import keyword
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from . import ast
-from .errors import NotADSFError, Span, SpecError, SpecErrors
+from .errors import NotADSFError, Span, SpecError, SpecErrors, SpecWarning
 
 # Elementwise functions of the language and their arities. Meaning lives in ir/functions.py.
 FUNCTIONS: dict[str, int] = {
@@ -116,6 +117,7 @@ class CheckedSpec:
     driven: TensorInfo | None = None  # what B and D multiply: the input, or a let named by 'drive'
     posts: tuple = ()  # PostDecl statements in source order (post-ops after the DSF core)
     index_uses: tuple[IndexUse, ...] = ()  # every checked subscript, for the constructor's checks at other dims
+    warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a mistake (check_spec issues them)
 
 
 class _Scope:
@@ -897,6 +899,8 @@ class _Checker:
             self.unnamed_axes, self.silenced = False, set()
             self.declare("post", post.name, axes, post.span)
 
+        found = self.unused_declarations(stmts, lets, matrices, posts, drives[0] if drives else None)
+
         if self.errors:
             raise SpecErrors(self.errors, self.spec.path, self.spec.source)
 
@@ -929,7 +933,48 @@ class _Checker:
             driven=self.driven,
             posts=tuple(posts),
             index_uses=tuple(self.index_uses),
+            warnings=found,
         )
+
+    def unused_declarations(self, stmts, lets, matrices, posts, drive) -> tuple[SpecWarning, ...]:
+        """A warning per param or let that nothing the layer computes reads (A, B, C, D, the posts, the drive let,
+        through any chain of lets), unless an ``unused`` statement names it. Such a param was silently created,
+        initialised and trained (its gradient always zero, its weight decayed) and a let computed every call: most
+        often a typo'd name or a term dropped from a matrix. A name in ``unused`` that is not a param or let, or that
+        the layer does read, is an error: the statement no longer says what the spec does."""
+        let_exprs = {let.name: let.expr for let in lets}
+        read: set[str] = set()
+        todo = [m.expr for m in matrices.values()] + [p.expr for p in posts]
+        if drive is not None:
+            read.add(drive.name)
+            todo += [let_exprs[drive.name]] if drive.name in let_exprs else []
+        while todo:
+            for name in referenced_tensors(todo.pop()) - read:
+                read.add(name)
+                if name in let_exprs:
+                    todo.append(let_exprs[name])
+        marked: dict[str, Span] = {}
+        for decl in (s for s in stmts if isinstance(s, ast.UnusedDecl)):
+            for name, span in decl.names:
+                t = self.tensors.get(name)
+                if t is None or t.kind not in ("param", "let"):
+                    if name not in self.broken:
+                        self.err(f"'unused' names {name!r}, which is "
+                                 + (f"the {t.kind}" if t else "not declared") + "; it takes params and lets", span)
+                elif name in read:
+                    self.err(f"'unused' names {t.kind} {name!r}, but the layer reads it", span,
+                             hint=f"remove {name!r} from the 'unused' statement")
+                marked[name] = span
+        found = []
+        for t in self.tensors.values():
+            if t.kind in ("param", "let") and t.name not in read and t.name not in marked:
+                what = ("is created and trained, but its gradient is always zero" if t.kind == "param" else
+                        "is computed on every call for nothing")
+                found.append(SpecWarning(
+                    f"{t.kind} {t.name!r} is never read by A, B, C, D, a post or the drive let: it {what}",
+                    t.span, self.spec.path, self.spec.source,
+                    hint=f"use it, delete it, or declare it deliberate with: unused {t.name}"))
+        return tuple(found)
 
     def sort_lets(self, lets: list[ast.LetDecl]) -> list[ast.LetDecl]:
         by_name = {let.name: let for let in lets}
@@ -1050,4 +1095,9 @@ def _default_model_name(path: str) -> str:
 
 
 def check_spec(spec: ast.Spec) -> CheckedSpec:
-    return _Checker(spec).run()
+    """The checked spec; raises SpecErrors for its mistakes and issues a SpecWarning (``warnings.warn``) for what
+    compiles but is probably a mistake, e.g. a param nothing reads."""
+    checked = _Checker(spec).run()
+    for w in checked.warnings:
+        warnings.warn(w, stacklevel=2)
+    return checked

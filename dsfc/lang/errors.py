@@ -59,6 +59,17 @@ class SpecErrors(Exception):
         return "\n".join(render_error(e, self.path, self.source) for e in self.errors)
 
 
+class SpecWarning(UserWarning):
+    """Something in a spec that compiles but is probably a mistake (a param nothing reads), located by a span.
+
+    Issued with ``warnings.warn`` by ``check_spec``; its text is the rendered ``path:line:col: warning: ...`` block,
+    so Python's own warning display and the CLI (which prints each one once) both show where it is."""
+
+    def __init__(self, message: str, span: Span, path: str, source: str | None, hint: str | None = None):
+        self.message, self.span, self.path, self.source, self.hint = message, span, path, source, hint
+        super().__init__(render_error(SpecError(message, span, hint), path, source, kind="warning"))
+
+
 class NotADSFError(SpecError):
     """The spec describes a system whose matrices depend on the state: not a DSF."""
 
@@ -66,16 +77,16 @@ class NotADSFError(SpecError):
 EXCERPT_WIDTH = 100  # source characters shown of a longer line
 
 
-def render_error(err: SpecError, path: str, source: str | None) -> str:
+def render_error(err: SpecError, path: str, source: str | None, kind: str = "error") -> str:
     """Format an error the way compilers do: location, message, source line, caret.
 
     ``source`` None: there is no source (the file could not be read): the one line ``path: error: message``, where
     an empty excerpt line and a caret under nothing followed ``path:1:1:`` for a missing file or a directory."""
     if source is None:
-        return f"{path}: error: {err.message}" + (f"\n  hint: {err.hint}" if err.hint else "")
+        return f"{path}: {kind}: {err.message}" + (f"\n  hint: {err.hint}" if err.hint else "")
     line_no, col = err.span.line, err.span.column
     lines = [line.removesuffix("\r") for line in source.split("\n")]  # the lines Lark counts
-    out = [f"{path}:{line_no}:{col}: error: {err.message}"]
+    out = [f"{path}:{line_no}:{col}: {kind}: {err.message}"]
     # an empty file, or an error just past the last line, still gets its (empty) source line and a caret
     text = lines[line_no - 1] if 1 <= line_no <= len(lines) else ""
     # one character per column, and nothing that a terminal would interpret (tabs, escapes, binary garbage)

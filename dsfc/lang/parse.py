@@ -21,7 +21,7 @@ GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
 # A line that opens a statement: a declaration keyword, or a matrix entry ``A[...] =``.
 _STATEMENT_START = re.compile(
-    r"^\s*(?:(?:model|dim|input|state|output|param|let|readout|post|drive)\b|[ABCD]\s*\[[^\]]*\]\s*=(?!=))"
+    r"^\s*(?:(?:model|dim|input|state|output|param|let|readout|post|drive|unused)\b|[ABCD]\s*\[[^\]]*\]\s*=(?!=))"
 )
 
 _TOKEN_NAMES = {
@@ -190,8 +190,8 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         # initialiser is complete too, but there '=' or '~' may be what was meant, so the list is more useful.)
         from .check import _similar  # check imports parse
 
-        starts = ("model", "dim", "input", "state", "output", "param", "let", "post", "drive", "readout", "A", "B", "C",
-                  "D")
+        starts = ("model", "dim", "input", "state", "output", "param", "let", "post", "drive", "readout", "unused", "A",
+                  "B", "C", "D")
         line = text.splitlines()[tok.line - 1] if tok.line <= len(text.splitlines()) else ""
         first = tok.type == "NAME" and not line[: tok.column - 1].strip()
         close = [k for k in starts if _similar(k, str(tok))] if first else []
@@ -201,7 +201,7 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
             f"unexpected {str(tok)!r} after the end of the statement",
             span,
             hint=(f"did you mean {close[0]!r}? " if close else "") + "each statement starts with a keyword (model, "
-            "dim, input, state, output, param, let, post, drive, readout) or a matrix entry such as A[...] = ...",
+            "dim, input, state, output, param, let, post, drive, readout, unused) or a matrix entry such as A[...] = ...",
         )
     return SpecError(f"unexpected {str(tok)!r}; expected {_describe_expected(expected)}", span)
 
@@ -399,6 +399,9 @@ class _ToAst(Transformer):
     def drive_decl(self, meta, children):
         (name,) = children
         return ast.DriveDecl(str(name), _span(meta))
+
+    def unused_decl(self, meta, children):
+        return ast.UnusedDecl(tuple((str(name), Span.from_token(name)) for name in children), _span(meta))
 
     def readout_decl(self, meta, children):
         (mode,) = children

@@ -34,6 +34,31 @@ def step_state_errors() -> Iterator[None]:
         raise type(exc)(msg.replace("initial_state", "state")) from None
 
 
+def check_dim_arguments(model: str, dims: dict) -> None:
+    """The free dims a constructor got: each a positive integer (an int, a numpy integer, a one-element integer
+    tensor: anything whose ``__index__`` works; not a bool). ``d=torch.tensor(4.0)`` (a float or many-element tensor
+    has an ``__index__`` that raises) was torch's "only integer tensors of a single element can be converted to an
+    index", naming no dim."""
+    for name, value in dims.items():
+        try:
+            ok = not isinstance(value, bool) and value.__index__() >= 1
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{model}: dim {name} must be a positive integer, got {value!r}")
+
+
+def check_no_derived_arguments(model: str, given: Mapping, derived, free) -> None:
+    """The keyword arguments a constructor took beyond its own: a derived dim (``MambaBlock(E=256)`` for ``dim E =
+    e * d``) is refused with the free dims to set instead (it was Python's bare "unexpected keyword argument 'E'");
+    any other name gets Python's own message."""
+    for name in given:
+        if name in derived:
+            raise TypeError(f"{model}: {name!r} is a derived dim (the spec computes it from its free dims), not an "
+                            f"argument; set the free dims it is computed from: {', '.join(free)}")
+        raise TypeError(f"{model}.__init__() got an unexpected keyword argument {name!r}")
+
+
 def check_flag(model: str, label: str, value) -> None:
     """A bool argument (``output_final_state``, ``post``): a Python or numpy bool. Anything else was read by its truth
     value: ``output_final_state="False"`` (or ``2``, or a tensor) silently returned the ``(y, state)`` tuple."""
@@ -318,6 +343,15 @@ def split_state_dict(model: str, state: Mapping, running: Tuple[str, ...]):
         )
     check_float_tensor(model, "initial_state['h']", state["h"])  # {"h": None} silently started from zero
     return state["h"], {k: v for k, v in state.items() if k != "h"}
+
+
+def check_running0_type(model: str, running0) -> None:
+    """``running0`` of dsf_matrices / driven_input: None or a dict (the non-"h" entries of a state dict). A tensor was
+    torch's "Boolean value of Tensor with more than one value is ambiguous", a list "unknown running quantity
+    key(s)" listing its elements."""
+    if running0 is not None and not isinstance(running0, Mapping):
+        raise TypeError(f"{model}: running0 must be None or a dict of running quantities (the entries of a state dict "
+                        f"other than 'h'), got {type(running0).__name__}")
 
 
 def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[int, ...]], device: torch.device,

@@ -639,8 +639,8 @@ C[o, (h, a)] = delta(o, h * K + a)
     # a misspelt keyword or a lower-case matrix at the start of a line
     ("param w_g", "parm w_g", ["x.dsf:7:1: error: unexpected 'parm' after the end of the statement",
                                "  hint: did you mean 'param'? each statement starts with a keyword (model, dim, "
-                               "input, state, output, param, let, post, drive, readout) or a matrix entry such as "
-                               "A[...] = ..."]),
+                               "input, state, output, param, let, post, drive, readout, unused) or a matrix entry "
+                               "such as A[...] = ..."]),
     ("let g[", "lte g[", ["x.dsf:9:1: error: unexpected 'lte' after the end of the statement"]),
     ("A[(h, a)", "a[(h, a)", ["x.dsf:10:1: error: unexpected 'a' after the end of the statement"]),
 ])
