@@ -187,9 +187,12 @@ def check_parameters(model: str, module: torch.nn.Module, device: torch.device,
             )
 
 
-def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> None:
-    """NaN / inf in the input ``u`` or in ``module``'s parameters (a diverged update or a corrupt checkpoint: they
-    made every output NaN without a word), as a ValueError naming the first bad entry or parameter.
+def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module,
+                       initial_state: torch.Tensor | None = None) -> None:
+    """NaN / inf in the input ``u``, in ``module``'s parameters (a diverged update or a corrupt checkpoint: they
+    made every output NaN without a word) or in ``initial_state`` (already checked to be a float tensor on u's
+    device), as a ValueError naming the first bad entry or parameter (u, then the parameters, then the state).
+    The state was a second host sync of its own, paid on every decoding ``step``.
 
     One host sync for all of them: the largest |entry| of each tensor is finite exactly when the tensor is (a NaN
     propagates through the max, an inf is the max; unlike a sum, finite values cannot overflow it), and one
@@ -203,6 +206,8 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> 
     # the inf-norm has no identity: an empty u (T = 0 or B = 0) has nothing to check
     tensors = [u] if u.numel() else []
     tensors += [p for p in module.parameters() if not p.is_meta and p.numel()]
+    if initial_state is not None and initial_state.numel():
+        tensors.append(initial_state)
     if not tensors:
         return
     with torch.no_grad():
@@ -217,6 +222,8 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module) -> 
             raise ValueError(
                 f"{model}: parameter {name!r} contains NaN or inf (a diverged update or a bad checkpoint?)"
             )
+    if initial_state is not None and not bool(torch.isfinite(initial_state).all()):
+        raise ValueError(f"{model}: initial_state contains NaN or inf")
 
 
 def check_finite_output(model: str, out, u: torch.Tensor) -> None:
