@@ -5,11 +5,12 @@ module's Python (argument and parameter checks, the finite check, dispatch) is w
     python benchmarks/step_overhead.py --triton        # also backend="triton" (TRITON_INTERPRET=1 on CPU)
     python benchmarks/step_overhead.py --profile s6    # cProfile of 300 steps of one spec, top 25 by own time
 
-Each row: the fastest of 7 rounds of the mean per-call time of ``--calls`` steps (perf_counter), fp32, no_grad, one
-thread. ``step`` = the module's step; ``forward T=1`` = ``forward(u_t[:, None], state, True)``, the call step made
-before it had a path of its own; ``torch maths`` = the same step's recurrence written inline in plain torch (S6 only:
-the floor a Python-level step cannot beat). On the Triton backend under the interpreter the kernel itself runs in
-Python, so only the difference between rows is meaningful there.
+Each row: the fastest of 7 rounds of the mean per-call time of ``--calls`` steps (perf_counter), fp32, no_grad,
+one thread (``--clock thread_time``: this thread's CPU time, steadier on a shared machine). ``py calls``: the
+Python-level function calls of one step (cProfile's count: the same however loaded the machine is). ``step``: the
+module's step; ``forward T=1``: ``forward(u_t[:, None], state, True)``, which step calls; ``torch maths``: S6's
+step written inline in plain torch without any check (the floor for a Python-level step). Under the Triton
+interpreter (``--triton`` on CPU) the kernel itself runs in Python: only differences between runs mean anything.
 """
 
 from __future__ import annotations
@@ -44,16 +45,30 @@ def _model(name: str, backend: str):
     return cls(**DIMS[name], backend=backend)
 
 
+CLOCK = time.perf_counter
+
+
 def _time(fn, calls: int) -> float:
     """Fastest of 7 rounds of the mean seconds per call (the machine is shared: the slower rounds are the noise)."""
     fn()
     rounds = []
     for _ in range(7):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(calls):
             fn()
-        rounds.append((time.perf_counter() - t0) / calls)
+        rounds.append((CLOCK() - t0) / calls)
     return min(rounds)
+
+
+def _python_calls(fn) -> int:
+    """Python function calls (and C functions called from Python) of one call of ``fn``: a count, not a time, so
+    the same on a loaded machine."""
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    return sum(v[1] for v in pstats.Stats(prof).stats.values())
 
 
 def _s6_inline(model, u_t, h):
@@ -80,7 +95,8 @@ def rows(names, backends, calls: int, batch: int):
                 _, state = model.step(u_t)
                 step_s = _time(lambda: model.step(u_t, state), calls)
                 fwd_s = _time(lambda: model(u_t[:, None], initial_state=state, output_final_state=True), calls)
-                row = {"spec": name, "backend": backend, "step_us": step_s * 1e6, "forward_T1_us": fwd_s * 1e6}
+                row = {"spec": name, "backend": backend, "step_us": step_s * 1e6, "forward_T1_us": fwd_s * 1e6,
+                       "step_calls": _python_calls(lambda: model.step(u_t, state))}
                 if name == "s6" and backend == "torch":
                     row["torch_maths_us"] = _time(lambda: _s6_inline(model, u_t, state), calls) * 1e6
             out.append(row)
@@ -94,7 +110,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--triton", action="store_true", help="also backend='triton' (interpreted on CPU)")
     ap.add_argument("--profile", metavar="SPEC", help="cProfile 300 steps of SPEC instead of timing")
+    ap.add_argument("--clock", choices=["perf_counter", "thread_time"], default="perf_counter",
+                    help="thread_time: this thread's CPU time (less swayed by other processes on a shared machine)")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = getattr(time, args.clock)
     if args.triton or (args.profile and os.environ.get("TRITON_INTERPRET") is None and "--triton" in sys.argv):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
@@ -113,11 +133,11 @@ def main(argv=None):
             prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    print(f"{'spec':8} {'backend':8} {'step us':>9} {'forward T=1 us':>15} {'ratio':>6} {'torch maths us':>15}")
+    print(f"{'spec':8} {'backend':8} {'step us':>9} {'forward T=1 us':>15} {'py calls':>9} {'torch maths us':>15}")
     for r in rows(args.specs, backends, args.calls, args.batch):
         maths = f"{r['torch_maths_us']:15.1f}" if "torch_maths_us" in r else ""
-        print(f"{r['spec']:8} {r['backend']:8} {r['step_us']:9.1f} {r['forward_T1_us']:15.1f} "
-              f"{r['forward_T1_us'] / r['step_us']:6.2f} {maths}")
+        print(f"{r['spec']:8} {r['backend']:8} {r['step_us']:9.1f} {r['forward_T1_us']:15.1f} {r['step_calls']:9d} "
+              f"{maths}")
 
 
 if __name__ == "__main__":

@@ -210,8 +210,10 @@ def check_finite_input(model: str, u: torch.Tensor, module: torch.nn.Module,
         tensors.append(initial_state)
     if not tensors:
         return
+    # detached: under forward-mode AD (no_grad does not stop it) the foreach norm of dual tensors failed with
+    # "Trying to set a forward gradient that has a different size"
     with torch.no_grad():
-        peaks = torch.stack(torch._foreach_norm(tensors, float("inf")))  # stack promotes mixed dtypes
+        peaks = torch.stack(torch._foreach_norm([t.detach() for t in tensors], float("inf")))  # promotes dtypes
     if bool(torch.isfinite(peaks).all()):
         return
     if not bool(torch.isfinite(u).all()):
