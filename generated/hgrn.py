@@ -55,7 +55,6 @@ from dsfc.runtime.checks import (
     inference_input_error,
     split_state_dict,
     step_state_errors,
-    values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 
@@ -170,8 +169,6 @@ class HGRN(nn.Module):
                 "Gamma": (L, E),
             },
         )
-        if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
-            check_finite_input("HGRN", u, self)
         check_running0_type("HGRN", running0)
         if running0:
             raise ValueError(
@@ -184,14 +181,16 @@ class HGRN(nn.Module):
                     f"HGRN: initial_state is on {initial_state.device} but u is on {u.device}; "
                     "move one of them (.to(device))"
                 )
-            if self.check_finite and not values_hidden(u) and not bool(torch.isfinite(initial_state).all()):
-                raise ValueError("HGRN: initial_state contains NaN or inf")
             want = (u.shape[0], E)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):
                 raise ValueError(
                     f"HGRN: initial_state must have shape {want} (or flat [batch, {self._state_size()}]), "
                     f"got {tuple(initial_state.shape)}"
                 )
+        # NaN / inf in u, the parameters or the initial state: one host sync for all (dsfc/runtime/checks.py); last,
+        # after the checks that make the state safe to reduce (a float tensor on u's device)
+        if self.check_finite:
+            check_finite_input("HGRN", u, self, initial_state)
 
     def _in_features(self):
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later

@@ -55,7 +55,6 @@ from dsfc.runtime.checks import (
     inference_input_error,
     split_state_dict,
     step_state_errors,
-    values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.scans import rotation_scan
@@ -202,8 +201,6 @@ class LRU(nn.Module):
                 "D": (d,),
             },
         )
-        if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
-            check_finite_input("LRU", u, self)
         check_running0_type("LRU", running0)
         if running0:
             raise ValueError(
@@ -216,14 +213,16 @@ class LRU(nn.Module):
                     f"LRU: initial_state is on {initial_state.device} but u is on {u.device}; "
                     "move one of them (.to(device))"
                 )
-            if self.check_finite and not values_hidden(u) and not bool(torch.isfinite(initial_state).all()):
-                raise ValueError("LRU: initial_state contains NaN or inf")
             want = (u.shape[0], Nc, 2)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):
                 raise ValueError(
                     f"LRU: initial_state must have shape {want} (or flat [batch, {self._state_size()}]), "
                     f"got {tuple(initial_state.shape)}"
                 )
+        # NaN / inf in u, the parameters or the initial state: one host sync for all (dsfc/runtime/checks.py); last,
+        # after the checks that make the state safe to reduce (a float tensor on u's device)
+        if self.check_finite:
+            check_finite_input("LRU", u, self, initial_state)
 
     def _in_features(self):
         d, Nc = self.d, self.Nc

@@ -56,7 +56,6 @@ from dsfc.runtime.checks import (
     inference_input_error,
     split_state_dict,
     step_state_errors,
-    values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 
@@ -261,8 +260,6 @@ class RWKV6(nn.Module):
                 "bonus": (H, K),
             },
         )
-        if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
-            check_finite_input("RWKV6", u, self)
         check_running0_type("RWKV6", running0)
         if running0:
             self._check_running(running0, u.shape[0], u.device)
@@ -273,14 +270,16 @@ class RWKV6(nn.Module):
                     f"RWKV6: initial_state is on {initial_state.device} but u is on {u.device}; "
                     "move one of them (.to(device))"
                 )
-            if self.check_finite and not values_hidden(u) and not bool(torch.isfinite(initial_state).all()):
-                raise ValueError("RWKV6: initial_state contains NaN or inf")
             want = (u.shape[0], H, K, V)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):
                 raise ValueError(
                     f"RWKV6: initial_state must have shape {want} (or flat [batch, {self._state_size()}]), "
                     f"got {tuple(initial_state.shape)}"
                 )
+        # NaN / inf in u, the parameters or the initial state: one host sync for all (dsfc/runtime/checks.py); last,
+        # after the checks that make the state safe to reduce (a float tensor on u's device)
+        if self.check_finite:
+            check_finite_input("RWKV6", u, self, initial_state)
 
     def _in_features(self):
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L

@@ -55,7 +55,6 @@ from dsfc.runtime.checks import (
     inference_input_error,
     split_state_dict,
     step_state_errors,
-    values_hidden,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.scans import rotation_scan
@@ -180,8 +179,6 @@ class S4D(nn.Module):
                 "D": (d,),
             },
         )
-        if self.check_finite:  # NaN / inf in u or the parameters (one host sync; dsfc/runtime/checks.py)
-            check_finite_input("S4D", u, self)
         check_running0_type("S4D", running0)
         if running0:
             raise ValueError(
@@ -194,14 +191,16 @@ class S4D(nn.Module):
                     f"S4D: initial_state is on {initial_state.device} but u is on {u.device}; "
                     "move one of them (.to(device))"
                 )
-            if self.check_finite and not values_hidden(u) and not bool(torch.isfinite(initial_state).all()):
-                raise ValueError("S4D: initial_state contains NaN or inf")
             want = (u.shape[0], d, Nh, 2)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):
                 raise ValueError(
                     f"S4D: initial_state must have shape {want} (or flat [batch, {self._state_size()}]), "
                     f"got {tuple(initial_state.shape)}"
                 )
+        # NaN / inf in u, the parameters or the initial state: one host sync for all (dsfc/runtime/checks.py); last,
+        # after the checks that make the state safe to reduce (a float tensor on u's device)
+        if self.check_finite:
+            check_finite_input("S4D", u, self, initial_state)
 
     def _in_features(self):
         d, Nh = self.d, self.Nh

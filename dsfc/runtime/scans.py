@@ -433,7 +433,9 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
         raise ValueError("diagonal_scan expects a, b of shape [B, T, *S]")
     chunk = check_int_option("chunk", chunk)
     try:
-        shape = torch.broadcast_shapes(a.shape, b.shape)
+        # equal shapes (the generated modules expand both): torch.broadcast_shapes is Python (tens of us per call,
+        # a tenth of a small decoding step)
+        shape = b.shape if a.shape == b.shape else torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError as exc:
         raise ValueError(f"diagonal_scan: a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast") from exc
     if a.dim() != len(shape) or a.shape[:2] != shape[:2]:
@@ -454,6 +456,8 @@ def diagonal_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, chunk: i
         return torch.empty(shape, dtype=out_dtype, device=b.device)
     a = a.to(cdt)
     b = b.to(cdt).expand(shape)
+    if T == 1:  # a decoding step: the one op the time loop would run, without its unbind / stack (same rounding)
+        return torch.addcmul(b, a, h0[:, None]).to(out_dtype)
     h = _dispatch(a, b, h0, max(1, int(chunk)))
     return h.to(out_dtype)
 
@@ -721,6 +725,19 @@ def rank_readouts(y: Tensor, rq: int, rk: int, readout: str = "post") -> Tensor:
     return y.reshape(B, TL // L, L, *y.shape[2:])[:, :, q0: q0 + rq]
 
 
+def _outer_one_step(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], h0: Tensor,
+                    readout: str) -> Tuple[Tensor, Tensor]:
+    """chunked_outer_scan at T = 1 (compute dtype): ``S = diag(exp(g)) h0 + k v^T``, ``y = S^T q`` (``h0^T q``
+    before the update for readout "pre"). Returns ``(y [B, 1, H, V], S [B, H, K, V])``."""
+    state = h0
+    if g is not None:  # [B, 1, H] (per head) or [B, 1, H, K] (per key): exp(g) <= 1 scales the rows of S
+        state = state * torch.exp(g[:, 0] if g.dim() == 4 else g[:, 0, :, None])[..., None]
+    state = state + k[:, 0, :, :, None] * v[:, 0, :, None, :]
+    read = h0 if readout == "pre" else state
+    y = (q[:, 0, :, None, :] @ read)[:, :, 0]  # [B, H, 1, K] @ [B, H, K, V]
+    return y[:, None], state
+
+
 def chunked_outer_scan(
     q: Tensor,
     k: Tensor,
@@ -779,6 +796,10 @@ def chunked_outer_scan(
     if T == 0:
         y = torch.empty(B, 0, H, V, dtype=out_dtype, device=q.device)
         state = h0
+    elif T == 1:  # a decoding step: the recurrence itself, not the chunked form padded to a chunk (~5x the Python)
+        y, state = _outer_one_step(q.to(cdt), k.to(cdt), v.to(cdt), None if log_decay is None else log_decay.to(cdt),
+                                   h0, readout)
+        y = y.to(out_dtype)
     else:
         g = None if log_decay is None else log_decay.to(cdt)
         q = q.to(cdt)

@@ -140,9 +140,20 @@ def _strides(leaves) -> list[int]:
     return [s for x in leaves for s in x.stride()]
 
 
+_CONSTS_CACHE: dict = {}
+
+
 def _consts(L: _Launch, h0):
-    """Host constants as a tensor in the compute dtype (a float kernel argument would be fp32 even for fp64)."""
-    return torch.tensor(L.consts or (0.0,), device=h0.device, dtype=h0.dtype)
+    """Host constants as a tensor in the compute dtype (a float kernel argument would be fp32 even for fp64).
+
+    Made once per (constants, device, dtype) and reused (the kernels only read it): ``torch.tensor(..., device=
+    "cuda")`` per launch was a copy from pageable host memory, which waits for the stream, so every decoding step
+    synchronised the device once more. A handful of entries per process (one per spec's constants and dtype)."""
+    key = (L.consts, h0.device, h0.dtype)
+    cached = _CONSTS_CACHE.get(key)
+    if cached is None:
+        cached = _CONSTS_CACHE[key] = torch.tensor(L.consts or (0.0,), device=h0.device, dtype=h0.dtype)
+    return cached
 
 
 def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.dtype, starts: bool = False):
