@@ -7,6 +7,8 @@ index's range (see ``contract_product``).
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 
 
@@ -182,6 +184,9 @@ def function_nesting(expr) -> int:
     return deepest
 
 
+# memoised: the stability report's prover and the plan's ask about the same inlined sums (a chain of feature-map lets
+# simplified twice over, ~1 s each); SymPy expressions are immutable and hashable, and simplify is pure
+@functools.lru_cache(maxsize=512)
 def simplify(expr):
     """``sp.simplify(expr)``, or ``expr`` unchanged when its functions nest deeper than MAX_SIMPLIFY_NESTING."""
     return sp.simplify(expr) if function_nesting(expr) <= MAX_SIMPLIFY_NESTING else expr
