@@ -162,6 +162,11 @@ def state_err(got, want) -> float:
     return rel_err(got.reshape(b, -1), want.reshape(b, -1))
 
 
+def stack_steps(ys: list, u: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A loop's per-step outputs stacked along time; [batch, 0, *shape] when the loop ran no step (T = 0)."""
+    return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *shape)
+
+
 def matvec(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """W [..., d] applied to x [B, d] -> [B, ...]: the projections of the hunts' independent loops."""
     return torch.einsum("...m,bm->b...", W, x)

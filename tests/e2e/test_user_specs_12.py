@@ -60,7 +60,7 @@ import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, assert_grads_close, build,  # noqa: E402
                          check_all_paths, check_forward_against_loop, compile_and_build, matvec,
-                         output_and_grads, rel_err, run_steps)
+                         output_and_grads, rel_err, run_steps, stack_steps)
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -320,10 +320,6 @@ CASES = {
 # Each takes the parameters by spec name, u [B, T, d] and an initial state in the spec's layout (None: zero; only
 # for the specs whose state is a plain tensor), and returns y [B, T, ...].
 
-def _stack(ys, u, *shape):
-    return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *shape)
-
-
 def _gsa(P, u, h0=None):
     # two gated slot memories (keys K~, values V~, M slots) with the same forget gate; o = V~^T softmax(K~ q)
     B_, (H, K), M, V = u.shape[0], P["W_Q"].shape[:2], P["W_A"].shape[1], P["W_V"].shape[1]
@@ -336,7 +332,7 @@ def _gsa(P, u, h0=None):
         Vt = al * Vt + (1 - al) * v[:, :, None]
         p = torch.softmax(torch.einsum("bhsa,bha->bhs", Kt, q), -1)
         ys.append(torch.einsum("bhs,bhsv->bhv", p, Vt))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _linoss(P, u, h0=None, implicit=True):
@@ -353,7 +349,7 @@ def _linoss(P, u, h0=None, implicit=True):
             z = z + dt * (-a * x + bu)
         x = x + dt * z
         ys.append(matvec(P["W_C"], x) + (P["D"] * u[:, t] if "D" in P else 0))
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _dpfp_phi(x, nu):
@@ -374,7 +370,7 @@ def _dpfp(P, u, h0=None, nu=2):
         v_old = torch.einsum("bhji,bhjiv->bhv", k, S)  # the value the fast weights hold for k
         S = S + be[..., None, None, None] * k[..., None] * (v - v_old)[:, :, None, None]
         ys.append(torch.einsum("bhji,bhjiv->bhv", q, S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _mimo(P, u, h0=None):
@@ -388,7 +384,7 @@ def _mimo(P, u, h0=None):
         S = torch.exp(-dt * torch.exp(P["A_log"]))[..., None, None] * S + dt[..., None, None] * torch.einsum(
             "bhra,bhrv->bhav", k, v)
         ys.append(torch.einsum("bhra,bhav->bhrv", q, S))
-    return _stack(ys, u, H, R, V)
+    return stack_steps(ys, u, H, R, V)
 
 
 def _kda_true(P, u, h0=None):
@@ -404,7 +400,7 @@ def _kda_true(P, u, h0=None):
         S = al[..., None] * S  # the fine-grained decay first, then the delta step on the decayed memory
         S = S - be * k[..., None] * torch.einsum("bha,bhav->bhv", k, S)[:, :, None] + be * k[..., None] * v[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", q, S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _liquid(P, u, h0=None):
@@ -415,7 +411,7 @@ def _liquid(P, u, h0=None):
         ut = u[:, t, :, None]
         x = (torch.exp(-dt * torch.exp(P["lam_log"])) + dt * P["P"] * ut) * x + dt * P["Bp"] * ut
         ys.append((P["Cp"] * x).sum(-1) + P["D"] * u[:, t])
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _rebased(P, u, h0=None):
@@ -436,7 +432,7 @@ def _rebased(P, u, h0=None):
         num = torch.einsum("bhs,sbhv->bhv", w, torch.stack(vs))
         den = w.sum(-1)
         ys.append(num / (den + 1e-6)[..., None])
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _zero_one(P, u, h0=None):
@@ -449,7 +445,7 @@ def _zero_one(P, u, h0=None):
         gam = torch.stack([torch.ones_like(g), torch.zeros_like(g), g], -1)  # heads 0, 1, 2
         S = gam[..., None, None] * S + matvec(P["W_K"], x)[..., None] * matvec(P["W_V"], x)[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 INDEPENDENT = {"gsa": _gsa, "linoss_im": _linoss, "linoss_imex": lambda P, u, h0=None: _linoss(P, u, h0, False),
@@ -561,7 +557,7 @@ def _aaren(P, u):
     k, v = torch.einsum("ham,btm->btha", P["W_K"], u), torch.einsum("hvm,btm->bthv", P["W_V"], u)
     s = torch.einsum("ha,btha->bth", P["Q"], k) / math.sqrt(P["Q"].shape[1])
     ys = [torch.einsum("bsh,bshv->bhv", torch.softmax(s[:, : t + 1], 1), v[:, : t + 1]) for t in range(u.shape[1])]
-    return _stack(ys, u, *P["W_V"].shape[:2])
+    return stack_steps(ys, u, *P["W_V"].shape[:2])
 
 
 def test_aaren_reference_and_module_match_its_softmax():

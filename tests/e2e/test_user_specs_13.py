@@ -64,7 +64,7 @@ import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, assert_grads_close, build,  # noqa: E402
                          check_all_paths, check_forward_against_loop, check_fp32_against_float64,
-                         compile_and_build, matvec, output_and_grads, rel_err)
+                         compile_and_build, matvec, output_and_grads, rel_err, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -389,10 +389,6 @@ CASES = {
 # Each takes the parameters by spec name, u [B, T, d] and an initial state in the spec's layout (None: zero; only
 # for the specs whose state is a plain tensor), and returns y [B, T, ...].
 
-def _stack(ys, u, *shape):
-    return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *shape)
-
-
 def _sp(x):
     return torch.nn.functional.softplus(x)
 
@@ -412,7 +408,7 @@ def _cema(P, u, h0=None):
         x = u[:, t, :, None]
         h = (1 - al * de) * rot * h + al * rot * P["be"] * x
         ys.append((eta * h).real.sum(-1) + P["D"] * u[:, t])
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _legs_matrix(N):
@@ -433,7 +429,7 @@ def _legs(P, u, h0=None):
         dt = torch.sigmoid(u[:, t] @ P["w_dt"].T)[..., None] / N  # [B, d, 1]
         h = h + dt * torch.einsum("nk,bck->bcn", A, h) + dt * Bl * u[:, t, :, None]
         ys.append((P["Cp"] * h).sum(-1))
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _rodimus(P, u, h0=None):
@@ -447,7 +443,7 @@ def _rodimus(P, u, h0=None):
         k = matvec(P["W_K"], x) * g ** tau
         S = torch.exp(-g * tau)[..., None] * S + k[..., None] * matvec(P["W_V"], x)[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _diff(P, u, h0=None):
@@ -464,7 +460,7 @@ def _diff(P, u, h0=None):
         S = gam * S + k[..., None] * v[:, None, :, None]
         o = torch.einsum("bsha,bshav->bshv", q, S)
         ys.append(o[:, 0] - lam * o[:, 1])
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _gdp3(P, u, h0=None):
@@ -483,7 +479,7 @@ def _gdp3(P, u, h0=None):
             err = torch.einsum("bha,bhav->bhv", k[:, j], S) - v[:, j]
             S = S - be[:, j, :, None, None] * k[:, j, ..., None] * err[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _regla(P, u, h0=None):
@@ -500,7 +496,7 @@ def _regla(P, u, h0=None):
         z = F * z + (1 - F) * k
         o = torch.einsum("bha,bhav->bhv", q, S)
         ys.append(o / torch.clamp((q * z).sum(-1).abs(), min=1)[..., None])
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _sru(P, u, h0=None):
@@ -513,7 +509,7 @@ def _sru(P, u, h0=None):
         f, r = torch.sigmoid(x @ P["W_f"].T + P["b_f"]), torch.sigmoid(x @ P["W_r"].T + P["b_r"])
         c = f * c + (1 - f) * (x @ P["W"].T)
         ys.append(r * torch.tanh(c) + (1 - r) * x)
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _m2clamp(P, u, h0=None):
@@ -530,7 +526,7 @@ def _m2clamp(P, u, h0=None):
         y = torch.einsum("bhpj,bj->bhp", S, Cv) + P["Dh"][:, None] * x
         g = y * torch.nn.functional.silu(matvec(P["W_z"], xt))
         ys.append(P["g_n"] * g / torch.sqrt(g.pow(2).mean((-1, -2), keepdim=True) + 1e-5))
-    return _stack(ys, u, H, Pd)
+    return stack_steps(ys, u, H, Pd)
 
 
 def _hgrn1c(P, u, h0=None):
@@ -547,7 +543,7 @@ def _hgrn1c(P, u, h0=None):
         ci = torch.nn.functional.silu(matvec(P["W_i"], x))  # [B, E, 2]
         h = lam * torch.polar(torch.ones_like(th), th) * h + (1 - lam) * torch.complex(ci[..., 0], ci[..., 1])
         ys.append(h.real * torch.sigmoid(x @ P["W_g"].T))
-    return _stack(ys, u, th.shape[0])
+    return stack_steps(ys, u, th.shape[0])
 
 
 def _taylor2(x):
@@ -582,7 +578,7 @@ def _every(P, u, h0=None):
         n = y / (1 + (qf * z_prev).sum(-1).abs() + tot / 100)[..., None]
         ys.append(torch.einsum("ohv,bhv->bo", P["W_O"], n * (1 + P["gz"].reshape(H, V))))
         dt_prev, z_prev = dt, z
-    return _stack(ys, u, P["W_O"].shape[0])
+    return stack_steps(ys, u, P["W_O"].shape[0])
 
 
 def _rope(x, phi):
@@ -607,7 +603,7 @@ def _m3rope(P, u, h0=None):
         S = torch.exp(-dt * torch.exp(P["A_log"]))[..., None, None] * S + (dt[..., None] * br)[..., None] * matvec(
             P["W_x"], x)[:, :, None]
         ys.append(torch.einsum("bha,bhap->bhp", cr, S))
-    return _stack(ys, u, H, Pd)
+    return stack_steps(ys, u, H, Pd)
 
 
 INDEPENDENT = {"cema": _cema, "legs": _legs, "rodimus": _rodimus, "diff": _diff, "gdp3": _gdp3, "regla": _regla,

@@ -49,7 +49,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (F64, INTERPRETER_WARNINGS, build, check_all_paths, check_fp32_against_float64,  # noqa: E402
-                         matvec, rel_err, run_steps)
+                         matvec, rel_err, run_steps, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -364,10 +364,6 @@ CASES = {
 # Each takes the parameters by spec name, u [B, T, ...] and an initial state in the spec's layout (None: zero), and
 # returns y [B, T, ...]. Complex states are complex128 here (the spec's s = 0 / 1 is the real / imaginary part).
 
-def _stack(ys, u, *shape):
-    return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *shape)
-
-
 def _sp(x):
     return torch.nn.functional.softplus(x)
 
@@ -388,7 +384,7 @@ def _s4dinv(P, u, h0=None):
     for t in range(u.shape[1]):
         h = Ab * h + Bb * u[:, t, :, None]
         ys.append(2 * (Cc * h).sum(-1).real + P["D"] * u[:, t])
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _s5mimo(P, u, h0=None):
@@ -402,7 +398,7 @@ def _s5mimo(P, u, h0=None):
     for t in range(u.shape[1]):
         x = Ab * x + u[:, t].to(torch.complex128) @ Bb.T
         ys.append(2 * (x @ Cc.T).real + P["D"] * u[:, t])
-    return _stack(ys, u, u.shape[2])
+    return stack_steps(ys, u, u.shape[2])
 
 
 def _lrutied(P, u, h0=None):
@@ -415,7 +411,7 @@ def _lrutied(P, u, h0=None):
     for t in range(u.shape[1]):
         h = lam * h + gam * (u[:, t].to(torch.complex128) @ Bc.T)
         ys.append((h @ Cc.T).real + u[:, t] @ P["D"].T)
-    return _stack(ys, u, P["D"].shape[0])
+    return stack_steps(ys, u, P["D"].shape[0])
 
 
 def _hawk(P, u, h0=None):
@@ -436,7 +432,7 @@ def _hawk(P, u, h0=None):
         a = torch.exp(-8 * r * _sp(P["Lambda"]))
         h = a * h + torch.sqrt(1 - a ** 2) * i * x
         ys.append((h * torch.nn.functional.gelu(u[:, t] @ P["W_y"].T)) @ P["W_out"].T)
-    return _stack(ys, u, P["W_out"].shape[0])
+    return stack_steps(ys, u, P["W_out"].shape[0])
 
 
 def _mamba1post(P, u, h0=None):
@@ -450,7 +446,7 @@ def _mamba1post(P, u, h0=None):
         h = torch.exp(-dt * torch.exp(P["A_log"])) * h + dt * x[..., None] * (x @ P["W_B"].T)[:, None]
         y = (h * (x @ P["W_C"].T)[:, None]).sum(-1) + P["Dp"] * x
         ys.append((y * torch.nn.functional.silu(u[:, t] @ P["W_z"].T)) @ P["W_out"].T)
-    return _stack(ys, u, P["W_out"].shape[0])
+    return stack_steps(ys, u, P["W_out"].shape[0])
 
 
 def _slstm(P, u, h0=None):
@@ -465,7 +461,7 @@ def _slstm(P, u, h0=None):
         f = torch.sigmoid(x @ P["W_f"].T + P["b_f"])
         c, nn_ = f * c + i * torch.tanh(x @ P["W_z"].T), f * nn_ + i
         ys.append(torch.sigmoid(x @ P["W_o"].T) * c / nn_)
-    return _stack(ys, u, E)
+    return stack_steps(ys, u, E)
 
 
 def _log_g(x):
@@ -510,7 +506,7 @@ def _hyena(P, u, h0=None):
         if h0 is not None:
             y = y + (P["Cf"] * lam ** (t + 1) * h0).sum(-1)
         ys.append((y * (u[:, t] @ P["W_2"].T)) @ P["W_out"].T)
-    return _stack(ys, u, P["W_out"].shape[0])
+    return stack_steps(ys, u, P["W_out"].shape[0])
 
 
 def _linosssel(P, u, h0=None):
@@ -527,7 +523,7 @@ def _linosssel(P, u, h0=None):
         z = z + dt * (-A * x_new + bu)
         x = x_new
         ys.append(x @ P["W_C"].T + P["D"] * u[:, t])
-    return _stack(ys, u, P["W_C"].shape[0])
+    return stack_steps(ys, u, P["W_C"].shape[0])
 
 
 def _twostream(P, u, h0=None):
@@ -540,7 +536,7 @@ def _twostream(P, u, h0=None):
         g = torch.nn.functional.logsigmoid(torch.einsum("hasm,bsm->bha", P["W_G"], u[:, t])) / 16
         S = torch.exp(g)[..., None] * S + matvec(P["W_K"], u1)[..., None] * matvec(P["W_V"], u1)[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], u0), S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 INDEPENDENT = {"s4dinv": _s4dinv, "s5mimo": _s5mimo, "lrutied": _lrutied, "hawk": _hawk, "mamba1post": _mamba1post,

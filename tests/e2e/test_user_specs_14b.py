@@ -54,7 +54,7 @@ import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, build, check_all_paths,  # noqa: E402
                          check_forward_against_loop, check_fp32_against_float64, compile_and_build,
-                         grads_of, matvec, output_and_grads, rel_err, run_steps)
+                         grads_of, matvec, output_and_grads, rel_err, run_steps, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -386,10 +386,6 @@ CASES = {
 # Each takes the parameters by spec name, u [B, T, d] and an initial state in the spec's layout (None: zero; only
 # for the specs whose state is a plain tensor), and returns y [B, T, ...].
 
-def _stack(ys, u, *shape):
-    return torch.stack(ys, 1) if ys else u.new_zeros(u.shape[0], 0, *shape)
-
-
 def _proj(W, u):
     """W [..., d] applied to every step of u [B, T, d] -> [B, T, ...]."""
     return torch.einsum("...m,btm->bt...", W, u)
@@ -470,7 +466,7 @@ def _gret(P, u, h0=None):
         y = torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S)
         n = torch.nn.functional.group_norm(y.reshape(B_, H * V), H, eps=1e-5).reshape(B_, H, V)
         ys.append(torch.einsum("chv,bhv->bc", P["W_O"], n * torch.nn.functional.silu(matvec(P["W_G"], x))))
-    return _stack(ys, u, P["W_O"].shape[0])
+    return stack_steps(ys, u, P["W_O"].shape[0])
 
 
 def _l2(x, eps=1e-6):
@@ -494,7 +490,7 @@ def _gdnpost(P, u, h0=None):
         S = S + (be[..., None] * k)[..., None] * v[:, :, None]
         y = torch.einsum("bha,bhav->bhv", q, S) / math.sqrt(K)
         ys.append(_rms(y, P["g_n"], 1e-6) * torch.nn.functional.silu(matvec(P["W_G"], x)))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _causal_conv(x, w):
@@ -517,7 +513,7 @@ def _deltaneg(P, u, h0=None):
         err = torch.einsum("bha,bhav->bhv", kt, S) - matvec(P["W_V"], x)
         S = S - be * kt[..., None] * err[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", q[:, t], S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _rwkv6lite(P, u, h0=None):
@@ -535,7 +531,7 @@ def _rwkv6lite(P, u, h0=None):
         kv = k[..., None] * v[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", r, S + P["bonus"][..., None] * kv))
         S, prev = w[..., None] * S + kv, x
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _normret(P, u, h0=None):
@@ -550,7 +546,7 @@ def _normret(P, u, h0=None):
         M = g[..., None, None] * M + kf[..., None] * matvec(P["W_V"], x)[:, :, None]
         z = g[..., None] * z + kf
         ys.append(torch.einsum("bha,bhav->bhv", qf, M) / (qf * z).sum(-1)[..., None])
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 def _deltavf(P, u, h0=None):
@@ -565,7 +561,7 @@ def _deltavf(P, u, h0=None):
         err = torch.einsum("bha,bhav->bhv", k, S) - matvec(P["W_V"], x)
         S = S - be * k[..., None] * err[:, :, None]
         ys.append(torch.einsum("bha,bhav->bhv", matvec(P["W_Q"], x), S))
-    return _stack(ys, u, H, V)
+    return stack_steps(ys, u, H, V)
 
 
 INDEPENDENT = {"sink": _sink, "alibigqa": _alibigqa, "foxpro": _foxpro, "diffsoftmax": _diffsoftmax, "poly4": _poly4,
