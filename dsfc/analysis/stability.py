@@ -327,6 +327,65 @@ class IntervalProver:
         hi_open = not ((r.lo == 0 and not r.lo_open) or (not n.hi_open and not r.lo_open and n.hi < INF))
         return Interval(lo, hi, lo_open, hi_open)
 
+    def _running_share(self, e) -> Interval | None:
+        """``prev(n) / n`` for a running sum ``n = cumsum(x)`` of terms x >= 0: n = prev(n) + x after the first step
+        (and the ratio is 1 at a first step with no carried state), so it is the share ``prev(n) / (prev(n) + x)``,
+        in [0, 1]. Read apart, n_prev and n are each (0, inf) and their ratio unbounded: power-law forgetting
+        ``(n_prev / n) ^ al`` was "not proven <= 1"."""
+        for den in (f for f in e.args if isinstance(f, sp.Pow) and f.exp == -1):
+            read = self.sym.let_read(den.base)
+            if read is None or read[0].running != "cumsum":
+                continue
+            let, at = read
+            for num in e.args:
+                prev = self.sym.let_read(num)
+                if prev is None or prev[0].running != "prev" or self.sym.let_read(prev[0].value_at(
+                        prev[1], prev[0].args[0])) != read:
+                    continue
+                share = self._share(sp.Mul(num, sp.Pow(sp.Add(num, let.value_at(at, let.args[0])), -1)))
+                if share is None:
+                    continue
+                share = Interval(share.lo, 1.0, share.lo_open, False)  # exactly 1 at a first step
+                self.reasons.append(f"{spec_str(num / den.base)} = {spec_str(num)} / ({spec_str(num)} + "
+                                    f"{spec_str(let.value_at(at, let.args[0]))}) in {share} (a running sum's share)")
+                rest = [f for f in e.args if f is not den and f is not num]
+                return _mul(share, self.range(sp.Mul(*rest))) if rest else share
+        return None
+
+    def _weighted_mean(self, e) -> Interval | None:
+        """``(x_1 w_1 + ... + x_m w_m) / (w_1 + ... + w_m)`` with every weight w_i >= 0 and their total > 0: a mean
+        of the x_i, inside the hull of their ranges (a bound is open when every x_i reaching it has it open). The
+        share rule reads only ``n / (n + r)``; PaTH's Householder factor with an epsilon in its norm,
+        ``1 - be |w|^2 = ((1 - be) S + eps) / (S + eps)`` for ``S = sum(a, wr[a]^2)``, is this mean of 1 - be and 1,
+        which interval arithmetic (S read twice) left unbounded."""
+        dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Add)]
+        if len(dens) != 1:
+            return None
+        weights = sp.Add.make_args(dens[0].base)
+        symbolic = [w for w in weights if not w.is_number]
+        constant = sp.Add(*[w for w in weights if w.is_number])
+        rest = sp.expand_mul(sp.Mul(*[f for f in e.args if f is not dens[0]]), deep=False)
+        xs = []
+        for w in symbolic:
+            x = rest.coeff(w)
+            xs.append(x)
+            rest = sp.expand_mul(rest - x * w, deep=False)
+        if constant != 0:
+            xs.append(rest / constant)
+        elif rest != 0:
+            return None
+        if not symbolic or any(x.has(w) for x in xs for w in symbolic):
+            return None  # not linear in the weights (w^2, w1 w2): no mean
+        wivs = [self.range(w) for w in weights]
+        if any(iv.lo < 0 for iv in wivs) or not any(iv.lo > 0 or iv.lo_open for iv in wivs):
+            return None  # a negative weight, or all of them possibly 0 (0 / 0)
+        ivs = [self.range(x) for x in xs]
+        lo, hi = min(iv.lo for iv in ivs), max(iv.hi for iv in ivs)
+        if lo == -INF and hi == INF:
+            return None
+        return Interval(lo, hi, all(iv.lo_open for iv in ivs if iv.lo == lo),
+                        all(iv.hi_open for iv in ivs if iv.hi == hi))
+
     def _mean(self, e) -> Interval | None:
         """``rest * sum(i: n, x_i) / n``: the sum over its count is a mean, inside the range of ``x``. Plain interval
         arithmetic bounds the sum by [0, inf) (its count n is a dim, unbounded), so a delta rule with keys scaled
@@ -465,10 +524,13 @@ class IntervalProver:
                 special = special or (self._convex_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
+                special = special or (self._running_share(e) if isinstance(e, sp.Mul) else None)
+                # a weighted mean's hull is intersected with whichever reading below holds: either can be sharper
+                mean = self._weighted_mean(e) if isinstance(e, sp.Mul) else None
             except (TypeError, ValueError, sp.PolynomialError):
-                special = None
+                special = mean = None
             if special is not None:
-                return special
+                return special if mean is None else _intersect(special, mean)
         if isinstance(e, sp.Add):
             out = self.range(e.args[0])
             for a in e.args[1:]:
@@ -478,7 +540,7 @@ class IntervalProver:
             out = self.range(e.args[0])
             for a in e.args[1:]:
                 out = _mul(out, self.range(a))
-            return out
+            return out if mean is None else _intersect(out, mean)
         if isinstance(e, sp.exp):
             return _mono(self.range(e.args[0]), _exp)
         if isinstance(e, Softplus):

@@ -304,6 +304,20 @@ def test_sin_cos_and_integer_powers_of_signed_bases(decay, want):
     assert r.eigen_interval == want, r.eigen_reason
 
 
+@pytest.mark.parametrize("decay, want", [
+    # weights exp(2x) and 1 after SymPy's rewrite: a mean of 0.5 and 0.9 (interval arithmetic: (0, 1))
+    ("(0.5 * exp(x[c, j]) + 0.9 * exp(-x[c, j])) / (exp(x[c, j]) + exp(-x[c, j]))", "[0.5, 0.9]"),
+    # PaTH's form: a mean of tanh in (-1, 1) and 1, weights softplus > 0 and 0.001
+    ("(tanh(x[c, j]) * softplus(x[c, j]) + 0.001) / (softplus(x[c, j]) + 0.001)", "(-1, 1]"),
+    # a weight that may be negative is no mean: nothing proven
+    ("(0.5 * x[c, j] + 0.9) / (x[c, j] + 1)", "(-inf, inf)"),
+])
+def test_weighted_means_lie_in_the_hull_of_their_values(decay, want):
+    """(x_1 w_1 + x_2 w_2) / (w_1 + w_2) with w_i >= 0 lies between x_1 and x_2 (hand-derived hulls above)."""
+    r = analyse(diag_spec(decay)).report
+    assert r.eigen_interval == want, r.eigen_reason
+
+
 def test_exp_of_positive_exceeds_one():
     """exp(softplus(x)) is in (1, inf): the whole interval beyond 1 proves growth (it was "unbounded", the wording
     now kept, as "not proven <= 1", for intervals that merely reach inf)."""

@@ -30,10 +30,10 @@ sliding-window softmax in a post, from window lets), Mamba-3's trapezoid with Ro
 damped EMA (a scan let) feeding q and k of a gated linear attention, a liquid time-constant cell's fused solver,
 and alternating-sign weights ``(-1) ^ c``, ``(-2) ^ (c % 2)`` in a diagonal spec (the printer fix above).
 
-Reported honestly, not changed: PaTH's ``I - be w w^T`` with ``be`` in (0, 2) and w L2-normalised with an
-epsilon is ``unknown`` (the rank-1 prover bounds ``s - g^T f`` only for the delta rule's own key), and the power-law
-decay ``(n_prev / n) ^ al`` is ``not proven <= 1`` (the prover does not know prev(n) <= n for a cumsum of
-positive terms); both hold ``|lambda| <= 1`` on the module's A (checked below).
+PaTH's ``I - be w w^T`` with ``be`` in (0, 2) and w L2-normalised with an epsilon was ``unknown``: its eigenvalue
+``((1 - be) S + eps) / (S + eps)`` is a weighted mean of 1 - be and 1, which the prover now reads (``|lambda| <= 1``).
+The power-law decay ``(n_prev / n) ^ al`` was ``not proven <= 1``: the prover now reads prev(n) / n for a running
+sum n of terms >= 0 as the share prev(n) / (prev(n) + x), in [0, 1] (``|lambda| <= 1``; 1 at the first step).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -552,11 +552,11 @@ def _altsign(P, u, h0=None):
 INDEPENDENT = {"mom": _mom, "path": _path, "dlinoss": _dlinoss, "qrnn": _qrnn, "lmu": _lmu, "powlaw": _powlaw,
                "based": _based, "m3trap": _m3trap, "megala": _megala, "ltc": _ltc, "altsign": _altsign}
 
-EIGEN = {"mom": Bound.STABLE, "path": Bound.UNKNOWN, "dlinoss": Bound.STABLE, "qrnn": Bound.STABLE,
-         "lmu": Bound.UNKNOWN, "powlaw": Bound.UNBOUNDED, "based": Bound.MARGINAL, "m3trap": Bound.STABLE,
+EIGEN = {"mom": Bound.STABLE, "path": Bound.MARGINAL, "dlinoss": Bound.STABLE, "qrnn": Bound.STABLE,
+         "lmu": Bound.UNKNOWN, "powlaw": Bound.MARGINAL, "based": Bound.MARGINAL, "m3trap": Bound.STABLE,
          "megala": Bound.STABLE, "ltc": Bound.STABLE, "altsign": Bound.STABLE}
 # the bound each spec has on its module's A (checked at random inputs) where the report is weaker
-TRUE_BOUND = {"path": Bound.MARGINAL, "powlaw": Bound.MARGINAL, "lmu": Bound.STABLE}
+TRUE_BOUND = {"lmu": Bound.STABLE}
 
 
 @functools.lru_cache(maxsize=None)
