@@ -426,11 +426,17 @@ def _term_rank(bu: sp.Expr, key_syms: set, taken: set
     used = taken | bu.free_symbols
     r = next(sp.Symbol(f"r{i or ''}", integer=True, nonnegative=True) for i in itertools.count()
              if sp.Symbol(f"r{i or ''}", integer=True, nonnegative=True) not in used)
-    parts = sp.Add.make_args(sums[0])
-    keys, values = [], []
-    for i, t in enumerate(parts):
-        keys.append(sp.KroneckerDelta(r, i) * sp.Mul(*[f for f in factors(t) if f.free_symbols & key_syms]))
-        values.append(sp.KroneckerDelta(r, i) * sp.Mul(*[f for f in factors(t) if not f.free_symbols & key_syms]))
+    # terms that share their value part are one outer product (their key parts summed): (1 - f) v arrives expanded
+    # as v - f v, which would otherwise cost a sub-step per term
+    by_value: dict[sp.Expr, sp.Expr] = {}
+    for t in sp.Add.make_args(sums[0]):
+        on_value = [f for f in factors(t) if f.free_symbols and not f.free_symbols & key_syms]  # numbers: the key's
+        value_part = sp.Mul(*on_value)
+        key_part = sp.Mul(*[f for f in factors(t) if not any(f is g for g in on_value)])
+        by_value[value_part] = by_value.get(value_part, sp.Integer(0)) + key_part
+    parts = list(by_value.items())
+    keys = [sp.KroneckerDelta(r, i) * key_part for i, (_, key_part) in enumerate(parts)]
+    values = [sp.KroneckerDelta(r, i) * value_part for i, (value_part, _) in enumerate(parts)]
     key = sp.Mul(*[f for f in common if f.free_symbols & key_syms]) * sp.Add(*keys)
     value = sp.Mul(*[f for f in common if not f.free_symbols & key_syms]) * sp.Add(*values)
     return ((r, sp.Integer(len(parts))),), key, value
