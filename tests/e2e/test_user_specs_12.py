@@ -60,9 +60,8 @@ import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, assert_grads_close, build,  # noqa: E402
                          check_all_paths, check_forward_against_loop, compile_and_build, matvec,
-                         output_and_grads, rel_err, run_steps, stack_steps)
+                         output_and_grads, rel_err, run_steps, stack_steps, check_grads_against_loop)
 from dsfc.analysis.structure import Family  # noqa: E402
-from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
 pytestmark = INTERPRETER_WARNINGS
@@ -479,25 +478,11 @@ HEAVY = [n for n in CASES if n not in ("linoss_imex",)]
 def test_new_spec_gradients_match_an_independent_implementation(name):
     """d/d(u, every parameter) of sum(y * w) through the module (torch and Triton) against autograd through the loop
     written here, at batch 3, T = 9."""
-    text, _ = CASES[name]
     built = _built(name)
     gen = torch.Generator().manual_seed(2)
-    names = [p.tensor.name for p in built.sym.params]
     u = torch.randn(3, 9, built.d_in(), generator=gen, dtype=F64)
     w = torch.randn(3, 9, built.d_out(), generator=gen, dtype=F64)
-    P = {n: v.clone().requires_grad_() for n, v in built.params().items()}
-    uu = u.clone().requires_grad_()
-    want = torch.autograd.grad((INDEPENDENT[name](P, uu).reshape(3, 9, -1) * w).sum(), [uu, *(P[n] for n in names)],
-                               allow_unused=True)
-    want = [torch.zeros_like(x) if g is None else g for g, x in zip(want, [uu, *(P[n] for n in names)])]
-    named = dict(built.model.named_parameters())
-    for backend in BACKENDS:
-        built.model.backend = backend
-        uu = u.clone().requires_grad_()
-        got = torch.autograd.grad((built.model(uu) * w).sum(), [uu, *(named[py_name(n)] for n in names)])
-        scale = max(g.abs().max().item() for g in want)
-        for n, g, r in zip(["u", *names], got, want, strict=True):
-            assert torch.isfinite(g).all() and (g - r).abs().max().item() <= 1e-8 * scale, (backend, n)
+    check_grads_against_loop(built, INDEPENDENT[name], u, w, BACKENDS)
 
 
 @pytest.mark.parametrize("name", HEAVY)

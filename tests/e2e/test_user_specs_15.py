@@ -46,10 +46,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (F64, INTERPRETER_WARNINGS, build, check_all_paths, check_backend,  # noqa: E402
-                         check_fp32_against_float64, rel_err, run_steps)
+                         check_fp32_against_float64, rel_err, run_steps, check_grads_against_loop)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
-from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
 pytestmark = INTERPRETER_WARNINGS
@@ -601,20 +600,9 @@ def test_new_spec_gradients_match_an_independent_implementation(name):
     written here, at batch 3, T = 9 (the Triton path's gradients are held to the reference's in check_all_paths)."""
     built = _built(name)
     gen = torch.Generator().manual_seed(2)
-    names = [p.tensor.name for p in built.sym.params]
     u = _input(built, 3, 9, gen)
     w = torch.randn(3, 9, built.d_out(), generator=gen, dtype=F64)
-    P = {n: v.clone().requires_grad_() for n, v in built.params().items()}
-    uu = u.clone().requires_grad_()
-    leaves = [uu, *(P[n] for n in names)]
-    want = torch.autograd.grad((INDEPENDENT[name](P, uu).reshape(3, 9, -1) * w).sum(), leaves, allow_unused=True)
-    want = [torch.zeros_like(x) if g is None else g for g, x in zip(want, leaves)]
-    named = dict(built.model.named_parameters())
-    scale = max(g.abs().max().item() for g in want)
-    uu = u.clone().requires_grad_()
-    got = torch.autograd.grad((built.model(uu) * w).sum(), [uu, *(named[py_name(n)] for n in names)])
-    for n, g, r in zip(["u", *names], got, want, strict=True):
-        assert torch.isfinite(g).all() and (g - r).abs().max().item() <= 1e-8 * scale, n
+    check_grads_against_loop(built, INDEPENDENT[name], u, w)
 
 
 @pytest.mark.parametrize("name", list(CASES))
