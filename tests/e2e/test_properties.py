@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 import torch
-from hypothesis import HealthCheck, assume, event, given, note, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, note, settings
 from hypothesis import strategies as st
 
 from dsf_testing import F64, build, rel_err, run_steps, state_err
@@ -26,7 +26,11 @@ TOL = 1e-8
 
 # Local settings (no global profile: other test modules keep their own hypothesis defaults).
 EXAMPLES = int(os.environ.get("DSFC_PROPERTY_EXAMPLES", "15"))
-PROPERTY = settings(max_examples=EXAMPLES, deadline=None,
+# derandomized: the same examples every CI run (a random one that fails once turns an unrelated change red);
+# DSFC_PROPERTY_RANDOM=1 draws new ones. No explain phase: it traces every line of a failing example again, which
+# under the Triton interpreter took CI's workers past their time limit
+PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("DSFC_PROPERTY_RANDOM"),
+                    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 shapes = st.tuples(st.integers(1, 3), st.sampled_from([1, 2, 5, 17, 70]), st.booleans(), st.integers(0, 2**16))

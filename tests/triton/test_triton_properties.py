@@ -24,7 +24,7 @@ pytest.importorskip("triton")
 pytest.importorskip("numpy")
 hypothesis = pytest.importorskip("hypothesis")
 
-from hypothesis import HealthCheck, assume, given, note, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # spec_gen, dsf_testing (plain modules)
@@ -42,7 +42,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 
 TOL = 1e-8
 EXAMPLES = max(1, int(os.environ.get("DSFC_PROPERTY_EXAMPLES", "15")) // 3)
-PROPERTY = settings(max_examples=EXAMPLES, deadline=None,
+# derandomized: the same examples every CI run (a random one that fails once turns an unrelated change red);
+# DSFC_PROPERTY_RANDOM=1 draws new ones. No explain phase: it traces every line of a failing example again, which
+# under the Triton interpreter took CI's workers past their time limit
+PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("DSFC_PROPERTY_RANDOM"),
+                    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 shapes = st.tuples(st.integers(1, 2), st.sampled_from([1, 5, 17]), st.booleans(), st.integers(0, 2**16))
 
@@ -93,8 +97,11 @@ def _check_triton(gen, shape, chunked: bool):
             out = b.model(uu, initial_state=hd)
             w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=F64).to(out)
             (out * w).sum().backward()
-            grads[backend] = {"u": uu.grad, **{n: p.grad for n, p in b.model.named_parameters() if p.grad is not None}}
-        assert grads["triton"].keys() == grads["torch"].keys()
+            # a parameter the output does not reach has no gradient (None) on a path that leaves it out of the graph
+            # (torch's one-step scan at T = 1 with a pre-update readout and no initial state: y = q^T 0) and zeros on
+            # one that keeps it: both mean 0
+            grads[backend] = {"u": uu.grad, **{n: torch.zeros_like(p) if p.grad is None else p.grad
+                                               for n, p in b.model.named_parameters()}}
         # scale: the layer's largest gradient entry, not the compared tensor's own: a gradient that is exactly 0
         # (e.g. of a decay acting on an empty state, T = 1 without h0) comes back from the outer-product kernel as
         # the rounding residue of q.dq - k.dk (see test_triton_outer.py)
