@@ -47,6 +47,7 @@ from dsfc.runtime.checks import (
     check_running_state,
     empty_output,
     inference_input_error,
+    refuse_jit_trace,
     step_state_errors,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
@@ -262,12 +263,7 @@ class FoX(nn.Module):
         check_flag("FoX", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
-        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
-            raise RuntimeError(
-                "FoX: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
-                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
-                "use torch.compile, or torch.export at fixed shapes"
-            )
+        refuse_jit_trace("FoX")  # a trace would freeze the Python branches on u
         check_inference_parameters("FoX", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

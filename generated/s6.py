@@ -53,6 +53,7 @@ from dsfc.runtime.checks import (
     check_tensor_kind,
     empty_output,
     inference_input_error,
+    refuse_jit_trace,
     split_state_dict,
     step_state_errors,
 )
@@ -258,12 +259,7 @@ class S6(nn.Module):
         check_flag("S6", "output_final_state", output_final_state)  # "False" was truthy
         if torch.compiler.is_compiling():
             return self._forward(u, initial_state, output_final_state)
-        if torch.jit.is_tracing():  # was "Tracing failed sanity checks! Graphs differed across invocations"
-            raise RuntimeError(
-                "S6: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: "
-                "forward branches in Python on the input (its length, the NaN checks), which a trace would freeze; "
-                "use torch.compile, or torch.export at fixed shapes"
-            )
+        refuse_jit_trace("S6")  # a trace would freeze the Python branches on u
         check_inference_parameters("S6", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)

@@ -77,6 +77,18 @@ def _autograd_records() -> bool:
     return torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
 
 
+def refuse_jit_trace(model: str) -> None:
+    """torch.jit.trace (and the TorchScript-based torch.onnx.export) refused by name: forward branches in Python on
+    its input, which a trace freezes; it failed as "Tracing failed sanity checks! Graphs differed across
+    invocations"."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{model}: torch.jit.trace (and the TorchScript-based torch.onnx.export) is not supported: forward "
+            "branches in Python on the input (its length, the NaN checks), which a trace would freeze; use "
+            "torch.compile, or torch.export at fixed shapes"
+        )
+
+
 def check_inference_parameters(model: str, module: torch.nn.Module) -> None:
     """A module built (or its parameters replaced) under ``torch.inference_mode()`` and then called with grad on:
     its parameters are inference tensors, which autograd does not track, so ``loss.backward()`` left most of them
