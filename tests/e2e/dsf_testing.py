@@ -5,6 +5,7 @@ Not a test module (no ``test_`` prefix); imported by ``test_catalog.py`` and ``t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 from dataclasses import dataclass
@@ -124,6 +125,22 @@ def compile_and_build(text: str, dims: dict[str, int] | None = None, path: str =
     result = compile_text(text, path)
     return build(result, dims if dims is not None else {k: result.sym.dim_defaults[k] for k in result.sym.free_dims},
                  seed)
+
+
+def case_builds(cases: dict):
+    """``(compiled, built)`` for a spec hunt's ``CASES`` table (name -> (spec text, family)): ``compiled(name)``
+    compiles each spec once per test worker (1-2 s each), ``built(name, **dims)`` builds a fresh float64 module of it
+    at its default dims, any of them overridden."""
+
+    @functools.lru_cache(maxsize=None)
+    def compiled(name: str) -> CompileResult:
+        return compile_text(cases[name][0], f"{name}.dsf")
+
+    def built(name: str, **dims: int) -> Built:
+        result = compiled(name)
+        return build(result, {k: dims.get(k, result.sym.dim_defaults[k]) for k in result.sym.free_dims})
+
+    return compiled, built
 
 
 def map_state(state, fn):
@@ -350,7 +367,6 @@ def check_new_spec(text: str, family, dims: dict[str, int], name: str) -> None:
 def check_small_chunks(built, shapes=((3, 9),), chunk: int = 3) -> None:
     """For the chunked families: ``built.model``'s torch path with the generated module's chunked scans patched to
     ``chunk`` steps (T = 9 crosses chunk boundaries, with a partial last chunk) against the reference."""
-    import functools
     import sys
 
     from dsfc.runtime import scans

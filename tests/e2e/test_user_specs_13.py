@@ -55,16 +55,15 @@ B and C (angles cumsum(dt th); chunked outer-product scan).
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import functools  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, assert_grads_close, build,  # noqa: E402
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, assert_grads_close, case_builds,  # noqa: E402
                          check_all_paths, check_forward_against_loop, check_fp32_against_float64,
-                         compile_and_build, matvec, output_and_grads, rel_err, stack_steps, check_grads_against_loop)
+                         check_grads_against_loop, compile_and_build, matvec, output_and_grads, rel_err, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -667,15 +666,7 @@ def test_a_readout_of_fixed_slices_of_an_axis_gets_the_chunked_scan():
         assert rel_err(built.model(u), torch.stack(ys, 1).reshape(2, 7, -1)) < 1e-10
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(name):
-    """Each spec compiled once per test worker (1.5-2 s each); every test builds its own module from it."""
-    return compile_text(CASES[name][0], f"{name}.dsf")
-
-
-def _built(name):
-    result = _compiled(name)
-    return build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+_compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -45,16 +45,15 @@ written key (chunked delta rule).
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import functools  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, build, check_all_paths,  # noqa: E402
-                         check_forward_against_loop, check_fp32_against_float64, compile_and_build,
-                         grads_of, matvec, output_and_grads, rel_err, run_steps, stack_steps)
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, case_builds, check_all_paths,  # noqa: E402
+                         check_forward_against_loop, check_fp32_against_float64, compile_and_build, grads_of, matvec,
+                         output_and_grads, rel_err, run_steps, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -576,15 +575,7 @@ EIGEN = {"sink": Bound.UNBOUNDED, "alibigqa": Bound.UNBOUNDED, "foxpro": Bound.U
          "deltavf": Bound.UNKNOWN}
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(name):
-    """Each spec compiled once per test worker; every test builds its own module from it."""
-    return compile_text(CASES[name][0], f"{name}.dsf")
-
-
-def _built(name):
-    result = _compiled(name)
-    return build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+_compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
 
 @pytest.mark.parametrize("name", list(CASES))

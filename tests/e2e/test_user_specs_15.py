@@ -38,15 +38,14 @@ sum n of terms >= 0 as the share prev(n) / (prev(n) + x), in [0, 1] (``|lambda| 
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
-import functools  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, INTERPRETER_WARNINGS, build, check_all_paths, check_backend,  # noqa: E402
-                         check_fp32_against_float64, rel_err, run_steps, check_grads_against_loop)
+from dsf_testing import (F64, INTERPRETER_WARNINGS, build, case_builds, check_all_paths, check_backend,  # noqa: E402
+                         check_fp32_against_float64, check_grads_against_loop, rel_err, run_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -558,15 +557,7 @@ EIGEN = {"mom": Bound.STABLE, "path": Bound.MARGINAL, "dlinoss": Bound.STABLE, "
 TRUE_BOUND = {"lmu": Bound.STABLE}
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(name):
-    """Each spec compiled once per test worker; every test builds its own module from it."""
-    return compile_text(CASES[name][0], f"{name}.dsf")
-
-
-def _built(name, **dims):
-    result = _compiled(name)
-    return build(result, {k: dims.get(k, result.sym.dim_defaults[k]) for k in result.sym.free_dims})
+_compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
 
 def _input(built, b, t, gen, scale=1.0):
