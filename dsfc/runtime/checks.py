@@ -24,8 +24,8 @@ def step_state_errors() -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, RuntimeError, FloatingPointError) as exc:
-        # and the errors about forward's u (step's u_t): inference_input_error, check_finite_input / _output
-        msg = re.sub(r": u (is|and|contains) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
+        # and the errors about forward's u (step's u_t): inference_input_error, check_finite_input / _output, the dtype
+        msg = re.sub(r": u (is|and|contains|must) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
         # step has no time axis: forward's [batch, time, feature] = [b, 0, f] of a NaN in u or in the output
         msg = re.sub(r"\[batch, time, feature\] = \[(\d+), 0, (\d+)\]", r"[batch, feature] = [\1, \2]", msg)
         msg = msg.replace("though u, the initial state", "though u_t, the state")

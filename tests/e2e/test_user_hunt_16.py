@@ -115,3 +115,21 @@ def test_a_dash_as_the_spec_path_says_it_is_not_standard_input(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "-: error: cannot read spec" in err and "'-' is not standard input here" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_step_names_u_t_when_its_dtype_is_wrong():
+    from generated.s4d import S4D
+
+    model = S4D(d=4, Nh=2)
+    for bad in (torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match=r"^S4D: u_t must be a floating-point tensor, got torch\."):
+            model.step(bad)
+
+
+def test_compare_refuses_a_width_it_would_run_out_of_memory_padding(tmp_path, capsys):
+    spec = tmp_path / "mini.dsf"
+    spec.write_text(MINI.format(B="(w[k] + v[k])", D="0"))
+    assert main(["compare", str(spec), str(spec), "--width", str(10**11)]) == 2
+    assert f"dsfc compare: error: --width must be at most 10000 (a line width in characters), got {10**11}" \
+        in capsys.readouterr().err
+    assert main(["compare", str(spec), str(spec), "--width", "10000"]) == 0
