@@ -73,6 +73,17 @@ def test_a_param_read_only_in_terms_that_cancel_is_warned_at_its_line(b, d):
     assert "param v[d] ~ normal(0, 1)" in found[0] and "hint:" in found[0]
 
 
+def test_a_let_read_only_in_cancelled_terms_is_warned_with_the_param_only_it_reads():
+    text = MINI.format(B="(w[k] + z[k] - z[k])", D="0").replace("A[i, j]", "let z[c: d] = 2 * v[c]\nA[i, j]")
+    found = [w.splitlines()[0] for w in _compile_warnings(text)]
+    assert found == [
+        "mini.dsf:8:1: warning: param 'v' is read only in terms that simplify to 0 (such as x - x or 0 * x): the "
+        "layer never uses it, and it is created and trained, but its gradient is always None",
+        "mini.dsf:9:1: warning: let 'z' is read only in terms that simplify to 0 (such as x - x or 0 * x): the "
+        "layer never uses it, and it is computed on every call for nothing",
+    ]
+
+
 def test_a_param_that_really_reads_and_a_let_that_is_zero_are_not_warned_about():
     assert _compile_warnings(MINI.format(B="(w[k] + v[k])", D="0")) == []
     # a let whose value is 0 is still read by D: the let is used; the param it cancels is read by B too
