@@ -13,6 +13,10 @@ Found and fixed:
   lists every key the state may hold ('cache:keys', 'cache:values', ..., 'eta_prev').
 - ``dsfc compile -`` (the usual spelling of standard input) said only "-: error: cannot read spec: No such file or
   directory": it now says that '-' is not standard input here and to save the spec to a file.
+- ``model.step(u_t)`` with an integer or complex ``u_t`` said "u must be a floating-point tensor" (forward's name;
+  its shape and NaN errors already said u_t): now "u_t must be ..." (``dsfc.runtime.checks.step_state_errors``).
+- ``dsfc compare A.dsf B.dsf --width 100000000000`` padded its table to that width and ended in "out of memory; use
+  smaller sizes", naming no option: --width above 10000 is now refused by name.
 
 Checked clean (no change): CRLF, CR-only, BOM, tab and form-feed spec text (errors keep their line:col); an empty,
 binary, directory or non-UTF-8 spec; a duplicate matrix or model statement; numbers 1e400, 1e-400, 0x10, 1_000;
