@@ -459,7 +459,8 @@ def main(argv=None) -> int:
     p.add_argument("a", metavar="A.dsf")
     p.add_argument("b", metavar="B.dsf")
     p.add_argument("--latex", action="store_true", help="DSF matrices in LaTeX instead of sympy.sstr")
-    p.add_argument("--width", type=int, default=120, help="line width of the side-by-side table (default 120)")
+    p.add_argument("--width", type=int, default=120,
+                   help="line width of the side-by-side table (default 120, at most 10000)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("catalog", help="write the model catalog (docs/catalog.md): table, specs, analysis, notes")
@@ -575,6 +576,9 @@ class _PipeSafe:
 
 # torch.manual_seed takes -2**63 .. 2**64 - 1, and the check seeds generators with seed + 1 and seed + 2
 _SEED_RANGE = (-(2**63), 2**63 - 1)
+# compare pads both columns to --width: 10**11 ran out of memory padding the table ("out of memory; use smaller
+# sizes", naming no option); no terminal or file viewer is wider than this
+_MAX_WIDTH = 10_000
 _DEFAULT_OUTPUT = {"compile": "generated/", "catalog": "docs/catalog.md", "plot": "<spec stem>.png"}
 
 
@@ -588,6 +592,8 @@ def _option_problem(args) -> str | None:
     width = getattr(args, "width", None)
     if width is not None and width < 1:
         return f"--width must be at least 1, got {width}"
+    if width is not None and width > _MAX_WIDTH:
+        return f"--width must be at most {_MAX_WIDTH} (a line width in characters), got {width}"
     seed = getattr(args, "seed", None)
     if seed is not None and not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
         return f"--seed must be a 64-bit signed integer (-2**63 .. 2**63 - 1), got {seed}"

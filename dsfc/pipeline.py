@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import keyword
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .codegen.emit import emit_torch, printable, write_atomic
 from .codegen.plan import ModulePlan, plan_module
 from .ir.lower import lower_to_sympy
 from .ir.symspec import SymSpec
+from .ir.cancelled import cancelled_reads
 from .ir.canonical import canonical_matrices
 from .ir.unflatten import unflatten_output
 from .lang.ast import Spec
@@ -82,6 +84,8 @@ def analyse(spec: Spec) -> tuple[CheckedSpec, SymSpec, Structure, StructureRepor
 def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure, StructureReport]:
     checked = check_spec(spec)  # Spec -> CheckedSpec
     sym = lower_to_sympy(checked)  # CheckedSpec -> SymSpec
+    for w in cancelled_reads(sym):  # a param read only in terms SymPy folded to 0 (the checker saw it read)
+        warnings.warn(w, stacklevel=3)
     core = unflatten_output(sym)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
     core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
     structure = analyse_structure_of(core)  # SymSpec -> Structure

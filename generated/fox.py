@@ -182,16 +182,17 @@ class FoX(nn.Module):
         want = {_KEYS: (H, K), _VALUES: (H, V), _DECAY: (H,)}
         running = check_kv_cache("FoX", state, want, _batch, device, self.check_finite)
         if running:
-            self._check_running(running, _batch, device)
+            self._check_running(running, _batch, device, tuple(want))
 
-    def _check_running(self, running0, _batch, device):
-        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
+    def _check_running(self, running0, _batch, device, cache_keys=()):
+        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes].
+        ``cache_keys``: the KV cache entries of the same dict, named among the expected keys of an unknown one."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _B = _batch
         want = {
             "eta_prev": (_B, H),
         }
-        check_running_state("FoX", running0, want, device, self.check_finite)
+        check_running_state("FoX", running0, want, device, self.check_finite, cache_keys)
 
     def _in_features(self):
         d, H, K, V = self.d, self.H, self.K, self.V

@@ -234,14 +234,15 @@ class MambaBlock(nn.Module):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         return E * n
 
-    def _check_running(self, running0, _batch, device):
-        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
+    def _check_running(self, running0, _batch, device, cache_keys=()):
+        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes].
+        ``cache_keys``: the KV cache entries of the same dict, named among the expected keys of an unknown one."""
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _B = _batch
         want = {
             "xs": (_B, E, W),
         }
-        check_running_state("MambaBlock", running0, want, device, self.check_finite)
+        check_running_state("MambaBlock", running0, want, device, self.check_finite, cache_keys)
 
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.

@@ -251,14 +251,15 @@ class MLSTM(nn.Module):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         return H * DH * DH
 
-    def _check_running(self, running0, _batch, device):
-        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
+    def _check_running(self, running0, _batch, device, cache_keys=()):
+        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes].
+        ``cache_keys``: the KV cache entries of the same dict, named among the expected keys of an unknown one."""
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B = _batch
         want = {
             "n": (_B, H, DH),
         }
-        check_running_state("MLSTM", running0, want, device, self.check_finite)
+        check_running_state("MLSTM", running0, want, device, self.check_finite, cache_keys)
 
     def _lets(self, u_, _dtype, running0=None):
         """Per-step quantities of the spec (selection signal), over the whole sequence."""

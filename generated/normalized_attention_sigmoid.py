@@ -214,14 +214,15 @@ class NormalizedAttentionSigmoid(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return H * K * V
 
-    def _check_running(self, running0, _batch, device):
-        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes]."""
+    def _check_running(self, running0, _batch, device, cache_keys=()):
+        """The carried running quantities of a state dict: known names, each a finite float tensor [batch, *axes].
+        ``cache_keys``: the KV cache entries of the same dict, named among the expected keys of an unknown one."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _B = _batch
         want = {
             "eta_prev": (_B, H),
         }
-        check_running_state("NormalizedAttentionSigmoid", running0, want, device, self.check_finite)
+        check_running_state("NormalizedAttentionSigmoid", running0, want, device, self.check_finite, cache_keys)
 
     def _lets(self, u_, _dtype, running0=None):
         """Per-step quantities of the spec (selection signal), over the whole sequence."""

@@ -339,6 +339,9 @@ def parse_file(path: str | Path) -> ast.Spec:
             # `dsfc compile spec/*.dsf` (a typo in the folder) reached dsfc as the pattern itself: the shell passes a
             # pattern that matches nothing through unchanged, so "No such file or directory" named no real path
             reason += " (no file matches this pattern; the shell passed it through unexpanded)"
+        elif str(path) == "-" and not p.exists():
+            # the usual spelling of "read standard input": a spec needs a file, whose name names the module
+            reason += " ('-' is not standard input here: save the spec to a file and give its path)"
         raise SpecErrors([SpecError(f"cannot read spec: {reason}", Span(1, 1))], str(path), None) from None
     return parse_spec(data, str(path))
 

@@ -24,8 +24,8 @@ def step_state_errors() -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, RuntimeError, FloatingPointError) as exc:
-        # and the errors about forward's u (step's u_t): inference_input_error, check_finite_input / _output
-        msg = re.sub(r": u (is|and|contains) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
+        # and the errors about forward's u (step's u_t): inference_input_error, check_finite_input / _output, the dtype
+        msg = re.sub(r": u (is|and|contains|must) ", r": u_t \1 ", str(exc)).replace("(u.clone())", "(u_t.clone())")
         # step has no time axis: forward's [batch, time, feature] = [b, 0, f] of a NaN in u or in the output
         msg = re.sub(r"\[batch, time, feature\] = \[(\d+), 0, (\d+)\]", r"[batch, feature] = [\1, \2]", msg)
         msg = msg.replace("though u, the initial state", "though u_t, the state")
@@ -384,7 +384,7 @@ def check_running0_type(model: str, running0) -> None:
 
 
 def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[int, ...]], device: torch.device,
-                        check_finite: bool) -> None:
+                        check_finite: bool, cache_keys: Tuple[str, ...] = ()) -> None:
     """Check the carried running quantities of a state dict (cumsum / scan / window lets carried with the state).
 
     Args:
@@ -393,6 +393,8 @@ def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[
         want: let name -> its full shape ``(batch, *axes of the let)``.
         device: that of the input ``u``.
         check_finite: the module's ``check_finite`` flag.
+        cache_keys: the KV cache entries of the same state dict (already checked by ``check_kv_cache``), listed with
+            ``want`` as the expected keys of an unknown one: a softmax state's typo listed only ``['eta_prev']``.
 
     Raises:
         ValueError / TypeError naming the key: unknown or missing keys, a non-float value, a wrong shape, another
@@ -400,7 +402,8 @@ def check_running_state(model: str, running0: Mapping, want: Mapping[str, Tuple[
     """
     unknown = sorted(str(k) for k in running0 if k not in want)
     if unknown:
-        raise ValueError(f"{model}: unknown running quantity key(s) {unknown}; expected keys {list(want)}")
+        raise ValueError(f"{model}: unknown {'state' if cache_keys else 'running quantity'} key(s) {unknown}; "
+                         f"expected keys {[*cache_keys, *want]}")
     # all or none: none is the state of an empty first call (each quantity then starts as at t = 0); a state with
     # some of them was never returned by the module, and the missing one silently restarted (a conv window zeroed)
     missing = [k for k in want if k not in running0]
