@@ -9,7 +9,9 @@ Each row: the fastest of 7 rounds of the mean per-call time of ``--calls`` steps
 one thread (``--clock thread_time``: this thread's CPU time, steadier on a shared machine). ``py calls``: the
 Python-level function calls of one step (cProfile's count: the same however loaded the machine is). ``step``: the
 module's step; ``forward T=1``: ``forward(u_t[:, None], state, True)``, which step calls; ``torch maths``: S6's
-step written inline in plain torch without any check (the floor for a Python-level step). Under the Triton
+step written inline in plain torch without any check (the floor for a Python-level step). ``ops per step``:
+aten ops / of them not views / Triton launches of one step (``count_ops``; counts, the same on any machine: on a
+GPU each non-view op or launch is a kernel launch or an allocation, ~5 us of host time at T = 1). Under the Triton
 interpreter (``--triton`` on CPU) the kernel itself runs in Python: only differences between runs mean anything.
 """
 
@@ -71,6 +73,55 @@ def _python_calls(fn) -> int:
     return sum(v[1] for v in pstats.Stats(prof).stats.values())
 
 
+# aten ops that only make a view or read metadata: no kernel, no allocation (still a dispatcher call each)
+VIEW_OPS = frozenset({"view", "_unsafe_view", "permute", "unsqueeze", "squeeze", "detach", "select", "slice", "expand",
+                      "as_strided", "t", "transpose", "alias", "promote_types", "reshape", "split", "unbind"})
+
+
+def count_ops(fn):
+    """``(aten ops by name, Triton launches)`` of one call of ``fn``: every aten op the dispatcher sees (a
+    ``TorchDispatchMode``; views included: each is a dispatcher call) and every launch of a ``@triton.jit`` kernel
+    (compiled or interpreted). Counts, not times: what a decode step costs on a GPU, where each launch is ~5 us of
+    host time whatever the maths, and the same on a loaded machine."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+    ops, launches = collections.Counter(), [0]
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    patched = []
+    try:
+        import triton.runtime.interpreter as interp
+        import triton.runtime.jit as jit
+
+        for cls in (jit.JITFunction, interp.InterpretedFunction):
+            def run(self, *a, _orig=cls.run, **k):
+                launches[0] += 1
+                with _disable_current_modes():  # the interpreter's own tensor ops are the kernel, not the step
+                    return _orig(self, *a, **k)
+            patched.append((cls, cls.run))
+            cls.run = run
+    except ImportError:
+        pass
+    try:
+        with _Count():
+            fn()
+    finally:
+        for cls, orig in patched:
+            cls.run = orig
+    return ops, launches[0]
+
+
+def kernel_ops(ops) -> int:
+    """The ops of ``count_ops`` that are not views: allocations, maths, copies, host reads."""
+    return sum(n for name, n in ops.items() if name not in VIEW_OPS)
+
+
 def _s6_inline(model, u_t, h):
     """S6's step in plain torch, no checks: the floor."""
     import torch
@@ -97,6 +148,8 @@ def rows(names, backends, calls: int, batch: int):
                 fwd_s = _time(lambda: model(u_t[:, None], initial_state=state, output_final_state=True), calls)
                 row = {"spec": name, "backend": backend, "step_us": step_s * 1e6, "forward_T1_us": fwd_s * 1e6,
                        "step_calls": _python_calls(lambda: model.step(u_t, state))}
+                ops, launches = count_ops(lambda: model.step(u_t, state))
+                row.update(step_ops=sum(ops.values()), step_kernel_ops=kernel_ops(ops), step_launches=launches)
                 if name == "s6" and backend == "torch":
                     row["torch_maths_us"] = _time(lambda: _s6_inline(model, u_t, state), calls) * 1e6
             out.append(row)
@@ -133,11 +186,13 @@ def main(argv=None):
             prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    print(f"{'spec':8} {'backend':8} {'step us':>9} {'forward T=1 us':>15} {'py calls':>9} {'torch maths us':>15}")
+    print(f"{'spec':8} {'backend':8} {'step us':>9} {'forward T=1 us':>15} {'py calls':>9} {'ops per step':>13} "
+          f"{'torch maths us':>15}")
     for r in rows(args.specs, backends, args.calls, args.batch):
         maths = f"{r['torch_maths_us']:15.1f}" if "torch_maths_us" in r else ""
+        ops = f"{r['step_ops']}/{r['step_kernel_ops']}/{r['step_launches']}"
         print(f"{r['spec']:8} {r['backend']:8} {r['step_us']:9.1f} {r['forward_T1_us']:15.1f} {r['step_calls']:9d} "
-              f"{maths}")
+              f"{ops:>13} {maths}")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ class FoX(nn.Module):
         W_F = self.W_F.to(_dtype)
         q = torch.einsum("ztk,ijk->ztij", u_, W_Q)  # let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
         k = torch.einsum("ztk,ijk->ztij", u_, W_K)  # let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
-        f = torch.sigmoid(torch.einsum("ztj,ij->zti", u_, W_F))  # let f[h: H] = sigmoid(sum(m, W_F[h, m] * u[m]))
+        f = torch.sigmoid(F.linear(u_, W_F))  # let f[h: H] = sigmoid(sum(m, W_F[h, m] * u[m]))
         # let qf[h: H, e: taylor(K, inf)] = taylor(a, q[h, a])  (an infinite feature map: kept as its vector, [B, T, groups, K])
         qf = (q).expand(_B, _T, H, K).reshape(_B, _T, H, K)
         # let kf[h: H, e: taylor(K, inf)] = taylor(a, k[h, a])  (an infinite feature map: kept as its vector, [B, T, groups, K])
@@ -222,7 +222,7 @@ class FoX(nn.Module):
         # the per-step log-decay per group, cumulated in float64 over the cached and current steps (O(T)): the
         # cache's "cache:decay" holds each cached key's decay up to the last step, G_last - G_j, so a step adds
         # its own log-decay instead of carrying an ever-growing G; the runtime forms G_i - G_j pair by pair in float64
-        _logdecay = (F.logsigmoid(torch.einsum("ztj,ij->zti", u_, W_F))).expand(_B, _T, H).reshape(_B, _T, H)
+        _logdecay = (F.logsigmoid(F.linear(u_, W_F))).expand(_B, _T, H).reshape(_B, _T, H)
         _gcum = torch.cumsum(_logdecay.to(torch.float64), 1)
         if running0 is not None:
             _gcum = torch.cat([-running0[_DECAY].to(torch.float64), _gcum], 1)

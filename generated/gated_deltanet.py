@@ -237,9 +237,9 @@ class GatedDeltaNet(nn.Module):
         k = kr * inv_l2_norm(kr[:, :, :, None, :])  # let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
         vpre = torch.einsum("ztk,ijk->ztij", u_, W_V)  # let vpre[h: H, b: V] = sum(m, W_V[h, b, m] * u[m])
         alpha = torch.exp(
-            -(torch.exp(A_log) * F.softplus(dt_bias + torch.einsum("ztj,ij->zti", u_, W_a)))
+            -(torch.exp(A_log) * F.softplus(dt_bias + F.linear(u_, W_a)))
         )  # let alpha[h: H] = exp(-exp(A_log[h]) * softplus(sum(m, W_a[h, m] * u[m]) + dt_bias[h]))
-        beta = torch.sigmoid(torch.einsum("ztj,ij->zti", u_, W_b))  # let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
+        beta = torch.sigmoid(F.linear(u_, W_b))  # let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -289,9 +289,10 @@ class GatedDeltaNet(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, H, K, V), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, H, K, V)
+        else:
+            h0 = torch.zeros((_B, H, K, V), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, H * V))
@@ -299,6 +300,7 @@ class GatedDeltaNet(nn.Module):
             # the initial one
             return (_y, h0.clone()) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -307,13 +309,16 @@ class GatedDeltaNet(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, H * V).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        return (_y, _h) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
@@ -388,11 +393,7 @@ class GatedDeltaNet(nn.Module):
         _f = beta[:, :, :, None] * k
         _f = _f.expand(_B, _T, H, K).reshape(_B, _T, H, K)
         _log_decay = (
-            torch.as_tensor(
-                -(torch.exp(A_log) * F.softplus(dt_bias + torch.einsum("ztj,ij->zti", u_, W_a))),
-                dtype=_dtype,
-                device=_dev,
-            )
+            torch.as_tensor(-(torch.exp(A_log) * F.softplus(dt_bias + F.linear(u_, W_a))), dtype=_dtype, device=_dev)
             .expand(_B, _T, H)
             .reshape(_B, _T, H)
         )
@@ -552,9 +553,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _f = beta[:, :, :, None] * k
     _f = _f.expand(_B, _T, H, K).reshape(_B, _T, H, K)
     _log_decay = (
-        torch.as_tensor(
-            -(torch.exp(A_log) * F.softplus(dt_bias + torch.einsum("ztj,ij->zti", u_, W_a))), dtype=_dtype, device=_dev
-        )
+        torch.as_tensor(-(torch.exp(A_log) * F.softplus(dt_bias + F.linear(u_, W_a))), dtype=_dtype, device=_dev)
         .expand(_B, _T, H)
         .reshape(_B, _T, H)
     )

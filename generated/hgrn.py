@@ -222,8 +222,8 @@ class HGRN(nn.Module):
             ),
             (L, E),
         )  # let sm[j: L, c: E] = exp(Gamma[j, c]) / sum(j2, exp(Gamma[j2, c]))
-        ipre = torch.einsum("ztj,ij->zti", u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
-        f_pre = torch.einsum("ztj,ij->zti", u_, W_f)  # (dsfc) f_pre[c] = Sum(W_f[c, m]*u[m], (m, 0, d - 1))
+        ipre = F.linear(u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
+        f_pre = F.linear(u_, W_f)  # (dsfc) f_pre[c] = Sum(W_f[c, m]*u[m], (m, 0, d - 1))
         gam = f = None
         if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
             gam = torch.broadcast_to(
@@ -281,9 +281,10 @@ class HGRN(nn.Module):
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, E), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, E)
+        else:
+            h0 = torch.zeros((_B, E), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, E))
@@ -291,6 +292,7 @@ class HGRN(nn.Module):
             # the initial one
             return (_y, h0.clone()) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -302,13 +304,16 @@ class HGRN(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, E).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        return (_y, _h) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
@@ -1026,6 +1031,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     )
     _final = _final.reshape(_B, E)
     if _fused:
+        env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, E)
         return _y, _final
     _states = _out.reshape(_B, _T, E)

@@ -298,9 +298,10 @@ class LRU(nn.Module):
         d, Nc = self.d, self.Nc
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, Nc, 2), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, Nc, 2)
+        else:
+            h0 = torch.zeros((_B, Nc, 2), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, d))
@@ -308,6 +309,7 @@ class LRU(nn.Module):
             # the initial one
             return (_y, h0.clone()) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -316,13 +318,16 @@ class LRU(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, d).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        return (_y, _h) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
@@ -391,16 +396,14 @@ class LRU(nn.Module):
         _bu = (
             torch.exp(gamma_log[:, None])
             * (0 == axis(2, 1, 2, _dev)).to(_dtype)
-            * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_re))[:, :, :, None]
+            * (F.linear(u_[:, _t0:_t1], B_re))[:, :, :, None]
             + torch.exp(gamma_log[:, None])
             * (1 == axis(2, 1, 2, _dev)).to(_dtype)
-            * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_im))[:, :, :, None]
+            * (F.linear(u_[:, _t0:_t1], B_im))[:, :, :, None]
         ).expand(_B, _T, Nc, 2)
         _states = rotation_scan(_rot_x, _rot_y, _bu, h0, 1)
         _read = _states
-        _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, :, 1]))) + torch.einsum(
-            "ij,ztj->zti", C_re, (_read[:, :, :, 0])
-        )
+        _y = (-F.linear((_read[:, :, :, 1]), C_im)) + F.linear((_read[:, :, :, 0]), C_re)
         _y = _y + D * u_
         _final = _states[:, -1]
         return _y, _final
@@ -547,10 +550,10 @@ def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
         _bu = (
             torch.exp(gamma_log[:, None])
             * (0 == axis(2, 1, 2, _dev)).to(_dtype)
-            * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_re))[:, :, :, None]
+            * (F.linear(u_[:, _t0:_t1], B_re))[:, :, :, None]
             + torch.exp(gamma_log[:, None])
             * (1 == axis(2, 1, 2, _dev)).to(_dtype)
-            * (torch.einsum("ztk,ik->zti", u_[:, _t0:_t1], B_im))[:, :, :, None]
+            * (F.linear(u_[:, _t0:_t1], B_im))[:, :, :, None]
         ).expand(_B, _t1 - _t0, Nc, 2)
         _bu = _bu.permute(0, 1, 2, 3).reshape(_B, _t1 - _t0, Nc, 2)
         _st = block_scan_triton(_blocks, _bu, _h)
@@ -558,9 +561,7 @@ def _core_triton_dense(self, u_, h0, env, _B, _T, _dtype):
         _chunks.append(_st)
     _states = torch.cat(_chunks, 1).reshape(_B, _T, Nc, 2).permute(0, 1, 2, 3)
     _read = _states
-    _y = (-torch.einsum("ij,ztj->zti", C_im, (_read[:, :, :, 1]))) + torch.einsum(
-        "ij,ztj->zti", C_re, (_read[:, :, :, 0])
-    )
+    _y = (-F.linear((_read[:, :, :, 1]), C_im)) + F.linear((_read[:, :, :, 0]), C_re)
     _y = _y + D * u_
     _final = _states[:, -1]
     return _y, _final

@@ -266,7 +266,7 @@ class MambaBlock(nn.Module):
         A_log = self.A_log.to(_dtype)
         D = self.D.to(_dtype)
         W_out = self.W_out.to(_dtype)
-        xr = torch.einsum("ztj,ij->zti", u_, W_x)  # let xr[c: E] = sum(k, W_x[c, k] * u[k])
+        xr = F.linear(u_, W_x)  # let xr[c: E] = sum(k, W_x[c, k] * u[k])
         # let xs[c: E, k: W] = window(xr[c])                           # the last W values of xr: causal conv input  (the last K values along the last axis, oldest first: a causal conv's input)
         xs_now_ = (xr[:, :, :, None]).expand(_B, _T, E, W)[..., 0]
         _K = W
@@ -279,13 +279,13 @@ class MambaBlock(nn.Module):
         x = F.silu(
             b_conv + torch.einsum("ij,ztij->zti", W_conv, xs)
         )  # let x[c: E] = silu(sum(k, W_conv[c, k] * xs[c, k]) + b_conv[c])
-        z = torch.einsum("ztj,ij->zti", u_, W_z)  # let z[c: E] = sum(k, W_z[c, k] * u[k])
-        b = torch.einsum("ztj,ij->zti", x, W_B)  # let b[j: n] = sum(k, W_B[j, k] * x[k])
-        cq = torch.einsum("ztj,ij->zti", x, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * x[k])
+        z = F.linear(u_, W_z)  # let z[c: E] = sum(k, W_z[c, k] * u[k])
+        b = F.linear(x, W_B)  # let b[j: n] = sum(k, W_B[j, k] * x[k])
+        cq = F.linear(x, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * x[k])
         dt = None
         if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
             dt = F.softplus(
-                b_dt + torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", x, W_xdt)))
+                b_dt + F.linear((F.linear(x, W_xdt)), W_dt)
             )  # let dt[c: E] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * x[k])) + b_dt[c])
         return {
             "_dev": _dev,
@@ -345,9 +345,10 @@ class MambaBlock(nn.Module):
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, E, n), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, E, n)
+        else:
+            h0 = torch.zeros((_B, E, n), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, d))
@@ -356,6 +357,7 @@ class MambaBlock(nn.Module):
             _final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}
             return (_y, _final) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -367,6 +369,7 @@ class MambaBlock(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         if post:
             _y = self._posts(env if backend != "reference" else self._lets(u_, _dtype, running0), _y)
         _y = _y.reshape(_B, _T, -1).to(u.dtype)
@@ -374,9 +377,11 @@ class MambaBlock(nn.Module):
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        _final = {"h": _final, **running_final}
-        _final = {k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in _final.items()}
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        _copies = {k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in running_final.items()}
+        _final = {"h": _h, **_copies}
         return (_y, _final) if output_final_state else _y
 
     def _posts(self, env, _y_core):
@@ -406,7 +411,7 @@ class MambaBlock(nn.Module):
         b = env["b"]
         cq = env["cq"]
         y = _y_core.reshape(_B, _T, E)
-        out_ = torch.einsum("ztj,ij->zti", y, W_out)  # post out[o: d] = sum(c, W_out[o, c] * y[c])
+        out_ = F.linear(y, W_out)  # post out[o: d] = sum(c, W_out[o, c] * y[c])
         return out_.expand(_B, _T, *out_.shape[2:])
 
     def driven_input(self, u, running0=None):
@@ -1271,7 +1276,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
-    _dt_sum = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", x, W_xdt)))).expand(
+    _dt_sum = (F.linear((F.linear(x, W_xdt)), W_dt)).expand(
         _B, _T, E
     )  # a sum inside the maths: computed in torch, read by the kernel
     _x_sum = (torch.einsum("ij,ztij->zti", W_conv, xs)).expand(
@@ -1296,6 +1301,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     )
     _final = _final.reshape(_B, E, n)
     if _fused:
+        env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, E)
         _y = _y + F.silu(z) * D * x
         return _y, _final

@@ -291,15 +291,15 @@ class MLSTM(nn.Module):
         )  # let v[h: H, b: DH] = sum(j: bs, W_V[(h * DH + b) // bs, (h * DH + b) % bs, j] * u[((h * DH + b) // bs) * bs + j])
         fpre = (
             b_f
-            + torch.einsum("ztj,ij->zti", (q.flatten(2, 3)), (W_f[:, 0, :]))
-            + torch.einsum("ztj,ij->zti", (k.flatten(2, 3)), (W_f[:, 1, :]))
-            + torch.einsum("ztj,ij->zti", (v.flatten(2, 3)), (W_f[:, 2, :]))
+            + F.linear((q.flatten(2, 3)), (W_f[:, 0, :]))
+            + F.linear((k.flatten(2, 3)), (W_f[:, 1, :]))
+            + F.linear((v.flatten(2, 3)), (W_f[:, 2, :]))
         )  # let fpre[h: H] = sum(e: E, W_f[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_f[h, 1, e] * k[e // DH, e % DH])
         ipre = (
             b_i
-            + torch.einsum("ztj,ij->zti", (q.flatten(2, 3)), (W_i[:, 0, :]))
-            + torch.einsum("ztj,ij->zti", (k.flatten(2, 3)), (W_i[:, 1, :]))
-            + torch.einsum("ztj,ij->zti", (v.flatten(2, 3)), (W_i[:, 2, :]))
+            + F.linear((q.flatten(2, 3)), (W_i[:, 0, :]))
+            + F.linear((k.flatten(2, 3)), (W_i[:, 1, :]))
+            + F.linear((v.flatten(2, 3)), (W_i[:, 2, :]))
         )  # let ipre[h: H] = sum(e: E, W_i[h, 0, e] * q[e // DH, e % DH]) + sum(e: E, W_i[h, 1, e] * k[e // DH, e % DH])
         f = torch.sigmoid(fpre)  # let f[h: H] = sigmoid(fpre[h])
         ig = torch.exp(ipre)  # let ig[h: H] = exp(ipre[h])
@@ -368,9 +368,10 @@ class MLSTM(nn.Module):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, H, DH, DH), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, H, DH, DH)
+        else:
+            h0 = torch.zeros((_B, H, DH, DH), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, H * DH))
@@ -379,6 +380,7 @@ class MLSTM(nn.Module):
             _final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}
             return (_y, _final) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, E)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -387,14 +389,17 @@ class MLSTM(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, H * DH).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        _final = {"h": _final, **running_final}
-        _final = {k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in _final.items()}
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        _copies = {k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in running_final.items()}
+        _final = {"h": _h, **_copies}
         return (_y, _final) if output_final_state else _y
 
     def driven_input(self, u, running0=None):

@@ -239,7 +239,7 @@ class NormalizedAttention(nn.Module):
         b_n = self.b_n.to(_dtype)
         q = b_Q + torch.einsum("ztk,ijk->ztij", u_, W_Q)  # let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m]) + b_Q[h, a]
         k = b_K + torch.einsum("ztk,ijk->ztij", u_, W_K)  # let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m]) + b_K[h, a]
-        s = b_n + torch.einsum("ztj,ij->zti", u_, W_n)  # let s[h: H] = sum(m, W_n[h, m] * u[m]) + b_n[h]
+        s = b_n + F.linear(u_, W_n)  # let s[h: H] = sum(m, W_n[h, m] * u[m]) + b_n[h]
         # let s_prev[h: H] = prev(s[h])  (previous step's value; the first step uses the carried value, else its own)
         s_prev_now_ = (s).expand(_B, _T, H)
         if running0 is not None and "s_prev" in running0:
@@ -296,9 +296,10 @@ class NormalizedAttention(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, H, K, V), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, H, K, V)
+        else:
+            h0 = torch.zeros((_B, H, K, V), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, H * V))
@@ -307,6 +308,7 @@ class NormalizedAttention(nn.Module):
             _final = {"h": h0.clone(), **{k: v.to(_dtype, copy=True) for k, v in (running0 or {}).items()}}
             return (_y, _final) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -315,14 +317,17 @@ class NormalizedAttention(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, H * V).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        _final = {"h": _final, **running_final}
-        _final = {k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in _final.items()}
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        _copies = {k: v.to(_dtype, memory_format=torch.contiguous_format, copy=True) for k, v in running_final.items()}
+        _final = {"h": _h, **_copies}
         return (_y, _final) if output_final_state else _y
 
     def driven_input(self, u, running0=None):

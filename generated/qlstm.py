@@ -224,12 +224,12 @@ class QLSTM(nn.Module):
         b_f = self.b_f.to(_dtype)
         b_i = self.b_i.to(_dtype)
         b_o = self.b_o.to(_dtype)
-        x = torch.einsum("ztj,ij->zti", u_, W_x)  # let x[c: Hd] = sum(m, W_x[c, m] * u[m])
-        og = b_o + torch.einsum("ztj,ij->zti", x, W_o)  # let og[c: Hd] = sum(c2, W_o[c, c2] * x[c2]) + b_o[c]
+        x = F.linear(u_, W_x)  # let x[c: Hd] = sum(m, W_x[c, m] * u[m])
+        og = b_o + F.linear(x, W_o)  # let og[c: Hd] = sum(c2, W_o[c, c2] * x[c2]) + b_o[c]
         f = ig = None
         if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
-            f = b_f + torch.einsum("ztj,ij->zti", x, W_f)  # let f[c: Hd] = sum(c2, W_f[c, c2] * x[c2]) + b_f[c]
-            ig = b_i + torch.einsum("ztj,ij->zti", x, W_i)  # let ig[c: Hd] = sum(c2, W_i[c, c2] * x[c2]) + b_i[c]
+            f = b_f + F.linear(x, W_f)  # let f[c: Hd] = sum(c2, W_f[c, c2] * x[c2]) + b_f[c]
+            ig = b_i + F.linear(x, W_i)  # let ig[c: Hd] = sum(c2, W_i[c, c2] * x[c2]) + b_i[c]
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -276,9 +276,10 @@ class QLSTM(nn.Module):
         d, e, Hd = self.d, self.e, self.Hd
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, Hd), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, Hd)
+        else:
+            h0 = torch.zeros((_B, Hd), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, Hd))
@@ -286,6 +287,7 @@ class QLSTM(nn.Module):
             # the initial one
             return (_y, h0.clone()) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -297,13 +299,16 @@ class QLSTM(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, Hd).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        return (_y, _h) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
@@ -1054,15 +1059,9 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     f = env["f"]
     ig = env["ig"]
     og = env["og"]
-    _f_sum = (torch.einsum("ztj,ij->zti", x, W_f)).expand(
-        _B, _T, Hd
-    )  # a sum inside the maths: computed in torch, read by the kernel
-    _ig_sum = (torch.einsum("ztj,ij->zti", x, W_i)).expand(
-        _B, _T, Hd
-    )  # a sum inside the maths: computed in torch, read by the kernel
-    _og_sum = (torch.einsum("ztj,ij->zti", x, W_o)).expand(
-        _B, _T, Hd
-    )  # a sum inside the maths: computed in torch, read by the kernel
+    _f_sum = (F.linear(x, W_f)).expand(_B, _T, Hd)  # a sum inside the maths: computed in torch, read by the kernel
+    _ig_sum = (F.linear(x, W_i)).expand(_B, _T, Hd)  # a sum inside the maths: computed in torch, read by the kernel
+    _og_sum = (F.linear(x, W_o)).expand(_B, _T, Hd)  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
@@ -1082,6 +1081,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     )
     _final = _final.reshape(_B, Hd)
     if _fused:
+        env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, Hd)
         return _y, _final
     _states = _out.reshape(_B, _T, Hd)

@@ -228,12 +228,12 @@ class S6(nn.Module):
         W_B = self.W_B.to(_dtype)
         W_C = self.W_C.to(_dtype)
         D = self.D.to(_dtype)
-        b = torch.einsum("ztj,ij->zti", u_, W_B)  # let b[j: n] = sum(k, W_B[j, k] * u[k])
-        cq = torch.einsum("ztj,ij->zti", u_, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * u[k])
+        b = F.linear(u_, W_B)  # let b[j: n] = sum(k, W_B[j, k] * u[k])
+        cq = F.linear(u_, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * u[k])
         dt = None
         if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
             dt = F.softplus(
-                b_dt + torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))
+                b_dt + F.linear((F.linear(u_, W_xdt)), W_dt)
             )  # let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])
         return {
             "_dev": _dev,
@@ -280,9 +280,10 @@ class S6(nn.Module):
         d, n, r = self.d, self.n, self.r
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
-        h0 = torch.zeros((_B, d, n), device=u.device, dtype=_dtype)
-        if initial_state is not None:
-            h0 = initial_state.to(_dtype).reshape(h0.shape)
+        if initial_state is not None:  # a zero state is made only when none is given (a fill per decoding step)
+            h0 = initial_state.to(_dtype).reshape(_B, d, n)
+        else:
+            h0 = torch.zeros((_B, d, n), device=u.device, dtype=_dtype)
         backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, d))
@@ -290,6 +291,7 @@ class S6(nn.Module):
             # the initial one
             return (_y, h0.clone()) if output_final_state else _y
         u_ = u.to(_dtype).reshape(_B, _T, d)
+        _final_owned = False  # True: the core returned a final state in a buffer of its own (no copy needed)
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
@@ -301,13 +303,16 @@ class S6(nn.Module):
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
             _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, d).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a
         # decoding loop drifted (4% after 512 S6 tokens; a running sum ~500 in bf16 lost increments of ~1).
         # Copied: its entries were views of step T of [B, T, ...] buffers, which they kept alive (a long prefill's
         # state held T times its size), and a prev / window entry a view of the caller's u (refilling the input
-        # buffer of a streaming loop changed the state carried to the next call)
-        return (_y, _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)) if output_final_state else _y
+        # buffer of a streaming loop changed the state carried to the next call). Not copied again when the core
+        # wrote it into a [B, N] buffer of its own (the Triton diagonal kernel's final state): a copy per decoding step
+        _h = _final if _final_owned else _final.to(_dtype, memory_format=torch.contiguous_format, copy=True)
+        return (_y, _h) if output_final_state else _y
 
     def driven_input(self, u, running0=None):
         """What B and D multiply, ``[batch, time, d]``: the input, or the spec's ``drive`` let."""
@@ -1032,7 +1037,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     dt = env["dt"]
     b = env["b"]
     cq = env["cq"]
-    _dt_sum = (torch.einsum("ij,ztj->zti", W_dt, (torch.einsum("ztj,ij->zti", u_, W_xdt)))).expand(
+    _dt_sum = (F.linear((F.linear(u_, W_xdt)), W_dt)).expand(
         _B, _T, d
     )  # a sum inside the maths: computed in torch, read by the kernel
     # half inputs: the time-varying operands cross in the input dtype (half the kernel's reads), y comes back in it;
@@ -1054,6 +1059,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     )
     _final = _final.reshape(_B, d, n)
     if _fused:
+        env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, d)
         _y = _y + D * u_
         return _y, _final

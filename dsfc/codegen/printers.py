@@ -540,7 +540,9 @@ class TorchPrinter:
             ops.append(code)
         used = [s for s in axes if any(s in own for _, own, _ in operands)]
         out = ("zt" if batched else "") + "".join(letter[s] for s in used)
-        code = f"torch.einsum(\"{','.join(specs)}->{out}\", {', '.join(ops)})"
+        code = self._projection(operands, used, svars)
+        if code is None:
+            code = f"torch.einsum(\"{','.join(specs)}->{out}\", {', '.join(ops)})"
         if coeff:
             code = f"{self._p(sp.Mul(*coeff), axes, {}, 2)} * {code}"
         present = [axes.index(s) for s in used]
@@ -551,6 +553,22 @@ class TorchPrinter:
             elif present:
                 code = f"({code}){self._static_suffix(axes, present)}"
         return code
+
+    @staticmethod
+    def _projection(operands, used, svars) -> str | None:
+        """A projection ``sum(j, W[i, j] * x[..., j])`` of a batched operand by a static matrix as ``F.linear`` /
+        ``torch.matmul`` (one ``mm``), or None for any other sum. ``torch.einsum`` spent 12 aten ops (permutes,
+        views, a ``bmm``) on the same product: 18 us against 3.5 us on CPU, four of them per S6 decoding step."""
+        if len(operands) != 2 or len(svars) != 1:
+            return None
+        (x, xo, xb), (w, wo, wb) = sorted(operands, key=lambda op: not op[2])  # the batched operand first
+        j = svars[0]
+        if not xb or wb or len(wo) != 2 or j not in wo or not xo or xo[-1] != j or j in xo[:-1]:
+            return None
+        i = wo[0] if wo[1] == j else wo[1]
+        if i in xo or list(used) != [*xo[:-1], i]:
+            return None
+        return f"F.linear({x}, {w})" if wo == (i, j) else f"torch.matmul({x}, {w})"
 
     def _static_suffix(self, axes, present) -> str:
         first = present[0]

@@ -1,0 +1,74 @@
+"""The number of aten ops and Triton launches of one decoding ``step`` on backend="triton": a structural bound (a
+count, not a time: at T = 1 on a GPU each launch / non-view op costs ~5 us of host time whatever the maths, so the
+count is what decides a decode step's speed). The counts are those measured when the per-step zero fill, the final
+state copy and einsum's permutes around the projections were removed (README "Decoding"); a regression that adds an
+op per step fails here. Correctness of the same steps: tests/e2e/test_step_path.py.
+
+Counted with benchmarks/step_overhead.py's ``count_ops`` (a TorchDispatchMode and a hook on the kernels' launcher),
+check_finite off (its one host read per check is a documented, switchable cost)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.triton._device import DEVICE  # (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytest.importorskip("numpy")  # the interpreter needs it
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from step_overhead import count_ops, kernel_ops  # noqa: E402
+
+# spec: (dims, most aten ops of a step, most non-view ops, Triton launches), fp32, batch 1, check_finite off.
+# S6's 8 non-view ops: its four projections (mm), the kernel's two output buffers, and D u (mul, add).
+BOUNDS = {
+    "s6": ({"d": 8, "n": 4, "r": 2}, 32, 8, 1),
+    "rg_lru": ({"W": 8, "nh": 2}, 47, 4, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(BOUNDS))
+def test_diagonal_triton_step_issues_one_launch_and_few_ops(name):
+    dims, most_ops, most_kernel_ops, launches = BOUNDS[name]
+    mod = importlib.import_module(f"generated.{name}")
+    cls = next(v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, torch.nn.Module)
+               and v.__module__ == mod.__name__)
+    torch.manual_seed(0)
+    model = cls(**dims, backend="triton").to(DEVICE)
+    model.check_finite = False
+    u_t = torch.randn(1, model._in_features(), device=DEVICE)
+    with torch.no_grad():
+        _, state = model.step(u_t)
+        model.step(u_t, state)  # any first-call choice (autochoice timing on a GPU) is made
+        ops, n_launch = count_ops(lambda: model.step(u_t, state))
+    assert n_launch == launches, f"{name}: {n_launch} Triton launches per step, want {launches}"
+    assert kernel_ops(ops) <= most_kernel_ops, f"{name}: {dict(ops)}"
+    assert sum(ops.values()) <= most_ops, f"{name}: {dict(ops)}"
+    assert "zeros" not in ops and "_to_copy" not in ops and "copy_" not in ops  # no fill, no state copy
+    # the same step, checks on: one host read more (the finite check of u, the parameters and the state)
+    model.check_finite = True
+    with torch.no_grad():
+        ops_checked, _ = count_ops(lambda: model.step(u_t, state))
+    assert ops_checked["_local_scalar_dense"] == 2  # the input check and the output NaN check: one read each
+
+
+def test_step_state_is_its_own_tensor():
+    """The final state is no longer copied once more: it must still be a fresh tensor (not the caller's state, not
+    a view of a buffer the next step refills)."""
+    mod = importlib.import_module("generated.s6")
+    model = mod.S6(d=4, n=3, r=2, backend="triton").to(DEVICE)
+    u_t = torch.randn(2, 4, device=DEVICE)
+    with torch.no_grad():
+        _, s1 = model.step(u_t)
+        keep = s1.clone()
+        _, s2 = model.step(u_t, s1)
+        _, s3 = model.step(u_t, s2)
+    assert s2.data_ptr() not in (s1.data_ptr(), s3.data_ptr()) and s2.is_contiguous()
+    assert s2._base is None or s2._base.numel() == s2.numel()  # (a reshape of the kernel's [B, N] buffer)
+    assert torch.equal(s1, keep)
