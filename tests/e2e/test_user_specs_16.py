@@ -14,6 +14,7 @@ Errors: heads that do not divide the width, and sLSTM's stabiliser written as a 
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
+import functools  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
@@ -502,6 +503,11 @@ C[o, c] = delta(o, c)
 """
 
 
+@functools.cache
+def _signedpow_built():
+    return build(compile_text(SIGNEDPOW, "signedpow.dsf"), {"d": 4})
+
+
 def _signedpow(P, u, h0=None):
     # h_c = g_c^(c + 1) h_c + (1 - g_c^2) u_c with g = tanh(W u) of either sign; y = h
     d = u.shape[2]
@@ -514,14 +520,14 @@ def _signedpow(P, u, h0=None):
     return stack_steps(ys, u, d)
 
 
-@pytest.mark.parametrize("name", ["shared", "signedpow"])
-def test_a_negative_base_under_an_integer_power_keeps_its_sign_in_triton(name):
+def test_a_negative_base_under_an_integer_power_keeps_its_sign_in_triton():
     """The fix: the Triton printer wrote every power that was not an integer literal as exp(n log(g)), NaN (dropped
     by the scan's masking, or a wrong output) wherever g < 0: a whole-number float exponent (SharedChain's
     l2 ^ two with the let constant two = 2 * half + 1, folded to 2.0) and an integer index exponent on a signed
-    base (g_c ^ (c + 1)). Both now print as integer powers; the Triton path matches the loop and its gradients."""
-    built = _built(name) if name in CASES else build(compile_text(SIGNEDPOW, "signedpow.dsf"), {"d": 4})
-    loop = INDEPENDENT.get(name, _signedpow)
+    base (g_c ^ (c + 1)), whose backward kernel also lost the exponent's integrality to a CSE temporary. Both now
+    print as integer powers; the Triton path matches the loop and its gradients (SharedChain: the tests above)."""
+    built = _signedpow_built()
+    loop = _signedpow
     check_forward_against_loop(built, loop, backends=BACKENDS)
     gen = torch.Generator().manual_seed(4)
     u = torch.randn(2, 5, built.d_in(), generator=gen, dtype=F64)
@@ -532,7 +538,7 @@ def test_a_negative_base_under_an_integer_power_keeps_its_sign_in_triton(name):
 def test_an_integer_index_power_of_a_gate_in_the_unit_interval_is_a_decay():
     """The prover read g^(c + 1) (g in (-1, 1), the exponent an index expression) as unbounded; |g^n| <= |g| for
     every integer n >= 1 (and n = 0 adds the value 1), so SignedPow is stable, which its A confirms at scale 3."""
-    built = build(compile_text(SIGNEDPOW, "signedpow.dsf"), {"d": 4})
+    built = _signedpow_built()
     assert built.result.report.eigen_bound == Bound.STABLE, built.result.report.eigen_reason
     u = 3 * torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
     assert (torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs() < 1).all()
