@@ -10,6 +10,20 @@ step; gradients of the input and every parameter on the torch and Triton paths; 
 families); the family and eigenvalue bound of ``dsfc analyze``, a claimed bound checked on the module's own A.
 Errors: heads that do not divide the width, and sLSTM's stabiliser written as a running max (a let cycle through
 ``prev``: documented as not a DSF), are reported at the line with a hint.
+
+Found and fixed:
+- The Triton printer wrote every power whose exponent was not an integer literal as ``exp(n log(x))``, NaN for a
+  negative base: SharedChain's ``l2 ^ two`` (the let constant ``two = 2 * half + 1`` folds to the float 2.0) gave
+  a wrong Triton output, and ``g[c] ^ (c + 1)`` with g a tanh (SignedPow) NaN gradients, the backward kernel's CSE
+  having replaced ``c + 1`` by a plain symbol. Whole-number float exponents are integers now, CSE temporaries that
+  stand for integers are declared so, and an integer power of a base of either sign prints as ``|x|^n`` with the
+  sign of odd n (1 at n = 0).
+- The interval prover read ``g ^ (c + 1)`` (|g| < 1, an index exponent) as unbounded: it bounds it by |g| now.
+
+Left weaker than the truth (no false claim; the tests check the true bound on the module's A): Laguerre's
+triangular A is "unknown" (its eigenvalues are the diagonal a, |a| < 1, but the analysis does not derive
+eigenvalues of a non-diagonal block), and xPos retention's ``zeta[a] ^ (1 / sc)`` is "unknown" (the prover has no
+range for a let that is a formula of an index).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
