@@ -579,6 +579,12 @@ class IntervalProver:
             if ex.is_Integer and ex > 0:  # a base of either sign: x^2 = |x|^2 >= 0, x^3 increasing
                 p = int(ex)
                 return _mono(_abs(biv) if p % 2 == 0 else biv, lambda x: _int_pow(x, p))
+            mag = _abs(biv)
+            if ex.is_integer and ex.is_nonnegative and mag.hi <= 1:
+                # x^n for an integer n >= 0 of no fixed value (an index expression: g_c^(c + 1) with g a tanh):
+                # |x^n| <= |x| <= 1 for n >= 1, and n = 0 adds the value 1
+                out = Interval(-mag.hi, mag.hi, mag.hi_open, mag.hi_open)
+                return out if ex.is_positive else _hull([out, Interval(1.0, 1.0)])
             return ANY
         if isinstance(e, sp.Abs):
             return _abs(self.range(e.args[0]))

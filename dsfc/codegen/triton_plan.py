@@ -133,6 +133,15 @@ def _kname(name: str) -> str:
 
 def _cse(exprs, prefix: str, time_varying: set) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr], list[bool]]:
     reps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), order="canonical")
+    # a CSE symbol that stands for an integer (an index expression such as i + 1) is declared one, so that the
+    # printer still sees g ** ea1 as an integer power: a plain symbol printed it as exp(ea1 log g), NaN for g < 0
+    typed: dict[sp.Symbol, sp.Symbol] = {}
+    for k, (s, e) in enumerate(reps):
+        e = e.xreplace(typed)
+        if e.is_integer:
+            typed[s] = sp.Symbol(s.name, integer=True)
+        reps[k] = (typed.get(s, s), e)
+    reduced = [r.xreplace(typed) for r in reduced]
     varying = set(time_varying)
     inv = []
     for s, e in reps:

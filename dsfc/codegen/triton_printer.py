@@ -210,6 +210,10 @@ class TritonPrinter(Printer):
 
     def _print_Pow(self, e):
         base, ex = e.args
+        if ex.is_Float and float(ex).is_integer():
+            # a whole-number float exponent (a let constant such as 2 * half + 1 folds to 2.0) is an integer power:
+            # the real-power form below takes the log of the base, NaN wherever the base is negative
+            ex = sp.Integer(int(ex))
         if ex.is_Integer:
             n = int(ex)
             if n == 0:
@@ -233,6 +237,14 @@ class TritonPrinter(Printer):
             # times b^n; the real-power form below would take the log of the negative base (NaN)
             sign = f"(1.0 - 2.0 * {self._print(sp.Mod(ex, 2))})"
             return sign if base == -1 else f"{sign} * {self._print(sp.Pow(-base, ex, evaluate=False))}"
+        if ex.is_integer and not base.is_nonnegative:
+            # g^n with g of either sign (a tanh gate, a Laguerre pole -a) and n an integer index expression: |g|^n,
+            # negated where g < 0 and n is odd, and 1 where n = 0 (also at g = 0, where exp(0 * log 0) is NaN)
+            # n's parity in floating point: n may be a kernel value (a CSE temporary), not an index expression
+            b, n = self._print(base), self._paren(ex, PRECEDENCE["Mul"])
+            odd = f"({n} - 2.0 * tl.floor(0.5 * {n}))"
+            return (f"tl.where({n} == 0, 1.0, tl.where({b} < 0.0, 1.0 - 2.0 * {odd}, 1.0)"
+                    f" * tl.exp({n} * tl.log(tl.abs({b}))))")
         # a real power of a (presumed positive) base; a constant base's log is a float constant (tl.log of the
         # integer literal 10 is an int32 tensor, which tl.log refuses)
         log_base = (repr(math.log(float(base))) if base.is_number and base.is_positive

@@ -112,3 +112,35 @@ def test_gelu_prints_as_the_erf_helper():
     pr = printer()
     assert pr.doprint(Gelu(x)) == "_gelu(x_a)" and "_gelu" in pr.helpers
     assert "tl.math.erf" in pr.doprint(sp.diff(Gelu(x), x))
+
+
+class _NumpyTl:
+    """Enough of ``triton.language`` to evaluate a printed power elementwise with numpy."""
+
+    def __init__(self):
+        import numpy as np
+        self.exp, self.log, self.abs, self.floor, self.where = np.exp, np.log, np.abs, np.floor, np.where
+
+
+_EA1 = sp.Symbol("ea1", integer=True)  # a CSE temporary standing for an index expression (the backward kernel)
+
+
+@pytest.mark.parametrize("expr", [
+    x ** sp.Float(2.0),  # a let constant folded to a whole-number float: SharedChain's l2 ^ two (hunt 16)
+    x ** sp.Float(3.0),
+    x ** (c + 1),  # an integer index exponent on a signed base: g_c ^ (c + 1)
+    x ** c,  # c = 0 included: x^0 = 1, also at x = 0
+    x ** _EA1,
+])
+def test_integer_powers_of_a_negative_base_keep_their_sign(expr):
+    """A power whose exponent is an integer but not an integer literal printed as exp(n log(x)): NaN for x < 0.
+    The printed code, evaluated at bases of both signs and zero and exponents 0 .. 4, equals x^n."""
+    import numpy as np
+    code = TritonPrinter({x: "x_a", _EA1: "ea1"}, {c: "i_c"}, {}).doprint(expr).replace(".to(DTYPE)", "")
+    assert "tl.log(x_a)" not in code, code
+    bases = np.array([-1.5, -0.7, 0.0, 0.4, 2.0])
+    for k in range(5):
+        n = int(expr.exp.subs({c: k, _EA1: k}))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            got = eval(code, {"tl": _NumpyTl(), "x_a": bases, "i_c": k, "ea1": float(k)})  # noqa: S307
+        assert np.allclose(got, bases ** n), (code, k, got)
