@@ -817,12 +817,40 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
                       f"s - g^T f = {spec_str(forms[best])} in {ivs[1]} ({facts})")
 
 
+def _triangular(sym: SymSpec, a) -> EigenBound | None:
+    """A block triangular over its one mixed axis (an Euler step of HiPPO-LegS, a Laguerre cascade): its eigenvalues
+    are its diagonal entries, whatever lies on the other side. Triangular is proven for every dims, not read off the
+    defaults: the entry vanishes with the column index ``gap >= 1`` past the row index (lower) or behind it (upper),
+    for a symbolic integer ``gap``; a block SymPy cannot show to vanish there is left to the other rules."""
+    if len(a.mixed_axes) != 1 or a.block is None:
+        return None
+    k = a.mixed_axes[0]
+    r, c = a.rows[k], a.cols[k]
+    block = sp.S(a.block)
+    gap = sp.Symbol("gap", integer=True, positive=True)
+    for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
+        try:
+            if simplify(block.subs(beyond, simultaneous=True)) == 0:
+                break
+        except (TypeError, ValueError):
+            continue
+    else:
+        return None
+    diagonal = simplify(block.subs(c, r))
+    prover = IntervalProver(sym)
+    iv = prover.range_over(diagonal, a.rows, [ax.extent for ax in sym.state.axes])
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    return EigenBound(_verdict([iv]), str(iv),
+                      f"A is {side} triangular on axis {sym.state.axes[k].name!r}: its eigenvalues are the diagonal "
+                      f"entries lambda = {spec_str(diagonal)} in {iv} ({facts})")
+
+
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     """Bound of |lambda(A_t)| over all inputs, with the reason."""
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
-        found = _identity_minus_rank1(sym, a) if a.low_rank else _two_by_two(sym, a)
+        found = _identity_minus_rank1(sym, a) if a.low_rank else _two_by_two(sym, a) or _triangular(sym, a)
         if found is not None:
             return found
         if a.low_rank:

@@ -20,10 +20,11 @@ Found and fixed:
   sign of odd n (1 at n = 0).
 - The interval prover read ``g ^ (c + 1)`` (|g| < 1, an index exponent) as unbounded: it bounds it by |g| now.
 
-Left weaker than the truth (no false claim; the tests check the true bound on the module's A): Laguerre's
-triangular A is "unknown" (its eigenvalues are the diagonal a, |a| < 1, but the analysis does not derive
-eigenvalues of a non-diagonal block), and xPos retention's ``zeta[a] ^ (1 / sc)`` is "unknown" (the prover has no
-range for a let that is a formula of an index).
+- Laguerre's triangular A was "unknown": a block triangular on its mixed axis (proven for every dims, with a symbolic
+  gap between row and column) has its diagonal entries as eigenvalues, here a with |a| < 1 (stability.py).
+
+Left weaker than the truth (no false claim; the tests check the true bound on the module's A): xPos retention's
+``zeta[a] ^ (1 / sc)`` is "unknown" (the prover has no range for a let that is a formula of an index).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -418,10 +419,10 @@ def _s6n1(P, u, h0=None):
 
 INDEPENDENT = {"retxpos": _retxpos, "laguerre": _laguerre, "cayley": _cayley, "holt": _holt, "shared": _shared,
                "mamba2g": _mamba2g, "dijiang": _dijiang, "s6n1": _s6n1}
-EIGEN = {"retxpos": Bound.UNKNOWN, "laguerre": Bound.UNKNOWN, "cayley": Bound.STABLE, "holt": Bound.STABLE,
+EIGEN = {"retxpos": Bound.UNKNOWN, "laguerre": Bound.STABLE, "cayley": Bound.STABLE, "holt": Bound.STABLE,
          "shared": Bound.UNBOUNDED, "mamba2g": Bound.STABLE, "dijiang": Bound.MARGINAL, "s6n1": Bound.STABLE}
 # the bound each spec has on its module's A (checked at random inputs) where the report is weaker
-TRUE_BOUND = {"retxpos": Bound.STABLE, "laguerre": Bound.STABLE}
+TRUE_BOUND = {"retxpos": Bound.STABLE}
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
