@@ -40,7 +40,7 @@ import sympy as sp
 from ..analysis.log_space import complements
 from ..analysis.structure import Structure
 from ..ir.let_reuse import canonical_bound, reuse_lets
-from ..ir.symspec import SymSpec, tensor_names
+from ..ir.symspec import SymSpec, read_closure, tensor_names
 from .block_views import print_over
 from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
@@ -256,16 +256,7 @@ def _replace_sums(e, fn):
 
 def _needed_lets(sym: SymSpec, roots: set[str]) -> frozenset[str]:
     """The lets that ``roots`` (tensor names) read, directly or through other lets."""
-    lets = {let.tensor.name: let for let in sym.lets}
-    need, todo = set(), [n for n in roots if n in lets]
-    while todo:
-        name = todo.pop()
-        if name in need:
-            continue
-        need.add(name)
-        for e in lets[name].definition:
-            todo += [n for n in tensor_names(e) if n in lets and n not in need]
-    return frozenset(need)
+    return frozenset(read_closure(sym.lets, roots) & {let.tensor.name for let in sym.lets})
 
 
 def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str], inline: bool) -> TritonPlan:

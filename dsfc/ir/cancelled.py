@@ -8,39 +8,18 @@ SymSpec and warns, at the declaration, about each param or let the text reads bu
 
 from __future__ import annotations
 
-import sympy as sp
-
 from ..lang import ast
 from ..lang.errors import SpecWarning
-from .symspec import SymLet, SymSpec, tensor_names
-
-
-def _let_reads(let: SymLet) -> set[str]:
-    """What a let reads: its value, its running arguments and its feature map's body (``expr`` is a placeholder)."""
-    exprs = [let.expr, *let.args] + ([let.feature.body] if let.feature is not None else [])
-    return set().union(*(tensor_names(sp.S(e)) for e in exprs)) - {str(i) for i in let.index}
+from .symspec import SymSpec, read_closure, tensor_names
 
 
 def lowered_reads(sym: SymSpec) -> set[str]:
     """The names of the params and lets the lowered layer reads (A, B, C, D, the posts, the drive let, through any
     chain of lets)."""
-    lets = {let.tensor.name: let for let in (*sym.lets, *sym.posts)}
-    todo: set[str] = set()
+    roots = {p.tensor.name for p in sym.posts} | ({sym.driven.name} if sym.driven is not None else set())
     for m in sym.matrices.values():
-        todo |= tensor_names(m.entry)
-    for post in sym.posts:
-        todo |= _let_reads(post)
-    if sym.driven is not None:
-        todo.add(sym.driven.name)
-    read: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in read:
-            continue
-        read.add(name)
-        if name in lets:
-            todo |= _let_reads(lets[name]) - read
-    return read
+        roots |= tensor_names(m.entry)
+    return read_closure((*sym.lets, *sym.posts), roots)
 
 
 def cancelled_reads(sym: SymSpec) -> tuple[SpecWarning, ...]:

@@ -50,6 +50,24 @@ def tensor_names(expr: sp.Expr) -> set[str]:
             for n in sp.preorder_traversal(sp.S(expr)) if isinstance(n, (sp.Indexed, sp.Symbol))}
 
 
+def read_closure(lets, roots) -> set[str]:
+    """The names ``roots`` read, directly or through any chain of ``lets`` (SymLets; the roots included): each let
+    reached adds what its definition reads, its own index symbols aside. Callers keep the names they look for (the
+    lets a kernel must compute, the params a layer uses)."""
+    by_name = {let.tensor.name: let for let in lets}
+    read, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in read:
+            continue
+        read.add(name)
+        let = by_name.get(name)
+        if let is not None:
+            own = {str(i) for i in let.index}
+            todo += [n for e in let.definition for n in tensor_names(e) if n not in own and n not in read]
+    return read
+
+
 class DimError(ValueError):
     """Dim values that break a derived dim (a // that does not divide exactly)."""
 
