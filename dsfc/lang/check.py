@@ -721,11 +721,35 @@ class _Checker:
         return None
 
     # -- statements --------------------------------------------------------------------------------------------
+    def first_model(self, stmts: list) -> list:
+        """The statements of the file's first model. Two specs in one file (``cat a.dsf b.dsf > both.dsf``) gave an
+        error per statement of the second (every dim, the input, state, output and each matrix "declared twice"):
+        a later ``model`` statement after which the input, state, output or a matrix is declared again starts a
+        second model, reported once, and only the first is checked. A repeated ``model`` line alone is still one
+        error at that line."""
+        def declared(part) -> set:
+            return ({s.kind for s in part if isinstance(s, ast.TensorDecl)}
+                    | {s.matrix for s in part if isinstance(s, ast.MatrixDef)})
+
+        for i, s in enumerate(stmts):
+            if i == 0 or not isinstance(s, ast.ModelDecl):
+                continue
+            again = sorted(declared(stmts[:i]) & declared(stmts[i + 1:]))
+            if again:
+                self.err(
+                    f"only one model per file: line {s.span.line} starts a second model (it declares "
+                    f"{', '.join(again)} again)", s.span,
+                    hint="put each model in a .dsf file of its own (the statements from this line on are not checked)",
+                )
+                return stmts[:i]
+        return stmts
+
     def run(self) -> CheckedSpec:
         stmts = self.spec.statements
         if not stmts:
             self.err("empty spec: no statements", Span(1, 1), hint="a spec needs at least input, state, A, B and C")
             raise SpecErrors(self.errors, self.spec.path, self.spec.source)
+        stmts = self.first_model(stmts)
         models = [s for s in stmts if isinstance(s, ast.ModelDecl)]
         for extra in models[1:]:
             self.err("only one 'model' statement is allowed", extra.span)
