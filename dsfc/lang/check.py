@@ -1125,3 +1125,30 @@ def check_spec(spec: ast.Spec) -> CheckedSpec:
     for w in checked.warnings:
         warnings.warn(w, stacklevel=2)
     return checked
+
+
+def too_deep_error(spec: ast.Spec) -> SpecError:
+    """The error for a spec whose compilation reached Python's recursion limit (each statement's own nesting is
+    bounded by the parser's MAX_NESTING). The passes inline lets into the matrices and into one another, so what
+    nests is a chain of lets each reading the one before, all of it: 200 of them (``let x2 = 0.5 * x1 + 0.1``, ...)
+    was "internal error: RecursionError ... This is a bug in dsfc". Named at the end of the longest such chain."""
+    chains: dict[str, list[ast.LetDecl]] = {}  # let name -> the longest chain of lets that ends in it
+    for s in spec.statements:
+        if isinstance(s, ast.LetDecl):
+            reads = {n.name for n in _walk(s.expr) if isinstance(n, (ast.Name, ast.Index)) and n.name in chains}
+            chains[s.name] = max((chains[r] for r in reads), key=len, default=[]) + [s]
+    chain = max(chains.values(), key=len, default=[])
+    if len(chain) < 8:
+        span = spec.statements[0].span if spec.statements else Span(1, 1)
+        return SpecError("spec is too deeply nested to compile (Python's recursion limit was reached)", span,
+                         hint="simplify its most deeply nested expressions")
+    shown = [let.name for let in reversed(chain)]
+    path = " <- ".join(shown if len(shown) <= 6 else shown[:3] + ["..."] + shown[-2:])
+    return SpecError(
+        f"spec is too deeply nested to compile: let {chain[-1].name!r} ends a chain of {len(chain)} lets, each "
+        f"reading the one before ({path}); dsfc inlines lets into one another, following such a chain one level "
+        "per let, and reached Python's recursion limit",
+        chain[-1].span,
+        hint="a chain of up to about 150 lets compiles: shorten it, e.g. merge consecutive lets into one "
+        "expression each",
+    )
