@@ -400,6 +400,23 @@ def _parse_dims_strict(items) -> dict:
     return out
 
 
+def _refuse_extra_arguments(parsers: dict, command: str, extra: list[str]) -> None:
+    """Arguments a subcommand does not take: the top-level parser's "dsfc: error: unrecognized arguments" printed the
+    usage of ``dsfc`` itself, not of the subcommand, and did not say that ``compare`` takes two specs, ``plot`` one,
+    or that an option belongs to another subcommand (``dsfc compile --dims``). Exits 2, as argparse does."""
+    hints = []
+    options = {a for a in extra if a.startswith("-")}
+    if len(options) < len(extra) and command in ("compare", "plot"):
+        hints.append("dsfc compare takes exactly two specs" if command == "compare"
+                     else "dsfc plot takes one spec: run it once per spec")
+    for option in sorted(options):
+        owners = [name for name, p in parsers.items() if option.split("=")[0] in p._option_string_actions]
+        if owners:
+            hints.append(f"{option.split('=')[0]} is an option of dsfc {' / dsfc '.join(owners)}")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    parsers[command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dsfc", description="Compile DSF specs of sequence-model layers to PyTorch.")
     parser.add_argument("--version", action="version", version=f"dsfc {__version__}")
@@ -468,7 +485,9 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", default="docs/catalog.md", help="output file (default: docs/catalog.md)")
     p.set_defaults(func=cmd_catalog)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_extra_arguments(sub.choices, args.command, extra)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     try:

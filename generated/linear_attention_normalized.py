@@ -57,6 +57,8 @@ from dsfc.runtime.checks import (
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
+    triton_refusal,
+    triton_refusal_error,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.features import elu1p
@@ -293,7 +295,8 @@ class LinearAttentionNormalized(nn.Module):
             h0 = initial_state.to(_dtype).reshape(_B, H, K, V)
         else:
             h0 = torch.zeros((_B, H, K, V), device=u.device, dtype=_dtype)
-        backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
+        # before the empty case: a bad backend passed silently at T = 0
+        backend = self._resolve_backend(u, h0 if running0 is None else {"h": h0, **running0})
         if _T == 0 or _B == 0:
             _y = empty_output(u, self, (_B, _T, H * V))
             # copies: the caller's own tensors were handed back, so an in-place update of the "final" state changed
@@ -338,15 +341,23 @@ class LinearAttentionNormalized(nn.Module):
         _driven = env["u_"]
         return _driven.expand(u.shape[0], u.shape[1], *_driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
-    def _resolve_backend(self, u):
-        """auto: Triton on CUDA when this module has a Triton kernel, else the structured torch path."""
+    def _resolve_backend(self, u, state=None):
+        """auto: Triton on CUDA when this module has a Triton kernel and the call is one it can run (not under a
+        torch.func transform or forward-mode AD), else the structured torch path."""
         if self.backend not in BACKENDS:  # set after construction: an unknown name silently ran the torch path
             raise ValueError(f"LinearAttentionNormalized: backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend != "auto":
-            if self.backend == "triton" and _core_triton_available is None:
-                raise RuntimeError("LinearAttentionNormalized: no Triton kernel was generated for this spec")
+        if self.backend == "triton" and _core_triton_available is None:
+            raise RuntimeError("LinearAttentionNormalized: no Triton kernel was generated for this spec")
+        if self.backend != "triton" and self.backend != "auto":
             return self.backend
-        return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
+        if self.backend == "auto" and not (u.is_cuda and _core_triton_available is not None):
+            return "torch"
+        refusal = triton_refusal(self, u, state)
+        if refusal is None:
+            return "triton"
+        if self.backend == "triton":
+            raise triton_refusal_error("LinearAttentionNormalized", refusal)
+        return "torch"  # auto: the torch path runs what the kernels cannot
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""

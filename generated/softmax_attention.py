@@ -48,6 +48,8 @@ from dsfc.runtime.checks import (
     inference_input_error,
     refuse_jit_trace,
     step_state_errors,
+    triton_refusal,
+    triton_refusal_error,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
@@ -267,7 +269,8 @@ class SoftmaxAttention(nn.Module):
         _B, _T = u.shape[0], u.shape[1]
         _dtype = torch.promote_types(u.dtype, torch.float32)  # accumulate in fp32 (or fp64) for half inputs
         running0 = None if initial_state is None else {k: v for k, v in initial_state.items()}
-        backend = self._resolve_backend(u)  # before the empty case: a bad backend passed silently at T = 0
+        # before the empty case: a bad backend passed silently at T = 0
+        backend = self._resolve_backend(u, initial_state)
         if _T == 0 or _B == 0:
             # tied to u and the parameters (zero gradients), as torch layers do
             _yo = empty_output(u, self, (_B, _T, H * V))
@@ -325,15 +328,23 @@ class SoftmaxAttention(nn.Module):
         _final[_KEYS], _final[_VALUES] = _keys.to(u.dtype, copy=_new), _values.to(u.dtype, copy=_new)
         return _yo, _final
 
-    def _resolve_backend(self, u):
-        """auto: the Triton kernels on CUDA (when triton is installed), else torch."""
+    def _resolve_backend(self, u, state=None):
+        """auto: the Triton kernels on CUDA (when triton is installed) for a call they can run (not under a
+        torch.func transform or forward-mode AD), else torch."""
         if self.backend not in BACKENDS:
             raise ValueError(f"SoftmaxAttention: backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "triton" and _core_triton_available is None:
             raise RuntimeError("SoftmaxAttention: backend='triton' needs triton installed")
-        if self.backend == "auto":
-            return "triton" if (u.is_cuda and _core_triton_available is not None) else "torch"
-        return self.backend
+        if self.backend != "triton" and self.backend != "auto":
+            return self.backend
+        if self.backend == "auto" and not (u.is_cuda and _core_triton_available is not None):
+            return "torch"
+        refusal = triton_refusal(self, u, state)
+        if refusal is None:
+            return "triton"
+        if self.backend == "triton":
+            raise triton_refusal_error("SoftmaxAttention", refusal)
+        return "torch"  # auto: the torch path runs what the kernels cannot
 
     # differentiable, as forward is (it was under torch.no_grad: a token-by-token training loop silently left the
     # layer's parameters without gradients); decoding loops run it under no_grad / inference_mode

@@ -721,11 +721,35 @@ class _Checker:
         return None
 
     # -- statements --------------------------------------------------------------------------------------------
+    def first_model(self, stmts: list) -> list:
+        """The statements of the file's first model. Two specs in one file (``cat a.dsf b.dsf > both.dsf``) gave an
+        error per statement of the second (every dim, the input, state, output and each matrix "declared twice"):
+        a later ``model`` statement after which the input, state, output or a matrix is declared again starts a
+        second model, reported once, and only the first is checked. A repeated ``model`` line alone is still one
+        error at that line."""
+        def declared(part) -> set:
+            return ({s.kind for s in part if isinstance(s, ast.TensorDecl)}
+                    | {s.matrix for s in part if isinstance(s, ast.MatrixDef)})
+
+        for i, s in enumerate(stmts):
+            if i == 0 or not isinstance(s, ast.ModelDecl):
+                continue
+            again = sorted(declared(stmts[:i]) & declared(stmts[i + 1:]))
+            if again:
+                self.err(
+                    f"only one model per file: line {s.span.line} starts a second model (it declares "
+                    f"{', '.join(again)} again)", s.span,
+                    hint="put each model in a .dsf file of its own (the statements from this line on are not checked)",
+                )
+                return stmts[:i]
+        return stmts
+
     def run(self) -> CheckedSpec:
         stmts = self.spec.statements
         if not stmts:
             self.err("empty spec: no statements", Span(1, 1), hint="a spec needs at least input, state, A, B and C")
             raise SpecErrors(self.errors, self.spec.path, self.spec.source)
+        stmts = self.first_model(stmts)
         models = [s for s in stmts if isinstance(s, ast.ModelDecl)]
         for extra in models[1:]:
             self.err("only one 'model' statement is allowed", extra.span)
@@ -1101,3 +1125,30 @@ def check_spec(spec: ast.Spec) -> CheckedSpec:
     for w in checked.warnings:
         warnings.warn(w, stacklevel=2)
     return checked
+
+
+def too_deep_error(spec: ast.Spec) -> SpecError:
+    """The error for a spec whose compilation reached Python's recursion limit (each statement's own nesting is
+    bounded by the parser's MAX_NESTING). The passes inline lets into the matrices and into one another, so what
+    nests is a chain of lets each reading the one before, all of it: 200 of them (``let x2 = 0.5 * x1 + 0.1``, ...)
+    was "internal error: RecursionError ... This is a bug in dsfc". Named at the end of the longest such chain."""
+    chains: dict[str, list[ast.LetDecl]] = {}  # let name -> the longest chain of lets that ends in it
+    for s in spec.statements:
+        if isinstance(s, ast.LetDecl):
+            reads = {n.name for n in _walk(s.expr) if isinstance(n, (ast.Name, ast.Index)) and n.name in chains}
+            chains[s.name] = max((chains[r] for r in reads), key=len, default=[]) + [s]
+    chain = max(chains.values(), key=len, default=[])
+    if len(chain) < 8:
+        span = spec.statements[0].span if spec.statements else Span(1, 1)
+        return SpecError("spec is too deeply nested to compile (Python's recursion limit was reached)", span,
+                         hint="simplify its most deeply nested expressions")
+    shown = [let.name for let in reversed(chain)]
+    path = " <- ".join(shown if len(shown) <= 6 else shown[:3] + ["..."] + shown[-2:])
+    return SpecError(
+        f"spec is too deeply nested to compile: let {chain[-1].name!r} ends a chain of {len(chain)} lets, each "
+        f"reading the one before ({path}); dsfc inlines lets into one another, following such a chain one level "
+        "per let, and reached Python's recursion limit",
+        chain[-1].span,
+        hint="a chain of up to about 150 lets compiles: shorten it, e.g. merge consecutive lets into one "
+        "expression each",
+    )

@@ -142,6 +142,47 @@ def values_hidden(value: torch.Tensor) -> bool:
     return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
 
 
+# what each torch.func transform is called by its users (the interpreter stack names them Vmap, Grad, ...)
+_TRANSFORM_NAMES = {"Vmap": "torch.func.vmap", "Grad": "torch.func.grad / vjp / jacrev",
+                    "Jvp": "torch.func.jvp / jacfwd", "Functionalize": "torch.func.functionalize"}
+
+
+def _state_tensors(state) -> list:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, Mapping):
+        return [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return []
+
+
+def triton_refusal(module: torch.nn.Module, u: torch.Tensor, state=None) -> "str | None":
+    """Why the Triton kernels cannot run this call, or None. They are custom ops with a reverse-mode formula only: no
+    batching rule, no forward-mode (jvp) rule, and an autograd.Function torch.func cannot wrap. Under a torch.func
+    transform (vmap, grad, jvp, jacrev, jacfwd, functionalize) or with a forward-mode dual tensor (u, a state entry or
+    a parameter; ``torch.autograd.forward_ad``) the call failed deep inside the launcher with torch's "Batching rule
+    not implemented for dsfc::diagonal_scan_fwd", "Cannot access storage of TensorWrapper" or "You must implement the
+    jvp function for custom autograd.Function", naming neither the backend nor the way out."""
+    if torch.compiler.is_compiling():  # torch.compile of a transform traces it away first
+        return None
+    stack = torch._C._functorch.get_interpreter_stack()  # None outside torch.func transforms
+    if stack:
+        names = dict.fromkeys(_TRANSFORM_NAMES.get(i.key().name, i.key().name) for i in stack)
+        return " inside ".join(reversed(list(names)))
+    level = torch.autograd.forward_ad._current_level  # -1 outside torch.autograd.forward_ad.dual_level()
+    if level >= 0:
+        for value in (u, *_state_tensors(state), *module.parameters()):
+            if torch.autograd.forward_ad.unpack_dual(value, level=level).tangent is not None:
+                return "forward-mode AD (a dual tensor of torch.autograd.forward_ad)"
+    return None
+
+
+def triton_refusal_error(model: str, reason: str) -> RuntimeError:
+    return RuntimeError(
+        f"{model}: backend='triton' cannot run under {reason}: the Triton kernels have a reverse-mode gradient only "
+        "(no batching or forward-mode rule); set model.backend = 'torch' for this (backend='auto' picks torch here)"
+    )
+
+
 def _is_finite(value: torch.Tensor, check_finite: bool) -> bool:
     """False only for a tensor with a NaN / inf. Skipped (True) when ``check_finite`` is off (the read-back is a
     device sync), and where ``values_hidden``."""
