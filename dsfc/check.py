@@ -13,10 +13,12 @@ kernel gets a note "no Triton kernel (reason)", not a failure.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -68,10 +70,26 @@ class CheckReport:
         return "\n".join(lines)
 
 
+_MODULE_DIR: Path | None = None
+
+
+def _module_dir() -> Path:
+    """One private temporary directory per process for the imported sources, removed at exit: a directory per call,
+    never removed, left a /tmp/dsfc-* behind on every ``dsfc check``. The files stay while the process runs (Triton
+    reads a kernel's source at import, tracebacks and ``inspect`` read it later)."""
+    global _MODULE_DIR
+    if _MODULE_DIR is None or not _MODULE_DIR.is_dir():
+        _MODULE_DIR = Path(tempfile.mkdtemp(prefix="dsfc-"))
+        atexit.register(shutil.rmtree, _MODULE_DIR, ignore_errors=True)
+    return _MODULE_DIR
+
+
 def load_module(result: CompileResult, name: str | None = None) -> types.ModuleType:
     """Import generated source as a module (written to a private temporary file first)."""
     mod_name = name or f"dsfc_generated_{result.module_name}"
-    tmp = Path(tempfile.mkdtemp(prefix="dsfc-"))
+    # a directory of its own per call inside the process's one: two loads of one spec (other dims, another name)
+    # must not overwrite a file a loaded module still reads its source from
+    tmp = Path(tempfile.mkdtemp(dir=_module_dir()))
     path = tmp / f"{result.module_name}.py"
     path.write_text(result.source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(mod_name, path)

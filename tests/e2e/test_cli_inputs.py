@@ -182,3 +182,16 @@ def test_a_closed_pipe_keeps_the_exit_status_and_the_files(tmp_path):
         assert "Traceback" not in other and "Exception ignored" not in other, other
         written = sorted(p.name for p in out.iterdir()) if out.exists() else []
         assert written == (["hgrn.py", "s6.py"] if code == 0 else [])  # all or nothing
+
+
+def test_check_leaves_no_temporary_directory_behind(tmp_path):
+    # every `dsfc check` (and bench, plot) imported the generated source from a fresh /tmp/dsfc-* directory that
+    # nothing removed: thousands piled up. One directory per process now, removed at exit.
+    import os
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-m", "dsfc", "check", str(SPECS / "lru.dsf"), "--no-triton"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS" in run.stdout
+    assert not list(tmp_path.glob("dsfc-*")), sorted(p.name for p in tmp_path.iterdir())
