@@ -498,11 +498,21 @@ class IntervalProver:
             t = sp.Dummy(f"{i}_frac", nonnegative=True)
             self._unit.add(t)
             subs[i] = ext * t
+        def frac_part(f):  # floor(x) = x - {x} with {x} in [0, 1): K cancels in (a // 2) * 2 / K once a = K t
+            t = sp.Dummy("frac", nonnegative=True)
+            self._unit.add(t)
+            return f.args[0] - t
+
         try:
-            scaled = sp.factor_terms(sp.S(e).subs(subs, simultaneous=True), radical=False)
+            scaled = sp.S(e).subs(subs, simultaneous=True)
+            forms = [sp.factor_terms(scaled, radical=False)]
+            if scaled.has(sp.floor):  # (K t / 2 - {x}) * 2 / K: expanded, K cancels from the t term
+                forms.append(sp.expand(scaled.replace(lambda x: isinstance(x, sp.floor), frac_part)))
         except (TypeError, ValueError, sp.PolynomialError):
             return iv
-        return _intersect(iv, self.range(scaled))
+        for form in forms:
+            iv = _intersect(iv, self.range(form))
+        return iv
 
     def range(self, e) -> Interval:
         if e.is_Number:

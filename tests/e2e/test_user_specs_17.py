@@ -20,7 +20,9 @@ Found and fixed:
   sum was rightly kept, but the structure pass's ``simplify`` let SymPy evaluate it into a range Piecewise. Such
   sums are held opaque through simplify now (index_algebra.simplify).
 - A per-group decay ``1 - 2 ^ (-5 - h // R)`` was "unknown": the interval prover had no rule for floor (now: the
-  floors of the ends), so it is ``|lambda| < 1`` in [31/32, 1).
+  floors of the ends), so it is ``|lambda| < 1`` in [31/32, 1). Where an index is rescaled to bound a let over
+  its axis (range_over), floor(x) is also read as x - {x}, {x} in [0, 1): hunt 16's xPos decay ``zeta[a] ^ (1 /
+  sc)`` with ``zeta = ((a // 2) * 2 / K + 0.4) / 1.4``, "unknown" there, is proven ``|lambda| < 1`` now.
 - The reasons printed ``2^(floor(h / R))`` as ``2^h // R`` and ``-floor(h / R)`` as ``-h // R``, both reading as
   something else: a floor printed ``x // y`` is bracketed under an operator (ir/notation.py).
 - The exactly discretised damped oscillator, det = e^(-2 ze om dt) and tr = 2 e^(-ze om dt) cos(wd dt), failed
