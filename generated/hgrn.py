@@ -14,7 +14,7 @@ Structure (``dsfc analyze``):
     coupling A/B     f
     shared params    Gamma, W_f
     eigenvalues      |lambda| < 1  (0, 1)
-      why            lambda = f[c] in (0, 1) (-sm[0, c] + sum(j, (L - j + layer - 1) // L*sm[j, c]) in (0, 1): a convex combination of softmax-like weights sm (coefficients evaluated at the default dims); gam in (0, 1) (from its definition); f in (0, 1) (from its definition))
+      why            lambda = f[c] in (0, 1) (-sm[0, c] + sum(j, ((L - j + layer - 1) // L)*sm[j, c]) in (0, 1): a convex combination of softmax-like weights sm (coefficients evaluated at the default dims); gam in (0, 1) (from its definition); f in (0, 1) (from its definition))
     time-invariant   no
     state            [c: E]  N = E = 1024
     state bytes/seq  4096 (fp32, default dims)

@@ -188,8 +188,30 @@ def function_nesting(expr) -> int:
 # simplified twice over, ~1 s each); SymPy expressions are immutable and hashable, and simplify is pure
 @functools.lru_cache(maxsize=512)
 def simplify(expr):
-    """``sp.simplify(expr)``, or ``expr`` unchanged when its functions nest deeper than MAX_SIMPLIFY_NESTING."""
-    return sp.simplify(expr) if function_nesting(expr) <= MAX_SIMPLIFY_NESTING else expr
+    """``sp.simplify(expr)``, or ``expr`` unchanged when its functions nest deeper than MAX_SIMPLIFY_NESTING.
+
+    A ``Sum`` whose body holds a delta of its summed index is held opaque: ``contract_delta_sums`` left it because
+    the delta's other side may leave the summed range (``sum(k: p, delta(k, j) * ar[c, k])`` with j < L > p, ARMA's
+    AR row padded with zeros), and SymPy's delta summation would write it as a range ``Piecewise`` that no printer
+    or prover reads (an internal error in the torch printer). Exact as it stands, the printers read the sum."""
+    if function_nesting(expr) > MAX_SIMPLIFY_NESTING:
+        return expr
+    held = {}
+
+    def hold(node):
+        var = node.limits[0][0] if len(node.limits) == 1 else None
+        if not any(var in d.free_symbols for d in node.function.atoms(sp.KroneckerDelta)):
+            return node
+        if node not in held:  # a function of the sum's free indices, so that an enclosing sum still sees them
+            args = sorted((s for s in node.free_symbols if isinstance(s, sp.Symbol)), key=sp.default_sort_key)
+            held[node] = sp.Function(f"_held_sum{len(held)}")(*args)
+        return held[node]
+
+    expr = sp.S(expr)
+    opaque = expr.replace(lambda n: isinstance(n, sp.Sum), hold) if expr.has(sp.Sum) else expr
+    if not held:
+        return sp.simplify(expr)
+    return sp.simplify(opaque).xreplace({v: k for k, v in held.items()})
 
 
 def contract_delta_sums(expr: sp.Expr, ranges: dict, normalize=None) -> sp.Expr:

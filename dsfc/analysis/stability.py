@@ -498,11 +498,21 @@ class IntervalProver:
             t = sp.Dummy(f"{i}_frac", nonnegative=True)
             self._unit.add(t)
             subs[i] = ext * t
+        def frac_part(f):  # floor(x) = x - {x} with {x} in [0, 1): K cancels in (a // 2) * 2 / K once a = K t
+            t = sp.Dummy("frac", nonnegative=True)
+            self._unit.add(t)
+            return f.args[0] - t
+
         try:
-            scaled = sp.factor_terms(sp.S(e).subs(subs, simultaneous=True), radical=False)
+            scaled = sp.S(e).subs(subs, simultaneous=True)
+            forms = [sp.factor_terms(scaled, radical=False)]
+            if scaled.has(sp.floor):  # (K t / 2 - {x}) * 2 / K: expanded, K cancels from the t term
+                forms.append(sp.expand(scaled.replace(lambda x: isinstance(x, sp.floor), frac_part)))
         except (TypeError, ValueError, sp.PolynomialError):
             return iv
-        return _intersect(iv, self.range(scaled))
+        for form in forms:
+            iv = _intersect(iv, self.range(form))
+        return iv
 
     def range(self, e) -> Interval:
         if e.is_Number:
@@ -588,6 +598,10 @@ class IntervalProver:
             return ANY
         if isinstance(e, sp.Abs):
             return _abs(self.range(e.args[0]))
+        if isinstance(e, sp.floor):  # h // R: a group index, as in a decay 1 - 2^(-5 - h // R) shared by R heads
+            iv = self.range(e.args[0])  # nondecreasing; the closed hull of the floors of the ends holds every value
+            lo, hi = (x if abs(x) == INF else float(math.floor(x)) for x in (iv.lo, iv.hi))
+            return Interval(lo, hi, abs(lo) == INF, abs(hi) == INF)  # an infinite end is never reached
         if isinstance(e, (sp.Min, sp.Max)):
             ivs = [self.range(a) for a in e.args]
             if isinstance(e, sp.Max):  # max(x, y) = -min(-x, -y)
@@ -757,14 +771,15 @@ def _ratio_below_one(sym: SymSpec, prover: IntervalProver, expr) -> tuple[Interv
 def _jury(sym: SymSpec, m) -> EigenBound | None:
     """Any real 2x2 block (LinOSS's oscillator [[S, -dt a S], [dt S, S]]), by the Schur-Cohn / Jury conditions:
     both eigenvalues lie in the closed unit disk iff |det| <= 1 and |tr| <= 1 + det, in the open one iff both hold
-    strictly. The entries' lets are inlined so that det and tr simplify (S (1 + dt^2 a) S = S)."""
-    m = [[sp.simplify(_inline_lets(sym, x, depth=3)) for x in row] for row in m]
+    strictly. The entries' lets are inlined so that det and tr simplify (S (1 + dt^2 a) S = S); only det and tr are
+    simplified, not each entry first (three times the cost on an oscillator's trigonometric block, same result)."""
+    m = [[_inline_lets(sym, x, depth=3) for x in row] for row in m]
     det = sp.simplify(m[0][0] * m[1][1] - m[0][1] * m[1][0])
     tr = sp.simplify(m[0][0] + m[1][1])
     prover = IntervalProver(sym)
     d_iv, lo_iv, hi_iv = (prover.range(x) for x in (det, sp.simplify(1 + det - tr), sp.simplify(1 + det + tr)))
     if not (d_iv.lo >= -1 and d_iv.hi <= 1 and lo_iv.lo >= 0 and hi_iv.lo >= 0):
-        return None
+        return _complex_pair(prover, det, tr, d_iv)
     strict = ((d_iv.lo > -1 or d_iv.lo_open) and (d_iv.hi < 1 or d_iv.hi_open)
               and (lo_iv.lo > 0 or lo_iv.lo_open) and (hi_iv.lo > 0 or hi_iv.lo_open))
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
@@ -772,6 +787,25 @@ def _jury(sym: SymSpec, m) -> EigenBound | None:
                       f"2x2 blocks: det = {spec_str(det)} in {d_iv}, 1 - tr + det in {lo_iv} and 1 + tr + det in "
                       f"{hi_iv}, so both eigenvalues lie in the {'open' if strict else 'closed'} unit disk "
                       f"(Jury's conditions; {facts})")
+
+
+def _complex_pair(prover: IntervalProver, det, tr, d_iv: Interval) -> EigenBound | None:
+    """A real 2x2 block whose discriminant tr^2 - 4 det is provably <= 0 has a complex-conjugate (or double real)
+    pair of eigenvalues with |lambda|^2 = det. Jury's |tr| <= 1 + det is out of reach of interval arithmetic when tr
+    and det share a factor: an exactly discretised damped oscillator, det = e^(-2 ze om dt) and tr = 2 e^(-ze om dt)
+    cos(wd dt), needs 2 r |cos| <= 1 + r^2; its discriminant -4 r^2 sin^2 is plainly <= 0."""
+    disc = sp.simplify(tr ** 2 - 4 * det)
+    disc_iv = prover.range(disc)
+    if disc_iv.hi > 0 or d_iv.lo < 0:
+        return None
+    mag = Interval(math.sqrt(d_iv.lo), math.sqrt(d_iv.hi) if d_iv.hi != INF else INF, d_iv.lo_open, d_iv.hi_open)
+    verdict = _verdict([mag])
+    if verdict == Bound.UNKNOWN:
+        return None
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    return EigenBound(verdict, str(mag),
+                      f"2x2 blocks with tr^2 - 4 det = {spec_str(disc)} in {disc_iv}: a complex-conjugate pair, "
+                      f"|lambda|^2 = det = {spec_str(det)} in {d_iv} ({facts})")
 
 
 def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:

@@ -81,6 +81,10 @@ class SpecPrinter(StrPrinter):
         return f"{self._print(e.base.label)}[{', '.join(self._print(i) for i in e.indices)}]"
 
     def parenthesize(self, item, level, strict=False):
+        if isinstance(item, sp.floor) and sp.fraction(sp.together(item.args[0]))[1] != 1:
+            # printed x // y, which SymPy ranks as a call: 2^h // R read (2^h) // R, -h // R read (-h) // R.
+            # Every caller here is an operator (a product, a power), sums print their terms unbracketed
+            return f"({self._print(item)})"
         if (precedence(item) < level) or ((not strict) and precedence(item) <= level):
             return f"({self._print(item)})"
         return self._print(item)

@@ -120,6 +120,15 @@ class CheckedSpec:
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a mistake (check_spec issues them)
 
 
+# what a user who reached for the state or the output can write instead (the errors below name the read)
+STATE_READ_HINT = ("a function of linear reads of the state (a normaliser q.S / q.z, a ratio of two state entries) is "
+                   "a post: read each part with C, then post o[...] = f(y[...]); a gate computed from the state has "
+                   "no DSF form")
+OUTPUT_READ_HINT = ("the output y = C h + D u is a read of the state: a linear feedback of the previous output belongs "
+                    "in A (A + L C, as in an observer); a gate or other nonlinear function of it (a Jordan or NARX "
+                    "network) has no DSF form")
+
+
 class _Scope:
     """Index variables in scope: name -> (extent expression, size at defaults)."""
 
@@ -616,13 +625,14 @@ class _Checker:
                 f"{ctx} reads the state {t.name!r}: DSF matrices and lets may depend only on the input "
                 f"(a recurrent gate such as LSTM/GRU's makes the system nonlinear in the state, so it is not a DSF)",
                 span,
+                hint=STATE_READ_HINT,
                 cls=NotADSFError,
             )
         elif t.kind == "output" and "output" in allowed:
             pass
         elif t.kind == "output":
             self.err(f"{ctx} reads the output {t.name!r}: feeding y back makes the system nonlinear", span,
-                     cls=NotADSFError)
+                     hint=OUTPUT_READ_HINT, cls=NotADSFError)
         elif t.kind not in allowed:
             self.err(f"{ctx} cannot read {t.kind} {t.name!r}", span)
 

@@ -23,8 +23,8 @@ Found and fixed:
 - Laguerre's triangular A was "unknown": a block triangular on its mixed axis (proven for every dims, with a symbolic
   gap between row and column) has its diagonal entries as eigenvalues, here a with |a| < 1 (stability.py).
 
-Left weaker than the truth (no false claim; the tests check the true bound on the module's A): xPos retention's
-``zeta[a] ^ (1 / sc)`` is "unknown" (the prover has no range for a let that is a formula of an index).
+Left weaker than the truth here, proven since hunt 17: xPos retention's ``zeta[a] ^ (1 / sc)`` was "unknown" (the
+prover had no range for a let that is a formula of an index, ``a // 2``); floor(x) = x - {x} now bounds it below 1.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -419,10 +419,10 @@ def _s6n1(P, u, h0=None):
 
 INDEPENDENT = {"retxpos": _retxpos, "laguerre": _laguerre, "cayley": _cayley, "holt": _holt, "shared": _shared,
                "mamba2g": _mamba2g, "dijiang": _dijiang, "s6n1": _s6n1}
-EIGEN = {"retxpos": Bound.UNKNOWN, "laguerre": Bound.STABLE, "cayley": Bound.STABLE, "holt": Bound.STABLE,
+EIGEN = {"retxpos": Bound.STABLE, "laguerre": Bound.STABLE, "cayley": Bound.STABLE, "holt": Bound.STABLE,
          "shared": Bound.UNBOUNDED, "mamba2g": Bound.STABLE, "dijiang": Bound.MARGINAL, "s6n1": Bound.STABLE}
-# the bound each spec has on its module's A (checked at random inputs) where the report is weaker
-TRUE_BOUND = {"retxpos": Bound.STABLE}
+# the bound each spec has on its module's A (checked at random inputs) where the report is weaker: none since hunt 17
+TRUE_BOUND: dict = {}
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
