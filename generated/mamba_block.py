@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -631,7 +632,7 @@ class MambaBlock(nn.Module):
 
 # ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
 # Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
+# when the reduced axes fit one tile), + D u (elementwise: in the kernel without autograd, else in torch).
 # Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
 # launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
 
@@ -672,6 +673,7 @@ def _scan_fwd(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -681,6 +683,7 @@ def _scan_fwd(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -712,6 +715,7 @@ def _scan_fwd(
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
     PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
@@ -729,6 +733,8 @@ def _scan_fwd(
     x_b_conv = tl.load(p_b_conv + i_c * p_b_conv_s0, mask=mask_r, other=0.0).to(DTYPE)
     x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    if SKIP:
+        x_D = tl.load(p_D + i_c * p_D_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
@@ -777,6 +783,8 @@ def _scan_fwd(
         h = a * h + bu
         if READOUT:
             y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
+            if SKIP:  # + D u (elementwise), in registers: not one torch op (and buffer) per factor after the launch
+                y = y + x_D * _silu(x_z) * _silu(x__x_sum + x_b_conv)
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
@@ -804,6 +812,7 @@ def _scan_fwd_chunked(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -813,6 +822,7 @@ def _scan_fwd_chunked(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -908,6 +918,7 @@ def _scan_bwd_chunked(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -916,6 +927,7 @@ def _scan_bwd_chunked(
     g_b_conv,
     g_b_dt,
     g_A_log,
+    g_D,
     g_z,
     g_b,
     g_cq,
@@ -925,6 +937,7 @@ def _scan_bwd_chunked(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -1114,6 +1127,7 @@ def _scan_bwd(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -1122,6 +1136,7 @@ def _scan_bwd(
     g_b_conv,
     g_b_dt,
     g_A_log,
+    g_D,
     g_z,
     g_b,
     g_cq,
@@ -1131,6 +1146,7 @@ def _scan_bwd(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -1286,10 +1302,10 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
     _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
-    _out, _final, _fused = diagonal_scan_triton(
+    _out, _final, _fused, _skipped = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (b_conv, b_dt, A_log, z.to(_io), b.to(_io), cq.to(_io), _dt_sum.to(_io), _x_sum.to(_io)),
+        (b_conv, b_dt, A_log, D, z.to(_io), b.to(_io), cq.to(_io), _dt_sum.to(_io), _x_sum.to(_io)),
         T=_T,
         dims=(d, e, E, n, r, W),
         consts=(),
@@ -1298,12 +1314,14 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=E,
         can_fuse=True,
         out_dtype=_io,
+        skip=True,  # the kernel may add D u itself (it does without autograd: _skipped)
     )
     _final = _final.reshape(_B, E, n)
     if _fused:
         env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, E)
-        _y = _y + F.silu(z) * D * x
+        if not _skipped:
+            _y = _y + F.silu(z) * D * x
         return _y, _final
     _states = _out.reshape(_B, _T, E, n)
     _read = _states

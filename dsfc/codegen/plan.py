@@ -29,7 +29,7 @@ from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
-_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
+_RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
              "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_", "self", "taylor_dim",
              "taylor_features", "rank_substeps", "rank_readouts",
              "kernel_matrix",
@@ -58,7 +58,7 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
              "rotation_scan",
              "dense_chunk_len",
-             "diagonal_scan_triton", "register_kernels", "triton", "tl"}
+             "diagonal_scan_triton", "register_kernels", "owns_storage", "triton", "tl"}
 # every public name of the runtime modules the generated code imports from, so a helper added there is reserved with
 # it (a param named check_dense_matrices was read before assignment in dsf_matrices, a dim named check_tensor_kind
 # shadowed the function in _check_input: "'int' object is not callable")
@@ -263,6 +263,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                                              extents(let.tensor))
     tensors[sym.input.name] = TensorRef(py_name(sym.input.name), len(sym.input.axes), True, extents(sym.input))
     pr = TorchPrinter(tensors, dims_code)
+    pr.index_owner = "self"  # every generated method that prints a tensor read has the module as self
     enable_block_reads(pr, sym)
 
     def sizes(syms, axes):
@@ -803,6 +804,10 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         f"_final = {'(_sT * _sign_end)' if signed else '_sT'}.reshape(_B, {', '.join(sz[k] for k in order)})"
         f".permute({', '.join(map(str, inv))})",
     ]
+    if scan.endswith("_triton"):
+        # a fresh buffer of the kernels (SSD's [H, n, P] state comes back in its [H, P, n] layout): forward need not
+        # copy it (one copy per decoding step)
+        lines.append("env[\"_final_owned\"] = owns_storage(_final, h0)")
     # y: [B, T, G, V] in (G, V) order, or [B, T, R_q, G, V] with query rank axes; the output axes map to state axes
     # through out_map, the query rank axes to the leading ones
     gv_order = G + V
