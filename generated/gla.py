@@ -208,8 +208,12 @@ class GLA(nn.Module):
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         return H * K * V
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, u_, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", which does not read alpha (its kernels compute what they need of it
+        from what it reads): None then.
+        """
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -226,9 +230,11 @@ class GLA(nn.Module):
         gk = b_g + torch.einsum(
             "ztk,ijk->ztij", gr, W_g2
         )  # let gk[h: H, a: K] = sum(r, W_g2[h, a, r] * gr[r]) + b_g[h, a]
-        alpha = torch.exp(
-            0.0625 * F.logsigmoid(gk)
-        )  # let alpha[h: H, a: K] = exp(logsigmoid(gk[h, a]) / 16)         # = sigmoid(gk)^(1/16)
+        alpha = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
+            alpha = torch.exp(
+                0.0625 * F.logsigmoid(gk)
+            )  # let alpha[h: H, a: K] = exp(logsigmoid(gk[h, a]) / 16)         # = sigmoid(gk)^(1/16)
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -290,7 +296,7 @@ class GLA(nn.Module):
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(u_, _dtype, running0)
+            env = self._lets(u_, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core

@@ -205,8 +205,8 @@ class HGRN(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes gam, f itself from what they read
-        (None then).
+        ``_kernel``: for backend="triton", which does not read gam, f (its kernels compute what they need of them
+        from what they read): None then.
         """
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         _dev = u_.device
@@ -226,7 +226,7 @@ class HGRN(nn.Module):
         ipre = F.linear(u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
         f_pre = F.linear(u_, W_f)  # (dsfc) f_pre[c] = Sum(W_f[c, m]*u[m], (m, 0, d - 1))
         gam = f = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             gam = torch.broadcast_to(
                 torch.as_tensor(
                     (-sm[0, :])

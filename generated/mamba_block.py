@@ -248,8 +248,8 @@ class MambaBlock(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes dt itself from what it reads
-        (None then).
+        ``_kernel``: for backend="triton", which does not read dt (its kernels compute what they need of it
+        from what it reads): None then.
         """
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dev = u_.device
@@ -284,7 +284,7 @@ class MambaBlock(nn.Module):
         b = F.linear(x, W_B)  # let b[j: n] = sum(k, W_B[j, k] * x[k])
         cq = F.linear(x, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * x[k])
         dt = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             dt = F.softplus(
                 b_dt + F.linear((F.linear(x, W_xdt)), W_dt)
             )  # let dt[c: E] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * x[k])) + b_dt[c])

@@ -211,8 +211,8 @@ class QLSTM(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes f, ig itself from what they read
-        (None then).
+        ``_kernel``: for backend="triton", which does not read f, ig (its kernels compute what they need of them
+        from what they read): None then.
         """
         d, e, Hd = self.d, self.e, self.Hd
         _dev = u_.device
@@ -228,7 +228,7 @@ class QLSTM(nn.Module):
         x = F.linear(u_, W_x)  # let x[c: Hd] = sum(m, W_x[c, m] * u[m])
         og = b_o + F.linear(x, W_o)  # let og[c: Hd] = sum(c2, W_o[c, c2] * x[c2]) + b_o[c]
         f = ig = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             f = b_f + F.linear(x, W_f)  # let f[c: Hd] = sum(c2, W_f[c, c2] * x[c2]) + b_f[c]
             ig = b_i + F.linear(x, W_i)  # let ig[c: Hd] = sum(c2, W_i[c, c2] * x[c2]) + b_i[c]
         return {

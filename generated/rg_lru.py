@@ -233,8 +233,8 @@ class RGLRU(nn.Module):
     def _lets(self, x, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes r, ig, a itself from what they read
-        (None then).
+        ``_kernel``: for backend="triton", which does not read r, ig, a (its kernels compute what they need of them
+        from what they read): None then.
         """
         W, nh, bw = self.W, self.nh, self.bw
         _dev = x.device
@@ -246,7 +246,7 @@ class RGLRU(nn.Module):
         b_i = self.b_i.to(_dtype)
         Lambda = self.Lambda.to(_dtype)
         r = ig = a = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             r = (
                 (torch.sigmoid(b_a + torch.einsum("ztik,ikj->ztij", (x.unflatten(2, (nh, bw))), W_a)))
                 .expand(_B, _T, nh, bw)

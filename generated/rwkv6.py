@@ -301,8 +301,12 @@ class RWKV6(nn.Module):
         }
         check_running_state("RWKV6", running0, want, device, self.check_finite, cache_keys)
 
-    def _lets(self, x, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, x, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", which does not read w (its kernels compute what they need of it
+        from what it reads): None then.
+        """
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         _dev = x.device
         _B, _T = x.shape[0], x.shape[1]
@@ -343,13 +347,15 @@ class RWKV6(nn.Module):
         wz = torch.tanh(
             F.linear((dx * mm[:, :, 1, :] + x), W_w1)
         )  # let wz[j: Rw] = tanh(sum(c, W_w1[j, c] * (x[c] + dx[c] * mm[1, c])))
-        w = torch.exp(
-            -torch.exp(b_w + torch.einsum("ztk,ijk->ztij", wz, W_w2))
-        )  # let w[h: H, a: K] = exp(-exp(sum(j, W_w2[h, a, j] * wz[j]) + b_w[h, a]))
         ub = torch.einsum("ij,ztij,ztij->zti", bonus, k, r)  # let ub[h: H] = sum(a, r[h, a] * bonus[h, a] * k[h, a])
         xv = (
             dx * mm[:, :, 3, :] + x
         )  # let xv[c: d] = x[c] + dx[c] * mm[3, c]                  # v's token-shifted input: the driven input
+        w = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
+            w = torch.exp(
+                -torch.exp(b_w + torch.einsum("ztk,ijk->ztij", wz, W_w2))
+            )  # let w[h: H, a: K] = exp(-exp(sum(j, W_w2[h, a, j] * wz[j]) + b_w[h, a]))
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -425,7 +431,7 @@ class RWKV6(nn.Module):
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(x, _dtype, running0)
+            env = self._lets(x, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core

@@ -215,8 +215,8 @@ class S6(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes dt itself from what it reads
-        (None then).
+        ``_kernel``: for backend="triton", which does not read dt (its kernels compute what they need of it
+        from what it reads): None then.
         """
         d, n, r = self.d, self.n, self.r
         _dev = u_.device
@@ -232,7 +232,7 @@ class S6(nn.Module):
         b = F.linear(u_, W_B)  # let b[j: n] = sum(k, W_B[j, k] * u[k])
         cq = F.linear(u_, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * u[k])
         dt = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             dt = F.softplus(
                 b_dt + F.linear((F.linear(u_, W_xdt)), W_dt)
             )  # let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure, pair_blocks, rotation_parts
 from ..ir.functions import Elu1p, Expm1, TaylorRange
 from ..ir.let_reuse import reuse_lets
-from ..ir.symspec import SymSpec, tensor_names
+from ..ir.symspec import SymSpec, read_closure, tensor_names
 from ..runtime import checks as _rt_checks, kernel_form as _rt_kernel_form
 from ..lang.errors import SpecError, SpecErrors
 from .block_views import enable_block_reads, print_over
@@ -401,6 +402,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) + readout
         triton_note = "Triton kernel: generic dense block scan (blocks materialised by torch; slow, see triton_dense.py)"
 
+    if triton_outer:  # lets the Triton path never reads (GLA's alpha: it scans the decay's log from gk) are skipped
+        lets = _skip_unread_lets(sym, lets, triton_outer)
     posts = _post_plans(sym, pr, sizes)
     layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
 
@@ -660,6 +663,21 @@ def _zero_decay(sym, st) -> bool:
 def _has_rank(o) -> bool:
     """A rank-R input (sum_r key (x) value) or R queries per step: the scan runs over sub-steps (rank_substeps)."""
     return o is not None and bool(o.key_rank or o.query_rank)
+
+
+def _skip_unread_lets(sym: SymSpec, lets: list[LetPlan], lines: list[str]) -> list[LetPlan]:
+    """``lets`` with ``in_kernel`` set on those the printed Triton-path ``lines`` do not read, directly or through
+    other lets (running lets, whose last values are state, and what the posts read are always read): on that path
+    ``_lets(_kernel=True)`` leaves them out, ops per decoding step that fed nothing. A name is read when it occurs
+    in the lines as a word (a comment naming it only keeps a let computed)."""
+    text = "\n".join(lines)
+    roots = {x.tensor.name for x in sym.lets
+             if x.running or re.search(rf"\b{re.escape(py_name(x.tensor.name))}\b", text)}
+    for post in sym.posts:
+        for e in post.definition:
+            roots |= tensor_names(e)
+    needed = read_closure(sym.lets, roots)
+    return [dataclasses.replace(x, in_kernel=x.name not in needed) for x in lets]
 
 
 def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"

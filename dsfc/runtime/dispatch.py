@@ -38,7 +38,7 @@ def owns_storage(t: torch.Tensor, *others) -> bool:
     """``t`` is contiguous and alone on its storage (not a view of a larger buffer, such as step T of a [B, T, N]
     buffer, which it would keep alive), and that storage is none of ``others``' (the caller's initial state): a
     final state the module may hand back as is, without forward's defensive copy (one copy per decoding step)."""
-    if not t.is_contiguous():
+    if torch.compiler.is_compiling() or not t.is_contiguous():  # (storages are not traceable: copy as before)
         return False
     storage = t.untyped_storage()
     if t.storage_offset() != 0 or storage.nbytes() != t.numel() * t.element_size():
