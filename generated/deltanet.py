@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -481,6 +482,8 @@ class DeltaNet(nn.Module):
 # One Triton kernel (dsfc/runtime/triton_delta.py): the chunk-to-chunk state recurrence, the state in registers
 # (fp32), which the torch path runs as a Python loop over chunks; its backward is a reverse-chunk Triton kernel.
 
+from dsfc.runtime.dispatch import owns_storage
+
 try:
     from dsfc.runtime.triton_delta import chunked_delta_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
@@ -514,6 +517,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
     _y, _sT = chunked_delta_triton(_q, _k, _v, _f, _log_decay, _s0, output_final_state=True)
     _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, V)
     return _y, _final
 

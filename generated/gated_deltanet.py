@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -220,8 +221,12 @@ class GatedDeltaNet(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return H * K * V
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, u_, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", which does not read alpha (its kernels compute what they need of it
+        from what it reads): None then.
+        """
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -238,10 +243,12 @@ class GatedDeltaNet(nn.Module):
         q = qr * inv_l2_norm(qr[:, :, :, None, :])  # let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2))
         k = kr * inv_l2_norm(kr[:, :, :, None, :])  # let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
         vpre = torch.einsum("ztk,ijk->ztij", u_, W_V)  # let vpre[h: H, b: V] = sum(m, W_V[h, b, m] * u[m])
-        alpha = torch.exp(
-            -(torch.exp(A_log) * F.softplus(dt_bias + F.linear(u_, W_a)))
-        )  # let alpha[h: H] = exp(-exp(A_log[h]) * softplus(sum(m, W_a[h, m] * u[m]) + dt_bias[h]))
         beta = torch.sigmoid(F.linear(u_, W_b))  # let beta[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
+        alpha = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
+            alpha = torch.exp(
+                -(torch.exp(A_log) * F.softplus(dt_bias + F.linear(u_, W_a)))
+            )  # let alpha[h: H] = exp(-exp(A_log[h]) * softplus(sum(m, W_a[h, m] * u[m]) + dt_bias[h]))
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -307,7 +314,7 @@ class GatedDeltaNet(nn.Module):
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(u_, _dtype, running0)
+            env = self._lets(u_, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -529,6 +536,8 @@ class GatedDeltaNet(nn.Module):
 # One Triton kernel (dsfc/runtime/triton_delta.py): the chunk-to-chunk state recurrence, the state in registers
 # (fp32), which the torch path runs as a Python loop over chunks; its backward is a reverse-chunk Triton kernel.
 
+from dsfc.runtime.dispatch import owns_storage
+
 try:
     from dsfc.runtime.triton_delta import chunked_delta_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
@@ -571,6 +580,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
     _y, _sT = chunked_delta_triton(_q, _k, _v, _f, _log_decay, _s0, output_final_state=True)
     _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, V)
     return _y, _final
 

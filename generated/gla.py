@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -209,8 +210,12 @@ class GLA(nn.Module):
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         return H * K * V
 
-    def _lets(self, u_, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, u_, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", which does not read alpha (its kernels compute what they need of it
+        from what it reads): None then.
+        """
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -227,9 +232,11 @@ class GLA(nn.Module):
         gk = b_g + torch.einsum(
             "ztk,ijk->ztij", gr, W_g2
         )  # let gk[h: H, a: K] = sum(r, W_g2[h, a, r] * gr[r]) + b_g[h, a]
-        alpha = torch.exp(
-            0.0625 * F.logsigmoid(gk)
-        )  # let alpha[h: H, a: K] = exp(logsigmoid(gk[h, a]) / 16)         # = sigmoid(gk)^(1/16)
+        alpha = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
+            alpha = torch.exp(
+                0.0625 * F.logsigmoid(gk)
+            )  # let alpha[h: H, a: K] = exp(logsigmoid(gk[h, a]) / 16)         # = sigmoid(gk)^(1/16)
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -292,7 +299,7 @@ class GLA(nn.Module):
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(u_, _dtype, running0)
+            env = self._lets(u_, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -487,6 +494,8 @@ class GLA(nn.Module):
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
 # states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
 
+from dsfc.runtime.dispatch import owns_storage
+
 try:
     from dsfc.runtime.triton_outer import chunked_outer_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
@@ -523,6 +532,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
     _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
     _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, V)
     return _y, _final
 

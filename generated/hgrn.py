@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -206,8 +207,8 @@ class HGRN(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes gam, f itself from what they read
-        (None then).
+        ``_kernel``: for backend="triton", which does not read gam, f (its kernels compute what they need of them
+        from what they read): None then.
         """
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         _dev = u_.device
@@ -227,7 +228,7 @@ class HGRN(nn.Module):
         ipre = F.linear(u_, W_i)  # let ipre[c: E] = sum(m, W_i[c, m] * u[m])
         f_pre = F.linear(u_, W_f)  # (dsfc) f_pre[c] = Sum(W_f[c, m]*u[m], (m, 0, d - 1))
         gam = f = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             gam = torch.broadcast_to(
                 torch.as_tensor(
                     (-sm[0, :])
@@ -504,7 +505,7 @@ class HGRN(nn.Module):
 
 # ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
 # Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
+# when the reduced axes fit one tile), + D u (in torch).
 # Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
 # launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
 
@@ -559,6 +560,7 @@ def _scan_fwd(
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
     PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
@@ -1027,7 +1029,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
     _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
-    _out, _final, _fused = diagonal_scan_triton(
+    _out, _final, _fused, _skipped = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
         (Gamma, ipre.to(_io), f_pre.to(_io), _gam_sum, _sm_sum),

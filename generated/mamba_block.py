@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -249,8 +250,8 @@ class MambaBlock(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes dt itself from what it reads
-        (None then).
+        ``_kernel``: for backend="triton", which does not read dt (its kernels compute what they need of it
+        from what it reads): None then.
         """
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         _dev = u_.device
@@ -285,7 +286,7 @@ class MambaBlock(nn.Module):
         b = F.linear(x, W_B)  # let b[j: n] = sum(k, W_B[j, k] * x[k])
         cq = F.linear(x, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * x[k])
         dt = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             dt = F.softplus(
                 b_dt + F.linear((F.linear(x, W_xdt)), W_dt)
             )  # let dt[c: E] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * x[k])) + b_dt[c])
@@ -642,7 +643,7 @@ class MambaBlock(nn.Module):
 
 # ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
 # Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
+# when the reduced axes fit one tile), + D u (elementwise: in the kernel without autograd, else in torch).
 # Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
 # launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
 
@@ -683,6 +684,7 @@ def _scan_fwd(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -692,6 +694,7 @@ def _scan_fwd(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -723,6 +726,7 @@ def _scan_fwd(
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
     PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
@@ -740,6 +744,8 @@ def _scan_fwd(
     x_b_conv = tl.load(p_b_conv + i_c * p_b_conv_s0, mask=mask_r, other=0.0).to(DTYPE)
     x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
+    if SKIP:
+        x_D = tl.load(p_D + i_c * p_D_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
@@ -788,6 +794,8 @@ def _scan_fwd(
         h = a * h + bu
         if READOUT:
             y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
+            if SKIP:  # + D u (elementwise), in registers: not one torch op (and buffer) per factor after the launch
+                y = y + x_D * _silu(x_z) * _silu(x__x_sum + x_b_conv)
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
@@ -815,6 +823,7 @@ def _scan_fwd_chunked(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -824,6 +833,7 @@ def _scan_fwd_chunked(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -919,6 +929,7 @@ def _scan_bwd_chunked(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -927,6 +938,7 @@ def _scan_bwd_chunked(
     g_b_conv,
     g_b_dt,
     g_A_log,
+    g_D,
     g_z,
     g_b,
     g_cq,
@@ -936,6 +948,7 @@ def _scan_bwd_chunked(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -1125,6 +1138,7 @@ def _scan_bwd(
     p_b_conv,
     p_b_dt,
     p_A_log,
+    p_D,
     p_z,
     p_b,
     p_cq,
@@ -1133,6 +1147,7 @@ def _scan_bwd(
     g_b_conv,
     g_b_dt,
     g_A_log,
+    g_D,
     g_z,
     g_b,
     g_cq,
@@ -1142,6 +1157,7 @@ def _scan_bwd(
     p_b_dt_s0,
     p_A_log_s0,
     p_A_log_s1,
+    p_D_s0,
     p_z_s0,
     p_z_s1,
     p_z_s2,
@@ -1297,10 +1313,10 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
     _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
-    _out, _final, _fused = diagonal_scan_triton(
+    _out, _final, _fused, _skipped = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (b_conv, b_dt, A_log, z.to(_io), b.to(_io), cq.to(_io), _dt_sum.to(_io), _x_sum.to(_io)),
+        (b_conv, b_dt, A_log, D, z.to(_io), b.to(_io), cq.to(_io), _dt_sum.to(_io), _x_sum.to(_io)),
         T=_T,
         dims=(d, e, E, n, r, W),
         consts=(),
@@ -1309,12 +1325,14 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=E,
         can_fuse=True,
         out_dtype=_io,
+        skip=True,  # the kernel may add D u itself (it does without autograd: _skipped)
     )
     _final = _final.reshape(_B, E, n)
     if _fused:
         env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, E)
-        _y = _y + F.silu(z) * D * x
+        if not _skipped:
+            _y = _y + F.silu(z) * D * x
         return _y, _final
     _states = _out.reshape(_B, _T, E, n)
     _read = _states

@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -618,6 +619,8 @@ class MLSTM(nn.Module):
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
 # states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
 
+from dsfc.runtime.dispatch import owns_storage
+
 try:
     from dsfc.runtime.triton_outer import chunked_outer_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
@@ -671,6 +674,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, DH, DH)
     _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
     _final = _sT.reshape(_B, H, DH, DH).permute(0, 1, 2, 3)
+    env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, DH)
     return _y, _final
 

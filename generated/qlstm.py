@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -212,8 +213,8 @@ class QLSTM(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes f, ig itself from what they read
-        (None then).
+        ``_kernel``: for backend="triton", which does not read f, ig (its kernels compute what they need of them
+        from what they read): None then.
         """
         d, e, Hd = self.d, self.e, self.Hd
         _dev = u_.device
@@ -229,7 +230,7 @@ class QLSTM(nn.Module):
         x = F.linear(u_, W_x)  # let x[c: Hd] = sum(m, W_x[c, m] * u[m])
         og = b_o + F.linear(x, W_o)  # let og[c: Hd] = sum(c2, W_o[c, c2] * x[c2]) + b_o[c]
         f = ig = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             f = b_f + F.linear(x, W_f)  # let f[c: Hd] = sum(c2, W_f[c, c2] * x[c2]) + b_f[c]
             ig = b_i + F.linear(x, W_i)  # let ig[c: Hd] = sum(c2, W_i[c, c2] * x[c2]) + b_i[c]
         return {
@@ -504,7 +505,7 @@ class QLSTM(nn.Module):
 
 # ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
 # Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
+# when the reduced axes fit one tile), + D u (in torch).
 # Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
 # launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
 
@@ -564,6 +565,7 @@ def _scan_fwd(
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
     PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
@@ -1077,7 +1079,7 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
     _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
-    _out, _final, _fused = diagonal_scan_triton(
+    _out, _final, _fused, _skipped = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
         (b_f, b_i, b_o, x.to(_io), _f_sum.to(_io), _ig_sum.to(_io), _og_sum.to(_io)),

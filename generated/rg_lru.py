@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -234,8 +235,8 @@ class RGLRU(nn.Module):
     def _lets(self, x, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes r, ig, a itself from what they read
-        (None then).
+        ``_kernel``: for backend="triton", which does not read r, ig, a (its kernels compute what they need of them
+        from what they read): None then.
         """
         W, nh, bw = self.W, self.nh, self.bw
         _dev = x.device
@@ -247,7 +248,7 @@ class RGLRU(nn.Module):
         b_i = self.b_i.to(_dtype)
         Lambda = self.Lambda.to(_dtype)
         r = ig = a = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             r = (
                 (torch.sigmoid(b_a + torch.einsum("ztik,ikj->ztij", (x.unflatten(2, (nh, bw))), W_a)))
                 .expand(_B, _T, nh, bw)
@@ -526,7 +527,7 @@ class RGLRU(nn.Module):
 
 # ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
 # Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
+# when the reduced axes fit one tile), + D u (in torch).
 # Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
 # launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
 
@@ -600,6 +601,7 @@ def _scan_fwd(
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
     PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
@@ -1093,7 +1095,7 @@ def _core_triton_diagonal(self, x, h0, env, _B, _T, _dtype):
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
     _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
-    _out, _final, _fused = diagonal_scan_triton(
+    _out, _final, _fused, _skipped = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
         (b_a, b_i, Lambda, x.to(_io), _r_sum.to(_io), _ig_sum.to(_io)),

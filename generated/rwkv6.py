@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -302,8 +303,12 @@ class RWKV6(nn.Module):
         }
         check_running_state("RWKV6", running0, want, device, self.check_finite, cache_keys)
 
-    def _lets(self, x, _dtype, running0=None):
-        """Per-step quantities of the spec (selection signal), over the whole sequence."""
+    def _lets(self, x, _dtype, running0=None, _kernel=False):
+        """Per-step quantities of the spec (selection signal), over the whole sequence.
+
+        ``_kernel``: for backend="triton", which does not read w (its kernels compute what they need of it
+        from what it reads): None then.
+        """
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         _dev = x.device
         _B, _T = x.shape[0], x.shape[1]
@@ -344,13 +349,15 @@ class RWKV6(nn.Module):
         wz = torch.tanh(
             F.linear((dx * mm[:, :, 1, :] + x), W_w1)
         )  # let wz[j: Rw] = tanh(sum(c, W_w1[j, c] * (x[c] + dx[c] * mm[1, c])))
-        w = torch.exp(
-            -torch.exp(b_w + torch.einsum("ztk,ijk->ztij", wz, W_w2))
-        )  # let w[h: H, a: K] = exp(-exp(sum(j, W_w2[h, a, j] * wz[j]) + b_w[h, a]))
         ub = torch.einsum("ij,ztij,ztij->zti", bonus, k, r)  # let ub[h: H] = sum(a, r[h, a] * bonus[h, a] * k[h, a])
         xv = (
             dx * mm[:, :, 3, :] + x
         )  # let xv[c: d] = x[c] + dx[c] * mm[3, c]                  # v's token-shifted input: the driven input
+        w = None
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
+            w = torch.exp(
+                -torch.exp(b_w + torch.einsum("ztk,ijk->ztij", wz, W_w2))
+            )  # let w[h: H, a: K] = exp(-exp(sum(j, W_w2[h, a, j] * wz[j]) + b_w[h, a]))
         return {
             "_dev": _dev,
             "_running_final": running_final,
@@ -427,7 +434,7 @@ class RWKV6(nn.Module):
         if backend == "reference":
             _y, _final, running_final = self._reference(u.to(_dtype), h0, running0)
         else:
-            env = self._lets(x, _dtype, running0)
+            env = self._lets(x, _dtype, running0, _kernel=backend == "triton")
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
@@ -650,6 +657,8 @@ class RWKV6(nn.Module):
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
 # states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
 
+from dsfc.runtime.dispatch import owns_storage
+
 try:
     from dsfc.runtime.triton_outer import chunked_outer_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
@@ -697,6 +706,7 @@ def _core_triton_outer(self, x, h0, env, _B, _T, _dtype):
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, K, V)
     _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True, readout="pre")
     _final = _sT.reshape(_B, H, K, V).permute(0, 1, 2, 3)
+    env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, V)
     _y = _y + ub[:, :, :, None] * torch.einsum("ztk,ijk->ztij", xv, W_v)
     return _y, _final

@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,

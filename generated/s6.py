@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -216,8 +217,8 @@ class S6(nn.Module):
     def _lets(self, u_, _dtype, running0=None, _kernel=False):
         """Per-step quantities of the spec (selection signal), over the whole sequence.
 
-        ``_kernel``: for backend="triton", whose kernel computes dt itself from what it reads
-        (None then).
+        ``_kernel``: for backend="triton", which does not read dt (its kernels compute what they need of it
+        from what it reads): None then.
         """
         d, n, r = self.d, self.n, self.r
         _dev = u_.device
@@ -233,7 +234,7 @@ class S6(nn.Module):
         b = F.linear(u_, W_B)  # let b[j: n] = sum(k, W_B[j, k] * u[k])
         cq = F.linear(u_, W_C)  # let cq[j: n] = sum(k, W_C[j, k] * u[k])
         dt = None
-        if not _kernel:  # the lets nothing else reads (so last): backend="triton" computes them in its kernel
+        if not _kernel:  # the lets nothing else reads (so last): backend="triton" does not read them
             dt = F.softplus(
                 b_dt + F.linear((F.linear(u_, W_xdt)), W_dt)
             )  # let dt[c: d] = softplus(sum(q, W_dt[c, q] * sum(k, W_xdt[q, k] * u[k])) + b_dt[c])
@@ -516,7 +517,7 @@ class S6(nn.Module):
 
 # ---- Triton kernels (backend="triton"): the diagonal scan with this spec's maths printed in -------------------------
 # Per state entry s:  h_t[s] = a_t[s] * h_(t-1)[s] + bu_t[s];  y_t[o] = sum_red coef_t[s] * h_t[s] (fused
-# when the reduced axes fit one tile), + D u in torch.
+# when the reduced axes fit one tile), + D u (elementwise: in the kernel without autograd, else in torch).
 # Launch, block sizes and autograd: dsfc/runtime/triton_diagonal.py. The backward recomputes the states (one forward
 # launch into a [B, T, N] scratch buffer) and runs _scan_bwd with the SymPy-derived derivatives below.
 
@@ -551,6 +552,7 @@ def _scan_fwd(
     hT_ptr,
     p_A_log,
     p_b_dt,
+    p_D,
     p_b,
     p_cq,
     p_u,
@@ -558,6 +560,7 @@ def _scan_fwd(
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
+    p_D_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -583,6 +586,7 @@ def _scan_fwd(
     READOUT: tl.constexpr,
     DTYPE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """h_t = a_t * h_(t-1) + bu_t over one batch row and one [BLOCK_R, BLOCK_C] tile of the state, time in the loop.
     PREFETCH: each step first issues the next step's loads, so that their latency overlaps this step's maths."""
@@ -599,6 +603,8 @@ def _scan_fwd(
     h = tl.load(h0_ptr + b * R * C + s_off, mask=mask, other=0.0).to(DTYPE)
     x_A_log = tl.load(p_A_log + i_c * p_A_log_s0 + i_j * p_A_log_s1, mask=mask, other=0.0).to(DTYPE)
     x_b_dt = tl.load(p_b_dt + i_c * p_b_dt_s0, mask=mask_r, other=0.0).to(DTYPE)
+    if SKIP:
+        x_D = tl.load(p_D + i_c * p_D_s0, mask=mask_r, other=0.0).to(DTYPE)
     t = tl.full((), 0, tl.int32)
     if PREFETCH:  # step 0's streams
         x_b = tl.load(p_b + b * p_b_s0 + t * p_b_s1 + i_j * p_b_s2, mask=mask_c, other=0.0).to(DTYPE)
@@ -638,6 +644,8 @@ def _scan_fwd(
         h = a * h + bu
         if READOUT:
             y = tl.sum(tl.where(mask, coef * h, 0.0), axis=1, keep_dims=True)
+            if SKIP:  # + D u (elementwise), in registers: not one torch op (and buffer) per factor after the launch
+                y = y + x_D * x_u
             tl.store(out_ptr + (b * T + t) * OUT_P + y_off, y, mask=mask_r)
         if not READOUT:
             tl.store(out_ptr + (b * T + t) * OUT_P + s_off, h, mask=mask)
@@ -663,6 +671,7 @@ def _scan_fwd_chunked(
     hT_ptr,
     p_A_log,
     p_b_dt,
+    p_D,
     p_b,
     p_cq,
     p_u,
@@ -670,6 +679,7 @@ def _scan_fwd_chunked(
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
+    p_D_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -754,12 +764,14 @@ def _scan_bwd_chunked(
     dh0_ptr,
     p_A_log,
     p_b_dt,
+    p_D,
     p_b,
     p_cq,
     p_u,
     p__dt_sum,
     g_A_log,
     g_b_dt,
+    g_D,
     g_b,
     g_cq,
     g_u,
@@ -767,6 +779,7 @@ def _scan_bwd_chunked(
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
+    p_D_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -922,12 +935,14 @@ def _scan_bwd(
     dh0_ptr,
     p_A_log,
     p_b_dt,
+    p_D,
     p_b,
     p_cq,
     p_u,
     p__dt_sum,
     g_A_log,
     g_b_dt,
+    g_D,
     g_b,
     g_cq,
     g_u,
@@ -935,6 +950,7 @@ def _scan_bwd(
     p_A_log_s0,
     p_A_log_s1,
     p_b_dt_s0,
+    p_D_s0,
     p_b_s0,
     p_b_s1,
     p_b_s2,
@@ -1055,10 +1071,10 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
     # the kernels accumulate in fp32 either way
     _io = env.get("_io_dtype", _dtype)
     _io = _io if _io in (torch.float16, torch.bfloat16) else _dtype
-    _out, _final, _fused = diagonal_scan_triton(
+    _out, _final, _fused, _skipped = diagonal_scan_triton(
         _KERNEL_KEY,
         h0,
-        (A_log, b_dt, b.to(_io), cq.to(_io), u_.to(_io), _dt_sum.to(_io)),
+        (A_log, b_dt, D, b.to(_io), cq.to(_io), u_.to(_io), _dt_sum.to(_io)),
         T=_T,
         dims=(d, n, r),
         consts=(),
@@ -1067,12 +1083,14 @@ def _core_triton_diagonal(self, u_, h0, env, _B, _T, _dtype):
         P=d,
         can_fuse=True,
         out_dtype=_io,
+        skip=True,  # the kernel may add D u itself (it does without autograd: _skipped)
     )
     _final = _final.reshape(_B, d, n)
     if _fused:
         env["_final_owned"] = True  # the kernel's own [B, N] buffer: forward need not copy it
         _y = _out.reshape(_B, _T, d)
-        _y = _y + D * u_
+        if not _skipped:
+            _y = _y + D * u_
         return _y, _final
     _states = _out.reshape(_B, _T, d, n)
     _read = _states

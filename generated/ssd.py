@@ -31,6 +31,7 @@ from torch import nn
 
 from dsfc.runtime import (
     axis,
+    cached_index,
     chunked_delta_scan,
     chunked_outer_scan,
     diagonal_scan,
@@ -392,8 +393,12 @@ class SSD(nn.Module):
         Bm = env["Bm"]
         Cm = env["Cm"]
         # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-        _q = Cm.index_select(2, (axis(H, 0, 1, _dev) // R))
-        _k = Bm.index_select(2, (axis(H, 0, 1, _dev) // R))
+        _q = Cm.index_select(
+            2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
+        )
+        _k = Bm.index_select(
+            2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
+        )
         _v = dt[:, :, :, None] * u_
         _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
         _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
@@ -481,7 +486,9 @@ class SSD(nn.Module):
         m = torch.as_tensor(
             (axis(H, 0, 5, _dev) == axis(H, 3, 5, _dev)).to(_dtype)
             * (axis(P, 1, 5, _dev) == axis(P, 4, 5, _dev)).to(_dtype)
-            * Bm.index_select(2, (axis(H, 0, 1, _dev) // R))[:, :, :, None, :, None, None]
+            * Bm.index_select(
+                2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
+            )[:, :, :, None, :, None, None]
             * dt[:, :, :, None, None, None, None],
             dtype=_dtype,
             device=_dev,
@@ -491,7 +498,9 @@ class SSD(nn.Module):
         m = torch.as_tensor(
             (axis(P, 1, 5, _dev) == axis(P, 3, 5, _dev)).to(_dtype)
             * (axis(H, 2, 5, _dev) == axis(H, 0, 5, _dev)).to(_dtype)
-            * Cm.index_select(2, (axis(H, 0, 1, _dev) // R))[:, :, None, None, :, None, :],
+            * Cm.index_select(
+                2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
+            )[:, :, None, None, :, None, :],
             dtype=_dtype,
             device=_dev,
         )
@@ -517,6 +526,8 @@ class SSD(nn.Module):
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
 # states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
 
+from dsfc.runtime.dispatch import owns_storage
+
 try:
     from dsfc.runtime.triton_outer import chunked_outer_triton
 except ImportError:  # the module still imports without triton; backend="triton" then raises
@@ -538,8 +549,12 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     Bm = env["Bm"]
     Cm = env["Cm"]
     # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-    _q = Cm.index_select(2, (axis(H, 0, 1, _dev) // R))
-    _k = Bm.index_select(2, (axis(H, 0, 1, _dev) // R))
+    _q = Cm.index_select(
+        2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
+    )
+    _k = Bm.index_select(
+        2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
+    )
     _v = dt[:, :, :, None] * u_
     _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
     _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
@@ -553,6 +568,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     _s0 = h0.permute(0, 1, 3, 2).reshape(_B, H, n, P)
     _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
     _final = _sT.reshape(_B, H, n, P).permute(0, 1, 3, 2)
+    env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, P)
     _y = _y + D[:, None] * u_
     return _y, _final

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..analysis.stability import IntervalProver
 from ..analysis.structure import Structure, pair_blocks, rotation_parts
 from ..ir.functions import Elu1p, Expm1, TaylorRange
 from ..ir.let_reuse import reuse_lets
-from ..ir.symspec import SymSpec, tensor_names
+from ..ir.symspec import SymSpec, read_closure, tensor_names
 from ..runtime import checks as _rt_checks, kernel_form as _rt_kernel_form
 from ..lang.errors import SpecError, SpecErrors
 from .block_views import enable_block_reads, print_over
@@ -29,7 +30,7 @@ from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
-_RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
+_RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
              "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_", "self", "taylor_dim",
              "taylor_features", "rank_substeps", "rank_readouts",
              "kernel_matrix",
@@ -58,7 +59,7 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "diagonal_scan", "chunked_outer
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
              "rotation_scan",
              "dense_chunk_len",
-             "diagonal_scan_triton", "register_kernels", "triton", "tl"}
+             "diagonal_scan_triton", "register_kernels", "owns_storage", "triton", "tl"}
 # every public name of the runtime modules the generated code imports from, so a helper added there is reserved with
 # it (a param named check_dense_matrices was read before assignment in dsf_matrices, a dim named check_tensor_kind
 # shadowed the function in _check_input: "'int' object is not callable")
@@ -263,6 +264,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                                              extents(let.tensor))
     tensors[sym.input.name] = TensorRef(py_name(sym.input.name), len(sym.input.axes), True, extents(sym.input))
     pr = TorchPrinter(tensors, dims_code)
+    pr.index_owner = "self"  # every generated method that prints a tensor read has the module as self
     enable_block_reads(pr, sym)
 
     def sizes(syms, axes):
@@ -400,6 +402,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) + readout
         triton_note = "Triton kernel: generic dense block scan (blocks materialised by torch; slow, see triton_dense.py)"
 
+    if triton_outer:  # lets the Triton path never reads (GLA's alpha: it scans the decay's log from gk) are skipped
+        lets = _skip_unread_lets(sym, lets, triton_outer)
     posts = _post_plans(sym, pr, sizes)
     layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
 
@@ -661,6 +665,21 @@ def _has_rank(o) -> bool:
     return o is not None and bool(o.key_rank or o.query_rank)
 
 
+def _skip_unread_lets(sym: SymSpec, lets: list[LetPlan], lines: list[str]) -> list[LetPlan]:
+    """``lets`` with ``in_kernel`` set on those the printed Triton-path ``lines`` do not read, directly or through
+    other lets (running lets, whose last values are state, and what the posts read are always read): on that path
+    ``_lets(_kernel=True)`` leaves them out, ops per decoding step that fed nothing. A name is read when it occurs
+    in the lines as a word (a comment naming it only keeps a let computed)."""
+    text = "\n".join(lines)
+    roots = {x.tensor.name for x in sym.lets
+             if x.running or re.search(rf"\b{re.escape(py_name(x.tensor.name))}\b", text)}
+    for post in sym.posts:
+        for e in post.definition:
+            roots |= tensor_names(e)
+    needed = read_closure(sym.lets, roots)
+    return [dataclasses.replace(x, in_kernel=x.name not in needed) for x in lets]
+
+
 def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes, scan="chunked_outer_scan"
                  ) -> list[str]:
     o = st.outer
@@ -803,6 +822,10 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         f"_final = {'(_sT * _sign_end)' if signed else '_sT'}.reshape(_B, {', '.join(sz[k] for k in order)})"
         f".permute({', '.join(map(str, inv))})",
     ]
+    if scan.endswith("_triton"):
+        # a fresh buffer of the kernels (SSD's [H, n, P] state comes back in its [H, P, n] layout): forward need not
+        # copy it (one copy per decoding step)
+        lines.append("env[\"_final_owned\"] = owns_storage(_final, h0)")
     # y: [B, T, G, V] in (G, V) order, or [B, T, R_q, G, V] with query rank axes; the output axes map to state axes
     # through out_map, the query rank axes to the leading ones
     gv_order = G + V

@@ -71,6 +71,9 @@ class TorchPrinter:
         self.axis_extents: dict = {}  # index symbol -> its extent (SymPy) in the expression being printed
         self.same_extent = None  # same_extent(a, b): two SymPy extents equal over the spec's dims (None: as printed)
         self.batch = "_B, _T"  # the generated code's locals for the batch and time sizes
+        # the object that caches dim-only index tensors (``cached_index``: the generated module's ``self``), or None
+        # (built where used)
+        self.index_owner: str | None = None
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def size(self, e) -> str:
@@ -396,8 +399,18 @@ class TorchPrinter:
         off = 2 if ref.batched else 0
         for dim, (s, a) in enumerate((s, a) for s, a in zip(subs, owners) if a is not None):
             if s != a:
-                code = f"{code}.index_select({off + dim}, {self.index(s, (a,), {a: sizes[a]})})"
+                code = f"{code}.index_select({off + dim}, {self._dim_index(s, a, sizes)})"
         return self._as_view(code, ref, [axes.index(a) for a in kept], axes)
+
+    def _dim_index(self, s, a, sizes) -> str:
+        """The index tensor of subscript ``s`` over the one axis ``a`` (dims only otherwise): made once per module
+        and device when the printer has an ``index_owner`` (per call it was an arange and the subscript's ops)."""
+        code = self.index(s, (a,), {a: sizes[a]})
+        if self.index_owner is None:
+            return code
+        dims = sorted({self.dims[d] for d in s.free_symbols if d in self.dims})
+        key = f"({code!r}, {', '.join([sizes[a], *dims])})"
+        return f"cached_index({self.index_owner}, {key}, {self.device}, lambda: {code})"
 
     def _flat_read(self, ref: TensorRef, subs, axes, sizes) -> str | None:
         """A tensor read through one axis m as its row-major flattening, ``u[m // P, m % P]`` over m in [0, H * P)

@@ -16,7 +16,10 @@ The recurrence, per state entry s:   h_t[s] = a_t[s] h_(t-1)[s] + bu_t[s],    y_
    summed symbols only, into ``coef`` over the state symbols, the reduced state axes and the output <-> state axis
    map (``_split_readout``). The state is laid out as a ``[R, C]`` matrix, C = the reduced axes, so one tile
    holds whole reductions and the kernel writes ``y``. Otherwise the kernel writes states and torch reads out.
-   ``D u`` is always added in torch (elementwise, no recurrence).
+   An elementwise ``D u`` (no sum: ``D[i] u[i]``, a gated skip) over a split readout is also printed into the
+   forward kernel (``fwd_skip``: the output axes renamed to the state row axes they map to, the same inlining),
+   which adds it to ``y`` when the launcher sets SKIP (inference: no autograd, so no backward term is needed; a
+   decoding step saves two torch ops). Otherwise, and under autograd, ``D u`` is added in torch.
 3. Every tensor entry (a *leaf*, e.g. ``dt[c]``) becomes a register tile loaded once per step (time-varying) or
    once per program (static); dim-only subexpressions and numbers fp32 does not hold exactly (0.9) become host
    constants (``consts``), loaded in the compute dtype.
@@ -46,7 +49,7 @@ from .printers import PrinterError, TorchPrinter
 from .triton_printer import TritonPrinter
 from ..analysis.index_algebra import simplify
 
-SCAN, READ = "scan", "readout"
+SCAN, READ, SKIP = "scan", "readout", "skip"
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Leaf:
     tensor: TensorArg
     offset: str  # element offset from the tensor's base pointer (uses b and t when batched)
     shape: str  # "2d" ([BLOCK_R, BLOCK_C]), "rows" ([BLOCK_R, 1]), "cols" ([1, BLOCK_C]) or "scalar"
-    group: str  # SCAN (read by a or bu) or READ (read by the readout coefficient only)
+    group: str  # SCAN (read by a or bu), READ (read by the readout coefficient only) or SKIP (by D u only)
 
     @property
     def batched(self) -> bool:
@@ -119,6 +122,7 @@ class TritonPlan:
     state_shape: list[str]
     out_shape: list[str]
     du: str | None  # torch code of D u over the output, or None
+    fwd_skip: Block | None  # results: D u over the state rows (elementwise D over a split readout), or None
     torch_readout: list[str]  # the unfused path's readout (torch), from `states`
     kernel_lets: frozenset[str] = frozenset()  # the lets the Triton path reads from env (the others are inlined)
     helpers: tuple[str, ...] = field(default_factory=tuple)
@@ -209,14 +213,16 @@ def _split_term(sym: SymSpec, st: Structure, ch):
 def plan_triton_diagonal(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str]
                          ) -> tuple[TritonPlan | None, str]:
     """The kernels' plan, or None and the reason when the spec's maths does not print to Triton."""
-    try:
-        return _plan(sym, st, pr, torch_readout, inline=True), "Triton kernel: diagonal scan"
-    except PrinterError:
-        pass  # a let's maths the Triton printer cannot write: the let stays a torch-computed stream
-    try:
-        return _plan(sym, st, pr, torch_readout, inline=False), "Triton kernel: diagonal scan"
-    except PrinterError as exc:
-        return None, f"no Triton kernel: {exc}"
+    # a let's maths the Triton printer cannot write: the let stays a torch-computed stream; a D u it cannot write
+    # is added in torch (the kernel is the same without it)
+    exc = None
+    for inline in (True, False):
+        for skip in (True, False):
+            try:
+                return _plan(sym, st, pr, torch_readout, inline, skip), "Triton kernel: diagonal scan"
+            except PrinterError as err:
+                exc = err
+    return None, f"no Triton kernel: {exc}"
 
 
 def _inlinable_lets(sym: SymSpec) -> dict:
@@ -259,7 +265,8 @@ def _needed_lets(sym: SymSpec, roots: set[str]) -> frozenset[str]:
     return frozenset(read_closure(sym.lets, roots) & {let.tensor.name for let in sym.lets})
 
 
-def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str], inline: bool) -> TritonPlan:
+def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str], inline: bool, skip: bool
+          ) -> TritonPlan:
     rows = st.a.rows
     axes = sym.state.axes
     nax = len(rows)
@@ -358,6 +365,12 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     a_e, bu_e = kernel_form(st.a.decay), kernel_form(st.bu)
     coef_e = kernel_form(coef) if split else None
+    # D u into the kernel: elementwise only (a sum over the input is a projection, a matmul torch does better), and
+    # only where the kernel writes y (a split readout), at the state row that each output entry is read from
+    skip_e = None
+    if skip and split and st.readout.du != 0 and not st.readout.du.has(sp.Sum):
+        to_rows = {o: rows[k] for o, k in zip(st.readout.out_syms, out_map)}
+        skip_e = kernel_form(st.readout.du.xreplace(to_rows))
 
     # ---- tensors and leaves
     kinds = {}  # name -> (its value in the wrapper, batched)
@@ -387,11 +400,13 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     scan_leaves = leaves_in(a_e) | leaves_in(bu_e)
     read_leaves = (leaves_in(coef_e) - scan_leaves) if split else set()
+    skip_leaves = (leaves_in(skip_e) - scan_leaves - read_leaves) if skip_e is not None else set()
+    all_leaves = scan_leaves | read_leaves | skip_leaves
 
     def tname(x) -> str:
         return str(x.base.label) if isinstance(x, sp.Indexed) else str(x)
 
-    used = sorted({tname(x) for x in scan_leaves | read_leaves}, key=order.index)
+    used = sorted({tname(x) for x in all_leaves}, key=order.index)
     tensors: dict[str, TensorArg] = {}
     for name in used:
         code, batched = kinds[name]
@@ -402,10 +417,10 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     leaves: list[Leaf] = []
     leaf_sym: dict[sp.Basic, sp.Symbol] = {}
-    for group, group_leaves in ((SCAN, scan_leaves), (READ, read_leaves)):
+    for group, group_leaves in ((SCAN, scan_leaves), (READ, read_leaves), (SKIP, skip_leaves)):
         for x in sorted(group_leaves, key=lambda x: (order.index(tname(x)), sp.default_sort_key(x))):
             ta = tensors[tname(x)]
-            same = sorted((y for y in scan_leaves | read_leaves if tname(y) == ta.name), key=sp.default_sort_key)
+            same = sorted((y for y in all_leaves if tname(y) == ta.name), key=sp.default_sort_key)
             var = f"x_{_kname(ta.name)}" + (f"_{same.index(x)}" if len(same) > 1 else "")
             subs = list(x.indices) if isinstance(x, sp.Indexed) else []
             terms = []
@@ -451,7 +466,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
     def prep(e):
         return lift(e.xreplace(leaf_sym)) if e is not None else None
 
-    a_s, bu_s, coef_s = prep(a_e), prep(bu_e), prep(coef_e)
+    a_s, bu_s, coef_s, skip_s = prep(a_e), prep(bu_e), prep(coef_e), prep(skip_e)
 
     G, GA, GC = sp.Symbol("g", real=True), sp.Symbol("ga", real=True), sp.Symbol("gc", real=True)
     values = {s: s.name for s in leaf_sym.values()}
@@ -475,6 +490,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
 
     fwd_scan = block([a_s, bu_s], "fa")  # own prefixes: the chunked backward runs the forward maths beside the backward
     fwd_read = block([coef_s], "fc") if split else None
+    fwd_skip = block([skip_s], "fd") if skip_s is not None else None
 
     scan_grads_e, scan_grad_leaves = [], []
     read_grads_e, read_grad_leaves = [], []
@@ -537,6 +553,7 @@ def _plan(sym: SymSpec, st: Structure, pr: TorchPrinter, torch_readout: list[str
         state_shape=[pr.size(a.extent) for a in axes],
         out_shape=[pr.size(a.extent) for a in sym.output.axes],
         du=du,
+        fwd_skip=fwd_skip,
         torch_readout=torch_readout,
         kernel_lets=_needed_lets(sym, roots),
         helpers=tuple(sorted(helpers)),

@@ -8,7 +8,7 @@ call through the op and 97 us calling the implementation directly (this project'
 
 import torch
 
-__all__ = ["eager_inference", "refuse_double_backward"]
+__all__ = ["eager_inference", "owns_storage", "refuse_double_backward"]
 
 
 def eager_inference(*tensors: torch.Tensor) -> bool:
@@ -32,3 +32,15 @@ def refuse_double_backward(op, kernels: str) -> None:
         )
 
     op.register_autograd(_backward)
+
+
+def owns_storage(t: torch.Tensor, *others) -> bool:
+    """``t`` is contiguous and alone on its storage (not a view of a larger buffer, such as step T of a [B, T, N]
+    buffer, which it would keep alive), and that storage is none of ``others``' (the caller's initial state): a
+    final state the module may hand back as is, without forward's defensive copy (one copy per decoding step)."""
+    if torch.compiler.is_compiling() or not t.is_contiguous():  # (storages are not traceable: copy as before)
+        return False
+    storage = t.untyped_storage()
+    if t.storage_offset() != 0 or storage.nbytes() != t.numel() * t.element_size():
+        return False
+    return all(x is None or x.untyped_storage().data_ptr() != storage.data_ptr() for x in others)

@@ -38,13 +38,14 @@ def inv_l2_norm(x: torch.Tensor) -> torch.Tensor:
     """1 / l2_norm(x) as (1 / m) rsqrt(sum((x / m)^2)): ``1 / l2_norm`` would differentiate to -1 / norm^2, inf in
     fp32 for a norm below 1e-19 although the chain's product (the gradient through x / norm) is finite."""
     m = _scale(x)
-    return (1 / m[..., 0]) * torch.rsqrt(torch.square(x / m).sum(-1))
+    return torch.rsqrt(torch.square(x / m).sum(-1)) / m[..., 0]  # (a division, not 1 / m times: one op fewer)
 
 
 def _scale(x: torch.Tensor) -> torch.Tensor:
-    """max |x| over the last axis (kept), 1 where that is 0; no gradient (a constant rescaling)."""
-    m = x.detach().abs().amax(-1, keepdim=True)
-    return torch.where(m > 0, m, torch.ones_like(m))
+    """max |x| over the last axis (kept), at least the dtype's smallest normal number (an all-zero x: 0 / tiny = 0,
+    as 0 / 1 was; any scale > 0 cancels); no gradient (a constant rescaling). One clamp, not a comparison, a ones
+    tensor and a where: three ops fewer per normalisation on every decoding step (DeltaNet has two)."""
+    return x.detach().abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def taylor_dim(length: int, order: int) -> int:

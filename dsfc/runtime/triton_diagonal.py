@@ -46,7 +46,7 @@ state.
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
 # annotations are not understood by every torch version this must run on)
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -112,16 +112,17 @@ class _Launch:
     block_c: int
     num_warps: int
     chunk_t: int = 1  # 1: the step-by-step forward kernel; else the chunked one, this many steps per chunk
+    skip: bool = False  # the fused step forward adds the module's elementwise D u to y (SKIP; no autograd)
 
     def encode(self) -> list[int]:
         return [self.T, self.R, self.C, self.P, int(self.fused), self.block_r, self.block_c, self.num_warps,
-                self.chunk_t, *self.dims]
+                self.chunk_t, int(self.skip), *self.dims]
 
     @staticmethod
     def decode(cfg, consts) -> "_Launch":
-        T, R, C, P, fused, block_r, block_c, num_warps, chunk_t, *dims = (int(x) for x in cfg)
+        T, R, C, P, fused, block_r, block_c, num_warps, chunk_t, skip, *dims = (int(x) for x in cfg)
         return _Launch(T, tuple(dims), tuple(float(c) for c in consts), R, C, P, bool(fused), block_r, block_c,
-                       num_warps, chunk_t)
+                       num_warps, chunk_t, bool(skip))
 
     def grid(self, batch: int) -> tuple[int, int, int]:
         return (batch, -(-self.R // self.block_r), -(-self.C // self.block_c))
@@ -171,15 +172,15 @@ def _launch_fwd(key: str, L: _Launch, h0, leaves, fused: bool, out_dtype: torch.
         args = (h0, out, hT, *leaves, *_strides(leaves), *L.dims, _consts(L, h0), L.T, L.R, L.C, width)
         if L.chunk_t > 1:
             fwd_chunked[L.grid(B)](*args, CHUNK_T=L.chunk_t, STARTS=starts, **meta)
-        else:
-            fwd[L.grid(B)](*args, PREFETCH=prefetch, **meta)
+        else:  # D u only into y (the backward's recomputed states never)
+            fwd[L.grid(B)](*args, PREFETCH=prefetch, SKIP=L.skip and fused, **meta)
         return out, hT
 
     prefetch = PREFETCH
     if PREFETCH == "auto" and L.chunk_t == 1:
         # the same loads in another order: bit-identical results (rtol 0 would do; 1e-6 leaves room for FMA
         # contraction choices), so the only question is speed, which depends on the GPU: time both once per shape
-        shape = (key, B, L.T.bit_length(), L.R, L.C, L.P, fused, L.block_r, L.block_c, L.num_warps,
+        shape = (key, B, L.T.bit_length(), L.R, L.C, L.P, fused, L.skip, L.block_r, L.block_c, L.num_warps,
                  str(h0.dtype), str(out_dtype), str(h0.device))
         prefetch = (False, True)[autochoice.choose(("diagonal prefetch",) + shape, (False, True), launch, h0.device,
                                                    1e-6)]
@@ -322,14 +323,19 @@ def _chunked_backward(L: _Launch, h0: torch.Tensor, have_states: bool) -> bool:
 
 
 def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, consts, R: int, C: int, P: int,
-                         can_fuse: bool, out_dtype: torch.dtype | None = None):
+                         can_fuse: bool, out_dtype: torch.dtype | None = None, skip: bool = False):
     """Run the generated kernels registered under ``key`` (``register_kernels``). ``h0`` ``[B, N]``-compatible
     initial state in the compute dtype (fp32 or fp64), ``leaves`` the tensors the kernels read (params
     ``[*shape]``, time-varying lets and the input ``[B, T, *shape]``; fp16 / bf16 / fp32 / fp64, read as the
     compute dtype). ``out_dtype``: dtype of the fused ``y`` (default: the compute dtype).
 
-    Returns ``(out, final [B, N], fused)``: ``out`` is ``y`` ``[B, T, P]`` when ``fused``, else the states
-    ``[B, T, N]`` in the compute dtype (the caller then does the readout in torch).
+    ``skip``: the kernels were generated with an elementwise D u term (``SKIP``); it is added in the kernel when no
+    gradient is needed (the backward kernels have no term for it: under autograd the caller adds D u in torch), on
+    the fused step forward.
+
+    Returns ``(out, final [B, N], fused, skipped)``: ``out`` is ``y`` ``[B, T, P]`` when ``fused`` (with D u in it
+    when ``skipped``), else the states ``[B, T, N]`` in the compute dtype (the caller then does the readout in
+    torch).
     """
     if key not in _KERNELS:
         raise ValueError(f"dsfc: no Triton kernels are registered under {key!r} (register_kernels returns the key)")
@@ -338,12 +344,15 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     _check_args(h0, leaves, R, C)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
     chunked = CHUNKED_FORWARD and _KERNELS[key][2] is not None and T > 1
+    eager = eager_inference(h0, *leaves)
     L = _Launch(int(T), tuple(int(d) for d in dims), tuple(float(c) for c in consts), int(R), int(C), int(P),
                 fused, *_tiles(h0.shape[0], int(T), int(R), int(C), fused, h0.device.type == "cuda", chunked))
+    skipped = bool(skip) and fused and eager and L.chunk_t == 1
+    L = replace(L, skip=skipped)
     h0 = h0.reshape(h0.shape[0], R * C).contiguous()
     # never an empty consts list: register_autograd matches backward's return against the inputs' pytree, where an
     # empty list is a node (needing []) but a list of floats a leaf (needing None); the kernel ignores the padding
     consts_arg = list(L.consts) or [0.0]
-    forward = _scan_fwd if eager_inference(h0, *leaves) else _scan_fwd_op
+    forward = _scan_fwd if eager else _scan_fwd_op
     out, hT = forward(key, h0, list(leaves), L.encode(), consts_arg, out_dtype or h0.dtype)
-    return out, hT, fused
+    return out, hT, fused, skipped

@@ -614,17 +614,19 @@ def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dstates_ptr, dy_
 
 
 @triton.jit
-def _outer_step(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, DTYPE: tl.constexpr):
+def _outer_step(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, s0_bh, s0_k, s0_v, sT_bh, sT_k, sT_v,
+                BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr):
     """One step (T = 1: decoding) of one (b, h) and value slice: S' = diag(exp(g)) S + k v^T, y = S'^T q. The state
-    slice [BK, BV] is read once and written once, in registers in between; q, k, v, g are [B*H, K | V] rows."""
+    slice [BK, BV] is read once and written once, in registers in between; q, k, v, g are [B*H, K | V] rows. S and
+    S' are strided ((b, h), k, v): a module whose state is [.., V, K] in memory passes it as is, and gets S' in
+    that layout (no transposed copy in, none out)."""
     i_bh, i_v = tl.program_id(0), tl.program_id(1)
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
     mk, mv = kk < K, vv < V
-    offs = i_bh * K * V + kk[:, None] * V + vv[None, :]
+    i_bh64 = i_bh.to(tl.int64)
     m2 = mk[:, None] & mv[None, :]
-    s = tl.load(s0_ptr + offs, mask=m2, other=0.0).to(DTYPE)
+    s = tl.load(s0_ptr + i_bh64 * s0_bh + kk[:, None] * s0_k + vv[None, :] * s0_v, mask=m2, other=0.0).to(DTYPE)
     if DECAY == SCALAR:
         s = s * tl.exp(tl.load(g_ptr + i_bh).to(DTYPE))  # exp(-inf) = 0: a zero decay forgets the state
     elif DECAY == PER_KEY:
@@ -634,26 +636,49 @@ def _outer_step(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, BK: tl.
     s = s + k[:, None] * v[None, :]
     q = tl.load(q_ptr + i_bh * K + kk, mask=mk, other=0.0).to(DTYPE)
     tl.store(y_ptr + i_bh * V + vv, tl.sum(q[:, None] * s, axis=0), mask=mv)
-    tl.store(sT_ptr + offs, s, mask=m2)
+    tl.store(sT_ptr + i_bh64 * sT_bh + kk[:, None] * sT_k + vv[None, :] * sT_v, s, mask=m2)
 
 
 def _single_step(q, k, v, log_decay, s0, decay: int, cdt: torch.dtype):
     """T = 1 without autograd: the decode step as one launch of ``_outer_step`` (the chunked kernels would pad the
-    step to a chunk of 16-64 rows and, on the split schedule, launch twice). y [B, 1, H, V] and S' in ``cdt``."""
+    step to a chunk of 16-64 rows and, on the split schedule, launch twice). y [B, 1, H, V] and S' in ``cdt``; S'
+    in the memory layout of ``s0`` when that is [B, H, K, V] or [B, H, V, K], so that a module whose state is a
+    transposed view (SSD's [H, P, n] read as [H, n, P]) gets its own layout back without a copy either way."""
     B, _, H, K = q.shape
     V = v.shape[-1]
     y = torch.empty((B, 1, H, V), device=q.device, dtype=cdt)
-    sT = torch.empty((B, H, K, V), device=q.device, dtype=cdt)
+    s0_strides = _bh_strides(s0)
+    if s0_strides is None:
+        s0 = s0.contiguous()
+        s0_strides = _bh_strides(s0)
+    sT, sT_strides = None, None
+    if s0.is_contiguous() or s0.transpose(2, 3).is_contiguous():  # dense: empty_like keeps its strides
+        sT = torch.empty_like(s0, dtype=cdt)
+        sT_strides = _bh_strides(sT)
+    if sT_strides is None:
+        sT = torch.empty((B, H, K, V), device=q.device, dtype=cdt)
+        sT_strides = _bh_strides(sT)
     g = q.new_empty(0) if log_decay is None else log_decay.contiguous()
     BK = max(16, _next_pow2(K))
     # one state tile of <= 4096 entries per program (many programs: decoding has no time axis to keep SMs busy);
     # ptxas at K = 128 (BK 128 x BV 32, 4 warps): 124-154 registers, no spills in fp32 / bf16; fp64 per-key spills 8 B
     # (tests/triton/aot_compile.py --resources)
     BV = min(max(16, _next_pow2(V)), STEP_BLOCK_V, max(16, 4096 // BK))
-    _outer_step[(B * H, triton.cdiv(V, BV))](q.contiguous(), k.contiguous(), v.contiguous(), g, s0.contiguous(), y,
-                                            sT, K, V, BK=BK, BV=BV, DECAY=decay,
+    _outer_step[(B * H, triton.cdiv(V, BV))](q.contiguous(), k.contiguous(), v.contiguous(), g, s0, y, sT, K, V,
+                                            *s0_strides, *sT_strides, BK=BK, BV=BV, DECAY=decay,
                                             DTYPE=tl.float64 if cdt == torch.float64 else tl.float32, num_warps=4)
     return y, sT
+
+
+def _bh_strides(s: torch.Tensor) -> Optional[tuple[int, int, int]]:
+    """``(s_bh, s_k, s_v)`` of a state ``s`` [B, H, K, V] whose (b, h) pairs are one axis of uniform stride (the
+    decode kernel's ``i_bh * s_bh``), or None."""
+    B, H = s.shape[:2]
+    if H == 1:
+        return s.stride(0), s.stride(2), s.stride(3)
+    if B == 1 or s.stride(0) == H * s.stride(1):
+        return s.stride(1), s.stride(2), s.stride(3)
+    return None
 
 
 @dataclass(frozen=True)
@@ -1171,10 +1196,10 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     for x in inputs[1:]:
         out_dtype = torch.promote_types(out_dtype, x.dtype)
     cdt = torch.float64 if out_dtype == torch.float64 else torch.float32  # fp32 compute for fp32 / bf16 / fp16
-    s0 = torch.zeros((B, H, K, V), device=dev, dtype=cdt) if h0 is None else h0.contiguous()
+    s0 = torch.zeros((B, H, K, V), device=dev, dtype=cdt) if h0 is None else h0
     if T == 0:
         y = torch.empty((B, 0, H, V), device=dev, dtype=out_dtype)
-        return (y, s0.to(out_dtype)) if output_final_state else y
+        return (y, s0.contiguous().to(out_dtype)) if output_final_state else y
     block_k = tiles.block_k
     block_v = tiles.block_v if block_v is None else block_v
     num_warps = tiles.num_warps if num_warps is None else num_warps
@@ -1187,8 +1212,9 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         L = replace(L, split=1)
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
     if T == 1 and eager_inference(q, k, v, g, s0):  # decoding (step): one kernel, the state read and written once
-        y, sT = _single_step(q, k, v, log_decay, s0, decay, cdt)
+        y, sT = _single_step(q, k, v, log_decay, s0, decay, cdt)  # s0 strided as given (no copy)
         return (y.to(out_dtype), sT.to(out_dtype)) if output_final_state else y.to(out_dtype)
+    s0 = s0.contiguous()
     forward = _outer_scan_fwd if eager_inference(q, k, v, g, s0) else _outer_fwd_op
     y, sT, _ = forward(q, k, v, g, s0, L.encode(), cdt)
     y = y.to(out_dtype)

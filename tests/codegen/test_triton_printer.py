@@ -98,7 +98,9 @@ def test_s6_readout_splits_per_channel():
     plan = r.plan.triton
     assert plan.readout and not plan.pre and (plan.R, plan.C, plan.P) == ("d", "n", "d")
     # dt = softplus(W_dt W_xdt u + b_dt) is computed in the kernel from its projection, hoisted as _dt_sum
-    assert [t.name for t in plan.tensors] == ["A_log", "b_dt", "b", "cq", "u", "_dt_sum"]
+    # D: the elementwise D u the forward kernel adds without autograd (fwd_skip)
+    assert [t.name for t in plan.tensors] == ["A_log", "b_dt", "D", "b", "cq", "u", "_dt_sum"]
+    assert [x.var for x in plan.leaves_of("skip", False)] == ["x_D"] and plan.fwd_skip.results == ["x_D * x_u"]
 
 
 def test_generated_source_is_deterministic():

@@ -256,7 +256,7 @@ def attention_kernels(resources: bool) -> int:
 def diagonal_signature(fn, leaf, state, out):
     sig = {}
     for name in fn.arg_names:
-        if name in ("BLOCK_R", "BLOCK_C", "READOUT", "DTYPE", "CHUNK_T", "STARTS", "PREFETCH"):
+        if name in ("BLOCK_R", "BLOCK_C", "READOUT", "DTYPE", "CHUNK_T", "STARTS", "PREFETCH", "SKIP"):
             sig[name] = "constexpr"
         elif name in ("out_ptr", "dout_ptr"):
             sig[name] = out
@@ -279,8 +279,9 @@ def main(specs, resources: bool = False) -> int:
             continue
         module = load_module(result, name=f"dsfc_aot_{Path(path).stem}")
         for label, leaf, state, dt in cases:
-            kernels = [(module._scan_fwd, {"PREFETCH": False}), (module._scan_fwd, {"PREFETCH": True}),
-                       (module._scan_bwd, {})]
+            # SKIP: the elementwise D u added in the forward kernel (inference), with and without prefetching
+            kernels = [(module._scan_fwd, {"PREFETCH": False, "SKIP": False}),
+                       (module._scan_fwd, {"PREFETCH": True, "SKIP": True}), (module._scan_bwd, {})]
             if getattr(module, "_scan_fwd_chunked", None) is not None:  # the chunked kernels (not for pre readouts)
                 kernels += [(module._scan_fwd_chunked, {"CHUNK_T": 16, "STARTS": False}),
                             (module._scan_fwd_chunked, {"CHUNK_T": 16, "STARTS": True}),
