@@ -53,13 +53,12 @@ from dsfc.runtime.checks import (
     check_running0_type,
     check_running_state,
     check_tensor_kind,
+    choose_backend,
     empty_output,
     inference_input_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
-    triton_refusal,
-    triton_refusal_error,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 
@@ -468,22 +467,9 @@ class RWKV6(nn.Module):
         return _driven.expand(u.shape[0], u.shape[1], *_driven.shape[2:]).reshape(u.shape[0], u.shape[1], -1)
 
     def _resolve_backend(self, u, state=None):
-        """auto: Triton on CUDA when this module has a Triton kernel and the call is one it can run (not under a
-        torch.func transform or forward-mode AD), else the structured torch path."""
-        if self.backend not in BACKENDS:  # set after construction: an unknown name silently ran the torch path
-            raise ValueError(f"RWKV6: backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "triton" and _core_triton_available is None:
-            raise RuntimeError("RWKV6: no Triton kernel was generated for this spec")
-        if self.backend != "triton" and self.backend != "auto":
-            return self.backend
-        if self.backend == "auto" and not (u.is_cuda and _core_triton_available is not None):
-            return "torch"
-        refusal = triton_refusal(self, u, state)
-        if refusal is None:
-            return "triton"
-        if self.backend == "triton":
-            raise triton_refusal_error("RWKV6", refusal)
-        return "torch"  # auto: the torch path runs what the kernels cannot
+        return choose_backend(
+            self, "RWKV6", BACKENDS, _core_triton_available, u, state, "no Triton kernel was generated for this spec"
+        )
 
     def _reference(self, u, h0, running0=None):
         """The plain DSF recurrence on the dense matrices, one step at a time (slow; for checking)."""

@@ -44,12 +44,11 @@ from dsfc.runtime.checks import (
     check_parameters,
     check_tensor_kind,
     check_running_state,
+    choose_backend,
     empty_output,
     inference_input_error,
     refuse_jit_trace,
     step_state_errors,
-    triton_refusal,
-    triton_refusal_error,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
@@ -329,22 +328,15 @@ class SoftmaxAttention(nn.Module):
         return _yo, _final
 
     def _resolve_backend(self, u, state=None):
-        """auto: the Triton kernels on CUDA (when triton is installed) for a call they can run (not under a
-        torch.func transform or forward-mode AD), else torch."""
-        if self.backend not in BACKENDS:
-            raise ValueError(f"SoftmaxAttention: backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "triton" and _core_triton_available is None:
-            raise RuntimeError("SoftmaxAttention: backend='triton' needs triton installed")
-        if self.backend != "triton" and self.backend != "auto":
-            return self.backend
-        if self.backend == "auto" and not (u.is_cuda and _core_triton_available is not None):
-            return "torch"
-        refusal = triton_refusal(self, u, state)
-        if refusal is None:
-            return "triton"
-        if self.backend == "triton":
-            raise triton_refusal_error("SoftmaxAttention", refusal)
-        return "torch"  # auto: the torch path runs what the kernels cannot
+        return choose_backend(
+            self,
+            "SoftmaxAttention",
+            BACKENDS,
+            _core_triton_available,
+            u,
+            state,
+            "backend='triton' needs triton installed",
+        )
 
     # differentiable, as forward is (it was under torch.no_grad: a token-by-token training loop silently left the
     # layer's parameters without gradients); decoding loops run it under no_grad / inference_mode

@@ -176,6 +176,28 @@ def triton_refusal(module: torch.nn.Module, u: torch.Tensor, state=None) -> "str
     return None
 
 
+def choose_backend(module: torch.nn.Module, model: str, backends: tuple, kernel, u, state, no_kernel: str) -> str:
+    """The path a forward call runs, from ``module.backend``: "auto" is Triton on CUDA when the module has a Triton
+    kernel (``kernel`` not None) and the call is one the kernels can run (``triton_refusal``), else the torch path; an
+    explicit "triton" raises where auto would fall back, naming why (``no_kernel`` when there is no kernel). One helper
+    for every generated module (the recurrent and the quadratic template each carried a copy)."""
+    backend = module.backend
+    if backend not in backends:  # set after construction: an unknown name silently ran the torch path
+        raise ValueError(f"{model}: backend must be one of {backends}, got {backend!r}")
+    if backend == "triton" and kernel is None:
+        raise RuntimeError(f"{model}: {no_kernel}")
+    if backend not in ("triton", "auto"):
+        return backend
+    if backend == "auto" and not (u.is_cuda and kernel is not None):
+        return "torch"
+    refusal = triton_refusal(module, u, state)
+    if refusal is None:
+        return "triton"
+    if backend == "triton":
+        raise triton_refusal_error(model, refusal)
+    return "torch"  # auto: the torch path runs what the kernels cannot
+
+
 def triton_refusal_error(model: str, reason: str) -> RuntimeError:
     return RuntimeError(
         f"{model}: backend='triton' cannot run under {reason}: the Triton kernels have a reverse-mode gradient only "
