@@ -424,9 +424,23 @@ print(json.dumps({p: compile_spec(p).source for p in sys.argv[1:]}))
 
 
 @pytest.fixture(scope="session")
-def other_process_sources() -> dict[str, str]:
+def other_process_sources(tmp_path_factory, worker_id) -> dict[str, str]:
     """Every catalog spec compiled in a second interpreter with another hash seed (from absolute paths, run in the
-    repository root). Compiling twice in one process would not vary set and dict orders that depend on str hashes."""
+    repository root). Compiling twice in one process would not vary set and dict orders that depend on str hashes.
+    Under xdist the first worker to get here compiles (~30 s of CPU) and the others read its file (pytest-xdist's
+    documented once-per-session pattern): every worker compiled the whole catalog again."""
+    if worker_id == "master":
+        return _compile_in_another_process()
+    from filelock import FileLock  # a torch dependency
+
+    shared = tmp_path_factory.getbasetemp().parent / "catalog_other_process_sources.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            shared.write_text(json.dumps(_compile_in_another_process()))
+        return json.loads(shared.read_text())
+
+
+def _compile_in_another_process() -> dict[str, str]:
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", _OTHER_PROCESS, *map(str, SPECS)], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True, timeout=300)
