@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsfc.runtime import axis, diagonal_scan, kernel_matrix
+from dsfc.runtime import axis, cached_index, diagonal_scan, kernel_matrix
 from dsfc.runtime.checks import (
     CACHE_COLS,
     CACHE_DECAY,
