@@ -468,15 +468,18 @@ class IntervalProver:
         """A sum whose terms select distinct values of one index, ``delta(h, 0) + delta(h, 2) g``: at any h at most
         one selected term is present, so the range is the hull over the cases h = 0, h = 2 (``e`` at that h) and h
         anything else (those deltas 0). Term by term, interval arithmetic read the example with g in [0, 1) as
-        [0, 2) and could not bound a per-head decay of exactly 1 and a gate by 1."""
+        [0, 2) and could not bound a per-head decay of exactly 1 and a gate by 1. One selected value splits as well:
+        a gamma memory's diagonal ``(mu - 1) delta(k, 0) + 1 - mu`` is 0 at k = 0 and 1 - mu elsewhere, [0, 1), not
+        the [0, 1] of reading the delta as [0, 1]. Every delta of the index in ``e`` is collected, nested ones too,
+        since the last case sets them all to 0 and must not skip a value that one of them selects."""
+        # an index a nested sum binds is not one value per case (``sum(j, delta(j, 0) x[j])``): left alone
+        bound = {v for s in e.atoms(sp.Sum) for v in s.variables}
         picks: dict[sp.Symbol, set] = {}
-        for term in e.args:
-            for f in sp.Mul.make_args(term):
-                if isinstance(f, sp.KroneckerDelta):
-                    i, c = f.args if f.args[1].is_Integer else f.args[::-1]
-                    if isinstance(i, sp.Symbol) and c.is_Integer:
-                        picks.setdefault(i, set()).add(c)
-        index = next((i for i, cs in sorted(picks.items(), key=lambda kv: str(kv[0])) if len(cs) > 1), None)
+        for f in e.atoms(sp.KroneckerDelta):
+            i, c = f.args if f.args[1].is_Integer else f.args[::-1]
+            if isinstance(i, sp.Symbol) and c.is_Integer and i not in bound:
+                picks.setdefault(i, set()).add(c)
+        index = min(picks, key=lambda i: (-len(picks[i]), str(i)), default=None)
         if index is None:
             return None
         cases = [e.subs(index, c) for c in sorted(picks[index])]
@@ -518,6 +521,16 @@ class IntervalProver:
         if e.is_Number:
             v = float(e)
             return Interval(v, v)
+        if e.is_number and not e.has(sp.Sum):
+            # a constant SymPy keeps exact (E / 2, sqrt(2)): its value, widened by a few ulps so that rounding
+            # cannot move it across 1 (a 1 + 1e-20 read as exactly 1); it was (0, inf) from its sign alone
+            try:
+                v = complex(e)
+            except (TypeError, ValueError):
+                v = complex("nan")
+            if v.imag == 0 and math.isfinite(v.real):
+                pad = 4 * math.ulp(v.real)
+                return Interval(v.real - pad, v.real + pad)
         if isinstance(e, sp.Indexed):
             return self.of_name(str(e.base.label), e.base)
         if isinstance(e, sp.Symbol):
