@@ -471,20 +471,31 @@ class IntervalProver:
         [0, 2) and could not bound a per-head decay of exactly 1 and a gate by 1. One selected value splits as well:
         a gamma memory's diagonal ``(mu - 1) delta(k, 0) + 1 - mu`` is 0 at k = 0 and 1 - mu elsewhere, [0, 1), not
         the [0, 1] of reading the delta as [0, 1]. Every delta of the index in ``e`` is collected, nested ones too,
-        since the last case sets them all to 0 and must not skip a value that one of them selects."""
+        since the last case sets them all to 0 and must not skip a value that one of them selects. A selected value
+        may be a formula of dims: the input tap of a gamma memory laid out oldest first is ``delta(k, Q)``."""
         # an index a nested sum binds is not one value per case (``sum(j, delta(j, 0) x[j])``): left alone
         bound = {v for s in e.atoms(sp.Sum) for v in s.variables}
+        dims = set(self.sym.dims.values())
+
+        def fixed(x) -> bool:  # one value for every index: a number or a formula of dims (the last tap, delta(k, Q))
+            return x.is_Integer or bool(x.free_symbols) and x.free_symbols <= dims
+
+        def selects(f) -> tuple | None:  # delta(index, value) as (index, value)
+            for i, c in (f.args, f.args[::-1]):
+                if isinstance(i, sp.Symbol) and i not in bound and i not in dims and fixed(c):
+                    return i, c
+            return None
+
         picks: dict[sp.Symbol, set] = {}
         for f in e.atoms(sp.KroneckerDelta):
-            i, c = f.args if f.args[1].is_Integer else f.args[::-1]
-            if isinstance(i, sp.Symbol) and c.is_Integer and i not in bound:
-                picks.setdefault(i, set()).add(c)
+            if selects(f) is not None:
+                picks.setdefault(selects(f)[0], set()).add(selects(f)[1])
         index = min(picks, key=lambda i: (-len(picks[i]), str(i)), default=None)
         if index is None:
             return None
-        cases = [e.subs(index, c) for c in sorted(picks[index])]
-        cases.append(e.replace(lambda n: isinstance(n, sp.KroneckerDelta) and index in n.args
-                               and any(a.is_Integer for a in n.args), lambda n: sp.Integer(0)))
+        cases = [e.subs(index, c) for c in sorted(picks[index], key=str)]
+        cases.append(e.replace(lambda n: isinstance(n, sp.KroneckerDelta) and (selects(n) or (None,))[0] == index,
+                               lambda n: sp.Integer(0)))
         return _hull([self.range(c) for c in cases])
 
     def range_over(self, e, index, extents) -> Interval:

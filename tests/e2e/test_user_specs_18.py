@@ -1,9 +1,10 @@
 """An eighteenth new-spec hunt: control and signal-processing memories and two classic linear RNNs (a PID controller
 read before the update, de Vries and Principe's gamma memory, a dilated FIR filter as a shift register, a linear
 leaky echo-state network with a single input, a heavy-ball momentum RNN, a linearised multiplicative-integration
-RNN, additive Holt-Winters with a season of 3, a bank of leaky integrators with learned time constants at d = 1),
-sliding-window linear attention (the write of the token leaving the window erased through a ``window`` let and a
-driven input), and a leaky integrate-and-fire neuron with a reset, which is not a DSF.
+RNN, additive Holt-Winters with a season of 3, a bank of leaky integrators with learned time constants at d = 1, a
+running mean with the step count from ``cumsum(1)``), sliding-window linear attention (the write of the token
+leaving the window erased through a ``window`` let and a driven input), and a leaky integrate-and-fire neuron with a
+reset, which is not a DSF.
 
 Checked (each against an independent float64 implementation written here from the model's equations, not from
 dsfc's reference: the PID law, the gamma taps, the FIR convolution over the history, the ESN / momentum / MI-RNN /
@@ -25,12 +26,15 @@ Found and fixed:
   few ulps wide, not as (0, inf) (stability.IntervalProver).
 - A single selected value did not split: the gamma memory's triangular diagonal ``(mu - 1) delta(k, 0) + 1 - mu``
   (0 on the input tap, 1 - mu elsewhere) was ``[0, 1]``, ``|lambda| <= 1``; it is ``[0, 1)``, ``|lambda| < 1``.
+  Nor did a value that is a dim: the same memory laid out oldest tap first selects its input tap by ``delta(k, Q)``.
 - Not from these specs, seen while re-running the prover's tests: a softmax-attention module whose keys are shared
   by a group of heads (``k[h // R, a]``, hunt 14b's AlibiGQA) raised NameError, the printer caching that index
   tensor through ``cached_index``, which the quadratic template did not import.
 
 Left weaker than the truth (no false claim): the linear ESN's, the MI-RNN's and Holt-Winters' dense A are "unknown"
-(their eigenvalues depend on learned matrices and values: nothing to prove for all of them); NestedPick below, whose
+(their eigenvalues depend on learned matrices and values: nothing to prove for all of them); the running mean's
+decay (n - 1) / n with n = cumsum(1) is "unknown", (-inf, inf), though it lies in [0, 1) (the prover reads the count
+as (0, inf), not [1, inf), and the ratio term by term, not as 1 - 1 / n); NestedPick below, whose
 decay 0.5 e exceeds 1 at every input, is "not proven <= 1" rather than "|lambda| > 1" (the hull of the cases also
 holds 0.5).
 """
@@ -239,6 +243,17 @@ A[i, j] = delta(i, j) * be * (1 - spk[i])
 B[i, m] = W[i, m]
 C[o, i] = delta(o, i)
 """
+CUMMEAN = """
+model CumMean "the running mean of a projection: h = (n - 1) / n h + W u / n, n = t + 1"
+dim d = 3
+input u[d]
+state h[d]
+param W[d, d] ~ normal(0, 0.5)
+let n = cumsum(1)
+A[i, j] = delta(i, j) * (n - 1) / n
+B[i, m] = W[i, m] / n
+C[o, i] = delta(o, i)
+"""
 
 CASES = {
     "pid": (PID, Family.DIAGONAL_SCAN),
@@ -250,6 +265,7 @@ CASES = {
     "swla": (SWLA, Family.DIAGONAL_SCAN),
     "hw": (HOLTWINTERS, Family.DENSE_SCAN),
     "leaky": (LEAKY, Family.DIAGONAL_SCAN),
+    "cummean": (CUMMEAN, Family.DIAGONAL_SCAN),
 }
 
 sig, softplus = torch.sigmoid, torch.nn.functional.softplus
@@ -377,14 +393,21 @@ def _leaky(P, u, h0=None):
     return stack_steps(ys, u, u.shape[2])
 
 
+def _cummean(P, u, h0=None):
+    # the running mean of W u over the steps so far (from zero only: the count n is a running let)
+    x = u @ P["W"].T
+    return x.cumsum(1) / torch.arange(1, u.shape[1] + 1, dtype=F64)[:, None]
+
+
 INDEPENDENT = {"pid": _pid, "gamma": _gamma, "fir": _fir, "esn": _esn, "mom": _mom, "mirnn": _mirnn, "swla": _swla,
-               "hw": _hw, "leaky": _leaky}
+               "hw": _hw, "leaky": _leaky, "cummean": _cummean}
 EIGEN = {"pid": Bound.MARGINAL, "gamma": Bound.STABLE, "fir": Bound.STABLE, "esn": Bound.UNKNOWN,
          "mom": Bound.STABLE, "mirnn": Bound.UNKNOWN, "swla": Bound.MARGINAL, "hw": Bound.UNKNOWN,
-         "leaky": Bound.STABLE}
+         "leaky": Bound.STABLE, "cummean": Bound.UNKNOWN}
 # the bound each spec has on its module's A (checked at random inputs) where the report is weaker: the ESN's,
-# MI-RNN's and Holt-Winters' dense A have eigenvalues that depend on learned values (none to prove for all of them)
-TRUE_BOUND: dict = {}
+# MI-RNN's and Holt-Winters' dense A have eigenvalues that depend on learned values (none to prove for all of them);
+# the running mean's (n - 1) / n is in [0, 1) for a count n >= 1, read as (n - 1) * (1 / n) with n in (0, inf)
+TRUE_BOUND = {"cummean": Bound.STABLE}
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
@@ -452,6 +475,19 @@ B[i, m] = delta(i, m)
 C[o, i] = delta(o, i)
 """
 
+UPPER_GAMMA = """
+model UpperGamma "gamma memory laid out oldest tap first: tap k reads tap k + 1, the input enters the last tap"
+dim d = 2
+dim Q = 3
+input u[d]
+state x[c: d, k: Q + 1]
+param mu_p[d] ~ normal(0, 1)
+let mu[c: d] = sigmoid(mu_p[c])
+A[(c, k), (c2, k2)] = delta(c, c2) * (1 - delta(k, Q)) * (delta(k, k2) * (1 - mu[c]) + delta(k + 1, k2) * mu[c])
+B[(c, k), m] = delta(c, m) * delta(k, Q)
+C[o, (c, k)] = delta(o, c) * delta(k, 0)
+"""
+
 
 def test_a_case_split_on_deltas_sees_every_value_they_select():
     """The fix: the case split over ``delta(i, 0) + delta(i, 1) g`` collected the selected values from the top-level
@@ -470,6 +506,19 @@ def test_one_selected_value_splits_the_cases_too():
     term by term as [0, 1], |lambda| <= 1; split at k = 0 and k != 0 it is [0, 1)."""
     reason = _built("gamma").result.report.eigen_reason
     assert "in [0, 1)" in reason and "triangular" in reason, reason
+    # laid out oldest tap first, the input tap is the last, delta(k, Q): a value that is a dim splits the same way
+    result = compile_text(UPPER_GAMMA, "upper.dsf")
+    assert result.report.eigen_bound == Bound.STABLE and "upper triangular" in result.report.eigen_reason
+    built = build(result, {"d": 2, "Q": 3})
+    A = built.dsf_matrices(torch.randn(1, 4, 2, generator=torch.Generator().manual_seed(1), dtype=F64))[0]
+    assert (torch.linalg.eigvals(A).abs() < 1).all()
+    # a unit impulse enters tap Q and first reaches the read tap 0 after Q = 3 steps, as mu^3
+    u = torch.zeros(1, 4, 2, dtype=F64)
+    u[:, 0] = 1
+    with torch.no_grad():
+        y = built.model(u)
+    mu = torch.sigmoid(built.params()["mu_p"])
+    assert torch.allclose(y[0], torch.cat([torch.zeros(3, 2, dtype=F64), mu[None] ** 3]), atol=1e-12), y
 
 
 def test_a_sliding_window_wider_than_a_call_is_carried_across_calls():
