@@ -533,11 +533,6 @@ def _relu(x):
 
 
 @_jit
-def _step(x):  # Heaviside, 0 at 0 (torch's derivative of relu at the kink)
-    return tl.where(x > 0.0, 1.0, 0.0)
-
-
-@_jit
 def _scan_fwd(
     h0_ptr,
     out_ptr,
@@ -929,7 +924,9 @@ def _scan_bwd_chunked(
             tl.sum(tl.where(mask & mask_t, full + (ea8), 0.0), axis=2, keep_dims=True), axis=0, keep_dims=True
         )
         acc_x_alpha += tl.sum(
-            tl.sum(tl.where(mask & mask_t, full + (-ea2 * ea4 * _step(x_alpha)), 0.0), axis=2, keep_dims=True),
+            tl.sum(
+                tl.where(mask & mask_t, full + (tl.where(x_alpha > 0.0, -ea2 * ea4, 0.0)), 0.0), axis=2, keep_dims=True
+            ),
             axis=0,
             keep_dims=True,
         )
@@ -1072,7 +1069,7 @@ def _scan_bwd(
         a = ea3
         acc_x_b_f += tl.sum(tl.where(mask, ea5, 0.0), axis=1, keep_dims=True)
         acc_x_b_i += tl.sum(tl.where(mask, ea8, 0.0), axis=1, keep_dims=True)
-        acc_x_alpha += tl.sum(tl.where(mask, -ea2 * ea4 * _step(x_alpha), 0.0), axis=1, keep_dims=True)
+        acc_x_alpha += tl.sum(tl.where(mask, tl.where(x_alpha > 0.0, -ea2 * ea4, 0.0), 0.0), axis=1, keep_dims=True)
         tl.atomic_add(
             g_x + b * p_x_s0 + t * p_x_s1 + i_c * p_x_s2,
             tl.sum(tl.where(mask, ea7, 0.0), axis=1, keep_dims=True),

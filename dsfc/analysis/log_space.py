@@ -104,17 +104,19 @@ def share_parts(expr: sp.Expr, sym: SymSpec | None) -> tuple[sp.Expr, sp.Expr, s
     so both are positive (minLSTM's ``f / (f + i)`` of two sigmoid gates); else None. The share is then
     ``sigmoid(log n - log r)`` and its log ``-softplus(log r - log n)``: no ``0 / 0`` where n and r both underflow
     (fp32: sigmoids of arguments below -88), and the share of the larger term is ``1 - share`` of the smaller."""
-    if not isinstance(expr, sp.Mul):
+    if not isinstance(expr, (sp.Mul, sp.Pow)):
         return None
-    factors = list(expr.args)
+    factors = list(sp.Mul.make_args(expr))
     for den in factors:
         if not (isinstance(den, sp.Pow) and den.exp == -1 and isinstance(den.base, sp.Add)):
             continue
         num = [f for f in factors if f is not den]
         terms = sorted(den.base.args, key=sp.default_sort_key)
-        for n in terms:
-            if n.is_number:
+        for n in sorted(terms, key=lambda t: bool(t.is_number)):  # a constant n last: exp(z) / (1 + exp(z)) is
+            if n.is_number and not n.is_positive:                     # sigmoid(z), not exp(z) sigmoid(-z)
                 continue
+            # n may be a positive constant: 1 / (1 + exp(z)) is sigmoid(-z). Printed as the quotient, the Triton
+            # backward's symbolic derivative exp(z) g / (1 + exp(z))^2 was inf / inf = NaN in fp32 from z ~ 44 on
             coeff, n_factors = n.as_coeff_mul()
             left = _without(num, n_factors)
             if left is None:
@@ -143,10 +145,14 @@ def shares(expr: sp.Expr, sym: SymSpec | None) -> sp.Expr:
     expr = sp.S(expr)
     if not expr.args or isinstance(expr, (sp.Indexed, sp.IndexedBase)):
         return expr
-    args = [shares(a, sym) for a in expr.args]
-    if any(a is not b for a, b in zip(args, expr.args)):
-        expr = expr.func(*args)
+    # the whole product first: its factor 1 / (1 + exp(z)) alone is a share too, and rewritten first,
+    # exp(z) / (1 + exp(z)) became exp(z) sigmoid(-z) (inf * 0 from z = 89 on in fp32), not sigmoid(z)
     share = share_parts(expr, sym)
+    if share is None:
+        args = [shares(a, sym) for a in expr.args]
+        if any(a is not b for a, b in zip(args, expr.args)):
+            expr = expr.func(*args)
+        share = share_parts(expr, sym)
     if share is None:
         return expr
     rest, log_n, log_r = share
@@ -180,7 +186,8 @@ def complements(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
     where P rounds to 1; and ``X + X elu(z)`` as ``X elu1p(z)``. X is any common factor (SymPy expands
     ``(1 - a^2) x`` into ``x - a^2 x``). Shares ``n / (n + r)`` of terms with exact logs are written
     ``sigmoid(log n - log r)`` first (``shares``), so ``1 - n / (n + r)`` becomes ``sigmoid(log r - log n)``.
-    Codegen only; the float64 reference evaluates the spec as written."""
+    A log of something with an exact log is that (``log(1 + exp(z))`` is ``softplus(z)``). Codegen only; the
+    float64 reference evaluates the spec as written."""
     return _complements(shares(expr, sym), sym)
 
 
@@ -189,6 +196,12 @@ def _complements(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
     if not expr.args or isinstance(expr, (sp.Indexed, sp.IndexedBase)):
         return expr
     args = [_complements(a, sym) for a in expr.args]
+    if isinstance(expr, sp.log) and not args[0].is_number:
+        # log(1 + exp(z)) as softplus(z), log(sigmoid(z)) as logsigmoid(z): printed as written they were inf
+        # (exp(z) overflows from z = 89 on in fp32, 710 in float64) and -inf (sigmoid(z) = 0 below z = -104)
+        exact = exact_log(args[0], None)
+        if exact is not None:
+            return exact
     if not isinstance(expr, sp.Add):
         return expr.func(*args) if any(a is not b for a, b in zip(args, expr.args)) else expr
     while True:

@@ -24,6 +24,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.printer import Printer
 
+from ..analysis.log_space import power_as_exp
 from ..ir.functions import Elu, Elu1p, Expm1, Gelu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from .printers import PrinterError
 
@@ -185,6 +186,12 @@ class TritonPrinter(Printer):
         return " ".join(parts)
 
     def _print_Mul(self, e):
+        step = next((f for f in e.args if isinstance(f, sp.Heaviside)), None)
+        if step is not None:
+            # a kink's derivative (relu's, elu's) selects, as torch's relu backward does, rather than multiplies:
+            # d sqrt(relu(z)) = H(z) / (2 sqrt(relu(z))) was 0 * inf = NaN for every z < 0, where torch's is 0
+            rest = sp.Mul(*[f for f in e.args if f is not step])
+            return f"tl.where({self._print(step.args[0])} > 0.0, {self._print(rest)}, 0.0)"
         coeff, rest = e.as_coeff_Mul()
         if coeff < 0:
             inner = self._print_Mul_pos(-coeff, rest)
@@ -228,6 +235,9 @@ class TritonPrinter(Printer):
             if n > 0:
                 return f"({prod})" if abs(n) > 1 else prod
             return f"1.0 / ({prod})" if abs(n) > 1 else f"1.0 / {b}"
+        stable = power_as_exp(e)
+        if stable is not None:  # as the torch printer: sigmoid(z)^(1/2) as exp(logsigmoid(z) / 2), not exp(log(0) / 2)
+            return self._print(stable)
         if ex == sp.Rational(1, 2):
             return f"tl.sqrt({self._print(base)})"
         if ex == -sp.Rational(1, 2):
