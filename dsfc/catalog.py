@@ -177,7 +177,8 @@ NOTES: dict[str, str] = {
     ),
     "s4d": (
         "S4D is a time-invariant complex-diagonal SSM discretised with ZOH for A **and** B: per channel and mode "
-        "`Abar = exp(dt A_n)`, here as real 2x2 blocks with `|lambda| = exp(dt Re A_n) = exp(-dt exp(log_A_real)) < 1`. "
+        "`Abar = exp(dt A_n)`, here as real 2x2 blocks with "
+        "`|lambda| = exp(dt Re A_n) = exp(-dt exp(log_A_real)) < 1`. "
         "`dt` appears in both `Abar` and `Bbar = (Abar - 1)/A` (a coupling through the discretisation, fixed after "
         "training). Being LTI the layer is a long convolution with kernel `K[l] = 2 Re sum_n C_n Bbar_n Abar_n^l` "
         "(FFT); S6 is what it becomes when `dt`, B and C depend on the input (with Euler for B)."
@@ -277,9 +278,9 @@ def _dsf_form(r: _Analysed) -> str:
     else:
         cols = tuple(a.cols[k] if k in a.mixed_axes else rows[k] for k in range(len(rows)))
         mixed = ", ".join(str(rows[k]) for k in a.mixed_axes)
+        per = _tuple(rows[k] for k in a.diag_axes) if a.diag_axes else "state"
         lines.append((f"A[{_tuple(rows)}, {_tuple(cols)}]", sp.sstr(a.block),
-                      f"{a.kind.value}: one block per {_tuple(rows[k] for k in a.diag_axes) if a.diag_axes else 'state'}, "
-                      f"mixing {mixed}"))
+                      f"{a.kind.value}: one block per {per}, mixing {mixed}"))
     drive = sym.driven.name if sym.driven is not None else sym.input.name
     lines.append((f"(B {drive})[{', '.join(map(str, rows))}]", sp.sstr(st.bu), st.b_form.value))
     prev = "_(t-1)" if sym.readout == "pre" else "_t"

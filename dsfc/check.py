@@ -434,7 +434,8 @@ def _check_triton_quadratic(model, sym, all_dims, params, d_in, report: CheckRep
                 w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(seed + 2))
                 loss = ((y_all[:, 3:] + y) * w.to(y.device)).sum()
                 grads = torch.autograd.grad(loss, [uu] + list(model.parameters()), allow_unused=True)
-                outs[backend] = (y_all.detach().cpu(), y.detach().cpu(), [None if x is None else x.cpu() for x in grads])
+                grads = [None if x is None else x.cpu() for x in grads]
+                outs[backend] = (y_all.detach().cpu(), y.detach().cpu(), grads)
     finally:
         model.backend = old_backend
     y_all, y, grads = outs["triton"]

@@ -79,7 +79,8 @@ def cmd_compile(args) -> int:
         print(f"compiled {r.spec.path} -> {path}  ({r.report.family}, N = {r.report.state_size})")
         if args.check:
             rep = run_check(r)
-            print(rep.table() if args.verbose or not rep.ok else f"  check: ok ({len(rep.rows)} comparisons vs the reference)")
+            ok_line = f"  check: ok ({len(rep.rows)} comparisons vs the reference)"
+            print(rep.table() if args.verbose or not rep.ok else ok_line)
             if not rep.ok:
                 status = EXIT_CHECK_FAILED
     return status
@@ -178,9 +179,12 @@ def catalog_table(results) -> str:
     rows = [header]
     for r in results:
         rep = r.report
+        a_kind = (rep.a_kind + (" (I - rank-1)" if rep.a_low_rank else "")
+                  + (" (2x2: complex)" if rep.a_complex_diagonal else ""))
+        n_default = "inf" if rep.state_size_default is None else rep.state_size_default
         rows.append([
-            Path(r.spec.path).name, rep.a_kind + (" (I - rank-1)" if rep.a_low_rank else "") + (" (2x2: complex)" if rep.a_complex_diagonal else ""), rep.b_form,
-            ", ".join(rep.coupling) or "-", rep.eigen_bound.replace("|", "\\|"), f"{rep.state_size} = {'inf' if rep.state_size_default is None else rep.state_size_default}", rep.family,
+            Path(r.spec.path).name, a_kind, rep.b_form, ", ".join(rep.coupling) or "-",
+            rep.eigen_bound.replace("|", "\\|"), f"{rep.state_size} = {n_default}", rep.family,
         ])
     widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
@@ -467,7 +471,8 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", help="output image; its suffix picks the format: .png, .pdf, .svg, ... "
                    "(default: <spec stem>.png in the current directory)")
     p.add_argument("--T", "-T", type=int, default=32, help="sequence length of the random input (default 32)")
-    p.add_argument("--dims", nargs="*", action="extend", metavar="NAME=INT", help="dim overrides of the small check dims, e.g. d=4 n=2")
+    p.add_argument("--dims", nargs="*", action="extend", metavar="NAME=INT",
+                   help="dim overrides of the small check dims, e.g. d=4 n=2")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random input")
     p.add_argument("--dpi", type=int, default=80, help="resolution of the image (default 80, 10 to 1200)")
     p.set_defaults(func=cmd_plot)

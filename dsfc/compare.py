@@ -57,7 +57,8 @@ def _carriers(entry: sp.Expr, idx: set[sp.Symbol]) -> list[str]:
 
 
 def b_input_channels(result: CompileResult) -> tuple[str, str, str]:
-    """(key, text, short): does B keep input channels apart (a delta per input index) or mix them through a parameter?"""
+    """(key, text, short): does B keep input channels apart (a delta per input index) or mix them through a
+    parameter?"""
     m = result.sym.matrices.get("B")
     if m is None:
         return "absent", "B = 0", "B = 0"

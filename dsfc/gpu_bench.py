@@ -175,7 +175,8 @@ def format_rows(rows: list[Row]) -> str:
             return format(x, fmt) if x is not None else "-"
 
         out.append(f"{r.group:<17} {r.impl:<42} {r.T:>6} {f(r.fwd_ms, '9.3f')} {f(r.fwdbwd_ms, '9.3f')} "
-                   f"{f(r.achieved_GBps, '7.0f')} {f(None if r.frac_peak_bw is None else 100 * r.frac_peak_bw, '6.1f')} "
+                   f"{f(r.achieved_GBps, '7.0f')} "
+                   f"{f(None if r.frac_peak_bw is None else 100 * r.frac_peak_bw, '6.1f')} "
                    f"{f(r.speedup_vs_generated_fwd, '6.2f')} {f(r.max_rel_diff_vs_generated, '8.1e')}"
                    + (f"  {r.note}" if r.note else ""))
     return "\n".join(out)
@@ -713,7 +714,8 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
         rows.append(Row("linear_attention", "fla chunk_linear_attn", T, dims, skipped=reason))
         rows.extend(sweep())
         return rows
-    ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])] + [v.detach().requires_grad_()]
+    ins = [t.detach().clone().to(dtype).requires_grad_() for t in (env["qf"], env["kf"])]
+    ins.append(v.detach().requires_grad_())
 
     def fla():
         return fn(ins[0], ins[1], ins[2], scale=K ** -0.5, normalize=False)[0]
@@ -897,7 +899,8 @@ def run(args, path: Path | None = None) -> Report:
         slice_autotune_configs(*_WARM)
     _IO_BYTES = torch.empty((), dtype=dtype).element_size()
     report = Report(device=name, peak=PEAKS.get(key) if key else None, torch=torch.__version__, triton=triton_version,
-                    mode=("warm " if _WARM else "") + ("smoke" if args.device == "cpu" else ("quick" if args.quick else "full")),
+                    mode=("warm " if _WARM else "")
+                    + ("smoke" if args.device == "cpu" else ("quick" if args.quick else "full")),
                     started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     peak_bw = report.peak["hbm_GBps"] if report.peak else None
     repeats = 1 if args.device == "cpu" else args.repeats
@@ -923,7 +926,8 @@ def run(args, path: Path | None = None) -> Report:
                                       dtype, args.loop_max_T)
             except Exception as exc:  # noqa: BLE001 - a failed group is a row, the run goes on
                 traceback.print_exc(file=sys.stderr)
-                rows = [Row(group, "generated", T, sizes[group], skipped=f"group failed: {type(exc).__name__}: {exc}"[:300])]
+                why = f"group failed: {type(exc).__name__}: {exc}"[:300]
+                rows = [Row(group, "generated", T, sizes[group], skipped=why)]
             pending.clear()
             report.rows += rows
             if args.device == "cuda":
@@ -977,7 +981,8 @@ def merge_reports(paths: list[Path]) -> Report:
 
 
 def format_markdown(rows: list[Row]) -> str:
-    head = "| group | implementation | T | fwd ms | fwd+bwd ms | GB/s (% peak) | generated / this, fwd | fwd+bwd | max rel diff |"
+    head = ("| group | implementation | T | fwd ms | fwd+bwd ms | GB/s (% peak) | generated / this, fwd | fwd+bwd "
+            "| max rel diff |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
 
     def f(x, fmt):
@@ -987,7 +992,10 @@ def format_markdown(rows: list[Row]) -> str:
         if r.skipped:
             out.append(f"| {r.group} | {r.impl} | {r.T} | skipped: {r.skipped} | | | | | |")
             continue
-        bw = f"{r.achieved_GBps:.0f} ({100 * r.frac_peak_bw:.0f}%)" if r.frac_peak_bw is not None else f(r.achieved_GBps, ".0f")
+        if r.frac_peak_bw is not None:
+            bw = f"{r.achieved_GBps:.0f} ({100 * r.frac_peak_bw:.0f}%)"
+        else:
+            bw = f(r.achieved_GBps, ".0f")
         out.append(f"| {r.group} | {r.impl} | {r.T} | {f(r.fwd_ms, '.3f')} | {f(r.fwdbwd_ms, '.3f')} | {bw} | "
                    f"{f(r.speedup_vs_generated_fwd, '.2f')} | {f(r.speedup_vs_generated_fwdbwd, '.2f')} | "
                    f"{f(r.max_rel_diff_vs_generated, '.1e')} |")

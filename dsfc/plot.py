@@ -53,7 +53,8 @@ class PlotData:
 
 
 def resolve_dims(result: CompileResult, overrides: dict[str, int] | None) -> dict[str, int]:
-    """small_dims(result) with user overrides; every free dim named must exist and every derived dim be a positive integer."""
+    """small_dims(result) with user overrides; every free dim named must exist and every derived dim be a positive
+    integer."""
     sym = result.sym
     if result.report.state_size_default is None:
         raise PlotError(f"{result.sym.model}: the state is infinite (a feature range of exp), so there is no fixed "
@@ -79,7 +80,8 @@ def override_dims(result: CompileResult, base: dict[str, int], overrides: dict[s
         raise PlotError(f"{exc}; choose dims that divide exactly") from None
     for k, v in values.items():
         if not (float(v).is_integer() and v > 0):
-            raise PlotError(f"derived dim {k} = {sym.dim_defs.get(k)} is {v} at dims {dims}; choose dims that divide exactly")
+            raise PlotError(f"derived dim {k} = {sym.dim_defs.get(k)} is {v} at dims {dims}; "
+                            "choose dims that divide exactly")
     if overrides:
         from .check import spec_errors_at
 
@@ -157,7 +159,8 @@ def _fmt_bytes(n: int) -> str:
 
 def facts_lines(result: CompileResult, data: PlotData) -> list[tuple[str, str]]:
     rep = result.report
-    a_class = rep.a_kind + (" (I - rank-1 blocks)" if rep.a_low_rank else "") + (", input-dependent" if rep.a_time_varying else "")
+    a_class = (rep.a_kind + (" (I - rank-1 blocks)" if rep.a_low_rank else "")
+               + (", input-dependent" if rep.a_time_varying else ""))
     return [
         ("N (symbolic)", f"{rep.state_size}  [{', '.join(rep.state_shape)}]"),
         ("N (default dims)", rep.state_size_text.split(" = ")[-1]),
@@ -183,8 +186,8 @@ def draw(result: CompileResult, data: PlotData, dpi: int = 80):
     FigureCanvasAgg(fig)
     ax_phi, ax_eig, ax_txt = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.1, 1.0, 1.2]})
     dims = ", ".join(f"{k}={v}" for k, v in data.dims.items())
-    fig.suptitle(f"{data.model} ({Path(result.spec.path).name}) at {dims}, T = {data.T}, random input (seed {data.seed})",
-                 fontsize=11)
+    fig.suptitle(f"{data.model} ({Path(result.spec.path).name}) at {dims}, T = {data.T}, "
+                 f"random input (seed {data.seed})", fontsize=11)
 
     # 1. |Phi|, log colour scale; exact zeros (above the block diagonal) are masked and drawn blank
     mag = data.phi.abs().numpy()
@@ -193,7 +196,8 @@ def draw(result: CompileResult, data: PlotData, dpi: int = 80):
     if nz.size:
         hi = float(nz.max())
         lo = max(float(nz.min()), hi * 1e-12)
-        im = ax_phi.imshow(masked, norm=LogNorm(vmin=lo, vmax=hi), cmap="viridis", aspect="auto", interpolation="nearest")
+        im = ax_phi.imshow(masked, norm=LogNorm(vmin=lo, vmax=hi), cmap="viridis", aspect="auto",
+                           interpolation="nearest")
         fig.colorbar(im, ax=ax_phi, shrink=0.85, label="|Phi| (log scale)")
     else:
         ax_phi.imshow(np.zeros_like(mag), cmap="Greys", aspect="auto")
@@ -210,7 +214,8 @@ def draw(result: CompileResult, data: PlotData, dpi: int = 80):
     driven = getattr(sym, "driven", None)
     driven = sym.input.name if driven is None else driven.name
     ax_phi.set_xlabel(f"input time j (blocks of the driven input {driven}, width {d})")
-    ax_phi.set_ylabel(f"output time i (blocks of y, width {p}" + (", before post-ops)" if getattr(sym, "posts", ()) else ")"))
+    before_posts = ", before post-ops" if getattr(sym, "posts", ()) else ""
+    ax_phi.set_ylabel(f"output time i (blocks of y, width {p}{before_posts})")
 
     # 2. |eigenvalues of A_t| over time
     eig = data.eig_abs.numpy()

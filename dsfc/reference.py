@@ -397,7 +397,10 @@ def reference_forward(
     u64 = tables[0][sym.driven.name].to(torch.float64)
     u64 = u64.expand(Bsz, T, *u64.shape[2:]) if sym.driven.name in tables[1] else u64.expand(Bsz, T, *u64.shape)
     u64 = u64.reshape(Bsz, T, math.prod(Evaluator(sym, dims, {}, set()).size(e) for e in sym.driven.shape()))
-    h = torch.zeros(Bsz, N, dtype=torch.float64) if initial_state is None else initial_state.to(torch.float64).reshape(Bsz, N)
+    if initial_state is None:
+        h = torch.zeros(Bsz, N, dtype=torch.float64)
+    else:
+        h = initial_state.to(torch.float64).reshape(Bsz, N)
     ys = []
     for t in range(T):
         h_prev = h

@@ -34,7 +34,9 @@ class Interval:
         def fmt(x):
             return "inf" if x == INF else "-inf" if x == -INF else f"{x:.6g}"
 
-        return f"{'(' if self.lo_open or self.lo == -INF else '['}{fmt(self.lo)}, {fmt(self.hi)}{')' if self.hi_open or self.hi == INF else ']'}"
+        left = "(" if self.lo_open or self.lo == -INF else "["
+        right = ")" if self.hi_open or self.hi == INF else "]"
+        return f"{left}{fmt(self.lo)}, {fmt(self.hi)}{right}"
 
 
 ANY = Interval(-INF, INF, True, True)
@@ -71,6 +73,23 @@ def _safe(f):
 
 def _exp(x):
     return 0.0 if x == -INF else INF if x == INF else _safe(math.exp)(x)
+
+
+# monotone functions at an interval's end points (inf included); the cut-offs keep math.exp from overflowing
+def _softplus(x):
+    return INF if x == INF else 0.0 if x == -INF else math.log1p(math.exp(x)) if x < 30 else x
+
+
+def _sigmoid(x):
+    return 1.0 if x == INF else 0.0 if x == -INF else 1 / (1 + math.exp(-x)) if x > -700 else 0.0
+
+
+def _logsigmoid(x):
+    return 0.0 if x == INF else -INF if x == -INF else -math.log1p(math.exp(-x)) if x > -30 else x
+
+
+def _tanh(x):
+    return 1.0 if x == INF else -1.0 if x == -INF else math.tanh(x)
 
 
 def _mul(a: Interval, b: Interval) -> Interval:
@@ -488,8 +507,9 @@ class IntervalProver:
 
         picks: dict[sp.Symbol, set] = {}
         for f in e.atoms(sp.KroneckerDelta):
-            if selects(f) is not None:
-                picks.setdefault(selects(f)[0], set()).add(selects(f)[1])
+            pick = selects(f)
+            if pick is not None:
+                picks.setdefault(pick[0], set()).add(pick[1])
         index = min(picks, key=lambda i: (-len(picks[i]), str(i)), default=None)
         if index is None:
             return None
@@ -578,16 +598,16 @@ class IntervalProver:
         if isinstance(e, sp.exp):
             return _mono(self.range(e.args[0]), _exp)
         if isinstance(e, Softplus):
-            return _mono(self.range(e.args[0]), lambda x: INF if x == INF else 0.0 if x == -INF else math.log1p(math.exp(x)) if x < 30 else x)
+            return _mono(self.range(e.args[0]), _softplus)
         if isinstance(e, Sigmoid):
-            return _mono(self.range(e.args[0]), lambda x: 1.0 if x == INF else 0.0 if x == -INF else 1 / (1 + math.exp(-x)) if x > -700 else 0.0)
+            return _mono(self.range(e.args[0]), _sigmoid)
         if isinstance(e, LogSigmoid):
-            return _mono(self.range(e.args[0]), lambda x: 0.0 if x == INF else -INF if x == -INF else -math.log1p(math.exp(-x)) if x > -30 else x)
+            return _mono(self.range(e.args[0]), _logsigmoid)
         if isinstance(e, Relu):
             iv = self.range(e.args[0])
             return Interval(max(iv.lo, 0.0), max(iv.hi, 0.0), iv.lo_open and iv.lo > 0, iv.hi_open and iv.hi > 0)
         if isinstance(e, sp.tanh):
-            return _mono(self.range(e.args[0]), lambda x: 1.0 if x == INF else -1.0 if x == -INF else math.tanh(x))
+            return _mono(self.range(e.args[0]), _tanh)
         if isinstance(e, (sp.sin, sp.cos)):  # a rotation's entries: cos(theta)^2 is a decay in [0, 1]
             return Interval(-1.0, 1.0)
         if isinstance(e, Elu):
@@ -604,7 +624,10 @@ class IntervalProver:
             biv = self.range(base)
             if ex.is_Number and biv.lo >= 0:
                 p = float(ex)
-                f = lambda x: INF if (x == INF and p > 0) or (x == 0 and p < 0) else 0.0 if x == INF or x == 0 else x**p  # noqa: E731
+                def f(x, p=p):  # x**p at the ends: 0**-1 and inf**1 are inf, inf**-1 and 0**1 are 0
+                    if (x == INF and p > 0) or (x == 0 and p < 0):
+                        return INF
+                    return 0.0 if x == INF or x == 0 else x**p
                 if p > 0:
                     return _mono(biv, f)
                 return Interval(f(biv.hi), f(biv.lo), biv.hi_open, biv.lo_open)

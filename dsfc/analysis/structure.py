@@ -155,7 +155,8 @@ def classify_a(sym: SymSpec) -> AStructure:
     block = stripped
     dep = tuple(sorted(set(_depends(block, rows)) | set(mixed)))
     kind = AKind.BLOCK_DIAGONAL if diag else AKind.DENSE
-    return AStructure(kind, tuple(diag), mixed, None, dep, block, rows, cols, _is_identity_minus_rank1(block, rows, cols, mixed))
+    low_rank = _is_identity_minus_rank1(block, rows, cols, mixed)
+    return AStructure(kind, tuple(diag), mixed, None, dep, block, rows, cols, low_rank)
 
 
 def _is_identity_minus_rank1(block, rows, cols, mixed) -> bool:
@@ -645,9 +646,9 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         # the kernelised form takes one key and one query per step: a rank-R input is not that form
         kern = kernelise(sym, a, None if outer is not None and (outer.key_rank or outer.query_rank) else outer)
         names = _axis_names(sym, (kern.feature_axis,))
-        why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over it "
-               f"are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache growing by "
-               f"one key and one value per step instead of a fixed-size state")
+        why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over "
+               f"it are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache "
+               f"growing by one key and one value per step instead of a fixed-size state")
         return Structure(a, bu, b_form, readout, outer, Family.QUADRATIC, why, kernel=kern)
     delta = split_delta(sym, a, bu, readout) if a.mixed_axes else None
     if delta is not None:

@@ -30,9 +30,9 @@ from .printers import PrinterError, TensorRef, TorchPrinter
 from .triton_plan import TritonPlan, plan_triton_diagonal
 
 # Names the generated module itself uses at module or function scope.
-_RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan", "chunked_outer_scan", "chunked_outer_triton",
-             "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_", "self", "taylor_dim",
-             "taylor_features", "rank_substeps", "rank_readouts",
+_RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan", "chunked_outer_scan",
+             "chunked_outer_triton", "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_",
+             "self", "taylor_dim", "taylor_features", "rank_substeps", "rank_readouts",
              "kernel_matrix",
              "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
@@ -308,7 +308,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     for p in sym.params:
         attr = py_name(p.tensor.name)
         shape = [pr.size(a.extent) for a in p.tensor.axes]
-        params.append(ParamPlan(p.tensor.name, attr, shape, _init_code(pr, p, attr, sizes(p.init.index, p.tensor.axes))))
+        init = _init_code(pr, p, attr, sizes(p.init.index, p.tensor.axes))
+        params.append(ParamPlan(p.tensor.name, attr, shape, init))
     param_locals = [(py_name(p.tensor.name), f"self.{py_name(p.tensor.name)}.to(_dtype)") for p in sym.params]
 
     dim_checks = _dim_check_lines(sym, pr)
@@ -319,12 +320,16 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
 
     # ---- lets
     lets = []
+
+    def is_tensor(a):
+        return a.has(sp.Indexed) or any(str(x) in pr.tensors for x in a.free_symbols)
+
     for let in sym.lets:
         let_sizes = sizes(let.index, let.tensor.axes)
         shape = ", ".join(["_B", "_T"] + [let_sizes[i] for i in let.index])
         if let.running:
             # an argument that is a plain number (cumsum(1)) still has to be a tensor to expand over time
-            args = [pr.print(a, let.index, let_sizes) if a.has(sp.Indexed) or any(str(x) in pr.tensors for x in a.free_symbols)
+            args = [pr.print(a, let.index, let_sizes) if is_tensor(a)
                     else f"torch.as_tensor({pr.print(a, let.index, let_sizes)}, dtype=_dtype, device=_dev)"
                     for a in let.args]
             window = let_sizes[let.index[-1]] if let.running == "window" else ""
@@ -338,7 +343,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         if not let.time_varying:
             # a static let may print as a number or a lower-rank view: give it its declared shape
             full = ", ".join(let_sizes[i] for i in let.index)
-            code = f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), ({full}{',' if len(let.index) == 1 else ''}))"
+            full += "," if len(let.index) == 1 else ""
+            code = f"torch.broadcast_to(torch.as_tensor({code}, dtype=_dtype, device=_dev), ({full}))"
         else:
             code = _expanded(code, let.expr, let.index, shape)
         lets.append(LetPlan(let.tensor.name, code, _src(sym, let.tensor.name), shape=shape))
@@ -400,7 +406,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         core += readout
         # the same blocks, run by the generic block-scan Triton kernel (dsfc/runtime/triton_dense.py)
         triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) + readout
-        triton_note = "Triton kernel: generic dense block scan (blocks materialised by torch; slow, see triton_dense.py)"
+        triton_note = ("Triton kernel: generic dense block scan (blocks materialised by torch; slow, "
+                       "see triton_dense.py)")
 
     if triton_outer:  # lets the Triton path never reads (GLA's alpha: it scans the decay's log from gk) are skipped
         lets = _skip_unread_lets(sym, lets, triton_outer)
@@ -418,7 +425,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         if m is None:
             code = "None"
         else:
-            code = pr.print(m.entry, m.rows + m.cols, {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})
+            entry_sizes = {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)}
+            code = pr.print(m.entry, m.rows + m.cols, entry_sizes)
         matrices.append((name, code, rshape, cshape))
 
     return ModulePlan(
@@ -497,13 +505,15 @@ def _init_code(pr: TorchPrinter, p, attr: str, sizes) -> str:
     args = [pr.print(a, (), {}) for a in init.args]
     if init.kind == "expr":
         value = pr.print(init.expr, init.index, sizes)
-        return f"{target}.copy_(torch.broadcast_to(torch.as_tensor({value}, dtype=_dtype, device=_dev), {target}.shape))"
+        value = f"torch.as_tensor({value}, dtype=_dtype, device=_dev)"
+        return f"{target}.copy_(torch.broadcast_to({value}, {target}.shape))"
     if init.kind == "normal":
         return f"nn.init.normal_({target}, {args[0]}, {args[1]})"
     if init.kind == "uniform":
         return f"nn.init.uniform_({target}, {args[0]}, {args[1]})"
     if init.kind == "log_uniform":
-        return f"{target}.copy_(torch.exp(torch.empty_like({target}).uniform_(math.log({args[0]}), math.log({args[1]}))))"
+        log_range = f"math.log({args[0]}), math.log({args[1]})"
+        return f"{target}.copy_(torch.exp(torch.empty_like({target}).uniform_({log_range})))"
     if init.kind == "dt_bias":
         return f"dt_bias_({target}, {args[0]}, {args[1]})"
     if init.kind == "zeros":
@@ -892,9 +902,11 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
     blocks = [
         f"    _blocks = ({block}).expand(_B, _t1 - _t0, {', '.join(sz)}, {', '.join(sz[k] for k in Mx)})",
         f"    _blocks = _blocks.permute(0, 1, {', '.join(str(2 + k) for k in order)}, "
-        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m}, {prod_m})",
+        f"{', '.join(str(2 + len(sz) + j) for j in range(len(Mx)))})"
+        f".reshape(_B, _t1 - _t0, {prod_d}, {prod_m}, {prod_m})",
         f"    _bu = ({bu}).expand(_B, _t1 - _t0, {', '.join(sz)})",
-        f"    _bu = _bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))}).reshape(_B, _t1 - _t0, {prod_d}, {prod_m})",
+        f"    _bu = _bu.permute({', '.join(map(str, [0, 1] + [2 + k for k in order]))})"
+        f".reshape(_B, _t1 - _t0, {prod_d}, {prod_m})",
     ]
     unpermute = (f"reshape(_B, _T, {', '.join(sz[k] for k in order)})"
                  f".permute({', '.join(map(str, [0, 1] + [2 + order.index(k) for k in range(len(sz))]))})")

@@ -201,7 +201,8 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
             f"unexpected {str(tok)!r} after the end of the statement",
             span,
             hint=(f"did you mean {close[0]!r}? " if close else "") + "each statement starts with a keyword (model, "
-            "dim, input, state, output, param, let, post, drive, readout, unused) or a matrix entry such as A[...] = ...",
+            "dim, input, state, output, param, let, post, drive, readout, unused) or a matrix entry such as "
+            "A[...] = ...",
         )
     return SpecError(f"unexpected {str(tok)!r}; expected {_describe_expected(expected)}", span)
 

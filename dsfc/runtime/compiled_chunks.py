@@ -66,8 +66,8 @@ def _importable(module) -> bool:
         return True
     if not module.__dict__.get("_said_not_importable"):
         module.__dict__["_said_not_importable"] = True
-        warnings.warn(f"dsfc: {type(module).__name__}: its module {type(module).__module__!r} is not in sys.modules, so "
-                      "torch.compile cannot trace it and the CPU scan runs eagerly (~10x slower for large calls); "
+        warnings.warn(f"dsfc: {type(module).__name__}: its module {type(module).__module__!r} is not in sys.modules, "
+                      "so torch.compile cannot trace it and the CPU scan runs eagerly (~10x slower for large calls); "
                       "import the generated file, or set sys.modules[name] = module before spec.loader.exec_module",
                       CompileNotice, stacklevel=3)
     return False

@@ -31,9 +31,9 @@ bf16 / fp16 operands accumulating in fp32, P = exp(w - m) in [0, 1] rounded to t
 row maxima, sums, log-sums, row / col weights and accumulators stay fp32. The backward rounds its operands likewise
 (P, dW, q, k and dy as given; P = exp(w) itself rather than exp(w - m), so that dy is not scaled by exp(m) in fp16);
 dq, dk, dv and y are stored in the half dtype, m and L in fp32 (``kernel_log_sum_triton`` rounds L to the inputs'
-dtype on return unless given ``out_dtype``). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under the interpreter fp16
-runs this path (numpy's fp32 matmul of fp16 operands: the same arithmetic); bf16 takes the exact path there (the
-interpreter's bf16 tl.dot is wrong: no numpy bf16).
+dtype on return unless given ``out_dtype``). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under
+the interpreter fp16 runs this path (numpy's fp32 matmul of fp16 operands: the same arithmetic); bf16 takes the exact
+path there (the interpreter's bf16 tl.dot is wrong: no numpy bf16).
 torch.compile: ``torch.library.custom_op`` s (``dsfc::attention_fwd`` / ``_bwd``, ``dsfc::log_sum_fwd``) with fake
 (shape) functions and ``register_autograd``, as the scan kernels have; eager inference calls the implementations
 directly (``dsfc.runtime.dispatch``).
