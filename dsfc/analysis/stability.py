@@ -175,8 +175,10 @@ class IntervalProver:
                 iv = x if let.running == "prev" else ANY
             elif let.running == "scan" and self.range(let.args[0]).lo < 0:
                 iv = ANY
+            elif x.lo > 0:  # a running sum of terms >= x.lo > 0 (a scan's decay >= 0) is at least its newest term
+                iv = Interval(x.lo, INF, x.lo_open, True)
             else:  # a running sum of terms in x: positive terms stay positive
-                iv = POS if (x.lo > 0 or (x.lo == 0 and x.lo_open)) else NONNEG if x.lo >= 0 else ANY
+                iv = POS if (x.lo == 0 and x.lo_open) else NONNEG if x.lo >= 0 else ANY
             if iv != ANY:
                 self.reasons.append(f"{name} in {iv} ({let.running} of terms in {x})")
         elif let is not None and let.positive_reason:
@@ -370,6 +372,26 @@ class IntervalProver:
                 rest = [f for f in e.args if f is not den and f is not num]
                 return _mul(share, self.range(sp.Mul(*rest))) if rest else share
         return None
+
+    def _divided_out(self, e) -> Interval | None:
+        """``(n - 1) / n`` read as ``1 - 1 / n``: a quotient whose numerator holds its denominator ``x`` (a let, a
+        parameter entry) is expanded so that x occurs once per term. Read as a product, n - 1 and 1 / n vary apart:
+        a running mean's decay with n = cumsum(1) in [1, inf) was [0, inf) rather than [0, 1). Only when the
+        expanded form is bounded and sharper; both readings are enclosures, so the intersection is one too."""
+        dens = [f.base for f in e.args
+                if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, (sp.Indexed, sp.Symbol))]
+        if not any(f.has(x) for x in dens for f in e.args if isinstance(f, sp.Add)):
+            return None
+        ex = sp.expand(e)
+        if not isinstance(ex, sp.Add) or any(t.count(x) > 1 for t in ex.args for x in dens):
+            return None
+        iv = self.range(ex)
+        if iv.lo == -INF and iv.hi == INF:
+            return None
+        plain = self.range(e.args[0])
+        for a in e.args[1:]:
+            plain = _mul(plain, self.range(a))
+        return _intersect(iv, plain)
 
     def _weighted_mean(self, e) -> Interval | None:
         """``(x_1 w_1 + ... + x_m w_m) / (w_1 + ... + w_m)`` with every weight w_i >= 0 and their total > 0: a mean
@@ -579,6 +601,7 @@ class IntervalProver:
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._running_share(e) if isinstance(e, sp.Mul) else None)
+                special = special or (self._divided_out(e) if isinstance(e, sp.Mul) else None)
                 # a weighted mean's hull is intersected with whichever reading below holds: either can be sharper
                 mean = self._weighted_mean(e) if isinstance(e, sp.Mul) else None
             except (TypeError, ValueError, sp.PolynomialError):
