@@ -20,6 +20,8 @@ Found and fixed:
   docs/language.md promises one error per broken statement. The parser (dsfc/lang/parse.py) now resumes after such
   an error at the next line of the chunk that looks like a misspelt start, skipping the broken statement's
   continuation lines, which are not parsed on their own (no spurious errors).
+- docs/language.md's `drive` section quoted the error for `drive u` (the input), which is accepted (the default driven
+  signal): the doc now quotes a param, and says the input is allowed. A `post` reading a later post is the error shown.
 """
 
 from __future__ import annotations
@@ -85,3 +87,15 @@ def test_an_error_inside_a_statement_does_not_resume():
     text = GOOD.replace("B[i, k] = delta(i, k)", "B[i, k] = delta(i k)\nlte z = 1")
     errs = _errors(text)
     assert len(errs) == 1 and errs[0][0] == 9, errs
+
+
+def test_drive_names_a_let_or_the_input_as_the_doc_says():
+    """docs/language.md showed `'drive' must name a let ..., got 'u'` for the input, which the checker accepts (the
+    default driven signal); the doc now shows a param, and says the input is allowed."""
+    from dsfc.lang.check import check_spec
+
+    check_spec(parse_spec(GOOD + "drive u\n", "good.dsf"))
+    with pytest.raises(SpecErrors) as info:
+        check_spec(parse_spec(GOOD + "drive w\n", "bad.dsf"))
+    assert [e.message for e in info.value.errors] == [
+        "'drive' must name a let (the signal B and D multiply), got 'w', which is a param"]
