@@ -288,12 +288,48 @@ def _split_statements(text: str) -> list[tuple[int, str]]:
     return chunks
 
 
+# A line that looks like a statement whose keyword is misspelt (``lte a[c: d] = ...``, ``parm w[d] ...``) or whose
+# matrix is lower-case (``a[i, k] = ...``). The splitter cannot cut there (it would cut at any name), so such a line
+# continues the statement before it; _resume_after_misspelt_start cuts there once the parser has failed on such a line.
+_MISSPELT_START = re.compile(r"^\s*(?:([A-Za-z_]\w*)\s+[A-Za-z_]|[abcd]\s*\[[^\]]*\]\s*=(?!=))")
+_STATEMENT_KEYWORDS = ("model", "dim", "input", "state", "output", "param", "let", "readout", "post", "drive", "unused")
+
+
+def _looks_like_misspelt_start(line: str) -> bool:
+    from .check import _similar  # check imports parse
+
+    m = _MISSPELT_START.match(line)
+    return m is not None and (m.group(1) is None or any(_similar(k, m.group(1)) for k in _STATEMENT_KEYWORDS))
+
+
+def _resume_after_misspelt_start(exc: UnexpectedInput, first_line: int, chunk: str) -> tuple[int, str] | None:
+    """Where to parse on after a syntax error at the first token of a line (a misspelt keyword, a lower-case matrix):
+    the next line of the chunk that again looks like a misspelt statement start, as its own chunk, or None.
+
+    Without this, two such lines in a row (``parm w[d] ...`` then ``lte a[...] = ...``) were one chunk, so one run
+    reported only the first and the user met the second after fixing it. Lines between the two are the broken
+    statement's continuation and are skipped, not parsed on their own (they would give errors of their own)."""
+    tok = getattr(exc, "token", None)
+    if not isinstance(exc, UnexpectedToken) or tok is None or tok.type == "$END":
+        return None
+    lines = chunk.split("\n")
+    at = tok.line - 1 - first_line  # the failing token's line within the chunk
+    if not 0 <= at < len(lines) or lines[at][: tok.column - 1].strip():
+        return None  # not the first token of its line: an ordinary error inside a statement
+    for k in range(at + 1, len(lines)):
+        if _looks_like_misspelt_start(lines[k].split("#")[0]):
+            return first_line + k, "\n".join(lines[k:])
+    return None
+
+
 def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
     """Parse spec text into an :class:`ast.Spec`; raises :class:`SpecErrors` listing every syntax error."""
     text = _check_text(data, path)
     errors: list[SpecError] = []
     statements: list = []
-    for first_line, chunk in _split_statements(text):
+    chunks = _split_statements(text)
+    while chunks:
+        first_line, chunk = chunks.pop(0)
         padded = "\n" * first_line + chunk
         try:
             tree = _parser().parse(padded)
@@ -304,6 +340,9 @@ def parse_spec(data: bytes | str, path: str = "<spec>") -> ast.Spec:
             statements.extend(_ToAst().transform(tree))
         except UnexpectedInput as exc:
             errors.append(_syntax_error(exc, padded))
+            resume = _resume_after_misspelt_start(exc, first_line, chunk)
+            if resume is not None:
+                chunks.insert(0, resume)
         except VisitError as exc:
             if isinstance(exc.orig_exc, SpecError):
                 errors.append(exc.orig_exc)
