@@ -40,8 +40,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, build, case_builds, check_all_paths,  # noqa: E402
-                         check_forward_against_loop, check_grads_against_loop, rel_err, stack_steps)
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, case_builds, check_all_paths,  # noqa: E402
+                         check_forward_against_loop, check_grads_against_loop, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.lang.errors import SpecErrors  # noqa: E402
