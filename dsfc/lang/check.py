@@ -678,10 +678,20 @@ class _Checker:
         if isinstance(s, ast.Name) and s.name in scope.entries:
             size = scope.entries[s.name][1]
             if size != axis.size:
+                # fewer values: most likely a read of the axis' first entries (the data part of a state or output
+                # widened by a normaliser slot), which the language spells as a compound subscript; more values: a
+                # read past the end, often where a factor such as (1 - delta(b, V)) zeroes it, still out of range
+                if size < axis.size:
+                    hint = (f"to read the first {size} of its {axis.size} entries, write {s.name} + 0 (a compound "
+                            f"subscript may cover part of an axis)")
+                else:
+                    hint = (f"declare the axis with {size} entries, or, where a factor zeroes the terms past its "
+                            f"end, wrap the read: {s.name} % {axis.size}")
                 self.err(
                     f"index {s.name!r} ranges over {size} values but axis {k} of {tensor!r} has extent "
                     f"{axis.size}",
                     s.span,
+                    hint=hint,
                 )
             return
         names = sorted({n.name for n in _walk(s) if isinstance(n, ast.Name) and n.name in scope.entries})
