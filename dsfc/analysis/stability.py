@@ -838,12 +838,20 @@ def _ratio_below_one(sym: SymSpec, prover: IntervalProver, expr) -> tuple[Interv
             f"D - N = {spec_str(sp.factor(gap))} in {g_iv}) ")
 
 
+def _exact_decimals(expr):
+    """Float constants as the Rationals of their decimals (0.9 -> 9/10). SymPy distributes a Float factor over a sum
+    in one place and not in another (exp(-0.9 dt (s + 0.5)) against exp(-dt (1.8 s + 0.9))), and Float exponents
+    never cancel, so an exactly discretised oscillator with decimal constants kept e^(a) e^(-a) apart: its
+    tr^2 - 4 det did not simplify to -4 e^(-2 ze w dt) sin^2(wd dt) and the pair was "unknown"."""
+    return expr.xreplace({f: sp.Rational(str(f)) for f in expr.atoms(sp.Float)})
+
+
 def _jury(sym: SymSpec, m) -> EigenBound | None:
     """Any real 2x2 block (LinOSS's oscillator [[S, -dt a S], [dt S, S]]), by the Schur-Cohn / Jury conditions:
     both eigenvalues lie in the closed unit disk iff |det| <= 1 and |tr| <= 1 + det, in the open one iff both hold
     strictly. The entries' lets are inlined so that det and tr simplify (S (1 + dt^2 a) S = S); only det and tr are
     simplified, not each entry first (three times the cost on an oscillator's trigonometric block, same result)."""
-    m = [[_inline_lets(sym, x, depth=3) for x in row] for row in m]
+    m = [[_exact_decimals(_inline_lets(sym, x, depth=3)) for x in row] for row in m]
     det = sp.simplify(m[0][0] * m[1][1] - m[0][1] * m[1][0])
     tr = sp.simplify(m[0][0] + m[1][1])
     prover = IntervalProver(sym)
