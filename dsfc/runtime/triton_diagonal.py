@@ -45,14 +45,13 @@ state.
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
 # annotations are not understood by every torch version this must run on)
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
 
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
@@ -286,9 +285,7 @@ def _check_args(h0: torch.Tensor, leaves, R: int, C: int):
         if x.device != h0.device:
             raise ValueError(f"dsfc: Triton scan operand {i} is on {x.device}, the state on {h0.device}")
     dev = h0.device
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
-                           "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    require_triton_device(dev)
 
 
 def _tiles(B: int, T: int, R: int, C: int, fused: bool, cuda: bool, chunked: bool) -> tuple[int, int, int, int]:
