@@ -190,7 +190,9 @@ def triton_runnable() -> str | None:
     """
     if importlib.util.find_spec("triton") is None:
         return None
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    from dsfc.runtime.dispatch import triton_interpreting  # as Triton reads it: "true" and "on" too
+
+    interpreting = triton_interpreting()
     if not interpreting and torch.cuda.is_available():
         return "GPU"
     if not interpreting:

@@ -154,6 +154,19 @@ def _number_then_name(tok, text: str) -> SpecError | None:
                      hint=f"a product needs '*': write {number} * {rest}")
 
 
+def _short_statement_hint(text: str, span: Span, expected) -> str | None:
+    """The hint for a statement that stopped short, or None. ``dim d`` without a value was only "unexpected end of
+    statement; expected '='", though a user who meant "d is set by the caller" (``--dims d=4``, ``Model(d=4)``) needs
+    to know that every dim has a default in the spec."""
+    lines = text.splitlines()
+    line = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
+    words = line.split("#", 1)[0].split()  # a trailing comment is no part of it
+    if "EQUAL" in expected and len(words) == 2 and words[0] == "dim":
+        return (f"every dim has a value in the spec: write dim {words[1]} = 64 (a free dim's value is its default, "
+                f"which the module's constructor argument {words[1]}=... and --dims {words[1]}=... override)")
+    return None
+
+
 def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
@@ -169,10 +182,9 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
             hint=_character_hint(ch),
         )
     if isinstance(exc, UnexpectedEOF):
-        return SpecError(
-            f"unexpected end of statement; expected {_describe_expected(exc.expected)}",
-            _end_span(None, text),
-        )
+        span = _end_span(None, text)
+        return SpecError(f"unexpected end of statement; expected {_describe_expected(exc.expected)}", span,
+                         hint=_short_statement_hint(text, span, exc.expected))
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
     foreign = _number_then_name(tok, text)
@@ -180,10 +192,9 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         return foreign
     expected = exc.accepts or exc.expected
     if tok.type == "$END":
-        return SpecError(
-            f"unexpected end of statement; expected {_describe_expected(expected)}",
-            _end_span(tok, text),
-        )
+        span = _end_span(tok, text)
+        return SpecError(f"unexpected end of statement; expected {_describe_expected(expected)}", span,
+                         hint=_short_statement_hint(text, span, expected))
     span = Span(tok.line, tok.column, tok.end_line, tok.end_column)
     if "$END" in expected and "EQUAL" not in expected:
         # the statement before tok is complete; what follows must be a new statement. (A param without an

@@ -6,9 +6,32 @@ loop: the S6 forward at T = 1 (B = 8, d = 2048, n = 16) with its kernel launch s
 call through the op and 97 us calling the implementation directly (this project's 2-core CPU machine).
 """
 
+import os
+
 import torch
 
-__all__ = ["eager_inference", "owns_storage", "refuse_double_backward"]
+__all__ = ["eager_inference", "owns_storage", "refuse_double_backward", "require_triton_device",
+           "triton_interpreting"]
+
+# the spellings Triton itself reads as true (its getenv_bool: case-insensitive, no surrounding spaces)
+_TRUE = ("1", "true", "on", "yes")
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs its kernels in the interpreter, read from ``TRITON_INTERPRET`` as Triton reads it. Compared
+    with "1" only, ``TRITON_INTERPRET=true`` (which Triton honours) had the launchers refuse CPU tensors with "set
+    TRITON_INTERPRET=1", and ``dsfc check`` report the kernels as run on the GPU."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in _TRUE
+
+
+def require_triton_device(device: torch.device, kernels: str = "the Triton kernels") -> None:
+    """Refuse a kernel launch on a non-CUDA device outside the interpreter, saying how to run it on CPU."""
+    if device.type == "cuda" or triton_interpreting():
+        return
+    value = os.environ.get("TRITON_INTERPRET")
+    now = "" if value is None else f" (it is {value!r}, which Triton reads as false)"
+    raise RuntimeError(f"dsfc: {kernels} need CUDA tensors (got {device.type}); on CPU set "
+                       f"TRITON_INTERPRET=1 before triton is imported{now} (slow: for tests)")
 
 
 def eager_inference(*tensors: torch.Tensor) -> bool:

@@ -51,7 +51,6 @@ the forward and backward walk only the blocks that hold visible pairs.
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
 
-import os
 from typing import Optional
 
 import torch
@@ -59,7 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
 from dsfc.runtime.kernelised import kernel_log_sum
 
 __all__ = ["kernel_attention_triton", "kernel_log_sum_triton", "triton_kernels_for"]
@@ -485,9 +484,7 @@ _log_sum_fwd_op.register_autograd(_log_sum_backward, setup_context=_log_sum_setu
 
 def _check_device(name: str, *xs):
     dev = xs[0].device
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"dsfc: {name}'s Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
-                           "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    require_triton_device(dev, f"{name}'s Triton kernels")
     for x in xs[1:]:
         if x is not None and x.device != dev:
             raise ValueError(f"{name}: every tensor must be on {dev}, got one on {x.device}")

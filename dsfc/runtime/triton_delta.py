@@ -44,12 +44,11 @@ not yet run or timed on a GPU (none was lent while it was written).
 """
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
-import os
 from typing import Optional
 
 import torch
 
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
 from dsfc.runtime.scans import chunked_delta_scan
 
 try:
@@ -314,9 +313,7 @@ def chunked_delta_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f: t
     if triton is None:
         raise RuntimeError("dsfc: chunked_delta_triton needs triton")
     dev = q.device
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
-                           "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    require_triton_device(dev)
     decoding = eager_inference(*[x for x in (q, k, v, f, log_decay, h0) if x is not None])
     return chunked_delta_scan(q, k, v, f, log_decay, h0, chunk=chunk, output_final_state=output_final_state,
                               readout=readout, state_passing=delta_state_passing,

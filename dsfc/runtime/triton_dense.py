@@ -26,11 +26,10 @@ returned in the compute dtype.
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
 # annotations are not understood by every torch version this must run on)
-import os
 
 import torch
 
-from dsfc.runtime.dispatch import refuse_double_backward
+from dsfc.runtime.dispatch import refuse_double_backward, require_triton_device
 
 try:
     import triton
@@ -202,7 +201,5 @@ def block_scan_triton(blocks: torch.Tensor, bu: torch.Tensor, h0: torch.Tensor) 
             raise TypeError(f"dsfc: dense Triton scan {name} must be a float tensor, got {x.dtype}")
         if x.device != h0.device:
             raise ValueError(f"dsfc: dense Triton scan {name} is on {x.device}, the state on {h0.device}")
-    if h0.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {h0.device.type}); on CPU set "
-                           "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    require_triton_device(h0.device)
     return _block_scan_fwd_op(blocks, bu, h0)

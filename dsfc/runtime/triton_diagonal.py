@@ -45,14 +45,13 @@ state.
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types (string
 # annotations are not understood by every torch version this must run on)
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
 
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
@@ -270,7 +269,32 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 refuse_double_backward(_scan_bwd_op, "diagonal-scan")
 
 
-def _check_args(h0: torch.Tensor, leaves, R: int, C: int):
+# The generated kernels address one batch row of an operand in 32-bit arithmetic (t * stride_t + i * stride_i: only
+# the batch term b * stride_b is 64-bit), so a row whose offsets reach 2^31 would wrap to a wrong address: a silently
+# wrong output (or an illegal access) on the GPU, at T * d >= 2^31 (T = 2^20 tokens of d = 2048). Refused by shape.
+MAX_ROW_OFFSET = 2**31 - 1
+
+
+def _row_extent(x: torch.Tensor) -> int:
+    """The largest offset (in elements) the kernels form within one batch row of ``x``: every axis but the first."""
+    if x.numel() == 0:
+        return 0
+    return sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:]))
+
+
+def _check_offsets(leaves, T) -> None:
+    for x in leaves:
+        extent = _row_extent(x)
+        if extent > MAX_ROW_OFFSET:
+            raise ValueError(
+                f"dsfc: the Triton scan cannot address an operand of shape {tuple(x.shape)} (T = {T}): one batch row "
+                f"spans {extent + 1} elements, beyond the kernels' 32-bit offsets (2**31); run the sequence in parts "
+                "(forward(u[:, :k], output_final_state=True), then the rest with initial_state=that state) or with "
+                "backend='torch'"
+            )
+
+
+def _check_args(h0: torch.Tensor, leaves, R: int, C: int, T: int = 0):
     """Clear errors for what the kernels would otherwise read wrongly (or crash on) without saying why."""
     if not isinstance(h0, torch.Tensor) or h0.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dsfc: the Triton scan's state must be float32 or float64, got "
@@ -285,10 +309,9 @@ def _check_args(h0: torch.Tensor, leaves, R: int, C: int):
             raise TypeError(f"dsfc: Triton scan operand {i} must be a float tensor, got {x.dtype}")
         if x.device != h0.device:
             raise ValueError(f"dsfc: Triton scan operand {i} is on {x.device}, the state on {h0.device}")
+    _check_offsets(leaves, T)  # by shape only: also for meta tensors, before the device check
     dev = h0.device
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
-                           "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    require_triton_device(dev)
 
 
 def _tiles(B: int, T: int, R: int, C: int, fused: bool, cuda: bool, chunked: bool) -> tuple[int, int, int, int]:
@@ -341,7 +364,7 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
         raise ValueError(f"dsfc: no Triton kernels are registered under {key!r} (register_kernels returns the key)")
     if isinstance(T, bool) or not hasattr(T, "__index__") or T.__index__() < 0:
         raise ValueError(f"dsfc: the Triton scan's T must be an integer >= 0, got {T!r}")
-    _check_args(h0, leaves, R, C)
+    _check_args(h0, leaves, R, C, T)
     fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
     chunked = CHUNKED_FORWARD and _KERNELS[key][2] is not None and T > 1
     eager = eager_inference(h0, *leaves)

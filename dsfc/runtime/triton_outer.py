@@ -68,7 +68,6 @@ the value-slice split of the backward (q k^T recomputed per slice) is the simple
 
 # no `from __future__ import annotations`: torch.library.custom_op reads the annotations as types
 
-import os
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -79,7 +78,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
+from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
 from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_outer_scan, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
@@ -1188,9 +1187,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     if schedule not in ("auto", "fused", "split"):
         raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
     dev = q.device
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"dsfc: the Triton kernels need CUDA tensors (got {dev.type}); on CPU set "
-                           "TRITON_INTERPRET=1 before triton is imported (slow: for tests)")
+    require_triton_device(dev)
     inputs = [x for x in (q, k, v, log_decay, h0) if x is not None]
     out_dtype = inputs[0].dtype
     for x in inputs[1:]:
