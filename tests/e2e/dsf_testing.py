@@ -391,3 +391,24 @@ def check_all_paths(built, family) -> None:
         check_backend(built, "triton", ((2, 5),), steps=False, h0s=(True,))
     if family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA, Family.CHUNKED_DPLR):
         check_small_chunks(built)
+
+
+def check_structure_report(built, family, eigen, true_bound=None, make_input=None) -> None:
+    """The hunts' report check: ``dsfc analyze``'s family is ``family`` and its eigenvalue bound ``eigen``; the bound
+    it claims (or ``true_bound``, where the report is weaker than the spec's truth) holds for the module's own A at
+    random inputs (scale 3; ``make_input(built, gen)`` for specs that need a particular input), read mid-sequence
+    for specs with running quantities."""
+    from dsfc.analysis.facts import Bound
+
+    report = built.result.report
+    assert built.result.structure.family == family, built.result.structure.family_reason
+    assert eigen == report.eigen_bound, report.eigen_reason
+    gen = torch.Generator().manual_seed(5)
+    running0 = built.initial_state(2, gen) if built.running else None
+    u = make_input(built, gen) if make_input else 3 * torch.randn(2, 6, built.d_in(), generator=gen, dtype=F64)
+    lam = torch.linalg.eigvals(built.dsf_matrices(u, running0)[0]).abs()
+    bound = true_bound or report.eigen_bound
+    if bound == Bound.STABLE:
+        assert (lam < 1).all(), lam.max()
+    elif bound == Bound.MARGINAL:
+        assert (lam <= 1 + 1e-12).all(), lam.max()

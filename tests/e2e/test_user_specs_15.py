@@ -45,7 +45,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (F64, INTERPRETER_WARNINGS, build, case_builds, check_all_paths, check_backend,  # noqa: E402
-                         check_fp32_against_float64, check_grads_against_loop, rel_err, run_steps)
+                         check_fp32_against_float64, check_grads_against_loop, rel_err, run_steps,
+                         check_structure_report)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
@@ -616,21 +617,8 @@ def test_fp32_matches_float64_at_large_inputs(name):
 def test_the_structure_report_is_true(name):
     """``dsfc analyze``'s family and eigenvalue bound; the bound it claims (or, where it is weaker, the one the
     spec has) holds for the module's own A at random inputs (scale 3)."""
-    built = _built(name)
-    report = built.result.report
-    assert built.result.structure.family == CASES[name][1], built.result.structure.family_reason
-    assert EIGEN[name] == report.eigen_bound, report.eigen_reason
-    gen = torch.Generator().manual_seed(5)
-    running0 = None
-    if built.running:  # the running quantities after a random prefix, so that A is read mid-sequence
-        running0 = built.initial_state(2, gen)
-    A = built.dsf_matrices(_input(built, 2, 6, gen, 3.0), running0)[0]
-    lam = torch.linalg.eigvals(A).abs()
-    bound = TRUE_BOUND.get(name, report.eigen_bound)
-    if bound == Bound.STABLE:
-        assert (lam < 1).all(), lam.max()
-    elif bound == Bound.MARGINAL:
-        assert (lam <= 1 + 1e-12).all(), lam.max()
+    check_structure_report(_built(name), CASES[name][1], EIGEN[name], TRUE_BOUND.get(name),
+                           make_input=lambda built, gen: _input(built, 2, 6, gen, 3.0))
 
 
 TWO_WRITES = """

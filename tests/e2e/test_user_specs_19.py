@@ -41,7 +41,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, case_builds, check_all_paths,  # noqa: E402
-                         check_forward_against_loop, check_grads_against_loop, stack_steps)
+                         check_forward_against_loop, check_grads_against_loop, stack_steps, check_structure_report)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.lang.errors import SpecErrors  # noqa: E402
@@ -434,19 +434,7 @@ def test_new_spec_matches_the_reference(name):
 def test_the_structure_report_is_true(name):
     """``dsfc analyze``'s family and eigenvalue bound; the bound it claims (or, where it is weaker, the one the
     spec has) holds for the module's own A at random inputs (scale 3)."""
-    built = _built(name)
-    report = built.result.report
-    assert built.result.structure.family == CASES[name][1], built.result.structure.family_reason
-    assert EIGEN[name] == report.eigen_bound, report.eigen_reason
-    gen = torch.Generator().manual_seed(5)
-    running0 = built.initial_state(2, gen) if built.running else None  # A read mid-sequence
-    u = 3 * torch.randn(2, 6, built.d_in(), generator=gen, dtype=F64)
-    lam = torch.linalg.eigvals(built.dsf_matrices(u, running0)[0]).abs()
-    bound = TRUE_BOUND.get(name, report.eigen_bound)
-    if bound == Bound.STABLE:
-        assert (lam < 1).all(), lam.max()
-    elif bound == Bound.MARGINAL:
-        assert (lam <= 1 + 1e-12).all(), lam.max()
+    check_structure_report(_built(name), CASES[name][1], EIGEN[name], TRUE_BOUND.get(name))
 
 
 def test_a_divide_by_a_state_read_in_c_is_not_a_dsf():
