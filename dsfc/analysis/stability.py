@@ -725,28 +725,67 @@ def _hull(ivs: list[Interval]) -> Interval:
 
 
 def _canonical_sums(expr):
-    """Rename summation indices canonically and pull factors that do not depend on them out of each Sum, so that
-    sum(a, k[a]^2) and sum(a2, k[a2]^2) compare equal (e.g. |k|^2 = 1 for an L2-normalised k). A Sum's index is
-    named after its body, so alpha-equivalent sums get the same name."""
+    """Alpha-equivalent sums written alike, so that sum(a, k[a]^2) and sum(a2, k[a2]^2) compare equal (|k|^2 = 1 for
+    an L2-normalised k) and so do ``sum(i, sum(j, W[i, j]^2))`` and ``sum(j, sum(i, W[i, j]^2))`` (a Frobenius norm
+    and its square written out). Three steps:
+
+    1. each Sum over nested ranges that do not depend on each other has its indices ordered by how its body reads
+       them (not by their names), and factors that do not depend on an index are pulled out of its Sum;
+    2. every summation index is renamed after its nesting depth, so the names inside a sum no longer depend on the
+       names the spec chose;
+    3. each index is renamed after its whole Sum in that form, so alpha-equivalent sums at the same depth get the
+       same index and different sums different ones."""
     import hashlib
 
-    placeholder = sp.Symbol("_placeholder", integer=True, nonnegative=True)
+    def digest(x) -> str:
+        return hashlib.sha1(sp.srepr(x).encode()).hexdigest()[:10]
 
-    def walk(e):
+    def index(name: str):
+        return sp.Symbol(name, integer=True, nonnegative=True)
+
+    here, other = index("_here"), index("_other")
+
+    def tidy(e):
+        if not isinstance(e, sp.Sum):
+            return e.func(*[tidy(x) for x in e.args]) if e.args else e
+        body, limits = e.function, list(e.limits)  # innermost first
+        while isinstance(body, sp.Sum):
+            body, limits = body.function, list(body.limits) + limits
+        body = tidy(body)
+        names = {v for v, _, _ in limits}
+        if not any((lo.free_symbols | hi.free_symbols) & names for _, lo, hi in limits):
+            def read_as(limit):  # how the body reads this index, the chain's other indices all alike
+                v = limit[0]
+                return digest((body.xreplace({w: (here if w == v else other) for w in names}), limit[1], limit[2]))
+            limits.sort(key=read_as)
+        out = body
+        for v, lo, hi in limits:
+            factors = sp.Mul.make_args(out)
+            inside = sp.Mul(*[f for f in factors if v in f.free_symbols])
+            outside = sp.Mul(*[f for f in factors if v not in f.free_symbols])
+            out = outside * sp.Sum(inside, (v, lo, hi))
+        return out
+
+    # SymPy merges a Sum whose body is a Sum into one Sum of several limits (innermost first): each limit counts
+    def by_depth(e, depth=0):
         if isinstance(e, sp.Sum):
-            body = walk(e.function)
-            for var, lo, hi in e.limits:
-                inside = sp.Mul(*[f for f in sp.Mul.make_args(body) if var in f.free_symbols])
-                outside = sp.Mul(*[f for f in sp.Mul.make_args(body) if var not in f.free_symbols])
-                key = hashlib.sha1(sp.srepr((inside.subs(var, placeholder), lo, hi)).encode()).hexdigest()[:10]
-                new = sp.Symbol(f"_s{key}", integer=True, nonnegative=True)
-                body = outside * sp.Sum(inside.subs(var, new), (new, lo, hi))
-            return body
-        if e.args:
-            return e.func(*[walk(a) for a in e.args])
-        return e
+            outermost_first = list(reversed(e.limits))
+            names = {v: index(f"_depth{depth + k}") for k, (v, _, _) in enumerate(outermost_first)}
+            limits = [(names[v], lo.xreplace(names), hi.xreplace(names)) for v, lo, hi in e.limits]
+            return sp.Sum(by_depth(e.function.xreplace(names), depth + len(limits)), *limits)
+        return e.func(*[by_depth(x, depth) for x in e.args]) if e.args else e
 
-    return walk(expr)
+    def by_body(e, names):
+        if isinstance(e, sp.Sum):
+            key = digest(e)
+            inner = {**names, **{v: index(f"_s{key}_{k}") for k, (v, _, _) in enumerate(e.limits)}}
+            limits = [(inner[v], lo.xreplace(inner), hi.xreplace(inner)) for v, lo, hi in e.limits]
+            return sp.Sum(by_body(e.function, inner), *limits)
+        if isinstance(e, sp.Symbol):
+            return names.get(e, e)
+        return e.func(*[by_body(x, names) for x in e.args]) if e.args else e
+
+    return by_body(by_depth(tidy(expr)), {})
 
 
 def _exact_exponents(expr):
@@ -957,12 +996,60 @@ def _triangular(sym: SymSpec, a) -> EigenBound | None:
                       f"entries lambda = {spec_str(diagonal)} in {iv} ({facts})")
 
 
+def _norm_bound(sym: SymSpec, a) -> EigenBound | None:
+    """Any block: the spectral radius is at most every induced norm and the Frobenius norm, so a block whose largest
+    row or column sum of |entries| (the infinity and 1 norms), or whose sum of squared entries, is proven <= 1 has
+    |lambda| <= 1. A learned transition normalised over its rows (``exp(W) / sum(exp(W))``, an HMM's forward pass),
+    ``tanh(W) / N`` or ``W / ||W||_F`` were "unknown". A norm above 1 proves nothing, so only a bound <= 1 is kept;
+    the sums range over every block (the diagonal axes' indices are free in them)."""
+    if a.block is None or not a.mixed_axes:
+        return None
+    axes = sym.state.axes
+    block = sp.S(a.block)
+    entry = block if IntervalProver(sym).range(block).lo >= 0 else sp.Abs(block)  # |a_ij|, no Abs when >= 0
+
+    def summed(body, over):
+        for k in a.mixed_axes:
+            body = sp.Sum(body, *[(s[k], 0, axes[k].extent - 1) for s in over])
+        return _canonical_sums(body)
+
+    def free_range(prover, e):  # over every block: the row (and column) indices left free in e
+        index = [i for i in (*a.rows, *a.cols) if i in e.free_symbols]
+        extents = [axes[a.rows.index(i) if i in a.rows else a.cols.index(i)].extent for i in index]
+        return prover.range_over(e, index, extents)
+
+    readings = [(f"its largest sum of |A| over the {what} (the induced {norm} norm)", summed(entry, [over]), False)
+                for what, over, norm in (("columns", a.cols, "infinity"), ("rows", a.rows, "1"))]
+    readings.append(("its Frobenius norm", summed(block**2, [a.cols, a.rows]), True))
+    best = None
+    for what, total, squared in readings:
+        prover = IntervalProver(sym)
+        iv = free_range(prover, total)
+        # the lets read outside the sums inlined too: W / fro with fro = sqrt(sum(i, sum(j, W[i, j]^2)))
+        inlined = prover._inlined(total, outside_sums=True) if iv.hi > 1 else None
+        shown = spec_str(total)
+        if inlined is not None and (better := _intersect(iv, free_range(prover, inlined))) != iv:
+            iv, shown = better, f"{shown} = {spec_str(inlined)} (its lets inlined)"
+        if iv.hi <= 1 and (best is None or (iv.hi, not iv.hi_open) < (best[2].hi, not best[2].hi_open)):
+            best = (what, shown, iv, squared, prover.reasons)
+    if best is None:
+        return None
+    what, shown, iv, squared, reasons = best
+    mag = Interval(0.0, math.sqrt(iv.hi) if squared else iv.hi, False, iv.hi_open)
+    facts = "; ".join(dict.fromkeys(reasons)) or "no facts needed"
+    shown = f"the square root of {shown}" if squared else shown
+    return EigenBound(_verdict([mag]), str(mag),
+                      f"|lambda| is at most {what}: {shown} in {mag} ({facts})")
+
+
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     """Bound of |lambda(A_t)| over all inputs, with the reason."""
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
         found = _identity_minus_rank1(sym, a) if a.low_rank else _two_by_two(sym, a) or _triangular(sym, a)
+        if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):
+            found = _norm_bound(sym, a) or found  # a norm <= 1 bounds what the block's form did not
         if found is not None:
             return found
         if a.low_rank:

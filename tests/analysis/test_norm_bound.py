@@ -1,0 +1,128 @@
+"""The eigenvalue prover on dense blocks bounded through a matrix norm.
+
+The spectral radius of a matrix is at most each of its induced norms (the largest row or column sum of |entries|)
+and its Frobenius norm. A block whose norm is proven <= 1 (a learned transition normalised over its rows, as in an
+HMM's forward pass; ``tanh(W) / N``; ``W / ||W||_F``, with the norm's sums written in either order) has
+``|lambda| <= 1``; before, any dense A with no triangular or 2x2 form was "unknown". Every claimed interval is checked
+on the generated module's own A_t (float64, random inputs and several parameter draws), and blocks whose norm may
+pass 1 must not be claimed: for them a parameter setting with ``|lambda| > 1`` is shown.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from dsf_testing import F64, build  # noqa: E402
+
+from dsfc.analysis.facts import Bound  # noqa: E402
+from dsfc.pipeline import compile_text  # noqa: E402
+
+HEAD = """
+model Dense "a dense A"
+dim d = 2
+dim N = 4
+input u[d]
+state h[N]
+output y[d]
+param W[N, N] ~ normal(0, 1)
+param Win[N, d] ~ normal(0, 0.5)
+param Wout[d, N] ~ normal(0, 0.5)
+"""
+TAIL = """
+B[i, m] = Win[i, m]
+C[o, i] = Wout[o, i]
+"""
+SOFTMAX_ROWS = "let P[i: N, j: N] = exp(W[i, j]) / sum(k, exp(W[i, k]))\n"
+GATE = "let g[i: N] = sigmoid(sum(m, Win[i, m] * u[m]))\n"
+
+# name: (lets and A, the claim, the norm that proves it)
+CASES = {
+    # an HMM's forward pass, alpha_t = diag(emission_t) P^T alpha_(t-1), damped: column sums of |A| < 0.9
+    "hmm_forward": (SOFTMAX_ROWS + GATE + "A[i, j] = 0.9 * g[i] * P[j, i]", Bound.STABLE, "[0, 0.9)", "1 norm"),
+    # a learned stochastic matrix acting on rows: row sums exactly g < 1
+    "stochastic_rows": (SOFTMAX_ROWS + "param s ~ normal(0, 1)\nA[i, j] = sigmoid(s) * P[i, j]",
+                        Bound.STABLE, "[0, 1)", "infinity norm"),
+    # every entry in (-1/N, 1/N): row sums of |A| below 1
+    "tanh_over_n": ("A[i, j] = tanh(W[i, j]) / N", Bound.STABLE, "[0, 1)", "infinity norm"),
+    # ||A||_F = |tanh(s)| < 1 (the norm's sums written rows outside, and columns outside with other names)
+    "frobenius": ("param s ~ normal(0, 1)\nlet fro = sqrt(sum(i, sum(j, W[i, j] ^ 2)))\n"
+                  "A[i, j] = tanh(s) * W[i, j] / fro", Bound.STABLE, "[0, 1)", "Frobenius"),
+    "frobenius_swapped": ("param s ~ normal(0, 1)\nlet fro = sqrt(sum(b, sum(a, W[a, b] ^ 2)))\n"
+                          "A[i, j] = tanh(s) * W[i, j] / fro", Bound.STABLE, "[0, 1)", "Frobenius"),
+    # ||A||_F = 1 exactly: |lambda| <= 1 (an orthogonal-like W reaches it)
+    "frobenius_unit": ("let fro = sqrt(sum(i, sum(j, W[i, j] ^ 2)))\nA[i, j] = W[i, j] / fro",
+                       Bound.MARGINAL, "[0, 1]", "Frobenius"),
+}
+# blocks whose norms can pass 1: nothing <= 1 may be claimed (name: (lets and A, parameter W making |lambda| > 1))
+NOT_CLAIMED = {
+    "tanh": ("A[i, j] = tanh(W[i, j])", 3.0),  # W all 3: eigenvalue N tanh(3) ~ 4
+    "frobenius_doubled": ("let fro = sqrt(sum(i, sum(j, W[i, j] ^ 2)))\nA[i, j] = 2 * W[i, j] / fro", 1.0),
+}
+
+PER_HEAD = """
+model PerHead "one dense block per head: tanh(W_h) / K"
+dim H = 3
+dim K = 4
+input u[H, K]
+state S[H, K]
+output y[H, K]
+param W[H, K, K] ~ normal(0, 2)
+A[(h, i), (h2, j)] = delta(h, h2) * tanh(W[h, i, j]) / K
+B[(h, i), (m, n)] = delta(h, m) * delta(i, n)
+C[(o, p), (h, i)] = delta(o, h) * delta(p, i)
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(text: str):
+    return compile_text(text, "dense.dsf")
+
+
+def _ends(interval: str) -> tuple[float, float]:
+    lo, hi = re.fullmatch(r"[\[(](.*), (.*)[\])]", interval).groups()
+    return float(lo), float(hi)
+
+
+def _radii(result, seed: int, weight: float | None = None) -> torch.Tensor:
+    """|lambda| of every A_t of the generated module (T = 6 random steps, batch 2), its parameters drawn with
+    ``seed`` (W set to ``weight`` everywhere when given)."""
+    built = build(result, result.sym.dim_values(), seed=seed)
+    if weight is not None:
+        with torch.no_grad():
+            built.model.W.fill_(weight)
+    u = 3.0 * torch.randn(2, 6, built.d_in(), generator=torch.Generator().manual_seed(seed), dtype=F64)
+    with torch.no_grad():
+        A = built.model.dsf_matrices(u)[0]
+    return torch.linalg.eigvals(A.reshape(-1, A.shape[-2], A.shape[-1])).abs()
+
+
+@pytest.mark.parametrize("name", list(CASES) + ["per_head"])
+def test_the_claim_and_the_sampled_spectral_radii(name):
+    text, bound, interval, norm = CASES[name] if name in CASES else ("", Bound.STABLE, "[0, 1)", "infinity norm")
+    result = _compiled(HEAD + text + TAIL if name in CASES else PER_HEAD)
+    rep = result.report
+    assert (rep.eigen_bound, rep.eigen_interval) == (bound.value, interval), rep.eigen_reason
+    assert norm in rep.eigen_reason
+    hi = _ends(interval)[1]
+    for seed in range(3):
+        radius = float(_radii(result, seed).max())
+        assert radius <= hi + 1e-9, (name, seed, radius)
+        if interval.endswith(")"):
+            assert radius < hi
+
+
+@pytest.mark.parametrize("name", list(NOT_CLAIMED))
+def test_a_norm_that_can_pass_one_is_not_claimed(name):
+    text, weight = NOT_CLAIMED[name]
+    result = _compiled(HEAD + text + TAIL)
+    assert result.report.eigen_bound not in (Bound.STABLE.value, Bound.MARGINAL.value), result.report.eigen_reason
+    assert float(_radii(result, 0, weight).max()) > 1.0  # and the module's A indeed leaves the unit disc there
