@@ -141,6 +141,26 @@ class _Scope:
         return s
 
 
+def _name_the_axis_hint(p: ast.ParamDecl, name: str) -> str:
+    """The hint for an unknown name in the initialiser of a param with anonymous axes: the user most likely meant
+    an axis index (``param w[n] = log(j + 1)``), which only a named axis binds. With one anonymous axis the example
+    names it after the unknown name; with several it shows the form."""
+    anonymous = [a for a in p.axes if a.name is None]
+
+    def extent(a: ast.Axis) -> str:
+        e = a.extent
+        return e.name if isinstance(e, ast.Name) else str(e.value) if isinstance(e, ast.Num) else "..."
+
+    if len(anonymous) == 1:
+        axes = ", ".join(f"{a.name or name}: {extent(a)}" for a in p.axes)
+        return f"an initialiser sees only the param's named axes; to use the axis index, name it: " \
+            f"param {p.name}[{axes}]"
+    spare = iter(n for n in "ijklmnpqrs" if n not in {a.name for a in p.axes})
+    axes = ", ".join(f"{a.name or next(spare, '_')}: {extent(a)}" for a in p.axes)
+    return f"an initialiser sees only the param's named axes; to use an axis index, name the axes: " \
+        f"param {p.name}[{axes}]"
+
+
 def _walk(e: ast.Expr):
     yield e
     if isinstance(e, ast.Index):
@@ -208,6 +228,9 @@ class _Checker:
         self.broken: set[str] = set()
         self.unnamed_axes = False  # checking a let or post with an unnamed axis (reported): its indices are unbound
         self.silenced: set[str] = set()  # names whose use in the expression being checked is already reported
+        # while checking the initialiser of a param with anonymous axes: the hint for an unknown name there (the
+        # user wrote ``param w[n] = log(j + 1)``, meaning the axis index, which only a named axis provides)
+        self.anonymous_init: ast.ParamDecl | None = None
 
     def err(self, msg: str, span: Span, hint: str | None = None, cls=SpecError):
         self.errors.append(cls(msg, span, hint))
@@ -617,6 +640,8 @@ class _Checker:
         names = set(self.tensors) | set(self.dims) | set(scope.entries)
         close = [n for n in sorted(names) if _similar(n, name)]
         hint = f"did you mean {close[0]!r}?" if close else None
+        if hint is None and self.anonymous_init is not None:
+            hint = _name_the_axis_hint(self.anonymous_init, name)
         self.err(f"unknown name {name!r}", span, hint=hint)
 
     def check_access(self, t: TensorInfo, span: Span, ctx: str, allowed: set[str]):
@@ -848,7 +873,9 @@ class _Checker:
             info = self.tensors[p.name]
             scope = _Scope({a.name: (a.extent, a.size) for a in info.axes if a.name})
             if isinstance(p.init, ast.InitExpr):
+                self.anonymous_init = p if any(a.name is None for a in p.axes) else None
                 self.check_expr(p.init.expr, scope, f"the initialiser of {p.name!r}", set())
+                self.anonymous_init = None
             else:
                 if p.init.dist not in DISTRIBUTIONS:
                     self.err(
