@@ -6,6 +6,8 @@ collected and raised together as :class:`SpecErrors`.
 
 from __future__ import annotations
 
+import re
+
 import itertools
 import keyword
 import math
@@ -679,6 +681,10 @@ class _Checker:
 
     def check_subscript(self, s: ast.Expr, scope: _Scope, ctx: str):
         """Subscripts are integer expressions over index variables, dims and integer literals."""
+        divisions = [n for n in _walk(s) if isinstance(n, ast.BinOp) and n.op == "/"]
+        if divisions:  # one error for the subscript, with it rewritten: ``k / (H / G)`` gave two bare errors
+            self.err("operator '/' is not allowed in a subscript (use + - * // %)", divisions[0].span,
+                     hint=self._floor_division_hint(s))
         for node in _walk(s):
             if isinstance(node, ast.Num):
                 if not isinstance(node.value, int):
@@ -690,12 +696,21 @@ class _Checker:
                     elif not self.unnamed_axes:  # with an unnamed axis reported, an unbound index is its name
                         self.unknown(node.name, node.span, scope)
             elif isinstance(node, ast.BinOp):
-                if node.op not in ("+", "-", "*", "//", "%"):
+                if node.op not in ("+", "-", "*", "//", "%", "/"):
                     self.err(f"operator {node.op!r} is not allowed in a subscript (use + - * // %)", node.span)
             elif isinstance(node, (ast.Neg,)):
                 pass
             else:
                 self.err("subscripts may only combine index variables, dims and integers", node.span)
+
+    def _floor_division_hint(self, s: ast.Expr) -> str:
+        """The subscript as written with each '/' made '//' (taken from the source when it is on one line)."""
+        text = None
+        sp_, lines = s.span, (self.spec.source or "").splitlines()
+        if sp_.end_line == sp_.line and sp_.end_column and 0 < sp_.line <= len(lines):
+            text = re.sub(r"(?<!/)/(?!/)", "//", lines[sp_.line - 1][sp_.column - 1:sp_.end_column - 1])
+        return ("an index is an integer: divide with '//' (floor division)" +
+                (f", as in {text}" if text else ""))
 
     def check_range(self, s: ast.Expr, axis: AxisInfo, scope: _Scope, tensor: str, k: int):
         """An index must stay inside the axis it subscripts (checked at the default dims)."""

@@ -23,7 +23,7 @@ Left weaker than the truth (no false claim): the Liquid-S4-like A = diag(e^(-dt 
 "unknown" (dense; its eigenvalues depend on b.c, and no bound holds for every parameter value, so "unknown" is
 right). No other finding: every spec matched its independent implementation on every path. Probed by hand with
 clear errors and no change: ``A[(i), (k)]`` on a two-axis state (hint ``(c, j)``), Mamba-2's group index written
-``Bg[k / (H / G), j]`` (``'/' is not allowed in a subscript (use + - * // %)``), ``dim d = 2.`` (accepted as 2).
+``Bg[k / (H / G), j]`` (then two bare errors; now one, its hint ``k // (H // G)``), ``dim d = 2.`` (accepted as 2).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)

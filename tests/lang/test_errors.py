@@ -501,3 +501,14 @@ def test_parse_file_reads_bytes(tmp_path):
     assert (err.span.line, err.span.column) == (2, 1)
     assert "binary" in err.message
     assert info.value.render().startswith(f"{p}:2:1: error: file is binary")
+
+
+def test_a_true_division_in_a_subscript_is_one_error_with_the_floor_division_written_out():
+    """``Bg[h / (H / G), i]`` (Mamba-2's group index written with '/') gave one bare error per '/'; now one error
+    at the outer '/', its hint the subscript with every '/' made '//'."""
+    text = spec(B="B[i, k] = u[(i / 2) / 1] * delta(i, k)")
+    with pytest.raises(SpecErrors) as exc:
+        check_spec(parse_spec(text))
+    errors = [e for e in exc.value.errors if "'/'" in str(e)]
+    assert len(errors) == 1, exc.value.errors
+    assert errors[0].hint.endswith("as in (i // 2) // 1"), errors[0].hint
