@@ -57,9 +57,11 @@ from dsfc.runtime.checks import (
     choose_backend,
     empty_output,
     inference_input_error,
+    OffsetLimitError,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
+    triton_offset_fallback,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.features import taylor_dim, taylor_features
@@ -317,7 +319,12 @@ class TaylorAttention(nn.Module):
             env["_io_dtype"] = u.dtype  # the Triton kernels read half inputs as such (fp32 inside)
             running_final = env["_running_final"]
             _run_core = self._core_triton if backend == "triton" else self._core
-            _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            try:
+                _y, _final = _run_core(u_, h0, env, _B, _T, _dtype)
+            except OffsetLimitError as _err:  # refused by shape before any launch: nothing ran
+                triton_offset_fallback(self, "TaylorAttention", _err)  # backend="triton": raises
+                env = self._lets(u_, _dtype, running0)  # every let: the torch core reads them all
+                _y, _final = self._core(u_, h0, env, _B, _T, _dtype)
             _final_owned = env.get("_final_owned", False)
         _y = _y.reshape(_B, _T, H * V).to(u.dtype)
         # the state stays in the accumulation dtype (fp32 for half inputs): rounded to bf16 after every step(), a

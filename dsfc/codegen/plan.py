@@ -59,7 +59,8 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan"
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
              "rotation_scan",
              "dense_chunk_len",
-             "diagonal_scan_triton", "register_kernels", "owns_storage", "triton", "tl"}
+             "diagonal_scan_triton", "register_kernels", "owns_storage", "triton", "tl",
+             "OffsetLimitError"}  # (defined in runtime.dispatch, imported through runtime.checks)
 # every public name of the runtime modules the generated code imports from, so a helper added there is reserved with
 # it (a param named check_dense_matrices was read before assignment in dsf_matrices, a dim named check_tensor_kind
 # shadowed the function in _check_input: "'int' object is not callable")

@@ -8,9 +8,12 @@ calls, so the checking logic and its messages live here once instead of in every
 import contextlib
 import itertools
 import re
+import warnings
 from typing import Callable, Dict, Iterator, Mapping, Tuple
 
 import torch
+
+from dsfc.runtime.dispatch import OffsetLimitError
 
 # KV-cache entries of the quadratic family's state dict (the infinite state is carried as the cache); a decayed
 # spec (FoX, ALiBi) also carries each cached key's log-decay up to the last step, G_last - G_j
@@ -196,6 +199,24 @@ def choose_backend(module: torch.nn.Module, model: str, backends: tuple, kernel,
     if backend == "triton":
         raise triton_refusal_error(model, refusal)
     return "torch"  # auto: the torch path runs what the kernels cannot
+
+
+class OffsetFallback(UserWarning):
+    """backend="auto" ran the torch path for a call the Triton kernels refused for size (OffsetLimitError)."""
+
+
+def triton_offset_fallback(module: torch.nn.Module, model: str, err: OffsetLimitError) -> None:
+    """A Triton launch refused a tensor past the kernels' 32-bit offsets (``dispatch.check_offsets``, raised by shape
+    before any launch): under backend="auto" the caller then runs the torch path, which has no such limit (warned
+    once per module); an explicit backend="triton" keeps the error. Decided where the kernel checks its own
+    operands, so exactly when the kernels would refuse: a T * N rule in choose_backend would have sent S6 (whose
+    fused kernel reads [B, T, d] and [B, T, n] rows, never a [B, T, d * n] state) to torch long before its limit."""
+    if module.backend != "auto":
+        raise err
+    if not module.__dict__.get("_dsfc_offset_warned", False):
+        module.__dict__["_dsfc_offset_warned"] = True  # (a plain attribute: not a buffer, not in the state dict)
+        warnings.warn(f"{model}: backend='auto' runs the torch path for this input: {err}", OffsetFallback,
+                      stacklevel=3)
 
 
 def triton_refusal_error(model: str, reason: str) -> RuntimeError:

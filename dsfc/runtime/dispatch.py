@@ -10,8 +10,8 @@ import os
 
 import torch
 
-__all__ = ["eager_inference", "owns_storage", "refuse_double_backward", "require_triton_device",
-           "triton_interpreting"]
+__all__ = ["MAX_OFFSET", "OffsetLimitError", "check_offsets", "eager_inference", "owns_storage",
+           "refuse_double_backward", "require_triton_device", "triton_interpreting"]
 
 # the spellings Triton itself reads as true (its getenv_bool: case-insensitive, no surrounding spaces)
 _TRUE = ("1", "true", "on", "yes")
@@ -67,3 +67,37 @@ def owns_storage(t: torch.Tensor, *others) -> bool:
     if t.storage_offset() != 0 or storage.nbytes() != t.numel() * t.element_size():
         return False
     return all(x is None or x.untyped_storage().data_ptr() != storage.data_ptr() for x in others)
+
+
+# Triton forms ``ptr + offset`` in int32 unless an operand of the offset is int64. The outer-product, delta-rule,
+# attention and dense kernels cast their program's base (program id, or the batch index) to int64, so only offsets
+# within one program's tile stay 32-bit there; the generated diagonal kernels keep the offsets within one batch row
+# 32-bit (t * stride_t + i * stride_i, per step: see triton_diagonal). Those are refused here, by shape, before any
+# launch (a wrapped offset is a silently wrong output or an illegal access on the GPU).
+MAX_OFFSET = 2**31 - 1
+
+
+class OffsetLimitError(ValueError):
+    """A tensor the Triton kernels would address past 32-bit offsets. backend="auto" catches it and runs the torch
+    path (``checks.triton_offset_fallback``); backend="triton" lets it through."""
+
+
+def row_extent(x: torch.Tensor) -> int:
+    """The largest offset (in elements) within one batch row of ``x`` (every axis but the first); 0 when empty."""
+    if x.numel() == 0:
+        return 0
+    return sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:]))
+
+
+def check_offsets(kernels: str, named, extent=row_extent, what: str = "one batch row") -> None:
+    """Raise OffsetLimitError for the first ``(name, tensor)`` of ``named`` whose ``extent`` (the largest offset the
+    kernels form in 32 bits) passes MAX_OFFSET. By shape only: also for meta tensors."""
+    for name, x in named:
+        reach = extent(x)
+        if reach > MAX_OFFSET:
+            raise OffsetLimitError(
+                f"dsfc: {kernels} cannot address {name} of shape {tuple(x.shape)}: {what} spans {reach + 1} "
+                f"elements, beyond the kernels' 32-bit offsets ({MAX_OFFSET + 1} = 2**31); run the sequence in "
+                "parts (forward(u[:, :k], output_final_state=True), then the rest with initial_state=that state) or "
+                "with backend='torch' (backend='auto' does that by itself)"
+            )

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
+from dsfc.runtime.dispatch import check_offsets, eager_inference, refuse_double_backward, require_triton_device
 
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
@@ -271,27 +271,11 @@ refuse_double_backward(_scan_bwd_op, "diagonal-scan")
 
 # The generated kernels address one batch row of an operand in 32-bit arithmetic (t * stride_t + i * stride_i: only
 # the batch term b * stride_b is 64-bit), so a row whose offsets reach 2^31 would wrap to a wrong address: a silently
-# wrong output (or an illegal access) on the GPU, at T * d >= 2^31 (T = 2^20 tokens of d = 2048). Refused by shape.
-MAX_ROW_OFFSET = 2**31 - 1
-
-
-def _row_extent(x: torch.Tensor) -> int:
-    """The largest offset (in elements) the kernels form within one batch row of ``x``: every axis but the first."""
-    if x.numel() == 0:
-        return 0
-    return sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:]))
-
-
+# wrong output (or an illegal access) on the GPU, at T * d >= 2^31 (T = 2^20 tokens of d = 2048). Refused by shape,
+# per operand the kernels read (exact: S6's [B, T, d] and [B, T, n] operands, never a [B, T, d * n] state, which the
+# fused kernel does not form); the shared predicate and its error are dispatch.check_offsets.
 def _check_offsets(leaves, T) -> None:
-    for x in leaves:
-        extent = _row_extent(x)
-        if extent > MAX_ROW_OFFSET:
-            raise ValueError(
-                f"dsfc: the Triton scan cannot address an operand of shape {tuple(x.shape)} (T = {T}): one batch row "
-                f"spans {extent + 1} elements, beyond the kernels' 32-bit offsets (2**31); run the sequence in parts "
-                "(forward(u[:, :k], output_final_state=True), then the rest with initial_state=that state) or with "
-                "backend='torch'"
-            )
+    check_offsets(f"the Triton scan (T = {T})", ((f"operand {i}", x) for i, x in enumerate(leaves)))
 
 
 def _check_args(h0: torch.Tensor, leaves, R: int, C: int, T: int = 0):

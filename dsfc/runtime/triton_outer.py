@@ -619,13 +619,13 @@ def _outer_step(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, s0_bh, 
     slice [BK, BV] is read once and written once, in registers in between; q, k, v, g are [B*H, K | V] rows. S and
     S' are strided ((b, h), k, v): a module whose state is [.., V, K] in memory passes it as is, and gets S' in
     that layout (no transposed copy in, none out)."""
-    i_bh, i_v = tl.program_id(0), tl.program_id(1)
+    # (b, h) in int64: the [B*H, K] rows' offsets i_bh * K pass 2^31 at B*H*K >= 2^31 elements (8 GiB of fp32 q)
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
     mk, mv = kk < K, vv < V
-    i_bh64 = i_bh.to(tl.int64)
     m2 = mk[:, None] & mv[None, :]
-    s = tl.load(s0_ptr + i_bh64 * s0_bh + kk[:, None] * s0_k + vv[None, :] * s0_v, mask=m2, other=0.0).to(DTYPE)
+    s = tl.load(s0_ptr + i_bh * s0_bh + kk[:, None] * s0_k + vv[None, :] * s0_v, mask=m2, other=0.0).to(DTYPE)
     if DECAY == SCALAR:
         s = s * tl.exp(tl.load(g_ptr + i_bh).to(DTYPE))  # exp(-inf) = 0: a zero decay forgets the state
     elif DECAY == PER_KEY:
@@ -635,7 +635,7 @@ def _outer_step(q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, y_ptr, sT_ptr, K, V, s0_bh, 
     s = s + k[:, None] * v[None, :]
     q = tl.load(q_ptr + i_bh * K + kk, mask=mk, other=0.0).to(DTYPE)
     tl.store(y_ptr + i_bh * V + vv, tl.sum(q[:, None] * s, axis=0), mask=mv)
-    tl.store(sT_ptr + i_bh64 * sT_bh + kk[:, None] * sT_k + vv[None, :] * sT_v, s, mask=m2)
+    tl.store(sT_ptr + i_bh * sT_bh + kk[:, None] * sT_k + vv[None, :] * sT_v, s, mask=m2)
 
 
 def _single_step(q, k, v, log_decay, s0, decay: int, cdt: torch.dtype):
