@@ -50,11 +50,19 @@ def _env() -> jinja2.Environment:
     return env
 
 
+@functools.lru_cache(maxsize=256)
+def _formatted(source: str, format_str) -> str:
+    """black's output for ``source``, once per process: black is ~80% of compiling a spec, and a process that compiles
+    the same spec again (the test suite: the catalog in a dozen modules) renders the same text. Keyed on the format
+    function too, so a stand-in for black (a test's monkeypatch) neither reads nor fills the real formatter's entries."""
+    return format_str(source, mode=black.Mode(line_length=120))
+
+
 def emit_torch(plan: ModulePlan) -> str:
     """Render the module template and format it with black (pinned: output must be reproducible)."""
     source = _env().get_template(plan.template).render(plan=plan)
     try:
-        return black.format_str(source, mode=black.Mode(line_length=120))
+        return _formatted(source, black.format_str)
     except black.InvalidInput as exc:  # pragma: no cover - a template bug, never the user's
         raise RuntimeError(f"dsfc generated invalid Python for {plan.model}: {exc}\n{source}") from exc
 
