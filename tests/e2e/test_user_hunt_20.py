@@ -17,6 +17,8 @@ Checked clean (pinned below, both backends, Triton interpreted on the CPU):
 - ``step`` with a state that is expanded (stride 0), flipped or a strided window, and a u_t that is a strided or
   expanded view: same output and state as contiguous copies, the caller's state is not written to, and the state
   returned is a new tensor (so a decoding loop may keep the old one).
+- Parameters given to ``torch.func.functional_call`` as windows of NaN-filled tensors or column-major views (and,
+  tried, expanded with stride 0, on DeltaNet and LRU too): output and parameter gradients equal the contiguous ones.
 - ``register_forward_pre_hook`` (replacing u), ``register_forward_hook`` (replacing the output) and
   ``register_full_backward_hook`` (grad_input is u's gradient) act on the generated module as on any nn.Module.
 - Every parameter frozen (``requires_grad_(False)``): the output does not require grad; with u requiring grad its
@@ -278,3 +280,28 @@ def test_names_that_shadow_python_torch_and_module_attributes(backend):
     assert rel_err(y, y_ref) < 1e-10 and state_err(hT, h_ref) < 1e-10
     # a spec name that is a Python / nn.Module name gets a trailing underscore as a Python attribute
     assert [n for n, _ in model.named_parameters()] == ["input_", "triton_", "training_", "forward_"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_call_with_strided_parameters(sel, backend):
+    """Parameters given to ``torch.func.functional_call`` as windows of NaN-filled tensors or permuted (column-major)
+    views: the kernels read them by their strides, so output and parameter gradients equal the contiguous ones."""
+    model = sel.model
+    model.backend = backend
+    u = torch.randn(2, 5, sel.d_in(), generator=torch.Generator().manual_seed(5), dtype=F64)
+
+    def column_major(x):
+        return x.t().contiguous().t()
+
+    plain = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    y_plain = torch.func.functional_call(model, plain, (u,))[0]
+    y_plain.square().sum().backward()
+    for layout in (_window_in_nan, column_major):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+        strided = {k: layout(v) for k, v in leaves.items()}
+        assert not any(v.is_contiguous() for v in strided.values()), layout
+        y = torch.func.functional_call(model, strided, (u,))[0]
+        y.square().sum().backward()
+        assert rel_err(y, y_plain) < 1e-12, (backend, layout)
+        for k in plain:
+            assert rel_err(leaves[k].grad, plain[k].grad) < 1e-10, (backend, layout, k)
