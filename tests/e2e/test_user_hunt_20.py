@@ -13,7 +13,9 @@ Checked clean (pinned below, both backends, Triton interpreted on the CPU):
   of the initial state equal the contiguous ones. A kernel reading past a view (a masked lane, a wrong stride)
   would have picked up the NaN around it. Pinned on a small selective diagonal spec with a 2-axis state and on
   DeltaNet (delta rule); tried, every layout with and without each state layout, on S6, LRU (complex diagonal),
-  DeltaNet, Gated DeltaNet, HGRN and the Mamba block (NaN around the views) and GLA (outer product).
+  DeltaNet, Gated DeltaNet, HGRN, the Mamba block and GLA (outer product), with NaN around the views; and the
+  KV-cache states of softmax attention and FoX (every cache entry a NaN window, column-major or stride 0) given to
+  ``step`` and to ``forward``: equal outputs and states, the caller's cache not written to.
 - ``step`` with a state that is expanded (stride 0), flipped or a strided window, and a u_t that is a strided or
   expanded view: same output and state as contiguous copies, the caller's state is not written to, and the state
   returned is a new tensor (so a decoding loop may keep the old one).
