@@ -54,7 +54,8 @@ def _env() -> jinja2.Environment:
 def _formatted(source: str, format_str) -> str:
     """black's output for ``source``, once per process: black is ~80% of compiling a spec, and a process that compiles
     the same spec again (the test suite: the catalog in a dozen modules) renders the same text. Keyed on the format
-    function too, so a stand-in for black (a test's monkeypatch) neither reads nor fills the real formatter's entries."""
+    function too, so a stand-in for black (a test's monkeypatch) neither reads nor fills the real formatter's
+    entries."""
     return format_str(source, mode=black.Mode(line_length=120))
 
 
