@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -149,6 +150,8 @@ def _abs(a: Interval) -> Interval:
 # ~20 ops; simplifying RWKV-6's low-rank decay projections (hundreds) took minutes per compile.
 INLINE_MAX_OPS = 120
 INLINE_MAX_DEPTH = 1
+# How deep a chain of lets read outside sums is followed when inlining them (n2 -> nrm = sqrt(n2 + eps) -> A's scale)
+INLINE_CHAIN_DEPTH = 4
 
 
 class IntervalProver:
@@ -483,20 +486,24 @@ class IntervalProver:
 
     def _inlined(self, e, outside_sums: bool = False):
         """``e`` with the lets it reads (not running, not feature maps) replaced by their definitions, one level
-        (``outside_sums``: only the reads outside any sum), float exponents that are multiples of 1/2 made exact
-        (``^ (-0.5)``), sums canonicalised and the result simplified; None when nothing was inlined."""
+        (``outside_sums``: only the reads outside any sum, through chains of such lets up to INLINE_CHAIN_DEPTH
+        deep), float exponents that are multiples of 1/2 made exact (``^ (-0.5)``), sums canonicalised and the
+        result simplified; None when nothing was inlined."""
         def let_of(x):
             read = self.sym.let_read(x)
             return read if read is not None and not read[0].running and read[0].feature is None else None
 
-        def walk(x):
+        def walk(x, depth: int):
             if let_of(x) is not None:
-                return let_of(x)[0].value_at(let_of(x)[1])
+                value = let_of(x)[0].value_at(let_of(x)[1])
+                # outside sums the chain is cheap to follow: ``let n2 = sum(i, sum(j, W[i, j]^2))`` read through
+                # ``let nrm = sqrt(n2 + eps)`` was left as n2, and W / nrm's Frobenius norm went unproven
+                return walk(value, depth + 1) if outside_sums and depth < INLINE_CHAIN_DEPTH else value
             if (outside_sums and isinstance(x, sp.Sum)) or not x.args or isinstance(x, sp.Indexed):
                 return x
-            return x.func(*[walk(a) for a in x.args])
+            return x.func(*[walk(a, depth) for a in x.args])
 
-        out = walk(e)
+        out = walk(e, 1)
         if out == e or sp.count_ops(out) > INLINE_MAX_OPS:
             return None
         try:
@@ -738,7 +745,10 @@ def _canonical_sums(expr):
     import hashlib
 
     def digest(x) -> str:
-        return hashlib.sha1(sp.srepr(x).encode()).hexdigest()[:10]
+        # a Dummy's dummy_index is drawn at random per process (the prover's i_frac placeholders): hashed into the
+        # names and the index order it made them differ from run to run, and with them which bounds were proven
+        text = re.sub(r", dummy_index=\d+", "", sp.srepr(x))
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     def index(name: str):
         return sp.Symbol(name, integer=True, nonnegative=True)
