@@ -412,3 +412,47 @@ def check_structure_report(built, family, eigen, true_bound=None, make_input=Non
         assert (lam < 1).all(), lam.max()
     elif bound == Bound.MARGINAL:
         assert (lam <= 1 + 1e-12).all(), lam.max()
+
+
+def spec_hunt_tests(cases: dict, independent: dict, eigen: dict, built, true_bound: dict | None = None,
+                    backends=BACKENDS, grad_backends=("torch",)) -> tuple:
+    """The four checks every spec hunt runs on each spec of its ``CASES`` table, as test functions parametrised by
+    spec name; the hunt binds them to ``test_*`` names so that pytest collects them there:
+
+    * the forward, step and initial state against ``independent[name]``, the hunt's own float64 loop
+      (``check_forward_against_loop``);
+    * d/d(u, every parameter) of sum(y * w) at batch 2, T = 5 against autograd through that loop
+      (``check_grads_against_loop``; torch only by default: the Triton path's gradients are checked against the
+      reference by the third check, and the interpreter is slow);
+    * every path against dsfc's reference (``check_all_paths``);
+    * the family and the eigenvalue bound ``eigen[name]``, the claim (or ``true_bound[name]`` where the report is
+      weaker than the truth) checked on the module's own A (``check_structure_report``).
+
+    ``backends`` / ``grad_backends``: a tuple, or a function of the spec name giving one."""
+    def pick(choice, name):
+        return choice(name) if callable(choice) else choice
+
+    true_bound = true_bound or {}
+    each = pytest.mark.parametrize("name", list(cases))
+
+    @each
+    def forward(name):
+        check_forward_against_loop(built(name), independent[name], backends=pick(backends, name))
+
+    @each
+    def gradients(name):
+        b = built(name)
+        gen = torch.Generator().manual_seed(2)
+        u = torch.randn(2, 5, b.d_in(), generator=gen, dtype=F64)
+        w = torch.randn(2, 5, b.d_out(), generator=gen, dtype=F64)
+        check_grads_against_loop(b, independent[name], u, w, backends=pick(grad_backends, name))
+
+    @each
+    def reference(name):
+        check_all_paths(built(name), cases[name][1])
+
+    @each
+    def report(name):
+        check_structure_report(built(name), cases[name][1], eigen[name], true_bound.get(name))
+
+    return forward, gradients, reference, report

@@ -44,8 +44,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, build, case_builds, check_all_paths,  # noqa: E402
-                         check_forward_against_loop, check_grads_against_loop, rel_err, stack_steps,
-                         check_structure_report)
+                         rel_err, spec_hunt_tests, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.lang.errors import SpecErrors  # noqa: E402
@@ -412,36 +411,10 @@ TRUE_BOUND: dict[str, Bound] = {}
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_new_spec_matches_an_independent_implementation(name):
-    """Forward (torch at T = 0, 1, 7, 9, Triton at T = 0 and 9; batch 1, 3) and step against the loop written here,
-    from zero and (plain-tensor states) from a random initial state; dsfc's reference too."""
-    check_forward_against_loop(_built(name), INDEPENDENT[name], backends=BACKENDS)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_new_spec_gradients_match_an_independent_implementation(name):
-    """d/d(u, every parameter) of sum(y * w) through the module's torch and Triton paths against autograd through
-    the loop written here, at batch 2, T = 5."""
-    built = _built(name)
-    gen = torch.Generator().manual_seed(2)
-    u = torch.randn(2, 5, built.d_in(), generator=gen, dtype=F64)
-    w = torch.randn(2, 5, built.d_out(), generator=gen, dtype=F64)
-    check_grads_against_loop(built, INDEPENDENT[name], u, w, backends=BACKENDS)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_new_spec_matches_the_reference(name):
-    """torch (T = 0, 1, 7, batch 1 and 3, step, final state, gradients of u, the initial state and every parameter),
-    Triton from an initial state."""
-    check_all_paths(_built(name), CASES[name][1])
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_the_structure_report_is_true(name):
-    """``dsfc analyze``'s family and eigenvalue bound; the bound it claims (or, where it is weaker, the one the
-    spec has) holds for the module's own A at random inputs (scale 3)."""
-    check_structure_report(_built(name), CASES[name][1], EIGEN[name], TRUE_BOUND.get(name))
+# forward, gradients, every path against the reference, the structure report (dsf_testing.spec_hunt_tests)
+(test_new_spec_matches_an_independent_implementation, test_new_spec_gradients_match_an_independent_implementation,
+ test_new_spec_matches_the_reference, test_the_structure_report_is_true) = spec_hunt_tests(
+    CASES, INDEPENDENT, EIGEN, _built, TRUE_BOUND, grad_backends=BACKENDS)
 
 
 def test_a_reset_computed_from_the_membrane_potential_is_not_a_dsf():
