@@ -152,13 +152,18 @@ INLINE_MAX_OPS = 120
 INLINE_MAX_DEPTH = 1
 # How deep a chain of lets read outside sums is followed when inlining them (n2 -> nrm = sqrt(n2 + eps) -> A's scale)
 INLINE_CHAIN_DEPTH = 4
+# The same limit for the norm readings of a dense block (``_norm_bound``), tried on every block the form rules leave
+# open: the proofs they exist for inline <= 25 ops (an HMM's softmax rows, W / ||W||_F), while a product of three
+# Householder reflections (gated DeltaProduct) inlined to 60 ops with seven sums, whose simplify ran for minutes.
+NORM_INLINE_MAX_OPS = 40
 
 
 class IntervalProver:
     """Ranges of expressions of a spec, with the facts used recorded as human-readable reasons."""
 
-    def __init__(self, sym: SymSpec):
+    def __init__(self, sym: SymSpec, inline_max_ops: int = INLINE_MAX_OPS):
         self.sym = sym
+        self.inline_max_ops = inline_max_ops  # the largest expression inlined into and simplified (cost, not rigour)
         self.reasons: list[str] = []
         self._lets = {let.tensor.name: let for let in sym.lets}
         self._cache: dict[str, Interval] = {}
@@ -504,7 +509,7 @@ class IntervalProver:
             return x.func(*[walk(a, depth) for a in x.args])
 
         out = walk(e, 1)
-        if out == e or sp.count_ops(out) > INLINE_MAX_OPS:
+        if out == e or sp.count_ops(out) > self.inline_max_ops:
             return None
         try:
             out = simplify(_canonical_sums(_exact_exponents(out)))
@@ -1016,7 +1021,7 @@ def _norm_bound(sym: SymSpec, a) -> EigenBound | None:
         return None
     axes = sym.state.axes
     block = sp.S(a.block)
-    entry = block if IntervalProver(sym).range(block).lo >= 0 else sp.Abs(block)  # |a_ij|, no Abs when >= 0
+    entry = block if IntervalProver(sym, NORM_INLINE_MAX_OPS).range(block).lo >= 0 else sp.Abs(block)  # |a_ij|, no Abs when >= 0
 
     def summed(body, over):
         for k in a.mixed_axes:
@@ -1033,7 +1038,7 @@ def _norm_bound(sym: SymSpec, a) -> EigenBound | None:
     readings.append(("its Frobenius norm", summed(block**2, [a.cols, a.rows]), True))
     best = None
     for what, total, squared in readings:
-        prover = IntervalProver(sym)
+        prover = IntervalProver(sym, NORM_INLINE_MAX_OPS)
         iv = free_range(prover, total)
         # the lets read outside the sums inlined too: W / fro with fro = sqrt(sum(i, sum(j, W[i, j]^2)))
         inlined = prover._inlined(total, outside_sums=True) if iv.hi > 1 else None

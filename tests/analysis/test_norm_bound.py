@@ -126,3 +126,37 @@ def test_a_norm_that_can_pass_one_is_not_claimed(name):
     result = _compiled(HEAD + text + TAIL)
     assert result.report.eigen_bound not in (Bound.STABLE.value, Bound.MARGINAL.value), result.report.eigen_reason
     assert float(_radii(result, 0, weight).max()) > 1.0  # and the module's A indeed leaves the unit disc there
+
+
+def test_norm_readings_simplify_only_small_expressions(monkeypatch):
+    """The norm readings run on every dense block the form rules leave open, so their optional inlining is capped
+    (``NORM_INLINE_MAX_OPS``): a gated DeltaProduct's block (three Householder reflections) inlined to 60 ops with
+    seven sums, and SymPy's simplify of that ran for ~24 minutes (one test of the suite). The spec now compiles with
+    every expression the norm readings simplify within the cap, and gets no norm claim (its true bound needs the
+    reflections' product structure)."""
+    import sympy as sp
+
+    from dsfc.analysis import stability
+
+    sizes, inside = [], []
+    norm_bound, simplify = stability._norm_bound, stability.simplify
+
+    def recording_norm_bound(sym, a):
+        inside.append(True)
+        try:
+            return norm_bound(sym, a)
+        finally:
+            inside.pop()
+
+    def recording_simplify(e):
+        if inside:
+            sizes.append(sp.count_ops(e))
+        return simplify(e)
+
+    monkeypatch.setattr(stability, "_norm_bound", recording_norm_bound)
+    monkeypatch.setattr(stability, "simplify", recording_simplify)
+    hunt = (ROOT / "tests" / "e2e" / "test_user_specs_13.py").read_text(encoding="utf-8")
+    gdp3 = re.search(r'^GDP3 = """(.*?)"""', hunt, flags=re.S | re.M).group(1)  # (importing it compiles 12 specs)
+    result = compile_text(gdp3)
+    assert sizes and max(sizes) <= stability.NORM_INLINE_MAX_OPS, sizes
+    assert "norm" not in result.report.eigen_reason, result.report.eigen_reason
