@@ -394,17 +394,30 @@ def test_softmax_attention_with_every_dim_one_matches_an_independent_loop():
     check_grads_against_loop(built, _softones, u, w)
 
 
+def _check_paths(built, loop) -> None:
+    """A cheaper ``check_forward_against_loop`` for the fix's regression tests: batch 3, T = 9 (a chunk boundary),
+    from zero and (plain states) from an initial state, torch and Triton, and step by step."""
+    gen = torch.Generator().manual_seed(1)
+    for with_h0 in (False, True) if not built.running else (False,):
+        u = torch.randn(3, 9, built.d_in(), generator=gen, dtype=F64)
+        h0 = 0.5 * torch.randn(3, *built.state_shape(), generator=gen, dtype=F64) if with_h0 else None
+        want = loop(built.params(), u, h0).reshape(3, 9, built.d_out())
+        for backend in ("torch", "triton") if TRITON else ("torch",):
+            built.model.backend = backend
+            with torch.no_grad():
+                assert rel_err(built.model(u, initial_state=h0), want) < 1e-8, (backend, with_h0)
+        built.model.backend = "torch"
+        with torch.no_grad():
+            assert rel_err(run_steps(built.model, u, h0)[0], want) < 1e-8, ("step", with_h0)
+
+
 def test_an_output_axis_written_as_a_dim_formula_of_the_value_axis_runs_chunked():
     """The workaround for the narrower output axis: with ``dim E = V - 1`` the read e < V holds at every dims, so
     ``delta(e, b)`` pins b := e and the GLA with a partial read runs the chunked outer-product form (torch and
     Triton, against the same independent loop)."""
-    from dsf_testing import check_forward_against_loop
-
     result = compile_text(GLA_PART.replace("dim E = 2", "dim E = V - 1"), "glapart_derived.dsf")
     assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
-    dims = {k: result.sym.dim_defaults[k] for k in result.sym.free_dims}
-    check_forward_against_loop(build(result, dims), _glapart,
-                               backends=("torch", "triton") if TRITON else ("torch",))
+    _check_paths(build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims}), _glapart)
 
 
 @pytest.mark.xfail(strict=True, reason="an output axis of an independent dim E (2) narrower than the value axis V "
@@ -485,12 +498,10 @@ def test_an_output_axis_narrower_than_the_value_axis_is_cut_after_the_scan(text,
     narrower axis (y[h, e: E], E = V - 1: "shape '[3, 1, 6]' is invalid for input of size 27" on every path; the
     diagonal and dense families were right). The output now keeps the first E slots: torch, Triton and step against
     the loop, and the gradients."""
-    from dsf_testing import check_forward_against_loop
-
     result = compile_text(text, "narrow.dsf")
     assert result.structure.family == family, result.structure.family_reason
     built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
-    check_forward_against_loop(built, loop, backends=("torch", "triton") if TRITON else ("torch",))
+    _check_paths(built, loop)
     gen = torch.Generator().manual_seed(2)
     u = torch.randn(2, 5, built.d_in(), generator=gen, dtype=F64)
     check_grads_against_loop(built, loop, u, torch.randn(2, 5, built.d_out(), generator=gen, dtype=F64))
