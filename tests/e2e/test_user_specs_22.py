@@ -21,8 +21,8 @@ range (``dim E = V - 1``, ``output y[h: H, e: E]``, ``C = delta(o, h) * delta(e,
 the chunked outer-product, delta-rule and DPLR families and of quadratic attention ("shape '[3, 1, 6]' is invalid for
 input of size 27"): their cores return every value slot, and the module reshaped that to the output's size. The
 outer-product core's lines (``_outer_lines``) and the kernelised plan (``_narrowed_outputs``) now cut each output
-axis narrower than the state axis it reads to its own extent after the scan (regression tests on a GLA, a DeltaNet
-and softmax attention, torch, Triton, step and gradients, against loops written here).
+axis narrower than the state axis it reads to its own extent after the scan (regression tests: a GLA on torch,
+Triton and step; a DeltaNet and softmax attention, with gradients too; against loops written here).
 
 Left weaker than the truth (no false claim):
 - the delta rule at K = 1 is "unknown": its eigenvalue 1 - beta k^2 lies in (0, 1] (k = tanh(.), beta = sigmoid(.)),
