@@ -847,6 +847,13 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
                               else len(o.query_rank) + gv_order.index(o.out_map[k])) for k in present]
     lines.append(f"_y = _y.reshape(_B, _T, {', '.join([qr_sizes[r] for r in qr_syms] + [sz[k] for k in gv_order])})"
                  + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
+    # an output axis narrower than the state axis it reads (y[h, e: E] with C = delta(e, b) over b < V, pinned
+    # because E <= V at every dims, E = V - 1): the scan reads every slot; the output keeps its first E
+    narrow = [k for k in present if o.out_map[k] is not None and sp.simplify(
+        sym.in_free_dims(sym.output.axes[k].extent) - sym.in_free_dims(sym.state.axes[o.out_map[k]].extent)) != 0]
+    if narrow:
+        index = ", ".join(f":{out_sizes[out_syms[k]]}" if k in narrow else ":" for k in present)
+        lines.append(f"_y = _y[:, :, {index}]  # output axes narrower than the state axes they read")
     if len(present) < len(out_syms):
         # output axes the state lacks: a size-1 axis each, broadcast by C's factor along them (the gate)
         index = ", ".join(":" if k in present else "None" for k in range(len(out_syms)))
@@ -995,6 +1002,19 @@ def _dim_check_lines(sym: SymSpec, pr: TorchPrinter) -> list[str]:
     return lines
 
 
+def _narrowed_outputs(sym: SymSpec, axes: list[int], state_sizes: list[str], pr: TorchPrinter) -> str:
+    """The attention's output [B, T, groups, values] cut to output axes narrower than the state axes they read
+    (output axis i reads state axis ``axes[i]``: y[h, e: E] with C = delta(e, b) over b < V, E <= V at every dims);
+    "" when every output axis is as wide as its state axis."""
+    outs = sym.output.axes
+    narrow = [i for i, k in enumerate(axes) if i < len(outs) and sp.simplify(
+        sym.in_free_dims(outs[i].extent) - sym.in_free_dims(sym.state.axes[k].extent)) != 0]
+    if not narrow:
+        return ""
+    index = ", ".join(f":{pr.size(outs[i].extent)}" if i in narrow else ":" for i in range(len(axes)))
+    return f"_y.reshape(_B, _T, {', '.join(state_sizes)})[:, :, {index}]"
+
+
 def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, derived, dim_locals, params,
                     param_locals) -> ModulePlan:
     """Quadratic attention for an infinite feature state (analysis/kernelise.py): feature lets are kept as their
@@ -1094,6 +1114,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         f".reshape(_B, _T, {g_size}, {v_size})",
         "du": "" if st.readout.du == 0 else pr.print(
             logsub(st.readout.du), st.readout.out_syms, sizes(st.readout.out_syms, sym.output.axes)),
+        "narrow": _narrowed_outputs(sym, [rows.index(s) for s in gv], [gv_sizes[s] for s in gv], pr),
         "g_size": g_size,
         # the group axes as separate dims (dsf_matrices indexes the slot lets by the spec's own group axes)
         "g_dims": "".join(f"{g_sizes[s]}, " for s in g_syms),
