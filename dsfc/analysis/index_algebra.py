@@ -185,8 +185,8 @@ def function_nesting(expr) -> int:
 
 
 # SymPy's simplify combines an expression's sums pairwise and re-simplifies their bodies in each rewrite it tries, so
-# its cost roughly doubles with every Sum: a dense block averaging five softmaxes (six sums, 36 ops) took ~9 s a call
-# and 35 s a compile, a gated DeltaProduct's block (seven sums) 24 minutes. Beyond this many distinct sums the sums
+# its cost roughly doubles with every Sum: a dense block averaging five softmaxes (six sums, 36 ops) took 3-9 s a call
+# and 15-35 s a compile, a gated DeltaProduct's block (seven sums) 24 minutes. Beyond this many distinct sums the sums
 # are held opaque (``_held_sum`` functions of their free indices): the rest simplifies as usual and identical sums
 # still cancel; only rewrites across sums are lost (the prover's optional readings then prove less, never wrongly).
 SIMPLIFY_MAX_SUMS = 4

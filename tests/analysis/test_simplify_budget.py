@@ -2,7 +2,7 @@
 
 SymPy's simplify combines an expression's sums pairwise and re-simplifies their bodies inside each rewrite it tries:
 its cost roughly doubles with every ``Sum``. A dense block averaging five softmax-normalised transitions hands the
-eigenvalue prover's inlined reading six sums in 36 operations (~9 s a call, 35 s a compile on 2 cores; a gated
+eigenvalue prover's inlined reading six sums in 36 operations (15 s a compile on 2 cores, 35 s busy; a gated
 DeltaProduct's seven sums took 24 minutes). Beyond ``SIMPLIFY_MAX_SUMS`` sums every sum is held opaque while SymPy
 simplifies the rest, so the cost is bounded by the expression's structure, not by a clock (generated code and the
 catalog stay reproducible byte for byte). The checks here are structural: the sizes SymPy is handed, and the
