@@ -184,6 +184,20 @@ def function_nesting(expr) -> int:
     return deepest
 
 
+# SymPy's simplify combines an expression's sums pairwise and re-simplifies their bodies in each rewrite it tries, so
+# its cost roughly doubles with every Sum: a dense block averaging five softmaxes (six sums, 36 ops) took 3-9 s a call
+# and 15-35 s a compile, a gated DeltaProduct's block (seven sums) 24 minutes. Beyond this many distinct sums the sums
+# are held opaque (``_held_sum`` functions of their free indices): the rest simplifies as usual and identical sums
+# still cancel; only rewrites across sums are lost (the prover's optional readings then prove less, never wrongly).
+SIMPLIFY_MAX_SUMS = 4
+
+
+def sum_count(expr) -> int:
+    """How many distinct ``Sum`` nodes ``expr`` holds, nested ones included."""
+    expr = sp.S(expr)
+    return len(expr.atoms(sp.Sum)) if expr.has(sp.Sum) else 0
+
+
 # memoised: the stability report's prover and the plan's ask about the same inlined sums (a chain of feature-map lets
 # simplified twice over, ~1 s each); SymPy expressions are immutable and hashable, and simplify is pure
 @functools.lru_cache(maxsize=512)
@@ -193,14 +207,16 @@ def simplify(expr):
     A ``Sum`` whose body holds a delta of its summed index is held opaque: ``contract_delta_sums`` left it because
     the delta's other side may leave the summed range (``sum(k: p, delta(k, j) * ar[c, k])`` with j < L > p, ARMA's
     AR row padded with zeros), and SymPy's delta summation would write it as a range ``Piecewise`` that no printer
-    or prover reads (an internal error in the torch printer). Exact as it stands, the printers read the sum."""
+    or prover reads (an internal error in the torch printer). Exact as it stands, the printers read the sum.
+    Every sum is held so when there are more than SIMPLIFY_MAX_SUMS of them, which bounds SymPy's cost."""
     if function_nesting(expr) > MAX_SIMPLIFY_NESTING:
         return expr
     held = {}
+    every = sum_count(expr) > SIMPLIFY_MAX_SUMS
 
     def hold(node):
         var = node.limits[0][0] if len(node.limits) == 1 else None
-        if not any(var in d.free_symbols for d in node.function.atoms(sp.KroneckerDelta)):
+        if not every and not any(var in d.free_symbols for d in node.function.atoms(sp.KroneckerDelta)):
             return node
         if node not in held:  # a function of the sum's free indices, so that an enclosing sum still sees them
             args = sorted((s for s in node.free_symbols if isinstance(s, sp.Symbol)), key=sp.default_sort_key)
@@ -211,7 +227,10 @@ def simplify(expr):
     opaque = expr.replace(lambda n: isinstance(n, sp.Sum), hold) if expr.has(sp.Sum) else expr
     if not held:
         return sp.simplify(expr)
-    return sp.simplify(opaque).xreplace({v: k for k, v in held.items()})
+    back, out = {v: k for k, v in held.items()}, sp.simplify(opaque)
+    while out.has(*back):  # a held sum's body may hold inner ones: one level per pass
+        out = out.xreplace(back)
+    return out
 
 
 def contract_delta_sums(expr: sp.Expr, ranges: dict, normalize=None) -> sp.Expr:

@@ -25,6 +25,7 @@ import sympy as sp
 
 from ..ir.functions import Elu, Elu1p, Expm1, LogSigmoid, Sigmoid, Softplus
 from ..ir.symspec import SymLet, SymSpec, SymTensor
+from .index_algebra import simplify
 
 
 def log_of(expr: sp.Expr, sym: SymSpec) -> sp.Expr:
@@ -258,9 +259,9 @@ def telescoping_gauge(decay: sp.Expr, value: sp.Expr, sym: SymSpec) -> tuple[sp.
         return None
     logd = sp.expand_log(log_of(decay, sym), force=True)
     for prev_x, x_now in prev_reads(logd, sym):
-        if sp.simplify(logd - (prev_x - x_now)) == 0:  # exp(s_prev - s): X = exp(s)
+        if simplify(logd - (prev_x - x_now)) == 0:  # exp(s_prev - s): X = exp(s)
             ell, ell_prev = x_now, prev_x
-        elif sp.simplify(logd - sp.expand_log(sp.log(prev_x) - sp.log(x_now), force=True)) == 0:
+        elif simplify(logd - sp.expand_log(sp.log(prev_x) - sp.log(x_now), force=True)) == 0:
             ell, ell_prev = log_of(x_now, sym), log_of(prev_x, sym)  # eta_prev / eta: X = eta
         else:
             continue
@@ -268,7 +269,7 @@ def telescoping_gauge(decay: sp.Expr, value: sp.Expr, sym: SymSpec) -> tuple[sp.
         for f in sp.Mul.make_args(value):
             lf = None if f.is_number else exact_log(f, sym)
             (rest if lf is None else logs).append(f if lf is None else lf)
-        if logs and sp.simplify(ell + sp.Add(*logs)) == 0:
+        if logs and simplify(ell + sp.Add(*logs)) == 0:
             return ell, ell_prev, sp.Mul(*rest)
     return None
 
@@ -309,7 +310,7 @@ def affine_parts(body: sp.Expr) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
     q = qs.pop()
     b = e.coeff(q)
     a = sp.expand(e - b * q)
-    if a.has(q) or b.has(q) or b == 0 or sp.simplify(a + b - 1) != 0:
+    if a.has(q) or b.has(q) or b == 0 or simplify(a + b - 1) != 0:
         return None
     return a, sp.factor(b), q
 

@@ -906,10 +906,10 @@ def _jury(sym: SymSpec, m) -> EigenBound | None:
     strictly. The entries' lets are inlined so that det and tr simplify (S (1 + dt^2 a) S = S); only det and tr are
     simplified, not each entry first (three times the cost on an oscillator's trigonometric block, same result)."""
     m = [[_exact_decimals(_inline_lets(sym, x, depth=3)) for x in row] for row in m]
-    det = sp.simplify(m[0][0] * m[1][1] - m[0][1] * m[1][0])
-    tr = sp.simplify(m[0][0] + m[1][1])
+    det = simplify(m[0][0] * m[1][1] - m[0][1] * m[1][0])
+    tr = simplify(m[0][0] + m[1][1])
     prover = IntervalProver(sym)
-    d_iv, lo_iv, hi_iv = (prover.range(x) for x in (det, sp.simplify(1 + det - tr), sp.simplify(1 + det + tr)))
+    d_iv, lo_iv, hi_iv = (prover.range(x) for x in (det, simplify(1 + det - tr), simplify(1 + det + tr)))
     if not (d_iv.lo >= -1 and d_iv.hi <= 1 and lo_iv.lo >= 0 and hi_iv.lo >= 0):
         return _complex_pair(prover, det, tr, d_iv)
     strict = ((d_iv.lo > -1 or d_iv.lo_open) and (d_iv.hi < 1 or d_iv.hi_open)
@@ -926,7 +926,7 @@ def _complex_pair(prover: IntervalProver, det, tr, d_iv: Interval) -> EigenBound
     pair of eigenvalues with |lambda|^2 = det. Jury's |tr| <= 1 + det is out of reach of interval arithmetic when tr
     and det share a factor: an exactly discretised damped oscillator, det = e^(-2 ze om dt) and tr = 2 e^(-ze om dt)
     cos(wd dt), needs 2 r |cos| <= 1 + r^2; its discriminant -4 r^2 sin^2 is plainly <= 0."""
-    disc = sp.simplify(tr ** 2 - 4 * det)
+    disc = simplify(tr ** 2 - 4 * det)
     disc_iv = prover.range(disc)
     if disc_iv.hi > 0 or d_iv.lo < 0:
         return None
