@@ -96,12 +96,15 @@ def _check_triton(gen, shape, chunked: bool):
             uu = ud.clone().requires_grad_()
             out = b.model(uu, initial_state=hd)
             w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=F64).to(out)
-            (out * w).sum().backward()
             # a parameter the output does not reach has no gradient (None) on a path that leaves it out of the graph
             # (torch's one-step scan at T = 1 with a pre-update readout and no initial state: y = q^T 0) and zeros on
-            # one that keeps it: both mean 0
-            grads[backend] = {"u": uu.grad, **{n: torch.zeros_like(p) if p.grad is None else p.grad
-                                               for n, p in b.model.named_parameters()}}
+            # one that keeps it: both mean 0. With a constant readout (no query) nothing at all reaches that output
+            # on the torch path (y = C 0 does not require grad): every gradient is then 0
+            if out.requires_grad:
+                (out * w).sum().backward()
+            grads[backend] = {"u": torch.zeros_like(uu) if uu.grad is None else uu.grad,
+                              **{n: torch.zeros_like(p) if p.grad is None else p.grad
+                                 for n, p in b.model.named_parameters()}}
         # scale: the layer's largest gradient entry, not the compared tensor's own: a gradient that is exactly 0
         # (e.g. of a decay acting on an empty state, T = 1 without h0) comes back from the outer-product kernel as
         # the rounding residue of q.dq - k.dk (see test_triton_outer.py)
