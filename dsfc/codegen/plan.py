@@ -849,8 +849,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
                  + ("" if out_perm == sorted(out_perm) else f".permute({', '.join(map(str, out_perm))})"))
     # an output axis narrower than the state axis it reads (y[h, e: E] with C = delta(e, b) over b < V, pinned
     # because E <= V at every dims, E = V - 1): the scan reads every slot; the output keeps its first E
-    narrow = [k for k in present if o.out_map[k] is not None and sp.simplify(
-        sym.in_free_dims(sym.output.axes[k].extent) - sym.in_free_dims(sym.state.axes[o.out_map[k]].extent)) != 0]
+    narrow = [k for k in present if o.out_map[k] is not None and _narrower(sym, k, o.out_map[k])]
     if narrow:
         index = ", ".join(f":{out_sizes[out_syms[k]]}" if k in narrow else ":" for k in present)
         lines.append(f"_y = _y[:, :, {index}]  # output axes narrower than the state axes they read")
@@ -1002,13 +1001,19 @@ def _dim_check_lines(sym: SymSpec, pr: TorchPrinter) -> list[str]:
     return lines
 
 
+def _narrower(sym: SymSpec, out_axis: int, state_axis: int) -> bool:
+    """Whether output axis ``out_axis`` is not as wide as the state axis it reads (``dim E = V - 1``: y[h, e: E] read
+    through delta(e, b) over b < V): the scan's cores return every slot of the state axis, the output its first E."""
+    extent = sym.in_free_dims(sym.output.axes[out_axis].extent) - sym.in_free_dims(sym.state.axes[state_axis].extent)
+    return sp.simplify(extent) != 0
+
+
 def _narrowed_outputs(sym: SymSpec, axes: list[int], state_sizes: list[str], pr: TorchPrinter) -> str:
     """The attention's output [B, T, groups, values] cut to output axes narrower than the state axes they read
     (output axis i reads state axis ``axes[i]``: y[h, e: E] with C = delta(e, b) over b < V, E <= V at every dims);
     "" when every output axis is as wide as its state axis."""
     outs = sym.output.axes
-    narrow = [i for i, k in enumerate(axes) if i < len(outs) and sp.simplify(
-        sym.in_free_dims(outs[i].extent) - sym.in_free_dims(sym.state.axes[k].extent)) != 0]
+    narrow = [i for i, k in enumerate(axes) if i < len(outs) and _narrower(sym, i, k)]
     if not narrow:
         return ""
     index = ", ".join(f":{pr.size(outs[i].extent)}" if i in narrow else ":" for i in range(len(axes)))
