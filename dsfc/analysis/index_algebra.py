@@ -208,11 +208,19 @@ def simplify(expr):
     the delta's other side may leave the summed range (``sum(k: p, delta(k, j) * ar[c, k])`` with j < L > p, ARMA's
     AR row padded with zeros), and SymPy's delta summation would write it as a range ``Piecewise`` that no printer
     or prover reads (an internal error in the torch printer). Exact as it stands, the printers read the sum.
-    Every sum is held so when there are more than SIMPLIFY_MAX_SUMS of them, which bounds SymPy's cost."""
+    Every sum is held so when there are more than SIMPLIFY_MAX_SUMS of them, which bounds SymPy's cost, and when
+    SymPy's sum combining fails inside (its ``sum_add`` raises StopIteration on a term with a Sum only in a
+    denominator, ``x / Sum(...)``: a normalised decay's trace in the 2x2 check crashed ``dsfc compile``)."""
     if function_nesting(expr) > MAX_SIMPLIFY_NESTING:
         return expr
+    try:
+        return _simplify(expr, every=sum_count(expr) > SIMPLIFY_MAX_SUMS)
+    except StopIteration:
+        return _simplify(expr, every=True)
+
+
+def _simplify(expr, every: bool):
     held = {}
-    every = sum_count(expr) > SIMPLIFY_MAX_SUMS
 
     def hold(node):
         var = node.limits[0][0] if len(node.limits) == 1 else None

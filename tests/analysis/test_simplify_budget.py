@@ -77,3 +77,38 @@ def test_the_prover_hands_sympy_at_most_the_budget(monkeypatch):
     assert max(asked) > SIMPLIFY_MAX_SUMS, asked
     assert handed and max(handed) <= SIMPLIFY_MAX_SUMS, handed
     assert result.report.eigen_bound is not None
+
+
+NORMALISED_DENSE = """
+model NormalisedDense "normalised linear attention: decay prev(eta) / eta, head delta as 1 - min(|h - h2|, 1)"
+dim M = 1
+dim G = 1
+dim R = 2
+dim H = G * R
+dim K = 1
+dim V = 1
+input u[M]
+state S[h: H, a: K, b: V]
+output y[o: H, e: V]
+param W1[G, K, M] ~ normal(0, 0.7)
+param W2[G, K, M] ~ normal(0, 0.7)
+param bias[G, K] ~ uniform(-1, 1)
+param F[H, V, M] ~ normal(0, 1)
+let q[g: G, a: K] = sigmoid(sum(m, W1[g, a, m] * u[m]))
+let k[g: G, a: K] = elu(sum(m, W2[g, a, m] * u[m]) + bias[g, a]) + 1
+let z[g: G, a: K] = cumsum(k[g, a])
+let eta[h: H] = sum(a, q[h // R, a] * z[h // R, a])
+let eta_prev[h: H] = prev(eta[h])
+A[(h, a, b), (h2, a2, b2)] = (1 - min(abs(h - h2), 1)) * delta(a, a2) * delta(b, b2) * (eta_prev[h] / eta[h])
+B[(h, a, b), m] = 1 / eta[h] * k[h // R, a] * F[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h // R, a]
+readout pre
+"""
+
+
+def test_sympy_failing_inside_its_sum_combining_falls_back_to_held_sums():
+    """SymPy's ``sum_add`` raises StopIteration on a term whose only Sum is in a denominator (``x / Sum(...)``): the
+    2x2 check's trace of this block (a random property-test spec) crashed ``dsfc compile`` with a raw traceback.
+    ``simplify`` now retries with every sum held opaque, and the spec compiles."""
+    result = compile_text(NORMALISED_DENSE, "normalised_dense.dsf")
+    assert result.structure.family is not None
