@@ -537,6 +537,8 @@ class _Checker:
                 found = self.infer_extent(e.var, e.body)
                 if len(self.errors) > before:
                     return  # conflicting extents: checking the body would report the same mistake again
+                if found is None and self.indexes_broken(e.var, e.body):
+                    return  # it subscripts a tensor whose declaration failed (a bad dim): that error is the one
                 if found is None:
                     self.err(
                         f"cannot infer the range of sum index {e.var!r}: it never subscripts a tensor directly",
@@ -625,6 +627,12 @@ class _Checker:
                                 node.span,
                             )
         return found
+
+    def indexes_broken(self, var: str, body: ast.Expr) -> bool:
+        """Whether ``var`` subscripts a tensor whose declaration failed (so its range cannot be inferred)."""
+        return any(isinstance(node, ast.Index) and node.name in self.broken
+                   and any(isinstance(s, ast.Name) and s.name == var for s in node.subscripts)
+                   for node in _walk(body))
 
     def shadowed(self, name: str, scope: _Scope | None = None) -> str:
         """What an index name hides, with its line: "shadows a declared name" left the user to find which (a let

@@ -117,3 +117,19 @@ def test_each_separate_let_cycle_is_reported_once():
                   "let e[c: d] = a[c] * u[c]", "A[i, k] = delta(i, k)", "B[i, k] = delta(i, k) * z[i] * a[i]",
                   "C[i, k] = delta(i, k)")
     assert errs == [(5, "cycle among lets: z -> z"), (6, "cycle among lets: a -> b -> a")], errs
+
+
+def test_a_sum_over_a_failed_dims_axis_is_one_error():
+    """``dim d = 0`` used to add "cannot infer the range of sum index 'k': it never subscripts a tensor directly" for
+    every ``sum(k, W[j, k] * u[k])``: the tensors it subscripts were dropped with the dim, so the range looked
+    unknowable. Such a sum now defers to the dim's error; a sum that really subscripts nothing still gets its own."""
+    with pytest.raises(SpecErrors) as info:
+        check_spec(parse_spec("\n".join([
+            "dim d = 0", "dim n = 2", "input u[d]", "state h[c: n]", "param W[n, d]",
+            "let b[j: n] = sum(k, W[j, k] * u[k])",
+            "let z[j: n] = sum(m, 2 * b[j])",  # m subscripts nothing at all: still an error
+            "A[i, k] = delta(i, k) * 0.5", "B[i, k] = b[i] * z[i]", "C[i, k] = delta(i, k)"]) + "\n", "x.dsf"))
+    errs = [(e.span.line, e.message) for e in info.value.errors]
+    assert errs[0] == (1, "dim 'd' must be a positive integer, got 0"), errs
+    assert not any(line == 6 for line, _ in errs), errs
+    assert any(line == 7 and "cannot infer the range of sum index 'm'" in m for line, m in errs), errs
