@@ -137,7 +137,9 @@ class Structure:
 def classify_a(sym: SymSpec) -> AStructure:
     m = sym.matrices["A"]
     rows, cols = m.rows, m.cols
-    diag = sorted(common_row_col_deltas(m.entry, rows, cols))
+    # an axis of literal extent 1 has row index = column index (both 0): diagonal there with or without a delta
+    unit = {k for k, extent in enumerate(m.row_extents) if extent == 1 and m.col_extents[k] == 1}
+    diag = sorted(common_row_col_deltas(m.entry, rows, cols) | unit)
     mixed = tuple(k for k in range(len(rows)) if k not in diag)
     stripped = simplify(strip_deltas(m.entry, rows, cols, diag)) if diag else m.entry
     if not mixed:
