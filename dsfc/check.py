@@ -360,7 +360,10 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
             running0 = {k: v for k, v in h0.items() if k != "h"} if running else None
             with torch.no_grad():
                 got = model.dsf_matrices(u, running0) if running else model.dsf_matrices(u)
-            want = dense_matrices(sym, all_dims, params, u, running0)
+            # the core's matrices: an out-projection hoisted out of C (ir/out_projection.py) is the module's first
+            # post, so its C reads the per-slot values and D is the post's; flat output axes split by unflatten_output
+            # give the same dense matrices as written
+            want = dense_matrices(result.core or sym, all_dims, params, u, running0)
             for name, g, w in zip("ABCD", got, want):
                 a, r = _err(g, w)
                 report.rows.append(CheckRow(f"dsf_matrices {name}", shape, a, r, r <= TOL or a <= TOL))

@@ -13,11 +13,12 @@ import hashlib
 import keyword
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__
 from .analysis.report import StructureReport, analyse_structure
+from .analysis.facts import Family
 from .analysis.structure import Structure, analyse_structure_of
 from .codegen.emit import emit_torch, printable, write_atomic
 from .codegen.plan import ModulePlan, plan_module
@@ -25,6 +26,7 @@ from .ir.lower import lower_to_sympy
 from .ir.symspec import SymSpec
 from .ir.cancelled import cancelled_reads
 from .ir.canonical import canonical_matrices
+from .ir.out_projection import hoist_out_projection
 from .ir.unflatten import unflatten_output
 from .lang.ast import Spec
 from .lang.check import CheckedSpec, check_spec, too_deep_error
@@ -102,8 +104,28 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     core = unflatten_output(sym)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
     core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
     structure = analyse_structure_of(core)  # SymSpec -> Structure
+    if structure.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
+        core, structure = _with_out_projection_hoisted(core, structure)
     report = analyse_structure(core, structure)  # Structure -> StructureReport
     return checked, sym, core, structure, report
+
+
+def _with_out_projection_hoisted(core: SymSpec, structure: Structure) -> tuple[SymSpec, Structure]:
+    """An out-projection written into C, applied after the scan instead (ir/out_projection.py), where that lets the
+    layer run a chunked algorithm; ``(core, structure)`` unchanged otherwise."""
+    hoisted = hoist_out_projection(core)
+    if hoisted is None:
+        return core, structure
+    try:
+        found = analyse_structure_of(hoisted)
+    except SpecErrors:
+        return core, structure
+    if found.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
+        return core, structure
+    why = (f"{found.family_reason}; C's output projection (the factors of C that read the output index) is applied "
+           f"after the scan, as a post: {hoisted.posts[0].tensor.name} = (projection) {hoisted.output.name}"
+           f"{' + D u' if 'D' in core.matrices else ''}")
+    return hoisted, replace(found, family_reason=why)
 
 
 def compile_text(text: str, path: str = "<spec>") -> CompileResult:

@@ -198,8 +198,9 @@ def _src(sym: SymSpec, name: str) -> str:
         if s.name == name:
             line = let[s.span.line - 1].strip() if s.span.line <= len(let) else ""
             return line
-    let = sym.let(name)
-    if let is not None and not let.running:  # a let codegen added (log_space.hoist_complement_sums)
+    let = sym.let(name) or next((p for p in sym.posts if p.tensor.name == name), None)
+    if let is not None and not let.running:  # a let or post dsfc added (log_space.hoist_complement_sums,
+        # ir/out_projection.py)
         return f"(dsfc) {name}[{', '.join(map(str, let.index))}] = {sp.sstr(let.expr)}"
     return ""
 

@@ -15,11 +15,11 @@ Found and fixed:
   may be declared" and nothing more; it now hints at the DSF form, both stacked along an axis of one state (``state
   h[s: 2, ...]``), as ``TWO_RATES`` below does.
 
-Found, NOT fixed (the algorithm, not the result): an out-projection folded into C, ``C[o, (h, a, b)] = W_O[o, h, b] *
-q[h, a]`` (the DSF's "absorb the output map into C"), has no output axis tied to a state axis, so
-``structure.split_outer`` gives up and the layer runs the elementwise diagonal scan over the whole H*K*V state instead
-of the chunked outer-product scan followed by the projection. It matches the reference and an independent
-implementation (``FUSED_OUTPROJ``); writing the projection as a post keeps the chunked form. Also seen and left: an
+Found here, fixed by the twenty-seventh session (the algorithm, not the result): an out-projection folded into C,
+``C[o, (h, a, b)] = W_O[o, h, b] * q[h, a]`` (the DSF's "absorb the output map into C"), has no output axis tied to a
+state axis, so ``structure.split_outer`` gave up and the layer ran the elementwise diagonal scan over the whole H*K*V
+state. ``ir/out_projection.py`` now applies such a projection after the chunked outer-product scan, as a post
+(``FUSED_OUTPROJ``, against the reference and an independent implementation). Also seen and left: an
 mLSTM with an un-stabilised exponential input gate overflows fp32 at inputs of scale 300 (float64 does not): the
 spec's maths, not a rewrite dsfc could make without the max-stabiliser state. ``prev(x)`` at the first step of a fresh
 sequence is ``x_0`` itself (documented), so RWKV-4's pre-update denominator written as ``prev(scan(..))`` is wrong at
@@ -316,8 +316,8 @@ CASES = {
     "manual_sigmoid": (MANUAL_SIGMOID, Family.CHUNKED_OUTER),
     "mlstm_exp": (MLSTM_EXP, Family.CHUNKED_OUTER),
     "rwkv4_pre": (RWKV4_PRE, Family.DIAGONAL_SCAN),
-    # known gap (see the docstring): the out-projection in C loses the chunked outer-product form
-    "fused_outproj": (FUSED_OUTPROJ, Family.DIAGONAL_SCAN),
+    # the out-projection in C is applied after the chunked scan (ir/out_projection.py; see the docstring)
+    "fused_outproj": (FUSED_OUTPROJ, Family.CHUNKED_OUTER),
     "ssd_group_a": (SSD_GROUP_A, Family.CHUNKED_OUTER),
     "s6_d1": (S6_D1, Family.DIAGONAL_SCAN),
     "constants": (CONSTANTS, Family.DIAGONAL_SCAN),

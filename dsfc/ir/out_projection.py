@@ -1,0 +1,79 @@
+"""Hoist an output projection written into C out of the core: ``y[o] = sum(W_o[o, h*V + b] q[h, a] S[h, a, b])``.
+
+A researcher writing a whole layer puts its out-projection into C,
+``C[o, (h, a, b)] = W_o[o, h*V + b] * q[h, a]``. Every output then reads every value slot, so C maps no output axis
+to a state axis and the structure analysis finds no linear-attention readout (``q^T S`` per head and value slot): the
+layer ran the elementwise diagonal scan, a state of H K V entries per step in memory. The same layer with the
+projection written as a ``post`` runs the chunked algorithms. This pass makes that rewrite itself:
+
+    C[o, s] = P(o, s_Z) Q(s)   (P: the factors that read an output index; Z: the state axes P reads)
+      ->  core output z[s_Z] with C'[z, s] = prod_(k in Z) delta(z_k, s_k) Q(s)
+          post y[o] = sum_(s_Z) P(o, s_Z) z[s_Z] + (D u)[o]
+
+D u moves into the post with the projection (it is added to y, not to z). The spec's own posts read y as before.
+The pipeline keeps the rewrite only where the structure analysis then finds a chunked family for a layer it would
+otherwise scan elementwise or densely (``pipeline._analyse_core``); the reference backend evaluates the spec as
+written (``CompileResult.sym``), so ``dsfc check`` compares the rewritten layer against the original maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import sympy as sp
+
+from ..analysis.index_algebra import contract_product, factors, terms
+from .lower import index_symbol
+from .symspec import SymAxis, SymLet, SymMatrix, SymSpec
+
+
+def _fresh(taken: set[str], name: str) -> str:
+    while name in taken:
+        name = "_" + name
+    taken.add(name)
+    return name
+
+
+def hoist_out_projection(sym: SymSpec) -> SymSpec | None:
+    """``sym`` with C's output projection moved into a post (see the module docstring); None where C is not one
+    product whose output-reading factors also read some, but not all, state axes."""
+    c = sym.matrices.get("C")
+    if c is None or not c.rows or len(terms(c.entry)) != 1:
+        return None
+    rows = set(c.rows)
+    fs = factors(c.entry)
+    proj = [f for f in fs if f.free_symbols & rows]
+    rest = [f for f in fs if not f.free_symbols & rows]
+    if not proj or any(isinstance(f, sp.KroneckerDelta) for f in proj):
+        return None  # an output axis mapped to a state axis (or to a fixed entry): C already reads per slot
+    P = sp.Mul(*proj)
+    Z = [k for k, s in enumerate(c.cols) if s in P.free_symbols]
+    if not Z or len(Z) == len(c.cols):
+        return None  # the projection reads no state axis (a plain gate), or every one (nothing left to contract)
+    if P.has(sp.Sum) and any(c.cols[k] in {v for n in sp.preorder_traversal(P) if isinstance(n, sp.Sum)
+                                               for v, *_ in n.limits} for k in Z):
+        return None
+    taken = {t for t in sym.tensors} | {str(s) for s in sp.S(c.entry).free_symbols} | set(sym.dims)
+    taken |= {str(s) for s in c.rows + c.cols}
+    vals = sym.dim_values()
+    state_axes = sym.state.axes
+    core_name = _fresh(taken, f"{sym.output.name}_core")
+    z_syms = tuple(index_symbol(_fresh(taken, f"z_{state_axes[k].name or k}")) for k in Z)
+    z_axes = tuple(SymAxis(state_axes[k].name, c.col_extents[k], int(sym.subs_dims(c.col_extents[k], vals)))
+                   for k in Z)
+    z_base = sp.IndexedBase(core_name)
+    core_out = replace(sym.output, name=core_name, base=z_base, axes=z_axes)
+    pinned = sp.Mul(*[sp.KroneckerDelta(z, c.cols[k]) for z, k in zip(z_syms, Z)])
+    new_c = SymMatrix("C", z_syms, c.cols, tuple(a.extent for a in z_axes), c.col_extents, pinned * sp.Mul(*rest),
+                      c.span)
+    read = sp.Sum(P * z_base[tuple(c.cols[k] for k in Z)], *[(c.cols[k], 0, c.col_extents[k] - 1) for k in Z])
+    d = sym.matrices.get("D")
+    if d is not None:
+        entry = d.entry.subs(dict(zip(d.rows, c.rows)), simultaneous=True)
+        driven = sym.driven.base[d.cols] if d.cols else sym.driven.base
+        read = read + contract_product(entry, d.cols, d.col_extents, driven, dict(zip(c.rows, c.row_extents)),
+                                       sym.in_free_dims)
+    post = SymLet(sym.output, tuple(c.rows), read, True)
+    matrices = {k: v for k, v in sym.matrices.items() if k not in ("C", "D")}
+    matrices["C"] = new_c
+    return replace(sym, output=core_out, matrices=matrices, posts=(post,) + tuple(sym.posts))
