@@ -103,16 +103,24 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
         warnings.warn(w, stacklevel=3)
     core = unflatten_output(sym)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
     core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
-    structure = analyse_structure_of(core)  # SymSpec -> Structure
-    if structure.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
-        core, structure = _with_out_projection_hoisted(core, structure)
+    try:
+        structure = analyse_structure_of(core)  # SymSpec -> Structure
+    except SpecErrors as refused:  # e.g. softmax attention whose C holds an out-projection: not the kernelised form
+        core, structure = _with_out_projection_hoisted(core, None)
+        if structure is None:
+            raise refused
+    else:
+        if structure.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
+            core, structure = _with_out_projection_hoisted(core, structure)
     report = analyse_structure(core, structure)  # Structure -> StructureReport
     return checked, sym, core, structure, report
 
 
-def _with_out_projection_hoisted(core: SymSpec, structure: Structure) -> tuple[SymSpec, Structure]:
+def _with_out_projection_hoisted(core: SymSpec, structure: Structure | None
+                                 ) -> tuple[SymSpec, Structure | None]:
     """An out-projection written into C, applied after the scan instead (ir/out_projection.py), where that lets the
-    layer run a chunked algorithm; ``(core, structure)`` unchanged otherwise."""
+    layer run a chunked algorithm; ``(core, structure)`` unchanged otherwise (``structure`` None: the spec as written
+    was refused by the analysis)."""
     hoisted = hoist_out_projection(core)
     if hoisted is None:
         return core, structure

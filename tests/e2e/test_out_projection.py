@@ -13,10 +13,12 @@ from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_IN
 
 import torch  # noqa: E402
 
-from dsf_testing import (INTERPRETER_WARNINGS, case_builds, matvec, spec_hunt_tests, stack_steps)  # noqa: E402
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, build, case_builds, check_grads_against_loop,  # noqa: E402
+                         matvec, rel_err, run_steps, spec_hunt_tests, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.check import run_check  # noqa: E402
+from dsfc.pipeline import compile_text  # noqa: E402
 
 pytestmark = INTERPRETER_WARNINGS
 
@@ -91,6 +93,31 @@ A[(h, p, j), (h2, p2, j2)] = delta(h, h2) * delta(p, p2) * delta(j, j2) * exp(-d
 B[(h, p, j), (h2, p2)] = delta(h, h2) * delta(p, p2) * dt[h] * Bm[j]
 C[o, (h, p, j)] = W_o[o, h * P + p] * Cm[j]
 D[o, (h, p)] = W_o[o, h * P + p] * D[h]
+"""
+
+SOFTMAX_PROJ = """
+model SoftmaxProj "causal softmax attention, 2 heads, the out-projection over (head, value) written into C"
+dim d = 5
+dim H = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, f: taylor(K, inf), b: V]
+output y[d]
+param W_Q[H, K, d] ~ normal(0, 1)
+param W_K[H, K, d] ~ normal(0, 1)
+param W_V[H, V, d] ~ normal(0, 1)
+param W_O[d, H * V] ~ normal(0, 1)
+let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
+let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let qf[h: H, f: taylor(K, inf)] = taylor(a, q[h, a])
+let kf[h: H, f: taylor(K, inf)] = taylor(a, k[h, a])
+let z[h: H, f: taylor(K, inf)] = cumsum(kf[h, f])
+let eta[h: H] = sum(f, qf[h, f] * z[h, f])
+let eta_prev[h: H] = prev(eta[h])
+A[(h, f, b), (h2, f2, b2)] = delta(h, h2) * delta(f, f2) * delta(b, b2) * eta_prev[h] / eta[h]
+B[(h, f, b), m] = kf[h, f] * W_V[h, b, m] / eta[h]
+C[o, (h, f, b)] = W_O[o, h * V + b] * qf[h, f]
 """
 
 # a readout weight on every state axis (no query: nothing to contract per slot): stays the diagonal scan
@@ -207,6 +234,19 @@ def _fullread(P, u, h0=None):
     return stack_steps(_outer_loop(u, h0, (H, K, V), step, read), u, u.shape[2])
 
 
+def _softmaxproj(P, u, h0=None):
+    # per head: y_t = sum_(j<=t) softmax_j(q_t . k_j / sqrt(K)) v_j; then W_O over the flat (head, value) index
+    assert h0 is None  # the state is a KV cache
+    q, k, v = (torch.einsum("hxm,ztm->zthx", P[n], u) for n in ("W_Q", "W_K", "W_V"))
+    K = q.shape[-1]
+    ys = []
+    for t in range(u.shape[1]):
+        w = torch.softmax(torch.einsum("zha,zjha->zhj", q[:, t], k[:, :t + 1]) / K ** 0.5, -1)
+        z = torch.einsum("zhj,zjhb->zhb", w, v[:, :t + 1]).reshape(u.shape[0], -1)
+        ys.append(matvec(P["W_O"], z))
+    return stack_steps(ys, u, u.shape[2])
+
+
 INDEPENDENT = {"gatedproj": _gatedproj, "deltaproj": _deltaproj, "ssdproj": _ssdproj, "fullread": _fullread}
 EIGEN = {"gatedproj": Bound.STABLE, "deltaproj": Bound.MARGINAL, "ssdproj": Bound.STABLE, "fullread": Bound.STABLE}
 
@@ -234,3 +274,27 @@ def test_dsfc_check_passes_on_the_hoisted_layers():
     for name in ("gatedproj", "ssdproj"):
         report = run_check(_compiled(name), triton=False)
         assert report.ok, report.format()
+
+
+def test_softmax_attention_with_the_projection_in_c_is_kernelised():
+    """The kernelised form was refused outright ("an infinite feature range needs ... C contracting the feature
+    index"): with the projection hoisted it is softmax attention plus a post. Against the loop: torch and Triton
+    (T = 0, 1, 7), step by step (the KV cache), gradients; and ``dsfc check`` (slot-basis matrices, KV cache)."""
+    result = compile_text(SOFTMAX_PROJ, "softmaxproj.dsf")
+    assert result.structure.family == Family.QUADRATIC, result.structure.family_reason
+    built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+    gen = torch.Generator().manual_seed(4)
+    for b, t in ((1, 0), (2, 1), (2, 7)):
+        u = torch.randn(b, t, 5, generator=gen, dtype=F64)
+        want = _softmaxproj(built.params(), u)
+        for backend in BACKENDS:
+            built.model.backend = backend
+            with torch.no_grad():
+                assert rel_err(built.model(u), want) < 1e-8, (backend, b, t)
+        built.model.backend = "torch"
+        if t:
+            with torch.no_grad():
+                assert rel_err(run_steps(built.model, u, None)[0], want) < 1e-8, ("step", b, t)
+    u, w = (torch.randn(2, 5, 5, generator=gen, dtype=F64) for _ in range(2))
+    check_grads_against_loop(built, _softmaxproj, u, w)
+    assert run_check(result, triton=False).ok
