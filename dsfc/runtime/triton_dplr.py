@@ -56,10 +56,16 @@ except ImportError:  # the torch path still works; chunked_dplr_triton then rais
 
 __all__ = ["chunked_dplr_triton", "dplr_state_passing", "available"]
 
-# Tiles, sized without a GPU from ptxas' report for sm_90 (tests/triton/aot_compile.py --dplr-only --resources):
-# see _launch_cfg. The [K, K] transition tile of a chunk is the larger operand (K = 128: 16384 fp32 entries, 64 per
-# thread at 8 warps); the state slice [K, BLOCK_V] is small beside it.
+# Tiles, sized without a GPU from ptxas' report for sm_90 (tests/triton/aot_compile.py --dplr-only --resources).
+# fp32 with input_precision="ieee" makes tl.dot an FMA product whose operands each thread holds along the whole inner
+# axis: one [128, 128] x [128, 32] dot per chunk spilled 9-16 KB per thread at 8 warps (5-18 KB at 4-16 warps, BLOCK_V
+# 16 or 32; and fp64 needed 288 KB of shared memory). Split along the inner (key) axis in blocks of BLOCK_J = 16
+# (_affine_step), K = V = 128 at 8 warps takes 185 registers with [128, 32] slices, no spill (fp64: 240); [128, 64]
+# slices spilled 40 bytes, BLOCK_J = 32 16 bytes, 4 warps 80 bytes. K = 64: 149 registers. K = 256 gets [256, 16]
+# slices (255 registers, no spill), the cap on the state tile.
+MAX_STATE_TILE = 4096  # most state entries one program holds ([BLOCK_K, BLOCK_V] registers)
 MAX_BLOCK_V = 32
+BLOCK_J = 16
 NUM_WARPS = 8
 
 
@@ -75,43 +81,60 @@ if triton is not None:
 
     @triton.jit
     def _state_tiles(pid_v, K, V, BK: tl.constexpr, BV: tl.constexpr):
-        """Offsets (+ masks) of the program's [K, BLOCK_V] state slice and of a [K, K] transition tile."""
+        """Offsets (+ mask) of the program's [K, BLOCK_V] slice of a [K, V] state."""
         kk = tl.arange(0, BK)
         vv = pid_v * BV + tl.arange(0, BV)
         s_off = kk[:, None] * V + vv[None, :]
         s_mask = (kk[:, None] < K) & (vv[None, :] < V)
-        t_mask = (kk[:, None] < K) & (kk[None, :] < K)
-        return kk, s_off, s_mask, t_mask
+        return kk, vv, s_off, s_mask
+
+    @triton.jit
+    def _affine_step(mat_ptr, state_ptr, acc, kk, vv, K, V, BK: tl.constexpr, BJ: tl.constexpr,
+                     TRANSPOSE: tl.constexpr, DTYPE: tl.constexpr):
+        """acc + M S for the [K, K] matrix M at ``mat_ptr`` (its transpose, TRANSPOSE) and the state slice S that
+        this program has just stored at ``state_ptr``, in blocks of BJ along the inner (key) axis: a [BK, BK] x
+        [BK, BV] tl.dot at once is an FMA product (fp32 with input_precision="ieee") whose operands ptxas cannot keep
+        in registers (K = 128: 5-18 KB spilled per thread); the state's key blocks are read back from the store
+        (L1 / L2), the barrier making the other threads' writes visible."""
+        tl.debug_barrier()
+        for j0 in range(0, BK, BJ):
+            jj = j0 + tl.arange(0, BJ)
+            # masked lanes (keys past K, values past V) load 0: rows and columns of 0 add nothing to the product
+            if TRANSPOSE:
+                m_off = jj[None, :] * K + kk[:, None]  # M^T[i, j] = M[j, i]
+            else:
+                m_off = kk[:, None] * K + jj[None, :]
+            m = tl.load(mat_ptr + m_off, mask=(kk[:, None] < K) & (jj[None, :] < K), other=0.0).to(DTYPE)
+            sj = tl.load(state_ptr + jj[:, None] * V + vv[None, :], mask=(jj[:, None] < K) & (vv[None, :] < V),
+                         other=0.0).to(DTYPE)
+            acc += tl.dot(m, sj, input_precision="ieee")
+        return acc
 
     @triton.jit
     def _dplr_pass_fwd(trans_ptr, inject_ptr, h0_ptr, starts_ptr, final_ptr, NC, K, V, BK: tl.constexpr,
-                       BV: tl.constexpr, DTYPE: tl.constexpr):
+                       BV: tl.constexpr, BJ: tl.constexpr, DTYPE: tl.constexpr):
         bh = tl.program_id(0).to(tl.int64)
-        kk, s_off, s_mask, t_mask = _state_tiles(tl.program_id(1), K, V, BK, BV)
-        t_off = kk[:, None] * K + kk[None, :]  # trans_c[i, j]
-        # masked lanes (keys past K, values past V) load 0: rows and columns of 0 add nothing to the product
+        kk, vv, s_off, s_mask = _state_tiles(tl.program_id(1), K, V, BK, BV)
         s = tl.load(h0_ptr + bh * K * V + s_off, mask=s_mask, other=0.0).to(DTYPE)
         for c in range(0, NC):
             row = bh * NC + c
             tl.store(starts_ptr + row * K * V + s_off, s, mask=s_mask)
-            tr = tl.load(trans_ptr + row * K * K + t_off, mask=t_mask, other=0.0).to(DTYPE)
             inj = tl.load(inject_ptr + row * K * V + s_off, mask=s_mask, other=0.0).to(DTYPE)
-            s = tl.dot(tr, s, input_precision="ieee") + inj
+            s = _affine_step(trans_ptr + row * K * K, starts_ptr + row * K * V, inj, kk, vv, K, V, BK, BJ, False,
+                             DTYPE)
         tl.store(final_ptr + bh * K * V + s_off, s, mask=s_mask)
 
     @triton.jit
     def _dplr_pass_bwd(trans_ptr, dstarts_ptr, dfinal_ptr, g_ptr, dh0_ptr, NC, K, V, BK: tl.constexpr,
-                       BV: tl.constexpr, DTYPE: tl.constexpr):
+                       BV: tl.constexpr, BJ: tl.constexpr, DTYPE: tl.constexpr):
         bh = tl.program_id(0).to(tl.int64)
-        kk, s_off, s_mask, t_mask = _state_tiles(tl.program_id(1), K, V, BK, BV)
-        tt_off = kk[:, None] + kk[None, :] * K  # trans_c[j, i]: the transpose, read as such
+        kk, vv, s_off, s_mask = _state_tiles(tl.program_id(1), K, V, BK, BV)
         g = tl.load(dfinal_ptr + bh * K * V + s_off, mask=s_mask, other=0.0).to(DTYPE)  # dL/dS_(c+1)
         for cc in range(0, NC):
             row = bh * NC + (NC - 1 - cc)
             tl.store(g_ptr + row * K * V + s_off, g, mask=s_mask)
-            trt = tl.load(trans_ptr + row * K * K + tt_off, mask=t_mask, other=0.0).to(DTYPE)
             ds = tl.load(dstarts_ptr + row * K * V + s_off, mask=s_mask, other=0.0).to(DTYPE)
-            g = tl.dot(trt, g, input_precision="ieee") + ds
+            g = _affine_step(trans_ptr + row * K * K, g_ptr + row * K * V, ds, kk, vv, K, V, BK, BJ, True, DTYPE)
         tl.store(dh0_ptr + bh * K * V + s_off, g, mask=s_mask)
 
     @triton.jit
@@ -144,10 +167,10 @@ if triton is not None:
 
 
 def _launch_cfg(K: int, V: int) -> tuple:
-    """(BLOCK_K, BLOCK_V, value slices): tl.dot's tiles are at least 16 on every side."""
+    """(BLOCK_K, BLOCK_V, BLOCK_J, value slices): tl.dot's tiles are at least 16 on every side."""
     block_k = max(16, _next_pow2(K))
-    block_v = max(16, min(MAX_BLOCK_V, _next_pow2(V)))
-    return block_k, block_v, triton.cdiv(V, block_v)
+    block_v = max(16, min(MAX_BLOCK_V, _next_pow2(V), MAX_STATE_TILE // block_k))
+    return block_k, block_v, BLOCK_J, triton.cdiv(V, block_v)
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -158,9 +181,9 @@ def _pass_fwd(trans, inject, h0):
     B, H, NC, K, V = inject.shape
     starts = torch.empty((B, H, NC, K, V), device=h0.device, dtype=h0.dtype)
     final = torch.empty((B, H, K, V), device=h0.device, dtype=h0.dtype)
-    block_k, block_v, nv = _launch_cfg(K, V)
+    block_k, block_v, block_j, nv = _launch_cfg(K, V)
     _dplr_pass_fwd[(B * H, nv)](trans.contiguous(), inject.contiguous(), h0.contiguous(), starts, final, NC, K, V,
-                                BK=block_k, BV=block_v, DTYPE=_tl_dtype(h0.dtype), num_warps=NUM_WARPS)
+                                BK=block_k, BV=block_v, BJ=block_j, DTYPE=_tl_dtype(h0.dtype), num_warps=NUM_WARPS)
     return starts, final
 
 
@@ -182,9 +205,9 @@ def _dplr_pass_bwd_op(trans: torch.Tensor, dstarts: torch.Tensor,
     B, H, NC, K, V = dstarts.shape
     g = torch.empty((B, H, NC, K, V), device=dstarts.device, dtype=dstarts.dtype)
     dh0 = torch.empty((B, H, K, V), device=dstarts.device, dtype=dstarts.dtype)
-    block_k, block_v, nv = _launch_cfg(K, V)
+    block_k, block_v, block_j, nv = _launch_cfg(K, V)
     _dplr_pass_bwd[(B * H, nv)](trans.contiguous(), dstarts.contiguous(), dfinal.contiguous(), g, dh0, NC, K, V,
-                                BK=block_k, BV=block_v, DTYPE=_tl_dtype(dstarts.dtype), num_warps=NUM_WARPS)
+                                BK=block_k, BV=block_v, BJ=block_j, DTYPE=_tl_dtype(dstarts.dtype), num_warps=NUM_WARPS)
     return g, dh0
 
 
