@@ -11,9 +11,15 @@ recurrence across chunks::
 
 which the torch path runs as a Python loop of T / L matmuls. Here it is one launch (``_dplr_pass_fwd``): one
 program per (batch row, head, value slice of ``BLOCK_V``) keeps its ``[K, BLOCK_V]`` slice of the state in
-registers (fp32, fp64 for fp64 inputs), walks the chunks in order with ``S = tl.dot(trans_c, S) + inject_c`` and
-writes every chunk-start state ``S_c`` and the final state. The value slices are independent (trans acts on the key
-axis only); each re-reads the chunk's ``trans_c`` tile (L2-resident: the slices of one head run together).
+registers (fp32, fp64 for fp64 inputs), walks the chunks in order with ``S = trans_c S + inject_c`` and writes every
+chunk-start state ``S_c`` and the final state. The value slices are independent (trans acts on the key axis only);
+each re-reads the chunk's ``trans_c`` tile (L2-resident: the slices of one head run together). The product is
+``_affine_step``: ``inject_c`` plus ``tl.dot`` s of [K, 16] column blocks of ``trans_c`` with the matching [16,
+BLOCK_V] key blocks of ``S_c``, which the program reads back from the chunk-start store it has just made (after a
+``tl.debug_barrier``, so that every thread sees the others' writes; registers cannot be sliced), instead of one
+[K, K] x [K, BLOCK_V] dot that spills (see the tile notes below). The interpreter runs a program's threads as one,
+so that barrier is the part of the kernel the CPU tests cannot check; it is the CUDA rule (``__syncthreads`` orders
+a block's global-memory accesses) and has not run on a GPU.
 
 Backward (``_dplr_pass_bwd``, no recompute: the forward stored every ``S_c``, which the outputs need anyway):
 reverse chunk order with ``G = dL/dS_(c+1)`` in registers::
