@@ -32,7 +32,7 @@ from .triton_plan import TritonPlan, plan_triton_diagonal
 # Names the generated module itself uses at module or function scope.
 _RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan", "chunked_outer_scan",
              "chunked_outer_triton", "chunked_delta_scan", "chunked_delta_triton", "chunked_dplr_scan", "dt_bias_",
-             "self", "taylor_dim", "taylor_features", "rank_substeps", "rank_readouts",
+             "chunked_dplr_triton", "self", "taylor_dim", "taylor_features", "rank_substeps", "rank_readouts",
              "kernel_matrix",
              "run_compiled_chunks", "run_compiled_lets", "use_compiled_chunks",
              "initial_state", "output_final_state", "state", "u_t", "u",
@@ -180,6 +180,7 @@ class ModulePlan:
     triton_dense: list[str] | None = None  # dense family: body of _core_triton_dense (block-scan kernel), or None
     triton_outer: list[str] = field(default_factory=list)  # chunked outer family: body of _core_triton_outer
     triton_delta: bool = False  # ... whose scan is the delta rule's (chunked_delta_triton, triton_delta.py)
+    triton_dplr: bool = False  # ... or the DPLR scan (chunked_dplr_triton, triton_dplr.py)
     feature_maps: bool = False  # the spec has a feature map or range: import the runtime's Taylor helpers
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     block_scan: bool = False  # the dense family's small blocks: import the runtime's chunked block scan
@@ -396,12 +397,10 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_note = "Triton kernel: chunked delta rule (its chunk-to-chunk state recurrence)"
     elif st.family == Family.CHUNKED_DPLR:
         core += _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_dplr_scan")
-        # no Triton kernel of its own: backend="triton" runs the dense family's generic block-scan kernel on the
-        # materialised K x K blocks (correct, per-step; the torch path's chunked scan is the fast one on CPU)
-        triton_dense = _dense_lines(sym, st, pr, rows, row_sizes, tensors, kernel=True) \
-            + _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
-        triton_note = ("Triton kernel: generic dense block scan (this family has no Triton kernel of its own; the "
-                       "torch path runs chunked_dplr_scan)")
+        # the same streams and chunk-parallel maths, the chunk-to-chunk state recurrence one Triton kernel
+        # (dsfc/runtime/triton_dplr.py)
+        triton_outer = _outer_lines(sym, st, pr, rows, row_sizes, out_syms, out_sizes, scan="chunked_dplr_triton")
+        triton_note = "Triton kernel: chunked diagonal-plus-rank-1 scan (its chunk-to-chunk state recurrence)"
     else:
         core += _dense_lines(sym, st, pr, rows, row_sizes, tensors)
         readout = _readout_lines(sym, st, pr, out_syms, out_sizes, tensors)
@@ -463,6 +462,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         triton_dense=triton_dense,
         triton_outer=triton_outer,
         triton_delta=st.family == Family.CHUNKED_DELTA,
+        triton_dplr=st.family == Family.CHUNKED_DPLR,
         running=[let.tensor.name for let in sym.running_lets],  # state dict keys are the spec names
         driven=py_name(sym.driven.name),
         driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),

@@ -992,6 +992,8 @@ def chunked_dplr_scan(
     chunk: int = 32,
     output_final_state: bool = False,
     readout: str = "post",
+    state_passing: Optional[Callable] = None,
+    step: Optional[Callable] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Diagonal-plus-rank-1 (DPLR) recurrence with a per-key decay, chunkwise, batch-first.
 
@@ -1029,6 +1031,13 @@ def chunked_dplr_scan(
     at K = 64, L = 32). Only the K x K chunk-to-chunk state recurrence is sequential (T / L steps). Accumulates in
     fp32 at least; differentiable with autograd.
 
+    ``state_passing`` runs that recurrence, ``S_(c+1) = trans_c S_c + inject_c``, instead of the torch loop: called
+    as ``state_passing(trans, inject, S_0)`` (``trans`` ``[B, H, nc, K, K]``, ``inject`` ``[B, H, nc, K, V]``, the
+    initial state ``[B, H, K, V]``, all in the compute dtype), it returns the chunk-start states ``[B, H, nc, K, V]``
+    and the final state (``dsfc.runtime.triton_dplr.dplr_state_passing``: one Triton kernel). ``step`` runs a
+    sequence of one step instead (decoding): ``step(q, k, v, x, y, log_decay, S_0, readout) -> (o, S_1)``, every
+    argument in the compute dtype, ``log_decay`` ``[B, 1, H, K]``.
+
     Precondition, not checked (a device sync per call otherwise): ``log_decay`` has no NaN or ``+inf``.
     """
     check_tensors("chunked_dplr_scan", q=q, k=k, v=v, x=x, y=y, log_decay=log_decay, h0=h0)
@@ -1060,15 +1069,18 @@ def chunked_dplr_scan(
         g = g.unsqueeze(-1).expand(B, T, H, K) if g.dim() == 3 else g
 
     def run(qq):
-        return _dplr_scan_impl(qq, k, v, x, y, g, h0, int(chunk))
+        return _dplr_scan_impl(qq, k, v, x, y, g, h0, int(chunk), state_passing)
 
     q = q.to(cdt)
-    o, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
+    if T == 1 and step is not None:
+        o, state = step(q, k, v, x, y, g, h0, readout)
+    else:
+        o, state = read_before_update(run, q, h0) if readout == "pre" else run(q)
     o = o.to(out_dtype)
     return (o, state.to(out_dtype)) if output_final_state else o
 
 
-def _dplr_scan_impl(q, k, v, x, y, g, h0, chunk):
+def _dplr_scan_impl(q, k, v, x, y, g, h0, chunk, state_passing=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     L = min(T, chunk)
@@ -1110,12 +1122,15 @@ def _dplr_scan_impl(q, k, v, x, y, g, h0, chunk):
     # chunk-to-chunk state recurrence: S_next = (diag(tot) + x_end^T w_f) S_0 + x_end^T w_v + k_end^T v
     trans = torch.diag_embed(tot) + torch.matmul(x_end.transpose(-1, -2), w_f)
     inject = torch.matmul(x_end.transpose(-1, -2), w_v) + torch.matmul(k_end.transpose(-1, -2), vc)
-    starts = []
-    S = h0
-    for c in range(nc):
-        starts.append(S)
-        S = torch.matmul(trans[:, :, c], S) + inject[:, :, c]
-    S0 = torch.stack(starts, dim=2)  # [B, H, nc, K, V]
+    if state_passing is not None:
+        S0, S = state_passing(trans, inject, h0)
+    else:
+        starts = []
+        S = h0
+        for c in range(nc):
+            starts.append(S)
+            S = torch.matmul(trans[:, :, c], S) + inject[:, :, c]
+        S0 = torch.stack(starts, dim=2)  # [B, H, nc, K, V]
     W = w_v + torch.matmul(w_f, S0)
     o = torch.matmul(qc * out_start, S0) + torch.matmul(s_qx, W) + torch.matmul(s_qk, vc)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, nc * L, H, V)

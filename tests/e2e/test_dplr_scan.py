@@ -4,7 +4,7 @@ per-key decay d (Kimi Delta Attention in both orders, RWKV-7), ``dsfc.runtime.sc
 The runtime function is checked against a plain float64 loop written here from the recurrence
 ``S_t = (diag(d_t) + x_t y_t^T) S_(t-1) + k_t v_t^T`` (not from the chunked algorithm); the generated modules against
 dsfc's float64 reference recurrence (``check_all_paths``: torch at T = 0, 1, 7, batch 1 and 3, step, initial state,
-every gradient; chunks of 3 steps; the Triton path, which runs the dense block-scan kernel for this family).
+every gradient; chunks of 3 steps; the Triton path, chunked_dplr_triton: tests/triton/test_triton_dplr.py).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -111,7 +111,7 @@ def test_spec_runs_the_dplr_scan_on_every_path(name):
 
 @pytest.mark.parametrize("name", ["kda_other", "zero_one"])
 def test_spec_runs_the_dplr_scan_on_the_torch_path(name):
-    """As above without the interpreted Triton run (the same dense kernel as the two specs above; time)."""
+    """As above without the interpreted Triton run (the same DPLR kernels as the two specs above; time)."""
     built = _built(name)
     assert built.result.structure.family == Family.CHUNKED_DPLR, built.result.structure.family_reason
     check_backend(built, "torch", ((1, 1), (3, 7)))

@@ -5,6 +5,7 @@ differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to
 
     python tests/triton/aot_compile.py [--resources] [spec.dsf ...]     # the specs' kernels, dense, delta, outer
     python tests/triton/aot_compile.py --delta-only [--resources]        # the delta rule's state-passing kernels
+    python tests/triton/aot_compile.py --dplr-only [--resources]         # the DPLR scan's state-passing kernels
     python tests/triton/aot_compile.py --outer-only [--resources] [--decay=0|1|2]   # the outer-product kernels
     python tests/triton/aot_compile.py --no-outer [spec.dsf ...]          # all but the outer-product kernels
     python tests/triton/aot_compile.py --attention-only [--resources]    # the quadratic-attention kernels
@@ -32,7 +33,7 @@ except ImportError as exc:
 
 from dsfc.check import load_module  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
-from dsfc.runtime import triton_attention, triton_delta, triton_dense, triton_outer  # noqa: E402
+from dsfc.runtime import triton_attention, triton_delta, triton_dense, triton_dplr, triton_outer  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
@@ -223,6 +224,36 @@ def delta_kernels(resources: bool) -> int:
     return failed
 
 
+def dplr_kernels(resources: bool) -> int:
+    """The DPLR scan's kernels (dsfc/runtime/triton_dplr.py): the state passes, forward and backward, fp32 and fp64,
+    at the launch shapes of K = V = 64, 128 and 256 and of a tiny K; the decode step at K = 64 and 128."""
+    failed = 0
+    fwd = ("trans_ptr", "inject_ptr", "h0_ptr", "starts_ptr", "final_ptr")
+    bwd = ("trans_ptr", "dstarts_ptr", "dfinal_ptr", "g_ptr", "dh0_ptr")
+    for fn, ptrs in ((triton_dplr._dplr_pass_fwd, fwd), (triton_dplr._dplr_pass_bwd, bwd)):
+        for label, ty, dt in (("fp32", "*fp32", tl.float32), ("fp64", "*fp64", tl.float64)):
+            for K, V in ((64, 64), (128, 128), (256, 256), (3, 7)):
+                block_k, block_v, block_j, _ = triton_dplr._launch_cfg(K, V)
+                sig = {p: ty for p in ptrs}
+                sig.update({"NC": "i32", "K": "i32", "V": "i32", "BK": "constexpr", "BV": "constexpr",
+                            "BJ": "constexpr", "DTYPE": "constexpr"})
+                failed += compile_and_report(fn, sig, {"BK": block_k, "BV": block_v, "BJ": block_j, "DTYPE": dt},
+                                             triton_dplr.NUM_WARPS, f"{fn.__name__} {label} K={K} V={V}",
+                                             resources, aligned=True, fits_sm90=True)
+    step = ("q_ptr", "k_ptr", "v_ptr", "x_ptr", "y_ptr", "g_ptr", "s0_ptr", "o_ptr", "sT_ptr")
+    for label, ty, dt in (("fp32", "*fp32", tl.float32), ("fp64", "*fp64", tl.float64)):
+        for K in (64, 128):
+            for pre in (False, True):
+                sig = {p: ty for p in step}
+                sig.update({"K": "i32", "V": "i32", "BK": "constexpr", "BV": "constexpr", "PRE": "constexpr",
+                            "DTYPE": "constexpr"})
+                failed += compile_and_report(triton_dplr._dplr_step, sig,
+                                             {"BK": K, "BV": triton_dplr.STEP_BLOCK_V, "PRE": pre, "DTYPE": dt}, 4,
+                                             f"_dplr_step {label} K={K} pre={pre}", resources, aligned=True)
+    print("ok DPLR kernels" if not failed else f"{failed} DPLR kernel(s) failed")
+    return failed
+
+
 def attention_kernels(resources: bool) -> int:
     """The quadratic-attention kernels (dsfc/runtime/triton_attention.py) at their GPU tiles (``TILES``: 32 x 32 at 8
     warps for the exact fp32 / fp64 products, the half path's own), K = V = 64 (and 128 on the half path), with and without row / col weights, pointers 16-byte aligned (as the JIT specialises torch tensors). Half path: q, k, v, y, dy and dq, dk, dv in bf16 / fp16; the maxima,
@@ -315,6 +346,7 @@ def main(specs, resources: bool = False) -> int:
                 print(f"FAIL {fn.__name__} {label}: {exc}")
     print("ok dense block scan" if not failed else f"{failed} kernel(s) failed")
     failed += delta_kernels(resources)
+    failed += dplr_kernels(resources)
     failed += attention_kernels(resources)
     if "--no-outer" not in sys.argv:
         failed += outer_kernels(resources)
@@ -328,6 +360,8 @@ if __name__ == "__main__":
         sys.exit(1 if attention_kernels(resources) else 0)
     if "--delta-only" in args:
         sys.exit(1 if delta_kernels(resources) else 0)
+    if "--dplr-only" in args:
+        sys.exit(1 if dplr_kernels(resources) else 0)
     if "--outer-only" in args:
         decay = next((int(a.split("=")[1]) for a in args if a.startswith("--decay=")), None)
         sys.exit(1 if outer_kernels(resources, decay) else 0)

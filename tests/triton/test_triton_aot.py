@@ -1,7 +1,7 @@
 """The kernels compile for a real GPU (sm_90, Hopper), checked without one: tests/triton/aot_compile.py in a fresh
 process without TRITON_INTERPRET (the interpreter runs kernels as numpy and skips Triton's typing and lowering, so a
 kernel can pass every interpreted test and still fail to compile). Covers S6 and RG-LRU (forward and backward, fused
-and states-out, fp32 / bf16 operands / fp64), the dense block-scan kernels, the delta rule's state-passing kernels, the quadratic-attention kernels (exact
+and states-out, fp32 / bf16 operands / fp64), the dense block-scan kernels, the delta rule's and the DPLR scan's state-passing kernels, the quadratic-attention kernels (exact
 fp32 / fp64 and the bf16 / fp16 tensor-core path) and the outer-product kernels (both schedules, every decay kind)."""
 
 import os
@@ -30,7 +30,7 @@ def _aot(*args):
 def test_kernels_compile_for_sm90():
     out = _aot("--no-outer", str(ROOT / "specs" / "s6.dsf"), str(ROOT / "specs" / "rg_lru.dsf"))
     assert "ok s6" in out and "ok rg_lru" in out and "ok dense block scan" in out and "ok attention kernels" in out
-    assert "ok delta-rule kernels" in out
+    assert "ok delta-rule kernels" in out and "ok DPLR kernels" in out
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the kernels are compiled and run by the other tests")

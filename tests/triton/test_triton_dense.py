@@ -81,11 +81,12 @@ def test_block_scan_rejects_bad_input():
                                        torch.zeros(2, 5, 3, 4, device=DEVICE), h0)
 
 
-# DeltaNet and Gated DeltaNet run the chunked delta-rule algorithm in torch; their backend="triton" is this generic
-# block-scan kernel (no delta-rule kernel yet). A delta rule whose gate varies over the key index has no chunked form
-# and stays in the dense family.
+# A delta rule whose gate varies over the key index, A = diag(g) (I - k k^T), is the chunked diagonal-plus-rank-1
+# family when B u = k v^T (with its own Triton kernel since 2026-11-29, tests/triton/test_triton_dplr.py); with a full
+# input matrix B, not an outer product of a key and a value, no chunked form applies and it stays in the dense family,
+# its [K, K] blocks per head and value the block-scan kernel's.
 PER_KEY_GATED_DELTA = """
-model PerKeyGatedDelta "delta rule with a per-key gate: A = diag(g) (I - k k^T), the dense family"
+model PerKeyGatedDelta "delta rule with a per-key gate and a full B: A = diag(g) (I - k k^T), the dense family"
 dim d = 16
 dim H = 2
 dim K = 4
@@ -94,12 +95,12 @@ input u[d]
 state S[h: H, a: K, b: V]
 output y[h: H, b: V]
 param W_K[H, K, d] ~ normal(0, 1 / sqrt(d))
-param W_V[H, V, d] ~ normal(0, 1 / sqrt(d))
+param W_B[H, K, V, d] ~ normal(0, 1 / sqrt(d))
 param W_g[H, K, d] ~ normal(0, 1 / sqrt(d))
 let k[h: H, a: K] = tanh(sum(m, W_K[h, a, m] * u[m])) / 2
 let g[h: H, a: K] = sigmoid(sum(m, W_g[h, a, m] * u[m]))
 A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * g[h, a] * (delta(a, a2) - k[h, a] * k[h, a2])
-B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
+B[(h, a, b), m] = W_B[h, a, b, m]
 C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * k[h, a]
 """
 DENSE = ["per_key_gated_delta", "s4d", "lru"]
