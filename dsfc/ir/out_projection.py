@@ -50,9 +50,9 @@ def hoist_out_projection(sym: SymSpec) -> SymSpec | None:
     Z = [k for k, s in enumerate(c.cols) if s in P.free_symbols]
     if not Z or len(Z) == len(c.cols):
         return None  # the projection reads no state axis (a plain gate), or every one (nothing left to contract)
-    if P.has(sp.Sum) and any(c.cols[k] in {v for n in sp.preorder_traversal(P) if isinstance(n, sp.Sum)
-                                               for v, *_ in n.limits} for k in Z):
-        return None
+    bound = {v for n in sp.preorder_traversal(P) if isinstance(n, sp.Sum) for v, *_ in n.limits}
+    if bound & {c.cols[k] for k in Z}:
+        return None  # a state index also bound inside the projection (sum(b, ...)): keep the spec as written
     taken = {t for t in sym.tensors} | {str(s) for s in sp.S(c.entry).free_symbols} | set(sym.dims)
     taken |= {str(s) for s in c.rows + c.cols}
     vals = sym.dim_values()
