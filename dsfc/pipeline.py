@@ -113,6 +113,9 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
         if structure.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
             core, structure = _with_out_projection_hoisted(core, structure)
     report = analyse_structure(core, structure)  # Structure -> StructureReport
+    if core.output.name != sym.output.name:  # the out-projection was hoisted: say so where the report reads C and D
+        report = replace(report, c_form=f"{report.c_form}, then an out-projection to {sym.output.name} (applied "
+                                        "after the scan)", d_present="D" in sym.matrices)
     return checked, sym, core, structure, report
 
 

@@ -265,6 +265,7 @@ def test_the_projection_is_the_first_post_and_the_spec_is_kept_as_written():
         [result.sym.dims["H"], result.sym.dims["V"]]
     assert "C" in result.sym.matrices and not result.sym.posts  # the reference evaluates the spec as written
     assert "output projection" in result.structure.family_reason
+    assert "out-projection to y" in result.report.c_form and result.report.d_present  # D as written, in the post
     delta = _compiled("deltaproj")
     assert [p.tensor.name for p in delta.core.posts] == ["y", "g"]
 
