@@ -9,18 +9,28 @@ memory (LegT, N = 5 per channel, d = 3, Euler step 1 / theta) with A written as 
 whose entries (1 - a^2) (-a)^(k - j - 1) are written as a formula, the pole a = sigmoid(.) from the input); an
 autoassociative Hebbian memory (S = g S + k k^T, the key its own value: one projection read twice by B; 3 heads of
 K = 3, d = 7); an IIR biquad per channel in transposed direct form II (poles r e^(+-i th), read before the update,
-b0 in D; d = 5).
+b0 in D; d = 5); a gated cyclic shift register (a ring buffer, ``A = g delta(j, (i - 1) % n)``, n = 5, d = 3); a
+circular convolution per channel whose taps are a softmax (a circulant ``A = w[(i - j) % n]``).
 
 Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's
-reference: the HRR through FFTs, the LMU from its A as the paper states it case by case, the Laguerre bank as its
-cascade l_k = a l_k' + l_(k-1)' - a l_(k-1), the biquad as its difference equations, and the biquad loop itself
-against ``scipy.signal.lfilter``): forward at T = 0, 1, 7 and 9 on the torch path and at T = 0 and 9 on the Triton
-path (interpreted), batch 1 and 3, from zero and from an initial state; token-by-token step; gradients of the input
-and every parameter on the torch path; against dsfc's reference through ``check_all_paths``; the family and
-eigenvalue bound of ``dsfc analyze``, the claimed (or true) bound checked on the module's own A. Two broken
-versions each of the HRR and Laguerre specs (a misspelt function, a param read with too few indices, an undefined
-name, transposed param indices) make ``python -m dsfc compile`` exit 2 with ``file:line:col`` errors and write
-nothing.
+reference: the HRR and the circulant through FFTs, the LMU from its A as the paper states it case by case, the
+Laguerre bank as its cascade l_k = a l_k' + l_(k-1)' - a l_(k-1), the biquad as its difference equations (that loop
+itself against ``scipy.signal.lfilter``), the ring buffer through ``torch.roll``): forward at T = 0, 1, 7 and 9 on
+the torch path and at T = 0 and 9 on the Triton path (interpreted), batch 1 and 3, from zero and from an initial
+state; token-by-token step; gradients of the input and every parameter on the torch path; against dsfc's reference
+through ``check_all_paths``; the family and eigenvalue bound of ``dsfc analyze``, the claimed (or true) bound
+checked on the module's own A. Two broken versions each of the HRR and Laguerre specs (a misspelt function, a
+param read with too few indices, an undefined name, transposed param indices) make ``python -m dsfc compile`` exit
+2 with ``file:line:col`` errors and write nothing.
+
+Found and fixed: the ring buffer and the circulant were "unknown" (true: |lambda| = g < 1, and |lambda| <= 1 with 1
+reached). Their norm readings sum a row of A, ``g sum(j, delta(j, (i - 1) % n))`` and ``sum(j, w[(i - j) % n])``,
+and the prover bounded such a sum term by term: n times the largest term, n a dim, unbounded. It now also reads a sum
+exactly where it can (``_picked_or_permuted`` in analysis/stability.py): a delta of the summed index picks one term
+(or none), and an index read only through ``(c +- j) % n`` over its full range 0 .. n - 1 is a permutation of that
+range, so the sum is ``sum(j, w[j])`` = 1 for softmax taps. The exact reading is intersected with the term-by-term
+one, so no earlier bound gets weaker (regression tests in tests/analysis/test_norm_bound.py: both claims checked on
+the module's sampled A, and the readings refused for a residue of 2 j, another modulus, two residues).
 
 Left weaker than the truth (no false claim): the LMU's bound is "unknown": the spectral radius of I + A / theta is
 0.88 at theta = 12, but theta is a learned param and at theta = 5 it is 1.34, so no bound holds for every theta
@@ -138,12 +148,45 @@ C[o, (c, j)] = delta(o, c) * delta(j, 0)
 D[o, m] = delta(o, m) * b0[m]
 """
 
+RING = """
+model RingShift "gated cyclic shift register (a ring buffer): x_i = g x_((i - 1) mod n) + W_in u, n = 5, d = 3"
+dim d = 3
+dim n = 5
+input u[d]
+state x[n]
+output y[d]
+param w_g[d] ~ normal(0, 0.5)
+param W_in[n, d] ~ normal(0, 0.5)
+param W_out[d, n] ~ normal(0, 0.5)
+let g = sigmoid(sum(m, w_g[m] * u[m]))
+A[i, j] = g * delta(j, (i - 1) % n)
+B[i, m] = W_in[i, m]
+C[o, i] = W_out[o, i]
+"""
+
+CIRCULANT = """
+model Circulant "circular convolution per channel: x = w (*) x + e_0 u_c, w a softmax over n = 5 taps, d = 3"
+dim d = 3
+dim n = 5
+input u[d]
+state x[c: d, i: n]
+output y[d]
+param z[n] ~ normal(0, 1)
+param W_out[d, n] ~ normal(0, 0.5)
+let w[i: n] = exp(z[i]) / sum(j, exp(z[j]))
+A[(c, i), (c2, j)] = delta(c, c2) * w[(i - j) % n]
+B[(c, i), m] = delta(c, m) * delta(i, 0)
+C[o, (c, i)] = delta(o, c) * W_out[c, i]
+"""
+
 CASES = {
     "hrr": (HRR, Family.DIAGONAL_SCAN),
     "lmu": (LMU, Family.DENSE_SCAN),
     "laguerre": (LAGUERRE, Family.DENSE_SCAN),
     "hebb": (HEBB, Family.CHUNKED_OUTER),
     "biquad": (BIQUAD, Family.DENSE_SCAN),
+    "ring": (RING, Family.DENSE_SCAN),
+    "circulant": (CIRCULANT, Family.DENSE_SCAN),
 }
 sig = torch.sigmoid
 
@@ -229,9 +272,33 @@ def _biquad(P, u, h0=None):
     return stack_steps(ys, u, u.shape[2])
 
 
-INDEPENDENT = {"hrr": _hrr, "lmu": _lmu, "laguerre": _laguerre, "hebb": _hebb, "biquad": _biquad}
+def _ring(P, u, h0=None):
+    # x_new[i] = g x[i - 1 mod n] + (W_in u)_i (torch.roll by one), g = sigmoid(w_g . u); y = W_out x
+    x = u.new_zeros(u.shape[0], P["W_in"].shape[0]) if h0 is None else h0
+    ys = []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        x = sig(ut @ P["w_g"])[:, None] * torch.roll(x, 1, -1) + ut @ P["W_in"].T
+        ys.append(x @ P["W_out"].T)
+    return stack_steps(ys, u, u.shape[2])
+
+
+def _circulant(P, u, h0=None):
+    # per channel x_new = w (*) x + e_0 u_c, the circular convolution through FFTs, w = softmax(z); y_c = W_out[c] . x_c
+    w = torch.softmax(P["z"], 0)
+    d, n = P["W_out"].shape
+    x, e0 = (u.new_zeros(u.shape[0], d, n) if h0 is None else h0), torch.eye(n, dtype=F64)[0]
+    ys = []
+    for t in range(u.shape[1]):
+        x = torch.fft.ifft(torch.fft.fft(w) * torch.fft.fft(x)).real + u[:, t, :, None] * e0
+        ys.append((x * P["W_out"]).sum(-1))
+    return stack_steps(ys, u, d)
+
+
+INDEPENDENT = {"hrr": _hrr, "lmu": _lmu, "laguerre": _laguerre, "hebb": _hebb, "biquad": _biquad, "ring": _ring,
+               "circulant": _circulant}
 EIGEN = {"hrr": Bound.STABLE, "lmu": Bound.UNKNOWN, "laguerre": Bound.STABLE, "hebb": Bound.STABLE,
-         "biquad": Bound.STABLE}
+         "biquad": Bound.STABLE, "ring": Bound.STABLE, "circulant": Bound.MARGINAL}
 TRUE_BOUND = {"lmu": Bound.STABLE}  # at theta = 12 (the init); not for every theta
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
