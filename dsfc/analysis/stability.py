@@ -757,6 +757,8 @@ def _picked_or_permuted(e: sp.Sum) -> list | None:
         return None
     j, lo, hi = e.limits[0]
     body = e.function
+    if any(j in s.variables for s in body.atoms(sp.Sum)):  # j bound again inside: substituting it would be wrong
+        return None
     for f in sp.Mul.make_args(body):
         if isinstance(f, sp.KroneckerDelta) and j in f.args:
             x = f.args[1] if f.args[0] == j else f.args[0]

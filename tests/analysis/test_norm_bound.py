@@ -171,7 +171,8 @@ def test_a_sum_is_read_exactly_only_where_a_delta_picks_or_a_residue_permutes():
     """``_picked_or_permuted``, the exact readings behind the cyclic-shift and circulant claims: a delta of the
     summed index picks one term (or none: 0); ``(c +- j) % n`` over j in 0 .. n - 1 permutes the range. Not read:
     a delta whose other side reads j, a residue of 2 j (not one-to-one), a modulus other than the range's length, j
-    read both inside and outside the residue, two different residues of j."""
+    read both inside and outside the residue, two different residues of j, a range not starting at 0, a body with a
+    sum that binds j again."""
     import sympy as sp
 
     from dsfc.analysis.stability import _picked_or_permuted
@@ -188,3 +189,4 @@ def test_a_sum_is_read_exactly_only_where_a_delta_picks_or_a_residue_permutes():
                  j * w[sp.Mod(i - j, n)], w[sp.Mod(i - j, n)] * w[sp.Mod(i + j, n)]):
         assert _picked_or_permuted(sp.Sum(body, over)) is None, body
     assert _picked_or_permuted(sp.Sum(w[sp.Mod(i - j, n)], (j, 1, n))) is None  # not the range 0 .. n - 1
+    assert _picked_or_permuted(sp.Sum(sp.KroneckerDelta(j, i) * sp.Sum(w[j], over), over)) is None  # j bound inside
