@@ -32,6 +32,14 @@ range, so the sum is ``sum(j, w[j])`` = 1 for softmax taps. The exact reading is
 one, so no earlier bound gets weaker (regression tests in tests/analysis/test_norm_bound.py: both claims checked on
 the module's sampled A, and the readings refused for a residue of 2 j, another modulus, two residues).
 
+Found, message fixed: softmax attention whose output lists each head's value slots rotated (``C = delta(o, h) *
+delta(b, (e + 1) % V) * qf[h, f]``) was refused with "an infinite feature range needs ... this spec does not have
+that form", pointing at A. The outer-product split maps each output axis to a state axis read at the output's own
+index, so a read at a formula of it (or through a delta not provably in range) is not the kernelised form; the error
+now names C's read, points at C and hints at the workaround (read the slots as they are, rotate in a post), whose
+spec is checked against a loop. Not fixed (strict xfails): the permuted read itself in the kernelised and chunked
+splits; the same read on a GLA compiles but runs the elementwise diagonal scan.
+
 Left weaker than the truth (no false claim): the LMU's bound is "unknown": the spectral radius of I + A / theta is
 0.88 at theta = 12, but theta is a learned param and at theta = 5 it is 1.34, so no bound holds for every theta
 (``TRUE_BOUND`` records the truth at the spec's init).
