@@ -10,7 +10,9 @@ whose entries (1 - a^2) (-a)^(k - j - 1) are written as a formula, the pole a = 
 autoassociative Hebbian memory (S = g S + k k^T, the key its own value: one projection read twice by B; 3 heads of
 K = 3, d = 7); an IIR biquad per channel in transposed direct form II (poles r e^(+-i th), read before the update,
 b0 in D; d = 5); a gated cyclic shift register (a ring buffer, ``A = g delta(j, (i - 1) % n)``, n = 5, d = 3); a
-circular convolution per channel whose taps are a softmax (a circulant ``A = w[(i - j) % n]``).
+circular convolution per channel whose taps are a softmax (a circulant ``A = w[(i - j) % n]``); a GLA (3 heads of
+K = 2, V = 3, d = 7) whose output lists each head's value slots rotated (``delta(b, (e + 1) % V)``), and softmax
+attention and the delta rule with the same read.
 
 Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's
 reference: the HRR and the circulant through FFTs, the LMU from its A as the paper states it case by case, the
@@ -32,17 +34,25 @@ range, so the sum is ``sum(j, w[j])`` = 1 for softmax taps. The exact reading is
 one, so no earlier bound gets weaker (regression tests in tests/analysis/test_norm_bound.py: both claims checked on
 the module's sampled A, and the readings refused for a residue of 2 j, another modulus, two residues).
 
-Found, message fixed: softmax attention whose output lists each head's value slots rotated (``C = delta(o, h) *
-delta(b, (e + 1) % V) * qf[h, f]``) was refused with "an infinite feature range needs ... this spec does not have
-that form", pointing at A. The outer-product split maps each output axis to a state axis read at the output's own
-index, so a read at a formula of it (or through a delta not provably in range) is not the kernelised form; the error
-now names C's read, points at C and hints at the workaround (read the slots as they are, rotate in a post), whose
-spec is checked against a loop. Not fixed (strict xfails): the permuted read itself in the kernelised and chunked
-splits; the same read on a GLA compiles but runs the elementwise diagonal scan.
+Found and fixed: an output that lists each head's value slots rotated, ``C = delta(o, h) * delta(b, (e + 1) % V) *
+q[h, a]``, was refused for softmax attention ("an infinite feature range needs ... this spec does not have that
+form", at A), and ran the elementwise diagonal scan for a GLA and the dense scan for the delta rule (right numbers).
+The outer-product, delta-rule and kernelised splits map each output axis to a state axis read at the output's own
+index. A new pass (ir/gathered_reads.py, after unflatten_output) rewrites the analysis core where an output index e
+reads a state axis only at a formula f(e) provably in its range and there is no D: the core output reads the axis at
+its own index and a first post-op gathers ``y[.., e] = y_core[.., f(e)]``; the module's dsf_matrices still shows the
+spec's C, and dsfc's reference keeps the spec as written. The rotated softmax, delta rule and GLA now run the
+quadratic, chunked delta-rule and chunked outer-product families (against loops here; unit tests of the pass in
+tests/analysis/test_gathered_reads.py). Where the read stays unsupported (an output axis of an independent dim read
+through ``delta(e, b)``: E may exceed V), the kernelised error now names C's read, points at C and hints at
+``dim E = V - 1``.
 
 Left weaker than the truth (no false claim): the LMU's bound is "unknown": the spectral radius of I + A / theta is
 0.88 at theta = 12, but theta is a learned param and at theta = 5 it is 1.34, so no bound holds for every theta
 (``TRUE_BOUND`` records the truth at the spec's init).
+
+Not done: a read at a formula of the output index in a spec with a D (D u is written into y's own slots) is left as
+written (softmax attention refused with the located message at C, the others on the diagonal or dense scan).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -54,8 +64,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, build, case_builds, check_grads_against_loop,  # noqa: E402
-                         matvec, rel_err, run_steps, spec_hunt_tests, stack_steps)
+from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, build, case_builds, check_all_paths,  # noqa: E402
+                         check_grads_against_loop, matvec, rel_err, run_steps, spec_hunt_tests, stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 from dsfc.cli import main  # noqa: E402
@@ -188,6 +198,27 @@ B[(c, i), m] = delta(c, m) * delta(i, 0)
 C[o, (c, i)] = delta(o, c) * W_out[c, i]
 """
 
+ROT_GLA = """
+model RotGLA "GLA, 3 heads of K = 2, V = 3, d = 7, value slots rotated: y[h, e] = o[h, (e + 1) % V]"
+dim d = 7
+dim H = 3
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, e: V]
+param W_Q[H, K, d] ~ normal(0, 0.4)
+param W_K[H, K, d] ~ normal(0, 0.4)
+param W_V[H, V, d] ~ normal(0, 0.4)
+param w_g[H, K, d] ~ normal(0, 0.5)
+let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
+let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
+let g[h: H, a: K] = sigmoid(sum(m, w_g[h, a, m] * u[m]) + 2)
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * g[h, a]
+B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(b, (e + 1) % V) * q[h, a]
+"""
+
 CASES = {
     "hrr": (HRR, Family.DIAGONAL_SCAN),
     "lmu": (LMU, Family.DENSE_SCAN),
@@ -196,6 +227,7 @@ CASES = {
     "biquad": (BIQUAD, Family.DENSE_SCAN),
     "ring": (RING, Family.DENSE_SCAN),
     "circulant": (CIRCULANT, Family.DENSE_SCAN),
+    "rotgla": (ROT_GLA, Family.CHUNKED_OUTER),
 }
 sig = torch.sigmoid
 
@@ -304,10 +336,23 @@ def _circulant(P, u, h0=None):
     return stack_steps(ys, u, d)
 
 
+def _rotgla(P, u, h0=None):
+    # per head S = diag(g) S + k v^T, g = sigmoid(w_g u + 2) per key; y[h, e] = (q^T S)[h, (e + 1) % V] (a roll by -1)
+    H, K, _ = P["W_K"].shape
+    V = P["W_V"].shape[1]
+    S, ys = (u.new_zeros(u.shape[0], H, K, V) if h0 is None else h0), []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        q, k, v = matvec(P["W_Q"], ut), matvec(P["W_K"], ut), matvec(P["W_V"], ut)
+        S = sig(matvec(P["w_g"], ut) + 2)[..., None] * S + k[..., :, None] * v[..., None, :]
+        ys.append(torch.roll(torch.einsum("zha,zhae->zhe", q, S), -1, -1))
+    return stack_steps(ys, u, H, V)
+
+
 INDEPENDENT = {"hrr": _hrr, "lmu": _lmu, "laguerre": _laguerre, "hebb": _hebb, "biquad": _biquad, "ring": _ring,
-               "circulant": _circulant}
+               "circulant": _circulant, "rotgla": _rotgla}
 EIGEN = {"hrr": Bound.STABLE, "lmu": Bound.UNKNOWN, "laguerre": Bound.STABLE, "hebb": Bound.STABLE,
-         "biquad": Bound.STABLE, "ring": Bound.STABLE, "circulant": Bound.MARGINAL}
+         "biquad": Bound.STABLE, "ring": Bound.STABLE, "circulant": Bound.MARGINAL, "rotgla": Bound.STABLE}
 TRUE_BOUND = {"lmu": Bound.STABLE}  # at theta = 12 (the init); not for every theta
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
@@ -414,10 +459,6 @@ A[(h, f, b), (h2, f2, b2)] = delta(h, h2) * delta(f, f2) * delta(b, b2) * eta_pr
 B[(h, f, b), m] = kf[h, f] * W_V[h, b, m] / eta[h]
 C[(o, e), (h, f, b)] = delta(o, h) * delta(b, (e + 1) % V) * qf[h, f]
 """
-# the same layer with the rotation in a post (the error's hint): C reads the value slots as they are
-ROT_SOFT_POST = ROT_SOFT.replace("delta(b, (e + 1) % V)", "delta(e, b)") + "post yr[h: H, e: V] = y[h, (e + 1) % V]\n"
-
-
 def _rotsoft(P, u, h0=None):
     # per head o_t = sum_(j<=t) softmax_j(q_t . k_j / sqrt(K)) v_j, then y[h, e] = o[h, (e + 1) % V] (a roll by -1)
     assert h0 is None
@@ -430,68 +471,82 @@ def _rotsoft(P, u, h0=None):
     return stack_steps(ys, u, *P["W_V"].shape[:2])
 
 
-def test_a_permuted_value_read_of_softmax_attention_is_a_located_error_with_a_working_hint(tmp_path, capsys):
-    """Softmax attention whose output lists the value slots rotated (``delta(b, (e + 1) % V)`` in C) is not the
-    kernelised form; ``dsfc compile`` said "this spec does not have that form" at A. It now names C's read and
-    hints at a post, and the hinted spec (the rotation in a post) matches an independent loop on torch, Triton and
-    step by step, with gradients."""
-    spec = tmp_path / "rotsoft.dsf"
-    spec.write_text(ROT_SOFT.lstrip("\n"))
+# the delta rule with the same rotated read (L2-normalised keys, beta = sigmoid(.), 2 heads of K = 2, V = 3)
+ROT_DELTA = (ROT_GLA.replace("model RotGLA \"GLA,", "model RotDelta \"delta rule,")
+             .replace("param w_g[H, K, d]", "param w_b[H, d]")
+             .replace("let g[h: H, a: K] = sigmoid(sum(m, w_g[h, a, m] * u[m]) + 2)",
+                      "let kn[h: H, a: K] = k[h, a] / sqrt(sum(a3, k[h, a3] ^ 2) + 1e-6)\n"
+                      "let be[h: H] = sigmoid(sum(m, w_b[h, m] * u[m]))")
+             .replace("delta(a, a2) * delta(b, b2) * g[h, a]",
+                      "delta(b, b2) * (delta(a, a2) - be[h] * kn[h, a] * kn[h, a2])")
+             .replace("B[(h, a, b), m] = k[h, a]", "B[(h, a, b), m] = be[h] * kn[h, a]"))
+
+
+def _rotdelta(P, u, h0=None):
+    # per head S = S + be kn (v - S^T kn)^T, kn = k / sqrt(|k|^2 + 1e-6); y[h, e] = (q^T S)[h, (e + 1) % V]
+    H, K, _ = P["W_K"].shape
+    V = P["W_V"].shape[1]
+    S, ys = (u.new_zeros(u.shape[0], H, K, V) if h0 is None else h0), []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        q, kr, v = matvec(P["W_Q"], ut), matvec(P["W_K"], ut), matvec(P["W_V"], ut)
+        k = kr / ((kr * kr).sum(-1, keepdim=True) + 1e-6).sqrt()
+        be = sig(ut @ P["w_b"].T)[..., None, None]
+        S = S + be * k[..., None] * (v - torch.einsum("zhav,zha->zhv", S, k))[..., None, :]
+        ys.append(torch.roll(torch.einsum("zha,zhae->zhe", q, S), -1, -1))
+    return stack_steps(ys, u, H, V)
+
+
+def _check_rotated(built, loop, batches=((1, 1), (3, 9))) -> None:
+    """Forward on torch and Triton, step by step (from zero and, for plain states, from an initial state) and the
+    gradients, against ``loop``."""
+    P, gen = built.params(), torch.Generator().manual_seed(6)
+    for batch, t in batches:
+        for with_h0 in (False, True) if not built.running else (False,):
+            u = torch.randn(batch, t, built.d_in(), generator=gen, dtype=F64)
+            h0 = 0.5 * torch.randn(batch, *built.state_shape(), generator=gen, dtype=F64) if with_h0 else None
+            want = loop(P, u, h0).reshape(batch, t, built.d_out())
+            for backend in ("torch", "triton") if TRITON else ("torch",):
+                built.model.backend = backend
+                with torch.no_grad():
+                    assert rel_err(built.model(u, initial_state=h0), want) < 1e-8, (backend, batch, t, with_h0)
+            built.model.backend = "torch"
+            with torch.no_grad():
+                assert rel_err(run_steps(built.model, u, h0)[0], want) < 1e-8, ("step", batch, t, with_h0)
+    u = torch.randn(2, 5, built.d_in(), generator=gen, dtype=F64)
+    check_grads_against_loop(built, loop, u, torch.randn(2, 5, built.d_out(), generator=gen, dtype=F64))
+
+
+@pytest.mark.parametrize("text, loop, family", [(ROT_SOFT, _rotsoft, Family.QUADRATIC),
+                                                (ROT_DELTA, _rotdelta, Family.CHUNKED_DELTA)],
+                         ids=["softmax", "delta"])
+def test_a_value_read_at_a_formula_of_the_output_index_runs_the_split_family(text, loop, family):
+    """The fix: an output that lists each head's value slots rotated (``delta(b, (e + 1) % V)`` in C) was refused
+    for softmax attention ("this spec does not have that form", at A) and ran the diagonal or dense scan for a GLA
+    or the delta rule. The core now reads the slots at the output's own index and the rotation is a first post-op
+    (ir/gathered_reads.py): quadratic, chunked delta-rule (and, in the hunt table, chunked outer-product) families,
+    against loops on torch, Triton and step, with gradients; dsfc's reference keeps the spec as written."""
+    result = compile_text(text, "rotated.dsf")
+    assert result.structure.family == family, result.structure.family_reason
+    assert result.core.posts[0].tensor.name == "y" and result.core.output.name == "y_core"
+    built = build(result, dict(result.sym.dim_defaults))
+    _check_rotated(built, loop)
+    if not built.running:  # (softmax attention's state is a KV cache, the reference's the dense h)
+        check_all_paths(built, family)
+
+
+SOFT_NARROW = (ROT_SOFT.replace("dim V = 3", "dim V = 3\ndim E = 2")
+               .replace("output y[h: H, e: V]", "output y[h: H, e: E]").replace("delta(b, (e + 1) % V)", "delta(e, b)"))
+
+
+def test_a_read_not_provably_in_range_of_softmax_attention_is_a_located_error_at_c(tmp_path, capsys):
+    """Softmax attention whose output axis of an independent dim E reads value slots through ``delta(e, b)`` (not
+    provably in range: E may exceed V) is not the kernelised form. The error said "this spec does not have that
+    form" at A; it now names C's read, points at C and hints at the dim formula that works (``dim E = V - 1``)."""
+    spec = tmp_path / "narrow.dsf"
+    spec.write_text(SOFT_NARROW.lstrip("\n"))
     assert main(["compile", str(spec), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"{spec}:21:1: error: C reads the state's axis 'b' at mod(e + 1, V), not at an output index" in err, err
-    assert "post y2[h: H, e: V] = y[h, (e + 1) % V]" in err and not (tmp_path / "out").exists()
-    result = compile_text(ROT_SOFT_POST, "rotsoft_post.dsf")
-    assert result.structure.family == Family.QUADRATIC
-    b = build(result, dict(result.sym.dim_defaults))
-    P, gen = b.params(), torch.Generator().manual_seed(6)
-    for batch, t in ((1, 1), (3, 9)):
-        u = torch.randn(batch, t, 5, generator=gen, dtype=F64)
-        want = _rotsoft(P, u).reshape(batch, t, 6)
-        for backend in ("torch", "triton") if TRITON else ("torch",):
-            b.model.backend = backend
-            with torch.no_grad():
-                assert rel_err(b.model(u), want) < 1e-8, (backend, batch, t)
-        b.model.backend = "torch"
-        with torch.no_grad():
-            assert rel_err(run_steps(b.model, u, None)[0], want) < 1e-8, ("step", batch, t)
-    u, w = torch.randn(2, 5, 5, generator=gen, dtype=F64), torch.randn(2, 5, 6, generator=gen, dtype=F64)
-    check_grads_against_loop(b, _rotsoft, u, w)
-
-
-@pytest.mark.xfail(strict=True, reason="a value slot read through an index formula of the output index (a permuted "
-                   "read, delta(b, (e + 1) % V)) is not an outer-product / kernelised split: the split maps each "
-                   "output axis to a state axis read at the output's own index, and the cores have no gather after "
-                   "the scan; softmax attention is refused (located error, hint: rotate in a post)")
-def test_a_permuted_value_read_of_softmax_attention_compiles():
-    assert compile_text(ROT_SOFT, "rotsoft.dsf").structure.family == Family.QUADRATIC
-
-
-ROT_GLA = """
-model RotGLA "GLA, 3 heads of K = 2, V = 3, d = 7, value slots rotated: y[h, e] = o[h, (e + 1) % V]"
-dim d = 7
-dim H = 3
-dim K = 2
-dim V = 3
-input u[d]
-state S[h: H, a: K, b: V]
-output y[h: H, e: V]
-param W_Q[H, K, d] ~ normal(0, 0.4)
-param W_K[H, K, d] ~ normal(0, 0.4)
-param W_V[H, V, d] ~ normal(0, 0.4)
-param w_g[H, K, d] ~ normal(0, 0.5)
-let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
-let k[h: H, a: K] = sum(m, W_K[h, a, m] * u[m])
-let g[h: H, a: K] = sigmoid(sum(m, w_g[h, a, m] * u[m]) + 2)
-A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * g[h, a]
-B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
-C[(o, e), (h, a, b)] = delta(o, h) * delta(b, (e + 1) % V) * q[h, a]
-"""
-
-
-@pytest.mark.xfail(strict=True, reason="the same permuted read on a GLA runs the elementwise diagonal scan (right "
-                   "numbers, checked by dsfc check; a T x H K V state), not the chunked outer-product form")
-def test_a_permuted_value_read_of_gla_runs_chunked():
-    family = compile_text(ROT_GLA, "rotgla.dsf").structure.family
-    assert family in (Family.DIAGONAL_SCAN, Family.CHUNKED_OUTER)  # it compiles: only the family is missed
-    assert family == Family.CHUNKED_OUTER
+    assert f"{spec}:22:1: error: C reads the state through delta(b, e), which is not provably in range" in err, err
+    assert "hint: declare the output axis as a formula of the state axis it reads (dim E = V - 1)" in err
+    assert not (tmp_path / "out").exists()
