@@ -193,6 +193,11 @@ class ModulePlan:
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
 
 
+def _written_c(sym: SymSpec):
+    """(the output, C) as the spec wrote them, for dsf_matrices: the core's unless a pass rewrote them."""
+    return sym.written_c or (sym.output, sym.matrices["C"])
+
+
 def _src(sym: SymSpec, name: str) -> str:
     let = sym.checked.spec.source.splitlines()
     for s in tuple(sym.checked.lets) + tuple(sym.checked.posts):
@@ -416,13 +421,13 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
 
     matrices = []
-    by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
+    by_kind = {"state": sym.state, "input": sym.driven, "output": _written_c(sym)[0]}
     shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
     for name in ("A", "B", "C", "D"):
         rk, ck = shapes[name]
         rshape = [pr.size(a.extent) for a in by_kind[rk].axes]
         cshape = [pr.size(a.extent) for a in by_kind[ck].axes]
-        m = sym.matrices.get(name)
+        m = _written_c(sym)[1] if name == "C" else sym.matrices.get(name)
         if m is None:
             code = "None"
         else:
@@ -1136,7 +1141,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
     # dsf_matrices: the slot basis {phi(k_j)}, j < T: phi(k_i) is the one-hot slot i, phi(q_i) the row of kernel
     # values exp(q_i . k_j / sqrt(K)) (zero for j > i), a cumsum of phi(k) the indicator of the past slots
     pr.infinite = "_T"
-    by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
+    by_kind = {"state": sym.state, "input": sym.driven, "output": _written_c(sym)[0]}
     shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
     matrices = []
     slot_ref = {n: TensorRef(f"slots_[{n!r}]", len(sym.let(n).tensor.axes), True)
@@ -1146,7 +1151,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
             rk, ck = shapes[name]
             rshape = [pr.size(a.extent) for a in by_kind[rk].axes]
             cshape = [pr.size(a.extent) for a in by_kind[ck].axes]
-            m = sym.matrices.get(name)
+            m = _written_c(sym)[1] if name == "C" else sym.matrices.get(name)
             code = "None" if m is None else pr.print(
                 sp.powsimp(logsub(m.entry)), m.rows + m.cols,
                 {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})

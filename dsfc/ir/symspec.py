@@ -232,6 +232,9 @@ class SymSpec:
     posts: tuple[SymLet, ...] = ()  # post-ops after the core, in order; the last is the layer output
     index_uses: tuple[SymIndexUse, ...] = ()  # every subscript the checker tested (at the default dims)
     dim_domains: tuple[DimDomain, ...] = ()  # dims-only divisors and log / sqrt arguments (checked at the defaults)
+    # the output and C as the spec wrote them, where a pass rewrote the core's (ir/gathered_reads.py): the module's
+    # dsf_matrices shows the spec's C, not the core's
+    written_c: tuple[SymTensor, SymMatrix] | None = None
 
     @property
     def layer_output(self) -> SymTensor:
