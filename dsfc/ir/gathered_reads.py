@@ -76,4 +76,5 @@ def gather_output_reads(sym: SymSpec) -> SymSpec:
     post = SymLet(replace(sym.output, kind="post"), tuple(c.rows), base[tuple(reads)], True)
     matrices = {**sym.matrices, "C": replace(c, rows=tuple(rows), row_extents=tuple(a.extent for a in axes),
                                              entry=entry)}
-    return replace(sym, output=core_out, matrices=matrices, posts=(post, *sym.posts), written_c=(sym.output, c))
+    return replace(sym, output=core_out, matrices=matrices, posts=(post, *sym.posts),
+                   written=sym.written or (sym.output, c, sym.matrices.get("D")), added_posts=sym.added_posts + 1)

@@ -76,4 +76,5 @@ def hoist_out_projection(sym: SymSpec) -> SymSpec | None:
     post = SymLet(sym.output, tuple(c.rows), read, True)
     matrices = {k: v for k, v in sym.matrices.items() if k not in ("C", "D")}
     matrices["C"] = new_c
-    return replace(sym, output=core_out, matrices=matrices, posts=(post,) + tuple(sym.posts))
+    return replace(sym, output=core_out, matrices=matrices, posts=(post,) + tuple(sym.posts),
+                   written=sym.written or (sym.output, c, d), added_posts=sym.added_posts + 1)

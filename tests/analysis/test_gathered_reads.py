@@ -52,7 +52,7 @@ def test_a_read_at_a_formula_of_the_output_index_becomes_a_post(read, dim_e, for
     post = core.posts[0]
     assert post.tensor.name == "y" and len(core.posts) == 1
     assert sp.sstr(post.expr) == f"y_core[o, {formula}]"
-    assert core.written_c == (sym.output, sym.matrices["C"])
+    assert core.written == (sym.output, sym.matrices["C"], None) and core.added_posts == 1
 
 
 @pytest.mark.parametrize("read, extra, dim_e", [

@@ -102,10 +102,8 @@ class Built:
         return y.to(u.device), map_state(hT, lambda x: x.to(u.device))
 
     def dense(self, u: torch.Tensor, h0=None):
-        """The reference's dense matrices of the spec the module runs (``result.core``: the spec as written but for
-        an out-projection hoisted out of C into a post, ir/out_projection.py), to compare with its dsf_matrices."""
         running0 = {k: v.to(F64) for k, v in h0.items() if k != "h"} if isinstance(h0, dict) else None
-        return dense_matrices(self.result.core or self.sym, self.all_dims, self.params(), u.to(F64), running0)
+        return dense_matrices(self.sym, self.all_dims, self.params(), u.to(F64), running0)
 
     def dsf_matrices(self, u: torch.Tensor, h0=None):
         with torch.no_grad():
