@@ -10,11 +10,16 @@ import os
 
 import torch
 
-__all__ = ["MAX_OFFSET", "OffsetLimitError", "check_offsets", "eager_inference", "owns_storage",
+__all__ = ["MAX_OFFSET", "OffsetLimitError", "check_offsets", "eager_inference", "next_pow2", "owns_storage",
            "refuse_double_backward", "require_triton_device", "triton_interpreting"]
 
 # the spellings Triton itself reads as true (its getenv_bool: case-insensitive, no surrounding spaces)
 _TRUE = ("1", "true", "on", "yes")
+
+
+def next_pow2(x: int) -> int:
+    """The smallest power of two >= x (1 for x <= 1): Triton block sizes."""
+    return 1 << max(0, int(x) - 1).bit_length()
 
 
 def triton_interpreting() -> bool:

@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
+from dsfc.runtime.dispatch import eager_inference, next_pow2, refuse_double_backward, require_triton_device
 from dsfc.runtime.scans import chunked_delta_scan
 
 try:
@@ -74,10 +74,6 @@ NUM_WARPS = 8
 
 def available() -> bool:
     return triton is not None
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 if triton is not None:
@@ -190,9 +186,9 @@ def _launch_cfg(L: int, K: int, V: int, itemsize: int = 4) -> tuple:
     """(BLOCK_L, BLOCK_K, BLOCK_V, value slices): tl.dot's tiles are at least 16 on every side; the state slice
     holds at most MAX_STATE_TILE fp32 entries (half that in fp64)."""
     block_l = 16
-    block_k = max(16, _next_pow2(K))
+    block_k = max(16, next_pow2(K))
     cap = MAX_STATE_TILE * 4 // max(4, itemsize)
-    block_v = max(16, min(MAX_BLOCK_V, _next_pow2(V), cap // block_k))
+    block_v = max(16, min(MAX_BLOCK_V, next_pow2(V), cap // block_k))
     return block_l, block_k, block_v, triton.cdiv(V, block_v)
 
 
@@ -289,8 +285,8 @@ def _single_step(q, k, v, f, g, h0, readout, scaled_read=False):
     """T = 1 without autograd (decoding): one launch of ``_delta_step``; the arguments in the compute dtype."""
     B, _, H, K = q.shape
     V = v.shape[-1]
-    block_k = _next_pow2(K)
-    block_v = max(1, min(STEP_BLOCK_V, _next_pow2(V), MAX_STATE_TILE * 2 // block_k))
+    block_k = next_pow2(K)
+    block_v = max(1, min(STEP_BLOCK_V, next_pow2(V), MAX_STATE_TILE * 2 // block_k))
     y = torch.empty((B, 1, H, V), device=q.device, dtype=h0.dtype)
     s_new = torch.empty((B, H, K, V), device=q.device, dtype=h0.dtype)
     dummy = q.new_empty(0)  # no decay: the kernel never reads it

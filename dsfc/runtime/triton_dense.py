@@ -29,7 +29,7 @@ returned in the compute dtype.
 
 import torch
 
-from dsfc.runtime.dispatch import refuse_double_backward, require_triton_device
+from dsfc.runtime.dispatch import next_pow2, refuse_double_backward, require_triton_device
 
 try:
     import triton
@@ -45,10 +45,6 @@ CHUNK_BYTES = 256 << 20  # memory budget of one chunk's materialised blocks (the
 
 def available() -> bool:
     return triton is not None
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 def chunk_len(batch: int, groups: int, m: int, itemsize: int = 4, cap: int = 64) -> int:
@@ -118,8 +114,8 @@ def _tl_dtype(dtype: torch.dtype):
 
 
 def _launch_cfg(G: int, M: int) -> tuple[int, int, int]:
-    block_m = _next_pow2(M)
-    block_g = max(1, min(_next_pow2(G), MAX_BLOCK_ELEMS // (block_m * block_m)))
+    block_m = next_pow2(M)
+    block_g = max(1, min(next_pow2(G), MAX_BLOCK_ELEMS // (block_m * block_m)))
     num_warps = max(1, min(8, block_g * block_m * block_m // 1024))
     return block_g, block_m, num_warps
 

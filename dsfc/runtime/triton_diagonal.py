@@ -51,7 +51,8 @@ from typing import Any
 import torch
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import check_offsets, eager_inference, refuse_double_backward, require_triton_device
+from dsfc.runtime.dispatch import (check_offsets, eager_inference, next_pow2, refuse_double_backward,
+                                   require_triton_device)
 
 __all__ = ["diagonal_scan_triton", "register_kernels", "MAX_BLOCK_C", "TILE"]
 
@@ -86,10 +87,6 @@ def register_kernels(fwd, bwd, fwd_chunked=None, bwd_chunked=None) -> str:
     key = f"{fn.__module__}:{id(fwd):x}"  # the same source may be imported under several module names
     _KERNELS[key] = (fwd, bwd, fwd_chunked, bwd_chunked)
     return key
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 def _prev_pow2(x: int) -> int:
@@ -305,12 +302,12 @@ def _tiles(B: int, T: int, R: int, C: int, fused: bool, cuda: bool, chunked: boo
         tile = max(32, min(TILE, _prev_pow2(B * R * C // PROGRAMS)))
         if chunked:  # a chunk tile holds CHUNK_T copies of the state tile
             tile = min(tile, max(32, CHUNK_ELEMS // CHUNK_T))
-    block_c = _next_pow2(C) if fused else min(_next_pow2(C), tile)
-    block_r = max(1, min(_next_pow2(R), tile // block_c))
+    block_c = next_pow2(C) if fused else min(next_pow2(C), tile)
+    block_r = max(1, min(next_pow2(R), tile // block_c))
     num_warps = max(1, min(8, block_r * block_c // 128))
     chunk_t = 1
     if chunked:  # as many steps as fit CHUNK_ELEMS (at most CHUNK_T; fewer than 4 is not worth a scan)
-        chunk_t = min(CHUNK_T, _prev_pow2(max(1, CHUNK_ELEMS // (block_r * block_c))), _next_pow2(T))
+        chunk_t = min(CHUNK_T, _prev_pow2(max(1, CHUNK_ELEMS // (block_r * block_c))), next_pow2(T))
         chunk_t = chunk_t if chunk_t >= 4 or (chunk_t > 1 and T <= chunk_t) else 1
         if chunk_t > 1:
             num_warps = max(1, min(8, chunk_t * block_r * block_c // 512))
@@ -349,7 +346,7 @@ def diagonal_scan_triton(key: str, h0: torch.Tensor, leaves, *, T: int, dims, co
     if isinstance(T, bool) or not hasattr(T, "__index__") or T.__index__() < 0:
         raise ValueError(f"dsfc: the Triton scan's T must be an integer >= 0, got {T!r}")
     _check_args(h0, leaves, R, C, T)
-    fused = bool(can_fuse) and _next_pow2(C) <= MAX_BLOCK_C
+    fused = bool(can_fuse) and next_pow2(C) <= MAX_BLOCK_C
     chunked = CHUNKED_FORWARD and _KERNELS[key][2] is not None and T > 1
     eager = eager_inference(h0, *leaves)
     L = _Launch(int(T), tuple(int(d) for d in dims), tuple(float(c) for c in consts), int(R), int(C), int(P),

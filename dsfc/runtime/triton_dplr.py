@@ -51,7 +51,7 @@ from typing import Optional
 
 import torch
 
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
+from dsfc.runtime.dispatch import eager_inference, next_pow2, refuse_double_backward, require_triton_device
 from dsfc.runtime.scans import chunked_dplr_scan
 
 try:
@@ -77,10 +77,6 @@ NUM_WARPS = 8
 
 def available() -> bool:
     return triton is not None
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 if triton is not None:
@@ -174,8 +170,8 @@ if triton is not None:
 
 def _launch_cfg(K: int, V: int) -> tuple:
     """(BLOCK_K, BLOCK_V, BLOCK_J, value slices): tl.dot's tiles are at least 16 on every side."""
-    block_k = max(16, _next_pow2(K))
-    block_v = max(16, min(MAX_BLOCK_V, _next_pow2(V), MAX_STATE_TILE // block_k))
+    block_k = max(16, next_pow2(K))
+    block_v = max(16, min(MAX_BLOCK_V, next_pow2(V), MAX_STATE_TILE // block_k))
     return block_k, block_v, BLOCK_J, triton.cdiv(V, block_v)
 
 
@@ -259,8 +255,8 @@ def _single_step(q, k, v, x, y, g, h0, readout):
     ``g`` the per-key log-decay ``[B, 1, H, K]``."""
     B, _, H, K = q.shape
     V = v.shape[-1]
-    block_k = _next_pow2(K)
-    block_v = max(1, min(STEP_BLOCK_V, _next_pow2(V), 4096 // block_k))
+    block_k = next_pow2(K)
+    block_v = max(1, min(STEP_BLOCK_V, next_pow2(V), 4096 // block_k))
     o = torch.empty((B, 1, H, V), device=q.device, dtype=h0.dtype)
     s_new = torch.empty((B, H, K, V), device=q.device, dtype=h0.dtype)
     _dplr_step[(B * H, triton.cdiv(V, block_v))](q.contiguous(), k.contiguous(), v.contiguous(), x.contiguous(),

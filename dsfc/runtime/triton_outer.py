@@ -78,7 +78,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
-from dsfc.runtime.dispatch import eager_inference, refuse_double_backward, require_triton_device
+from dsfc.runtime.dispatch import eager_inference, next_pow2, refuse_double_backward, require_triton_device
 from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_outer_scan, read_before_update
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
@@ -658,11 +658,11 @@ def _single_step(q, k, v, log_decay, s0, decay: int, cdt: torch.dtype):
         sT = torch.empty((B, H, K, V), device=q.device, dtype=cdt)
         sT_strides = _bh_strides(sT)
     g = q.new_empty(0) if log_decay is None else log_decay.contiguous()
-    BK = max(16, _next_pow2(K))
+    BK = max(16, next_pow2(K))
     # one state tile of <= 4096 entries per program (many programs: decoding has no time axis to keep SMs busy);
     # ptxas at K = 128 (BK 128 x BV 32, 4 warps): 124-154 registers, no spills in fp32 / bf16; fp64 per-key spills 8 B
     # (tests/triton/aot_compile.py --resources)
-    BV = min(max(16, _next_pow2(V)), STEP_BLOCK_V, max(16, 4096 // BK))
+    BV = min(max(16, next_pow2(V)), STEP_BLOCK_V, max(16, 4096 // BK))
     _outer_step[(B * H, triton.cdiv(V, BV))](q.contiguous(), k.contiguous(), v.contiguous(), g, s0, y, sT, K, V,
                                             *s0_strides, *sT_strides, BK=BK, BV=BV, DECAY=decay,
                                             DTYPE=tl.float64 if cdt == torch.float64 else tl.float32, num_warps=4)
@@ -701,13 +701,13 @@ def default_tiles(cuda: bool, half: int, decay: int, K: int, V: int, chunk: Opti
         # 2026-11-27: L = 16 with the whole 128-wide value slice at 8 warps, fused, 2.57 / 16.7 ms forward /
         # forward+backward; L = 64 with 64-wide slices, 3.6 / 23.9 ms; L = 32, 3.6 / 21.5 ms)
         chunk = CHUNK_CUDA if cuda and half and decay != PER_KEY.value else CHUNK
-    block_k = max(16, _next_pow2(K))
+    block_k = max(16, next_pow2(K))
     # the [BK, BV] state slice and the dots' tiles scale with BK * BV: keep BK * BV <= 128 * 64, so that K = 256
     # or 512 still fits sm_90's 227 KB of shared memory (AOT-compiled: a 512 x 16 split backward takes 217 KB); at
     # L = 16 with a per-key decay and half operands on a GPU the [L, K] tiles are small and the state slice may be
     # 128 x 128 (fp32 operands: the fused backward would need 298 KB of shared memory)
     wide = cuda and half and decay == PER_KEY.value and chunk == CHUNK
-    block_v = min(max(16, _next_pow2(V)), 2 * MAX_BLOCK_V if wide else MAX_BLOCK_V,
+    block_v = min(max(16, next_pow2(V)), 2 * MAX_BLOCK_V if wide else MAX_BLOCK_V,
                   max(16, (16384 if wide else 8192) // block_k))
     # ptxas (tests/triton/aot_compile.py --resources): at these sizes 4 warps spill registers where 8 do not
     num_warps = 8 if chunk * block_k >= 64 * 64 or decay == PER_KEY.value else 4
@@ -718,10 +718,6 @@ def scores_warps(warps_at_128: int, keys: int) -> int:
     """The warps of a per-key score kernel whose programs take ``keys`` keys (a power of two), given its warps at 128
     (``SCORES_WARPS``, ``SCORES_BWD_WARPS``): the same elements per thread, 1 to 8 warps."""
     return max(1, min(8, warps_at_128 * keys // 128))
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -1025,10 +1021,10 @@ def _epilogue_tiles(decay: int, K: int, cuda: bool) -> tuple[int, int, int]:
     """``_bwd_epilogue_kernel``'s (BT, BK, num_warps) for K key columns (tests/triton/aot_compile.py compiles these)."""
     bt = EPILOGUE_CHUNK_CUDA if cuda else EPILOGUE_CHUNK
     if decay == 1:  # the sum over K in one program: every key column in one tile, fewer rows for a wide K
-        bk = _next_pow2(K)
+        bk = next_pow2(K)
         bt = max(1, min(bt, EPILOGUE_TILE // bk))
     else:
-        bk = min(_next_pow2(K), EPILOGUE_BLOCK_K)
+        bk = min(next_pow2(K), EPILOGUE_BLOCK_K)
     return bt, bk, 8 if cuda and bt * bk > 1024 else 4  # the per-head tiles: 8 warps
 
 
