@@ -26,7 +26,14 @@ elementwise diagonal scan; a readout that mixes heads (``M[o, h] * delta(e, b)``
 projection was taken as "C already reads per slot"). The split now also tries keeping more state axes (fewest
 first), takes deltas among the projection's factors, and moves a delta on kept axes alone (``delta(h, 0)``, a read of
 one head) into the projection: both layers run the chunked outer-product scan. This also settles the two strict
-xfails of hunt 22 (an output axis of an independent dim narrower than the value axis; a read of one head).
+xfails of hunt 22 (an output axis of an independent dim narrower than the value axis; a read of one head), runs a flat
+output whose delta does not tile o chunked (``test_unflatten.py``), and kernelises softmax attention with an output
+axis the state lacks, ``delta(zz, 0)`` in C, which was refused (``test_broadcast_outputs.py``).
+
+Not found: any wrong output. The catalog at two more dim sets per spec on torch and Triton and at illegal dims
+(``test_catalog_dims.py``) had nothing to fix. Ran in the hunt but not kept here: an RWKV-7-like DPLR with a
+token-shifted drive, the projection in C and a D bonus, a rank-2 input with the projection and a full D, a normalised
+linear attention with grouped keys and a grouped running normaliser (each against the reference at two dim sets).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
