@@ -317,7 +317,7 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
     d_in = model._in_features()
     report = CheckReport(sym.model, dims)
     if result.structure.family.value == "quadratic attention":
-        _check_quadratic(report, model, sym, all_dims, params, d_in, shapes, result.core or sym)
+        _check_quadratic(report, model, sym, all_dims, params, d_in, shapes)
         if triton_how != "off":
             _check_triton_quadratic(model, sym, all_dims, params, d_in, report, triton_how, seed)
         return report
@@ -360,10 +360,7 @@ def _run_check(result, dims, seed, shapes, model_factory, triton_how) -> CheckRe
             running0 = {k: v for k, v in h0.items() if k != "h"} if running else None
             with torch.no_grad():
                 got = model.dsf_matrices(u, running0) if running else model.dsf_matrices(u)
-            # the core's matrices: an out-projection hoisted out of C (ir/out_projection.py) is the module's first
-            # post, so its C reads the per-slot values and D is the post's; flat output axes split by unflatten_output
-            # give the same dense matrices as written
-            want = dense_matrices(result.core or sym, all_dims, params, u, running0)
+            want = dense_matrices(sym, all_dims, params, u, running0)
             for name, g, w in zip("ABCD", got, want):
                 a, r = _err(g, w)
                 report.rows.append(CheckRow(f"dsf_matrices {name}", shape, a, r, r <= TOL or a <= TOL))
@@ -482,10 +479,9 @@ def _run_backends(model, u, h0, seed, outs) -> None:
         model.backend = old_backend
 
 
-def _check_quadratic(report: CheckReport, model, sym, all_dims, params, d_in, shapes, core=None) -> CheckReport:
+def _check_quadratic(report: CheckReport, model, sym, all_dims, params, d_in, shapes) -> CheckReport:
     """An infinite feature state: the reference runs the paper's slot form over a whole sequence (prefix included),
-    and the module must match it in one pass, continuing its KV cache after the prefix, and step by step.
-    ``dsf_matrices`` are compared with those of ``core``, the spec the module runs (see ``_run_check``)."""
+    and the module must match it in one pass, continuing its KV cache after the prefix, and step by step."""
 
     def row(what, shape, got, want):
         a, r = _err(got, want)
@@ -510,7 +506,7 @@ def _check_quadratic(report: CheckReport, model, sym, all_dims, params, d_in, sh
         if t <= 16:
             with torch.no_grad():
                 got = model.dsf_matrices(u)
-            want = dense_matrices(core or sym, all_dims, params, u)
+            want = dense_matrices(sym, all_dims, params, u)
             for name, g, w in zip("ABCD", got, want):
                 row(f"dsf_matrices {name} (slot basis)", shape, g, w)
     return report

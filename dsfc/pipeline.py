@@ -2,6 +2,7 @@
 
     text --parse_spec--> Spec --check_spec--> CheckedSpec --lower_to_sympy--> SymSpec
          --unflatten_output--> SymSpec (flat output axes split; the reference keeps the original)
+         --gather_output_reads--> SymSpec (an output read at a formula f(e) of its index: a post y[e] = y_core[f(e)])
          --canonical_matrices--> SymSpec (deltas under sums contracted: the same model read the same)
          --analyse_structure--> StructureReport --plan_module--> ModulePlan --emit_torch--> source
 """
@@ -26,6 +27,7 @@ from .ir.lower import lower_to_sympy
 from .ir.symspec import SymSpec
 from .ir.cancelled import cancelled_reads
 from .ir.canonical import canonical_matrices
+from .ir.gathered_reads import gather_output_reads
 from .ir.out_projection import out_projection_splits
 from .ir.unflatten import unflatten_output
 from .lang.ast import Spec
@@ -102,6 +104,7 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     for w in cancelled_reads(sym):  # a param read only in terms SymPy folded to 0 (the checker saw it read)
         warnings.warn(w, stacklevel=3)
     core = unflatten_output(sym)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
+    core = gather_output_reads(core)  # SymSpec -> SymSpec: delta(b, (e + 1) % V) read as a post y[e] = y_core[f(e)]
     core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
     try:
         structure = analyse_structure_of(core)  # SymSpec -> Structure
@@ -113,6 +116,9 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
         if structure.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
             core, structure = _with_out_projection_hoisted(core, structure)
     report = analyse_structure(core, structure)  # Structure -> StructureReport
+    if core.output.name != sym.output.name:  # the out-projection was hoisted: say so where the report reads C and D
+        report = replace(report, c_form=f"{report.c_form}, then an out-projection to {sym.output.name} (applied "
+                                        "after the scan)", d_present="D" in sym.matrices)
     return checked, sym, core, structure, report
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..ir.functions import is_infinite_range
+from ..ir.notation import spec_str
 from ..ir.symspec import SymLet, SymSpec
 from ..lang.errors import SpecError, SpecErrors
 from .index_algebra import simplify
@@ -79,8 +80,33 @@ def _name(e) -> str | None:
     return str(e.base.label) if isinstance(e, sp.Indexed) else None
 
 
-def kernelise(sym: SymSpec, a, outer) -> Kernelised:
-    """Check the kernelisable form (see the module docstring) and return its pieces; raise a positioned error."""
+def _output_read_fault(sym: SymSpec, readout) -> tuple[str, str] | None:
+    """What in C's read of the state keeps it from the kernelised form's y[g, v] = o[g, v], and a hint, or None: a
+    state axis read at an expression of the output indices (``delta(b, (e + 1) % V)``: the value slots permuted), or
+    through a delta that stayed under a sum (an output axis of an independent dim E read through ``delta(e, b)``,
+    b < V: not provably in range at every dims)."""
+    if readout is None:
+        return None
+    outs, axes = set(readout.out_syms), sym.state.axes
+    for node in sp.preorder_traversal(readout.ch):
+        if isinstance(node, sp.Indexed) and node.base == sym.state.base:
+            for k, i in enumerate(node.indices):
+                if not i.is_Symbol and i.free_symbols & outs:
+                    return (f"C reads the state's axis {axes[k].name!r} at {spec_str(i)}, not at an output index",
+                            "read the axis at the output's own index (delta(e, b)) and rearrange the output in a "
+                            "post, e.g. post y2[h: H, e: V] = y[h, (e + 1) % V]")
+        if isinstance(node, sp.Sum):
+            for d in node.function.atoms(sp.KroneckerDelta):
+                if set(node.variables) & d.free_symbols and d.free_symbols & outs:
+                    return (f"C reads the state through {spec_str(d)}, which is not provably in range at every dims",
+                            "declare the output axis as a formula of the state axis it reads (dim E = V - 1), or "
+                            "read every slot and cut the output in a post")
+    return None
+
+
+def kernelise(sym: SymSpec, a, outer, readout=None) -> Kernelised:
+    """Check the kernelisable form (see the module docstring) and return its pieces; raise a positioned error.
+    ``readout`` (C h as analysed) only sharpens the error when C's read is not the kernelised form's."""
     lets = {x.tensor.name: x for x in sym.lets}
     infinite = {n for n, x in lets.items() if any(is_infinite_range(ax.extent) for ax in x.tensor.axes)}
     hist_of: dict[str, str] = {}
@@ -149,6 +175,10 @@ def kernelise(sym: SymSpec, a, outer) -> Kernelised:
         if bad:
             _fail(sym, f"post {post.tensor.name!r} reads {bad[0]!r}, which lives on the infinite feature range",
                   post.tensor.span, hint="a post-op may read the output, the input, params and finite lets")
+    fault = _output_read_fault(sym, readout) if outer is None and not a.mixed_axes else None
+    if fault is not None:
+        _fail(sym, f"{fault[0]}: the kernelised form (an infinite feature range) needs each output axis to read a "
+              "group or value axis of the state at its own index", m_c.span, hint=fault[1])
     if outer is None or a.mixed_axes:
         _fail(sym, "an infinite feature range needs A scalar per group, B u = phi(k) (x) value over the feature index "
               "and C contracting the feature index (the kernelised form); this spec does not have that form",

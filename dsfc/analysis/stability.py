@@ -449,8 +449,15 @@ class IntervalProver:
         return None
 
     def _sum(self, e: sp.Sum) -> Interval:
-        """A sum over full index ranges: positive terms give a positive sum (the count is a dim, unbounded). Two
-        sharper readings are intersected with it when that is not finite:
+        """A sum over full index ranges: the term-by-term bound, intersected with the range of its exact reading
+        where it has one (``_picked_or_permuted``: a delta picks one term, a residue permutes the range)."""
+        exact = _picked_or_permuted(e)
+        iv = self._sum_term_by_term(e)
+        return iv if exact is None else _intersect(iv, _hull([self.range(x) for x in exact]))
+
+    def _sum_term_by_term(self, e: sp.Sum) -> Interval:
+        """Positive terms give a positive sum (the count is a dim, unbounded). Two sharper readings are intersected
+        with it when that is not finite:
 
         * a weighted mean: ``sum(j, c_j x_j)`` with ``x_j >= 0`` is ``t sum(j, x_j)`` for some t in the hull of the
           c_j (any t when the sum of x is 0), so it lies in ``range(c) * range(sum(j, x_j))`` (a per-key beta:
@@ -734,6 +741,42 @@ def _hull(ivs: list[Interval]) -> Interval:
     lo = min(ivs, key=lambda iv: (iv.lo, iv.lo_open))  # a closed end wins a tie
     hi = max(ivs, key=lambda iv: (iv.hi, not iv.hi_open))
     return Interval(lo.lo, hi.hi, lo.lo_open, hi.hi_open)
+
+
+def _picked_or_permuted(e: sp.Sum) -> list | None:
+    """Exact readings of a sum over one index j, as expressions whose hull holds its value, or None:
+
+    * a delta of j picks one term: ``sum(j, f(j) delta(j, x))`` (x free of j) is f(x) where x lies in j's range
+      and 0 elsewhere, so [f(x), 0];
+    * j read only through one residue ``(c +- j) % n`` with n the length of j's range 0 .. n - 1 runs over a
+      permutation of that range: ``sum(j, f((c - j) % n)) = sum(j, f(j))`` (c an integer free of j).
+
+    A decayed cyclic shift ``g delta(j, (i - 1) % n)`` and a circulant ``w[(i - j) % n]`` (a circular convolution)
+    were "unknown": bounding the sum term by term gives n times the largest term, and n is a dim, unbounded."""
+    if len(e.limits) != 1:
+        return None
+    j, lo, hi = e.limits[0]
+    body = e.function
+    if any(j in s.variables for s in body.atoms(sp.Sum)):  # j bound again inside: substituting it would be wrong
+        return None
+    for f in sp.Mul.make_args(body):
+        if isinstance(f, sp.KroneckerDelta) and j in f.args:
+            x = f.args[1] if f.args[0] == j else f.args[0]
+            if j not in x.free_symbols:
+                rest = sp.Mul(*[g for g in sp.Mul.make_args(body) if g is not f])
+                return [rest.xreplace({j: x}), sp.Integer(0)]
+    residues = {m for m in body.atoms(sp.Mod) if j in m.free_symbols}
+    if len(residues) != 1 or lo != 0:
+        return None
+    (m,) = residues
+    p, n = m.args
+    s = sp.diff(p, j)
+    c = sp.expand(p - s * j)
+    if s not in (1, -1) or j in c.free_symbols or not c.is_integer or sp.simplify(n - hi - 1) != 0:
+        return None
+    if j in body.xreplace({m: sp.Dummy()}).free_symbols:  # j also read outside the residue
+        return None
+    return [sp.Sum(body.xreplace({m: j}), (j, lo, hi))]
 
 
 def _canonical_sums(expr):

@@ -646,7 +646,8 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         reject_infinite_lets(sym)
     if has_infinite_state(sym):
         # the kernelised form takes one key and one query per step: a rank-R input is not that form
-        kern = kernelise(sym, a, None if outer is not None and (outer.key_rank or outer.query_rank) else outer)
+        kern = kernelise(sym, a, None if outer is not None and (outer.key_rank or outer.query_rank) else outer,
+                         readout)
         names = _axis_names(sym, (kern.feature_axis,))
         why = (f"the state axis {names[0]} is the infinite feature range of exp, so N is infinite: contractions over "
                f"it are exp(q.k / sqrt(K)) (kernelised) and the algorithm is quadratic in T, with a KV cache "

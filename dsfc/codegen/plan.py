@@ -174,6 +174,16 @@ class ModulePlan:
     posts: list[LetPlan] = field(default_factory=list)  # post-ops after the core; the last is the layer output
     output_local: str = "y"
     layer_output_size: str = ""
+    # leading posts a pass added (ir/out_projection.py, ir/gathered_reads.py): part of the spec's own core output,
+    # whose local name and shape are spec_output_*; user_posts: the spec has post-ops of its own (forward's post=)
+    added_posts: int = 0
+    spec_output_local: str = "y"
+    spec_output_shape: list[str] = field(default_factory=list)
+    user_posts: bool = False
+
+    @property
+    def spec_output_size(self) -> str:
+        return " * ".join(self.spec_output_shape) or self.output_size
     extra_imports: list[str] = field(default_factory=list)
     triton: TritonPlan | None = None  # the generated Triton kernels (diagonal family), or None
     triton_note: str = ""  # why there is (or is not) a Triton kernel
@@ -191,6 +201,23 @@ class ModulePlan:
     rank_substeps: bool = False  # a rank-R input or R queries per step, run as sub-steps: import their helpers
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
+
+
+def _written(sym: SymSpec) -> tuple:
+    """(the output, C, D) as the spec wrote them, for dsf_matrices: the core's unless a pass rewrote them."""
+    return sym.written or (sym.output, sym.matrices["C"], sym.matrices.get("D"))
+
+
+def _written_matrix(sym: SymSpec, name: str):
+    written = _written(sym)
+    return {"C": written[1], "D": written[2]}.get(name, sym.matrices.get(name))
+
+
+def _spec_output_fields(sym: SymSpec, pr) -> dict:
+    """ModulePlan's added_posts, spec_output_* and user_posts (see there)."""
+    out = _written(sym)[0]
+    return dict(added_posts=sym.added_posts, spec_output_local=py_name(out.name),
+                spec_output_shape=[pr.size(a.extent) for a in out.axes], user_posts=len(sym.posts) > sym.added_posts)
 
 
 def _src(sym: SymSpec, name: str) -> str:
@@ -416,13 +443,13 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
     layer_shape = [pr.size(a.extent) for a in sym.layer_output.axes]
 
     matrices = []
-    by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
+    by_kind = {"state": sym.state, "input": sym.driven, "output": _written(sym)[0]}
     shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
     for name in ("A", "B", "C", "D"):
         rk, ck = shapes[name]
         rshape = [pr.size(a.extent) for a in by_kind[rk].axes]
         cshape = [pr.size(a.extent) for a in by_kind[ck].axes]
-        m = sym.matrices.get(name)
+        m = _written_matrix(sym, name)
         if m is None:
             code = "None"
         else:
@@ -469,6 +496,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         posts=posts,
         output_local=py_name(sym.output.name),
         layer_output_size=" * ".join(layer_shape),
+        **_spec_output_fields(sym, pr),
         signed_decay=st.family in _LOG_SPACE and _signed_decay(sym, st),
         zero_decay=st.family in _LOG_SPACE and _zero_decay(sym, st),
         rank_substeps=st.family == Family.CHUNKED_OUTER and _has_rank(st.outer),
@@ -1136,7 +1164,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
     # dsf_matrices: the slot basis {phi(k_j)}, j < T: phi(k_i) is the one-hot slot i, phi(q_i) the row of kernel
     # values exp(q_i . k_j / sqrt(K)) (zero for j > i), a cumsum of phi(k) the indicator of the past slots
     pr.infinite = "_T"
-    by_kind = {"state": sym.state, "input": sym.driven, "output": sym.output}
+    by_kind = {"state": sym.state, "input": sym.driven, "output": _written(sym)[0]}
     shapes = {"A": ("state", "state"), "B": ("state", "input"), "C": ("output", "state"), "D": ("output", "input")}
     matrices = []
     slot_ref = {n: TensorRef(f"slots_[{n!r}]", len(sym.let(n).tensor.axes), True)
@@ -1146,7 +1174,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
             rk, ck = shapes[name]
             rshape = [pr.size(a.extent) for a in by_kind[rk].axes]
             cshape = [pr.size(a.extent) for a in by_kind[ck].axes]
-            m = sym.matrices.get(name)
+            m = _written_matrix(sym, name)
             code = "None" if m is None else pr.print(
                 sp.powsimp(logsub(m.entry)), m.rows + m.cols,
                 {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})
@@ -1173,7 +1201,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         pre_readout=False, running=[let.tensor.name for let in sym.running_lets if let.tensor.name not in hist],
         driven=py_name(sym.driven.name), driven_size=" * ".join(pr.size(a.extent) for a in sym.driven.axes),
         output_local=py_name(sym.output.name), layer_output_size=" * ".join(layer_shape), posts=posts,
-        template="quadratic.py.jinja", quadratic=q,
+        **_spec_output_fields(sym, pr), template="quadratic.py.jinja", quadratic=q,
         triton_note="Triton kernel: FlashAttention-style quadratic attention", helpers=sorted(pr.helpers),
     )
 

@@ -88,9 +88,9 @@ def hoist_out_projection(sym: SymSpec, extra: tuple[int, ...] = ()) -> SymSpec |
     proj += [f for f in rest if isinstance(f, sp.KroneckerDelta) and f.free_symbols <= kept]
     rest = [f for f in rest if f not in proj]
     P = sp.Mul(*proj)
-    if P.has(sp.Sum) and any(c.cols[k] in {v for n in sp.preorder_traversal(P) if isinstance(n, sp.Sum)
-                                               for v, *_ in n.limits} for k in Z):
-        return None
+    bound = {v for n in sp.preorder_traversal(P) if isinstance(n, sp.Sum) for v, *_ in n.limits}
+    if bound & {c.cols[k] for k in Z}:
+        return None  # a state index also bound inside the projection (sum(b, ...)): keep the spec as written
     taken = {t for t in sym.tensors} | {str(s) for s in sp.S(c.entry).free_symbols} | set(sym.dims)
     taken |= {str(s) for s in c.rows + c.cols}
     vals = sym.dim_values()
@@ -114,4 +114,5 @@ def hoist_out_projection(sym: SymSpec, extra: tuple[int, ...] = ()) -> SymSpec |
     post = SymLet(sym.output, tuple(c.rows), read, True)
     matrices = {k: v for k, v in sym.matrices.items() if k not in ("C", "D")}
     matrices["C"] = new_c
-    return replace(sym, output=core_out, matrices=matrices, posts=(post,) + tuple(sym.posts))
+    return replace(sym, output=core_out, matrices=matrices, posts=(post,) + tuple(sym.posts),
+                   written=sym.written or (sym.output, c, d), added_posts=sym.added_posts + 1)

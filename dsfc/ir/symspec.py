@@ -232,6 +232,11 @@ class SymSpec:
     posts: tuple[SymLet, ...] = ()  # post-ops after the core, in order; the last is the layer output
     index_uses: tuple[SymIndexUse, ...] = ()  # every subscript the checker tested (at the default dims)
     dim_domains: tuple[DimDomain, ...] = ()  # dims-only divisors and log / sqrt arguments (checked at the defaults)
+    # the output, C and D as the spec wrote them, where a pass rewrote the core's (ir/gathered_reads.py,
+    # ir/out_projection.py) and moved part of C into ``added_posts`` leading posts: the module's dsf_matrices show the
+    # spec's matrices, its reference backend skips those posts, and ``post=False`` still applies them
+    written: tuple[SymTensor, SymMatrix, SymMatrix | None] | None = None
+    added_posts: int = 0
 
     @property
     def layer_output(self) -> SymTensor:

@@ -61,6 +61,11 @@ CASES = {
     # ||A||_F = 1 exactly: |lambda| <= 1 (an orthogonal-like W reaches it)
     "frobenius_unit": ("let fro = sqrt(sum(i, sum(j, W[i, j] ^ 2)))\nA[i, j] = W[i, j] / fro",
                        Bound.MARGINAL, "[0, 1]", "Frobenius"),
+    # a gated cyclic shift (a ring buffer): the delta picks one term of each row sum, g[i] < 1
+    "cyclic_shift": (GATE + "A[i, j] = g[i] * delta(j, (i - 1) % N)", Bound.STABLE, "[0, 1)", "infinity norm"),
+    # a circulant of softmax weights (a circular convolution): j -> (i - j) % N permutes 0 .. N - 1, row sums 1
+    "circulant": ("let w[i: N] = exp(W[0, i]) / sum(k, exp(W[0, k]))\nA[i, j] = w[(i - j) % N]",
+                  Bound.MARGINAL, "[0, 1]", "infinity norm"),
 }
 # blocks whose norms can pass 1: nothing <= 1 may be claimed (name: (lets and A, parameter W making |lambda| > 1))
 NOT_CLAIMED = {
@@ -160,3 +165,28 @@ def test_norm_readings_simplify_only_small_expressions(monkeypatch):
     result = compile_text(gdp3)
     assert sizes and max(sizes) <= stability.NORM_INLINE_MAX_OPS, sizes
     assert "norm" not in result.report.eigen_reason, result.report.eigen_reason
+
+
+def test_a_sum_is_read_exactly_only_where_a_delta_picks_or_a_residue_permutes():
+    """``_picked_or_permuted``, the exact readings behind the cyclic-shift and circulant claims: a delta of the
+    summed index picks one term (or none: 0); ``(c +- j) % n`` over j in 0 .. n - 1 permutes the range. Not read:
+    a delta whose other side reads j, a residue of 2 j (not one-to-one), a modulus other than the range's length, j
+    read both inside and outside the residue, two different residues of j, a range not starting at 0, a body with a
+    sum that binds j again."""
+    import sympy as sp
+
+    from dsfc.analysis.stability import _picked_or_permuted
+
+    i, j = sp.symbols("i j", integer=True, nonnegative=True)
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    w, g = sp.IndexedBase("w"), sp.Symbol("g", positive=True)
+    over = (j, 0, n - 1)
+    assert _picked_or_permuted(sp.Sum(g * w[j] * sp.KroneckerDelta(j, sp.Mod(i - 1, n)), over)) == [
+        g * w[sp.Mod(i - 1, n)], 0]
+    assert _picked_or_permuted(sp.Sum(w[sp.Mod(i - j, n)], over)) == [sp.Sum(w[j], over)]
+    assert _picked_or_permuted(sp.Sum(w[sp.Mod(j + i + 3, n)] ** 2, over)) == [sp.Sum(w[j] ** 2, over)]
+    for body in (sp.KroneckerDelta(j, sp.Mod(2 * j, n)), w[sp.Mod(2 * j + i, n)], w[sp.Mod(i - j, m)],
+                 j * w[sp.Mod(i - j, n)], w[sp.Mod(i - j, n)] * w[sp.Mod(i + j, n)]):
+        assert _picked_or_permuted(sp.Sum(body, over)) is None, body
+    assert _picked_or_permuted(sp.Sum(w[sp.Mod(i - j, n)], (j, 1, n))) is None  # not the range 0 .. n - 1
+    assert _picked_or_permuted(sp.Sum(sp.KroneckerDelta(j, i) * sp.Sum(w[j], over), over)) is None  # j bound inside

@@ -17,7 +17,7 @@ Four generators:
   (elu+1, silu, tanh, sigmoid, relu, identity), optional L2-normalised keys, a decay that is absent, per head, per
   key or per value channel, optional beta gate, output axes possibly permuted relative to the state; state axes in
   any order; keys and queries shared by groups of heads (k[h // R, a]), static or absent; the normalised form with a
-  running normaliser (cumsum / prev).
+  running normaliser (cumsum / prev); one in five reads the state through an out-projection written into C.
 * ``dense_specs``: A with coupled state axes: a dense (time-invariant) param matrix, a diagonal plus dense mix,
   a Kronecker product of two matrices, a constant or Toeplitz matrix written with index values, or DeltaNet-like
   (gated) identity-minus-rank-one blocks.
@@ -540,11 +540,25 @@ def outer_specs(draw) -> GenSpec:
         factors.append(_sub(v, hn + ["b"]))
     b.matrices.append(f"B[({_idx(rows)}), m] = {' * '.join(factors)}")
 
-    # C: y[o, e] = sum_a q[h, a] S[h, a, b] with o <-> h, e <-> b; output axes maybe swapped
+    # C: y[o, e] = sum_a q[h, a] S[h, a, b] with o <-> h, e <-> b; output axes maybe swapped; or (1 in 5) a whole
+    # layer's out-projection written into C, y[o] = sum W_O[o, h, b] q[h, a] S[h, a, b] (ir/out_projection.py)
     scale = draw(st.sampled_from(["", " / sqrt(K)", " * 0.5"]))
     qq = f" * {_sub(q, ksub + ['a'])}" if q is not None else ""
-    gate = _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "e"] if heads else ["e"])
-    if heads:
+    outproj = draw(st.integers(0, 4)) == 0
+    gate = "" if outproj else _output_gate(draw, b, labels, hax + [("b", "V")], ["o", "e"] if heads else ["e"])
+    if outproj:
+        labels["outproj"] = True
+        b.dim("Z", draw(st.integers(1, 3)))
+        out_axes = [("o", "Z")]
+        on = ["o"]
+        if draw(st.booleans()):  # over the flat (head, value) index, as nn.Linear's weight is stored
+            wo = b.param("W_O", ["Z", "H * V" if heads else "V"], "~ normal(0, 1)")
+            wread = f"{wo}[o, {'h * V + b' if heads else 'b'}]"
+        else:
+            wo = b.param("W_O", ["Z"] + [d for _, d in hax] + ["V"], "~ normal(0, 1)")
+            wread = f"{wo}[{_idx(['o'] + hn + ['b'])}]"
+        b.matrices.append(f"C[o, ({_idx(rows)})] = {wread}{qq}{scale}")
+    elif heads:
         swap = draw(st.booleans())
         labels["out_swap"] = swap
         out_axes = [("e", "V"), ("o", "H")] if swap else [("o", "H"), ("e", "V")]

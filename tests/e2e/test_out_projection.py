@@ -265,6 +265,7 @@ def test_the_projection_is_the_first_post_and_the_spec_is_kept_as_written():
         [result.sym.dims["H"], result.sym.dims["V"]]
     assert "C" in result.sym.matrices and not result.sym.posts  # the reference evaluates the spec as written
     assert "output projection" in result.structure.family_reason
+    assert "out-projection to y" in result.report.c_form and result.report.d_present  # D as written, in the post
     delta = _compiled("deltaproj")
     assert [p.tensor.name for p in delta.core.posts] == ["y", "g"]
 
@@ -298,3 +299,40 @@ def test_softmax_attention_with_the_projection_in_c_is_kernelised():
     u, w = (torch.randn(2, 5, 5, generator=gen, dtype=F64) for _ in range(2))
     check_grads_against_loop(built, _softmaxproj, u, w)
     assert run_check(result, triton=False).ok
+
+
+def test_reference_backend_post_switch_and_dsf_matrices_describe_the_spec_as_written():
+    """The leading post a pass adds (this out-projection, or hunt 23's gathered rotated read) is part of the spec's
+    own core output: ``backend="reference"`` (the per-step dense recurrence on dsf_matrices, which show the spec's C
+    and D as written) must not apply it a second time, ``post=False`` still applies it (the user's own posts only are
+    skipped), and half inputs come back in their dtype. The reference backend applied the gather twice (1.3 relative
+    error) when dsf_matrices first showed the spec's C."""
+    from test_user_specs_23 import ROT_GLA
+
+    gen = torch.Generator().manual_seed(7)
+    for text, name in ((GATED_PROJ, "gatedproj"), (DELTA_PROJ, "deltaproj"), (ROT_GLA, "rotgla")):
+        result = compile_text(text, f"{name}.dsf")
+        assert result.core.added_posts == 1 and result.core.written[0] is result.sym.output
+        built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+        u = torch.randn(2, 6, built.d_in(), generator=gen, dtype=F64)
+        want, _ = built.reference(u)
+        for backend in ("torch", "reference"):
+            built.model.backend = backend
+            with torch.no_grad():
+                assert rel_err(built.model(u), want) < 1e-10, (name, backend)
+        built.model.backend = "torch"
+        mats = built.dsf_matrices(u[:, :3])
+        assert [m.shape for m in mats] == [m.shape for m in built.dense(u[:, :3])], name
+        assert all(rel_err(m, w) < 1e-10 for m, w in zip(mats, built.dense(u[:, :3]))), name
+        with torch.no_grad():
+            assert built.model(u.float()).dtype == torch.float32
+    # a spec with posts of its own: post=False returns the spec's y, the out-projection applied
+    result = compile_text(DELTA_PROJ, "deltaproj.dsf")
+    built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+    u = torch.randn(2, 6, built.d_in(), generator=gen, dtype=F64)
+    with torch.no_grad():
+        gated = built.model(u)
+        raw = built.model(u, post=False)
+    assert raw.shape == gated.shape == (2, 6, 4)
+    assert rel_err(raw * torch.sigmoid(u), gated) < 1e-12  # the spec's post g = y * sigmoid(u)
+    assert rel_err(gated, _deltaproj(built.params(), u)) < 1e-10
