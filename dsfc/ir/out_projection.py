@@ -47,12 +47,26 @@ def out_projection_splits(sym: SymSpec) -> Iterator[SymSpec]:
     split = _projection(sym)
     if split is None:
         return
-    others = [k for k in range(len(c.cols)) if k not in split[1]]
-    for n in range(len(others)):
+    proj, Z = split
+    others = [k for k in range(len(c.cols)) if k not in Z]
+    for n in range(1 if _reads_per_slot(proj, c) else 0, len(others)):
         for extra in itertools.combinations(others, n):
             hoisted = hoist_out_projection(sym, extra)
             if hoisted is not None:
                 yield hoisted
+
+
+def _reads_per_slot(proj: list, c: SymMatrix) -> bool:
+    """C maps every output axis to a state axis by a delta of its own (``delta(o, h) delta(e, b)``): a core reading
+    the same slots is the spec as written (an output axis of an independent dim narrower than the value axis stays
+    what it is; a softmax layer gets the kernelised form's located error and its hint, ``dim E = V - 1``)."""
+    pinned = set()
+    for f in proj:
+        if not isinstance(f, sp.KroneckerDelta):
+            return False
+        a, b = f.args
+        pinned |= {a, b} & set(c.rows) if {a, b} & set(c.cols) else set()
+    return pinned == set(c.rows)
 
 
 def _projection(sym: SymSpec) -> tuple[list, list[int]] | None:

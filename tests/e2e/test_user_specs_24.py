@@ -25,10 +25,13 @@ axis alone, so the head axis was contracted with the keys, the values vary along
 elementwise diagonal scan; a readout that mixes heads (``M[o, h] * delta(e, b)``) was not split at all (a delta in the
 projection was taken as "C already reads per slot"). The split now also tries keeping more state axes (fewest
 first), takes deltas among the projection's factors, and moves a delta on kept axes alone (``delta(h, 0)``, a read of
-one head) into the projection: both layers run the chunked outer-product scan. This also settles the two strict
-xfails of hunt 22 (an output axis of an independent dim narrower than the value axis; a read of one head), runs a flat
-output whose delta does not tile o chunked (``test_unflatten.py``), and kernelises softmax attention with an output
-axis the state lacks, ``delta(zz, 0)`` in C, which was refused (``test_broadcast_outputs.py``).
+one head) into the projection: both layers run the chunked outer-product scan. This also settles hunt 22's strict
+xfail for a read of one head, runs a flat output whose delta does not tile o chunked (``test_unflatten.py``), and
+kernelises softmax attention with an output axis the state lacks, ``delta(zz, 0)`` in C, which was refused
+(``test_broadcast_outputs.py``). A C that maps every output axis to a state axis by deltas is left as it was: hunt
+22's output of an independent dim narrower than the value axis (still a strict xfail there; a split would run it
+chunked with the right numbers) and hunt 23's softmax form of it, a located error with the ``dim E = V - 1`` hint
+(the split would kernelise it, right numbers on torch, Triton and step; hunt 23's test asks for the error).
 
 Not found: any wrong output. The catalog at two more dim sets per spec on torch and Triton and at illegal dims
 (``test_catalog_dims.py``) had nothing to fix. Ran in the hunt but not kept here: an RWKV-7-like DPLR with a
