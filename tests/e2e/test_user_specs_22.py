@@ -28,12 +28,13 @@ Left weaker than the truth (no false claim):
 - the delta rule at K = 1 is "unknown": its eigenvalue 1 - beta k^2 lies in (0, 1] (k = tanh(.), beta = sigmoid(.)),
   but the prover bounds ``sum(a, k[a]^2)`` for every K (a dim: the analysis holds at any dims), which for unnormalised
   tanh keys is [0, K), not [0, 1) (``TRUE_BOUND``);
-- the two partial reads ran the elementwise diagonal scan, not the chunked outer-product form (a family choice, the
-  numbers are right; a strict xfail below for the first): with ``dim E = 2`` and ``dim V = 3`` independent dims, ``delta(e, b)``
-  over b in [0, V) is not pinned to b := e, since e < V does not hold at every dims (``dim E = V - 1`` is pinned and
-  chunked); and a read of one head (``delta(h, 0)``) was lifted into a sum over the head axis, which then counts as a
-  key axis that the value W_V[h, b] varies along. Since hunt 24 the one-head read runs chunked: the out-projection
-  split (``dsfc/ir/out_projection.py``) keeps the head axis in the core and moves ``delta(h, 0)`` into the post.
+- the two partial reads ran the elementwise diagonal scan, not the chunked outer-product form (a family choice,
+  the numbers are right; a strict xfail below for the first): with ``dim E = 2`` and ``dim V = 3`` independent dims,
+  ``delta(e, b)`` over b in [0, V) is not pinned to b := e, since e < V does not hold at every dims (``dim E = V - 1``
+  is pinned and chunked); and a read of one head (``delta(h, 0)``) was lifted into a sum over the head axis, which
+  then counts as a key axis that the value W_V[h, b] varies along. Since hunt 24 the one-head read runs chunked: the
+  out-projection split (``dsfc/ir/out_projection.py``) keeps the head axis in the core and moves ``delta(h, 0)`` into
+  the post.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
