@@ -28,7 +28,7 @@ from .ir.symspec import SymSpec
 from .ir.cancelled import cancelled_reads
 from .ir.canonical import canonical_matrices
 from .ir.gathered_reads import gather_output_reads
-from .ir.out_projection import hoist_out_projection
+from .ir.out_projection import out_projection_splits
 from .ir.unflatten import unflatten_output
 from .lang.ast import Spec
 from .lang.check import CheckedSpec, check_spec, too_deep_error
@@ -127,14 +127,14 @@ def _with_out_projection_hoisted(core: SymSpec, structure: Structure | None
     """An out-projection written into C, applied after the scan instead (ir/out_projection.py), where that lets the
     layer run a chunked algorithm; ``(core, structure)`` unchanged otherwise (``structure`` None: the spec as written
     was refused by the analysis)."""
-    hoisted = hoist_out_projection(core)
-    if hoisted is None:
-        return core, structure
-    try:
-        found = analyse_structure_of(hoisted)
-    except SpecErrors:
-        return core, structure
-    if found.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
+    for hoisted in out_projection_splits(core):
+        try:
+            found = analyse_structure_of(hoisted)
+        except SpecErrors:
+            continue
+        if found.family not in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
+            break
+    else:
         return core, structure
     why = (f"{found.family_reason}; C's output projection (the factors of C that read the output index) is applied "
            f"after the scan, as a post: {hoisted.posts[0].tensor.name} = (projection) {hoisted.output.name}"

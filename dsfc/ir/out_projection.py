@@ -18,6 +18,8 @@ written (``CompileResult.sym``), so ``dsfc check`` compares the rewritten layer 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import replace
 
 import sympy as sp
@@ -34,22 +36,72 @@ def _fresh(taken: set[str], name: str) -> str:
     return name
 
 
-def hoist_out_projection(sym: SymSpec) -> SymSpec | None:
-    """``sym`` with C's output projection moved into a post (see the module docstring); None where C is not one
-    product whose output-reading factors also read some, but not all, state axes."""
+def out_projection_splits(sym: SymSpec) -> Iterator[SymSpec]:
+    """Every way to hoist C's output projection (``hoist_out_projection``), fewest kept state axes first: the axes
+    the projection reads, then those plus one more, two more, ... (never all of them). A projection shared by every
+    head (``W_o[o, b] q[h, a]``) reads b only, and contracting the head axis too makes it a key axis that the values
+    vary along; keeping it (z[h, b]) is the per-head readout the chunked families take."""
+    c = sym.matrices.get("C")
+    if c is None:
+        return
+    split = _projection(sym)
+    if split is None:
+        return
+    proj, Z = split
+    others = [k for k in range(len(c.cols)) if k not in Z]
+    for n in range(1 if _reads_per_slot(proj, c) else 0, len(others)):
+        for extra in itertools.combinations(others, n):
+            hoisted = hoist_out_projection(sym, extra)
+            if hoisted is not None:
+                yield hoisted
+
+
+def _reads_per_slot(proj: list, c: SymMatrix) -> bool:
+    """C maps every output axis to a state axis by a delta of its own (``delta(o, h) delta(e, b)``): a core reading
+    the same slots is the spec as written (an output axis of an independent dim narrower than the value axis stays
+    what it is; a softmax layer gets the kernelised form's located error and its hint, ``dim E = V - 1``)."""
+    pinned = set()
+    for f in proj:
+        if not isinstance(f, sp.KroneckerDelta):
+            return False
+        a, b = f.args
+        pinned |= {a, b} & set(c.rows) if {a, b} & set(c.cols) else set()
+    return pinned == set(c.rows)
+
+
+def _projection(sym: SymSpec) -> tuple[list, list[int]] | None:
+    """(the factors of C that read an output index, the state axes they read) where C is one such product."""
     c = sym.matrices.get("C")
     if c is None or not c.rows or len(terms(c.entry)) != 1:
         return None
     rows = set(c.rows)
-    fs = factors(c.entry)
-    proj = [f for f in fs if f.free_symbols & rows]
-    rest = [f for f in fs if not f.free_symbols & rows]
-    if not proj or any(isinstance(f, sp.KroneckerDelta) for f in proj):
-        return None  # an output axis mapped to a state axis (or to a fixed entry): C already reads per slot
-    P = sp.Mul(*proj)
-    Z = [k for k, s in enumerate(c.cols) if s in P.free_symbols]
+    proj = [f for f in factors(c.entry) if f.free_symbols & rows]
+    if not proj:
+        return None
+    Z = [k for k, s in enumerate(c.cols) if s in sp.Mul(*proj).free_symbols]
     if not Z or len(Z) == len(c.cols):
         return None  # the projection reads no state axis (a plain gate), or every one (nothing left to contract)
+    return proj, Z
+
+
+def hoist_out_projection(sym: SymSpec, extra: tuple[int, ...] = ()) -> SymSpec | None:
+    """``sym`` with C's output projection moved into a post (see the module docstring), the core output indexed by
+    the state axes the projection reads and by the state axes ``extra`` (positions in C's columns); None where C is
+    not one product whose output-reading factors also read some, but not all, state axes."""
+    split = _projection(sym)
+    if split is None:
+        return None
+    proj, Z = split
+    c = sym.matrices["C"]
+    if len(set(Z) | set(extra)) == len(c.cols):
+        return None  # the core would read every state entry: nothing left to contract
+    Z = sorted(set(Z) | set(extra))
+    # a delta on kept axes alone (a read of one head, delta(h, 0)) selects slots of z: it goes with the projection
+    kept = {c.cols[k] for k in Z}
+    rest = [f for f in factors(c.entry) if not f.free_symbols & set(c.rows)]
+    proj += [f for f in rest if isinstance(f, sp.KroneckerDelta) and f.free_symbols <= kept]
+    rest = [f for f in rest if f not in proj]
+    P = sp.Mul(*proj)
     bound = {v for n in sp.preorder_traversal(P) if isinstance(n, sp.Sum) for v, *_ in n.limits}
     if bound & {c.cols[k] for k in Z}:
         return None  # a state index also bound inside the projection (sum(b, ...)): keep the spec as written

@@ -18,7 +18,7 @@ from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_IN
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import TRITON, check_all_paths, check_backend, compile_and_build  # noqa: E402
+from dsf_testing import TRITON, check_all_paths, check_backend, compile_and_build, run_steps  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -130,17 +130,37 @@ def test_extra_axis_gate_with_crossed_names():
 
 
 def test_kernelised_attention_refuses_an_extra_output_axis_with_its_position():
-    """Softmax attention with y[h, zz, b] and delta(zz, 0) in C: a positioned refusal naming the extra axis (it was
-    an internal printer error once the split accepted the axis), and the hint's post-op form compiles and matches."""
+    """Softmax attention with y[h, zz, b] and a factor along zz in C that the out-projection split cannot hoist (C a
+    sum of two terms): a positioned refusal naming the extra axis (it was an internal printer error once the split
+    accepted the axis), and the hint's post-op form compiles and matches. With the factor one product,
+    ``delta(zz, 0) * delta(o, h) * ...`` (refused before hunt 24), the split hoists it into a post: kernelised, and
+    torch, Triton and step match the reference."""
     from pathlib import Path
 
     from dsfc.lang.errors import SpecErrors
     from dsfc.pipeline import compile_text
 
     base = (Path(__file__).parents[2] / "specs" / "softmax_attention.dsf").read_text()
+    small = {"d": 5, "H": 2, "K": 3, "V": 2}
     text = base.replace("output y[h: H, b: V]", "output y[h: H, zz: 2, b: V]").replace(
         "C[(o, e), (h, f, b)] = delta(o, h)", "C[(o, zz, e), (h, f, b)] = delta(zz, 0) * delta(o, h)")
     assert text != base
+    built = compile_and_build(text, small, path="sm_z0.dsf")
+    assert built.result.structure.family == Family.QUADRATIC, built.result.structure.family_reason
+    u = torch.randn(2, 7, 5, dtype=torch.float64)
+    want = built.reference(u)[0]
+    for backend in ("torch", "triton") if TRITON else ("torch",):
+        built.model.backend = backend
+        with torch.no_grad():
+            assert torch.allclose(built.model(u), want, atol=1e-10), backend
+    built.model.backend = "torch"
+    with torch.no_grad():
+        assert torch.allclose(run_steps(built.model, u, None)[0], want, atol=1e-10)
+    assert (want.reshape(2, 7, 2, 2, 2)[:, :, :, 1] == 0).all()
+    text = base.replace("output y[h: H, b: V]", "output y[h: H, zz: 2, b: V]").replace(
+        "C[(o, e), (h, f, b)] = delta(o, h) * delta(e, b) * qf[h, f]",
+        "C[(o, zz, e), (h, f, b)] = delta(o, h) * delta(e, b) * (qf[h, f] + delta(zz, 1) * qf[h, f])")
+    assert "zz, 1" in text
     with pytest.raises(SpecErrors) as exc:
         compile_text(text, "sm_z.dsf")
     msg = exc.value.render()
