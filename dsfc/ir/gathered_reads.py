@@ -22,7 +22,7 @@ import sympy as sp
 
 from ..analysis.index_algebra import _within
 from .lower import index_symbol
-from .symspec import SymAxis, SymLet, SymSpec, SymTensor
+from .symspec import SymAxis, SymLet, SymSpec, SymTensor, fresh_name
 
 
 def _gathered_read(sym: SymSpec, k: int):
@@ -56,17 +56,11 @@ def gather_output_reads(sym: SymSpec) -> SymSpec:
     if not found:
         return sym
     names = set(sym.tensors) | set(sym.dims) | {str(s) for s in c.entry.free_symbols | set(c.rows) | set(c.cols)}
-    core_name = f"{sym.output.name}_core"
-    while core_name in names:
-        core_name = "_" + core_name
+    core_name = fresh_name(f"{sym.output.name}_core", names)
     entry, rows, axes, reads = c.entry, list(c.rows), list(sym.output.axes), list(c.rows)
     vals = sym.dim_values()
     for k, (d, b, x, _rest) in found.items():
-        fresh = f"{c.rows[k]}_read"
-        while fresh in names:
-            fresh = "_" + fresh
-        names.add(fresh)
-        rows[k] = index_symbol(fresh)
+        rows[k] = index_symbol(fresh_name(f"{c.rows[k]}_read", names))
         entry = entry.xreplace({d: sp.KroneckerDelta(rows[k], b)})
         extent = c.col_extents[c.cols.index(b)]
         axes[k] = SymAxis(None, extent, int(sym.subs_dims(extent, vals)))

@@ -26,14 +26,7 @@ import sympy as sp
 
 from ..analysis.index_algebra import contract_product, factors, terms
 from .lower import index_symbol
-from .symspec import SymAxis, SymLet, SymMatrix, SymSpec
-
-
-def _fresh(taken: set[str], name: str) -> str:
-    while name in taken:
-        name = "_" + name
-    taken.add(name)
-    return name
+from .symspec import SymAxis, SymLet, SymMatrix, SymSpec, fresh_name
 
 
 def out_projection_splits(sym: SymSpec) -> Iterator[SymSpec]:
@@ -109,11 +102,11 @@ def hoist_out_projection(sym: SymSpec, extra: tuple[int, ...] = ()) -> SymSpec |
     taken |= {str(s) for s in c.rows + c.cols}
     vals = sym.dim_values()
     state_axes = sym.state.axes
-    core_name = _fresh(taken, f"{sym.output.name}_core")
-    z_syms = tuple(index_symbol(_fresh(taken, f"z_{state_axes[k].name or k}")) for k in Z)
+    core_name = fresh_name(f"{sym.output.name}_core", taken)
+    z_syms = tuple(index_symbol(fresh_name(f"z_{state_axes[k].name or k}", taken)) for k in Z)
     z_axes = tuple(SymAxis(state_axes[k].name, c.col_extents[k], int(sym.subs_dims(c.col_extents[k], vals)))
                    for k in Z)
-    z_base = sp.IndexedBase(core_name)
+    z_base = sp.IndexedBase(core_name, real=True)
     core_out = replace(sym.output, name=core_name, base=z_base, axes=z_axes)
     pinned = sp.Mul(*[sp.KroneckerDelta(z, c.cols[k]) for z, k in zip(z_syms, Z)])
     new_c = SymMatrix("C", z_syms, c.cols, tuple(a.extent for a in z_axes), c.col_extents, pinned * sp.Mul(*rest),
@@ -125,7 +118,7 @@ def hoist_out_projection(sym: SymSpec, extra: tuple[int, ...] = ()) -> SymSpec |
         driven = sym.driven.base[d.cols] if d.cols else sym.driven.base
         read = read + contract_product(entry, d.cols, d.col_extents, driven, dict(zip(c.rows, c.row_extents)),
                                        sym.in_free_dims)
-    post = SymLet(sym.output, tuple(c.rows), read, True)
+    post = SymLet(replace(sym.output, kind="post"), tuple(c.rows), read, True)
     matrices = {k: v for k, v in sym.matrices.items() if k not in ("C", "D")}
     matrices["C"] = new_c
     return replace(sym, output=core_out, matrices=matrices, posts=(post,) + tuple(sym.posts),

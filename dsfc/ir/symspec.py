@@ -43,6 +43,15 @@ def at_indices(expr: sp.Expr, index: tuple[sp.Symbol, ...], indices: tuple[sp.Ex
     return expr.subs(dict(zip(index, indices)), simultaneous=True)
 
 
+def fresh_name(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``_stem``, ``__stem``, ... : the first not in ``taken``, which it joins (names a pass adds)."""
+    name = stem
+    while name in taken:
+        name = "_" + name
+    taken.add(name)
+    return name
+
+
 def tensor_names(expr: sp.Expr) -> set[str]:
     """The names of the tensors ``expr`` reads (indexed entries and scalar symbols; index symbols and dims too, which
     callers filter by the names they look for)."""
