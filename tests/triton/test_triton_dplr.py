@@ -21,6 +21,8 @@ error is fp32 rounding of sums of <= 32 products over a few chunks; an indexing,
 from tests.triton._device import DEVICE  # noqa: E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import functools  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -34,6 +36,8 @@ from dsfc.check import load_module  # noqa: E402
 from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 from dsfc.reference import reference_forward  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # dsf_testing, test_dplr_scan (plain modules)
+from test_dplr_scan import RWKV7  # noqa: E402
 from dsfc.runtime.triton_dplr import chunked_dplr_triton, dplr_state_passing  # noqa: E402
 
 TOL64 = 1e-10
@@ -257,27 +261,7 @@ SPECS = {
 """ + _HEAD + """let al[h: H, a: K] = exp(-softplus(sum(m, W_a[h, a, m] * u[m])))
 A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) - be[h] * k[h, a] * k[h, a2]) * al[h, a2]
 """,
-    "rwkv7": """model RWKV7 "RWKV-7: S = S (diag(w) - kap (ia kap)^T) + v k^T, value-first state"
-dim d = 4
-dim H = 2
-dim K = 3
-dim V = 2
-input u[d]
-state S[h: H, b: V, a: K]
-output y[h: H, b: V]
-param W_r[H, K, d] ~ normal(0, 0.5)
-param W_k[H, K, d] ~ normal(0, 0.5)
-param W_v[H, V, d] ~ normal(0, 0.5)
-param W_w[H, K, d] ~ normal(0, 0.5)
-param W_a[H, K, d] ~ normal(0, 0.5)
-let kr[h: H, a: K] = sum(m, W_k[h, a, m] * u[m])
-let kap[h: H, a: K] = kr[h, a] / sqrt(sum(c, kr[h, c] ^ 2) + 1e-6)
-let w[h: H, a: K] = exp(-0.6065 * sigmoid(sum(m, W_w[h, a, m] * u[m])))
-let ia[h: H, a: K] = sigmoid(sum(m, W_a[h, a, m] * u[m]))
-A[(h, b, a), (h2, b2, a2)] = delta(h, h2) * delta(b, b2) * (delta(a, a2) * w[h, a] - kap[h, a] * ia[h, a2] * kap[h, a2])
-B[(h, b, a), m] = W_v[h, b, m] * kr[h, a]
-C[(o, e), (h, b, a)] = delta(o, h) * delta(e, b) * sum(m, W_r[h, a, m] * u[m])
-""",
+    "rwkv7": RWKV7,  # the spec tests/e2e/test_dplr_scan.py checks on the torch path
 }
 
 
