@@ -50,6 +50,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     refuse_jit_trace,
     step_state_errors,
+    triton_build_fallback,
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
@@ -269,8 +270,16 @@ class FoX(nn.Module):
         check_inference_parameters("FoX", self)  # built under inference_mode: grads silently lost
         try:
             out = self._forward(u, initial_state, output_final_state)
-        except RuntimeError as exc:  # torch's "Inference tensors cannot be saved for backward" named no argument
-            err = inference_input_error("FoX", exc, {"u": u, "initial_state": initial_state})
+        except Exception as exc:  # noqa: BLE001 - two cases handled, everything else re-raised as it was
+            # backend="auto" and a Triton kernel this GPU cannot build (shared memory, registers): the torch path
+            if triton_build_fallback(self, "FoX", exc, u):
+                return self.forward(u, initial_state, output_final_state)
+            # torch's "Inference tensors cannot be saved for backward" named no argument
+            err = (
+                exc
+                if not isinstance(exc, RuntimeError)
+                else inference_input_error("FoX", exc, {"u": u, "initial_state": initial_state})
+            )
             if err is exc:
                 raise
             raise err from None

@@ -179,6 +179,12 @@ def triton_refusal(module: torch.nn.Module, u: torch.Tensor, state=None) -> "str
     return None
 
 
+def on_gpu(u: torch.Tensor) -> bool:
+    """Where backend="auto" picks the Triton kernels: CUDA tensors (the interpreter is for tests; a test may patch
+    this to run auto's Triton-side logic on the CPU)."""
+    return u.is_cuda
+
+
 def choose_backend(module: torch.nn.Module, model: str, backends: tuple, kernel, u, state, no_kernel: str) -> str:
     """The path a forward call runs, from ``module.backend``: "auto" is Triton on CUDA when the module has a Triton
     kernel (``kernel`` not None) and the call is one the kernels can run (``triton_refusal``), else the torch path; an
@@ -191,8 +197,10 @@ def choose_backend(module: torch.nn.Module, model: str, backends: tuple, kernel,
         raise RuntimeError(f"{model}: {no_kernel}")
     if backend not in ("triton", "auto"):
         return backend
-    if backend == "auto" and not (u.is_cuda and kernel is not None):
+    if backend == "auto" and not (on_gpu(u) and kernel is not None):
         return "torch"
+    if backend == "auto" and _build_key(u) in module.__dict__.get(_UNBUILT, ()):
+        return "torch"  # a kernel of this module could not be built for this device and dtype (triton_build_fallback)
     refusal = triton_refusal(module, u, state)
     if refusal is None:
         return "triton"
@@ -217,6 +225,53 @@ def triton_offset_fallback(module: torch.nn.Module, model: str, err: OffsetLimit
         module.__dict__["_dsfc_offset_warned"] = True  # (a plain attribute: not a buffer, not in the state dict)
         warnings.warn(f"{model}: backend='auto' runs the torch path for this input: {err}", OffsetFallback,
                       stacklevel=3)
+
+
+class TritonBuildFallback(UserWarning):
+    """backend="auto" ran the torch path because a Triton kernel of the module could not be built on this GPU."""
+
+
+# triton's errors for a kernel that cannot be built for the GPU at hand: a compile error (a construct this triton /
+# GPU pair lacks), more shared memory or registers than the GPU has (tiles sized for sm_90 on a smaller GPU), ptxas
+# refusing. Matched by name and module, so that this file does not import triton (the modules import without it).
+_BUILD_ERRORS = ("CompilationError", "OutOfResources", "PTXASError")
+_UNBUILT = "_dsfc_triton_unbuilt"  # module attribute: the (device, dtype) pairs whose kernels failed to build
+
+
+def _build_key(u: torch.Tensor) -> tuple:
+    return (str(u.device), u.dtype)
+
+
+def triton_build_error(exc: BaseException):
+    """The triton build failure behind ``exc`` (itself or a cause: a launcher may re-raise it with a clearer message),
+    else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in _BUILD_ERRORS and type(exc).__module__.startswith("triton"):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def triton_build_fallback(module: torch.nn.Module, model: str, exc: BaseException, u) -> bool:
+    """After ``exc`` escaped a forward call: True when the caller should run the call again on the torch path, i.e.
+    ``module.backend`` is "auto", the call ran the Triton kernels and ``exc`` is a kernel that this GPU cannot
+    build (``triton_build_error``). Records the device and input dtype on the module, so that ``choose_backend``
+    picks torch for them from now on (a failed build is not retried per call: each try costs a compile), and warns
+    once per pair with the error. backend="triton" keeps the error, as does anything else: a bad input, a numerical
+    error, a CUDA fault (the process's context may be gone), a failure of the torch path itself."""
+    if module.backend != "auto" or not isinstance(u, torch.Tensor) or triton_build_error(exc) is None:
+        return False
+    unbuilt = module.__dict__.setdefault(_UNBUILT, set())  # (a plain attribute: not a buffer, not in the state dict)
+    if _build_key(u) in unbuilt:  # the call already ran the torch path
+        return False
+    unbuilt.add(_build_key(u))
+    cause = triton_build_error(exc)
+    warnings.warn(f"{model}: backend='auto' runs the torch path on {u.device} for {u.dtype} inputs from now on: a "
+                  f"Triton kernel could not be built there ({type(cause).__name__}: {str(exc).strip()[:400]}); "
+                  "backend='triton' shows the full error", TritonBuildFallback, stacklevel=3)
+    return True
 
 
 def triton_refusal_error(model: str, reason: str) -> RuntimeError:
