@@ -199,8 +199,9 @@ def choose_backend(module: torch.nn.Module, model: str, backends: tuple, kernel,
         return backend
     if backend == "auto" and not (on_gpu(u) and kernel is not None):
         return "torch"
-    if backend == "auto" and _build_key(u) in module.__dict__.get(_UNBUILT, ()):
-        return "torch"  # a kernel of this module could not be built for this device and dtype (triton_build_fallback)
+    unbuilt = module.__dict__.get(_UNBUILT)  # device and dtype pairs whose kernels could not be built
+    if backend == "auto" and unbuilt and _build_key(u) in unbuilt:
+        return "torch"  # (triton_build_fallback)
     refusal = triton_refusal(module, u, state)
     if refusal is None:
         return "triton"
