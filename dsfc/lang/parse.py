@@ -176,10 +176,16 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
                 Span(exc.line, exc.column, exc.line, exc.column + 1),
                 hint='a description string opens and closes on the same line: model S6 "..."',
             )
+        hint = _character_hint(ch)
+        if ch == "\\":  # Python's and the shell's line continuation, or a division typed the other way round
+            rest = text[exc.pos_in_stream + 1:].split("\n", 1)[0].split("#", 1)[0]
+            hint = ("a statement needs no '\\' to continue: every line that does not start a new statement (a "
+                    "keyword or A/B/C/D[...] =) continues the one before; delete the '\\'" if not rest.strip()
+                    else "'\\' is not an operator: division is '/', floor division '//'")
         return SpecError(
             f"unexpected character {ch!r}",
             Span(exc.line, exc.column, exc.line, exc.column + 1),
-            hint=_character_hint(ch),
+            hint=hint,
         )
     if isinstance(exc, UnexpectedEOF):
         span = _end_span(None, text)
