@@ -439,7 +439,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("compile", help="generate a PyTorch module per spec")
     p.add_argument("specs", nargs="+")
     p.add_argument("-o", "--output", default="generated", help="output directory (default: generated/)")
-    p.add_argument("--check", action="store_true", help="also run dsfc check on each module before writing it; a failed check writes nothing (exit 1)")
+    p.add_argument("--check", action="store_true",
+                   help="also run dsfc check on each module before writing it; a failed check writes nothing (exit 1)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_compile)
 

@@ -154,7 +154,7 @@ def test_utf16_without_a_byte_order_mark_is_named(encoding, name):
     assert "file is binary" in info.value.errors[0].message
 
 
-# -- 3. numerics: strong and near-1 decays over long sequences ----------------------------------------------------------
+# -- 3. numerics: strong and near-1 decays over long sequences ---------------------------------------------------------
 
 S6_DIMS = dict(d=3, n=4, r=2)
 
@@ -248,7 +248,7 @@ def test_s6_half_precision_against_the_float64_loop(how, dtype):
     assert rel_err(y, want) < (3e-2 if dtype == torch.bfloat16 else 4e-3), rel_err(y, want)
 
 
-# -- 4. state round trips split at every offset -------------------------------------------------------------------------
+# -- 4. state round trips split at every offset ------------------------------------------------------------------------
 
 # softmax attention whose keys are a causal conv of width 3 (a window let) with the running normaliser: the KV cache
 # carries the window and eta_prev
