@@ -17,10 +17,12 @@ Found and fixed:
 Checked clean (pinned below where cheap; the rest tried, see the report of this round):
 
 - The catalog on the CPU torch path at small widths and T = 20000 (FoX and softmax attention too): finite, within
-  4e-6 per output row of the float64 module (mLSTM 1.3e-4: its normaliser ``max(|n^T q|, 1)`` cancels); with every
-  decay parameter pushed to strong and to near-1 values (A_log +10 / -20, dt_bias +-30, gate biases +-30, RG-LRU's
-  Lambda +-30, RWKV-6's b_w): finite, and where fp32 differed from float64 by more than 1e-4 the float64 output moved
-  as much under a relative 6e-8 perturbation of u and the parameters (ill-conditioned maths, not the algorithm).
+  4e-6 per output row of the float64 module (mLSTM 1.3e-4: its normaliser ``max(|n^T q|, 1)`` cancels, and its
+  fp32 ``step`` loop and fp32 reference recurrence are as far off); with every decay parameter pushed to strong and
+  to near-1 values (A_log +10 / -20, dt_bias +-30, gate biases +-30, RG-LRU's Lambda +-30, RWKV-6's b_w): finite,
+  and where fp32 differed from float64 by more than 1e-4 the float64 output moved as much under a relative 6e-8
+  perturbation of u and the parameters (ill-conditioned maths, not the algorithm: S4D's ``mag cos(phi) - 1`` at
+  ``A_real = -e^-30`` and LRU's rotation at ``theta = e^30`` are spec-level cancellations).
   Gradients at T = 3000 under the same decays: within 4e-6, except gradients that underflow fp32 (float64 norms
   1e-49 to 1e-8 next to gradients of 1e2 to 1e5). Legitimate NaNs (DeltaNet's unregularised L2 norm of a zero
   silu vector, normalised linear attention's ``eta = 0``) are the named FloatingPointError.
