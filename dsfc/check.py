@@ -59,6 +59,17 @@ class CheckReport:
     def ok(self) -> bool:
         return all(r.ok for r in self.rows)
 
+    def worst(self) -> str:
+        """One line naming the failed comparison that differs most (relative), its shape and by how much, against
+        the tolerance; empty when every row passed."""
+        bad = [r for r in self.rows if not r.ok]
+        if not bad:
+            return ""
+        r = max(bad, key=lambda r: (r.rel_err != r.rel_err, r.rel_err))  # NaN first: it is the worst
+        more = f" (and {len(bad) - 1} more comparison(s))" if len(bad) > 1 else ""
+        return (f"{r.what} at {r.shape} differs from the float64 reference by max abs {r.abs_err:.2e}, rel "
+                f"{r.rel_err:.2e} (it passes within {TOL:g}, absolute or relative){more}")
+
     def table(self) -> str:
         lines = [f"{self.model}  dims {self.dims}"]
         # the widest label sets the column (a fixed 28 let "triton grad A_log (vs torch)" push its row's numbers right)

@@ -61,7 +61,6 @@ def cmd_compile(args) -> int:
     for r in results:
         first.setdefault(Path(r.spec.path).resolve(), r)
     results = list(first.values())
-    status = 0
     problem = _unwritable_dir(out_dir)  # before the first file: all or nothing
     if problem:
         print(f"dsfc compile: error: cannot write to {out_dir}: {problem}; no files written", file=sys.stderr)
@@ -73,17 +72,26 @@ def cmd_compile(args) -> int:
         kind = "a directory" if taken.is_dir() else "a special file"
         print(f"dsfc compile: error: cannot write {taken}: it is {kind}, not a file; no files written", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    # --check runs before the first write: a module that fails its check is not left in the output directory (nor
+    # does it replace an earlier, good one there), and one failed spec leaves the others unwritten too
+    failed = []
+    for r in results if args.check else ():
+        rep = run_check(r)
+        ok_line = f"checked {r.spec.path}: ok ({len(rep.rows)} comparisons vs the reference)"
+        print(rep.table() if args.verbose or not rep.ok else ok_line)
+        if not rep.ok:
+            failed.append(f"{r.spec.path}: {rep.worst()}")
+    if failed:
+        for line in failed:
+            print(f"dsfc compile: check failed: {line}", file=sys.stderr)
+        print(f"dsfc compile: no files written ({len(failed)} of {len(results)} spec(s) failed the check; without "
+              "--check the modules are written unchecked)", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     for r in results:
         path = write_result(r, out_dir)
         written.append(path)
         print(f"compiled {r.spec.path} -> {path}  ({r.report.family}, N = {r.report.state_size})")
-        if args.check:
-            rep = run_check(r)
-            ok_line = f"  check: ok ({len(rep.rows)} comparisons vs the reference)"
-            print(rep.table() if args.verbose or not rep.ok else ok_line)
-            if not rep.ok:
-                status = EXIT_CHECK_FAILED
-    return status
+    return 0
 
 
 def _output_clash(results) -> str | None:
@@ -232,6 +240,8 @@ def cmd_check(args) -> int:
         rep = run_check(r, dims=dims[r.spec.path], seed=args.seed, triton=not args.no_triton)
         print(rep.table())
         print(f"  {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
+        if not rep.ok:
+            print(f"dsfc check: {r.spec.path}: {rep.worst()}", file=sys.stderr)
         if not rep.ok:
             status = EXIT_CHECK_FAILED
     return status
@@ -429,7 +439,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("compile", help="generate a PyTorch module per spec")
     p.add_argument("specs", nargs="+")
     p.add_argument("-o", "--output", default="generated", help="output directory (default: generated/)")
-    p.add_argument("--check", action="store_true", help="also run dsfc check on each generated module")
+    p.add_argument("--check", action="store_true",
+                   help="also run dsfc check on each module before writing it; a failed check writes nothing (exit 1)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_compile)
 

@@ -176,10 +176,16 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
                 Span(exc.line, exc.column, exc.line, exc.column + 1),
                 hint='a description string opens and closes on the same line: model S6 "..."',
             )
+        hint = _character_hint(ch)
+        if ch == "\\":  # Python's and the shell's line continuation, or a division typed the other way round
+            rest = text[exc.pos_in_stream + 1:].split("\n", 1)[0].split("#", 1)[0]
+            hint = ("a statement needs no '\\' to continue: every line that does not start a new statement (a "
+                    "keyword or A/B/C/D[...] =) continues the one before; delete the '\\'" if not rest.strip()
+                    else "'\\' is not an operator: division is '/', floor division '//'")
         return SpecError(
             f"unexpected character {ch!r}",
             Span(exc.line, exc.column, exc.line, exc.column + 1),
-            hint=_character_hint(ch),
+            hint=hint,
         )
     if isinstance(exc, UnexpectedEOF):
         span = _end_span(None, text)
@@ -259,11 +265,30 @@ def _binary_error(text: str, path: str) -> SpecErrors:
     )
 
 
+def _utf16_without_bom(data: bytes) -> str | None:
+    """``"utf-16-le"`` or ``"utf-16-be"`` where the file's first bytes are ASCII text in UTF-16 (every other byte
+    NUL, the others not), else None."""
+    head = data[:256]
+    head = head[: len(head) - len(head) % 2]
+    if len(head) < 4:
+        return None
+    even, odd = head[0::2], head[1::2]
+    for order, text, zeros in (("utf-16-le", even, odd), ("utf-16-be", odd, even)):
+        if zeros == bytes(len(zeros)) and all(0 < b < 128 for b in text):
+            return order
+    return None
+
+
 def _check_text(data: bytes | str, path: str) -> str:
     if isinstance(data, bytes):
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # was "file is binary (contains NUL bytes)" and a line of noise
             text = data.decode("utf-16", "replace").replace("\x00", "\ufffd")
             raise SpecErrors([SpecError("file is UTF-16 text (it starts with a UTF-16 byte-order mark); dsfc reads "
+                                        "UTF-8: save it as UTF-8", Span(1, 1))], path, text)
+        order = _utf16_without_bom(data)
+        if order:  # was "file is binary (contains NUL bytes)": UTF-16 saved without a byte-order mark
+            text = data.decode(order, "replace").replace("\x00", "\ufffd")
+            raise SpecErrors([SpecError(f"file is UTF-16 text ({order.upper()}, without a byte-order mark); dsfc reads "
                                         "UTF-8: save it as UTF-8", Span(1, 1))], path, text)
         if b"\x00" in data:
             raise _binary_error(data.decode("utf-8", "replace"), path)
