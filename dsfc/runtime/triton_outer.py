@@ -6,7 +6,11 @@ Per batch row and head (fla's layout: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``,
     S_t = diag(exp(g_t)) S_(t-1) + k_t v_t^T,     y_t = S_t^T q_t       (g: log-decay, none / [B,T,H] / [B,T,H,K])
 
 The generated module computes these streams in torch (they involve the spec's projections and elementwise maths,
-differentiated by ordinary autograd) and hands them to this file, so the kernels are spec-independent. What the
+differentiated by ordinary autograd) and hands them to this file, so the kernels are spec-independent, except for
+three forms the kernels read as they are rather than from memory written for them (``chunked_outer_triton``'s
+``heads_per_group``, ``v_scale``, ``skip``): q, k shared by a group of heads (read at head h's group through the
+row index, ``_group_rows``), v times a per-(t, h) factor (multiplied on load, ``_load_chunk``) and a per-head skip
+term ``y + w[h] x`` (added in the store, ``_store_y``); their gradients beyond the kernels' are torch. What the
 kernels fuse: the chunking and T-masking, the in-chunk segment sums of the log-decay, every decay mask and decay
 factor (exp), the intra-chunk ``(Q K^T ⊙ decay) V``, the inter-chunk read ``(Q ⊙ decay) S`` and the state passing;
 the state lives in registers in the compute dtype (fp32, or fp64 for fp64 inputs) for the whole sequence.
@@ -79,7 +83,8 @@ from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
 from dsfc.runtime.dispatch import eager_inference, next_pow2, refuse_double_backward, require_triton_device
-from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_outer_scan, read_before_update
+from dsfc.runtime.scans import (check_int_option, check_outer_inputs, check_tensors, chunked_outer_scan,
+                                 read_before_update)
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
@@ -850,7 +855,7 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT, p=None, vs=None):
     heads share; dv the gradient of the scaled v when ``L.vscale``). ``p``: the per-key scores the forward kept
     (recomputed when absent or of another chunk length)."""
     dev = q.device
-    _, _, states = _fwd(L, q, k, v, g, s0, False, True, vs=vs)  # recompute the chunk-start states
+    _, _, states = _fwd(L, q, k, v, g, s0, False, True, None, vs)  # recompute the chunk-start states
     vs = q if vs is None else vs
     if L.decay != 2:
         p = None
@@ -1245,9 +1250,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
 
     The decode step (T = 1 without autograd), the per-key decay (its score kernels read q, k per head) and the pre
     readout's queries take the streams built in torch (``_streams``) instead: the same results."""
-    for name, x in (("v_scale", v_scale), ("skip", skip), ("skip_weight", skip_weight)):
-        if x is not None and not isinstance(x, torch.Tensor):
-            raise TypeError(f"chunked_outer_triton: {name} must be a torch.Tensor, got {type(x).__name__}")
+    check_tensors("chunked_outer_triton", q=q, k=k, v=v, log_decay=log_decay, h0=h0, v_scale=v_scale, skip=skip,
+                  skip_weight=skip_weight)
     R = 1 if heads_per_group is None else check_int_option("heads_per_group", heads_per_group, 1)
     H = v.shape[2] if v.dim() == 4 else None
     rq, rk = (1 if x.dim() != 4 or H is None or x.shape[2] == H or R == 1 else R for x in (q, k))
