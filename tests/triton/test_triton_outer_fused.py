@@ -6,7 +6,7 @@ their float64 reference recurrence (backend="reference").
 
 The equations, per batch row b, head h (H = v's heads), step t, with q, k [B, T, H / R, K] read at group h // R::
 
-    S_t[h] = exp(g_t[h]) S_(t-1)[h] + k_t[h // R] (v_scale_t[h] v_t[h])^T
+    S_t[h] = diag(exp(g_t[h])) S_(t-1)[h] + k_t[h // R] (v_scale_t[h] v_t[h])^T     (g per head or per key)
     y_t[h] = S_t[h]^T q_t[h // R] + skip_weight[h] skip_t[h]          (readout "pre": S_(t-1) instead of S_t)
 
 Tolerances as tests/triton/test_triton_outer.py's: fp64 inputs 1e-12 of the largest entry (the same sums in another
@@ -48,7 +48,8 @@ def _loop(q, k, v, g, h0, vs, skip, skw, readout="post"):
             qh, kh = q[:, t, h // rq].double(), k[:, t, h // rk].double()
             vh = v[:, t, h].double() * (1.0 if vs is None else vs[:, t, h, None].double())
             before = torch.einsum("bkv,bk->bv", S[h], qh)
-            decay = 1.0 if g is None else torch.exp(g[:, t, h].double())[:, None, None]
+            decay = 1.0 if g is None else torch.exp(g[:, t, h].double())[..., None] if g.dim() == 4 else \
+                torch.exp(g[:, t, h].double())[:, None, None]  # per key: [B, K, 1]; per head [B, 1, 1]
             S[h] = decay * S[h] + kh[:, :, None] * vh[:, None, :]
             y = before if readout == "pre" else torch.einsum("bkv,bk->bv", S[h], qh)
             row.append(y if skip is None else y + skw[h].double() * skip[:, t, h].double())
@@ -255,7 +256,8 @@ def _against_reference(result, name, dims, T):
         assert rel(grads[n], grads64[n]) <= TOL[torch.float32], (n, rel(grads[n], grads64[n]))
 
 
-def test_ssd_fuses_groups_scale_and_skip():
+@pytest.mark.parametrize("G, T", [(2, 13), (2, 1), (1, 13)])
+def test_ssd_fuses_groups_scale_and_skip(G, T):
     """The generated SSD hands C, B per group, dt as v's factor and D u as the skip term to the kernels (no
     index_select, no dt * u, no D term in torch), and matches its float64 reference at G = 2 (R = 2) and G = 1
     (R = 4), forward and gradients (u, h0, every parameter), T = 13 and 1."""
@@ -264,8 +266,7 @@ def test_ssd_fuses_groups_scale_and_skip():
     assert "_fused = dict(heads_per_group=R, v_scale=_vs, skip=_skip, skip_weight=_skw)" in body
     assert "index_select" not in body and "dt[:, :, :, None] * u_" not in body and "D[:, None]" not in body
     assert "chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True, **_fused)" in body
-    for G, T in ((2, 13), (2, 1), (1, 13)):
-        _against_reference(result, f"dsfc_outer_fused_ssd_{G}_{T}", {**SSD_DIMS, "G": G}, T)
+    _against_reference(result, f"dsfc_outer_fused_ssd_{G}_{T}", {**SSD_DIMS, "G": G}, T)
 
 
 def test_a_partial_match_keeps_the_torch_lines():
@@ -291,6 +292,7 @@ def test_generated_catalog_fusions(name, fused):
     scan) keep today's call."""
     src = (ROOT / "generated" / f"{name}.py").read_text()
     if fused is None:
-        assert "_fused" not in src
+        assert "_fused = " not in src and "**_fused" not in src
+        assert "chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True" in src
     else:
-        assert f"_fused = dict({fused})" in src
+        assert f"_fused = dict({fused})" in src and "output_final_state=True, **_fused)" in src
