@@ -127,8 +127,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                         sig[name] = "*fp32"
                     else:
                         sig[name] = "i32"
-                consts = dict(BT=chunk, BK=tiles.block_k, BV=tiles.block_v, DECAY=decay, DTYPE=tl.float32, HALF=half,
-                              **{k: 0 for k in ("V_SCALE", "SKIP") if k in fn.arg_names}, **flags)
+                consts = {**dict(BT=chunk, BK=tiles.block_k, BV=tiles.block_v, DECAY=decay, DTYPE=tl.float32,
+                                 HALF=half), **{k: 0 for k in ("V_SCALE", "SKIP") if k in fn.arg_names}, **flags}
                 warps = tiles.num_warps
                 if fn in (f for f, _ in scores):
                     # K = 128: the forward takes all keys, the backward a slice of them (as chunked_outer_triton)
