@@ -910,10 +910,11 @@ def _kernel_fusions(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_si
 
     - q or k a grouped read ``X[h // R, j]`` of a time-varying X [G, K] with G R = H (Mamba-2's C and B): X is passed
       with ``heads_per_group=R`` ("_q" / "_k": its (printed, shaped) lines), not materialised per head;
-    - v a per-(t, h) factor times a read ``X[h, p..]`` of a time-varying X [H, V..] (SSD's dt x): X and the factor
-      ("_v" and its ``v_scale`` in "lines");
-    - D u per-head diagonal, ``w[o] X[o, e..]`` with w not time-varying and the outputs the state's group and value
-      axes in order, no gate (SSD's D x): added in the kernels' store ("skip").
+    - v a product whose factors over h alone (SSD's dt, mLSTM's input gate) multiply a time-varying rest over
+      (h, p..) (x, a projection): the rest is printed as v and the factor passed as ``v_scale`` ("_v", "lines");
+    - D u a product of factors over the output's head axis alone that are not time-varying (SSD's D) and a
+      time-varying rest, the outputs the state's group and value axes in order, no output gate: the rest is passed
+      as ``skip``, the factor as its per-head weights, added in the kernels' store ("skip").
 
     Every stream that is not exactly such a form keeps its lines (``{}`` when none is). "lines": those that print
     the scale, the skip tensors and ``_fused``, the scan's keyword arguments, before the scan; "args": ``**_fused``."""
@@ -934,11 +935,11 @@ def _kernel_fusions(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_si
         rest = [f for f in factors if f not in own]
         return sp.Mul(*own) if own else None, sp.Mul(*rest) if rest else None
 
-    # a per-key decay's score kernels read q, k and v per head: chunked_outer_triton would build them in torch
-    streams = () if set(st.a.decay_axes) & set(K) else (("_q", o.query), ("_k", o.key), ("_v", o.value))
     def paren(code):
         return code if code.isidentifier() else f"({code})"
 
+    # a per-key decay's score kernels read q, k and v per head: chunked_outer_triton would build them in torch
+    streams = () if set(st.a.decay_axes) & set(K) else (("_q", o.query), ("_k", o.key), ("_v", o.value))
     found, args, lines, groups = {}, [], [], set()
     for name, e in streams[:2]:
         sub = e.indices[0] if isinstance(e, sp.Indexed) and len(e.indices) == 2 else None
