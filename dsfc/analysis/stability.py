@@ -1067,7 +1067,8 @@ def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] |
     rank_one = sp.factor_terms(sp.Add(*rest))
     g = sp.Mul(*[f for f in factors(rank_one) if f.free_symbols & col_syms])
     f = sp.Mul(*[f for f in factors(rank_one) if not (f.free_symbols & col_syms)])
-    if f.free_symbols & col_syms or sp.expand(f * g - sp.Add(*rest)) != 0:
+    # g over the column symbols alone: a sum that does not factor (k k^T + p p^T, rank 2) is one factor over both
+    if f.free_symbols & col_syms or g.free_symbols & (mixed_syms - col_syms) or sp.expand(f * g - sp.Add(*rest)) != 0:
         return None
     return alpha, f, g
 

@@ -68,8 +68,27 @@ def test_no_claim_where_the_stacked_block_can_grow(text):
     assert _max_modulus(text, scales=(1.0, 3.0, 10.0), perturb=0.0) > 1
 
 
-def test_the_rule_needs_one_rank_one_direction():
-    """The momentum block written with a second key k2 is not alpha (x) I + beta (x) f g^T: the rule does not apply
-    (the quotient argument needs one g), and nothing is claimed for it."""
-    rep = compile_text(TWO_KEYS, "t.dsf").report
+RANK_TWO = TWO_KEYS.replace("- delta(s, 1) * th[h] * k2[h, a] * k2[h, a2])",
+                            "- th[h] * k2[h, a] * k2[h, a2])")
+
+
+@pytest.mark.parametrize("text", [TWO_KEYS, RANK_TWO], ids=["second_key_in_the_momentum", "rank_two_blocks"])
+def test_the_rule_needs_one_rank_one_direction(text):
+    """The momentum block written with a second key k2, or every block with k k^T + k2 k2^T (rank 2), is not
+    alpha (x) I + beta (x) f g^T: the rule does not apply (the quotient argument needs one g), nothing is claimed."""
+    assert text != TITANS and (text == TWO_KEYS or text.count("k2[h, a] * k2[h, a2]") == 1)
+    rep = compile_text(text, "t.dsf").report
     assert rep.eigen_bound == Bound.UNKNOWN.value and "alpha + (g^T f)" not in rep.eigen_reason, rep.eigen_reason
+
+
+def test_a_rank_two_sub_block_is_not_split_as_rank_one():
+    """``_rank1_parts`` on 2 I - k k^T - p p^T: factor_terms leaves one factor (k k^T + p p^T) over the row and the
+    column index, which must not be read as g (it would make the block rank 1); 2 I - 3 k k^T splits."""
+    import sympy as sp
+
+    from dsfc.analysis.stability import _rank1_parts
+
+    a, a2 = sp.symbols("a a2", integer=True)
+    k, p = sp.IndexedBase("k"), sp.IndexedBase("p")
+    assert _rank1_parts(2 * sp.KroneckerDelta(a, a2) - k[a] * k[a2] - p[a] * p[a2], (a,), (a2,), (0,)) is None
+    assert _rank1_parts(2 * sp.KroneckerDelta(a, a2) - 3 * k[a] * k[a2], (a,), (a2,), (0,)) == (2, -3 * k[a], k[a2])
