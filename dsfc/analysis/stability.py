@@ -1057,8 +1057,7 @@ def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] |
     col_syms = {cols[k] for k in mixed}
     ident, rest = [], []
     for t in terms(block):
-        deltas, coef = split_deltas(t)
-        (ident if pairs <= delta_pairs(deltas) else rest).append(t)
+        (ident if pairs <= delta_pairs(split_deltas(t)[0]) else rest).append(t)
     alpha = sp.Add(*[split_deltas(t)[1] for t in ident])
     if alpha.free_symbols & mixed_syms:
         return None
