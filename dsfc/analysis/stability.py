@@ -882,6 +882,13 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     iv = prover.range(det)
     why = ""
     if iv.hi > 1 or (iv.hi == 1 and not iv.hi_open):
+        # entries that are lets, ar = r cos(th) and ai = r sin(th) (a selective S5's exp(dt lam) in real form): each
+        # let's own range gives ar^2 + ai^2 in [0, 2); inlined, the sum simplifies to r^2
+        inlined = sum(_exact_decimals(_inline_lets(sym, m[i][0], depth=3)) ** 2 for i in range(2))
+        inlined = simplify(sp.expand_trig(inlined)) if sp.count_ops(inlined) <= INLINE_MAX_OPS else det
+        if inlined != det and (better := _intersect(iv, prover.range(inlined))) != iv:
+            iv, why = better, f"(= {spec_str(inlined)}, its lets inlined) "
+    if iv.hi > 1 or (iv.hi == 1 and not iv.hi_open):
         below = _ratio_below_one(sym, prover, sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
         if below is not None:
             iv, why = _intersect(iv, below[0]), below[1]
