@@ -725,3 +725,28 @@ def test_rotation_scan_matches_the_step_loop_of_its_real_blocks(axis, T):
         want = torch.autograd.grad((ref * w).sum(), (x, y, b, h0))
         for g1, g2 in zip(got, want):
             torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-10)
+
+
+def test_rotation_scan_takes_expanded_modes_and_returns_parts_of_unit_stride():
+    """The generated modules hand rotation_scan x, y expanded to [B, T, ...] (stride 0 over batch and time for S4D's
+    fixed modes): the same states and gradients as the compact x, y, and each part of the pair axis (the readout's
+    delta(s, 0) / delta(s, 1) selects) has unit innermost stride (a stride-2 part sent torch.einsum's CPU bmm into a
+    copy ~100x slower than the contraction)."""
+    from dsfc.runtime.scans import rotation_scan
+
+    torch.manual_seed(2)
+    B, T, G = 2, 9, 3
+    th = torch.rand(G, dtype=torch.float64) * 3
+    r = torch.rand(G, dtype=torch.float64) ** 0.1
+    x, y = (r * th.cos()).requires_grad_(), (r * th.sin()).requires_grad_()
+    b = torch.randn(B, T, G, 2, dtype=torch.float64)
+    h0 = torch.randn(B, G, 2, dtype=torch.float64)
+    compact = rotation_scan(x[None, None], y[None, None], b, h0, 1)
+    expanded = rotation_scan(x.expand(B, T, G), y.expand(B, T, G), b, h0, 1)
+    torch.testing.assert_close(expanded, compact, rtol=0, atol=0)
+    w = torch.randn_like(compact)
+    g_compact = torch.autograd.grad((compact * w).sum(), (x, y))
+    g_expanded = torch.autograd.grad((expanded * w).sum(), (x, y))
+    for g1, g2 in zip(g_expanded, g_compact):
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+    assert expanded[..., 0].stride(-1) == 1 and expanded[..., 1].stride(-1) == 1
