@@ -169,6 +169,10 @@ A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * gamma[
 B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
 C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a] * K ^ (-1 / 2)
 """
+# exp2 and log2 as Triton and fla write them (they were "unknown function 'exp2'")
+RET_EXP2 = (RET_EXP_LOG2.replace("exp((-5 - h) * log(2))", "exp2(log2(1 / 32) - h)")
+            .replace("RetLog2 \"RetNet, gamma = 1 - exp((-5 - h) log 2)",
+                     "RetExp2 \"RetNet, gamma = 1 - exp2(log2(1 / 32) - h)"))
 GDN_HEAD = """
 dim d = 7
 dim H = 2
@@ -290,6 +294,7 @@ CASES = {
     "ret_shared_gate": (RET_SHARED_GATE, Family.CHUNKED_OUTER, "retnet"),
     "ret_multi_value": (RET_MULTI_VALUE, Family.CHUNKED_OUTER, "retnet"),
     "ret_exp_log2": (RET_EXP_LOG2, Family.CHUNKED_OUTER, "retnet"),
+    "ret_exp2": (RET_EXP2, Family.CHUNKED_OUTER, "retnet"),
     "gdn_alog_let": (GDN_ALOG_LET, Family.CHUNKED_DELTA, "gated_deltanet"),
     "gdn_sqrt_beta": (GDN_SQRT_BETA, Family.CHUNKED_DELTA, "gated_deltanet"),
     "ssd_clamp": (SSD_CLAMP, Family.CHUNKED_OUTER, "ssd"),
@@ -448,6 +453,7 @@ INDEPENDENT = {
     "gla_swapped": functools.partial(_gla, swapped=True), "gla_flat": _gla, "gla_gqv": _gla_gqv,
     "ret_shared_gate": _retention(_shared_gate),
     "ret_multi_value": _retention(_fixed_gamma, multi=True), "ret_exp_log2": _retention(_fixed_gamma),
+    "ret_exp2": _retention(_fixed_gamma),
     "gdn_alog_let": _gdn(True), "gdn_sqrt_beta": _gdn(False), "ssd_clamp": _ssd, "s6_flat": _s6, "mlstm_post": _mlstm,
 }
 
