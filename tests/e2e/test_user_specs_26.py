@@ -8,8 +8,8 @@ Rewrites: GLA's decay through a log-space let chain (``lg = -softplus(-gk) / 16`
 read at the primed key; GLA with values shared by groups of heads (GQA-style grouped values, ``W_V[h // R, b, m]``);
 retention with one gate shared by all heads; retention with multi-value heads (M value heads per key head, state
 [H, K, M, V]) and gamma written ``1 - 1 / 2 ^ (5 + h)``; RetNet's gamma as ``1 - exp((-5 - h) log 2)`` and the scale
-``K ^ (-1 / 2)``; Gated DeltaNet with ``A = -exp(A_log)`` its own let and ``dt`` clamped with min / max (mamba-ssm's
-``dt_limit``), the decay ``exp(A dt)``; Gated DeltaNet with beta folded into the key (``kb = sqrt(beta) k``,
+``K ^ (-1 / 2)``, and as ``1 - exp2(log2(1 / 32) - h)``; Gated DeltaNet with ``A = -exp(A_log)`` its own let and
+``dt`` clamped with min / max (mamba-ssm's ``dt_limit``), the decay ``exp(A dt / 16)``; Gated DeltaNet with beta folded into the key (``kb = sqrt(beta) k``,
 ``A = alpha (I - kb kb^T)``, ``B = sqrt(beta) kb v^T``); SSD with dt clamped and ``A = -exp(A_log)`` as a let;
 S6 with its diagonal written as a flattened delta ``delta(c * n + j, c2 * n + j2)``; mLSTM with its normaliser
 ``max(|n^T q|, 1)`` as a post instead of folded into C.
@@ -25,6 +25,13 @@ codebase that indexes a flat state writes its diagonal) was analysed as a dense 
 class). The canonical pass (ir/canonical.py) now splits such a delta into ``delta(h, h2) * delta(a, a2)`` where the
 low part provably lies in (-K, K) (``split_flat_deltas`` in analysis/index_algebra.py; refused otherwise: a low index
 over another dim, a stride 2).
+
+Found and fixed: ``exp2`` and ``log2`` (RetNet's gamma as ``1 - exp2(log2(1 / 32) - h)``, as Triton kernels and fla
+write base-2 decays) were "unknown function"; they are now functions, ``2 ^ x`` and ``log(x) / log(2)``.
+
+Not done (a strict xfail): GLA with its state declared as one flat axis (``state S[i: H * K * V]``, A, B and C
+reading i through ``//`` and ``%``) runs the elementwise diagonal scan, right numbers; only output axes are
+unflattened (ir/unflatten.py), and a state split needs the module to reshape h0 and the final state.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
