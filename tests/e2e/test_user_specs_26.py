@@ -10,9 +10,9 @@ retention with one gate shared by all heads; retention with multi-value heads (M
 [H, K, M, V]) and gamma written ``1 - 1 / 2 ^ (5 + h)``; RetNet's gamma as ``1 - exp((-5 - h) log 2)`` and the scale
 ``K ^ (-1 / 2)``, and as ``1 - exp2(log2(1 / 32) - h)``; Gated DeltaNet with ``A = -exp(A_log)`` its own let and
 ``dt`` clamped with min / max (mamba-ssm's ``dt_limit``), the decay ``exp(A dt / 16)``; Gated DeltaNet with beta
-folded into the key (``kb = sqrt(beta) k``, ``A = alpha (I - kb kb^T)``, ``B = sqrt(beta) kb v^T``); SSD with dt clamped and ``A = -exp(A_log)`` as a let;
-S6 with its diagonal written as a flattened delta ``delta(c * n + j, c2 * n + j2)``; mLSTM with its normaliser
-``max(|n^T q|, 1)`` as a post instead of folded into C.
+folded into the key (``kb = sqrt(beta) k``, ``A = alpha (I - kb kb^T)``, ``B = sqrt(beta) kb v^T``); SSD with dt
+clamped and ``A = -exp(A_log)`` as a let; S6 with its diagonal written as a flattened delta
+``delta(c * n + j, c2 * n + j2)``; mLSTM with its normaliser ``max(|n^T q|, 1)`` as a post instead of folded into C.
 
 Checked: each rewrite's family equals the catalog layer's (the catalog spec compiled at its own dims); forward at
 T = 0, 1, 7, 9, batch 1 and 3, from zero and from an initial state, and token-by-token step against an independent
