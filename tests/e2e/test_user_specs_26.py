@@ -3,16 +3,17 @@ recurrentgemma, xLSTM, RetNet), at tiny dims; none repeats a rewrite of tests/e2
 
 Rewrites: GLA's decay through a log-space let chain (``lg = -softplus(-gk) / 16``, ``alpha = exp(lg)``, fla's
 ``logsigmoid(gk) / normalizer``) with the scale ``K ^ (-0.5)``; GLA with the state [V, K] (transposed) and the decay
-``sigmoid(gk) ^ (1 / 16)``; GLA with every subscript order swapped (params stored [d, K, H], state [K, V, H], output
-[V, H], deltas and factors reversed); GLA with A written through a flattened delta ``delta(h * K + a, h2 * K + a2)``
-read at the primed key; GLA with values shared by groups of heads (GQA-style grouped values, ``W_V[h // R, b, m]``);
-retention with one gate shared by all heads; retention with multi-value heads (M value heads per key head, state
-[H, K, M, V]) and gamma written ``1 - 1 / 2 ^ (5 + h)``; RetNet's gamma as ``1 - exp((-5 - h) log 2)`` and the scale
-``K ^ (-1 / 2)``, and as ``1 - exp2(log2(1 / 32) - h)``; Gated DeltaNet with ``A = -exp(A_log)`` its own let and
-``dt`` clamped with min / max (mamba-ssm's ``dt_limit``), the decay ``exp(A dt / 16)``; Gated DeltaNet with beta
-folded into the key (``kb = sqrt(beta) k``, ``A = alpha (I - kb kb^T)``, ``B = sqrt(beta) kb v^T``); SSD with dt
-clamped and ``A = -exp(A_log)`` as a let; S6 with its diagonal written as a flattened delta
-``delta(c * n + j, c2 * n + j2)``; mLSTM with its normaliser ``max(|n^T q|, 1)`` as a post instead of folded into C.
+``sigmoid(gk) ^ (1 / 16)``; GLA with every subscript order swapped (params stored [d, K, H], state [K, V, H], output [V,
+H], deltas and factors reversed); GLA with A written through a flattened delta ``delta(h * K + a, h2 * K + a2)`` read at
+the primed key, key-major (``delta(a * H + h, a2 * H + h2)``) and over the whole state (``delta(h * K * V + a * V + b,
+..)``, B's key read through a summed flat delta); GLA with values shared by groups of heads (GQA-style grouped values,
+``W_V[h // R, b, m]``); retention with one gate shared by all heads; retention with multi-value heads (M value heads per
+key head, state [H, K, M, V]) and gamma written ``1 - 1 / 2 ^ (5 + h)``; RetNet's gamma as ``1 - exp((-5 - h) log 2)``
+and the scale ``K ^ (-1 / 2)``, and as ``1 - exp2(log2(1 / 32) - h)``; Gated DeltaNet with ``A = -exp(A_log)`` its own
+let and ``dt`` clamped with min / max (mamba-ssm's ``dt_limit``), the decay ``exp(A dt / 16)``; Gated DeltaNet with beta
+folded into the key (``kb = sqrt(beta) k``, ``A = alpha (I - kb kb^T)``, ``B = sqrt(beta) kb v^T``); SSD with dt clamped
+and ``A = -exp(A_log)`` as a let; S6 with its diagonal written as a flattened delta ``delta(c * n + j, c2 * n + j2)``;
+mLSTM with its normaliser ``max(|n^T q|, 1)`` as a post instead of folded into C.
 
 Checked: each rewrite's family equals the catalog layer's (the catalog spec compiled at its own dims); forward at
 T = 0, 1, 7, 9, batch 1 and 3, from zero and from an initial state, and token-by-token step against an independent
@@ -21,10 +22,10 @@ path (interpreted) for three of them; dsfc's reference against the same loops.
 
 Found and fixed: A written through a flattened delta (``delta(h * K + a, h2 * K + a2) * delta(b, b2)``, the way a
 codebase that indexes a flat state writes its diagonal) was analysed as a dense A: GLA ran the dense scan (family
-"dense", bound "unknown") and S6 the dense scan instead of the diagonal one (right numbers, a worse performance
-class). The canonical pass (ir/canonical.py) now splits such a delta into ``delta(h, h2) * delta(a, a2)`` where the
-low part provably lies in (-K, K) (``split_flat_deltas`` in analysis/index_algebra.py; refused otherwise: a low index
-over another dim, a stride 2).
+"dense", bound "unknown"; its key-major and whole-state flattenings too) and S6 the dense scan instead of the diagonal
+one (right numbers, a worse performance class). The canonical pass (ir/canonical.py) now splits such a delta into
+``delta(h, h2) * delta(a, a2)`` where the low part provably lies in (-K, K) (``split_flat_deltas`` in
+analysis/index_algebra.py; refused otherwise: a low index over another dim, a stride 2).
 
 Found and fixed: ``exp2`` and ``log2`` (RetNet's gamma as ``1 - exp2(log2(1 / 32) - h)``, as Triton kernels and fla
 write base-2 decays) were "unknown function"; they are now functions, ``2 ^ x`` and ``log(x) / log(2)``.
@@ -98,6 +99,15 @@ A[(h, a, b), (h2, a2, b2)] = delta(h * K + a, h2 * K + a2) * delta(b, b2) * alph
 B[(h, a, b), m] = k[h, a] * W_V[h, b, m]
 C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a] / sqrt(K)
 """
+# key-major flattening (a * H + h), and the whole state flattened in A with B's key read through a summed flat delta
+GLA_KEY_MAJOR = (GLA_FLAT.replace("GLAFlat", "GLAKeyMajor")
+                 .replace("delta(h * K + a, h2 * K + a2) * delta(b, b2) * alpha[h2, a2]",
+                          "delta(a * H + h, a2 * H + h2) * delta(b, b2) * alpha[h, a]"))
+GLA_FLAT3 = (GLA_FLAT.replace("GLAFlat", "GLAFlat3")
+             .replace("delta(h * K + a, h2 * K + a2) * delta(b, b2) * alpha[h2, a2]",
+                      "delta(h * K * V + a * V + b, h2 * K * V + a2 * V + b2) * alpha[h, a]")
+             .replace("B[(h, a, b), m] = k[h, a] * W_V[h, b, m]",
+                      "B[(h, a, b), m] = sum(i: K, k[h, i] * delta(h * K + i, h * K + a)) * W_V[h, b, m]"))
 GLA_SWAPPED = "model GLASwap \"GLA, every subscript order swapped\"" + GLA_HEAD + """
 state S[a: K, b: V, h: H]
 output y[b: V, h: H]
@@ -297,6 +307,8 @@ CASES = {
     "gla_vk": (GLA_VK, Family.CHUNKED_OUTER, "gla"),
     "gla_swapped": (GLA_SWAPPED, Family.CHUNKED_OUTER, "gla"),
     "gla_flat": (GLA_FLAT, Family.CHUNKED_OUTER, "gla"),
+    "gla_key_major": (GLA_KEY_MAJOR, Family.CHUNKED_OUTER, "gla"),
+    "gla_flat3": (GLA_FLAT3, Family.CHUNKED_OUTER, "gla"),
     "gla_gqv": (GLA_GQV, Family.CHUNKED_OUTER, "gla"),
     "ret_shared_gate": (RET_SHARED_GATE, Family.CHUNKED_OUTER, "retnet"),
     "ret_multi_value": (RET_MULTI_VALUE, Family.CHUNKED_OUTER, "retnet"),
@@ -458,6 +470,7 @@ def _mlstm(P, u, h0=None):
 INDEPENDENT = {
     "gla_logspace": _gla, "gla_vk": functools.partial(_gla, vk=True),
     "gla_swapped": functools.partial(_gla, swapped=True), "gla_flat": _gla, "gla_gqv": _gla_gqv,
+    "gla_key_major": _gla, "gla_flat3": _gla,
     "ret_shared_gate": _retention(_shared_gate),
     "ret_multi_value": _retention(_fixed_gamma, multi=True), "ret_exp_log2": _retention(_fixed_gamma),
     "ret_exp2": _retention(_fixed_gamma),
