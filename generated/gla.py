@@ -494,7 +494,9 @@ class GLA(nn.Module):
 # Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
 # the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
-# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+# states; the log-decay gradient from q dq - k dk). Where the streams have the form (``_fused``): q, k shared by a
+# group of heads are read per group (heads_per_group), v's per-(t, h) factor is multiplied on load (v_scale), and a
+# per-head D u term is added as y is stored (skip); otherwise, and for a D u of another form, those are torch.
 
 from dsfc.runtime.dispatch import owns_storage
 

@@ -619,7 +619,9 @@ class MLSTM(nn.Module):
 # Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
 # the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
-# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+# states; the log-decay gradient from q dq - k dk). Where the streams have the form (``_fused``): q, k shared by a
+# group of heads are read per group (heads_per_group), v's per-(t, h) factor is multiplied on load (v_scale), and a
+# per-head D u term is added as y is stored (skip); otherwise, and for a D u of another form, those are torch.
 
 from dsfc.runtime.dispatch import owns_storage
 
@@ -654,7 +656,7 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
     _q = q / den[:, :, :, None]
     _k = kn
-    _v = ig[:, :, :, None] * torch.einsum(
+    _v = torch.einsum(
         "ztk,ijk->ztij",
         u_,
         (
@@ -674,7 +676,10 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     if _io in (torch.float16, torch.bfloat16):
         _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)
     _s0 = h0.permute(0, 1, 2, 3).reshape(_B, H, DH, DH)
-    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+    _vs = torch.as_tensor(ig, dtype=_dtype, device=_dev).expand(_B, _T, H)  # v's factor
+    # read by the kernels as they are (grouped rows, the v factor on load, D u in the store)
+    _fused = dict(v_scale=_vs)
+    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True, **_fused)
     _final = _sT.reshape(_B, H, DH, DH).permute(0, 1, 2, 3)
     env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, DH)

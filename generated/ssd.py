@@ -526,7 +526,9 @@ class SSD(nn.Module):
 # Fused into the kernels (dsfc/runtime/triton_outer.py): chunking and masking of T, the in-chunk segment sums of
 # the log-decay, every decay mask and factor, (Q K^T * decay) V, the read of the carried state, the state passing
 # (state in registers, fp32), and a backward of Triton kernels (reverse chunk pass that recomputes the chunk-start
-# states; the log-decay gradient from q dq - k dk). A D u term, if any, is added in torch.
+# states; the log-decay gradient from q dq - k dk). Where the streams have the form (``_fused``): q, k shared by a
+# group of heads are read per group (heads_per_group), v's per-(t, h) factor is multiplied on load (v_scale), and a
+# per-head D u term is added as y is stored (skip); otherwise, and for a D u of another form, those are torch.
 
 from dsfc.runtime.dispatch import owns_storage
 
@@ -551,15 +553,9 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     Bm = env["Bm"]
     Cm = env["Cm"]
     # outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan
-    _q = Cm.index_select(
-        2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
-    )
-    _k = Bm.index_select(
-        2, cached_index(self, ("(axis(H, 0, 1, _dev) // R)", H, R), _dev, lambda: (axis(H, 0, 1, _dev) // R))
-    )
-    _v = dt[:, :, :, None] * u_
-    _q = _q.expand(_B, _T, H, n).reshape(_B, _T, H, n)
-    _k = _k.expand(_B, _T, H, n).reshape(_B, _T, H, n)
+    _q = Cm  # [B, T, G, n]: head h reads group h // R
+    _k = Bm  # [B, T, G, n]: head h reads group h // R
+    _v = u_
     _v = _v.expand(_B, _T, H, P).reshape(_B, _T, H, P)
     _log_decay = (
         torch.as_tensor(-(torch.exp(A_log) * dt), dtype=_dtype, device=_dev).expand(_B, _T, H).reshape(_B, _T, H)
@@ -568,11 +564,15 @@ def _core_triton_outer(self, u_, h0, env, _B, _T, _dtype):
     if _io in (torch.float16, torch.bfloat16):
         _q, _k, _v = _q.to(_io), _k.to(_io), _v.to(_io)
     _s0 = h0.permute(0, 1, 3, 2).reshape(_B, H, n, P)
-    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True)
+    _vs = torch.as_tensor(dt, dtype=_dtype, device=_dev).expand(_B, _T, H)  # v's factor
+    _skw = torch.as_tensor(D, dtype=_dtype, device=_dev).expand(H)  # D u: + _skw[h] _skip in the kernels
+    _skip = u_.expand(_B, _T, H, P).reshape(_B, _T, H, P)
+    # read by the kernels as they are (grouped rows, the v factor on load, D u in the store)
+    _fused = dict(heads_per_group=R, v_scale=_vs, skip=_skip, skip_weight=_skw)
+    _y, _sT = chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True, **_fused)
     _final = _sT.reshape(_B, H, n, P).permute(0, 1, 3, 2)
     env["_final_owned"] = owns_storage(_final, h0)
     _y = _y.reshape(_B, _T, H, P)
-    _y = _y + D[:, None] * u_
     return _y, _final
 
 

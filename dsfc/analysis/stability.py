@@ -18,7 +18,7 @@ from ..ir.functions import Elu, LogSigmoid, Relu, Sigmoid, Silu, Softplus
 from ..ir.notation import spec_str
 from ..ir.symspec import SymSpec
 from .facts import AKind, Bound
-from .index_algebra import simplify
+from .index_algebra import delta_pairs, factors, simplify, split_deltas, terms
 from .structure import pair_blocks, rotation_parts
 
 INF = math.inf
@@ -882,6 +882,13 @@ def _two_by_two(sym: SymSpec, a) -> EigenBound | None:
     iv = prover.range(det)
     why = ""
     if iv.hi > 1 or (iv.hi == 1 and not iv.hi_open):
+        # entries that are lets, ar = r cos(th) and ai = r sin(th) (a selective S5's exp(dt lam) in real form): each
+        # let's own range gives ar^2 + ai^2 in [0, 2); inlined, the sum simplifies to r^2
+        inlined = sum(_exact_decimals(_inline_lets(sym, m[i][0], depth=3)) ** 2 for i in range(2))
+        inlined = simplify(sp.expand_trig(inlined)) if sp.count_ops(inlined) <= INLINE_MAX_OPS else det
+        if inlined != det and (better := _intersect(iv, prover.range(inlined))) != iv:
+            iv, why = better, f"(= {spec_str(inlined)}, its lets inlined) "
+    if iv.hi > 1 or (iv.hi == 1 and not iv.hi_open):
         below = _ratio_below_one(sym, prover, sp.expand_trig(m[0][0] ** 2 + m[1][0] ** 2))
         if below is not None:
             iv, why = _intersect(iv, below[0]), below[1]
@@ -943,16 +950,21 @@ def _exact_decimals(expr):
     return expr.xreplace({f: sp.Rational(str(f)) for f in expr.atoms(sp.Float)})
 
 
-def _jury(sym: SymSpec, m) -> EigenBound | None:
+def _jury(sym: SymSpec, m, known: dict[str, Interval] | None = None) -> EigenBound | None:
     """Any real 2x2 block (LinOSS's oscillator [[S, -dt a S], [dt S, S]]), by the Schur-Cohn / Jury conditions:
     both eigenvalues lie in the closed unit disk iff |det| <= 1 and |tr| <= 1 + det, in the open one iff both hold
     strictly. The entries' lets are inlined so that det and tr simplify (S (1 + dt^2 a) S = S); only det and tr are
-    simplified, not each entry first (three times the cost on an oscillator's trigonometric block, same result)."""
+    simplified, not each entry first (three times the cost on an oscillator's trigonometric block, same result).
+    ``known``: ranges of plain symbols in ``m`` (stand-ins for quantities bounded by the caller)."""
     m = [[_exact_decimals(_inline_lets(sym, x, depth=3)) for x in row] for row in m]
     det = simplify(m[0][0] * m[1][1] - m[0][1] * m[1][0])
     tr = simplify(m[0][0] + m[1][1])
     prover = IntervalProver(sym)
+    prover._cache.update(known or {})
     d_iv, lo_iv, hi_iv = (prover.range(x) for x in (det, simplify(1 + det - tr), simplify(1 + det + tr)))
+    if not (d_iv.lo >= -1 and d_iv.hi <= 1 and lo_iv.lo >= 0 and hi_iv.lo >= 0):
+        d_iv, lo_iv, hi_iv = (_collected_range(prover, x, iv) for x, iv in
+                              ((det, d_iv), (simplify(1 + det - tr), lo_iv), (simplify(1 + det + tr), hi_iv)))
     if not (d_iv.lo >= -1 and d_iv.hi <= 1 and lo_iv.lo >= 0 and hi_iv.lo >= 0):
         return _complex_pair(prover, det, tr, d_iv)
     strict = ((d_iv.lo > -1 or d_iv.lo_open) and (d_iv.hi < 1 or d_iv.hi_open)
@@ -962,6 +974,24 @@ def _jury(sym: SymSpec, m) -> EigenBound | None:
                       f"2x2 blocks: det = {spec_str(det)} in {d_iv}, 1 - tr + det in {lo_iv} and 1 + tr + det in "
                       f"{hi_iv}, so both eigenvalues lie in the {'open' if strict else 'closed'} unit disk "
                       f"(Jury's conditions; {facts})")
+
+
+def _collected_range(prover: IntervalProver, expr, iv: Interval, most: int = 6) -> Interval:
+    """``iv`` (a range of ``expr``) intersected with the ranges of ``expr`` collected in each of its calls and
+    symbols in turn: interval arithmetic reads each occurrence of a gate apart, so Jury's 1 + tr + det of a
+    memory with momentum, 2 + 2 eta - al - al eta + ..., was (-0.5, 4) and is eta (2 - al) + 2 - al + ... in
+    (0.5, 4) collected in eta. Each collected form equals ``expr``, so every range holds and so does their
+    intersection. At most ``most`` atoms are tried (cost)."""
+    expanded = sp.expand(expr, deep=False)
+    atoms = sorted(expr.atoms(sp.Function, sp.Symbol, sp.Indexed), key=sp.default_sort_key)
+    atoms = [x for x in atoms if not (isinstance(x, sp.Symbol) and any(x in y.free_symbols for y in atoms
+                                                                       if y is not x and not y.is_Symbol))]
+    for x in atoms[:most]:
+        try:
+            iv = _intersect(iv, prover.range(sp.collect(expanded, x)))
+        except (TypeError, ValueError):
+            continue
+    return iv
 
 
 def _complex_pair(prover: IntervalProver, det, tr, d_iv: Interval) -> EigenBound | None:
@@ -1024,6 +1054,94 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     return EigenBound(verdict, str(_hull(ivs)),
                       f"A = s I - f g^T per block: eigenvalues s = {spec_str(s_coef)} in {ivs[0]} and "
                       f"s - g^T f = {spec_str(forms[best])} in {ivs[1]} ({facts})")
+
+
+def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
+    """``block`` as alpha * I + f g^T on the ``mixed`` axes, (alpha, f, g), alpha free of them, f over their row
+    symbols and g over their column symbols (f = g = 0 when there is no rank-1 part); None for any other form."""
+    pairs = {frozenset((rows[k], cols[k])) for k in mixed}
+    mixed_syms = {rows[k] for k in mixed} | {cols[k] for k in mixed}
+    col_syms = {cols[k] for k in mixed}
+    ident, rest = [], []
+    for t in terms(block):
+        (ident if pairs <= delta_pairs(split_deltas(t)[0]) else rest).append(t)
+    alpha = sp.Add(*[split_deltas(t)[1] for t in ident])
+    if alpha.free_symbols & mixed_syms:
+        return None
+    if not rest:
+        return alpha, sp.Integer(0), sp.Integer(0)
+    rank_one = sp.factor_terms(sp.Add(*rest))
+    g = sp.Mul(*[f for f in factors(rank_one) if f.free_symbols & col_syms])
+    f = sp.Mul(*[f for f in factors(rank_one) if not (f.free_symbols & col_syms)])
+    # g over the column symbols alone: a sum that does not factor (k k^T + p p^T, rank 2) is one factor over both
+    if f.free_symbols & col_syms or g.free_symbols & (mixed_syms - col_syms) or sp.expand(f * g - sp.Add(*rest)) != 0:
+        return None
+    return alpha, f, g
+
+
+def _stacked_rank1(sym: SymSpec, a) -> EigenBound | None:
+    """A block over a mixed axis p of extent 2 and key axes, each of its 2 x 2 sub-blocks alpha_ij I + beta_ij f g^T
+    with one f and g (a memory and its momentum stacked on p, Titans: [[(1 - al) I - th k k^T, eta I],
+    [-th k k^T, eta I]]). The subspace {x : g^T x = 0} (per p entry) is invariant, A acts there as alpha (x) I, and
+    on the quotient as alpha + (g^T f) beta, so the eigenvalues are those of the 2 x 2 matrices alpha and
+    alpha + (g^T f) beta; each is bounded by Jury's conditions (``_jury``). Such a block was "unknown": it is not
+    s I - f g^T, nor one 2 x 2 block."""
+    if a.block is None or len(a.mixed_axes) < 2:
+        return None
+    rows, cols = a.rows, a.cols
+    for p in a.mixed_axes:
+        if sp.S(sym.state.axes[p].extent) != 2:
+            continue
+        keys = tuple(k for k in a.mixed_axes if k != p)
+        parts = {}
+        for i, j in itertools.product(range(2), repeat=2):
+            sub = sp.S(a.block).subs({rows[p]: i, cols[p]: j}, simultaneous=True)
+            if sub.free_symbols & {rows[p], cols[p]}:
+                return None
+            parts[i, j] = _rank1_parts(sub, rows, cols, keys)
+        if any(v is None for v in parts.values()):
+            continue
+        ref = next(((f, g) for _, f, g in parts.values() if f != 0), None)
+        if ref is None:
+            continue
+        f0, g0 = ref
+        beta, ok = {}, True
+        for ij, (_, f, g) in parts.items():
+            ratio = simplify(f * g / (f0 * g0)) if f != 0 else sp.Integer(0)
+            if ratio.free_symbols & ({rows[k] for k in keys} | {cols[k] for k in keys}) or ratio.has(sp.zoo, sp.nan):
+                ok = False
+                break
+            beta[ij] = ratio
+        if not ok:
+            continue
+        c = f0 * g0.subs({cols[k]: rows[k] for k in keys}, simultaneous=True)
+        for k in keys:
+            c = sp.Sum(c, (rows[k], 0, sym.state.axes[k].extent - 1))
+        c = _canonical_sums(sym.inline_product_lets(c))
+        # g^T f's range from its forms as the delta rule's (``_identity_minus_rank1``) reads them, the lets inside
+        # the contraction inlined or not; Jury's conditions then see it as one symbol of that range
+        prover = IntervalProver(sym)
+        inside = c.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
+        forms = list(dict.fromkeys(x for x in (c, simplify(_canonical_sums(inside)),
+                                               prover._inlined(c, outside_sums=True)) if x is not None))
+        c_iv = prover.range(forms[0])
+        for x in forms[1:]:
+            c_iv = _intersect(c_iv, prover.range(x))
+        gtf = sp.Symbol("g^T f")  # not a spec name: no let or param can be read as it
+        alpha = [[parts[i, j][0] for j in range(2)] for i in range(2)]
+        shifted = [[alpha[i][j] + gtf * beta[i, j] for j in range(2)] for i in range(2)]
+        found = [_jury(sym, alpha), _jury(sym, shifted, {str(gtf): c_iv})]
+        if any(x is None for x in found):
+            return None
+        verdict = Bound.STABLE if all(x.bound == Bound.STABLE for x in found) else Bound.MARGINAL
+        if any(x.bound not in (Bound.STABLE, Bound.MARGINAL) for x in found):
+            return None
+        name = sym.state.axes[p].name
+        return EigenBound(verdict, "[0, 1)" if verdict == Bound.STABLE else "[0, 1]",
+                          f"A = alpha (x) I + beta (x) f g^T on axis {name!r} and the key axes: the eigenvalues are "
+                          f"those of alpha (on g^T x = 0) and of alpha + (g^T f) beta, g^T f = {spec_str(c)} in "
+                          f"{c_iv}; alpha: {found[0].reason}; alpha + (g^T f) beta: {found[1].reason}")
+    return None
 
 
 def _triangular(sym: SymSpec, a) -> EigenBound | None:
@@ -1105,7 +1223,8 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
-        found = _identity_minus_rank1(sym, a) if a.low_rank else _two_by_two(sym, a) or _triangular(sym, a)
+        found = (_identity_minus_rank1(sym, a) if a.low_rank
+                 else _two_by_two(sym, a) or _triangular(sym, a) or _stacked_rank1(sym, a))
         if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):
             found = _norm_bound(sym, a) or found  # a norm <= 1 bounds what the block's form did not
         if found is not None:

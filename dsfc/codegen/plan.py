@@ -768,7 +768,12 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         "# outer-product B u and a per-group decay: chunkwise-parallel linear-attention scan",
     ]
     streams = [stream("_q", o.query), stream("_k", o.key), stream("_v", o.value)]
-    lines += [printed for printed, _ in streams] + [shaped for _, shaped in streams]
+    fused = {} if (scan != "chunked_outer_triton" or rank or gauge is not None or _signed_decay(sym, st)
+                   ) else _kernel_fusions(sym, st, pr, rows, row_sizes, out_syms, out_sizes)
+    for i, name in enumerate(("_q", "_k", "_v")):
+        if name in fused:
+            streams[i] = fused[name]
+    lines += [printed for printed, _ in streams] + [shaped for _, shaped in streams if shaped]
     if delta:
         lines += [
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
@@ -848,8 +853,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     else:
         lines.append(f"_s0 = {s0}")
     streams = ", _f" if delta else ", _xw, _yr" if dplr else ""
+    lines += fused.get("lines", [])
     lines.append(f"_y, _sT = {scan}(_q, _k, _v{streams}, _log_decay, _s0, output_final_state=True"
-                 + (", readout=\"pre\"" if sym.readout == "pre" else "")
+                 + (", readout=\"pre\"" if sym.readout == "pre" else "") + fused.get("args", "")
                  + (", scaled_read=True)  # A = s I - k f^T: f carries the decay" if delta and delta.scaled else ")"))
     if gauge:
         lines += [
@@ -892,9 +898,90 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         lines.append(f"_y = _y * {pr.print(gate, out_syms, out_sizes)}  # C's factor over the outputs alone")
     if len(present) < len(out_syms):
         lines.append(f"_y = _y.expand(_B, _T, {', '.join(out_sizes[s] for s in out_syms)}).contiguous()")
-    if st.readout.du != 0:
+    if st.readout.du != 0 and "skip" not in fused:
         lines.append(f"_y = _y + {pr.print(st.readout.du, out_syms, out_sizes)}")
     return lines
+
+
+def _kernel_fusions(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes) -> dict:
+    """What the chunked outer-product kernels compute from the spec's streams on load instead of reading them from
+    memory (``chunked_outer_triton``'s ``heads_per_group``, ``v_scale``, ``skip``), found on the SymPy streams of a
+    scan with one group (head) axis h, one key axis and post-update or pre-update readout:
+
+    - q or k a grouped read ``X[h // R, j]`` of a time-varying X [G, K] with G R = H (Mamba-2's C and B): X is passed
+      with ``heads_per_group=R`` ("_q" / "_k": its (printed, shaped) lines), not materialised per head;
+    - v a product whose factors over h alone (SSD's dt, mLSTM's input gate) multiply a time-varying rest over
+      (h, p..) (x, a projection): the rest is printed as v and the factor passed as ``v_scale`` ("_v", "lines");
+    - D u a product of factors over the output's head axis alone that are not time-varying (SSD's D) and a
+      time-varying rest, the outputs the state's group and value axes in order, no output gate: the rest is passed
+      as ``skip``, the factor as its per-head weights, added in the kernels' store ("skip").
+
+    Every stream that is not exactly such a form keeps its lines (``{}`` when none is). "lines": those that print
+    the scale, the skip tensors and ``_fused``, the scan's keyword arguments, before the scan; "args": ``**_fused``."""
+    o = st.outer
+    G, K, V = list(o.group_axes), list(o.key_axes), list(o.value_axes)
+    if len(G) != 1 or len(K) != 1 or not V:
+        return {}
+    h, j = rows[G[0]], rows[K[0]]
+    extent = [a.extent for a in sym.state.axes]
+    same = lambda a, b: sp.simplify(sym.in_free_dims(a - b, exact_division=True)) == 0  # noqa: E731
+    dims = set(sym.dims.values())
+
+    def per_head(e, head, axes):
+        """``(factor, rest)`` of a product ``e`` over ``axes``: the product of its factors that read no axis but
+        ``head``, and of the others; None for an empty product."""
+        factors = sp.Mul.make_args(e)
+        own = [f for f in factors if not (f.free_symbols & set(axes)) - {head}]
+        rest = [f for f in factors if f not in own]
+        return sp.Mul(*own) if own else None, sp.Mul(*rest) if rest else None
+
+    def paren(code):
+        return code if code.isidentifier() else f"({code})"
+
+    # a per-key decay's score kernels read q, k and v per head: chunked_outer_triton would build them in torch
+    streams = () if set(st.a.decay_axes) & set(K) else (("_q", o.query), ("_k", o.key), ("_v", o.value))
+    found, args, lines, groups = {}, [], [], set()
+    for name, e in streams[:2]:
+        sub = e.indices[0] if isinstance(e, sp.Indexed) and len(e.indices) == 2 else None
+        if not isinstance(sub, sp.floor):
+            continue
+        R = sp.simplify(h / sub.args[0])
+        ref = pr.tensors.get(str(e.base.label))
+        if (R.free_symbols - dims or not ref or not ref.batched or ref.extents is None or len(ref.extents) != 2
+                or e.indices[1] != j or not same(ref.extents[1], extent[K[0]])
+                or not same(ref.extents[0] * R, extent[G[0]])):
+            continue
+        groups.add(pr.size(R))
+        found[name] = (f"{name} = {ref.code}  # [B, T, {pr.size(ref.extents[0])}, {pr.size(ref.extents[1])}]: head h "
+                       f"reads group h // {pr.size(R)}", None)
+    if len(groups) > 1:  # one heads_per_group for q and k
+        found = {}
+    if found:
+        args.append(f"heads_per_group={groups.pop()}")
+    sizes = [pr.size(extent[k]) for k in G + V]
+    shape = f".expand(_B, _T, {', '.join(sizes)}).reshape(_B, _T, {sizes[0]}, {' * '.join(sizes[1:])})"
+    scale, rest = per_head(o.value, h, rows) if streams else (None, None)
+    if scale and rest and pr._is_batched(rest):
+        gv = tuple(rows[k] for k in G + V)
+        found["_v"] = (f"_v = {pr.print_tensor(rest, gv, {a: row_sizes[a] for a in gv})}", f"_v = _v{shape}")
+        code = pr.print(scale, (h,), {h: row_sizes[h]})
+        lines.append(f"_vs = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T, {sizes[0]})  # v's "
+                     "factor")
+        args.append("v_scale=_vs")
+    du = st.readout.du
+    if du != 0 and o.gate == 1 and len(out_syms) == 1 + len(V) and list(o.out_map) == G + V and not o.query_rank:
+        weight, rest = per_head(du, out_syms[0], out_syms)
+        if weight and rest and pr._is_batched(rest) and not pr._is_batched(weight):
+            code = pr.print(weight, (out_syms[0],), {out_syms[0]: out_sizes[out_syms[0]]})
+            lines += [f"_skw = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand({sizes[0]})  # D u: + _skw[h] "
+                      "_skip in the kernels", f"_skip = {paren(pr.print_tensor(rest, out_syms, out_sizes))}{shape}"]
+            args.append("skip=_skip, skip_weight=_skw")
+            found["skip"] = True
+    if not args:
+        return {}
+    lines += ["# read by the kernels as they are (grouped rows, the v factor on load, D u in the store)",
+              f"_fused = dict({', '.join(args)})"]
+    return {**found, "lines": lines, "args": ", **_fused"}
 
 
 # the largest block size that the torch path scans chunkwise (block_scan); larger blocks keep the per-step loop, as

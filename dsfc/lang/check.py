@@ -472,6 +472,8 @@ class _Checker:
                     e.span,
                 )
                 return
+            if self.swapped_subscripts(e, t, scope):
+                return
             for k, (s, axis) in enumerate(zip(e.subscripts, t.axes)):
                 self.check_subscript(s, scope, ctx)
                 self.check_range(s, axis, scope, e.name, k)
@@ -722,6 +724,41 @@ class _Checker:
         return ("an index is an integer: divide with '//' (floor division)" +
                 (f", as in {text}" if text else ""))
 
+    def _text(self, span: Span) -> str | None:
+        """The source text of a one-line span, else None."""
+        lines = (self.spec.source or "").splitlines()
+        if span.end_line == span.line and span.end_column and 0 < span.line <= len(lines):
+            return lines[span.line - 1][span.column - 1:span.end_column - 1]
+        return None
+
+    def swapped_subscripts(self, e: ast.Index, t: TensorInfo, scope: _Scope) -> bool:
+        """One error for a read whose plain indices fit the tensor's axes only in another order (``C_out[j, o]`` of a
+        ``param C_out[p, N]``, or a param declared with its axes swapped): each index gave its own error, with hints
+        to read part of the axis (``o + 0``) or wrap it (``j % 4``). Reported and True when so, else False."""
+        names = [s.name if isinstance(s, ast.Name) and s.name in scope.entries else None for s in e.subscripts]
+        if None in names or len(set(names)) != len(names):
+            return False
+        sizes = [scope.entries[n][1] for n in names]
+        wanted = [a.size for a in t.axes]
+        wrong = [k for k, (z, w) in enumerate(zip(sizes, wanted)) if z != w]
+        if len(wrong) < 2:
+            return False
+        order = next((perm for perm in itertools.permutations(range(len(names)))
+                      if all(sizes[perm[k]] == wanted[k] for k in range(len(names)))
+                      and all(perm[k] == k for k in range(len(names)) if k not in wrong)), None)
+        if order is None:
+            return False
+        got = "; ".join(f"{names[k]!r} ranges over {sizes[k]} values, axis {k} has {wanted[k]}" for k in wrong)
+        read = f"{e.name}[{', '.join(names[order[k]] for k in range(len(names)))}]"
+        hint = f"did you mean {read}?"
+        extents = [self._text(a.span) if t.kind == "param" else None for a in t.axes]
+        if all(x is not None for x in extents):
+            # the declaration whose axes, in the order this read gives them, fit (the read stays as written)
+            inverse = [extents[order.index(k)] for k in range(len(names))]
+            hint += f" Or, if the read is right, declare param {e.name}[{', '.join(inverse)}]"
+        self.err(f"the indices of {e.name!r} fit its axes only in another order ({got})", e.span, hint=hint)
+        return True
+
     def check_range(self, s: ast.Expr, axis: AxisInfo, scope: _Scope, tensor: str, k: int):
         """An index must stay inside the axis it subscripts (checked at the default dims)."""
         self.record_use(s, axis, scope, tensor, k)
@@ -731,7 +768,11 @@ class _Checker:
                 # fewer values: most likely a read of the axis' first entries (the data part of a state or output
                 # widened by a normaliser slot), which the language spells as a compound subscript; more values: a
                 # read past the end, often where a factor such as (1 - delta(b, V)) zeroes it, still out of range
-                if size < axis.size:
+                # a misspelt index: another index in scope, one edit away, has the axis' extent (k[h, b2] for a2)
+                close = [n for n in sorted(scope.entries) if scope.entries[n][1] == axis.size and _similar(n, s.name)]
+                if close:
+                    hint = f"did you mean {close[0]!r}? (it ranges over {axis.size} values)"
+                elif size < axis.size:
                     hint = (f"to read the first {size} of its {axis.size} entries, write {s.name} + 0 (a compound "
                             f"subscript may cover part of an axis)")
                 else:
@@ -945,12 +986,16 @@ class _Checker:
             if t is None and dr.name in self.broken:
                 self.driven = None  # a let whose declaration failed (reported)
             elif t is None or t.kind not in ("let", "input"):
+                close = [n for n, x in sorted(self.tensors.items()) if x.kind == "let" and _similar(n, dr.name)]
                 self.err(
                     f"'drive' must name a let (the signal B and D multiply), got {dr.name!r}"
                     + (f", which is a {t.kind}" if t else ""),
                     dr.span,
-                    hint="e.g. let x[c: E] = silu(xc[c]) then drive x",
+                    hint=f"did you mean {close[0]!r}?" if close else "e.g. let x[c: E] = silu(xc[c]) then drive x",
                 )
+                # B's and D's columns index the drive: checked against the raw input instead, a misspelt drive
+                # gave an error per matrix ("the columns of B index the input 'u', which has 1 axis, but 2 ...")
+                self.driven = None
             else:
                 self.driven = t
 

@@ -6,7 +6,11 @@ Per batch row and head (fla's layout: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``,
     S_t = diag(exp(g_t)) S_(t-1) + k_t v_t^T,     y_t = S_t^T q_t       (g: log-decay, none / [B,T,H] / [B,T,H,K])
 
 The generated module computes these streams in torch (they involve the spec's projections and elementwise maths,
-differentiated by ordinary autograd) and hands them to this file, so the kernels are spec-independent. What the
+differentiated by ordinary autograd) and hands them to this file, so the kernels are spec-independent, except for
+three forms the kernels read as they are rather than from memory written for them (``chunked_outer_triton``'s
+``heads_per_group``, ``v_scale``, ``skip``): q, k shared by a group of heads (read at head h's group through the
+row index, ``_group_rows``), v times a per-(t, h) factor (multiplied on load, ``_load_chunk``) and a per-head skip
+term ``y + w[h] x`` (added in the store, ``_store_y``); their gradients beyond the kernels' are torch. What the
 kernels fuse: the chunking and T-masking, the in-chunk segment sums of the log-decay, every decay mask and decay
 factor (exp), the intra-chunk ``(Q K^T ⊙ decay) V``, the inter-chunk read ``(Q ⊙ decay) S`` and the state passing;
 the state lives in registers in the compute dtype (fp32, or fp64 for fp64 inputs) for the whole sequence.
@@ -79,7 +83,8 @@ from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
 from dsfc.runtime.dispatch import eager_inference, next_pow2, refuse_double_backward, require_triton_device
-from dsfc.runtime.scans import check_int_option, check_outer_inputs, chunked_outer_scan, read_before_update
+from dsfc.runtime.scans import (check_int_option, check_outer_inputs, check_tensors, chunked_outer_scan,
+                                 read_before_update)
 
 __all__ = ["chunked_outer_triton", "CHUNK", "MAX_BLOCK_V"]
 
@@ -157,16 +162,37 @@ def _load_rows(ptr, row, mt, kk, mk, K, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
-                BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr):
+def _group_rows(b, t, h, T, H, R):
+    """Rows of head h's steps t in a stream that R heads share ([B, T, H / R, K]: head h reads group h // R, as
+    mamba2's grouped B and C); R = 1: the rows (b, t, h) of a [B, T, H, K] stream."""
+    return (b * T + t) * (H // R) + h // R
+
+
+@triton.jit
+def _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, vs_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V, RQ, RK,
+                BT: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr, V_SCALE: tl.constexpr):
     """q, k [BT, BK], v [BT, BV], g and g_next ([BT] or [BT, BK]) of one chunk, zero beyond T, K, V and (g_next)
-    the chunk."""
+    the chunk. q (k) shared by RQ (RK) heads: read at head h's group. V_SCALE: v is v_scale[b, t, h] v (the
+    spec's per-step, per-head factor of the value, SSD's dt, multiplied on load instead of in memory)."""
     row = (b * T + t) * H + h  # [BT] int64: (b, t, h) of the [B, T, H, ...] streams
-    q = _load_rows(q_ptr, row, mt, kk, mk, K, DTYPE)
-    k = _load_rows(k_ptr, row, mt, kk, mk, K, DTYPE)
+    q = _load_rows(q_ptr, _group_rows(b, t, h, T, H, RQ), mt, kk, mk, K, DTYPE)
+    k = _load_rows(k_ptr, _group_rows(b, t, h, T, H, RK), mt, kk, mk, K, DTYPE)
     v = tl.load(v_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
+    if V_SCALE:
+        v = v * tl.load(vs_ptr + row, mask=mt, other=0.0).to(DTYPE)[:, None]
     g, g_next = _load_log_decay(g_ptr, b, h, t, mt, rows, kk, mk, T, H, K, BT, DECAY, DTYPE)
     return q, k, v, g, g_next
+
+
+@triton.jit
+def _store_y(y_ptr, skip_ptr, skw_ptr, y, row, h, mt, vv, mv, V, SKIP: tl.constexpr, DTYPE: tl.constexpr):
+    """Store one chunk's y [BT, BV] at its [BT] rows; SKIP: y + skip_weight[h] skip[b, t, h, :] first (the spec's
+    per-head D u term, added here rather than by a read of y and a write in torch)."""
+    m = mt[:, None] & mv[None, :]
+    offs = row[:, None] * V + vv[None, :]
+    if SKIP:
+        y += tl.load(skw_ptr + h).to(DTYPE) * tl.load(skip_ptr + offs, mask=m, other=0.0).to(DTYPE)
+    tl.store(y_ptr + offs, y, mask=m)
 
 
 @triton.jit
@@ -504,9 +530,10 @@ def _slice_offsets(i_v, K, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constex
 
 
 @triton.jit
-def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, T, H, K, V, NC, NV,
-               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
-               WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr):
+def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, s0_ptr, y_ptr, sT_ptr, states_ptr, vs_ptr, skip_ptr, skw_ptr, T,
+               H, K, V, NC, NV, RQ, RK, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+               WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr,
+               V_SCALE: tl.constexpr, SKIP: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in order, the [BK, BV] state in registers.
     WRITE_Y: y [B, T, H, V] (the fused schedule); STORE_STATES: the state at the start of every chunk,
     [B, H, NC, K, V] in states_ptr's dtype (for the split schedule's ``_outer_out`` and for the backward)."""
@@ -518,21 +545,20 @@ def _outer_fwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, s0_ptr, y_ptr, sT_ptr, states_
             tl.store(states_ptr + (i_bh * NC + c) * K * V + s_off, s, mask=m_s)
         t = c * BT + rows
         mt = t < T
-        q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
-                                         BT, DECAY, DTYPE)
+        q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, vs_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H,
+                                         K, V, RQ, RK, BT, DECAY, DTYPE, V_SCALE)
         if WRITE_Y:
             p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
             y = _chunk_y(q, k, v, g, g_next, s, p, rows, BT, DECAY, DTYPE, HALF)
-            row = (b * T + t) * H + h
-            tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
+            _store_y(y_ptr, skip_ptr, skw_ptr, y, (b * T + t) * H + h, h, mt, vv, mv, V, SKIP, DTYPE)
         s = _chunk_state(k, v, g, g_next, s, DECAY, HALF)
     tl.store(sT_ptr + i_bh * K * V + s_off, s, mask=m_s)
 
 
 @triton.jit
-def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, y_ptr, T, H, K, V, NC, NV,
-               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
-               HALF: tl.constexpr):
+def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, y_ptr, vs_ptr, skip_ptr, skw_ptr, T, H, K, V, NC, NV,
+               RQ, RK, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr,
+               HALF: tl.constexpr, V_SCALE: tl.constexpr, SKIP: tl.constexpr):
     """Split schedule: y of one chunk of one (b, h) and value slice, from the chunk's start state that
     ``_outer_fwd`` (STORE_STATES) wrote. Every chunk is independent: B * H * NC * cdiv(V, BV) programs."""
     i_v, c, b, h, i_bh = _program_coords(NV, H, NC, True)
@@ -540,12 +566,11 @@ def _outer_out(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, y_ptr, T, H, K, V,
     s = tl.load(states_ptr + (i_bh * NC + c) * K * V + s_off, mask=m_s, other=0.0).to(DTYPE)
     t = c * BT + rows
     mt = t < T
-    q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
-                                     BT, DECAY, DTYPE)
+    q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, vs_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K,
+                                     V, RQ, RK, BT, DECAY, DTYPE, V_SCALE)
     p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
     y = _chunk_y(q, k, v, g, g_next, s, p, rows, BT, DECAY, DTYPE, HALF)
-    row = (b * T + t) * H + h
-    tl.store(y_ptr + row[:, None] * V + vv[None, :], y, mask=mt[:, None] & mv[None, :])
+    _store_y(y_ptr, skip_ptr, skw_ptr, y, (b * T + t) * H + h, h, mt, vv, mv, V, SKIP, DTYPE)
 
 
 @triton.jit
@@ -559,9 +584,9 @@ def _store_chunk_grads(dq_ptr, dk_ptr, dv_ptr, dq, dk, dv, row, mt, kk, mk, vv, 
 
 @triton.jit
 def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dy_ptr, dsT_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr,
-               dstates_ptr, B, T, H, K, V, NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               DECAY: tl.constexpr, GRADS: tl.constexpr, STORE_DSTATES: tl.constexpr, DTYPE: tl.constexpr,
-               HALF: tl.constexpr):
+               dstates_ptr, vs_ptr, B, T, H, K, V, NC, NV, RQ, RK, BT: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, DECAY: tl.constexpr, GRADS: tl.constexpr, STORE_DSTATES: tl.constexpr,
+               DTYPE: tl.constexpr, HALF: tl.constexpr, V_SCALE: tl.constexpr):
     """One (b, h) and one BLOCK_V slice of the value axis: chunks in reverse with that slice of ds = dL/dS (the state
     after the chunk) in registers; writes ds0 = dL/dS_0 of its slice. GRADS (the fused schedule): also dv and its
     slice's share of dq and dk (sums over V) into the [cdiv(V, BV), B, T, H, K] buffers dq_ptr, dk_ptr, summed over
@@ -575,8 +600,8 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dy_ptr, dsT_ptr, d
         t = c * BT + rows
         mt = t < T
         row = (b * T + t) * H + h
-        q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
-                                         BT, DECAY, DTYPE)
+        q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, vs_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H,
+                                         K, V, RQ, RK, BT, DECAY, DTYPE, V_SCALE)
         dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
         if STORE_DSTATES:
             tl.store(dstates_ptr + (i_bh * NC + c) * K * V + s_off, ds, mask=m_s)
@@ -590,9 +615,9 @@ def _outer_bwd(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dy_ptr, dsT_ptr, d
 
 
 @triton.jit
-def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dstates_ptr, dy_ptr, dq_ptr, dk_ptr, dv_ptr, B, T, H,
-                 K, V, NC, NV, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
-                 DTYPE: tl.constexpr, HALF: tl.constexpr):
+def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dstates_ptr, dy_ptr, dq_ptr, dk_ptr, dv_ptr, vs_ptr, B,
+                 T, H, K, V, NC, NV, RQ, RK, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 DECAY: tl.constexpr, DTYPE: tl.constexpr, HALF: tl.constexpr, V_SCALE: tl.constexpr):
     """Split schedule: the gradients of one chunk of one (b, h) and value slice, from the chunk's start state and
     dL/d(its end state) that the two sequential passes wrote. Every chunk is independent."""
     i_v, c, b, h, i_bh = _program_coords(NV, H, NC, True)
@@ -604,8 +629,8 @@ def _outer_grads(q_ptr, k_ptr, v_ptr, g_ptr, p_ptr, states_ptr, dstates_ptr, dy_
     t = c * BT + rows
     mt = t < T
     row = (b * T + t) * H + h
-    q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K, V,
-                                     BT, DECAY, DTYPE)
+    q, k, v, g, g_next = _load_chunk(q_ptr, k_ptr, v_ptr, g_ptr, vs_ptr, b, h, t, mt, rows, kk, mk, vv, mv, T, H, K,
+                                     V, RQ, RK, BT, DECAY, DTYPE, V_SCALE)
     dy = tl.load(dy_ptr + row[:, None] * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0).to(DTYPE)
     p = _load_scores(p_ptr, b, h, t, mt, rows, T, H, BT, DECAY, DTYPE)
     dq, dk, dv = _chunk_grads(q, k, v, g, g_next, dy, s, ds, p, rows, BT, DECAY, DTYPE, HALF)
@@ -738,6 +763,10 @@ class _Launch:
     num_warps: int = 4
     split: int = 0  # the schedule: 0 fused (one sequential kernel), 1 split (sequential states + parallel chunks),
     # 2 auto (resolved to 0 or 1 by ``_resolve`` inside each op: the forward and the backward choose separately)
+    rq: int = 1  # heads per group of q: q is [B, T, H / rq, K], head h reads its group h // rq (mamba2's C)
+    rk: int = 1  # of k likewise (mamba2's B)
+    vscale: int = 0  # 1: v is v_scale[b, t, h] v, multiplied on load (``_load_chunk``)
+    skip: int = 0  # 1: y + skip_weight[h] skip[b, t, h, :] in the forward's store (``_store_y``)
 
     @property
     def nc(self) -> int:
@@ -767,13 +796,15 @@ class _Launch:
         return {1: torch.bfloat16, 2: torch.float16}.get(self.half, self.cdt)
 
     def encode(self) -> list[int]:
-        return [self.decay, self.chunk, self.block_k, self.block_v, self.half, self.num_warps, self.split]
+        return [self.decay, self.chunk, self.block_k, self.block_v, self.half, self.num_warps, self.split, self.rq,
+                self.rk, self.vscale, self.skip]
 
     @staticmethod
     def decode(q: torch.Tensor, v: torch.Tensor, cfg, cdt: torch.dtype) -> "_Launch":
-        B, T, H, K = q.shape
-        decay, chunk, block_k, block_v, half, num_warps, split = (int(x) for x in cfg)
-        return _Launch(B, T, H, K, v.shape[-1], decay, chunk, block_k, block_v, cdt, half, num_warps, split)
+        """From the op's ``cfg`` (7 entries: no grouped reads, v scale or skip; or 11); the heads are v's."""
+        B, T, _, K = q.shape
+        return _Launch(B, T, v.shape[2], K, v.shape[-1], *(int(x) for x in cfg[:3]), int(cfg[3]), cdt,
+                       *(int(x) for x in cfg[4:]))
 
     def constexprs(self) -> dict:
         return dict(BT=self.chunk, BK=self.block_k, BV=self.block_v, DECAY=self.decay, DTYPE=self.tl_dtype,
@@ -792,11 +823,13 @@ def _scores(L: _Launch, q, k, g):
     return p
 
 
-def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool, p=None):
+def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool, p=None, vs=None, skip=None, skw=None):
     """``(y or None, S_T, chunk-start states or None)``. The fused schedule writes y from the sequential kernel; the
     split one stores the chunk-start states there and computes y in a second, chunk-parallel launch. ``p``: the
-    per-key scores if already computed (y needs them; the state pass alone does not)."""
+    per-key scores if already computed (y needs them; the state pass alone does not). ``vs``, ``skip``, ``skw``:
+    v's scale and the skip term's tensor and weights when ``L.vscale`` / ``L.skip`` (else never read)."""
     dev = q.device
+    vs, skip, skw = (q if x is None else x for x in (vs, skip, skw))  # absent: any pointer, never read
     if write_y and p is None:
         p = _scores(L, q, k, g)
     g = q if L.decay == 0 else g  # NONE: any pointer, never read
@@ -807,20 +840,23 @@ def _fwd(L: _Launch, q, k, v, g, s0, write_y: bool, store_states: bool, p=None):
     states = torch.empty((L.B, L.H, L.nc, L.K, L.V), device=dev, dtype=L.states_dtype) if keep_states else None
     fused_y = write_y and not L.split
     _outer_fwd[(L.nv * L.B * L.H,)](q, k, v, g, p, s0, y if fused_y else sT, sT, sT if states is None else states,
-                                    L.T, L.H, L.K, L.V, L.nc, L.nv, WRITE_Y=fused_y, STORE_STATES=keep_states,
+                                    vs, skip, skw, L.T, L.H, L.K, L.V, L.nc, L.nv, L.rq, L.rk, WRITE_Y=fused_y,
+                                    STORE_STATES=keep_states, V_SCALE=L.vscale, SKIP=int(bool(L.skip) and fused_y),
                                     **L.constexprs())
     if write_y and L.split:
-        _outer_out[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, y, L.T, L.H, L.K, L.V, L.nc, L.nv,
-                                               **L.constexprs())
+        _outer_out[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, y, vs, skip, skw, L.T, L.H, L.K, L.V, L.nc,
+                                               L.nv, L.rq, L.rk, V_SCALE=L.vscale, SKIP=L.skip, **L.constexprs())
     return y, sT, states
 
 
-def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT, p=None):
+def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT, p=None, vs=None):
     """``(dq, dk, dv, ds0)`` in the compute dtype (dq, dk still in parts to be summed: [parts, B, T, H, K], one per
-    value slice and, per key, one more for the part through the intra-chunk scores). ``p``: the per-key scores the
-    forward kept (recomputed when absent or of another chunk length)."""
+    value slice and, per key, one more for the part through the intra-chunk scores; per head also for q, k that
+    heads share; dv the gradient of the scaled v when ``L.vscale``). ``p``: the per-key scores the forward kept
+    (recomputed when absent or of another chunk length)."""
     dev = q.device
-    _, _, states = _fwd(L, q, k, v, g, s0, False, True)  # recompute the chunk-start states
+    _, _, states = _fwd(L, q, k, v, g, s0, False, True, None, vs)  # recompute the chunk-start states
+    vs = q if vs is None else vs
     if L.decay != 2:
         p = None
     elif p is None or tuple(p.shape) != (L.B, L.T, L.H, L.chunk) or p.dtype != L.states_dtype:
@@ -833,12 +869,13 @@ def _bwd(L: _Launch, q, k, v, g, s0, dy, dsT, p=None):
     dv = torch.empty((L.B, L.T, L.H, L.V), device=dev, dtype=L.cdt)
     ds0 = torch.empty((L.B, L.H, L.K, L.V), device=dev, dtype=L.cdt)
     dstates = torch.empty_like(states) if L.split else ds0
-    _outer_bwd[(L.nv * L.B * L.H,)](q, k, v, g, p, states, dy, dsT, dq, dk, dv, ds0, dstates, L.B, L.T, L.H, L.K,
-                                    L.V, L.nc, L.nv, GRADS=not L.split, STORE_DSTATES=bool(L.split),
-                                    **L.constexprs())
+    _outer_bwd[(L.nv * L.B * L.H,)](q, k, v, g, p, states, dy, dsT, dq, dk, dv, ds0, dstates, vs, L.B, L.T, L.H,
+                                    L.K, L.V, L.nc, L.nv, L.rq, L.rk, GRADS=not L.split,
+                                    STORE_DSTATES=bool(L.split), V_SCALE=L.vscale, **L.constexprs())
     if L.split:
-        _outer_grads[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, dstates, dy, dq, dk, dv, L.B, L.T, L.H, L.K,
-                                                 L.V, L.nc, L.nv, **L.constexprs())
+        _outer_grads[(L.nv * L.nc * L.B * L.H,)](q, k, v, g, p, states, dstates, dy, dq, dk, dv, vs, L.B, L.T, L.H,
+                                                 L.K, L.V, L.nc, L.nv, L.rq, L.rk, V_SCALE=L.vscale,
+                                                 **L.constexprs())
     if L.decay == 2:  # the part through the intra-chunk scores, into the last slot
         key_slice = min(L.block_k, SCORES_BWD_BLOCK_K)
         grid = (-(-L.K // key_slice) * L.ns * L.nc * L.B * L.H,)
@@ -877,26 +914,40 @@ def _resolve(L: _Launch, phase: str, run, device: torch.device, truth=None) -> _
         return L
     fused, split = replace(L, split=0), replace(L, split=1)
     key = ("outer", phase, str(device), L.B * L.H, L.T.bit_length(), L.K, L.V, L.decay, L.chunk, L.block_k,
-           L.block_v, L.half, L.num_warps, L.cdt)
+           L.block_v, L.half, L.num_warps, L.cdt, L.rq, L.rk, L.vscale, L.skip)
     # the same maths with the same operand rounding, summed in another order
     rtol = 2e-2 if L.half else 1e-4
     return (fused, split)[autochoice.choose(key, (fused, split), run, device, rtol, truth)]
 
 
-def _torch_outer(q, k, v, g, s0, decay: int, cdt: torch.dtype, dy=None, dsT=None):
+def _torch_outer(q, k, v, g, s0, decay: int, cdt: torch.dtype, dy=None, dsT=None, L=None, vs=None, skip=None,
+                 skw=None):
     """The ops' results from the torch chunked scan (an independent implementation, for ``_resolve`` to settle a
     disagreement between the schedules): ``(y, S_T)``, or with ``dy``, ``dsT`` the gradients ``(dq, dk, dv, ds0)``
-    (by ``torch.func.vjp``: inside a custom op's implementation ordinary autograd records nothing)."""
+    (by ``torch.func.vjp``: inside a custom op's implementation ordinary autograd records nothing). With ``L``'s
+    grouped reads, v scale and skip term: the same on the streams they stand for (``_streams``), the gradients
+    those of the per-head q, k and the scaled v, as ``_bwd`` computes them."""
     log_decay = g.detach().to(cdt) if decay else None
+    rq, rk = (1, 1) if L is None else (L.rq, L.rk)
+    q, k, v = _streams(q.detach(), k.detach(), v.detach(), rq, rk, None if vs is None else vs.detach())
+    extra = 0.0 if skip is None else (skw.detach().to(cdt)[:, None] * skip.detach().to(cdt))
 
     def scan(q_, k_, v_, s0_):
-        return chunked_outer_scan(q_, k_, v_, log_decay, s0_, output_final_state=True)
+        y, sT = chunked_outer_scan(q_, k_, v_, log_decay, s0_, output_final_state=True)
+        return y + extra, sT
 
     xs = [x.detach().to(cdt) for x in (q, k, v, s0)]
     if dy is None:
         return scan(*xs)
     _, vjp = torch.func.vjp(scan, *xs)
     return vjp((dy.to(cdt), dsT.to(cdt)))
+
+
+def _streams(q, k, v, rq: int, rk: int, v_scale=None):
+    """q, k and v as the scan reads them, in torch: the groups' rows repeated for their heads, v times its scale (the
+    paths that do not fuse them: the per-key decay's score kernels, the decode step, the pre readout's y_0)."""
+    q, k = (x if r == 1 else x.repeat_interleave(r, dim=2) for x, r in ((q, rq), (k, rk)))
+    return q, k, (v if v_scale is None else v_scale[..., None] * v)
 
 
 def _slices_summed(grads):
@@ -972,12 +1023,14 @@ def _final_state_term(fin_ptr, i_bh, kk, mk, K, DECAY: tl.constexpr, DTYPE: tl.c
 
 @triton.jit
 def _bwd_epilogue_kernel(dq_parts_ptr, dk_parts_ptr, q_ptr, k_ptr, fin_ptr, dq_ptr, dk_ptr, dg_ptr, P, B, T, H, K,
-                         NK, NCP, NC, BT: tl.constexpr, BK: tl.constexpr, DECAY: tl.constexpr, DTYPE: tl.constexpr):
+                         NK, NCP, NC, RQ, RK, BT: tl.constexpr, BK: tl.constexpr, DECAY: tl.constexpr,
+                         DTYPE: tl.constexpr):
     """dq, dk [B, T, H, K] (the stores cast to their pointers' dtypes) = the sums of the P parts
     ``dq_parts_ptr``, ``dk_parts_ptr`` [P, B, T, H, K]; with a decay also dg = dL/dg ([B, T, H, K] per key,
     [B, T, H] per head, in dg_ptr's dtype) from q, k and ``fin_ptr`` (``_final_state_term``). Each program walks
     NC chunks of BT steps from its last (every chunk of its (b, h) with a decay, NC = 1 without), carrying
-    ``later``: the sum of dL/dG over the steps after the current chunk ([BK] per key, [1] per head)."""
+    ``later``: the sum of dL/dG over the steps after the current chunk ([BK] per key, [1] per head). q (k) shared by
+    RQ (RK) heads ([B, T, H / RQ, K]) is read at head h's group; dq, dk are per head either way."""
     i_bh, kk, mk, c0 = _epilogue_coords(NK, NCP, K, BK)
     b = i_bh // H
     h = i_bh % H
@@ -1001,8 +1054,9 @@ def _bwd_epilogue_kernel(dq_parts_ptr, dk_parts_ptr, q_ptr, k_ptr, fin_ptr, dq_p
         tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=m)
         if DECAY != NONE:
             # dL/dG from the summed gradients in the compute dtype (not the rounded ones just stored)
-            q = tl.load(q_ptr + offs, mask=m, other=0.0).to(DTYPE)
-            k = tl.load(k_ptr + offs, mask=m, other=0.0).to(DTYPE)
+            q = tl.load(q_ptr + _group_rows(b, t, h, T, H, RQ)[:, None] * K + kk[None, :], mask=m, other=0.0)
+            k = tl.load(k_ptr + _group_rows(b, t, h, T, H, RK)[:, None] * K + kk[None, :], mask=m, other=0.0)
+            q, k = q.to(DTYPE), k.to(DTYPE)
             dG = q * dq - k * dk  # zero beyond T and K
             last = t == T - 1  # S_T = exp(G_(T-1)) S_0 + ...: the final state's own dependence on G_(T-1)
             if DECAY == PER_KEY:
@@ -1028,7 +1082,7 @@ def _epilogue_tiles(decay: int, K: int, cuda: bool) -> tuple[int, int, int]:
     return bt, bk, 8 if cuda and bt * bk > 1024 else 4  # the per-head tiles: 8 warps
 
 
-def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
+def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype, rq: int = 1, rk: int = 1):
     """``(dq, dk, dg)`` of the backward op from ``_bwd``'s dq, dk parts [P, B, T, H, K] (compute dtype ``cdt``):
     dq, dk in q's / k's dtype, dg in g's (zeros like the dummy g without a decay). The same as, in torch::
 
@@ -1036,13 +1090,15 @@ def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
         dG = q * dq - k * dk                                      # per key; per head: .sum(-1)
         dG[:, -1] += (dsT * sT).sum(-1)                           # per head: .sum((-2, -1))
         dg = flip(cumsum(flip(dG, [1]), 1), [1])                  # dL/dg_t = sum_(s >= t) dL/dG_s
-    """
+
+    q (k) shared by ``rq`` (``rk``) heads, [B, T, H / rq, K]: the kernel reads head h's group, writes dq per head in
+    ``cdt`` and the sum over each group's heads is torch's (then the cast to q's dtype)."""
     P, B, T, H, K = dq.shape
-    dq_out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    dk_out = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dq_out, dk_out = (torch.empty(x.shape, device=x.device, dtype=x.dtype) if r == 1 else
+                      torch.empty((B, T, H, K), device=x.device, dtype=cdt) for x, r in ((q, rq), (k, rk)))
     dg = torch.zeros_like(g) if decay == 0 else torch.empty_like(g)
     if dq_out.numel() == 0:
-        return dq_out, dk_out, dg.zero_()
+        return _group_sums(dq_out, q, rq), _group_sums(dk_out, k, rk), dg.zero_()
     bt, bk, warps = _epilogue_tiles(decay, K, q.device.type == "cuda")
     nk, nc = -(-K // bk), -(-T // bt)
     ncp = nc if decay == 0 else 1  # no decay: one program per chunk; else one walks them all
@@ -1051,10 +1107,19 @@ def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
         fin = (dsT * sT).sum(-1) if decay == 2 else (dsT * sT).sum((-2, -1))
         fin = fin.to(cdt).contiguous()
     _bwd_epilogue_kernel[(B * H * ncp * nk,)](dq, dk, q, k, fin, dq_out, dk_out, q if decay == 0 else dg, P, B, T,
-                                              H, K, nk, ncp, nc // ncp, BT=bt, BK=bk, DECAY=decay,
+                                              H, K, nk, ncp, nc // ncp, rq, rk, BT=bt, BK=bk, DECAY=decay,
                                               DTYPE=tl.float64 if cdt == torch.float64 else tl.float32,
                                               num_warps=warps)
-    return dq_out, dk_out, dg
+    return _group_sums(dq_out, q, rq), _group_sums(dk_out, k, rk), dg
+
+
+def _group_sums(d: torch.Tensor, x: torch.Tensor, r: int) -> torch.Tensor:
+    """A per-head gradient [B, T, H, K] of a stream ``x`` that ``r`` heads share ([B, T, H / r, K]): summed over each
+    group's heads, in x's dtype (``d`` itself when r = 1)."""
+    if r == 1:
+        return d
+    B, T, H, K = d.shape
+    return d.view(B, T, H // r, r, K).sum(3).to(x.dtype)
 
 
 # ---- the custom ops (eager implementations; fake = shapes only) -------------------------------------------------
@@ -1064,16 +1129,23 @@ def _bwd_epilogue(dq, dk, q, k, g, sT, dsT, decay: int, cdt: torch.dtype):
 
 
 def _outer_scan_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
-                    cfg: list[int], cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    cfg: list[int], cdt: torch.dtype, vs: Optional[torch.Tensor] = None,
+                    skip: Optional[torch.Tensor] = None, skw: Optional[torch.Tensor] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(y [B, T, H, V], S_T [B, H, K, V], P)`` in the compute dtype ``cdt``; P: per key, the intra-chunk scores
-    [B, T, H, chunk] (``_scores``), which the backward reuses (small: chunk values per row of q); else empty."""
+    [B, T, H, chunk] (``_scores``), which the backward reuses (small: chunk values per row of q); else empty.
+    ``vs`` [B, T, H] (cfg's v scale), ``skip`` [B, T, H, V] and ``skw`` [H] (its skip term): see
+    ``chunked_outer_triton``."""
     q, k, v, g, s0 = (x.contiguous() for x in (q, k, v, g, s0))
-    L = _resolve(_Launch.decode(q, v, cfg, cdt), "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False)[:2], q.device,
-                 truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt))
+    vs, skip, skw = (None if x is None else x.contiguous() for x in (vs, skip, skw))
+    L0 = _Launch.decode(q, v, cfg, cdt)
+    L = _resolve(L0, "fwd", lambda c: _fwd(c, q, k, v, g, s0, True, False, None, vs, skip, skw)[:2], q.device,
+                 truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, L=L0, vs=vs, skip=skip, skw=skw))
 
     def run():
         p = _scores(L, q, k, g)
-        return _fwd(L, q, k, v, g, s0, True, False, p)[:2] + (q.new_empty(0, dtype=cdt) if p is None else p,)
+        return _fwd(L, q, k, v, g, s0, True, False, p, vs, skip, skw)[:2] + (
+            q.new_empty(0, dtype=cdt) if p is None else p,)
 
     return _too_big_is_clear(L, "forward", run)
 
@@ -1082,9 +1154,9 @@ _outer_fwd_op = torch.library.custom_op("dsfc::outer_scan_fwd", mutates_args=())
 
 
 @_outer_fwd_op.register_fake
-def _(q, k, v, g, s0, cfg, cdt):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+def _(q, k, v, g, s0, cfg, cdt, vs=None, skip=None, skw=None):
+    B, T, _, K = q.shape
+    H, V = v.shape[2], v.shape[-1]
     L = _Launch.decode(q, v, cfg, cdt)
     p = q.new_empty((B, T, H, L.chunk), dtype=L.states_dtype) if L.decay == 2 else q.new_empty(0, dtype=cdt)
     return q.new_empty((B, T, H, V), dtype=cdt), q.new_empty((B, H, K, V), dtype=cdt), p
@@ -1093,40 +1165,55 @@ def _(q, k, v, g, s0, cfg, cdt):
 @torch.library.custom_op("dsfc::outer_scan_bwd", mutates_args=())
 def _outer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, s0: torch.Tensor,
                   sT: torch.Tensor, p: torch.Tensor, dy: torch.Tensor, dsT: torch.Tensor, cfg: list[int],
-                  cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv, dg, ds0)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when there is no decay)."""
+                  cdt: torch.dtype, vs: Optional[torch.Tensor] = None, skip: Optional[torch.Tensor] = None,
+                  skw: Optional[torch.Tensor] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv, dg, ds0, dvs, dskip, dskw)`` in the inputs' dtypes (``dg`` of the dummy ``g`` is zeros when
+    there is no decay; the last three empty when their inputs are None). The v scale's and the skip term's
+    gradients are torch, from the kernels' gradient of the scaled v and from dy: dv = vs dv', dvs = sum_V v dv',
+    dskip = skw dy, dskw = sum_(B, T, V) skip dy."""
     q, k, v, g, s0, dy, dsT = (x.contiguous() for x in (q, k, v, g, s0, dy, dsT))
-    L = _resolve(_Launch.decode(q, v, cfg, cdt), "bwd",
-                 lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT, p)), q.device,
-                 truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT))
-    dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT, p))
+    vs = None if vs is None else vs.contiguous()
+    L0 = _Launch.decode(q, v, cfg, cdt)
+    L = _resolve(L0, "bwd", lambda c: _slices_summed(_bwd(c, q, k, v, g, s0, dy, dsT, p, vs)), q.device,
+                 truth=lambda: _torch_outer(q, k, v, g, s0, int(cfg[0]), cdt, dy, dsT, L=L0, vs=vs))
+    dq, dk, dv, ds0 = _too_big_is_clear(L, "backward", lambda: _bwd(L, q, k, v, g, s0, dy, dsT, p, vs))
     # the part sums, dq, dk in the inputs' dtypes and dL/dg (a reverse cumsum over time): one launch
-    dq, dk, dg = _bwd_epilogue(dq, dk, q, k, g, sT, dsT, L.decay, L.cdt)
-    return dq, dk, dv.to(v.dtype), dg, ds0.to(s0.dtype)
+    dq, dk, dg = _bwd_epilogue(dq, dk, q, k, g, sT, dsT, L.decay, L.cdt, L.rq, L.rk)
+    dvs = q.new_empty(0) if vs is None else (v.to(cdt) * dv).sum(-1).to(vs.dtype)  # (outputs may not alias)
+    if vs is not None:
+        dv = vs.to(cdt)[..., None] * dv
+    dskip = q.new_empty(0) if skip is None else (skw.to(cdt)[:, None] * dy).to(skip.dtype)
+    dskw = q.new_empty(0) if skip is None else (skip.to(cdt) * dy).sum((0, 1, 3)).to(skw.dtype)
+    return dq, dk, dv.to(v.dtype), dg, ds0.to(s0.dtype), dvs, dskip, dskw
 
 
 @_outer_bwd_op.register_fake
-def _(q, k, v, g, s0, sT, p, dy, dsT, cfg, cdt):
-    return tuple(torch.empty_like(x) for x in (q, k, v, g, s0))
+def _(q, k, v, g, s0, sT, p, dy, dsT, cfg, cdt, vs=None, skip=None, skw=None):
+    return tuple(torch.empty_like(x) for x in (q, k, v, g, s0)) + tuple(
+        q.new_empty(0) if x is None else torch.empty_like(x) for x in (vs, skip, skw))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, g, s0, cfg, cdt = inputs
+    q, k, v, g, s0, cfg, cdt, vs, skip, skw = inputs
     ctx.cfg, ctx.cdt = cfg, cdt
     # the inputs (held by the caller anyway), one state per row and the per-key scores (chunk values per row of q;
     # recomputing them cost 0.8 of GLA's 9.3 ms forward+backward on an H200): the backward recomputes the states
-    ctx.save_for_backward(q, k, v, g, s0, output[1], output[2])
+    ctx.save_for_backward(q, k, v, g, s0, output[1], output[2], vs, skip, skw)
     ctx.mark_non_differentiable(output[2])
 
 
 def _backward(ctx, dy, dsT, dp):
-    q, k, v, g, s0, sT, p = ctx.saved_tensors
+    q, k, v, g, s0, sT, p, vs, skip, skw = ctx.saved_tensors
     if dy is None:
-        dy = sT.new_zeros((*q.shape[:3], sT.shape[-1]))
+        dy = sT.new_zeros((*v.shape[:3], sT.shape[-1]))
     if dsT is None:
         dsT = torch.zeros_like(sT)
-    dq, dk, dv, dg, ds0 = _outer_bwd_op(q, k, v, g, s0, sT, p, dy, dsT, ctx.cfg, ctx.cdt)
-    return dq, dk, dv, (dg if int(ctx.cfg[0]) else None), ds0, None, None
+    dq, dk, dv, dg, ds0, dvs, dskip, dskw = _outer_bwd_op(q, k, v, g, s0, sT, p, dy, dsT, ctx.cfg, ctx.cdt, vs, skip,
+                                                          skw)
+    return (dq, dk, dv, (dg if int(ctx.cfg[0]) else None), ds0, None, None, None if vs is None else dvs,
+            None if skip is None else dskip, None if skip is None else dskw)
 
 
 _outer_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -1136,7 +1223,9 @@ refuse_double_backward(_outer_bwd_op, "outer-product scan")
 def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: Optional[torch.Tensor] = None,
                          h0: Optional[torch.Tensor] = None, *, chunk: Optional[int] = None,
                          output_final_state: bool = False, readout: str = "post", block_v: Optional[int] = None,
-                         num_warps: Optional[int] = None, schedule: Optional[str] = None):
+                         num_warps: Optional[int] = None, schedule: Optional[str] = None,
+                         heads_per_group: Optional[int] = None, v_scale: Optional[torch.Tensor] = None,
+                         skip: Optional[torch.Tensor] = None, skip_weight: Optional[torch.Tensor] = None):
     """``chunked_outer_scan`` (same arguments and results) on the Triton kernels above: CUDA tensors, or CPU tensors
     under ``TRITON_INTERPRET=1`` (slow: for tests). Differentiable w.r.t. q, k, v, log_decay and h0.
 
@@ -1148,10 +1237,41 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     With q, k, v all bf16 (or all fp16) the matmuls take that dtype (HALF_DOTS), accumulating in fp32.
 
     ``readout="pre"`` (y_t = S_(t-1)^T q_t, RWKV) is the post-update kernel run on the queries moved one step
-    earlier, with y_0 = h0^T q_0 (as ``chunked_outer_scan`` does it); the shift is torch, so autograd covers it."""
-    check_outer_inputs("chunked_outer_triton", q, k, v, log_decay, h0, readout)
+    earlier, with y_0 = h0^T q_0 (as ``chunked_outer_scan`` does it); the shift is torch, so autograd covers it.
+
+    The spec's elementwise maths around the scan, read by the kernels instead of written to memory first (each
+    differentiable; the H heads are v's):
+
+    - ``heads_per_group`` R: q and / or k may be [B, T, H / R, K], shared by R consecutive heads (head h reads group
+      h // R: Mamba-2's grouped B and C); the kernels read the group's rows, dq / dk are summed over its heads.
+    - ``v_scale`` [B, T, H]: the scan's v is ``v_scale[..., None] * v`` (SSD's dt x), multiplied on load.
+    - ``skip`` [B, T, H, V] with ``skip_weight`` [H]: y + skip_weight[h] skip[b, t, h] (the D u term), added in the
+      forward's store.
+
+    The decode step (T = 1 without autograd), the per-key decay (its score kernels read q, k per head) and the pre
+    readout's queries take the streams built in torch (``_streams``) instead: the same results."""
+    check_tensors("chunked_outer_triton", q=q, k=k, v=v, log_decay=log_decay, h0=h0, v_scale=v_scale, skip=skip,
+                  skip_weight=skip_weight)
+    R = 1 if heads_per_group is None else check_int_option("heads_per_group", heads_per_group, 1)
+    H = v.shape[2] if v.dim() == 4 else None
+    rq, rk = (1 if x.dim() != 4 or H is None or x.shape[2] == H or R == 1 else R for x in (q, k))
+    for name, x, r in (("q", q, rq), ("k", k, rk)):
+        if r > 1 and x.shape[2] * r != H:
+            raise ValueError(f"chunked_outer_triton: {name} [B,T,G,K] read by heads_per_group={R} heads each must "
+                             f"have G * {R} = H = {H} (v's heads); got {tuple(x.shape)}")
+    # the checks see q, k per head (a broadcast view of the group's rows: shapes only)
+    check_outer_inputs("chunked_outer_triton", *(x if r == 1 else x[:, :, :1].expand(*x.shape[:2], H, x.shape[3])
+                                                 for x, r in ((q, rq), (k, rk))), v, log_decay, h0, readout)
+    if v_scale is not None and v_scale.shape != v.shape[:3]:
+        raise ValueError(f"chunked_outer_triton: v_scale must be [B,T,H] = {tuple(v.shape[:3])}, got "
+                         f"{tuple(v_scale.shape)}")
+    if (skip is None) != (skip_weight is None):
+        raise ValueError("chunked_outer_triton: skip and skip_weight come together (y + skip_weight[h] skip)")
+    if skip is not None and (skip.shape != v.shape or skip_weight.shape != (v.shape[2],)):
+        raise ValueError(f"chunked_outer_triton: skip must be [B,T,H,V] = {tuple(v.shape)} and skip_weight [H], got "
+                         f"{tuple(skip.shape)}, {tuple(skip_weight.shape)}")
     promoted = q.dtype
-    for x in (k, v, log_decay, h0):
+    for x in (k, v, log_decay, h0, v_scale, skip, skip_weight):
         promoted = promoted if x is None else torch.promote_types(promoted, x.dtype)
     if not promoted.is_floating_point:  # complex was a KeyError deep in the launch, all-integer an integer result
         raise TypeError(f"chunked_outer_triton: q, k, v (log_decay, h0) must promote to a floating-point dtype, got "
@@ -1161,15 +1281,22 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     chunk = None if chunk is None else check_int_option("chunk", chunk, 16, power_of_two=True)
     block_v = None if block_v is None else check_int_option("block_v", block_v, 16, power_of_two=True)
     num_warps = None if num_warps is None else check_int_option("num_warps", num_warps, 1, True, maximum=32)
+    knobs = dict(chunk=chunk, block_v=block_v, num_warps=num_warps, schedule=schedule)
     if readout == "pre" and q.shape[1] > 0:
+        q = _streams(q, k, v, rq, 1)[0]  # y_0 = h0^T q_0 reads q per head
         start = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1]) if h0 is None else h0
         y, state = read_before_update(
-            lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, chunk=chunk, output_final_state=True,
-                                            block_v=block_v, num_warps=num_warps, schedule=schedule), q, start)
+            lambda qq: chunked_outer_triton(qq, k, v, log_decay, h0, output_final_state=True, v_scale=v_scale,
+                                            heads_per_group=R if rk > 1 else None, **knobs), q, start)
+        if skip is not None:
+            y = y + skip_weight[:, None] * skip
         return (y, state) if output_final_state else y
-    B, T, H, K = q.shape
+    B, T, _, K = q.shape
     V = v.shape[-1]
     decay = 0 if log_decay is None else (1 if log_decay.dim() == 3 else 2)  # NONE, SCALAR, PER_KEY
+    if decay == 2 and (rq > 1 or rk > 1 or v_scale is not None):  # the score kernels read q, k per head
+        q, k, v = _streams(q, k, v, rq, rk, v_scale)
+        rq, rk, v_scale = 1, 1, None
     half = 0
     if HALF_DOTS and q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float16):
         half = 1 if q.dtype == torch.bfloat16 else 2
@@ -1184,7 +1311,8 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         raise ValueError(f"schedule must be 'auto', 'fused' or 'split', got {schedule!r}")
     dev = q.device
     require_triton_device(dev)
-    inputs = [x for x in (q, k, v, log_decay, h0) if x is not None]
+    extras = [x for x in (v_scale, skip, skip_weight) if x is not None]
+    inputs = [x for x in (q, k, v, log_decay, h0) if x is not None] + extras
     out_dtype = inputs[0].dtype
     for x in inputs[1:]:
         out_dtype = torch.promote_types(out_dtype, x.dtype)
@@ -1197,18 +1325,24 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     block_v = tiles.block_v if block_v is None else block_v
     num_warps = tiles.num_warps if num_warps is None else num_warps
     L = _Launch(B, T, H, K, V, decay, int(chunk), block_k, int(block_v), cdt, half, int(num_warps),
-                {"fused": 0, "split": 1, "auto": 2}[schedule])
+                {"fused": 0, "split": 1, "auto": 2}[schedule], rq, rk, int(v_scale is not None), int(skip is not None))
     hazard = fused_miscompiles(L, dev)
     if hazard and schedule == "fused":
         raise ValueError(f"chunked_outer_triton: {hazard}; use schedule='split' or 'auto', or num_warps=8")
     if hazard:  # auto: the split schedule only (the fused one would be the reference that split is checked against)
         L = replace(L, split=1)
     g = q.new_empty(0) if log_decay is None else log_decay  # NONE: a dummy the kernels never read
-    if T == 1 and eager_inference(q, k, v, g, s0):  # decoding (step): one kernel, the state read and written once
+    if T == 1 and eager_inference(q, k, v, g, s0, *extras):  # decoding (step): one kernel, the state read and
+        # written once; the streams in torch (one step: small)
+        q, k, v = _streams(q, k, v, rq, rk, v_scale)
         y, sT = _single_step(q, k, v, log_decay, s0, decay, cdt)  # s0 strided as given (no copy)
+        if skip is not None:
+            y = y + skip_weight.to(cdt)[:, None] * skip.to(cdt)
         return (y.to(out_dtype), sT.to(out_dtype)) if output_final_state else y.to(out_dtype)
     s0 = s0.contiguous()
-    forward = _outer_scan_fwd if eager_inference(q, k, v, g, s0) else _outer_fwd_op
-    y, sT, _ = forward(q, k, v, g, s0, L.encode(), cdt)
+    fused = dict(vs=v_scale, skip=skip, skw=skip_weight) if extras else {}
+    forward = _outer_scan_fwd if eager_inference(q, k, v, g, s0, *extras) else _outer_fwd_op
+    cfg = L.encode() if fused or rq > 1 or rk > 1 else L.encode()[:7]
+    y, sT, _ = forward(q, k, v, g, s0, cfg, cdt, **fused)
     y = y.to(out_dtype)
     return (y, sT.to(out_dtype)) if output_final_state else y

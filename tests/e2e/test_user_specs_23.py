@@ -404,8 +404,10 @@ BROKEN = {  # (spec, the bad text, its replacement, the error's line:col, what t
     "hrr-arity": (HRR, "W_V[h, (i - j) % n, m]", "W_V[h, (i - j) % n]", "16:33",
                   "param 'W_V' has 3 axes but is indexed with 2"),
     "laguerre-undefined": (LAGUERRE, "sqrt(1 - a[c] ^ 2)", "sqrt(1 - al[c] ^ 2)", "13:39", "unknown name 'al'"),
-    "laguerre-transposed": (LAGUERRE, "W_out[c, k]", "W_out[k, c]", "14:36",
-                            "index 'k' ranges over 4 values but axis 0 of 'W_out' has extent 5"),
+    # one error for the read since hunt 25 (it was one per index, with hints to read part of an axis or wrap it)
+    "laguerre-transposed": (LAGUERRE, "W_out[c, k]", "W_out[k, c]", "14:30",
+                            "the indices of 'W_out' fit its axes only in another order ('k' ranges over 4 values, "
+                            "axis 0 has 5; 'c' ranges over 5 values, axis 1 has 4)"),
 }
 
 

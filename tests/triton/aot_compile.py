@@ -107,6 +107,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                 (triton_outer._outer_bwd, {"GRADS": True, "STORE_DSTATES": False}),
                 (triton_outer._outer_bwd, {"GRADS": False, "STORE_DSTATES": True}),
                 (triton_outer._outer_grads, {})]
+    # the same kernels with the spec's streams read as they are (v's factor on load, the skip term in the store)
+    variants += [(fn, {**flags, **{k: 1 for k in ("V_SCALE", "SKIP") if k in fn.arg_names}}) for fn, flags in variants]
     scores = [(triton_outer._key_scores_fwd, {}), (triton_outer._key_scores_bwd_kernel, {})]
     for decay in (0, 1, 2) if only_decay is None else (only_decay,):
         for label, half, io, states in (("fp32", 0, "*fp32", "*fp32"), ("bf16", 1, "*bf16", "*bf16")):
@@ -115,7 +117,7 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
             for fn, flags in variants + (scores if decay == 2 else []):
                 sig = {}
                 for name in fn.arg_names:
-                    if name in ("BT", "BC", "BK", "BV", "DECAY", "DTYPE", "HALF") or name in flags:
+                    if name in ("BT", "BC", "BK", "BV", "DECAY", "DTYPE", "HALF", "V_SCALE", "SKIP") or name in flags:
                         sig[name] = "constexpr"
                     elif name in ("q_ptr", "k_ptr", "v_ptr", "g_ptr"):
                         sig[name] = io
@@ -125,8 +127,8 @@ def outer_kernels(resources: bool, only_decay=None) -> int:
                         sig[name] = "*fp32"
                     else:
                         sig[name] = "i32"
-                consts = dict(BT=chunk, BK=tiles.block_k, BV=tiles.block_v, DECAY=decay, DTYPE=tl.float32, HALF=half,
-                              **flags)
+                consts = {**dict(BT=chunk, BK=tiles.block_k, BV=tiles.block_v, DECAY=decay, DTYPE=tl.float32,
+                                 HALF=half), **{k: 0 for k in ("V_SCALE", "SKIP") if k in fn.arg_names}, **flags}
                 warps = tiles.num_warps
                 if fn in (f for f, _ in scores):
                     # K = 128: the forward takes all keys, the backward a slice of them (as chunked_outer_triton)

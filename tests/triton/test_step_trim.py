@@ -9,7 +9,8 @@ test_step_launches.py). What changed, and what each test here pins:
   buffer (never the caller's), and right for any layout it is given.
 - The outer / delta Triton paths hand back the kernel's fresh final state without forward's copy (``owns_storage``).
 - SSD's head -> group index ``h // R`` is cached per module and device (``cached_index``): it must be right for the
-  dims of each module, after ``.to(...)``, and usable by a training call after an inference-mode call built it.
+  dims of each module, after ``.to(...)``, and usable by a training call after an inference-mode call built it. (The
+  torch path's: the Triton path hands C and B per group to the kernels and builds no index.)
 - Lets that the outer / delta Triton path never reads (GLA's alpha, Gated DeltaNet's alpha, RWKV-6's w: their decays
   are scanned in log space from the gate's logits) are not computed on that path.
 
@@ -153,9 +154,14 @@ def test_decode_kernel_reads_and_writes_any_state_layout(layout):
 
 def test_group_index_is_cached_per_module_device_and_dims():
     """SSD (G = 2 groups of R = 2 heads): built once, right for another module's dims, usable by a training call
-    after an inference-mode call built it, and still right after ``.to(...)``."""
+    after an inference-mode call built it, and still right after ``.to(...)``. The Triton path reads C and B per
+    group in the kernels (``heads_per_group``): it builds none."""
     model = _model("ssd")
     model.backend = "triton"
+    with torch.no_grad():
+        model(torch.randn(2, 3, model._in_features(), device=DEVICE, dtype=F64))
+    assert "_dsfc_index_cache" not in model.__dict__
+    model.backend = "torch"
     torch.manual_seed(4)
     u = torch.randn(2, 3, model._in_features(), device=DEVICE, dtype=F64)
     y_ref, _ = _reference(model, u)
@@ -170,7 +176,7 @@ def test_group_index_is_cached_per_module_device_and_dims():
     with torch.no_grad():
         assert _err(model(u), y_ref) <= TOL
     other = _model("ssd", H=6, P=2, n=3, G=3)  # R = 2 again, another H: its own cache
-    other.backend = "triton"
+    other.backend = "torch"
     u6 = torch.randn(2, 3, other._in_features(), device=DEVICE, dtype=F64)
     with torch.no_grad():
         assert _err(other(u6), _reference(other, u6)[0]) <= TOL
