@@ -253,6 +253,51 @@ def _simplify(expr, every: bool):
 HELD_CALLS = (sp.tanh, sp.sinh, sp.cosh)  # simplify holds these opaque (see _simplify)
 
 
+def _radix_parts(diff: sp.Expr, ranges: dict, normalize) -> list[sp.Expr] | None:
+    """``diff`` = N X + Y with X an integer expression and |Y| <= N - 1 provably (Y over index symbols of known
+    ranges): then diff = 0 exactly when X = 0 and Y = 0. Returns [Y, X's own parts...] (X split again, so that
+    ``(h K + a) V + b`` gives three parts), or None when no such split is proven."""
+    terms = sp.Add.make_args(sp.expand(diff))
+    if len(terms) < 2 or not all(t.as_coeff_Mul()[0].is_Integer for t in terms):
+        return None
+    candidates = []
+    for t in terms:
+        for f in sp.Mul.make_args(t):
+            n = abs(f) if f.is_Integer else f
+            if ((n.is_Integer and n > 1) or (n.is_Symbol and n.is_positive and n.is_integer)) and n not in candidates:
+                candidates.append(n)
+    for n in candidates:
+        high = [t for t in terms if sp.fraction(t / n)[1] == 1]
+        low = [t for t in terms if sp.fraction(t / n)[1] != 1]
+        if not high or not low:
+            continue
+        y, x = sp.Add(*low), sp.expand(sp.Add(*high) / n)
+        b = _bounds(y, ranges)
+        if b is None or not (_nonneg(normalize(n - 1 - b[1])) and _nonneg(normalize(n - 1 + b[0]))):
+            continue
+        return [y, *(_radix_parts(x, ranges, normalize) or [x])]
+    return None
+
+
+def split_flat_deltas(expr: sp.Expr, ranges: dict, normalize=None) -> sp.Expr:
+    """Every ``delta(h K + a, h2 K + a2)`` of ``expr`` (a delta of two flattened indices, a, a2 in [0, K)) as the
+    product ``delta(h, h2) * delta(a, a2)``, where the split is proven (``_radix_parts``; ``ranges``: the extents of
+    the index symbols, e.g. a matrix's rows and columns; ``normalize`` rewrites derived dims over the free ones). The
+    structure analysis reads a diagonal or a block pair from deltas of single index symbols; the flattened delta (the
+    way a codebase that indexes a flat state writes it) is the same matrix but was analysed as a dense A (right
+    numbers, the dense scan instead of the chunked one)."""
+    from ..ir.functions import kronecker_delta
+
+    expr = sp.S(expr)
+    normalize = normalize or (lambda e: e)
+
+    def one(node):
+        parts = _radix_parts(node.args[0] - node.args[1], ranges, normalize)
+        return node if parts is None else sp.Mul(*[kronecker_delta(p, 0) for p in parts])
+
+    return expr.replace(lambda n: isinstance(n, sp.KroneckerDelta), one)
+
+
 def contract_delta_sums(expr: sp.Expr, ranges: dict, normalize=None) -> sp.Expr:
     """Rewrite every ``Sum`` of ``expr`` whose body pins the summed index with a delta, ``sum(a3, delta(a3, a) *
     q[h, a3])`` -> ``q[h, a]``, where the delta's other side provably stays in the summed range (``ranges``: the

@@ -2,6 +2,8 @@
 
 - ``sum(a3, delta(a3, a) * q[h, a3])`` is ``q[h, a]`` (``contract_delta_sums``): a delta under a sum in A, B, C or D
   is contracted where the pinned value provably stays in the summed range;
+- ``delta(h * K + a, h2 * K + a2)`` is ``delta(h, h2) * delta(a, a2)`` (``split_flat_deltas``): a delta of two
+  flattened indices is split where a, a2 provably lie in [0, K);
 - a let read at an axis its definition never uses (``let gamma[h: H, a: K] = 1 - 2 ^ (-5 - h)``) is read at 0 there
   (``gamma[h, 0]``): the decay of A then depends on the head only, as when the let is declared ``gamma[h: H]``
   (a scalar decay per group, not a per-key one);
@@ -17,7 +19,7 @@ from dataclasses import replace
 
 import sympy as sp
 
-from ..analysis.index_algebra import contract_delta_sums
+from ..analysis.index_algebra import contract_delta_sums, split_flat_deltas
 from .symspec import SymSpec
 
 
@@ -47,6 +49,7 @@ def canonical_matrices(sym: SymSpec) -> SymSpec:
     for name, m in sym.matrices.items():
         ranges = {**dict(zip(m.rows, m.row_extents)), **dict(zip(m.cols, m.col_extents))}
         entry = contract_delta_sums(read_at_zero(m.entry), ranges, sym.in_free_dims)
+        entry = split_flat_deltas(entry, ranges, sym.in_free_dims)
         if name == "D" and sp.expand(entry) == 0:
             del matrices[name]
             changed = True

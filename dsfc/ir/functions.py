@@ -237,6 +237,8 @@ def kronecker_delta(a, b):
 FUNCTION_TABLE = {
     "exp": sp.exp,
     "log": sp.log,
+    "exp2": lambda x: sp.Integer(2) ** x,  # 2^x (Triton's and fla's exp2), the same expression as 2 ^ x
+    "log2": lambda x: sp.log(x) / sp.log(2),
     "sqrt": sp.sqrt,
     "abs": sp.Abs,
     "tanh": sp.tanh,

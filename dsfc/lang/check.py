@@ -21,6 +21,8 @@ from .errors import NotADSFError, Span, SpecError, SpecErrors, SpecWarning
 FUNCTIONS: dict[str, int] = {
     "exp": 1,
     "log": 1,
+    "exp2": 1,
+    "log2": 1,
     "sqrt": 1,
     "abs": 1,
     "tanh": 1,

@@ -452,8 +452,8 @@ def test_render_format():
         "x.dsf:6:11: error: unknown function 'foo'\n"
         "    C[i, k] = foo(u[i])\n"
         "              ^~~~~~~~~\n"
-        "  hint: known functions: abs, cos, cumsum, delta, elu, exp, gelu, log, logsigmoid, max, min, pow, prev, relu, "
-        "scan, sigmoid, silu, sin, softplus, sqrt, sum, tanh, taylor, window"
+        "  hint: known functions: abs, cos, cumsum, delta, elu, exp, exp2, gelu, log, log2, logsigmoid, max, min, pow, "
+        "prev, relu, scan, sigmoid, silu, sin, softplus, sqrt, sum, tanh, taylor, window"
     )
 
 
