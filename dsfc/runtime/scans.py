@@ -256,8 +256,8 @@ def rotation_scan(x: Tensor, y: Tensor, b: Tensor, h0: Tensor, axis: int) -> Ten
     states = diagonal_scan(z, bc, hc)
     # the pair axis outermost in memory (a [B, T, 2, ...] buffer seen as [B, T, ..., 2, ...]): the readout selects
     # one part of it (C's delta(s, 0) and delta(s, 1) terms), and a part of a pair-innermost buffer has stride 2, for
-    # which torch.einsum's CPU bmm path copied at ~0.1 GB/s (S4D at B = 2, T = 1024: 13 s of a 13.2 s forward;
-    # 0.3 s with contiguous parts)
+    # which torch.einsum's CPU bmm path makes a slow strided copy (S4D's readout at B = 2, T = 1024: 124 ms against
+    # 13 ms a contraction at one thread; seconds with two threads on a loaded machine)
     return torch.stack([states.real, states.imag], 2).movedim(2, 2 + axis)
 
 
