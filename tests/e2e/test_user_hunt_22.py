@@ -13,6 +13,9 @@ Found and fixed:
   model name of the spec it was written for. The introduction of such a catalog no longer says that every section
   is a spec of ``specs/`` with a hand-written note, that the last section is the LSTM, or that a test of dsfc fails
   when the file is stale (all true only of docs/catalog.md).
+- ``dsfc plot`` of a layer whose kernel form is exactly 0 (ReBased with every dim 1: the LayerNorm of a 1-vector is 0,
+  so its query is 0) drew a blank first panel with no colour bar, which read as a failed plot; the panel now says
+  "Phi = 0 exactly: y is 0 at these dims and this input".
 
 Checked clean (not kept: minutes of CPU): every command on every spec text; the 16 that dsfc rejects (a cycle of
 lets, a gate of the state, y fed back, an inexact dim split, a zero divisor at the default dims) exit 2 with
@@ -123,3 +126,32 @@ def test_the_catalog_spec_itself_keeps_its_note_in_a_mixed_catalog(tmp_path, cap
     assert "### What the DSF says" not in leaky
     intro = text.split("| spec", 1)[0]
     assert "same file and model name" in intro and "LSTM" not in intro, intro
+
+
+# a centred readout: C = c^T with c = u - mean(u), exactly 0 when d = 1 (as ReBased's LayerNorm'd query at K = 1)
+CENTRED = """
+model Centred "a leaky integrator read through the centred input: y = (u - mean(u)) * h, zero when d = 1"
+dim d = 2
+input u[d]
+state h[d]
+let c[i: d] = u[i] - sum(m, u[m]) / d
+A[i, j] = delta(i, j) * 0.5
+B[i, m] = delta(i, m)
+C[o, i] = delta(o, i) * c[i]
+"""
+
+
+def test_a_kernel_form_that_is_exactly_zero_is_said_so_on_the_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dsfc.pipeline import compile_text
+    from dsfc.plot import compute, draw
+
+    result = compile_text(CENTRED, str(tmp_path / "centred.dsf"))
+    data = compute(result, T=4, dims={"d": 1})
+    assert not data.phi.any()  # y = 0 * h: the maths, not the plot, makes it zero
+    texts = [t.get_text() for ax in draw(result, data).axes for t in ax.texts]
+    assert any(t.startswith("Phi = 0 exactly") for t in texts), texts  # was a blank panel and no colour bar
+    data = compute(result, T=4, dims={"d": 2})
+    assert data.phi.any()
+    texts = [t.get_text() for ax in draw(result, data).axes for t in ax.texts]
+    assert not any(t.startswith("Phi = 0") for t in texts), texts
