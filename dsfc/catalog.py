@@ -410,6 +410,17 @@ the parameters and lets shared by A and B, **eigenvalues** the bound the analysi
 """
 
 
+class _ManySpecErrors(SpecErrors):
+    """The SpecErrors of several specs, rendered one after another (``dsfc catalog`` exits 2 with all of them)."""
+
+    def __init__(self, each: list[SpecErrors]):
+        super().__init__([e for x in each for e in x.errors], each[0].path, each[0].source)
+        self.each = each
+
+    def render(self) -> str:
+        return "\n".join(x.render() for x in self.each)
+
+
 def _other_intro(n_notes: int) -> str:
     """INTRO for specs other than the catalog's own (``dsfc catalog my_specs/*.dsf``): it said that every section was
     a spec of ``specs/`` with a hand-written note, that the last section was the LSTM and that a test of dsfc fails
@@ -443,7 +454,14 @@ def render_catalog(spec_paths, rejected_paths=None) -> str:
     if rejected_paths is None:
         dirs = sorted({p.parent for p in paths})
         rejected_paths = [q for d in dirs for q in sorted((d / "not_dsf").glob("*.dsf"), key=_sort_key)]
-    results = [_analyse(p) for p in paths]
+    results, failed = [], []
+    for p in paths:  # every bad spec's errors, as compile / analyze / check report them (it stopped at the first)
+        try:
+            results.append(_analyse(p))
+        except SpecErrors as exc:
+            failed.append(exc)
+    if failed:
+        raise _ManySpecErrors(failed)
     notes = [bool(_note(r.stem, r.sym.model)) for r in results]
     notes += [bool(_note(Path(q).stem, _rejected_model(Path(q).read_text(encoding="utf-8")))) for q in rejected_paths]
     lstm = any(Path(q).stem == "lstm" for q in rejected_paths)

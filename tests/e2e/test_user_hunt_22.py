@@ -13,6 +13,9 @@ Found and fixed:
   model name of the spec it was written for. The introduction of such a catalog no longer says that every section
   is a spec of ``specs/`` with a hand-written note, that the last section is the LSTM, or that a test of dsfc fails
   when the file is stale (all true only of docs/catalog.md).
+- ``dsfc catalog`` stopped at the first spec with errors (in name order): a user fixed it, reran and met the next.
+  It now reports every bad spec's errors, as ``compile``, ``analyze`` and ``check`` do, and says that nothing was
+  written.
 - ``dsfc plot`` of a layer whose kernel form is exactly 0 (ReBased with every dim 1: the LayerNorm of a 1-vector is 0,
   so its query is 0) drew a blank first panel with no colour bar, which read as a failed plot; the panel now says
   "Phi = 0 exactly: y is 0 at these dims and this input".
@@ -155,3 +158,18 @@ def test_a_kernel_form_that_is_exactly_zero_is_said_so_on_the_plot(tmp_path):
     assert data.phi.any()
     texts = [t.get_text() for ax in draw(result, data).axes for t in ax.texts]
     assert not any(t.startswith("Phi = 0") for t in texts), texts
+
+
+def test_catalog_reports_every_bad_spec_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "leaky.dsf").write_text(LEAKY)
+    (tmp_path / "cycle.dsf").write_text(LEAKY.replace("sigmoid(a[i])", "z[i]") + "let z[i: d] = prev(w[i])\n"
+                                        "let w[i: d] = z[i] * u[i]\n")
+    (tmp_path / "typo.dsf").write_text(LEAKY.replace("sigmoid(a[i])", "sigmoid(aa[i])"))
+    out = tmp_path / "catalog.md"
+    specs = [str(tmp_path / n) for n in ("leaky.dsf", "cycle.dsf", "typo.dsf")]
+    assert main(["catalog", *specs, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    # it stopped at the first bad spec (in name order): the user fixed it, reran and met the next
+    assert "cycle.dsf:" in err and "typo.dsf:" in err, err
+    assert "nothing written (2 of 3 spec(s) have errors)" in err, err
+    assert not out.exists()
