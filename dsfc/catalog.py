@@ -10,6 +10,7 @@ tests/e2e/test_catalog_doc.py fails when the committed docs/catalog.md differs f
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,25 @@ NOTES: dict[str, str] = {
 }
 
 
+# The model each note was written for: a note is shown only for a spec of that file name AND that model name, so a
+# user's own layer saved as s6.dsf (an HMM, say) does not get S6's hand-written note.
+NOTE_MODELS: dict[str, str] = {
+    "s6": "S6", "ssd": "SSD", "linear_attention": "LinearAttention",
+    "linear_attention_normalized": "LinearAttentionNormalized", "fox": "FoX", "softmax_attention": "SoftmaxAttention",
+    "taylor_attention": "TaylorAttention", "normalized_attention": "NormalizedAttention",
+    "normalized_attention_sigmoid": "NormalizedAttentionSigmoid",
+    "normalized_attention_exprelu": "NormalizedAttentionExpRelu", "deltanet": "DeltaNet",
+    "gated_deltanet": "GatedDeltaNet", "retnet": "RetNet", "gla": "GLA", "hgrn": "HGRN", "mlstm": "MLSTM",
+    "rwkv6": "RWKV6", "qlstm": "QLSTM", "qlstm_s6": "QLSTMS6", "rg_lru": "RGLRU", "lru": "LRU", "s4d": "S4D",
+    "mamba_block": "MambaBlock", "lstm": "LSTM",
+}
+
+
+def _note(stem: str, model: str) -> str | None:
+    """The hand-written note "What the DSF says" of the catalog spec with this file stem and model name, or None."""
+    return NOTES.get(stem) if NOTE_MODELS.get(stem) == model else None
+
+
 @dataclass(frozen=True)
 class _Analysed:
     """What the catalog needs of one spec (the fields ``cli.catalog_table`` reads, plus the SymPy structure)."""
@@ -323,8 +343,9 @@ def _model_section(r: _Analysed) -> str:
         "### DSF form found by the analysis",
         _dsf_form(r),
     ]
-    if stem in NOTES:
-        parts += ["### What the DSF says", NOTES[stem]]
+    note = _note(stem, r.sym.model)
+    if note:
+        parts += ["### What the DSF says", note]
     return "\n\n".join(parts)
 
 
@@ -352,9 +373,16 @@ def _rejected_section(path) -> str:
         "### What dsfc says (`dsfc compile` exits with code 2, nothing is written)",
         f"```text\n{error}\n```",
     ]
-    if stem in NOTES:
-        parts += ["### What the DSF says", NOTES[stem]]
+    note = _note(stem, _rejected_model(body))
+    if note:
+        parts += ["### What the DSF says", note]
     return "\n\n".join(parts)
+
+
+def _rejected_model(body: str) -> str | None:
+    """The model name of a rejected spec's ``model`` line (it does not compile, so it is read from the text)."""
+    match = re.search(r"^model\s+(\w+)", body, re.M)
+    return match.group(1) if match else None
 
 
 INTRO = """\
@@ -382,6 +410,34 @@ the parameters and lets shared by A and B, **eigenvalues** the bound the analysi
 """
 
 
+class _ManySpecErrors(SpecErrors):
+    """The SpecErrors of several specs, rendered one after another (``dsfc catalog`` exits 2 with all of them)."""
+
+    def __init__(self, each: list[SpecErrors]):
+        super().__init__([e for x in each for e in x.errors], each[0].path, each[0].source)
+        self.each = each
+
+    def render(self) -> str:
+        return "\n".join(x.render() for x in self.each)
+
+
+def _other_intro(n_notes: int) -> str:
+    """INTRO for specs other than the catalog's own (``dsfc catalog my_specs/*.dsf``): it said that every section was
+    a spec of ``specs/`` with a hand-written note, that the last section was the LSTM and that a test of dsfc fails
+    when the file is stale, none of which holds there."""
+    head, rest = INTRO.split("Each section shows", 1)
+    head = head.replace(" tests/e2e/test_catalog_doc.py fails when this file is stale. -->", " -->")
+    columns = rest[rest.index("Columns of the table"):]
+    computed = ("All of it is computed, except the closing note \"What the DSF says\" of the sections that are models "
+                "of the catalog (`specs/`, same file and model name): that is written by hand (in `dsfc/catalog.py`)."
+                if n_notes else "All of it is computed.")
+    paragraph = textwrap.fill(
+        "Each section shows a spec: its header comment, the spec itself, the structure report of `dsfc analyze`, and "
+        "the DSF form the analysis derived from the spec (A's diagonal decay or block entry, `B u`, the readout `C h` "
+        f"and `D u`, as SymPy expressions over the state row indices). {computed}", width=116, break_on_hyphens=False)
+    return f"{head}{paragraph}\n\n{columns}"
+
+
 def _sort_key(path) -> str:
     return Path(path).stem.lower()
 
@@ -398,8 +454,18 @@ def render_catalog(spec_paths, rejected_paths=None) -> str:
     if rejected_paths is None:
         dirs = sorted({p.parent for p in paths})
         rejected_paths = [q for d in dirs for q in sorted((d / "not_dsf").glob("*.dsf"), key=_sort_key)]
-    results = [_analyse(p) for p in paths]
-    parts = [INTRO.rstrip("\n")]
+    results, failed = [], []
+    for p in paths:  # every bad spec's errors, as compile / analyze / check report them (it stopped at the first)
+        try:
+            results.append(_analyse(p))
+        except SpecErrors as exc:
+            failed.append(exc)
+    if failed:
+        raise _ManySpecErrors(failed)
+    notes = [bool(_note(r.stem, r.sym.model)) for r in results]
+    notes += [bool(_note(Path(q).stem, _rejected_model(Path(q).read_text(encoding="utf-8")))) for q in rejected_paths]
+    lstm = any(Path(q).stem == "lstm" for q in rejected_paths)
+    parts = [(INTRO if results and all(notes) and lstm else _other_intro(sum(notes))).rstrip("\n")]
     if results:
         parts.append(catalog_table(results))
     toc = [f"- [{r.sym.model}](#{r.stem}): {_md_escape(r.sym.description)}" for r in results]

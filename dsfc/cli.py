@@ -390,7 +390,13 @@ def cmd_catalog(args) -> int:
     if clash:
         print(f"dsfc catalog: error: {clash}; nothing written", file=sys.stderr)
         return EXIT_SPEC_ERROR
-    text = render_catalog(specs)  # SpecErrors -> exit 2 in main(), before anything is written
+    try:
+        text = render_catalog(specs)  # every bad spec's errors before anything is written
+    except SpecErrors as exc:
+        print(exc.render(), file=sys.stderr)
+        bad = len(getattr(exc, "each", [exc]))
+        print(f"dsfc catalog: nothing written ({bad} of {len(specs)} spec(s) have errors)", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     write_atomic(Path(args.output), text)
     print(f"wrote {args.output} ({len(specs)} spec(s))")
     return 0

@@ -199,8 +199,10 @@ def draw(result: CompileResult, data: PlotData, dpi: int = 80):
         im = ax_phi.imshow(masked, norm=LogNorm(vmin=lo, vmax=hi), cmap="viridis", aspect="auto",
                            interpolation="nearest")
         fig.colorbar(im, ax=ax_phi, shrink=0.85, label="|Phi| (log scale)")
-    else:
+    else:  # a blank panel with no colour bar read as a failed plot (ReBased at K = 1: its LayerNorm'd q is 0)
         ax_phi.imshow(np.zeros_like(mag), cmap="Greys", aspect="auto")
+        ax_phi.text(0.5, 0.5, "Phi = 0 exactly: y is 0 at these dims\nand this input",
+                    transform=ax_phi.transAxes, ha="center", va="center", fontsize=9)
     p, d, T = data.d_out, data.d_in, data.T
     step = max(1, T // 16)  # at most ~16 outlined blocks per axis
     for t in range(step, T, step):

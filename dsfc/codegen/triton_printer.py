@@ -272,7 +272,9 @@ class TritonPrinter(Printer):
 
     def _print_KroneckerDelta(self, e):
         a, b = (self.index(x) for x in e.args[:2])
-        return f"tl.where({a} == {b}, 1.0, 0.0)"
+        # in the compute dtype: tl.where of two float literals is an fp32 tile, and a function of it was evaluated in
+        # fp32 (0.5 exp(delta(i, 2)) was 0.5 e to 4e-7 in an fp64 kernel, which `dsfc check` failed at 1e-8)
+        return f"tl.where({a} == {b}, 1.0, 0.0).to({self.dtype})"
 
     def _print_Max(self, e):
         return self._minmax(e, "tl.maximum")

@@ -33,7 +33,7 @@ def printer():
     ((j + 1) * x, "x_a * (1 + i_j.to(DTYPE))"),
     (Sigmoid(x), "tl.sigmoid(x_a)"),
     (sp.Max(x, 0), "tl.maximum(0, x_a)"),
-    (sp.KroneckerDelta(c, j), "tl.where(i_c == i_j, 1.0, 0.0)"),
+    (sp.KroneckerDelta(c, j), "tl.where(i_c == i_j, 1.0, 0.0).to(DTYPE)"),  # fp32 literals: in the dtype
 ])
 def test_values(expr, code):
     assert printer().doprint(expr) == code
