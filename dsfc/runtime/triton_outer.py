@@ -943,10 +943,25 @@ def _torch_outer(q, k, v, g, s0, decay: int, cdt: torch.dtype, dy=None, dsT=None
     return vjp((dy.to(cdt), dsT.to(cdt)))
 
 
+_GROUP_INDEX: dict = {}  # (heads, heads per group, device) -> the group of each head, h // r
+
+
+def _group_index(heads: int, r: int, device: torch.device) -> torch.Tensor:
+    """``arange(heads) // r``, built once per shape and device outside torch.compile (a decoding step built it per
+    token: an arange and a division on every step)."""
+    if torch.compiler.is_compiling():
+        return torch.div(torch.arange(heads, device=device), r, rounding_mode="floor")
+    key = (heads, r, device)
+    if key not in _GROUP_INDEX:
+        _GROUP_INDEX[key] = torch.div(torch.arange(heads, device=device), r, rounding_mode="floor")
+    return _GROUP_INDEX[key]
+
+
 def _streams(q, k, v, rq: int, rk: int, v_scale=None):
     """q, k and v as the scan reads them, in torch: the groups' rows repeated for their heads, v times its scale (the
     paths that do not fuse them: the per-key decay's score kernels, the decode step, the pre readout's y_0)."""
-    q, k = (x if r == 1 else x.repeat_interleave(r, dim=2) for x, r in ((q, rq), (k, rk)))
+    H = v.shape[2]
+    q, k = (x if r == 1 else x.index_select(2, _group_index(H, r, x.device)) for x, r in ((q, rq), (k, rk)))
     return q, k, (v if v_scale is None else v_scale[..., None] * v)
 
 
@@ -1337,7 +1352,7 @@ def chunked_outer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         q, k, v = _streams(q, k, v, rq, rk, v_scale)
         y, sT = _single_step(q, k, v, log_decay, s0, decay, cdt)  # s0 strided as given (no copy)
         if skip is not None:
-            y = y + skip_weight.to(cdt)[:, None] * skip.to(cdt)
+            y = y + skip_weight.to(cdt).unsqueeze(-1) * skip.to(cdt)
         return (y.to(out_dtype), sT.to(out_dtype)) if output_final_state else y.to(out_dtype)
     s0 = s0.contiguous()
     fused = dict(vs=v_scale, skip=skip, skw=skip_weight) if extras else {}

@@ -32,11 +32,14 @@ from step_overhead import count_ops, kernel_ops  # noqa: E402
 # before: 32 / 8, D u was a mul and an add). SSD: 84 / 21 before (a clone of the transposed state in, a copy out,
 # the head -> group index built twice per step: arange and floor_divide each); GLA 97 / 15 (the final state's copy,
 # the let alpha that the Triton path never reads: logsigmoid, mul, exp); DeltaNet 113 / 40 (the copy, and 4 ops less
-# in each of its two L2 normalisations: the scale's clamp, the division by it).
+# in each of its two L2 normalisations: the scale's clamp, the division by it). SSD 77 -> 87 with the fused streams
+# (2026-11-29): the module hands the v factor, D and the skip term to the launcher as views (3 expands) and the
+# launcher's dtype promotion reads them (promote_types); views and dtype queries only, the non-view ops stay 15 (the
+# decode step repeats the groups' rows with a cached index, as the module's cached_index did: no arange, no clone).
 BOUNDS = {
     "s6": ({"d": 8, "n": 4, "r": 2}, 30, 6, 1),
     "rg_lru": ({"W": 8, "nh": 2}, 47, 4, 1),
-    "ssd": ({"H": 4, "P": 2, "n": 4, "G": 2}, 77, 15, 1),
+    "ssd": ({"H": 4, "P": 2, "n": 4, "G": 2}, 87, 15, 1),
     "gla": ({"d": 8, "H": 2, "K": 4, "V": 4, "R": 2}, 93, 11, 1),
     "deltanet": ({"d": 8, "H": 2, "K": 4, "V": 4}, 104, 31, 1),
 }
