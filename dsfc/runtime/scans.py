@@ -152,7 +152,7 @@ def _summary_steps(a_steps: Sequence[Tensor], b_steps: Sequence[Tensor]) -> Tupl
     """
     p, h = a_steps[0], b_steps[0]
     for a_t, b_t in zip(a_steps[1:], b_steps[1:]):
-        h = _fma(b_t, a_t, h)  # h = a_t * h + b_t in one op
+        h = _fma(b_t, a_t, h)  # h = a_t * h + b_t (one op for real tensors)
         p = p * a_t
     return p, h
 
