@@ -20,13 +20,19 @@ def cached_index(module, key, device, build) -> torch.Tensor:
     after ``to_empty`` (meta construction), and ``.to(device)`` would have to move it; here another device simply
     builds its own. Built outside inference mode (an inference tensor saved by a later training call's
     ``index_select`` backward is an error); under ``torch.compile`` built in the graph (no side effect)."""
-    if torch.compiler.is_compiling():
-        return build()
     cache = module.__dict__.get("_dsfc_index_cache")
     if cache is None:
         cache = module.__dict__["_dsfc_index_cache"] = {}
-    entry = cache.get((key, device))
+    return cached_tensor(cache, (key, device), build)
+
+
+def cached_tensor(cache: dict, key, build) -> torch.Tensor:
+    """``cache[key]``, made by ``build()`` on first use: outside inference mode (an inference tensor saved by a
+    later training call's backward is an error), and not cached under ``torch.compile`` (built in the graph)."""
+    if torch.compiler.is_compiling():
+        return build()
+    entry = cache.get(key)
     if entry is None:
         with torch.inference_mode(False):
-            entry = cache[(key, device)] = build()
+            entry = cache[key] = build()
     return entry

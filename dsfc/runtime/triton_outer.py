@@ -83,6 +83,7 @@ from triton.runtime.errors import OutOfResources
 
 from dsfc.runtime import autochoice
 from dsfc.runtime.dispatch import eager_inference, next_pow2, refuse_double_backward, require_triton_device
+from dsfc.runtime.indexing import cached_tensor
 from dsfc.runtime.scans import (check_int_option, check_outer_inputs, check_tensors, chunked_outer_scan,
                                  read_before_update)
 
@@ -947,14 +948,10 @@ _GROUP_INDEX: dict = {}  # (heads, heads per group, device) -> the group of each
 
 
 def _group_index(heads: int, r: int, device: torch.device) -> torch.Tensor:
-    """``arange(heads) // r``, built once per shape and device outside torch.compile (a decoding step built it per
+    """``arange(heads) // r``, built once per shape and device (``cached_tensor``; a decoding step built it per
     token: an arange and a division on every step)."""
-    if torch.compiler.is_compiling():
-        return torch.div(torch.arange(heads, device=device), r, rounding_mode="floor")
-    key = (heads, r, device)
-    if key not in _GROUP_INDEX:
-        _GROUP_INDEX[key] = torch.div(torch.arange(heads, device=device), r, rounding_mode="floor")
-    return _GROUP_INDEX[key]
+    return cached_tensor(_GROUP_INDEX, (heads, r, device),
+                         lambda: torch.div(torch.arange(heads, device=device), r, rounding_mode="floor"))
 
 
 def _streams(q, k, v, rq: int, rk: int, v_scale=None):

@@ -296,3 +296,27 @@ def test_generated_catalog_fusions(name, fused):
         assert "chunked_outer_triton(_q, _k, _v, _log_decay, _s0, output_final_state=True" in src
     else:
         assert f"_fused = dict({fused})" in src and "output_final_state=True, **_fused)" in src
+
+
+def test_group_index_built_under_inference_mode_serves_a_training_call():
+    """The head -> group index of the unfused paths is cached per process: made first by a decoding step under
+    torch.inference_mode, it was an inference tensor, and a later training call whose per-key decay repeats the
+    groups' rows in torch (index_select saves its index for backward) failed with "Inference tensors cannot be
+    saved for backward"."""
+    torch.manual_seed(3)
+    B, H, G, K, V = 1, 6, 3, 4, 4  # a (heads, group) pair no other test uses: the cache starts empty for it
+    q = torch.randn(B, 1, G, K, device=DEVICE)
+    k = torch.randn(B, 1, G, K, device=DEVICE)
+    v = torch.randn(B, 1, H, V, device=DEVICE)
+    with torch.inference_mode():
+        chunked_outer_triton(q, k, v, -torch.rand(B, 1, H, device=DEVICE), heads_per_group=H // G)
+    T = 5
+    q = torch.randn(B, T, G, K, device=DEVICE, requires_grad=True)
+    k = torch.randn(B, T, G, K, device=DEVICE, requires_grad=True)
+    v = torch.randn(B, T, H, V, device=DEVICE, requires_grad=True)
+    g = -torch.rand(B, T, H, K, device=DEVICE)  # per key: q, k repeated per head in torch
+    y = chunked_outer_triton(q, k, v, g, heads_per_group=H // G)
+    y.square().sum().backward()
+    want = chunked_outer_triton(q.repeat_interleave(H // G, 2), k.repeat_interleave(H // G, 2), v, g)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert q.grad is not None and bool(torch.isfinite(q.grad).all())
