@@ -29,7 +29,7 @@ from .ir.cancelled import cancelled_reads
 from .ir.canonical import canonical_matrices
 from .ir.gathered_reads import gather_output_reads
 from .ir.out_projection import out_projection_splits
-from .ir.unflatten import unflatten_output
+from .ir.unflatten import unflatten_output, unflatten_state
 from .lang.ast import Spec
 from .lang.check import CheckedSpec, check_spec, too_deep_error
 from .lang.errors import SpecErrors
@@ -103,7 +103,8 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     sym = lower_to_sympy(checked)  # CheckedSpec -> SymSpec
     for w in cancelled_reads(sym):  # a param read only in terms SymPy folded to 0 (the checker saw it read)
         warnings.warn(w, stacklevel=3)
-    core = unflatten_output(sym)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
+    core = unflatten_state(sym)  # SymSpec -> SymSpec: S[i: H * K * V] read through i // (K * V), .. as S[H, K, V]
+    core = unflatten_output(core)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
     core = gather_output_reads(core)  # SymSpec -> SymSpec: delta(b, (e + 1) % V) read as a post y[e] = y_core[f(e)]
     core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
     try:

@@ -86,6 +86,7 @@ class StructureReport:
     family_reason: str
     kv_cache: str | None = None  # quadratic family: what the state holds per token instead of N
     feature_note: str | None = None  # how a finite feature range in N grows: taylor(K, p) = sum_(r<=p) K^r
+    state_view: str | None = None  # the state as declared, where a flat axis was split (ir/unflatten.py)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -120,6 +121,8 @@ class StructureReport:
              if self.state_size_default is not None else
              f"[{', '.join(self.state_shape)}]  N = {self.state_size} (infinite: grows with T as a KV cache)"),
             *([("  feature range", self.feature_note)] if self.feature_note else []),
+            *([("  declared", f"{self.state_view} (the module's initial and final states; a row-major reshape)")]
+              if self.state_view else []),
             ("state bytes/seq", f"{self.state_bytes_default} (fp32, default dims)" if self.state_bytes_default
              is not None else f"grows with T: a KV cache of {self.kv_cache} (fp32, default dims)"),
             ("FLOPs/token", f"{self.flops_per_token:.3g} (default dims"
@@ -131,6 +134,10 @@ class StructureReport:
     def table(self) -> str:
         width = max(len(k) for k, _ in self.rows())
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.rows())
+
+
+def _axes_text(axes) -> tuple[str, ...]:
+    return tuple(f"{x.name or '_'}: {sp.sstr(x.extent)}" for x in axes)
 
 
 def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> StructureReport:
@@ -238,7 +245,8 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         eigen_interval=eb.interval,
         eigen_reason=eb.reason,
         time_invariant=invariant,
-        state_shape=tuple(f"{x.name or '_'}: {sp.sstr(x.extent)}" for x in sym.state.axes),
+        state_shape=_axes_text(sym.state.axes),
+        state_view=None if sym.state_view is None else f"[{', '.join(_axes_text(sym.state_view.axes))}]",
         state_size=sp.sstr(n_sym),
         state_size_default=n_val,
         state_bytes_default=None if n_val is None else 4 * n_val,

@@ -201,6 +201,9 @@ class ModulePlan:
     rank_substeps: bool = False  # a rank-R input or R queries per step, run as sub-steps: import their helpers
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
+    # the state's shape at the module's API where a flat state axis was split (ir/unflatten.py, SymSpec.state_view):
+    # initial_state and the final state are [batch, *state_view], the core's h0 [batch, *state_shape] (a reshape)
+    state_view: list[str] = field(default_factory=list)
 
 
 def _written(sym: SymSpec) -> tuple:
@@ -474,6 +477,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         input_size=" * ".join(in_shape),
         state_shape=st_shape,
         state_size=" * ".join(st_shape),
+        state_view=[pr.size(a.extent) for a in sym.state_view.axes] if sym.state_view is not None else [],
         output_shape=out_shape,
         output_size=" * ".join(out_shape),
         family=st.family.value,

@@ -246,6 +246,9 @@ class SymSpec:
     # spec's matrices, its reference backend skips those posts, and ``post=False`` still applies them
     written: tuple[SymTensor, SymMatrix, SymMatrix | None] | None = None
     added_posts: int = 0
+    # the state as the spec declared it, where ir/unflatten.py split a flat state axis into virtual ones: the module's
+    # initial and final states keep this shape (a row-major reshape of the core's)
+    state_view: SymTensor | None = None
 
     @property
     def layer_output(self) -> SymTensor:

@@ -217,3 +217,162 @@ def unflatten_output(sym: SymSpec) -> SymSpec:
 
         posts = tuple(replace(p, expr=reindex(p.expr)) for p in posts)
     return replace(sym, output=out_t, matrices=matrices, posts=posts)
+
+
+# --- flat state axes ------------------------------------------------------------------------------------------------
+
+
+def _digit_read(node: sp.Expr, x: sp.Symbol, total: sp.Expr):
+    """The boundaries (N, ..., lo) of a read of the flat index x through nested ``// s`` and ``% e`` (``x // s``,
+    ``x % e``, ``(x // s) % e``, ...): each level narrows the run of digits read, ``// s`` raising its low boundary
+    to lo * s, ``% e`` its high one to lo * e. None when node is not such a read of x alone (an offset ``(x + 1) // V``,
+    a scaled ``2 x // V``)."""
+    if node == x:
+        return total, sp.Integer(1), [total, sp.Integer(1)]
+    if not isinstance(node, (sp.floor, sp.Mod)):
+        return None
+    if isinstance(node, sp.floor):
+        inner, step = sp.fraction(sp.together(node.args[0]))
+    else:
+        inner, step = node.args
+    if step == 1 or not (step.free_symbols or step.is_Integer):
+        return None
+    below = _digit_read(inner, x, total)
+    if below is None:
+        return None
+    hi, lo, seen = below
+    hi, lo = (hi, lo * step) if isinstance(node, sp.floor) else (lo * step, lo)
+    return hi, lo, seen + [hi, lo]
+
+
+def _digit_reads(entry: sp.Expr, x: sp.Symbol, total: sp.Expr):
+    """The outermost digit reads of x in entry, {node: the boundaries they read at}."""
+    found = {}
+
+    def walk(e):
+        b = _digit_read(e, x, total) if e != x else None
+        if b is not None:
+            found[e] = b[2]
+            return
+        for a in e.args:
+            walk(a)
+
+    walk(sp.S(entry))
+    return found
+
+
+def _radix_chain(sym: SymSpec, bounds: list, total: sp.Expr):
+    """The boundaries as one row-major radix of ``total``: [(stride, extent)] from the most significant digit, each
+    extent the ratio of two consecutive boundaries (a polynomial over the free dims, or a declared floor dim), at
+    least two digits; None when they do not nest (a stride 2 of an extent H K V, V and K of an extent K V)."""
+    uniq: list = []
+    for b in [total, sp.Integer(1)] + bounds:
+        if not (b == 1 or block_stride(sym, b) or same(free_dims(sym, b), free_dims(sym, total))):
+            return None
+        if not any(same(free_dims(sym, b), free_dims(sym, u)) for u in uniq):
+            uniq.append(b)
+    divides = {k: sum(1 for j, c in enumerate(uniq) if j != k and outer_extent(sym, b, c) is not None)
+               for k, b in enumerate(uniq)}
+    chain = [uniq[k] for k in sorted(divides, key=lambda k: -divides[k])]
+    if len(chain) < 3 or not same(free_dims(sym, chain[0]), free_dims(sym, total)) or chain[-1] != 1:
+        return None
+    split = []
+    for hi, lo in zip(chain, chain[1:]):
+        e = outer_extent(sym, hi, lo)
+        if e is None or e == 1:
+            return None
+        split.append((lo, e))
+    return split
+
+
+def _state_index_uses(sym: SymSpec) -> list[tuple[str, str]]:
+    """(matrix, "rows" / "cols") of every index tuple of the matrices that runs over the state."""
+    where = {"A": ("rows", "cols"), "B": ("rows",), "C": ("cols",)}
+    return [(name, side) for name, sides in where.items() if name in sym.matrices for side in sides]
+
+
+def _state_split(sym: SymSpec, k: int):
+    """The mixed-radix digits that state axis k is read through, in every matrix, or None.
+
+    Every use of the axis's index (A's rows and columns, B's rows, C's columns) must be a digit read (``_digit_read``)
+    or A's ``delta(i, i2)`` between its two copies; the union of the boundaries read must nest into one row-major
+    radix of the axis's extent."""
+    total = sym.state.axes[k].extent
+    bounds = []
+    for name, side in _state_index_uses(sym):
+        m = sym.matrices[name]
+        x = getattr(m, side)[k]
+        reads = _digit_reads(m.entry, x, total)
+        hidden = m.entry.xreplace({node: sp.Integer(0) for node in reads})
+        if name == "A":
+            pair = sp.KroneckerDelta(m.rows[k], m.cols[k])
+            hidden = hidden.xreplace({pair: sp.Integer(1)})
+        if x in hidden.free_symbols:
+            return None  # x read on its own (a gather w[i], an offset (i + 1) // V, a scale 2 i // V)
+        bounds += [b for bs in reads.values() for b in bs]
+    if not bounds:
+        return None
+    return _radix_chain(sym, bounds, total)
+
+
+def unflatten_state(sym: SymSpec) -> SymSpec:
+    """Split every flat state axis read only through mixed-radix digits; ``sym`` itself when none.
+
+    ``state S[i: H * K * V]`` read in A, B and C through ``i // (K * V)``, ``(i // V) % K`` and ``i % V`` is the
+    state ``[H, K, V]`` flattened row-major: i = h K V + a V + b with each digit in its range is the unique
+    decomposition, so substituting it and simplifying exactly (``_Simplifier``) turns every read into the digit it
+    selects, and A's ``delta(i, i2)`` into ``delta(h, h2) delta(a, a2) delta(b, b2)``. The structure analysis then
+    sees heads, keys and values (GLA's chunked outer-product family instead of the elementwise diagonal scan over T x
+    H K V entries). The state tensor takes the virtual axes; ``state_view`` keeps the declared one, so the module's
+    initial and final states stay ``[batch, H * K * V]`` (a row-major reshape, a view). Refused, the axis left as
+    written, when any use does not decompose: the index read on its own, at an offset, with a stride that does not
+    divide its extent, boundaries that do not nest, or a read left with a floor or mod after the substitution."""
+    splits = {}
+    for k in range(len(sym.state.axes)):
+        split = _state_split(sym, k)
+        if split is not None:
+            splits[k] = split
+    if not splits:
+        return sym
+    vals = sym.dim_values()
+    axes: list[SymAxis] = []
+    for k, ax in enumerate(sym.state.axes):
+        if k not in splits:
+            axes.append(ax)
+            continue
+        stem = ax.name or f"_i{k}"
+        axes += [SymAxis(f"{stem}_{j}", n, int(sym.subs_dims(n, vals))) for j, (_, n) in enumerate(splits[k])]
+    extents = tuple(a.extent for a in axes)
+    matrices = dict(sym.matrices)
+    for name, sides in (("A", ("rows", "cols")), ("B", ("rows",)), ("C", ("cols",))):
+        m = sym.matrices.get(name)
+        if m is None:
+            continue
+        taken = {str(s) for s in m.entry.free_symbols} | {str(s) for s in m.rows + m.cols}
+        ranges = {**dict(zip(m.rows, m.row_extents)), **dict(zip(m.cols, m.col_extents))}
+        env, fields = {}, {}
+        for side in sides:
+            new = []
+            for k, x in enumerate(getattr(m, side)):
+                if k not in splits:
+                    new.append(x)
+                    continue
+                digits = []
+                for j, (_, n) in enumerate(splits[k]):
+                    name_j = f"{x}_{j}"
+                    while name_j in taken:
+                        name_j = "_" + name_j
+                    taken.add(name_j)
+                    digits.append(index_symbol(name_j))
+                    ranges[digits[-1]] = n
+                env[x] = sum((s * d for (s, _), d in zip(splits[k], digits)), sp.Integer(0))
+                new += digits
+            fields[side] = tuple(new)
+            fields["row_extents" if side == "rows" else "col_extents"] = extents
+        entry = _Simplifier(sym, ranges)(m.entry.subs(env, simultaneous=True))
+        digits = {d for e in env.values() for d in e.free_symbols} - set(sym.dims.values())
+        if any(isinstance(n, (sp.floor, sp.Mod)) and n.free_symbols & digits for n in sp.preorder_traversal(entry)):
+            return sym  # a read the digits did not simplify: not proven exact, keep the spec as written
+        matrices[name] = replace(m, entry=entry, **fields)
+    return replace(sym, state=replace(sym.state, axes=tuple(axes)), matrices=matrices,
+                   state_view=sym.state_view or sym.state)
