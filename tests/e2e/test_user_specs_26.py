@@ -30,9 +30,10 @@ analysis/index_algebra.py; refused otherwise: a low index over another dim, a st
 Found and fixed: ``exp2`` and ``log2`` (RetNet's gamma as ``1 - exp2(log2(1 / 32) - h)``, as Triton kernels and fla
 write base-2 decays) were "unknown function"; they are now functions, ``2 ^ x`` and ``log(x) / log(2)``.
 
-Not done (a strict xfail): GLA with its state declared as one flat axis (``state S[i: H * K * V]``, A, B and C
-reading i through ``//`` and ``%``) runs the elementwise diagonal scan, right numbers; only output axes are
-unflattened (ir/unflatten.py), and a state split needs the module to reshape h0 and the final state.
+Found and fixed (a later session, ``tests/e2e/test_flat_state.py``): GLA with its state declared as one flat axis
+(``state S[i: H * K * V]``, A, B and C reading i through ``//`` and ``%``) ran the elementwise diagonal scan, right
+numbers; the flat state axis is now split into virtual axes (``unflatten_state`` in ir/unflatten.py) and it runs the
+chunked outer-product scan, its initial and final states still ``[batch, H * K * V]``.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -516,16 +517,12 @@ def _gla_flat_state(P, u, h0=None):
 
 def test_flat_state_numbers():
     """GLA with its state declared as one flat axis S[i: H * K * V], A, B and C reading i through // and %:
-    right numbers (the elementwise diagonal scan)."""
+    right numbers (the chunked outer-product scan over the split state)."""
     built = build(compile_text(GLA_FLAT_STATE, "gla_flat_state.dsf"), {"d": 7, "H": 2, "K": 3, "V": 4, "R": 2})
-    assert built.result.structure.family == Family.DIAGONAL_SCAN
+    assert built.result.structure.family == Family.CHUNKED_OUTER
     check_forward_against_loop(built, _gla_flat_state)
 
 
-@pytest.mark.xfail(strict=True, reason="a flat state axis is not unflattened (ir/unflatten.py splits flat output "
-                   "axes only): A, B and C read i // (K * V), (i // V) % K, i % V, so no head / key / value pairs "
-                   "are seen and GLA runs the elementwise diagonal scan instead of the chunked outer-product one; "
-                   "splitting it needs the module to reshape h0 and the final state to the virtual axes")
 def test_flat_state_gets_the_chunked_family():
     assert compile_text(GLA_FLAT_STATE, "gla_flat_state.dsf").structure.family == Family.CHUNKED_OUTER
 
