@@ -17,6 +17,11 @@ rewrites the SymSpec onto the virtual axes before it runs:
 The rewrite only happens when the extents tile o exactly (checked symbolically over the free dims); otherwise the
 spec is left alone. The reference backend (``CompileResult.sym``) keeps the original spec. A flat *input* needs no
 split: ``delta(m, h*P + p)`` against B's or D's summed input index is contracted by substitution (``u[h*P + p]``).
+
+A flat *state* axis is split the same way (``unflatten_state``) where A, B and C read its index only through its
+digits (``i // (K * V)``, ``(i // V) % K``, ``i % V``, A's ``delta(i, i2)``): the analysis then sees GLA's heads, keys
+and values. The module keeps the declared state at its API (``SymSpec.state_view``): its initial and final states are
+reshaped to and from the virtual axes (row-major, a view).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sympy as sp
 
 from ..analysis.index_algebra import terms
 from .digits import block_stride, div_mod_reads, free_dims, outer_extent, radix_digits, same
+from .functions import TaylorRange
 from .lower import index_symbol
 from .symspec import SymAxis, SymMatrix, SymSpec
 
@@ -298,6 +304,8 @@ def _state_split(sym: SymSpec, k: int):
     or A's ``delta(i, i2)`` between its two copies; the union of the boundaries read must nest into one row-major
     radix of the axis's extent."""
     total = sym.state.axes[k].extent
+    if sp.S(total).has(TaylorRange):
+        return None  # a feature range (taylor(K, p)): its slots are not a product of dims
     bounds = []
     for name, side in _state_index_uses(sym):
         m = sym.matrices[name]

@@ -255,3 +255,12 @@ def test_report_names_the_declared_state():
     table = _compiled("gla").report.table()
     assert "[i_0: H, i_1: K, i_2: V]" in table and "declared       [i: H*K*V]" in table
     assert "declared" not in _compiled("s6_own").report.table()
+
+
+def test_boundaries_that_do_not_nest_stay_flat():
+    """C reading the key at ``i % K`` next to ``i // (K * V)`` and ``i % V``: K and V do not divide one another, so
+    no single row-major radix holds all the reads; the state stays flat (the elementwise diagonal scan)."""
+    text = GLA.replace("q[o, (i // V) % K]", "q[o, i % K]")
+    result = compile_text(text, "gla_no_nest.dsf")
+    assert result.core.state == result.sym.state and result.core.state_view is None
+    assert result.structure.family == Family.DIAGONAL_SCAN
