@@ -1,6 +1,7 @@
 """``compile_spec(path) -> CompileResult``: the whole pipeline, every intermediate kept for tests and debugging.
 
     text --parse_spec--> Spec --check_spec--> CheckedSpec --lower_to_sympy--> SymSpec
+         --unflatten_state--> SymSpec (flat state axes read through digits split; the module keeps the declared view)
          --unflatten_output--> SymSpec (flat output axes split; the reference keeps the original)
          --gather_output_reads--> SymSpec (an output read at a formula f(e) of its index: a post y[e] = y_core[f(e)])
          --canonical_matrices--> SymSpec (deltas under sums contracted: the same model read the same)
@@ -45,7 +46,7 @@ class CompileResult:
     report: StructureReport
     plan: ModulePlan
     source: str  # the generated PyTorch module
-    core: SymSpec | None = None  # what the analysis and codegen saw: sym with flat output axes split (ir/unflatten.py)
+    core: SymSpec | None = None  # what the analysis and codegen saw: flat state / output axes split (ir/unflatten.py)
 
     @property
     def module_name(self) -> str:
