@@ -104,7 +104,22 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     sym = lower_to_sympy(checked)  # CheckedSpec -> SymSpec
     for w in cancelled_reads(sym):  # a param read only in terms SymPy folded to 0 (the checker saw it read)
         warnings.warn(w, stacklevel=3)
-    core = unflatten_state(sym)  # SymSpec -> SymSpec: S[i: H * K * V] read through i // (K * V), .. as S[H, K, V]
+    split = unflatten_state(sym)  # SymSpec -> SymSpec: S[i: H * K * V] read through i // (K * V), .. as S[H, K, V]
+    try:
+        core, structure = _structure_of(split)
+    except SpecErrors:
+        if split is sym:
+            raise
+        core, structure = _structure_of(sym)  # the split state refused by the analysis: the state as declared
+    report = analyse_structure(core, structure)  # Structure -> StructureReport
+    if core.output.name != sym.output.name:  # the out-projection was hoisted: say so where the report reads C and D
+        report = replace(report, c_form=f"{report.c_form}, then an out-projection to {sym.output.name} (applied "
+                                        "after the scan)", d_present="D" in sym.matrices)
+    return checked, sym, core, structure, report
+
+
+def _structure_of(core: SymSpec) -> tuple[SymSpec, Structure]:
+    """The core the structure was found on, and the structure."""
     core = unflatten_output(core)  # SymSpec -> SymSpec: delta(o, h*V + b) read as delta(o_0, h) delta(o_1, b)
     core = gather_output_reads(core)  # SymSpec -> SymSpec: delta(b, (e + 1) % V) read as a post y[e] = y_core[f(e)]
     core = canonical_matrices(core)  # SymSpec -> SymSpec: sum(a3, delta(a3, a) * q[a3]) read as q[a]
@@ -117,11 +132,7 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     else:
         if structure.family in (Family.DIAGONAL_SCAN, Family.DENSE_SCAN):
             core, structure = _with_out_projection_hoisted(core, structure)
-    report = analyse_structure(core, structure)  # Structure -> StructureReport
-    if core.output.name != sym.output.name:  # the out-projection was hoisted: say so where the report reads C and D
-        report = replace(report, c_form=f"{report.c_form}, then an out-projection to {sym.output.name} (applied "
-                                        "after the scan)", d_present="D" in sym.matrices)
-    return checked, sym, core, structure, report
+    return core, structure
 
 
 def _with_out_projection_hoisted(core: SymSpec, structure: Structure | None

@@ -264,3 +264,22 @@ def test_boundaries_that_do_not_nest_stay_flat():
     result = compile_text(text, "gla_no_nest.dsf")
     assert result.core.state == result.sym.state and result.core.state_view is None
     assert result.structure.family == Family.DIAGONAL_SCAN
+
+
+def test_a_split_the_analysis_refuses_falls_back_to_the_declared_state(monkeypatch):
+    """Where the structure analysis refuses the split state (a form it has no algorithm for), the spec is analysed
+    with its state as declared, as before the split existed, instead of failing to compile."""
+    from dsfc import pipeline
+    from dsfc.lang.errors import SpecError, SpecErrors
+
+    analyse = pipeline.analyse_structure_of
+
+    def refuse_split(core):
+        if core.state_view is not None:
+            raise SpecErrors([SpecError("refused for the test")])
+        return analyse(core)
+
+    monkeypatch.setattr(pipeline, "analyse_structure_of", refuse_split)
+    result = compile_text(GLA, "gla_refused.dsf")
+    assert result.core.state_view is None and result.core.state == result.sym.state
+    assert result.structure.family == Family.DIAGONAL_SCAN
