@@ -447,6 +447,24 @@ def test_truncated_bptt(name):
     for g, h in zip(got, want):
         assert (g - h).abs().max() < 1e-12 * (1 + h.abs().max())
 
+    keys = sorted(s_long) if isinstance(s_long, dict) else None
+
+    def chunk(x, *leaves):  # a state in and out through torch.utils.checkpoint (recomputed in the backward)
+        s0 = None if not leaves else dict(zip(keys, leaves)) if keys else leaves[0]
+        y, s = layer(x, initial_state=s0, output_final_state=True)
+        return (y, *_leaves(s))
+
+    for reentrant in (False, True):  # the reentrant one refuses autograd.grad: .backward() into .grad
+        for x in inputs:
+            x.grad = None
+        leaves, ys = (), []
+        for a, b in cuts:
+            y, *leaves = checkpoint(chunk, u[:, a:b], *leaves, use_reentrant=reentrant)
+            ys.append(y)
+        loss_of(torch.cat(ys, 1), dict(zip(keys, leaves)) if keys else leaves[0]).backward()
+        for x, h in zip(inputs, want):
+            assert (x.grad - h).abs().max() < 1e-12 * (1 + h.abs().max())
+
 
 @pytest.mark.parametrize("name", ["s6", "rg_lru", "gla", "deltanet"])
 def test_learned_initial_state_gradient(name):
