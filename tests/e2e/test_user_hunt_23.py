@@ -21,16 +21,22 @@ Nothing found to fix. Pinned here:
   ``zero_grad(set_to_none=True)`` then a step where a layer received no gradient; a ``torch.compile``'d model trains
   as the eager one does (S6).
 - truncated BPTT: chunks carrying the detached final state reproduce the long forward; carried without detaching,
-  the gradients of u and the parameters are those of the long sequence (the final state's backward is exact); a
-  learned initial state (a parameter expanded over the batch) gets the gradient the independent loop gives.
+  the gradients of u and the parameters are those of the long sequence (the final state's backward is exact), also
+  with each chunk under ``torch.utils.checkpoint``; a learned initial state (a parameter expanded over the batch) gets
+  the gradient the independent loop gives.
+- a user's own spec compiled with ``compile_text`` + ``load_module`` (normalised linear attention with a learned decay
+  and a decayed running normaliser ``scan(gam, kf)``, carried in the state dict as ``z``) trains as its float64 loop
+  does, on Triton too, and in chunks with the normaliser carried; the gradient reaches both state entries.
 
 Checked clean, not kept (minutes of CPU): every family on ``backend="triton"`` (interpreted) for the trajectory,
 autocast, checkpoint with a state and chunked BPTT; 50 steps at lr 0.1 with weight decay and clipping (float64 torch
 and reference agree to 1e-10; fp32 drifts from float64 by ~0.1 in loss for mLSTM and S4D by step 30, chaos of the
 optimiser: at the trained parameters fp32 and float64 outputs and gradients differ by ~4e-7); a full-bf16 model;
-fp16 autocast with a GradScaler; ``torch.nn.utils.parametrize`` on a layer parameter; interleaved
-``torch.inference_mode`` evaluation; ``detect_anomaly``; ``torch.compile`` of GLA, mLSTM, softmax attention with
-varying T and of S6 / Mamba TBPTT with the state passed through the compiled model. Softmax attention's
+fp16 autocast with a GradScaler; ``torch.nn.utils.parametrize``, ``weight_norm`` and ``spectral_norm`` on a layer
+parameter; interleaved ``torch.inference_mode`` evaluation; ``detect_anomaly``; double backward (the torch path
+matches the reference; the Triton kernels refuse it by name); an ensemble through ``stack_module_state`` + ``vmap``;
+``torch.compile`` of GLA, mLSTM, softmax and normalised attention and S4D with varying T, of S6 with
+``fullgraph=True`` / ``dynamic=True``, and of S6 / Mamba TBPTT with the state passed through the compiled model. Softmax attention's
 ``eta_prev`` state entry gets no gradient (``None``): with the KV cache the output does not depend on it.
 """
 
@@ -47,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from dsf_testing import F64, INTERPRETER_WARNINGS, TRITON, generated_class
+from dsf_testing import F64, INTERPRETER_WARNINGS, TRITON, compile_and_build, generated_class
 
 pytestmark = INTERPRETER_WARNINGS
 
@@ -484,3 +490,95 @@ def test_learned_initial_state_gradient(name):
     (y_loop * w).sum().backward()
     assert h0.grad.abs().max() > 1e-3  # it reaches the initial state
     assert (h0.grad - h0_loop.grad).abs().max() < 1e-12
+
+
+# ---- a user's own running-let spec, compiled as a user would (compile_text + load_module) -------------------------
+
+DECAY_NORM = """
+model DecayNorm "normalised linear attention with a learned per-head decay and a decayed running normaliser"
+dim d = 4
+dim H = 2
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ uniform(-1 / sqrt(d), 1 / sqrt(d))
+param W_K[H, K, d] ~ uniform(-1 / sqrt(d), 1 / sqrt(d))
+param W_V[H, V, d] ~ uniform(-1 / sqrt(d), 1 / sqrt(d))
+param g[h: H] = 2
+let gam[h: H] = sigmoid(g[h])
+let qf[h: H, a: K] = elu(sum(m, W_Q[h, a, m] * u[m])) + 1
+let kf[h: H, a: K] = elu(sum(m, W_K[h, a, m] * u[m])) + 1
+let z[h: H, a: K] = scan(gam[h], kf[h, a])
+let eta[h: H] = sum(a, qf[h, a] * z[h, a])
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * gam[h]
+B[(h, a, b), m] = kf[h, a] * W_V[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * qf[h, a] / eta[h]
+"""
+
+
+def _decay_norm_loop(p, u, state=None):
+    """S_t = sigmoid(g) S + kf v^T, z_t = sigmoid(g) z + kf, y_t = qf^T S_t / (qf . z_t); kf, qf = elu(W x) + 1."""
+    B, T, _ = u.shape
+    H, K, V = p["W_Q"].shape[0], p["W_Q"].shape[1], p["W_V"].shape[1]
+    S, z = (u.new_zeros(B, H, K, V), u.new_zeros(B, H, K)) if state is None else (state["h"], state["z"])
+    gam = torch.sigmoid(p["g"])
+    ys = []
+    for t in range(T):
+        x = u[:, t]
+        qf = F.elu(torch.einsum("hkd,bd->bhk", p["W_Q"], x)) + 1
+        kf = F.elu(torch.einsum("hkd,bd->bhk", p["W_K"], x)) + 1
+        v = torch.einsum("hvd,bd->bhv", p["W_V"], x)
+        S = gam[:, None, None] * S + kf[..., None] * v[:, :, None, :]
+        z = gam[:, None] * z + kf
+        ys.append((torch.einsum("bhk,bhkv->bhv", qf, S) / (qf * z).sum(-1, keepdim=True)).reshape(B, H * V))
+    return torch.stack(ys, 1), {"h": S, "z": z}
+
+
+LOOPS["decay_norm"] = _decay_norm_loop
+
+
+def test_a_users_running_let_spec_trains():
+    built = compile_and_build(DECAY_NORM, path="decay_norm.dsf")
+    layer = built.model  # float64
+    layer.backend = "torch"
+    net = Net(layer, 4, 6)
+    ref = copy.deepcopy(net)
+    ref.layer = Loop("decay_norm", layer)
+    tri, short = copy.deepcopy(net), copy.deepcopy(net)
+    tri.layer.backend = "triton"
+    losses, _ = _train(net, 20)
+    want, _ = _train(ref, 20)
+    assert max(abs(a - b) for a, b in zip(losses, want)) < 1e-9
+    assert max((p - _layer_params(ref)[k]).abs().max().item() for k, p in _layer_params(net).items()) < 1e-8
+    assert sum(want[-5:]) / 5 < want[0] - 0.05
+    if TRITON:  # two steps on the Triton kernels (interpreted) follow the torch path's two
+        got, _ = _train(tri, 2, B=2, T=9)
+        want, _ = _train(short, 2, B=2, T=9)
+        assert max(abs(a - b) for a, b in zip(got, want)) < 1e-10
+        assert _max_diff(tri.parameters(), short.parameters()) < 1e-10
+
+    # truncated BPTT with the running normaliser in the state dict, and a state that requires grad
+    torch.manual_seed(5)
+    u = torch.randn(2, 13, 4, dtype=F64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    y_loop, s_loop = _decay_norm_loop(params, u)
+    for backend in ("torch", "triton") if TRITON else ("torch",):
+        layer.backend = backend
+        state, ys = None, []
+        for a, b in ((0, 5), (5, 13)):
+            y, state = layer(u[:, a:b], initial_state=state, output_final_state=True)
+            ys.append(y)
+            state = {k: v.detach() for k, v in state.items()}
+        assert (torch.cat(ys, 1) - y_loop).abs().max() < 1e-12
+        assert set(state) == {"h", "z"}
+        assert all((state[k] - s_loop[k]).abs().max() < 1e-12 for k in state)
+        s0 = {k: v.clone().requires_grad_(True) for k, v in state.items()}
+        s0_loop = {k: v.clone().requires_grad_(True) for k, v in state.items()}
+        w = torch.randn(2, 4, 6, dtype=F64)
+        (layer(u[:, :4], initial_state=s0) * w).sum().backward()
+        (_decay_norm_loop(params, u[:, :4], s0_loop)[0] * w).sum().backward()
+        for k in s0:
+            assert s0[k].grad.abs().max() > 1e-4
+            assert (s0[k].grad - s0_loop[k].grad).abs().max() < 1e-12
