@@ -262,7 +262,7 @@ def test_training_tracks_the_reference(name):
     assert max((got[k] - ref_params[k]).abs().max().item() for k in got) < 1e-8
     assert _max_diff([p for n, p in net.named_parameters() if not n.startswith("layer.")],
                      [p for n, p in ref.named_parameters() if not n.startswith("layer.")]) < 1e-8
-    assert sum(want[-5:]) / 5 < want[0] - 0.05  # it learns (observed: 0.1 .. 0.7 lower)
+    assert sum(want[-5:]) / 5 < want[0] - 0.05  # it learns (observed: 0.07 .. 1.0 lower)
     fp32.layer.backend = "torch"
     losses32, _ = _train(fp32, 30)
     assert max(abs(a - b) for a, b in zip(losses32, want)) < 1e-3
