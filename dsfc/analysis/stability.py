@@ -611,6 +611,12 @@ class IntervalProver:
             if e in self.sym.dims.values():
                 return Interval(1.0, INF, False, True)
             return self.of_name(str(e), e)
+        if isinstance(e, (sp.Add, sp.Mul)) and (complemented := _sigmoid_complements(e)) is not None:
+            # both readings hold, so their intersection does; the rewritten form reads one gate where e read two
+            return _intersect(self.range(complemented), self._range_plain(e))
+        return self._range_plain(e)
+
+    def _range_plain(self, e) -> Interval:
         if isinstance(e, (sp.Add, sp.Mul)):
             try:  # the sharper rules; any form they do not understand falls back to plain interval arithmetic
                 special = self._exclusive_cases(e) if isinstance(e, sp.Add) else None
@@ -853,6 +859,17 @@ def _exact_exponents(expr):
         return isinstance(e, sp.Pow) and isinstance(e.exp, sp.Float) and float(e.exp * 2).is_integer()
 
     return expr.replace(exact, lambda e: sp.Pow(e.base, sp.Rational(int(e.exp * 2), 2)))
+
+
+def _sigmoid_complements(e):
+    """``e`` with each ``sigmoid(-x)`` written ``1 - sigmoid(x)`` where e also reads ``sigmoid(x)``, else None. Read
+    apart, the two are two gates: HGRN's forget gate written as a mixture, ``gam sigmoid(-x) + sigmoid(x)`` with gam
+    in [0, 1], was (0, 2) term by term; it is ``gam (1 - s) + s`` in one gate s, whose corners give [0, 1]."""
+    gates = {g for g in e.atoms(Sigmoid)}
+    args = {g.args[0] for g in gates}
+    flipped = {g: 1 - Sigmoid(-g.args[0]) for g in gates
+               if g.args[0].could_extract_minus_sign() and sp.expand(-g.args[0]) in {sp.expand(a) for a in args}}
+    return e.xreplace(flipped) if flipped else None
 
 
 def _inline_lets(sym: SymSpec, expr, depth: int = 1):
