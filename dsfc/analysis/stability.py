@@ -7,6 +7,7 @@ from the expression tree: exp of a provably negative exponent lies in (0, 1), so
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import re
@@ -170,6 +171,7 @@ class IntervalProver:
         self._normalised: dict[str, int | None] = {}
         self._unit: set[sp.Symbol] = set()  # stand-ins i / extent for index symbols: in [0, 1)
         self._sums: dict[sp.Sum, Interval] = {}
+        self._atoms: dict[sp.Expr, tuple[list, collections.Counter]] = {}
         self._depth = 0  # how many inlined readings enclose the range being computed
 
     def of_name(self, name: str, base) -> Interval:
@@ -281,17 +283,30 @@ class IntervalProver:
                             f"(coefficients evaluated at the default dims)")
         return iv
 
+    def _outer_atoms(self, e) -> list:
+        """The outermost lets, symbols, function applications and sums ``e`` reads (not the deltas), sorted; cached:
+        the multilinear and one-quantity rules ask for every sum and product the prover meets."""
+        if e not in self._atoms:
+            seen = [x for x in sp.preorder_traversal(e) if isinstance(x, (sp.Indexed, sp.Function, sp.Sum, sp.Symbol))
+                    and not isinstance(x, sp.KroneckerDelta)]
+            inner = {y for x in set(seen) if not isinstance(x, sp.Symbol) for y in sp.preorder_traversal(x) if y != x}
+            counts = collections.Counter(x for x in seen if x not in inner)
+            self._atoms[e] = (sorted(counts, key=sp.default_sort_key), counts)
+        return self._atoms[e][0]
+
+    def _atom_counts(self, e) -> collections.Counter:
+        """How often each of ``_outer_atoms(e)`` occurs in e."""
+        self._outer_atoms(e)
+        return self._atoms[e][1]
+
     def _multilinear(self, e) -> Interval | None:
         """Exact hull of an expression that is affine in each of its atoms (lets, function applications) when an
         atom occurs more than once (``g + (1 - g) s``): interval arithmetic would count g twice; a multilinear
         function takes its extremes at the corners of the atoms' box."""
-        atoms = sorted({x for x in sp.preorder_traversal(e)
-                        if isinstance(x, (sp.Indexed, sp.Function, sp.Sum)) and not isinstance(x, sp.KroneckerDelta)},
-                       key=sp.default_sort_key)
-        atoms = [x for x in atoms if not any(x != y and x in sp.preorder_traversal(y) for y in atoms)]  # outermost
+        atoms = [x for x in self._outer_atoms(e) if not isinstance(x, sp.Symbol)]
         if not 2 <= len(atoms) <= 4:
             return None
-        if sum(e.count(x) for x in atoms) <= len(atoms):
+        if all(self._atom_counts(e)[x] == 1 for x in atoms):
             return None  # every atom once: plain interval arithmetic is already exact (and no expansion is paid)
         ex = sp.expand(e)
         try:
@@ -311,6 +326,50 @@ class IntervalProver:
         lo = min(v for v, _ in corners)
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
+
+    def _one_quantity(self, e) -> Interval | None:
+        """Exact range of an expression that is a rational function f(X) of one quantity X read more than once: an
+        atom (``4 g (1 - g)``) or the product of all its atoms (the bilinear (Tustin) step ``(1 + dt a / 2) / (1 - dt
+        a / 2)`` is f(dt a)). Interval arithmetic reads each occurrence apart: the Tustin decay was (-inf, inf),
+        "unknown"; f's extremes over X's range lie at its ends (limits at open or infinite ones) or where f' = 0, and a
+        pole inside the range leaves it unbounded (None). Polynomials of degree <= 4, with number coefficients."""
+        atoms, counts = self._outer_atoms(e), self._atom_counts(e)
+        # a function of the atoms' product reads each of them equally often
+        if not 1 <= len(atoms) <= 3 or counts[atoms[0]] < 2 or len(set(counts.values())) > 1 or sp.count_ops(e) > 40:
+            return None
+        X = sp.Dummy("X")
+        f = e.xreplace({atoms[0]: X}) if len(atoms) == 1 else e.subs(sp.Mul(*atoms), X)
+        if f.has(*atoms) or not f.has(X):
+            return None
+        f = sp.cancel(sp.together(f))
+        num, den = (sp.Poly(_exact_decimals(x), X) for x in sp.fraction(f))
+        if max(num.degree(), den.degree()) > 4 or not all(c.is_Rational for c in num.coeffs() + den.coeffs()):
+            return None
+        xiv = self.range(sp.Mul(*atoms))  # the product's range (each atom read once: interval arithmetic's own)
+        if xiv.lo == xiv.hi:
+            return None
+        if den.degree() > 0 and any(xiv.lo <= float(r) <= xiv.hi for r in sp.real_roots(den)):
+            return None  # a pole in (or at an end of) X's range
+        fx = num.as_expr() / den.as_expr()
+
+        def at(x):  # f at x, its limit at an infinite end
+            if abs(x) == INF:
+                v = sp.limit(fx, X, sp.oo if x > 0 else -sp.oo)
+                return INF if v == sp.oo else -INF if v == -sp.oo else float(v)
+            return float(fx.subs(X, sp.Rational(x)))
+
+        points = [(at(xiv.lo), xiv.lo_open or xiv.lo == -INF), (at(xiv.hi), xiv.hi_open or xiv.hi == INF)]
+        slope = sp.Poly(num.diff(X) * den - num * den.diff(X), X)
+        if not slope.is_zero:
+            for r in sp.real_roots(slope):
+                if xiv.lo < float(r) < xiv.hi:
+                    points.append((float(fx.subs(X, r).evalf(30)), False))
+        lo = min(v for v, _ in points)
+        hi = max(v for v, _ in points)
+        iv = Interval(lo, hi, all(o for v, o in points if v == lo), all(o for v, o in points if v == hi))
+        self.reasons.append(f"{spec_str(e)} in {iv}: a rational function of the one quantity "
+                            f"{spec_str(sp.Mul(*atoms))} in {xiv} (extremes at its ends or where the derivative is 0)")
+        return iv
 
     def _convex_combination(self, e: sp.Add) -> Interval | None:
         """``e`` affine in an atom w with w in [0, 1] read more than once: ``e = (1 - w) e|w=0 + w e|w=1`` exactly, so
@@ -622,6 +681,7 @@ class IntervalProver:
                 special = self._exclusive_cases(e) if isinstance(e, sp.Add) else None
                 special = special or (self._weight_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or self._multilinear(e)
+                special = special or self._one_quantity(e)
                 special = special or (self._convex_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
@@ -629,7 +689,7 @@ class IntervalProver:
                 special = special or (self._divided_out(e) if isinstance(e, sp.Mul) else None)
                 # a weighted mean's hull is intersected with whichever reading below holds: either can be sharper
                 mean = self._weighted_mean(e) if isinstance(e, sp.Mul) else None
-            except (TypeError, ValueError, sp.PolynomialError):
+            except (TypeError, ValueError, NotImplementedError, sp.PolynomialError):
                 special = mean = None
             if special is not None:
                 return special if mean is None else _intersect(special, mean)
