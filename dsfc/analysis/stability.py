@@ -1124,13 +1124,41 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     # the reason shows the shortest form that alone gives the final range (DeltaNet: 1 - beta[h])
     best = min((k for k, iv in enumerate(ranges) if iv == final), key=lambda k: len(spec_str(forms[k])), default=0)
     ivs = [prover.range(s_coef), final]
-    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     verdict = _verdict(ivs)
-    if verdict == Bound.UNKNOWN:
-        return None
+    why = _rank1_unknown_note(sym, prover, forms, ivs[0]) if verdict == Bound.UNKNOWN else ""
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     return EigenBound(verdict, str(_hull(ivs)),
                       f"A = s I - f g^T per block: eigenvalues s = {spec_str(s_coef)} in {ivs[0]} and "
-                      f"s - g^T f = {spec_str(forms[best])} in {ivs[1]} ({facts})")
+                      f"s - g^T f = {spec_str(forms[best])} in {ivs[1]}{why} ({facts})")
+
+
+def _rank1_unknown_note(sym: SymSpec, prover: IntervalProver, forms, s_iv: Interval) -> str:
+    """Why s - g^T f was not bounded. When the contraction runs over a dim and the eigenvalue is bounded at the
+    default dims: its sum of K terms is bounded for every K only when its terms shrink with K (a normalised key), so
+    tanh keys give [0, K) and the delta rule at K = 1 was a bare "unknown"; the range at the defaults (each sum over
+    the defaults' entries) is added, with the spelling proven at every dims. The verdict stays unknown (a dim can be
+    set at construction). Otherwise the parameters that reach the eigenvalue, if any (``_parameter_note``)."""
+    dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
+    over = sorted({str(hi + 1) for x in sp.S(forms[0]).atoms(sp.Sum) for _, _, hi in x.limits
+                   if (hi + 1).free_symbols & set(dims)})
+    at = []
+    for f in forms if over else []:
+        concrete = sp.S(f).subs(dims)
+        if all(int(hi - lo) < 64 for x in concrete.atoms(sp.Sum) for _, lo, hi in x.limits):
+            try:
+                at.append(prover.range(concrete.doit()))
+            except (TypeError, ValueError):
+                continue
+    iv = at[0] if at else None
+    for x in at[1:]:
+        iv = _intersect(iv, x)
+    if iv is not None and _verdict([s_iv, iv]) in (Bound.STABLE, Bound.MARGINAL):
+        shown = ", ".join(f"{k} = {v}" for k, v in sym.dim_values().items() if k in over)
+        return (f": not proven for every {', '.join(over)} (a sum over a dim's entries grows with the dim, which "
+                f"can be set at construction); at the default dims ({shown}) it lies in {iv}, "
+                f"{_verdict([s_iv, iv]).value} there; keys normalised as k / sqrt(sum(a, k[a]^2) + eps) are bounded "
+                "at every dims")
+    return _parameter_note(sym, forms[0], RANK1_SPELLINGS)
 
 
 def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
@@ -1295,6 +1323,74 @@ def _norm_bound(sym: SymSpec, a) -> EigenBound | None:
                       f"|lambda| is at most {what}: {shown} in {mag} ({facts})")
 
 
+def _params_read(sym: SymSpec, expr) -> list[str]:
+    """The parameters ``expr`` reads outside any function application (a sigmoid's or an exp's argument is bounded
+    through the function), directly or through the lets it reads, in the spec's order."""
+    lets = {let.tensor.name: let for let in sym.lets}
+    names, todo, seen = set(), [expr], set()
+
+    def walk(node):
+        if isinstance(node, sp.Function) and not isinstance(node, (sp.Min, sp.Max, sp.Abs, sp.KroneckerDelta)):
+            return
+        name = str(node.base.label) if isinstance(node, sp.Indexed) else str(node) if node.is_Symbol else None
+        if name is not None and name not in seen:
+            seen.add(name)
+            names.add(name)
+            if name in lets and lets[name].expr is not None and not lets[name].running:
+                todo.append(lets[name].expr)
+        if not isinstance(node, sp.Indexed):
+            for arg in node.args:
+                walk(arg)
+
+    while todo:
+        walk(todo.pop())
+    return [p.tensor.name for p in sym.params if p.tensor.name in names]
+
+
+# what a bound needs when a parameter of any value reaches A, and the spellings the prover reads
+LEARNED_WHY = ("a trained parameter takes any real value (its initialiser bounds nothing), so A is bounded only "
+               "through a parameterisation")
+DIAGONAL_SPELLINGS = "exp(-exp(p)), exp(-softplus(p)) or sigmoid(p) (in (0, 1)), or exp(-dt * exp(p)) with dt > 0"
+DENSE_SPELLINGS = ("a diagonal decay (" + DIAGONAL_SPELLINGS + "); 2x2 rotation-scaling blocks r [[cos(t), -sin(t)], "
+                   "[sin(t), cos(t)]] with r in (0, 1) (a rotation times a contraction); a triangular A with a bounded "
+                   "diagonal; or a normalised matrix (W / sqrt(sum(i, sum(j, W[i, j]^2))), exp(W) / sum(exp(W)) over "
+                   "a row)")
+
+
+RANK1_SPELLINGS = ("a step size in (0, 1) or (0, 2) (sigmoid(p), 2 * sigmoid(p)) and keys normalised as "
+                   "k / sqrt(sum(a, k[a]^2) + eps)")
+
+
+def _parameter_note(sym: SymSpec, expr, spellings: str) -> str:
+    """Why an unbounded A that reads parameters is not proven, and spellings that would be: '' without parameters."""
+    params = _params_read(sym, expr)
+    if not params:
+        return ""
+    return f"; it reads the parameter{'s' if len(params) > 1 else ''} {', '.join(params)}: {LEARNED_WHY}; " \
+           f"provable spellings: {spellings}"
+
+
+def _exceeding_case(sym: SymSpec, prover: IntervalProver, decay, rows) -> str | None:
+    """A diagonal entry that a delta of a state index picks (``0.5 exp(delta(i, 2))`` at i = 2) whose own range lies
+    outside [-1, 1]: that eigenvalue exceeds 1 in modulus for every input, wherever the index value exists (the
+    default dims at least, every dims for index 0). The whole decay's range, the hull over all entries, reaches
+    both sides of 1 and said only "not proven <= 1"."""
+    dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
+    for f in sorted(decay.atoms(sp.KroneckerDelta), key=sp.default_sort_key):
+        for i, c in (f.args, f.args[::-1]):
+            if i not in rows or not c.is_Integer or c < 0:
+                continue
+            extent = sym.state.axes[rows.index(i)].extent
+            if int(sp.S(extent).subs(dims)) <= int(c):
+                continue
+            iv = prover.range(decay.subs(i, c))
+            if iv.lo > 1 or (iv.lo == 1 and iv.lo_open) or iv.hi < -1 or (iv.hi == -1 and iv.hi_open):
+                where = "" if c == 0 else f" (at every dims where {spec_str(extent)} > {c}, the defaults among them)"
+                return (f"the entry at {i} = {c}, {spec_str(decay.subs(i, c))} in {iv}, exceeds 1 in modulus for "
+                        f"every input{where}")
+    return None
+
+
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     """Bound of |lambda(A_t)| over all inputs, with the reason."""
     if a.kind == AKind.IDENTITY:
@@ -1313,14 +1409,22 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
                 "A is s*I minus a rank-1 term on the mixed axes: eigenvalues are s (multiplicity K-1) and "
                 "s - g^T f; their range was not proven",
             )
-        return EigenBound(Bound.UNKNOWN, None, "A is not diagonal: eigenvalues are not derived symbolically")
+        return EigenBound(Bound.UNKNOWN, None,
+                          "A is not diagonal: eigenvalues are not derived symbolically (not s I - f g^T, 2x2 blocks, "
+                          "triangular or stacked rank-1 blocks, and no norm of it proven <= 1)"
+                          + _parameter_note(sym, sym.matrices["A"].entry, DENSE_SPELLINGS))
     prover = IntervalProver(sym)
     iv = prover.range_over(a.decay, a.rows, [ax.extent for ax in sym.state.axes])
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     lam = f"lambda = {spec_str(a.decay)} in {iv}"
     verdict = _verdict([iv])
+    if verdict in (Bound.UNBOUNDED, Bound.UNKNOWN) and (exceeds := _exceeding_case(sym, prover, a.decay, a.rows)):
+        facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+        return EigenBound(Bound.EXCEEDS, str(iv), f"{lam}: {exceeds} ({facts})")
     tail = {Bound.UNBOUNDED: ": not proven <= 1 (the interval " + ("has no finite upper end)" if iv.hi == INF
                                                                       else "reaches above 1)"),
             Bound.UNKNOWN: ": no bound proven", Bound.EXCEEDS: ": exceeds 1 in modulus for every input"}
     tail = tail.get(verdict, "")
+    if verdict in (Bound.UNBOUNDED, Bound.UNKNOWN):
+        tail += _parameter_note(sym, a.decay, DIAGONAL_SPELLINGS)
     return EigenBound(verdict, str(iv), f"{lam}{tail} ({facts})")
