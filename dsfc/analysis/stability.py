@@ -1090,8 +1090,9 @@ def _complex_pair(prover: IntervalProver, det, tr, d_iv: Interval) -> EigenBound
                       f"|lambda|^2 = det = {spec_str(det)} in {d_iv} ({facts})")
 
 
-def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
-    """block = s I - f g^T on the mixed axes: eigenvalues s (multiplicity M-1) and s - g^T f."""
+def _identity_minus_rank1(sym: SymSpec, a, hull_out: list | None = None) -> EigenBound | None:
+    """block = s I - f g^T on the mixed axes: eigenvalues s (multiplicity M-1) and s - g^T f. ``hull_out``: gets
+    the hull of the eigenvalues' ranges appended (an Interval; the bound's text rounds it)."""
     from .structure import split_rank_one
 
     parts = split_rank_one(a)
@@ -1124,6 +1125,8 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     # the reason shows the shortest form that alone gives the final range (DeltaNet: 1 - beta[h])
     best = min((k for k, iv in enumerate(ranges) if iv == final), key=lambda k: len(spec_str(forms[k])), default=0)
     ivs = [prover.range(s_coef), final]
+    if hull_out is not None:
+        hull_out.append(_hull(ivs))
     verdict = _verdict(ivs)
     why = _rank1_unknown_note(sym, prover, forms, ivs[0]) if verdict == Bound.UNKNOWN else ""
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
@@ -1159,6 +1162,56 @@ def _rank1_unknown_note(sym: SymSpec, prover: IntervalProver, forms, s_iv: Inter
                 f"{_verdict([s_iv, iv]).value} there; keys normalised as k / sqrt(sum(a, k[a]^2) + eps) are bounded "
                 "at every dims")
     return _parameter_note(sym, forms[0], RANK1_SPELLINGS)
+
+
+def _scaled_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
+    """A block diag(d) M or M diag(d) with M = I + f f^T c symmetric on the mixed axes (a scalar c): Kimi's per-key
+    gated delta rule, alpha[a] (delta(a, a2) - beta k[a] k[a2]). Its eigenvalues have no closed form, but the spectral
+    radius is at most ||diag(d)||_2 ||M||_2 = max |d| * max(1, |1 + c f^T f|) (M symmetric: its norm is its
+    spectral radius, bounded by the delta rule's reading, ``_identity_minus_rank1``). It was "unknown": neither s I
+    - f g^T with one scale s, nor bounded by a row or column sum (1 + |beta| |k_a| sum |k|)."""
+    from dataclasses import replace
+
+    from .structure import _diagonal_plus_rank_one
+
+    parts = _diagonal_plus_rank_one(a)
+    if parts is None or a.low_rank:
+        return None
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    row_m, col_m = {rows[k] for k in mixed}, {cols[k] for k in mixed}
+    to_rows = {cols[k]: rows[k] for k in mixed}
+    d = parts.scale.xreplace(to_rows)  # the identity's coefficient, on the diagonal (col = row)
+    for side, f, g in (("row", parts.row_vec / d, parts.col_vec),
+                       ("column", parts.row_vec, parts.col_vec / d.xreplace({v: k for k, v in to_rows.items()}))):
+        f, g = simplify(f), simplify(g)
+        if f.free_symbols & col_m or g.free_symbols & row_m:
+            continue
+        den = sp.fraction(sp.together(f * g))[1]
+        if den.atoms(sp.Indexed, sp.Function) & d.atoms(sp.Indexed, sp.Function):
+            continue  # the rank-1 term does not carry d as a factor: A = diag(d) M fails where d = 0
+        ratio = simplify(f / g.xreplace(to_rows))
+        if ratio.free_symbols & row_m or ratio.has(sp.zoo, sp.nan):
+            continue  # not symmetric: a norm of M is not its spectral radius
+        eye = sp.Mul(*[sp.KroneckerDelta(rows[k], cols[k]) for k in mixed])
+        hull: list[Interval] = []
+        inner = _identity_minus_rank1(sym, replace(a, block=eye + f * g, low_rank=True), hull)
+        if inner is None or not hull or inner.bound not in (Bound.STABLE, Bound.MARGINAL):
+            return None
+        prover = IntervalProver(sym)
+        d_iv = _abs(prover.range_over(d, rows, [ax.extent for ax in sym.state.axes]))
+        m_iv = _abs(hull[0])
+        if d_iv.hi == INF:
+            return None
+        hi = d_iv.hi * m_iv.hi
+        mag = Interval(0.0, hi, False, hi > 0 and (d_iv.hi_open or m_iv.hi_open))
+        facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+        where = "diag(d) M" if side == "row" else "M diag(d)"
+        d_range = prover.range_over(d, rows, [ax.extent for ax in sym.state.axes])
+        return EigenBound(_verdict([mag]), str(mag),
+                          f"A = {where} with d = {spec_str(d)} in {d_range} and M = I - c f f^T symmetric: "
+                          f"|lambda| <= max |d| * ||M||_2 {'<' if mag.hi_open else '<='} {mag.hi:.6g} "
+                          f"(||M||_2 = its largest |eigenvalue|: {inner.reason}; {facts})")
+    return None
 
 
 def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
@@ -1397,7 +1450,8 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
         found = (_identity_minus_rank1(sym, a) if a.low_rank
-                 else _two_by_two(sym, a) or _triangular(sym, a) or _stacked_rank1(sym, a))
+                 else _two_by_two(sym, a) or _triangular(sym, a) or _stacked_rank1(sym, a)
+                 or _scaled_symmetric_rank1(sym, a))
         if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):
             found = _norm_bound(sym, a) or found  # a norm <= 1 bounds what the block's form did not
         if found is not None:

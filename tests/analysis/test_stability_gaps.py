@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from test_equivalent_rewrites import HGRN_MIXED_GATE  # noqa: E402
 from test_user_hunt_22 import NESTED  # noqa: E402
-from test_user_specs_3 import LEARNED_DECAY  # noqa: E402
+from test_user_specs_3 import KDA, LEARNED_DECAY  # noqa: E402
+from test_user_specs_12 import KDA_TRUE  # noqa: E402
 from test_user_specs_4 import HGRN2, S6_BILINEAR  # noqa: E402
 from test_user_specs_9 import DELTA_K1  # noqa: E402
 from test_user_specs_15 import LMU  # noqa: E402
@@ -94,6 +95,10 @@ A[c, c2] = delta(c, c2) * (z[c] * sigmoid(-x[c]) + (1 - z[c]) * (1 - sigmoid(x[c
 B[c, m] = delta(c, m) * sigmoid(x[c])
 C[o, c] = delta(o, c)
 """
+# Kimi's per-key gate times a delta rule whose rank-1 term is not symmetric (k q^T): ||M||_2 is not its spectral
+# radius, nothing is claimed
+KDA_ASYM = KDA.replace("beta[h] * k[h, a] * k[h, a2]", "beta[h] * k[h, a] * q[h, a2]")
+assert KDA_ASYM != KDA
 
 # name -> (spec, claimed bound, claimed interval of the eigenvalues or None)
 CASES = {
@@ -103,6 +108,9 @@ CASES = {
     "logistic": (LOGISTIC, Bound.MARGINAL, "(0, 1]"),
     "gru_complement": (GRU_COMPLEMENT, Bound.STABLE, "(0, 1)"),
     "nested": (NESTED, Bound.EXCEEDS, "[0.5, 1.35914]"),
+    "kda_row_gate": (KDA, Bound.STABLE, "[0, 1)"),
+    "kda_column_gate": (KDA_TRUE, Bound.STABLE, "[0, 1)"),
+    "kda_asymmetric": (KDA_ASYM, Bound.UNKNOWN, None),
     "tustin_signed": (TUSTIN_SIGNED, Bound.UNKNOWN, "(-inf, inf)"),
     "delta_k1": (DELTA_K1, Bound.UNKNOWN, "(-inf, 1)"),
     "delta_ones": (DELTA_ONES, Bound.UNKNOWN, "(-inf, 1]"),
