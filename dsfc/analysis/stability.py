@@ -1464,8 +1464,9 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
                 "s - g^T f; their range was not proven",
             )
         return EigenBound(Bound.UNKNOWN, None,
-                          "A is not diagonal: eigenvalues are not derived symbolically (not s I - f g^T, 2x2 blocks, "
-                          "triangular or stacked rank-1 blocks, and no norm of it proven <= 1)"
+                          "A is not diagonal: eigenvalues are not derived symbolically (no form the prover reads: a "
+                          "multiple of I minus rank 1, 2x2 blocks, triangular, stacked rank-1 blocks, a gate times a "
+                          "symmetric delta rule; and no norm of it proven <= 1)"
                           + _parameter_note(sym, sym.matrices["A"].entry, DENSE_SPELLINGS))
     prover = IntervalProver(sym)
     iv = prover.range_over(a.decay, a.rows, [ax.extent for ax in sym.state.axes])
