@@ -299,6 +299,30 @@ class IntervalProver:
         self._outer_atoms(e)
         return self._atoms[e][1]
 
+    def _independent_factors(self, e: sp.Mul) -> list:
+        """The factors of ``e`` grouped into products that share no atom with each other (``t * (beta kk / (1 + beta
+        kk))``): each group is ranged as one expression, so the rules above see a quantity read twice inside it,
+        and the groups vary independently, so the product of their ranges holds. Plain factors when every group is
+        one factor (the usual case, and the only reading before)."""
+        args = list(e.args)
+        atoms = [set(self._outer_atoms(a)) for a in args]
+        parent = list(range(len(args)))
+
+        def root(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for i, j in itertools.combinations(range(len(args)), 2):
+            if atoms[i] & atoms[j]:
+                parent[root(i)] = root(j)
+        groups: dict[int, list] = {}
+        for i, a in enumerate(args):
+            groups.setdefault(root(i), []).append(a)
+        if len(groups) == len(args) or len(groups) == 1:
+            return args
+        return [sp.Mul(*g) for g in groups.values()]
+
     def _multilinear(self, e) -> Interval | None:
         """Exact hull of an expression that is affine in each of its atoms (lets, function applications) when an
         atom occurs more than once (``g + (1 - g) s``): interval arithmetic would count g twice; a multilinear
@@ -699,8 +723,9 @@ class IntervalProver:
                 out = _add(out, self.range(a))
             return out
         if isinstance(e, sp.Mul):
-            out = self.range(e.args[0])
-            for a in e.args[1:]:
+            groups = self._independent_factors(e)
+            out = self.range(groups[0])
+            for a in groups[1:]:
                 out = _mul(out, self.range(a))
             return out if mean is None else _intersect(out, mean)
         if isinstance(e, sp.exp):
@@ -1423,6 +1448,51 @@ def _parameter_note(sym: SymSpec, expr, spellings: str) -> str:
            f"provable spellings: {spellings}"
 
 
+def _term_of_its_sum(sym: SymSpec, prover: IntervalProver, decay, rows) -> tuple[Interval, str] | None:
+    """A diagonal entry that reads a term ``x(j)`` >= 0 of a sum ``S = sum(j2, x(j2))`` (a let) over j's whole range,
+    j a state index, and S itself: x(j) = t S for some t in [0, 1]. Longhorn's ``1 - eps[i] k[j]^2`` with ``eps =
+    beta / (1 + beta S)``, ``S = sum(j, k[j]^2)``, read apart was (-inf, 1]; with its rational lets inlined and k[j]^2 =
+    t S it is ``1 - t (beta S / (1 + beta S))``, t and the share ranged apart: (0, 1]."""
+    def quotient(x):  # a let (not itself a sum: a projection, |k|^2 stay names) with no function call: inlined
+        read = sym.let_read(x)
+        if read is None or read[0].running or read[0].feature is not None:
+            return None
+        value = read[0].value_at(read[1])
+        return None if isinstance(value, sp.Sum) or value.atoms(sp.Function) else value
+
+    expr = decay
+    for _ in range(4):
+        new = expr.replace(lambda x: quotient(x) is not None, quotient)
+        if new == expr:
+            break
+        expr = new
+    extents = {r: ax.extent for r, ax in zip(rows, sym.state.axes)}
+    sums = {x: sp.Dummy("S") for x in expr.atoms(sp.Sum)}  # held opaque: a term is replaced outside them only
+    masked = expr.xreplace(sums)
+    totals = [(x, x) for x in sums]
+    for x in sorted(expr.atoms(sp.Indexed, sp.Symbol), key=sp.default_sort_key):
+        read = sym.let_read(x)
+        if read is not None and not read[0].running and read[0].feature is None:
+            totals.append((x, read[0].value_at(read[1])))
+    for x, total in totals:
+        if not isinstance(total, sp.Sum) or len(total.limits) != 1:
+            continue
+        j2, lo, hi = total.limits[0]
+        if lo != 0 or j2 not in total.function.free_symbols or prover.range(total.function).lo < 0:
+            continue
+        for j in (r for r in rows if r in masked.free_symbols):
+            term = total.function.xreplace({j2: j})
+            if simplify(hi + 1 - extents[j]) != 0 or not masked.has(term):
+                continue
+            t = sp.Dummy("t", nonnegative=True)
+            prover._unit.add(t)  # ranged [0, 1) by the prover; t = 1 (S = x(j)) is added as its own case below
+            back = {v: k for k, v in sums.items()}
+            shared = masked.xreplace({term: t * sums.get(x, x)}).xreplace(back)
+            iv = _hull([prover.range(shared), prover.range(shared.xreplace({t: sp.Integer(1)}))])
+            return iv, f"{spec_str(term)} = t * {spec_str(x)}, t in [0, 1] (a term of its sum {spec_str(total)})"
+    return None
+
+
 def _exceeding_case(sym: SymSpec, prover: IntervalProver, decay, rows) -> str | None:
     """A diagonal entry that a delta of a state index picks (``0.5 exp(delta(i, 2))`` at i = 2) whose own range lies
     outside [-1, 1]: that eigenvalue exceeds 1 in modulus for every input, wherever the index value exists (the
@@ -1473,6 +1543,14 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     lam = f"lambda = {spec_str(a.decay)} in {iv}"
     verdict = _verdict([iv])
+    if verdict not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS) and (
+            shared := _term_of_its_sum(sym, prover, a.decay, a.rows)) is not None:
+        better = _intersect(iv, shared[0])
+        if _verdict([better]) in (Bound.STABLE, Bound.MARGINAL):
+            iv, verdict = better, _verdict([better])
+            prover.reasons.append(shared[1])
+            lam = f"lambda = {spec_str(a.decay)} in {iv}"
+            facts = "; ".join(dict.fromkeys(prover.reasons))
     if verdict in (Bound.UNBOUNDED, Bound.UNKNOWN) and (exceeds := _exceeding_case(sym, prover, a.decay, a.rows)):
         facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
         return EigenBound(Bound.EXCEEDS, str(iv), f"{lam}: {exceeds} ({facts})")

@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from test_equivalent_rewrites import HGRN_MIXED_GATE  # noqa: E402
 from test_user_hunt_22 import NESTED  # noqa: E402
-from test_user_specs_3 import KDA, LEARNED_DECAY  # noqa: E402
+from test_user_specs_3 import KDA, LEARNED_DECAY, LONGHORN  # noqa: E402
 from test_user_specs_12 import KDA_TRUE  # noqa: E402
 from test_user_specs_4 import HGRN2, S6_BILINEAR  # noqa: E402
+from test_user_specs_5 import LONGHORN as LONGHORN_INLINE_SUM  # noqa: E402
 from test_user_specs_9 import DELTA_K1  # noqa: E402
 from test_user_specs_15 import LMU  # noqa: E402
 from test_user_specs_18 import ESN  # noqa: E402
@@ -99,6 +100,9 @@ C[o, c] = delta(o, c)
 # radius, nothing is claimed
 KDA_ASYM = KDA.replace("beta[h] * k[h, a] * k[h, a2]", "beta[h] * k[h, a] * q[h, a2]")
 assert KDA_ASYM != KDA
+# Longhorn's eps = beta / (1 + beta |k|^2) with the norm taken of the query: k[j]^2 is no term of that sum
+LONGHORN_OTHER_SUM = LONGHORN.replace("let kk = sum(j, k[j] ^ 2)", "let kk = sum(j, q[j] ^ 2)")
+assert LONGHORN_OTHER_SUM != LONGHORN
 
 # name -> (spec, claimed bound, claimed interval of the eigenvalues or None)
 CASES = {
@@ -111,6 +115,9 @@ CASES = {
     "kda_row_gate": (KDA, Bound.STABLE, "[0, 1)"),
     "kda_column_gate": (KDA_TRUE, Bound.STABLE, "[0, 1)"),
     "kda_asymmetric": (KDA_ASYM, Bound.UNKNOWN, None),
+    "longhorn": (LONGHORN, Bound.MARGINAL, "(0, 1]"),
+    "longhorn_inline_sum": (LONGHORN_INLINE_SUM, Bound.MARGINAL, "(0, 1]"),
+    "longhorn_other_sum": (LONGHORN_OTHER_SUM, Bound.UNKNOWN, "(-inf, 1]"),
     "tustin_signed": (TUSTIN_SIGNED, Bound.UNKNOWN, "(-inf, inf)"),
     "delta_k1": (DELTA_K1, Bound.UNKNOWN, "(-inf, 1)"),
     "delta_ones": (DELTA_ONES, Bound.UNKNOWN, "(-inf, 1]"),
