@@ -395,11 +395,12 @@ class IntervalProver:
                             f"{spec_str(sp.Mul(*atoms))} in {xiv} (extremes at its ends or where the derivative is 0)")
         return iv
 
-    def _convex_combination(self, e: sp.Add) -> Interval | None:
+    def _convex_combination(self, e) -> Interval | None:
         """``e`` affine in an atom w with w in [0, 1] read more than once: ``e = (1 - w) e|w=0 + w e|w=1`` exactly, so
         e lies in the hull of the ranges of e at w = 0 and at w = 1. ReGLA's refining gate ``(1 - r) g^2 + r (1 -
         (1 - g)^2)`` (a mix of two gates in (0, 1)) read term by term was (0, 2), "not proven <= 1"; it is (0, 1).
-        An end of the hull is closed only where an end of e|w=0 or e|w=1 that reaches it is (a superset)."""
+        An end of the hull is closed only where an end of e|w=0 or e|w=1 that reaches it is (a superset). A product
+        too: SymPy factors a gate mixing s and s^2, ``g s + (1 - g) s^2``, into ``s (g + (1 - g) s)``."""
         atoms = sorted({x for x in sp.preorder_traversal(e)
                         if isinstance(x, (sp.Indexed, sp.Function)) and not isinstance(x, sp.KroneckerDelta)
                         and e.count(x) > 1}, key=sp.default_sort_key)
@@ -706,7 +707,7 @@ class IntervalProver:
                 special = special or (self._weight_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or self._multilinear(e)
                 special = special or self._one_quantity(e)
-                special = special or (self._convex_combination(e) if isinstance(e, sp.Add) else None)
+                special = special or self._convex_combination(e)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._running_share(e) if isinstance(e, sp.Mul) else None)

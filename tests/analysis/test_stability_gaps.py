@@ -100,6 +100,34 @@ C[o, c] = delta(o, c)
 # radius, nothing is claimed
 KDA_ASYM = KDA.replace("beta[h] * k[h, a] * k[h, a2]", "beta[h] * k[h, a] * q[h, a2]")
 assert KDA_ASYM != KDA
+# a diagonal layer whose decay is given per test below (dt > 0, rates lam > 0, a gate g in (0, 1), a raw q)
+DIAG = """
+model Diag "a diagonal decay of one's choosing"
+dim d = 3
+dim n = 2
+input u[d]
+state h[c: d, j: n]
+output y[d]
+param p[c: d, j: n] ~ normal(0, 1)
+param q[c: d] ~ normal(0, 1)
+param w[d] ~ normal(0, 1)
+param W[d, d] ~ normal(0, 1)
+let dt[c: d] = softplus(w[c] * u[c])
+let lam[c: d, j: n] = exp(p[c, j])
+let g[c: d] = sigmoid(sum(m, W[c, m] * u[m]))
+let s[c: d] = 0.5 * (1 + tanh(sum(m, W[m, c] * u[m])))
+A[(c, j), (c2, j2)] = delta(c, c2) * delta(j, j2) * (DECAY)
+B[(c, j), k] = delta(c, k)
+C[o, (c, j)] = delta(o, c)
+"""
+# the Pade (2, 2) approximant of exp(-x), x = dt lam > 0: its minimum 0.0718 at x = sqrt(12), inside the range
+PADE22 = DIAG.replace("DECAY", "(1 - dt[c] * lam[c, j] / 2 + (dt[c] * lam[c, j]) ^ 2 / 12) / "
+                               "(1 + dt[c] * lam[c, j] / 2 + (dt[c] * lam[c, j]) ^ 2 / 12)")
+# a gate mixing s and s^2, which SymPy factors into a product s (g + (1 - g) s): the mixture rule reads products too
+GATE_POWERS = DIAG.replace("DECAY", "g[c] * s[c] + (1 - g[c]) * s[c] ^ 2")
+# the same with 0.5 (1 + tanh)^2 in place of s^2: truly up to 2, so nothing <= 1 is claimed
+GATE_POWERS_WIDE = DIAG.replace("DECAY", "g[c] * s[c] + (1 - g[c]) * 0.5 * (1 + tanh(q[c])) ^ 2")
+
 # Longhorn's eps = beta / (1 + beta |k|^2) with the norm taken of the query: k[j]^2 is no term of that sum
 LONGHORN_OTHER_SUM = LONGHORN.replace("let kk = sum(j, k[j] ^ 2)", "let kk = sum(j, q[j] ^ 2)")
 assert LONGHORN_OTHER_SUM != LONGHORN
@@ -115,6 +143,9 @@ CASES = {
     "kda_row_gate": (KDA, Bound.STABLE, "[0, 1)"),
     "kda_column_gate": (KDA_TRUE, Bound.STABLE, "[0, 1)"),
     "kda_asymmetric": (KDA_ASYM, Bound.UNKNOWN, None),
+    "pade22": (PADE22, Bound.STABLE, "[0.0717968, 1)"),
+    "gate_powers": (GATE_POWERS, Bound.STABLE, "(0, 1)"),
+    "gate_powers_wide": (GATE_POWERS_WIDE, Bound.UNBOUNDED, "(0, 2)"),
     "longhorn": (LONGHORN, Bound.MARGINAL, "(0, 1]"),
     "longhorn_inline_sum": (LONGHORN_INLINE_SUM, Bound.MARGINAL, "(0, 1]"),
     "longhorn_other_sum": (LONGHORN_OTHER_SUM, Bound.UNKNOWN, "(-inf, 1]"),
