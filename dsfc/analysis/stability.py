@@ -665,6 +665,9 @@ class IntervalProver:
         try:
             scaled = sp.S(e).subs(subs, simultaneous=True)
             forms = [sp.factor_terms(scaled, radical=False)]
+            # (N - (N t + 1) s) / N: expanded, N cancels from the t term (small forms only: expand is costly)
+            if scaled.has(*self.sym.dims.values()) and sp.count_ops(scaled) <= NORM_INLINE_MAX_OPS:
+                forms.append(sp.expand(scaled, deep=False))
             if scaled.has(sp.floor):  # (K t / 2 - {x}) * 2 / K: expanded, K cancels from the t term
                 forms.append(sp.expand(scaled.replace(lambda x: isinstance(x, sp.floor), frac_part)))
         except (TypeError, ValueError, sp.PolynomialError):
@@ -1337,19 +1340,36 @@ def _triangular(sym: SymSpec, a) -> EigenBound | None:
         return None
     k = a.mixed_axes[0]
     r, c = a.rows[k], a.cols[k]
-    block = sp.S(a.block)
     gap = sp.Symbol("gap", integer=True, positive=True)
-    for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
-        try:
-            if simplify(block.subs(beyond, simultaneous=True)) == 0:
-                break
-        except (TypeError, ValueError):
+    # the block as written, then with its lets inlined one level and relu(x) as max(x, 0), which SymPy evaluates at
+    # a signed argument: a selective HiPPO-LegS step I + dt AL with the lower-triangular AL a let (entries
+    # min(relu(n - m), 1) ...) was "unknown", AL[n, m] read as a name that SymPy cannot show to vanish for m > n
+    forms = [sp.S(a.block)]
+    inlined = _inline_lets(sym, forms[0], depth=1).replace(lambda x: isinstance(x, Relu),
+                                                          lambda x: sp.Max(x.args[0], 0))
+    if inlined != forms[0] and sp.count_ops(inlined) <= NORM_INLINE_MAX_OPS:
+        forms.append(inlined)
+    for block in forms:
+        for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
+            try:
+                if simplify(block.subs(beyond, simultaneous=True)) == 0:
+                    break
+            except (TypeError, ValueError):
+                continue
+        else:
             continue
+        break
     else:
         return None
-    diagonal = simplify(block.subs(c, r))
     prover = IntervalProver(sym)
-    iv = prover.range_over(diagonal, a.rows, [ax.extent for ax in sym.state.axes])
+    iv = None
+    for form in forms[:forms.index(block) + 1]:  # the diagonal as written, and inlined where that showed the shape
+        diagonal = simplify(form.subs(c, r))
+        here = prover.range_over(diagonal, a.rows, [ax.extent for ax in sym.state.axes])
+        iv = here if iv is None else _intersect(iv, here)
+        if iv == here:
+            shown = diagonal
+    diagonal = shown
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     return EigenBound(_verdict([iv]), str(iv),
                       f"A is {side} triangular on axis {sym.state.axes[k].name!r}: its eigenvalues are the diagonal "

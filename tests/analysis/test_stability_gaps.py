@@ -33,6 +33,7 @@ from test_equivalent_rewrites import HGRN_MIXED_GATE  # noqa: E402
 from test_user_hunt_22 import NESTED  # noqa: E402
 from test_user_specs_3 import KDA, LEARNED_DECAY, LONGHORN  # noqa: E402
 from test_user_specs_12 import KDA_TRUE  # noqa: E402
+from test_user_specs_13 import LEGS  # noqa: E402
 from test_user_specs_4 import HGRN2, S6_BILINEAR  # noqa: E402
 from test_user_specs_5 import LONGHORN as LONGHORN_INLINE_SUM  # noqa: E402
 from test_user_specs_9 import DELTA_K1  # noqa: E402
@@ -147,6 +148,7 @@ CASES = {
     "gate_powers": (GATE_POWERS, Bound.STABLE, "(0, 1)"),
     "gate_powers_wide": (GATE_POWERS_WIDE, Bound.UNBOUNDED, "(0, 2)"),
     "longhorn": (LONGHORN, Bound.MARGINAL, "(0, 1]"),
+    "legs_euler": (LEGS, Bound.STABLE, "(-1, 1)"),
     "longhorn_inline_sum": (LONGHORN_INLINE_SUM, Bound.MARGINAL, "(0, 1]"),
     "longhorn_other_sum": (LONGHORN_OTHER_SUM, Bound.UNKNOWN, "(-inf, 1]"),
     "tustin_signed": (TUSTIN_SIGNED, Bound.UNKNOWN, "(-inf, inf)"),
