@@ -30,7 +30,8 @@ Found, NOT fixed:
   spec's maths as PyTorch computes it. Scales 1 and 10 are checked.
 - ``dsfc analyze`` leaves two true bounds underived: the selective HiPPO-LegS ``I + dt A_legs`` is lower triangular
   (eigenvalues ``1 - dt (n + 1)`` in (0, 1)) and the gated DeltaProduct's ``al H3 H2 H1`` has norm <= al < 1; both
-  are "unknown: A is not diagonal" (a weak claim, not a false one).
+  are "unknown: A is not diagonal" (a weak claim, not a false one). Since the stability session LegS is derived,
+  ``|lambda| < 1`` in (-1, 1) (the triangle seen with the AL let inlined).
 
 Checked clean (each against an independent float64 implementation written here from the paper's equations, not from
 dsfc's reference: forward at T = 0, 1, 7 and 9 on the torch path, batch 1 and 3, from zero and, where the state is
