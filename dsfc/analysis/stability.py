@@ -7,6 +7,7 @@ from the expression tree: exp of a provably negative exponent lies in (0, 1), so
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import re
@@ -170,6 +171,7 @@ class IntervalProver:
         self._normalised: dict[str, int | None] = {}
         self._unit: set[sp.Symbol] = set()  # stand-ins i / extent for index symbols: in [0, 1)
         self._sums: dict[sp.Sum, Interval] = {}
+        self._atoms: dict[sp.Expr, tuple[list, collections.Counter]] = {}
         self._depth = 0  # how many inlined readings enclose the range being computed
 
     def of_name(self, name: str, base) -> Interval:
@@ -281,17 +283,54 @@ class IntervalProver:
                             f"(coefficients evaluated at the default dims)")
         return iv
 
+    def _outer_atoms(self, e) -> list:
+        """The outermost lets, symbols, function applications and sums ``e`` reads (not the deltas), sorted; cached:
+        the multilinear and one-quantity rules ask for every sum and product the prover meets."""
+        if e not in self._atoms:
+            seen = [x for x in sp.preorder_traversal(e) if isinstance(x, (sp.Indexed, sp.Function, sp.Sum, sp.Symbol))
+                    and not isinstance(x, sp.KroneckerDelta)]
+            inner = {y for x in set(seen) if not isinstance(x, sp.Symbol) for y in sp.preorder_traversal(x) if y != x}
+            counts = collections.Counter(x for x in seen if x not in inner)
+            self._atoms[e] = (sorted(counts, key=sp.default_sort_key), counts)
+        return self._atoms[e][0]
+
+    def _atom_counts(self, e) -> collections.Counter:
+        """How often each of ``_outer_atoms(e)`` occurs in e."""
+        self._outer_atoms(e)
+        return self._atoms[e][1]
+
+    def _independent_factors(self, e: sp.Mul) -> list:
+        """The factors of ``e`` grouped into products that share no atom with each other (``t * (beta kk / (1 + beta
+        kk))``): each group is ranged as one expression, so the rules above see a quantity read twice inside it,
+        and the groups vary independently, so the product of their ranges holds. Plain factors when every group is
+        one factor (the usual case, and the only reading before)."""
+        args = list(e.args)
+        atoms = [set(self._outer_atoms(a)) for a in args]
+        parent = list(range(len(args)))
+
+        def root(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for i, j in itertools.combinations(range(len(args)), 2):
+            if atoms[i] & atoms[j]:
+                parent[root(i)] = root(j)
+        groups: dict[int, list] = {}
+        for i, a in enumerate(args):
+            groups.setdefault(root(i), []).append(a)
+        if len(groups) == len(args) or len(groups) == 1:
+            return args
+        return [sp.Mul(*g) for g in groups.values()]
+
     def _multilinear(self, e) -> Interval | None:
         """Exact hull of an expression that is affine in each of its atoms (lets, function applications) when an
         atom occurs more than once (``g + (1 - g) s``): interval arithmetic would count g twice; a multilinear
         function takes its extremes at the corners of the atoms' box."""
-        atoms = sorted({x for x in sp.preorder_traversal(e)
-                        if isinstance(x, (sp.Indexed, sp.Function, sp.Sum)) and not isinstance(x, sp.KroneckerDelta)},
-                       key=sp.default_sort_key)
-        atoms = [x for x in atoms if not any(x != y and x in sp.preorder_traversal(y) for y in atoms)]  # outermost
+        atoms = [x for x in self._outer_atoms(e) if not isinstance(x, sp.Symbol)]
         if not 2 <= len(atoms) <= 4:
             return None
-        if sum(e.count(x) for x in atoms) <= len(atoms):
+        if all(self._atom_counts(e)[x] == 1 for x in atoms):
             return None  # every atom once: plain interval arithmetic is already exact (and no expansion is paid)
         ex = sp.expand(e)
         try:
@@ -312,11 +351,56 @@ class IntervalProver:
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
 
-    def _convex_combination(self, e: sp.Add) -> Interval | None:
+    def _one_quantity(self, e) -> Interval | None:
+        """Exact range of an expression that is a rational function f(X) of one quantity X read more than once: an
+        atom (``4 g (1 - g)``) or the product of all its atoms (the bilinear (Tustin) step ``(1 + dt a / 2) / (1 - dt
+        a / 2)`` is f(dt a)). Interval arithmetic reads each occurrence apart: the Tustin decay was (-inf, inf),
+        "unknown"; f's extremes over X's range lie at its ends (limits at open or infinite ones) or where f' = 0, and a
+        pole inside the range leaves it unbounded (None). Polynomials of degree <= 4, with number coefficients."""
+        atoms, counts = self._outer_atoms(e), self._atom_counts(e)
+        # a function of the atoms' product reads each of them equally often
+        if not 1 <= len(atoms) <= 3 or counts[atoms[0]] < 2 or len(set(counts.values())) > 1 or sp.count_ops(e) > 40:
+            return None
+        X = sp.Dummy("X")
+        f = e.xreplace({atoms[0]: X}) if len(atoms) == 1 else e.subs(sp.Mul(*atoms), X)
+        if f.has(*atoms) or not f.has(X):
+            return None
+        f = sp.cancel(sp.together(f))
+        num, den = (sp.Poly(_exact_decimals(x), X) for x in sp.fraction(f))
+        if max(num.degree(), den.degree()) > 4 or not all(c.is_Rational for c in num.coeffs() + den.coeffs()):
+            return None
+        xiv = self.range(sp.Mul(*atoms))  # the product's range (each atom read once: interval arithmetic's own)
+        if xiv.lo == xiv.hi:
+            return None
+        if den.degree() > 0 and any(xiv.lo <= float(r) <= xiv.hi for r in sp.real_roots(den)):
+            return None  # a pole in (or at an end of) X's range
+        fx = num.as_expr() / den.as_expr()
+
+        def at(x):  # f at x, its limit at an infinite end
+            if abs(x) == INF:
+                v = sp.limit(fx, X, sp.oo if x > 0 else -sp.oo)
+                return INF if v == sp.oo else -INF if v == -sp.oo else float(v)
+            return float(fx.subs(X, sp.Rational(x)))
+
+        points = [(at(xiv.lo), xiv.lo_open or xiv.lo == -INF), (at(xiv.hi), xiv.hi_open or xiv.hi == INF)]
+        slope = sp.Poly(num.diff(X) * den - num * den.diff(X), X)
+        if not slope.is_zero:
+            for r in sp.real_roots(slope):
+                if xiv.lo < float(r) < xiv.hi:
+                    points.append((float(fx.subs(X, r).evalf(30)), False))
+        lo = min(v for v, _ in points)
+        hi = max(v for v, _ in points)
+        iv = Interval(lo, hi, all(o for v, o in points if v == lo), all(o for v, o in points if v == hi))
+        self.reasons.append(f"{spec_str(e)} in {iv}: a rational function of the one quantity "
+                            f"{spec_str(sp.Mul(*atoms))} in {xiv} (extremes at its ends or where the derivative is 0)")
+        return iv
+
+    def _convex_combination(self, e) -> Interval | None:
         """``e`` affine in an atom w with w in [0, 1] read more than once: ``e = (1 - w) e|w=0 + w e|w=1`` exactly, so
         e lies in the hull of the ranges of e at w = 0 and at w = 1. ReGLA's refining gate ``(1 - r) g^2 + r (1 -
         (1 - g)^2)`` (a mix of two gates in (0, 1)) read term by term was (0, 2), "not proven <= 1"; it is (0, 1).
-        An end of the hull is closed only where an end of e|w=0 or e|w=1 that reaches it is (a superset)."""
+        An end of the hull is closed only where an end of e|w=0 or e|w=1 that reaches it is (a superset). A product
+        too: SymPy factors a gate mixing s and s^2, ``g s + (1 - g) s^2``, into ``s (g + (1 - g) s)``."""
         atoms = sorted({x for x in sp.preorder_traversal(e)
                         if isinstance(x, (sp.Indexed, sp.Function)) and not isinstance(x, sp.KroneckerDelta)
                         and e.count(x) > 1}, key=sp.default_sort_key)
@@ -581,6 +665,9 @@ class IntervalProver:
         try:
             scaled = sp.S(e).subs(subs, simultaneous=True)
             forms = [sp.factor_terms(scaled, radical=False)]
+            # (N - (N t + 1) s) / N: expanded, N cancels from the t term (small forms only: expand is costly)
+            if scaled.has(*self.sym.dims.values()) and sp.count_ops(scaled) <= NORM_INLINE_MAX_OPS:
+                forms.append(sp.expand(scaled, deep=False))
             if scaled.has(sp.floor):  # (K t / 2 - {x}) * 2 / K: expanded, K cancels from the t term
                 forms.append(sp.expand(scaled.replace(lambda x: isinstance(x, sp.floor), frac_part)))
         except (TypeError, ValueError, sp.PolynomialError):
@@ -611,19 +698,26 @@ class IntervalProver:
             if e in self.sym.dims.values():
                 return Interval(1.0, INF, False, True)
             return self.of_name(str(e), e)
+        if isinstance(e, (sp.Add, sp.Mul)) and (complemented := _sigmoid_complements(e)) is not None:
+            # both readings hold, so their intersection does; the rewritten form reads one gate where e read two
+            return _intersect(self.range(complemented), self._range_plain(e))
+        return self._range_plain(e)
+
+    def _range_plain(self, e) -> Interval:
         if isinstance(e, (sp.Add, sp.Mul)):
             try:  # the sharper rules; any form they do not understand falls back to plain interval arithmetic
                 special = self._exclusive_cases(e) if isinstance(e, sp.Add) else None
                 special = special or (self._weight_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or self._multilinear(e)
-                special = special or (self._convex_combination(e) if isinstance(e, sp.Add) else None)
+                special = special or self._one_quantity(e)
+                special = special or self._convex_combination(e)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._running_share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._divided_out(e) if isinstance(e, sp.Mul) else None)
                 # a weighted mean's hull is intersected with whichever reading below holds: either can be sharper
                 mean = self._weighted_mean(e) if isinstance(e, sp.Mul) else None
-            except (TypeError, ValueError, sp.PolynomialError):
+            except (TypeError, ValueError, NotImplementedError, sp.PolynomialError):
                 special = mean = None
             if special is not None:
                 return special if mean is None else _intersect(special, mean)
@@ -633,8 +727,9 @@ class IntervalProver:
                 out = _add(out, self.range(a))
             return out
         if isinstance(e, sp.Mul):
-            out = self.range(e.args[0])
-            for a in e.args[1:]:
+            groups = self._independent_factors(e)
+            out = self.range(groups[0])
+            for a in groups[1:]:
                 out = _mul(out, self.range(a))
             return out if mean is None else _intersect(out, mean)
         if isinstance(e, sp.exp):
@@ -855,6 +950,17 @@ def _exact_exponents(expr):
     return expr.replace(exact, lambda e: sp.Pow(e.base, sp.Rational(int(e.exp * 2), 2)))
 
 
+def _sigmoid_complements(e):
+    """``e`` with each ``sigmoid(-x)`` written ``1 - sigmoid(x)`` where e also reads ``sigmoid(x)``, else None. Read
+    apart, the two are two gates: HGRN's forget gate written as a mixture, ``gam sigmoid(-x) + sigmoid(x)`` with gam
+    in [0, 1], was (0, 2) term by term; it is ``gam (1 - s) + s`` in one gate s, whose corners give [0, 1]."""
+    gates = {g for g in e.atoms(Sigmoid)}
+    args = {g.args[0] for g in gates}
+    flipped = {g: 1 - Sigmoid(-g.args[0]) for g in gates
+               if g.args[0].could_extract_minus_sign() and sp.expand(-g.args[0]) in {sp.expand(a) for a in args}}
+    return e.xreplace(flipped) if flipped else None
+
+
 def _inline_lets(sym: SymSpec, expr, depth: int = 1):
     """Replace (non-running) let entries by their definitions, ``depth`` levels deep."""
     lets = {let.tensor.name: let for let in sym.lets if not let.running}
@@ -1013,8 +1119,9 @@ def _complex_pair(prover: IntervalProver, det, tr, d_iv: Interval) -> EigenBound
                       f"|lambda|^2 = det = {spec_str(det)} in {d_iv} ({facts})")
 
 
-def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
-    """block = s I - f g^T on the mixed axes: eigenvalues s (multiplicity M-1) and s - g^T f."""
+def _identity_minus_rank1(sym: SymSpec, a, hull_out: list | None = None) -> EigenBound | None:
+    """block = s I - f g^T on the mixed axes: eigenvalues s (multiplicity M-1) and s - g^T f. ``hull_out``: gets
+    the hull of the eigenvalues' ranges appended (an Interval; the bound's text rounds it)."""
     from .structure import split_rank_one
 
     parts = split_rank_one(a)
@@ -1047,13 +1154,93 @@ def _identity_minus_rank1(sym: SymSpec, a) -> EigenBound | None:
     # the reason shows the shortest form that alone gives the final range (DeltaNet: 1 - beta[h])
     best = min((k for k, iv in enumerate(ranges) if iv == final), key=lambda k: len(spec_str(forms[k])), default=0)
     ivs = [prover.range(s_coef), final]
-    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    if hull_out is not None:
+        hull_out.append(_hull(ivs))
     verdict = _verdict(ivs)
-    if verdict == Bound.UNKNOWN:
-        return None
+    why = _rank1_unknown_note(sym, prover, forms, ivs[0]) if verdict == Bound.UNKNOWN else ""
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     return EigenBound(verdict, str(_hull(ivs)),
                       f"A = s I - f g^T per block: eigenvalues s = {spec_str(s_coef)} in {ivs[0]} and "
-                      f"s - g^T f = {spec_str(forms[best])} in {ivs[1]} ({facts})")
+                      f"s - g^T f = {spec_str(forms[best])} in {ivs[1]}{why} ({facts})")
+
+
+def _rank1_unknown_note(sym: SymSpec, prover: IntervalProver, forms, s_iv: Interval) -> str:
+    """Why s - g^T f was not bounded. When the contraction runs over a dim and the eigenvalue is bounded at the
+    default dims: its sum of K terms is bounded for every K only when its terms shrink with K (a normalised key), so
+    tanh keys give [0, K) and the delta rule at K = 1 was a bare "unknown"; the range at the defaults (each sum over
+    the defaults' entries) is added, with the spelling proven at every dims. The verdict stays unknown (a dim can be
+    set at construction). Otherwise the parameters that reach the eigenvalue, if any (``_parameter_note``)."""
+    dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
+    over = sorted({str(hi + 1) for x in sp.S(forms[0]).atoms(sp.Sum) for _, _, hi in x.limits
+                   if (hi + 1).free_symbols & set(dims)})
+    at = []
+    for f in forms if over else []:
+        concrete = sp.S(f).subs(dims)
+        if all(int(hi - lo) < 64 for x in concrete.atoms(sp.Sum) for _, lo, hi in x.limits):
+            try:
+                at.append(prover.range(concrete.doit()))
+            except (TypeError, ValueError):
+                continue
+    iv = at[0] if at else None
+    for x in at[1:]:
+        iv = _intersect(iv, x)
+    if iv is not None and _verdict([s_iv, iv]) in (Bound.STABLE, Bound.MARGINAL):
+        shown = ", ".join(f"{k} = {v}" for k, v in sym.dim_values().items() if k in over)
+        return (f": not proven for every {', '.join(over)} (a sum over a dim's entries grows with the dim, which "
+                f"can be set at construction); at the default dims ({shown}) it lies in {iv}, "
+                f"{_verdict([s_iv, iv]).value} there; keys normalised as k / sqrt(sum(a, k[a]^2) + eps) are bounded "
+                "at every dims")
+    return _parameter_note(sym, forms[0], RANK1_SPELLINGS)
+
+
+def _scaled_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
+    """A block diag(d) M or M diag(d) with M = I + f f^T c symmetric on the mixed axes (a scalar c): Kimi's per-key
+    gated delta rule, alpha[a] (delta(a, a2) - beta k[a] k[a2]). Its eigenvalues have no closed form, but the spectral
+    radius is at most ||diag(d)||_2 ||M||_2 = max |d| * max(1, |1 + c f^T f|) (M symmetric: its norm is its
+    spectral radius, bounded by the delta rule's reading, ``_identity_minus_rank1``). It was "unknown": neither s I
+    - f g^T with one scale s, nor bounded by a row or column sum (1 + |beta| |k_a| sum |k|)."""
+    from dataclasses import replace
+
+    from .structure import _diagonal_plus_rank_one
+
+    parts = _diagonal_plus_rank_one(a)
+    if parts is None or a.low_rank:
+        return None
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    row_m, col_m = {rows[k] for k in mixed}, {cols[k] for k in mixed}
+    to_rows = {cols[k]: rows[k] for k in mixed}
+    d = parts.scale.xreplace(to_rows)  # the identity's coefficient, on the diagonal (col = row)
+    for side, f, g in (("row", parts.row_vec / d, parts.col_vec),
+                       ("column", parts.row_vec, parts.col_vec / d.xreplace({v: k for k, v in to_rows.items()}))):
+        f, g = simplify(f), simplify(g)
+        if f.free_symbols & col_m or g.free_symbols & row_m:
+            continue
+        den = sp.fraction(sp.together(f * g))[1]
+        if den.atoms(sp.Indexed, sp.Function) & d.atoms(sp.Indexed, sp.Function):
+            continue  # the rank-1 term does not carry d as a factor: A = diag(d) M fails where d = 0
+        ratio = simplify(f / g.xreplace(to_rows))
+        if ratio.free_symbols & row_m or ratio.has(sp.zoo, sp.nan):
+            continue  # not symmetric: a norm of M is not its spectral radius
+        eye = sp.Mul(*[sp.KroneckerDelta(rows[k], cols[k]) for k in mixed])
+        hull: list[Interval] = []
+        inner = _identity_minus_rank1(sym, replace(a, block=eye + f * g, low_rank=True), hull)
+        if inner is None or not hull or inner.bound not in (Bound.STABLE, Bound.MARGINAL):
+            return None
+        prover = IntervalProver(sym)
+        d_iv = _abs(prover.range_over(d, rows, [ax.extent for ax in sym.state.axes]))
+        m_iv = _abs(hull[0])
+        if d_iv.hi == INF:
+            return None
+        hi = d_iv.hi * m_iv.hi
+        mag = Interval(0.0, hi, False, hi > 0 and (d_iv.hi_open or m_iv.hi_open))
+        facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+        where = "diag(d) M" if side == "row" else "M diag(d)"
+        d_range = prover.range_over(d, rows, [ax.extent for ax in sym.state.axes])
+        return EigenBound(_verdict([mag]), str(mag),
+                          f"A = {where} with d = {spec_str(d)} in {d_range} and M = I - c f f^T symmetric: "
+                          f"|lambda| <= max |d| * ||M||_2 {'<' if mag.hi_open else '<='} {mag.hi:.6g} "
+                          f"(||M||_2 = its largest |eigenvalue|: {inner.reason}; {facts})")
+    return None
 
 
 def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
@@ -1153,19 +1340,36 @@ def _triangular(sym: SymSpec, a) -> EigenBound | None:
         return None
     k = a.mixed_axes[0]
     r, c = a.rows[k], a.cols[k]
-    block = sp.S(a.block)
     gap = sp.Symbol("gap", integer=True, positive=True)
-    for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
-        try:
-            if simplify(block.subs(beyond, simultaneous=True)) == 0:
-                break
-        except (TypeError, ValueError):
+    # the block as written, then with its lets inlined one level and relu(x) as max(x, 0), which SymPy evaluates at
+    # a signed argument: a selective HiPPO-LegS step I + dt AL with the lower-triangular AL a let (entries
+    # min(relu(n - m), 1) ...) was "unknown", AL[n, m] read as a name that SymPy cannot show to vanish for m > n
+    forms = [sp.S(a.block)]
+    inlined = _inline_lets(sym, forms[0], depth=1).replace(lambda x: isinstance(x, Relu),
+                                                          lambda x: sp.Max(x.args[0], 0))
+    if inlined != forms[0] and sp.count_ops(inlined) <= NORM_INLINE_MAX_OPS:
+        forms.append(inlined)
+    for block in forms:
+        for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
+            try:
+                if simplify(block.subs(beyond, simultaneous=True)) == 0:
+                    break
+            except (TypeError, ValueError):
+                continue
+        else:
             continue
+        break
     else:
         return None
-    diagonal = simplify(block.subs(c, r))
     prover = IntervalProver(sym)
-    iv = prover.range_over(diagonal, a.rows, [ax.extent for ax in sym.state.axes])
+    iv = None
+    for form in forms[:forms.index(block) + 1]:  # the diagonal as written, and inlined where that showed the shape
+        diagonal = simplify(form.subs(c, r))
+        here = prover.range_over(diagonal, a.rows, [ax.extent for ax in sym.state.axes])
+        iv = here if iv is None else _intersect(iv, here)
+        if iv == here:
+            shown = diagonal
+    diagonal = shown
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     return EigenBound(_verdict([iv]), str(iv),
                       f"A is {side} triangular on axis {sym.state.axes[k].name!r}: its eigenvalues are the diagonal "
@@ -1218,13 +1422,127 @@ def _norm_bound(sym: SymSpec, a) -> EigenBound | None:
                       f"|lambda| is at most {what}: {shown} in {mag} ({facts})")
 
 
+def _params_read(sym: SymSpec, expr) -> list[str]:
+    """The parameters ``expr`` reads outside any function application (a sigmoid's or an exp's argument is bounded
+    through the function), directly or through the lets it reads, in the spec's order."""
+    lets = {let.tensor.name: let for let in sym.lets}
+    names, todo, seen = set(), [expr], set()
+
+    def walk(node):
+        if isinstance(node, sp.Function) and not isinstance(node, (sp.Min, sp.Max, sp.Abs, sp.KroneckerDelta)):
+            return
+        name = str(node.base.label) if isinstance(node, sp.Indexed) else str(node) if node.is_Symbol else None
+        if name is not None and name not in seen:
+            seen.add(name)
+            names.add(name)
+            if name in lets and lets[name].expr is not None and not lets[name].running:
+                todo.append(lets[name].expr)
+        if not isinstance(node, sp.Indexed):
+            for arg in node.args:
+                walk(arg)
+
+    while todo:
+        walk(todo.pop())
+    return [p.tensor.name for p in sym.params if p.tensor.name in names]
+
+
+# what a bound needs when a parameter of any value reaches A, and the spellings the prover reads
+LEARNED_WHY = ("a trained parameter takes any real value (its initialiser bounds nothing), so A is bounded only "
+               "through a parameterisation")
+DIAGONAL_SPELLINGS = "exp(-exp(p)), exp(-softplus(p)) or sigmoid(p) (in (0, 1)), or exp(-dt * exp(p)) with dt > 0"
+DENSE_SPELLINGS = ("a diagonal decay (" + DIAGONAL_SPELLINGS + "); 2x2 rotation-scaling blocks r [[cos(t), -sin(t)], "
+                   "[sin(t), cos(t)]] with r in (0, 1) (a rotation times a contraction); a triangular A with a bounded "
+                   "diagonal; or a normalised matrix (W / sqrt(sum(i, sum(j, W[i, j]^2))), exp(W) / sum(exp(W)) over "
+                   "a row)")
+
+
+RANK1_SPELLINGS = ("a step size in (0, 1) or (0, 2) (sigmoid(p), 2 * sigmoid(p)) and keys normalised as "
+                   "k / sqrt(sum(a, k[a]^2) + eps)")
+
+
+def _parameter_note(sym: SymSpec, expr, spellings: str) -> str:
+    """Why an unbounded A that reads parameters is not proven, and spellings that would be: '' without parameters."""
+    params = _params_read(sym, expr)
+    if not params:
+        return ""
+    return f"; it reads the parameter{'s' if len(params) > 1 else ''} {', '.join(params)}: {LEARNED_WHY}; " \
+           f"provable spellings: {spellings}"
+
+
+def _term_of_its_sum(sym: SymSpec, prover: IntervalProver, decay, rows) -> tuple[Interval, str] | None:
+    """A diagonal entry that reads a term ``x(j)`` >= 0 of a sum ``S = sum(j2, x(j2))`` (a let) over j's whole range,
+    j a state index, and S itself: x(j) = t S for some t in [0, 1]. Longhorn's ``1 - eps[i] k[j]^2`` with ``eps =
+    beta / (1 + beta S)``, ``S = sum(j, k[j]^2)``, read apart was (-inf, 1]; with its rational lets inlined and k[j]^2 =
+    t S it is ``1 - t (beta S / (1 + beta S))``, t and the share ranged apart: (0, 1]."""
+    def quotient(x):  # a let (not itself a sum: a projection, |k|^2 stay names) with no function call: inlined
+        read = sym.let_read(x)
+        if read is None or read[0].running or read[0].feature is not None:
+            return None
+        value = read[0].value_at(read[1])
+        return None if isinstance(value, sp.Sum) or value.atoms(sp.Function) else value
+
+    expr = decay
+    for _ in range(4):
+        new = expr.replace(lambda x: quotient(x) is not None, quotient)
+        if new == expr:
+            break
+        expr = new
+    extents = {r: ax.extent for r, ax in zip(rows, sym.state.axes)}
+    sums = {x: sp.Dummy("S") for x in expr.atoms(sp.Sum)}  # held opaque: a term is replaced outside them only
+    masked = expr.xreplace(sums)
+    totals = [(x, x) for x in sums]
+    for x in sorted(expr.atoms(sp.Indexed, sp.Symbol), key=sp.default_sort_key):
+        read = sym.let_read(x)
+        if read is not None and not read[0].running and read[0].feature is None:
+            totals.append((x, read[0].value_at(read[1])))
+    for x, total in totals:
+        if not isinstance(total, sp.Sum) or len(total.limits) != 1:
+            continue
+        j2, lo, hi = total.limits[0]
+        if lo != 0 or j2 not in total.function.free_symbols or prover.range(total.function).lo < 0:
+            continue
+        for j in (r for r in rows if r in masked.free_symbols):
+            term = total.function.xreplace({j2: j})
+            if simplify(hi + 1 - extents[j]) != 0 or not masked.has(term):
+                continue
+            t = sp.Dummy("t", nonnegative=True)
+            prover._unit.add(t)  # ranged [0, 1) by the prover; t = 1 (S = x(j)) is added as its own case below
+            back = {v: k for k, v in sums.items()}
+            shared = masked.xreplace({term: t * sums.get(x, x)}).xreplace(back)
+            iv = _hull([prover.range(shared), prover.range(shared.xreplace({t: sp.Integer(1)}))])
+            return iv, f"{spec_str(term)} = t * {spec_str(x)}, t in [0, 1] (a term of its sum {spec_str(total)})"
+    return None
+
+
+def _exceeding_case(sym: SymSpec, prover: IntervalProver, decay, rows) -> str | None:
+    """A diagonal entry that a delta of a state index picks (``0.5 exp(delta(i, 2))`` at i = 2) whose own range lies
+    outside [-1, 1]: that eigenvalue exceeds 1 in modulus for every input, wherever the index value exists (the
+    default dims at least, every dims for index 0). The whole decay's range, the hull over all entries, reaches
+    both sides of 1 and said only "not proven <= 1"."""
+    dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
+    for f in sorted(decay.atoms(sp.KroneckerDelta), key=sp.default_sort_key):
+        for i, c in (f.args, f.args[::-1]):
+            if i not in rows or not c.is_Integer or c < 0:
+                continue
+            extent = sym.state.axes[rows.index(i)].extent
+            if int(sp.S(extent).subs(dims)) <= int(c):
+                continue
+            iv = prover.range(decay.subs(i, c))
+            if iv.lo > 1 or (iv.lo == 1 and iv.lo_open) or iv.hi < -1 or (iv.hi == -1 and iv.hi_open):
+                where = "" if c == 0 else f" (at every dims where {spec_str(extent)} > {c}, the defaults among them)"
+                return (f"the entry at {i} = {c}, {spec_str(decay.subs(i, c))} in {iv}, exceeds 1 in modulus for "
+                        f"every input{where}")
+    return None
+
+
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     """Bound of |lambda(A_t)| over all inputs, with the reason."""
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
         found = (_identity_minus_rank1(sym, a) if a.low_rank
-                 else _two_by_two(sym, a) or _triangular(sym, a) or _stacked_rank1(sym, a))
+                 else _two_by_two(sym, a) or _triangular(sym, a) or _stacked_rank1(sym, a)
+                 or _scaled_symmetric_rank1(sym, a))
         if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):
             found = _norm_bound(sym, a) or found  # a norm <= 1 bounds what the block's form did not
         if found is not None:
@@ -1236,14 +1554,31 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
                 "A is s*I minus a rank-1 term on the mixed axes: eigenvalues are s (multiplicity K-1) and "
                 "s - g^T f; their range was not proven",
             )
-        return EigenBound(Bound.UNKNOWN, None, "A is not diagonal: eigenvalues are not derived symbolically")
+        return EigenBound(Bound.UNKNOWN, None,
+                          "A is not diagonal: eigenvalues are not derived symbolically (no form the prover reads: a "
+                          "multiple of I minus rank 1, 2x2 blocks, triangular, stacked rank-1 blocks, a gate times a "
+                          "symmetric delta rule; and no norm of it proven <= 1)"
+                          + _parameter_note(sym, sym.matrices["A"].entry, DENSE_SPELLINGS))
     prover = IntervalProver(sym)
     iv = prover.range_over(a.decay, a.rows, [ax.extent for ax in sym.state.axes])
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     lam = f"lambda = {spec_str(a.decay)} in {iv}"
     verdict = _verdict([iv])
+    if verdict not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS) and (
+            shared := _term_of_its_sum(sym, prover, a.decay, a.rows)) is not None:
+        better = _intersect(iv, shared[0])
+        if _verdict([better]) in (Bound.STABLE, Bound.MARGINAL):
+            iv, verdict = better, _verdict([better])
+            prover.reasons.append(shared[1])
+            lam = f"lambda = {spec_str(a.decay)} in {iv}"
+            facts = "; ".join(dict.fromkeys(prover.reasons))
+    if verdict in (Bound.UNBOUNDED, Bound.UNKNOWN) and (exceeds := _exceeding_case(sym, prover, a.decay, a.rows)):
+        facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+        return EigenBound(Bound.EXCEEDS, str(iv), f"{lam}: {exceeds} ({facts})")
     tail = {Bound.UNBOUNDED: ": not proven <= 1 (the interval " + ("has no finite upper end)" if iv.hi == INF
                                                                       else "reaches above 1)"),
             Bound.UNKNOWN: ": no bound proven", Bound.EXCEEDS: ": exceeds 1 in modulus for every input"}
     tail = tail.get(verdict, "")
+    if verdict in (Bound.UNBOUNDED, Bound.UNKNOWN):
+        tail += _parameter_note(sym, a.decay, DIAGONAL_SPELLINGS)
     return EigenBound(verdict, str(iv), f"{lam}{tail} ({facts})")

@@ -250,11 +250,12 @@ C[o, c] = delta(o, c)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the interval prover bounds gam * sigmoid(-x) + sigmoid(x) term by term, "
-                   "(0, 2), not seeing it is 1 - (1 - gam)(1 - sigmoid(x)); eigen_bound is informational only")
 def test_hgrn_gate_written_as_mixture_eigen_bound():
+    """gam * sigmoid(-x) + sigmoid(x) was bounded term by term, (0, 2); sigmoid(-x) is now read as 1 - sigmoid(x),
+    one gate, and the mixture's corners give the same bound as 1 - (1 - gam)(1 - sigmoid(x))."""
     ob, rb = same_model(HGRN, HGRN_MIXED_GATE, {"d": 5, "E": 4, "L": 3, "layer": 2}, Family.DIAGONAL_SCAN)
     assert rb.result.report.eigen_bound == ob.result.report.eigen_bound
+    assert rb.result.report.eigen_interval == ob.result.report.eigen_interval
 
 
 S6_HEAD = """

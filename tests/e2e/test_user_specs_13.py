@@ -30,7 +30,8 @@ Found, NOT fixed:
   spec's maths as PyTorch computes it. Scales 1 and 10 are checked.
 - ``dsfc analyze`` leaves two true bounds underived: the selective HiPPO-LegS ``I + dt A_legs`` is lower triangular
   (eigenvalues ``1 - dt (n + 1)`` in (0, 1)) and the gated DeltaProduct's ``al H3 H2 H1`` has norm <= al < 1; both
-  are "unknown: A is not diagonal" (a weak claim, not a false one).
+  are "unknown: A is not diagonal" (a weak claim, not a false one). Since the stability session LegS is derived,
+  ``|lambda| < 1`` in (-1, 1) (the triangle seen with the AL let inlined).
 
 Checked clean (each against an independent float64 implementation written here from the paper's equations, not from
 dsfc's reference: forward at T = 0, 1, 7 and 9 on the torch path, batch 1 and 3, from zero and, where the state is
@@ -607,9 +608,10 @@ def _m3rope(P, u, h0=None):
 INDEPENDENT = {"cema": _cema, "legs": _legs, "rodimus": _rodimus, "diff": _diff, "gdp3": _gdp3, "regla": _regla,
                "sru": _sru, "m2clamp": _m2clamp, "hgrn1c": _hgrn1c, "every": _every, "m3rope": _m3rope}
 
-# what ``dsfc analyze`` proves about the eigenvalues (each checked against the module's A above); LegS (triangular:
-# eigenvalues 1 - dt (n + 1) in (0, 1)) and the gated DeltaProduct (|lambda| <= al < 1) are true but not derived
-EIGEN = {"cema": Bound.STABLE, "legs": Bound.UNKNOWN, "rodimus": Bound.STABLE, "diff": Bound.STABLE,
+# what ``dsfc analyze`` proves about the eigenvalues (each checked against the module's A above); the gated
+# DeltaProduct (|lambda| <= al < 1) is true but not derived; LegS (triangular: eigenvalues 1 - dt (n + 1) in (0, 1))
+# is derived since the stability session (its AL let inlined to see the triangle; (-1, 1), looser than the truth)
+EIGEN = {"cema": Bound.STABLE, "legs": Bound.STABLE, "rodimus": Bound.STABLE, "diff": Bound.STABLE,
          "gdp3": Bound.UNKNOWN, "regla": Bound.STABLE, "sru": Bound.STABLE, "m2clamp": Bound.STABLE,
          "hgrn1c": Bound.STABLE, "every": Bound.UNBOUNDED, "m3rope": Bound.STABLE}
 
