@@ -217,10 +217,7 @@ class RGLRU(nn.Module):
                 )
             want = (u.shape[0], W)
             if tuple(initial_state.shape) != want and tuple(initial_state.shape) != (u.shape[0], self._state_size()):
-                raise ValueError(
-                    f"RGLRU: initial_state must have shape {want} (or flat [batch, {self._state_size()}]), "
-                    f"got {tuple(initial_state.shape)}"
-                )
+                raise ValueError(f"RGLRU: initial_state must have shape {want}, got {tuple(initial_state.shape)}")
         # NaN / inf in u, the parameters or the initial state: one host sync for all (dsfc/runtime/checks.py); last,
         # after the checks that make the state safe to reduce (a float tensor on u's device)
         if self.check_finite:
