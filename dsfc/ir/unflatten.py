@@ -279,7 +279,11 @@ def _radix_chain(sym: SymSpec, bounds: list, total: sp.Expr):
             uniq.append(b)
     divides = {k: sum(1 for j, c in enumerate(uniq) if j != k and outer_extent(sym, b, c) is not None)
                for k, b in enumerate(uniq)}
-    chain = [uniq[k] for k in sorted(divides, key=lambda k: -divides[k])]
+    # row-major boundaries decrease: ordered by their value at the default dims, ties by how many others they are
+    # multiples of. The count alone misordered a group boundary P R n (R = H // G, SSD's grouped heads read as
+    # i // (P n) // R): P R n / n = H P / G is no extent the module can print, so it counted fewer than P n did
+    vals = sym.dim_values()
+    chain = [uniq[k] for k in sorted(divides, key=lambda k: (-float(sym.subs_dims(uniq[k], vals)), -divides[k]))]
     if len(chain) < 3 or not same(free_dims(sym, chain[0]), free_dims(sym, total)) or chain[-1] != 1:
         return None
     split = []

@@ -108,6 +108,31 @@ A[i, i2] = delta(i, i2) * exp(-dt[i // n] * exp(A_log[i // n, i % n])) * sigmoid
 B[i, k] = delta(i // n, k) * dt[i // n] * b[i % n]
 """
 
+# Mamba-2's SSD with grouped B / C (R = H // G heads per group read b, c of group h // R): the flat index's group
+# digit is read as i // (P n) // R, a boundary P R n between the head's and the state's
+SSD = """model SSDFlat "SSD with grouped B / C, the state one flat axis h[i: H * P * n]"
+dim H = 4
+dim G = 2
+dim R = H // G
+dim P = 2
+dim n = 3
+dim d = H * P
+input u[d]
+state S[i: H * P * n]
+output y[d]
+param A_log[H] ~ uniform(0, 1)
+param W_dt[H, d] ~ normal(0, 0.5)
+param W_B[G, n, d] ~ normal(0, 0.5)
+param W_C[G, n, d] ~ normal(0, 0.5)
+param Dp[H] ~ normal(0, 0.5)
+let dt[h: H] = softplus(sum(m, W_dt[h, m] * u[m]))
+let bq[g: G, j: n] = sum(m, W_B[g, j, m] * u[m])
+let cq[g: G, j: n] = sum(m, W_C[g, j, m] * u[m])
+A[i, i2] = delta(i, i2) * exp(-dt[i // (P * n)] * exp(A_log[i // (P * n)]))
+B[i, m] = delta(m, (i // (P * n)) * P + (i // n) % P) * dt[i // (P * n)] * bq[i // (P * n) // R, i % n]
+C[o, i] = delta(o, (i // (P * n)) * P + (i // n) % P) * cq[i // (P * n) // R, i % n]
+D[o, m] = delta(o, m) * Dp[o // P]
+"""
 
 def _run(u, S, step):
     """S_t, y_t = step(S_(t-1), u_t) from S; returns (y [B, T, ...], S_T)."""
@@ -170,17 +195,35 @@ def _s6(P, u, h0=None, variant=None):
     return stack_steps(ys, u, d), h.reshape(u.shape[0], -1)
 
 
+def _ssd(P, u, h0=None):
+    # per head h (group g = h // R): S[h] = exp(-dt_h exp(A_log_h)) S[h] + dt_h x_h b_g^T with x_h = u[h P : h P + P],
+    # y[h P + p] = S[h, p] . c_g + Dp_h u[h P + p]; the flat state is [H, P, n] row-major
+    H, G, n = P["A_log"].shape[0], P["W_B"].shape[0], P["W_B"].shape[1]
+    Pw, grp = u.shape[-1] // H, torch.arange(H) // (H // G)
+
+    def step(S, ut):
+        dt = softplus(matvec(P["W_dt"], ut))
+        b, c = matvec(P["W_B"], ut)[:, grp], matvec(P["W_C"], ut)[:, grp]  # [B, H, n]
+        x = ut.reshape(-1, H, Pw)
+        S = torch.exp(-dt * torch.exp(P["A_log"]))[..., None, None] * S + (dt[..., None] * x)[..., None] * b[:, :, None]
+        y = torch.einsum("zhpj,zhj->zhp", S, c) + P["Dp"][:, None] * x
+        return S, y.reshape(u.shape[0], -1)
+    S = u.new_zeros(u.shape[0], H, Pw, n) if h0 is None else h0.reshape(-1, H, Pw, n)
+    ys, S = _run(u, S, step)
+    return stack_steps(ys, u, H * Pw), S.reshape(u.shape[0], -1)
+
 # name -> (spec, the family, the core's state extents (split), loop, dims)
 CASES = {
     "gla": (GLA, Family.CHUNKED_OUTER, (2, 3, 4), _gla),
     "delta": (DELTA, Family.CHUNKED_DELTA, (2, 3, 2), _delta),
     "s6": (S6, Family.DIAGONAL_SCAN, (3, 4), _s6),
+    "ssd_grouped": (SSD, Family.CHUNKED_OUTER, (2, 2, 2, 3), _ssd),
     "s6_own": (S6_OWN, Family.DIAGONAL_SCAN, (12,), functools.partial(_s6, variant="own")),
     "s6_offset": (S6_OFFSET, Family.DIAGONAL_SCAN, (12,), functools.partial(_s6, variant="offset")),
     "s6_stride2": (S6_STRIDE2, Family.DIAGONAL_SCAN, (12,), functools.partial(_s6, variant="stride2")),
 }
-SPLIT = ("gla", "delta", "s6")
-ON_TRITON = ("delta", "s6")  # and GLA in test_flat_state_round_trip (the interpreter is slow)
+SPLIT = ("gla", "delta", "s6", "ssd_grouped")
+ON_TRITON = ("delta", "s6", "ssd_grouped")  # and GLA in test_flat_state_round_trip (the interpreter is slow)
 
 
 @functools.lru_cache(maxsize=None)
