@@ -1,0 +1,473 @@
+"""A twenty-seventh spec hunt: features each tested alone, combined in one spec the way a researcher builds a variant,
+and the combined layers at extreme dims.
+
+Specs: a GQA linear attention (queries and keys shared by groups of R heads, each of q, k, v through its own short
+causal conv ``window``, a per-head per-key decay computed from a token-shifted input ``prev``, the conv'd values as the
+``drive`` with a per-head D skip, a silu gate post and an out-projection post); a gated delta rule with keys shared by
+groups through a short conv and an L2 norm, a Mamba-2-style gate, a per-head RMSNorm post and an out-projection post;
+a selective scan with a state expansion n and a rotation pair per mode (odd channels rotate, even ones are real: modes
+of unequal roles), a conv'd drive, a gated C and D; FoX (softmax attention with a forget gate) with keys and values
+shared by groups of heads, a biased gate, a per-head RMSNorm post and an out-projection post; a Mamba-2 block (x, B,
+C each short-conv'd, B and C shared by groups of heads, the state [H, P, n] value-first, D, the gated RMSNorm over all
+heads, the out-projection).
+
+Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's reference;
+FoX's as its quadratic attention form): forward at T = 0, 1, 7 and 9 on the torch path and at T = 0 and 9 on the Triton
+path (interpreted), token-by-token step, gradients of the input and every parameter, every path against dsfc's
+reference and the family and eigenvalue bound of ``dsfc analyze`` (``dsf_testing.spec_hunt_tests``); at T = 1 and
+the chunk lengths +- 1 (torch 63, 65; Triton 15, 17) from a random carried state (the recurrent state and every
+running let's entry), torch, step and Triton; a call continued from a first call's state (FoX: its KV cache) equals
+one call over the whole; and each layer at every dim 1, at distinct primes and with one dim 64 and the rest tiny.
+"""
+
+from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
+
+import pytest  # noqa: E402
+
+import torch  # noqa: E402
+
+from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, case_builds, matvec, rel_err, run_steps,  # noqa: E402
+                         spec_hunt_tests, stack_steps, state_err)
+from dsfc.analysis.facts import Bound  # noqa: E402
+from dsfc.analysis.structure import Family  # noqa: E402
+
+pytestmark = INTERPRETER_WARNINGS
+
+GQA_CONV = """
+model GqaConvGla "GQA: q, k shared by groups, each short-conv'd; per-key decay from a token shift, D, gate, out-proj"
+dim d = 5
+dim G = 2
+dim R = 2
+dim H = G * R
+dim K = 3
+dim V = 2
+dim W = 3
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_q[G, K, d] ~ normal(0, 0.5)
+param W_k[G, K, d] ~ normal(0, 0.5)
+param W_v[H, V, d] ~ normal(0, 0.5)
+param c_q[G, K, W] ~ normal(0, 0.5)
+param c_k[G, K, W] ~ normal(0, 0.5)
+param c_v[H, V, W] ~ normal(0, 0.5)
+param W_a[H, K, d] ~ normal(0, 0.5)
+param mu[d] = 0.5
+param Dp[h: H] = 1 + 0.25 * h
+param W_z[H, V, d] ~ normal(0, 0.5)
+param W_o[d, H, V] ~ normal(0, 0.5)
+let up[m: d] = prev(u[m])
+let ux[m: d] = mu[m] * u[m] + (1 - mu[m]) * up[m]
+let qr[g: G, a: K] = sum(m, W_q[g, a, m] * u[m])
+let kr[g: G, a: K] = sum(m, W_k[g, a, m] * u[m])
+let vr[h: H, b: V] = sum(m, W_v[h, b, m] * u[m])
+let qw[g: G, a: K, j: W] = window(qr[g, a])
+let kw[g: G, a: K, j: W] = window(kr[g, a])
+let vw[h: H, b: V, j: W] = window(vr[h, b])
+let q[g: G, a: K] = silu(sum(j, c_q[g, a, j] * qw[g, a, j]))
+let k[g: G, a: K] = silu(sum(j, c_k[g, a, j] * kw[g, a, j]))
+let v[h: H, b: V] = silu(sum(j, c_v[h, b, j] * vw[h, b, j]))
+let al[h: H, a: K] = exp(-softplus(sum(m, W_a[h, a, m] * ux[m])) / 4)
+let z[h: H, b: V] = sum(m, W_z[h, b, m] * u[m])
+drive v
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h, a]
+B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * k[h // R, a]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[o // R, a] / sqrt(K)
+D[(o, e), (h2, b2)] = delta(o, h2) * delta(e, b2) * Dp[o]
+post gy[h: H, b: V] = y[h, b] * silu(z[h, b])
+post out[o: d] = sum(h, sum(b, W_o[o, h, b] * gy[h, b]))
+"""
+
+GDN_CONV_NORM = """
+model GdnGroupedConvNorm "gated delta rule, grouped keys through a short conv and an L2 norm, RMSNorm, out-proj posts"
+dim d = 5
+dim G = 2
+dim R = 2
+dim H = G * R
+dim K = 3
+dim V = 2
+dim W = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_q[H, K, d] ~ normal(0, 0.5)
+param W_k[G, K, d] ~ normal(0, 0.5)
+param c_k[G, K, W] ~ normal(0, 0.5)
+param W_v[H, V, d] ~ normal(0, 0.5)
+param W_a[H, d] ~ normal(0, 0.5)
+param A_log[h: H] = log(1 + h)
+param dt_bias[H] = 0.5
+param W_b[H, d] ~ normal(0, 0.5)
+param g_n[b: V] = 1 + 0.5 * b
+param W_o[d, H, V] ~ normal(0, 0.5)
+let qr[h: H, a: K] = silu(sum(m, W_q[h, a, m] * u[m]))
+let q[h: H, a: K] = qr[h, a] / sqrt(sum(a2, qr[h, a2] ^ 2) + 1e-6)
+let kr[g: G, a: K] = sum(m, W_k[g, a, m] * u[m])
+let kw[g: G, a: K, j: W] = window(kr[g, a])
+let kc[g: G, a: K] = silu(sum(j, c_k[g, a, j] * kw[g, a, j]))
+let k[g: G, a: K] = kc[g, a] / sqrt(sum(a2, kc[g, a2] ^ 2) + 1e-6)
+let al[h: H] = exp(-exp(A_log[h]) * softplus(sum(m, W_a[h, m] * u[m]) + dt_bias[h]))
+let be[h: H] = sigmoid(sum(m, W_b[h, m] * u[m]))
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * al[h]
+    * (delta(a, a2) - be[h] * k[h // R, a] * k[h // R, a2])
+B[(h, a, b), m] = be[h] * k[h // R, a] * W_v[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a] / sqrt(K)
+post n[h: H, b: V] = y[h, b] / sqrt(sum(b2, y[h, b2] ^ 2) / V + 1e-6) * g_n[b]
+post out[o: d] = sum(h, sum(b, W_o[o, h, b] * n[h, b]))
+"""
+
+COMPLEX_S6 = """
+model ComplexS6 "selective scan: expansion n, a rotation pair (odd channels rotate), conv drive, D, gate"
+dim d = 4
+dim E = 3
+dim n = 2
+dim W = 2
+input u[d]
+state h[c: E, j: n, r: 2]
+output y[E]
+param W_x[E, d] ~ normal(0, 0.5)
+param c_x[E, W] ~ normal(0, 0.5)
+param W_dt[E, d] ~ normal(0, 0.5)
+param b_dt[E] = -1
+param A_log[c: E, j: n] = log(0.5 + j)
+param th[c: E, j: n] = (c % 2) * 3.141592653589793 / (j + 1)
+param W_B[n, 2, d] ~ normal(0, 0.5)
+param W_C[n, 2, d] ~ normal(0, 0.5)
+param Dp[c: E] = 1 + 0.5 * c
+param W_z[E, d] ~ normal(0, 0.5)
+let xr[c: E] = sum(m, W_x[c, m] * u[m])
+let xw[c: E, k: W] = window(xr[c])
+let x[c: E] = silu(sum(k, c_x[c, k] * xw[c, k]))
+let dt[c: E] = softplus(sum(m, W_dt[c, m] * u[m]) + b_dt[c])
+let rr[c: E, j: n] = exp(-dt[c] * exp(A_log[c, j]))
+let ar[c: E, j: n] = rr[c, j] * cos(dt[c] * th[c, j])
+let ai[c: E, j: n] = rr[c, j] * sin(dt[c] * th[c, j])
+let bq[j: n, r: 2] = sum(m, W_B[j, r, m] * u[m])
+let cq[j: n, r: 2] = sum(m, W_C[j, r, m] * u[m])
+let z[c: E] = sum(m, W_z[c, m] * u[m])
+drive x
+A[(c, j, r), (c2, j2, r2)] = delta(c, c2) * delta(j, j2) * (delta(r, r2) * ar[c, j]
+    + (delta(r, 1) * delta(r2, 0) - delta(r, 0) * delta(r2, 1)) * ai[c, j])
+B[(c, j, r), m] = delta(c, m) * dt[c] * bq[j, r]
+C[o, (c, j, r)] = delta(o, c) * silu(z[o]) * cq[j, r]
+D[o, m] = delta(o, m) * silu(z[o]) * Dp[o]
+"""
+
+FOX_GQA = """
+model FoxGqaNorm "FoX: keys and values shared by groups of heads, a biased forget gate, RMSNorm and out-proj posts"
+dim d = 5
+dim G = 2
+dim R = 2
+dim H = G * R
+dim K = 2
+dim V = 3
+input u[d]
+state S[h: H, f: taylor(K, inf), b: V]
+output y[h: H, b: V]
+param W_Q[H, K, d] ~ normal(0, 0.5)
+param W_K[G, K, d] ~ normal(0, 0.5)
+param W_V[G, V, d] ~ normal(0, 0.5)
+param W_F[H, d] ~ normal(0, 0.5)
+param b_F[h: H] = 1 + h
+param W_o[d, H, V] ~ normal(0, 0.5)
+let q[h: H, a: K] = sum(m, W_Q[h, a, m] * u[m])
+let k[g: G, a: K] = sum(m, W_K[g, a, m] * u[m])
+let fg[h: H] = sigmoid(sum(m, W_F[h, m] * u[m]) + b_F[h])
+let qf[h: H, f: taylor(K, inf)] = taylor(a, q[h, a])
+let kf[h: H, f: taylor(K, inf)] = taylor(a, k[h // R, a])
+let z[h: H, f: taylor(K, inf)] = scan(fg[h], kf[h, f])
+let eta[h: H] = sum(f, qf[h, f] * z[h, f])
+let eta_prev[h: H] = prev(eta[h])
+A[(h, f, b), (h2, f2, b2)] = delta(h, h2) * delta(f, f2) * delta(b, b2) * fg[h] * eta_prev[h] / eta[h]
+B[(h, f, b), m] = kf[h, f] * W_V[h // R, b, m] / eta[h]
+C[(o, e), (h, f, b)] = delta(o, h) * delta(e, b) * qf[h, f]
+post n[h: H, b: V] = y[h, b] / sqrt(sum(b2, y[h, b2] ^ 2) / V + 1e-6)
+post out[o: d] = sum(h, sum(b, W_o[o, h, b] * n[h, b]))
+"""
+
+MAMBA2_BLOCK = """
+model Mamba2Block "Mamba-2 block: x, B, C short-conv'd, B and C grouped, D, gated RMSNorm, out-proj"
+dim d = 4
+dim G = 2
+dim R = 2
+dim H = G * R
+dim P = 2
+dim n = 3
+dim W = 3
+input u[d]
+state S[h: H, p: P, j: n]
+output y[h: H, p: P]
+param W_x[H, P, d] ~ normal(0, 0.5)
+param W_z[H, P, d] ~ normal(0, 0.5)
+param W_B[G, n, d] ~ normal(0, 0.5)
+param W_C[G, n, d] ~ normal(0, 0.5)
+param c_x[H, P, W] ~ normal(0, 0.5)
+param c_B[G, n, W] ~ normal(0, 0.5)
+param c_C[G, n, W] ~ normal(0, 0.5)
+param W_dt[H, d] ~ normal(0, 0.5)
+param dt_bias[H] ~ dt_bias(0.001, 0.1)
+param A_log[h: H] = log(1 + h)
+param Dp[H] = 1
+param g_n[H, P] = 1
+param W_o[d, H, P] ~ normal(0, 0.5)
+let xr[h: H, p: P] = sum(m, W_x[h, p, m] * u[m])
+let xw[h: H, p: P, k: W] = window(xr[h, p])
+let x[h: H, p: P] = silu(sum(k, c_x[h, p, k] * xw[h, p, k]))
+let Br[g: G, j: n] = sum(m, W_B[g, j, m] * u[m])
+let Bw[g: G, j: n, k: W] = window(Br[g, j])
+let Bc[g: G, j: n] = silu(sum(k, c_B[g, j, k] * Bw[g, j, k]))
+let Cr[g: G, j: n] = sum(m, W_C[g, j, m] * u[m])
+let Cw[g: G, j: n, k: W] = window(Cr[g, j])
+let Cc[g: G, j: n] = silu(sum(k, c_C[g, j, k] * Cw[g, j, k]))
+let z[h: H, p: P] = sum(m, W_z[h, p, m] * u[m])
+let dt[h: H] = softplus(sum(m, W_dt[h, m] * u[m]) + dt_bias[h])
+drive x
+A[(h, p, j), (h2, p2, j2)] = delta(h, h2) * delta(p, p2) * delta(j, j2) * exp(-dt[h] * exp(A_log[h]))
+B[(h, p, j), (h2, p2)] = delta(h, h2) * delta(p, p2) * dt[h] * Bc[h // R, j]
+C[(o, e), (h, p, j)] = delta(o, h) * delta(e, p) * Cc[o // R, j]
+D[(o, e), (h2, p2)] = delta(o, h2) * delta(e, p2) * Dp[o]
+post gy[h: H, p: P] = y[h, p] * silu(z[h, p])
+post ny[h: H, p: P] = gy[h, p] / sqrt(sum(h2, sum(p2, gy[h2, p2] ^ 2)) / (H * P) + 1e-5) * g_n[h, p]
+post out[o: d] = sum(h, sum(p, W_o[o, h, p] * ny[h, p]))
+"""
+CASES = {
+    "gqa": (GQA_CONV, Family.CHUNKED_OUTER),
+    "gdn": (GDN_CONV_NORM, Family.CHUNKED_DELTA),
+    "cs6": (COMPLEX_S6, Family.DENSE_SCAN),
+    "fox": (FOX_GQA, Family.QUADRATIC),
+    "mamba2": (MAMBA2_BLOCK, Family.CHUNKED_OUTER),
+}
+sig, silu, softplus = torch.sigmoid, torch.nn.functional.silu, torch.nn.functional.softplus
+
+
+# -- independent float64 implementations from the models' equations ---------------------------------------------------
+# Each takes the parameters by spec name, u [B, T, d] and a carried state (None: from zero; else the module's dict
+# {"h": ..., <running let>: ...}: a window entry holds the last W raw values, oldest first, a prev entry the last
+# input) and returns y [B, T, ...]. Groups of heads are expanded with repeat_interleave (head h reads group h // R).
+
+def _carried(h0, key, default):
+    return default if h0 is None else h0[key]
+
+
+def _shift_in(w, x):
+    """A causal conv's window [..., W] one step on: the oldest value drops, x comes in last."""
+    return torch.cat([w[..., 1:], x[..., None]], -1)
+
+
+def _conv(c, w):
+    """The depthwise conv of a window w [B, ..., W] with weights c [..., W]."""
+    return (c * w).sum(-1)
+
+
+def _rms(x, dims, eps):
+    return x / ((x * x).mean(dims, keepdim=True) + eps).sqrt()
+
+
+def _l2(x, eps=1e-6):
+    return x / ((x * x).sum(-1, keepdim=True) + eps).sqrt()
+
+
+def _gqa(P, u, h0=None):
+    # S [K, V] per head: S = diag(al) S + k v^T, al = exp(-softplus(W_a x) / 4) with x = mu u_t + (1 - mu) u_(t-1)
+    # (u_(-1) = u_0 from zero); q, k per group and v per head each silu(depthwise conv of width W of its projection);
+    # y = S^T q / sqrt(K) + Dp v; out = W_o (y silu(W_z u))
+    G, K, d = P["W_q"].shape
+    H, V, W = P["c_v"].shape
+    R, B = H // G, u.shape[0]
+    S = _carried(h0, "h", u.new_zeros(B, H, K, V))
+    up = _carried(h0, "up", None)
+    qw, kw = _carried(h0, "qw", u.new_zeros(B, G, K, W)), _carried(h0, "kw", u.new_zeros(B, G, K, W))
+    vw = _carried(h0, "vw", u.new_zeros(B, H, V, W))
+    ys = []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        up = ut if up is None else up
+        x = P["mu"] * ut + (1 - P["mu"]) * up
+        qw, kw = _shift_in(qw, matvec(P["W_q"], ut)), _shift_in(kw, matvec(P["W_k"], ut))
+        vw = _shift_in(vw, matvec(P["W_v"], ut))
+        q = silu(_conv(P["c_q"], qw)).repeat_interleave(R, 1)
+        k = silu(_conv(P["c_k"], kw)).repeat_interleave(R, 1)
+        v = silu(_conv(P["c_v"], vw))
+        al = torch.exp(-softplus(matvec(P["W_a"], x)) / 4)
+        S = al[..., None] * S + k[..., None] * v[:, :, None, :]
+        y = torch.einsum("zha,zhab->zhb", q, S) / K ** 0.5 + P["Dp"][:, None] * v
+        ys.append(torch.einsum("ohb,zhb->zo", P["W_o"], y * silu(matvec(P["W_z"], ut))))
+        up = ut
+    return stack_steps(ys, u, d)
+
+
+def _gdn(P, u, h0=None):
+    # S [K, V] per head, decay first, then the delta rule (fla's naive order): S = al S, S = S - be k (k^T S - v^T);
+    # al = exp(-exp(A_log) softplus(W_a u + dt_bias)); k per group: L2(silu(conv_W(W_k u))); q = L2(silu(W_q u));
+    # y = S^T q / sqrt(K); n = RMSNorm_V(y) g_n; out = W_o n
+    H, K, d = P["W_q"].shape
+    G, _, W = P["c_k"].shape
+    V, R, B = P["W_v"].shape[1], H // G, u.shape[0]
+    S = _carried(h0, "h", u.new_zeros(B, H, K, V))
+    kw = _carried(h0, "kw", u.new_zeros(B, G, K, W))
+    ys = []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        q = _l2(silu(matvec(P["W_q"], ut)))
+        kw = _shift_in(kw, matvec(P["W_k"], ut))
+        k = _l2(silu(_conv(P["c_k"], kw))).repeat_interleave(R, 1)
+        v = matvec(P["W_v"], ut)
+        al = torch.exp(-torch.exp(P["A_log"]) * softplus(ut @ P["W_a"].T + P["dt_bias"]))[..., None, None]
+        be = sig(ut @ P["W_b"].T)[..., None, None]
+        S = al * S
+        err = torch.einsum("zha,zhab->zhb", k, S) - v
+        S = S - be * k[..., None] * err[:, :, None, :]
+        y = torch.einsum("zha,zhab->zhb", q, S) / K ** 0.5
+        ys.append(torch.einsum("ohb,zhb->zo", P["W_o"], _rms(y, -1, 1e-6) * P["g_n"]))
+    return stack_steps(ys, u, d)
+
+
+def _cs6(P, u, h0=None):
+    # complex arithmetic: h[c, j] = exp(dt_c lam_cj) h + dt_c x_c (b_re + i b_im)[j], lam = -exp(A_log) + i th;
+    # x = silu(conv_W(W_x u)) (the drive), dt = softplus(W_dt u + b_dt); y = silu(z) (sum_j Re(conj(cq_j) h_j) + Dp x).
+    # The state in the spec's layout [E, n, 2] is (Re h, Im h)
+    E, W = P["c_x"].shape
+    lam = torch.complex(-torch.exp(P["A_log"]), P["th"])
+    st = _carried(h0, "h", u.new_zeros(u.shape[0], *lam.shape, 2))
+    h = torch.complex(st[..., 0], st[..., 1])
+    xw = _carried(h0, "xw", u.new_zeros(u.shape[0], E, W))
+    ys = []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        xw = _shift_in(xw, ut @ P["W_x"].T)
+        x = silu(_conv(P["c_x"], xw))
+        dt = softplus(ut @ P["W_dt"].T + P["b_dt"])
+        bq, cq = matvec(P["W_B"], ut), matvec(P["W_C"], ut)  # [B, n, 2]
+        b, c = torch.complex(bq[..., 0], bq[..., 1]), torch.complex(cq[..., 0], cq[..., 1])
+        h = torch.exp(dt[..., None] * lam) * h + (dt * x)[..., None] * b[:, None, :]
+        y = (c.conj()[:, None, :] * h).real.sum(-1) + P["Dp"] * x
+        ys.append(silu(ut @ P["W_z"].T) * y)
+    return stack_steps(ys, u, E)
+
+
+def _fox(P, u, h0=None):
+    # the forgetting transformer as its paper writes it (quadratic, from zero): per head,
+    # o_i = sum_(j<=i) exp(q_i.k_j / sqrt(K) + F_i - F_j) v_j / sum_(j<=i) exp(q_i.k_j / sqrt(K) + F_i - F_j),
+    # F_i = sum_(l<=i) log f_l, f = sigmoid(W_F u + b_F); k, v of group h // R; n = RMSNorm_V(o); out = W_o n
+    assert h0 is None
+    H, K, d = P["W_Q"].shape
+    R, T = H // P["W_K"].shape[0], u.shape[1]
+    q = torch.einsum("ham,btm->bhta", P["W_Q"], u)
+    k = torch.einsum("gam,btm->bgta", P["W_K"], u).repeat_interleave(R, 1)
+    v = torch.einsum("gcm,btm->bgtc", P["W_V"], u).repeat_interleave(R, 1)
+    F = torch.log(sig(u @ P["W_F"].T + P["b_F"])).cumsum(1).transpose(1, 2)  # [B, H, T]
+    logits = torch.einsum("bhia,bhja->bhij", q, k) / K ** 0.5 + F[..., :, None] - F[..., None, :]
+    logits = logits.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), -torch.inf)
+    o = torch.einsum("bhij,bhjc->bihc", torch.softmax(logits, -1), v)  # [B, T, H, V]
+    return torch.einsum("ohc,bthc->bto", P["W_o"], _rms(o, -1, 1e-6))
+
+
+def _mamba2(P, u, h0=None):
+    # Mamba-2 (mamba_ssm's Mamba2 with ngroups = G, no norm before the gate): x [H, P], B, C [G, n] each
+    # silu(conv_W(.)); dt = softplus(W_dt u + dt_bias); S [P, n] per head: S = exp(-dt exp(A_log)) S + dt x B^T;
+    # y = S C + Dp x; g = y silu(z); out = W_o (RMSNorm over all H P of g, weight g_n)
+    H, P_, W = P["c_x"].shape
+    G, n, _ = P["c_B"].shape
+    R, B = H // G, u.shape[0]
+    S = _carried(h0, "h", u.new_zeros(B, H, P_, n))
+    xw = _carried(h0, "xw", u.new_zeros(B, H, P_, W))
+    Bw, Cw = _carried(h0, "Bw", u.new_zeros(B, G, n, W)), _carried(h0, "Cw", u.new_zeros(B, G, n, W))
+    ys = []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        xw, Bw, Cw = (_shift_in(xw, matvec(P["W_x"], ut)), _shift_in(Bw, matvec(P["W_B"], ut)),
+                      _shift_in(Cw, matvec(P["W_C"], ut)))
+        x = silu(_conv(P["c_x"], xw))
+        b = silu(_conv(P["c_B"], Bw)).repeat_interleave(R, 1)
+        c = silu(_conv(P["c_C"], Cw)).repeat_interleave(R, 1)
+        dt = softplus(ut @ P["W_dt"].T + P["dt_bias"])
+        S = torch.exp(-dt * torch.exp(P["A_log"]))[..., None, None] * S + (dt[..., None] * x)[..., None] * b[:, :, None]
+        y = torch.einsum("zhpj,zhj->zhp", S, c) + P["Dp"][:, None] * x
+        g = y * silu(matvec(P["W_z"], ut))
+        ys.append(torch.einsum("ohp,zhp->zo", P["W_o"], _rms(g, (-2, -1), 1e-5) * P["g_n"]))
+    return stack_steps(ys, u, P["W_o"].shape[0])
+
+
+INDEPENDENT = {"gqa": _gqa, "gdn": _gdn, "cs6": _cs6, "fox": _fox, "mamba2": _mamba2}
+EIGEN = {"gqa": Bound.STABLE, "gdn": Bound.STABLE, "cs6": Bound.STABLE, "fox": Bound.UNBOUNDED,
+         "mamba2": Bound.STABLE}
+
+
+_compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
+RECURRENT = [name for name in CASES if name != "fox"]  # FoX's state is a KV cache: its own tests below
+
+# forward (T = 0, 1, 7, 9; from zero: every spec but FoX carries running lets) and gradients against the loops; every
+# path against dsfc's reference and the structure report for the fixed-size states (dsf_testing.spec_hunt_tests)
+test_new_spec_matches_an_independent_implementation, test_new_spec_gradients_match_an_independent_implementation = (
+    spec_hunt_tests(CASES, INDEPENDENT, EIGEN, _built)[:2])
+test_new_spec_matches_the_reference, test_the_structure_report_is_true = spec_hunt_tests(
+    {name: CASES[name] for name in RECURRENT}, INDEPENDENT, EIGEN, _built)[2:]
+
+
+def _carried_state(built, batch, gen):
+    """A random carried state in the module's own layout (the recurrent state and each running let's entry)."""
+    with torch.no_grad():
+        _, shape_of = built.model(torch.zeros(batch, 1, built.d_in(), dtype=F64), output_final_state=True)
+    return {k: 0.5 * torch.randn(v.shape, generator=gen, dtype=F64) for k, v in shape_of.items()}
+
+
+def _check_from_carried_state(built, loop, lengths, triton_lengths, batch=2, seed=7):
+    """Forward from a random carried state at each T in ``lengths`` on torch and token by token, and at each T in
+    ``triton_lengths`` on Triton (interpreted), against the loop; the final state against dsfc's reference."""
+    P, gen = built.params(), torch.Generator().manual_seed(seed)
+    for t in sorted(set(lengths) | set(triton_lengths)):
+        u = torch.randn(batch, t, built.d_in(), generator=gen, dtype=F64)
+        h0 = _carried_state(built, batch, gen)
+        want = loop(P, u, h0).reshape(batch, t, built.d_out())
+        _, h_ref = built.reference(u, h0)
+        backends = (("torch",) if t in lengths else ()) + (("triton",) if TRITON and t in triton_lengths else ())
+        for backend in backends:
+            built.model.backend = backend
+            with torch.no_grad():
+                y, hT = built.model(u, initial_state=h0, output_final_state=True)
+            assert rel_err(y, want) < 1e-8 and state_err(hT, h_ref) < 1e-8, (backend, t)
+        built.model.backend = "torch"
+        if t in lengths and t <= 17:
+            with torch.no_grad():
+                y_s, h_s = run_steps(built.model, u, h0)
+            assert rel_err(y_s, want) < 1e-8 and state_err(h_s, h_ref) < 1e-8, ("step", t)
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_odd_lengths_from_a_carried_state_match_the_loop(name):
+    """T = 1 and the chunk lengths +- 1 (torch's 64: T = 63, 65; Triton's 16 on the CPU: T = 15, 17) from a random
+    carried state, every running entry included (windows mid-sequence, the token shift's last input), on torch,
+    token by token (T <= 17) and on Triton, against the loop; the final state against dsfc's reference."""
+    _check_from_carried_state(_built(name), INDEPENDENT[name], (1, 15, 63, 65), (17,))
+
+
+def _fox_checks(built, lengths, triton_lengths):
+    """FoX (its state a KV cache): forward on torch and Triton, token by token, and a call continued from a first
+    call's cache (split after the first token and mid-sequence), against the quadratic loop."""
+    P, gen = built.params(), torch.Generator().manual_seed(4)
+    for t in sorted(set(lengths) | set(triton_lengths)):
+        u = torch.randn(2, t, built.d_in(), generator=gen, dtype=F64)
+        want = _fox(P, u).reshape(2, t, built.d_out())
+        for backend in (("torch",) if t in lengths else ()) + (("triton",) if TRITON and t in triton_lengths else ()):
+            built.model.backend = backend
+            with torch.no_grad():
+                assert rel_err(built.model(u), want) < 1e-8, (backend, t)
+                if t > 1:
+                    for cut in (1, t // 2):
+                        y0, cache = built.model(u[:, :cut], output_final_state=True)
+                        y1 = built.model(u[:, cut:], initial_state=cache)
+                        assert rel_err(torch.cat([y0, y1], 1), want) < 1e-8, (backend, t, cut)
+        built.model.backend = "torch"
+        if t in lengths and 0 < t <= 17:
+            with torch.no_grad():
+                assert rel_err(run_steps(built.model, u, None)[0], want) < 1e-8, ("step", t)
+
+
+def test_fox_with_grouped_heads_matches_its_quadratic_form():
+    """FoX with grouped keys and values, a biased gate and norm / projection posts: kernelised (the quadratic family,
+    its bound the catalog FoX's), and right against the quadratic loop at T = 1, 15, 17 and 65 on torch, step and a
+    cache-continued call, and at T = 17 on Triton."""
+    result = _compiled("fox")
+    assert result.structure.family == Family.QUADRATIC, result.structure.family_reason
+    assert result.report.eigen_bound == Bound.UNBOUNDED.value, result.report.eigen_reason
+    _fox_checks(_built("fox"), (1, 15, 17, 65), (17,))
