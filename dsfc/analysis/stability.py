@@ -257,6 +257,10 @@ class IntervalProver:
                for x in sp.preorder_traversal(concrete)):
             return None
         concrete = sp.expand(concrete.doit())
+        if concrete == 0:
+            # every coefficient cancelled (HGRN's first layer: the mask keeps w[0] alone, minus w[0]): exactly 0
+            self.reasons.append(f"{spec_str(e)} = 0 at the default dims (its softmax-like weights cancel)")
+            return Interval(0.0, 0.0)
         coef: dict[int, sp.Expr] = {}
         name, rest_idx, extent = None, None, None
         for term in sp.Add.make_args(concrete):
@@ -324,7 +328,12 @@ class IntervalProver:
             wiv = self.range(w)
             if wiv.lo < 0 or wiv.hi > 1 or sp.expand(sp.diff(e, w, 2)) != 0:
                 continue
-            ends = [self.range(e.subs(w, v)) for v in (0, 1)]
+            at = [e.subs(w, v) for v in (0, 1)]
+            if e in at:
+                # w read only under a sum over one of its indices (sm[j, c] in Sum(.., (j, 0, L - 1))): subs leaves a
+                # bound variable's atom alone, and ranging e again recursed until Python's limit (HGRN's first layer)
+                continue
+            ends = [self.range(x) for x in at]
             lo, hi = min(iv.lo for iv in ends), max(iv.hi for iv in ends)
             if -INF < lo and hi < INF:
                 return Interval(lo, hi, all(iv.lo_open for iv in ends if iv.lo == lo),

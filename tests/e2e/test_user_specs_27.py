@@ -22,16 +22,20 @@ one call over the whole; and each layer at every dim 1, at distinct primes and w
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
+import pathlib  # noqa: E402
+
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, case_builds, matvec, rel_err, run_steps,  # noqa: E402
-                         spec_hunt_tests, stack_steps, state_err)
+from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, build, case_builds, matvec, rel_err,  # noqa: E402
+                         run_steps, spec_hunt_tests, stack_steps, state_err)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
+from dsfc.pipeline import compile_text  # noqa: E402
 
 pytestmark = INTERPRETER_WARNINGS
+SPECS = pathlib.Path(__file__).resolve().parents[2] / "specs"
 
 GQA_CONV = """
 model GqaConvGla "GQA: q, k shared by groups, each short-conv'd; per-key decay from a token shift, D, gate, out-proj"
@@ -471,3 +475,66 @@ def test_fox_with_grouped_heads_matches_its_quadratic_form():
     assert result.structure.family == Family.QUADRATIC, result.structure.family_reason
     assert result.report.eigen_bound == Bound.UNBOUNDED.value, result.report.eigen_reason
     _fox_checks(_built("fox"), (1, 15, 17, 65), (17,))
+
+
+# every dim 1; distinct primes (K != V, d a multiple of nothing); one dim 64, the rest 1-3 (heads 1, expansion 1)
+DIM_SETS = {
+    "gqa": {"ones": dict(d=1, G=1, R=1, K=1, V=1, W=1), "primes": dict(d=7, G=2, R=3, K=5, V=3, W=2),
+            "k64": dict(d=3, G=1, R=1, K=64, V=2, W=2)},
+    "gdn": {"ones": dict(d=1, G=1, R=1, K=1, V=1, W=1), "primes": dict(d=11, G=3, R=2, K=5, V=7, W=3),
+            "v64": dict(d=2, G=1, R=1, K=3, V=64, W=1)},
+    "cs6": {"ones": dict(d=1, E=1, n=1, W=1), "primes": dict(d=7, E=5, n=3, W=2),
+            "n64": dict(d=2, E=3, n=64, W=1)},
+    "fox": {"ones": dict(d=1, G=1, R=1, K=1, V=1), "primes": dict(d=7, G=1, R=5, K=3, V=2),
+            "d64": dict(d=64, G=1, R=1, K=2, V=3)},
+    "mamba2": {"ones": dict(d=1, G=1, R=1, P=1, n=1, W=1), "primes": dict(d=5, G=3, R=2, P=7, n=3, W=2),
+               "n64": dict(d=3, G=1, R=1, P=2, n=64, W=3)},
+}
+
+
+@pytest.mark.parametrize("name,dims", [(n, s) for n in DIM_SETS for s in DIM_SETS[n]])
+def test_the_layer_at_extreme_dims_matches_its_loop(name, dims):
+    """Each layer at every dim 1, at distinct primes and with one dim 64 (the rest tiny): T = 1 and 9 from a carried
+    state (FoX: from zero, and continued from a cache) on torch and token by token, and at the primes T = 17 on
+    Triton, against the loop."""
+    built = _built(name, **DIM_SETS[name][dims])
+    triton = (17,) if dims == "primes" else ()
+    if name == "fox":
+        _fox_checks(built, (1, 9), triton)
+    else:
+        _check_from_carried_state(built, INDEPENDENT[name], (1, 9), triton)
+
+
+def _hgrn(P, u, h0=None):
+    # HGRN's first layer (no lower bound, gamma = 0): f = sigmoid(W_f u), h = f h + (1 - f) silu(W_i u), y = h
+    h, ys = (u.new_zeros(u.shape[0], P["W_i"].shape[0]) if h0 is None else h0), []
+    for t in range(u.shape[1]):
+        f = sig(u[:, t] @ P["W_f"].T)
+        h = f * h + (1 - f) * silu(u[:, t] @ P["W_i"].T)
+        ys.append(h)
+    return stack_steps(ys, u, P["W_i"].shape[0])
+
+
+@pytest.mark.parametrize("dims", ["dim layer = 1", "dim d = 1, dim E = 1, dim L = 1, dim layer = 1"])
+def test_hgrn_written_for_its_first_layer_compiles_with_its_bound(dims):
+    """The catalog HGRN written for its first layer (``dim layer = 1``; and every dim 1): ``dsfc compile`` failed
+    with "spec is too deeply nested" (a RecursionError in the prover: the lower bound's softmax weight sm[j, c],
+    read only under the sum over j, was taken as a convex-combination atom, and substituting it there changes
+    nothing, so ranging the same expression recursed); and the bound gamma = sum_j mask_j sm[j] - sm[0], exactly 0
+    at layer 1 (the weights cancel), was "unknown". Now: the diagonal scan with |lambda| < 1, (0, 1); the module
+    (built at d = 3, E = 4, L = 2, layer 1) against the first layer's loop on torch and token by token."""
+    text = (SPECS / "hgrn.dsf").read_text()
+    for dim in dims.split(", "):
+        name = dim.split()[1]
+        text = "\n".join(dim if line.startswith(f"dim {name} = ") else line for line in text.splitlines())
+    result = compile_text(text, "hgrn_first.dsf")
+    assert result.structure.family == Family.DIAGONAL_SCAN, result.structure.family_reason
+    assert (result.report.eigen_bound, result.report.eigen_interval) == (Bound.STABLE.value, "(0, 1)"), (
+        result.report.eigen_reason)
+    built = build(result, dict(d=3, E=4, L=2, layer=1))
+    P, gen = built.params(), torch.Generator().manual_seed(6)
+    u, h0 = torch.randn(2, 9, 3, generator=gen, dtype=F64), torch.randn(2, 4, generator=gen, dtype=F64)
+    want = _hgrn(P, u, h0)
+    with torch.no_grad():
+        assert rel_err(built.model(u, initial_state=h0), want) < 1e-8
+        assert rel_err(run_steps(built.model, u, h0)[0], want) < 1e-8
