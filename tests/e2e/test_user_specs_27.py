@@ -234,12 +234,60 @@ post gy[h: H, p: P] = y[h, p] * silu(z[h, p])
 post ny[h: H, p: P] = gy[h, p] / sqrt(sum(h2, sum(p2, gy[h2, p2] ^ 2)) / (H * P) + 1e-5) * g_n[h, p]
 post out[o: d] = sum(h, sum(p, W_o[o, h, p] * ny[h, p]))
 """
+MAMBA3 = """
+model Mamba3Like "Mamba-3-like: trapezoidal rank-2 input, B and C rotated by a cumsum of angles, grouped B/C, D, gate"
+dim d = 4
+dim G = 1
+dim R = 2
+dim H = G * R
+dim P = 2
+dim n2 = 2
+input u[d]
+state S[h: H, p: P, j: n2, c: 2]
+output y[h: H, p: P]
+param W_x[H, P, d] ~ normal(0, 0.5)
+param W_z[H, P, d] ~ normal(0, 0.5)
+param W_B[G, n2, 2, d] ~ normal(0, 0.5)
+param W_C[G, n2, 2, d] ~ normal(0, 0.5)
+param W_th[G, n2, d] ~ normal(0, 0.5)
+param W_dt[H, d] ~ normal(0, 0.5)
+param dt_bias[H] ~ dt_bias(0.001, 0.1)
+param A_log[h: H] = log(1 + h)
+param W_lam[H, d] ~ normal(0, 0.5)
+param Dp[H] = 1
+param W_o[d, H, P] ~ normal(0, 0.5)
+let x[h: H, p: P] = sum(m, W_x[h, p, m] * u[m])
+let dt[h: H] = softplus(sum(m, W_dt[h, m] * u[m]) + dt_bias[h])
+let al[h: H] = exp(-dt[h] * exp(A_log[h]))
+let lam[h: H] = sigmoid(sum(m, W_lam[h, m] * u[m]))
+let ang[h: H, j: n2] = dt[h] * sum(m, W_th[h // R, j, m] * u[m])
+let phi[h: H, j: n2] = cumsum(ang[h, j])
+let Br[g: G, j: n2, c: 2] = sum(m, W_B[g, j, c, m] * u[m])
+let Cr[g: G, j: n2, c: 2] = sum(m, W_C[g, j, c, m] * u[m])
+let Bt[h: H, j: n2, c: 2] = cos(phi[h, j]) * Br[h // R, j, c]
+    + (2 * c - 1) * sin(phi[h, j]) * Br[h // R, j, 1 - c]
+let Ct[h: H, j: n2, c: 2] = cos(phi[h, j]) * Cr[h // R, j, c]
+    + (2 * c - 1) * sin(phi[h, j]) * Cr[h // R, j, 1 - c]
+let xw[h: H, p: P, w: 2] = window(x[h, p])
+let Bw[h: H, j: n2, c: 2, w: 2] = window(Bt[h, j, c])
+let kk[h: H, w: 2, j: n2, c: 2] = ((1 - w) * (1 - lam[h]) * al[h] + w * lam[h]) * dt[h] * Bw[h, j, c, w]
+let z[h: H, p: P] = sum(m, W_z[h, p, m] * u[m])
+drive xw
+A[(h, p, j, c), (h2, p2, j2, c2)] = delta(h, h2) * delta(p, p2) * delta(j, j2) * delta(c, c2) * al[h]
+B[(h, p, j, c), (h2, p2, w)] = delta(h, h2) * delta(p, p2) * kk[h, w, j, c]
+C[(o, e), (h, p, j, c)] = delta(o, h) * delta(e, p) * Ct[o, j, c]
+D[(o, e), (h2, p2, w)] = delta(o, h2) * delta(e, p2) * delta(w, 1) * Dp[o]
+post gy[h: H, p: P] = y[h, p] * silu(z[h, p])
+post out[o: d] = sum(h, sum(p, W_o[o, h, p] * gy[h, p]))
+"""
+
 CASES = {
     "gqa": (GQA_CONV, Family.CHUNKED_OUTER),
     "gdn": (GDN_CONV_NORM, Family.CHUNKED_DELTA),
     "cs6": (COMPLEX_S6, Family.DENSE_SCAN),
     "fox": (FOX_GQA, Family.QUADRATIC),
     "mamba2": (MAMBA2_BLOCK, Family.CHUNKED_OUTER),
+    "mamba3": (MAMBA3, Family.CHUNKED_OUTER),
 }
 sig, silu, softplus = torch.sigmoid, torch.nn.functional.silu, torch.nn.functional.softplus
 
@@ -392,9 +440,48 @@ def _mamba2(P, u, h0=None):
     return stack_steps(ys, u, P["W_o"].shape[0])
 
 
-INDEPENDENT = {"gqa": _gqa, "gdn": _gdn, "cs6": _cs6, "fox": _fox, "mamba2": _mamba2}
+def _rotate(x, phi):
+    """(re, im) pairs on x's last axis turned by the angles phi: e^(i phi) (x_0 + i x_1), as complex."""
+    return torch.exp(1j * phi) * torch.complex(x[..., 0], x[..., 1])
+
+
+def _mamba3(P, u, h0=None):
+    # complex arithmetic, per head h, S [P, n2] complex: the trapezoidal rule S_t = al S + (1 - lam) dt al B_(t-1)
+    # x_(t-1)^T + lam dt B_t x_t^T (B_(-1), x_(-1) = 0 from zero), al = exp(-dt exp(A_log)); B_t, C_t complex
+    # (pairs), rotated by e^(i phi_t), phi_t = sum_(s<=t) dt_s (W_th u_s) per group (RoPE with data-dependent angles);
+    # y = Re(C^H S) + Dp x_t; out = W_o (y silu(W_z u)). The state in the spec's layout [H, P, n2, 2] is (Re, Im)
+    H, P_, d = P["W_x"].shape
+    G, n2 = P["W_B"].shape[:2]
+    R, B = H // G, u.shape[0]
+    st = _carried(h0, "h", u.new_zeros(B, H, P_, n2, 2))
+    S = torch.complex(st[..., 0], st[..., 1])
+    phi = _carried(h0, "phi", u.new_zeros(B, H, n2))
+    xw = _carried(h0, "xw", u.new_zeros(B, H, P_, 2))
+    Bw = _carried(h0, "Bw", u.new_zeros(B, H, n2, 2, 2))
+    ys = []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        x = matvec(P["W_x"], ut)
+        dt = softplus(ut @ P["W_dt"].T + P["dt_bias"])
+        al = torch.exp(-dt * torch.exp(P["A_log"]))
+        lam = sig(ut @ P["W_lam"].T)
+        phi = phi + dt[..., None] * matvec(P["W_th"], ut).repeat_interleave(R, 1)
+        b = _rotate(matvec(P["W_B"], ut).repeat_interleave(R, 1), phi)  # [B, H, n2]
+        c = _rotate(matvec(P["W_C"], ut).repeat_interleave(R, 1), phi)
+        b_prev, x_prev = torch.complex(Bw[..., 0, 1], Bw[..., 1, 1]), xw[..., 1]
+        w_prev, w_now = ((1 - lam) * al * dt)[..., None, None], (lam * dt)[..., None, None]
+        S = al[..., None, None] * S + w_prev * x_prev[..., None] * b_prev[:, :, None, :] + w_now * x[..., None] * b[
+            :, :, None, :]
+        y = (c.conj()[:, :, None, :] * S).real.sum(-1) + P["Dp"][:, None] * x
+        ys.append(torch.einsum("ohp,zhp->zo", P["W_o"], y * silu(matvec(P["W_z"], ut))))
+        xw = _shift_in(xw, x)
+        Bw = _shift_in(Bw, torch.stack([b.real, b.imag], -1))
+    return stack_steps(ys, u, d)
+
+
+INDEPENDENT = {"gqa": _gqa, "gdn": _gdn, "cs6": _cs6, "fox": _fox, "mamba2": _mamba2, "mamba3": _mamba3}
 EIGEN = {"gqa": Bound.STABLE, "gdn": Bound.STABLE, "cs6": Bound.STABLE, "fox": Bound.UNBOUNDED,
-         "mamba2": Bound.STABLE}
+         "mamba2": Bound.STABLE, "mamba3": Bound.STABLE}
 
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
@@ -489,6 +576,8 @@ DIM_SETS = {
             "d64": dict(d=64, G=1, R=1, K=2, V=3)},
     "mamba2": {"ones": dict(d=1, G=1, R=1, P=1, n=1, W=1), "primes": dict(d=5, G=3, R=2, P=7, n=3, W=2),
                "n64": dict(d=3, G=1, R=1, P=2, n=64, W=3)},
+    "mamba3": {"ones": dict(d=1, G=1, R=1, P=1, n2=1), "primes": dict(d=5, G=2, R=3, P=7, n2=2),
+               "p64": dict(d=2, G=1, R=1, P=64, n2=1)},
 }
 
 
