@@ -9,15 +9,39 @@ a selective scan with a state expansion n and a rotation pair per mode (odd chan
 of unequal roles), a conv'd drive, a gated C and D; FoX (softmax attention with a forget gate) with keys and values
 shared by groups of heads, a biased gate, a per-head RMSNorm post and an out-projection post; a Mamba-2 block (x, B,
 C each short-conv'd, B and C shared by groups of heads, the state [H, P, n] value-first, D, the gated RMSNorm over all
-heads, the out-projection).
+heads, the out-projection); a Mamba-3-like layer (the trapezoidal rule as a rank-2 input through a width-2
+``window`` of x and B, B and C rotated by a ``cumsum`` of data-dependent angles, grouped B / C, D, a gate and the
+out-projection); retention with a rotating decay per key pair (xPos / GateLoop: 2 x 2 rotation-scaling blocks) and
+grouped keys.
 
-Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's reference;
-FoX's as its quadratic attention form): forward at T = 0, 1, 7 and 9 on the torch path and at T = 0 and 9 on the Triton
-path (interpreted), token-by-token step, gradients of the input and every parameter, every path against dsfc's
-reference and the family and eigenvalue bound of ``dsfc analyze`` (``dsf_testing.spec_hunt_tests``); at T = 1 and
-the chunk lengths +- 1 (torch 63, 65; Triton 15, 17) from a random carried state (the recurrent state and every
-running let's entry), torch, step and Triton; a call continued from a first call's state (FoX: its KV cache) equals
-one call over the whole; and each layer at every dim 1, at distinct primes and with one dim 64 and the rest tiny.
+Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's reference:
+the rotating layers' in complex arithmetic, FoX's as its quadratic attention form): forward at T = 0, 1, 7 and 9 on the
+torch path and at T = 0 and 9 on the Triton path (interpreted), token-by-token step, gradients of the input and every
+parameter, every path against dsfc's reference and the family and eigenvalue bound of ``dsfc analyze``
+(``dsf_testing.spec_hunt_tests``); at T = 1 and the chunk lengths +- 1 (torch 63, 65; Triton 15, 17) from a random
+carried state (the recurrent state and every running let's entry: windows, the token shift, the angle sum), on
+torch, token by token and on Triton; FoX continued from a first call's KV cache; each layer at every dim 1, at
+distinct primes (K != V, d a multiple of nothing) and with one dim 64 and the rest tiny (heads 1, expansion 1).
+Every output was right. Spot-checked in the hunt and not kept (they pass): each layer at a fourth dim set on Triton
+at T = 16, 32, 33 from a carried state; fp32 against float64 at input scales 1, 10, 30 (the Mamba-3-like layer's
+gradients at scale 30 are off by 1.3e-4 of the largest, as the loop's own fp32 run is, 9e-5: its cumulative angles
+reach hundreds of radians); a dozen more combinations (multi-query keys, heads as (group, member) axes, per-key and
+per-head decays multiplied, a KDA with grouped keys and a conv'd drive, softmax attention with a conv'd key, a gate
+in C and D, RoPE'd retention, ALiBi, a pre-update delta rule with a post reading a running count) through ``dsfc
+check``, each in its best family; the catalog compiled with every dim written 1, with distinct primes and with each
+dim 64 in turn (the rest 2).
+
+Found and fixed (a compile failure): HGRN written for its first layer (``dim layer = 1``, or every dim 1) failed with
+"spec is too deeply nested to compile": the prover's convex-combination rule took the softmax weight ``sm[j, c]``,
+read only under the sum over j, as an atom to set to 0 and 1; substituting a summed variable's term changes
+nothing, so ranging the same expression recursed until Python's limit. Such an atom is now skipped; and the lower
+bound ``sum_j mask_j sm[j] - sm[0]``, whose weights cancel at layer 1, is exactly 0 (it was unknown): the layer is
+the diagonal scan with |lambda| < 1, (0, 1).
+
+Not done (a strict xfail): the rotating decay per key pair runs the dense scan; a chunked form exists (the
+cumulative rotation moved into q and k, or a complex per-key decay). Hunt 25's GateLoop is the same case. Left as it
+is: a decay per key and per value (fla's gk and gv, ``A = ak[h, a] av[h, b]``) runs the diagonal scan, right
+numbers; fla has no chunked kernel for it either.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
