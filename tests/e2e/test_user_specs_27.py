@@ -526,8 +526,8 @@ def _mamba3(P, u, h0=None):
         c = _rotate(matvec(P["W_C"], ut).repeat_interleave(R, 1), phi)
         b_prev, x_prev = torch.complex(Bw[..., 0, 1], Bw[..., 1, 1]), xw[..., 1]
         w_prev, w_now = ((1 - lam) * al * dt)[..., None, None], (lam * dt)[..., None, None]
-        S = al[..., None, None] * S + w_prev * x_prev[..., None] * b_prev[:, :, None, :] + w_now * x[..., None] * b[
-            :, :, None, :]
+        S = (al[..., None, None] * S + w_prev * x_prev[..., None] * b_prev[:, :, None, :]
+             + w_now * x[..., None] * b[:, :, None, :])
         y = (c.conj()[:, :, None, :] * S).real.sum(-1) + P["Dp"][:, None] * x
         ys.append(torch.einsum("ohp,zhp->zo", P["W_o"], y * silu(matvec(P["W_z"], ut))))
         xw = _shift_in(xw, x)
@@ -557,15 +557,15 @@ def _cret(P, u, h0=None):
 
 INDEPENDENT = {"gqa": _gqa, "gdn": _gdn, "cs6": _cs6, "fox": _fox, "mamba2": _mamba2, "mamba3": _mamba3, "cret": _cret}
 EIGEN = {"gqa": Bound.STABLE, "gdn": Bound.STABLE, "cs6": Bound.STABLE, "fox": Bound.UNBOUNDED,
-         "mamba2": Bound.STABLE, "mamba3": Bound.STABLE,
-         "cret": Bound.STABLE}
+         "mamba2": Bound.STABLE, "mamba3": Bound.STABLE, "cret": Bound.STABLE}
 
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 RECURRENT = [name for name in CASES if name != "fox"]  # FoX's state is a KV cache: its own tests below
 
-# forward (T = 0, 1, 7, 9; from zero: every spec but FoX carries running lets) and gradients against the loops; every
-# path against dsfc's reference and the structure report for the fixed-size states (dsf_testing.spec_hunt_tests)
+# forward (T = 0, 1, 7, 9; from zero where the spec carries running lets, the carried states are checked below) and
+# gradients against the loops; every path against dsfc's reference and the structure report for the fixed-size
+# states (dsf_testing.spec_hunt_tests)
 test_new_spec_matches_an_independent_implementation, test_new_spec_gradients_match_an_independent_implementation = (
     spec_hunt_tests(CASES, INDEPENDENT, EIGEN, _built)[:2])
 test_new_spec_matches_the_reference, test_the_structure_report_is_true = spec_hunt_tests(
