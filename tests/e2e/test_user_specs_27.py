@@ -722,3 +722,25 @@ def test_a_rotating_decay_per_key_gets_the_chunked_family():
     queries rotated by P_t^-1: the chunked outer-product scan applies."""
     result = _compiled("cret")
     assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
+
+
+def test_the_chunked_scan_already_runs_a_complex_per_key_decay():
+    """The way to the xfail above: ``chunked_outer_scan`` (torch) is exact on complex q, k, v and a complex per-key
+    log-decay log|lambda| + i arg(lambda) (|exp| of every segment sum <= 1 as in the real case), chunks of 4 over
+    T = 21, against a plain complex loop; the rotating layer's state (Re, Im) pairs are that complex state, its read
+    Re(conj(q) . S)."""
+    from dsfc.runtime.scans import chunked_outer_scan
+
+    gen, cd = torch.Generator().manual_seed(0), torch.complex128
+    q, k = (torch.randn(2, 21, 2, 3, dtype=cd, generator=gen) for _ in range(2))
+    v = torch.randn(2, 21, 2, 2, dtype=cd, generator=gen)
+    log_decay = torch.complex(-torch.rand(2, 21, 2, 3, dtype=F64, generator=gen),
+                              torch.randn(2, 21, 2, 3, dtype=F64, generator=gen))
+    S, ys = torch.zeros(2, 2, 3, 2, dtype=cd), []
+    for t in range(21):
+        S = torch.exp(log_decay[:, t])[..., None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        ys.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    y, sT = chunked_outer_scan(q, k, v, log_decay, chunk=4, output_final_state=True)
+    assert y.is_complex() and sT.is_complex()
+    for got, want in ((y, torch.stack(ys, 1)), (sT, S)):  # complex: not rel_err, whose float64 cast drops Im
+        assert (got - want).abs().max() < 1e-12 * want.abs().max()
