@@ -16,11 +16,11 @@ grouped keys.
 
 Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's reference:
 the rotating layers' in complex arithmetic, FoX's as its quadratic attention form): forward at T = 0, 1, 7 and 9 on the
-torch path and at T = 0 and 9 on the Triton path (interpreted), token-by-token step, gradients of the input and every
-parameter, every path against dsfc's reference and the family and eigenvalue bound of ``dsfc analyze``
-(``dsf_testing.spec_hunt_tests``); at T = 1 and the chunk lengths +- 1 (torch 63, 65; Triton 15, 17) from a random
-carried state (the recurrent state and every running let's entry: windows, the token shift, the angle sum), on
-torch, token by token and on Triton; FoX continued from a first call's KV cache; each layer at every dim 1, at
+torch path, token-by-token step, gradients of the input and every parameter, every path against dsfc's reference
+(the Triton path, interpreted, with gradients, from an initial state) and the family and eigenvalue bound of ``dsfc
+analyze`` (``dsf_testing.spec_hunt_tests``); at T = 1 and the chunk lengths +- 1 (torch 63, 65; Triton 17) from a
+random carried state (the recurrent state and every running let's entry: windows, the token shift, the angle sum),
+on torch, token by token and on Triton; FoX continued from a first call's KV cache; each layer at every dim 1, at
 distinct primes (K != V, d a multiple of nothing) and with one dim 64 and the rest tiny (heads 1, expansion 1).
 Every output was right. Spot-checked in the hunt and not kept (they pass): each layer at a fourth dim set on Triton
 at T = 16, 32, 33 from a carried state; fp32 against float64 at input scales 1, 10, 30 (the Mamba-3-like layer's
@@ -567,7 +567,7 @@ RECURRENT = [name for name in CASES if name != "fox"]  # FoX's state is a KV cac
 # gradients against the loops; every path against dsfc's reference and the structure report for the fixed-size
 # states (dsf_testing.spec_hunt_tests)
 test_new_spec_matches_an_independent_implementation, test_new_spec_gradients_match_an_independent_implementation = (
-    spec_hunt_tests(CASES, INDEPENDENT, EIGEN, _built)[:2])
+    spec_hunt_tests(CASES, INDEPENDENT, EIGEN, _built, backends=("torch",))[:2])  # Triton: the carried-state tests
 test_new_spec_matches_the_reference, test_the_structure_report_is_true = spec_hunt_tests(
     {name: CASES[name] for name in RECURRENT}, INDEPENDENT, EIGEN, _built)[2:]
 
@@ -583,19 +583,19 @@ def _carried_state(built, batch, gen):
 
 def _check_from_carried_state(built, loop, lengths, triton_lengths, batch=2, seed=7):
     """Forward from a random carried state at each T in ``lengths`` on torch and token by token, and at each T in
-    ``triton_lengths`` on Triton (interpreted), against the loop; the final state against dsfc's reference."""
+    ``triton_lengths`` on Triton (interpreted), against the loop; the final state against dsfc's reference (T <= 17)."""
     P, gen = built.params(), torch.Generator().manual_seed(seed)
     for t in sorted(set(lengths) | set(triton_lengths)):
         u = torch.randn(batch, t, built.d_in(), generator=gen, dtype=F64)
         h0 = _carried_state(built, batch, gen)
         want = loop(P, u, h0).reshape(batch, t, built.d_out())
-        _, h_ref = built.reference(u, h0)
+        h_ref = built.reference(u, h0)[1] if t <= 17 else None  # the reference builds A densely: short T only
         backends = (("torch",) if t in lengths else ()) + (("triton",) if TRITON and t in triton_lengths else ())
         for backend in backends:
             built.model.backend = backend
             with torch.no_grad():
                 y, hT = built.model(u, initial_state=h0, output_final_state=True)
-            assert rel_err(y, want) < 1e-8 and state_err(hT, h_ref) < 1e-8, (backend, t)
+            assert rel_err(y, want) < 1e-8 and (h_ref is None or state_err(hT, h_ref) < 1e-8), (backend, t)
         built.model.backend = "torch"
         if t in lengths and t <= 17:
             with torch.no_grad():
@@ -612,8 +612,8 @@ def test_odd_lengths_from_a_carried_state_match_the_loop(name):
 
 
 def _fox_checks(built, lengths, triton_lengths):
-    """FoX (its state a KV cache): forward on torch and Triton, token by token, and a call continued from a first
-    call's cache (split after the first token and mid-sequence), against the quadratic loop."""
+    """FoX (its state a KV cache): forward on torch and Triton, token by token, and (torch) a call continued from a
+    first call's cache (split after the first token and mid-sequence), against the quadratic loop."""
     P, gen = built.params(), torch.Generator().manual_seed(4)
     for t in sorted(set(lengths) | set(triton_lengths)):
         u = torch.randn(2, t, built.d_in(), generator=gen, dtype=F64)
@@ -622,7 +622,7 @@ def _fox_checks(built, lengths, triton_lengths):
             built.model.backend = backend
             with torch.no_grad():
                 assert rel_err(built.model(u), want) < 1e-8, (backend, t)
-                if t > 1:
+                if t > 1 and backend == "torch":
                     for cut in (1, t // 2):
                         y0, cache = built.model(u[:, :cut], output_final_state=True)
                         y1 = built.model(u[:, cut:], initial_state=cache)
@@ -662,13 +662,13 @@ DIM_SETS = {
 }
 
 
-TRITON_AT_PRIMES = ("gdn", "mamba3", "fox")  # the interpreter is slow: the delta rule, the rank-2 input, the cache
+TRITON_AT_PRIMES = ("gdn", "mamba3")  # the interpreter is slow: the delta rule and the rank-2 input
 
 
 @pytest.mark.parametrize("name,dims", [(n, s) for n in DIM_SETS for s in DIM_SETS[n]])
 def test_the_layer_at_extreme_dims_matches_its_loop(name, dims):
     """Each layer at every dim 1, at distinct primes and with one dim 64 (the rest tiny): T = 1 and 9 from a carried
-    state (FoX: from zero, and continued from a cache) on torch and token by token, and (three of them) at the
+    state (FoX: from zero, and continued from a cache) on torch and token by token, and (two of them) at the
     primes T = 17 on Triton, against the loop."""
     built = _built(name, **DIM_SETS[name][dims])
     triton = (17,) if dims == "primes" and name in TRITON_AT_PRIMES else ()
