@@ -700,6 +700,15 @@ class IntervalProver:
             iv = self.range(e.args[0])  # nondecreasing; the closed hull of the floors of the ends holds every value
             lo, hi = (x if abs(x) == INF else float(math.floor(x)) for x in (iv.lo, iv.hi))
             return Interval(lo, hi, abs(lo) == INF, abs(hi) == INF)  # an infinite end is never reached
+        if isinstance(e, sp.Mod):
+            # h % 2: a head's role (even heads one rule, odd ones another). SymPy's Mod, like Python's % and the
+            # generated code's, takes the divisor's sign: in [0, m) for m > 0, [0, m - 1] for integers
+            miv = self.range(e.args[1])
+            if miv.lo > 0:
+                if e.args[0].is_integer and e.args[1].is_integer and miv.hi < INF:
+                    return Interval(0.0, miv.hi - 1)
+                return Interval(0.0, miv.hi, False, True)
+            return ANY
         if isinstance(e, (sp.Min, sp.Max)):
             ivs = [self.range(a) for a in e.args]
             if isinstance(e, sp.Max):  # max(x, y) = -min(-x, -y)

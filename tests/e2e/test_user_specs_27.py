@@ -12,7 +12,8 @@ C each short-conv'd, B and C shared by groups of heads, the state [H, P, n] valu
 heads, the out-projection); a Mamba-3-like layer (the trapezoidal rule as a rank-2 input through a width-2
 ``window`` of x and B, B and C rotated by a ``cumsum`` of data-dependent angles, grouped B / C, D, a gate and the
 out-projection); retention with a rotating decay per key pair (xPos / GateLoop: 2 x 2 rotation-scaling blocks) and
-grouped keys.
+grouped keys; heads of unequal roles (even heads the gated delta rule, odd ones decayed linear attention, switched by
+``h % 2``).
 
 Checked (each against an independent float64 loop written here from the model's equations, not from dsfc's reference:
 the rotating layers' in complex arithmetic, FoX's as its quadratic attention form): forward at T = 0, 1, 7 and 9 on the
@@ -37,6 +38,10 @@ read only under the sum over j, as an atom to set to 0 and 1; substituting a sum
 nothing, so ranging the same expression recursed until Python's limit. Such an atom is now skipped; and the lower
 bound ``sum_j mask_j sm[j] - sm[0]``, whose weights cancel at layer 1, is exactly 0 (it was unknown): the layer is
 the diagonal scan with |lambda| < 1, (0, 1).
+
+Found and fixed (a report weaker than the truth): the heads of unequal roles were "unknown": the prover had no rule
+for ``%``, so ``1 - h % 2`` (a switch per head) was unbounded. ``x % m`` is now in [0, m) for m > 0 ([0, m - 1] for
+integers; Python's and SymPy's sign convention, as the generated code computes it): |lambda| < 1, (0, 1).
 
 Not done (a strict xfail): the rotating decay per key pair runs the dense scan; a chunked form exists (the
 cumulative rotation moved into q and k, or a complex per-key decay). Hunt 25's GateLoop is the same case. Left as it
@@ -333,6 +338,31 @@ C[(o, e), (h, a, r, b)] = delta(o, h) * delta(e, b) * q[h, a, r]
 post out[o: d] = sum(h, sum(b, W_o[o, h, b] * y[h, b]))
 """
 
+ROLES = """
+model MixedRoles "heads of unequal roles: even heads run the gated delta rule, odd ones decayed linear attention"
+dim d = 4
+dim H = 4
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_q[H, K, d] ~ normal(0, 0.5)
+param W_k[H, K, d] ~ normal(0, 0.5)
+param W_v[H, V, d] ~ normal(0, 0.5)
+param W_a[H, d] ~ normal(0, 0.5)
+param W_b[H, d] ~ normal(0, 0.5)
+let q[h: H, a: K] = sum(m, W_q[h, a, m] * u[m])
+let kr[h: H, a: K] = sum(m, W_k[h, a, m] * u[m])
+let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2) + 1e-6)
+let al[h: H] = sigmoid(sum(m, W_a[h, m] * u[m]) + 2)
+let be[h: H] = sigmoid(sum(m, W_b[h, m] * u[m])) * (1 - h % 2)
+let w[h: H] = be[h] + h % 2
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * al[h] * (delta(a, a2) - be[h] * k[h, a] * k[h, a2])
+B[(h, a, b), m] = w[h] * k[h, a] * W_v[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
+"""
+
 CASES = {
     "gqa": (GQA_CONV, Family.CHUNKED_OUTER),
     "gdn": (GDN_CONV_NORM, Family.CHUNKED_DELTA),
@@ -340,6 +370,7 @@ CASES = {
     "fox": (FOX_GQA, Family.QUADRATIC),
     "mamba2": (MAMBA2_BLOCK, Family.CHUNKED_OUTER),
     "mamba3": (MAMBA3, Family.CHUNKED_OUTER),
+    "roles": (ROLES, Family.CHUNKED_DELTA),
     "cret": (CRET, Family.DENSE_SCAN),  # a chunked form exists: see the xfail
 }
 sig, silu, softplus = torch.sigmoid, torch.nn.functional.silu, torch.nn.functional.softplus
@@ -555,9 +586,29 @@ def _cret(P, u, h0=None):
     return stack_steps(ys, u, d)
 
 
-INDEPENDENT = {"gqa": _gqa, "gdn": _gdn, "cs6": _cs6, "fox": _fox, "mamba2": _mamba2, "mamba3": _mamba3, "cret": _cret}
+def _roles(P, u, h0=None):
+    # S [K, V] per head, k L2-normalised, al = sigmoid(W_a u + 2): even heads the gated delta rule
+    # S = al (S - be k (k^T S)) + be k v^T with be = sigmoid(W_b u); odd heads S = al S + k v^T; y = S^T q
+    H, K, _ = P["W_q"].shape
+    V = P["W_v"].shape[1]
+    odd = (torch.arange(H) % 2).to(F64)
+    S, ys = _carried(h0, "h", u.new_zeros(u.shape[0], H, K, V)), []
+    for t in range(u.shape[1]):
+        ut = u[:, t]
+        q, k, v = matvec(P["W_q"], ut), _l2(matvec(P["W_k"], ut)), matvec(P["W_v"], ut)
+        al = sig(ut @ P["W_a"].T + 2)[..., None, None]
+        be = sig(ut @ P["W_b"].T) * (1 - odd)
+        kS = torch.einsum("zha,zhab->zhb", k, S)
+        S = (al * (S - be[..., None, None] * k[..., None] * kS[:, :, None, :])
+             + (be + odd)[..., None, None] * k[..., None] * v[:, :, None, :])
+        ys.append(torch.einsum("zha,zhab->zhb", q, S))
+    return stack_steps(ys, u, H, V)
+
+
+INDEPENDENT = {"gqa": _gqa, "gdn": _gdn, "cs6": _cs6, "fox": _fox, "mamba2": _mamba2, "mamba3": _mamba3, "cret": _cret,
+               "roles": _roles}
 EIGEN = {"gqa": Bound.STABLE, "gdn": Bound.STABLE, "cs6": Bound.STABLE, "fox": Bound.UNBOUNDED,
-         "mamba2": Bound.STABLE, "mamba3": Bound.STABLE, "cret": Bound.STABLE}
+         "mamba2": Bound.STABLE, "mamba3": Bound.STABLE, "cret": Bound.STABLE, "roles": Bound.STABLE}
 
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
