@@ -308,10 +308,15 @@ class IntervalProver:
         if any(INF in (abs(iv.lo), abs(iv.hi)) for iv in ivs):
             return None
         corners = []
+        expr = poly.as_expr()
         for pick in itertools.product((0, 1), repeat=len(atoms)):
             point = {x: (iv.lo if p == 0 else iv.hi) for x, iv, p in zip(atoms, ivs, pick)}
-            opened = any((iv.lo_open if p == 0 else iv.hi_open) for iv, p in zip(ivs, pick))
-            corners.append((float(poly.as_expr().subs(point)), opened))
+            at_open = [x for x, iv, p in zip(atoms, ivs, pick) if (iv.lo_open if p == 0 else iv.hi_open)]
+            # a corner at an open end is still attained where the value does not depend on the atoms picked
+            # there: w s + 1 - w (a head's role w = h % 2 in [0, 1], s in (0, 1)) is 1 at w = 0 whatever s is, so
+            # the range is (0, 1], not (0, 1) (every corner with an open end was taken as open: a false |lambda| < 1)
+            rest = sp.expand(expr.subs({x: v for x, v in point.items() if x not in at_open}))
+            corners.append((float(expr.subs(point)), any(rest.has(x) for x in at_open)))
         lo = min(v for v, _ in corners)
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))

@@ -43,6 +43,12 @@ Found and fixed (a report weaker than the truth): the heads of unequal roles wer
 for ``%``, so ``1 - h % 2`` (a switch per head) was unbounded. ``x % m`` is now in [0, m) for m > 0 ([0, m - 1] for
 integers; Python's and SymPy's sign convention, as the generated code computes it): |lambda| < 1, (0, 1).
 
+Found and fixed (a false claim): a decay mixed with 1 by a switch in [0, 1] (``al = w s + 1 - w``, w a gate clamped
+to [0, 1] with ``min`` / ``max``, or the role ``h % 2`` once ``%`` had its range) was reported |lambda| < 1, (0, 1),
+yet al = 1 wherever w = 0 (the module's own A at u = 0 has an eigenvalue 1). The prover's multilinear rule took each
+corner of the atoms' box that sits at an open end as open; a corner is now open only where its value depends on an
+atom picked at an open end: (0, 1], |lambda| <= 1.
+
 Not done (a strict xfail): the rotating decay per key pair runs the dense scan; a chunked form exists (the
 cumulative rotation moved into q and k, or a complex per-key decay). Hunt 25's GateLoop is the same case. Left as it
 is: a decay per key and per value (fla's gk and gv, ``A = ak[h, a] av[h, b]``) runs the diagonal scan, right
@@ -795,3 +801,46 @@ def test_the_chunked_scan_already_runs_a_complex_per_key_decay():
     assert y.is_complex() and sT.is_complex()
     for got, want in ((y, torch.stack(ys, 1)), (sT, S)):  # complex: not rel_err, whose float64 cast drops Im
         assert (got - want).abs().max() < 1e-12 * want.abs().max()
+
+
+SWITCHED_DECAY = """
+model SwitchedDecay "decayed linear attention whose decay a switch in [0, 1] mixes with 1: al = w s + 1 - w"
+dim d = 4
+dim H = 4
+dim K = 3
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_q[H, K, d] ~ normal(0, 0.5)
+param W_k[H, K, d] ~ normal(0, 0.5)
+param W_v[H, V, d] ~ normal(0, 0.5)
+param W_a[H, d] ~ normal(0, 0.5)
+let q[h: H, a: K] = sum(m, W_q[h, a, m] * u[m])
+let k[h: H, a: K] = sum(m, W_k[h, a, m] * u[m])
+let w[h: H] = SWITCH
+let al[h: H] = w[h] * sigmoid(sum(m, W_a[h, m] * u[m])) + 1 - w[h]
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * al[h]
+B[(h, a, b), m] = k[h, a] * W_v[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h, a]
+"""
+
+
+@pytest.mark.parametrize("switch", ["h % 2", "min(max(sum(m, W_b[h, m] * u[m]), 0), 1)"])
+def test_a_decay_switched_off_is_not_claimed_below_one(switch):
+    """A decay mixed with 1 by a switch w in [0, 1] (a head's role ``h % 2``, or a gate clamped to [0, 1]):
+    ``al = w s + 1 - w`` with s in (0, 1) is exactly 1 where w = 0. The prover's multilinear rule took every corner
+    of the atoms' box that sits at an open end as open, so the corner w = 0, where al = 1 whatever s is, gave the
+    range (0, 1) and the report claimed |lambda| < 1: false (the clamped gate on main; the role switch once ``%``
+    got its range). Now (0, 1], |lambda| <= 1, and the module's own A at u = 0 (w = 0 for the clamp, the even heads
+    for the role) has an eigenvalue 1."""
+    text = SWITCHED_DECAY.replace("SWITCH", switch)
+    if "W_b" in switch:
+        text = text.replace("param W_a[H, d]", "param W_b[H, d] ~ normal(0, 0.5)\nparam W_a[H, d]")
+    result = compile_text(text, "switched.dsf")
+    assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
+    assert (result.report.eigen_bound, result.report.eigen_interval) == (Bound.MARGINAL.value, "(0, 1]"), (
+        result.report.eigen_reason)
+    built = build(result, dict(result.sym.dim_defaults))
+    lam = torch.linalg.eigvals(built.dsf_matrices(torch.zeros(1, 2, 4, dtype=F64))[0]).abs()
+    assert abs(lam.max().item() - 1) < 1e-12
