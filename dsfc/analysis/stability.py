@@ -259,6 +259,10 @@ class IntervalProver:
                for x in sp.preorder_traversal(concrete)):
             return None
         concrete = sp.expand(concrete.doit())
+        if concrete == 0:
+            # every coefficient cancelled (HGRN's first layer: the mask keeps w[0] alone, minus w[0]): exactly 0
+            self.reasons.append(f"{spec_str(e)} = 0 at the default dims (its softmax-like weights cancel)")
+            return Interval(0.0, 0.0)
         coef: dict[int, sp.Expr] = {}
         name, rest_idx, extent = None, None, None
         for term in sp.Add.make_args(concrete):
@@ -343,10 +347,15 @@ class IntervalProver:
         if any(INF in (abs(iv.lo), abs(iv.hi)) for iv in ivs):
             return None
         corners = []
+        expr = poly.as_expr()
         for pick in itertools.product((0, 1), repeat=len(atoms)):
             point = {x: (iv.lo if p == 0 else iv.hi) for x, iv, p in zip(atoms, ivs, pick)}
-            opened = any((iv.lo_open if p == 0 else iv.hi_open) for iv, p in zip(ivs, pick))
-            corners.append((float(poly.as_expr().subs(point)), opened))
+            at_open = [x for x, iv, p in zip(atoms, ivs, pick) if (iv.lo_open if p == 0 else iv.hi_open)]
+            # a corner at an open end is still attained where the value does not depend on the atoms picked
+            # there: w s + 1 - w (a head's role w = h % 2 in [0, 1], s in (0, 1)) is 1 at w = 0 whatever s is, so
+            # the range is (0, 1], not (0, 1) (every corner with an open end was taken as open: a false |lambda| < 1)
+            rest = sp.expand(expr.subs({x: v for x, v in point.items() if x not in at_open}))
+            corners.append((float(expr.subs(point)), any(rest.has(x) for x in at_open)))
         lo = min(v for v, _ in corners)
         hi = max(v for v, _ in corners)
         return Interval(lo, hi, all(o for v, o in corners if v == lo), all(o for v, o in corners if v == hi))
@@ -408,7 +417,12 @@ class IntervalProver:
             wiv = self.range(w)
             if wiv.lo < 0 or wiv.hi > 1 or sp.expand(sp.diff(e, w, 2)) != 0:
                 continue
-            ends = [self.range(e.subs(w, v)) for v in (0, 1)]
+            at = [e.subs(w, v) for v in (0, 1)]
+            if e in at:
+                # w read only under a sum over one of its indices (sm[j, c] in Sum(.., (j, 0, L - 1))): subs leaves a
+                # bound variable's atom alone, and ranging e again recursed until Python's limit (HGRN's first layer)
+                continue
+            ends = [self.range(x) for x in at]
             lo, hi = min(iv.lo for iv in ends), max(iv.hi for iv in ends)
             if -INF < lo and hi < INF:
                 return Interval(lo, hi, all(iv.lo_open for iv in ends if iv.lo == lo),
@@ -786,6 +800,15 @@ class IntervalProver:
             iv = self.range(e.args[0])  # nondecreasing; the closed hull of the floors of the ends holds every value
             lo, hi = (x if abs(x) == INF else float(math.floor(x)) for x in (iv.lo, iv.hi))
             return Interval(lo, hi, abs(lo) == INF, abs(hi) == INF)  # an infinite end is never reached
+        if isinstance(e, sp.Mod):
+            # h % 2: a head's role (even heads one rule, odd ones another). SymPy's Mod, like Python's % and the
+            # generated code's, takes the divisor's sign: in [0, m) for m > 0, [0, m - 1] for integers
+            miv = self.range(e.args[1])
+            if miv.lo > 0:
+                if e.args[0].is_integer and e.args[1].is_integer and miv.hi < INF:
+                    return Interval(0.0, miv.hi - 1)
+                return Interval(0.0, miv.hi, False, True)
+            return ANY
         if isinstance(e, (sp.Min, sp.Max)):
             ivs = [self.range(a) for a in e.args]
             if isinstance(e, sp.Max):  # max(x, y) = -min(-x, -y)
