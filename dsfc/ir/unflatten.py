@@ -163,6 +163,20 @@ def _digits_of(e: sp.Expr, split) -> list[sp.Expr]:
     return out
 
 
+def _digit_symbols(x: sp.Symbol, split: list, taken: set[str], ranges: dict) -> tuple[list, sp.Expr]:
+    """Fresh index symbols x_0, x_1, ... for the digits of the flat index x (names not in ``taken``; each recorded
+    there and its extent in ``ranges``), and x as their row-major sum ``sum_i stride_i * x_i``."""
+    digits = []
+    for i, (_, n) in enumerate(split):
+        name = f"{x}_{i}"
+        while name in taken:
+            name = "_" + name
+        taken.add(name)
+        digits.append(index_symbol(name))
+        ranges[digits[-1]] = n
+    return digits, sum((s * d for (s, _), d in zip(split, digits)), sp.Integer(0))
+
+
 def unflatten_output(sym: SymSpec) -> SymSpec:
     """Split every flat output axis that C (or D) addresses through a mixed-radix delta; ``sym`` itself when none."""
     c = sym.matrices.get("C")
@@ -197,15 +211,7 @@ def unflatten_output(sym: SymSpec) -> SymSpec:
                 rows.append(o)
                 ranges[o] = m.row_extents[k]
                 continue
-            digits = []
-            for i, (_, n) in enumerate(splits[k]):
-                name_i = f"{o}_{i}"
-                while name_i in taken:
-                    name_i = "_" + name_i
-                taken.add(name_i)
-                digits.append(index_symbol(name_i))
-                ranges[digits[-1]] = n
-            env[o] = sum((s * x for (s, _), x in zip(splits[k], digits)), sp.Integer(0))
+            digits, env[o] = _digit_symbols(o, splits[k], taken, ranges)
             rows += digits
         entry = _Simplifier(sym, ranges)(m.entry.subs(env, simultaneous=True))
         matrices[name] = replace(m, rows=tuple(rows), row_extents=tuple(a.extent for a in axes), entry=entry)
@@ -369,15 +375,7 @@ def unflatten_state(sym: SymSpec) -> SymSpec:
                 if k not in splits:
                     new.append(x)
                     continue
-                digits = []
-                for j, (_, n) in enumerate(splits[k]):
-                    name_j = f"{x}_{j}"
-                    while name_j in taken:
-                        name_j = "_" + name_j
-                    taken.add(name_j)
-                    digits.append(index_symbol(name_j))
-                    ranges[digits[-1]] = n
-                env[x] = sum((s * d for (s, _), d in zip(splits[k], digits)), sp.Integer(0))
+                digits, env[x] = _digit_symbols(x, splits[k], taken, ranges)
                 new += digits
             fields[side] = tuple(new)
             fields["row_extents" if side == "rows" else "col_extents"] = extents
