@@ -1560,14 +1560,27 @@ def _exceeding_case(sym: SymSpec, prover: IntervalProver, decay, rows) -> str | 
     return None
 
 
+def _first_block_rule(sym: SymSpec, a) -> EigenBound | None:
+    """The first bound a block rule finds. Jury's 2x2 test holds where the mixed axis has 2 entries: a pair axis
+    written with a literal 2 (LinOSS's, S4D's modes) is tried first; an axis of a dim that is 2 only at the defaults
+    (a delta rule's keys at K = 2) goes last, after the rules that hold at every dims (triangular, rank-1 blocks),
+    which also cost far less there: SymPy's trigsimp of Jury's det and tr, with the gates' lets inlined, took ~50 s
+    on a random DPLR spec with a sin^2 gate that the symmetric rank-1 rule bounds in a second."""
+    rules = [_two_by_two, _triangular, _stacked_rank1, _scaled_symmetric_rank1]
+    if not all(sp.S(sym.state.axes[k].extent).is_Integer for k in a.mixed_axes):
+        rules = rules[1:] + rules[:1]
+    for rule in rules:
+        if (found := rule(sym, a)) is not None:
+            return found
+    return None
+
+
 def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
     """Bound of |lambda(A_t)| over all inputs, with the reason."""
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
     if a.decay is None:
-        found = (_identity_minus_rank1(sym, a) if a.low_rank
-                 else _two_by_two(sym, a) or _triangular(sym, a) or _stacked_rank1(sym, a)
-                 or _scaled_symmetric_rank1(sym, a))
+        found = _identity_minus_rank1(sym, a) if a.low_rank else _first_block_rule(sym, a)
         if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):
             found = _norm_bound(sym, a) or found  # a norm <= 1 bounds what the block's form did not
         if found is not None:

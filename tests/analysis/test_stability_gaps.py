@@ -133,6 +133,46 @@ GATE_POWERS_WIDE = DIAG.replace("DECAY", "g[c] * s[c] + (1 - g[c]) * 0.5 * (1 + 
 LONGHORN_OTHER_SUM = LONGHORN.replace("let kk = sum(j, k[j] ^ 2)", "let kk = sum(j, q[j] ^ 2)")
 assert LONGHORN_OTHER_SUM != LONGHORN
 
+SIN_DPLR_K2 = """
+model RandDPLR "a per-key decay exp(-sin(z)^2 / 2) times a normalised delta rule at K = 2 (a random spec_gen DPLR spec)"
+
+dim M = 3
+dim G = 1
+dim R = 2
+dim H = G * R
+dim K = 2
+dim V = 2
+
+input u[M]
+state S[h: H, a: K, b: V]
+output y[o: H, e: V]
+
+param W1[G, K, M] ~ normal(0, 0.7)
+param W4[H, K, M] ~ normal(0, 0.7)
+param bias5[H, K] ~ uniform(-1, 1)
+param W8[H, M] ~ normal(0, 0.7)
+param W_V10[H, V, M] ~ normal(0, 1)
+param W11[G, K, M] ~ normal(0, 0.7)
+param W13[H, V, M] ~ normal(0, 0.7)
+param factory[H, V, M] ~ normal(0, 1)
+param W17[H, V, M] ~ normal(0, 0.7)
+param W19[H, V, M] ~ normal(0, 0.7)
+let kr2[g: G, a: K] = sum(m, W1[g, a, m] * u[(m + 1) % M])
+let ys[g: G, a: K] = kr2[g, a] / sqrt(1 + sum(a3, kr2[g, a3] ^ 2))
+let z6[h: H, a: K] = sum(m, W4[h, a, m] * u[m]) + bias5[h, a]
+let al7[h: H, a: K] = exp(-sin(z6[h, a]) ^ 2 / 2)
+let be9[h: H] = sigmoid(sum(m, W8[h, m] * u[m]))
+let q12[g: G, a: K] = sigmoid(sum(m, W11[g, a, m] * u[m]))
+let og14[h: H, b: V] = sigmoid(sum(m, W13[h, b, m] * u[(m + 1) % M]))
+
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * al7[h, a] * (delta(a, a2) - be9[h] * ys[h // R, a] * ys[h // R, a2])
+B[(h, a, b), m] = be9[h] * ys[h // R, a] * W_V10[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q12[h // R, a] * og14[o, e]
+D[(o, e), m] = factory[o, e, m]
+post kernel_form[o: H, e: V] = y[o, e] * silu(sum(m, W17[o, e, m] * u[m]))
+post p18[o: H, e: V] = kernel_form[o, e] * sigmoid(sum(m, W19[o, e, m] * u[m]))
+"""
+
 # name -> (spec, claimed bound, claimed interval of the eigenvalues or None)
 CASES = {
     "hgrn_mixed_gate": (HGRN_MIXED_GATE, Bound.STABLE, "(0, 1)"),
@@ -158,6 +198,7 @@ CASES = {
     "hgrn2_learned_floor": (HGRN2, Bound.UNKNOWN, "(-inf, inf)"),
     "esn": (ESN, Bound.UNKNOWN, None),
     "lmu": (LMU, Bound.UNKNOWN, None),
+    "sin_dplr_k2": (SIN_DPLR_K2, Bound.MARGINAL, "[0, 1]"),
 }
 CHECKED = [n for n, (_, b, _) in CASES.items() if b in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS)]
 
@@ -244,6 +285,21 @@ def test_unknown_says_which_parameters_and_what_spelling(name, params, spellings
     assert "a trained parameter takes any real value" in reason, reason
     assert params in reason and spellings in reason, reason
     assert "W_F" not in reason
+
+
+def test_a_dim_long_mixed_axis_tries_the_every_dims_rules_before_jury(monkeypatch):
+    """The keys' axis is 2 long only at the default K: the symmetric rank-1 rule (true at every K) bounds the block
+    before Jury's 2x2 test is tried (its trigsimp of det and tr took ~50 s on this spec); a literal pair axis (LinOSS,
+    S4D) still goes to Jury first (the catalog's reports are unchanged, tests/oracles)."""
+    from dsfc.analysis import stability
+
+    def no_jury(*args, **kwargs):
+        raise AssertionError("Jury's test was tried before the rules that hold at every dims")
+
+    monkeypatch.setattr(stability, "_jury", no_jury)
+    _, _, _, report = analyse(parse_spec(SIN_DPLR_K2, "sin_dplr_k2.dsf"))
+    assert (report.eigen_bound, report.eigen_interval) == (Bound.MARGINAL.value, "[0, 1]"), report.eigen_reason
+    assert "M = I - c f f^T symmetric" in report.eigen_reason
 
 
 def test_nested_pick_names_the_exceeding_entry():
