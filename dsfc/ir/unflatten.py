@@ -177,6 +177,21 @@ def _digit_symbols(x: sp.Symbol, split: list, taken: set[str], ranges: dict) -> 
     return digits, sum((s * d for (s, _), d in zip(split, digits)), sp.Integer(0))
 
 
+def _virtual_axes(sym: SymSpec, axes, splits: dict, named: bool) -> list[SymAxis]:
+    """``axes`` with each split one replaced by an axis per digit (outermost first), named ``<axis>_<j>`` when
+    ``named`` (the state's: the family reasons name its axes), unnamed otherwise (the outputs')."""
+    vals = sym.dim_values()
+    out: list[SymAxis] = []
+    for k, ax in enumerate(axes):
+        if k not in splits:
+            out.append(ax)
+            continue
+        stem = ax.name or f"_i{k}"
+        out += [SymAxis(f"{stem}_{j}" if named else None, n, int(sym.subs_dims(n, vals)))
+                for j, (_, n) in enumerate(splits[k])]
+    return out
+
+
 def unflatten_output(sym: SymSpec) -> SymSpec:
     """Split every flat output axis that C (or D) addresses through a mixed-radix delta; ``sym`` itself when none."""
     c = sym.matrices.get("C")
@@ -190,14 +205,7 @@ def unflatten_output(sym: SymSpec) -> SymSpec:
             splits[k] = split
     if not splits:
         return sym
-    vals = sym.dim_values()
-    axes: list[SymAxis] = []
-    for k, ax in enumerate(sym.output.axes):
-        if k not in splits:
-            axes.append(ax)
-            continue
-        for _, n in splits[k]:
-            axes.append(SymAxis(None, n, int(sym.subs_dims(n, vals))))
+    axes = _virtual_axes(sym, sym.output.axes, splits, named=False)
     out_t = replace(sym.output, axes=tuple(axes))
     matrices = dict(sym.matrices)
     for name in ("C", "D"):
@@ -352,14 +360,7 @@ def unflatten_state(sym: SymSpec) -> SymSpec:
             splits[k] = split
     if not splits:
         return sym
-    vals = sym.dim_values()
-    axes: list[SymAxis] = []
-    for k, ax in enumerate(sym.state.axes):
-        if k not in splits:
-            axes.append(ax)
-            continue
-        stem = ax.name or f"_i{k}"
-        axes += [SymAxis(f"{stem}_{j}", n, int(sym.subs_dims(n, vals))) for j, (_, n) in enumerate(splits[k])]
+    axes = _virtual_axes(sym, sym.state.axes, splits, named=True)
     extents = tuple(a.extent for a in axes)
     matrices = dict(sym.matrices)
     for name, sides in (("A", ("rows", "cols")), ("B", ("rows",)), ("C", ("cols",))):
