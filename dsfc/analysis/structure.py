@@ -762,11 +762,15 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         outer, rsplit = rotation
         pair = _axis_names(sym, (rsplit.pair_axis,))[0]
         keys = ", ".join(_axis_names(sym, outer.key_axes))
-        per = "per key" if set(rsplit.decay_axes) & set(outer.key_axes) else "per group"
+        def per(e):
+            return "per key" if set(_depends(e, a.rows)) & set(outer.key_axes) else "per group"
+
         form = "rho cos theta, rho sin theta as written" if rsplit.theta is not None else (
             "rho = sqrt(x^2 + y^2), theta = atan2(y, x)")
-        why = (f"A is 2x2 rotation-scaling blocks rho R(theta) on the pair axis {pair} ({form}; a complex decay "
-               f"{per}), B u = key x value and C contracts the key axes {keys}: rotation pairs moved into the keys "
+        angle = rsplit.theta if rsplit.theta is not None else rsplit.x + rsplit.y
+        why = (f"A is 2x2 rotation-scaling blocks rho R(theta) on the pair axis {pair} ({form}; rho {per(rsplit.rho)}"
+               f", theta {per(angle)}), B u = key x value and C contracts the key axes {keys}: rotation pairs moved "
+               "into the keys "
                "and queries (rotated by minus the cumulative angle, a data-dependent rotary embedding; the state "
                "rotated back at the end), leaving the real decay rho: the chunkwise-parallel (matmul) form applies")
         return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_OUTER, why, rotation=rsplit)

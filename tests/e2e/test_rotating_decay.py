@@ -80,6 +80,10 @@ SPECS = {
     "zero": _spec("ZeroRho", "let rho[h: H, a: K] = relu(2 * sigmoid(sum(m, W_g[h, a, m] * u[m])) - 1)\n" + TH_DATA,
                   "param W_g[H, K, d] ~ normal(0, 1)\nparam W_t[H, K, d] ~ normal(0, 0.5)",
                   ROT.format(rho="rho[h, a]", th="th[h, a]")),
+    # a signed rho (tanh): the scan takes log|rho|, the signs folded into the streams (fold_decay_sign)
+    "signed": _spec("SignedRho", "let rho[h: H, a: K] = tanh(sum(m, W_g[h, a, m] * u[m]))\n" + TH_DATA,
+                    "param W_g[H, K, d] ~ normal(0, 1)\nparam W_t[H, K, d] ~ normal(0, 0.5)",
+                    ROT.format(rho="rho[h, a]", th="th[h, a]")),
     # the block written as x, y (no cos / sin): rho = sqrt(x^2 + y^2), theta = atan2(y, x)
     "general": _spec("GeneralXY", "let x[h: H, a: K] = 0.6 * tanh(sum(m, W_x[h, a, m] * u[m]))\n"
                      "let y2[h: H, a: K] = 0.6 * tanh(sum(m, W_y[h, a, m] * u[m]) + 0.5)",
@@ -116,6 +120,8 @@ def _decay(name: str, P, ut) -> torch.Tensor:
             rho = sig(matvec(P["W_g"], ut) + 2)[..., None]
         elif name == "pairfirst":
             rho = sig(matvec(P["W_g"], ut) + 1)
+        elif name == "signed":
+            rho = torch.tanh(matvec(P["W_g"], ut))
         else:  # zero
             rho = torch.relu(2 * sig(matvec(P["W_g"], ut)) - 1)
     return rho * torch.exp(1j * th)
@@ -183,6 +189,7 @@ def test_a_rotating_decay_runs_the_chunked_family_and_matches_the_loop(name):
     rot = result.structure.rotation
     assert result.structure.a.mixed_axes == (rot.pair_axis,) and rot.pair_axis in result.structure.outer.key_axes
     assert (rot.theta is None) == (name == "general")  # cos / sin as written: no atan2, no sqrt
+    assert result.plan.signed_decay == (name == "signed")  # tanh: log|rho|, the signs folded into the streams
     built = _built(name)
     gen = torch.Generator().manual_seed(3)
     module = sys.modules[type(built.model).__module__]
