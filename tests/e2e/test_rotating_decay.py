@@ -94,6 +94,30 @@ SPECS = {
     "pre": _spec("PreRead", "let rho[h: H] = sigmoid(sum(m, W_g[h, m] * u[m]) + 2)\n" + TH_DATA,
                  "param W_g[H, d] ~ normal(0, 0.5)\nparam W_t[H, K, d] ~ normal(0, 0.5)",
                  ROT.format(rho="rho[h]", th="th[h, a]"), readout="readout pre"),
+    # the pair axis outermost and the value axis before the group and key axes, the output's axes swapped too
+    "outermost": """
+model Outermost "a rotating decay per key pair, the state [r, b, h, a], the output [b, h]"
+dim d = 4
+dim H = 2
+dim K = 3
+dim V = 2
+input u[d]
+state S[r: 2, b: V, h: H, a: K]
+output y[b: V, h: H]
+param W_q[H, K, 2, d] ~ normal(0, 0.5)
+param W_k[H, K, 2, d] ~ normal(0, 0.5)
+param W_v[H, V, d] ~ normal(0, 0.5)
+param W_g[H, K, d] ~ normal(0, 0.5)
+param W_t[H, K, d] ~ normal(0, 0.5)
+let q[h: H, a: K, r: 2] = sum(m, W_q[h, a, r, m] * u[m])
+let k[h: H, a: K, r: 2] = sum(m, W_k[h, a, r, m] * u[m])
+let g[h: H, a: K] = sigmoid(sum(m, W_g[h, a, m] * u[m]) + 1)
+let th[h: H, a: K] = sum(m, W_t[h, a, m] * u[m])
+A[(r, b, h, a), (r2, b2, h2, a2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * g[h, a]
+    * (delta(r, r2) * cos(th[h, a]) + (r - r2) * sin(th[h, a]))
+B[(r, b, h, a), m] = k[h, a, r] * W_v[h, b, m]
+C[(e, o), (r, b, h, a)] = delta(o, h) * delta(e, b) * q[h, a, r]
+""",
     "cret": CRET,
     "gateloop": GATELOOP,
 }
@@ -118,7 +142,7 @@ def _decay(name: str, P, ut) -> torch.Tensor:
         th = matvec(P["W_t"], ut)
         if name in ("headrho", "pre"):
             rho = sig(matvec(P["W_g"], ut) + 2)[..., None]
-        elif name == "pairfirst":
+        elif name in ("pairfirst", "outermost"):
             rho = sig(matvec(P["W_g"], ut) + 1)
         elif name == "signed":
             rho = torch.tanh(matvec(P["W_g"], ut))
@@ -127,9 +151,8 @@ def _decay(name: str, P, ut) -> torch.Tensor:
     return rho * torch.exp(1j * th)
 
 
-def _pair_dim(name: str) -> int:
-    """The pair axis of the state [B, H, K, 2, V] (or [B, H, 2, K, V] with the pair first)."""
-    return 2 if name == "pairfirst" else 3
+# the spec's state layout as a permutation of [B, H, K, 2, V] (spec = canonical.permute(LAYOUT[name]))
+LAYOUT = {"pairfirst": (0, 1, 3, 2, 4), "outermost": (0, 3, 4, 1, 2)}
 
 
 def _loop(name: str, P, u, h0=None):
@@ -138,8 +161,9 @@ def _loop(name: str, P, u, h0=None):
     B, T = u.shape[:2]
     H, K = P["W_Q" if name == "gateloop" else "W_q"].shape[:2]
     V = P["W_V" if name == "gateloop" else "W_v"].shape[1]
-    dim = _pair_dim(name)
-    st = torch.zeros(B, H, K, 2, V, dtype=F64) if h0 is None else h0.movedim(dim, 3)
+    layout = LAYOUT.get(name, (0, 1, 2, 3, 4))
+    canonical = [layout.index(k) for k in range(5)]
+    st = torch.zeros(B, H, K, 2, V, dtype=F64) if h0 is None else h0.permute(canonical)
     S, ys = torch.complex(st[:, :, :, 0], st[:, :, :, 1]), []
     for t in range(T):
         ut = u[:, t]
@@ -159,7 +183,9 @@ def _loop(name: str, P, u, h0=None):
     y = torch.stack(ys, 1) if ys else u.new_zeros(B, 0, H, V)
     if name == "cret":
         y = torch.einsum("ohv,bthv->bto", P["W_o"], y)
-    final = torch.stack([S.real, S.imag], 3).movedim(3, dim)
+    if name == "outermost":
+        y = y.transpose(2, 3)
+    final = torch.stack([S.real, S.imag], 3).permute(layout)
     return y.reshape(B, T, y[0, 0].numel() if T else (P["W_o"].shape[0] if name == "cret" else H * V)), final
 
 
