@@ -762,16 +762,14 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         outer, rsplit = rotation
         pair = _axis_names(sym, (rsplit.pair_axis,))[0]
         keys = ", ".join(_axis_names(sym, outer.key_axes))
-        def per(e):
-            return "per key" if set(_depends(e, a.rows)) & set(outer.key_axes) else "per group"
-
+        rho_per = _per_key(rsplit.rho, a.rows, outer.key_axes)
+        theta_per = _per_key(rsplit.theta if rsplit.theta is not None else rsplit.x + rsplit.y, a.rows,
+                             outer.key_axes)
         form = "rho cos theta, rho sin theta as written" if rsplit.theta is not None else (
             "rho = sqrt(x^2 + y^2), theta = atan2(y, x)")
-        angle = rsplit.theta if rsplit.theta is not None else rsplit.x + rsplit.y
-        why = (f"A is 2x2 rotation-scaling blocks rho R(theta) on the pair axis {pair} ({form}; rho {per(rsplit.rho)}"
-               f", theta {per(angle)}), B u = key x value and C contracts the key axes {keys}: rotation pairs moved "
-               "into the keys "
-               "and queries (rotated by minus the cumulative angle, a data-dependent rotary embedding; the state "
+        why = (f"A is 2x2 rotation-scaling blocks rho R(theta) on the pair axis {pair} ({form}; rho {rho_per}, theta "
+               f"{theta_per}), B u = key x value and C contracts the key axes {keys}: rotation pairs moved into the "
+               "keys and queries (rotated by minus the cumulative angle, a data-dependent rotary embedding; the state "
                "rotated back at the end), leaving the real decay rho: the chunkwise-parallel (matmul) form applies")
         return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_OUTER, why, rotation=rsplit)
     if a.mixed_axes:
@@ -798,6 +796,11 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         family = Family.DIAGONAL_SCAN
         why = f"A is {a.kind.value}: every state entry evolves independently (elementwise linear scan)"
     return Structure(a, bu, b_form, readout, outer, family, why)
+
+
+def _per_key(e: sp.Expr, rows, key_axes) -> str:
+    """"per key" when ``e`` varies along a key axis, else "per group" (a family reason's wording)."""
+    return "per key" if set(_depends(e, rows)) & set(key_axes) else "per group"
 
 
 def _axis_names(sym: SymSpec, ks) -> list[str]:
