@@ -197,6 +197,12 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         core = (r_k + r_q - 1) * g * (4 * kk * vv + 2 * CHUNK * (kk + vv)) \
             + g * kk * (_ops(o.key, dims) + _ops(o.query, dims)) \
             + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + (0 if a.decay is None else g * _ops(a.decay, dims))
+        if st.rotation is not None:
+            # a rotating decay per key pair: rho and the angle per pair, q and k rotated (6 flops a pair each), the
+            # phases' cos and sin
+            rot = st.rotation
+            angle = _ops(rot.theta, dims) if rot.theta is not None else _ops(rot.x, dims) + _ops(rot.y, dims) + 1
+            core += g * (kk // 2) * (_ops(rot.rho, dims) + angle + 12 + 3)
         readout = out_size * _ops(st.readout.du, dims)
     elif st.family == Family.CHUNKED_DELTA:
         o = st.outer

@@ -112,6 +112,22 @@ class DplrSplit:
 
 
 @dataclass(frozen=True)
+class RotationSplit:
+    """A's 2 x 2 blocks on one key axis of extent 2 (the pair axis, r) are rotation-scalings
+    rho R(theta) = [[x, -y], [y, x]] (x = rho cos theta, y = rho sin theta; a complex per-key decay rho e^(i theta)),
+    x and y over the group and key rows only. Rotations commute, so with Phi_t = theta_1 + ... + theta_t and
+    P_t = R(Phi_t) the state P_t^T S_t is a plain outer-product scan with the real decay rho and the keys and queries
+    rotated by -Phi_t (``rotate_pairs``): the chunked outer-product family, whose keys include the pair axis."""
+
+    pair_axis: int  # the state axis of the (re, im) pair, one of the split's key axes
+    x: sp.Expr  # the block's diagonal entry, over the row symbols
+    y: sp.Expr  # its lower off-diagonal entry
+    rho: sp.Expr  # the real decay per step, >= 0 unless the spec writes rho cos, rho sin with a signed rho
+    theta: sp.Expr | None  # the angle per step; None: atan2(y, x), computed from x and y by the generated code
+    decay_axes: tuple[int, ...]  # state axes rho depends on (never the pair axis)
+
+
+@dataclass(frozen=True)
 class Readout:
     """y[o] = (C h)[o] and (D u)[o] with deltas contracted, over the output symbols."""
 
@@ -132,6 +148,7 @@ class Structure:
     kernel: object = None  # Kernelised (analysis/kernelise.py) for the quadratic family, else None
     delta: DeltaSplit | None = None  # the delta-rule form of an identity-plus-rank-1 A (family CHUNKED_DELTA)
     dplr: DplrSplit | None = None  # the diagonal-plus-rank-1 form of A (family CHUNKED_DPLR)
+    rotation: RotationSplit | None = None  # a rotating decay per key pair moved into q and k (CHUNKED_OUTER)
 
 
 def classify_a(sym: SymSpec) -> AStructure:
@@ -488,11 +505,32 @@ def _one_contraction(ch: sp.Expr, base) -> sp.Expr:
             return ch
         parts.append((sp.Mul(*[f for f in factors(t) if f is not sums[0]]), sums[0]))
     limits = parts[0][1].limits
+    if len(parts) > 1 and any(s.limits != limits for _, s in parts):
+        # a sign or weight along a contracted axis, q[a, r] (1 - 2 r) (GateLoop's Re(q^T S) on (re, im) pairs),
+        # reaches here as sum_(a, r) q S - 2 sum_r r sum_a q S: nested sums flattened, the limits may agree
+        parts = [(r, _flat_sum(s)) for r, s in parts]
+        limits = parts[0][1].limits
     if len(parts) == 1 or any(s.limits != limits or r.free_symbols & {lim[0] for lim in limits} for r, s in parts):
         return ch
     inner = sp.Add(*[r * s.function for r, s in parts])
     merged = _one_contraction(inner, base)
     return sp.Sum(merged if merged is not inner else sp.factor_terms(inner), *limits)
+
+
+def _flat_sum(s: sp.Sum) -> sp.Sum:
+    """sum_r f(r) sum_a g(a, r) as sum_(a, r) f(r) g(a, r): a summand that is a product with one sum whose limits
+    and variables the other factors do not involve is merged into the outer sum, inner limits first (as SymPy orders
+    the limits of one sum written over both). Anything else is returned as it is."""
+    inner = [f for f in factors(s.function) if isinstance(f, sp.Sum)]
+    if len(inner) != 1:
+        return s
+    rest = [f for f in factors(s.function) if f is not inner[0]]
+    bound = {lim[0] for lim in inner[0].limits}
+    outer_vars = {lim[0] for lim in s.limits}
+    if any(f.free_symbols & bound for f in rest) or any(sp.S(b).free_symbols & outer_vars
+                                                          for lim in inner[0].limits for b in lim[1:]):
+        return s
+    return _flat_sum(sp.Sum(sp.Mul(*rest, inner[0].function), *inner[0].limits, *s.limits))
 
 
 def contracted_axes(sym: SymSpec, readout: Readout) -> set[int]:
@@ -618,6 +656,52 @@ def split_dplr(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tu
     return outer, DplrSplit(decay, parts.row_vec, read)
 
 
+def _polar(x: sp.Expr, y: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
+    """(rho, theta) when x = rho cos(theta) and y = rho sin(theta) as the spec writes them (retention's
+    gam cos(th), gam sin(th)): the scan then takes log(rho) in its exact form (a sigmoid's log-sigmoid) and the
+    angle as written, no sqrt(x^2 + y^2) or atan2(y, x). None otherwise."""
+    x, y = sp.factor_terms(x), sp.factor_terms(y)
+    for f in factors(x):
+        if isinstance(f, sp.cos):
+            theta = f.args[0]
+            rho = simplify(x / f)
+            if not rho.has(theta) and simplify(y - rho * sp.sin(theta)) == 0:
+                return rho, theta
+    return None
+
+
+def split_rotation(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout
+                   ) -> tuple[OuterSplit, RotationSplit] | None:
+    """A rotating decay per key pair (GateLoop, retention with a complex decay, xPos-like rotations): A's one mixed
+    axis has extent 2, its blocks are rotation-scalings [[x, -y], [y, x]] with x, y over the other axes' rows, and
+    B u and C split into key x value and a query read as if A were diagonal, the pair axis among the key axes. Then
+    S~_t = P_t^T S_t (P_t the rotation by the cumulative angle) is an outer-product scan with the decay rho and
+    the keys and queries rotated by -Phi_t (see RotationSplit). None otherwise: the dense (complex diagonal) scan."""
+    if len(a.mixed_axes) != 1 or sp.S(sym.state.axes[a.mixed_axes[0]].extent) != 2:
+        return None
+    m = pair_blocks(a)
+    parts = rotation_parts(m) if m is not None else None
+    if parts is None:
+        return None
+    x, y = parts
+    pair = a.mixed_axes[0]
+    if any(e.has(sp.zoo, sp.nan) for e in (x, y)) or (x == 0 and y == 0):
+        return None
+    block_axes = tuple(sorted(set(_depends(x, a.rows)) | set(_depends(y, a.rows))))
+    # the split sees A as diagonal with a decay over the block's axes: those become group (or key) axes, never
+    # value axes (a block varying along the values has no per-key form)
+    outer = split_outer(sym, replace(a, mixed_axes=(), decay_axes=block_axes), bu, readout)
+    if outer is None or pair not in outer.key_axes or outer.key_rank or outer.query_rank:
+        return None
+    if set(block_axes) & set(outer.value_axes):
+        return None
+    polar = _polar(x, y)
+    rho, theta = polar if polar is not None else (sp.sqrt(x ** 2 + y ** 2), None)
+    if rho.has(sp.zoo, sp.nan) or rho == 0:
+        return None
+    return outer, RotationSplit(pair, x, y, rho, theta, _depends(rho, a.rows))
+
+
 def _has_log_form(sym: SymSpec, decay: sp.Expr) -> bool:
     """Can the log-space scan take this decay: a closed-form log (exp, sigmoid, products) or proven >= 0 (then the
     generated code takes log|d| through ``log_abs_decay``, which keeps an exact 0 finite)."""
@@ -673,6 +757,21 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
                "(pairwise per-key decays from segment sums, one triangular solve per chunk for the rank-1 reads), not "
                "as a dense matrix-vector product per step")
         return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_DPLR, why, dplr=psplit)
+    rotation = split_rotation(sym, a, bu, readout) if a.mixed_axes else None
+    if rotation is not None:
+        outer, rsplit = rotation
+        pair = _axis_names(sym, (rsplit.pair_axis,))[0]
+        keys = ", ".join(_axis_names(sym, outer.key_axes))
+        rho_per = _per_key(rsplit.rho, a.rows, outer.key_axes)
+        theta_per = _per_key(rsplit.theta if rsplit.theta is not None else rsplit.x + rsplit.y, a.rows,
+                             outer.key_axes)
+        form = "rho cos theta, rho sin theta as written" if rsplit.theta is not None else (
+            "rho = sqrt(x^2 + y^2), theta = atan2(y, x)")
+        why = (f"A is 2x2 rotation-scaling blocks rho R(theta) on the pair axis {pair} ({form}; rho {rho_per}, theta "
+               f"{theta_per}), B u = key x value and C contracts the key axes {keys}: rotation pairs moved into the "
+               "keys and queries (rotated by minus the cumulative angle, a data-dependent rotary embedding; the state "
+               "rotated back at the end), leaving the real decay rho: the chunkwise-parallel (matmul) form applies")
+        return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_OUTER, why, rotation=rsplit)
     if a.mixed_axes:
         family = Family.DENSE_SCAN
         why = (f"A couples state axes {', '.join(_axis_names(sym, a.mixed_axes))} (no delta there), "
@@ -697,6 +796,11 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         family = Family.DIAGONAL_SCAN
         why = f"A is {a.kind.value}: every state entry evolves independently (elementwise linear scan)"
     return Structure(a, bu, b_form, readout, outer, family, why)
+
+
+def _per_key(e: sp.Expr, rows, key_axes) -> str:
+    """"per key" when ``e`` varies along a key axis, else "per group" (a family reason's wording)."""
+    return "per key" if set(_depends(e, rows)) & set(key_axes) else "per group"
 
 
 def _axis_names(sym: SymSpec, ks) -> list[str]:

@@ -57,7 +57,7 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan"
              "empty_output", "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign",
              "log_abs_decay",
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
-             "rotation_scan",
+             "rotation_scan", "rotate_pairs", "rotation_phases",
              "dense_chunk_len",
              "diagonal_scan_triton", "register_kernels", "owns_storage", "triton", "tl",
              "OffsetLimitError"}  # (defined in runtime.dispatch, imported through runtime.checks)
@@ -195,6 +195,7 @@ class ModulePlan:
     helpers: list[str] = field(default_factory=list)  # elu1p / expm1 that log_space.complements wrote
     block_scan: bool = False  # the dense family's small blocks: import the runtime's chunked block scan
     rotation_scan: bool = False  # 2 x 2 rotation-scaling blocks: the runtime's complex diagonal scan
+    rotation_pairs: bool = False  # a rotating decay per key pair in the chunked scan: import its rotary helpers
     dplr_scan: bool = False  # A = diag(d) + x y^T per group: import the runtime's chunked DPLR scan
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
@@ -511,6 +512,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
         block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st) and _rotation_parts(sym, st) is None,
         rotation_scan=st.family is Family.DENSE_SCAN and _rotation_parts(sym, st) is not None,
+        rotation_pairs=st.rotation is not None,
         dplr_scan=st.family is Family.CHUNKED_DPLR,
     )
 
@@ -669,7 +671,14 @@ _LOG_SPACE = (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA, Family.CHUNKED_DPLR)
 
 def _scan_decay(st) -> sp.Expr:
     """The decay the log-space scan takes: the delta rule's or the DPLR form's s or d, else A's diagonal."""
-    return st.delta.decay if st.delta else st.dplr.decay if st.dplr else st.a.decay
+    return st.delta.decay if st.delta else st.dplr.decay if st.dplr else st.rotation.rho if st.rotation \
+        else st.a.decay
+
+
+def _decay_axes(st) -> tuple[int, ...]:
+    """The state axes the outer-product scan's decay varies along: A's diagonal's, or a rotating decay's rho's
+    (A's block varies along the pair axis by its very form; rho never does)."""
+    return st.rotation.decay_axes if st.rotation else st.a.decay_axes
 
 
 def _signed_decay(sym, st) -> bool:
@@ -686,7 +695,8 @@ def _gauge(sym, st):
     """telescoping_gauge's (log X, log X_prev, value) when A = X_prev / X per group and the scan runs on X h with
     no decay (no log of the decay is taken), else None."""
     o = st.outer
-    if st.delta or st.dplr or _has_rank(o) or sym.readout == "pre" or set(st.a.decay_axes) - set(o.group_axes) \
+    if st.delta or st.dplr or st.rotation or _has_rank(o) or sym.readout == "pre" \
+            or set(st.a.decay_axes) - set(o.group_axes) \
             or _signed_decay(sym, st):
         return None
     return telescoping_gauge(st.a.decay, o.value, sym)
@@ -777,7 +787,12 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     for i, name in enumerate(("_q", "_k", "_v")):
         if name in fused:
             streams[i] = fused[name]
-    lines += [printed for printed, _ in streams] + [shaped for _, shaped in streams if shaped]
+    lines += [printed for printed, _ in streams]
+    rot = st.rotation
+    if rot is not None:
+        lines += _rotation_prologue(sym, st, pr, rows, row_sizes, streams, sym.readout)
+        streams = streams[2:]  # q and k were shaped by the prologue
+    lines += [shaped for _, shaped in streams if shaped]
     if delta:
         lines += [
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
@@ -812,7 +827,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         ]
     elif logd is None:
         lines.append("_log_decay = None  # s = 1 (no gate)" if delta else "_log_decay = None  # A = I")
-    elif (dplr and decay.free_symbols & set(gk[len(G):])) or (not delta and not dplr and set(st.a.decay_axes) & set(K)):
+    elif (dplr and decay.free_symbols & set(gk[len(G):])) or (not delta and not dplr and set(_decay_axes(st)) & set(K)):
         s, s_s = over(G + K)
         lines.append(f"{target} = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
                      f".reshape(_B, _T, {prod(G)}, {prod(K)})")
@@ -868,6 +883,14 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             "_sT = torch.exp(-_ell[:, -1])[..., None, None] * _sT"
             " + torch.exp(_ell_prev[:, 0] - _ell[:, -1])[..., None, None] * _h0",
         ]
+    if rot is not None:
+        pair_dim = 1 + len(G) + K.index(rot.pair_axis)
+        ends = ", ".join(["..."] + ["None"] * len(V))  # the phases [B, G.., K.. but the pair] over the values
+        lines += [
+            "# the scan's state is P_T^T S_T: the final state rotated back by P_T, in the spec's layout",
+            f"_sT = rotate_pairs(_sT.reshape(_B, {', '.join(sz[k] for k in order)}), _rc_end[{ends}], _rs_end[{ends}], "
+            f"{pair_dim}, back=True).reshape(_B, {prod(G)}, {prod(K)}, {prod(V)})",
+        ]
     lines += [
         f"_final = {'(_sT * _sign_end)' if signed else '_sT'}.reshape(_B, {', '.join(sz[k] for k in order)})"
         f".permute({', '.join(map(str, inv))})",
@@ -907,6 +930,49 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     return lines
 
 
+def _rotation_prologue(sym, st, pr: TorchPrinter, rows, row_sizes, streams, readout) -> list[str]:
+    """The lines that rotate the keys and queries of a rotating decay per key pair (``st.rotation``) by minus the
+    cumulative angle, and shape them for the scan as ``stream`` would. ``streams``: the (printed, shaped) q, k, v.
+
+    Why q and k are rotated in real arithmetic rather than the scan run on complex numbers (``chunked_outer_scan``
+    is exact on a complex per-key log-decay log rho + i theta): Triton has no complex type, so the complex route
+    would leave ``chunked_outer_triton`` behind; rotated q and k are plain real streams, which every chunked
+    kernel (torch and Triton, forward and backward) takes unchanged, the decay rho a real per-key (or per-group)
+    log-decay."""
+    o, rot = st.outer, st.rotation
+    sz = [pr.size(a.extent) for a in sym.state.axes]
+    G, K = list(o.group_axes), list(o.key_axes)
+    rest = [k for k in K if k != rot.pair_axis]  # the key axes but the pair: the angle's
+    gk = G + K
+    angle_axes = tuple(rows[k] for k in G + rest)
+    angle_sizes = {s: row_sizes[s] for s in angle_axes}
+    full = ", ".join(sz[k] for k in gk)
+    flat = f"{' * '.join(sz[k] for k in G) or '1'}, {' * '.join(sz[k] for k in K)}"
+    expand = f".expand(_B, _T{''.join(', ' + sz[k] for k in G + rest)})"
+    pair = rows[rot.pair_axis]
+    lines = [
+        f"# A's 2 x 2 blocks on the pair axis {pair} are rotation-scalings rho R(theta), which commute: the scan runs",
+        "# on P_t^T S_t (P_t the rotation by Phi_t = theta_1 + ... + theta_t) with the real decay rho and the keys",
+        "# and queries rotated by -Phi_t (a data-dependent rotary embedding); P_0 = I, so h0 enters as it is",
+    ]
+    if rot.theta is not None:
+        lines.append(f"_theta = ({pr.print_tensor(rot.theta, angle_axes, angle_sizes)}){expand}")
+    else:
+        # x = rho cos theta, y = rho sin theta not written as such: the angle atan2(y, x) (0 where x = y = 0)
+        lines += [
+            f"_rx = {pr.print_tensor(rot.x, angle_axes, angle_sizes)}",
+            f"_ry = {pr.print_tensor(rot.y, angle_axes, angle_sizes)}",
+            f"_theta = torch.atan2(_ry, _rx){expand}",
+        ]
+    pair_dim = 2 + len(G) + K.index(rot.pair_axis)
+    lines += [
+        f"_rc, _rs, _qc, _qs, _rc_end, _rs_end = rotation_phases(_theta, _dtype, readout=\"{readout}\")",
+        f"_q = rotate_pairs(_q.expand(_B, _T, {full}), _qc, _qs, {pair_dim}).reshape(_B, _T, {flat})",
+        f"_k = rotate_pairs(_k.expand(_B, _T, {full}), _rc, _rs, {pair_dim}).reshape(_B, _T, {flat})",
+    ]
+    return lines
+
+
 def _kernel_fusions(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes) -> dict:
     """What the chunked outer-product kernels compute from the spec's streams on load instead of reading them from
     memory (``chunked_outer_triton``'s ``heads_per_group``, ``v_scale``, ``skip``), found on the SymPy streams of a
@@ -943,7 +1009,10 @@ def _kernel_fusions(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_si
         return code if code.isidentifier() else f"({code})"
 
     # a per-key decay's score kernels read q, k and v per head: chunked_outer_triton would build them in torch
-    streams = () if set(st.a.decay_axes) & set(K) else (("_q", o.query), ("_k", o.key), ("_v", o.value))
+    # so do rotated keys and queries (a rotating decay per key pair): they are computed in torch, never read as
+    # they are
+    streams = () if set(st.a.decay_axes) & set(K) or st.rotation else (
+        ("_q", o.query), ("_k", o.key), ("_v", o.value))
     found, args, lines, groups = {}, [], [], set()
     for name, e in streams[:2]:
         sub = e.indices[0] if isinstance(e, sp.Indexed) and len(e.indices) == 2 else None

@@ -30,6 +30,7 @@ Numerics shared by both:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -259,6 +260,37 @@ def rotation_scan(x: Tensor, y: Tensor, b: Tensor, h0: Tensor, axis: int) -> Ten
     # which torch.einsum's CPU bmm path makes a slow strided copy (S4D's readout at B = 2, T = 1024: 124 ms against
     # 13 ms a contraction at one thread; seconds with two threads on a loaded machine)
     return torch.stack([states.real, states.imag], 2).movedim(2, 2 + axis)
+
+
+def rotation_phases(theta: Tensor, dtype: torch.dtype, readout: str = "post"
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """cos and sin of the cumulative angles of a rotating decay per key pair: theta [B, T, ...] (the angle of each
+    step), Phi_t = theta_1 + ... + theta_t. Returns ``(cos_k, sin_k, cos_q, sin_q, cos_end, sin_end)`` in ``dtype``:
+    the keys' phases Phi_t, the queries' (Phi_t, or Phi_(t-1) for the pre-update readout, which reads the state
+    before step t's rotation) and the last step's Phi_T [B, ...] (the final state's rotation back).
+
+    Phi grows with T: the cumsum runs in float64 and is reduced mod 2 pi before cos / sin, so fp32 phases keep their
+    accuracy at T = 16384 (an fp32 cumsum of angles ~1 loses ~1e-3 rad there). Cheap: [B, T, groups, keys / 2]."""
+    phi = torch.cumsum(theta.to(torch.float64), 1)
+    two_pi = 2 * math.pi
+    wrapped = torch.remainder(phi, two_pi)
+    cos_k, sin_k = torch.cos(wrapped).to(dtype), torch.sin(wrapped).to(dtype)
+    if readout == "pre":
+        before = torch.remainder(phi - theta.to(torch.float64), two_pi)
+        cos_q, sin_q = torch.cos(before).to(dtype), torch.sin(before).to(dtype)
+    else:
+        cos_q, sin_q = cos_k, sin_k
+    return cos_k, sin_k, cos_q, sin_q, cos_k[:, -1], sin_k[:, -1]
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, dim: int, back: bool = False) -> Tensor:
+    """``x`` with its pair axis ``dim`` (extent 2, (re, im)) rotated by minus the angle, ``P^T x`` with
+    ``P = [[cos, -sin], [sin, cos]]`` (``back``: by plus the angle, ``P x``). cos and sin broadcast against x
+    without the pair axis. A rotation is orthogonal whatever the angle: nothing here can overflow."""
+    x0, x1 = x.select(dim, 0), x.select(dim, 1)
+    if back:
+        return torch.stack((cos * x0 - sin * x1, sin * x0 + cos * x1), dim)
+    return torch.stack((cos * x0 + sin * x1, cos * x1 - sin * x0), dim)
 
 
 def block_scan(m: Tensor, b: Tensor, h0: Tensor, *, chunk: Optional[int] = None) -> Tensor:

@@ -1037,6 +1037,71 @@ def linear_attention_specs(draw) -> GenSpec:
 
 
 @st.composite
+def rotating_key_specs(draw) -> GenSpec:
+    """A rotating (complex) decay per key pair with an outer-product input (GateLoop, retention with a complex decay):
+    state S[h, a, r: 2, b] (the pair axis r first or last among the key axes, heads none / per head / grouped keys),
+    A = rho R(theta) on r, written as rho cos / rho sin (rho per head or per key pair, a constant, a sigmoid gate, a
+    relu that is 0 at some steps, a signed tanh; theta static, per head or per key pair from the input) or as x, y
+    lets with no cos / sin; B u = k[.., a, r] v[.., b]; C q[.., a, r], sometimes with GateLoop's sign (1 - 2 r);
+    readout pre sometimes. Family: the chunked outer-product scan (the rotation moved into q and k)."""
+    b = _Builder("RandRotKey", draw)
+    labels = {}
+    b.dim("M", draw(st.integers(1, 4)))
+    b.dim("K", draw(st.sampled_from([1, 2, 3])))
+    b.dim("V", draw(st.integers(1, 3)))
+    hax, kax, ksub, hn = _heads(draw, b, labels, allow_none=False)
+    pair_first = draw(st.booleans())
+    labels["pair"] = "first" if pair_first else "last"
+    keys = ["r", "a"] if pair_first else ["a", "r"]
+    rows = hn + keys + ["b"]
+    cols = [n + "2" for n in rows]
+    k = b.let("k", kax + [("a", "K"), ("r", "2")], _projection(b, kax + [("a", "K"), ("r", "2")]))
+    q = b.let("q", hax + [("a", "K"), ("r", "2")], _projection(b, hax + [("a", "K"), ("r", "2")]))
+    form = draw(st.sampled_from(["polar", "polar", "xy"]))
+    labels["form"] = form
+    rot = "(delta(r, 1) * delta(r2, 0) - delta(r, 0) * delta(r2, 1))"
+    if form == "xy":
+        x = b.let("x", hax + [("a", "K")], f"0.6 * tanh({_projection(b, hax + [('a', 'K')], bias=True)})")
+        y = b.let("y", hax + [("a", "K")], f"0.6 * tanh({_projection(b, hax + [('a', 'K')], bias=True)})")
+        block = f"(delta(r, r2) * {_sub(x, hn + ['a'])} + {rot} * {_sub(y, hn + ['a'])})"
+    else:
+        rkind = draw(st.sampled_from(["const", "gate_head", "gate_key", "relu", "tanh"]))
+        tkind = draw(st.sampled_from(["static", "head", "key"]))
+        labels["rho/theta"] = f"{rkind}/{tkind}"
+        if rkind == "const":
+            rho = "0.9"
+        elif rkind == "gate_head":
+            rho = _sub(b.let("rho", hax, f"sigmoid({_projection(b, hax, bias=True)} + 1)"), hn)
+        else:
+            fn = {"gate_key": "sigmoid({X} + 1)", "relu": "relu(2 * sigmoid({X}) - 1)", "tanh": "tanh({X})"}[rkind]
+            rho = _sub(b.let("rho", hax + [("a", "K")], fn.format(X=_projection(b, hax + [("a", "K")], bias=True))),
+                       hn + ["a"])
+        if tkind == "static":
+            th = b.param("theta", ["K"], "~ uniform(0, 3)") + "[a]"
+        elif tkind == "head":
+            th = _sub(b.let("th", hax, _projection(b, hax)), hn)
+        else:
+            th = _sub(b.let("th", hax + [("a", "K")], _projection(b, hax + [("a", "K")])), hn + ["a"])
+        block = f"{rho} * (delta(r, r2) * cos({th}) + {rot} * sin({th}))"
+    deltas = " * ".join(f"delta({n}, {n}2)" for n in hn + ["a", "b"])
+    b.matrices.append(f"A[({_idx(rows)}), ({_idx(cols)})] = {deltas} * {block}")
+    v = _value(draw, b, hax)
+    b.matrices.append(f"B[({_idx(rows)}), m] = {_sub(k, ksub + ['a', 'r'])} * {v}")
+    sign = draw(st.booleans())
+    labels["sign"] = sign
+    query = f" * {_sub(q, hn + ['a', 'r'])}" + (" * (1 - 2 * r)" if sign else "")
+    line, out = _c_rows(True, rows, query, "")
+    b.matrices.append(line)
+    if draw(st.integers(0, 3)) == 0:
+        b.extra.append("readout pre")
+        labels["readout"] = "pre"
+    labels["family"] = "chunked outer-product scan"
+    io = ["input u[M]", f"state S{_decl_axes(hax + [(n, 'K' if n == 'a' else '2') for n in keys] + [('b', 'V')])}",
+          f"output y{_decl_axes(out)}"]
+    return GenSpec(b.render(io), "rotating", labels)
+
+
+@st.composite
 def complex_specs(draw) -> GenSpec:
     """Complex-diagonal states written as real 2x2 rotation-scaling blocks (LRU): state h[j: N, s: 2], A =
     delta(j, j2) r[j] (delta(s, s2) cos(th[j]) + (s - s2) sin(th[j])), with r and th static (params) or

@@ -1,8 +1,10 @@
 """Property tests of the families and grammar ``test_properties.py``'s generators do not draw (tests/e2e/spec_gen.py:
-``dplr_specs``, ``rank_specs``, ``attention_specs``, ``linear_attention_specs``, ``complex_specs``): chunked
+``dplr_specs``, ``rank_specs``, ``attention_specs``, ``linear_attention_specs``, ``complex_specs``,
+``rotating_key_specs``): chunked
 diagonal-plus-rank-1 (KDA in both orders, RWKV-7), rank-R inputs and R queries (MIMO), softmax / decayed softmax /
 ALiBi / un-normalised decayed kernels, signed decays, decayed running normalisers, readout pre, posts (gates,
-RMSNorm, out-projections), keys shared by groups of heads, odd key widths, complex states as 2x2 blocks.
+RMSNorm, out-projections), keys shared by groups of heads, odd key widths, complex states as 2x2 blocks, rotating
+decays per key pair (the chunked outer-product scan with q and k rotated).
 
 Each example: the family the analysis picks is the generator's (a fall back to the dense or diagonal scan is a
 finding), then the torch path (batch 1 at T = 1 and batch > 1 at an odd T, from zero and from a random initial state,
@@ -17,6 +19,7 @@ to hunt bugs run many more with a random seed, e.g.
 Found and fixed: none. The hunts (30 random examples per generator, then 15 more of dplr / rank after readout pre,
 signed per-key decays, D and posts were added to them) found no mismatch and no family regression; the one failure
 was in this file's harness (a quadratic-attention state is a KV cache, not the reference's state: check_attention).
+``rotating_key_specs`` (added with the rotating decay per key pair): 60 random examples, no mismatch.
 
 Found, NOT fixed: none.
 """
@@ -34,7 +37,8 @@ import torch  # noqa: E402
 from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, build, check_backend, check_small_chunks,  # noqa: E402
                          grads_of, rel_err, run_steps)
 from dsfc.pipeline import compile_text  # noqa: E402
-from spec_gen import attention_specs, complex_specs, dplr_specs, linear_attention_specs, rank_specs  # noqa: E402
+from spec_gen import (attention_specs, complex_specs, dplr_specs, linear_attention_specs, rank_specs,  # noqa: E402
+                      rotating_key_specs)
 
 pytestmark = INTERPRETER_WARNINGS
 
@@ -94,6 +98,12 @@ def test_random_linear_attention_specs(gen, shape):
 @PROPERTY
 @given(gen=complex_specs(), shape=shapes)
 def test_random_complex_specs(gen, shape):
+    check_generated(gen, shape)
+
+
+@PROPERTY
+@given(gen=rotating_key_specs(), shape=shapes)
+def test_random_rotating_key_specs(gen, shape):
     check_generated(gen, shape)
 
 

@@ -330,7 +330,7 @@ CASES = {
     "rwkv4": (RWKV4, Family.DIAGONAL_SCAN),
     "ttt": (TTT, Family.CHUNKED_DELTA),
     "s5sel": (S5SEL, Family.DIAGONAL_SCAN),
-    "gateloop": (GATELOOP, Family.DENSE_SCAN),
+    "gateloop": (GATELOOP, Family.CHUNKED_OUTER),  # the rotation moved into q and k (structure.split_rotation)
     "s5complex": (S5COMPLEX, Family.DENSE_SCAN),
 }
 sig = torch.sigmoid

@@ -49,9 +49,9 @@ yet al = 1 wherever w = 0 (the module's own A at u = 0 has an eigenvalue 1). The
 corner of the atoms' box that sits at an open end as open; a corner is now open only where its value depends on an
 atom picked at an open end: (0, 1], |lambda| <= 1.
 
-Not done (a strict xfail): the rotating decay per key pair runs the dense scan; a chunked form exists (the
-cumulative rotation moved into q and k, or a complex per-key decay). Hunt 25's GateLoop is the same case. Left as it
-is: a decay per key and per value (fla's gk and gv, ``A = ak[h, a] av[h, b]``) runs the diagonal scan, right
+Done since (was a strict xfail): the rotating decay per key pair runs the chunked outer-product scan, the cumulative
+rotation moved into q and k (structure.split_rotation, tests/e2e/test_rotating_decay.py); so does hunt 25's GateLoop.
+Left as it is: a decay per key and per value (fla's gk and gv, ``A = ak[h, a] av[h, b]``) runs the diagonal scan, right
 numbers; fla has no chunked kernel for it either.
 """
 
@@ -377,7 +377,7 @@ CASES = {
     "mamba2": (MAMBA2_BLOCK, Family.CHUNKED_OUTER),
     "mamba3": (MAMBA3, Family.CHUNKED_OUTER),
     "roles": (ROLES, Family.CHUNKED_DELTA),
-    "cret": (CRET, Family.DENSE_SCAN),  # a chunked form exists: see the xfail
+    "cret": (CRET, Family.CHUNKED_OUTER),  # the rotation moved into q and k (structure.split_rotation)
 }
 sig, silu, softplus = torch.sigmoid, torch.nn.functional.silu, torch.nn.functional.softplus
 
@@ -770,13 +770,11 @@ def test_hgrn_written_for_its_first_layer_compiles_with_its_bound(dims):
         assert rel_err(run_steps(built.model, u, h0)[0], want) < 1e-8
 
 
-@pytest.mark.xfail(strict=True, reason="a rotating decay per key pair (2x2 rotation-scaling blocks, a complex "
-                   "diagonal) with B u = k v^T and a query read runs the dense scan; a chunked form exists (the "
-                   "cumulative rotation moved into q and k, or a complex per-key decay), not implemented")
 def test_a_rotating_decay_per_key_gets_the_chunked_family():
     """Retention with a complex decay per key pair (xPos, GateLoop, Mamba-3's complex SSM): the rotations commute,
     so with P_t = R(th_1 + ... + th_t) the state P_t^-1 S_t is a plain decayed linear attention of the keys and
-    queries rotated by P_t^-1: the chunked outer-product scan applies."""
+    queries rotated by P_t^-1: the chunked outer-product scan applies (structure.split_rotation; the numbers in
+    test_rotating_decay.py)."""
     result = _compiled("cret")
     assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
 

@@ -409,7 +409,7 @@ CASES = {
     "shift_ssm": (SHIFT_SSM, Family.DENSE_SCAN, {'d': 3, 'W': 5}),
     "h3": (H3, Family.DIAGONAL_SCAN, {'d': 5, 'n': 3, 'W': 3}),
     "longhorn": (LONGHORN, Family.DIAGONAL_SCAN, {'d': 3, 'n': 5}),
-    "gateloop": (GATELOOP, Family.DENSE_SCAN, {'d': 3, 'H': 3, 'K': 1, 'V': 5}),
+    "gateloop": (GATELOOP, Family.CHUNKED_OUTER, {'d': 3, 'H': 3, 'K': 1, 'V': 5}),  # rotation in q, k
     "mamba2_conv": (MAMBA2_CONV, Family.CHUNKED_OUTER, {'d': 7, 'H': 3, 'P': 3, 'n': 5, 'W': 2}),
     "retnet_xpos": (RETNET_XPOS, Family.CHUNKED_OUTER, {'d': 3, 'H': 3, 'K': 3, 'V': 1}),
     "kda": (KDA, Family.CHUNKED_DPLR, {'d': 3, 'H': 1, 'K': 5, 'V': 3}),

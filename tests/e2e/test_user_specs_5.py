@@ -305,7 +305,7 @@ post g[h: H, b: V] = y[h, b] * go[h, b] * sigmoid(x[(h * V + b) % d])
 
 CASES = {
     "rwkv7": (RWKV7, Family.CHUNKED_DPLR, {'d': 3, 'H': 2, 'K': 2, 'V': 3}),
-    "gateloop": (GATELOOP, Family.DENSE_SCAN, {'d': 3, 'H': 1, 'K': 3, 'V': 2}),
+    "gateloop": (GATELOOP, Family.CHUNKED_OUTER, {'d': 3, 'H': 1, 'K': 3, 'V': 2}),  # rotation in q, k
     "longhorn": (LONGHORN, Family.DIAGONAL_SCAN, {'d': 7, 'n': 1}),
     "hedgehog": (HEDGEHOG, Family.CHUNKED_OUTER, {'d': 5, 'H': 1, 'K': 2, 'F': 3, 'V': 2}),
     "cosformer": (COSFORMER, Family.CHUNKED_OUTER, {'d': 3, 'H': 2, 'K': 3, 'V': 1, 'M': 5}),
