@@ -419,7 +419,7 @@ def _softvq(P, u, h0=None):
 
 
 CASES = {
-    "pola": (POLA, Family.DIAGONAL_SCAN),  # the chunked family is the xfail below
+    "pola": (POLA, Family.CHUNKED_OUTER),  # the diagonal scan on main (unflatten_state: the fix below)
     "pola_split": (POLA_SPLIT, Family.CHUNKED_OUTER),
     "focused": (FOCUSED, Family.CHUNKED_OUTER),
     "infini": (INFINI, Family.CHUNKED_DELTA),
@@ -475,21 +475,26 @@ def test_odd_lengths_from_a_carried_state_match_the_loop(name):
             assert rel_err(y_s, want) < 1e-8 and state_err(h_s, h_ref) < 1e-8, ("step", t)
 
 
-@pytest.mark.xfail(strict=True, reason="PolaFormer's query switches with the value slot's half (e // Vh): C's query "
-                   "varies along the value axis, so no outer-product split is found and the layer runs the diagonal "
-                   "scan over H * 2K * V entries; splitting the value axis b into (s, b % Vh) where C reads it "
-                   "through b // Vh (unflatten_state refuses it: B reads b on its own, W_v[h, b, m]) would give "
-                   "PolaSplit's chunked form")
 def test_polaformer_written_with_a_value_half_switch_gets_the_chunked_family():
-    """PolaFormer as its code writes it (one state S[h, f, b: V]; the first half of the values read by the same-sign
-    query, the second by the opposite-sign one): two linear attentions sharing keys, the chunked outer-product scan
-    a hand-written kernel runs; the same layer with the polarity as its own state axis (PolaSplit) gets it."""
+    """PolaFormer as its code writes it (one state S[h, f, b: V]; the first half of the values read by the
+    same-sign query, the second by the opposite-sign one, ``e // Vh`` in C): two linear attentions sharing keys, the
+    chunked outer-product scan a hand-written kernel runs. It ran the elementwise diagonal scan over all H 2K V
+    entries: the query varied along the value axis. ``unflatten_state`` now splits b into (b // Vh, b % Vh): C's
+    ``delta(e, b)`` lets e's digit reads count as b's, and B's ``W_v[h, b, m]`` (b the whole subscript) reads the same
+    entry at the digits' radix sum; the output is then split through the delta, and the half index is a group axis
+    (PolaSplit's form). The module keeps the declared state [H, 2K, V]."""
     result = _compiled("pola")
     assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
+    assert [a.name for a in result.core.state.axes] == ["h", "f", "b_0", "b_1"]
+    built = _built("pola")
+    u = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(8), dtype=F64)
+    with torch.no_grad():
+        _, hT = built.model(u, output_final_state=True)
+    assert hT.shape == (2, 2, 6, 4)
 
 
 def test_polaformer_and_its_split_spelling_are_the_same_layer():
-    """PolaFormer (diagonal scan) and PolaSplit (chunked outer-product) at the same parameters (W_v [H, V, d] is
+    """PolaFormer (its value axis split by the compiler) and PolaSplit (the split written) at the same parameters (W_v [H, V, d] is
     [H, 2, Vh, d] row-major) give the same outputs, T = 33 on torch."""
     a, b = _built("pola"), _built("pola_split")
     with torch.no_grad():
