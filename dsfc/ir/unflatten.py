@@ -338,10 +338,13 @@ def _state_split(sym: SymSpec, k: int):
         x = getattr(m, side)[k]
         reads = _digit_reads(m.entry, x, total)
         tied = _tied_outputs(sym, m, x, total) if name == "C" else {}
+        # only a block index used as a value (PolaFormer's (e // Vh) * qo) asks for a split: a gather by group,
+        # q[o // R, a], reads a compound subscript as it is, and a split of GQA's heads into (G, R) gains nothing
+        values = m.entry.replace(lambda n: isinstance(n, sp.Indexed), lambda n: sp.Dummy("read"))
+        tied = {o: pair for o, pair in tied.items() if _digit_reads(values, o, total)}
         for o in tied:
-            out_reads = _digit_reads(m.entry, o, total)
-            blocked_read |= bool(out_reads)
-            reads.update(out_reads)
+            blocked_read = True
+            reads.update(_digit_reads(m.entry, o, total))
         hidden = m.entry.xreplace({node: sp.Integer(0) for node in reads})
         hidden = hidden.xreplace({pair: sp.Integer(1) for pair in tied.values()})
         if name == "A":

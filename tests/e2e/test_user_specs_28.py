@@ -493,6 +493,37 @@ def test_polaformer_written_with_a_value_half_switch_gets_the_chunked_family():
     assert hT.shape == (2, 2, 6, 4)
 
 
+GQA_GATHER = """
+model GqaGather "linear attention, queries shared by groups of R heads, read as q[o // R, a]; a decay param per head"
+dim d = 4
+dim G = 2
+dim R = 2
+dim H = G * R
+dim K = 2
+dim V = 2
+input u[d]
+state S[h: H, a: K, b: V]
+output y[h: H, b: V]
+param W_q[G, K, d] ~ normal(0, 0.5)
+param W_k[H, K, d] ~ normal(0, 0.5)
+param W_v[H, V, d] ~ normal(0, 0.5)
+param lam[h: H] = 1 + h
+let q[g: G, a: K] = sum(m, W_q[g, a, m] * u[m])
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * exp(-exp(lam[h]))
+B[(h, a, b), m] = sum(m2, W_k[h, a, m2] * u[m2]) * W_v[h, b, m]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[o // R, a]
+"""
+
+
+def test_a_block_index_read_only_as_a_gather_keeps_the_axis_whole():
+    """The split above asks for a block index used as a value ((e // Vh) * qo): a tied output read only inside a
+    subscript (GQA's ``q[o // R, a]``, next to ``lam[h]``) keeps the head axis whole, as before (no (G, R) split:
+    the gather already runs as it is; the catalog's SSD, ``Cm[h // R, j]``, generates the same file)."""
+    result = compile_text(GQA_GATHER, "gqa_gather.dsf")
+    assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
+    assert [a.name for a in result.core.state.axes] == ["h", "a", "b"]
+
+
 def test_polaformer_and_its_split_spelling_are_the_same_layer():
     """PolaFormer (its value axis split by the compiler) and PolaSplit (the split written) at the same parameters (W_v [H, V, d] is
     [H, 2, Vh, d] row-major) give the same outputs, T = 33 on torch."""
