@@ -579,6 +579,22 @@ def test_polaformer_and_its_split_spelling_are_the_same_layer():
         assert rel_err(b.model(u), a.model(u)) < 1e-10
 
 
+@pytest.mark.parametrize("dims", [dict(d=1, H=1, K=1, Vh=1), dict(d=7, H=3, K=2, Vh=5)])
+def test_the_split_polaformer_at_other_dims_matches_its_loop(dims):
+    """The split PolaFormer built at every dim 1 and at distinct primes (the halves' digit extents 2 and Vh follow the
+    constructor's dims): T = 9 from a random state in the declared layout [H, 2K, V], on torch and token by token,
+    against the loop."""
+    built = _built("pola", **dims)
+    P, gen = built.params(), torch.Generator().manual_seed(9)
+    u = torch.randn(2, 9, dims["d"], generator=gen, dtype=F64)
+    h0 = torch.randn(2, dims["H"], 2 * dims["K"], 2 * dims["Vh"], generator=gen, dtype=F64)
+    want = _pola(P, u, h0).reshape(2, 9, -1)
+    with torch.no_grad():
+        y, hT = built.model(u, initial_state=h0, output_final_state=True)
+        assert rel_err(y, want) < 1e-8 and hT.shape == h0.shape
+        assert rel_err(run_steps(built.model, u, h0)[0], want) < 1e-8
+
+
 def _a_eigs(built, u, running0=None):
     with torch.no_grad():
         return torch.linalg.eigvals(built.model.dsf_matrices(u, running0)[0] if running0
