@@ -315,29 +315,58 @@ def _state_index_uses(sym: SymSpec) -> list[tuple[str, str]]:
     return [(name, side) for name, sides in where.items() if name in sym.matrices for side in sides]
 
 
+def _tied_outputs(sym: SymSpec, m: SymMatrix, x: sp.Symbol, total: sp.Expr) -> dict:
+    """C's output indices o of x's extent tied to the state index x by a factor ``delta(o, x)`` of every term:
+    {o: that delta}. Where o = x, a read ``o // s`` is a read ``x // s``: PolaFormer's ``delta(e, b)`` with a query
+    switched by ``e // Vh`` reads the value axis b in halves."""
+    tied = {}
+    for o, extent in zip(m.rows, m.row_extents):
+        pair = sp.KroneckerDelta(o, x)
+        if same(free_dims(sym, extent), free_dims(sym, total)) and all(
+                pair in sp.Mul.make_args(t) for t in terms(m.entry)):
+            tied[o] = pair
+    return tied
+
+
 def _state_split(sym: SymSpec, k: int):
     """The mixed-radix digits that state axis k is read through, in every matrix, or None.
 
-    Every use of the axis's index (A's rows and columns, B's rows, C's columns) must be a digit read (``_digit_read``)
-    or A's ``delta(i, i2)`` between its two copies; the union of the boundaries read must nest into one row-major
-    radix of the axis's extent."""
+    Every use of the axis's index (A's rows and columns, B's rows, C's columns) must be a digit read (``_digit_read``),
+    A's ``delta(i, i2)`` between its two copies, or C's ``delta(o, i)`` with an output index o of the same extent,
+    whose own digit reads then count as i's (the output is split after the state, through that delta); where such an
+    output read exists, i may also be the whole subscript of a tensor (``W_v[h, i, m]``: the digits' radix sum reads
+    the same entry; without one, a gather such as SSD's ``A_log[h]`` next to ``h // R`` keeps the axis whole). The
+    union of the boundaries read must nest into one row-major radix of the axis's extent."""
     total = sym.state.axes[k].extent
     if sp.S(total).has(TaylorRange):
         return None  # a feature range (taylor(K, p)): its slots are not a product of dims
-    bounds = []
+    bounds, subscripts, blocked_read = [], [], False
     for name, side in _state_index_uses(sym):
         m = sym.matrices[name]
         x = getattr(m, side)[k]
         reads = _digit_reads(m.entry, x, total)
+        tied = _tied_outputs(sym, m, x, total) if name == "C" else {}
+        # only a block index used as a value (PolaFormer's (e // Vh) * qo) asks for a split: a gather by group,
+        # q[o // R, a], reads a compound subscript as it is, and a split of GQA's heads into (G, R) gains nothing
+        values = m.entry.replace(lambda n: isinstance(n, sp.Indexed), lambda n: sp.Dummy("read"))
+        tied = {o: pair for o, pair in tied.items() if _digit_reads(values, o, total)}
+        for o in tied:
+            blocked_read = True
+            reads.update(_digit_reads(m.entry, o, total))
         hidden = m.entry.xreplace({node: sp.Integer(0) for node in reads})
+        hidden = hidden.xreplace({pair: sp.Integer(1) for pair in tied.values()})
         if name == "A":
             pair = sp.KroneckerDelta(m.rows[k], m.cols[k])
             hidden = hidden.xreplace({pair: sp.Integer(1)})
-        if x in hidden.free_symbols:
-            return None  # x read on its own (a gather w[i], an offset (i + 1) // V, a scale 2 i // V)
+        subscripts.append((x, hidden))
+        hidden = hidden.replace(lambda n: isinstance(n, sp.Indexed) and x in n.indices, lambda n: sp.Integer(0))
+        if x in hidden.free_symbols or any(o in hidden.free_symbols for o in tied):
+            return None  # x read on its own (an offset (i + 1) // V, a scale 2 i // V, a value i * w)
         bounds += [b for bs in reads.values() for b in bs]
     if not bounds:
         return None
+    if not blocked_read and any(x in hidden.free_symbols for x, hidden in subscripts):
+        return None  # the index a whole subscript (SSD's A_log[h] next to h // R): no output read in blocks to split
     return _radix_chain(sym, bounds, total)
 
 

@@ -107,6 +107,9 @@ def _character_hint(ch: str) -> str:
         return f"{ch!r} (U+{ord(ch):04X}) is a non-ASCII digit: numbers are written with 0-9"
     if ch.isalpha() and not ch.isascii():
         return f"{ch!r} (U+{ord(ch):04X}) is not an ASCII letter: names are ASCII letters, digits and '_'"
+    if ch in "<>!":
+        return (f"{ch!r}: the language has no comparisons (<, >, <=, >=, !=); for integer indices write n > k as "
+                "min(max(n - k, 0), 1) and n == k as delta(n, k)")
     if ch.isspace() or ch in ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"):
         return f"U+{ord(ch):04X} is an invisible or non-ASCII space (pasted text?): delete it or type a space"
     return "names are ASCII letters, digits and '_'; comments start with '#'"
