@@ -57,7 +57,7 @@ _RESERVED = {"torch", "F", "nn", "math", "axis", "cached_index", "diagonal_scan"
              "empty_output", "step_state_errors", "elu1p", "expm1", "l2_norm", "inv_l2_norm", "fold_decay_sign",
              "log_abs_decay",
              "kernel_attention", "kernel_log_sum", "triton_kernels_for", "block_scan", "block_scan_triton",
-             "rotation_scan", "rotate_pairs", "rotation_phases",
+             "rotation_scan", "rotate_pairs", "rotation_phases", "pair_angle", "pair_modulus",
              "dense_chunk_len",
              "diagonal_scan_triton", "register_kernels", "owns_storage", "triton", "tl",
              "OffsetLimitError"}  # (defined in runtime.dispatch, imported through runtime.checks)
@@ -196,6 +196,7 @@ class ModulePlan:
     block_scan: bool = False  # the dense family's small blocks: import the runtime's chunked block scan
     rotation_scan: bool = False  # 2 x 2 rotation-scaling blocks: the runtime's complex diagonal scan
     rotation_pairs: bool = False  # a rotating decay per key pair in the chunked scan: import its rotary helpers
+    rotation_xy: bool = False  # ... written as x, y (no cos / sin): import pair_angle, pair_modulus
     dplr_scan: bool = False  # A = diag(d) + x y^T per group: import the runtime's chunked DPLR scan
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
@@ -513,6 +514,7 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st) and _rotation_parts(sym, st) is None,
         rotation_scan=st.family is Family.DENSE_SCAN and _rotation_parts(sym, st) is not None,
         rotation_pairs=st.rotation is not None,
+        rotation_xy=st.rotation is not None and st.rotation.theta is None,
         dplr_scan=st.family is Family.CHUNKED_DPLR,
     )
 
@@ -813,6 +815,13 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     target, logd = ("_decay", decay) if signed or unsigned_log else ("_log_decay", logd)
     # the Triton backward's log-decay gradient is not accurate relative to a zero decay (see log_abs_decay)
     zero_grad = ", zero_grad=False" if scan == "chunked_outer_triton" else ""
+
+    def decay_code(axes, sizes) -> str:
+        # rho = sqrt(x^2 + y^2) of a rotating decay written as x, y: pair_modulus, finite derivative at x = y = 0
+        if rot is not None and rot.theta is None and target == "_decay":
+            return f"pair_modulus({pr.print_tensor(rot.x, axes, sizes)}, {pr.print_tensor(rot.y, axes, sizes)})"
+        return pr.print(logd, axes, sizes)
+
     if gauge:
         g, g_s = over(G)
         shape = f".expand(_B, _T{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})"
@@ -829,11 +838,11 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         lines.append("_log_decay = None  # s = 1 (no gate)" if delta else "_log_decay = None  # A = I")
     elif (dplr and decay.free_symbols & set(gk[len(G):])) or (not delta and not dplr and set(_decay_axes(st)) & set(K)):
         s, s_s = over(G + K)
-        lines.append(f"{target} = ({pr.print(logd, s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
+        lines.append(f"{target} = ({decay_code(s, s_s)}).expand(_B, _T, {', '.join(sz[k] for k in G + K)})"
                      f".reshape(_B, _T, {prod(G)}, {prod(K)})")
     else:
         s, s_s = over(G)
-        code = pr.print(logd, s, s_s) if G else pr.print(logd, (), {})
+        code = decay_code(s, s_s) if G else decay_code((), {})
         lines.append(f"{target} = torch.as_tensor({code}, dtype=_dtype, device=_dev).expand(_B, _T"
                      f"{''.join(', ' + sz[k] for k in G)}).reshape(_B, _T, {prod(G)})")
     if rank:
@@ -958,11 +967,12 @@ def _rotation_prologue(sym, st, pr: TorchPrinter, rows, row_sizes, streams, read
     if rot.theta is not None:
         lines.append(f"_theta = ({pr.print_tensor(rot.theta, angle_axes, angle_sizes)}){expand}")
     else:
-        # x = rho cos theta, y = rho sin theta not written as such: the angle atan2(y, x) (0 where x = y = 0)
+        # x = rho cos theta, y = rho sin theta not written as such: the angle atan2(y, x) (0 where x = y = 0, with
+        # a zero derivative there: pair_angle)
         lines += [
             f"_rx = {pr.print_tensor(rot.x, angle_axes, angle_sizes)}",
             f"_ry = {pr.print_tensor(rot.y, angle_axes, angle_sizes)}",
-            f"_theta = torch.atan2(_ry, _rx){expand}",
+            f"_theta = pair_angle(_ry, _rx){expand}",
         ]
     pair_dim = 2 + len(G) + K.index(rot.pair_axis)
     lines += [

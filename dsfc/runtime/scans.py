@@ -293,6 +293,25 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, dim: int, back: bool = Fal
     return torch.stack((cos * x0 + sin * x1, cos * x1 - sin * x0), dim)
 
 
+def pair_angle(y: Tensor, x: Tensor) -> Tensor:
+    """``atan2(y, x)``, the angle of a rotating decay written as x = rho cos theta, y = rho sin theta, with a zero
+    derivative where ``x^2 + y^2`` is 0 (there 0, as atan2(0, 0)). torch's atan2 backward divides by x^2 + y^2:
+    0 / 0 = NaN at x = y = 0, and a relu-gated block (x = g c, y = g s, g = relu(.)) is exactly 0 at half its
+    steps, which made every gradient NaN although the recurrence h = (x + i y) h + ... is a polynomial in x, y.
+    Where rho = 0 the angle changes nothing downstream (the state is cut, and later steps only see differences
+    of cumulative angles from that step on), so the value chosen there is free."""
+    zero = (x * x + y * y) == 0
+    return torch.atan2(torch.where(zero, torch.zeros_like(y), y), torch.where(zero, torch.ones_like(x), x))
+
+
+def pair_modulus(x: Tensor, y: Tensor) -> Tensor:
+    """``rho = sqrt(x^2 + y^2)`` of a rotating decay as ``hypot(x, y)`` (no overflow of x^2 in fp32 above 1.8e19)
+    with a zero derivative at x = y = 0, where sqrt's backward was inf * 0 = NaN (see :func:`pair_angle`)."""
+    zero = (x == 0) & (y == 0)
+    r = torch.hypot(torch.where(zero, torch.ones_like(x), x), y)
+    return torch.where(zero, torch.zeros_like(r), r)
+
+
 def block_scan(m: Tensor, b: Tensor, h0: Tensor, *, chunk: Optional[int] = None) -> Tensor:
     """All states of ``h_t = M_t h_{t-1} + b_t`` with small per-group blocks: m [B, T, G, P, P], b [B, T, G, P],
     h0 [B, G, P]; returns [B, T, G, P].
