@@ -36,11 +36,14 @@ Python's limit on the Frobenius-norm reading (a double sum over the delta-banded
 rule swallowed. ``index_algebra.simplify`` held a sum with a delta of its summed index opaque only for one-limit sums;
 it now checks every summed index: ~6 s, the same report; generated/ and docs/catalog.md unchanged.
 
-Found, not fixed: B written as the product instead of the matrix (``B[(h, j), m] = k[h, j] * z[h]`` with z = W_z u a
-let, meaning B u = k z) compiles without a word and computes k z sum(u): an entry that does not depend on its column
-index but reads the input is almost always this mistake; a warning would need care (``B[i, k] = 1`` is legitimate).
-The Kalman-like gain (diag(f) minus an input-dependent rank 1) runs the dense scan: the chunked DPLR family wants a
-value axis (B u = key (x) value) and this state has none (n x n per head: the dense scan is the fitting kernel here).
+Found and fixed (a silently different layer): B written as the product instead of the matrix
+(``B[(h, j), m] = k[h, j] * z[h]`` with z = W_z u a let, meaning B u = k z) compiled without a word and computes
+k z sum(u). An entry of B or D that reads the input (directly or through its lets) but not the matrix's column index
+now gets a positioned warning at the matrix (``dsfc/ir/product_as_matrix.py``); a constant entry (``B[i, k] = 1``, the
+inputs' sum) and a one-entry input do not. None of 393 test and catalog spec texts that lower triggers it.
+Found, not fixed: the Kalman-like gain (diag(f) minus an input-dependent rank 1) runs the dense scan: the chunked DPLR
+family wants a value axis (B u = key (x) value) and this state has none (n x n per head: the dense scan is the
+fitting kernel here).
 Not done: coRNN's damped IMEX oscillator, UnICORNN, S5 with a shared MIMO state, a selective DSS (covered in kind by
 earlier hunts' LinOSS, D-LinOSS, S5 and S6 specs).
 """
@@ -48,12 +51,13 @@ earlier hunts' LinOSS, D-LinOSS, S5 and S6 specs).
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
 
 import math  # noqa: E402
+import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, case_builds, check_backend,  # noqa: E402
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, TRITON, build, case_builds, check_backend,  # noqa: E402
                          compile_and_build, rel_err, spec_hunt_tests, stack_steps, state_err)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
@@ -364,16 +368,17 @@ def _fout(P, u, h0=None):
     return stack_steps(ys, u, d)
 
 
-def _kalman(P, u, h0=None):
+def _kalman(P, u, h0=None, product=False):
     # per head: predict xp = F x (F = diag(sigmoid(f_raw))), measurement z = W_z u, gain k = sigmoid(W_k u) / n,
-    # update x = xp + k (z - c . xp); y = c . x (the filtered measurement)
+    # update x = xp + k (z - c . xp); y = c . x (the filtered measurement). ``product``: the measurement term as B
+    # written as the product B u computes it, k z sum(u)
     H, n = P["f_raw"].shape
     F, c = sig(P["f_raw"]), P["c_obs"]
     x = u.new_zeros(u.shape[0], H, n) if h0 is None else h0
     ys = []
     for t in range(u.shape[1]):
         ut = u[:, t]
-        z = ut @ P["W_z"].T
+        z = ut @ P["W_z"].T * (ut.sum(-1, keepdim=True) if product else 1)
         k = sig(torch.einsum("hjm,bm->bhj", P["W_k"], ut)) / n
         xp = F * x
         x = xp + k * (z - (c * xp).sum(-1))[..., None]
@@ -577,3 +582,35 @@ def test_a_mistake_while_writing_the_spec_is_named_where_it_is(name, old, new, m
         compile_text(_variant(CASES[name][0], old, new), f"{name}.dsf")
     shown = info.value.render()  # what the CLI prints: file:line:col, the line, a caret, the hint
     assert message in shown and f"{name}.dsf:" in shown and "^" in shown, shown
+
+
+_PRODUCT = _variant(_variant(KALMAN, "let k[h: H, j: n]", "let z[h: H] = sum(m, W_z[h, m] * u[m])\nlet k[h: H, j: n]"),
+                    "B[(h, j), m] = k[h, j] * W_z[h, m]", "B[(h, j), m] = k[h, j] * z[h]")
+
+
+@pytest.mark.parametrize("text, warned", [
+    (_PRODUCT, True),
+    (_variant(DSS, "D[o, k] = delta(o, k) * Dskip[k]", "D[o, k] = Dskip[o] * u[o]"), True),
+    (_variant(KALMAN, "B[(h, j), m] = k[h, j] * W_z[h, m]", "B[(h, j), m] = k[h, j]"), True),
+    (KALMAN, False),
+    (_variant(KALMAN, "B[(h, j), m] = k[h, j] * W_z[h, m]", "B[(h, j), m] = 1"), False),  # the inputs' sum
+    (_variant(INDRNN, "B[i, k] = W_in[i, k]", "B[i, k] = W_in[i, 0] * x[0]"), False),  # one input entry
+], ids=["B-as-Bu", "D-as-Du", "gate-only", "matrix", "constant", "width-1"])
+def test_b_written_as_the_product_b_u_is_warned_about(text, warned):
+    """Found here: ``B[(h, j), m] = k[h, j] * z[h]`` (z = W_z u, meaning B u = k z) compiled silently and computed
+    k z sum(u). An entry of B or D that reads the input but not its column index now gets a warning at the matrix;
+    the matrix form, a constant entry and a one-entry input get none. The product form's numbers are what the spec
+    says (k z sum(u)), checked against the loop with u summed in."""
+    from dsfc.lang.errors import SpecWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compile_text(text, "w.dsf")
+    said = [str(w.message) for w in caught if issubclass(w.category, SpecWarning) and "column index" in str(w.message)]
+    assert bool(said) == warned, said
+    if text is _PRODUCT:
+        assert "w.dsf:17:1: warning: B's entry reads the input but not B's column index (m)" in said[0], said[0]
+        built = build(result, {"d": 4, "H": 3, "n": 2})
+        u = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+        with torch.no_grad():
+            assert rel_err(built.model(u), _kalman(built.params(), u, product=True)) < 1e-10
