@@ -45,6 +45,9 @@ inputs' sum) and a one-entry input do not. None of 393 test and catalog spec tex
 Found, not fixed: the Kalman-like gain (diag(f) minus an input-dependent rank 1) runs the dense scan: the chunked DPLR
 family wants a value axis (B u = key (x) value) and this state has none (n x n per head: the dense scan is the
 fitting kernel here).
+Found, not fixed (a strict xfail): the biquad cascade's 4 x 4 blocks, sized by ``dim S = 2``, run the torch path's
+per-step loop; the chunked ``block_scan`` is chosen only for blocks of a literal size <= 4 (written ``m: 2``: 3.5x
+faster at T = 2048 on the CPU). Choosing at construction, where the dims are known, needs both paths generated.
 Not done: UnICORNN, S5 with a shared MIMO state, a selective DSS (covered in kind by earlier hunts' LinOSS, D-LinOSS,
 S5 and S6 specs).
 """
@@ -667,3 +670,14 @@ def test_b_written_as_the_product_b_u_is_warned_about(text, warned):
     u = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
     with torch.no_grad():
         assert rel_err(built.model(u), _kalman(built.params(), u, product=True)) < 1e-10
+
+
+@pytest.mark.xfail(strict=True, reason="the torch path picks the chunked block_scan over the per-step loop only for "
+                   "coupled blocks of a literal size <= 4 (codegen/plan.py _small_blocks); a block sized by dims, "
+                   "here S * 2 with dim S = 2, gets the loop at every dims (3.5x slower at T = 2048 on the CPU than "
+                   "the same cascade written m: 2, same outputs to 6e-6 in fp32). A fix decides at construction, "
+                   "where the dims are known: both paths generated, branched on the product of the mixed extents")
+def test_a_block_sized_by_a_dim_gets_the_chunked_block_scan():
+    """Found here: the biquad cascade with ``dim S = 2`` sections (4 x 4 blocks per channel) runs the per-step
+    matrix-vector loop; written ``m: 2`` it runs ``block_scan``."""
+    assert "block_scan(_blocks" in _compiled("biquad2").source
