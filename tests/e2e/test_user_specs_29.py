@@ -45,9 +45,10 @@ inputs' sum) and a one-entry input do not. None of 393 test and catalog spec tex
 Found, not fixed: the Kalman-like gain (diag(f) minus an input-dependent rank 1) runs the dense scan: the chunked DPLR
 family wants a value axis (B u = key (x) value) and this state has none (n x n per head: the dense scan is the
 fitting kernel here).
-Found, not fixed (a strict xfail): the biquad cascade's 4 x 4 blocks, sized by ``dim S = 2``, run the torch path's
-per-step loop; the chunked ``block_scan`` is chosen only for blocks of a literal size <= 4 (written ``m: 2``: 3.5x
-faster at T = 2048 on the CPU). Choosing at construction, where the dims are known, needs both paths generated.
+Found and fixed (a slower path for a spelling): the biquad cascade's 4 x 4 blocks, sized by ``dim S = 2``, ran the
+torch path's per-step loop at every dims; the chunked ``block_scan`` was chosen only for blocks of a literal size
+<= 4 (written ``m: 2``: 3.5x faster at T = 2048 on the CPU). A block sized by dims is now decided by the generated
+module at construction (both paths generated, branched on the product of the mixed extents <= 4).
 Not done: UnICORNN, S5 with a shared MIMO state, a selective DSS (covered in kind by earlier hunts' LinOSS, D-LinOSS,
 S5 and S6 specs).
 """
@@ -672,12 +673,24 @@ def test_b_written_as_the_product_b_u_is_warned_about(text, warned):
         assert rel_err(built.model(u), _kalman(built.params(), u, product=True)) < 1e-10
 
 
-@pytest.mark.xfail(strict=True, reason="the torch path picks the chunked block_scan over the per-step loop only for "
-                   "coupled blocks of a literal size <= 4 (codegen/plan.py _small_blocks); a block sized by dims, "
-                   "here S * 2 with dim S = 2, gets the loop at every dims (3.5x slower at T = 2048 on the CPU than "
-                   "the same cascade written m: 2, same outputs to 6e-6 in fp32). A fix decides at construction, "
-                   "where the dims are known: both paths generated, branched on the product of the mixed extents")
-def test_a_block_sized_by_a_dim_gets_the_chunked_block_scan():
-    """Found here: the biquad cascade with ``dim S = 2`` sections (4 x 4 blocks per channel) runs the per-step
-    matrix-vector loop; written ``m: 2`` it runs ``block_scan``."""
-    assert "block_scan(_blocks" in _compiled("biquad2").source
+@pytest.mark.parametrize("name, dims, scan", [("biquad2", {}, True), ("biquad2", {"S": 3}, False),
+                                              ("cornn", {}, False), ("cornn", {"N": 2}, True)],
+                         ids=["S=2", "S=3", "N=3", "N=2"])
+def test_a_block_sized_by_a_dim_gets_the_chunked_block_scan_at_small_dims(name, dims, scan):
+    """Found here: the biquad cascade with ``dim S = 2`` sections (4 x 4 blocks per channel) ran the per-step
+    matrix-vector loop at every dims, where written ``m: 2`` it ran the chunked ``block_scan`` (3.5x faster at
+    T = 2048 on the CPU): the choice read a literal block size. A block sized by dims is now decided by the module
+    at construction, ``block_scan`` for a product <= 4 and the loop above; both branches against the reference
+    (T = 9, 70 from a random state, step and gradients at T = 9)."""
+    import sys
+
+    from dsfc.runtime import scans
+
+    assert "block_scan(_blocks" in _compiled(name).source and "documented as slow" in _compiled(name).source
+    built = _built(name, **dims)
+    module = sys.modules[type(built.model).__module__]
+    calls = []
+    module.block_scan = lambda *args, **kw: calls.append(1) or scans.block_scan(*args, **kw)
+    check_backend(built, "torch", ((2, 9),), h0s=(True,))
+    check_backend(built, "torch", ((1, 70),), steps=False, h0s=(True,))
+    assert bool(calls) == scan, calls
