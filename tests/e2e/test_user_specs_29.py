@@ -42,13 +42,16 @@ Found and fixed (a silently different layer): B written as the product instead o
 k z sum(u). An entry of B or D that reads the input (directly or through its lets) but not the matrix's column index
 now gets a positioned warning at the matrix (``dsfc/ir/product_as_matrix.py``); a constant entry (``B[i, k] = 1``, the
 inputs' sum) and a one-entry input do not. None of 393 test and catalog spec texts that lower triggers it.
+
 Found and fixed (a slower path for a spelling): the biquad cascade's 4 x 4 blocks, sized by ``dim S = 2``, ran the
 torch path's per-step loop at every dims; the chunked ``block_scan`` was chosen only for blocks of a literal size
 <= 4 (written ``m: 2``: 3.5x faster at T = 2048 on the CPU). A block sized by dims is now decided by the generated
 module at construction (both paths generated, branched on the product of the mixed extents <= 4).
+
 Found, not fixed: the Kalman-like gain (diag(f) minus an input-dependent rank 1) runs the dense scan: the chunked DPLR
 family wants a value axis (B u = key (x) value) and this state has none (n x n per head: the dense scan is the
 fitting kernel here).
+
 Not done: UnICORNN, S5 with a shared MIMO state, a selective DSS (covered in kind by earlier hunts' LinOSS, D-LinOSS,
 S5 and S6 specs).
 """
