@@ -30,6 +30,7 @@ from .ir.cancelled import cancelled_reads
 from .ir.canonical import canonical_matrices
 from .ir.gathered_reads import gather_output_reads
 from .ir.out_projection import out_projection_splits
+from .ir.product_as_matrix import product_as_matrix
 from .ir.unflatten import unflatten_output, unflatten_state
 from .lang.ast import Spec
 from .lang.check import CheckedSpec, check_spec, too_deep_error
@@ -103,6 +104,8 @@ def _analyse_core(spec: Spec) -> tuple[CheckedSpec, SymSpec, SymSpec, Structure,
     checked = check_spec(spec)  # Spec -> CheckedSpec
     sym = lower_to_sympy(checked)  # CheckedSpec -> SymSpec
     for w in cancelled_reads(sym):  # a param read only in terms SymPy folded to 0 (the checker saw it read)
+        warnings.warn(w, stacklevel=3)
+    for w in product_as_matrix(sym):  # B u written where B was meant: B's entry reads u but not its column index
         warnings.warn(w, stacklevel=3)
     split = unflatten_state(sym)  # SymSpec -> SymSpec: S[i: H * K * V] read through i // (K * V), .. as S[H, K, V]
     try:

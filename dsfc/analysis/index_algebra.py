@@ -223,8 +223,11 @@ def _simplify(expr, every: bool):
     held = {}
 
     def hold(node):
-        var = node.limits[0][0] if len(node.limits) == 1 else None
-        if not every and not any(var in d.free_symbols for d in node.function.atoms(sp.KroneckerDelta)):
+        # every summed index counts: a double sum written with two limits (a Frobenius norm's
+        # Sum(..., (i, 0, N - 1), (j, 0, N - 1)) over a delta-banded matrix) was never held, and SymPy's symbolic
+        # summation recursed until Python's limit on it (HiPPO-FouT's norm bound: 9 s, then a RecursionError)
+        summed = {limit[0] for limit in node.limits}
+        if not every and not any(summed & d.free_symbols for d in node.function.atoms(sp.KroneckerDelta)):
             return node
         if node not in held:  # a function of the sum's free indices, so that an enclosing sum still sees them
             args = sorted((s for s in node.free_symbols if isinstance(s, sp.Symbol)), key=sp.default_sort_key)

@@ -11,7 +11,7 @@ import collections
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -1401,6 +1401,40 @@ def _triangular(sym: SymSpec, a) -> EigenBound | None:
                       f"entries lambda = {spec_str(diagonal)} in {iv} ({facts})")
 
 
+def _block_triangular(sym: SymSpec, a) -> EigenBound | None:
+    """A block triangular over one of several mixed axes (biquads in series, each section's 2x2 block fed by the
+    sections before it): its eigenvalues are those of its diagonal blocks, the blocks over the other mixed axes at
+    equal indices on this one, which the block rules then bound as a matrix of their own. Proven for every dims as
+    in ``_triangular``: the entry vanishes with this axis's column index ``gap >= 1`` past its row index (lower) or
+    behind it (upper), whatever the other axes' indices."""
+    if len(a.mixed_axes) < 2 or a.block is None:
+        return None
+    block = sp.S(a.block)
+    gap = sp.Symbol("gap", integer=True, positive=True)
+    for k in a.mixed_axes:
+        r, c = a.rows[k], a.cols[k]
+        for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
+            try:
+                if simplify(block.subs(beyond, simultaneous=True)) == 0:
+                    break
+            except (TypeError, ValueError):
+                continue
+        else:
+            continue
+        # the diagonal blocks: equal indices on axis k, which is then diagonal (delta(m, 1) delta(m, 0) products of
+        # the off-diagonal terms cancel)
+        diagonal = sp.simplify(sp.kroneckersimp(sp.expand(block.subs(c, r))))
+        sub = replace(a, kind=AKind.BLOCK_DIAGONAL, diag_axes=tuple(sorted((*a.diag_axes, k))),
+                      mixed_axes=tuple(x for x in a.mixed_axes if x != k), block=diagonal, low_rank=False)
+        found = _first_block_rule(sym, sub)
+        if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):
+            return None
+        return EigenBound(found.bound, found.interval,
+                          f"A is block {side} triangular on axis {sym.state.axes[k].name!r}: its eigenvalues are those "
+                          f"of its diagonal blocks; {found.reason}")
+    return None
+
+
 def _norm_bound(sym: SymSpec, a) -> EigenBound | None:
     """Any block: the spectral radius is at most every induced norm and the Frobenius norm, so a block whose largest
     row or column sum of |entries| (the infinity and 1 norms), or whose sum of squared entries, is proven <= 1 has
@@ -1566,7 +1600,7 @@ def _first_block_rule(sym: SymSpec, a) -> EigenBound | None:
     (a delta rule's keys at K = 2) goes last, after the rules that hold at every dims (triangular, rank-1 blocks),
     which also cost far less there: SymPy's trigsimp of Jury's det and tr, with the gates' lets inlined, took ~50 s
     on a random DPLR spec with a sin^2 gate that the symmetric rank-1 rule bounds in a second."""
-    rules = [_two_by_two, _triangular, _stacked_rank1, _scaled_symmetric_rank1]
+    rules = [_two_by_two, _triangular, _block_triangular, _stacked_rank1, _scaled_symmetric_rank1]
     if not all(sp.S(sym.state.axes[k].extent).is_Integer for k in a.mixed_axes):
         rules = rules[1:] + rules[:1]
     for rule in rules:

@@ -511,7 +511,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
         feature_maps=any(let.feature is not None for let in sym.lets)
         or any(isinstance(a.extent, sp.Basic) and a.extent.has(TaylorRange) for a in sym.state.axes),
-        block_scan=st.family is Family.DENSE_SCAN and _small_blocks(sym, st) and _rotation_parts(sym, st) is None,
+        block_scan=st.family is Family.DENSE_SCAN and _rotation_parts(sym, st) is None
+        and (_small_blocks(sym, st) or not _block_size(sym, st).is_Integer),
         rotation_scan=st.family is Family.DENSE_SCAN and _rotation_parts(sym, st) is not None,
         rotation_pairs=st.rotation is not None,
         rotation_xy=st.rotation is not None and st.rotation.theta is None,
@@ -1072,9 +1073,15 @@ def _kernel_fusions(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_si
 SMALL_BLOCK = 4
 
 
+def _block_size(sym, st) -> sp.Expr:
+    """The size of A's coupled blocks: the product of the mixed axes' extents (a number, or an expression of dims)."""
+    return sp.Mul(*[sym.state.axes[k].extent for k in st.a.mixed_axes])
+
+
 def _small_blocks(sym, st) -> bool:
-    """Are A's coupled blocks of a literal size <= SMALL_BLOCK (the torch path's chunked block_scan)?"""
-    size = sp.Mul(*[sym.state.axes[k].extent for k in st.a.mixed_axes])
+    """Are A's coupled blocks of a literal size <= SMALL_BLOCK (the torch path's chunked block_scan)? A size of dims
+    is decided by the module at construction (``_dense_lines``)."""
+    size = _block_size(sym, st)
     return bool(size.is_Integer and size <= SMALL_BLOCK)
 
 
@@ -1144,17 +1151,14 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
             f"_bu = ({bu}).expand(_B, _T, {', '.join(sz)})",
             f"_states = rotation_scan(_rot_x, _rot_y, _bu, h0, {k})",
         ]
-    if _small_blocks(sym, st):
-        # small blocks (LRU's, S4D's 2 x 2 complex pairs): all T steps' blocks at once (P times the states'
-        # memory) and a two-level chunked scan; the per-step loop below was ~2 ops per step, forward and backward
-        return [
-            "# A couples some state axes in small blocks: two-level chunked block scan (dsfc.runtime.block_scan)",
-            f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
-            "_t0, _t1 = 0, _T",
-            *(line[4:] for line in blocks),
-            f"_states = block_scan(_blocks, _bu, _h).{unpermute}",
-        ]
-    return [
+    small = [
+        "# A couples some state axes in small blocks: two-level chunked block scan (dsfc.runtime.block_scan)",
+        f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
+        "_t0, _t1 = 0, _T",
+        *(line[4:] for line in blocks),
+        f"_states = block_scan(_blocks, _bu, _h).{unpermute}",
+    ]
+    loop = [
         "# A couples some state axes: per-step block matrix-vector recurrence (documented as slow)",
         f"_h = h0.permute({', '.join(map(str, perm))}).reshape(_B, {prod_d}, {prod_m})",
         "_chunks = []",
@@ -1166,6 +1170,15 @@ def _dense_lines(sym, st, pr: TorchPrinter, rows, row_sizes, tensors, kernel: bo
         "        _chunks.append(_h)",
         f"_states = torch.stack(_chunks, 1).{unpermute}",
     ]
+    if _small_blocks(sym, st):
+        # small blocks (LRU's, S4D's 2 x 2 complex pairs): all T steps' blocks at once (P times the states'
+        # memory) and a two-level chunked scan; the per-step loop below was ~2 ops per step, forward and backward
+        return small
+    if not _block_size(sym, st).is_Integer:
+        # blocks sized by dims (biquads in series, dim S = 2: 4 x 4): the size is known at construction, so the
+        # module picks the scan there; a literal-size rule gave such blocks the per-step loop at every dims
+        return [f"if {prod_m} <= {SMALL_BLOCK}:", *("    " + x for x in small), "else:", *("    " + x for x in loop)]
+    return loop
 
 
 def _positive_when_exact(expr: sp.Expr) -> bool:

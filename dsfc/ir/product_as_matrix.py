@@ -1,0 +1,41 @@
+"""``product_as_matrix(sym) -> warnings``: B or D written as the product ``B u`` instead of the matrix ``B``.
+
+A user who means ``B u = k z`` with ``z = W_z u`` a let, and writes ``B[(h, j), m] = k[h, j] * z[h]``, gets a layer
+that compiles and computes ``k z sum(u)``: B's entry does not depend on its column index ``m``, so every input
+channel is added in, and the input is read twice. (The matrix is ``B[(h, j), m] = k[h, j] * W_z[h, m]``.) An entry
+that reads the input (directly or through its lets) yet is the same for every column is almost always this mistake;
+a column-independent constant (``B[i, k] = 1``: the sum of the inputs) is not warned about, nor an input of one
+entry, where the column is the only one."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..lang.errors import SpecWarning
+from .symspec import SymSpec, read_closure, tensor_names
+
+
+def product_as_matrix(sym: SymSpec) -> tuple[SpecWarning, ...]:
+    """A warning at each of B and D whose entry reads the input but not its column index (input of > 1 entry)."""
+    spec = sym.checked.spec
+    varying = {let.tensor.name for let in sym.lets if let.time_varying} | {sym.input.name}
+    found = []
+    for name in ("B", "D"):
+        m = sym.matrices.get(name)
+        if m is None or not m.cols:
+            continue
+        width = sp.Mul(*m.col_extents).subs({sym.dims[k]: v for k, v in sym.dim_values().items()})
+        if width.is_number and width <= 1:  # one input entry at the default dims: its column is the only one
+            continue
+        entry = sp.S(m.entry)
+        if entry.free_symbols & set(m.cols) or not read_closure(sym.lets, tensor_names(entry)) & varying:
+            continue
+        cols = ", ".join(str(c) for c in m.cols)
+        driven = sym.driven.name if sym.driven is not None else sym.input.name
+        found.append(SpecWarning(
+            f"{name}'s entry reads the input but not {name}'s column index ({cols}): {name} {driven} then "
+            f"multiplies it by the sum of the entries of {driven!r} (was the product {name} {driven} written where "
+            f"the matrix {name} was meant?)", m.span, spec.path, spec.source,
+            hint=f"write {name}'s entry over ({cols}): for {name} {driven} = k z with z = W {driven}, write "
+                 f"k * W[..., {cols}], not k * z"))
+    return tuple(found)
