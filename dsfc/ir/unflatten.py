@@ -265,14 +265,18 @@ def _digit_read(node: sp.Expr, x: sp.Symbol, total: sp.Expr):
     return hi, lo, seen + [hi, lo]
 
 
-def _digit_reads(entry: sp.Expr, x: sp.Symbol, total: sp.Expr):
-    """The outermost digit reads of x in entry, {node: the boundaries they read at}."""
+def _digit_reads(entry: sp.Expr, x: sp.Symbol, total: sp.Expr, in_subscripts: bool = True):
+    """The outermost digit reads of x in entry, {node: the boundaries they read at}; ``in_subscripts=False``: only
+    those used as values, not inside a tensor's subscript (a walk that skips Indexed nodes: rebuilding the entry
+    with its reads replaced re-evaluated every function in it, minutes on a large entry)."""
     found = {}
 
     def walk(e):
         b = _digit_read(e, x, total) if e != x else None
         if b is not None:
             found[e] = b[2]
+            return
+        if not in_subscripts and isinstance(e, sp.Indexed):
             return
         for a in e.args:
             walk(a)
@@ -348,8 +352,7 @@ def _state_split(sym: SymSpec, k: int):
         tied = _tied_outputs(sym, m, x, total) if name == "C" else {}
         # only a block index used as a value (PolaFormer's (e // Vh) * qo) asks for a split: a gather by group,
         # q[o // R, a], reads a compound subscript as it is, and a split of GQA's heads into (G, R) gains nothing
-        values = m.entry.replace(lambda n: isinstance(n, sp.Indexed), lambda n: sp.Dummy("read"))
-        tied = {o: pair for o, pair in tied.items() if _digit_reads(values, o, total)}
+        tied = {o: pair for o, pair in tied.items() if _digit_reads(m.entry, o, total, in_subscripts=False)}
         for o in tied:
             blocked_read = True
             reads.update(_digit_reads(m.entry, o, total))
