@@ -1375,15 +1375,8 @@ def _triangular(sym: SymSpec, a) -> EigenBound | None:
     if inlined != forms[0] and sp.count_ops(inlined) <= NORM_INLINE_MAX_OPS:
         forms.append(inlined)
     for block in forms:
-        for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
-            try:
-                if simplify(block.subs(beyond, simultaneous=True)) == 0:
-                    break
-            except (TypeError, ValueError):
-                continue
-        else:
-            continue
-        break
+        if (side := _triangle_side(block, r, c, gap)) is not None:
+            break
     else:
         return None
     prover = IntervalProver(sym)
@@ -1401,6 +1394,18 @@ def _triangular(sym: SymSpec, a) -> EigenBound | None:
                       f"entries lambda = {spec_str(diagonal)} in {iv} ({facts})")
 
 
+def _triangle_side(block, r, c, gap) -> str | None:
+    """"lower" when ``block`` vanishes wherever the column index c is ``gap >= 1`` past the row index r, "upper"
+    when it vanishes with r past c (for every gap, so at every dims), None when neither is shown."""
+    for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
+        try:
+            if simplify(block.subs(beyond, simultaneous=True)) == 0:
+                return side
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
 def _block_triangular(sym: SymSpec, a) -> EigenBound | None:
     """A block triangular over one of several mixed axes (biquads in series, each section's 2x2 block fed by the
     sections before it): its eigenvalues are those of its diagonal blocks, the blocks over the other mixed axes at
@@ -1413,13 +1418,7 @@ def _block_triangular(sym: SymSpec, a) -> EigenBound | None:
     gap = sp.Symbol("gap", integer=True, positive=True)
     for k in a.mixed_axes:
         r, c = a.rows[k], a.cols[k]
-        for side, beyond in (("lower", {c: r + gap}), ("upper", {r: c + gap})):
-            try:
-                if simplify(block.subs(beyond, simultaneous=True)) == 0:
-                    break
-            except (TypeError, ValueError):
-                continue
-        else:
+        if (side := _triangle_side(block, r, c, gap)) is None:
             continue
         # the diagonal blocks: equal indices on axis k, which is then diagonal (delta(m, 1) delta(m, 0) products of
         # the off-diagonal terms cancel)
