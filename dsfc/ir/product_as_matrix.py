@@ -5,7 +5,9 @@ that compiles and computes ``k z sum(u)``: B's entry does not depend on its colu
 channel is added in, and the input is read twice. (The matrix is ``B[(h, j), m] = k[h, j] * W_z[h, m]``.) An entry
 that reads the input (directly or through its lets) yet is the same for every column is almost always this mistake;
 a column-independent constant (``B[i, k] = 1``: the sum of the inputs) is not warned about, nor an input of one
-entry, where the column is the only one."""
+entry, where the column is the only one. The column counts as read only where the value can change with it: a let
+subscripted by it (``B[i, k] = Bm[i, k]``) reads it only if the let's definition reads that axis's index (a let
+``Bm[i: N, k: d] = g[i] * z[i]`` is the product form one name away)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ def product_as_matrix(sym: SymSpec) -> tuple[SpecWarning, ...]:
     """A warning at each of B and D whose entry reads the input but not its column index (input of > 1 entry)."""
     spec = sym.checked.spec
     varying = {let.tensor.name for let in sym.lets if let.time_varying} | {sym.input.name}
+    lets, memo = {let.tensor.name: let for let in sym.lets}, {}
     found = []
     for name in ("B", "D"):
         m = sym.matrices.get(name)
@@ -28,7 +31,7 @@ def product_as_matrix(sym: SymSpec) -> tuple[SpecWarning, ...]:
         if width.is_number and width <= 1:  # one input entry at the default dims: its column is the only one
             continue
         entry = sp.S(m.entry)
-        if entry.free_symbols & set(m.cols) or not read_closure(sym.lets, tensor_names(entry)) & varying:
+        if any(_depends_on(entry, c, lets, memo) for c in m.cols) or not read_closure(sym.lets, tensor_names(entry)) & varying:
             continue
         cols = ", ".join(str(c) for c in m.cols)
         driven = sym.driven.name if sym.driven is not None else sym.input.name
@@ -39,3 +42,30 @@ def product_as_matrix(sym: SymSpec) -> tuple[SpecWarning, ...]:
             hint=f"write {name}'s entry over ({cols}): for {name} {driven} = k z with z = W {driven}, write "
                  f"k * W[..., {cols}], not k * z"))
     return tuple(found)
+
+
+def _depends_on(expr, idx: sp.Symbol, lets: dict, memo: dict) -> bool:
+    """Whether ``expr``'s value can change with the index ``idx``: ``idx`` read outside the subscripts of lets, or in
+    the subscript of a let whose definition reads the index of that axis (through any chain of lets)."""
+    expr = sp.S(expr)
+    if idx not in expr.free_symbols:
+        return False
+    opaque = {}
+    for node in expr.atoms(sp.Indexed):
+        let = lets.get(str(node.base.label))
+        if let is None:
+            continue
+        if any(idx in sp.S(s).free_symbols and _let_reads_axis(let, p, lets, memo) for p, s in enumerate(node.indices)):
+            return True
+        opaque[node] = sp.Dummy()
+    return idx in expr.xreplace(opaque).free_symbols
+
+
+def _let_reads_axis(let, axis: int, lets: dict, memo: dict) -> bool:
+    """Whether the let's value can change along its axis ``axis``; a window or feature-map let: assumed so."""
+    key = (let.tensor.name, axis)
+    if key not in memo:
+        memo[key] = True  # a cycle (none in a checked spec) or an axis beyond the let's index: assumed read
+        if axis < len(let.index) and let.running != "window" and let.feature is None:
+            memo[key] = any(_depends_on(e, let.index[axis], lets, memo) for e in let.definition)
+    return memo[key]
