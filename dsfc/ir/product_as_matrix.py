@@ -31,7 +31,9 @@ def product_as_matrix(sym: SymSpec) -> tuple[SpecWarning, ...]:
         if width.is_number and width <= 1:  # one input entry at the default dims: its column is the only one
             continue
         entry = sp.S(m.entry)
-        if any(_depends_on(entry, c, lets, memo) for c in m.cols) or not read_closure(sym.lets, tensor_names(entry)) & varying:
+        if not read_closure(sym.lets, tensor_names(entry)) & varying:
+            continue
+        if any(_depends_on(entry, c, lets, memo) for c in m.cols):
             continue
         cols = ", ".join(str(c) for c in m.cols)
         driven = sym.driven.name if sym.driven is not None else sym.input.name
