@@ -1414,15 +1414,21 @@ def _block_triangular(sym: SymSpec, a) -> EigenBound | None:
     behind it (upper), whatever the other axes' indices."""
     if len(a.mixed_axes) < 2 or a.block is None:
         return None
-    block = sp.S(a.block)
+    written = sp.S(a.block)
+    # relu(x) as max(x, 0) too, which SymPy evaluates at a signed argument (as in ``_triangular``): sections coupled
+    # by relu(m - m2) g or min(relu(m - m2), 1) g were "unknown"
+    forms = dict.fromkeys([written, written.replace(lambda x: isinstance(x, Relu), lambda x: sp.Max(x.args[0], 0))])
     gap = sp.Symbol("gap", integer=True, positive=True)
     for k in a.mixed_axes:
         r, c = a.rows[k], a.cols[k]
-        if (side := _triangle_side(block, r, c, gap)) is None:
+        side = next((s for f in forms if (s := _triangle_side(f, r, c, gap)) is not None), None)
+        if side is None:
             continue
         # the diagonal blocks: equal indices on axis k, which is then diagonal (delta(m, 1) delta(m, 0) products of
-        # the off-diagonal terms cancel)
-        diagonal = sp.simplify(sp.kroneckersimp(sp.expand(block.subs(c, r))))
+        # the off-diagonal terms cancel; a relu(m - m2) coupling is relu(0) there, which SymPy leaves unevaluated)
+        diagonal = written.subs(c, r).replace(lambda x: isinstance(x, Relu) and x.args[0].is_number,
+                                             lambda x: sp.Max(x.args[0], 0))
+        diagonal = sp.simplify(sp.kroneckersimp(sp.expand(diagonal)))
         sub = replace(a, kind=AKind.BLOCK_DIAGONAL, diag_axes=tuple(sorted((*a.diag_axes, k))),
                       mixed_axes=tuple(x for x in a.mixed_axes if x != k), block=diagonal, low_rank=False)
         found = _first_block_rule(sym, sub)
