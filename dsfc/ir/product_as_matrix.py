@@ -12,6 +12,7 @@ subscripted by it (``B[i, k] = Bm[i, k]``) reads it only if the let's definition
 from __future__ import annotations
 
 import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
 
 from ..lang.errors import SpecWarning
 from .symspec import SymSpec, read_closure, tensor_names
@@ -52,15 +53,25 @@ def _depends_on(expr, idx: sp.Symbol, lets: dict, memo: dict) -> bool:
     expr = sp.S(expr)
     if idx not in expr.free_symbols:
         return False
-    opaque = {}
     for node in expr.atoms(sp.Indexed):
         let = lets.get(str(node.base.label))
         if let is None:
             continue
         if any(idx in sp.S(s).free_symbols and _let_reads_axis(let, p, lets, memo) for p, s in enumerate(node.indices)):
             return True
-        opaque[node] = sp.Dummy()
-    return idx in expr.xreplace(opaque).free_symbols
+    return _read_outside(expr, idx, lets)
+
+
+def _read_outside(e, idx: sp.Symbol, lets: dict) -> bool:
+    """Whether ``idx`` is read free in ``e`` outside the subscripts of lets: a walk, not ``e.xreplace`` of the reads
+    (rebuilding re-evaluates every function in the entry: minutes on a 50-deep tanh chain)."""
+    if e == idx:
+        return True
+    if isinstance(e, sp.Indexed) and str(e.base.label) in lets:
+        return False
+    if isinstance(e, ExprWithLimits) and idx in e.variables:  # a sum over an index of the same name: only its limits
+        return any(_read_outside(b, idx, lets) for lim in e.limits for b in lim[1:])
+    return any(_read_outside(a, idx, lets) for a in e.args)
 
 
 def _let_reads_axis(let, axis: int, lets: dict, memo: dict) -> bool:
