@@ -38,8 +38,15 @@ def product_as_matrix(sym: SymSpec) -> tuple[SpecWarning, ...]:
             continue
         cols = ", ".join(str(c) for c in m.cols)
         driven = sym.driven.name if sym.driven is not None else sym.input.name
+        # a let subscripted by the column that does not vary along that axis: the column is written, not read
+        through = sorted({str(n.base.label) for n in entry.atoms(sp.Indexed)
+                          if str(n.base.label) in lets and set(m.cols) & sp.S(n).free_symbols})
+        via = ""
+        if through:
+            via = (f" (the let{'s' if len(through) > 1 else ''} {', '.join(map(repr, through))} read at it "
+                   f"{'do' if len(through) > 1 else 'does'} not vary along that axis)")
         found.append(SpecWarning(
-            f"{name}'s entry reads the input but not {name}'s column index ({cols}): {name} {driven} then "
+            f"{name}'s entry reads the input but not {name}'s column index ({cols}){via}: {name} {driven} then "
             f"multiplies it by the sum of the entries of {driven!r} (was the product {name} {driven} written where "
             f"the matrix {name} was meant?)", m.span, spec.path, spec.source,
             hint=f"write {name}'s entry over ({cols}): for {name} {driven} = k z with z = W {driven}, write "

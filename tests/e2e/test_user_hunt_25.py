@@ -24,7 +24,8 @@ Found and fixed (a silently different layer, missed by the warning): B written a
 ``let Bm[i: N, k: d] = g[i] * z[i]`` then ``B[i, k] = Bm[i, k]``, compiled without a word and computes g z sum(u):
 the warning took any read of the column index as using it, and ``Bm[i, k]`` reads ``k`` as a subscript whose axis the
 let never uses. A let subscripted by the column now counts as reading it only where its definition reads that axis's
-index (through any chain of lets; a window or feature-map let is assumed to). D likewise.
+index (through any chain of lets; a window or feature-map let is assumed to). D likewise. The warning then names the
+let (B's entry writes k, so "reads ... not B's column index (k)" alone read as false).
 
 Found and fixed (a report weaker than the truth): sections coupled by ``relu(m - m2) g`` or ``min(relu(m - m2), 1) g``
 (strictly below the diagonal blocks) were "unknown": the block-triangular rule did not read relu as max(x, 0),
@@ -373,8 +374,9 @@ def test_the_product_form_through_a_let_is_warned_about(tail, warned):
 
 
 def test_the_product_form_through_a_let_is_shown_once_where_b_is_and_computes_what_it_says():
-    """Through compile_text, twice (Python's registry shows it once under the default filter), at B's line; the
-    layer computes what the spec says, g z sum(u) on the diagonal decay, against the loop."""
+    """Through compile_text, twice (Python's registry shows it once under the default filter), at B's line, naming
+    the let (k is written in B's entry, so "not B's column index (k)" alone read as false); the layer computes what
+    the spec says, g z sum(u) on the diagonal decay, against the loop."""
     from dsfc.lang.errors import SpecWarning
 
     text = _BASE + "let Bm[i: N, k: d] = g[i] * z[i]\nB[i, k] = Bm[i, k]\n" + _C
@@ -384,7 +386,8 @@ def test_the_product_form_through_a_let_is_shown_once_where_b_is_and_computes_wh
         compile_text(text, "w.dsf")
     said = [str(w.message) for w in caught if issubclass(w.category, SpecWarning)]
     assert len(said) == 1 and said[0].startswith("w.dsf:14:1: warning: B's entry reads the input but not B's column "
-                                                 "index (k)") and "B[i, k] = Bm[i, k]" in said[0], said
+                                                 "index (k) (the let 'Bm' read at it does not vary along that axis)")
+    assert "B[i, k] = Bm[i, k]" in said[0], said
     built = build(result, {"d": 4, "N": 3})
     P = built.params()
     u = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
