@@ -13,12 +13,13 @@ parameters); ``torch.compile`` (eager backend, graph breaks allowed, S = 2) of a
 (the spec reads section 1) refused at construction; a state_dict of ``S = 2`` loaded at ``S = 3`` and a state of
 ``S = 2`` given at ``S = 3`` (errors naming the shapes). PolaFormer (hunt 28's spec, its state split by the block reads)
 at its dims and two others (H = 1 with K = 2, Vh = 3; K = Vh = 1), T = 0, 1, 7, 65: the initial, final and step states
-in the declared layout [B, H, 2K, V] (and the flat [B, N] accepted), split sequences, torch / reference / Triton
-(interpreted, T = 7), bf16 / fp16 / fp32. The block-triangular rule against the eigenvalues of the module's own A:
-sections coupled by relu(m - m2) and min(relu(m - m2), 1), and a ring (the last section fed back into the first, written
-with a modulo: no triangle). The product warning on the lowered spec for B and D through a let, a transposed let, and
-the matrix forms that are fine; the warning through ``compile_text`` twice (shown once by Python's registry) and its
-position; the 409 catalog and test spec texts that lower (none warned, before or after the fix; probed, not a test).
+in the declared layout [B, H, 2K, V] (and the flat [B, N] and a non-contiguous one accepted), split sequences, torch /
+reference / Triton (interpreted, T = 7), bf16 / fp16 / fp32. The block-triangular rule against the eigenvalues of the
+module's own A: sections coupled by relu(m - m2) and min(relu(m - m2), 1), and a ring (the last section fed back into
+the first, written with a modulo: no triangle). The product warning on the lowered spec for B and D through a let, a
+transposed let, and the matrix forms that are fine; the warning through ``compile_text`` twice (shown once by Python's
+registry) and its position; the 409 catalog and test spec texts that lower (none warned, before or after the fix;
+probed, not a test).
 
 Found and fixed (a silently different layer, missed by the warning): B written as the product through a let,
 ``let Bm[i: N, k: d] = g[i] * z[i]`` then ``B[i, k] = Bm[i, k]``, compiled without a word and computes g z sum(u):
@@ -275,6 +276,8 @@ def test_polaformer_states_keep_the_declared_layout_at_other_dims(dims):
             ys.append(y_t)
         assert state.shape == h0.shape and rel_err(torch.stack(ys, 1), want_y) < 1e-12
         assert rel_err(model(u, initial_state=h0.reshape(2, -1)), want_y) < 1e-12  # the flat [B, N] state
+        strided = h0.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, not contiguous
+        assert not strided.is_contiguous() and rel_err(model(u, initial_state=strided), want_y) < 1e-12
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2 ** -7), (torch.float16, 2 ** -9)):
             half = build(_compiled(POLA), dims).model.to(dtype)
             Ph = {k: v.to(F64) for k, v in built.params(half).items()}
