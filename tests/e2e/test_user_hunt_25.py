@@ -37,7 +37,9 @@ Found, not fixed: nothing else. The dims-sized block paths, PolaFormer's state s
 
 Probed, not tests (each held): relu(m - m2 + 1) couplings (the diagonal blocks then hold the coupling: "unknown",
 not a claim), a ring written with two deltas, couplings upper triangular, two apart, from every section into the
-first and from the first into every other, every one checked against the eigenvalues of the module's A at S = 2, 3, 5.
+first and from the first into every other, channels coupled below each other on top of the section chain (the rule
+nested: block triangular on c, then on m) and in a ring across channels, every one checked against the eigenvalues of
+the module's A at S = 2, 3, 5.
 
 Not done: the inductor backend of torch.compile (it works on the biquad at S = 2 and 3, ~100-160 s of CPU compile
 each: probed, not a test); a long T (2048) timing of block_scan vs the loop; a 'last section outside the unit circle'
