@@ -192,13 +192,13 @@ def _built(name: str):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_rotation_with_rank_axes_runs_the_chunked_scan_and_matches_the_loop(name):
     """Family, reason; forward from zero and from a random initial state at T = 0, 1, 7 (odd) and 9 with chunks of
-    4 steps (a chunk of sub-steps crossing step boundaries, a partial last chunk) and T = 33, 34 with the default
-    chunk (past it in sub-steps), the final state in the spec's layout, and token-by-token step, against the loop
+    4 steps (a chunk of sub-steps crossing step boundaries, a partial last chunk) and T = 34 with the default
+    chunk (past it in sub-steps, not a multiple of it), the final state in the spec's layout, and token-by-token step, against the loop
     and the reference backend."""
     result = _result(name)
     assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
     why = result.structure.family_reason
-    assert MOVED in why and SUB in why, why
+    assert MOVED in why and SUB in why and SUB in result.report.table(), why
     rot, outer = result.structure.rotation, result.structure.outer
     assert rot.pair_axis in outer.key_axes and (outer.key_rank or outer.query_rank)
     assert bool(outer.key_rank) == (name != "queries") and bool(outer.query_rank) == (name != "xy_keys")
@@ -207,8 +207,8 @@ def test_rotation_with_rank_axes_runs_the_chunked_scan_and_matches_the_loop(name
     built = _built(name)
     gen = torch.Generator().manual_seed(3)
     module = sys.modules[type(built.model).__module__]
-    for b, t in ((2, 0), (3, 1), (2, 7), (2, 9), (1, 33), (2, 34)):
-        module.chunked_outer_scan = functools.partial(chunked_outer_scan, chunk=4 if t < 33 else 64)
+    for b, t in ((2, 0), (3, 1), (2, 7), (2, 9), (2, 34)):
+        module.chunked_outer_scan = functools.partial(chunked_outer_scan, chunk=4 if t < 34 else 64)
         for with_h0 in (False, True):
             u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
             h0 = 0.5 * torch.randn(b, *built.state_shape(), generator=gen, dtype=F64) if with_h0 else None
@@ -253,11 +253,12 @@ def test_gradients_match_float64_autograd_of_the_loop(name):
 
 
 @pytest.mark.skipif(not TRITON, reason="triton (and numpy, for the interpreter) not installed")
-@pytest.mark.parametrize("name", ["mimo", "pre_signed", "xy_keys"])
+@pytest.mark.parametrize("name", ["mimo", "pre_signed"])
 def test_the_triton_path_matches_the_loop(name):
-    """backend="triton" (an explicit choice raises rather than falling back) in float32, T = 5 and 23 (past the
-    kernels' chunk of 64 in sub-steps for R = 2, 3) from a random initial state: output and final state against the
-    loop; the backward at T = 5 against float64 autograd of the loop (the kernels' backward on rotated sub-steps)."""
+    """backend="triton" (an explicit choice raises rather than falling back) in float32, T = 22 (66 sub-steps: past the
+    kernels' chunk of 64, not a multiple of it) from a random initial state: output and final state against the
+    loop; the backward at T = 5 (u and every parameter) against float64 autograd of the loop (the kernels' backward
+    on rotated sub-steps)."""
     result = _result(name)
     assert any("rotate_pairs" in line for line in result.plan.triton_outer)
     assert any("rank_substeps" in line for line in result.plan.triton_outer)
@@ -266,7 +267,7 @@ def test_the_triton_path_matches_the_loop(name):
     model = built.model.float()
     model.backend = "triton"
     gen = torch.Generator().manual_seed(4)
-    for t in (5, 23):
+    for t in (22,):
         u = torch.randn(2, t, built.d_in(), generator=gen, dtype=F64)
         h0 = 0.5 * torch.randn(2, *built.state_shape(), generator=gen, dtype=F64)
         want, want_h = _loop(name, P, u, h0)
@@ -278,6 +279,71 @@ def test_the_triton_path_matches_the_loop(name):
     w = torch.randn(2, 5, built.d_out(), generator=gen, dtype=F64)
     uu = u.clone().requires_grad_()
     want = torch.autograd.grad((_loop(name, P, uu, h0)[0] * w).sum(), uu)[0]
+    names = [p.tensor.name for p in built.sym.params]
+    PP = {n: t.clone().requires_grad_() for n, t in P.items()}
+    uu = u.clone().requires_grad_()
+    want = torch.autograd.grad((_loop(name, PP, uu, h0)[0] * w).sum(), [uu, *[PP[n] for n in names]])
+    params = dict(model.named_parameters())
     uu = u.float().requires_grad_()
-    got = torch.autograd.grad((model(uu, initial_state=h0.float()) * w.float()).sum(), uu)[0]
-    assert rel_err(got, want) < 1e-4
+    got = torch.autograd.grad((model(uu, initial_state=h0.float()) * w.float()).sum(),
+                              [uu, *[params[py_name(n)] for n in names]])
+    for n, g, ww in zip(["u", *names], got, want):
+        assert rel_err(g, ww) < 1e-4, n
+
+
+# -- the other cases: the composition elsewhere, and a sum that is not a rank axis -------------------------------------
+
+TIED_HEAD = 'model {name} "{title}"' + HEAD.format(R=2) + f"""
+state S[h: H, a: K, r: 2, b: V]
+output y[h: H, b: V]
+param W_q[H, K, 2, d] ~ normal(0, 0.5)
+param W_k[H, R, K, 2, d] ~ normal(0, 0.5)
+param W_v[H, R, V, d] ~ normal(0, 0.5)
+param w[R, K, V] ~ normal(0, 0.5)
+param W_t[H, K, d] ~ normal(0, 0.5)
+let th[h: H, a: K] = sum(m, W_t[h, a, m] * u[m])
+let q[h: H, a: K, r: 2] = sum(m, W_q[h, a, r, m] * u[m])
+let k[h: H, s: R, a: K, r: 2] = sum(m, W_k[h, s, a, r, m] * u[m])
+A[(h, a, r, b), (h2, a2, r2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * 0.9
+    * (delta(r, r2) * cos(th[h, a]) + {ROT} * sin(th[h, a]))
+C[(o, e), (h, a, r, b)] = delta(o, h) * delta(e, b) * q[h, a, r]
+"""
+OTHERS = {
+    # w[s, a, b] ties the key row a to the value row b: a becomes a group axis (the pair alone the key axis) and C's
+    # sum over a a post; still R outer products per (head, a), composed with the rotation
+    "tied_group": (TIED_HEAD.format(name="TiedGroup", title="a tied to b: a group axis")
+                   + "B[(h, a, r, b), m] = sum(s, k[h, s, a, r] * W_v[h, s, b, m] * w[s, a, b])\n",
+                   Family.CHUNKED_OUTER),
+    # a rank sum plus another term is not a rank axis: the dense scan, still right
+    "sum_plus_term": (TIED_HEAD.format(name="SumPlusTerm", title="a rank sum plus a term")
+                      + "B[(h, a, r, b), m] = sum(s, k[h, s, a, r] * W_v[h, s, b, m]) + k[h, 0, a, r] * W_v[h, 0, b, m]"
+                        " * w[0, a, b]\n", Family.DENSE_SCAN),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHERS))
+def test_other_forms_against_the_reference(name):
+    """The family, and forward (T = 1, 7, 70 from a random initial state), step and the gradient of u against
+    dsfc's reference backend (the dense matrices as written)."""
+    text, family = OTHERS[name]
+    result = compile_text(text, f"{name}.dsf")
+    assert result.structure.family == family, result.structure.family_reason
+    built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+    gen = torch.Generator().manual_seed(6)
+    for t in (1, 7, 70):
+        u = torch.randn(2, t, built.d_in(), generator=gen, dtype=F64)
+        h0 = 0.5 * torch.randn(2, *built.state_shape(), generator=gen, dtype=F64)
+        y_ref, h_ref = built.reference(u, h0)
+        with torch.no_grad():
+            y, h = built.model(u, initial_state=h0, output_final_state=True)
+        assert rel_err(y, y_ref) < 1e-9 and state_err(h, h_ref) < 1e-9, t
+        if t == 7:
+            with torch.no_grad():
+                y_s, h_s = run_steps(built.model, u, h0)
+            assert rel_err(y_s, y_ref) < 1e-9 and state_err(h_s, h_ref) < 1e-9
+            w = torch.randn(y_ref.shape, generator=gen, dtype=F64)
+            uu = u.clone().requires_grad_()
+            want = torch.autograd.grad((built.reference(uu, h0)[0] * w).sum(), uu)[0]
+            uu = u.clone().requires_grad_()
+            got = torch.autograd.grad((built.model(uu, initial_state=h0) * w).sum(), uu)[0]
+            assert rel_err(got, want) < 1e-9
