@@ -192,9 +192,9 @@ def _built(name: str):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_rotation_with_rank_axes_runs_the_chunked_scan_and_matches_the_loop(name):
     """Family, reason; forward from zero and from a random initial state at T = 0, 1, 7 (odd) and 9 with chunks of
-    4 steps (a chunk of sub-steps crossing step boundaries, a partial last chunk) and T = 34 with the default
-    chunk (past it in sub-steps, not a multiple of it), the final state in the spec's layout, and token-by-token step, against the loop
-    and the reference backend."""
+    4 steps (a chunk of sub-steps crossing step boundaries, a partial last chunk) and T = 34 with the default chunk
+    (past it in sub-steps, not a multiple of it), the final state in the spec's layout, token-by-token step and a
+    state carried between two calls, against the loop and the reference backend."""
     result = _result(name)
     assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
     why = result.structure.family_reason
