@@ -691,7 +691,9 @@ def split_rotation(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout
     # the split sees A as diagonal with a decay over the block's axes: those become group (or key) axes, never
     # value axes (a block varying along the values has no per-key form)
     outer = split_outer(sym, replace(a, mixed_axes=(), decay_axes=block_axes), bu, readout)
-    if outer is None or pair not in outer.key_axes or outer.key_rank or outer.query_rank:
+    # rank axes (R outer products and R queries per step) compose: the rotation acts on the key axes, a step's
+    # sub-steps share its cumulative angle
+    if outer is None or pair not in outer.key_axes:
         return None
     if set(block_axes) & set(outer.value_axes):
         return None
@@ -767,10 +769,14 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
                              outer.key_axes)
         form = "rho cos theta, rho sin theta as written" if rsplit.theta is not None else (
             "rho = sqrt(x^2 + y^2), theta = atan2(y, x)")
+        ranks = ", ".join(str(r) for r, _ in outer.key_rank)
+        sums = f"a sum over the rank axis {ranks} of " if ranks else ""
         why = (f"A is 2x2 rotation-scaling blocks rho R(theta) on the pair axis {pair} ({form}; rho {rho_per}, theta "
-               f"{theta_per}), B u = key x value and C contracts the key axes {keys}: rotation pairs moved into the "
-               "keys and queries (rotated by minus the cumulative angle, a data-dependent rotary embedding; the state "
-               "rotated back at the end), leaving the real decay rho: the chunkwise-parallel (matmul) form applies")
+               f"{theta_per}), B u = {sums}key x value and C contracts the key axes {keys}: rotation pairs moved into "
+               "the keys and queries (rotated by minus the cumulative angle, a data-dependent rotary embedding; the "
+               "state rotated back at the end), leaving the real decay rho: the chunkwise-parallel (matmul) form "
+               "applies" + _rank_steps(outer, readout, ", each with its step's keys and queries rotated by the step's "
+                                                   "cumulative angle"))
         return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_OUTER, why, rotation=rsplit)
     if a.mixed_axes:
         family = Family.DENSE_SCAN
@@ -781,21 +787,28 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
         decay = "no decay" if a.kind == AKind.IDENTITY else (
             "a per-key decay" if set(a.decay_axes) & set(outer.key_axes) else "a scalar decay per group")
         ranks = [str(r) for r, _ in outer.key_rank]
-        reads = [str(readout.out_syms[j]) for j in outer.query_rank]
         kv_rank = "".join(r + ", " for r in ranks)
         sums = f"a sum over the rank axis {', '.join(ranks)} of " if ranks else ""
         why = (f"A is {a.kind.value} ({decay}), B u is {sums}key[{kv_rank}"
                f"{', '.join(_axis_names(sym, outer.group_axes + outer.key_axes))}] x value[{kv_rank}"
                f"{', '.join(_axis_names(sym, outer.group_axes + outer.value_axes))}] and C contracts the key axes: "
-               "the chunkwise-parallel (matmul) form applies")
-        if ranks or reads:
-            per_step = ([f"the outer products along rank axis {', '.join(ranks)}"] if ranks else []) + (
-                [f"the queries along output axis {', '.join(reads)}"] if reads else [])
-            why += f"; {' and '.join(per_step)} run as sub-steps of each step (R_k + R_q - 1 sub-steps)"
+               "the chunkwise-parallel (matmul) form applies") + _rank_steps(outer, readout)
     else:
         family = Family.DIAGONAL_SCAN
         why = f"A is {a.kind.value}: every state entry evolves independently (elementwise linear scan)"
     return Structure(a, bu, b_form, readout, outer, family, why)
+
+
+def _rank_steps(outer: OuterSplit, readout: Readout, how: str = "") -> str:
+    """The family reason's clause on rank axes (R outer products, R queries per step run as sub-steps), "" without;
+    ``how`` follows it."""
+    ranks = [str(r) for r, _ in outer.key_rank]
+    reads = [str(readout.out_syms[j]) for j in outer.query_rank]
+    if not (ranks or reads):
+        return ""
+    per_step = ([f"the outer products along rank axis {', '.join(ranks)}"] if ranks else []) + (
+        [f"the queries along output axis {', '.join(reads)}"] if reads else [])
+    return f"; {' and '.join(per_step)} run as sub-steps of each step (R_k + R_q - 1 sub-steps){how}"
 
 
 def _per_key(e: sp.Expr, rows, key_axes) -> str:

@@ -793,7 +793,8 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     lines += [printed for printed, _ in streams]
     rot = st.rotation
     if rot is not None:
-        lines += _rotation_prologue(sym, st, pr, rows, row_sizes, streams, sym.readout)
+        lines += _rotation_prologue(sym, st, pr, rows, row_sizes, sym.readout, rank and {
+            "_q": (qr_syms, rq, qr_sizes), "_k": (kr_syms, rk, kr_sizes)})
         streams = streams[2:]  # q and k were shaped by the prologue
     lines += [shaped for _, shaped in streams if shaped]
     if delta:
@@ -940,9 +941,12 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     return lines
 
 
-def _rotation_prologue(sym, st, pr: TorchPrinter, rows, row_sizes, streams, readout) -> list[str]:
+def _rotation_prologue(sym, st, pr: TorchPrinter, rows, row_sizes, readout, ranks) -> list[str]:
     """The lines that rotate the keys and queries of a rotating decay per key pair (``st.rotation``) by minus the
-    cumulative angle, and shape them for the scan as ``stream`` would. ``streams``: the (printed, shaped) q, k, v.
+    cumulative angle, and shape them for the scan as ``stream`` would. ``ranks``: None without rank axes, else per
+    "_q" and "_k" the rank axes printed between its group and key axes (R queries, R outer products per step:
+    ``(symbols, flat size, sizes)``; none for a stream of one), along which the phases broadcast: the step's
+    sub-steps (``rank_substeps``, after this) share its angle, the decay sitting at one of them.
 
     Why q and k are rotated in real arithmetic rather than the scan run on complex numbers (``chunked_outer_scan``
     is exact on a complex per-key log-decay log rho + i theta): Triton has no complex type, so the complex route
@@ -975,12 +979,21 @@ def _rotation_prologue(sym, st, pr: TorchPrinter, rows, row_sizes, streams, read
             f"_ry = {pr.print_tensor(rot.y, angle_axes, angle_sizes)}",
             f"_theta = pair_angle(_ry, _rx){expand}",
         ]
-    pair_dim = 2 + len(G) + K.index(rot.pair_axis)
-    lines += [
-        f"_rc, _rs, _qc, _qs, _rc_end, _rs_end = rotation_phases(_theta, _dtype, readout=\"{readout}\")",
-        f"_q = rotate_pairs(_q.expand(_B, _T, {full}), _qc, _qs, {pair_dim}).reshape(_B, _T, {flat})",
-        f"_k = rotate_pairs(_k.expand(_B, _T, {full}), _rc, _rs, {pair_dim}).reshape(_B, _T, {flat})",
-    ]
+    lines.append(f"_rc, _rs, _qc, _qs, _rc_end, _rs_end = rotation_phases(_theta, _dtype, readout=\"{readout}\")")
+    for name, (c, s_) in (("_q", ("_qc", "_qs")), ("_k", ("_rc", "_rs"))):
+        if not ranks:
+            pair_dim = 2 + len(G) + K.index(rot.pair_axis)
+            lines.append(f"{name} = rotate_pairs({name}.expand(_B, _T, {full}), {c}, {s_}, {pair_dim})"
+                         f".reshape(_B, _T, {flat})")
+            continue
+        # the rank axes sit between the group and the key axes: the phases get a unit axis for each
+        r_syms, r_n, r_sizes = ranks[name]
+        pair_dim = 2 + len(G) + len(r_syms) + K.index(rot.pair_axis)
+        at = ", ".join([":", ":"] + [":"] * len(G) + ["None"] * len(r_syms) + ["..."])
+        widths = ", ".join([sz[k] for k in G] + [r_sizes[r] for r in r_syms] + [sz[k] for k in K])
+        lines.append(f"{name} = rotate_pairs({name}.expand(_B, _T, {widths}), {c}[{at}], {s_}[{at}], {pair_dim})"
+                     f".reshape(_B, _T, {' * '.join(sz[k] for k in G) or '1'}, {r_n}, "
+                     f"{' * '.join(sz[k] for k in K)})")
     return lines
 
 

@@ -1043,7 +1043,10 @@ def rotating_key_specs(draw) -> GenSpec:
     A = rho R(theta) on r, written as rho cos / rho sin (rho per head or per key pair, a constant, a sigmoid gate, a
     relu that is 0 at some steps, a signed tanh; theta static, per head or per key pair from the input) or as x, y
     lets with no cos / sin; B u = k[.., a, r] v[.., b]; C q[.., a, r], sometimes with GateLoop's sign (1 - 2 r);
-    readout pre sometimes. Family: the chunked outer-product scan (the rotation moved into q and k)."""
+    readout pre sometimes. With ranks (Mamba-3's MIMO with its rotary): R_k outer products per step, B u =
+    sum(p, k[.., p, a, r] v[.., p, b]), and / or R_q queries, output y[o, j, e], the rank axis before or after the
+    key and pair axes in the lets. Family: the chunked outer-product scan (the rotation moved into q and k, the
+    rank axes into sub-steps)."""
     b = _Builder("RandRotKey", draw)
     labels = {}
     b.dim("M", draw(st.integers(1, 4)))
@@ -1055,8 +1058,23 @@ def rotating_key_specs(draw) -> GenSpec:
     keys = ["r", "a"] if pair_first else ["a", "r"]
     rows = hn + keys + ["b"]
     cols = [n + "2" for n in rows]
-    k = b.let("k", kax + [("a", "K"), ("r", "2")], _projection(b, kax + [("a", "K"), ("r", "2")]))
-    q = b.let("q", hax + [("a", "K"), ("r", "2")], _projection(b, hax + [("a", "K"), ("r", "2")]))
+    ranks = draw(st.sampled_from(["none", "none", "keys", "queries", "both"]))
+    labels["ranks"] = ranks
+    rk = [("p", "Rk")] if ranks in ("keys", "both") else []
+    rq = [("j", "Rq")] if ranks in ("queries", "both") else []
+    for ax in rk + rq:
+        b.dim(ax[1], draw(st.integers(1, 3)))
+    rank_last = draw(st.booleans())  # the rank axis after the key and pair axes in the lets, else before them
+    if rk or rq:
+        labels["rank axis"] = "last" if rank_last else "first"
+
+    def with_rank(ax, rank):
+        return ax + [("a", "K"), ("r", "2")] + rank if rank_last else ax + rank + [("a", "K"), ("r", "2")]
+
+    k = b.let("k", with_rank(kax, rk), _projection(b, with_rank(kax, rk)))
+    q = b.let("q", with_rank(hax, rq), _projection(b, with_rank(hax, rq)))
+    ksubs = [n for n, _ in with_rank([(n, "") for n in ksub], rk)]
+    qsubs = [n for n, _ in with_rank([(n, "") for n in hn], rq)]
     form = draw(st.sampled_from(["polar", "polar", "xy"]))
     labels["form"] = form
     rot = "(delta(r, 1) * delta(r2, 0) - delta(r, 0) * delta(r2, 1))"
@@ -1085,12 +1103,13 @@ def rotating_key_specs(draw) -> GenSpec:
         block = f"{rho} * (delta(r, r2) * cos({th}) + {rot} * sin({th}))"
     deltas = " * ".join(f"delta({n}, {n}2)" for n in hn + ["a", "b"])
     b.matrices.append(f"A[({_idx(rows)}), ({_idx(cols)})] = {deltas} * {block}")
-    v = _value(draw, b, hax)
-    b.matrices.append(f"B[({_idx(rows)}), m] = {_sub(k, ksub + ['a', 'r'])} * {v}")
+    v = _value(draw, b, hax, rk)
+    term = f"{_sub(k, ksubs)} * {v}"
+    b.matrices.append(f"B[({_idx(rows)}), m] = " + (f"sum(p, {term})" if rk else term))
     sign = draw(st.booleans())
     labels["sign"] = sign
-    query = f" * {_sub(q, hn + ['a', 'r'])}" + (" * (1 - 2 * r)" if sign else "")
-    line, out = _c_rows(True, rows, query, "")
+    query = f" * {_sub(q, qsubs)}" + (" * (1 - 2 * r)" if sign else "")
+    line, out = _c_rows(True, rows, query, "", rq)
     b.matrices.append(line)
     if draw(st.integers(0, 3)) == 0:
         b.extra.append("readout pre")

@@ -19,7 +19,8 @@ to hunt bugs run many more with a random seed, e.g.
 Found and fixed: none. The hunts (30 random examples per generator, then 15 more of dplr / rank after readout pre,
 signed per-key decays, D and posts were added to them) found no mismatch and no family regression; the one failure
 was in this file's harness (a quadratic-attention state is a KV cache, not the reference's state: check_attention).
-``rotating_key_specs`` (added with the rotating decay per key pair): 60 random examples, no mismatch.
+``rotating_key_specs`` (added with the rotating decay per key pair): 60 random examples, no mismatch; with rank-R
+inputs / R queries drawn too (the rotation composed with the rank sub-steps): 42 random examples, no mismatch.
 
 Found, NOT fixed: none.
 """
