@@ -23,8 +23,12 @@ tolerance 1e-5: fla's naive functions compute in float32):
 - lin_norm: ``naive_recurrent_linear_attn`` (fla/ops/linear_attn/naive.py) with normalize=True (its eps = 1e-10 left
   out of the spec), elu + 1 features; chunked outer-product scan. dsfc's carried ``h`` is fla's S divided by the
   normaliser q . z (the DSF form of the quotient), its ``z`` is fla's k_cum: checked as such.
+- mdr: ``recurrent_momentum_delta_rule_ref`` (fla/ops/momentum_delta_rule/naive.py), memory S and momentum M stacked
+  on a state axis of 2 (fla's final state stack([S, M], 0)); dense scan (see below), eigenvalues "unknown", which is
+  the truth's side: with k . p < 0 and the gates near 1 an eigenvalue exceeds 1 (checked).
 
-Every output, state and gradient agreed (to ~1e-7 against fla's float32, to 1e-10 against the transcriptions).
+Every output, state and gradient of the seven agreed (to ~1e-7 against fla's float32, to 1e-10 against the
+transcriptions).
 
 Found and fixed (``dsfc/analysis/stability.py``):
 - RWKV-7's ``diag(w) - (kk a) kk^T`` was eigenvalues "unknown" (true: real, in (-1, 1)). A block diag(d) + x y^T
@@ -37,13 +41,15 @@ Found, NOT fixed (strict xfails below):
 - The gated delta product (two Householder steps per token) runs the dense scan, a matrix-vector product over the
   whole K x K block per step, where fla runs it chunked (chunk_gated_delta_product: the delta rule over T * 2
   sub-steps). dsfc's delta family takes one key per step; splitting a token into sub-steps is a new planner form.
-- Its eigenvalue report is "unknown": A = alpha (I - b2 k2 k2^T)(I - b1 k1 k1^T) is written expanded, and the prover
-  does not see the product of two contractions (true: |lambda| <= alpha < 1).
+- The momentum delta rule runs the dense scan too, where fla runs chunk_momentum_delta_rule.
+- The delta product's eigenvalue report is "unknown": A = alpha (I - b2 k2 k2^T)(I - b1 k1 k1^T) is written
+  expanded, and the prover does not see the product of two contractions (true: |lambda| <= alpha < 1).
 
-Not done: fla's momentum_delta_rule (two coupled state blocks), rwkv7 with its own token shift / LoRA gates, gsa /
-abc (softmax over slots: not linear in the state), lightning_attn (simple_gla with a fixed per-head decay: RetNet's
-spec covers it), based / rebased (Taylor / polynomial feature maps: as taylor_attention.dsf), log_linear_attn,
-titans / ttt.
+Not done: rwkv7 with its own token shift / LoRA gates, gsa / abc (softmax over slots: not linear in the state),
+lightning_attn (simple_gla with a fixed per-head decay: RetNet's spec covers it), based / rebased (Taylor / polynomial
+feature maps: as taylor_attention.dsf), gated_oja_rule and lightnet (no naive.py in fla-core 0.6.0), log_linear_attn,
+titans / ttt; fla's own layers (fla/layers is not in fla-core: the gate parametrisations are those its ops' gate
+functions and the existing oracles name).
 """
 
 from __future__ import annotations
@@ -178,6 +184,31 @@ B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * kf[h, a] / eta[h]
 C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * qf[h, a]
 """
 
+# M' = mu M + et k (p^T S - v)^T, S' = al S - be M' with S at m = 0 and M at m = 1
+MDR = f"""model MomentumDelta "fla momentum delta rule: memory S and momentum M stacked on m"
+{HEAD}dim d = H * (3 * K + V + 4)
+input u[d]
+state S[h: H, m: 2, a: K, b: V]
+output y[h: H, b: V]
+let q[h: H, a: K] = u[h * K + a]
+let kr[h: H, a: K] = u[H * K + h * K + a]
+let pr[h: H, a: K] = u[2 * H * K + h * K + a]
+let k[h: H, a: K] = kr[h, a] / sqrt(sum(a2, kr[h, a2] ^ 2))
+let p[h: H, a: K] = pr[h, a] / sqrt(sum(a2, pr[h, a2] ^ 2))
+let v[h: H, b: V] = u[3 * H * K + h * V + b]
+let al[h: H] = sigmoid(u[3 * H * K + H * V + h])
+let mu[h: H] = sigmoid(u[3 * H * K + H * V + H + h])
+let be[h: H] = sigmoid(u[3 * H * K + H * V + 2 * H + h])
+let et[h: H] = sigmoid(u[3 * H * K + H * V + 3 * H + h])
+drive v
+A[(h, m, a, b), (h2, m2, a2, b2)] = delta(h, h2) * delta(b, b2) * (
+    delta(m, 1) * (delta(m2, 1) * mu[h] * delta(a, a2) + delta(m2, 0) * et[h] * k[h, a] * p[h, a2])
+    + delta(m, 0) * (delta(m2, 0) * (al[h] * delta(a, a2) - be[h] * et[h] * k[h, a] * p[h, a2])
+                     - delta(m2, 1) * be[h] * mu[h] * delta(a, a2)))
+B[(h, m, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * et[h] * k[h, a] * (be[h] * delta(m, 0) - delta(m, 1))
+C[(o, e), (h, m, a, b)] = delta(o, h) * delta(e, b) * delta(m, 0) * q[h, a] / sqrt(K)
+"""
+
 CASES = {
     "simple_gla": (SIMPLE_GLA, Family.CHUNKED_OUTER),
     "kda": (KDA, Family.CHUNKED_DPLR),
@@ -185,10 +216,11 @@ CASES = {
     "dplr": (DPLR, Family.CHUNKED_DPLR),
     "gdp": (GDP, Family.DENSE_SCAN),  # fla runs it chunked: the strict xfail below
     "lin_norm": (LIN_NORM, Family.CHUNKED_OUTER),
+    "mdr": (MDR, Family.DENSE_SCAN),  # fla runs it chunked: the strict xfail below
 }
 # the packed blocks of u per spec, in order, each [.., H, width]
 LAYOUT = {"simple_gla": [K, K, V, 1], "kda": [K, K, V, K, 1], "comba": [K, K, K, V, 1, 1], "dplr": [K, K, K, K, K, V],
-          "gdp": [K, 2 * K, 2 * V, 1, 2], "lin_norm": [K, K, V]}
+          "gdp": [K, 2 * K, 2 * V, 1, 2], "lin_norm": [K, K, V], "mdr": [K, K, K, V, 1, 1, 1, 1]}
 
 
 def unpack(name: str, u: torch.Tensor) -> list[torch.Tensor]:
@@ -288,6 +320,22 @@ def linear_attn_loop(q, k, v, eps=1e-10):
     return o, S, z[:, -1] if q.shape[1] else None
 
 
+def momentum_delta_loop(q, k, v, log_alpha, log_mu, p, beta, eta, h0=None):
+    """fla/ops/momentum_delta_rule/naive.py recurrent_momentum_delta_rule_ref: w = p^T S - v;
+    M = mu M + (eta k) w^T; S = alpha S - beta M; o = S^T (K^-1/2 q). State here [B, H, 2, K, V] (S, M) (fla's
+    final state is stack([S, M], 0))."""
+    B, T = q.shape[:2]
+    S = q.new_zeros(B, H, K, V) if h0 is None else h0[:, :, 0].clone()
+    M = q.new_zeros(B, H, K, V) if h0 is None else h0[:, :, 1].clone()
+    o = []
+    for t in range(T):
+        w = torch.einsum("bhk,bhkv->bhv", p[:, t], S) - v[:, t]
+        M = log_mu[:, t].exp()[..., None, None] * M + (eta[:, t, :, None] * k[:, t])[..., None] * w[..., None, :]
+        S = log_alpha[:, t].exp()[..., None, None] * S - beta[:, t, :, None, None] * M
+        o.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * K**-0.5, S))
+    return torch.stack(o, 1) if o else v.new_zeros(*v.shape), torch.stack([S, M], 2)
+
+
 # the spec's inputs (packed u, params by spec name) -> the transcription's arguments, as fla's layers build them
 def fla_args(name: str, P: dict, u: torch.Tensor) -> tuple:
     parts = unpack(name, u)
@@ -311,11 +359,16 @@ def fla_args(name: str, P: dict, u: torch.Tensor) -> tuple:
         v = v.reshape(B, T, H, 2, V).transpose(2, 3).reshape(B, 2 * T, H, V)
         b = b.sigmoid().transpose(2, 3).reshape(B, 2 * T, H)
         return q, k, v, gdn_gate(g[..., 0], P["A_log"], P["dt_bias"]), b
+    if name == "mdr":
+        q, k, p, v, al, mu, be, et = parts
+        return (q, l2(k), v, F.logsigmoid(al[..., 0]), F.logsigmoid(mu[..., 0]), l2(p), be[..., 0].sigmoid(),
+                et[..., 0].sigmoid())
     q, k, v = parts
     return F.elu(q) + 1, F.elu(k) + 1, v
 
 
-LOOPS = {"simple_gla": simple_gla_loop, "kda": kda_loop, "comba": comba_loop, "dplr": dplr_loop, "gdp": gdp_loop}
+LOOPS = {"simple_gla": simple_gla_loop, "kda": kda_loop, "comba": comba_loop, "dplr": dplr_loop, "gdp": gdp_loop,
+         "mdr": momentum_delta_loop}
 
 
 def transcribed(name: str):
@@ -331,7 +384,7 @@ def transcribed(name: str):
 
 INDEPENDENT = {name: transcribed(name) for name in CASES}
 EIGEN = {"simple_gla": Bound.STABLE, "kda": Bound.STABLE, "comba": Bound.UNBOUNDED, "dplr": Bound.STABLE,
-         "gdp": Bound.UNKNOWN, "lin_norm": Bound.UNBOUNDED}
+         "gdp": Bound.UNKNOWN, "lin_norm": Bound.UNBOUNDED, "mdr": Bound.UNKNOWN}
 TRUE_BOUND = {"gdp": Bound.STABLE}  # |lambda| <= alpha ||I - b1 k1 k1^T|| ||I - b0 k0 k0^T|| <= alpha < 1
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
@@ -341,7 +394,7 @@ _compiled, _built = case_builds(CASES)  # each spec compiled once per test worke
     CASES, INDEPENDENT, EIGEN, _built, TRUE_BOUND,
     # the dense scan's Triton kernel under the interpreter is the slowest run here: checked once, against the
     # reference (test_fla_layer_matches_the_reference_on_every_path), not again against the transcription
-    backends=lambda name: ("torch",) if name == "gdp" else BACKENDS)
+    backends=lambda name: ("torch",) if name in ("gdp", "mdr") else BACKENDS)
 test_fla_layer_matches_the_reference_on_every_path = INTERPRETER_WARNINGS(
     test_fla_layer_matches_the_reference_on_every_path)
 
@@ -354,7 +407,7 @@ test_fla_layer_matches_the_reference_on_every_path = INTERPRETER_WARNINGS(
 def _inputs(built, b: int, t: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
-    return u, 0.5 * torch.randn(b, H, K, V, generator=gen, dtype=F64)
+    return u, 0.5 * torch.randn(b, *built.state_shape(), generator=gen, dtype=F64)
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n != "lin_norm"])
@@ -427,6 +480,7 @@ FLA_OPS = {
     "dplr": ("fla.ops.generalized_delta_rule.dplr.naive", "dplr_recurrence"),
     "gdp": ("fla.ops.gated_delta_product.naive", "naive_recurrent_gated_delta_product"),
     "lin_norm": ("fla.ops.linear_attn.naive", "naive_recurrent_linear_attn"),
+    "mdr": ("fla.ops.momentum_delta_rule.naive", "recurrent_momentum_delta_rule_ref"),
 }
 
 
@@ -438,6 +492,10 @@ def _call_fla(name, fn, args, h0):
     if name == "gdp":
         q, k, v, g, b = f32
         return fn(q, k, v, g, b, K**-0.5, initial_state=h0, output_final_state=True, num_householder=2)
+    if name == "mdr":
+        init = {} if h0 is None else {"initial_S": h0[:, :, 0], "initial_M": h0[:, :, 1]}
+        o, S = fn(*f32, **init, output_final_state=True)
+        return o, S.permute(1, 2, 0, 3, 4)  # stack([S, M], 0) -> [B, H, 2, K, V]
     if name == "lin_norm":
         o, (S, z) = fn(*f32, normalize=True, output_final_state=True)
         return o, (S, z[:, 0])
@@ -480,3 +538,21 @@ def test_gated_delta_product_runs_chunked():
                    "test_fla_layer_structure_report_is_true)")
 def test_gated_delta_product_is_reported_stable():
     assert _built("gdp").result.report.eigen_bound == Bound.STABLE
+
+
+@pytest.mark.xfail(strict=True, reason="the momentum delta rule (memory and momentum stacked on an axis of 2, coupled "
+                   "through k p^T) runs the dense scan; fla runs it chunked (chunk_momentum_delta_rule). dsfc's "
+                   "chunked families take one state block per key axis")
+def test_momentum_delta_rule_runs_chunked():
+    assert _built("mdr").result.structure.family != Family.DENSE_SCAN
+
+
+def test_momentum_delta_rule_can_exceed_one():
+    """Its "unknown" is the honest answer: with p = -k (k . p = -1) and every gate near 1, the 2 x 2 reading
+    [[al + be et, -be mu], [-et, mu]] has trace al + mu + be et > 1 + det, so an eigenvalue of A_t exceeds 1."""
+    built = _built("mdr")
+    u, _ = _inputs(built, 1, 2, 12)
+    u[..., 2 * H * K:3 * H * K] = -u[..., H * K:2 * H * K]  # p = -k
+    u[..., 3 * H * K + H * V:] = 8.0  # al, mu, be, et = sigmoid(8)
+    lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
+    assert lam.max() > 1.5
