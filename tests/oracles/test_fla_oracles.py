@@ -556,3 +556,44 @@ def test_momentum_delta_rule_can_exceed_one():
     u[..., 3 * H * K + H * V:] = 8.0  # al, mu, be, et = sigmoid(8)
     lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
     assert lam.max() > 1.5
+
+
+SIGNED_DPLR = """model SignedDplr "diag(w) + (c kk) kk^T, c from {c}"
+dim K = 4
+dim V = 2
+dim d = 3 * K + V
+input u[d]
+state S[a: K, b: V]
+output y[b: V]
+let kkr[a: K] = u[V + a]
+let kk[a: K] = kkr[a] / sqrt(sum(a2, kkr[a2] ^ 2))
+let c[a: K] = {c}
+let w[a: K] = 0.5 * sigmoid(u[V + 2 * K + a])
+let v[b: V] = u[3 * K + b]
+drive v
+A[(a, b), (a2, b2)] = delta(b, b2) * (delta(a, a2) * w[a] + c[a] * kk[a] * kk[a2])
+B[(a, b), b2] = delta(b, b2) * kk[a]
+C[e, (a, b)] = delta(e, b) * kk[a]
+"""
+
+
+@pytest.mark.parametrize("c, claim", [("0.4 * sigmoid(u[V + K + a])", "(0, 0.9)"),
+                                      ("-0.4 * sigmoid(u[V + K + a])", "(-0.4, 0.5)"),
+                                      ("tanh(u[V + K + a])", None)])
+def test_diagonal_plus_proportional_rank1_is_read_as_symmetric(c, claim):
+    """The similar-to-symmetric rule on both signs of r (x = r y): diag(w) + r kk kk^T, r >= 0 raises the top end by
+    y^T x, r <= 0 lowers the bottom one; the sampled spectra are real and inside. An r of either sign (tanh) is
+    not read so (A is then similar to no symmetric matrix in general)."""
+    from dsf_testing import compile_and_build
+
+    built = compile_and_build(SIGNED_DPLR.format(c=c), path="signed_dplr.dsf")
+    report = built.result.report
+    if claim is None:
+        assert not report.eigen_reason.startswith("A = diag(d) + x y^T with x = r y"), report.eigen_reason
+        return
+    assert report.eigen_bound == Bound.STABLE and report.eigen_interval == claim, report.eigen_reason
+    gen = torch.Generator().manual_seed(13)
+    u = 4 * torch.randn(3, 12, built.d_in(), generator=gen, dtype=F64)
+    lam = torch.linalg.eigvals(built.dsf_matrices(u)[0])
+    lo, hi = (float(x) for x in claim.strip("()").split(", "))
+    assert lam.imag.abs().max() < 1e-12 and (lam.real > lo).all() and (lam.real < hi).all()
