@@ -1306,7 +1306,7 @@ def _similar_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
     if parts is None or a.low_rank:
         return None
     rows, cols, mixed = a.rows, a.cols, a.mixed_axes
-    row_m, col_m = {rows[k] for k in mixed}, {cols[k] for k in mixed}
+    col_m = {cols[k] for k in mixed}
     to_rows = {cols[k]: rows[k] for k in mixed}
     d, x, y = parts.scale.xreplace(to_rows), simplify(parts.row_vec), simplify(parts.col_vec.xreplace(to_rows))
     if x.free_symbols & col_m or y.free_symbols & col_m:
@@ -1347,9 +1347,9 @@ def _similar_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
     d_iv = prover.range_over(d, rows, extents)
     lam = _add(d_iv, shift)
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
-    sign = ">=" if r_iv.lo >= 0 else "<="
+    rel = ">=" if r_iv.lo >= 0 else "<="
     return EigenBound(_verdict([lam]), str(lam),
-                      f"A = diag(d) + x y^T with x = r y entry by entry, r = {spec_str(ratio)} {sign} 0: similar to a "
+                      f"A = diag(d) + x y^T with x = r y entry by entry, r = {spec_str(ratio)} {rel} 0: similar to a "
                       f"symmetric matrix (real eigenvalues), in d's range plus y^T x's between 0 and it: d = "
                       f"{spec_str(d)} in {d_iv}, y^T x = {spec_str(trace)} in {tr_iv} ({facts})")
 

@@ -67,7 +67,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dsf_testing import BACKENDS, F64, INTERPRETER_WARNINGS, case_builds, rel_err, spec_hunt_tests  # noqa: E402
+from dsf_testing import (BACKENDS, F64, INTERPRETER_WARNINGS, case_builds, compile_and_build, rel_err,  # noqa: E402
+                         spec_hunt_tests)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
@@ -584,8 +585,6 @@ def test_diagonal_plus_proportional_rank1_is_read_as_symmetric(c, claim):
     """The similar-to-symmetric rule on both signs of r (x = r y): diag(w) + r kk kk^T, r >= 0 raises the top end by
     y^T x, r <= 0 lowers the bottom one; the sampled spectra are real and inside. An r of either sign (tanh) is
     not read so (A is then similar to no symmetric matrix in general)."""
-    from dsf_testing import compile_and_build
-
     built = compile_and_build(SIGNED_DPLR.format(c=c), path="signed_dplr.dsf")
     report = built.result.report
     if claim is None:
