@@ -573,7 +573,7 @@ class IntervalProver:
         if iv.hi < INF or body.lo < 0:
             # the sharper readings bound sums of terms >= 0 (|k|^2, a weighted mean); a signed body (RWKV-6's
             # low-rank decay projections) would only pay for them: inlining and simplifying its lets took minutes
-            return iv
+            return iv if body.lo >= 0 else _intersect(iv, self._cauchy_schwarz(e))
         factors = sp.Mul.make_args(e.function)
         if len(factors) > 1:
             for f in factors:
@@ -594,6 +594,30 @@ class IntervalProver:
             if better != iv:
                 self.reasons.append(f"{spec_str(e)} = {spec_str(inlined)} in {better} (its lets inlined)")
             iv = better
+        return iv
+
+    def _cauchy_schwarz(self, e: sp.Sum) -> Interval:
+        """A signed contraction ``sum(j, c f[j] g[j])`` of two lets f, g (c free of j): |sum| <= |c| |f| |g| by
+        Cauchy-Schwarz, with |f|^2 = sum(j, f[j]^2) bounded as the prover bounds any sum of squares (a normalised
+        key's is 1). Comba's ``sum(a, k[a] p[a])`` of two L2-normalised keys is in [-1, 1]; it was (-inf, inf). Only
+        reads of lets (not params, whose sums of squares are unbounded) are tried: each costs an inlining."""
+        over = [v for v, _, _ in e.limits]
+        factors = sp.Mul.make_args(e.function)
+        vecs = [f for f in factors if not f.free_symbols.isdisjoint(over)]
+        coef = sp.Mul(*[f for f in factors if f.free_symbols.isdisjoint(over)])
+        if len(vecs) != 2 or not all(isinstance(f, sp.Indexed) and str(f.base.label) in self._lets
+                                     and not self._lets[str(f.base.label)].running for f in vecs):
+            return ANY
+        norms = [self.range(sp.Sum(f**2, *e.limits)) for f in vecs]
+        if any(n.hi == INF for n in norms):
+            return ANY
+        c = _abs(self.range(coef))
+        if c.hi == INF:
+            return ANY
+        bound = c.hi * math.sqrt(norms[0].hi * norms[1].hi)
+        iv = Interval(-bound, bound)
+        self.reasons.append(f"{spec_str(e)} in {iv} (Cauchy-Schwarz: |f . g| <= |f| |g|, |f|^2 in {norms[0]}, "
+                            f"|g|^2 in {norms[1]})")
         return iv
 
     def _inlined(self, e, outside_sums: bool = False):
@@ -1268,6 +1292,68 @@ def _scaled_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
     return None
 
 
+def _similar_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
+    """A block diag(d) + x y^T on the mixed axes whose rank-1 vectors are proportional entry by entry with a ratio
+    of one sign, x = r * y with r >= 0 (or r <= 0) per key: RWKV-7's diag(w) - (kk * a) kk^T (fla's
+    generalized_delta_rule with alpha = -kk, beta = kk * a). With S = diag(sqrt(|r|)), S^-1 A S = diag(d) +- (S y)
+    (S y)^T is symmetric, so the eigenvalues are real and (Weyl) lie in [min d + min(0, y^T x), max d + max(0, y^T
+    x)] (y^T x = sum r y^2 has r's sign; an r that vanishes somewhere is the limit of positive ones, and the
+    eigenvalues are continuous). It was "unknown": not a multiple of I minus rank 1, and diag(d) (I - c f f^T) only
+    when a = w."""
+    from .structure import _diagonal_plus_rank_one
+
+    parts = _diagonal_plus_rank_one(a)
+    if parts is None or a.low_rank:
+        return None
+    rows, cols, mixed = a.rows, a.cols, a.mixed_axes
+    col_m = {cols[k] for k in mixed}
+    to_rows = {cols[k]: rows[k] for k in mixed}
+    d, x, y = parts.scale.xreplace(to_rows), simplify(parts.row_vec), simplify(parts.col_vec.xreplace(to_rows))
+    if x.free_symbols & col_m or y.free_symbols & col_m:
+        return None
+    ratio = simplify(x / y)
+    if ratio.free_symbols & col_m or ratio.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        return None
+    prover = IntervalProver(sym)
+    extents = [ax.extent for ax in sym.state.axes]
+    r_iv = prover.range_over(ratio, rows, extents)
+    if not (r_iv.lo >= 0 or r_iv.hi <= 0):
+        return None
+    # |y^T x| = sum(|r| y^2) as a sum of terms >= 0, which the prover reads sharper (a weighted mean of |r| with
+    # weights y^2: RWKV-7's sum(a, av[a] kk[a]^2) with |kk| = 1 is in (0, 1))
+    sign = 1 if r_iv.lo >= 0 else -1
+    magnitude = sign * x * y
+    for k in mixed:
+        magnitude = sp.Sum(magnitude, (rows[k], 0, sym.state.axes[k].extent - 1))
+    magnitude = _canonical_sums(sym.inline_product_lets(magnitude))
+    m_iv = prover.range(magnitude)
+    inside = magnitude.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
+    m_iv = _intersect(_intersect(m_iv, prover.range(simplify(_canonical_sums(inside)))), NONNEG)
+    # and as |r|'s range times |y|^2 (a weighted mean of |r|): the sum above may be read with r's sign pulled out
+    ysq = y**2
+    for k in mixed:
+        ysq = sp.Sum(ysq, (rows[k], 0, sym.state.axes[k].extent - 1))
+    ysq = _canonical_sums(ysq)
+    inside = ysq.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
+    y_iv = _intersect(prover.range(ysq), prover.range(simplify(_canonical_sums(inside))))
+    m_iv = _intersect(m_iv, _mul(_abs(r_iv), y_iv))
+    trace = sign * magnitude
+    tr_iv = m_iv if sign > 0 else _neg(m_iv)
+    tr_iv = Interval(tr_iv.lo + 0.0, tr_iv.hi + 0.0, tr_iv.lo_open, tr_iv.hi_open)  # no -0
+    if r_iv.hi <= 0:  # y^T x <= 0: the rank-1 term only lowers the eigenvalues
+        shift = Interval(min(tr_iv.lo, 0.0), 0.0, tr_iv.lo_open and tr_iv.lo < 0, False)
+    else:
+        shift = Interval(0.0, max(tr_iv.hi, 0.0), False, tr_iv.hi_open and tr_iv.hi > 0)
+    d_iv = prover.range_over(d, rows, extents)
+    lam = _add(d_iv, shift)
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    rel = ">=" if r_iv.lo >= 0 else "<="
+    return EigenBound(_verdict([lam]), str(lam),
+                      f"A = diag(d) + x y^T with x = r y entry by entry, r = {spec_str(ratio)} {rel} 0: similar to a "
+                      f"symmetric matrix (real eigenvalues), in d's range plus y^T x's between 0 and it: d = "
+                      f"{spec_str(d)} in {d_iv}, y^T x = {spec_str(trace)} in {tr_iv} ({facts})")
+
+
 def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
     """``block`` as alpha * I + f g^T on the ``mixed`` axes, (alpha, f, g), alpha free of them, f over their row
     symbols and g over their column symbols (f = g = 0 when there is no rank-1 part); None for any other form."""
@@ -1605,7 +1691,8 @@ def _first_block_rule(sym: SymSpec, a) -> EigenBound | None:
     (a delta rule's keys at K = 2) goes last, after the rules that hold at every dims (triangular, rank-1 blocks),
     which also cost far less there: SymPy's trigsimp of Jury's det and tr, with the gates' lets inlined, took ~50 s
     on a random DPLR spec with a sin^2 gate that the symmetric rank-1 rule bounds in a second."""
-    rules = [_two_by_two, _triangular, _block_triangular, _stacked_rank1, _scaled_symmetric_rank1]
+    rules = [_two_by_two, _triangular, _block_triangular, _stacked_rank1, _scaled_symmetric_rank1,
+             _similar_symmetric_rank1]
     if not all(sp.S(sym.state.axes[k].extent).is_Integer for k in a.mixed_axes):
         rules = rules[1:] + rules[:1]
     for rule in rules:
@@ -1634,7 +1721,8 @@ def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
         return EigenBound(Bound.UNKNOWN, None,
                           "A is not diagonal: eigenvalues are not derived symbolically (no form the prover reads: a "
                           "multiple of I minus rank 1, 2x2 blocks, triangular, stacked rank-1 blocks, a gate times a "
-                          "symmetric delta rule; and no norm of it proven <= 1)"
+                          "symmetric delta rule, a diagonal plus a rank-1 term similar to a symmetric one; and no "
+                          "norm of it proven <= 1)"
                           + _parameter_note(sym, sym.matrices["A"].entry, DENSE_SPELLINGS))
     prover = IntervalProver(sym)
     iv = prover.range_over(a.decay, a.rows, [ax.extent for ax in sym.state.axes])
