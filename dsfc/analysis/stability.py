@@ -535,6 +535,37 @@ class IntervalProver:
         return Interval(lo, hi, all(iv.lo_open for iv in ivs if iv.lo == lo),
                         all(iv.hi_open for iv in ivs if iv.hi == hi))
 
+    def _norm_ratio(self, e) -> Interval | None:
+        """``sum(j, |y_j|^p) / (sum(j, |y_j|) + c)^p`` with p >= 1 and c >= 0: ||y||_p^p over at least ||y||_1^p,
+        in [0, 1] (||y||_p <= ||y||_1). A key normalised by its L1 norm, ``k = x / sum(a, abs(x[a]))``, has
+        ``|k|^2 = sum(j, x_j^2) / sum(a, |x_a|)^2`` once its lets are inlined; read apart (the sums vary apart) it was
+        [0, inf), so a delta rule with such keys (or with sum-normalised features ``f / sum(a, f[a])``, f >= 0) was
+        "unknown" where ``alpha (1 - beta |k|^2)`` is in (0, 1). The terms may be written ``y^p`` for an even p or
+        for y >= 0; the two sums must run over the same ranges (their bound names may differ)."""
+        dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp <= -1]
+        sums = [f for f in e.args if isinstance(f, sp.Sum)]
+        if len(dens) != 1 or len(sums) != 1:
+            return None
+        p = -dens[0].exp
+        l1 = [a for a in sp.Add.make_args(dens[0].base) if isinstance(a, sp.Sum)]
+        if len(l1) != 1 or self.range(dens[0].base - l1[0]).lo < 0:
+            return None
+        s1, s2 = l1[0], sums[0]
+        if len(s1.limits) != len(s2.limits) or any((lo1, hi1) != (lo2, hi2) for (_, lo1, hi1), (_, lo2, hi2)
+                                                   in zip(s1.limits, s2.limits)):
+            return None
+        term = s2.function.xreplace({v2: v1 for (v1, _, _), (v2, _, _) in zip(s1.limits, s2.limits)})
+        y = s1.function.args[0] if isinstance(s1.function, sp.Abs) else s1.function
+        if y is s1.function and self.range(y).lo < 0:
+            return None  # sum(j, y_j) of a signed y is no norm
+        nonneg = y is not s1.function or self.range(y).lo >= 0
+        if term != sp.Abs(y) ** p and not (term == y ** p and (nonneg or (p.is_Integer and p % 2 == 0))):
+            return None
+        rest = [f for f in e.args if f is not dens[0] and f is not s2]
+        share = Interval(0.0, 1.0)
+        self.reasons.append(f"{spec_str(s2 * dens[0])} in {share} (an L{p} norm is at most the L1 norm)")
+        return _mul(share, self.range(sp.Mul(*rest))) if rest else share
+
     def _mean(self, e) -> Interval | None:
         """``rest * sum(i: n, x_i) / n``: the sum over its count is a mean, inside the range of ``x``. Plain interval
         arithmetic bounds the sum by [0, inf) (its count n is a dim, unbounded), so a delta rule with keys scaled
@@ -753,6 +784,7 @@ class IntervalProver:
                 special = special or self._convex_combination(e)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
+                special = special or (self._norm_ratio(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._running_share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._divided_out(e) if isinstance(e, sp.Mul) else None)
                 # a weighted mean's hull is intersected with whichever reading below holds: either can be sharper
