@@ -536,34 +536,49 @@ class IntervalProver:
                         all(iv.hi_open for iv in ivs if iv.hi == hi))
 
     def _norm_ratio(self, e) -> Interval | None:
-        """``sum(j, |y_j|^p) / (sum(j, |y_j|) + c)^p`` with p >= 1 and c >= 0: ||y||_p^p over at least ||y||_1^p,
-        in [0, 1] (||y||_p <= ||y||_1). A key normalised by its L1 norm, ``k = x / sum(a, abs(x[a]))``, has
-        ``|k|^2 = sum(j, x_j^2) / sum(a, |x_a|)^2`` once its lets are inlined; read apart (the sums vary apart) it was
-        [0, inf), so a delta rule with such keys (or with sum-normalised features ``f / sum(a, f[a])``, f >= 0) was
-        "unknown" where ``alpha (1 - beta |k|^2)`` is in (0, 1). The terms may be written ``y^p`` for an even p or
-        for y >= 0; the two sums must run over the same ranges (their bound names may differ)."""
-        dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp <= -1]
+        """``sum(j, |y_j|^p) / D`` with p >= 1 and a denominator at least ``sum(j, |y_j|)^p``: ||y||_p^p over at
+        least ||y||_1^p, in [0, 1] (||y||_p <= ||y||_1). D is ``(sum(j, |y_j|) + c)^p`` with c >= 0, or its expanded
+        form (SymPy's simplify expands ``(S + eps)^2``). A key normalised by its L1 norm, ``k = x / sum(a,
+        abs(x[a]))``, has ``|k|^2 = sum(j, x_j^2) / sum(a, |x_a|)^2`` once its lets are inlined; read apart (the sums
+        vary apart) it was [0, inf), so a delta rule with such keys (or with sum-normalised features
+        ``f / sum(a, f[a])``, f >= 0) was "unknown" where ``alpha (1 - beta |k|^2)`` is in (0, 1). The terms may be
+        written ``y^p`` for an even p or for y >= 0 (``exp(p x)`` for ``exp(x)^p``: a softmax over the key axis); the
+        two sums run over the same ranges (their bound names may differ)."""
+        dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0]
         sums = [f for f in e.args if isinstance(f, sp.Sum)]
         if len(dens) != 1 or len(sums) != 1:
             return None
-        p = -dens[0].exp
-        l1 = [a for a in sp.Add.make_args(dens[0].base) if isinstance(a, sp.Sum)]
-        if len(l1) != 1 or self.range(dens[0].base - l1[0]).lo < 0:
+        s2, den = sums[0], dens[0]
+        if isinstance(s2.function, sp.Pow):
+            base, p = s2.function.args
+        elif isinstance(s2.function, sp.exp):  # SymPy writes exp(x)^2 as exp(2 x): p from the denominator's power
+            p = -den.exp
+            base = sp.exp(s2.function.args[0] / p)
+        else:
             return None
-        s1, s2 = l1[0], sums[0]
-        if len(s1.limits) != len(s2.limits) or any((lo1, hi1) != (lo2, hi2) for (_, lo1, hi1), (_, lo2, hi2)
-                                                   in zip(s1.limits, s2.limits)):
+        if not p.is_Number or p < 1:
             return None
-        term = s2.function.xreplace({v2: v1 for (v1, _, _), (v2, _, _) in zip(s1.limits, s2.limits)})
-        y = s1.function.args[0] if isinstance(s1.function, sp.Abs) else s1.function
-        if y is s1.function and self.range(y).lo < 0:
-            return None  # sum(j, y_j) of a signed y is no norm
-        nonneg = y is not s1.function or self.range(y).lo >= 0
-        if term != sp.Abs(y) ** p and not (term == y ** p and (nonneg or (p.is_Integer and p % 2 == 0))):
+        y = base.args[0] if isinstance(base, sp.Abs) else base
+        if base is y and not ((p.is_Integer and p % 2 == 0) or self.range(y).lo >= 0):
+            return None  # y^p of a signed y and an odd p is no |y|^p
+        ones = [x for x in den.base.atoms(sp.Sum) if len(x.limits) == len(s2.limits) and all(
+            (lo1, hi1) == (lo2, hi2) for (_, lo1, hi1), (_, lo2, hi2) in zip(x.limits, s2.limits))]
+        s1 = next((x for x in ones if x.function.xreplace({v1: v2 for (v1, _, _), (v2, _, _) in zip(
+            x.limits, s2.limits)}) in (sp.Abs(y), y)), None)
+        if s1 is None or (s1.function == y.xreplace({v2: v1 for (v1, _, _), (v2, _, _) in zip(
+                s1.limits, s2.limits)}) and self.range(y).lo < 0):
+            return None  # no L1 sum of the same y (sum(j, y_j) of a signed y is no norm)
+        if -den.exp == p:
+            over = den.base - s1  # D = (S + c)^p: c >= 0
+        elif den.exp == -1:
+            over = sp.expand(den.base - s1 ** p)  # D >= S^p
+        else:
             return None
-        rest = [f for f in e.args if f is not dens[0] and f is not s2]
+        if over != 0 and self.range(over).lo < 0:
+            return None
+        rest = [f for f in e.args if f is not den and f is not s2]
         share = Interval(0.0, 1.0)
-        self.reasons.append(f"{spec_str(s2 * dens[0])} in {share} (an L{p} norm is at most the L1 norm)")
+        self.reasons.append(f"{spec_str(s2 * den)} in {share} (an L{p} norm is at most the L1 norm)")
         return _mul(share, self.range(sp.Mul(*rest))) if rest else share
 
     def _mean(self, e) -> Interval | None:
