@@ -291,8 +291,10 @@ class IntervalProver:
         """The outermost lets, symbols, function applications and sums ``e`` reads (not the deltas), sorted; cached:
         the multilinear and one-quantity rules ask for every sum and product the prover meets."""
         if e not in self._atoms:
-            seen = [x for x in sp.preorder_traversal(e) if isinstance(x, (sp.Indexed, sp.Function, sp.Sum, sp.Symbol))
-                    and not isinstance(x, sp.KroneckerDelta)]
+            # min / max are no sp.Function: ``s + (1 - s) min(relu(x), 1)`` was no polynomial in its atoms, and the
+            # multilinear rule left a lower-bounded gate read twice at (0, 2)
+            kinds = (sp.Indexed, sp.Function, sp.Sum, sp.Symbol, sp.Min, sp.Max)
+            seen = [x for x in sp.preorder_traversal(e) if isinstance(x, kinds) and not isinstance(x, sp.KroneckerDelta)]
             inner = {y for x in set(seen) if not isinstance(x, sp.Symbol) for y in sp.preorder_traversal(x) if y != x}
             counts = collections.Counter(x for x in seen if x not in inner)
             self._atoms[e] = (sorted(counts, key=sp.default_sort_key), counts)

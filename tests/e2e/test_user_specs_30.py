@@ -2,7 +2,43 @@
 SSD, RetNet, Gated DeltaNet, RG-LRU, mLSTM, S6, linear attention), written the way a user edits a spec for an
 experiment.
 
-TESTED_FOUND_FIXED_NOTDONE
+Specs (one change each from the catalog layer, tiny odd dims, K != V where the layer has both): GLA with its decay a
+learned per-head scalar times a per-key gate; GLA with sigmoid swapped for a clipped ``1 - min(relu(.), 1)`` (the decay
+is exactly 0 at some steps); GLA with a token shift (prev) in the gate and the key scaled by the decay's complement
+(1 - alpha); Mamba-2 SSD with B and C tied (one projection); SSD time-invariant (dt from its bias only) with the state
+written (h, j, p); RetNet with keys shared by two heads (GQA-style ``k[h // R]``) and a dense D skip; RetNet with the
+head axis removed, width-1 keys and a value-major state; RetNet with a learned power of its decay and head 0 fixed at
+1 (no forgetting); Gated DeltaNet with an L1-normalised key; Gated DeltaNet with its state written value-major
+(h, b, a); Gated DeltaNet with keys shared by two heads; RG-LRU with a token shift in its recurrence gate; mLSTM with
+one head, K != V, the forget gate spelled exp(-softplus(-x)) and an output-gate post; S6 with B and C tied and dt =
+exp(.); S6 with a head axis added (dt per head, A_log per (head, j)); linear attention with its key divided by its
+running sum (cumsum) and a D skip.
+
+Tested (each against a float64 loop written here from the ablated equations, not from dsfc): forward at T = 0, 1, 7,
+9 from zero and from a random state, token-by-token step, gradients of the input and every parameter; every path
+against dsfc's reference (torch with step and gradients, Triton interpreted from an initial state, the chunked
+families with 3-step chunks); a sequence cut at an odd offset and continued from its final state (torch across a
+64-step chunk; Triton for one spec per family and state kind); the family and the eigenvalue report, its claim checked
+on the module's own A (``dsf_testing.spec_hunt_tests``). Every variant of a fast-family layer stays in it: the GLA,
+SSD, RetNet, mLSTM and linear-attention variants in the chunked outer-product scan, the DeltaNet ones (value-major,
+shared keys, L1 key) in the chunked delta-rule scan, S6 with a head axis moves up to the chunked outer-product scan
+(a decay per (head, j) over the value axis p), the rest stay diagonal. The reports are as tight as the catalog's
+where the change should not move them ((0, 1) for GLA, SSD, Gated DeltaNet, RG-LRU, mLSTM, S6; [31/32, 1) for RetNet
+with shared keys; [0, 1] for the relu gate that reaches 0; (0, 1] with the no-forgetting head).
+
+Found and fixed (a report weaker than the truth): Gated DeltaNet with an L1-normalised key was "unknown" (-inf, 1):
+|k|^2 = sum(j, x_j^2) / sum(j, |x_j|)^2 read as two independent sums was [0, inf). The prover's norm-ratio rule reads
+``sum(j, |y_j|^p) / D`` with D at least ``sum(j, |y_j|)^p`` (``(S + c)^p``, c >= 0, or its expanded form) as [0, 1],
+also for features >= 0 over their sum and a softmax over the key axis; the delta rule is then (0, 1). A signed sum, a
+denominator shrunk below the norm and a key of twice that length are not claimed.
+
+Found and fixed (a report weaker than the truth): HGRN's lower-bounded gate ``mu + (1 - mu) g`` with g =
+min(relu(x), 1) was (0, 2), "not proven <= 1": the multilinear rule that reads mu once did not take ``min`` / ``max``
+as atoms (SymPy's Min is no Function). Now (0, 1], true on the module's A (exactly 1 where the gate saturates).
+
+Not done: a GLA decay that is exactly 0 runs the chunked scan correctly here (tested), but only at these tiny sizes
+and in float64; fp32 at long T with zero decays is not checked. Ablations of RWKV, Mamba-3 or DPLR layers, and
+token shifts with a zero first step (``prev`` repeats x_0 at the first step, as documented; RWKV's shift pads 0).
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
@@ -13,8 +49,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, case_builds, rel_err, spec_hunt_tests,  # noqa: E402
-                         stack_steps, state_err, matvec)
+from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, case_builds, compile_and_build, rel_err,  # noqa: E402
+                         matvec, spec_hunt_tests, stack_steps, state_err)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
@@ -735,3 +771,42 @@ def test_the_l1_normalised_key_keeps_its_eigenvalues_inside():
     u[0, :, 0] = torch.tensor([1.0, 2.0, 0.5, 3.0])
     lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
     assert (lam < 1).all() and (lam >= 0).all()
+
+
+HGRN_RELU = """
+model HGRNReluGate "HGRN ablation: the lower-bounded forget gate mu + (1 - mu) g with g = min(relu(.), 1), not sigmoid"
+dim d = 3
+input x[d]
+state h[c: d]
+output y[d]
+param W_f[d, d] ~ normal(0, 0.5)
+param mu_raw[d] ~ normal(0, 1)
+let mu[c: d] = sigmoid(mu_raw[c])
+let f[c: d] = mu[c] + (1 - mu[c]) * min(relu(sum(m, W_f[c, m] * x[m])), 1)
+A[c, c2] = delta(c, c2) * f[c]
+B[c, m] = delta(c, m) * (1 - f[c])
+C[o, c] = delta(o, c)
+"""
+
+
+def test_a_lower_bounded_gate_through_min_is_bounded_by_one():
+    """Found here (the prover's atoms): HGRN's lower-bounded gate ``mu + (1 - mu) g`` with the sigmoid g swapped for
+    ``min(relu(x), 1)`` reads mu twice; the multilinear rule that reads it exactly did not see ``min`` as an atom
+    (SymPy's Min is no Function), so the gate was (0, 2), "not proven <= 1". It is (0, 1]: exactly 1 where
+    relu(x) >= 1 (no forgetting), never above. Checked on the module against a loop, and the eigenvalues of its A
+    at inputs that saturate the gate."""
+    built = compile_and_build(HGRN_RELU)
+    report = built.result.report
+    assert report.eigen_bound == Bound.MARGINAL and report.eigen_interval == "(0, 1]", report.eigen_reason
+    P = built.params()
+    u = 4 * torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    h, ys = torch.zeros(2, 3, dtype=F64), []
+    for t in range(9):
+        mu = torch.sigmoid(P["mu_raw"])
+        f = mu + (1 - mu) * (u[:, t] @ P["W_f"].T).clamp(0, 1)
+        h = f * h + (1 - f) * u[:, t]
+        ys.append(h)
+    with torch.no_grad():
+        assert rel_err(built.model(u), torch.stack(ys, 1)) < 1e-10
+    lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
+    assert (lam <= 1 + 1e-12).all() and (lam == 1).any()
