@@ -33,8 +33,11 @@ also for features >= 0 over their sum and a softmax over the key axis; the delta
 denominator shrunk below the norm and a key of twice that length are not claimed.
 
 Found and fixed (a report weaker than the truth): HGRN's lower-bounded gate ``mu + (1 - mu) g`` with g =
-min(relu(x), 1) was (0, 2), "not proven <= 1": the multilinear rule that reads mu once did not take ``min`` / ``max``
-as atoms (SymPy's Min is no Function). Now (0, 1], true on the module's A (exactly 1 where the gate saturates).
+min(relu(x), 1) was (0, 2), "not proven <= 1" (with mu a let of its own: [0, 1], not (0, 1]): the multilinear rule
+that reads mu once did not take ``min`` / ``max`` as atoms (SymPy's Min is no Function). Now (0, 1], true on the
+module's A (exactly 1 where the gate saturates). The norm-ratio rule also proves hunt 12's DPFP fast weight
+programmer (features >= 0 over their sum): "unknown" before, now |lambda| <= 1 (0, 1]. Of 48 test and catalog specs
+that read min / max, abs or divide by a sum, only these three reports changed.
 
 Not done: a GLA decay that is exactly 0 runs the chunked scan correctly here (tested), but only at these tiny sizes
 and in float64; fp32 at long T with zero decays is not checked. Ablations of RWKV, Mamba-3 or DPLR layers, and
@@ -774,15 +777,14 @@ def test_the_l1_normalised_key_keeps_its_eigenvalues_inside():
 
 
 HGRN_RELU = """
-model HGRNReluGate "HGRN ablation: the lower-bounded forget gate mu + (1 - mu) g with g = min(relu(.), 1), not sigmoid"
+model HGRNReluGate "HGRN ablation: the lower bound mu + (1 - mu) g with g = min(relu(.), 1), not sigmoid"
 dim d = 3
 input x[d]
 state h[c: d]
 output y[d]
 param W_f[d, d] ~ normal(0, 0.5)
 param mu_raw[d] ~ normal(0, 1)
-let mu[c: d] = sigmoid(mu_raw[c])
-let f[c: d] = mu[c] + (1 - mu[c]) * min(relu(sum(m, W_f[c, m] * x[m])), 1)
+let f[c: d] = sigmoid(mu_raw[c]) + (1 - sigmoid(mu_raw[c])) * min(relu(sum(m, W_f[c, m] * x[m])), 1)
 A[c, c2] = delta(c, c2) * f[c]
 B[c, m] = delta(c, m) * (1 - f[c])
 C[o, c] = delta(o, c)
@@ -810,3 +812,17 @@ def test_a_lower_bounded_gate_through_min_is_bounded_by_one():
         assert rel_err(built.model(u), torch.stack(ys, 1)) < 1e-10
     lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
     assert (lam <= 1 + 1e-12).all() and (lam == 1).any()
+
+
+def test_dpfp_features_over_their_sum_bound_the_delta_rule():
+    """The norm-ratio rule on hunt 12's fast weight programmer (``test_user_specs_12.DPFP``): DPFP features >= 0
+    divided by their (double) sum have |k|^2 in [0, 1], so I - beta k k^T is |lambda| <= 1, (0, 1]; it was
+    "unknown" (-inf, 1]. True on the module's own A at large inputs."""
+    from test_user_specs_12 import DPFP
+
+    built = compile_and_build(DPFP)
+    report = built.result.report
+    assert report.eigen_bound == Bound.MARGINAL and report.eigen_interval == "(0, 1]", report.eigen_reason
+    u = 5 * torch.randn(2, 6, built.d_in(), generator=torch.Generator().manual_seed(6), dtype=F64)
+    lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
+    assert (lam <= 1 + 1e-12).all()
