@@ -849,7 +849,7 @@ def _curved_in(e, w) -> bool:
     """Whether ``e`` reads ``w`` inside an exp, abs, min or max, a power with a non-integer or negative exponent, or
     an exponent: not affine in w, decided without SymPy's second derivative. ``_convex_combination`` asked
     ``diff(e, w, 2)`` of every atom read twice, and on a block's norm readings (sums of ``|exp(-dt (i + 1)) ...|``)
-    that cost ~0.5 s a call, 180 s of a HiPPO-LegS compile; the derivative there is never 0 (a DiracDelta, a
+    that cost ~0.5 s a call, 26 s of a HiPPO-LegS compile; the derivative there is never 0 (a DiracDelta, a
     Heaviside, an exp's own factor), so the answer is the same. Asked only for atoms SymPy differentiates by: for a
     function atom (``sigmoid(x)``) diff raises, and skipping that raise made three LinOSS reports sharper, not the
     same."""
