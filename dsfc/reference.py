@@ -206,7 +206,8 @@ def evaluate_lets(sym: SymSpec, dims: dict[str, int], params: dict[str, torch.Te
     """All lets over the whole sequence; returns (tensor table, batched names).
 
     Running quantities are computed with a plain loop over time from their per-step arguments; ``running0``
-    holds their carried values from before t = 0 (default: zero, or for ``prev`` the first step's own value).
+    holds their carried values from before t = 0 (default: zero, or for ``prev`` its start value, else the first
+    step's own value).
     """
     B, T = u.shape[:2]
     dims = _with_slots(sym, dims, T)
@@ -308,8 +309,9 @@ def _run_over_time(op: str, args, start, shape) -> torch.Tensor:
             out.append(hist)
         return torch.stack(out, 1) if out else args[0]
     if op == "prev":
-        (x,) = args
-        z = (x[:, 0] if T else None) if start is None else start.to(torch.float64).reshape(shape)
+        x = args[0]  # args[1]: prev(x, s)'s start value s (fixed over time), z_0 when nothing is carried
+        first = args[1] if len(args) > 1 else x
+        z = (first[:, 0] if T else None) if start is None else start.to(torch.float64).reshape(shape)
         for t in range(T):
             out.append(z)
             z = x[:, t]

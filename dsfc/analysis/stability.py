@@ -180,8 +180,10 @@ class IntervalProver:
         let = self._lets.get(name)
         if let is not None and let.running:
             self._cache[name] = ANY  # guards recursion through a running quantity's own name
-            x = self.range(let.args[-1])
-            if let.running in ("prev", "window"):
+            x = self.range(let.args[0] if let.running == "prev" else let.args[-1])
+            if let.running == "prev" and len(let.args) > 1:  # prev(x, s): x_(t-1), or s at a fresh start
+                x = iv = _hull([x, self.range(let.args[1])])
+            elif let.running in ("prev", "window"):
                 iv = x if let.running == "prev" else ANY
             elif let.running == "scan" and self.range(let.args[0]).lo < 0:
                 iv = ANY
@@ -472,8 +474,8 @@ class IntervalProver:
             let, at = read
             for num in e.args:
                 prev = self.sym.let_read(num)
-                if prev is None or prev[0].running != "prev" or self.sym.let_read(prev[0].value_at(
-                        prev[1], prev[0].args[0])) != read:
+                if prev is None or prev[0].running != "prev" or len(prev[0].args) > 1 or self.sym.let_read(
+                        prev[0].value_at(prev[1], prev[0].args[0])) != read:  # prev(n, s): s / n at a first step
                     continue
                 share = self._share(sp.Mul(num, sp.Pow(sp.Add(num, let.value_at(at, let.args[0])), -1)))
                 if share is None:

@@ -1305,7 +1305,11 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                 code = f"torch.logaddexp({code}, {extra})"
             lets.append(LetPlan(name, code, src, "log"))
         elif let.running == "prev":
-            lets.append(LetPlan(name, "", src, "prev", [pr.print(a, let.index, let_sizes) for a in let.args], shape))
+            args = [pr.print(a, let.index, let_sizes) for a in let.args]
+            if len(args) > 1 and not (let.args[1].has(sp.Indexed) or any(str(x) in pr.tensors
+                                                                        for x in let.args[1].free_symbols)):
+                args[1] = f"torch.as_tensor({args[1]}, dtype=_dtype, device=_dev)"  # prev(x, 0): a number's start
+            lets.append(LetPlan(name, "", src, "prev", args, shape))
         elif let.running:  # a finite running quantity: as in module.py.jinja
             args = [pr.print(logsub(a), let.index, let_sizes) if a.has(sp.Indexed) or any(
                 str(x) in pr.tensors for x in a.free_symbols) else

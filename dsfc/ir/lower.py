@@ -89,9 +89,21 @@ def _finite_float(fn, values) -> bool:
 
 
 def _running_assumptions(op: str, args) -> dict[str, bool]:
-    """Sign facts that survive the running op: a running sum of positives is positive, prev keeps the sign."""
-    if op in ("prev", "window"):
-        return _sign_assumptions(args[0]) if op == "prev" else {"real": True}
+    """Sign facts that survive the running op: a running sum of positives is positive, prev keeps the sign (the sign
+    both its value and its start value have: prev(x, 0) of a positive x is only nonnegative)."""
+    if op == "prev":
+        facts = _sign_assumptions(args[0])
+        if len(args) > 1:
+            start = args[1]
+            kept = {k: v for k, v in facts.items() if getattr(start, f"is_{k}") is True}
+            weaker = {"positive": "nonnegative", "negative": "nonpositive"}
+            for k, w in weaker.items():  # positive x, start 0: nonnegative
+                if k in facts and k not in kept and getattr(start, f"is_{w}") is True:
+                    kept[w] = True
+            facts = kept
+        return facts
+    if op == "window":
+        return {"real": True}
     x = args[-1]
     if op == "scan" and not args[0].is_nonnegative:
         return {"real": True}

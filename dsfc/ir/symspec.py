@@ -142,7 +142,8 @@ class SymLet:
 
     - ``"cumsum"``: z_t = z_(t-1) + args[0]_t, z_(-1) = 0 (or the carried state);
     - ``"scan"``:   z_t = args[0]_t * z_(t-1) + args[1]_t (a decayed running sum);
-    - ``"prev"``:   z_t = args[0]_(t-1); at t = 0 the carried state, or args[0]_0 when there is none;
+    - ``"prev"``:   z_t = args[0]_(t-1); at t = 0 the carried state, or when there is none args[1] (a start value
+      fixed over time, ``prev(x, s)``) if given, else args[0]_0;
     - ``"window"``: z_t[..., k] = args[0]_(t-K+1+k) along the let's last axis (extent K), zeros (or the carried
       window) before the start: the input of a causal short convolution.
     For a running let ``expr`` is a placeholder symbol and ``args`` holds the per-step expressions.

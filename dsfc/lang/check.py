@@ -44,7 +44,11 @@ FUNCTIONS: dict[str, int] = {
 # cumsum(x): z_t = z_(t-1) + x_t;  scan(a, x): z_t = a_t z_(t-1) + x_t;  prev(x): x_(t-1).
 # window(x): the last K values of x along the let's last axis (extent K), oldest first: a causal short conv is
 # sum(k, W[c, k] * xs[c, k]) over such a window.
-TEMPORAL = {"cumsum": 1, "scan": 2, "prev": 1, "window": 1}
+# prev(x, s): the same with z_0 = s when nothing is carried (s fixed over time: a token shift's zero padding).
+TEMPORAL = {"cumsum": 1, "scan": 2, "prev": 1, "window": 1}  # prev also takes 2 (the start value)
+PREV_START_HINT = ("prev(x) starts from x_0 itself, prev(x, s) from s (when no value is carried); s is fixed over time: "
+                   "numbers, dims and params indexed by the let's axes, e.g. prev(x[c], 0) or prev(x[c], x0[c]) "
+                   "with param x0[c: d]")
 # Random initialisers and their accepted arities.
 DISTRIBUTIONS: dict[str, tuple[int, ...]] = {
     "normal": (2,),  # normal(mean, std)
@@ -488,9 +492,15 @@ class _Checker:
                     )
                     return
                 arity = TEMPORAL[e.func]
-                if len(e.args) != arity:
+                if e.func == "prev" and len(e.args) not in (1, 2):
+                    self.err(f"prev takes 1 or 2 arguments (the value and its start), got {len(e.args)}", e.span,
+                             hint=PREV_START_HINT)
+                    return
+                if len(e.args) != arity and e.func != "prev":
                     self.err(f"{e.func} takes {arity} argument{'s' if arity != 1 else ''}, got {len(e.args)}",
                              e.span)
+                    return
+                if e.func == "prev" and len(e.args) == 2 and not self.fixed_start(e.args[1], scope, ctx):
                     return
                 if e.func == "window":
                     let = self.current_let
@@ -504,7 +514,7 @@ class _Checker:
                                  hint=f"the window is the let's last axis (here {last!r}); put the axis of the "
                                  "steps last, e.g. let xs[c: d, k: 4] = window(x[c])")
                         return
-                for a in e.args:
+                for a in e.args[:1] if e.func == "prev" else e.args:  # prev's start: checked above
                     self.check_expr(a, scope, ctx, allowed)
                 return
             if e.func in FEATURE_MAPS:
@@ -568,6 +578,22 @@ class _Checker:
             self.check_expr(e.operand, scope, ctx, allowed)
             return
         raise AssertionError(f"unknown AST node {type(e).__name__}")  # pragma: no cover
+
+    def fixed_start(self, e: ast.Expr, scope: _Scope, ctx: str) -> bool:
+        """prev's start value z_0: read only numbers, dims, params and the let's own axes (not the input or a let,
+        whose values are per step). Its shape mistakes (an unindexed or wrongly indexed param) get prev's hint."""
+        for node in _walk(e):
+            t = self.tensors.get(node.name) if isinstance(node, (ast.Name, ast.Index)) else None
+            if t is not None and node.name not in scope.entries and t.kind not in ("param",):
+                self.err(f"the start value of prev must be fixed over time (numbers, dims and params only); "
+                         f"it reads the {t.kind} {node.name!r}",
+                         node.span, hint=PREV_START_HINT)
+                return False
+        before = len(self.errors)
+        self.check_expr(e, scope, f"the start value of prev in {ctx}", {"param"})
+        for error in self.errors[before:]:
+            error.hint = error.hint or PREV_START_HINT
+        return len(self.errors) == before
 
     def check_feature_map(self, e: ast.Call, scope: _Scope, ctx: str, allowed: set[str]):
         """``let qf[..., f: taylor(K, p), ...] = taylor(a, x[..., a])``: the whole right-hand side of a let with one

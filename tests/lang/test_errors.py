@@ -97,7 +97,10 @@ CASES = [
     ("cumsum-no-argument", spec("let z[c: d] = cumsum()"), 4, 15, "cumsum takes 1 argument, got 0"),
     ("scan-one-argument", spec("let z[c: d] = scan(u[c])"), 4, 15, "scan takes 2 arguments, got 1"),
     ("scan-three-arguments", spec("let z[c: d] = scan(1, 2, u[c])"), 4, 15, "scan takes 2 arguments, got 3"),
-    ("prev-two-arguments", spec("let z[c: d] = prev(u[c], u[c])"), 4, 15, "prev takes 1 argument, got 2"),
+    ("prev-three-arguments", spec("let z[c: d] = prev(u[c], 0, 1)"), 4, 15,
+     "prev takes 1 or 2 arguments (the value and its start), got 3"),
+    ("prev-time-varying-start", spec("let z[c: d] = prev(u[c], u[c])"), 4, 26,
+     "the start value of prev must be fixed over time (numbers, dims and params only); it reads the input 'u'"),
     ("cumsum-unknown-name-in-argument", spec("let z[c: d] = cumsum(q[c])"), 4, 22, "unknown name 'q'"),
     ("cumsum-as-let-name", spec("let cumsum = 1"), 4, 1, "'cumsum' is a built-in function and cannot be redeclared"),
     ("scan-as-param-name", spec("param scan[d]"), 4, 1, "'scan' is a built-in function and cannot be redeclared"),
@@ -419,7 +422,7 @@ def test_running_quantity_errors_are_all_reported():
     text = spec(
         "let z[c: d] = 1 + cumsum(u[c])",  # 4: nested
         "let n[c: d] = scan(u[c])",  # 5: arity
-        "let w[c: d] = prev(u[c], 1)",  # 6: arity
+        "let w[c: d] = prev(u[c], 1, 2)",  # 6: arity (prev takes a start value, not a third argument)
         "let s[c: d] = cumsum(u[c])",  # 7: fine
         A="A[i, k] = delta(i, k) * prev(s[i])",  # 8: in a matrix entry
     )
@@ -427,7 +430,7 @@ def test_running_quantity_errors_are_all_reported():
     assert [(e.span.line, e.span.column, e.message) for e in errs] == [
         (4, 19, f"'cumsum' {WHOLE_RHS}"),
         (5, 15, "scan takes 2 arguments, got 1"),
-        (6, 15, "prev takes 1 argument, got 2"),
+        (6, 15, "prev takes 1 or 2 arguments (the value and its start), got 3"),
         (8, 25, f"'prev' {WHOLE_RHS}"),
     ]
 
