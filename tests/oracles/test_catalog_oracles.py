@@ -584,9 +584,10 @@ def test_rwkv6_matches_fla_naive_recurrent_rwkv6(with_cache):
     S0 = randn(gen, BATCH, H, K, V) if with_cache else torch.zeros(BATCH, H, K, V, dtype=F64)
     x_prev = randn(gen, BATCH, d) if with_cache else torch.zeros(BATCH, d, dtype=F64)
 
-    # dsfc's prev() starts from the first step's own value unless a carried value is given: fla's token shift pads
-    # with zeros, so the carried x_{-1} is passed explicitly in both cases
-    y, st = run_dsfc(sym, RWKV, params, x, {"h": S0.reshape(BATCH, -1), "xp": x_prev})
+    # a fresh sequence passes no state at all: the spec's prev(x[c], 0) is fla's zero-padded token shift x_{-1} = 0;
+    # the cache case passes the carried x_{-1} (fla's conv_state)
+    state = {"h": S0.reshape(BATCH, -1), "xp": x_prev} if with_cache else None
+    y, st = run_dsfc(sym, RWKV, params, x, state)
 
     r, k, v, w = rwkv6_fla_inputs(params, x, x_prev)
     o, S_ref = naive_recurrent_rwkv6(hf(r), hf(k), hf(v), hf(w), params["bonus"], scale=1.0, initial_state=S0)
@@ -598,10 +599,8 @@ def test_rwkv6_matches_fla_naive_recurrent_rwkv6(with_cache):
 def test_rwkv6_split_sequence_carries_the_token_shift():
     sym = load("rwkv6.dsf")
     params, x = rwkv6_setup(63)
-    zero = {"h": torch.zeros(BATCH, RWKV["H"] * RWKV["K"] * RWKV["V"], dtype=F64),
-            "xp": torch.zeros(BATCH, RWKV["d"], dtype=F64)}
-    y, st = run_dsfc(sym, RWKV, params, x, zero)
-    y1, st1 = run_dsfc(sym, RWKV, params, x[:, :3], zero)
+    y, st = run_dsfc(sym, RWKV, params, x)  # fresh: no state, the token shift starts from 0
+    y1, st1 = run_dsfc(sym, RWKV, params, x[:, :3])
     y2, st2 = run_dsfc(sym, RWKV, params, x[:, 3:], st1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, **TOL)
     torch.testing.assert_close(st2["h"], st["h"], **TOL)
