@@ -1309,6 +1309,14 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
             if len(args) > 1 and not (let.args[1].has(sp.Indexed) or any(str(x) in pr.tensors
                                                                         for x in let.args[1].free_symbols)):
                 args[1] = f"torch.as_tensor({args[1]}, dtype=_dtype, device=_dev)"  # prev(x, 0): a number's start
+            if len(args) > 1 and name in logs and let.args[1].is_nonnegative is not True:
+                raise SpecErrors([SpecError(f"the start value of prev let {name!r} must be provably >= 0: it is the "
+                                            "prev of a kernel sum, which the quadratic form keeps as its log",
+                                            let.tensor.span, hint="start it at a number >= 0, e.g. prev(eta[h], 1), "
+                                            "or leave the start out (prev(eta[h]) starts at eta_0)")],
+                                 sym.checked.spec.path, sym.checked.spec.source)
+            if len(args) > 1 and name in logs:  # the prev of a kernel sum is kept as its log: so is its start value
+                args[1] = f"torch.log(torch.as_tensor({args[1]}, dtype=_dtype, device=_dev))"
             lets.append(LetPlan(name, "", src, "prev", args, shape))
         elif let.running:  # a finite running quantity: as in module.py.jinja
             args = [pr.print(logsub(a), let.index, let_sizes) if a.has(sp.Indexed) or any(

@@ -46,9 +46,9 @@ FUNCTIONS: dict[str, int] = {
 # sum(k, W[c, k] * xs[c, k]) over such a window.
 # prev(x, s): the same with z_0 = s when nothing is carried (s fixed over time: a token shift's zero padding).
 TEMPORAL = {"cumsum": 1, "scan": 2, "prev": 1, "window": 1}  # prev also takes 2 (the start value)
-PREV_START_HINT = ("prev(x) starts from x_0 itself, prev(x, s) from s (when no value is carried); s is fixed over time: "
-                   "numbers, dims and params indexed by the let's axes, e.g. prev(x[c], 0) or prev(x[c], x0[c]) "
-                   "with param x0[c: d]")
+PREV_START_HINT = ("prev(x) starts from x_0 itself, prev(x, s) from s (when no value is carried); s is fixed over "
+                   "time: numbers, dims and params indexed by the let's axes, e.g. prev(x[c], 0) or prev(x[c], "
+                   "x0[c]) with param x0[c: d]")
 # Random initialisers and their accepted arities.
 DISTRIBUTIONS: dict[str, tuple[int, ...]] = {
     "normal": (2,),  # normal(mean, std)

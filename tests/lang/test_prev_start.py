@@ -12,11 +12,12 @@ from __future__ import annotations
 from tests.triton._device import DEVICE  # noqa: F401  (first: CPU sets TRITON_INTERPRET=1 before triton is imported)
 
 import itertools  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsfc.check import load_module  # noqa: E402
+from dsfc.check import load_module, run_check  # noqa: E402
 from dsfc.lang.check import check_spec  # noqa: E402
 from dsfc.lang.errors import SpecErrors  # noqa: E402
 from dsfc.lang.parse import parse_spec  # noqa: E402
@@ -210,3 +211,26 @@ def test_a_bad_start_value_is_a_positioned_error_with_a_hint(middle, column, mes
 def test_a_start_of_params_and_dims_is_accepted():
     text = SPEC.replace("let r[c: d] = prev(u[c])", "let r[c: d] = prev(u[c], sum(j, c0[j]) / d + c)")
     check_spec(parse_spec(text, "ok.dsf"))
+
+
+# FoX (specs/fox.dsf) keeps its kernel sum eta and eta_prev = prev(eta) as logs: a start value must be logged too
+FOX = (Path(__file__).resolve().parents[2] / "specs" / "fox.dsf").read_text()
+FOX_PREV = "let eta_prev[h: H] = prev(eta[h])"
+
+
+@pytest.mark.parametrize("start", ["1", "0"])
+def test_quadratic_form_takes_a_start_value_as_a_log(start):
+    """dsfc check's float64 comparisons (dsf_matrices A in the slot basis reads A_0 = f_0 s / eta_0)."""
+    assert FOX_PREV in FOX
+    result = compile_text(FOX.replace(FOX_PREV, f"let eta_prev[h: H] = prev(eta[h], {start})"), "fox.dsf")
+    report = run_check(result, dims={"d": 4, "H": 2, "K": 3, "V": 2}, triton=False)
+    assert report.ok, report.table()
+
+
+def test_quadratic_form_refuses_a_start_value_of_unknown_sign():
+    text = FOX.replace(FOX_PREV, "param s0[H] ~ normal(0, 1)\nlet eta_prev[h: H] = prev(eta[h], s0[h])")
+    with pytest.raises(SpecErrors) as info:
+        compile_text(text, "fox.dsf")
+    (err,) = info.value.errors
+    assert "must be provably >= 0" in err.message and err.hint and err.span.line == FOX.count("\n", 0, FOX.index(
+        FOX_PREV)) + 2
