@@ -77,8 +77,9 @@ def test_near_triangular_block_asks_no_derivative_of_a_curved_form(monkeypatch):
 
     monkeypatch.setattr(stability.sp, "diff", counted)
     report = compile_text(NEAR, "near.dsf").report
+    # unknown whichever rule reports last (the norm readings, or since the fla oracle hunt the similar-to-symmetric
+    # rule, which reads this block's rank-1 term too and bounds it no better)
     assert report.eigen_bound == Bound.UNKNOWN, report.eigen_reason
-    assert "no norm of it proven <= 1" in report.eigen_reason
     def reads_inside(e, x):
         return any(isinstance(f, (sp.exp, sp.Abs)) and any(a.has(x) for a in f.args) for f in sp.preorder_traversal(e))
 
