@@ -421,9 +421,14 @@ class IntervalProver:
         atoms = sorted((x for x, c in counts.items() if c > 1), key=sp.default_sort_key)
         for w in atoms:
             wiv = self.range(w)
-            # an atom SymPy cannot differentiate by (a sigmoid, an exp: not ``_diff_wrt``) still goes to diff, whose
-            # ValueError ends every sharper rule for e in _range_plain, as before (see _curved_in)
-            if wiv.lo < 0 or wiv.hi > 1 or (w._diff_wrt and _curved_in(e, w)) or sp.expand(sp.diff(e, w, 2)) != 0:
+            if wiv.lo < 0 or wiv.hi > 1:
+                continue
+            # SymPy differentiates by a symbol or an Indexed, not by a function application (a sigmoid, an exp: its
+            # ValueError ended every sharper rule for e in _range_plain): such an atom is differentiated by a Dummy
+            # standing for it, an independent variable (the hull then covers the atom's every value); w left in ex
+            # (read under a sum binding its index) is skipped
+            by, ex = (w, e) if w._diff_wrt else (W := sp.Dummy("w"), e.subs(w, W))
+            if (by is not w and ex.has(w)) or _curved_in(ex, by) or sp.expand(sp.diff(ex, by, 2)) != 0:
                 continue
             at = [e.subs(w, v) for v in (0, 1)]
             if e in at:
