@@ -438,8 +438,15 @@ class IntervalProver:
             ends = [self.range(x) for x in at]
             lo, hi = min(iv.lo for iv in ends), max(iv.hi for iv in ends)
             if -INF < lo and hi < INF:
-                return Interval(lo, hi, all(iv.lo_open for iv in ends if iv.lo == lo),
-                                all(iv.hi_open for iv in ends if iv.hi == hi))
+                if by is w:
+                    return Interval(lo, hi, all(iv.lo_open for iv in ends if iv.lo == lo),
+                                    all(iv.hi_open for iv in ends if iv.hi == hi))
+                # e at an end is reached only where w reaches 0 (or 1), or where both ends reach it: for w in (0, 1)
+                # e is a strict mix. A sigmoid never reaches 0 or 1, so Titans' 1 - tr + det (the ends [0, 0.5) and
+                # (0, 1.5)) is (0, 1.5), not [0, 1.5): |lambda| < 1, as it was proven before this rule read sigmoids
+                reach = [wiv.lo == 0 and not wiv.lo_open, wiv.hi == 1 and not wiv.hi_open]
+                return Interval(lo, hi, _open_end(ends, reach, lo, lambda iv: (iv.lo, iv.lo_open)),
+                                _open_end(ends, reach, hi, lambda iv: (iv.hi, iv.hi_open)))
         return None
 
     def _share(self, e) -> Interval | None:
@@ -925,14 +932,20 @@ class EigenBound:
 CURVED_CALLS = (sp.exp, sp.Abs, sp.Min, sp.Max)  # d^2/dw^2 of f(.. w ..) is not 0 for these (see _curved_in)
 
 
+def _open_end(ends: list[Interval], reach: list[bool], x: float, end) -> bool:
+    """Whether a convex-combination hull's end ``x`` is open: closed only where the range of e at w = 0 (or 1)
+    reaches x closed and w reaches 0 (or 1), or where both ends' ranges reach x closed (a mix of the two)."""
+    closed = [end(iv) == (x, False) for iv in ends]
+    return not (all(closed) or any(c and r for c, r in zip(closed, reach)))
+
+
 def _curved_in(e, w) -> bool:
     """Whether ``e`` reads ``w`` inside an exp, abs, min or max, a power with a non-integer or negative exponent, or
     an exponent: not affine in w, decided without SymPy's second derivative. ``_convex_combination`` asked
     ``diff(e, w, 2)`` of every atom read twice, and on a block's norm readings (sums of ``|exp(-dt (i + 1)) ...|``)
     that cost ~0.5 s a call, 26 s of a HiPPO-LegS compile; the derivative there is never 0 (a DiracDelta, a
-    Heaviside, an exp's own factor), so the answer is the same. Asked only for atoms SymPy differentiates by: for a
-    function atom (``sigmoid(x)``) diff raises, and skipping that raise made three LinOSS reports sharper, not the
-    same."""
+    Heaviside, an exp's own factor), so the answer is the same. A function atom (``sigmoid(x)``) is asked about as
+    the Dummy the rule differentiates by in its place."""
     for x in sp.preorder_traversal(e):
         if isinstance(x, CURVED_CALLS) and any(a.has(w) for a in x.args):
             return True
