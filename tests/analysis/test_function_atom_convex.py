@@ -3,7 +3,8 @@
 for the expression, so LinOSS's Jury sum ``1 + tr + det`` (tr = 2 S, det = S for the implicit oscillator, S = 1 / (1 +
 dt^2 A) in (0, 1]) was (0, inf). The new ranges, derived by hand, are checked against the report, and every range the
 report claims is checked against sampled 2x2 blocks of the module's own A (random wide parameters, inputs at several
-scales, two sizes): a sharper claim must be true."""
+scales, two sizes): a sharper claim must be true. The hull's ends are open where the atom never reaches 0 or 1
+(a sigmoid): read closed, Titans' momentum block lost its ``|lambda| < 1``."""
 
 from __future__ import annotations
 
@@ -21,17 +22,19 @@ from dsf_testing import F64, build  # noqa: E402
 from test_user_specs_12 import LINOSS_IM  # noqa: E402
 from test_user_specs_14 import LINOSSSEL  # noqa: E402
 from test_user_specs_15 import DLINOSS  # noqa: E402
+from test_user_specs_25 import TITANS  # noqa: E402
 
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 
 # 1 + tr + det by hand: LinOSS-IM 1 + 3 S, S in (0, 1] (A = relu(.) may be 0): (1, 4], reported as the superset
 # [1, 4] (S's closed end at 1 makes the prover close both); the selective form alike, (1, 4]; D-LinOSS (IMEX, det = S
-# = 1 / (1 + dt G)) 2 + S (2 - dt^2 A) with dt in (0, 1), A in (0, 3.9): (0.1, 4)
+# = 1 / (1 + dt G)) 2 + S (2 - dt^2 A) with dt in (0, 1), A in (0, 3.9): (0.1, 4). 1 - tr + det: 1 - S in [0, 1) for
+# both LinOSS-IM forms (was [0, inf)); D-LinOSS's (0, 3.9) unchanged
 CASES = {
-    "linoss_im": (LINOSS_IM, "[1, 4]", Bound.MARGINAL, {"P": (2, 6)}),
-    "linosssel": (LINOSSSEL, "(1, 4]", Bound.MARGINAL, {"P": (2, 5)}),
-    "dlinoss": (DLINOSS, "(0.1, 4)", Bound.STABLE, {"P": (2, 5)}),
+    "linoss_im": (LINOSS_IM, "[1, 4]", "[0, 1)", Bound.MARGINAL, {"P": (2, 6)}),
+    "linosssel": (LINOSSSEL, "(1, 4]", "[0, 1)", Bound.MARGINAL, {"P": (2, 5)}),
+    "dlinoss": (DLINOSS, "(0.1, 4)", "(0, 3.9)", Bound.STABLE, {"P": (2, 5)}),
 }
 INTERVAL = r"([\[(])(-?[0-9.e+-]+|-?inf), (-?[0-9.e+-]+|-?inf)([\])])"
 TOL = 1e-9
@@ -62,8 +65,9 @@ def _inside(x: torch.Tensor, claim) -> bool:
 @pytest.mark.parametrize("name", CASES)
 def test_jury_sum_is_sharp(compiled, name):
     rep = compiled[name].report
-    assert rep.eigen_bound == CASES[name][2], rep.eigen_reason
+    assert rep.eigen_bound == CASES[name][3], rep.eigen_reason
     assert f"1 + tr + det in {CASES[name][1]}" in rep.eigen_reason, rep.eigen_reason
+    assert f"1 - tr + det in {CASES[name][2]}" in rep.eigen_reason, rep.eigen_reason
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -72,7 +76,7 @@ def test_claimed_ranges_hold_on_sampled_blocks(compiled, name):
     claims = _claims(result.report.eigen_reason)
     gen = torch.Generator().manual_seed(7)
     seen = []
-    for P in CASES[name][3]["P"]:
+    for P in CASES[name][4]["P"]:
         built = build(result, {k: (P if k == "P" else result.sym.dim_defaults[k]) for k in result.sym.free_dims})
         for spread in (0.5, 3.0, 30.0):  # wide parameters: the claims hold for every value, not just the init's
             with torch.no_grad():
@@ -94,3 +98,23 @@ def test_claimed_ranges_hold_on_sampled_blocks(compiled, name):
     lo, hi = claims["plus"][:2]
     # the samples reach into the claimed range's both halves: not a vacuous check
     assert float(plus.min()) < lo + 0.5 * (hi - lo) < float(plus.max())
+
+
+def test_hull_open_where_the_gate_never_reaches_its_end():
+    """Titans' alpha + (g^T f) beta block: 1 - tr + det = al (1 - eta) - g^T f, al and eta sigmoids, g^T f in (-0.5,
+    0]. Mixed in al its ends are [0, 0.5) (al = 0) and (0, 1.5) (al = 1); al never reaches 0, so (0, 1.5), and the
+    eigenvalues stay strictly inside the unit disk, checked on sampled A_t."""
+    result = compile_text(TITANS, "titans.dsf")
+    rep = result.report
+    assert rep.eigen_bound == Bound.STABLE, rep.eigen_reason
+    assert "1 - tr + det in (0, 1.5)" in rep.eigen_reason, rep.eigen_reason
+    gen = torch.Generator().manual_seed(3)
+    built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+    for spread in (0.5, 1.0):  # gates unsaturated: a float64 sigmoid of 40 is 1, the bound's open end reached
+        with torch.no_grad():
+            for p in built.model.parameters():
+                p.copy_(spread * torch.randn(p.shape, generator=gen, dtype=F64))
+        for scale in (0.1, 1.0, 2.0):
+            A = built.dsf_matrices(scale * torch.randn(2, 3, built.d_in(), generator=gen, dtype=F64))[0]
+            lam = torch.linalg.eigvals(A.reshape(-1, A.shape[-1], A.shape[-1])).abs()
+            assert float(lam.max()) < 1
