@@ -18,10 +18,9 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, build, matvec, rel_err, run_steps,  # noqa: E402
-                         state_err)
+from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, build, check_state_grads_against_loop,  # noqa: E402
+                         matvec, rel_err, run_steps, state_err)
 from dsfc.analysis.structure import Family  # noqa: E402
-from dsfc.codegen.plan import py_name  # noqa: E402
 from dsfc.pipeline import compile_text  # noqa: E402
 from dsfc.runtime.scans import chunked_outer_scan, rotation_phases  # noqa: E402
 from test_user_specs_25 import GATELOOP  # noqa: E402
@@ -251,23 +250,7 @@ def test_gradients_match_float64_autograd_of_the_loop(name):
     """d sum(y * w) / d(u, every parameter) of the module (float64, torch path, T = 9 from a random initial state)
     against float64 autograd through the complex loop. The general case keeps x, y away from 0 (atan2 and sqrt have
     no derivative at x = y = 0)."""
-    built = _built(name)
-    gen = torch.Generator().manual_seed(5)
-    u = torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
-    h0 = 0.5 * torch.randn(2, *built.state_shape(), generator=gen, dtype=F64)
-    names = [p.tensor.name for p in built.sym.params]
-    P = {n: t.clone().requires_grad_() for n, t in built.params().items()}
-    uu = u.clone().requires_grad_()
-    want_y, want_h = _loop(name, P, uu, h0)
-    w = torch.randn(want_y.shape, generator=gen, dtype=F64)
-    wh = torch.randn(want_h.shape, generator=gen, dtype=F64)
-    want = torch.autograd.grad((want_y * w).sum() + (want_h * wh).sum(), [uu, *[P[n] for n in names]])
-    params = dict(built.model.named_parameters())
-    uu = u.clone().requires_grad_()
-    y, h = built.model(uu, initial_state=h0, output_final_state=True)
-    got = torch.autograd.grad((y * w).sum() + (h * wh).sum(), [uu, *[params[py_name(n)] for n in names]])
-    for n, g, ww in zip(["u", *names], got, want):
-        assert rel_err(g, ww) < 1e-9, n
+    check_state_grads_against_loop(_built(name), lambda P, u, h0: _loop(name, P, u, h0), T=9)
 
 
 def test_a_long_sequence_keeps_its_phase_in_float32():
