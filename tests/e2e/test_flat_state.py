@@ -328,3 +328,27 @@ def test_a_split_the_analysis_refuses_falls_back_to_the_declared_state(monkeypat
     result = compile_text(GLA, "gla_refused.dsf")
     assert result.core.state_view is None and result.core.state == result.sym.state
     assert result.structure.family == Family.DIAGONAL_SCAN
+
+
+def test_literal_extents_split_as_dims_do():
+    """The same GLA with every extent and digit stride a number (``state S[i: 24]``, ``i // 12``, ``(i // 4) % 3``,
+    ``i % 4``): split as the dims spelling is (the chunked outer-product scan), the same numbers as the reference.
+    A literal state extent next to digits read through dims (``i // (K * V)``) stays flat (README "Known not
+    done")."""
+    text = (GLA.replace("dim H = 2\n", "").replace("dim K = 3\n", "").replace("dim V = 4\n", "")
+            .replace("H * K * V", "24").replace("(K * V)", "12").replace("(i // V) % K", "(i // 4) % 3")
+            .replace("i % V", "i % 4").replace("/ sqrt(K)", "/ sqrt(3)")
+            .replace("[H, K, d]", "[2, 3, d]").replace("[H, V, d]", "[2, 4, d]")
+            .replace("h: H, a: K", "h: 2, a: 3").replace("h: H, b: V", "h: 2, b: 4"))
+    assert not any(f"{n}" in text.split("input")[1] for n in ("H,", "K,", "V,", "* K", "* V")), text
+    result = compile_text(text, "gla_literal.dsf")
+    assert result.structure.family == Family.CHUNKED_OUTER, result.structure.family_reason
+    built = build(result, {})
+    u = torch.randn(2, 9, built.d_in(), generator=torch.Generator().manual_seed(1), dtype=F64)
+    h0 = torch.randn(2, 24, generator=torch.Generator().manual_seed(2), dtype=F64)
+    y_ref, h_ref = built.reference(u, h0)
+    with torch.no_grad():
+        y, h = built.model(u, initial_state=h0, output_final_state=True)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(h, h_ref) < 1e-10
+    mixed = GLA.replace("state S[i: H * K * V]", "state S[i: 24]")
+    assert compile_text(mixed, "gla_mixed.dsf").structure.family == Family.DIAGONAL_SCAN
