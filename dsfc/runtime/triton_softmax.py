@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dsfc.runtime import triton_attention
 from dsfc.runtime.dispatch import eager_inference, refuse_double_backward
 from dsfc.runtime.triton_attention import (
     _HALF_CODES,
@@ -49,7 +50,6 @@ from dsfc.runtime.triton_attention import (
     _check_decay,
     _check_device,
     _check_shapes,
-    _constexprs,
     _decay_grad,
     _dot,
     _load,
@@ -260,7 +260,7 @@ def _forward(q, k, v, gdec, scale: float):
     S, V = k.shape[1], v.shape[-1]
     y = q.new_empty((B, T, G, V))
     L = q.new_empty((B, T, G), dtype=_stats_dtype(q.dtype))
-    c = _constexprs(q, v, gdec, gdec, gdec, "fwd")
+    c = triton_attention._constexprs(q, v, gdec, gdec, gdec, "fwd")
     del c["HAS_ROW"], c["HAS_COL"]
     _softmax_fwd[(B * G * triton.cdiv(T, c["BM"]),)](q, k, v, gdec if gdec.numel() else L, y, L, T, S, G, K, V,
                                                      _scalar(scale, q.dtype, q.device), **c)
@@ -271,7 +271,7 @@ def _backward(q, k, v, gdec, L, delta, dy, scale: float):
     """(dq, dk, dv, dcol): dcol_j = sum_i dS_ij [B, S, G] in the stats dtype with a decay, else empty."""
     B, T, G, K = q.shape
     S, V = k.shape[1], v.shape[-1]
-    c_kv, c_q = (_constexprs(q, v, gdec, gdec, gdec, which) for which in ("bwd_kv", "bwd_q"))
+    c_kv, c_q = (triton_attention._constexprs(q, v, gdec, gdec, gdec, which) for which in ("bwd_kv", "bwd_q"))
     for c in (c_kv, c_q):
         del c["HAS_ROW"], c["HAS_COL"]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
