@@ -1,6 +1,6 @@
 """The fused softmax attention kernels (dsfc/runtime/triton_softmax.py) and the generated modules that call them
-(softmax attention, FoX, GQA on backend="triton"; ALiBi planned alike), under the Triton interpreter on CPU (or compiled,
-DSFC_TEST_DEVICE=cuda).
+(softmax attention, FoX, GQA on backend="triton"; ALiBi planned alike), under the Triton interpreter on CPU (or
+compiled, DSFC_TEST_DEVICE=cuda).
 
 Oracles, independent of the code under test: ``_naive`` below, the whole [T, S] score matrix in float64 (masked,
 decay added, ``torch.logsumexp`` and ``softmax``: no blocks, no running maximum) and its autograd gradients; the
