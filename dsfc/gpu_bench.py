@@ -728,19 +728,22 @@ def bench_linear_attention(B, T, dims, device, repeats, dtype, loop_max_T):
 
 
 def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
-    """The quadratic family's Triton kernels (dsfc/runtime/triton_attention.py: the causal log-sum-exp normaliser,
-    then the attention sum, as the generated softmax module calls them) vs torch's scaled_dot_product_attention
-    (causal; FlashAttention on a GPU in bf16 / fp16) on the same q, k, v.
+    """The quadratic family's fused softmax kernels (dsfc/runtime/triton_softmax.py: y and the causal log-sum-exp
+    in one FlashAttention-2 pass, as the generated softmax module calls them on backend="triton") vs torch's
+    scaled_dot_product_attention (causal; FlashAttention on a GPU in bf16 / fp16) on the same q, k, v, and the two
+    passes the module called before (dsfc/runtime/triton_attention.py: the log-sum, then the attention with row
+    = -L) in the run's dtype, for what the fusion buys.
 
     Two generated rows: fp32 (exact products, the generated module's compute dtype) and the run's dtype (bf16 / fp16
     q, k, v: the kernels' tensor-core path; fp16 on CPU, where the run is fp32). The fp32 row's
     output is every other row's ``y_ref`` (the most accurate one here: a row's max_rel_diff_vs_generated is its own
-    error); the run-dtype row, listed last, is the group's reference for the speed ratios, as the other groups'
-    generated rows run in the run's dtype."""
+    error); the run-dtype row, listed last of the generated rows, is the group's reference for the speed ratios, as
+    the other groups' generated rows run in the run's dtype."""
     import torch
     import torch.nn.functional as F
 
     from .runtime.triton_attention import kernel_attention_triton, kernel_log_sum_triton
+    from .runtime.triton_softmax import softmax_attention_triton
 
     H, K, V = dims["H"], dims["K"], dims["V"]
     g = torch.Generator(device=device).manual_seed(1)
@@ -750,8 +753,12 @@ def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     mb = _nbytes(q, k, v) + B * T * H * V * 4
 
     def softmax_attention(xs):
-        """y = softmax(scale q k^T, causal) v as two kernel calls, L = log sum_j exp(scale q k_j) (fp32 also for
-        half inputs: rounding it would cost ~2% in every weight), then sum_j exp(scale q k_j - L) v_j."""
+        """y = softmax(scale q k^T, causal) v and L (unused here) from the fused kernels."""
+        return softmax_attention_triton(xs[0], xs[1], xs[2], scale)[0]
+
+    def two_pass(xs):
+        """y as two kernel calls, L = log sum_j exp(scale q k_j) (fp32 also for half inputs: rounding it would cost
+        ~2% in every weight), then sum_j exp(scale q k_j - L) v_j."""
         L = kernel_log_sum_triton(xs[0], xs[1], scale, True, out_dtype=torch.float32)
         return kernel_attention_triton(xs[0], xs[1], xs[2], -L, None, scale)
 
@@ -765,6 +772,9 @@ def bench_softmax_attention(B, T, dims, device, repeats, dtype, loop_max_T):
     half = dtype if dtype != torch.float32 else torch.float16 if device == "cpu" else None
     if half is not None:
         ins_half = [x.detach().to(half).requires_grad_() for x in (q, k, v)]
+        rows.append(_bench_impl("softmax_attention", f"two-pass kernels (triton, {str(half)[6:]})", T, dims,
+                                lambda: two_pass(ins_half), ins_half, device, repeats, half, mb,
+                                note="log-sum pass, then attention with row = -L", y_ref=y_gen))
         rows.append(_bench_impl("softmax_attention", f"generated (triton, {str(half)[6:]})", T, dims,
                                 lambda: softmax_attention(ins_half), ins_half, device, repeats, half, mb,
                                 note="tensor-core products, fp32 statistics", y_ref=y_gen))

@@ -56,8 +56,10 @@ from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
     from dsfc.runtime.triton_attention import triton_kernels_for
+    from dsfc.runtime.triton_softmax import softmax_kernel_for
 except ImportError:
     triton_kernels_for = None
+    softmax_kernel_for = None
 
 BACKENDS = ("auto", "torch", "triton")
 _core_triton_available = triton_kernels_for
@@ -197,13 +199,16 @@ class SoftmaxAttention(nn.Module):
         d, H, K, V = self.d, self.H, self.K, self.V
         return d
 
-    def _lets(self, u_, _dtype, running0=None, _log_sum=kernel_log_sum):
+    def _lets(self, u_, _dtype, running0=None, _log_sum=kernel_log_sum, _fused=None):
         """Per-step quantities over the whole sequence: feature maps as their vectors, kernel sums as logs
-        (``_log_sum``: the torch or the Triton implementation)."""
+        (``_log_sum``: the torch or the Triton implementation). ``_fused`` (backend="triton"): the attention's row
+        weight is minus the kernel sum eta of the same scores, a softmax, so the attention's output comes
+        from that kernel sum's pass (``dsfc.runtime.triton_softmax``), as ``_fused_y`` with its values."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
         running_final = {}
+        _fused_y = _fused_values = None
         W_Q = self.W_Q.to(_dtype)
         W_K = self.W_K.to(_dtype)
         W_V = self.W_V.to(_dtype)
@@ -217,7 +222,16 @@ class SoftmaxAttention(nn.Module):
         z = kf if running0 is None else torch.cat([running0[_KEYS].to(_dtype), kf], 1)
         running_final[_KEYS] = z
         # let eta[h: H] = sum(f, qf[h, f] * z[h, f])  (a kernel sum, computed and carried as its logarithm)
-        eta = _log_sum(qf, z, K**-0.5, True).reshape(_B, _T, H)
+        if _fused is None:
+            eta = _log_sum(qf, z, K**-0.5, True).reshape(_B, _T, H)
+        else:
+            # the softmax's normaliser: the attention over the same scores, computed here with it in one pass
+            _fused_values = (torch.einsum("ztk,ijk->ztij", u_, W_V)).expand(_B, _T, H, V).reshape(_B, _T, H, V)
+            _fused_all = (
+                _fused_values if running0 is None else torch.cat([running0[_VALUES].to(_dtype), _fused_values], 1)
+            )
+            _fused_y, eta = _fused(qf, z, _fused_all, K**-0.5)
+            eta = eta.reshape(_B, _T, H)
         # let eta_prev[h: H] = prev(eta[h])  (previous step's value; the first step uses the carried value, else its own)
         eta_prev_now_ = (eta).expand(_B, _T, H)
         if running0 is not None and "eta_prev" in running0:
@@ -229,6 +243,8 @@ class SoftmaxAttention(nn.Module):
         return {
             "_dev": _dev,
             "_running_final": running_final,
+            "_fused_y": _fused_y,
+            "_fused_values": _fused_values,
             "u_": u_,
             "W_Q": W_Q,
             "W_K": W_K,
@@ -296,11 +312,14 @@ class SoftmaxAttention(nn.Module):
         u_ = u.to(_dtype).reshape(_B, _T, d)
         # (attention, log-sum): the same maths in torch (blocks of queries) or in Triton kernels; a bf16 / fp16 input
         # hands the kernels q, k, v in that dtype (tensor-core products, fp32 statistics)
+        # the attention's weights are a softmax (row weight minus the log-sum eta of the same scores): on
+        # Triton, one fused pass for both (dsfc/runtime/triton_softmax.py)
         if backend == "triton":
             _attention, _log_sum = triton_kernels_for(u.dtype)
+            _fused = softmax_kernel_for(u.dtype)
         else:
-            _attention, _log_sum = kernel_attention, kernel_log_sum
-        env = self._lets(u_, _dtype, running0, _log_sum)
+            _attention, _log_sum, _fused = kernel_attention, kernel_log_sum, None
+        env = self._lets(u_, _dtype, running0, _log_sum, _fused)
         _dev = env["_dev"]
         W_Q = env["W_Q"]
         W_K = env["W_K"]
@@ -314,13 +333,20 @@ class SoftmaxAttention(nn.Module):
         eta_prev = env["eta_prev"]
         # quadratic attention over the cached and current steps, weights exp(score + row + col) in log space
         _keys = env["kf"]
-        _values = (torch.einsum("ztk,ijk->ztij", u_, W_V)).expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        _values = (
+            env["_fused_values"]
+            if _fused is not None
+            else (torch.einsum("ztk,ijk->ztij", u_, W_V)).expand(_B, _T, H, V).reshape(_B, _T, H, V)
+        )
         _row = (-eta).expand(_B, _T, H).reshape(_B, _T, H)
         _col = None  # the per-key log weight is 0 (it cancels symbolically)
         if running0 is not None:
             _keys = torch.cat([running0[_KEYS].to(_dtype), _keys], 1)
             _values = torch.cat([running0[_VALUES].to(_dtype), _values], 1)
-        _y = _attention(qf, _keys, _values, _row, _col, K**-0.5)
+        if _fused is not None:
+            _y = env["_fused_y"]  # the fused softmax pass in _lets
+        else:
+            _y = _attention(qf, _keys, _values, _row, _col, K**-0.5)
         _yo = _y.reshape(_B, _T, H * V).to(u.dtype)
         if not output_final_state:
             return _yo

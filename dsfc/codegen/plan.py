@@ -1303,7 +1303,7 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                 extra = f"torch.as_tensor({extra}, dtype=_dtype, device=_dev)" if not sp.S(extra_log).has(
                     sp.Indexed) and not any(str(x) in pr.tensors for x in sp.S(extra_log).free_symbols) else extra
                 code = f"torch.logaddexp({code}, {extra})"
-            lets.append(LetPlan(name, code, src, "log"))
+            lets.append(LetPlan(name, code, src, "log", shape=shape if let.index else ""))
         elif let.running == "prev":
             args = [pr.print(a, let.index, let_sizes) for a in let.args]
             if len(args) > 1 and not (let.args[1].has(sp.Indexed) or any(str(x) in pr.tensors
@@ -1387,6 +1387,12 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
                 sp.powsimp(logsub(m.entry)), m.rows + m.cols,
                 {**sizes(m.rows, by_kind[rk].axes), **sizes(m.cols, by_kind[ck].axes)})
             matrices.append((name, code, rshape, cshape))
+    fused = _fused_softmax(sym, kern, lets, g_syms)
+    q["fused"] = fused  # the kernel-sum let computed with the attention in one pass (backend="triton"), or ""
+    if fused:
+        _, qn, _, _, _ = next(ks for ks in kern.kernel_sums if ks[0] == fused)
+        gcum = ", _gcum" if kern.attention_decayed else ""
+        q["fused_call"] = f"_fused({py_name(qn)}, {py_name(next(iter(hist)))}, _fused_all, {length} ** -0.5{gcum})"
     hist_role = "decayed" if kern.history_decayed else "history"
     q["slot_lets"] = [(kern.query.tensor.name, "query"), (kern.key.tensor.name, "key")] + [(h, hist_role) for h in
                                                                                           sorted(hist)]
@@ -1412,6 +1418,26 @@ def _plan_quadratic(sym, st, report, stamp, pr: TorchPrinter, sizes, free, deriv
         **_spec_output_fields(sym, pr), template="quadratic.py.jinja", quadratic=q,
         triton_note="Triton kernel: FlashAttention-style quadratic attention", helpers=sorted(pr.helpers),
     )
+
+
+def _fused_softmax(sym, kern, lets: list, g_syms: tuple) -> str:
+    """The kernel-sum let whose negation is the attention's whole row weight, over the same scores (its query, the
+    history of the attention's key, the same decay) and without a column weight: the weights are then a softmax and
+    ``dsfc.runtime.triton_softmax`` computes the attention and that log-sum in one fused pass. "" when not (an
+    attention sink's extra term, a column weight, another row term, values that read a let computed after it)."""
+    neg = -kern.row_log
+    name = _src_name(neg)
+    if name is None or tuple(neg.indices) != g_syms or kern.col_log != 0 or len(kern.histories) != 1:
+        return ""
+    ks = next((ks for ks in kern.kernel_sums if ks[0] == name), None)
+    if ks is None or not ks[3] or ks[4] is not None or ks[1] != kern.query.tensor.name \
+            or ks[2] != kern.key.tensor.name or kern.history_decayed != kern.attention_decayed:
+        return ""
+    # the values are formed in _lets at that let: every let they read must come before it
+    order = [let.name for let in lets]
+    before = set(order[:order.index(name)])
+    read = {_src_name(x) for x in sp.preorder_traversal(kern.value)} & set(order)
+    return name if read <= before else ""
 
 
 def _src_name(e) -> str | None:

@@ -34,6 +34,8 @@ dq, dk, dv and y are stored in the half dtype, m and L in fp32 (``kernel_log_sum
 dtype on return unless given ``out_dtype``). fp16 weights exp(w) beyond 65504 overflow (bf16 has fp32's range). Under
 the interpreter fp16 runs this path (numpy's fp32 matmul of fp16 operands: the same arithmetic); bf16 takes the exact
 path there (the interpreter's bf16 tl.dot is wrong: no numpy bf16).
+Softmax (row = -L, L the log-sum of the same scores, no col): dsfc/runtime/triton_softmax.py computes y and L in one
+fused pass with these helpers and tiles; the generated modules call it there instead of the two passes here.
 torch.compile: ``torch.library.custom_op`` s (``dsfc::attention_fwd`` / ``_bwd``, ``dsfc::log_sum_fwd``) with fake
 (shape) functions and ``register_autograd``, as the scan kernels have; eager inference calls the implementations
 directly (``dsfc.runtime.dispatch``).

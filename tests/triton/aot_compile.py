@@ -9,6 +9,7 @@ differs (ASTSource / GPUTarget), nothing was checked; exit 1: a kernel failed to
     python tests/triton/aot_compile.py --outer-only [--resources] [--decay=0|1|2]   # the outer-product kernels
     python tests/triton/aot_compile.py --no-outer [spec.dsf ...]          # all but the outer-product kernels
     python tests/triton/aot_compile.py --attention-only [--resources]    # the quadratic-attention kernels
+    python tests/triton/aot_compile.py --softmax-only [--resources]      # the fused softmax-attention kernels
 
 --resources also assembles each outer-product and attention kernel with the ptxas that ships with triton and prints its registers
 per thread and spill bytes: a CPU-side proxy for how a kernel will run (255 registers with spills = local-memory
@@ -34,6 +35,7 @@ except ImportError as exc:
 from dsfc.check import load_module  # noqa: E402
 from dsfc.pipeline import compile_spec  # noqa: E402
 from dsfc.runtime import triton_attention, triton_delta, triton_dense, triton_dplr, triton_outer  # noqa: E402
+from dsfc.runtime import triton_softmax  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
@@ -286,6 +288,35 @@ def attention_kernels(resources: bool) -> int:
     return failed
 
 
+def softmax_kernels(resources: bool) -> int:
+    """The fused softmax-attention kernels (dsfc/runtime/triton_softmax.py) at triton_attention's tiles, the same
+    variants as ``attention_kernels`` (with and without the FoX decay): L, Delta and dcol in the stats dtype, G fp64,
+    and the compiled kernels must fit sm_90's shared memory."""
+    failed = 0
+    fns = [(triton_softmax._softmax_fwd, "fwd"), (triton_softmax._softmax_bwd_kv, "bwd_kv"),
+           (triton_softmax._softmax_bwd_q, "bwd_q")]
+    operand_ptrs = ("q_ptr", "k_ptr", "v_ptr", "y_ptr", "dy_ptr", "dq_ptr", "dk_ptr", "dv_ptr")
+    variants = [("fp32", "*fp32", "*fp32", tl.float32, 0, "cuda", (64,)),
+                ("fp64", "*fp64", "*fp64", tl.float64, 0, "cuda", (64,)),
+                ("bf16", "*bf16", "*fp32", tl.float32, 1, "cuda_half", (64, 128)),
+                ("fp16", "*fp16", "*fp32", tl.float32, 2, "cuda_half", (64, 128))]
+    for label, operand, stats, dt, half, tiles, widths in variants:
+        for width in widths:
+            for decay in (False, True):
+                for fn, which in fns:
+                    BM, BN, warps = triton_attention.TILES[tiles][which]
+                    consts = dict(K=width, V=width, BM=BM, BN=BN, BK=width, BV=width, HAS_DECAY=decay, HALF=half,
+                                  DTYPE=dt)
+                    sig = {name: "constexpr" if name in consts else operand if name in operand_ptrs else
+                           "*fp64" if name == "g_ptr" else stats if name.endswith("_ptr") else "i32"
+                           for name in fn.arg_names}
+                    what = f"{fn.__name__} {label} K={width} {BM}x{BN}/{warps}w decay={decay}"
+                    failed += compile_and_report(fn, sig, consts, warps, what, resources, aligned=True,
+                                                 fits_sm90=True)
+    print("ok softmax kernels" if not failed else f"{failed} softmax kernel(s) failed")
+    return failed
+
+
 def diagonal_signature(fn, leaf, state, out):
     sig = {}
     for name in fn.arg_names:
@@ -360,6 +391,8 @@ if __name__ == "__main__":
     resources = "--resources" in args
     if "--attention-only" in args:
         sys.exit(1 if attention_kernels(resources) else 0)
+    if "--softmax-only" in args:
+        sys.exit(1 if softmax_kernels(resources) else 0)
     if "--delta-only" in args:
         sys.exit(1 if delta_kernels(resources) else 0)
     if "--dplr-only" in args:

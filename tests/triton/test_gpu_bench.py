@@ -191,8 +191,9 @@ def test_probe_runs_one_configuration_against_the_torch_scan():
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreted smoke run; on a GPU gpu_check.sh runs the benchmark")
 def test_softmax_attention_group_smoke_run(tmp_path):
-    """The quadratic-attention group on CPU: the Triton kernels (interpreted) and torch's scaled_dot_product_attention
-    on the same q, k, v agree (an independent implementation), and the rows carry their ratios."""
+    """The quadratic-attention group on CPU: the fused softmax kernels (interpreted), the two-pass kernels and torch's
+    scaled_dot_product_attention on the same q, k, v agree (an independent implementation), and the rows carry their
+    ratios."""
     pytest.importorskip("triton")
     pytest.importorskip("numpy")
     out = tmp_path / "cpu.json"
@@ -206,6 +207,9 @@ def test_softmax_attention_group_smoke_run(tmp_path):
     assert half["fwd_ms"] > 0 and half["fwdbwd_ms"] > 0 and not half["skipped"] and half["dtype"] == "float16"
     assert 0 < half["max_rel_diff_vs_generated"] <= 1e-2  # fp16 inputs, L, P and y: 2^-11 per rounding
     assert gen["speedup_vs_generated_fwd"] > 0 and half["speedup_vs_generated_fwd"] is None
+    # the two passes the module ran before the fused kernels: the same numbers, a ratio against the fused row
+    two = rows["two-pass kernels (triton, float16)"]
+    assert not two["skipped"] and 0 < two["max_rel_diff_vs_generated"] <= 1e-2 and two["speedup_vs_generated_fwd"] > 0
     sdpa = next(r for name, r in rows.items() if name.startswith("torch scaled_dot_product_attention"))
     assert not sdpa["skipped"] and sdpa["max_rel_diff_vs_generated"] <= 2e-2  # bf16 inputs: 2^-8 per rounding
     assert sdpa["speedup_vs_generated_fwd"] > 0

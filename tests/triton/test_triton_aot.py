@@ -2,7 +2,8 @@
 process without TRITON_INTERPRET (the interpreter runs kernels as numpy and skips Triton's typing and lowering, so a
 kernel can pass every interpreted test and still fail to compile). Covers S6 and RG-LRU (forward and backward, fused
 and states-out, fp32 / bf16 operands / fp64), the dense block-scan kernels, the delta rule's and the DPLR scan's state-passing kernels, the quadratic-attention kernels (exact
-fp32 / fp64 and the bf16 / fp16 tensor-core path) and the outer-product kernels (both schedules, every decay kind)."""
+fp32 / fp64 and the bf16 / fp16 tensor-core path), the fused softmax-attention kernels (the same variants, in a test of
+their own: --softmax-only) and the outer-product kernels (both schedules, every decay kind)."""
 
 import os
 import subprocess
@@ -36,3 +37,8 @@ def test_kernels_compile_for_sm90():
 @pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the kernels are compiled and run by the other tests")
 def test_outer_kernels_compile_for_sm90():
     assert "ok outer kernels" in _aot("--outer-only")
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the kernels are compiled and run by the other tests")
+def test_softmax_kernels_compile_for_sm90():
+    assert "ok softmax kernels" in _aot("--softmax-only")
