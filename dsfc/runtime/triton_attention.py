@@ -338,11 +338,11 @@ def _constexprs(q, v, row, col, gdec, which: str) -> dict:
     """The launch's tiles, widths, flags and dtypes; ``which``: "fwd", "bwd_kv" or "bwd_q"."""
     half = _half_code(q)
     tiles = TILES["interpret" if q.device.type != "cuda" else "cuda_half" if half else "cuda"][which]
-    BM, BN, warps = tiles
+    BM, BN, warps, *stages = tiles  # an optional 4th entry: the software pipeline's stages (else triton's default)
     return dict(BM=BM, BN=BN, BK=_pow2(q.shape[-1]), BV=_pow2(v.shape[-1]), HAS_ROW=row.numel() > 0,
                 HAS_COL=col.numel() > 0, HAS_DECAY=gdec.numel() > 0, HALF=half,
                 DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
-                num_warps=warps)
+                num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
 
 
 def _scalar(x: float, dtype: torch.dtype, device) -> torch.Tensor:
