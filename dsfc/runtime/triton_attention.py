@@ -70,14 +70,23 @@ HALF_DOTS = True  # q, k, v all bf16 (or all fp16) on CUDA: tensor-core products
 # (BM queries, BN keys, num_warps) of each kernel: "interpret": 16 x 16 (tl.dot's smallest tile: fast interpreter
 # runs); "cuda": the exact fp32 / fp64 products, 32 x 32 at 8 warps (ptxas spills kilobytes at 64 x 64 with them,
 # <= 172 bytes at 32 x 32); "cuda_half": the tensor-core path, FlashAttention-2's shapes (its Triton tutorial's
-# backward split: few queries per step for dk / dv, many resident queries for dq), chosen with
-# ``tests/triton/aot_compile.py --attention-only --resources``: no spills at K = V = 64 or 128, bf16 or fp16, with or
-# without row / col (dk / dv at 64 x 64 spill 148 bytes at 4 warps, 380 at 8 with K = 128)
+# backward split: few queries per step for dk / dv, many resident queries for dq), checked with
+# ``tests/triton/aot_compile.py --attention-only --resources`` (sm_90 registers / spills). An optional 4th entry: the
+# pipeline stages. The backward's 64 x 64 tiles at 4 warps and 3 stages were the fastest of 17 measured on an H200
+# (2026-11-30, bf16, B=8, T=4096, H=16, K=V=64, causal; benchmarks/softmax_tiles_sweep.py and
+# benchmarks/results/nvidia-h200-softmax-tiles-2026-11-30.json): the fused softmax's dk / dv kernel 4.25 -> 1.90 ms,
+# dq 1.39 -> 1.00 ms against the tutorial-like 32 x 64 / 128 x 32 at 8 warps (its 32 x 128 / 128 x 32 at 4 warps, 5
+# stages: 3.09 / 1.63 ms); forward unchanged (128 x 64 at 8 warps was within 3% of the best). "cuda_half_wide":
+# q / k or v wider than 64 (BK or BV = 128), not measured: the earlier tiles, which compile without spills there
+# (64 x 64 dk / dv spills 0.5-1.3 KB at K = 128 in ptxas' sm_90 report; 40 bytes at K = 64, 0.35-0.85 KB with the
+# decay or row / col weights)
 TILES = {
     "interpret": {"fwd": (BLOCK, BLOCK, 4), "bwd_kv": (BLOCK, BLOCK, 4), "bwd_q": (BLOCK, BLOCK, 4)},
     "cuda": {"fwd": (32, 32, 8), "bwd_kv": (32, 32, 8), "bwd_q": (32, 32, 8)},
-    "cuda_half": {"fwd": (128, 64, 8), "bwd_kv": (32, 64, 8), "bwd_q": (128, 32, 8)},
+    "cuda_half": {"fwd": (128, 64, 8), "bwd_kv": (64, 64, 4, 3), "bwd_q": (64, 64, 4, 3)},
+    "cuda_half_wide": {"fwd": (128, 64, 8), "bwd_kv": (32, 64, 8), "bwd_q": (128, 32, 8)},
 }
+
 
 
 @triton.jit
@@ -334,10 +343,18 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def tiles_key(q: torch.Tensor, v: torch.Tensor) -> str:
+    """The ``TILES`` entry for a launch on q [.., K] and v [.., V]."""
+    if q.device.type != "cuda":
+        return "interpret"
+    if not _half_code(q):
+        return "cuda"
+    return "cuda_half" if max(_pow2(q.shape[-1]), _pow2(v.shape[-1])) <= 64 else "cuda_half_wide"
+
 def _constexprs(q, v, row, col, gdec, which: str) -> dict:
     """The launch's tiles, widths, flags and dtypes; ``which``: "fwd", "bwd_kv" or "bwd_q"."""
     half = _half_code(q)
-    tiles = TILES["interpret" if q.device.type != "cuda" else "cuda_half" if half else "cuda"][which]
+    tiles = TILES[tiles_key(q, v)][which]
     BM, BN, warps, *stages = tiles  # an optional 4th entry: the software pipeline's stages (else triton's default)
     return dict(BM=BM, BN=BN, BK=_pow2(q.shape[-1]), BV=_pow2(v.shape[-1]), HAS_ROW=row.numel() > 0,
                 HAS_COL=col.numel() > 0, HAS_DECAY=gdec.numel() > 0, HALF=half,

@@ -41,7 +41,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 STATE_ARGS = ("h0_ptr", "hT_ptr", "states_ptr", "dh0_ptr", "dhT_ptr", "kc_ptr")
 
 
-def compile_one(fn, signature, constexprs, num_warps=4, aligned=False):
+def compile_one(fn, signature, constexprs, num_warps=4, aligned=False, num_stages=None):
     """``aligned``: the pointer arguments are 16-byte aligned (``tt.divisibility`` 16), as the JIT specialises them
     for torch's allocations: without it, ptxas' numbers can be those of scalar loads that a launch never runs."""
     attrs = None
@@ -53,18 +53,19 @@ def compile_one(fn, signature, constexprs, num_warps=4, aligned=False):
     except TypeError as exc:  # an older / newer ASTSource signature
         print(f"ASTSource API differs: {exc}")
         sys.exit(3)
-    return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, **({} if num_stages is None else {"num_stages": num_stages})}
+    return triton.compile(src, target=TARGET, options=options)
 
 
 SM90_SHARED_BYTES = 227 * 1024  # the most shared memory one program may take on an H100 / H200
 
 
 def compile_and_report(fn, signature, constexprs, num_warps, what: str, resources: bool, aligned=False,
-                       fits_sm90=False) -> int:
+                       fits_sm90=False, num_stages=None) -> int:
     """Compile one kernel; print FAIL and return 1 if it fails (``fits_sm90``: or needs more shared memory than
     sm_90 has, which only a launch would otherwise tell), else print its ptxas resources (``resources``), 0."""
     try:
-        compiled = compile_one(fn, signature, constexprs, num_warps, aligned)
+        compiled = compile_one(fn, signature, constexprs, num_warps, aligned, num_stages)
     except Exception as exc:  # noqa: BLE001 - report every failure
         print(f"FAIL {what}: {exc}")
         return 1
@@ -258,6 +259,12 @@ def dplr_kernels(resources: bool) -> int:
     return failed
 
 
+def _attention_tiles(path: str, width: int, which: str) -> tuple:
+    """``triton_attention.TILES``' entry for ``which`` kernel on ``path`` ("cuda" / "cuda_half") at K = V = width,
+    as ``tiles_key`` picks it (the half path's wide entry past 64)."""
+    return triton_attention.TILES["cuda_half_wide" if path == "cuda_half" and width > 64 else path][which]
+
+
 def attention_kernels(resources: bool) -> int:
     """The quadratic-attention kernels (dsfc/runtime/triton_attention.py) at their GPU tiles (``TILES``: 32 x 32 at 8
     warps for the exact fp32 / fp64 products, the half path's own), K = V = 64 (and 128 on the half path), with and without row / col weights, pointers 16-byte aligned (as the JIT specialises torch tensors). Half path: q, k, v, y, dy and dq, dk, dv in bf16 / fp16; the maxima,
@@ -274,7 +281,7 @@ def attention_kernels(resources: bool) -> int:
         for width in widths:
             for weights in (False, True):  # row / col weights and the FoX decay (fp64 G) together, or none
                 for fn, flags in fns:
-                    BM, BN, warps = triton_attention.TILES[tiles][fn.__name__[len("_attn_"):]]
+                    BM, BN, warps, *stages = _attention_tiles(tiles, width, fn.__name__[len("_attn_"):])
                     consts = dict(K=width, V=width, BM=BM, BN=BN, BK=width, BV=width, HAS_ROW=weights,
                                   HAS_COL=weights, HAS_DECAY=weights, HALF=half, DTYPE=dt, **flags)
                     operands = operand_ptrs + (() if flags.get("LSE") else ("y_ptr",))
@@ -283,7 +290,8 @@ def attention_kernels(resources: bool) -> int:
                            for name in fn.arg_names}
                     what = (f"{fn.__name__}{'+LSE' if flags.get('LSE') else ''} {label} K={width} {BM}x{BN}/{warps}w "
                             f"row/col/decay={weights}")
-                    failed += compile_and_report(fn, sig, consts, warps, what, resources, aligned=True)
+                    failed += compile_and_report(fn, sig, consts, warps, what, resources, aligned=True,
+                                                 num_stages=stages[0] if stages else None)
     print("ok attention kernels" if not failed else f"{failed} attention kernel(s) failed")
     return failed
 
@@ -304,7 +312,7 @@ def softmax_kernels(resources: bool) -> int:
         for width in widths:
             for decay in (False, True):
                 for fn, which in fns:
-                    BM, BN, warps = triton_attention.TILES[tiles][which]
+                    BM, BN, warps, *stages = _attention_tiles(tiles, width, which)
                     consts = dict(K=width, V=width, BM=BM, BN=BN, BK=width, BV=width, HAS_DECAY=decay, HALF=half,
                                   DTYPE=dt)
                     sig = {name: "constexpr" if name in consts else operand if name in operand_ptrs else
@@ -312,7 +320,7 @@ def softmax_kernels(resources: bool) -> int:
                            for name in fn.arg_names}
                     what = f"{fn.__name__} {label} K={width} {BM}x{BN}/{warps}w decay={decay}"
                     failed += compile_and_report(fn, sig, consts, warps, what, resources, aligned=True,
-                                                 fits_sm90=True)
+                                                 fits_sm90=True, num_stages=stages[0] if stages else None)
     print("ok softmax kernels" if not failed else f"{failed} softmax kernel(s) failed")
     return failed
 

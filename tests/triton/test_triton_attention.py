@@ -330,7 +330,7 @@ def test_unequal_tiles_skip_no_visible_block(half, monkeypatch):
     """The GPU's half-path tiles have BM != BN (``TILES["cuda_half"]``): such tiles under the interpreter, so the
     causal loop bounds (the forward and dq loops stop at the block's last visible key, the dk / dv loop starts at
     the first query block that sees the key block) are exercised with BM != BN, with and without a KV cache."""
-    for path in ("interpret", "cuda", "cuda_half"):  # whichever this device runs
+    for path in ("interpret", "cuda", "cuda_half", "cuda_half_wide"):  # whichever this device runs
         monkeypatch.setitem(triton_attention.TILES, path, {"fwd": (32, 16, 4), "bwd_kv": (16, 32, 4),
                                                            "bwd_q": (32, 16, 4)})
     seen = _spy_constexprs(monkeypatch)

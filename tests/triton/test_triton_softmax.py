@@ -117,7 +117,7 @@ def test_fp16_takes_the_half_path(T, S, decay, monkeypatch):
 def test_unequal_tiles(half, monkeypatch):
     """BM != BN as on the GPU's half path (``TILES["cuda_half"]``): the split of each loop into unmasked blocks
     (below the diagonal, inside T and S) and masked ones with the block edges falling off the diagonal."""
-    for path in ("interpret", "cuda", "cuda_half"):
+    for path in ("interpret", "cuda", "cuda_half", "cuda_half_wide"):
         monkeypatch.setitem(triton_attention.TILES, path, {"fwd": (32, 16, 4), "bwd_kv": (16, 32, 4),
                                                            "bwd_q": (32, 16, 4)})
     seen = _spy(monkeypatch)
