@@ -615,7 +615,8 @@ def test_a_partial_softmax_lower_bound_bounds_the_hgrn2_gate(lb, bound):
     entry, written inline as part of a total over the total (``sum(l: layer, exp(Gam[l + 1])) / sum(l: L,
     exp(Gam[l]))``) or as a partial sum of a softmax let, was (0, inf), so the gate ``lb + (1 - lb) sigmoid(.)`` and
     the report were "unknown". It is (0, 1) at the default dims (layer 2 of 4), the gate in (0, 1): |lambda| < 1.
-    Twice the share, a term counted twice (the ratio can exceed 1) and a 0 / 0 are not claimed."""
+    The masked spelling (a sum minus the first weight, an Add) was proven before and still is. Twice the share, a
+    term counted twice (the ratio can exceed 1) and a 0 / 0 are not claimed."""
     from dsfc.lang.parse import parse_spec
     from dsfc.pipeline import analyse
 
