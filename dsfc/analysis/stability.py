@@ -157,6 +157,8 @@ INLINE_CHAIN_DEPTH = 4
 # open: the proofs they exist for inline <= 25 ops (an HMM's softmax rows, W / ||W||_F), while a product of three
 # Householder reflections (gated DeltaProduct) inlined to 60 ops with seven sums, whose simplify ran for minutes.
 NORM_INLINE_MAX_OPS = 40
+# The most terms ``_partial_total`` writes a part-over-total ratio's sums out to at the default dims (a layer count)
+PARTIAL_TOTAL_MAX_TERMS = 256
 
 
 class IntervalProver:
@@ -474,6 +476,43 @@ class IntervalProver:
         hi_open = not ((r.lo == 0 and not r.lo_open) or (not n.hi_open and not r.lo_open and n.hi < INF))
         return Interval(lo, hi, lo_open, hi_open)
 
+    def _partial_total(self, e) -> Interval | None:
+        """``sum(l: n, x[l + c]) / sum(l: N, x[l])`` with x >= 0: part of a total over the total, in [0, 1]. HGRN2's
+        layer lower bound written inline, ``cumsum(softmax(Gam))[layer] - softmax(Gam)[0]`` as
+        ``sum(l: layer, exp(Gam[l + 1])) / sum(l: L, exp(Gam[l]))``, was (0, inf), its gate ``lb + (1 - lb) s``
+        "unknown". Read at the default dims (as ``_weight_combination`` reads its masks) as the share rule's
+        ``n / (n + r)``: both sums written out term by term, n the numerator's terms and r the total's others; a term
+        the total lacks or one counted twice leaves r signed, and nothing is claimed."""
+        dens = [f for f in e.args if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Sum)]
+        nums = [f for f in e.args if isinstance(f, sp.Sum)]
+        if len(dens) != 1 or len(nums) != 1 or len(e.args) != 2:
+            return None
+        num, whole = nums[0], dens[0].base
+        # one index each, terms without sums of their own (a projection over d would be written out d times)
+        if any(len(s.limits) != 1 or s.function.has(sp.Sum) for s in (num, whole)):
+            return None
+        if self.range(num.function).lo < 0 or self.range(whole.function).lo < 0:
+            return None
+        subs = {self.sym.dims[k]: v for k, v in self.sym.dim_values().items()}
+        terms = 1
+        for s in e.atoms(sp.Sum):
+            for _, lo, hi in s.limits:
+                count = sp.S(hi - lo + 1).subs(subs)
+                if not count.is_Integer:
+                    return None
+                terms *= max(int(count), 1)
+        if terms > PARTIAL_TOTAL_MAX_TERMS:
+            return None
+        whole = sp.expand(whole.subs(subs).doit())
+        part = sp.expand(num.subs(subs).doit())
+        if not isinstance(whole, sp.Add) or part.has(sp.Sum) or whole.has(sp.Sum):
+            return None
+        iv = self._share(sp.Mul(part, sp.Pow(whole, -1, evaluate=False), evaluate=False))
+        if iv is not None:
+            self.reasons.append(f"{spec_str(e)} in {iv}: part of a total of terms >= 0 over the total (written out "
+                                f"at the default dims)")
+        return iv
+
     def _running_share(self, e) -> Interval | None:
         """``prev(n) / n`` for a running sum ``n = cumsum(x)`` of terms x >= 0: n = prev(n) + x after the first step
         (and the ratio is 1 at a first step with no carried state), so it is the share ``prev(n) / (prev(n) + x)``,
@@ -617,6 +656,15 @@ class IntervalProver:
         where it has one (``_picked_or_permuted``: a delta picks one term, a residue permutes the range)."""
         exact = _picked_or_permuted(e)
         iv = self._sum_term_by_term(e)
+        if len(e.limits) == 1 and isinstance(e.function, sp.Indexed) and str(e.function.base.label) in self._lets \
+                and self._normalised_axis(self._lets[str(e.function.base.label)]) is not None:
+            # a partial sum of softmax-like weights, sum(l: layer, sm[l + 1]) (HGRN2's layer lower bound): in (0, 1]
+            # as a convex combination with coefficients 0 and 1, where the term-by-term reading gave (0, inf)
+            try:
+                weights = self._weight_combination(e)
+            except (TypeError, ValueError, NotImplementedError, sp.PolynomialError):
+                weights = None
+            iv = iv if weights is None else _intersect(iv, weights)
         return iv if exact is None else _intersect(iv, _hull([self.range(x) for x in exact]))
 
     def _sum_term_by_term(self, e: sp.Sum) -> Interval:
@@ -819,6 +867,7 @@ class IntervalProver:
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._norm_ratio(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._running_share(e) if isinstance(e, sp.Mul) else None)
+                special = special or (self._partial_total(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._divided_out(e) if isinstance(e, sp.Mul) else None)
                 # a weighted mean's hull is intersected with whichever reading below holds: either can be sharper
                 mean = self._weighted_mean(e) if isinstance(e, sp.Mul) else None
@@ -1401,13 +1450,18 @@ def _similar_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
     d, x, y = parts.scale.xreplace(to_rows), simplify(parts.row_vec), simplify(parts.col_vec.xreplace(to_rows))
     if x.free_symbols & col_m or y.free_symbols & col_m:
         return None
-    ratio = simplify(x / y)
-    if ratio.free_symbols & col_m or ratio.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
-        return None
     prover = IntervalProver(sym)
     extents = [ax.extent for ax in sym.state.axes]
-    r_iv = prover.range_over(ratio, rows, extents)
-    if not (r_iv.lo >= 0 or r_iv.hi <= 0):
+    # the vectors as written, then with product lets inlined: fla's and RWKV-LM's names for RWKV-7's vectors,
+    # a = -kk and b = kk * a as lets, have a ratio b / a of no sign of its own, while -(kk a) / kk = -a is <= 0
+    for x, y in ((x, y), (sym.inline_product_lets(x), sym.inline_product_lets(y))):
+        ratio = simplify(x / y)
+        if ratio.free_symbols & col_m or ratio.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+            continue
+        r_iv = prover.range_over(ratio, rows, extents)
+        if r_iv.lo >= 0 or r_iv.hi <= 0:
+            break
+    else:
         return None
     # |y^T x| = sum(|r| y^2) as a sum of terms >= 0, which the prover reads sharper (a weighted mean of |r| with
     # weights y^2: RWKV-7's sum(a, av[a] kk[a]^2) with |kk| = 1 is in (0, 1))
