@@ -790,6 +790,17 @@ def rank_substeps(q: Tensor, k: Tensor, v: Tensor, decay: Optional[Tensor], *, f
     return qs, ks, vs, ds
 
 
+def rank_substep_keys(x: Tensor, rq: int, readout: str = "post") -> Tensor:
+    """A second key-shaped stream placed as :func:`rank_substeps` places the keys: x [B, T, H, R_k, K] ->
+    [B, T L, H, K], zero at the query-only sub-steps. The gated delta product's reads f_j (its sub-steps are the
+    delta rule's, which reads the state along f as well as writing along k)."""
+    B, T, H, rk = x.shape[:4]
+    L, _, k0, _ = _substep_layout(rq, rk, readout)
+    zeros = x.new_zeros(B, T, L - rk, H, *x.shape[4:])
+    x = torch.cat([zeros[:, :, :k0], x.transpose(2, 3), zeros[:, :, k0:]], 2)
+    return x.reshape(B, T * L, H, *x.shape[4:])
+
+
 def rank_readouts(y: Tensor, rq: int, rk: int, readout: str = "post") -> Tensor:
     """The queries' outputs of a scan over :func:`rank_substeps`' streams: y [B, T L, H, V] -> [B, T, R_q, H, V]."""
     L, q0, _, _ = _substep_layout(rq, rk, readout)
