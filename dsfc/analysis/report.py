@@ -155,7 +155,14 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
     # What they share only through deeper projections is listed separately as shared params.
     coupling = sorted((refs["A"] & refs["B"]) & (params | lets))
     coupling_params = sorted(_closure(sym, refs["A"]) & _closure(sym, refs["B"]) & params)
-    eb = eigenvalue_bound(sym, a)
+    product = None
+    if st.delta is not None and st.delta.substeps:  # the gated delta product: its factors, k_j and f_j per step
+        (r, n), = st.outer.key_rank
+        keys = [st.outer.key.subs(r, j) for j in range(n)]
+        if st.delta.scaled:  # the gate on the last factor: that sub-step's key is s k_(n-1)
+            keys[-1] = sp.cancel(keys[-1] / st.delta.decay)
+        product = (st.delta.decay, [(k, st.delta.read.subs(r, j)) for j, k in enumerate(keys)])
+    eb = eigenvalue_bound(sym, a, product)
 
     dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
     n_sym = sym.state_size()

@@ -100,9 +100,11 @@ class DeltaSplit:
     # where s (I - key (read / s)^T) would divide by s (inf once s underflows in fp32)
     scaled: bool = False
     # a product of delta-rule factors over a step axis (the gated delta product): A = s (I - k_(n-1) f_(n-1)^T) ...
-    # (I - k_0 f_0^T), run as n sub-steps of the delta rule, the decay at the first. The split's key and ``read``
-    # are then sum_j delta(r, j) k_j and sum_j delta(r, j) f_j over its rank axis r (key_rank), the sub-step keys
-    # (not B's keys, which are the later factors times k_j); the number of factors n (0: one factor, the plain rule)
+    # (I - k_0 f_0^T), run as n sub-steps of the delta rule. The split's key and ``read`` are then sum_j delta(r, j)
+    # k_j and sum_j delta(r, j) f_j over its rank axis r (key_rank), the sub-step keys (not B's keys, which are the
+    # later factors times k_j); the number of factors n (0: one factor, the plain rule). The decay sits at the first
+    # sub-step, or with ``scaled`` at the last (B u carries the gate too): there S = s S - k f^T S + k v^T with the
+    # key k = s k_(n-1), the scan's scaled read
     substeps: int = 0
 
 
@@ -650,9 +652,10 @@ def split_delta_product(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Reado
     w_j along no later w_l's row factors, and the rest is checked to be sum_(l > j) c_l w_l with each c_l the
     contraction f_l . k_j (a sum over the key axis, possibly a let that names it). Every step is an identity, so
     the split is exact; anything not matched leaves the dense scan."""
-    parts = _diagonal_plus_rank_one(a)
+    if a.block is None or len(a.mixed_axes) != 1:
+        return None
     outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
-    if parts is None or outer is None or set(outer.key_axes) != set(a.mixed_axes) or len(outer.key_axes) != 1:
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
         return None
     if len(outer.key_rank) != 1 or outer.query_rank or not sp.S(outer.key_rank[0][1]).is_Integer:
         return None
@@ -661,11 +664,10 @@ def split_delta_product(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Reado
     rows, cols = a.rows, a.cols
     key_row, key_col = rows[outer.key_axes[0]], cols[outer.key_axes[0]]
     value_rows = {rows[k] for k in outer.value_axes}
-    s = parts.scale
+    # the scale s of the identity: the terms of A's block with delta(key row, key column)
+    s = sp.Add(*[split_deltas(t)[1] for t in terms(a.block)
+                 if frozenset((key_row, key_col)) in {frozenset(d.args) for d in split_deltas(t)[0]}])
     if n < 2 or a.block.free_symbols & value_rows or s.free_symbols & {key_row, key_col} or s == 0:
-        return None
-    w = [sp.expand(sym.inline_product_lets(simplify(outer.key.subs(rvar, j)))) for j in range(n)]
-    if any(x == 0 or not x.free_symbols & {key_row} for x in w):
         return None
     # A's rank-1 terms grouped by their column factor: each group's row part is -s c w_j, f_j collects c col
     rest = sp.expand(sym.inline_product_lets(simplify(a.block - s * sp.KroneckerDelta(key_row, key_col))))
@@ -675,25 +677,45 @@ def split_delta_product(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Reado
         if col == 1:
             return None
         groups[col] = groups.get(col, sp.Integer(0)) + sp.Mul(*[f for f in factors(t) if key_col not in f.free_symbols])
-    reads = [sp.Integer(0)] * n
+    written = [sp.expand(sym.inline_product_lets(simplify(outer.key.subs(rvar, j)))) for j in range(n)]
+    # the rank axis is B's terms in SymPy's order, not the steps': w_j spans the directions of k_j, ..., k_(n-1),
+    # so the first step's key has the most (a tie is checked like any other order, and fails)
+    order = sorted(range(n), key=lambda i: -len(_directions(written[i], key_row)))
+    written = [written[i] for i in order]
+    # the gate on the first factor, B u = sum_j w_j v_j^T; or on the last, B u = s sum_j w_j v_j^T (B's keys carry
+    # it): the form whose keys and reads need no division
+    for last in (False, True) if s != 1 else (False,):
+        w = [sp.expand(simplify(x / s)) for x in written] if last else written
+        if any(x == 0 or key_row not in x.free_symbols or sp.fraction(sp.together(x))[1] != 1 for x in w):
+            continue
+        reads = _substep_reads(groups, w, s, key_row, key_col)
+        keys = None if reads is None else _substep_keys(sym, w, reads, key_row)
+        if keys is None:
+            continue
+        if last:  # the last sub-step, S = s S - (s k) f^T S + (s k) v^T: the scan's scaled read, its key B's own
+            keys[-1] = written[-1]
+        step_key = sp.Add(*[sp.KroneckerDelta(rvar, j) * k for j, k in enumerate(keys)])
+        step_read = sp.Add(*[sp.KroneckerDelta(rvar, j) * f for j, f in enumerate(reads)])
+        step_value = sp.Add(*[sp.KroneckerDelta(rvar, j) * outer.value.subs(rvar, i) for j, i in enumerate(order)])
+        return replace(outer, key=step_key, value=step_value), DeltaSplit(s, step_read, last, n)
+    return None
+
+
+def _substep_reads(groups: dict, w: list, s: sp.Expr, key_row: sp.Symbol, key_col: sp.Symbol) -> list | None:
+    """f_j from A's rank-1 terms grouped by column factor ({col: row}): each row part is -s c w_j for one j (c free
+    of the key), and f_j sums c col over its groups; None when a group matches no w_j or a read would divide."""
+    reads = [sp.Integer(0)] * len(w)
     for col, row in groups.items():
-        for j in range(n):
+        for j in range(len(w)):
             ratio = simplify(-row / (s * w[j]))
             if key_row not in ratio.free_symbols and not ratio.has(sp.zoo, sp.nan) and ratio != 0:
                 if sp.fraction(sp.together(ratio))[1] != 1:
-                    return None  # a read that divides (by the gate: a gate on the last factor, B's keys carry it)
+                    return None
                 reads[j] += ratio * col.subs(key_col, key_row)
                 break
         else:
             return None
-    if any(f == 0 for f in reads):
-        return None
-    keys = _substep_keys(sym, w, reads, key_row)
-    if keys is None:
-        return None
-    step_key = sp.Add(*[sp.KroneckerDelta(rvar, j) * k for j, k in enumerate(keys)])
-    step_read = sp.Add(*[sp.KroneckerDelta(rvar, j) * f for j, f in enumerate(reads)])
-    return replace(outer, key=step_key), DeltaSplit(s, step_read, False, n)
+    return None if any(f == 0 for f in reads) else reads
 
 
 def _directions(e: sp.Expr, key_row: sp.Symbol) -> dict[sp.Expr, sp.Expr]:

@@ -861,8 +861,11 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"fill={1.0 if target == '_decay' else 0.0}, readout=\"{sym.readout}\")",
         ]
         if delta:
-            lines[-2] = (f"# the gated delta product: {rk} delta-rule sub-steps per step (the decay at the first, "
+            at = "last (the gate on the last factor)" if delta.scaled else "first"
+            lines[-2] = (f"# the gated delta product: {rk} delta-rule sub-steps per step (the decay at the {at}, "
                          "the readout at the last)")
+            if delta.scaled:  # the query is one per step (no query rank axis): the last key's sub-step is rk - 1
+                lines[-1] = lines[-1][:-1] + f", decay_at={delta.substeps - 1})"
             lines.append(f"_f = rank_substep_keys(_f, {rq}, readout=\"{sym.readout}\")")
     if signed:
         lines += [
