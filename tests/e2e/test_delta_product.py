@@ -157,6 +157,21 @@ def test_the_product_is_read_as_delta_rule_substeps(name):
 
 
 @pytest.mark.parametrize("name", list(CASES))
+def test_eigenvalue_bound_from_the_factors_holds(name):
+    """The report bounds |lambda| by max |g| prod ||I - b_j k_j k_j^T|| (each factor's norm max(1, |1 - b_j|) <= 1
+    for b_j in (0, 2)): < 1 with a gate in (0, 1), <= 1 without; the spectra of the module's own A_t (inputs scaled
+    up, so that the sigmoids saturate) lie inside."""
+    built = _built(name)
+    report = built.result.report
+    gated = CASES[name][1] != "none"
+    assert report.eigen_interval == ("[0, 1)" if gated else "[0, 1]"), report.eigen_reason
+    assert "product of delta-rule factors" in report.eigen_reason
+    u = 4 * torch.randn(2, 6, built.d_in(), generator=torch.Generator().manual_seed(6), dtype=F64)
+    lam = torch.linalg.eigvals(built.dsf_matrices(u)[0]).abs()
+    assert lam.max() < 1 + 1e-12 and (not gated or lam.max() < 1)
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_forward_and_step_match_the_loop(name):
     """Forward (T = 0, 1, 7, 9, batch 1 and 3, from zero and from an initial state), token-by-token step and the
     reference against the loop."""
