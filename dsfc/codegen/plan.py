@@ -802,7 +802,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     lines += [shaped for _, shaped in streams if shaped]
     if delta and delta.substeps:
         # the gated delta product: f_j per sub-step over the rank axis, shaped as the keys
-        lines += [stream("_f", delta.read)[0], stream("_f", delta.read)[1]]
+        lines += list(stream("_f", delta.read))
     elif delta:
         lines += [
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
