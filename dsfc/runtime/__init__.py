@@ -11,4 +11,5 @@ from dsfc.runtime.scans import (chunked_delta_scan, chunked_outer_scan, diagonal
 
 __all__ = ["axis", "cached_index", "chunked_delta_scan", "chunked_outer_scan", "diagonal_scan", "dt_bias_", "elu1p",
            "expm1", "fold_decay_sign", "kernel_matrix", "log_abs_decay", "rank_readouts", "rank_substep_keys",
-           "rank_substeps", "run_compiled_chunks", "run_compiled_lets", "taylor_dim", "taylor_features", "use_compiled_chunks"]
+           "rank_substeps", "run_compiled_chunks", "run_compiled_lets", "taylor_dim", "taylor_features",
+           "use_compiled_chunks"]
