@@ -231,3 +231,28 @@ def test_unmatched_input_is_no_product():
     assert result.structure.family == Family.DENSE_SCAN, result.structure.family_reason
     built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
     check_backend(built, "torch", ((2, 5),), steps=False, h0s=(True,))
+
+
+# the spec's contraction k_1 . e_0 as another spelling: c10 = k_1 . k_0 (beta_0 left out) is no product of these
+# factors (it would need the second factor's key to be both e_0 and k_0); reads p_j = sin(kr_j + 1), not the keys
+# (I - b_j k_j p_j^T, Comba's factor twice), are one, whose eigenvalues the prover does not bound
+VARIANTS = {
+    "wrong_contraction": ("let c10[h: H] = sum(x, k[h, 1, x] * e0[h, x])",
+                          "let c10[h: H] = sum(x, k[h, 1, x] * k[h, 0, x])", Family.DENSE_SCAN),
+    "other_reads": ("let c10[h: H] = sum(x, k[h, 1, x] * e0[h, x])",
+                    "let p[h: H, j: J, a: K] = sin(kr[h, j, a] + 1)\nlet c10[h: H] = sum(x, p[h, 1, x] * e0[h, x])",
+                    Family.CHUNKED_DELTA),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variants_are_read_only_when_exact(name):
+    """Each variant's family as stated above, and the module (torch, from an initial state) matches the reference."""
+    old, new, family = VARIANTS[name]
+    text = product_spec(2, "first").replace(old, new)
+    if name == "other_reads":
+        text = text.replace("k[h, 0, a2]", "p[h, 0, a2]").replace("k[h, 1, a2]", "p[h, 1, a2]")
+    result = compile_text(text, f"delta_product_{name}.dsf")
+    assert result.structure.family == family, result.structure.family_reason
+    built = build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims})
+    check_backend(built, "torch", ((2, 5),), steps=False, h0s=(True,))
