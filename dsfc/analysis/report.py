@@ -218,9 +218,10 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         vv = math.prod(ext[k] for k in o.value_axes)
         L = CHUNK
         # per token (chunk costs / L): F K^T and Q K^T scores (4LK), the triangular solve (L(K+V)), the chunk's
-        # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass (2K^2V/L);
-        # per sub-step for the gated delta product (n of them per token)
-        core = max(1, st.delta.substeps) * g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
+        # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass
+        # (2K^2V/L); per sub-step for the gated delta product (n of them per token)
+        steps = max(1, st.delta.substeps)
+        core = steps * g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
             + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(st.delta.read, dims)) \
             + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + g * _ops(st.delta.decay, dims)
         readout = out_size * _ops(st.readout.du, dims)
