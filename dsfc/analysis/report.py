@@ -221,7 +221,8 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass
         # (2K^2V/L); per sub-step for the gated delta product (n of them per token)
         steps = max(1, st.delta.substeps)
-        core = steps * g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
+        core = steps * g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv
+                            + 2 * kk * kk * vv // L) \
             + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(st.delta.read, dims)) \
             + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + g * _ops(st.delta.decay, dims)
         readout = out_size * _ops(st.readout.du, dims)
