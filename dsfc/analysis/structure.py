@@ -664,13 +664,15 @@ def split_delta_product(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Reado
     rows, cols = a.rows, a.cols
     key_row, key_col = rows[outer.key_axes[0]], cols[outer.key_axes[0]]
     value_rows = {rows[k] for k in outer.value_axes}
-    # the scale s of the identity: the terms of A's block with delta(key row, key column)
-    s = sp.Add(*[split_deltas(t)[1] for t in terms(a.block)
+    # the scale s of the identity: the terms of A's block with delta(key row, key column), their other factors (a
+    # further delta, on the key row, is then in s and refused below)
+    eye = sp.KroneckerDelta(key_row, key_col)
+    s = sp.Add(*[t / eye for t in terms(a.block)
                  if frozenset((key_row, key_col)) in {frozenset(d.args) for d in split_deltas(t)[0]}])
     if n < 2 or a.block.free_symbols & value_rows or s.free_symbols & {key_row, key_col} or s == 0:
         return None
     # A's rank-1 terms grouped by their column factor: each group's row part is -s c w_j, f_j collects c col
-    rest = sp.expand(sym.inline_product_lets(simplify(a.block - s * sp.KroneckerDelta(key_row, key_col))))
+    rest = sp.expand(sym.inline_product_lets(simplify(a.block - s * eye)))
     groups: dict[sp.Expr, sp.Expr] = {}
     for t in sp.Add.make_args(rest):
         col = sp.Mul(*[f for f in factors(t) if f.free_symbols & {key_col}])
@@ -742,8 +744,10 @@ def _substep_keys(sym: SymSpec, w: list, reads: list, key_row: sp.Symbol) -> lis
         residual = sp.expand(keys[j] - w[j])  # = sum_(l > j) c_l w_l
         for l in range(j + 1, n):
             lead = next(iter(_directions(keys[l], key_row)))
-            coef = simplify(_directions(residual, key_row).get(lead, sp.Integer(0))
-                            / _directions(w[l], key_row)[lead])
+            own_coef = _directions(w[l], key_row).get(lead, sp.Integer(0))
+            if own_coef == 0:  # k_l's direction cancelled in w_l: not the telescoped form
+                return None
+            coef = simplify(_directions(residual, key_row).get(lead, sp.Integer(0)) / own_coef)
             if not _is_contraction(sym, coef, reads[l], keys[j], key_row):
                 return None
             residual = sp.expand(residual - coef * w[l])
@@ -899,11 +903,13 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
     if product is not None:
         outer, dsplit = product
         (r, n), = outer.key_rank
-        why = (f"A is s (I - k_{n - 1} f_{n - 1}^T) ... (I - k_0 f_0^T), a product of {n} delta-rule factors on key "
-               f"axis {_axis_names(sym, outer.key_axes)[0]} per group (written expanded), and B u is the matching "
-               f"sum over the rank axis {r} (each k_j (x) v_j through the later factors), C contracts the key axis: "
-               f"the gated delta product, run as {n} sub-steps of the chunked delta rule per step (the decay at the "
-               "first, the readout at the last)")
+        dots = "" if n == 2 else " ..."
+        at = "last, B's keys carrying it" if dsplit.scaled else "first"
+        why = (f"A is s (I - k_{n - 1} f_{n - 1}^T){dots} (I - k_0 f_0^T), a product of {n} delta-rule factors on "
+               f"key axis {_axis_names(sym, outer.key_axes)[0]} per group (written expanded), and B u is the "
+               f"matching sum over the rank axis {r} (each k_j (x) v_j through the later factors), C contracts the "
+               f"key axis: the gated delta product, run as {n} sub-steps of the chunked delta rule per step (the "
+               f"decay at the {at}; the readout at the last)")
         return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_DELTA, why, delta=dsplit)
     dplr = split_dplr(sym, a, bu, readout) if a.mixed_axes else None
     if dplr is not None:
