@@ -909,7 +909,8 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
                f"key axis {_axis_names(sym, outer.key_axes)[0]} per group (written expanded), and B u is the "
                f"matching sum over the rank axis {r} (each k_j (x) v_j through the later factors), C contracts the "
                f"key axis: the gated delta product, run as {n} sub-steps of the chunked delta rule per step (the "
-               f"decay at the {at}; the readout at the last)")
+               f"decay at the {at}; the readout "
+               f"{'before the first' if sym.readout == 'pre' else 'at the last'})")
         return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_DELTA, why, delta=dsplit)
     dplr = split_dplr(sym, a, bu, readout) if a.mixed_axes else None
     if dplr is not None:
