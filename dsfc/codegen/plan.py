@@ -862,8 +862,9 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
         ]
         if delta:
             at = "last (the gate on the last factor)" if delta.scaled else "first"
+            reads = "before the first" if sym.readout == "pre" else "at the last"
             lines[-2] = (f"# the gated delta product: {rk} delta-rule sub-steps per step (the decay at the {at}, "
-                         "the readout at the last)")
+                         f"the readout {reads})")
             if delta.scaled:  # the query is one per step (no query rank axis): the last key's sub-step is rk - 1
                 lines[-1] = lines[-1][:-1] + f", decay_at={delta.substeps - 1})"
             lines.append(f"_f = rank_substep_keys(_f, {rq}, readout=\"{sym.readout}\")")

@@ -143,6 +143,22 @@ def _built(name: str, seed: int = 0):
     return build(result, {k: result.sym.dim_defaults[k] for k in result.sym.free_dims}, seed)
 
 
+@pytest.mark.parametrize("readout", ["post", "pre"])
+def test_substep_helpers_place_reads_like_keys(readout):
+    """rank_substep_keys puts a key-shaped stream where rank_substeps puts the keys; decay_at moves the decay (the
+    gate on the last factor) and is refused outside the step's sub-steps."""
+    from dsfc.runtime.scans import rank_substep_keys, rank_substeps
+
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 3, 2, r, 4, generator=gen, dtype=F64) for r in (1, 3, 3))
+    log_decay = -torch.rand(2, 3, 2, generator=gen, dtype=F64)
+    _, ks, _, ds = rank_substeps(q, k, v, log_decay, fill=0.0, readout=readout, decay_at=2)
+    assert torch.equal(rank_substep_keys(k, 1, readout=readout), ks)
+    assert torch.equal(ds.reshape(2, 3, 3, 2)[:, :, 2], log_decay) and not ds.reshape(2, 3, 3, 2)[:, :, :2].any()
+    with pytest.raises(ValueError, match="decay_at=3 is not one of the 3 sub-steps"):
+        rank_substeps(q, k, v, log_decay, fill=0.0, readout=readout, decay_at=3)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_product_is_read_as_delta_rule_substeps(name):
     """The family is the chunked delta rule with n sub-steps, the gate on the last factor inside B's keys as the
