@@ -155,7 +155,14 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
     # What they share only through deeper projections is listed separately as shared params.
     coupling = sorted((refs["A"] & refs["B"]) & (params | lets))
     coupling_params = sorted(_closure(sym, refs["A"]) & _closure(sym, refs["B"]) & params)
-    eb = eigenvalue_bound(sym, a)
+    product = None
+    if st.delta is not None and st.delta.substeps:  # the gated delta product: its factors, k_j and f_j per step
+        (r, n), = st.outer.key_rank
+        keys = [st.outer.key.subs(r, j) for j in range(n)]
+        if st.delta.scaled:  # the gate on the last factor: that sub-step's key is s k_(n-1)
+            keys[-1] = sp.cancel(keys[-1] / st.delta.decay)
+        product = (st.delta.decay, [(k, st.delta.read.subs(r, j)) for j, k in enumerate(keys)])
+    eb = eigenvalue_bound(sym, a, product)
 
     dims = {sym.dims[k]: v for k, v in sym.dim_values().items()}
     n_sym = sym.state_size()
@@ -211,8 +218,11 @@ def analyse_structure(sym: SymSpec, structure: Structure | None = None) -> Struc
         vv = math.prod(ext[k] for k in o.value_axes)
         L = CHUNK
         # per token (chunk costs / L): F K^T and Q K^T scores (4LK), the triangular solve (L(K+V)), the chunk's
-        # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass (2K^2V/L)
-        core = g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv + 2 * kk * kk * vv // L) \
+        # K x K transition and K x V injection (2K^2 + 2KV), pseudo-values and outputs (4KV + 2LV), state pass
+        # (2K^2V/L); per sub-step for the gated delta product (n of them per token)
+        steps = max(1, st.delta.substeps)
+        core = steps * g * (4 * L * kk + L * (kk + vv) + 2 * kk * kk + 6 * kk * vv + 2 * L * vv
+                            + 2 * kk * kk * vv // L) \
             + g * kk * (_ops(o.key, dims) + _ops(o.query, dims) + _ops(st.delta.read, dims)) \
             + g * vv * (_ops(o.value, dims) + _ops(o.gate, dims)) + g * _ops(st.delta.decay, dims)
         readout = out_size * _ops(st.readout.du, dims)

@@ -1845,10 +1845,50 @@ def _first_block_rule(sym: SymSpec, a) -> EigenBound | None:
     return None
 
 
-def eigenvalue_bound(sym: SymSpec, a) -> EigenBound:
-    """Bound of |lambda(A_t)| over all inputs, with the reason."""
+def _delta_product_bound(sym: SymSpec, a, scale, steps) -> EigenBound | None:
+    """A = s M_(n-1) ... M_0, M_j = I - k_j f_j^T (the gated delta product, ``structure.split_delta_product``; steps
+    = [(k_j, f_j)] over the rows): |lambda| <= ||A||_2 <= max |s| prod ||M_j||_2, and a symmetric M_j (k_j = c f_j,
+    c free of the key) has the norm of its largest |eigenvalue|, 1 or 1 - c f^T f, which the delta rule's reading
+    (``_identity_minus_rank1``) bounds. None unless every factor is symmetric and bounded, and s is."""
+    from dataclasses import replace
+
+    (key,), mixed_rows = a.mixed_axes, {a.rows[k] for k in a.mixed_axes}
+    row, col = a.rows[key], a.cols[key]
+    norms, reasons = [], []
+    for j, (k, f) in enumerate(steps):
+        ratio = simplify(sym.inline_product_lets(k) / sym.inline_product_lets(f))
+        if ratio.free_symbols & mixed_rows or ratio.has(sp.zoo, sp.nan):
+            return None
+        hull: list[Interval] = []
+        block = sp.KroneckerDelta(row, col) - k * f.xreplace({row: col})
+        inner = _identity_minus_rank1(sym, replace(a, block=block, low_rank=True), hull)
+        if inner is None or not hull:
+            return None
+        norms.append(_abs(hull[0]))
+        reasons.append(f"M_{j}: {inner.reason}")
+    prover = IntervalProver(sym)
+    s_iv = prover.range_over(scale, a.rows, [ax.extent for ax in sym.state.axes])
+    mag = _abs(s_iv)
+    for m in norms:
+        if m.hi == INF or mag.hi == INF:
+            return None
+        mag = Interval(0.0, mag.hi * m.hi, False, mag.hi_open or m.hi_open)
+    facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
+    return EigenBound(_verdict([mag]), str(mag),
+                      f"A = s M_{len(steps) - 1} ... M_0 with s = {spec_str(scale)} in {s_iv} and each M_j = I - c "
+                      f"f f^T symmetric (a product of delta-rule factors): |lambda| <= max |s| * prod ||M_j||_2 "
+                      f"{'<' if mag.hi_open else '<='} {mag.hi:.6g} ({'; '.join(reasons)}; {facts})")
+
+
+def eigenvalue_bound(sym: SymSpec, a, product=None) -> EigenBound:
+    """Bound of |lambda(A_t)| over all inputs, with the reason. ``product``: (s, [(k_j, f_j)]) when the structure
+    read A as a product of delta-rule factors (the gated delta product), tried first."""
     if a.kind == AKind.IDENTITY:
         return EigenBound(Bound.MARGINAL, "[1, 1]", "A = I: every eigenvalue is exactly 1 (marginally stable)")
+    if product is not None and a.decay is None and len(a.mixed_axes) == 1:
+        found = _delta_product_bound(sym, a, *product)
+        if found is not None and found.bound in (Bound.STABLE, Bound.MARGINAL):
+            return found
     if a.decay is None:
         found = _identity_minus_rank1(sym, a) if a.low_rank else _first_block_rule(sym, a)
         if found is None or found.bound not in (Bound.STABLE, Bound.MARGINAL, Bound.EXCEEDS):

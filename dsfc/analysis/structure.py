@@ -99,6 +99,13 @@ class DeltaSplit:
     # the read carries the decay: A = s I - key read^T (a rank-1 weight independent of s, Comba's al I - be k k^T),
     # where s (I - key (read / s)^T) would divide by s (inf once s underflows in fp32)
     scaled: bool = False
+    # a product of delta-rule factors over a step axis (the gated delta product): A = s (I - k_(n-1) f_(n-1)^T) ...
+    # (I - k_0 f_0^T), run as n sub-steps of the delta rule. The split's key and ``read`` are then sum_j delta(r, j)
+    # k_j and sum_j delta(r, j) f_j over its rank axis r (key_rank), the sub-step keys (not B's keys, which are the
+    # later factors times k_j); the number of factors n (0: one factor, the plain rule). The decay sits at the first
+    # sub-step, or with ``scaled`` at the last (B u carries the gate too): there S = s S - k f^T S + k v^T with the
+    # key k = s k_(n-1), the scan's scaled read
+    substeps: int = 0
 
 
 @dataclass(frozen=True)
@@ -631,6 +638,150 @@ def split_delta(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> t
     return outer, DeltaSplit(parts.scale, read, scaled)
 
 
+def split_delta_product(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout
+                        ) -> tuple[OuterSplit, DeltaSplit] | None:
+    """The gated delta product: A = s (I - k_(n-1) f_(n-1)^T) ... (I - k_0 f_0^T) on one key axis per group
+    (identity on the value axes, s constant over the keys), B u = sum_j (I - k_(n-1) f_(n-1)^T) ... (I - k_(j+1)
+    f_(j+1)^T) k_j (x) v_j, a sum over a rank axis of n terms, C contracting the key axis: n delta-rule steps per
+    token, the gate s on the first. None otherwise.
+
+    The spec writes the product expanded. The product telescopes, P = I - sum_j w_j f_j^T with w_j = (the later
+    factors) k_j, and w_j is B's key at rank j: so A = s (I - sum_j w_j f_j^T) with B's own keys, and each f_j is
+    read off the terms of A whose row part is a multiple of w_j (lets that only name a product looked through).
+    The sub-step keys k_j follow from w_j = k_j - sum_(l > j) (f_l . k_j) w_l: k_(n-1) = w_(n-1), k_j the terms of
+    w_j along no later w_l's row factors, and the rest is checked to be sum_(l > j) c_l w_l with each c_l the
+    contraction f_l . k_j (a sum over the key axis, possibly a let that names it). Every step is an identity, so
+    the split is exact; anything not matched leaves the dense scan."""
+    if a.block is None or len(a.mixed_axes) != 1:
+        return None
+    outer = split_outer(sym, replace(a, mixed_axes=()), bu, readout)
+    if outer is None or set(outer.key_axes) != set(a.mixed_axes):
+        return None
+    if len(outer.key_rank) != 1 or outer.query_rank or not sp.S(outer.key_rank[0][1]).is_Integer:
+        return None
+    (rvar, n), = outer.key_rank
+    n = int(n)
+    rows, cols = a.rows, a.cols
+    key_row, key_col = rows[outer.key_axes[0]], cols[outer.key_axes[0]]
+    value_rows = {rows[k] for k in outer.value_axes}
+    # the scale s of the identity: the terms of A's block with delta(key row, key column), their other factors (a
+    # further delta, on the key row, is then in s and refused below)
+    eye = sp.KroneckerDelta(key_row, key_col)
+    s = sp.Add(*[t / eye for t in terms(a.block)
+                 if frozenset((key_row, key_col)) in {frozenset(d.args) for d in split_deltas(t)[0]}])
+    if n < 2 or a.block.free_symbols & value_rows or s.free_symbols & {key_row, key_col} or s == 0:
+        return None
+    # A's rank-1 terms grouped by their column factor: each group's row part is -s c w_j, f_j collects c col
+    rest = sp.expand(sym.inline_product_lets(simplify(a.block - s * eye)))
+    groups: dict[sp.Expr, sp.Expr] = {}
+    for t in sp.Add.make_args(rest):
+        col = sp.Mul(*[f for f in factors(t) if f.free_symbols & {key_col}])
+        if col == 1:
+            return None
+        groups[col] = groups.get(col, sp.Integer(0)) + sp.Mul(*[f for f in factors(t) if key_col not in f.free_symbols])
+    written = [sp.expand(sym.inline_product_lets(simplify(outer.key.subs(rvar, j)))) for j in range(n)]
+    # the rank axis is B's terms in SymPy's order, not the steps': w_j spans the directions of k_j, ..., k_(n-1),
+    # so the first step's key has the most (a tie is checked like any other order, and fails)
+    order = sorted(range(n), key=lambda i: -len(_directions(written[i], key_row)))
+    written = [written[i] for i in order]
+    # the gate on the first factor, B u = sum_j w_j v_j^T; or on the last, B u = s sum_j w_j v_j^T (B's keys carry
+    # it): the form whose keys and reads need no division
+    for last in (False, True) if s != 1 else (False,):
+        w = [sp.expand(simplify(x / s)) for x in written] if last else written
+        if any(x == 0 or key_row not in x.free_symbols or sp.fraction(sp.together(x))[1] != 1 for x in w):
+            continue
+        reads = _substep_reads(groups, w, s, key_row, key_col)
+        keys = None if reads is None else _substep_keys(sym, w, reads, key_row)
+        if keys is None:
+            continue
+        if last:  # the last sub-step, S = s S - (s k) f^T S + (s k) v^T: the scan's scaled read, its key B's own
+            keys[-1] = written[-1]
+        step_key = sp.Add(*[sp.KroneckerDelta(rvar, j) * k for j, k in enumerate(keys)])
+        step_read = sp.Add(*[sp.KroneckerDelta(rvar, j) * f for j, f in enumerate(reads)])
+        step_value = sp.Add(*[sp.KroneckerDelta(rvar, j) * outer.value.subs(rvar, i) for j, i in enumerate(order)])
+        return replace(outer, key=step_key, value=step_value), DeltaSplit(s, step_read, last, n)
+    return None
+
+
+def _substep_reads(groups: dict, w: list, s: sp.Expr, key_row: sp.Symbol, key_col: sp.Symbol) -> list | None:
+    """f_j from A's rank-1 terms grouped by column factor ({col: row}): each row part is -s c w_j for one j (c free
+    of the key), and f_j sums c col over its groups; None when a group matches no w_j or a read would divide."""
+    reads = [sp.Integer(0)] * len(w)
+    for col, row in groups.items():
+        for j in range(len(w)):
+            ratio = simplify(-row / (s * w[j]))
+            if key_row not in ratio.free_symbols and not ratio.has(sp.zoo, sp.nan) and ratio != 0:
+                if sp.fraction(sp.together(ratio))[1] != 1:
+                    return None
+                reads[j] += ratio * col.subs(key_col, key_row)
+                break
+        else:
+            return None
+    return None if any(f == 0 for f in reads) else reads
+
+
+def _directions(e: sp.Expr, key_row: sp.Symbol) -> dict[sp.Expr, sp.Expr]:
+    """An expanded vector over the key row as {row factor: coefficient}: its terms grouped by their factors that
+    vary along the key."""
+    out: dict[sp.Expr, sp.Expr] = {}
+    for t in sp.Add.make_args(sp.expand(e)):
+        d = sp.Mul(*[f for f in factors(t) if key_row in f.free_symbols])
+        out[d] = out.get(d, sp.Integer(0)) + sp.Mul(*[f for f in factors(t) if key_row not in f.free_symbols])
+    return out
+
+
+def _substep_keys(sym: SymSpec, w: list, reads: list, key_row: sp.Symbol) -> list | None:
+    """k_j from B's keys w_j = k_j - sum_(l > j) (f_l . k_j) w_l (see split_delta_product), or None."""
+    n = len(w)
+    keys: list = [None] * n
+    keys[n - 1] = w[n - 1]
+    for j in range(n - 2, -1, -1):
+        later = set().union(*[_directions(w[l], key_row) for l in range(j + 1, n)])
+        own = _directions(w[j], key_row)
+        keys[j] = sp.Add(*[d * c for d, c in own.items() if d not in later])
+        if keys[j] == 0:
+            return None
+        residual = sp.expand(keys[j] - w[j])  # = sum_(l > j) c_l w_l
+        for l in range(j + 1, n):
+            lead = next(iter(_directions(keys[l], key_row)))
+            own_coef = _directions(w[l], key_row).get(lead, sp.Integer(0))
+            if own_coef == 0:  # k_l's direction cancelled in w_l: not the telescoped form
+                return None
+            coef = simplify(_directions(residual, key_row).get(lead, sp.Integer(0)) / own_coef)
+            if not _is_contraction(sym, coef, reads[l], keys[j], key_row):
+                return None
+            residual = sp.expand(residual - coef * w[l])
+        if simplify(residual) != 0:
+            return None
+    return keys
+
+
+def _is_contraction(sym: SymSpec, c: sp.Expr, f: sp.Expr, k: sp.Expr, key_row: sp.Symbol) -> bool:
+    """Whether the scalar ``c`` is sum over the key axis of f k (f and k over ``key_row``), with the sums that lets
+    name read through: both sides as one sum over a common dummy whose bodies agree."""
+    extent = next(ax.extent for ax, s in zip(sym.state.axes, sym.matrices["A"].rows) if s == key_row)
+    x = sp.Dummy("x", integer=True, nonnegative=True)
+    want = (sp.expand(f * k).subs(key_row, x), sp.S(extent) - 1)
+
+    def let_sum(e):
+        read = sym.let_read(e)
+        if read is None or read[0].running or read[0].feature is not None:
+            return None
+        value = read[0].value_at(read[1])
+        return value if value.has(sp.Sum) else None
+
+    c = sp.S(c).replace(lambda e: let_sum(e) is not None, let_sum)
+    sums = [g for g in factors(c) if isinstance(g, sp.Sum)]
+    if len(sums) != 1 or len(sums[0].limits) != 1:
+        return False
+    (var, lo, hi), = sums[0].limits
+    rest = sp.Mul(*[g for g in factors(c) if g is not sums[0]])
+    if lo != 0 or rest.has(var) or sym.in_free_dims(sp.S(hi) - want[1]) != 0:
+        return False
+    body = sp.expand(sym.inline_product_lets(rest * sums[0].function.subs(var, x)))
+    return simplify(body - sp.expand(sym.inline_product_lets(want[0]))) == 0
+
+
 def split_dplr(sym: SymSpec, a: AStructure, bu: sp.Expr, readout: Readout) -> tuple[OuterSplit, DplrSplit] | None:
     """The diagonal-plus-rank-1 form: A = diag(d) + x y^T on the key axes per group (d may vary along the keys:
     Kimi Delta Attention, RWKV-7), identity on the value axes, B u = key (x) value with any key, C contracting the
@@ -748,6 +899,19 @@ def analyse_structure_of(sym: SymSpec) -> Structure:
                "key that B u writes (B u = key x value) and C contracts the key axes: the delta rule, run "
                "chunkwise in its WY (UT-transform) form")
         return Structure(a, bu, b_form, readout, outer, family, why, delta=dsplit)
+    product = split_delta_product(sym, a, bu, readout) if a.mixed_axes else None
+    if product is not None:
+        outer, dsplit = product
+        (r, n), = outer.key_rank
+        dots = "" if n == 2 else " ..."
+        at = "last, B's keys carrying it" if dsplit.scaled else "first"
+        why = (f"A is s (I - k_{n - 1} f_{n - 1}^T){dots} (I - k_0 f_0^T), a product of {n} delta-rule factors on "
+               f"key axis {_axis_names(sym, outer.key_axes)[0]} per group (written expanded), and B u is the "
+               f"matching sum over the rank axis {r} (each k_j (x) v_j through the later factors), C contracts the "
+               f"key axis: the gated delta product, run as {n} sub-steps of the chunked delta rule per step (the "
+               f"decay at the {at}; the readout "
+               f"{'before the first' if sym.readout == 'pre' else 'at the last'})")
+        return Structure(a, bu, b_form, readout, outer, Family.CHUNKED_DELTA, why, delta=dsplit)
     dplr = split_dplr(sym, a, bu, readout) if a.mixed_axes else None
     if dplr is not None:
         outer, psplit = dplr

@@ -201,6 +201,7 @@ class ModulePlan:
     signed_decay: bool = False  # a log-space scan of a decay not proven >= 0: import the runtime's sign folding
     zero_decay: bool = False  # a log-space scan of a decay >= 0 that can be exactly 0: import log_abs_decay
     rank_substeps: bool = False  # a rank-R input or R queries per step, run as sub-steps: import their helpers
+    delta_substeps: bool = False  # the delta rule over sub-steps (the gated delta product): rank_substep_keys too
     template: str = "module.py.jinja"  # quadratic attention (an infinite feature state) has its own
     quadratic: dict = field(default_factory=dict)  # quadratic family: the printed pieces (see _plan_quadratic)
     # the state's shape at the module's API where a flat state axis was split (ir/unflatten.py, SymSpec.state_view):
@@ -505,7 +506,8 @@ def plan_module(sym: SymSpec, st: Structure, report: StructureReport, stamp: str
         **_spec_output_fields(sym, pr),
         signed_decay=st.family in _LOG_SPACE and _signed_decay(sym, st),
         zero_decay=st.family in _LOG_SPACE and _zero_decay(sym, st),
-        rank_substeps=st.family == Family.CHUNKED_OUTER and _has_rank(st.outer),
+        rank_substeps=st.family in (Family.CHUNKED_OUTER, Family.CHUNKED_DELTA) and _has_rank(st.outer),
+        delta_substeps=bool(st.delta and st.delta.substeps),
         helpers=[name for name, fn in (("elu1p", Elu1p), ("expm1", Expm1))
                  if any(complements(let.expr, sym).has(fn) for let in sym.lets if let.expr is not None)
                  or any(e.has(fn) for e in _expressions(st))] + sorted(pr.helpers),
@@ -764,6 +766,7 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
     ranked = {"_q": (gk[:len(G)] + qr_syms + gk[len(G):], {**gk_s, **qr_sizes}, G, qr_syms, rq, K),
               "_k": (gk[:len(G)] + kr_syms + gk[len(G):], {**gk_s, **kr_sizes}, G, kr_syms, rk, K),
               "_v": (gv[:len(G)] + kr_syms + gv[len(G):], {**gv_s, **kr_sizes}, G, kr_syms, rk, V)}
+    ranked["_f"] = ranked["_k"]
 
     def stream(name, expr):
         axes, sizes_, g_idx, r_syms, r_n, x_idx = ranked[name]
@@ -797,7 +800,10 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             "_q": (qr_syms, rq, qr_sizes), "_k": (kr_syms, rk, kr_sizes)})
         streams = streams[2:]  # q and k were shaped by the prologue
     lines += [shaped for _, shaped in streams if shaped]
-    if delta:
+    if delta and delta.substeps:
+        # the gated delta product: f_j per sub-step over the rank axis, shaped as the keys
+        lines += list(stream("_f", delta.read))
+    elif delta:
         lines += [
             f"_f = {pr.print_tensor(delta.read, gk, gk_s)}",
             f"_f = _f.expand(_B, _T, {', '.join(sz[k] for k in G + K)}).reshape(_B, _T, {prod(G)}, {prod(K)})",
@@ -854,6 +860,14 @@ def _outer_lines(sym, st, pr: TorchPrinter, rows, row_sizes, out_syms, out_sizes
             f"_q, _k, _v, {target} = rank_substeps(_q, _k, _v, {target}, "
             f"fill={1.0 if target == '_decay' else 0.0}, readout=\"{sym.readout}\")",
         ]
+        if delta:
+            at = "last (the gate on the last factor)" if delta.scaled else "first"
+            reads = "before the first" if sym.readout == "pre" else "at the last"
+            lines[-2] = (f"# the gated delta product: {rk} delta-rule sub-steps per step (the decay at the {at}, "
+                         f"the readout {reads})")
+            if delta.scaled:  # the query is one per step (no query rank axis): the last key's sub-step is rk - 1
+                lines[-1] = lines[-1][:-1] + f", decay_at={delta.substeps - 1})"
+            lines.append(f"_f = rank_substep_keys(_f, {rq}, readout=\"{sym.readout}\")")
     if signed:
         lines += [
             "# the decay is not proven >= 0: scan log|decay| with its signs folded into the streams",

@@ -757,8 +757,8 @@ def _substep_layout(rq: int, rk: int, readout: str) -> Tuple[int, int, int, int]
     return L, 0, rq - 1, rq - 1  # "pre": the queries read before the step's decay and keys
 
 
-def rank_substeps(q: Tensor, k: Tensor, v: Tensor, decay: Optional[Tensor], *, fill: float, readout: str = "post"
-                  ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+def rank_substeps(q: Tensor, k: Tensor, v: Tensor, decay: Optional[Tensor], *, fill: float, readout: str = "post",
+                  decay_at: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """A step with R_k outer products in its input, ``S_t = a_t S_(t-1) + sum_r k_(t,r) v_(t,r)^T``, and R_q
     queries, ``y_(t,r) = S_t^T q_(t,r)``, as ``L = R_q + R_k - 1`` sub-steps of a one-outer-product scan: the
     decay at one sub-step (``fill``: 0 for a log-decay, 1 for a decay, at the others), one key and value per
@@ -772,10 +772,15 @@ def rank_substeps(q: Tensor, k: Tensor, v: Tensor, decay: Optional[Tensor], *, f
     nothing at R_q = 1 (several tokens per step) or R_k = 1 (several queries) and < 2x at R_q = R_k.
 
     q: [B, T, H, R_q, K]; k: [B, T, H, R_k, K]; v: [B, T, H, R_k, V]; decay: None, [B, T, H] or [B, T, H, K].
-    Returns q, k [B, T L, H, K], v [B, T L, H, V] and the decay [B, T L, ...]."""
+    ``decay_at``: the sub-step of the decay when not the layout's (the gated delta product with its gate on the
+    last factor: the last key's sub-step). Returns q, k [B, T L, H, K], v [B, T L, H, V] and the decay [B, T L, ...]."""
     B, T, H, rq, K = q.shape
     rk = k.shape[3]
     L, q0, k0, d0 = _substep_layout(rq, rk, readout)
+    if decay_at is not None:
+        if not 0 <= decay_at < L:
+            raise ValueError(f"rank_substeps: decay_at={decay_at} is not one of the {L} sub-steps of a step")
+        d0 = decay_at
 
     def place(x: Tensor, first: int, value: float = 0.0) -> Tensor:  # [B, T, n, ...] -> [B, T L, ...]
         def pad(n: int) -> Tensor:
@@ -788,6 +793,17 @@ def rank_substeps(q: Tensor, k: Tensor, v: Tensor, decay: Optional[Tensor], *, f
     vs = place(v.transpose(2, 3), k0)
     ds = None if decay is None else place(decay.unsqueeze(2), d0, fill)
     return qs, ks, vs, ds
+
+
+def rank_substep_keys(x: Tensor, rq: int, readout: str = "post") -> Tensor:
+    """A second key-shaped stream placed as :func:`rank_substeps` places the keys: x [B, T, H, R_k, K] ->
+    [B, T L, H, K], zero at the query-only sub-steps. The gated delta product's reads f_j (its sub-steps are the
+    delta rule's, which reads the state along f as well as writing along k)."""
+    B, T, H, rk = x.shape[:4]
+    L, _, k0, _ = _substep_layout(rq, rk, readout)
+    zeros = x.new_zeros(B, T, L - rk, H, *x.shape[4:])
+    x = torch.cat([zeros[:, :, :k0], x.transpose(2, 3), zeros[:, :, k0:]], 2)
+    return x.reshape(B, T * L, H, *x.shape[4:])
 
 
 def rank_readouts(y: Tensor, rq: int, rk: int, readout: str = "post") -> Tensor:

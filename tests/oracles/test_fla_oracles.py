@@ -19,7 +19,7 @@ tolerance 1e-5: fla's naive functions compute in float32):
 - dplr: ``dplr_recurrence`` (fla/ops/generalized_delta_rule/dplr/naive.py) fed as RWKV-7 feeds chunk_dplr_delta_rule
   (alpha = -kk, beta = kk a, w = exp(-exp(-1/2) sigmoid(.))); chunked diagonal-plus-rank-1 scan, |lambda| < 1.
 - gdp: ``naive_recurrent_gated_delta_product`` (fla/ops/gated_delta_product/naive.py), two Householder steps per
-  token; dense scan (see below).
+  token, A written expanded; the chunked delta-rule scan over T * 2 sub-steps (``split_delta_product``).
 - lin_norm: ``naive_recurrent_linear_attn`` (fla/ops/linear_attn/naive.py) with normalize=True (its eps = 1e-10 left
   out of the spec), elu + 1 features; chunked outer-product scan. dsfc's carried ``h`` is fla's S divided by the
   normaliser q . z (the DSF form of the quotient), its ``z`` is fla's k_cum: checked as such.
@@ -37,13 +37,14 @@ Found and fixed (``dsfc/analysis/stability.py``):
 - Comba's ``I - beta k p^T`` was "unknown (-inf, inf)": ``sum(a, k[a] p[a])`` of two L2-normalised keys had no range.
   A signed contraction of two lets is now bounded by Cauchy-Schwarz (``IntervalProver._cauchy_schwarz``): (0, 2).
 
+Found and fixed later (``structure.split_delta_product``): the gated delta product ran the dense scan, a
+matrix-vector product over the whole K x K block per step, where fla runs it chunked (chunk_gated_delta_product:
+the delta rule over T * 2 sub-steps). It now runs so: A = alpha (I - b1 k1 k1^T)(I - b0 k0 k0^T) as written expanded
+is read as a product of delta-rule factors over B's rank axis, each token two sub-steps of the chunked delta rule.
+Its eigenvalue report was "unknown" (the prover saw no product); from the factors it is now |lambda| < 1, the truth.
+
 Found, NOT fixed (strict xfails below):
-- The gated delta product (two Householder steps per token) runs the dense scan, a matrix-vector product over the
-  whole K x K block per step, where fla runs it chunked (chunk_gated_delta_product: the delta rule over T * 2
-  sub-steps). dsfc's delta family takes one key per step; splitting a token into sub-steps is a new planner form.
 - The momentum delta rule runs the dense scan too, where fla runs chunk_momentum_delta_rule.
-- The delta product's eigenvalue report is "unknown": A = alpha (I - b2 k2 k2^T)(I - b1 k1 k1^T) is written
-  expanded, and the prover does not see the product of two contractions (true: |lambda| <= alpha < 1).
 
 Not done: rwkv7 with its own token shift / LoRA gates, gsa / abc (softmax over slots: not linear in the state),
 lightning_attn (simple_gla with a fixed per-head decay: RetNet's spec covers it), based / rebased (Taylor / polynomial
@@ -215,7 +216,7 @@ CASES = {
     "kda": (KDA, Family.CHUNKED_DPLR),
     "comba": (COMBA, Family.CHUNKED_DELTA),
     "dplr": (DPLR, Family.CHUNKED_DPLR),
-    "gdp": (GDP, Family.DENSE_SCAN),  # fla runs it chunked: the strict xfail below
+    "gdp": (GDP, Family.CHUNKED_DELTA),  # two delta-rule sub-steps per token, as fla's chunk_gated_delta_product
     "lin_norm": (LIN_NORM, Family.CHUNKED_OUTER),
     "mdr": (MDR, Family.DENSE_SCAN),  # fla runs it chunked: the strict xfail below
 }
@@ -385,17 +386,16 @@ def transcribed(name: str):
 
 INDEPENDENT = {name: transcribed(name) for name in CASES}
 EIGEN = {"simple_gla": Bound.STABLE, "kda": Bound.STABLE, "comba": Bound.UNBOUNDED, "dplr": Bound.STABLE,
-         "gdp": Bound.UNKNOWN, "lin_norm": Bound.UNBOUNDED, "mdr": Bound.UNKNOWN}
-TRUE_BOUND = {"gdp": Bound.STABLE}  # |lambda| <= alpha ||I - b1 k1 k1^T|| ||I - b0 k0 k0^T|| <= alpha < 1
+         "gdp": Bound.STABLE, "lin_norm": Bound.UNBOUNDED, "mdr": Bound.UNKNOWN}
 
 _compiled, _built = case_builds(CASES)  # each spec compiled once per test worker
 
 (test_fla_layer_matches_its_transcription, test_fla_layer_gradients_match_the_transcription,
  test_fla_layer_matches_the_reference_on_every_path, test_fla_layer_structure_report_is_true) = spec_hunt_tests(
-    CASES, INDEPENDENT, EIGEN, _built, TRUE_BOUND,
+    CASES, INDEPENDENT, EIGEN, _built,
     # the dense scan's Triton kernel under the interpreter is the slowest run here: checked once, against the
     # reference (test_fla_layer_matches_the_reference_on_every_path), not again against the transcription
-    backends=lambda name: ("torch",) if name in ("gdp", "mdr") else BACKENDS)
+    backends=lambda name: ("torch",) if name == "mdr" else BACKENDS)
 test_fla_layer_matches_the_reference_on_every_path = INTERPRETER_WARNINGS(
     test_fla_layer_matches_the_reference_on_every_path)
 
@@ -526,19 +526,19 @@ def test_transcription_matches_fla(name):
         assert rel_err(got, want) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="the gated delta product (two Householder steps per token) runs the dense scan "
-                   "(a K x K matrix-vector product per step); fla runs it chunked as the delta rule over T * 2 "
-                   "sub-steps. dsfc's chunked delta family takes one key per step: splitting a token into sub-steps "
-                   "is a planner form dsfc does not have")
 def test_gated_delta_product_runs_chunked():
-    assert _built("gdp").result.structure.family == Family.CHUNKED_DELTA
+    """As fla's chunk_gated_delta_product: the delta rule over T * 2 sub-steps, the gate at each token's first, the
+    readout at its last (``structure.split_delta_product``), not a K x K matrix-vector product per step."""
+    st = _built("gdp").result.structure
+    assert st.family == Family.CHUNKED_DELTA and st.delta.substeps == 2
 
 
-@pytest.mark.xfail(strict=True, reason="A = alpha (I - b1 k1 k1^T)(I - b0 k0 k0^T) written expanded: the prover reads "
-                   "no product of two delta-rule factors (true: |lambda| <= alpha < 1, checked on the module's A in "
-                   "test_fla_layer_structure_report_is_true)")
 def test_gated_delta_product_is_reported_stable():
-    assert _built("gdp").result.report.eigen_bound == Bound.STABLE
+    """A = alpha (I - b1 k1 k1^T)(I - b0 k0 k0^T), written expanded, read as the product: |lambda| <= alpha
+    ||I - b1 k1 k1^T|| ||I - b0 k0 k0^T|| <= alpha < 1 (checked on the module's A in
+    test_fla_layer_structure_report_is_true)."""
+    report = _built("gdp").result.report
+    assert report.eigen_bound == Bound.STABLE and report.eigen_interval == "[0, 1)", report.eigen_reason
 
 
 @pytest.mark.xfail(strict=True, reason="the momentum delta rule (memory and momentum stacked on an axis of 2, coupled "
