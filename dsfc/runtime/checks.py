@@ -7,6 +7,7 @@ calls, so the checking logic and its messages live here once instead of in every
 
 import contextlib
 import itertools
+import math
 import re
 import warnings
 from typing import Callable, Dict, Iterator, Mapping, Tuple
@@ -49,6 +50,48 @@ def check_dim_arguments(model: str, dims: dict) -> None:
             ok = False
         if not ok:
             raise ValueError(f"{model}: dim {name} must be a positive integer, got {value!r}")
+
+
+class ParameterMemoryError(MemoryError, RuntimeError):
+    """A generated module's constructor could not allocate or initialise its parameters at the dims it was given. A
+    MemoryError, and a RuntimeError as torch's allocator error it replaces (``except RuntimeError`` still holds)."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's CPU allocator refusing (a RuntimeError), CUDA out of memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def _gib(numel: int, dtype: torch.dtype) -> str:
+    return f"{numel * dtype.itemsize / 2**30:.3g} GiB in {str(dtype).replace('torch.', '')}"
+
+
+def parameter_memory_error(model: str, exc: BaseException, module: torch.nn.Module,
+                           shapes: Mapping[str, Tuple[int, ...]], dtype, dims_text: str) -> BaseException:
+    """What the constructor raises for ``exc`` from allocating (``self.W = nn.Parameter(torch.empty(...))``) or
+    initialising (``reset_parameters``) the parameters at its dims: ``exc`` itself unless it is an allocation failure,
+    else a ParameterMemoryError naming the parameter that did not fit (the first one not yet made), the sizes and the
+    dims. ``S6(n=10**9)`` was torch's "DefaultCPUAllocator: can't allocate memory: you tried to allocate 256000000000
+    bytes", naming no parameter; a failure in the initialisers' temporaries was "the spec's parameter initialisers
+    fail", blaming the spec."""
+    if not out_of_memory(exc):
+        return exc
+    dtype = dtype or torch.get_default_dtype()
+    total = sum(math.prod(shape) for shape in shapes.values())
+    asked = re.search(r"allocate (\d+) bytes", str(exc))
+    asked = f"; the allocator refused {int(asked.group(1)) / 2**30:.3g} GiB" if asked else ""
+    missing = [name for name in shapes if name not in module._parameters]
+    if missing:
+        name = missing[0]
+        what = (f"cannot allocate parameter {name!r} of shape {tuple(shapes[name])} "
+                f"({_gib(math.prod(shapes[name]), dtype)})")
+    else:
+        what = "cannot initialise the parameters (the spec's initialisers need temporaries of their size)"
+    return ParameterMemoryError(
+        f"{model}: out of memory at {dims_text}: {what}; the parameters hold {total:.3g} numbers "
+        f"({_gib(total, dtype)}){asked}; use smaller dims (device='meta' builds the module without memory)")
 
 
 def check_no_derived_arguments(model: str, given: Mapping, derived, free) -> None:
