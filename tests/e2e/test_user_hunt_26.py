@@ -104,3 +104,43 @@ def test_initialisers_out_of_memory_do_not_blame_the_spec():
     # was ValueError "S6: the spec's parameter initialisers fail at d=1, n=100000000, r=1: ... can't allocate memory"
     assert "initialisers fail" not in init["msg"]
     assert init["msg"].startswith("S6: out of memory at d=1, n=100000000, r=1: cannot initialise the parameters"), init
+
+
+@pytest.mark.parametrize("make, message", [
+    # was torch's TypeError "empty(): argument 'size' failed to unpack ... Overflow when unpacking long long" and a
+    # C++ stack; the compiler refuses such a dim in a spec with these words
+    (lambda: _s6()(n=10**30), r"^S6: dim n is too large: 1e\+30 \(a tensor size is at most 2\^62\)$"),
+    # was torch's RuntimeError "Storage size calculation overflowed with sizes=[64, 4611686018427387904]"
+    (lambda: _s6()(n=2**62), r"^S6: at d=64, n=4611686018427387904, r=4: parameter 'A_log' of shape "
+                             r"\(64, 4611686018427387904\) \(1\.1e\+12 GiB in float32\) is too large for a tensor "
+                             r"\(its size in bytes overflows 64 bits\); use smaller dims$"),
+    (lambda: _s6()(d=2**40, n=2**40, device="meta"), r"parameter 'A_log' of shape \(1099511627776, 1099511627776\)"),
+    # a derived dim (E = e * d = 2^64) beyond what torch can unpack, each free dim within 2^62
+    (lambda: _mamba()(e=2**62, d=4), r"^MambaBlock: at d=4, e=4611686018427387904, .*parameter 'W_x' of shape "
+                                     r"\(18446744073709551616, 4\) .* is too large for a tensor"),
+    (lambda: _softmax()(d=2**62), r"^SoftmaxAttention: at d=4611686018427387904, .*parameter 'W_Q'"),
+])
+def test_parameters_too_large_for_a_tensor_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def _s6():
+    from generated.s6 import S6
+    return S6
+
+
+def _mamba():
+    from generated.mamba_block import MambaBlock
+    return MambaBlock
+
+
+def _softmax():
+    from generated.softmax_attention import SoftmaxAttention
+    return SoftmaxAttention
+
+
+def test_a_meta_module_at_large_dims_still_builds():
+    """What the checks keep: 2^40 parameters on the meta device (shapes only) are not refused."""
+    model = _s6()(d=2**10, n=2**30, device="meta")
+    assert model.A_log.shape == (2**10, 2**30) and model.A_log.is_meta
