@@ -49,7 +49,7 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     step_state_errors,
     triton_build_fallback,
@@ -119,8 +119,10 @@ class FoX(nn.Module):
             self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
             self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
             self.W_F = nn.Parameter(torch.empty((H, d), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error("FoX", exc, self, self._parameter_shapes(), dtype, self._dims_text()) from None
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "FoX", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -138,7 +140,7 @@ class FoX(nn.Module):
                 nn.init.uniform_(self.W_F, -(d**-0.5), d**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "FoX", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"FoX: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

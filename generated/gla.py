@@ -57,7 +57,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -122,8 +122,10 @@ class GLA(nn.Module):
             self.W_g1 = nn.Parameter(torch.empty((R, d), **factory))
             self.W_g2 = nn.Parameter(torch.empty((H, K, R), **factory))
             self.b_g = nn.Parameter(torch.empty((H, K), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error("GLA", exc, self, self._parameter_shapes(), dtype, self._dims_text()) from None
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "GLA", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -143,7 +145,7 @@ class GLA(nn.Module):
                 nn.init.uniform_(self.b_g, -(R**-0.5), R**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "GLA", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"GLA: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

@@ -57,7 +57,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -122,8 +122,8 @@ class HGRN(nn.Module):
             self.W_i = nn.Parameter(torch.empty((E, d), **factory))
             self.W_f = nn.Parameter(torch.empty((E, d), **factory))
             self.Gamma = nn.Parameter(torch.empty((L, E), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error(
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
                 "HGRN", exc, self, self._parameter_shapes(), dtype, self._dims_text()
             ) from None
         self.reset_parameters()
@@ -142,7 +142,7 @@ class HGRN(nn.Module):
                 nn.init.zeros_(self.Gamma)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "HGRN", exc, self, self._parameter_shapes(), self.W_i.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"HGRN: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

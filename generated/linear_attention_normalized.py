@@ -58,7 +58,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -120,8 +120,8 @@ class LinearAttentionNormalized(nn.Module):
             self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
             self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
             self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error(
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
                 "LinearAttentionNormalized", exc, self, self._parameter_shapes(), dtype, self._dims_text()
             ) from None
         self.reset_parameters()
@@ -140,7 +140,7 @@ class LinearAttentionNormalized(nn.Module):
                 nn.init.uniform_(self.W_V, -(d**-0.5), d**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "LinearAttentionNormalized", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
                 ) from None
             raise ValueError(

@@ -58,7 +58,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -132,8 +132,8 @@ class MambaBlock(nn.Module):
             self.A_log = nn.Parameter(torch.empty((E, n), **factory))
             self.D = nn.Parameter(torch.empty((E,), **factory))
             self.W_out = nn.Parameter(torch.empty((d, E), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error(
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
                 "MambaBlock", exc, self, self._parameter_shapes(), dtype, self._dims_text()
             ) from None
         self.reset_parameters()
@@ -166,7 +166,7 @@ class MambaBlock(nn.Module):
                 nn.init.uniform_(self.W_out, -(E**-0.5), E**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "MambaBlock", exc, self, self._parameter_shapes(), self.W_x.dtype, self._dims_text()
                 ) from None
             raise ValueError(

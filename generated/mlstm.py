@@ -59,7 +59,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -128,8 +128,8 @@ class MLSTM(nn.Module):
             self.b_f = nn.Parameter(torch.empty((H,), **factory))
             self.W_i = nn.Parameter(torch.empty((H, 3, E), **factory))
             self.b_i = nn.Parameter(torch.empty((H,), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error(
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
                 "MLSTM", exc, self, self._parameter_shapes(), dtype, self._dims_text()
             ) from None
         self.reset_parameters()
@@ -164,7 +164,7 @@ class MLSTM(nn.Module):
                 nn.init.normal_(self.b_i, 0, 0.1)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "MLSTM", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"MLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

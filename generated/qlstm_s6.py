@@ -57,7 +57,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -121,8 +121,8 @@ class QLSTMS6(nn.Module):
             self.b_i = nn.Parameter(torch.empty((Hd,), **factory))
             self.b_o = nn.Parameter(torch.empty((Hd,), **factory))
             self.alpha = nn.Parameter(torch.empty((), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error(
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
                 "QLSTMS6", exc, self, self._parameter_shapes(), dtype, self._dims_text()
             ) from None
         self.reset_parameters()
@@ -146,7 +146,7 @@ class QLSTMS6(nn.Module):
                 self.alpha.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.alpha.shape))
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "QLSTMS6", exc, self, self._parameter_shapes(), self.W_x.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"QLSTMS6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

@@ -58,7 +58,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -146,8 +146,8 @@ class RWKV6(nn.Module):
             self.W_w2 = nn.Parameter(torch.empty((H, K, Rw), **factory))
             self.b_w = nn.Parameter(torch.empty((H, K), **factory))
             self.bonus = nn.Parameter(torch.empty((H, K), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error(
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
                 "RWKV6", exc, self, self._parameter_shapes(), dtype, self._dims_text()
             ) from None
         self.reset_parameters()
@@ -219,7 +219,7 @@ class RWKV6(nn.Module):
                 )
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "RWKV6", exc, self, self._parameter_shapes(), self.mu_x.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"RWKV6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

@@ -57,7 +57,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -117,8 +117,10 @@ class S4D(nn.Module):
             self.C_re = nn.Parameter(torch.empty((d, Nh), **factory))
             self.C_im = nn.Parameter(torch.empty((d, Nh), **factory))
             self.D = nn.Parameter(torch.empty((d,), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error("S4D", exc, self, self._parameter_shapes(), dtype, self._dims_text()) from None
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "S4D", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -147,7 +149,7 @@ class S4D(nn.Module):
                 nn.init.normal_(self.D, 0, 1)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "S4D", exc, self, self._parameter_shapes(), self.log_dt.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"S4D: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None

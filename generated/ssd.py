@@ -58,7 +58,7 @@ from dsfc.runtime.checks import (
     inference_input_error,
     OffsetLimitError,
     out_of_memory,
-    parameter_memory_error,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -127,8 +127,10 @@ class SSD(nn.Module):
             self.W_B = nn.Parameter(torch.empty((G, n, (H * P)), **factory))
             self.W_C = nn.Parameter(torch.empty((G, n, (H * P)), **factory))
             self.D = nn.Parameter(torch.empty((H,), **factory))
-        except RuntimeError as exc:  # S6(n=10**9): torch's "can't allocate memory", naming no parameter
-            raise parameter_memory_error("SSD", exc, self, self._parameter_shapes(), dtype, self._dims_text()) from None
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "SSD", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -155,7 +157,7 @@ class SSD(nn.Module):
                 self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
             if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
-                raise parameter_memory_error(
+                raise parameter_allocation_error(
                     "SSD", exc, self, self._parameter_shapes(), self.A_log.dtype, self._dims_text()
                 ) from None
             raise ValueError(f"SSD: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
