@@ -215,6 +215,14 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         line = text.splitlines()[tok.line - 1] if tok.line <= len(text.splitlines()) else ""
         first = tok.type == "NAME" and not line[: tok.column - 1].strip()
         close = [k for k in starts if _similar(k, str(tok))] if first else []
+        before = line[: tok.column - 1].rstrip()
+        code = line[: tok.column - 1] + line[tok.column - 1:].split("#", 1)[0]  # without a comment after tok
+        if before.lstrip().startswith("model") and before.endswith('"') and code.count('"') > 2:
+            # model S6 "a \"quoted\" word": the description ended at its second '"' (there is no escape); the
+            # hint listed the statement keywords
+            return SpecError(f"unexpected {str(tok)!r} after the end of the statement", span,
+                             hint="the description ended at its second '\"': it cannot contain '\"' (there is no "
+                             "escape); use ' or \u201c \u201d inside it")
         # a misspelt keyword (parm, lte) or a lower-case matrix (a[...] = ...) reads as a continuation of the line
         # before: name what was probably meant
         return SpecError(

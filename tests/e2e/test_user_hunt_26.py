@@ -215,3 +215,33 @@ def test_rg_lru_over_a_long_sequence_with_closed_gates_matches_an_expm1_loop():
     assert bool(torch.isfinite(y).all())
     assert float((y[0] - want).abs().max() / want.abs().max()) < 1e-13
     assert float((h_T[0] - h).abs().max() / h.abs().max()) < 1e-13
+
+
+# ---- the spec language ----
+
+@pytest.mark.parametrize("model_line, column, token", [
+    ('model S6 "has \\" inside"', 18, "inside"),  # a backslash escape, as in Python or C
+    ('model S6 "a "quoted" word"', 14, "quoted"),
+    ('model S6 "has """ inside"', 16, '""'),
+])
+def test_a_quote_inside_the_description_is_named(tmp_path, model_line, column, token):
+    """It was "unexpected 'inside' after the end of the statement" with the hint listing the statement keywords."""
+    from dsfc.lang.errors import SpecErrors
+    from dsfc.lang.parse import parse_spec
+
+    with pytest.raises(SpecErrors) as info:
+        parse_spec(model_line + "\ninput u[d]\n", "m.dsf")
+    err = info.value.errors[0]
+    assert (err.span.line, err.span.column) == (1, column) and repr(token) in err.message
+    assert "cannot contain '\"' (there is no escape)" in err.hint
+
+
+def test_extra_words_after_a_description_keep_the_statement_hint():
+    """What the hint keeps: a word after a closed description (and a quote in a comment after it) is not a quote
+    inside the description."""
+    from dsfc.lang.errors import SpecErrors
+    from dsfc.lang.parse import parse_spec
+
+    with pytest.raises(SpecErrors) as info:
+        parse_spec('model S6 "ok" extra  # a "quoted" comment\n', "m.dsf")
+    assert "each statement starts with a keyword" in info.value.errors[0].hint
