@@ -42,9 +42,10 @@ from RG-LRU's module there by 3e-8 of the output scale: it evaluates ``sqrt(1 - 
 13 other catalog modules probed (dims 2, float64; FoX and softmax attention have no reference backend) matched the
 reference at T = 20000, inputs x30, within 5.2e-13 per row.
 
-Not done: a spec dim of 10**9 compiles (it is a default the user may mean; the module then refuses it by name); the
+Not done: a spec dim of 10**9 compiles (a default the user may mean; the module names it if it does not fit); the
 stability prover was probed with 48 scalar decays (none claimed a bound the expression breaks; some are weaker than
-the truth, e.g. ``exp(x - softplus(x))``, a sigmoid, is "(0, inf)"); no GPU run.
+the truth, e.g. ``exp(x - softplus(x))``, a sigmoid, is "(0, inf)"); this branch was not run on a GPU (the CUDA
+error it converts was seen with main's code on an H200).
 """
 
 import json
@@ -262,3 +263,22 @@ def test_extra_words_after_a_description_keep_the_statement_hint():
     with pytest.raises(SpecErrors) as info:
         parse_spec('model S6 "ok" extra  # a "quoted" comment\n', "m.dsf")
     assert "each statement starts with a keyword" in info.value.errors[0].hint
+
+
+def test_a_cuda_out_of_memory_is_named_too():
+    """On a GPU the allocator raises torch.OutOfMemoryError ("CUDA out of memory. Tried to allocate 238.42 GiB ...",
+    seen on an H200 with main's S6(n=10**9, device="cuda")); the constructor's helper names the parameter for it as
+    for the CPU allocator's error. No GPU here: the helper is given the exception torch raises."""
+    import torch
+
+    from dsfc.runtime.checks import ParameterMemoryError, parameter_allocation_error
+
+    exc = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 238.42 GiB. GPU 0 has a total capacity of "
+                                 "139.80 GiB of which 139.29 GiB is free.")
+    module = torch.nn.Module()
+    err = parameter_allocation_error("S6", exc, module, {"A_log": (64, 10**9), "D": (64,)}, None, "d=64, n=1000000000")
+    assert isinstance(err, ParameterMemoryError)
+    assert str(err).startswith("S6: out of memory at d=64, n=1000000000: cannot allocate parameter 'A_log' of shape "
+                               "(64, 1000000000) (238 GiB in float32)"), str(err)
+    other = RuntimeError("some other failure")  # not an allocation failure: given back unchanged
+    assert parameter_allocation_error("S6", other, module, {"D": (64,)}, None, "d=64") is other
