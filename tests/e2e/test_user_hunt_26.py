@@ -32,7 +32,9 @@ Found and fixed (each test failed before its fix, except those marked as pinning
   now refused by ``check_dim_arguments`` in the compiler's words, and such a parameter is a ValueError naming it.
 - A '"' inside the model description (``model S6 "has \\" inside"``, quoted words) was "unexpected 'inside' after the
   end of the statement" with the hint listing the statement keywords: the hint now says the description ended at its
-  second '"' and has no escape (docs/language.md, "Strings").
+  second '"' and has no escape (docs/language.md, "Strings"). A description in curly (U+201C / U+201D, a word
+  processor's), full-width or single quotes had the hint "names are ASCII letters, digits and '_'": the curly and
+  full-width ones join the lookalike table ("is not '\"'"), and a single quote says descriptions take double quotes.
 
 Pinned (held): S6 and RG-LRU at T = 20000 with inputs scaled by 30 (saturated gates, S6 decays below 1e-100 per step,
 RG-LRU's recurrence gate closed so that ``a`` rounds to 1), float64, against loops written here from the equations:
@@ -282,3 +284,34 @@ def test_a_cuda_out_of_memory_is_named_too():
                                "(64, 1000000000) (238 GiB in float32)"), str(err)
     other = RuntimeError("some other failure")  # not an allocation failure: given back unchanged
     assert parameter_allocation_error("S6", other, module, {"D": (64,)}, None, "d=64") is other
+
+
+@pytest.mark.parametrize("model_line, hint", [
+    # pasted from a word processor: the hint was "names are ASCII letters, digits and '_'; comments start with '#'"
+    ("model S6 \u201ccurly\u201d", "'\u201c' (U+201C) is not '\"': type the ASCII '\"'"),
+    ("model S6 \uff02full width\uff02", "(U+FF02) is not '\"'"),
+    ("model S6 'single quoted'", "a description is written in double quotes (model S6 \"...\")"),
+    ("model S6 \u2018single curly\u2019", "a description is written in double quotes"),
+])
+def test_a_description_in_other_quotes_is_named(model_line, hint):
+    from dsfc.lang.errors import SpecErrors
+    from dsfc.lang.parse import parse_spec
+
+    with pytest.raises(SpecErrors) as info:
+        parse_spec(model_line + "\ninput u[d]\n", "m.dsf")
+    err = info.value.errors[0]
+    assert (err.span.line, err.span.column) == (1, 10) and err.message.startswith("unexpected character")
+    assert hint in err.hint, err.hint
+
+
+def test_curly_quotes_inside_a_description_still_parse():
+    """What the lookalike table keeps: inside the (straight-quoted) description any character is text."""
+    from dsfc.lang.parse import parse_spec
+
+    spec = parse_spec('model S6 "Mamba \u2014 \u201cselective\u201d, it\'s \u2018S6\u2019"\n'
+                      "dim d = 2\ninput u[d]\nstate h[c: d]\noutput y[d]\nA[c, c2] = 0.5 * delta(c, c2)\n"
+                      "B[c, m] = delta(c, m)\nC[o, c] = delta(o, c)\n", "m.dsf")
+    from dsfc.lang.ast import ModelDecl
+
+    model = next(st for st in spec.statements if isinstance(st, ModelDecl))
+    assert "\u201cselective\u201d" in model.description and "it's" in model.description
