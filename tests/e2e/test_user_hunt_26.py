@@ -35,6 +35,9 @@ Found and fixed (each test failed before its fix, except those marked as pinning
   second '"' and has no escape (docs/language.md, "Strings"). A description in curly (U+201C / U+201D, a word
   processor's), full-width or single quotes had the hint "names are ASCII letters, digits and '_'": the curly and
   full-width ones join the lookalike table ("is not '\"'"), and a single quote says descriptions take double quotes.
+- A dim written as an integer literal above 2^53 that float64 rounds (``dim n = 9007199254740993``, or ``--dims
+  n=4611686018427387905``) was "dim 'n' must be a positive integer, got 9.0072e+15": the compiler compared the int
+  with its float; an int is now taken as exact (the second is "too large ... at most 2^62", as it should be).
 
 Pinned (held): S6 and RG-LRU at T = 20000 with inputs scaled by 30 (saturated gates, S6 decays below 1e-100 per step,
 RG-LRU's recurrence gate closed so that ``a`` rounds to 1), float64, against loops written here from the equations:
@@ -315,3 +318,23 @@ def test_curly_quotes_inside_a_description_still_parse():
 
     model = next(st for st in spec.statements if isinstance(st, ModelDecl))
     assert "\u201cselective\u201d" in model.description and "it's" in model.description
+
+
+@pytest.mark.parametrize("value, error", [
+    ("2**53 + 1", None),  # held: the power and the sum are exact
+    ("9007199254740993", None),  # an integer literal float64 rounds (to 2**53): was "must be a positive integer"
+    ("4611686018427387905", r"dim 'n' is too large: 4\.61169e\+18 \(a tensor size is at most 2\^62\)"),
+    ("2.5", r"dim 'n' must be a positive integer, got 2\.5"),
+])
+def test_a_dim_above_2_to_the_53_is_an_integer(value, error):
+    from dsfc.lang.errors import SpecErrors
+    from dsfc.pipeline import compile_text
+
+    spec = (f"model M\ndim d = 2\ndim n = {value}\ninput u[d]\nstate h[c: d]\noutput y[d]\nparam w[n] = 1\n"
+            "A[c, c2] = 0.5 * delta(c, c2) * w[0]\nB[c, m] = delta(c, m)\nC[o, c] = delta(o, c)\n")
+    if error is None:
+        result = compile_text(spec, "m.dsf")
+        assert result.spec is not None
+    else:
+        with pytest.raises(SpecErrors, match=error):
+            compile_text(spec, "m.dsf")
