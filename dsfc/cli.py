@@ -645,13 +645,6 @@ _SIZE_OPTIONS = {"bench": "a smaller -T, --batch or --dims", "check": "smaller -
                  "plot": "a smaller --T or --dims"}
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    """A failed allocation: MemoryError, torch's CPU allocator refusing (a RuntimeError), CUDA out of memory."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
 def _internal_error(args, exc: BaseException) -> int:
     """An exception the spec did not cause (an unsupported construct reaching a printer, say): one line naming it
     and where it was raised; the full traceback with DSFC_TRACEBACK=1."""
@@ -660,7 +653,9 @@ def _internal_error(args, exc: BaseException) -> int:
 
     if os.environ.get("DSFC_TRACEBACK") == "1":
         raise exc
-    if _out_of_memory(exc):  # sizes the user chose (`bench -T 1000000000`): not a bug in dsfc
+    from dsfc.runtime.checks import out_of_memory
+
+    if out_of_memory(exc):  # sizes the user chose (`bench -T 1000000000`): not a bug in dsfc
         import re
 
         asked = re.search(r"allocate (\d+) bytes", str(exc))

@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -112,13 +114,18 @@ class GatedDeltaNet(nn.Module):
         self.V = int(V)
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}
-        self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
-        self.W_a = nn.Parameter(torch.empty((H, d), **factory))
-        self.W_b = nn.Parameter(torch.empty((H, d), **factory))
-        self.A_log = nn.Parameter(torch.empty((H,), **factory))
-        self.dt_bias = nn.Parameter(torch.empty((H,), **factory))
+        try:
+            self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+            self.W_a = nn.Parameter(torch.empty((H, d), **factory))
+            self.W_b = nn.Parameter(torch.empty((H, d), **factory))
+            self.A_log = nn.Parameter(torch.empty((H,), **factory))
+            self.dt_bias = nn.Parameter(torch.empty((H,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "GatedDeltaNet", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -145,6 +152,10 @@ class GatedDeltaNet(nn.Module):
                 )
                 dt_bias_(self.dt_bias, 0.001, 0.1)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "GatedDeltaNet", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
+                ) from None
             raise ValueError(
                 f"GatedDeltaNet: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None
@@ -153,6 +164,18 @@ class GatedDeltaNet(nn.Module):
                 raise ValueError(
                     f"GatedDeltaNet: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, H, K, V = self.d, self.H, self.K, self.V
+        return {
+            "W_Q": (H, K, d),
+            "W_K": (H, K, d),
+            "W_V": (H, V, d),
+            "W_a": (H, d),
+            "W_b": (H, d),
+            "A_log": (H,),
+            "dt_bias": (H,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]) or "the spec's dims"

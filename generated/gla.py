@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -113,12 +115,17 @@ class GLA(nn.Module):
         self.R = int(R)
         d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
         factory = {"device": device, "dtype": dtype}
-        self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
-        self.W_g1 = nn.Parameter(torch.empty((R, d), **factory))
-        self.W_g2 = nn.Parameter(torch.empty((H, K, R), **factory))
-        self.b_g = nn.Parameter(torch.empty((H, K), **factory))
+        try:
+            self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+            self.W_g1 = nn.Parameter(torch.empty((R, d), **factory))
+            self.W_g2 = nn.Parameter(torch.empty((H, K, R), **factory))
+            self.b_g = nn.Parameter(torch.empty((H, K), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "GLA", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -137,12 +144,27 @@ class GLA(nn.Module):
                 nn.init.uniform_(self.W_g2, -(R**-0.5), R**-0.5)
                 nn.init.uniform_(self.b_g, -(R**-0.5), R**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "GLA", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"GLA: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"GLA: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, H, K, V, R = self.d, self.H, self.K, self.V, self.R
+        return {
+            "W_Q": (H, K, d),
+            "W_K": (H, K, d),
+            "W_V": (H, V, d),
+            "W_g1": (R, d),
+            "W_g2": (H, K, R),
+            "b_g": (H, K),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "R"]) or "the spec's dims"

@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -116,9 +118,14 @@ class HGRN(nn.Module):
         later = self.later = L - layer + 1
         d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
         factory = {"device": device, "dtype": dtype}
-        self.W_i = nn.Parameter(torch.empty((E, d), **factory))
-        self.W_f = nn.Parameter(torch.empty((E, d), **factory))
-        self.Gamma = nn.Parameter(torch.empty((L, E), **factory))
+        try:
+            self.W_i = nn.Parameter(torch.empty((E, d), **factory))
+            self.W_f = nn.Parameter(torch.empty((E, d), **factory))
+            self.Gamma = nn.Parameter(torch.empty((L, E), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "HGRN", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -134,12 +141,24 @@ class HGRN(nn.Module):
                 nn.init.uniform_(self.W_f, -(d**-0.5), d**-0.5)
                 nn.init.zeros_(self.Gamma)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "HGRN", exc, self, self._parameter_shapes(), self.W_i.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"HGRN: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"HGRN: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, E, L, layer, later = self.d, self.E, self.L, self.layer, self.later
+        return {
+            "W_i": (E, d),
+            "W_f": (E, d),
+            "Gamma": (L, E),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "E", "L", "layer"]) or "the spec's dims"

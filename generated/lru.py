@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -108,14 +110,19 @@ class LRU(nn.Module):
         self.Nc = int(Nc)
         d, Nc = self.d, self.Nc
         factory = {"device": device, "dtype": dtype}
-        self.nu_log = nn.Parameter(torch.empty((Nc,), **factory))
-        self.theta_log = nn.Parameter(torch.empty((Nc,), **factory))
-        self.gamma_log = nn.Parameter(torch.empty((Nc,), **factory))
-        self.B_re = nn.Parameter(torch.empty((Nc, d), **factory))
-        self.B_im = nn.Parameter(torch.empty((Nc, d), **factory))
-        self.C_re = nn.Parameter(torch.empty((d, Nc), **factory))
-        self.C_im = nn.Parameter(torch.empty((d, Nc), **factory))
-        self.D = nn.Parameter(torch.empty((d,), **factory))
+        try:
+            self.nu_log = nn.Parameter(torch.empty((Nc,), **factory))
+            self.theta_log = nn.Parameter(torch.empty((Nc,), **factory))
+            self.gamma_log = nn.Parameter(torch.empty((Nc,), **factory))
+            self.B_re = nn.Parameter(torch.empty((Nc, d), **factory))
+            self.B_im = nn.Parameter(torch.empty((Nc, d), **factory))
+            self.C_re = nn.Parameter(torch.empty((d, Nc), **factory))
+            self.C_im = nn.Parameter(torch.empty((d, Nc), **factory))
+            self.D = nn.Parameter(torch.empty((d,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "LRU", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -161,12 +168,29 @@ class LRU(nn.Module):
                 nn.init.normal_(self.C_im, 0, Nc**-0.5)
                 nn.init.normal_(self.D, 0, 1)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "LRU", exc, self, self._parameter_shapes(), self.nu_log.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"LRU: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"LRU: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, Nc = self.d, self.Nc
+        return {
+            "nu_log": (Nc,),
+            "theta_log": (Nc,),
+            "gamma_log": (Nc,),
+            "B_re": (Nc, d),
+            "B_im": (Nc, d),
+            "C_re": (d, Nc),
+            "C_im": (d, Nc),
+            "D": (d,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "Nc"]) or "the spec's dims"

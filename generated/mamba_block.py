@@ -57,6 +57,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -117,18 +119,23 @@ class MambaBlock(nn.Module):
         E = self.E = d * e
         d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
         factory = {"device": device, "dtype": dtype}
-        self.W_x = nn.Parameter(torch.empty((E, d), **factory))
-        self.W_z = nn.Parameter(torch.empty((E, d), **factory))
-        self.W_conv = nn.Parameter(torch.empty((E, W), **factory))
-        self.b_conv = nn.Parameter(torch.empty((E,), **factory))
-        self.W_xdt = nn.Parameter(torch.empty((r, E), **factory))
-        self.W_dt = nn.Parameter(torch.empty((E, r), **factory))
-        self.b_dt = nn.Parameter(torch.empty((E,), **factory))
-        self.W_B = nn.Parameter(torch.empty((n, E), **factory))
-        self.W_C = nn.Parameter(torch.empty((n, E), **factory))
-        self.A_log = nn.Parameter(torch.empty((E, n), **factory))
-        self.D = nn.Parameter(torch.empty((E,), **factory))
-        self.W_out = nn.Parameter(torch.empty((d, E), **factory))
+        try:
+            self.W_x = nn.Parameter(torch.empty((E, d), **factory))
+            self.W_z = nn.Parameter(torch.empty((E, d), **factory))
+            self.W_conv = nn.Parameter(torch.empty((E, W), **factory))
+            self.b_conv = nn.Parameter(torch.empty((E,), **factory))
+            self.W_xdt = nn.Parameter(torch.empty((r, E), **factory))
+            self.W_dt = nn.Parameter(torch.empty((E, r), **factory))
+            self.b_dt = nn.Parameter(torch.empty((E,), **factory))
+            self.W_B = nn.Parameter(torch.empty((n, E), **factory))
+            self.W_C = nn.Parameter(torch.empty((n, E), **factory))
+            self.A_log = nn.Parameter(torch.empty((E, n), **factory))
+            self.D = nn.Parameter(torch.empty((E,), **factory))
+            self.W_out = nn.Parameter(torch.empty((d, E), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "MambaBlock", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -158,6 +165,10 @@ class MambaBlock(nn.Module):
                 self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
                 nn.init.uniform_(self.W_out, -(E**-0.5), E**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "MambaBlock", exc, self, self._parameter_shapes(), self.W_x.dtype, self._dims_text()
+                ) from None
             raise ValueError(
                 f"MambaBlock: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None
@@ -166,6 +177,23 @@ class MambaBlock(nn.Module):
                 raise ValueError(
                     f"MambaBlock: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, e, E, n, r, W = self.d, self.e, self.E, self.n, self.r, self.W
+        return {
+            "W_x": (E, d),
+            "W_z": (E, d),
+            "W_conv": (E, W),
+            "b_conv": (E,),
+            "W_xdt": (r, E),
+            "W_dt": (E, r),
+            "b_dt": (E,),
+            "W_B": (n, E),
+            "W_C": (n, E),
+            "A_log": (E, n),
+            "D": (E,),
+            "W_out": (d, E),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "e", "n", "r", "W"]) or "the spec's dims"

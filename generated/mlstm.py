@@ -58,6 +58,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -118,13 +120,18 @@ class MLSTM(nn.Module):
         H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
         self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
-        self.W_Q = nn.Parameter(torch.empty((NB, bs, bs), **factory))
-        self.W_K = nn.Parameter(torch.empty((NB, bs, bs), **factory))
-        self.W_V = nn.Parameter(torch.empty((NB, bs, bs), **factory))
-        self.W_f = nn.Parameter(torch.empty((H, 3, E), **factory))
-        self.b_f = nn.Parameter(torch.empty((H,), **factory))
-        self.W_i = nn.Parameter(torch.empty((H, 3, E), **factory))
-        self.b_i = nn.Parameter(torch.empty((H,), **factory))
+        try:
+            self.W_Q = nn.Parameter(torch.empty((NB, bs, bs), **factory))
+            self.W_K = nn.Parameter(torch.empty((NB, bs, bs), **factory))
+            self.W_V = nn.Parameter(torch.empty((NB, bs, bs), **factory))
+            self.W_f = nn.Parameter(torch.empty((H, 3, E), **factory))
+            self.b_f = nn.Parameter(torch.empty((H,), **factory))
+            self.W_i = nn.Parameter(torch.empty((H, 3, E), **factory))
+            self.b_i = nn.Parameter(torch.empty((H,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "MLSTM", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -156,12 +163,28 @@ class MLSTM(nn.Module):
                 nn.init.zeros_(self.W_i)
                 nn.init.normal_(self.b_i, 0, 0.1)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "MLSTM", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"MLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"MLSTM: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        H, DH, E, bs, NB = self.H, self.DH, self.E, self.bs, self.NB
+        return {
+            "W_Q": (NB, bs, bs),
+            "W_K": (NB, bs, bs),
+            "W_V": (NB, bs, bs),
+            "W_f": (H, 3, E),
+            "b_f": (H,),
+            "W_i": (H, 3, E),
+            "b_i": (H,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "DH", "bs"]) or "the spec's dims"

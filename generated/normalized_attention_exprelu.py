@@ -57,6 +57,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -115,13 +117,18 @@ class NormalizedAttentionExpRelu(nn.Module):
         V = self.V = d // H
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}
-        self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.b_Q = nn.Parameter(torch.empty((H, K), **factory))
-        self.b_K = nn.Parameter(torch.empty((H, K), **factory))
-        self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
-        self.W_n = nn.Parameter(torch.empty((H, d), **factory))
-        self.b_n = nn.Parameter(torch.empty((H,), **factory))
+        try:
+            self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.b_Q = nn.Parameter(torch.empty((H, K), **factory))
+            self.b_K = nn.Parameter(torch.empty((H, K), **factory))
+            self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+            self.W_n = nn.Parameter(torch.empty((H, d), **factory))
+            self.b_n = nn.Parameter(torch.empty((H,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "NormalizedAttentionExpRelu", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -141,6 +148,10 @@ class NormalizedAttentionExpRelu(nn.Module):
                 nn.init.normal_(self.W_n, 0, 0.02)
                 nn.init.zeros_(self.b_n)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "NormalizedAttentionExpRelu", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
+                ) from None
             raise ValueError(
                 f"NormalizedAttentionExpRelu: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None
@@ -149,6 +160,18 @@ class NormalizedAttentionExpRelu(nn.Module):
                 raise ValueError(
                     f"NormalizedAttentionExpRelu: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, H, K, V = self.d, self.H, self.K, self.V
+        return {
+            "W_Q": (H, K, d),
+            "W_K": (H, K, d),
+            "b_Q": (H, K),
+            "b_K": (H, K),
+            "W_V": (H, V, d),
+            "W_n": (H, d),
+            "b_n": (H,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K"]) or "the spec's dims"

@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -110,13 +112,18 @@ class QLSTM(nn.Module):
         Hd = self.Hd = d * e
         d, e, Hd = self.d, self.e, self.Hd
         factory = {"device": device, "dtype": dtype}
-        self.W_x = nn.Parameter(torch.empty((Hd, d), **factory))
-        self.W_f = nn.Parameter(torch.empty((Hd, Hd), **factory))
-        self.W_i = nn.Parameter(torch.empty((Hd, Hd), **factory))
-        self.W_o = nn.Parameter(torch.empty((Hd, Hd), **factory))
-        self.b_f = nn.Parameter(torch.empty((Hd,), **factory))
-        self.b_i = nn.Parameter(torch.empty((Hd,), **factory))
-        self.b_o = nn.Parameter(torch.empty((Hd,), **factory))
+        try:
+            self.W_x = nn.Parameter(torch.empty((Hd, d), **factory))
+            self.W_f = nn.Parameter(torch.empty((Hd, Hd), **factory))
+            self.W_i = nn.Parameter(torch.empty((Hd, Hd), **factory))
+            self.W_o = nn.Parameter(torch.empty((Hd, Hd), **factory))
+            self.b_f = nn.Parameter(torch.empty((Hd,), **factory))
+            self.b_i = nn.Parameter(torch.empty((Hd,), **factory))
+            self.b_o = nn.Parameter(torch.empty((Hd,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "QLSTM", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -136,12 +143,28 @@ class QLSTM(nn.Module):
                 nn.init.uniform_(self.b_i, -(Hd**-0.5), Hd**-0.5)
                 nn.init.uniform_(self.b_o, -(Hd**-0.5), Hd**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "QLSTM", exc, self, self._parameter_shapes(), self.W_x.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"QLSTM: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"QLSTM: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, e, Hd = self.d, self.e, self.Hd
+        return {
+            "W_x": (Hd, d),
+            "W_f": (Hd, Hd),
+            "W_i": (Hd, Hd),
+            "W_o": (Hd, Hd),
+            "b_f": (Hd,),
+            "b_i": (Hd,),
+            "b_o": (Hd,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "e"]) or "the spec's dims"

@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -111,9 +113,14 @@ class RetNet(nn.Module):
         self.V = int(V)
         d, H, K, V = self.d, self.H, self.K, self.V
         factory = {"device": device, "dtype": dtype}
-        self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+        try:
+            self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "RetNet", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -129,12 +136,24 @@ class RetNet(nn.Module):
                 nn.init.uniform_(self.W_K, -(d**-0.5), d**-0.5)
                 nn.init.uniform_(self.W_V, -(d**-0.5), d**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "RetNet", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"RetNet: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"RetNet: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, H, K, V = self.d, self.H, self.K, self.V
+        return {
+            "W_Q": (H, K, d),
+            "W_K": (H, K, d),
+            "W_V": (H, V, d),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V"]) or "the spec's dims"

@@ -57,6 +57,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -115,11 +117,16 @@ class RGLRU(nn.Module):
         W, nh, bw = self.W, self.nh, self.bw
         self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
-        self.W_a = nn.Parameter(torch.empty((nh, bw, bw), **factory))
-        self.b_a = nn.Parameter(torch.empty((nh, bw), **factory))
-        self.W_i = nn.Parameter(torch.empty((nh, bw, bw), **factory))
-        self.b_i = nn.Parameter(torch.empty((nh, bw), **factory))
-        self.Lambda = nn.Parameter(torch.empty((W,), **factory))
+        try:
+            self.W_a = nn.Parameter(torch.empty((nh, bw, bw), **factory))
+            self.b_a = nn.Parameter(torch.empty((nh, bw), **factory))
+            self.W_i = nn.Parameter(torch.empty((nh, bw, bw), **factory))
+            self.b_i = nn.Parameter(torch.empty((nh, bw), **factory))
+            self.Lambda = nn.Parameter(torch.empty((W,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "RGLRU", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -146,12 +153,26 @@ class RGLRU(nn.Module):
                     )
                 )
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "RGLRU", exc, self, self._parameter_shapes(), self.W_a.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"RGLRU: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"RGLRU: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        W, nh, bw = self.W, self.nh, self.bw
+        return {
+            "W_a": (nh, bw, bw),
+            "b_a": (nh, bw),
+            "W_i": (nh, bw, bw),
+            "b_i": (nh, bw),
+            "Lambda": (W,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["W", "nh"]) or "the spec's dims"

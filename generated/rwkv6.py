@@ -57,6 +57,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -132,17 +134,22 @@ class RWKV6(nn.Module):
             )
         d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
         factory = {"device": device, "dtype": dtype}
-        self.mu_x = nn.Parameter(torch.empty((d,), **factory))
-        self.W_x1 = nn.Parameter(torch.empty((4, R, d), **factory))
-        self.W_x2 = nn.Parameter(torch.empty((4, d, R), **factory))
-        self.x_bias = nn.Parameter(torch.empty((4, d), **factory))
-        self.W_r = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_k = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_v = nn.Parameter(torch.empty((H, V, d), **factory))
-        self.W_w1 = nn.Parameter(torch.empty((Rw, d), **factory))
-        self.W_w2 = nn.Parameter(torch.empty((H, K, Rw), **factory))
-        self.b_w = nn.Parameter(torch.empty((H, K), **factory))
-        self.bonus = nn.Parameter(torch.empty((H, K), **factory))
+        try:
+            self.mu_x = nn.Parameter(torch.empty((d,), **factory))
+            self.W_x1 = nn.Parameter(torch.empty((4, R, d), **factory))
+            self.W_x2 = nn.Parameter(torch.empty((4, d, R), **factory))
+            self.x_bias = nn.Parameter(torch.empty((4, d), **factory))
+            self.W_r = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_k = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_v = nn.Parameter(torch.empty((H, V, d), **factory))
+            self.W_w1 = nn.Parameter(torch.empty((Rw, d), **factory))
+            self.W_w2 = nn.Parameter(torch.empty((H, K, Rw), **factory))
+            self.b_w = nn.Parameter(torch.empty((H, K), **factory))
+            self.bonus = nn.Parameter(torch.empty((H, K), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "RWKV6", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -211,12 +218,32 @@ class RWKV6(nn.Module):
                     )
                 )
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "RWKV6", exc, self, self._parameter_shapes(), self.mu_x.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"RWKV6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"RWKV6: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, H, K, V, R, Rw, layer, L = self.d, self.H, self.K, self.V, self.R, self.Rw, self.layer, self.L
+        return {
+            "mu_x": (d,),
+            "W_x1": (4, R, d),
+            "W_x2": (4, d, R),
+            "x_bias": (4, d),
+            "W_r": (H, K, d),
+            "W_k": (H, K, d),
+            "W_v": (H, V, d),
+            "W_w1": (Rw, d),
+            "W_w2": (H, K, Rw),
+            "b_w": (H, K),
+            "bonus": (H, K),
+        }
 
     def _dims_text(self):
         return (

@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -108,12 +110,17 @@ class S4D(nn.Module):
         self.Nh = int(Nh)
         d, Nh = self.d, self.Nh
         factory = {"device": device, "dtype": dtype}
-        self.log_dt = nn.Parameter(torch.empty((d,), **factory))
-        self.log_A_real = nn.Parameter(torch.empty((d, Nh), **factory))
-        self.A_imag = nn.Parameter(torch.empty((d, Nh), **factory))
-        self.C_re = nn.Parameter(torch.empty((d, Nh), **factory))
-        self.C_im = nn.Parameter(torch.empty((d, Nh), **factory))
-        self.D = nn.Parameter(torch.empty((d,), **factory))
+        try:
+            self.log_dt = nn.Parameter(torch.empty((d,), **factory))
+            self.log_A_real = nn.Parameter(torch.empty((d, Nh), **factory))
+            self.A_imag = nn.Parameter(torch.empty((d, Nh), **factory))
+            self.C_re = nn.Parameter(torch.empty((d, Nh), **factory))
+            self.C_im = nn.Parameter(torch.empty((d, Nh), **factory))
+            self.D = nn.Parameter(torch.empty((d,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "S4D", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -141,12 +148,27 @@ class S4D(nn.Module):
                 nn.init.normal_(self.C_im, 0, 0.7071067811865476)
                 nn.init.normal_(self.D, 0, 1)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "S4D", exc, self, self._parameter_shapes(), self.log_dt.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"S4D: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"S4D: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, Nh = self.d, self.Nh
+        return {
+            "log_dt": (d,),
+            "log_A_real": (d, Nh),
+            "A_imag": (d, Nh),
+            "C_re": (d, Nh),
+            "C_im": (d, Nh),
+            "D": (d,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "Nh"]) or "the spec's dims"

@@ -56,6 +56,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -109,13 +111,18 @@ class S6(nn.Module):
         self.r = int(r)
         d, n, r = self.d, self.n, self.r
         factory = {"device": device, "dtype": dtype}
-        self.A_log = nn.Parameter(torch.empty((d, n), **factory))
-        self.W_xdt = nn.Parameter(torch.empty((r, d), **factory))
-        self.W_dt = nn.Parameter(torch.empty((d, r), **factory))
-        self.b_dt = nn.Parameter(torch.empty((d,), **factory))
-        self.W_B = nn.Parameter(torch.empty((n, d), **factory))
-        self.W_C = nn.Parameter(torch.empty((n, d), **factory))
-        self.D = nn.Parameter(torch.empty((d,), **factory))
+        try:
+            self.A_log = nn.Parameter(torch.empty((d, n), **factory))
+            self.W_xdt = nn.Parameter(torch.empty((r, d), **factory))
+            self.W_dt = nn.Parameter(torch.empty((d, r), **factory))
+            self.b_dt = nn.Parameter(torch.empty((d,), **factory))
+            self.W_B = nn.Parameter(torch.empty((n, d), **factory))
+            self.W_C = nn.Parameter(torch.empty((n, d), **factory))
+            self.D = nn.Parameter(torch.empty((d,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "S6", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -140,12 +147,28 @@ class S6(nn.Module):
                 nn.init.normal_(self.W_C, 0, d**-0.5)
                 self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "S6", exc, self, self._parameter_shapes(), self.A_log.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"S6: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"S6: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, n, r = self.d, self.n, self.r
+        return {
+            "A_log": (d, n),
+            "W_xdt": (r, d),
+            "W_dt": (d, r),
+            "b_dt": (d,),
+            "W_B": (n, d),
+            "W_C": (n, d),
+            "D": (d,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "n", "r"]) or "the spec's dims"

@@ -57,6 +57,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -118,12 +120,17 @@ class SSD(nn.Module):
         H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
         self._check_subscripts()
         factory = {"device": device, "dtype": dtype}
-        self.A_log = nn.Parameter(torch.empty((H,), **factory))
-        self.dt_bias = nn.Parameter(torch.empty((H,), **factory))
-        self.W_dt = nn.Parameter(torch.empty((H, (H * P)), **factory))
-        self.W_B = nn.Parameter(torch.empty((G, n, (H * P)), **factory))
-        self.W_C = nn.Parameter(torch.empty((G, n, (H * P)), **factory))
-        self.D = nn.Parameter(torch.empty((H,), **factory))
+        try:
+            self.A_log = nn.Parameter(torch.empty((H,), **factory))
+            self.dt_bias = nn.Parameter(torch.empty((H,), **factory))
+            self.W_dt = nn.Parameter(torch.empty((H, (H * P)), **factory))
+            self.W_B = nn.Parameter(torch.empty((G, n, (H * P)), **factory))
+            self.W_C = nn.Parameter(torch.empty((G, n, (H * P)), **factory))
+            self.D = nn.Parameter(torch.empty((H,), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "SSD", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -149,12 +156,27 @@ class SSD(nn.Module):
                 nn.init.uniform_(self.W_C, -(H**-0.5 * P**-0.5), H**-0.5 * P**-0.5)
                 self.D.copy_(torch.broadcast_to(torch.as_tensor(1, dtype=_dtype, device=_dev), self.D.shape))
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "SSD", exc, self, self._parameter_shapes(), self.A_log.dtype, self._dims_text()
+                ) from None
             raise ValueError(f"SSD: the spec's parameter initialisers fail at {self._dims_text()}: {exc}") from None
         for _name, _p in self.named_parameters(recurse=False):
             if not _p.is_meta and not bool(torch.isfinite(_p).all()):  # e.g. log(c - 2) at c = 2
                 raise ValueError(
                     f"SSD: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        H, P, n, G, R = self.H, self.P, self.n, self.G, self.R
+        return {
+            "A_log": (H,),
+            "dt_bias": (H,),
+            "W_dt": (H, (H * P)),
+            "W_B": (G, n, (H * P)),
+            "W_C": (G, n, (H * P)),
+            "D": (H,),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["H", "P", "n", "G"]) or "the spec's dims"

@@ -58,6 +58,8 @@ from dsfc.runtime.checks import (
     empty_output,
     inference_input_error,
     OffsetLimitError,
+    out_of_memory,
+    parameter_allocation_error,
     refuse_jit_trace,
     split_state_dict,
     step_state_errors,
@@ -117,9 +119,14 @@ class TaylorAttention(nn.Module):
         self.p = int(p)
         d, H, K, V, p = self.d, self.H, self.K, self.V, self.p
         factory = {"device": device, "dtype": dtype}
-        self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
-        self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+        try:
+            self.W_Q = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_K = nn.Parameter(torch.empty((H, K, d), **factory))
+            self.W_V = nn.Parameter(torch.empty((H, V, d), **factory))
+        except (RuntimeError, TypeError) as exc:  # S6(n=10**9): torch's "can't allocate memory", naming nothing
+            raise parameter_allocation_error(
+                "TaylorAttention", exc, self, self._parameter_shapes(), dtype, self._dims_text()
+            ) from None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -135,6 +142,10 @@ class TaylorAttention(nn.Module):
                 nn.init.uniform_(self.W_K, -(d**-0.5), d**-0.5)
                 nn.init.uniform_(self.W_V, -(d**-0.5), d**-0.5)
         except (RuntimeError, ArithmeticError) as exc:  # a negative normal std, (layer - 1) / (L - 1) at L = 1
+            if out_of_memory(exc):  # the initialisers' temporaries at large dims: not the spec's fault
+                raise parameter_allocation_error(
+                    "TaylorAttention", exc, self, self._parameter_shapes(), self.W_Q.dtype, self._dims_text()
+                ) from None
             raise ValueError(
                 f"TaylorAttention: the spec's parameter initialisers fail at {self._dims_text()}: {exc}"
             ) from None
@@ -143,6 +154,14 @@ class TaylorAttention(nn.Module):
                 raise ValueError(
                     f"TaylorAttention: parameter {_name!r} has inf / NaN entries after the spec's initialiser at {self._dims_text()} in {_p.dtype}"
                 )
+
+    def _parameter_shapes(self):
+        d, H, K, V, p = self.d, self.H, self.K, self.V, self.p
+        return {
+            "W_Q": (H, K, d),
+            "W_K": (H, K, d),
+            "W_V": (H, V, d),
+        }
 
     def _dims_text(self):
         return ", ".join(f"{k}={getattr(self, k)}" for k in ["d", "H", "K", "V", "p"]) or "the spec's dims"

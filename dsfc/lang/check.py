@@ -353,7 +353,8 @@ class _Checker:
             return None
         if v == math.inf and isinstance(e, ast.Call) and e.func in FEATURE_MAPS:
             return math.inf  # an infinite feature range (taylor(K, inf)): legal on the state and lets only
-        if float(v) != int(v) or v <= 0:
+        # an int is exact (float(v) rounds one above 2^53: 2**53 + 1 was "must be a positive integer, got 9.0072e+15")
+        if not (isinstance(v, int) or float(v) == int(v)) or v <= 0:
             self.err(f"{what} must be a positive integer, got {v:g}", e.span)
             return None
         if v > MAX_SIZE:

@@ -95,6 +95,8 @@ _LOOKALIKES = {
     "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2010": "-", "\u2011": "-", "\u00d7": "*", "\u22c5": "*",
     "\u00b7": "*", "\u2219": "*", "\u2217": "*", "\u00f7": "/", "\u2215": "/", "\u2044": "/", "\uff08": "(",
     "\uff09": ")", "\uff0c": ",", "\uff1d": "=", "\uff3b": "[", "\uff3d": "]", "\uff1a": ":",
+    # a description pasted from a word processor: model S6 \u201c...\u201d (was "names are ASCII letters")
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\uff02": '"',
 }
 
 
@@ -107,6 +109,9 @@ def _character_hint(ch: str) -> str:
         return f"{ch!r} (U+{ord(ch):04X}) is a non-ASCII digit: numbers are written with 0-9"
     if ch.isalpha() and not ch.isascii():
         return f"{ch!r} (U+{ord(ch):04X}) is not an ASCII letter: names are ASCII letters, digits and '_'"
+    if ch in "'\u2018\u2019":  # model S6 'a description', or a prime (h')
+        return (f"{ch!r} is not part of the language: a description is written in double quotes (model S6 \"...\"); "
+                "a name cannot hold a prime (for x' write x2, or prev(x) for a let's value at the step before)")
     if ch in "<>!":
         return (f"{ch!r}: the language has no comparisons (<, >, <=, >=, !=); for integer indices write n > k as "
                 "min(max(n - k, 0), 1) and n == k as delta(n, k)")
@@ -215,6 +220,14 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> SpecError:
         line = text.splitlines()[tok.line - 1] if tok.line <= len(text.splitlines()) else ""
         first = tok.type == "NAME" and not line[: tok.column - 1].strip()
         close = [k for k in starts if _similar(k, str(tok))] if first else []
+        before = line[: tok.column - 1].rstrip()
+        code = line[: tok.column - 1] + line[tok.column - 1:].split("#", 1)[0]  # without a comment after tok
+        if before.lstrip().startswith("model") and before.endswith('"') and code.count('"') > 2:
+            # model S6 "a \"quoted\" word": the description ended at its second '"' (there is no escape); the
+            # hint listed the statement keywords
+            return SpecError(f"unexpected {str(tok)!r} after the end of the statement", span,
+                             hint="the description ended at its second '\"': it cannot contain '\"' (there is no "
+                             "escape); use ' or \u201c \u201d inside it")
         # a misspelt keyword (parm, lte) or a lower-case matrix (a[...] = ...) reads as a continuation of the line
         # before: name what was probably meant
         return SpecError(

@@ -7,6 +7,7 @@ calls, so the checking logic and its messages live here once instead of in every
 
 import contextlib
 import itertools
+import math
 import re
 import warnings
 from typing import Callable, Dict, Iterator, Mapping, Tuple
@@ -49,6 +50,57 @@ def check_dim_arguments(model: str, dims: dict) -> None:
             ok = False
         if not ok:
             raise ValueError(f"{model}: dim {name} must be a positive integer, got {value!r}")
+        if value.__index__() > 2**62:  # as the compiler refuses a spec's dim; was torch's "Overflow when unpacking"
+            raise ValueError(f"{model}: dim {name} is too large: {value.__index__():.3g} (a tensor size is at most "
+                             "2^62)")
+
+
+class ParameterMemoryError(MemoryError, RuntimeError):
+    """A generated module's constructor could not allocate or initialise its parameters at the dims it was given. A
+    MemoryError, and a RuntimeError as torch's allocator error it replaces (``except RuntimeError`` still holds)."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's CPU allocator refusing (a RuntimeError), CUDA out of memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def _gib(numel: int, dtype: torch.dtype) -> str:
+    return f"{numel * dtype.itemsize / 2**30:.3g} GiB in {str(dtype).replace('torch.', '')}"
+
+
+def parameter_allocation_error(model: str, exc: BaseException, module: torch.nn.Module,
+                               shapes: Mapping[str, Tuple[int, ...]], dtype, dims_text: str) -> BaseException:
+    """What the constructor raises for ``exc`` from allocating (``self.W = nn.Parameter(torch.empty(...))``) or
+    initialising (``reset_parameters``) the parameters at its dims: ``exc`` itself unless the parameters are too
+    large, naming the parameter that did not fit (the first one not yet made), its shape, the dims and the total.
+    Out of memory is a ParameterMemoryError: ``S6(n=10**9)`` was torch's "DefaultCPUAllocator: can't allocate
+    memory: you tried to allocate 256000000000 bytes", naming no parameter, and a failure in the initialisers'
+    temporaries was "the spec's parameter initialisers fail", blaming the spec. A size beyond 64-bit byte counts
+    (``S6(d=2**40, n=2**40)``, a derived dim over 2^63) is a ValueError: it was torch's "Storage size calculation
+    overflowed" or "Overflow when unpacking long long" with a C++ stack."""
+    overflow = isinstance(exc, (RuntimeError, TypeError)) and (
+        "Storage size calculation overflowed" in str(exc) or "Overflow when unpacking" in str(exc))
+    if not overflow and not out_of_memory(exc):
+        return exc
+    dtype = dtype or torch.get_default_dtype()
+    total = sum(math.prod(shape) for shape in shapes.values())
+    missing = [name for name in shapes if name not in module._parameters]
+    if missing:
+        name = missing[0]
+        what = f"parameter {name!r} of shape {tuple(shapes[name])} ({_gib(math.prod(shapes[name]), dtype)})"
+        what = f"{what} is too large for a tensor" if overflow else f"cannot allocate {what}"
+    else:
+        what = "cannot initialise the parameters (the spec's initialisers need temporaries of their size)"
+    if overflow:
+        return ValueError(f"{model}: at {dims_text}: {what} (its size in bytes overflows 64 bits); use smaller dims")
+    asked = re.search(r"allocate (\d+) bytes", str(exc))
+    asked = f"; the allocator refused {int(asked.group(1)) / 2**30:.3g} GiB" if asked else ""
+    return ParameterMemoryError(
+        f"{model}: out of memory at {dims_text}: {what}; the parameters hold {total:.3g} numbers "
+        f"({_gib(total, dtype)}){asked}; use smaller dims (device='meta' builds the module without memory)")
 
 
 def check_no_derived_arguments(model: str, given: Mapping, derived, free) -> None:
