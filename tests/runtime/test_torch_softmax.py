@@ -123,6 +123,15 @@ def test_fp32_flash_kernels(T, S, decay, read_L, monkeypatch):
     assert calls == {"fwd": 1, "bwd": int(fast_bwd), "blocked": int(not fast_bwd)}
 
 
+def test_fp32_without_torchs_flash_ops(monkeypatch):
+    """A torch without the private flash ops (getattr -> None): fp32 takes the blocked passes, same numbers."""
+    monkeypatch.setattr(torch_softmax, "_FLASH_CPU", None)
+    monkeypatch.setattr(torch_softmax, "_FLASH_CPU_BWD", None)
+    monkeypatch.setattr(torch_softmax, "_flash", None)  # a call fails
+    _check(33, 33, False, torch.float32, TOL32, read_L=False)
+    _check(33, 50, True, torch.float32, TOL32)
+
+
 def test_gradcheck_and_double_backward():
     """Finite differences at float64 through y and L, w.r.t. q, k, v and G (with a KV cache); the blocked backward
     is differentiable itself (create_graph=True, as the two-pass einsum path was)."""
@@ -217,12 +226,14 @@ def test_auto_on_cpu_takes_the_fused_pass(modules, monkeypatch):
     assert m.backend == "auto" and calls == [6]
 
 
-def test_module_under_torch_compile(modules):
-    """FoX on backend="torch" with the fused pass under torch.compile(fullgraph=True, backend="aot_eager"):
-    forward and parameter gradients match the eager module in fp32."""
-    result, module = modules["fox"]
+@pytest.mark.parametrize("kind", ["fox", "softmax_attention"])
+def test_module_under_torch_compile(kind, modules):
+    """backend="torch" with the fused pass under torch.compile(fullgraph=True, backend="aot_eager"): forward and
+    parameter gradients match the eager module in fp32 (FoX: the blocked backward; softmax attention with K = V:
+    torch's flash CPU backward, traced with fake tensors)."""
+    result, module = modules[kind]
     torch.manual_seed(0)
-    model = module.FoX(d=5, H=2, K=3, V=4, backend="torch")
+    model = getattr(module, result.plan.model)(d=5, H=2, K=4, V=4, backend="torch")
     u = torch.randn(2, 9, 5, generator=torch.Generator().manual_seed(1))
     out = {}
     for name, fn in (("compiled", torch.compile(model, backend="aot_eager", fullgraph=True)), ("eager", model)):
