@@ -18,7 +18,8 @@ blocks of ``kernelised.QUERY_BLOCK`` queries with a bias); other dtypes and devi
 cast as kernelised does.
 
 Backward (FlashAttention-2): ``Delta_i = dy_i . y_i - dL_i`` (dL the gradient reaching L itself), then per block of
-``BLOCK`` queries and the keys they see: P = exp(w - L) recomputed, dS = P (dy V^T - Delta), dv += P^T dy, dk +=
+``BLOCK`` queries and the keys they see: P = softmax(w) recomputed (its own log-sum-exp: at fp32 scores of ~400,
+exp(w - L) with the forward's L was 70x further off in dv), dS = P (dy V^T - Delta), dv += P^T dy, dk +=
 scale dS^T q, dq = scale dS k; memory O(BLOCK * S) per (batch, group). Decay: dG = dL at the query positions (the
 rows of dS sum to dL_i) minus the column sums of dS. fp32 CPU without decay, cache or a gradient reaching L, outside
 ``create_graph``, runs torch's fused CPU flash backward instead (``_FLASH_CPU_BWD``). The blocked backward is plain
@@ -84,12 +85,14 @@ def _backward(q, k, v, gcum, y, L, dy, dL, scale: float):
     if dL is not None:
         delta = delta - dL
     qh, kh, vh, dyh = (x.transpose(1, 2) for x in (q, k, v, dy))  # [B, G, *, K]
-    Lh, Dh = L.transpose(1, 2), delta.transpose(1, 2)  # [B, G, T]
+    Dh = delta.transpose(1, 2)  # [B, G, T]
     dq = torch.zeros_like(qh)
     dk, dv = torch.zeros_like(kh), torch.zeros_like(vh)
-    dcol = None if gcum is None else q.new_zeros(Lh.shape[:2] + (S,))
+    dcol = None if gcum is None else q.new_zeros(Dh.shape[:2] + (S,))
     for t0, t1, s1 in _blocks(T, S):
-        p = torch.exp(_scores(qh, kh, gcum, T, t0, t1, s1, scale) - Lh[:, :, t0:t1, None])  # 0 where masked
+        # P from the recomputed scores' own log-sum-exp (a block holds every key its queries see), not the saved L:
+        # at scores of ~1e3 the forward's differently rounded L left P's rows summing to 1 +- 1e-4 (fp32)
+        p = torch.softmax(_scores(qh, kh, gcum, T, t0, t1, s1, scale), -1)  # 0 where masked
         dyb = dyh[:, :, t0:t1]
         dv[:, :, :s1] += torch.matmul(p.transpose(-1, -2), dyb)
         ds = p * (torch.matmul(dyb, vh[:, :, :s1].transpose(-1, -2)) - Dh[:, :, t0:t1, None])

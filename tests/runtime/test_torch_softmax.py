@@ -132,6 +132,26 @@ def test_fp32_without_torchs_flash_ops(monkeypatch):
     _check(33, 50, True, torch.float32, TOL32)
 
 
+@pytest.mark.parametrize("decay", [False, True])
+def test_huge_scores_stay_finite(decay):
+    """fp32 scores of several hundred (and a cumulative log-decay of ~-1e4): y, L and the gradients finite and within
+    the rounding of the scores (8 * 2^-24 * max |w|) of the float64 formula."""
+    gen = torch.Generator().manual_seed(4)
+    q, k = 10 * torch.randn(1, 33, 2, 4, generator=gen), 10 * torch.randn(1, 40, 2, 4, generator=gen)
+    v = torch.randn(1, 40, 2, 5, generator=gen)
+    g = -300 * torch.rand(1, 40, 2, generator=gen, dtype=F64).cumsum(1) if decay else None
+    xs = [x.clone().requires_grad_() for x in (q, k, v)]
+    x64 = [x.double().requires_grad_() for x in (q, k, v)]
+    y, L = softmax_attention_torch(*xs, 0.5, g)
+    y0, L0 = _naive(*x64, 0.5, g)
+    tol = 8 * 2**-24 * 0.5 * (q.abs().max() * k.abs().max() * 4).item()
+    assert torch.isfinite(y).all() and torch.isfinite(L).all()
+    assert rel(y.detach(), y0) <= 10 * tol and rel(L.detach(), L0) <= tol
+    wy = torch.randn(y0.shape, generator=gen, dtype=F64)
+    for a, b in zip(torch.autograd.grad((y * wy.float()).sum(), xs), torch.autograd.grad((y0 * wy).sum(), x64)):
+        assert torch.isfinite(a).all() and rel(a, b) <= 10 * tol
+
+
 def test_gradcheck_and_double_backward():
     """Finite differences at float64 through y and L, w.r.t. q, k, v and G (with a KV cache); the blocked backward
     is differentiable itself (create_graph=True, as the two-pass einsum path was)."""
