@@ -273,8 +273,16 @@ def base_log_sum(x, ys, scale, history, gcum=None):
     return torch.zeros(x.shape[:3], dtype=x.dtype)  # unused by base_attention
 
 
+def base_softmax(q, k, v, scale, gcum=None):
+    """The fused (y, L) of ``dsfc.runtime.torch_softmax`` by SDPA; L (read by nothing once y is given) as zeros."""
+    import torch
+
+    return base_attention(q, k, v, None, None, scale, gcum), torch.zeros(q.shape[:3], dtype=q.dtype)
+
+
 BASELINES = {"diagonal_scan": base_diagonal, "chunked_outer_scan": base_outer, "chunked_delta_scan": base_delta,
-             "block_scan": base_block, "kernel_attention": base_attention, "kernel_log_sum": base_log_sum}
+             "block_scan": base_block, "kernel_attention": base_attention, "kernel_log_sum": base_log_sum,
+             "softmax_attention_torch": base_softmax}
 
 
 # ---- workers ---------------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from dsfc.runtime.checks import (
 )
 from dsfc.runtime.kernel_form import check_dense_matrices
 from dsfc.runtime.kernelised import kernel_attention, kernel_log_sum
+from dsfc.runtime.torch_softmax import softmax_attention_torch
 
 try:  # FlashAttention-style Triton kernels (dsfc/runtime/triton_attention.py); the module imports without triton
     from dsfc.runtime.triton_attention import triton_kernels_for
@@ -220,9 +221,9 @@ class SoftmaxAttention(nn.Module):
 
     def _lets(self, u_, _dtype, running0=None, _log_sum=kernel_log_sum, _fused=None):
         """Per-step quantities over the whole sequence: feature maps as their vectors, kernel sums as logs
-        (``_log_sum``: the torch or the Triton implementation). ``_fused`` (backend="triton"): the attention's row
-        weight is minus the kernel sum eta of the same scores, a softmax, so the attention's output comes
-        from that kernel sum's pass (``dsfc.runtime.triton_softmax``), as ``_fused_y`` with its values."""
+        (``_log_sum``: the torch or the Triton implementation). ``_fused``: the attention's row weight is minus the
+        kernel sum eta of the same scores, a softmax, so the attention's output comes from that kernel sum's
+        pass (``dsfc.runtime.torch_softmax`` or ``dsfc.runtime.triton_softmax``), as ``_fused_y`` with its values."""
         d, H, K, V = self.d, self.H, self.K, self.V
         _dev = u_.device
         _B, _T = u_.shape[0], u_.shape[1]
@@ -331,13 +332,13 @@ class SoftmaxAttention(nn.Module):
         u_ = u.to(_dtype).reshape(_B, _T, d)
         # (attention, log-sum): the same maths in torch (blocks of queries) or in Triton kernels; a bf16 / fp16 input
         # hands the kernels q, k, v in that dtype (tensor-core products, fp32 statistics)
-        # the attention's weights are a softmax (row weight minus the log-sum eta of the same scores): on
-        # Triton, one fused pass for both (dsfc/runtime/triton_softmax.py)
+        # the attention's weights are a softmax (row weight minus the log-sum eta of the same scores): one
+        # fused pass for both (dsfc/runtime/torch_softmax.py, dsfc/runtime/triton_softmax.py)
         if backend == "triton":
             _attention, _log_sum = triton_kernels_for(u.dtype)
             _fused = softmax_kernel_for(u.dtype)
         else:
-            _attention, _log_sum, _fused = kernel_attention, kernel_log_sum, None
+            _attention, _log_sum, _fused = kernel_attention, kernel_log_sum, softmax_attention_torch
         env = self._lets(u_, _dtype, running0, _log_sum, _fused)
         _dev = env["_dev"]
         W_Q = env["W_Q"]
