@@ -375,7 +375,7 @@ def transcribed(name: str):
             o = rwkv7_loop(*args, P, h0=h0)[0]
         else:
             o = LOOPS[name](*args, h0=h0)[0]
-        return o.reshape(*u.shape[:2], -1)
+        return o.reshape(*u.shape[:2], o.shape[2] * o.shape[3])
     return loop
 
 
