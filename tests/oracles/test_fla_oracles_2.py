@@ -19,7 +19,8 @@ of the module's own A_t. Each transcription is checked against fla's function it
 - precond: ``naive_recurrent_precond_gated_delta_rule`` (fla/ops/precond_gated_delta_rule/naive.py): the gated delta
   rule whose write key is k scaled by exp(-log(1.5) softsign(log(A + 1e-6) + 0.2)), A the running ATK accumulator
   A_t = exp(g_atk) A + beta_atk k^2 (a ``scan`` let, carried with the state: fla's ``initial_A_state``); chunked
-  delta-rule scan, |lambda| < 1 (after the fix below).
+  delta-rule scan, |lambda| < 1 (after the fix below). Also with grouped value heads (fla's GVA: 4 value heads, each
+  pair sharing its key head's q, k and ATK state, read as ``k[h // R, a]``): still the chunked delta rule.
 - rwkv7: RWKV-7's time mix after the token shift as fla composes it: ``k_update_ref`` (fla/ops/rwkv7/fused_k_update.py),
   kk = L2(k k_k), the DPLR core with scale 1 (``fused_mul_recurrent_rwkv7``'s kernel; its reference
   ``dplr_recurrence``), fla's GroupNorm per head, then ``gate_output_correction_ref``
@@ -201,7 +202,7 @@ B[(h, e, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * kf[h, e] / eta[h]
 C[(o, c), (h, e, b)] = delta(o, h) * delta(c, b) * qf[h, e]
 """
 
-LIGHTNING = f"""model Lightning "fla lightning_attn at layer 1 of 4: the fixed decay exp(-(8 / H) (1 - 1 / 4) h) per head"
+LIGHTNING = f"""model Lightning "fla lightning_attn at layer 1 of 4: a fixed decay per head"
 {HEAD}dim d = H * (2 * K + V)
 input u[d]
 {CORE}let q[h: H, a: K] = u[h * K + a]
@@ -286,7 +287,7 @@ def precond_loop(q, k, v, g_atk, g, beta_atk, beta, h0=None, A0=None):
     o = S^T (K^-1/2 q). Returns (o, S, A)."""
     q, k = l2(q) * K**-0.5, l2(k)
     S, o = _state(q, v, h0), []
-    A = q.new_zeros(q.shape[0], H, K) if A0 is None else A0.clone()
+    A = q.new_zeros(q.shape[0], q.shape[2], K) if A0 is None else A0.clone()
     for t in range(q.shape[1]):
         kt = k[:, t]
         A = A * g_atk[:, t].exp()[..., None] + beta_atk[:, t, :, None] * kt**2
@@ -414,7 +415,8 @@ def test_fox_runs_as_attention_and_is_not_claimed_stable():
 def _inputs(built, b: int, t: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(b, t, built.d_in(), generator=gen, dtype=F64)
-    width = K if built.result.module_name == "rwkv7" else V  # the value width (FoX's state shape is infinite: not asked)
+    # the value width (FoX's state shape, infinite, is not asked)
+    width = K if built.result.module_name == "rwkv7" else V
     return u, 0.5 * torch.randn(b, H, K, width, generator=gen, dtype=F64), gen
 
 
@@ -572,3 +574,90 @@ def test_softsign_decay_is_stable():
     gen = torch.Generator().manual_seed(4)
     lam = torch.linalg.eigvals(built.dsf_matrices(3 * torch.randn(2, 9, 3, generator=gen, dtype=F64))[0]).real
     assert (lam > 0).all() and (lam < 1).all()
+
+
+# grouped value heads (fla's GVA: HV = H * R value heads, each group of R sharing its key head's q, k and ATK state)
+PRECOND_GVA = f"""model PrecondGVA "precond gated delta rule: 4 value heads in groups of 2 sharing a key head"
+{HEAD}dim R = 2
+dim HV = H * R
+dim d = 2 * H * K + HV * V + 2 * HV + 2 * H
+input u[d]
+state S[h: HV, a: K, b: V]
+output y[h: HV, b: V]
+param A_log[HV] ~ uniform(-1, 1)
+param dt_bias[HV] ~ uniform(-1, 1)
+let qr[h: H, a: K] = u[h * K + a]
+let kr[h: H, a: K] = u[H * K + h * K + a]
+{QK_L2}let v[h: HV, b: V] = u[2 * H * K + h * V + b]
+let g[h: HV] = -exp(A_log[h]) * softplus(u[2 * H * K + HV * V + h] + dt_bias[h])
+let beta[h: HV] = sigmoid(u[2 * H * K + HV * V + HV + h])
+let gatk[h: H] = logsigmoid(u[2 * H * K + HV * V + 2 * HV + h])
+let batk[h: H] = sigmoid(u[2 * H * K + HV * V + 2 * HV + H + h])
+let atk[h: H, a: K] = scan(exp(gatk[h]), batk[h] * k[h, a] ^ 2)
+let r[h: H, a: K] = log(atk[h, a] + 0.000001) + 0.2
+let m[h: H, a: K] = exp(-log(1.5) * r[h, a] / (1 + abs(r[h, a])))
+let kp[h: H, a: K] = k[h, a] * m[h, a]
+drive v
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(b, b2) * exp(g[h]) * (
+    delta(a, a2) - beta[h] * kp[h // R, a] * k[h // R, a2])
+B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * beta[h] * kp[h // R, a]
+C[(o, e), (h, a, b)] = delta(o, h) * delta(e, b) * q[h // R, a] / sqrt(K)
+"""
+
+
+def _gva_args(built, u):
+    """fla's arguments (key heads for q, k, g_atk, beta_atk; value heads for v, g, beta) from the packed u."""
+    B, T, R = u.shape[0], u.shape[1], 2
+    widths = [(H, K), (H, K), (H * R, V), (H * R, 1), (H * R, 1), (H, 1), (H, 1)]
+    parts, at = [], 0
+    for n, w in widths:
+        parts.append(u[..., at:at + n * w].reshape(B, T, n, w))
+        at += n * w
+    q, k, v, g, b, ga, ba = parts
+    P = built.params()
+    g = -P["A_log"].exp() * F.softplus(g[..., 0] + P["dt_bias"])
+    return q, k, v, F.logsigmoid(ga[..., 0]), g, ba[..., 0].sigmoid(), b[..., 0].sigmoid()
+
+
+def test_precond_with_grouped_value_heads_matches_the_transcription():
+    """fla's GVA path (repeat_interleave of q, k, g_atk, beta_atk over each group, as its naive function does) against
+    the spec reading the key head h // R: still the chunked delta rule and |lambda| < 1; torch path from an initial
+    state, Triton, step, and the final state, T = 9."""
+    built = compile_and_build(PRECOND_GVA, path="precond_gva.dsf")
+    assert built.result.structure.family == Family.CHUNKED_DELTA, built.result.structure.family_reason
+    assert built.result.report.eigen_bound == Bound.STABLE, built.result.report.eigen_reason
+    gen = torch.Generator().manual_seed(14)
+    u = torch.randn(2, 9, built.d_in(), generator=gen, dtype=F64)
+    h0 = 0.5 * torch.randn(2, 2 * H, K, V, generator=gen, dtype=F64)
+    q, k, v, ga, g, ba, b = _gva_args(built, u)
+    q, k, ga, ba = (x.repeat_interleave(2, dim=2) for x in (q, k, ga, ba))
+    o, S, _ = precond_loop(q, k, v, ga, g, ba, b, h0=h0)
+    o = o.reshape(2, 9, -1)
+    for backend in BACKENDS:
+        built.model.backend = backend
+        with torch.no_grad():
+            y, state = built.model(u, initial_state={"h": h0}, output_final_state=True)
+        assert rel_err(y, o) < 1e-10 and rel_err(state["h"], S) < 1e-10, backend
+    built.model.backend = "torch"
+    state, ys = {"h": h0}, []
+    with torch.no_grad():
+        for t in range(9):
+            y_t, state = built.model.step(u[:, t], state)
+            ys.append(y_t)
+    assert rel_err(torch.stack(ys, 1), o) < 1e-10 and rel_err(state["h"], S) < 1e-10
+
+
+def test_precond_gva_transcription_matches_fla():
+    """Where fla is installed: the GVA transcription above against naive_recurrent_precond_gated_delta_rule with
+    4 value heads and 2 key heads (float32, 1e-5)."""
+    pytest.importorskip("fla")
+    from fla.ops.precond_gated_delta_rule.naive import naive_recurrent_precond_gated_delta_rule
+
+    built = compile_and_build(PRECOND_GVA, path="precond_gva.dsf")
+    u = torch.randn(2, 7, built.d_in(), generator=torch.Generator().manual_seed(15), dtype=F64)
+    args = _gva_args(built, u)
+    q, k, v, ga, g, ba, b = args
+    o, S, _ = precond_loop(*(x.repeat_interleave(2, dim=2) for x in (q, k)), v,
+                           *(x.repeat_interleave(2, dim=2) for x in (ga,)), g, ba.repeat_interleave(2, dim=2), b)
+    o_fla, S_fla, _ = naive_recurrent_precond_gated_delta_rule(*(x.float() for x in args), output_final_state=True)
+    assert rel_err(o_fla, o) < 1e-5 and rel_err(S_fla, S) < 1e-5
