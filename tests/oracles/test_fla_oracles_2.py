@@ -33,8 +33,13 @@ of the module's own A_t. Each transcription is checked against fla's function it
 - lightning: ``chunk_lightning_attn`` (fla/ops/lightning_attn/chunk.py) at layer 1 of 4, i.e. simple_gla with the fixed
   per-head decay g_gamma = -(8 / H)(1 - 1/4) h (``naive_recurrent_simple_gla`` as the reference); chunked
   outer-product scan, |lambda| <= 1 (head 0 does not decay: true).
+- lightnet: ``fused_recurrent_lightnet`` (fla/ops/lightnet/fused_recurrent.py): its gate (fla/ops/gsa/gate.py
+  ``fused_additive_gate_fwd_kernel``, Triton only, transcribed: z = logcumsumexp(x) per key, k = exp(x - z),
+  g = z_prev - z), then ``naive_recurrent_gla``; written as Z = cumsum(exp(x)), A = prev(Z) / Z, B = exp(x) / Z;
+  chunked outer-product scan (fla: chunk_gla), |lambda| <= 1 (1 at t = 0: true). dsfc's carried Z is exp(z), fla's
+  log-normaliser (checked across a split).
 
-Every output, state and gradient of the six agreed (~1e-7 against fla's float32, 1e-10 against the transcriptions).
+Every output, state and gradient of the seven agreed (~1e-7 against fla's float32, 1e-10 against the transcriptions).
 
 Found and fixed (``dsfc/analysis/stability.py``, ``IntervalProver._sign_cases``): the preconditioned gated delta rule
 was eigenvalues "unknown (-248.8, 1)". Interval arithmetic read x and |x| of softsign x / (1 + |x|) apart (x in
@@ -44,8 +49,8 @@ now ranged on each sign of x (|x| = x, then -x): softsign in [-0.93, 1), the sca
 
 Not done: log_linear_attn (its Fenwick-tree levels move state between levels by the token's position: a DSF with A
 reading t's binary digits, not written), gsa / abc (a softmax over slots of the state's read: not linear in the state),
-titans / ttt (a layer norm inside the inner loss), mesa_net (a linear solve with the state), gated_oja_rule and
-lightnet (no pure-torch reference in fla-core 0.6.0), fla's Triton kernels themselves (no driver on CPU).
+titans / ttt (a layer norm inside the inner loss), mesa_net (a linear solve with the state), gated_oja_rule (no
+pure-torch reference in fla-core 0.6.0), fla's Triton kernels themselves (no driver on CPU).
 """
 
 from __future__ import annotations
@@ -213,6 +218,18 @@ A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * alpha[
 B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * k[h, a]
 {READ}"""
 
+LIGHTNET = f"""model LightNet "fla lightnet: GLA with k = exp(x - z), g = z_prev - z, z = logcumsumexp(x) per key"
+{HEAD}dim d = H * (2 * K + V)
+input u[d]
+{CORE}let q[h: H, a: K] = u[h * K + a]
+let ex[h: H, a: K] = exp(u[H * K + h * K + a])
+let v[h: H, b: V] = u[2 * H * K + h * V + b]
+let Z[h: H, a: K] = cumsum(ex[h, a])
+let Zp[h: H, a: K] = prev(Z[h, a])
+A[(h, a, b), (h2, a2, b2)] = delta(h, h2) * delta(a, a2) * delta(b, b2) * Zp[h, a] / Z[h, a]
+B[(h, a, b), (h2, b2)] = delta(h, h2) * delta(b, b2) * ex[h, a] / Z[h, a]
+{READ}"""
+
 CASES = {
     "iplr": (IPLR, Family.CHUNKED_DPLR),
     "gdn2": (GDN2, Family.CHUNKED_DPLR),
@@ -220,10 +237,11 @@ CASES = {
     "rwkv7": (RWKV7, Family.CHUNKED_DPLR),
     "fox": (FOX, Family.QUADRATIC),
     "lightning": (LIGHTNING, Family.CHUNKED_OUTER),
+    "lightnet": (LIGHTNET, Family.CHUNKED_OUTER),
 }
 # the packed blocks of u per spec, in order, each [.., H, width]
 LAYOUT = {"iplr": [K, K, K, V, 1], "gdn2": [K, K, V, K, K, V], "precond": [K, K, V, 1, 1, 1, 1],
-          "rwkv7": [K] * 6, "fox": [K, K, V, 1], "lightning": [K, K, V]}
+          "rwkv7": [K] * 6, "fox": [K, K, V, 1], "lightning": [K, K, V], "lightnet": [K, K, V]}
 
 
 def unpack(name: str, u: torch.Tensor) -> list[torch.Tensor]:
@@ -341,6 +359,36 @@ def simple_gla_loop(q, k, v, g, h0=None):
     return _out(o, q, v), S
 
 
+def lightnet_gate(x, z0=None):
+    """fla/ops/gsa/gate.py fused_additive_gate_fwd_kernel (LightNet's gate, fla/ops/lightnet/fused_recurrent.py):
+    z_t = logaddexp(z_(t-1), x_t) from z_(-1) = z0 (or -inf), k = exp(x - z), g = z_(t-1) - z_t (0 where
+    z_(t-1) = -inf). Returns (k, g, z_T)."""
+    zp = x.new_full((x.shape[0], *x.shape[2:]), -math.inf) if z0 is None else z0
+    ks, gs = [], []
+    for t in range(x.shape[1]):
+        z = torch.logaddexp(zp, x[:, t])
+        ks.append(torch.exp(x[:, t] - z))
+        gs.append(torch.where(zp == -math.inf, torch.zeros_like(z), zp - z))
+        zp = z
+    stack = (lambda xs: torch.stack(xs, 1)) if ks else (lambda xs: x.new_zeros(x.shape))
+    return stack(ks), stack(gs), zp
+
+
+def gla_loop(q, k, v, gk, h0=None):
+    """fla/ops/gla/naive.py naive_recurrent_gla: S = S exp(gk) per key + k v^T, o = S^T (K^-1/2 q)."""
+    S, o = _state(q, v, h0), []
+    for t in range(q.shape[1]):
+        S = S * gk[:, t].exp()[..., None] + k[:, t, :, :, None] * v[:, t, :, None, :]
+        o.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * K**-0.5, S))
+    return _out(o, q, v), S
+
+
+def lightnet_loop(q, x, v, h0=None, z0=None):
+    """fused_recurrent_lightnet: the gate above, then GLA. Returns (o, S, z_T)."""
+    k, g, z = lightnet_gate(x, z0)
+    return (*gla_loop(q, k, v, g, h0), z)
+
+
 def fla_args(name: str, P: dict, u: torch.Tensor) -> tuple:
     """The spec's inputs (packed u, params by spec name) -> the arguments fla's function takes."""
     parts = unpack(name, u)
@@ -362,6 +410,8 @@ def fla_args(name: str, P: dict, u: torch.Tensor) -> tuple:
     if name == "fox":
         q, k, v, g = parts
         return q, k, v, F.logsigmoid(g[..., 0])
+    if name == "lightnet":
+        return tuple(parts)
     q, k, v = parts
     return q, k, v, lightning_gamma().expand(*u.shape[:2], H)
 
@@ -380,10 +430,11 @@ def transcribed(name: str):
     return loop
 
 
-LOOPS = {"iplr": iplr_loop, "gdn2": gdn2_loop, "precond": precond_loop, "lightning": simple_gla_loop}
+LOOPS = {"iplr": iplr_loop, "gdn2": gdn2_loop, "precond": precond_loop, "lightning": simple_gla_loop,
+         "lightnet": lightnet_loop}
 INDEPENDENT = {name: transcribed(name) for name in CASES}
 EIGEN = {"iplr": Bound.MARGINAL, "gdn2": Bound.STABLE, "precond": Bound.STABLE, "rwkv7": Bound.STABLE,
-         "fox": Bound.UNBOUNDED, "lightning": Bound.MARGINAL}
+         "fox": Bound.UNBOUNDED, "lightning": Bound.MARGINAL, "lightnet": Bound.MARGINAL}
 
 _compiled, _built = case_builds(CASES)
 
@@ -426,7 +477,7 @@ def _transcription_with_state(name, P, u, h0, A0=None):
     if name == "precond":
         o, S, A = precond_loop(*args, h0=h0, A0=A0)
         return o.reshape(*u.shape[:2], -1), {"h": S, "atk": A}
-    o, S = rwkv7_loop(*args, P, h0=h0) if name == "rwkv7" else LOOPS[name](*args, h0=h0)
+    o, S = rwkv7_loop(*args, P, h0=h0) if name == "rwkv7" else LOOPS[name](*args, h0=h0)[:2]
     return o.reshape(*u.shape[:2], -1), S
 
 
@@ -496,6 +547,10 @@ def _call_fla(name: str, args: tuple, P: dict, h0):
         return out, S
     if name == "fox":
         return fn("fla.ops.forgetting_attn.naive", "naive_forgetting_attn")(*f32), None
+    if name == "lightnet":  # fla's gate is a Triton kernel only: the transcribed gate, then fla's naive GLA
+        q, x, v = f32
+        k, g, _ = lightnet_gate(x)
+        return fn("fla.ops.gla.naive", "naive_recurrent_gla")(q, k, v, g, initial_state=h0, output_final_state=True)
     return fn("fla.ops.simple_gla.naive", "naive_recurrent_simple_gla")(*f32, initial_state=h0,
                                                                         output_final_state=True)
 
@@ -661,3 +716,29 @@ def test_precond_gva_transcription_matches_fla():
                            *(x.repeat_interleave(2, dim=2) for x in (ga,)), g, ba.repeat_interleave(2, dim=2), b)
     o_fla, S_fla, _ = naive_recurrent_precond_gated_delta_rule(*(x.float() for x in args), output_final_state=True)
     assert rel_err(o_fla, o) < 1e-5 and rel_err(S_fla, S) < 1e-5
+
+
+def test_lightnet_carries_fla_log_normaliser_as_its_running_sum():
+    """LightNet's carried state: dsfc's h is fla's S and its running Z is exp(z), fla's log-normaliser; T = 9 run as
+    4 + 5 with the state dict carried (and token by token) equals the whole run and the transcription continued from
+    (S, z) at t = 4. From an h0 alone fla starts g at 0 (decay 1), as dsfc starts prev(Z) at Z_0 (Z_0 / Z_0 = 1)."""
+    built = _built("lightnet")
+    u, h0, _ = _inputs(built, 2, 9, 16)
+    q, x, v = fla_args("lightnet", built.params(), u)
+    o, S, z = lightnet_loop(q, x, v, h0=h0)
+    o1, S1, z1 = lightnet_loop(q[:, :4], x[:, :4], v[:, :4], h0=h0)
+    o2, S2, z2 = lightnet_loop(q[:, 4:], x[:, 4:], v[:, 4:], h0=S1, z0=z1)
+    assert rel_err(torch.cat([o1, o2], 1), o) < 1e-12 and rel_err(S2, S) < 1e-12
+    model = built.model
+    with torch.no_grad():
+        y, state = model(u, initial_state={"h": h0}, output_final_state=True)
+        y1, s1 = model(u[:, :4], initial_state={"h": h0}, output_final_state=True)
+        y2, s2 = model(u[:, 4:], initial_state=s1, output_final_state=True)
+        st, ys = {"h": h0}, []
+        for t in range(9):
+            y_t, st = model.step(u[:, t], st)
+            ys.append(y_t)
+    o = o.reshape(2, 9, H * V)
+    assert rel_err(y, o) < 1e-10 and rel_err(state["h"], S) < 1e-10 and rel_err(state["Z"], z.exp()) < 1e-10
+    assert rel_err(torch.cat([y1, y2], 1), o) < 1e-10 and rel_err(s1["Z"], z1.exp()) < 1e-10
+    assert rel_err(s2["h"], S) < 1e-10 and rel_err(torch.stack(ys, 1), o) < 1e-10 and rel_err(st["h"], S) < 1e-10
