@@ -380,34 +380,45 @@ class IntervalProver:
         f = e.xreplace({atoms[0]: X}) if len(atoms) == 1 else e.subs(sp.Mul(*atoms), X)
         if f.has(*atoms) or not f.has(X):
             return None
-        f = sp.cancel(sp.together(f))
-        num, den = (sp.Poly(_exact_decimals(x), X) for x in sp.fraction(f))
-        if max(num.degree(), den.degree()) > 4 or not all(c.is_Rational for c in num.coeffs() + den.coeffs()):
-            return None
         xiv = self.range(sp.Mul(*atoms))  # the product's range (each atom read once: interval arithmetic's own)
-        if xiv.lo == xiv.hi:
+        iv = _rational_range(f, X, xiv)
+        if iv is not None:
+            self.reasons.append(f"{spec_str(e)} in {iv}: a rational function of the one quantity "
+                                f"{spec_str(sp.Mul(*atoms))} in {xiv} (extremes at its ends or where the derivative "
+                                "is 0)")
+        return iv
+
+    def _sign_cases(self, e) -> Interval | None:
+        """A rational function of one quantity x and its magnitude |x| (softsign ``x / (1 + |x|)``, as fla's
+        preconditioned gated delta rule squashes a log-scale): |x| is x where x >= 0 and -x where x <= 0, so the
+        range is the hull of the two rational functions' ranges over those halves of x's range. Interval arithmetic
+        reads x and |x| apart: softsign of x in [-13.6, inf) was [-13.6, inf), not [-0.93, 1)."""
+        absolutes = e.atoms(sp.Abs)
+        if len(absolutes) != 1 or sp.count_ops(e) > 40:
             return None
-        if den.degree() > 0 and any(xiv.lo <= float(r) <= xiv.hi for r in sp.real_roots(den)):
-            return None  # a pole in (or at an end of) X's range
-        fx = num.as_expr() / den.as_expr()
-
-        def at(x):  # f at x, its limit at an infinite end
-            if abs(x) == INF:
-                v = sp.limit(fx, X, sp.oo if x > 0 else -sp.oo)
-                return INF if v == sp.oo else -INF if v == -sp.oo else float(v)
-            return float(fx.subs(X, sp.Rational(x)))
-
-        points = [(at(xiv.lo), xiv.lo_open or xiv.lo == -INF), (at(xiv.hi), xiv.hi_open or xiv.hi == INF)]
-        slope = sp.Poly(num.diff(X) * den - num * den.diff(X), X)
-        if not slope.is_zero:
-            for r in sp.real_roots(slope):
-                if xiv.lo < float(r) < xiv.hi:
-                    points.append((float(fx.subs(X, r).evalf(30)), False))
-        lo = min(v for v, _ in points)
-        hi = max(v for v, _ in points)
-        iv = Interval(lo, hi, all(o for v, o in points if v == lo), all(o for v, o in points if v == hi))
-        self.reasons.append(f"{spec_str(e)} in {iv}: a rational function of the one quantity "
-                            f"{spec_str(sp.Mul(*atoms))} in {xiv} (extremes at its ends or where the derivative is 0)")
+        (magnitude,) = absolutes
+        x = magnitude.args[0]
+        if not isinstance(x, (sp.Indexed, sp.Symbol)) or not e.xreplace({magnitude: sp.Integer(0)}).has(x):
+            return None
+        X = sp.Dummy("X")
+        xiv = self.range(x)
+        halves = []
+        if xiv.hi >= 0:
+            halves.append((sp.Integer(1), Interval(max(xiv.lo, 0.0), xiv.hi, xiv.lo_open and xiv.lo >= 0,
+                                                   xiv.hi_open)))
+        if xiv.lo <= 0:
+            halves.append((sp.Integer(-1), Interval(xiv.lo, min(xiv.hi, 0.0), xiv.lo_open,
+                                                    xiv.hi_open and xiv.hi <= 0)))
+        pieces = []
+        for sign, half in halves:
+            f = e.xreplace({magnitude: sign * x}).xreplace({x: X})
+            iv = _rational_range(f, X, half) if half.lo < half.hi else self.range(f.xreplace({X: sp.Float(half.lo)}))
+            if iv is None:
+                return None
+            pieces.append(iv)
+        iv = _hull(pieces)
+        self.reasons.append(f"{spec_str(e)} in {iv}: a rational function of {spec_str(x)} in {xiv} and its "
+                            "magnitude, read on each sign of it")
         return iv
 
     def _convex_combination(self, e) -> Interval | None:
@@ -862,6 +873,7 @@ class IntervalProver:
                 special = special or (self._weight_combination(e) if isinstance(e, sp.Add) else None)
                 special = special or self._multilinear(e)
                 special = special or self._one_quantity(e)
+                special = special or self._sign_cases(e)
                 special = special or self._convex_combination(e)
                 special = special or (self._share(e) if isinstance(e, sp.Mul) else None)
                 special = special or (self._mean(e) if isinstance(e, sp.Mul) else None)
@@ -1018,6 +1030,37 @@ def _verdict(ivs: list[Interval]) -> Bound:
     if lo >= 0 and hi > 1:
         return Bound.UNBOUNDED
     return Bound.UNKNOWN
+
+
+def _rational_range(f, X: sp.Dummy, xiv: Interval) -> Interval | None:
+    """Exact range of f(X), a rational function of X with number coefficients and degree <= 4, over X in ``xiv``:
+    the extremes lie at its ends (limits at open or infinite ones) or where f' = 0; None for a pole in the range
+    (or at an end), a higher degree, other coefficients, or a single point."""
+    f = sp.cancel(sp.together(f))
+    num, den = (sp.Poly(_exact_decimals(x), X) for x in sp.fraction(f))
+    if max(num.degree(), den.degree()) > 4 or not all(c.is_Rational for c in num.coeffs() + den.coeffs()):
+        return None
+    if xiv.lo == xiv.hi:
+        return None
+    if den.degree() > 0 and any(xiv.lo <= float(r) <= xiv.hi for r in sp.real_roots(den)):
+        return None  # a pole in (or at an end of) X's range
+    fx = num.as_expr() / den.as_expr()
+
+    def at(x):  # f at x, its limit at an infinite end
+        if abs(x) == INF:
+            v = sp.limit(fx, X, sp.oo if x > 0 else -sp.oo)
+            return INF if v == sp.oo else -INF if v == -sp.oo else float(v)
+        return float(fx.subs(X, sp.Rational(x)))
+
+    points = [(at(xiv.lo), xiv.lo_open or xiv.lo == -INF), (at(xiv.hi), xiv.hi_open or xiv.hi == INF)]
+    slope = sp.Poly(num.diff(X) * den - num * den.diff(X), X)
+    if not slope.is_zero:
+        for r in sp.real_roots(slope):
+            if xiv.lo < float(r) < xiv.hi:
+                points.append((float(fx.subs(X, r).evalf(30)), False))
+    lo = min(v for v, _ in points)
+    hi = max(v for v, _ in points)
+    return Interval(lo, hi, all(o for v, o in points if v == lo), all(o for v, o in points if v == hi))
 
 
 def _hull(ivs: list[Interval]) -> Interval:
