@@ -664,6 +664,11 @@ FP32_SCALES["alibigqa"] = {"torch": (1.0, 10.0), "triton": (10.0,)}
 # each weight, so W_Q's gradient came out 1.4e-4 of the largest on one CPU and under 1e-4 on another (MKL's kernels
 # differ by CPU); at 1 and 10 it is held to 1e-4 everywhere
 FP32_SCALES["sink"] = {"torch": (1.0, 10.0), "triton": (10.0,)}
+# Differential attention's scores q.k reach ~7.9e3 at scale 30 (6e2 at 10): |score| 2^-24 ~ 5e-4 in each weight, and
+# the difference of its two softmax maps keeps that error while the gradients it scales shrink. The fused softmax
+# kernels' W_Q / W_K gradients came out 1.3e-4 of the largest there, the two passes before them 0.7-0.95e-4 (measured
+# 2026-11-30 under the interpreter): both at the rounding fp32 scores of that size allow; at 1 and 10, <= 1.6e-6
+FP32_SCALES["diffsoftmax"] = {"torch": (1.0, 10.0, 30.0), "triton": (10.0,)}
 # RWKV-6's Triton gradients at scales 10 and 30 (see test_rwkv6_triton_gradients_through_a_huge_log_decay)
 FP32_SCALES["rwkv6lite"]["triton"] = (1.0,)
 
