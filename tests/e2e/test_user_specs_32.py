@@ -14,9 +14,10 @@ the gated delta product with n = 1 (the gated delta rule) and with n = 2 and a g
 Tested (each against a float64 loop written here from the layer's recurrence, not from dsfc; the rotary in complex
 arithmetic): forward at T = 0, 1, 7, 9 from zero and from a random state, token-by-token step, gradients of the
 input and every parameter; every path against dsfc's reference (torch with step and gradients from a carried
-state, Triton interpreted from an initial state with gradients, the chunked families with 3-step chunks); a sequence
-cut at an odd offset and continued from its final state (torch across a 64-step chunk, Triton for the token shifts
-and the gated product); the family and the eigenvalue report, its claim checked on the module's own A.
+state, the chunked families with 3-step chunks; Triton interpreted from an initial state with gradients on nine of
+the sixteen, ``_ON_TRITON``); a sequence cut at an odd offset and continued from its final state (torch across a
+64-step chunk, Triton for the two shifts and the gated product); the family and the eigenvalue report, its claim
+checked on the module's own A, and its interval for the fourteen whose eigenvalues it can know.
 
 Families: every variant stays in its fast family: the per-head KDA, n = 1, the gate on every factor and Comba in
 the chunked delta rule; the other KDA and RWKV-7 variants in the chunked DPLR scan; the MIMO / rotary variants and
@@ -33,9 +34,16 @@ smallest eigenvalue below by min(d) (1 - |u|^2), |u|^2 = sum(-x y / d), where |u
 
 Probed, held: ``prev`` inside an expression (``u + (prev(u, 0) - u) mu``) is refused with "'prev' (a running
 quantity over time) must be the whole right-hand side of a let"; as a let of its own it works, and a ``prev`` of a
-``prev`` let is two shifts.
+``prev`` let is two shifts. Spellings (not tests): the per-head gate multiplied into both terms, the per-key gate
+written on either side term by term, RWKV-7's learned a as a let, Mamba-3's lam as a constant let: same family, same
+report.
 
-Not done: a per-key gate in the gated delta product (KDA factors), an n = 3 product with gates on every factor.
+Noted, not changed: an interval is of the real eigenvalues or of their moduli depending on the rule (the reason says
+which: a norm bound ``|lambda| <= max |d| ||M||`` gives [0, 1) for KDA with the decay after and the gated product,
+whose eigenvalues reach -0.88).
+
+Not done: no GPU run; a per-key gate in the gated delta product (KDA factors), an n = 3 product with gates on every
+factor.
 """
 
 from tests.triton._device import DEVICE  # noqa: F401,E402  (CPU: sets TRITON_INTERPRET=1 before triton is imported)
