@@ -1533,12 +1533,38 @@ def _similar_symmetric_rank1(sym: SymSpec, a) -> EigenBound | None:
         shift = Interval(0.0, max(tr_iv.hi, 0.0), False, tr_iv.hi_open and tr_iv.hi > 0)
     d_iv = prover.range_over(d, rows, extents)
     lam = _add(d_iv, shift)
+    floor = _congruence_floor(sym, prover, d, d_iv, x, y, rows, mixed) if r_iv.hi <= 0 else None
+    if floor is not None:
+        lam = _intersect(lam, Interval(floor[0].lo, INF, floor[0].lo_open, True))
     facts = "; ".join(dict.fromkeys(prover.reasons)) or "no facts needed"
     rel = ">=" if r_iv.lo >= 0 else "<="
+    also = "" if floor is None else (
+        f"; and D - w w^T = D^(1/2) (I - u u^T) D^(1/2) with |u|^2 = -sum(x y / d) = {spec_str(floor[1])} in "
+        f"{floor[2]}: lambda >= min(d) (1 - |u|^2) in {floor[0]}")
     return EigenBound(_verdict([lam]), str(lam),
                       f"A = diag(d) + x y^T with x = r y entry by entry, r = {spec_str(ratio)} {rel} 0: similar to a "
                       f"symmetric matrix (real eigenvalues), in d's range plus y^T x's between 0 and it: d = "
-                      f"{spec_str(d)} in {d_iv}, y^T x = {spec_str(trace)} in {tr_iv} ({facts})")
+                      f"{spec_str(d)} in {d_iv}, y^T x = {spec_str(trace)} in {tr_iv}{also} ({facts})")
+
+
+def _congruence_floor(sym: SymSpec, prover, d, d_iv: Interval, x, y, rows, mixed):
+    """The lower end of diag(d) + x y^T with x = r y, r <= 0 and d >= 0, sharper than Weyl's min d + y^T x: with
+    w = sqrt(-r) y the block is similar to D - w w^T = D^(1/2) (I - u u^T) D^(1/2), u = D^(-1/2) w, |u|^2 =
+    sum(-x y / d). Where |u|^2 <= 1 the middle factor is positive semi-definite with smallest eigenvalue 1 - |u|^2,
+    and (Ostrowski, a congruence) lambda_min >= min(d) (1 - |u|^2) >= 0: KDA with a per-key beta, (I - (be o k)
+    k^T) diag(al), is in (0, 1), where Weyl's bound gave (-1, 1). Returns (that floor's interval, |u|^2, its
+    interval), or None where d may be negative or |u|^2 is not proven <= 1 (d = 0 leaves |u|^2 unbounded)."""
+    if d_iv.lo < 0:
+        return None
+    usq = simplify(-x * y / d)
+    for k in mixed:
+        usq = sp.Sum(usq, (rows[k], 0, sym.state.axes[k].extent - 1))
+    usq = _canonical_sums(sym.inline_product_lets(usq))
+    inside = usq.replace(lambda e: isinstance(e, sp.Sum), lambda e: _inline_lets(sym, e))
+    u_iv = _intersect(_intersect(prover.range(usq), prover.range(simplify(_canonical_sums(inside)))), NONNEG)
+    if u_iv.hi > 1:
+        return None
+    return _mul(d_iv, _add(Interval(1.0, 1.0, False, False), _neg(u_iv))), usq, u_iv
 
 
 def _rank1_parts(block, rows, cols, mixed) -> tuple[sp.Expr, sp.Expr, sp.Expr] | None:
