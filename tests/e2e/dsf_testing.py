@@ -296,6 +296,28 @@ def check_state_grads_against_loop(built, loop, T: int, seed: int = 5) -> None:
         assert rel_err(g, ww) < 1e-9, n
 
 
+def check_continued_against_loop(built, loop, on_triton: bool, seed: int = 11) -> None:
+    """A sequence cut at an odd offset and continued from the first call's final state (forward, and token by token
+    from the same state) against ``loop(P, u)``, an independent float64 implementation over the whole sequence:
+    torch at T = 7 + 60 (crossing a 64-step chunk), with ``on_triton`` also Triton at T = 5 + 8 (interpreted on the
+    CPU: short). Outputs and the final states within 1e-8."""
+    P, gen = built.params(), torch.Generator().manual_seed(seed)
+    for backend, (t1, t2) in [("torch", (7, 60))] + ([("triton", (5, 8))] if on_triton else []):
+        u = torch.randn(2, t1 + t2, built.d_in(), generator=gen, dtype=F64)
+        want = loop(P, u).reshape(2, t1 + t2, built.d_out())
+        built.model.backend = backend
+        with torch.no_grad():
+            y1, h1 = built.model(u[:, :t1], output_final_state=True)
+            y2, h2 = built.model(u[:, t1:], initial_state=h1, output_final_state=True)
+            assert rel_err(torch.cat([y1, y2], 1), want) < 1e-8, backend
+            state, ys = h1, []
+            for t in range(t1, t1 + t2):
+                y_t, state = built.model.step(u[:, t], state)
+                ys.append(y_t)
+            assert rel_err(torch.stack(ys, 1), want[:, t1:]) < 1e-8 and state_err(state, h2) < 1e-8, backend
+        built.model.backend = "torch"
+
+
 def grads_of(model, built, u, h0, w):
     """d/d(u, h0, params) of sum(y * w) through ``model`` (None: the float64 reference recurrence)."""
     names = [p.tensor.name for p in built.sym.params]

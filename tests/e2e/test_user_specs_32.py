@@ -56,7 +56,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dsf_testing import (F64, INTERPRETER_WARNINGS, TRITON, case_builds, check_backend,  # noqa: E402
-                         check_small_chunks, matvec, rel_err, spec_hunt_tests, stack_steps, state_err)
+                         check_continued_against_loop, check_small_chunks, matvec, spec_hunt_tests,
+                         stack_steps)
 from dsfc.analysis.facts import Bound  # noqa: E402
 from dsfc.analysis.structure import Family  # noqa: E402
 
@@ -560,23 +561,7 @@ def test_a_sequence_continued_from_its_final_state_matches_the_loop(name):
     """A sequence cut at an odd offset and continued from the first call's final state (forward, and token by token
     from the same state) equals the loop over the whole sequence: the shifts' x_(t-1), x_(t-2) carried, not reset
     to the fresh sequence's 0; torch at T = 7 + 60 (crossing a 64-step chunk), Triton (interpreted) at T = 5 + 8."""
-    built, loop = _built(name), INDEPENDENT[name]
-    P, gen = built.params(), torch.Generator().manual_seed(11)
-    triton = TRITON and name in _CONTINUED_ON_TRITON
-    for backend, (t1, t2) in [("torch", (7, 60))] + ([("triton", (5, 8))] if triton else []):
-        u = torch.randn(2, t1 + t2, built.d_in(), generator=gen, dtype=F64)
-        want = loop(P, u).reshape(2, t1 + t2, built.d_out())
-        built.model.backend = backend
-        with torch.no_grad():
-            y1, h1 = built.model(u[:, :t1], output_final_state=True)
-            y2, h2 = built.model(u[:, t1:], initial_state=h1, output_final_state=True)
-            assert rel_err(torch.cat([y1, y2], 1), want) < 1e-8, backend
-            state, ys = h1, []
-            for t in range(t1, t1 + t2):
-                y_t, state = built.model.step(u[:, t], state)
-                ys.append(y_t)
-            assert rel_err(torch.stack(ys, 1), want[:, t1:]) < 1e-8 and state_err(state, h2) < 1e-8, backend
-        built.model.backend = "torch"
+    check_continued_against_loop(_built(name), INDEPENDENT[name], TRITON and name in _CONTINUED_ON_TRITON)
 
 
 def test_prev_inside_an_expression_is_refused_with_its_rule():
