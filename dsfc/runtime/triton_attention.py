@@ -88,7 +88,6 @@ TILES = {
 }
 
 
-
 @triton.jit
 def _operand(x, HALF: tl.constexpr, DTYPE: tl.constexpr):
     """x (any shape) as a tl.dot operand: bf16 (HALF = 1) or fp16 (HALF = 2) for the tensor cores, else DTYPE (the
@@ -350,6 +349,7 @@ def tiles_key(q: torch.Tensor, v: torch.Tensor) -> str:
     if not _half_code(q):
         return "cuda"
     return "cuda_half" if max(_pow2(q.shape[-1]), _pow2(v.shape[-1])) <= 64 else "cuda_half_wide"
+
 
 def _constexprs(q, v, row, col, gdec, which: str) -> dict:
     """The launch's tiles, widths, flags and dtypes; ``which``: "fwd", "bwd_kv" or "bwd_q"."""
