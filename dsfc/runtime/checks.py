@@ -217,7 +217,14 @@ def triton_refusal(module: torch.nn.Module, u: torch.Tensor, state=None) -> "str
     a parameter; ``torch.autograd.forward_ad``) the call failed deep inside the launcher with torch's "Batching rule
     not implemented for dsfc::diagonal_scan_fwd", "Cannot access storage of TensorWrapper" or "You must implement the
     jvp function for custom autograd.Function", naming neither the backend nor the way out."""
-    if torch.compiler.is_compiling():  # torch.compile of a transform traces it away first
+    return transform_in_effect(u, *_state_tensors(state), *module.parameters())
+
+
+def transform_in_effect(*tensors) -> "str | None":
+    """The torch.func transforms this call runs under, named as their users call them ("torch.func.vmap inside
+    ...") or forward-mode AD when one of ``tensors`` (None entries skipped) is a dual tensor; None otherwise, and
+    while torch.compile traces (it traces a transform away first, and cannot trace this check)."""
+    if torch.compiler.is_compiling():
         return None
     stack = torch._C._functorch.get_interpreter_stack()  # None outside torch.func transforms
     if stack:
@@ -225,8 +232,8 @@ def triton_refusal(module: torch.nn.Module, u: torch.Tensor, state=None) -> "str
         return " inside ".join(reversed(list(names)))
     level = torch.autograd.forward_ad._current_level  # -1 outside torch.autograd.forward_ad.dual_level()
     if level >= 0:
-        for value in (u, *_state_tensors(state), *module.parameters()):
-            if torch.autograd.forward_ad.unpack_dual(value, level=level).tangent is not None:
+        for value in tensors:
+            if value is not None and torch.autograd.forward_ad.unpack_dual(value, level=level).tangent is not None:
                 return "forward-mode AD (a dual tensor of torch.autograd.forward_ad)"
     return None
 

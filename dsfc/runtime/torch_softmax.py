@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from dsfc.runtime.checks import transform_in_effect
 from dsfc.runtime.kernelised import _FLASH_CPU, _decay, _flash, kernel_attention, kernel_log_sum
 
 __all__ = ["BLOCK", "softmax_attention_torch"]
@@ -159,20 +160,10 @@ def softmax_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         y = (q.sum() + k.sum() + v.sum()).to(dtype) * 0
         return y + q.new_zeros((B, T, G, v.shape[-1]), dtype=dtype), y + q.new_zeros((B, T, G), dtype=dtype)
     q, k, v = (x.to(dtype) for x in (q, k, v))
-    if _transformed(q, k, v, gcum):
+    if transform_in_effect(q, k, v, gcum) is not None:
         # the autograd.Function has no batching or jvp rule: under torch.func (per-sample gradients by vmap, jacfwd)
         # or forward-mode AD the two differentiable passes, the same numbers
         L = kernel_log_sum(q, k, scale, True, gcum)
         return kernel_attention(q, k, v, -L, None, scale, gcum), L
     return _SoftmaxAttention.apply(q, k, v, gcum, float(scale))
 
-
-def _transformed(*xs) -> bool:
-    """Under a torch.func transform (vmap, grad, jvp, ...), or with a forward-mode dual tensor among ``xs``."""
-    if torch.compiler.is_compiling():  # torch.compile traces transforms away first (and cannot trace this check)
-        return False
-    if torch._C._functorch.get_interpreter_stack():  # None outside torch.func transforms
-        return True
-    level = torch.autograd.forward_ad._current_level  # -1 outside torch.autograd.forward_ad.dual_level()
-    return level >= 0 and any(x is not None and torch.autograd.forward_ad.unpack_dual(x, level=level).tangent
-                              is not None for x in xs)
